@@ -1,0 +1,498 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// The commit pipeline.
+//
+// Every mutation (submit, ack, read) becomes an op on one bounded queue. A
+// single goroutine, the commit loop, owns sequencing:
+//
+//  1. Take one op, then every op already waiting, up to MaxBatch.
+//  2. Apply each op to one store batch and an in-memory overlay (the
+//     batch's view of heads, receipts, cursors and dedupe keys, so that two
+//     ops in the same batch see each other). Stream sequence numbers are
+//     assigned here: head+1, head+2, ... per user, with no gaps.
+//  3. Commit the batch with sync: one fsync for the whole group.
+//  4. Only then publish: update the committed heads, answer each op's done
+//     callback (the submitter's ack), and hand each user's new entries to
+//     the Sink in sequence order.
+//
+// Invariants:
+//   - An op is answered only after the batch holding it is durable (ack
+//     only after fsync). If the commit fails, every op in the batch gets the
+//     error, nothing is published, and the engine refuses further writes
+//     (ErrFailed): it cannot know what reached the disk, and a restart
+//     rebuilds the truth from the store.
+//   - Per stream, entries are sequenced and delivered in commit order,
+//     because one goroutine does both.
+//   - Receipt states only move forward; an op that would move one backwards
+//     writes nothing for it.
+//
+// While one batch is being synced, new ops accumulate in the queue, so the
+// batch size grows with load and throughput is bound by bandwidth rather
+// than fsyncs per second (group commit).
+//
+// Alternatives rejected: a lock per stream with each submitter committing
+// its own synced batch (one fsync per message, and cross-stream messages
+// need several locks); relying on Pebble's own group commit alone (it
+// batches concurrent syncs, but sequencing would still need a lock held
+// across the fsync); per-user goroutines (idle users would cost memory).
+// Overlapping the build of batch N+1 with the fsync of batch N is possible
+// but not done: measure first (see bench/RESULTS.md).
+
+type opKind uint8
+
+const (
+	opSubmit opKind = iota + 1
+	opAck
+	opRead
+)
+
+type op struct {
+	kind   opKind
+	queued time.Time
+
+	// opSubmit
+	sub        Submission
+	submitDone func(SubmitResult, error)
+	result     SubmitResult
+
+	// opAck, opRead
+	user, device string
+	seq          uint64
+	ids          []ID
+	done         func(error)
+
+	err error
+}
+
+func (o *op) finish() {
+	if o.kind == opSubmit {
+		o.submitDone(o.result, o.err)
+	} else {
+		o.done(o.err)
+	}
+}
+
+// committer is the commit loop's private state.
+type committer struct {
+	e   *Engine
+	ids idGen
+
+	ops   []*op
+	batch store.Batch
+
+	// The overlay: this batch's uncommitted view, reset after each commit.
+	heads      map[string]uint64  // provisional head per user
+	receipts   map[string]Receipt // by receipt key
+	cursors    map[string]uint64  // by cursor key
+	watermarks map[string]uint64  // by user
+	dedupe     map[string]ID      // by dedupe key
+	users      []string           // users with new entries, in first-touch order
+	entries    map[string][]Entry // new entries per user
+}
+
+func newCommitter(e *Engine) *committer {
+	return &committer{
+		e:          e,
+		heads:      map[string]uint64{},
+		receipts:   map[string]Receipt{},
+		cursors:    map[string]uint64{},
+		watermarks: map[string]uint64{},
+		dedupe:     map[string]ID{},
+		entries:    map[string][]Entry{},
+	}
+}
+
+func (c *committer) loop() {
+	defer close(c.e.loopDone)
+	for {
+		o, ok := <-c.e.queue
+		if !ok {
+			return
+		}
+		c.ops = append(c.ops[:0], o)
+	drain:
+		for len(c.ops) < c.e.cfg.MaxBatch {
+			select {
+			case o, ok := <-c.e.queue:
+				if !ok {
+					break drain
+				}
+				c.ops = append(c.ops, o)
+			default:
+				break drain
+			}
+		}
+		c.commit()
+	}
+}
+
+func (c *committer) commit() {
+	e := c.e
+	if err := e.Err(); err != nil {
+		for _, o := range c.ops {
+			o.err = err
+			o.finish()
+		}
+		return
+	}
+	now := e.cfg.Clock.Now()
+	c.batch = e.st.NewBatch()
+	var err error
+	for _, o := range c.ops {
+		switch o.kind {
+		case opSubmit:
+			o.err = c.applySubmit(o, now)
+		case opAck:
+			o.err = c.applyAck(o, now)
+		case opRead:
+			o.err = c.applyRead(o, now)
+		}
+		if o.err != nil && !clientError(o.err) {
+			// Abort: nothing of this batch is written; the ops are answered
+			// with the error and may be retried.
+			c.batch.Close()
+			c.publishAbort(o.err)
+			return
+		}
+	}
+	if c.batch.Len() > 0 {
+		start := time.Now()
+		err = c.batch.Commit(true)
+		e.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+		e.metrics.batchOps.Observe(float64(len(c.ops)))
+	}
+	c.batch.Close()
+	if err != nil {
+		err = fmt.Errorf("%w: commit: %w", ErrFailed, err)
+		e.failMu.Lock()
+		if e.failed == nil {
+			e.failed = err
+		}
+		e.failMu.Unlock()
+		e.log.Error("commit failed; refusing further writes", "err", err)
+	}
+	c.publish(err)
+}
+
+func (c *committer) publishAbort(err error) {
+	err = fmt.Errorf("engine: batch aborted: %w", err)
+	c.e.log.Error("commit batch aborted", "err", err)
+	for _, o := range c.ops {
+		o.err = err
+	}
+	clear(c.heads) // nothing was committed: forget provisional heads
+	c.publish(err)
+}
+
+// publish answers the ops and hands new entries to the sink, or fails them.
+func (c *committer) publish(commitErr error) {
+	e := c.e
+	if commitErr == nil {
+		e.headsMu.Lock()
+		for u, h := range c.heads {
+			e.heads[u] = h
+		}
+		e.headsMu.Unlock()
+	}
+	for _, o := range c.ops {
+		if commitErr != nil {
+			o.err = commitErr
+		}
+		if o.kind == opSubmit {
+			c.countSubmit(o)
+		}
+		o.finish()
+	}
+	if commitErr == nil {
+		if sink := e.getSink(); sink != nil {
+			for _, u := range c.users {
+				sink.Deliver(u, c.entries[u])
+			}
+		}
+	}
+	clear(c.heads)
+	clear(c.receipts)
+	clear(c.cursors)
+	clear(c.watermarks)
+	clear(c.dedupe)
+	clear(c.entries)
+	c.users = c.users[:0]
+	clear(c.ops)
+}
+
+func (c *committer) countSubmit(o *op) {
+	m := c.e.metrics
+	switch {
+	case o.err != nil:
+		m.submits.WithLabelValues("failed").Inc()
+	case o.result.Duplicate:
+		m.submits.WithLabelValues("duplicate").Inc()
+	default:
+		m.submits.WithLabelValues("ok").Inc()
+		m.submitSeconds.Observe(time.Since(o.queued).Seconds())
+	}
+}
+
+// head returns the user's head as this batch sees it.
+func (c *committer) head(user string) (uint64, error) {
+	if h, ok := c.heads[user]; ok {
+		return h, nil
+	}
+	return c.committedHead(user)
+}
+
+// committedHead returns the user's durable head, caching it. Only the
+// commit loop may fill the cache: it is the only writer of streams, so a
+// value it loads cannot be stale.
+func (c *committer) committedHead(user string) (uint64, error) {
+	e := c.e
+	e.headsMu.RLock()
+	h, ok := e.heads[user]
+	e.headsMu.RUnlock()
+	if ok {
+		return h, nil
+	}
+	h, err := e.loadHead(user)
+	if err != nil {
+		return 0, err
+	}
+	e.headsMu.Lock()
+	e.heads[user] = h
+	e.headsMu.Unlock()
+	return h, nil
+}
+
+// appendEntry sequences e into user's stream.
+func (c *committer) appendEntry(user string, ent Entry) error {
+	h, err := c.head(user)
+	if err != nil {
+		return err
+	}
+	ent.Seq = h + 1
+	c.heads[user] = ent.Seq
+	c.batch.Set(inboxKey(user, ent.Seq), encodeEntry(&ent))
+	if _, ok := c.entries[user]; !ok {
+		c.users = append(c.users, user)
+	}
+	c.entries[user] = append(c.entries[user], ent)
+	return nil
+}
+
+func (c *committer) applySubmit(o *op, now time.Time) error {
+	s := &o.sub
+	var dk []byte
+	if s.ClientID != "" {
+		dk = dedupeKey(s.From, s.ClientID)
+		if id, ok := c.dedupe[string(dk)]; ok {
+			o.result = SubmitResult{ID: id, Created: id.Time(), Duplicate: true}
+			return nil
+		}
+		v, err := c.e.st.Get(dk)
+		switch {
+		case err == nil && len(v) == 16:
+			var id ID
+			copy(id[:], v)
+			o.result = SubmitResult{ID: id, Created: id.Time(), Duplicate: true}
+			return nil
+		case err == nil:
+			return fmt.Errorf("dedupe %s: %w", s.From, ErrCorrupt)
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+	}
+	id := c.ids.next(now)
+	m := &Message{
+		ID: id, From: s.From, To: s.To, Kind: s.Kind, Body: s.Body,
+		Created: id.Time(), ClientID: s.ClientID,
+	}
+	// Sequence every recipient first, so that an error leaves the batch
+	// without a half-written message.
+	mark := len(c.users)
+	for _, to := range m.To {
+		if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
+			c.users = c.users[:mark]
+			return err
+		}
+	}
+	c.batch.Set(messageKey(id), encodeMessage(m))
+	sent := encodeReceipt(Receipt{State: StateSent})
+	for _, to := range m.To {
+		c.batch.Set(receiptKey(id, to), sent)
+	}
+	if dk != nil {
+		c.batch.Set(dk, id[:])
+		c.dedupe[string(dk)] = id
+	}
+	o.result = SubmitResult{ID: id, Created: m.Created}
+	return nil
+}
+
+// receipt returns the receipt as this batch sees it.
+func (c *committer) receipt(key []byte, user string) (Receipt, error) {
+	if r, ok := c.receipts[string(key)]; ok {
+		return r, nil
+	}
+	v, err := c.e.st.Get(key)
+	if err != nil {
+		return Receipt{}, err
+	}
+	return decodeReceipt(user, v)
+}
+
+func (c *committer) setReceipt(key []byte, r Receipt) {
+	c.receipts[string(key)] = r
+	c.batch.Set(key, encodeReceipt(r))
+}
+
+func (c *committer) u64(cache map[string]uint64, mapKey string, key []byte) (uint64, error) {
+	if v, ok := cache[mapKey]; ok {
+		return v, nil
+	}
+	v, err := c.e.st.Get(key)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return parseU64(v)
+}
+
+func (c *committer) applyAck(o *op, now time.Time) error {
+	// Only committed entries can have been received: check the committed
+	// head, not this batch's provisional one.
+	head, err := c.committedHead(o.user)
+	if err != nil {
+		return err
+	}
+	if o.seq > head {
+		return fmt.Errorf("%w: %d > %d", ErrBadAck, o.seq, head)
+	}
+	ck := cursorKey(o.user, o.device)
+	cur, err := c.u64(c.cursors, string(ck), ck)
+	if err != nil {
+		return err
+	}
+	if o.seq > cur {
+		c.cursors[string(ck)] = o.seq
+		c.batch.Set(ck, u64(o.seq))
+	}
+	wk := watermarkKey(o.user)
+	wm, err := c.u64(c.watermarks, o.user, wk)
+	if err != nil || o.seq <= wm {
+		return err
+	}
+	// Entries in (wm, seq] were acknowledged for the first time by any of
+	// the user's devices: their messages become delivered.
+	var hits []ID
+	var ierr error
+	err = c.e.st.Scan(inboxKey(o.user, wm+1), inboxKey(o.user, o.seq+1), func(k, v []byte) bool {
+		if len(v) > 0 && EntryKind(v[0]) == EntryMessage {
+			_, id, err := decodeEntry(0, v)
+			if err != nil {
+				ierr = err
+				return false
+			}
+			hits = append(hits, id)
+		}
+		return true
+	})
+	if err == nil {
+		err = ierr
+	}
+	if err != nil {
+		return err
+	}
+	for _, id := range hits {
+		rk := receiptKey(id, o.user)
+		r, err := c.receipt(rk, o.user)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // the message was removed since (burned, later)
+		}
+		if err != nil {
+			return err
+		}
+		if r.State >= StateDelivered {
+			continue
+		}
+		r.State, r.Delivered = StateDelivered, now
+		c.setReceipt(rk, r)
+		m, err := c.e.Message(id)
+		if err != nil {
+			return err
+		}
+		if err := c.notify(m.From, id, o.user, StateDelivered, now); err != nil {
+			return err
+		}
+	}
+	c.watermarks[o.user] = o.seq
+	c.batch.Set(wk, u64(o.seq))
+	return nil
+}
+
+// notify appends to to's stream the event that user's state for message id
+// became st.
+func (c *committer) notify(to string, id ID, user string, st State, now time.Time) error {
+	return c.appendEntry(to, Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{ID: id, User: user, State: st, At: now}})
+}
+
+func (c *committer) applyRead(o *op, now time.Time) error {
+	type change struct {
+		id  ID
+		key []byte
+		r   Receipt
+	}
+	changes := make([]change, 0, len(o.ids))
+	for _, id := range o.ids {
+		rk := receiptKey(id, o.user)
+		r, err := c.receipt(rk, o.user)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: %s", ErrNotRecipient, id)
+		}
+		if err != nil {
+			return err
+		}
+		if r.State >= StateRead {
+			continue
+		}
+		if r.Delivered.IsZero() {
+			r.Delivered = now
+		}
+		r.State, r.Read = StateRead, now
+		changes = append(changes, change{id, rk, r})
+	}
+	for _, ch := range changes {
+		m, err := c.e.Message(ch.id)
+		if err != nil {
+			return err
+		}
+		c.setReceipt(ch.key, ch.r)
+		if err := c.notify(m.From, ch.id, o.user, StateRead, now); err != nil {
+			return err
+		}
+		// The reader's other devices learn it too (unless the reader is the
+		// sender, whose stream already got the event).
+		if m.From != o.user {
+			if err := c.notify(o.user, ch.id, o.user, StateRead, now); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// clientError reports whether err is an op's own fault, detected before the
+// op wrote anything to the batch. Any other error while building a batch
+// (a store read failing) aborts the whole batch, since the op may have
+// written part of its keys.
+func clientError(err error) bool {
+	return errors.Is(err, ErrBadAck) || errors.Is(err, ErrNotRecipient)
+}

@@ -1,0 +1,479 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// Sentinel errors. Callers test them with errors.Is; the edges map them to
+// protocol error codes.
+var (
+	// ErrClosed is returned by every operation after Close.
+	ErrClosed = errors.New("engine: closed")
+	// ErrTooLarge is returned by Submit when the body exceeds Config.MaxBody.
+	ErrTooLarge = errors.New("engine: message too large")
+	// ErrNoRecipients is returned by Submit when To is empty.
+	ErrNoRecipients = errors.New("engine: no recipients")
+	// ErrTooManyRecipients is returned by Submit when To exceeds Config.MaxRecipients.
+	ErrTooManyRecipients = errors.New("engine: too many recipients")
+	// ErrUnknownRecipient is returned (wrapped, with the name) by Submit when
+	// a recipient does not exist. Recipients implementations wrap it.
+	ErrUnknownRecipient = errors.New("engine: unknown recipient")
+	// ErrBadKind is returned by Submit for a kind clients may not submit.
+	ErrBadKind = errors.New("engine: bad message kind")
+	// ErrNotRecipient is returned by Read when the user is not a recipient
+	// of the message (or the message does not exist).
+	ErrNotRecipient = errors.New("engine: not a recipient")
+	// ErrBadAck is returned by Ack for a sequence number beyond the
+	// stream's head: the device cannot have received it.
+	ErrBadAck = errors.New("engine: ack beyond stream head")
+	// ErrNotFound is returned by Message and Receipts for an unknown id.
+	ErrNotFound = errors.New("engine: not found")
+	// ErrFailed is returned (wrapping the cause) once a commit to the store
+	// has failed: the engine refuses further writes, because it can no
+	// longer promise durability. Not safe to retry on this node.
+	ErrFailed = errors.New("engine: store failed")
+)
+
+// Recipients resolves and checks the recipients of a submission. It is the
+// engine's view of the directory (package fanout implements it).
+type Recipients interface {
+	// Resolve returns the user ids that should receive a message addressed
+	// to to, or an error wrapping ErrUnknownRecipient. It is called
+	// concurrently and must not block on I/O.
+	Resolve(to []string) ([]string, error)
+}
+
+// Sink receives stream entries once they are durable.
+type Sink interface {
+	// Deliver is called from the commit loop, for each user in turn, with
+	// that user's new entries in sequence order. Calls for one user never
+	// overlap and never skip a sequence number unless a commit failed. It
+	// must not block: hand the entries over and return.
+	Deliver(user string, entries []Entry)
+}
+
+// Config configures an Engine. Store is required; every other field has a
+// default.
+type Config struct {
+	Store store.Store
+	// Clock is the time source; nil means SystemClock.
+	Clock Clock
+	// Recipients checks submissions' recipients; nil accepts every valid name.
+	Recipients Recipients
+	// MaxBody is the largest body accepted; zero means 64 KiB.
+	MaxBody int
+	// MaxRecipients is the most recipients one message may have; zero means 1000.
+	MaxRecipients int
+	// MaxBatch is the most operations committed in one synced batch; zero means 4096.
+	MaxBatch int
+	// QueueLen bounds the operations waiting for the commit loop; zero means
+	// 16384. A full queue blocks submitters (back-pressure).
+	QueueLen int
+	// Logger receives operational logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the engine's metrics; nil means none are registered.
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	if c.Clock == nil {
+		c.Clock = SystemClock{}
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = 64 << 10
+	}
+	if c.MaxRecipients == 0 {
+		c.MaxRecipients = 1000
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 4096
+	}
+	if c.QueueLen == 0 {
+		c.QueueLen = 16384
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports whether the configuration can be used.
+func (c *Config) Validate() error {
+	switch {
+	case c.Store == nil:
+		return errors.New("engine: config: Store is required")
+	case c.MaxBody < 0 || c.MaxRecipients < 0 || c.MaxBatch < 0 || c.QueueLen < 0:
+		return errors.New("engine: config: limits must not be negative")
+	}
+	return nil
+}
+
+// Engine is Ding's core: it stores messages durably, sequences each user's
+// stream, tracks cursors and receipts, and hands durable entries to a Sink.
+// All methods are safe for concurrent use.
+type Engine struct {
+	cfg     Config
+	st      store.Store
+	log     *slog.Logger
+	metrics *metrics
+
+	sinkMu sync.RWMutex
+	sink   Sink // guarded by sinkMu
+
+	// qmu guards closed and sending on queue, so that Close never races a
+	// send on the closed channel.
+	qmu    sync.RWMutex
+	closed bool // guarded by qmu
+	queue  chan *op
+
+	// headsMu guards heads: the committed head sequence of each user's
+	// stream that has been loaded. Only the commit loop writes it.
+	headsMu sync.RWMutex
+	heads   map[string]uint64
+
+	failMu sync.Mutex
+	failed error // guarded by failMu; non-nil once a commit failed
+
+	loopDone chan struct{}
+}
+
+// Open starts an engine on cfg.Store. The store already holds all state:
+// nothing is scanned at start-up; each stream's head is loaded on first use.
+func Open(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	e := &Engine{
+		cfg:      cfg,
+		st:       cfg.Store,
+		log:      cfg.Logger,
+		queue:    make(chan *op, cfg.QueueLen),
+		heads:    make(map[string]uint64),
+		loopDone: make(chan struct{}),
+	}
+	var err error
+	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(len(e.queue)) }); err != nil {
+		return nil, err
+	}
+	c := newCommitter(e)
+	go c.loop()
+	return e, nil
+}
+
+// SetSink sets where durable entries go. Call it before the first write.
+func (e *Engine) SetSink(s Sink) {
+	e.sinkMu.Lock()
+	e.sink = s
+	e.sinkMu.Unlock()
+}
+
+func (e *Engine) getSink() Sink {
+	e.sinkMu.RLock()
+	defer e.sinkMu.RUnlock()
+	return e.sink
+}
+
+// MaxBody is the largest body Submit accepts.
+func (e *Engine) MaxBody() int { return e.cfg.MaxBody }
+
+// Close stops accepting operations, commits those already queued, and waits
+// for the commit loop to finish. It does not close the store. It is
+// idempotent.
+func (e *Engine) Close() error {
+	e.qmu.Lock()
+	if !e.closed {
+		e.closed = true
+		close(e.queue)
+	}
+	e.qmu.Unlock()
+	<-e.loopDone
+	return nil
+}
+
+// Err returns the error that stopped the engine from writing, or nil.
+func (e *Engine) Err() error {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	return e.failed
+}
+
+func (e *Engine) enqueue(o *op) error {
+	if err := e.Err(); err != nil {
+		return err
+	}
+	e.qmu.RLock()
+	defer e.qmu.RUnlock()
+	if e.closed {
+		return ErrClosed
+	}
+	select {
+	case e.queue <- o:
+	default:
+		e.metrics.queueFull.Inc()
+		e.queue <- o // back-pressure: wait for the commit loop
+	}
+	return nil
+}
+
+// Submission is a message as a sender submits it.
+type Submission struct {
+	From     string
+	To       []string
+	Kind     Kind
+	Body     []byte
+	ClientID string // optional; a retry with the same ClientID returns the original id
+}
+
+// SubmitResult answers a durable submission.
+type SubmitResult struct {
+	ID        ID
+	Created   time.Time
+	Duplicate bool // the ClientID was seen before; ID is the original message's
+}
+
+func (e *Engine) check(s *Submission) ([]string, error) {
+	if err := CheckName("sender", s.From); err != nil {
+		return nil, err
+	}
+	if !s.Kind.Valid() {
+		return nil, fmt.Errorf("%w: %d", ErrBadKind, s.Kind)
+	}
+	if len(s.Body) > e.cfg.MaxBody {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(s.Body), e.cfg.MaxBody)
+	}
+	if len(s.ClientID) > 128 {
+		return nil, fmt.Errorf("%w: client message id longer than 128 bytes", ErrBadName)
+	}
+	if len(s.To) == 0 {
+		return nil, ErrNoRecipients
+	}
+	if len(s.To) > e.cfg.MaxRecipients {
+		return nil, fmt.Errorf("%w: %d, limit %d", ErrTooManyRecipients, len(s.To), e.cfg.MaxRecipients)
+	}
+	to := s.To
+	for _, r := range to {
+		if err := CheckName("recipient", r); err != nil {
+			return nil, err
+		}
+	}
+	if e.cfg.Recipients != nil {
+		var err error
+		if to, err = e.cfg.Recipients.Resolve(to); err != nil {
+			return nil, err
+		}
+	}
+	to = slices.Clone(to)
+	slices.Sort(to)
+	return slices.Compact(to), nil
+}
+
+// SubmitAsync validates s and queues it for the next group commit. done is
+// called exactly once: with the message id after the message is durable, or
+// with an error (validation errors are reported before SubmitAsync returns).
+// done runs on the commit loop and must not block. SubmitAsync blocks only
+// while the commit queue is full.
+func (e *Engine) SubmitAsync(s Submission, done func(SubmitResult, error)) {
+	to, err := e.check(&s)
+	if err != nil {
+		e.metrics.submits.WithLabelValues("rejected").Inc()
+		done(SubmitResult{}, err)
+		return
+	}
+	s.To = to
+	o := &op{kind: opSubmit, sub: s, submitDone: done, queued: time.Now()}
+	if err := e.enqueue(o); err != nil {
+		done(SubmitResult{}, err)
+	}
+}
+
+// Submit is SubmitAsync that waits. If ctx ends first, Submit returns
+// ctx.Err() and the outcome is unknown: retry with the same ClientID.
+func (e *Engine) Submit(ctx context.Context, s Submission) (SubmitResult, error) {
+	type res struct {
+		r   SubmitResult
+		err error
+	}
+	ch := make(chan res, 1)
+	e.SubmitAsync(s, func(r SubmitResult, err error) { ch <- res{r, err} })
+	select {
+	case r := <-ch:
+		return r.r, r.err
+	case <-ctx.Done():
+		return SubmitResult{}, ctx.Err()
+	}
+}
+
+// AckAsync records that device has received user's stream up to and
+// including seq (cumulative). Messages up to seq become delivered. done
+// (which may be nil) is called once the cursor is durable.
+func (e *Engine) AckAsync(user, device string, seq uint64, done func(error)) {
+	if done == nil {
+		done = func(error) {}
+	}
+	if err := e.enqueue(&op{kind: opAck, user: user, device: device, seq: seq, done: done}); err != nil {
+		done(err)
+	}
+}
+
+// Ack is AckAsync that waits.
+func (e *Engine) Ack(ctx context.Context, user, device string, seq uint64) error {
+	return wait(ctx, func(done func(error)) { e.AckAsync(user, device, seq, done) })
+}
+
+// ReadAsync marks messages read by user. Every id must be a message user
+// received, or nothing is marked and done gets ErrNotRecipient.
+func (e *Engine) ReadAsync(user string, ids []ID, done func(error)) {
+	if done == nil {
+		done = func(error) {}
+	}
+	if err := e.enqueue(&op{kind: opRead, user: user, ids: ids, done: done}); err != nil {
+		done(err)
+	}
+}
+
+// Read is ReadAsync that waits.
+func (e *Engine) Read(ctx context.Context, user string, ids ...ID) error {
+	return wait(ctx, func(done func(error)) { e.ReadAsync(user, ids, done) })
+}
+
+func wait(ctx context.Context, start func(done func(error))) error {
+	ch := make(chan error, 1)
+	start(func(err error) { ch <- err })
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Message returns a stored message.
+func (e *Engine) Message(id ID) (*Message, error) {
+	v, err := e.st.Get(messageKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: message %s: %w", id, err)
+	}
+	return decodeMessage(id, v)
+}
+
+// Receipts returns every recipient's receipt for a message, by user id.
+func (e *Engine) Receipts(id ID) ([]Receipt, error) {
+	p := receiptPrefix(id)
+	var out []Receipt
+	var derr error
+	err := e.st.Scan(p, prefixEnd(p), func(k, v []byte) bool {
+		r, err := decodeReceipt(string(k[len(p):]), v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		out = append(out, r)
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: receipts %s: %w", id, err)
+	}
+	if len(out) == 0 {
+		return nil, ErrNotFound
+	}
+	return out, nil
+}
+
+// Head returns the sequence number of the newest durable entry in user's
+// stream (0 for an empty stream).
+func (e *Engine) Head(user string) (uint64, error) {
+	e.headsMu.RLock()
+	h, ok := e.heads[user]
+	e.headsMu.RUnlock()
+	if ok {
+		return h, nil
+	}
+	return e.loadHead(user)
+}
+
+func (e *Engine) loadHead(user string) (uint64, error) {
+	p := inboxPrefix(user)
+	k, _, err := e.st.Last(p, prefixEnd(p))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("engine: head of %s: %w", user, err)
+	}
+	return seqFromInboxKey(k)
+}
+
+// Cursor returns the last sequence number device acknowledged in user's
+// stream, and whether the device has ever acknowledged anything.
+func (e *Engine) Cursor(user, device string) (uint64, bool, error) {
+	v, err := e.st.Get(cursorKey(user, device))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("engine: cursor %s/%s: %w", user, device, err)
+	}
+	c, err := parseU64(v)
+	return c, err == nil, err
+}
+
+// Range returns up to max entries of user's stream starting at sequence
+// from, in order, with messages loaded. It is how a device catches up.
+func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
+	p := inboxPrefix(user)
+	lower := inboxKey(user, from)
+	out := make([]Entry, 0, min(max, 256))
+	var loaded map[ID]*Message
+	var ierr error
+	err := e.st.Scan(lower, prefixEnd(p), func(k, v []byte) bool {
+		seq, err := seqFromInboxKey(k)
+		if err != nil {
+			ierr = err
+			return false
+		}
+		ent, id, err := decodeEntry(seq, v)
+		if err != nil {
+			ierr = fmt.Errorf("seq %d: %w", seq, err)
+			return false
+		}
+		if ent.Kind == EntryMessage {
+			m := loaded[id]
+			if m == nil {
+				if m, err = e.Message(id); err != nil {
+					ierr = fmt.Errorf("seq %d: %w", seq, err)
+					return false
+				}
+				if loaded == nil {
+					loaded = make(map[ID]*Message)
+				}
+				loaded[id] = m
+			}
+			ent.Message = m
+		}
+		out = append(out, ent)
+		return len(out) < max
+	})
+	if err == nil {
+		err = ierr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: range %s from %d: %w", user, from, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,183 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"regexp"
+)
+
+// Key prefixes. Every key in the store starts with one of these bytes; the
+// full layout is drawn in the package doc.
+const (
+	prefixMessage   = 'm' // m | id(16)                       -> message record
+	prefixInbox     = 'i' // i | user | 0x00 | seq(8, BE)     -> stream entry
+	prefixCursor    = 'c' // c | user | 0x00 | device         -> seq(8)
+	prefixWatermark = 'w' // w | user                         -> seq(8): highest seq any device acked
+	prefixReceipt   = 'r' // r | id(16) | user                -> receipt record
+	prefixDedupe    = 'd' // d | sender | 0x00 | clientID     -> id(16)
+	// PrefixDirectory is reserved for the directory kept by package fanout:
+	// u | ... (users, and later departments and groups).
+	PrefixDirectory = 'u'
+)
+
+// ErrBadName is returned when a user or device name is not acceptable.
+var ErrBadName = errors.New("engine: bad name")
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$`)
+
+// ValidName reports whether s may be used as a user or device name: 1 to 64
+// characters of letters, digits and ._@+- starting with a letter or digit.
+// Names never contain 0x00, which the key layout uses as a separator.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// CheckName returns an error naming what is wrong with a name.
+func CheckName(what, s string) error {
+	if !ValidName(s) {
+		return fmt.Errorf("%w: %s %q", ErrBadName, what, s)
+	}
+	return nil
+}
+
+func messageKey(id ID) []byte {
+	k := make([]byte, 17)
+	k[0] = prefixMessage
+	copy(k[1:], id[:])
+	return k
+}
+
+func inboxPrefix(user string) []byte {
+	k := make([]byte, 0, len(user)+10)
+	k = append(k, prefixInbox)
+	k = append(k, user...)
+	return append(k, 0)
+}
+
+func inboxKey(user string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(inboxPrefix(user), seq)
+}
+
+func seqFromInboxKey(k []byte) (uint64, error) {
+	if len(k) < 10 {
+		return 0, ErrCorrupt
+	}
+	return binary.BigEndian.Uint64(k[len(k)-8:]), nil
+}
+
+func cursorPrefix(user string) []byte {
+	k := make([]byte, 0, len(user)+2+32)
+	k = append(k, prefixCursor)
+	k = append(k, user...)
+	return append(k, 0)
+}
+
+func cursorKey(user, device string) []byte { return append(cursorPrefix(user), device...) }
+
+func watermarkKey(user string) []byte { return append([]byte{prefixWatermark}, user...) }
+
+func receiptPrefix(id ID) []byte {
+	k := make([]byte, 17, 17+16)
+	k[0] = prefixReceipt
+	copy(k[1:], id[:])
+	return k
+}
+
+func receiptKey(id ID, user string) []byte { return append(receiptPrefix(id), user...) }
+
+func dedupeKey(sender, clientID string) []byte {
+	k := make([]byte, 0, 2+len(sender)+len(clientID))
+	k = append(k, prefixDedupe)
+	k = append(k, sender...)
+	k = append(k, 0)
+	return append(k, clientID...)
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func parseU64(b []byte) (uint64, error) {
+	if len(b) != 8 {
+		return 0, ErrCorrupt
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// EntryKind says what a stream entry carries.
+type EntryKind uint8
+
+const (
+	// EntryMessage: a message addressed to the stream's user.
+	EntryMessage EntryKind = 1
+	// EntryReceipt: a receipt state change (see ReceiptEvent).
+	EntryReceipt EntryKind = 2
+)
+
+// Entry is one item of a user's stream, at a gap-free sequence number.
+type Entry struct {
+	Seq     uint64
+	Kind    EntryKind
+	Message *Message     // EntryMessage; shared, must not be modified
+	Receipt ReceiptEvent // EntryReceipt
+}
+
+// Stream entry layout (value of key 'i' + user + 0x00 + seq):
+//
+//	EntryMessage: | 1 | id(16) |
+//	EntryReceipt: | 2 | id(16) | state 1 | at ms 8 | user (str) |
+func encodeEntry(e *Entry) []byte {
+	switch e.Kind {
+	case EntryMessage:
+		b := make([]byte, 17)
+		b[0] = byte(EntryMessage)
+		copy(b[1:], e.Message.ID[:])
+		return b
+	default:
+		r := e.Receipt
+		b := make([]byte, 0, 27+len(r.User)+1)
+		b = append(b, byte(EntryReceipt))
+		b = append(b, r.ID[:]...)
+		b = append(b, byte(r.State))
+		b = binary.BigEndian.AppendUint64(b, msOrZero(r.At))
+		return appendStr(b, r.User)
+	}
+}
+
+// decodeEntry decodes a stream entry value. For EntryMessage only the id is
+// filled in (Message.ID); the caller loads the record.
+func decodeEntry(seq uint64, b []byte) (Entry, ID, error) {
+	var id ID
+	if len(b) < 17 {
+		return Entry{}, id, ErrCorrupt
+	}
+	copy(id[:], b[1:17])
+	switch EntryKind(b[0]) {
+	case EntryMessage:
+		if len(b) != 17 {
+			return Entry{}, id, ErrCorrupt
+		}
+		return Entry{Seq: seq, Kind: EntryMessage}, id, nil
+	case EntryReceipt:
+		d := decoder{b: b[17:]}
+		st := State(d.u8())
+		at := d.u64()
+		user := d.str()
+		if d.err || len(d.b) != 0 || st < StateSent || st > StateRead {
+			return Entry{}, id, ErrCorrupt
+		}
+		return Entry{Seq: seq, Kind: EntryReceipt, Receipt: ReceiptEvent{
+			ID: id, User: user, State: st, At: timeOrZero(at),
+		}}, id, nil
+	}
+	return Entry{}, id, ErrCorrupt
+}

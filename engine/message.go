@@ -1,0 +1,142 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"time"
+)
+
+// Kind says what a message's body is. Clients render by kind.
+type Kind uint8
+
+const (
+	// KindText is UTF-8 text.
+	KindText Kind = 1
+	// KindData is an opaque application payload.
+	KindData Kind = 2
+)
+
+// Valid reports whether k is a kind clients may submit.
+func (k Kind) Valid() bool { return k == KindText || k == KindData }
+
+// Message is one stored message. Its body is stored once, however many
+// recipients it has.
+type Message struct {
+	ID       ID
+	From     string
+	To       []string
+	Kind     Kind
+	Body     []byte
+	Created  time.Time // millisecond precision
+	ClientID string    // optional; deduplicates sender retries
+}
+
+// ErrCorrupt is returned when a stored record cannot be decoded.
+var ErrCorrupt = errors.New("engine: corrupt record")
+
+// Message record layout (value of key 'm' + id):
+//
+//	+---------+-------------+------+--------------+-----------+-----------+------------------+----------+
+//	| ver=1 1 | created ms 8| kind | from (str)   | nTo uvarint | to (str)... | clientID (str) | body (bytes)
+//	+---------+-------------+------+--------------+-----------+-----------+------------------+----------+
+//
+// where (str) and (bytes) are a uvarint length followed by the bytes.
+const messageVersion = 1
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func encodeMessage(m *Message) []byte {
+	n := 1 + 8 + 1 + 2 + len(m.From) + 2 + len(m.ClientID) + 3 + len(m.Body)
+	for _, t := range m.To {
+		n += 1 + len(t)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, messageVersion)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Created.UnixMilli()))
+	b = append(b, byte(m.Kind))
+	b = appendStr(b, m.From)
+	b = binary.AppendUvarint(b, uint64(len(m.To)))
+	for _, t := range m.To {
+		b = appendStr(b, t)
+	}
+	b = appendStr(b, m.ClientID)
+	b = binary.AppendUvarint(b, uint64(len(m.Body)))
+	return append(b, m.Body...)
+}
+
+type decoder struct {
+	b   []byte
+	err bool
+}
+
+func (d *decoder) u8() byte {
+	if len(d.b) < 1 {
+		d.err = true
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) u64() uint64 {
+	if len(d.b) < 8 {
+		d.err = true
+		return 0
+	}
+	v := binary.BigEndian.Uint64(d.b)
+	d.b = d.b[8:]
+	return v
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = true
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err || n > uint64(len(d.b)) {
+		d.err = true
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string { return string(d.bytes()) }
+
+// decodeMessage decodes a record; the returned message does not alias b.
+func decodeMessage(id ID, b []byte) (*Message, error) {
+	d := decoder{b: b}
+	if d.u8() != messageVersion {
+		return nil, ErrCorrupt
+	}
+	m := &Message{ID: id}
+	m.Created = time.UnixMilli(int64(d.u64()))
+	m.Kind = Kind(d.u8())
+	m.From = d.str()
+	n := d.uvarint()
+	if n > uint64(len(d.b)) { // each name takes at least one byte
+		return nil, ErrCorrupt
+	}
+	m.To = make([]string, 0, n)
+	for i := uint64(0); i < n && !d.err; i++ {
+		m.To = append(m.To, d.str())
+	}
+	m.ClientID = d.str()
+	m.Body = append([]byte(nil), d.bytes()...)
+	if d.err || len(d.b) != 0 {
+		return nil, ErrCorrupt
+	}
+	return m, nil
+}

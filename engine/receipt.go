@@ -1,0 +1,90 @@
+package engine
+
+import (
+	"encoding/binary"
+	"time"
+)
+
+// State is a recipient's receipt state for one message. States only move
+// forward: Sent < Delivered < Read.
+type State uint8
+
+const (
+	// StateSent: stored in the recipient's stream, not yet acknowledged by
+	// any of their devices.
+	StateSent State = 1
+	// StateDelivered: some device of the recipient acknowledged it.
+	StateDelivered State = 2
+	// StateRead: some device of the recipient marked it read.
+	StateRead State = 3
+)
+
+func (s State) String() string {
+	switch s {
+	case StateSent:
+		return "sent"
+	case StateDelivered:
+		return "delivered"
+	case StateRead:
+		return "read"
+	}
+	return "unknown"
+}
+
+// Receipt is one recipient's state for one message.
+type Receipt struct {
+	User      string
+	State     State
+	Delivered time.Time // zero until delivered
+	Read      time.Time // zero until read
+}
+
+// Receipt record layout (value of key 'r' + id + user):
+//
+//	+---------+------------------+-------------+
+//	| state 1 | delivered ms 8   | read ms 8   |   (0 = not yet)
+//	+---------+------------------+-------------+
+func encodeReceipt(r Receipt) []byte {
+	b := make([]byte, 17)
+	b[0] = byte(r.State)
+	binary.BigEndian.PutUint64(b[1:], msOrZero(r.Delivered))
+	binary.BigEndian.PutUint64(b[9:], msOrZero(r.Read))
+	return b
+}
+
+func decodeReceipt(user string, b []byte) (Receipt, error) {
+	if len(b) != 17 || b[0] < byte(StateSent) || b[0] > byte(StateRead) {
+		return Receipt{}, ErrCorrupt
+	}
+	return Receipt{
+		User:      user,
+		State:     State(b[0]),
+		Delivered: timeOrZero(binary.BigEndian.Uint64(b[1:])),
+		Read:      timeOrZero(binary.BigEndian.Uint64(b[9:])),
+	}, nil
+}
+
+func msOrZero(t time.Time) uint64 {
+	if t.IsZero() {
+		return 0
+	}
+	return uint64(t.UnixMilli())
+}
+
+func timeOrZero(ms uint64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(int64(ms))
+}
+
+// ReceiptEvent is a stream entry telling a user that a recipient's state
+// for a message moved forward. The sender's stream gets one per change;
+// the reader's own stream gets one when they read, so that their other
+// devices learn it too.
+type ReceiptEvent struct {
+	ID    ID     // the message
+	User  string // the recipient whose state changed
+	State State
+	At    time.Time
+}

@@ -1,0 +1,212 @@
+// Package pebblestore implements store.Store on github.com/cockroachdb/pebble/v2.
+//
+// Durability comes from Pebble's write-ahead log: Batch.Commit(true) returns
+// after the WAL record holding the batch is fsync'd. Pebble itself
+// group-commits concurrent synced batches; the engine adds its own group
+// commit on top so that one fsync carries many submits.
+package pebblestore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// DB is a store.Store backed by one Pebble database.
+type DB struct {
+	// mu is held for reading by every operation and for writing by Close,
+	// because Pebble panics when used after Close.
+	mu     sync.RWMutex
+	closed bool // guarded by mu
+	db     *pebble.DB
+}
+
+var (
+	_ store.Store        = (*DB)(nil)
+	_ store.Checkpointer = (*DB)(nil)
+)
+
+// Options tune the Pebble instance. The zero value is the production default.
+type Options struct {
+	// Logger receives Pebble's own log lines. Nil means discard them.
+	Logger *slog.Logger
+	// CacheBytes is the block cache size; zero means 64 MiB.
+	CacheBytes int64
+}
+
+// Open opens (creating if needed) the Pebble database in dir.
+func Open(dir string, o Options) (*DB, error) {
+	cache := o.CacheBytes
+	if cache == 0 {
+		cache = 64 << 20
+	}
+	c := pebble.NewCache(cache)
+	defer c.Unref()
+	opts := &pebble.Options{
+		Cache:              c,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             slogLogger{o.Logger},
+		MemTableSize:       64 << 20,
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	return &DB{db: db}, nil
+}
+
+// Pebble exposes the underlying database for baselines and tooling.
+func (d *DB) Pebble() *pebble.DB { return d.db }
+
+// Get implements store.Store.
+func (d *DB) Get(key []byte) ([]byte, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return nil, store.ErrClosed
+	}
+	v, closer, err := d.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	out := append([]byte(nil), v...)
+	closer.Close()
+	return out, nil
+}
+
+// Scan implements store.Store.
+func (d *DB) Scan(lower, upper []byte, fn func(key, value []byte) bool) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return store.ErrClosed
+	}
+	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return mapErr(err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return mapErr(err)
+		}
+		if !fn(it.Key(), v) {
+			break
+		}
+	}
+	return mapErr(it.Close())
+}
+
+// Last implements store.Store.
+func (d *DB) Last(lower, upper []byte) ([]byte, []byte, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return nil, nil, store.ErrClosed
+	}
+	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, nil, mapErr(err)
+	}
+	defer it.Close()
+	if !it.Last() {
+		if err := it.Error(); err != nil {
+			return nil, nil, mapErr(err)
+		}
+		return nil, nil, store.ErrNotFound
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return nil, nil, mapErr(err)
+	}
+	return append([]byte(nil), it.Key()...), append([]byte(nil), v...), nil
+}
+
+// NewBatch implements store.Store.
+func (d *DB) NewBatch() store.Batch { return &batch{d: d, b: d.db.NewBatch()} }
+
+// Checkpoint implements store.Checkpointer with a Pebble checkpoint, which
+// hard-links immutable table files and copies the WAL tail.
+func (d *DB) Checkpoint(dir string) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return store.ErrClosed
+	}
+	if err := d.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+		return fmt.Errorf("pebblestore: checkpoint %s: %w", dir, mapErr(err))
+	}
+	return nil
+}
+
+// Close implements store.Store.
+func (d *DB) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return store.ErrClosed
+	}
+	d.closed = true
+	return mapErr(d.db.Close())
+}
+
+type batch struct {
+	d *DB
+	b *pebble.Batch
+}
+
+func (b *batch) Set(k, v []byte) { _ = b.b.Set(k, v, nil) }
+func (b *batch) Delete(k []byte) { _ = b.b.Delete(k, nil) }
+func (b *batch) Len() int        { return int(b.b.Count()) }
+func (b *batch) Close()          { _ = b.b.Close() }
+func (b *batch) Commit(sync bool) error {
+	b.d.mu.RLock()
+	defer b.d.mu.RUnlock()
+	if b.d.closed {
+		return store.ErrClosed
+	}
+	o := pebble.NoSync
+	if sync {
+		o = pebble.Sync
+	}
+	return mapErr(b.b.Commit(o))
+}
+
+func mapErr(err error) error {
+	if errors.Is(err, pebble.ErrClosed) {
+		return store.ErrClosed
+	}
+	return err
+}
+
+// slogLogger adapts Pebble's printf logger to slog; a nil logger discards.
+type slogLogger struct{ l *slog.Logger }
+
+func (s slogLogger) Infof(format string, args ...any) {
+	if s.l != nil {
+		s.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+	}
+}
+func (s slogLogger) Errorf(format string, args ...any) {
+	if s.l != nil {
+		s.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	}
+}
+func (s slogLogger) Fatalf(format string, args ...any) {
+	if s.l != nil {
+		s.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	}
+	panic(fmt.Sprintf(format, args...))
+}
+
+var _ io.Closer = (*DB)(nil)

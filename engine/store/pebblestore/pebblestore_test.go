@@ -1,0 +1,47 @@
+package pebblestore_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/dingmq/ding/engine/store"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+	"github.com/dingmq/ding/engine/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(tb testing.TB) store.Store {
+		db, err := pebblestore.Open(tb.TempDir(), pebblestore.Options{})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = db.Close() })
+		return db
+	})
+}
+
+func TestCheckpointReopens(t *testing.T) {
+	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	b := db.NewBatch()
+	b.Set([]byte("k"), []byte("v"))
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	dir := filepath.Join(t.TempDir(), "backup")
+	if err := db.Checkpoint(dir); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Close()
+	if v, err := cp.Get([]byte("k")); err != nil || string(v) != "v" {
+		t.Fatalf("checkpoint Get = %q, %v", v, err)
+	}
+}

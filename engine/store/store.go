@@ -1,0 +1,74 @@
+// Package store is the contract between Ding's engine and the ordered
+// key-value store it keeps everything in.
+//
+// A Store is an ordered map of byte keys to byte values with atomic batches
+// and synced commits. The engine owns the key layout (see package engine);
+// a Store knows nothing about messages. Implementations live in
+// sub-packages (pebblestore for production, memstore for fast tests) and
+// must pass the conformance suite in storetest.
+//
+// Usage:
+//
+//	b := st.NewBatch()
+//	b.Set([]byte("k"), []byte("v"))
+//	if err := b.Commit(true); err != nil { ... } // durable when nil
+//	b.Close()
+package store
+
+import "errors"
+
+// ErrNotFound is returned by Get when the key does not exist.
+var ErrNotFound = errors.New("store: not found")
+
+// ErrClosed is returned by every method called after Close.
+var ErrClosed = errors.New("store: closed")
+
+// Store is an ordered, durable key-value map.
+//
+// All methods are safe for concurrent use. Reads see every batch whose
+// Commit has returned; a Scan sees a consistent snapshot taken when it
+// starts.
+type Store interface {
+	// Get returns a copy of the value stored under key, or ErrNotFound.
+	Get(key []byte) ([]byte, error)
+
+	// Scan calls fn for every key in [lower, upper) in ascending order until
+	// fn returns false. The slices passed to fn are valid only during the
+	// call. A nil upper means no upper bound.
+	Scan(lower, upper []byte, fn func(key, value []byte) bool) error
+
+	// Last returns copies of the greatest key in [lower, upper) and its
+	// value, or ErrNotFound when the range is empty.
+	Last(lower, upper []byte) (key, value []byte, err error)
+
+	// NewBatch returns an empty batch bound to this store.
+	NewBatch() Batch
+
+	// Close flushes and releases the store. Calls after Close return
+	// ErrClosed.
+	Close() error
+}
+
+// Batch is a set of writes applied atomically by Commit. A Batch is not safe
+// for concurrent use.
+type Batch interface {
+	// Set records key=value. Both slices are copied.
+	Set(key, value []byte)
+	// Delete records the removal of key.
+	Delete(key []byte)
+	// Len is the number of writes recorded.
+	Len() int
+	// Commit applies every write atomically. With sync it returns only once
+	// the writes are durable on disk (fsync'd); an error means none of them
+	// may be assumed applied. A batch is committed at most once.
+	Commit(sync bool) error
+	// Close releases the batch; it must not be used afterwards.
+	Close()
+}
+
+// Checkpointer is implemented by stores that can write a consistent,
+// openable copy of themselves into a new directory (a backup).
+type Checkpointer interface {
+	// Checkpoint writes the copy into dir, which must not exist yet.
+	Checkpoint(dir string) error
+}
