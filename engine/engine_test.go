@@ -354,8 +354,8 @@ type failingStore struct{ store.Store }
 
 type failingBatch struct{ store.Batch }
 
-func (f failingStore) NewBatch() store.Batch        { return failingBatch{f.Store.NewBatch()} }
-func (failingBatch) Commit(bool) error               { return errors.New("disk on fire") }
+func (f failingStore) NewBatch() store.Batch { return failingBatch{f.Store.NewBatch()} }
+func (failingBatch) Commit(bool) error       { return errors.New("disk on fire") }
 
 func TestCommitFailureIsNeverAcked(t *testing.T) {
 	e, rec := openEngine(t, failingStore{memstore.New()})

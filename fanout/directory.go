@@ -1,0 +1,143 @@
+package fanout
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store"
+)
+
+// ErrBadPhone is returned by PutUser for a phone number not in E.164 form.
+var ErrBadPhone = errors.New("fanout: phone must be E.164, like +14155550100")
+
+// User is a person in the directory.
+type User struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Phone   string    `json:"phone,omitempty"` // E.164; never logged
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+var e164 = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
+
+// Directory keys: 'u' 'u' | user id -> JSON user record.
+func userKey(id string) []byte { return append([]byte{engine.PrefixDirectory, 'u'}, id...) }
+
+// Directory is the set of users. Reads are served from memory; every change
+// is written (synced) to the store first. It implements engine.Recipients.
+type Directory struct {
+	st    store.Store
+	clock engine.Clock
+
+	mu    sync.RWMutex
+	users map[string]User // guarded by mu
+}
+
+var _ engine.Recipients = (*Directory)(nil)
+
+// OpenDirectory loads the directory from st.
+func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
+	if clock == nil {
+		clock = engine.SystemClock{}
+	}
+	d := &Directory{st: st, clock: clock, users: map[string]User{}}
+	p := userKey("")
+	var derr error
+	err := st.Scan(p, []byte{engine.PrefixDirectory, 'u' + 1}, func(k, v []byte) bool {
+		var u User
+		if derr = json.Unmarshal(v, &u); derr != nil {
+			derr = fmt.Errorf("fanout: user %q: %w", k[len(p):], derr)
+			return false
+		}
+		d.users[u.ID] = u
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fanout: load directory: %w", err)
+	}
+	return d, nil
+}
+
+// PutUser creates or updates a user, durably. It reports whether the user
+// is new.
+func (d *Directory) PutUser(u User) (created bool, err error) {
+	if err := engine.CheckName("user", u.ID); err != nil {
+		return false, err
+	}
+	if u.Phone != "" && !e164.MatchString(u.Phone) {
+		return false, ErrBadPhone
+	}
+	if len(u.Name) > 200 {
+		return false, fmt.Errorf("%w: display name longer than 200 bytes", engine.ErrBadName)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old, exists := d.users[u.ID]
+	now := d.clock.Now().UTC().Truncate(time.Millisecond)
+	u.Created, u.Updated = now, now
+	if exists {
+		u.Created = old.Created
+	}
+	v, err := json.Marshal(u)
+	if err != nil {
+		return false, err
+	}
+	b := d.st.NewBatch()
+	defer b.Close()
+	b.Set(userKey(u.ID), v)
+	if err := b.Commit(true); err != nil {
+		return false, fmt.Errorf("fanout: put user %s: %w", u.ID, err)
+	}
+	d.users[u.ID] = u
+	return !exists, nil
+}
+
+// User returns a user by id.
+func (d *Directory) User(id string) (User, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	u, ok := d.users[id]
+	return u, ok
+}
+
+// Users returns every user, sorted by id.
+func (d *Directory) Users() []User {
+	d.mu.RLock()
+	out := make([]User, 0, len(d.users))
+	for _, u := range d.users {
+		out = append(out, u)
+	}
+	d.mu.RUnlock()
+	slices.SortFunc(out, func(a, b User) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Resolve implements engine.Recipients: every recipient must be a user.
+func (d *Directory) Resolve(to []string) ([]string, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, id := range to {
+		if _, ok := d.users[id]; !ok {
+			return nil, fmt.Errorf("%w: %q", engine.ErrUnknownRecipient, id)
+		}
+	}
+	return to, nil
+}

@@ -1,0 +1,362 @@
+package fanout
+
+import (
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dingmq/ding/engine"
+)
+
+// Endpoint is one live device connection as the hub sees it. The socket
+// gateway implements it.
+type Endpoint interface {
+	// Send queues an encoded frame for writing and returns at once. The
+	// frame is shared with other endpoints and must not be modified. It
+	// returns false if the endpoint is closed, or has just closed itself
+	// because its queue overflowed (a slow consumer).
+	Send(frame []byte) bool
+	// Pending returns the bytes queued and not yet written.
+	Pending() int
+	// Fail closes the endpoint because delivery to it failed internally.
+	Fail(err error)
+}
+
+// Source reads streams from the store; *engine.Engine implements it.
+type Source interface {
+	Range(user string, from uint64, max int) ([]engine.Entry, error)
+}
+
+// HubConfig configures a Hub. Source and Encode are required.
+type HubConfig struct {
+	Source Source
+	// Encode turns an entry into the bytes of one wire frame. It is called
+	// once per entry and user, however many devices the user has.
+	Encode func(engine.Entry) []byte
+	// Workers is the number of catch-up goroutines; zero means 4.
+	Workers int
+	// Chunk is the most entries one catch-up step reads; zero means 256.
+	Chunk int
+	// HighWater is the queued bytes above which catch-up pauses for a
+	// device; zero means 256 KiB.
+	HighWater int
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the hub's metrics; nil means none.
+	Registerer prometheus.Registerer
+}
+
+// Hub is the registry of live devices and the engine's Sink.
+type Hub struct {
+	cfg    HubConfig
+	seed   maphash.Seed
+	shards [64]shard
+
+	wmu     sync.Mutex
+	wcond   *sync.Cond
+	work    []*Device // devices waiting for a catch-up step; guarded by wmu
+	wclosed bool      // guarded by wmu
+	wg      sync.WaitGroup
+
+	devices    prometheus.Gauge
+	deliveries *prometheus.CounterVec
+	catchupQ   prometheus.GaugeFunc
+}
+
+var _ engine.Sink = (*Hub)(nil)
+
+type shard struct {
+	mu sync.RWMutex
+	// users maps a user to their attached devices. Slices are copied on
+	// write, so a reader may keep one after unlocking. Guarded by mu.
+	users map[string][]*Device
+}
+
+// Device is one attached device. Its fields are guarded by mu.
+type Device struct {
+	hub    *Hub
+	User   string
+	ID     string
+	ep     Endpoint
+	mu     sync.Mutex
+	next   uint64 // next sequence number to send
+	catch  bool   // in catch-up mode: a worker sends, live pushes only mark behind
+	behind bool   // a live push arrived during catch-up
+	queued bool   // in the hub's work queue
+	paused bool   // catch-up waits for the endpoint to drain
+	closed bool
+}
+
+// NewHub starts a hub and its catch-up workers.
+func NewHub(cfg HubConfig) (*Hub, error) {
+	if cfg.Source == nil || cfg.Encode == nil {
+		return nil, errors.New("fanout: hub config: Source and Encode are required")
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 4
+	}
+	if cfg.Chunk == 0 {
+		cfg.Chunk = 256
+	}
+	if cfg.HighWater == 0 {
+		cfg.HighWater = 256 << 10
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	h := &Hub{cfg: cfg, seed: maphash.MakeSeed()}
+	h.wcond = sync.NewCond(&h.wmu)
+	for i := range h.shards {
+		h.shards[i].users = map[string][]*Device{}
+	}
+	h.devices = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ding_fanout_devices", Help: "Devices attached to the hub (authenticated connections).",
+	})
+	h.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_fanout_deliveries_total",
+		Help: "Stream entries written to devices, by path: live (pushed at commit) or catchup (read back from the store).",
+	}, []string{"path"})
+	h.catchupQ = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ding_fanout_catchup_queue", Help: "Devices waiting for a catch-up step.",
+	}, func() float64 { h.wmu.Lock(); defer h.wmu.Unlock(); return float64(len(h.work)) })
+	if r := cfg.Registerer; r != nil {
+		for _, c := range []prometheus.Collector{h.devices, h.deliveries, h.catchupQ} {
+			if err := r.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for range cfg.Workers {
+		h.wg.Add(1)
+		go h.catchupLoop()
+	}
+	return h, nil
+}
+
+func (h *Hub) shard(user string) *shard {
+	return &h.shards[maphash.String(h.seed, user)%uint64(len(h.shards))]
+}
+
+// Attach registers a device that needs user's stream from sequence number
+// from on, and starts sending it. If the same device was attached already,
+// the old endpoint is detached and returned so the caller can close it.
+func (h *Hub) Attach(user, device string, ep Endpoint, from uint64) (d *Device, replaced Endpoint) {
+	d = &Device{hub: h, User: user, ID: device, ep: ep, next: from, catch: true}
+	s := h.shard(user)
+	s.mu.Lock()
+	old := s.users[user]
+	devs := make([]*Device, 0, len(old)+1)
+	for _, o := range old {
+		if o.ID == device {
+			o.mu.Lock()
+			o.closed = true
+			o.mu.Unlock()
+			replaced = o.ep
+			h.devices.Dec()
+			continue
+		}
+		devs = append(devs, o)
+	}
+	s.users[user] = append(devs, d)
+	s.mu.Unlock()
+	h.devices.Inc()
+	d.mu.Lock()
+	h.scheduleLocked(d)
+	d.mu.Unlock()
+	return d, replaced
+}
+
+// Detach removes the device; nothing more is sent to it. Idempotent.
+func (d *Device) Detach() {
+	h := d.hub
+	s := h.shard(d.User)
+	s.mu.Lock()
+	old := s.users[d.User]
+	if i := slices.Index(old, d); i >= 0 {
+		devs := slices.Delete(slices.Clone(old), i, i+1)
+		if len(devs) == 0 {
+			delete(s.users, d.User)
+		} else {
+			s.users[d.User] = devs
+		}
+		h.devices.Dec()
+	}
+	s.mu.Unlock()
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+}
+
+// Drained tells the hub that the device's endpoint wrote out its queue, so
+// a paused catch-up may go on. Endpoints call it after each flush.
+func (d *Device) Drained() {
+	d.mu.Lock()
+	if d.paused && !d.closed {
+		d.paused = false
+		d.hub.scheduleLocked(d)
+	}
+	d.mu.Unlock()
+}
+
+// Online reports whether user has at least one attached device.
+func (h *Hub) Online(user string) bool {
+	s := h.shard(user)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.users[user]) > 0
+}
+
+// Deliver implements engine.Sink. It runs on the commit loop: it encodes
+// each entry at most once and queues it on every live device of the user.
+func (h *Hub) Deliver(user string, entries []engine.Entry) {
+	s := h.shard(user)
+	s.mu.RLock()
+	devs := s.users[user]
+	s.mu.RUnlock()
+	if len(devs) == 0 {
+		return
+	}
+	frames := make([][]byte, len(entries))
+	sent := 0
+	for _, d := range devs {
+		sent += d.push(entries, frames)
+	}
+	h.deliveries.WithLabelValues("live").Add(float64(sent))
+}
+
+func (d *Device) push(entries []engine.Entry, frames [][]byte) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0
+	}
+	if d.catch {
+		d.behind = true
+		return 0
+	}
+	sent := 0
+	for i := range entries {
+		e := &entries[i]
+		switch {
+		case e.Seq < d.next:
+			continue
+		case e.Seq > d.next:
+			// A gap: this device missed something (it is new, or a push
+			// was lost with a failed write). The store has it.
+			d.catch = true
+			d.hub.scheduleLocked(d)
+			return sent
+		}
+		if frames[i] == nil {
+			frames[i] = d.hub.cfg.Encode(*e)
+		}
+		if !d.ep.Send(frames[i]) {
+			d.closed = true
+			return sent
+		}
+		d.next++
+		sent++
+	}
+	return sent
+}
+
+// scheduleLocked queues d for a catch-up step. d.mu must be held.
+func (h *Hub) scheduleLocked(d *Device) {
+	if d.queued || d.closed {
+		return
+	}
+	d.queued = true
+	h.wmu.Lock()
+	h.work = append(h.work, d)
+	h.wmu.Unlock()
+	h.wcond.Signal()
+}
+
+func (h *Hub) catchupLoop() {
+	defer h.wg.Done()
+	for {
+		h.wmu.Lock()
+		for len(h.work) == 0 && !h.wclosed {
+			h.wcond.Wait()
+		}
+		if h.wclosed {
+			h.wmu.Unlock()
+			return
+		}
+		d := h.work[0]
+		h.work[0] = nil
+		h.work = h.work[1:]
+		h.wmu.Unlock()
+		h.catchupStep(d)
+	}
+}
+
+// catchupStep sends one chunk of d's stream from the store.
+func (h *Hub) catchupStep(d *Device) {
+	d.mu.Lock()
+	d.queued = false
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	from := d.next
+	d.behind = false
+	d.mu.Unlock()
+
+	entries, err := h.cfg.Source.Range(d.User, from, h.cfg.Chunk)
+	if err != nil {
+		h.cfg.Logger.Error("catch-up read failed", "user", d.User, "device", d.ID, "err", err)
+		d.ep.Fail(err)
+		d.Detach()
+		return
+	}
+	frames := make([][]byte, len(entries))
+	for i := range entries {
+		frames[i] = h.cfg.Encode(entries[i])
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	sent, full := 0, false
+	for i := range entries {
+		if entries[i].Seq != d.next {
+			continue // cannot happen while catch is set; be safe
+		}
+		if full = d.ep.Pending() > h.cfg.HighWater; full {
+			break // the rest is read again after the endpoint drains
+		}
+		if !d.ep.Send(frames[i]) {
+			d.closed = true
+			break
+		}
+		d.next++
+		sent++
+	}
+	h.deliveries.WithLabelValues("catchup").Add(float64(sent))
+	switch {
+	case d.closed:
+	case full:
+		d.paused = true // Drained reschedules
+	case len(entries) < h.cfg.Chunk && !d.behind:
+		d.catch = false // caught up: live pushes take over
+	default:
+		h.scheduleLocked(d)
+	}
+}
+
+// Close stops the catch-up workers and waits for them. Devices stay
+// attached; their owners detach them. Idempotent.
+func (h *Hub) Close() {
+	h.wmu.Lock()
+	h.wclosed = true
+	h.wmu.Unlock()
+	h.wcond.Broadcast()
+	h.wg.Wait()
+}

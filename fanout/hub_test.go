@@ -1,0 +1,196 @@
+package fanout_test
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store/memstore"
+	"github.com/dingmq/ding/fanout"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeEndpoint records frames; it drains only when told to.
+type fakeEndpoint struct {
+	mu      sync.Mutex
+	frames  [][]byte
+	pending int
+	limit   int // Send fails past this many pending bytes (0: no limit)
+	dev     *fanout.Device
+	closed  bool
+}
+
+func (f *fakeEndpoint) Send(b []byte) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || (f.limit > 0 && f.pending+len(b) > f.limit) {
+		f.closed = true
+		return false
+	}
+	f.frames = append(f.frames, b)
+	f.pending += len(b)
+	return true
+}
+func (f *fakeEndpoint) Pending() int { f.mu.Lock(); defer f.mu.Unlock(); return f.pending }
+func (f *fakeEndpoint) Fail(error)   { f.mu.Lock(); f.closed = true; f.mu.Unlock() }
+
+// drain pretends the frames were written.
+func (f *fakeEndpoint) drain() {
+	f.mu.Lock()
+	f.pending = 0
+	d := f.dev
+	f.mu.Unlock()
+	d.Drained()
+}
+
+func (f *fakeEndpoint) seqs() []uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]uint64, len(f.frames))
+	for i, b := range f.frames {
+		out[i] = binary.BigEndian.Uint64(b)
+	}
+	return out
+}
+
+// encode puts the seq first, padded to size bytes.
+func encoder(size int) func(engine.Entry) []byte {
+	return func(e engine.Entry) []byte {
+		b := make([]byte, size)
+		binary.BigEndian.PutUint64(b, e.Seq)
+		return b
+	}
+}
+
+func setup(t *testing.T, hc fanout.HubConfig) (*engine.Engine, *fanout.Hub) {
+	t.Helper()
+	e, err := engine.Open(engine.Config{Store: memstore.New()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc.Source = e
+	if hc.Encode == nil {
+		hc.Encode = encoder(16)
+	}
+	h, err := fanout.NewHub(hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.SetSink(h)
+	t.Cleanup(func() { e.Close(); h.Close() })
+	return e, h
+}
+
+func submitN(t *testing.T, e *engine.Engine, n int, to ...string) {
+	t.Helper()
+	for range n {
+		if _, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: to, Kind: engine.KindText}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func checkSeqs(t *testing.T, got []uint64, from, to uint64) {
+	t.Helper()
+	if uint64(len(got)) != to-from+1 {
+		t.Fatalf("got %d entries, want %d (%v...)", len(got), to-from+1, got[:min(len(got), 10)])
+	}
+	for i, s := range got {
+		if s != from+uint64(i) {
+			t.Fatalf("entry %d has seq %d, want %d", i, s, from+uint64(i))
+		}
+	}
+}
+
+func TestCatchUpThenLiveInOrder(t *testing.T) {
+	e, h := setup(t, fanout.HubConfig{Chunk: 7})
+	submitN(t, e, 50, "bo")
+	ep := &fakeEndpoint{}
+	d, _ := h.Attach("bo", "phone", ep, 11)
+	ep.dev = d
+	// Submit while catch-up runs: the live pushes race the reads.
+	submitN(t, e, 50, "bo")
+	waitFor(t, "100 entries", func() bool { return len(ep.seqs()) == 90 })
+	checkSeqs(t, ep.seqs(), 11, 100)
+	submitN(t, e, 1, "bo")
+	waitFor(t, "live entry", func() bool { return len(ep.seqs()) == 91 })
+	checkSeqs(t, ep.seqs(), 11, 101)
+}
+
+func TestEveryDeviceGetsEveryEntry(t *testing.T) {
+	e, h := setup(t, fanout.HubConfig{})
+	eps := map[string]*fakeEndpoint{"phone": {}, "laptop": {}, "web": {}}
+	for name, ep := range eps {
+		ep.dev, _ = h.Attach("bo", name, ep, 1)
+	}
+	submitN(t, e, 20, "bo", "cy")
+	for name, ep := range eps {
+		waitFor(t, name, func() bool { return len(ep.seqs()) == 20 })
+		checkSeqs(t, ep.seqs(), 1, 20)
+	}
+}
+
+func TestCatchUpPausesAtHighWaterAndResumes(t *testing.T) {
+	e, h := setup(t, fanout.HubConfig{Chunk: 64, HighWater: 1000, Encode: encoder(100)})
+	submitN(t, e, 300, "bo")
+	ep := &fakeEndpoint{limit: 2000} // would overflow without pacing
+	d, _ := h.Attach("bo", "phone", ep, 1)
+	ep.mu.Lock()
+	ep.dev = d
+	ep.mu.Unlock()
+	for len(ep.seqs()) < 300 {
+		n := len(ep.seqs())
+		waitFor(t, "progress or pause", func() bool { return ep.Pending() > 1000 || len(ep.seqs()) == 300 })
+		if len(ep.seqs()) == n {
+			t.Fatal("no progress")
+		}
+		ep.drain()
+	}
+	if ep.closed {
+		t.Fatal("catch-up overflowed the endpoint")
+	}
+	checkSeqs(t, ep.seqs(), 1, 300)
+}
+
+func TestReplaceAndDetach(t *testing.T) {
+	e, h := setup(t, fanout.HubConfig{})
+	a := &fakeEndpoint{}
+	a.dev, _ = h.Attach("bo", "phone", a, 1)
+	b := &fakeEndpoint{}
+	var replaced fanout.Endpoint
+	b.dev, replaced = h.Attach("bo", "phone", b, 1)
+	if replaced != a {
+		t.Fatalf("replaced = %v, want the first endpoint", replaced)
+	}
+	submitN(t, e, 3, "bo")
+	waitFor(t, "new endpoint", func() bool { return len(b.seqs()) == 3 })
+	if len(a.seqs()) != 0 {
+		t.Fatalf("replaced endpoint got %d entries", len(a.seqs()))
+	}
+	b.dev.Detach()
+	b.dev.Detach()
+	if h.Online("bo") {
+		t.Fatal("bo still online")
+	}
+	submitN(t, e, 1, "bo")
+	if len(b.seqs()) != 3 {
+		t.Fatal("detached endpoint got an entry")
+	}
+}
