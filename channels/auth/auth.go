@@ -1,0 +1,146 @@
+// Package auth mints and verifies Ding's bearer tokens: HS256 JWTs signed
+// with a per-installation secret kept in the data directory.
+//
+// Two kinds exist. A client token names a user and a device and expires;
+// it opens a socket session for that device and nothing else. An admin
+// token opens the admin HTTP API. The kind is a claim, so neither can be
+// used as the other.
+//
+//	keys, err := auth.LoadOrCreate(dataDir)
+//	tok, err := keys.MintClient("ana", "phone", 24*time.Hour)
+//	claims, err := keys.Verify(tok, auth.KindClient)
+package auth
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Kinds of token.
+const (
+	KindClient = "client"
+	KindAdmin  = "admin"
+)
+
+// Sentinel errors; the edges map them to BAD_TOKEN / TOKEN_EXPIRED / 401.
+var (
+	// ErrInvalid is returned for a token that is malformed, badly signed, of
+	// the wrong kind, or missing claims.
+	ErrInvalid = errors.New("auth: invalid token")
+	// ErrExpired is returned for a well-signed token past its expiry.
+	ErrExpired = errors.New("auth: token expired")
+)
+
+// SecretFile is the name of the signing secret inside the data directory.
+const SecretFile = "jwt.secret"
+
+// Claims are what a verified token says.
+type Claims struct {
+	Kind   string `json:"knd"`
+	User   string `json:"sub,omitempty"`
+	Device string `json:"dev,omitempty"`
+	jwt.RegisteredClaims
+}
+
+// Keys signs and verifies tokens.
+type Keys struct {
+	secret []byte
+	now    func() time.Time
+}
+
+// New returns Keys for a secret of at least 32 bytes.
+func New(secret []byte, now func() time.Time) (*Keys, error) {
+	if len(secret) < 32 {
+		return nil, errors.New("auth: secret shorter than 32 bytes")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Keys{secret: secret, now: now}, nil
+}
+
+// LoadOrCreate reads DIR/jwt.secret, creating it (mode 0600, 32 random
+// bytes) on first start.
+func LoadOrCreate(dir string) (*Keys, error) {
+	p := filepath.Join(dir, SecretFile)
+	secret, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		secret = make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, err
+		}
+		if err := WriteFileSync(p, secret); err != nil {
+			return nil, fmt.Errorf("auth: create secret: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("auth: read secret: %w", err)
+	}
+	return New(secret, nil)
+}
+
+// WriteFileSync creates path with mode 0600 (failing if it exists) and
+// fsyncs it.
+func WriteFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// MintClient returns a client token for one device of one user.
+func (k *Keys) MintClient(user, device string, ttl time.Duration) (string, error) {
+	if user == "" || device == "" || ttl <= 0 {
+		return "", errors.New("auth: client token needs a user, a device and a positive ttl")
+	}
+	now := k.now()
+	return k.sign(Claims{Kind: KindClient, User: user, Device: device, RegisteredClaims: jwt.RegisteredClaims{
+		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}})
+}
+
+// MintAdmin returns an admin token; ttl zero means it does not expire.
+func (k *Keys) MintAdmin(ttl time.Duration) (string, error) {
+	now := k.now()
+	c := Claims{Kind: KindAdmin, RegisteredClaims: jwt.RegisteredClaims{IssuedAt: jwt.NewNumericDate(now)}}
+	if ttl > 0 {
+		c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	}
+	return k.sign(c)
+}
+
+func (k *Keys) sign(c Claims) (string, error) {
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(k.secret)
+}
+
+// Verify checks a token's signature, expiry and kind.
+func (k *Keys) Verify(token, kind string) (Claims, error) {
+	var c Claims
+	_, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return k.secret, nil },
+		jwt.WithValidMethods([]string{"HS256"}), jwt.WithTimeFunc(k.now))
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return Claims{}, ErrExpired
+	case err != nil:
+		return Claims{}, ErrInvalid
+	case c.Kind != kind:
+		return Claims{}, ErrInvalid
+	case kind == KindClient && (c.User == "" || c.Device == "" || c.ExpiresAt == nil):
+		return Claims{}, ErrInvalid
+	}
+	return c, nil
+}

@@ -1,0 +1,356 @@
+// Package httpapi is Ding's admin HTTP API: JSON over net/http for admins
+// and back-office systems, plus /healthz, /readyz and /metrics.
+//
+// Every /v1 route needs "Authorization: Bearer <admin token>". Errors are
+// JSON with a stable code:
+//
+//	{"error": {"code": "UNKNOWN_RECIPIENT", "detail": "engine: unknown recipient: \"zed\""}}
+//
+// Routes:
+//
+//	POST /v1/users                  {"id","name","phone"}        create or update a user
+//	PUT  /v1/users/{id}             {"name","phone"}             same, id from the path
+//	GET  /v1/users/{id}, /v1/users                               read the directory
+//	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
+//	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id"}
+//	                                -> {"id","created","duplicate"} after the message is durable
+//	GET  /v1/messages/{id}/receipts -> {"id","from","recipients":[{"user","state","delivered","read"}]}
+//	POST /v1/backup                 {"dir"} -> a Pebble checkpoint written into dir
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store"
+	"github.com/dingmq/ding/fanout"
+)
+
+// Config configures the API. Engine, Directory, Keys and Gatherer are required.
+type Config struct {
+	Engine    *engine.Engine
+	Directory *fanout.Directory
+	Keys      *auth.Keys
+	// Backup writes a consistent copy of the store; nil means backups are
+	// not supported (501).
+	Backup store.Checkpointer
+	// Gatherer is what /metrics exposes.
+	Gatherer prometheus.Gatherer
+	// Ready reports readiness for /readyz; nil means always ready.
+	Ready func() bool
+	// MaxTokenTTL caps client token lifetimes; zero means 30 days.
+	MaxTokenTTL time.Duration
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the API's metrics; nil means none.
+	Registerer prometheus.Registerer
+}
+
+// API is the http.Handler.
+type API struct {
+	cfg      Config
+	mux      *http.ServeMux
+	requests *prometheus.CounterVec
+}
+
+// New builds the handler.
+func New(cfg Config) (*API, error) {
+	if cfg.Engine == nil || cfg.Directory == nil || cfg.Keys == nil || cfg.Gatherer == nil {
+		return nil, errors.New("httpapi: Engine, Directory, Keys and Gatherer are required")
+	}
+	if cfg.MaxTokenTTL == 0 {
+		cfg.MaxTokenTTL = 30 * 24 * time.Hour
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	a := &API{cfg: cfg, mux: http.NewServeMux()}
+	a.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_http_requests_total", Help: "Admin API requests, by route and status code.",
+	}, []string{"route", "code"})
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(a.requests); err != nil {
+			return nil, err
+		}
+	}
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	a.admin("POST /v1/users", a.putUser)
+	a.admin("PUT /v1/users/{id}", a.putUser)
+	a.admin("GET /v1/users/{id}", a.getUser)
+	a.admin("GET /v1/users", a.listUsers)
+	a.admin("POST /v1/tokens", a.mintToken)
+	a.admin("POST /v1/messages", a.sendMessage)
+	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
+	a.admin("POST /v1/backup", a.backup)
+	return a, nil
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// apiError is an error with its HTTP status and stable code.
+type apiError struct {
+	status int
+	code   string
+	detail string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.detail }
+
+func errf(status int, code, format string, args ...any) *apiError {
+	return &apiError{status: status, code: code, detail: fmt.Sprintf(format, args...)}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
+
+// admin registers an admin-only JSON route.
+func (a *API) admin(pattern string, h func(r *http.Request) (int, any, error)) {
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		defer func() { a.requests.WithLabelValues(pattern, fmt.Sprint(sw.status)).Inc() }()
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			writeErr(sw, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token"))
+			return
+		}
+		if _, err := a.cfg.Keys.Verify(tok, auth.KindAdmin); err != nil {
+			writeErr(sw, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "admin token invalid or expired"))
+			return
+		}
+		r.Body = http.MaxBytesReader(sw, r.Body, int64(2*a.cfg.Engine.MaxBody()+16<<10))
+		status, body, err := h(r)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) {
+				a.cfg.Logger.Error("admin request failed", "route", pattern, "err", err)
+				ae = errf(http.StatusInternalServerError, "INTERNAL", "internal error")
+			}
+			writeErr(sw, ae)
+			return
+		}
+		sw.Header().Set("Content-Type", "application/json")
+		sw.WriteHeader(status)
+		json.NewEncoder(sw).Encode(body)
+	})
+}
+
+func writeErr(w http.ResponseWriter, e *apiError) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": e.code, "detail": e.detail}})
+}
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errf(http.StatusRequestEntityTooLarge, "TOO_LARGE", "request body too large")
+		}
+		return errf(http.StatusBadRequest, "BAD_REQUEST", "malformed JSON: %v", err)
+	}
+	return nil
+}
+
+// engineErr maps engine and directory errors to API errors.
+func engineErr(err error) error {
+	switch {
+	case errors.Is(err, engine.ErrTooLarge):
+		return errf(http.StatusRequestEntityTooLarge, "MESSAGE_TOO_LARGE", "%v", err)
+	case errors.Is(err, engine.ErrUnknownRecipient):
+		return errf(http.StatusUnprocessableEntity, "UNKNOWN_RECIPIENT", "%v", err)
+	case errors.Is(err, engine.ErrNoRecipients), errors.Is(err, engine.ErrTooManyRecipients),
+		errors.Is(err, engine.ErrBadName), errors.Is(err, engine.ErrBadKind), errors.Is(err, fanout.ErrBadPhone):
+		return errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
+	case errors.Is(err, engine.ErrNotFound):
+		return errf(http.StatusNotFound, "NOT_FOUND", "no such message")
+	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
+		return errf(http.StatusServiceUnavailable, "UNAVAILABLE", "server cannot accept writes now")
+	}
+	return err
+}
+
+func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
+	if a.cfg.Ready != nil && !a.cfg.Ready() {
+		http.Error(w, "not ready\n", http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ready\n"))
+}
+
+type userJSON struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Phone string `json:"phone,omitempty"`
+}
+
+func (a *API) putUser(r *http.Request) (int, any, error) {
+	var u userJSON
+	if err := decode(r, &u); err != nil {
+		return 0, nil, err
+	}
+	if id := r.PathValue("id"); id != "" {
+		if u.ID != "" && u.ID != id {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "id in body differs from the path")
+		}
+		u.ID = id
+	}
+	created, err := a.cfg.Directory.PutUser(fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone})
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	got, _ := a.cfg.Directory.User(u.ID)
+	if created {
+		return http.StatusCreated, got, nil
+	}
+	return http.StatusOK, got, nil
+}
+
+func (a *API) getUser(r *http.Request) (int, any, error) {
+	u, ok := a.cfg.Directory.User(r.PathValue("id"))
+	if !ok {
+		return 0, nil, errf(http.StatusNotFound, "NOT_FOUND", "no such user")
+	}
+	return http.StatusOK, u, nil
+}
+
+func (a *API) listUsers(r *http.Request) (int, any, error) {
+	return http.StatusOK, map[string]any{"users": a.cfg.Directory.Users()}, nil
+}
+
+func (a *API) mintToken(r *http.Request) (int, any, error) {
+	var req struct {
+		User       string `json:"user"`
+		Device     string `json:"device"`
+		TTLSeconds int64  `json:"ttl_seconds"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if _, ok := a.cfg.Directory.User(req.User); !ok {
+		return 0, nil, errf(http.StatusNotFound, "UNKNOWN_USER", "no such user %q", req.User)
+	}
+	if err := engine.CheckName("device", req.Device); err != nil {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
+	}
+	ttl := time.Duration(req.TTLSeconds) * time.Second
+	if ttl <= 0 || ttl > a.cfg.MaxTokenTTL {
+		ttl = a.cfg.MaxTokenTTL
+	}
+	tok, err := a.cfg.Keys.MintClient(req.User, req.Device, ttl)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"token": tok, "expires": time.Now().Add(ttl).UTC().Format(time.RFC3339)}, nil
+}
+
+func (a *API) sendMessage(r *http.Request) (int, any, error) {
+	var req struct {
+		From        string   `json:"from"`
+		To          []string `json:"to"`
+		Text        string   `json:"text"`
+		BodyBase64  []byte   `json:"body_base64"`
+		Kind        string   `json:"kind"`
+		ClientMsgID string   `json:"client_msg_id"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if _, ok := a.cfg.Directory.User(req.From); !ok {
+		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
+	}
+	kind, body := engine.KindText, []byte(req.Text)
+	switch req.Kind {
+	case "", "text":
+	case "data":
+		kind = engine.KindData
+	default:
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "kind must be text or data")
+	}
+	if req.BodyBase64 != nil {
+		if req.Text != "" {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "give text or body_base64, not both")
+		}
+		body = req.BodyBase64
+	}
+	res, err := a.cfg.Engine.Submit(r.Context(), engine.Submission{
+		From: req.From, To: req.To, Kind: kind, Body: body, ClientID: req.ClientMsgID,
+	})
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	return http.StatusOK, map[string]any{"id": res.ID.String(), "created": res.Created.UTC(), "duplicate": res.Duplicate}, nil
+}
+
+func (a *API) receipts(r *http.Request) (int, any, error) {
+	id, err := engine.ParseID(r.PathValue("id"))
+	if err != nil {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "malformed message id")
+	}
+	m, err := a.cfg.Engine.Message(id)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	rs, err := a.cfg.Engine.Receipts(id)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	type rj struct {
+		User      string     `json:"user"`
+		State     string     `json:"state"`
+		Delivered *time.Time `json:"delivered,omitempty"`
+		Read      *time.Time `json:"read,omitempty"`
+	}
+	out := make([]rj, 0, len(rs))
+	counts := map[string]int{"sent": 0, "delivered": 0, "read": 0}
+	for _, r := range rs {
+		x := rj{User: r.User, State: r.State.String()}
+		if !r.Delivered.IsZero() {
+			t := r.Delivered.UTC()
+			x.Delivered = &t
+		}
+		if !r.Read.IsZero() {
+			t := r.Read.UTC()
+			x.Read = &t
+		}
+		counts[x.State]++
+		out = append(out, x)
+	}
+	return http.StatusOK, map[string]any{"id": id.String(), "from": m.From, "created": m.Created.UTC(), "counts": counts, "recipients": out}, nil
+}
+
+func (a *API) backup(r *http.Request) (int, any, error) {
+	var req struct {
+		Dir string `json:"dir"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.Dir == "" {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "dir is required")
+	}
+	if a.cfg.Backup == nil {
+		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "this store cannot take backups")
+	}
+	if err := a.cfg.Backup.Checkpoint(req.Dir); err != nil {
+		return 0, nil, errf(http.StatusConflict, "BACKUP_FAILED", "%v", err)
+	}
+	return http.StatusOK, map[string]any{"dir": req.Dir}, nil
+}

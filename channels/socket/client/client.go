@@ -1,0 +1,629 @@
+// Package client is the Go client library for Ding's socket protocol.
+//
+// A Client keeps one device connected: it reconnects with backoff and
+// resumes the stream where it left off, resends unacknowledged submits
+// (deduplicated by the server through their client message ids), and drops
+// entries it already handed to the application, so the application sees
+// each stream entry once, in order.
+//
+//	c, err := client.Dial(ctx, client.Config{Addr: "127.0.0.1:7070", Token: tok, Device: "phone"})
+//	defer c.Close()
+//	res, err := c.Send(ctx, []string{"bo"}, []byte("hi"))   // returns after the durable ack
+//	for e := range c.Entries() {
+//		if e.Message != nil { ... }
+//		c.Ack(e.Seq)                                   // cumulative; the server stores it
+//	}
+//
+// Persist the last acknowledged Seq and pass it as Config.Cursor on the next
+// start to resume exactly there.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/channels/socket/wire"
+)
+
+// Config configures a Client. Addr, Token and Device are required.
+type Config struct {
+	Addr   string
+	Token  string
+	Device string
+	// Cursor is the last sequence number the application processed in an
+	// earlier run; nil means resume from the cursor the server stored.
+	Cursor *uint64
+	// Buffer is the capacity of the Entries channel; zero means 1024.
+	Buffer int
+	// MaxInflight bounds unacknowledged submits; zero means 256 (the
+	// server's default limit).
+	MaxInflight int
+	// MinBackoff and MaxBackoff bound reconnect delays; zero means 50ms and 5s.
+	MinBackoff, MaxBackoff time.Duration
+	// DialTimeout bounds one connection attempt and handshake; zero means 5s.
+	DialTimeout time.Duration
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Message is a message delivered in the stream.
+type Message struct {
+	ID      string
+	From    string
+	To      []string
+	Kind    pb.Kind
+	Body    []byte
+	Created time.Time
+}
+
+// Receipt is a receipt event: User's state for message ID moved forward.
+type Receipt struct {
+	ID    string
+	User  string
+	State pb.State
+	At    time.Time
+}
+
+// Entry is one stream entry; exactly one of Message and Receipt is set.
+type Entry struct {
+	Seq     uint64
+	Message *Message
+	Receipt *Receipt
+}
+
+// SendResult answers a durable Send.
+type SendResult struct {
+	ID        string
+	Created   time.Time
+	Duplicate bool
+}
+
+// Error is an ERROR frame from the server.
+type Error struct {
+	Code   pb.Code
+	Detail string
+	Fatal  bool
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("ding: %v: %s", e.Code, e.Detail) }
+
+// ErrClosed is returned by calls on a closed client.
+var ErrClosed = errors.New("client: closed")
+
+// Stats counts what the client did.
+type Stats struct {
+	Connects   int64 // successful handshakes
+	Duplicates int64 // entries dropped because they were already delivered
+}
+
+// Client is one connected device. Its methods are safe for concurrent use.
+type Client struct {
+	cfg Config
+	log *slog.Logger
+
+	entries chan Entry
+	sem     chan struct{} // inflight submits
+
+	mu       sync.Mutex
+	nc       net.Conn                // current connection, nil while disconnected; guarded by mu
+	welcome  *pb.Welcome             // guarded by mu
+	nextRef  uint64                  // guarded by mu
+	submits  map[uint64]*pendingSub  // guarded by mu
+	requests map[uint64]chan reqDone // READ and RECEIPTS_QUERY waiters; guarded by mu
+	acked    uint64                  // guarded by mu
+	err      error                   // terminal error; guarded by mu
+
+	wmu sync.Mutex // serialises writes to nc
+
+	delivered atomic.Uint64 // last seq handed to the app (reader goroutine writes)
+	haveDeliv atomic.Bool
+	stats     struct{ connects, dups atomic.Int64 }
+
+	quit     chan struct{}
+	quitOnce sync.Once
+	done     chan struct{}
+}
+
+type pendingSub struct {
+	frame []byte
+	done  chan subDone
+}
+
+type subDone struct {
+	res SendResult
+	err error
+}
+
+type reqDone struct {
+	msg proto.Message
+	err error
+}
+
+// Dial connects and completes the handshake once, so that a bad token or
+// address is reported here; after that the client reconnects by itself.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Addr == "" || cfg.Token == "" || cfg.Device == "" {
+		return nil, errors.New("client: Addr, Token and Device are required")
+	}
+	if cfg.Buffer == 0 {
+		cfg.Buffer = 1024
+	}
+	if cfg.MaxInflight == 0 {
+		cfg.MaxInflight = 256
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 50 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Client{
+		cfg: cfg, log: cfg.Logger,
+		entries:  make(chan Entry, cfg.Buffer),
+		sem:      make(chan struct{}, cfg.MaxInflight),
+		submits:  map[uint64]*pendingSub{},
+		requests: map[uint64]chan reqDone{},
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if cfg.Cursor != nil {
+		c.delivered.Store(*cfg.Cursor)
+		c.haveDeliv.Store(true)
+		c.acked = *cfg.Cursor
+	}
+	nc, w, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	go c.runLoop(nc, w)
+	return c, nil
+}
+
+// Entries delivers stream entries in order, each once. It is closed when
+// the client stops for good (Close, or a fatal error: see Err).
+func (c *Client) Entries() <-chan Entry { return c.entries }
+
+// Err returns the error that stopped the client, or nil.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Done is closed when the client has stopped.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Stats returns counters.
+func (c *Client) Stats() Stats {
+	return Stats{Connects: c.stats.connects.Load(), Duplicates: c.stats.dups.Load()}
+}
+
+// Welcome returns the server's most recent WELCOME.
+func (c *Client) Welcome() *pb.Welcome {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.welcome
+}
+
+// Close disconnects and stops the client. Pending calls fail with ErrClosed.
+func (c *Client) Close() error {
+	c.stop(ErrClosed)
+	<-c.done
+	return nil
+}
+
+func (c *Client) stop(err error) {
+	c.quitOnce.Do(func() {
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		if c.nc != nil {
+			c.nc.Close()
+		}
+		c.mu.Unlock()
+		close(c.quit)
+	})
+}
+
+// connect dials and performs the handshake.
+func (c *Client) connect(ctx context.Context) (net.Conn, *pb.Welcome, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client: dial %s: %w", c.cfg.Addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	hello := &pb.Hello{Version: wire.Version, Token: c.cfg.Token, Device: c.cfg.Device}
+	if c.haveDeliv.Load() {
+		cur := c.delivered.Load()
+		hello.Cursor = &cur
+	}
+	if _, err := nc.Write(wire.Encode(pb.FrameType_HELLO, hello)); err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("client: send hello: %w", err)
+	}
+	ft, msg, err := readFrame(nc, 1<<20)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("client: handshake: %w", err)
+	}
+	nc.SetDeadline(time.Time{})
+	switch m := msg.(type) {
+	case *pb.Welcome:
+		return nc, m, nil
+	case *pb.Error:
+		nc.Close()
+		return nil, nil, &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal}
+	}
+	nc.Close()
+	return nil, nil, fmt.Errorf("client: handshake: unexpected %v", ft)
+}
+
+func readFrame(r io.Reader, max int) (pb.FrameType, proto.Message, error) {
+	var hdr [wire.HeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n, ft, err := wire.ParseHeader(hdr[:], max)
+	if err != nil {
+		return 0, nil, err
+	}
+	payload := make([]byte, n-1)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, err
+	}
+	msg, err := wire.Decode(ft, payload)
+	return ft, msg, err
+}
+
+// fatalCode reports whether reconnecting cannot help.
+func fatalCode(code pb.Code) bool {
+	switch code {
+	case pb.Code_BAD_TOKEN, pb.Code_TOKEN_EXPIRED, pb.Code_DEVICE_MISMATCH, pb.Code_BAD_VERSION, pb.Code_REPLACED:
+		return true
+	}
+	return false
+}
+
+// runLoop owns the connection: it runs one session, then reconnects.
+func (c *Client) runLoop(nc net.Conn, w *pb.Welcome) {
+	defer close(c.done)
+	defer close(c.entries)
+	backoff := c.cfg.MinBackoff
+	for {
+		if nc != nil {
+			backoff = c.cfg.MinBackoff
+			err := c.session(nc, w)
+			var pe *Error
+			if errors.As(err, &pe) && fatalCode(pe.Code) {
+				c.stop(pe)
+			}
+		}
+		select {
+		case <-c.quit:
+			c.failAll(c.Err())
+			return
+		default:
+		}
+		// Back off with jitter, then reconnect.
+		t := time.NewTimer(backoff/2 + mrand.N(backoff/2+1))
+		select {
+		case <-c.quit:
+			t.Stop()
+			c.failAll(c.Err())
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+		var err error
+		nc, w, err = c.connect(context.Background())
+		if err != nil {
+			var pe *Error
+			if errors.As(err, &pe) && fatalCode(pe.Code) {
+				c.stop(pe)
+			}
+			c.log.Debug("reconnect failed", "addr", c.cfg.Addr, "err", err)
+			nc = nil
+		}
+	}
+}
+
+// session serves one connection until it fails.
+func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
+	c.stats.connects.Add(1)
+	c.mu.Lock()
+	if c.err != nil { // closed meanwhile
+		c.mu.Unlock()
+		nc.Close()
+		return c.err
+	}
+	c.nc, c.welcome = nc, w
+	acked := c.acked
+	// Resend what was not acknowledged, in order; the server deduplicates.
+	resend := make([][]byte, 0, len(c.submits))
+	for ref := uint64(1); ref <= c.nextRef; ref++ {
+		if p, ok := c.submits[ref]; ok {
+			resend = append(resend, p.frame)
+		}
+	}
+	c.mu.Unlock()
+	if acked > 0 {
+		c.write(wire.Encode(pb.FrameType_ACK, &pb.Ack{Seq: acked}))
+	}
+	for _, f := range resend {
+		c.write(f)
+	}
+
+	ping := time.Duration(w.PingIntervalMs) * time.Millisecond
+	if ping <= 0 {
+		ping = 30 * time.Second
+	}
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.readLoop(nc, int(w.MaxFrame)+wire.HeaderLen) }()
+	t := time.NewTicker(ping)
+	defer t.Stop()
+	var err error
+loop:
+	for {
+		select {
+		case err = <-readErr:
+			break loop
+		case <-c.quit:
+			nc.Close()
+			err = <-readErr
+			break loop
+		case <-t.C:
+			c.write(wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: uint64(time.Now().UnixNano())}))
+		}
+	}
+	c.mu.Lock()
+	c.nc = nil
+	// READ and RECEIPTS_QUERY are not resent; their callers retry.
+	for ref, ch := range c.requests {
+		ch <- reqDone{err: fmt.Errorf("client: disconnected: %w", err)}
+		delete(c.requests, ref)
+	}
+	c.mu.Unlock()
+	nc.Close()
+	return err
+}
+
+func (c *Client) readLoop(nc net.Conn, max int) error {
+	for {
+		_, msg, err := readFrame(nc, max)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *pb.Deliver:
+			c.deliver(Entry{Seq: m.Seq, Message: &Message{
+				ID: m.Id, From: m.From, To: m.To, Kind: m.Kind, Body: m.Body, Created: time.UnixMilli(m.CreatedMs),
+			}})
+		case *pb.Receipt:
+			c.deliver(Entry{Seq: m.Seq, Receipt: &Receipt{ID: m.Id, User: m.User, State: m.State, At: time.UnixMilli(m.AtMs)}})
+		case *pb.SubmitAck:
+			c.finishSubmit(m.Ref, subDone{res: SendResult{ID: m.Id, Created: time.UnixMilli(m.CreatedMs), Duplicate: m.Duplicate}})
+		case *pb.Ok:
+			c.finishRequest(m.Ref, reqDone{msg: m})
+		case *pb.Receipts:
+			c.finishRequest(m.Ref, reqDone{msg: m})
+		case *pb.Error:
+			pe := &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal}
+			if m.Fatal {
+				return pe
+			}
+			if m.Ref != 0 {
+				c.finishSubmit(m.Ref, subDone{err: pe})
+				c.finishRequest(m.Ref, reqDone{err: pe})
+			} else {
+				c.log.Warn("server error", "code", m.Code, "detail", m.Detail)
+			}
+		case *pb.Ping:
+			c.write(wire.Encode(pb.FrameType_PONG, &pb.Pong{Nonce: m.Nonce}))
+		}
+	}
+}
+
+// deliver hands an entry to the app unless it was handed over already.
+func (c *Client) deliver(e Entry) {
+	if c.haveDeliv.Load() && e.Seq <= c.delivered.Load() {
+		c.stats.dups.Add(1)
+		return
+	}
+	select {
+	case c.entries <- e:
+	case <-c.quit:
+		return
+	}
+	c.delivered.Store(e.Seq)
+	c.haveDeliv.Store(true)
+}
+
+func (c *Client) finishSubmit(ref uint64, d subDone) {
+	c.mu.Lock()
+	p, ok := c.submits[ref]
+	delete(c.submits, ref)
+	c.mu.Unlock()
+	if ok {
+		p.done <- d
+	}
+}
+
+func (c *Client) finishRequest(ref uint64, d reqDone) {
+	c.mu.Lock()
+	ch, ok := c.requests[ref]
+	delete(c.requests, ref)
+	c.mu.Unlock()
+	if ok {
+		ch <- d
+	}
+}
+
+func (c *Client) failAll(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ref, p := range c.submits {
+		p.done <- subDone{err: err}
+		delete(c.submits, ref)
+	}
+	for ref, ch := range c.requests {
+		ch <- reqDone{err: err}
+		delete(c.requests, ref)
+	}
+}
+
+// write sends a frame on the current connection; a failure is left to the
+// reader to notice (the connection is then replaced).
+func (c *Client) write(frame []byte) {
+	c.mu.Lock()
+	nc := c.nc
+	c.mu.Unlock()
+	if nc == nil {
+		return
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	nc.SetWriteDeadline(time.Now().Add(c.cfg.DialTimeout))
+	if _, err := nc.Write(frame); err != nil {
+		nc.Close()
+	}
+}
+
+// SendOption adjusts one Send.
+type SendOption func(*pb.Submit)
+
+// WithKind sets the message kind (default TEXT).
+func WithKind(k pb.Kind) SendOption { return func(s *pb.Submit) { s.Kind = k } }
+
+// WithClientID sets the client message id (default: a random one, kept
+// across the client's own resends).
+func WithClientID(id string) SendOption { return func(s *pb.Submit) { s.ClientMsgId = id } }
+
+// Send submits a message and returns once the server has it durably. If
+// the connection drops first, it is resent on the next connection with the
+// same client message id, so it is stored once. If ctx ends first the
+// outcome is unknown.
+func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...SendOption) (SendResult, error) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return SendResult{}, ctx.Err()
+	case <-c.quit:
+		return SendResult{}, c.Err()
+	}
+	defer func() { <-c.sem }()
+	sub := &pb.Submit{To: to, Kind: pb.Kind_TEXT, Body: body}
+	for _, o := range opts {
+		o(sub)
+	}
+	if sub.ClientMsgId == "" {
+		var b [12]byte
+		rand.Read(b[:])
+		sub.ClientMsgId = hex.EncodeToString(b[:])
+	}
+	p := &pendingSub{done: make(chan subDone, 1)}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return SendResult{}, c.err
+	}
+	c.nextRef++
+	sub.Ref = c.nextRef
+	p.frame = wire.Encode(pb.FrameType_SUBMIT, sub)
+	c.submits[sub.Ref] = p
+	c.mu.Unlock()
+	c.write(p.frame)
+	select {
+	case d := <-p.done:
+		return d.res, d.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.submits, sub.Ref)
+		c.mu.Unlock()
+		return SendResult{}, ctx.Err()
+	}
+}
+
+// Ack tells the server that every entry up to seq was processed. Acks are
+// cumulative and cheap; call it as often as convenient.
+func (c *Client) Ack(seq uint64) {
+	c.mu.Lock()
+	if seq <= c.acked {
+		c.mu.Unlock()
+		return
+	}
+	c.acked = seq
+	c.mu.Unlock()
+	c.write(wire.Encode(pb.FrameType_ACK, &pb.Ack{Seq: seq}))
+}
+
+func (c *Client) request(ctx context.Context, build func(ref uint64) []byte) (proto.Message, error) {
+	ch := make(chan reqDone, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil, c.err
+	}
+	if c.nc == nil {
+		c.mu.Unlock()
+		return nil, errors.New("client: not connected; retry")
+	}
+	c.nextRef++
+	ref := c.nextRef
+	c.requests[ref] = ch
+	c.mu.Unlock()
+	c.write(build(ref))
+	select {
+	case d := <-ch:
+		return d.msg, d.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.requests, ref)
+		c.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// Read marks messages read, on every device of this user, and returns once
+// that is durable.
+func (c *Client) Read(ctx context.Context, ids ...string) error {
+	_, err := c.request(ctx, func(ref uint64) []byte {
+		return wire.Encode(pb.FrameType_READ, &pb.Read{Ref: ref, Ids: ids})
+	})
+	return err
+}
+
+// Receipts returns each recipient's state for a message this user sent.
+func (c *Client) Receipts(ctx context.Context, id string) ([]*pb.RecipientState, error) {
+	m, err := c.request(ctx, func(ref uint64) []byte {
+		return wire.Encode(pb.FrameType_RECEIPTS_QUERY, &pb.ReceiptsQuery{Ref: ref, Id: id})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m.(*pb.Receipts).Recipients, nil
+}

@@ -1,0 +1,484 @@
+package socket
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+
+	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/fanout"
+)
+
+const (
+	codeBadFrame          = pb.Code_BAD_FRAME
+	codeFrameTooLarge     = pb.Code_FRAME_TOO_LARGE
+	codeUnknownFrame      = pb.Code_UNKNOWN_FRAME
+	codeBadVersion        = pb.Code_BAD_VERSION
+	codeHandshakeRequired = pb.Code_HANDSHAKE_REQUIRED
+	codeHandshakeTimeout  = pb.Code_HANDSHAKE_TIMEOUT
+	codeBadToken          = pb.Code_BAD_TOKEN
+	codeTokenExpired      = pb.Code_TOKEN_EXPIRED
+	codeDeviceMismatch    = pb.Code_DEVICE_MISMATCH
+	codeBadRequest        = pb.Code_BAD_REQUEST
+	codeTooManyInflight   = pb.Code_TOO_MANY_INFLIGHT
+	codeForbidden         = pb.Code_FORBIDDEN
+	codeSlowConsumer      = pb.Code_SLOW_CONSUMER
+	codeIdleTimeout       = pb.Code_IDLE_TIMEOUT
+	codeReplaced          = pb.Code_REPLACED
+	codeShuttingDown      = pb.Code_SHUTTING_DOWN
+	codeNotFound          = pb.Code_NOT_FOUND
+	codeInternal          = pb.Code_INTERNAL
+)
+
+// closeGrace is how long a connection that got a fatal error may take to
+// flush it before it is closed regardless.
+const closeGrace = time.Second
+
+// maxReadIDs bounds the ids one READ frame may carry.
+const maxReadIDs = 1000
+
+// connKey carries the *conn from OnPrepare to OnRequest: netpoll's own
+// mechanism for per-connection state is the context it hands back.
+type connKey struct{}
+
+// conn is one client connection. It implements fanout.Endpoint.
+type conn struct {
+	s      *Server
+	nc     netpoll.Connection
+	id     uint64
+	opened int64 // unix nanos
+
+	lastSeen atomic.Int64 // unix nanos of the last complete frame
+	authed   atomic.Bool
+	dead     atomic.Bool // a fatal error was queued: input is discarded
+	inflight atomic.Int32
+	dev      atomic.Pointer[fanout.Device]
+
+	// Written once by the HELLO handler before authed is set; read only
+	// by handlers after that (handlers run one at a time per connection).
+	user, device string
+
+	mu       sync.Mutex
+	out      [][]byte    // queued frames; guarded by mu
+	spare    [][]byte    // the flusher's recycled slice; owned by the flusher
+	pending  int         // bytes in out plus the batch being flushed; guarded by mu
+	flushing bool        // a flusher goroutine is running; guarded by mu
+	closing  bool        // no more frames accepted; guarded by mu
+	killer   *time.Timer // closes the connection if a fatal error cannot be flushed; guarded by mu
+}
+
+var _ fanout.Endpoint = (*conn)(nil)
+
+func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+	now := time.Now().UnixNano()
+	c := &conn{s: s, nc: nc, id: s.nextID.Add(1), opened: now}
+	c.lastSeen.Store(now)
+	s.register(c)
+	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
+		c.mu.Lock()
+		c.closing = true
+		if c.killer != nil {
+			c.killer.Stop()
+		}
+		c.mu.Unlock()
+		if d := c.dev.Load(); d != nil {
+			d.Detach()
+		}
+		s.unregister(c)
+		return nil
+	})
+	if s.draining.Load() {
+		c.fatal(codeShuttingDown, 0, "server shutting down")
+	}
+	return context.WithValue(context.Background(), connKey{}, c)
+}
+
+// onRequest reads every complete frame and hands it off. It blocks only
+// while a frame is partly received (bounded by the read timeout).
+func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
+	c, _ := ctx.Value(connKey{}).(*conn)
+	if c == nil {
+		return nc.Close()
+	}
+	r := nc.Reader()
+	for r.Len() > 0 {
+		if c.dead.Load() {
+			_ = r.Skip(r.Len())
+			return r.Release()
+		}
+		hdr, err := r.Peek(wire.HeaderLen)
+		if err != nil {
+			return nc.Close() // timed out inside a frame, or closed
+		}
+		n, ft, err := wire.ParseHeader(hdr, s.cfg.MaxFrame)
+		if err != nil {
+			code := codeBadFrame
+			if errors.Is(err, wire.ErrTooLarge) {
+				code = codeFrameTooLarge
+			}
+			c.fatal(code, 0, err.Error())
+			_ = r.Skip(r.Len())
+			return r.Release()
+		}
+		frame, err := r.Next(4 + n)
+		if err != nil {
+			return nc.Close()
+		}
+		c.lastSeen.Store(time.Now().UnixNano())
+		c.handle(ft, frame[wire.HeaderLen:])
+		_ = r.Release()
+	}
+	return nil
+}
+
+func (c *conn) handle(ft pb.FrameType, payload []byte) {
+	s := c.s
+	s.m.framesIn.WithLabelValues(ft.String()).Inc()
+	if !c.authed.Load() && ft != pb.FrameType_HELLO {
+		c.fatal(codeHandshakeRequired, 0, "first frame must be HELLO")
+		return
+	}
+	switch ft {
+	case pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
+		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY:
+	default:
+		c.fatal(codeUnknownFrame, 0, "not a client frame type: "+ft.String())
+		return
+	}
+	msg, err := wire.Decode(ft, payload)
+	if err != nil {
+		c.fatal(codeBadFrame, 0, err.Error())
+		return
+	}
+	switch m := msg.(type) {
+	case *pb.Hello:
+		c.hello(m)
+	case *pb.Submit:
+		c.submit(m)
+	case *pb.Ack:
+		s.cfg.Engine.AckAsync(c.user, c.device, m.Seq, func(err error) {
+			if err != nil {
+				c.fail(0, err)
+			}
+		})
+	case *pb.Read:
+		c.read(m)
+	case *pb.Ping:
+		c.Send(wire.Encode(pb.FrameType_PONG, &pb.Pong{Nonce: m.Nonce}))
+	case *pb.Pong:
+	case *pb.ReceiptsQuery:
+		c.receipts(m)
+	}
+}
+
+func (c *conn) hello(m *pb.Hello) {
+	s := c.s
+	if c.authed.Load() {
+		c.fatal(codeBadFrame, 0, "second HELLO")
+		return
+	}
+	if m.Version != wire.Version {
+		s.m.handshakes.WithLabelValues("bad_version").Inc()
+		c.fatal(codeBadVersion, 0, "this server speaks protocol version 1")
+		return
+	}
+	claims, err := s.cfg.Keys.Verify(m.Token, auth.KindClient)
+	switch {
+	case errors.Is(err, auth.ErrExpired):
+		s.m.handshakes.WithLabelValues("expired").Inc()
+		c.fatal(codeTokenExpired, 0, "token expired")
+		return
+	case err != nil:
+		s.m.handshakes.WithLabelValues("bad_token").Inc()
+		c.fatal(codeBadToken, 0, "token invalid")
+		return
+	case claims.Device != m.Device:
+		s.m.handshakes.WithLabelValues("device_mismatch").Inc()
+		c.fatal(codeDeviceMismatch, 0, "device does not match the token")
+		return
+	}
+	if _, ok := s.cfg.Directory.User(claims.User); !ok {
+		s.m.handshakes.WithLabelValues("bad_token").Inc()
+		c.fatal(codeBadToken, 0, "token invalid")
+		return
+	}
+	e := s.cfg.Engine
+	head, err := e.Head(claims.User)
+	if err != nil {
+		c.fail(0, err)
+		return
+	}
+	cursor := m.GetCursor()
+	if m.Cursor == nil {
+		if cursor, _, err = e.Cursor(claims.User, claims.Device); err != nil {
+			c.fail(0, err)
+			return
+		}
+	}
+	cursor = min(cursor, head) // a client ahead of the server (restored backup) resumes at the head
+	c.user, c.device = claims.User, claims.Device
+	c.authed.Store(true)
+	s.m.handshakes.WithLabelValues("ok").Inc()
+	c.Send(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{
+		User: c.user, Device: c.device, Head: head, ResumeFrom: cursor + 1,
+		MaxFrame: uint32(s.cfg.MaxFrame), MaxBody: uint32(e.MaxBody()),
+		MaxInflight: uint32(s.cfg.MaxInflight), PingIntervalMs: uint32(s.cfg.IdleTimeout.Milliseconds() / 3),
+	}))
+	d, old := s.cfg.Hub.Attach(c.user, c.device, c, cursor+1)
+	c.dev.Store(d)
+	if c.isClosing() {
+		d.Detach() // closed while attaching; the close callback may have missed d
+	}
+	if oc, ok := old.(*conn); ok {
+		oc.fatal(codeReplaced, 0, "the same device connected again")
+	}
+}
+
+func (c *conn) submit(m *pb.Submit) {
+	if int(c.inflight.Add(1)) > c.s.cfg.MaxInflight {
+		c.inflight.Add(-1)
+		c.sendError(codeTooManyInflight, m.Ref, "wait for acks before submitting more", false)
+		return
+	}
+	ref := m.Ref
+	c.s.cfg.Engine.SubmitAsync(engine.Submission{
+		From: c.user, To: m.To, Kind: engine.Kind(m.Kind), Body: m.Body, ClientID: m.ClientMsgId,
+	}, func(res engine.SubmitResult, err error) {
+		c.inflight.Add(-1)
+		if err != nil {
+			c.fail(ref, err)
+			return
+		}
+		c.Send(wire.Encode(pb.FrameType_SUBMIT_ACK, &pb.SubmitAck{
+			Ref: ref, Id: res.ID.String(), CreatedMs: res.Created.UnixMilli(), Duplicate: res.Duplicate,
+		}))
+	})
+}
+
+func (c *conn) read(m *pb.Read) {
+	if len(m.Ids) == 0 || len(m.Ids) > maxReadIDs {
+		c.sendError(codeBadRequest, m.Ref, "READ needs 1 to 1000 ids", false)
+		return
+	}
+	ids := make([]engine.ID, len(m.Ids))
+	for i, s := range m.Ids {
+		id, err := engine.ParseID(s)
+		if err != nil {
+			c.sendError(codeBadRequest, m.Ref, "malformed message id", false)
+			return
+		}
+		ids[i] = id
+	}
+	ref := m.Ref
+	c.s.cfg.Engine.ReadAsync(c.user, ids, func(err error) {
+		if err != nil {
+			c.fail(ref, err)
+			return
+		}
+		c.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref}))
+	})
+}
+
+func (c *conn) receipts(m *pb.ReceiptsQuery) {
+	e := c.s.cfg.Engine
+	id, err := engine.ParseID(m.Id)
+	if err != nil {
+		c.sendError(codeBadRequest, m.Ref, "malformed message id", false)
+		return
+	}
+	msg, err := e.Message(id)
+	if errors.Is(err, engine.ErrNotFound) {
+		c.sendError(codeNotFound, m.Ref, "no such message", false)
+		return
+	}
+	if err != nil {
+		c.fail(m.Ref, err)
+		return
+	}
+	if msg.From != c.user {
+		c.sendError(codeForbidden, m.Ref, "only the sender may query receipts", false)
+		return
+	}
+	rs, err := e.Receipts(id)
+	if err != nil {
+		c.fail(m.Ref, err)
+		return
+	}
+	out := &pb.Receipts{Ref: m.Ref, Id: m.Id}
+	for _, r := range rs {
+		out.Recipients = append(out.Recipients, &pb.RecipientState{
+			User: r.User, State: pb.State(r.State), DeliveredMs: msOrZero(r.Delivered), ReadMs: msOrZero(r.Read),
+		})
+	}
+	c.Send(wire.Encode(pb.FrameType_RECEIPTS, out))
+}
+
+func msOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// fail reports an engine error to the client with its typed code.
+func (c *conn) fail(ref uint64, err error) {
+	code, fatal, detail := CodeOf(err)
+	if code == codeInternal {
+		c.s.log.Error("request failed", "conn", c.id, "user", c.user, "err", err)
+	}
+	c.sendError(code, ref, detail, fatal)
+}
+
+// CodeOf maps an engine error to the protocol's code, whether it ends the
+// connection, and a detail safe to show the client.
+func CodeOf(err error) (code pb.Code, fatal bool, detail string) {
+	switch {
+	case errors.Is(err, engine.ErrTooLarge):
+		return pb.Code_MESSAGE_TOO_LARGE, false, err.Error()
+	case errors.Is(err, engine.ErrUnknownRecipient):
+		return pb.Code_UNKNOWN_RECIPIENT, false, err.Error()
+	case errors.Is(err, engine.ErrNoRecipients), errors.Is(err, engine.ErrTooManyRecipients),
+		errors.Is(err, engine.ErrBadName), errors.Is(err, engine.ErrBadKind):
+		return codeBadRequest, false, err.Error()
+	case errors.Is(err, engine.ErrNotRecipient):
+		return pb.Code_NOT_RECIPIENT, false, err.Error()
+	case errors.Is(err, engine.ErrBadAck):
+		return pb.Code_BAD_ACK, true, err.Error()
+	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
+		return pb.Code_UNAVAILABLE, false, "server cannot accept writes now; retry later"
+	}
+	return codeInternal, false, "internal error; retry"
+}
+
+func (c *conn) sendError(code pb.Code, ref uint64, detail string, fatal bool) {
+	if fatal {
+		c.fatal(code, ref, detail)
+		return
+	}
+	c.s.m.errors.WithLabelValues(code.String()).Inc()
+	c.Send(wire.Encode(pb.FrameType_ERROR, &pb.Error{Code: code, Ref: ref, Detail: detail}))
+}
+
+// fatal queues a fatal ERROR frame and closes the connection once it is
+// flushed (or after closeGrace). Later input is discarded.
+func (c *conn) fatal(code pb.Code, ref uint64, detail string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fatalLocked(code, ref, detail)
+}
+
+func (c *conn) fatalLocked(code pb.Code, ref uint64, detail string) {
+	if c.closing {
+		return
+	}
+	c.s.m.errors.WithLabelValues(code.String()).Inc()
+	c.dead.Store(true)
+	f := wire.Encode(pb.FrameType_ERROR, &pb.Error{Code: code, Ref: ref, Detail: detail, Fatal: true})
+	c.enqueueLocked(f) // past MaxPending if need be: it is the last frame
+	c.closing = true
+	nc := c.nc
+	c.killer = time.AfterFunc(closeGrace, func() { _ = nc.Close() })
+}
+
+func (c *conn) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// Send implements fanout.Endpoint.
+func (c *conn) Send(frame []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	if c.pending+len(frame) > c.s.cfg.MaxPending {
+		c.s.m.slowConsumers.Inc()
+		c.fatalLocked(codeSlowConsumer, 0, "outbound queue overflowed; reconnect to resume")
+		return false
+	}
+	c.enqueueLocked(frame)
+	return true
+}
+
+// Pending implements fanout.Endpoint.
+func (c *conn) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pending
+}
+
+// Fail implements fanout.Endpoint.
+func (c *conn) Fail(err error) { c.fatal(codeInternal, 0, "internal error; reconnect") }
+
+func (c *conn) enqueueLocked(frame []byte) {
+	c.out = append(c.out, frame)
+	c.pending += len(frame)
+	if !c.flushing {
+		c.flushing = true
+		c.s.wg.Add(1)
+		go c.flushLoop()
+	}
+}
+
+// flushLoop writes queued frames until the queue is empty, then exits.
+// Everything queued during one flush goes out in the next: one syscall for
+// many frames under load.
+func (c *conn) flushLoop() {
+	defer c.s.wg.Done()
+	w := c.nc.Writer()
+	for {
+		c.mu.Lock()
+		if len(c.out) == 0 {
+			c.flushing = false
+			closing := c.closing
+			c.mu.Unlock()
+			if closing {
+				_ = c.nc.Close()
+			}
+			return
+		}
+		batch := c.out
+		c.out = c.spare[:0]
+		c.mu.Unlock()
+
+		n := 0
+		var err error
+		for _, f := range batch {
+			if _, err = w.WriteBinary(f); err != nil {
+				break
+			}
+			n += len(f)
+		}
+		if err == nil {
+			err = w.Flush()
+		}
+		c.s.m.flushFrames.Observe(float64(len(batch)))
+		c.s.m.bytesOut.Add(float64(n))
+		clear(batch)
+		c.spare = batch
+
+		c.mu.Lock()
+		c.pending -= n
+		if err != nil {
+			c.closing = true
+			c.flushing = false
+			c.out, c.pending = nil, 0
+			c.mu.Unlock()
+			_ = c.nc.Close()
+			return
+		}
+		c.mu.Unlock()
+		if d := c.dev.Load(); d != nil {
+			d.Drained()
+		}
+	}
+}

@@ -1,0 +1,77 @@
+// Command dingd is the Ding server.
+//
+//	go run ./cmd/dingd                      # Pebble in ./ding-data, socket :7070, HTTP :7080
+//	dingd --data /var/lib/ding --listen :7070 --http 127.0.0.1:7080
+//
+// Every flag has an environment equivalent (DING_DATA, DING_LISTEN,
+// DING_HTTP, DING_MAX_BODY, DING_LOG_LEVEL); a flag given on the command
+// line wins. On first start dingd writes an admin token to DATA/admin.token
+// (mode 0600). SIGTERM or SIGINT drains and stops cleanly.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/dingmq/ding/internal/node"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "dingd:", err)
+		os.Exit(1)
+	}
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("dingd", flag.ContinueOnError)
+	data := fs.String("data", env("DING_DATA", "./ding-data"), "data directory (env DING_DATA)")
+	listen := fs.String("listen", env("DING_LISTEN", ":7070"), "client socket address (env DING_LISTEN)")
+	httpAddr := fs.String("http", env("DING_HTTP", ":7080"), "admin HTTP address (env DING_HTTP)")
+	maxBody, err := strconv.Atoi(env("DING_MAX_BODY", "65536"))
+	if err != nil {
+		return fmt.Errorf("DING_MAX_BODY: %w", err)
+	}
+	fs.IntVar(&maxBody, "max-body", maxBody, "largest message body in bytes (env DING_MAX_BODY)")
+	level := fs.String("log-level", env("DING_LOG_LEVEL", "info"), "debug, info, warn or error (env DING_LOG_LEVEL)")
+	drain := fs.Duration("drain-timeout", 15*time.Second, "how long SIGTERM waits for connections to drain")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+
+	n, err := node.Start(node.Config{
+		DataDir: *data, SocketAddr: *listen, HTTPAddr: *httpAddr, MaxBody: maxBody, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "dingd: socket %s, http %s, data %s (admin token in %s/%s)\n",
+		n.SocketAddr(), n.HTTPAddr(), *data, *data, node.AdminTokenFile)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.Info("draining", "signal", s.String())
+	ctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	return n.Shutdown(ctx)
+}

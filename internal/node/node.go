@@ -1,0 +1,230 @@
+// Package node assembles one Ding server from its parts: the Pebble store,
+// the engine, the directory and hub, the socket gateway and the admin HTTP
+// API. cmd/dingd reads flags and the environment into a Config and calls
+// Start; integration tests call Start directly on 127.0.0.1:0.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/socket"
+	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+	"github.com/dingmq/ding/fanout"
+)
+
+// AdminTokenFile is the file in the data directory holding the admin token.
+const AdminTokenFile = "admin.token"
+
+// Config configures a node. Zero values are the production defaults.
+type Config struct {
+	// DataDir holds the store, the signing secret and the admin token;
+	// empty means ./ding-data.
+	DataDir string
+	// SocketAddr is the client socket listen address; empty means :7070.
+	SocketAddr string
+	// HTTPAddr is the admin API listen address; empty means :7080.
+	HTTPAddr string
+	// MaxBody is the largest message body; zero means 64 KiB.
+	MaxBody int
+	// Socket tunes the gateway; its Engine, Hub, Keys, Directory, Logger
+	// and Registerer are filled in by Start.
+	Socket socket.Config
+	// Clock; nil means the system clock.
+	Clock engine.Clock
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Node is a running server.
+type Node struct {
+	cfg        Config
+	log        *slog.Logger
+	db         *pebblestore.DB
+	eng        *engine.Engine
+	hub        *fanout.Hub
+	dir        *fanout.Directory
+	sock       *socket.Server
+	sockLn     net.Listener
+	httpSrv    *http.Server
+	httpLn     net.Listener
+	adminToken string
+	ready      atomic.Bool
+
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start opens the store and starts serving.
+func Start(cfg Config) (n *Node, err error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = "ding-data"
+	}
+	if cfg.SocketAddr == "" {
+		cfg.SocketAddr = ":7070"
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = ":7080"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	n = &Node{cfg: cfg, log: cfg.Logger}
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("node: data dir: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if n.db, err = pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { n.db.Close() })
+	keys, err := auth.LoadOrCreate(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
+		return nil, err
+	}
+	if n.dir, err = fanout.OpenDirectory(n.db, cfg.Clock); err != nil {
+		return nil, err
+	}
+	if n.eng, err = engine.Open(engine.Config{
+		Store: n.db, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
+		Logger: cfg.Logger, Registerer: reg,
+	}); err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { n.eng.Close() })
+	if n.hub, err = fanout.NewHub(fanout.HubConfig{
+		Source: n.eng, Encode: wire.EncodeEntry, Logger: cfg.Logger, Registerer: reg,
+	}); err != nil {
+		return nil, err
+	}
+	closers = append(closers, n.hub.Close)
+	n.eng.SetSink(n.hub)
+
+	sc := cfg.Socket
+	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = n.eng, n.hub, keys, n.dir, cfg.Logger, reg
+	if n.sock, err = socket.New(sc); err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
+	api, err := httpapi.New(httpapi.Config{
+		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, Gatherer: reg,
+		Ready: n.ready.Load, Logger: cfg.Logger, Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n.sockLn, err = socket.Listen(cfg.SocketAddr); err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { n.sockLn.Close() })
+	if n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTPAddr, err)
+	}
+	n.httpSrv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		if err := n.sock.Serve(n.sockLn); err != nil {
+			n.log.Error("socket server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer n.wg.Done()
+		if err := n.httpSrv.Serve(n.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("http server stopped", "err", err)
+		}
+	}()
+	n.ready.Store(true)
+	n.log.Info("ding started", "data", cfg.DataDir, "socket", n.SocketAddr(), "http", n.HTTPAddr())
+	return n, nil
+}
+
+func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (string, error) {
+	p := filepath.Join(dir, AdminTokenFile)
+	b, err := os.ReadFile(p)
+	if err == nil {
+		tok := strings.TrimSpace(string(b))
+		if _, err := keys.Verify(tok, auth.KindAdmin); err != nil {
+			return "", fmt.Errorf("node: %s does not hold a valid admin token for this data dir", p)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("node: read admin token: %w", err)
+	}
+	tok, err := keys.MintAdmin(0)
+	if err != nil {
+		return "", err
+	}
+	if err := auth.WriteFileSync(p, []byte(tok+"\n")); err != nil {
+		return "", fmt.Errorf("node: write admin token: %w", err)
+	}
+	log.Info("created admin token; dingctl --data reads it", "file", p)
+	return tok, nil
+}
+
+// SocketAddr is the address the socket gateway listens on.
+func (n *Node) SocketAddr() string { return n.sockLn.Addr().String() }
+
+// HTTPAddr is the address the admin API listens on.
+func (n *Node) HTTPAddr() string { return n.httpLn.Addr().String() }
+
+// AdminToken returns the admin token.
+func (n *Node) AdminToken() string { return n.adminToken }
+
+// Engine, Hub, Directory and Socket expose the parts, for tests and tools.
+func (n *Node) Engine() *engine.Engine       { return n.eng }
+func (n *Node) Hub() *fanout.Hub             { return n.hub }
+func (n *Node) Directory() *fanout.Directory { return n.dir }
+func (n *Node) Socket() *socket.Server       { return n.sock }
+
+// Shutdown drains and stops: /readyz turns false, clients are told
+// SHUTTING_DOWN and disconnected, the HTTP server finishes its requests,
+// the engine commits what it has queued, and the store is closed.
+// Idempotent; returns ctx.Err() if the deadline passes first.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.stopOnce.Do(func() {
+		n.ready.Store(false)
+		var errs []error
+		errs = append(errs, n.sock.Shutdown(ctx))
+		errs = append(errs, n.httpSrv.Shutdown(ctx))
+		n.wg.Wait()
+		n.eng.Close()
+		n.hub.Close()
+		errs = append(errs, n.db.Close())
+		n.stopErr = errors.Join(errs...)
+		n.log.Info("ding stopped")
+	})
+	return n.stopErr
+}
