@@ -1,0 +1,429 @@
+// Command dingctl is Ding's admin CLI. It talks to dingd's admin HTTP API
+// (and, for listen, to the client socket as a device).
+//
+//	dingctl --data ./ding-data user add ana --name "Ana" --phone +14155550100
+//	dingctl --data ./ding-data send --from ana --to bo "lunch?"
+//	dingctl --data ./ding-data listen --user bo --device laptop --read --count 1
+//	dingctl --data ./ding-data receipts 01J...
+//
+// The admin token comes from --token, else DING_TOKEN, else DIR/admin.token
+// for --data DIR (default ./ding-data). --server (DING_SERVER, default
+// http://127.0.0.1:7080) is the admin API; --socket (DING_SOCKET, default
+// 127.0.0.1:7070) the client socket. Global flags may also follow the
+// subcommand. Errors: one line on stderr and a non-zero exit.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/channels/socket/pb"
+)
+
+const usage = `usage: dingctl [--token T | --data DIR] [--server URL] [--socket ADDR] COMMAND ...
+
+commands:
+  user add ID --name NAME [--phone +E164]   create or update a user
+  user get ID | user list                    show users
+  token --user ID --device DEV [--ttl D]     print a client token
+  send --from ID --to ID[,ID...] [--client-id X] TEXT
+                                             send; prints the id after the durable ack
+  listen --user ID --device DEV [--read] [--count N] [--timeout D] [--cursor N]
+                                             print delivered messages as JSON lines
+  receipts ID                                print each recipient's state as JSON
+  backup --out DIR                           write a consistent copy of the store
+`
+
+func main() {
+	err := run(os.Args[1:], os.Stdout)
+	var ee exitError
+	switch {
+	case errors.As(err, &ee):
+		fmt.Fprintln(os.Stderr, "dingctl:", ee.msg)
+		os.Exit(ee.code)
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(2)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "dingctl:", err)
+		os.Exit(1)
+	}
+}
+
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+// globals are accepted before and after the subcommand.
+type globals struct {
+	token, data, server, socket string
+}
+
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.token, "token", g.token, "admin token (env DING_TOKEN)")
+	fs.StringVar(&g.data, "data", g.data, "data dir whose admin.token to use")
+	fs.StringVar(&g.server, "server", g.server, "admin API URL (env DING_SERVER)")
+	fs.StringVar(&g.socket, "socket", g.socket, "client socket address (env DING_SOCKET)")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(args []string, out io.Writer) error {
+	g := &globals{token: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070")}
+	fs := flag.NewFlagSet("dingctl", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	g.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fs.Usage()
+		return exitError{2, "no command"}
+	}
+	cmd, rest := rest[0], rest[1:]
+	switch cmd {
+	case "user":
+		if len(rest) == 0 {
+			return exitError{2, "user: want add, get or list"}
+		}
+		switch rest[0] {
+		case "add":
+			return userAdd(g, rest[1:], out)
+		case "get":
+			return userGet(g, rest[1:], out)
+		case "list":
+			return userList(g, rest[1:], out)
+		}
+		return exitError{2, "user: unknown subcommand " + rest[0]}
+	case "token":
+		return token(g, rest, out)
+	case "send":
+		return send(g, rest, out)
+	case "listen":
+		return listen(g, rest, out)
+	case "receipts":
+		return receipts(g, rest, out)
+	case "backup":
+		return backup(g, rest, out)
+	case "help":
+		fs.Usage()
+		return nil
+	}
+	return exitError{2, "unknown command " + cmd + " (try dingctl help)"}
+}
+
+// parse parses a subcommand's flags, allowing flags after positional args.
+func parse(fs *flag.FlagSet, g *globals, args []string) ([]string, error) {
+	g.register(fs)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, exitError{2, err.Error()}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func (g *globals) adminToken() (string, error) {
+	if g.token != "" {
+		return g.token, nil
+	}
+	dir := g.data
+	if dir == "" {
+		dir = "ding-data"
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		return "", fmt.Errorf("no admin token: pass --token, set DING_TOKEN, or --data DIR (%v)", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// call does one admin API request and decodes the JSON answer into out.
+func (g *globals) call(method, path string, in, out any) error {
+	tok, err := g.adminToken()
+	if err != nil {
+		return err
+	}
+	var body io.Reader
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, strings.TrimRight(g.server, "/")+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach %s: %v", g.server, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error struct{ Code, Detail string } `json:"error"`
+		}
+		if json.Unmarshal(raw, &e) == nil && e.Error.Code != "" {
+			return fmt.Errorf("%s: %s", e.Error.Code, e.Error.Detail)
+		}
+		return fmt.Errorf("server answered %s", resp.Status)
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func userAdd(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("user add", flag.ContinueOnError)
+	name := fs.String("name", "", "display name")
+	phone := fs.String("phone", "", "phone in E.164, like +14155550100")
+	pos, err := parse(fs, g, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return exitError{2, "user add: want exactly one ID"}
+	}
+	var u map[string]any
+	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone}, &u); err != nil {
+		return err
+	}
+	return printJSON(out, u)
+}
+
+func userGet(g *globals, args []string, out io.Writer) error {
+	pos, err := parse(flag.NewFlagSet("user get", flag.ContinueOnError), g, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return exitError{2, "user get: want exactly one ID"}
+	}
+	var u map[string]any
+	if err := g.call("GET", "/v1/users/"+pos[0], nil, &u); err != nil {
+		return err
+	}
+	return printJSON(out, u)
+}
+
+func userList(g *globals, args []string, out io.Writer) error {
+	if _, err := parse(flag.NewFlagSet("user list", flag.ContinueOnError), g, args); err != nil {
+		return err
+	}
+	var u map[string]any
+	if err := g.call("GET", "/v1/users", nil, &u); err != nil {
+		return err
+	}
+	return printJSON(out, u)
+}
+
+func mintToken(g *globals, user, device string, ttl time.Duration) (string, error) {
+	var res struct{ Token string }
+	err := g.call("POST", "/v1/tokens", map[string]any{"user": user, "device": device, "ttl_seconds": int64(ttl.Seconds())}, &res)
+	return res.Token, err
+}
+
+func token(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	user := fs.String("user", "", "user id")
+	device := fs.String("device", "", "device id")
+	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime")
+	if _, err := parse(fs, g, args); err != nil {
+		return err
+	}
+	if *user == "" || *device == "" {
+		return exitError{2, "token: --user and --device are required"}
+	}
+	tok, err := mintToken(g, *user, *device, *ttl)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(out, tok)
+	return err
+}
+
+func send(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("send", flag.ContinueOnError)
+	from := fs.String("from", "", "sender user id")
+	to := fs.String("to", "", "recipients, comma-separated")
+	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once")
+	pos, err := parse(fs, g, args)
+	if err != nil {
+		return err
+	}
+	if *from == "" || *to == "" || len(pos) == 0 {
+		return exitError{2, "send: --from, --to and TEXT are required"}
+	}
+	var res struct{ ID string }
+	err = g.call("POST", "/v1/messages", map[string]any{
+		"from": *from, "to": strings.Split(*to, ","), "text": strings.Join(pos, " "), "client_msg_id": *cid,
+	}, &res)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(out, res.ID)
+	return err
+}
+
+func listen(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
+	user := fs.String("user", "", "user id")
+	device := fs.String("device", "", "device id")
+	read := fs.Bool("read", false, "mark each message read")
+	count := fs.Int("count", 0, "exit after this many messages (0: no limit)")
+	timeout := fs.Duration("timeout", 0, "exit after this long (0: no limit)")
+	cursor := fs.Int64("cursor", -1, "resume after this seq (default: the server's stored cursor)")
+	if _, err := parse(fs, g, args); err != nil {
+		return err
+	}
+	if *user == "" || *device == "" {
+		return exitError{2, "listen: --user and --device are required"}
+	}
+	tok, err := mintToken(g, *user, *device, time.Hour)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
+	cfg := client.Config{Addr: g.socket, Token: tok, Device: *device}
+	if *cursor >= 0 {
+		c := uint64(*cursor)
+		cfg.Cursor = &c
+	}
+	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	enc := json.NewEncoder(out)
+	got := 0
+	for {
+		select {
+		case <-ctx.Done():
+			if *count > 0 && got < *count {
+				return exitError{3, fmt.Sprintf("timed out after %d of %d messages", got, *count)}
+			}
+			return nil
+		case e, ok := <-c.Entries():
+			if !ok {
+				return fmt.Errorf("connection ended: %v", c.Err())
+			}
+			if e.Receipt != nil {
+				r := e.Receipt
+				enc.Encode(map[string]any{"type": "receipt", "seq": e.Seq, "id": r.ID, "user": r.User,
+					"state": stateName(r.State), "at": r.At.UTC()})
+				c.Ack(e.Seq)
+				continue
+			}
+			m := e.Message
+			o := map[string]any{"type": "message", "seq": e.Seq, "id": m.ID, "from": m.From, "to": m.To,
+				"kind": strings.ToLower(m.Kind.String()), "created": m.Created.UTC()}
+			if m.Kind == pb.Kind_TEXT {
+				o["body"] = string(m.Body)
+			} else {
+				o["body_base64"] = m.Body
+			}
+			if err := enc.Encode(o); err != nil {
+				return err
+			}
+			if *read {
+				if err := c.Read(ctx, m.ID); err != nil {
+					return fmt.Errorf("mark %s read: %v", m.ID, err)
+				}
+			}
+			c.Ack(e.Seq)
+			got++
+			if *count > 0 && got >= *count {
+				return nil
+			}
+		}
+	}
+}
+
+func stateName(s pb.State) string {
+	switch s {
+	case pb.State_SENT:
+		return "sent"
+	case pb.State_DELIVERED:
+		return "delivered"
+	case pb.State_READ_STATE:
+		return "read"
+	}
+	return "unknown"
+}
+
+func receipts(g *globals, args []string, out io.Writer) error {
+	pos, err := parse(flag.NewFlagSet("receipts", flag.ContinueOnError), g, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return exitError{2, "receipts: want exactly one message ID"}
+	}
+	var res map[string]any
+	if err := g.call("GET", "/v1/messages/"+pos[0]+"/receipts", nil, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+func backup(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+	dir := fs.String("out", "", "directory to create (on the server's machine)")
+	if _, err := parse(fs, g, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return exitError{2, "backup: --out is required"}
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	if err := g.call("POST", "/v1/backup", map[string]string{"dir": abs}, nil); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(out, abs)
+	return err
+}
