@@ -40,6 +40,24 @@ func (r *recorder) entries(user string) []engine.Entry {
 	return append([]engine.Entry(nil), r.got[user]...)
 }
 
+// wait returns user's entries once there are n of them. The sink runs on
+// the commit loop right after the submitters are answered, so a test that
+// has its ack may still be a moment ahead of the sink.
+func (r *recorder) wait(t testing.TB, user string, n int) []engine.Entry {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := r.entries(user)
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sink has %d entries for %s, want %d", len(got), user, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 type fixedUsers map[string]bool
 
 func (f fixedUsers) Resolve(to []string) ([]string, error) {
@@ -108,7 +126,7 @@ func TestSubmitSequencesEveryRecipient(t *testing.T) {
 						t.Fatalf("%s entry %d = seq %d %q", c.user, i, ent.Seq, ent.Message.Body)
 					}
 				}
-				if got := rec.entries(c.user); len(got) != len(c.bodys) {
+				if got := rec.wait(t, c.user, len(c.bodys)); len(got) != len(c.bodys) {
 					t.Fatalf("sink got %d entries for %s, want %d", len(got), c.user, len(c.bodys))
 				}
 			}
@@ -220,7 +238,7 @@ func TestReceiptsAckAndRead(t *testing.T) {
 	}
 	// ana's stream: delivered then read, for bo.
 	var evs []string
-	for _, ent := range rec.entries("ana") {
+	for _, ent := range rec.wait(t, "ana", 2) {
 		if ent.Kind != engine.EntryReceipt || ent.Receipt.ID != m.ID {
 			t.Fatalf("unexpected entry in sender stream: %+v", ent)
 		}
@@ -230,7 +248,7 @@ func TestReceiptsAckAndRead(t *testing.T) {
 		t.Fatalf("sender events = %v", evs)
 	}
 	// bo's stream: the message, then his own read event for his other devices.
-	bo := rec.entries("bo")
+	bo := rec.wait(t, "bo", 2)
 	if len(bo) != 2 || bo[1].Kind != engine.EntryReceipt || bo[1].Receipt.State != engine.StateRead || bo[1].Seq != 2 {
 		t.Fatalf("bo stream = %+v", bo)
 	}
@@ -295,7 +313,7 @@ func TestRestartRebuildsFromStore(t *testing.T) {
 		t.Fatalf("receipt after restart = %v", r.State)
 	}
 	m3 := send(t, e, "ana", "three", "bo")
-	got := rec.entries("bo")
+	got := rec.wait(t, "bo", 1)
 	if len(got) != 1 || got[0].Seq != 3 || got[0].Message.ID != m3.ID {
 		t.Fatalf("after restart next entry = %+v, want seq 3", got)
 	}
@@ -325,7 +343,7 @@ func TestConcurrentSubmitsAreGapFree(t *testing.T) {
 			}
 			wg.Wait()
 			for _, u := range []string{"bo", "cy"} {
-				got := rec.entries(u)
+				got := rec.wait(t, u, writers*each)
 				if len(got) != writers*each {
 					t.Fatalf("%s: %d entries", u, len(got))
 				}

@@ -202,12 +202,22 @@ func (d *Device) Drained() {
 	d.mu.Unlock()
 }
 
-// Online reports whether user has at least one attached device.
+// Online reports whether user has at least one attached device that can
+// still be delivered to.
 func (h *Hub) Online(user string) bool {
 	s := h.shard(user)
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.users[user]) > 0
+	devs := s.users[user]
+	s.mu.RUnlock()
+	for _, d := range devs {
+		d.mu.Lock()
+		closed := d.closed
+		d.mu.Unlock()
+		if !closed {
+			return true
+		}
+	}
+	return false
 }
 
 // Deliver implements engine.Sink. It runs on the commit loop: it encodes

@@ -141,15 +141,15 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 func (c *conn) handle(ft pb.FrameType, payload []byte) {
 	s := c.s
 	s.m.framesIn.WithLabelValues(ft.String()).Inc()
-	if !c.authed.Load() && ft != pb.FrameType_HELLO {
-		c.fatal(codeHandshakeRequired, 0, "first frame must be HELLO")
-		return
-	}
 	switch ft {
 	case pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
 		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY:
 	default:
 		c.fatal(codeUnknownFrame, 0, "not a client frame type: "+ft.String())
+		return
+	}
+	if !c.authed.Load() && ft != pb.FrameType_HELLO {
+		c.fatal(codeHandshakeRequired, 0, "first frame must be HELLO")
 		return
 	}
 	msg, err := wire.Decode(ft, payload)
@@ -401,7 +401,14 @@ func (c *conn) Send(frame []byte) bool {
 		return false
 	}
 	if c.pending+len(frame) > c.s.cfg.MaxPending {
+		// Drop what is queued (it waits in the stream for the reconnect) so
+		// that the reason is the next thing the client can read.
 		c.s.m.slowConsumers.Inc()
+		for _, f := range c.out {
+			c.pending -= len(f)
+		}
+		clear(c.out)
+		c.out = c.out[:0]
 		c.fatalLocked(codeSlowConsumer, 0, "outbound queue overflowed; reconnect to resume")
 		return false
 	}

@@ -123,8 +123,14 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { n.eng.Close() })
+	maxPending := cfg.Socket.MaxPending
+	if maxPending == 0 {
+		maxPending = socket.DefaultMaxPending
+	}
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
 		Source: n.eng, Encode: wire.EncodeEntry, Logger: cfg.Logger, Registerer: reg,
+		// Catch-up pauses well before a connection's queue could overflow.
+		HighWater: maxPending / 4,
 	}); err != nil {
 		return nil, err
 	}
@@ -199,6 +205,9 @@ func (n *Node) SocketAddr() string { return n.sockLn.Addr().String() }
 
 // HTTPAddr is the address the admin API listens on.
 func (n *Node) HTTPAddr() string { return n.httpLn.Addr().String() }
+
+// DataDir is the node's data directory.
+func (n *Node) DataDir() string { return n.cfg.DataDir }
 
 // AdminToken returns the admin token.
 func (n *Node) AdminToken() string { return n.adminToken }

@@ -5,7 +5,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: ding.proto
+// source: channels/socket/pb/ding.proto
 
 package pb
 
@@ -94,11 +94,11 @@ func (x FrameType) String() string {
 }
 
 func (FrameType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ding_proto_enumTypes[0].Descriptor()
+	return file_channels_socket_pb_ding_proto_enumTypes[0].Descriptor()
 }
 
 func (FrameType) Type() protoreflect.EnumType {
-	return &file_ding_proto_enumTypes[0]
+	return &file_channels_socket_pb_ding_proto_enumTypes[0]
 }
 
 func (x FrameType) Number() protoreflect.EnumNumber {
@@ -107,7 +107,7 @@ func (x FrameType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FrameType.Descriptor instead.
 func (FrameType) EnumDescriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{0}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{0}
 }
 
 type Kind int32
@@ -143,11 +143,11 @@ func (x Kind) String() string {
 }
 
 func (Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_ding_proto_enumTypes[1].Descriptor()
+	return file_channels_socket_pb_ding_proto_enumTypes[1].Descriptor()
 }
 
 func (Kind) Type() protoreflect.EnumType {
-	return &file_ding_proto_enumTypes[1]
+	return &file_channels_socket_pb_ding_proto_enumTypes[1]
 }
 
 func (x Kind) Number() protoreflect.EnumNumber {
@@ -156,7 +156,7 @@ func (x Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Kind.Descriptor instead.
 func (Kind) EnumDescriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{1}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{1}
 }
 
 type State int32
@@ -195,11 +195,11 @@ func (x State) String() string {
 }
 
 func (State) Descriptor() protoreflect.EnumDescriptor {
-	return file_ding_proto_enumTypes[2].Descriptor()
+	return file_channels_socket_pb_ding_proto_enumTypes[2].Descriptor()
 }
 
 func (State) Type() protoreflect.EnumType {
-	return &file_ding_proto_enumTypes[2]
+	return &file_channels_socket_pb_ding_proto_enumTypes[2]
 }
 
 func (x State) Number() protoreflect.EnumNumber {
@@ -208,7 +208,7 @@ func (x State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use State.Descriptor instead.
 func (State) EnumDescriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{2}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{2}
 }
 
 type Code int32
@@ -307,11 +307,11 @@ func (x Code) String() string {
 }
 
 func (Code) Descriptor() protoreflect.EnumDescriptor {
-	return file_ding_proto_enumTypes[3].Descriptor()
+	return file_channels_socket_pb_ding_proto_enumTypes[3].Descriptor()
 }
 
 func (Code) Type() protoreflect.EnumType {
-	return &file_ding_proto_enumTypes[3]
+	return &file_channels_socket_pb_ding_proto_enumTypes[3]
 }
 
 func (x Code) Number() protoreflect.EnumNumber {
@@ -320,7 +320,7 @@ func (x Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Code.Descriptor instead.
 func (Code) EnumDescriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{3}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{3}
 }
 
 type Hello struct {
@@ -335,7 +335,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ding_proto_msgTypes[0]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +347,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[0]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +360,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{0}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Hello) GetVersion() uint32 {
@@ -407,7 +407,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ding_proto_msgTypes[1]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +419,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[1]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +432,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{1}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Welcome) GetUser() string {
@@ -504,7 +504,7 @@ type Submit struct {
 
 func (x *Submit) Reset() {
 	*x = Submit{}
-	mi := &file_ding_proto_msgTypes[2]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +516,7 @@ func (x *Submit) String() string {
 func (*Submit) ProtoMessage() {}
 
 func (x *Submit) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[2]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +529,7 @@ func (x *Submit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Submit.ProtoReflect.Descriptor instead.
 func (*Submit) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{2}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Submit) GetRef() uint64 {
@@ -579,7 +579,7 @@ type SubmitAck struct {
 
 func (x *SubmitAck) Reset() {
 	*x = SubmitAck{}
-	mi := &file_ding_proto_msgTypes[3]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +591,7 @@ func (x *SubmitAck) String() string {
 func (*SubmitAck) ProtoMessage() {}
 
 func (x *SubmitAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[3]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +604,7 @@ func (x *SubmitAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitAck.ProtoReflect.Descriptor instead.
 func (*SubmitAck) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{3}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SubmitAck) GetRef() uint64 {
@@ -650,7 +650,7 @@ type Deliver struct {
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_ding_proto_msgTypes[4]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +662,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[4]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +675,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{4}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Deliver) GetSeq() uint64 {
@@ -740,7 +740,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_ding_proto_msgTypes[5]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +752,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[5]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +765,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{5}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Receipt) GetSeq() uint64 {
@@ -812,7 +812,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ding_proto_msgTypes[6]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +824,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[6]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +837,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{6}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -857,7 +857,7 @@ type Read struct {
 
 func (x *Read) Reset() {
 	*x = Read{}
-	mi := &file_ding_proto_msgTypes[7]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +869,7 @@ func (x *Read) String() string {
 func (*Read) ProtoMessage() {}
 
 func (x *Read) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[7]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +882,7 @@ func (x *Read) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Read.ProtoReflect.Descriptor instead.
 func (*Read) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{7}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Read) GetRef() uint64 {
@@ -908,7 +908,7 @@ type Ok struct {
 
 func (x *Ok) Reset() {
 	*x = Ok{}
-	mi := &file_ding_proto_msgTypes[8]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +920,7 @@ func (x *Ok) String() string {
 func (*Ok) ProtoMessage() {}
 
 func (x *Ok) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[8]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +933,7 @@ func (x *Ok) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ok.ProtoReflect.Descriptor instead.
 func (*Ok) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{8}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Ok) GetRef() uint64 {
@@ -952,7 +952,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_ding_proto_msgTypes[9]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +964,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[9]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +977,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{9}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -996,7 +996,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_ding_proto_msgTypes[10]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1008,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[10]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1021,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{10}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Pong) GetNonce() uint64 {
@@ -1043,7 +1043,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_ding_proto_msgTypes[11]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1055,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[11]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1068,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{11}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Error) GetCode() Code {
@@ -1109,7 +1109,7 @@ type ReceiptsQuery struct {
 
 func (x *ReceiptsQuery) Reset() {
 	*x = ReceiptsQuery{}
-	mi := &file_ding_proto_msgTypes[12]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1121,7 @@ func (x *ReceiptsQuery) String() string {
 func (*ReceiptsQuery) ProtoMessage() {}
 
 func (x *ReceiptsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[12]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1134,7 @@ func (x *ReceiptsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiptsQuery.ProtoReflect.Descriptor instead.
 func (*ReceiptsQuery) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{12}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReceiptsQuery) GetRef() uint64 {
@@ -1163,7 +1163,7 @@ type RecipientState struct {
 
 func (x *RecipientState) Reset() {
 	*x = RecipientState{}
-	mi := &file_ding_proto_msgTypes[13]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1175,7 @@ func (x *RecipientState) String() string {
 func (*RecipientState) ProtoMessage() {}
 
 func (x *RecipientState) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[13]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1188,7 @@ func (x *RecipientState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecipientState.ProtoReflect.Descriptor instead.
 func (*RecipientState) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{13}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RecipientState) GetUser() string {
@@ -1230,7 +1230,7 @@ type Receipts struct {
 
 func (x *Receipts) Reset() {
 	*x = Receipts{}
-	mi := &file_ding_proto_msgTypes[14]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1242,7 @@ func (x *Receipts) String() string {
 func (*Receipts) ProtoMessage() {}
 
 func (x *Receipts) ProtoReflect() protoreflect.Message {
-	mi := &file_ding_proto_msgTypes[14]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1255,7 @@ func (x *Receipts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipts.ProtoReflect.Descriptor instead.
 func (*Receipts) Descriptor() ([]byte, []int) {
-	return file_ding_proto_rawDescGZIP(), []int{14}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Receipts) GetRef() uint64 {
@@ -1279,12 +1279,11 @@ func (x *Receipts) GetRecipients() []*RecipientState {
 	return nil
 }
 
-var File_ding_proto protoreflect.FileDescriptor
+var File_channels_socket_pb_ding_proto protoreflect.FileDescriptor
 
-const file_ding_proto_rawDesc = "" +
+const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\n" +
-	"\n" +
-	"ding.proto\x12\ading.v1\"w\n" +
+	"\x1dchannels/socket/pb/ding.proto\x12\ading.v1\"w\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x16\n" +
@@ -1415,20 +1414,20 @@ const file_ding_proto_rawDesc = "" +
 	"\bINTERNAL\x10\x17B+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
 
 var (
-	file_ding_proto_rawDescOnce sync.Once
-	file_ding_proto_rawDescData []byte
+	file_channels_socket_pb_ding_proto_rawDescOnce sync.Once
+	file_channels_socket_pb_ding_proto_rawDescData []byte
 )
 
-func file_ding_proto_rawDescGZIP() []byte {
-	file_ding_proto_rawDescOnce.Do(func() {
-		file_ding_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_ding_proto_rawDesc), len(file_ding_proto_rawDesc)))
+func file_channels_socket_pb_ding_proto_rawDescGZIP() []byte {
+	file_channels_socket_pb_ding_proto_rawDescOnce.Do(func() {
+		file_channels_socket_pb_ding_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_channels_socket_pb_ding_proto_rawDesc), len(file_channels_socket_pb_ding_proto_rawDesc)))
 	})
-	return file_ding_proto_rawDescData
+	return file_channels_socket_pb_ding_proto_rawDescData
 }
 
-var file_ding_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
-var file_ding_proto_goTypes = []any{
+var file_channels_socket_pb_ding_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(FrameType)(0),         // 0: ding.v1.FrameType
 	(Kind)(0),              // 1: ding.v1.Kind
 	(State)(0),             // 2: ding.v1.State
@@ -1449,7 +1448,7 @@ var file_ding_proto_goTypes = []any{
 	(*RecipientState)(nil), // 17: ding.v1.RecipientState
 	(*Receipts)(nil),       // 18: ding.v1.Receipts
 }
-var file_ding_proto_depIdxs = []int32{
+var file_channels_socket_pb_ding_proto_depIdxs = []int32{
 	1,  // 0: ding.v1.Submit.kind:type_name -> ding.v1.Kind
 	1,  // 1: ding.v1.Deliver.kind:type_name -> ding.v1.Kind
 	2,  // 2: ding.v1.Receipt.state:type_name -> ding.v1.State
@@ -1463,28 +1462,28 @@ var file_ding_proto_depIdxs = []int32{
 	0,  // [0:6] is the sub-list for field type_name
 }
 
-func init() { file_ding_proto_init() }
-func file_ding_proto_init() {
-	if File_ding_proto != nil {
+func init() { file_channels_socket_pb_ding_proto_init() }
+func file_channels_socket_pb_ding_proto_init() {
+	if File_channels_socket_pb_ding_proto != nil {
 		return
 	}
-	file_ding_proto_msgTypes[0].OneofWrappers = []any{}
+	file_channels_socket_pb_ding_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ding_proto_rawDesc), len(file_ding_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_channels_socket_pb_ding_proto_rawDesc), len(file_channels_socket_pb_ding_proto_rawDesc)),
 			NumEnums:      4,
 			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
-		GoTypes:           file_ding_proto_goTypes,
-		DependencyIndexes: file_ding_proto_depIdxs,
-		EnumInfos:         file_ding_proto_enumTypes,
-		MessageInfos:      file_ding_proto_msgTypes,
+		GoTypes:           file_channels_socket_pb_ding_proto_goTypes,
+		DependencyIndexes: file_channels_socket_pb_ding_proto_depIdxs,
+		EnumInfos:         file_channels_socket_pb_ding_proto_enumTypes,
+		MessageInfos:      file_channels_socket_pb_ding_proto_msgTypes,
 	}.Build()
-	File_ding_proto = out.File
-	file_ding_proto_goTypes = nil
-	file_ding_proto_depIdxs = nil
+	File_channels_socket_pb_ding_proto = out.File
+	file_channels_socket_pb_ding_proto_goTypes = nil
+	file_channels_socket_pb_ding_proto_depIdxs = nil
 }

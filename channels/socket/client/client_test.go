@@ -1,0 +1,306 @@
+package client_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// netpoll's pollers and task pool are process-wide and start once.
+		goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait"),
+		goleak.IgnoreAnyFunction("github.com/bytedance/gopkg/util/gopool.(*worker).run.func1"),
+		goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2/internal/cache.(*shard).releaseLoop"),
+	)
+}
+
+func dial(t *testing.T, n *node.Node, user, device string, cursor *uint64) *client.Client {
+	t.Helper()
+	c, err := client.Dial(context.Background(), client.Config{
+		Addr: n.SocketAddr(), Token: nodetest.Token(t, n, user, device), Device: device, Cursor: cursor,
+	})
+	if err != nil {
+		t.Fatalf("dial %s/%s: %v", user, device, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// next returns the next entry or fails after a deadline.
+func next(t *testing.T, c *client.Client) client.Entry {
+	t.Helper()
+	select {
+	case e, ok := <-c.Entries():
+		if !ok {
+			t.Fatalf("entries closed: %v", c.Err())
+		}
+		return e
+	case <-time.After(5 * time.Second):
+		t.Fatal("no entry within 5s")
+	}
+	return client.Entry{}
+}
+
+func nextMessage(t *testing.T, c *client.Client) client.Entry {
+	t.Helper()
+	for {
+		if e := next(t, c); e.Message != nil {
+			return e
+		}
+	}
+}
+
+func nextReceipt(t *testing.T, c *client.Client) client.Entry {
+	t.Helper()
+	for {
+		if e := next(t, c); e.Receipt != nil {
+			return e
+		}
+	}
+}
+
+func send(t *testing.T, c *client.Client, body string, to ...string) client.SendResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := c.Send(ctx, to, []byte(body))
+	if err != nil {
+		t.Fatalf("send %q: %v", body, err)
+	}
+	return r
+}
+
+// freeAddr returns a loopback address nothing listens on, so a node can be
+// restarted on the same address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func TestOfflineRecipientGetsMessageAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	n := nodetest.Start(t, node.Config{DataDir: dir})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := dial(t, n, "ana", "phone", nil)
+	res := send(t, ana, "are you there?", "bo")
+	ana.Close()
+	nodetest.Stop(t, n)
+
+	n = nodetest.Start(t, node.Config{DataDir: dir})
+	bo := dial(t, n, "bo", "phone", nil)
+	e := nextMessage(t, bo)
+	if e.Seq != 1 || e.Message.ID != res.ID || string(e.Message.Body) != "are you there?" || e.Message.From != "ana" {
+		t.Fatalf("got %+v %+v", e, e.Message)
+	}
+}
+
+func TestReadOnOneDeviceIsReadEverywhere(t *testing.T) {
+	ctx := context.Background()
+	n := nodetest.Start(t, node.Config{})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := dial(t, n, "ana", "phone", nil)
+	phone := dial(t, n, "bo", "phone", nil)
+	laptop := dial(t, n, "bo", "laptop", nil)
+
+	res := send(t, ana, "meeting at 3", "bo")
+	for _, c := range []*client.Client{phone, laptop} {
+		if e := nextMessage(t, c); e.Message.ID != res.ID {
+			t.Fatalf("device got %s, want %s", e.Message.ID, res.ID)
+		}
+	}
+	phone.Ack(1)
+	if ev := nextReceipt(t, ana); ev.Receipt.State != pb.State_DELIVERED || ev.Receipt.User != "bo" {
+		t.Fatalf("sender event %+v, want bo delivered", ev.Receipt)
+	}
+	if err := phone.Read(ctx, res.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextReceipt(t, laptop); ev.Receipt.ID != res.ID || ev.Receipt.State != pb.State_READ_STATE {
+		t.Fatalf("laptop event %+v, want read", ev.Receipt)
+	}
+	if ev := nextReceipt(t, ana); ev.Receipt.State != pb.State_READ_STATE {
+		t.Fatalf("sender event %+v, want read", ev.Receipt)
+	}
+	rs, err := ana.Receipts(ctx, res.ID)
+	if err != nil || len(rs) != 1 || rs[0].State != pb.State_READ_STATE || rs[0].ReadMs == 0 {
+		t.Fatalf("receipts = %v, %v", rs, err)
+	}
+	// Only the sender may ask.
+	if _, err := phone.Receipts(ctx, res.ID); !isCode(err, pb.Code_FORBIDDEN) {
+		t.Fatalf("recipient querying receipts: %v, want FORBIDDEN", err)
+	}
+}
+
+func isCode(err error, code pb.Code) bool {
+	ce, ok := err.(*client.Error)
+	return ok && ce.Code == code
+}
+
+func TestReconnectReplaysWithoutDuplicates(t *testing.T) {
+	dir, sock := t.TempDir(), freeAddr(t)
+	cfg := node.Config{DataDir: dir, SocketAddr: sock}
+	n := nodetest.Start(t, cfg)
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := dial(t, n, "ana", "web", nil)
+	bo := dial(t, n, "bo", "phone", nil)
+	for i := range 10 {
+		send(t, ana, fmt.Sprint(i), "bo")
+	}
+	seen := map[uint64]int{}
+	for range 10 {
+		e := nextMessage(t, bo)
+		seen[e.Seq]++
+	}
+	bo.Ack(5) // the app processed only half before the server went away
+
+	// Restart the server under the connected clients; they reconnect.
+	nodetest.Stop(t, n)
+	n = nodetest.Start(t, cfg)
+	nodetest.WaitFor(t, "reconnect", 10*time.Second, func() bool { return bo.Stats().Connects >= 2 && ana.Stats().Connects >= 2 })
+	for i := 10; i < 15; i++ {
+		send(t, ana, fmt.Sprint(i), "bo")
+	}
+	for range 5 {
+		e := nextMessage(t, bo)
+		seen[e.Seq]++
+	}
+	for seq := uint64(1); seq <= 15; seq++ {
+		if seen[seq] != 1 {
+			t.Fatalf("seq %d seen %d times (all: %v)", seq, seen[seq], seen)
+		}
+	}
+	bo.Close()
+
+	// The app restarts with the cursor it persisted (5): it gets 6..15 again,
+	// exactly once each.
+	again := dial(t, n, "bo", "phone", ptr(5))
+	for seq := uint64(6); seq <= 15; seq++ {
+		if e := nextMessage(t, again); e.Seq != seq {
+			t.Fatalf("after app restart got seq %d, want %d", e.Seq, seq)
+		}
+	}
+}
+
+func ptr(v uint64) *uint64 { return &v }
+
+func TestResumeFromAppCursor(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := dial(t, n, "ana", "web", nil)
+	for i := range 3 {
+		send(t, ana, fmt.Sprint(i), "bo")
+	}
+	// The app already processed 1 and 2 in an earlier run.
+	c, err := client.Dial(context.Background(), client.Config{
+		Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "phone"), Device: "phone", Cursor: ptr(2),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if e := nextMessage(t, c); e.Seq != 3 {
+		t.Fatalf("got seq %d, want 3", e.Seq)
+	}
+}
+
+func TestSendRetriesAreStoredOnce(t *testing.T) {
+	ctx := context.Background()
+	n := nodetest.Start(t, node.Config{})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := dial(t, n, "ana", "web", nil)
+	r1, err := ana.Send(ctx, []string{"bo"}, []byte("x"), client.WithClientID("retry-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := ana.Send(ctx, []string{"bo"}, []byte("x"), client.WithClientID("retry-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.ID != r2.ID || r1.Duplicate || !r2.Duplicate {
+		t.Fatalf("first %+v, retry %+v", r1, r2)
+	}
+	if h, _ := n.Engine().Head("bo"); h != 1 {
+		t.Fatalf("bo's stream has %d entries, want 1", h)
+	}
+}
+
+func TestBadTokenIsFatal(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	nodetest.AddUsers(t, n, "bo")
+	_, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: "garbage", Device: "phone"})
+	if !isCode(err, pb.Code_BAD_TOKEN) {
+		t.Fatalf("err = %v, want BAD_TOKEN", err)
+	}
+	_, err = client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "phone"), Device: "laptop"})
+	if !isCode(err, pb.Code_DEVICE_MISMATCH) {
+		t.Fatalf("err = %v, want DEVICE_MISMATCH", err)
+	}
+}
+
+// TestDuplicatesFromServerAreDropped plays a server that replays entries
+// the client already handed to the app, and checks the app sees each once.
+func TestDuplicatesFromServerAreDropped(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sessions := [][]uint64{{1, 2, 3}, {2, 3, 4}, {1, 4, 5}}
+	served := make(chan error, 1)
+	go func() {
+		for _, seqs := range sessions {
+			nc, err := ln.Accept()
+			if err != nil {
+				served <- err
+				return
+			}
+			var hdr [wire.HeaderLen]byte
+			if _, err := io.ReadFull(nc, hdr[:]); err != nil {
+				served <- err
+				return
+			}
+			n, _, _ := wire.ParseHeader(hdr[:], 1<<20)
+			io.ReadFull(nc, make([]byte, n-1))
+			out := wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: 60000})
+			for _, s := range seqs {
+				out = wire.Append(out, pb.FrameType_DELIVER, &pb.Deliver{Seq: s, Id: fmt.Sprint(s)})
+			}
+			nc.Write(out)
+			nc.Close()
+		}
+		served <- nil
+	}()
+	c, err := client.Dial(context.Background(), client.Config{Addr: ln.Addr().String(), Token: "t", Device: "d", MinBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for want := uint64(1); want <= 5; want++ {
+		if e := nextMessage(t, c); e.Seq != want {
+			t.Fatalf("app got seq %d, want %d", e.Seq, want)
+		}
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if d := c.Stats().Duplicates; d != 4 {
+		t.Fatalf("dropped %d duplicates, want 4", d)
+	}
+}

@@ -1,0 +1,59 @@
+package layout
+
+import (
+	"bufio"
+	"bytes"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// Each dependency may be imported directly only by the packages listed.
+var owners = map[string][]string{
+	"github.com/cloudwego/netpoll":     {"github.com/dingmq/ding/channels/socket"},
+	"github.com/cockroachdb/pebble/v2": {"github.com/dingmq/ding/engine/store/pebblestore"},
+	"github.com/twilio/twilio-go":      {"github.com/dingmq/ding/channels/twilio"},
+	"github.com/redis/go-redis/v9":     {},
+	"github.com/golang-jwt/jwt/v5":     {"github.com/dingmq/ding/channels/auth"},
+}
+
+func TestImportRules(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}}|{{join .Imports \" \"}}", "github.com/dingmq/ding/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		pkg, imports, _ := strings.Cut(sc.Text(), "|")
+		for _, imp := range strings.Fields(imports) {
+			for dep, allowed := range owners {
+				if imp == dep || strings.HasPrefix(imp, dep+"/") {
+					seen[pkg+" "+dep] = true
+					if !slices.Contains(allowed, pkg) {
+						t.Errorf("%s imports %s; only %v may", pkg, imp, allowed)
+					}
+				}
+			}
+			if (strings.HasPrefix(imp, "github.com/dingmq/ding/cmd/") || strings.HasPrefix(imp, "github.com/dingmq/ding/bench")) &&
+				!strings.HasPrefix(pkg, "github.com/dingmq/ding/cmd/") {
+				t.Errorf("%s imports %s: nothing outside cmd/ may", pkg, imp)
+			}
+			if strings.HasPrefix(pkg, "github.com/dingmq/ding/engine") && !strings.HasSuffix(pkg, "/pebblestore") &&
+				(imp == "net" || imp == "net/http" || strings.HasPrefix(imp, "github.com/dingmq/ding/channels") || strings.HasPrefix(imp, "github.com/dingmq/ding/fanout")) {
+				t.Errorf("%s imports %s: the engine has no network code and depends on no edge", pkg, imp)
+			}
+		}
+	}
+	// The check must have seen the imports it guards, or it proves nothing.
+	for _, want := range []string{
+		"github.com/dingmq/ding/channels/socket github.com/cloudwego/netpoll",
+		"github.com/dingmq/ding/engine/store/pebblestore github.com/cockroachdb/pebble/v2",
+	} {
+		if !seen[want] {
+			t.Errorf("did not see %s: the go list parsing is broken", want)
+		}
+	}
+}
