@@ -194,6 +194,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.welcome = w
 	go c.runLoop(nc, w)
 	return c, nil
 }
