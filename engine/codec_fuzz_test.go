@@ -24,20 +24,20 @@ func FuzzDecodeMessage(f *testing.F) {
 }
 
 func FuzzDecodeEntry(f *testing.F) {
-	f.Add(encodeEntry(&Entry{Kind: EntryMessage, Message: &Message{}}))
+	f.Add(encodeEntry(&Entry{Kind: EntryMessage, Message: &Message{From: "ana"}}))
 	f.Add(encodeEntry(&Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{User: "bo", State: StateRead, At: time.UnixMilli(5)}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		e, id, err := decodeEntry(1, b)
+		e, id, sender, err := decodeEntry(1, b)
 		if err != nil {
 			return
 		}
 		if e.Kind == EntryMessage {
-			e.Message = &Message{ID: id}
+			e.Message = &Message{ID: id, From: sender}
 		} else {
 			e.Receipt.ID = id
 		}
-		again, id2, err := decodeEntry(1, encodeEntry(&e))
-		if err != nil || id2 != id || again.Kind != e.Kind || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At))) {
+		again, id2, sender2, err := decodeEntry(1, encodeEntry(&e))
+		if err != nil || id2 != id || sender2 != sender || again.Kind != e.Kind || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At))) {
 			t.Fatalf("round trip differs: %+v / %+v (%v)", e, again, err)
 		}
 	})

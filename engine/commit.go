@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dingmq/ding/engine/store"
@@ -19,9 +20,10 @@ import (
 //     ops in the same batch see each other). Stream sequence numbers are
 //     assigned here: head+1, head+2, ... per user, with no gaps.
 //  3. Commit the batch with sync: one fsync for the whole group.
-//  4. Only then publish: update the committed heads, answer each op's done
-//     callback (the submitter's ack), and hand each user's new entries to
-//     the Sink in sequence order.
+//  4. Only then publish: update the committed heads, and pass the batch to
+//     the publish loop, which answers each op's done callback (the
+//     submitter's ack) and hands each user's new entries to the Sink in
+//     sequence order, while the commit loop builds the next batch.
 //
 // Invariants:
 //   - An op is answered only after the batch holding it is durable (ack
@@ -29,8 +31,8 @@ import (
 //     error, nothing is published, and the engine refuses further writes
 //     (ErrFailed): it cannot know what reached the disk, and a restart
 //     rebuilds the truth from the store.
-//   - Per stream, entries are sequenced and delivered in commit order,
-//     because one goroutine does both.
+//   - Per stream, entries are sequenced in commit order by one goroutine
+//     and delivered in that order by another, fed through a FIFO.
 //   - Receipt states only move forward; an op that would move one backwards
 //     writes nothing for it.
 //
@@ -112,6 +114,7 @@ func newCommitter(e *Engine) *committer {
 
 func (c *committer) loop() {
 	defer close(c.e.loopDone)
+	defer close(c.e.pubQ)
 	for {
 		o, ok := <-c.e.queue
 		if !ok {
@@ -192,7 +195,19 @@ func (c *committer) publishAbort(err error) {
 	c.publish(err)
 }
 
-// publish answers the ops and hands new entries to the sink, or fails them.
+// published is one committed (or failed) batch on its way from the commit
+// loop to the publish loop.
+type published struct {
+	ops     []*op
+	users   []string
+	entries map[string][]Entry
+	err     error
+}
+
+// publish makes the batch's heads visible, then hands its answers and
+// entries to the publish loop, so that the commit loop can start the next
+// batch while the previous one is answered and delivered. Order is kept:
+// one publish loop, fed in commit order.
 func (c *committer) publish(commitErr error) {
 	e := c.e
 	if commitErr == nil {
@@ -202,34 +217,42 @@ func (c *committer) publish(commitErr error) {
 		}
 		e.headsMu.Unlock()
 	}
-	for _, o := range c.ops {
-		if commitErr != nil {
-			o.err = commitErr
-		}
-		if o.kind == opSubmit {
-			c.countSubmit(o)
-		}
-		o.finish()
-	}
-	if commitErr == nil {
-		if sink := e.getSink(); sink != nil {
-			for _, u := range c.users {
-				sink.Deliver(u, c.entries[u])
-			}
-		}
-	}
+	p := &published{ops: c.ops, users: c.users, entries: c.entries, err: commitErr}
+	c.ops, c.users, c.entries = make([]*op, 0, len(p.ops)), nil, make(map[string][]Entry, len(p.users))
+	e.pubQ <- p
 	clear(c.heads)
 	clear(c.receipts)
 	clear(c.cursors)
 	clear(c.watermarks)
 	clear(c.dedupe)
-	clear(c.entries)
-	c.users = c.users[:0]
-	clear(c.ops)
 }
 
-func (c *committer) countSubmit(o *op) {
-	m := c.e.metrics
+// publishLoop answers ops and calls the Sink, batch after batch.
+func (e *Engine) publishLoop() {
+	defer close(e.pubDone)
+	sink := e.getSink
+	for p := range e.pubQ {
+		for _, o := range p.ops {
+			if p.err != nil {
+				o.err = p.err
+			}
+			if o.kind == opSubmit {
+				e.countSubmit(o)
+			}
+			o.finish()
+		}
+		if p.err == nil {
+			if s := sink(); s != nil {
+				for _, u := range p.users {
+					s.Deliver(u, p.entries[u])
+				}
+			}
+		}
+	}
+}
+
+func (e *Engine) countSubmit(o *op) {
+	m := e.metrics
 	switch {
 	case o.err != nil:
 		m.submits.WithLabelValues("failed").Inc()
@@ -392,16 +415,20 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	}
 	// Entries in (wm, seq] were acknowledged for the first time by any of
 	// the user's devices: their messages become delivered.
-	var hits []ID
+	type hit struct {
+		id     ID
+		sender string
+	}
+	var hits []hit
 	var ierr error
 	err = c.e.st.Scan(inboxKey(o.user, wm+1), inboxKey(o.user, o.seq+1), func(k, v []byte) bool {
 		if len(v) > 0 && EntryKind(v[0]) == EntryMessage {
-			_, id, err := decodeEntry(0, v)
+			_, id, sender, err := decodeEntry(0, v)
 			if err != nil {
 				ierr = err
 				return false
 			}
-			hits = append(hits, id)
+			hits = append(hits, hit{id, sender})
 		}
 		return true
 	})
@@ -411,7 +438,8 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	for _, id := range hits {
+	for _, h := range hits {
+		id := h.id
 		rk := receiptKey(id, o.user)
 		r, err := c.receipt(rk, o.user)
 		if errors.Is(err, store.ErrNotFound) {
@@ -425,11 +453,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		}
 		r.State, r.Delivered = StateDelivered, now
 		c.setReceipt(rk, r)
-		m, err := c.e.Message(id)
-		if err != nil {
-			return err
-		}
-		if err := c.notify(m.From, id, o.user, StateDelivered, now); err != nil {
+		if err := c.notify(h.sender, id, o.user, StateDelivered, now); err != nil {
 			return err
 		}
 	}
@@ -451,7 +475,10 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 		r   Receipt
 	}
 	changes := make([]change, 0, len(o.ids))
-	for _, id := range o.ids {
+	for i, id := range o.ids {
+		if slices.Contains(o.ids[:i], id) {
+			continue // the same id twice in one read
+		}
 		rk := receiptKey(id, o.user)
 		r, err := c.receipt(rk, o.user)
 		if errors.Is(err, store.ErrNotFound) {

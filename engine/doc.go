@@ -25,7 +25,7 @@
 // so that keys sort numerically.
 //
 //	message   'm' | id (16)                         -> message record (body stored once)
-//	inbox     'i' | user | 0x00 | seq (8)           -> stream entry (17 bytes for a message)
+//	inbox     'i' | user | 0x00 | seq (8)           -> stream entry (id and sender for a message)
 //	cursor    'c' | user | 0x00 | device            -> seq (8)
 //	watermark 'w' | user                            -> seq (8): highest seq any device acked
 //	receipt   'r' | id (16) | user                  -> state (1) | delivered ms (8) | read ms (8)

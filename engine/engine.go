@@ -144,6 +144,8 @@ type Engine struct {
 	failed error // guarded by failMu; non-nil once a commit failed
 
 	loopDone chan struct{}
+	pubQ     chan *published // committed batches waiting to be answered and delivered
+	pubDone  chan struct{}
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -160,6 +162,8 @@ func Open(cfg Config) (*Engine, error) {
 		queue:    make(chan *op, cfg.QueueLen),
 		heads:    make(map[string]uint64),
 		loopDone: make(chan struct{}),
+		pubQ:     make(chan *published, 4),
+		pubDone:  make(chan struct{}),
 	}
 	var err error
 	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(len(e.queue)) }); err != nil {
@@ -167,6 +171,7 @@ func Open(cfg Config) (*Engine, error) {
 	}
 	c := newCommitter(e)
 	go c.loop()
+	go e.publishLoop()
 	return e, nil
 }
 
@@ -197,6 +202,7 @@ func (e *Engine) Close() error {
 	}
 	e.qmu.Unlock()
 	<-e.loopDone
+	<-e.pubDone
 	return nil
 }
 
@@ -447,7 +453,7 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 			ierr = err
 			return false
 		}
-		ent, id, err := decodeEntry(seq, v)
+		ent, id, _, err := decodeEntry(seq, v)
 		if err != nil {
 			ierr = fmt.Errorf("seq %d: %w", seq, err)
 			return false

@@ -133,15 +133,18 @@ type Entry struct {
 
 // Stream entry layout (value of key 'i' + user + 0x00 + seq):
 //
-//	EntryMessage: | 1 | id(16) |
+//	EntryMessage: | 1 | id(16) | sender (str) |
 //	EntryReceipt: | 2 | id(16) | state 1 | at ms 8 | user (str) |
+//
+// A message entry names its sender so that an ack can notify the sender
+// without loading the message.
 func encodeEntry(e *Entry) []byte {
 	switch e.Kind {
 	case EntryMessage:
-		b := make([]byte, 17)
+		b := make([]byte, 17, 18+len(e.Message.From))
 		b[0] = byte(EntryMessage)
 		copy(b[1:], e.Message.ID[:])
-		return b
+		return appendStr(b, e.Message.From)
 	default:
 		r := e.Receipt
 		b := make([]byte, 0, 27+len(r.User)+1)
@@ -153,31 +156,32 @@ func encodeEntry(e *Entry) []byte {
 	}
 }
 
-// decodeEntry decodes a stream entry value. For EntryMessage only the id is
-// filled in (Message.ID); the caller loads the record.
-func decodeEntry(seq uint64, b []byte) (Entry, ID, error) {
-	var id ID
+// decodeEntry decodes a stream entry value. For EntryMessage the message is
+// not loaded: the id is returned and Message is left nil; sender is set.
+func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error) {
 	if len(b) < 17 {
-		return Entry{}, id, ErrCorrupt
+		return Entry{}, id, "", ErrCorrupt
 	}
 	copy(id[:], b[1:17])
 	switch EntryKind(b[0]) {
 	case EntryMessage:
-		if len(b) != 17 {
-			return Entry{}, id, ErrCorrupt
+		d := decoder{b: b[17:]}
+		sender := d.str()
+		if d.err || len(d.b) != 0 {
+			return Entry{}, id, "", ErrCorrupt
 		}
-		return Entry{Seq: seq, Kind: EntryMessage}, id, nil
+		return Entry{Seq: seq, Kind: EntryMessage}, id, sender, nil
 	case EntryReceipt:
 		d := decoder{b: b[17:]}
 		st := State(d.u8())
 		at := d.u64()
 		user := d.str()
 		if d.err || len(d.b) != 0 || st < StateSent || st > StateRead {
-			return Entry{}, id, ErrCorrupt
+			return Entry{}, id, "", ErrCorrupt
 		}
 		return Entry{Seq: seq, Kind: EntryReceipt, Receipt: ReceiptEvent{
 			ID: id, User: user, State: st, At: timeOrZero(at),
-		}}, id, nil
+		}}, id, "", nil
 	}
-	return Entry{}, id, ErrCorrupt
+	return Entry{}, id, "", ErrCorrupt
 }

@@ -71,35 +71,51 @@ func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 // PutUser creates or updates a user, durably. It reports whether the user
 // is new.
 func (d *Directory) PutUser(u User) (created bool, err error) {
-	if err := engine.CheckName("user", u.ID); err != nil {
-		return false, err
-	}
-	if u.Phone != "" && !e164.MatchString(u.Phone) {
-		return false, ErrBadPhone
-	}
-	if len(u.Name) > 200 {
-		return false, fmt.Errorf("%w: display name longer than 200 bytes", engine.ErrBadName)
+	n, err := d.PutUsers([]User{u})
+	return n == 1, err
+}
+
+// PutUsers creates or updates many users in one synced write: all or none.
+// It returns how many were new.
+func (d *Directory) PutUsers(us []User) (created int, err error) {
+	for _, u := range us {
+		if err := engine.CheckName("user", u.ID); err != nil {
+			return 0, err
+		}
+		if u.Phone != "" && !e164.MatchString(u.Phone) {
+			return 0, fmt.Errorf("%w (user %s)", ErrBadPhone, u.ID)
+		}
+		if len(u.Name) > 200 {
+			return 0, fmt.Errorf("%w: display name of %s longer than 200 bytes", engine.ErrBadName, u.ID)
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old, exists := d.users[u.ID]
 	now := d.clock.Now().UTC().Truncate(time.Millisecond)
-	u.Created, u.Updated = now, now
-	if exists {
-		u.Created = old.Created
-	}
-	v, err := json.Marshal(u)
-	if err != nil {
-		return false, err
-	}
 	b := d.st.NewBatch()
 	defer b.Close()
-	b.Set(userKey(u.ID), v)
-	if err := b.Commit(true); err != nil {
-		return false, fmt.Errorf("fanout: put user %s: %w", u.ID, err)
+	out := make([]User, len(us))
+	for i, u := range us {
+		u.Created, u.Updated = now, now
+		if old, ok := d.users[u.ID]; ok {
+			u.Created = old.Created
+		} else {
+			created++
+		}
+		v, err := json.Marshal(u)
+		if err != nil {
+			return 0, err
+		}
+		b.Set(userKey(u.ID), v)
+		out[i] = u
 	}
-	d.users[u.ID] = u
-	return !exists, nil
+	if err := b.Commit(true); err != nil {
+		return 0, fmt.Errorf("fanout: put %d users: %w", len(us), err)
+	}
+	for _, u := range out {
+		d.users[u.ID] = u
+	}
+	return created, nil
 }
 
 // User returns a user by id.

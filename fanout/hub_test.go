@@ -155,12 +155,13 @@ func TestCatchUpPausesAtHighWaterAndResumes(t *testing.T) {
 	ep.mu.Lock()
 	ep.dev = d
 	ep.mu.Unlock()
+	n := 0 // frames seen before the last drain
 	for len(ep.seqs()) < 300 {
-		n := len(ep.seqs())
 		waitFor(t, "progress or pause", func() bool { return ep.Pending() > 1000 || len(ep.seqs()) == 300 })
 		if len(ep.seqs()) == n {
 			t.Fatal("no progress")
 		}
+		n = len(ep.seqs())
 		ep.drain()
 	}
 	if ep.closed {

@@ -10,6 +10,7 @@
 //
 //	POST /v1/users                  {"id","name","phone"}        create or update a user
 //	PUT  /v1/users/{id}             {"name","phone"}             same, id from the path
+//	POST /v1/users/batch            {"users":[{"id","name","phone"},...]} -> {"created": n}, all or none
 //	GET  /v1/users/{id}, /v1/users                               read the directory
 //	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
 //	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id"}
@@ -87,6 +88,7 @@ func New(cfg Config) (*API, error) {
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	a.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	a.admin("POST /v1/users", a.putUser)
+	a.admin("POST /v1/users/batch", a.putUsers)
 	a.admin("PUT /v1/users/{id}", a.putUser)
 	a.admin("GET /v1/users/{id}", a.getUser)
 	a.admin("GET /v1/users", a.listUsers)
@@ -221,6 +223,24 @@ func (a *API) putUser(r *http.Request) (int, any, error) {
 		return http.StatusCreated, got, nil
 	}
 	return http.StatusOK, got, nil
+}
+
+func (a *API) putUsers(r *http.Request) (int, any, error) {
+	var req struct {
+		Users []userJSON `json:"users"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	us := make([]fanout.User, len(req.Users))
+	for i, u := range req.Users {
+		us[i] = fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone}
+	}
+	n, err := a.cfg.Directory.PutUsers(us)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	return http.StatusOK, map[string]any{"created": n, "total": len(us)}, nil
 }
 
 func (a *API) getUser(r *http.Request) (int, any, error) {

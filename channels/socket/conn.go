@@ -71,6 +71,7 @@ type conn struct {
 	pending  int         // bytes in out plus the batch being flushed; guarded by mu
 	flushing bool        // a flusher goroutine is running; guarded by mu
 	closing  bool        // no more frames accepted; guarded by mu
+	closed   bool        // netpoll closed the connection: never touch its buffers again; guarded by mu
 	killer   *time.Timer // closes the connection if a fatal error cannot be flushed; guarded by mu
 }
 
@@ -81,9 +82,12 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{s: s, nc: nc, id: s.nextID.Add(1), opened: now}
 	c.lastSeen.Store(now)
 	s.register(c)
+	// Close callbacks run newest first, so this one runs before netpoll's
+	// own releases the connection's buffers; flushLoop writes into them
+	// only under c.mu and only while closed is false.
 	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
 		c.mu.Lock()
-		c.closing = true
+		c.closing, c.closed = true, true
 		if c.killer != nil {
 			c.killer.Stop()
 		}
@@ -212,13 +216,15 @@ func (c *conn) hello(m *pb.Hello) {
 	e := s.cfg.Engine
 	head, err := e.Head(claims.User)
 	if err != nil {
-		c.fail(0, err)
+		s.log.Error("handshake: read head", "user", claims.User, "err", err)
+		c.fatal(codeInternal, 0, "internal error; reconnect")
 		return
 	}
 	cursor := m.GetCursor()
 	if m.Cursor == nil {
 		if cursor, _, err = e.Cursor(claims.User, claims.Device); err != nil {
-			c.fail(0, err)
+			s.log.Error("handshake: read cursor", "user", claims.User, "err", err)
+			c.fatal(codeInternal, 0, "internal error; reconnect")
 			return
 		}
 	}
@@ -455,16 +461,19 @@ func (c *conn) flushLoop() {
 		}
 		batch := c.out
 		c.out = c.spare[:0]
-		c.mu.Unlock()
-
 		n := 0
 		var err error
+		if c.closed {
+			err = errors.New("connection closed")
+		}
 		for _, f := range batch {
-			if _, err = w.WriteBinary(f); err != nil {
+			if err != nil {
 				break
 			}
+			_, err = w.WriteBinary(f)
 			n += len(f)
 		}
+		c.mu.Unlock()
 		if err == nil {
 			err = w.Flush()
 		}

@@ -14,6 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -49,6 +52,7 @@ func run(args []string) error {
 	fs.IntVar(&maxBody, "max-body", maxBody, "largest message body in bytes (env DING_MAX_BODY)")
 	level := fs.String("log-level", env("DING_LOG_LEVEL", "info"), "debug, info, warn or error (env DING_LOG_LEVEL)")
 	drain := fs.Duration("drain-timeout", 15*time.Second, "how long SIGTERM waits for connections to drain")
+	pprofAddr := fs.String("pprof", env("DING_PPROF", ""), "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (env DING_PPROF; off by default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,6 +62,14 @@ func run(args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
 
+	if *pprofAddr != "" {
+		ln, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return fmt.Errorf("--pprof: %w", err)
+		}
+		defer ln.Close()
+		go http.Serve(ln, nil) // ends with the process; pprof registers on the default mux
+	}
 	n, err := node.Start(node.Config{
 		DataDir: *data, SocketAddr: *listen, HTTPAddr: *httpAddr, MaxBody: maxBody, Logger: log,
 	})

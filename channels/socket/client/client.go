@@ -100,6 +100,11 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("ding: %v: %s", e.Code, e.Detail) }
 
+// maxInbound bounds frames from the server. It is not the server's
+// max_frame (which limits what the server accepts): a message sent through
+// the admin API with many recipients encodes larger than any submit.
+const maxInbound = 16 << 20
+
 // ErrClosed is returned by calls on a closed client.
 var ErrClosed = errors.New("client: closed")
 
@@ -267,7 +272,7 @@ func (c *Client) connect(ctx context.Context) (net.Conn, *pb.Welcome, error) {
 		nc.Close()
 		return nil, nil, fmt.Errorf("client: send hello: %w", err)
 	}
-	ft, msg, err := readFrame(nc, 1<<20)
+	ft, msg, err := readFrame(nc, maxInbound)
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("client: handshake: %w", err)
@@ -363,6 +368,14 @@ func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
 		return c.err
 	}
 	c.nc, c.welcome = nc, w
+	// A server whose stream is shorter than what this client has seen (a
+	// restore from backup) resumes at its head: follow it, or every new
+	// entry would look like a duplicate and every ack would be refused.
+	if last := w.ResumeFrom - 1; c.haveDeliv.Load() && last < c.delivered.Load() {
+		c.log.Warn("server resumed behind this client's cursor", "cursor", c.delivered.Load(), "resume_from", w.ResumeFrom)
+		c.delivered.Store(last)
+	}
+	c.acked = min(c.acked, w.Head)
 	acked := c.acked
 	// Resend what was not acknowledged, in order; the server deduplicates.
 	resend := make([][]byte, 0, len(c.submits))
@@ -384,7 +397,7 @@ func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
 		ping = 30 * time.Second
 	}
 	readErr := make(chan error, 1)
-	go func() { readErr <- c.readLoop(nc, int(w.MaxFrame)+wire.HeaderLen) }()
+	go func() { readErr <- c.readLoop(nc, maxInbound) }()
 	t := time.NewTicker(ping)
 	defer t.Stop()
 	var err error

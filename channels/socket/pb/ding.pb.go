@@ -37,7 +37,7 @@ const (
 	FrameType_RECEIPT                FrameType = 6  // server -> client, a receipt event in the stream
 	FrameType_ACK                    FrameType = 7  // client -> server, cumulative delivery ack
 	FrameType_READ                   FrameType = 8  // client -> server, mark messages read
-	FrameType_OK                     FrameType = 9  // server -> client, a READ (or other ref'd request) is durable
+	FrameType_OK                     FrameType = 9  // server -> client, a READ is durable
 	FrameType_PING                   FrameType = 10 // either way
 	FrameType_PONG                   FrameType = 11 // either way
 	FrameType_ERROR                  FrameType = 12 // server -> client
@@ -221,12 +221,12 @@ const (
 	Code_BAD_VERSION        Code = 4  // unsupported protocol version; fatal
 	Code_HANDSHAKE_REQUIRED Code = 5  // a frame other than HELLO before WELCOME; fatal
 	Code_HANDSHAKE_TIMEOUT  Code = 6  // no HELLO in time; fatal
-	Code_BAD_TOKEN          Code = 7  // token invalid, wrong kind, or revoked; fatal
+	Code_BAD_TOKEN          Code = 7  // token invalid, of the wrong kind, or its user no longer exists; fatal
 	Code_TOKEN_EXPIRED      Code = 8  // fatal
 	Code_DEVICE_MISMATCH    Code = 9  // HELLO.device differs from the token's device; fatal
 	Code_MESSAGE_TOO_LARGE  Code = 10 // body above max_body; the submit is refused
 	Code_UNKNOWN_RECIPIENT  Code = 11 // detail names the recipient; the submit is refused
-	Code_BAD_REQUEST        Code = 12 // a field is invalid (no recipients, bad id, bad name)
+	Code_BAD_REQUEST        Code = 12 // a field is invalid: no or too many recipients, bad name, bad kind, bad id, bad READ size
 	Code_TOO_MANY_INFLIGHT  Code = 13 // more unacknowledged submits than max_inflight
 	Code_NOT_RECIPIENT      Code = 14 // READ of a message that is not in your stream
 	Code_FORBIDDEN          Code = 15 // RECEIPTS_QUERY for a message you did not send
@@ -237,7 +237,7 @@ const (
 	Code_SHUTTING_DOWN      Code = 20 // server is draining; fatal; reconnect later
 	Code_UNAVAILABLE        Code = 21 // the server cannot accept writes now; retry later
 	Code_NOT_FOUND          Code = 22 // unknown message id
-	Code_INTERNAL           Code = 23 // an internal failure; retry
+	Code_INTERNAL           Code = 23 // an internal failure; retry (fatal when the stream could not be read: reconnect)
 )
 
 // Enum value maps for Code.

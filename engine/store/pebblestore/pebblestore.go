@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 
 	"github.com/dingmq/ding/engine/store"
 )
@@ -52,17 +53,18 @@ func Open(dir string, o Options) (*DB, error) {
 		Cache:              c,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             slogLogger{o.Logger},
-		MemTableSize:       64 << 20,
+		MemTableSize:       8 << 20,
 	}
+	// Bloom filters on every level (later levels inherit L0's policy): the
+	// engine looks up keys that usually do not exist (client message ids,
+	// new cursors), and without filters each miss reads a block per level.
+	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
 	return &DB{db: db}, nil
 }
-
-// Pebble exposes the underlying database for baselines and tooling.
-func (d *DB) Pebble() *pebble.DB { return d.db }
 
 // Get implements store.Store.
 func (d *DB) Get(key []byte) ([]byte, error) {

@@ -1,0 +1,88 @@
+// Command dingbench runs Ding's whole-system scenarios against a real dingd
+// process on loopback and prints one Markdown table per scenario, each
+// figure beside a baseline measured in the same run.
+//
+//	make build && ./bin/dingbench all          # ingest, idle, resume
+//	./bin/dingbench ingest --conns 1000 --run 10s
+//	./bin/dingbench idle --conns 18000
+//	./bin/dingbench resume --missed 100000
+//
+// --dingd names the server binary; by default the dingd next to dingbench.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dingmq/ding/bench"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "dingbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: dingbench ingest|idle|resume|all [flags]")
+	}
+	scenario := args[0]
+	fs := flag.NewFlagSet("dingbench", flag.ContinueOnError)
+	self, _ := os.Executable()
+	bin := fs.String("dingd", filepath.Join(filepath.Dir(self), "dingd"), "dingd binary")
+	tmp := fs.String("tmp", os.TempDir(), "where data directories go")
+	conns := fs.Int("conns", 0, "connections (ingest default 1000, idle default 18000)")
+	payload := fs.Int("payload", 256, "message body bytes")
+	warm := fs.Duration("warmup", 3*time.Second, "ingest warm-up")
+	runFor := fs.Duration("run", 10*time.Second, "ingest measured window")
+	baseline := fs.Int("baseline-workers", 64, "ingest baseline goroutines")
+	missed := fs.Int("missed", 100000, "resume: messages missed")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if _, err := os.Stat(*bin); err != nil {
+		return fmt.Errorf("dingd binary: %v (build it: make build)", err)
+	}
+	pick := func(v, def int) int {
+		if v == 0 {
+			return def
+		}
+		return v
+	}
+	var scenarios []func() (bench.Table, error)
+	ingest := func() (bench.Table, error) {
+		return bench.Ingest(bench.IngestConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 1000), Payload: *payload, Warmup: *warm, Run: *runFor, Baseline: *baseline})
+	}
+	idle := func() (bench.Table, error) {
+		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 18000)})
+	}
+	resume := func() (bench.Table, error) {
+		return bench.Resume(bench.ResumeConfig{Bin: *bin, Tmp: *tmp, Missed: *missed, Payload: *payload})
+	}
+	switch scenario {
+	case "ingest":
+		scenarios = append(scenarios, ingest)
+	case "idle":
+		scenarios = append(scenarios, idle)
+	case "resume":
+		scenarios = append(scenarios, resume)
+	case "all":
+		scenarios = append(scenarios, ingest, idle, resume)
+	default:
+		return fmt.Errorf("unknown scenario %q", scenario)
+	}
+	for _, s := range scenarios {
+		t, err := s()
+		if err != nil {
+			return err
+		}
+		fmt.Println(t.Markdown())
+	}
+	return nil
+}
