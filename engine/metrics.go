@@ -36,6 +36,9 @@ func newMetrics(reg prometheus.Registerer, queueDepth func() float64) (*metrics,
 			Help: "Times an operation waited because the commit queue was full (back-pressure).",
 		}),
 	}
+	for _, r := range []string{"ok", "duplicate", "rejected", "failed"} {
+		m.submits.WithLabelValues(r) // export every series from the start
+	}
 	if reg == nil {
 		return m, nil
 	}

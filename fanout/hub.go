@@ -120,6 +120,8 @@ func NewHub(cfg HubConfig) (*Hub, error) {
 		Name: "ding_fanout_deliveries_total",
 		Help: "Stream entries written to devices, by path: live (pushed at commit) or catchup (read back from the store).",
 	}, []string{"path"})
+	h.deliveries.WithLabelValues("live")
+	h.deliveries.WithLabelValues("catchup")
 	h.catchupQ = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ding_fanout_catchup_queue", Help: "Devices waiting for a catch-up step.",
 	}, func() float64 { h.wmu.Lock(); defer h.wmu.Unlock(); return float64(len(h.work)) })

@@ -1,0 +1,183 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
+)
+
+type api struct {
+	t    *testing.T
+	base string
+	tok  string
+}
+
+func (a api) do(method, path, tok string, body any) (int, map[string]any) {
+	a.t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	default:
+		raw, _ := json.Marshal(b)
+		r = bytes.NewReader(raw)
+	}
+	req, _ := http.NewRequest(method, a.base+path, r)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func errCode(m map[string]any) string {
+	e, _ := m["error"].(map[string]any)
+	s, _ := e["code"].(string)
+	return s
+}
+
+func setup(t *testing.T) (api, *node.Node) {
+	n := nodetest.Start(t, node.Config{MaxBody: 1024})
+	return api{t: t, base: "http://" + n.HTTPAddr(), tok: n.AdminToken()}, n
+}
+
+func TestSendAndReceiptsThroughTheAPI(t *testing.T) {
+	a, n := setup(t)
+	if code, u := a.do("POST", "/v1/users", a.tok, map[string]string{"id": "ana", "name": "Ana"}); code != 201 || u["id"] != "ana" {
+		t.Fatalf("create ana: %d %v", code, u)
+	}
+	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, map[string]string{"name": "Bo", "phone": "+14155550100"}); code != 201 {
+		t.Fatalf("create bo: %d", code)
+	}
+	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, map[string]string{"name": "Bo B."}); code != 200 {
+		t.Fatalf("update bo: %d", code)
+	}
+	code, res := a.do("POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"bo"}, "text": "hi", "client_msg_id": "x1"})
+	if code != 200 || res["duplicate"] != false {
+		t.Fatalf("send: %d %v", code, res)
+	}
+	id := res["id"].(string)
+	code, again := a.do("POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"bo"}, "text": "hi", "client_msg_id": "x1"})
+	if code != 200 || again["id"] != id || again["duplicate"] != true {
+		t.Fatalf("retry: %d %v", code, again)
+	}
+	code, rc := a.do("GET", "/v1/messages/"+id+"/receipts", a.tok, nil)
+	if code != 200 || rc["from"] != "ana" {
+		t.Fatalf("receipts: %d %v", code, rc)
+	}
+	rs := rc["recipients"].([]any)
+	if len(rs) != 1 || rs[0].(map[string]any)["state"] != "sent" {
+		t.Fatalf("recipients %v", rs)
+	}
+	if h, _ := n.Engine().Head("bo"); h != 1 {
+		t.Fatalf("bo head %d, want 1", h)
+	}
+	code, tok := a.do("POST", "/v1/tokens", a.tok, map[string]any{"user": "bo", "device": "phone"})
+	if code != 200 || tok["token"] == "" {
+		t.Fatalf("token: %d %v", code, tok)
+	}
+}
+
+func TestAPIErrors(t *testing.T) {
+	a, n := setup(t)
+	a.do("POST", "/v1/users", a.tok, map[string]string{"id": "ana"})
+	client := nodetest.Token(t, n, "ana", "phone")
+	big := strings.Repeat("x", 1025)
+	cases := []struct {
+		name, method, path, tok string
+		body                    any
+		status                  int
+		code                    string
+	}{
+		{"no token", "GET", "/v1/users", "", nil, 401, "UNAUTHENTICATED"},
+		{"client token on admin API", "GET", "/v1/users", client, nil, 401, "UNAUTHENTICATED"},
+		{"forged token", "GET", "/v1/users", a.tok[:len(a.tok)-4] + "AAAA", nil, 401, "UNAUTHENTICATED"},
+		{"malformed JSON", "POST", "/v1/messages", a.tok, "{", 400, "BAD_REQUEST"},
+		{"unknown field", "POST", "/v1/users", a.tok, map[string]any{"id": "x", "admin": true}, 400, "BAD_REQUEST"},
+		{"bad user id", "POST", "/v1/users", a.tok, map[string]any{"id": "a b"}, 400, "BAD_REQUEST"},
+		{"bad phone", "POST", "/v1/users", a.tok, map[string]any{"id": "cy", "phone": "555-1234"}, 400, "BAD_REQUEST"},
+		{"unknown recipient", "POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"zed"}, "text": "x"}, 422, "UNKNOWN_RECIPIENT"},
+		{"unknown sender", "POST", "/v1/messages", a.tok, map[string]any{"from": "zed", "to": []string{"ana"}, "text": "x"}, 422, "UNKNOWN_SENDER"},
+		{"no recipients", "POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "text": "x"}, 400, "BAD_REQUEST"},
+		{"body too large", "POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"ana"}, "text": big}, 413, "MESSAGE_TOO_LARGE"},
+		{"request too large", "POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"ana"}, "text": strings.Repeat("y", 1<<20)}, 413, "TOO_LARGE"},
+		{"malformed message id", "GET", "/v1/messages/nope/receipts", a.tok, nil, 400, "BAD_REQUEST"},
+		{"unknown message", "GET", "/v1/messages/01M8K8F2K5C97AM15Z94XS9NY4/receipts", a.tok, nil, 404, "NOT_FOUND"},
+		{"token for unknown user", "POST", "/v1/tokens", a.tok, map[string]any{"user": "zed", "device": "d"}, 404, "UNKNOWN_USER"},
+		{"unknown user", "GET", "/v1/users/zed", a.tok, nil, 404, "NOT_FOUND"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a.t = t
+			status, out := a.do(c.method, c.path, c.tok, c.body)
+			if status != c.status || errCode(out) != c.code {
+				t.Fatalf("got %d %v, want %d %s", status, out, c.status, c.code)
+			}
+		})
+	}
+	if h, _ := n.Engine().Head("ana"); h != 0 {
+		t.Fatalf("a refused request reached ana's stream (head %d)", h)
+	}
+}
+
+func TestBackupOpensWithTheData(t *testing.T) {
+	a, _ := setup(t)
+	a.do("POST", "/v1/users", a.tok, map[string]string{"id": "ana"})
+	_, res := a.do("POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"ana"}, "text": "keep me"})
+	dir := filepath.Join(t.TempDir(), "bk")
+	if code, out := a.do("POST", "/v1/backup", a.tok, map[string]string{"dir": dir}); code != 200 {
+		t.Fatalf("backup: %d %v", code, out)
+	}
+	if code, out := a.do("POST", "/v1/backup", a.tok, map[string]string{"dir": dir}); code != 409 {
+		t.Fatalf("backup into an existing dir: %d %v", code, out)
+	}
+	// A node started on the backup (with the store moved into place) has the message.
+	data := t.TempDir()
+	if err := os.Rename(dir, filepath.Join(data, "store")); err != nil {
+		t.Fatal(err)
+	}
+	n2 := nodetest.Start(t, node.Config{DataDir: data})
+	es, err := n2.Engine().Range("ana", 1, 10)
+	if err != nil || len(es) != 1 || es[0].Message.ID.String() != res["id"] {
+		t.Fatalf("backup stream: %v %v", es, err)
+	}
+}
+
+func TestHealthReadyMetrics(t *testing.T) {
+	a, n := setup(t)
+	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get(a.base + p)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", p, resp, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if p == "/metrics" {
+			for _, m := range []string{"ding_engine_commit_duration_seconds", "ding_socket_connections", "ding_engine_commit_batch_ops", "ding_socket_slow_consumer_disconnects_total", "ding_fanout_deliveries_total", "go_goroutines"} {
+				if !strings.Contains(string(body), m) {
+					t.Errorf("/metrics lacks %s", m)
+				}
+			}
+		}
+	}
+	nodetest.Stop(t, n)
+	if resp, err := http.Get(a.base + "/readyz"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("readyz answered %d after shutdown", resp.StatusCode)
+	}
+}
