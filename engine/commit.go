@@ -438,22 +438,44 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	for _, h := range hits {
-		id := h.id
-		rk := receiptKey(id, o.user)
-		r, err := c.receipt(rk, o.user)
-		if errors.Is(err, store.ErrNotFound) {
-			continue // the message was removed since (burned, later)
-		}
-		if err != nil {
-			return err
-		}
-		if r.State >= StateDelivered {
+	// Load the receipts this batch has not touched with one cursor.
+	keys := make([][]byte, len(hits))
+	rs := make([]Receipt, len(hits))
+	found := make([]bool, len(hits))
+	var missing [][]byte
+	var missingAt []int
+	for i, h := range hits {
+		keys[i] = receiptKey(h.id, o.user)
+		if r, ok := c.receipts[string(keys[i])]; ok {
+			rs[i], found[i] = r, true
 			continue
 		}
+		missing = append(missing, keys[i])
+		missingAt = append(missingAt, i)
+	}
+	var derr error
+	err = c.e.st.GetMany(missing, func(j int, v []byte) {
+		if v == nil || derr != nil {
+			return // no receipt: the message was removed since (burned, later)
+		}
+		i := missingAt[j]
+		rs[i], derr = decodeReceipt(o.user, v)
+		found[i] = derr == nil
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	for i, h := range hits {
+		if !found[i] || rs[i].State >= StateDelivered {
+			continue
+		}
+		r := rs[i]
 		r.State, r.Delivered = StateDelivered, now
-		c.setReceipt(rk, r)
-		if err := c.notify(h.sender, id, o.user, StateDelivered, now); err != nil {
+		c.setReceipt(keys[i], r)
+		if err := c.notify(h.sender, h.id, o.user, StateDelivered, now); err != nil {
 			return err
 		}
 	}

@@ -443,11 +443,10 @@ func (e *Engine) Cursor(user, device string) (uint64, bool, error) {
 // from, in order, with messages loaded. It is how a device catches up.
 func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 	p := inboxPrefix(user)
-	lower := inboxKey(user, from)
 	out := make([]Entry, 0, min(max, 256))
-	var loaded map[ID]*Message
+	var ids []ID // message ids, in stream order (so mostly ascending)
 	var ierr error
-	err := e.st.Scan(lower, prefixEnd(p), func(k, v []byte) bool {
+	err := e.st.Scan(inboxKey(user, from), prefixEnd(p), func(k, v []byte) bool {
 		seq, err := seqFromInboxKey(k)
 		if err != nil {
 			ierr = err
@@ -459,18 +458,8 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 			return false
 		}
 		if ent.Kind == EntryMessage {
-			m := loaded[id]
-			if m == nil {
-				if m, err = e.Message(id); err != nil {
-					ierr = fmt.Errorf("seq %d: %w", seq, err)
-					return false
-				}
-				if loaded == nil {
-					loaded = make(map[ID]*Message)
-				}
-				loaded[id] = m
-			}
-			ent.Message = m
+			ent.Message = &Message{ID: id} // placeholder, loaded below
+			ids = append(ids, id)
 		}
 		out = append(out, ent)
 		return len(out) < max
@@ -478,8 +467,50 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 	if err == nil {
 		err = ierr
 	}
+	if err == nil && len(ids) > 0 {
+		err = e.loadMessages(out, ids)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("engine: range %s from %d: %w", user, from, err)
 	}
 	return out, nil
+}
+
+// loadMessages replaces the placeholder messages in entries with the
+// stored records, reading them with one cursor.
+func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
+	keys := make([][]byte, len(ids))
+	for i, id := range ids {
+		keys[i] = messageKey(id)
+	}
+	msgs := make([]*Message, len(ids))
+	var derr error
+	err := e.st.GetMany(keys, func(i int, v []byte) {
+		if derr != nil {
+			return
+		}
+		if v == nil {
+			derr = fmt.Errorf("message %s: %w", ids[i], ErrNotFound)
+			return
+		}
+		if i > 0 && ids[i] == ids[i-1] {
+			msgs[i] = msgs[i-1]
+			return
+		}
+		msgs[i], derr = decodeMessage(ids[i], v)
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	j := 0
+	for i := range entries {
+		if entries[i].Kind == EntryMessage {
+			entries[i].Message = msgs[j]
+			j++
+		}
+	}
+	return nil
 }

@@ -37,6 +37,12 @@ type Store interface {
 	// call. A nil upper means no upper bound.
 	Scan(lower, upper []byte, fn func(key, value []byte) bool) error
 
+	// GetMany looks up keys (best given in ascending order) and calls fn
+	// with each key's index and value, or a nil value when the key does not
+	// exist. The value is valid only during the call. It is cheaper than a
+	// Get per key because it reuses one cursor.
+	GetMany(keys [][]byte, fn func(i int, value []byte)) error
+
 	// Last returns copies of the greatest key in [lower, upper) and its
 	// value, or ErrNotFound when the range is empty.
 	Last(lower, upper []byte) (key, value []byte, err error)

@@ -69,6 +69,24 @@ func (s *Store) Scan(lower, upper []byte, fn func(key, value []byte) bool) error
 	return nil
 }
 
+// GetMany implements store.Store.
+func (s *Store) GetMany(keys [][]byte, fn func(i int, value []byte)) error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return store.ErrClosed
+	}
+	vals := make([][]byte, len(keys))
+	for i, k := range keys {
+		vals[i] = s.vals[string(k)]
+	}
+	s.mu.RUnlock()
+	for i, v := range vals {
+		fn(i, v)
+	}
+	return nil
+}
+
 // Last implements store.Store.
 func (s *Store) Last(lower, upper []byte) ([]byte, []byte, error) {
 	s.mu.RLock()

@@ -22,6 +22,7 @@ func Run(t *testing.T, open func(t testing.TB) store.Store) {
 		{"ScanOrderAndBounds", testScan},
 		{"ScanStopsEarly", testScanStop},
 		{"Last", testLast},
+		{"GetMany", testGetMany},
 		{"DeleteThenSet", testDelete},
 		{"ValuesAreCopies", testCopies},
 		{"ConcurrentCommits", testConcurrent},
@@ -110,6 +111,22 @@ func testLast(t *testing.T, s store.Store) {
 	k, v, err := s.Last([]byte("i/a/"), []byte("i/a0"))
 	if err != nil || string(k) != "i/a/2" || string(v) != "y" {
 		t.Fatalf("Last = %q %q %v, want i/a/2 y", k, v, err)
+	}
+}
+
+func testGetMany(t *testing.T, s store.Store) {
+	commit(t, s, "k1", "a", "k3", "c", "k5", "e")
+	var got []string
+	keys := [][]byte{[]byte("k0"), []byte("k1"), []byte("k3"), []byte("k4"), []byte("k5"), []byte("k9"), []byte("k1")}
+	err := s.GetMany(keys, func(i int, v []byte) {
+		got = append(got, fmt.Sprintf("%d=%s/%v", i, v, v != nil))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "[0=/false 1=a/true 2=c/true 3=/false 4=e/true 5=/false 6=a/true]"
+	if fmt.Sprint(got) != want {
+		t.Fatalf("GetMany = %v, want %s", got, want)
 	}
 }
 
