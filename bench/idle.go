@@ -16,6 +16,9 @@ import (
 type IdleConfig struct {
 	Bin, Tmp string
 	Conns    int // authenticated idle connections, one user each
+	// Hold keeps the server and connections up this long after measuring
+	// (to take a heap profile with --pprof); zero means none.
+	Hold time.Duration
 }
 
 // Idle opens Conns connections, each completing the handshake as its own
@@ -74,6 +77,10 @@ func Idle(cfg IdleConfig) (Table, error) {
 		return Table{}, err
 	}
 	per := float64(after-before) / float64(cfg.Conns)
+	if cfg.Hold > 0 {
+		fmt.Printf("idle: holding %d connections for %v\n", cfg.Conns, cfg.Hold)
+		time.Sleep(cfg.Hold)
+	}
 	return Table{
 		Scenario: "idle",
 		Setup: fmt.Sprintf("%d authenticated idle connections over loopback (HELLO/WELCOME done, one user each), load generator in its own process. Baseline: the same dingd's RSS with the %d users created and no connection.",

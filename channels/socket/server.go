@@ -130,12 +130,21 @@ type connShard struct {
 	conns map[uint64]*conn // guarded by mu
 }
 
+// netpollBufferSize is the size netpoll gives a new connection's buffers
+// (its default is 8 KiB). Buffers grow on demand, so a small start costs
+// busy connections little and saves idle ones most of their memory. It is
+// a process-wide netpoll setting, applied once.
+const netpollBufferSize = 1 << 10
+
+var configureNetpoll sync.Once
+
 // New returns a server; call Serve to run it.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg.setDefaults()
+	configureNetpoll.Do(func() { _ = netpoll.Configure(netpoll.Config{BufferSize: netpollBufferSize}) })
 	s := &Server{cfg: cfg, log: cfg.Logger, quit: make(chan struct{})}
 	for i := range s.shards {
 		s.shards[i].conns = map[uint64]*conn{}

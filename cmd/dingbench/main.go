@@ -43,6 +43,7 @@ func run(args []string) error {
 	runFor := fs.Duration("run", 10*time.Second, "ingest measured window")
 	baseline := fs.Int("baseline-workers", 64, "ingest baseline goroutines")
 	missed := fs.Int("missed", 100000, "resume: messages missed")
+	hold := fs.Duration("hold", 0, "idle: keep the connections up this long after measuring (for profiling)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -60,7 +61,7 @@ func run(args []string) error {
 		return bench.Ingest(bench.IngestConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 1000), Payload: *payload, Warmup: *warm, Run: *runFor, Baseline: *baseline})
 	}
 	idle := func() (bench.Table, error) {
-		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 18000)})
+		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 18000), Hold: *hold})
 	}
 	resume := func() (bench.Table, error) {
 		return bench.Resume(bench.ResumeConfig{Bin: *bin, Tmp: *tmp, Missed: *missed, Payload: *payload})
