@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
+)
+
+// ctl runs dingctl in-process against n and returns stdout and the error.
+func ctl(t *testing.T, n *node.Node, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	full := append([]string{"--data", n.DataDir(), "--server", "http://" + n.HTTPAddr(), "--socket", n.SocketAddr()}, args...)
+	err := run(full, &out)
+	return out.String(), err
+}
+
+func TestTour(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	for _, args := range [][]string{
+		{"user", "add", "ana", "--name", "Ana"},
+		{"user", "add", "bo", "--name", "Bo", "--phone", "+14155550100"},
+	} {
+		if _, err := ctl(t, n, args...); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	out, err := ctl(t, n, "send", "--from", "ana", "--to", "bo", "lunch", "at", "noon?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(out)
+	if len(id) != 26 || strings.Contains(out[:len(out)-1], "\n") {
+		t.Fatalf("send printed %q, want one id line", out)
+	}
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "laptop", "--read", "--count", "1", "--timeout", "5s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("listen printed %q: %v", out, err)
+	}
+	if m["id"] != id || m["from"] != "ana" || m["body"] != "lunch at noon?" || m["seq"] != 1.0 || m["kind"] != "text" {
+		t.Fatalf("listen printed %v", m)
+	}
+	out, err = ctl(t, n, "receipts", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		Recipients []struct{ User, State string }
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil || len(r.Recipients) != 1 || r.Recipients[0].State != "read" {
+		t.Fatalf("receipts printed %s (%v)", out, err)
+	}
+	// The sender's device sees the read receipt event.
+	out, err = ctl(t, n, "listen", "--user", "ana", "--device", "phone", "--timeout", "1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `"type":"receipt"`) || !strings.Contains(out, `"state":"read"`) {
+		t.Fatalf("sender's listen printed %q", out)
+	}
+	tok, err := ctl(t, n, "token", "--user", "bo", "--device", "phone")
+	if err != nil || strings.Count(tok, ".") != 2 {
+		t.Fatalf("token printed %q (%v)", tok, err)
+	}
+	dir := t.TempDir() + "/bk"
+	if out, err := ctl(t, n, "backup", "--out", dir); err != nil || strings.TrimSpace(out) != dir {
+		t.Fatalf("backup: %q %v", out, err)
+	}
+}
+
+func TestErrorsAreOneLineAndNonZero(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	ctl(t, n, "user", "add", "ana")
+	cases := []struct {
+		args []string
+		want string
+		code int
+	}{
+		{[]string{"send", "--from", "ana", "--to", "zed", "hi"}, "UNKNOWN_RECIPIENT", 1},
+		{[]string{"send", "--from", "ana", "hi"}, "--to", 2},
+		{[]string{"receipts", "nope"}, "BAD_REQUEST", 1},
+		{[]string{"user", "add", "bad id"}, "BAD_REQUEST", 1},
+		{[]string{"listen", "--user", "ana", "--device", "d", "--count", "1", "--timeout", "200ms"}, "timed out after 0 of 1", 3},
+		{[]string{"frobnicate"}, "unknown command", 2},
+		{[]string{"--token", "forged", "user", "list"}, "UNAUTHENTICATED", 1},
+	}
+	for _, c := range cases {
+		_, err := ctl(t, n, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: err %v, want one line containing %q", c.args, err, c.want)
+			continue
+		}
+		code := 1
+		var ee exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		if code != c.code {
+			t.Errorf("%v: exit code %d, want %d", c.args, code, c.code)
+		}
+	}
+}
