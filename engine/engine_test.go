@@ -416,3 +416,16 @@ func TestIDTextRoundTripAndOrder(t *testing.T) {
 		}
 	}
 }
+
+func TestReadSameIDTwiceCountsOnce(t *testing.T) {
+	e, rec := openEngine(t, memstore.New())
+	m := send(t, e, "ana", "x", "bo")
+	if err := e.Read(context.Background(), "bo", m.ID, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	send(t, e, "cy", "marker", "ana") // a later entry in ana's stream
+	got := rec.wait(t, "ana", 2)
+	if len(got) != 2 || got[0].Kind != engine.EntryReceipt || got[1].Kind != engine.EntryMessage {
+		t.Fatalf("ana's stream = %+v, want one read event then the marker", got)
+	}
+}
