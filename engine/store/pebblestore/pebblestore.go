@@ -54,7 +54,7 @@ func Open(dir string, o Options) (*DB, error) {
 		Cache:              c,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             slogLogger{o.Logger},
-		MemTableSize:       8 << 20,
+		MemTableSize:       32 << 20,
 	}
 	// Bloom filters on every level (later levels inherit L0's policy): the
 	// engine looks up keys that usually do not exist (client message ids,
