@@ -441,12 +441,24 @@ func (e *Engine) Cursor(user, device string) (uint64, bool, error) {
 
 // Range returns up to max entries of user's stream starting at sequence
 // from, in order, with messages loaded. It is how a device catches up.
+//
+// It never returns an entry beyond the durable head: Pebble makes a batch
+// readable before its WAL sync completes, and a device must not see an
+// entry that a crash could still take back (its seq would be reused).
+// Head is safe for this because the commit loop publishes heads only after
+// the sync, and caches a stream's pre-batch head before writing to it.
 func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
-	p := inboxPrefix(user)
+	head, err := e.Head(user)
+	if err != nil {
+		return nil, err
+	}
+	if from > head {
+		return nil, nil
+	}
 	out := make([]Entry, 0, min(max, 256))
 	var ids []ID // message ids, in stream order (so mostly ascending)
 	var ierr error
-	err := e.st.Scan(inboxKey(user, from), prefixEnd(p), func(k, v []byte) bool {
+	err = e.st.Scan(inboxKey(user, from), inboxKey(user, head+1), func(k, v []byte) bool {
 		seq, err := seqFromInboxKey(k)
 		if err != nil {
 			ierr = err

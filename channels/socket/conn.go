@@ -248,6 +248,10 @@ func (c *conn) hello(m *pb.Hello) {
 }
 
 func (c *conn) submit(m *pb.Submit) {
+	if m.Kind < 0 || m.Kind > 255 {
+		c.sendError(codeBadRequest, m.Ref, "unknown message kind", false) // would not fit engine.Kind
+		return
+	}
 	if int(c.inflight.Add(1)) > c.s.cfg.MaxInflight {
 		c.inflight.Add(-1)
 		c.sendError(codeTooManyInflight, m.Ref, "wait for acks before submitting more", false)

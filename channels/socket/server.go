@@ -197,14 +197,14 @@ func (s *Server) Connections() int {
 	return n
 }
 
-// Shutdown stops accepting connections, tells every client SHUTTING_DOWN,
-// and waits until their connections are closed and their queues flushed,
-// or ctx ends. It is idempotent. Submits already handed to the engine are
-// committed by the engine's own Close.
+// Shutdown tells every client SHUTTING_DOWN (new connections get it at
+// once), waits until their queues are flushed and their connections closed,
+// then stops the event loop; or, if ctx ends first, closes what is left and
+// returns ctx.Err(). It is idempotent. Submits already handed to the engine
+// are committed by the engine's own Close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.stopOnce.Do(func() { close(s.quit) })
-	err := s.loop.Shutdown(ctx)
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
@@ -217,27 +217,29 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			c.fatal(codeShuttingDown, 0, "server shutting down")
 		}
 	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	for {
-		if s.Connections() == 0 {
-			break
-		}
+	var err error
+	for s.Connections() > 0 && err == nil {
 		select {
 		case <-ctx.Done():
 			s.closeAll()
-			return ctx.Err()
+			err = ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	// Every connection is closing, so no flusher starts any more (a closing
+	// connection takes no frames): waiting on the group is safe now.
+	lerr := s.loop.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return nil // netpoll reports the listener it just closed; nothing to do
+	if err != nil {
+		return err
 	}
+	_ = lerr // netpoll reports the listener it just closed; nothing to act on
 	return nil
 }
 

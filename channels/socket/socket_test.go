@@ -221,6 +221,7 @@ func TestNonFatalErrorsKeepTheConnection(t *testing.T) {
 		{"unknown recipient", &pb.Submit{Ref: 2, To: []string{"zed"}, Kind: pb.Kind_TEXT}, pb.FrameType_SUBMIT, pb.Code_UNKNOWN_RECIPIENT},
 		{"no recipients", &pb.Submit{Ref: 3, Kind: pb.Kind_TEXT}, pb.FrameType_SUBMIT, pb.Code_BAD_REQUEST},
 		{"bad kind", &pb.Submit{Ref: 4, To: []string{"ana"}, Kind: 77}, pb.FrameType_SUBMIT, pb.Code_BAD_REQUEST},
+		{"kind past a byte", &pb.Submit{Ref: 4, To: []string{"ana"}, Kind: 257}, pb.FrameType_SUBMIT, pb.Code_BAD_REQUEST},
 		{"read malformed id", &pb.Read{Ref: 5, Ids: []string{"nope"}}, pb.FrameType_READ, pb.Code_BAD_REQUEST},
 		{"read someone else's message", &pb.Read{Ref: 6, Ids: []string{"01M8K8F2K5C97AM15Z94XS9NY4"}}, pb.FrameType_READ, pb.Code_NOT_RECIPIENT},
 		{"receipts of unknown message", &pb.ReceiptsQuery{Ref: 7, Id: "01M8K8F2K5C97AM15Z94XS9NY4"}, pb.FrameType_RECEIPTS_QUERY, pb.Code_NOT_FOUND},
@@ -371,4 +372,12 @@ func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
 			t.Fatalf("stalled at seq %d of %d", seq, total)
 		}
 	}
+}
+
+func TestShutdownTellsClientsAndDrains(t *testing.T) {
+	n := start(t, socket.Config{})
+	r := dialRaw(t, n)
+	r.hello(nodetest.Token(t, n, "bo", "phone"), "phone")
+	nodetest.Stop(t, n)
+	r.expectFatal(pb.Code_SHUTTING_DOWN)
 }

@@ -19,6 +19,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -28,6 +29,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,8 +145,10 @@ type Client struct {
 }
 
 type pendingSub struct {
-	frame []byte
-	done  chan subDone
+	ref    uint64
+	frame  []byte
+	done   chan subDone
+	sentOn net.Conn // the connection it was last written to; guarded by c.mu
 }
 
 type subDone struct {
@@ -377,14 +381,21 @@ func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
 	}
 	c.acked = min(c.acked, w.Head)
 	acked := c.acked
-	// Resend what was not acknowledged, in order; the server deduplicates.
-	resend := make([][]byte, 0, len(c.submits))
-	for ref := uint64(1); ref <= c.nextRef; ref++ {
-		if p, ok := c.submits[ref]; ok {
-			resend = append(resend, p.frame)
+	// Resend what was not acknowledged, in order (the server deduplicates),
+	// unless Send already wrote it on this connection.
+	var pending []*pendingSub
+	for _, p := range c.submits {
+		if p.sentOn != nc {
+			p.sentOn = nc
+			pending = append(pending, p)
 		}
 	}
 	c.mu.Unlock()
+	slices.SortFunc(pending, func(a, b *pendingSub) int { return cmp.Compare(a.ref, b.ref) })
+	resend := make([][]byte, len(pending))
+	for i, p := range pending {
+		resend[i] = p.frame
+	}
 	if acked > 0 {
 		c.write(wire.Encode(pb.FrameType_ACK, &pb.Ack{Seq: acked}))
 	}
@@ -519,6 +530,10 @@ func (c *Client) write(frame []byte) {
 	if nc == nil {
 		return
 	}
+	c.writeTo(nc, frame)
+}
+
+func (c *Client) writeTo(nc net.Conn, frame []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	nc.SetWriteDeadline(time.Now().Add(c.cfg.DialTimeout))
@@ -567,10 +582,17 @@ func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...Sen
 	}
 	c.nextRef++
 	sub.Ref = c.nextRef
+	p.ref = sub.Ref
 	p.frame = wire.Encode(pb.FrameType_SUBMIT, sub)
 	c.submits[sub.Ref] = p
+	// Write on the connection current now; a session that starts later
+	// resends it (see session), one that started earlier cannot have.
+	nc := c.nc
+	p.sentOn = nc
 	c.mu.Unlock()
-	c.write(p.frame)
+	if nc != nil {
+		c.writeTo(nc, p.frame)
+	}
 	select {
 	case d := <-p.done:
 		return d.res, d.err
