@@ -25,13 +25,7 @@ import (
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait"),
-		goleak.IgnoreAnyFunction("github.com/bytedance/gopkg/util/gopool.(*worker).run.func1"),
-		goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2/internal/cache.(*shard).releaseLoop"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, nodetest.GoleakOptions...) }
 
 // raw is a hand-driven protocol connection.
 type raw struct {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
 // proc is a dingd process under test.
@@ -53,19 +53,9 @@ func dingdBinary(t *testing.T) string {
 	return binPath
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func startDingd(t *testing.T, data string) *proc {
 	t.Helper()
-	p := &proc{data: data, sock: freePort(t), http: freePort(t), stderr: &bytes.Buffer{}}
+	p := &proc{data: data, sock: nodetest.FreeAddr(t), http: nodetest.FreeAddr(t), stderr: &bytes.Buffer{}}
 	p.cmd = exec.Command(dingdBinary(t), "--data", data, "--listen", p.sock, "--http", p.http, "--log-level", "warn")
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

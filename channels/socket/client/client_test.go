@@ -17,14 +17,7 @@ import (
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// netpoll's pollers and task pool are process-wide and start once.
-		goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait"),
-		goleak.IgnoreAnyFunction("github.com/bytedance/gopkg/util/gopool.(*worker).run.func1"),
-		goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2/internal/cache.(*shard).releaseLoop"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, nodetest.GoleakOptions...) }
 
 func dial(t *testing.T, n *node.Node, user, device string, cursor *uint64) *client.Client {
 	t.Helper()
@@ -80,18 +73,6 @@ func send(t *testing.T, c *client.Client, body string, to ...string) client.Send
 		t.Fatalf("send %q: %v", body, err)
 	}
 	return r
-}
-
-// freeAddr returns a loopback address nothing listens on, so a node can be
-// restarted on the same address.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func TestOfflineRecipientGetsMessageAfterRestart(t *testing.T) {
@@ -154,7 +135,7 @@ func isCode(err error, code pb.Code) bool {
 }
 
 func TestReconnectReplaysWithoutDuplicates(t *testing.T) {
-	dir, sock := t.TempDir(), freeAddr(t)
+	dir, sock := t.TempDir(), nodetest.FreeAddr(t)
 	cfg := node.Config{DataDir: dir, SocketAddr: sock}
 	n := nodetest.Start(t, cfg)
 	nodetest.AddUsers(t, n, "ana", "bo")

@@ -7,8 +7,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/fanout"
@@ -83,4 +86,25 @@ func WaitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// GoleakOptions are the goroutines a node leaves behind by design: netpoll's
+// pollers and task pool and Pebble's cache release loop are process-wide
+// and live as long as the process.
+var GoleakOptions = []goleak.Option{
+	goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait"),
+	goleak.IgnoreAnyFunction("github.com/bytedance/gopkg/util/gopool.(*worker).run.func1"),
+	goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2/internal/cache.(*shard).releaseLoop"),
+}
+
+// FreeAddr returns a loopback address nothing listens on now, so that a
+// node can be started (and restarted) on a known address.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
