@@ -466,16 +466,21 @@ func (c *conn) flushLoop() {
 		batch := c.out
 		c.out = c.spare[:0]
 		n := 0
+		for _, f := range batch {
+			n += len(f)
+		}
 		var err error
 		if c.closed {
 			err = errors.New("connection closed")
-		}
-		for _, f := range batch {
-			if err != nil {
-				break
+		} else {
+			// One buffer node sized for the batch: one copy, one iovec.
+			var buf []byte
+			if buf, err = w.Malloc(n); err == nil {
+				off := 0
+				for _, f := range batch {
+					off += copy(buf[off:], f)
+				}
 			}
-			_, err = w.WriteBinary(f)
-			n += len(f)
 		}
 		c.mu.Unlock()
 		if err == nil {

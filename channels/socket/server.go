@@ -130,11 +130,18 @@ type connShard struct {
 	conns map[uint64]*conn // guarded by mu
 }
 
-// netpollBufferSize is the size netpoll gives a new connection's buffers
-// (its default is 8 KiB). Buffers grow on demand, so a small start costs
-// busy connections little and saves idle ones most of their memory. It is
-// a process-wide netpoll setting, applied once.
-const netpollBufferSize = 1 << 10
+// Netpoll's buffer sizes are process-wide settings, applied once, before
+// the first connection. netpollBufferSize is the input buffer a new
+// connection starts with (netpoll's default is 8 KiB); netpollMinNode is the
+// smallest buffer node netpoll allocates (its default is 4 KiB, and an idle
+// connection keeps one from its last write). Buffers grow on demand, and
+// flushLoop writes a whole batch of frames into one node sized for it, so
+// small minimums cost busy connections little and save idle ones most of
+// their memory (see bench/RESULTS.md, idle).
+const (
+	netpollBufferSize = 1 << 10
+	netpollMinNode    = 512
+)
 
 var configureNetpoll sync.Once
 
@@ -144,7 +151,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	configureNetpoll.Do(func() { _ = netpoll.Configure(netpoll.Config{BufferSize: netpollBufferSize}) })
+	configureNetpoll.Do(func() {
+		netpoll.LinkBufferCap = netpollMinNode
+		_ = netpoll.Configure(netpoll.Config{BufferSize: netpollBufferSize})
+	})
 	s := &Server{cfg: cfg, log: cfg.Logger, quit: make(chan struct{})}
 	for i := range s.shards {
 		s.shards[i].conns = map[uint64]*conn{}
