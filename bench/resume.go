@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,7 @@ func Resume(cfg ResumeConfig) (Table, error) {
 		return Table{}, err
 	}
 
+	fmt.Fprintln(os.Stderr, "resume: catching up")
 	start := time.Now()
 	c, err := client.Dial(context.Background(), client.Config{Addr: srv.Sock, Token: srv.Token("u1", "phone"), Device: "phone", Buffer: 8192})
 	if err != nil {

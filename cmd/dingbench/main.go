@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/dingmq/ding/bench"
@@ -44,8 +45,20 @@ func run(args []string) error {
 	baseline := fs.Int("baseline-workers", 64, "ingest baseline goroutines")
 	missed := fs.Int("missed", 100000, "resume: messages missed")
 	hold := fs.Duration("hold", 0, "idle: keep the connections up this long after measuring (for profiling)")
+	cpuprofile := fs.String("cpuprofile", "", "write the load generator's CPU profile here")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if _, err := os.Stat(*bin); err != nil {
 		return fmt.Errorf("dingd binary: %v (build it: make build)", err)

@@ -19,6 +19,7 @@
 package client
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -438,8 +439,12 @@ loop:
 }
 
 func (c *Client) readLoop(nc net.Conn, max int) error {
+	// Buffered: a catch-up arrives as many frames per TCP read, and two
+	// reads (header, payload) per frame straight from the socket would be
+	// two syscalls each.
+	r := bufio.NewReaderSize(nc, 64<<10)
 	for {
-		_, msg, err := readFrame(nc, max)
+		_, msg, err := readFrame(r, max)
 		if err != nil {
 			return err
 		}
