@@ -34,12 +34,14 @@ type Source interface {
 // HubConfig configures a Hub. Source and Encode are required.
 type HubConfig struct {
 	Source Source
-	// Encode turns an entry into the bytes of one wire frame. It is called
-	// once per entry and user, however many devices the user has.
-	Encode func(engine.Entry) []byte
+	// Encode appends the wire frame for an entry to dst and returns the
+	// extended slice. Live pushes encode once per entry and user, however
+	// many devices the user has; catch-up appends a whole chunk into one
+	// buffer, written with one Send.
+	Encode func(dst []byte, e engine.Entry) []byte
 	// Workers is the number of catch-up goroutines; zero means 4.
 	Workers int
-	// Chunk is the most entries one catch-up step reads; zero means 256.
+	// Chunk is the most entries one catch-up step reads; zero means 512.
 	Chunk int
 	// HighWater is the queued bytes above which catch-up pauses for a
 	// device; zero means 256 KiB.
@@ -100,7 +102,7 @@ func NewHub(cfg HubConfig) (*Hub, error) {
 		cfg.Workers = 4
 	}
 	if cfg.Chunk == 0 {
-		cfg.Chunk = 256
+		cfg.Chunk = 512
 	}
 	if cfg.HighWater == 0 {
 		cfg.HighWater = 256 << 10
@@ -264,7 +266,7 @@ func (d *Device) push(entries []engine.Entry, frames [][]byte) int {
 			return sent
 		}
 		if frames[i] == nil {
-			frames[i] = d.hub.cfg.Encode(*e)
+			frames[i] = d.hub.cfg.Encode(nil, *e)
 		}
 		if !d.ep.Send(frames[i]) {
 			d.closed = true
@@ -326,41 +328,45 @@ func (h *Hub) catchupStep(d *Device) {
 		d.Detach()
 		return
 	}
-	frames := make([][]byte, len(entries))
-	for i := range entries {
-		frames[i] = h.cfg.Encode(entries[i])
+	// Encode the chunk into one buffer, up to half the high-water mark of
+	// bytes; entries past that are read again by the next step.
+	var buf []byte
+	n := 0
+	for n < len(entries) && (n == 0 || len(buf) < h.cfg.HighWater/2) {
+		buf = h.cfg.Encode(buf, entries[n])
+		n++
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return
-	}
-	sent, full := 0, false
-	for i := range entries {
-		if entries[i].Seq != d.next {
-			continue // cannot happen while catch is set; be safe
-		}
-		if full = d.ep.Pending() > h.cfg.HighWater; full {
-			break // the rest is read again after the endpoint drains
-		}
-		if !d.ep.Send(frames[i]) {
-			d.closed = true
-			break
-		}
-		d.next++
-		sent++
-	}
-	h.deliveries.WithLabelValues("catchup").Add(float64(sent))
 	switch {
 	case d.closed:
-	case full:
-		d.paused = true // Drained reschedules
-	case len(entries) < h.cfg.Chunk && !d.behind:
-		d.catch = false // caught up: live pushes take over
-	default:
+		return
+	case n > 0 && entries[0].Seq != d.next:
+		// Cannot happen: only this step moves next while catch is set.
+		h.cfg.Logger.Error("catch-up out of step", "user", d.User, "device", d.ID, "want", d.next, "got", entries[0].Seq)
 		h.scheduleLocked(d)
+		return
+	case n > 0 && d.ep.Pending() > h.cfg.HighWater:
+		d.paused = true // Drained reschedules; the chunk is read again then
+		return
+	case n > 0:
+		if !d.ep.Send(buf) {
+			d.closed = true
+			return
+		}
+		d.next += uint64(n)
+		h.deliveries.WithLabelValues("catchup").Add(float64(n))
 	}
+	if n == len(entries) && len(entries) < h.cfg.Chunk && !d.behind {
+		d.catch = false // caught up: live pushes take over
+		return
+	}
+	if d.ep.Pending() > h.cfg.HighWater {
+		d.paused = true
+		return
+	}
+	h.scheduleLocked(d)
 }
 
 // Close stops the catch-up workers and waits for them. Devices stay

@@ -16,9 +16,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeEndpoint records frames; it drains only when told to.
+// fakeEndpoint records frames; it drains only when told to. A Send may
+// carry several fixed-size frames (catch-up sends a chunk at once).
 type fakeEndpoint struct {
 	mu      sync.Mutex
+	size    int // frame size; zero means 16
 	frames  [][]byte
 	pending int
 	limit   int // Send fails past this many pending bytes (0: no limit)
@@ -33,7 +35,13 @@ func (f *fakeEndpoint) Send(b []byte) bool {
 		f.closed = true
 		return false
 	}
-	f.frames = append(f.frames, b)
+	size := f.size
+	if size == 0 {
+		size = 16
+	}
+	for off := 0; off < len(b); off += size {
+		f.frames = append(f.frames, b[off:off+size])
+	}
 	f.pending += len(b)
 	return true
 }
@@ -59,12 +67,12 @@ func (f *fakeEndpoint) seqs() []uint64 {
 	return out
 }
 
-// encode puts the seq first, padded to size bytes.
-func encoder(size int) func(engine.Entry) []byte {
-	return func(e engine.Entry) []byte {
+// encoder appends the seq, padded to size bytes.
+func encoder(size int) func([]byte, engine.Entry) []byte {
+	return func(dst []byte, e engine.Entry) []byte {
 		b := make([]byte, size)
 		binary.BigEndian.PutUint64(b, e.Seq)
-		return b
+		return append(dst, b...)
 	}
 }
 
@@ -150,7 +158,7 @@ func TestEveryDeviceGetsEveryEntry(t *testing.T) {
 func TestCatchUpPausesAtHighWaterAndResumes(t *testing.T) {
 	e, h := setup(t, fanout.HubConfig{Chunk: 64, HighWater: 1000, Encode: encoder(100)})
 	submitN(t, e, 300, "bo")
-	ep := &fakeEndpoint{limit: 2000} // would overflow without pacing
+	ep := &fakeEndpoint{limit: 2000, size: 100} // would overflow without pacing
 	d, _ := h.Attach("bo", "phone", ep, 1)
 	ep.mu.Lock()
 	ep.dev = d

@@ -128,7 +128,7 @@ func Start(cfg Config) (n *Node, err error) {
 		maxPending = socket.DefaultMaxPending
 	}
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
-		Source: n.eng, Encode: wire.EncodeEntry, Logger: cfg.Logger, Registerer: reg,
+		Source: n.eng, Encode: wire.AppendEntry, Logger: cfg.Logger, Registerer: reg,
 		// Catch-up pauses well before a connection's queue could overflow.
 		HighWater: maxPending / 4,
 	}); err != nil {

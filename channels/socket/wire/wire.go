@@ -125,16 +125,16 @@ func Decode(t pb.FrameType, payload []byte) (proto.Message, error) {
 	return m, nil
 }
 
-// EncodeEntry returns the DELIVER or RECEIPT frame for a stream entry.
-func EncodeEntry(e engine.Entry) []byte {
+// AppendEntry appends the DELIVER or RECEIPT frame for a stream entry.
+func AppendEntry(dst []byte, e engine.Entry) []byte {
 	if e.Kind == engine.EntryReceipt {
 		r := e.Receipt
-		return Encode(pb.FrameType_RECEIPT, &pb.Receipt{
+		return Append(dst, pb.FrameType_RECEIPT, &pb.Receipt{
 			Seq: e.Seq, Id: r.ID.String(), User: r.User, State: pb.State(r.State), AtMs: r.At.UnixMilli(),
 		})
 	}
 	m := e.Message
-	return Encode(pb.FrameType_DELIVER, &pb.Deliver{
+	return Append(dst, pb.FrameType_DELIVER, &pb.Deliver{
 		Seq: e.Seq, Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
 		Body: m.Body, CreatedMs: m.Created.UnixMilli(),
 	})
