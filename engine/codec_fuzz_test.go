@@ -25,7 +25,7 @@ func FuzzDecodeMessage(f *testing.F) {
 
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(encodeEntry(&Entry{Kind: EntryMessage, Message: &Message{From: "ana"}}))
-	f.Add(encodeEntry(&Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{User: "bo", State: StateRead, At: time.UnixMilli(5)}}))
+	f.Add(encodeEntry(&Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{IDs: []ID{{1}, {2}}, User: "bo", State: StateRead, At: time.UnixMilli(5)}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, id, sender, err := decodeEntry(1, b)
 		if err != nil {
@@ -33,11 +33,9 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 		if e.Kind == EntryMessage {
 			e.Message = &Message{ID: id, From: sender}
-		} else {
-			e.Receipt.ID = id
 		}
 		again, id2, sender2, err := decodeEntry(1, encodeEntry(&e))
-		if err != nil || id2 != id || sender2 != sender || again.Kind != e.Kind || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At))) {
+		if err != nil || id2 != id || sender2 != sender || again.Kind != e.Kind || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At) || !reflect.DeepEqual(again.Receipt.IDs, e.Receipt.IDs))) {
 			t.Fatalf("round trip differs: %+v / %+v (%v)", e, again, err)
 		}
 	})

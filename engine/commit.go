@@ -468,6 +468,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	var ev events
 	for i, h := range hits {
 		if !found[i] || rs[i].State >= StateDelivered {
 			continue
@@ -475,19 +476,46 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		r := rs[i]
 		r.State, r.Delivered = StateDelivered, now
 		c.setReceipt(keys[i], r)
-		if err := c.notify(h.sender, h.id, o.user, StateDelivered, now); err != nil {
-			return err
-		}
+		ev.add(h.sender, h.id)
+	}
+	if err := c.notify(&ev, o.user, StateDelivered, now); err != nil {
+		return err
 	}
 	c.watermarks[o.user] = o.seq
 	c.batch.Set(wk, u64(o.seq))
 	return nil
 }
 
-// notify appends to to's stream the event that user's state for message id
-// became st.
-func (c *committer) notify(to string, id ID, user string, st State, now time.Time) error {
-	return c.appendEntry(to, Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{ID: id, User: user, State: st, At: now}})
+// events gathers, per stream to notify, the message ids whose state moved.
+type events struct {
+	order []string        // streams in first-touch order
+	ids   map[string][]ID // by stream
+}
+
+func (ev *events) add(to string, id ID) {
+	if ev.ids == nil {
+		ev.ids = map[string][]ID{}
+	}
+	if _, ok := ev.ids[to]; !ok {
+		ev.order = append(ev.order, to)
+	}
+	ev.ids[to] = append(ev.ids[to], id)
+}
+
+// notify appends to each gathered stream the events that user's state for
+// its messages became st, MaxEventIDs ids at most per event.
+func (c *committer) notify(ev *events, user string, st State, now time.Time) error {
+	for _, to := range ev.order {
+		ids := ev.ids[to]
+		for len(ids) > 0 {
+			n := min(len(ids), MaxEventIDs)
+			if err := c.appendEntry(to, Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{IDs: ids[:n:n], User: user, State: st, At: now}}); err != nil {
+				return err
+			}
+			ids = ids[n:]
+		}
+	}
+	return nil
 }
 
 func (c *committer) applyRead(o *op, now time.Time) error {
@@ -518,24 +546,24 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 		r.State, r.Read = StateRead, now
 		changes = append(changes, change{id, rk, r})
 	}
+	var senders, own events
 	for _, ch := range changes {
 		m, err := c.e.Message(ch.id)
 		if err != nil {
 			return err
 		}
 		c.setReceipt(ch.key, ch.r)
-		if err := c.notify(m.From, ch.id, o.user, StateRead, now); err != nil {
-			return err
-		}
+		senders.add(m.From, ch.id)
 		// The reader's other devices learn it too (unless the reader is the
-		// sender, whose stream already got the event).
+		// sender, whose stream already gets the event).
 		if m.From != o.user {
-			if err := c.notify(o.user, ch.id, o.user, StateRead, now); err != nil {
-				return err
-			}
+			own.add(o.user, ch.id)
 		}
 	}
-	return nil
+	if err := c.notify(&senders, o.user, StateRead, now); err != nil {
+		return err
+	}
+	return c.notify(&own, o.user, StateRead, now)
 }
 
 // clientError reports whether err is an op's own fault, detected before the

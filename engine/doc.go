@@ -14,7 +14,8 @@
 //     devices acknowledged it, read when any of them marked it read.
 //   - Receipt states only move forward, and every change is appended as an
 //     event to the sender's stream (and, for reads, the reader's own, so
-//     the reader's other devices learn it).
+//     the reader's other devices learn it): one event per ack or read and
+//     sender, listing the messages it moved.
 //   - Nothing is trusted from memory alone: heads are loaded from the
 //     store on first use, and start-up scans nothing.
 //

@@ -239,7 +239,7 @@ func TestReceiptsAckAndRead(t *testing.T) {
 	// ana's stream: delivered then read, for bo.
 	var evs []string
 	for _, ent := range rec.wait(t, "ana", 2) {
-		if ent.Kind != engine.EntryReceipt || ent.Receipt.ID != m.ID {
+		if ent.Kind != engine.EntryReceipt || len(ent.Receipt.IDs) != 1 || ent.Receipt.IDs[0] != m.ID {
 			t.Fatalf("unexpected entry in sender stream: %+v", ent)
 		}
 		evs = append(evs, ent.Receipt.User+":"+ent.Receipt.State.String())
@@ -479,5 +479,51 @@ func TestRangeNeverReturnsEntriesBeforeTheirSync(t *testing.T) {
 	}
 	if es, _ := e.Range("bo", 1, 10); len(es) != 1 {
 		t.Fatalf("Range after the sync returned %d entries, want 1", len(es))
+	}
+}
+
+func TestOneAckOrReadMakesOneEventPerSender(t *testing.T) {
+	ctx := context.Background()
+	e, rec := openEngine(t, memstore.New())
+	var fromAna []engine.ID
+	for range 3 {
+		fromAna = append(fromAna, send(t, e, "ana", "a", "bo").ID)
+	}
+	fromCy := send(t, e, "cy", "c", "bo").ID
+	if err := e.Ack(ctx, "bo", "phone", 4); err != nil {
+		t.Fatal(err)
+	}
+	ana := rec.wait(t, "ana", 1)
+	if len(ana) != 1 || fmt.Sprint(ana[0].Receipt.IDs) != fmt.Sprint(fromAna) || ana[0].Receipt.State != engine.StateDelivered {
+		t.Fatalf("ana's stream = %+v, want one delivered event for her 3 messages", ana)
+	}
+	if cy := rec.wait(t, "cy", 1); len(cy) != 1 || cy[0].Receipt.IDs[0] != fromCy {
+		t.Fatalf("cy's stream = %+v", cy)
+	}
+	if err := e.Read(ctx, "bo", append(fromAna, fromCy)...); err != nil {
+		t.Fatal(err)
+	}
+	ana = rec.wait(t, "ana", 2)
+	if len(ana[1].Receipt.IDs) != 3 || ana[1].Receipt.State != engine.StateRead {
+		t.Fatalf("ana's read event = %+v", ana[1])
+	}
+	bo := rec.wait(t, "bo", 5) // 4 messages, then one read event for all 4
+	if own := bo[4].Receipt; len(own.IDs) != 4 || own.State != engine.StateRead {
+		t.Fatalf("bo's own read event = %+v", bo[4])
+	}
+}
+
+func TestEventsSplitAtMaxEventIDs(t *testing.T) {
+	e, rec := openEngine(t, memstore.New())
+	n := engine.MaxEventIDs + 5
+	for range n {
+		send(t, e, "ana", "a", "bo")
+	}
+	if err := e.Ack(context.Background(), "bo", "phone", uint64(n)); err != nil {
+		t.Fatal(err)
+	}
+	ana := rec.wait(t, "ana", 2)
+	if len(ana) != 2 || len(ana[0].Receipt.IDs) != engine.MaxEventIDs || len(ana[1].Receipt.IDs) != 5 {
+		t.Fatalf("got %d events", len(ana))
 	}
 }

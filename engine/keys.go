@@ -134,7 +134,7 @@ type Entry struct {
 // Stream entry layout (value of key 'i' + user + 0x00 + seq):
 //
 //	EntryMessage: | 1 | id(16) | sender (str) |
-//	EntryReceipt: | 2 | id(16) | state 1 | at ms 8 | user (str) |
+//	EntryReceipt: | 2 | state 1 | at ms 8 | user (str) | n (uvarint) | n × id(16) |
 //
 // A message entry names its sender so that an ack can notify the sender
 // without loading the message.
@@ -147,40 +147,51 @@ func encodeEntry(e *Entry) []byte {
 		return appendStr(b, e.Message.From)
 	default:
 		r := e.Receipt
-		b := make([]byte, 0, 27+len(r.User)+1)
-		b = append(b, byte(EntryReceipt))
-		b = append(b, r.ID[:]...)
-		b = append(b, byte(r.State))
+		b := make([]byte, 0, 13+len(r.User)+16*len(r.IDs))
+		b = append(b, byte(EntryReceipt), byte(r.State))
 		b = binary.BigEndian.AppendUint64(b, msOrZero(r.At))
-		return appendStr(b, r.User)
+		b = appendStr(b, r.User)
+		b = binary.AppendUvarint(b, uint64(len(r.IDs)))
+		for _, id := range r.IDs {
+			b = append(b, id[:]...)
+		}
+		return b
 	}
 }
 
 // decodeEntry decodes a stream entry value. For EntryMessage the message is
-// not loaded: the id is returned and Message is left nil; sender is set.
+// not loaded: its id and sender are returned and Message is left nil.
 func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error) {
-	if len(b) < 17 {
+	if len(b) < 1 {
 		return Entry{}, id, "", ErrCorrupt
 	}
-	copy(id[:], b[1:17])
+	d := decoder{b: b[1:]}
 	switch EntryKind(b[0]) {
 	case EntryMessage:
-		d := decoder{b: b[17:]}
+		if len(d.b) < 16 {
+			return Entry{}, id, "", ErrCorrupt
+		}
+		copy(id[:], d.b[:16])
+		d.b = d.b[16:]
 		sender := d.str()
 		if d.err || len(d.b) != 0 {
 			return Entry{}, id, "", ErrCorrupt
 		}
 		return Entry{Seq: seq, Kind: EntryMessage}, id, sender, nil
 	case EntryReceipt:
-		d := decoder{b: b[17:]}
 		st := State(d.u8())
 		at := d.u64()
 		user := d.str()
-		if d.err || len(d.b) != 0 || st < StateSent || st > StateRead {
+		n := d.uvarint()
+		if d.err || st < StateSent || st > StateRead || n == 0 || n > MaxEventIDs || uint64(len(d.b)) != 16*n {
 			return Entry{}, id, "", ErrCorrupt
 		}
+		ids := make([]ID, n)
+		for i := range ids {
+			copy(ids[i][:], d.b[16*i:])
+		}
 		return Entry{Seq: seq, Kind: EntryReceipt, Receipt: ReceiptEvent{
-			ID: id, User: user, State: st, At: timeOrZero(at),
+			IDs: ids, User: user, State: st, At: timeOrZero(at),
 		}}, id, "", nil
 	}
 	return Entry{}, id, "", ErrCorrupt

@@ -79,12 +79,17 @@ func timeOrZero(ms uint64) time.Time {
 }
 
 // ReceiptEvent is a stream entry telling a user that a recipient's state
-// for a message moved forward. The sender's stream gets one per change;
-// the reader's own stream gets one when they read, so that their other
-// devices learn it too.
+// for some messages moved forward at one time. One ack or one read makes one
+// event per sender (with every message of that sender it moved, up to
+// MaxEventIDs), not one per message; the reader's own stream gets one when
+// they read, so that their other devices learn it too.
 type ReceiptEvent struct {
-	ID    ID     // the message
+	IDs   []ID   // the messages, in stream order
 	User  string // the recipient whose state changed
 	State State
 	At    time.Time
 }
+
+// MaxEventIDs bounds the message ids one receipt event carries; more
+// changes make more events.
+const MaxEventIDs = 1000

@@ -351,7 +351,7 @@ func listen(g *globals, args []string, out io.Writer) error {
 			}
 			if e.Receipt != nil {
 				r := e.Receipt
-				enc.Encode(map[string]any{"type": "receipt", "seq": e.Seq, "id": r.ID, "user": r.User,
+				enc.Encode(map[string]any{"type": "receipt", "seq": e.Seq, "ids": r.IDs, "user": r.User,
 					"state": stateName(r.State), "at": r.At.UTC()})
 				c.Ack(e.Seq)
 				continue

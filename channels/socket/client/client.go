@@ -72,9 +72,10 @@ type Message struct {
 	Created time.Time
 }
 
-// Receipt is a receipt event: User's state for message ID moved forward.
+// Receipt is a receipt event: User's state for the messages IDs moved
+// forward (one ack or read makes one event per sender).
 type Receipt struct {
-	ID    string
+	IDs   []string
 	User  string
 	State pb.State
 	At    time.Time
@@ -454,7 +455,7 @@ func (c *Client) readLoop(nc net.Conn, max int) error {
 				ID: m.Id, From: m.From, To: m.To, Kind: m.Kind, Body: m.Body, Created: time.UnixMilli(m.CreatedMs),
 			}})
 		case *pb.Receipt:
-			c.deliver(Entry{Seq: m.Seq, Receipt: &Receipt{ID: m.Id, User: m.User, State: m.State, At: time.UnixMilli(m.AtMs)}})
+			c.deliver(Entry{Seq: m.Seq, Receipt: &Receipt{IDs: m.Ids, User: m.User, State: m.State, At: time.UnixMilli(m.AtMs)}})
 		case *pb.SubmitAck:
 			c.finishSubmit(m.Ref, subDone{res: SendResult{ID: m.Id, Created: time.UnixMilli(m.CreatedMs), Duplicate: m.Duplicate}})
 		case *pb.Ok:

@@ -113,7 +113,7 @@ func TestReadOnOneDeviceIsReadEverywhere(t *testing.T) {
 	if err := phone.Read(ctx, res.ID); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextReceipt(t, laptop); ev.Receipt.ID != res.ID || ev.Receipt.State != pb.State_READ_STATE {
+	if ev := nextReceipt(t, laptop); fmt.Sprint(ev.Receipt.IDs) != "["+res.ID+"]" || ev.Receipt.State != pb.State_READ_STATE {
 		t.Fatalf("laptop event %+v, want read", ev.Receipt)
 	}
 	if ev := nextReceipt(t, ana); ev.Receipt.State != pb.State_READ_STATE {

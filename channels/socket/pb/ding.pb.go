@@ -730,7 +730,7 @@ func (x *Deliver) GetCreatedMs() int64 {
 type Receipt struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`     // the message
+	Ids           []string               `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`   // the messages (1 to 1000), all from the stream's user or, for READ_STATE in your own stream, read by you
 	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"` // the recipient whose state changed
 	State         State                  `protobuf:"varint,4,opt,name=state,proto3,enum=ding.v1.State" json:"state,omitempty"`
 	AtMs          int64                  `protobuf:"varint,5,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
@@ -775,11 +775,11 @@ func (x *Receipt) GetSeq() uint64 {
 	return 0
 }
 
-func (x *Receipt) GetId() string {
+func (x *Receipt) GetIds() []string {
 	if x != nil {
-		return x.Id
+		return x.Ids
 	}
-	return ""
+	return nil
 }
 
 func (x *Receipt) GetUser() string {
@@ -1320,10 +1320,10 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x04kind\x18\x05 \x01(\x0e2\r.ding.v1.KindR\x04kind\x12\x12\n" +
 	"\x04body\x18\x06 \x01(\fR\x04body\x12\x1d\n" +
 	"\n" +
-	"created_ms\x18\a \x01(\x03R\tcreatedMs\"z\n" +
+	"created_ms\x18\a \x01(\x03R\tcreatedMs\"|\n" +
 	"\aReceipt\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
+	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x12\n" +
 	"\x04user\x18\x03 \x01(\tR\x04user\x12$\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x0e.ding.v1.StateR\x05state\x12\x13\n" +
 	"\x05at_ms\x18\x05 \x01(\x03R\x04atMs\"\x17\n" +

@@ -129,8 +129,12 @@ func Decode(t pb.FrameType, payload []byte) (proto.Message, error) {
 func AppendEntry(dst []byte, e engine.Entry) []byte {
 	if e.Kind == engine.EntryReceipt {
 		r := e.Receipt
+		ids := make([]string, len(r.IDs))
+		for i, id := range r.IDs {
+			ids[i] = id.String()
+		}
 		return Append(dst, pb.FrameType_RECEIPT, &pb.Receipt{
-			Seq: e.Seq, Id: r.ID.String(), User: r.User, State: pb.State(r.State), AtMs: r.At.UnixMilli(),
+			Seq: e.Seq, Ids: ids, User: r.User, State: pb.State(r.State), AtMs: r.At.UnixMilli(),
 		})
 	}
 	m := e.Message
