@@ -120,7 +120,13 @@ type Server struct {
 	shards [16]connShard
 
 	draining atomic.Bool
-	quit     chan struct{}
+	// serveMu orders Serve's start against Shutdown: netpoll ignores a
+	// Shutdown that comes before its Serve has registered, so Shutdown
+	// repeats it until Serve returns (served), if Serve started at all.
+	serveMu      sync.Mutex
+	serveStarted bool // guarded by serveMu
+	served       chan struct{}
+	quit         chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup // flushers and the sweeper
 }
@@ -155,7 +161,7 @@ func New(cfg Config) (*Server, error) {
 		netpoll.LinkBufferCap = netpollMinNode
 		_ = netpoll.Configure(netpoll.Config{BufferSize: netpollBufferSize})
 	})
-	s := &Server{cfg: cfg, log: cfg.Logger, quit: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, quit: make(chan struct{}), served: make(chan struct{})}
 	for i := range s.shards {
 		s.shards[i].conns = map[uint64]*conn{}
 	}
@@ -188,6 +194,15 @@ func Listen(addr string) (net.Listener, error) {
 // Serve accepts connections on ln until Shutdown. It returns nil after a
 // Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.serveMu.Lock()
+	if s.draining.Load() || s.serveStarted {
+		s.serveMu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.serveStarted = true
+	s.serveMu.Unlock()
+	defer close(s.served)
 	err := s.loop.Serve(ln)
 	if s.draining.Load() {
 		return nil
@@ -213,7 +228,10 @@ func (s *Server) Connections() int {
 // returns ctx.Err(). It is idempotent. Submits already handed to the engine
 // are committed by the engine's own Close.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.serveMu.Lock()
 	s.draining.Store(true)
+	started := s.serveStarted
+	s.serveMu.Unlock()
 	s.stopOnce.Do(func() { close(s.quit) })
 	for i := range s.shards {
 		sh := &s.shards[i]
@@ -239,6 +257,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Every connection is closing, so no flusher starts any more (a closing
 	// connection takes no frames): waiting on the group is safe now.
 	lerr := s.loop.Shutdown(ctx)
+	for started {
+		select {
+		case <-s.served:
+			started = false
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+			lerr = s.loop.Shutdown(ctx) // Serve had not registered yet
+		}
+	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

@@ -375,3 +375,41 @@ func TestShutdownTellsClientsAndDrains(t *testing.T) {
 	nodetest.Stop(t, n)
 	r.expectFatal(pb.Code_SHUTTING_DOWN)
 }
+
+// TestServeAfterShutdownReturns covers the start-up race: netpoll ignores
+// a Shutdown that comes before its Serve has registered, so a server shut
+// down before (or while) Serve starts must still not serve forever.
+func TestServeAfterShutdownReturns(t *testing.T) {
+	n := start(t, socket.Config{})
+	keys, err := auth.LoadOrCreate(n.DataDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := socket.New(socket.Config{Engine: n.Engine(), Hub: n.Hub(), Keys: keys, Directory: n.Directory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := socket.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve after Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve after Shutdown is still serving")
+	}
+	// And a node stopped the moment it started stops.
+	for range 10 {
+		nodetest.Stop(t, nodetest.Start(t, node.Config{}))
+	}
+}

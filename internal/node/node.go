@@ -228,7 +228,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		var errs []error
 		errs = append(errs, n.sock.Shutdown(ctx))
 		errs = append(errs, n.httpSrv.Shutdown(ctx))
-		n.wg.Wait()
+		served := make(chan struct{})
+		go func() { n.wg.Wait(); close(served) }()
+		select {
+		case <-served:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("node: listeners still serving: %w", ctx.Err()))
+		}
 		n.eng.Close()
 		n.hub.Close()
 		errs = append(errs, n.db.Close())
