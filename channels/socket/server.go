@@ -127,8 +127,8 @@ type Server struct {
 	serveStarted bool // guarded by serveMu
 	served       chan struct{}
 	quit         chan struct{}
-	stopOnce sync.Once
-	wg       sync.WaitGroup // flushers and the sweeper
+	stopOnce     sync.Once
+	wg           sync.WaitGroup // flushers and the sweeper
 }
 
 type connShard struct {
