@@ -52,7 +52,8 @@ type Config struct {
 	// Buffer is the capacity of the Entries channel; zero means 1024.
 	Buffer int
 	// MaxInflight bounds unacknowledged submits; zero means 256 (the
-	// server's default limit).
+	// server's default limit). A lower limit announced by the server in
+	// WELCOME wins.
 	MaxInflight int
 	// MinBackoff and MaxBackoff bound reconnect delays; zero means 50ms and 5s.
 	MinBackoff, MaxBackoff time.Duration
@@ -206,6 +207,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c.welcome = w
+	if m := int(w.MaxInflight); m > 0 && m < cap(c.sem) {
+		c.sem = make(chan struct{}, m) // the server allows fewer: never trip TOO_MANY_INFLIGHT
+	}
 	go c.runLoop(nc, w)
 	return c, nil
 }

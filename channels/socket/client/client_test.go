@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
@@ -283,5 +285,30 @@ func TestDuplicatesFromServerAreDropped(t *testing.T) {
 	}
 	if d := c.Stats().Duplicates; d != 4 {
 		t.Fatalf("dropped %d duplicates, want 4", d)
+	}
+}
+
+func TestSendsStayWithinTheServersInflightLimit(t *testing.T) {
+	n := nodetest.Start(t, node.Config{Socket: socket.Config{MaxInflight: 2}})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := dial(t, n, "ana", "web", nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := ana.Send(context.Background(), []string{"bo"}, []byte("x")); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("send: %v", err)
+	}
+	if h, _ := n.Engine().Head("bo"); h != 64 {
+		t.Fatalf("bo's head %d, want 64", h)
 	}
 }
