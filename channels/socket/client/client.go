@@ -414,7 +414,7 @@ func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
 		ping = 30 * time.Second
 	}
 	readErr := make(chan error, 1)
-	go func() { readErr <- c.readLoop(nc, maxInbound) }()
+	go func() { readErr <- c.readLoop(nc, maxInbound, 3*ping) }()
 	t := time.NewTicker(ping)
 	defer t.Stop()
 	var err error
@@ -443,12 +443,15 @@ loop:
 	return err
 }
 
-func (c *Client) readLoop(nc net.Conn, max int) error {
+// readLoop reads frames until the connection fails. A server that sends
+// nothing, not even the PONGs to our PINGs, for silence is taken for dead.
+func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 	// Buffered: a catch-up arrives as many frames per TCP read, and two
 	// reads (header, payload) per frame straight from the socket would be
 	// two syscalls each.
 	r := bufio.NewReaderSize(nc, 64<<10)
 	for {
+		nc.SetReadDeadline(time.Now().Add(silence))
 		_, msg, err := readFrame(r, max)
 		if err != nil {
 			return err
