@@ -31,6 +31,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,6 +139,9 @@ type Client struct {
 
 	wmu sync.Mutex // serialises writes to nc
 
+	idPrefix string        // random, per client: generated client message ids start with it
+	idSeq    atomic.Uint64 // counter for generated client message ids
+
 	delivered atomic.Uint64 // last seq handed to the app (reader goroutine writes)
 	haveDeliv atomic.Bool
 	stats     struct{ connects, dups atomic.Int64 }
@@ -197,6 +201,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	var rb [12]byte
+	rand.Read(rb[:])
+	c.idPrefix = hex.EncodeToString(rb[:]) + "-"
 	if cfg.Cursor != nil {
 		c.delivered.Store(*cfg.Cursor)
 		c.haveDeliv.Store(true)
@@ -561,8 +568,9 @@ type SendOption func(*pb.Submit)
 // WithKind sets the message kind (default TEXT).
 func WithKind(k pb.Kind) SendOption { return func(s *pb.Submit) { s.Kind = k } }
 
-// WithClientID sets the client message id (default: a random one, kept
-// across the client's own resends).
+// WithClientID sets the client message id (default: one unique to this
+// client and message, kept across the client's own resends). Set it when
+// the application itself may retry a send, for example after a restart.
 func WithClientID(id string) SendOption { return func(s *pb.Submit) { s.ClientMsgId = id } }
 
 // Send submits a message and returns once the server has it durably. If
@@ -583,9 +591,9 @@ func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...Sen
 		o(sub)
 	}
 	if sub.ClientMsgId == "" {
-		var b [12]byte
-		rand.Read(b[:])
-		sub.ClientMsgId = hex.EncodeToString(b[:])
+		// A random prefix per client and a counter: unique without a
+		// system call per message.
+		sub.ClientMsgId = c.idPrefix + strconv.FormatUint(c.idSeq.Add(1), 36)
 	}
 	p := &pendingSub{done: make(chan subDone, 1)}
 	c.mu.Lock()
