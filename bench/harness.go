@@ -32,8 +32,20 @@ type Server struct {
 }
 
 // StartServer starts dingd (the binary at bin) on loopback in a new
-// temporary data directory under tmp.
-func StartServer(bin, tmp string, extraArgs ...string) (*Server, error) {
+// temporary data directory under tmp, with users u0 .. u<users-1>.
+func StartServer(bin, tmp string, users int) (*Server, error) {
+	s, err := startServer(bin, tmp)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.AddUsers("u", 0, users); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func startServer(bin, tmp string) (*Server, error) {
 	data, err := os.MkdirTemp(tmp, "dingbench-data-")
 	if err != nil {
 		return nil, err
@@ -43,8 +55,7 @@ func StartServer(bin, tmp string, extraArgs ...string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"--data", data, "--listen", s.Sock, "--http", s.HTTP, "--log-level", "warn"}, extraArgs...)
-	s.cmd = exec.Command(bin, args...)
+	s.cmd = exec.Command(bin, "--data", data, "--listen", s.Sock, "--http", s.HTTP, "--log-level", "warn")
 	s.cmd.Stderr = s.log
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)

@@ -26,14 +26,11 @@ type IdleConfig struct {
 // The baseline is the same server's RSS with the users created and no
 // connection open.
 func Idle(cfg IdleConfig) (Table, error) {
-	srv, err := StartServer(cfg.Bin, cfg.Tmp)
+	srv, err := StartServer(cfg.Bin, cfg.Tmp, cfg.Conns)
 	if err != nil {
 		return Table{}, err
 	}
 	defer srv.Stop()
-	if err := srv.AddUsers("u", 0, cfg.Conns); err != nil {
-		return Table{}, err
-	}
 	time.Sleep(2 * time.Second) // let the server settle after the import
 	before, err := srv.RSS()
 	if err != nil {

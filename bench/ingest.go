@@ -26,14 +26,11 @@ type IngestConfig struct {
 // submit→delivered p99, beside synced single-key Pebble writes from
 // Baseline goroutines for the same time.
 func Ingest(cfg IngestConfig) (Table, error) {
-	srv, err := StartServer(cfg.Bin, cfg.Tmp)
+	srv, err := StartServer(cfg.Bin, cfg.Tmp, cfg.Conns)
 	if err != nil {
 		return Table{}, err
 	}
 	defer srv.Stop()
-	if err := srv.AddUsers("u", 0, cfg.Conns); err != nil {
-		return Table{}, err
-	}
 	clients := make([]*client.Client, cfg.Conns)
 	for i := range clients {
 		c, err := client.Dial(context.Background(), client.Config{

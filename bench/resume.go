@@ -24,14 +24,11 @@ type ResumeConfig struct {
 // same number of same-size entries in a fresh Pebble: the raw store's read
 // rate, before any decoding, framing or network.
 func Resume(cfg ResumeConfig) (Table, error) {
-	srv, err := StartServer(cfg.Bin, cfg.Tmp)
+	srv, err := StartServer(cfg.Bin, cfg.Tmp, 2)
 	if err != nil {
 		return Table{}, err
 	}
 	defer srv.Stop()
-	if err := srv.AddUsers("u", 0, 2); err != nil {
-		return Table{}, err
-	}
 	// Fill the stream with 64 concurrent senders.
 	sender, err := client.Dial(context.Background(), client.Config{Addr: srv.Sock, Token: srv.Token("u0", "d"), Device: "d"})
 	if err != nil {
