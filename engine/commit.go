@@ -64,6 +64,7 @@ type op struct {
 	sub        Submission
 	submitDone func(SubmitResult, error)
 	result     SubmitResult
+	msg        *Message // the stored message, once applied
 
 	// opAck, opRead
 	user, device string
@@ -217,6 +218,13 @@ func (c *committer) publish(commitErr error) {
 		}
 		e.headsMu.Unlock()
 	}
+	if commitErr == nil {
+		for _, o := range c.ops {
+			if o.kind == opSubmit && o.err == nil && !o.result.Duplicate {
+				e.cache.put(o.msg)
+			}
+		}
+	}
 	p := &published{ops: c.ops, users: c.users, entries: c.entries, err: commitErr}
 	c.ops, c.users, c.entries = make([]*op, 0, len(p.ops)), nil, make(map[string][]Entry, len(p.users))
 	e.pubQ <- p
@@ -355,6 +363,7 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 		c.dedupe[string(dk)] = id
 	}
 	o.result = SubmitResult{ID: id, Created: m.Created}
+	o.msg = m
 	return nil
 }
 

@@ -79,6 +79,10 @@ type Config struct {
 	// QueueLen bounds the operations waiting for the commit loop; zero means
 	// 16384. A full queue blocks submitters (back-pressure).
 	QueueLen int
+	// MessageCacheBytes bounds the cache of recently committed messages
+	// that catch-up reads from before the store; zero means 32 MiB, a
+	// negative value disables it.
+	MessageCacheBytes int
 	// Logger receives operational logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the engine's metrics; nil means none are registered.
@@ -104,6 +108,9 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.MessageCacheBytes == 0 {
+		c.MessageCacheBytes = 32 << 20
+	}
 }
 
 // Validate reports whether the configuration can be used.
@@ -125,6 +132,7 @@ type Engine struct {
 	st      store.Store
 	log     *slog.Logger
 	metrics *metrics
+	cache   *msgCache // recently committed messages; nil when disabled
 
 	sinkMu sync.RWMutex
 	sink   Sink // guarded by sinkMu
@@ -161,6 +169,7 @@ func Open(cfg Config) (*Engine, error) {
 		log:      cfg.Logger,
 		queue:    make(chan *op, cfg.QueueLen),
 		heads:    make(map[string]uint64),
+		cache:    newMsgCache(cfg.MessageCacheBytes),
 		loopDone: make(chan struct{}),
 		pubQ:     make(chan *published, 4),
 		pubDone:  make(chan struct{}),
@@ -363,8 +372,12 @@ func wait(ctx context.Context, start func(done func(error))) error {
 	}
 }
 
-// Message returns a stored message.
+// Message returns a stored message. The result is shared and must not be
+// modified.
 func (e *Engine) Message(id ID) (*Message, error) {
+	if m := e.cache.get(id); m != nil {
+		return m, nil
+	}
 	v, err := e.st.Get(messageKey(id))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrNotFound
@@ -489,15 +502,21 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 }
 
 // loadMessages replaces the placeholder messages in entries with the
-// stored records, reading them with one cursor.
+// records, from the cache of recent messages or else from the store with
+// one cursor.
 func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
-	keys := make([][]byte, len(ids))
-	for i, id := range ids {
-		keys[i] = messageKey(id)
-	}
 	msgs := make([]*Message, len(ids))
+	var keys [][]byte
+	var at []int // index in ids of each key
+	for i, id := range ids {
+		if msgs[i] = e.cache.get(id); msgs[i] == nil {
+			keys = append(keys, messageKey(id))
+			at = append(at, i)
+		}
+	}
 	var derr error
-	err := e.st.GetMany(keys, func(i int, v []byte) {
+	err := e.st.GetMany(keys, func(j int, v []byte) {
+		i := at[j]
 		if derr != nil {
 			return
 		}
@@ -505,8 +524,8 @@ func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 			derr = fmt.Errorf("message %s: %w", ids[i], ErrNotFound)
 			return
 		}
-		if i > 0 && ids[i] == ids[i-1] {
-			msgs[i] = msgs[i-1]
+		if j > 0 && ids[i] == ids[at[j-1]] {
+			msgs[i] = msgs[at[j-1]]
 			return
 		}
 		msgs[i], derr = decodeMessage(ids[i], v)
