@@ -117,6 +117,8 @@ func Ingest(cfg IngestConfig) (Table, error) {
 		ack.Merge(ackLats[i])
 		del.Merge(delLats[i])
 	}
+	frames, _ := srv.Metric("ding_socket_flush_frames_sum")
+	flushes, _ := srv.Metric("ding_socket_flush_frames_count")
 	batch, _ := srv.Metric("ding_engine_commit_batch_ops_sum")
 	batches, _ := srv.Metric("ding_engine_commit_batch_ops_count")
 	dingRate := rate(acked.Load(), cfg.Run)
@@ -139,6 +141,9 @@ func Ingest(cfg IngestConfig) (Table, error) {
 	}
 	if batches > 0 {
 		t.Notes = append(t.Notes, fmt.Sprintf("Mean group-commit batch over the run: %.0f operations (submits, acks, reads) per fsync.", batch/batches))
+	}
+	if flushes > 0 {
+		t.Notes = append(t.Notes, fmt.Sprintf("Write coalescing: %.2f frames per socket write on average (%.0f writes).", frames/flushes, flushes))
 	}
 	return t, nil
 }
