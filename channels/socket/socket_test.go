@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -411,5 +412,71 @@ func TestServeAfterShutdownReturns(t *testing.T) {
 	// And a node stopped the moment it started stops.
 	for range 10 {
 		nodetest.Stop(t, nodetest.Start(t, node.Config{}))
+	}
+}
+
+// TestRandomFramesNeverHurtTheServer sends authenticated connections
+// frames of every client type with random payloads (a deterministic seed),
+// then checks that the server still serves a bystander. Each connection
+// must end with an ERROR frame or stay usable; nothing may crash.
+func TestRandomFramesNeverHurtTheServer(t *testing.T) {
+	n := start(t, socket.Config{})
+	rng := rand.New(rand.NewPCG(1, 2))
+	types := []pb.FrameType{pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ, pb.FrameType_PING,
+		pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_HELLO, 0, 99}
+	for round := range 30 {
+		r := dialRaw(t, n)
+		r.hello(nodetest.Token(t, n, "bo", "phone"), "phone")
+		var b []byte
+		for range 20 {
+			payload := make([]byte, rng.IntN(64))
+			for i := range payload {
+				payload[i] = byte(rng.UintN(256))
+			}
+			ft := types[rng.IntN(len(types))]
+			b = binary.BigEndian.AppendUint32(b, uint32(1+len(payload)))
+			b = append(b, byte(ft))
+			b = append(b, payload...)
+		}
+		r.write(b)
+		// Read until the server ends the connection or goes quiet.
+		for {
+			r.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			var hdr [wire.HeaderLen]byte
+			if _, err := io.ReadFull(r.nc, hdr[:]); err != nil {
+				break
+			}
+			n, _, err := wire.ParseHeader(hdr[:], 1<<24)
+			if err != nil {
+				t.Fatalf("round %d: server sent a bad frame header: %v", round, err)
+			}
+			io.ReadFull(r.nc, make([]byte, n-1))
+		}
+		r.nc.Close()
+	}
+	// The server is fine: a fresh client sends and receives.
+	ana, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "ana", "web"), Device: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ana.Close()
+	cy, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "cy", "web"), Device: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cy.Close()
+	res, err := ana.Send(context.Background(), []string{"cy"}, []byte("still here"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case e := <-cy.Entries():
+			if e.Message != nil && e.Message.ID == res.ID {
+				return
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("bystander got nothing")
+		}
 	}
 }
