@@ -46,6 +46,7 @@ func run(args []string) error {
 	missed := fs.Int("missed", 100000, "resume: messages missed")
 	hold := fs.Duration("hold", 0, "idle: keep the connections up this long after measuring (for profiling)")
 	cpuprofile := fs.String("cpuprofile", "", "write the load generator's CPU profile here")
+	raw := fs.Bool("raw", false, "ingest: drive connections with hand-written frames instead of the Go client")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -71,7 +72,7 @@ func run(args []string) error {
 	}
 	var scenarios []func() (bench.Table, error)
 	ingest := func() (bench.Table, error) {
-		return bench.Ingest(bench.IngestConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 1000), Payload: *payload, Warmup: *warm, Run: *runFor, Baseline: *baseline})
+		return bench.Ingest(bench.IngestConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 1000), Payload: *payload, Warmup: *warm, Run: *runFor, Baseline: *baseline, Raw: *raw})
 	}
 	idle := func() (bench.Table, error) {
 		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 18000), Hold: *hold})
