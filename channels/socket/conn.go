@@ -442,7 +442,7 @@ func (c *conn) enqueueLocked(frame []byte) {
 	c.pending += len(frame)
 	if !c.flushing {
 		c.flushing = true
-		c.s.wg.Add(1)
+		c.s.flushers.Add(1)
 		go c.flushLoop()
 	}
 }
@@ -451,7 +451,7 @@ func (c *conn) enqueueLocked(frame []byte) {
 // Everything queued during one flush goes out in the next: one syscall for
 // many frames under load.
 func (c *conn) flushLoop() {
-	defer c.s.wg.Done()
+	defer c.s.flushers.Add(-1)
 	w := c.nc.Writer()
 	// Let the goroutine that queued the first frame go on queueing (the
 	// engine answers and delivers a whole commit batch at once) before

@@ -128,7 +128,11 @@ type Server struct {
 	served       chan struct{}
 	quit         chan struct{}
 	stopOnce     sync.Once
-	wg           sync.WaitGroup // flushers and the sweeper
+	wg           sync.WaitGroup // the sweeper
+	// flushers counts running flush goroutines. A counter rather than a
+	// WaitGroup: a connection accepted while Shutdown waits may still
+	// start one, and WaitGroup forbids an Add racing a Wait at zero.
+	flushers atomic.Int64
 }
 
 type connShard struct {
@@ -254,8 +258,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	// Every connection is closing, so no flusher starts any more (a closing
-	// connection takes no frames): waiting on the group is safe now.
+	// Every connection has closed; stop the event loop, then wait for the
+	// last flushers.
 	lerr := s.loop.Shutdown(ctx)
 	for started {
 		select {
@@ -267,13 +271,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			lerr = s.loop.Shutdown(ctx) // Serve had not registered yet
 		}
 	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return ctx.Err()
+	for s.flushers.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
 	}
+	s.wg.Wait() // the sweeper, which quit was closed for
 	if err != nil {
 		return err
 	}
