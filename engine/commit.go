@@ -344,12 +344,10 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 		ID: id, From: s.From, To: s.To, Kind: s.Kind, Body: s.Body,
 		Created: id.Time(), ClientID: s.ClientID,
 	}
-	// Sequence every recipient first, so that an error leaves the batch
-	// without a half-written message.
-	mark := len(c.users)
+	// An error here is a store error: commit aborts the whole batch, so
+	// nothing half-written survives (see clientError).
 	for _, to := range m.To {
 		if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
-			c.users = c.users[:mark]
 			return err
 		}
 	}
