@@ -19,7 +19,7 @@
 //     chunks from next and sends them; live pushes only set "behind". When
 //     a chunk comes back short and nothing arrived meanwhile, the device
 //     returns to live. A worker pauses a device whose endpoint has more
-//     than HighWater bytes queued and resumes it when the endpoint drains,
+//     than it has room for (Endpoint.Room) and resumes it when the endpoint drains,
 //     so catching up never overflows a connection; devices take turns, one
 //     chunk each, so one huge backlog does not starve the others.
 //

@@ -20,8 +20,10 @@ type Endpoint interface {
 	// returns false if the endpoint is closed, or has just closed itself
 	// because its queue overflowed (a slow consumer).
 	Send(frame []byte) bool
-	// Pending returns the bytes queued and not yet written.
-	Pending() int
+	// Room returns how many more bytes catch-up may queue now; zero or
+	// less means wait for Drained. The endpoint knows its own capacity,
+	// the hub does not.
+	Room() int
 	// Fail closes the endpoint because delivery to it failed internally.
 	Fail(err error)
 }
@@ -43,9 +45,10 @@ type HubConfig struct {
 	Workers int
 	// Chunk is the most entries one catch-up step reads; zero means 512.
 	Chunk int
-	// HighWater is the queued bytes above which catch-up pauses for a
-	// device; zero means 256 KiB.
-	HighWater int
+	// ChunkBytes bounds the frames one catch-up step encodes and sends at
+	// once (less when the endpoint has less Room); zero means 512 KiB.
+	// Entries past it are read again next step.
+	ChunkBytes int
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the hub's metrics; nil means none.
@@ -104,8 +107,8 @@ func NewHub(cfg HubConfig) (*Hub, error) {
 	if cfg.Chunk == 0 {
 		cfg.Chunk = 512
 	}
-	if cfg.HighWater == 0 {
-		cfg.HighWater = 256 << 10
+	if cfg.ChunkBytes == 0 {
+		cfg.ChunkBytes = 512 << 10
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -328,11 +331,12 @@ func (h *Hub) catchupStep(d *Device) {
 		d.Detach()
 		return
 	}
-	// Encode the chunk into one buffer, up to half the high-water mark of
-	// bytes; entries past that are read again by the next step.
+	// Encode the chunk into one buffer, up to what the endpoint has room
+	// for; entries past that are read again by the next step.
+	budget := min(h.cfg.ChunkBytes, d.ep.Room())
 	var buf []byte
 	n := 0
-	for n < len(entries) && (n == 0 || len(buf) < h.cfg.HighWater/2) {
+	for n < len(entries) && (n == 0 || len(buf) < budget) {
 		buf = h.cfg.Encode(buf, entries[n])
 		n++
 	}
@@ -347,7 +351,7 @@ func (h *Hub) catchupStep(d *Device) {
 		h.cfg.Logger.Error("catch-up out of step", "user", d.User, "device", d.ID, "want", d.next, "got", entries[0].Seq)
 		h.scheduleLocked(d)
 		return
-	case n > 0 && d.ep.Pending() > h.cfg.HighWater:
+	case n > 0 && d.ep.Room() <= 0:
 		d.paused = true // Drained reschedules; the chunk is read again then
 		return
 	case n > 0:
@@ -362,7 +366,7 @@ func (h *Hub) catchupStep(d *Device) {
 		d.catch = false // caught up: live pushes take over
 		return
 	}
-	if d.ep.Pending() > h.cfg.HighWater {
+	if d.ep.Room() <= 0 {
 		d.paused = true
 		return
 	}

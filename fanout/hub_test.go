@@ -24,6 +24,7 @@ type fakeEndpoint struct {
 	frames  [][]byte
 	pending int
 	limit   int // Send fails past this many pending bytes (0: no limit)
+	roomFor int // Room is roomFor minus pending (0: unlimited)
 	dev     *fanout.Device
 	closed  bool
 }
@@ -45,8 +46,15 @@ func (f *fakeEndpoint) Send(b []byte) bool {
 	f.pending += len(b)
 	return true
 }
-func (f *fakeEndpoint) Pending() int { f.mu.Lock(); defer f.mu.Unlock(); return f.pending }
-func (f *fakeEndpoint) Fail(error)   { f.mu.Lock(); f.closed = true; f.mu.Unlock() }
+func (f *fakeEndpoint) Room() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.roomFor == 0 {
+		return 1 << 30
+	}
+	return f.roomFor - f.pending
+}
+func (f *fakeEndpoint) Fail(error) { f.mu.Lock(); f.closed = true; f.mu.Unlock() }
 
 // drain pretends the frames were written.
 func (f *fakeEndpoint) drain() {
@@ -155,17 +163,17 @@ func TestEveryDeviceGetsEveryEntry(t *testing.T) {
 	}
 }
 
-func TestCatchUpPausesAtHighWaterAndResumes(t *testing.T) {
-	e, h := setup(t, fanout.HubConfig{Chunk: 64, HighWater: 1000, Encode: encoder(100)})
+func TestCatchUpPausesWithoutRoomAndResumes(t *testing.T) {
+	e, h := setup(t, fanout.HubConfig{Chunk: 64, Encode: encoder(100)})
 	submitN(t, e, 300, "bo")
-	ep := &fakeEndpoint{limit: 2000, size: 100} // would overflow without pacing
+	ep := &fakeEndpoint{limit: 2000, roomFor: 1000, size: 100} // would overflow without pacing
 	d, _ := h.Attach("bo", "phone", ep, 1)
 	ep.mu.Lock()
 	ep.dev = d
 	ep.mu.Unlock()
 	n := 0 // frames seen before the last drain
 	for len(ep.seqs()) < 300 {
-		waitFor(t, "progress or pause", func() bool { return ep.Pending() > 1000 || len(ep.seqs()) == 300 })
+		waitFor(t, "progress or pause", func() bool { return ep.Room() <= 0 || len(ep.seqs()) == 300 })
 		if len(ep.seqs()) == n {
 			t.Fatal("no progress")
 		}

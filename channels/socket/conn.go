@@ -427,11 +427,12 @@ func (c *conn) Send(frame []byte) bool {
 	return true
 }
 
-// Pending implements fanout.Endpoint.
-func (c *conn) Pending() int {
+// Room implements fanout.Endpoint: catch-up fills at most a quarter of
+// MaxPending, so it can never overflow the queue itself.
+func (c *conn) Room() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.pending
+	return c.s.cfg.MaxPending/4 - c.pending
 }
 
 // Fail implements fanout.Endpoint.

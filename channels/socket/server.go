@@ -41,9 +41,6 @@ import (
 	"github.com/dingmq/ding/fanout"
 )
 
-// DefaultMaxPending is Config.MaxPending's default.
-const DefaultMaxPending = 4 << 20
-
 // Config configures a Server. Engine, Hub, Keys and Directory are required.
 type Config struct {
 	Engine    *engine.Engine
@@ -57,8 +54,8 @@ type Config struct {
 	// MaxInflight is the most unacknowledged submits per connection; zero means 256.
 	MaxInflight int
 	// MaxPending is the most outbound bytes queued per connection before it
-	// is dropped as a slow consumer; zero means DefaultMaxPending (4 MiB).
-	// The hub's catch-up HighWater must stay well below it.
+	// is dropped as a slow consumer; zero means 4 MiB. Catch-up fills at
+	// most a quarter of it (see conn.Room).
 	MaxPending int
 	// HandshakeTimeout is how long a new connection has to send HELLO; zero means 5s.
 	HandshakeTimeout time.Duration
@@ -81,7 +78,7 @@ func (c *Config) setDefaults() {
 		c.MaxInflight = 256
 	}
 	if c.MaxPending == 0 {
-		c.MaxPending = DefaultMaxPending
+		c.MaxPending = 4 << 20
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = 5 * time.Second

@@ -123,14 +123,8 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { n.eng.Close() })
-	maxPending := cfg.Socket.MaxPending
-	if maxPending == 0 {
-		maxPending = socket.DefaultMaxPending
-	}
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
 		Source: n.eng, Encode: wire.AppendEntry, Logger: cfg.Logger, Registerer: reg,
-		// Catch-up pauses well before a connection's queue could overflow.
-		HighWater: maxPending / 4,
 	}); err != nil {
 		return nil, err
 	}
