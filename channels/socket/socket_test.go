@@ -19,7 +19,6 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/socket"
-	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
 	"github.com/dingmq/ding/internal/node"
@@ -126,16 +125,8 @@ func TestBadInputGetsPreciseErrors(t *testing.T) {
 	}
 
 	// A bystander keeps sending and receiving through all of it.
-	ana, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "ana", "web"), Device: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ana.Close()
-	cy, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "cy", "phone"), Device: "phone"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cy.Close()
+	ana := nodetest.Dial(t, n, "ana", "web", nil)
+	cy := nodetest.Dial(t, n, "cy", "phone", nil)
 
 	cases := []struct {
 		name string
@@ -314,11 +305,7 @@ func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
 	slow := &raw{t, nc}
 	slow.hello(nodetest.Token(t, n, "bo", "phone"), "phone")
 	// bo never reads. Fill the socket buffers and then the server's queue.
-	ana, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "ana", "web"), Device: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ana.Close()
+	ana := nodetest.Dial(t, n, "ana", "web", nil)
 	var sent atomic.Int64
 	var wg sync.WaitGroup
 	for range 8 {
@@ -351,11 +338,7 @@ func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
 		t.Fatalf("last frame %v, want fatal SLOW_CONSUMER", last)
 	}
 	// Reconnecting delivers every message, in order.
-	bo, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "phone"), Device: "phone", Cursor: new(uint64)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bo.Close()
+	bo := nodetest.Dial(t, n, "bo", "phone", new(uint64))
 	total := uint64(sent.Load())
 	for seq := uint64(1); seq <= total; seq++ {
 		select {
@@ -455,16 +438,8 @@ func TestRandomFramesNeverHurtTheServer(t *testing.T) {
 		r.nc.Close()
 	}
 	// The server is fine: a fresh client sends and receives.
-	ana, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "ana", "web"), Device: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ana.Close()
-	cy, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "cy", "web"), Device: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cy.Close()
+	ana := nodetest.Dial(t, n, "ana", "web", nil)
+	cy := nodetest.Dial(t, n, "cy", "web", nil)
 	res, err := ana.Send(context.Background(), []string{"cy"}, []byte("still here"))
 	if err != nil {
 		t.Fatal(err)

@@ -21,18 +21,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, nodetest.GoleakOptions...) }
 
-func dial(t *testing.T, n *node.Node, user, device string, cursor *uint64) *client.Client {
-	t.Helper()
-	c, err := client.Dial(context.Background(), client.Config{
-		Addr: n.SocketAddr(), Token: nodetest.Token(t, n, user, device), Device: device, Cursor: cursor,
-	})
-	if err != nil {
-		t.Fatalf("dial %s/%s: %v", user, device, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // next returns the next entry or fails after a deadline.
 func next(t *testing.T, c *client.Client) client.Entry {
 	t.Helper()
@@ -81,13 +69,13 @@ func TestOfflineRecipientGetsMessageAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	n := nodetest.Start(t, node.Config{DataDir: dir})
 	nodetest.AddUsers(t, n, "ana", "bo")
-	ana := dial(t, n, "ana", "phone", nil)
+	ana := nodetest.Dial(t, n, "ana", "phone", nil)
 	res := send(t, ana, "are you there?", "bo")
 	ana.Close()
 	nodetest.Stop(t, n)
 
 	n = nodetest.Start(t, node.Config{DataDir: dir})
-	bo := dial(t, n, "bo", "phone", nil)
+	bo := nodetest.Dial(t, n, "bo", "phone", nil)
 	e := nextMessage(t, bo)
 	if e.Seq != 1 || e.Message.ID != res.ID || string(e.Message.Body) != "are you there?" || e.Message.From != "ana" {
 		t.Fatalf("got %+v %+v", e, e.Message)
@@ -98,9 +86,9 @@ func TestReadOnOneDeviceIsReadEverywhere(t *testing.T) {
 	ctx := context.Background()
 	n := nodetest.Start(t, node.Config{})
 	nodetest.AddUsers(t, n, "ana", "bo")
-	ana := dial(t, n, "ana", "phone", nil)
-	phone := dial(t, n, "bo", "phone", nil)
-	laptop := dial(t, n, "bo", "laptop", nil)
+	ana := nodetest.Dial(t, n, "ana", "phone", nil)
+	phone := nodetest.Dial(t, n, "bo", "phone", nil)
+	laptop := nodetest.Dial(t, n, "bo", "laptop", nil)
 
 	res := send(t, ana, "meeting at 3", "bo")
 	for _, c := range []*client.Client{phone, laptop} {
@@ -141,8 +129,8 @@ func TestReconnectReplaysWithoutDuplicates(t *testing.T) {
 	cfg := node.Config{DataDir: dir, SocketAddr: sock}
 	n := nodetest.Start(t, cfg)
 	nodetest.AddUsers(t, n, "ana", "bo")
-	ana := dial(t, n, "ana", "web", nil)
-	bo := dial(t, n, "bo", "phone", nil)
+	ana := nodetest.Dial(t, n, "ana", "web", nil)
+	bo := nodetest.Dial(t, n, "bo", "phone", nil)
 	for i := range 10 {
 		send(t, ana, fmt.Sprint(i), "bo")
 	}
@@ -173,7 +161,7 @@ func TestReconnectReplaysWithoutDuplicates(t *testing.T) {
 
 	// The app restarts with the cursor it persisted (5): it gets 6..15 again,
 	// exactly once each.
-	again := dial(t, n, "bo", "phone", ptr(5))
+	again := nodetest.Dial(t, n, "bo", "phone", ptr(5))
 	for seq := uint64(6); seq <= 15; seq++ {
 		if e := nextMessage(t, again); e.Seq != seq {
 			t.Fatalf("after app restart got seq %d, want %d", e.Seq, seq)
@@ -186,7 +174,7 @@ func ptr(v uint64) *uint64 { return &v }
 func TestResumeFromAppCursor(t *testing.T) {
 	n := nodetest.Start(t, node.Config{})
 	nodetest.AddUsers(t, n, "ana", "bo")
-	ana := dial(t, n, "ana", "web", nil)
+	ana := nodetest.Dial(t, n, "ana", "web", nil)
 	for i := range 3 {
 		send(t, ana, fmt.Sprint(i), "bo")
 	}
@@ -207,7 +195,7 @@ func TestSendRetriesAreStoredOnce(t *testing.T) {
 	ctx := context.Background()
 	n := nodetest.Start(t, node.Config{})
 	nodetest.AddUsers(t, n, "ana", "bo")
-	ana := dial(t, n, "ana", "web", nil)
+	ana := nodetest.Dial(t, n, "ana", "web", nil)
 	r1, err := ana.Send(ctx, []string{"bo"}, []byte("x"), client.WithClientID("retry-1"))
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +279,7 @@ func TestDuplicatesFromServerAreDropped(t *testing.T) {
 func TestSendsStayWithinTheServersInflightLimit(t *testing.T) {
 	n := nodetest.Start(t, node.Config{Socket: socket.Config{MaxInflight: 2}})
 	nodetest.AddUsers(t, n, "ana", "bo")
-	ana := dial(t, n, "ana", "web", nil)
+	ana := nodetest.Dial(t, n, "ana", "web", nil)
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for range 64 {

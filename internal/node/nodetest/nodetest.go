@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/fanout"
 	"github.com/dingmq/ding/internal/node"
 )
@@ -107,4 +108,18 @@ func FreeAddr(tb testing.TB) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// Dial connects the Go client as user's device (resuming after cursor when
+// it is not nil) and closes it at the end of the test.
+func Dial(tb testing.TB, n *node.Node, user, device string, cursor *uint64) *client.Client {
+	tb.Helper()
+	c, err := client.Dial(context.Background(), client.Config{
+		Addr: n.SocketAddr(), Token: Token(tb, n, user, device), Device: device, Cursor: cursor,
+	})
+	if err != nil {
+		tb.Fatalf("dial %s/%s: %v", user, device, err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
 }
