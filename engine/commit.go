@@ -263,11 +263,11 @@ func (e *Engine) countSubmit(o *op) {
 	m := e.metrics
 	switch {
 	case o.err != nil:
-		m.submits.WithLabelValues("failed").Inc()
+		m.submitsFailed.Inc()
 	case o.result.Duplicate:
-		m.submits.WithLabelValues("duplicate").Inc()
+		m.submitsDup.Inc()
 	default:
-		m.submits.WithLabelValues("ok").Inc()
+		m.submitsOK.Inc()
 		m.submitSeconds.Observe(time.Since(o.queued).Seconds())
 	}
 }

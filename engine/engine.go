@@ -300,7 +300,7 @@ func (e *Engine) check(s *Submission) ([]string, error) {
 func (e *Engine) SubmitAsync(s Submission, done func(SubmitResult, error)) {
 	to, err := e.check(&s)
 	if err != nil {
-		e.metrics.submits.WithLabelValues("rejected").Inc()
+		e.metrics.submitsRejected.Inc()
 		done(SubmitResult{}, err)
 		return
 	}

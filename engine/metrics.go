@@ -3,11 +3,13 @@ package engine
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	submits       *prometheus.CounterVec
-	submitSeconds prometheus.Histogram
-	commitSeconds prometheus.Histogram
-	batchOps      prometheus.Histogram
-	queueFull     prometheus.Counter
+	submits *prometheus.CounterVec
+	// The submits series, resolved once (counted per op on the publish loop).
+	submitsOK, submitsDup, submitsRejected, submitsFailed prometheus.Counter
+	submitSeconds                                         prometheus.Histogram
+	commitSeconds                                         prometheus.Histogram
+	batchOps                                              prometheus.Histogram
+	queueFull                                             prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, queueDepth func() float64) (*metrics, error) {
@@ -36,9 +38,10 @@ func newMetrics(reg prometheus.Registerer, queueDepth func() float64) (*metrics,
 			Help: "Times an operation waited because the commit queue was full (back-pressure).",
 		}),
 	}
-	for _, r := range []string{"ok", "duplicate", "rejected", "failed"} {
-		m.submits.WithLabelValues(r) // export every series from the start
-	}
+	m.submitsOK = m.submits.WithLabelValues("ok")
+	m.submitsDup = m.submits.WithLabelValues("duplicate")
+	m.submitsRejected = m.submits.WithLabelValues("rejected")
+	m.submitsFailed = m.submits.WithLabelValues("failed")
 	if reg == nil {
 		return m, nil
 	}

@@ -69,6 +69,8 @@ type Hub struct {
 
 	devices    prometheus.Gauge
 	deliveries *prometheus.CounterVec
+	delivLive  prometheus.Counter // deliveries{path="live"}, resolved once: Deliver is hot
+	delivCatch prometheus.Counter // deliveries{path="catchup"}
 	catchupQ   prometheus.GaugeFunc
 }
 
@@ -125,8 +127,8 @@ func NewHub(cfg HubConfig) (*Hub, error) {
 		Name: "ding_fanout_deliveries_total",
 		Help: "Stream entries written to devices, by path: live (pushed at commit) or catchup (read back from the store).",
 	}, []string{"path"})
-	h.deliveries.WithLabelValues("live")
-	h.deliveries.WithLabelValues("catchup")
+	h.delivLive = h.deliveries.WithLabelValues("live")
+	h.delivCatch = h.deliveries.WithLabelValues("catchup")
 	h.catchupQ = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ding_fanout_catchup_queue", Help: "Devices waiting for a catch-up step.",
 	}, func() float64 { h.wmu.Lock(); defer h.wmu.Unlock(); return float64(len(h.work)) })
@@ -242,7 +244,7 @@ func (h *Hub) Deliver(user string, entries []engine.Entry) {
 	for _, d := range devs {
 		sent += d.push(entries, frames)
 	}
-	h.deliveries.WithLabelValues("live").Add(float64(sent))
+	h.delivLive.Add(float64(sent))
 }
 
 func (d *Device) push(entries []engine.Entry, frames [][]byte) int {
@@ -360,7 +362,7 @@ func (h *Hub) catchupStep(d *Device) {
 			return
 		}
 		d.next += uint64(n)
-		h.deliveries.WithLabelValues("catchup").Add(float64(n))
+		h.delivCatch.Add(float64(n))
 	}
 	if n == len(entries) && len(entries) < h.cfg.Chunk && !d.behind {
 		d.catch = false // caught up: live pushes take over

@@ -145,7 +145,7 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 
 func (c *conn) handle(ft pb.FrameType, payload []byte) {
 	s := c.s
-	s.m.framesIn.WithLabelValues(ft.String()).Inc()
+	s.m.framesByType[byte(ft)].Inc()
 	switch ft {
 	case pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
 		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY:
