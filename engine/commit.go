@@ -54,6 +54,7 @@ const (
 	opSubmit opKind = iota + 1
 	opAck
 	opRead
+	opApply // a function of the committer: DINGs and their escalation
 )
 
 type op struct {
@@ -71,6 +72,9 @@ type op struct {
 	seq          uint64
 	ids          []ID
 	done         func(error)
+
+	// opApply
+	fn func(c *committer, now time.Time) error
 
 	err error
 }
@@ -99,6 +103,16 @@ type committer struct {
 	dedupe     map[string]ID      // by dedupe key
 	users      []string           // users with new entries, in first-touch order
 	entries    map[string][]Entry // new entries per user
+
+	// The escalation overlay (escalate.go).
+	drecs      map[ID]*dingRecord
+	dstates    map[string]*rcptState // by state key; all written at commit
+	quota      map[string]uint64     // by quota key
+	refs       map[string][]byte     // provider references, by ref
+	newMsgs    []*Message            // DING messages, for the cache
+	sends      []sendTask            // sends decided, for the dispatch workers
+	timerDelta int64                 // timers armed minus disarmed
+	minDue     int64                 // earliest timer armed (ms); 0 if none
 }
 
 func newCommitter(e *Engine) *committer {
@@ -110,6 +124,10 @@ func newCommitter(e *Engine) *committer {
 		watermarks: map[string]uint64{},
 		dedupe:     map[string]ID{},
 		entries:    map[string][]Entry{},
+		drecs:      map[ID]*dingRecord{},
+		dstates:    map[string]*rcptState{},
+		quota:      map[string]uint64{},
+		refs:       map[string][]byte{},
 	}
 }
 
@@ -158,6 +176,8 @@ func (c *committer) commit() {
 			o.err = c.applyAck(o, now)
 		case opRead:
 			o.err = c.applyRead(o, now)
+		case opApply:
+			o.err = o.fn(c, now)
 		}
 		if o.err != nil && !clientError(o.err) {
 			// Abort: nothing of this batch is written; the ops are answered
@@ -166,6 +186,11 @@ func (c *committer) commit() {
 			c.publishAbort(o.err)
 			return
 		}
+	}
+	c.flushStates()
+	pending := e.pendingTimers.Load() + c.timerDelta
+	if c.timerDelta != 0 {
+		c.batch.Set(timersCounterKey, u64(uint64(max(0, pending))))
 	}
 	if c.batch.Len() > 0 {
 		start := time.Now()
@@ -202,6 +227,7 @@ type published struct {
 	ops     []*op
 	users   []string
 	entries map[string][]Entry
+	sends   []sendTask
 	err     error
 }
 
@@ -224,8 +250,25 @@ func (c *committer) publish(commitErr error) {
 				e.cache.put(o.msg)
 			}
 		}
+		for _, m := range c.newMsgs {
+			e.cache.put(m)
+		}
+		e.pendingTimers.Add(c.timerDelta)
+		if c.minDue != 0 {
+			e.noteTimer(c.minDue)
+		}
+	} else {
+		for _, t := range c.sends {
+			e.inflightDel(inflightKey(t.id, t.idx, t.n))
+		}
+		c.sends = nil
 	}
-	p := &published{ops: c.ops, users: c.users, entries: c.entries, err: commitErr}
+	p := &published{ops: c.ops, users: c.users, entries: c.entries, sends: c.sends, err: commitErr}
+	c.sends, c.newMsgs, c.timerDelta, c.minDue = nil, c.newMsgs[:0], 0, 0
+	clear(c.drecs)
+	clear(c.dstates)
+	clear(c.quota)
+	clear(c.refs)
 	c.ops, c.users, c.entries = make([]*op, 0, len(p.ops)), nil, make(map[string][]Entry, len(p.users))
 	e.pubQ <- p
 	clear(c.heads)
@@ -250,6 +293,7 @@ func (e *Engine) publishLoop() {
 			o.finish()
 		}
 		if p.err == nil {
+			e.queueSends(p.sends)
 			if s := sink(); s != nil {
 				for _, u := range p.users {
 					s.Deliver(u, p.entries[u])
@@ -411,31 +455,45 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	if o.seq > cur {
-		c.cursors[string(ck)] = o.seq
-		c.batch.Set(ck, u64(o.seq))
+	if o.seq <= cur {
+		return nil // nothing new for this device
 	}
+	c.cursors[string(ck)] = o.seq
+	c.batch.Set(ck, u64(o.seq))
 	wk := watermarkKey(o.user)
 	wm, err := c.u64(c.watermarks, o.user, wk)
-	if err != nil || o.seq <= wm {
+	if err != nil {
 		return err
 	}
 	// Entries in (wm, seq] were acknowledged for the first time by any of
-	// the user's devices: their messages become delivered.
+	// the user's devices: their messages become delivered. DINGs in
+	// (cur, seq] reached this device for the first time: their ledgers
+	// record it.
 	type hit struct {
 		id     ID
 		sender string
 	}
 	var hits []hit
+	var dings []ID
 	var ierr error
-	err = c.e.st.Scan(inboxKey(o.user, wm+1), inboxKey(o.user, o.seq+1), func(k, v []byte) bool {
+	err = c.e.st.Scan(inboxKey(o.user, min(cur, wm)+1), inboxKey(o.user, o.seq+1), func(k, v []byte) bool {
 		if len(v) > 0 && EntryKind(v[0]) == EntryMessage {
-			_, id, sender, err := decodeEntry(0, v)
+			seq, err := seqFromInboxKey(k)
 			if err != nil {
 				ierr = err
 				return false
 			}
-			hits = append(hits, hit{id, sender})
+			ent, id, sender, err := decodeEntry(0, v)
+			if err != nil {
+				ierr = err
+				return false
+			}
+			if seq > wm {
+				hits = append(hits, hit{id, sender})
+			}
+			if seq > cur && ent.flags&entryFlagDing != 0 {
+				dings = append(dings, id)
+			}
 		}
 		return true
 	})
@@ -444,6 +502,14 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	}
 	if err != nil {
 		return err
+	}
+	for _, id := range dings {
+		if err := c.dingDelivered(id, o.user, o.device, now); err != nil {
+			return err
+		}
+	}
+	if o.seq <= wm {
+		return nil
 	}
 	// Load the receipts this batch has not touched with one cursor.
 	keys := make([][]byte, len(hits))
@@ -553,11 +619,21 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 		r.State, r.Read = StateRead, now
 		changes = append(changes, change{id, rk, r})
 	}
-	var senders, own events
-	for _, ch := range changes {
+	// Load every message first: an error then leaves the batch untouched.
+	msgs := make([]*Message, len(changes))
+	for i, ch := range changes {
 		m, err := c.e.Message(ch.id)
 		if err != nil {
-			return err
+			return abort(fmt.Errorf("read %s: %w", ch.id, err))
+		}
+		msgs[i] = m
+	}
+	var senders, own events
+	var dings []ID
+	for i, ch := range changes {
+		m := msgs[i]
+		if m.Kind == KindDing {
+			dings = append(dings, m.ID)
 		}
 		c.setReceipt(ch.key, ch.r)
 		senders.add(m.From, ch.id)
@@ -570,13 +646,43 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 	if err := c.notify(&senders, o.user, StateRead, now); err != nil {
 		return err
 	}
-	return c.notify(&own, o.user, StateRead, now)
+	if err := c.notify(&own, o.user, StateRead, now); err != nil {
+		return err
+	}
+	for _, id := range dings {
+		if err := c.dingRead(id, o.user, now); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // clientError reports whether err is an op's own fault, detected before the
 // op wrote anything to the batch. Any other error while building a batch
 // (a store read failing) aborts the whole batch, since the op may have
 // written part of its keys.
+//
+// An opApply function returning one of these may have written what it
+// means to keep (an SMS reply that did not confirm is still recorded in
+// the ledger); it must not have written anything else.
 func clientError(err error) bool {
-	return errors.Is(err, ErrBadAck) || errors.Is(err, ErrNotRecipient)
+	var a *abortError
+	if errors.As(err, &a) {
+		return false
+	}
+	for _, ce := range []error{ErrBadAck, ErrNotRecipient, ErrQuota, ErrBadAnswer, ErrNotFound, ErrNotDing, ErrBadPolicy, ErrBadDing} {
+		if errors.Is(err, ce) {
+			return true
+		}
+	}
+	return false
 }
+
+// abortError marks an error that must abort the batch even if it wraps a
+// client error (a message missing while its receipt exists).
+type abortError struct{ err error }
+
+func abort(err error) error { return &abortError{err} }
+
+func (a *abortError) Error() string { return a.err.Error() }
+func (a *abortError) Unwrap() error { return a.err }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,6 +89,28 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the engine's metrics; nil means none are registered.
 	Registerer prometheus.Registerer
+
+	// Escalation (DINGs).
+
+	// Contacts gives DINGs their recipients' phones, names and quiet
+	// hours; nil means user recipients have no phone.
+	Contacts Contacts
+	// Notifier sends SMS and calls; nil records those steps as not
+	// configured.
+	Notifier Notifier
+	// Quotas bound DINGs; zero fields take their defaults.
+	Quotas Quotas
+	// SendTimeout bounds one send to the Notifier; zero means 15s.
+	SendTimeout time.Duration
+	// RecoverAfter is how long after a send was decided it is made again
+	// if its outcome was never recorded (the process died); zero means 60s.
+	// It must exceed SendTimeout.
+	RecoverAfter time.Duration
+	// DispatchWorkers is how many sends run at once; zero means 8.
+	DispatchWorkers int
+	// NoCallFallback turns off the SMS sent at once when a call is busy,
+	// unanswered or fails.
+	NoCallFallback bool
 }
 
 func (c *Config) setDefaults() {
@@ -111,6 +135,16 @@ func (c *Config) setDefaults() {
 	if c.MessageCacheBytes == 0 {
 		c.MessageCacheBytes = 32 << 20
 	}
+	c.Quotas.setDefaults()
+	if c.SendTimeout == 0 {
+		c.SendTimeout = 15 * time.Second
+	}
+	if c.RecoverAfter == 0 {
+		c.RecoverAfter = max(60*time.Second, 2*c.SendTimeout)
+	}
+	if c.DispatchWorkers == 0 {
+		c.DispatchWorkers = 8
+	}
 }
 
 // Validate reports whether the configuration can be used.
@@ -120,6 +154,8 @@ func (c *Config) Validate() error {
 		return errors.New("engine: config: Store is required")
 	case c.MaxBody < 0 || c.MaxRecipients < 0 || c.MaxBatch < 0 || c.QueueLen < 0:
 		return errors.New("engine: config: limits must not be negative")
+	case c.SendTimeout < 0 || c.RecoverAfter < 0 || c.DispatchWorkers < 0:
+		return errors.New("engine: config: escalation settings must not be negative")
 	}
 	return nil
 }
@@ -148,12 +184,27 @@ type Engine struct {
 	headsMu sync.RWMutex
 	heads   map[string]uint64
 
+	closeOnce sync.Once
+
 	failMu sync.Mutex
 	failed error // guarded by failMu; non-nil once a commit failed
 
 	loopDone chan struct{}
 	pubQ     chan *published // committed batches waiting to be answered and delivered
 	pubDone  chan struct{}
+
+	// Escalation (timer.go).
+	pendingTimers atomic.Int64 // durable count of armed timers; written by the commit loop
+	minArmed      atomic.Int64 // earliest timer armed since the timer loop last looked (ms)
+	timerWake     chan struct{}
+	stopTimers    chan struct{}
+	timerDone     chan struct{}
+	sendQ         chan sendTask
+	sendCtx       context.Context // cancelled by Close, to end sends in flight
+	cancelSends   context.CancelFunc
+	dispatchWG    sync.WaitGroup
+	inflightMu    sync.Mutex
+	inflight      map[string]struct{} // sends decided and not yet recorded; guarded by inflightMu
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -163,6 +214,9 @@ func Open(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
+	if cfg.RecoverAfter <= cfg.SendTimeout {
+		return nil, errors.New("engine: config: RecoverAfter must exceed SendTimeout")
+	}
 	e := &Engine{
 		cfg:      cfg,
 		st:       cfg.Store,
@@ -173,14 +227,38 @@ func Open(cfg Config) (*Engine, error) {
 		loopDone: make(chan struct{}),
 		pubQ:     make(chan *published, 4),
 		pubDone:  make(chan struct{}),
+
+		timerWake:  make(chan struct{}, 1),
+		stopTimers: make(chan struct{}),
+		timerDone:  make(chan struct{}),
+		sendQ:      make(chan sendTask, 4096),
+		inflight:   map[string]struct{}{},
+	}
+	e.minArmed.Store(math.MaxInt64)
+	e.sendCtx, e.cancelSends = context.WithCancel(context.Background())
+	switch v, err := cfg.Store.Get(timersCounterKey); {
+	case err == nil:
+		n, err := parseU64(v)
+		if err != nil {
+			return nil, fmt.Errorf("engine: timer count: %w", err)
+		}
+		e.pendingTimers.Store(int64(n))
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, fmt.Errorf("engine: timer count: %w", err)
 	}
 	var err error
-	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(len(e.queue)) }); err != nil {
+	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(len(e.queue)) },
+		func() float64 { return float64(e.pendingTimers.Load()) }); err != nil {
 		return nil, err
 	}
 	c := newCommitter(e)
 	go c.loop()
 	go e.publishLoop()
+	go e.timerLoop()
+	e.dispatchWG.Add(cfg.DispatchWorkers)
+	for range cfg.DispatchWorkers {
+		go e.dispatchLoop()
+	}
 	return e, nil
 }
 
@@ -200,18 +278,24 @@ func (e *Engine) getSink() Sink {
 // MaxBody is the largest body Submit accepts.
 func (e *Engine) MaxBody() int { return e.cfg.MaxBody }
 
-// Close stops accepting operations, commits those already queued, and waits
-// for the commit loop to finish. It does not close the store. It is
-// idempotent.
+// Close stops the escalation timers, cancels sends in flight (a send
+// whose outcome is not recorded is made again after a restart), stops
+// accepting operations, commits those already queued, and waits for every
+// goroutine. It does not close the store. It is idempotent.
 func (e *Engine) Close() error {
-	e.qmu.Lock()
-	if !e.closed {
+	e.closeOnce.Do(func() {
+		close(e.stopTimers)
+		<-e.timerDone
+		e.cancelSends()
+		e.qmu.Lock()
 		e.closed = true
 		close(e.queue)
-	}
-	e.qmu.Unlock()
-	<-e.loopDone
-	<-e.pubDone
+		e.qmu.Unlock()
+		<-e.loopDone
+		<-e.pubDone
+		close(e.sendQ)
+		e.dispatchWG.Wait()
+	})
 	return nil
 }
 
@@ -354,6 +438,19 @@ func (e *Engine) ReadAsync(user string, ids []ID, done func(error)) {
 	if err := e.enqueue(&op{kind: opRead, user: user, ids: ids, done: done}); err != nil {
 		done(err)
 	}
+}
+
+// applyAsync queues fn for the commit loop: it runs with the batch's
+// overlay, and done gets its error once the batch is durable.
+func (e *Engine) applyAsync(fn func(c *committer, now time.Time) error, done func(error)) {
+	if err := e.enqueue(&op{kind: opApply, fn: fn, done: done, queued: time.Now()}); err != nil {
+		done(err)
+	}
+}
+
+// apply is applyAsync that waits.
+func (e *Engine) apply(ctx context.Context, fn func(c *committer, now time.Time) error) error {
+	return wait(ctx, func(done func(error)) { e.applyAsync(fn, done) })
 }
 
 // Read is ReadAsync that waits.

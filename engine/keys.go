@@ -16,6 +16,15 @@ const (
 	prefixWatermark = 'w' // w | user                         -> seq(8): highest seq any device acked
 	prefixReceipt   = 'r' // r | id(16) | user                -> receipt record
 	prefixDedupe    = 'd' // d | sender | 0x00 | clientID     -> id(16)
+	prefixDing      = 'g' // g | id(16)                       -> DING record (JSON)
+	prefixDingRcpt  = 'e' // e | id(16) | idx(2)              -> recipient's escalation state (JSON)
+	prefixLedger    = 'l' // l | id(16) | idx(2) | n(4)       -> ledger event (JSON)
+	prefixTimer     = 't' // t | due ms(8) | id(16) | idx(2) | n(4) -> empty
+	prefixPhone     = 'p' // p | phone | 0x00 | id(16) | idx(2) -> empty: a pending DING for that phone
+	prefixRef       = 'x' // x | provider ref                 -> id(16) | idx(2) | channel(1)
+	prefixQuota     = 'q' // q | kind(1) | scope | 0x00 | sub -> count(8) or time ms(8)
+	prefixPolicy    = 'y' // y | name                         -> policy spec (text)
+	prefixCounter   = 'k' // k | name                         -> u64
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'
@@ -121,7 +130,14 @@ const (
 	EntryMessage EntryKind = 1
 	// EntryReceipt: a receipt state change (see ReceiptEvent).
 	EntryReceipt EntryKind = 2
+	// EntryDing: an event of a DING's ledger (see DingEvent), in the
+	// sender's stream; or a reminder in a recipient's.
+	EntryDing EntryKind = 3
 )
+
+// entryFlagDing marks a message entry whose message is a DING, so that an
+// ack can record per-device deliveries without loading the message.
+const entryFlagDing = 1
 
 // Entry is one item of a user's stream, at a gap-free sequence number.
 type Entry struct {
@@ -129,22 +145,42 @@ type Entry struct {
 	Kind    EntryKind
 	Message *Message     // EntryMessage; shared, must not be modified
 	Receipt ReceiptEvent // EntryReceipt
+	Ding    DingEvent    // EntryDing
+	flags   byte         // EntryMessage: entryFlagDing
 }
 
 // Stream entry layout (value of key 'i' + user + 0x00 + seq):
 //
-//	EntryMessage: | 1 | id(16) | sender (str) |
+//	EntryMessage: | 1 | id(16) | sender (str) | [flags 1] |
 //	EntryReceipt: | 2 | state 1 | at ms 8 | user (str) | n (uvarint) | n × id(16) |
+//	EntryDing:    | 3 | ding id(16) | at ms 8 | index (uvarint) | recipient (str) | event (str) | channel 1 | device (str) | detail (str) |
 //
 // A message entry names its sender so that an ack can notify the sender
-// without loading the message.
+// without loading the message; its flags byte is present only when not
+// zero (entryFlagDing).
 func encodeEntry(e *Entry) []byte {
 	switch e.Kind {
 	case EntryMessage:
-		b := make([]byte, 17, 18+len(e.Message.From))
+		b := make([]byte, 17, 19+len(e.Message.From))
 		b[0] = byte(EntryMessage)
 		copy(b[1:], e.Message.ID[:])
-		return appendStr(b, e.Message.From)
+		b = appendStr(b, e.Message.From)
+		if e.Message.Kind == KindDing {
+			b = append(b, entryFlagDing)
+		}
+		return b
+	case EntryDing:
+		d := &e.Ding
+		b := make([]byte, 0, 40+len(d.Recipient)+len(d.Event)+len(d.Device)+len(d.Detail))
+		b = append(b, byte(EntryDing))
+		b = append(b, d.ID[:]...)
+		b = binary.BigEndian.AppendUint64(b, msOrZero(d.At))
+		b = binary.AppendUvarint(b, uint64(d.Index))
+		b = appendStr(b, d.Recipient)
+		b = appendStr(b, string(d.Event))
+		b = append(b, byte(d.Channel))
+		b = appendStr(b, d.Device)
+		return appendStr(b, d.Detail)
 	default:
 		r := e.Receipt
 		b := make([]byte, 0, 13+len(r.User)+16*len(r.IDs))
@@ -174,16 +210,39 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error
 		copy(id[:], d.b[:16])
 		d.b = d.b[16:]
 		sender := d.str()
+		var flags byte
+		if len(d.b) == 1 {
+			flags = d.b[0]
+			d.b = d.b[1:]
+		}
 		if d.err || len(d.b) != 0 {
 			return Entry{}, id, "", ErrCorrupt
 		}
-		return Entry{Seq: seq, Kind: EntryMessage}, id, sender, nil
+		return Entry{Seq: seq, Kind: EntryMessage, flags: flags}, id, sender, nil
+	case EntryDing:
+		var ev DingEvent
+		if len(d.b) < 16 {
+			return Entry{}, id, "", ErrCorrupt
+		}
+		copy(ev.ID[:], d.b[:16])
+		d.b = d.b[16:]
+		ev.At = timeOrZero(d.u64())
+		ev.Index = int(d.uvarint())
+		ev.Recipient = d.str()
+		ev.Event = LedgerKind(d.str())
+		ev.Channel = Channel(d.u8())
+		ev.Device = d.str()
+		ev.Detail = d.str()
+		if d.err || len(d.b) != 0 || ev.Index > 1<<16 {
+			return Entry{}, id, "", ErrCorrupt
+		}
+		return Entry{Seq: seq, Kind: EntryDing, Ding: ev}, ev.ID, "", nil
 	case EntryReceipt:
 		st := State(d.u8())
 		at := d.u64()
 		user := d.str()
 		n := d.uvarint()
-		if d.err || st < StateSent || st > StateRead || n == 0 || n > MaxEventIDs || uint64(len(d.b)) != 16*n {
+		if d.err || st < StateSent || st > StateConfirmed || n == 0 || n > MaxEventIDs || uint64(len(d.b)) != 16*n {
 			return Entry{}, id, "", ErrCorrupt
 		}
 		ids := make([]ID, n)

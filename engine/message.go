@@ -14,6 +14,9 @@ const (
 	KindText Kind = 1
 	// KindData is an opaque application payload.
 	KindData Kind = 2
+	// KindDing is an urgent UTF-8 text that escalates until read or
+	// confirmed. Only Engine.Ding creates it; its id is the DING's id.
+	KindDing Kind = 3
 )
 
 // Valid reports whether k is a kind clients may submit.
@@ -29,6 +32,9 @@ type Message struct {
 	Body     []byte
 	Created  time.Time // millisecond precision
 	ClientID string    // optional; deduplicates sender retries
+	// Choices is a DING's response menu ("attend", "decline"); a recipient
+	// confirms with a choice's 1-based number. Empty for other kinds.
+	Choices []string
 }
 
 // ErrCorrupt is returned when a stored record cannot be decoded.
@@ -41,7 +47,12 @@ var ErrCorrupt = errors.New("engine: corrupt record")
 //	+---------+-------------+------+--------------+-----------+-----------+------------------+----------+
 //
 // where (str) and (bytes) are a uvarint length followed by the bytes.
-const messageVersion = 1
+// Version 2 appends | nChoices uvarint | choice (str)... | after the body;
+// it is written only when there are choices.
+const (
+	messageVersion        = 1
+	messageVersionChoices = 2
+)
 
 func appendStr(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -53,8 +64,15 @@ func encodeMessage(m *Message) []byte {
 	for _, t := range m.To {
 		n += 1 + len(t)
 	}
+	for _, c := range m.Choices {
+		n += 1 + len(c)
+	}
 	b := make([]byte, 0, n)
-	b = append(b, messageVersion)
+	if len(m.Choices) > 0 {
+		b = append(b, messageVersionChoices)
+	} else {
+		b = append(b, messageVersion)
+	}
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Created.UnixMilli()))
 	b = append(b, byte(m.Kind))
 	b = appendStr(b, m.From)
@@ -64,7 +82,14 @@ func encodeMessage(m *Message) []byte {
 	}
 	b = appendStr(b, m.ClientID)
 	b = binary.AppendUvarint(b, uint64(len(m.Body)))
-	return append(b, m.Body...)
+	b = append(b, m.Body...)
+	if len(m.Choices) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(m.Choices)))
+		for _, c := range m.Choices {
+			b = appendStr(b, c)
+		}
+	}
+	return b
 }
 
 type decoder struct {
@@ -118,7 +143,8 @@ func (d *decoder) str() string { return string(d.bytes()) }
 // decodeMessage decodes a record; the returned message does not alias b.
 func decodeMessage(id ID, b []byte) (*Message, error) {
 	d := decoder{b: b}
-	if d.u8() != messageVersion {
+	ver := d.u8()
+	if ver != messageVersion && ver != messageVersionChoices {
 		return nil, ErrCorrupt
 	}
 	m := &Message{ID: id}
@@ -135,6 +161,15 @@ func decodeMessage(id ID, b []byte) (*Message, error) {
 	}
 	m.ClientID = d.str()
 	m.Body = append([]byte(nil), d.bytes()...)
+	if ver == messageVersionChoices {
+		n := d.uvarint()
+		if n == 0 || n > uint64(len(d.b)) {
+			return nil, ErrCorrupt
+		}
+		for i := uint64(0); i < n && !d.err; i++ {
+			m.Choices = append(m.Choices, d.str())
+		}
+	}
 	if d.err || len(d.b) != 0 {
 		return nil, ErrCorrupt
 	}

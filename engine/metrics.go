@@ -10,9 +10,23 @@ type metrics struct {
 	commitSeconds                                         prometheus.Histogram
 	batchOps                                              prometheus.Histogram
 	queueFull                                             prometheus.Counter
+
+	// Escalation.
+	dings         *prometheus.CounterVec   // by result
+	steps         *prometheus.CounterVec   // by channel, outcome
+	refusals      *prometheus.CounterVec   // by reason
+	lateness      prometheus.Histogram     // timer fire lateness
+	timeToRead    *prometheus.HistogramVec // by channel
+	timeToConfirm *prometheus.HistogramVec // by channel
+	sendSeconds   *prometheus.HistogramVec // by channel
+	sendsDropped  prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, queueDepth func() float64) (*metrics, error) {
+func (m *metrics) step(ch Channel, outcome string) {
+	m.steps.WithLabelValues(ch.String(), outcome).Inc()
+}
+
+func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps func() float64) (*metrics, error) {
 	m := &metrics{
 		submits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ding_engine_submits_total",
@@ -38,6 +52,43 @@ func newMetrics(reg prometheus.Registerer, queueDepth func() float64) (*metrics,
 			Help: "Times an operation waited because the commit queue was full (back-pressure).",
 		}),
 	}
+	escBuckets := []float64{1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200}
+	m.dings = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_dings_total",
+		Help: "DING requests, by result: created, duplicate (client id seen before), refused (quota or quiet hours), invalid.",
+	}, []string{"result"})
+	m.steps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_escalation_steps_total",
+		Help: "Escalation sends and in-app reminders, by channel and outcome: sent, reminder, not_configured, rejected, error (outcome unknown, retried), quota, no_phone.",
+	}, []string{"channel", "outcome"})
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_ding_refusals_total",
+		Help: "DINGs, recipients or steps refused, by reason: sender_daily_limit, recipient_interval, quiet_hours, sms_budget, voice_budget.",
+	}, []string{"reason"})
+	m.lateness = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "ding_escalation_timer_lateness_seconds",
+		Help:    "How late escalation timers fire after their due time.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	})
+	m.timeToRead = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ding_ding_time_to_read_seconds",
+		Help:    "Time from a DING to the read that stopped a recipient's escalation, by the channel that reached them.",
+		Buckets: escBuckets,
+	}, []string{"channel"})
+	m.timeToConfirm = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ding_ding_time_to_confirm_seconds",
+		Help:    "Time from a DING to a recipient's confirmation, by the channel that reached them.",
+		Buckets: escBuckets,
+	}, []string{"channel"})
+	m.sendSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ding_escalation_send_duration_seconds",
+		Help:    "Time the notifier took to accept (or refuse) one SMS or call, by channel.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+	}, []string{"channel"})
+	m.sendsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_escalation_sends_deferred_total",
+		Help: "Sends that found the dispatch queue full; each is made by its recovery timer instead.",
+	})
 	m.submitsOK = m.submits.WithLabelValues("ok")
 	m.submitsDup = m.submits.WithLabelValues("duplicate")
 	m.submitsRejected = m.submits.WithLabelValues("rejected")
@@ -47,6 +98,11 @@ func newMetrics(reg prometheus.Registerer, queueDepth func() float64) (*metrics,
 	}
 	for _, c := range []prometheus.Collector{
 		m.submits, m.submitSeconds, m.commitSeconds, m.batchOps, m.queueFull,
+		m.dings, m.steps, m.refusals, m.lateness, m.timeToRead, m.timeToConfirm, m.sendSeconds, m.sendsDropped,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ding_escalation_pending_steps",
+			Help: "Escalation timers armed: planned steps, retries and send recoveries.",
+		}, pendingSteps),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ding_engine_queue_depth",
 			Help: "Operations waiting for the commit loop.",

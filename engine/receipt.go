@@ -6,7 +6,7 @@ import (
 )
 
 // State is a recipient's receipt state for one message. States only move
-// forward: Sent < Delivered < Read.
+// forward: Sent < Delivered < Read < Confirmed.
 type State uint8
 
 const (
@@ -17,6 +17,9 @@ const (
 	StateDelivered State = 2
 	// StateRead: some device of the recipient marked it read.
 	StateRead State = 3
+	// StateConfirmed: the recipient confirmed a DING (in the app, by SMS
+	// reply or by a keypress in a call). Confirmed implies read.
+	StateConfirmed State = 4
 )
 
 func (s State) String() string {
@@ -27,6 +30,8 @@ func (s State) String() string {
 		return "delivered"
 	case StateRead:
 		return "read"
+	case StateConfirmed:
+		return "confirmed"
 	}
 	return "unknown"
 }
@@ -37,31 +42,48 @@ type Receipt struct {
 	State     State
 	Delivered time.Time // zero until delivered
 	Read      time.Time // zero until read
+	Confirmed time.Time // zero until confirmed (DINGs only)
 }
 
 // Receipt record layout (value of key 'r' + id + user):
 //
-//	+---------+------------------+-------------+
-//	| state 1 | delivered ms 8   | read ms 8   |   (0 = not yet)
-//	+---------+------------------+-------------+
+//	+---------+------------------+-------------+--------------------+
+//	| state 1 | delivered ms 8   | read ms 8   | [confirmed ms 8]   |   (0 = not yet)
+//	+---------+------------------+-------------+--------------------+
+//
+// The confirmed time is present only in state Confirmed (25 bytes).
 func encodeReceipt(r Receipt) []byte {
-	b := make([]byte, 17)
+	n := 17
+	if r.State == StateConfirmed {
+		n = 25
+	}
+	b := make([]byte, n)
 	b[0] = byte(r.State)
 	binary.BigEndian.PutUint64(b[1:], msOrZero(r.Delivered))
 	binary.BigEndian.PutUint64(b[9:], msOrZero(r.Read))
+	if n == 25 {
+		binary.BigEndian.PutUint64(b[17:], msOrZero(r.Confirmed))
+	}
 	return b
 }
 
 func decodeReceipt(user string, b []byte) (Receipt, error) {
-	if len(b) != 17 || b[0] < byte(StateSent) || b[0] > byte(StateRead) {
+	switch {
+	case len(b) == 17 && b[0] >= byte(StateSent) && b[0] <= byte(StateRead):
+	case len(b) == 25 && b[0] == byte(StateConfirmed):
+	default:
 		return Receipt{}, ErrCorrupt
 	}
-	return Receipt{
+	r := Receipt{
 		User:      user,
 		State:     State(b[0]),
 		Delivered: timeOrZero(binary.BigEndian.Uint64(b[1:])),
 		Read:      timeOrZero(binary.BigEndian.Uint64(b[9:])),
-	}, nil
+	}
+	if len(b) == 25 {
+		r.Confirmed = timeOrZero(binary.BigEndian.Uint64(b[17:]))
+	}
+	return r, nil
 }
 
 func msOrZero(t time.Time) uint64 {

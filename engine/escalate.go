@@ -1,0 +1,849 @@
+package engine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// Escalation.
+//
+// Every change to a DING's state is an op on the commit loop, like a
+// submit: creating it, a step's timer firing, a send's outcome, a
+// provider's status report, a read, a confirmation, a cancel. So they are
+// totally ordered, and each is durable before it has any effect outside:
+//
+//   - A recipient's state (key 'e') lists its pending timers; each timer is
+//     also a key 't' | due | ding | recipient | n, so that the timer loop
+//     finds the next due timer with one seek and keeps nothing per timer
+//     in memory (escalation timers cost disk, not RAM).
+//   - Stopping a recipient (read, confirmed, cancelled) deletes its timers
+//     in the same batch that records the stop. A timer that fires is
+//     checked against the state in the batch that fires it, so a step that
+//     loses the race to a confirmation finds the recipient stopped and
+//     does nothing: no send is decided after a confirmation is durable.
+//   - A send (SMS or call) is decided in a batch that also arms a
+//     recovery timer, and made by a dispatch worker only after that batch
+//     is durable. Its outcome is recorded by another op, which disarms the
+//     recovery timer. If the process dies in between, the recovery timer
+//     fires after the restart and the send is made again: at least once per
+//     step, and at most one duplicate per crash. While the process lives, a
+//     recovery timer whose send is still in flight is re-armed instead.
+//   - Ledger events are keys 'l' | ding | recipient | n, and each is also
+//     pushed to the sender's stream as an EntryDing entry.
+//
+// Alternatives rejected: an in-memory timer heap rebuilt at start-up (a
+// million pending steps would cost a full scan before the first fire and
+// tens of megabytes of RAM); sending from the commit loop (it would wait on
+// the provider); recording a send only after it is made (a crash after the
+// send but before the record would lose the provider's reference, and a
+// confirmation could not stop a send already decided).
+
+// MaxSendAttempts bounds the sends of one step whose outcome stayed
+// unknown (timeouts, provider errors) or that the carrier failed.
+const MaxSendAttempts = 4
+
+func sendBackoff(attempt int) time.Duration {
+	switch attempt {
+	case 1:
+		return 5 * time.Second
+	case 2:
+		return 30 * time.Second
+	default:
+		return 2 * time.Minute
+	}
+}
+
+// sendTask is a send decided by a durable batch, for a dispatch worker.
+type sendTask struct {
+	id      ID
+	idx     int
+	n       uint32 // the recovery timer
+	ch      Channel
+	attempt int
+	phone   string
+}
+
+func inflightKey(id ID, idx int, n uint32) string {
+	return string(timerKey(0, id, idx, n)[9:])
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func isPhone(to string) bool { return strings.HasPrefix(to, "+") }
+
+// ding returns the DING record as this batch sees it.
+func (c *committer) ding(id ID) (*dingRecord, error) {
+	if r, ok := c.drecs[id]; ok {
+		return r, nil
+	}
+	r, err := c.e.loadDing(id)
+	if err != nil {
+		return nil, err
+	}
+	c.drecs[id] = r
+	return r, nil
+}
+
+// state returns a recipient's state as this batch sees it. Every state
+// loaded into the overlay is written back when the batch commits.
+func (c *committer) state(id ID, idx int) (*rcptState, error) {
+	k := string(rcptKey(id, idx))
+	if s, ok := c.dstates[k]; ok {
+		return s, nil
+	}
+	s, err := c.e.loadState(id, idx)
+	if err != nil {
+		return nil, err
+	}
+	c.dstates[k] = s
+	return s, nil
+}
+
+func (c *committer) newState(id ID, idx int, s *rcptState) {
+	c.dstates[string(rcptKey(id, idx))] = s
+}
+
+// flushStates writes every state this batch touched.
+func (c *committer) flushStates() {
+	for k, s := range c.dstates {
+		v, _ := json.Marshal(s)
+		c.batch.Set([]byte(k), v)
+	}
+}
+
+func (c *committer) quotaGet(k []byte) (uint64, error) { return c.u64(c.quota, string(k), k) }
+
+func (c *committer) quotaSet(k []byte, v uint64) {
+	c.quota[string(k)] = v
+	c.batch.Set(k, u64(v))
+}
+
+// ledger records an event in a recipient's timeline and pushes it to the
+// sender's stream.
+func (c *committer) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent) error {
+	ev.ID, ev.Index, ev.Recipient = id, idx, rec.Recipients[idx]
+	le := LedgerEvent{At: ev.At, Event: ev.Event, Device: ev.Device, Detail: ev.Detail}
+	if ev.Channel != 0 {
+		le.Channel = ev.Channel.String()
+	}
+	v, _ := json.Marshal(le)
+	c.batch.Set(ledgerKey(id, idx, s.LedgerN), v)
+	s.LedgerN++
+	if ev.Event == LedgerSent {
+		return nil // the sender's submit answer says as much
+	}
+	return c.appendEntry(rec.From, Entry{Kind: EntryDing, Ding: ev})
+}
+
+func (c *committer) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef {
+	if t.N == 0 {
+		s.TimerN++
+		t.N = s.TimerN
+	}
+	s.Timers = append(s.Timers, t)
+	c.batch.Set(timerKey(t.Due, id, idx, t.N), nil)
+	c.timerDelta++
+	if c.minDue == 0 || t.Due < c.minDue {
+		c.minDue = t.Due
+	}
+	return t
+}
+
+func (c *committer) removeTimer(id ID, idx int, s *rcptState, n uint32) (timerRef, bool) {
+	i := slices.IndexFunc(s.Timers, func(t timerRef) bool { return t.N == n })
+	if i < 0 {
+		return timerRef{}, false
+	}
+	t := s.Timers[i]
+	s.Timers = slices.Delete(s.Timers, i, i+1)
+	c.batch.Delete(timerKey(t.Due, id, idx, n))
+	c.timerDelta--
+	return t, true
+}
+
+// lookupDedupe finds a sender's earlier message with the same client id.
+func (c *committer) lookupDedupe(from, clientID string) (ID, bool, []byte, error) {
+	dk := dedupeKey(from, clientID)
+	if id, ok := c.dedupe[string(dk)]; ok {
+		return id, true, dk, nil
+	}
+	v, err := c.e.st.Get(dk)
+	switch {
+	case err == nil && len(v) == 16:
+		var id ID
+		copy(id[:], v)
+		return id, true, dk, nil
+	case err == nil:
+		return ID{}, false, nil, fmt.Errorf("dedupe %s: %w", from, ErrCorrupt)
+	case !errors.Is(err, store.ErrNotFound):
+		return ID{}, false, nil, err
+	}
+	return ID{}, false, dk, nil
+}
+
+func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
+	var dk []byte
+	if q.ClientID != "" {
+		id, dup, k, err := c.lookupDedupe(q.From, q.ClientID)
+		if err != nil || dup {
+			return DingResult{ID: id, Created: id.Time(), Duplicate: dup}, err
+		}
+		dk = k
+	}
+	// Refusals first: a refused DING writes nothing.
+	qs := &c.e.cfg.Quotas
+	day := utcDay(now)
+	sk := quotaKey('s', q.From, day)
+	sent, err := c.quotaGet(sk)
+	if err != nil {
+		return DingResult{}, err
+	}
+	if qs.DingsPerSenderPerDay > 0 && sent >= uint64(qs.DingsPerSenderPerDay) {
+		c.e.metrics.refusals.WithLabelValues(ReasonSenderDaily).Inc()
+		tomorrow := time.Date(now.UTC().Year(), now.UTC().Month(), now.UTC().Day()+1, 0, 0, 0, 0, time.UTC)
+		return DingResult{}, &QuotaError{Reason: ReasonSenderDaily,
+			Detail: fmt.Sprintf("%d DINGs today, limit %d", sent, qs.DingsPerSenderPerDay), RetryAfter: tomorrow.Sub(now)}
+	}
+	var refused []Refusal
+	ok := make([]bool, len(q.To))
+	for i, to := range q.To {
+		if !q.Critical {
+			if in, end := q.contacts[i].Quiet.In(now); in {
+				refused = append(refused, Refusal{to, ReasonQuietHours, end.Sub(now)})
+				continue
+			}
+		}
+		if qs.RecipientInterval > 0 {
+			last, err := c.quotaGet(quotaKey('r', q.From, to))
+			if err != nil {
+				return DingResult{}, err
+			}
+			if next := time.UnixMilli(int64(last)).Add(qs.RecipientInterval); last != 0 && next.After(now) {
+				refused = append(refused, Refusal{to, ReasonInterval, next.Sub(now)})
+				continue
+			}
+		}
+		ok[i] = true
+	}
+	for _, r := range refused {
+		c.e.metrics.refusals.WithLabelValues(r.Reason).Inc()
+	}
+	if len(refused) == len(q.To) {
+		r := refused[0]
+		return DingResult{}, &QuotaError{Reason: r.Reason, RetryAfter: r.RetryAfter,
+			Detail: fmt.Sprintf("every recipient refused (%d)", len(refused))}
+	}
+
+	id := c.ids.next(now)
+	var users []string
+	for i, to := range q.To {
+		if ok[i] && !isPhone(to) {
+			users = append(users, to)
+		}
+	}
+	m := &Message{
+		ID: id, From: q.From, To: users, Kind: KindDing, Body: []byte(q.Text),
+		Created: id.Time(), ClientID: q.ClientID, Choices: q.Choices,
+	}
+	for _, u := range users {
+		if err := c.appendEntry(u, Entry{Kind: EntryMessage, Message: m}); err != nil {
+			return DingResult{}, err
+		}
+	}
+	c.batch.Set(messageKey(id), encodeMessage(m))
+	sentR := encodeReceipt(Receipt{State: StateSent})
+	for _, u := range users {
+		c.batch.Set(receiptKey(id, u), sentR)
+	}
+	if dk != nil {
+		c.batch.Set(dk, id[:])
+		c.dedupe[string(dk)] = id
+	}
+	rec := &dingRecord{
+		From: q.From, Created: ms(m.Created), Policy: q.policyID, Plan: q.policy.plan(),
+		Until: q.policy.Until, Choices: q.Choices, Critical: q.Critical, Recipients: q.To,
+	}
+	v, _ := json.Marshal(rec)
+	c.batch.Set(dingKey(id), v)
+	c.drecs[id] = rec
+	c.quotaSet(sk, sent+1)
+	c.newMsgs = append(c.newMsgs, m)
+	ri := 0
+	for i, to := range q.To {
+		s := &rcptState{Status: StatusPending, User: !isPhone(to), Phone: q.contacts[i].Phone}
+		if !s.User {
+			s.Phone = to
+		}
+		c.newState(id, i, s)
+		if !ok[i] {
+			s.Status = StatusRefused
+			r := refused[ri]
+			ri++
+			if err := c.ledger(id, i, s, rec, DingEvent{Event: LedgerQuotaRefused, Detail: r.Reason, At: now}); err != nil {
+				return DingResult{}, err
+			}
+			continue
+		}
+		if qs.RecipientInterval > 0 {
+			c.quotaSet(quotaKey('r', q.From, to), uint64(ms(now)))
+		}
+		if s.User {
+			if err := c.ledger(id, i, s, rec, DingEvent{Event: LedgerSent, Channel: ChannelInApp, At: now}); err != nil {
+				return DingResult{}, err
+			}
+		}
+		if s.Phone != "" {
+			c.batch.Set(phoneKey(s.Phone, id, i), nil)
+		}
+		if err := c.advance(id, i, s, rec, now); err != nil {
+			return DingResult{}, err
+		}
+	}
+	return DingResult{ID: id, Created: m.Created, Refused: refused}, nil
+}
+
+// advance fires every planned step that is due and arms a timer for the
+// next one.
+func (c *committer) advance(id ID, idx int, s *rcptState, rec *dingRecord, now time.Time) error {
+	created := time.UnixMilli(rec.Created)
+	for s.Status == StatusPending && s.Next < len(rec.Plan) {
+		due := created.Add(rec.Plan[s.Next].After)
+		if due.After(now) {
+			c.addTimer(id, idx, s, timerRef{Kind: timerStep, Step: s.Next, Due: ms(due)})
+			return nil
+		}
+		step := s.Next
+		s.Next++
+		if err := c.fireStep(id, idx, s, rec, step, now); err != nil {
+			return err
+		}
+		if s.Next == len(rec.Plan) && len(rec.Plan) > 1 {
+			if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerExhausted, At: now}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (c *committer) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step int, now time.Time) error {
+	ps := rec.Plan[step]
+	switch ps.Channel {
+	case ChannelInApp:
+		if ps.After == 0 || !s.User {
+			return nil // the message itself; or a recipient outside the app
+		}
+		c.e.metrics.step(ChannelInApp, "reminder")
+		user := rec.Recipients[idx]
+		ev := DingEvent{ID: id, Index: idx, Recipient: user, Event: LedgerReminder, Channel: ChannelInApp, At: now}
+		if err := c.appendEntry(user, Entry{Kind: EntryDing, Ding: ev}); err != nil {
+			return err
+		}
+		return c.ledger(id, idx, s, rec, ev)
+	default:
+		return c.startSend(id, idx, s, rec, ps.Channel, now)
+	}
+}
+
+// startSend charges the org's budget and decides a send.
+func (c *committer) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, now time.Time) error {
+	if s.Phone == "" {
+		c.e.metrics.step(ch, "no_phone")
+		return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerNoPhone, Channel: ch, At: now})
+	}
+	limit, reason := c.e.cfg.Quotas.SMSPerDay, ReasonSMSBudget
+	if ch == ChannelVoice {
+		limit, reason = c.e.cfg.Quotas.CallsPerDay, ReasonVoiceBudget
+	}
+	if limit > 0 {
+		k := quotaKey('b', ch.String(), utcDay(now))
+		n, err := c.quotaGet(k)
+		if err != nil {
+			return err
+		}
+		if n >= uint64(limit) {
+			c.e.metrics.refusals.WithLabelValues(reason).Inc()
+			c.e.metrics.step(ch, "quota")
+			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerQuotaRefused, Channel: ch, Detail: reason, At: now})
+		}
+		c.quotaSet(k, n+1)
+	}
+	return c.dispatch(id, idx, s, rec, ch, 1, now)
+}
+
+// dispatch decides a send: it arms the recovery timer and queues the task
+// for the dispatch workers once this batch is durable.
+func (c *committer) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, now time.Time) error {
+	t := c.addTimer(id, idx, s, timerRef{
+		Kind: timerSend, Ch: ch, Attempt: attempt, Recover: true,
+		Due: ms(now.Add(c.e.cfg.RecoverAfter)),
+	})
+	c.e.inflightAdd(inflightKey(id, idx, t.N))
+	c.sends = append(c.sends, sendTask{id: id, idx: idx, n: t.N, ch: ch, attempt: attempt, phone: s.Phone})
+	return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerSending, Channel: ch, Detail: fmt.Sprintf("attempt %d", attempt), At: now})
+}
+
+// stop ends a pending recipient's escalation: its timers go, and its
+// phone no longer matches SMS replies.
+func (c *committer) stop(id ID, idx int, s *rcptState, rec *dingRecord, status string, by Channel, now time.Time) {
+	s.Status, s.By, s.Ended = status, by, ms(now)
+	for len(s.Timers) > 0 {
+		c.removeTimer(id, idx, s, s.Timers[0].N)
+	}
+	if s.Phone != "" {
+		c.batch.Delete(phoneKey(s.Phone, id, idx))
+	}
+	took := now.Sub(time.UnixMilli(rec.Created)).Seconds()
+	switch status {
+	case StatusRead:
+		c.e.metrics.timeToRead.WithLabelValues(by.String()).Observe(took)
+	case StatusConfirmed:
+		c.e.metrics.timeToConfirm.WithLabelValues(by.String()).Observe(took)
+	}
+}
+
+// confirm records a confirmation by channel ch with an answer already
+// checked against the DING's choices.
+func (c *committer) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, answer int, now time.Time) error {
+	switch s.Status {
+	case StatusConfirmed:
+		return nil
+	case StatusRefused:
+		return fmt.Errorf("%w: %s", ErrNotRecipient, id)
+	}
+	detail := ""
+	if answer > 0 {
+		detail = strconv.Itoa(answer) + " " + rec.Choices[answer-1]
+	}
+	if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerConfirmed, Channel: ch, Detail: detail, At: now}); err != nil {
+		return err
+	}
+	if s.Status == StatusPending {
+		c.stop(id, idx, s, rec, StatusConfirmed, ch, now)
+	} else {
+		s.Status, s.By, s.Ended = StatusConfirmed, ch, ms(now)
+	}
+	s.Answer = answer
+	if !s.User {
+		return nil
+	}
+	user := rec.Recipients[idx]
+	rk := receiptKey(id, user)
+	r, err := c.receipt(rk, user)
+	if err != nil {
+		return err
+	}
+	if r.Delivered.IsZero() {
+		r.Delivered = now
+	}
+	if r.Read.IsZero() {
+		r.Read = now
+	}
+	r.State, r.Confirmed = StateConfirmed, now
+	c.setReceipt(rk, r)
+	var ev events
+	ev.add(rec.From, id)
+	if user != rec.From {
+		ev.add(user, id)
+	}
+	return c.notify(&ev, user, StateConfirmed, now)
+}
+
+func (c *committer) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) error {
+	rec, err := c.ding(id)
+	if errors.Is(err, ErrNotFound) {
+		if _, merr := c.e.Message(id); merr == nil {
+			return fmt.Errorf("%w: %s", ErrNotDing, id)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	idx := slices.Index(rec.Recipients, user)
+	if idx < 0 {
+		return fmt.Errorf("%w: %s", ErrNotRecipient, id)
+	}
+	if answer < 0 || answer > len(rec.Choices) {
+		return fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(rec.Choices))
+	}
+	s, err := c.state(id, idx)
+	if err != nil {
+		return err
+	}
+	return c.confirm(id, idx, s, rec, ch, answer, now)
+}
+
+// userState returns a user recipient's state, or nil if there is none (the
+// DING is gone, or the user is not a recipient). Only store failures are
+// errors, so that the read or ack calling it is never half applied.
+func (c *committer) userState(id ID, user string) (*dingRecord, *rcptState, int, error) {
+	rec, err := c.ding(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil, 0, nil
+	}
+	if err != nil {
+		return nil, nil, 0, abort(err)
+	}
+	idx := slices.Index(rec.Recipients, user)
+	if idx < 0 {
+		return nil, nil, 0, nil
+	}
+	s, err := c.state(id, idx)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil, 0, nil
+	}
+	if err != nil {
+		return nil, nil, 0, abort(err)
+	}
+	return rec, s, idx, nil
+}
+
+// dingRead is called for each DING a read moved to read.
+func (c *committer) dingRead(id ID, user string, now time.Time) error {
+	rec, s, idx, err := c.userState(id, user)
+	if err != nil || s == nil {
+		return err
+	}
+	if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerRead, Channel: ChannelInApp, At: now}); err != nil {
+		return err
+	}
+	if s.Status == StatusPending && rec.Until == StopRead {
+		c.stop(id, idx, s, rec, StatusRead, ChannelInApp, now)
+	}
+	return nil
+}
+
+// dingDelivered is called for each DING a device acknowledged for the
+// first time.
+func (c *committer) dingDelivered(id ID, user, device string, now time.Time) error {
+	rec, s, idx, err := c.userState(id, user)
+	if err != nil || s == nil {
+		return err
+	}
+	return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerDelivered, Channel: ChannelInApp, Device: device, At: now})
+}
+
+func (c *committer) applyCancel(id ID, now time.Time) error {
+	rec, err := c.ding(id)
+	if err != nil {
+		return err
+	}
+	for i := range rec.Recipients {
+		s, err := c.state(id, i)
+		if err != nil {
+			return err
+		}
+		if s.Status != StatusPending {
+			continue
+		}
+		if err := c.ledger(id, i, s, rec, DingEvent{Event: LedgerCancelled, At: now}); err != nil {
+			return err
+		}
+		c.stop(id, i, s, rec, StatusCancelled, 0, now)
+	}
+	return nil
+}
+
+// ref returns a provider reference's value as this batch sees it.
+func (c *committer) ref(ref string) ([]byte, error) {
+	if v, ok := c.refs[ref]; ok {
+		return v, nil
+	}
+	v, err := c.e.st.Get(refKey(ref))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: provider reference", ErrNotFound)
+	}
+	return v, err
+}
+
+func (c *committer) setRef(ref string, v []byte) {
+	c.refs[ref] = v
+	c.batch.Set(refKey(ref), v)
+}
+
+var providerLedger = map[ProviderEvent]LedgerKind{
+	ProviderSMSQueued: "", ProviderSMSSent: LedgerSMSSent, ProviderSMSDelivered: LedgerSMSDelivered, ProviderSMSFailed: LedgerSMSFailed,
+	ProviderCallInitiated: "", ProviderCallRinging: LedgerCallRinging, ProviderCallAnswered: LedgerCallAnswered,
+	ProviderCallCompleted: LedgerCallCompleted, ProviderCallBusy: LedgerCallBusy, ProviderCallNoAnswer: LedgerCallNoAnswer,
+	ProviderCallFailed: LedgerCallFailed,
+}
+
+func (c *committer) applyProviderStatus(ref string, pe ProviderEvent, detail string, now time.Time) error {
+	kind, known := providerLedger[pe]
+	if !known {
+		return fmt.Errorf("%w: provider event %d", ErrBadAnswer, pe)
+	}
+	v, err := c.ref(ref)
+	if err != nil {
+		return err
+	}
+	id, idx, ch, attempt, err := parseRefValue(v[:min(len(v), 20)])
+	if err != nil {
+		return err
+	}
+	if kind == "" {
+		return nil // already recorded when the provider accepted the send
+	}
+	rec, err := c.ding(id)
+	if err != nil {
+		return err
+	}
+	s, err := c.state(id, idx)
+	if err != nil {
+		return err
+	}
+	if len(detail) > 64 {
+		detail = detail[:64]
+	}
+	if err := c.ledger(id, idx, s, rec, DingEvent{Event: kind, Channel: ch, Detail: detail, At: now}); err != nil {
+		return err
+	}
+	terminal := pe == ProviderSMSFailed || pe == ProviderCallBusy || pe == ProviderCallNoAnswer || pe == ProviderCallFailed
+	if !terminal || len(v) > 20 || s.Status != StatusPending {
+		return nil // not an outcome that needs action, or acted on already
+	}
+	c.setRef(ref, append(v[:20:20], 1))
+	if ch == ChannelSMS {
+		return c.retryLater(id, idx, s, rec, ch, attempt, now)
+	}
+	return c.fallback(id, idx, s, rec, now)
+}
+
+// retryLater arms a retry of a failed send, or gives up after
+// MaxSendAttempts.
+func (c *committer) retryLater(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, now time.Time) error {
+	if attempt >= MaxSendAttempts {
+		return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerSendFailed, Channel: ch, Detail: fmt.Sprintf("%d attempts", attempt), At: now})
+	}
+	wait := sendBackoff(attempt)
+	c.addTimer(id, idx, s, timerRef{Kind: timerSend, Ch: ch, Attempt: attempt + 1, Reason: "retry", Due: ms(now.Add(wait))})
+	return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerRetry, Channel: ch, Detail: fmt.Sprintf("attempt %d in %v", attempt+1, wait), At: now})
+}
+
+// fallback sends an SMS at once because a call did not reach the person.
+func (c *committer) fallback(id ID, idx int, s *rcptState, rec *dingRecord, now time.Time) error {
+	if c.e.cfg.NoCallFallback {
+		return nil
+	}
+	if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerFallback, Channel: ChannelSMS, At: now}); err != nil {
+		return err
+	}
+	return c.startSend(id, idx, s, rec, ChannelSMS, now)
+}
+
+func (c *committer) applyDigits(ref, digits string, now time.Time) error {
+	v, err := c.ref(ref)
+	if err != nil {
+		return err
+	}
+	id, idx, ch, _, err := parseRefValue(v[:min(len(v), 20)])
+	if err != nil {
+		return err
+	}
+	if ch != ChannelVoice {
+		return fmt.Errorf("%w: not a call", ErrNotFound)
+	}
+	rec, err := c.ding(id)
+	if err != nil {
+		return err
+	}
+	s, err := c.state(id, idx)
+	if err != nil {
+		return err
+	}
+	digits = strings.TrimSpace(digits)
+	if len(digits) > 8 {
+		digits = digits[:8]
+	}
+	if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerDigits, Channel: ChannelVoice, Detail: digits, At: now}); err != nil {
+		return err
+	}
+	answer, ok := parseAnswer(digits, rec.Choices, false)
+	if !ok {
+		return fmt.Errorf("%w: key %q", ErrBadAnswer, digits)
+	}
+	return c.confirm(id, idx, s, rec, ChannelVoice, answer, now)
+}
+
+// parseAnswer maps a keypress or an SMS reply to an answer: "1" confirms
+// (choosing the first choice, if any); another choice's number chooses
+// it; in replies, words like OK, yes or 收到 confirm without a choice.
+func parseAnswer(s string, choices []string, words bool) (int, bool) {
+	s = strings.ToLower(strings.TrimSpace(strings.Trim(s, ".!。！")))
+	if n, err := strconv.Atoi(s); err == nil {
+		switch {
+		case n == 1 && len(choices) == 0:
+			return 0, true
+		case n >= 1 && n <= len(choices):
+			return n, true
+		}
+		return 0, false
+	}
+	if words {
+		switch s {
+		case "ok", "okay", "yes", "y", "confirm", "confirmed", "收到", "好", "确认", "確認", "好的":
+			return 0, true
+		}
+	}
+	return 0, false
+}
+
+func (c *committer) applyInboundSMS(phone, body string, now time.Time) error {
+	p := phonePrefix(phone)
+	// The newest pending DING for the phone: ids grow with time, so it is
+	// the last key. (A stop in this same batch is caught below.)
+	k, _, err := c.e.st.Last(p, prefixEnd(p))
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: nothing pending for this phone", ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	if len(k) != len(p)+18 {
+		return ErrCorrupt
+	}
+	var id ID
+	copy(id[:], k[len(p):])
+	idx := int(k[len(k)-2])<<8 | int(k[len(k)-1])
+	rec, err := c.ding(id)
+	if err != nil {
+		return err
+	}
+	s, err := c.state(id, idx)
+	if err != nil {
+		return err
+	}
+	if s.Status != StatusPending {
+		return fmt.Errorf("%w: nothing pending for this phone", ErrNotFound)
+	}
+	answer, ok := parseAnswer(body, rec.Choices, true)
+	if !ok {
+		text := body
+		if len(text) > 160 {
+			text = text[:160]
+			for !utf8.ValidString(text) {
+				text = text[:len(text)-1]
+			}
+		}
+		if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerReply, Channel: ChannelSMS, Detail: text, At: now}); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: reply", ErrBadAnswer)
+	}
+	return c.confirm(id, idx, s, rec, ChannelSMS, answer, now)
+}
+
+func (c *committer) applySendResult(t sendTask, ref string, sendErr error, now time.Time) error {
+	rec, err := c.ding(t.id)
+	if err != nil {
+		return err
+	}
+	s, err := c.state(t.id, t.idx)
+	if err != nil {
+		return err
+	}
+	c.removeTimer(t.id, t.idx, s, t.n)
+	ev := DingEvent{Channel: t.ch, At: now}
+	switch {
+	case sendErr == nil:
+		c.e.metrics.step(t.ch, "sent")
+		if ref != "" {
+			c.setRef(ref, refValue(t.id, t.idx, t.ch, t.attempt))
+		}
+		ev.Event, ev.Detail = LedgerSMSQueued, ref
+		if t.ch == ChannelVoice {
+			ev.Event = LedgerCallInitiated
+		}
+		return c.ledger(t.id, t.idx, s, rec, ev)
+	case errors.Is(sendErr, ErrNotConfigured):
+		c.e.metrics.step(t.ch, "not_configured")
+		ev.Event = LedgerNotConfigured
+		return c.ledger(t.id, t.idx, s, rec, ev)
+	case errors.Is(sendErr, ErrRejected):
+		c.e.metrics.step(t.ch, "rejected")
+		ev.Event, ev.Detail = LedgerSMSFailed, "rejected by the provider"
+		if t.ch == ChannelVoice {
+			ev.Event = LedgerCallFailed
+		}
+		if err := c.ledger(t.id, t.idx, s, rec, ev); err != nil {
+			return err
+		}
+		if t.ch == ChannelVoice && s.Status == StatusPending {
+			return c.fallback(t.id, t.idx, s, rec, now)
+		}
+		return nil
+	default:
+		c.e.metrics.step(t.ch, "error")
+		if s.Status != StatusPending {
+			return nil
+		}
+		return c.retryLater(t.id, t.idx, s, rec, t.ch, t.attempt, now)
+	}
+}
+
+// fireTimers runs the timers the timer loop found due.
+func (c *committer) fireTimers(keys [][]byte, now time.Time) error {
+	for _, k := range keys {
+		due, id, idx, n, err := parseTimerKey(k)
+		if err != nil {
+			c.e.log.Error("dropping corrupt timer key", "key", fmt.Sprintf("%x", k))
+			c.batch.Delete(k)
+			continue
+		}
+		s, err := c.state(id, idx)
+		if errors.Is(err, ErrNotFound) {
+			c.batch.Delete(k)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(s.Timers, func(t timerRef) bool { return t.N == n && t.Due == due })
+		if i < 0 {
+			c.batch.Delete(k) // disarmed by an op since the timer loop's scan
+			continue
+		}
+		t := s.Timers[i]
+		c.e.metrics.lateness.Observe(max(0, now.Sub(time.UnixMilli(due)).Seconds()))
+		c.removeTimer(id, idx, s, n)
+		if t.Recover && c.e.inflightHas(inflightKey(id, idx, n)) {
+			// The send is still in flight here: wait for its outcome.
+			t.Due = ms(now.Add(c.e.cfg.RecoverAfter))
+			c.addTimer(id, idx, s, t)
+			continue
+		}
+		if s.Status != StatusPending {
+			continue
+		}
+		rec, err := c.ding(id)
+		if err != nil {
+			return err
+		}
+		switch t.Kind {
+		case timerStep:
+			if t.Step == s.Next {
+				if err := c.advance(id, idx, s, rec, now); err != nil {
+					return err
+				}
+			}
+		case timerSend:
+			if t.Recover {
+				if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerRetry, Channel: t.Ch, Detail: "outcome not recorded before a restart; sending again", At: now}); err != nil {
+					return err
+				}
+			}
+			if err := c.dispatch(id, idx, s, rec, t.Ch, t.Attempt, now); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Channel is a way of reaching a person during an escalation.
+type Channel uint8
+
+const (
+	// ChannelInApp is the recipient's stream: every device of the user.
+	ChannelInApp Channel = 1
+	// ChannelSMS is a text message to the recipient's phone.
+	ChannelSMS Channel = 2
+	// ChannelVoice is a phone call that speaks the message and gathers a
+	// keypress.
+	ChannelVoice Channel = 3
+)
+
+func (c Channel) String() string {
+	switch c {
+	case ChannelInApp:
+		return "inapp"
+	case ChannelSMS:
+		return "sms"
+	case ChannelVoice:
+		return "voice"
+	}
+	return "unknown"
+}
+
+// ParseChannel parses "inapp", "sms" or "voice".
+func ParseChannel(s string) (Channel, error) {
+	switch s {
+	case "inapp", "app":
+		return ChannelInApp, nil
+	case "sms":
+		return ChannelSMS, nil
+	case "voice", "call":
+		return ChannelVoice, nil
+	}
+	return 0, fmt.Errorf("%w: unknown channel %q (want inapp, sms or voice)", ErrBadPolicy, s)
+}
+
+// Outbound is one external send of an escalation step: an SMS or a call.
+type Outbound struct {
+	Ding      ID      // the DING's id (also its message's id)
+	Recipient int     // the recipient's index in the DING
+	Attempt   int     // 1 for the first send of this step, 2 for its first retry, ...
+	Channel   Channel // ChannelSMS or ChannelVoice
+	To        string  // E.164 phone number. Never log it.
+	Text      string  // what to send or speak. Never log it.
+	// Choices is the DING's response menu; the recipient answers with the
+	// choice's number (1-based). Empty means "1 confirms".
+	Choices []string
+}
+
+// Notifier sends SMS and calls (package channels/twilio implements it).
+//
+// Send is called concurrently from the engine's dispatch workers, with a
+// context that carries the send's deadline. It returns the provider's
+// reference for the message or call (for Twilio, its SID), which later
+// status reports name (see Engine.ProviderStatus).
+//
+// Errors, and what the engine does with them:
+//   - ErrNotConfigured: the channel has no provider. Recorded in the
+//     ledger; the escalation goes on with its next step. Not retried.
+//   - an error wrapping ErrRejected: the provider certainly did not accept
+//     the request, and sending it again would fail the same way (an
+//     invalid number, a 4xx answer). Recorded as failed; not retried.
+//   - any other error: the outcome is unknown (a timeout, a 5xx answer, a
+//     broken connection): the provider may or may not have accepted it.
+//     The engine retries with backoff, accepting a possible duplicate.
+type Notifier interface {
+	Send(ctx context.Context, o Outbound) (ref string, err error)
+}
+
+var (
+	// ErrNotConfigured is returned by a Notifier for a channel it cannot
+	// send on (no provider credentials).
+	ErrNotConfigured = errors.New("engine: channel not configured")
+	// ErrRejected is wrapped by a Notifier error when the provider certainly
+	// did not accept the request and a retry would fail the same way.
+	ErrRejected = errors.New("engine: rejected by provider")
+	// ErrBadPolicy is returned (wrapped, with the reason) for an escalation
+	// policy that cannot be parsed or used.
+	ErrBadPolicy = errors.New("engine: bad escalation policy")
+)
+
+// ProviderEvent is what a provider reports about an SMS or a call it was
+// given, mapped from its own vocabulary by the channel (package
+// channels/twilio maps Twilio's status callbacks).
+type ProviderEvent uint8
+
+const (
+	ProviderSMSQueued     ProviderEvent = iota + 1 // accepted, waiting to go out
+	ProviderSMSSent                                // handed to the carrier
+	ProviderSMSDelivered                           // the carrier confirmed delivery
+	ProviderSMSFailed                              // failed or undelivered
+	ProviderCallInitiated                          // dialling
+	ProviderCallRinging                            // ringing
+	ProviderCallAnswered                           // in progress
+	ProviderCallCompleted                          // ended after an answer
+	ProviderCallBusy                               // busy
+	ProviderCallNoAnswer                           // not answered
+	ProviderCallFailed                             // could not be placed, or cancelled
+)
