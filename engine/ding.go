@@ -580,13 +580,17 @@ func (e *Engine) CancelDing(ctx context.Context, id ID) error {
 // ProviderStatus records what the provider reports about the SMS or call
 // with reference ref. It returns ErrNotFound for an unknown reference.
 func (e *Engine) ProviderStatus(ctx context.Context, ref string, ev ProviderEvent, detail string) error {
-	return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyProviderStatus(ref, ev, detail, now) })
+	return e.awaitRef(ctx, func() error {
+		return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyProviderStatus(ref, ev, detail, now) })
+	})
 }
 
 // ProviderDigits records keys pressed in the call ref. A valid answer
 // confirms; anything else returns ErrBadAnswer. ErrNotFound: unknown call.
 func (e *Engine) ProviderDigits(ctx context.Context, ref, digits string) error {
-	return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyDigits(ref, digits, now) })
+	return e.awaitRef(ctx, func() error {
+		return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyDigits(ref, digits, now) })
+	})
 }
 
 // InboundSMS handles an SMS from phone: "1", "OK", "yes", "收到" or a

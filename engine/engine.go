@@ -194,17 +194,18 @@ type Engine struct {
 	pubDone  chan struct{}
 
 	// Escalation (timer.go).
-	pendingTimers atomic.Int64 // durable count of armed timers; written by the commit loop
-	minArmed      atomic.Int64 // earliest timer armed since the timer loop last looked (ms)
-	timerWake     chan struct{}
-	stopTimers    chan struct{}
-	timerDone     chan struct{}
-	sendQ         chan sendTask
-	sendCtx       context.Context // cancelled by Close, to end sends in flight
-	cancelSends   context.CancelFunc
-	dispatchWG    sync.WaitGroup
-	inflightMu    sync.Mutex
-	inflight      map[string]struct{} // sends decided and not yet recorded; guarded by inflightMu
+	pendingTimers  atomic.Int64 // durable count of armed timers; written by the commit loop
+	minArmed       atomic.Int64 // earliest timer armed since the timer loop last looked (ms)
+	timerWake      chan struct{}
+	stopTimers     chan struct{}
+	timerDone      chan struct{}
+	sendQ          chan sendTask
+	sendCtx        context.Context // cancelled by Close, to end sends in flight
+	cancelSends    context.CancelFunc
+	dispatchWG     sync.WaitGroup
+	inflightMu     sync.Mutex
+	inflight       map[string]struct{} // sends decided and not yet recorded; guarded by inflightMu
+	inflightShrank chan struct{}       // closed and replaced when inflight loses an entry; guarded by inflightMu
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -233,6 +234,8 @@ func Open(cfg Config) (*Engine, error) {
 		timerDone:  make(chan struct{}),
 		sendQ:      make(chan sendTask, 4096),
 		inflight:   map[string]struct{}{},
+
+		inflightShrank: make(chan struct{}),
 	}
 	e.minArmed.Store(math.MaxInt64)
 	e.sendCtx, e.cancelSends = context.WithCancel(context.Background())

@@ -108,8 +108,39 @@ func (e *Engine) inflightAdd(k string) {
 
 func (e *Engine) inflightDel(k string) {
 	e.inflightMu.Lock()
-	delete(e.inflight, k)
+	if _, ok := e.inflight[k]; ok {
+		delete(e.inflight, k)
+		close(e.inflightShrank)
+		e.inflightShrank = make(chan struct{})
+	}
 	e.inflightMu.Unlock()
+}
+
+// awaitRef runs op, which looks up a provider reference. A provider can
+// report on a send (a status callback, a keypress) before the send's
+// outcome, which carries the reference, is recorded: so while op finds
+// nothing and sends are in flight, it waits for them to be recorded and
+// tries again, for at most SendTimeout.
+func (e *Engine) awaitRef(ctx context.Context, op func() error) error {
+	deadline := e.cfg.Clock.Now().Add(e.cfg.SendTimeout)
+	timeout := time.After(e.cfg.SendTimeout) // real time: a fake clock may stand still
+	for {
+		// Look before trying: a send recorded while op runs closes shrank.
+		e.inflightMu.Lock()
+		n, shrank := len(e.inflight), e.inflightShrank
+		e.inflightMu.Unlock()
+		err := op()
+		if !errors.Is(err, ErrNotFound) || n == 0 || e.cfg.Clock.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-shrank:
+		case <-timeout:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 func (e *Engine) inflightHas(k string) bool {

@@ -13,16 +13,24 @@ import (
 	"github.com/dingmq/ding/engine/store"
 )
 
-// ErrBadPhone is returned by PutUser for a phone number not in E.164 form.
-var ErrBadPhone = errors.New("fanout: phone must be E.164, like +14155550100")
+var (
+	// ErrBadPhone is returned by PutUser for a phone number not in E.164 form.
+	ErrBadPhone = errors.New("fanout: phone must be E.164, like +14155550100")
+	// ErrBadQuietHours is returned by PutUser for quiet hours that do not
+	// parse (see engine.ParseQuietHours).
+	ErrBadQuietHours = errors.New("fanout: bad quiet hours")
+)
 
 // User is a person in the directory.
 type User struct {
-	ID      string    `json:"id"`
-	Name    string    `json:"name"`
-	Phone   string    `json:"phone,omitempty"` // E.164; never logged
-	Created time.Time `json:"created"`
-	Updated time.Time `json:"updated"`
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Phone string `json:"phone,omitempty"` // E.164; never logged
+	// QuietHours is a daily window in which non-critical DINGs are
+	// refused: "22:00-07:00" (UTC) or "22:00-07:00 Europe/Berlin".
+	QuietHours string    `json:"quiet_hours,omitempty"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
 }
 
 var e164 = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
@@ -37,17 +45,21 @@ type Directory struct {
 	clock engine.Clock
 
 	mu    sync.RWMutex
-	users map[string]User // guarded by mu
+	users map[string]User              // guarded by mu
+	quiet map[string]engine.QuietHours // parsed User.QuietHours, for users that have them; guarded by mu
 }
 
-var _ engine.Recipients = (*Directory)(nil)
+var (
+	_ engine.Recipients = (*Directory)(nil)
+	_ engine.Contacts   = (*Directory)(nil)
+)
 
 // OpenDirectory loads the directory from st.
 func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 	if clock == nil {
 		clock = engine.SystemClock{}
 	}
-	d := &Directory{st: st, clock: clock, users: map[string]User{}}
+	d := &Directory{st: st, clock: clock, users: map[string]User{}, quiet: map[string]engine.QuietHours{}}
 	p := userKey("")
 	var derr error
 	err := st.Scan(p, []byte{engine.PrefixDirectory, 'u' + 1}, func(k, v []byte) bool {
@@ -57,6 +69,9 @@ func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 			return false
 		}
 		d.users[u.ID] = u
+		if q, err := engine.ParseQuietHours(u.QuietHours); err == nil && u.QuietHours != "" {
+			d.quiet[u.ID] = q
+		}
 		return true
 	})
 	if err == nil {
@@ -88,6 +103,9 @@ func (d *Directory) PutUsers(us []User) (created int, err error) {
 		if len(u.Name) > 200 {
 			return 0, fmt.Errorf("%w: display name of %s longer than 200 bytes", engine.ErrBadName, u.ID)
 		}
+		if _, err := engine.ParseQuietHours(u.QuietHours); err != nil {
+			return 0, fmt.Errorf("%w: user %s: %v", ErrBadQuietHours, u.ID, err)
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -114,8 +132,23 @@ func (d *Directory) PutUsers(us []User) (created int, err error) {
 	}
 	for _, u := range out {
 		d.users[u.ID] = u
+		delete(d.quiet, u.ID)
+		if u.QuietHours != "" {
+			d.quiet[u.ID], _ = engine.ParseQuietHours(u.QuietHours)
+		}
 	}
 	return created, nil
+}
+
+// Contact implements engine.Contacts.
+func (d *Directory) Contact(id string) (engine.Contact, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	u, ok := d.users[id]
+	if !ok {
+		return engine.Contact{}, fmt.Errorf("%w: %q", engine.ErrUnknownRecipient, id)
+	}
+	return engine.Contact{Name: u.Name, Phone: u.Phone, Quiet: d.quiet[id]}, nil
 }
 
 // User returns a user by id.

@@ -17,6 +17,20 @@
 //	                                -> {"id","created","duplicate"} after the message is durable
 //	GET  /v1/messages/{id}/receipts -> {"id","from","recipients":[{"user","state","delivered","read"}]}
 //	POST /v1/backup                 {"dir"} -> a Pebble checkpoint written into dir
+//
+// DINGs (see dings.go):
+//
+//	POST /v1/dings                  {"from","to":[user ids or +E164],"text","policy"|"policy_name","choices","critical","client_msg_id"}
+//	                                -> 201 {"id","created","duplicate","refused":[{"recipient","reason","retry_after"}]}
+//	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After
+//	GET  /v1/dings?from=&after=&limit=  -> {"dings":[{"id","from","created","recipients"}]}
+//	GET  /v1/dings/{id}             -> the DING with every recipient's status and ledger
+//	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped
+//	PUT  /v1/policies/{name}        {"policy":"inapp,sms@5m,voice@15m until=confirmed"}
+//	GET  /v1/policies               -> {"policies":{"name":"spec"},"builtin_default":"spec"}
+//
+// Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
+// they authenticate by Twilio's request signature, not the admin token.
 package httpapi
 
 import (
@@ -55,6 +69,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the API's metrics; nil means none.
 	Registerer prometheus.Registerer
+	// Webhooks, if set, serves /twilio/ (package channels/twilio).
+	Webhooks http.Handler
 }
 
 // API is the http.Handler.
@@ -96,6 +112,15 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/messages", a.sendMessage)
 	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
 	a.admin("POST /v1/backup", a.backup)
+	a.admin("POST /v1/dings", a.postDing)
+	a.admin("GET /v1/dings", a.listDings)
+	a.admin("GET /v1/dings/{id}", a.getDing)
+	a.admin("POST /v1/dings/{id}/cancel", a.cancelDing)
+	a.admin("PUT /v1/policies/{name}", a.putPolicy)
+	a.admin("GET /v1/policies", a.listPolicies)
+	if cfg.Webhooks != nil {
+		a.mux.Handle("/twilio/", cfg.Webhooks)
+	}
 	return a, nil
 }
 
@@ -103,9 +128,11 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTT
 
 // apiError is an error with its HTTP status and stable code.
 type apiError struct {
-	status int
-	code   string
-	detail string
+	status     int
+	code       string
+	detail     string
+	reason     string        // optional machine-readable reason (quota refusals)
+	retryAfter time.Duration // optional; sets Retry-After
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.detail }
@@ -154,8 +181,15 @@ func (a *API) admin(pattern string, h func(r *http.Request) (int, any, error)) {
 
 func writeErr(w http.ResponseWriter, e *apiError) {
 	w.Header().Set("Content-Type", "application/json")
+	body := map[string]string{"code": e.code, "detail": e.detail}
+	if e.reason != "" {
+		body["reason"] = e.reason
+	}
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", fmt.Sprint(int64((e.retryAfter+time.Second-1)/time.Second)))
+	}
 	w.WriteHeader(e.status)
-	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": e.code, "detail": e.detail}})
+	json.NewEncoder(w).Encode(map[string]any{"error": body})
 }
 
 func decode(r *http.Request, v any) error {
@@ -179,10 +213,20 @@ func engineErr(err error) error {
 	case errors.Is(err, engine.ErrUnknownRecipient):
 		return errf(http.StatusUnprocessableEntity, "UNKNOWN_RECIPIENT", "%v", err)
 	case errors.Is(err, engine.ErrNoRecipients), errors.Is(err, engine.ErrTooManyRecipients),
-		errors.Is(err, engine.ErrBadName), errors.Is(err, engine.ErrBadKind), errors.Is(err, fanout.ErrBadPhone):
+		errors.Is(err, engine.ErrBadName), errors.Is(err, engine.ErrBadKind), errors.Is(err, fanout.ErrBadPhone),
+		errors.Is(err, fanout.ErrBadQuietHours), errors.Is(err, engine.ErrBadDing), errors.Is(err, engine.ErrBadAnswer):
 		return errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
+	case errors.Is(err, engine.ErrBadPolicy):
+		return errf(http.StatusBadRequest, "BAD_POLICY", "%v", err)
+	case errors.Is(err, engine.ErrQuota):
+		var qe *engine.QuotaError
+		ae := errf(http.StatusTooManyRequests, "QUOTA_EXCEEDED", "%v", err)
+		if errors.As(err, &qe) {
+			ae.reason, ae.retryAfter = qe.Reason, qe.RetryAfter
+		}
+		return ae
 	case errors.Is(err, engine.ErrNotFound):
-		return errf(http.StatusNotFound, "NOT_FOUND", "no such message")
+		return errf(http.StatusNotFound, "NOT_FOUND", "%v", err)
 	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
 		return errf(http.StatusServiceUnavailable, "UNAVAILABLE", "server cannot accept writes now")
 	}
@@ -198,9 +242,14 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 type userJSON struct {
-	ID    string `json:"id"`
-	Name  string `json:"name"`
-	Phone string `json:"phone,omitempty"`
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	Phone      string `json:"phone,omitempty"`
+	QuietHours string `json:"quiet_hours,omitempty"`
+}
+
+func (u userJSON) user() fanout.User {
+	return fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone, QuietHours: u.QuietHours}
 }
 
 func (a *API) putUser(r *http.Request) (int, any, error) {
@@ -214,7 +263,7 @@ func (a *API) putUser(r *http.Request) (int, any, error) {
 		}
 		u.ID = id
 	}
-	created, err := a.cfg.Directory.PutUser(fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone})
+	created, err := a.cfg.Directory.PutUser(u.user())
 	if err != nil {
 		return 0, nil, engineErr(err)
 	}
@@ -234,7 +283,7 @@ func (a *API) putUsers(r *http.Request) (int, any, error) {
 	}
 	us := make([]fanout.User, len(req.Users))
 	for i, u := range req.Users {
-		us[i] = fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone}
+		us[i] = u.user()
 	}
 	n, err := a.cfg.Directory.PutUsers(us)
 	if err != nil {
@@ -337,9 +386,13 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 		State     string     `json:"state"`
 		Delivered *time.Time `json:"delivered,omitempty"`
 		Read      *time.Time `json:"read,omitempty"`
+		Confirmed *time.Time `json:"confirmed,omitempty"`
 	}
 	out := make([]rj, 0, len(rs))
 	counts := map[string]int{"sent": 0, "delivered": 0, "read": 0}
+	if m.Kind == engine.KindDing {
+		counts["confirmed"] = 0
+	}
 	for _, r := range rs {
 		x := rj{User: r.User, State: r.State.String()}
 		if !r.Delivered.IsZero() {
@@ -349,6 +402,10 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 		if !r.Read.IsZero() {
 			t := r.Read.UTC()
 			x.Read = &t
+		}
+		if !r.Confirmed.IsZero() {
+			t := r.Confirmed.UTC()
+			x.Confirmed = &t
 		}
 		counts[x.State]++
 		out = append(out, x)

@@ -29,7 +29,8 @@ const maxWebhookBody = 64 << 10
 // request's context, and only after the request's signature was checked.
 //
 // An error wrapping engine.ErrNotFound (an unknown SID, no pending DING
-// for that phone) is answered 200, so that Twilio does not retry; any
+// for that phone) or engine.ErrBadAnswer (a reply or keypress that did not
+// confirm; it is recorded) is answered 200, so that Twilio does not retry; any
 // other error is answered 500 (Twilio retries status callbacks) and
 // logged, so it must not contain a phone number or a message text.
 type Reports interface {
@@ -193,6 +194,9 @@ func (n *Notifier) gather(w http.ResponseWriter, r *http.Request, f url.Values, 
 	case errors.Is(err, engine.ErrNotFound):
 		writeTwiml(w, http.StatusOK, sorryTwiml)
 		return "unknown"
+	case errors.Is(err, engine.ErrBadAnswer):
+		writeTwiml(w, http.StatusOK, sorryTwiml)
+		return "not_understood"
 	}
 	n.logReportError(r, "gather", sid, err)
 	writeTwiml(w, http.StatusOK, sorryTwiml)
@@ -213,6 +217,9 @@ func (n *Notifier) inbound(w http.ResponseWriter, r *http.Request, f url.Values,
 	case errors.Is(err, engine.ErrNotFound):
 		writeTwiml(w, http.StatusOK, emptyTwiml)
 		return "unknown"
+	case errors.Is(err, engine.ErrBadAnswer):
+		writeTwiml(w, http.StatusOK, emptyTwiml) // recorded in the ledger; nothing to retry
+		return "not_understood"
 	}
 	n.logReportError(r, "inbound_sms", f.Get("MessageSid"), err)
 	http.Error(w, "internal error", http.StatusInternalServerError)

@@ -4,8 +4,14 @@
 //	dingd --data /var/lib/ding --listen :7070 --http 127.0.0.1:7080
 //
 // Every flag has an environment equivalent (DING_DATA, DING_LISTEN,
-// DING_HTTP, DING_MAX_BODY, DING_LOG_LEVEL); a flag given on the command
-// line wins. On first start dingd writes an admin token to DATA/admin.token
+// DING_HTTP, DING_MAX_BODY, DING_LOG_LEVEL, TWILIO_ACCOUNT_SID,
+// TWILIO_AUTH_TOKEN, ...; --help lists them); a flag given on the command
+// line wins. Prefer the environment for TWILIO_AUTH_TOKEN: flags show in ps.
+//
+// SMS and voice escalation of DINGs go through Twilio when
+// --twilio-account-sid, --twilio-auth-token, --twilio-from and --public-url
+// are set; --twilio-api-url points the client at a Twilio-compatible
+// gateway or a fake (channels/twilio/twiliotest) for a local demo. On first start dingd writes an admin token to DATA/admin.token
 // (mode 0600). SIGTERM or SIGINT drains and stops cleanly.
 package main
 
@@ -23,6 +29,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/node"
 )
 
@@ -40,6 +48,18 @@ func env(name, def string) string {
 	return def
 }
 
+func envInt(name string, def int) (int, error) {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	return n, nil
+}
+
 func run(args []string) error {
 	fs := flag.NewFlagSet("dingd", flag.ContinueOnError)
 	data := fs.String("data", env("DING_DATA", "./ding-data"), "data directory (env DING_DATA)")
@@ -53,6 +73,30 @@ func run(args []string) error {
 	level := fs.String("log-level", env("DING_LOG_LEVEL", "info"), "debug, info, warn or error (env DING_LOG_LEVEL)")
 	drain := fs.Duration("drain-timeout", 15*time.Second, "how long SIGTERM waits for connections to drain")
 	pprofAddr := fs.String("pprof", env("DING_PPROF", ""), "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (env DING_PPROF; off by default)")
+	var tw twilio.Config
+	fs.StringVar(&tw.AccountSID, "twilio-account-sid", env("TWILIO_ACCOUNT_SID", ""), "Twilio account SID (env TWILIO_ACCOUNT_SID); empty: SMS and voice steps are not configured")
+	fs.StringVar(&tw.AuthToken, "twilio-auth-token", env("TWILIO_AUTH_TOKEN", ""), "Twilio auth token (env TWILIO_AUTH_TOKEN; prefer the env)")
+	fs.StringVar(&tw.From, "twilio-from", env("TWILIO_FROM", ""), "E.164 number SMS and calls come from (env TWILIO_FROM)")
+	fs.StringVar(&tw.PublicURL, "public-url", env("DING_PUBLIC_URL", ""), "base URL where Twilio reaches this server's webhooks, e.g. https://ding.example.com (env DING_PUBLIC_URL)")
+	fs.StringVar(&tw.APIURL, "twilio-api-url", env("TWILIO_API_URL", ""), "base URL replacing https://api.twilio.com (env TWILIO_API_URL)")
+	var q engine.Quotas
+	if q.DingsPerSenderPerDay, err = envInt("DING_SENDER_DAILY", 0); err != nil {
+		return err
+	}
+	fs.IntVar(&q.DingsPerSenderPerDay, "ding-sender-daily", q.DingsPerSenderPerDay, "DINGs one sender may send per UTC day; 0: 200, -1: unlimited (env DING_SENDER_DAILY)")
+	interval, err := time.ParseDuration(env("DING_RECIPIENT_INTERVAL", "0s"))
+	if err != nil {
+		return fmt.Errorf("DING_RECIPIENT_INTERVAL: %w", err)
+	}
+	fs.DurationVar(&q.RecipientInterval, "ding-recipient-interval", interval, "shortest time between DINGs from one sender to the same recipient; 0: 5m, negative: none (env DING_RECIPIENT_INTERVAL)")
+	if q.SMSPerDay, err = envInt("DING_SMS_PER_DAY", 0); err != nil {
+		return err
+	}
+	fs.IntVar(&q.SMSPerDay, "sms-per-day", q.SMSPerDay, "org-wide SMS budget per UTC day; 0: 10000, -1: unlimited (env DING_SMS_PER_DAY)")
+	if q.CallsPerDay, err = envInt("DING_CALLS_PER_DAY", 0); err != nil {
+		return err
+	}
+	fs.IntVar(&q.CallsPerDay, "calls-per-day", q.CallsPerDay, "org-wide call budget per UTC day; 0: 2000, -1: unlimited (env DING_CALLS_PER_DAY)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,6 +116,7 @@ func run(args []string) error {
 	}
 	n, err := node.Start(node.Config{
 		DataDir: *data, SocketAddr: *listen, HTTPAddr: *httpAddr, MaxBody: maxBody, Logger: log,
+		Twilio: tw, Quotas: q,
 	})
 	if err != nil {
 		return err

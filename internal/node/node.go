@@ -25,6 +25,7 @@ import (
 	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 	"github.com/dingmq/ding/fanout"
@@ -51,6 +52,13 @@ type Config struct {
 	Clock engine.Clock
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Twilio configures SMS and voice escalation; without an account SID
+	// and auth token those steps are recorded as not configured. Its
+	// Logger and Registerer are filled in by Start.
+	Twilio twilio.Config
+	// Quotas bound DINGs; zero fields take the engine's defaults.
+	Quotas engine.Quotas
 }
 
 // Node is a running server.
@@ -116,9 +124,19 @@ func Start(cfg Config) (n *Node, err error) {
 	if n.dir, err = fanout.OpenDirectory(n.db, cfg.Clock); err != nil {
 		return nil, err
 	}
+	tc := cfg.Twilio
+	tc.Logger, tc.Registerer = cfg.Logger, reg
+	notifier, err := twilio.New(tc)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	if !notifier.Configured() {
+		cfg.Logger.Warn("Twilio is not configured: SMS and voice escalation steps will be recorded as not configured")
+	}
 	if n.eng, err = engine.Open(engine.Config{
 		Store: n.db, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger, Registerer: reg,
+		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas,
 	}); err != nil {
 		return nil, err
 	}
@@ -140,6 +158,7 @@ func Start(cfg Config) (n *Node, err error) {
 	api, err := httpapi.New(httpapi.Config{
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, Gatherer: reg,
 		Ready: n.ready.Load, Logger: cfg.Logger, Registerer: reg,
+		Webhooks: notifier.Handler(n.eng),
 	})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,136 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/dingmq/ding/engine"
+)
+
+func (a *API) postDing(r *http.Request) (int, any, error) {
+	var req struct {
+		From        string   `json:"from"`
+		To          []string `json:"to"`
+		Text        string   `json:"text"`
+		Policy      string   `json:"policy"`
+		PolicyName  string   `json:"policy_name"`
+		Choices     []string `json:"choices"`
+		Critical    bool     `json:"critical"`
+		ClientMsgID string   `json:"client_msg_id"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if _, ok := a.cfg.Directory.User(req.From); !ok {
+		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
+	}
+	res, err := a.cfg.Engine.Ding(r.Context(), engine.DingRequest{
+		From: req.From, To: req.To, Text: req.Text, Policy: req.Policy, PolicyName: req.PolicyName,
+		Choices: req.Choices, Critical: req.Critical, ClientID: req.ClientMsgID,
+	})
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	refused := res.Refused
+	if refused == nil {
+		refused = []engine.Refusal{}
+	}
+	status := http.StatusCreated
+	if res.Duplicate {
+		status = http.StatusOK
+	}
+	return status, map[string]any{"id": res.ID.String(), "created": res.Created.UTC(), "duplicate": res.Duplicate, "refused": refused}, nil
+}
+
+func dingID(r *http.Request) (engine.ID, error) {
+	id, err := engine.ParseID(r.PathValue("id"))
+	if err != nil {
+		return id, errf(http.StatusBadRequest, "BAD_REQUEST", "malformed DING id")
+	}
+	return id, nil
+}
+
+func (a *API) getDing(r *http.Request) (int, any, error) {
+	id, err := dingID(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	ds, err := a.cfg.Engine.DingStatus(id)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	return http.StatusOK, ds, nil
+}
+
+func (a *API) cancelDing(r *http.Request) (int, any, error) {
+	id, err := dingID(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := a.cfg.Engine.CancelDing(r.Context(), id); err != nil {
+		return 0, nil, engineErr(err)
+	}
+	ds, err := a.cfg.Engine.DingStatus(id)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	return http.StatusOK, ds, nil
+}
+
+func (a *API) listDings(r *http.Request) (int, any, error) {
+	q := r.URL.Query()
+	var after engine.ID
+	if s := q.Get("after"); s != "" {
+		var err error
+		if after, err = engine.ParseID(s); err != nil {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "malformed after id")
+		}
+	}
+	limit := 100
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "limit must be 1 to 1000")
+		}
+		limit = n
+	}
+	ds, err := a.cfg.Engine.Dings(q.Get("from"), after, limit)
+	if err != nil {
+		return 0, nil, err
+	}
+	if ds == nil {
+		ds = []engine.DingSummary{}
+	}
+	return http.StatusOK, map[string]any{"dings": ds}, nil
+}
+
+func (a *API) putPolicy(r *http.Request) (int, any, error) {
+	var req struct {
+		Policy string `json:"policy"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	p, err := engine.ParsePolicy(req.Policy)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	name := r.PathValue("name")
+	if err := a.cfg.Engine.SetPolicy(r.Context(), name, p); err != nil {
+		return 0, nil, engineErr(err)
+	}
+	return http.StatusOK, map[string]any{"name": name, "policy": p.String()}, nil
+}
+
+func (a *API) listPolicies(r *http.Request) (int, any, error) {
+	ps, err := a.cfg.Engine.Policies()
+	if err != nil {
+		return 0, nil, err
+	}
+	out := map[string]string{}
+	for name, p := range ps {
+		out[name] = p.String()
+	}
+	// "builtin_default" is used when no policy named "default" is stored.
+	return http.StatusOK, map[string]any{"policies": out, "builtin_default": engine.DefaultPolicy.String()}, nil
+}
