@@ -103,3 +103,17 @@ func (g *idGen) next(now time.Time) ID {
 	g.last = id
 	return id
 }
+
+// MarshalText encodes the id as its 26-character text, so that JSON shows
+// ids the way the protocol and the API take them.
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText parses the 26-character text form.
+func (id *ID) UnmarshalText(b []byte) error {
+	v, err := ParseID(string(b))
+	if err != nil {
+		return err
+	}
+	*id = v
+	return nil
+}

@@ -5,6 +5,8 @@
 //	dingctl --data ./ding-data send --from ana --to bo "lunch?"
 //	dingctl --data ./ding-data listen --user bo --device laptop --read --count 1
 //	dingctl --data ./ding-data receipts 01J...
+//	dingctl --data ./ding-data ding --from ana --to bo,+14155550123 --policy "inapp,sms@5m,voice@15m" "server down"
+//	dingctl --data ./ding-data ding status 01J...
 //
 // The admin token comes from --token, else DING_TOKEN, else DIR/admin.token
 // for --data DIR (default ./ding-data). --server (DING_SERVER, default
@@ -34,7 +36,8 @@ import (
 const usage = `usage: dingctl [--token T | --data DIR] [--server URL] [--socket ADDR] COMMAND ...
 
 commands:
-  user add ID --name NAME [--phone +E164]   create or update a user
+  user add ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"]
+                                             create or update a user
   user get ID | user list                    show users
   token --user ID --device DEV [--ttl D]     print a client token
   send --from ID --to ID[,ID...] [--client-id X] TEXT
@@ -43,6 +46,14 @@ commands:
                                              print delivered messages as JSON lines
   receipts ID                                print each recipient's state as JSON
   backup --out DIR                           write a consistent copy of the store
+  ding --from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT
+                                             send a DING; prints its id
+  ding status ID                             the per-recipient ledger as JSON
+  ding list [--from ID] [--after ID] [--limit N]
+  ding cancel ID                             stop every recipient's escalation
+  policy set NAME SPEC                       store an escalation policy, e.g.
+                                             policy set oncall "inapp,sms@5m,voice@15m until=confirmed"
+  policy list
 `
 
 func main() {
@@ -124,6 +135,10 @@ func run(args []string, out io.Writer) error {
 		return receipts(g, rest, out)
 	case "backup":
 		return backup(g, rest, out)
+	case "ding":
+		return ding(g, rest, out)
+	case "policy":
+		return policy(g, rest, out)
 	case "help":
 		fs.Usage()
 		return nil
@@ -214,6 +229,7 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("user add", flag.ContinueOnError)
 	name := fs.String("name", "", "display name")
 	phone := fs.String("phone", "", "phone in E.164, like +14155550100")
+	quiet := fs.String("quiet-hours", "", `daily window without non-critical DINGs, "22:00-07:00" (UTC) or "22:00-07:00 Europe/Berlin"`)
 	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
@@ -222,7 +238,7 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 		return exitError{2, "user add: want exactly one ID"}
 	}
 	var u map[string]any
-	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone}, &u); err != nil {
+	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone, "quiet_hours": *quiet}, &u); err != nil {
 		return err
 	}
 	return printJSON(out, u)

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/dingmq/ding/engine"
+)
+
+// ding sends a DING, or runs one of its subcommands.
+func ding(g *globals, args []string, out io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "status":
+			return dingStatus(g, args[1:], out)
+		case "list":
+			return dingList(g, args[1:], out)
+		case "cancel":
+			return dingCancel(g, args[1:], out)
+		}
+	}
+	fs := flag.NewFlagSet("ding", flag.ContinueOnError)
+	from := fs.String("from", "", "sender user id")
+	to := fs.String("to", "", "recipients, comma-separated: user ids or E.164 numbers")
+	policy := fs.String("policy", "", `a stored policy's name, or a policy like "inapp,sms@5m,voice@15m until=confirmed"`)
+	choices := fs.String("choices", "", `response menu, comma-separated, e.g. "attend,decline"`)
+	critical := fs.Bool("critical", false, "ignore recipients' quiet hours")
+	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once")
+	pos, err := parse(fs, g, args)
+	if err != nil {
+		return err
+	}
+	if *from == "" || *to == "" || len(pos) == 0 {
+		return exitError{2, "ding: --from, --to and TEXT are required"}
+	}
+	req := map[string]any{
+		"from": *from, "to": strings.Split(*to, ","), "text": strings.Join(pos, " "),
+		"critical": *critical, "client_msg_id": *cid,
+	}
+	if *policy != "" {
+		// A policy that parses is a policy; anything else names a stored one.
+		if _, err := engine.ParsePolicy(*policy); err == nil {
+			req["policy"] = *policy
+		} else {
+			req["policy_name"] = *policy
+		}
+	}
+	if *choices != "" {
+		req["choices"] = strings.Split(*choices, ",")
+	}
+	var res struct {
+		ID      string
+		Refused []struct {
+			Recipient  string
+			Reason     string
+			RetryAfter int64 `json:"retry_after"`
+		}
+	}
+	if err := g.call("POST", "/v1/dings", req, &res); err != nil {
+		return err
+	}
+	for _, r := range res.Refused {
+		fmt.Fprintf(os.Stderr, "dingctl: not escalating to %s: %s\n", r.Recipient, r.Reason)
+	}
+	_, err = fmt.Fprintln(out, res.ID)
+	return err
+}
+
+func oneID(g *globals, name string, args []string) (string, error) {
+	pos, err := parse(flag.NewFlagSet(name, flag.ContinueOnError), g, args)
+	if err != nil {
+		return "", err
+	}
+	if len(pos) != 1 {
+		return "", exitError{2, name + ": want exactly one DING id"}
+	}
+	return url.PathEscape(pos[0]), nil
+}
+
+func dingStatus(g *globals, args []string, out io.Writer) error {
+	id, err := oneID(g, "ding status", args)
+	if err != nil {
+		return err
+	}
+	var res map[string]any
+	if err := g.call("GET", "/v1/dings/"+id, nil, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+func dingCancel(g *globals, args []string, out io.Writer) error {
+	id, err := oneID(g, "ding cancel", args)
+	if err != nil {
+		return err
+	}
+	var res map[string]any
+	if err := g.call("POST", "/v1/dings/"+id+"/cancel", nil, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+func dingList(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("ding list", flag.ContinueOnError)
+	from := fs.String("from", "", "only DINGs from this sender")
+	after := fs.String("after", "", "only DINGs after this id (paging)")
+	limit := fs.Int("limit", 100, "at most this many")
+	if _, err := parse(fs, g, args); err != nil {
+		return err
+	}
+	q := url.Values{"limit": {fmt.Sprint(*limit)}}
+	if *from != "" {
+		q.Set("from", *from)
+	}
+	if *after != "" {
+		q.Set("after", *after)
+	}
+	var res map[string]any
+	if err := g.call("GET", "/v1/dings?"+q.Encode(), nil, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+func policy(g *globals, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return exitError{2, "policy: want set or list"}
+	}
+	switch args[0] {
+	case "set":
+		pos, err := parse(flag.NewFlagSet("policy set", flag.ContinueOnError), g, args[1:])
+		if err != nil {
+			return err
+		}
+		if len(pos) < 2 {
+			return exitError{2, `policy set: want NAME SPEC, e.g. policy set oncall "inapp,sms@5m,voice@15m until=confirmed"`}
+		}
+		var res struct{ Name, Policy string }
+		if err := g.call("PUT", "/v1/policies/"+url.PathEscape(pos[0]), map[string]string{"policy": strings.Join(pos[1:], " ")}, &res); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(out, "%s: %s\n", res.Name, res.Policy)
+		return err
+	case "list":
+		if _, err := parse(flag.NewFlagSet("policy list", flag.ContinueOnError), g, args[1:]); err != nil {
+			return err
+		}
+		var res map[string]any
+		if err := g.call("GET", "/v1/policies", nil, &res); err != nil {
+			return err
+		}
+		return printJSON(out, res)
+	}
+	return exitError{2, "policy: unknown subcommand " + args[0]}
+}
