@@ -103,8 +103,9 @@ type Config struct {
 	// SendTimeout bounds one send to the Notifier; zero means 15s.
 	SendTimeout time.Duration
 	// RecoverAfter is how long after a send was decided it is made again
-	// if its outcome was never recorded (the process died); zero means 60s.
-	// It must exceed SendTimeout.
+	// if its outcome was never recorded because the process died; zero
+	// means 5s. (While the process lives, a send still in flight is never
+	// made twice: its recovery timer is re-armed instead.)
 	RecoverAfter time.Duration
 	// DispatchWorkers is how many sends run at once; zero means 8.
 	DispatchWorkers int
@@ -140,7 +141,7 @@ func (c *Config) setDefaults() {
 		c.SendTimeout = 15 * time.Second
 	}
 	if c.RecoverAfter == 0 {
-		c.RecoverAfter = max(60*time.Second, 2*c.SendTimeout)
+		c.RecoverAfter = 5 * time.Second
 	}
 	if c.DispatchWorkers == 0 {
 		c.DispatchWorkers = 8
@@ -215,9 +216,6 @@ func Open(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	if cfg.RecoverAfter <= cfg.SendTimeout {
-		return nil, errors.New("engine: config: RecoverAfter must exceed SendTimeout")
-	}
 	e := &Engine{
 		cfg:      cfg,
 		st:       cfg.Store,

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/channels/twilio/twiliotest"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
@@ -53,10 +56,16 @@ func dingdBinary(t *testing.T) string {
 	return binPath
 }
 
-func startDingd(t *testing.T, data string) *proc {
+// startDingd starts dingd on data; extra flags may use {http}, replaced by
+// the HTTP address.
+func startDingd(t *testing.T, data string, extra ...string) *proc {
 	t.Helper()
 	p := &proc{data: data, sock: nodetest.FreeAddr(t), http: nodetest.FreeAddr(t), stderr: &bytes.Buffer{}}
-	p.cmd = exec.Command(dingdBinary(t), "--data", data, "--listen", p.sock, "--http", p.http, "--log-level", "warn")
+	args := []string{"--data", data, "--listen", p.sock, "--http", p.http, "--log-level", "warn"}
+	for _, a := range extra {
+		args = append(args, strings.ReplaceAll(a, "{http}", p.http))
+	}
+	p.cmd = exec.Command(dingdBinary(t), args...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -235,4 +244,89 @@ func TestSIGTERMDrainsAndExitsCleanly(t *testing.T) {
 	if code := p2.admin(t, "GET", "/v1/users/bo", nil, &u); code != 200 || u["id"] != "bo" {
 		t.Fatalf("after restart: %d %v", code, u)
 	}
+}
+
+// pendingSteps reads ding_escalation_pending_steps from /metrics.
+func (p *proc) pendingSteps(t *testing.T) int {
+	t.Helper()
+	resp, err := http.Get("http://" + p.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ding_escalation_pending_steps "); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatalf("pending steps %q", v)
+			}
+			return n
+		}
+	}
+	t.Fatal("no ding_escalation_pending_steps in /metrics")
+	return 0
+}
+
+// TestKill9EscalationSendsEachStepOnceOrTwice kills dingd with SIGKILL
+// while escalation SMS are being sent through the real twilio-go client to
+// a fake Twilio, restarts it, and checks that every step was sent at least
+// once and at most twice (contract point 4).
+func TestKill9EscalationSendsEachStepOnceOrTwice(t *testing.T) {
+	const sid, tok = "AC00000000000000000000000000000001", "secret0token0for0tests"
+	fake := twiliotest.NewServer(sid, tok)
+	defer fake.Close()
+	t.Setenv("TWILIO_AUTH_TOKEN", tok)
+	flags := []string{"--twilio-account-sid", sid, "--twilio-from", "+15005550006",
+		"--public-url", "http://{http}", "--twilio-api-url", fake.URL()}
+	data := t.TempDir()
+	p := startDingd(t, data, flags...)
+	if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": "ana", "name": "Ana"}, nil); code != 201 {
+		t.Fatalf("create ana: %d", code)
+	}
+	const dings, per = 3, 300
+	var numbers []string
+	for d := range dings {
+		var to []string
+		for i := range per {
+			to = append(to, fmt.Sprintf("+1555%03d%04d", d, i))
+		}
+		numbers = append(numbers, to...)
+		var res map[string]any
+		if code := p.admin(t, "POST", "/v1/dings", map[string]any{"from": "ana", "to": to, "text": "evacuate", "policy": "sms@1s"}, &res); code != 201 {
+			t.Fatalf("ding: %d %v", code, res)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := fake.WaitFor(ctx, "sms", 150); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Wait()
+	before := fake.Count("sms")
+
+	p2 := startDingd(t, data, flags...)
+	if _, err := fake.WaitFor(ctx, "sms", len(numbers)); err != nil {
+		t.Fatalf("after restart: %v (%d sent before the kill)", err, before)
+	}
+	nodetest.WaitFor(t, "no pending steps", 20*time.Second, func() bool { return p2.pendingSteps(t) == 0 })
+	count := map[string]int{}
+	for _, r := range fake.Requests() {
+		count[r.To]++
+	}
+	dups := 0
+	for _, n := range numbers {
+		switch c := count[n]; {
+		case c == 0:
+			t.Fatalf("%s got no SMS", n)
+		case c > 2:
+			t.Fatalf("%s got %d SMS; a crash may cause at most one duplicate", n, c)
+		case c == 2:
+			dups++
+		}
+	}
+	t.Logf("%d of %d SMS sent before SIGKILL; %d duplicates after the restart", before, len(numbers), dups)
 }
