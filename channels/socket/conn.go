@@ -35,6 +35,7 @@ const (
 	codeReplaced          = pb.Code_REPLACED
 	codeShuttingDown      = pb.Code_SHUTTING_DOWN
 	codeNotFound          = pb.Code_NOT_FOUND
+	codeUnavailable       = pb.Code_UNAVAILABLE
 	codeInternal          = pb.Code_INTERNAL
 )
 
@@ -44,6 +45,9 @@ const closeGrace = time.Second
 
 // maxReadIDs bounds the ids one READ frame may carry.
 const maxReadIDs = 1000
+
+// maxConfirms bounds the CONFIRMs waiting for durability, server-wide.
+const maxConfirms = 1024
 
 // connKey carries the *conn from OnPrepare to OnRequest: netpoll's own
 // mechanism for per-connection state is the context it hands back.
@@ -148,7 +152,7 @@ func (c *conn) handle(ft pb.FrameType, payload []byte) {
 	s.m.framesByType[byte(ft)].Inc()
 	switch ft {
 	case pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
-		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY:
+		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM:
 	default:
 		c.fatal(codeUnknownFrame, 0, "not a client frame type: "+ft.String())
 		return
@@ -180,6 +184,8 @@ func (c *conn) handle(ft pb.FrameType, payload []byte) {
 	case *pb.Pong:
 	case *pb.ReceiptsQuery:
 		c.receipts(m)
+	case *pb.Confirm:
+		c.confirm(m)
 	}
 }
 
@@ -297,6 +303,43 @@ func (c *conn) read(m *pb.Read) {
 	})
 }
 
+// confirm hands a CONFIRM to the engine and answers OK once the
+// confirmation is durable. The engine has no asynchronous Confirm (as it
+// has ReadAsync), so each confirmation waits in a goroutine of its own:
+// owned by the server (Shutdown waits for them, see confirming) and
+// bounded server-wide by maxConfirms, past which a CONFIRM is refused with
+// UNAVAILABLE. Confirmations are human actions, a few per DING, so the
+// bound is about abuse, not throughput.
+func (c *conn) confirm(m *pb.Confirm) {
+	s := c.s
+	id, err := engine.ParseID(m.Id)
+	if err != nil {
+		c.sendError(codeBadRequest, m.Ref, "malformed message id", false)
+		return
+	}
+	select {
+	case s.confirmSlots <- struct{}{}:
+	default:
+		s.m.confirmOverflows.Inc()
+		c.sendError(codeUnavailable, m.Ref, "too many confirmations in progress; retry later", false)
+		return
+	}
+	ref, user, answer := m.Ref, c.user, int(m.Answer)
+	s.confirming.Add(1)
+	go func() {
+		defer s.confirming.Add(-1)
+		defer func() { <-s.confirmSlots }()
+		// Not a request-scoped context: the engine answers every op once
+		// it is durable or failed, and the socket server shuts down before
+		// the engine closes.
+		if err := s.cfg.Engine.Confirm(context.Background(), user, id, answer); err != nil {
+			c.fail(ref, err)
+			return
+		}
+		c.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref}))
+	}()
+}
+
 func (c *conn) receipts(m *pb.ReceiptsQuery) {
 	e := c.s.cfg.Engine
 	id, err := engine.ParseID(m.Id)
@@ -326,6 +369,7 @@ func (c *conn) receipts(m *pb.ReceiptsQuery) {
 	for _, r := range rs {
 		out.Recipients = append(out.Recipients, &pb.RecipientState{
 			User: r.User, State: pb.State(r.State), DeliveredMs: msOrZero(r.Delivered), ReadMs: msOrZero(r.Read),
+			ConfirmedMs: msOrZero(r.Confirmed),
 		})
 	}
 	c.Send(wire.Encode(pb.FrameType_RECEIPTS, out))
@@ -360,10 +404,16 @@ func CodeOf(err error) (code pb.Code, fatal bool, detail string) {
 		return codeBadRequest, false, err.Error()
 	case errors.Is(err, engine.ErrNotRecipient):
 		return pb.Code_NOT_RECIPIENT, false, err.Error()
+	case errors.Is(err, engine.ErrNotFound):
+		return codeNotFound, false, err.Error()
+	case errors.Is(err, engine.ErrNotDing):
+		return pb.Code_NOT_DING, false, err.Error()
+	case errors.Is(err, engine.ErrBadAnswer):
+		return pb.Code_BAD_ANSWER, false, err.Error()
 	case errors.Is(err, engine.ErrBadAck):
 		return pb.Code_BAD_ACK, true, err.Error()
 	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
-		return pb.Code_UNAVAILABLE, false, "server cannot accept writes now; retry later"
+		return codeUnavailable, false, "server cannot accept writes now; retry later"
 	}
 	return codeInternal, false, "internal error; retry"
 }

@@ -10,7 +10,8 @@
 //     stream from the resume point and then pushes live entries.
 //  3. SUBMIT goes to the engine without waiting: the SUBMIT_ACK is written
 //     when the commit loop reports the message durable. ACK and READ go to
-//     the engine the same way.
+//     the engine the same way; a CONFIRM (of a DING) waits for its OK in a
+//     bounded goroutine the server owns (see conn.confirm).
 //  4. Errors are typed codes (pb.Code); fatal ones end the connection.
 //
 // Netpoll calls OnRequest when bytes arrive. It decodes whole frames, hands
@@ -130,6 +131,10 @@ type Server struct {
 	// WaitGroup: a connection accepted while Shutdown waits may still
 	// start one, and WaitGroup forbids an Add racing a Wait at zero.
 	flushers atomic.Int64
+	// confirming counts goroutines waiting on Engine.Confirm (a counter
+	// for the same reason as flushers); confirmSlots bounds them.
+	confirming   atomic.Int64
+	confirmSlots chan struct{}
 }
 
 type connShard struct {
@@ -162,7 +167,10 @@ func New(cfg Config) (*Server, error) {
 		netpoll.LinkBufferCap = netpollMinNode
 		_ = netpoll.Configure(netpoll.Config{BufferSize: netpollBufferSize})
 	})
-	s := &Server{cfg: cfg, log: cfg.Logger, quit: make(chan struct{}), served: make(chan struct{})}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, quit: make(chan struct{}), served: make(chan struct{}),
+		confirmSlots: make(chan struct{}, maxConfirms),
+	}
 	for i := range s.shards {
 		s.shards[i].conns = map[uint64]*conn{}
 	}
@@ -256,7 +264,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	// Every connection has closed; stop the event loop, then wait for the
-	// last flushers.
+	// last flushers and confirmations (which the engine, still open,
+	// finishes).
 	lerr := s.loop.Shutdown(ctx)
 	for started {
 		select {
@@ -268,7 +277,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			lerr = s.loop.Shutdown(ctx) // Serve had not registered yet
 		}
 	}
-	for s.flushers.Load() > 0 {
+	for s.flushers.Load() > 0 || s.confirming.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

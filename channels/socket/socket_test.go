@@ -406,7 +406,7 @@ func TestRandomFramesNeverHurtTheServer(t *testing.T) {
 	n := start(t, socket.Config{})
 	rng := rand.New(rand.NewPCG(1, 2))
 	types := []pb.FrameType{pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ, pb.FrameType_PING,
-		pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_HELLO, 0, 99}
+		pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM, pb.FrameType_HELLO, 0, 99}
 	for round := range 30 {
 		r := dialRaw(t, n)
 		r.hello(nodetest.Token(t, n, "bo", "phone"), "phone")

@@ -10,7 +10,11 @@
 //	defer c.Close()
 //	res, err := c.Send(ctx, []string{"bo"}, []byte("hi"))   // returns after the durable ack
 //	for e := range c.Entries() {
-//		if e.Message != nil { ... }
+//		switch {
+//		case e.Message != nil: ...   // kind DING: show Choices, then c.Confirm(ctx, e.Message.ID, n)
+//		case e.Receipt != nil: ...
+//		case e.Ding != nil: ...      // a DING's progress, or a reminder
+//		}
 //		c.Ack(e.Seq)                                   // cumulative; the server stores it
 //	}
 //
@@ -28,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	mrand "math/rand/v2"
 	"net"
 	"slices"
@@ -72,6 +77,9 @@ type Message struct {
 	Kind    pb.Kind
 	Body    []byte
 	Created time.Time
+	// Choices is a DING's response menu (Kind DING only; may be empty):
+	// Confirm with 1 for the first choice.
+	Choices []string
 }
 
 // Receipt is a receipt event: User's state for the messages IDs moved
@@ -83,11 +91,28 @@ type Receipt struct {
 	At    time.Time
 }
 
-// Entry is one stream entry; exactly one of Message and Receipt is set.
+// DingEvent is an event of a DING. The sender's stream gets one for each
+// event of each recipient's ledger (delivered, read, confirmed, sms_queued,
+// call_initiated, digits, ...; see PROTOCOL.md); a recipient's stream gets
+// Event "reminder" when an in-app reminder step fires.
+type DingEvent struct {
+	ID        string // the DING, which is also its message's id
+	Index     int    // the recipient's position in the DING's sorted recipients
+	Recipient string // user id, or E.164 phone number for someone outside the app
+	Event     string
+	Channel   string // "inapp", "sms", "voice", or empty
+	Device    string // for "delivered"
+	Detail    string // for "confirmed": the answer and its choice, "2 decline"
+	At        time.Time
+}
+
+// Entry is one stream entry; exactly one of Message, Receipt and Ding is
+// set.
 type Entry struct {
 	Seq     uint64
 	Message *Message
 	Receipt *Receipt
+	Ding    *DingEvent
 }
 
 // SendResult answers a durable Send.
@@ -133,7 +158,7 @@ type Client struct {
 	welcome  *pb.Welcome             // guarded by mu
 	nextRef  uint64                  // guarded by mu
 	submits  map[uint64]*pendingSub  // guarded by mu
-	requests map[uint64]chan reqDone // READ and RECEIPTS_QUERY waiters; guarded by mu
+	requests map[uint64]chan reqDone // READ, CONFIRM and RECEIPTS_QUERY waiters; guarded by mu
 	acked    uint64                  // guarded by mu
 	err      error                   // terminal error; guarded by mu
 
@@ -440,7 +465,7 @@ loop:
 	}
 	c.mu.Lock()
 	c.nc = nil
-	// READ and RECEIPTS_QUERY are not resent; their callers retry.
+	// READ, CONFIRM and RECEIPTS_QUERY are not resent; their callers retry.
 	for ref, ch := range c.requests {
 		ch <- reqDone{err: fmt.Errorf("client: disconnected: %w", err)}
 		delete(c.requests, ref)
@@ -467,9 +492,15 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 		case *pb.Deliver:
 			c.deliver(Entry{Seq: m.Seq, Message: &Message{
 				ID: m.Id, From: m.From, To: m.To, Kind: m.Kind, Body: m.Body, Created: time.UnixMilli(m.CreatedMs),
+				Choices: m.Choices,
 			}})
 		case *pb.Receipt:
 			c.deliver(Entry{Seq: m.Seq, Receipt: &Receipt{IDs: m.Ids, User: m.User, State: m.State, At: time.UnixMilli(m.AtMs)}})
+		case *pb.DingEvent:
+			c.deliver(Entry{Seq: m.Seq, Ding: &DingEvent{
+				ID: m.Id, Index: int(m.Index), Recipient: m.Recipient, Event: m.Event, Channel: m.Channel,
+				Device: m.Device, Detail: m.Detail, At: time.UnixMilli(m.AtMs),
+			}})
 		case *pb.SubmitAck:
 			c.finishSubmit(m.Ref, subDone{res: SendResult{ID: m.Id, Created: time.UnixMilli(m.CreatedMs), Duplicate: m.Duplicate}})
 		case *pb.Ok:
@@ -565,7 +596,9 @@ func (c *Client) writeTo(nc net.Conn, frame []byte) {
 // SendOption adjusts one Send.
 type SendOption func(*pb.Submit)
 
-// WithKind sets the message kind (default TEXT).
+// WithKind sets the message kind (default TEXT). Kind DING is refused
+// with BAD_REQUEST: DINGs are sent through the admin API, which escalates
+// them.
 func WithKind(k pb.Kind) SendOption { return func(s *pb.Submit) { s.Kind = k } }
 
 // WithClientID sets the client message id (default: one unique to this
@@ -670,6 +703,22 @@ func (c *Client) request(ctx context.Context, build func(ref uint64) []byte) (pr
 func (c *Client) Read(ctx context.Context, ids ...string) error {
 	_, err := c.request(ctx, func(ref uint64) []byte {
 		return wire.Encode(pb.FrameType_READ, &pb.Read{Ref: ref, Ids: ids})
+	})
+	return err
+}
+
+// Confirm confirms a DING this user received, with answer: the 1-based
+// number of one of its choices, or 0 to confirm without choosing. It stops
+// the DING's escalation for this user and returns once that is durable.
+// Confirming again succeeds and changes nothing. Errors from the server
+// are *Error with code NOT_FOUND, NOT_DING, NOT_RECIPIENT or BAD_ANSWER
+// (do not retry unchanged), or UNAVAILABLE (retry later).
+func (c *Client) Confirm(ctx context.Context, id string, answer int) error {
+	if answer < 0 || answer > math.MaxUint32 {
+		return fmt.Errorf("client: confirm %s: answer %d out of range", id, answer)
+	}
+	_, err := c.request(ctx, func(ref uint64) []byte {
+		return wire.Encode(pb.FrameType_CONFIRM, &pb.Confirm{Ref: ref, Id: id, Answer: uint32(answer)})
 	})
 	return err
 }

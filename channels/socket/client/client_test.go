@@ -226,7 +226,8 @@ func TestBadTokenIsFatal(t *testing.T) {
 }
 
 // TestDuplicatesFromServerAreDropped plays a server that replays entries
-// the client already handed to the app, and checks the app sees each once.
+// (messages, receipts and DING events) the client already handed to the
+// app, and checks the app sees each once, as the kind it was sent.
 func TestDuplicatesFromServerAreDropped(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -251,7 +252,14 @@ func TestDuplicatesFromServerAreDropped(t *testing.T) {
 			io.ReadFull(nc, make([]byte, n-1))
 			out := wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: 60000})
 			for _, s := range seqs {
-				out = wire.Append(out, pb.FrameType_DELIVER, &pb.Deliver{Seq: s, Id: fmt.Sprint(s)})
+				switch s % 3 {
+				case 1:
+					out = wire.Append(out, pb.FrameType_DELIVER, &pb.Deliver{Seq: s, Id: fmt.Sprint(s)})
+				case 2:
+					out = wire.Append(out, pb.FrameType_DING_EVENT, &pb.DingEvent{Seq: s, Id: fmt.Sprint(s), Event: "reminder"})
+				default:
+					out = wire.Append(out, pb.FrameType_RECEIPT, &pb.Receipt{Seq: s, Ids: []string{fmt.Sprint(s)}})
+				}
 			}
 			nc.Write(out)
 			nc.Close()
@@ -264,8 +272,21 @@ func TestDuplicatesFromServerAreDropped(t *testing.T) {
 	}
 	defer c.Close()
 	for want := uint64(1); want <= 5; want++ {
-		if e := nextMessage(t, c); e.Seq != want {
+		e := next(t, c)
+		if e.Seq != want {
 			t.Fatalf("app got seq %d, want %d", e.Seq, want)
+		}
+		var ok bool
+		switch want % 3 {
+		case 1:
+			ok = e.Message != nil && e.Receipt == nil && e.Ding == nil && e.Message.ID == fmt.Sprint(want)
+		case 2:
+			ok = e.Ding != nil && e.Message == nil && e.Receipt == nil && e.Ding.ID == fmt.Sprint(want) && e.Ding.Event == "reminder"
+		default:
+			ok = e.Receipt != nil && e.Message == nil && e.Ding == nil
+		}
+		if !ok {
+			t.Fatalf("seq %d: entry %+v", want, e)
 		}
 	}
 	if err := <-served; err != nil {

@@ -37,12 +37,14 @@ const (
 	FrameType_RECEIPT                FrameType = 6  // server -> client, a receipt event in the stream
 	FrameType_ACK                    FrameType = 7  // client -> server, cumulative delivery ack
 	FrameType_READ                   FrameType = 8  // client -> server, mark messages read
-	FrameType_OK                     FrameType = 9  // server -> client, a READ is durable
+	FrameType_OK                     FrameType = 9  // server -> client, a READ or CONFIRM is durable
 	FrameType_PING                   FrameType = 10 // either way
 	FrameType_PONG                   FrameType = 11 // either way
 	FrameType_ERROR                  FrameType = 12 // server -> client
 	FrameType_RECEIPTS_QUERY         FrameType = 13 // client -> server
 	FrameType_RECEIPTS               FrameType = 14 // server -> client
+	FrameType_DING_EVENT             FrameType = 15 // server -> client, a DING event in the stream
+	FrameType_CONFIRM                FrameType = 16 // client -> server, confirm a DING; answered by OK
 )
 
 // Enum value maps for FrameType.
@@ -63,6 +65,8 @@ var (
 		12: "ERROR",
 		13: "RECEIPTS_QUERY",
 		14: "RECEIPTS",
+		15: "DING_EVENT",
+		16: "CONFIRM",
 	}
 	FrameType_value = map[string]int32{
 		"FRAME_TYPE_UNSPECIFIED": 0,
@@ -80,6 +84,8 @@ var (
 		"ERROR":                  12,
 		"RECEIPTS_QUERY":         13,
 		"RECEIPTS":               14,
+		"DING_EVENT":             15,
+		"CONFIRM":                16,
 	}
 )
 
@@ -116,6 +122,7 @@ const (
 	Kind_KIND_UNSPECIFIED Kind = 0
 	Kind_TEXT             Kind = 1 // UTF-8 text
 	Kind_DATA             Kind = 2 // opaque application payload
+	Kind_DING             Kind = 3 // an urgent UTF-8 text to confirm, with optional choices; never submitted by clients
 )
 
 // Enum value maps for Kind.
@@ -124,11 +131,13 @@ var (
 		0: "KIND_UNSPECIFIED",
 		1: "TEXT",
 		2: "DATA",
+		3: "DING",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
 		"TEXT":             1,
 		"DATA":             2,
+		"DING":             3,
 	}
 )
 
@@ -166,6 +175,7 @@ const (
 	State_SENT              State = 1
 	State_DELIVERED         State = 2
 	State_READ_STATE        State = 3
+	State_CONFIRMED         State = 4 // a DING confirmed by the recipient; implies read
 )
 
 // Enum value maps for State.
@@ -175,12 +185,14 @@ var (
 		1: "SENT",
 		2: "DELIVERED",
 		3: "READ_STATE",
+		4: "CONFIRMED",
 	}
 	State_value = map[string]int32{
 		"STATE_UNSPECIFIED": 0,
 		"SENT":              1,
 		"DELIVERED":         2,
 		"READ_STATE":        3,
+		"CONFIRMED":         4,
 	}
 )
 
@@ -238,6 +250,8 @@ const (
 	Code_UNAVAILABLE        Code = 21 // the server cannot accept writes now; retry later
 	Code_NOT_FOUND          Code = 22 // unknown message id
 	Code_INTERNAL           Code = 23 // an internal failure; retry (fatal when the stream could not be read: reconnect)
+	Code_NOT_DING           Code = 24 // CONFIRM of a message that is not a DING
+	Code_BAD_ANSWER         Code = 25 // CONFIRM with an answer that is not one of the DING's choices
 )
 
 // Enum value maps for Code.
@@ -267,6 +281,8 @@ var (
 		21: "UNAVAILABLE",
 		22: "NOT_FOUND",
 		23: "INTERNAL",
+		24: "NOT_DING",
+		25: "BAD_ANSWER",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":   0,
@@ -293,6 +309,8 @@ var (
 		"UNAVAILABLE":        21,
 		"NOT_FOUND":          22,
 		"INTERNAL":           23,
+		"NOT_DING":           24,
+		"BAD_ANSWER":         25,
 	}
 )
 
@@ -644,6 +662,7 @@ type Deliver struct {
 	Kind          Kind                   `protobuf:"varint,5,opt,name=kind,proto3,enum=ding.v1.Kind" json:"kind,omitempty"`
 	Body          []byte                 `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
 	CreatedMs     int64                  `protobuf:"varint,7,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	Choices       []string               `protobuf:"bytes,8,rep,name=choices,proto3" json:"choices,omitempty"` // kind DING: the response menu; CONFIRM.answer 1 is the first
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -725,6 +744,13 @@ func (x *Deliver) GetCreatedMs() int64 {
 		return x.CreatedMs
 	}
 	return 0
+}
+
+func (x *Deliver) GetChoices() []string {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
 }
 
 type Receipt struct {
@@ -899,6 +925,66 @@ func (x *Read) GetIds() []string {
 	return nil
 }
 
+type Confirm struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`          // the DING (its message id), 26 chars
+	Answer        uint32                 `protobuf:"varint,3,opt,name=answer,proto3" json:"answer,omitempty"` // 1-based choice; 0 for none
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Confirm) Reset() {
+	*x = Confirm{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Confirm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Confirm) ProtoMessage() {}
+
+func (x *Confirm) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Confirm.ProtoReflect.Descriptor instead.
+func (*Confirm) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Confirm) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *Confirm) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Confirm) GetAnswer() uint32 {
+	if x != nil {
+		return x.Answer
+	}
+	return 0
+}
+
 type Ok struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -908,7 +994,7 @@ type Ok struct {
 
 func (x *Ok) Reset() {
 	*x = Ok{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[8]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1006,7 @@ func (x *Ok) String() string {
 func (*Ok) ProtoMessage() {}
 
 func (x *Ok) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[8]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1019,7 @@ func (x *Ok) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ok.ProtoReflect.Descriptor instead.
 func (*Ok) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{8}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Ok) GetRef() uint64 {
@@ -952,7 +1038,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[9]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1050,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[9]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1063,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{9}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -996,7 +1082,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1094,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1107,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{10}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Pong) GetNonce() uint64 {
@@ -1043,7 +1129,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1141,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1154,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{11}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Error) GetCode() Code {
@@ -1109,7 +1195,7 @@ type ReceiptsQuery struct {
 
 func (x *ReceiptsQuery) Reset() {
 	*x = ReceiptsQuery{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1207,7 @@ func (x *ReceiptsQuery) String() string {
 func (*ReceiptsQuery) ProtoMessage() {}
 
 func (x *ReceiptsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1220,7 @@ func (x *ReceiptsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiptsQuery.ProtoReflect.Descriptor instead.
 func (*ReceiptsQuery) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{12}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReceiptsQuery) GetRef() uint64 {
@@ -1157,13 +1243,14 @@ type RecipientState struct {
 	State         State                  `protobuf:"varint,2,opt,name=state,proto3,enum=ding.v1.State" json:"state,omitempty"`
 	DeliveredMs   int64                  `protobuf:"varint,3,opt,name=delivered_ms,json=deliveredMs,proto3" json:"delivered_ms,omitempty"`
 	ReadMs        int64                  `protobuf:"varint,4,opt,name=read_ms,json=readMs,proto3" json:"read_ms,omitempty"`
+	ConfirmedMs   int64                  `protobuf:"varint,5,opt,name=confirmed_ms,json=confirmedMs,proto3" json:"confirmed_ms,omitempty"` // DINGs only
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RecipientState) Reset() {
 	*x = RecipientState{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1262,7 @@ func (x *RecipientState) String() string {
 func (*RecipientState) ProtoMessage() {}
 
 func (x *RecipientState) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1275,7 @@ func (x *RecipientState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecipientState.ProtoReflect.Descriptor instead.
 func (*RecipientState) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{13}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RecipientState) GetUser() string {
@@ -1219,6 +1306,13 @@ func (x *RecipientState) GetReadMs() int64 {
 	return 0
 }
 
+func (x *RecipientState) GetConfirmedMs() int64 {
+	if x != nil {
+		return x.ConfirmedMs
+	}
+	return 0
+}
+
 type Receipts struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -1230,7 +1324,7 @@ type Receipts struct {
 
 func (x *Receipts) Reset() {
 	*x = Receipts{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1336,7 @@ func (x *Receipts) String() string {
 func (*Receipts) ProtoMessage() {}
 
 func (x *Receipts) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1349,7 @@ func (x *Receipts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipts.ProtoReflect.Descriptor instead.
 func (*Receipts) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{14}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Receipts) GetRef() uint64 {
@@ -1277,6 +1371,116 @@ func (x *Receipts) GetRecipients() []*RecipientState {
 		return x.Recipients
 	}
 	return nil
+}
+
+// DingEvent is an event of a DING recipient's ledger, in the sender's
+// stream; or, with event "reminder", an in-app reminder in the recipient's.
+type DingEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`               // the DING (its message id), 26 chars
+	Index         uint32                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`        // the recipient's position in the DING's sorted recipient list
+	Recipient     string                 `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"` // user id, or E.164 phone number for a recipient outside the app
+	Event         string                 `protobuf:"bytes,5,opt,name=event,proto3" json:"event,omitempty"`         // sent, delivered, read, confirmed, reminder, sms_queued, call_initiated, digits, ... (PROTOCOL.md)
+	Channel       string                 `protobuf:"bytes,6,opt,name=channel,proto3" json:"channel,omitempty"`     // inapp, sms, voice; empty when not about a channel
+	Device        string                 `protobuf:"bytes,7,opt,name=device,proto3" json:"device,omitempty"`       // the recipient's device, for delivered
+	Detail        string                 `protobuf:"bytes,8,opt,name=detail,proto3" json:"detail,omitempty"`       // depends on event: for confirmed, "<answer> <choice>"
+	AtMs          int64                  `protobuf:"varint,9,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DingEvent) Reset() {
+	*x = DingEvent{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DingEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DingEvent) ProtoMessage() {}
+
+func (x *DingEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DingEvent.ProtoReflect.Descriptor instead.
+func (*DingEvent) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DingEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *DingEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DingEvent) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *DingEvent) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *DingEvent) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *DingEvent) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *DingEvent) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *DingEvent) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *DingEvent) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
 }
 
 var File_channels_socket_pb_ding_proto protoreflect.FileDescriptor
@@ -1311,7 +1515,7 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x1c\n" +
-	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\xa5\x01\n" +
+	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\xbf\x01\n" +
 	"\aDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -1320,7 +1524,8 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x04kind\x18\x05 \x01(\x0e2\r.ding.v1.KindR\x04kind\x12\x12\n" +
 	"\x04body\x18\x06 \x01(\fR\x04body\x12\x1d\n" +
 	"\n" +
-	"created_ms\x18\a \x01(\x03R\tcreatedMs\"|\n" +
+	"created_ms\x18\a \x01(\x03R\tcreatedMs\x12\x18\n" +
+	"\achoices\x18\b \x03(\tR\achoices\"|\n" +
 	"\aReceipt\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x12\n" +
@@ -1331,7 +1536,11 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"*\n" +
 	"\x04Read\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x10\n" +
-	"\x03ids\x18\x02 \x03(\tR\x03ids\"\x16\n" +
+	"\x03ids\x18\x02 \x03(\tR\x03ids\"C\n" +
+	"\aConfirm\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x16\n" +
+	"\x06answer\x18\x03 \x01(\rR\x06answer\"\x16\n" +
 	"\x02Ok\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
@@ -1345,18 +1554,29 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x05fatal\x18\x04 \x01(\bR\x05fatal\"1\n" +
 	"\rReceiptsQuery\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"\x86\x01\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\xa9\x01\n" +
 	"\x0eRecipientState\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12$\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x0e.ding.v1.StateR\x05state\x12!\n" +
 	"\fdelivered_ms\x18\x03 \x01(\x03R\vdeliveredMs\x12\x17\n" +
-	"\aread_ms\x18\x04 \x01(\x03R\x06readMs\"e\n" +
+	"\aread_ms\x18\x04 \x01(\x03R\x06readMs\x12!\n" +
+	"\fconfirmed_ms\x18\x05 \x01(\x03R\vconfirmedMs\"e\n" +
 	"\bReceipts\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x127\n" +
 	"\n" +
 	"recipients\x18\x03 \x03(\v2\x17.ding.v1.RecipientStateR\n" +
-	"recipients*\xd1\x01\n" +
+	"recipients\"\xd6\x01\n" +
+	"\tDingEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\rR\x05index\x12\x1c\n" +
+	"\trecipient\x18\x04 \x01(\tR\trecipient\x12\x14\n" +
+	"\x05event\x18\x05 \x01(\tR\x05event\x12\x18\n" +
+	"\achannel\x18\x06 \x01(\tR\achannel\x12\x16\n" +
+	"\x06device\x18\a \x01(\tR\x06device\x12\x16\n" +
+	"\x06detail\x18\b \x01(\tR\x06detail\x12\x13\n" +
+	"\x05at_ms\x18\t \x01(\x03R\x04atMs*\xee\x01\n" +
 	"\tFrameType\x12\x1a\n" +
 	"\x16FRAME_TYPE_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05HELLO\x10\x01\x12\v\n" +
@@ -1375,17 +1595,22 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x04PONG\x10\v\x12\t\n" +
 	"\x05ERROR\x10\f\x12\x12\n" +
 	"\x0eRECEIPTS_QUERY\x10\r\x12\f\n" +
-	"\bRECEIPTS\x10\x0e*0\n" +
+	"\bRECEIPTS\x10\x0e\x12\x0e\n" +
+	"\n" +
+	"DING_EVENT\x10\x0f\x12\v\n" +
+	"\aCONFIRM\x10\x10*:\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04TEXT\x10\x01\x12\b\n" +
-	"\x04DATA\x10\x02*G\n" +
+	"\x04DATA\x10\x02\x12\b\n" +
+	"\x04DING\x10\x03*V\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04SENT\x10\x01\x12\r\n" +
 	"\tDELIVERED\x10\x02\x12\x0e\n" +
 	"\n" +
-	"READ_STATE\x10\x03*\xc3\x03\n" +
+	"READ_STATE\x10\x03\x12\r\n" +
+	"\tCONFIRMED\x10\x04*\xe1\x03\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tBAD_FRAME\x10\x01\x12\x13\n" +
@@ -1411,7 +1636,10 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\rSHUTTING_DOWN\x10\x14\x12\x0f\n" +
 	"\vUNAVAILABLE\x10\x15\x12\r\n" +
 	"\tNOT_FOUND\x10\x16\x12\f\n" +
-	"\bINTERNAL\x10\x17B+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
+	"\bINTERNAL\x10\x17\x12\f\n" +
+	"\bNOT_DING\x10\x18\x12\x0e\n" +
+	"\n" +
+	"BAD_ANSWER\x10\x19B+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
 
 var (
 	file_channels_socket_pb_ding_proto_rawDescOnce sync.Once
@@ -1426,7 +1654,7 @@ func file_channels_socket_pb_ding_proto_rawDescGZIP() []byte {
 }
 
 var file_channels_socket_pb_ding_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(FrameType)(0),         // 0: ding.v1.FrameType
 	(Kind)(0),              // 1: ding.v1.Kind
@@ -1440,13 +1668,15 @@ var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(*Receipt)(nil),        // 9: ding.v1.Receipt
 	(*Ack)(nil),            // 10: ding.v1.Ack
 	(*Read)(nil),           // 11: ding.v1.Read
-	(*Ok)(nil),             // 12: ding.v1.Ok
-	(*Ping)(nil),           // 13: ding.v1.Ping
-	(*Pong)(nil),           // 14: ding.v1.Pong
-	(*Error)(nil),          // 15: ding.v1.Error
-	(*ReceiptsQuery)(nil),  // 16: ding.v1.ReceiptsQuery
-	(*RecipientState)(nil), // 17: ding.v1.RecipientState
-	(*Receipts)(nil),       // 18: ding.v1.Receipts
+	(*Confirm)(nil),        // 12: ding.v1.Confirm
+	(*Ok)(nil),             // 13: ding.v1.Ok
+	(*Ping)(nil),           // 14: ding.v1.Ping
+	(*Pong)(nil),           // 15: ding.v1.Pong
+	(*Error)(nil),          // 16: ding.v1.Error
+	(*ReceiptsQuery)(nil),  // 17: ding.v1.ReceiptsQuery
+	(*RecipientState)(nil), // 18: ding.v1.RecipientState
+	(*Receipts)(nil),       // 19: ding.v1.Receipts
+	(*DingEvent)(nil),      // 20: ding.v1.DingEvent
 }
 var file_channels_socket_pb_ding_proto_depIdxs = []int32{
 	1,  // 0: ding.v1.Submit.kind:type_name -> ding.v1.Kind
@@ -1454,7 +1684,7 @@ var file_channels_socket_pb_ding_proto_depIdxs = []int32{
 	2,  // 2: ding.v1.Receipt.state:type_name -> ding.v1.State
 	3,  // 3: ding.v1.Error.code:type_name -> ding.v1.Code
 	2,  // 4: ding.v1.RecipientState.state:type_name -> ding.v1.State
-	17, // 5: ding.v1.Receipts.recipients:type_name -> ding.v1.RecipientState
+	18, // 5: ding.v1.Receipts.recipients:type_name -> ding.v1.RecipientState
 	6,  // [6:6] is the sub-list for method output_type
 	6,  // [6:6] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
@@ -1474,7 +1704,7 @@ func file_channels_socket_pb_ding_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_channels_socket_pb_ding_proto_rawDesc), len(file_channels_socket_pb_ding_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -22,6 +22,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -109,6 +112,10 @@ func New(t pb.FrameType) (proto.Message, error) {
 		return &pb.ReceiptsQuery{}, nil
 	case pb.FrameType_RECEIPTS:
 		return &pb.Receipts{}, nil
+	case pb.FrameType_DING_EVENT:
+		return &pb.DingEvent{}, nil
+	case pb.FrameType_CONFIRM:
+		return &pb.Confirm{}, nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknownType, t)
 }
@@ -125,9 +132,24 @@ func Decode(t pb.FrameType, payload []byte) (proto.Message, error) {
 	return m, nil
 }
 
-// AppendEntry appends the DELIVER or RECEIPT frame for a stream entry.
+// AppendEntry appends the DELIVER, RECEIPT or DING_EVENT frame for a
+// stream entry. It panics on an entry kind it does not know: sending one
+// as another kind would hand clients a wrong entry at a valid seq.
+//
+// Strings that come from outside the engine's name rules (a DING's
+// choices, an event's detail such as an SMS reply or a provider's status
+// text) are made valid UTF-8 here, invalid bytes becoming U+FFFD: proto3
+// refuses to encode anything else, and one bad reply must not stop a
+// stream.
 func AppendEntry(dst []byte, e engine.Entry) []byte {
-	if e.Kind == engine.EntryReceipt {
+	switch e.Kind {
+	case engine.EntryMessage:
+		m := e.Message
+		return Append(dst, pb.FrameType_DELIVER, &pb.Deliver{
+			Seq: e.Seq, Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
+			Body: m.Body, CreatedMs: m.Created.UnixMilli(), Choices: validUTF8s(m.Choices),
+		})
+	case engine.EntryReceipt:
 		r := e.Receipt
 		ids := make([]string, len(r.IDs))
 		for i, id := range r.IDs {
@@ -136,10 +158,36 @@ func AppendEntry(dst []byte, e engine.Entry) []byte {
 		return Append(dst, pb.FrameType_RECEIPT, &pb.Receipt{
 			Seq: e.Seq, Ids: ids, User: r.User, State: pb.State(r.State), AtMs: r.At.UnixMilli(),
 		})
+	case engine.EntryDing:
+		d := e.Ding
+		var ch string
+		if d.Channel != 0 {
+			ch = d.Channel.String()
+		}
+		return Append(dst, pb.FrameType_DING_EVENT, &pb.DingEvent{
+			Seq: e.Seq, Id: d.ID.String(), Index: uint32(d.Index), Recipient: d.Recipient,
+			Event: validUTF8(string(d.Event)), Channel: ch, Device: d.Device, Detail: validUTF8(d.Detail), AtMs: d.At.UnixMilli(),
+		})
 	}
-	m := e.Message
-	return Append(dst, pb.FrameType_DELIVER, &pb.Deliver{
-		Seq: e.Seq, Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
-		Body: m.Body, CreatedMs: m.Created.UnixMilli(),
-	})
+	panic(fmt.Sprintf("wire: stream entry %d of unknown kind %d", e.Seq, e.Kind))
+}
+
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+func validUTF8s(ss []string) []string {
+	for i, s := range ss {
+		if !utf8.ValidString(s) {
+			out := slices.Clone(ss) // ss belongs to a shared message
+			for j := i; j < len(out); j++ {
+				out[j] = validUTF8(out[j])
+			}
+			return out
+		}
+	}
+	return ss
 }

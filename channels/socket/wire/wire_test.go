@@ -3,11 +3,13 @@ package wire_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/engine"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -20,6 +22,69 @@ func TestRoundTrip(t *testing.T) {
 	out, err := wire.Decode(ft, b[wire.HeaderLen:])
 	if err != nil || !proto.Equal(in, out) {
 		t.Fatalf("decode: %v %v", out, err)
+	}
+}
+
+// TestAppendEntry checks each stream entry kind becomes its own frame.
+func TestAppendEntry(t *testing.T) {
+	id, err := engine.ParseID("01J00000000000000000000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.UnixMilli(1_700_000_000_123)
+	cases := []struct {
+		name string
+		in   engine.Entry
+		ft   pb.FrameType
+		want proto.Message
+	}{
+		{"text message", engine.Entry{Seq: 1, Kind: engine.EntryMessage, Message: &engine.Message{
+			ID: id, From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("hi"), Created: at,
+		}}, pb.FrameType_DELIVER, &pb.Deliver{
+			Seq: 1, Id: id.String(), From: "ana", To: []string{"bo"}, Kind: pb.Kind_TEXT, Body: []byte("hi"), CreatedMs: at.UnixMilli(),
+		}},
+		{"ding message", engine.Entry{Seq: 2, Kind: engine.EntryMessage, Message: &engine.Message{
+			ID: id, From: "ana", To: []string{"bo"}, Kind: engine.KindDing, Body: []byte("fire drill"), Created: at,
+			Choices: []string{"attend", "decline"},
+		}}, pb.FrameType_DELIVER, &pb.Deliver{
+			Seq: 2, Id: id.String(), From: "ana", To: []string{"bo"}, Kind: pb.Kind_DING, Body: []byte("fire drill"),
+			CreatedMs: at.UnixMilli(), Choices: []string{"attend", "decline"},
+		}},
+		{"confirmed receipt", engine.Entry{Seq: 3, Kind: engine.EntryReceipt, Receipt: engine.ReceiptEvent{
+			IDs: []engine.ID{id}, User: "bo", State: engine.StateConfirmed, At: at,
+		}}, pb.FrameType_RECEIPT, &pb.Receipt{
+			Seq: 3, Ids: []string{id.String()}, User: "bo", State: pb.State_CONFIRMED, AtMs: at.UnixMilli(),
+		}},
+		{"ding event", engine.Entry{Seq: 4, Kind: engine.EntryDing, Ding: engine.DingEvent{
+			ID: id, Index: 1, Recipient: "bo", Event: engine.LedgerConfirmed, Channel: engine.ChannelSMS,
+			Detail: "2 decline", At: at,
+		}}, pb.FrameType_DING_EVENT, &pb.DingEvent{
+			Seq: 4, Id: id.String(), Index: 1, Recipient: "bo", Event: "confirmed", Channel: "sms",
+			Detail: "2 decline", AtMs: at.UnixMilli(),
+		}},
+		{"ding event without channel", engine.Entry{Seq: 5, Kind: engine.EntryDing, Ding: engine.DingEvent{
+			ID: id, Recipient: "+15550100", Event: engine.LedgerExhausted, At: at,
+		}}, pb.FrameType_DING_EVENT, &pb.DingEvent{
+			Seq: 5, Id: id.String(), Recipient: "+15550100", Event: "exhausted", AtMs: at.UnixMilli(),
+		}},
+		{"invalid UTF-8 from outside", engine.Entry{Seq: 6, Kind: engine.EntryDing, Ding: engine.DingEvent{
+			ID: id, Recipient: "+15550100", Event: engine.LedgerReply, Channel: engine.ChannelSMS, Detail: "ok\xff", At: at,
+		}}, pb.FrameType_DING_EVENT, &pb.DingEvent{
+			Seq: 6, Id: id.String(), Recipient: "+15550100", Event: "reply", Channel: "sms", Detail: "ok\uFFFD", AtMs: at.UnixMilli(),
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b := wire.AppendEntry(nil, c.in)
+			n, ft, err := wire.ParseHeader(b, 1<<20)
+			if err != nil || ft != c.ft || n != len(b)-4 {
+				t.Fatalf("header: %d %v %v, want type %v", n, ft, err, c.ft)
+			}
+			got, err := wire.Decode(ft, b[wire.HeaderLen:])
+			if err != nil || !proto.Equal(got, c.want) {
+				t.Fatalf("decoded %v (%v), want %v", got, err, c.want)
+			}
+		})
 	}
 }
 
@@ -48,6 +113,15 @@ func FuzzDecode(f *testing.F) {
 	f.Add(wire.Encode(pb.FrameType_SUBMIT, &pb.Submit{Ref: 1, To: []string{"a", "b"}, Body: []byte("x")}))
 	f.Add(wire.Encode(pb.FrameType_ACK, &pb.Ack{Seq: 1 << 40}))
 	f.Add(wire.Encode(pb.FrameType_READ, &pb.Read{Ids: []string{"01J0000000000000000000000"}}))
+	f.Add(wire.Encode(pb.FrameType_CONFIRM, &pb.Confirm{Ref: 3, Id: "01J00000000000000000000000", Answer: 2}))
+	f.Add(wire.Encode(pb.FrameType_DING_EVENT, &pb.DingEvent{
+		Seq: 9, Id: "01J00000000000000000000000", Index: 1, Recipient: "+15550100", Event: "call_initiated",
+		Channel: "voice", Detail: "CA123", AtMs: 1_700_000_000_000,
+	}))
+	f.Add(wire.Encode(pb.FrameType_DELIVER, &pb.Deliver{
+		Seq: 2, Id: "01J00000000000000000000000", From: "ana", To: []string{"bo"}, Kind: pb.Kind_DING,
+		Body: []byte("fire drill"), Choices: []string{"attend", "decline"},
+	}))
 	f.Add([]byte{0, 0, 0, 1, 10})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for len(b) >= wire.HeaderLen {
