@@ -39,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -91,7 +92,28 @@ type Server struct {
 // NewServer starts a fake Twilio on 127.0.0.1 that accepts the given
 // credentials. Close it when done.
 func NewServer(accountSID, authToken string) *Server {
-	s := &Server{
+	s := newServer(accountSID, authToken)
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serveREST))
+	return s
+}
+
+// Listen starts a fake Twilio on addr (for local demos: dingd
+// --twilio-api-url http://addr). Close it when done.
+func Listen(addr, accountSID, authToken string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("twiliotest: listen: %w", err)
+	}
+	s := newServer(accountSID, authToken)
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveREST))
+	s.srv.Listener.Close()
+	s.srv.Listener = ln
+	s.srv.Start()
+	return s, nil
+}
+
+func newServer(accountSID, authToken string) *Server {
+	return &Server{
 		accountSID: accountSID,
 		authToken:  authToken,
 		closing:    make(chan struct{}),
@@ -104,8 +126,6 @@ func NewServer(accountSID, authToken string) *Server {
 			},
 		},
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serveREST))
-	return s
 }
 
 // URL is the fake's base URL (http://127.0.0.1:port), to use in place of
