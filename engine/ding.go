@@ -567,9 +567,16 @@ func (e *Engine) Policies() (map[string]Policy, error) {
 // choices or the answer is not needed). It stops the user's escalation
 // and marks the DING read and confirmed for the sender.
 func (e *Engine) Confirm(ctx context.Context, user string, id ID, answer int) error {
-	return e.apply(ctx, func(c *committer, now time.Time) error {
+	return wait(ctx, func(done func(error)) { e.ConfirmAsync(user, id, answer, done) })
+}
+
+// ConfirmAsync is Confirm that does not wait: done is called once, on the
+// commit loop, when the confirmation is durable or has failed. It must
+// not block.
+func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(error)) {
+	e.applyAsync(func(c *committer, now time.Time) error {
 		return c.applyConfirmUser(user, id, answer, ChannelInApp, now)
-	})
+	}, done)
 }
 
 // CancelDing stops every pending recipient's escalation.

@@ -1,8 +1,11 @@
 // Package engine is Ding's core: the message model, durable storage through
 // one group-commit pipeline, per-user streams with gap-free sequence
-// numbers, per-device cursors and monotonic receipts. It has no network
-// code; the edges (package channels/...) call it and package fanout
-// receives what it commits through the Sink interface.
+// numbers, per-device cursors and monotonic receipts, and DINGs: urgent
+// messages that escalate per recipient along a policy (in-app, SMS, voice)
+// on durable timers until read or confirmed. It has no network code; the
+// edges (package channels/...) call it, package fanout receives what it
+// commits through the Sink interface, and SMS and calls leave through the
+// Notifier interface (package channels/twilio).
 //
 // # Contract
 //
@@ -18,6 +21,10 @@
 //     sender, listing the messages it moved.
 //   - Nothing is trusted from memory alone: heads are loaded from the
 //     store on first use, and start-up scans nothing.
+//   - A DING's pending steps are timers in the store; reading or confirming
+//     (whichever its policy stops on) stops every later step in the same
+//     batch; an SMS or call is sent at least once per step and a crash
+//     causes at most one duplicate (see escalate.go).
 //
 // # Key layout
 //
@@ -33,6 +40,22 @@
 //	dedupe    'd' | sender | 0x00 | client msg id   -> id (16)
 //	directory 'u' | ...                             -> owned by package fanout
 //
+// DINGs (the DING's id is its message's id; idx is the recipient's index):
+//
+//	ding      'g' | id (16)                         -> DING record (JSON: sender, policy plan, choices, recipients)
+//	recipient 'e' | id (16) | idx (2)               -> escalation state (JSON: status, next step, armed timers)
+//	ledger    'l' | id (16) | idx (2) | n (4)       -> one ledger event (JSON)
+//	timer     't' | due ms (8) | id (16) | idx (2) | n (4) -> empty; the state lists it too
+//	phone     'p' | E.164 | 0x00 | id (16) | idx (2) -> empty: a pending DING for that phone (SMS replies)
+//	ref       'x' | provider reference (SID)        -> id (16) | idx (2) | channel (1) | attempt (1) [| acted (1)]
+//	quota     'q' | kind (1) | scope | 0x00 | sub   -> count (8) per UTC day, or last DING time (8)
+//	policy    'y' | name                            -> policy text
+//	counter   'k' | name                            -> u64 ("timers": armed timers)
+//
+// The timer loop finds the next due timer with one seek of 't', so a
+// million pending steps cost disk, not memory, and a restart fires overdue
+// steps without a scan.
+//
 // A resume is one range scan of 'i'|user|0x00 from the device's cursor; a
 // stream's head is one reverse seek; a message's receipts are one range
 // scan of 'r'|id.
@@ -44,4 +67,7 @@
 //	entries, err := e.Range("bo", 1, 100)  // bo's stream from seq 1
 //	err = e.Ack(ctx, "bo", "phone", entries[len(entries)-1].Seq)
 //	err = e.Read(ctx, "bo", res.ID)
+//	d, err := e.Ding(ctx, engine.DingRequest{From: "ana", To: []string{"bo", "+14155550123"},
+//		Text: "server down", Policy: "inapp,sms@5m,voice@15m until=confirmed"})
+//	err = e.Confirm(ctx, "bo", d.ID, 0)
 package engine

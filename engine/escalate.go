@@ -77,6 +77,20 @@ func inflightKey(id ID, idx int, n uint32) string {
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
 
+// clip makes text from outside (an SMS reply, a provider's detail) fit to
+// be stored and pushed: valid UTF-8, at most n bytes, cut at a rune.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
 func isPhone(to string) bool { return strings.HasPrefix(to, "+") }
 
 // ding returns the DING record as this batch sees it.
@@ -600,9 +614,7 @@ func (c *committer) applyProviderStatus(ref string, pe ProviderEvent, detail str
 	if err != nil {
 		return err
 	}
-	if len(detail) > 64 {
-		detail = detail[:64]
-	}
+	detail = clip(detail, 64)
 	if err := c.ledger(id, idx, s, rec, DingEvent{Event: kind, Channel: ch, Detail: detail, At: now}); err != nil {
 		return err
 	}
@@ -659,10 +671,7 @@ func (c *committer) applyDigits(ref, digits string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	digits = strings.TrimSpace(digits)
-	if len(digits) > 8 {
-		digits = digits[:8]
-	}
+	digits = clip(strings.TrimSpace(digits), 8)
 	if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerDigits, Channel: ChannelVoice, Detail: digits, At: now}); err != nil {
 		return err
 	}
@@ -726,13 +735,7 @@ func (c *committer) applyInboundSMS(phone, body string, now time.Time) error {
 	}
 	answer, ok := parseAnswer(body, rec.Choices, true)
 	if !ok {
-		text := body
-		if len(text) > 160 {
-			text = text[:160]
-			for !utf8.ValidString(text) {
-				text = text[:len(text)-1]
-			}
-		}
+		text := clip(body, 160)
 		if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerReply, Channel: ChannelSMS, Detail: text, At: now}); err != nil {
 			return err
 		}

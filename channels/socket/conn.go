@@ -46,9 +46,6 @@ const closeGrace = time.Second
 // maxReadIDs bounds the ids one READ frame may carry.
 const maxReadIDs = 1000
 
-// maxConfirms bounds the CONFIRMs waiting for durability, server-wide.
-const maxConfirms = 1024
-
 // connKey carries the *conn from OnPrepare to OnRequest: netpoll's own
 // mechanism for per-connection state is the context it hands back.
 type connKey struct{}
@@ -304,40 +301,21 @@ func (c *conn) read(m *pb.Read) {
 }
 
 // confirm hands a CONFIRM to the engine and answers OK once the
-// confirmation is durable. The engine has no asynchronous Confirm (as it
-// has ReadAsync), so each confirmation waits in a goroutine of its own:
-// owned by the server (Shutdown waits for them, see confirming) and
-// bounded server-wide by maxConfirms, past which a CONFIRM is refused with
-// UNAVAILABLE. Confirmations are human actions, a few per DING, so the
-// bound is about abuse, not throughput.
+// confirmation is durable, like read.
 func (c *conn) confirm(m *pb.Confirm) {
-	s := c.s
 	id, err := engine.ParseID(m.Id)
 	if err != nil {
 		c.sendError(codeBadRequest, m.Ref, "malformed message id", false)
 		return
 	}
-	select {
-	case s.confirmSlots <- struct{}{}:
-	default:
-		s.m.confirmOverflows.Inc()
-		c.sendError(codeUnavailable, m.Ref, "too many confirmations in progress; retry later", false)
-		return
-	}
-	ref, user, answer := m.Ref, c.user, int(m.Answer)
-	s.confirming.Add(1)
-	go func() {
-		defer s.confirming.Add(-1)
-		defer func() { <-s.confirmSlots }()
-		// Not a request-scoped context: the engine answers every op once
-		// it is durable or failed, and the socket server shuts down before
-		// the engine closes.
-		if err := s.cfg.Engine.Confirm(context.Background(), user, id, answer); err != nil {
+	ref := m.Ref
+	c.s.cfg.Engine.ConfirmAsync(c.user, id, int(m.Answer), func(err error) {
+		if err != nil {
 			c.fail(ref, err)
 			return
 		}
 		c.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref}))
-	}()
+	})
 }
 
 func (c *conn) receipts(m *pb.ReceiptsQuery) {

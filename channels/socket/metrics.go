@@ -16,11 +16,8 @@ type metrics struct {
 	framesByType  [256]prometheus.Counter
 	errors        *prometheus.CounterVec
 	slowConsumers prometheus.Counter
-	// confirmOverflows counts CONFIRMs refused because maxConfirms were
-	// already waiting for durability.
-	confirmOverflows prometheus.Counter
-	flushFrames      prometheus.Histogram
-	bytesOut         prometheus.Counter
+	flushFrames   prometheus.Histogram
+	bytesOut      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,10 +38,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ding_socket_slow_consumer_disconnects_total",
 			Help: "Connections closed because their outbound queue overflowed.",
 		}),
-		confirmOverflows: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ding_socket_confirm_overflows_total",
-			Help: "CONFIRM frames refused with UNAVAILABLE because too many confirmations were waiting for durability.",
-		}),
 		flushFrames: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ding_socket_flush_frames",
 			Help:    "Frames written by one flush (one write syscall): write coalescing.",
@@ -63,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.framesByType[ft] = m.framesIn.WithLabelValues(ft.String())
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connections, m.handshakes, m.framesIn, m.errors, m.slowConsumers, m.confirmOverflows, m.flushFrames, m.bytesOut} {
+		for _, c := range []prometheus.Collector{m.connections, m.handshakes, m.framesIn, m.errors, m.slowConsumers, m.flushFrames, m.bytesOut} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -9,9 +9,8 @@
 //     WELCOME and attaches the device to the fanout hub, which replays the
 //     stream from the resume point and then pushes live entries.
 //  3. SUBMIT goes to the engine without waiting: the SUBMIT_ACK is written
-//     when the commit loop reports the message durable. ACK and READ go to
-//     the engine the same way; a CONFIRM (of a DING) waits for its OK in a
-//     bounded goroutine the server owns (see conn.confirm).
+//     when the commit loop reports the message durable. ACK, READ and
+//     CONFIRM (of a DING) go to the engine the same way.
 //  4. Errors are typed codes (pb.Code); fatal ones end the connection.
 //
 // Netpoll calls OnRequest when bytes arrive. It decodes whole frames, hands
@@ -131,10 +130,6 @@ type Server struct {
 	// WaitGroup: a connection accepted while Shutdown waits may still
 	// start one, and WaitGroup forbids an Add racing a Wait at zero.
 	flushers atomic.Int64
-	// confirming counts goroutines waiting on Engine.Confirm (a counter
-	// for the same reason as flushers); confirmSlots bounds them.
-	confirming   atomic.Int64
-	confirmSlots chan struct{}
 }
 
 type connShard struct {
@@ -169,7 +164,6 @@ func New(cfg Config) (*Server, error) {
 	})
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, quit: make(chan struct{}), served: make(chan struct{}),
-		confirmSlots: make(chan struct{}, maxConfirms),
 	}
 	for i := range s.shards {
 		s.shards[i].conns = map[uint64]*conn{}
@@ -264,8 +258,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	// Every connection has closed; stop the event loop, then wait for the
-	// last flushers and confirmations (which the engine, still open,
-	// finishes).
+	// last flushers.
 	lerr := s.loop.Shutdown(ctx)
 	for started {
 		select {
@@ -277,7 +270,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			lerr = s.loop.Shutdown(ctx) // Serve had not registered yet
 		}
 	}
-	for s.flushers.Load() > 0 || s.confirming.Load() > 0 {
+	for s.flushers.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -58,10 +58,25 @@ func TestDingCommands(t *testing.T) {
 		out, _ := ctl(t, n, "ding", "status", id)
 		return strings.Count(out, `"not_configured"`) == 2
 	})
+	// bo's app shows the DING with its choices and confirms "decline";
+	// ana's app sees the DING's events and the confirmation.
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--confirm", "2", "--count", "1", "--timeout", "5s")
+	if err != nil || !strings.Contains(out, `"kind":"ding"`) || !strings.Contains(out, `"choices":["attend","decline"]`) {
+		t.Fatalf("bo's listen: %q %v", out, err)
+	}
+	nodetest.WaitFor(t, "bo confirmed", 5e9, func() bool {
+		out, _ := ctl(t, n, "ding", "status", id)
+		return strings.Contains(out, `"choice": "decline"`)
+	})
+	out, err = ctl(t, n, "listen", "--user", "ana", "--device", "laptop", "--timeout", "1s")
+	if err != nil || !strings.Contains(out, `"type":"ding_event"`) || !strings.Contains(out, `"event":"confirmed"`) ||
+		!strings.Contains(out, `"state":"confirmed"`) {
+		t.Fatalf("ana's listen: %q %v", out, err)
+	}
 	if out, err := ctl(t, n, "ding", "list", "--from", "ana"); err != nil || !strings.Contains(out, id) {
 		t.Fatalf("list: %q %v", out, err)
 	}
-	if out, err := ctl(t, n, "ding", "cancel", id); err != nil || strings.Count(out, `"status": "cancelled"`) != 2 {
+	if out, err := ctl(t, n, "ding", "cancel", id); err != nil || strings.Count(out, `"status": "cancelled"`) != 1 {
 		t.Fatalf("cancel: %q %v", out, err)
 	}
 	for _, c := range []struct {

@@ -42,8 +42,10 @@ commands:
   token --user ID --device DEV [--ttl D]     print a client token
   send --from ID --to ID[,ID...] [--client-id X] TEXT
                                              send; prints the id after the durable ack
-  listen --user ID --device DEV [--read] [--count N] [--timeout D] [--cursor N]
-                                             print delivered messages as JSON lines
+  listen --user ID --device DEV [--read] [--confirm N] [--count N] [--timeout D] [--cursor N]
+                                             print the stream as JSON lines: messages (DINGs
+                                             with their choices), receipts, ding events;
+                                             --confirm answers every DING (0: no choice)
   receipts ID                                print each recipient's state as JSON
   backup --out DIR                           write a consistent copy of the store
   ding --from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT
@@ -323,6 +325,7 @@ func listen(g *globals, args []string, out io.Writer) error {
 	user := fs.String("user", "", "user id")
 	device := fs.String("device", "", "device id")
 	read := fs.Bool("read", false, "mark each message read")
+	confirm := fs.Int("confirm", -1, "confirm each DING with this answer (0: no choice; N: the Nth choice)")
 	count := fs.Int("count", 0, "exit after this many messages (0: no limit)")
 	timeout := fs.Duration("timeout", 0, "exit after this long (0: no limit)")
 	cursor := fs.Int64("cursor", -1, "resume after this seq (default: the server's stored cursor)")
@@ -372,13 +375,29 @@ func listen(g *globals, args []string, out io.Writer) error {
 				c.Ack(e.Seq)
 				continue
 			}
+			if d := e.Ding; d != nil {
+				o := map[string]any{"type": "ding_event", "seq": e.Seq, "id": d.ID, "recipient": d.Recipient,
+					"event": d.Event, "at": d.At.UTC()}
+				for k, v := range map[string]string{"channel": d.Channel, "device": d.Device, "detail": d.Detail} {
+					if v != "" {
+						o[k] = v
+					}
+				}
+				enc.Encode(o)
+				c.Ack(e.Seq)
+				continue
+			}
 			m := e.Message
 			o := map[string]any{"type": "message", "seq": e.Seq, "id": m.ID, "from": m.From, "to": m.To,
 				"kind": strings.ToLower(m.Kind.String()), "created": m.Created.UTC()}
-			if m.Kind == pb.Kind_TEXT {
+			switch m.Kind {
+			case pb.Kind_TEXT, pb.Kind_DING:
 				o["body"] = string(m.Body)
-			} else {
+			default:
 				o["body_base64"] = m.Body
+			}
+			if len(m.Choices) > 0 {
+				o["choices"] = m.Choices
 			}
 			if err := enc.Encode(o); err != nil {
 				return err
@@ -386,6 +405,11 @@ func listen(g *globals, args []string, out io.Writer) error {
 			if *read {
 				if err := c.Read(ctx, m.ID); err != nil {
 					return fmt.Errorf("mark %s read: %v", m.ID, err)
+				}
+			}
+			if *confirm >= 0 && m.Kind == pb.Kind_DING {
+				if err := c.Confirm(ctx, m.ID, *confirm); err != nil {
+					return fmt.Errorf("confirm %s: %v", m.ID, err)
 				}
 			}
 			c.Ack(e.Seq)
@@ -405,6 +429,8 @@ func stateName(s pb.State) string {
 		return "delivered"
 	case pb.State_READ_STATE:
 		return "read"
+	case pb.State_CONFIRMED:
+		return "confirmed"
 	}
 	return "unknown"
 }

@@ -97,6 +97,7 @@ func run(args []string) error {
 		return err
 	}
 	fs.IntVar(&q.CallsPerDay, "calls-per-day", q.CallsPerDay, "org-wide call budget per UTC day; 0: 2000, -1: unlimited (env DING_CALLS_PER_DAY)")
+	noFallback := fs.Bool("no-call-fallback", env("DING_NO_CALL_FALLBACK", "") != "", "do not send an SMS at once when an escalation call is busy, unanswered or fails (env DING_NO_CALL_FALLBACK=1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -116,7 +117,7 @@ func run(args []string) error {
 	}
 	n, err := node.Start(node.Config{
 		DataDir: *data, SocketAddr: *listen, HTTPAddr: *httpAddr, MaxBody: maxBody, Logger: log,
-		Twilio: tw, Quotas: q,
+		Twilio: tw, Quotas: q, NoCallFallback: *noFallback,
 	})
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -198,6 +199,27 @@ func TestDingThroughTwilioEndToEnd(t *testing.T) {
 	d.waitEvent(t, id, 0, "call_completed")
 	if n := d.twilio.Count(""); n != 2 {
 		t.Fatalf("%d Twilio requests, want 2", n)
+	}
+	// The metrics tell the same story.
+	resp, err := http.Get("http://" + d.n.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw2, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`ding_escalation_steps_total{channel="sms",outcome="sent"} 1`,
+		`ding_escalation_steps_total{channel="voice",outcome="sent"} 1`,
+		`ding_ding_time_to_confirm_seconds_count{channel="voice"} 1`,
+		`ding_escalation_pending_steps 0`,
+		`ding_escalation_timer_lateness_seconds_count 2`,
+		`ding_dings_total{result="created"} 1`,
+		`ding_twilio_requests_total{kind="sms",status="ok"} 1`,
+		`ding_twilio_webhooks_total{endpoint="gather",result="forged"} 2`,
+	} {
+		if !strings.Contains(string(raw2), want+"\n") {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 	// The receipts API shows the confirmation.
 	code, out, _ := d.api(t, "GET", "/v1/messages/"+id+"/receipts", nil)

@@ -59,6 +59,8 @@ type Config struct {
 	Twilio twilio.Config
 	// Quotas bound DINGs; zero fields take the engine's defaults.
 	Quotas engine.Quotas
+	// NoCallFallback turns off the SMS sent when an escalation call fails.
+	NoCallFallback bool
 }
 
 // Node is a running server.
@@ -136,7 +138,7 @@ func Start(cfg Config) (n *Node, err error) {
 	if n.eng, err = engine.Open(engine.Config{
 		Store: n.db, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger, Registerer: reg,
-		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas,
+		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
 	}); err != nil {
 		return nil, err
 	}
