@@ -25,7 +25,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind"}),
 		webhooksTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ding_twilio_webhooks_total",
-			Help: "Twilio webhook requests, by endpoint and result: ok (handled or ignored), forged (bad signature), bad_request, unknown (no such SID or pending DING), error (reporting failed).",
+			Help: "Twilio webhook requests, by endpoint and result: ok (handled or ignored), forged (bad signature), bad_request, unknown (no such SID or pending DING), not_understood (a reply or keypress that did not confirm; recorded), error (reporting failed).",
 		}, []string{"endpoint", "result"}),
 	}
 	if reg != nil {
