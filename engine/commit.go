@@ -113,6 +113,8 @@ type committer struct {
 	sends      []sendTask            // sends decided, for the dispatch workers
 	timerDelta int64                 // timers armed minus disarmed
 	minDue     int64                 // earliest timer armed (ms); 0 if none
+
+	jobsStarted bool // a fanout job was recorded (fanout.go)
 }
 
 func newCommitter(e *Engine) *committer {
@@ -257,6 +259,12 @@ func (c *committer) publish(commitErr error) {
 		if c.minDue != 0 {
 			e.noteTimer(c.minDue)
 		}
+		if c.jobsStarted {
+			select {
+			case e.fanoutWake <- struct{}{}:
+			default:
+			}
+		}
 	} else {
 		for _, t := range c.sends {
 			e.inflightDel(inflightKey(t.id, t.idx, t.n))
@@ -264,7 +272,7 @@ func (c *committer) publish(commitErr error) {
 		c.sends = nil
 	}
 	p := &published{ops: c.ops, users: c.users, entries: c.entries, sends: c.sends, err: commitErr}
-	c.sends, c.newMsgs, c.timerDelta, c.minDue = nil, c.newMsgs[:0], 0, 0
+	c.sends, c.newMsgs, c.timerDelta, c.minDue, c.jobsStarted = nil, c.newMsgs[:0], 0, 0, false
 	clear(c.drecs)
 	clear(c.dstates)
 	clear(c.quota)
@@ -386,19 +394,17 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 	id := c.ids.next(now)
 	m := &Message{
 		ID: id, From: s.From, To: s.To, Kind: s.Kind, Body: s.Body,
-		Created: id.Time(), ClientID: s.ClientID,
-	}
-	// An error here is a store error: commit aborts the whole batch, so
-	// nothing half-written survives (see clientError).
-	for _, to := range m.To {
-		if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
-			return err
-		}
+		Created: id.Time(), ClientID: s.ClientID, Flags: s.flags,
 	}
 	c.batch.Set(messageKey(id), encodeMessage(m))
-	sent := encodeReceipt(Receipt{State: StateSent})
-	for _, to := range m.To {
-		c.batch.Set(receiptKey(id, to), sent)
+	if len(s.recipients) > c.e.cfg.FanoutChunk {
+		// A message to many: its entries are written chunk by chunk
+		// after it is durable (fanout.go).
+		c.startFanout(id, s.recipients)
+	} else if err := c.fanout(m, s.recipients); err != nil {
+		// A store error: commit aborts the whole batch, so nothing
+		// half-written survives (see clientError).
+		return err
 	}
 	if dk != nil {
 		c.batch.Set(dk, id[:])
@@ -406,6 +412,19 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 	}
 	o.result = SubmitResult{ID: id, Created: m.Created}
 	o.msg = m
+	return nil
+}
+
+// fanout appends m to each recipient's stream, with a receipt in state
+// sent.
+func (c *committer) fanout(m *Message, recipients []string) error {
+	sent := encodeReceipt(Receipt{State: StateSent})
+	for _, to := range recipients {
+		if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
+			return err
+		}
+		c.batch.Set(receiptKey(m.ID, to), sent)
+	}
 	return nil
 }
 
@@ -471,7 +490,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	// record it.
 	type hit struct {
 		id     ID
-		sender string
+		sender string // "" for an announcement: no event for its sender
 	}
 	var hits []hit
 	var dings []ID
@@ -489,6 +508,9 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 				return false
 			}
 			if seq > wm {
+				if ent.flags&entryFlagAnnouncement != 0 {
+					sender = ""
+				}
 				hits = append(hits, hit{id, sender})
 			}
 			if seq > cur && ent.flags&entryFlagDing != 0 {
@@ -549,7 +571,9 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		r := rs[i]
 		r.State, r.Delivered = StateDelivered, now
 		c.setReceipt(keys[i], r)
-		ev.add(h.sender, h.id)
+		if h.sender != "" {
+			ev.add(h.sender, h.id)
+		}
 	}
 	if err := c.notify(&ev, o.user, StateDelivered, now); err != nil {
 		return err
@@ -636,7 +660,9 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 			dings = append(dings, m.ID)
 		}
 		c.setReceipt(ch.key, ch.r)
-		senders.add(m.From, ch.id)
+		if m.Kind != KindAnnouncement {
+			senders.add(m.From, ch.id)
+		}
 		// The reader's other devices learn it too (unless the reader is the
 		// sender, whose stream already gets the event).
 		if m.From != o.user {

@@ -206,6 +206,7 @@ const (
 	StatusConfirmed = "confirmed" // stopped: confirmed
 	StatusCancelled = "cancelled" // stopped: the sender cancelled the DING
 	StatusRefused   = "refused"   // never started: a quota or quiet hours
+	StatusRemoved   = "removed"   // stopped: the recipient was offboarded
 )
 
 // LedgerKind names an event in a recipient's ledger.
@@ -240,6 +241,7 @@ const (
 	LedgerNoApp         LedgerKind = "no_app"         // an in-app step for a recipient outside the app
 	LedgerExhausted     LedgerKind = "exhausted"      // every step has fired; waiting for a confirmation
 	LedgerCancelled     LedgerKind = "cancelled"
+	LedgerRemoved       LedgerKind = "removed" // the recipient was offboarded
 )
 
 // DingEvent is a ledger event as pushed to the sender's stream (and, for
@@ -373,6 +375,14 @@ func parseTimerKey(k []byte) (due int64, id ID, idx int, n uint32, err error) {
 	due = int64(binary.BigEndian.Uint64(k[1:]))
 	copy(id[:], k[9:25])
 	return due, id, int(binary.BigEndian.Uint16(k[25:])), binary.BigEndian.Uint32(k[27:]), nil
+}
+
+func pendingUserPrefix(user string) []byte {
+	return append(append([]byte{prefixPendingU}, user...), 0)
+}
+
+func pendingUserKey(user string, id ID, idx int) []byte {
+	return binary.BigEndian.AppendUint16(append(pendingUserPrefix(user), id[:]...), uint16(idx))
 }
 
 func phonePrefix(phone string) []byte {
@@ -609,6 +619,53 @@ func (e *Engine) InboundSMS(ctx context.Context, phone, body string) error {
 		return fmt.Errorf("%w: sender is not an E.164 number", ErrNotFound)
 	}
 	return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyInboundSMS(phone, body, now) })
+}
+
+// StopUser stops every pending escalation to user (who was offboarded),
+// recording it in each ledger. It returns how many it stopped.
+func (e *Engine) StopUser(ctx context.Context, user string) (int, error) {
+	p := pendingUserPrefix(user)
+	type ref struct {
+		id  ID
+		idx int
+	}
+	var refs []ref
+	err := e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
+		if len(k) == len(p)+18 {
+			var r ref
+			copy(r.id[:], k[len(p):])
+			r.idx = int(binary.BigEndian.Uint16(k[len(k)-2:]))
+			refs = append(refs, r)
+		}
+		return true
+	})
+	if err != nil {
+		return 0, fmt.Errorf("engine: pending DINGs of %s: %w", user, err)
+	}
+	stopped := 0
+	err = e.apply(ctx, func(c *committer, now time.Time) error {
+		for _, r := range refs {
+			rec, err := c.ding(r.id)
+			if err != nil {
+				return abort(err)
+			}
+			s, err := c.state(r.id, r.idx)
+			if err != nil {
+				return abort(err)
+			}
+			c.batch.Delete(pendingUserKey(user, r.id, r.idx))
+			if s.Status != StatusPending {
+				continue
+			}
+			if err := c.ledger(r.id, r.idx, s, rec, DingEvent{Event: LedgerRemoved, At: now}); err != nil {
+				return err
+			}
+			c.stop(r.id, r.idx, s, rec, StatusRemoved, 0, now)
+			stopped++
+		}
+		return nil
+	})
+	return stopped, err
 }
 
 // DingStatus returns a DING with each recipient's state and ledger.

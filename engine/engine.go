@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -74,8 +75,17 @@ type Config struct {
 	Recipients Recipients
 	// MaxBody is the largest body accepted; zero means 64 KiB.
 	MaxBody int
-	// MaxRecipients is the most recipients one message may have; zero means 1000.
+	// MaxRecipients is the most recipients (or group targets) one message
+	// names; zero means 1000.
 	MaxRecipients int
+	// MaxFanout is the most users a message may reach once its group
+	// targets are expanded; zero means 1,000,000.
+	MaxFanout int
+	// FanoutChunk is how many recipients' entries one commit batch writes
+	// for a message to many: a bigger fanout is written chunk by chunk in
+	// the background after the message is durable, so that it never holds
+	// up other traffic for long; zero means 8192.
+	FanoutChunk int
 	// MaxBatch is the most operations committed in one synced batch; zero means 4096.
 	MaxBatch int
 	// QueueLen bounds the operations waiting for the commit loop; zero means
@@ -123,6 +133,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxRecipients == 0 {
 		c.MaxRecipients = 1000
+	}
+	if c.MaxFanout == 0 {
+		c.MaxFanout = 1_000_000
+	}
+	if c.FanoutChunk == 0 {
+		c.FanoutChunk = 8192
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 4096
@@ -207,6 +223,11 @@ type Engine struct {
 	inflightMu     sync.Mutex
 	inflight       map[string]struct{} // sends decided and not yet recorded; guarded by inflightMu
 	inflightShrank chan struct{}       // closed and replaced when inflight loses an entry; guarded by inflightMu
+
+	// Fanout of messages to many (fanout.go).
+	fanoutWake chan struct{}
+	stopFanout chan struct{}
+	fanoutDone chan struct{}
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -234,6 +255,9 @@ func Open(cfg Config) (*Engine, error) {
 		inflight:   map[string]struct{}{},
 
 		inflightShrank: make(chan struct{}),
+		fanoutWake:     make(chan struct{}, 1),
+		stopFanout:     make(chan struct{}),
+		fanoutDone:     make(chan struct{}),
 	}
 	e.minArmed.Store(math.MaxInt64)
 	e.sendCtx, e.cancelSends = context.WithCancel(context.Background())
@@ -256,6 +280,7 @@ func Open(cfg Config) (*Engine, error) {
 	go c.loop()
 	go e.publishLoop()
 	go e.timerLoop()
+	go e.fanoutLoop()
 	e.dispatchWG.Add(cfg.DispatchWorkers)
 	for range cfg.DispatchWorkers {
 		go e.dispatchLoop()
@@ -287,6 +312,8 @@ func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
 		close(e.stopTimers)
 		<-e.timerDone
+		close(e.stopFanout)
+		<-e.fanoutDone
 		e.cancelSends()
 		e.qmu.Lock()
 		e.closed = true
@@ -327,11 +354,17 @@ func (e *Engine) enqueue(o *op) error {
 
 // Submission is a message as a sender submits it.
 type Submission struct {
-	From     string
+	From string
+	// To are user ids, or group targets ("group:ID", "dept:ID") that
+	// Config.Recipients expands. The message records To as given; its
+	// recipients are the expansion.
 	To       []string
 	Kind     Kind
 	Body     []byte
 	ClientID string // optional; a retry with the same ClientID returns the original id
+
+	flags      uint32   // Message.Flags (announcements)
+	recipients []string // the expansion of To, filled in by check
 }
 
 // SubmitResult answers a durable submission.
@@ -341,41 +374,65 @@ type SubmitResult struct {
 	Duplicate bool // the ClientID was seen before; ID is the original message's
 }
 
-func (e *Engine) check(s *Submission) ([]string, error) {
+// targetRE matches group targets: "group:ID", "dept:ID".
+var targetRE = regexp.MustCompile(`^(group|dept):[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$`)
+
+// check validates s, normalizes s.To and fills in s.recipients.
+func (e *Engine) check(s *Submission, announce bool) error {
 	if err := CheckName("sender", s.From); err != nil {
-		return nil, err
+		return err
 	}
-	if !s.Kind.Valid() {
-		return nil, fmt.Errorf("%w: %d", ErrBadKind, s.Kind)
+	if !announce && !s.Kind.Valid() {
+		return fmt.Errorf("%w: %d", ErrBadKind, s.Kind)
 	}
 	if len(s.Body) > e.cfg.MaxBody {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(s.Body), e.cfg.MaxBody)
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(s.Body), e.cfg.MaxBody)
 	}
 	if len(s.ClientID) > 128 {
-		return nil, fmt.Errorf("%w: client message id longer than 128 bytes", ErrBadName)
+		return fmt.Errorf("%w: client message id longer than 128 bytes", ErrBadName)
 	}
 	if len(s.To) == 0 {
-		return nil, ErrNoRecipients
+		return ErrNoRecipients
 	}
 	if len(s.To) > e.cfg.MaxRecipients {
-		return nil, fmt.Errorf("%w: %d, limit %d", ErrTooManyRecipients, len(s.To), e.cfg.MaxRecipients)
+		return fmt.Errorf("%w: %d, limit %d", ErrTooManyRecipients, len(s.To), e.cfg.MaxRecipients)
 	}
-	to := s.To
-	for _, r := range to {
-		if err := CheckName("recipient", r); err != nil {
-			return nil, err
+	for _, r := range s.To {
+		switch {
+		case r == AllStaff && !announce:
+			return fmt.Errorf("%w: %q is reserved for announcements", ErrBadName, r)
+		case r == AllStaff, targetRE.MatchString(r):
+		default:
+			if err := CheckName("recipient", r); err != nil {
+				return err
+			}
 		}
 	}
+	to := slices.Clone(s.To)
+	slices.Sort(to)
+	s.To = slices.Compact(to)
+	rcpt := s.To
 	if e.cfg.Recipients != nil {
 		var err error
-		if to, err = e.cfg.Recipients.Resolve(to); err != nil {
-			return nil, err
+		if rcpt, err = e.cfg.Recipients.Resolve(s.To); err != nil {
+			return err
 		}
+		rcpt = slices.Clone(rcpt)
+		slices.Sort(rcpt)
+		rcpt = slices.Compact(rcpt)
 	}
-	to = slices.Clone(to)
-	slices.Sort(to)
-	return slices.Compact(to), nil
+	if len(rcpt) == 0 {
+		return fmt.Errorf("%w: the targets have no members", ErrNoRecipients)
+	}
+	if len(rcpt) > e.cfg.MaxFanout {
+		return fmt.Errorf("%w: %d after expansion, limit %d", ErrTooManyRecipients, len(rcpt), e.cfg.MaxFanout)
+	}
+	s.recipients = rcpt
+	return nil
 }
+
+// AllStaff is the announcement target meaning every active user.
+const AllStaff = "all"
 
 // SubmitAsync validates s and queues it for the next group commit. done is
 // called exactly once: with the message id after the message is durable, or
@@ -383,13 +440,15 @@ func (e *Engine) check(s *Submission) ([]string, error) {
 // done runs on the commit loop and must not block. SubmitAsync blocks only
 // while the commit queue is full.
 func (e *Engine) SubmitAsync(s Submission, done func(SubmitResult, error)) {
-	to, err := e.check(&s)
-	if err != nil {
+	e.submitAsync(s, false, done)
+}
+
+func (e *Engine) submitAsync(s Submission, announce bool, done func(SubmitResult, error)) {
+	if err := e.check(&s, announce); err != nil {
 		e.metrics.submitsRejected.Inc()
 		done(SubmitResult{}, err)
 		return
 	}
-	s.To = to
 	o := &op{kind: opSubmit, sub: s, submitDone: done, queued: time.Now()}
 	if err := e.enqueue(o); err != nil {
 		done(SubmitResult{}, err)

@@ -317,6 +317,9 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		if s.Phone != "" {
 			c.batch.Set(phoneKey(s.Phone, id, i), nil)
 		}
+		if s.User {
+			c.batch.Set(pendingUserKey(to, id, i), nil)
+		}
 		if err := c.advance(id, i, s, rec, now); err != nil {
 			return DingResult{}, err
 		}
@@ -415,6 +418,9 @@ func (c *committer) stop(id ID, idx int, s *rcptState, rec *dingRecord, status s
 	if s.Phone != "" {
 		c.batch.Delete(phoneKey(s.Phone, id, idx))
 	}
+	if s.User {
+		c.batch.Delete(pendingUserKey(rec.Recipients[idx], id, idx))
+	}
 	took := now.Sub(time.UnixMilli(rec.Created)).Seconds()
 	switch status {
 	case StatusRead:
@@ -474,8 +480,8 @@ func (c *committer) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Ch
 func (c *committer) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) error {
 	rec, err := c.ding(id)
 	if errors.Is(err, ErrNotFound) {
-		if _, merr := c.e.Message(id); merr == nil {
-			return fmt.Errorf("%w: %s", ErrNotDing, id)
+		if m, merr := c.e.Message(id); merr == nil {
+			return c.confirmMessage(user, m, answer, now)
 		}
 	}
 	if err != nil {

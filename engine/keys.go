@@ -25,6 +25,9 @@ const (
 	prefixQuota     = 'q' // q | kind(1) | scope | 0x00 | sub -> count(8) or time ms(8)
 	prefixPolicy    = 'y' // y | name                         -> policy spec (text)
 	prefixCounter   = 'k' // k | name                         -> u64
+	prefixPendingU  = 'v' // v | user | 0x00 | id(16) | idx(2) -> empty: a pending DING for that user
+	prefixJob       = 'j' // j | id(16)                       -> fanout job (JSON)
+	prefixAudience  = 'a' // a | id(16) | chunk(4)            -> recipients not yet fanned out
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'
@@ -135,9 +138,14 @@ const (
 	EntryDing EntryKind = 3
 )
 
-// entryFlagDing marks a message entry whose message is a DING, so that an
-// ack can record per-device deliveries without loading the message.
-const entryFlagDing = 1
+// Message entry flags, so that an ack knows what it acknowledges without
+// loading the message: entryFlagDing marks a DING (its ledger records
+// per-device deliveries), entryFlagAnnouncement an announcement (its
+// sender gets no receipt event per recipient).
+const (
+	entryFlagDing         = 1
+	entryFlagAnnouncement = 2
+)
 
 // Entry is one item of a user's stream, at a gap-free sequence number.
 type Entry struct {
@@ -165,8 +173,11 @@ func encodeEntry(e *Entry) []byte {
 		b[0] = byte(EntryMessage)
 		copy(b[1:], e.Message.ID[:])
 		b = appendStr(b, e.Message.From)
-		if e.Message.Kind == KindDing {
+		switch e.Message.Kind {
+		case KindDing:
 			b = append(b, entryFlagDing)
+		case KindAnnouncement:
+			b = append(b, entryFlagAnnouncement)
 		}
 		return b
 	case EntryDing:

@@ -17,6 +17,17 @@ const (
 	// KindDing is an urgent UTF-8 text that escalates until read or
 	// confirmed. Only Engine.Ding creates it; its id is the DING's id.
 	KindDing Kind = 3
+	// KindAnnouncement is UTF-8 text to all staff, a department or a
+	// group. Only Engine.Announce creates it. Its sender is not pushed a
+	// receipt event per recipient (announcement statistics answer that).
+	KindAnnouncement Kind = 4
+)
+
+// Message flags.
+const (
+	// FlagConfirm: recipients are asked to confirm (a must-confirm
+	// announcement); Engine.Confirm records it.
+	FlagConfirm uint32 = 1
 )
 
 // Valid reports whether k is a kind clients may submit.
@@ -35,6 +46,8 @@ type Message struct {
 	// Choices is a DING's response menu ("attend", "decline"); a recipient
 	// confirms with a choice's 1-based number. Empty for other kinds.
 	Choices []string
+	// Flags: FlagConfirm.
+	Flags uint32
 }
 
 // ErrCorrupt is returned when a stored record cannot be decoded.
@@ -47,8 +60,8 @@ var ErrCorrupt = errors.New("engine: corrupt record")
 //	+---------+-------------+------+--------------+-----------+-----------+------------------+----------+
 //
 // where (str) and (bytes) are a uvarint length followed by the bytes.
-// Version 2 appends | nChoices uvarint | choice (str)... | after the body;
-// it is written only when there are choices.
+// Version 2 appends | nChoices uvarint | choice (str)... | [flags uvarint] |
+// after the body; it is written only when there are choices or flags.
 const (
 	messageVersion        = 1
 	messageVersionChoices = 2
@@ -68,7 +81,7 @@ func encodeMessage(m *Message) []byte {
 		n += 1 + len(c)
 	}
 	b := make([]byte, 0, n)
-	if len(m.Choices) > 0 {
+	if len(m.Choices) > 0 || m.Flags != 0 {
 		b = append(b, messageVersionChoices)
 	} else {
 		b = append(b, messageVersion)
@@ -83,10 +96,13 @@ func encodeMessage(m *Message) []byte {
 	b = appendStr(b, m.ClientID)
 	b = binary.AppendUvarint(b, uint64(len(m.Body)))
 	b = append(b, m.Body...)
-	if len(m.Choices) > 0 {
+	if len(m.Choices) > 0 || m.Flags != 0 {
 		b = binary.AppendUvarint(b, uint64(len(m.Choices)))
 		for _, c := range m.Choices {
 			b = appendStr(b, c)
+		}
+		if m.Flags != 0 {
+			b = binary.AppendUvarint(b, uint64(m.Flags))
 		}
 	}
 	return b
@@ -163,11 +179,18 @@ func decodeMessage(id ID, b []byte) (*Message, error) {
 	m.Body = append([]byte(nil), d.bytes()...)
 	if ver == messageVersionChoices {
 		n := d.uvarint()
-		if n == 0 || n > uint64(len(d.b)) {
+		if n > uint64(len(d.b)) {
 			return nil, ErrCorrupt
 		}
 		for i := uint64(0); i < n && !d.err; i++ {
 			m.Choices = append(m.Choices, d.str())
+		}
+		if len(d.b) > 0 {
+			f := d.uvarint()
+			if f > 1<<31 {
+				return nil, ErrCorrupt
+			}
+			m.Flags = uint32(f)
 		}
 	}
 	if d.err || len(d.b) != 0 {

@@ -20,6 +20,8 @@ type metrics struct {
 	timeToConfirm *prometheus.HistogramVec // by channel
 	sendSeconds   *prometheus.HistogramVec // by channel
 	sendsDropped  prometheus.Counter
+
+	fanoutEntries prometheus.Counter
 }
 
 func (m *metrics) step(ch Channel, outcome string) {
@@ -89,6 +91,10 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps func() float
 		Name: "ding_escalation_sends_deferred_total",
 		Help: "Sends that found the dispatch queue full; each is made by its recovery timer instead.",
 	})
+	m.fanoutEntries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_engine_fanout_entries_total",
+		Help: "Stream entries written by background fanout of messages to many (announcements, big groups).",
+	})
 	m.submitsOK = m.submits.WithLabelValues("ok")
 	m.submitsDup = m.submits.WithLabelValues("duplicate")
 	m.submitsRejected = m.submits.WithLabelValues("rejected")
@@ -98,7 +104,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps func() float
 	}
 	for _, c := range []prometheus.Collector{
 		m.submits, m.submitSeconds, m.commitSeconds, m.batchOps, m.queueFull,
-		m.dings, m.steps, m.refusals, m.lateness, m.timeToRead, m.timeToConfirm, m.sendSeconds, m.sendsDropped,
+		m.dings, m.steps, m.refusals, m.lateness, m.timeToRead, m.timeToConfirm, m.sendSeconds, m.sendsDropped, m.fanoutEntries,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ding_escalation_pending_steps",
 			Help: "Escalation timers armed: planned steps, retries and send recoveries.",

@@ -1,0 +1,224 @@
+package engine
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// Fanout of a message to many (an announcement to all staff, a message to
+// a big group).
+//
+// A message whose recipients outnumber Config.FanoutChunk is acknowledged
+// once the message, its audience (the recipients at the time it was sent,
+// in chunks under 'a' | id | chunk) and a job record ('j' | id) are
+// durable. The fanout loop then writes one chunk of stream entries and
+// receipts per commit batch, oldest job first, deleting each audience
+// chunk as it goes: so a restart resumes where it stopped, a huge fanout
+// never holds the commit loop for long (other ops share every batch with
+// it), and what stays per recipient is a stream entry and a receipt, not a
+// copy of the body. A recipient removed from the directory before their
+// chunk is written is skipped.
+
+// fanoutJob is the record of a fanout in progress.
+type fanoutJob struct {
+	Chunks int `json:"chunks"`
+	Next   int `json:"next"` // the next chunk to write
+	Total  int `json:"total"`
+}
+
+// ActiveFilter is an optional interface of Config.Recipients: the fanout
+// skips users it reports inactive (removed since the message was sent).
+type ActiveFilter interface {
+	Active(user string) bool
+}
+
+func jobKey(id ID) []byte { return append([]byte{prefixJob}, id[:]...) }
+
+func audienceKey(id ID, chunk int) []byte {
+	return binary.BigEndian.AppendUint32(append([]byte{prefixAudience}, id[:]...), uint32(chunk))
+}
+
+func encodeNames(names []string) []byte {
+	n := 0
+	for _, s := range names {
+		n += 1 + len(s)
+	}
+	b := make([]byte, 0, n)
+	for _, s := range names {
+		b = appendStr(b, s)
+	}
+	return b
+}
+
+func decodeNames(b []byte) ([]string, error) {
+	d := decoder{b: b}
+	var out []string
+	for len(d.b) > 0 && !d.err {
+		out = append(out, d.str())
+	}
+	if d.err {
+		return nil, ErrCorrupt
+	}
+	return out, nil
+}
+
+// startFanout records a fanout job for the loop to run after this batch.
+func (c *committer) startFanout(id ID, recipients []string) {
+	size := c.e.cfg.FanoutChunk
+	job := fanoutJob{Total: len(recipients)}
+	for i := 0; i < len(recipients); i += size {
+		c.batch.Set(audienceKey(id, job.Chunks), encodeNames(recipients[i:min(i+size, len(recipients))]))
+		job.Chunks++
+	}
+	v, _ := json.Marshal(job)
+	c.batch.Set(jobKey(id), v)
+	c.jobsStarted = true
+}
+
+// fanoutChunk writes the next chunk of job id.
+func (c *committer) fanoutChunk(id ID) error {
+	v, err := c.e.st.Get(jobKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return abort(err)
+	}
+	var job fanoutJob
+	if err := json.Unmarshal(v, &job); err != nil {
+		return abort(fmt.Errorf("fanout job %s: %w", id, ErrCorrupt))
+	}
+	m, err := c.e.Message(id)
+	if err != nil {
+		return abort(fmt.Errorf("fanout %s: %w", id, err))
+	}
+	ak := audienceKey(id, job.Next)
+	v, err = c.e.st.Get(ak)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return abort(err)
+	}
+	names, err := decodeNames(v)
+	if err != nil {
+		return abort(fmt.Errorf("fanout %s chunk %d: %w", id, job.Next, err))
+	}
+	if af, ok := c.e.cfg.Recipients.(ActiveFilter); ok {
+		kept := names[:0]
+		for _, u := range names {
+			if af.Active(u) {
+				kept = append(kept, u)
+			}
+		}
+		names = kept
+	}
+	if err := c.fanout(m, names); err != nil {
+		return abort(err)
+	}
+	c.e.metrics.fanoutEntries.Add(float64(len(names)))
+	c.batch.Delete(ak)
+	job.Next++
+	if job.Next >= job.Chunks {
+		c.batch.Delete(jobKey(id))
+		return nil
+	}
+	v, _ = json.Marshal(job)
+	c.batch.Set(jobKey(id), v)
+	return nil
+}
+
+// fanoutLoop runs fanout jobs, one chunk per commit batch, oldest first.
+func (e *Engine) fanoutLoop() {
+	defer close(e.fanoutDone)
+	for {
+		var id ID
+		found := false
+		err := e.st.Scan([]byte{prefixJob}, []byte{prefixJob + 1}, func(k, _ []byte) bool {
+			if len(k) == 17 {
+				copy(id[:], k[1:])
+				found = true
+			}
+			return false
+		})
+		if err != nil {
+			e.log.Error("fanout: scan jobs failed; retrying", "err", err)
+			select {
+			case <-e.cfg.Clock.Until(e.cfg.Clock.Now().Add(time.Second)):
+			case <-e.stopFanout:
+				return
+			}
+			continue
+		}
+		if !found {
+			select {
+			case <-e.fanoutWake:
+				continue
+			case <-e.stopFanout:
+				return
+			}
+		}
+		done := make(chan error, 1)
+		e.applyAsync(func(c *committer, now time.Time) error { return c.fanoutChunk(id) }, func(err error) { done <- err })
+		select {
+		case err := <-done:
+			if errors.Is(err, ErrClosed) || errors.Is(err, ErrFailed) {
+				return
+			}
+			if err != nil {
+				e.log.Error("fanout chunk failed; retrying", "message", id.String(), "err", err)
+			}
+		case <-e.stopFanout:
+			return
+		}
+	}
+}
+
+// PendingFanout returns how many recipients of message id are still
+// waiting for their stream entry (0 when the fanout is done or there was
+// none).
+func (e *Engine) PendingFanout(id ID) (int, error) {
+	v, err := e.st.Get(jobKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var job fanoutJob
+	if err := json.Unmarshal(v, &job); err != nil {
+		return 0, ErrCorrupt
+	}
+	n := 0
+	for i := job.Next; i < job.Chunks; i++ {
+		v, err := e.st.Get(audienceKey(id, i))
+		if err != nil {
+			continue
+		}
+		names, _ := decodeNames(v)
+		n += len(names)
+	}
+	return n, nil
+}
+
+// pendingAudience returns the recipients of id not yet fanned out.
+func (e *Engine) pendingAudience(id ID) ([]string, error) {
+	p := append([]byte{prefixAudience}, id[:]...)
+	var out []string
+	var derr error
+	err := e.st.Scan(p, prefixEnd(p), func(_, v []byte) bool {
+		names, err := decodeNames(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		out = append(out, names...)
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
