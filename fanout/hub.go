@@ -200,6 +200,32 @@ func (d *Device) Detach() {
 	d.mu.Unlock()
 }
 
+// ErrUserRemoved is what Kick fails a removed user's endpoints with.
+var ErrUserRemoved = errors.New("fanout: user removed")
+
+// Kick detaches every device of user and fails its endpoint with err (for
+// offboarding: ErrUserRemoved). It returns how many devices it closed.
+func (h *Hub) Kick(user string, err error) int {
+	s := h.shard(user)
+	s.mu.Lock()
+	devs := s.users[user]
+	delete(s.users, user)
+	s.mu.Unlock()
+	n := 0
+	for _, d := range devs {
+		d.mu.Lock()
+		was := d.closed
+		d.closed = true
+		d.mu.Unlock()
+		h.devices.Dec()
+		if !was {
+			d.ep.Fail(err)
+			n++
+		}
+	}
+	return n
+}
+
 // Drained tells the hub that the device's endpoint wrote out its queue, so
 // a paused catch-up may go on. Endpoints call it after each flush.
 func (d *Device) Drained() {

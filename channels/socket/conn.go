@@ -464,7 +464,13 @@ func (c *conn) Room() int {
 }
 
 // Fail implements fanout.Endpoint.
-func (c *conn) Fail(err error) { c.fatal(codeInternal, 0, "internal error; reconnect") }
+func (c *conn) Fail(err error) {
+	if errors.Is(err, fanout.ErrUserRemoved) {
+		c.fatal(pb.Code_USER_REMOVED, 0, "this user was removed")
+		return
+	}
+	c.fatal(codeInternal, 0, "internal error; reconnect")
+}
 
 func (c *conn) enqueueLocked(frame []byte) {
 	c.out = append(c.out, frame)

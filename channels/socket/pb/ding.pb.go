@@ -123,6 +123,7 @@ const (
 	Kind_TEXT             Kind = 1 // UTF-8 text
 	Kind_DATA             Kind = 2 // opaque application payload
 	Kind_DING             Kind = 3 // an urgent UTF-8 text to confirm, with optional choices; never submitted by clients
+	Kind_ANNOUNCEMENT     Kind = 4 // UTF-8 text to all staff, a department or a group; never submitted by clients
 )
 
 // Enum value maps for Kind.
@@ -132,12 +133,14 @@ var (
 		1: "TEXT",
 		2: "DATA",
 		3: "DING",
+		4: "ANNOUNCEMENT",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
 		"TEXT":             1,
 		"DATA":             2,
 		"DING":             3,
+		"ANNOUNCEMENT":     4,
 	}
 )
 
@@ -252,6 +255,7 @@ const (
 	Code_INTERNAL           Code = 23 // an internal failure; retry (fatal when the stream could not be read: reconnect)
 	Code_NOT_DING           Code = 24 // CONFIRM of a message that is not a DING
 	Code_BAD_ANSWER         Code = 25 // CONFIRM with an answer that is not one of the DING's choices
+	Code_USER_REMOVED       Code = 26 // the user was offboarded; fatal; do not reconnect
 )
 
 // Enum value maps for Code.
@@ -283,6 +287,7 @@ var (
 		23: "INTERNAL",
 		24: "NOT_DING",
 		25: "BAD_ANSWER",
+		26: "USER_REMOVED",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":   0,
@@ -311,6 +316,7 @@ var (
 		"INTERNAL":           23,
 		"NOT_DING":           24,
 		"BAD_ANSWER":         25,
+		"USER_REMOVED":       26,
 	}
 )
 
@@ -662,7 +668,8 @@ type Deliver struct {
 	Kind          Kind                   `protobuf:"varint,5,opt,name=kind,proto3,enum=ding.v1.Kind" json:"kind,omitempty"`
 	Body          []byte                 `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
 	CreatedMs     int64                  `protobuf:"varint,7,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
-	Choices       []string               `protobuf:"bytes,8,rep,name=choices,proto3" json:"choices,omitempty"` // kind DING: the response menu; CONFIRM.answer 1 is the first
+	Choices       []string               `protobuf:"bytes,8,rep,name=choices,proto3" json:"choices,omitempty"`  // kind DING: the response menu; CONFIRM.answer 1 is the first
+	Confirm       bool                   `protobuf:"varint,9,opt,name=confirm,proto3" json:"confirm,omitempty"` // the sender asks for a confirmation: CONFIRM with answer 0 (must-confirm announcements)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -751,6 +758,13 @@ func (x *Deliver) GetChoices() []string {
 		return x.Choices
 	}
 	return nil
+}
+
+func (x *Deliver) GetConfirm() bool {
+	if x != nil {
+		return x.Confirm
+	}
+	return false
 }
 
 type Receipt struct {
@@ -1515,7 +1529,7 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x1c\n" +
-	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\xbf\x01\n" +
+	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\xd9\x01\n" +
 	"\aDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -1525,7 +1539,8 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x04body\x18\x06 \x01(\fR\x04body\x12\x1d\n" +
 	"\n" +
 	"created_ms\x18\a \x01(\x03R\tcreatedMs\x12\x18\n" +
-	"\achoices\x18\b \x03(\tR\achoices\"|\n" +
+	"\achoices\x18\b \x03(\tR\achoices\x12\x18\n" +
+	"\aconfirm\x18\t \x01(\bR\aconfirm\"|\n" +
 	"\aReceipt\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x12\n" +
@@ -1598,19 +1613,20 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\bRECEIPTS\x10\x0e\x12\x0e\n" +
 	"\n" +
 	"DING_EVENT\x10\x0f\x12\v\n" +
-	"\aCONFIRM\x10\x10*:\n" +
+	"\aCONFIRM\x10\x10*L\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04TEXT\x10\x01\x12\b\n" +
 	"\x04DATA\x10\x02\x12\b\n" +
-	"\x04DING\x10\x03*V\n" +
+	"\x04DING\x10\x03\x12\x10\n" +
+	"\fANNOUNCEMENT\x10\x04*V\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04SENT\x10\x01\x12\r\n" +
 	"\tDELIVERED\x10\x02\x12\x0e\n" +
 	"\n" +
 	"READ_STATE\x10\x03\x12\r\n" +
-	"\tCONFIRMED\x10\x04*\xe1\x03\n" +
+	"\tCONFIRMED\x10\x04*\xf3\x03\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tBAD_FRAME\x10\x01\x12\x13\n" +
@@ -1639,7 +1655,8 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\bINTERNAL\x10\x17\x12\f\n" +
 	"\bNOT_DING\x10\x18\x12\x0e\n" +
 	"\n" +
-	"BAD_ANSWER\x10\x19B+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
+	"BAD_ANSWER\x10\x19\x12\x10\n" +
+	"\fUSER_REMOVED\x10\x1aB+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
 
 var (
 	file_channels_socket_pb_ding_proto_rawDescOnce sync.Once

@@ -148,6 +148,7 @@ func AppendEntry(dst []byte, e engine.Entry) []byte {
 		return Append(dst, pb.FrameType_DELIVER, &pb.Deliver{
 			Seq: e.Seq, Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
 			Body: m.Body, CreatedMs: m.Created.UnixMilli(), Choices: validUTF8s(m.Choices),
+			Confirm: m.Flags&engine.FlagConfirm != 0,
 		})
 	case engine.EntryReceipt:
 		r := e.Receipt
