@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +21,21 @@ var (
 	// ErrBadQuietHours is returned by PutUser for quiet hours that do not
 	// parse (see engine.ParseQuietHours).
 	ErrBadQuietHours = errors.New("fanout: bad quiet hours")
+	// ErrBadStatus is returned for a user status other than "active" and
+	// "removed" (as a filter, also "all"), and by PutUser for "removed":
+	// users are removed with RemoveUser.
+	ErrBadStatus = errors.New("fanout: bad user status")
+	// ErrUnknownUser is returned by RemoveUser for a user not in the
+	// directory, and by group changes for a member who is not an active
+	// user.
+	ErrUnknownUser = errors.New("fanout: unknown user")
+)
+
+// User statuses. A removed user stays in the store, for history and the
+// audit log, but receives nothing and belongs to no department or group.
+const (
+	StatusActive  = "active"
+	StatusRemoved = "removed"
 )
 
 // User is a person in the directory.
@@ -28,25 +45,69 @@ type User struct {
 	Phone string `json:"phone,omitempty"` // E.164; never logged
 	// QuietHours is a daily window in which non-critical DINGs are
 	// refused: "22:00-07:00" (UTC) or "22:00-07:00 Europe/Berlin".
-	QuietHours string    `json:"quiet_hours,omitempty"`
+	QuietHours string `json:"quiet_hours,omitempty"`
+	// Status is StatusActive or StatusRemoved; PutUser sets it to active
+	// (empty in records written before statuses existed means active).
+	Status string `json:"status"`
+	// Department is the id of the user's department; empty means none.
+	Department string    `json:"department,omitempty"`
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
 }
 
+// same reports whether u and v differ in nothing but their timestamps.
+func (u User) same(v User) bool {
+	return u.ID == v.ID && u.Name == v.Name && u.Phone == v.Phone && u.QuietHours == v.QuietHours &&
+		u.Status == v.Status && u.Department == v.Department
+}
+
 var e164 = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
 
-// Directory keys: 'u' 'u' | user id -> JSON user record.
-func userKey(id string) []byte { return append([]byte{engine.PrefixDirectory, 'u'}, id...) }
+// Directory key layout (drawn in the package doc): everything lives under
+// engine.PrefixDirectory, then one byte for the kind of record.
+const (
+	kindUser  = 'u' // 'u' 'u' | user id  -> JSON User
+	kindDept  = 'd' // 'u' 'd' | dept id  -> JSON Department
+	kindGroup = 'g' // 'u' 'g' | group id -> JSON Group
+	kindAudit = 'a' // 'u' 'a' | seq (8)  -> JSON AuditEntry
+)
 
-// Directory is the set of users. Reads are served from memory; every change
-// is written (synced) to the store first. It implements engine.Recipients.
+func dirKey(kind byte, id string) []byte {
+	return append([]byte{engine.PrefixDirectory, kind}, id...)
+}
+
+func userKey(id string) []byte { return dirKey(kindUser, id) }
+
+// Directory is the company's address book: users, the department tree,
+// ad-hoc groups and the audit log of every change. Reads are served from
+// memory and never wait for the store; every change is written (synced) to
+// the store in one batch, with its audit entry, before it becomes visible.
+// It implements engine.Recipients and engine.Contacts.
+//
+// Writers are serialized by wmu and hold it across the store commit; they
+// take mu only to install the committed change, so a reader (Resolve, on
+// every submit) never waits for an fsync. Lock order: wmu, mu, cacheMu.
 type Directory struct {
 	st    store.Store
 	clock engine.Clock
 
-	mu    sync.RWMutex
-	users map[string]User              // guarded by mu
-	quiet map[string]engine.QuietHours // parsed User.QuietHours, for users that have them; guarded by mu
+	wmu      sync.Mutex // serializes writers
+	auditSeq uint64     // last audit entry written; guarded by wmu
+
+	// The maps and indexes below are written with wmu and mu held, and
+	// read with either held. Slices in them are never modified in place
+	// once installed: a change installs new ones.
+	mu        sync.RWMutex
+	users     map[string]User              // every user, removed ones too
+	quiet     map[string]engine.QuietHours // parsed User.QuietHours, for users that have them
+	active    []string                     // sorted ids of active users: the "all" group
+	depts     map[string]Department
+	children  map[string][]string // department id ("" for the roots) -> sorted ids of its sub-departments
+	deptUsers map[string][]string // department id -> sorted ids of its own (active) users
+	groups    map[string]Group    // ad-hoc groups; Members sorted, all active users
+
+	cacheMu sync.Mutex
+	subtree map[string][]string // department id -> sorted active users of its subtree; guarded by cacheMu, cleared on every change
 }
 
 var (
@@ -59,88 +120,198 @@ func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 	if clock == nil {
 		clock = engine.SystemClock{}
 	}
-	d := &Directory{st: st, clock: clock, users: map[string]User{}, quiet: map[string]engine.QuietHours{}}
-	p := userKey("")
-	var derr error
-	err := st.Scan(p, []byte{engine.PrefixDirectory, 'u' + 1}, func(k, v []byte) bool {
-		var u User
-		if derr = json.Unmarshal(v, &u); derr != nil {
-			derr = fmt.Errorf("fanout: user %q: %w", k[len(p):], derr)
-			return false
+	d := &Directory{
+		st: st, clock: clock,
+		users: map[string]User{}, quiet: map[string]engine.QuietHours{},
+		depts: map[string]Department{}, groups: map[string]Group{},
+		deptUsers: map[string][]string{}, subtree: map[string][]string{},
+	}
+	err := loadKind(st, kindUser, func(u *User) {
+		if u.Status == "" {
+			u.Status = StatusActive
 		}
-		d.users[u.ID] = u
+		d.users[u.ID] = *u
 		if q, err := engine.ParseQuietHours(u.QuietHours); err == nil && u.QuietHours != "" {
 			d.quiet[u.ID] = q
 		}
+	})
+	if err == nil {
+		err = loadKind(st, kindDept, func(dep *Department) { d.depts[dep.ID] = *dep })
+	}
+	if err == nil {
+		err = loadKind(st, kindGroup, func(g *Group) {
+			if g.Members == nil {
+				g.Members = []string{}
+			}
+			d.groups[g.ID] = *g
+		})
+	}
+	if err == nil {
+		d.auditSeq, err = lastAuditSeq(st)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fanout: load directory: %w", err)
+	}
+	var act []string
+	for id, u := range d.users {
+		if u.Status == StatusActive {
+			act = append(act, id)
+		}
+	}
+	slices.Sort(act)
+	d.active = act
+	for _, id := range act {
+		if dep := d.users[id].Department; dep != "" {
+			d.deptUsers[dep] = append(d.deptUsers[dep], id)
+		}
+	}
+	d.children = childrenOf(d.depts)
+	return d, nil
+}
+
+// loadKind decodes every JSON record of one kind.
+func loadKind[T any](st store.Store, kind byte, fn func(*T)) error {
+	p := dirKey(kind, "")
+	var derr error
+	err := st.Scan(p, []byte{engine.PrefixDirectory, kind + 1}, func(k, v []byte) bool {
+		var x T
+		if derr = json.Unmarshal(v, &x); derr != nil {
+			derr = fmt.Errorf("record %q: %w", k, derr)
+			return false
+		}
+		fn(&x)
 		return true
 	})
 	if err == nil {
 		err = derr
 	}
-	if err != nil {
-		return nil, fmt.Errorf("fanout: load directory: %w", err)
-	}
-	return d, nil
+	return err
 }
 
-// PutUser creates or updates a user, durably. It reports whether the user
-// is new.
+// checkUser validates u and fills in its status.
+func checkUser(u *User) error {
+	if err := engine.CheckName("user", u.ID); err != nil {
+		return err
+	}
+	if u.ID == TargetAll {
+		return fmt.Errorf("%w: user id %q is reserved for the all-staff group", engine.ErrBadName, u.ID)
+	}
+	if u.Phone != "" && !e164.MatchString(u.Phone) {
+		return fmt.Errorf("%w (user %s)", ErrBadPhone, u.ID)
+	}
+	if len(u.Name) > 200 {
+		return fmt.Errorf("%w: display name of %s longer than 200 bytes", engine.ErrBadName, u.ID)
+	}
+	if _, err := engine.ParseQuietHours(u.QuietHours); err != nil {
+		return fmt.Errorf("%w: user %s: %v", ErrBadQuietHours, u.ID, err)
+	}
+	switch u.Status {
+	case "", StatusActive:
+		u.Status = StatusActive
+	default:
+		return fmt.Errorf("%w: %q for user %s (remove users with RemoveUser)", ErrBadStatus, u.Status, u.ID)
+	}
+	if u.Department != "" {
+		if err := engine.CheckName("department", u.Department); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PutUser creates or updates a user, durably, as PutUsersAs with actor
+// "system". It reports whether the user is new.
 func (d *Directory) PutUser(u User) (created bool, err error) {
-	n, err := d.PutUsers([]User{u})
+	n, err := d.PutUsersAs([]User{u}, ActorSystem)
 	return n == 1, err
 }
 
-// PutUsers creates or updates many users in one synced write: all or none.
-// It returns how many were new.
+// PutUsers is PutUsersAs with actor "system".
 func (d *Directory) PutUsers(us []User) (created int, err error) {
-	for _, u := range us {
-		if err := engine.CheckName("user", u.ID); err != nil {
+	return d.PutUsersAs(us, ActorSystem)
+}
+
+// PutUserAs is PutUsersAs for one user; it reports whether the user is new.
+func (d *Directory) PutUserAs(u User, actor string) (created bool, err error) {
+	n, err := d.PutUsersAs([]User{u}, actor)
+	return n == 1, err
+}
+
+// PutUsersAs creates or updates (replaces) many users in one synced write
+// with their audit entries: all or none. It returns how many were new. A
+// user's department must exist; putting a removed user makes them active
+// again (in no group). A user identical to the stored one is not
+// rewritten. If the same id appears twice, the last one wins.
+func (d *Directory) PutUsersAs(us []User, actor string) (created int, err error) {
+	for i := range us {
+		if err := checkUser(&us[i]); err != nil {
 			return 0, err
 		}
-		if u.Phone != "" && !e164.MatchString(u.Phone) {
-			return 0, fmt.Errorf("%w (user %s)", ErrBadPhone, u.ID)
-		}
-		if len(u.Name) > 200 {
-			return 0, fmt.Errorf("%w: display name of %s longer than 200 bytes", engine.ErrBadName, u.ID)
-		}
-		if _, err := engine.ParseQuietHours(u.QuietHours); err != nil {
-			return 0, fmt.Errorf("%w: user %s: %v", ErrBadQuietHours, u.ID, err)
-		}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	now := d.clock.Now().UTC().Truncate(time.Millisecond)
-	b := d.st.NewBatch()
-	defer b.Close()
-	out := make([]User, len(us))
-	for i, u := range us {
-		u.Created, u.Updated = now, now
-		if old, ok := d.users[u.ID]; ok {
-			u.Created = old.Created
-		} else {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	now := d.now()
+	c := d.newChange(now, actor)
+	for _, u := range us {
+		if u.Department != "" {
+			if _, ok := d.depts[u.Department]; !ok {
+				return 0, fmt.Errorf("%w: %q (user %s)", ErrUnknownDepartment, u.Department, u.ID)
+			}
+		}
+		if c.putUser(u, "") {
 			created++
 		}
-		v, err := json.Marshal(u)
-		if err != nil {
-			return 0, err
-		}
-		b.Set(userKey(u.ID), v)
-		out[i] = u
 	}
-	if err := b.Commit(true); err != nil {
+	if err := d.commit(c); err != nil {
 		return 0, fmt.Errorf("fanout: put %d users: %w", len(us), err)
-	}
-	for _, u := range out {
-		d.users[u.ID] = u
-		delete(d.quiet, u.ID)
-		if u.QuietHours != "" {
-			d.quiet[u.ID], _ = engine.ParseQuietHours(u.QuietHours)
-		}
 	}
 	return created, nil
 }
 
-// Contact implements engine.Contacts.
+// RemoveUser marks a user removed (offboarding): they stay in the store
+// with their history, but leave every group and their department, and
+// Resolve, Contact and Expand refuse them from now on. The change and its
+// audit entry are one synced batch. Removing a removed user changes
+// nothing and returns them. Unknown users give ErrUnknownUser. Revoking
+// tokens and closing connections is the caller's job.
+func (d *Directory) RemoveUser(id, actor string) (User, error) {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	u, ok := d.users[id]
+	if !ok {
+		return User{}, fmt.Errorf("%w: %q", ErrUnknownUser, id)
+	}
+	if u.Status == StatusRemoved {
+		return u, nil
+	}
+	c := d.newChange(d.now(), actor)
+	var left []string
+	for _, gid := range slices.Sorted(maps.Keys(d.groups)) {
+		g := d.groups[gid]
+		if _, in := slices.BinarySearch(g.Members, id); in {
+			g.Members = slices.DeleteFunc(slices.Clone(g.Members), func(m string) bool { return m == id })
+			c.groups[gid] = &g
+			left = append(left, gid)
+		}
+	}
+	nu := u
+	nu.Status, nu.Department = StatusRemoved, ""
+	c.users[id] = userChange{old: u, had: true, new: nu}
+	detail := "removed"
+	if u.Department != "" {
+		detail += "; left department " + u.Department
+	}
+	if len(left) > 0 {
+		detail += "; left groups " + list(left)
+	}
+	c.audit("user.remove", id, detail)
+	if err := d.commit(c); err != nil {
+		return User{}, fmt.Errorf("fanout: remove user %s: %w", id, err)
+	}
+	return c.users[id].new, nil
+}
+
+// Contact implements engine.Contacts. Removed users are unknown.
 func (d *Directory) Contact(id string) (engine.Contact, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
@@ -148,10 +319,13 @@ func (d *Directory) Contact(id string) (engine.Contact, error) {
 	if !ok {
 		return engine.Contact{}, fmt.Errorf("%w: %q", engine.ErrUnknownRecipient, id)
 	}
+	if u.Status != StatusActive {
+		return engine.Contact{}, fmt.Errorf("%w: %q was removed", engine.ErrUnknownRecipient, id)
+	}
 	return engine.Contact{Name: u.Name, Phone: u.Phone, Quiet: d.quiet[id]}, nil
 }
 
-// User returns a user by id.
+// User returns a user by id, removed ones too (see User.Status).
 func (d *Directory) User(id string) (User, bool) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
@@ -159,34 +333,332 @@ func (d *Directory) User(id string) (User, bool) {
 	return u, ok
 }
 
-// Users returns every user, sorted by id.
-func (d *Directory) Users() []User {
-	d.mu.RLock()
-	out := make([]User, 0, len(d.users))
-	for _, u := range d.users {
-		out = append(out, u)
-	}
-	d.mu.RUnlock()
-	slices.SortFunc(out, func(a, b User) int {
-		if a.ID < b.ID {
-			return -1
-		}
-		if a.ID > b.ID {
-			return 1
-		}
-		return 0
-	})
-	return out
-}
-
-// Resolve implements engine.Recipients: every recipient must be a user.
-func (d *Directory) Resolve(to []string) ([]string, error) {
+// Active reports whether id is an active user.
+func (d *Directory) Active(id string) bool {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	for _, id := range to {
-		if _, ok := d.users[id]; !ok {
-			return nil, fmt.Errorf("%w: %q", engine.ErrUnknownRecipient, id)
+	return d.users[id].Status == StatusActive
+}
+
+// Users returns every active user, sorted by id.
+func (d *Directory) Users() []User {
+	us, _ := d.UsersByStatus(StatusActive)
+	return us
+}
+
+// UsersByStatus returns the users with a status (StatusActive,
+// StatusRemoved, or "all"), sorted by id. Other statuses give ErrBadStatus.
+func (d *Directory) UsersByStatus(status string) ([]User, error) {
+	switch status {
+	case "all", StatusActive, StatusRemoved:
+	default:
+		return nil, fmt.Errorf("%w: %q, want all, active or removed", ErrBadStatus, status)
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if status == StatusActive {
+		out := make([]User, len(d.active))
+		for i, id := range d.active {
+			out[i] = d.users[id]
+		}
+		return out, nil
+	}
+	out := make([]User, 0, len(d.users))
+	for _, u := range d.users {
+		if status == "all" || u.Status == status {
+			out = append(out, u)
 		}
 	}
-	return to, nil
+	slices.SortFunc(out, func(a, b User) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+func (d *Directory) now() time.Time { return d.clock.Now().UTC().Truncate(time.Millisecond) }
+
+// ActorSystem is the audit actor of changes made without one (PutUser,
+// PutUsers).
+const ActorSystem = "system"
+
+// A change is what one write does to the directory: new records and
+// audit entries. It is built by a writer holding wmu, committed to the
+// store in one synced batch, then installed in memory.
+type change struct {
+	now     time.Time
+	actor   string
+	users   map[string]userChange
+	depts   map[string]*Department // nil: delete
+	groups  map[string]*Group      // nil: delete
+	entries []AuditEntry
+	d       *Directory
+}
+
+type userChange struct {
+	old User
+	had bool
+	new User
+}
+
+func (d *Directory) newChange(now time.Time, actor string) *change {
+	if actor == "" {
+		actor = ActorSystem
+	}
+	return &change{now: now, actor: actor, users: map[string]userChange{},
+		depts: map[string]*Department{}, groups: map[string]*Group{}, d: d}
+}
+
+func (c *change) audit(action, target, detail string) {
+	c.entries = append(c.entries, AuditEntry{At: c.now, Actor: c.actor, Action: action, Target: target, Detail: detail})
+}
+
+// user returns the user as the change leaves them.
+func (c *change) user(id string) (User, bool) {
+	if uc, ok := c.users[id]; ok {
+		return uc.new, true
+	}
+	u, ok := c.d.users[id]
+	return u, ok
+}
+
+// putUser records u (checked) as the new state of its user, with an audit
+// entry, unless nothing changes. It reports whether the user is new. via
+// prefixes the audit detail ("import").
+func (c *change) putUser(u User, via string) (created bool) {
+	old, had := c.d.users[u.ID] // compare with the stored user
+	_, again := c.users[u.ID]
+	if again {
+		c.dropAudit("user.put", u.ID)
+	}
+	if had && old.same(u) {
+		delete(c.users, u.ID)
+		return false
+	}
+	u.Created, u.Updated = c.now, c.now
+	if had {
+		u.Created = old.Created
+	}
+	c.users[u.ID] = userChange{old: old, had: had, new: u}
+	detail := userDetail(old, had, u)
+	if via != "" {
+		detail = via + ": " + detail
+	}
+	c.audit("user.put", u.ID, detail)
+	return !had && !again
+}
+
+func (c *change) dropAudit(action, target string) {
+	c.entries = slices.DeleteFunc(c.entries, func(e AuditEntry) bool { return e.Action == action && e.Target == target })
+}
+
+// userDetail describes a user change for the audit log, without the
+// values of personal fields: never a phone number.
+func userDetail(old User, had bool, u User) string {
+	var parts []string
+	if !had {
+		parts = append(parts, "created")
+		if u.Phone != "" {
+			parts = append(parts, "phone set")
+		}
+		if u.Department != "" {
+			parts = append(parts, "department "+u.Department)
+		}
+		return strings.Join(parts, "; ")
+	}
+	if old.Status != u.Status {
+		parts = append(parts, "reactivated")
+	}
+	if old.Name != u.Name {
+		parts = append(parts, "name changed")
+	}
+	switch {
+	case old.Phone == u.Phone:
+	case old.Phone == "":
+		parts = append(parts, "phone set")
+	case u.Phone == "":
+		parts = append(parts, "phone cleared")
+	default:
+		parts = append(parts, "phone changed")
+	}
+	if old.QuietHours != u.QuietHours {
+		parts = append(parts, "quiet hours changed")
+	}
+	if old.Department != u.Department {
+		parts = append(parts, fmt.Sprintf("department %q -> %q", old.Department, u.Department))
+	}
+	return "updated: " + strings.Join(parts, "; ")
+}
+
+// list joins ids for an audit detail, at most 20 of them.
+func list(ids []string) string {
+	if len(ids) <= 20 {
+		return strings.Join(ids, ",")
+	}
+	return strings.Join(ids[:20], ",") + fmt.Sprintf(",... (%d more)", len(ids)-20)
+}
+
+// commit writes c in one synced batch and installs it. The caller holds
+// wmu. A change with no records and no audit entries writes nothing.
+func (d *Directory) commit(c *change) error {
+	if len(c.users) == 0 && len(c.depts) == 0 && len(c.groups) == 0 && len(c.entries) == 0 {
+		return nil
+	}
+	b := d.st.NewBatch()
+	defer b.Close()
+	for id, uc := range c.users {
+		v, err := json.Marshal(uc.new)
+		if err != nil {
+			return err
+		}
+		b.Set(userKey(id), v)
+	}
+	for id, dep := range c.depts {
+		if dep == nil {
+			b.Delete(dirKey(kindDept, id))
+			continue
+		}
+		v, err := json.Marshal(dep)
+		if err != nil {
+			return err
+		}
+		b.Set(dirKey(kindDept, id), v)
+	}
+	for id, g := range c.groups {
+		if g == nil {
+			b.Delete(dirKey(kindGroup, id))
+			continue
+		}
+		v, err := json.Marshal(g)
+		if err != nil {
+			return err
+		}
+		b.Set(dirKey(kindGroup, id), v)
+	}
+	seq := d.auditSeq
+	for i := range c.entries {
+		seq++
+		c.entries[i].Seq = seq
+		v, err := json.Marshal(c.entries[i])
+		if err != nil {
+			return err
+		}
+		b.Set(auditKey(seq), v)
+	}
+	if err := b.Commit(true); err != nil {
+		return err
+	}
+	d.auditSeq = seq
+	d.install(c)
+	return nil
+}
+
+// install makes a committed change visible. The caller holds wmu; the new
+// indexes are built before taking mu, so readers wait only for the swap.
+func (d *Directory) install(c *change) {
+	var add, del []string
+	deptAdd, deptDel := map[string][]string{}, map[string][]string{}
+	for id, uc := range c.users {
+		was := uc.had && uc.old.Status == StatusActive
+		is := uc.new.Status == StatusActive
+		switch {
+		case is && !was:
+			add = append(add, id)
+		case was && !is:
+			del = append(del, id)
+		}
+		if was && uc.old.Department != "" && (!is || uc.old.Department != uc.new.Department) {
+			deptDel[uc.old.Department] = append(deptDel[uc.old.Department], id)
+		}
+		if is && uc.new.Department != "" && (!was || uc.old.Department != uc.new.Department) {
+			deptAdd[uc.new.Department] = append(deptAdd[uc.new.Department], id)
+		}
+	}
+	active := d.active
+	if len(add)+len(del) > 0 {
+		active = mergeSorted(d.active, add, del)
+	}
+	deptUsers := map[string][]string{}
+	for dep := range deptAdd {
+		deptUsers[dep] = nil
+	}
+	for dep := range deptDel {
+		deptUsers[dep] = nil
+	}
+	for dep := range deptUsers {
+		deptUsers[dep] = mergeSorted(d.deptUsers[dep], deptAdd[dep], deptDel[dep])
+	}
+	var children map[string][]string
+	if len(c.depts) > 0 {
+		depts := maps.Clone(d.depts)
+		for id, dep := range c.depts {
+			if dep == nil {
+				delete(depts, id)
+			} else {
+				depts[id] = *dep
+			}
+		}
+		children = childrenOf(depts)
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, uc := range c.users {
+		d.users[id] = uc.new
+		delete(d.quiet, id)
+		if uc.new.QuietHours != "" {
+			d.quiet[id], _ = engine.ParseQuietHours(uc.new.QuietHours)
+		}
+	}
+	d.active = active
+	for dep, ids := range deptUsers {
+		if len(ids) == 0 {
+			delete(d.deptUsers, dep)
+		} else {
+			d.deptUsers[dep] = ids
+		}
+	}
+	for id, dep := range c.depts {
+		if dep == nil {
+			delete(d.depts, id)
+		} else {
+			d.depts[id] = *dep
+		}
+	}
+	if children != nil {
+		d.children = children
+	}
+	for id, g := range c.groups {
+		if g == nil {
+			delete(d.groups, id)
+		} else {
+			d.groups[id] = *g
+		}
+	}
+	d.cacheMu.Lock()
+	clear(d.subtree)
+	d.cacheMu.Unlock()
+}
+
+// mergeSorted returns a new sorted slice: old (sorted, no duplicates)
+// without del, plus add. add and del need not be sorted.
+func mergeSorted(old, add, del []string) []string {
+	add = slices.Compact(slices.Sorted(slices.Values(add)))
+	del = slices.Compact(slices.Sorted(slices.Values(del)))
+	out := make([]string, 0, len(old)+len(add))
+	i, j := 0, 0
+	for _, id := range old {
+		for j < len(del) && del[j] < id {
+			j++
+		}
+		if j < len(del) && del[j] == id {
+			continue
+		}
+		for i < len(add) && add[i] < id {
+			out = append(out, add[i])
+			i++
+		}
+		if i < len(add) && add[i] == id {
+			i++
+		}
+		out = append(out, id)
+	}
+	return append(out, add[i:]...)
 }

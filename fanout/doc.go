@@ -1,8 +1,44 @@
 // Package fanout decides who gets a message and pushes durable stream
 // entries to every live device.
 //
-// The Directory holds the users (and later departments and groups) and
-// implements engine.Recipients. The Hub implements engine.Sink: it keeps
+// The Directory is the address book: users, the tree of departments,
+// ad-hoc groups, and an audit log of every change to them. It implements
+// engine.Recipients and engine.Contacts, and expands recipient targets:
+//
+//	all          every active user
+//	dept:ID      the active users of department ID and of every department under it
+//	group:ID     the members of ad-hoc group ID
+//	ID           the user ID, if active
+//
+// Derived groups (all, dept:) are computed from the users and the tree, so
+// they are always consistent; Expand returns sorted, de-duplicated ids.
+// Removing a user (offboarding) keeps their record with status "removed",
+// takes them out of their department and every group, and makes them an
+// unknown recipient. Import applies an HR export (JSON, or CSV with
+// department paths) idempotently and reports the difference.
+//
+//	dir, _ := fanout.OpenDirectory(st, nil)
+//	dir.PutDepartment(fanout.Department{ID: "eng", Name: "Engineering"}, "admin")
+//	dir.PutUserAs(fanout.User{ID: "ana", Name: "Ana", Department: "eng"}, "admin")
+//	ids, _ := dir.Expand("dept:eng") // [ana]
+//
+// # Directory keys
+//
+// The directory owns engine.PrefixDirectory ('u'); the next byte says
+// what the record is. Ids are engine.ValidName, so they hold no 0x00;
+// integers are big-endian so that keys sort numerically.
+//
+//	user        'u' 'u' | user id        -> JSON User (status active or removed)
+//	department  'u' 'd' | department id  -> JSON Department {id, name, parent}
+//	group       'u' 'g' | group id       -> JSON Group {id, name, members (sorted)}
+//	audit       'u' 'a' | seq (8)        -> JSON AuditEntry {seq, at, actor, action, target, detail}
+//
+// OpenDirectory loads users, departments and groups into memory (one scan
+// each) and finds the last audit seq with one Last; the audit log is read
+// from the store only by Audit. Every change, its derived changes (a
+// removed user leaving groups) and its audit entries are one synced batch.
+//
+// The Hub implements engine.Sink: it keeps
 // every attached device of every user in a 64-way sharded registry, encodes
 // each entry once for all of a user's devices, and writes it to each
 // device's Endpoint, which queues and coalesces writes.
