@@ -271,21 +271,22 @@ func ParseOrgJSON(r io.Reader) (Org, error) {
 		}
 	}
 	lineAt := func(off int64) int { return 1 + sort.SearchInts(nl, int(off)) }
-	// start returns the line of the next value after the decoder's offset.
-	start := func(off int64) int {
+	// start returns the offset of the next value after the decoder's offset.
+	start := func(off int64) int64 {
 		for off < int64(len(data)) && bytes.IndexByte([]byte(" \t\r\n,"), data[off]) >= 0 {
 			off++
 		}
-		return lineAt(off)
+		return off
 	}
+	var elem int64 // offset of the element being decoded
 	bad := func(line int, item string, err error) error {
 		var se *json.SyntaxError
 		var te *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &se):
-			line = lineAt(se.Offset)
+			line = lineAt(se.Offset) // from the start of the input
 		case errors.As(err, &te):
-			line = lineAt(te.Offset)
+			line = lineAt(elem + te.Offset) // from the start of the element
 		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 			err = errors.New("unexpected end of file")
 		}
@@ -314,7 +315,8 @@ func ParseOrgJSON(r io.Reader) (Org, error) {
 				return bad(lineAt(dec.InputOffset()), "", err)
 			}
 			for dec.More() {
-				if err := fn(start(dec.InputOffset())); err != nil {
+				elem = start(dec.InputOffset())
+				if err := fn(lineAt(elem)); err != nil {
 					return err
 				}
 			}
@@ -400,7 +402,7 @@ func ParseOrgJSON(r io.Reader) (Org, error) {
 //
 //	Engineering/Platform/SRE -> engineering, engineering.platform, engineering.platform.sre
 //	Sales & Ops              -> sales-ops
-//	研发部/Café               -> 1f2e3d4c, 1f2e3d4c.caf-89abcdef (hashes for illustration)
+//	研发部/Café               -> cbfebacf, cbfebacf.caf-cfc290a9
 //
 // The segment is the department's name. An empty path means no
 // department. Errors are *ImportError with the line number.
