@@ -8,10 +8,13 @@
 //
 // Routes:
 //
-//	POST /v1/users                  {"id","name","phone"}        create or update a user
-//	PUT  /v1/users/{id}             {"name","phone"}             same, id from the path
+//	POST /v1/users                  {"id","name","phone","quiet_hours","department"}  create or update (replace) a user
+//	PUT  /v1/users/{id}             {"name","phone","quiet_hours","department"}       same, id from the path
 //	POST /v1/users/batch            {"users":[{"id","name","phone"},...]} -> {"created": n}, all or none
-//	GET  /v1/users/{id}, /v1/users                               read the directory
+//	GET  /v1/users/{id}             a user, with "status" (active or removed) and "department"
+//	GET  /v1/users?status=active|removed|all                     {"users":[...]}, active ones by default
+//	DELETE /v1/users/{id}           offboard: mark removed, leave groups and department, revoke tokens,
+//	                                close connections, stop pending DINGs (Config.Offboarder) -> the user
 //	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
 //	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id"}
 //	                                -> {"id","created","duplicate"} after the message is durable
@@ -28,6 +31,23 @@
 //	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped
 //	PUT  /v1/policies/{name}        {"policy":"inapp,sms@5m,voice@15m until=confirmed"}
 //	GET  /v1/policies               -> {"policies":{"name":"spec"},"builtin_default":"spec"}
+//
+// The directory (see directory.go). Every change is in the audit log, with
+// actor "admin". Targets "all", "dept:ID" and "group:ID" may be used as
+// recipients of messages and DINGs.
+//
+//	PUT  /v1/departments/{id}       {"name","parent"}  create, rename or move (409 DEPARTMENT_CYCLE)
+//	GET  /v1/departments            {"departments":[{"id","name","parent"}]}
+//	GET  /v1/departments/{id}       {"id","name","parent","members","subdepartments","total_members"}
+//	DELETE /v1/departments/{id}     only when empty (409 DEPARTMENT_NOT_EMPTY)
+//	PUT  /v1/groups/{id}            {"name","members":[..]}  create or replace an ad-hoc group
+//	POST /v1/groups/{id}/members    {"add":[..],"remove":[..]} -> the group
+//	GET  /v1/groups                 {"groups":[...]}, the ad-hoc ones
+//	GET  /v1/groups/{id}            an ad-hoc group, or a derived one: /v1/groups/all, /v1/groups/dept:ID
+//	DELETE /v1/groups/{id}
+//	POST /v1/directory/import?format=json|csv&remove_missing=1&dry_run=1   body: the file (up to 32 MiB)
+//	                                -> {"departments_added",...,"users_unchanged","missing","offboarded"}
+//	GET  /v1/audit?after=SEQ&limit=N  -> {"entries":[{"seq","at","actor","action","target","detail"}],"next"}
 //
 // Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
 // they authenticate by Twilio's request signature, not the admin token.
@@ -71,6 +91,13 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Webhooks, if set, serves /twilio/ (package channels/twilio).
 	Webhooks http.Handler
+	// Offboarder is what DELETE /v1/users/{id} and an import with
+	// remove_missing call; nil means only Directory.RemoveUser (tokens
+	// and connections are then left alone).
+	Offboarder Offboarder
+	// MaxImportBytes limits the body of POST /v1/directory/import; zero
+	// means 32 MiB.
+	MaxImportBytes int64
 }
 
 // API is the http.Handler.
@@ -108,6 +135,18 @@ func New(cfg Config) (*API, error) {
 	a.admin("PUT /v1/users/{id}", a.putUser)
 	a.admin("GET /v1/users/{id}", a.getUser)
 	a.admin("GET /v1/users", a.listUsers)
+	a.admin("DELETE /v1/users/{id}", a.deleteUser)
+	a.admin("PUT /v1/departments/{id}", a.putDepartment)
+	a.admin("GET /v1/departments", a.listDepartments)
+	a.admin("GET /v1/departments/{id}", a.getDepartment)
+	a.admin("DELETE /v1/departments/{id}", a.deleteDepartment)
+	a.admin("PUT /v1/groups/{id}", a.putGroup)
+	a.admin("POST /v1/groups/{id}/members", a.groupMembers)
+	a.admin("GET /v1/groups", a.listGroups)
+	a.admin("GET /v1/groups/{id}", a.getGroup)
+	a.admin("DELETE /v1/groups/{id}", a.deleteGroup)
+	a.adminLimit("POST /v1/directory/import", a.importBodyLimit(), a.importDirectory)
+	a.admin("GET /v1/audit", a.audit)
 	a.admin("POST /v1/tokens", a.mintToken)
 	a.admin("POST /v1/messages", a.sendMessage)
 	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
@@ -148,8 +187,14 @@ type statusWriter struct {
 
 func (s *statusWriter) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
 
-// admin registers an admin-only JSON route.
+// admin registers an admin-only JSON route whose request body may be
+// about twice the largest message body.
 func (a *API) admin(pattern string, h func(r *http.Request) (int, any, error)) {
+	a.adminLimit(pattern, int64(2*a.cfg.Engine.MaxBody()+16<<10), h)
+}
+
+// adminLimit is admin with a request body limit of limit bytes.
+func (a *API) adminLimit(pattern string, limit int64, h func(r *http.Request) (int, any, error)) {
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, status: 200}
 		defer func() { a.requests.WithLabelValues(pattern, fmt.Sprint(sw.status)).Inc() }()
@@ -162,7 +207,7 @@ func (a *API) admin(pattern string, h func(r *http.Request) (int, any, error)) {
 			writeErr(sw, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "admin token invalid or expired"))
 			return
 		}
-		r.Body = http.MaxBytesReader(sw, r.Body, int64(2*a.cfg.Engine.MaxBody()+16<<10))
+		r.Body = http.MaxBytesReader(sw, r.Body, limit)
 		status, body, err := h(r)
 		if err != nil {
 			var ae *apiError
@@ -241,69 +286,6 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ready\n"))
 }
 
-type userJSON struct {
-	ID         string `json:"id"`
-	Name       string `json:"name"`
-	Phone      string `json:"phone,omitempty"`
-	QuietHours string `json:"quiet_hours,omitempty"`
-}
-
-func (u userJSON) user() fanout.User {
-	return fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone, QuietHours: u.QuietHours}
-}
-
-func (a *API) putUser(r *http.Request) (int, any, error) {
-	var u userJSON
-	if err := decode(r, &u); err != nil {
-		return 0, nil, err
-	}
-	if id := r.PathValue("id"); id != "" {
-		if u.ID != "" && u.ID != id {
-			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "id in body differs from the path")
-		}
-		u.ID = id
-	}
-	created, err := a.cfg.Directory.PutUser(u.user())
-	if err != nil {
-		return 0, nil, engineErr(err)
-	}
-	got, _ := a.cfg.Directory.User(u.ID)
-	if created {
-		return http.StatusCreated, got, nil
-	}
-	return http.StatusOK, got, nil
-}
-
-func (a *API) putUsers(r *http.Request) (int, any, error) {
-	var req struct {
-		Users []userJSON `json:"users"`
-	}
-	if err := decode(r, &req); err != nil {
-		return 0, nil, err
-	}
-	us := make([]fanout.User, len(req.Users))
-	for i, u := range req.Users {
-		us[i] = u.user()
-	}
-	n, err := a.cfg.Directory.PutUsers(us)
-	if err != nil {
-		return 0, nil, engineErr(err)
-	}
-	return http.StatusOK, map[string]any{"created": n, "total": len(us)}, nil
-}
-
-func (a *API) getUser(r *http.Request) (int, any, error) {
-	u, ok := a.cfg.Directory.User(r.PathValue("id"))
-	if !ok {
-		return 0, nil, errf(http.StatusNotFound, "NOT_FOUND", "no such user")
-	}
-	return http.StatusOK, u, nil
-}
-
-func (a *API) listUsers(r *http.Request) (int, any, error) {
-	return http.StatusOK, map[string]any{"users": a.cfg.Directory.Users()}, nil
-}
-
 func (a *API) mintToken(r *http.Request) (int, any, error) {
 	var req struct {
 		User       string `json:"user"`
@@ -313,8 +295,8 @@ func (a *API) mintToken(r *http.Request) (int, any, error) {
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
-	if _, ok := a.cfg.Directory.User(req.User); !ok {
-		return 0, nil, errf(http.StatusNotFound, "UNKNOWN_USER", "no such user %q", req.User)
+	if !a.cfg.Directory.Active(req.User) { // removed users get no tokens
+		return 0, nil, errf(http.StatusNotFound, "UNKNOWN_USER", "no such active user %q", req.User)
 	}
 	if err := engine.CheckName("device", req.Device); err != nil {
 		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
@@ -342,8 +324,8 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
-	if _, ok := a.cfg.Directory.User(req.From); !ok {
-		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
+	if !a.cfg.Directory.Active(req.From) {
+		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such active user %q", req.From)
 	}
 	kind, body := engine.KindText, []byte(req.Text)
 	switch req.Kind {

@@ -1,0 +1,421 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/dingmq/ding/fanout"
+)
+
+// Offboarder removes a user for good: it marks them removed in the
+// directory (fanout.Directory.RemoveUser, which takes them out of every
+// group and their department), revokes their tokens, closes their live
+// connections and stops their pending DINGs. It must be idempotent:
+// offboarding a removed user again redoes whatever is left, so a failed
+// offboarding can be retried. It returns an error wrapping
+// fanout.ErrUnknownUser for a user not in the directory. It is called
+// concurrently from request goroutines and may block until ctx ends.
+type Offboarder interface {
+	Offboard(ctx context.Context, user, actor string) error
+}
+
+// adminActor is the audit log's actor for requests with the admin token.
+const adminActor = "admin"
+
+// dirErr maps directory errors to API errors; others go to engineErr.
+func dirErr(err error) error {
+	switch {
+	case errors.Is(err, fanout.ErrBadImport):
+		return errf(http.StatusBadRequest, "BAD_IMPORT", "%v", err)
+	case errors.Is(err, fanout.ErrDepartmentCycle):
+		return errf(http.StatusConflict, "DEPARTMENT_CYCLE", "%v", err)
+	case errors.Is(err, fanout.ErrDepartmentNotEmpty):
+		return errf(http.StatusConflict, "DEPARTMENT_NOT_EMPTY", "%v", err)
+	case errors.Is(err, fanout.ErrUnknownDepartment):
+		return errf(http.StatusUnprocessableEntity, "UNKNOWN_DEPARTMENT", "%v", err)
+	case errors.Is(err, fanout.ErrUnknownGroup):
+		return errf(http.StatusUnprocessableEntity, "UNKNOWN_GROUP", "%v", err)
+	case errors.Is(err, fanout.ErrUnknownUser):
+		return errf(http.StatusUnprocessableEntity, "UNKNOWN_USER", "%v", err)
+	case errors.Is(err, fanout.ErrBadStatus):
+		return errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
+	}
+	return engineErr(err)
+}
+
+func notFound(what string) error { return errf(http.StatusNotFound, "NOT_FOUND", "no such %s", what) }
+
+type userJSON struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	Phone      string `json:"phone,omitempty"`
+	QuietHours string `json:"quiet_hours,omitempty"`
+	Department string `json:"department,omitempty"`
+}
+
+func (u userJSON) user() fanout.User {
+	return fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone, QuietHours: u.QuietHours, Department: u.Department}
+}
+
+func (a *API) putUser(r *http.Request) (int, any, error) {
+	var u userJSON
+	if err := decode(r, &u); err != nil {
+		return 0, nil, err
+	}
+	if id := r.PathValue("id"); id != "" {
+		if u.ID != "" && u.ID != id {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "id in body differs from the path")
+		}
+		u.ID = id
+	}
+	created, err := a.cfg.Directory.PutUserAs(u.user(), adminActor)
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	got, _ := a.cfg.Directory.User(u.ID)
+	if created {
+		return http.StatusCreated, got, nil
+	}
+	return http.StatusOK, got, nil
+}
+
+func (a *API) putUsers(r *http.Request) (int, any, error) {
+	var req struct {
+		Users []userJSON `json:"users"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	us := make([]fanout.User, len(req.Users))
+	for i, u := range req.Users {
+		us[i] = u.user()
+	}
+	n, err := a.cfg.Directory.PutUsersAs(us, adminActor)
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	return http.StatusOK, map[string]any{"created": n, "total": len(us)}, nil
+}
+
+func (a *API) getUser(r *http.Request) (int, any, error) {
+	u, ok := a.cfg.Directory.User(r.PathValue("id"))
+	if !ok {
+		return 0, nil, notFound("user")
+	}
+	return http.StatusOK, u, nil
+}
+
+func (a *API) listUsers(r *http.Request) (int, any, error) {
+	status := r.URL.Query().Get("status")
+	if status == "" {
+		status = fanout.StatusActive
+	}
+	us, err := a.cfg.Directory.UsersByStatus(status)
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	return http.StatusOK, map[string]any{"users": us}, nil
+}
+
+// offboard removes a user through the Offboarder, or only from the
+// directory when there is none.
+func (a *API) offboard(ctx context.Context, id string) error {
+	if a.cfg.Offboarder != nil {
+		return a.cfg.Offboarder.Offboard(ctx, id, adminActor)
+	}
+	_, err := a.cfg.Directory.RemoveUser(id, adminActor)
+	return err
+}
+
+func (a *API) deleteUser(r *http.Request) (int, any, error) {
+	id := r.PathValue("id")
+	if _, ok := a.cfg.Directory.User(id); !ok {
+		return 0, nil, notFound("user")
+	}
+	// A removed user is offboarded again: that is a no-op, or finishes an
+	// offboarding that failed half-way.
+	if err := a.offboard(r.Context(), id); err != nil {
+		if errors.Is(err, fanout.ErrUnknownUser) {
+			return 0, nil, notFound("user")
+		}
+		return 0, nil, dirErr(err)
+	}
+	u, _ := a.cfg.Directory.User(id)
+	return http.StatusOK, u, nil
+}
+
+// departmentJSON is a department with its own users and sub-departments.
+type departmentJSON struct {
+	fanout.Department
+	Members        []string `json:"members"`        // users of this department itself
+	SubDepartments []string `json:"subdepartments"` // direct children
+	TotalMembers   int      `json:"total_members"`  // users of the whole subtree: len(Expand("dept:ID"))
+}
+
+func (a *API) department(id string) (departmentJSON, error) {
+	d := a.cfg.Directory
+	dep, ok := d.Department(id)
+	if !ok {
+		return departmentJSON{}, notFound("department")
+	}
+	out := departmentJSON{Department: dep, Members: d.DepartmentUsers(id), SubDepartments: []string{}}
+	for _, s := range d.SubDepartments(id) {
+		out.SubDepartments = append(out.SubDepartments, s.ID)
+	}
+	all, err := d.Expand(fanout.TargetDept + id)
+	if err != nil {
+		return departmentJSON{}, notFound("department") // removed meanwhile
+	}
+	out.TotalMembers = len(all)
+	return out, nil
+}
+
+func (a *API) putDepartment(r *http.Request) (int, any, error) {
+	var req struct {
+		Name   string `json:"name"`
+		Parent string `json:"parent"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("id")
+	created, err := a.cfg.Directory.PutDepartment(fanout.Department{ID: id, Name: req.Name, Parent: req.Parent}, adminActor)
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	out, err := a.department(id)
+	if err != nil {
+		return 0, nil, err
+	}
+	if created {
+		return http.StatusCreated, out, nil
+	}
+	return http.StatusOK, out, nil
+}
+
+func (a *API) getDepartment(r *http.Request) (int, any, error) {
+	out, err := a.department(r.PathValue("id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, out, nil
+}
+
+func (a *API) listDepartments(r *http.Request) (int, any, error) {
+	return http.StatusOK, map[string]any{"departments": a.cfg.Directory.Departments()}, nil
+}
+
+func (a *API) deleteDepartment(r *http.Request) (int, any, error) {
+	id := r.PathValue("id")
+	dep, ok := a.cfg.Directory.Department(id)
+	if !ok {
+		return 0, nil, notFound("department")
+	}
+	if err := a.cfg.Directory.RemoveDepartment(id, adminActor); err != nil {
+		if errors.Is(err, fanout.ErrUnknownDepartment) {
+			return 0, nil, notFound("department")
+		}
+		return 0, nil, dirErr(err)
+	}
+	return http.StatusOK, dep, nil
+}
+
+// groupJSON is an ad-hoc group, or a derived one ("all", "dept:ID").
+type groupJSON struct {
+	fanout.Group
+	Derived bool `json:"derived"`
+}
+
+func (a *API) putGroup(r *http.Request) (int, any, error) {
+	var req struct {
+		Name    string   `json:"name"`
+		Members []string `json:"members"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("id")
+	created, err := a.cfg.Directory.PutGroup(fanout.Group{ID: id, Name: req.Name, Members: req.Members}, adminActor)
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	g, _ := a.cfg.Directory.Group(id)
+	if created {
+		return http.StatusCreated, groupJSON{Group: g}, nil
+	}
+	return http.StatusOK, groupJSON{Group: g}, nil
+}
+
+func (a *API) groupMembers(r *http.Request) (int, any, error) {
+	var req struct {
+		Add    []string `json:"add"`
+		Remove []string `json:"remove"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	g, err := a.cfg.Directory.UpdateMembers(r.PathValue("id"), req.Add, req.Remove, adminActor)
+	if errors.Is(err, fanout.ErrUnknownGroup) {
+		return 0, nil, notFound("group")
+	}
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	return http.StatusOK, groupJSON{Group: g}, nil
+}
+
+func (a *API) getGroup(r *http.Request) (int, any, error) {
+	id := r.PathValue("id")
+	d := a.cfg.Directory
+	if g, ok := d.Group(id); ok {
+		return http.StatusOK, groupJSON{Group: g}, nil
+	}
+	name := "All staff"
+	if dep, ok := strings.CutPrefix(id, fanout.TargetDept); ok {
+		x, ok := d.Department(dep)
+		if !ok {
+			return 0, nil, notFound("department")
+		}
+		name = x.Name
+	} else if id != fanout.TargetAll {
+		return 0, nil, notFound("group")
+	}
+	ids, err := d.Expand(id)
+	if err != nil {
+		return 0, nil, notFound("group")
+	}
+	return http.StatusOK, groupJSON{Group: fanout.Group{ID: id, Name: name, Members: ids}, Derived: true}, nil
+}
+
+func (a *API) listGroups(r *http.Request) (int, any, error) {
+	gs := a.cfg.Directory.Groups()
+	out := make([]groupJSON, len(gs))
+	for i, g := range gs {
+		out[i] = groupJSON{Group: g}
+	}
+	return http.StatusOK, map[string]any{"groups": out}, nil
+}
+
+func (a *API) deleteGroup(r *http.Request) (int, any, error) {
+	id := r.PathValue("id")
+	g, ok := a.cfg.Directory.Group(id)
+	if !ok {
+		return 0, nil, notFound("group")
+	}
+	if err := a.cfg.Directory.RemoveGroup(id, adminActor); err != nil {
+		if errors.Is(err, fanout.ErrUnknownGroup) {
+			return 0, nil, notFound("group")
+		}
+		return 0, nil, dirErr(err)
+	}
+	return http.StatusOK, groupJSON{Group: g}, nil
+}
+
+// importResult is the Diff and, with remove_missing, who was offboarded.
+type importResult struct {
+	fanout.Diff
+	Offboarded []string `json:"offboarded"`
+}
+
+func (a *API) importDirectory(r *http.Request) (int, any, error) {
+	q := r.URL.Query()
+	format := q.Get("format")
+	if format == "" {
+		format = "json"
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "text/csv" {
+			format = "csv"
+		}
+	}
+	flag := func(name string) (bool, error) {
+		switch q.Get(name) {
+		case "", "0", "false":
+			return false, nil
+		case "1", "true":
+			return true, nil
+		}
+		return false, errf(http.StatusBadRequest, "BAD_REQUEST", "%s must be 1 or 0", name)
+	}
+	removeMissing, err := flag("remove_missing")
+	if err != nil {
+		return 0, nil, err
+	}
+	dryRun, err := flag("dry_run")
+	if err != nil {
+		return 0, nil, err
+	}
+	var org fanout.Org
+	switch format {
+	case "json":
+		org, err = fanout.ParseOrgJSON(r.Body)
+	case "csv":
+		org, err = fanout.ParseOrgCSV(r.Body)
+	default:
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "format must be json or csv")
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return 0, nil, errf(http.StatusRequestEntityTooLarge, "TOO_LARGE", "import file larger than %d bytes", mbe.Limit)
+	}
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	df, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: removeMissing, DryRun: dryRun}, adminActor)
+	if err != nil {
+		return 0, nil, dirErr(err)
+	}
+	res := importResult{Diff: df, Offboarded: []string{}}
+	if removeMissing && !dryRun {
+		for _, id := range df.Missing {
+			if err := a.offboard(r.Context(), id); err != nil {
+				a.cfg.Logger.Error("offboarding after import failed", "user", id, "err", err)
+				return 0, nil, errf(http.StatusInternalServerError, "OFFBOARD_FAILED",
+					"the import was applied, but offboarding %s failed after %d of %d missing users; run the import again",
+					id, len(res.Offboarded), len(df.Missing))
+			}
+			res.Offboarded = append(res.Offboarded, id)
+		}
+	}
+	return http.StatusOK, res, nil
+}
+
+func (a *API) audit(r *http.Request) (int, any, error) {
+	q := r.URL.Query()
+	var after uint64
+	if s := q.Get("after"); s != "" {
+		var err error
+		if after, err = strconv.ParseUint(s, 10, 64); err != nil {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "after must be an audit sequence number")
+		}
+	}
+	limit := 100
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "limit must be 1 to 1000")
+		}
+		limit = n
+	}
+	es, err := a.cfg.Directory.Audit(after, limit)
+	if err != nil {
+		return 0, nil, err
+	}
+	next := after
+	if len(es) > 0 {
+		next = es[len(es)-1].Seq
+	}
+	return http.StatusOK, map[string]any{"entries": es, "next": next}, nil
+}
+
+// importLimit is the default body limit of POST /v1/directory/import.
+const importLimit = 32 << 20
+
+func (a *API) importBodyLimit() int64 {
+	if a.cfg.MaxImportBytes > 0 {
+		return a.cfg.MaxImportBytes
+	}
+	return importLimit
+}
