@@ -7,6 +7,8 @@
 //	dingctl --data ./ding-data receipts 01J...
 //	dingctl --data ./ding-data ding --from ana --to bo,+14155550123 --policy "inapp,sms@5m,voice@15m" "server down"
 //	dingctl --data ./ding-data ding status 01J...
+//	dingctl --data ./ding-data directory import hr.csv --dry-run
+//	dingctl --data ./ding-data user remove bo
 //
 // The admin token comes from --token, else DING_TOKEN, else DIR/admin.token
 // for --data DIR (default ./ding-data). --server (DING_SERVER, default
@@ -36,9 +38,22 @@ import (
 const usage = `usage: dingctl [--token T | --data DIR] [--server URL] [--socket ADDR] COMMAND ...
 
 commands:
-  user add ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"]
-                                             create or update a user
-  user get ID | user list                    show users
+  user add ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"] [--department D]
+                                             create or update (replace) a user
+  user get ID | user list [--status active|removed|all]
+                                             show users
+  user remove ID                             offboard: mark removed, out of every group and
+                                             department, tokens revoked, devices disconnected
+  dept add ID --name NAME [--parent P]       create, rename or move a department
+  dept get ID | dept list | dept remove ID   (remove: only an empty department)
+  group add ID --name NAME --members a,b     create an ad-hoc group or replace its members
+  group members ID [--add a,b] [--remove c]
+  group get ID | group list | group remove ID
+                                             group get also shows all and dept:ID
+  directory import FILE [--csv|--json] [--remove-missing] [--dry-run]
+                                             apply an HR export (format from the extension
+                                             unless given); prints the changes as JSON
+  audit [--after N] [--limit N]              the directory's audit log as JSON
   token --user ID --device DEV [--ttl D]     print a client token
   send --from ID --to ID[,ID...] [--client-id X] TEXT
                                              send; prints the id after the durable ack
@@ -116,7 +131,7 @@ func run(args []string, out io.Writer) error {
 	switch cmd {
 	case "user":
 		if len(rest) == 0 {
-			return exitError{2, "user: want add, get or list"}
+			return exitError{2, "user: want add, get, list or remove"}
 		}
 		switch rest[0] {
 		case "add":
@@ -125,6 +140,8 @@ func run(args []string, out io.Writer) error {
 			return userGet(g, rest[1:], out)
 		case "list":
 			return userList(g, rest[1:], out)
+		case "remove":
+			return userRemove(g, rest[1:], out)
 		}
 		return exitError{2, "user: unknown subcommand " + rest[0]}
 	case "token":
@@ -141,6 +158,14 @@ func run(args []string, out io.Writer) error {
 		return ding(g, rest, out)
 	case "policy":
 		return policy(g, rest, out)
+	case "dept":
+		return dept(g, rest, out)
+	case "group":
+		return group(g, rest, out)
+	case "directory":
+		return directory(g, rest, out)
+	case "audit":
+		return audit(g, rest, out)
 	case "help":
 		fs.Usage()
 		return nil
@@ -232,6 +257,7 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 	name := fs.String("name", "", "display name")
 	phone := fs.String("phone", "", "phone in E.164, like +14155550100")
 	quiet := fs.String("quiet-hours", "", `daily window without non-critical DINGs, "22:00-07:00" (UTC) or "22:00-07:00 Europe/Berlin"`)
+	department := fs.String("department", "", "department id")
 	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
@@ -240,7 +266,7 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 		return exitError{2, "user add: want exactly one ID"}
 	}
 	var u map[string]any
-	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone, "quiet_hours": *quiet}, &u); err != nil {
+	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone, "quiet_hours": *quiet, "department": *department}, &u); err != nil {
 		return err
 	}
 	return printJSON(out, u)
@@ -256,17 +282,6 @@ func userGet(g *globals, args []string, out io.Writer) error {
 	}
 	var u map[string]any
 	if err := g.call("GET", "/v1/users/"+pos[0], nil, &u); err != nil {
-		return err
-	}
-	return printJSON(out, u)
-}
-
-func userList(g *globals, args []string, out io.Writer) error {
-	if _, err := parse(flag.NewFlagSet("user list", flag.ContinueOnError), g, args); err != nil {
-		return err
-	}
-	var u map[string]any
-	if err := g.call("GET", "/v1/users", nil, &u); err != nil {
 		return err
 	}
 	return printJSON(out, u)
