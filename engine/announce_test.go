@@ -81,7 +81,7 @@ func openOrg(t testing.TB, st store.Store, o *org, chunk int) (*engine.Engine, *
 
 func waitFanout(t testing.TB, e *engine.Engine, id engine.ID) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		n, err := e.PendingFanout(id)
 		if err != nil {
@@ -245,8 +245,8 @@ func TestBigFanoutDoesNotHoldUpOneToOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	o := newOrg(100_000)
-	e, sink := openOrg(t, db, o, 0)
+	o := newOrg(30_000) // 15 chunks of 2048
+	e, sink := openOrg(t, db, o, 2048)
 	ctx := context.Background()
 	res, err := e.Announce(ctx, engine.Announcement{From: "ana", To: []string{engine.AllStaff}, Text: "all hands"})
 	if err != nil {

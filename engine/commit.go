@@ -259,6 +259,19 @@ func (c *committer) publish(commitErr error) {
 		if c.minDue != 0 {
 			e.noteTimer(c.minDue)
 		}
+		// A send decided earlier in this batch than a confirmation (or
+		// any stop) of the same recipient is dropped here: its recovery
+		// timer went with the stop.
+		kept := c.sends[:0]
+		for _, t := range c.sends {
+			st := c.dstates[string(rcptKey(t.id, t.idx))]
+			if st != nil && (st.Status != StatusPending || !slices.ContainsFunc(st.Timers, func(r timerRef) bool { return r.N == t.n })) {
+				e.inflightDel(inflightKey(t.id, t.idx, t.n))
+				continue
+			}
+			kept = append(kept, t)
+		}
+		c.sends = kept
 		if c.jobsStarted {
 			select {
 			case e.fanoutWake <- struct{}{}:

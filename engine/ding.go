@@ -242,6 +242,7 @@ const (
 	LedgerExhausted     LedgerKind = "exhausted"      // every step has fired; waiting for a confirmation
 	LedgerCancelled     LedgerKind = "cancelled"
 	LedgerRemoved       LedgerKind = "removed" // the recipient was offboarded
+	LedgerSkipped       LedgerKind = "skipped" // an overdue step superseded by a later one on the same channel
 )
 
 // DingEvent is a ledger event as pushed to the sender's stream (and, for
@@ -327,7 +328,8 @@ type rcptState struct {
 	Status  string     `json:"s"`
 	User    bool       `json:"u,omitempty"` // a directory user (else a bare phone number)
 	Phone   string     `json:"p,omitempty"`
-	Next    int        `json:"next"` // index of the next planned step
+	PhoneAt int64      `json:"pat,omitempty"` // when the phone was last sent to (ms): the time in its phone key
+	Next    int        `json:"next"`          // index of the next planned step
 	Answer  int        `json:"ans,omitempty"`
 	By      Channel    `json:"by,omitempty"`
 	Ended   int64      `json:"end,omitempty"` // ms
@@ -389,8 +391,9 @@ func phonePrefix(phone string) []byte {
 	return append(append([]byte{prefixPhone}, phone...), 0)
 }
 
-func phoneKey(phone string, id ID, idx int) []byte {
-	return binary.BigEndian.AppendUint16(append(phonePrefix(phone), id[:]...), uint16(idx))
+func phoneKey(phone string, at int64, id ID, idx int) []byte {
+	k := binary.BigEndian.AppendUint64(phonePrefix(phone), uint64(at))
+	return binary.BigEndian.AppendUint16(append(k, id[:]...), uint16(idx))
 }
 
 func refKey(ref string) []byte { return append([]byte{prefixRef}, ref...) }
@@ -433,12 +436,23 @@ func (e *Engine) Ding(ctx context.Context, r DingRequest) (DingResult, error) {
 		e.metrics.dings.WithLabelValues("invalid").Inc()
 		return DingResult{}, err
 	}
-	var res DingResult
-	err = e.apply(ctx, func(c *committer, now time.Time) error {
+	type answer struct {
+		res DingResult
+		err error
+	}
+	ch := make(chan answer, 1)
+	var res DingResult // written by the commit loop; read only after done
+	e.applyAsync(func(c *committer, now time.Time) error {
 		var err error
 		res, err = c.applyDing(req, now)
 		return err
-	})
+	}, func(err error) { ch <- answer{res, err} })
+	select {
+	case a := <-ch:
+		res, err = a.res, a.err
+	case <-ctx.Done():
+		return DingResult{}, ctx.Err()
+	}
 	switch {
 	case err == nil && res.Duplicate:
 		e.metrics.dings.WithLabelValues("duplicate").Inc()
@@ -469,8 +483,8 @@ func (e *Engine) checkDing(r DingRequest) (*dingReq, error) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(r.Text), e.cfg.MaxBody)
 	case len(r.To) == 0:
 		return nil, ErrNoRecipients
-	case len(r.To) > e.cfg.MaxRecipients:
-		return nil, fmt.Errorf("%w: %d, limit %d", ErrTooManyRecipients, len(r.To), e.cfg.MaxRecipients)
+	case len(r.To) > min(e.cfg.MaxRecipients, 1<<16-1):
+		return nil, fmt.Errorf("%w: %d, limit %d", ErrTooManyRecipients, len(r.To), min(e.cfg.MaxRecipients, 1<<16-1))
 	case len(r.Choices) > 9:
 		return nil, fmt.Errorf("%w: at most 9 choices", ErrBadDing)
 	case len(r.ClientID) > 128:

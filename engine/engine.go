@@ -222,6 +222,7 @@ type Engine struct {
 	dispatchWG     sync.WaitGroup
 	inflightMu     sync.Mutex
 	inflight       map[string]struct{} // sends decided and not yet recorded; guarded by inflightMu
+	deferred       map[string]struct{} // sends dropped from a full queue, for their recovery timer; guarded by inflightMu
 	inflightShrank chan struct{}       // closed and replaced when inflight loses an entry; guarded by inflightMu
 
 	// Fanout of messages to many (fanout.go).
@@ -253,6 +254,7 @@ func Open(cfg Config) (*Engine, error) {
 		timerDone:  make(chan struct{}),
 		sendQ:      make(chan sendTask, 4096),
 		inflight:   map[string]struct{}{},
+		deferred:   map[string]struct{}{},
 
 		inflightShrank: make(chan struct{}),
 		fanoutWake:     make(chan struct{}, 1),

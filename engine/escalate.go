@@ -314,9 +314,6 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 				return DingResult{}, err
 			}
 		}
-		if s.Phone != "" {
-			c.batch.Set(phoneKey(s.Phone, id, i), nil)
-		}
 		if s.User {
 			c.batch.Set(pendingUserKey(to, id, i), nil)
 		}
@@ -339,6 +336,17 @@ func (c *committer) advance(id ID, idx int, s *rcptState, rec *dingRecord, now t
 		}
 		step := s.Next
 		s.Next++
+		if later := s.Next; later < len(rec.Plan) && !created.Add(rec.Plan[later].After).After(now) &&
+			slices.ContainsFunc(rec.Plan[later:], func(p plannedStep) bool {
+				return p.Channel == rec.Plan[step].Channel && !created.Add(p.After).After(now)
+			}) {
+			// Overdue (the server was down) and superseded by a later
+			// overdue step on the same channel: one call, not three.
+			if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerSkipped, Channel: rec.Plan[step].Channel, Detail: "overdue; a later step on the same channel is due too", At: now}); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := c.fireStep(id, idx, s, rec, step, now); err != nil {
 			return err
 		}
@@ -393,18 +401,28 @@ func (c *committer) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch 
 		}
 		c.quotaSet(k, n+1)
 	}
-	return c.dispatch(id, idx, s, rec, ch, 1, now)
+	return c.dispatch(id, idx, s, rec, ch, 1, false, now)
 }
 
 // dispatch decides a send: it arms the recovery timer and queues the task
 // for the dispatch workers once this batch is durable.
-func (c *committer) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, now time.Time) error {
+func (c *committer) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, quiet bool, now time.Time) error {
 	t := c.addTimer(id, idx, s, timerRef{
 		Kind: timerSend, Ch: ch, Attempt: attempt, Recover: true,
 		Due: ms(now.Add(c.e.cfg.RecoverAfter)),
 	})
 	c.e.inflightAdd(inflightKey(id, idx, t.N))
 	c.sends = append(c.sends, sendTask{id: id, idx: idx, n: t.N, ch: ch, attempt: attempt, phone: s.Phone})
+	// The phone now answers for this DING: a reply confirms the pending
+	// DING most recently sent to that phone.
+	if s.PhoneAt != 0 {
+		c.batch.Delete(phoneKey(s.Phone, s.PhoneAt, id, idx))
+	}
+	s.PhoneAt = ms(now)
+	c.batch.Set(phoneKey(s.Phone, s.PhoneAt, id, idx), nil)
+	if quiet {
+		return nil
+	}
 	return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerSending, Channel: ch, Detail: fmt.Sprintf("attempt %d", attempt), At: now})
 }
 
@@ -415,8 +433,9 @@ func (c *committer) stop(id ID, idx int, s *rcptState, rec *dingRecord, status s
 	for len(s.Timers) > 0 {
 		c.removeTimer(id, idx, s, s.Timers[0].N)
 	}
-	if s.Phone != "" {
-		c.batch.Delete(phoneKey(s.Phone, id, idx))
+	if s.PhoneAt != 0 {
+		c.batch.Delete(phoneKey(s.Phone, s.PhoneAt, id, idx))
+		s.PhoneAt = 0
 	}
 	if s.User {
 		c.batch.Delete(pendingUserKey(rec.Recipients[idx], id, idx))
@@ -713,8 +732,8 @@ func parseAnswer(s string, choices []string, words bool) (int, bool) {
 
 func (c *committer) applyInboundSMS(phone, body string, now time.Time) error {
 	p := phonePrefix(phone)
-	// The newest pending DING for the phone: ids grow with time, so it is
-	// the last key. (A stop in this same batch is caught below.)
+	// The pending DING most recently sent to the phone is the last key
+	// (keys carry the send time). A stop in this same batch is caught below.
 	k, _, err := c.e.st.Last(p, prefixEnd(p))
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: nothing pending for this phone", ErrNotFound)
@@ -722,11 +741,11 @@ func (c *committer) applyInboundSMS(phone, body string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	if len(k) != len(p)+18 {
+	if len(k) != len(p)+26 {
 		return ErrCorrupt
 	}
 	var id ID
-	copy(id[:], k[len(p):])
+	copy(id[:], k[len(p)+8:])
 	idx := int(k[len(k)-2])<<8 | int(k[len(k)-1])
 	rec, err := c.ding(id)
 	if err != nil {
@@ -808,7 +827,8 @@ func (c *committer) fireTimers(keys [][]byte, now time.Time) error {
 			continue
 		}
 		s, err := c.state(id, idx)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+			c.e.log.Error("dropping a timer whose escalation state is missing or corrupt", "ding", id.String(), "recipient", idx, "err", err)
 			c.batch.Delete(k)
 			continue
 		}
@@ -833,6 +853,10 @@ func (c *committer) fireTimers(keys [][]byte, now time.Time) error {
 			continue
 		}
 		rec, err := c.ding(id)
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+			c.e.log.Error("dropping a timer whose DING is missing or corrupt", "ding", id.String(), "err", err)
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -844,12 +868,13 @@ func (c *committer) fireTimers(keys [][]byte, now time.Time) error {
 				}
 			}
 		case timerSend:
-			if t.Recover {
-				if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerRetry, Channel: t.Ch, Detail: "outcome not recorded before a restart; sending again", At: now}); err != nil {
+			quiet := t.Recover && c.e.deferredTake(inflightKey(id, idx, n))
+			if t.Recover && !quiet {
+				if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerRetry, Channel: t.Ch, Detail: "outcome never recorded (a restart); sending again", At: now}); err != nil {
 					return err
 				}
 			}
-			if err := c.dispatch(id, idx, s, rec, t.Ch, t.Attempt, now); err != nil {
+			if err := c.dispatch(id, idx, s, rec, t.Ch, t.Attempt, quiet, now); err != nil {
 				return err
 			}
 		}

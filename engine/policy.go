@@ -143,6 +143,8 @@ func (p Policy) Validate() error {
 			return fmt.Errorf("%w: delays are whole seconds", ErrBadPolicy)
 		case s.Repeat > 0 && s.Every < time.Second:
 			return fmt.Errorf("%w: a repeated step needs an interval of at least 1s", ErrBadPolicy)
+		case s.After > MaxPolicySpan || s.Every > MaxPolicySpan || s.Repeat > MaxPolicySteps:
+			return fmt.Errorf("%w: a step later than %v", ErrBadPolicy, MaxPolicySpan)
 		}
 		n += 1 + s.Repeat
 		if n > MaxPolicySteps {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -56,7 +57,13 @@ func (e *Engine) timerLoop() {
 					if errors.Is(err, ErrClosed) || errors.Is(err, ErrFailed) {
 						return
 					}
-					e.log.Error("firing timers failed", "err", err)
+					e.log.Error("firing timers failed; retrying in a second", "err", err)
+					select {
+					case <-e.cfg.Clock.Until(e.cfg.Clock.Now().Add(time.Second)):
+					case <-time.After(time.Second): // a fake clock may stand still
+					case <-e.stopTimers:
+						return
+					}
 				} else {
 					floor, _, _, _, _ = parseTimerKey(keys[len(keys)-1])
 				}
@@ -159,24 +166,80 @@ func (e *Engine) queueSends(ts []sendTask) {
 		case e.sendQ <- t:
 		default:
 			e.metrics.sendsDropped.Inc()
-			e.inflightDel(inflightKey(t.id, t.idx, t.n))
+			k := inflightKey(t.id, t.idx, t.n)
+			e.inflightMu.Lock()
+			e.deferred[k] = struct{}{} // its recovery timer sends it, quietly
+			e.inflightMu.Unlock()
+			e.inflightDel(k)
 		}
 	}
+}
+
+// deferredTake reports whether k's send was dropped from a full queue (not
+// lost to a crash), forgetting it.
+func (e *Engine) deferredTake(k string) bool {
+	e.inflightMu.Lock()
+	defer e.inflightMu.Unlock()
+	_, ok := e.deferred[k]
+	delete(e.deferred, k)
+	return ok
 }
 
 func (e *Engine) dispatchLoop() {
 	defer e.dispatchWG.Done()
 	for t := range e.sendQ {
+		k := inflightKey(t.id, t.idx, t.n)
+		if !e.stillWanted(t) {
+			// Stopped (confirmed, read, cancelled) after the send was
+			// decided: its timers are gone, nothing to record.
+			e.metrics.step(t.ch, "stopped")
+			e.inflightDel(k)
+			continue
+		}
 		ref, err := e.send(t)
-		e.applyAsync(func(c *committer, now time.Time) error {
-			defer e.inflightDel(inflightKey(t.id, t.idx, t.n))
-			return c.applySendResult(t, ref, err, now)
-		}, func(err error) {
-			if err != nil && !errors.Is(err, ErrClosed) {
-				e.log.Error("recording a send's outcome failed", "ding", t.id.String(), "err", err)
-			}
-		})
+		if e.sendCtx.Err() != nil && err != nil {
+			// Cancelled by Close: record nothing; the recovery timer sends
+			// it after the restart.
+			continue
+		}
+		e.recordSend(t, ref, err, 3)
 	}
+}
+
+// stillWanted reports whether the recipient is still pending and the
+// send's recovery timer still armed, as the store has it now.
+func (e *Engine) stillWanted(t sendTask) bool {
+	s, err := e.loadState(t.id, t.idx)
+	if err != nil {
+		return true // cannot tell: send (at least once)
+	}
+	return s.Status == StatusPending && slices.ContainsFunc(s.Timers, func(r timerRef) bool { return r.N == t.n })
+}
+
+// recordSend records a send's outcome. The send stays marked in flight
+// until the outcome is durable, so that its recovery timer cannot make it
+// again meanwhile; if recording fails, it is tried again, and after that
+// the recovery timer sends again (a duplicate, which at-least-once allows).
+func (e *Engine) recordSend(t sendTask, ref string, sendErr error, tries int) {
+	k := inflightKey(t.id, t.idx, t.n)
+	e.applyAsync(func(c *committer, now time.Time) error {
+		return c.applySendResult(t, ref, sendErr, now)
+	}, func(err error) {
+		switch {
+		case err == nil, errors.Is(err, ErrClosed), errors.Is(err, ErrFailed):
+			e.inflightDel(k)
+		case tries > 1:
+			// Not on the commit loop's goroutine: applyAsync may block.
+			e.dispatchWG.Add(1)
+			go func() {
+				defer e.dispatchWG.Done()
+				e.recordSend(t, ref, sendErr, tries-1)
+			}()
+		default:
+			e.log.Error("recording a send's outcome failed", "ding", t.id.String(), "err", err)
+			e.inflightDel(k)
+		}
+	})
 }
 
 func (e *Engine) send(t sendTask) (string, error) {

@@ -4,40 +4,64 @@ import (
 	"encoding/xml"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
-// Twilio's limits on what Send composes; past them Twilio answers 400, so
-// Send rejects locally.
+// Twilio's limits on what Send composes; past them Twilio answers 400. A
+// long DING text is shortened (ending in "…") to fit, so that it still
+// escalates; a menu too long to fit is rejected locally.
 const (
 	maxSMSRunes = 1600 // a message body, in characters (error 21617)
 	maxTwiml    = 4000 // the Twiml parameter of a call, in characters
 )
 
-// smsBody is the message text followed by a line that says how to answer.
+// smsBody is the message text followed by a line that says how to answer,
+// the text shortened if the whole would exceed maxSMSRunes.
 func smsBody(text string, choices []string) string {
-	var b strings.Builder
-	b.WriteString(strings.TrimRight(text, " \t\r\n"))
-	b.WriteString("\n")
+	var h strings.Builder
 	if len(choices) == 0 {
-		b.WriteString("Reply 1 or OK to confirm.")
-		return b.String()
-	}
-	b.WriteString("Reply ")
-	for i, c := range choices {
-		if i > 0 {
-			b.WriteString(", ")
+		h.WriteString("Reply 1 or OK to confirm.")
+	} else {
+		h.WriteString("Reply ")
+		for i, c := range choices {
+			if i > 0 {
+				h.WriteString(", ")
+			}
+			h.WriteString(strconv.Itoa(i + 1))
+			h.WriteString(" for ")
+			h.WriteString(c)
 		}
-		b.WriteString(strconv.Itoa(i + 1))
-		b.WriteString(" for ")
-		b.WriteString(c)
+		h.WriteString(".")
 	}
-	b.WriteString(".")
-	return b.String()
+	hint := h.String()
+	text = shorten(strings.TrimRight(text, " \t\r\n"), maxSMSRunes-utf8.RuneCountInString(hint)-1)
+	return text + "\n" + hint
+}
+
+// shorten cuts s to at most n runes, ending in "…" when cut.
+func shorten(s string, n int) string {
+	if n < 1 {
+		return ""
+	}
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
 }
 
 // callTwiml speaks the text and its menu inside a one-digit <Gather> that
 // posts to gatherURL; without a keypress the call says goodbye.
 func callTwiml(text string, choices []string, gatherURL string) string {
+	tw := callTwimlText(text, choices, gatherURL)
+	for n := utf8.RuneCountInString(text); len(tw) > maxTwiml && n > 0; { // bytes: stricter than characters
+		n = n * 4 / 5
+		tw = callTwimlText(shorten(text, n), choices, gatherURL)
+	}
+	return tw
+}
+
+func callTwimlText(text string, choices []string, gatherURL string) string {
 	var say strings.Builder
 	say.WriteString(sentence(text))
 	if len(choices) == 0 {

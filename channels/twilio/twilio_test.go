@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -262,8 +263,6 @@ func TestSendErrors(t *testing.T) {
 		{name: "404", fail: 404, ch: engine.ChannelSMS, sent: true, rejected: true},
 		{name: "wrong token", mod: func(c *twilio.Config) { c.AuthToken = "wrong" }, ch: engine.ChannelSMS, sent: true, rejected: true},
 		{name: "number not E.164", ch: engine.ChannelSMS, to: "5551234567", rejected: true},
-		{name: "sms too long", ch: engine.ChannelSMS, text: strings.Repeat("x", 1600), rejected: true},
-		{name: "twiml too long", ch: engine.ChannelVoice, text: strings.Repeat("&", 1000), rejected: true},
 		{name: "nothing listening", mod: func(c *twilio.Config) { c.APIURL = "http://127.0.0.1:1" }, ch: engine.ChannelSMS},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -416,5 +415,28 @@ func TestMetricsRegisterOnce(t *testing.T) {
 	}
 	if _, err := twilio.New(cfg); err == nil {
 		t.Fatal("second New on the same registry registered the same metrics")
+	}
+}
+
+// A long DING text is shortened to fit Twilio's limits, not refused: the
+// DING must still escalate.
+func TestLongTextIsShortenedToFit(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	for _, ch := range []engine.Channel{engine.ChannelSMS, engine.ChannelVoice} {
+		o := outbound(ch, strings.Repeat("&ü", 3000))
+		if _, err := e.n.Send(ctx, o); err != nil {
+			t.Fatalf("%v: %v", ch, err)
+		}
+	}
+	rs := e.tw.Requests()
+	if len(rs) != 2 {
+		t.Fatalf("%d requests", len(rs))
+	}
+	if n := utf8.RuneCountInString(rs[0].Body); n > 1600 || !strings.Contains(rs[0].Body, "…\nReply") {
+		t.Fatalf("sms body has %d runes: %.80q…", n, rs[0].Body)
+	}
+	if n := len(rs[1].Twiml); n > 4000 || !strings.Contains(rs[1].Twiml, "…") || !strings.Contains(rs[1].Twiml, "Press 1") {
+		t.Fatalf("twiml has %d runes", n)
 	}
 }
