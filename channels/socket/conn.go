@@ -212,7 +212,8 @@ func (c *conn) hello(m *pb.Hello) {
 		c.fatal(codeDeviceMismatch, 0, "device does not match the token")
 		return
 	}
-	if _, ok := s.cfg.Directory.User(claims.User); !ok {
+	if !s.cfg.Directory.Active(claims.User) {
+		// No such user, or removed (offboarded): their tokens stop working.
 		s.m.handshakes.WithLabelValues("bad_token").Inc()
 		c.fatal(codeBadToken, 0, "token invalid")
 		return

@@ -160,7 +160,7 @@ func Start(cfg Config) (n *Node, err error) {
 	api, err := httpapi.New(httpapi.Config{
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, Gatherer: reg,
 		Ready: n.ready.Load, Logger: cfg.Logger, Registerer: reg,
-		Webhooks: notifier.Handler(n.eng),
+		Webhooks: notifier.Handler(n.eng), Offboarder: n,
 	})
 	if err != nil {
 		return nil, err
@@ -213,6 +213,25 @@ func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (stri
 	}
 	log.Info("created admin token; dingctl --data reads it", "file", p)
 	return tok, nil
+}
+
+// Offboard removes a user for good (contract point 6): the directory marks
+// them removed, which takes them out of every group and department and
+// makes their tokens fail at the next handshake; their pending DINGs stop;
+// and their live connections are closed now, with USER_REMOVED. Nothing
+// more is delivered to them: sends to them are refused, and fanouts still
+// in progress skip them. Idempotent.
+func (n *Node) Offboard(ctx context.Context, user, actor string) error {
+	if _, err := n.dir.RemoveUser(user, actor); err != nil {
+		return err
+	}
+	kicked := n.hub.Kick(user, fanout.ErrUserRemoved)
+	stopped, err := n.eng.StopUser(ctx, user)
+	if err != nil {
+		return fmt.Errorf("node: offboard %s: stop pending DINGs: %w", user, err)
+	}
+	n.log.Info("user offboarded", "user", user, "actor", actor, "connections_closed", kicked, "dings_stopped", stopped)
+	return nil
 }
 
 // SocketAddr is the address the socket gateway listens on.

@@ -351,7 +351,7 @@ func readFrame(r io.Reader, max int) (pb.FrameType, proto.Message, error) {
 // fatalCode reports whether reconnecting cannot help.
 func fatalCode(code pb.Code) bool {
 	switch code {
-	case pb.Code_BAD_TOKEN, pb.Code_TOKEN_EXPIRED, pb.Code_DEVICE_MISMATCH, pb.Code_BAD_VERSION, pb.Code_REPLACED:
+	case pb.Code_BAD_TOKEN, pb.Code_TOKEN_EXPIRED, pb.Code_DEVICE_MISMATCH, pb.Code_BAD_VERSION, pb.Code_REPLACED, pb.Code_USER_REMOVED:
 		return true
 	}
 	return false
