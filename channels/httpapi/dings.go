@@ -21,7 +21,7 @@ func (a *API) postDing(r *http.Request) (int, any, error) {
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
-	if _, ok := a.cfg.Directory.User(req.From); !ok {
+	if !a.cfg.Directory.Active(req.From) {
 		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
 	}
 	res, err := a.cfg.Engine.Ding(r.Context(), engine.DingRequest{

@@ -151,6 +151,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/messages", a.sendMessage)
 	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
 	a.admin("POST /v1/backup", a.backup)
+	a.announceRoutes()
 	a.admin("POST /v1/dings", a.postDing)
 	a.admin("GET /v1/dings", a.listDings)
 	a.admin("GET /v1/dings/{id}", a.getDing)

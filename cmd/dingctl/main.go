@@ -71,6 +71,12 @@ commands:
   policy set NAME SPEC                       store an escalation policy, e.g.
                                              policy set oncall "inapp,sms@5m,voice@15m until=confirmed"
   policy list
+  announce [--from ID] --to all|dept:ID|group:ID [--confirm] TEXT
+                                             publish an announcement; prints its id
+  announce stats ID [--unread] [--unconfirmed] [--csv]
+                                             counts, read ratio over time, who has not read/confirmed
+  announce reding ID [--policy NAME|SPEC] [--unread]
+                                             DING those who have not confirmed (or read) it
 `
 
 func main() {
@@ -156,6 +162,8 @@ func run(args []string, out io.Writer) error {
 		return backup(g, rest, out)
 	case "ding":
 		return ding(g, rest, out)
+	case "announce":
+		return announce(g, rest, out)
 	case "policy":
 		return policy(g, rest, out)
 	case "dept":
@@ -406,13 +414,16 @@ func listen(g *globals, args []string, out io.Writer) error {
 			o := map[string]any{"type": "message", "seq": e.Seq, "id": m.ID, "from": m.From, "to": m.To,
 				"kind": strings.ToLower(m.Kind.String()), "created": m.Created.UTC()}
 			switch m.Kind {
-			case pb.Kind_TEXT, pb.Kind_DING:
+			case pb.Kind_TEXT, pb.Kind_DING, pb.Kind_ANNOUNCEMENT:
 				o["body"] = string(m.Body)
 			default:
 				o["body_base64"] = m.Body
 			}
 			if len(m.Choices) > 0 {
 				o["choices"] = m.Choices
+			}
+			if m.Confirm {
+				o["confirm"] = true
 			}
 			if err := enc.Encode(o); err != nil {
 				return err
@@ -422,7 +433,7 @@ func listen(g *globals, args []string, out io.Writer) error {
 					return fmt.Errorf("mark %s read: %v", m.ID, err)
 				}
 			}
-			if *confirm >= 0 && m.Kind == pb.Kind_DING {
+			if *confirm >= 0 && (m.Kind == pb.Kind_DING || m.Confirm) {
 				if err := c.Confirm(ctx, m.ID, *confirm); err != nil {
 					return fmt.Errorf("confirm %s: %v", m.ID, err)
 				}

@@ -80,6 +80,9 @@ type Message struct {
 	// Choices is a DING's response menu (Kind DING only; may be empty):
 	// Confirm with 1 for the first choice.
 	Choices []string
+	// Confirm: the sender asks for a confirmation (a must-confirm
+	// announcement): Confirm with answer 0.
+	Confirm bool
 }
 
 // Receipt is a receipt event: User's state for the messages IDs moved
@@ -492,7 +495,7 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 		case *pb.Deliver:
 			c.deliver(Entry{Seq: m.Seq, Message: &Message{
 				ID: m.Id, From: m.From, To: m.To, Kind: m.Kind, Body: m.Body, Created: time.UnixMilli(m.CreatedMs),
-				Choices: m.Choices,
+				Choices: m.Choices, Confirm: m.Confirm,
 			}})
 		case *pb.Receipt:
 			c.deliver(Entry{Seq: m.Seq, Receipt: &Receipt{IDs: m.Ids, User: m.User, State: m.State, At: time.UnixMilli(m.AtMs)}})

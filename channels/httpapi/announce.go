@@ -1,0 +1,207 @@
+package httpapi
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/engine"
+)
+
+// announceRoutes registers the announcement and statistics routes:
+//
+//	POST /v1/announcements              {"from","to":"all"|"dept:ID"|"group:ID"|[...],"text","confirm","client_msg_id"}
+//	                                    -> 201 {"id","created","duplicate"} once it and its audience are durable
+//	GET  /v1/announcements/{id}/stats   ?lists=1 (unread, unconfirmed) &format=csv (one row per recipient; &only=unread|unconfirmed)
+//	GET  /v1/messages/{id}/stats        the same for any message (a group message: who has not read)
+//	POST /v1/announcements/{id}/reding  {"policy"|"policy_name","unread":false,"from"} -> DINGs to the unconfirmed (or unread)
+func (a *API) announceRoutes() {
+	a.admin("POST /v1/announcements", a.announce)
+	a.mux.HandleFunc("GET /v1/announcements/{id}/stats", a.adminRaw("GET /v1/announcements/{id}/stats", a.stats))
+	a.mux.HandleFunc("GET /v1/messages/{id}/stats", a.adminRaw("GET /v1/messages/{id}/stats", a.stats))
+	a.admin("POST /v1/announcements/{id}/reding", a.reding)
+}
+
+func (a *API) announce(r *http.Request) (int, any, error) {
+	var req struct {
+		From        string          `json:"from"`
+		To          json.RawMessage `json:"to"`
+		Text        string          `json:"text"`
+		Confirm     bool            `json:"confirm"`
+		ClientMsgID string          `json:"client_msg_id"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	var to []string
+	var one string
+	if json.Unmarshal(req.To, &one) == nil {
+		to = []string{one}
+	} else if err := json.Unmarshal(req.To, &to); err != nil {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", `to must be "all", "dept:ID", "group:ID" or a list of them`)
+	}
+	if req.From == "" {
+		req.From = "admin"
+	} else if !a.cfg.Directory.Active(req.From) {
+		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
+	}
+	res, err := a.cfg.Engine.Announce(r.Context(), engine.Announcement{
+		From: req.From, To: to, Text: req.Text, Confirm: req.Confirm, ClientID: req.ClientMsgID,
+	})
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	status := http.StatusCreated
+	if res.Duplicate {
+		status = http.StatusOK
+	}
+	return status, map[string]any{"id": res.ID.String(), "created": res.Created.UTC(), "duplicate": res.Duplicate}, nil
+}
+
+// authAdmin checks the request's admin token.
+func (a *API) authAdmin(r *http.Request) *apiError {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return errf(http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token")
+	}
+	if _, err := a.cfg.Keys.Verify(tok, auth.KindAdmin); err != nil {
+		return errf(http.StatusUnauthorized, "UNAUTHENTICATED", "admin token invalid or expired")
+	}
+	return nil
+}
+
+// adminRaw is admin for handlers that write their own response (CSV).
+func (a *API) adminRaw(route string, h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		defer func() { a.requests.WithLabelValues(route, fmt.Sprint(sw.status)).Inc() }()
+		if ae := a.authAdmin(r); ae != nil {
+			writeErr(sw, ae)
+			return
+		}
+		if err := h(sw, r); err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) {
+				a.cfg.Logger.Error("admin request failed", "route", route, "err", err)
+				ae = errf(http.StatusInternalServerError, "INTERNAL", "internal error")
+			}
+			writeErr(sw, ae)
+		}
+	}
+}
+
+func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
+	id, err := engine.ParseID(r.PathValue("id"))
+	if err != nil {
+		return errf(http.StatusBadRequest, "BAD_REQUEST", "malformed message id")
+	}
+	q := r.URL.Query()
+	if q.Get("format") != "csv" {
+		st, err := a.cfg.Engine.Stats(id, q.Get("lists") == "1")
+		if err != nil {
+			return engineErr(err)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		return json.NewEncoder(w).Encode(st)
+	}
+	only := q.Get("only")
+	if only != "" && only != "unread" && only != "unconfirmed" {
+		return errf(http.StatusBadRequest, "BAD_REQUEST", "only must be unread or unconfirmed")
+	}
+	rs, err := a.cfg.Engine.Receipts(id)
+	if err != nil {
+		return engineErr(err)
+	}
+	st, err := a.cfg.Engine.Stats(id, true) // for recipients still pending fanout
+	if err != nil {
+		return engineErr(err)
+	}
+	have := map[string]bool{}
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", id.String()+".csv"))
+	cw := csv.NewWriter(w)
+	cw.Write([]string{"user", "state", "delivered", "read", "confirmed"})
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	for _, rc := range rs {
+		have[rc.User] = true
+		switch {
+		case only == "unread" && rc.State >= engine.StateRead,
+			only == "unconfirmed" && rc.State == engine.StateConfirmed:
+			continue
+		}
+		cw.Write([]string{rc.User, rc.State.String(), ts(rc.Delivered), ts(rc.Read), ts(rc.Confirmed)})
+	}
+	for _, u := range st.Unread {
+		if !have[u] { // not yet in their stream
+			cw.Write([]string{u, "pending", "", "", ""})
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+func (a *API) reding(r *http.Request) (int, any, error) {
+	var req struct {
+		Policy     string `json:"policy"`
+		PolicyName string `json:"policy_name"`
+		Unread     bool   `json:"unread"`
+		From       string `json:"from"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	id, err := engine.ParseID(r.PathValue("id"))
+	if err != nil {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "malformed message id")
+	}
+	m, err := a.cfg.Engine.Message(id)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	st, err := a.cfg.Engine.Stats(id, true)
+	if err != nil {
+		return 0, nil, engineErr(err)
+	}
+	who := st.Unconfirmed
+	if req.Unread || !st.Confirm {
+		who = st.Unread
+	}
+	if req.From == "" {
+		req.From = m.From
+	}
+	out := map[string]any{"recipients": len(who), "dings": []string{}, "refused": []engine.Refusal{}}
+	var ids []string
+	var refused []engine.Refusal
+	for chunk := range slices.Chunk(who, 1000) {
+		res, err := a.cfg.Engine.Ding(r.Context(), engine.DingRequest{
+			From: req.From, To: chunk, Text: string(m.Body), Policy: req.Policy, PolicyName: req.PolicyName,
+		})
+		if err != nil {
+			if len(ids) == 0 {
+				return 0, nil, engineErr(err)
+			}
+			out["error"] = err.Error() // some were sent: say which, and why the rest were not
+			break
+		}
+		ids = append(ids, res.ID.String())
+		refused = append(refused, res.Refused...)
+	}
+	if ids != nil {
+		out["dings"] = ids
+	}
+	if refused != nil {
+		out["refused"] = refused
+	}
+	return http.StatusOK, out, nil
+}

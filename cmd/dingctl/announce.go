@@ -1,0 +1,147 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/dingmq/ding/engine"
+)
+
+// announce publishes an announcement, or runs one of its subcommands.
+func announce(g *globals, args []string, out io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "stats":
+			return announceStats(g, args[1:], out)
+		case "reding":
+			return announceReding(g, args[1:], out)
+		}
+	}
+	fs := flag.NewFlagSet("announce", flag.ContinueOnError)
+	from := fs.String("from", "", "sender user id (default: admin)")
+	to := fs.String("to", "", "all, dept:ID or group:ID (comma-separated for several)")
+	confirm := fs.Bool("confirm", false, "ask every recipient to confirm")
+	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once")
+	pos, err := parse(fs, g, args)
+	if err != nil {
+		return err
+	}
+	if *to == "" || len(pos) == 0 {
+		return exitError{2, "announce: --to and TEXT are required"}
+	}
+	var res struct{ ID string }
+	if err := g.call("POST", "/v1/announcements", map[string]any{
+		"from": *from, "to": strings.Split(*to, ","), "text": strings.Join(pos, " "), "confirm": *confirm, "client_msg_id": *cid,
+	}, &res); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(out, res.ID)
+	return err
+}
+
+func announceStats(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("announce stats", flag.ContinueOnError)
+	unread := fs.Bool("unread", false, "list who has not read it")
+	unconfirmed := fs.Bool("unconfirmed", false, "list who has not confirmed it")
+	asCSV := fs.Bool("csv", false, "one CSV row per recipient (with --unread or --unconfirmed: only those)")
+	pos, err := parse(fs, g, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return exitError{2, "announce stats: want exactly one id"}
+	}
+	path := "/v1/announcements/" + url.PathEscape(pos[0]) + "/stats"
+	if !*asCSV {
+		q := ""
+		if *unread || *unconfirmed {
+			q = "?lists=1"
+		}
+		var res map[string]any
+		if err := g.call("GET", path+q, nil, &res); err != nil {
+			return err
+		}
+		if !*unread {
+			delete(res, "unread")
+		}
+		if !*unconfirmed {
+			delete(res, "unconfirmed")
+		}
+		return printJSON(out, res)
+	}
+	q := url.Values{"format": {"csv"}}
+	switch {
+	case *unread:
+		q.Set("only", "unread")
+	case *unconfirmed:
+		q.Set("only", "unconfirmed")
+	}
+	return g.raw("GET", path+"?"+q.Encode(), out)
+}
+
+func announceReding(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("announce reding", flag.ContinueOnError)
+	policy := fs.String("policy", "", "a stored policy's name, or a policy (default: the default policy)")
+	unread := fs.Bool("unread", false, "DING those who have not read it (default: those who have not confirmed)")
+	from := fs.String("from", "", "DING as this user (default: the announcement's sender)")
+	pos, err := parse(fs, g, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return exitError{2, "announce reding: want exactly one id"}
+	}
+	req := map[string]any{"unread": *unread, "from": *from}
+	if *policy != "" {
+		if _, err := engine.ParsePolicy(*policy); err == nil {
+			req["policy"] = *policy
+		} else {
+			req["policy_name"] = *policy
+		}
+	}
+	var res map[string]any
+	if err := g.call("POST", "/v1/announcements/"+url.PathEscape(pos[0])+"/reding", req, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+// raw does one admin API request and copies the body to out.
+func (g *globals) raw(method, path string, out io.Writer) error {
+	tok, err := g.adminToken()
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequest(method, strings.TrimRight(g.server, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach %s: %v", g.server, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return g.apiError(resp)
+	}
+	_, err = io.Copy(out, resp.Body)
+	return err
+}
+
+// apiError turns an error answer into an error.
+func (g *globals) apiError(resp *http.Response) error {
+	var e struct {
+		Error struct{ Code, Detail string } `json:"error"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error.Code != "" {
+		return fmt.Errorf("%s: %s", e.Error.Code, e.Error.Detail)
+	}
+	return fmt.Errorf("server answered %s", resp.Status)
+}
