@@ -611,6 +611,36 @@ func (e *Engine) Cursor(user, device string) (uint64, bool, error) {
 	return c, err == nil, err
 }
 
+// DeviceCursor is a device of a user and how far it has acknowledged.
+type DeviceCursor struct {
+	Device string `json:"device"`
+	Cursor uint64 `json:"cursor"`
+}
+
+// Devices returns every device that has acknowledged something in user's
+// stream, with its cursor, sorted by name.
+func (e *Engine) Devices(user string) ([]DeviceCursor, error) {
+	p := cursorPrefix(user)
+	var out []DeviceCursor
+	var derr error
+	err := e.st.Scan(p, prefixEnd(p), func(k, v []byte) bool {
+		c, err := parseU64(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		out = append(out, DeviceCursor{Device: string(k[len(p):]), Cursor: c})
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: devices of %s: %w", user, err)
+	}
+	return out, nil
+}
+
 // Range returns up to max entries of user's stream starting at sequence
 // from, in order, with messages loaded. It is how a device catches up.
 //

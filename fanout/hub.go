@@ -255,6 +255,23 @@ func (h *Hub) Online(user string) bool {
 	return false
 }
 
+// Devices returns the ids of user's attached devices.
+func (h *Hub) Devices(user string) []string {
+	s := h.shard(user)
+	s.mu.RLock()
+	devs := s.users[user]
+	s.mu.RUnlock()
+	var out []string
+	for _, d := range devs {
+		d.mu.Lock()
+		if !d.closed {
+			out = append(out, d.ID)
+		}
+		d.mu.Unlock()
+	}
+	return out
+}
+
 // Deliver implements engine.Sink. It runs on the commit loop: it encodes
 // each entry at most once and queues it on every live device of the user.
 func (h *Hub) Deliver(user string, entries []engine.Entry) {

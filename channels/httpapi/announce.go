@@ -205,3 +205,40 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	}
 	return http.StatusOK, out, nil
 }
+
+// userDevices lists a user's devices: every device that has acknowledged
+// part of the stream, with its cursor, and whether it is connected now.
+func (a *API) userDevices(r *http.Request) (int, any, error) {
+	id := r.PathValue("id")
+	if _, ok := a.cfg.Directory.User(id); !ok {
+		return 0, nil, errf(http.StatusNotFound, "NOT_FOUND", "no such user")
+	}
+	ds, err := a.cfg.Engine.Devices(id)
+	if err != nil {
+		return 0, nil, err
+	}
+	head, err := a.cfg.Engine.Head(id)
+	if err != nil {
+		return 0, nil, err
+	}
+	type dev struct {
+		engine.DeviceCursor
+		Online bool `json:"online"`
+	}
+	out := []dev{}
+	seen := map[string]bool{}
+	var online []string
+	if a.cfg.Presence != nil {
+		online = a.cfg.Presence.Devices(id)
+	}
+	for _, d := range ds {
+		seen[d.Device] = true
+		out = append(out, dev{d, slices.Contains(online, d.Device)})
+	}
+	for _, o := range online {
+		if !seen[o] { // connected, nothing acknowledged yet
+			out = append(out, dev{engine.DeviceCursor{Device: o}, true})
+		}
+	}
+	return http.StatusOK, map[string]any{"user": id, "head": head, "devices": out}, nil
+}

@@ -91,6 +91,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Webhooks, if set, serves /twilio/ (package channels/twilio).
 	Webhooks http.Handler
+	// Presence, if set, says which devices of a user are connected now
+	// (*fanout.Hub implements it).
+	Presence interface{ Devices(user string) []string }
 	// Offboarder is what DELETE /v1/users/{id} and an import with
 	// remove_missing call; nil means only Directory.RemoveUser (tokens
 	// and connections are then left alone).
@@ -134,6 +137,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/users/batch", a.putUsers)
 	a.admin("PUT /v1/users/{id}", a.putUser)
 	a.admin("GET /v1/users/{id}", a.getUser)
+	a.admin("GET /v1/users/{id}/devices", a.userDevices)
 	a.admin("GET /v1/users", a.listUsers)
 	a.admin("DELETE /v1/users/{id}", a.deleteUser)
 	a.admin("PUT /v1/departments/{id}", a.putDepartment)

@@ -160,7 +160,7 @@ func Start(cfg Config) (n *Node, err error) {
 	api, err := httpapi.New(httpapi.Config{
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, Gatherer: reg,
 		Ready: n.ready.Load, Logger: cfg.Logger, Registerer: reg,
-		Webhooks: notifier.Handler(n.eng), Offboarder: n,
+		Webhooks: notifier.Handler(n.eng), Offboarder: n, Presence: n.hub,
 	})
 	if err != nil {
 		return nil, err

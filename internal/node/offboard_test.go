@@ -32,8 +32,12 @@ func TestOffboardingIsImmediate(t *testing.T) {
 	laptop := nodetest.Dial(t, n, "bo", "laptop", nil)
 	id := d.ding(t, map[string]any{"to": []string{"bo"}, "text": "on call?", "policy": "inapp,sms@5m"})
 
+	code, out, _ := d.api(t, "GET", "/v1/users/bo/devices", nil)
+	if code != 200 || len(out["devices"].([]any)) != 2 {
+		t.Fatalf("devices: %d %v", code, out)
+	}
 	start := time.Now()
-	code, out, _ := d.api(t, "DELETE", "/v1/users/bo", nil)
+	code, out, _ = d.api(t, "DELETE", "/v1/users/bo", nil)
 	if code != http.StatusOK || out["status"] != "removed" {
 		t.Fatalf("DELETE /v1/users/bo: %d %v", code, out)
 	}
