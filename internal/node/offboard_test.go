@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -75,6 +76,11 @@ func TestOffboardingIsImmediate(t *testing.T) {
 	rs, err := n.Engine().Receipts(mustID(t, out["id"].(string)))
 	if err != nil || len(rs) != 1 || rs[0].User != "cy" {
 		t.Fatalf("group message receipts: %v %v", rs, err)
+	}
+	// The sender can list who in the group has not read it.
+	gid := out["id"].(string)
+	if code, st, _ := d.api(t, "GET", "/v1/messages/"+gid+"/stats?lists=1", nil); code != 200 || fmt.Sprint(st["unread"]) != "[cy]" || st["total"] != 1.0 {
+		t.Fatalf("group message stats: %d %v", code, st)
 	}
 	if d.twilio.Count("") != 0 {
 		t.Fatalf("%d Twilio requests after offboarding", d.twilio.Count(""))
