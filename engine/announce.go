@@ -67,11 +67,16 @@ func (c *committer) confirmMessage(user string, m *Message, answer int, now time
 	if r.State == StateConfirmed {
 		return nil
 	}
-	if r.Delivered.IsZero() {
+	wasDelivered, wasRead := !r.Delivered.IsZero(), !r.Read.IsZero()
+	if !wasDelivered {
 		r.Delivered = now
 	}
-	if r.Read.IsZero() {
+	if !wasRead {
 		r.Read = now
+		c.countRead(m.ID, m.From, m.Kind == KindAnnouncement, wasDelivered)
+	}
+	if a := c.announcement(m.ID); a != nil && m.Kind == KindAnnouncement {
+		a.Confirmed++
 	}
 	r.State, r.Confirmed = StateConfirmed, now
 	c.setReceipt(rk, r)

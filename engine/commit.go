@@ -115,6 +115,10 @@ type committer struct {
 	minDue     int64                 // earliest timer armed (ms); 0 if none
 
 	jobsStarted bool // a fanout job was recorded (fanout.go)
+
+	// The statistics overlay (rollup.go); all written at commit.
+	rollups map[string]*Rollup
+	anns    map[ID]*AnnouncementCounts
 }
 
 func newCommitter(e *Engine) *committer {
@@ -130,6 +134,8 @@ func newCommitter(e *Engine) *committer {
 		dstates:    map[string]*rcptState{},
 		quota:      map[string]uint64{},
 		refs:       map[string][]byte{},
+		rollups:    map[string]*Rollup{},
+		anns:       map[ID]*AnnouncementCounts{},
 	}
 }
 
@@ -190,6 +196,7 @@ func (c *committer) commit() {
 		}
 	}
 	c.flushStates()
+	c.flushRollups()
 	pending := e.pendingTimers.Load() + c.timerDelta
 	if c.timerDelta != 0 {
 		c.batch.Set(timersCounterKey, u64(uint64(max(0, pending))))
@@ -288,6 +295,8 @@ func (c *committer) publish(commitErr error) {
 	c.sends, c.newMsgs, c.timerDelta, c.minDue, c.jobsStarted = nil, c.newMsgs[:0], 0, 0, false
 	clear(c.drecs)
 	clear(c.dstates)
+	clear(c.rollups)
+	clear(c.anns)
 	clear(c.quota)
 	clear(c.refs)
 	c.ops, c.users, c.entries = make([]*op, 0, len(p.ops)), nil, make(map[string][]Entry, len(p.users))
@@ -410,6 +419,13 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 		Created: id.Time(), ClientID: s.ClientID, Flags: s.flags,
 	}
 	c.batch.Set(messageKey(id), encodeMessage(m))
+	r := c.rollup(dayOf(m.Created), c.deptOf(s.From))
+	if s.Kind == KindAnnouncement {
+		r.Announcements++
+		c.anns[id] = &AnnouncementCounts{From: s.From, To: s.To, Created: ms(m.Created), Confirm: s.flags&FlagConfirm != 0, Total: uint64(len(s.recipients))}
+	} else {
+		r.MessagesSent++
+	}
 	if len(s.recipients) > c.e.cfg.FanoutChunk {
 		// A message to many: its entries are written chunk by chunk
 		// after it is durable (fanout.go).
@@ -502,8 +518,9 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 	// (cur, seq] reached this device for the first time: their ledgers
 	// record it.
 	type hit struct {
-		id     ID
-		sender string // "" for an announcement: no event for its sender
+		id           ID
+		sender       string
+		announcement bool // no receipt event for its sender
 	}
 	var hits []hit
 	var dings []ID
@@ -521,10 +538,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 				return false
 			}
 			if seq > wm {
-				if ent.flags&entryFlagAnnouncement != 0 {
-					sender = ""
-				}
-				hits = append(hits, hit{id, sender})
+				hits = append(hits, hit{id, sender, ent.flags&entryFlagAnnouncement != 0})
 			}
 			if seq > cur && ent.flags&entryFlagDing != 0 {
 				dings = append(dings, id)
@@ -584,7 +598,8 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		r := rs[i]
 		r.State, r.Delivered = StateDelivered, now
 		c.setReceipt(keys[i], r)
-		if h.sender != "" {
+		c.countDelivered(h.id, h.sender, h.announcement)
+		if !h.announcement {
 			ev.add(h.sender, h.id)
 		}
 	}
@@ -630,9 +645,10 @@ func (c *committer) notify(ev *events, user string, st State, now time.Time) err
 
 func (c *committer) applyRead(o *op, now time.Time) error {
 	type change struct {
-		id  ID
-		key []byte
-		r   Receipt
+		id           ID
+		key          []byte
+		r            Receipt
+		wasDelivered bool
 	}
 	changes := make([]change, 0, len(o.ids))
 	for i, id := range o.ids {
@@ -650,11 +666,12 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 		if r.State >= StateRead {
 			continue
 		}
-		if r.Delivered.IsZero() {
+		wasDelivered := !r.Delivered.IsZero()
+		if !wasDelivered {
 			r.Delivered = now
 		}
 		r.State, r.Read = StateRead, now
-		changes = append(changes, change{id, rk, r})
+		changes = append(changes, change{id, rk, r, wasDelivered})
 	}
 	// Load every message first: an error then leaves the batch untouched.
 	msgs := make([]*Message, len(changes))
@@ -673,6 +690,7 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 			dings = append(dings, m.ID)
 		}
 		c.setReceipt(ch.key, ch.r)
+		c.countRead(ch.id, m.From, m.Kind == KindAnnouncement, ch.wasDelivered)
 		if m.Kind != KindAnnouncement {
 			senders.add(m.From, ch.id)
 		}

@@ -90,6 +90,9 @@ type Contact struct {
 	Name  string     // display name, spoken and texted as the sender's name
 	Phone string     // E.164, or empty; never logged
 	Quiet QuietHours // zero: none
+	// Department is the user's department id ("" for none), for the
+	// statistics (rollup.go).
+	Department string
 }
 
 // Contacts looks users up for escalations (package fanout implements it).
@@ -325,17 +328,19 @@ type timerRef struct {
 
 // rcptState is one recipient's escalation state (key 'e' | id | idx).
 type rcptState struct {
-	Status  string     `json:"s"`
-	User    bool       `json:"u,omitempty"` // a directory user (else a bare phone number)
-	Phone   string     `json:"p,omitempty"`
-	PhoneAt int64      `json:"pat,omitempty"` // when the phone was last sent to (ms): the time in its phone key
-	Next    int        `json:"next"`          // index of the next planned step
-	Answer  int        `json:"ans,omitempty"`
-	By      Channel    `json:"by,omitempty"`
-	Ended   int64      `json:"end,omitempty"` // ms
-	LedgerN uint32     `json:"ln"`
-	TimerN  uint32     `json:"tn"`
-	Timers  []timerRef `json:"t,omitempty"`
+	Status     string     `json:"s"`
+	User       bool       `json:"u,omitempty"` // a directory user (else a bare phone number)
+	Phone      string     `json:"p,omitempty"`
+	PhoneAt    int64      `json:"pat,omitempty"` // when the phone was last sent to (ms): the time in its phone key
+	Next       int        `json:"next"`          // index of the next planned step
+	Answer     int        `json:"ans,omitempty"`
+	By         Channel    `json:"by,omitempty"`
+	Ended      int64      `json:"end,omitempty"` // ms
+	Dept       string     `json:"d,omitempty"`   // the recipient's department when the DING was sent (statistics)
+	Unanswered bool       `json:"un,omitempty"`  // counted as unanswered (every step fired); undone by a later stop
+	LedgerN    uint32     `json:"ln"`
+	TimerN     uint32     `json:"tn"`
+	Timers     []timerRef `json:"t,omitempty"`
 }
 
 var phoneRE = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)

@@ -290,14 +290,17 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 	c.drecs[id] = rec
 	c.quotaSet(sk, sent+1)
 	c.newMsgs = append(c.newMsgs, m)
+	rday := dayOf(m.Created)
+	c.rollup(rday, c.deptOf(q.From)).DingsSent++
 	ri := 0
 	for i, to := range q.To {
-		s := &rcptState{Status: StatusPending, User: !isPhone(to), Phone: q.contacts[i].Phone}
+		s := &rcptState{Status: StatusPending, User: !isPhone(to), Phone: q.contacts[i].Phone, Dept: q.contacts[i].Department}
 		if !s.User {
 			s.Phone = to
 		}
 		c.newState(id, i, s)
 		if !ok[i] {
+			c.rollup(rday, s.Dept).outcome(OutcomeRefused, 1)
 			s.Status = StatusRefused
 			r := refused[ri]
 			ri++
@@ -306,6 +309,7 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 			}
 			continue
 		}
+		c.rollup(rday, s.Dept).DingRecipients++
 		if qs.RecipientInterval > 0 {
 			c.quotaSet(quotaKey('r', q.From, to), uint64(ms(now)))
 		}
@@ -350,9 +354,12 @@ func (c *committer) advance(id ID, idx int, s *rcptState, rec *dingRecord, now t
 		if err := c.fireStep(id, idx, s, rec, step, now); err != nil {
 			return err
 		}
-		if s.Next == len(rec.Plan) && len(rec.Plan) > 1 {
-			if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerExhausted, At: now}); err != nil {
-				return err
+		if s.Next == len(rec.Plan) && s.Status == StatusPending {
+			c.markUnanswered(idx, s, rec)
+			if len(rec.Plan) > 1 {
+				if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerExhausted, At: now}); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -401,6 +408,11 @@ func (c *committer) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch 
 		}
 		c.quotaSet(k, n+1)
 	}
+	if r := c.rollup(dayOf(now), s.Dept); ch == ChannelVoice {
+		r.Calls++
+	} else {
+		r.SMS++
+	}
 	return c.dispatch(id, idx, s, rec, ch, 1, false, now)
 }
 
@@ -441,11 +453,57 @@ func (c *committer) stop(id ID, idx int, s *rcptState, rec *dingRecord, status s
 		c.batch.Delete(pendingUserKey(rec.Recipients[idx], id, idx))
 	}
 	took := now.Sub(time.UnixMilli(rec.Created)).Seconds()
+	r := c.rollup(dayOf(time.UnixMilli(rec.Created)), s.Dept)
+	c.unmarkUnanswered(idx, s, rec)
+	r.outcome(outcomeOf(status, by), 1)
 	switch status {
 	case StatusRead:
 		c.e.metrics.timeToRead.WithLabelValues(by.String()).Observe(took)
+		observe(&r.TimeToRead, took)
 	case StatusConfirmed:
 		c.e.metrics.timeToConfirm.WithLabelValues(by.String()).Observe(took)
+		observe(&r.TimeToConfirm, took)
+	}
+}
+
+// outcomeOf names a stop for the statistics.
+func outcomeOf(status string, by Channel) string {
+	switch status {
+	case StatusRead:
+		return OutcomeReadInApp
+	case StatusConfirmed:
+		return "confirmed_" + by.String()
+	case StatusCancelled:
+		return OutcomeCancelled
+	case StatusRemoved:
+		return OutcomeRemoved
+	}
+	return status
+}
+
+// markUnanswered counts a recipient whose every step has fired as
+// unanswered, until something stops them.
+func (c *committer) markUnanswered(idx int, s *rcptState, rec *dingRecord) {
+	if s.Unanswered {
+		return
+	}
+	s.Unanswered = true
+	day := dayOf(time.UnixMilli(rec.Created))
+	c.rollup(day, s.Dept).outcome(OutcomeUnanswered, 1)
+	if s.User {
+		c.unanswered(day, rec.Recipients[idx], 1)
+	}
+}
+
+func (c *committer) unmarkUnanswered(idx int, s *rcptState, rec *dingRecord) {
+	if !s.Unanswered {
+		return
+	}
+	s.Unanswered = false
+	day := dayOf(time.UnixMilli(rec.Created))
+	c.rollup(day, s.Dept).outcome(OutcomeUnanswered, -1)
+	if s.User {
+		c.unanswered(day, rec.Recipients[idx], -1)
 	}
 }
 
@@ -468,6 +526,12 @@ func (c *committer) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Ch
 	if s.Status == StatusPending {
 		c.stop(id, idx, s, rec, StatusConfirmed, ch, now)
 	} else {
+		// Confirmed after a read stopped it (or a cancel): the outcome
+		// moves to the confirmation.
+		r := c.rollup(dayOf(time.UnixMilli(rec.Created)), s.Dept)
+		r.outcome(outcomeOf(s.Status, s.By), -1)
+		r.outcome(outcomeOf(StatusConfirmed, ch), 1)
+		observe(&r.TimeToConfirm, now.Sub(time.UnixMilli(rec.Created)).Seconds())
 		s.Status, s.By, s.Ended = StatusConfirmed, ch, ms(now)
 	}
 	s.Answer = answer

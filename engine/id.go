@@ -117,3 +117,12 @@ func (id *ID) UnmarshalText(b []byte) error {
 	*id = v
 	return nil
 }
+
+// idAtMillis returns the smallest ID with timestamp ms.
+func idAtMillis(ms int64) ID {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(ms))
+	var id ID
+	copy(id[:6], b[2:])
+	return id
+}

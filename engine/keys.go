@@ -10,24 +10,27 @@ import (
 // Key prefixes. Every key in the store starts with one of these bytes; the
 // full layout is drawn in the package doc.
 const (
-	prefixMessage   = 'm' // m | id(16)                       -> message record
-	prefixInbox     = 'i' // i | user | 0x00 | seq(8, BE)     -> stream entry
-	prefixCursor    = 'c' // c | user | 0x00 | device         -> seq(8)
-	prefixWatermark = 'w' // w | user                         -> seq(8): highest seq any device acked
-	prefixReceipt   = 'r' // r | id(16) | user                -> receipt record
-	prefixDedupe    = 'd' // d | sender | 0x00 | clientID     -> id(16)
-	prefixDing      = 'g' // g | id(16)                       -> DING record (JSON)
-	prefixDingRcpt  = 'e' // e | id(16) | idx(2)              -> recipient's escalation state (JSON)
-	prefixLedger    = 'l' // l | id(16) | idx(2) | n(4)       -> ledger event (JSON)
-	prefixTimer     = 't' // t | due ms(8) | id(16) | idx(2) | n(4) -> empty
-	prefixPhone     = 'p' // p | phone | 0x00 | id(16) | idx(2) -> empty: a pending DING for that phone
-	prefixRef       = 'x' // x | provider ref                 -> id(16) | idx(2) | channel(1)
-	prefixQuota     = 'q' // q | kind(1) | scope | 0x00 | sub -> count(8) or time ms(8)
-	prefixPolicy    = 'y' // y | name                         -> policy spec (text)
-	prefixCounter   = 'k' // k | name                         -> u64
-	prefixPendingU  = 'v' // v | user | 0x00 | id(16) | idx(2) -> empty: a pending DING for that user
-	prefixJob       = 'j' // j | id(16)                       -> fanout job (JSON)
-	prefixAudience  = 'a' // a | id(16) | chunk(4)            -> recipients not yet fanned out
+	prefixMessage      = 'm' // m | id(16)                       -> message record
+	prefixInbox        = 'i' // i | user | 0x00 | seq(8, BE)     -> stream entry
+	prefixCursor       = 'c' // c | user | 0x00 | device         -> seq(8)
+	prefixWatermark    = 'w' // w | user                         -> seq(8): highest seq any device acked
+	prefixReceipt      = 'r' // r | id(16) | user                -> receipt record
+	prefixDedupe       = 'd' // d | sender | 0x00 | clientID     -> id(16)
+	prefixDing         = 'g' // g | id(16)                       -> DING record (JSON)
+	prefixDingRcpt     = 'e' // e | id(16) | idx(2)              -> recipient's escalation state (JSON)
+	prefixLedger       = 'l' // l | id(16) | idx(2) | n(4)       -> ledger event (JSON)
+	prefixTimer        = 't' // t | due ms(8) | id(16) | idx(2) | n(4) -> empty
+	prefixPhone        = 'p' // p | phone | 0x00 | id(16) | idx(2) -> empty: a pending DING for that phone
+	prefixRef          = 'x' // x | provider ref                 -> id(16) | idx(2) | channel(1)
+	prefixQuota        = 'q' // q | kind(1) | scope | 0x00 | sub -> count(8) or time ms(8)
+	prefixPolicy       = 'y' // y | name                         -> policy spec (text)
+	prefixCounter      = 'k' // k | name                         -> u64
+	prefixPendingU     = 'v' // v | user | 0x00 | id(16) | idx(2) -> empty: a pending DING for that user
+	prefixJob          = 'j' // j | id(16)                       -> fanout job (JSON)
+	prefixAudience     = 'a' // a | id(16) | chunk(4)            -> recipients not yet fanned out
+	prefixRollup       = 'z' // z | day(4) | department          -> daily statistics (rollup.go)
+	prefixUnanswered   = 'Z' // Z | day(4) | user               -> unanswered DINGs (8)
+	prefixAnnouncement = 'n' // n | id(16)                    -> announcement counts (JSON)
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'

@@ -322,7 +322,7 @@ func (d *Directory) Contact(id string) (engine.Contact, error) {
 	if u.Status != StatusActive {
 		return engine.Contact{}, fmt.Errorf("%w: %q was removed", engine.ErrUnknownRecipient, id)
 	}
-	return engine.Contact{Name: u.Name, Phone: u.Phone, Quiet: d.quiet[id]}, nil
+	return engine.Contact{Name: u.Name, Phone: u.Phone, Quiet: d.quiet[id], Department: u.Department}, nil
 }
 
 // User returns a user by id, removed ones too (see User.Status).

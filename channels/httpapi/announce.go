@@ -26,6 +26,7 @@ func (a *API) announceRoutes() {
 	a.mux.HandleFunc("GET /v1/announcements/{id}/stats", a.adminRaw("GET /v1/announcements/{id}/stats", a.stats))
 	a.mux.HandleFunc("GET /v1/messages/{id}/stats", a.adminRaw("GET /v1/messages/{id}/stats", a.stats))
 	a.admin("POST /v1/announcements/{id}/reding", a.reding)
+	a.admin("GET /v1/stats", a.adminStats)
 }
 
 func (a *API) announce(r *http.Request) (int, any, error) {

@@ -145,3 +145,26 @@ func (g *globals) apiError(resp *http.Response) error {
 	}
 	return fmt.Errorf("server answered %s", resp.Status)
 }
+
+// stats prints the admin statistics for a range of days.
+func stats(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
+	from := fs.String("from", "", "first day, YYYY-MM-DD (default: 29 days before --to)")
+	to := fs.String("to", "", "last day, YYYY-MM-DD (default: today, UTC)")
+	dept := fs.String("dept", "", "only these departments, comma-separated")
+	top := fs.Int("top", 10, "how many of the people who most often leave DINGs unanswered")
+	if _, err := parse(fs, g, args); err != nil {
+		return err
+	}
+	q := url.Values{"top": {fmt.Sprint(*top)}}
+	for k, v := range map[string]string{"from": *from, "to": *to, "dept": *dept} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	var res map[string]any
+	if err := g.call("GET", "/v1/stats?"+q.Encode(), nil, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}

@@ -65,3 +65,39 @@ func TestAnnounceCommands(t *testing.T) {
 		}
 	}
 }
+
+func TestStatsCommand(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	for _, args := range [][]string{
+		{"dept", "add", "eng", "--name", "Engineering"},
+		{"user", "add", "ana", "--name", "Ana", "--department", "eng"},
+		{"user", "add", "bo", "--name", "Bo"},
+		{"send", "--from", "ana", "--to", "bo", "hi"},
+		{"ding", "--from", "ana", "--to", "bo", "--policy", "inapp", "wake up"},
+	} {
+		if _, err := ctl(t, n, args...); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	out, err := ctl(t, n, "stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Departments []struct {
+			Department string
+			Counts     map[string]any
+		}
+		Total struct{ Counts map[string]any }
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("%q: %v", out, err)
+	}
+	if len(st.Departments) != 2 || st.Departments[1].Department != "eng" || st.Departments[1].Counts["messages_sent"] != 1.0 ||
+		st.Departments[1].Counts["dings_sent"] != 1.0 || st.Departments[0].Counts["ding_recipients"] != 1.0 {
+		t.Fatalf("stats: %s", out)
+	}
+	if _, err := ctl(t, n, "stats", "--from", "2026-13-01"); err == nil || !strings.Contains(err.Error(), "BAD_REQUEST") {
+		t.Fatalf("bad date: %v", err)
+	}
+}

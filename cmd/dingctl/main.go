@@ -77,6 +77,10 @@ commands:
                                              counts, read ratio over time, who has not read/confirmed
   announce reding ID [--policy NAME|SPEC] [--unread]
                                              DING those who have not confirmed (or read) it
+  stats [--from YYYY-MM-DD] [--to YYYY-MM-DD] [--dept A,B] [--top N]
+                                             per department: messages, DINGs and how they ended,
+                                             time to read/confirm, SMS and calls vs budget,
+                                             announcements' read ratios, who leaves DINGs unanswered
 `
 
 func main() {
@@ -164,6 +168,8 @@ func run(args []string, out io.Writer) error {
 		return ding(g, rest, out)
 	case "announce":
 		return announce(g, rest, out)
+	case "stats":
+		return stats(g, rest, out)
 	case "policy":
 		return policy(g, rest, out)
 	case "dept":
