@@ -40,3 +40,34 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeRollup(f *testing.F) {
+	r := &Rollup{MessagesSent: 3, Outcomes: map[string]uint64{OutcomeUnanswered: 2}, TimeToRead: make([]uint32, len(latencyBuckets)), SMS: 1}
+	r.TimeToRead[3] = 7
+	f.Add(encodeRollup(r))
+	f.Add(encodeRollup(&Rollup{}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r Rollup
+		if decodeRollup(b, &r) != nil {
+			return
+		}
+		var again Rollup
+		if err := decodeRollup(encodeRollup(&r), &again); err != nil || !reflect.DeepEqual(r, again) {
+			t.Fatalf("round trip differs: %+v / %+v (%v)", r, again, err)
+		}
+	})
+}
+
+func FuzzDecodeMessageWithChoices(f *testing.F) {
+	f.Add(encodeMessage(&Message{From: "ana", To: []string{"group:x"}, Kind: KindDing, Body: []byte("up?"), Choices: []string{"yes", "no"}, Flags: FlagConfirm}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeMessage(ID{}, b)
+		if err != nil {
+			return
+		}
+		again, err := decodeMessage(ID{}, encodeMessage(m))
+		if err != nil || !reflect.DeepEqual(m, again) {
+			t.Fatalf("round trip differs: %+v / %+v (%v)", m, again, err)
+		}
+	})
+}

@@ -28,7 +28,7 @@ func BenchmarkAdminStatsYear(b *testing.B) {
 	for i := range r.TimeToRead {
 		r.TimeToRead[i], r.TimeToConfirm[i] = uint32(i), uint32(2*i)
 	}
-	v, _ := json.Marshal(r)
+	v := encodeRollup(&r)
 	batch := db.NewBatch()
 	for d := range 365 {
 		for dept := range 100 {
