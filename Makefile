@@ -15,8 +15,10 @@ unit:
 
 # A short run of every fuzz target (the seeds also run in `make test`).
 fuzz:
-	$(GO) test ./engine -run '^$$' -fuzz FuzzDecodeMessage -fuzztime 20s
-	$(GO) test ./engine -run '^$$' -fuzz FuzzDecodeEntry -fuzztime 20s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeMessage$$' -fuzztime 20s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeMessageWithChoices$$' -fuzztime 10s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeEntry$$' -fuzztime 20s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeRollup$$' -fuzztime 10s
 	$(GO) test ./channels/socket/wire -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 
 build:
