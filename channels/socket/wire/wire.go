@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -144,12 +145,7 @@ func Decode(t pb.FrameType, payload []byte) (proto.Message, error) {
 func AppendEntry(dst []byte, e engine.Entry) []byte {
 	switch e.Kind {
 	case engine.EntryMessage:
-		m := e.Message
-		return Append(dst, pb.FrameType_DELIVER, &pb.Deliver{
-			Seq: e.Seq, Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
-			Body: m.Body, CreatedMs: m.Created.UnixMilli(), Choices: validUTF8s(m.Choices),
-			Confirm: m.Flags&engine.FlagConfirm != 0,
-		})
+		return appendDeliver(dst, e.Seq, e.Message)
 	case engine.EntryReceipt:
 		r := e.Receipt
 		ids := make([]string, len(r.IDs))
@@ -191,4 +187,45 @@ func validUTF8s(ss []string) []string {
 		}
 	}
 	return ss
+}
+
+// deliverTail is a message's DELIVER payload without its seq: the same for
+// every recipient.
+type deliverTail struct {
+	msg  *engine.Message
+	tail []byte
+}
+
+// lastTail caches the tail of the last message encoded. A message to many
+// (an announcement) is delivered entry after entry with the same
+// *engine.Message, so it is marshalled once and each recipient's frame is
+// the header, its seq and the shared tail: encode once, write many.
+var lastTail atomic.Pointer[deliverTail]
+
+// appendDeliver appends the DELIVER frame of m at seq. Protobuf decoders
+// take fields in any order; seq (field 1) is written first, then the tail,
+// which is what proto.Marshal writes for fields 2 and up.
+func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
+	t := lastTail.Load()
+	if t == nil || t.msg != m {
+		tail, err := proto.MarshalOptions{}.Marshal(&pb.Deliver{
+			Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
+			Body: m.Body, CreatedMs: m.Created.UnixMilli(), Choices: validUTF8s(m.Choices),
+			Confirm: m.Flags&engine.FlagConfirm != 0,
+		})
+		if err != nil {
+			panic(fmt.Sprintf("wire: marshal DELIVER: %v", err))
+		}
+		t = &deliverTail{m, tail}
+		lastTail.Store(t)
+	}
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0, byte(pb.FrameType_DELIVER))
+	if seq != 0 {
+		dst = append(dst, 0x08) // field 1 (seq), varint
+		dst = binary.AppendUvarint(dst, seq)
+	}
+	dst = append(dst, t.tail...)
+	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-4))
+	return dst
 }
