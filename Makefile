@@ -4,7 +4,21 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 
 .PHONY: test vet unit fuzz proto bench build tools
 
-test: vet unit
+test: tools vet unit
+
+# promtool (from Debian's prometheus package) checks /metrics, the alert
+# rules and the dashboard's queries in internal/node's tests. Only the
+# binary is unpacked, into bin/: installing the package would also start a
+# Prometheus server. Nothing is done when promtool is already there.
+tools:
+	@command -v promtool >/dev/null || [ -x bin/promtool ] || { \
+	  set -e; sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); tmp=$$(mktemp -d); \
+	  echo "installing bin/promtool from Debian's prometheus package"; \
+	  $$sudo apt-get update -qq; \
+	  (cd $$tmp && apt-get download -qq -o APT::Sandbox::User=root prometheus); \
+	  dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/pkg; \
+	  mkdir -p bin; cp $$tmp/pkg/usr/bin/promtool bin/promtool; rm -rf $$tmp; \
+	  bin/promtool --version 2>&1 | head -1; }
 
 vet:
 	$(GO) vet ./...
