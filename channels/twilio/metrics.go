@@ -19,7 +19,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Twilio REST requests (kind sms or call), by status: ok, rejected (certainly not accepted), error (outcome unknown).",
 		}, []string{"kind", "status"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "ding_twilio_request_seconds",
+			Name:    "ding_twilio_request_duration_seconds",
 			Help:    "Duration of Twilio REST requests, by kind.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"kind"}),

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +29,29 @@ import (
 type proc struct {
 	cmd              *exec.Cmd
 	data, sock, http string
-	stderr           *bytes.Buffer
+	env              []string // added to dingd's environment
+	stderr           *syncBuffer
+	exited           chan struct{} // closed once the process has exited
+	exitErr          error         // cmd.Wait's error; read after exited is closed
+}
+
+// syncBuffer is a bytes.Buffer that the process's stderr copier and the
+// test may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 var (
@@ -60,20 +84,55 @@ func dingdBinary(t *testing.T) string {
 // the HTTP address.
 func startDingd(t *testing.T, data string, extra ...string) *proc {
 	t.Helper()
-	p := &proc{data: data, sock: nodetest.FreeAddr(t), http: nodetest.FreeAddr(t), stderr: &bytes.Buffer{}}
-	args := []string{"--data", data, "--listen", p.sock, "--http", p.http, "--log-level", "warn"}
+	p := newProc(t, data)
+	p.start(t, p.args(extra...)...)
+	return p
+}
+
+// newProc picks free addresses for a dingd on data; start runs it.
+func newProc(t *testing.T, data string) *proc {
+	t.Helper()
+	return &proc{data: data, sock: nodetest.FreeAddr(t), http: nodetest.FreeAddr(t), stderr: &syncBuffer{}}
+}
+
+// args returns the flags that put dingd on p's data and addresses, then
+// extra, where {http} stands for the HTTP address.
+func (p *proc) args(extra ...string) []string {
+	args := []string{"--data", p.data, "--listen", p.sock, "--http", p.http, "--log-level", "warn"}
 	for _, a := range extra {
 		args = append(args, strings.ReplaceAll(a, "{http}", p.http))
 	}
+	return args
+}
+
+// start runs dingd with args, which must make it serve on p's addresses,
+// and waits until /readyz answers 200. dingd gets the test's environment
+// less any DING_ or TWILIO_ variable (they would beat a config file), plus
+// p.env.
+func (p *proc) start(t *testing.T, args ...string) {
+	t.Helper()
 	p.cmd = exec.Command(dingdBinary(t), args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DING_") && !strings.HasPrefix(kv, "TWILIO_") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	p.cmd.Env = append(p.cmd.Env, p.env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p.exited = make(chan struct{})
+	go func() {
+		p.exitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
+		select {
+		case <-p.exited:
+		default:
 			p.cmd.Process.Kill()
-			p.cmd.Wait()
+			<-p.exited
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
@@ -82,13 +141,25 @@ func startDingd(t *testing.T, data string, extra ...string) *proc {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return p
+				return
 			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("dingd did not become ready: %v\n%s", err, p.stderr)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// wait waits up to d for dingd to exit and returns how it exited.
+func (p *proc) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.exitErr
+	case <-time.After(d):
+		t.Fatalf("dingd did not exit within %v\n%s", d, p.stderr)
+		return nil
 	}
 }
 
@@ -176,7 +247,7 @@ func TestKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd.Wait()
+	<-p.exited
 	cancel()
 	wg.Wait()
 	mu.Lock()
@@ -216,33 +287,159 @@ func TestKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	t.Logf("%d acknowledged before SIGKILL, all found; stream head %d (the rest were in flight, unacknowledged)", want, head)
 }
 
+// TestSIGTERMDrainsAndExitsCleanly starts dingd from a config file, sends
+// SIGTERM while clients are submitting, and checks readiness through the
+// drain, a clean exit, and that every acknowledged message is there after a
+// restart.
+//
+// Readiness: /readyz answers 200 once started (node sets ready after the
+// store is open and both listeners are up). After SIGTERM each poll, on a
+// new connection, may see 200 until the signal lands, then 503 while the
+// socket clients drain, then a closed connection once the HTTP server
+// drains (net/http drops requests it reads after its Shutdown began), then
+// a refused one: in that order, never back. The 503 phase lasts as long as
+// the socket drain, a few milliseconds here, so it is logged, not required.
 func TestSIGTERMDrainsAndExitsCleanly(t *testing.T) {
 	data := t.TempDir()
-	p := startDingd(t, data)
-	p.admin(t, "POST", "/v1/users", map[string]string{"id": "bo", "name": "bo"}, nil)
-	c, err := client.Dial(context.Background(), client.Config{Addr: p.sock, Token: p.token(t, "bo", "phone"), Device: "phone"})
+	p := newProc(t, data)
+	cfg := filepath.Join(t.TempDir(), "dingd.toml")
+	writeFile(t, cfg, fmt.Sprintf("data = %q\nlisten = %q\nhttp = %q\nlog-level = \"warn\"\ndrain-timeout = \"10s\"\n", data, p.sock, p.http))
+	p.start(t, "--config", cfg)
+	for _, u := range []string{"ana", "bo"} {
+		if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+			t.Fatalf("create %s: %d", u, code)
+		}
+	}
+	bo, err := client.Dial(context.Background(), client.Config{Addr: p.sock, Token: p.token(t, "bo", "phone"), Device: "phone"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer bo.Close()
+
+	// Senders keep submitting through the signal.
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for w := range 4 {
+		c, err := client.Dial(ctx, client.Config{Addr: p.sock, Token: p.token(t, "ana", fmt.Sprintf("d%d", w)), Device: fmt.Sprintf("d%d", w), MaxBackoff: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				res, err := c.Send(sctx, []string{"bo"}, []byte(fmt.Sprintf("w%d-%d", w, i)))
+				scancel()
+				if err == nil {
+					mu.Lock()
+					acked[res.ID] = true
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	nodetest.WaitFor(t, "200 acks", 20*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 200
+	})
+
+	if code, err := readyz(p.http); err != nil || code != 200 {
+		t.Fatalf("readyz before SIGTERM: %d %v", code, err)
+	}
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("dingd exited with %v\n%s", err, p.stderr)
+	phases := []string{"200", "503", "closed", "refused"}
+	var seen []string
+	phase := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for phase < 3 {
+		code, err := readyz(p.http)
+		got := strconv.Itoa(code)
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			got = "refused"
+		case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET):
+			got = "closed"
+		case err != nil:
+			t.Fatalf("readyz after SIGTERM: %v (after %v)", err, seen)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("dingd did not exit within 20s of SIGTERM")
+		next := slices.Index(phases, got)
+		if next < 0 || next < phase {
+			t.Fatalf("readyz after SIGTERM: %s after %v", got, seen)
+		}
+		if next > phase || len(seen) == 0 {
+			seen = append(seen, got)
+		}
+		phase = next
+		if phase == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the HTTP listener was still open 10s after SIGTERM: %v", seen)
+		}
+		time.Sleep(time.Millisecond) // pacing only
 	}
-	// The data dir reopens (the store was closed cleanly).
+	t.Logf("/readyz after SIGTERM: %v", seen)
+	if err := p.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("dingd exited with %v\n%s", err, p.stderr)
+	}
+	cancel()
+	wg.Wait()
+	mu.Lock()
+	want := len(acked)
+	mu.Unlock()
+
+	// The data dir reopens (the store was closed cleanly) with every
+	// acknowledged message in bo's stream.
 	p2 := startDingd(t, data)
-	var u map[string]any
-	if code := p2.admin(t, "GET", "/v1/users/bo", nil, &u); code != 200 || u["id"] != "bo" {
-		t.Fatalf("after restart: %d %v", code, u)
+	bo2, err := client.Dial(context.Background(), client.Config{Addr: p2.sock, Token: p2.token(t, "bo", "laptop"), Device: "laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bo2.Close()
+	head := bo2.Welcome().Head
+	found := 0
+	for seq := uint64(1); seq <= head; seq++ {
+		select {
+		case e, ok := <-bo2.Entries():
+			if !ok {
+				t.Fatalf("client stopped at seq %d: %v", seq, bo2.Err())
+			}
+			if e.Message != nil && acked[e.Message.ID] {
+				found++
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stalled at seq %d of %d", seq, head)
+		}
+	}
+	if found != want {
+		t.Fatalf("%d of %d acknowledged messages survived SIGTERM", found, want)
+	}
+	t.Logf("%d acknowledged before and during the drain, all found after the restart", want)
+}
+
+// readyz asks GET /readyz on a new connection.
+func readyz(addr string) (int, error) {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func writeFile(t testing.TB, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -276,11 +473,12 @@ func TestKill9EscalationSendsEachStepOnceOrTwice(t *testing.T) {
 	const sid, tok = "AC00000000000000000000000000000001", "secret0token0for0tests"
 	fake := twiliotest.NewServer(sid, tok)
 	defer fake.Close()
-	t.Setenv("TWILIO_AUTH_TOKEN", tok)
 	flags := []string{"--twilio-account-sid", sid, "--twilio-from", "+15005550006",
 		"--public-url", "http://{http}", "--twilio-api-url", fake.URL()}
 	data := t.TempDir()
-	p := startDingd(t, data, flags...)
+	p := newProc(t, data)
+	p.env = []string{"TWILIO_AUTH_TOKEN=" + tok} // the token from the env, as in production
+	p.start(t, p.args(flags...)...)
 	if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": "ana", "name": "Ana"}, nil); code != 201 {
 		t.Fatalf("create ana: %d", code)
 	}
@@ -305,10 +503,12 @@ func TestKill9EscalationSendsEachStepOnceOrTwice(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd.Wait()
+	<-p.exited
 	before := fake.Count("sms")
 
-	p2 := startDingd(t, data, flags...)
+	p2 := newProc(t, data)
+	p2.env = p.env
+	p2.start(t, p2.args(flags...)...)
 	if _, err := fake.WaitFor(ctx, "sms", len(numbers)); err != nil {
 		t.Fatalf("after restart: %v (%d sent before the kill)", err, before)
 	}

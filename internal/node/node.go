@@ -84,7 +84,7 @@ type Node struct {
 }
 
 // Start opens the store and starts serving.
-func Start(cfg Config) (n *Node, err error) {
+func Start(cfg Config) (_ *Node, err error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = "ding-data"
 	}
@@ -97,7 +97,8 @@ func Start(cfg Config) (n *Node, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	n = &Node{cfg: cfg, log: cfg.Logger}
+	// The closers use this local n: the result is nil on an error.
+	n := &Node{cfg: cfg, log: cfg.Logger}
 	var closers []func()
 	defer func() {
 		if err != nil {
@@ -111,6 +112,9 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := registerDiskMetrics(reg, cfg.DataDir); err != nil {
+		return nil, err
+	}
 
 	if n.db, err = pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: cfg.Logger}); err != nil {
 		return nil, err

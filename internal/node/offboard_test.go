@@ -12,6 +12,7 @@ import (
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
@@ -101,4 +102,18 @@ func mustID(t *testing.T, s string) engine.ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// A start-up failure after the store is open (here: the HTTP port is
+// taken) returns the error and releases what it opened.
+func TestStartFailureCleansUp(t *testing.T) {
+	busy := nodetest.Start(t, node.Config{})
+	dir := t.TempDir()
+	_, err := node.Start(node.Config{DataDir: dir, SocketAddr: "127.0.0.1:0", HTTPAddr: busy.HTTPAddr()})
+	if err == nil {
+		t.Fatal("started on a port in use")
+	}
+	// The store was closed: the same dir opens again.
+	n := nodetest.Start(t, node.Config{DataDir: dir})
+	nodetest.Stop(t, n)
 }

@@ -1,0 +1,337 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/engine"
+)
+
+// config is dingd's effective configuration: every setting in the table
+// below after the default, the config file, the environment and the
+// command line, in rising precedence.
+type config struct {
+	Data, Listen, HTTP string
+	MaxBody            int
+	LogLevel           string
+	DrainTimeout       time.Duration
+	PProf              string
+	// Twilio holds AccountSID, AuthToken, From, PublicURL and APIURL; the
+	// rest is left to node.Start.
+	Twilio         twilio.Config
+	Quotas         engine.Quotas
+	NoCallFallback bool
+
+	// File is the config file read (--config or DING_CONFIG); empty: none.
+	File string
+	// PrintConfig asks for the configuration to be printed (--print-config)
+	// instead of starting the server.
+	PrintConfig bool
+	// from says where each setting's value came from, by setting name.
+	from map[string]source
+	// warnings are logged once the logger exists.
+	warnings []string
+}
+
+// source is where a setting's effective value came from.
+type source string
+
+const (
+	fromDefault source = "default"
+	fromFile    source = "file"
+	fromEnv     source = "env"
+	fromFlag    source = "flag"
+)
+
+// setting is one configurable value. Its name is both the flag and the
+// config file key; the table drives the flags, the environment, the file,
+// --help and --print-config, so they cannot drift apart.
+type setting struct {
+	name   string // flag name and config file key
+	env    string // environment variable
+	def    string // default, written as on the command line
+	help   string
+	secret bool // redacted by --print-config, never echoed in errors
+	// field points into c: a *string, *int, *bool or *time.Duration.
+	field func(c *config) any
+}
+
+// settings is the table of every setting, in --help and --print-config
+// order. Read-only.
+var settings = []setting{
+	{name: "data", env: "DING_DATA", def: "./ding-data",
+		help:  "data directory: store, signing secret, admin token",
+		field: func(c *config) any { return &c.Data }},
+	{name: "listen", env: "DING_LISTEN", def: ":7070",
+		help:  "client socket address",
+		field: func(c *config) any { return &c.Listen }},
+	{name: "http", env: "DING_HTTP", def: ":7080",
+		help:  "admin HTTP address: API, /healthz, /readyz, /metrics",
+		field: func(c *config) any { return &c.HTTP }},
+	{name: "max-body", env: "DING_MAX_BODY", def: "65536",
+		help:  "largest message body in bytes",
+		field: func(c *config) any { return &c.MaxBody }},
+	{name: "log-level", env: "DING_LOG_LEVEL", def: "info",
+		help:  "debug, info, warn or error",
+		field: func(c *config) any { return &c.LogLevel }},
+	{name: "drain-timeout", env: "DING_DRAIN_TIMEOUT", def: "15s",
+		help:  "how long SIGTERM waits for connections to drain",
+		field: func(c *config) any { return &c.DrainTimeout }},
+	{name: "pprof", env: "DING_PPROF", def: "",
+		help:  "serve net/http/pprof on this address, e.g. 127.0.0.1:6060; empty: off",
+		field: func(c *config) any { return &c.PProf }},
+	{name: "twilio-account-sid", env: "TWILIO_ACCOUNT_SID", def: "",
+		help:  "Twilio account SID; empty: SMS and voice steps are not configured",
+		field: func(c *config) any { return &c.Twilio.AccountSID }},
+	{name: "twilio-auth-token", env: "TWILIO_AUTH_TOKEN", def: "", secret: true,
+		help:  "Twilio auth token; prefer the environment (flags show in ps)",
+		field: func(c *config) any { return &c.Twilio.AuthToken }},
+	{name: "twilio-from", env: "TWILIO_FROM", def: "",
+		help:  "E.164 number SMS and calls come from",
+		field: func(c *config) any { return &c.Twilio.From }},
+	{name: "public-url", env: "DING_PUBLIC_URL", def: "",
+		help:  "base URL where Twilio reaches this server's webhooks, e.g. https://ding.example.com",
+		field: func(c *config) any { return &c.Twilio.PublicURL }},
+	{name: "twilio-api-url", env: "TWILIO_API_URL", def: "",
+		help:  "base URL replacing https://api.twilio.com, e.g. a fake Twilio for a demo",
+		field: func(c *config) any { return &c.Twilio.APIURL }},
+	{name: "ding-sender-daily", env: "DING_SENDER_DAILY", def: "0",
+		help:  "DINGs one sender may send per UTC day; 0: 200, -1: unlimited",
+		field: func(c *config) any { return &c.Quotas.DingsPerSenderPerDay }},
+	{name: "ding-recipient-interval", env: "DING_RECIPIENT_INTERVAL", def: "0s",
+		help:  "shortest time between DINGs from one sender to the same recipient; 0: 5m, negative: none",
+		field: func(c *config) any { return &c.Quotas.RecipientInterval }},
+	{name: "sms-per-day", env: "DING_SMS_PER_DAY", def: "0",
+		help:  "org-wide SMS budget per UTC day; 0: 10000, -1: unlimited",
+		field: func(c *config) any { return &c.Quotas.SMSPerDay }},
+	{name: "calls-per-day", env: "DING_CALLS_PER_DAY", def: "0",
+		help:  "org-wide call budget per UTC day; 0: 2000, -1: unlimited",
+		field: func(c *config) any { return &c.Quotas.CallsPerDay }},
+	{name: "no-call-fallback", env: "DING_NO_CALL_FALLBACK", def: "false",
+		help:  "do not send an SMS at once when an escalation call is busy, unanswered or fails",
+		field: func(c *config) any { return &c.NoCallFallback }},
+}
+
+// envConfig names the config file when --config is not given.
+const envConfig = "DING_CONFIG"
+
+// redacted replaces a secret's value in --print-config's output.
+const redacted = "<redacted>"
+
+// lookupSetting returns the setting called name, or nil.
+func lookupSetting(name string) *setting {
+	for i := range settings {
+		if settings[i].name == name {
+			return &settings[i]
+		}
+	}
+	return nil
+}
+
+// parse sets s's field in c from its command-line form.
+func (s *setting) parse(c *config, raw string) error {
+	var err error
+	switch p := s.field(c).(type) {
+	case *string:
+		*p = raw
+	case *int:
+		*p, err = strconv.Atoi(raw)
+	case *time.Duration:
+		*p, err = time.ParseDuration(raw)
+	case *bool:
+		*p, err = strconv.ParseBool(raw)
+	default:
+		panic(fmt.Sprintf("dingd: setting %s has a field of type %T", s.name, p))
+	}
+	if err != nil {
+		return errors.New(s.want())
+	}
+	return nil
+}
+
+// want describes the values s takes, for errors.
+func (s *setting) want() string {
+	switch s.field(new(config)).(type) {
+	case *int:
+		return "want an integer"
+	case *time.Duration:
+		return `want a duration such as "15s" or "5m"`
+	case *bool:
+		return "want true or false"
+	}
+	return "want a string"
+}
+
+// format returns s's value in c in its command-line form.
+func (s *setting) format(c *config) string {
+	switch p := s.field(c).(type) {
+	case *string:
+		return *p
+	case *int:
+		return strconv.Itoa(*p)
+	case *time.Duration:
+		return p.String()
+	case *bool:
+		return strconv.FormatBool(*p)
+	}
+	panic(fmt.Sprintf("dingd: setting %s has a field of type %T", s.name, s.field(c)))
+}
+
+func (s *setting) isBool() bool {
+	_, ok := s.field(new(config)).(*bool)
+	return ok
+}
+
+// flagValue is a setting on the command line. Set checks the value and
+// keeps it; load applies it last, over the file and the environment.
+type flagValue struct {
+	s   *setting
+	raw map[string]string // by setting name; shared by every flagValue
+}
+
+func (f flagValue) String() string {
+	if f.s == nil {
+		return ""
+	}
+	return f.raw[f.s.name]
+}
+
+func (f flagValue) Set(v string) error {
+	if err := f.s.parse(new(config), v); err != nil {
+		return err
+	}
+	f.raw[f.s.name] = v
+	return nil
+}
+
+func (f flagValue) IsBoolFlag() bool { return f.s != nil && f.s.isBool() }
+
+// load resolves the configuration from args, the environment (read through
+// getenv, as os.LookupEnv) and the config file: a flag on the command line
+// beats the environment, which beats the file, which beats the default. An
+// empty environment variable counts as unset. It returns flag.ErrHelp for
+// --help.
+func load(args []string, getenv func(string) (string, bool)) (*config, error) {
+	c := &config{from: map[string]source{}}
+	fs := flag.NewFlagSet("dingd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned as one line; --help prints usage
+	fs.StringVar(&c.File, "config", "", "")
+	fs.BoolVar(&c.PrintConfig, "print-config", false, "")
+	flags := map[string]string{}
+	for i := range settings {
+		fs.Var(flagValue{s: &settings[i], raw: flags}, settings[i].name, settings[i].help)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (settings are flags: --name value)", fs.Arg(0))
+	}
+	for i := range settings {
+		s := &settings[i]
+		if err := s.parse(c, s.def); err != nil {
+			panic(fmt.Sprintf("dingd: default of %s: %v", s.name, err))
+		}
+		c.from[s.name] = fromDefault
+	}
+	if c.File == "" {
+		if v, ok := getenv(envConfig); ok {
+			c.File = v
+		}
+	}
+	if c.File != "" {
+		if err := loadFile(c, c.File); err != nil {
+			return nil, err
+		}
+	}
+	for i := range settings {
+		s := &settings[i]
+		v, ok := getenv(s.env)
+		if !ok || v == "" {
+			continue
+		}
+		if err := s.parse(c, v); err != nil {
+			if s.secret {
+				return nil, fmt.Errorf("%s: %w", s.env, err)
+			}
+			return nil, fmt.Errorf("%s=%q: %w", s.env, v, err)
+		}
+		c.from[s.name] = fromEnv
+	}
+	for i := range settings {
+		s := &settings[i]
+		if v, ok := flags[s.name]; ok {
+			if err := s.parse(c, v); err != nil { // checked by Set already
+				return nil, fmt.Errorf("--%s: %w", s.name, err)
+			}
+			c.from[s.name] = fromFlag
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// validate checks what the types alone do not.
+func (c *config) validate() error {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("log-level %q (from %s): want debug, info, warn or error", c.LogLevel, c.from["log-level"])
+	}
+	for i := range settings {
+		s := &settings[i]
+		if s.secret && s.format(c) == redacted {
+			return fmt.Errorf("%s is %q (from %s), the placeholder --print-config writes: give the real value (env %s)",
+				s.name, redacted, c.from[s.name], s.env)
+		}
+	}
+	return nil
+}
+
+// logLevel is c's log level; validate has checked it.
+func (c *config) logLevel() slog.Level {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(c.LogLevel))
+	return lv
+}
+
+// usage writes --help.
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `Usage: dingd [flags]
+
+dingd is the Ding server. Every setting is a flag, an environment variable
+and a key of the TOML config file; a flag beats the environment, which beats
+the file, which beats the default. An empty environment variable counts as
+unset.
+
+`)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "  --config FILE\t%s\tTOML config file; keys are the flag names below\n", envConfig)
+	fmt.Fprintf(tw, "  --print-config\t\tprint the effective configuration as TOML, secrets redacted, and exit\n")
+	for i := range settings {
+		s := &settings[i]
+		arg := ""
+		switch s.field(new(config)).(type) {
+		case *string:
+			arg = " string"
+		case *int:
+			arg = " int"
+		case *time.Duration:
+			arg = " duration"
+		}
+		def := ""
+		if s.def != "" && s.def != "false" {
+			def = " (default " + s.def + ")"
+		}
+		fmt.Fprintf(tw, "  --%s%s\t%s\t%s%s\n", s.name, arg, s.env, s.help, def)
+	}
+	tw.Flush()
+}

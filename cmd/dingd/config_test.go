@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// fakeEnv is a getenv over m.
+func fakeEnv(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+// tempFile writes body to a new file and returns its path.
+func tempFile(t testing.TB, name, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	writeFile(t, p, body)
+	return p
+}
+
+func TestPrecedence(t *testing.T) {
+	file := tempFile(t, "dingd.toml", `
+listen = "file:1"
+http = "file:2"
+max-body = 3
+drain-timeout = "4s"
+twilio-from = "+15550000001"
+no-call-fallback = true
+`)
+	other := tempFile(t, "other.toml", `listen = "other:1"`)
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		key, want string
+		from      source
+	}{
+		{"default", nil, nil, "listen", ":7070", fromDefault},
+		{"file beats default", []string{"--config", file}, nil, "listen", "file:1", fromFile},
+		{"env beats file", []string{"--config", file}, map[string]string{"DING_LISTEN": "env:1"}, "listen", "env:1", fromEnv},
+		{"flag beats env", []string{"--config", file, "--listen", "flag:1"}, map[string]string{"DING_LISTEN": "env:1"}, "listen", "flag:1", fromFlag},
+		{"flag beats file", []string{"--config", file, "--max-body=30"}, nil, "max-body", "30", fromFlag},
+		{"env int beats file", []string{"--config", file}, map[string]string{"DING_MAX_BODY": "300"}, "max-body", "300", fromEnv},
+		{"file duration", []string{"--config", file}, nil, "drain-timeout", "4s", fromFile},
+		{"env duration beats file", []string{"--config", file}, map[string]string{"DING_DRAIN_TIMEOUT": "40s"}, "drain-timeout", "40s", fromEnv},
+		{"an empty env var is unset", []string{"--config", file}, map[string]string{"DING_HTTP": ""}, "http", "file:2", fromFile},
+		{"secret from env", []string{"--config", file}, map[string]string{"TWILIO_AUTH_TOKEN": "tok"}, "twilio-auth-token", "tok", fromEnv},
+		{"file bool", []string{"--config", file}, nil, "no-call-fallback", "true", fromFile},
+		{"env bool beats file", []string{"--config", file}, map[string]string{"DING_NO_CALL_FALLBACK": "0"}, "no-call-fallback", "false", fromEnv},
+		{"flag bool beats env", []string{"--no-call-fallback"}, map[string]string{"DING_NO_CALL_FALLBACK": "false"}, "no-call-fallback", "true", fromFlag},
+		{"flag bool false beats file", []string{"--config", file, "--no-call-fallback=false"}, nil, "no-call-fallback", "false", fromFlag},
+		{"DING_CONFIG names the file", nil, map[string]string{"DING_CONFIG": file}, "twilio-from", "+15550000001", fromFile},
+		{"--config beats DING_CONFIG", []string{"--config", other}, map[string]string{"DING_CONFIG": file}, "listen", "other:1", fromFile},
+		{"the last flag wins", []string{"--listen", "a", "--listen", "b"}, nil, "listen", "b", fromFlag},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(tc.args, fakeEnv(tc.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := lookupSetting(tc.key)
+			if got := s.format(c); got != tc.want || c.from[tc.key] != tc.from {
+				t.Fatalf("%s = %q from %s, want %q from %s", tc.key, got, c.from[tc.key], tc.want, tc.from)
+			}
+		})
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	file := func(body string) []string { return []string{"--config", tempFile(t, "dingd.toml", body)} }
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string // a regexp the one-line error must match
+	}{
+		{"unknown key", file("data = \"x\"\n\nbogus = 1\n"), nil, `dingd\.toml:3:1: unknown key "bogus"$`},
+		{"unknown keys", file("bogus = 1\nlisten = \":1\"\nmax_body = 2\n"), nil, `:1:1: unknown key "bogus"; .*:3:1: unknown key "max_body"$`},
+		{"table", file("[twilio]\nfrom = \"+15550000001\"\n"), nil, `:1:2: unknown key "twilio"`},
+		{"string for int", file("max-body = \"big\"\n"), nil, `:1:12: max-body: want an integer, not a TOML string$`},
+		{"float for int", file("max-body = 1.5\n"), nil, `:1:12: max-body: want an integer, not a TOML float$`},
+		{"int for string", file("data = 5\n"), nil, `:1:8: data: want a string, not a TOML integer$`},
+		{"int for duration", file("drain-timeout = 15\n"), nil, `:1:17: drain-timeout: want a duration such as "15s" or "5m", not a TOML integer$`},
+		{"zero int for duration", file("drain-timeout = 0\n"), nil, `:1:17: drain-timeout: want a duration such as "15s" or "5m", not a TOML integer$`},
+		{"bad duration", file("drain-timeout = \"soon\"\n"), nil, `dingd\.toml: drain-timeout: want a duration such as "15s" or "5m", not "soon"$`},
+		{"string for bool", file("no-call-fallback = \"yes\"\n"), nil, `:1:20: no-call-fallback: want true or false, not a TOML string$`},
+		{"int too large", file("max-body = 99999999999999999999\n"), nil, `:1:12: max-body: .*too large`},
+		{"duplicate key", file("data = \"a\"\ndata = \"b\"\n"), nil, `:2:1: data: .*already defined`},
+		{"syntax", file("data = \"a\nb\"\n"), nil, `dingd\.toml:1:\d+: .*new line`},
+		{"missing file", []string{"--config", "/nonexistent/dingd.toml"}, nil, `config file: open /nonexistent/dingd.toml: no such file`},
+		{"missing DING_CONFIG file", nil, map[string]string{"DING_CONFIG": "/nonexistent/d.toml"}, `open /nonexistent/d.toml`},
+		{"env int", nil, map[string]string{"DING_MAX_BODY": "lots"}, `^DING_MAX_BODY="lots": want an integer$`},
+		{"env bool", nil, map[string]string{"DING_NO_CALL_FALLBACK": "yes"}, `^DING_NO_CALL_FALLBACK="yes": want true or false$`},
+		{"flag int", []string{"--max-body", "lots"}, nil, `invalid value "lots" for flag -max-body: want an integer`},
+		{"unknown flag", []string{"--bogus"}, nil, `flag provided but not defined: -bogus`},
+		{"argument", []string{"serve"}, nil, `unexpected argument "serve"`},
+		{"log level", file("log-level = \"loud\"\n"), nil, `log-level "loud" \(from file\): want debug, info, warn or error`},
+		{"redaction placeholder", file("twilio-auth-token = \"<redacted>\"\n"), nil, `twilio-auth-token is "<redacted>" \(from file\), the placeholder --print-config writes`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(tc.args, fakeEnv(tc.env))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error has more than one line: %q", err)
+			}
+			if !regexp.MustCompile(tc.want).MatchString(err.Error()) {
+				t.Fatalf("error %q does not match %s", err, tc.want)
+			}
+		})
+	}
+	if _, err := load([]string{"--help"}, fakeEnv(nil)); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+}
+
+// TestSecretNeverEchoed: a secret's value appears in no error and, when
+// set, --print-config shows <redacted>.
+func TestSecretNeverEchoed(t *testing.T) {
+	const tok = "s3cret-token"
+	c, err := load(nil, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := printConfig(&out, c); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), tok) || !strings.Contains(out.String(), `twilio-auth-token = "<redacted>"`) {
+		t.Fatalf("--print-config:\n%s", out.String())
+	}
+	c, _ = load(nil, fakeEnv(nil))
+	out.Reset()
+	printConfig(&out, c)
+	if !strings.Contains(out.String(), `twilio-auth-token = ""`) {
+		t.Fatalf("--print-config without a token:\n%s", out.String())
+	}
+}
+
+// TestPrintConfigRoundTrip sets every setting to something other than its
+// default, with characters TOML must escape, prints, loads the output back
+// (the secret put back in place of <redacted>) and compares.
+func TestPrintConfigRoundTrip(t *testing.T) {
+	odd := "a \"quoted\" \\path\\ with\ttab, é and \x01"
+	args := []string{
+		"--data", "/var/lib/" + odd, "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2",
+		"--max-body", "-5", "--log-level", "debug", "--drain-timeout", "1m30s", "--pprof", "127.0.0.1:3",
+		"--twilio-account-sid", "AC1", "--twilio-from", "+15550000001",
+		"--public-url", "https://ding.example.com", "--twilio-api-url", "http://127.0.0.1:4",
+		"--ding-sender-daily", "-1", "--ding-recipient-interval", "-1ns", "--sms-per-day", "7",
+		"--calls-per-day", "8", "--no-call-fallback",
+	}
+	const tok = "tok\"en"
+	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range settings {
+		s := &settings[i]
+		if s.format(c) == s.def {
+			t.Fatalf("%s is its default: the test must change every setting", s.name)
+		}
+	}
+	var out bytes.Buffer
+	if err := printConfig(&out, c); err != nil {
+		t.Fatal(err)
+	}
+	printed := strings.Replace(out.String(), `"<redacted>"`, tomlString(tok), 1)
+	c2, err := load([]string{"--config", tempFile(t, "printed.toml", printed)}, fakeEnv(nil))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, printed)
+	}
+	for i := range settings {
+		s := &settings[i]
+		if a, b := s.format(c), s.format(c2); a != b || c2.from[s.name] != fromFile {
+			t.Errorf("%s: printed %q, loaded back %q from %s", s.name, a, b, c2.from[s.name])
+		}
+	}
+}
+
+// TestExampleConfig keeps deploy/systemd/dingd.toml.example in step with
+// the table: every key once, with its environment variable named, and the
+// file loads both as shipped and with every key uncommented.
+func TestExampleConfig(t *testing.T) {
+	path := filepath.Join("..", "..", "deploy", "systemd", "dingd.toml.example")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyLine := regexp.MustCompile(`^(?:# )?([a-z][a-z-]*) = `)
+	count := map[string]int{}
+	var uncommented []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if m := keyLine.FindStringSubmatch(line); m != nil {
+			count[m[1]]++
+			line = strings.TrimPrefix(line, "# ")
+		}
+		uncommented = append(uncommented, line)
+	}
+	for i := range settings {
+		s := &settings[i]
+		if count[s.name] != 1 {
+			t.Errorf("%s appears %d times in %s", s.name, count[s.name], path)
+		}
+		if !strings.Contains(string(b), "("+s.env+")") {
+			t.Errorf("%s does not name %s", path, s.env)
+		}
+		delete(count, s.name)
+	}
+	for k := range count {
+		t.Errorf("%s has %q, which is no setting", path, k)
+	}
+	if _, err := load([]string{"--config", path}, fakeEnv(nil)); err != nil {
+		t.Errorf("as shipped: %v", err)
+	}
+	if _, err := load([]string{"--config", tempFile(t, "all.toml", strings.Join(uncommented, "\n"))}, fakeEnv(nil)); err != nil {
+		t.Errorf("uncommented: %v", err)
+	}
+}
+
+// runDingd runs the dingd binary to completion with exactly env (nil:
+// none).
+func runDingd(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(dingdBinary(t), args...)
+	cmd.Env = append([]string{}, env...) // not nil, which would inherit ours
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+// TestBinaryConfigErrors: a bad config file stops the real binary with
+// exit status 1 and one line on stderr naming the file, line and key.
+func TestBinaryConfigErrors(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	for _, tc := range []struct{ name, body, want string }{
+		{"unknown key", "data = \"/tmp/x\"\nmax_body = 5\n", `^dingd: .*/dingd.toml:2:1: unknown key "max_body"\n$`},
+		{"bad type", "\nmax-body = \"64k\"\n", `^dingd: .*/dingd.toml:2:12: max-body: want an integer, not a TOML string\n$`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tempFile(t, "dingd.toml", tc.body)
+			stdout, stderr, code := runDingd(t, nil, "--config", cfg, "--data", data, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0")
+			if code != 1 || stdout != "" || !regexp.MustCompile(tc.want).MatchString(stderr) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and %s", code, stdout, stderr, tc.want)
+			}
+			if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("dingd touched its data dir: %v", err)
+			}
+		})
+	}
+}
+
+// valueLines strips --print-config's comments, leaving key = value lines.
+func valueLines(out string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		k, v, _ := strings.Cut(l, " = ")
+		v, _, _ = strings.Cut(v, "  #") // values hold no "  #" here
+		lines = append(lines, k+" = "+strings.TrimSpace(v))
+	}
+	return lines
+}
+
+// TestBinaryPrintConfig: the real binary prints each value's source,
+// redacts the token, starts nothing, and its output loads back to the same
+// configuration.
+func TestBinaryPrintConfig(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	const tok = "0123456789abcdef"
+	cfg := tempFile(t, "dingd.toml", fmt.Sprintf("data = %q\nlisten = \"127.0.0.1:7001\"\nhttp = \"127.0.0.1:7002\"\nmax-body = 1000\n", data))
+	env := []string{"DING_HTTP=127.0.0.1:7003", "TWILIO_AUTH_TOKEN=" + tok, "DING_MAX_BODY=2000"}
+	stdout, stderr, code := runDingd(t, env, "--config", cfg, "--max-body", "3000", "--print-config")
+	if code != 0 || stderr != "" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("data = %q  # file", data),     // file over default
+		`listen = "127.0.0.1:7001"  # file`,        // file over default
+		`http = "127.0.0.1:7003"  # env DING_HTTP`, // env over file
+		`max-body = 3000  # flag`,                  // flag over env over file
+		`log-level = "info"  # default`,
+		`twilio-auth-token = "<redacted>"  # env TWILIO_AUTH_TOKEN`,
+	} {
+		k, rest, _ := strings.Cut(want, " = ")
+		v, src, _ := strings.Cut(rest, "  # ")
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(k+" = "+v) + ` +# ` + regexp.QuoteMeta(src) + `$`).MatchString(stdout) {
+			t.Errorf("no %q in\n%s", want, stdout)
+		}
+	}
+	if strings.Contains(stdout, tok) {
+		t.Fatalf("the token is in the output:\n%s", stdout)
+	}
+	if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("--print-config touched the data dir: %v", err)
+	}
+
+	// Loaded back with nothing else, the printed file (token restored) is
+	// the same configuration, all from the file.
+	printed := tempFile(t, "printed.toml", strings.Replace(stdout, redacted, tok, 1))
+	again, stderr, code := runDingd(t, nil, "--config", printed, "--print-config")
+	if code != 0 {
+		t.Fatalf("loading the printed config: exit %d: %s", code, stderr)
+	}
+	if a, b := valueLines(stdout), valueLines(again); !slices.Equal(a, b) {
+		t.Fatalf("round trip changed the configuration:\n%s\nthen\n%s", stdout, again)
+	}
+	for _, l := range strings.Split(again, "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") && !strings.HasSuffix(l, "# file") {
+			t.Errorf("loaded back, %q is not from the file", l)
+		}
+	}
+
+	// Left redacted, it refuses to run unless the environment has the token.
+	redactedFile := tempFile(t, "redacted.toml", stdout)
+	if _, stderr, code := runDingd(t, nil, "--config", redactedFile, "--print-config"); code != 1 || !strings.Contains(stderr, "placeholder") || strings.Count(stderr, "\n") != 1 {
+		t.Fatalf("redacted token: exit %d, stderr %q", code, stderr)
+	}
+	if _, stderr, code := runDingd(t, []string{"TWILIO_AUTH_TOKEN=" + tok}, "--config", redactedFile, "--print-config"); code != 0 {
+		t.Fatalf("redacted token, real one in the env: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// FuzzTOMLString: whatever a flag or the environment holds, --print-config
+// writes it as a TOML string that decodes back to it.
+func FuzzTOMLString(f *testing.F) {
+	for _, s := range []string{"", "plain", `"quoted"`, `back\slash`, "tab\tnew\nline\r", "\x00\x01\x7f", "é 中 🙂", `\u0041`, "'''", `"""`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !utf8.ValidString(s) {
+			t.Skip("TOML files are UTF-8; so are flags and environment variables here")
+		}
+		var got struct {
+			V string `toml:"v"`
+		}
+		if err := toml.Unmarshal([]byte("v = "+tomlString(s)+"\n"), &got); err != nil {
+			t.Fatalf("%q as %s: %v", s, tomlString(s), err)
+		}
+		if got.V != s {
+			t.Fatalf("%q came back as %q", s, got.V)
+		}
+	})
+}
