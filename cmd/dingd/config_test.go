@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -367,4 +368,20 @@ func FuzzTOMLString(f *testing.F) {
 			t.Fatalf("%q came back as %q", s, got.V)
 		}
 	})
+}
+
+// TestBinaryStartFailure: a server that cannot start (its HTTP port is
+// taken, found after the store is open) exits 1 with one line; node.Start
+// used to panic there.
+func TestBinaryStartFailure(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	data := t.TempDir()
+	_, stderr, code := runDingd(t, nil, "--data", data, "--listen", "127.0.0.1:0", "--http", taken.Addr().String(), "--log-level", "error")
+	if want := `^dingd: .*listen http .*address already in use\n$`; code != 1 || !regexp.MustCompile(want).MatchString(stderr) {
+		t.Fatalf("exit %d, stderr %q; want 1 and %s", code, stderr, want)
+	}
 }
