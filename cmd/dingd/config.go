@@ -22,6 +22,7 @@ type config struct {
 	MaxBody            int
 	LogLevel           string
 	DrainTimeout       time.Duration
+	DrainDelay         time.Duration
 	PProf              string
 	// Twilio holds AccountSID, AuthToken, From, PublicURL and APIURL; the
 	// rest is left to node.Start.
@@ -84,6 +85,9 @@ var settings = []setting{
 	{name: "drain-timeout", env: "DING_DRAIN_TIMEOUT", def: "15s",
 		help:  "how long SIGTERM waits for connections to drain",
 		field: func(c *config) any { return &c.DrainTimeout }},
+	{name: "drain-delay", env: "DING_DRAIN_DELAY", def: "0s",
+		help:  "on SIGTERM, keep serving with /readyz answering 503 this long before draining, so load balancers stop sending new clients (counts against drain-timeout)",
+		field: func(c *config) any { return &c.DrainDelay }},
 	{name: "pprof", env: "DING_PPROF", def: "",
 		help:  "serve net/http/pprof on this address, e.g. 127.0.0.1:6060; empty: off",
 		field: func(c *config) any { return &c.PProf }},

@@ -81,7 +81,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	}
 	n, err := node.Start(node.Config{
 		DataDir: c.Data, SocketAddr: c.Listen, HTTPAddr: c.HTTP, MaxBody: c.MaxBody, Logger: log,
-		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback,
+		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback, DrainDelay: c.DrainDelay,
 	})
 	if err != nil {
 		return err

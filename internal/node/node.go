@@ -61,6 +61,10 @@ type Config struct {
 	Quotas engine.Quotas
 	// NoCallFallback turns off the SMS sent when an escalation call fails.
 	NoCallFallback bool
+	// DrainDelay is how long Shutdown keeps serving with /readyz answering
+	// 503 before it drains, so that load balancers stop sending new
+	// clients; zero means none.
+	DrainDelay time.Duration
 }
 
 // Node is a running server.
@@ -263,6 +267,15 @@ func (n *Node) Socket() *socket.Server       { return n.sock }
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.stopOnce.Do(func() {
 		n.ready.Store(false)
+		if d := n.cfg.DrainDelay; d > 0 {
+			n.log.Info("not ready; draining after the delay", "delay", d)
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
 		var errs []error
 		errs = append(errs, n.sock.Shutdown(ctx))
 		errs = append(errs, n.httpSrv.Shutdown(ctx))

@@ -117,3 +117,26 @@ func TestStartFailureCleansUp(t *testing.T) {
 	n := nodetest.Start(t, node.Config{DataDir: dir})
 	nodetest.Stop(t, n)
 }
+
+// With a drain delay, /readyz answers 503 while the node still serves,
+// before it drains.
+func TestReadyzFalseWhileDraining(t *testing.T) {
+	n := nodetest.Start(t, node.Config{DrainDelay: 2 * time.Second})
+	url := "http://" + n.HTTPAddr() + "/readyz"
+	if resp, err := http.Get(url); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("readyz before: %v %v", resp, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Shutdown(context.Background()) }()
+	nodetest.WaitFor(t, "readyz 503", 2*time.Second, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatalf("readyz refused before the drain delay ended: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
