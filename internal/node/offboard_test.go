@@ -123,9 +123,12 @@ func TestStartFailureCleansUp(t *testing.T) {
 func TestReadyzFalseWhileDraining(t *testing.T) {
 	n := nodetest.Start(t, node.Config{DrainDelay: 2 * time.Second})
 	url := "http://" + n.HTTPAddr() + "/readyz"
-	if resp, err := http.Get(url); err != nil || resp.StatusCode != 200 {
+	resp, err := http.Get(url)
+	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("readyz before: %v %v", resp, err)
 	}
+	resp.Body.Close()
+	defer http.DefaultClient.CloseIdleConnections()
 	done := make(chan error, 1)
 	go func() { done <- n.Shutdown(context.Background()) }()
 	nodetest.WaitFor(t, "readyz 503", 2*time.Second, func() bool {
