@@ -25,6 +25,8 @@ import (
 // Server is a dingd child process.
 type Server struct {
 	Data, Sock, HTTP string
+	bin              string
+	args, env        []string // extra flags and environment, kept for Restart
 	cmd              *exec.Cmd
 	admin            string
 	keys             *auth.Keys
@@ -45,46 +47,93 @@ func StartServer(bin, tmp string, users int) (*Server, error) {
 	return s, nil
 }
 
-func startServer(bin, tmp string) (*Server, error) {
+// newServer makes a data directory under tmp and picks loopback addresses
+// for a dingd that is not started yet: set args and env, then call start.
+func newServer(bin, tmp string) (*Server, error) {
 	data, err := os.MkdirTemp(tmp, "dingbench-data-")
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Data: data, Sock: freeAddr(), HTTP: freeAddr()}
-	s.log, err = os.Create(filepath.Join(data, "dingd.log"))
+	s := &Server{Data: data, Sock: freeAddr(), HTTP: freeAddr(), bin: bin}
+	if s.log, err = os.Create(filepath.Join(data, "dingd.log")); err != nil {
+		os.RemoveAll(data)
+		return nil, err
+	}
+	return s, nil
+}
+
+func startServer(bin, tmp string) (*Server, error) {
+	s, err := newServer(bin, tmp)
 	if err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command(bin, "--data", data, "--listen", s.Sock, "--http", s.HTTP, "--log-level", "warn")
-	s.cmd.Stderr = s.log
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	if err := s.start(); err != nil {
+		s.Stop()
+		return nil, err
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	return s, nil
+}
+
+// start runs dingd for the first time and reads the admin token and the
+// client token keys it wrote.
+func (s *Server) start() error {
+	if _, _, err := s.exec(); err != nil {
+		return err
+	}
+	tok, err := os.ReadFile(filepath.Join(s.Data, "admin.token"))
+	if err != nil {
+		return err
+	}
+	s.admin = strings.TrimSpace(string(tok))
+	s.keys, err = auth.LoadOrCreate(s.Data)
+	return err
+}
+
+// exec starts the dingd process on s.Data and waits until /readyz answers
+// 200 (polled every 5 ms). It returns when the process was started and
+// when it was first seen ready.
+func (s *Server) exec() (started, ready time.Time, err error) {
+	args := append([]string{"--data", s.Data, "--listen", s.Sock, "--http", s.HTTP, "--log-level", "warn"}, s.args...)
+	s.cmd = exec.Command(s.bin, args...)
+	s.cmd.Stderr = s.log
+	if s.env != nil {
+		s.cmd.Env = append(os.Environ(), s.env...)
+	}
+	started = time.Now()
+	if err := s.cmd.Start(); err != nil {
+		return started, time.Time{}, fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	deadline := started.Add(30 * time.Second)
 	for {
 		resp, err := http.Get("http://" + s.HTTP + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				break
+				return started, time.Now(), nil
 			}
 		}
 		if time.Now().After(deadline) {
-			s.Stop()
-			return nil, fmt.Errorf("dingd not ready after 30s")
+			return started, time.Time{}, fmt.Errorf("dingd not ready after 30s")
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
-	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
-	if err != nil {
-		return nil, err
-	}
-	s.admin = strings.TrimSpace(string(tok))
-	if s.keys, err = auth.LoadOrCreate(data); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
+
+// Kill sends dingd sig (os.Kill for a crash, syscall.SIGTERM for a clean
+// stop) and waits for the process to end. It returns when it ended; the
+// data directory stays for Restart.
+func (s *Server) Kill(sig os.Signal) (time.Time, error) {
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		return time.Time{}, err
+	}
+	s.cmd.Wait() // the exit status of a killed process is an error; expected
+	return time.Now(), nil
+}
+
+// Restart starts dingd again on the same data directory and addresses,
+// after Kill. It returns when the process was started and when /readyz
+// first answered 200.
+func (s *Server) Restart() (started, ready time.Time, err error) { return s.exec() }
 
 func freeAddr() string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -2,10 +2,11 @@
 // process on loopback and prints one Markdown table per scenario, each
 // figure beside a baseline measured in the same run.
 //
-//	make build && ./bin/dingbench all          # ingest, idle, resume
+//	make build && ./bin/dingbench all          # ingest, idle, resume, escalate (~3 min)
 //	./bin/dingbench ingest --conns 1000 --run 10s
 //	./bin/dingbench idle --conns 18000
 //	./bin/dingbench resume --missed 100000
+//	./bin/dingbench escalate --steps 1000000  # DING escalation timers (~75 s)
 //
 // --dingd names the server binary; by default the dingd next to dingbench.
 package main
@@ -31,7 +32,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: dingbench ingest|idle|resume|all [flags]")
+		return errors.New("usage: dingbench ingest|idle|resume|escalate|all [flags]")
 	}
 	scenario := args[0]
 	fs := flag.NewFlagSet("dingbench", flag.ContinueOnError)
@@ -47,6 +48,11 @@ func run(args []string) error {
 	hold := fs.Duration("hold", 0, "idle: keep the connections up this long after measuring (for profiling)")
 	cpuprofile := fs.String("cpuprofile", "", "write the load generator's CPU profile here")
 	raw := fs.Bool("raw", false, "ingest: drive connections with hand-written frames instead of the Go client")
+	steps := fs.Int("steps", 1_000_000, "escalate: pending escalation steps loaded")
+	fires := fs.Int("fires", 3000, "escalate: steps that fall due during the lateness window")
+	window := fs.Duration("window", 30*time.Second, "escalate: the lateness window (whole seconds)")
+	overdue := fs.Int("overdue", 100, "escalate: steps that fall due while dingd is down, per restart")
+	serverPprof := fs.String("server-pprof", "", "escalate: start dingd with --pprof on this address, to profile it during the run")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -80,6 +86,9 @@ func run(args []string) error {
 	resume := func() (bench.Table, error) {
 		return bench.Resume(bench.ResumeConfig{Bin: *bin, Tmp: *tmp, Missed: *missed, Payload: *payload})
 	}
+	escalate := func() (bench.Table, error) {
+		return bench.Escalate(bench.EscalateConfig{Bin: *bin, Tmp: *tmp, Steps: *steps, Fires: *fires, Window: *window, Overdue: *overdue, Pprof: *serverPprof})
+	}
 	switch scenario {
 	case "ingest":
 		scenarios = append(scenarios, ingest)
@@ -87,8 +96,10 @@ func run(args []string) error {
 		scenarios = append(scenarios, idle)
 	case "resume":
 		scenarios = append(scenarios, resume)
+	case "escalate":
+		scenarios = append(scenarios, escalate)
 	case "all":
-		scenarios = append(scenarios, ingest, idle, resume)
+		scenarios = append(scenarios, ingest, idle, resume, escalate)
 	default:
 		return fmt.Errorf("unknown scenario %q", scenario)
 	}
