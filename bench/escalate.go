@@ -314,7 +314,7 @@ func (e *escalation) run() (Table, error) {
 		Setup: fmt.Sprintf("%d pending escalation steps (policy %q, to bare phone numbers, %d per DING, loaded through the admin API) in one dingd whose SMS go through twilio-go to a fake Twilio in the load generator's process; quotas off. "+
 			"Then %d steps (DINGs of %d numbers, policy sms@Ks) fall due over %v while the others stay pending; then %d steps fall due while dingd is down, once after SIGKILL and once after SIGTERM. "+
 			"Baselines, same run, in the load generator's process: the memory of %d timers kept in a container/heap (32-byte entries: due, ding id, recipient, n) and as time.AfterFunc timers; time.AfterFunc timers due at the same moments as the fired steps; "+
-			"an in-memory heap rebuilt at start-up from dingd's data directory (open the store, scan every timer key, heapify); %d steps written by %d goroutines into a fresh Pebble as synced batches of 1,000 recipients' keys (state, timer; the record), as a DING writes them.",
+			"an in-memory heap rebuilt at start-up from a copy of dingd's store taken while it was down (open, scan every timer key, heapify); %d steps written by %d goroutines into a fresh Pebble as synced batches of 1,000 recipients' keys (state, timer; the record), as a DING writes them.",
 			cfg.Steps, loadPolicy, perLoadDing, cfg.Fires, perFireDing, cfg.Window, cfg.Overdue, cfg.Steps, cfg.Steps, loaders),
 		Rows: rows,
 		Notes: []string{
