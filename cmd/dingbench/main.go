@@ -6,6 +6,7 @@
 //	./bin/dingbench ingest --conns 1000 --run 10s
 //	./bin/dingbench idle --conns 18000
 //	./bin/dingbench resume --missed 100000
+//	./bin/dingbench announce --users 100000 --conns 18000  # one announcement to all (~45 s); not in all
 //	./bin/dingbench escalate --steps 1000000  # DING escalation timers (~75 s)
 //
 // --dingd names the server binary; by default the dingd next to dingbench.
@@ -32,7 +33,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: dingbench ingest|idle|resume|escalate|all [flags]")
+		return errors.New("usage: dingbench ingest|idle|resume|escalate|announce|all [flags]")
 	}
 	scenario := args[0]
 	fs := flag.NewFlagSet("dingbench", flag.ContinueOnError)
@@ -52,7 +53,9 @@ func run(args []string) error {
 	fires := fs.Int("fires", 3000, "escalate: steps that fall due during the lateness window")
 	window := fs.Duration("window", 30*time.Second, "escalate: the lateness window (whole seconds)")
 	overdue := fs.Int("overdue", 100, "escalate: steps that fall due while dingd is down, per restart")
-	serverPprof := fs.String("server-pprof", "", "escalate: start dingd with --pprof on this address, to profile it during the run")
+	serverPprof := fs.String("server-pprof", "", "escalate, announce: start dingd with --pprof on this address, to profile it during the run")
+	users := fs.Int("users", 100_000, "announce: users in the org (--conns of them online)")
+	serverProfile := fs.String("server-profile", "", "announce: with --server-pprof, write dingd's CPU profile over the publish to this file")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -89,7 +92,14 @@ func run(args []string) error {
 	escalate := func() (bench.Table, error) {
 		return bench.Escalate(bench.EscalateConfig{Bin: *bin, Tmp: *tmp, Steps: *steps, Fires: *fires, Window: *window, Overdue: *overdue, Pprof: *serverPprof})
 	}
+	announce := func() (bench.Table, error) {
+		return bench.Announce(bench.AnnounceConfig{Bin: *bin, Tmp: *tmp, Self: self, Users: *users, Conns: pick(*conns, 18000), Text: *payload, Pprof: *serverPprof, Profile: *serverProfile})
+	}
 	switch scenario {
+	case "announce-naive": // the announce scenario's baseline, run by it as a child process
+		return bench.NaiveBroadcast(os.Stdin, os.Stdout, pick(*conns, 18000))
+	case "announce":
+		scenarios = append(scenarios, announce)
 	case "ingest":
 		scenarios = append(scenarios, ingest)
 	case "idle":
