@@ -375,6 +375,60 @@ func (c *committer) committedHead(user string) (uint64, error) {
 	return h, nil
 }
 
+// prefetchHeads loads the committed heads of users not yet cached, with
+// one store iterator when the store can (a fanout to thousands would
+// otherwise open an iterator per recipient).
+func (c *committer) prefetchHeads(users []string) error {
+	lm, ok := c.e.st.(store.LastManyer)
+	if !ok {
+		return nil
+	}
+	var missing []string
+	c.e.headsMu.RLock()
+	for _, u := range users {
+		if _, ok := c.heads[u]; ok {
+			continue
+		}
+		if _, ok := c.e.heads[u]; !ok {
+			missing = append(missing, u)
+		}
+	}
+	c.e.headsMu.RUnlock()
+	if len(missing) == 0 {
+		return nil
+	}
+	missing = slices.Clone(missing)
+	slices.Sort(missing)
+	missing = slices.Compact(missing)
+	ranges := make([][2][]byte, len(missing))
+	for i, u := range missing {
+		p := inboxPrefix(u)
+		ranges[i] = [2][]byte{p, prefixEnd(p)}
+	}
+	heads := make([]uint64, len(missing))
+	var perr error
+	err := lm.LastMany(ranges, func(i int, k []byte) {
+		if k == nil || perr != nil {
+			return
+		}
+		heads[i], perr = seqFromInboxKey(k)
+	})
+	if err == nil {
+		err = perr
+	}
+	if err != nil {
+		return fmt.Errorf("engine: stream heads: %w", err)
+	}
+	c.e.headsMu.Lock()
+	for i, u := range missing {
+		if _, ok := c.e.heads[u]; !ok {
+			c.e.heads[u] = heads[i]
+		}
+	}
+	c.e.headsMu.Unlock()
+	return nil
+}
+
 // appendEntry sequences e into user's stream.
 func (c *committer) appendEntry(user string, ent Entry) error {
 	h, err := c.head(user)
@@ -447,6 +501,11 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 // fanout appends m to each recipient's stream, with a receipt in state
 // sent.
 func (c *committer) fanout(m *Message, recipients []string) error {
+	if len(recipients) > 64 {
+		if err := c.prefetchHeads(recipients); err != nil {
+			return err
+		}
+	}
 	sent := encodeReceipt(Receipt{State: StateSent})
 	for _, to := range recipients {
 		if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {

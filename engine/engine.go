@@ -187,8 +187,9 @@ type Engine struct {
 	metrics *metrics
 	cache   *msgCache // recently committed messages; nil when disabled
 
-	sinkMu sync.RWMutex
-	sink   Sink // guarded by sinkMu
+	sinkMu   sync.RWMutex
+	sink     Sink     // guarded by sinkMu
+	presence Presence // guarded by sinkMu
 
 	// qmu guards closed and sending on queue, so that Close never races a
 	// send on the closed channel.

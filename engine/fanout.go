@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dingmq/ding/engine/store"
@@ -67,9 +68,43 @@ func decodeNames(b []byte) ([]string, error) {
 	return out, nil
 }
 
+// Presence says who is online; the hub implements it. A fanout writes
+// online recipients first, so that their devices are not held up by
+// offline ones.
+type Presence interface {
+	Online(user string) bool
+}
+
+// SetPresence sets where fanouts learn who is online. Call it before the
+// first write.
+func (e *Engine) SetPresence(p Presence) {
+	e.sinkMu.Lock()
+	e.presence = p
+	e.sinkMu.Unlock()
+}
+
 // startFanout records a fanout job for the loop to run after this batch.
+// Online recipients come first (each chunk is sorted, for the store).
 func (c *committer) startFanout(id ID, recipients []string) {
+	c.e.sinkMu.RLock()
+	p := c.e.presence
+	c.e.sinkMu.RUnlock()
+	if p != nil {
+		ordered := make([]string, 0, len(recipients))
+		var offline []string
+		for _, u := range recipients {
+			if p.Online(u) {
+				ordered = append(ordered, u)
+			} else {
+				offline = append(offline, u)
+			}
+		}
+		recipients = append(ordered, offline...)
+	}
 	size := c.e.cfg.FanoutChunk
+	for i := 0; i < len(recipients); i += size {
+		slices.Sort(recipients[i:min(i+size, len(recipients))])
+	}
 	job := fanoutJob{Total: len(recipients)}
 	for i := 0; i < len(recipients); i += size {
 		c.batch.Set(audienceKey(id, job.Chunks), encodeNames(recipients[i:min(i+size, len(recipients))]))

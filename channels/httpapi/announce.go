@@ -47,8 +47,8 @@ func (a *API) announce(r *http.Request) (int, any, error) {
 	} else if err := json.Unmarshal(req.To, &to); err != nil {
 		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", `to must be "all", "dept:ID", "group:ID" or a list of them`)
 	}
-	if req.From == "" {
-		req.From = "admin"
+	if req.From == "" || (req.From == adminActor && !a.cfg.Directory.Active(adminActor)) {
+		req.From = adminActor // an announcement from the admins, not a user
 	} else if !a.cfg.Directory.Active(req.From) {
 		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
 	}

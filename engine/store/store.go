@@ -78,3 +78,12 @@ type Checkpointer interface {
 	// Checkpoint writes the copy into dir, which must not exist yet.
 	Checkpoint(dir string) error
 }
+
+// LastManyer is an optional interface of a Store: LastMany finds the last
+// key of each [lower, upper) range (given in ascending order) with one
+// iterator, calling fn with the range's index and its last key, or nil if
+// the range is empty. The key is valid only during the call. It is how a
+// fanout reads the stream heads of thousands of recipients at once.
+type LastManyer interface {
+	LastMany(ranges [][2][]byte, fn func(i int, key []byte)) error
+}

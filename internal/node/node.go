@@ -158,6 +158,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, n.hub.Close)
 	n.eng.SetSink(n.hub)
+	n.eng.SetPresence(n.hub)
 
 	sc := cfg.Socket
 	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = n.eng, n.hub, keys, n.dir, cfg.Logger, reg

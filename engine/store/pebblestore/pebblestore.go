@@ -142,6 +142,36 @@ func (d *DB) GetMany(keys [][]byte, fn func(i int, value []byte)) error {
 }
 
 // Last implements store.Store.
+var _ store.LastManyer = (*DB)(nil)
+
+// LastMany implements store.LastManyer with one iterator.
+func (d *DB) LastMany(ranges [][2][]byte, fn func(i int, key []byte)) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return store.ErrClosed
+	}
+	if len(ranges) == 0 {
+		return nil
+	}
+	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: ranges[0][0], UpperBound: ranges[len(ranges)-1][1]})
+	if err != nil {
+		return mapErr(err)
+	}
+	for i, r := range ranges {
+		if it.SeekLT(r[1]) && bytes.Compare(it.Key(), r[0]) >= 0 {
+			fn(i, it.Key())
+			continue
+		}
+		if err := it.Error(); err != nil {
+			it.Close()
+			return mapErr(err)
+		}
+		fn(i, nil)
+	}
+	return mapErr(it.Close())
+}
+
 func (d *DB) Last(lower, upper []byte) ([]byte, []byte, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
