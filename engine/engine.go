@@ -84,7 +84,7 @@ type Config struct {
 	// FanoutChunk is how many recipients' entries one commit batch writes
 	// for a message to many: a bigger fanout is written chunk by chunk in
 	// the background after the message is durable, so that it never holds
-	// up other traffic for long; zero means 8192.
+	// up other traffic for long; zero means 4096 (bench/RESULTS.md, announce).
 	FanoutChunk int
 	// MaxBatch is the most operations committed in one synced batch; zero means 4096.
 	MaxBatch int
@@ -138,7 +138,7 @@ func (c *Config) setDefaults() {
 		c.MaxFanout = 1_000_000
 	}
 	if c.FanoutChunk == 0 {
-		c.FanoutChunk = 8192
+		c.FanoutChunk = 4096
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 4096
