@@ -121,13 +121,23 @@ func (e *Engine) Stats(id ID, lists bool) (*MessageStats, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Receipts first, then the audience still pending: a chunk written in
+	// between would show in both, so pending names with a receipt are
+	// dropped.
+	rs, err := e.Receipts(id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
 	pending, err := e.pendingAudience(id)
 	if err != nil {
 		return nil, err
 	}
-	rs, err := e.Receipts(id)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
+	if len(pending) > 0 && len(rs) > 0 {
+		have := make(map[string]bool, len(rs))
+		for _, r := range rs {
+			have[r.User] = true
+		}
+		pending = slices.DeleteFunc(pending, func(u string) bool { return have[u] })
 	}
 	st := &MessageStats{ID: id, From: m.From, To: m.To, Created: m.Created, Confirm: m.Flags&FlagConfirm != 0 || m.Kind == KindDing,
 		Total: len(rs) + len(pending), Pending: len(pending)}

@@ -338,3 +338,14 @@ func TestOffboardingStopsPendingDings(t *testing.T) {
 		t.Fatalf("second StopUser stopped %d", n)
 	}
 }
+
+// A user removed after a DING was checked but before it was committed is
+// refused in the commit loop (offboarding races nothing through).
+func TestDingToAUserRemovedMeanwhileIsRefused(t *testing.T) {
+	o := newOrg(0)
+	o.removed["bo"] = true // the directory already says removed; the contact lookup (checked first) still answers
+	env := newDingEnv(t, memstore.New(), func(c *engine.Config) { c.Recipients = o })
+	if _, err := env.e.Ding(context.Background(), engine.DingRequest{From: "ana", To: []string{"bo"}, Text: "x"}); !errors.Is(err, engine.ErrUnknownRecipient) {
+		t.Fatalf("DING to a removed user: %v", err)
+	}
+}

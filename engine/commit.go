@@ -117,8 +117,9 @@ type committer struct {
 	jobsStarted bool // a fanout job was recorded (fanout.go)
 
 	// The statistics overlay (rollup.go); all written at commit.
-	rollups map[string]*Rollup
-	anns    map[ID]*AnnouncementCounts
+	rollups  map[string]*Rollup
+	anns     map[ID]*AnnouncementCounts
+	statsErr error // a rollup could not be read: the batch aborts rather than overwrite it
 }
 
 func newCommitter(e *Engine) *committer {
@@ -194,6 +195,13 @@ func (c *committer) commit() {
 			c.publishAbort(o.err)
 			return
 		}
+	}
+	if c.statsErr != nil {
+		err := c.statsErr
+		c.statsErr = nil
+		c.batch.Close()
+		c.publishAbort(err)
+		return
 	}
 	c.flushStates()
 	c.flushRollups()
@@ -506,8 +514,12 @@ func (c *committer) fanout(m *Message, recipients []string) error {
 			return err
 		}
 	}
+	af, _ := c.e.cfg.Recipients.(ActiveFilter)
 	sent := encodeReceipt(Receipt{State: StateSent})
 	for _, to := range recipients {
+		if af != nil && !af.Active(to) {
+			continue // removed since the message was sent: they receive nothing more
+		}
 		if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
 			return err
 		}
@@ -580,6 +592,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		id           ID
 		sender       string
 		announcement bool // no receipt event for its sender
+		ding         bool // counted as a DING, not a message, in the statistics
 	}
 	var hits []hit
 	var dings []ID
@@ -597,7 +610,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 				return false
 			}
 			if seq > wm {
-				hits = append(hits, hit{id, sender, ent.flags&entryFlagAnnouncement != 0})
+				hits = append(hits, hit{id, sender, ent.flags&entryFlagAnnouncement != 0, ent.flags&entryFlagDing != 0})
 			}
 			if seq > cur && ent.flags&entryFlagDing != 0 {
 				dings = append(dings, id)
@@ -657,7 +670,9 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		r := rs[i]
 		r.State, r.Delivered = StateDelivered, now
 		c.setReceipt(keys[i], r)
-		c.countDelivered(h.id, h.sender, h.announcement)
+		if !h.ding {
+			c.countDelivered(h.id, h.sender, h.announcement)
+		}
 		if !h.announcement {
 			ev.add(h.sender, h.id)
 		}
@@ -749,7 +764,9 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 			dings = append(dings, m.ID)
 		}
 		c.setReceipt(ch.key, ch.r)
-		c.countRead(ch.id, m.From, m.Kind == KindAnnouncement, ch.wasDelivered)
+		if m.Kind != KindDing {
+			c.countRead(ch.id, m.From, m.Kind == KindAnnouncement, ch.wasDelivered)
+		}
 		if m.Kind != KindAnnouncement {
 			senders.add(m.From, ch.id)
 		}
@@ -786,7 +803,7 @@ func clientError(err error) bool {
 	if errors.As(err, &a) {
 		return false
 	}
-	for _, ce := range []error{ErrBadAck, ErrNotRecipient, ErrQuota, ErrBadAnswer, ErrNotFound, ErrNotDing, ErrBadPolicy, ErrBadDing} {
+	for _, ce := range []error{ErrBadAck, ErrNotRecipient, ErrUnknownRecipient, ErrQuota, ErrBadAnswer, ErrNotFound, ErrNotDing, ErrBadPolicy, ErrBadDing} {
 		if errors.Is(err, ce) {
 			return true
 		}

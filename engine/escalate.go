@@ -226,6 +226,13 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		return DingResult{}, &QuotaError{Reason: ReasonSenderDaily,
 			Detail: fmt.Sprintf("%d DINGs today, limit %d", sent, qs.DingsPerSenderPerDay), RetryAfter: tomorrow.Sub(now)}
 	}
+	if af, isAF := c.e.cfg.Recipients.(ActiveFilter); isAF {
+		for _, to := range q.To {
+			if !isPhone(to) && !af.Active(to) {
+				return DingResult{}, fmt.Errorf("%w: %q was removed", ErrUnknownRecipient, to)
+			}
+		}
+	}
 	var refused []Refusal
 	ok := make([]bool, len(q.To))
 	for i, to := range q.To {
@@ -548,7 +555,7 @@ func (c *committer) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Ch
 		r.Delivered = now
 	}
 	if r.Read.IsZero() {
-		r.Read = now
+		r.Read = now // DINGs count in the statistics as DINGs, not messages
 	}
 	r.State, r.Confirmed = StateConfirmed, now
 	c.setReceipt(rk, r)

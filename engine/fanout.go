@@ -126,9 +126,12 @@ func (c *committer) fanoutChunk(id ID) error {
 	}
 	var job fanoutJob
 	if err := json.Unmarshal(v, &job); err != nil {
-		return abort(fmt.Errorf("fanout job %s: %w", id, ErrCorrupt))
+		return c.dropJob(id, ErrCorrupt)
 	}
 	m, err := c.e.Message(id)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+		return c.dropJob(id, err)
+	}
 	if err != nil {
 		return abort(fmt.Errorf("fanout %s: %w", id, err))
 	}
@@ -139,18 +142,10 @@ func (c *committer) fanoutChunk(id ID) error {
 	}
 	names, err := decodeNames(v)
 	if err != nil {
-		return abort(fmt.Errorf("fanout %s chunk %d: %w", id, job.Next, err))
+		c.e.log.Error("fanout: dropping a corrupt audience chunk", "message", id.String(), "chunk", job.Next)
+		names = nil
 	}
-	if af, ok := c.e.cfg.Recipients.(ActiveFilter); ok {
-		kept := names[:0]
-		for _, u := range names {
-			if af.Active(u) {
-				kept = append(kept, u)
-			}
-		}
-		names = kept
-	}
-	if err := c.fanout(m, names); err != nil {
+	if err := c.fanout(m, names); err != nil { // skips removed users
 		return abort(err)
 	}
 	c.e.metrics.fanoutEntries.Add(float64(len(names)))
@@ -163,6 +158,19 @@ func (c *committer) fanoutChunk(id ID) error {
 	v, _ = json.Marshal(job)
 	c.batch.Set(jobKey(id), v)
 	return nil
+}
+
+// dropJob gives up a fanout whose record or message cannot be read, rather
+// than failing every batch it would share: its job and audience keys are
+// deleted, and the recipients not yet reached are lost (logged).
+func (c *committer) dropJob(id ID, why error) error {
+	c.e.log.Error("fanout: dropping a job whose record or message is unreadable", "message", id.String(), "err", why)
+	c.batch.Delete(jobKey(id))
+	p := append([]byte{prefixAudience}, id[:]...)
+	return c.e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
+		c.batch.Delete(append([]byte(nil), k...))
+		return true
+	})
 }
 
 // fanoutLoop runs fanout jobs, one chunk per commit batch, oldest first.
@@ -203,7 +211,12 @@ func (e *Engine) fanoutLoop() {
 				return
 			}
 			if err != nil {
-				e.log.Error("fanout chunk failed; retrying", "message", id.String(), "err", err)
+				e.log.Error("fanout chunk failed; retrying in a second", "message", id.String(), "err", err)
+				select {
+				case <-time.After(time.Second):
+				case <-e.stopFanout:
+					return
+				}
 			}
 		case <-e.stopFanout:
 			return

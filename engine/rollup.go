@@ -24,9 +24,9 @@ import (
 //	unanswered  'Z' | day (4) | user                -> count (8): that user's unanswered DINGs sent that day
 //	announcement 'n' | id (16)                      -> AnnouncementCounts (JSON)
 //
-// day is days since 1970-01-01 (UTC). Attribution: messages, their
-// deliveries and reads count for the sender's department on the day the
-// message was sent; DINGs sent for the sender's department; each DING
+// day is days since 1970-01-01 (UTC). Attribution: messages (not DINGs,
+// which have their own counts), their deliveries and reads count for the
+// sender's department on the day the message was sent; DINGs sent for the sender's department; each DING
 // recipient's outcome, time to read and to confirm, and the SMS and calls
 // sent to them, for the recipient's department (phone numbers outside the
 // app under department ""), on the DING's day (sends: the day they are
@@ -71,10 +71,12 @@ func (r *Rollup) outcome(name string, delta int64) {
 	if r.Outcomes == nil {
 		r.Outcomes = map[string]uint64{}
 	}
-	r.Outcomes[name] = uint64(int64(r.Outcomes[name]) + delta)
-	if r.Outcomes[name] == 0 {
+	v := max(0, int64(r.Outcomes[name])+delta) // a move from an outcome never counted here stops at 0
+	if v == 0 {
 		delete(r.Outcomes, name)
+		return
 	}
+	r.Outcomes[name] = uint64(v)
 }
 
 func observe(h *[]uint32, seconds float64) {
@@ -156,11 +158,15 @@ func (c *committer) rollup(day uint32, dept string) *Rollup {
 	r := &Rollup{}
 	if v, err := c.e.st.Get([]byte(k)); err == nil {
 		if decodeRollup(v, r) != nil {
-			c.e.log.Error("statistics: corrupt rollup; starting it again", "day", day, "department", dept)
-			r = &Rollup{}
+			// Leave the record as it is for inspection: this batch's
+			// counts for it are dropped (a scratch rollup, never written).
+			c.e.log.Error("statistics: corrupt rollup left as is; its counts are not updated", "day", day, "department", dept)
+			return &Rollup{}
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
-		c.e.log.Error("statistics: reading a rollup failed; counting from zero", "err", err)
+		// Never write a rollup we could not read: abort the batch.
+		c.statsErr = fmt.Errorf("statistics: read rollup: %w", err)
+		return &Rollup{}
 	}
 	c.rollups[k] = r
 	return r
