@@ -1,11 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -112,38 +110,14 @@ func announceReding(g *globals, args []string, out io.Writer) error {
 	return printJSON(out, res)
 }
 
-// raw does one admin API request and copies the body to out.
+// raw does one admin API request and copies the answer to out.
 func (g *globals) raw(method, path string, out io.Writer) error {
-	tok, err := g.adminToken()
+	raw, err := g.request(method, path, "", nil, 60*time.Second)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequest(method, strings.TrimRight(g.server, "/")+path, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach %s: %v", g.server, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return g.apiError(resp)
-	}
-	_, err = io.Copy(out, resp.Body)
+	_, err = out.Write(raw)
 	return err
-}
-
-// apiError turns an error answer into an error.
-func (g *globals) apiError(resp *http.Response) error {
-	var e struct {
-		Error struct{ Code, Detail string } `json:"error"`
-	}
-	if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error.Code != "" {
-		return fmt.Errorf("%s: %s", e.Error.Code, e.Error.Detail)
-	}
-	return fmt.Errorf("server answered %s", resp.Status)
 }
 
 // stats prints the admin statistics for a range of days.

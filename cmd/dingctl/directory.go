@@ -3,9 +3,7 @@ package main
 import (
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -217,33 +215,9 @@ func audit(g *globals, args []string, out io.Writer) error {
 
 // callBody is call with a raw request body (an import file) instead of JSON.
 func (g *globals) callBody(method, path, contentType string, body io.Reader, out any) error {
-	tok, err := g.adminToken()
+	raw, err := g.request(method, path, contentType, body, 5*time.Minute)
 	if err != nil {
 		return err
-	}
-	req, err := http.NewRequest(method, strings.TrimRight(g.server, "/")+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	req.Header.Set("Content-Type", contentType)
-	resp, err := (&http.Client{Timeout: 5 * time.Minute}).Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach %s: %v", g.server, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		var e struct {
-			Error struct{ Code, Detail string } `json:"error"`
-		}
-		if json.Unmarshal(raw, &e) == nil && e.Error.Code != "" {
-			return fmt.Errorf("%s: %s", e.Error.Code, strings.ReplaceAll(e.Error.Detail, "\n", " "))
-		}
-		return fmt.Errorf("server answered %s", resp.Status)
 	}
 	return json.Unmarshal(raw, out)
 }

@@ -219,45 +219,55 @@ func (g *globals) adminToken() (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// call does one admin API request and decodes the JSON answer into out.
+// call does one admin API request with a JSON body (in, unless nil) and
+// decodes the JSON answer into out (unless nil).
 func (g *globals) call(method, path string, in, out any) error {
-	tok, err := g.adminToken()
-	if err != nil {
-		return err
-	}
 	var body io.Reader
 	if in != nil {
 		b, _ := json.Marshal(in)
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, strings.TrimRight(g.server, "/")+path, body)
-	if err != nil {
+	raw, err := g.request(method, path, "application/json", body, 30*time.Second)
+	if err != nil || out == nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	return json.Unmarshal(raw, out)
+}
+
+// request does one admin API request and returns the answer's body; an
+// error answer comes back as one line, "CODE: detail".
+func (g *globals) request(method, path, contentType string, body io.Reader, timeout time.Duration) ([]byte, error) {
+	tok, err := g.adminToken()
 	if err != nil {
-		return fmt.Errorf("cannot reach %s: %v", g.server, err)
+		return nil, err
+	}
+	req, err := http.NewRequest(method, strings.TrimRight(g.server, "/")+path, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach %s: %v", g.server, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
 			Error struct{ Code, Detail string } `json:"error"`
 		}
 		if json.Unmarshal(raw, &e) == nil && e.Error.Code != "" {
-			return fmt.Errorf("%s: %s", e.Error.Code, e.Error.Detail)
+			return nil, fmt.Errorf("%s: %s", e.Error.Code, strings.ReplaceAll(e.Error.Detail, "\n", " "))
 		}
-		return fmt.Errorf("server answered %s", resp.Status)
+		return nil, fmt.Errorf("server answered %s", resp.Status)
 	}
-	if out != nil {
-		return json.Unmarshal(raw, out)
-	}
-	return nil
+	return raw, nil
 }
 
 func printJSON(out io.Writer, v any) error {
