@@ -679,6 +679,36 @@ func (c *committer) setRef(ref string, v []byte) {
 	c.batch.Set(refKey(ref), v)
 }
 
+// sendTarget is the recipient and send a provider reference names.
+type sendTarget struct {
+	id      ID
+	idx     int
+	ch      Channel
+	attempt int
+	raw     []byte // the reference's value; longer than 20 bytes once its outcome was acted on
+	rec     *dingRecord
+	s       *rcptState
+}
+
+// target looks a provider reference up, with its DING and recipient state.
+func (c *committer) target(ref string) (*sendTarget, error) {
+	v, err := c.ref(ref)
+	if err != nil {
+		return nil, err
+	}
+	t := &sendTarget{raw: v}
+	if t.id, t.idx, t.ch, t.attempt, err = parseRefValue(v[:min(len(v), 20)]); err != nil {
+		return nil, err
+	}
+	if t.rec, err = c.ding(t.id); err != nil {
+		return nil, err
+	}
+	if t.s, err = c.state(t.id, t.idx); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
 var providerLedger = map[ProviderEvent]LedgerKind{
 	ProviderSMSQueued: "", ProviderSMSSent: LedgerSMSSent, ProviderSMSDelivered: LedgerSMSDelivered, ProviderSMSFailed: LedgerSMSFailed,
 	ProviderCallInitiated: "", ProviderCallRinging: LedgerCallRinging, ProviderCallAnswered: LedgerCallAnswered,
@@ -691,25 +721,17 @@ func (c *committer) applyProviderStatus(ref string, pe ProviderEvent, detail str
 	if !known {
 		return fmt.Errorf("%w: provider event %d", ErrBadAnswer, pe)
 	}
-	v, err := c.ref(ref)
-	if err != nil {
-		return err
-	}
-	id, idx, ch, attempt, err := parseRefValue(v[:min(len(v), 20)])
-	if err != nil {
-		return err
-	}
 	if kind == "" {
-		return nil // already recorded when the provider accepted the send
+		// Already recorded when the provider accepted the send; only
+		// check that the reference is ours.
+		_, err := c.ref(ref)
+		return err
 	}
-	rec, err := c.ding(id)
+	t, err := c.target(ref)
 	if err != nil {
 		return err
 	}
-	s, err := c.state(id, idx)
-	if err != nil {
-		return err
-	}
+	id, idx, ch, attempt, rec, s, v := t.id, t.idx, t.ch, t.attempt, t.rec, t.s, t.raw
 	detail = clip(detail, 64)
 	if err := c.ledger(id, idx, s, rec, DingEvent{Event: kind, Channel: ch, Detail: detail, At: now}); err != nil {
 		return err
@@ -748,25 +770,14 @@ func (c *committer) fallback(id ID, idx int, s *rcptState, rec *dingRecord, now 
 }
 
 func (c *committer) applyDigits(ref, digits string, now time.Time) error {
-	v, err := c.ref(ref)
+	t, err := c.target(ref)
 	if err != nil {
 		return err
 	}
-	id, idx, ch, _, err := parseRefValue(v[:min(len(v), 20)])
-	if err != nil {
-		return err
-	}
-	if ch != ChannelVoice {
+	if t.ch != ChannelVoice {
 		return fmt.Errorf("%w: not a call", ErrNotFound)
 	}
-	rec, err := c.ding(id)
-	if err != nil {
-		return err
-	}
-	s, err := c.state(id, idx)
-	if err != nil {
-		return err
-	}
+	id, idx, rec, s := t.id, t.idx, t.rec, t.s
 	digits = clip(strings.TrimSpace(digits), 8)
 	if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerDigits, Channel: ChannelVoice, Detail: digits, At: now}); err != nil {
 		return err
