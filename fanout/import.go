@@ -89,18 +89,22 @@ func (df Diff) Changed() bool {
 		len(df.GroupsAdded)+len(df.GroupsUpdated) > 0
 }
 
-func (o *Org) bad(kind string, i int, id string, err error) *ImportError {
-	e := &ImportError{Item: fmt.Sprintf("%s %q", kind, id), Err: err}
-	var lines []int
+// lines returns the source lines of the departments, users or groups.
+func (o *Org) lines(kind string) []int {
 	switch kind {
 	case "department":
-		lines = o.deptLines
+		return o.deptLines
 	case "user":
-		lines = o.userLines
+		return o.userLines
 	case "group":
-		lines = o.groupLines
+		return o.groupLines
 	}
-	if i < len(lines) {
+	return nil
+}
+
+func (o *Org) bad(kind string, i int, id string, err error) *ImportError {
+	e := &ImportError{Item: fmt.Sprintf("%s %q", kind, id), Err: err}
+	if lines := o.lines(kind); i < len(lines) {
 		e.Line = lines[i]
 	} else {
 		e.Item = fmt.Sprintf("%ss[%d] (%q)", kind, i, id)
@@ -225,16 +229,7 @@ func (d *Directory) Import(org Org, opts ImportOptions, actor string) (Diff, err
 }
 
 func (o *Org) item(kind string, i int) string {
-	var lines []int
-	switch kind {
-	case "department":
-		lines = o.deptLines
-	case "user":
-		lines = o.userLines
-	case "group":
-		lines = o.groupLines
-	}
-	if i < len(lines) {
+	if lines := o.lines(kind); i < len(lines) {
 		return fmt.Sprintf("line %d", lines[i])
 	}
 	return fmt.Sprintf("%ss[%d]", kind, i)

@@ -52,10 +52,10 @@ type Reports interface {
 func (n *Notifier) Handler(r Reports) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST "+pathSMSStatus, n.webhook("sms_status", func(w http.ResponseWriter, req *http.Request, f url.Values) string {
-		return n.smsStatus(w, req, f, r)
+		return n.status(w, req, f, r, "sms_status", "MessageSid", "MessageStatus", smsEvents)
 	}))
 	mux.Handle("POST "+pathCallStatus, n.webhook("call_status", func(w http.ResponseWriter, req *http.Request, f url.Values) string {
-		return n.callStatus(w, req, f, r)
+		return n.status(w, req, f, r, "call_status", "CallSid", "CallStatus", callEvents)
 	}))
 	mux.Handle("POST "+pathGather, n.webhook("gather", func(w http.ResponseWriter, req *http.Request, f url.Values) string {
 		return n.gather(w, req, f, r)
@@ -142,35 +142,22 @@ var callEvents = map[string]engine.ProviderEvent{
 	"canceled":    engine.ProviderCallFailed,
 }
 
-func (n *Notifier) smsStatus(w http.ResponseWriter, r *http.Request, f url.Values, rep Reports) string {
-	sid, status := f.Get("MessageSid"), f.Get("MessageStatus")
+// status reports a status callback: sidField and statusField name the
+// form fields, events maps Twilio's statuses to the engine's (others, such
+// as received or read, are nothing the engine tracks and are answered 200).
+func (n *Notifier) status(w http.ResponseWriter, r *http.Request, f url.Values, rep Reports, endpoint, sidField, statusField string, events map[string]engine.ProviderEvent) string {
+	sid, status := f.Get(sidField), f.Get(statusField)
 	if sid == "" || status == "" {
-		http.Error(w, "MessageSid and MessageStatus are required", http.StatusBadRequest)
+		http.Error(w, sidField+" and "+statusField+" are required", http.StatusBadRequest)
 		return "bad_request"
 	}
-	ev, ok := smsEvents[status]
-	if !ok {
-		// received, read, ...: nothing the engine tracks.
-		w.WriteHeader(http.StatusOK)
-		return "ok"
-	}
-	err := rep.ProviderStatus(r.Context(), sid, ev, f.Get("ErrorCode"))
-	return n.answer(w, r, "sms_status", sid, err)
-}
-
-func (n *Notifier) callStatus(w http.ResponseWriter, r *http.Request, f url.Values, rep Reports) string {
-	sid, status := f.Get("CallSid"), f.Get("CallStatus")
-	if sid == "" || status == "" {
-		http.Error(w, "CallSid and CallStatus are required", http.StatusBadRequest)
-		return "bad_request"
-	}
-	ev, ok := callEvents[status]
+	ev, ok := events[status]
 	if !ok {
 		w.WriteHeader(http.StatusOK)
 		return "ok"
 	}
 	err := rep.ProviderStatus(r.Context(), sid, ev, f.Get("ErrorCode"))
-	return n.answer(w, r, "call_status", sid, err)
+	return n.answer(w, r, endpoint, sid, err)
 }
 
 // gather answers with TwiML the callee hears. Whatever went wrong, it

@@ -193,6 +193,60 @@ func (p *proc) token(t *testing.T, user, device string) string {
 	return tok
 }
 
+// senders are n devices of ana sending to bo, one message at a time,
+// until stopped, recording every id whose durable ack arrived.
+type senders struct {
+	mu     sync.Mutex
+	acked  map[string]bool // guarded by mu
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+}
+
+func startSenders(t *testing.T, p *proc, n int) *senders {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &senders{acked: map[string]bool{}, cancel: cancel}
+	t.Cleanup(func() { s.stop() })
+	for w := range n {
+		dev := fmt.Sprintf("d%d", w)
+		c, err := client.Dial(ctx, client.Config{Addr: p.sock, Token: p.token(t, "ana", dev), Device: dev, MaxBackoff: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			for i := 0; ctx.Err() == nil; i++ {
+				sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				res, err := c.Send(sctx, []string{"bo"}, []byte(fmt.Sprintf("w%d-%d", w, i)))
+				scancel()
+				if err == nil {
+					s.mu.Lock()
+					s.acked[res.ID] = true
+					s.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return s
+}
+
+func (s *senders) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.acked)
+}
+
+// stop ends the senders and returns the ids acknowledged (idempotent).
+func (s *senders) stop() map[string]bool {
+	s.cancel()
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.acked
+}
+
 // TestKill9LosesNoAcknowledgedMessage kills dingd with SIGKILL while many
 // submits are in flight, restarts it, and checks that every message whose
 // durable ack reached a client is in the recipient's stream, gap-free.
@@ -204,38 +258,11 @@ func TestKill9LosesNoAcknowledgedMessage(t *testing.T) {
 			t.Fatalf("create %s: %d", u, code)
 		}
 	}
-	var mu sync.Mutex
-	acked := map[string]bool{}
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for w := range 8 {
-		c, err := client.Dial(ctx, client.Config{Addr: p.sock, Token: p.token(t, "ana", fmt.Sprintf("d%d", w)), Device: fmt.Sprintf("d%d", w), MaxBackoff: 50 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ctx.Err() == nil; i++ {
-				sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
-				res, err := c.Send(sctx, []string{"bo"}, []byte(fmt.Sprintf("w%d-%d", w, i)))
-				scancel()
-				if err == nil {
-					mu.Lock()
-					acked[res.ID] = true
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	senders := startSenders(t, p, 8)
 	// Let acks accumulate, then kill mid-flight.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		mu.Lock()
-		n := len(acked)
-		mu.Unlock()
+		n := senders.count()
 		if n >= 2000 {
 			break
 		}
@@ -248,11 +275,8 @@ func TestKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-p.exited
-	cancel()
-	wg.Wait()
-	mu.Lock()
+	acked := senders.stop()
 	want := len(acked)
-	mu.Unlock()
 
 	p2 := startDingd(t, data)
 	bo, err := client.Dial(context.Background(), client.Config{Addr: p2.sock, Token: p2.token(t, "bo", "phone"), Device: "phone"})
@@ -317,37 +341,8 @@ func TestSIGTERMDrainsAndExitsCleanly(t *testing.T) {
 	defer bo.Close()
 
 	// Senders keep submitting through the signal.
-	var mu sync.Mutex
-	acked := map[string]bool{}
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for w := range 4 {
-		c, err := client.Dial(ctx, client.Config{Addr: p.sock, Token: p.token(t, "ana", fmt.Sprintf("d%d", w)), Device: fmt.Sprintf("d%d", w), MaxBackoff: 50 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ctx.Err() == nil; i++ {
-				sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
-				res, err := c.Send(sctx, []string{"bo"}, []byte(fmt.Sprintf("w%d-%d", w, i)))
-				scancel()
-				if err == nil {
-					mu.Lock()
-					acked[res.ID] = true
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	nodetest.WaitFor(t, "200 acks", 20*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(acked) >= 200
-	})
+	senders := startSenders(t, p, 4)
+	nodetest.WaitFor(t, "200 acks", 20*time.Second, func() bool { return senders.count() >= 200 })
 
 	if code, err := readyz(p.http); err != nil || code != 200 {
 		t.Fatalf("readyz before SIGTERM: %d %v", code, err)
@@ -390,11 +385,8 @@ func TestSIGTERMDrainsAndExitsCleanly(t *testing.T) {
 	if err := p.wait(t, 20*time.Second); err != nil {
 		t.Fatalf("dingd exited with %v\n%s", err, p.stderr)
 	}
-	cancel()
-	wg.Wait()
-	mu.Lock()
+	acked := senders.stop()
 	want := len(acked)
-	mu.Unlock()
 
 	// The data dir reopens (the store was closed cleanly) with every
 	// acknowledged message in bo's stream.
