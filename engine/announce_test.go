@@ -220,7 +220,10 @@ func TestFanoutResumesAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Close() // most likely mid-fanout: 50 chunks
-	pending, _ := e.PendingFanout(res.ID)
+	pending, err := e.PendingFanout(res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	db.Close()
 	db, err = pebblestore.Open(dir, pebblestore.Options{})
 	if err != nil {
@@ -233,6 +236,9 @@ func TestFanoutResumesAfterRestart(t *testing.T) {
 		if h, err := e.Head(u); err != nil || h != 1 {
 			t.Fatalf("%s has %d entries (%v), want exactly 1", u, h, err)
 		}
+	}
+	if pending == 0 {
+		t.Fatal("the fanout finished before Close: the restart had nothing to resume")
 	}
 	t.Logf("%d of %d recipients were pending at the restart", pending, len(o.users))
 }

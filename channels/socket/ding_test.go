@@ -164,9 +164,29 @@ func TestDingIsDeliveredConfirmedAndReported(t *testing.T) {
 		t.Fatalf("receipt %v, want bo confirmed with every time set", r)
 	}
 
-	// Confirming again is answered OK and changes nothing.
+	// Confirming again is answered OK and changes nothing: not the answer,
+	// not the receipt, and no new stream entry for either side.
+	heads := func() [2]uint64 {
+		a, _ := n.Engine().Head("ana")
+		b, _ := n.Engine().Head("bo")
+		return [2]uint64{a, b}
+	}
+	before := heads()
 	bo.send(pb.FrameType_CONFIRM, &pb.Confirm{Ref: 9, Id: d.Id, Answer: 1})
 	bo.until("second OK", func(m proto.Message) bool { ok, _ := m.(*pb.Ok); return ok != nil && ok.Ref == 9 })
+	if after := heads(); after != before {
+		t.Fatalf("a second CONFIRM moved the streams: %v -> %v", before, after)
+	}
+	ds, err := n.Engine().DingStatus(id)
+	if err != nil || ds.Recipients[0].Answer != 2 || ds.Recipients[0].Choice != "decline" {
+		t.Fatalf("after a second CONFIRM: %+v (%v)", ds, err)
+	}
+	ana.send(pb.FrameType_RECEIPTS_QUERY, &pb.ReceiptsQuery{Ref: 10, Id: d.Id})
+	var again *pb.Receipts
+	ana.until("RECEIPTS again", func(m proto.Message) bool { again, _ = m.(*pb.Receipts); return again != nil })
+	if again.Recipients[0].ConfirmedMs != rs.Recipients[0].ConfirmedMs {
+		t.Fatalf("the confirmation time moved: %d -> %d", rs.Recipients[0].ConfirmedMs, again.Recipients[0].ConfirmedMs)
+	}
 }
 
 // TestDingRequestErrorsKeepTheConnection checks each refused CONFIRM (and

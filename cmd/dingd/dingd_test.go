@@ -497,6 +497,9 @@ func TestKill9EscalationSendsEachStepOnceOrTwice(t *testing.T) {
 	}
 	<-p.exited
 	before := fake.Count("sms")
+	if before >= len(numbers) {
+		t.Fatal("every SMS went out before the kill: the restart path was not exercised")
+	}
 
 	p2 := newProc(t, data)
 	p2.env = p.env

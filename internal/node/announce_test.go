@@ -99,6 +99,8 @@ func TestAnnouncementToTheWholeOrg(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Acks are fire and forget: wait until they are counted.
+	nodetest.WaitFor(t, "400 deliveries counted", 10*time.Second, func() bool { return stats(t, d, id)["delivered"] == float64(400) })
 	want := stats(t, d, id)
 	// 300 distinct users online + 100 later; user 0 has two devices.
 	if want["total"] != float64(members) || want["delivered"] != float64(400) || want["read"] != float64(100) || want["confirmed"] != float64(50) ||

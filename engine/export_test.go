@@ -1,0 +1,37 @@
+package engine
+
+import (
+	"context"
+	"time"
+)
+
+// Settle fires every timer due at the clock's present time and waits
+// until every send decided so far has its outcome recorded: after it, a
+// test can assert that nothing more was sent. Tests only.
+func (e *Engine) Settle(ctx context.Context) error {
+	for {
+		keys, _, err := e.dueTimers(0, ms(e.cfg.Clock.Now()))
+		if err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			break
+		}
+		if err := e.apply(ctx, func(c *committer, now time.Time) error { return c.fireTimers(keys, now) }); err != nil {
+			return err
+		}
+	}
+	for {
+		e.inflightMu.Lock()
+		n, shrank := len(e.inflight), e.inflightShrank
+		e.inflightMu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-shrank:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
