@@ -75,8 +75,10 @@ func (c *committer) confirmMessage(user string, m *Message, answer int, now time
 		r.Read = now
 		c.countRead(m.ID, m.From, m.Kind == KindAnnouncement, wasDelivered)
 	}
-	if a := c.announcement(m.ID); a != nil && m.Kind == KindAnnouncement {
-		a.Confirmed++
+	if m.Kind == KindAnnouncement {
+		if a := c.announcement(m.ID); a != nil {
+			a.Confirmed++
+		}
 	}
 	r.State, r.Confirmed = StateConfirmed, now
 	c.setReceipt(rk, r)

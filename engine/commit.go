@@ -117,7 +117,8 @@ type committer struct {
 	jobsStarted bool // a fanout job was recorded (fanout.go)
 
 	// The statistics overlay (rollup.go); all written at commit.
-	rollups  map[string]*Rollup
+	rollups  map[rollupID]*Rollup
+	depts    map[string]string // user -> department, looked up this batch
 	anns     map[ID]*AnnouncementCounts
 	statsErr error // a rollup could not be read: the batch aborts rather than overwrite it
 }
@@ -135,7 +136,8 @@ func newCommitter(e *Engine) *committer {
 		dstates:    map[string]*rcptState{},
 		quota:      map[string]uint64{},
 		refs:       map[string][]byte{},
-		rollups:    map[string]*Rollup{},
+		rollups:    map[rollupID]*Rollup{},
+		depts:      map[string]string{},
 		anns:       map[ID]*AnnouncementCounts{},
 	}
 }
@@ -305,6 +307,7 @@ func (c *committer) publish(commitErr error) {
 	clear(c.dstates)
 	clear(c.rollups)
 	clear(c.anns)
+	clear(c.depts)
 	clear(c.quota)
 	clear(c.refs)
 	c.ops, c.users, c.entries = make([]*op, 0, len(p.ops)), nil, make(map[string][]Entry, len(p.users))
@@ -514,7 +517,7 @@ func (c *committer) fanout(m *Message, recipients []string) error {
 			return err
 		}
 	}
-	af, _ := c.e.cfg.Recipients.(ActiveFilter)
+	af := c.e.active
 	sent := encodeReceipt(Receipt{State: StateSent})
 	for _, to := range recipients {
 		if af != nil && !af.Active(to) {

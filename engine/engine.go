@@ -228,6 +228,7 @@ type Engine struct {
 
 	// Fanout of messages to many (fanout.go).
 	fanoutWake chan struct{}
+	active     ActiveFilter // cfg.Recipients, if it can tell removed users apart; else nil
 	stopFanout chan struct{}
 	fanoutDone chan struct{}
 }
@@ -263,6 +264,7 @@ func Open(cfg Config) (*Engine, error) {
 		fanoutDone:     make(chan struct{}),
 	}
 	e.minArmed.Store(math.MaxInt64)
+	e.active, _ = cfg.Recipients.(ActiveFilter)
 	e.sendCtx, e.cancelSends = context.WithCancel(context.Background())
 	switch v, err := cfg.Store.Get(timersCounterKey); {
 	case err == nil:

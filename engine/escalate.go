@@ -226,7 +226,7 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		return DingResult{}, &QuotaError{Reason: ReasonSenderDaily,
 			Detail: fmt.Sprintf("%d DINGs today, limit %d", sent, qs.DingsPerSenderPerDay), RetryAfter: tomorrow.Sub(now)}
 	}
-	if af, isAF := c.e.cfg.Recipients.(ActiveFilter); isAF {
+	if af := c.e.active; af != nil {
 		for _, to := range q.To {
 			if !isPhone(to) && !af.Active(to) {
 				return DingResult{}, fmt.Errorf("%w: %q was removed", ErrUnknownRecipient, to)

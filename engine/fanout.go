@@ -29,7 +29,6 @@ import (
 type fanoutJob struct {
 	Chunks int `json:"chunks"`
 	Next   int `json:"next"` // the next chunk to write
-	Total  int `json:"total"`
 }
 
 // ActiveFilter is an optional interface of Config.Recipients: the fanout
@@ -41,7 +40,11 @@ type ActiveFilter interface {
 func jobKey(id ID) []byte { return append([]byte{prefixJob}, id[:]...) }
 
 func audienceKey(id ID, chunk int) []byte {
-	return binary.BigEndian.AppendUint32(append([]byte{prefixAudience}, id[:]...), uint32(chunk))
+	return binary.BigEndian.AppendUint32(audiencePrefix(id), uint32(chunk))
+}
+
+func audiencePrefix(id ID) []byte {
+	return append([]byte{prefixAudience}, id[:]...)
 }
 
 func encodeNames(names []string) []byte {
@@ -105,7 +108,7 @@ func (c *committer) startFanout(id ID, recipients []string) {
 	for i := 0; i < len(recipients); i += size {
 		slices.Sort(recipients[i:min(i+size, len(recipients))])
 	}
-	job := fanoutJob{Total: len(recipients)}
+	var job fanoutJob
 	for i := 0; i < len(recipients); i += size {
 		c.batch.Set(audienceKey(id, job.Chunks), encodeNames(recipients[i:min(i+size, len(recipients))]))
 		job.Chunks++
@@ -166,7 +169,7 @@ func (c *committer) fanoutChunk(id ID) error {
 func (c *committer) dropJob(id ID, why error) error {
 	c.e.log.Error("fanout: dropping a job whose record or message is unreadable", "message", id.String(), "err", why)
 	c.batch.Delete(jobKey(id))
-	p := append([]byte{prefixAudience}, id[:]...)
+	p := audiencePrefix(id)
 	return c.e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
 		c.batch.Delete(append([]byte(nil), k...))
 		return true
@@ -228,32 +231,13 @@ func (e *Engine) fanoutLoop() {
 // waiting for their stream entry (0 when the fanout is done or there was
 // none).
 func (e *Engine) PendingFanout(id ID) (int, error) {
-	v, err := e.st.Get(jobKey(id))
-	if errors.Is(err, store.ErrNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	var job fanoutJob
-	if err := json.Unmarshal(v, &job); err != nil {
-		return 0, ErrCorrupt
-	}
-	n := 0
-	for i := job.Next; i < job.Chunks; i++ {
-		v, err := e.st.Get(audienceKey(id, i))
-		if err != nil {
-			continue
-		}
-		names, _ := decodeNames(v)
-		n += len(names)
-	}
-	return n, nil
+	names, err := e.pendingAudience(id)
+	return len(names), err
 }
 
 // pendingAudience returns the recipients of id not yet fanned out.
 func (e *Engine) pendingAudience(id ID) ([]string, error) {
-	p := append([]byte{prefixAudience}, id[:]...)
+	p := audiencePrefix(id)
 	var out []string
 	var derr error
 	err := e.st.Scan(p, prefixEnd(p), func(_, v []byte) bool {

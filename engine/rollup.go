@@ -137,26 +137,38 @@ func unansweredKey(day uint32, user string) []byte {
 func announcementKey(id ID) []byte { return append([]byte{prefixAnnouncement}, id[:]...) }
 
 // deptOf returns a user's department ("" if unknown or none).
+// Departments are looked up once per user and batch: an ack or a read
+// covering many messages from one sender asks once.
 func (c *committer) deptOf(user string) string {
-	if c.e.cfg.Contacts == nil {
-		return ""
+	if d, ok := c.depts[user]; ok {
+		return d
 	}
-	ct, err := c.e.cfg.Contacts.Contact(user)
-	if err != nil {
-		return ""
+	d := ""
+	if c.e.cfg.Contacts != nil {
+		if ct, err := c.e.cfg.Contacts.Contact(user); err == nil {
+			d = ct.Department
+		}
 	}
-	return ct.Department
+	c.depts[user] = d
+	return d
+}
+
+// rollupID names a rollup in the batch overlay; its store key is built
+// only when the batch is written.
+type rollupID struct {
+	day  uint32
+	dept string
 }
 
 // rollup returns the rollup of day and dept as this batch sees it; every
 // rollup touched is written back at commit.
 func (c *committer) rollup(day uint32, dept string) *Rollup {
-	k := string(rollupKey(day, dept))
+	k := rollupID{day, dept}
 	if r, ok := c.rollups[k]; ok {
 		return r
 	}
 	r := &Rollup{}
-	if v, err := c.e.st.Get([]byte(k)); err == nil {
+	if v, err := c.e.st.Get(rollupKey(day, dept)); err == nil {
 		if decodeRollup(v, r) != nil {
 			// Leave the record as it is for inspection: this batch's
 			// counts for it are dropped (a scratch rollup, never written).
@@ -179,11 +191,9 @@ func (c *committer) announcement(id ID) *AnnouncementCounts {
 		return a
 	}
 	v, err := c.e.st.Get(announcementKey(id))
-	if err != nil {
-		return nil
-	}
 	a := &AnnouncementCounts{}
-	if json.Unmarshal(v, a) != nil {
+	if err != nil || json.Unmarshal(v, a) != nil {
+		c.anns[id] = nil // remember the miss for the rest of the batch
 		return nil
 	}
 	c.anns[id] = a
@@ -209,9 +219,12 @@ func (c *committer) unanswered(day uint32, user string, delta int64) {
 // touched.
 func (c *committer) flushRollups() {
 	for k, r := range c.rollups {
-		c.batch.Set([]byte(k), encodeRollup(r))
+		c.batch.Set(rollupKey(k.day, k.dept), encodeRollup(r))
 	}
 	for id, a := range c.anns {
+		if a == nil {
+			continue // looked up, not an announcement with counts
+		}
 		v, _ := json.Marshal(a)
 		c.batch.Set(announcementKey(id), v)
 	}
