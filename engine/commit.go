@@ -106,7 +106,8 @@ type committer struct {
 
 	// The escalation overlay (escalate.go).
 	drecs      map[ID]*dingRecord
-	dstates    map[string]*rcptState // by state key; all written at commit
+	dstates    map[string]*rcptState // by state key; written at commit if changed
+	dorig      map[string][]byte     // the stored record of each state loaded (not of new ones)
 	quota      map[string]uint64     // by quota key
 	refs       map[string][]byte     // provider references, by ref
 	newMsgs    []*Message            // DING messages, for the cache
@@ -134,6 +135,7 @@ func newCommitter(e *Engine) *committer {
 		entries:    map[string][]Entry{},
 		drecs:      map[ID]*dingRecord{},
 		dstates:    map[string]*rcptState{},
+		dorig:      map[string][]byte{},
 		quota:      map[string]uint64{},
 		refs:       map[string][]byte{},
 		rollups:    map[rollupID]*Rollup{},
@@ -305,6 +307,7 @@ func (c *committer) publish(commitErr error) {
 	c.sends, c.newMsgs, c.timerDelta, c.minDue, c.jobsStarted = nil, c.newMsgs[:0], 0, 0, false
 	clear(c.drecs)
 	clear(c.dstates)
+	clear(c.dorig)
 	clear(c.rollups)
 	clear(c.anns)
 	clear(c.depts)

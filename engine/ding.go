@@ -801,16 +801,22 @@ func (e *Engine) loadDing(id ID) (*dingRecord, error) {
 }
 
 func (e *Engine) loadState(id ID, idx int) (*rcptState, error) {
+	s, _, err := e.loadStateRaw(id, idx)
+	return s, err
+}
+
+// loadStateRaw is loadState that also returns the stored record.
+func (e *Engine) loadStateRaw(id ID, idx int) (*rcptState, []byte, error) {
 	v, err := e.st.Get(rcptKey(id, idx))
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: ding %s recipient %d", ErrNotFound, id, idx)
+		return nil, nil, fmt.Errorf("%w: ding %s recipient %d", ErrNotFound, id, idx)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s := &rcptState{}
 	if err := json.Unmarshal(v, s); err != nil {
-		return nil, fmt.Errorf("engine: ding %s recipient %d: %w", id, idx, ErrCorrupt)
+		return nil, nil, fmt.Errorf("engine: ding %s recipient %d: %w", id, idx, ErrCorrupt)
 	}
-	return s, nil
+	return s, v, nil
 }

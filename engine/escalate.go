@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -107,17 +108,19 @@ func (c *committer) ding(id ID) (*dingRecord, error) {
 }
 
 // state returns a recipient's state as this batch sees it. Every state
-// loaded into the overlay is written back when the batch commits.
+// loaded into the overlay is written back when the batch commits, if it
+// changed (flushStates).
 func (c *committer) state(id ID, idx int) (*rcptState, error) {
 	k := string(rcptKey(id, idx))
 	if s, ok := c.dstates[k]; ok {
 		return s, nil
 	}
-	s, err := c.e.loadState(id, idx)
+	s, v, err := c.e.loadStateRaw(id, idx)
 	if err != nil {
 		return nil, err
 	}
 	c.dstates[k] = s
+	c.dorig[k] = v
 	return s, nil
 }
 
@@ -125,10 +128,15 @@ func (c *committer) newState(id ID, idx int, s *rcptState) {
 	c.dstates[string(rcptKey(id, idx))] = s
 }
 
-// flushStates writes every state this batch touched.
+// flushStates writes every state this batch changed: one loaded and left
+// as it was (a stopped recipient a cancel passed over, a disarmed timer's)
+// encodes to its stored bytes and is not written again.
 func (c *committer) flushStates() {
 	for k, s := range c.dstates {
 		v, _ := json.Marshal(s)
+		if orig, ok := c.dorig[k]; ok && bytes.Equal(orig, v) {
+			continue
+		}
 		c.batch.Set([]byte(k), v)
 	}
 }
