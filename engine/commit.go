@@ -122,6 +122,14 @@ type committer struct {
 	depts    map[string]string // user -> department, looked up this batch
 	anns     map[ID]*AnnouncementCounts
 	statsErr error // a rollup could not be read: the batch aborts rather than overwrite it
+
+	// The secret chats overlay (secret.go).
+	chats        map[ID]*Chat
+	secrets      map[ID]*secretState // nil value: burned or never existed
+	newKeys      []newKey            // keys put for this batch's messages (dropped if it fails)
+	burns        []burned            // burns decided, finished after the commit
+	secretDelta  int64               // secret messages stored minus burned
+	chatsCreated []Level
 }
 
 func newCommitter(e *Engine) *committer {
@@ -141,6 +149,8 @@ func newCommitter(e *Engine) *committer {
 		rollups:    map[rollupID]*Rollup{},
 		depts:      map[string]string{},
 		anns:       map[ID]*AnnouncementCounts{},
+		chats:      map[ID]*Chat{},
+		secrets:    map[ID]*secretState{},
 	}
 }
 
@@ -213,6 +223,17 @@ func (c *committer) commit() {
 	if c.timerDelta != 0 {
 		c.batch.Set(timersCounterKey, u64(uint64(max(0, pending))))
 	}
+	if c.secretDelta != 0 {
+		c.batch.Set(secretsCounterKey, u64(uint64(max(0, e.liveSecretN.Load()+c.secretDelta))))
+	}
+	if len(c.newKeys) > 0 {
+		// A durable message always has its key: the keys first.
+		if err := e.keys.Sync(); err != nil {
+			c.batch.Close()
+			c.publishAbort(fmt.Errorf("sync secret keys: %w", err))
+			return
+		}
+	}
 	if c.batch.Len() > 0 {
 		start := time.Now()
 		err = c.batch.Commit(true)
@@ -228,6 +249,8 @@ func (c *committer) commit() {
 		}
 		e.failMu.Unlock()
 		e.log.Error("commit failed; refusing further writes", "err", err)
+	} else if len(c.burns) > 0 {
+		c.finishBurns()
 	}
 	c.publish(err)
 }
@@ -240,6 +263,22 @@ func (c *committer) publishAbort(err error) {
 	}
 	clear(c.heads) // nothing was committed: forget provisional heads
 	c.publish(err)
+}
+
+// resetSecrets clears the secret overlay after a batch: its new keys are
+// dropped if it did not commit.
+func (c *committer) resetSecrets(commitErr error) {
+	if commitErr != nil {
+		c.dropNewKeys()
+	} else {
+		c.e.liveSecretN.Add(c.secretDelta)
+		for _, l := range c.chatsCreated {
+			c.e.metrics.chatsCreated.WithLabelValues(levelLabel(l)).Inc()
+		}
+	}
+	c.newKeys, c.burns, c.secretDelta, c.chatsCreated = c.newKeys[:0], c.burns[:0], 0, c.chatsCreated[:0]
+	clear(c.chats)
+	clear(c.secrets)
 }
 
 // published is one committed (or failed) batch on its way from the commit
@@ -303,6 +342,7 @@ func (c *committer) publish(commitErr error) {
 		}
 		c.sends = nil
 	}
+	c.resetSecrets(commitErr)
 	p := &published{ops: c.ops, users: c.users, entries: c.entries, sends: c.sends, err: commitErr}
 	c.sends, c.newMsgs, c.timerDelta, c.minDue, c.jobsStarted = nil, c.newMsgs[:0], 0, 0, false
 	clear(c.drecs)
@@ -461,6 +501,9 @@ func (c *committer) appendEntry(user string, ent Entry) error {
 
 func (c *committer) applySubmit(o *op, now time.Time) error {
 	s := &o.sub
+	if s.chat != nil && s.ClientID == "" {
+		return c.applySecretSubmit(o, now)
+	}
 	var dk []byte
 	if s.ClientID != "" {
 		dk = dedupeKey(s.From, s.ClientID)
@@ -481,10 +524,14 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 			return err
 		}
 	}
+	if s.chat != nil {
+		return c.applySecretSubmit(o, now)
+	}
 	id := c.ids.next(now)
 	m := &Message{
 		ID: id, From: s.From, To: s.To, Kind: s.Kind, Body: s.Body,
 		Created: id.Time(), ClientID: s.ClientID, Flags: s.flags,
+		Forward: s.Forward, Quote: s.Quote,
 	}
 	c.batch.Set(messageKey(id), encodeMessage(m))
 	r := c.rollup(dayOf(m.Created), c.deptOf(s.From))
@@ -599,6 +646,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		sender       string
 		announcement bool // no receipt event for its sender
 		ding         bool // counted as a DING, not a message, in the statistics
+		secret       bool // a secret message: the event names the user by pseudonym
 	}
 	var hits []hit
 	var dings []ID
@@ -616,7 +664,7 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 				return false
 			}
 			if seq > wm {
-				hits = append(hits, hit{id, sender, ent.flags&entryFlagAnnouncement != 0, ent.flags&entryFlagDing != 0})
+				hits = append(hits, hit{id, sender, ent.flags&entryFlagAnnouncement != 0, ent.flags&entryFlagDing != 0, ent.flags&entryFlagSecret != 0})
 			}
 			if seq > cur && ent.flags&entryFlagDing != 0 {
 				dings = append(dings, id)
@@ -673,13 +721,25 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 		if !found[i] || rs[i].State >= StateDelivered {
 			continue
 		}
+		var as string // the user's pseudonym, for a secret message
+		if h.secret {
+			if as, err = c.pseudonymOf(h.id, o.user); err != nil {
+				return err
+			}
+			if as == "" {
+				continue // burned earlier in this batch
+			}
+		}
 		r := rs[i]
 		r.State, r.Delivered = StateDelivered, now
 		c.setReceipt(keys[i], r)
 		if !h.ding {
 			c.countDelivered(h.id, h.sender, h.announcement)
 		}
-		if !h.announcement {
+		switch {
+		case h.secret:
+			ev.addAs(h.sender, as, h.id)
+		case !h.announcement:
 			ev.add(h.sender, h.id)
 		}
 	}
@@ -692,35 +752,60 @@ func (c *committer) applyAck(o *op, now time.Time) error {
 }
 
 // events gathers, per stream to notify, the message ids whose state moved.
+// A secret chat's events name the user by pseudonym (as), so they are
+// gathered apart from the rest.
 type events struct {
-	order []string        // streams in first-touch order
-	ids   map[string][]ID // by stream
+	order []evKey        // in first-touch order
+	ids   map[evKey][]ID // by stream and name shown
 }
 
-func (ev *events) add(to string, id ID) {
+type evKey struct{ to, as string }
+
+func (ev *events) add(to string, id ID) { ev.addAs(to, "", id) }
+
+func (ev *events) addAs(to, as string, id ID) {
 	if ev.ids == nil {
-		ev.ids = map[string][]ID{}
+		ev.ids = map[evKey][]ID{}
 	}
-	if _, ok := ev.ids[to]; !ok {
-		ev.order = append(ev.order, to)
+	k := evKey{to, as}
+	if _, ok := ev.ids[k]; !ok {
+		ev.order = append(ev.order, k)
 	}
-	ev.ids[to] = append(ev.ids[to], id)
+	ev.ids[k] = append(ev.ids[k], id)
 }
 
 // notify appends to each gathered stream the events that user's state for
 // its messages became st, MaxEventIDs ids at most per event.
 func (c *committer) notify(ev *events, user string, st State, now time.Time) error {
-	for _, to := range ev.order {
-		ids := ev.ids[to]
+	for _, k := range ev.order {
+		ids := ev.ids[k]
+		name := user
+		if k.as != "" {
+			name = k.as
+		}
 		for len(ids) > 0 {
 			n := min(len(ids), MaxEventIDs)
-			if err := c.appendEntry(to, Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{IDs: ids[:n:n], User: user, State: st, At: now}}); err != nil {
+			if err := c.appendEntry(k.to, Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{IDs: ids[:n:n], User: name, State: st, At: now}}); err != nil {
 				return err
 			}
 			ids = ids[n:]
 		}
 	}
 	return nil
+}
+
+// pseudonymOf returns user's pseudonym in the chat of secret message id,
+// or "" if it has burned.
+func (c *committer) pseudonymOf(id ID, user string) (string, error) {
+	s, err := c.secret(id)
+	if err != nil || s == nil {
+		return "", err
+	}
+	ch, err := c.chat(s.Chat)
+	if err != nil {
+		return "", err
+	}
+	return ch.pseudonym(user), nil
 }
 
 func (c *committer) applyRead(o *op, now time.Time) error {
@@ -760,6 +845,13 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 		if err != nil {
 			return abort(fmt.Errorf("read %s: %w", ch.id, err))
 		}
+		if m.Chat != (ID{}) {
+			if s, err := c.secret(m.ID); err != nil {
+				return abort(err)
+			} else if s == nil {
+				return fmt.Errorf("%w: %s (burned)", ErrNotRecipient, ch.id)
+			}
+		}
 		msgs[i] = m
 	}
 	var senders, own events
@@ -772,6 +864,18 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 		c.setReceipt(ch.key, ch.r)
 		if m.Kind != KindDing {
 			c.countRead(ch.id, m.From, m.Kind == KindAnnouncement, ch.wasDelivered)
+		}
+		if m.Chat != (ID{}) {
+			as, err := c.pseudonymOf(m.ID, o.user)
+			if err != nil {
+				return err
+			}
+			if err := c.secretRead(m.ID, o.user, now); err != nil {
+				return err
+			}
+			senders.addAs(m.From, as, ch.id)
+			own.addAs(o.user, as, ch.id)
+			continue
 		}
 		if m.Kind != KindAnnouncement {
 			senders.add(m.From, ch.id)
@@ -809,7 +913,7 @@ func clientError(err error) bool {
 	if errors.As(err, &a) {
 		return false
 	}
-	for _, ce := range []error{ErrBadAck, ErrNotRecipient, ErrUnknownRecipient, ErrQuota, ErrBadAnswer, ErrNotFound, ErrNotDing, ErrBadPolicy, ErrBadDing} {
+	for _, ce := range []error{ErrBadAck, ErrNotRecipient, ErrUnknownRecipient, ErrQuota, ErrBadAnswer, ErrNotFound, ErrNotDing, ErrBadPolicy, ErrBadDing, ErrNotMember, ErrBadChat} {
 		if errors.Is(err, ce) {
 			return true
 		}

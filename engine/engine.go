@@ -122,6 +122,18 @@ type Config struct {
 	// NoCallFallback turns off the SMS sent at once when a call is busy,
 	// unanswered or fails.
 	NoCallFallback bool
+
+	// Secret chats (secret.go).
+
+	// Keys keeps the keys of secret messages of levels 1 and 2 (package
+	// keyring); nil keeps them in memory, for tests on an in-memory store.
+	Keys Keys
+	// BurnAfter is how long after its first read a secret message burns,
+	// and the longest delay a level-3 chat may choose; zero means 30s.
+	BurnAfter time.Duration
+	// SecretUnreadTTL is how long an unread secret message of level 2 or
+	// 3 lives; zero means 24h.
+	SecretUnreadTTL time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -162,6 +174,15 @@ func (c *Config) setDefaults() {
 	if c.DispatchWorkers == 0 {
 		c.DispatchWorkers = 8
 	}
+	if c.BurnAfter == 0 {
+		c.BurnAfter = 30 * time.Second
+	}
+	if c.SecretUnreadTTL == 0 {
+		c.SecretUnreadTTL = 24 * time.Hour
+	}
+	if c.Keys == nil {
+		c.Keys = newMemKeys()
+	}
 }
 
 // Validate reports whether the configuration can be used.
@@ -173,6 +194,10 @@ func (c *Config) Validate() error {
 		return errors.New("engine: config: limits must not be negative")
 	case c.SendTimeout < 0 || c.RecoverAfter < 0 || c.DispatchWorkers < 0:
 		return errors.New("engine: config: escalation settings must not be negative")
+	case c.BurnAfter != 0 && c.BurnAfter < MinBurnAfter:
+		return fmt.Errorf("engine: config: BurnAfter %v is below %v", c.BurnAfter, MinBurnAfter)
+	case c.SecretUnreadTTL < 0:
+		return errors.New("engine: config: SecretUnreadTTL must not be negative")
 	}
 	return nil
 }
@@ -231,6 +256,12 @@ type Engine struct {
 	active     ActiveFilter // cfg.Recipients, if it can tell removed users apart; else nil
 	stopFanout chan struct{}
 	fanoutDone chan struct{}
+
+	// Secret chats (secret.go).
+	keys        Keys     // cfg.Keys: levels 1 and 2
+	fleeting    *memKeys // level 3
+	liveSecretN atomic.Int64
+	burnOnStart []ID // level-3 messages whose keys died with the last process
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -265,6 +296,10 @@ func Open(cfg Config) (*Engine, error) {
 	}
 	e.minArmed.Store(math.MaxInt64)
 	e.active, _ = cfg.Recipients.(ActiveFilter)
+	e.keys, e.fleeting = cfg.Keys, newMemKeys()
+	if err := e.reconcileSecrets(); err != nil {
+		return nil, err
+	}
 	e.sendCtx, e.cancelSends = context.WithCancel(context.Background())
 	switch v, err := cfg.Store.Get(timersCounterKey); {
 	case err == nil:
@@ -278,7 +313,8 @@ func Open(cfg Config) (*Engine, error) {
 	}
 	var err error
 	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(len(e.queue)) },
-		func() float64 { return float64(e.pendingTimers.Load()) }); err != nil {
+		func() float64 { return float64(e.pendingTimers.Load()) },
+		func() float64 { return float64(e.liveSecretN.Load()) }); err != nil {
 		return nil, err
 	}
 	c := newCommitter(e)
@@ -289,6 +325,15 @@ func Open(cfg Config) (*Engine, error) {
 	e.dispatchWG.Add(cfg.DispatchWorkers)
 	for range cfg.DispatchWorkers {
 		go e.dispatchLoop()
+	}
+	if len(e.burnOnStart) > 0 {
+		n, err := e.burnAll(context.Background(), e.burnOnStart, BurnRestart)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("engine: burn level-3 messages after a restart: %w", err)
+		}
+		e.log.Info("burned level-3 secret messages: their keys were in memory only", "messages", n)
+		e.burnOnStart = nil
 	}
 	return e, nil
 }
@@ -367,9 +412,17 @@ type Submission struct {
 	Kind     Kind
 	Body     []byte
 	ClientID string // optional; a retry with the same ClientID returns the original id
+	// Chat sends the message in a secret chat (To must then be empty:
+	// the other participant receives it).
+	Chat ID
+	// Forward or Quote name a message the sender sent or received that
+	// this one forwards or quotes; a secret message is refused
+	// (ErrNoForward).
+	Forward, Quote ID
 
 	flags      uint32   // Message.Flags (announcements)
 	recipients []string // the expansion of To, filled in by check
+	chat       *Chat    // the secret chat, filled in by check
 }
 
 // SubmitResult answers a durable submission.
@@ -395,6 +448,16 @@ func (e *Engine) check(s *Submission, announce bool) error {
 	}
 	if len(s.ClientID) > 128 {
 		return fmt.Errorf("%w: client message id longer than 128 bytes", ErrBadName)
+	}
+	if s.Chat != (ID{}) && !announce {
+		return e.checkChat(s)
+	}
+	for _, ref := range []ID{s.Forward, s.Quote} {
+		if ref != (ID{}) {
+			if err := e.checkRef(s.From, ref); err != nil {
+				return err
+			}
+		}
 	}
 	if len(s.To) == 0 {
 		return ErrNoRecipients
@@ -451,6 +514,9 @@ func (e *Engine) SubmitAsync(s Submission, done func(SubmitResult, error)) {
 func (e *Engine) submitAsync(s Submission, announce bool, done func(SubmitResult, error)) {
 	if err := e.check(&s, announce); err != nil {
 		e.metrics.submitsRejected.Inc()
+		if errors.Is(err, ErrNoForward) {
+			e.metrics.secretRefused.WithLabelValues("forward").Inc()
+		}
 		done(SubmitResult{}, err)
 		return
 	}
@@ -547,7 +613,14 @@ func (e *Engine) Message(id ID) (*Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: message %s: %w", id, err)
 	}
-	return decodeMessage(id, v)
+	m, err := decodeMessage(id, v)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.decryptMessage(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // Receipts returns every recipient's receipt for a message, by user id.
@@ -695,7 +768,9 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 
 // loadMessages replaces the placeholder messages in entries with the
 // records, from the cache of recent messages or else from the store with
-// one cursor.
+// one cursor. A secret message is replaced by its masked copy; one whose
+// record or key is gone (it burned after the stream was scanned) becomes
+// a burn entry, never an error.
 func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 	msgs := make([]*Message, len(ids))
 	var keys [][]byte
@@ -709,18 +784,21 @@ func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 	var derr error
 	err := e.st.GetMany(keys, func(j int, v []byte) {
 		i := at[j]
-		if derr != nil {
-			return
-		}
-		if v == nil {
-			derr = fmt.Errorf("message %s: %w", ids[i], ErrNotFound)
-			return
+		if derr != nil || v == nil {
+			return // missing: checked below
 		}
 		if j > 0 && ids[i] == ids[at[j-1]] {
 			msgs[i] = msgs[at[j-1]]
 			return
 		}
-		msgs[i], derr = decodeMessage(ids[i], v)
+		m, err := decodeMessage(ids[i], v)
+		if err == nil {
+			err = e.decryptMessage(m)
+		}
+		if errors.Is(err, ErrNotFound) {
+			return // a secret message whose key is gone
+		}
+		msgs[i], derr = m, err
 	})
 	if err == nil {
 		err = derr
@@ -728,11 +806,30 @@ func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 	if err != nil {
 		return err
 	}
+	chats := map[ID]*Chat{}
 	j := 0
 	for i := range entries {
-		if entries[i].Kind == EntryMessage {
-			entries[i].Message = msgs[j]
-			j++
+		if entries[i].Kind != EntryMessage {
+			continue
+		}
+		m := msgs[j]
+		j++
+		switch {
+		case m == nil && entries[i].flags&entryFlagSecret != 0:
+			entries[i] = Entry{Seq: entries[i].Seq, Kind: EntryBurn, Burn: ids[j-1]}
+		case m == nil:
+			return fmt.Errorf("message %s: %w", ids[j-1], ErrNotFound)
+		case m.Chat != (ID{}):
+			ch, ok := chats[m.Chat]
+			if !ok {
+				if ch, err = e.loadChat(m.Chat); err != nil {
+					return err
+				}
+				chats[m.Chat] = ch
+			}
+			entries[i].Message = mask(ch, m)
+		default:
+			entries[i].Message = m
 		}
 	}
 	return nil

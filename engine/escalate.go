@@ -916,6 +916,12 @@ func (c *committer) fireTimers(keys [][]byte, now time.Time) error {
 			c.batch.Delete(k)
 			continue
 		}
+		if idx == secretTimerIdx {
+			if err := c.fireSecret(k, due, id, n, now); err != nil {
+				return err
+			}
+			continue
+		}
 		s, err := c.state(id, idx)
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
 			c.e.log.Error("dropping a timer whose escalation state is missing or corrupt", "ding", id.String(), "recipient", idx, "err", err)

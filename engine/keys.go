@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
+	"time"
 )
 
 // Key prefixes. Every key in the store starts with one of these bytes; the
@@ -31,6 +33,11 @@ const (
 	prefixRollup       = 'z' // z | day(4) | department          -> daily statistics (rollup.go)
 	prefixUnanswered   = 'Z' // Z | day(4) | user               -> unanswered DINGs (8)
 	prefixAnnouncement = 'n' // n | id(16)                    -> announcement counts (JSON)
+	prefixChat         = 's' // s | chat(16)                     -> secret chat (JSON)
+	prefixUserChat     = 'o' // o | user | 0x00 | chat(16)       -> empty: user's secret chats
+	prefixSecret       = 'b' // b | id(16)                       -> a live secret message's state (secret.go)
+	prefixUserSecret   = 'h' // h | user | 0x00 | id(16)         -> empty: user's live secret messages
+	prefixFleeting     = 'f' // f | id(16)                       -> empty: a live level-3 message (its key is in memory only)
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'
@@ -139,6 +146,13 @@ const (
 	// EntryDing: an event of a DING's ledger (see DingEvent), in the
 	// sender's stream; or a reminder in a recipient's.
 	EntryDing EntryKind = 3
+	// EntryBurn: a secret message burned (Entry.Burn is its id). It is
+	// appended to both parties' streams, and it replaces the recipient's
+	// message entry, so a device that had not received the message never
+	// gets its content.
+	EntryBurn EntryKind = 4
+	// EntrySecret: an event of a secret chat (see SecretEvent).
+	EntrySecret EntryKind = 5
 )
 
 // Message entry flags, so that an ack knows what it acknowledges without
@@ -148,6 +162,7 @@ const (
 const (
 	entryFlagDing         = 1
 	entryFlagAnnouncement = 2
+	entryFlagSecret       = 4 // a secret message: a missing record means it burned
 )
 
 // Entry is one item of a user's stream, at a gap-free sequence number.
@@ -157,6 +172,8 @@ type Entry struct {
 	Message *Message     // EntryMessage; shared, must not be modified
 	Receipt ReceiptEvent // EntryReceipt
 	Ding    DingEvent    // EntryDing
+	Burn    ID           // EntryBurn: the burned message
+	Secret  SecretEvent  // EntrySecret
 	flags   byte         // EntryMessage: entryFlagDing
 }
 
@@ -165,6 +182,8 @@ type Entry struct {
 //	EntryMessage: | 1 | id(16) | sender (str) | [flags 1] |
 //	EntryReceipt: | 2 | state 1 | at ms 8 | user (str) | n (uvarint) | n × id(16) |
 //	EntryDing:    | 3 | ding id(16) | at ms 8 | index (uvarint) | recipient (str) | event (str) | channel 1 | device (str) | detail (str) |
+//	EntryBurn:    | 4 | id(16) |
+//	EntrySecret:  | 5 | chat(16) | at ms 8 | event (str) | message id(16) | by (str) | level 1 | burn after ms (uvarint) | you (str) | peer (str) |
 //
 // A message entry names its sender so that an ack can notify the sender
 // without loading the message; its flags byte is present only when not
@@ -176,13 +195,35 @@ func encodeEntry(e *Entry) []byte {
 		b[0] = byte(EntryMessage)
 		copy(b[1:], e.Message.ID[:])
 		b = appendStr(b, e.Message.From)
+		var flags byte
 		switch e.Message.Kind {
 		case KindDing:
-			b = append(b, entryFlagDing)
+			flags = entryFlagDing
 		case KindAnnouncement:
-			b = append(b, entryFlagAnnouncement)
+			flags = entryFlagAnnouncement
+		}
+		if e.Message.Chat != (ID{}) {
+			flags |= entryFlagSecret
+		}
+		if flags != 0 {
+			b = append(b, flags)
 		}
 		return b
+	case EntryBurn:
+		return append([]byte{byte(EntryBurn)}, e.Burn[:]...)
+	case EntrySecret:
+		s := &e.Secret
+		b := make([]byte, 0, 64+len(s.Event)+len(s.By)+len(s.You)+len(s.Peer))
+		b = append(b, byte(EntrySecret))
+		b = append(b, s.Chat[:]...)
+		b = binary.BigEndian.AppendUint64(b, msOrZero(s.At))
+		b = appendStr(b, s.Event)
+		b = append(b, s.ID[:]...)
+		b = appendStr(b, s.By)
+		b = append(b, byte(s.Level))
+		b = binary.AppendUvarint(b, uint64(s.BurnAfter.Milliseconds()))
+		b = appendStr(b, s.You)
+		return appendStr(b, s.Peer)
 	case EntryDing:
 		d := &e.Ding
 		b := make([]byte, 0, 40+len(d.Recipient)+len(d.Event)+len(d.Device)+len(d.Detail))
@@ -251,6 +292,36 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error
 			return Entry{}, id, "", ErrCorrupt
 		}
 		return Entry{Seq: seq, Kind: EntryDing, Ding: ev}, ev.ID, "", nil
+	case EntryBurn:
+		if len(d.b) != 16 {
+			return Entry{}, id, "", ErrCorrupt
+		}
+		copy(id[:], d.b)
+		return Entry{Seq: seq, Kind: EntryBurn, Burn: id}, id, "", nil
+	case EntrySecret:
+		var ev SecretEvent
+		if len(d.b) < 16 {
+			return Entry{}, id, "", ErrCorrupt
+		}
+		copy(ev.Chat[:], d.b[:16])
+		d.b = d.b[16:]
+		ev.At = timeOrZero(d.u64())
+		ev.Event = d.str()
+		if len(d.b) < 16 {
+			return Entry{}, id, "", ErrCorrupt
+		}
+		copy(ev.ID[:], d.b[:16])
+		d.b = d.b[16:]
+		ev.By = d.str()
+		ev.Level = Level(d.u8())
+		after := d.uvarint()
+		ev.You = d.str()
+		ev.Peer = d.str()
+		if d.err || len(d.b) != 0 || after > uint64(math.MaxInt64/int64(time.Millisecond)) {
+			return Entry{}, id, "", ErrCorrupt
+		}
+		ev.BurnAfter = time.Duration(after) * time.Millisecond
+		return Entry{Seq: seq, Kind: EntrySecret, Secret: ev}, ev.Chat, "", nil
 	case EntryReceipt:
 		st := State(d.u8())
 		at := d.u64()

@@ -48,6 +48,16 @@ type Message struct {
 	Choices []string
 	// Flags: FlagConfirm.
 	Flags uint32
+	// Forward and Quote name the message this one forwards or quotes
+	// (zero for none). A secret message can be neither (ErrNoForward).
+	Forward, Quote ID
+	// Chat is the secret chat the message was sent in (zero for none).
+	// Its body is stored encrypted with a key of its own (secret.go).
+	Chat ID
+	// Secret is set only on the copies of a secret message that the
+	// engine hands out (to the Sink, from Range): their From and To are
+	// the participants' pseudonyms, never their user ids.
+	Secret *SecretInfo
 }
 
 // ErrCorrupt is returned when a stored record cannot be decoded.
@@ -62,10 +72,36 @@ var ErrCorrupt = errors.New("engine: corrupt record")
 // where (str) and (bytes) are a uvarint length followed by the bytes.
 // Version 2 appends | nChoices uvarint | choice (str)... | [flags uvarint] |
 // after the body; it is written only when there are choices or flags.
+// Version 3 appends | nChoices uvarint | choice (str)... | flags uvarint |
+// refs 1 | [forward 16] | [quote 16] | [chat 16] | after the body, refs
+// saying which ids follow (bit 0 forward, 1 quote, 2 chat); it is written
+// only when one of them is set. A secret message's body is its ciphertext
+// (secret.go).
 const (
 	messageVersion        = 1
 	messageVersionChoices = 2
+	messageVersionRefs    = 3
 )
+
+const (
+	refForward = 1
+	refQuote   = 2
+	refChat    = 4
+)
+
+func (m *Message) refs() byte {
+	var r byte
+	if m.Forward != (ID{}) {
+		r |= refForward
+	}
+	if m.Quote != (ID{}) {
+		r |= refQuote
+	}
+	if m.Chat != (ID{}) {
+		r |= refChat
+	}
+	return r
+}
 
 func appendStr(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -80,10 +116,14 @@ func encodeMessage(m *Message) []byte {
 	for _, c := range m.Choices {
 		n += 1 + len(c)
 	}
-	b := make([]byte, 0, n)
-	if len(m.Choices) > 0 || m.Flags != 0 {
+	refs := m.refs()
+	b := make([]byte, 0, n+49)
+	switch {
+	case refs != 0:
+		b = append(b, messageVersionRefs)
+	case len(m.Choices) > 0 || m.Flags != 0:
 		b = append(b, messageVersionChoices)
-	} else {
+	default:
 		b = append(b, messageVersion)
 	}
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Created.UnixMilli()))
@@ -96,13 +136,24 @@ func encodeMessage(m *Message) []byte {
 	b = appendStr(b, m.ClientID)
 	b = binary.AppendUvarint(b, uint64(len(m.Body)))
 	b = append(b, m.Body...)
-	if len(m.Choices) > 0 || m.Flags != 0 {
+	if len(m.Choices) > 0 || m.Flags != 0 || refs != 0 {
 		b = binary.AppendUvarint(b, uint64(len(m.Choices)))
 		for _, c := range m.Choices {
 			b = appendStr(b, c)
 		}
-		if m.Flags != 0 {
+		if m.Flags != 0 || refs != 0 {
 			b = binary.AppendUvarint(b, uint64(m.Flags))
+		}
+	}
+	if refs != 0 {
+		b = append(b, refs)
+		for _, r := range []struct {
+			bit byte
+			id  ID
+		}{{refForward, m.Forward}, {refQuote, m.Quote}, {refChat, m.Chat}} {
+			if refs&r.bit != 0 {
+				b = append(b, r.id[:]...)
+			}
 		}
 	}
 	return b
@@ -160,7 +211,7 @@ func (d *decoder) str() string { return string(d.bytes()) }
 func decodeMessage(id ID, b []byte) (*Message, error) {
 	d := decoder{b: b}
 	ver := d.u8()
-	if ver != messageVersion && ver != messageVersionChoices {
+	if ver < messageVersion || ver > messageVersionRefs {
 		return nil, ErrCorrupt
 	}
 	m := &Message{ID: id}
@@ -177,7 +228,7 @@ func decodeMessage(id ID, b []byte) (*Message, error) {
 	}
 	m.ClientID = d.str()
 	m.Body = append([]byte(nil), d.bytes()...)
-	if ver == messageVersionChoices {
+	if ver >= messageVersionChoices {
 		n := d.uvarint()
 		if n > uint64(len(d.b)) {
 			return nil, ErrCorrupt
@@ -191,6 +242,24 @@ func decodeMessage(id ID, b []byte) (*Message, error) {
 				return nil, ErrCorrupt
 			}
 			m.Flags = uint32(f)
+		}
+	}
+	if ver == messageVersionRefs {
+		refs := d.u8()
+		if refs == 0 || refs&^(refForward|refQuote|refChat) != 0 {
+			return nil, ErrCorrupt
+		}
+		for _, r := range []struct {
+			bit byte
+			id  *ID
+		}{{refForward, &m.Forward}, {refQuote, &m.Quote}, {refChat, &m.Chat}} {
+			if refs&r.bit != 0 {
+				if len(d.b) < 16 {
+					return nil, ErrCorrupt
+				}
+				copy(r.id[:], d.b[:16])
+				d.b = d.b[16:]
+			}
 		}
 	}
 	if d.err || len(d.b) != 0 {

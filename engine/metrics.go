@@ -22,13 +22,19 @@ type metrics struct {
 	sendsDropped  prometheus.Counter
 
 	fanoutEntries prometheus.Counter
+
+	// Secret chats.
+	burns         *prometheus.CounterVec // by level, reason
+	burnLateness  prometheus.Histogram
+	chatsCreated  *prometheus.CounterVec // by level
+	secretRefused *prometheus.CounterVec // by reason
 }
 
 func (m *metrics) step(ch Channel, outcome string) {
 	m.steps.WithLabelValues(ch.String(), outcome).Inc()
 }
 
-func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps func() float64) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets func() float64) (*metrics, error) {
 	m := &metrics{
 		submits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ding_engine_submits_total",
@@ -95,6 +101,30 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps func() float
 		Name: "ding_engine_fanout_entries_total",
 		Help: "Stream entries written by background fanout of messages to many (announcements, big groups).",
 	})
+	m.burns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_secret_burns_total",
+		Help: "Secret messages burned, by level (1-3) and reason: read (the burn delay after the first read passed), unread_expiry, offboarding, restart (a level-3 key lost with the process).",
+	}, []string{"level", "reason"})
+	m.burnLateness = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "ding_secret_burn_lateness_seconds",
+		Help:    "How late secret messages burn after their deadline (read burns and unread expiries).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	})
+	m.chatsCreated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_secret_chats_created_total",
+		Help: "Secret chats created, by level.",
+	}, []string{"level"})
+	m.secretRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_secret_refusals_total",
+		Help: "Submissions refused to protect a secret message, by reason: forward (a forward or quote of a secret message).",
+	}, []string{"reason"})
+	for _, l := range []string{"1", "2", "3"} {
+		for _, r := range []string{BurnRead, BurnUnread, BurnOffboarding} {
+			m.burns.WithLabelValues(l, r)
+		}
+	}
+	m.burns.WithLabelValues("3", BurnRestart)
+	m.secretRefused.WithLabelValues("forward")
 	m.submitsOK = m.submits.WithLabelValues("ok")
 	m.submitsDup = m.submits.WithLabelValues("duplicate")
 	m.submitsRejected = m.submits.WithLabelValues("rejected")
@@ -105,6 +135,11 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps func() float
 	for _, c := range []prometheus.Collector{
 		m.submits, m.submitSeconds, m.commitSeconds, m.batchOps, m.queueFull,
 		m.dings, m.steps, m.refusals, m.lateness, m.timeToRead, m.timeToConfirm, m.sendSeconds, m.sendsDropped, m.fanoutEntries,
+		m.burns, m.burnLateness, m.chatsCreated, m.secretRefused,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ding_secret_messages",
+			Help: "Secret messages stored and not yet burned.",
+		}, liveSecrets),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ding_escalation_pending_steps",
 			Help: "Escalation timers armed: planned steps, retries and send recoveries.",

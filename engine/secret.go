@@ -1,0 +1,986 @@
+package engine
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// Secret chats.
+//
+// A secret chat is a conversation between two users with a privacy level
+// fixed at creation. Its messages are ordinary stream entries with three
+// differences:
+//
+//   - Masking. Each participant has a pseudonym in the chat. Every copy of
+//     a secret message the engine hands out (to the Sink, from Range) is a
+//     masked copy whose From and To are pseudonyms; receipt events about
+//     a secret message name the reader by pseudonym (they are written to
+//     the stream that way); chat events carry pseudonyms only. The user
+//     ids stay in the store as metadata (who may read, who is notified),
+//     which is what admins see.
+//   - Encryption at rest. The body is sealed with AES-256-GCM under a key
+//     of its own (random, 32 bytes; the nonce is random; the message id is
+//     the additional data) before the batch is built, so the plaintext
+//     never reaches the store. The key never enters the store either: it
+//     is kept by Config.Keys (package keyring: fixed slots in a file,
+//     overwritten in place) for levels 1 and 2, and in memory only for
+//     level 3. Keys are synced before the batch that stores their
+//     ciphertext, so a durable message always has its key.
+//   - Burning. The first read by the recipient (any device) arms a burn
+//     timer (a 't' key, like an escalation step, fired by the same timer
+//     loop and checked against the message's state 'b' in the batch that
+//     fires it). Level 2 and up also arm an unread-expiry timer at
+//     submission. A burn deletes the record, the receipt, the state and
+//     the indexes, replaces the recipient's message entry with a burn
+//     entry, appends a burn entry (the id only) to both parties' streams,
+//     and, once that batch is durable and before anything is published,
+//     erases the key (zeroed and synced) and drops the message from the
+//     cache. Offboarding a participant burns every live message of theirs.
+//
+// What remains after a burn: the id, its receipt events and dedupe key
+// (metadata), and possibly the ciphertext in Pebble's log and tables until
+// they are rewritten. Without the key that ciphertext cannot be read, and
+// no byte of the key remains in the data directory (see package keyring
+// for what that relies on).
+//
+// Level 3 trades durability for privacy: its keys are never written to
+// disk, so a restart burns every live level-3 message (reason "restart").
+//
+// Keys layout:
+//
+//	chat      's' | chat(16)                 -> chat record (JSON: level, burn delay, members and pseudonyms)
+//	user chat 'o' | user | 0x00 | chat(16)   -> empty
+//	secret    'b' | id(16)                   -> secretState (JSON)
+//	user msg  'h' | user | 0x00 | id(16)     -> empty: both parties' live secret messages
+//	fleeting  'f' | id(16)                   -> empty: live level-3 messages
+//	timers    't' | due | id | 0xFFFF | n    -> n = 1 burn after read, 2 unread expiry
+
+// Level is a secret chat's privacy level.
+type Level uint8
+
+const (
+	// Level1: pseudonyms, no copy or forward, burn after read.
+	Level1 Level = 1
+	// Level2: level 1, and unread messages expire; content is in no
+	// backup, export or admin view; messages carry a watermark.
+	Level2 Level = 2
+	// Level3: level 2, and a burn delay down to MinBurnAfter, screenshot
+	// reports relayed, and keys in memory only.
+	Level3 Level = 3
+)
+
+// MinBurnAfter is the shortest burn delay a level-3 chat may choose.
+const MinBurnAfter = 5 * time.Second
+
+// Burn reasons, as the metrics label them.
+const (
+	BurnRead        = "read"
+	BurnUnread      = "unread_expiry"
+	BurnOffboarding = "offboarding"
+	BurnRestart     = "restart"
+)
+
+// Secret chat errors.
+var (
+	// ErrNoForward is returned by Submit for a forward or quote of a
+	// secret message.
+	ErrNoForward = errors.New("engine: secret messages cannot be forwarded or quoted")
+	// ErrNotMember is returned when a user acts in a secret chat they are
+	// not a member of (or that does not exist).
+	ErrNotMember = errors.New("engine: not a member of the secret chat")
+	// ErrBadChat is returned for an invalid chat request: an unknown
+	// level, a burn delay out of range, a chat with oneself, a screenshot
+	// report in a chat below level 3.
+	ErrBadChat = errors.New("engine: bad secret chat request")
+	// ErrNotSender is returned by SenderReceipts to anyone but the sender.
+	ErrNotSender = errors.New("engine: not the sender")
+)
+
+// Keys keeps secret messages' keys outside the store, where erasing one
+// removes its bytes (package keyring implements it with a file).
+// Put, Sync and Erase are called by the commit loop only; Get and Len
+// from any goroutine.
+type Keys interface {
+	// Put records id's key. It is durable once Sync returns.
+	Put(id [16]byte, key [32]byte) error
+	// Sync makes every Put durable.
+	Sync() error
+	// Get returns id's key, or false if it has none.
+	Get(id [16]byte) ([32]byte, bool)
+	// Erase destroys the keys of ids (unknown ids are ignored) and makes
+	// that durable before returning.
+	Erase(ids [][16]byte) error
+	// Each calls fn with every id that has a key until fn returns false.
+	Each(fn func(id [16]byte) bool)
+	// Len returns how many keys there are.
+	Len() int
+}
+
+// memKeys keeps keys in memory: level 3's keys always, and every level's
+// when Config.Keys is nil (tests with an in-memory store).
+type memKeys struct {
+	mu sync.RWMutex
+	m  map[[16]byte][32]byte // guarded by mu
+}
+
+func newMemKeys() *memKeys { return &memKeys{m: map[[16]byte][32]byte{}} }
+
+func (k *memKeys) Put(id [16]byte, key [32]byte) error {
+	k.mu.Lock()
+	k.m[id] = key
+	k.mu.Unlock()
+	return nil
+}
+func (k *memKeys) Sync() error { return nil }
+func (k *memKeys) Get(id [16]byte) ([32]byte, bool) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	v, ok := k.m[id]
+	return v, ok
+}
+func (k *memKeys) Erase(ids [][16]byte) error {
+	k.mu.Lock()
+	for _, id := range ids {
+		delete(k.m, id)
+	}
+	k.mu.Unlock()
+	return nil
+}
+func (k *memKeys) Each(fn func(id [16]byte) bool) {
+	k.mu.RLock()
+	ids := make([][16]byte, 0, len(k.m))
+	for id := range k.m {
+		ids = append(ids, id)
+	}
+	k.mu.RUnlock()
+	for _, id := range ids {
+		if !fn(id) {
+			return
+		}
+	}
+}
+func (k *memKeys) Len() int {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return len(k.m)
+}
+
+// Chat is a secret chat.
+type Chat struct {
+	ID        ID            `json:"id"`
+	Level     Level         `json:"level"`
+	BurnAfter time.Duration `json:"burn_after_ns"`
+	Creator   string        `json:"creator"`
+	Created   time.Time     `json:"created"`
+	Members   []Member      `json:"members"` // two: the creator first
+}
+
+// Member is a participant of a secret chat and their pseudonym in it.
+type Member struct {
+	User      string `json:"user"`
+	Pseudonym string `json:"pseudonym"`
+}
+
+// pseudonym returns user's pseudonym in the chat, or "" if not a member.
+func (ch *Chat) pseudonym(user string) string {
+	for _, m := range ch.Members {
+		if m.User == user {
+			return m.Pseudonym
+		}
+	}
+	return ""
+}
+
+// peer returns the other member.
+func (ch *Chat) peer(user string) (Member, bool) {
+	if ch.pseudonym(user) == "" {
+		return Member{}, false
+	}
+	for _, m := range ch.Members {
+		if m.User != user {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// SecretInfo is carried by the masked copies of a secret message.
+type SecretInfo struct {
+	Level     Level
+	BurnAfter time.Duration
+	// Watermark is, from level 2, the recipient's pseudonym, for clients
+	// to render over the message.
+	Watermark string
+}
+
+// SecretEvent is a secret chat's event in a participant's stream. It
+// names people by pseudonym only.
+type SecretEvent struct {
+	Chat      ID
+	Event     string // "created", "screenshot"
+	ID        ID     // screenshot: the message on screen, if the client said
+	By        string // who did it (pseudonym)
+	Level     Level
+	BurnAfter time.Duration
+	You, Peer string // created: the stream owner's pseudonym and the other's
+	At        time.Time
+}
+
+// ChatRequest asks for a secret chat.
+type ChatRequest struct {
+	From, To string
+	Level    Level
+	// BurnAfter is the burn delay: zero means Config.BurnAfter; only level
+	// 3 may set it, from MinBurnAfter up to Config.BurnAfter.
+	BurnAfter time.Duration
+}
+
+// secretState is a live secret message (key 'b').
+type secretState struct {
+	Chat      ID     `json:"chat"`
+	Level     Level  `json:"level"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+	ToSeq     uint64 `json:"to_seq"`               // the message's seq in the recipient's stream
+	BurnAfter int64  `json:"burn_after_ms"`        // delay from first read
+	BurnDue   int64  `json:"burn_due,omitempty"`   // ms; armed at the first read
+	ExpireDue int64  `json:"expire_due,omitempty"` // ms; level 2+, until read
+}
+
+// Secret timers use the recipient index 0xFFFF, which no DING reaches
+// (MaxRecipients is at most 65535 for DINGs).
+const (
+	secretTimerIdx = 0xFFFF
+	timerBurn      = 1
+	timerExpire    = 2
+)
+
+func chatKey(id ID) []byte { return append([]byte{prefixChat}, id[:]...) }
+
+func userChatPrefix(user string) []byte {
+	return append(append([]byte{prefixUserChat}, user...), 0)
+}
+
+func userChatKey(user string, id ID) []byte { return append(userChatPrefix(user), id[:]...) }
+
+func secretKey(id ID) []byte { return append([]byte{prefixSecret}, id[:]...) }
+
+func userSecretPrefix(user string) []byte {
+	return append(append([]byte{prefixUserSecret}, user...), 0)
+}
+
+func userSecretKey(user string, id ID) []byte { return append(userSecretPrefix(user), id[:]...) }
+
+func fleetingKey(id ID) []byte { return append([]byte{prefixFleeting}, id[:]...) }
+
+var secretsCounterKey = []byte{prefixCounter, 's', 'e', 'c', 'r', 'e', 't', 's'}
+
+// seal encrypts body with a fresh key: nonce (12) | ciphertext | tag.
+func seal(id ID, body []byte) (key [32]byte, sealed []byte, err error) {
+	if _, err := rand.Read(key[:]); err != nil {
+		return key, nil, err
+	}
+	g, err := gcm(key)
+	if err != nil {
+		return key, nil, err
+	}
+	sealed = make([]byte, g.NonceSize(), g.NonceSize()+len(body)+g.Overhead())
+	if _, err := rand.Read(sealed); err != nil {
+		return key, nil, err
+	}
+	return key, g.Seal(sealed, sealed, body, id[:]), nil
+}
+
+func open(id ID, key [32]byte, sealed []byte) ([]byte, error) {
+	g, err := gcm(key)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < g.NonceSize() {
+		return nil, ErrCorrupt
+	}
+	pt, err := g.Open(nil, sealed[:g.NonceSize()], sealed[g.NonceSize():], id[:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return pt, nil
+}
+
+func gcm(key [32]byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
+}
+
+// keysFor returns where a level's keys live.
+func (e *Engine) keysFor(l Level) Keys {
+	if l == Level3 {
+		return e.fleeting
+	}
+	return e.keys
+}
+
+// newPseudonym returns "anon-" and six random Crockford base32 digits.
+func newPseudonym() string {
+	var b [6]byte
+	rand.Read(b[:])
+	out := []byte("anon-")
+	for _, v := range b {
+		out = append(out, crockford[v&31])
+	}
+	return string(out)
+}
+
+// CreateChat creates a secret chat between req.From and req.To and tells
+// both (an EntrySecret "created" in each stream, with pseudonyms only).
+func (e *Engine) CreateChat(ctx context.Context, req ChatRequest) (Chat, error) {
+	if err := CheckName("creator", req.From); err != nil {
+		return Chat{}, err
+	}
+	if err := CheckName("participant", req.To); err != nil {
+		return Chat{}, err
+	}
+	switch {
+	case req.From == req.To:
+		return Chat{}, fmt.Errorf("%w: a chat with oneself", ErrBadChat)
+	case req.Level < Level1 || req.Level > Level3:
+		return Chat{}, fmt.Errorf("%w: level %d, want 1, 2 or 3", ErrBadChat, req.Level)
+	case req.BurnAfter != 0 && req.Level != Level3:
+		return Chat{}, fmt.Errorf("%w: only level-3 chats choose their burn delay", ErrBadChat)
+	case req.BurnAfter != 0 && (req.BurnAfter < MinBurnAfter || req.BurnAfter > e.cfg.BurnAfter || req.BurnAfter%time.Second != 0):
+		return Chat{}, fmt.Errorf("%w: burn delay %v, want whole seconds from %v to %v", ErrBadChat, req.BurnAfter, MinBurnAfter, e.cfg.BurnAfter)
+	}
+	if e.cfg.Recipients != nil {
+		if _, err := e.cfg.Recipients.Resolve([]string{req.To}); err != nil {
+			return Chat{}, err
+		}
+	}
+	if e.active != nil {
+		for _, u := range []string{req.From, req.To} {
+			if !e.active.Active(u) {
+				return Chat{}, fmt.Errorf("%w: %q", ErrUnknownRecipient, u)
+			}
+		}
+	}
+	burn := req.BurnAfter
+	if burn == 0 {
+		burn = e.cfg.BurnAfter
+	}
+	a, b := newPseudonym(), newPseudonym()
+	for a == b {
+		b = newPseudonym()
+	}
+	var ch Chat
+	err := e.apply(ctx, func(c *committer, now time.Time) error {
+		ch = Chat{
+			ID: c.ids.next(now), Level: req.Level, BurnAfter: burn, Creator: req.From, Created: now.Truncate(time.Millisecond),
+			Members: []Member{{req.From, a}, {req.To, b}},
+		}
+		v, err := json.Marshal(&ch)
+		if err != nil {
+			return err
+		}
+		c.batch.Set(chatKey(ch.ID), v)
+		c.chats[ch.ID] = &ch
+		for _, m := range ch.Members {
+			c.batch.Set(userChatKey(m.User, ch.ID), nil)
+			peer, _ := ch.peer(m.User)
+			if err := c.appendEntry(m.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
+				Chat: ch.ID, Event: "created", By: a, Level: ch.Level, BurnAfter: ch.BurnAfter,
+				You: m.Pseudonym, Peer: peer.Pseudonym, At: now,
+			}}); err != nil {
+				return err
+			}
+		}
+		c.chatsCreated = append(c.chatsCreated, ch.Level)
+		return nil
+	})
+	return ch, err
+}
+
+// Chat returns a secret chat's record (admins: metadata only; it holds no
+// content).
+func (e *Engine) Chat(id ID) (Chat, error) {
+	ch, err := e.loadChat(id)
+	if err != nil {
+		return Chat{}, err
+	}
+	return *ch, nil
+}
+
+func (e *Engine) loadChat(id ID) (*Chat, error) {
+	v, err := e.st.Get(chatKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: chat %s: %w", id, err)
+	}
+	var ch Chat
+	if err := json.Unmarshal(v, &ch); err != nil || len(ch.Members) != 2 {
+		return nil, fmt.Errorf("engine: chat %s: %w", id, ErrCorrupt)
+	}
+	return &ch, nil
+}
+
+// ChatInfo is a chat's metadata with how many of its messages are live.
+type ChatInfo struct {
+	Chat
+	Live int `json:"live_messages"`
+}
+
+// Chats returns user's secret chats, oldest first, with their live
+// message counts: metadata only.
+func (e *Engine) Chats(user string) ([]ChatInfo, error) {
+	p := userChatPrefix(user)
+	var ids []ID
+	err := e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
+		if len(k) == len(p)+16 {
+			ids = append(ids, ID(k[len(p):]))
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engine: chats of %s: %w", user, err)
+	}
+	live := map[ID]int{}
+	if len(ids) > 0 {
+		states, err := e.liveSecrets(user)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range states {
+			live[s.Chat]++
+		}
+	}
+	out := make([]ChatInfo, 0, len(ids))
+	for _, id := range ids {
+		ch, err := e.loadChat(id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ChatInfo{Chat: *ch, Live: live[id]})
+	}
+	return out, nil
+}
+
+// liveSecrets returns the states of user's live secret messages.
+func (e *Engine) liveSecrets(user string) (map[ID]secretState, error) {
+	p := userSecretPrefix(user)
+	var keys [][]byte
+	var ids []ID
+	err := e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
+		if len(k) == len(p)+16 {
+			id := ID(k[len(p):])
+			ids = append(ids, id)
+			keys = append(keys, secretKey(id))
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engine: secret messages of %s: %w", user, err)
+	}
+	out := make(map[ID]secretState, len(ids))
+	var derr error
+	err = e.st.GetMany(keys, func(i int, v []byte) {
+		if v == nil || derr != nil {
+			return
+		}
+		var s secretState
+		if err := json.Unmarshal(v, &s); err != nil {
+			derr = fmt.Errorf("engine: secret %s: %w", ids[i], ErrCorrupt)
+			return
+		}
+		out[ids[i]] = s
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
+
+// LiveSecrets is how many secret messages have not burned.
+func (e *Engine) LiveSecrets() int64 { return e.liveSecretN.Load() }
+
+// mask returns the copy of m (a secret message) that the edges may see:
+// pseudonyms for From and To, and its SecretInfo.
+func mask(ch *Chat, m *Message) *Message {
+	out := *m
+	out.From = ch.pseudonym(m.From)
+	out.To = make([]string, len(m.To))
+	for i, t := range m.To {
+		out.To[i] = ch.pseudonym(t)
+	}
+	si := &SecretInfo{Level: ch.Level, BurnAfter: ch.BurnAfter}
+	if ch.Level >= Level2 && len(out.To) == 1 {
+		si.Watermark = out.To[0]
+	}
+	out.Secret = si
+	return &out
+}
+
+// checkChat is check for a submission in a secret chat: the sender must
+// be a member, the other member is the recipient and must be active.
+func (e *Engine) checkChat(s *Submission) error {
+	if len(s.To) != 0 {
+		return fmt.Errorf("%w: a secret chat's message names no recipients", ErrBadName)
+	}
+	if s.Forward != (ID{}) || s.Quote != (ID{}) {
+		return fmt.Errorf("%w: not in a secret chat", ErrNoForward)
+	}
+	ch, err := e.loadChat(s.Chat)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: %s", ErrNotMember, s.Chat)
+	}
+	if err != nil {
+		return err
+	}
+	peer, ok := ch.peer(s.From)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotMember, s.Chat)
+	}
+	if e.active != nil && (!e.active.Active(peer.User) || !e.active.Active(s.From)) {
+		return fmt.Errorf("%w: the other participant was removed", ErrUnknownRecipient)
+	}
+	s.To = []string{peer.User}
+	s.recipients = s.To
+	s.chat = ch
+	return nil
+}
+
+// checkRef checks a forward or quote: the sender must have the message,
+// and it must not be secret.
+func (e *Engine) checkRef(from string, ref ID) error {
+	m, err := e.Message(ref)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: forwarded or quoted message %s", ErrNotFound, ref)
+	}
+	if err != nil {
+		return err
+	}
+	if m.Chat != (ID{}) {
+		return ErrNoForward
+	}
+	if m.From == from {
+		return nil
+	}
+	if _, err := e.st.Get(receiptKey(ref, from)); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: forwarded or quoted message %s", ErrNotRecipient, ref)
+		}
+		return err
+	}
+	return nil
+}
+
+// applySecretSubmit stores a message of a secret chat (see applySubmit).
+func (c *committer) applySecretSubmit(o *op, now time.Time) error {
+	s := &o.sub
+	ch := s.chat
+	id := c.ids.next(now)
+	key, sealed, err := seal(id, s.Body)
+	if err != nil {
+		return abort(fmt.Errorf("seal: %w", err))
+	}
+	keys := c.e.keysFor(ch.Level)
+	if err := keys.Put(id, key); err != nil {
+		return abort(err)
+	}
+	clear(key[:])
+	c.newKeys = append(c.newKeys, newKey{id, ch.Level})
+	m := &Message{
+		ID: id, From: s.From, To: s.To, Kind: s.Kind, Body: s.Body,
+		Created: id.Time(), ClientID: s.ClientID, Chat: ch.ID,
+	}
+	stored := *m
+	stored.Body = sealed
+	c.batch.Set(messageKey(id), encodeMessage(&stored))
+	c.rollup(dayOf(m.Created), c.deptOf(s.From)).MessagesSent++
+	to := s.To[0]
+	if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
+		return err
+	}
+	es := c.entries[to]
+	es[len(es)-1].Message = mask(ch, m)
+	c.batch.Set(receiptKey(id, to), encodeReceipt(Receipt{State: StateSent}))
+	st := &secretState{Chat: ch.ID, Level: ch.Level, From: s.From, To: to, ToSeq: c.heads[to], BurnAfter: ch.BurnAfter.Milliseconds()}
+	if ch.Level >= Level2 {
+		st.ExpireDue = ms(now.Add(c.e.cfg.SecretUnreadTTL))
+		c.armSecret(id, st.ExpireDue, timerExpire)
+	}
+	if ch.Level == Level3 {
+		c.batch.Set(fleetingKey(id), nil)
+	}
+	c.setSecret(id, st)
+	c.batch.Set(userSecretKey(s.From, id), nil)
+	c.batch.Set(userSecretKey(to, id), nil)
+	c.secretDelta++
+	if s.ClientID != "" {
+		dk := dedupeKey(s.From, s.ClientID)
+		c.batch.Set(dk, id[:])
+		c.dedupe[string(dk)] = id
+	}
+	o.result = SubmitResult{ID: id, Created: m.Created}
+	o.msg = m
+	return nil
+}
+
+type newKey struct {
+	id    ID
+	level Level
+}
+
+// burned is a burn decided in this batch, finished after the commit.
+type burned struct {
+	id     ID
+	level  Level
+	reason string
+}
+
+func (c *committer) armSecret(id ID, due int64, n uint32) {
+	c.batch.Set(timerKey(due, id, secretTimerIdx, n), nil)
+	if c.minDue == 0 || due < c.minDue {
+		c.minDue = due
+	}
+}
+
+// secret returns a live secret message's state as this batch sees it
+// (nil, nil if it has burned or never existed).
+func (c *committer) secret(id ID) (*secretState, error) {
+	if s, ok := c.secrets[id]; ok {
+		return s, nil
+	}
+	v, err := c.e.st.Get(secretKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		c.secrets[id] = nil
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s secretState
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, fmt.Errorf("secret %s: %w", id, ErrCorrupt)
+	}
+	c.secrets[id] = &s
+	return &s, nil
+}
+
+func (c *committer) setSecret(id ID, s *secretState) {
+	c.secrets[id] = s
+	v, _ := json.Marshal(s)
+	c.batch.Set(secretKey(id), v)
+}
+
+// chat returns a chat as this batch sees it.
+func (c *committer) chat(id ID) (*Chat, error) {
+	if ch, ok := c.chats[id]; ok {
+		return ch, nil
+	}
+	ch, err := c.e.loadChat(id)
+	if err != nil {
+		return nil, err
+	}
+	c.chats[id] = ch
+	return ch, nil
+}
+
+// secretRead arms the burn timer at the recipient's first read.
+func (c *committer) secretRead(id ID, reader string, now time.Time) error {
+	s, err := c.secret(id)
+	if err != nil || s == nil || reader != s.To || s.BurnDue != 0 {
+		return err
+	}
+	if s.ExpireDue != 0 {
+		c.batch.Delete(timerKey(s.ExpireDue, id, secretTimerIdx, timerExpire))
+		s.ExpireDue = 0
+	}
+	s.BurnDue = ms(now) + s.BurnAfter
+	c.armSecret(id, s.BurnDue, timerBurn)
+	c.setSecret(id, s)
+	return nil
+}
+
+// fireSecret runs a secret message's due timer.
+func (c *committer) fireSecret(k []byte, due int64, id ID, n uint32, now time.Time) error {
+	c.batch.Delete(k)
+	s, err := c.secret(id)
+	if err != nil {
+		return err
+	}
+	if s == nil {
+		return nil // burned already (offboarding, or a stale key)
+	}
+	var reason string
+	switch {
+	case n == timerBurn && s.BurnDue == due:
+		reason = BurnRead
+	case n == timerExpire && s.ExpireDue == due:
+		reason = BurnUnread
+	default:
+		return nil // disarmed since the scan
+	}
+	c.e.metrics.burnLateness.Observe(max(0, now.Sub(time.UnixMilli(due)).Seconds()))
+	return c.burn(id, s, reason)
+}
+
+// burn destroys a live secret message: see the design comment above.
+func (c *committer) burn(id ID, s *secretState, reason string) error {
+	c.batch.Delete(messageKey(id))
+	c.batch.Delete(receiptKey(id, s.To))
+	c.batch.Delete(secretKey(id))
+	c.batch.Delete(userSecretKey(s.From, id))
+	c.batch.Delete(userSecretKey(s.To, id))
+	if s.Level == Level3 {
+		c.batch.Delete(fleetingKey(id))
+	}
+	if s.BurnDue != 0 {
+		c.batch.Delete(timerKey(s.BurnDue, id, secretTimerIdx, timerBurn))
+	}
+	if s.ExpireDue != 0 {
+		c.batch.Delete(timerKey(s.ExpireDue, id, secretTimerIdx, timerExpire))
+	}
+	// The recipient's message entry becomes a burn entry: a device that
+	// resumes from before it never sees the content.
+	c.batch.Set(inboxKey(s.To, s.ToSeq), encodeEntry(&Entry{Kind: EntryBurn, Burn: id}))
+	for _, u := range []string{s.From, s.To} {
+		if c.e.active != nil && !c.e.active.Active(u) {
+			continue // offboarded: they receive nothing more
+		}
+		if err := c.appendEntry(u, Entry{Kind: EntryBurn, Burn: id}); err != nil {
+			return err
+		}
+	}
+	c.secrets[id] = nil
+	c.burns = append(c.burns, burned{id, s.Level, reason})
+	c.secretDelta--
+	return nil
+}
+
+// finishBurns runs after a batch with burns is durable and before it is
+// published: the keys are erased (zeroed and synced), and the messages
+// leave the cache.
+func (c *committer) finishBurns() {
+	e := c.e
+	var disk, fleeting [][16]byte
+	for _, b := range c.burns {
+		if b.level == Level3 {
+			fleeting = append(fleeting, b.id)
+		} else {
+			disk = append(disk, b.id)
+		}
+		e.cache.forget(b.id)
+		e.metrics.burns.WithLabelValues(levelLabel(b.level), b.reason).Inc()
+	}
+	e.fleeting.Erase(fleeting)
+	if err := e.keys.Erase(disk); err != nil {
+		// The records are gone; the keys are orphans that the next start
+		// erases (reconcileKeys). Say so loudly: a key is still on disk.
+		e.log.Error("burn: erasing keys failed; they are erased at the next start", "messages", len(disk), "err", err)
+	}
+	c.burns = c.burns[:0]
+}
+
+// dropNewKeys forgets the keys of messages whose batch did not commit.
+func (c *committer) dropNewKeys() {
+	var disk, fleeting [][16]byte
+	for _, k := range c.newKeys {
+		if k.level == Level3 {
+			fleeting = append(fleeting, k.id)
+		} else {
+			disk = append(disk, k.id)
+		}
+	}
+	c.e.fleeting.Erase(fleeting)
+	if err := c.e.keys.Erase(disk); err != nil {
+		c.e.log.Error("dropping the keys of an aborted batch failed; they are erased at the next start", "err", err)
+	}
+	c.newKeys = c.newKeys[:0]
+}
+
+func levelLabel(l Level) string { return string('0' + byte(l)) }
+
+// BurnUser burns every live secret message user sent or received (they
+// were offboarded) and returns how many burned.
+func (e *Engine) BurnUser(ctx context.Context, user string) (int, error) {
+	states, err := e.liveSecrets(user)
+	if err != nil {
+		return 0, err
+	}
+	ids := make([]ID, 0, len(states))
+	for id := range states {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, func(a, b ID) int { return compareID(a, b) })
+	return e.burnAll(ctx, ids, BurnOffboarding)
+}
+
+func compareID(a, b ID) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return int(a[i]) - int(b[i])
+		}
+	}
+	return 0
+}
+
+// burnAll burns the live ones of ids, in batches.
+func (e *Engine) burnAll(ctx context.Context, ids []ID, reason string) (int, error) {
+	n := 0
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), 512)]
+		ids = ids[len(chunk):]
+		err := e.apply(ctx, func(c *committer, now time.Time) error {
+			for _, id := range chunk {
+				s, err := c.secret(id)
+				if err != nil {
+					return abort(err)
+				}
+				if s == nil {
+					continue
+				}
+				if err := c.burn(id, s, reason); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// ReportScreenshot relays a participant's screenshot report (level-3
+// chats) to the other participant, as an EntrySecret "screenshot" naming
+// the reporter by pseudonym. msg may be zero.
+func (e *Engine) ReportScreenshot(ctx context.Context, user string, chat, msg ID) error {
+	return e.apply(ctx, func(c *committer, now time.Time) error {
+		ch, err := c.chat(chat)
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%w: %s", ErrNotMember, chat)
+		}
+		if err != nil {
+			return abort(err)
+		}
+		peer, ok := ch.peer(user)
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrNotMember, chat)
+		}
+		if ch.Level != Level3 {
+			return fmt.Errorf("%w: screenshot reports are relayed in level-3 chats only", ErrBadChat)
+		}
+		return c.appendEntry(peer.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
+			Chat: chat, Event: "screenshot", ID: msg, By: ch.pseudonym(user), Level: ch.Level, BurnAfter: ch.BurnAfter, At: now,
+		}})
+	})
+}
+
+// SenderReceipts returns a message's receipts for its sender, who alone
+// may ask; in a secret chat the recipients are named by pseudonym.
+func (e *Engine) SenderReceipts(user string, id ID) ([]Receipt, error) {
+	m, err := e.Message(id)
+	if err != nil {
+		return nil, err
+	}
+	if m.From != user {
+		return nil, ErrNotSender
+	}
+	rs, err := e.Receipts(id)
+	if err != nil || m.Chat == (ID{}) {
+		return rs, err
+	}
+	ch, err := e.loadChat(m.Chat)
+	if err != nil {
+		return nil, err
+	}
+	for i := range rs {
+		rs[i].User = ch.pseudonym(rs[i].User)
+	}
+	return rs, nil
+}
+
+// reconcileSecrets runs at Open: keys whose message is gone (a crash
+// between storing a key and committing its message, or between a burn's
+// commit and its erasure) are erased, and level-3 messages, whose keys
+// died with the last process, are burned once the engine runs (burnOnStart).
+func (e *Engine) reconcileSecrets() error {
+	var orphans [][16]byte
+	var ferr error
+	e.keys.Each(func(id [16]byte) bool {
+		_, err := e.st.Get(secretKey(ID(id)))
+		if errors.Is(err, store.ErrNotFound) {
+			orphans = append(orphans, id)
+		} else if err != nil {
+			ferr = err
+			return false
+		}
+		return true
+	})
+	if ferr != nil {
+		return fmt.Errorf("engine: secret keys: %w", ferr)
+	}
+	if len(orphans) > 0 {
+		e.log.Warn("erasing keys of secret messages that are gone", "keys", len(orphans))
+		if err := e.keys.Erase(orphans); err != nil {
+			return fmt.Errorf("engine: erase orphan keys: %w", err)
+		}
+	}
+	p := []byte{prefixFleeting}
+	err := e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
+		if len(k) == 17 {
+			e.burnOnStart = append(e.burnOnStart, ID(k[1:]))
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: level-3 messages: %w", err)
+	}
+	switch v, err := e.st.Get(secretsCounterKey); {
+	case err == nil:
+		n, err := parseU64(v)
+		if err != nil {
+			return fmt.Errorf("engine: secrets count: %w", err)
+		}
+		e.liveSecretN.Store(int64(n))
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("engine: secrets count: %w", err)
+	}
+	return nil
+}
+
+// decryptMessage replaces a secret message's sealed body with its
+// plaintext; ErrNotFound if its key is gone (burned, or a level-3 key
+// lost in a restart).
+func (e *Engine) decryptMessage(m *Message) error {
+	if m.Chat == (ID{}) {
+		return nil
+	}
+	key, ok := e.keys.Get(m.ID)
+	if !ok {
+		if key, ok = e.fleeting.Get(m.ID); !ok {
+			return ErrNotFound
+		}
+	}
+	pt, err := open(m.ID, key, m.Body)
+	clear(key[:])
+	if err != nil {
+		return fmt.Errorf("message %s: %w", m.ID, err)
+	}
+	m.Body = pt
+	return nil
+}
