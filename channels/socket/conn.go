@@ -3,6 +3,7 @@ package socket
 import (
 	"context"
 	"errors"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,7 @@ const (
 	codeNotFound          = pb.Code_NOT_FOUND
 	codeUnavailable       = pb.Code_UNAVAILABLE
 	codeInternal          = pb.Code_INTERNAL
+	codeBadChat           = pb.Code_BAD_CHAT
 )
 
 // closeGrace is how long a connection that got a fatal error may take to
@@ -45,6 +47,14 @@ const closeGrace = time.Second
 
 // maxReadIDs bounds the ids one READ frame may carry.
 const maxReadIDs = 1000
+
+// maxWaiting bounds a connection's requests that wait on the engine on a
+// goroutine of their own (SECRET_CREATE, SCREENSHOT: see offload); more
+// get TOO_MANY_INFLIGHT.
+const maxWaiting = 8
+
+// engineWait bounds how long an offloaded request waits for the engine.
+const engineWait = 10 * time.Second
 
 // connKey carries the *conn from OnPrepare to OnRequest: netpoll's own
 // mechanism for per-connection state is the context it hands back.
@@ -61,6 +71,7 @@ type conn struct {
 	authed   atomic.Bool
 	dead     atomic.Bool // a fatal error was queued: input is discarded
 	inflight atomic.Int32
+	waiting  atomic.Int32 // offloaded requests running
 	dev      atomic.Pointer[fanout.Device]
 
 	// Written once by the HELLO handler before authed is set; read only
@@ -149,7 +160,8 @@ func (c *conn) handle(ft pb.FrameType, payload []byte) {
 	s.m.framesByType[byte(ft)].Inc()
 	switch ft {
 	case pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
-		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM:
+		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM,
+		pb.FrameType_SECRET_CREATE, pb.FrameType_SCREENSHOT:
 	default:
 		c.fatal(codeUnknownFrame, 0, "not a client frame type: "+ft.String())
 		return
@@ -183,6 +195,10 @@ func (c *conn) handle(ft pb.FrameType, payload []byte) {
 		c.receipts(m)
 	case *pb.Confirm:
 		c.confirm(m)
+	case *pb.SecretCreate:
+		c.secretCreate(m)
+	case *pb.Screenshot:
+		c.screenshot(m)
 	}
 }
 
@@ -257,15 +273,30 @@ func (c *conn) submit(m *pb.Submit) {
 		c.sendError(codeBadRequest, m.Ref, "unknown message kind", false) // would not fit engine.Kind
 		return
 	}
+	sub := engine.Submission{
+		From: c.user, To: m.To, Kind: engine.Kind(m.Kind), Body: m.Body, ClientID: m.ClientMsgId,
+	}
+	for _, f := range []struct {
+		text string
+		id   *engine.ID
+	}{{m.Chat, &sub.Chat}, {m.ForwardOf, &sub.Forward}, {m.QuoteOf, &sub.Quote}} {
+		if f.text == "" {
+			continue
+		}
+		id, err := engine.ParseID(f.text)
+		if err != nil {
+			c.sendError(codeBadRequest, m.Ref, "malformed chat or message id", false)
+			return
+		}
+		*f.id = id
+	}
 	if int(c.inflight.Add(1)) > c.s.cfg.MaxInflight {
 		c.inflight.Add(-1)
 		c.sendError(codeTooManyInflight, m.Ref, "wait for acks before submitting more", false)
 		return
 	}
 	ref := m.Ref
-	c.s.cfg.Engine.SubmitAsync(engine.Submission{
-		From: c.user, To: m.To, Kind: engine.Kind(m.Kind), Body: m.Body, ClientID: m.ClientMsgId,
-	}, func(res engine.SubmitResult, err error) {
+	c.s.cfg.Engine.SubmitAsync(sub, func(res engine.SubmitResult, err error) {
 		c.inflight.Add(-1)
 		if err != nil {
 			c.fail(ref, err)
@@ -319,29 +350,21 @@ func (c *conn) confirm(m *pb.Confirm) {
 	})
 }
 
+// receipts answers RECEIPTS_QUERY from committed state. The engine names
+// a secret message's recipient by pseudonym.
 func (c *conn) receipts(m *pb.ReceiptsQuery) {
-	e := c.s.cfg.Engine
 	id, err := engine.ParseID(m.Id)
 	if err != nil {
 		c.sendError(codeBadRequest, m.Ref, "malformed message id", false)
 		return
 	}
-	msg, err := e.Message(id)
-	if errors.Is(err, engine.ErrNotFound) {
+	rs, err := c.s.cfg.Engine.SenderReceipts(c.user, id)
+	switch {
+	case errors.Is(err, engine.ErrNotFound):
 		c.sendError(codeNotFound, m.Ref, "no such message", false)
 		return
-	}
-	if err != nil {
-		c.fail(m.Ref, err)
-		return
-	}
-	if msg.From != c.user {
-		c.sendError(codeForbidden, m.Ref, "only the sender may query receipts", false)
-		return
-	}
-	rs, err := e.Receipts(id)
-	if err != nil {
-		c.fail(m.Ref, err)
+	case err != nil:
+		c.fail(m.Ref, err) // ErrNotSender: FORBIDDEN
 		return
 	}
 	out := &pb.Receipts{Ref: m.Ref, Id: m.Id}
@@ -352,6 +375,83 @@ func (c *conn) receipts(m *pb.ReceiptsQuery) {
 		})
 	}
 	c.Send(wire.Encode(pb.FrameType_RECEIPTS, out))
+}
+
+// secretCreate creates a secret chat between the connection's user and
+// m.To, and answers OK with the chat's id once it is durable.
+func (c *conn) secretCreate(m *pb.SecretCreate) {
+	const maxBurnMs = math.MaxInt64 / int64(time.Millisecond)
+	switch {
+	case m.Level < uint32(engine.Level1) || m.Level > uint32(engine.Level3):
+		c.sendError(codeBadChat, m.Ref, "level must be 1, 2 or 3", false)
+		return
+	case m.BurnAfterMs < 0 || m.BurnAfterMs > maxBurnMs:
+		c.sendError(codeBadChat, m.Ref, "burn_after_ms out of range", false)
+		return
+	}
+	req := engine.ChatRequest{
+		From: c.user, To: m.To, Level: engine.Level(m.Level),
+		BurnAfter: time.Duration(m.BurnAfterMs) * time.Millisecond,
+	}
+	ref := m.Ref
+	c.offload(ref, func(ctx context.Context) {
+		ch, err := c.s.cfg.Engine.CreateChat(ctx, req)
+		if err != nil {
+			c.fail(ref, err)
+			return
+		}
+		c.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref, Id: ch.ID.String()}))
+	})
+}
+
+// screenshot relays a screenshot report to the other participant of a
+// level-3 chat, and answers OK once that is durable.
+func (c *conn) screenshot(m *pb.Screenshot) {
+	chat, err := engine.ParseID(m.Chat)
+	if err != nil {
+		c.sendError(codeBadRequest, m.Ref, "malformed chat id", false)
+		return
+	}
+	var msg engine.ID
+	if m.Id != "" {
+		if msg, err = engine.ParseID(m.Id); err != nil {
+			c.sendError(codeBadRequest, m.Ref, "malformed message id", false)
+			return
+		}
+	}
+	ref := m.Ref
+	c.offload(ref, func(ctx context.Context) {
+		if err := c.s.cfg.Engine.ReportScreenshot(ctx, c.user, chat, msg); err != nil {
+			c.fail(ref, err)
+			return
+		}
+		c.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref}))
+	})
+}
+
+// offload runs fn, a request that waits for the engine to make it durable,
+// on a goroutine of its own: the engine offers CreateChat and
+// ReportScreenshot only in a waiting form, and OnRequest must not wait on
+// an fsync. The server owns the goroutine (Shutdown waits for it); a
+// connection runs at most maxWaiting at once (more get TOO_MANY_INFLIGHT),
+// and fn gets engineWait. Unlike SUBMIT, READ and CONFIRM, an offloaded
+// request is not ordered with the connection's later requests: a client
+// waits for its OK (PROTOCOL.md §13).
+func (c *conn) offload(ref uint64, fn func(ctx context.Context)) {
+	if int(c.waiting.Add(1)) > maxWaiting {
+		c.waiting.Add(-1)
+		c.sendError(codeTooManyInflight, ref, "wait for answers before sending more chat requests", false)
+		return
+	}
+	s := c.s
+	s.waiters.Add(1)
+	go func() {
+		defer s.waiters.Add(-1)
+		defer c.waiting.Add(-1)
+		ctx, cancel := context.WithTimeout(context.Background(), engineWait)
+		defer cancel()
+		fn(ctx)
+	}()
 }
 
 func msOrZero(t time.Time) int64 {
@@ -391,6 +491,16 @@ func CodeOf(err error) (code pb.Code, fatal bool, detail string) {
 		return pb.Code_BAD_ANSWER, false, err.Error()
 	case errors.Is(err, engine.ErrBadAck):
 		return pb.Code_BAD_ACK, true, err.Error()
+	case errors.Is(err, engine.ErrNoForward):
+		return pb.Code_NO_FORWARD, false, err.Error()
+	case errors.Is(err, engine.ErrNotMember):
+		return pb.Code_NOT_MEMBER, false, err.Error()
+	case errors.Is(err, engine.ErrBadChat):
+		return codeBadChat, false, err.Error()
+	case errors.Is(err, engine.ErrNotSender):
+		return codeForbidden, false, "only the sender may query receipts"
+	case errors.Is(err, context.DeadlineExceeded):
+		return codeUnavailable, false, "the server did not answer in time; the outcome is unknown"
 	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
 		return codeUnavailable, false, "server cannot accept writes now; retry later"
 	}

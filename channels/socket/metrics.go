@@ -52,7 +52,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.framesByType[i] = other
 	}
 	for _, ft := range []pb.FrameType{pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
-		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM} {
+		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM,
+		pb.FrameType_SECRET_CREATE, pb.FrameType_SCREENSHOT} {
 		m.framesByType[ft] = m.framesIn.WithLabelValues(ft.String())
 	}
 	if reg != nil {

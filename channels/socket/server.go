@@ -130,6 +130,9 @@ type Server struct {
 	// WaitGroup: a connection accepted while Shutdown waits may still
 	// start one, and WaitGroup forbids an Add racing a Wait at zero.
 	flushers atomic.Int64
+	// waiters counts running offloaded requests (conn.offload); a counter
+	// for the same reason.
+	waiters atomic.Int64
 }
 
 type connShard struct {
@@ -270,7 +273,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			lerr = s.loop.Shutdown(ctx) // Serve had not registered yet
 		}
 	}
-	for s.flushers.Load() > 0 {
+	for s.flushers.Load() > 0 || s.waiters.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -14,12 +14,23 @@
 //		case e.Message != nil: ...   // kind DING: show Choices, then c.Confirm(ctx, e.Message.ID, n)
 //		case e.Receipt != nil: ...
 //		case e.Ding != nil: ...      // a DING's progress, or a reminder
+//		case e.Burn != nil: ...      // delete the secret message e.Burn.ID everywhere
+//		case e.Secret != nil: ...    // a secret chat was created, or a screenshot reported
 //		}
 //		c.Ack(e.Seq)                                   // cumulative; the server stores it
 //	}
 //
 // Persist the last acknowledged Seq and pass it as Config.Cursor on the next
 // start to resume exactly there.
+//
+// Secret chats: CreateChat opens one with another user, SendChat sends in
+// it, and Screenshot reports a screenshot (level 3). Their messages arrive
+// with Message.Chat set and pseudonyms in From and To; the application must
+// honour NoCopy and NoForward, render Watermark, and delete the message
+// when its Burn entry arrives (see PROTOCOL.md §13).
+//
+//	chat, err := c.CreateChat(ctx, "bo", 2, 0)
+//	res, err := c.SendChat(ctx, chat, []byte("for your eyes only"))
 package client
 
 import (
@@ -83,6 +94,26 @@ type Message struct {
 	// Confirm: the sender asks for a confirmation (a must-confirm
 	// announcement): Confirm with answer 0.
 	Confirm bool
+	// ForwardOf and QuoteOf name the message this one forwards or quotes
+	// (empty for none).
+	ForwardOf, QuoteOf string
+
+	// Chat is the secret chat the message was sent in; empty for an
+	// ordinary message. For a secret message From and To are the
+	// participants' pseudonyms, and the fields below apply.
+	Chat string
+	// Level is the chat's privacy level, 1 to 3.
+	Level int
+	// BurnAfter: the message burns this long after its first read; a
+	// Burn entry with its ID then arrives.
+	BurnAfter time.Duration
+	// NoCopy and NoForward are true for every secret message: do not let
+	// the user copy its body, and offer no forward or quote (the server
+	// refuses one with NO_FORWARD).
+	NoCopy, NoForward bool
+	// Watermark is, from level 2, the recipient's pseudonym, to render
+	// over the message.
+	Watermark string
 }
 
 // Receipt is a receipt event: User's state for the messages IDs moved
@@ -109,13 +140,36 @@ type DingEvent struct {
 	At        time.Time
 }
 
-// Entry is one stream entry; exactly one of Message, Receipt and Ding is
-// set.
+// Burn says a secret message burned: delete it, and anything made from
+// it, at once. It carries the id only. In the recipient's stream it may
+// stand at the seq of a message that was never delivered.
+type Burn struct {
+	Seq uint64 // the entry's seq, as Entry.Seq
+	ID  string // the burned message
+}
+
+// SecretEvent is an event of a secret chat. People are named by their
+// pseudonyms in the chat.
+type SecretEvent struct {
+	Chat      string
+	Event     string // "created" or "screenshot"; treat others as informational
+	ID        string // screenshot: the message on screen, if the reporter said
+	By        string // who created the chat or took the screenshot
+	Level     int
+	BurnAfter time.Duration
+	You, Peer string // created: this user's pseudonym and the other's
+	At        time.Time
+}
+
+// Entry is one stream entry; exactly one of Message, Receipt, Ding, Burn
+// and Secret is set.
 type Entry struct {
 	Seq     uint64
 	Message *Message
 	Receipt *Receipt
 	Ding    *DingEvent
+	Burn    *Burn
+	Secret  *SecretEvent
 }
 
 // SendResult answers a durable Send.
@@ -161,7 +215,7 @@ type Client struct {
 	welcome  *pb.Welcome             // guarded by mu
 	nextRef  uint64                  // guarded by mu
 	submits  map[uint64]*pendingSub  // guarded by mu
-	requests map[uint64]chan reqDone // READ, CONFIRM and RECEIPTS_QUERY waiters; guarded by mu
+	requests map[uint64]chan reqDone // READ, CONFIRM, RECEIPTS_QUERY, SECRET_CREATE and SCREENSHOT waiters; guarded by mu
 	acked    uint64                  // guarded by mu
 	err      error                   // terminal error; guarded by mu
 
@@ -468,7 +522,7 @@ loop:
 	}
 	c.mu.Lock()
 	c.nc = nil
-	// READ, CONFIRM and RECEIPTS_QUERY are not resent; their callers retry.
+	// Requests other than SUBMIT are not resent; their callers retry.
 	for ref, ch := range c.requests {
 		ch <- reqDone{err: fmt.Errorf("client: disconnected: %w", err)}
 		delete(c.requests, ref)
@@ -495,7 +549,16 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 		case *pb.Deliver:
 			c.deliver(Entry{Seq: m.Seq, Message: &Message{
 				ID: m.Id, From: m.From, To: m.To, Kind: m.Kind, Body: m.Body, Created: time.UnixMilli(m.CreatedMs),
-				Choices: m.Choices, Confirm: m.Confirm,
+				Choices: m.Choices, Confirm: m.Confirm, ForwardOf: m.ForwardOf, QuoteOf: m.QuoteOf,
+				Chat: m.Chat, Level: int(m.Level), BurnAfter: time.Duration(m.BurnAfterMs) * time.Millisecond,
+				NoCopy: m.NoCopy, NoForward: m.NoForward, Watermark: m.Watermark,
+			}})
+		case *pb.Burn:
+			c.deliver(Entry{Seq: m.Seq, Burn: &Burn{Seq: m.Seq, ID: m.Id}})
+		case *pb.SecretEvent:
+			c.deliver(Entry{Seq: m.Seq, Secret: &SecretEvent{
+				Chat: m.Chat, Event: m.Event, ID: m.Id, By: m.By, Level: int(m.Level),
+				BurnAfter: time.Duration(m.BurnAfterMs) * time.Millisecond, You: m.You, Peer: m.Peer, At: time.UnixMilli(m.AtMs),
 			}})
 		case *pb.Receipt:
 			c.deliver(Entry{Seq: m.Seq, Receipt: &Receipt{IDs: m.Ids, User: m.User, State: m.State, At: time.UnixMilli(m.AtMs)}})
@@ -604,6 +667,14 @@ type SendOption func(*pb.Submit)
 // them.
 func WithKind(k pb.Kind) SendOption { return func(s *pb.Submit) { s.Kind = k } }
 
+// WithForwardOf marks the message as a forward of id, a message this user
+// sent or received. A secret message cannot be forwarded: NO_FORWARD.
+func WithForwardOf(id string) SendOption { return func(s *pb.Submit) { s.ForwardOf = id } }
+
+// WithQuoteOf marks the message as quoting id, a message this user sent or
+// received. A secret message cannot be quoted: NO_FORWARD.
+func WithQuoteOf(id string) SendOption { return func(s *pb.Submit) { s.QuoteOf = id } }
+
 // WithClientID sets the client message id (default: one unique to this
 // client and message, kept across the client's own resends). Set it when
 // the application itself may retry a send, for example after a restart.
@@ -659,6 +730,15 @@ func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...Sen
 		c.mu.Unlock()
 		return SendResult{}, ctx.Err()
 	}
+}
+
+// SendChat sends a message in a secret chat (see CreateChat): the other
+// participant receives it. It is Send otherwise (durable ack, resent on
+// reconnect, deduplicated). Errors from the server include NOT_MEMBER (not
+// your chat, or no such chat) and NO_FORWARD (WithForwardOf or WithQuoteOf
+// in a secret chat).
+func (c *Client) SendChat(ctx context.Context, chat string, body []byte, opts ...SendOption) (SendResult, error) {
+	return c.Send(ctx, nil, body, append(slices.Clip(opts), func(s *pb.Submit) { s.Chat = chat })...)
 }
 
 // Ack tells the server that every entry up to seq was processed. Acks are
@@ -735,4 +815,38 @@ func (c *Client) Receipts(ctx context.Context, id string) ([]*pb.RecipientState,
 		return nil, err
 	}
 	return m.(*pb.Receipts).Recipients, nil
+}
+
+// CreateChat opens a secret chat with the user to at level 1, 2 or 3 and
+// returns its id once it is durable. burnAfter is how long after its first
+// read a message burns: zero means the server's default, and only level 3
+// may choose it (whole seconds, at least 5s). Both participants then get a
+// SecretEvent "created" naming their pseudonyms. Errors from the server
+// are *Error with code BAD_CHAT, UNKNOWN_RECIPIENT or BAD_REQUEST (do not
+// retry unchanged), or UNAVAILABLE (retry later; a chat may have been
+// created).
+func (c *Client) CreateChat(ctx context.Context, to string, level int, burnAfter time.Duration) (string, error) {
+	if level < 0 || level > math.MaxUint32 {
+		return "", fmt.Errorf("client: create chat: level %d out of range", level)
+	}
+	m, err := c.request(ctx, func(ref uint64) []byte {
+		return wire.Encode(pb.FrameType_SECRET_CREATE, &pb.SecretCreate{
+			Ref: ref, To: to, Level: uint32(level), BurnAfterMs: burnAfter.Milliseconds(),
+		})
+	})
+	if err != nil {
+		return "", err
+	}
+	return m.(*pb.Ok).Id, nil
+}
+
+// Screenshot reports that the user took a screenshot in a level-3 secret
+// chat, of the message msgID if not empty; the other participant gets a
+// SecretEvent "screenshot". It returns once that is durable. Errors from
+// the server: BAD_CHAT below level 3, NOT_MEMBER.
+func (c *Client) Screenshot(ctx context.Context, chat, msgID string) error {
+	_, err := c.request(ctx, func(ref uint64) []byte {
+		return wire.Encode(pb.FrameType_SCREENSHOT, &pb.Screenshot{Ref: ref, Chat: chat, Id: msgID})
+	})
+	return err
 }

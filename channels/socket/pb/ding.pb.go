@@ -45,6 +45,10 @@ const (
 	FrameType_RECEIPTS               FrameType = 14 // server -> client
 	FrameType_DING_EVENT             FrameType = 15 // server -> client, a DING event in the stream
 	FrameType_CONFIRM                FrameType = 16 // client -> server, confirm a DING; answered by OK
+	FrameType_BURN                   FrameType = 17 // server -> client, a burned secret message in the stream (its id only)
+	FrameType_SECRET_EVENT           FrameType = 18 // server -> client, a secret chat's event in the stream
+	FrameType_SECRET_CREATE          FrameType = 19 // client -> server, create a secret chat; answered by OK with its id
+	FrameType_SCREENSHOT             FrameType = 20 // client -> server, report a screenshot in a level-3 chat; answered by OK
 )
 
 // Enum value maps for FrameType.
@@ -67,6 +71,10 @@ var (
 		14: "RECEIPTS",
 		15: "DING_EVENT",
 		16: "CONFIRM",
+		17: "BURN",
+		18: "SECRET_EVENT",
+		19: "SECRET_CREATE",
+		20: "SCREENSHOT",
 	}
 	FrameType_value = map[string]int32{
 		"FRAME_TYPE_UNSPECIFIED": 0,
@@ -86,6 +94,10 @@ var (
 		"RECEIPTS":               14,
 		"DING_EVENT":             15,
 		"CONFIRM":                16,
+		"BURN":                   17,
+		"SECRET_EVENT":           18,
+		"SECRET_CREATE":          19,
+		"SCREENSHOT":             20,
 	}
 )
 
@@ -256,6 +268,9 @@ const (
 	Code_NOT_DING           Code = 24 // CONFIRM of a message that is not a DING
 	Code_BAD_ANSWER         Code = 25 // CONFIRM with an answer that is not one of the DING's choices
 	Code_USER_REMOVED       Code = 26 // the user was offboarded; fatal; do not reconnect
+	Code_NO_FORWARD         Code = 27 // SUBMIT forwarding or quoting a secret message, or forwarding/quoting in a secret chat
+	Code_NOT_MEMBER         Code = 28 // a secret chat you are not a member of (or that does not exist)
+	Code_BAD_CHAT           Code = 29 // an invalid secret chat request: level, burn delay, chat with oneself, screenshot below level 3
 )
 
 // Enum value maps for Code.
@@ -288,6 +303,9 @@ var (
 		24: "NOT_DING",
 		25: "BAD_ANSWER",
 		26: "USER_REMOVED",
+		27: "NO_FORWARD",
+		28: "NOT_MEMBER",
+		29: "BAD_CHAT",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":   0,
@@ -317,6 +335,9 @@ var (
 		"NOT_DING":           24,
 		"BAD_ANSWER":         25,
 		"USER_REMOVED":       26,
+		"NO_FORWARD":         27,
+		"NOT_MEMBER":         28,
+		"BAD_CHAT":           29,
 	}
 )
 
@@ -522,6 +543,9 @@ type Submit struct {
 	Kind          Kind                   `protobuf:"varint,3,opt,name=kind,proto3,enum=ding.v1.Kind" json:"kind,omitempty"`
 	Body          []byte                 `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
 	ClientMsgId   string                 `protobuf:"bytes,5,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"` // optional, <= 128 bytes; retries with it are deduplicated
+	Chat          string                 `protobuf:"bytes,6,opt,name=chat,proto3" json:"chat,omitempty"`                                    // send in this secret chat (26 chars); to must then be empty
+	ForwardOf     string                 `protobuf:"bytes,7,opt,name=forward_of,json=forwardOf,proto3" json:"forward_of,omitempty"`         // optional: the message (26 chars) this one forwards; never a secret one
+	QuoteOf       string                 `protobuf:"bytes,8,opt,name=quote_of,json=quoteOf,proto3" json:"quote_of,omitempty"`               // optional: the message (26 chars) this one quotes; never a secret one
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -587,6 +611,27 @@ func (x *Submit) GetBody() []byte {
 func (x *Submit) GetClientMsgId() string {
 	if x != nil {
 		return x.ClientMsgId
+	}
+	return ""
+}
+
+func (x *Submit) GetChat() string {
+	if x != nil {
+		return x.Chat
+	}
+	return ""
+}
+
+func (x *Submit) GetForwardOf() string {
+	if x != nil {
+		return x.ForwardOf
+	}
+	return ""
+}
+
+func (x *Submit) GetQuoteOf() string {
+	if x != nil {
+		return x.QuoteOf
 	}
 	return ""
 }
@@ -660,16 +705,25 @@ func (x *SubmitAck) GetDuplicate() bool {
 }
 
 type Deliver struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
-	From          string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
-	To            []string               `protobuf:"bytes,4,rep,name=to,proto3" json:"to,omitempty"`
-	Kind          Kind                   `protobuf:"varint,5,opt,name=kind,proto3,enum=ding.v1.Kind" json:"kind,omitempty"`
-	Body          []byte                 `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
-	CreatedMs     int64                  `protobuf:"varint,7,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
-	Choices       []string               `protobuf:"bytes,8,rep,name=choices,proto3" json:"choices,omitempty"`  // kind DING: the response menu; CONFIRM.answer 1 is the first
-	Confirm       bool                   `protobuf:"varint,9,opt,name=confirm,proto3" json:"confirm,omitempty"` // the sender asks for a confirmation: CONFIRM with answer 0 (must-confirm announcements)
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Seq       uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Id        string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	From      string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	To        []string               `protobuf:"bytes,4,rep,name=to,proto3" json:"to,omitempty"`
+	Kind      Kind                   `protobuf:"varint,5,opt,name=kind,proto3,enum=ding.v1.Kind" json:"kind,omitempty"`
+	Body      []byte                 `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
+	CreatedMs int64                  `protobuf:"varint,7,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	Choices   []string               `protobuf:"bytes,8,rep,name=choices,proto3" json:"choices,omitempty"`                       // kind DING: the response menu; CONFIRM.answer 1 is the first
+	Confirm   bool                   `protobuf:"varint,9,opt,name=confirm,proto3" json:"confirm,omitempty"`                      // the sender asks for a confirmation: CONFIRM with answer 0 (must-confirm announcements)
+	ForwardOf string                 `protobuf:"bytes,10,opt,name=forward_of,json=forwardOf,proto3" json:"forward_of,omitempty"` // the message this one forwards, if any
+	QuoteOf   string                 `protobuf:"bytes,11,opt,name=quote_of,json=quoteOf,proto3" json:"quote_of,omitempty"`       // the message this one quotes, if any
+	// Secret messages only (chat is set; from and to are pseudonyms):
+	Chat          string `protobuf:"bytes,12,opt,name=chat,proto3" json:"chat,omitempty"`                                     // the secret chat (26 chars)
+	Level         uint32 `protobuf:"varint,13,opt,name=level,proto3" json:"level,omitempty"`                                  // the chat's privacy level, 1 to 3
+	BurnAfterMs   int64  `protobuf:"varint,14,opt,name=burn_after_ms,json=burnAfterMs,proto3" json:"burn_after_ms,omitempty"` // the message burns this long after its first read
+	NoCopy        bool   `protobuf:"varint,15,opt,name=no_copy,json=noCopy,proto3" json:"no_copy,omitempty"`                  // do not let the user copy the body (true for every secret message)
+	NoForward     bool   `protobuf:"varint,16,opt,name=no_forward,json=noForward,proto3" json:"no_forward,omitempty"`         // do not offer forward or quote (true for every secret message)
+	Watermark     string `protobuf:"bytes,17,opt,name=watermark,proto3" json:"watermark,omitempty"`                           // level 2 and up: the recipient's pseudonym, to render over the message
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -765,6 +819,62 @@ func (x *Deliver) GetConfirm() bool {
 		return x.Confirm
 	}
 	return false
+}
+
+func (x *Deliver) GetForwardOf() string {
+	if x != nil {
+		return x.ForwardOf
+	}
+	return ""
+}
+
+func (x *Deliver) GetQuoteOf() string {
+	if x != nil {
+		return x.QuoteOf
+	}
+	return ""
+}
+
+func (x *Deliver) GetChat() string {
+	if x != nil {
+		return x.Chat
+	}
+	return ""
+}
+
+func (x *Deliver) GetLevel() uint32 {
+	if x != nil {
+		return x.Level
+	}
+	return 0
+}
+
+func (x *Deliver) GetBurnAfterMs() int64 {
+	if x != nil {
+		return x.BurnAfterMs
+	}
+	return 0
+}
+
+func (x *Deliver) GetNoCopy() bool {
+	if x != nil {
+		return x.NoCopy
+	}
+	return false
+}
+
+func (x *Deliver) GetNoForward() bool {
+	if x != nil {
+		return x.NoForward
+	}
+	return false
+}
+
+func (x *Deliver) GetWatermark() string {
+	if x != nil {
+		return x.Watermark
+	}
+	return ""
 }
 
 type Receipt struct {
@@ -1002,6 +1112,7 @@ func (x *Confirm) GetAnswer() uint32 {
 type Ok struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"` // SECRET_CREATE: the new chat's id (26 chars); empty otherwise
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1041,6 +1152,13 @@ func (x *Ok) GetRef() uint64 {
 		return x.Ref
 	}
 	return 0
+}
+
+func (x *Ok) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
 }
 
 type Ping struct {
@@ -1497,6 +1615,313 @@ func (x *DingEvent) GetAtMs() int64 {
 	return 0
 }
 
+// Burn is a stream entry: a secret message burned. It carries only the
+// message's id; delete the message (and anything derived from it) on
+// receipt. In the recipient's stream it also replaces the message's own
+// entry if that was not yet delivered.
+type Burn struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"` // the burned message, 26 chars
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Burn) Reset() {
+	*x = Burn{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Burn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Burn) ProtoMessage() {}
+
+func (x *Burn) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Burn.ProtoReflect.Descriptor instead.
+func (*Burn) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Burn) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Burn) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// SecretEvent is a stream entry: an event of a secret chat. People are
+// named by their pseudonyms in the chat only.
+type SecretEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Chat          string                 `protobuf:"bytes,2,opt,name=chat,proto3" json:"chat,omitempty"`                                     // the chat, 26 chars
+	Event         string                 `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`                                   // "created" or "screenshot"; treat others as informational
+	Id            string                 `protobuf:"bytes,4,opt,name=id,proto3" json:"id,omitempty"`                                         // screenshot: the message on screen, if the reporter said; may be empty
+	By            string                 `protobuf:"bytes,5,opt,name=by,proto3" json:"by,omitempty"`                                         // who created the chat or took the screenshot (pseudonym)
+	Level         uint32                 `protobuf:"varint,6,opt,name=level,proto3" json:"level,omitempty"`                                  // the chat's privacy level, 1 to 3
+	BurnAfterMs   int64                  `protobuf:"varint,7,opt,name=burn_after_ms,json=burnAfterMs,proto3" json:"burn_after_ms,omitempty"` // the chat's burn delay
+	You           string                 `protobuf:"bytes,8,opt,name=you,proto3" json:"you,omitempty"`                                       // created: your pseudonym in the chat
+	Peer          string                 `protobuf:"bytes,9,opt,name=peer,proto3" json:"peer,omitempty"`                                     // created: the other participant's pseudonym
+	AtMs          int64                  `protobuf:"varint,10,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretEvent) Reset() {
+	*x = SecretEvent{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretEvent) ProtoMessage() {}
+
+func (x *SecretEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretEvent.ProtoReflect.Descriptor instead.
+func (*SecretEvent) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SecretEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *SecretEvent) GetChat() string {
+	if x != nil {
+		return x.Chat
+	}
+	return ""
+}
+
+func (x *SecretEvent) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *SecretEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SecretEvent) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *SecretEvent) GetLevel() uint32 {
+	if x != nil {
+		return x.Level
+	}
+	return 0
+}
+
+func (x *SecretEvent) GetBurnAfterMs() int64 {
+	if x != nil {
+		return x.BurnAfterMs
+	}
+	return 0
+}
+
+func (x *SecretEvent) GetYou() string {
+	if x != nil {
+		return x.You
+	}
+	return ""
+}
+
+func (x *SecretEvent) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *SecretEvent) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+// SecretCreate asks for a secret chat with another user; answered by
+// OK{ref, id: the chat}. Both participants (the sender too) then get a
+// SECRET_EVENT "created" in their streams.
+type SecretCreate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`                                         // the other participant's user id
+	Level         uint32                 `protobuf:"varint,3,opt,name=level,proto3" json:"level,omitempty"`                                  // 1, 2 or 3
+	BurnAfterMs   int64                  `protobuf:"varint,4,opt,name=burn_after_ms,json=burnAfterMs,proto3" json:"burn_after_ms,omitempty"` // 0: the server's default; only level 3 may set it (whole seconds, >= 5000)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretCreate) Reset() {
+	*x = SecretCreate{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretCreate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretCreate) ProtoMessage() {}
+
+func (x *SecretCreate) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretCreate.ProtoReflect.Descriptor instead.
+func (*SecretCreate) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SecretCreate) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *SecretCreate) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *SecretCreate) GetLevel() uint32 {
+	if x != nil {
+		return x.Level
+	}
+	return 0
+}
+
+func (x *SecretCreate) GetBurnAfterMs() int64 {
+	if x != nil {
+		return x.BurnAfterMs
+	}
+	return 0
+}
+
+// Screenshot reports that the user took a screenshot in a level-3 chat;
+// the other participant gets a SECRET_EVENT "screenshot". Answered by OK.
+type Screenshot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Chat          string                 `protobuf:"bytes,2,opt,name=chat,proto3" json:"chat,omitempty"` // the chat, 26 chars
+	Id            string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`     // optional: the message on screen, 26 chars
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Screenshot) Reset() {
+	*x = Screenshot{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Screenshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Screenshot) ProtoMessage() {}
+
+func (x *Screenshot) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Screenshot.ProtoReflect.Descriptor instead.
+func (*Screenshot) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Screenshot) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *Screenshot) GetChat() string {
+	if x != nil {
+		return x.Chat
+	}
+	return ""
+}
+
+func (x *Screenshot) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_channels_socket_pb_ding_proto protoreflect.FileDescriptor
 
 const file_channels_socket_pb_ding_proto_rawDesc = "" +
@@ -1517,19 +1942,23 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\tmax_frame\x18\x05 \x01(\rR\bmaxFrame\x12\x19\n" +
 	"\bmax_body\x18\x06 \x01(\rR\amaxBody\x12!\n" +
 	"\fmax_inflight\x18\a \x01(\rR\vmaxInflight\x12(\n" +
-	"\x10ping_interval_ms\x18\b \x01(\rR\x0epingIntervalMs\"\x85\x01\n" +
+	"\x10ping_interval_ms\x18\b \x01(\rR\x0epingIntervalMs\"\xd3\x01\n" +
 	"\x06Submit\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
 	"\x02to\x18\x02 \x03(\tR\x02to\x12!\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\r.ding.v1.KindR\x04kind\x12\x12\n" +
 	"\x04body\x18\x04 \x01(\fR\x04body\x12\"\n" +
-	"\rclient_msg_id\x18\x05 \x01(\tR\vclientMsgId\"j\n" +
+	"\rclient_msg_id\x18\x05 \x01(\tR\vclientMsgId\x12\x12\n" +
+	"\x04chat\x18\x06 \x01(\tR\x04chat\x12\x1d\n" +
+	"\n" +
+	"forward_of\x18\a \x01(\tR\tforwardOf\x12\x19\n" +
+	"\bquote_of\x18\b \x01(\tR\aquoteOf\"j\n" +
 	"\tSubmitAck\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x1c\n" +
-	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\xd9\x01\n" +
+	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\xb7\x03\n" +
 	"\aDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -1540,7 +1969,18 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\n" +
 	"created_ms\x18\a \x01(\x03R\tcreatedMs\x12\x18\n" +
 	"\achoices\x18\b \x03(\tR\achoices\x12\x18\n" +
-	"\aconfirm\x18\t \x01(\bR\aconfirm\"|\n" +
+	"\aconfirm\x18\t \x01(\bR\aconfirm\x12\x1d\n" +
+	"\n" +
+	"forward_of\x18\n" +
+	" \x01(\tR\tforwardOf\x12\x19\n" +
+	"\bquote_of\x18\v \x01(\tR\aquoteOf\x12\x12\n" +
+	"\x04chat\x18\f \x01(\tR\x04chat\x12\x14\n" +
+	"\x05level\x18\r \x01(\rR\x05level\x12\"\n" +
+	"\rburn_after_ms\x18\x0e \x01(\x03R\vburnAfterMs\x12\x17\n" +
+	"\ano_copy\x18\x0f \x01(\bR\x06noCopy\x12\x1d\n" +
+	"\n" +
+	"no_forward\x18\x10 \x01(\bR\tnoForward\x12\x1c\n" +
+	"\twatermark\x18\x11 \x01(\tR\twatermark\"|\n" +
 	"\aReceipt\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x12\n" +
@@ -1555,9 +1995,10 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\aConfirm\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x16\n" +
-	"\x06answer\x18\x03 \x01(\rR\x06answer\"\x16\n" +
+	"\x06answer\x18\x03 \x01(\rR\x06answer\"&\n" +
 	"\x02Ok\x12\x10\n" +
-	"\x03ref\x18\x01 \x01(\x04R\x03ref\"\x1c\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x1c\n" +
 	"\x04Pong\x12\x14\n" +
@@ -1591,7 +2032,32 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\achannel\x18\x06 \x01(\tR\achannel\x12\x16\n" +
 	"\x06device\x18\a \x01(\tR\x06device\x12\x16\n" +
 	"\x06detail\x18\b \x01(\tR\x06detail\x12\x13\n" +
-	"\x05at_ms\x18\t \x01(\x03R\x04atMs*\xee\x01\n" +
+	"\x05at_ms\x18\t \x01(\x03R\x04atMs\"(\n" +
+	"\x04Burn\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\xde\x01\n" +
+	"\vSecretEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04chat\x18\x02 \x01(\tR\x04chat\x12\x14\n" +
+	"\x05event\x18\x03 \x01(\tR\x05event\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\tR\x02id\x12\x0e\n" +
+	"\x02by\x18\x05 \x01(\tR\x02by\x12\x14\n" +
+	"\x05level\x18\x06 \x01(\rR\x05level\x12\"\n" +
+	"\rburn_after_ms\x18\a \x01(\x03R\vburnAfterMs\x12\x10\n" +
+	"\x03you\x18\b \x01(\tR\x03you\x12\x12\n" +
+	"\x04peer\x18\t \x01(\tR\x04peer\x12\x13\n" +
+	"\x05at_ms\x18\n" +
+	" \x01(\x03R\x04atMs\"j\n" +
+	"\fSecretCreate\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x14\n" +
+	"\x05level\x18\x03 \x01(\rR\x05level\x12\"\n" +
+	"\rburn_after_ms\x18\x04 \x01(\x03R\vburnAfterMs\"B\n" +
+	"\n" +
+	"Screenshot\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x12\n" +
+	"\x04chat\x18\x02 \x01(\tR\x04chat\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id*\xad\x02\n" +
 	"\tFrameType\x12\x1a\n" +
 	"\x16FRAME_TYPE_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05HELLO\x10\x01\x12\v\n" +
@@ -1613,7 +2079,12 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\bRECEIPTS\x10\x0e\x12\x0e\n" +
 	"\n" +
 	"DING_EVENT\x10\x0f\x12\v\n" +
-	"\aCONFIRM\x10\x10*L\n" +
+	"\aCONFIRM\x10\x10\x12\b\n" +
+	"\x04BURN\x10\x11\x12\x10\n" +
+	"\fSECRET_EVENT\x10\x12\x12\x11\n" +
+	"\rSECRET_CREATE\x10\x13\x12\x0e\n" +
+	"\n" +
+	"SCREENSHOT\x10\x14*L\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04TEXT\x10\x01\x12\b\n" +
@@ -1626,7 +2097,7 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\tDELIVERED\x10\x02\x12\x0e\n" +
 	"\n" +
 	"READ_STATE\x10\x03\x12\r\n" +
-	"\tCONFIRMED\x10\x04*\xf3\x03\n" +
+	"\tCONFIRMED\x10\x04*\xa1\x04\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tBAD_FRAME\x10\x01\x12\x13\n" +
@@ -1656,7 +2127,12 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\bNOT_DING\x10\x18\x12\x0e\n" +
 	"\n" +
 	"BAD_ANSWER\x10\x19\x12\x10\n" +
-	"\fUSER_REMOVED\x10\x1aB+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
+	"\fUSER_REMOVED\x10\x1a\x12\x0e\n" +
+	"\n" +
+	"NO_FORWARD\x10\x1b\x12\x0e\n" +
+	"\n" +
+	"NOT_MEMBER\x10\x1c\x12\f\n" +
+	"\bBAD_CHAT\x10\x1dB+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
 
 var (
 	file_channels_socket_pb_ding_proto_rawDescOnce sync.Once
@@ -1671,7 +2147,7 @@ func file_channels_socket_pb_ding_proto_rawDescGZIP() []byte {
 }
 
 var file_channels_socket_pb_ding_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(FrameType)(0),         // 0: ding.v1.FrameType
 	(Kind)(0),              // 1: ding.v1.Kind
@@ -1694,6 +2170,10 @@ var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(*RecipientState)(nil), // 18: ding.v1.RecipientState
 	(*Receipts)(nil),       // 19: ding.v1.Receipts
 	(*DingEvent)(nil),      // 20: ding.v1.DingEvent
+	(*Burn)(nil),           // 21: ding.v1.Burn
+	(*SecretEvent)(nil),    // 22: ding.v1.SecretEvent
+	(*SecretCreate)(nil),   // 23: ding.v1.SecretCreate
+	(*Screenshot)(nil),     // 24: ding.v1.Screenshot
 }
 var file_channels_socket_pb_ding_proto_depIdxs = []int32{
 	1,  // 0: ding.v1.Submit.kind:type_name -> ding.v1.Kind
@@ -1721,7 +2201,7 @@ func file_channels_socket_pb_ding_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_channels_socket_pb_ding_proto_rawDesc), len(file_channels_socket_pb_ding_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -117,6 +117,14 @@ func New(t pb.FrameType) (proto.Message, error) {
 		return &pb.DingEvent{}, nil
 	case pb.FrameType_CONFIRM:
 		return &pb.Confirm{}, nil
+	case pb.FrameType_BURN:
+		return &pb.Burn{}, nil
+	case pb.FrameType_SECRET_EVENT:
+		return &pb.SecretEvent{}, nil
+	case pb.FrameType_SECRET_CREATE:
+		return &pb.SecretCreate{}, nil
+	case pb.FrameType_SCREENSHOT:
+		return &pb.Screenshot{}, nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknownType, t)
 }
@@ -133,8 +141,8 @@ func Decode(t pb.FrameType, payload []byte) (proto.Message, error) {
 	return m, nil
 }
 
-// AppendEntry appends the DELIVER, RECEIPT or DING_EVENT frame for a
-// stream entry. It panics on an entry kind it does not know: sending one
+// AppendEntry appends the DELIVER, RECEIPT, DING_EVENT, BURN or
+// SECRET_EVENT frame for a stream entry. It panics on an entry kind it does not know: sending one
 // as another kind would hand clients a wrong entry at a valid seq.
 //
 // Strings that come from outside the engine's name rules (a DING's
@@ -165,8 +173,26 @@ func AppendEntry(dst []byte, e engine.Entry) []byte {
 			Seq: e.Seq, Id: d.ID.String(), Index: uint32(d.Index), Recipient: d.Recipient,
 			Event: validUTF8(string(d.Event)), Channel: ch, Device: d.Device, Detail: validUTF8(d.Detail), AtMs: d.At.UnixMilli(),
 		})
+	case engine.EntryBurn:
+		// The id and nothing else: the message is gone, and a burn must
+		// not bring any of it back.
+		return Append(dst, pb.FrameType_BURN, &pb.Burn{Seq: e.Seq, Id: e.Burn.String()})
+	case engine.EntrySecret:
+		v := &e.Secret
+		return Append(dst, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
+			Seq: e.Seq, Chat: v.Chat.String(), Event: validUTF8(v.Event), Id: idOrEmpty(v.ID), By: v.By,
+			Level: uint32(v.Level), BurnAfterMs: v.BurnAfter.Milliseconds(), You: v.You, Peer: v.Peer, AtMs: v.At.UnixMilli(),
+		})
 	}
 	panic(fmt.Sprintf("wire: stream entry %d of unknown kind %d", e.Seq, e.Kind))
+}
+
+// idOrEmpty is id's text, or "" for the zero id (none).
+func idOrEmpty(id engine.ID) string {
+	if id == (engine.ID{}) {
+		return ""
+	}
+	return id.String()
 }
 
 func validUTF8(s string) string {
@@ -208,11 +234,7 @@ var lastTail atomic.Pointer[deliverTail]
 func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
 	t := lastTail.Load()
 	if t == nil || t.msg != m {
-		tail, err := proto.MarshalOptions{}.Marshal(&pb.Deliver{
-			Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
-			Body: m.Body, CreatedMs: m.Created.UnixMilli(), Choices: validUTF8s(m.Choices),
-			Confirm: m.Flags&engine.FlagConfirm != 0,
-		})
+		tail, err := proto.MarshalOptions{}.Marshal(deliverOf(m))
 		if err != nil {
 			panic(fmt.Sprintf("wire: marshal DELIVER: %v", err))
 		}
@@ -228,4 +250,27 @@ func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
 	dst = append(dst, t.tail...)
 	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-4))
 	return dst
+}
+
+// deliverOf is m's DELIVER payload without the seq. A secret message
+// (m.Chat set) reaches here only as the engine's masked copy, whose From
+// and To are pseudonyms and whose Secret says the chat's terms; every
+// secret message is marked no_copy and no_forward.
+func deliverOf(m *engine.Message) *pb.Deliver {
+	d := &pb.Deliver{
+		Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
+		Body: m.Body, CreatedMs: m.Created.UnixMilli(), Choices: validUTF8s(m.Choices),
+		Confirm:   m.Flags&engine.FlagConfirm != 0,
+		ForwardOf: idOrEmpty(m.Forward), QuoteOf: idOrEmpty(m.Quote),
+	}
+	if m.Chat != (engine.ID{}) || m.Secret != nil {
+		d.Chat = idOrEmpty(m.Chat)
+		d.NoCopy, d.NoForward = true, true
+	}
+	if si := m.Secret; si != nil {
+		d.Level = uint32(si.Level)
+		d.BurnAfterMs = si.BurnAfter.Milliseconds()
+		d.Watermark = si.Watermark
+	}
+	return d
 }
