@@ -35,3 +35,12 @@ func (e *Engine) Settle(ctx context.Context) error {
 		}
 	}
 }
+
+// SecretKey returns a secret message's key, so that a test can search the
+// disk for it. Tests only.
+func (e *Engine) SecretKey(id ID) ([32]byte, bool) {
+	if k, ok := e.keys.Get(id); ok {
+		return k, true
+	}
+	return e.fleeting.Get(id)
+}

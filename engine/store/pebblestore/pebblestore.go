@@ -213,6 +213,17 @@ func (d *DB) Checkpoint(dir string) error {
 	return nil
 }
 
+// Flush writes the memtable to a table file (tests use it to make sure
+// data reached the LSM's tables, not only the log).
+func (d *DB) Flush() error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return store.ErrClosed
+	}
+	return mapErr(d.db.Flush())
+}
+
 // Close implements store.Store.
 func (d *DB) Close() error {
 	d.mu.Lock()
