@@ -20,7 +20,8 @@ import (
 //	                                    -> 201 {"id","created","duplicate"} once it and its audience are durable
 //	GET  /v1/announcements/{id}/stats   ?lists=1 (unread, unconfirmed) &format=csv (one row per recipient; &only=unread|unconfirmed)
 //	GET  /v1/messages/{id}/stats        the same for any message (a group message: who has not read)
-//	POST /v1/announcements/{id}/reding  {"policy"|"policy_name","unread":false,"from"} -> DINGs to the unconfirmed (or unread)
+//	POST /v1/announcements/{id}/reding  {"policy"|"policy_name","unread":false,"from"} -> DINGs to the unconfirmed (or unread);
+//	                                    409 NO_FORWARD for a secret message (its text would leave the chat)
 func (a *API) announceRoutes() {
 	a.admin("POST /v1/announcements", a.announce)
 	a.mux.HandleFunc("GET /v1/announcements/{id}/stats", a.adminRaw("GET /v1/announcements/{id}/stats", a.stats))
@@ -169,6 +170,11 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	m, err := a.cfg.Engine.Message(id)
 	if err != nil {
 		return 0, nil, engineErr(err)
+	}
+	if m.Chat != (engine.ID{}) {
+		// A re-DING carries the message's text: a secret message's body
+		// must never leave its chat (nor be readable by an admin).
+		return 0, nil, errf(http.StatusConflict, "NO_FORWARD", "%v: a secret message cannot be re-DINGed", engine.ErrNoForward)
 	}
 	st, err := a.cfg.Engine.Stats(id, true)
 	if err != nil {

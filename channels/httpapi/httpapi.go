@@ -16,10 +16,24 @@
 //	DELETE /v1/users/{id}           offboard: mark removed, leave groups and department, revoke tokens,
 //	                                close connections, stop pending DINGs (Config.Offboarder) -> the user
 //	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
-//	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id"}
-//	                                -> {"id","created","duplicate"} after the message is durable
+//	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id","forward_of","quote_of"}
+//	                                or {"from","chat","text",...} in a secret chat ("to" empty: the other participant)
+//	                                -> {"id","created","duplicate"[,"chat"]} after the message is durable
+//	                                   409 NO_FORWARD (forward_of or quote_of names a secret message, or is
+//	                                   given in a secret chat), 403 NOT_MEMBER (not in that chat, or no such
+//	                                   chat), 403 NOT_RECIPIENT (forward_of or quote_of names a message the
+//	                                   sender neither sent nor received)
 //	GET  /v1/messages/{id}/receipts -> {"id","from","recipients":[{"user","state","delivered","read"}]}
-//	POST /v1/backup                 {"dir"} -> a Pebble checkpoint written into dir
+//	                                   (a secret message: also "chat"; users by id, as admins see them)
+//	POST /v1/backup                 {"dir"} -> a Pebble checkpoint of the store written into dir; it holds
+//	                                   no secret message's key (those are in DATA/secret.keys, outside the
+//	                                   store), so no readable secret content
+//
+// Secret chats (see secret.go): POST /v1/secret-chats, GET
+// /v1/secret-chats/{id}, GET /v1/users/{id}/secret-chats. Admins see a
+// secret chat's metadata (members, pseudonyms, level, live message
+// counts) and receipts, never a secret message's body: no route returns
+// one.
 //
 // DINGs (see dings.go):
 //
@@ -155,6 +169,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/messages", a.sendMessage)
 	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
 	a.admin("POST /v1/backup", a.backup)
+	a.secretRoutes()
 	a.announceRoutes()
 	a.admin("POST /v1/dings", a.postDing)
 	a.admin("GET /v1/dings", a.listDings)
@@ -275,6 +290,14 @@ func engineErr(err error) error {
 			ae.reason, ae.retryAfter = qe.Reason, qe.RetryAfter
 		}
 		return ae
+	case errors.Is(err, engine.ErrNoForward):
+		return errf(http.StatusConflict, "NO_FORWARD", "%v", err)
+	case errors.Is(err, engine.ErrNotMember):
+		return errf(http.StatusForbidden, "NOT_MEMBER", "%v", err)
+	case errors.Is(err, engine.ErrNotRecipient):
+		return errf(http.StatusForbidden, "NOT_RECIPIENT", "%v", err)
+	case errors.Is(err, engine.ErrBadChat):
+		return errf(http.StatusBadRequest, "BAD_CHAT", "%v", err)
 	case errors.Is(err, engine.ErrNotFound):
 		return errf(http.StatusNotFound, "NOT_FOUND", "%v", err)
 	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
@@ -325,12 +348,32 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 		BodyBase64  []byte   `json:"body_base64"`
 		Kind        string   `json:"kind"`
 		ClientMsgID string   `json:"client_msg_id"`
+		Chat        string   `json:"chat"`
+		ForwardOf   string   `json:"forward_of"`
+		QuoteOf     string   `json:"quote_of"`
 	}
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
 	if !a.cfg.Directory.Active(req.From) {
 		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such active user %q", req.From)
+	}
+	var chat, fwd, quote engine.ID
+	for _, f := range []struct {
+		name, v string
+		id      *engine.ID
+	}{{"chat", req.Chat, &chat}, {"forward_of", req.ForwardOf, &fwd}, {"quote_of", req.QuoteOf, &quote}} {
+		if f.v == "" {
+			continue
+		}
+		id, err := engine.ParseID(f.v)
+		if err != nil {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "malformed %s id", f.name)
+		}
+		*f.id = id
+	}
+	if req.Chat != "" && len(req.To) > 0 {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "a message in a secret chat names no recipients: give chat or to, not both")
 	}
 	kind, body := engine.KindText, []byte(req.Text)
 	switch req.Kind {
@@ -348,11 +391,16 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 	}
 	res, err := a.cfg.Engine.Submit(r.Context(), engine.Submission{
 		From: req.From, To: req.To, Kind: kind, Body: body, ClientID: req.ClientMsgID,
+		Chat: chat, Forward: fwd, Quote: quote,
 	})
 	if err != nil {
 		return 0, nil, engineErr(err)
 	}
-	return http.StatusOK, map[string]any{"id": res.ID.String(), "created": res.Created.UTC(), "duplicate": res.Duplicate}, nil
+	out := map[string]any{"id": res.ID.String(), "created": res.Created.UTC(), "duplicate": res.Duplicate}
+	if req.Chat != "" {
+		out["chat"] = chat.String()
+	}
+	return http.StatusOK, out, nil
 }
 
 func (a *API) receipts(r *http.Request) (int, any, error) {
@@ -397,9 +445,18 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 		counts[x.State]++
 		out = append(out, x)
 	}
-	return http.StatusOK, map[string]any{"id": id.String(), "from": m.From, "created": m.Created.UTC(), "counts": counts, "recipients": out}, nil
+	res := map[string]any{"id": id.String(), "from": m.From, "created": m.Created.UTC(), "counts": counts, "recipients": out}
+	if m.Chat != (engine.ID{}) {
+		res["chat"] = m.Chat.String() // metadata; the body is never part of an admin answer
+	}
+	return http.StatusOK, res, nil
 }
 
+// backup writes a Pebble checkpoint of the store into a new directory.
+// The keys of secret messages live in DATA/secret.keys (engine/keyring),
+// outside the store, so the checkpoint holds secret messages only as
+// ciphertext whose keys it does not have: no readable secret content. A
+// node started on a restored backup without that file cannot read them.
 func (a *API) backup(r *http.Request) (int, any, error) {
 	var req struct {
 		Dir string `json:"dir"`

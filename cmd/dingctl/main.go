@@ -9,6 +9,8 @@
 //	dingctl --data ./ding-data ding status 01J...
 //	dingctl --data ./ding-data directory import hr.csv --dry-run
 //	dingctl --data ./ding-data user remove bo
+//	dingctl --data ./ding-data secret create --from ana --to bo --level 2
+//	dingctl --data ./ding-data send --chat 01J... --from ana "for your eyes only"
 //
 // The admin token comes from --token, else DING_TOKEN, else DIR/admin.token
 // for --data DIR (default ./ding-data). --server (DING_SERVER, default
@@ -55,8 +57,15 @@ commands:
                                              unless given); prints the changes as JSON
   audit [--after N] [--limit N]              the directory's audit log as JSON
   token --user ID --device DEV [--ttl D]     print a client token
-  send --from ID --to ID[,ID...] [--client-id X] TEXT
+  send --from ID --to ID[,ID...] [--client-id X] [--forward-of ID] [--quote-of ID] TEXT
                                              send; prints the id after the durable ack
+  send --from ID --chat CHATID [--client-id X] TEXT
+                                             send in a secret chat (to the other participant)
+  secret create --from ID --to ID --level 1|2|3 [--burn-after 10s] [--json]
+                                             open a secret chat; prints its id (--json: its
+                                             metadata: members, pseudonyms, level, burn delay)
+  secret list --user ID                      a user's secret chats with their live message counts
+  secret show CHATID                         a secret chat's metadata (never message content)
   listen --user ID --device DEV [--read] [--confirm N] [--count N] [--timeout D] [--cursor N]
                                              print the stream as JSON lines: messages (DINGs
                                              with their choices), receipts, ding events;
@@ -158,6 +167,8 @@ func run(args []string, out io.Writer) error {
 		return token(g, rest, out)
 	case "send":
 		return send(g, rest, out)
+	case "secret":
+		return secret(g, rest, out)
 	case "listen":
 		return listen(g, rest, out)
 	case "receipts":
@@ -340,18 +351,28 @@ func send(g *globals, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("send", flag.ContinueOnError)
 	from := fs.String("from", "", "sender user id")
 	to := fs.String("to", "", "recipients, comma-separated")
+	chat := fs.String("chat", "", "send in this secret chat (instead of --to)")
+	fwd := fs.String("forward-of", "", "the message this one forwards")
+	quote := fs.String("quote-of", "", "the message this one quotes")
 	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once")
 	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
 	}
-	if *from == "" || *to == "" || len(pos) == 0 {
-		return exitError{2, "send: --from, --to and TEXT are required"}
+	if *from == "" || (*to == "") == (*chat == "") || len(pos) == 0 {
+		return exitError{2, "send: --from, TEXT, and either --to or --chat are required"}
+	}
+	req := map[string]any{"from": *from, "text": strings.Join(pos, " "), "client_msg_id": *cid}
+	if *to != "" {
+		req["to"] = strings.Split(*to, ",")
+	}
+	for k, v := range map[string]string{"chat": *chat, "forward_of": *fwd, "quote_of": *quote} {
+		if v != "" {
+			req[k] = v
+		}
 	}
 	var res struct{ ID string }
-	err = g.call("POST", "/v1/messages", map[string]any{
-		"from": *from, "to": strings.Split(*to, ","), "text": strings.Join(pos, " "), "client_msg_id": *cid,
-	}, &res)
+	err = g.call("POST", "/v1/messages", req, &res)
 	if err != nil {
 		return err
 	}

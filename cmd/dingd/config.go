@@ -29,6 +29,10 @@ type config struct {
 	Twilio         twilio.Config
 	Quotas         engine.Quotas
 	NoCallFallback bool
+	// BurnAfter and SecretUnreadTTL tune secret chats; zero takes the
+	// engine's defaults (30s, 24h).
+	BurnAfter       time.Duration
+	SecretUnreadTTL time.Duration
 
 	// File is the config file read (--config or DING_CONFIG); empty: none.
 	File string
@@ -121,6 +125,12 @@ var settings = []setting{
 	{name: "no-call-fallback", env: "DING_NO_CALL_FALLBACK", def: "false",
 		help:  "do not send an SMS at once when an escalation call is busy, unanswered or fails",
 		field: func(c *config) any { return &c.NoCallFallback }},
+	{name: "burn-after", env: "DING_BURN_AFTER", def: "0s",
+		help:  "secret chats: a message burns this long after its first read; also the longest delay a level-3 chat may choose; 0: 30s, at least 5s",
+		field: func(c *config) any { return &c.BurnAfter }},
+	{name: "secret-unread-ttl", env: "DING_SECRET_UNREAD_TTL", def: "0s",
+		help:  "secret chats of level 2 and 3: an unread message burns this long after it was sent; 0: 24h",
+		field: func(c *config) any { return &c.SecretUnreadTTL }},
 }
 
 // envConfig names the config file when --config is not given.
@@ -289,6 +299,12 @@ func (c *config) validate() error {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("log-level %q (from %s): want debug, info, warn or error", c.LogLevel, c.from["log-level"])
+	}
+	if c.BurnAfter != 0 && c.BurnAfter < engine.MinBurnAfter {
+		return fmt.Errorf("burn-after %v (from %s): want 0 (the default, 30s) or at least %v", c.BurnAfter, c.from["burn-after"], engine.MinBurnAfter)
+	}
+	if c.SecretUnreadTTL < 0 {
+		return fmt.Errorf("secret-unread-ttl %v (from %s): want 0 (the default, 24h) or more", c.SecretUnreadTTL, c.from["secret-unread-ttl"])
 	}
 	for i := range settings {
 		s := &settings[i]

@@ -68,6 +68,8 @@ no-call-fallback = true
 		{"DING_CONFIG names the file", nil, map[string]string{"DING_CONFIG": file}, "twilio-from", "+15550000001", fromFile},
 		{"--config beats DING_CONFIG", []string{"--config", other}, map[string]string{"DING_CONFIG": file}, "listen", "other:1", fromFile},
 		{"the last flag wins", []string{"--listen", "a", "--listen", "b"}, nil, "listen", "b", fromFlag},
+		{"env burn-after", nil, map[string]string{"DING_BURN_AFTER": "1m"}, "burn-after", "1m0s", fromEnv},
+		{"flag secret-unread-ttl", []string{"--secret-unread-ttl", "1h"}, nil, "secret-unread-ttl", "1h0m0s", fromFlag},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := load(tc.args, fakeEnv(tc.env))
@@ -111,6 +113,9 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown flag", []string{"--bogus"}, nil, `flag provided but not defined: -bogus`},
 		{"argument", []string{"serve"}, nil, `unexpected argument "serve"`},
 		{"log level", file("log-level = \"loud\"\n"), nil, `log-level "loud" \(from file\): want debug, info, warn or error`},
+		{"burn-after below the minimum", []string{"--burn-after", "1s"}, nil, `^burn-after 1s \(from flag\): want 0 \(the default, 30s\) or at least 5s$`},
+		{"negative burn-after", file("burn-after = \"-5s\"\n"), nil, `^burn-after -5s \(from file\): want 0`},
+		{"negative secret-unread-ttl", nil, map[string]string{"DING_SECRET_UNREAD_TTL": "-1h"}, `^secret-unread-ttl -1h0m0s \(from env\): want 0`},
 		{"redaction placeholder", file("twilio-auth-token = \"<redacted>\"\n"), nil, `twilio-auth-token is "<redacted>" \(from file\), the placeholder --print-config writes`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -165,7 +170,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--twilio-account-sid", "AC1", "--twilio-from", "+15550000001",
 		"--public-url", "https://ding.example.com", "--twilio-api-url", "http://127.0.0.1:4",
 		"--ding-sender-daily", "-1", "--ding-recipient-interval", "-1ns", "--sms-per-day", "7",
-		"--calls-per-day", "8", "--no-call-fallback",
+		"--calls-per-day", "8", "--no-call-fallback", "--burn-after", "45s", "--secret-unread-ttl", "2h",
 	}
 	const tok = "tok\"en"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok}))

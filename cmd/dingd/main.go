@@ -19,6 +19,11 @@
 // fake (channels/twilio/twiliotest) for a local demo. On first start dingd
 // writes an admin token to DATA/admin.token (mode 0600).
 //
+// Secret chats: burn-after is how long after its first read a secret
+// message burns (and the longest delay a level-3 chat may choose),
+// secret-unread-ttl how long an unread level-2 or level-3 message lives.
+// Their keys are kept in DATA/secret.keys, outside the store.
+//
 // SIGTERM or SIGINT drains: /readyz turns 503, clients are told
 // SHUTTING_DOWN, and dingd waits up to drain-timeout for them to go before
 // it closes the store and exits; a second signal cuts the wait short (the
@@ -82,6 +87,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	n, err := node.Start(node.Config{
 		DataDir: c.Data, SocketAddr: c.Listen, HTTPAddr: c.HTTP, MaxBody: c.MaxBody, Logger: log,
 		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback, DrainDelay: c.DrainDelay,
+		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL,
 	})
 	if err != nil {
 		return err

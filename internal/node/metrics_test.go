@@ -38,7 +38,8 @@ const (
 // TestMetricsScrape runs a node through a message, a read, a DING that
 // escalates to SMS through the fake Twilio and is confirmed by SMS reply,
 // a DING read in the app, a refused DING, webhooks (one forged), an
-// announcement and socket errors, then scrapes /metrics and checks it
+// announcement, socket errors and a secret chat (a refused forward, an
+// offboarding burn), then scrapes /metrics and checks it
 // against promtool's linter and against deploy/METRICS.md both ways: every
 // catalogued metric is exposed with the documented type, labels and label
 // values, and every ding_* family exposed is catalogued. The dashboard and
@@ -308,6 +309,18 @@ func exerciseAndScrape(t *testing.T) []byte {
 	}
 	if m := firstDeliver(t, ana, out["id"].(string)); m == nil {
 		t.FailNow()
+	}
+
+	// A secret chat between two users with no device connected: a
+	// message, a refused forward, and an offboarding that burns it.
+	nodetest.AddUsers(t, d.n, "di", "ed")
+	chat := d.secretChat(t, "di", "ed", 2, 0)
+	secret := d.secretSend(t, "di", chat, "psst")
+	if code, out, _ := d.api(t, "POST", "/v1/messages", map[string]any{"from": "ed", "to": []string{"ana"}, "text": "fwd", "forward_of": secret}); code != http.StatusConflict {
+		t.Fatalf("forward of a secret message: %d %v", code, out)
+	}
+	if code, out, _ := d.api(t, "DELETE", "/v1/users/ed", nil); code != http.StatusOK {
+		t.Fatalf("offboard ed: %d %v", code, out)
 	}
 
 	resp, err := http.Get("http://" + d.n.HTTPAddr() + "/metrics")

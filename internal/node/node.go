@@ -1,7 +1,20 @@
 // Package node assembles one Ding server from its parts: the Pebble store,
-// the engine, the directory and hub, the socket gateway and the admin HTTP
-// API. cmd/dingd reads flags and the environment into a Config and calls
-// Start; integration tests call Start directly on 127.0.0.1:0.
+// the keyring of secret messages' keys, the engine, the directory and hub,
+// the socket gateway and the admin HTTP API. cmd/dingd reads flags and the
+// environment into a Config and calls Start; integration tests call Start
+// directly on 127.0.0.1:0.
+//
+// The data directory:
+//
+//	DATA/store/         the Pebble store (what POST /v1/backup copies)
+//	DATA/secret.keys    the keys of secret messages of levels 1 and 2
+//	                    (engine/keyring); outside the store, so that a
+//	                    backup holds no key and erasing one is immediate
+//	DATA/admin.token    the admin token (mode 0600)
+//	DATA/jwt.secret     the token signing secret (channels/auth)
+//
+// Start opens the store, then the keyring, then the engine; Shutdown
+// closes them in the reverse order.
 package node
 
 import (
@@ -27,12 +40,18 @@ import (
 	"github.com/dingmq/ding/channels/socket/wire"
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/keyring"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 	"github.com/dingmq/ding/fanout"
 )
 
 // AdminTokenFile is the file in the data directory holding the admin token.
 const AdminTokenFile = "admin.token"
+
+// SecretKeysFile is the file in the data directory holding the keys of
+// secret messages (engine/keyring). It is not under the store directory,
+// so backups (Pebble checkpoints of the store) never contain it.
+const SecretKeysFile = "secret.keys"
 
 // Config configures a node. Zero values are the production defaults.
 type Config struct {
@@ -65,6 +84,14 @@ type Config struct {
 	// 503 before it drains, so that load balancers stop sending new
 	// clients; zero means none.
 	DrainDelay time.Duration
+
+	// BurnAfter is how long after its first read a secret message burns,
+	// and the longest burn delay a level-3 chat may choose; zero means the
+	// engine's default (30s). At least engine.MinBurnAfter.
+	BurnAfter time.Duration
+	// SecretUnreadTTL is how long an unread secret message of level 2 or
+	// 3 lives before it burns; zero means the engine's default (24h).
+	SecretUnreadTTL time.Duration
 }
 
 // Node is a running server.
@@ -72,6 +99,7 @@ type Node struct {
 	cfg        Config
 	log        *slog.Logger
 	db         *pebblestore.DB
+	secretKeys *keyring.Ring // secret messages' keys; closed after the engine
 	eng        *engine.Engine
 	hub        *fanout.Hub
 	dir        *fanout.Directory
@@ -143,10 +171,15 @@ func Start(cfg Config) (_ *Node, err error) {
 	if !notifier.Configured() {
 		cfg.Logger.Warn("Twilio is not configured: SMS and voice escalation steps will be recorded as not configured")
 	}
+	if n.secretKeys, err = keyring.Open(filepath.Join(cfg.DataDir, SecretKeysFile)); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	closers = append(closers, func() { n.secretKeys.Close() })
 	if n.eng, err = engine.Open(engine.Config{
 		Store: n.db, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger, Registerer: reg,
 		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
+		Keys: n.secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 	}); err != nil {
 		return nil, err
 	}
@@ -227,9 +260,11 @@ func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (stri
 // Offboard removes a user for good (contract point 6): the directory marks
 // them removed, which takes them out of every group and department and
 // makes their tokens fail at the next handshake; their pending DINGs stop;
-// and their live connections are closed now, with USER_REMOVED. Nothing
-// more is delivered to them: sends to them are refused, and fanouts still
-// in progress skip them. Idempotent.
+// every live secret message they sent or received burns (its key erased;
+// the other participant gets the burn entry); and their live connections
+// are closed now, with USER_REMOVED. Nothing more is delivered to them:
+// sends to them are refused, and fanouts still in progress skip them.
+// Idempotent: a retry finishes an offboarding that failed half-way.
 func (n *Node) Offboard(ctx context.Context, user, actor string) error {
 	if _, err := n.dir.RemoveUser(user, actor); err != nil {
 		return err
@@ -239,7 +274,12 @@ func (n *Node) Offboard(ctx context.Context, user, actor string) error {
 	if err != nil {
 		return fmt.Errorf("node: offboard %s: stop pending DINGs: %w", user, err)
 	}
-	n.log.Info("user offboarded", "user", user, "actor", actor, "connections_closed", kicked, "dings_stopped", stopped)
+	burned, err := n.eng.BurnUser(ctx, user)
+	if err != nil {
+		return fmt.Errorf("node: offboard %s: burn secret messages (%d burned): %w", user, burned, err)
+	}
+	n.log.Info("user offboarded", "user", user, "actor", actor, "connections_closed", kicked,
+		"dings_stopped", stopped, "secrets_burned", burned)
 	return nil
 }
 
@@ -263,7 +303,8 @@ func (n *Node) Socket() *socket.Server       { return n.sock }
 
 // Shutdown drains and stops: /readyz turns false, clients are told
 // SHUTTING_DOWN and disconnected, the HTTP server finishes its requests,
-// the engine commits what it has queued, and the store is closed.
+// the engine commits what it has queued, and the keyring and the store
+// are closed.
 // Idempotent; returns ctx.Err() if the deadline passes first.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.stopOnce.Do(func() {
@@ -289,6 +330,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		}
 		n.eng.Close()
 		n.hub.Close()
+		errs = append(errs, n.secretKeys.Close()) // after the engine: its commit loop writes keys
 		errs = append(errs, n.db.Close())
 		n.stopErr = errors.Join(errs...)
 		n.log.Info("ding stopped")

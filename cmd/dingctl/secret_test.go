@@ -1,0 +1,128 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
+)
+
+func TestSecretCommands(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	for _, u := range []string{"ana", "bo", "cy"} {
+		if _, err := ctl(t, n, "user", "add", u, "--name", u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := ctl(t, n, "secret", "create", "--from", "ana", "--to", "bo", "--level", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chat := strings.TrimSpace(out)
+	if len(chat) != 26 || strings.Contains(out[:len(out)-1], "\n") {
+		t.Fatalf("secret create printed %q, want one id line", out)
+	}
+	out, err = ctl(t, n, "secret", "create", "--from", "bo", "--to", "cy", "--level", "3", "--burn-after", "10s", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c3 struct {
+		ID         string
+		Level      int
+		BurnAfterS int `json:"burn_after_s"`
+		Members    []struct{ User, Pseudonym string }
+	}
+	if err := json.Unmarshal([]byte(out), &c3); err != nil || c3.Level != 3 || c3.BurnAfterS != 10 || len(c3.Members) != 2 ||
+		c3.Members[0].User != "bo" || !strings.HasPrefix(c3.Members[1].Pseudonym, "anon-") {
+		t.Fatalf("secret create --json printed %s (%v)", out, err)
+	}
+
+	out, err = ctl(t, n, "send", "--chat", chat, "--from", "ana", "for", "your", "eyes", "only")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := strings.TrimSpace(out)
+	if len(msg) != 26 {
+		t.Fatalf("send --chat printed %q", out)
+	}
+	out, err = ctl(t, n, "secret", "list", "--user", "bo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		User  string
+		Chats []struct {
+			ID   string
+			Live int `json:"live_messages"`
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || list.User != "bo" || len(list.Chats) != 2 ||
+		list.Chats[0].ID != chat || list.Chats[0].Live != 1 || list.Chats[1].ID != c3.ID || list.Chats[1].Live != 0 {
+		t.Fatalf("secret list printed %s (%v)", out, err)
+	}
+	out, err = ctl(t, n, "secret", "show", chat)
+	if err != nil || !strings.Contains(out, `"live_messages": 1`) || !strings.Contains(out, `"user": "ana"`) || strings.Contains(out, "eyes") {
+		t.Fatalf("secret show printed %s (%v)", out, err)
+	}
+	out, err = ctl(t, n, "receipts", msg)
+	if err != nil || !strings.Contains(out, `"chat": "`+chat+`"`) || strings.Contains(out, "eyes") {
+		t.Fatalf("receipts of a secret message: %s (%v)", out, err)
+	}
+
+	// Forwards and quotes: of an ordinary message fine, of a secret one refused.
+	out, err = ctl(t, n, "send", "--from", "ana", "--to", "bo", "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := strings.TrimSpace(out)
+	if _, err := ctl(t, n, "send", "--from", "bo", "--to", "cy", "--forward-of", plain, "fyi"); err != nil {
+		t.Fatalf("forward of a plain message: %v", err)
+	}
+	if _, err := ctl(t, n, "send", "--from", "ana", "--to", "cy", "--quote-of", plain, "re"); err != nil {
+		t.Fatalf("quote of a plain message: %v", err)
+	}
+
+	cases := []struct {
+		args []string
+		want string
+		code int
+	}{
+		{[]string{"send", "--from", "bo", "--to", "cy", "--forward-of", msg, "look"}, "NO_FORWARD: engine: secret messages cannot be forwarded or quoted", 1},
+		{[]string{"send", "--from", "ana", "--to", "cy", "--quote-of", msg, "look"}, "NO_FORWARD", 1},
+		{[]string{"send", "--from", "cy", "--chat", chat, "hi"}, "NOT_MEMBER", 1},
+		{[]string{"send", "--from", "ana", "--chat", chat, "--to", "bo", "hi"}, "either --to or --chat", 2},
+		{[]string{"secret", "create", "--from", "ana", "--to", "zed", "--level", "1"}, "UNKNOWN_USER", 1},
+		{[]string{"secret", "create", "--from", "ana", "--to", "bo", "--level", "4"}, "BAD_CHAT", 1},
+		{[]string{"secret", "create", "--from", "ana", "--to", "ana", "--level", "1"}, "BAD_CHAT", 1},
+		{[]string{"secret", "create", "--from", "ana", "--to", "bo", "--level", "1", "--burn-after", "10s"}, "BAD_CHAT", 1},
+		{[]string{"secret", "create", "--from", "ana", "--to", "bo", "--level", "3", "--burn-after", "1500ms"}, "whole seconds", 2},
+		{[]string{"secret", "create", "--from", "ana", "--to", "bo"}, "--level", 2},
+		{[]string{"secret", "list"}, "--user", 2},
+		{[]string{"secret", "list", "--user", "zed"}, "NOT_FOUND", 1},
+		{[]string{"secret", "show", "nope"}, "BAD_REQUEST", 1},
+		{[]string{"secret", "show"}, "exactly one chat id", 2},
+		{[]string{"secret"}, "want create, list or show", 2},
+		{[]string{"secret", "burn"}, "unknown subcommand", 2},
+	}
+	for _, c := range cases {
+		_, err := ctl(t, n, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: err %v, want one line containing %q", c.args, err, c.want)
+			continue
+		}
+		code := 1
+		var ee exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		if code != c.code {
+			t.Errorf("%v: exit code %d, want %d", c.args, code, c.code)
+		}
+	}
+	if got := n.Engine().LiveSecrets(); got != 1 {
+		t.Fatalf("LiveSecrets = %d, want 1", got)
+	}
+}
