@@ -26,6 +26,9 @@ func FuzzDecodeMessage(f *testing.F) {
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(encodeEntry(&Entry{Kind: EntryMessage, Message: &Message{From: "ana"}}))
 	f.Add(encodeEntry(&Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{IDs: []ID{{1}, {2}}, User: "bo", State: StateRead, At: time.UnixMilli(5)}}))
+	f.Add(encodeEntry(&Entry{Kind: EntryMessage, Message: &Message{From: "ana", Chat: ID{9}}}))
+	f.Add(encodeEntry(&Entry{Kind: EntryBurn, Burn: ID{7}}))
+	f.Add(encodeEntry(&Entry{Kind: EntrySecret, Secret: SecretEvent{Chat: ID{3}, Event: "created", By: "anon-ABCDEF", Level: Level3, BurnAfter: 5 * time.Second, You: "anon-ABCDEF", Peer: "anon-GHJKMN", At: time.UnixMilli(9)}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, id, sender, err := decodeEntry(1, b)
 		if err != nil {
@@ -35,7 +38,7 @@ func FuzzDecodeEntry(f *testing.F) {
 			e.Message = &Message{ID: id, From: sender}
 		}
 		again, id2, sender2, err := decodeEntry(1, encodeEntry(&e))
-		if err != nil || id2 != id || sender2 != sender || again.Kind != e.Kind || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At) || !reflect.DeepEqual(again.Receipt.IDs, e.Receipt.IDs))) {
+		if err != nil || id2 != id || sender2 != sender || again.Kind != e.Kind || again.Burn != e.Burn || !reflect.DeepEqual(again.Secret, e.Secret) || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At) || !reflect.DeepEqual(again.Receipt.IDs, e.Receipt.IDs))) {
 			t.Fatalf("round trip differs: %+v / %+v (%v)", e, again, err)
 		}
 	})
@@ -60,6 +63,8 @@ func FuzzDecodeRollup(f *testing.F) {
 
 func FuzzDecodeMessageWithChoices(f *testing.F) {
 	f.Add(encodeMessage(&Message{From: "ana", To: []string{"group:x"}, Kind: KindDing, Body: []byte("up?"), Choices: []string{"yes", "no"}, Flags: FlagConfirm}))
+	f.Add(encodeMessage(&Message{From: "ana", To: []string{"bo"}, Kind: KindText, Body: []byte("sealed"), Chat: ID{1}}))
+	f.Add(encodeMessage(&Message{From: "ana", To: []string{"bo"}, Kind: KindText, Body: []byte("fwd"), Forward: ID{2}, Quote: ID{3}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeMessage(ID{}, b)
 		if err != nil {
