@@ -17,10 +17,12 @@ import (
 )
 
 // stream reads a raw connection's frames, checking that its stream entries
-// (DELIVER, RECEIPT, DING_EVENT) come with consecutive seqs.
+// (DELIVER, RECEIPT, DING_EVENT, BURN, SECRET_EVENT) come with consecutive
+// seqs.
 type stream struct {
 	*raw
-	last uint64 // seq of the last entry read; 0 before the first
+	last uint64          // seq of the last entry read; 0 before the first
+	held []proto.Message // stream entries read while waiting for a reply (see answer)
 }
 
 func (s *stream) next() proto.Message {
@@ -36,6 +38,10 @@ func (s *stream) next() proto.Message {
 	case *pb.Receipt:
 		seq = m.Seq
 	case *pb.DingEvent:
+		seq = m.Seq
+	case *pb.Burn:
+		seq = m.Seq
+	case *pb.SecretEvent:
 		seq = m.Seq
 	default:
 		return m

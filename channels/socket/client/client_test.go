@@ -226,8 +226,9 @@ func TestBadTokenIsFatal(t *testing.T) {
 }
 
 // TestDuplicatesFromServerAreDropped plays a server that replays entries
-// (messages, receipts and DING events) the client already handed to the
-// app, and checks the app sees each once, as the kind it was sent.
+// (messages, DING events, receipts, burns and secret chat events) the
+// client already handed to the app, and checks the app sees each once, as
+// the kind it was sent.
 func TestDuplicatesFromServerAreDropped(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -252,13 +253,17 @@ func TestDuplicatesFromServerAreDropped(t *testing.T) {
 			io.ReadFull(nc, make([]byte, n-1))
 			out := wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: 60000})
 			for _, s := range seqs {
-				switch s % 3 {
+				switch s {
 				case 1:
 					out = wire.Append(out, pb.FrameType_DELIVER, &pb.Deliver{Seq: s, Id: fmt.Sprint(s)})
 				case 2:
 					out = wire.Append(out, pb.FrameType_DING_EVENT, &pb.DingEvent{Seq: s, Id: fmt.Sprint(s), Event: "reminder"})
-				default:
+				case 3:
 					out = wire.Append(out, pb.FrameType_RECEIPT, &pb.Receipt{Seq: s, Ids: []string{fmt.Sprint(s)}})
+				case 4:
+					out = wire.Append(out, pb.FrameType_BURN, &pb.Burn{Seq: s, Id: fmt.Sprint(s)})
+				default:
+					out = wire.Append(out, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{Seq: s, Chat: fmt.Sprint(s), Event: "created"})
 				}
 			}
 			nc.Write(out)
@@ -276,14 +281,24 @@ func TestDuplicatesFromServerAreDropped(t *testing.T) {
 		if e.Seq != want {
 			t.Fatalf("app got seq %d, want %d", e.Seq, want)
 		}
-		var ok bool
-		switch want % 3 {
+		set := 0
+		for _, p := range []bool{e.Message != nil, e.Ding != nil, e.Receipt != nil, e.Burn != nil, e.Secret != nil} {
+			if p {
+				set++
+			}
+		}
+		ok := set == 1
+		switch want {
 		case 1:
-			ok = e.Message != nil && e.Receipt == nil && e.Ding == nil && e.Message.ID == fmt.Sprint(want)
+			ok = ok && e.Message != nil && e.Message.ID == fmt.Sprint(want)
 		case 2:
-			ok = e.Ding != nil && e.Message == nil && e.Receipt == nil && e.Ding.ID == fmt.Sprint(want) && e.Ding.Event == "reminder"
+			ok = ok && e.Ding != nil && e.Ding.ID == fmt.Sprint(want) && e.Ding.Event == "reminder"
+		case 3:
+			ok = ok && e.Receipt != nil
+		case 4:
+			ok = ok && e.Burn != nil && *e.Burn == client.Burn{Seq: want, ID: fmt.Sprint(want)}
 		default:
-			ok = e.Receipt != nil && e.Message == nil && e.Ding == nil
+			ok = ok && e.Secret != nil && e.Secret.Chat == fmt.Sprint(want) && e.Secret.Event == "created"
 		}
 		if !ok {
 			t.Fatalf("seq %d: entry %+v", want, e)

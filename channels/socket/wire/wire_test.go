@@ -32,6 +32,14 @@ func TestAppendEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := time.UnixMilli(1_700_000_000_123)
+	chat, err := engine.ParseID("01J00000000000000000000CHT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, err := engine.ParseID("01J0000000000000000000FWD0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		in   engine.Entry
@@ -66,6 +74,47 @@ func TestAppendEntry(t *testing.T) {
 			ID: id, Recipient: "+15550100", Event: engine.LedgerExhausted, At: at,
 		}}, pb.FrameType_DING_EVENT, &pb.DingEvent{
 			Seq: 5, Id: id.String(), Recipient: "+15550100", Event: "exhausted", AtMs: at.UnixMilli(),
+		}},
+		{"forward and quote", engine.Entry{Seq: 7, Kind: engine.EntryMessage, Message: &engine.Message{
+			ID: id, From: "bo", To: []string{"cy"}, Kind: engine.KindText, Body: []byte("fyi"), Created: at, Forward: orig, Quote: orig,
+		}}, pb.FrameType_DELIVER, &pb.Deliver{
+			Seq: 7, Id: id.String(), From: "bo", To: []string{"cy"}, Kind: pb.Kind_TEXT, Body: []byte("fyi"), CreatedMs: at.UnixMilli(),
+			ForwardOf: orig.String(), QuoteOf: orig.String(),
+		}},
+		// The engine hands out masked copies of secret messages: pseudonyms
+		// in From and To, the chat's terms in Secret.
+		{"secret message, level 2", engine.Entry{Seq: 8, Kind: engine.EntryMessage, Message: &engine.Message{
+			ID: id, From: "anon-AAAAAA", To: []string{"anon-BBBBBB"}, Kind: engine.KindText, Body: []byte("psst"), Created: at,
+			Chat: chat, Secret: &engine.SecretInfo{Level: engine.Level2, BurnAfter: 30 * time.Second, Watermark: "anon-BBBBBB"},
+		}}, pb.FrameType_DELIVER, &pb.Deliver{
+			Seq: 8, Id: id.String(), From: "anon-AAAAAA", To: []string{"anon-BBBBBB"}, Kind: pb.Kind_TEXT, Body: []byte("psst"),
+			CreatedMs: at.UnixMilli(), Chat: chat.String(), Level: 2, BurnAfterMs: 30000, NoCopy: true, NoForward: true,
+			Watermark: "anon-BBBBBB",
+		}},
+		{"secret message, level 1", engine.Entry{Seq: 9, Kind: engine.EntryMessage, Message: &engine.Message{
+			ID: id, From: "anon-AAAAAA", To: []string{"anon-BBBBBB"}, Kind: engine.KindData, Body: []byte{1}, Created: at,
+			Chat: chat, Secret: &engine.SecretInfo{Level: engine.Level1, BurnAfter: time.Minute},
+		}}, pb.FrameType_DELIVER, &pb.Deliver{
+			Seq: 9, Id: id.String(), From: "anon-AAAAAA", To: []string{"anon-BBBBBB"}, Kind: pb.Kind_DATA, Body: []byte{1},
+			CreatedMs: at.UnixMilli(), Chat: chat.String(), Level: 1, BurnAfterMs: 60000, NoCopy: true, NoForward: true,
+		}},
+		{"burn", engine.Entry{Seq: 10, Kind: engine.EntryBurn, Burn: id}, pb.FrameType_BURN, &pb.Burn{Seq: 10, Id: id.String()}},
+		{"chat created", engine.Entry{Seq: 11, Kind: engine.EntrySecret, Secret: engine.SecretEvent{
+			Chat: chat, Event: "created", By: "anon-AAAAAA", Level: engine.Level3, BurnAfter: 5 * time.Second,
+			You: "anon-BBBBBB", Peer: "anon-AAAAAA", At: at,
+		}}, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
+			Seq: 11, Chat: chat.String(), Event: "created", By: "anon-AAAAAA", Level: 3, BurnAfterMs: 5000,
+			You: "anon-BBBBBB", Peer: "anon-AAAAAA", AtMs: at.UnixMilli(),
+		}},
+		{"screenshot of a message", engine.Entry{Seq: 12, Kind: engine.EntrySecret, Secret: engine.SecretEvent{
+			Chat: chat, Event: "screenshot", ID: id, By: "anon-BBBBBB", Level: engine.Level3, BurnAfter: 5 * time.Second, At: at,
+		}}, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
+			Seq: 12, Chat: chat.String(), Event: "screenshot", Id: id.String(), By: "anon-BBBBBB", Level: 3, BurnAfterMs: 5000, AtMs: at.UnixMilli(),
+		}},
+		{"screenshot without a message", engine.Entry{Seq: 13, Kind: engine.EntrySecret, Secret: engine.SecretEvent{
+			Chat: chat, Event: "screenshot", By: "anon-BBBBBB", Level: engine.Level3, BurnAfter: 5 * time.Second, At: at,
+		}}, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
+			Seq: 13, Chat: chat.String(), Event: "screenshot", By: "anon-BBBBBB", Level: 3, BurnAfterMs: 5000, AtMs: at.UnixMilli(),
 		}},
 		{"invalid UTF-8 from outside", engine.Entry{Seq: 6, Kind: engine.EntryDing, Ding: engine.DingEvent{
 			ID: id, Recipient: "+15550100", Event: engine.LedgerReply, Channel: engine.ChannelSMS, Detail: "ok\xff", At: at,
@@ -122,6 +171,23 @@ func FuzzDecode(f *testing.F) {
 		Seq: 2, Id: "01J00000000000000000000000", From: "ana", To: []string{"bo"}, Kind: pb.Kind_DING,
 		Body: []byte("fire drill"), Choices: []string{"attend", "decline"},
 	}))
+	f.Add(wire.Encode(pb.FrameType_SUBMIT, &pb.Submit{
+		Ref: 4, Kind: pb.Kind_TEXT, Body: []byte("psst"), Chat: "01J00000000000000000000CHT",
+		ForwardOf: "01J0000000000000000000FWD0", QuoteOf: "01J0000000000000000000FWD0",
+	}))
+	f.Add(wire.Encode(pb.FrameType_DELIVER, &pb.Deliver{
+		Seq: 3, Id: "01J00000000000000000000000", From: "anon-AAAAAA", To: []string{"anon-BBBBBB"}, Kind: pb.Kind_TEXT,
+		Body: []byte("psst"), Chat: "01J00000000000000000000CHT", Level: 2, BurnAfterMs: 30000, NoCopy: true, NoForward: true,
+		Watermark: "anon-BBBBBB",
+	}))
+	f.Add(wire.Encode(pb.FrameType_BURN, &pb.Burn{Seq: 4, Id: "01J00000000000000000000000"}))
+	f.Add(wire.Encode(pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
+		Seq: 5, Chat: "01J00000000000000000000CHT", Event: "created", By: "anon-AAAAAA", Level: 3, BurnAfterMs: 5000,
+		You: "anon-BBBBBB", Peer: "anon-AAAAAA", AtMs: 1_700_000_000_000,
+	}))
+	f.Add(wire.Encode(pb.FrameType_SECRET_CREATE, &pb.SecretCreate{Ref: 6, To: "bo", Level: 3, BurnAfterMs: 5000}))
+	f.Add(wire.Encode(pb.FrameType_SCREENSHOT, &pb.Screenshot{Ref: 7, Chat: "01J00000000000000000000CHT", Id: "01J00000000000000000000000"}))
+	f.Add(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: 6, Id: "01J00000000000000000000CHT"}))
 	f.Add([]byte{0, 0, 0, 1, 10})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for len(b) >= wire.HeaderLen {
@@ -151,14 +217,29 @@ func FuzzDecode(f *testing.F) {
 func TestDeliverTailMatchesFullMarshal(t *testing.T) {
 	m := &engine.Message{ID: engine.ID{1, 2, 3}, From: "ana", To: []string{"all"}, Kind: engine.KindAnnouncement,
 		Body: []byte("office closed"), Created: time.UnixMilli(1700000000000), Choices: []string{"ok"}, Flags: engine.FlagConfirm}
-	other := &engine.Message{ID: engine.ID{9}, From: "bo", To: []string{"cy"}, Kind: engine.KindText, Body: []byte("hi")}
+	other := &engine.Message{ID: engine.ID{9}, From: "bo", To: []string{"cy"}, Kind: engine.KindText, Body: []byte("hi"),
+		Forward: engine.ID{1}, Quote: engine.ID{2}}
+	secret := &engine.Message{ID: engine.ID{7}, From: "anon-AAAAAA", To: []string{"anon-BBBBBB"}, Kind: engine.KindText,
+		Body: []byte("psst"), Chat: engine.ID{8}, Secret: &engine.SecretInfo{Level: engine.Level2, BurnAfter: time.Minute, Watermark: "anon-BBBBBB"}}
+	idOr := func(id engine.ID) string {
+		if id == (engine.ID{}) {
+			return ""
+		}
+		return id.String()
+	}
 	for _, seq := range []uint64{0, 1, 127, 128, 1 << 40} {
-		for _, msg := range []*engine.Message{m, m, other, m} {
+		for _, msg := range []*engine.Message{m, m, other, secret, secret, m} {
 			got := wire.AppendEntry(nil, engine.Entry{Seq: seq, Kind: engine.EntryMessage, Message: msg})
-			want := wire.Encode(pb.FrameType_DELIVER, &pb.Deliver{
+			d := &pb.Deliver{
 				Seq: seq, Id: msg.ID.String(), From: msg.From, To: msg.To, Kind: pb.Kind(msg.Kind), Body: msg.Body,
 				CreatedMs: msg.Created.UnixMilli(), Choices: msg.Choices, Confirm: msg.Flags&engine.FlagConfirm != 0,
-			})
+				ForwardOf: idOr(msg.Forward), QuoteOf: idOr(msg.Quote), Chat: idOr(msg.Chat),
+			}
+			if si := msg.Secret; si != nil {
+				d.Level, d.BurnAfterMs, d.Watermark = uint32(si.Level), si.BurnAfter.Milliseconds(), si.Watermark
+				d.NoCopy, d.NoForward = true, true
+			}
+			want := wire.Encode(pb.FrameType_DELIVER, d)
 			gd, err := wire.Decode(pb.FrameType_DELIVER, got[wire.HeaderLen:])
 			if err != nil {
 				t.Fatal(err)
