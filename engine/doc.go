@@ -1,8 +1,10 @@
 // Package engine is Ding's core: the message model, durable storage through
 // one group-commit pipeline, per-user streams with gap-free sequence
-// numbers, per-device cursors and monotonic receipts, and DINGs: urgent
+// numbers, per-device cursors and monotonic receipts; DINGs: urgent
 // messages that escalate per recipient along a policy (in-app, SMS, voice)
-// on durable timers until read or confirmed. It has no network code; the
+// on durable timers until read or confirmed; and secret chats, whose
+// messages are masked, sealed with keys of their own and burned after
+// reading (secret.go). It has no network code; the
 // edges (package channels/...) call it, package fanout receives what it
 // commits through the Sink interface, and SMS and calls leave through the
 // Notifier interface (package channels/twilio).
@@ -25,6 +27,9 @@
 //     (whichever its policy stops on) stops every later step in the same
 //     batch; an SMS or call is sent at least once per step and a crash
 //     causes at most one duplicate (see escalate.go).
+//   - A secret message's plaintext and key never enter the store; its key
+//     is erased (zeroed and synced, package keyring) once the batch that
+//     burns it is durable, before the burn is published (see secret.go).
 //
 // # Key layout
 //
@@ -50,7 +55,16 @@
 //	ref       'x' | provider reference (SID)        -> id (16) | idx (2) | channel (1) | attempt (1) [| acted (1)]
 //	quota     'q' | kind (1) | scope | 0x00 | sub   -> count (8) per UTC day, or last DING time (8)
 //	policy    'y' | name                            -> policy text
-//	counter   'k' | name                            -> u64 ("timers": armed timers)
+//	counter   'k' | name                            -> u64 ("timers": armed timers; "secrets": live secret messages)
+//
+// Secret chats (see secret.go; keys live in package keyring, not here):
+//
+//	chat      's' | chat (16)                       -> chat record (JSON: level, burn delay, members, pseudonyms)
+//	user chat 'o' | user | 0x00 | chat (16)         -> empty
+//	secret    'b' | id (16)                         -> a live secret message's state (JSON: parties, seq, deadlines)
+//	user msg  'h' | user | 0x00 | id (16)           -> empty: a party's live secret messages (offboarding)
+//	fleeting  'f' | id (16)                         -> empty: a live level-3 message (burned at start-up)
+//	timer     't' | due ms (8) | id (16) | 0xFFFF | n (4) -> a burn (n=1) or unread expiry (n=2)
 //
 // The timer loop finds the next due timer with one seek of 't', so a
 // million pending steps cost disk, not memory, and a restart fires overdue
