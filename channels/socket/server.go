@@ -10,7 +10,9 @@
 //     stream from the resume point and then pushes live entries.
 //  3. SUBMIT goes to the engine without waiting: the SUBMIT_ACK is written
 //     when the commit loop reports the message durable. ACK, READ and
-//     CONFIRM (of a DING) go to the engine the same way.
+//     CONFIRM (of a DING) go to the engine the same way. SECRET_CREATE and
+//     SCREENSHOT, which the engine offers only in a waiting form, wait on
+//     a goroutine of their own that the server owns (conn.offload).
 //  4. Errors are typed codes (pb.Code); fatal ones end the connection.
 //
 // Netpoll calls OnRequest when bytes arrive. It decodes whole frames, hands
@@ -231,8 +233,9 @@ func (s *Server) Connections() int {
 // Shutdown tells every client SHUTTING_DOWN (new connections get it at
 // once), waits until their queues are flushed and their connections closed,
 // then stops the event loop; or, if ctx ends first, closes what is left and
-// returns ctx.Err(). It is idempotent. Submits already handed to the engine
-// are committed by the engine's own Close.
+// returns ctx.Err(). It also waits for offloaded requests (SECRET_CREATE,
+// SCREENSHOT) to finish. It is idempotent. Submits already handed to the
+// engine are committed by the engine's own Close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.serveMu.Lock()
 	s.draining.Store(true)

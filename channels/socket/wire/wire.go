@@ -231,6 +231,10 @@ var lastTail atomic.Pointer[deliverTail]
 // appendDeliver appends the DELIVER frame of m at seq. Protobuf decoders
 // take fields in any order; seq (field 1) is written first, then the tail,
 // which is what proto.Marshal writes for fields 2 and up.
+//
+// A secret message is never cached: it has one recipient, so there is
+// nothing to share, and the cache would keep its plaintext (and the
+// message) alive after it burns, until the next message came along.
 func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
 	t := lastTail.Load()
 	if t == nil || t.msg != m {
@@ -239,7 +243,9 @@ func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
 			panic(fmt.Sprintf("wire: marshal DELIVER: %v", err))
 		}
 		t = &deliverTail{m, tail}
-		lastTail.Store(t)
+		if !isSecret(m) {
+			lastTail.Store(t)
+		}
 	}
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0, byte(pb.FrameType_DELIVER))
@@ -252,6 +258,8 @@ func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
 	return dst
 }
 
+func isSecret(m *engine.Message) bool { return m.Chat != (engine.ID{}) || m.Secret != nil }
+
 // deliverOf is m's DELIVER payload without the seq. A secret message
 // (m.Chat set) reaches here only as the engine's masked copy, whose From
 // and To are pseudonyms and whose Secret says the chat's terms; every
@@ -263,7 +271,7 @@ func deliverOf(m *engine.Message) *pb.Deliver {
 		Confirm:   m.Flags&engine.FlagConfirm != 0,
 		ForwardOf: idOrEmpty(m.Forward), QuoteOf: idOrEmpty(m.Quote),
 	}
-	if m.Chat != (engine.ID{}) || m.Secret != nil {
+	if isSecret(m) {
 		d.Chat = idOrEmpty(m.Chat)
 		d.NoCopy, d.NoForward = true, true
 	}

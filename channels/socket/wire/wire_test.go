@@ -252,6 +252,19 @@ func TestDeliverTailMatchesFullMarshal(t *testing.T) {
 	}
 }
 
+// TestSecretMessageIsNotCached: the shared tail must not keep a secret
+// message (its plaintext) alive after it was encoded.
+func TestSecretMessageIsNotCached(t *testing.T) {
+	plain := &engine.Message{ID: engine.ID{1}, From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("hi")}
+	wire.AppendEntry(nil, engine.Entry{Seq: 1, Kind: engine.EntryMessage, Message: plain})
+	secret := &engine.Message{ID: engine.ID{2}, From: "anon-AAAAAA", To: []string{"anon-BBBBBB"}, Kind: engine.KindText,
+		Body: []byte("psst"), Chat: engine.ID{3}, Secret: &engine.SecretInfo{Level: engine.Level1, BurnAfter: time.Minute}}
+	wire.AppendEntry(nil, engine.Entry{Seq: 2, Kind: engine.EntryMessage, Message: secret})
+	if wire.CachedMessage() != plain {
+		t.Fatal("the DELIVER tail cache holds the secret message")
+	}
+}
+
 // BenchmarkDeliverOneMessageToMany: encoding one message for 10,000
 // recipients (each frame differs only in its seq). Baseline: a full
 // protobuf marshal per recipient, as before the shared tail.
