@@ -88,6 +88,11 @@ func waitFanout(t testing.TB, e *engine.Engine, id engine.ID) {
 			t.Fatal(err)
 		}
 		if n == 0 {
+			// The last chunk is in the store; its heads are published
+			// once the commit loop takes the next op.
+			if err := e.Barrier(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 			return
 		}
 		if time.Now().After(deadline) {

@@ -262,6 +262,7 @@ type Engine struct {
 	fleeting    *memKeys // level 3
 	liveSecretN atomic.Int64
 	burnOnStart []ID // level-3 messages whose keys died with the last process
+	keyLost     []ID // level-1/2 messages whose keys are missing (a restored backup)
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -334,6 +335,15 @@ func Open(cfg Config) (*Engine, error) {
 		}
 		e.log.Info("burned level-3 secret messages: their keys were in memory only", "messages", n)
 		e.burnOnStart = nil
+	}
+	if len(e.keyLost) > 0 {
+		n, err := e.burnAll(context.Background(), e.keyLost, BurnKeyLost)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("engine: burn secret messages whose keys are lost: %w", err)
+		}
+		e.log.Warn("burned secret messages whose keys are missing (a store restored from a backup holds no keys)", "messages", n)
+		e.keyLost = nil
 	}
 	return e, nil
 }
@@ -602,23 +612,29 @@ func wait(ctx context.Context, start func(done func(error))) error {
 
 // Message returns a stored message. The result is shared and must not be
 // modified.
+//
+// A secret message comes without its body: metadata only (its parties by
+// user id, its chat, its times). Its plaintext leaves the engine only in
+// the masked entries handed to its participants (the Sink, Range), so no
+// admin view, export or re-send built on Message can carry it.
 func (e *Engine) Message(id ID) (*Message, error) {
-	if m := e.cache.get(id); m != nil {
-		return m, nil
+	m := e.cache.get(id)
+	if m == nil {
+		v, err := e.st.Get(messageKey(id))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, ErrNotFound
+		}
+		if err != nil {
+			return nil, fmt.Errorf("engine: message %s: %w", id, err)
+		}
+		if m, err = decodeMessage(id, v); err != nil {
+			return nil, err
+		}
 	}
-	v, err := e.st.Get(messageKey(id))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, ErrNotFound
-	}
-	if err != nil {
-		return nil, fmt.Errorf("engine: message %s: %w", id, err)
-	}
-	m, err := decodeMessage(id, v)
-	if err != nil {
-		return nil, err
-	}
-	if err := e.decryptMessage(m); err != nil {
-		return nil, err
+	if m.Chat != (ID{}) {
+		meta := *m
+		meta.Body = nil
+		return &meta, nil
 	}
 	return m, nil
 }

@@ -44,3 +44,10 @@ func (e *Engine) SecretKey(id ID) ([32]byte, bool) {
 	}
 	return e.fleeting.Get(id)
 }
+
+// Barrier returns once every op queued before it is durable and its
+// batch's heads are published (a batch becomes readable in the store a
+// moment before Head shows it). Tests only.
+func (e *Engine) Barrier(ctx context.Context) error {
+	return e.apply(ctx, func(*committer, time.Time) error { return nil })
+}

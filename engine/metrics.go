@@ -103,7 +103,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 	})
 	m.burns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ding_secret_burns_total",
-		Help: "Secret messages burned, by level (1-3) and reason: read (the burn delay after the first read passed), unread_expiry, offboarding, restart (a level-3 key lost with the process).",
+		Help: "Secret messages burned, by level (1-3) and reason: read (the burn delay after the first read passed), unread_expiry, offboarding, restart (a level-3 key lost with the process), key_lost (a level-1/2 key missing at start-up: a store restored from a backup, which holds no keys).",
 	}, []string{"level", "reason"})
 	m.burnLateness = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "ding_secret_burn_lateness_seconds",
@@ -124,6 +124,8 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 		}
 	}
 	m.burns.WithLabelValues("3", BurnRestart)
+	m.burns.WithLabelValues("1", BurnKeyLost)
+	m.burns.WithLabelValues("2", BurnKeyLost)
 	m.secretRefused.WithLabelValues("forward")
 	m.submitsOK = m.submits.WithLabelValues("ok")
 	m.submitsDup = m.submits.WithLabelValues("duplicate")

@@ -88,6 +88,7 @@ const (
 	BurnUnread      = "unread_expiry"
 	BurnOffboarding = "offboarding"
 	BurnRestart     = "restart"
+	BurnKeyLost     = "key_lost"
 )
 
 // Secret chat errors.
@@ -959,6 +960,35 @@ func (e *Engine) reconcileSecrets() error {
 		e.liveSecretN.Store(int64(n))
 	case !errors.Is(err, store.ErrNotFound):
 		return fmt.Errorf("engine: secrets count: %w", err)
+	}
+	// Every live message of level 1 or 2 has its key in the keyring, so
+	// normally the count is the keys plus the level-3 messages and nothing
+	// is scanned. Fewer keys mean some were lost (the store restored from a
+	// backup, which holds no keys; a torn keyring slot): find those
+	// messages and burn them, since they can never be read.
+	if e.liveSecretN.Load() > int64(e.keys.Len()+len(e.burnOnStart)) {
+		p := []byte{prefixSecret}
+		var serr error
+		err := e.st.Scan(p, prefixEnd(p), func(k, v []byte) bool {
+			if len(k) != 17 {
+				return true
+			}
+			var s secretState
+			if err := json.Unmarshal(v, &s); err != nil {
+				serr = fmt.Errorf("secret %x: %w", k[1:], ErrCorrupt)
+				return false
+			}
+			if _, ok := e.keys.Get(ID(k[1:])); s.Level != Level3 && !ok {
+				e.keyLost = append(e.keyLost, ID(k[1:]))
+			}
+			return true
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			return fmt.Errorf("engine: secret messages: %w", err)
+		}
 	}
 	return nil
 }

@@ -283,9 +283,8 @@ func TestSecretBurnTimerSurvivesARestart(t *testing.T) {
 	if n := env.e.LiveSecrets(); n != 1 {
 		t.Fatalf("%d live secret messages after the restart, want 1", n)
 	}
-	m, err := env.e.Message(id)
-	if err != nil || string(m.Body) != "the restart does not save me" {
-		t.Fatalf("message after the restart: %v", err)
+	if m := messageIn(rangeAll(t, env.e, bob), id); m == nil || string(m.Body) != "the restart does not save me" {
+		t.Fatalf("message after the restart: %+v", m)
 	}
 	env.clock.Advance(20*time.Second - time.Millisecond)
 	env.settle(t)
@@ -450,11 +449,14 @@ func TestLevel3MessagesBurnAtARestart(t *testing.T) {
 	if _, err := env.e.Message(gone); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("a level-3 message after the restart: %v", err)
 	}
+	if m, err := env.e.Message(kept); err != nil || m.Body != nil || m.From != alice {
+		t.Fatalf("Message of a secret message must give metadata only: %+v, %v", m, err)
+	}
 	if !hasBurn(rangeAll(t, env.e, alice), gone) || !hasBurn(rangeAll(t, env.e, bob), gone) {
 		t.Fatal("the restart's burn was not appended to both streams")
 	}
-	if m, err := env.e.Message(kept); err != nil || string(m.Body) != "on disk, encrypted" {
-		t.Fatalf("the level-1 message after the restart: %v", err)
+	if m := messageIn(rangeAll(t, env.e, bob), kept); m == nil || string(m.Body) != "on disk, encrypted" {
+		t.Fatalf("the level-1 message after the restart: %+v", m)
 	}
 	if n := env.e.LiveSecrets(); n != 1 {
 		t.Fatalf("%d live secret messages, want 1", n)

@@ -234,9 +234,18 @@ func TestSecretKeysSurviveRestart(t *testing.T) {
 		t.Fatalf("keyring file: %v %v", fi, err)
 	}
 	n = nodetest.Start(t, node.Config{DataDir: dir})
-	m, err := n.Engine().Message(res.ID)
-	if err != nil || string(m.Body) != "kept across restarts" {
-		t.Fatalf("after a restart: %v %v", m, err)
+	es, err := n.Engine().Range("bo", 1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body string
+	for _, e := range es {
+		if e.Kind == engine.EntryMessage && e.Message.ID == res.ID {
+			body = string(e.Message.Body)
+		}
+	}
+	if body != "kept across restarts" {
+		t.Fatalf("after a restart, bo's stream has %q", body)
 	}
 	if got := n.Engine().LiveSecrets(); got != 1 {
 		t.Fatalf("LiveSecrets after a restart = %d, want 1", got)
