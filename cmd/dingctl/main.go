@@ -447,9 +447,43 @@ func listen(g *globals, args []string, out io.Writer) error {
 				c.Ack(e.Seq)
 				continue
 			}
+			if b := e.Burn; b != nil {
+				// Its own kind, with the id only: delete the message.
+				enc.Encode(map[string]any{"type": "burn", "seq": e.Seq, "id": b.ID})
+				c.Ack(e.Seq)
+				continue
+			}
+			if s := e.Secret; s != nil {
+				o := map[string]any{"type": "secret_event", "seq": e.Seq, "chat": s.Chat, "event": s.Event,
+					"level": s.Level, "burn_after_s": s.BurnAfter.Seconds(), "at": s.At.UTC()}
+				for k, v := range map[string]string{"id": s.ID, "by": s.By, "you": s.You, "peer": s.Peer} {
+					if v != "" {
+						o[k] = v
+					}
+				}
+				enc.Encode(o)
+				c.Ack(e.Seq)
+				continue
+			}
 			m := e.Message
+			if m == nil {
+				c.Ack(e.Seq) // an entry kind this dingctl does not know
+				continue
+			}
 			o := map[string]any{"type": "message", "seq": e.Seq, "id": m.ID, "from": m.From, "to": m.To,
 				"kind": strings.ToLower(m.Kind.String()), "created": m.Created.UTC()}
+			if m.Chat != "" {
+				o["chat"], o["level"], o["burn_after_s"] = m.Chat, m.Level, m.BurnAfter.Seconds()
+				o["no_copy"], o["no_forward"] = m.NoCopy, m.NoForward
+				if m.Watermark != "" {
+					o["watermark"] = m.Watermark
+				}
+			}
+			for k, v := range map[string]string{"forward_of": m.ForwardOf, "quote_of": m.QuoteOf} {
+				if v != "" {
+					o[k] = v
+				}
+			}
 			switch m.Kind {
 			case pb.Kind_TEXT, pb.Kind_DING, pb.Kind_ANNOUNCEMENT:
 				o["body"] = string(m.Body)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/dingmq/ding/internal/fakeclock"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -125,4 +127,88 @@ func TestSecretCommands(t *testing.T) {
 	if got := n.Engine().LiveSecrets(); got != 1 {
 		t.Fatalf("LiveSecrets = %d, want 1", got)
 	}
+}
+
+// listen shows a secret message with its flags and pseudonyms, and its
+// burn as an object of its own kind carrying the id only.
+func TestListenShowsSecretMessagesAndBurns(t *testing.T) {
+	clk := fakeclock.New(time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC))
+	n := nodetest.Start(t, node.Config{Clock: clk})
+	for _, u := range []string{"ana", "bo"} {
+		if _, err := ctl(t, n, "user", "add", u, "--name", u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := ctl(t, n, "secret", "create", "--from", "ana", "--to", "bo", "--level", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chat := strings.TrimSpace(out)
+	out, err = ctl(t, n, "send", "--chat", chat, "--from", "ana", "burn", "after", "reading")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := strings.TrimSpace(out)
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--read", "--count", "1", "--timeout", "5s")
+	if err != nil {
+		t.Fatalf("bo's listen: %q %v", out, err)
+	}
+	lines := jsonLines(t, out)
+	created, m := lines[0], lines[len(lines)-1]
+	if created["type"] != "secret_event" || created["event"] != "created" || created["chat"] != chat {
+		t.Fatalf("first entry: %v", created)
+	}
+	if m["type"] != "message" || m["id"] != msg || m["body"] != "burn after reading" || m["chat"] != chat ||
+		m["no_copy"] != true || m["no_forward"] != true || m["watermark"] != created["you"] || m["from"] != created["peer"] {
+		t.Fatalf("secret message: %v", m)
+	}
+	clk.Advance(30 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for n.Engine().LiveSecrets() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the message did not burn")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// ana's stream: the chat, bo's receipts under his pseudonym, the burn.
+	out, err = ctl(t, n, "listen", "--user", "ana", "--device", "laptop", "--timeout", "1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var burn map[string]any
+	for _, l := range jsonLines(t, out) {
+		switch l["type"] {
+		case "burn":
+			burn = l
+		case "receipt":
+			if l["user"] != m["watermark"] {
+				t.Errorf("ana's receipt names %v, want bo's pseudonym %v", l["user"], m["watermark"])
+			}
+		}
+	}
+	if burn == nil || burn["id"] != msg || len(burn) != 3 {
+		t.Fatalf("ana's burn event: %v (listen printed %s)", burn, out)
+	}
+	// A device of bo's that was offline resumes from the start: it gets
+	// burns, never the message.
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "laptop", "--cursor", "0", "--timeout", "1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "burn after reading") || strings.Count(out, `"type":"burn"`) != 2 {
+		t.Fatalf("bo's offline device got %s", out)
+	}
+}
+
+func jsonLines(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var res []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not JSON: %q", l)
+		}
+		res = append(res, m)
+	}
+	return res
 }
