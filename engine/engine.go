@@ -59,7 +59,9 @@ type Recipients interface {
 // Sink receives stream entries once they are durable.
 type Sink interface {
 	// Deliver is called from the commit loop, for each user in turn, with
-	// that user's new entries in sequence order. Calls for one user never
+	// that user's new entries in sequence order. A secret message comes as
+	// its masked copy (Message.Secret set, From and To pseudonyms), as from
+	// Range: an edge may encode what it is given as is. Calls for one user never
 	// overlap and never skip a sequence number unless a commit failed. It
 	// must not block: hand the entries over and return.
 	Deliver(user string, entries []Entry)

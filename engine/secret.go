@@ -346,7 +346,44 @@ func newPseudonym() string {
 
 // CreateChat creates a secret chat between req.From and req.To and tells
 // both (an EntrySecret "created" in each stream, with pseudonyms only).
+// If ctx ends first the outcome is unknown.
 func (e *Engine) CreateChat(ctx context.Context, req ChatRequest) (Chat, error) {
+	type res struct {
+		ch  Chat
+		err error
+	}
+	out := make(chan res, 1)
+	e.CreateChatAsync(req, func(ch Chat, err error) { out <- res{ch, err} })
+	select {
+	case r := <-out:
+		return r.ch, r.err
+	case <-ctx.Done():
+		return Chat{}, ctx.Err()
+	}
+}
+
+// CreateChatAsync is CreateChat that answers done (exactly once, on the
+// commit loop; it must not block) once the chat is durable; invalid
+// requests are answered before it returns. Like SubmitAsync, it is
+// ordered with the caller's later operations.
+func (e *Engine) CreateChatAsync(req ChatRequest, done func(Chat, error)) {
+	ch, err := e.checkChatRequest(req)
+	if err != nil {
+		done(Chat{}, err)
+		return
+	}
+	e.applyAsync(func(c *committer, now time.Time) error { return c.createChat(&ch, now) }, func(err error) {
+		if err != nil {
+			done(Chat{}, err)
+			return
+		}
+		done(ch, nil)
+	})
+}
+
+// checkChatRequest validates req and returns the chat to create (its id
+// and time are filled in by the commit loop).
+func (e *Engine) checkChatRequest(req ChatRequest) (Chat, error) {
 	if err := CheckName("creator", req.From); err != nil {
 		return Chat{}, err
 	}
@@ -383,32 +420,30 @@ func (e *Engine) CreateChat(ctx context.Context, req ChatRequest) (Chat, error) 
 	for a == b {
 		b = newPseudonym()
 	}
-	var ch Chat
-	err := e.apply(ctx, func(c *committer, now time.Time) error {
-		ch = Chat{
-			ID: c.ids.next(now), Level: req.Level, BurnAfter: burn, Creator: req.From, Created: now.Truncate(time.Millisecond),
-			Members: []Member{{req.From, a}, {req.To, b}},
-		}
-		v, err := json.Marshal(&ch)
-		if err != nil {
+	return Chat{Level: req.Level, BurnAfter: burn, Creator: req.From, Members: []Member{{req.From, a}, {req.To, b}}}, nil
+}
+
+// createChat stores ch, giving it its id and time.
+func (c *committer) createChat(ch *Chat, now time.Time) error {
+	ch.ID, ch.Created = c.ids.next(now), now.Truncate(time.Millisecond)
+	v, err := json.Marshal(ch)
+	if err != nil {
+		return err
+	}
+	c.batch.Set(chatKey(ch.ID), v)
+	c.chats[ch.ID] = ch
+	for _, m := range ch.Members {
+		c.batch.Set(userChatKey(m.User, ch.ID), nil)
+		peer, _ := ch.peer(m.User)
+		if err := c.appendEntry(m.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
+			Chat: ch.ID, Event: "created", By: ch.Members[0].Pseudonym, Level: ch.Level, BurnAfter: ch.BurnAfter,
+			You: m.Pseudonym, Peer: peer.Pseudonym, At: now,
+		}}); err != nil {
 			return err
 		}
-		c.batch.Set(chatKey(ch.ID), v)
-		c.chats[ch.ID] = &ch
-		for _, m := range ch.Members {
-			c.batch.Set(userChatKey(m.User, ch.ID), nil)
-			peer, _ := ch.peer(m.User)
-			if err := c.appendEntry(m.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
-				Chat: ch.ID, Event: "created", By: a, Level: ch.Level, BurnAfter: ch.BurnAfter,
-				You: m.Pseudonym, Peer: peer.Pseudonym, At: now,
-			}}); err != nil {
-				return err
-			}
-		}
-		c.chatsCreated = append(c.chatsCreated, ch.Level)
-		return nil
-	})
-	return ch, err
+	}
+	c.chatsCreated = append(c.chatsCreated, ch.Level)
+	return nil
 }
 
 // Chat returns a secret chat's record (admins: metadata only; it holds no
@@ -870,7 +905,13 @@ func (e *Engine) burnAll(ctx context.Context, ids []ID, reason string) (int, err
 // chats) to the other participant, as an EntrySecret "screenshot" naming
 // the reporter by pseudonym. msg may be zero.
 func (e *Engine) ReportScreenshot(ctx context.Context, user string, chat, msg ID) error {
-	return e.apply(ctx, func(c *committer, now time.Time) error {
+	return wait(ctx, func(done func(error)) { e.ReportScreenshotAsync(user, chat, msg, done) })
+}
+
+// ReportScreenshotAsync is ReportScreenshot that answers done once the
+// report is durable (on the commit loop; done must not block).
+func (e *Engine) ReportScreenshotAsync(user string, chat, msg ID, done func(error)) {
+	e.applyAsync(func(c *committer, now time.Time) error {
 		ch, err := c.chat(chat)
 		if errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrNotMember, chat)
@@ -888,7 +929,7 @@ func (e *Engine) ReportScreenshot(ctx context.Context, user string, chat, msg ID
 		return c.appendEntry(peer.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
 			Chat: chat, Event: "screenshot", ID: msg, By: ch.pseudonym(user), Level: ch.Level, BurnAfter: ch.BurnAfter, At: now,
 		}})
-	})
+	}, done)
 }
 
 // SenderReceipts returns a message's receipts for its sender, who alone

@@ -48,14 +48,6 @@ const closeGrace = time.Second
 // maxReadIDs bounds the ids one READ frame may carry.
 const maxReadIDs = 1000
 
-// maxWaiting bounds a connection's requests that wait on the engine on a
-// goroutine of their own (SECRET_CREATE, SCREENSHOT: see offload); more
-// get TOO_MANY_INFLIGHT.
-const maxWaiting = 8
-
-// engineWait bounds how long an offloaded request waits for the engine.
-const engineWait = 10 * time.Second
-
 // connKey carries the *conn from OnPrepare to OnRequest: netpoll's own
 // mechanism for per-connection state is the context it hands back.
 type connKey struct{}
@@ -71,7 +63,6 @@ type conn struct {
 	authed   atomic.Bool
 	dead     atomic.Bool // a fatal error was queued: input is discarded
 	inflight atomic.Int32
-	waiting  atomic.Int32 // offloaded requests running
 	dev      atomic.Pointer[fanout.Device]
 
 	// Written once by the HELLO handler before authed is set; read only
@@ -394,8 +385,7 @@ func (c *conn) secretCreate(m *pb.SecretCreate) {
 		BurnAfter: time.Duration(m.BurnAfterMs) * time.Millisecond,
 	}
 	ref := m.Ref
-	c.offload(ref, func(ctx context.Context) {
-		ch, err := c.s.cfg.Engine.CreateChat(ctx, req)
+	c.s.cfg.Engine.CreateChatAsync(req, func(ch engine.Chat, err error) {
 		if err != nil {
 			c.fail(ref, err)
 			return
@@ -420,38 +410,13 @@ func (c *conn) screenshot(m *pb.Screenshot) {
 		}
 	}
 	ref := m.Ref
-	c.offload(ref, func(ctx context.Context) {
-		if err := c.s.cfg.Engine.ReportScreenshot(ctx, c.user, chat, msg); err != nil {
+	c.s.cfg.Engine.ReportScreenshotAsync(c.user, chat, msg, func(err error) {
+		if err != nil {
 			c.fail(ref, err)
 			return
 		}
 		c.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref}))
 	})
-}
-
-// offload runs fn, a request that waits for the engine to make it durable,
-// on a goroutine of its own: the engine offers CreateChat and
-// ReportScreenshot only in a waiting form, and OnRequest must not wait on
-// an fsync. The server owns the goroutine (Shutdown waits for it); a
-// connection runs at most maxWaiting at once (more get TOO_MANY_INFLIGHT),
-// and fn gets engineWait. Unlike SUBMIT, READ and CONFIRM, an offloaded
-// request is not ordered with the connection's later requests: a client
-// waits for its OK (PROTOCOL.md §13).
-func (c *conn) offload(ref uint64, fn func(ctx context.Context)) {
-	if int(c.waiting.Add(1)) > maxWaiting {
-		c.waiting.Add(-1)
-		c.sendError(codeTooManyInflight, ref, "wait for answers before sending more chat requests", false)
-		return
-	}
-	s := c.s
-	s.waiters.Add(1)
-	go func() {
-		defer s.waiters.Add(-1)
-		defer c.waiting.Add(-1)
-		ctx, cancel := context.WithTimeout(context.Background(), engineWait)
-		defer cancel()
-		fn(ctx)
-	}()
 }
 
 func msOrZero(t time.Time) int64 {

@@ -9,10 +9,9 @@
 //     WELCOME and attaches the device to the fanout hub, which replays the
 //     stream from the resume point and then pushes live entries.
 //  3. SUBMIT goes to the engine without waiting: the SUBMIT_ACK is written
-//     when the commit loop reports the message durable. ACK, READ and
-//     CONFIRM (of a DING) go to the engine the same way. SECRET_CREATE and
-//     SCREENSHOT, which the engine offers only in a waiting form, wait on
-//     a goroutine of their own that the server owns (conn.offload).
+//     when the commit loop reports the message durable. ACK, READ,
+//     CONFIRM (of a DING), SECRET_CREATE and SCREENSHOT go to the engine
+//     the same way.
 //  4. Errors are typed codes (pb.Code); fatal ones end the connection.
 //
 // Netpoll calls OnRequest when bytes arrive. It decodes whole frames, hands
@@ -132,9 +131,6 @@ type Server struct {
 	// WaitGroup: a connection accepted while Shutdown waits may still
 	// start one, and WaitGroup forbids an Add racing a Wait at zero.
 	flushers atomic.Int64
-	// waiters counts running offloaded requests (conn.offload); a counter
-	// for the same reason.
-	waiters atomic.Int64
 }
 
 type connShard struct {
@@ -276,7 +272,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			lerr = s.loop.Shutdown(ctx) // Serve had not registered yet
 		}
 	}
-	for s.flushers.Load() > 0 || s.waiters.Load() > 0 {
+	for s.flushers.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
