@@ -2,8 +2,12 @@ package node_test
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -210,6 +214,23 @@ func TestSecretChatFramesNameNobody(t *testing.T) {
 	}
 	if !bytes.Contains(bytes.Join(bob.frames, nil), []byte("the vault code is 7731")) {
 		t.Fatal("bob never got the body: the walk below would prove nothing")
+	}
+	// The server's whole data directory holds no byte of the plaintext
+	// (it was only ever stored encrypted, and its key is erased).
+	if err := filepath.WalkDir(n.DataDir(), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte("vault code")) {
+			t.Errorf("%s holds the plaintext", p)
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 
 	// bob's laptop was offline: resuming from the start it gets burns,
