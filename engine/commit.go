@@ -243,6 +243,12 @@ func (c *committer) commit() {
 	c.batch.Close()
 	if err != nil {
 		err = fmt.Errorf("%w: commit: %w", ErrFailed, err)
+		// The batch may be durable all the same (a WAL write that reached
+		// the disk before the fsync failed): its messages' keys stay, and
+		// the next start erases those whose message is not in the store
+		// (reconcileSecrets). Dropping them would burn a message that a
+		// sender's retry is then told was stored.
+		c.newKeys = c.newKeys[:0]
 		e.failMu.Lock()
 		if e.failed == nil {
 			e.failed = err
@@ -265,8 +271,9 @@ func (c *committer) publishAbort(err error) {
 	c.publish(err)
 }
 
-// resetSecrets clears the secret overlay after a batch: its new keys are
-// dropped if it did not commit.
+// resetSecrets clears the secret overlay after a batch: the new keys of
+// a batch aborted before its commit are dropped (a failed commit has
+// already kept them).
 func (c *committer) resetSecrets(commitErr error) {
 	if commitErr != nil {
 		c.dropNewKeys()
@@ -848,7 +855,10 @@ func (c *committer) applyRead(o *op, now time.Time) error {
 		if m.Chat != (ID{}) {
 			if s, err := c.secret(m.ID); err != nil {
 				return abort(err)
-			} else if s == nil {
+			} else if s == nil || (s.ExpireDue != 0 && s.ExpireDue <= ms(now)) {
+				// Burned, or unread past its expiry: its expiry timer is
+				// due (the timer loop may be late) and burns it; reading
+				// it now must not disarm that timer.
 				return fmt.Errorf("%w: %s (burned)", ErrNotRecipient, ch.id)
 			}
 		}

@@ -45,7 +45,9 @@ import (
 //     entry, appends a burn entry (the id only) to both parties' streams,
 //     and, once that batch is durable and before anything is published,
 //     erases the key (zeroed and synced) and drops the message from the
-//     cache. Offboarding a participant burns every live message of theirs.
+//     cache. Offboarding a participant burns every live message of theirs;
+//     the commit loop checks again that both participants are active, so
+//     a request checked before the removal cannot slip in after the burn.
 //
 // What remains after a burn: the id, its receipt events and dedupe key
 // (metadata), and possibly the ciphertext in Pebble's log and tables until
@@ -425,6 +427,11 @@ func (e *Engine) checkChatRequest(req ChatRequest) (Chat, error) {
 
 // createChat stores ch, giving it its id and time.
 func (c *committer) createChat(ch *Chat, now time.Time) error {
+	for _, m := range ch.Members {
+		if !c.active(m.User) { // offboarded since checkChatRequest
+			return fmt.Errorf("%w: %q", ErrUnknownRecipient, m.User)
+		}
+	}
 	ch.ID, ch.Created = c.ids.next(now), now.Truncate(time.Millisecond)
 	v, err := json.Marshal(ch)
 	if err != nil {
@@ -551,9 +558,10 @@ func (e *Engine) liveSecrets(user string) (map[ID]secretState, error) {
 func (e *Engine) LiveSecrets() int64 { return e.liveSecretN.Load() }
 
 // mask returns the copy of m (a secret message) that the edges may see:
-// pseudonyms for From and To, and its SecretInfo.
+// pseudonyms for From and To, no client message id, and its SecretInfo.
 func mask(ch *Chat, m *Message) *Message {
 	out := *m
+	out.ClientID = "" // the sender's: it could link the pseudonym to them
 	out.From = ch.pseudonym(m.From)
 	out.To = make([]string, len(m.To))
 	for i, t := range m.To {
@@ -625,17 +633,24 @@ func (e *Engine) checkRef(from string, ref ID) error {
 func (c *committer) applySecretSubmit(o *op, now time.Time) error {
 	s := &o.sub
 	ch := s.chat
+	if !c.active(s.From) || !c.active(s.To[0]) {
+		// Offboarded since check: BurnUser may already have scanned
+		// their messages, so this one would never burn.
+		return fmt.Errorf("%w: a participant of the chat was removed", ErrUnknownRecipient)
+	}
 	id := c.ids.next(now)
 	key, sealed, err := seal(id, s.Body)
 	if err != nil {
 		return abort(fmt.Errorf("seal: %w", err))
 	}
-	keys := c.e.keysFor(ch.Level)
-	if err := keys.Put(id, key); err != nil {
+	// Listed before Put: a Put that fails may have written part of the
+	// key, and the abort must erase it too.
+	c.newKeys = append(c.newKeys, newKey{id, ch.Level})
+	err = c.e.keysFor(ch.Level).Put(id, key)
+	clear(key[:])
+	if err != nil {
 		return abort(err)
 	}
-	clear(key[:])
-	c.newKeys = append(c.newKeys, newKey{id, ch.Level})
 	m := &Message{
 		ID: id, From: s.From, To: s.To, Kind: s.Kind, Body: s.Body,
 		Created: id.Time(), ClientID: s.ClientID, Chat: ch.ID,
@@ -683,6 +698,14 @@ type burned struct {
 	id     ID
 	level  Level
 	reason string
+}
+
+// active reports whether user may still take part in secret chats: an
+// offboarded user receives nothing more (contract point 6), and the
+// offboarding's BurnUser must find every secret message of theirs, so
+// the commit loop checks again what a request's check saw.
+func (c *committer) active(user string) bool {
+	return c.e.active == nil || c.e.active.Active(user)
 }
 
 func (c *committer) armSecret(id ID, due int64, n uint32) {
@@ -829,7 +852,8 @@ func (c *committer) finishBurns() {
 	c.burns = c.burns[:0]
 }
 
-// dropNewKeys forgets the keys of messages whose batch did not commit.
+// dropNewKeys forgets the keys of messages whose batch was aborted
+// before its commit (so none of it can have reached the store).
 func (c *committer) dropNewKeys() {
 	var disk, fleeting [][16]byte
 	for _, k := range c.newKeys {
@@ -926,6 +950,9 @@ func (e *Engine) ReportScreenshotAsync(user string, chat, msg ID, done func(erro
 		if ch.Level != Level3 {
 			return fmt.Errorf("%w: screenshot reports are relayed in level-3 chats only", ErrBadChat)
 		}
+		if !c.active(peer.User) || !c.active(user) {
+			return fmt.Errorf("%w: a participant of the chat was removed", ErrUnknownRecipient)
+		}
 		return c.appendEntry(peer.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
 			Chat: chat, Event: "screenshot", ID: msg, By: ch.pseudonym(user), Level: ch.Level, BurnAfter: ch.BurnAfter, At: now,
 		}})
@@ -957,8 +984,9 @@ func (e *Engine) SenderReceipts(user string, id ID) ([]Receipt, error) {
 }
 
 // reconcileSecrets runs at Open: keys whose message is gone (a crash
-// between storing a key and committing its message, or between a burn's
-// commit and its erasure) are erased, and level-3 messages, whose keys
+// between storing a key and committing its message, a commit that failed
+// without landing, or a crash between a burn's commit and its erasure)
+// are erased, and level-3 messages, whose keys
 // died with the last process, are burned once the engine runs (burnOnStart).
 func (e *Engine) reconcileSecrets() error {
 	var orphans [][16]byte
