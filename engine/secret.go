@@ -832,42 +832,40 @@ func (c *committer) burn(id ID, s *secretState, reason string) error {
 // published: the keys are erased (zeroed and synced), and the messages
 // leave the cache.
 func (c *committer) finishBurns() {
-	e := c.e
-	var disk, fleeting [][16]byte
-	for _, b := range c.burns {
-		if b.level == Level3 {
-			fleeting = append(fleeting, b.id)
-		} else {
-			disk = append(disk, b.id)
-		}
-		e.cache.forget(b.id)
-		e.metrics.burns.WithLabelValues(levelLabel(b.level), b.reason).Inc()
+	keys := make([]newKey, len(c.burns))
+	for i, b := range c.burns {
+		keys[i] = newKey{b.id, b.level}
+		c.e.cache.forget(b.id)
+		c.e.metrics.burns.WithLabelValues(levelLabel(b.level), b.reason).Inc()
 	}
-	e.fleeting.Erase(fleeting)
-	if err := e.keys.Erase(disk); err != nil {
-		// The records are gone; the keys are orphans that the next start
-		// erases (reconcileKeys). Say so loudly: a key is still on disk.
-		e.log.Error("burn: erasing keys failed; they are erased at the next start", "messages", len(disk), "err", err)
-	}
+	// On failure the records are gone; the keys are orphans that the next
+	// start erases (reconcileSecrets). Say so loudly: a key is still on disk.
+	c.e.eraseKeys(keys, "burn: erasing keys failed; they are erased at the next start")
 	c.burns = c.burns[:0]
 }
 
 // dropNewKeys forgets the keys of messages whose batch was aborted
 // before its commit (so none of it can have reached the store).
 func (c *committer) dropNewKeys() {
+	c.e.eraseKeys(c.newKeys, "dropping the keys of an aborted batch failed; they are erased at the next start")
+	c.newKeys = c.newKeys[:0]
+}
+
+// eraseKeys erases keys where their level keeps them, logging failMsg if
+// the keyring cannot.
+func (e *Engine) eraseKeys(keys []newKey, failMsg string) {
 	var disk, fleeting [][16]byte
-	for _, k := range c.newKeys {
+	for _, k := range keys {
 		if k.level == Level3 {
 			fleeting = append(fleeting, k.id)
 		} else {
 			disk = append(disk, k.id)
 		}
 	}
-	c.e.fleeting.Erase(fleeting)
-	if err := c.e.keys.Erase(disk); err != nil {
-		c.e.log.Error("dropping the keys of an aborted batch failed; they are erased at the next start", "err", err)
+	e.fleeting.Erase(fleeting)
+	if err := e.keys.Erase(disk); err != nil {
+		e.log.Error(failMsg, "keys", len(disk), "err", err)
 	}
-	c.newKeys = c.newKeys[:0]
 }
 
 func levelLabel(l Level) string { return string('0' + byte(l)) }
@@ -952,6 +950,15 @@ func (e *Engine) ReportScreenshotAsync(user string, chat, msg ID, done func(erro
 		}
 		if !c.active(peer.User) || !c.active(user) {
 			return fmt.Errorf("%w: a participant of the chat was removed", ErrUnknownRecipient)
+		}
+		if msg != (ID{}) {
+			// Name only a live message of this chat; anything else the
+			// client said is dropped, not relayed.
+			if s, err := c.secret(msg); err != nil {
+				return abort(err)
+			} else if s == nil || s.Chat != chat {
+				msg = ID{}
+			}
 		}
 		return c.appendEntry(peer.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
 			Chat: chat, Event: "screenshot", ID: msg, By: ch.pseudonym(user), Level: ch.Level, BurnAfter: ch.BurnAfter, At: now,

@@ -434,6 +434,28 @@ func TestLevel3BurnsSoonAndRelaysScreenshots(t *testing.T) {
 	if err := env.e.ReportScreenshot(context.Background(), "cy", ch.ID, engine.ID{}); !errors.Is(err, engine.ErrNotMember) {
 		t.Fatalf("screenshot by an outsider: %v", err)
 	}
+	// A message id that is not a live message of the chat (here: the
+	// burned one) is not relayed; the report is.
+	if err := env.e.ReportScreenshot(context.Background(), bob, ch.ID, id); err != nil {
+		t.Fatal(err)
+	}
+	var last engine.SecretEvent
+	deadline := time.Now().Add(5 * time.Second)
+	for n := 0; n < 2; {
+		n = 0
+		for _, e := range env.sink.entries(alice) {
+			if e.Kind == engine.EntrySecret && e.Secret.Event == "screenshot" {
+				n, last = n+1, e.Secret
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second screenshot report was not relayed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if last.ID != (engine.ID{}) {
+		t.Fatalf("a screenshot report relayed the id of a burned message: %+v", last)
+	}
 }
 
 // Level 3 keeps its keys in memory only: a restart burns its live
