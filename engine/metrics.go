@@ -28,6 +28,7 @@ type metrics struct {
 	burnLateness  prometheus.Histogram
 	chatsCreated  *prometheus.CounterVec // by level
 	secretRefused *prometheus.CounterVec // by reason
+	eraseFailures prometheus.Counter
 }
 
 func (m *metrics) step(ch Channel, outcome string) {
@@ -118,6 +119,10 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 		Name: "ding_secret_refusals_total",
 		Help: "Submissions refused to protect a secret message, by reason: forward (a forward or quote of a secret message).",
 	}, []string{"reason"})
+	m.eraseFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_secret_key_erase_failures_total",
+		Help: "Times erasing secret message keys from the keyring file failed: a burned message's key is still on disk until the next start erases it.",
+	})
 	for _, l := range []string{"1", "2", "3"} {
 		for _, r := range []string{BurnRead, BurnUnread, BurnOffboarding} {
 			m.burns.WithLabelValues(l, r)
@@ -137,7 +142,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 	for _, c := range []prometheus.Collector{
 		m.submits, m.submitSeconds, m.commitSeconds, m.batchOps, m.queueFull,
 		m.dings, m.steps, m.refusals, m.lateness, m.timeToRead, m.timeToConfirm, m.sendSeconds, m.sendsDropped, m.fanoutEntries,
-		m.burns, m.burnLateness, m.chatsCreated, m.secretRefused,
+		m.burns, m.burnLateness, m.chatsCreated, m.secretRefused, m.eraseFailures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ding_secret_messages",
 			Help: "Secret messages stored and not yet burned.",

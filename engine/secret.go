@@ -864,6 +864,7 @@ func (e *Engine) eraseKeys(keys []newKey, failMsg string) {
 	}
 	e.fleeting.Erase(fleeting)
 	if err := e.keys.Erase(disk); err != nil {
+		e.metrics.eraseFailures.Inc()
 		e.log.Error(failMsg, "keys", len(disk), "err", err)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/memstore"
@@ -345,4 +347,62 @@ func TestReviewAFailedKeyPutIsErased(t *testing.T) {
 	if n := keys.Len(); n != 0 {
 		t.Fatalf("%d keys left behind by the aborted submit", n)
 	}
+}
+
+// stuckKeys refuses to erase while stuck is set.
+type stuckKeys struct {
+	*keepKeys
+	stuck atomic.Bool
+}
+
+func (k *stuckKeys) Erase(ids [][16]byte) error {
+	if k.stuck.Load() {
+		return errors.New("disk refuses the write")
+	}
+	return k.keepKeys.Erase(ids)
+}
+
+// A burn whose key cannot be erased still burns the message, counts the
+// failure for the alert, and the next start erases the orphaned key.
+func TestFailedKeyEraseIsCountedAndRepairedAtTheNextStart(t *testing.T) {
+	keys := &stuckKeys{keepKeys: newKeepKeys()}
+	reg := prometheus.NewRegistry()
+	env := newSecretEnv(t, false, func(c *engine.Config) { c.Keys, c.Registerer = keys, reg })
+	ch := env.chat(t, engine.Level1, 0)
+	id := env.send(t, ch, alice, "stuck")
+	if err := env.e.Read(context.Background(), bob, id); err != nil {
+		t.Fatal(err)
+	}
+	keys.stuck.Store(true)
+	env.clock.Advance(30 * time.Second)
+	env.settle(t)
+	env.waitBurn(t, bob, id)
+	if _, ok := keys.Get(id); !ok {
+		t.Fatal("the test's keyring erased although stuck")
+	}
+	if got := counterValue(t, reg, "ding_secret_key_erase_failures_total"); got != 1 {
+		t.Fatalf("erase failures counted: %v, want 1", got)
+	}
+	keys.stuck.Store(false)
+	env.cfg.Registerer = nil
+	env.close()
+	env.open(t)
+	if _, ok := keys.Get(id); ok {
+		t.Fatal("the next start left the burned message's key in the keyring")
+	}
+}
+
+func counterValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
