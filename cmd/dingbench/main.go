@@ -2,12 +2,13 @@
 // process on loopback and prints one Markdown table per scenario, each
 // figure beside a baseline measured in the same run.
 //
-//	make build && ./bin/dingbench all          # ingest, idle, resume, escalate (~3 min)
+//	make build && ./bin/dingbench all          # ingest, idle, resume, escalate, secret (~5 min)
 //	./bin/dingbench ingest --conns 1000 --run 10s
 //	./bin/dingbench idle --conns 18000
 //	./bin/dingbench resume --missed 100000
 //	./bin/dingbench announce --users 100000 --conns 18000  # one announcement to all (~45 s); not in all
 //	./bin/dingbench escalate --steps 1000000  # DING escalation timers (~75 s)
+//	./bin/dingbench secret --chats 3000       # secret chats: submits, burn lateness, bulk burns, restarts (~70 s)
 //
 // --dingd names the server binary; by default the dingd next to dingbench.
 package main
@@ -33,7 +34,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: dingbench ingest|idle|resume|escalate|announce|all [flags]")
+		return errors.New("usage: dingbench ingest|idle|resume|escalate|announce|secret|all [flags]")
 	}
 	scenario := args[0]
 	fs := flag.NewFlagSet("dingbench", flag.ContinueOnError)
@@ -53,9 +54,16 @@ func run(args []string) error {
 	fires := fs.Int("fires", 3000, "escalate: steps that fall due during the lateness window")
 	window := fs.Duration("window", 30*time.Second, "escalate: the lateness window (whole seconds)")
 	overdue := fs.Int("overdue", 100, "escalate: steps that fall due while dingd is down, per restart")
-	serverPprof := fs.String("server-pprof", "", "escalate, announce: start dingd with --pprof on this address, to profile it during the run")
+	serverPprof := fs.String("server-pprof", "", "escalate, announce, secret: start dingd with --pprof on this address, to profile it during the run")
 	users := fs.Int("users", 100_000, "announce: users in the org (--conns of them online)")
-	serverProfile := fs.String("server-profile", "", "announce: with --server-pprof, write dingd's CPU profile over the publish to this file")
+	serverProfile := fs.String("server-profile", "", "announce: with --server-pprof, write dingd's CPU profile over the publish to this file; secret: to this prefix, one file per phase")
+	pairs := fs.Int("pairs", 500, "secret: user pairs sending to each other in the throughput phase (2×pairs connections)")
+	round := fs.Duration("round", 2*time.Second, "secret: each kind's window per round in the throughput phase (at least 2s)")
+	rounds := fs.Int("rounds", 3, "secret: rounds of the throughput phase")
+	chats := fs.Int("chats", 3000, "secret: level-3 chats in the burn-lateness phase, each between two users online")
+	perChat := fs.Int("per-chat", 2, "secret: messages per chat in the burn-lateness phase")
+	live := fs.Int("live", 50_000, "secret: live messages held at a restart")
+	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -95,6 +103,10 @@ func run(args []string) error {
 	announce := func() (bench.Table, error) {
 		return bench.Announce(bench.AnnounceConfig{Bin: *bin, Tmp: *tmp, Self: self, Users: *users, Conns: pick(*conns, 18000), Text: *payload, Pprof: *serverPprof, Profile: *serverProfile})
 	}
+	secret := func() (bench.Table, error) {
+		return runSecret(secretConfig{Bin: *bin, Tmp: *tmp, Pairs: *pairs, Payload: *payload, Round: *round, Rounds: *rounds,
+			Chats: *chats, PerChat: *perChat, Live: *live, Restarts: *restarts, Pprof: *serverPprof, Profile: *serverProfile})
+	}
 	switch scenario {
 	case "announce-naive": // the announce scenario's baseline, run by it as a child process
 		return bench.NaiveBroadcast(os.Stdin, os.Stdout, pick(*conns, 18000))
@@ -108,8 +120,10 @@ func run(args []string) error {
 		scenarios = append(scenarios, resume)
 	case "escalate":
 		scenarios = append(scenarios, escalate)
+	case "secret":
+		scenarios = append(scenarios, secret)
 	case "all":
-		scenarios = append(scenarios, ingest, idle, resume, escalate)
+		scenarios = append(scenarios, ingest, idle, resume, escalate, secret)
 	default:
 		return fmt.Errorf("unknown scenario %q", scenario)
 	}
