@@ -262,9 +262,15 @@ type Engine struct {
 	// Secret chats (secret.go).
 	keys        Keys     // cfg.Keys: levels 1 and 2
 	fleeting    *memKeys // level 3
+	chatCache   *chatCache
 	liveSecretN atomic.Int64
 	burnOnStart []ID // level-3 messages whose keys died with the last process
 	keyLost     []ID // level-1/2 messages whose keys are missing (a restored backup)
+
+	stopStartupBurns context.CancelFunc // nil if there were none
+	startupBurnsDone chan struct{}
+	sinkSet          chan struct{} // closed by the first SetSink
+	sinkSetOnce      sync.Once
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -296,10 +302,13 @@ func Open(cfg Config) (*Engine, error) {
 		fanoutWake:     make(chan struct{}, 1),
 		stopFanout:     make(chan struct{}),
 		fanoutDone:     make(chan struct{}),
+
+		startupBurnsDone: make(chan struct{}),
+		sinkSet:          make(chan struct{}),
 	}
 	e.minArmed.Store(math.MaxInt64)
 	e.active, _ = cfg.Recipients.(ActiveFilter)
-	e.keys, e.fleeting = cfg.Keys, newMemKeys()
+	e.keys, e.fleeting, e.chatCache = cfg.Keys, newMemKeys(), newChatCache(16384)
 	if err := e.reconcileSecrets(); err != nil {
 		return nil, err
 	}
@@ -329,23 +338,15 @@ func Open(cfg Config) (*Engine, error) {
 	for range cfg.DispatchWorkers {
 		go e.dispatchLoop()
 	}
-	if len(e.burnOnStart) > 0 {
-		n, err := e.burnAll(context.Background(), e.burnOnStart, BurnRestart)
-		if err != nil {
-			e.Close()
-			return nil, fmt.Errorf("engine: burn level-3 messages after a restart: %w", err)
-		}
-		e.log.Info("burned level-3 secret messages: their keys were in memory only", "messages", n)
-		e.burnOnStart = nil
-	}
-	if len(e.keyLost) > 0 {
-		n, err := e.burnAll(context.Background(), e.keyLost, BurnKeyLost)
-		if err != nil {
-			e.Close()
-			return nil, fmt.Errorf("engine: burn secret messages whose keys are lost: %w", err)
-		}
-		e.log.Warn("burned secret messages whose keys are missing (a store restored from a backup holds no keys)", "messages", n)
-		e.keyLost = nil
+	if len(e.burnOnStart) > 0 || len(e.keyLost) > 0 {
+		// Their keys are gone, so they can no longer be read (Range
+		// shows them as burned): burning them can wait until after Open,
+		// which a million of them would otherwise hold up for seconds.
+		ctx, cancel := context.WithCancel(context.Background())
+		e.stopStartupBurns = cancel
+		go e.startupBurns(ctx)
+	} else {
+		close(e.startupBurnsDone)
 	}
 	return e, nil
 }
@@ -355,6 +356,7 @@ func (e *Engine) SetSink(s Sink) {
 	e.sinkMu.Lock()
 	e.sink = s
 	e.sinkMu.Unlock()
+	e.sinkSetOnce.Do(func() { close(e.sinkSet) })
 }
 
 func (e *Engine) getSink() Sink {
@@ -372,6 +374,10 @@ func (e *Engine) MaxBody() int { return e.cfg.MaxBody }
 // goroutine. It does not close the store. It is idempotent.
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
+		if e.stopStartupBurns != nil {
+			e.stopStartupBurns()
+		}
+		<-e.startupBurnsDone
 		close(e.stopTimers)
 		<-e.timerDone
 		close(e.stopFanout)

@@ -108,7 +108,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 	}, []string{"level", "reason"})
 	m.burnLateness = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "ding_secret_burn_lateness_seconds",
-		Help:    "How late secret messages burn after their deadline (read burns and unread expiries).",
+		Help:    "How late secret messages burn after their deadline (read burns and unread expiries), measured when the burn is durable and its key erased, just before the burn events are published.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 	})
 	m.chatsCreated = prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -463,7 +463,11 @@ func (e *Engine) Chat(id ID) (Chat, error) {
 	return *ch, nil
 }
 
+// loadChat returns a chat's record, shared: it must not be modified.
 func (e *Engine) loadChat(id ID) (*Chat, error) {
+	if ch := e.chatCache.get(id); ch != nil {
+		return ch, nil
+	}
 	v, err := e.st.Get(chatKey(id))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrNotFound
@@ -475,6 +479,7 @@ func (e *Engine) loadChat(id ID) (*Chat, error) {
 	if err := json.Unmarshal(v, &ch); err != nil || len(ch.Members) != 2 {
 		return nil, fmt.Errorf("engine: chat %s: %w", id, ErrCorrupt)
 	}
+	e.chatCache.put(&ch)
 	return &ch, nil
 }
 
@@ -695,6 +700,7 @@ type newKey struct {
 
 // burned is a burn decided in this batch, finished after the commit.
 type burned struct {
+	due    int64 // the deadline (ms) of a read burn or an expiry; 0 for others
 	id     ID
 	level  Level
 	reason string
@@ -791,8 +797,11 @@ func (c *committer) fireSecret(k []byte, due int64, id ID, n uint32, now time.Ti
 	default:
 		return nil // disarmed since the scan
 	}
-	c.e.metrics.burnLateness.Observe(max(0, now.Sub(time.UnixMilli(due)).Seconds()))
-	return c.burn(id, s, reason)
+	if err := c.burn(id, s, reason); err != nil {
+		return err
+	}
+	c.burns[len(c.burns)-1].due = due
+	return nil
 }
 
 // burn destroys a live secret message: see the design comment above.
@@ -823,7 +832,7 @@ func (c *committer) burn(id ID, s *secretState, reason string) error {
 		}
 	}
 	c.secrets[id] = nil
-	c.burns = append(c.burns, burned{id, s.Level, reason})
+	c.burns = append(c.burns, burned{id: id, level: s.Level, reason: reason})
 	c.secretDelta--
 	return nil
 }
@@ -833,7 +842,13 @@ func (c *committer) burn(id ID, s *secretState, reason string) error {
 // leave the cache.
 func (c *committer) finishBurns() {
 	keys := make([]newKey, len(c.burns))
+	now := c.e.cfg.Clock.Now()
 	for i, b := range c.burns {
+		if b.due != 0 {
+			// Observed once the burn is durable, just before it is
+			// published: what devices see, less the delivery itself.
+			c.e.metrics.burnLateness.Observe(max(0, now.Sub(time.UnixMilli(b.due)).Seconds()))
+		}
 		keys[i] = newKey{b.id, b.level}
 		c.e.cache.forget(b.id)
 		c.e.metrics.burns.WithLabelValues(levelLabel(b.level), b.reason).Inc()
@@ -901,6 +916,7 @@ func (e *Engine) burnAll(ctx context.Context, ids []ID, reason string) (int, err
 	for len(ids) > 0 {
 		chunk := ids[:min(len(ids), 512)]
 		ids = ids[len(chunk):]
+		burned := 0 // read only once the op has answered
 		err := e.apply(ctx, func(c *committer, now time.Time) error {
 			for _, id := range chunk {
 				s, err := c.secret(id)
@@ -913,13 +929,14 @@ func (e *Engine) burnAll(ctx context.Context, ids []ID, reason string) (int, err
 				if err := c.burn(id, s, reason); err != nil {
 					return err
 				}
-				n++
+				burned++
 			}
 			return nil
 		})
 		if err != nil {
 			return n, err
 		}
+		n += burned
 	}
 	return n, nil
 }
@@ -997,20 +1014,20 @@ func (e *Engine) SenderReceipts(user string, id ID) ([]Receipt, error) {
 // are erased, and level-3 messages, whose keys
 // died with the last process, are burned once the engine runs (burnOnStart).
 func (e *Engine) reconcileSecrets() error {
+	var ids [][16]byte
+	e.keys.Each(func(id [16]byte) bool { ids = append(ids, id); return true })
+	slices.SortFunc(ids, func(a, b [16]byte) int { return compareID(a, b) })
+	keys := make([][]byte, len(ids))
+	for i, id := range ids {
+		keys[i] = secretKey(id)
+	}
 	var orphans [][16]byte
-	var ferr error
-	e.keys.Each(func(id [16]byte) bool {
-		_, err := e.st.Get(secretKey(ID(id)))
-		if errors.Is(err, store.ErrNotFound) {
-			orphans = append(orphans, id)
-		} else if err != nil {
-			ferr = err
-			return false
+	if err := e.st.GetMany(keys, func(i int, v []byte) {
+		if v == nil {
+			orphans = append(orphans, ids[i])
 		}
-		return true
-	})
-	if ferr != nil {
-		return fmt.Errorf("engine: secret keys: %w", ferr)
+	}); err != nil { // one sorted pass, not a seek per key
+		return fmt.Errorf("engine: secret keys: %w", err)
 	}
 	if len(orphans) > 0 {
 		e.log.Warn("erasing keys of secret messages that are gone", "keys", len(orphans))
@@ -1068,6 +1085,39 @@ func (e *Engine) reconcileSecrets() error {
 		}
 	}
 	return nil
+}
+
+// startupBurns burns, after Open, the secret messages found keyless at
+// start-up: level 3 (reason restart) and lost keys (key_lost). It waits
+// for the Sink, so that connected devices are told.
+func (e *Engine) startupBurns(ctx context.Context) {
+	defer close(e.startupBurnsDone)
+	select {
+	case <-e.sinkSet:
+	case <-ctx.Done():
+		return
+	}
+	for _, b := range []struct {
+		ids    []ID
+		reason string
+		msg    string
+	}{
+		{e.burnOnStart, BurnRestart, "burned level-3 secret messages: their keys were in memory only"},
+		{e.keyLost, BurnKeyLost, "burned secret messages whose keys are missing (a store restored from a backup holds no keys)"},
+	} {
+		if len(b.ids) == 0 {
+			continue
+		}
+		n, err := e.burnAll(ctx, b.ids, b.reason)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Error("burning keyless secret messages at start-up failed; the next start tries again", "burned", n, "err", err)
+			}
+			return
+		}
+		e.log.Info(b.msg, "messages", n)
+	}
+	e.burnOnStart, e.keyLost = nil, nil
 }
 
 // decryptMessage replaces a secret message's sealed body with its

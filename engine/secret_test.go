@@ -468,6 +468,10 @@ func TestLevel3MessagesBurnAtARestart(t *testing.T) {
 	gone := env.send(t, ch3, alice, "memory only")
 	kept := env.send(t, ch1, alice, "on disk, encrypted")
 	env.restart(t)
+	// Burned in the background once the engine has its sink; until then
+	// it cannot be read: a catch-up shows it burned.
+	env.waitBurn(t, alice, gone)
+	env.waitBurn(t, bob, gone)
 	if _, err := env.e.Message(gone); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("a level-3 message after the restart: %v", err)
 	}

@@ -182,7 +182,7 @@ func (r *Ring) Put(id [16]byte, key [32]byte) error {
 	return nil
 }
 
-// Sync makes every Put durable (one fdatasync).
+// Sync makes every Put durable (one fsync).
 func (r *Ring) Sync() error {
 	r.mu.Lock()
 	dirty := r.dirty
