@@ -277,7 +277,19 @@ func (c *committer) publishAbort(err error) {
 func (c *committer) resetSecrets(commitErr error) {
 	if commitErr != nil {
 		c.dropNewKeys()
+		for id := range c.secrets {
+			c.e.secretCache.delete(id) // unknown outcome: read the store again
+		}
 	} else {
+		// Write through: the commit loop is the only writer of these
+		// states, so what this durable batch holds is current.
+		for id, s := range c.secrets {
+			if s == nil {
+				c.e.secretCache.delete(id)
+			} else {
+				c.e.secretCache.put(id, *s)
+			}
+		}
 		c.e.liveSecretN.Add(c.secretDelta)
 		for _, l := range c.chatsCreated {
 			c.e.metrics.chatsCreated.WithLabelValues(levelLabel(l)).Inc()

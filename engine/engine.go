@@ -262,7 +262,8 @@ type Engine struct {
 	// Secret chats (secret.go).
 	keys        Keys     // cfg.Keys: levels 1 and 2
 	fleeting    *memKeys // level 3
-	chatCache   *chatCache
+	chatCache   *idCache[*Chat]        // shared records, never modified
+	secretCache *idCache[secretState] // live secret messages' states, written through after each commit
 	liveSecretN atomic.Int64
 	burnOnStart []ID // level-3 messages whose keys died with the last process
 	keyLost     []ID // level-1/2 messages whose keys are missing (a restored backup)
@@ -308,7 +309,8 @@ func Open(cfg Config) (*Engine, error) {
 	}
 	e.minArmed.Store(math.MaxInt64)
 	e.active, _ = cfg.Recipients.(ActiveFilter)
-	e.keys, e.fleeting, e.chatCache = cfg.Keys, newMemKeys(), newChatCache(16384)
+	e.keys, e.fleeting = cfg.Keys, newMemKeys()
+	e.chatCache, e.secretCache = newIDCache[*Chat](16384), newIDCache[secretState](131072)
 	if err := e.reconcileSecrets(); err != nil {
 		return nil, err
 	}

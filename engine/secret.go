@@ -465,7 +465,7 @@ func (e *Engine) Chat(id ID) (Chat, error) {
 
 // loadChat returns a chat's record, shared: it must not be modified.
 func (e *Engine) loadChat(id ID) (*Chat, error) {
-	if ch := e.chatCache.get(id); ch != nil {
+	if ch, ok := e.chatCache.get(id); ok {
 		return ch, nil
 	}
 	v, err := e.st.Get(chatKey(id))
@@ -479,7 +479,7 @@ func (e *Engine) loadChat(id ID) (*Chat, error) {
 	if err := json.Unmarshal(v, &ch); err != nil || len(ch.Members) != 2 {
 		return nil, fmt.Errorf("engine: chat %s: %w", id, ErrCorrupt)
 	}
-	e.chatCache.put(&ch)
+	e.chatCache.put(id, &ch)
 	return &ch, nil
 }
 
@@ -726,6 +726,10 @@ func (c *committer) armSecret(id ID, due int64, n uint32) {
 func (c *committer) secret(id ID) (*secretState, error) {
 	if s, ok := c.secrets[id]; ok {
 		return s, nil
+	}
+	if s, ok := c.e.secretCache.get(id); ok {
+		c.secrets[id] = &s // a copy: the batch may change it
+		return c.secrets[id], nil
 	}
 	v, err := c.e.st.Get(secretKey(id))
 	if errors.Is(err, store.ErrNotFound) {
