@@ -260,9 +260,9 @@ type Engine struct {
 	fanoutDone chan struct{}
 
 	// Secret chats (secret.go).
-	keys        Keys     // cfg.Keys: levels 1 and 2
-	fleeting    *memKeys // level 3
-	chatCache   *idCache[*Chat]        // shared records, never modified
+	keys        Keys                  // cfg.Keys: levels 1 and 2
+	fleeting    *memKeys              // level 3
+	chatCache   *idCache[*Chat]       // shared records, never modified
 	secretCache *idCache[secretState] // live secret messages' states, written through after each commit
 	liveSecretN atomic.Int64
 	burnOnStart []ID // level-3 messages whose keys died with the last process

@@ -23,7 +23,7 @@ type restartFigures struct {
 	ringBytes               int64   // the level-1 server's keyring file
 	load1, loadPlain, load3 float64 // msgs/s while loading (loadInflight in flight)
 	withKeys, plain         []time.Duration
-	liveAfter               float64 // ding_secret_messages after the level-1 server's restarts
+	liveAfter               float64       // ding_secret_messages after the level-1 server's restarts
 	withL3                  time.Duration // exec → /readyz
 	l3AllBurned             time.Duration // exec → every level-3 message burned (dingd burns them after it is ready)
 	l3Burned, l3LiveAfter   float64
