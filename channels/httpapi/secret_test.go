@@ -212,13 +212,12 @@ func TestBackupHoldsNoSecretContent(t *testing.T) {
 			t.Fatalf("bo's stream from the backup delivers the secret message: %+v", e.Message)
 		}
 	}
+	// (The live count moves when the burn's batch is published, a moment
+	// after the store shows the message gone.)
 	nodetest.WaitFor(t, "the keyless secret message to burn", 5*time.Second, func() bool {
 		_, err := n2.Engine().Message(mustParse(t, sid))
-		return errors.Is(err, engine.ErrNotFound)
+		return errors.Is(err, engine.ErrNotFound) && n2.Engine().LiveSecrets() == 0
 	})
-	if n := n2.Engine().LiveSecrets(); n != 0 {
-		t.Fatalf("%d live secret messages after the restore's burn", n)
-	}
 }
 
 func mustParse(t *testing.T, s string) engine.ID {
