@@ -14,7 +14,8 @@ import (
 // Every mutation (submit, ack, read) becomes an op on one bounded queue. A
 // single goroutine, the commit loop, owns sequencing:
 //
-//  1. Take one op, then every op already waiting, up to MaxBatch.
+//  1. Take one op, then every op already waiting, up to MaxBatch units of
+//     work (an op is one unit; a READ, one per id it marks).
 //  2. Apply each op to one store batch and an in-memory overlay (the
 //     batch's view of heads, receipts, cursors and dedupe keys, so that two
 //     ops in the same batch see each other). Stream sequence numbers are
@@ -77,6 +78,17 @@ type op struct {
 	fn func(c *committer, now time.Time) error
 
 	err error
+}
+
+// weight is an op's share of a batch: a READ of many ids costs a point
+// read or two per id (a thousand-id READ is not one submit's work), so
+// batches of big READs stay short and other users' ops do not wait
+// seconds behind them (bench/RESULTS.md, secret: bulk reads).
+func (o *op) weight() int {
+	if o.kind == opRead {
+		return max(1, len(o.ids))
+	}
+	return 1
 }
 
 func (o *op) finish() {
@@ -163,14 +175,16 @@ func (c *committer) loop() {
 			return
 		}
 		c.ops = append(c.ops[:0], o)
+		work := o.weight()
 	drain:
-		for len(c.ops) < c.e.cfg.MaxBatch {
+		for work < c.e.cfg.MaxBatch {
 			select {
 			case o, ok := <-c.e.queue:
 				if !ok {
 					break drain
 				}
 				c.ops = append(c.ops, o)
+				work += o.weight()
 			default:
 				break drain
 			}

@@ -88,7 +88,8 @@ type Config struct {
 	// the background after the message is durable, so that it never holds
 	// up other traffic for long; zero means 4096 (bench/RESULTS.md, announce).
 	FanoutChunk int
-	// MaxBatch is the most operations committed in one synced batch; zero means 4096.
+	// MaxBatch bounds the work committed in one synced batch: operations,
+	// a READ counting once per id it marks; zero means 4096.
 	MaxBatch int
 	// QueueLen bounds the operations waiting for the commit loop; zero means
 	// 16384. A full queue blocks submitters (back-pressure).
