@@ -834,6 +834,7 @@ func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 		return err
 	}
 	chats := map[ID]*Chat{}
+	now := ms(e.cfg.Clock.Now())
 	j := 0
 	for i := range entries {
 		if entries[i].Kind != EntryMessage {
@@ -846,6 +847,11 @@ func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 			entries[i] = Entry{Seq: entries[i].Seq, Kind: EntryBurn, Burn: ids[j-1]}
 		case m == nil:
 			return fmt.Errorf("message %s: %w", ids[j-1], ErrNotFound)
+		case m.Chat != (ID{}) && e.pastDeadline(m.ID, now):
+			// Due to burn (read and its delay passed, or unread too
+			// long) but the timer loop has not got to it yet: it is
+			// as good as burned.
+			entries[i] = Entry{Seq: entries[i].Seq, Kind: EntryBurn, Burn: m.ID}
 		case m.Chat != (ID{}):
 			ch, ok := chats[m.Chat]
 			if !ok {

@@ -559,6 +559,15 @@ func (e *Engine) liveSecrets(user string) (map[ID]secretState, error) {
 	return out, err
 }
 
+// pastDeadline reports whether secret message id is due to burn at nowMS
+// (its burn or unread-expiry deadline passed) as its cached state says; a
+// state not in the cache counts as not due (the timer loop burns it
+// within milliseconds of its deadline anyway).
+func (e *Engine) pastDeadline(id ID, nowMS int64) bool {
+	s, ok := e.secretCache.get(id)
+	return ok && ((s.BurnDue != 0 && s.BurnDue <= nowMS) || (s.ExpireDue != 0 && s.ExpireDue <= nowMS))
+}
+
 // LiveSecrets is how many secret messages have not burned.
 func (e *Engine) LiveSecrets() int64 { return e.liveSecretN.Load() }
 

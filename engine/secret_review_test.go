@@ -406,3 +406,25 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+// Between a message's burn deadline and the batch that burns it (a timer
+// loop running late), a catch-up already shows it burned, never its body.
+func TestCatchUpAfterTheDeadlineShowsTheBurn(t *testing.T) {
+	env := newSecretEnv(t, false, func(c *engine.Config) { c.Clock = lateClock{c.Clock.(*fakeclock.Clock)} })
+	ch := env.chat(t, engine.Level1, 0)
+	id := env.send(t, ch, alice, "gone at the deadline")
+	if err := env.e.Read(context.Background(), bob, id); err != nil {
+		t.Fatal(err)
+	}
+	env.clock.Advance(30*time.Second - time.Millisecond)
+	if messageIn(rangeAll(t, env.e, bob), id) == nil {
+		t.Fatal("the message is gone before its deadline")
+	}
+	env.clock.Advance(time.Millisecond)
+	es := rangeAll(t, env.e, bob)
+	if messageIn(es, id) != nil || !hasBurn(es, id) {
+		t.Fatalf("a catch-up after the deadline, before the burn ran: %+v", es)
+	}
+	env.settle(t) // the late timer loop catches up
+	env.waitBurn(t, alice, id)
+}
