@@ -534,9 +534,6 @@ func (c *committer) appendEntry(user string, ent Entry) error {
 
 func (c *committer) applySubmit(o *op, now time.Time) error {
 	s := &o.sub
-	if s.chat != nil && s.ClientID == "" {
-		return c.applySecretSubmit(o, now)
-	}
 	var dk []byte
 	if s.ClientID != "" {
 		dk = dedupeKey(s.From, s.ClientID)
@@ -558,7 +555,11 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 		}
 	}
 	if s.chat != nil {
-		return c.applySecretSubmit(o, now)
+		if err := c.applySecretSubmit(o, now); err != nil {
+			return err
+		}
+		c.setDedupe(dk, o.result.ID)
+		return nil
 	}
 	id := c.ids.next(now)
 	m := &Message{
@@ -583,13 +584,19 @@ func (c *committer) applySubmit(o *op, now time.Time) error {
 		// half-written survives (see clientError).
 		return err
 	}
+	c.setDedupe(dk, id)
+	o.result = SubmitResult{ID: id, Created: m.Created}
+	o.msg = m
+	return nil
+}
+
+// setDedupe records that the sender's client id dk (nil for none) names
+// message id.
+func (c *committer) setDedupe(dk []byte, id ID) {
 	if dk != nil {
 		c.batch.Set(dk, id[:])
 		c.dedupe[string(dk)] = id
 	}
-	o.result = SubmitResult{ID: id, Created: m.Created}
-	o.msg = m
-	return nil
 }
 
 // fanout appends m to each recipient's stream, with a receipt in state

@@ -266,8 +266,6 @@ type Engine struct {
 	chatCache   *idCache[*Chat]       // shared records, never modified
 	secretCache *idCache[secretState] // live secret messages' states, written through after each commit
 	liveSecretN atomic.Int64
-	burnOnStart []ID // level-3 messages whose keys died with the last process
-	keyLost     []ID // level-1/2 messages whose keys are missing (a restored backup)
 
 	stopStartupBurns context.CancelFunc // nil if there were none
 	startupBurnsDone chan struct{}
@@ -312,7 +310,8 @@ func Open(cfg Config) (*Engine, error) {
 	e.active, _ = cfg.Recipients.(ActiveFilter)
 	e.keys, e.fleeting = cfg.Keys, newMemKeys()
 	e.chatCache, e.secretCache = newIDCache[*Chat](16384), newIDCache[secretState](131072)
-	if err := e.reconcileSecrets(); err != nil {
+	keyless, err := e.reconcileSecrets()
+	if err != nil {
 		return nil, err
 	}
 	e.sendCtx, e.cancelSends = context.WithCancel(context.Background())
@@ -326,7 +325,6 @@ func Open(cfg Config) (*Engine, error) {
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("engine: timer count: %w", err)
 	}
-	var err error
 	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(len(e.queue)) },
 		func() float64 { return float64(e.pendingTimers.Load()) },
 		func() float64 { return float64(e.liveSecretN.Load()) }); err != nil {
@@ -341,13 +339,13 @@ func Open(cfg Config) (*Engine, error) {
 	for range cfg.DispatchWorkers {
 		go e.dispatchLoop()
 	}
-	if len(e.burnOnStart) > 0 || len(e.keyLost) > 0 {
+	if len(keyless.restart) > 0 || len(keyless.lost) > 0 {
 		// Their keys are gone, so they can no longer be read (Range
 		// shows them as burned): burning them can wait until after Open,
 		// which a million of them would otherwise hold up for seconds.
 		ctx, cancel := context.WithCancel(context.Background())
 		e.stopStartupBurns = cancel
-		go e.startupBurns(ctx)
+		go e.startupBurns(ctx, keyless)
 	} else {
 		close(e.startupBurnsDone)
 	}

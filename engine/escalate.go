@@ -171,12 +171,18 @@ func (c *committer) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef 
 		t.N = s.TimerN
 	}
 	s.Timers = append(s.Timers, t)
-	c.batch.Set(timerKey(t.Due, id, idx, t.N), nil)
+	c.setTimerKey(t.Due, id, idx, t.N)
 	c.timerDelta++
-	if c.minDue == 0 || t.Due < c.minDue {
-		c.minDue = t.Due
-	}
 	return t
+}
+
+// setTimerKey writes a timer's key and lowers the batch's earliest due
+// time, which wakes the timer loop after the commit (timer.go).
+func (c *committer) setTimerKey(due int64, id ID, idx int, n uint32) {
+	c.batch.Set(timerKey(due, id, idx, n), nil)
+	if c.minDue == 0 || due < c.minDue {
+		c.minDue = due
+	}
 }
 
 func (c *committer) removeTimer(id ID, idx int, s *rcptState, n uint32) (timerRef, bool) {
@@ -292,10 +298,7 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 	for _, u := range users {
 		c.batch.Set(receiptKey(id, u), sentR)
 	}
-	if dk != nil {
-		c.batch.Set(dk, id[:])
-		c.dedupe[string(dk)] = id
-	}
+	c.setDedupe(dk, id)
 	rec := &dingRecord{
 		From: q.From, Created: ms(m.Created), Policy: q.policyID, Plan: q.policy.plan(),
 		Until: q.policy.Until, Choices: q.Choices, Critical: q.Critical, Recipients: q.To,

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -643,7 +644,8 @@ func (e *Engine) checkRef(from string, ref ID) error {
 	return nil
 }
 
-// applySecretSubmit stores a message of a secret chat (see applySubmit).
+// applySecretSubmit stores a message of a secret chat; applySubmit has
+// checked its client id and records it.
 func (c *committer) applySecretSubmit(o *op, now time.Time) error {
 	s := &o.sub
 	ch := s.chat
@@ -683,7 +685,7 @@ func (c *committer) applySecretSubmit(o *op, now time.Time) error {
 	st := &secretState{Chat: ch.ID, Level: ch.Level, From: s.From, To: to, ToSeq: c.heads[to], BurnAfter: ch.BurnAfter.Milliseconds()}
 	if ch.Level >= Level2 {
 		st.ExpireDue = ms(now.Add(c.e.cfg.SecretUnreadTTL))
-		c.armSecret(id, st.ExpireDue, timerExpire)
+		c.setTimerKey(st.ExpireDue, id, secretTimerIdx, timerExpire)
 	}
 	if ch.Level == Level3 {
 		c.batch.Set(fleetingKey(id), nil)
@@ -692,11 +694,6 @@ func (c *committer) applySecretSubmit(o *op, now time.Time) error {
 	c.batch.Set(userSecretKey(s.From, id), nil)
 	c.batch.Set(userSecretKey(to, id), nil)
 	c.secretDelta++
-	if s.ClientID != "" {
-		dk := dedupeKey(s.From, s.ClientID)
-		c.batch.Set(dk, id[:])
-		c.dedupe[string(dk)] = id
-	}
 	o.result = SubmitResult{ID: id, Created: m.Created}
 	o.msg = m
 	return nil
@@ -721,13 +718,6 @@ type burned struct {
 // the commit loop checks again what a request's check saw.
 func (c *committer) active(user string) bool {
 	return c.e.active == nil || c.e.active.Active(user)
-}
-
-func (c *committer) armSecret(id ID, due int64, n uint32) {
-	c.batch.Set(timerKey(due, id, secretTimerIdx, n), nil)
-	if c.minDue == 0 || due < c.minDue {
-		c.minDue = due
-	}
 }
 
 // secret returns a live secret message's state as this batch sees it
@@ -786,7 +776,7 @@ func (c *committer) secretRead(id ID, reader string, now time.Time) error {
 		s.ExpireDue = 0
 	}
 	s.BurnDue = ms(now) + s.BurnAfter
-	c.armSecret(id, s.BurnDue, timerBurn)
+	c.setTimerKey(s.BurnDue, id, secretTimerIdx, timerBurn)
 	c.setSecret(id, s)
 	return nil
 }
@@ -837,7 +827,7 @@ func (c *committer) burn(id ID, s *secretState, reason string) error {
 	// resumes from before it never sees the content.
 	c.batch.Set(inboxKey(s.To, s.ToSeq), encodeEntry(&Entry{Kind: EntryBurn, Burn: id}))
 	for _, u := range []string{s.From, s.To} {
-		if c.e.active != nil && !c.e.active.Active(u) {
+		if !c.active(u) {
 			continue // offboarded: they receive nothing more
 		}
 		if err := c.appendEntry(u, Entry{Kind: EntryBurn, Burn: id}); err != nil {
@@ -910,17 +900,8 @@ func (e *Engine) BurnUser(ctx context.Context, user string) (int, error) {
 	for id := range states {
 		ids = append(ids, id)
 	}
-	slices.SortFunc(ids, func(a, b ID) int { return compareID(a, b) })
+	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
 	return e.burnAll(ctx, ids, BurnOffboarding)
-}
-
-func compareID(a, b ID) int {
-	for i := range a {
-		if a[i] != b[i] {
-			return int(a[i]) - int(b[i])
-		}
-	}
-	return 0
 }
 
 // burnAll burns the live ones of ids, in batches.
@@ -1021,15 +1002,22 @@ func (e *Engine) SenderReceipts(user string, id ID) ([]Receipt, error) {
 	return rs, nil
 }
 
+// keyless lists the live secret messages found without a key at Open.
+type keyless struct {
+	restart []ID // level 3: their keys died with the last process
+	lost    []ID // levels 1 and 2: keys missing (a restored backup, a torn slot)
+}
+
 // reconcileSecrets runs at Open: keys whose message is gone (a crash
 // between storing a key and committing its message, a commit that failed
 // without landing, or a crash between a burn's commit and its erasure)
-// are erased, and level-3 messages, whose keys
-// died with the last process, are burned once the engine runs (burnOnStart).
-func (e *Engine) reconcileSecrets() error {
+// are erased, and the live messages without a key are returned, to be
+// burned once the engine runs (startupBurns).
+func (e *Engine) reconcileSecrets() (keyless, error) {
+	var kl keyless
 	var ids [][16]byte
 	e.keys.Each(func(id [16]byte) bool { ids = append(ids, id); return true })
-	slices.SortFunc(ids, func(a, b [16]byte) int { return compareID(a, b) })
+	slices.SortFunc(ids, func(a, b [16]byte) int { return bytes.Compare(a[:], b[:]) })
 	keys := make([][]byte, len(ids))
 	for i, id := range ids {
 		keys[i] = secretKey(id)
@@ -1040,40 +1028,40 @@ func (e *Engine) reconcileSecrets() error {
 			orphans = append(orphans, ids[i])
 		}
 	}); err != nil { // one sorted pass, not a seek per key
-		return fmt.Errorf("engine: secret keys: %w", err)
+		return kl, fmt.Errorf("engine: secret keys: %w", err)
 	}
 	if len(orphans) > 0 {
 		e.log.Warn("erasing keys of secret messages that are gone", "keys", len(orphans))
 		if err := e.keys.Erase(orphans); err != nil {
-			return fmt.Errorf("engine: erase orphan keys: %w", err)
+			return kl, fmt.Errorf("engine: erase orphan keys: %w", err)
 		}
 	}
 	p := []byte{prefixFleeting}
 	err := e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
 		if len(k) == 17 {
-			e.burnOnStart = append(e.burnOnStart, ID(k[1:]))
+			kl.restart = append(kl.restart, ID(k[1:]))
 		}
 		return true
 	})
 	if err != nil {
-		return fmt.Errorf("engine: level-3 messages: %w", err)
+		return kl, fmt.Errorf("engine: level-3 messages: %w", err)
 	}
 	switch v, err := e.st.Get(secretsCounterKey); {
 	case err == nil:
 		n, err := parseU64(v)
 		if err != nil {
-			return fmt.Errorf("engine: secrets count: %w", err)
+			return kl, fmt.Errorf("engine: secrets count: %w", err)
 		}
 		e.liveSecretN.Store(int64(n))
 	case !errors.Is(err, store.ErrNotFound):
-		return fmt.Errorf("engine: secrets count: %w", err)
+		return kl, fmt.Errorf("engine: secrets count: %w", err)
 	}
 	// Every live message of level 1 or 2 has its key in the keyring, so
 	// normally the count is the keys plus the level-3 messages and nothing
 	// is scanned. Fewer keys mean some were lost (the store restored from a
 	// backup, which holds no keys; a torn keyring slot): find those
 	// messages and burn them, since they can never be read.
-	if e.liveSecretN.Load() > int64(e.keys.Len()+len(e.burnOnStart)) {
+	if e.liveSecretN.Load() > int64(e.keys.Len()+len(kl.restart)) {
 		p := []byte{prefixSecret}
 		var serr error
 		err := e.st.Scan(p, prefixEnd(p), func(k, v []byte) bool {
@@ -1086,7 +1074,7 @@ func (e *Engine) reconcileSecrets() error {
 				return false
 			}
 			if _, ok := e.keys.Get(ID(k[1:])); s.Level != Level3 && !ok {
-				e.keyLost = append(e.keyLost, ID(k[1:]))
+				kl.lost = append(kl.lost, ID(k[1:]))
 			}
 			return true
 		})
@@ -1094,16 +1082,16 @@ func (e *Engine) reconcileSecrets() error {
 			err = serr
 		}
 		if err != nil {
-			return fmt.Errorf("engine: secret messages: %w", err)
+			return kl, fmt.Errorf("engine: secret messages: %w", err)
 		}
 	}
-	return nil
+	return kl, nil
 }
 
 // startupBurns burns, after Open, the secret messages found keyless at
 // start-up: level 3 (reason restart) and lost keys (key_lost). It waits
 // for the Sink, so that connected devices are told.
-func (e *Engine) startupBurns(ctx context.Context) {
+func (e *Engine) startupBurns(ctx context.Context, kl keyless) {
 	defer close(e.startupBurnsDone)
 	select {
 	case <-e.sinkSet:
@@ -1115,8 +1103,8 @@ func (e *Engine) startupBurns(ctx context.Context) {
 		reason string
 		msg    string
 	}{
-		{e.burnOnStart, BurnRestart, "burned level-3 secret messages: their keys were in memory only"},
-		{e.keyLost, BurnKeyLost, "burned secret messages whose keys are missing (a store restored from a backup holds no keys)"},
+		{kl.restart, BurnRestart, "burned level-3 secret messages: their keys were in memory only"},
+		{kl.lost, BurnKeyLost, "burned secret messages whose keys are missing (a store restored from a backup holds no keys)"},
 	} {
 		if len(b.ids) == 0 {
 			continue
@@ -1130,7 +1118,6 @@ func (e *Engine) startupBurns(ctx context.Context) {
 		}
 		e.log.Info(b.msg, "messages", n)
 	}
-	e.burnOnStart, e.keyLost = nil, nil
 }
 
 // decryptMessage replaces a secret message's sealed body with its

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/keyring"
 	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/memstore"
 	"github.com/dingmq/ding/internal/fakeclock"
@@ -18,53 +20,16 @@ import (
 
 // Review tests of secret chats: each one failed before its fix.
 
-// keepKeys is a Keys that outlives an engine, as a keyring file does: a
-// test can "restart" on the same store and the same keys.
-type keepKeys struct {
-	mu sync.Mutex
-	m  map[[16]byte][32]byte
-}
-
-func newKeepKeys() *keepKeys { return &keepKeys{m: map[[16]byte][32]byte{}} }
-
-func (k *keepKeys) Put(id [16]byte, key [32]byte) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.m[id] = key
-	return nil
-}
-func (k *keepKeys) Sync() error { return nil }
-func (k *keepKeys) Get(id [16]byte) ([32]byte, bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.m[id]
-	return v, ok
-}
-func (k *keepKeys) Erase(ids [][16]byte) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for _, id := range ids {
-		delete(k.m, id)
+// openKeys opens a keyring file in a temp dir: Keys that outlive an
+// engine, so a test can "restart" on the same store and the same keys.
+func openKeys(t testing.TB) *keyring.Ring {
+	t.Helper()
+	r, err := keyring.Open(filepath.Join(t.TempDir(), "secret.keys"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return nil
-}
-func (k *keepKeys) Each(fn func(id [16]byte) bool) {
-	k.mu.Lock()
-	ids := make([][16]byte, 0, len(k.m))
-	for id := range k.m {
-		ids = append(ids, id)
-	}
-	k.mu.Unlock()
-	for _, id := range ids {
-		if !fn(id) {
-			return
-		}
-	}
-}
-func (k *keepKeys) Len() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return len(k.m)
+	t.Cleanup(func() { r.Close() })
+	return r
 }
 
 // unsureStore fails commits while fail is set; with land set the batch is
@@ -105,7 +70,7 @@ func TestReviewFailedCommitKeepsTheKeysOfMessagesThatMayHaveLanded(t *testing.T)
 		name := map[bool]string{true: "landed", false: "lost"}[landed]
 		t.Run(name, func(t *testing.T) {
 			mem := memstore.New()
-			keys := newKeepKeys()
+			keys := openKeys(t)
 			var fail, land atomic.Bool
 			land.Store(landed)
 			clock := fakeclock.New(t0)
@@ -327,10 +292,10 @@ func TestReviewMaskedCopyCarriesNoClientID(t *testing.T) {
 // failingPutKeys records a key and then reports the write failed, as the
 // keyring does when its slot write errs (the slot is taken and some of
 // the key's bytes may be on disk).
-type failingPutKeys struct{ *keepKeys }
+type failingPutKeys struct{ *keyring.Ring }
 
 func (k failingPutKeys) Put(id [16]byte, key [32]byte) error {
-	k.keepKeys.Put(id, key)
+	k.Ring.Put(id, key)
 	return errors.New("keyring: put: no space left on device")
 }
 
@@ -338,7 +303,7 @@ func (k failingPutKeys) Put(id [16]byte, key [32]byte) error {
 // what was written of it, must be erased like any other key of an aborted
 // batch, not left behind for a message that does not exist.
 func TestReviewAFailedKeyPutIsErased(t *testing.T) {
-	keys := newKeepKeys()
+	keys := openKeys(t)
 	env := newSecretEnv(t, false, func(c *engine.Config) { c.Keys = failingPutKeys{keys} })
 	ch := env.chat(t, engine.Level1, 0)
 	if _, err := env.e.Submit(context.Background(), engine.Submission{From: alice, Chat: ch.ID, Kind: engine.KindText, Body: []byte("x")}); err == nil {
@@ -351,7 +316,7 @@ func TestReviewAFailedKeyPutIsErased(t *testing.T) {
 
 // stuckKeys refuses to erase while stuck is set.
 type stuckKeys struct {
-	*keepKeys
+	*keyring.Ring
 	stuck atomic.Bool
 }
 
@@ -359,13 +324,13 @@ func (k *stuckKeys) Erase(ids [][16]byte) error {
 	if k.stuck.Load() {
 		return errors.New("disk refuses the write")
 	}
-	return k.keepKeys.Erase(ids)
+	return k.Ring.Erase(ids)
 }
 
 // A burn whose key cannot be erased still burns the message, counts the
 // failure for the alert, and the next start erases the orphaned key.
 func TestFailedKeyEraseIsCountedAndRepairedAtTheNextStart(t *testing.T) {
-	keys := &stuckKeys{keepKeys: newKeepKeys()}
+	keys := &stuckKeys{Ring: openKeys(t)}
 	reg := prometheus.NewRegistry()
 	env := newSecretEnv(t, false, func(c *engine.Config) { c.Keys, c.Registerer = keys, reg })
 	ch := env.chat(t, engine.Level1, 0)

@@ -164,6 +164,25 @@ func (env *secretEnv) send(t testing.TB, ch engine.Chat, from, text string) engi
 	return res.ID
 }
 
+// burnsAt checks that id, alice's message to bob, burns exactly d from
+// now on the fake clock: one millisecond before, it is still there; at
+// d, it is gone and both parties are told.
+func (env *secretEnv) burnsAt(t testing.TB, id engine.ID, d time.Duration) {
+	t.Helper()
+	env.clock.Advance(d - time.Millisecond)
+	env.settle(t)
+	if _, err := env.e.Message(id); err != nil {
+		t.Fatalf("burned early: %v", err)
+	}
+	env.clock.Advance(time.Millisecond)
+	env.settle(t)
+	env.waitBurn(t, alice, id)
+	env.waitBurn(t, bob, id)
+	if _, err := env.e.Message(id); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("message after the burn: %v", err)
+	}
+}
+
 // waitBurn waits until user's sink has a burn entry for id.
 func (env *secretEnv) waitBurn(t testing.TB, user string, id engine.ID) {
 	t.Helper()
@@ -241,19 +260,7 @@ func TestSecretMessageBurnsAfterReadOnTheFakeClock(t *testing.T) {
 		t.Fatalf("alice's receipt events: %v", states)
 	}
 
-	// One millisecond before the deadline nothing burns; at it, it does.
-	env.clock.Advance(30*time.Second - time.Millisecond)
-	env.settle(t)
-	if _, err := env.e.Message(id); err != nil {
-		t.Fatalf("burned early: %v", err)
-	}
-	env.clock.Advance(time.Millisecond)
-	env.settle(t)
-	env.waitBurn(t, alice, id)
-	env.waitBurn(t, bob, id)
-	if _, err := env.e.Message(id); !errors.Is(err, engine.ErrNotFound) {
-		t.Fatalf("message after the burn: %v", err)
-	}
+	env.burnsAt(t, id, 30*time.Second)
 	if _, err := env.e.Receipts(id); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("receipts after the burn: %v", err)
 	}
@@ -286,18 +293,7 @@ func TestSecretBurnTimerSurvivesARestart(t *testing.T) {
 	if m := messageIn(rangeAll(t, env.e, bob), id); m == nil || string(m.Body) != "the restart does not save me" {
 		t.Fatalf("message after the restart: %+v", m)
 	}
-	env.clock.Advance(20*time.Second - time.Millisecond)
-	env.settle(t)
-	if _, err := env.e.Message(id); err != nil {
-		t.Fatalf("burned early after the restart: %v", err)
-	}
-	env.clock.Advance(time.Millisecond)
-	env.settle(t)
-	env.waitBurn(t, alice, id)
-	env.waitBurn(t, bob, id)
-	if _, err := env.e.Message(id); !errors.Is(err, engine.ErrNotFound) {
-		t.Fatalf("message after the burn: %v", err)
-	}
+	env.burnsAt(t, id, 20*time.Second)
 }
 
 func TestOfflineDeviceGetsOnlyTheBurn(t *testing.T) {
