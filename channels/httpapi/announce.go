@@ -174,7 +174,7 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	if m.Chat != (engine.ID{}) {
 		// A re-DING carries the message's text: a secret message's body
 		// must never leave its chat (nor be readable by an admin).
-		return 0, nil, errf(http.StatusConflict, "NO_FORWARD", "%v: a secret message cannot be re-DINGed", engine.ErrNoForward)
+		return 0, nil, engineErr(fmt.Errorf("%w: a secret message cannot be re-DINGed", engine.ErrNoForward))
 	}
 	st, err := a.cfg.Engine.Stats(id, true)
 	if err != nil {

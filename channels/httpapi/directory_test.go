@@ -215,10 +215,7 @@ func TestDirectoryAPIErrors(t *testing.T) {
 			if c.code == "UNAUTHENTICATED" {
 				tok = ""
 			}
-			status, out := a.do(c.method, c.path, tok, c.body)
-			if status != c.status || errCode(out) != c.code {
-				t.Fatalf("got %d %v, want %d %s", status, out, c.status, c.code)
-			}
+			a.refused(c.method, c.path, tok, c.body, c.status, c.code)
 		})
 	}
 	if _, out := a.do("POST", "/v1/directory/import?format=csv", a.tok, "id,name,phone,department_path\nana,A,,\nbo,B,12345,\n"); !strings.Contains(fmt.Sprint(out), "line 3") {

@@ -51,6 +51,16 @@ func errCode(m map[string]any) string {
 	return s
 }
 
+// refused calls the API with tok and fails the test unless the answer is
+// status with the error code.
+func (a api) refused(method, path, tok string, body any, status int, code string) {
+	a.t.Helper()
+	got, out := a.do(method, path, tok, body)
+	if got != status || errCode(out) != code {
+		a.t.Fatalf("%s %s: got %d %v, want %d %s", method, path, got, out, status, code)
+	}
+}
+
 func setup(t *testing.T) (api, *node.Node) {
 	n := nodetest.Start(t, node.Config{MaxBody: 1024})
 	return api{t: t, base: "http://" + n.HTTPAddr(), tok: n.AdminToken()}, n
@@ -124,10 +134,7 @@ func TestAPIErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			a.t = t
-			status, out := a.do(c.method, c.path, c.tok, c.body)
-			if status != c.status || errCode(out) != c.code {
-				t.Fatalf("got %d %v, want %d %s", status, out, c.status, c.code)
-			}
+			a.refused(c.method, c.path, c.tok, c.body, c.status, c.code)
 		})
 	}
 	if h, _ := n.Engine().Head("ana"); h != 0 {

@@ -135,19 +135,14 @@ func TestSecretChatAPIErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			a.t = t
-			status, out := a.do(c.method, c.path, a.tok, c.body)
-			if status != c.status || errCode(out) != c.code {
-				t.Fatalf("got %d %v, want %d %s", status, out, c.status, c.code)
-			}
+			a.refused(c.method, c.path, a.tok, c.body, c.status, c.code)
 		})
 	}
 	a.t = t
 	// A message the sender neither sent nor received.
 	plain := a.ok("POST", "/v1/messages", map[string]any{"from": "ana", "to": []string{"bo"}, "text": "hi"}, 200)["id"].(string)
 	heads["bo"]++
-	if code, out := a.do("POST", "/v1/messages", a.tok, map[string]any{"from": "cy", "to": []string{"ana"}, "text": "x", "forward_of": plain}); code != 403 || errCode(out) != "NOT_RECIPIENT" {
-		t.Fatalf("forward of a message cy never had: %d %v", code, out)
-	}
+	a.refused("POST", "/v1/messages", a.tok, map[string]any{"from": "cy", "to": []string{"ana"}, "text": "x", "forward_of": plain}, 403, "NOT_RECIPIENT")
 	for u, want := range heads {
 		if h, _ := n.Engine().Head(u); h != want {
 			t.Errorf("%s's head %d, want %d: a refused request reached a stream", u, h, want)

@@ -464,8 +464,6 @@ func CodeOf(err error) (code pb.Code, fatal bool, detail string) {
 		return codeBadChat, false, err.Error()
 	case errors.Is(err, engine.ErrNotSender):
 		return codeForbidden, false, "only the sender may query receipts"
-	case errors.Is(err, context.DeadlineExceeded):
-		return codeUnavailable, false, "the server did not answer in time; the outcome is unknown"
 	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
 		return codeUnavailable, false, "server cannot accept writes now; retry later"
 	}

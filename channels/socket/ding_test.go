@@ -11,7 +11,6 @@ import (
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/engine"
-	"github.com/dingmq/ding/internal/fakeclock"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -25,27 +24,24 @@ type stream struct {
 	held []proto.Message // stream entries read while waiting for a reply (see answer)
 }
 
+// isEntry says whether a frame the server sent is a stream entry: those
+// are the frames with a seq.
+func isEntry(m proto.Message) bool {
+	_, ok := m.(interface{ GetSeq() uint64 })
+	return ok
+}
+
 func (s *stream) next() proto.Message {
 	s.t.Helper()
 	m, err := s.read()
 	if err != nil {
 		s.t.Fatalf("read: %v", err)
 	}
-	var seq uint64
-	switch m := m.(type) {
-	case *pb.Deliver:
-		seq = m.Seq
-	case *pb.Receipt:
-		seq = m.Seq
-	case *pb.DingEvent:
-		seq = m.Seq
-	case *pb.Burn:
-		seq = m.Seq
-	case *pb.SecretEvent:
-		seq = m.Seq
-	default:
+	e, ok := m.(interface{ GetSeq() uint64 })
+	if !ok {
 		return m
 	}
+	seq := e.GetSeq()
 	if s.last != 0 && seq != s.last+1 {
 		s.t.Fatalf("entry seq %d after %d", seq, s.last)
 	}
@@ -247,9 +243,7 @@ func TestDingRequestErrorsKeepTheConnection(t *testing.T) {
 // TestReminderReachesTheRecipientsStream checks an in-app reminder step is
 // a DING_EVENT in the recipient's stream (and in the sender's ledger).
 func TestReminderReachesTheRecipientsStream(t *testing.T) {
-	clock := fakeclock.New(time.Date(2030, 1, 7, 10, 0, 0, 0, time.UTC))
-	n := nodetest.Start(t, node.Config{Clock: clock, MaxBody: 1024})
-	nodetest.AddUsers(t, n, "ana", "bo")
+	n, clock := startClocked(t)
 	ana, bo := login(t, n, "ana"), login(t, n, "bo")
 	id := ding(t, n, "inapp,inapp@1m until=confirmed", "bo").String()
 	var d *pb.Deliver

@@ -10,8 +10,6 @@ import (
 
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/pb"
-	"github.com/dingmq/ding/internal/fakeclock"
-	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
@@ -21,26 +19,15 @@ func (s *stream) answer(ref uint64) proto.Message {
 	s.t.Helper()
 	for {
 		m := s.next()
-		switch r := m.(type) {
-		case *pb.Ok:
-			if r.Ref == ref {
-				return m
-			}
-		case *pb.SubmitAck:
-			if r.Ref == ref {
-				return m
-			}
-		case *pb.Receipts:
-			if r.Ref == ref {
-				return m
-			}
-		case *pb.Error:
-			if r.Ref == ref {
-				return m
-			}
-			s.t.Fatalf("waiting for the answer to %d: error %v %q (ref %d)", ref, r.Code, r.Detail, r.Ref)
-		case *pb.Deliver, *pb.Receipt, *pb.DingEvent, *pb.Burn, *pb.SecretEvent:
+		if isEntry(m) {
 			s.held = append(s.held, m)
+			continue
+		}
+		if r, ok := m.(interface{ GetRef() uint64 }); ok && r.GetRef() == ref {
+			return m
+		}
+		if e, ok := m.(*pb.Error); ok {
+			s.t.Fatalf("waiting for the answer to %d: error %v %q (ref %d)", ref, e.Code, e.Detail, e.Ref)
 		}
 	}
 }
@@ -80,10 +67,10 @@ func (s *stream) entry(what string, match func(proto.Message) bool) proto.Messag
 		if match(m) {
 			return m
 		}
-		switch m := m.(type) {
-		case *pb.Error:
-			s.t.Fatalf("waiting for %s: error %v %q", what, m.Code, m.Detail)
-		case *pb.Deliver, *pb.Receipt, *pb.DingEvent, *pb.Burn, *pb.SecretEvent:
+		if e, ok := m.(*pb.Error); ok {
+			s.t.Fatalf("waiting for %s: error %v %q", what, e.Code, e.Detail)
+		}
+		if isEntry(m) {
 			s.held = append(s.held, m)
 		}
 	}
@@ -130,13 +117,6 @@ func (s *stream) submit(sub *pb.Submit) *pb.SubmitAck {
 		s.t.Fatalf("SUBMIT %d not acked", sub.Ref)
 	}
 	return ack
-}
-
-func startClocked(t *testing.T) (*node.Node, *fakeclock.Clock) {
-	clock := fakeclock.New(time.Date(2030, 1, 7, 10, 0, 0, 0, time.UTC))
-	n := nodetest.Start(t, node.Config{Clock: clock, MaxBody: 1024})
-	nodetest.AddUsers(t, n, "ana", "bo", "cy")
-	return n, clock
 }
 
 func isPseudonym(p string) bool { return strings.HasPrefix(p, "anon-") }

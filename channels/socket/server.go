@@ -229,9 +229,8 @@ func (s *Server) Connections() int {
 // Shutdown tells every client SHUTTING_DOWN (new connections get it at
 // once), waits until their queues are flushed and their connections closed,
 // then stops the event loop; or, if ctx ends first, closes what is left and
-// returns ctx.Err(). It also waits for offloaded requests (SECRET_CREATE,
-// SCREENSHOT) to finish. It is idempotent. Submits already handed to the
-// engine are committed by the engine's own Close.
+// returns ctx.Err(). It is idempotent. Submits already handed to the engine
+// are committed by the engine's own Close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.serveMu.Lock()
 	s.draining.Store(true)

@@ -21,6 +21,7 @@ import (
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/internal/fakeclock"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -107,6 +108,14 @@ func start(t *testing.T, sc socket.Config) *node.Node {
 	n := nodetest.Start(t, node.Config{Socket: sc, MaxBody: 1024})
 	nodetest.AddUsers(t, n, "ana", "bo", "cy")
 	return n
+}
+
+// startClocked is start with the default socket config and a fake clock.
+func startClocked(t *testing.T) (*node.Node, *fakeclock.Clock) {
+	clock := fakeclock.New(time.Date(2030, 1, 7, 10, 0, 0, 0, time.UTC))
+	n := nodetest.Start(t, node.Config{Clock: clock, MaxBody: 1024})
+	nodetest.AddUsers(t, n, "ana", "bo", "cy")
+	return n, clock
 }
 
 func TestBadInputGetsPreciseErrors(t *testing.T) {

@@ -20,6 +20,35 @@ func ctl(t *testing.T, n *node.Node, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// ctlErr is a dingctl run that must fail with a one-line error
+// containing want and exit code code.
+type ctlErr struct {
+	args []string
+	want string
+	code int
+}
+
+// checkErrors runs each case against n and reports those that do not fail
+// as they should.
+func checkErrors(t *testing.T, n *node.Node, cases []ctlErr) {
+	t.Helper()
+	for _, c := range cases {
+		_, err := ctl(t, n, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: err %v, want one line containing %q", c.args, err, c.want)
+			continue
+		}
+		code := 1
+		var ee exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		if code != c.code {
+			t.Errorf("%v: exit code %d, want %d", c.args, code, c.code)
+		}
+	}
+}
+
 func TestTour(t *testing.T) {
 	n := nodetest.Start(t, node.Config{})
 	for _, args := range [][]string{
@@ -80,11 +109,7 @@ func TestTour(t *testing.T) {
 func TestErrorsAreOneLineAndNonZero(t *testing.T) {
 	n := nodetest.Start(t, node.Config{})
 	ctl(t, n, "user", "add", "ana")
-	cases := []struct {
-		args []string
-		want string
-		code int
-	}{
+	checkErrors(t, n, []ctlErr{
 		{[]string{"send", "--from", "ana", "--to", "zed", "hi"}, "UNKNOWN_RECIPIENT", 1},
 		{[]string{"send", "--from", "ana", "hi"}, "--to", 2},
 		{[]string{"receipts", "nope"}, "BAD_REQUEST", 1},
@@ -92,20 +117,5 @@ func TestErrorsAreOneLineAndNonZero(t *testing.T) {
 		{[]string{"listen", "--user", "ana", "--device", "d", "--count", "1", "--timeout", "200ms"}, "timed out after 0 of 1", 3},
 		{[]string{"frobnicate"}, "unknown command", 2},
 		{[]string{"--token", "forged", "user", "list"}, "UNAUTHENTICATED", 1},
-	}
-	for _, c := range cases {
-		_, err := ctl(t, n, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%v: err %v, want one line containing %q", c.args, err, c.want)
-			continue
-		}
-		code := 1
-		var ee exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
-		if code != c.code {
-			t.Errorf("%v: exit code %d, want %d", c.args, code, c.code)
-		}
-	}
+	})
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,11 +125,7 @@ func TestDirectoryCommandErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.csv")
 	os.WriteFile(bad, []byte("id,name,phone,department_path\nana,Ana,,\nbo,Bo,not-a-phone,\n"), 0o600)
-	cases := []struct {
-		args []string
-		want string
-		code int
-	}{
+	checkErrors(t, n, []ctlErr{
 		{[]string{"dept", "add", "eng", "--parent", "sre"}, "DEPARTMENT_CYCLE", 1},
 		{[]string{"dept", "add", "x", "--parent", "nope"}, "UNKNOWN_DEPARTMENT", 1},
 		{[]string{"dept", "remove", "eng"}, "DEPARTMENT_NOT_EMPTY", 1},
@@ -150,22 +145,7 @@ func TestDirectoryCommandErrors(t *testing.T) {
 		{[]string{"directory", "import", filepath.Join(dir, "none.csv")}, "no such file", 1},
 		{[]string{"directory", "export"}, "want import", 2},
 		{[]string{"audit", "--limit", "0"}, "BAD_REQUEST", 1},
-	}
-	for _, c := range cases {
-		_, err := ctl(t, n, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%v: err %v, want one line containing %q", c.args, err, c.want)
-			continue
-		}
-		code := 1
-		var ee exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
-		if code != c.code {
-			t.Errorf("%v: exit code %d, want %d", c.args, code, c.code)
-		}
-	}
+	})
 	if out, _ := ctl(t, n, "user", "list", "--status", "all"); strings.Contains(out, "bo") {
 		t.Fatal("a bad import file changed the directory")
 	}

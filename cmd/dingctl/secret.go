@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"time"
 )
 
@@ -64,11 +63,7 @@ func secretList(g *globals, args []string, out io.Writer) error {
 	if *user == "" {
 		return exitError{2, "secret list: --user is required"}
 	}
-	var res map[string]any
-	if err := g.call("GET", "/v1/users/"+url.PathEscape(*user)+"/secret-chats", nil, &res); err != nil {
-		return err
-	}
-	return printJSON(out, res)
+	return g.printCall(out, "GET", idPath("/v1/users", *user)+"/secret-chats", nil)
 }
 
 func secretShow(g *globals, args []string, out io.Writer) error {
@@ -79,9 +74,5 @@ func secretShow(g *globals, args []string, out io.Writer) error {
 	if len(pos) != 1 {
 		return exitError{2, "secret show: want exactly one chat id"}
 	}
-	var res map[string]any
-	if err := g.call("GET", "/v1/secret-chats/"+url.PathEscape(pos[0]), nil, &res); err != nil {
-		return err
-	}
-	return printJSON(out, res)
+	return g.printCall(out, "GET", idPath("/v1/secret-chats", pos[0]), nil)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +13,7 @@ import (
 
 func TestSecretCommands(t *testing.T) {
 	n := nodetest.Start(t, node.Config{})
-	for _, u := range []string{"ana", "bo", "cy"} {
-		if _, err := ctl(t, n, "user", "add", u, "--name", u); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nodetest.AddUsers(t, n, "ana", "bo", "cy")
 	out, err := ctl(t, n, "secret", "create", "--from", "ana", "--to", "bo", "--level", "1")
 	if err != nil {
 		t.Fatal(err)
@@ -87,11 +82,7 @@ func TestSecretCommands(t *testing.T) {
 		t.Fatalf("quote of a plain message: %v", err)
 	}
 
-	cases := []struct {
-		args []string
-		want string
-		code int
-	}{
+	checkErrors(t, n, []ctlErr{
 		{[]string{"send", "--from", "bo", "--to", "cy", "--forward-of", msg, "look"}, "NO_FORWARD: engine: secret messages cannot be forwarded or quoted", 1},
 		{[]string{"send", "--from", "ana", "--to", "cy", "--quote-of", msg, "look"}, "NO_FORWARD", 1},
 		{[]string{"send", "--from", "cy", "--chat", chat, "hi"}, "NOT_MEMBER", 1},
@@ -108,22 +99,7 @@ func TestSecretCommands(t *testing.T) {
 		{[]string{"secret", "show"}, "exactly one chat id", 2},
 		{[]string{"secret"}, "want create, list or show", 2},
 		{[]string{"secret", "burn"}, "unknown subcommand", 2},
-	}
-	for _, c := range cases {
-		_, err := ctl(t, n, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%v: err %v, want one line containing %q", c.args, err, c.want)
-			continue
-		}
-		code := 1
-		var ee exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
-		if code != c.code {
-			t.Errorf("%v: exit code %d, want %d", c.args, code, c.code)
-		}
-	}
+	})
 	if got := n.Engine().LiveSecrets(); got != 1 {
 		t.Fatalf("LiveSecrets = %d, want 1", got)
 	}
@@ -134,11 +110,7 @@ func TestSecretCommands(t *testing.T) {
 func TestListenShowsSecretMessagesAndBurns(t *testing.T) {
 	clk := fakeclock.New(time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC))
 	n := nodetest.Start(t, node.Config{Clock: clk})
-	for _, u := range []string{"ana", "bo"} {
-		if _, err := ctl(t, n, "user", "add", u, "--name", u); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nodetest.AddUsers(t, n, "ana", "bo")
 	out, err := ctl(t, n, "secret", "create", "--from", "ana", "--to", "bo", "--level", "2")
 	if err != nil {
 		t.Fatal(err)
@@ -163,13 +135,7 @@ func TestListenShowsSecretMessagesAndBurns(t *testing.T) {
 		t.Fatalf("secret message: %v", m)
 	}
 	clk.Advance(30 * time.Second)
-	deadline := time.Now().Add(5 * time.Second)
-	for n.Engine().LiveSecrets() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the message did not burn")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	nodetest.WaitFor(t, "the message to burn", 5*time.Second, func() bool { return n.Engine().LiveSecrets() == 0 })
 	// ana's stream: the chat, bo's receipts under his pseudonym, the burn.
 	out, err = ctl(t, n, "listen", "--user", "ana", "--device", "laptop", "--timeout", "1s")
 	if err != nil {

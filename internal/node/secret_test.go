@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/engine"
-	"github.com/dingmq/ding/fanout"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -73,9 +72,7 @@ func (d *dingNode) secretSend(t *testing.T, from, chat, text string) string {
 func TestSecretChatThroughTheNode(t *testing.T) {
 	d := startDingNode(t, nil)
 	n := d.n
-	if _, err := n.Directory().PutUser(fanout.User{ID: "cy", Name: "Cy"}); err != nil {
-		t.Fatal(err)
-	}
+	nodetest.AddUsers(t, n, "cy")
 	code, ch, _ := d.api(t, "POST", "/v1/secret-chats", map[string]any{"from": "ana", "to": "bo", "level": 2})
 	if code != http.StatusCreated || ch["level"] != 2.0 || ch["burn_after_s"] != 30.0 || ch["creator"] != "ana" {
 		t.Fatalf("create: %d %v", code, ch)

@@ -99,18 +99,10 @@ func (c *rawConn) expectWithin(ft pb.FrameType, d time.Duration) (proto.Message,
 	}
 }
 
+// entrySeq is the seq of a stream entry (the frames that carry one), or 0.
 func entrySeq(m proto.Message) uint64 {
-	switch m := m.(type) {
-	case *pb.Deliver:
-		return m.Seq
-	case *pb.Receipt:
-		return m.Seq
-	case *pb.Burn:
-		return m.Seq
-	case *pb.SecretEvent:
-		return m.Seq
-	case *pb.DingEvent:
-		return m.Seq
+	if e, ok := m.(interface{ GetSeq() uint64 }); ok {
+		return e.GetSeq()
 	}
 	return 0
 }

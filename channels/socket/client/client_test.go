@@ -21,37 +21,40 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, nodetest.GoleakOptions...) }
 
+// nextWhere returns the next entry that match accepts, skipping others,
+// or fails after a deadline.
+func nextWhere(t *testing.T, c *client.Client, what string, match func(client.Entry) bool) client.Entry {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case e, ok := <-c.Entries():
+			if !ok {
+				t.Fatalf("entries closed while waiting for %s: %v", what, c.Err())
+			}
+			if match(e) {
+				return e
+			}
+		case <-deadline:
+			t.Fatalf("no %s within 5s", what)
+		}
+	}
+}
+
 // next returns the next entry or fails after a deadline.
 func next(t *testing.T, c *client.Client) client.Entry {
 	t.Helper()
-	select {
-	case e, ok := <-c.Entries():
-		if !ok {
-			t.Fatalf("entries closed: %v", c.Err())
-		}
-		return e
-	case <-time.After(5 * time.Second):
-		t.Fatal("no entry within 5s")
-	}
-	return client.Entry{}
+	return nextWhere(t, c, "entry", func(client.Entry) bool { return true })
 }
 
 func nextMessage(t *testing.T, c *client.Client) client.Entry {
 	t.Helper()
-	for {
-		if e := next(t, c); e.Message != nil {
-			return e
-		}
-	}
+	return nextWhere(t, c, "message", func(e client.Entry) bool { return e.Message != nil })
 }
 
 func nextReceipt(t *testing.T, c *client.Client) client.Entry {
 	t.Helper()
-	for {
-		if e := next(t, c); e.Receipt != nil {
-			return e
-		}
-	}
+	return nextWhere(t, c, "receipt", func(e client.Entry) bool { return e.Receipt != nil })
 }
 
 func send(t *testing.T, c *client.Client, body string, to ...string) client.SendResult {

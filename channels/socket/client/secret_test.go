@@ -2,7 +2,6 @@ package client_test
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -14,38 +13,11 @@ import (
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
-// nextWhere returns the next entry that match accepts, skipping others.
-func nextWhere(t *testing.T, c *client.Client, what string, match func(client.Entry) bool) client.Entry {
-	t.Helper()
-	deadline := time.After(5 * time.Second)
-	for {
-		select {
-		case e, ok := <-c.Entries():
-			if !ok {
-				t.Fatalf("entries closed while waiting for %s: %v", what, c.Err())
-			}
-			if match(e) {
-				return e
-			}
-		case <-deadline:
-			t.Fatalf("no %s within 5s", what)
-		}
-	}
-}
-
 func secretEvent(t *testing.T, c *client.Client, chat, event string) *client.SecretEvent {
 	t.Helper()
 	return nextWhere(t, c, "secret event "+event, func(e client.Entry) bool {
 		return e.Secret != nil && e.Secret.Chat == chat && e.Secret.Event == event
 	}).Secret
-}
-
-func codeOf(err error) pb.Code {
-	var pe *client.Error
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return pb.Code_CODE_UNSPECIFIED
 }
 
 // TestSecretChatThroughTheClient: CreateChat, SendChat, the recipient's
@@ -84,13 +56,13 @@ func TestSecretChatThroughTheClient(t *testing.T) {
 	if err != nil || len(rs) != 1 || rs[0].User != bc.You {
 		t.Fatalf("sender's receipts %v (%v), want one naming %s", rs, err, bc.You)
 	}
-	if _, err := bo.Receipts(ctx, res.ID); codeOf(err) != pb.Code_FORBIDDEN {
+	if _, err := bo.Receipts(ctx, res.ID); !isCode(err, pb.Code_FORBIDDEN) {
 		t.Fatalf("recipient's receipts query: %v, want FORBIDDEN", err)
 	}
-	if _, err := bo.Send(ctx, []string{"ana"}, []byte("x"), client.WithForwardOf(res.ID)); codeOf(err) != pb.Code_NO_FORWARD {
+	if _, err := bo.Send(ctx, []string{"ana"}, []byte("x"), client.WithForwardOf(res.ID)); !isCode(err, pb.Code_NO_FORWARD) {
 		t.Fatalf("forward of a secret message: %v, want NO_FORWARD", err)
 	}
-	if _, err := bo.Send(ctx, []string{"ana"}, []byte("x"), client.WithQuoteOf(res.ID)); codeOf(err) != pb.Code_NO_FORWARD {
+	if _, err := bo.Send(ctx, []string{"ana"}, []byte("x"), client.WithQuoteOf(res.ID)); !isCode(err, pb.Code_NO_FORWARD) {
 		t.Fatalf("quote of a secret message: %v, want NO_FORWARD", err)
 	}
 
@@ -138,20 +110,20 @@ func TestScreenshotAndForwardThroughTheClient(t *testing.T) {
 	if shot.By != bc.You || shot.ID != res.ID || shot.Level != 3 {
 		t.Fatalf("screenshot event %+v, want by %s of %s", shot, bc.You, res.ID)
 	}
-	if err := cy.Screenshot(ctx, chat3, ""); codeOf(err) != pb.Code_NOT_MEMBER {
+	if err := cy.Screenshot(ctx, chat3, ""); !isCode(err, pb.Code_NOT_MEMBER) {
 		t.Fatalf("outsider's screenshot: %v, want NOT_MEMBER", err)
 	}
-	if _, err := cy.SendChat(ctx, chat3, []byte("let me in")); codeOf(err) != pb.Code_NOT_MEMBER {
+	if _, err := cy.SendChat(ctx, chat3, []byte("let me in")); !isCode(err, pb.Code_NOT_MEMBER) {
 		t.Fatalf("outsider's send in the chat: %v, want NOT_MEMBER", err)
 	}
 	chat1, err := ana.CreateChat(ctx, "bo", 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bo.Screenshot(ctx, chat1, ""); codeOf(err) != pb.Code_BAD_CHAT {
+	if err := bo.Screenshot(ctx, chat1, ""); !isCode(err, pb.Code_BAD_CHAT) {
 		t.Fatalf("screenshot in a level-1 chat: %v, want BAD_CHAT", err)
 	}
-	if _, err := ana.CreateChat(ctx, "bo", 1, 10*time.Second); codeOf(err) != pb.Code_BAD_CHAT {
+	if _, err := ana.CreateChat(ctx, "bo", 1, 10*time.Second); !isCode(err, pb.Code_BAD_CHAT) {
 		t.Fatalf("a level-1 chat with a burn delay: %v, want BAD_CHAT", err)
 	}
 

@@ -142,8 +142,9 @@ func Decode(t pb.FrameType, payload []byte) (proto.Message, error) {
 }
 
 // AppendEntry appends the DELIVER, RECEIPT, DING_EVENT, BURN or
-// SECRET_EVENT frame for a stream entry. It panics on an entry kind it does not know: sending one
-// as another kind would hand clients a wrong entry at a valid seq.
+// SECRET_EVENT frame for a stream entry. It panics on an entry kind it
+// does not know: sending one as another kind would hand clients a wrong
+// entry at a valid seq.
 //
 // Strings that come from outside the engine's name rules (a DING's
 // choices, an event's detail such as an SMS reply or a provider's status
@@ -232,10 +233,16 @@ var lastTail atomic.Pointer[deliverTail]
 // take fields in any order; seq (field 1) is written first, then the tail,
 // which is what proto.Marshal writes for fields 2 and up.
 //
-// A secret message is never cached: it has one recipient, so there is
-// nothing to share, and the cache would keep its plaintext (and the
-// message) alive after it burns, until the next message came along.
+// A secret message is marshalled whole, seq included, and never cached:
+// it has one recipient, so there is nothing to share, and the cache would
+// keep its plaintext (and the message) alive after it burns, until the
+// next message came along.
 func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
+	if isSecret(m) {
+		d := deliverOf(m)
+		d.Seq = seq
+		return Append(dst, pb.FrameType_DELIVER, d)
+	}
 	t := lastTail.Load()
 	if t == nil || t.msg != m {
 		tail, err := proto.MarshalOptions{}.Marshal(deliverOf(m))
@@ -243,9 +250,7 @@ func appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
 			panic(fmt.Sprintf("wire: marshal DELIVER: %v", err))
 		}
 		t = &deliverTail{m, tail}
-		if !isSecret(m) {
-			lastTail.Store(t)
-		}
+		lastTail.Store(t)
 	}
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0, byte(pb.FrameType_DELIVER))
