@@ -310,7 +310,7 @@ func (an *announcer) phaseA() (phaseAResult, error) {
 	var prof chan error
 	if an.cfg.Pprof != "" && an.cfg.Profile != "" {
 		prof = make(chan error, 1)
-		go func() { prof <- fetchProfile(an.cfg.Pprof, an.cfg.Profile, 5) }()
+		go func() { prof <- FetchProfile(an.cfg.Pprof, an.cfg.Profile, 5) }()
 		time.Sleep(100 * time.Millisecond)
 	}
 	res.pub, err = an.publish(res.arr)

@@ -1,19 +1,15 @@
 package bench
 
 import (
-	"bufio"
 	"container/heap"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -208,7 +204,7 @@ func (e *escalation) run() (Table, error) {
 
 	// Lateness, with every loaded step still pending.
 	fmt.Fprintf(os.Stderr, "escalate: %d steps firing over %v\n", cfg.Fires, cfg.Window)
-	h0, err := e.srv.histogram("ding_escalation_timer_lateness_seconds")
+	h0, err := e.histogram()
 	if err != nil {
 		return Table{}, err
 	}
@@ -216,11 +212,11 @@ func (e *escalation) run() (Table, error) {
 	if err != nil {
 		return Table{}, err
 	}
-	h1, err := e.srv.histogram("ding_escalation_timer_lateness_seconds")
+	h1, err := e.histogram()
 	if err != nil {
 		return Table{}, err
 	}
-	server := h1.minus(h0)
+	server := h1.Minus(h0)
 
 	// Restarts: a crash, then a clean stop.
 	var restarts []restartFigures
@@ -285,10 +281,10 @@ func (e *escalation) run() (Table, error) {
 		{"server Go heap in use: start → loaded", mib(heap0) + " → " + mib(heap1), "", "", ""},
 		{"load rate (1,000-number DINGs, 8 in flight)", fmt.Sprintf("%.0f steps/s", loadRate),
 			fmt.Sprintf("%.0f steps/s into Pebble", baseRate), ratio(loadRate, baseRate), ""},
-		{"timer lateness p50 (server histogram: due → fire decided)", ms(server.quantile(0.5)),
+		{"timer lateness p50 (server histogram: due → fire decided)", ms(server.Quantile(0.5)),
 			ms(afterFunc.Quantile(0.5)) + " time.AfterFunc", "", ""},
-		{"timer lateness p99 (server histogram)", ms(server.quantile(0.99)),
-			ms(afterFunc.Quantile(0.99)) + " time.AfterFunc", "", "< 100 ms: " + met(server.quantile(0.99) < 100*time.Millisecond)},
+		{"timer lateness p99 (server histogram)", ms(server.Quantile(0.99)),
+			ms(afterFunc.Quantile(0.99)) + " time.AfterFunc", "", "< 100 ms: " + met(server.Quantile(0.99) < 100*time.Millisecond)},
 		{"end-to-end lateness p50 (due → fake Twilio got the SMS)", ms(endToEnd.Quantile(0.5)), "", "", ""},
 		{"end-to-end lateness p99", ms(endToEnd.Quantile(0.99)), "", "", "< 100 ms: " + met(endToEnd.Quantile(0.99) < 100*time.Millisecond)},
 		{"end-to-end lateness max", ms(endToEnd.Quantile(1)), ms(afterFunc.Quantile(1)) + " time.AfterFunc", "", ""},
@@ -321,7 +317,7 @@ func (e *escalation) run() (Table, error) {
 			fmt.Sprintf("RSS is read after 5 s of quiet. Load took %v (%v for the first half); the fire DINGs took %v to create (the window starts %v after the first).", loadTime.Round(time.Millisecond), d1.Round(time.Millisecond), created.Round(time.Millisecond), fireLead),
 			fmt.Sprintf("During the load, the engine's commit loop made %.0f commits of %.1f operations (DINGs) on average; Pebble's part of a commit (WAL write, fsync, memtable inserts) took %.1f ms on average, %.0f%% of the load's wall time (without the settling pause).",
 				c1.n-c0.n, (c1.ops-c0.ops)/(c1.n-c0.n), 1000*(c1.secs-c0.secs)/(c1.n-c0.n), 100*(c1.secs-c0.secs)/loadTime.Seconds()),
-			fmt.Sprintf("Server histogram: %.0f fires observed in the window; quantiles interpolated inside buckets that double from 1 ms, so a p99 in the 16–32 ms bucket says 16–32 ms.", server.count()),
+			fmt.Sprintf("Server histogram: %.0f fires observed in the window; quantiles interpolated inside buckets that double from 1 ms, so a p99 in the 16–32 ms bucket says 16–32 ms.", server.Count()),
 			fmt.Sprintf("Restart figures: %s.", restartNotes(restarts)),
 			fmt.Sprintf("Rebuild baseline: %s.", rebuildNotes(restarts, cfg.Steps+2*cfg.Overdue)),
 		},
@@ -402,6 +398,15 @@ func (e *escalation) awaitPending(n float64) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// histogram scrapes dingd's timer-lateness histogram.
+func (e *escalation) histogram() (Histogram, error) {
+	m, err := e.srv.Scrape()
+	if err != nil {
+		return Histogram{}, err
+	}
+	return m.Histogram("ding_escalation_timer_lateness_seconds")
 }
 
 // commitStats are the engine's commit counters.
@@ -677,85 +682,6 @@ func (e *escalation) checkSends() (string, error) {
 		s = strings.Replace(s, "1 for each", "1 or more for each", 1)
 	}
 	return s, nil
-}
-
-// histogram is a Prometheus histogram's cumulative bucket counts.
-type histogram struct {
-	le []float64 // upper bounds, ascending, the last +Inf
-	n  []float64 // cumulative counts
-}
-
-// histogram scrapes a histogram (without labels) from /metrics.
-func (s *Server) histogram(name string) (histogram, error) {
-	resp, err := http.Get("http://" + s.HTTP + "/metrics")
-	if err != nil {
-		return histogram{}, err
-	}
-	defer resp.Body.Close()
-	var h histogram
-	prefix := name + `_bucket{le="`
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), prefix)
-		if !ok {
-			continue
-		}
-		bound, count, ok := strings.Cut(rest, `"} `)
-		if !ok {
-			continue
-		}
-		le, err := strconv.ParseFloat(bound, 64) // "+Inf" parses as +Inf
-		if err != nil {
-			return histogram{}, fmt.Errorf("%s bucket %q: %w", name, bound, err)
-		}
-		n, err := strconv.ParseFloat(count, 64)
-		if err != nil {
-			return histogram{}, fmt.Errorf("%s bucket %q: %w", name, bound, err)
-		}
-		h.le, h.n = append(h.le, le), append(h.n, n)
-	}
-	if len(h.le) == 0 {
-		return histogram{}, fmt.Errorf("no %s in /metrics", name)
-	}
-	return h, sc.Err()
-}
-
-// minus returns the observations made between o and h.
-func (h histogram) minus(o histogram) histogram {
-	d := histogram{le: h.le, n: slices.Clone(h.n)}
-	for i := range d.n {
-		if i < len(o.n) {
-			d.n[i] -= o.n[i]
-		}
-	}
-	return d
-}
-
-func (h histogram) count() float64 { return h.n[len(h.n)-1] }
-
-// quantile estimates the q-quantile as Prometheus's histogram_quantile
-// does: linearly inside the bucket that holds it.
-func (h histogram) quantile(q float64) time.Duration {
-	total := h.count()
-	if total == 0 {
-		return 0
-	}
-	rank := q * total
-	lower, below := 0.0, 0.0
-	for i, n := range h.n {
-		if n >= rank {
-			if math.IsInf(h.le[i], 1) {
-				return time.Duration(lower * 1e9)
-			}
-			frac := 1.0
-			if n > below {
-				frac = (rank - below) / (n - below)
-			}
-			return time.Duration((lower + (h.le[i]-lower)*frac) * 1e9)
-		}
-		lower, below = h.le[i], n
-	}
-	return time.Duration(lower * 1e9)
 }
 
 // timerEntry is one pending step as an in-memory timer structure would

@@ -34,10 +34,16 @@ type Server struct {
 }
 
 // StartServer starts dingd (the binary at bin) on loopback in a new
-// temporary data directory under tmp, with users u0 .. u<users-1>.
-func StartServer(bin, tmp string, users int) (*Server, error) {
-	s, err := startServer(bin, tmp)
+// temporary data directory under tmp, with users u0 .. u<users-1>. args
+// are extra dingd flags ("--burn-after", "5s"), kept for Restart.
+func StartServer(bin, tmp string, users int, args ...string) (*Server, error) {
+	s, err := newServer(bin, tmp)
 	if err != nil {
+		return nil, err
+	}
+	s.args = args
+	if err := s.start(); err != nil {
+		s.Stop()
 		return nil, err
 	}
 	if err := s.AddUsers("u", 0, users); err != nil {
@@ -57,18 +63,6 @@ func newServer(bin, tmp string) (*Server, error) {
 	s := &Server{Data: data, Sock: freeAddr(), HTTP: freeAddr(), bin: bin}
 	if s.log, err = os.Create(filepath.Join(data, "dingd.log")); err != nil {
 		os.RemoveAll(data)
-		return nil, err
-	}
-	return s, nil
-}
-
-func startServer(bin, tmp string) (*Server, error) {
-	s, err := newServer(bin, tmp)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.start(); err != nil {
-		s.Stop()
 		return nil, err
 	}
 	return s, nil
@@ -210,29 +204,11 @@ func (s *Server) AddUsers(prefix string, from, to int) error {
 // Metric returns the sum of a metric family's samples scraped from /metrics
 // (histograms: their _sum and _count are addressed by those names).
 func (s *Server) Metric(name string) (float64, error) {
-	resp, err := http.Get("http://" + s.HTTP + "/metrics")
+	m, err := s.Scrape()
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
-	total := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
-			total += v
-		}
-	}
-	return total, sc.Err()
+	return m.Sum(name), nil
 }
 
 func (s *Server) call(method, path string, in, out any) error {

@@ -14,8 +14,9 @@ import (
 	"time"
 )
 
-// fetchProfile writes dingd's CPU profile over the next seconds to file.
-func fetchProfile(addr, file string, seconds int) error {
+// FetchProfile writes the CPU profile of the dingd serving pprof at addr
+// (its --pprof address) over the next seconds to file.
+func FetchProfile(addr, file string, seconds int) error {
 	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, seconds))
 	if err != nil {
 		return fmt.Errorf("dingd profile: %w", err)

@@ -64,6 +64,16 @@ func dialParties(srv *bench.Server, users []string, parallel int) ([]*party, err
 	return ps, nil
 }
 
+// dialUsers connects users prefix0 .. prefix<n-1>, 32 at a time, and
+// starts their consumers.
+func dialUsers(srv *bench.Server, prefix string, n int) ([]*party, error) {
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return dialParties(srv, users, 32)
+}
+
 // closeParties disconnects every party and waits for their consumers.
 func closeParties(ps []*party) {
 	for _, p := range ps {

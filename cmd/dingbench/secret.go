@@ -2,11 +2,8 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -77,9 +74,6 @@ func (c *secretConfig) setDefaults() {
 	if c.Warmup <= 0 {
 		c.Warmup = 2 * time.Second
 	}
-	if c.Round <= 0 {
-		c.Round = 2 * time.Second
-	}
 	c.Round = max(c.Round, 2*time.Second)
 	c.Payload = max(c.Payload, 8) // the send time goes in the first 8 bytes
 }
@@ -97,15 +91,11 @@ type secretRun struct {
 func runSecret(cfg secretConfig) (bench.Table, error) {
 	cfg.setDefaults()
 	start := time.Now()
-	env := []string{"DING_BURN_AFTER=" + burnDelay.String()}
+	args := []string{"--burn-after", burnDelay.String()}
 	if cfg.Pprof != "" {
-		env = append(env, "DING_PPROF="+cfg.Pprof)
+		args = append(args, "--pprof", cfg.Pprof)
 	}
-	var srv *bench.Server
-	err := withEnv(env, func() (err error) {
-		srv, err = bench.StartServer(cfg.Bin, cfg.Tmp, 2*cfg.Pairs)
-		return err
-	})
+	srv, err := bench.StartServer(cfg.Bin, cfg.Tmp, 2*cfg.Pairs, args...)
 	if err != nil {
 		return bench.Table{}, err
 	}
@@ -155,7 +145,7 @@ func runSecret(cfg secretConfig) (bench.Table, error) {
 	srv.Stop()
 
 	logf("secret: phase 4, keyring erase baseline and restarts (%d live messages)", cfg.Live)
-	erase, err := keyringEraseRate(cfg.Tmp, bulk1.n)
+	erase, aloneBytes, err := keyringAlone(cfg.Tmp, bulk1.n)
 	if err != nil {
 		return bench.Table{}, err
 	}
@@ -178,7 +168,7 @@ func runSecret(cfg secretConfig) (bench.Table, error) {
 	}
 	return r.table(tp, lat, plainReads, plainCPU, bulk3, bulk1, erase, rs, keyringFigures{
 		size: ringA, live1: float64(tp.kinds[1].received), after: ringAfter,
-		syncCost: ringSync, syncKeys: perBatch,
+		syncCost: ringSync, syncKeys: perBatch, aloneBytes: aloneBytes,
 	}, time.Since(start)), nil
 }
 
@@ -191,6 +181,9 @@ type keyringFigures struct {
 	// what a level-1 batch of phase 1's mean size adds before its commit.
 	syncCost time.Duration
 	syncKeys int
+	// aloneBytes is a fresh keyring file's bytes per key, holding phase
+	// 3's level-1 keys in package keyring alone.
+	aloneBytes float64
 }
 
 // profile fetches dingd's CPU profile over the next d into
@@ -203,7 +196,7 @@ func (r *secretRun) profile(name string, d time.Duration) {
 	go func() {
 		defer r.profiles.Done()
 		file := r.cfg.Profile + "-" + name + ".pprof"
-		if err := fetchProfile(r.cfg.Pprof, file, max(1, int(d.Seconds()))); err != nil {
+		if err := bench.FetchProfile(r.cfg.Pprof, file, max(1, int(d.Seconds()))); err != nil {
 			r.profMu.Lock()
 			r.profErr = append(r.profErr, fmt.Errorf("profile %s: %w", name, err))
 			r.profMu.Unlock()
@@ -213,62 +206,12 @@ func (r *secretRun) profile(name string, d time.Duration) {
 	}()
 }
 
-// fetchProfile writes dingd's CPU profile over the next seconds to file.
-func fetchProfile(addr, file string, seconds int) error {
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, seconds))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s", resp.Status)
-	}
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
 func fileSize(path string) (int64, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return 0, err
 	}
 	return st.Size(), nil
-}
-
-// withEnv runs fn with the environment variables kv ("K=V") set, then
-// restores them. bench.Server starts dingd with dingbench's environment,
-// and dingd reads every setting from DING_* variables, so this is how
-// the scenario sets --burn-after and --pprof without changing package
-// bench. Not safe for concurrent use: call it from one goroutine.
-func withEnv(kv []string, fn func() error) error {
-	type saved struct {
-		k, v string
-		had  bool
-	}
-	var old []saved
-	for _, e := range kv {
-		k, v, _ := strings.Cut(e, "=")
-		prev, had := os.LookupEnv(k)
-		old = append(old, saved{k, prev, had})
-		os.Setenv(k, v)
-	}
-	defer func() {
-		for _, s := range old {
-			if s.had {
-				os.Setenv(s.k, s.v)
-			} else {
-				os.Unsetenv(s.k)
-			}
-		}
-	}()
-	return fn()
 }
 
 // logf reports progress on stderr (the table goes to stdout).

@@ -13,6 +13,11 @@ import (
 
 const latenessMetric = "ding_secret_burn_lateness_seconds"
 
+// burns is dingd's count of burns of a level for a reason.
+func burns(m bench.Metrics, level int, reason string) float64 {
+	return m[fmt.Sprintf(`ding_secret_burns_total{level="%d",reason="%s"}`, level, reason)]
+}
+
 // readJob is one recipient reading its secret messages from one sender.
 type readJob struct {
 	reader, sender *party
@@ -52,7 +57,7 @@ type burnFigures struct {
 	sendRead     bench.Latencies // the server's read time − READ sent
 	backlogRate  float64         // burns/s while a backlog waited (see backlogRate)
 	backlogFor   time.Duration   // how long that backlog lasted
-	server       histogram       // ding_secret_burn_lateness_seconds over the run
+	server       bench.Histogram // ding_secret_burn_lateness_seconds over the run
 	cpuSec       float64         // dingd CPU from the first READ to the last BURN
 	wall         time.Duration   // the same interval
 	batches, ops float64         // commit batches (and their ops) in that interval
@@ -62,11 +67,7 @@ type burnFigures struct {
 // message read at the same moment.
 func (r *secretRun) lateness() (burnFigures, error) {
 	cfg := r.cfg
-	users := make([]string, 2*cfg.Chats)
-	for i := range users {
-		users[i] = fmt.Sprintf("b%d", i)
-	}
-	ps, err := dialParties(r.srv, users, 32)
+	ps, err := dialUsers(r.srv, "b", 2*cfg.Chats)
 	if err != nil {
 		return burnFigures{}, err
 	}
@@ -191,7 +192,7 @@ func readAll(jobs []readJob, onOK func(k int, ok time.Time)) (readResult, error)
 // once, as the secret ones are (a plain read arms no timer).
 func (r *secretRun) readPlain(ps []*party) (readResult, float64, error) {
 	jobs := pairJobs(ps, 0)
-	before, err := scrape(r.srv.HTTP)
+	before, err := r.srv.Scrape()
 	if err != nil {
 		return readResult{}, 0, err
 	}
@@ -199,7 +200,7 @@ func (r *secretRun) readPlain(ps []*party) (readResult, float64, error) {
 	if err != nil {
 		return res, 0, err
 	}
-	after, err := scrape(r.srv.HTTP)
+	after, err := r.srv.Scrape()
 	if err != nil {
 		return res, 0, err
 	}
@@ -217,15 +218,15 @@ func (r *secretRun) burnRun(jobs []readJob, level int, prof string) (burnFigures
 	if f.n == 0 {
 		return f, fmt.Errorf("no level-%d messages to read", level)
 	}
-	before, err := scrape(r.srv.HTTP)
+	before, err := r.srv.Scrape()
 	if err != nil {
 		return f, err
 	}
-	h0, err := before.histogram(latenessMetric)
+	h0, err := before.Histogram(latenessMetric)
 	if err != nil {
 		return f, err
 	}
-	base := before.burns(level, "read")
+	base := burns(before, level, "read")
 
 	// The baseline: a time.AfterFunc per id, set for OK + delay.
 	afterLate := make([]time.Duration, f.n)
@@ -256,11 +257,11 @@ func (r *secretRun) burnRun(jobs []readJob, level int, prof string) (burnFigures
 				return
 			case <-t.C:
 			}
-			s, err := scrape(r.srv.HTTP)
+			s, err := r.srv.Scrape()
 			if err != nil {
 				continue
 			}
-			n := s.burns(level, "read") - base
+			n := burns(s, level, "read") - base
 			samples = append(samples, counterSample{time.Now(), n})
 			if n >= float64(f.n) {
 				return
@@ -318,7 +319,7 @@ func (r *secretRun) burnRun(jobs []readJob, level int, prof string) (burnFigures
 	if err != nil {
 		return f, err
 	}
-	end, err := scrape(r.srv.HTTP)
+	end, err := r.srv.Scrape()
 	if err != nil {
 		return f, err
 	}
@@ -356,11 +357,11 @@ func (r *secretRun) burnRun(jobs []readJob, level int, prof string) (burnFigures
 		f.serverAll = samples[n-1].t.Sub(earliest)
 	}
 	f.backlogRate, f.backlogFor = backlogRate(samples, dues, timerBatchSize)
-	h1, err := end.histogram(latenessMetric)
+	h1, err := end.Histogram(latenessMetric)
 	if err != nil {
 		return f, err
 	}
-	f.server = h1.minus(h0)
+	f.server = h1.Minus(h0)
 	f.cpuSec = end["process_cpu_seconds_total"] - before["process_cpu_seconds_total"]
 	f.wall = time.Since(reads.first)
 	f.batches = end["ding_engine_commit_batch_ops_count"] - before["ding_engine_commit_batch_ops_count"]
@@ -430,12 +431,4 @@ func earlier(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// maxOf returns the largest sample.
-func maxOf(l bench.Latencies) time.Duration {
-	if len(l) == 0 {
-		return 0
-	}
-	return slices.Max(l)
 }

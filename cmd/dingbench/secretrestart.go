@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"syscall"
 	"time"
 
@@ -22,7 +21,7 @@ type restartFigures struct {
 	live                    int
 	ringBytes               int64   // the level-1 server's keyring file
 	load1, loadPlain, load3 float64 // msgs/s while loading (loadInflight in flight)
-	withKeys, plain         []time.Duration
+	withKeys, plain         bench.Latencies
 	liveAfter               float64       // ding_secret_messages after the level-1 server's restarts
 	withL3                  time.Duration // exec → /readyz
 	l3AllBurned             time.Duration // exec → every level-3 message burned (dingd burns them after it is ready)
@@ -56,17 +55,17 @@ func restarts(cfg secretConfig) (restartFigures, error) {
 		return f, err
 	}
 	for range cfg.Restarts {
-		d, err := restart(plain)
+		_, d, err := restart(plain)
 		if err != nil {
 			return f, err
 		}
 		f.plain = append(f.plain, d)
-		if d, err = restart(keys); err != nil {
+		if _, d, err = restart(keys); err != nil {
 			return f, err
 		}
 		f.withKeys = append(f.withKeys, d)
 	}
-	s, err := scrape(keys.HTTP)
+	s, err := keys.Scrape()
 	if err != nil {
 		return f, err
 	}
@@ -74,23 +73,20 @@ func restarts(cfg secretConfig) (restartFigures, error) {
 	if f.load3, err = loadLive(plain, cfg, 3); err != nil {
 		return f, err
 	}
-	if _, err := plain.Kill(syscall.SIGTERM); err != nil {
-		return f, fmt.Errorf("stop dingd: %w", err)
-	}
-	started, ready, err := plain.Restart()
+	started, withL3, err := restart(plain)
 	if err != nil {
-		return f, fmt.Errorf("restart dingd: %w", err)
+		return f, err
 	}
-	f.withL3 = ready.Sub(started)
+	f.withL3 = withL3
 	// The level-3 messages (unreadable once their keys died with the
 	// process) are burned in the background after start-up: poll until
 	// the counter has them all.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		if s, err = scrape(plain.HTTP); err != nil {
+		if s, err = plain.Scrape(); err != nil {
 			return f, err
 		}
-		f.l3Burned, f.l3LiveAfter = s.burns(3, "restart"), s["ding_secret_messages"]
+		f.l3Burned, f.l3LiveAfter = burns(s, 3, "restart"), s["ding_secret_messages"]
 		if f.l3Burned >= float64(cfg.Live) || time.Now().After(deadline) {
 			f.l3AllBurned = time.Since(started)
 			return f, nil
@@ -99,28 +95,25 @@ func restarts(cfg secretConfig) (restartFigures, error) {
 	}
 }
 
-// restart stops dingd cleanly and starts it again on the same data: the
-// time from the exec to the first 200 from /readyz.
-func restart(srv *bench.Server) (time.Duration, error) {
+// restart stops dingd cleanly and starts it again on the same data. It
+// returns when the exec was, and the time from it to the first 200 from
+// /readyz.
+func restart(srv *bench.Server) (started time.Time, ready time.Duration, err error) {
 	if _, err := srv.Kill(syscall.SIGTERM); err != nil {
-		return 0, fmt.Errorf("stop dingd: %w", err)
+		return time.Time{}, 0, fmt.Errorf("stop dingd: %w", err)
 	}
-	started, ready, err := srv.Restart()
+	started, readyAt, err := srv.Restart()
 	if err != nil {
-		return 0, fmt.Errorf("restart dingd: %w", err)
+		return time.Time{}, 0, fmt.Errorf("restart dingd: %w", err)
 	}
-	return ready.Sub(started), nil
+	return started, readyAt.Sub(started), nil
 }
 
 // loadLive sends cfg.Live messages of a kind (0 plain, else a secret
 // level) between loadPairs pairs of users, loadInflight at a time, and
 // returns the rate. Nobody reads them, so secret ones stay live.
 func loadLive(srv *bench.Server, cfg secretConfig, level int) (float64, error) {
-	users := make([]string, 2*loadPairs)
-	for i := range users {
-		users[i] = fmt.Sprintf("u%d", i)
-	}
-	ps, err := dialParties(srv, users, 32)
+	ps, err := dialUsers(srv, "u", 2*loadPairs)
 	if err != nil {
 		return 0, err
 	}
@@ -159,41 +152,56 @@ func loadLive(srv *bench.Server, cfg secretConfig, level int) (float64, error) {
 	return float64(cfg.Live) / time.Since(t0).Seconds(), nil
 }
 
-// keyringEraseRate is the bulk-burn baseline: n keys put into a fresh
-// keyring file (package keyring, as dingd uses it) and synced, then
-// erased 1,024 at a time (the most one timer batch burns), each Erase
-// zeroing its slots and syncing the file, as a burn batch does. It
-// returns erased keys/s.
-func keyringEraseRate(tmp string, n int) (float64, error) {
+// tempKeyring opens a fresh keyring file (package keyring, as dingd uses
+// it) in a new directory under tmp; done closes it and removes the
+// directory.
+func tempKeyring(tmp string) (ring *keyring.Ring, path string, done func(), err error) {
 	dir, err := os.MkdirTemp(tmp, "dingbench-keyring-")
 	if err != nil {
-		return 0, err
+		return nil, "", nil, err
 	}
-	defer os.RemoveAll(dir)
-	ring, err := keyring.Open(filepath.Join(dir, "secret.keys"))
+	path = filepath.Join(dir, "secret.keys")
+	if ring, err = keyring.Open(path); err != nil {
+		os.RemoveAll(dir)
+		return nil, "", nil, err
+	}
+	return ring, path, func() { ring.Close(); os.RemoveAll(dir) }, nil
+}
+
+// keyringAlone is the bulk-burn baseline: n keys put into a fresh keyring
+// file and synced, then erased 1,024 at a time (the most one timer batch
+// burns), each Erase zeroing its slots and syncing the file, as a burn
+// batch does. It returns erased keys/s, and the file's bytes per key
+// before the erase (the keyring-size baseline).
+func keyringAlone(tmp string, n int) (eraseRate, bytesPerKey float64, err error) {
+	ring, path, done, err := tempKeyring(tmp)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	defer ring.Close()
+	defer done()
 	ids := make([][16]byte, n)
 	for i := range ids {
 		var key [32]byte
 		rand.Read(ids[i][:])
 		rand.Read(key[:])
 		if err := ring.Put(ids[i], key); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	if err := ring.Sync(); err != nil {
-		return 0, err
+		return 0, 0, err
+	}
+	size, err := fileSize(path)
+	if err != nil {
+		return 0, 0, err
 	}
 	t0 := time.Now()
 	for c := 0; c < n; c += 1024 {
 		if err := ring.Erase(ids[c:min(c+1024, n)]); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
-	return float64(n) / time.Since(t0).Seconds(), nil
+	return float64(n) / time.Since(t0).Seconds(), float64(size) / float64(n), nil
 }
 
 // keyringSyncCost is what the commit loop adds to a batch with n level-1
@@ -201,17 +209,12 @@ func keyringEraseRate(tmp string, n int) (float64, error) {
 // a keyring file (one pwrite each) and one Sync, timed in dingbench on the
 // same disk, median of 20.
 func keyringSyncCost(tmp string, n int) (time.Duration, error) {
-	dir, err := os.MkdirTemp(tmp, "dingbench-keyring-")
+	ring, _, done, err := tempKeyring(tmp)
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(dir)
-	ring, err := keyring.Open(filepath.Join(dir, "secret.keys"))
-	if err != nil {
-		return 0, err
-	}
-	defer ring.Close()
-	var ds []time.Duration
+	defer done()
+	var ds bench.Latencies
 	for range 20 {
 		t0 := time.Now()
 		for range n {
@@ -227,15 +230,5 @@ func keyringSyncCost(tmp string, n int) (time.Duration, error) {
 		}
 		ds = append(ds, time.Since(t0))
 	}
-	return median(ds), nil
-}
-
-// median returns the middle sample (the upper one of an even count).
-func median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
+	return ds.Quantile(0.5), nil
 }

@@ -83,11 +83,7 @@ type throughputFigures struct {
 // messages are read and burned in phase 3).
 func (r *secretRun) throughput() (throughputFigures, []*party, error) {
 	cfg := r.cfg
-	users := make([]string, 2*cfg.Pairs)
-	for i := range users {
-		users[i] = fmt.Sprintf("u%d", i)
-	}
-	ps, err := dialParties(r.srv, users, 32)
+	ps, err := dialUsers(r.srv, "u", 2*cfg.Pairs)
 	if err != nil {
 		return throughputFigures{}, nil, err
 	}
@@ -155,7 +151,7 @@ func (r *secretRun) throughput() (throughputFigures, []*party, error) {
 		}()
 	}
 	// The server's counters at each window boundary.
-	snaps := make([]series, sched.windows+1)
+	snaps := make([]bench.Metrics, sched.windows+1)
 	var snapErr error
 	wg.Add(1)
 	go func() {
@@ -165,7 +161,7 @@ func (r *secretRun) throughput() (throughputFigures, []*party, error) {
 			if i < len(kinds) { // the first round's windows
 				r.profile("submit-"+kindTag(sched.kind(i)), cfg.Round-time.Second) // profiles must not overlap
 			}
-			s, err := scrape(r.srv.HTTP)
+			s, err := r.srv.Scrape()
 			if err != nil && snapErr == nil {
 				snapErr = err
 			}
