@@ -52,7 +52,7 @@ func (e *Engine) Announce(ctx context.Context, a Announcement) (SubmitResult, er
 
 // confirmMessage records a confirmation of a message that asks for one
 // (FlagConfirm) without being a DING.
-func (c *committer) confirmMessage(user string, m *Message, answer int, now time.Time) error {
+func (c *txn) confirmMessage(user string, m *Message, answer int, now time.Time) error {
 	if m.Flags&FlagConfirm == 0 {
 		return fmt.Errorf("%w: %s", ErrNotDing, m.ID)
 	}

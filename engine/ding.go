@@ -447,7 +447,7 @@ func (e *Engine) Ding(ctx context.Context, r DingRequest) (DingResult, error) {
 	}
 	ch := make(chan answer, 1)
 	var res DingResult // written by the commit loop; read only after done
-	e.applyAsync(func(c *committer, now time.Time) error {
+	e.applyAsync(func(c *txn, now time.Time) error {
 		var err error
 		res, err = c.applyDing(req, now)
 		return err
@@ -553,7 +553,7 @@ func (e *Engine) SetPolicy(ctx context.Context, name string, p Policy) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	return e.apply(ctx, func(c *committer, now time.Time) error {
+	return e.apply(ctx, func(c *txn, now time.Time) error {
 		c.batch.Set(policyKey(name), []byte(p.String()))
 		return nil
 	})
@@ -603,21 +603,21 @@ func (e *Engine) Confirm(ctx context.Context, user string, id ID, answer int) er
 // commit loop, when the confirmation is durable or has failed. It must
 // not block.
 func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(error)) {
-	e.applyAsync(func(c *committer, now time.Time) error {
+	e.applyAsync(func(c *txn, now time.Time) error {
 		return c.applyConfirmUser(user, id, answer, ChannelInApp, now)
 	}, done)
 }
 
 // CancelDing stops every pending recipient's escalation.
 func (e *Engine) CancelDing(ctx context.Context, id ID) error {
-	return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyCancel(id, now) })
+	return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyCancel(id, now) })
 }
 
 // ProviderStatus records what the provider reports about the SMS or call
 // with reference ref. It returns ErrNotFound for an unknown reference.
 func (e *Engine) ProviderStatus(ctx context.Context, ref string, ev ProviderEvent, detail string) error {
 	return e.awaitRef(ctx, func() error {
-		return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyProviderStatus(ref, ev, detail, now) })
+		return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyProviderStatus(ref, ev, detail, now) })
 	})
 }
 
@@ -625,7 +625,7 @@ func (e *Engine) ProviderStatus(ctx context.Context, ref string, ev ProviderEven
 // confirms; anything else returns ErrBadAnswer. ErrNotFound: unknown call.
 func (e *Engine) ProviderDigits(ctx context.Context, ref, digits string) error {
 	return e.awaitRef(ctx, func() error {
-		return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyDigits(ref, digits, now) })
+		return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyDigits(ref, digits, now) })
 	})
 }
 
@@ -637,7 +637,7 @@ func (e *Engine) InboundSMS(ctx context.Context, phone, body string) error {
 	if !ValidPhone(phone) {
 		return fmt.Errorf("%w: sender is not an E.164 number", ErrNotFound)
 	}
-	return e.apply(ctx, func(c *committer, now time.Time) error { return c.applyInboundSMS(phone, body, now) })
+	return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyInboundSMS(phone, body, now) })
 }
 
 // StopUser stops every pending escalation to user (who was offboarded),
@@ -662,7 +662,7 @@ func (e *Engine) StopUser(ctx context.Context, user string) (int, error) {
 		return 0, fmt.Errorf("engine: pending DINGs of %s: %w", user, err)
 	}
 	stopped := 0
-	err = e.apply(ctx, func(c *committer, now time.Time) error {
+	err = e.apply(ctx, func(c *txn, now time.Time) error {
 		for _, r := range refs {
 			rec, err := c.ding(r.id)
 			if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dingmq/ding/engine/internal/pipeline"
 	"github.com/dingmq/ding/engine/store"
 )
 
@@ -45,6 +46,10 @@ var (
 	// has failed: the engine refuses further writes, because it can no
 	// longer promise durability. Not safe to retry on this node.
 	ErrFailed = errors.New("engine: store failed")
+	// ErrAborted is returned for an op that shared a batch with ops that
+	// failed and could not be committed without them. It is not the op's
+	// fault: retry it (a submit with the same ClientID is deduplicated).
+	ErrAborted = errors.New("engine: batch aborted; retry")
 )
 
 // Recipients resolves and checks the recipients of a submission. It is the
@@ -219,25 +224,20 @@ type Engine struct {
 	sink     Sink     // guarded by sinkMu
 	presence Presence // guarded by sinkMu
 
-	// qmu guards closed and sending on queue, so that Close never races a
-	// send on the closed channel.
-	qmu    sync.RWMutex
-	closed bool // guarded by qmu
-	queue  chan *op
+	pipe *pipeline.Pipeline[*txn]
 
-	// headsMu guards heads: the committed head sequence of each user's
-	// stream that has been loaded. Only the commit loop writes it.
+	// The commit loop's own state (only txn code touches it).
+	ids          idGen             // message ids, strictly increasing
+	appliedHeads map[string]uint64 // each stream's applied head (stream.go)
+
+	// headsMu guards heads: the durable head of each stream the commit
+	// loop has touched (stream.go). Only the commit and publish loops
+	// write it.
 	headsMu sync.RWMutex
 	heads   map[string]uint64
 
 	closeOnce sync.Once
-
-	failMu sync.Mutex
-	failed error // guarded by failMu; non-nil once a commit failed
-
-	loopDone chan struct{}
-	pubQ     chan *published // committed batches waiting to be answered and delivered
-	pubDone  chan struct{}
+	closed    chan struct{} // closed once Shutdown has stopped every goroutine
 
 	// Escalation (timer.go).
 	pendingTimers  atomic.Int64 // durable count of armed timers; written by the commit loop
@@ -246,8 +246,7 @@ type Engine struct {
 	stopTimers     chan struct{}
 	timerDone      chan struct{}
 	sendQ          chan sendTask
-	sendCtx        context.Context // cancelled by Close, to end sends in flight
-	cancelSends    context.CancelFunc
+	cancelSends    context.CancelFunc // ends sends in flight (Close)
 	dispatchWG     sync.WaitGroup
 	inflightMu     sync.Mutex
 	inflight       map[string]struct{} // sends decided and not yet recorded; guarded by inflightMu
@@ -281,15 +280,12 @@ func Open(cfg Config) (*Engine, error) {
 	}
 	cfg.setDefaults()
 	e := &Engine{
-		cfg:      cfg,
-		st:       cfg.Store,
-		log:      cfg.Logger,
-		queue:    make(chan *op, cfg.QueueLen),
-		heads:    make(map[string]uint64),
-		cache:    newMsgCache(cfg.MessageCacheBytes),
-		loopDone: make(chan struct{}),
-		pubQ:     make(chan *published, 4),
-		pubDone:  make(chan struct{}),
+		cfg:          cfg,
+		st:           cfg.Store,
+		log:          cfg.Logger,
+		heads:        make(map[string]uint64),
+		appliedHeads: make(map[string]uint64),
+		cache:        newMsgCache(cfg.MessageCacheBytes),
 
 		timerWake:  make(chan struct{}, 1),
 		stopTimers: make(chan struct{}),
@@ -305,6 +301,7 @@ func Open(cfg Config) (*Engine, error) {
 
 		startupBurnsDone: make(chan struct{}),
 		sinkSet:          make(chan struct{}),
+		closed:           make(chan struct{}),
 	}
 	e.minArmed.Store(math.MaxInt64)
 	e.active, _ = cfg.Recipients.(ActiveFilter)
@@ -314,7 +311,6 @@ func Open(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.sendCtx, e.cancelSends = context.WithCancel(context.Background())
 	switch v, err := cfg.Store.Get(timersCounterKey); {
 	case err == nil:
 		n, err := parseU64(v)
@@ -325,19 +321,37 @@ func Open(cfg Config) (*Engine, error) {
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("engine: timer count: %w", err)
 	}
-	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(len(e.queue)) },
+	if e.metrics, err = newMetrics(cfg.Registerer, func() float64 { return float64(e.pipe.Len()) },
 		func() float64 { return float64(e.pendingTimers.Load()) },
 		func() float64 { return float64(e.liveSecretN.Load()) }); err != nil {
 		return nil, err
 	}
-	c := newCommitter(e)
-	go c.loop()
-	go e.publishLoop()
+	if e.pipe, err = pipeline.New(pipeline.Config[*txn]{
+		Store:       cfg.Store,
+		NewTxn:      e.newTxn,
+		Now:         cfg.Clock.Now,
+		Aborts:      func(err error) bool { return !clientError(err) },
+		Aborted:     ErrAborted,
+		Fail:        func(cause error) error { return fmt.Errorf("%w: commit: %w", ErrFailed, cause) },
+		Closed:      ErrClosed,
+		MaxBatch:    cfg.MaxBatch,
+		QueueLen:    cfg.QueueLen,
+		OnQueueFull: e.metrics.queueFull.Inc,
+		OnBatch: func(ops int, commit time.Duration) {
+			e.metrics.commitSeconds.Observe(commit.Seconds())
+			e.metrics.batchOps.Observe(float64(ops))
+		},
+		Logger: cfg.Logger,
+	}); err != nil {
+		return nil, err
+	}
 	go e.timerLoop()
 	go e.fanoutLoop()
+	var sendCtx context.Context
+	sendCtx, e.cancelSends = context.WithCancel(context.Background())
 	e.dispatchWG.Add(cfg.DispatchWorkers)
 	for range cfg.DispatchWorkers {
-		go e.dispatchLoop()
+		go e.dispatchLoop(sendCtx)
 	}
 	if len(keyless.restart) > 0 || len(keyless.lost) > 0 {
 		// Their keys are gone, so they can no longer be read (Range
@@ -369,57 +383,45 @@ func (e *Engine) getSink() Sink {
 // MaxBody is the largest body Submit accepts.
 func (e *Engine) MaxBody() int { return e.cfg.MaxBody }
 
-// Close stops the escalation timers, cancels sends in flight (a send
-// whose outcome is not recorded is made again after a restart), stops
-// accepting operations, commits those already queued, and waits for every
-// goroutine. It does not close the store. It is idempotent.
-func (e *Engine) Close() error {
+// Close is Shutdown without a deadline.
+func (e *Engine) Close() error { return e.Shutdown(context.Background()) }
+
+// Shutdown stops the escalation timers and the fanout loop, cancels sends
+// in flight (a send whose outcome is not recorded is made again after a
+// restart), stops accepting operations, commits those already queued, and
+// waits for every goroutine; or, if ctx ends first, returns ctx.Err() (the
+// goroutines then finish on their own; the store must stay open until
+// they do, which a later Shutdown call waits for). It does not close the
+// store. It returns the error that stopped the engine from writing, if
+// any. It is idempotent: later calls wait again and return the same.
+func (e *Engine) Shutdown(ctx context.Context) error {
 	e.closeOnce.Do(func() {
 		if e.stopStartupBurns != nil {
 			e.stopStartupBurns()
 		}
-		<-e.startupBurnsDone
 		close(e.stopTimers)
-		<-e.timerDone
 		close(e.stopFanout)
-		<-e.fanoutDone
 		e.cancelSends()
-		e.qmu.Lock()
-		e.closed = true
-		close(e.queue)
-		e.qmu.Unlock()
-		<-e.loopDone
-		<-e.pubDone
-		close(e.sendQ)
-		e.dispatchWG.Wait()
+		go func() {
+			defer close(e.closed)
+			<-e.startupBurnsDone
+			<-e.timerDone
+			<-e.fanoutDone
+			e.pipe.Close(context.Background())
+			close(e.sendQ)
+			e.dispatchWG.Wait()
+		}()
 	})
-	return nil
+	select {
+	case <-e.closed:
+		return e.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Err returns the error that stopped the engine from writing, or nil.
-func (e *Engine) Err() error {
-	e.failMu.Lock()
-	defer e.failMu.Unlock()
-	return e.failed
-}
-
-func (e *Engine) enqueue(o *op) error {
-	if err := e.Err(); err != nil {
-		return err
-	}
-	e.qmu.RLock()
-	defer e.qmu.RUnlock()
-	if e.closed {
-		return ErrClosed
-	}
-	select {
-	case e.queue <- o:
-	default:
-		e.metrics.queueFull.Inc()
-		e.queue <- o // back-pressure: wait for the commit loop
-	}
-	return nil
-}
+func (e *Engine) Err() error { return e.pipe.Err() }
 
 // Submission is a message as a sender submits it.
 type Submission struct {
@@ -539,10 +541,15 @@ func (e *Engine) submitAsync(s Submission, announce bool, done func(SubmitResult
 		done(SubmitResult{}, err)
 		return
 	}
-	o := &op{kind: opSubmit, sub: s, submitDone: done, queued: time.Now()}
-	if err := e.enqueue(o); err != nil {
-		done(SubmitResult{}, err)
-	}
+	var res SubmitResult // written on the commit loop, read once answered
+	queued := time.Now()
+	e.enqueue(func(c *txn) error { return c.applySubmit(&s, &res, c.now) }, func(err error) {
+		if err != nil {
+			res = SubmitResult{}
+		}
+		e.countSubmit(res, err, queued)
+		done(res, err)
+	}, 1)
 }
 
 // Submit is SubmitAsync that waits. If ctx ends first, Submit returns
@@ -569,9 +576,7 @@ func (e *Engine) AckAsync(user, device string, seq uint64, done func(error)) {
 	if done == nil {
 		done = func(error) {}
 	}
-	if err := e.enqueue(&op{kind: opAck, user: user, device: device, seq: seq, done: done}); err != nil {
-		done(err)
-	}
+	e.enqueue(func(c *txn) error { return c.applyAck(user, device, seq, c.now) }, done, 1)
 }
 
 // Ack is AckAsync that waits.
@@ -585,22 +590,7 @@ func (e *Engine) ReadAsync(user string, ids []ID, done func(error)) {
 	if done == nil {
 		done = func(error) {}
 	}
-	if err := e.enqueue(&op{kind: opRead, user: user, ids: ids, done: done}); err != nil {
-		done(err)
-	}
-}
-
-// applyAsync queues fn for the commit loop: it runs with the batch's
-// overlay, and done gets its error once the batch is durable.
-func (e *Engine) applyAsync(fn func(c *committer, now time.Time) error, done func(error)) {
-	if err := e.enqueue(&op{kind: opApply, fn: fn, done: done, queued: time.Now()}); err != nil {
-		done(err)
-	}
-}
-
-// apply is applyAsync that waits.
-func (e *Engine) apply(ctx context.Context, fn func(c *committer, now time.Time) error) error {
-	return wait(ctx, func(done func(error)) { e.applyAsync(fn, done) })
+	e.enqueue(func(c *txn) error { return c.applyRead(user, ids, c.now) }, done, max(1, len(ids)))
 }
 
 // Read is ReadAsync that waits.

@@ -47,6 +47,75 @@ import (
 // send but before the record would lose the provider's reference, and a
 // confirmation could not stop a send already decided).
 
+// dingTx is escalation's per-batch overlay.
+type dingTx struct {
+	drecs      map[ID]*dingRecord
+	dstates    map[string]*rcptState // by state key; written at flush if changed
+	dorig      map[string][]byte     // the stored record of each state loaded (not of new ones)
+	quota      map[string]uint64     // by quota key
+	refs       map[string][]byte     // provider references, by ref
+	sends      []sendTask            // sends decided, for the dispatch workers once durable
+	timerDelta int64                 // timers armed minus disarmed
+	minDue     int64                 // earliest timer armed (ms); 0 if none
+}
+
+func newDingTx() dingTx {
+	return dingTx{
+		drecs: map[ID]*dingRecord{}, dstates: map[string]*rcptState{}, dorig: map[string][]byte{},
+		quota: map[string]uint64{}, refs: map[string][]byte{},
+	}
+}
+
+// flush writes the states the batch changed and the count of armed timers.
+func (d *dingTx) flush(c *txn) error {
+	c.flushStates()
+	if d.timerDelta != 0 {
+		c.batch.Set(timersCounterKey, u64(uint64(max(0, c.e.pendingTimers.Load()+d.timerDelta))))
+	}
+	return nil
+}
+
+// applied counts the timers and wakes the timer loop for an earlier one.
+func (d *dingTx) applied(c *txn) {
+	c.e.pendingTimers.Add(d.timerDelta)
+	if d.minDue != 0 {
+		c.e.noteTimer(d.minDue)
+	}
+}
+
+// published hands the sends the batch decided to the dispatch workers. A
+// send decided earlier in the batch than a confirmation (or any stop) of
+// the same recipient is dropped: its recovery timer went with the stop.
+func (d *dingTx) published(c *txn) {
+	kept := d.sends[:0]
+	for _, t := range d.sends {
+		st := d.dstates[string(rcptKey(t.id, t.idx))]
+		if st != nil && (st.Status != StatusPending || !slices.ContainsFunc(st.Timers, func(r timerRef) bool { return r.N == t.n })) {
+			c.e.inflightDel(inflightKey(t.id, t.idx, t.n))
+			continue
+		}
+		kept = append(kept, t)
+	}
+	c.e.queueSends(kept)
+}
+
+// abandon forgets the sends: none of them is made.
+func (d *dingTx) abandon(c *txn, applied bool) {
+	for _, t := range d.sends {
+		c.e.inflightDel(inflightKey(t.id, t.idx, t.n))
+	}
+}
+
+func (d *dingTx) reset() {
+	clear(d.drecs)
+	clear(d.dstates)
+	clear(d.dorig)
+	clear(d.quota)
+	clear(d.refs)
+	clear(d.sends)
+	d.sends, d.timerDelta, d.minDue = d.sends[:0], 0, 0
+}
+
 // MaxSendAttempts bounds the sends of one step whose outcome stayed
 // unknown (timeouts, provider errors) or that the carrier failed.
 const MaxSendAttempts = 4
@@ -95,7 +164,7 @@ func clip(s string, n int) string {
 func isPhone(to string) bool { return strings.HasPrefix(to, "+") }
 
 // ding returns the DING record as this batch sees it.
-func (c *committer) ding(id ID) (*dingRecord, error) {
+func (c *txn) ding(id ID) (*dingRecord, error) {
 	if r, ok := c.drecs[id]; ok {
 		return r, nil
 	}
@@ -110,7 +179,7 @@ func (c *committer) ding(id ID) (*dingRecord, error) {
 // state returns a recipient's state as this batch sees it. Every state
 // loaded into the overlay is written back when the batch commits, if it
 // changed (flushStates).
-func (c *committer) state(id ID, idx int) (*rcptState, error) {
+func (c *txn) state(id ID, idx int) (*rcptState, error) {
 	k := string(rcptKey(id, idx))
 	if s, ok := c.dstates[k]; ok {
 		return s, nil
@@ -124,14 +193,14 @@ func (c *committer) state(id ID, idx int) (*rcptState, error) {
 	return s, nil
 }
 
-func (c *committer) newState(id ID, idx int, s *rcptState) {
+func (c *txn) newState(id ID, idx int, s *rcptState) {
 	c.dstates[string(rcptKey(id, idx))] = s
 }
 
 // flushStates writes every state this batch changed: one loaded and left
 // as it was (a stopped recipient a cancel passed over, a disarmed timer's)
 // encodes to its stored bytes and is not written again.
-func (c *committer) flushStates() {
+func (c *txn) flushStates() {
 	for k, s := range c.dstates {
 		v, _ := json.Marshal(s)
 		if orig, ok := c.dorig[k]; ok && bytes.Equal(orig, v) {
@@ -141,16 +210,16 @@ func (c *committer) flushStates() {
 	}
 }
 
-func (c *committer) quotaGet(k []byte) (uint64, error) { return c.u64(c.quota, string(k), k) }
+func (c *txn) quotaGet(k []byte) (uint64, error) { return c.u64(c.quota, string(k), k) }
 
-func (c *committer) quotaSet(k []byte, v uint64) {
+func (c *txn) quotaSet(k []byte, v uint64) {
 	c.quota[string(k)] = v
 	c.batch.Set(k, u64(v))
 }
 
 // ledger records an event in a recipient's timeline and pushes it to the
 // sender's stream.
-func (c *committer) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent) error {
+func (c *txn) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent) error {
 	ev.ID, ev.Index, ev.Recipient = id, idx, rec.Recipients[idx]
 	le := LedgerEvent{At: ev.At, Event: ev.Event, Device: ev.Device, Detail: ev.Detail}
 	if ev.Channel != 0 {
@@ -165,7 +234,7 @@ func (c *committer) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev Din
 	return c.appendEntry(rec.From, Entry{Kind: EntryDing, Ding: ev})
 }
 
-func (c *committer) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef {
+func (c *txn) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef {
 	if t.N == 0 {
 		s.TimerN++
 		t.N = s.TimerN
@@ -178,14 +247,14 @@ func (c *committer) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef 
 
 // setTimerKey writes a timer's key and lowers the batch's earliest due
 // time, which wakes the timer loop after the commit (timer.go).
-func (c *committer) setTimerKey(due int64, id ID, idx int, n uint32) {
+func (c *txn) setTimerKey(due int64, id ID, idx int, n uint32) {
 	c.batch.Set(timerKey(due, id, idx, n), nil)
 	if c.minDue == 0 || due < c.minDue {
 		c.minDue = due
 	}
 }
 
-func (c *committer) removeTimer(id ID, idx int, s *rcptState, n uint32) (timerRef, bool) {
+func (c *txn) removeTimer(id ID, idx int, s *rcptState, n uint32) (timerRef, bool) {
 	i := slices.IndexFunc(s.Timers, func(t timerRef) bool { return t.N == n })
 	if i < 0 {
 		return timerRef{}, false
@@ -198,7 +267,7 @@ func (c *committer) removeTimer(id ID, idx int, s *rcptState, n uint32) (timerRe
 }
 
 // lookupDedupe finds a sender's earlier message with the same client id.
-func (c *committer) lookupDedupe(from, clientID string) (ID, bool, []byte, error) {
+func (c *txn) lookupDedupe(from, clientID string) (ID, bool, []byte, error) {
 	dk := dedupeKey(from, clientID)
 	if id, ok := c.dedupe[string(dk)]; ok {
 		return id, true, dk, nil
@@ -217,7 +286,7 @@ func (c *committer) lookupDedupe(from, clientID string) (ID, bool, []byte, error
 	return ID{}, false, dk, nil
 }
 
-func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
+func (c *txn) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 	var dk []byte
 	if q.ClientID != "" {
 		id, dup, k, err := c.lookupDedupe(q.From, q.ClientID)
@@ -240,11 +309,9 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		return DingResult{}, &QuotaError{Reason: ReasonSenderDaily,
 			Detail: fmt.Sprintf("%d DINGs today, limit %d", sent, qs.DingsPerSenderPerDay), RetryAfter: tomorrow.Sub(now)}
 	}
-	if af := c.e.active; af != nil {
-		for _, to := range q.To {
-			if !isPhone(to) && !af.Active(to) {
-				return DingResult{}, fmt.Errorf("%w: %q was removed", ErrUnknownRecipient, to)
-			}
+	for _, to := range q.To {
+		if !isPhone(to) && !c.active(to) {
+			return DingResult{}, fmt.Errorf("%w: %q was removed", ErrUnknownRecipient, to)
 		}
 	}
 	var refused []Refusal
@@ -277,7 +344,7 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 			Detail: fmt.Sprintf("every recipient refused (%d)", len(refused))}
 	}
 
-	id := c.ids.next(now)
+	id := c.e.ids.next(now)
 	var users []string
 	for i, to := range q.To {
 		if ok[i] && !isPhone(to) {
@@ -348,7 +415,7 @@ func (c *committer) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 
 // advance fires every planned step that is due and arms a timer for the
 // next one.
-func (c *committer) advance(id ID, idx int, s *rcptState, rec *dingRecord, now time.Time) error {
+func (c *txn) advance(id ID, idx int, s *rcptState, rec *dingRecord, now time.Time) error {
 	created := time.UnixMilli(rec.Created)
 	for s.Status == StatusPending && s.Next < len(rec.Plan) {
 		due := created.Add(rec.Plan[s.Next].After)
@@ -384,7 +451,7 @@ func (c *committer) advance(id ID, idx int, s *rcptState, rec *dingRecord, now t
 	return nil
 }
 
-func (c *committer) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step int, now time.Time) error {
+func (c *txn) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step int, now time.Time) error {
 	ps := rec.Plan[step]
 	switch ps.Channel {
 	case ChannelInApp:
@@ -404,7 +471,7 @@ func (c *committer) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step
 }
 
 // startSend charges the org's budget and decides a send.
-func (c *committer) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, now time.Time) error {
+func (c *txn) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, now time.Time) error {
 	if s.Phone == "" {
 		c.e.metrics.step(ch, "no_phone")
 		return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerNoPhone, Channel: ch, At: now})
@@ -436,7 +503,7 @@ func (c *committer) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch 
 
 // dispatch decides a send: it arms the recovery timer and queues the task
 // for the dispatch workers once this batch is durable.
-func (c *committer) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, quiet bool, now time.Time) error {
+func (c *txn) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, quiet bool, now time.Time) error {
 	t := c.addTimer(id, idx, s, timerRef{
 		Kind: timerSend, Ch: ch, Attempt: attempt, Recover: true,
 		Due: ms(now.Add(c.e.cfg.RecoverAfter)),
@@ -458,7 +525,7 @@ func (c *committer) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch C
 
 // stop ends a pending recipient's escalation: its timers go, and its
 // phone no longer matches SMS replies.
-func (c *committer) stop(id ID, idx int, s *rcptState, rec *dingRecord, status string, by Channel, now time.Time) {
+func (c *txn) stop(id ID, idx int, s *rcptState, rec *dingRecord, status string, by Channel, now time.Time) {
 	s.Status, s.By, s.Ended = status, by, ms(now)
 	for len(s.Timers) > 0 {
 		c.removeTimer(id, idx, s, s.Timers[0].N)
@@ -501,7 +568,7 @@ func outcomeOf(status string, by Channel) string {
 
 // markUnanswered counts a recipient whose every step has fired as
 // unanswered, until something stops them.
-func (c *committer) markUnanswered(idx int, s *rcptState, rec *dingRecord) {
+func (c *txn) markUnanswered(idx int, s *rcptState, rec *dingRecord) {
 	if s.Unanswered {
 		return
 	}
@@ -513,7 +580,7 @@ func (c *committer) markUnanswered(idx int, s *rcptState, rec *dingRecord) {
 	}
 }
 
-func (c *committer) unmarkUnanswered(idx int, s *rcptState, rec *dingRecord) {
+func (c *txn) unmarkUnanswered(idx int, s *rcptState, rec *dingRecord) {
 	if !s.Unanswered {
 		return
 	}
@@ -527,7 +594,7 @@ func (c *committer) unmarkUnanswered(idx int, s *rcptState, rec *dingRecord) {
 
 // confirm records a confirmation by channel ch with an answer already
 // checked against the DING's choices.
-func (c *committer) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, answer int, now time.Time) error {
+func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, answer int, now time.Time) error {
 	switch s.Status {
 	case StatusConfirmed:
 		return nil
@@ -578,7 +645,7 @@ func (c *committer) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Ch
 	return c.notify(&ev, user, StateConfirmed, now)
 }
 
-func (c *committer) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) error {
+func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) error {
 	rec, err := c.ding(id)
 	if errors.Is(err, ErrNotFound) {
 		if m, merr := c.e.Message(id); merr == nil {
@@ -605,7 +672,7 @@ func (c *committer) applyConfirmUser(user string, id ID, answer int, ch Channel,
 // userState returns a user recipient's state, or nil if there is none (the
 // DING is gone, or the user is not a recipient). Only store failures are
 // errors, so that the read or ack calling it is never half applied.
-func (c *committer) userState(id ID, user string) (*dingRecord, *rcptState, int, error) {
+func (c *txn) userState(id ID, user string) (*dingRecord, *rcptState, int, error) {
 	rec, err := c.ding(id)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil, 0, nil
@@ -628,7 +695,7 @@ func (c *committer) userState(id ID, user string) (*dingRecord, *rcptState, int,
 }
 
 // dingRead is called for each DING a read moved to read.
-func (c *committer) dingRead(id ID, user string, now time.Time) error {
+func (c *txn) dingRead(id ID, user string, now time.Time) error {
 	rec, s, idx, err := c.userState(id, user)
 	if err != nil || s == nil {
 		return err
@@ -644,7 +711,7 @@ func (c *committer) dingRead(id ID, user string, now time.Time) error {
 
 // dingDelivered is called for each DING a device acknowledged for the
 // first time.
-func (c *committer) dingDelivered(id ID, user, device string, now time.Time) error {
+func (c *txn) dingDelivered(id ID, user, device string, now time.Time) error {
 	rec, s, idx, err := c.userState(id, user)
 	if err != nil || s == nil {
 		return err
@@ -652,7 +719,7 @@ func (c *committer) dingDelivered(id ID, user, device string, now time.Time) err
 	return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerDelivered, Channel: ChannelInApp, Device: device, At: now})
 }
 
-func (c *committer) applyCancel(id ID, now time.Time) error {
+func (c *txn) applyCancel(id ID, now time.Time) error {
 	rec, err := c.ding(id)
 	if err != nil {
 		return err
@@ -674,7 +741,7 @@ func (c *committer) applyCancel(id ID, now time.Time) error {
 }
 
 // ref returns a provider reference's value as this batch sees it.
-func (c *committer) ref(ref string) ([]byte, error) {
+func (c *txn) ref(ref string) ([]byte, error) {
 	if v, ok := c.refs[ref]; ok {
 		return v, nil
 	}
@@ -685,7 +752,7 @@ func (c *committer) ref(ref string) ([]byte, error) {
 	return v, err
 }
 
-func (c *committer) setRef(ref string, v []byte) {
+func (c *txn) setRef(ref string, v []byte) {
 	c.refs[ref] = v
 	c.batch.Set(refKey(ref), v)
 }
@@ -702,7 +769,7 @@ type sendTarget struct {
 }
 
 // target looks a provider reference up, with its DING and recipient state.
-func (c *committer) target(ref string) (*sendTarget, error) {
+func (c *txn) target(ref string) (*sendTarget, error) {
 	v, err := c.ref(ref)
 	if err != nil {
 		return nil, err
@@ -727,7 +794,7 @@ var providerLedger = map[ProviderEvent]LedgerKind{
 	ProviderCallFailed: LedgerCallFailed,
 }
 
-func (c *committer) applyProviderStatus(ref string, pe ProviderEvent, detail string, now time.Time) error {
+func (c *txn) applyProviderStatus(ref string, pe ProviderEvent, detail string, now time.Time) error {
 	kind, known := providerLedger[pe]
 	if !known {
 		return fmt.Errorf("%w: provider event %d", ErrBadAnswer, pe)
@@ -760,7 +827,7 @@ func (c *committer) applyProviderStatus(ref string, pe ProviderEvent, detail str
 
 // retryLater arms a retry of a failed send, or gives up after
 // MaxSendAttempts.
-func (c *committer) retryLater(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, now time.Time) error {
+func (c *txn) retryLater(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, now time.Time) error {
 	if attempt >= MaxSendAttempts {
 		return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerSendFailed, Channel: ch, Detail: fmt.Sprintf("%d attempts", attempt), At: now})
 	}
@@ -770,7 +837,7 @@ func (c *committer) retryLater(id ID, idx int, s *rcptState, rec *dingRecord, ch
 }
 
 // fallback sends an SMS at once because a call did not reach the person.
-func (c *committer) fallback(id ID, idx int, s *rcptState, rec *dingRecord, now time.Time) error {
+func (c *txn) fallback(id ID, idx int, s *rcptState, rec *dingRecord, now time.Time) error {
 	if c.e.cfg.NoCallFallback {
 		return nil
 	}
@@ -780,7 +847,7 @@ func (c *committer) fallback(id ID, idx int, s *rcptState, rec *dingRecord, now 
 	return c.startSend(id, idx, s, rec, ChannelSMS, now)
 }
 
-func (c *committer) applyDigits(ref, digits string, now time.Time) error {
+func (c *txn) applyDigits(ref, digits string, now time.Time) error {
 	t, err := c.target(ref)
 	if err != nil {
 		return err
@@ -823,7 +890,7 @@ func parseAnswer(s string, choices []string, words bool) (int, bool) {
 	return 0, false
 }
 
-func (c *committer) applyInboundSMS(phone, body string, now time.Time) error {
+func (c *txn) applyInboundSMS(phone, body string, now time.Time) error {
 	p := phonePrefix(phone)
 	// The pending DING most recently sent to the phone is the last key
 	// (keys carry the send time). A stop in this same batch is caught below.
@@ -862,7 +929,7 @@ func (c *committer) applyInboundSMS(phone, body string, now time.Time) error {
 	return c.confirm(id, idx, s, rec, ChannelSMS, answer, now)
 }
 
-func (c *committer) applySendResult(t sendTask, ref string, sendErr error, now time.Time) error {
+func (c *txn) applySendResult(t sendTask, ref string, sendErr error, now time.Time) error {
 	rec, err := c.ding(t.id)
 	if err != nil {
 		return err
@@ -911,7 +978,7 @@ func (c *committer) applySendResult(t sendTask, ref string, sendErr error, now t
 }
 
 // fireTimers runs the timers the timer loop found due.
-func (c *committer) fireTimers(keys [][]byte, now time.Time) error {
+func (c *txn) fireTimers(keys [][]byte, now time.Time) error {
 	for _, k := range keys {
 		due, id, idx, n, err := parseTimerKey(k)
 		if err != nil {

@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"time"
+
+	"github.com/dingmq/ding/engine/store"
 )
 
 // Settle fires every timer due at the clock's present time and waits
@@ -17,7 +19,7 @@ func (e *Engine) Settle(ctx context.Context) error {
 		if len(keys) == 0 {
 			break
 		}
-		if err := e.apply(ctx, func(c *committer, now time.Time) error { return c.fireTimers(keys, now) }); err != nil {
+		if err := e.apply(ctx, func(c *txn, now time.Time) error { return c.fireTimers(keys, now) }); err != nil {
 			return err
 		}
 	}
@@ -49,5 +51,23 @@ func (e *Engine) SecretKey(id ID) ([32]byte, bool) {
 // batch's heads are published (a batch becomes readable in the store a
 // moment before Head shows it). Tests only.
 func (e *Engine) Barrier(ctx context.Context) error {
-	return e.apply(ctx, func(*committer, time.Time) error { return nil })
+	return e.apply(ctx, func(*txn, time.Time) error { return nil })
+}
+
+// Hold holds the commit loop until release is called, so that the ops
+// queued meanwhile share one batch. Tests only.
+func (e *Engine) Hold() (release func()) {
+	entered, done := make(chan struct{}), make(chan struct{})
+	e.applyAsync(func(*txn, time.Time) error { close(entered); <-done; return nil }, func(error) {})
+	<-entered
+	return func() { close(done) }
+}
+
+// DeleteMessageRecord deletes a message record behind the engine's back, to make the
+// store inconsistent (a lost record). Tests only.
+func DeleteMessageRecord(st interface{ NewBatch() store.Batch }, id ID) error {
+	b := st.NewBatch()
+	defer b.Close()
+	b.Delete(messageKey(id))
+	return b.Commit(true)
 }

@@ -86,9 +86,26 @@ func (e *Engine) SetPresence(p Presence) {
 	e.sinkMu.Unlock()
 }
 
+// fanoutTx is the fanout's per-batch overlay.
+type fanoutTx struct {
+	jobsStarted bool // a fanout job was recorded
+}
+
+// published wakes the fanout loop for the jobs the batch recorded.
+func (f *fanoutTx) published(c *txn) {
+	if f.jobsStarted {
+		select {
+		case c.e.fanoutWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (f *fanoutTx) reset() { f.jobsStarted = false }
+
 // startFanout records a fanout job for the loop to run after this batch.
 // Online recipients come first (each chunk is sorted, for the store).
-func (c *committer) startFanout(id ID, recipients []string) {
+func (c *txn) startFanout(id ID, recipients []string) {
 	c.e.sinkMu.RLock()
 	p := c.e.presence
 	c.e.sinkMu.RUnlock()
@@ -119,7 +136,7 @@ func (c *committer) startFanout(id ID, recipients []string) {
 }
 
 // fanoutChunk writes the next chunk of job id.
-func (c *committer) fanoutChunk(id ID) error {
+func (c *txn) fanoutChunk(id ID) error {
 	v, err := c.e.st.Get(jobKey(id))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -166,7 +183,7 @@ func (c *committer) fanoutChunk(id ID) error {
 // dropJob gives up a fanout whose record or message cannot be read, rather
 // than failing every batch it would share: its job and audience keys are
 // deleted, and the recipients not yet reached are lost (logged).
-func (c *committer) dropJob(id ID, why error) error {
+func (c *txn) dropJob(id ID, why error) error {
 	c.e.log.Error("fanout: dropping a job whose record or message is unreadable", "message", id.String(), "err", why)
 	c.batch.Delete(jobKey(id))
 	p := audiencePrefix(id)
@@ -207,7 +224,7 @@ func (e *Engine) fanoutLoop() {
 			}
 		}
 		done := make(chan error, 1)
-		e.applyAsync(func(c *committer, now time.Time) error { return c.fanoutChunk(id) }, func(err error) { done <- err })
+		e.applyAsync(func(c *txn, now time.Time) error { return c.fanoutChunk(id) }, func(err error) { done <- err })
 		select {
 		case err := <-done:
 			if errors.Is(err, ErrClosed) || errors.Is(err, ErrFailed) {

@@ -136,10 +136,35 @@ func unansweredKey(day uint32, user string) []byte {
 
 func announcementKey(id ID) []byte { return append([]byte{prefixAnnouncement}, id[:]...) }
 
+// statsTx is the statistics' per-batch overlay; all of it is written at
+// flush.
+type statsTx struct {
+	rollups  map[rollupID]*Rollup
+	depts    map[string]string // user -> department, looked up this batch
+	anns     map[ID]*AnnouncementCounts
+	statsErr error // a rollup could not be read: the op that touched it aborts rather than overwrite it
+}
+
+func newStatsTx() statsTx {
+	return statsTx{rollups: map[rollupID]*Rollup{}, depts: map[string]string{}, anns: map[ID]*AnnouncementCounts{}}
+}
+
+func (s *statsTx) flush(c *txn) error {
+	c.flushRollups()
+	return nil
+}
+
+func (s *statsTx) reset() {
+	clear(s.rollups)
+	clear(s.depts)
+	clear(s.anns)
+	s.statsErr = nil
+}
+
 // deptOf returns a user's department ("" if unknown or none).
 // Departments are looked up once per user and batch: an ack or a read
 // covering many messages from one sender asks once.
-func (c *committer) deptOf(user string) string {
+func (c *txn) deptOf(user string) string {
 	if d, ok := c.depts[user]; ok {
 		return d
 	}
@@ -162,7 +187,7 @@ type rollupID struct {
 
 // rollup returns the rollup of day and dept as this batch sees it; every
 // rollup touched is written back at commit.
-func (c *committer) rollup(day uint32, dept string) *Rollup {
+func (c *txn) rollup(day uint32, dept string) *Rollup {
 	k := rollupID{day, dept}
 	if r, ok := c.rollups[k]; ok {
 		return r
@@ -186,7 +211,7 @@ func (c *committer) rollup(day uint32, dept string) *Rollup {
 
 // announcement returns an announcement's counts as this batch sees them,
 // or nil if it has none.
-func (c *committer) announcement(id ID) *AnnouncementCounts {
+func (c *txn) announcement(id ID) *AnnouncementCounts {
 	if a, ok := c.anns[id]; ok {
 		return a
 	}
@@ -200,7 +225,7 @@ func (c *committer) announcement(id ID) *AnnouncementCounts {
 	return a
 }
 
-func (c *committer) unanswered(day uint32, user string, delta int64) {
+func (c *txn) unanswered(day uint32, user string, delta int64) {
 	k := unansweredKey(day, user)
 	n, err := c.u64(c.quota, string(k), k)
 	if err != nil {
@@ -217,7 +242,7 @@ func (c *committer) unanswered(day uint32, user string, delta int64) {
 
 // flushRollups writes every rollup and announcement count this batch
 // touched.
-func (c *committer) flushRollups() {
+func (c *txn) flushRollups() {
 	for k, r := range c.rollups {
 		c.batch.Set(rollupKey(k.day, k.dept), encodeRollup(r))
 	}
@@ -233,7 +258,7 @@ func (c *committer) flushRollups() {
 // countDelivered and countRead record a recipient's receipt moving to
 // delivered or read for message id from sender (announcement: whether it
 // is one).
-func (c *committer) countDelivered(id ID, sender string, announcement bool) {
+func (c *txn) countDelivered(id ID, sender string, announcement bool) {
 	if announcement {
 		if a := c.announcement(id); a != nil {
 			a.Delivered++
@@ -243,7 +268,7 @@ func (c *committer) countDelivered(id ID, sender string, announcement bool) {
 	c.rollup(dayOf(id.Time()), c.deptOf(sender)).MessagesDelivered++
 }
 
-func (c *committer) countRead(id ID, sender string, announcement, wasDelivered bool) {
+func (c *txn) countRead(id ID, sender string, announcement, wasDelivered bool) {
 	if announcement {
 		if a := c.announcement(id); a != nil {
 			a.Read++

@@ -112,8 +112,9 @@ var (
 
 // Keys keeps secret messages' keys outside the store, where erasing one
 // removes its bytes (package keyring implements it with a file).
-// Put, Sync and Erase are called by the commit loop only; Get and Len
-// from any goroutine.
+// Put and Sync are called by the commit loop only; Erase by one goroutine
+// at a time, which may run alongside Put and Sync (the publish loop erases
+// the keys of burns once they are durable); Get and Len from any goroutine.
 type Keys interface {
 	// Put records id's key. It is durable once Sync returns.
 	Put(id [16]byte, key [32]byte) error
@@ -375,7 +376,7 @@ func (e *Engine) CreateChatAsync(req ChatRequest, done func(Chat, error)) {
 		done(Chat{}, err)
 		return
 	}
-	e.applyAsync(func(c *committer, now time.Time) error { return c.createChat(&ch, now) }, func(err error) {
+	e.applyAsync(func(c *txn, now time.Time) error { return c.createChat(&ch, now) }, func(err error) {
 		if err != nil {
 			done(Chat{}, err)
 			return
@@ -427,13 +428,13 @@ func (e *Engine) checkChatRequest(req ChatRequest) (Chat, error) {
 }
 
 // createChat stores ch, giving it its id and time.
-func (c *committer) createChat(ch *Chat, now time.Time) error {
+func (c *txn) createChat(ch *Chat, now time.Time) error {
 	for _, m := range ch.Members {
 		if !c.active(m.User) { // offboarded since checkChatRequest
 			return fmt.Errorf("%w: %q", ErrUnknownRecipient, m.User)
 		}
 	}
-	ch.ID, ch.Created = c.ids.next(now), now.Truncate(time.Millisecond)
+	ch.ID, ch.Created = c.e.ids.next(now), now.Truncate(time.Millisecond)
 	v, err := json.Marshal(ch)
 	if err != nil {
 		return err
@@ -646,15 +647,14 @@ func (e *Engine) checkRef(from string, ref ID) error {
 
 // applySecretSubmit stores a message of a secret chat; applySubmit has
 // checked its client id and records it.
-func (c *committer) applySecretSubmit(o *op, now time.Time) error {
-	s := &o.sub
+func (c *txn) applySecretSubmit(s *Submission, res *SubmitResult, now time.Time) error {
 	ch := s.chat
 	if !c.active(s.From) || !c.active(s.To[0]) {
 		// Offboarded since check: BurnUser may already have scanned
 		// their messages, so this one would never burn.
 		return fmt.Errorf("%w: a participant of the chat was removed", ErrUnknownRecipient)
 	}
-	id := c.ids.next(now)
+	id := c.e.ids.next(now)
 	key, sealed, err := seal(id, s.Body)
 	if err != nil {
 		return abort(fmt.Errorf("seal: %w", err))
@@ -694,9 +694,86 @@ func (c *committer) applySecretSubmit(o *op, now time.Time) error {
 	c.batch.Set(userSecretKey(s.From, id), nil)
 	c.batch.Set(userSecretKey(to, id), nil)
 	c.secretDelta++
-	o.result = SubmitResult{ID: id, Created: m.Created}
-	o.msg = m
+	*res = SubmitResult{ID: id, Created: m.Created}
+	c.newMsgs = append(c.newMsgs, m)
 	return nil
+}
+
+// secretTx is the secret chats' per-batch overlay.
+type secretTx struct {
+	chats        map[ID]*Chat
+	secrets      map[ID]*secretState // nil value: burned or never existed
+	newKeys      []newKey            // keys put for this batch's messages
+	burns        []burned            // burns decided, finished once durable
+	secretDelta  int64               // secret messages stored minus burned
+	chatsCreated []Level
+}
+
+func newSecretTx() secretTx {
+	return secretTx{chats: map[ID]*Chat{}, secrets: map[ID]*secretState{}}
+}
+
+// flush writes the count of live secret messages, and makes this batch's
+// keys durable before the batch that stores their ciphertext: a durable
+// message always has its key.
+func (s *secretTx) flush(c *txn) error {
+	if s.secretDelta != 0 {
+		c.batch.Set(secretsCounterKey, u64(uint64(max(0, c.e.liveSecretN.Load()+s.secretDelta))))
+	}
+	if len(s.newKeys) > 0 {
+		if err := c.e.keys.Sync(); err != nil {
+			return fmt.Errorf("sync secret keys: %w", err)
+		}
+	}
+	return nil
+}
+
+// applied writes the states through to the cache: the commit loop is
+// their only writer, so what the applied batch holds is current for the
+// batches built after it.
+func (s *secretTx) applied(c *txn) {
+	for id, st := range s.secrets {
+		if st == nil {
+			c.e.secretCache.delete(id)
+		} else {
+			c.e.secretCache.put(id, *st)
+		}
+	}
+	c.e.liveSecretN.Add(s.secretDelta)
+}
+
+// durable erases the burned messages' keys, before the burns are
+// published.
+func (s *secretTx) durable(c *txn) {
+	if len(s.burns) > 0 {
+		c.finishBurns()
+	}
+	for _, l := range s.chatsCreated {
+		c.e.metrics.chatsCreated.WithLabelValues(levelLabel(l)).Inc()
+	}
+}
+
+// abandon: a batch discarded before it was applied drops its new keys
+// (none of it reached the store). A batch whose commit failed may have
+// landed all the same (a WAL write that reached the disk before the fsync
+// failed): its keys stay, and the next start erases those whose message is
+// not in the store (reconcileSecrets); dropping them would burn a message
+// that a sender's retry is then told was stored. The states it touched
+// leave the cache: their outcome is unknown.
+func (s *secretTx) abandon(c *txn, applied bool) {
+	if !applied {
+		c.dropNewKeys()
+		return
+	}
+	for id := range s.secrets {
+		c.e.secretCache.delete(id)
+	}
+}
+
+func (s *secretTx) reset() {
+	clear(s.chats)
+	clear(s.secrets)
+	s.newKeys, s.burns, s.secretDelta, s.chatsCreated = s.newKeys[:0], s.burns[:0], 0, s.chatsCreated[:0]
 }
 
 type newKey struct {
@@ -712,17 +789,9 @@ type burned struct {
 	reason string
 }
 
-// active reports whether user may still take part in secret chats: an
-// offboarded user receives nothing more (contract point 6), and the
-// offboarding's BurnUser must find every secret message of theirs, so
-// the commit loop checks again what a request's check saw.
-func (c *committer) active(user string) bool {
-	return c.e.active == nil || c.e.active.Active(user)
-}
-
 // secret returns a live secret message's state as this batch sees it
 // (nil, nil if it has burned or never existed).
-func (c *committer) secret(id ID) (*secretState, error) {
+func (c *txn) secret(id ID) (*secretState, error) {
 	if s, ok := c.secrets[id]; ok {
 		return s, nil
 	}
@@ -746,14 +815,14 @@ func (c *committer) secret(id ID) (*secretState, error) {
 	return &s, nil
 }
 
-func (c *committer) setSecret(id ID, s *secretState) {
+func (c *txn) setSecret(id ID, s *secretState) {
 	c.secrets[id] = s
 	v, _ := json.Marshal(s)
 	c.batch.Set(secretKey(id), v)
 }
 
 // chat returns a chat as this batch sees it.
-func (c *committer) chat(id ID) (*Chat, error) {
+func (c *txn) chat(id ID) (*Chat, error) {
 	if ch, ok := c.chats[id]; ok {
 		return ch, nil
 	}
@@ -766,7 +835,7 @@ func (c *committer) chat(id ID) (*Chat, error) {
 }
 
 // secretRead arms the burn timer at the recipient's first read.
-func (c *committer) secretRead(id ID, reader string, now time.Time) error {
+func (c *txn) secretRead(id ID, reader string, now time.Time) error {
 	s, err := c.secret(id)
 	if err != nil || s == nil || reader != s.To || s.BurnDue != 0 {
 		return err
@@ -782,7 +851,7 @@ func (c *committer) secretRead(id ID, reader string, now time.Time) error {
 }
 
 // fireSecret runs a secret message's due timer.
-func (c *committer) fireSecret(k []byte, due int64, id ID, n uint32, now time.Time) error {
+func (c *txn) fireSecret(k []byte, due int64, id ID, n uint32, now time.Time) error {
 	c.batch.Delete(k)
 	s, err := c.secret(id)
 	if err != nil {
@@ -808,7 +877,7 @@ func (c *committer) fireSecret(k []byte, due int64, id ID, n uint32, now time.Ti
 }
 
 // burn destroys a live secret message: see the design comment above.
-func (c *committer) burn(id ID, s *secretState, reason string) error {
+func (c *txn) burn(id ID, s *secretState, reason string) error {
 	c.batch.Delete(messageKey(id))
 	c.batch.Delete(receiptKey(id, s.To))
 	c.batch.Delete(secretKey(id))
@@ -843,7 +912,7 @@ func (c *committer) burn(id ID, s *secretState, reason string) error {
 // finishBurns runs after a batch with burns is durable and before it is
 // published: the keys are erased (zeroed and synced), and the messages
 // leave the cache.
-func (c *committer) finishBurns() {
+func (c *txn) finishBurns() {
 	keys := make([]newKey, len(c.burns))
 	now := c.e.cfg.Clock.Now()
 	for i, b := range c.burns {
@@ -864,7 +933,7 @@ func (c *committer) finishBurns() {
 
 // dropNewKeys forgets the keys of messages whose batch was aborted
 // before its commit (so none of it can have reached the store).
-func (c *committer) dropNewKeys() {
+func (c *txn) dropNewKeys() {
 	c.e.eraseKeys(c.newKeys, "dropping the keys of an aborted batch failed; they are erased at the next start")
 	c.newKeys = c.newKeys[:0]
 }
@@ -911,7 +980,7 @@ func (e *Engine) burnAll(ctx context.Context, ids []ID, reason string) (int, err
 		chunk := ids[:min(len(ids), 512)]
 		ids = ids[len(chunk):]
 		burned := 0 // read only once the op has answered
-		err := e.apply(ctx, func(c *committer, now time.Time) error {
+		err := e.apply(ctx, func(c *txn, now time.Time) error {
 			for _, id := range chunk {
 				s, err := c.secret(id)
 				if err != nil {
@@ -945,7 +1014,7 @@ func (e *Engine) ReportScreenshot(ctx context.Context, user string, chat, msg ID
 // ReportScreenshotAsync is ReportScreenshot that answers done once the
 // report is durable (on the commit loop; done must not block).
 func (e *Engine) ReportScreenshotAsync(user string, chat, msg ID, done func(error)) {
-	e.applyAsync(func(c *committer, now time.Time) error {
+	e.applyAsync(func(c *txn, now time.Time) error {
 		ch, err := c.chat(chat)
 		if errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrNotMember, chat)

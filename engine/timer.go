@@ -49,7 +49,7 @@ func (e *Engine) timerLoop() {
 		}
 		if len(keys) > 0 {
 			done := make(chan error, 1)
-			e.applyAsync(func(c *committer, now time.Time) error { return c.fireTimers(keys, now) },
+			e.applyAsync(func(c *txn, now time.Time) error { return c.fireTimers(keys, now) },
 				func(err error) { done <- err })
 			select {
 			case err := <-done:
@@ -185,7 +185,9 @@ func (e *Engine) deferredTake(k string) bool {
 	return ok
 }
 
-func (e *Engine) dispatchLoop() {
+// dispatchLoop makes sends until sendQ closes; ctx ends when the engine
+// closes, cutting sends in flight short.
+func (e *Engine) dispatchLoop(ctx context.Context) {
 	defer e.dispatchWG.Done()
 	for t := range e.sendQ {
 		k := inflightKey(t.id, t.idx, t.n)
@@ -196,8 +198,8 @@ func (e *Engine) dispatchLoop() {
 			e.inflightDel(k)
 			continue
 		}
-		ref, err := e.send(t)
-		if e.sendCtx.Err() != nil && err != nil {
+		ref, err := e.send(ctx, t)
+		if ctx.Err() != nil && err != nil {
 			// Cancelled by Close: record nothing; the recovery timer sends
 			// it after the restart.
 			continue
@@ -222,7 +224,7 @@ func (e *Engine) stillWanted(t sendTask) bool {
 // the recovery timer sends again (a duplicate, which at-least-once allows).
 func (e *Engine) recordSend(t sendTask, ref string, sendErr error, tries int) {
 	k := inflightKey(t.id, t.idx, t.n)
-	e.applyAsync(func(c *committer, now time.Time) error {
+	e.applyAsync(func(c *txn, now time.Time) error {
 		return c.applySendResult(t, ref, sendErr, now)
 	}, func(err error) {
 		switch {
@@ -242,7 +244,7 @@ func (e *Engine) recordSend(t sendTask, ref string, sendErr error, tries int) {
 	})
 }
 
-func (e *Engine) send(t sendTask) (string, error) {
+func (e *Engine) send(ctx context.Context, t sendTask) (string, error) {
 	if e.cfg.Notifier == nil {
 		return "", ErrNotConfigured
 	}
@@ -260,7 +262,7 @@ func (e *Engine) send(t sendTask) (string, error) {
 		Ding: t.id, Recipient: t.idx, Attempt: t.attempt, Channel: t.ch, To: t.phone,
 		Text: "DING from " + name + ": " + string(m.Body), Choices: m.Choices,
 	}
-	ctx, cancel := context.WithTimeout(e.sendCtx, e.cfg.SendTimeout)
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.SendTimeout)
 	defer cancel()
 	start := time.Now()
 	ref, err := e.cfg.Notifier.Send(ctx, o)

@@ -32,8 +32,11 @@
 // an erased key. Against forensics on the raw device, run the data
 // directory on an encrypted volume.
 //
-// Concurrency: Put, Erase and Sync are called by one writer (the engine's
-// commit loop); Get and Len from any goroutine. A mutex guards the index.
+// Concurrency: Put and Sync are called by one writer (the engine's commit
+// loop), Erase by one goroutine at a time (the engine's publish loop, or
+// the commit loop for a discarded batch), Get and Len from any goroutine.
+// A mutex guards the index; a slot being erased is reused only once its
+// zeros are synced, so an Erase never races a Put into the same slot.
 //
 //	r, err := keyring.Open(filepath.Join(dir, "secret.keys"))
 //	err = r.Put(id, key) // durable after Sync

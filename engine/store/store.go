@@ -72,6 +72,24 @@ type Batch interface {
 	Close()
 }
 
+// Pipelined is an optional interface of a Batch: it splits Commit(true)
+// in two, so that a writer can build and apply its next batch while this
+// one's fsync is in flight (the engine's commit pipeline does).
+//
+// Apply makes the batch's writes visible to reads, in the order of Apply
+// calls, and starts making them durable; it does not wait for the fsync.
+// Wait returns once they are durable (fsync'd), or with the error that
+// kept them from it, in which case the writes may or may not be on disk.
+// A batch is applied at most once, and an applied batch must be waited
+// for before Close. An error from Apply means none of the writes may be
+// assumed applied. Batches applied one after another become durable in
+// that order: when Wait of a batch returns nil, every batch applied
+// before it is durable too.
+type Pipelined interface {
+	Apply() error
+	Wait() error
+}
+
 // Checkpointer is implemented by stores that can write a consistent,
 // openable copy of themselves into a new directory (a backup).
 type Checkpointer interface {

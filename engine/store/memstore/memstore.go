@@ -19,7 +19,10 @@ type Store struct {
 	closed bool              // guarded by mu
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store     = (*Store)(nil)
+	_ store.Pipelined = (*batch)(nil)
+)
 
 // New returns an empty store.
 func New() *Store { return &Store{vals: map[string][]byte{}} }
@@ -130,6 +133,13 @@ func (b *batch) Set(k, v []byte) { b.ops = append(b.ops, op{key: bytes.Clone(k),
 func (b *batch) Delete(k []byte) { b.ops = append(b.ops, op{key: bytes.Clone(k), del: true}) }
 func (b *batch) Len() int        { return len(b.ops) }
 func (b *batch) Close()          { b.ops = nil }
+
+// Apply implements store.Pipelined: the writes become visible at once and,
+// in memory, there is nothing more to wait for.
+func (b *batch) Apply() error { return b.Commit(true) }
+
+// Wait implements store.Pipelined.
+func (b *batch) Wait() error { return nil }
 
 func (b *batch) Commit(bool) error {
 	s := b.s

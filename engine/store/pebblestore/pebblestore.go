@@ -32,6 +32,7 @@ type DB struct {
 var (
 	_ store.Store        = (*DB)(nil)
 	_ store.Checkpointer = (*DB)(nil)
+	_ store.Pipelined    = (*batch)(nil)
 )
 
 // Options tune the Pebble instance. The zero value is the production default.
@@ -240,8 +241,9 @@ func (d *DB) Close() error {
 }
 
 type batch struct {
-	d *DB
-	b *pebble.Batch
+	d       *DB
+	b       *pebble.Batch
+	applied bool // Apply was called (Pipelined)
 }
 
 func (b *batch) Set(k, v []byte) { _ = b.b.Set(k, v, nil) }
@@ -259,6 +261,28 @@ func (b *batch) Commit(sync bool) error {
 		o = pebble.Sync
 	}
 	return mapErr(b.b.Commit(o))
+}
+
+// Apply implements store.Pipelined with Pebble's ApplyNoSyncWait: the
+// batch goes into the memtable and the WAL's queue, and is visible when it
+// returns; its fsync runs in Pebble's log writer.
+func (b *batch) Apply() error {
+	b.d.mu.RLock()
+	defer b.d.mu.RUnlock()
+	if b.d.closed {
+		return store.ErrClosed
+	}
+	b.applied = true
+	return mapErr(b.d.db.ApplyNoSyncWait(b.b, pebble.Sync))
+}
+
+// Wait implements store.Pipelined. A batch that Apply refused has nothing
+// to wait for.
+func (b *batch) Wait() error {
+	if !b.applied {
+		return errors.New("pebblestore: Wait before Apply")
+	}
+	return mapErr(b.b.SyncWait())
 }
 
 func mapErr(err error) error {

@@ -27,6 +27,7 @@ func Run(t *testing.T, open func(t testing.TB) store.Store) {
 		{"ValuesAreCopies", testCopies},
 		{"ConcurrentCommits", testConcurrent},
 		{"Closed", testClosed},
+		{"PipelinedApplyThenWait", testPipelined},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
@@ -214,5 +215,44 @@ func testClosed(t *testing.T, s store.Store) {
 	}
 	if _, err := s.Get([]byte("a")); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("Get after Close: %v, want ErrClosed", err)
+	}
+}
+
+// testPipelined checks store.Pipelined where a store's batches implement
+// it: writes are visible once Apply returns, batches applied in turn are
+// seen in that order, and Wait returns nil once they are durable.
+func testPipelined(t *testing.T, s store.Store) {
+	b1, b2 := s.NewBatch(), s.NewBatch()
+	p1, ok := b1.(store.Pipelined)
+	if !ok {
+		b1.Close()
+		b2.Close()
+		t.Skip("batches do not implement store.Pipelined")
+	}
+	p2 := b2.(store.Pipelined)
+	b1.Set([]byte("p"), []byte("1"))
+	b2.Set([]byte("p"), []byte("2"))
+	b2.Set([]byte("q"), []byte("2"))
+	if err := p1.Apply(); err != nil {
+		t.Fatalf("Apply 1: %v", err)
+	}
+	if v, err := s.Get([]byte("p")); err != nil || string(v) != "1" {
+		t.Fatalf("after Apply 1: Get = %q, %v; want 1", v, err)
+	}
+	if err := p2.Apply(); err != nil {
+		t.Fatalf("Apply 2: %v", err)
+	}
+	if v, err := s.Get([]byte("p")); err != nil || string(v) != "2" {
+		t.Fatalf("after Apply 2: Get = %q, %v; want the later batch's 2", v, err)
+	}
+	for i, p := range []store.Pipelined{p1, p2} {
+		if err := p.Wait(); err != nil {
+			t.Fatalf("Wait %d: %v", i+1, err)
+		}
+	}
+	b1.Close()
+	b2.Close()
+	if v, err := s.Get([]byte("q")); err != nil || string(v) != "2" {
+		t.Fatalf("after Wait: Get q = %q, %v; want 2", v, err)
 	}
 }

@@ -1,0 +1,128 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Changes from outside the engine.
+//
+// The directory (package fanout) keeps its records in the same store, under
+// PrefixDirectory. Its writes go through the commit pipeline as Changes,
+// like every other write: so they are ordered with the engine's own ops,
+// durable before they are answered, and a store failure on one stops the
+// engine as it would on any write. A change removing users (offboarding)
+// makes them inactive for every op applied after it, in the same batch
+// and in later ones, before any of them is durable.
+
+// ErrBadChange is returned by Commit for a change that writes outside
+// PrefixDirectory.
+var ErrBadChange = errors.New("engine: change writes outside the directory's keys")
+
+// Writer is what a Change writes to: the batch. Keys and values are copied.
+type Writer interface {
+	Set(key, value []byte)
+	Delete(key []byte)
+}
+
+// Change is a write by a component outside the engine.
+type Change struct {
+	// Write adds the change's keys (all under PrefixDirectory) to the
+	// batch. It runs on the commit loop and must not block. It returns an
+	// error only before it has written anything: the change is refused.
+	Write func(w Writer) error
+	// Applied, if set, runs on the commit loop once the batch holding the
+	// change is applied (visible in the store, not yet durable), before
+	// any later batch is built: where the change is installed in memory,
+	// so that later ops see it. It must not block. If the batch's commit
+	// then fails, the engine refuses every write and must be restarted.
+	Applied func()
+	// Removes lists the users the change removes: ops applied after it
+	// see them as inactive even before Applied has run.
+	Removes []string
+}
+
+// changeTx is the overlay of changes from outside the engine.
+type changeTx struct {
+	removed map[string]bool // users removed by this batch's changes
+	changes []*Change       // applied in this batch, in order
+}
+
+// active reports whether user may still receive anything: not removed by a
+// change in this batch, and active in the directory (Config.Recipients as
+// an ActiveFilter). An offboarded user receives nothing more (contract
+// point 6), and a request checked before the removal may reach the commit
+// loop after it, so the commit loop checks again.
+func (c *txn) active(user string) bool {
+	if c.removed[user] {
+		return false
+	}
+	return c.e.active == nil || c.e.active.Active(user)
+}
+
+// applyChange writes ch to the batch.
+func (c *txn) applyChange(ch *Change) error {
+	w := &checkedWriter{b: c.batch}
+	if err := ch.Write(w); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadChange, err)
+	}
+	if w.bad {
+		return abort(ErrBadChange) // it wrote: the batch is rebuilt without it
+	}
+	for _, u := range ch.Removes {
+		if c.removed == nil {
+			c.removed = map[string]bool{}
+		}
+		c.removed[u] = true
+	}
+	c.changes = append(c.changes, ch)
+	return nil
+}
+
+// applied installs the batch's changes, in order.
+func (t *changeTx) applied(c *txn) {
+	for _, ch := range t.changes {
+		if ch.Applied != nil {
+			ch.Applied()
+		}
+	}
+}
+
+func (t *changeTx) reset() {
+	clear(t.removed)
+	clear(t.changes)
+	t.changes = t.changes[:0]
+}
+
+// checkedWriter passes writes under PrefixDirectory to the batch and
+// notes any other.
+type checkedWriter struct {
+	b   Writer
+	bad bool
+}
+
+func (w *checkedWriter) Set(k, v []byte) {
+	if len(k) == 0 || k[0] != PrefixDirectory {
+		w.bad = true
+		return
+	}
+	w.b.Set(k, v)
+}
+
+func (w *checkedWriter) Delete(k []byte) {
+	if len(k) == 0 || k[0] != PrefixDirectory {
+		w.bad = true
+		return
+	}
+	w.b.Delete(k)
+}
+
+// Commit writes ch through the commit pipeline and returns once it is
+// durable (and installed: Applied has run). If ctx ends first the outcome
+// is unknown.
+func (e *Engine) Commit(ctx context.Context, ch Change) error {
+	return wait(ctx, func(done func(error)) {
+		e.enqueue(func(c *txn) error { return c.applyChange(&ch) }, done, 1)
+	})
+}
