@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Changes from outside the engine.
@@ -125,4 +126,40 @@ func (e *Engine) Commit(ctx context.Context, ch Change) error {
 	return wait(ctx, func(done func(error)) {
 		e.enqueue(func(c *txn) error { return c.applyChange(&ch) }, done, 1)
 	})
+}
+
+// Offboarded says what Offboard did besides the directory's change.
+type Offboarded struct {
+	DingsStopped  int // pending escalations to the user, stopped
+	SecretsBurned int // live secret messages the user sent or received, burned
+}
+
+// Offboard removes user in one batch (contract point 6): ch, the
+// directory's change that removes them, is written; every pending DING to
+// them stops (ledger "removed"); every live secret message they sent or
+// received burns (the other party gets the burn; they get nothing more).
+// Every op applied after it, in the same batch or later, sees user as
+// removed. Nothing of it is durable until all of it is. Offboarding a user
+// already removed (ch writes nothing) stops and burns whatever is left.
+func (e *Engine) Offboard(ctx context.Context, user string, ch Change) (Offboarded, error) {
+	ch.Removes = slices.Concat(ch.Removes, []string{user})
+	if ch.Write == nil {
+		ch.Write = func(Writer) error { return nil }
+	}
+	var res Offboarded // read only once the op has answered
+	err := wait(ctx, func(done func(error)) {
+		e.enqueue(func(c *txn) error {
+			res = Offboarded{}
+			if err := c.applyChange(&ch); err != nil {
+				return err
+			}
+			var err error
+			if res.DingsStopped, err = c.stopUser(user, c.now); err != nil {
+				return err
+			}
+			res.SecretsBurned, err = c.burnUser(user)
+			return err
+		}, done, 1)
+	})
+	return res, err
 }

@@ -641,15 +641,28 @@ func (e *Engine) InboundSMS(ctx context.Context, phone, body string) error {
 }
 
 // StopUser stops every pending escalation to user (who was offboarded),
-// recording it in each ledger. It returns how many it stopped.
+// recording it in each ledger. It returns how many it stopped. Offboard
+// does this in the same batch as the directory's change.
 func (e *Engine) StopUser(ctx context.Context, user string) (int, error) {
-	p := pendingUserPrefix(user)
+	stopped := 0 // read only once the op has answered
+	err := e.apply(ctx, func(c *txn, now time.Time) error {
+		var err error
+		stopped, err = c.stopUser(user, now)
+		return err
+	})
+	return stopped, err
+}
+
+// stopUser stops every pending escalation to user: those the store has
+// ('v' keys) and those this batch started.
+func (c *txn) stopUser(user string, now time.Time) (int, error) {
 	type ref struct {
 		id  ID
 		idx int
 	}
 	var refs []ref
-	err := e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
+	p := pendingUserPrefix(user)
+	err := c.e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
 		if len(k) == len(p)+18 {
 			var r ref
 			copy(r.id[:], k[len(p):])
@@ -659,32 +672,36 @@ func (e *Engine) StopUser(ctx context.Context, user string) (int, error) {
 		return true
 	})
 	if err != nil {
-		return 0, fmt.Errorf("engine: pending DINGs of %s: %w", user, err)
+		return 0, abort(fmt.Errorf("pending DINGs of %s: %w", user, err))
+	}
+	for id, rec := range c.drecs { // DINGs of this batch are not in the store yet
+		for idx, to := range rec.Recipients {
+			if to == user && !slices.Contains(refs, ref{id, idx}) {
+				refs = append(refs, ref{id, idx})
+			}
+		}
 	}
 	stopped := 0
-	err = e.apply(ctx, func(c *txn, now time.Time) error {
-		for _, r := range refs {
-			rec, err := c.ding(r.id)
-			if err != nil {
-				return abort(err)
-			}
-			s, err := c.state(r.id, r.idx)
-			if err != nil {
-				return abort(err)
-			}
-			c.batch.Delete(pendingUserKey(user, r.id, r.idx))
-			if s.Status != StatusPending {
-				continue
-			}
-			if err := c.ledger(r.id, r.idx, s, rec, DingEvent{Event: LedgerRemoved, At: now}); err != nil {
-				return err
-			}
-			c.stop(r.id, r.idx, s, rec, StatusRemoved, 0, now)
-			stopped++
+	for _, r := range refs {
+		rec, err := c.ding(r.id)
+		if err != nil {
+			return stopped, abort(err)
 		}
-		return nil
-	})
-	return stopped, err
+		s, err := c.state(r.id, r.idx)
+		if err != nil {
+			return stopped, abort(err)
+		}
+		c.batch.Delete(pendingUserKey(user, r.id, r.idx))
+		if s.Status != StatusPending {
+			continue
+		}
+		if err := c.ledger(r.id, r.idx, s, rec, DingEvent{Event: LedgerRemoved, At: now}); err != nil {
+			return stopped, err
+		}
+		c.stop(r.id, r.idx, s, rec, StatusRemoved, 0, now)
+		stopped++
+	}
+	return stopped, nil
 }
 
 // DingStatus returns a DING with each recipient's state and ledger.

@@ -71,3 +71,6 @@ func DeleteMessageRecord(st interface{ NewBatch() store.Batch }, id ID) error {
 	b.Delete(messageKey(id))
 	return b.Commit(true)
 }
+
+// Queued returns how many ops wait for the commit loop. Tests only.
+func (e *Engine) Queued() int { return e.pipe.Len() }

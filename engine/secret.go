@@ -959,18 +959,53 @@ func (e *Engine) eraseKeys(keys []newKey, failMsg string) {
 func levelLabel(l Level) string { return string('0' + byte(l)) }
 
 // BurnUser burns every live secret message user sent or received (they
-// were offboarded) and returns how many burned.
+// were offboarded) and returns how many burned. Offboard does this in the
+// same batch as the directory's change.
 func (e *Engine) BurnUser(ctx context.Context, user string) (int, error) {
-	states, err := e.liveSecrets(user)
+	burned := 0 // read only once the op has answered
+	err := e.apply(ctx, func(c *txn, now time.Time) error {
+		var err error
+		burned, err = c.burnUser(user)
+		return err
+	})
+	return burned, err
+}
+
+// burnUser burns user's live secret messages: those the store lists ('h'
+// keys) and those this batch stored.
+func (c *txn) burnUser(user string) (int, error) {
+	var ids []ID
+	p := userSecretPrefix(user)
+	err := c.e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
+		if len(k) == len(p)+16 {
+			ids = append(ids, ID(k[len(p):]))
+		}
+		return true
+	})
 	if err != nil {
-		return 0, err
+		return 0, abort(fmt.Errorf("secret messages of %s: %w", user, err))
 	}
-	ids := make([]ID, 0, len(states))
-	for id := range states {
-		ids = append(ids, id)
+	for id, s := range c.secrets { // this batch's are not in the store yet
+		if s != nil && (s.From == user || s.To == user) && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
 	}
 	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
-	return e.burnAll(ctx, ids, BurnOffboarding)
+	burned := 0
+	for _, id := range ids {
+		s, err := c.secret(id)
+		if err != nil {
+			return burned, abort(err)
+		}
+		if s == nil {
+			continue
+		}
+		if err := c.burn(id, s, BurnOffboarding); err != nil {
+			return burned, err
+		}
+		burned++
+	}
+	return burned, nil
 }
 
 // burnAll burns the live ones of ids, in batches.

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,21 +79,40 @@ func dirKey(kind byte, id string) []byte {
 
 func userKey(id string) []byte { return dirKey(kindUser, id) }
 
+// Committer makes the directory's changes durable. *engine.Engine
+// implements it, so that they go through the engine's one commit pipeline:
+// ordered with every other write, and a store failure stops the engine.
+type Committer interface {
+	// Commit writes ch and returns once it is durable and installed
+	// (ch.Applied has run). Safe for concurrent use; it blocks until then.
+	Commit(ctx context.Context, ch engine.Change) error
+}
+
+var _ Committer = (*engine.Engine)(nil)
+
+// ErrNoCommitter is returned by every change made before SetCommitter.
+var ErrNoCommitter = errors.New("fanout: the directory has no committer (SetCommitter)")
+
 // Directory is the company's address book: users, the department tree,
 // ad-hoc groups and the audit log of every change. Reads are served from
-// memory and never wait for the store; every change is written (synced) to
-// the store in one batch, with its audit entry, before it becomes visible.
+// memory and never wait for the store; every change is one write with its
+// audit entries, made through the Committer (the engine's commit
+// pipeline), and installed in memory once it is applied, before any later
+// write of the engine is built, so that an op after a removal sees it.
 // It implements engine.Recipients and engine.Contacts.
 //
-// Writers are serialized by wmu and hold it across the store commit; they
-// take mu only to install the committed change, so a reader (Resolve, on
-// every submit) never waits for an fsync. Lock order: wmu, mu, cacheMu.
+// Writers are serialized by wmu and hold it until their change is durable;
+// the change is installed by the engine's commit loop (engine.Change's
+// Applied), which takes mu only for the swap, so a reader (Resolve, on
+// every submit) never waits for an fsync. Lock order: wmu, mu, cacheMu;
+// the commit loop takes mu and cacheMu, never wmu.
 type Directory struct {
 	st    store.Store
 	clock engine.Clock
 
-	wmu      sync.Mutex // serializes writers
-	auditSeq uint64     // last audit entry written; guarded by wmu
+	wmu       sync.Mutex // serializes writers
+	committer Committer  // set once by SetCommitter; guarded by wmu
+	auditSeq  uint64     // last audit entry written; guarded by wmu (written by the commit loop while a writer holds it)
 
 	// The maps and indexes below are written with wmu and mu held, and
 	// read with either held. Slices in them are never modified in place
@@ -115,7 +135,17 @@ var (
 	_ engine.Contacts   = (*Directory)(nil)
 )
 
-// OpenDirectory loads the directory from st.
+// SetCommitter sets what makes changes durable (the engine). Call it
+// once, before the first change.
+func (d *Directory) SetCommitter(c Committer) {
+	d.wmu.Lock()
+	d.committer = c
+	d.wmu.Unlock()
+}
+
+// OpenDirectory loads the directory from st. Changes need a committer
+// (SetCommitter), which is opened after the directory: the engine reads
+// the directory as its Recipients.
 func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 	if clock == nil {
 		clock = engine.SystemClock{}
@@ -271,17 +301,38 @@ func (d *Directory) PutUsersAs(us []User, actor string) (created int, err error)
 // RemoveUser marks a user removed (offboarding): they stay in the store
 // with their history, but leave every group and their department, and
 // Resolve, Contact and Expand refuse them from now on. The change and its
-// audit entry are one synced batch. Removing a removed user changes
-// nothing and returns them. Unknown users give ErrUnknownUser. Revoking
-// tokens and closing connections is the caller's job.
+// audit entry are one write. Removing a removed user changes nothing and
+// returns them. Unknown users give ErrUnknownUser. Revoking tokens and
+// closing connections is the caller's job; RemoveUserWith lets it do more
+// in the same write.
 func (d *Directory) RemoveUser(id, actor string) (User, error) {
+	return d.RemoveUserWith(id, actor, nil)
+}
+
+// RemoveUserWith is RemoveUser with the write made by commit, which gets
+// the directory's change (whose Removes names the user) and must make it
+// durable with whatever else belongs in the same batch (the node's
+// offboarding: engine.Offboard stops the user's DINGs and burns their
+// secret messages). commit is called, with a change that writes nothing,
+// for a user already removed, so that a retry finishes what is left. nil
+// means the committer's Commit.
+func (d *Directory) RemoveUserWith(id, actor string, commit func(engine.Change) error) (User, error) {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
+	if commit == nil {
+		if d.committer == nil {
+			return User{}, ErrNoCommitter
+		}
+		commit = func(ch engine.Change) error { return d.committer.Commit(context.Background(), ch) }
+	}
 	u, ok := d.users[id]
 	if !ok {
 		return User{}, fmt.Errorf("%w: %q", ErrUnknownUser, id)
 	}
 	if u.Status == StatusRemoved {
+		if err := commit(engine.Change{Write: func(engine.Writer) error { return nil }, Removes: []string{id}}); err != nil {
+			return User{}, fmt.Errorf("fanout: remove user %s: %w", id, err)
+		}
 		return u, nil
 	}
 	c := d.newChange(d.now(), actor)
@@ -305,7 +356,11 @@ func (d *Directory) RemoveUser(id, actor string) (User, error) {
 		detail += "; left groups " + list(left)
 	}
 	c.audit("user.remove", id, detail)
-	if err := d.commit(c); err != nil {
+	ch, err := d.changeOf(c)
+	if err != nil {
+		return User{}, err
+	}
+	if err := commit(ch); err != nil {
 		return User{}, fmt.Errorf("fanout: remove user %s: %w", id, err)
 	}
 	return c.users[id].new, nil
@@ -495,42 +550,64 @@ func list(ids []string) string {
 	return strings.Join(ids[:20], ",") + fmt.Sprintf(",... (%d more)", len(ids)-20)
 }
 
-// commit writes c in one synced batch and installs it. The caller holds
-// wmu. A change with no records and no audit entries writes nothing.
+// commit makes c durable through the committer; the commit loop installs
+// it. The caller holds wmu. A change with no records and no audit entries
+// writes nothing.
 func (d *Directory) commit(c *change) error {
 	if len(c.users) == 0 && len(c.depts) == 0 && len(c.groups) == 0 && len(c.entries) == 0 {
 		return nil
 	}
-	b := d.st.NewBatch()
-	defer b.Close()
+	if d.committer == nil {
+		return ErrNoCommitter
+	}
+	ch, err := d.changeOf(c)
+	if err != nil {
+		return err
+	}
+	return d.committer.Commit(context.Background(), ch)
+}
+
+// changeOf encodes c as an engine.Change: its records and audit entries
+// (numbered from auditSeq), and the install once it is applied. The
+// caller holds wmu.
+func (d *Directory) changeOf(c *change) (engine.Change, error) {
+	type write struct {
+		k, v []byte
+		del  bool
+	}
+	var ws []write
+	var removes []string
 	for id, uc := range c.users {
 		v, err := json.Marshal(uc.new)
 		if err != nil {
-			return err
+			return engine.Change{}, err
 		}
-		b.Set(userKey(id), v)
+		ws = append(ws, write{k: userKey(id), v: v})
+		if uc.had && uc.old.Status == StatusActive && uc.new.Status != StatusActive {
+			removes = append(removes, id)
+		}
 	}
 	for id, dep := range c.depts {
 		if dep == nil {
-			b.Delete(dirKey(kindDept, id))
+			ws = append(ws, write{k: dirKey(kindDept, id), del: true})
 			continue
 		}
 		v, err := json.Marshal(dep)
 		if err != nil {
-			return err
+			return engine.Change{}, err
 		}
-		b.Set(dirKey(kindDept, id), v)
+		ws = append(ws, write{k: dirKey(kindDept, id), v: v})
 	}
 	for id, g := range c.groups {
 		if g == nil {
-			b.Delete(dirKey(kindGroup, id))
+			ws = append(ws, write{k: dirKey(kindGroup, id), del: true})
 			continue
 		}
 		v, err := json.Marshal(g)
 		if err != nil {
-			return err
+			return engine.Change{}, err
 		}
-		b.Set(dirKey(kindGroup, id), v)
+		ws = append(ws, write{k: dirKey(kindGroup, id), v: v})
 	}
 	seq := d.auditSeq
 	for i := range c.entries {
@@ -538,20 +615,32 @@ func (d *Directory) commit(c *change) error {
 		c.entries[i].Seq = seq
 		v, err := json.Marshal(c.entries[i])
 		if err != nil {
-			return err
+			return engine.Change{}, err
 		}
-		b.Set(auditKey(seq), v)
+		ws = append(ws, write{k: auditKey(seq), v: v})
 	}
-	if err := b.Commit(true); err != nil {
-		return err
-	}
-	d.auditSeq = seq
-	d.install(c)
-	return nil
+	return engine.Change{
+		Write: func(w engine.Writer) error {
+			for _, x := range ws {
+				if x.del {
+					w.Delete(x.k)
+				} else {
+					w.Set(x.k, x.v)
+				}
+			}
+			return nil
+		},
+		Applied: func() {
+			d.auditSeq = seq
+			d.install(c)
+		},
+		Removes: removes,
+	}, nil
 }
 
-// install makes a committed change visible. The caller holds wmu; the new
-// indexes are built before taking mu, so readers wait only for the swap.
+// install makes an applied change visible. It runs on the engine's commit
+// loop while the change's writer holds wmu; the new indexes are built
+// before taking mu, so readers wait only for the swap.
 func (d *Directory) install(c *change) {
 	var add, del []string
 	deptAdd, deptDel := map[string][]string{}, map[string][]string{}

@@ -13,12 +13,19 @@ import (
 	"github.com/dingmq/ding/fanout"
 )
 
+// openDir opens a directory on st, with an engine on st as its committer.
 func openDir(tb testing.TB, st store.Store) *fanout.Directory {
 	tb.Helper()
 	d, err := fanout.OpenDirectory(st, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	e, err := engine.Open(engine.Config{Store: st, Recipients: d, Contacts: d})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { e.Close() })
+	d.SetCommitter(e)
 	return d
 }
 

@@ -319,6 +319,7 @@ func TestOffboarderIsCalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer eng.Close()
+	dir.SetCommitter(eng)
 	keys, err := auth.LoadOrCreate(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -184,6 +184,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { n.eng.Close() })
+	n.dir.SetCommitter(n.eng)
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
 		Source: n.eng, Encode: wire.AppendEntry, Logger: cfg.Logger, Registerer: reg,
 	}); err != nil {
@@ -257,29 +258,29 @@ func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (stri
 	return tok, nil
 }
 
-// Offboard removes a user for good (contract point 6): the directory marks
-// them removed, which takes them out of every group and department and
-// makes their tokens fail at the next handshake; their pending DINGs stop;
-// every live secret message they sent or received burns (its key erased;
-// the other participant gets the burn entry); and their live connections
-// are closed now, with USER_REMOVED. Nothing more is delivered to them:
-// sends to them are refused, and fanouts still in progress skip them.
-// Idempotent: a retry finishes an offboarding that failed half-way.
+// Offboard removes a user for good (contract point 6), in one atomic
+// batch: the directory marks them removed, which takes them out of every
+// group and department and makes their tokens fail at the next handshake;
+// their pending DINGs stop; every live secret message they sent or
+// received burns (its key erased once the batch is durable; the other
+// participant gets the burn entry). Once that is durable, their live
+// connections are closed, with USER_REMOVED. Nothing more is delivered to
+// them: every op applied after the removal sees them removed, so sends to
+// them are refused and fanouts still in progress skip them. Idempotent: a
+// retry stops and burns whatever is left.
 func (n *Node) Offboard(ctx context.Context, user, actor string) error {
-	if _, err := n.dir.RemoveUser(user, actor); err != nil {
+	var did engine.Offboarded
+	_, err := n.dir.RemoveUserWith(user, actor, func(ch engine.Change) error {
+		var err error
+		did, err = n.eng.Offboard(ctx, user, ch)
 		return err
+	})
+	if err != nil {
+		return fmt.Errorf("node: offboard %s: %w", user, err)
 	}
 	kicked := n.hub.Kick(user, fanout.ErrUserRemoved)
-	stopped, err := n.eng.StopUser(ctx, user)
-	if err != nil {
-		return fmt.Errorf("node: offboard %s: stop pending DINGs: %w", user, err)
-	}
-	burned, err := n.eng.BurnUser(ctx, user)
-	if err != nil {
-		return fmt.Errorf("node: offboard %s: burn secret messages (%d burned): %w", user, burned, err)
-	}
 	n.log.Info("user offboarded", "user", user, "actor", actor, "connections_closed", kicked,
-		"dings_stopped", stopped, "secrets_burned", burned)
+		"dings_stopped", did.DingsStopped, "secrets_burned", did.SecretsBurned)
 	return nil
 }
 
