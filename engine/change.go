@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 )
@@ -19,7 +18,7 @@ import (
 
 // ErrBadChange is returned by Commit for a change that writes outside
 // PrefixDirectory.
-var ErrBadChange = errors.New("engine: change writes outside the directory's keys")
+var ErrBadChange = NewError(CodeInternal, "engine: change writes outside the directory's keys")
 
 // Writer is what a Change writes to: the batch. Keys and values are copied.
 type Writer interface {

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/dingmq/ding/engine/internal/pipeline"
@@ -208,36 +207,6 @@ func (e *Engine) applyAsync(fn func(c *txn, now time.Time) error, done func(erro
 func (e *Engine) apply(ctx context.Context, fn func(c *txn, now time.Time) error) error {
 	return wait(ctx, func(done func(error)) { e.applyAsync(fn, done) })
 }
-
-// clientError reports whether err is an op's own fault, detected before the
-// op wrote anything to the batch. Any other error while building a batch
-// (a store read failing) aborts the batch, since the op may have written
-// part of its keys: the batch is rebuilt without it (package pipeline).
-//
-// An op returning one of these may have written what it means to keep (an
-// SMS reply that did not confirm is still recorded in the ledger); it must
-// not have written anything else.
-func clientError(err error) bool {
-	var a *abortError
-	if errors.As(err, &a) {
-		return false
-	}
-	for _, ce := range []error{ErrBadAck, ErrNotRecipient, ErrUnknownRecipient, ErrQuota, ErrBadAnswer, ErrNotFound, ErrNotDing, ErrBadPolicy, ErrBadDing, ErrNotMember, ErrBadChat} {
-		if errors.Is(err, ce) {
-			return true
-		}
-	}
-	return false
-}
-
-// abortError marks an error that must abort the batch even if it wraps a
-// client error (a message missing while its receipt exists).
-type abortError struct{ err error }
-
-func abort(err error) error { return &abortError{err} }
-
-func (a *abortError) Error() string { return a.err.Error() }
-func (a *abortError) Unwrap() error { return a.err }
 
 func (e *Engine) countSubmit(res SubmitResult, err error, queued time.Time) {
 	m := e.metrics

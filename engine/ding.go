@@ -24,15 +24,15 @@ import (
 var (
 	// ErrQuota is wrapped by a *QuotaError when a DING is refused by a
 	// quota or by quiet hours. Retry after QuotaError.RetryAfter, if set.
-	ErrQuota = errors.New("engine: quota exceeded")
+	ErrQuota = NewError(CodeQuota, "engine: quota exceeded")
 	// ErrBadAnswer is returned when a confirmation's answer is not one of
 	// the DING's choices, or an SMS reply is not understood.
-	ErrBadAnswer = errors.New("engine: answer not understood")
+	ErrBadAnswer = NewError(CodeBadAnswer, "engine: answer not understood")
 	// ErrBadDing is returned (wrapped, with the reason) for a DING request
 	// that cannot be sent: no text, bad choices, a bad phone number.
-	ErrBadDing = errors.New("engine: bad ding")
+	ErrBadDing = NewError(CodeBadRequest, "engine: bad ding")
 	// ErrNotDing is returned by Confirm for a message that is not a DING.
-	ErrNotDing = errors.New("engine: not a ding")
+	ErrNotDing = NewError(CodeNotDing, "engine: not a ding")
 )
 
 // Quota refusal reasons, as reported in QuotaError.Reason, Refusal.Reason,
@@ -56,6 +56,9 @@ func (e *QuotaError) Error() string { return "engine: quota: " + e.Reason + ": "
 
 // Is makes errors.Is(err, ErrQuota) true.
 func (e *QuotaError) Is(target error) bool { return target == ErrQuota }
+
+// ErrorCode implements Coded.
+func (e *QuotaError) ErrorCode() Code { return CodeQuota }
 
 // Quotas bound what DINGs may cost. Days are UTC days.
 type Quotas struct {

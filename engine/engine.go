@@ -22,34 +22,34 @@ import (
 // protocol error codes.
 var (
 	// ErrClosed is returned by every operation after Close.
-	ErrClosed = errors.New("engine: closed")
+	ErrClosed = NewError(CodeUnavailable, "engine: closed")
 	// ErrTooLarge is returned by Submit when the body exceeds Config.MaxBody.
-	ErrTooLarge = errors.New("engine: message too large")
+	ErrTooLarge = NewError(CodeTooLarge, "engine: message too large")
 	// ErrNoRecipients is returned by Submit when To is empty.
-	ErrNoRecipients = errors.New("engine: no recipients")
+	ErrNoRecipients = NewError(CodeBadRequest, "engine: no recipients")
 	// ErrTooManyRecipients is returned by Submit when To exceeds Config.MaxRecipients.
-	ErrTooManyRecipients = errors.New("engine: too many recipients")
+	ErrTooManyRecipients = NewError(CodeBadRequest, "engine: too many recipients")
 	// ErrUnknownRecipient is returned (wrapped, with the name) by Submit when
 	// a recipient does not exist. Recipients implementations wrap it.
-	ErrUnknownRecipient = errors.New("engine: unknown recipient")
+	ErrUnknownRecipient = NewError(CodeUnknownRecipient, "engine: unknown recipient")
 	// ErrBadKind is returned by Submit for a kind clients may not submit.
-	ErrBadKind = errors.New("engine: bad message kind")
+	ErrBadKind = NewError(CodeBadRequest, "engine: bad message kind")
 	// ErrNotRecipient is returned by Read when the user is not a recipient
 	// of the message (or the message does not exist).
-	ErrNotRecipient = errors.New("engine: not a recipient")
+	ErrNotRecipient = NewError(CodeNotRecipient, "engine: not a recipient")
 	// ErrBadAck is returned by Ack for a sequence number beyond the
 	// stream's head: the device cannot have received it.
-	ErrBadAck = errors.New("engine: ack beyond stream head")
+	ErrBadAck = NewError(CodeBadAck, "engine: ack beyond stream head")
 	// ErrNotFound is returned by Message and Receipts for an unknown id.
-	ErrNotFound = errors.New("engine: not found")
+	ErrNotFound = NewError(CodeNotFound, "engine: not found")
 	// ErrFailed is returned (wrapping the cause) once a commit to the store
 	// has failed: the engine refuses further writes, because it can no
 	// longer promise durability. Not safe to retry on this node.
-	ErrFailed = errors.New("engine: store failed")
+	ErrFailed = NewError(CodeUnavailable, "engine: store failed")
 	// ErrAborted is returned for an op that shared a batch with ops that
 	// failed and could not be committed without them. It is not the op's
 	// fault: retry it (a submit with the same ClientID is deduplicated).
-	ErrAborted = errors.New("engine: batch aborted; retry")
+	ErrAborted = NewError(CodeAborted, "engine: batch aborted; retry")
 )
 
 // Recipients resolves and checks the recipients of a submission. It is the

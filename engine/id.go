@@ -3,7 +3,6 @@ package engine
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"time"
 )
 
@@ -15,7 +14,7 @@ import (
 type ID [16]byte
 
 // ErrBadID is returned by ParseID when the text is not a valid ID.
-var ErrBadID = errors.New("engine: malformed message id")
+var ErrBadID = NewError(CodeBadRequest, "engine: malformed message id")
 
 const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -44,7 +43,7 @@ const (
 )
 
 // ErrBadName is returned when a user or device name is not acceptable.
-var ErrBadName = errors.New("engine: bad name")
+var ErrBadName = NewError(CodeBadRequest, "engine: bad name")
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$`)
 

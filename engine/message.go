@@ -2,7 +2,6 @@ package engine
 
 import (
 	"encoding/binary"
-	"errors"
 	"time"
 )
 
@@ -61,7 +60,7 @@ type Message struct {
 }
 
 // ErrCorrupt is returned when a stored record cannot be decoded.
-var ErrCorrupt = errors.New("engine: corrupt record")
+var ErrCorrupt = NewError(CodeInternal, "engine: corrupt record")
 
 // Message record layout (value of key 'm' + id):
 //

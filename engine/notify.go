@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 )
 
@@ -80,13 +79,13 @@ type Notifier interface {
 var (
 	// ErrNotConfigured is returned by a Notifier for a channel it cannot
 	// send on (no provider credentials).
-	ErrNotConfigured = errors.New("engine: channel not configured")
+	ErrNotConfigured = NewError(CodeInternal, "engine: channel not configured")
 	// ErrRejected is wrapped by a Notifier error when the provider certainly
 	// did not accept the request and a retry would fail the same way.
-	ErrRejected = errors.New("engine: rejected by provider")
+	ErrRejected = NewError(CodeInternal, "engine: rejected by provider")
 	// ErrBadPolicy is returned (wrapped, with the reason) for an escalation
 	// policy that cannot be parsed or used.
-	ErrBadPolicy = errors.New("engine: bad escalation policy")
+	ErrBadPolicy = NewError(CodeBadPolicy, "engine: bad escalation policy")
 )
 
 // ProviderEvent is what a provider reports about an SMS or a call it was

@@ -98,16 +98,16 @@ const (
 var (
 	// ErrNoForward is returned by Submit for a forward or quote of a
 	// secret message.
-	ErrNoForward = errors.New("engine: secret messages cannot be forwarded or quoted")
+	ErrNoForward = NewError(CodeNoForward, "engine: secret messages cannot be forwarded or quoted")
 	// ErrNotMember is returned when a user acts in a secret chat they are
 	// not a member of (or that does not exist).
-	ErrNotMember = errors.New("engine: not a member of the secret chat")
+	ErrNotMember = NewError(CodeNotMember, "engine: not a member of the secret chat")
 	// ErrBadChat is returned for an invalid chat request: an unknown
 	// level, a burn delay out of range, a chat with oneself, a screenshot
 	// report in a chat below level 3.
-	ErrBadChat = errors.New("engine: bad secret chat request")
+	ErrBadChat = NewError(CodeBadChat, "engine: bad secret chat request")
 	// ErrNotSender is returned by SenderReceipts to anyone but the sender.
-	ErrNotSender = errors.New("engine: not the sender")
+	ErrNotSender = NewError(CodeForbidden, "engine: not the sender")
 )
 
 // Keys keeps secret messages' keys outside the store, where erasing one

@@ -1,7 +1,6 @@
 package fanout
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,13 +11,13 @@ import (
 var (
 	// ErrUnknownDepartment is returned when a department id (a parent, a
 	// user's department, a department to read or remove) does not exist.
-	ErrUnknownDepartment = errors.New("fanout: unknown department")
+	ErrUnknownDepartment = engine.NewError(CodeUnknownDepartment, "fanout: unknown department")
 	// ErrDepartmentCycle is returned by PutDepartment and Import when a
 	// parent would make a department its own ancestor.
-	ErrDepartmentCycle = errors.New("fanout: department would be its own ancestor")
+	ErrDepartmentCycle = engine.NewError(CodeDepartmentCycle, "fanout: department would be its own ancestor")
 	// ErrDepartmentNotEmpty is returned by RemoveDepartment while the
 	// department has sub-departments or users.
-	ErrDepartmentNotEmpty = errors.New("fanout: department not empty")
+	ErrDepartmentNotEmpty = engine.NewError(CodeDepartmentNotEmpty, "fanout: department not empty")
 )
 
 // Department is a node of the company's tree. Its derived group

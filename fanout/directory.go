@@ -3,7 +3,6 @@ package fanout
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -18,18 +17,18 @@ import (
 
 var (
 	// ErrBadPhone is returned by PutUser for a phone number not in E.164 form.
-	ErrBadPhone = errors.New("fanout: phone must be E.164, like +14155550100")
+	ErrBadPhone = engine.NewError(engine.CodeBadRequest, "fanout: phone must be E.164, like +14155550100")
 	// ErrBadQuietHours is returned by PutUser for quiet hours that do not
 	// parse (see engine.ParseQuietHours).
-	ErrBadQuietHours = errors.New("fanout: bad quiet hours")
+	ErrBadQuietHours = engine.NewError(engine.CodeBadRequest, "fanout: bad quiet hours")
 	// ErrBadStatus is returned for a user status other than "active" and
 	// "removed" (as a filter, also "all"), and by PutUser for "removed":
 	// users are removed with RemoveUser.
-	ErrBadStatus = errors.New("fanout: bad user status")
+	ErrBadStatus = engine.NewError(engine.CodeBadRequest, "fanout: bad user status")
 	// ErrUnknownUser is returned by RemoveUser for a user not in the
 	// directory, and by group changes for a member who is not an active
 	// user.
-	ErrUnknownUser = errors.New("fanout: unknown user")
+	ErrUnknownUser = engine.NewError(CodeUnknownUser, "fanout: unknown user")
 )
 
 // User statuses. A removed user stays in the store, for history and the
@@ -91,7 +90,7 @@ type Committer interface {
 var _ Committer = (*engine.Engine)(nil)
 
 // ErrNoCommitter is returned by every change made before SetCommitter.
-var ErrNoCommitter = errors.New("fanout: the directory has no committer (SetCommitter)")
+var ErrNoCommitter = engine.NewError(engine.CodeInternal, "fanout: the directory has no committer (SetCommitter)")
 
 // Directory is the company's address book: users, the department tree,
 // ad-hoc groups and the audit log of every change. Reads are served from

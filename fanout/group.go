@@ -1,7 +1,6 @@
 package fanout
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,7 +9,7 @@ import (
 )
 
 // ErrUnknownGroup is returned for an ad-hoc group id that does not exist.
-var ErrUnknownGroup = errors.New("fanout: unknown group")
+var ErrUnknownGroup = engine.NewError(CodeUnknownGroup, "fanout: unknown group")
 
 // Recipient targets accepted by Expand and Resolve besides a user id.
 const (

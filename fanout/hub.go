@@ -201,7 +201,7 @@ func (d *Device) Detach() {
 }
 
 // ErrUserRemoved is what Kick fails a removed user's endpoints with.
-var ErrUserRemoved = errors.New("fanout: user removed")
+var ErrUserRemoved = engine.NewError(engine.CodeUserRemoved, "fanout: user removed")
 
 // Kick detaches every device of user and fails its endpoint with err (for
 // offboarding: ErrUserRemoved). It returns how many devices it closed.

@@ -19,7 +19,7 @@ import (
 
 // ErrBadImport is returned (inside an *ImportError) for an import file or
 // Org that cannot be applied. Nothing was changed.
-var ErrBadImport = errors.New("fanout: bad import")
+var ErrBadImport = engine.NewError(CodeBadImport, "fanout: bad import")
 
 // ImportError is a bad item of an import: the line of the file it came
 // from (0 for an Org built in code) and the item ("user ana",

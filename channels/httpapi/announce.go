@@ -3,7 +3,6 @@ package httpapi
 import (
 	"encoding/csv"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -57,7 +56,7 @@ func (a *API) announce(r *http.Request) (int, any, error) {
 		From: req.From, To: to, Text: req.Text, Confirm: req.Confirm, ClientID: req.ClientMsgID,
 	})
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	status := http.StatusCreated
 	if res.Duplicate {
@@ -88,12 +87,7 @@ func (a *API) adminRaw(route string, h func(w http.ResponseWriter, r *http.Reque
 			return
 		}
 		if err := h(sw, r); err != nil {
-			var ae *apiError
-			if !errors.As(err, &ae) {
-				a.cfg.Logger.Error("admin request failed", "route", route, "err", err)
-				ae = errf(http.StatusInternalServerError, "INTERNAL", "internal error")
-			}
-			writeErr(sw, ae)
+			writeErr(sw, a.answer(route, err))
 		}
 	}
 }
@@ -107,7 +101,7 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
 	if q.Get("format") != "csv" {
 		st, err := a.cfg.Engine.Stats(id, q.Get("lists") == "1")
 		if err != nil {
-			return engineErr(err)
+			return err
 		}
 		w.Header().Set("Content-Type", "application/json")
 		return json.NewEncoder(w).Encode(st)
@@ -118,11 +112,11 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
 	}
 	rs, err := a.cfg.Engine.Receipts(id)
 	if err != nil {
-		return engineErr(err)
+		return err
 	}
 	st, err := a.cfg.Engine.Stats(id, true) // for recipients still pending fanout
 	if err != nil {
-		return engineErr(err)
+		return err
 	}
 	have := map[string]bool{}
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
@@ -169,16 +163,16 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	}
 	m, err := a.cfg.Engine.Message(id)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	if m.Chat != (engine.ID{}) {
 		// A re-DING carries the message's text: a secret message's body
 		// must never leave its chat (nor be readable by an admin).
-		return 0, nil, engineErr(fmt.Errorf("%w: a secret message cannot be re-DINGed", engine.ErrNoForward))
+		return 0, nil, fmt.Errorf("%w: a secret message cannot be re-DINGed", engine.ErrNoForward)
 	}
 	st, err := a.cfg.Engine.Stats(id, true)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	who := st.Unconfirmed
 	if req.Unread || !st.Confirm {
@@ -196,7 +190,7 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 		})
 		if err != nil {
 			if len(ids) == 0 {
-				return 0, nil, engineErr(err)
+				return 0, nil, err
 			}
 			out["error"] = err.Error() // some were sent: say which, and why the rest were not
 			break

@@ -29,7 +29,7 @@ func (a *API) postDing(r *http.Request) (int, any, error) {
 		Choices: req.Choices, Critical: req.Critical, ClientID: req.ClientMsgID,
 	})
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	refused := res.Refused
 	if refused == nil {
@@ -57,7 +57,7 @@ func (a *API) getDing(r *http.Request) (int, any, error) {
 	}
 	ds, err := a.cfg.Engine.DingStatus(id)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, ds, nil
 }
@@ -68,11 +68,11 @@ func (a *API) cancelDing(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if err := a.cfg.Engine.CancelDing(r.Context(), id); err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	ds, err := a.cfg.Engine.DingStatus(id)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, ds, nil
 }
@@ -113,11 +113,11 @@ func (a *API) putPolicy(r *http.Request) (int, any, error) {
 	}
 	p, err := engine.ParsePolicy(req.Policy)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	name := r.PathValue("name")
 	if err := a.cfg.Engine.SetPolicy(r.Context(), name, p); err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, map[string]any{"name": name, "policy": p.String()}, nil
 }

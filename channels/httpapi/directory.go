@@ -26,27 +26,6 @@ type Offboarder interface {
 // adminActor is the audit log's actor for requests with the admin token.
 const adminActor = "admin"
 
-// dirErr maps directory errors to API errors; others go to engineErr.
-func dirErr(err error) error {
-	switch {
-	case errors.Is(err, fanout.ErrBadImport):
-		return errf(http.StatusBadRequest, "BAD_IMPORT", "%v", err)
-	case errors.Is(err, fanout.ErrDepartmentCycle):
-		return errf(http.StatusConflict, "DEPARTMENT_CYCLE", "%v", err)
-	case errors.Is(err, fanout.ErrDepartmentNotEmpty):
-		return errf(http.StatusConflict, "DEPARTMENT_NOT_EMPTY", "%v", err)
-	case errors.Is(err, fanout.ErrUnknownDepartment):
-		return errf(http.StatusUnprocessableEntity, "UNKNOWN_DEPARTMENT", "%v", err)
-	case errors.Is(err, fanout.ErrUnknownGroup):
-		return errf(http.StatusUnprocessableEntity, "UNKNOWN_GROUP", "%v", err)
-	case errors.Is(err, fanout.ErrUnknownUser):
-		return errf(http.StatusUnprocessableEntity, "UNKNOWN_USER", "%v", err)
-	case errors.Is(err, fanout.ErrBadStatus):
-		return errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
-	}
-	return engineErr(err)
-}
-
 func notFound(what string) error { return errf(http.StatusNotFound, "NOT_FOUND", "no such %s", what) }
 
 type userJSON struct {
@@ -74,7 +53,7 @@ func (a *API) putUser(r *http.Request) (int, any, error) {
 	}
 	created, err := a.cfg.Directory.PutUserAs(u.user(), adminActor)
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	got, _ := a.cfg.Directory.User(u.ID)
 	if created {
@@ -96,7 +75,7 @@ func (a *API) putUsers(r *http.Request) (int, any, error) {
 	}
 	n, err := a.cfg.Directory.PutUsersAs(us, adminActor)
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, map[string]any{"created": n, "total": len(us)}, nil
 }
@@ -116,7 +95,7 @@ func (a *API) listUsers(r *http.Request) (int, any, error) {
 	}
 	us, err := a.cfg.Directory.UsersByStatus(status)
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, map[string]any{"users": us}, nil
 }
@@ -142,7 +121,7 @@ func (a *API) deleteUser(r *http.Request) (int, any, error) {
 		if errors.Is(err, fanout.ErrUnknownUser) {
 			return 0, nil, notFound("user")
 		}
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	u, _ := a.cfg.Directory.User(id)
 	return http.StatusOK, u, nil
@@ -185,7 +164,7 @@ func (a *API) putDepartment(r *http.Request) (int, any, error) {
 	id := r.PathValue("id")
 	created, err := a.cfg.Directory.PutDepartment(fanout.Department{ID: id, Name: req.Name, Parent: req.Parent}, adminActor)
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	out, err := a.department(id)
 	if err != nil {
@@ -219,7 +198,7 @@ func (a *API) deleteDepartment(r *http.Request) (int, any, error) {
 		if errors.Is(err, fanout.ErrUnknownDepartment) {
 			return 0, nil, notFound("department")
 		}
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, dep, nil
 }
@@ -241,7 +220,7 @@ func (a *API) putGroup(r *http.Request) (int, any, error) {
 	id := r.PathValue("id")
 	created, err := a.cfg.Directory.PutGroup(fanout.Group{ID: id, Name: req.Name, Members: req.Members}, adminActor)
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	g, _ := a.cfg.Directory.Group(id)
 	if created {
@@ -263,7 +242,7 @@ func (a *API) groupMembers(r *http.Request) (int, any, error) {
 		return 0, nil, notFound("group")
 	}
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, groupJSON{Group: g}, nil
 }
@@ -310,7 +289,7 @@ func (a *API) deleteGroup(r *http.Request) (int, any, error) {
 		if errors.Is(err, fanout.ErrUnknownGroup) {
 			return 0, nil, notFound("group")
 		}
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	return http.StatusOK, groupJSON{Group: g}, nil
 }
@@ -361,11 +340,11 @@ func (a *API) importDirectory(r *http.Request) (int, any, error) {
 		return 0, nil, errf(http.StatusRequestEntityTooLarge, "TOO_LARGE", "import file larger than %d bytes", mbe.Limit)
 	}
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	df, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: removeMissing, DryRun: dryRun}, adminActor)
 	if err != nil {
-		return 0, nil, dirErr(err)
+		return 0, nil, err
 	}
 	res := importResult{Diff: df, Offboarded: []string{}}
 	if removeMissing && !dryRun {

@@ -4,7 +4,14 @@
 // Every /v1 route needs "Authorization: Bearer <admin token>". Errors are
 // JSON with a stable code:
 //
-//	{"error": {"code": "UNKNOWN_RECIPIENT", "detail": "engine: unknown recipient: \"zed\""}}
+//	{"error": {"code": "UNKNOWN_RECIPIENT", "detail": "unknown recipient: \"zed\""}}
+//	{"error": {"code": "UNAVAILABLE", "detail": "...", "retry": true}}
+//
+// Codes and statuses come from one table shared with the socket (package
+// channels/codes); "retry" says the same request may be sent again (a
+// message with its client_msg_id). Internal error text never reaches a
+// client: a server failure answers INTERNAL, UNAVAILABLE or ABORTED with a
+// fixed detail, and is logged.
 //
 // Routes:
 //
@@ -80,6 +87,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/codes"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/fanout"
@@ -192,6 +200,7 @@ type apiError struct {
 	detail     string
 	reason     string        // optional machine-readable reason (quota refusals)
 	retryAfter time.Duration // optional; sets Retry-After
+	retry      bool          // the same request may be sent again
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.detail }
@@ -230,12 +239,7 @@ func (a *API) adminLimit(pattern string, limit int64, h func(r *http.Request) (i
 		r.Body = http.MaxBytesReader(sw, r.Body, limit)
 		status, body, err := h(r)
 		if err != nil {
-			var ae *apiError
-			if !errors.As(err, &ae) {
-				a.cfg.Logger.Error("admin request failed", "route", pattern, "err", err)
-				ae = errf(http.StatusInternalServerError, "INTERNAL", "internal error")
-			}
-			writeErr(sw, ae)
+			writeErr(sw, a.answer(pattern, err))
 			return
 		}
 		sw.Header().Set("Content-Type", "application/json")
@@ -246,9 +250,12 @@ func (a *API) adminLimit(pattern string, limit int64, h func(r *http.Request) (i
 
 func writeErr(w http.ResponseWriter, e *apiError) {
 	w.Header().Set("Content-Type", "application/json")
-	body := map[string]string{"code": e.code, "detail": e.detail}
+	body := map[string]any{"code": e.code, "detail": e.detail}
 	if e.reason != "" {
 		body["reason"] = e.reason
+	}
+	if e.retry {
+		body["retry"] = true
 	}
 	if e.retryAfter > 0 {
 		w.Header().Set("Retry-After", fmt.Sprint(int64((e.retryAfter+time.Second-1)/time.Second)))
@@ -270,40 +277,20 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-// engineErr maps engine and directory errors to API errors.
-func engineErr(err error) error {
-	switch {
-	case errors.Is(err, engine.ErrTooLarge):
-		return errf(http.StatusRequestEntityTooLarge, "MESSAGE_TOO_LARGE", "%v", err)
-	case errors.Is(err, engine.ErrUnknownRecipient):
-		return errf(http.StatusUnprocessableEntity, "UNKNOWN_RECIPIENT", "%v", err)
-	case errors.Is(err, engine.ErrNoRecipients), errors.Is(err, engine.ErrTooManyRecipients),
-		errors.Is(err, engine.ErrBadName), errors.Is(err, engine.ErrBadKind), errors.Is(err, fanout.ErrBadPhone),
-		errors.Is(err, fanout.ErrBadQuietHours), errors.Is(err, engine.ErrBadDing), errors.Is(err, engine.ErrBadAnswer):
-		return errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
-	case errors.Is(err, engine.ErrBadPolicy):
-		return errf(http.StatusBadRequest, "BAD_POLICY", "%v", err)
-	case errors.Is(err, engine.ErrQuota):
-		var qe *engine.QuotaError
-		ae := errf(http.StatusTooManyRequests, "QUOTA_EXCEEDED", "%v", err)
-		if errors.As(err, &qe) {
-			ae.reason, ae.retryAfter = qe.Reason, qe.RetryAfter
-		}
+// answer is what a handler's error tells the client: an *apiError as it
+// is; any other error through the one table of codes (package
+// channels/codes), logged when it is the server's failure.
+func (a *API) answer(route string, err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
 		return ae
-	case errors.Is(err, engine.ErrNoForward):
-		return errf(http.StatusConflict, "NO_FORWARD", "%v", err)
-	case errors.Is(err, engine.ErrNotMember):
-		return errf(http.StatusForbidden, "NOT_MEMBER", "%v", err)
-	case errors.Is(err, engine.ErrNotRecipient):
-		return errf(http.StatusForbidden, "NOT_RECIPIENT", "%v", err)
-	case errors.Is(err, engine.ErrBadChat):
-		return errf(http.StatusBadRequest, "BAD_CHAT", "%v", err)
-	case errors.Is(err, engine.ErrNotFound):
-		return errf(http.StatusNotFound, "NOT_FOUND", "%v", err)
-	case errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrFailed):
-		return errf(http.StatusServiceUnavailable, "UNAVAILABLE", "server cannot accept writes now")
 	}
-	return err
+	ans := codes.Of(err)
+	if ans.Internal() {
+		a.cfg.Logger.Error("admin request failed", "route", route, "code", string(ans.Code), "err", err)
+	}
+	return &apiError{status: ans.HTTPStatus, code: ans.HTTPCode, detail: ans.Detail, reason: ans.Reason,
+		retryAfter: ans.RetryAfter, retry: ans.Retry}
 }
 
 func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
@@ -394,7 +381,7 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 		Chat: chat, Forward: fwd, Quote: quote,
 	})
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	out := map[string]any{"id": res.ID.String(), "created": res.Created.UTC(), "duplicate": res.Duplicate}
 	if req.Chat != "" {
@@ -410,11 +397,11 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 	}
 	m, err := a.cfg.Engine.Message(id)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	rs, err := a.cfg.Engine.Receipts(id)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	type rj struct {
 		User      string     `json:"user"`

@@ -81,7 +81,7 @@ func (a *API) createChat(r *http.Request) (int, any, error) {
 		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_USER", "%v", err)
 	}
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	return http.StatusCreated, newChatJSON(ch), nil
 }
@@ -96,13 +96,13 @@ func (a *API) getChat(r *http.Request) (int, any, error) {
 		return 0, nil, notFound("secret chat")
 	}
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	// The live count comes with the creator's list of chats: every
 	// message of a chat is indexed under both participants.
 	cs, err := a.cfg.Engine.Chats(ch.Creator)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	out := newChatJSON(ch)
 	live := 0
@@ -123,7 +123,7 @@ func (a *API) userChats(r *http.Request) (int, any, error) {
 	}
 	cs, err := a.cfg.Engine.Chats(user)
 	if err != nil {
-		return 0, nil, engineErr(err)
+		return 0, nil, err
 	}
 	out := make([]chatJSON, len(cs))
 	for i, c := range cs {

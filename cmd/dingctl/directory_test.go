@@ -140,7 +140,7 @@ func TestDirectoryCommandErrors(t *testing.T) {
 		{[]string{"group", "list", "extra"}, "unexpected argument", 2},
 		{[]string{"user", "remove", "zed"}, "NOT_FOUND", 1},
 		{[]string{"user", "list", "--status", "gone"}, "BAD_REQUEST", 1},
-		{[]string{"directory", "import", bad}, "BAD_IMPORT: fanout: bad import: line 3", 1},
+		{[]string{"directory", "import", bad}, "BAD_IMPORT: bad import: line 3", 1},
 		{[]string{"directory", "import", bad, "--csv", "--json"}, "not both", 2},
 		{[]string{"directory", "import", filepath.Join(dir, "none.csv")}, "no such file", 1},
 		{[]string{"directory", "export"}, "want import", 2},

@@ -83,7 +83,7 @@ func TestSecretCommands(t *testing.T) {
 	}
 
 	checkErrors(t, n, []ctlErr{
-		{[]string{"send", "--from", "bo", "--to", "cy", "--forward-of", msg, "look"}, "NO_FORWARD: engine: secret messages cannot be forwarded or quoted", 1},
+		{[]string{"send", "--from", "bo", "--to", "cy", "--forward-of", msg, "look"}, "NO_FORWARD: secret messages cannot be forwarded or quoted", 1},
 		{[]string{"send", "--from", "ana", "--to", "cy", "--quote-of", msg, "look"}, "NO_FORWARD", 1},
 		{[]string{"send", "--from", "cy", "--chat", chat, "hi"}, "NOT_MEMBER", 1},
 		{[]string{"send", "--from", "ana", "--chat", chat, "--to", "bo", "hi"}, "either --to or --chat", 2},
