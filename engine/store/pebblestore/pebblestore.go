@@ -39,7 +39,8 @@ var (
 type Options struct {
 	// Logger receives Pebble's own log lines. Nil means discard them.
 	Logger *slog.Logger
-	// CacheBytes is the block cache size; zero means 64 MiB.
+	// CacheBytes is the block cache size, beyond the memtables' memory
+	// that Pebble reserves from it; zero means 64 MiB.
 	CacheBytes int64
 }
 
@@ -49,13 +50,20 @@ func Open(dir string, o Options) (*DB, error) {
 	if cache == 0 {
 		cache = 64 << 20
 	}
-	c := pebble.NewCache(cache)
+	// Pebble reserves its memtables' memory from the block cache (an
+	// active one and one being flushed): a cache no larger than that
+	// caches nothing. It was 64 MiB against two 32 MiB memtables, so
+	// every point read (a submit's client-message-id lookup) read its
+	// filter, index and data blocks from the file: a quarter of dingd's
+	// CPU in ingest, at a 6% hit rate (bench/RESULTS.md, 2026-12-03).
+	const memTable = 32 << 20
+	c := pebble.NewCache(cache + 2*memTable)
 	defer c.Unref()
 	opts := &pebble.Options{
 		Cache:              c,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             slogLogger{o.Logger},
-		MemTableSize:       32 << 20,
+		MemTableSize:       memTable,
 	}
 	// Bloom filters on every level (later levels inherit L0's policy): the
 	// engine looks up keys that usually do not exist (client message ids,
