@@ -305,8 +305,10 @@ func (n *Node) Socket() *socket.Server       { return n.sock }
 // Shutdown drains and stops: /readyz turns false, clients are told
 // SHUTTING_DOWN and disconnected, the HTTP server finishes its requests,
 // the engine commits what it has queued, and the keyring and the store
-// are closed.
-// Idempotent; returns ctx.Err() if the deadline passes first.
+// are closed. Every step honours ctx: if its deadline passes, Shutdown
+// returns (an error wrapping ctx.Err()) without waiting further; the
+// store then stays open under the engine's remaining goroutines.
+// Idempotent: later calls return the first call's result.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.stopOnce.Do(func() {
 		n.ready.Store(false)
@@ -329,7 +331,19 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("node: listeners still serving: %w", ctx.Err()))
 		}
-		n.eng.Close()
+		if err := n.eng.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("node: engine: %w", err))
+			if ctx.Err() != nil {
+				// The engine's goroutines still use the keyring and the
+				// store: leave them open (the process is about to exit;
+				// what is durable is on disk, and the rest was never
+				// acknowledged).
+				n.hub.Close()
+				n.stopErr = errors.Join(errs...)
+				n.log.Error("ding stopped before the engine finished; store left open", "err", n.stopErr)
+				return
+			}
+		}
 		n.hub.Close()
 		errs = append(errs, n.secretKeys.Close()) // after the engine: its commit loop writes keys
 		errs = append(errs, n.db.Close())
