@@ -1,19 +1,49 @@
-// Package engine is Ding's core: the message model, durable storage through
-// one group-commit pipeline, per-user streams with gap-free sequence
-// numbers, per-device cursors and monotonic receipts; DINGs: urgent
-// messages that escalate per recipient along a policy (in-app, SMS, voice)
-// on durable timers until read or confirmed; and secret chats, whose
-// messages are masked, sealed with keys of their own and burned after
-// reading (secret.go). It has no network code; the
-// edges (package channels/...) call it, package fanout receives what it
-// commits through the Sink interface, and SMS and calls leave through the
-// Notifier interface (package channels/twilio).
+// Package engine is Ding's core: the message model, durable storage
+// through one group-commit pipeline, per-user streams with gap-free
+// sequence numbers, per-device cursors and monotonic receipts; DINGs:
+// urgent messages that escalate per recipient along a policy (in-app,
+// SMS, voice) on durable timers until read or confirmed; announcements and
+// their statistics; and secret chats, whose messages are masked, sealed
+// with keys of their own and burned after reading (secret.go). It has no
+// network code.
+//
+// # Where it sits
+//
+// Data flows one way (DESIGN.md: channels → engine → fanout):
+//
+//	channels (socket, httpapi, twilio webhooks)
+//	   │  SubmitAsync, AckAsync, ReadAsync, Ding, Confirm, CreateChat, ...
+//	   │  (validated on the caller's goroutine, then queued as an op)
+//	   ▼
+//	┌──────────────────────────── engine ─────────────────────────────┐
+//	│ commit loop (internal/pipeline): ops → one batch → applied      │
+//	│   each op is a feature's function of the batch's txn; features  │
+//	│   keep their per-batch state in overlays (commit.go):           │
+//	│   streams+receipts (stream.go) · DINGs (escalate.go)            │
+//	│   statistics (rollup.go) · secret chats (secret.go)             │
+//	│   fanout jobs (fanout.go) · outside changes (change.go)         │
+//	│ publish loop: fsync done → durable hooks → answer each op       │
+//	│   → Sink.Deliver, sends to the dispatch workers                 │
+//	│ timer loop (timer.go), fanout loop (fanout.go) queue ops too    │
+//	└─────────────────────────────────────────────────────────────────┘
+//	   │ Sink (fanout.Hub: who is online, encode once, write many)
+//	   │ Notifier (channels/twilio: SMS, calls)
+//	   ▼
+//
+// The store is an interface (engine/store, Pebble in production); the
+// directory (package fanout) is read through Recipients, Contacts and
+// ActiveFilter, and writes its records through the pipeline as Changes
+// (change.go), so that offboarding is one atomic batch with the DINGs it
+// stops and the secret messages it burns.
 //
 // # Contract
 //
-//   - Submit answers only after the message is fsync'd (see commit.go).
+//   - Submit answers only after the message is fsync'd (package
+//     engine/internal/pipeline; batch N+1 is built while N's fsync runs).
 //   - Each user has one stream: entries at seq 1, 2, 3, ... with no gaps.
-//     An entry is a message addressed to the user, or a receipt event.
+//     An entry is a message addressed to the user, a receipt event, a DING
+//     event, a burn, or a secret chat event. Readers never see an entry
+//     beyond the stream's durable head (stream.go).
 //   - Each device has a cursor: the last seq it acknowledged. Acks are
 //     cumulative. A message is delivered when any of the recipient's
 //     devices acknowledged it, read when any of them marked it read.
@@ -21,8 +51,11 @@
 //     event to the sender's stream (and, for reads, the reader's own, so
 //     the reader's other devices learn it): one event per ack or read and
 //     sender, listing the messages it moved.
-//   - Nothing is trusted from memory alone: heads are loaded from the
-//     store on first use, and start-up scans nothing.
+//   - Nothing is trusted from memory alone: stream heads are loaded from
+//     the store on first use. Start-up reads the timer and secret counters,
+//     checks the secret keyring against the store in one sorted pass, and
+//     lists the live level-3 messages ('f'); it scans the secret states
+//     ('b') only when keys were lost. Nothing else is scanned.
 //   - A DING's pending steps are timers in the store; reading or confirming
 //     (whichever its policy stops on) stops every later step in the same
 //     batch; an SMS or call is sent at least once per step and a crash
@@ -30,6 +63,23 @@
 //   - A secret message's plaintext and key never enter the store; its key
 //     is erased (zeroed and synced, package keyring) once the batch that
 //     burns it is durable, before the burn is published (see secret.go).
+//   - Errors carry a Code (errors.go): whether the request was at fault,
+//     whether a retry is safe, and a detail safe to show a client.
+//
+// # Goroutines
+//
+//	commit loop     builds and applies batches: every op's apply runs here
+//	publish loop    waits for each batch's fsync, runs its durable hooks,
+//	                answers its ops, calls the Sink, hands sends over
+//	timer loop      finds due timers ('t' keys) and queues one op to fire them
+//	fanout loop     queues one op per chunk of a message to many
+//	dispatch (8)    make SMS and calls through the Notifier, then queue an op
+//	                recording the outcome
+//	startup burns   once, after Open, if level-3 or keyless messages remain
+//
+// Shutdown stops them in the reverse order of what feeds them (timer and
+// fanout loops, sends in flight, then the pipeline drains its queue) and
+// honours its context's deadline.
 //
 // # Key layout
 //

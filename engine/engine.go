@@ -63,12 +63,14 @@ type Recipients interface {
 
 // Sink receives stream entries once they are durable.
 type Sink interface {
-	// Deliver is called from the commit loop, for each user in turn, with
-	// that user's new entries in sequence order. A secret message comes as
-	// its masked copy (Message.Secret set, From and To pseudonyms), as from
-	// Range: an edge may encode what it is given as is. Calls for one user never
+	// Deliver is called from the publish loop (one goroutine, after each
+	// durable batch's ops are answered), for each user in turn, with that
+	// user's new entries in sequence order. A secret message comes as its
+	// masked copy (Message.Secret set, From and To pseudonyms), as from
+	// Range: an edge may encode what it is given as is. Calls never
 	// overlap and never skip a sequence number unless a commit failed. It
-	// must not block: hand the entries over and return.
+	// must not block (the next batch's answers wait behind it): hand the
+	// entries over and return. It may keep the slice.
 	Deliver(user string, entries []Entry)
 }
 
