@@ -35,10 +35,10 @@ func FuzzDecodeEntry(f *testing.F) {
 			return
 		}
 		if e.Kind == EntryMessage {
-			e.Message = &Message{ID: id, From: sender}
+			e.Message = &Message{ID: id, From: string(sender)}
 		}
 		again, id2, sender2, err := decodeEntry(1, encodeEntry(&e))
-		if err != nil || id2 != id || sender2 != sender || again.Kind != e.Kind || again.Burn != e.Burn || !reflect.DeepEqual(again.Secret, e.Secret) || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At) || !reflect.DeepEqual(again.Receipt.IDs, e.Receipt.IDs))) {
+		if err != nil || id2 != id || string(sender2) != string(sender) || again.Kind != e.Kind || again.Burn != e.Burn || !reflect.DeepEqual(again.Secret, e.Secret) || (e.Kind == EntryReceipt && (again.Receipt.User != e.Receipt.User || again.Receipt.State != e.Receipt.State || !again.Receipt.At.Equal(e.Receipt.At) || !reflect.DeepEqual(again.Receipt.IDs, e.Receipt.IDs))) {
 			t.Fatalf("round trip differs: %+v / %+v (%v)", e, again, err)
 		}
 	})

@@ -750,7 +750,8 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 	if from > head {
 		return nil, nil
 	}
-	out := make([]Entry, 0, min(max, 256))
+	// Entries are large (every kind's fields): size the slice once.
+	out := make([]Entry, 0, min(max, int(min(head-from+1, 1<<20))))
 	var ids []ID // message ids, in stream order (so mostly ascending)
 	var ierr error
 	err = e.st.Scan(inboxKey(user, from), inboxKey(user, head+1), func(k, v []byte) bool {
@@ -765,8 +766,7 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 			return false
 		}
 		if ent.Kind == EntryMessage {
-			ent.Message = &Message{ID: id} // placeholder, loaded below
-			ids = append(ids, id)
+			ids = append(ids, id) // its Message is loaded below
 		}
 		out = append(out, ent)
 		return len(out) < max
@@ -783,18 +783,23 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 	return out, nil
 }
 
-// loadMessages replaces the placeholder messages in entries with the
-// records, from the cache of recent messages or else from the store with
-// one cursor. A secret message is replaced by its masked copy; one whose
+// loadMessages fills in the messages of entries' message entries (ids
+// are theirs, in order) from the cache of recent messages or else from
+// the store with one cursor. A secret message is replaced by its masked copy; one whose
 // record or key is gone (it burned after the stream was scanned) becomes
 // a burn entry, never an error.
 func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 	msgs := make([]*Message, len(ids))
 	var keys [][]byte
 	var at []int // index in ids of each key
+	var kbuf []byte // the keys, back to back
 	for i, id := range ids {
 		if msgs[i] = e.cache.get(id); msgs[i] == nil {
-			keys = append(keys, messageKey(id))
+			if kbuf == nil {
+				kbuf = make([]byte, 0, 17*(len(ids)-i))
+			}
+			kbuf = append(append(kbuf, prefixMessage), id[:]...)
+			keys = append(keys, kbuf[len(kbuf)-17:])
 			at = append(at, i)
 		}
 	}

@@ -251,32 +251,32 @@ func encodeEntry(e *Entry) []byte {
 
 // decodeEntry decodes a stream entry value. For EntryMessage the message is
 // not loaded: its id and sender are returned and Message is left nil.
-func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error) {
+func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender []byte, err error) {
 	if len(b) < 1 {
-		return Entry{}, id, "", ErrCorrupt
+		return Entry{}, id, nil, ErrCorrupt
 	}
 	d := decoder{b: b[1:]}
 	switch EntryKind(b[0]) {
 	case EntryMessage:
 		if len(d.b) < 16 {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		copy(id[:], d.b[:16])
 		d.b = d.b[16:]
-		sender := d.str()
+		sender := d.bytes()
 		var flags byte
 		if len(d.b) == 1 {
 			flags = d.b[0]
 			d.b = d.b[1:]
 		}
 		if d.err || len(d.b) != 0 {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		return Entry{Seq: seq, Kind: EntryMessage, flags: flags}, id, sender, nil
 	case EntryDing:
 		var ev DingEvent
 		if len(d.b) < 16 {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		copy(ev.ID[:], d.b[:16])
 		d.b = d.b[16:]
@@ -288,26 +288,26 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error
 		ev.Device = d.str()
 		ev.Detail = d.str()
 		if d.err || len(d.b) != 0 || ev.Index > 1<<16 {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
-		return Entry{Seq: seq, Kind: EntryDing, Ding: ev}, ev.ID, "", nil
+		return Entry{Seq: seq, Kind: EntryDing, Ding: ev}, ev.ID, nil, nil
 	case EntryBurn:
 		if len(d.b) != 16 {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		copy(id[:], d.b)
-		return Entry{Seq: seq, Kind: EntryBurn, Burn: id}, id, "", nil
+		return Entry{Seq: seq, Kind: EntryBurn, Burn: id}, id, nil, nil
 	case EntrySecret:
 		var ev SecretEvent
 		if len(d.b) < 16 {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		copy(ev.Chat[:], d.b[:16])
 		d.b = d.b[16:]
 		ev.At = timeOrZero(d.u64())
 		ev.Event = d.str()
 		if len(d.b) < 16 {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		copy(ev.ID[:], d.b[:16])
 		d.b = d.b[16:]
@@ -317,17 +317,17 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error
 		ev.You = d.str()
 		ev.Peer = d.str()
 		if d.err || len(d.b) != 0 || after > uint64(math.MaxInt64/int64(time.Millisecond)) {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		ev.BurnAfter = time.Duration(after) * time.Millisecond
-		return Entry{Seq: seq, Kind: EntrySecret, Secret: ev}, ev.Chat, "", nil
+		return Entry{Seq: seq, Kind: EntrySecret, Secret: ev}, ev.Chat, nil, nil
 	case EntryReceipt:
 		st := State(d.u8())
 		at := d.u64()
 		user := d.str()
 		n := d.uvarint()
 		if d.err || st < StateSent || st > StateConfirmed || n == 0 || n > MaxEventIDs || uint64(len(d.b)) != 16*n {
-			return Entry{}, id, "", ErrCorrupt
+			return Entry{}, id, nil, ErrCorrupt
 		}
 		ids := make([]ID, n)
 		for i := range ids {
@@ -335,7 +335,7 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender string, err error
 		}
 		return Entry{Seq: seq, Kind: EntryReceipt, Receipt: ReceiptEvent{
 			IDs: ids, User: user, State: st, At: timeOrZero(at),
-		}}, id, "", nil
+		}}, id, nil, nil
 	}
-	return Entry{}, id, "", ErrCorrupt
+	return Entry{}, id, nil, ErrCorrupt
 }

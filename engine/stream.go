@@ -366,7 +366,7 @@ func (c *txn) applyAck(user, device string, seq uint64, now time.Time) error {
 				return false
 			}
 			if seq > wm {
-				hits = append(hits, hit{id, sender, ent.flags&entryFlagAnnouncement != 0, ent.flags&entryFlagDing != 0, ent.flags&entryFlagSecret != 0})
+				hits = append(hits, hit{id, string(sender), ent.flags&entryFlagAnnouncement != 0, ent.flags&entryFlagDing != 0, ent.flags&entryFlagSecret != 0})
 			}
 			if seq > cur && ent.flags&entryFlagDing != 0 {
 				dings = append(dings, id)
