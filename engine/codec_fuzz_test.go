@@ -25,10 +25,10 @@ func FuzzDecodeMessage(f *testing.F) {
 
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(encodeEntry(&Entry{Kind: EntryMessage, Message: &Message{From: "ana"}}))
-	f.Add(encodeEntry(&Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{IDs: []ID{{1}, {2}}, User: "bo", State: StateRead, At: time.UnixMilli(5)}}))
+	f.Add(encodeEntry(&Entry{Kind: EntryReceipt, Receipt: &ReceiptEvent{IDs: []ID{{1}, {2}}, User: "bo", State: StateRead, At: time.UnixMilli(5)}}))
 	f.Add(encodeEntry(&Entry{Kind: EntryMessage, Message: &Message{From: "ana", Chat: ID{9}}}))
 	f.Add(encodeEntry(&Entry{Kind: EntryBurn, Burn: ID{7}}))
-	f.Add(encodeEntry(&Entry{Kind: EntrySecret, Secret: SecretEvent{Chat: ID{3}, Event: "created", By: "anon-ABCDEF", Level: Level3, BurnAfter: 5 * time.Second, You: "anon-ABCDEF", Peer: "anon-GHJKMN", At: time.UnixMilli(9)}}))
+	f.Add(encodeEntry(&Entry{Kind: EntrySecret, Secret: &SecretEvent{Chat: ID{3}, Event: "created", By: "anon-ABCDEF", Level: Level3, BurnAfter: 5 * time.Second, You: "anon-ABCDEF", Peer: "anon-GHJKMN", At: time.UnixMilli(9)}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, id, sender, err := decodeEntry(1, b)
 		if err != nil {

@@ -231,7 +231,7 @@ func (c *txn) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent
 	if ev.Event == LedgerSent {
 		return nil // the sender's submit answer says as much
 	}
-	return c.appendEntry(rec.From, Entry{Kind: EntryDing, Ding: ev})
+	return c.appendEntry(rec.From, Entry{Kind: EntryDing, Ding: &ev})
 }
 
 func (c *txn) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef {
@@ -461,7 +461,7 @@ func (c *txn) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step int, 
 		c.e.metrics.step(ChannelInApp, "reminder")
 		user := rec.Recipients[idx]
 		ev := DingEvent{ID: id, Index: idx, Recipient: user, Event: LedgerReminder, Channel: ChannelInApp, At: now}
-		if err := c.appendEntry(user, Entry{Kind: EntryDing, Ding: ev}); err != nil {
+		if err := c.appendEntry(user, Entry{Kind: EntryDing, Ding: &ev}); err != nil {
 			return err
 		}
 		return c.ledger(id, idx, s, rec, ev)

@@ -165,15 +165,20 @@ const (
 )
 
 // Entry is one item of a user's stream, at a gap-free sequence number.
+// Exactly the field of its Kind is set; the others are nil (Burn: zero).
+// The pointed-to values are shared and must not be modified. Entries are
+// made, copied and dropped by the hundred thousand in a fanout or a
+// catch-up, so each kind's payload sits behind a pointer: an Entry is 64
+// bytes, not the 376 of the payloads inline.
 type Entry struct {
 	Seq     uint64
 	Kind    EntryKind
-	Message *Message     // EntryMessage; shared, must not be modified
-	Receipt ReceiptEvent // EntryReceipt
-	Ding    DingEvent    // EntryDing
-	Burn    ID           // EntryBurn: the burned message
-	Secret  SecretEvent  // EntrySecret
-	flags   byte         // EntryMessage: entryFlagDing
+	flags   byte          // EntryMessage: entryFlagDing, ...
+	Burn    ID            // EntryBurn: the burned message
+	Message *Message      // EntryMessage
+	Receipt *ReceiptEvent // EntryReceipt
+	Ding    *DingEvent    // EntryDing
+	Secret  *SecretEvent  // EntrySecret
 }
 
 // Stream entry layout (value of key 'i' + user + 0x00 + seq):
@@ -211,7 +216,7 @@ func encodeEntry(e *Entry) []byte {
 	case EntryBurn:
 		return append([]byte{byte(EntryBurn)}, e.Burn[:]...)
 	case EntrySecret:
-		s := &e.Secret
+		s := e.Secret
 		b := make([]byte, 0, 64+len(s.Event)+len(s.By)+len(s.You)+len(s.Peer))
 		b = append(b, byte(EntrySecret))
 		b = append(b, s.Chat[:]...)
@@ -224,7 +229,7 @@ func encodeEntry(e *Entry) []byte {
 		b = appendStr(b, s.You)
 		return appendStr(b, s.Peer)
 	case EntryDing:
-		d := &e.Ding
+		d := e.Ding
 		b := make([]byte, 0, 40+len(d.Recipient)+len(d.Event)+len(d.Device)+len(d.Detail))
 		b = append(b, byte(EntryDing))
 		b = append(b, d.ID[:]...)
@@ -290,7 +295,7 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender []byte, err error
 		if d.err || len(d.b) != 0 || ev.Index > 1<<16 {
 			return Entry{}, id, nil, ErrCorrupt
 		}
-		return Entry{Seq: seq, Kind: EntryDing, Ding: ev}, ev.ID, nil, nil
+		return Entry{Seq: seq, Kind: EntryDing, Ding: &ev}, ev.ID, nil, nil
 	case EntryBurn:
 		if len(d.b) != 16 {
 			return Entry{}, id, nil, ErrCorrupt
@@ -320,7 +325,7 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender []byte, err error
 			return Entry{}, id, nil, ErrCorrupt
 		}
 		ev.BurnAfter = time.Duration(after) * time.Millisecond
-		return Entry{Seq: seq, Kind: EntrySecret, Secret: ev}, ev.Chat, nil, nil
+		return Entry{Seq: seq, Kind: EntrySecret, Secret: &ev}, ev.Chat, nil, nil
 	case EntryReceipt:
 		st := State(d.u8())
 		at := d.u64()
@@ -333,7 +338,7 @@ func decodeEntry(seq uint64, b []byte) (e Entry, id ID, sender []byte, err error
 		for i := range ids {
 			copy(ids[i][:], d.b[16*i:])
 		}
-		return Entry{Seq: seq, Kind: EntryReceipt, Receipt: ReceiptEvent{
+		return Entry{Seq: seq, Kind: EntryReceipt, Receipt: &ReceiptEvent{
 			IDs: ids, User: user, State: st, At: timeOrZero(at),
 		}}, id, nil, nil
 	}

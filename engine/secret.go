@@ -444,7 +444,7 @@ func (c *txn) createChat(ch *Chat, now time.Time) error {
 	for _, m := range ch.Members {
 		c.batch.Set(userChatKey(m.User, ch.ID), nil)
 		peer, _ := ch.peer(m.User)
-		if err := c.appendEntry(m.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
+		if err := c.appendEntry(m.User, Entry{Kind: EntrySecret, Secret: &SecretEvent{
 			Chat: ch.ID, Event: "created", By: ch.Members[0].Pseudonym, Level: ch.Level, BurnAfter: ch.BurnAfter,
 			You: m.Pseudonym, Peer: peer.Pseudonym, At: now,
 		}}); err != nil {
@@ -1076,7 +1076,7 @@ func (e *Engine) ReportScreenshotAsync(user string, chat, msg ID, done func(erro
 				msg = ID{}
 			}
 		}
-		return c.appendEntry(peer.User, Entry{Kind: EntrySecret, Secret: SecretEvent{
+		return c.appendEntry(peer.User, Entry{Kind: EntrySecret, Secret: &SecretEvent{
 			Chat: chat, Event: "screenshot", ID: msg, By: ch.pseudonym(user), Level: ch.Level, BurnAfter: ch.BurnAfter, At: now,
 		}})
 	}, done)

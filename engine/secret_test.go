@@ -413,7 +413,7 @@ func TestLevel3BurnsSoonAndRelaysScreenshots(t *testing.T) {
 	var shot *engine.SecretEvent
 	for _, e := range env.sink.wait(t, alice, 3) {
 		if e.Kind == engine.EntrySecret && e.Secret.Event == "screenshot" {
-			shot = &e.Secret
+			shot = e.Secret
 		}
 	}
 	if shot == nil || shot.By != ch.Members[1].Pseudonym || shot.ID != id || shot.Chat != ch.ID {
@@ -441,7 +441,7 @@ func TestLevel3BurnsSoonAndRelaysScreenshots(t *testing.T) {
 		n = 0
 		for _, e := range env.sink.entries(alice) {
 			if e.Kind == engine.EntrySecret && e.Secret.Event == "screenshot" {
-				n, last = n+1, e.Secret
+				n, last = n+1, *e.Secret
 			}
 		}
 		if time.Now().After(deadline) {

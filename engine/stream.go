@@ -487,7 +487,7 @@ func (c *txn) notify(ev *events, user string, st State, now time.Time) error {
 		}
 		for len(ids) > 0 {
 			n := min(len(ids), MaxEventIDs)
-			if err := c.appendEntry(k.to, Entry{Kind: EntryReceipt, Receipt: ReceiptEvent{IDs: ids[:n:n], User: name, State: st, At: now}}); err != nil {
+			if err := c.appendEntry(k.to, Entry{Kind: EntryReceipt, Receipt: &ReceiptEvent{IDs: ids[:n:n], User: name, State: st, At: now}}); err != nil {
 				return err
 			}
 			ids = ids[n:]

@@ -179,7 +179,7 @@ func AppendEntry(dst []byte, e engine.Entry) []byte {
 		// not bring any of it back.
 		return Append(dst, pb.FrameType_BURN, &pb.Burn{Seq: e.Seq, Id: e.Burn.String()})
 	case engine.EntrySecret:
-		v := &e.Secret
+		v := e.Secret
 		return Append(dst, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
 			Seq: e.Seq, Chat: v.Chat.String(), Event: validUTF8(v.Event), Id: idOrEmpty(v.ID), By: v.By,
 			Level: uint32(v.Level), BurnAfterMs: v.BurnAfter.Milliseconds(), You: v.You, Peer: v.Peer, AtMs: v.At.UnixMilli(),

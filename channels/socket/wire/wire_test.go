@@ -58,19 +58,19 @@ func TestAppendEntry(t *testing.T) {
 			Seq: 2, Id: id.String(), From: "ana", To: []string{"bo"}, Kind: pb.Kind_DING, Body: []byte("fire drill"),
 			CreatedMs: at.UnixMilli(), Choices: []string{"attend", "decline"},
 		}},
-		{"confirmed receipt", engine.Entry{Seq: 3, Kind: engine.EntryReceipt, Receipt: engine.ReceiptEvent{
+		{"confirmed receipt", engine.Entry{Seq: 3, Kind: engine.EntryReceipt, Receipt: &engine.ReceiptEvent{
 			IDs: []engine.ID{id}, User: "bo", State: engine.StateConfirmed, At: at,
 		}}, pb.FrameType_RECEIPT, &pb.Receipt{
 			Seq: 3, Ids: []string{id.String()}, User: "bo", State: pb.State_CONFIRMED, AtMs: at.UnixMilli(),
 		}},
-		{"ding event", engine.Entry{Seq: 4, Kind: engine.EntryDing, Ding: engine.DingEvent{
+		{"ding event", engine.Entry{Seq: 4, Kind: engine.EntryDing, Ding: &engine.DingEvent{
 			ID: id, Index: 1, Recipient: "bo", Event: engine.LedgerConfirmed, Channel: engine.ChannelSMS,
 			Detail: "2 decline", At: at,
 		}}, pb.FrameType_DING_EVENT, &pb.DingEvent{
 			Seq: 4, Id: id.String(), Index: 1, Recipient: "bo", Event: "confirmed", Channel: "sms",
 			Detail: "2 decline", AtMs: at.UnixMilli(),
 		}},
-		{"ding event without channel", engine.Entry{Seq: 5, Kind: engine.EntryDing, Ding: engine.DingEvent{
+		{"ding event without channel", engine.Entry{Seq: 5, Kind: engine.EntryDing, Ding: &engine.DingEvent{
 			ID: id, Recipient: "+15550100", Event: engine.LedgerExhausted, At: at,
 		}}, pb.FrameType_DING_EVENT, &pb.DingEvent{
 			Seq: 5, Id: id.String(), Recipient: "+15550100", Event: "exhausted", AtMs: at.UnixMilli(),
@@ -99,24 +99,24 @@ func TestAppendEntry(t *testing.T) {
 			CreatedMs: at.UnixMilli(), Chat: chat.String(), Level: 1, BurnAfterMs: 60000, NoCopy: true, NoForward: true,
 		}},
 		{"burn", engine.Entry{Seq: 10, Kind: engine.EntryBurn, Burn: id}, pb.FrameType_BURN, &pb.Burn{Seq: 10, Id: id.String()}},
-		{"chat created", engine.Entry{Seq: 11, Kind: engine.EntrySecret, Secret: engine.SecretEvent{
+		{"chat created", engine.Entry{Seq: 11, Kind: engine.EntrySecret, Secret: &engine.SecretEvent{
 			Chat: chat, Event: "created", By: "anon-AAAAAA", Level: engine.Level3, BurnAfter: 5 * time.Second,
 			You: "anon-BBBBBB", Peer: "anon-AAAAAA", At: at,
 		}}, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
 			Seq: 11, Chat: chat.String(), Event: "created", By: "anon-AAAAAA", Level: 3, BurnAfterMs: 5000,
 			You: "anon-BBBBBB", Peer: "anon-AAAAAA", AtMs: at.UnixMilli(),
 		}},
-		{"screenshot of a message", engine.Entry{Seq: 12, Kind: engine.EntrySecret, Secret: engine.SecretEvent{
+		{"screenshot of a message", engine.Entry{Seq: 12, Kind: engine.EntrySecret, Secret: &engine.SecretEvent{
 			Chat: chat, Event: "screenshot", ID: id, By: "anon-BBBBBB", Level: engine.Level3, BurnAfter: 5 * time.Second, At: at,
 		}}, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
 			Seq: 12, Chat: chat.String(), Event: "screenshot", Id: id.String(), By: "anon-BBBBBB", Level: 3, BurnAfterMs: 5000, AtMs: at.UnixMilli(),
 		}},
-		{"screenshot without a message", engine.Entry{Seq: 13, Kind: engine.EntrySecret, Secret: engine.SecretEvent{
+		{"screenshot without a message", engine.Entry{Seq: 13, Kind: engine.EntrySecret, Secret: &engine.SecretEvent{
 			Chat: chat, Event: "screenshot", By: "anon-BBBBBB", Level: engine.Level3, BurnAfter: 5 * time.Second, At: at,
 		}}, pb.FrameType_SECRET_EVENT, &pb.SecretEvent{
 			Seq: 13, Chat: chat.String(), Event: "screenshot", By: "anon-BBBBBB", Level: 3, BurnAfterMs: 5000, AtMs: at.UnixMilli(),
 		}},
-		{"invalid UTF-8 from outside", engine.Entry{Seq: 6, Kind: engine.EntryDing, Ding: engine.DingEvent{
+		{"invalid UTF-8 from outside", engine.Entry{Seq: 6, Kind: engine.EntryDing, Ding: &engine.DingEvent{
 			ID: id, Recipient: "+15550100", Event: engine.LedgerReply, Channel: engine.ChannelSMS, Detail: "ok\xff", At: at,
 		}}, pb.FrameType_DING_EVENT, &pb.DingEvent{
 			Seq: 6, Id: id.String(), Recipient: "+15550100", Event: "reply", Channel: "sms", Detail: "ok\uFFFD", AtMs: at.UnixMilli(),
