@@ -88,7 +88,8 @@ func (e *Engine) SetPresence(p Presence) {
 
 // fanoutTx is the fanout's per-batch overlay.
 type fanoutTx struct {
-	jobsStarted bool // a fanout job was recorded
+	jobsStarted bool              // a fanout job was recorded
+	jobs        map[ID]*fanoutJob // jobs' records as this batch left them (nil: done or dropped)
 }
 
 // published wakes the fanout loop for the jobs the batch recorded.
@@ -101,7 +102,10 @@ func (f *fanoutTx) published(c *txn) {
 	}
 }
 
-func (f *fanoutTx) reset() { f.jobsStarted = false }
+func (f *fanoutTx) reset() {
+	f.jobsStarted = false
+	clear(f.jobs)
+}
 
 // startFanout records a fanout job for the loop to run after this batch.
 // Online recipients come first (each chunk is sorted, for the store).
@@ -135,18 +139,37 @@ func (c *txn) startFanout(id ID, recipients []string) {
 	c.jobsStarted = true
 }
 
-// fanoutChunk writes the next chunk of job id.
-func (c *txn) fanoutChunk(id ID) error {
+// job returns fanout job id's record as this batch sees it (nil if it is
+// done or gone).
+func (c *txn) job(id ID) (*fanoutJob, error) {
+	if j, ok := c.jobs[id]; ok {
+		return j, nil
+	}
 	v, err := c.e.st.Get(jobKey(id))
 	if errors.Is(err, store.ErrNotFound) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return abort(err)
+		return nil, abort(err)
 	}
-	var job fanoutJob
-	if err := json.Unmarshal(v, &job); err != nil {
-		return c.dropJob(id, ErrCorrupt)
+	var j fanoutJob
+	if err := json.Unmarshal(v, &j); err != nil {
+		return nil, c.dropJob(id, ErrCorrupt)
+	}
+	if c.jobs == nil {
+		c.jobs = map[ID]*fanoutJob{}
+	}
+	c.jobs[id] = &j
+	return &j, nil
+}
+
+// fanoutChunk writes chunk k of job id, if it is the job's next one (the
+// fanout loop queues a few chunks ahead; one that finds the job past it,
+// or done, does nothing).
+func (c *txn) fanoutChunk(id ID, k int) error {
+	job, err := c.job(id)
+	if err != nil || job == nil || job.Next != k {
+		return err
 	}
 	m, err := c.e.Message(id)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
@@ -156,7 +179,7 @@ func (c *txn) fanoutChunk(id ID) error {
 		return abort(fmt.Errorf("fanout %s: %w", id, err))
 	}
 	ak := audienceKey(id, job.Next)
-	v, err = c.e.st.Get(ak)
+	v, err := c.e.st.Get(ak)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return abort(err)
 	}
@@ -173,6 +196,7 @@ func (c *txn) fanoutChunk(id ID) error {
 	job.Next++
 	if job.Next >= job.Chunks {
 		c.batch.Delete(jobKey(id))
+		c.jobs[id] = nil
 		return nil
 	}
 	v, _ = json.Marshal(job)
@@ -186,6 +210,10 @@ func (c *txn) fanoutChunk(id ID) error {
 func (c *txn) dropJob(id ID, why error) error {
 	c.e.log.Error("fanout: dropping a job whose record or message is unreadable", "message", id.String(), "err", why)
 	c.batch.Delete(jobKey(id))
+	if c.jobs == nil {
+		c.jobs = map[ID]*fanoutJob{}
+	}
+	c.jobs[id] = nil
 	p := audiencePrefix(id)
 	return c.e.st.Scan(p, prefixEnd(p), func(k, _ []byte) bool {
 		c.batch.Delete(append([]byte(nil), k...))
@@ -193,29 +221,30 @@ func (c *txn) dropJob(id ID, why error) error {
 	})
 }
 
-// fanoutLoop runs fanout jobs, one chunk per commit batch, oldest first.
+// fanoutWindow is how many chunk ops of a job the fanout loop keeps
+// queued: the next chunk is built and applied while the one before is
+// being synced and the one before that delivered (package
+// engine/internal/pipeline), instead of each waiting for the last's fsync.
+const fanoutWindow = 3
+
+// fanoutLoop runs fanout jobs, oldest first: one chunk per op, up to
+// fanoutWindow ops in flight.
 func (e *Engine) fanoutLoop() {
 	defer close(e.fanoutDone)
+	done := make(chan error, fanoutWindow) // ops' answers; never blocks them
 	for {
-		var id ID
-		found := false
-		err := e.st.Scan([]byte{prefixJob}, []byte{prefixJob + 1}, func(k, _ []byte) bool {
-			if len(k) == 17 {
-				copy(id[:], k[1:])
-				found = true
-			}
-			return false
-		})
+		id, job, err := e.oldestJob()
 		if err != nil {
-			e.log.Error("fanout: scan jobs failed; retrying", "err", err)
+			e.log.Error("fanout: reading jobs failed; retrying", "err", err)
 			select {
 			case <-e.cfg.Clock.Until(e.cfg.Clock.Now().Add(time.Second)):
+			case <-time.After(time.Second): // a fake clock may stand still
 			case <-e.stopFanout:
 				return
 			}
 			continue
 		}
-		if !found {
+		if job == nil {
 			select {
 			case <-e.fanoutWake:
 				continue
@@ -223,25 +252,60 @@ func (e *Engine) fanoutLoop() {
 				return
 			}
 		}
-		done := make(chan error, 1)
-		e.applyAsync(func(c *txn, now time.Time) error { return c.fanoutChunk(id) }, func(err error) { done <- err })
-		select {
-		case err := <-done:
-			if errors.Is(err, ErrClosed) || errors.Is(err, ErrFailed) {
+		k, inflight, failed := job.Next, 0, false
+		for (k < job.Chunks && !failed) || inflight > 0 {
+			for ; k < job.Chunks && inflight < fanoutWindow && !failed; k, inflight = k+1, inflight+1 {
+				chunk := k
+				// A chunk weighs what it writes, so that a batch holds one
+				// at most and other users' ops are not held up behind several.
+				e.enqueue(func(c *txn) error { return c.fanoutChunk(id, chunk) }, func(err error) { done <- err }, e.cfg.FanoutChunk)
+			}
+			select {
+			case err := <-done:
+				inflight--
+				switch {
+				case errors.Is(err, ErrClosed) || errors.Is(err, ErrFailed):
+					return
+				case err != nil && !failed:
+					failed = true // the chunks queued after it find the job behind them and do nothing
+					e.log.Error("fanout chunk failed; retrying in a second", "message", id.String(), "err", err)
+				}
+			case <-e.stopFanout:
 				return
 			}
-			if err != nil {
-				e.log.Error("fanout chunk failed; retrying in a second", "message", id.String(), "err", err)
-				select {
-				case <-time.After(time.Second):
-				case <-e.stopFanout:
-					return
-				}
+		}
+		if failed {
+			select {
+			case <-time.After(time.Second):
+			case <-e.stopFanout:
+				return
 			}
-		case <-e.stopFanout:
-			return
 		}
 	}
+}
+
+// oldestJob returns the oldest fanout job and its record, or a nil record
+// when there is none. A record that does not decode is returned as a job
+// at its first chunk, whose op drops it.
+func (e *Engine) oldestJob() (ID, *fanoutJob, error) {
+	var id ID
+	var v []byte
+	found := false
+	err := e.st.Scan([]byte{prefixJob}, []byte{prefixJob + 1}, func(k, val []byte) bool {
+		if len(k) == 17 {
+			copy(id[:], k[1:])
+			v, found = append([]byte(nil), val...), true
+		}
+		return false
+	})
+	if err != nil || !found {
+		return id, nil, err
+	}
+	var job fanoutJob
+	if json.Unmarshal(v, &job) != nil {
+		return id, &fanoutJob{Chunks: 1}, nil
+	}
+	return id, &job, nil
 }
 
 // PendingFanout returns how many recipients of message id are still
