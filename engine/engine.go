@@ -92,8 +92,10 @@ type Config struct {
 	MaxFanout int
 	// FanoutChunk is how many recipients' entries one commit batch writes
 	// for a message to many: a bigger fanout is written chunk by chunk in
-	// the background after the message is durable, so that it never holds
-	// up other traffic for long; zero means 4096 (bench/RESULTS.md, announce).
+	// the background after the message is durable, one chunk per batch,
+	// so that other users' ops never wait long behind it (a 1:1 message
+	// during an announcement waits for at most the chunk in the batch
+	// being built); zero means 1024 (bench/RESULTS.md, announce).
 	FanoutChunk int
 	// MaxBatch bounds the work committed in one synced batch: operations,
 	// a READ counting once per id it marks; zero means 4096.
@@ -160,7 +162,7 @@ func (c *Config) setDefaults() {
 		c.MaxFanout = 1_000_000
 	}
 	if c.FanoutChunk == 0 {
-		c.FanoutChunk = 4096
+		c.FanoutChunk = 1024
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 4096

@@ -256,9 +256,10 @@ func (e *Engine) fanoutLoop() {
 		for (k < job.Chunks && !failed) || inflight > 0 {
 			for ; k < job.Chunks && inflight < fanoutWindow && !failed; k, inflight = k+1, inflight+1 {
 				chunk := k
-				// A chunk weighs what it writes, so that a batch holds one
-				// at most and other users' ops are not held up behind several.
-				e.enqueue(func(c *txn) error { return c.fanoutChunk(id, chunk) }, func(err error) { done <- err }, e.cfg.FanoutChunk)
+				// A chunk weighs a whole batch: a batch holds one at most,
+				// and the ops queued behind it go into the next batch, built
+				// while this one syncs.
+				e.enqueue(func(c *txn) error { return c.fanoutChunk(id, chunk) }, func(err error) { done <- err }, e.cfg.MaxBatch)
 			}
 			select {
 			case err := <-done:
