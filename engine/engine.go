@@ -341,8 +341,10 @@ func Open(cfg Config) (*Engine, error) {
 		MaxBatch:    cfg.MaxBatch,
 		QueueLen:    cfg.QueueLen,
 		OnQueueFull: e.metrics.queueFull.Inc,
-		OnBatch: func(ops int, commit time.Duration) {
+		OnBatch: func(ops int, build, commit, publish time.Duration) {
+			e.metrics.buildSeconds.Observe(build.Seconds())
 			e.metrics.commitSeconds.Observe(commit.Seconds())
+			e.metrics.publishSeconds.Observe(publish.Seconds())
 			e.metrics.batchOps.Observe(float64(ops))
 		},
 		Logger: cfg.Logger,

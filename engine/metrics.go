@@ -8,6 +8,7 @@ type metrics struct {
 	submitsOK, submitsDup, submitsRejected, submitsFailed prometheus.Counter
 	submitSeconds                                         prometheus.Histogram
 	commitSeconds                                         prometheus.Histogram
+	buildSeconds, publishSeconds                          prometheus.Histogram
 	batchOps                                              prometheus.Histogram
 	queueFull                                             prometheus.Counter
 
@@ -48,8 +49,18 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ding_engine_commit_duration_seconds",
-			Help:    "Time to write and fsync one group-commit batch.",
+			Help:    "Time to write and fsync one group-commit batch (from its apply to durable; the next batch is built meanwhile).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		buildSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ding_engine_batch_build_duration_seconds",
+			Help:    "Time the commit loop spent applying one batch's operations before writing it.",
+			Buckets: prometheus.ExponentialBuckets(0.00002, 2, 16),
+		}),
+		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ding_engine_publish_duration_seconds",
+			Help:    "Time the publish loop spent on one durable batch: answering its operations and handing its entries to delivery.",
+			Buckets: prometheus.ExponentialBuckets(0.00002, 2, 16),
 		}),
 		batchOps: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ding_engine_commit_batch_ops",
@@ -140,7 +151,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{
-		m.submits, m.submitSeconds, m.commitSeconds, m.batchOps, m.queueFull,
+		m.submits, m.submitSeconds, m.commitSeconds, m.buildSeconds, m.publishSeconds, m.batchOps, m.queueFull,
 		m.dings, m.steps, m.refusals, m.lateness, m.timeToRead, m.timeToConfirm, m.sendSeconds, m.sendsDropped, m.fanoutEntries,
 		m.burns, m.burnLateness, m.chatsCreated, m.secretRefused, m.eraseFailures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

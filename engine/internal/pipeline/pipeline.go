@@ -168,9 +168,12 @@ type Config[T Txn] struct {
 	// OnQueueFull is called when Enqueue finds the queue full and waits;
 	// nil means nothing.
 	OnQueueFull func()
-	// OnBatch is called on the publish loop after each durable batch with
-	// its op count and the time from Apply to durable; nil means nothing.
-	OnBatch func(ops int, commit time.Duration)
+	// OnBatch is called on the publish loop after each published batch
+	// with its op count and how long each stage took: build (applying the
+	// ops and Flush, on the commit loop), commit (from Apply until
+	// durable) and publish (Durable, the answers and Published); nil
+	// means nothing.
+	OnBatch func(ops int, build, commit, publish time.Duration)
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -200,9 +203,10 @@ type inflight[T Txn] struct {
 	txn     T
 	batch   store.Batch
 	ops     []*Op[T]
-	err     error // the apply's error: the batch is answered with it
-	started time.Time
-	synced  bool // committed with Commit(true): nothing to wait for
+	err     error         // the apply's error: the batch is answered with it
+	build   time.Duration // applying the ops and flushing
+	started time.Time     // Apply
+	synced  bool          // committed with Commit(true): nothing to wait for
 }
 
 // New starts a pipeline.
@@ -355,12 +359,14 @@ func (p *Pipeline[T]) commit(ops []*Op[T]) {
 		p.applied <- &inflight[T]{txn: t, ops: ops, synced: true}
 		return
 	}
+	start := time.Now()
 	b, ok := p.build(t, ops)
 	if !ok {
 		p.applied <- &inflight[T]{txn: t, ops: ops, synced: true}
 		return
 	}
 	in := &inflight[T]{txn: t, batch: b, ops: ops, started: time.Now()}
+	in.build = in.started.Sub(start)
 	var err error
 	if pb, ok := b.(store.Pipelined); ok {
 		err = pb.Apply()
@@ -466,12 +472,13 @@ func (p *Pipeline[T]) publish(in *inflight[T]) {
 		}
 		return
 	}
-	if p.cfg.OnBatch != nil {
-		p.cfg.OnBatch(len(in.ops), time.Since(in.started))
-	}
+	durable := time.Now()
 	in.txn.Durable()
 	for _, o := range in.ops {
 		o.Done(o.err)
 	}
 	in.txn.Published()
+	if p.cfg.OnBatch != nil {
+		p.cfg.OnBatch(len(in.ops), in.build, durable.Sub(in.started), time.Since(durable))
+	}
 }

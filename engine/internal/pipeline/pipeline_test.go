@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -152,6 +153,7 @@ func start(t *testing.T, st store.Store, mut func(*pipeline.Config[*txn])) *harn
 		Aborts:  func(err error) bool { return errors.Is(err, errPartial) },
 		Aborted: errAborted,
 		Fail:    func(cause error) error { return fmt.Errorf("%w: %w", errFailed, cause) },
+		Logger:  slog.New(slog.DiscardHandler),
 	}
 	if mut != nil {
 		mut(&cfg)
