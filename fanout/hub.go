@@ -49,13 +49,20 @@ type HubConfig struct {
 	// once (less when the endpoint has less Room); zero means 512 KiB.
 	// Entries past it are read again next step.
 	ChunkBytes int
+	// Ownership says which users' devices may attach here (Join); nil
+	// means SingleNode: all of them.
+	Ownership Ownership
+	// DeviceHooks are told when devices attach and detach, under the
+	// registry's shard lock (see DeviceHook); none means none.
+	DeviceHooks []DeviceHook
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the hub's metrics; nil means none.
 	Registerer prometheus.Registerer
 }
 
-// Hub is the registry of live devices and the engine's Sink.
+// Hub is the registry of the devices attached to this node: the
+// broker's Receiver, and the node's Presence.
 type Hub struct {
 	cfg    HubConfig
 	seed   maphash.Seed
@@ -74,7 +81,10 @@ type Hub struct {
 	catchupQ   prometheus.GaugeFunc
 }
 
-var _ engine.Sink = (*Hub)(nil)
+var (
+	_ Receiver = (*Hub)(nil)
+	_ Presence = (*Hub)(nil)
+)
 
 type shard struct {
 	mu sync.RWMutex
@@ -115,6 +125,9 @@ func NewHub(cfg HubConfig) (*Hub, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Ownership == nil {
+		cfg.Ownership = SingleNode{}
+	}
 	h := &Hub{cfg: cfg, seed: maphash.MakeSeed()}
 	h.wcond = sync.NewCond(&h.wmu)
 	for i := range h.shards {
@@ -153,6 +166,7 @@ func (h *Hub) shard(user string) *shard {
 // Attach registers a device that needs user's stream from sequence number
 // from on, and starts sending it. If the same device was attached already,
 // the old endpoint is detached and returned so the caller can close it.
+// Attach does not consult Ownership (Join does).
 func (h *Hub) Attach(user, device string, ep Endpoint, from uint64) (d *Device, replaced Endpoint) {
 	d = &Device{hub: h, User: user, ID: device, ep: ep, next: from, catch: true}
 	s := h.shard(user)
@@ -171,12 +185,28 @@ func (h *Hub) Attach(user, device string, ep Endpoint, from uint64) (d *Device, 
 		devs = append(devs, o)
 	}
 	s.users[user] = append(devs, d)
+	for _, dh := range h.cfg.DeviceHooks {
+		dh.Attached(user, device)
+	}
 	s.mu.Unlock()
 	h.devices.Inc()
 	d.mu.Lock()
 	h.scheduleLocked(d)
 	d.mu.Unlock()
 	return d, replaced
+}
+
+// Join is Attach for an edge that does not know where user's stream is:
+// if this node owns it (Ownership), Join attaches the device as Attach
+// does; otherwise it attaches nothing and returns a *NotOwnerError (see
+// ErrNotOwner) naming the owner, so that the edge can send the device
+// there.
+func (h *Hub) Join(user, device string, ep Endpoint, from uint64) (d *Device, replaced Endpoint, err error) {
+	if node, local := h.cfg.Ownership.Owner(user); !local {
+		return nil, nil, notOwner(user, node)
+	}
+	d, replaced = h.Attach(user, device, ep, from)
+	return d, replaced, nil
 }
 
 // Detach removes the device; nothing more is sent to it. Idempotent.
@@ -193,6 +223,9 @@ func (d *Device) Detach() {
 			s.users[d.User] = devs
 		}
 		h.devices.Dec()
+		for _, dh := range h.cfg.DeviceHooks {
+			dh.Detached(d.User, d.ID)
+		}
 	}
 	s.mu.Unlock()
 	d.mu.Lock()
@@ -210,6 +243,11 @@ func (h *Hub) Kick(user string, err error) int {
 	s.mu.Lock()
 	devs := s.users[user]
 	delete(s.users, user)
+	for _, d := range devs {
+		for _, dh := range h.cfg.DeviceHooks {
+			dh.Detached(user, d.ID)
+		}
+	}
 	s.mu.Unlock()
 	n := 0
 	for _, d := range devs {
@@ -237,8 +275,8 @@ func (d *Device) Drained() {
 	d.mu.Unlock()
 }
 
-// Online reports whether user has at least one attached device that can
-// still be delivered to.
+// Online implements Presence: whether user has at least one attached
+// device that can still be delivered to.
 func (h *Hub) Online(user string) bool {
 	s := h.shard(user)
 	s.mu.RLock()
@@ -255,7 +293,8 @@ func (h *Hub) Online(user string) bool {
 	return false
 }
 
-// Devices returns the ids of user's attached devices.
+// Devices implements Presence: the ids of user's attached devices that
+// can still be delivered to, nil if none.
 func (h *Hub) Devices(user string) []string {
 	s := h.shard(user)
 	s.mu.RLock()
@@ -272,8 +311,10 @@ func (h *Hub) Devices(user string) []string {
 	return out
 }
 
-// Deliver implements engine.Sink. It runs on the commit loop: it encodes
-// each entry at most once and queues it on every live device of the user.
+// Deliver implements Receiver: the local delivery, the broker's
+// subscriber. It encodes each entry at most once and queues it on every
+// live device of the user. In process it runs on the engine's publish
+// loop (Publisher → LocalBroker → Deliver), once per user and batch.
 func (h *Hub) Deliver(user string, entries []engine.Entry) {
 	s := h.shard(user)
 	s.mu.RLock()

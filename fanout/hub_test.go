@@ -84,7 +84,33 @@ func encoder(size int) func([]byte, engine.Entry) []byte {
 	}
 }
 
+// setup starts an engine and a hub, wired as dingd wires them (viaBroker).
 func setup(t *testing.T, hc fanout.HubConfig) (*engine.Engine, *fanout.Hub) {
+	t.Helper()
+	return setupWired(t, hc, viaBroker())
+}
+
+// A wiring makes the engine's Sink for a hub.
+type wiring func(t testing.TB, h *fanout.Hub) engine.Sink
+
+// direct is the path before the broker: the engine calls the hub.
+func direct(_ testing.TB, h *fanout.Hub) engine.Sink { return h }
+
+// viaBroker is dingd's path: Publisher → LocalBroker → hub, with hooks.
+func viaBroker(hooks ...fanout.OfflineHook) wiring {
+	return func(t testing.TB, h *fanout.Hub) engine.Sink {
+		t.Helper()
+		p, err := fanout.NewPublisher(fanout.PublisherConfig{
+			Broker: fanout.NewLocalBroker(h, nil), Presence: h, Hooks: hooks,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+}
+
+func setupWired(t *testing.T, hc fanout.HubConfig, w wiring) (*engine.Engine, *fanout.Hub) {
 	t.Helper()
 	e, err := engine.Open(engine.Config{Store: memstore.New()})
 	if err != nil {
@@ -98,7 +124,8 @@ func setup(t *testing.T, hc fanout.HubConfig) (*engine.Engine, *fanout.Hub) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.SetSink(h)
+	e.SetSink(w(t, h))
+	e.SetPresence(h)
 	t.Cleanup(func() { e.Close(); h.Close() })
 	return e, h
 }
