@@ -185,13 +185,24 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, func() { n.eng.Close() })
 	n.dir.SetCommitter(n.eng)
+	own := fanout.SingleNode{} // one node owns every partition
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
-		Source: n.eng, Encode: wire.AppendEntry, Logger: cfg.Logger, Registerer: reg,
+		Source: n.eng, Encode: wire.AppendEntry, Ownership: own, Logger: cfg.Logger, Registerer: reg,
 	}); err != nil {
 		return nil, err
 	}
 	closers = append(closers, n.hub.Close)
-	n.eng.SetSink(n.hub)
+	// Delivery: engine → Publisher (the Sink) → Broker → hub → endpoints.
+	// On one node the broker hands the entries straight to the hub, and
+	// the hub's registry is the presence.
+	pub, err := fanout.NewPublisher(fanout.PublisherConfig{
+		Broker: fanout.NewLocalBroker(n.hub, own), Presence: n.hub,
+		Logger: cfg.Logger, Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.eng.SetSink(pub)
 	n.eng.SetPresence(n.hub)
 
 	sc := cfg.Socket
