@@ -38,17 +38,62 @@
 // from the store only by Audit. Every change, its derived changes (a
 // removed user leaving groups) and its audit entries are one synced batch.
 //
-// The Hub implements engine.Sink: it keeps
-// every attached device of every user in a 64-way sharded registry, encodes
-// each entry once for all of a user's devices, and writes it to each
-// device's Endpoint, which queues and coalesces writes.
+// # The delivery path
+//
+// The engine hands each user's durable entries to its Sink, the
+// Publisher, on its publish loop: once per user and committed batch (an
+// announcement to 100k users is 100k calls), in sequence order, never
+// overlapping. The path is built from small interfaces so that a cluster
+// plugs in without changing it (DESIGN.md, Cluster mode):
+//
+//	engine publish loop
+//	  │ engine.Sink.Deliver(user, entries)
+//	  ▼
+//	Publisher ──────────────────────────────┐
+//	  │ 1. Broker.Publish(user, entries)     │ 2. only if there are hooks (and
+//	  ▼                                      │    user's stream is local):
+//	LocalBroker                              │    connected := Presence.Devices(user)
+//	  │ Ownership.Owner(user) local?         │    each OfflineHook.Appended(user,
+//	  │ no: ErrNotOwner, nothing sent        │      entries, connected)
+//	  │ yes: Receiver.Deliver, on this       ▼
+//	  │ goroutine (no copy, no queue)      the hook hands off to its own
+//	  ▼                                    goroutine (push) and returns
+//	Hub.Deliver: user's shard (read lock) → user's devices
+//	  │ Device.push (Device.mu): encode once per entry, skip what was
+//	  │ sent, a gap sends the device to catch-up
+//	  ▼
+//	Endpoint.Send: queue and coalesce; the connection writes
+//
+// On one node (internal/node): Ownership is SingleNode (every partition
+// is local), the Broker is a LocalBroker delivering into the hub, and the
+// hub's registry is the Presence (engine.Presence orders a fanout's
+// online users first; the admin API lists connected devices). In a
+// cluster: users hash into Partitions (PartitionOf: FNV-1a, fixed, so
+// changing it is a data migration), each owned by one node; a Broker
+// carries entries to the nodes with the user's devices and hands them to
+// their hubs; Presence lives in Redis with a TTL, read through a local
+// view and written on the hub's DeviceHook events; Hub.Join refuses a
+// device of a user this node does not own with a *NotOwnerError naming
+// the owner (ErrNotOwner), so the edge can redirect it.
+//
+// Nothing on the path blocks: the broker delivers or queues, the hub
+// queues frames on endpoints, hooks hand off. Nothing on it needs to be
+// reliable either: every entry is durable before the Publisher sees it,
+// and a device that misses one finds it in the store (below). Hooks run
+// only on the node that owns the stream, after publishing; with no hooks
+// the Publisher only publishes.
+//
+// The Hub keeps every device attached to this node in a 64-way sharded
+// registry, encodes each entry once for all of a user's devices, and
+// writes it to each device's Endpoint, which queues and coalesces
+// writes. It tells its DeviceHooks when a device attaches and leaves.
 //
 // # Delivery to one device
 //
 // A Device has one number that matters: next, the sequence number it needs
 // next. It is in one of two modes:
 //
-//   - live: the commit loop calls Deliver; an entry with Seq == next is
+//   - live: the broker calls Deliver; an entry with Seq == next is
 //     sent at once, one already sent is skipped, and a gap (Seq > next)
 //     switches the device to catch-up.
 //   - catch-up: a worker reads the stream from the store (engine.Range) in
@@ -64,6 +109,8 @@
 // Deliver sees it, a device that misses a push (slow, disconnected, in
 // catch-up) always finds it in the store.
 //
-// Lock order: shard.mu, then Device.mu, then the endpoint's own lock. The
-// shard lock is never held while sending.
+// Lock order: shard.mu, then Device.mu, then the endpoint's own lock;
+// DeviceHook methods run under shard.mu and take only their own locks.
+// The shard lock is never held while sending, and no lock is held while
+// the Publisher calls the broker or the hooks.
 package fanout
