@@ -176,21 +176,24 @@ func (f receiverFunc) Deliver(user string, entries []engine.Entry) { f(user, ent
 // TestLocalBrokerPublishesLocalStreams: the broker gives its receiver
 // the entries of local streams and refuses the others.
 func TestLocalBrokerPublishesLocalStreams(t *testing.T) {
-	var got []string
-	b := fanout.NewLocalBroker(receiverFunc(func(user string, entries []engine.Entry) {
-		got = append(got, fmt.Sprintf("%s:%d", user, len(entries)))
-	}), partitioned{fanout.PartitionOf("dee"): "node-b:7070"})
+	remote := partitioned{fanout.PartitionOf("dee"): "node-b:7070"}
 	entries := []engine.Entry{{Seq: 1}, {Seq: 2}}
 	for _, tc := range []struct {
 		name    string
+		own     fanout.Ownership
 		user    string
 		wantErr bool
 	}{
-		{"local stream", "bo", false},
-		{"remote stream", "dee", true},
+		{"local stream", remote, "bo", false},
+		{"remote stream", remote, "dee", true},
+		{"single node: every stream is local", fanout.SingleNode{Addr: "self:7070"}, "dee", false},
+		{"no ownership means single node", nil, "dee", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got = nil
+			var got []string
+			b := fanout.NewLocalBroker(receiverFunc(func(user string, entries []engine.Entry) {
+				got = append(got, fmt.Sprintf("%s:%d", user, len(entries)))
+			}), tc.own)
 			err := b.Publish(tc.user, entries)
 			if tc.wantErr {
 				if !errors.Is(err, fanout.ErrNotOwner) || got != nil {
