@@ -54,10 +54,11 @@
 //	  ▼                                      │    user's stream is local):
 //	LocalBroker                              │    connected := Presence.Devices(user)
 //	  │ Ownership.Owner(user) local?         │    each OfflineHook.Appended(user,
-//	  │ no: ErrNotOwner, nothing sent        │      entries, connected)
-//	  │ yes: Receiver.Deliver, on this       ▼
-//	  │ goroutine (no copy, no queue)      the hook hands off to its own
-//	  ▼                                    goroutine (push) and returns
+//	  │ (SingleNode is not asked)            │      entries, connected)
+//	  │ no: ErrNotOwner, nothing sent        ▼
+//	  │ yes: Receiver.Deliver, on this     the hook hands off to its own
+//	  │ goroutine (no copy, no queue)      goroutine (push) and returns
+//	  ▼
 //	Hub.Deliver: user's shard (read lock) → user's devices
 //	  │ Device.push (Device.mu): encode once per entry, skip what was
 //	  │ sent, a gap sends the device to catch-up
