@@ -26,7 +26,7 @@
 //	│   → Sink.Deliver, sends to the dispatch workers                 │
 //	│ timer loop (timer.go), fanout loop (fanout.go) queue ops too    │
 //	└─────────────────────────────────────────────────────────────────┘
-//	   │ Sink (fanout.Hub: who is online, encode once, write many)
+//	   │ Sink (fanout.Publisher → Broker → Hub: who is online, encode once, write many)
 //	   │ Notifier (channels/twilio: SMS, calls)
 //	   ▼
 //

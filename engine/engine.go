@@ -244,7 +244,8 @@ type Engine struct {
 	closed    chan struct{} // closed once Shutdown has stopped every goroutine
 
 	// Escalation (timer.go).
-	pendingTimers  atomic.Int64 // durable count of armed timers; written by the commit loop
+	pendingTimers  atomic.Int64 // armed timers as of the last durable batch (readers: PendingSteps, the gauge)
+	appliedTimers  int64        // armed timers as of the last applied batch; the commit loop's own
 	minArmed       atomic.Int64 // earliest timer armed since the timer loop last looked (ms)
 	timerWake      chan struct{}
 	stopTimers     chan struct{}
@@ -268,7 +269,8 @@ type Engine struct {
 	fleeting    *memKeys              // level 3
 	chatCache   *idCache[*Chat]       // shared records, never modified
 	secretCache *idCache[secretState] // live secret messages' states, written through after each commit
-	liveSecretN atomic.Int64
+	liveSecretN    atomic.Int64 // live secret messages as of the last durable batch (readers)
+	appliedSecretN int64        // live secret messages as of the last applied batch; the commit loop's own
 
 	stopStartupBurns context.CancelFunc // nil if there were none
 	startupBurnsDone chan struct{}
@@ -322,6 +324,7 @@ func Open(cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("engine: timer count: %w", err)
 		}
 		e.pendingTimers.Store(int64(n))
+		e.appliedTimers = int64(n)
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("engine: timer count: %w", err)
 	}
@@ -795,7 +798,7 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 	msgs := make([]*Message, len(ids))
 	var keys [][]byte
-	var at []int // index in ids of each key
+	var at []int    // index in ids of each key
 	var kbuf []byte // the keys, back to back
 	for i, id := range ids {
 		if msgs[i] = e.cache.get(id); msgs[i] == nil {

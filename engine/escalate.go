@@ -70,14 +70,14 @@ func newDingTx() dingTx {
 func (d *dingTx) flush(c *txn) error {
 	c.flushStates()
 	if d.timerDelta != 0 {
-		c.batch.Set(timersCounterKey, u64(uint64(max(0, c.e.pendingTimers.Load()+d.timerDelta))))
+		c.batch.Set(timersCounterKey, u64(uint64(max(0, c.e.appliedTimers+d.timerDelta))))
 	}
 	return nil
 }
 
 // applied counts the timers and wakes the timer loop for an earlier one.
 func (d *dingTx) applied(c *txn) {
-	c.e.pendingTimers.Add(d.timerDelta)
+	c.e.appliedTimers += d.timerDelta
 	if d.minDue != 0 {
 		c.e.noteTimer(d.minDue)
 	}
@@ -98,6 +98,9 @@ func (d *dingTx) published(c *txn) {
 	}
 	c.e.queueSends(kept)
 }
+
+// durable counts the timers for readers.
+func (d *dingTx) durable(c *txn) { c.e.pendingTimers.Add(d.timerDelta) }
 
 // abandon forgets the sends: none of them is made.
 func (d *dingTx) abandon(c *txn, applied bool) {

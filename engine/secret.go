@@ -718,7 +718,7 @@ func newSecretTx() secretTx {
 // message always has its key.
 func (s *secretTx) flush(c *txn) error {
 	if s.secretDelta != 0 {
-		c.batch.Set(secretsCounterKey, u64(uint64(max(0, c.e.liveSecretN.Load()+s.secretDelta))))
+		c.batch.Set(secretsCounterKey, u64(uint64(max(0, c.e.appliedSecretN+s.secretDelta))))
 	}
 	if len(s.newKeys) > 0 {
 		if err := c.e.keys.Sync(); err != nil {
@@ -739,7 +739,7 @@ func (s *secretTx) applied(c *txn) {
 			c.e.secretCache.put(id, *st)
 		}
 	}
-	c.e.liveSecretN.Add(s.secretDelta)
+	c.e.appliedSecretN += s.secretDelta
 }
 
 // durable erases the burned messages' keys, before the burns are
@@ -751,6 +751,7 @@ func (s *secretTx) durable(c *txn) {
 	for _, l := range s.chatsCreated {
 		c.e.metrics.chatsCreated.WithLabelValues(levelLabel(l)).Inc()
 	}
+	c.e.liveSecretN.Add(s.secretDelta) // after the burns' metrics: a reader that sees the count sees them
 }
 
 // abandon: a batch discarded before it was applied drops its new keys
@@ -1157,6 +1158,7 @@ func (e *Engine) reconcileSecrets() (keyless, error) {
 			return kl, fmt.Errorf("engine: secrets count: %w", err)
 		}
 		e.liveSecretN.Store(int64(n))
+		e.appliedSecretN = int64(n)
 	case !errors.Is(err, store.ErrNotFound):
 		return kl, fmt.Errorf("engine: secrets count: %w", err)
 	}
