@@ -1,27 +1,26 @@
-// Package socket is Ding's client gateway: a netpoll server speaking the
-// framed protocol of PROTOCOL.md (payloads in pb, framing in wire) to
-// phones, desktops and web clients over persistent TCP connections.
+// Package socket is Ding's TCP transport: a netpoll server carrying the
+// framed protocol of PROTOCOL.md (payloads in pb, framing in wire) between
+// phones, desktops and web clients on persistent connections and the
+// protocol sessions of package channels/session.
 //
-// It is the only package that imports netpoll. A connection's life:
+// It is the only package that imports netpoll, and it knows nothing of
+// the protocol beyond framing. A connection's life:
 //
-//  1. accept; the client has HandshakeTimeout to send HELLO.
-//  2. HELLO is checked (version, token, device); the server answers
-//     WELCOME and attaches the device to the fanout hub, which replays the
-//     stream from the resume point and then pushes live entries.
-//  3. SUBMIT goes to the engine without waiting: the SUBMIT_ACK is written
-//     when the commit loop reports the message durable. ACK, READ,
-//     CONFIRM (of a DING), SECRET_CREATE and SCREENSHOT go to the engine
-//     the same way.
-//  4. Errors are typed codes (pb.Code); fatal ones end the connection.
+//  1. accept: OnPrepare opens a session on a conn (this package's
+//     session.Transport) and registers a close callback that tells the
+//     session when the connection is gone.
+//  2. OnRequest reads every whole frame that has arrived (the 5-byte
+//     header, checked against the session's MaxFrame, then the payload)
+//     and hands each to Session.HandleFrame, which decodes it and hands it
+//     off; OnRequest never waits on an fsync. A bad header is reported to
+//     the session (Session.FrameError), which answers and closes; the
+//     rest of the input is discarded.
+//  3. The session writes through conn.Write: one netpoll buffer node sized
+//     for the whole batch of frames, one Flush (one write syscall).
 //
-// Netpoll calls OnRequest when bytes arrive. It decodes whole frames, hands
-// them off and returns; it never waits on an fsync. All writes go through
-// the connection's bounded outbound queue, flushed by one short-lived
-// goroutine per busy connection: frames queued while a flush is in progress
-// go out together in the next one (write coalescing), and an idle
-// connection owns no goroutine at all. A queue past MaxPending bytes marks
-// a slow consumer: it is disconnected with SLOW_CONSUMER, and its messages
-// wait in its stream for the reconnect.
+// Netpoll's buffers are released when the connection closes, so conn
+// guards them with its own lock: Write copies into them only while the
+// connection is open.
 package socket
 
 import (
@@ -31,38 +30,28 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cloudwego/netpoll"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dingmq/ding/channels/auth"
-	"github.com/dingmq/ding/engine"
-	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/channels/session"
 )
 
 // Config configures a Server. Engine, Hub, Keys and Directory are required.
 type Config struct {
-	Engine    *engine.Engine
-	Hub       *fanout.Hub
-	Keys      *auth.Keys
-	Directory *fanout.Directory
+	Engine    session.Engine
+	Hub       session.Hub
+	Keys      session.Tokens
+	Directory session.Users
 
-	// MaxFrame is the largest frame (type byte and payload) accepted; zero
-	// means the engine's MaxBody plus 4 KiB.
-	MaxFrame int
-	// MaxInflight is the most unacknowledged submits per connection; zero means 256.
-	MaxInflight int
-	// MaxPending is the most outbound bytes queued per connection before it
-	// is dropped as a slow consumer; zero means 4 MiB. Catch-up fills at
-	// most a quarter of it (see conn.Room).
-	MaxPending int
-	// HandshakeTimeout is how long a new connection has to send HELLO; zero means 5s.
+	// MaxFrame, MaxInflight, MaxPending, HandshakeTimeout and IdleTimeout
+	// are the sessions' (see session.Config for their defaults).
+	MaxFrame         int
+	MaxInflight      int
+	MaxPending       int
 	HandshakeTimeout time.Duration
-	// IdleTimeout closes a connection that sent nothing for this long; zero
-	// means 90s. Clients ping every IdleTimeout/3 (announced in WELCOME).
-	IdleTimeout time.Duration
+	IdleTimeout      time.Duration
 	// WriteTimeout bounds one flush to a connection; zero means 10s.
 	WriteTimeout time.Duration
 	// Logger; nil means slog.Default().
@@ -71,71 +60,19 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
-func (c *Config) setDefaults() {
-	if c.MaxFrame == 0 {
-		c.MaxFrame = c.Engine.MaxBody() + 4<<10
-	}
-	if c.MaxInflight == 0 {
-		c.MaxInflight = 256
-	}
-	if c.MaxPending == 0 {
-		c.MaxPending = 4 << 20
-	}
-	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = 5 * time.Second
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 90 * time.Second
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = 10 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-}
-
-// Validate reports whether the configuration can be used.
-func (c *Config) Validate() error {
-	if c.Engine == nil || c.Hub == nil || c.Keys == nil || c.Directory == nil {
-		return errors.New("socket: config: Engine, Hub, Keys and Directory are required")
-	}
-	if c.MaxFrame < 0 || c.MaxInflight < 0 || c.MaxPending < 0 {
-		return errors.New("socket: config: limits must not be negative")
-	}
-	return nil
-}
-
-// Server is the socket gateway.
+// Server is the TCP gateway.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	m   *metrics
+	log      *slog.Logger
+	sessions *session.Manager
+	loop     netpoll.EventLoop
 
-	loop netpoll.EventLoop
-
-	nextID atomic.Uint64
-	shards [16]connShard
-
-	draining atomic.Bool
+	draining bool // guarded by serveMu
 	// serveMu orders Serve's start against Shutdown: netpoll ignores a
 	// Shutdown that comes before its Serve has registered, so Shutdown
 	// repeats it until Serve returns (served), if Serve started at all.
 	serveMu      sync.Mutex
 	serveStarted bool // guarded by serveMu
 	served       chan struct{}
-	quit         chan struct{}
-	stopOnce     sync.Once
-	wg           sync.WaitGroup // the sweeper
-	// flushers counts running flush goroutines. A counter rather than a
-	// WaitGroup: a connection accepted while Shutdown waits may still
-	// start one, and WaitGroup forbids an Add racing a Wait at zero.
-	flushers atomic.Int64
-}
-
-type connShard struct {
-	mu    sync.Mutex
-	conns map[uint64]*conn // guarded by mu
 }
 
 // Netpoll's buffer sizes are process-wide settings, applied once, before
@@ -143,7 +80,7 @@ type connShard struct {
 // connection starts with (netpoll's default is 8 KiB); netpollMinNode is the
 // smallest buffer node netpoll allocates (its default is 4 KiB, and an idle
 // connection keeps one from its last write). Buffers grow on demand, and
-// flushLoop writes a whole batch of frames into one node sized for it, so
+// conn.Write writes a whole batch of frames into one node sized for it, so
 // small minimums cost busy connections little and save idle ones most of
 // their memory (see bench/RESULTS.md, idle).
 const (
@@ -155,34 +92,38 @@ var configureNetpoll sync.Once
 
 // New returns a server; call Serve to run it.
 func New(cfg Config) (*Server, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+	if cfg.WriteTimeout < 0 {
+		return nil, errors.New("socket: config: WriteTimeout must not be negative")
 	}
-	cfg.setDefaults()
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	sessions, err := session.NewManager(session.Config{
+		Engine: cfg.Engine, Hub: cfg.Hub, Tokens: cfg.Keys, Users: cfg.Directory,
+		MaxFrame: cfg.MaxFrame, MaxInflight: cfg.MaxInflight, MaxPending: cfg.MaxPending,
+		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
+		Logger: cfg.Logger, Registerer: cfg.Registerer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
 	configureNetpoll.Do(func() {
 		netpoll.LinkBufferCap = netpollMinNode
 		_ = netpoll.Configure(netpoll.Config{BufferSize: netpollBufferSize})
 	})
-	s := &Server{
-		cfg: cfg, log: cfg.Logger, quit: make(chan struct{}), served: make(chan struct{}),
-	}
-	for i := range s.shards {
-		s.shards[i].conns = map[uint64]*conn{}
-	}
-	var err error
-	if s.m, err = newMetrics(cfg.Registerer); err != nil {
-		return nil, err
-	}
+	s := &Server{log: cfg.Logger, sessions: sessions, served: make(chan struct{})}
 	s.loop, err = netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),
-		netpoll.WithReadTimeout(cfg.IdleTimeout),
+		netpoll.WithReadTimeout(sessions.IdleTimeout()),
 		netpoll.WithWriteTimeout(cfg.WriteTimeout),
 	)
 	if err != nil {
+		sessions.Shutdown(context.Background())
 		return nil, fmt.Errorf("socket: event loop: %w", err)
 	}
-	s.wg.Add(1)
-	go s.sweepLoop()
 	return s, nil
 }
 
@@ -199,7 +140,7 @@ func Listen(addr string) (net.Listener, error) {
 // Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.serveMu.Lock()
-	if s.draining.Load() || s.serveStarted {
+	if s.draining || s.serveStarted {
 		s.serveMu.Unlock()
 		ln.Close()
 		return nil
@@ -208,59 +149,32 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.serveMu.Unlock()
 	defer close(s.served)
 	err := s.loop.Serve(ln)
-	if s.draining.Load() {
+	s.serveMu.Lock()
+	draining := s.draining
+	s.serveMu.Unlock()
+	if draining {
 		return nil
 	}
 	return err
 }
 
 // Connections returns the number of open connections.
-func (s *Server) Connections() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += len(sh.conns)
-		sh.mu.Unlock()
-	}
-	return n
-}
+func (s *Server) Connections() int { return s.sessions.Count() }
 
 // Shutdown tells every client SHUTTING_DOWN (new connections get it at
-// once), waits until their queues are flushed and their connections closed,
-// then stops the event loop; or, if ctx ends first, closes what is left and
-// returns ctx.Err(). It is idempotent. Submits already handed to the engine
-// are committed by the engine's own Close.
+// once), waits until their queues are flushed and their connections
+// closed, then stops the event loop; or, if ctx ends first, closes what is
+// left and returns ctx.Err(). It is idempotent. Submits already handed to
+// the engine are committed by the engine's own Shutdown.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.serveMu.Lock()
-	s.draining.Store(true)
+	s.draining = true
 	started := s.serveStarted
 	s.serveMu.Unlock()
-	s.stopOnce.Do(func() { close(s.quit) })
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		conns := make([]*conn, 0, len(sh.conns))
-		for _, c := range sh.conns {
-			conns = append(conns, c)
-		}
-		sh.mu.Unlock()
-		for _, c := range conns {
-			c.fatal(codeShuttingDown, 0, "server shutting down")
-		}
-	}
-	var err error
-	for s.Connections() > 0 && err == nil {
-		select {
-		case <-ctx.Done():
-			s.closeAll()
-			err = ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	// Every connection has closed; stop the event loop, then wait for the
-	// last flushers.
-	lerr := s.loop.Shutdown(ctx)
+	err := s.sessions.Shutdown(ctx)
+	// Every connection has closed (or the deadline passed); stop the event
+	// loop.
+	_ = s.loop.Shutdown(ctx) // netpoll reports the listener it just closed; nothing to act on
 	for started {
 		select {
 		case <-s.served:
@@ -268,85 +182,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(5 * time.Millisecond):
-			lerr = s.loop.Shutdown(ctx) // Serve had not registered yet
+			_ = s.loop.Shutdown(ctx) // Serve had not registered yet
 		}
 	}
-	for s.flushers.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Millisecond):
-		}
-	}
-	s.wg.Wait() // the sweeper, which quit was closed for
-	if err != nil {
-		return err
-	}
-	_ = lerr // netpoll reports the listener it just closed; nothing to act on
-	return nil
-}
-
-func (s *Server) closeAll() {
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, c := range sh.conns {
-			_ = c.nc.Close()
-		}
-		sh.mu.Unlock()
-	}
-}
-
-func (s *Server) register(c *conn) {
-	sh := &s.shards[c.id%uint64(len(s.shards))]
-	sh.mu.Lock()
-	sh.conns[c.id] = c
-	sh.mu.Unlock()
-	s.m.connections.Inc()
-}
-
-func (s *Server) unregister(c *conn) {
-	sh := &s.shards[c.id%uint64(len(s.shards))]
-	sh.mu.Lock()
-	_, ok := sh.conns[c.id]
-	delete(sh.conns, c.id)
-	sh.mu.Unlock()
-	if ok {
-		s.m.connections.Dec()
-	}
-}
-
-// sweepLoop enforces the handshake and idle timeouts with one goroutine
-// for all connections, instead of a timer each.
-func (s *Server) sweepLoop() {
-	defer s.wg.Done()
-	every := min(s.cfg.HandshakeTimeout, s.cfg.IdleTimeout) / 4
-	t := time.NewTicker(max(every, 10*time.Millisecond))
-	defer t.Stop()
-	var batch []*conn
-	for {
-		select {
-		case <-s.quit:
-			return
-		case <-t.C:
-		}
-		now := time.Now().UnixNano()
-		for i := range s.shards {
-			sh := &s.shards[i]
-			batch = batch[:0]
-			sh.mu.Lock()
-			for _, c := range sh.conns {
-				batch = append(batch, c)
-			}
-			sh.mu.Unlock()
-			for _, c := range batch {
-				switch {
-				case !c.authed.Load() && now-c.opened > int64(s.cfg.HandshakeTimeout):
-					c.fatal(codeHandshakeTimeout, 0, "no HELLO in time")
-				case now-c.lastSeen.Load() > int64(s.cfg.IdleTimeout):
-					c.fatal(codeIdleTimeout, 0, "nothing received in time")
-				}
-			}
-		}
-	}
+	return err
 }

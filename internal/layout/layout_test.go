@@ -57,3 +57,31 @@ func TestImportRules(t *testing.T) {
 		}
 	}
 }
+
+// TestClientLinksNothingOfTheServer: the Go client library and the wire
+// format it shares with the server import nothing of the server side (no
+// engine, store, fanout, edges, Pebble or Prometheus), so an application
+// embedding the client links none of it.
+func TestClientLinksNothingOfTheServer(t *testing.T) {
+	for _, pkg := range []string{"github.com/dingmq/ding/channels/socket/client", "github.com/dingmq/ding/channels/socket/wire"} {
+		out, err := exec.Command("go", "list", "-deps", pkg).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v", pkg, err)
+		}
+		deps := strings.Fields(string(out))
+		if !slices.Contains(deps, "github.com/dingmq/ding/channels/socket/pb") {
+			t.Fatalf("go list -deps %s did not list pb: the parsing is broken", pkg)
+		}
+		for _, d := range deps {
+			for _, bad := range []string{
+				"github.com/dingmq/ding/engine", "github.com/dingmq/ding/fanout", "github.com/dingmq/ding/channels/session",
+				"github.com/dingmq/ding/channels/httpapi", "github.com/dingmq/ding/internal/",
+				"github.com/cockroachdb/pebble", "github.com/prometheus/", "github.com/cloudwego/netpoll",
+			} {
+				if d == bad || strings.HasPrefix(d, bad+"/") || (strings.HasSuffix(bad, "/") && strings.HasPrefix(d, bad)) {
+					t.Errorf("%s depends on %s: the client must link nothing of the server", pkg, d)
+				}
+			}
+		}
+	}
+}

@@ -36,8 +36,8 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
-	"github.com/dingmq/ding/channels/socket/wire"
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
@@ -187,7 +187,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	n.dir.SetCommitter(n.eng)
 	own := fanout.SingleNode{} // one node owns every partition
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
-		Source: n.eng, Encode: wire.AppendEntry, Ownership: own, Logger: cfg.Logger, Registerer: reg,
+		Source: n.eng, Encode: new(session.Encoder).AppendEntry, Ownership: own, Logger: cfg.Logger, Registerer: reg,
 	}); err != nil {
 		return nil, err
 	}

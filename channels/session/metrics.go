@@ -1,4 +1,4 @@
-package socket
+package session
 
 import (
 	"github.com/prometheus/client_golang/prometheus"

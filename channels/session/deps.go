@@ -1,0 +1,64 @@
+package session
+
+import (
+	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/fanout"
+)
+
+// The session's view of the rest of the server: small interfaces it owns,
+// which internal/node fills with the engine, the hub, the token keys and
+// the directory.
+
+// Engine is what a session asks of the engine. The Async methods validate
+// on the caller's goroutine, queue an operation and return at once; done
+// runs exactly once, on the engine's publish loop, once the operation is
+// durable (or with its error) and must not block. The others read
+// committed state and may block on the store briefly. All are safe for
+// concurrent use.
+type Engine interface {
+	SubmitAsync(s engine.Submission, done func(engine.SubmitResult, error))
+	AckAsync(user, device string, seq uint64, done func(error))
+	ReadAsync(user string, ids []engine.ID, done func(error))
+	ConfirmAsync(user string, id engine.ID, answer int, done func(error))
+	CreateChatAsync(req engine.ChatRequest, done func(engine.Chat, error))
+	ReportScreenshotAsync(user string, chat, msg engine.ID, done func(error))
+	// SenderReceipts answers a sender's receipts query (secret chats by
+	// pseudonym); ErrNotSender for anyone else.
+	SenderReceipts(user string, id engine.ID) ([]engine.Receipt, error)
+	// Head and Cursor are a stream's durable head and a device's stored
+	// cursor, for the handshake.
+	Head(user string) (uint64, error)
+	Cursor(user, device string) (uint64, bool, error)
+	// MaxBody is the largest body a submit may carry.
+	MaxBody() int
+}
+
+// Hub attaches a device to the live delivery of its user's stream.
+// *fanout.Hub implements it; safe for concurrent use, never blocks on I/O.
+type Hub interface {
+	// Join attaches device of user to ep, sending the stream from seq
+	// from on; it returns the device and the endpoint of the same device's
+	// previous connection, which the caller closes. It fails with
+	// fanout.ErrNotOwner if this node does not serve user's stream.
+	Join(user, device string, ep fanout.Endpoint, from uint64) (*fanout.Device, fanout.Endpoint, error)
+}
+
+// Tokens verifies client tokens (*auth.Keys implements it). Safe for
+// concurrent use; CPU only.
+type Tokens interface {
+	Verify(token, kind string) (auth.Claims, error)
+}
+
+// Users says whether a user may connect: in the directory and not
+// removed (*fanout.Directory implements it). Answers from memory.
+type Users interface {
+	Active(user string) bool
+}
+
+var (
+	_ Engine = (*engine.Engine)(nil)
+	_ Hub    = (*fanout.Hub)(nil)
+	_ Tokens = (*auth.Keys)(nil)
+	_ Users  = (*fanout.Directory)(nil)
+)

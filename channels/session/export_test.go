@@ -1,0 +1,11 @@
+package session
+
+import "github.com/dingmq/ding/engine"
+
+// CachedMessage returns the message whose DELIVER tail enc caches.
+func (enc *Encoder) CachedMessage() *engine.Message {
+	if t := enc.last.Load(); t != nil {
+		return t.msg
+	}
+	return nil
+}

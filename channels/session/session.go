@@ -1,0 +1,561 @@
+package session
+
+import (
+	"errors"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/codes"
+	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/fanout"
+)
+
+// Transport is one client connection as a session sees it: a way to write
+// frames and to close. A transport adapter (package channels/socket for
+// TCP through netpoll; a WebSocket gateway next) implements it, reads the
+// connection's bytes into whole frames for Session.HandleFrame, and calls
+// Session.Closed when the connection is gone.
+type Transport interface {
+	// Write writes frames, in order, as one write where it can (size is
+	// their total length). The session calls it from one goroutine at a
+	// time (its flusher), never while holding its own lock; it may block
+	// up to the transport's write timeout. An error means the connection
+	// is unusable; the session then closes it.
+	Write(frames [][]byte, size int) error
+	// Close closes the connection. It may be called more than once and
+	// from any goroutine; the transport then calls Session.Closed once.
+	Close() error
+}
+
+// closeGrace is how long a session that got a fatal error may take to
+// flush it before its connection is closed regardless.
+const closeGrace = time.Second
+
+// maxReadIDs bounds the ids one READ frame may carry.
+const maxReadIDs = 1000
+
+// Session is the protocol state of one client connection: the handshake,
+// the requests it hands to the engine, and its outbound queue. It
+// implements fanout.Endpoint. See the package doc for who calls what.
+type Session struct {
+	m      *Manager
+	t      Transport
+	id     uint64
+	opened int64 // unix nanos
+
+	lastSeen atomic.Int64 // unix nanos of the last complete frame
+	authed   atomic.Bool
+	dead     atomic.Bool // a fatal error was queued: input is discarded
+	inflight atomic.Int32
+	dev      atomic.Pointer[fanout.Device]
+
+	// Written once by the HELLO handler before authed is set; read only
+	// by handlers after that (HandleFrame calls are serial).
+	user, device string
+
+	mu       sync.Mutex
+	out      [][]byte    // queued frames; guarded by mu
+	spare    [][]byte    // the flusher's recycled slice; owned by the flusher
+	pending  int         // bytes in out plus the batch being flushed; guarded by mu
+	flushing bool        // a flusher goroutine is running; guarded by mu
+	closing  bool        // no more frames accepted; guarded by mu
+	closed   bool        // the transport is gone; guarded by mu
+	killer   *time.Timer // closes the transport if a fatal error cannot be flushed; guarded by mu
+}
+
+var _ fanout.Endpoint = (*Session)(nil)
+
+// User returns the authenticated user, or "" before WELCOME.
+func (s *Session) User() string {
+	if !s.authed.Load() {
+		return ""
+	}
+	return s.user
+}
+
+// Begin is called by the transport once it will report Closed: while the
+// server drains, the session is told SHUTTING_DOWN at once.
+func (s *Session) Begin() {
+	if s.m.draining.Load() {
+		s.fatal(pb.Code_SHUTTING_DOWN, 0, "server shutting down")
+	}
+}
+
+// Dead reports whether the session queued a fatal error: the transport
+// should discard further input.
+func (s *Session) Dead() bool { return s.dead.Load() }
+
+// HandleFrame handles one whole frame from the client. The transport calls
+// it for one session from one goroutine at a time, in arrival order;
+// payload is valid only during the call (it is decoded, not kept). It
+// never waits on the engine: requests are handed off and answered later.
+func (s *Session) HandleFrame(ft pb.FrameType, payload []byte) {
+	if s.dead.Load() {
+		return
+	}
+	s.lastSeen.Store(time.Now().UnixNano())
+	m := s.m
+	m.m.framesByType[byte(ft)].Inc()
+	switch ft {
+	case pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
+		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM,
+		pb.FrameType_SECRET_CREATE, pb.FrameType_SCREENSHOT:
+	default:
+		s.fatal(pb.Code_UNKNOWN_FRAME, 0, "not a client frame type: "+ft.String())
+		return
+	}
+	if !s.authed.Load() && ft != pb.FrameType_HELLO {
+		s.fatal(pb.Code_HANDSHAKE_REQUIRED, 0, "first frame must be HELLO")
+		return
+	}
+	msg, err := wire.Decode(ft, payload)
+	if err != nil {
+		s.fatal(pb.Code_BAD_FRAME, 0, err.Error())
+		return
+	}
+	switch f := msg.(type) {
+	case *pb.Hello:
+		s.hello(f)
+	case *pb.Submit:
+		s.submit(f)
+	case *pb.Ack:
+		m.cfg.Engine.AckAsync(s.user, s.device, f.Seq, func(err error) {
+			if err != nil {
+				s.fail(0, err)
+			}
+		})
+	case *pb.Read:
+		s.read(f)
+	case *pb.Ping:
+		s.Send(wire.Encode(pb.FrameType_PONG, &pb.Pong{Nonce: f.Nonce}))
+	case *pb.Pong:
+	case *pb.ReceiptsQuery:
+		s.receipts(f)
+	case *pb.Confirm:
+		s.confirm(f)
+	case *pb.SecretCreate:
+		s.secretCreate(f)
+	case *pb.Screenshot:
+		s.screenshot(f)
+	}
+}
+
+// FrameError reports a frame the transport could not read: a length over
+// the limit (wire.ErrTooLarge) or a malformed header. The session answers
+// FRAME_TOO_LARGE or BAD_FRAME and closes; the transport discards the
+// rest of the input.
+func (s *Session) FrameError(err error) {
+	code := pb.Code_BAD_FRAME
+	if errors.Is(err, wire.ErrTooLarge) {
+		code = pb.Code_FRAME_TOO_LARGE
+	}
+	s.fatal(code, 0, err.Error())
+}
+
+func (s *Session) hello(f *pb.Hello) {
+	m := s.m
+	if s.authed.Load() {
+		s.fatal(pb.Code_BAD_FRAME, 0, "second HELLO")
+		return
+	}
+	if f.Version != wire.Version {
+		m.m.handshakes.WithLabelValues("bad_version").Inc()
+		s.fatal(pb.Code_BAD_VERSION, 0, "this server speaks protocol version 1")
+		return
+	}
+	claims, err := m.cfg.Tokens.Verify(f.Token, auth.KindClient)
+	switch {
+	case errors.Is(err, auth.ErrExpired):
+		m.m.handshakes.WithLabelValues("expired").Inc()
+		s.fatal(pb.Code_TOKEN_EXPIRED, 0, "token expired")
+		return
+	case err != nil:
+		m.m.handshakes.WithLabelValues("bad_token").Inc()
+		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid")
+		return
+	case claims.Device != f.Device:
+		m.m.handshakes.WithLabelValues("device_mismatch").Inc()
+		s.fatal(pb.Code_DEVICE_MISMATCH, 0, "device does not match the token")
+		return
+	}
+	if !m.cfg.Users.Active(claims.User) {
+		// No such user, or removed (offboarded): their tokens stop working.
+		m.m.handshakes.WithLabelValues("bad_token").Inc()
+		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid")
+		return
+	}
+	e := m.cfg.Engine
+	head, err := e.Head(claims.User)
+	if err != nil {
+		m.log.Error("handshake: read head", "user", claims.User, "err", err)
+		s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+		return
+	}
+	cursor := f.GetCursor()
+	if f.Cursor == nil {
+		if cursor, _, err = e.Cursor(claims.User, claims.Device); err != nil {
+			m.log.Error("handshake: read cursor", "user", claims.User, "err", err)
+			s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+			return
+		}
+	}
+	cursor = min(cursor, head) // a client ahead of the server (restored backup) resumes at the head
+	s.user, s.device = claims.User, claims.Device
+	s.authed.Store(true)
+	m.m.handshakes.WithLabelValues("ok").Inc()
+	s.Send(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{
+		User: s.user, Device: s.device, Head: head, ResumeFrom: cursor + 1,
+		MaxFrame: uint32(m.cfg.MaxFrame), MaxBody: uint32(e.MaxBody()),
+		MaxInflight: uint32(m.cfg.MaxInflight), PingIntervalMs: uint32(m.cfg.IdleTimeout.Milliseconds() / 3),
+	}))
+	d, old, err := m.cfg.Hub.Join(s.user, s.device, s, cursor+1)
+	if err != nil {
+		// Another node serves this user's stream (cluster mode).
+		s.fatal(pb.Code_UNAVAILABLE, 0, "this server does not serve your stream; reconnect")
+		return
+	}
+	s.dev.Store(d)
+	if s.isClosing() {
+		d.Detach() // closed while attaching; Closed may have missed d
+	}
+	if os, ok := old.(*Session); ok {
+		os.fatal(pb.Code_REPLACED, 0, "the same device connected again")
+	}
+}
+
+func (s *Session) submit(f *pb.Submit) {
+	if f.Kind < 0 || f.Kind > 255 {
+		s.sendError(pb.Code_BAD_REQUEST, f.Ref, "unknown message kind", false) // would not fit engine.Kind
+		return
+	}
+	sub := engine.Submission{
+		From: s.user, To: f.To, Kind: engine.Kind(f.Kind), Body: f.Body, ClientID: f.ClientMsgId,
+	}
+	for _, r := range []struct {
+		text string
+		id   *engine.ID
+	}{{f.Chat, &sub.Chat}, {f.ForwardOf, &sub.Forward}, {f.QuoteOf, &sub.Quote}} {
+		if r.text == "" {
+			continue
+		}
+		id, err := engine.ParseID(r.text)
+		if err != nil {
+			s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed chat or message id", false)
+			return
+		}
+		*r.id = id
+	}
+	if int(s.inflight.Add(1)) > s.m.cfg.MaxInflight {
+		s.inflight.Add(-1)
+		s.sendError(pb.Code_TOO_MANY_INFLIGHT, f.Ref, "wait for acks before submitting more", false)
+		return
+	}
+	ref := f.Ref
+	s.m.cfg.Engine.SubmitAsync(sub, func(res engine.SubmitResult, err error) {
+		s.inflight.Add(-1)
+		if err != nil {
+			s.fail(ref, err)
+			return
+		}
+		s.Send(wire.Encode(pb.FrameType_SUBMIT_ACK, &pb.SubmitAck{
+			Ref: ref, Id: res.ID.String(), CreatedMs: res.Created.UnixMilli(), Duplicate: res.Duplicate,
+		}))
+	})
+}
+
+func (s *Session) read(f *pb.Read) {
+	if len(f.Ids) == 0 || len(f.Ids) > maxReadIDs {
+		s.sendError(pb.Code_BAD_REQUEST, f.Ref, "READ needs 1 to 1000 ids", false)
+		return
+	}
+	ids := make([]engine.ID, len(f.Ids))
+	for i, t := range f.Ids {
+		id, err := engine.ParseID(t)
+		if err != nil {
+			s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed message id", false)
+			return
+		}
+		ids[i] = id
+	}
+	s.m.cfg.Engine.ReadAsync(s.user, ids, s.okOrFail(f.Ref))
+}
+
+// confirm hands a CONFIRM to the engine and answers OK once the
+// confirmation is durable, like read.
+func (s *Session) confirm(f *pb.Confirm) {
+	id, err := engine.ParseID(f.Id)
+	if err != nil {
+		s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed message id", false)
+		return
+	}
+	s.m.cfg.Engine.ConfirmAsync(s.user, id, int(f.Answer), s.okOrFail(f.Ref))
+}
+
+// okOrFail is the done callback of a request answered OK{ref} once it is
+// durable, or with its error.
+func (s *Session) okOrFail(ref uint64) func(error) {
+	return func(err error) {
+		if err != nil {
+			s.fail(ref, err)
+			return
+		}
+		s.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref}))
+	}
+}
+
+// receipts answers RECEIPTS_QUERY from committed state. The engine names
+// a secret message's recipient by pseudonym.
+func (s *Session) receipts(f *pb.ReceiptsQuery) {
+	id, err := engine.ParseID(f.Id)
+	if err != nil {
+		s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed message id", false)
+		return
+	}
+	rs, err := s.m.cfg.Engine.SenderReceipts(s.user, id)
+	if errors.Is(err, engine.ErrNotFound) {
+		s.sendError(pb.Code_NOT_FOUND, f.Ref, "no such message", false)
+		return
+	}
+	if err != nil {
+		s.fail(f.Ref, err) // ErrNotSender: FORBIDDEN
+		return
+	}
+	out := &pb.Receipts{Ref: f.Ref, Id: f.Id}
+	for _, r := range rs {
+		out.Recipients = append(out.Recipients, &pb.RecipientState{
+			User: r.User, State: pb.State(r.State), DeliveredMs: msOrZero(r.Delivered), ReadMs: msOrZero(r.Read),
+			ConfirmedMs: msOrZero(r.Confirmed),
+		})
+	}
+	s.Send(wire.Encode(pb.FrameType_RECEIPTS, out))
+}
+
+// secretCreate creates a secret chat between the session's user and
+// f.To, and answers OK with the chat's id once it is durable.
+func (s *Session) secretCreate(f *pb.SecretCreate) {
+	const maxBurnMs = math.MaxInt64 / int64(time.Millisecond)
+	switch {
+	case f.Level < uint32(engine.Level1) || f.Level > uint32(engine.Level3):
+		s.sendError(pb.Code_BAD_CHAT, f.Ref, "level must be 1, 2 or 3", false)
+		return
+	case f.BurnAfterMs < 0 || f.BurnAfterMs > maxBurnMs:
+		s.sendError(pb.Code_BAD_CHAT, f.Ref, "burn_after_ms out of range", false)
+		return
+	}
+	req := engine.ChatRequest{
+		From: s.user, To: f.To, Level: engine.Level(f.Level),
+		BurnAfter: time.Duration(f.BurnAfterMs) * time.Millisecond,
+	}
+	ref := f.Ref
+	s.m.cfg.Engine.CreateChatAsync(req, func(ch engine.Chat, err error) {
+		if err != nil {
+			s.fail(ref, err)
+			return
+		}
+		s.Send(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: ref, Id: ch.ID.String()}))
+	})
+}
+
+// screenshot relays a screenshot report to the other participant of a
+// level-3 chat, and answers OK once that is durable.
+func (s *Session) screenshot(f *pb.Screenshot) {
+	chat, err := engine.ParseID(f.Chat)
+	if err != nil {
+		s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed chat id", false)
+		return
+	}
+	var msg engine.ID
+	if f.Id != "" {
+		if msg, err = engine.ParseID(f.Id); err != nil {
+			s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed message id", false)
+			return
+		}
+	}
+	s.m.cfg.Engine.ReportScreenshotAsync(s.user, chat, msg, s.okOrFail(f.Ref))
+}
+
+func msOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// fail answers a request that failed in the engine, with the code the
+// one table gives (package channels/codes); a server failure is logged.
+func (s *Session) fail(ref uint64, err error) {
+	a := codes.Of(err)
+	if a.Internal() {
+		s.m.log.Error("request failed", "conn", s.id, "user", s.user, "code", string(a.Code), "err", err)
+	}
+	if a.Fatal {
+		s.fatal(a.Socket, ref, a.Detail)
+		return
+	}
+	s.m.m.errors.WithLabelValues(a.Socket.String()).Inc()
+	s.Send(wire.Encode(pb.FrameType_ERROR, &pb.Error{Code: a.Socket, Ref: ref, Detail: a.Detail, Retry: a.Retry}))
+}
+
+func (s *Session) sendError(code pb.Code, ref uint64, detail string, fatal bool) {
+	if fatal {
+		s.fatal(code, ref, detail)
+		return
+	}
+	s.m.m.errors.WithLabelValues(code.String()).Inc()
+	s.Send(wire.Encode(pb.FrameType_ERROR, &pb.Error{Code: code, Ref: ref, Detail: detail}))
+}
+
+// fatal queues a fatal ERROR frame and closes the connection once it is
+// flushed (or after closeGrace). Later input is discarded.
+func (s *Session) fatal(code pb.Code, ref uint64, detail string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fatalLocked(code, ref, detail)
+}
+
+func (s *Session) fatalLocked(code pb.Code, ref uint64, detail string) {
+	if s.closing {
+		return
+	}
+	s.m.m.errors.WithLabelValues(code.String()).Inc()
+	s.dead.Store(true)
+	f := wire.Encode(pb.FrameType_ERROR, &pb.Error{Code: code, Ref: ref, Detail: detail, Fatal: true})
+	s.enqueueLocked(f) // past MaxPending if need be: it is the last frame
+	s.closing = true
+	t := s.t
+	s.killer = time.AfterFunc(closeGrace, func() { _ = t.Close() })
+}
+
+func (s *Session) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Send implements fanout.Endpoint: it queues a frame and returns at once.
+func (s *Session) Send(frame []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	if s.pending+len(frame) > s.m.cfg.MaxPending {
+		// Drop what is queued (it waits in the stream for the reconnect) so
+		// that the reason is the next thing the client can read.
+		s.m.m.slowConsumers.Inc()
+		for _, f := range s.out {
+			s.pending -= len(f)
+		}
+		clear(s.out)
+		s.out = s.out[:0]
+		s.fatalLocked(pb.Code_SLOW_CONSUMER, 0, "outbound queue overflowed; reconnect to resume")
+		return false
+	}
+	s.enqueueLocked(frame)
+	return true
+}
+
+// Room implements fanout.Endpoint: catch-up fills at most a quarter of
+// MaxPending, so it can never overflow the queue itself.
+func (s *Session) Room() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m.cfg.MaxPending/4 - s.pending
+}
+
+// Fail implements fanout.Endpoint.
+func (s *Session) Fail(err error) {
+	if errors.Is(err, fanout.ErrUserRemoved) {
+		s.fatal(pb.Code_USER_REMOVED, 0, "this user was removed")
+		return
+	}
+	s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+}
+
+// Closed tells the session its transport is gone: the device detaches and
+// the session leaves the registry. The transport calls it once.
+func (s *Session) Closed() {
+	s.mu.Lock()
+	s.closing, s.closed = true, true
+	if s.killer != nil {
+		s.killer.Stop()
+	}
+	s.mu.Unlock()
+	if d := s.dev.Load(); d != nil {
+		d.Detach()
+	}
+	s.m.unregister(s)
+}
+
+func (s *Session) enqueueLocked(frame []byte) {
+	s.out = append(s.out, frame)
+	s.pending += len(frame)
+	if !s.flushing {
+		s.flushing = true
+		s.m.flushers.Add(1)
+		go s.flushLoop()
+	}
+}
+
+// flushLoop writes queued frames until the queue is empty, then exits:
+// an idle session owns no goroutine. Everything queued during one write
+// goes out in the next: one write for many frames under load.
+func (s *Session) flushLoop() {
+	defer s.m.flushers.Add(-1)
+	// Let the goroutine that queued the first frame go on queueing (the
+	// engine answers and delivers a whole commit batch at once) before
+	// taking the queue: more frames per write under load, nothing lost
+	// when idle.
+	runtime.Gosched()
+	for {
+		s.mu.Lock()
+		if len(s.out) == 0 {
+			s.flushing = false
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				_ = s.t.Close()
+			}
+			return
+		}
+		batch := s.out
+		s.out = s.spare[:0]
+		n := 0
+		for _, f := range batch {
+			n += len(f)
+		}
+		closed := s.closed
+		s.mu.Unlock()
+		err := errTransportClosed
+		if !closed {
+			err = s.t.Write(batch, n)
+		}
+		s.m.m.flushFrames.Observe(float64(len(batch)))
+		s.m.m.bytesOut.Add(float64(n))
+		clear(batch)
+		s.spare = batch
+
+		s.mu.Lock()
+		s.pending -= n
+		if err != nil {
+			s.closing = true
+			s.flushing = false
+			s.out, s.pending = nil, 0
+			s.mu.Unlock()
+			_ = s.t.Close()
+			return
+		}
+		s.mu.Unlock()
+		if d := s.dev.Load(); d != nil {
+			d.Drained()
+		}
+	}
+}
+
+var errTransportClosed = errors.New("session: connection closed")
