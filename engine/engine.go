@@ -265,12 +265,12 @@ type Engine struct {
 	fanoutDone chan struct{}
 
 	// Secret chats (secret.go).
-	keys        Keys                  // cfg.Keys: levels 1 and 2
-	fleeting    *memKeys              // level 3
-	chatCache   *idCache[*Chat]       // shared records, never modified
-	secretCache *idCache[secretState] // live secret messages' states, written through after each commit
-	liveSecretN    atomic.Int64 // live secret messages as of the last durable batch (readers)
-	appliedSecretN int64        // live secret messages as of the last applied batch; the commit loop's own
+	keys           Keys                  // cfg.Keys: levels 1 and 2
+	fleeting       *memKeys              // level 3
+	chatCache      *idCache[*Chat]       // shared records, never modified
+	secretCache    *idCache[secretState] // live secret messages' states, written through after each commit
+	liveSecretN    atomic.Int64          // live secret messages as of the last durable batch (readers)
+	appliedSecretN int64                 // live secret messages as of the last applied batch; the commit loop's own
 
 	stopStartupBurns context.CancelFunc // nil if there were none
 	startupBurnsDone chan struct{}
