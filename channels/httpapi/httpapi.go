@@ -90,13 +90,12 @@ import (
 	"github.com/dingmq/ding/channels/codes"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store"
-	"github.com/dingmq/ding/fanout"
 )
 
 // Config configures the API. Engine, Directory, Keys and Gatherer are required.
 type Config struct {
-	Engine    *engine.Engine
-	Directory *fanout.Directory
+	Engine    Engine
+	Directory Directory
 	Keys      *auth.Keys
 	// Backup writes a consistent copy of the store; nil means backups are
 	// not supported (501).

@@ -1,0 +1,99 @@
+package httpapi
+
+import (
+	"context"
+
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/fanout"
+)
+
+// The admin API's view of the rest of the server: interfaces it owns,
+// grouped by what the routes do. *engine.Engine implements Engine and
+// *fanout.Directory implements Directory; internal/node wires them. Every
+// method is safe for concurrent use; writes return once durable (or with
+// ctx's error, the outcome then unknown); reads answer from committed
+// state.
+
+// Messages is what the message and receipt routes use.
+type Messages interface {
+	MaxBody() int
+	Submit(ctx context.Context, s engine.Submission) (engine.SubmitResult, error)
+	Message(id engine.ID) (*engine.Message, error)
+	Receipts(id engine.ID) ([]engine.Receipt, error)
+	Head(user string) (uint64, error)
+	Devices(user string) ([]engine.DeviceCursor, error)
+}
+
+// Dings is what the DING and policy routes use.
+type Dings interface {
+	Ding(ctx context.Context, r engine.DingRequest) (engine.DingResult, error)
+	DingStatus(id engine.ID) (*engine.DingStatus, error)
+	Dings(sender string, after engine.ID, limit int) ([]engine.DingSummary, error)
+	CancelDing(ctx context.Context, id engine.ID) error
+	SetPolicy(ctx context.Context, name string, p engine.Policy) error
+	Policies() (map[string]engine.Policy, error)
+}
+
+// Announcements is what the announcement and statistics routes use.
+type Announcements interface {
+	Announce(ctx context.Context, a engine.Announcement) (engine.SubmitResult, error)
+	Stats(id engine.ID, lists bool) (*engine.MessageStats, error)
+	AdminStats(q engine.StatsQuery) (*engine.AdminStats, error)
+}
+
+// SecretChats is what the secret chat routes use (metadata only).
+type SecretChats interface {
+	CreateChat(ctx context.Context, req engine.ChatRequest) (engine.Chat, error)
+	Chat(id engine.ID) (engine.Chat, error)
+	Chats(user string) ([]engine.ChatInfo, error)
+}
+
+// Engine is everything the API asks of the engine.
+type Engine interface {
+	Messages
+	Dings
+	Announcements
+	SecretChats
+}
+
+// Users is what the user routes use of the directory.
+type Users interface {
+	User(id string) (fanout.User, bool)
+	Active(id string) bool
+	UsersByStatus(status string) ([]fanout.User, error)
+	PutUserAs(u fanout.User, actor string) (created bool, err error)
+	PutUsersAs(us []fanout.User, actor string) (created int, err error)
+	RemoveUser(id, actor string) (fanout.User, error)
+}
+
+// Org is what the department and group routes use of the directory.
+type Org interface {
+	Department(id string) (fanout.Department, bool)
+	Departments() []fanout.Department
+	SubDepartments(id string) []fanout.Department
+	DepartmentUsers(id string) []string
+	// Expand resolves a target ("all", "dept:ID", "group:ID", a user id)
+	// to sorted active user ids.
+	Expand(target string) ([]string, error)
+	PutDepartment(dep fanout.Department, actor string) (created bool, err error)
+	RemoveDepartment(id, actor string) error
+	Group(id string) (fanout.Group, bool)
+	Groups() []fanout.Group
+	PutGroup(g fanout.Group, actor string) (created bool, err error)
+	UpdateMembers(id string, add, remove []string, actor string) (fanout.Group, error)
+	RemoveGroup(id, actor string) error
+}
+
+// Directory is everything the API asks of the directory: users, the org,
+// imports and the audit log.
+type Directory interface {
+	Users
+	Org
+	Import(org fanout.Org, opts fanout.ImportOptions, actor string) (fanout.Diff, error)
+	Audit(after uint64, limit int) ([]fanout.AuditEntry, error)
+}
+
+var (
+	_ Engine    = (*engine.Engine)(nil)
+	_ Directory = (*fanout.Directory)(nil)
+)
