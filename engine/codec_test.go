@@ -26,6 +26,40 @@ var (
 	fanoutJobCodec   = codec[fanoutJob]{encodeFanoutJob, decodeFanoutJob}
 )
 
+// recordCase is one record type with its samples, for the tables of the
+// tests and benchmarks that run over every record.
+type recordCase struct {
+	name           string
+	readsOldJSON   func(t *testing.T)
+	rejectsCorrupt func(t *testing.T)
+	bench          func(b *testing.B)
+}
+
+func newRecordCase[T any](name string, c codec[T], samples []T) recordCase {
+	return recordCase{
+		name: name,
+		readsOldJSON: func(t *testing.T) {
+			for _, v := range samples {
+				checkCodec(t, c, v)
+			}
+		},
+		rejectsCorrupt: func(t *testing.T) { checkRejects(t, c, samples[0]) },
+		bench:          func(b *testing.B) { benchCodec(b, c, samples[0]) },
+	}
+}
+
+func recordCases() []recordCase {
+	return []recordCase{
+		newRecordCase("rcptState", rcptStateCodec, sampleRcptStates),
+		newRecordCase("dingRecord", dingRecordCodec, sampleDingRecords),
+		newRecordCase("LedgerEvent", ledgerEventCodec, sampleLedgerEvents),
+		newRecordCase("secretState", secretStateCodec, sampleSecretStates),
+		newRecordCase("Chat", chatCodec, sampleChats),
+		newRecordCase("AnnouncementCounts", annCountsCodec, sampleAnnCounts),
+		newRecordCase("fanoutJob", fanoutJobCodec, sampleFanoutJobs),
+	}
+}
+
 var codecT = time.Date(2026, 12, 3, 9, 30, 15, 123456789, time.UTC)
 
 // Records as the engine writes them, for the tests, the fuzz seeds and
@@ -104,20 +138,10 @@ func checkCodec[T any](t *testing.T, c codec[T], v T) {
 	}
 }
 
-func checkCodecs[T any](t *testing.T, c codec[T], vs []T) {
-	for _, v := range vs {
-		checkCodec(t, c, v)
-	}
-}
-
 func TestRecordsReadTheirOldJSON(t *testing.T) {
-	t.Run("rcptState", func(t *testing.T) { checkCodecs(t, rcptStateCodec, sampleRcptStates) })
-	t.Run("dingRecord", func(t *testing.T) { checkCodecs(t, dingRecordCodec, sampleDingRecords) })
-	t.Run("LedgerEvent", func(t *testing.T) { checkCodecs(t, ledgerEventCodec, sampleLedgerEvents) })
-	t.Run("secretState", func(t *testing.T) { checkCodecs(t, secretStateCodec, sampleSecretStates) })
-	t.Run("Chat", func(t *testing.T) { checkCodecs(t, chatCodec, sampleChats) })
-	t.Run("AnnouncementCounts", func(t *testing.T) { checkCodecs(t, annCountsCodec, sampleAnnCounts) })
-	t.Run("fanoutJob", func(t *testing.T) { checkCodecs(t, fanoutJobCodec, sampleFanoutJobs) })
+	for _, rc := range recordCases() {
+		t.Run(rc.name, rc.readsOldJSON)
+	}
 }
 
 // Records copied from a store that the JSON version of the engine (commit
@@ -201,13 +225,9 @@ func checkRejects[T any](t *testing.T, c codec[T], v T) {
 }
 
 func TestRecordDecodersRejectCorruptRecords(t *testing.T) {
-	t.Run("rcptState", func(t *testing.T) { checkRejects(t, rcptStateCodec, sampleRcptStates[0]) })
-	t.Run("dingRecord", func(t *testing.T) { checkRejects(t, dingRecordCodec, sampleDingRecords[0]) })
-	t.Run("LedgerEvent", func(t *testing.T) { checkRejects(t, ledgerEventCodec, sampleLedgerEvents[0]) })
-	t.Run("secretState", func(t *testing.T) { checkRejects(t, secretStateCodec, sampleSecretStates[0]) })
-	t.Run("Chat", func(t *testing.T) { checkRejects(t, chatCodec, sampleChats[0]) })
-	t.Run("AnnouncementCounts", func(t *testing.T) { checkRejects(t, annCountsCodec, sampleAnnCounts[0]) })
-	t.Run("fanoutJob", func(t *testing.T) { checkRejects(t, fanoutJobCodec, sampleFanoutJobs[0]) })
+	for _, rc := range recordCases() {
+		t.Run(rc.name, rc.rejectsCorrupt)
+	}
 }
 
 // A count larger than the bytes left is refused before anything is
