@@ -33,6 +33,13 @@ fuzz:
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeMessageWithChoices$$' -fuzztime 10s
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeEntry$$' -fuzztime 20s
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeRollup$$' -fuzztime 10s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeRcptState$$' -fuzztime 5s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeDingRecord$$' -fuzztime 5s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeLedgerEvent$$' -fuzztime 5s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeSecretState$$' -fuzztime 5s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeChat$$' -fuzztime 5s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeAnnouncementCounts$$' -fuzztime 5s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeFanoutJob$$' -fuzztime 5s
 	$(GO) test ./channels/socket/wire -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 
 build:

@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -297,7 +296,8 @@ type DingStatus struct {
 	Recipients []RecipientStatus `json:"recipients"`
 }
 
-// dingRecord is the stored DING (key 'g' | id), written once.
+// dingRecord is the stored DING (key 'g' | id), written once (binary,
+// codec.go).
 type dingRecord struct {
 	From       string        `json:"from"`
 	Created    int64         `json:"created"` // ms
@@ -329,7 +329,9 @@ type timerRef struct {
 	Recover bool      `json:"rec,omitempty"`
 }
 
-// rcptState is one recipient's escalation state (key 'e' | id | idx).
+// rcptState is one recipient's escalation state (key 'e' | id | idx;
+// binary, codec.go). Its fields are changed only through the methods in
+// rcptstate.go, which mark it to be written.
 type rcptState struct {
 	Status     string     `json:"s"`
 	User       bool       `json:"u,omitempty"` // a directory user (else a bare phone number)
@@ -344,6 +346,10 @@ type rcptState struct {
 	LedgerN    uint32     `json:"ln"`
 	TimerN     uint32     `json:"tn"`
 	Timers     []timerRef `json:"t,omitempty"`
+
+	// Not stored: see rcptstate.go.
+	dirty  bool   // changed in this batch, so written at flush
+	loaded []byte // the record it was decoded from; kept in race builds only
 }
 
 var phoneRE = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
@@ -750,7 +756,7 @@ func (e *Engine) DingStatus(id ID) (*DingStatus, error) {
 		var derr error
 		err = e.st.Scan(p, prefixEnd(p), func(k, v []byte) bool {
 			var ev LedgerEvent
-			if derr = json.Unmarshal(v, &ev); derr != nil {
+			if derr = decodeLedgerEvent(v, &ev); derr != nil {
 				return false
 			}
 			rs.Events = append(rs.Events, ev)
@@ -785,7 +791,8 @@ func (e *Engine) Dings(sender string, after ID, limit int) ([]DingSummary, error
 	var derr error
 	err := e.st.Scan(start, []byte{prefixDing + 1}, func(k, v []byte) bool {
 		var rec dingRecord
-		if derr = json.Unmarshal(v, &rec); derr != nil {
+		if err := decodeDingRecord(v, &rec); err != nil {
+			derr = fmt.Errorf("engine: ding %x: %w", k[1:], err)
 			return false
 		}
 		if sender != "" && rec.From != sender {
@@ -814,29 +821,29 @@ func (e *Engine) loadDing(id ID) (*dingRecord, error) {
 		return nil, fmt.Errorf("engine: ding %s: %w", id, err)
 	}
 	rec := &dingRecord{}
-	if err := json.Unmarshal(v, rec); err != nil {
+	if err := decodeDingRecord(v, rec); err != nil {
 		return nil, fmt.Errorf("engine: ding %s: %w", id, ErrCorrupt)
 	}
 	return rec, nil
 }
 
+// loadState reads a recipient's state from the store. In race builds it
+// keeps the record, for flushStates' check that a state not marked as
+// changed did not change (rcptstate.go).
 func (e *Engine) loadState(id ID, idx int) (*rcptState, error) {
-	s, _, err := e.loadStateRaw(id, idx)
-	return s, err
-}
-
-// loadStateRaw is loadState that also returns the stored record.
-func (e *Engine) loadStateRaw(id ID, idx int) (*rcptState, []byte, error) {
 	v, err := e.st.Get(rcptKey(id, idx))
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil, fmt.Errorf("%w: ding %s recipient %d", ErrNotFound, id, idx)
+		return nil, fmt.Errorf("%w: ding %s recipient %d", ErrNotFound, id, idx)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	s := &rcptState{}
-	if err := json.Unmarshal(v, s); err != nil {
-		return nil, nil, fmt.Errorf("engine: ding %s recipient %d: %w", id, idx, ErrCorrupt)
+	if err := decodeRcptState(v, s); err != nil {
+		return nil, fmt.Errorf("engine: ding %s recipient %d: %w", id, idx, ErrCorrupt)
 	}
-	return s, v, nil
+	if raceBuild {
+		s.loaded = v
+	}
+	return s, nil
 }

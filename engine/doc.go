@@ -97,9 +97,9 @@
 //
 // DINGs (the DING's id is its message's id; idx is the recipient's index):
 //
-//	ding      'g' | id (16)                         -> DING record (JSON: sender, policy plan, choices, recipients)
-//	recipient 'e' | id (16) | idx (2)               -> escalation state (JSON: status, next step, armed timers)
-//	ledger    'l' | id (16) | idx (2) | n (4)       -> one ledger event (JSON)
+//	ding      'g' | id (16)                         -> DING record (sender, policy plan, choices, recipients)
+//	recipient 'e' | id (16) | idx (2)               -> escalation state (status, next step, armed timers)
+//	ledger    'l' | id (16) | idx (2) | n (4)       -> one ledger event
 //	timer     't' | due ms (8) | id (16) | idx (2) | n (4) -> empty; the state lists it too
 //	phone     'p' | E.164 | 0x00 | id (16) | idx (2) -> empty: a pending DING for that phone (SMS replies)
 //	ref       'x' | provider reference (SID)        -> id (16) | idx (2) | channel (1) | attempt (1) [| acted (1)]
@@ -109,12 +109,17 @@
 //
 // Secret chats (see secret.go; keys live in package keyring, not here):
 //
-//	chat      's' | chat (16)                       -> chat record (JSON: level, burn delay, members, pseudonyms)
+//	chat      's' | chat (16)                       -> chat record (level, burn delay, members, pseudonyms)
 //	user chat 'o' | user | 0x00 | chat (16)         -> empty
-//	secret    'b' | id (16)                         -> a live secret message's state (JSON: parties, seq, deadlines)
+//	secret    'b' | id (16)                         -> a live secret message's state (parties, seq, deadlines)
 //	user msg  'h' | user | 0x00 | id (16)           -> empty: a party's live secret messages (offboarding)
 //	fleeting  'f' | id (16)                         -> empty: a live level-3 message (burned at start-up)
 //	timer     't' | due ms (8) | id (16) | 0xFFFF | n (4) -> a burn (n=1) or unread expiry (n=2)
+//
+// The records' own layouts (DING, recipient state, ledger event, chat,
+// secret state, announcement counts, fanout job) are drawn in codec.go:
+// binary, each led by a version byte; the JSON records of data
+// directories written before 2026-12 are still read.
 //
 // The timer loop finds the next due timer with one seek of 't', so a
 // million pending steps cost disk, not memory, and a restart fires overdue

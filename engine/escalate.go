@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -50,8 +48,7 @@ import (
 // dingTx is escalation's per-batch overlay.
 type dingTx struct {
 	drecs      map[ID]*dingRecord
-	dstates    map[string]*rcptState // by state key; written at flush if changed
-	dorig      map[string][]byte     // the stored record of each state loaded (not of new ones)
+	dstates    map[string]*rcptState // by state key; written at flush if marked changed (rcptstate.go)
 	quota      map[string]uint64     // by quota key
 	refs       map[string][]byte     // provider references, by ref
 	sends      []sendTask            // sends decided, for the dispatch workers once durable
@@ -61,7 +58,7 @@ type dingTx struct {
 
 func newDingTx() dingTx {
 	return dingTx{
-		drecs: map[ID]*dingRecord{}, dstates: map[string]*rcptState{}, dorig: map[string][]byte{},
+		drecs: map[ID]*dingRecord{}, dstates: map[string]*rcptState{},
 		quota: map[string]uint64{}, refs: map[string][]byte{},
 	}
 }
@@ -112,7 +109,6 @@ func (d *dingTx) abandon(c *txn, applied bool) {
 func (d *dingTx) reset() {
 	clear(d.drecs)
 	clear(d.dstates)
-	clear(d.dorig)
 	clear(d.quota)
 	clear(d.refs)
 	clear(d.sends)
@@ -179,37 +175,40 @@ func (c *txn) ding(id ID) (*dingRecord, error) {
 	return r, nil
 }
 
-// state returns a recipient's state as this batch sees it. Every state
-// loaded into the overlay is written back when the batch commits, if it
-// changed (flushStates).
+// state returns a recipient's state as this batch sees it. A state
+// loaded into the overlay is written back when the batch commits if it
+// was changed (flushStates, rcptstate.go).
 func (c *txn) state(id ID, idx int) (*rcptState, error) {
-	k := string(rcptKey(id, idx))
-	if s, ok := c.dstates[k]; ok {
+	k := rcptKey(id, idx)
+	if s, ok := c.dstates[string(k)]; ok {
 		return s, nil
 	}
-	s, v, err := c.e.loadStateRaw(id, idx)
+	s, err := c.e.loadState(id, idx)
 	if err != nil {
 		return nil, err
 	}
-	c.dstates[k] = s
-	c.dorig[k] = v
+	c.dstates[string(k)] = s
 	return s, nil
 }
 
+// newState adds a recipient's new state to the overlay, to be written.
 func (c *txn) newState(id ID, idx int, s *rcptState) {
+	s.dirty = true
 	c.dstates[string(rcptKey(id, idx))] = s
 }
 
-// flushStates writes every state this batch changed: one loaded and left
+// flushStates writes every state this batch changed; one loaded and left
 // as it was (a stopped recipient a cancel passed over, a disarmed timer's)
-// encodes to its stored bytes and is not written again.
+// is not written again.
 func (c *txn) flushStates() {
 	for k, s := range c.dstates {
-		v, _ := json.Marshal(s)
-		if orig, ok := c.dorig[k]; ok && bytes.Equal(orig, v) {
+		if !s.dirty {
+			if raceBuild {
+				checkUnmarked(k, s)
+			}
 			continue
 		}
-		c.batch.Set([]byte(k), v)
+		c.batch.Set([]byte(k), encodeRcptState(s))
 	}
 }
 
@@ -228,9 +227,7 @@ func (c *txn) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent
 	if ev.Channel != 0 {
 		le.Channel = ev.Channel.String()
 	}
-	v, _ := json.Marshal(le)
-	c.batch.Set(ledgerKey(id, idx, s.LedgerN), v)
-	s.LedgerN++
+	c.batch.Set(ledgerKey(id, idx, s.nextLedger()), encodeLedgerEvent(&le))
 	if ev.Event == LedgerSent {
 		return nil // the sender's submit answer says as much
 	}
@@ -238,11 +235,7 @@ func (c *txn) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent
 }
 
 func (c *txn) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef {
-	if t.N == 0 {
-		s.TimerN++
-		t.N = s.TimerN
-	}
-	s.Timers = append(s.Timers, t)
+	t = s.armTimer(t)
 	c.setTimerKey(t.Due, id, idx, t.N)
 	c.timerDelta++
 	return t
@@ -258,12 +251,10 @@ func (c *txn) setTimerKey(due int64, id ID, idx int, n uint32) {
 }
 
 func (c *txn) removeTimer(id ID, idx int, s *rcptState, n uint32) (timerRef, bool) {
-	i := slices.IndexFunc(s.Timers, func(t timerRef) bool { return t.N == n })
-	if i < 0 {
+	t, ok := s.disarmTimer(n)
+	if !ok {
 		return timerRef{}, false
 	}
-	t := s.Timers[i]
-	s.Timers = slices.Delete(s.Timers, i, i+1)
 	c.batch.Delete(timerKey(t.Due, id, idx, n))
 	c.timerDelta--
 	return t, true
@@ -373,8 +364,7 @@ func (c *txn) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		From: q.From, Created: ms(m.Created), Policy: q.policyID, Plan: q.policy.plan(),
 		Until: q.policy.Until, Choices: q.Choices, Critical: q.Critical, Recipients: q.To,
 	}
-	v, _ := json.Marshal(rec)
-	c.batch.Set(dingKey(id), v)
+	c.batch.Set(dingKey(id), encodeDingRecord(rec))
 	c.drecs[id] = rec
 	c.quotaSet(sk, sent+1)
 	c.newMsgs = append(c.newMsgs, m)
@@ -386,10 +376,12 @@ func (c *txn) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		if !s.User {
 			s.Phone = to
 		}
+		if !ok[i] {
+			s.Status = StatusRefused
+		}
 		c.newState(id, i, s)
 		if !ok[i] {
 			c.rollup(rday, s.Dept).outcome(OutcomeRefused, 1)
-			s.Status = StatusRefused
 			r := refused[ri]
 			ri++
 			if err := c.ledger(id, i, s, rec, DingEvent{Event: LedgerQuotaRefused, Detail: r.Reason, At: now}); err != nil {
@@ -426,8 +418,7 @@ func (c *txn) advance(id ID, idx int, s *rcptState, rec *dingRecord, now time.Ti
 			c.addTimer(id, idx, s, timerRef{Kind: timerStep, Step: s.Next, Due: ms(due)})
 			return nil
 		}
-		step := s.Next
-		s.Next++
+		step := s.takeStep()
 		if later := s.Next; later < len(rec.Plan) && !created.Add(rec.Plan[later].After).After(now) &&
 			slices.ContainsFunc(rec.Plan[later:], func(p plannedStep) bool {
 				return p.Channel == rec.Plan[step].Channel && !created.Add(p.After).After(now)
@@ -518,7 +509,7 @@ func (c *txn) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel
 	if s.PhoneAt != 0 {
 		c.batch.Delete(phoneKey(s.Phone, s.PhoneAt, id, idx))
 	}
-	s.PhoneAt = ms(now)
+	s.setPhoneAt(ms(now))
 	c.batch.Set(phoneKey(s.Phone, s.PhoneAt, id, idx), nil)
 	if quiet {
 		return nil
@@ -529,13 +520,13 @@ func (c *txn) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel
 // stop ends a pending recipient's escalation: its timers go, and its
 // phone no longer matches SMS replies.
 func (c *txn) stop(id ID, idx int, s *rcptState, rec *dingRecord, status string, by Channel, now time.Time) {
-	s.Status, s.By, s.Ended = status, by, ms(now)
+	s.end(status, by, ms(now))
 	for len(s.Timers) > 0 {
 		c.removeTimer(id, idx, s, s.Timers[0].N)
 	}
 	if s.PhoneAt != 0 {
 		c.batch.Delete(phoneKey(s.Phone, s.PhoneAt, id, idx))
-		s.PhoneAt = 0
+		s.setPhoneAt(0)
 	}
 	if s.User {
 		c.batch.Delete(pendingUserKey(rec.Recipients[idx], id, idx))
@@ -572,10 +563,9 @@ func outcomeOf(status string, by Channel) string {
 // markUnanswered counts a recipient whose every step has fired as
 // unanswered, until something stops them.
 func (c *txn) markUnanswered(idx int, s *rcptState, rec *dingRecord) {
-	if s.Unanswered {
+	if !s.setUnanswered(true) {
 		return
 	}
-	s.Unanswered = true
 	day := dayOf(time.UnixMilli(rec.Created))
 	c.rollup(day, s.Dept).outcome(OutcomeUnanswered, 1)
 	if s.User {
@@ -584,10 +574,9 @@ func (c *txn) markUnanswered(idx int, s *rcptState, rec *dingRecord) {
 }
 
 func (c *txn) unmarkUnanswered(idx int, s *rcptState, rec *dingRecord) {
-	if !s.Unanswered {
+	if !s.setUnanswered(false) {
 		return
 	}
-	s.Unanswered = false
 	day := dayOf(time.UnixMilli(rec.Created))
 	c.rollup(day, s.Dept).outcome(OutcomeUnanswered, -1)
 	if s.User {
@@ -620,9 +609,9 @@ func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel,
 		r.outcome(outcomeOf(s.Status, s.By), -1)
 		r.outcome(outcomeOf(StatusConfirmed, ch), 1)
 		observe(&r.TimeToConfirm, now.Sub(time.UnixMilli(rec.Created)).Seconds())
-		s.Status, s.By, s.Ended = StatusConfirmed, ch, ms(now)
+		s.end(StatusConfirmed, ch, ms(now))
 	}
-	s.Answer = answer
+	s.setAnswer(answer)
 	if !s.User {
 		return nil
 	}

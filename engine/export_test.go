@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/dingmq/ding/engine/store"
@@ -74,3 +76,64 @@ func DeleteMessageRecord(st interface{ NewBatch() store.Batch }, id ID) error {
 
 // Queued returns how many ops wait for the commit loop. Tests only.
 func (e *Engine) Queued() int { return e.pipe.Len() }
+
+// RewriteAsJSON rewrites, behind the engine's back, every record that the
+// engine wrote as JSON before the binary codecs (codec.go) in that JSON
+// form, as a data directory from before holds them, and returns how many
+// it rewrote. Tests only.
+func RewriteAsJSON(st store.Store) (int, error) {
+	b := st.NewBatch()
+	defer b.Close()
+	n := 0
+	for _, r := range []struct {
+		prefix byte
+		toJSON func([]byte) ([]byte, error)
+	}{
+		{prefixDing, asJSON(decodeDingRecord)},
+		{prefixDingRcpt, asJSON(decodeRcptState)},
+		{prefixLedger, asJSON(decodeLedgerEvent)},
+		{prefixChat, asJSON(decodeChat)},
+		{prefixSecret, asJSON(decodeSecretState)},
+		{prefixAnnouncement, asJSON(decodeAnnouncementCounts)},
+		{prefixJob, asJSON(decodeFanoutJob)},
+	} {
+		var derr error
+		p := []byte{r.prefix}
+		err := st.Scan(p, prefixEnd(p), func(k, v []byte) bool {
+			j, err := r.toJSON(v)
+			if err != nil {
+				derr = fmt.Errorf("%x: %w", k, err)
+				return false
+			}
+			b.Set(k, j)
+			n++
+			return true
+		})
+		if err == nil {
+			err = derr
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, b.Commit(true)
+}
+
+// asJSON returns a function that decodes a record and encodes it as the
+// JSON version of the engine did (json.Marshal of the record).
+func asJSON[T any](dec func([]byte, *T) error) func([]byte) ([]byte, error) {
+	return func(v []byte) ([]byte, error) {
+		var x T
+		if err := dec(v, &x); err != nil {
+			return nil, err
+		}
+		return json.Marshal(&x)
+	}
+}
+
+// RecipientStateIsJSON reports whether a DING recipient's stored state is
+// still in the JSON form. Tests only.
+func RecipientStateIsJSON(st store.Store, id ID, idx int) (bool, error) {
+	v, err := st.Get(rcptKey(id, idx))
+	return isJSON(v), err
+}

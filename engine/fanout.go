@@ -2,7 +2,6 @@ package engine
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -25,7 +24,7 @@ import (
 // copy of the body. A recipient removed from the directory before their
 // chunk is written is skipped.
 
-// fanoutJob is the record of a fanout in progress.
+// fanoutJob is the record of a fanout in progress (binary, codec.go).
 type fanoutJob struct {
 	Chunks int `json:"chunks"`
 	Next   int `json:"next"` // the next chunk to write
@@ -134,8 +133,7 @@ func (c *txn) startFanout(id ID, recipients []string) {
 		c.batch.Set(audienceKey(id, job.Chunks), encodeNames(recipients[i:min(i+size, len(recipients))]))
 		job.Chunks++
 	}
-	v, _ := json.Marshal(job)
-	c.batch.Set(jobKey(id), v)
+	c.batch.Set(jobKey(id), encodeFanoutJob(&job))
 	c.jobsStarted = true
 }
 
@@ -153,7 +151,7 @@ func (c *txn) job(id ID) (*fanoutJob, error) {
 		return nil, abort(err)
 	}
 	var j fanoutJob
-	if err := json.Unmarshal(v, &j); err != nil {
+	if err := decodeFanoutJob(v, &j); err != nil {
 		return nil, c.dropJob(id, ErrCorrupt)
 	}
 	if c.jobs == nil {
@@ -199,8 +197,7 @@ func (c *txn) fanoutChunk(id ID, k int) error {
 		c.jobs[id] = nil
 		return nil
 	}
-	v, _ = json.Marshal(job)
-	c.batch.Set(jobKey(id), v)
+	c.batch.Set(jobKey(id), encodeFanoutJob(job))
 	return nil
 }
 
@@ -303,7 +300,7 @@ func (e *Engine) oldestJob() (ID, *fanoutJob, error) {
 		return id, nil, err
 	}
 	var job fanoutJob
-	if json.Unmarshal(v, &job) != nil {
+	if decodeFanoutJob(v, &job) != nil {
 		return id, &fanoutJob{Chunks: 1}, nil
 	}
 	return id, &job, nil

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -22,7 +21,7 @@ import (
 //
 //	rollup      'z' | day (4) | department          -> Rollup (binary, encodeRollup): one per UTC day and department
 //	unanswered  'Z' | day (4) | user                -> count (8): that user's unanswered DINGs sent that day
-//	announcement 'n' | id (16)                      -> AnnouncementCounts (JSON)
+//	announcement 'n' | id (16)                      -> AnnouncementCounts (binary, codec.go)
 //
 // day is days since 1970-01-01 (UTC). Attribution: messages (not DINGs,
 // which have their own counts), their deliveries and reads count for the
@@ -217,7 +216,7 @@ func (c *txn) announcement(id ID) *AnnouncementCounts {
 	}
 	v, err := c.e.st.Get(announcementKey(id))
 	a := &AnnouncementCounts{}
-	if err != nil || json.Unmarshal(v, a) != nil {
+	if err != nil || decodeAnnouncementCounts(v, a) != nil {
 		c.anns[id] = nil // remember the miss for the rest of the batch
 		return nil
 	}
@@ -241,7 +240,8 @@ func (c *txn) unanswered(day uint32, user string, delta int64) {
 }
 
 // flushRollups writes every rollup and announcement count this batch
-// touched.
+// touched. Every caller of rollup and announcement counts something in
+// what it gets, so none is written back unchanged.
 func (c *txn) flushRollups() {
 	for k, r := range c.rollups {
 		c.batch.Set(rollupKey(k.day, k.dept), encodeRollup(r))
@@ -250,8 +250,7 @@ func (c *txn) flushRollups() {
 		if a == nil {
 			continue // looked up, not an announcement with counts
 		}
-		v, _ := json.Marshal(a)
-		c.batch.Set(announcementKey(id), v)
+		c.batch.Set(announcementKey(id), encodeAnnouncementCounts(a))
 	}
 }
 
@@ -437,7 +436,7 @@ func (e *Engine) AdminStats(q StatsQuery) (*AdminStats, error) {
 	lo, hi := idAtMillis(q.From.UTC().Truncate(24*time.Hour).UnixMilli()), idAtMillis(q.To.UTC().Truncate(24*time.Hour).Add(24*time.Hour).UnixMilli())
 	err = e.st.Scan(announcementKey(lo), announcementKey(hi), func(k, v []byte) bool {
 		var a AnnouncementStat
-		if derr = json.Unmarshal(v, &a.AnnouncementCounts); derr != nil {
+		if derr = decodeAnnouncementCounts(v, &a.AnnouncementCounts); derr != nil {
 			return false
 		}
 		copy(a.ID[:], k[1:])

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -38,7 +37,7 @@ func BenchmarkAdminStatsYear(b *testing.B) {
 			batch.Set(unansweredKey(d0+uint32(d), fmt.Sprintf("user%05d", u*37+d)), u64(1))
 		}
 	}
-	av, _ := json.Marshal(AnnouncementCounts{From: "admin", To: []string{"all"}, Total: 100000, Delivered: 90000, Read: 80000})
+	av := encodeAnnouncementCounts(&AnnouncementCounts{From: "admin", To: []string{"all"}, Total: 100000, Delivered: 90000, Read: 80000})
 	for i := range 250 {
 		batch.Set(announcementKey(idAtMillis(start.Add(time.Duration(i)*35*time.Hour).UnixMilli())), av)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -61,9 +60,9 @@ import (
 //
 // Keys layout:
 //
-//	chat      's' | chat(16)                 -> chat record (JSON: level, burn delay, members and pseudonyms)
+//	chat      's' | chat(16)                 -> chat record (binary, codec.go: level, burn delay, members and pseudonyms)
 //	user chat 'o' | user | 0x00 | chat(16)   -> empty
-//	secret    'b' | id(16)                   -> secretState (JSON)
+//	secret    'b' | id(16)                   -> secretState (binary, codec.go)
 //	user msg  'h' | user | 0x00 | id(16)     -> empty: both parties' live secret messages
 //	fleeting  'f' | id(16)                   -> empty: live level-3 messages
 //	timers    't' | due | id | 0xFFFF | n    -> n = 1 burn after read, 2 unread expiry
@@ -435,11 +434,7 @@ func (c *txn) createChat(ch *Chat, now time.Time) error {
 		}
 	}
 	ch.ID, ch.Created = c.e.ids.next(now), now.Truncate(time.Millisecond)
-	v, err := json.Marshal(ch)
-	if err != nil {
-		return err
-	}
-	c.batch.Set(chatKey(ch.ID), v)
+	c.batch.Set(chatKey(ch.ID), encodeChat(ch))
 	c.chats[ch.ID] = ch
 	for _, m := range ch.Members {
 		c.batch.Set(userChatKey(m.User, ch.ID), nil)
@@ -478,7 +473,7 @@ func (e *Engine) loadChat(id ID) (*Chat, error) {
 		return nil, fmt.Errorf("engine: chat %s: %w", id, err)
 	}
 	var ch Chat
-	if err := json.Unmarshal(v, &ch); err != nil || len(ch.Members) != 2 {
+	if err := decodeChat(v, &ch); err != nil || len(ch.Members) != 2 {
 		return nil, fmt.Errorf("engine: chat %s: %w", id, ErrCorrupt)
 	}
 	e.chatCache.put(id, &ch)
@@ -549,7 +544,7 @@ func (e *Engine) liveSecrets(user string) (map[ID]secretState, error) {
 			return
 		}
 		var s secretState
-		if err := json.Unmarshal(v, &s); err != nil {
+		if err := decodeSecretState(v, &s); err != nil {
 			derr = fmt.Errorf("engine: secret %s: %w", ids[i], ErrCorrupt)
 			return
 		}
@@ -809,7 +804,7 @@ func (c *txn) secret(id ID) (*secretState, error) {
 		return nil, err
 	}
 	var s secretState
-	if err := json.Unmarshal(v, &s); err != nil {
+	if err := decodeSecretState(v, &s); err != nil {
 		return nil, fmt.Errorf("secret %s: %w", id, ErrCorrupt)
 	}
 	c.secrets[id] = &s
@@ -818,8 +813,7 @@ func (c *txn) secret(id ID) (*secretState, error) {
 
 func (c *txn) setSecret(id ID, s *secretState) {
 	c.secrets[id] = s
-	v, _ := json.Marshal(s)
-	c.batch.Set(secretKey(id), v)
+	c.batch.Set(secretKey(id), encodeSecretState(s))
 }
 
 // chat returns a chat as this batch sees it.
@@ -1175,7 +1169,7 @@ func (e *Engine) reconcileSecrets() (keyless, error) {
 				return true
 			}
 			var s secretState
-			if err := json.Unmarshal(v, &s); err != nil {
+			if err := decodeSecretState(v, &s); err != nil {
 				serr = fmt.Errorf("secret %x: %w", k[1:], ErrCorrupt)
 				return false
 			}
