@@ -90,28 +90,23 @@ type txnHooks struct {
 
 func (e *Engine) newTxn() *txn {
 	c := &txn{e: e, streamTx: newStreamTx(), dingTx: newDingTx(), statsTx: newStatsTx(), secretTx: newSecretTx()}
+	h := &c.hooks
 	for _, o := range []any{&c.streamTx, &c.dingTx, &c.statsTx, &c.secretTx, &c.fanoutTx, &c.changeTx} {
-		h := &c.hooks
-		if v, ok := o.(flusher); ok {
-			h.flush = append(h.flush, v)
-		}
-		if v, ok := o.(applier); ok {
-			h.applied = append(h.applied, v)
-		}
-		if v, ok := o.(durabler); ok {
-			h.durable = append(h.durable, v)
-		}
-		if v, ok := o.(publisher); ok {
-			h.published = append(h.published, v)
-		}
-		if v, ok := o.(abandoner); ok {
-			h.abandon = append(h.abandon, v)
-		}
-		if v, ok := o.(resetter); ok {
-			h.reset = append(h.reset, v)
-		}
+		addHook(&h.flush, o)
+		addHook(&h.applied, o)
+		addHook(&h.durable, o)
+		addHook(&h.published, o)
+		addHook(&h.abandon, o)
+		addHook(&h.reset, o)
 	}
 	return c
+}
+
+// addHook appends o to hooks if o has that hook.
+func addHook[H any](hooks *[]H, o any) {
+	if v, ok := o.(H); ok {
+		*hooks = append(*hooks, v)
+	}
 }
 
 var _ pipeline.Txn = (*txn)(nil)

@@ -676,13 +676,19 @@ func (e *Engine) Receipts(id ID) ([]Receipt, error) {
 // Head returns the sequence number of the newest durable entry in user's
 // stream (0 for an empty stream).
 func (e *Engine) Head(user string) (uint64, error) {
-	e.headsMu.RLock()
-	h, ok := e.heads[user]
-	e.headsMu.RUnlock()
-	if ok {
+	if h, ok := e.cachedHead(user); ok {
 		return h, nil
 	}
 	return e.loadHead(user)
+}
+
+// cachedHead returns user's durable head if the commit loop has cached it
+// (stream.go: every stream it has written to).
+func (e *Engine) cachedHead(user string) (uint64, bool) {
+	e.headsMu.RLock()
+	defer e.headsMu.RUnlock()
+	h, ok := e.heads[user]
+	return h, ok
 }
 
 func (e *Engine) loadHead(user string) (uint64, error) {

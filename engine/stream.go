@@ -124,11 +124,7 @@ func (c *txn) cacheHeads(users []string, heads []uint64) {
 // durableHead returns the user's durable head: the newest entry any of
 // their devices can have received.
 func (c *txn) durableHead(user string) (uint64, error) {
-	e := c.e
-	e.headsMu.RLock()
-	h, ok := e.heads[user]
-	e.headsMu.RUnlock()
-	if ok {
+	if h, ok := c.e.cachedHead(user); ok {
 		return h, nil
 	}
 	return c.loadHead(user)
