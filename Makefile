@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeAnnouncementCounts$$' -fuzztime 5s
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeFanoutJob$$' -fuzztime 5s
 	$(GO) test ./channels/socket/wire -run '^$$' -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./channels/session -run '^$$' -fuzz FuzzDeliver -fuzztime 10s
 
 build:
 	$(GO) build -o bin/ ./cmd/...

@@ -32,6 +32,13 @@ var crockfordDec = func() (t [256]byte) {
 // String returns the 26-character text form.
 func (id ID) String() string {
 	var out [26]byte
+	return string(id.Append(out[:0]))
+}
+
+// Append appends the 26-character text form to dst, without
+// allocating (frames encode ids by the thousand).
+func (id ID) Append(dst []byte) []byte {
+	var out [26]byte
 	// 128 bits as 26 base32 digits: the first digit holds the top 3 bits.
 	hi := binary.BigEndian.Uint64(id[:8])
 	lo := binary.BigEndian.Uint64(id[8:])
@@ -40,7 +47,7 @@ func (id ID) String() string {
 		lo = lo>>5 | hi<<59
 		hi >>= 5
 	}
-	return string(out[:])
+	return append(dst, out[:]...)
 }
 
 // ParseID parses the text form produced by String.

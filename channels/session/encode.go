@@ -3,12 +3,11 @@ package session
 import (
 	"encoding/binary"
 	"fmt"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"unicode/utf8"
 
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
@@ -25,7 +24,8 @@ import (
 // the last message it encoded, without the seq: each recipient's frame is
 // the header, its seq and that shared tail (encode once, write many).
 type Encoder struct {
-	last atomic.Pointer[deliverTail]
+	last atomic.Pointer[deliverTail]    // the cached tail
+	seen atomic.Pointer[engine.Message] // the last message encoded: its tail is cached when it comes again
 }
 
 // deliverTail is a message's DELIVER payload without its seq: the same for
@@ -81,64 +81,116 @@ func (enc *Encoder) AppendEntry(dst []byte, e engine.Entry) []byte {
 	panic(fmt.Sprintf("session: stream entry %d of unknown kind %d", e.Seq, e.Kind))
 }
 
-// appendDeliver appends the DELIVER frame of m at seq. Protobuf decoders
-// take fields in any order; seq (field 1) is written first, then the tail,
-// which is what proto.Marshal writes for fields 2 and up.
-//
-// A secret message is marshalled whole, seq included, and never cached:
-// it has one recipient, so there is nothing to share, and the cache would
-// keep its plaintext (and the message) alive after it burns, until the
-// next message came along.
+// appendDeliver appends the DELIVER frame of m at seq: the header, the seq
+// (field 1) and the message's fields (appendDeliverTail), which decoders
+// take in any order. A message to many shares one encoded tail; a secret
+// message is never cached: it has one recipient, so there is nothing to
+// share, and the cache would keep its plaintext (and the message) alive
+// after it burns, until the next message came along.
 func (enc *Encoder) appendDeliver(dst []byte, seq uint64, m *engine.Message) []byte {
-	if isSecret(m) {
-		d := deliverOf(m)
-		d.Seq = seq
-		return wire.Append(dst, pb.FrameType_DELIVER, d)
-	}
-	t := enc.last.Load()
-	if t == nil || t.msg != m {
-		tail, err := proto.MarshalOptions{}.Marshal(deliverOf(m))
-		if err != nil {
-			panic(fmt.Sprintf("session: marshal DELIVER: %v", err))
-		}
-		t = &deliverTail{m, tail}
-		enc.last.Store(t)
-	}
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0, byte(pb.FrameType_DELIVER))
 	if seq != 0 {
-		dst = append(dst, 0x08) // field 1 (seq), varint
-		dst = binary.AppendUvarint(dst, seq)
+		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, seq)
 	}
-	dst = append(dst, t.tail...)
+	switch t := enc.last.Load(); {
+	case isSecret(m):
+		dst = appendDeliverTail(dst, m)
+	case t != nil && t.msg == m:
+		dst = append(dst, t.tail...)
+	case enc.seen.Load() == m:
+		// The same message again: one to many. Cache its tail.
+		t = &deliverTail{m, appendDeliverTail(nil, m)}
+		enc.last.Store(t)
+		dst = append(dst, t.tail...)
+	default:
+		// Each message once (a catch-up): encode in place.
+		enc.seen.Store(m)
+		dst = appendDeliverTail(dst, m)
+	}
 	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-4))
 	return dst
 }
 
-func isSecret(m *engine.Message) bool { return m.Chat != (engine.ID{}) || m.Secret != nil }
-
-// deliverOf is m's DELIVER payload without the seq. A secret message
-// (m.Chat set) reaches here only as the engine's masked copy, whose From
-// and To are pseudonyms and whose Secret says the chat's terms; every
-// secret message is marked no_copy and no_forward.
-func deliverOf(m *engine.Message) *pb.Deliver {
-	d := &pb.Deliver{
-		Id: m.ID.String(), From: m.From, To: m.To, Kind: pb.Kind(m.Kind),
-		Body: m.Body, CreatedMs: m.Created.UnixMilli(), Choices: validUTF8s(m.Choices),
-		Confirm:   m.Flags&engine.FlagConfirm != 0,
-		ForwardOf: idOrEmpty(m.Forward), QuoteOf: idOrEmpty(m.Quote),
+// appendDeliverTail appends m's DELIVER fields 2 and up, as proto3 encodes
+// them (a zero value is left out), written by hand: one DELIVER per
+// message of a catch-up, and proto.Marshal of a built message cost a
+// microsecond and several allocations each. TestDeliverTailMatchesFullMarshal
+// holds it to what proto.Marshal writes for the same message.
+//
+// A secret message (m.Chat set) reaches here only as the engine's masked
+// copy, whose From and To are pseudonyms and whose Secret says the chat's
+// terms; every secret message is marked no_copy and no_forward.
+func appendDeliverTail(dst []byte, m *engine.Message) []byte {
+	dst = protowire.AppendTag(dst, 2, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, 26)
+	dst = m.ID.Append(dst)
+	dst = appendString(dst, 3, m.From)
+	for _, t := range m.To {
+		dst = protowire.AppendTag(dst, 4, protowire.BytesType)
+		dst = protowire.AppendString(dst, t) // may be empty: repeated fields keep every element
 	}
-	if isSecret(m) {
-		d.Chat = idOrEmpty(m.Chat)
-		d.NoCopy, d.NoForward = true, true
+	dst = appendVarint(dst, 5, uint64(m.Kind))
+	if len(m.Body) > 0 {
+		dst = protowire.AppendTag(dst, 6, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, m.Body)
 	}
+	dst = appendVarint(dst, 7, uint64(m.Created.UnixMilli()))
+	for _, c := range m.Choices {
+		dst = protowire.AppendTag(dst, 8, protowire.BytesType)
+		dst = protowire.AppendString(dst, validUTF8(c))
+	}
+	if m.Flags&engine.FlagConfirm != 0 {
+		dst = appendVarint(dst, 9, 1)
+	}
+	dst = appendID(dst, 10, m.Forward)
+	dst = appendID(dst, 11, m.Quote)
+	if !isSecret(m) {
+		return dst
+	}
+	dst = appendID(dst, 12, m.Chat)
 	if si := m.Secret; si != nil {
-		d.Level = uint32(si.Level)
-		d.BurnAfterMs = si.BurnAfter.Milliseconds()
-		d.Watermark = si.Watermark
+		dst = appendVarint(dst, 13, uint64(si.Level))
+		dst = appendVarint(dst, 14, uint64(si.BurnAfter.Milliseconds()))
 	}
-	return d
+	dst = appendVarint(dst, 15, 1) // no_copy
+	dst = appendVarint(dst, 16, 1) // no_forward
+	if si := m.Secret; si != nil {
+		dst = appendString(dst, 17, si.Watermark)
+	}
+	return dst
 }
+
+// appendString appends a string field, left out when empty (proto3).
+func appendString(dst []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return dst
+	}
+	dst = protowire.AppendTag(dst, num, protowire.BytesType)
+	return protowire.AppendString(dst, s)
+}
+
+// appendVarint appends a varint field, left out when zero (proto3).
+func appendVarint(dst []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return dst
+	}
+	dst = protowire.AppendTag(dst, num, protowire.VarintType)
+	return protowire.AppendVarint(dst, v)
+}
+
+// appendID appends an id's text as a string field, left out when zero.
+func appendID(dst []byte, num protowire.Number, id engine.ID) []byte {
+	if id == (engine.ID{}) {
+		return dst
+	}
+	dst = protowire.AppendTag(dst, num, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, 26)
+	return id.Append(dst)
+}
+
+func isSecret(m *engine.Message) bool { return m.Chat != (engine.ID{}) || m.Secret != nil }
 
 // idOrEmpty is id's text, or "" for the zero id (none).
 func idOrEmpty(id engine.ID) string {
@@ -153,17 +205,4 @@ func validUTF8(s string) string {
 		return s
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
-}
-
-func validUTF8s(ss []string) []string {
-	for i, s := range ss {
-		if !utf8.ValidString(s) {
-			out := slices.Clone(ss) // ss belongs to a shared message
-			for j := i; j < len(out); j++ {
-				out[j] = validUTF8(out[j])
-			}
-			return out
-		}
-	}
-	return ss
 }

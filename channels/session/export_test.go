@@ -9,3 +9,6 @@ func (enc *Encoder) CachedMessage() *engine.Message {
 	}
 	return nil
 }
+
+// SeenMessage returns the last message enc encoded in place.
+func (enc *Encoder) SeenMessage() *engine.Message { return enc.seen.Load() }
