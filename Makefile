@@ -42,6 +42,7 @@ fuzz:
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeFanoutJob$$' -fuzztime 5s
 	$(GO) test ./channels/socket/wire -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./channels/session -run '^$$' -fuzz FuzzDeliver -fuzztime 10s
+	$(GO) test ./channels/socket/client -run '^$$' -fuzz FuzzDecodeDeliver -fuzztime 20s
 
 build:
 	$(GO) build -o bin/ ./cmd/...

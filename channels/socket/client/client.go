@@ -389,6 +389,17 @@ func (c *Client) connect(ctx context.Context) (net.Conn, *pb.Welcome, error) {
 }
 
 func readFrame(r io.Reader, max int) (pb.FrameType, proto.Message, error) {
+	ft, payload, err := readPayload(r, max)
+	if err != nil {
+		return 0, nil, err
+	}
+	msg, err := wire.Decode(ft, payload)
+	return ft, msg, err
+}
+
+// readPayload reads one frame: its type and a payload of its own (never
+// reused, so what is decoded from it may alias it).
+func readPayload(r io.Reader, max int) (pb.FrameType, []byte, error) {
 	var hdr [wire.HeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, nil, err
@@ -401,8 +412,7 @@ func readFrame(r io.Reader, max int) (pb.FrameType, proto.Message, error) {
 	if _, err := io.ReadFull(r, payload); err != nil {
 		return 0, nil, err
 	}
-	msg, err := wire.Decode(ft, payload)
-	return ft, msg, err
+	return ft, payload, nil
 }
 
 // fatalCode reports whether reconnecting cannot help.
@@ -541,18 +551,24 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 	r := bufio.NewReaderSize(nc, 64<<10)
 	for {
 		nc.SetReadDeadline(time.Now().Add(silence))
-		_, msg, err := readFrame(r, max)
+		ft, payload, err := readPayload(r, max)
+		if err != nil {
+			return err
+		}
+		if ft == pb.FrameType_DELIVER {
+			// Most of a stream: decoded by hand, not through proto.
+			seq, m, err := decodeDeliver(payload)
+			if err != nil {
+				return err
+			}
+			c.deliver(Entry{Seq: seq, Message: m})
+			continue
+		}
+		msg, err := wire.Decode(ft, payload)
 		if err != nil {
 			return err
 		}
 		switch m := msg.(type) {
-		case *pb.Deliver:
-			c.deliver(Entry{Seq: m.Seq, Message: &Message{
-				ID: m.Id, From: m.From, To: m.To, Kind: m.Kind, Body: m.Body, Created: time.UnixMilli(m.CreatedMs),
-				Choices: m.Choices, Confirm: m.Confirm, ForwardOf: m.ForwardOf, QuoteOf: m.QuoteOf,
-				Chat: m.Chat, Level: int(m.Level), BurnAfter: time.Duration(m.BurnAfterMs) * time.Millisecond,
-				NoCopy: m.NoCopy, NoForward: m.NoForward, Watermark: m.Watermark,
-			}})
 		case *pb.Burn:
 			c.deliver(Entry{Seq: m.Seq, Burn: &Burn{Seq: m.Seq, ID: m.Id}})
 		case *pb.SecretEvent:
