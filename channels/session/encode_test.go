@@ -1,6 +1,9 @@
 package session_test
 
 import (
+	"bytes"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -185,6 +188,58 @@ func TestSecretMessageIsNotCached(t *testing.T) {
 	}
 	if enc.CachedMessage() != plain || enc.SeenMessage() == secret {
 		t.Fatal("the encoder holds on to the secret message")
+	}
+}
+
+// TestEncodersKeepTheirOwnCache: the shared tail is state of one
+// Encoder, so two servers in one process (two hubs) do not interfere.
+func TestEncodersKeepTheirOwnCache(t *testing.T) {
+	a := &engine.Message{ID: engine.ID{1}, From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("a")}
+	b := &engine.Message{ID: engine.ID{2}, From: "bo", To: []string{"ana"}, Kind: engine.KindText, Body: []byte("b")}
+	var one, two session.Encoder
+	for seq := uint64(1); seq <= 2; seq++ {
+		one.AppendEntry(nil, engine.Entry{Seq: seq, Kind: engine.EntryMessage, Message: a})
+		two.AppendEntry(nil, engine.Entry{Seq: seq, Kind: engine.EntryMessage, Message: b})
+	}
+	if one.CachedMessage() != a || two.CachedMessage() != b {
+		t.Fatal("one encoder's cache changed with the other's work")
+	}
+}
+
+// TestEncoderConcurrentUse: the hub calls Encode from its publish
+// goroutine and its catch-up workers at once, with messages to many and
+// messages to one interleaved. Every frame must still be its own entry's
+// (and -race must find nothing).
+func TestEncoderConcurrentUse(t *testing.T) {
+	msgs := make([]*engine.Message, 4)
+	for i := range msgs {
+		msgs[i] = &engine.Message{ID: engine.ID{byte(i + 1)}, From: "ana", To: []string{"bo"}, Kind: engine.KindText,
+			Body: []byte{byte(i)}, Created: time.UnixMilli(1700000000000)}
+	}
+	var enc session.Encoder
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				m := msgs[(w+i/(w+1))%len(msgs)] // worker w sends each message w+1 times in a row
+				seq := uint64(i + 1)
+				b := enc.AppendEntry(nil, engine.Entry{Seq: seq, Kind: engine.EntryMessage, Message: m})
+				got, err := wire.Decode(pb.FrameType_DELIVER, b[wire.HeaderLen:])
+				d, _ := got.(*pb.Deliver)
+				if err != nil || d.Seq != seq || d.Id != m.ID.String() || !bytes.Equal(d.Body, m.Body) {
+					errs <- fmt.Errorf("frame %d of worker %d: %v %v, want message %s", i, w, d, err, m.ID)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
 

@@ -3,6 +3,7 @@ package session_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"sync"
@@ -29,13 +30,23 @@ type pipe struct {
 	types  []pb.FrameType
 	closed bool
 	wrote  chan struct{} // signalled after every Write
-	sess   *session.Session
-	once   sync.Once
+	// gate, when set, holds every Write until it is closed; a Write
+	// waiting there is told on held.
+	gate, held chan struct{}
+	sess       *session.Session
+	once       sync.Once
 }
 
-func newPipe() *pipe { return &pipe{wrote: make(chan struct{}, 1024)} }
+func newPipe() *pipe { return &pipe{wrote: make(chan struct{}, 1024), held: make(chan struct{}, 1)} }
 
 func (p *pipe) Write(frames [][]byte, size int) error {
+	if p.gate != nil {
+		select {
+		case p.held <- struct{}{}:
+		default:
+		}
+		<-p.gate
+	}
 	var all []byte
 	for _, f := range frames {
 		all = append(all, f...)
@@ -98,10 +109,14 @@ func (p *pipe) next(t *testing.T, i int) (pb.FrameType, proto.Message) {
 
 type env struct {
 	mgr  *session.Manager
+	hub  *fanout.Hub
 	keys *auth.Keys
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, session.Config{}) }
+
+// newEnvWith is newEnv with cfg's limits and timeouts.
+func newEnvWith(t *testing.T, cfg session.Config) *env {
 	t.Helper()
 	st := memstore.New()
 	dir, err := fanout.OpenDirectory(st, nil)
@@ -132,8 +147,9 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := session.NewManager(session.Config{Engine: eng, Hub: hub, Tokens: keys, Users: dir,
-		Logger: slog.New(slog.DiscardHandler)})
+	cfg.Engine, cfg.Hub, cfg.Tokens, cfg.Users = eng, hub, keys, dir
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	mgr, err := session.NewManager(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,24 +158,78 @@ func newEnv(t *testing.T) *env {
 		eng.Close()
 		hub.Close()
 	})
-	return &env{mgr: mgr, keys: keys}
+	return &env{mgr: mgr, hub: hub, keys: keys}
 }
 
-// connect opens a session on a pipe and completes the handshake.
-func (e *env) connect(t *testing.T, user, device string) *pipe {
-	t.Helper()
+// open opens a session on a new pipe, as a transport does.
+func (e *env) open() *pipe {
 	p := newPipe()
 	p.sess = e.mgr.Open(p)
 	p.sess.Begin()
+	return p
+}
+
+// hello sends p's HELLO for user's device.
+func (e *env) hello(t *testing.T, p *pipe, user, device string) {
+	t.Helper()
 	tok, err := e.keys.MintClient(user, device, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.sess.HandleFrame(pb.FrameType_HELLO, payload(&pb.Hello{Version: wire.Version, Token: tok, Device: device}))
+}
+
+// connect opens a session on a pipe and completes the handshake.
+func (e *env) connect(t *testing.T, user, device string) *pipe {
+	t.Helper()
+	p := e.open()
+	e.hello(t, p, user, device)
 	if ft, m := p.next(t, 0); ft != pb.FrameType_WELCOME || m.(*pb.Welcome).User != user {
 		t.Fatalf("handshake: %v %v", ft, m)
 	}
 	return p
+}
+
+// feed frames input as a transport does: whole frames to HandleFrame; a
+// header wire.ParseHeader refuses to FrameError, and the rest discarded.
+func (p *pipe) feed(b []byte, maxFrame int) {
+	for len(b) >= wire.HeaderLen && !p.sess.Dead() {
+		n, ft, err := wire.ParseHeader(b[:wire.HeaderLen], maxFrame)
+		if err != nil {
+			p.sess.FrameError(err)
+			return
+		}
+		p.sess.HandleFrame(ft, b[wire.HeaderLen:4+n])
+		b = b[4+n:]
+	}
+}
+
+// expectFatal waits for the i-th frame, a fatal ERROR with code, then for
+// the pipe to be closed with nothing written after the error.
+func (p *pipe) expectFatal(t *testing.T, i int, code pb.Code) {
+	t.Helper()
+	ft, m := p.next(t, i)
+	if e, ok := m.(*pb.Error); ft != pb.FrameType_ERROR || !ok || e.Code != code || !e.Fatal {
+		t.Fatalf("frame %d: %v %v, want fatal %v", i, ft, m, code)
+	}
+	waitFor(t, "the connection closed", p.isClosed)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.frames) != i+1 {
+		t.Fatalf("%d frames after the fatal error", len(p.frames)-i-1)
+	}
+}
+
+// waitFor polls cond until it holds, or fails after a deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func payload(m proto.Message) []byte {
@@ -215,4 +285,71 @@ func TestSessionOverAnInMemoryTransport(t *testing.T) {
 	if !ana.sess.Dead() {
 		t.Fatal("a session that sent a fatal error still takes input")
 	}
+}
+
+// TestFramingErrorsAreTyped: input a transport cannot frame (reported
+// with FrameError) and frames the session refuses each end the session
+// with their own fatal code, and nothing after it.
+func TestFramingErrorsAreTyped(t *testing.T) {
+	e := newEnv(t)
+	hdr := func(length uint32, ft byte) []byte { return append(binary.BigEndian.AppendUint32(nil, length), ft) }
+	cases := []struct {
+		name string
+		in   []byte
+		code pb.Code
+	}{
+		{"too large", hdr(1<<30, byte(pb.FrameType_SUBMIT)), pb.Code_FRAME_TOO_LARGE},
+		{"empty", hdr(0, 0), pb.Code_BAD_FRAME},
+		{"unknown type", hdr(1, 99), pb.Code_UNKNOWN_FRAME},
+		{"server frame", hdr(1, byte(pb.FrameType_DELIVER)), pb.Code_UNKNOWN_FRAME},
+		{"before hello", hdr(1, byte(pb.FrameType_PING)), pb.Code_HANDSHAKE_REQUIRED},
+		{"malformed hello", append(hdr(4, byte(pb.FrameType_HELLO)), 0xff, 0xff, 0xff), pb.Code_BAD_FRAME},
+		{"then more input", append(hdr(0, 0), wire.Encode(pb.FrameType_PING, &pb.Ping{})...), pb.Code_BAD_FRAME},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := e.open()
+			p.feed(c.in, e.mgr.MaxFrame())
+			p.expectFatal(t, 0, c.code)
+		})
+	}
+	waitFor(t, "every session closed", func() bool { return e.mgr.Count() == 0 })
+}
+
+// TestSlowConsumerOverAnInMemoryTransport: a session whose transport does
+// not take its writes is dropped once its queue would pass MaxPending:
+// what was queued is dropped, SLOW_CONSUMER is its last frame, and its
+// device is detached.
+func TestSlowConsumerOverAnInMemoryTransport(t *testing.T) {
+	const maxPending = 8 << 10
+	e := newEnvWith(t, session.Config{MaxPending: maxPending})
+	slow := e.open()
+	slow.gate = make(chan struct{})
+	e.hello(t, slow, "bo", "phone")
+	// The WELCOME's write is held at the gate; what is sent now queues
+	// up behind it.
+	select {
+	case <-slow.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the WELCOME was never written")
+	}
+	frame := wire.Encode(pb.FrameType_DELIVER, &pb.Deliver{Seq: 1, Body: make([]byte, 1000)})
+	sent := 0
+	for slow.sess.Send(frame) {
+		if sent++; sent > maxPending/len(frame) {
+			t.Fatalf("%d frames of %d bytes queued: past MaxPending %d", sent, len(frame), maxPending)
+		}
+	}
+	if sent < maxPending/len(frame)-1 {
+		t.Fatalf("dropped after %d frames of %d bytes: MaxPending is %d", sent, len(frame), maxPending)
+	}
+	if slow.sess.Send(frame) {
+		t.Fatal("a slow consumer took another frame")
+	}
+	close(slow.gate)
+	if ft, _ := slow.next(t, 0); ft != pb.FrameType_WELCOME {
+		t.Fatalf("first frame %v, want the WELCOME", ft)
+	}
+	slow.expectFatal(t, 1, pb.Code_SLOW_CONSUMER) // the queued frames were dropped
+	waitFor(t, "bo detached", func() bool { return !e.hub.Online("bo") && e.mgr.Count() == 0 })
 }

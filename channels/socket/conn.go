@@ -18,7 +18,7 @@ type connKey struct{}
 // conn is one netpoll connection: the session's Transport.
 type conn struct {
 	nc   netpoll.Connection
-	sess *session.Session // set once by onPrepare, before any input
+	sess *session.Session // set once by onPrepare under mu, before any input
 
 	mu     sync.Mutex
 	closed bool // netpoll closed the connection: never touch its buffers again; guarded by mu
@@ -30,17 +30,27 @@ var errClosed = errors.New("socket: connection closed")
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{nc: nc}
-	c.sess = s.sessions.Open(c)
 	// Close callbacks run newest first, so this one runs before netpoll's
 	// own releases the connection's buffers; Write copies into them only
 	// under c.mu and only while closed is false.
+	//
+	// It is added before the session is registered: from Open on, a
+	// Shutdown or the sweeper may queue a fatal error whose flusher
+	// closes the connection at once, and a close before the callback was
+	// added would never reach the session, which would then stay
+	// registered and hold Shutdown until its deadline. c.mu keeps the
+	// callback (and Write) waiting until c.sess is set.
 	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
 		c.mu.Lock()
 		c.closed = true
+		sess := c.sess
 		c.mu.Unlock()
-		c.sess.Closed()
+		sess.Closed()
 		return nil
 	})
+	c.mu.Lock()
+	c.sess = s.sessions.Open(c)
+	c.mu.Unlock()
 	c.sess.Begin()
 	return context.WithValue(context.Background(), connKey{}, c)
 }
