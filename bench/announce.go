@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,7 +53,6 @@ type AnnounceConfig struct {
 	Bin, Tmp string
 	// Against is a second dingd binary measured after Bin in the same
 	// run, beside it in the table (dingbench --against); empty means none.
-	// Its CPU profile (Profile) goes to Profile + ".against".
 	Against string
 	// Self is the dingbench binary, started as the naive broadcaster
 	// (`dingbench announce-naive`, see NaiveBroadcast).
@@ -66,10 +66,9 @@ type AnnounceConfig struct {
 	// Quiet is how long the 1:1 pair runs before publish #2 (their latency
 	// without a fanout); zero means 3s.
 	Quiet time.Duration
-	// Pprof, if set, makes dingd serve net/http/pprof on this address;
-	// with Profile set, a CPU profile of dingd covering publish #1 (5 s from
-	// just before it) is written to the file Profile.
-	Pprof, Profile string
+	// Profiling: a CPU profile of dingd covering publish #1 (5 s from
+	// just before it).
+	Profiling
 }
 
 func (c *AnnounceConfig) setDefaults() {
@@ -252,10 +251,7 @@ func Announce(cfg AnnounceConfig) (Table, error) {
 	return Compare(cfg.Bin, cfg.Against, "the baselines", func(bin string) (Table, error) {
 		c := cfg
 		if bin != cfg.Bin {
-			c.Bin = bin
-			if c.Profile != "" {
-				c.Profile += ".against"
-			}
+			c.Bin, c.Profiling = bin, cfg.forAgainst()
 		}
 		return announceOnce(c, text, naive, storeRate)
 	})
@@ -275,9 +271,7 @@ func announceOnce(cfg AnnounceConfig, text string, naive naiveResult, storeRate 
 	if err != nil {
 		return Table{}, err
 	}
-	if cfg.Pprof != "" {
-		srv.args = []string{"--pprof", cfg.Pprof}
-	}
+	srv.args = cfg.dingdArgs()
 	if err := srv.start(); err != nil {
 		srv.Stop()
 		return Table{}, err
@@ -341,19 +335,11 @@ func (an *announcer) phaseA() (phaseAResult, error) {
 		rs.start(d, i, nil, res.arr)
 	}
 	time.Sleep(time.Second) // let the handshakes' after-work settle
-	var prof chan error
-	if an.cfg.Pprof != "" && an.cfg.Profile != "" {
-		prof = make(chan error, 1)
-		go func() { prof <- FetchProfile(an.cfg.Pprof, an.cfg.Profile, 5) }()
-		time.Sleep(100 * time.Millisecond)
-	}
+	profiled := an.cfg.begin(5)
 	res.pub, err = an.publish(res.arr)
-	if prof != nil {
-		if perr := <-prof; perr != nil && err == nil {
-			err = perr
-		}
-		res.profile = an.cfg.Profile
-	}
+	var perr error
+	res.profile, perr = profiled()
+	err = cmp.Or(err, perr)
 	if err != nil {
 		closeAll(an.devs)
 		rs.wait()

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,28 +51,23 @@ type BroadcastConfig struct {
 	// Against is a second dingd binary measured after Bin in the same
 	// run, beside it in the table (dingbench --against); empty means none.
 	Against string
+	// Profiling: a CPU profile of dingd over the sends (5 s from just
+	// before them).
+	Profiling
 	// Conns online devices, the group's members; zero means 18,000 (what
 	// one dingd can hold under a 20,000-file limit, its own files aside).
 	Conns int
 	// Messages sent to the group back to back; zero means 20.
 	Messages int
-	// Payload is each message's body size in bytes; zero means 256.
+	// Payload is each message's body size in bytes, at least 8 (the
+	// submit time goes in the first 8); zero means 256.
 	Payload int
-	// Pprof, if set, makes dingd serve net/http/pprof on this address;
-	// with Profile set, a CPU profile of dingd over the sends (5 s from
-	// just before them) is written to the file Profile (Profile +
-	// ".against" for the --against dingd).
-	Pprof, Profile string
 }
 
 func (c *BroadcastConfig) setDefaults() {
-	if c.Conns == 0 {
-		c.Conns = 18_000
-	}
-	if c.Messages == 0 {
-		c.Messages = 20
-	}
-	c.Payload = max(c.Payload, 8) // the submit time goes in the first 8 bytes
+	c.Messages = cmp.Or(c.Messages, 20)
+	c.Conns = cmp.Or(c.Conns, 18_000)
+	c.Payload = max(cmp.Or(c.Payload, 256), 8)
 }
 
 // broadcastGroup is the scenario's group.
@@ -101,7 +97,7 @@ func Broadcast(cfg BroadcastConfig) (Table, error) {
 	body := make([]byte, cfg.Payload)
 	copy(body[8:], announceText(cfg.Payload))
 	fmt.Fprintf(os.Stderr, "broadcast: baseline, %d messages to %d connections\n", cfg.Messages, cfg.Conns)
-	// What dingd sends for a message to the group (see wire's deliverOf).
+	// What dingd sends for a message to the group (channels/session deliverOf).
 	like := &pb.Deliver{
 		Id: stampID(time.Now()), From: sender, To: []string{"group:" + broadcastGroup}, Kind: pb.Kind_TEXT,
 		Body: body, CreatedMs: time.Now().UnixMilli(),
@@ -114,10 +110,7 @@ func Broadcast(cfg BroadcastConfig) (Table, error) {
 	t, err := Compare(cfg.Bin, cfg.Against, "the baseline", func(bin string) (Table, error) {
 		c := cfg
 		if bin != cfg.Bin {
-			c.Bin = bin
-			if c.Profile != "" {
-				c.Profile += ".against"
-			}
+			c.Bin, c.Profiling = bin, cfg.forAgainst()
 		}
 		r, err := broadcastOnce(c)
 		if err != nil {
@@ -140,11 +133,7 @@ func Broadcast(cfg BroadcastConfig) (Table, error) {
 // broadcastOnce runs the sends against a fresh dingd from cfg.Bin.
 func broadcastOnce(cfg BroadcastConfig) (*broadcastRun, error) {
 	n := cfg.Conns
-	var args []string
-	if cfg.Pprof != "" {
-		args = []string{"--pprof", cfg.Pprof}
-	}
-	srv, err := StartServer(cfg.Bin, cfg.Tmp, n+1, args...)
+	srv, err := StartServer(cfg.Bin, cfg.Tmp, n+1, cfg.dingdArgs()...)
 	if err != nil {
 		return nil, err
 	}
@@ -190,12 +179,7 @@ func broadcastOnce(cfg BroadcastConfig) (*broadcastRun, error) {
 // decoded every one, and takes the run's figures.
 func (r *broadcastRun) send(cfg BroadcastConfig, srv *Server, sender *rawConn, arrs []*arrivals) error {
 	time.Sleep(time.Second) // let the handshakes' after-work settle
-	var prof chan error
-	if cfg.Pprof != "" && cfg.Profile != "" {
-		prof = make(chan error, 1)
-		go func() { prof <- FetchProfile(cfg.Pprof, cfg.Profile, 5) }()
-		time.Sleep(100 * time.Millisecond)
-	}
+	profiled := cfg.begin(5)
 	m0, err := srv.Scrape()
 	if err != nil {
 		return err
@@ -278,13 +262,8 @@ func (r *broadcastRun) send(cfg BroadcastConfig, srv *Server, sender *rawConn, a
 		}
 		r.toAll = append(r.toAll, time.Duration(last-r.subs[sub]))
 	}
-	if prof != nil {
-		if err := <-prof; err != nil {
-			return err
-		}
-		r.profile = cfg.Profile
-	}
-	return nil
+	r.profile, err = profiled()
+	return err
 }
 
 // putGroup makes group id of users prefix0 .. prefix<n-1>, a few thousand

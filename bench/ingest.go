@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -213,6 +214,39 @@ func runNotes(loop string, r *ingestRun) []string {
 // inflight is how many the server lets a connection have unanswered.
 type pacer func(i, inflight int, send sendFunc) error
 
+// runSenders paces every connection's submits at once: sendOf(i) gives
+// connection i's send function and the in-flight limit its server
+// announced. It returns when all have ended, with the first error.
+func runSenders(conns int, pace pacer, sendOf func(i int) (sendFunc, int)) error {
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	for i := range conns {
+		send, inflight := sendOf(i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pace(i, inflight, send); err != nil {
+				firstErr.CompareAndSwap(nil, &err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		return fmt.Errorf("send: %w", *err)
+	}
+	return nil
+}
+
+// stamped returns a body of n bytes stamped with t (stampBody).
+func stamped(n int, t time.Time) []byte {
+	body := make([]byte, n)
+	stampBody(body, t)
+	return body
+}
+
+// next is the user connection i sends to.
+func next(i, conns int) []string { return []string{"u" + strconv.Itoa((i+1)%conns)} }
+
 // driveClients runs the load through the Go client library.
 func driveClients(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 	clients := make([]*client.Client, cfg.Conns)
@@ -230,26 +264,9 @@ func driveClients(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 			c.Close()
 		}
 	}()
-	ctx, cancel := context.WithDeadline(context.Background(), w.to.Add(drain))
-	defer cancel()
-	var senders, receivers sync.WaitGroup
-	var sendErr atomic.Value
+	var receivers sync.WaitGroup
 	stop := make(chan struct{}) // closed 2s after the senders ended
 	for i, c := range clients {
-		to := []string{fmt.Sprintf("u%d", (i+1)%cfg.Conns)}
-		senders.Add(1)
-		go func() {
-			defer senders.Done()
-			send := func(_ uint64, stamp time.Time) (time.Time, error) {
-				body := make([]byte, cfg.Payload)
-				stampBody(body, stamp)
-				_, err := c.Send(ctx, to, body)
-				return time.Now(), err
-			}
-			if err := pace(i, int(c.Welcome().GetMaxInflight()), send); err != nil {
-				sendErr.CompareAndSwap(nil, err)
-			}
-		}()
 		receivers.Add(1)
 		go func() { // acks every 64 entries
 			defer receivers.Done()
@@ -271,13 +288,18 @@ func driveClients(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 			}
 		}()
 	}
-	senders.Wait()
+	ctx, cancel := context.WithDeadline(context.Background(), w.to.Add(drain))
+	defer cancel()
+	err := runSenders(cfg.Conns, pace, func(i int) (sendFunc, int) {
+		c, to := clients[i], next(i, cfg.Conns)
+		return func(_ uint64, stamp time.Time) (time.Time, error) {
+			_, err := c.Send(ctx, to, stamped(cfg.Payload, stamp))
+			return time.Now(), err
+		}, int(c.Welcome().GetMaxInflight())
+	})
 	time.AfterFunc(2*time.Second, func() { close(stop) })
 	receivers.Wait()
-	if err, _ := sendErr.Load().(error); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	return nil
+	return err
 }
 
 // driveRaw runs the load with hand-written frames: per connection a
@@ -298,28 +320,9 @@ func driveRaw(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 		}
 		conns[i] = c
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), w.to.Add(drain))
-	defer cancel()
-	var senders, readers sync.WaitGroup
-	var firstErr atomic.Value
+	var readers sync.WaitGroup
+	var readErr atomic.Value
 	for i, c := range conns {
-		to := []string{fmt.Sprintf("u%d", (i+1)%cfg.Conns)}
-		prefix := fmt.Sprintf("bench-%d-", i)
-		senders.Add(1)
-		go func() {
-			defer senders.Done()
-			send := func(ref uint64, stamp time.Time) (time.Time, error) {
-				body := make([]byte, cfg.Payload)
-				stampBody(body, stamp)
-				a, err := c.send(ctx, &pb.Submit{
-					Ref: ref, To: to, Kind: pb.Kind_TEXT, Body: body, ClientMsgId: prefix + strconv.FormatUint(ref, 36),
-				})
-				return a.at, err
-			}
-			if err := pace(i, int(c.welcome.GetMaxInflight()), send); err != nil {
-				firstErr.CompareAndSwap(nil, err)
-			}
-		}()
 		readers.Add(1)
 		go func() { // acks every 64 entries
 			defer readers.Done()
@@ -341,17 +344,27 @@ func driveRaw(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 				return nil
 			})
 			if err != nil {
-				firstErr.CompareAndSwap(nil, fmt.Errorf("conn %d: %w", i, err))
+				readErr.CompareAndSwap(nil, fmt.Errorf("conn %d: %w", i, err))
 			}
 		}()
 	}
-	senders.Wait()
+	ctx, cancel := context.WithDeadline(context.Background(), w.to.Add(drain))
+	defer cancel()
+	err := runSenders(cfg.Conns, pace, func(i int) (sendFunc, int) {
+		c, to, prefix := conns[i], next(i, cfg.Conns), fmt.Sprintf("bench-%d-", i)
+		return func(ref uint64, stamp time.Time) (time.Time, error) {
+			a, err := c.send(ctx, &pb.Submit{
+				Ref: ref, To: to, Kind: pb.Kind_TEXT, Body: stamped(cfg.Payload, stamp), ClientMsgId: prefix + strconv.FormatUint(ref, 36),
+			})
+			return a.at, err
+		}, int(c.welcome.GetMaxInflight())
+	})
 	for _, c := range conns {
 		c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
 	}
 	readers.Wait()
-	if err, _ := firstErr.Load().(error); err != nil {
-		return err
+	if rerr, _ := readErr.Load().(error); rerr != nil {
+		return errors.Join(err, rerr)
 	}
-	return nil
+	return err
 }

@@ -69,9 +69,7 @@ func (c *rawConn) submit(s *pb.Submit) (<-chan submitAnswer, error) {
 	c.pending[s.Ref] = ch
 	c.mu.Unlock()
 	if err := c.write(wire.Encode(pb.FrameType_SUBMIT, s)); err != nil {
-		c.mu.Lock()
-		delete(c.pending, s.Ref)
-		c.mu.Unlock()
+		c.take(s.Ref)
 		return nil, err
 	}
 	return ch, nil
@@ -87,18 +85,19 @@ func (c *rawConn) send(ctx context.Context, s *pb.Submit) (submitAnswer, error) 
 	case a := <-ch:
 		return a, a.err
 	case <-ctx.Done():
+		c.take(s.Ref)
 		return submitAnswer{}, fmt.Errorf("submit %d: %w", s.Ref, ctx.Err())
 	}
 }
 
-func (c *rawConn) answer(ref uint64, a submitAnswer) {
+// take removes ref's submit from those waiting for an answer and returns
+// where its answer goes; nil if it is not waiting.
+func (c *rawConn) take(ref uint64) chan submitAnswer {
 	c.mu.Lock()
-	ch, ok := c.pending[ref]
+	defer c.mu.Unlock()
+	ch := c.pending[ref]
 	delete(c.pending, ref)
-	c.mu.Unlock()
-	if ok {
-		ch <- a
-	}
+	return ch
 }
 
 // readLoop reads frames until the connection is closed or its read
@@ -139,11 +138,15 @@ func (c *rawConn) readLoop(onFrame func(msg proto.Message, at time.Time) error) 
 		}
 		switch m := msg.(type) {
 		case *pb.SubmitAck:
-			c.answer(m.Ref, submitAnswer{id: m.Id, at: at})
+			if ch := c.take(m.Ref); ch != nil {
+				ch <- submitAnswer{id: m.Id, at: at}
+			}
 			continue
 		case *pb.Error:
 			if m.Ref != 0 {
-				c.answer(m.Ref, submitAnswer{at: at, err: fmt.Errorf("server error %v: %s", m.Code, m.Detail)})
+				if ch := c.take(m.Ref); ch != nil {
+					ch <- submitAnswer{at: at, err: fmt.Errorf("server error %v: %s", m.Code, m.Detail)}
+				}
 				continue
 			}
 			if m.Fatal {

@@ -114,6 +114,7 @@ func run(args []string) error {
 		}
 		return v
 	}
+	profiling := bench.Profiling{Pprof: *serverPprof, Profile: *serverProfile}
 	var scenarios []func() (bench.Table, error)
 	ingest := func() (bench.Table, error) {
 		return bench.Ingest(bench.IngestConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 1000), Payload: *payload,
@@ -127,7 +128,7 @@ func run(args []string) error {
 	}
 	broadcast := func() (bench.Table, error) {
 		return bench.Broadcast(bench.BroadcastConfig{Bin: *bin, Tmp: *tmp, Self: self, Against: *against, Conns: pick(*conns, 18000),
-			Messages: *messages, Payload: *payload, Pprof: *serverPprof, Profile: *serverProfile})
+			Messages: *messages, Payload: *payload, Profiling: profiling})
 	}
 	escalate := func() (bench.Table, error) {
 		return wholeRuns(*bin, *against, func(b string) (bench.Table, error) {
@@ -136,7 +137,7 @@ func run(args []string) error {
 	}
 	announce := func() (bench.Table, error) {
 		return bench.Announce(bench.AnnounceConfig{Bin: *bin, Tmp: *tmp, Self: self, Against: *against, Users: *users, Conns: pick(*conns, 18000),
-			Text: *payload, Pprof: *serverPprof, Profile: *serverProfile})
+			Text: *payload, Profiling: profiling})
 	}
 	secret := func() (bench.Table, error) {
 		return wholeRuns(*bin, *against, func(b string) (bench.Table, error) {
