@@ -51,12 +51,18 @@ func main() {
 	}
 }
 
+const usage = "usage: dingbench ingest|idle|resume|broadcast|announce|escalate|secret|all [--against OTHER_DINGD] [flags]"
+
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: dingbench ingest|idle|resume|broadcast|announce|escalate|secret|all [--against OTHER_DINGD] [flags]; -h after the scenario lists the flags")
+		return errors.New(usage + "; dingbench -h lists the flags")
 	}
 	scenario := args[0]
 	fs := flag.NewFlagSet("dingbench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
 	self, _ := os.Executable()
 	bin := fs.String("dingd", filepath.Join(filepath.Dir(self), "dingd"), "dingd binary")
 	tmp := fs.String("tmp", os.TempDir(), "where data directories go")
@@ -86,7 +92,15 @@ func run(args []string) error {
 	perChat := fs.Int("per-chat", 2, "secret: messages per chat in the burn-lateness phase")
 	live := fs.Int("live", 50_000, "secret: live messages held at a restart")
 	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
-	if err := fs.Parse(args[1:]); err != nil {
+	switch scenario {
+	case "-h", "-help", "--help", "help":
+		fs.SetOutput(os.Stdout)
+		fs.Usage()
+		return nil
+	}
+	if err := fs.Parse(args[1:]); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	if *cpuprofile != "" {
