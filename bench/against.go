@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode"
@@ -21,18 +22,26 @@ type Against struct {
 
 // Versus returns t with old's figures beside its own: old is the same
 // scenario measured with the dingd at bin. Rows are matched by their
-// Metric; old's notes follow t's, each side's marked. t's Baseline and
-// Goal columns stay (old's baselines are not shown).
+// Metric, first as written, then by its shape (numbers aside: a metric
+// may name a count that differs between runs); old's notes follow t's,
+// each side's marked. t's Baseline and Goal columns stay (old's
+// baselines are not shown).
 func (t Table) Versus(old Table, bin string) Table {
-	byMetric := make(map[string][]string, len(old.Rows))
-	for _, r := range old.Rows {
-		byMetric[r.Metric] = append(byMetric[r.Metric], r.Ding)
-	}
 	a := &Against{Bin: bin, Figures: make([]string, len(t.Rows))}
-	for i, r := range t.Rows {
-		// A metric named twice is matched in order of appearance.
-		if f := byMetric[r.Metric]; len(f) > 0 {
-			a.Figures[i], byMetric[r.Metric] = f[0], f[1:]
+	used := make([]bool, len(old.Rows))
+	matched := make([]bool, len(t.Rows))
+	for _, key := range []func(string) string{func(m string) string { return m }, metricShape} {
+		for i, r := range t.Rows {
+			if matched[i] {
+				continue
+			}
+			for j, o := range old.Rows {
+				// A metric named twice is matched in order of appearance.
+				if !used[j] && key(o.Metric) == key(r.Metric) {
+					a.Figures[i], used[j], matched[i] = o.Ding, true, true
+					break
+				}
+			}
 		}
 	}
 	notes := make([]string, 0, len(t.Notes)+len(old.Notes))
@@ -45,6 +54,12 @@ func (t Table) Versus(old Table, bin string) Table {
 	t.Notes, t.Against = notes, a
 	return t
 }
+
+// numberRE matches the numbers in a metric's name.
+var numberRE = regexp.MustCompile(`[0-9][0-9.,]*`)
+
+// metricShape is a metric's name with each number replaced by "#".
+func metricShape(m string) string { return numberRE.ReplaceAllString(m, "#") }
 
 // Compare measures a scenario with the dingd at bin and, when against is
 // set, then with the one at against, and returns bin's table or the two

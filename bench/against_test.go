@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -58,6 +60,8 @@ func TestVersus(t *testing.T) {
 			{"p99", "4.00 ms", "", "", ""},
 			{"only new", "1", "", "", ""},
 			{"p99", "8.00 ms", "", "", ""}, // a metric named twice matches in order
+			{"burns/s (16228 ids, 100 READs)", "300", "", "", ""},
+			{"level-3 (1 READ)", "7", "", "", ""},
 		},
 		Notes: []string{"new note"},
 	}
@@ -67,6 +71,9 @@ func TestVersus(t *testing.T) {
 			{"rate", "100", "90 writes/s", "1.11×", "≥ 1×"},
 			{"p99", "16.00 ms", "", "", ""},
 			{"only old", "5", "", "", ""},
+			{"level-1 (1 READ)", "8", "", "", ""}, // the same shape, not the same name: matched second
+			{"burns/s (13738 ids, 100 READs)", "100", "", "", ""},
+			{"level-3 (1 READ)", "9", "", "", ""},
 		},
 		Notes: []string{"old note"},
 	}
@@ -77,6 +84,8 @@ func TestVersus(t *testing.T) {
 		"| p99 | 4.00 ms | 2.00 ms | 2.00× |  |  |  |",
 		"| only new | 1 |  |  |  |  |  |",
 		"| p99 | 8.00 ms | 16.00 ms | 0.50× |  |  |  |",
+		"| burns/s (16228 ids, 100 READs) | 300 | 100 | 3.00× |  |  |  |",
+		"| level-3 (1 READ) | 7 | 9 | 0.78× |  |  |  |",
 		"This dingd: new note",
 		"--against dingd: old note",
 	} {
@@ -86,5 +95,53 @@ func TestVersus(t *testing.T) {
 	}
 	if strings.Contains(md, "only old") {
 		t.Errorf("a row only the old table has was shown:\n%s", md)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	table := func(bin string) Table {
+		return Table{Setup: "setup.", Rows: []Row{{"rate", map[string]string{"new": "20", "old": "10"}[bin], "", "", ""}}}
+	}
+	var ran []string
+	measure := func(bin string) (Table, error) {
+		ran = append(ran, bin)
+		if bin == "broken" {
+			return Table{}, errors.New("no")
+		}
+		return table(bin), nil
+	}
+	tests := []struct {
+		name, against string
+		ran           []string
+		wantErr       bool
+		setup         string
+		md            string
+	}{
+		{"alone", "", []string{"new"}, false, "setup.", "| rate | 20 |  |  |  |"},
+		{"against", "old", []string{"new", "old"}, false,
+			"setup. Order of this run: the baseline, then this dingd (new), then the --against dingd (old).",
+			"| rate | 20 | 10 | 2.00× |  |  |  |"},
+		{"against fails", "broken", []string{"new", "broken"}, true, "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ran = nil
+			got, err := Compare("new", tc.against, "the baseline", measure)
+			if !slices.Equal(ran, tc.ran) {
+				t.Errorf("measured %v, want %v in that order", ran, tc.ran)
+			}
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, want error: %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if got.Setup != tc.setup {
+				t.Errorf("setup %q, want %q", got.Setup, tc.setup)
+			}
+			if md := got.Markdown(); !strings.Contains(md, tc.md) {
+				t.Errorf("markdown lacks %q:\n%s", tc.md, md)
+			}
+		})
 	}
 }
