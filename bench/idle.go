@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"runtime"
 	"sync"
@@ -129,25 +128,13 @@ func hello(c net.Conn, h *pb.Hello) (*pb.Welcome, error) {
 	if _, err := c.Write(wire.Encode(pb.FrameType_HELLO, h)); err != nil {
 		return nil, err
 	}
-	var hdr [wire.HeaderLen]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return nil, err
-	}
-	n, ft, err := wire.ParseHeader(hdr[:], 1<<20)
-	if err != nil {
-		return nil, err
-	}
-	payload := make([]byte, n-1)
-	if _, err := io.ReadFull(c, payload); err != nil {
-		return nil, err
-	}
-	msg, err := wire.Decode(ft, payload)
+	msg, err := readFrame(c, 1<<20)
 	if err != nil {
 		return nil, err
 	}
 	w, ok := msg.(*pb.Welcome)
 	if !ok {
-		return nil, fmt.Errorf("handshake answered %v", ft)
+		return nil, fmt.Errorf("handshake answered %T", msg)
 	}
 	c.SetDeadline(time.Time{})
 	return w, nil

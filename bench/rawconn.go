@@ -41,6 +41,34 @@ type submitAnswer struct {
 // errConnEnded is returned for a submit whose connection ended first.
 var errConnEnded = errors.New("bench: connection ended before the answer")
 
+// errBadFrame is returned by readFrame for a frame that does not parse or
+// decode.
+var errBadFrame = errors.New("bench: bad frame")
+
+// readFrame reads one frame of at most max bytes from r and decodes it in
+// full. An error reading r (the connection closed, its deadline passed)
+// is returned as it is; a frame that does not parse or decode gives an
+// error wrapping errBadFrame.
+func readFrame(r io.Reader, max int) (proto.Message, error) {
+	var hdr [wire.HeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	size, ft, err := wire.ParseHeader(hdr[:], max)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadFrame, err)
+	}
+	payload := make([]byte, size-1)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return nil, err
+	}
+	msg, err := wire.Decode(ft, payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadFrame, err)
+	}
+	return msg, nil
+}
+
 // dialRaw opens an authenticated raw connection for device of user.
 func dialRaw(srv *Server, user, device string) (*rawConn, error) {
 	nc, w, err := handshake(srv.Sock, srv.Token(user, device), device)
@@ -118,24 +146,15 @@ func (c *rawConn) readLoop(onFrame func(msg proto.Message, at time.Time) error) 
 		}
 	}()
 	r := bufio.NewReaderSize(c.nc, 64<<10)
-	var hdr [wire.HeaderLen]byte
 	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return nil
-		}
-		size, ft, err := wire.ParseHeader(hdr[:], 1<<24)
-		if err != nil {
+		msg, err := readFrame(r, 1<<24)
+		if errors.Is(err, errBadFrame) {
 			return err
 		}
-		payload := make([]byte, size-1)
-		if _, err := io.ReadFull(r, payload); err != nil {
+		if err != nil {
 			return nil
 		}
 		at := time.Now()
-		msg, err := wire.Decode(ft, payload)
-		if err != nil {
-			return err
-		}
 		switch m := msg.(type) {
 		case *pb.SubmitAck:
 			if ch := c.take(m.Ref); ch != nil {

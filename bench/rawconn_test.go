@@ -3,7 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
-	"io"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -13,32 +13,6 @@ import (
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
 )
-
-// readSubmit reads one SUBMIT frame from c.
-func readSubmit(t *testing.T, c net.Conn) (*pb.Submit, error) {
-	t.Helper()
-	var hdr [wire.HeaderLen]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return nil, err
-	}
-	n, ft, err := wire.ParseHeader(hdr[:], 1<<20)
-	if err != nil {
-		return nil, err
-	}
-	payload := make([]byte, n-1)
-	if _, err := io.ReadFull(c, payload); err != nil {
-		return nil, err
-	}
-	m, err := wire.Decode(ft, payload)
-	if err != nil {
-		return nil, err
-	}
-	s, ok := m.(*pb.Submit)
-	if !ok {
-		return nil, errors.New("not a SUBMIT")
-	}
-	return s, nil
-}
 
 // Answers reach their submits by ref whatever their order; other frames
 // go to onFrame; submits left when the connection ends fail.
@@ -61,8 +35,9 @@ func TestRawConnMatchesAnswersByRef(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		for range 3 {
-			if _, err := readSubmit(t, server); err != nil {
-				done <- err
+			m, err := readFrame(server, 1<<20)
+			if _, ok := m.(*pb.Submit); !ok {
+				done <- fmt.Errorf("the server read %v (%v), want a SUBMIT", m, err)
 				return
 			}
 		}

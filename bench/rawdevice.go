@@ -3,8 +3,8 @@ package bench
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"runtime"
 	"sync"
@@ -116,24 +116,15 @@ func (p *pair) window(from, to int64) Latencies {
 func (d *annDevice) readLoop(i int, kind pb.Kind, rounds []*arrivals, p *pair) error {
 	r := bufio.NewReaderSize(d.conn, 4096)
 	k := 0
-	var hdr [wire.HeaderLen]byte
 	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		msg, err := readFrame(r, 1<<24)
+		if errors.Is(err, errBadFrame) {
+			return fmt.Errorf("device %s: %w", d.user, err)
+		}
+		if err != nil {
 			return nil // closed: the phase is over
 		}
-		size, ft, err := wire.ParseHeader(hdr[:], 1<<24)
-		if err != nil {
-			return fmt.Errorf("device %s: %w", d.user, err)
-		}
-		payload := make([]byte, size-1)
-		if _, err := io.ReadFull(r, payload); err != nil {
-			return nil
-		}
-		now := time.Now().UnixNano()
-		msg, err := wire.Decode(ft, payload)
-		if err != nil {
-			return fmt.Errorf("device %s: %w", d.user, err)
-		}
+		now := time.Now().UnixNano() // decoded
 		switch m := msg.(type) {
 		case *pb.Deliver:
 			d.last.Store(m.Seq)
