@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,8 +22,9 @@ import (
 // The announce scenario: an org of Users users, Conns of them online with
 // one device each over loopback, and one announcement to "all".
 //
-// It runs in three phases against one dingd data directory, then a
-// baseline:
+// It runs the baselines (C below) first, then two phases against one
+// dingd data directory (with --against, two more against a fresh data
+// directory of the other dingd):
 //
 //	A  publish #1 with nothing else running: delivery times, fanout time,
 //	   server CPU, and the bytes stored per recipient (dingd is stopped
@@ -49,6 +51,9 @@ import (
 // AnnounceConfig sizes the announce scenario.
 type AnnounceConfig struct {
 	Bin, Tmp string
+	// Against is a second dingd binary measured after Bin in the same
+	// run, beside it in the table (dingbench --against); empty means none.
+	Against string
 	// Self is the dingbench binary, started as the naive broadcaster
 	// (`dingbench announce-naive`, see NaiveBroadcast).
 	Self string
@@ -61,10 +66,9 @@ type AnnounceConfig struct {
 	// Quiet is how long the 1:1 pair runs before publish #2 (their latency
 	// without a fanout); zero means 3s.
 	Quiet time.Duration
-	// Pprof, if set, makes dingd serve net/http/pprof on this address;
-	// with Profile set, a CPU profile of dingd covering publish #1 (5 s from
-	// just before it) is written to the file Profile.
-	Pprof, Profile string
+	// Profiling: a CPU profile of dingd covering publish #1 (5 s from
+	// just before it).
+	Profiling
 }
 
 func (c *AnnounceConfig) setDefaults() {
@@ -223,30 +227,62 @@ type announcer struct {
 	devs []*annDevice
 }
 
-// Announce runs the announce scenario.
+// Announce runs the announce scenario: the baselines first, then the
+// phases against Bin and, with Against, against that dingd.
 func Announce(cfg AnnounceConfig) (Table, error) {
 	cfg.setDefaults()
 	if cfg.Users < cfg.Conns+2 {
 		return Table{}, fmt.Errorf("announce: %d users cannot hold %d devices and the 1:1 pair", cfg.Users, cfg.Conns)
 	}
+	text := announceText(cfg.Text)
+	// The naive broadcaster sends what dingd would: a DELIVER of the same
+	// size (an id of the same length; the real one is not known yet).
+	naive, err := naiveBaseline(cfg.Self, cfg.Conns, &pb.Deliver{
+		Id: stampID(time.Now()), From: "admin", To: []string{engine.AllStaff}, Kind: pb.Kind_ANNOUNCEMENT,
+		Body: []byte(text), CreatedMs: time.Now().UnixMilli(),
+	}, 1, "naive", "ceiling")
+	if err != nil {
+		return Table{}, err
+	}
+	storeRate, err := pebbleFanout(cfg.Tmp, cfg.Users)
+	if err != nil {
+		return Table{}, err
+	}
+	return Compare(cfg.Bin, cfg.Against, "the baselines", func(bin string) (Table, error) {
+		c := cfg
+		if bin != cfg.Bin {
+			c.Bin, c.Profiling = bin, cfg.forAgainst()
+		}
+		return announceOnce(c, text, naive, storeRate)
+	})
+}
+
+// stampID is a message id's text form for a message made at t (what the
+// baselines put in their frames, for the size).
+func stampID(t time.Time) string {
+	var id engine.ID
+	binary.BigEndian.PutUint64(id[:8], uint64(t.UnixMilli())<<16)
+	return id.String()
+}
+
+// announceOnce runs phases A and B against a dingd from cfg.Bin.
+func announceOnce(cfg AnnounceConfig, text string, naive naiveResult, storeRate float64) (Table, error) {
 	srv, err := newServer(cfg.Bin, cfg.Tmp)
 	if err != nil {
 		return Table{}, err
 	}
-	if cfg.Pprof != "" {
-		srv.args = []string{"--pprof", cfg.Pprof}
-	}
+	srv.args = cfg.dingdArgs()
 	if err := srv.start(); err != nil {
 		srv.Stop()
 		return Table{}, err
 	}
 	defer srv.Stop()
-	an := &announcer{cfg: cfg, srv: srv, text: announceText(cfg.Text)}
+	an := &announcer{cfg: cfg, srv: srv, text: text}
 	t0 := time.Now()
 	if err := srv.AddUsers("u", 0, cfg.Users); err != nil {
 		return Table{}, err
 	}
-	fmt.Fprintf(os.Stderr, "announce: %d users created in %v\n", cfg.Users, time.Since(t0).Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "announce: %s: %d users created in %v\n", cfg.Bin, cfg.Users, time.Since(t0).Round(time.Millisecond))
 	an.devs = make([]*annDevice, cfg.Conns)
 	for i := range an.devs {
 		an.devs[i] = &annDevice{user: fmt.Sprintf("u%d", i)}
@@ -257,14 +293,6 @@ func Announce(cfg AnnounceConfig) (Table, error) {
 		return Table{}, err
 	}
 	b, err := an.phaseB()
-	if err != nil {
-		return Table{}, err
-	}
-	naive, err := naiveBaseline(cfg, a.pub.id, an.text)
-	if err != nil {
-		return Table{}, err
-	}
-	storeRate, err := pebbleFanout(cfg.Tmp, cfg.Users)
 	if err != nil {
 		return Table{}, err
 	}
@@ -307,19 +335,11 @@ func (an *announcer) phaseA() (phaseAResult, error) {
 		rs.start(d, i, nil, res.arr)
 	}
 	time.Sleep(time.Second) // let the handshakes' after-work settle
-	var prof chan error
-	if an.cfg.Pprof != "" && an.cfg.Profile != "" {
-		prof = make(chan error, 1)
-		go func() { prof <- FetchProfile(an.cfg.Pprof, an.cfg.Profile, 5) }()
-		time.Sleep(100 * time.Millisecond)
-	}
+	profiled := an.cfg.begin(5)
 	res.pub, err = an.publish(res.arr)
-	if prof != nil {
-		if perr := <-prof; perr != nil && err == nil {
-			err = perr
-		}
-		res.profile = an.cfg.Profile
-	}
+	var perr error
+	res.profile, perr = profiled()
+	err = cmp.Or(err, perr)
 	if err != nil {
 		closeAll(an.devs)
 		rs.wait()
@@ -517,11 +537,12 @@ func (an *announcer) table(a phaseAResult, b phaseBResult, nv naiveResult, store
 	cfg := an.cfg
 	n := int64(cfg.Conns)
 	dLats, dLast, _ := a.arr.figures(a.pub.ack)
-	nLats, nLast, _ := nv.naive.arr.figures(nv.naive.start)
-	_, cLast, _ := nv.ceiling.arr.figures(nv.ceiling.start)
+	naive, ceiling := nv.rounds[0], nv.rounds[1]
+	nLats, nLast, _ := naive.arrs[0].figures(naive.start)
+	_, cLast, _ := ceiling.arrs[0].figures(ceiling.start)
 	dWin := time.Duration(dLast - a.pub.ack)
-	nWin := time.Duration(nLast - nv.naive.start)
-	cWin := time.Duration(cLast - nv.ceiling.start)
+	nWin := time.Duration(nLast - naive.start)
+	cWin := time.Duration(cLast - ceiling.start)
 	early := 0
 	for _, l := range dLats {
 		if l < 0 {
@@ -571,11 +592,11 @@ func (an *announcer) table(a phaseAResult, b phaseBResult, nv naiveResult, store
 	}
 	notes := []string{
 		fmt.Sprintf("Deliveries that reached a device before the publish ack was read: %d of %d (negative latencies). Publish request → last device: %s. The naive loop itself (encode + write for %d connections) took %s; the ceiling's writes (%d goroutines) %s. Fanout done measured by: %s.",
-			early, n, ms(time.Duration(dLast-a.pub.sent)), n, ms(time.Duration(nv.naive.end-nv.naive.start)), runtime.GOMAXPROCS(0), ms(time.Duration(nv.ceiling.end-nv.ceiling.start)), a.pub.doneBy),
+			early, n, ms(time.Duration(dLast-a.pub.sent)), n, ms(time.Duration(naive.end-naive.start)), runtime.GOMAXPROCS(0), ms(time.Duration(ceiling.end-ceiling.start)), a.pub.doneBy),
 		fmt.Sprintf("Machine load (/proc/loadavg) at the end of publish #1: %s; of publish #2: %s; this is a shared 2-core machine, and other processes ran during the run.", a.pub.load, b.pub.load),
 		fmt.Sprintf("CPU per delivery to an online device, sender (dingd: all its work for the publish, the fanout to %d recipients included) / receiving clients: Ding %.1f / %.1f µs; naive %.1f / %.1f µs; ceiling %.1f / %.1f µs. Connecting %d devices took %s (phase A), %d naive connections %s.",
-			cfg.Users, a.pub.cpu/float64(n)*1e6, a.pub.selfCPU/float64(n)*1e6, nv.naive.cpu/float64(n)*1e6, nv.naive.clientCPU/float64(n)*1e6,
-			nv.ceiling.cpu/float64(n)*1e6, nv.ceiling.clientCPU/float64(n)*1e6, n, a.connected.Round(time.Millisecond), n, nv.connected.Round(time.Millisecond)),
+			cfg.Users, a.pub.cpu/float64(n)*1e6, a.pub.selfCPU/float64(n)*1e6, naive.cpu/float64(n)*1e6, naive.clientCPU/float64(n)*1e6,
+			ceiling.cpu/float64(n)*1e6, ceiling.clientCPU/float64(n)*1e6, n, a.connected.Round(time.Millisecond), n, nv.connected.Round(time.Millisecond)),
 		fmt.Sprintf("Store (announcement #1, nothing else written): %d stream entries = %d B key+value (%.1f B each), %d receipts = %d B (%.1f B each), message record %d B once; audience/job keys left: %d. Data dir when dingd started for the publish (flushed) %d B; right after the clean stop %d B (WAL files %d B); flushed %d B; sstables %d → %d B (%d → %d tables).",
 			st.after.entries, st.after.entryBytes, float64(st.after.entryBytes)/float64(max(st.after.entries, 1)),
 			st.after.receipts, st.after.rcptBytes, float64(st.after.rcptBytes)/float64(max(st.after.receipts, 1)), st.after.msgBytes, st.after.audience,

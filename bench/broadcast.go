@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,31 +14,41 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
-	"github.com/dingmq/ding/engine"
 )
 
-// naiveRound is one message the broadcaster sent, as the clients saw it.
+// naiveRound is one mode of the broadcaster's sends, as the clients saw
+// it.
 type naiveRound struct {
-	arr        *arrivals
-	start, end int64   // Unix ns: the broadcaster's loop began and ended
-	cpu        float64 // the broadcaster's CPU seconds in the loop
-	clientCPU  float64 // the clients' (this process's) CPU seconds from "go" to the last receipt
+	arrs       []*arrivals // per message sent, in order
+	start, end int64       // Unix ns: the broadcaster's loop began and ended
+	cpu        float64     // the broadcaster's CPU seconds in the loop
+	clientCPU  float64     // the clients' (this process's) CPU seconds from "go" to the last receipt
 }
 
-// naiveResult is the baseline: the naive round, then the ceiling round.
+// naiveResult is the baseline: one round per mode asked for, in order.
 type naiveResult struct {
-	naive, ceiling naiveRound
-	connected      time.Duration
+	rounds    []naiveRound
+	connected time.Duration
 }
 
-// naiveBaseline starts the naive broadcaster (a child dingbench), connects
-// cfg.Conns raw clients to it and has it send the announcement twice: the
-// naive way, then the ceiling way (see NaiveBroadcast).
-func naiveBaseline(cfg AnnounceConfig, id, text string) (naiveResult, error) {
+// naiveBaseline starts the naive broadcaster (the child dingbench at
+// self), connects conns raw clients to it and has it send count copies of
+// d (seq 1, 2, ...: d's Seq is ignored) to all of them in each of modes in
+// turn (see NaiveBroadcast). The clients decode every frame and count the
+// DELIVERs of d's kind.
+func naiveBaseline(self string, conns int, d *pb.Deliver, count int, modes ...string) (naiveResult, error) {
 	var res naiveResult
-	cmd := exec.Command(cfg.Self, "announce-naive", "--conns", strconv.Itoa(cfg.Conns))
+	d = proto.Clone(d).(*pb.Deliver)
+	d.Seq = 0
+	msg, err := proto.Marshal(d)
+	if err != nil {
+		return res, err
+	}
+	cmd := exec.Command(self, "announce-naive", "--conns", strconv.Itoa(conns))
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -48,7 +59,7 @@ func naiveBaseline(cfg AnnounceConfig, id, text string) (naiveResult, error) {
 		return res, err
 	}
 	if err := cmd.Start(); err != nil {
-		return res, fmt.Errorf("start naive broadcaster %s: %w", cfg.Self, err)
+		return res, fmt.Errorf("start naive broadcaster %s: %w", self, err)
 	}
 	defer func() {
 		in.Close()
@@ -69,7 +80,7 @@ func naiveBaseline(cfg AnnounceConfig, id, text string) (naiveResult, error) {
 	if err != nil || len(f) != 1 {
 		return res, fmt.Errorf("naive broadcaster address: %v", err)
 	}
-	devs := make([]*annDevice, cfg.Conns)
+	devs := make([]*annDevice, conns)
 	for i := range devs {
 		devs[i] = &annDevice{user: fmt.Sprintf("naive%d", i)}
 	}
@@ -83,49 +94,58 @@ func naiveBaseline(cfg AnnounceConfig, id, text string) (naiveResult, error) {
 		return res, err
 	}
 	res.connected = time.Since(t0)
-	fmt.Fprintf(os.Stderr, "announce: baseline: %d connections to the naive broadcaster in %v\n", cfg.Conns, res.connected.Round(time.Millisecond))
-	res.naive.arr, res.ceiling.arr = newArrivals(cfg.Conns), newArrivals(cfg.Conns)
-	var rs readers
-	for i, d := range devs {
-		rs.start(d, i, nil, res.naive.arr, res.ceiling.arr)
+	fmt.Fprintf(os.Stderr, "baseline: %d connections to the naive broadcaster in %v\n", conns, res.connected.Round(time.Millisecond))
+	res.rounds = make([]naiveRound, len(modes))
+	var all []*arrivals
+	for i := range res.rounds {
+		for range count {
+			res.rounds[i].arrs = append(res.rounds[i].arrs, newArrivals(conns))
+		}
+		all = append(all, res.rounds[i].arrs...)
+	}
+	rs := readers{kind: d.Kind}
+	for i, dev := range devs {
+		rs.start(dev, i, nil, all...)
 	}
 	var roundErr error
-	for _, r := range []struct {
-		mode  string
-		round *naiveRound
-	}{{"naive", &res.naive}, {"ceiling", &res.ceiling}} {
+	for i, mode := range modes {
+		r := &res.rounds[i]
 		time.Sleep(time.Second)
 		self0 := selfCPUSeconds()
-		fmt.Fprintf(in, "go %s %s %d\n", r.mode, id, len(text))
+		fmt.Fprintf(in, "go %s %d %s\n", mode, count, hex.EncodeToString(msg))
 		f, err = line("done")
 		if err != nil || len(f) != 3 {
-			roundErr = fmt.Errorf("naive broadcaster %s result: %v", r.mode, err)
+			roundErr = fmt.Errorf("naive broadcaster %s result: %v", mode, err)
 			break
 		}
-		r.round.start, _ = strconv.ParseInt(f[0], 10, 64)
-		r.round.end, _ = strconv.ParseInt(f[1], 10, 64)
-		r.round.cpu, _ = strconv.ParseFloat(f[2], 64)
-		if !r.round.arr.wait(60 * time.Second) {
-			roundErr = fmt.Errorf("naive broadcaster %s: %d of %d clients got it within 60s", r.mode, r.round.arr.got.Load(), cfg.Conns)
+		r.start, _ = strconv.ParseInt(f[0], 10, 64)
+		r.end, _ = strconv.ParseInt(f[1], 10, 64)
+		r.cpu, _ = strconv.ParseFloat(f[2], 64)
+		last := r.arrs[len(r.arrs)-1]
+		if !last.wait(60 * time.Second) {
+			roundErr = fmt.Errorf("naive broadcaster %s: %d of %d clients got its last message within 60s", mode, last.got.Load(), conns)
 			break
 		}
-		r.round.clientCPU = selfCPUSeconds() - self0
+		r.clientCPU = selfCPUSeconds() - self0
 	}
 	closeAll(devs)
 	return res, errors.Join(roundErr, rs.wait())
 }
 
-// NaiveBroadcast is the announce scenario's baseline, run as `dingbench
-// announce-naive` in a child process: a plain TCP server on loopback that
-// accepts conns connections, then sends one announcement to all of them
-// each time it reads "go MODE ID TEXTBYTES" on in:
+// NaiveBroadcast is the baseline of the announce and broadcast
+// scenarios, run as `dingbench announce-naive` in a child process: a plain
+// TCP server on loopback that accepts conns connections, then sends to all
+// of them each time it reads "go MODE COUNT DELIVER" on in, where DELIVER
+// is a hex-encoded DELIVER payload: COUNT copies of it, back to back, each
+// with its own seq (counting from 1 over the whole run), in one of two
+// modes:
 //
-//   - naive: for each connection in turn, encode its DELIVER frame (its
-//     own seq: the message's number, counting from 1) and write it with
-//     one conn.Write, one write syscall;
-//   - ceiling: encode the frame once and write it from GOMAXPROCS
-//     goroutines, each taking a share of the connections: what one write
-//     syscall per connection allows at best on this machine.
+//   - naive: for each message, for each connection in turn, encode its
+//     DELIVER frame and write it with one conn.Write, one write syscall;
+//   - ceiling: encode each message's frame once and write them from
+//     GOMAXPROCS goroutines, each taking a share of the connections and
+//     writing every message to them in turn: what one write syscall per
+//     delivery allows at best on this machine.
 //
 // It reports on out "listen ADDR", "ready" once every connection is
 // accepted, and "done START END CPU" (Unix ns around each send, and its
@@ -152,37 +172,55 @@ func NaiveBroadcast(in io.Reader, out io.Writer, conns int) error {
 	}
 	fmt.Fprintln(out, "ready")
 	sc := bufio.NewScanner(in)
-	for seq := uint64(1); sc.Scan(); seq++ {
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	seq := uint64(0)
+	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) != 4 || f[0] != "go" {
-			return fmt.Errorf("naive broadcaster: want \"go MODE ID TEXTBYTES\", got %q", sc.Text())
+			return fmt.Errorf("naive broadcaster: want \"go MODE COUNT DELIVER\", got %q", sc.Text())
 		}
-		n, err := strconv.Atoi(f[3])
+		count, err := strconv.Atoi(f[2])
 		if err != nil {
 			return err
 		}
-		deliver := &pb.Deliver{
-			Seq: seq, Id: f[2], From: "admin", To: []string{engine.AllStaff}, Kind: pb.Kind_ANNOUNCEMENT,
-			Body: []byte(announceText(n)), CreatedMs: time.Now().UnixMilli(),
+		raw, err := hex.DecodeString(f[3])
+		if err != nil {
+			return err
+		}
+		msgs := make([]*pb.Deliver, count)
+		for k := range msgs {
+			msgs[k] = &pb.Deliver{}
+			if err := proto.Unmarshal(raw, msgs[k]); err != nil {
+				return fmt.Errorf("naive broadcaster: DELIVER: %w", err)
+			}
+			seq++
+			msgs[k].Seq = seq
 		}
 		start, cpu0 := time.Now(), selfCPUSeconds()
 		switch f[1] {
 		case "naive":
-			for _, c := range cs {
-				if _, err := c.Write(wire.Encode(pb.FrameType_DELIVER, deliver)); err != nil {
-					return fmt.Errorf("naive broadcaster: write: %w", err)
+			for _, m := range msgs {
+				for _, c := range cs {
+					if _, err := c.Write(wire.Encode(pb.FrameType_DELIVER, m)); err != nil {
+						return fmt.Errorf("naive broadcaster: write: %w", err)
+					}
 				}
 			}
 		case "ceiling":
-			frame := wire.Encode(pb.FrameType_DELIVER, deliver)
+			frames := make([][]byte, len(msgs))
+			for k, m := range msgs {
+				frames[k] = wire.Encode(pb.FrameType_DELIVER, m)
+			}
 			workers := runtime.GOMAXPROCS(0)
 			errs := make(chan error, workers)
 			for w := range workers {
 				go func() {
-					for i := w; i < len(cs); i += workers {
-						if _, err := cs[i].Write(frame); err != nil {
-							errs <- fmt.Errorf("naive broadcaster: write: %w", err)
-							return
+					for _, frame := range frames {
+						for i := w; i < len(cs); i += workers {
+							if _, err := cs[i].Write(frame); err != nil {
+								errs <- fmt.Errorf("naive broadcaster: write: %w", err)
+								return
+							}
 						}
 					}
 					errs <- nil

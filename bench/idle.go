@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"runtime"
 	"sync"
@@ -15,7 +14,10 @@ import (
 // IdleConfig sizes the idle scenario.
 type IdleConfig struct {
 	Bin, Tmp string
-	Conns    int // authenticated idle connections, one user each
+	// Against is a second dingd binary measured after Bin in the same
+	// run, beside it in the table (dingbench --against); empty means none.
+	Against string
+	Conns   int // authenticated idle connections, one user each
 	// Hold keeps the server and connections up this long after measuring
 	// (to take a heap profile with --pprof); zero means none.
 	Hold time.Duration
@@ -24,9 +26,26 @@ type IdleConfig struct {
 // Idle opens Conns connections, each completing the handshake as its own
 // user, then leaves them idle and reports dingd's RSS growth per connection.
 // The baseline is the same server's RSS with the users created and no
-// connection open.
+// connection open (each binary's own, with Against: its row "server RSS,
+// no connection").
 func Idle(cfg IdleConfig) (Table, error) {
-	srv, err := StartServer(cfg.Bin, cfg.Tmp, cfg.Conns)
+	t, err := Compare(cfg.Bin, cfg.Against, "", func(bin string) (Table, error) { return idleOnce(cfg, bin) })
+	if err != nil {
+		return Table{}, err
+	}
+	t.Scenario = "idle"
+	setup := fmt.Sprintf("%d authenticated idle connections over loopback (HELLO/WELCOME done, one user each), load generator in its own process. Baseline: the same dingd's RSS with the %d users created and no connection.",
+		cfg.Conns, cfg.Conns)
+	if cfg.Against != "" {
+		setup += " The baseline column is this dingd's; the --against dingd's own is in the row \"server RSS, no connection\"."
+	}
+	t.Setup = setup + t.Setup
+	return t, nil
+}
+
+// idleOnce runs the scenario against a dingd from bin.
+func idleOnce(cfg IdleConfig, bin string) (Table, error) {
+	srv, err := StartServer(bin, cfg.Tmp, cfg.Conns)
 	if err != nil {
 		return Table{}, err
 	}
@@ -54,7 +73,7 @@ func Idle(cfg IdleConfig) (Table, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := handshake(srv.Sock, srv.Token(fmt.Sprintf("u%d", i), "d"), "d")
+			c, _, err := handshake(srv.Sock, srv.Token(fmt.Sprintf("u%d", i), "d"), "d")
 			if err != nil {
 				errs <- fmt.Errorf("conn %d: %w", i, err)
 				return
@@ -79,46 +98,44 @@ func Idle(cfg IdleConfig) (Table, error) {
 		time.Sleep(cfg.Hold)
 	}
 	return Table{
-		Scenario: "idle",
-		Setup: fmt.Sprintf("%d authenticated idle connections over loopback (HELLO/WELCOME done, one user each), load generator in its own process. Baseline: the same dingd's RSS with the %d users created and no connection.",
-			cfg.Conns, cfg.Conns),
 		Rows: []Row{
 			{"server RSS per connection", fmt.Sprintf("%.2f KiB", per/1024), "", "", "≤ 8 KiB"},
 			{"server RSS", fmt.Sprintf("%.1f MiB", float64(after)/(1<<20)), fmt.Sprintf("%.1f MiB", float64(before)/(1<<20)), ratio(float64(after), float64(before)), ""},
+			{"server RSS, no connection", fmt.Sprintf("%.1f MiB", float64(before)/(1<<20)), "", "", ""},
 			{"connections the server counted", fmt.Sprintf("%.0f", open), "", "", ""},
 		},
 	}, nil
 }
 
-// handshake opens an authenticated raw connection.
-func handshake(addr, token, device string) (net.Conn, error) {
+// handshake opens an authenticated raw connection and returns it with the
+// server's WELCOME.
+func handshake(addr, token, device string) (net.Conn, *pb.Welcome, error) {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := c.Write(wire.Encode(pb.FrameType_HELLO, &pb.Hello{Version: wire.Version, Token: token, Device: device})); err != nil {
-		c.Close()
-		return nil, err
-	}
-	var hdr [wire.HeaderLen]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		c.Close()
-		return nil, err
-	}
-	n, ft, err := wire.ParseHeader(hdr[:], 1<<20)
+	w, err := hello(c, &pb.Hello{Version: wire.Version, Token: token, Device: device})
 	if err != nil {
 		c.Close()
+		return nil, nil, err
+	}
+	return c, w, nil
+}
+
+// hello sends h on c and reads the WELCOME that answers it, within 30s.
+func hello(c net.Conn, h *pb.Hello) (*pb.Welcome, error) {
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(wire.Encode(pb.FrameType_HELLO, h)); err != nil {
 		return nil, err
 	}
-	if _, err := io.ReadFull(c, make([]byte, n-1)); err != nil {
-		c.Close()
+	msg, err := readFrame(c, 1<<20)
+	if err != nil {
 		return nil, err
 	}
-	if ft != pb.FrameType_WELCOME {
-		c.Close()
-		return nil, fmt.Errorf("handshake answered %v", ft)
+	w, ok := msg.(*pb.Welcome)
+	if !ok {
+		return nil, fmt.Errorf("handshake answered %T", msg)
 	}
 	c.SetDeadline(time.Time{})
-	return c, nil
+	return w, nil
 }

@@ -1,16 +1,16 @@
 package bench
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
+	"errors"
 	"fmt"
-	"io"
-	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
@@ -19,105 +19,239 @@ import (
 
 // IngestConfig sizes the ingest scenario.
 type IngestConfig struct {
-	Bin, Tmp    string
+	Bin, Tmp string
+	// Against is a second dingd binary measured after Bin in the same
+	// run, beside it in the table (dingbench --against); empty means none.
+	Against     string
 	Conns       int           // connections, each a user sending to the next one
-	Payload     int           // body bytes
-	Warmup, Run time.Duration // measured window follows the warmup
+	Payload     int           // body bytes; at least 8 (the submit time goes in the first 8)
+	Warmup, Run time.Duration // each measured window follows its warm-up
 	Baseline    int           // baseline goroutines
 	// Raw drives the connections with hand-written frames instead of the Go
 	// client library: the same protocol and the same server work (client
 	// message ids, acks every 64 entries), less load-generator CPU on a
 	// machine that the generator shares with the server.
 	Raw bool
+	// Rate, if set, runs the open loop alone, offering Rate submits/s
+	// across the connections; zero means a closed loop to find the peak
+	// acknowledged rate, then an open loop at half of it.
+	Rate float64
 }
 
-// window is what one ingest run measures, per connection.
-type window struct {
-	from, to         time.Time
-	acked, delivered atomic.Int64
-	ackLats, delLats []Latencies
+// drain is how long after its window an open loop waits for the answers
+// to its last submits before it fails.
+const drain = 30 * time.Second
+
+// ingestRun is one run of the ingest load against a fresh dingd.
+type ingestRun struct {
+	w                        *window
+	rate                     float64 // open loop: offered submits/s; zero for a closed loop
+	ack, del                 Latencies
+	batchOps, framesPerFlush float64 // means over the run; zero when not scraped
+	flushes                  float64
 }
 
-func (w *window) ack(i int, t0 time.Time) {
-	if t0.After(w.from) {
-		w.ackLats[i] = append(w.ackLats[i], time.Since(t0))
-		w.acked.Add(1)
-	}
-}
-
-// deliver records a delivered body whose first 8 bytes are its send time.
-func (w *window) deliver(i int, body []byte) {
-	if len(body) < 8 {
-		return
-	}
-	sent := time.Unix(0, int64(binary.BigEndian.Uint64(body)))
-	if sent.After(w.from) && sent.Before(w.to) {
-		w.delLats[i] = append(w.delLats[i], time.Since(sent))
-		w.delivered.Add(1)
-	}
-}
-
-// Ingest: Conns connected users each submit Payload-byte messages, one at a
-// time, to the next user (who is online) for Warmup+Run. Reported over the
-// Run window: acknowledged messages/s, submit→ack p50/p99 and
-// submit→delivered p99, beside synced single-key Pebble writes from
-// Baseline goroutines for the same time.
+// Ingest: Conns connected users each submit Payload-byte messages to the
+// next user (who is online). First, for Run after Warmup, in a closed loop
+// (one submit at a time per connection): the peak acknowledged rate and
+// its latencies. Then, against a fresh dingd, in an open loop offering
+// half that rate (or Rate) with latencies timed from each submit's
+// scheduled time. Beside them: synced single-key Pebble writes from
+// Baseline goroutines for Run, measured first. With Against, the same two
+// loops then run against that dingd, the open loop at the same offered
+// rate.
 func Ingest(cfg IngestConfig) (Table, error) {
-	srv, err := StartServer(cfg.Bin, cfg.Tmp, cfg.Conns)
-	if err != nil {
-		return Table{}, err
-	}
-	defer srv.Stop()
-	drive, driver := driveClients, "the Go client library"
-	if cfg.Raw {
-		drive, driver = driveRaw, "hand-written frames (no client library)"
-	}
-	start := time.Now()
-	w := &window{
-		from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Run),
-		ackLats: make([]Latencies, cfg.Conns), delLats: make([]Latencies, cfg.Conns),
-	}
-	if err := drive(cfg, srv, w); err != nil {
-		return Table{}, err
-	}
-	var ack, del Latencies
-	for i := range w.ackLats {
-		ack.Merge(w.ackLats[i])
-		del.Merge(w.delLats[i])
-	}
-	frames, _ := srv.Metric("ding_socket_flush_frames_sum")
-	flushes, _ := srv.Metric("ding_socket_flush_frames_count")
-	batch, _ := srv.Metric("ding_engine_commit_batch_ops_sum")
-	batches, _ := srv.Metric("ding_engine_commit_batch_ops_count")
-	dingRate := rate(w.acked.Load(), cfg.Run)
-
+	cfg.Payload = max(cfg.Payload, 8)
+	fmt.Fprintf(os.Stderr, "ingest: baseline, %d goroutines writing to Pebble for %v\n", cfg.Baseline, cfg.Run)
 	baseRate, baseLat, err := PebbleSyncWrites(cfg.Tmp, cfg.Baseline, cfg.Payload, cfg.Run)
 	if err != nil {
 		return Table{}, err
 	}
-	t := Table{
-		Scenario: "ingest",
-		Setup: fmt.Sprintf("%d connections on loopback driven by %s, each a user submitting %d-byte messages one at a time to the next user (online); %v warm-up, %v measured. Baseline: %d goroutines doing synced single-key writes (`Set(k, v, pebble.Sync)`) of the same payload into a fresh Pebble for %v.",
-			cfg.Conns, driver, cfg.Payload, cfg.Warmup, cfg.Run, cfg.Baseline, cfg.Run),
-		Rows: []Row{
-			{"acknowledged msgs/s", fmt.Sprintf("%.0f", dingRate), fmt.Sprintf("%.0f writes/s", baseRate), ratio(dingRate, baseRate), "≥ 3×"},
-			{"submit→ack p50", ms(ack.Quantile(0.5)), ms(baseLat.Quantile(0.5)) + " per write", "", ""},
-			{"submit→ack p99", ms(ack.Quantile(0.99)), ms(baseLat.Quantile(0.99)) + " per write", "", "< 10 ms"},
-			{"submit→delivered p99", ms(del.Quantile(0.99)), "", "", ""},
-			{"delivered in window", fmt.Sprint(w.delivered.Load()), "", "", ""},
-		},
+	driver := "the Go client library"
+	if cfg.Raw {
+		driver = "hand-written frames (no client library)"
 	}
-	if batches > 0 {
-		t.Notes = append(t.Notes, fmt.Sprintf("Mean group-commit batch over the run: %.0f operations (submits, acks, reads) per fsync.", batch/batches))
+	openRate := cfg.Rate // for both binaries: set by the first
+	measure := func(bin string) (Table, error) {
+		var closed *ingestRun
+		if cfg.Rate == 0 {
+			fmt.Fprintf(os.Stderr, "ingest: %s, closed loop, %d connections\n", bin, cfg.Conns)
+			r, err := runIngest(cfg, bin, 0)
+			if err != nil {
+				return Table{}, err
+			}
+			closed = r
+			if openRate == 0 {
+				openRate = rate(r.w.acked.Load(), cfg.Run) / 2
+			}
+		}
+		fmt.Fprintf(os.Stderr, "ingest: %s, open loop at %.0f msgs/s\n", bin, openRate)
+		open, err := runIngest(cfg, bin, openRate)
+		if err != nil {
+			return Table{}, err
+		}
+		return ingestTable(cfg, closed, open, baseRate, baseLat), nil
 	}
-	if flushes > 0 {
-		t.Notes = append(t.Notes, fmt.Sprintf("Write coalescing: %.2f frames per socket write on average (%.0f writes).", frames/flushes, flushes))
+	t, err := Compare(cfg.Bin, cfg.Against, "the baseline", measure)
+	if err != nil {
+		return Table{}, err
 	}
+	setup := fmt.Sprintf("%d connections on loopback driven by %s, each a user submitting %d-byte messages to the next user (online), against a fresh dingd for each loop; %v warm-up, %v measured. ",
+		cfg.Conns, driver, cfg.Payload, cfg.Warmup, cfg.Run)
+	if cfg.Rate == 0 {
+		setup += "Closed loop: one submit at a time per connection, for the peak acknowledged rate. Open loop: submits scheduled evenly at a fixed offered rate, half this dingd's closed-loop peak"
+	} else {
+		setup += "Open loop only: submits scheduled evenly at a fixed offered rate (--rate)"
+	}
+	if cfg.Against != "" {
+		setup += " (the same rate for the --against dingd)"
+	}
+	setup += fmt.Sprintf(", several in flight per connection (up to the server's limit), every latency timed from the submit's scheduled time (no coordinated omission); a submit written more than %v late is behind schedule. "+
+		"Baseline: %d goroutines doing synced single-key writes (`Set(k, v, pebble.Sync)`) of the same payload into a fresh Pebble for %v.",
+		lateAfter, cfg.Baseline, cfg.Run)
+	t.Setup = setup + t.Setup
 	return t, nil
 }
 
+// runIngest starts dingd from bin and drives the load: a closed loop, or
+// an open loop offering rate submits/s.
+func runIngest(cfg IngestConfig, bin string, rate float64) (*ingestRun, error) {
+	srv, err := StartServer(bin, cfg.Tmp, cfg.Conns)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Stop()
+	drive := driveClients
+	if cfg.Raw {
+		drive = driveRaw
+	}
+	start := time.Now()
+	r := &ingestRun{w: newWindow(start, cfg.Warmup, cfg.Run, cfg.Conns), rate: rate}
+	pace := func(i, inflight int, send sendFunc) error { return closedLoop(i, r.w, send) }
+	if rate > 0 {
+		s := schedule{start: start, conns: cfg.Conns, rate: rate}
+		pace = func(i, inflight int, send sendFunc) error { return openLoop(i, s, r.w, inflight, wallClock{}, send) }
+	}
+	if err := drive(cfg, srv, r.w, pace); err != nil {
+		return nil, err
+	}
+	r.ack, r.del = r.w.latencies()
+	m, err := srv.Scrape()
+	if err != nil {
+		return nil, err
+	}
+	if n := m.Sum("ding_engine_commit_batch_ops_count"); n > 0 {
+		r.batchOps = m.Sum("ding_engine_commit_batch_ops_sum") / n
+	}
+	if r.flushes = m.Sum("ding_socket_flush_frames_count"); r.flushes > 0 {
+		r.framesPerFlush = m.Sum("ding_socket_flush_frames_sum") / r.flushes
+	}
+	return r, nil
+}
+
+// ingestTable renders one dingd's runs: closed (nil with --rate) and open.
+func ingestTable(cfg IngestConfig, closed, open *ingestRun, baseRate float64, baseLat Latencies) Table {
+	met := func(ok bool) string {
+		if ok {
+			return " (met)"
+		}
+		return " (NOT met)"
+	}
+	q := func(l Latencies, p float64) string { return ms(l.Quantile(p)) }
+	perWrite := func(p float64) string { return q(baseLat, p) + " per write" }
+	var rows []Row
+	var notes []string
+	if closed != nil {
+		r := rate(closed.w.acked.Load(), cfg.Run)
+		rows = append(rows,
+			Row{"closed loop: acknowledged msgs/s (peak)", fmt.Sprintf("%.0f", r), fmt.Sprintf("%.0f writes/s", baseRate), ratio(r, baseRate), "≥ 1× the baseline" + met(r >= baseRate)},
+			Row{"closed loop: submit→ack p50", q(closed.ack, 0.5), perWrite(0.5), "", ""},
+			Row{"closed loop: submit→ack p99", q(closed.ack, 0.99), perWrite(0.99), "", ""},
+			Row{"closed loop: submit→delivered p99", q(closed.del, 0.99), "", "", ""},
+			Row{"closed loop: delivered in window", fmt.Sprint(closed.w.delivered.Load()), "", "", ""},
+		)
+		notes = append(notes, runNotes("Closed loop", closed)...)
+	}
+	w := open.w
+	offered := rate(w.scheduled.Load(), cfg.Run)
+	achieved := rate(w.acked.Load(), cfg.Run)
+	p99 := open.ack.Quantile(0.99)
+	goal := ""
+	if closed != nil {
+		goal = "≤ 10 ms at half the peak" + met(p99 <= 10*time.Millisecond)
+	}
+	behind := fmt.Sprintf("%d of %d (%.2f%%); latest %s late; %d of them waited for an in-flight slot",
+		w.behind.Load(), w.scheduled.Load(), 100*float64(w.behind.Load())/float64(max(w.scheduled.Load(), 1)),
+		ms(time.Duration(w.maxLag.Load())), w.slotWaits.Load())
+	rows = append(rows,
+		Row{"open loop: offered msgs/s", fmt.Sprintf("%.0f", offered), "", "", ""},
+		Row{"open loop: acknowledged msgs/s", fmt.Sprintf("%.0f", achieved), "", "", ""},
+		Row{"open loop: submit→ack p50", q(open.ack, 0.5), perWrite(0.5), "", ""},
+		Row{"open loop: submit→ack p99", ms(p99), perWrite(0.99), "", goal},
+		Row{"open loop: submit→ack p99.9", q(open.ack, 0.999), perWrite(0.999), "", ""},
+		Row{"open loop: submit→delivered p50", q(open.del, 0.5), "", "", ""},
+		Row{"open loop: submit→delivered p99", q(open.del, 0.99), "", "", ""},
+		Row{"open loop: submit→delivered p99.9", q(open.del, 0.999), "", "", ""},
+		Row{"open loop: submits behind schedule", behind, "", "", ""},
+		Row{"open loop: delivered in window", fmt.Sprint(w.delivered.Load()), "", "", ""},
+	)
+	if b := w.behind.Load(); b > w.scheduled.Load()/100 && w.slotWaits.Load() < b/2 {
+		notes = append(notes, fmt.Sprintf("Open loop: %d submits were written late without waiting for an in-flight slot: the load generator's pacer woke late (it shares the CPUs with dingd), so part of their latency is the generator's, not the server's.", b-w.slotWaits.Load()))
+	}
+	notes = append(notes, runNotes("Open loop", open)...)
+	return Table{Scenario: "ingest", Rows: rows, Notes: notes}
+}
+
+func runNotes(loop string, r *ingestRun) []string {
+	var notes []string
+	if r.batchOps > 0 {
+		notes = append(notes, fmt.Sprintf("%s: mean group-commit batch over the run %.0f operations (submits, acks, reads) per fsync.", loop, r.batchOps))
+	}
+	if r.flushes > 0 {
+		notes = append(notes, fmt.Sprintf("%s: write coalescing %.2f frames per socket write on average (%.0f writes).", loop, r.framesPerFlush, r.flushes))
+	}
+	return notes
+}
+
+// pacer runs connection i's submits through send until the window ends;
+// inflight is how many the server lets a connection have unanswered.
+type pacer func(i, inflight int, send sendFunc) error
+
+// runSenders paces every connection's submits at once: sendOf(i) gives
+// connection i's send function and the in-flight limit its server
+// announced. It returns when all have ended, with the first error.
+func runSenders(conns int, pace pacer, sendOf func(i int) (sendFunc, int)) error {
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	for i := range conns {
+		send, inflight := sendOf(i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pace(i, inflight, send); err != nil {
+				firstErr.CompareAndSwap(nil, &err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		return fmt.Errorf("send: %w", *err)
+	}
+	return nil
+}
+
+// stamped returns a body of n bytes stamped with t (stampBody).
+func stamped(n int, t time.Time) []byte {
+	body := make([]byte, n)
+	stampBody(body, t)
+	return body
+}
+
+// next is the user connection i sends to.
+func next(i, conns int) []string { return []string{"u" + strconv.Itoa((i+1)%conns)} }
+
 // driveClients runs the load through the Go client library.
-func driveClients(cfg IngestConfig, srv *Server, w *window) error {
+func driveClients(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 	clients := make([]*client.Client, cfg.Conns)
 	for i := range clients {
 		c, err := client.Dial(context.Background(), client.Config{
@@ -133,27 +267,12 @@ func driveClients(cfg IngestConfig, srv *Server, w *window) error {
 			c.Close()
 		}
 	}()
-	var wg sync.WaitGroup
-	var sendErr atomic.Value
+	var receivers sync.WaitGroup
+	stop := make(chan struct{}) // closed 2s after the senders ended
 	for i, c := range clients {
-		to := []string{fmt.Sprintf("u%d", (i+1)%cfg.Conns)}
-		wg.Add(2)
-		go func() { // sender
-			defer wg.Done()
-			body := make([]byte, cfg.Payload)
-			for t0 := time.Now(); t0.Before(w.to); t0 = time.Now() {
-				binary.BigEndian.PutUint64(body, uint64(t0.UnixNano()))
-				if _, err := c.Send(context.Background(), to, body); err != nil {
-					sendErr.CompareAndSwap(nil, err)
-					return
-				}
-				w.ack(i, t0)
-			}
-		}()
-		go func() { // receiver: acks every 64 entries, stops 2s after the window
-			defer wg.Done()
-			stop := time.NewTimer(time.Until(w.to) + 2*time.Second)
-			defer stop.Stop()
+		receivers.Add(1)
+		go func() { // acks every 64 entries
+			defer receivers.Done()
 			for n := 1; ; n++ {
 				select {
 				case e, ok := <-c.Entries():
@@ -161,128 +280,94 @@ func driveClients(cfg IngestConfig, srv *Server, w *window) error {
 						return
 					}
 					if e.Message != nil {
-						w.deliver(i, e.Message.Body)
+						w.deliver(i, e.Message.Body, time.Now())
 					}
 					if n%64 == 0 {
 						c.Ack(e.Seq)
 					}
-				case <-stop.C:
+				case <-stop:
 					return
 				}
 			}
 		}()
 	}
-	wg.Wait()
-	if err, _ := sendErr.Load().(error); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	return nil
+	ctx, cancel := context.WithDeadline(context.Background(), w.to.Add(drain))
+	defer cancel()
+	err := runSenders(cfg.Conns, pace, func(i int) (sendFunc, int) {
+		c, to := clients[i], next(i, cfg.Conns)
+		return func(_ uint64, stamp time.Time) (time.Time, error) {
+			_, err := c.Send(ctx, to, stamped(cfg.Payload, stamp))
+			return time.Now(), err
+		}, int(c.Welcome().GetMaxInflight())
+	})
+	time.AfterFunc(2*time.Second, func() { close(stop) })
+	receivers.Wait()
+	return err
 }
 
-// driveRaw runs the load with hand-written frames: per connection one
-// sender (one submit in flight) and one reader.
-func driveRaw(cfg IngestConfig, srv *Server, w *window) error {
-	conns := make([]net.Conn, cfg.Conns)
+// driveRaw runs the load with hand-written frames: per connection a
+// reader and the pacer's senders.
+func driveRaw(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
+	conns := make([]*rawConn, cfg.Conns)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
-				c.Close()
+				c.nc.Close()
 			}
 		}
 	}()
 	for i := range conns {
-		c, err := handshake(srv.Sock, srv.Token(fmt.Sprintf("u%d", i), "d"), "d")
+		c, err := dialRaw(srv, fmt.Sprintf("u%d", i), "d")
 		if err != nil {
-			return fmt.Errorf("conn %d: %w", i, err)
+			return err
 		}
 		conns[i] = c
 	}
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for i, nc := range conns {
-		var wmu sync.Mutex
-		write := func(b []byte) error {
-			wmu.Lock()
-			defer wmu.Unlock()
-			_, err := nc.Write(b)
-			return err
-		}
-		acks := make(chan error, 1)
-		to := []string{fmt.Sprintf("u%d", (i+1)%cfg.Conns)}
-		wg.Add(2)
-		go func() { // sender
-			defer wg.Done()
-			body := make([]byte, cfg.Payload)
-			prefix := fmt.Sprintf("bench-%d-", i)
-			for ref := uint64(1); ; ref++ {
-				t0 := time.Now()
-				if !t0.Before(w.to) {
-					return
-				}
-				binary.BigEndian.PutUint64(body, uint64(t0.UnixNano()))
-				f := wire.Encode(pb.FrameType_SUBMIT, &pb.Submit{
-					Ref: ref, To: to, Kind: pb.Kind_TEXT, Body: body, ClientMsgId: prefix + strconv.FormatUint(ref, 36),
-				})
-				if err := write(f); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				if err := <-acks; err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				w.ack(i, t0)
-			}
-		}()
-		go func() { // reader
-			defer wg.Done()
-			defer close(acks)
-			r := bufio.NewReaderSize(nc, 64<<10)
-			nc.SetReadDeadline(w.to.Add(2 * time.Second))
-			var hdr [wire.HeaderLen]byte
-			for n := 1; ; n++ {
-				if _, err := io.ReadFull(r, hdr[:]); err != nil {
-					return // the deadline ends the run
-				}
-				size, ft, err := wire.ParseHeader(hdr[:], 1<<24)
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				payload := make([]byte, size-1)
-				if _, err := io.ReadFull(r, payload); err != nil {
-					return
-				}
-				msg, err := wire.Decode(ft, payload)
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
+	var readers sync.WaitGroup
+	var readErr atomic.Value
+	for i, c := range conns {
+		readers.Add(1)
+		go func() { // acks every 64 entries
+			defer readers.Done()
+			n := 0
+			err := c.readLoop(func(msg proto.Message, at time.Time) error {
 				var seq uint64
 				switch m := msg.(type) {
-				case *pb.SubmitAck:
-					acks <- nil
-					continue
-				case *pb.Error:
-					acks <- fmt.Errorf("server error %v: %s", m.Code, m.Detail)
-					return
 				case *pb.Deliver:
 					seq = m.Seq
-					w.deliver(i, m.Body)
+					w.deliver(i, m.Body, at)
 				case *pb.Receipt:
 					seq = m.Seq
 				default:
-					continue
+					return nil
 				}
-				if n%64 == 0 {
-					write(wire.Encode(pb.FrameType_ACK, &pb.Ack{Seq: seq}))
+				if n++; n%64 == 0 {
+					return c.write(wire.Encode(pb.FrameType_ACK, &pb.Ack{Seq: seq}))
 				}
+				return nil
+			})
+			if err != nil {
+				readErr.CompareAndSwap(nil, fmt.Errorf("conn %d: %w", i, err))
 			}
 		}()
 	}
-	wg.Wait()
-	if err, _ := firstErr.Load().(error); err != nil {
-		return err
+	ctx, cancel := context.WithDeadline(context.Background(), w.to.Add(drain))
+	defer cancel()
+	err := runSenders(cfg.Conns, pace, func(i int) (sendFunc, int) {
+		c, to, prefix := conns[i], next(i, cfg.Conns), fmt.Sprintf("bench-%d-", i)
+		return func(ref uint64, stamp time.Time) (time.Time, error) {
+			a, err := c.send(ctx, &pb.Submit{
+				Ref: ref, To: to, Kind: pb.Kind_TEXT, Body: stamped(cfg.Payload, stamp), ClientMsgId: prefix + strconv.FormatUint(ref, 36),
+			})
+			return a.at, err
+		}, int(c.welcome.GetMaxInflight())
+	})
+	for _, c := range conns {
+		c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
 	}
-	return nil
+	readers.Wait()
+	if rerr, _ := readErr.Load().(error); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
 }

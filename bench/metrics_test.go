@@ -54,3 +54,36 @@ func TestMetricsSum(t *testing.T) {
 		})
 	}
 }
+
+func TestLatenciesQuantile(t *testing.T) {
+	var oneToThousand Latencies
+	for i := 1000; i >= 1; i-- { // unsorted on purpose
+		oneToThousand = append(oneToThousand, time.Duration(i)*time.Millisecond)
+	}
+	tests := []struct {
+		name string
+		l    Latencies
+		q    float64
+		want time.Duration
+	}{
+		{"none", nil, 0.99, 0},
+		{"one sample", Latencies{7}, 0.999, 7},
+		{"p50 of 1..1000", oneToThousand, 0.5, 500 * time.Millisecond},
+		{"p99 of 1..1000", oneToThousand, 0.99, 990 * time.Millisecond},
+		{"p99.9 of 1..1000", oneToThousand, 0.999, 999 * time.Millisecond},
+		{"max", oneToThousand, 1, 1000 * time.Millisecond},
+		{"min", oneToThousand, 0, time.Millisecond},
+		{"p99 of 10", Latencies{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 0.99, 10},
+		{"p50 of 3", Latencies{30, 10, 20}, 0.5, 20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.l.Quantile(tc.q); got != tc.want {
+				t.Errorf("Quantile(%v) = %v, want %v", tc.q, got, tc.want)
+			}
+		})
+	}
+	if oneToThousand[0] != time.Second {
+		t.Error("Quantile sorted its receiver")
+	}
+}

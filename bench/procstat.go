@@ -36,6 +36,49 @@ func FetchProfile(addr, file string, seconds int) error {
 	return f.Close()
 }
 
+// Profiling asks for dingd's CPU profile over a scenario's main moment.
+type Profiling struct {
+	// Pprof, if set, makes dingd serve net/http/pprof on this address;
+	// with Profile set, a CPU profile of dingd over the scenario's main
+	// moment is written to the file Profile (Profile + ".against" for the
+	// --against dingd).
+	Pprof, Profile string
+}
+
+// dingdArgs are the dingd flags it needs.
+func (p Profiling) dingdArgs() []string {
+	if p.Pprof == "" {
+		return nil
+	}
+	return []string{"--pprof", p.Pprof}
+}
+
+// forAgainst is p for the --against dingd.
+func (p Profiling) forAgainst() Profiling {
+	if p.Profile != "" {
+		p.Profile += ".against"
+	}
+	return p
+}
+
+// begin starts fetching the profile over the next seconds, if one was
+// asked for, and returns a function that waits for it and returns the
+// file written ("" when none was asked for).
+func (p Profiling) begin(seconds int) (wait func() (string, error)) {
+	if p.Pprof == "" || p.Profile == "" {
+		return func() (string, error) { return "", nil }
+	}
+	done := make(chan error, 1)
+	go func() { done <- FetchProfile(p.Pprof, p.Profile, seconds) }()
+	time.Sleep(100 * time.Millisecond) // the profile starts before what it is for
+	return func() (string, error) {
+		if err := <-done; err != nil {
+			return "", err
+		}
+		return p.Profile, nil
+	}
+}
+
 // schedWait returns the sum over a process's threads of the time they
 // were runnable but waiting for a CPU (/proc/PID/task/*/schedstat, second
 // field), and how many threads it read. Threads that ended are missed.

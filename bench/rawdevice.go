@@ -3,8 +3,8 @@ package bench
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"runtime"
 	"sync"
@@ -108,43 +108,34 @@ func (p *pair) window(from, to int64) Latencies {
 	return l
 }
 
-// readLoop reads device i's frames until the connection ends, recording
-// the k-th announcement that arrives in rounds[k] and 1:1 traffic in p
-// (nil unless this device is part of the pair). A fatal ERROR
-// (SHUTTING_DOWN when dingd stops) ends it quietly; the caller checks what
-// arrived.
-func (d *annDevice) readLoop(i int, rounds []*arrivals, p *pair) error {
+// readLoop reads device i's frames until the connection ends, decoding
+// each, recording the k-th DELIVER of kind that arrives in rounds[k] and
+// 1:1 traffic (TEXT) in p (nil unless this device is part of the pair).
+// A fatal ERROR (SHUTTING_DOWN when dingd stops) ends it quietly; the
+// caller checks what arrived.
+func (d *annDevice) readLoop(i int, kind pb.Kind, rounds []*arrivals, p *pair) error {
 	r := bufio.NewReaderSize(d.conn, 4096)
 	k := 0
-	var hdr [wire.HeaderLen]byte
 	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		msg, err := readFrame(r, 1<<24)
+		if errors.Is(err, errBadFrame) {
+			return fmt.Errorf("device %s: %w", d.user, err)
+		}
+		if err != nil {
 			return nil // closed: the phase is over
 		}
-		size, ft, err := wire.ParseHeader(hdr[:], 1<<24)
-		if err != nil {
-			return fmt.Errorf("device %s: %w", d.user, err)
-		}
-		payload := make([]byte, size-1)
-		if _, err := io.ReadFull(r, payload); err != nil {
-			return nil
-		}
-		now := time.Now().UnixNano()
-		msg, err := wire.Decode(ft, payload)
-		if err != nil {
-			return fmt.Errorf("device %s: %w", d.user, err)
-		}
+		now := time.Now().UnixNano() // decoded
 		switch m := msg.(type) {
 		case *pb.Deliver:
 			d.last.Store(m.Seq)
 			switch {
-			case m.Kind == pb.Kind_ANNOUNCEMENT:
+			case m.Kind == pb.Kind_TEXT && p != nil:
+				p.deliver(m.Body, now)
+			case m.Kind == kind:
 				if k < len(rounds) {
 					rounds[k].record(i, m.Id, now)
 				}
 				k++
-			case m.Kind == pb.Kind_TEXT && p != nil:
-				p.deliver(m.Body, now)
 			}
 		case *pb.Receipt:
 			d.last.Store(m.Seq)
@@ -175,46 +166,20 @@ func dialDevice(srv *Server, d *annDevice, cursor uint64) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	hello := &pb.Hello{Version: wire.Version, Token: srv.Token(user, "d"), Device: "d"}
+	h := &pb.Hello{Version: wire.Version, Token: srv.Token(user, "d"), Device: "d"}
 	if cursor > 0 {
-		hello.Cursor = &cursor
+		h.Cursor = &cursor
 	}
-	if _, err := c.Write(wire.Encode(pb.FrameType_HELLO, hello)); err != nil {
-		c.Close()
-		return nil, err
-	}
-	var hdr [wire.HeaderLen]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		c.Close()
-		return nil, err
-	}
-	n, ft, err := wire.ParseHeader(hdr[:], 1<<20)
+	w, err := hello(c, h)
 	if err != nil {
 		c.Close()
 		return nil, err
-	}
-	payload := make([]byte, n-1)
-	if _, err := io.ReadFull(c, payload); err != nil {
-		c.Close()
-		return nil, err
-	}
-	msg, err := wire.Decode(ft, payload)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	w, ok := msg.(*pb.Welcome)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("handshake answered %v", ft)
 	}
 	if w.ResumeFrom <= w.Head {
 		c.Close()
 		return nil, fmt.Errorf("user %s: %d entries to catch up; want none", user, w.Head-w.ResumeFrom+1)
 	}
 	d.last.Store(max(d.last.Load(), w.ResumeFrom-1))
-	c.SetDeadline(time.Time{})
 	return c, nil
 }
 
@@ -259,6 +224,7 @@ func closeAll(devs []*annDevice) {
 // readers runs a readLoop per device; wait returns the first error once
 // they have all ended (the connections were closed).
 type readers struct {
+	kind     pb.Kind // the DELIVERs counted in rounds; zero means announcements
 	wg       sync.WaitGroup
 	firstErr atomic.Value
 }
@@ -267,7 +233,11 @@ func (rs *readers) start(d *annDevice, i int, p *pair, rounds ...*arrivals) {
 	rs.wg.Add(1)
 	go func() {
 		defer rs.wg.Done()
-		if err := d.readLoop(i, rounds, p); err != nil {
+		kind := rs.kind
+		if kind == pb.Kind_KIND_UNSPECIFIED {
+			kind = pb.Kind_ANNOUNCEMENT
+		}
+		if err := d.readLoop(i, kind, rounds, p); err != nil {
 			rs.firstErr.CompareAndSwap(nil, err)
 		}
 	}()

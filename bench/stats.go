@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -14,14 +15,18 @@ type Latencies []time.Duration
 // Merge appends other's samples.
 func (l *Latencies) Merge(other Latencies) { *l = append(*l, other...) }
 
-// Quantile returns the q-quantile (0..1), or 0 without samples.
+// Quantile returns the q-quantile (0..1) by nearest rank: the smallest
+// sample that at least a fraction q of the samples do not exceed (p99 of
+// 1,000 samples is the 990th smallest; 1 is the largest). Without samples
+// it returns 0.
 func (l Latencies) Quantile(q float64) time.Duration {
 	if len(l) == 0 {
 		return 0
 	}
 	s := slices.Clone(l)
 	slices.Sort(s)
-	return s[min(len(s)-1, int(q*float64(len(s))))]
+	rank := int(math.Ceil(q*float64(len(s)) - 1e-9)) // 1-based; the epsilon absorbs 0.99*1000 = 990.0000000000001
+	return s[min(len(s), max(rank, 1))-1]
 }
 
 // Row is one line of a result table.
@@ -35,14 +40,30 @@ type Table struct {
 	Setup    string
 	Rows     []Row
 	Notes    []string
+	// Against, if set, is a second dingd's figures for the same rows
+	// (Table.Versus).
+	Against *Against
 }
 
-// Markdown renders the table.
+// Markdown renders the table. With Against set, the other dingd's figures
+// and the ratio new/old stand between this dingd's and the baseline.
 func (t Table) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "### %s\n\n%s\n\n", t.Scenario, t.Setup)
-	b.WriteString("| metric | Ding | baseline (same run) | ratio | goal |\n|---|---|---|---|---|\n")
-	for _, r := range t.Rows {
+	if t.Against != nil {
+		b.WriteString("| metric | this dingd | --against dingd | new/old | baseline (same run) | new/baseline | goal |\n|---|---|---|---|---|---|---|\n")
+	} else {
+		b.WriteString("| metric | Ding | baseline (same run) | ratio | goal |\n|---|---|---|---|---|\n")
+	}
+	for i, r := range t.Rows {
+		if t.Against != nil {
+			old := ""
+			if i < len(t.Against.Figures) {
+				old = t.Against.Figures[i]
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Metric, r.Ding, old, newOld(r.Ding, old), r.Baseline, r.Ratio, r.Goal)
+			continue
+		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", r.Metric, r.Ding, r.Baseline, r.Ratio, r.Goal)
 	}
 	for _, n := range t.Notes {

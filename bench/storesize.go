@@ -164,9 +164,11 @@ func sizeOf(dir, suffix string) (int64, error) {
 	return total, nil
 }
 
-// fanoutChunk is the engine's default Config.FanoutChunk: recipients
-// written per commit batch.
-const fanoutChunk = 8192
+// fanoutChunk is the engine's default Config.FanoutChunk (engine.go's
+// setDefaults; keep them equal by hand): recipients written per commit
+// batch. With --against, an older dingd may use another size; the
+// announce table's per-chunk cadence assumes this one.
+const fanoutChunk = 1024
 
 // pebbleFanout is the store-only baseline for the whole fanout: what the
 // fanout writes per recipient in engine/keys.go's layout (a stream entry
