@@ -34,14 +34,39 @@ type Engine interface {
 	MaxBody() int
 }
 
-// Hub attaches a device to the live delivery of its user's stream.
-// *fanout.Hub implements it; safe for concurrent use, never blocks on I/O.
+// Hub attaches a device to the live delivery of its user's stream. Safe
+// for concurrent use; never blocks on I/O. JoinFunc adapts *fanout.Hub.
 type Hub interface {
 	// Join attaches device of user to ep, sending the stream from seq
-	// from on; it returns the device and the endpoint of the same device's
-	// previous connection, which the caller closes. It fails with
+	// from on; it returns the attachment and the endpoint of the same
+	// device's previous connection, which the caller closes. It fails with
 	// fanout.ErrNotOwner if this node does not serve user's stream.
-	Join(user, device string, ep fanout.Endpoint, from uint64) (*fanout.Device, fanout.Endpoint, error)
+	Join(user, device string, ep fanout.Endpoint, from uint64) (Attachment, fanout.Endpoint, error)
+}
+
+// Attachment is a device attached to a hub.
+type Attachment interface {
+	// Detach stops delivery to the device; idempotent.
+	Detach()
+	// Drained tells the hub the endpoint wrote out its queue, so a paused
+	// catch-up may go on.
+	Drained()
+}
+
+// JoinFunc is a Hub made of a hub's Join method that returns its own
+// attachment type (*fanout.Hub's returns *fanout.Device).
+func JoinFunc[A Attachment](join func(user, device string, ep fanout.Endpoint, from uint64) (A, fanout.Endpoint, error)) Hub {
+	return joinFunc[A](join)
+}
+
+type joinFunc[A Attachment] func(user, device string, ep fanout.Endpoint, from uint64) (A, fanout.Endpoint, error)
+
+func (f joinFunc[A]) Join(user, device string, ep fanout.Endpoint, from uint64) (Attachment, fanout.Endpoint, error) {
+	a, old, err := f(user, device, ep, from)
+	if err != nil {
+		return nil, old, err
+	}
+	return a, old, nil
 }
 
 // Tokens verifies client tokens (*auth.Keys implements it). Safe for
@@ -58,7 +83,7 @@ type Users interface {
 
 var (
 	_ Engine = (*engine.Engine)(nil)
-	_ Hub    = (*fanout.Hub)(nil)
+	_ Attachment = (*fanout.Device)(nil)
 	_ Tokens = (*auth.Keys)(nil)
 	_ Users  = (*fanout.Directory)(nil)
 )

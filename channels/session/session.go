@@ -53,7 +53,7 @@ type Session struct {
 	authed   atomic.Bool
 	dead     atomic.Bool // a fatal error was queued: input is discarded
 	inflight atomic.Int32
-	dev      atomic.Pointer[fanout.Device]
+	dev      atomic.Pointer[Attachment]
 
 	// Written once by the HELLO handler before authed is set; read only
 	// by handlers after that (HandleFrame calls are serial).
@@ -220,7 +220,7 @@ func (s *Session) hello(f *pb.Hello) {
 		s.fatal(pb.Code_UNAVAILABLE, 0, "this server does not serve your stream; reconnect")
 		return
 	}
-	s.dev.Store(d)
+	s.dev.Store(&d)
 	if s.isClosing() {
 		d.Detach() // closed while attaching; Closed may have missed d
 	}
@@ -488,7 +488,7 @@ func (s *Session) Closed() {
 	}
 	s.mu.Unlock()
 	if d := s.dev.Load(); d != nil {
-		d.Detach()
+		(*d).Detach()
 	}
 	s.m.unregister(s)
 }
@@ -553,7 +553,7 @@ func (s *Session) flushLoop() {
 		}
 		s.mu.Unlock()
 		if d := s.dev.Load(); d != nil {
-			d.Drained()
+			(*d).Drained()
 		}
 	}
 }

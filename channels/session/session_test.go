@@ -147,7 +147,7 @@ func newEnvWith(t *testing.T, cfg session.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Engine, cfg.Hub, cfg.Tokens, cfg.Users = eng, hub, keys, dir
+	cfg.Engine, cfg.Hub, cfg.Tokens, cfg.Users = eng, session.JoinFunc(hub.Join), keys, dir
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	mgr, err := session.NewManager(cfg)
 	if err != nil {

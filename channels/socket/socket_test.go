@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
@@ -378,7 +379,7 @@ func TestServeAfterShutdownReturns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := socket.New(socket.Config{Engine: n.Engine(), Hub: n.Hub(), Keys: keys, Directory: n.Directory()})
+	srv, err := socket.New(socket.Config{Engine: n.Engine(), Hub: session.JoinFunc(n.Hub().Join), Keys: keys, Directory: n.Directory()})
 	if err != nil {
 		t.Fatal(err)
 	}

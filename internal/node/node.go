@@ -206,7 +206,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	n.eng.SetPresence(n.hub)
 
 	sc := cfg.Socket
-	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = n.eng, n.hub, keys, n.dir, cfg.Logger, reg
+	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = n.eng, session.JoinFunc(n.hub.Join), keys, n.dir, cfg.Logger, reg
 	if n.sock, err = socket.New(sc); err != nil {
 		return nil, err
 	}
