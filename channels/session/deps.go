@@ -82,8 +82,8 @@ type Users interface {
 }
 
 var (
-	_ Engine = (*engine.Engine)(nil)
+	_ Engine     = (*engine.Engine)(nil)
 	_ Attachment = (*fanout.Device)(nil)
-	_ Tokens = (*auth.Keys)(nil)
-	_ Users  = (*fanout.Directory)(nil)
+	_ Tokens     = (*auth.Keys)(nil)
+	_ Users      = (*fanout.Directory)(nil)
 )
