@@ -192,6 +192,15 @@ func (e *Engine) enqueue(apply func(c *txn) error, done func(error), weight int)
 	_ = e.pipe.Enqueue(e.op(apply, done, weight))
 }
 
+// enqueueBackground is enqueue in the pipeline's background lane: bulk
+// work that may wait behind submits queued after it (delivery receipts,
+// announcement fan-out chunks).
+func (e *Engine) enqueueBackground(apply func(c *txn) error, done func(error), weight int) {
+	o := e.op(apply, done, weight)
+	o.Background = true
+	_ = e.pipe.Enqueue(o)
+}
+
 // applyAsync queues fn for the commit loop: it runs with the batch's
 // overlay, and done gets its error once the batch is durable.
 func (e *Engine) applyAsync(fn func(c *txn, now time.Time) error, done func(error)) {

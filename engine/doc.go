@@ -13,7 +13,8 @@
 //
 //	channels (socket, httpapi, twilio webhooks)
 //	   │  SubmitAsync, AckAsync, ReadAsync, Ding, Confirm, CreateChat, ...
-//	   │  (validated on the caller's goroutine, then queued as an op)
+//	   │  (validated on the caller's goroutine, then queued as an op:
+//	   │   ACKs and fan-out chunks in the background lane, after submits)
 //	   ▼
 //	┌──────────────────────────── engine ─────────────────────────────┐
 //	│ commit loop (internal/pipeline): ops → one batch → applied      │

@@ -585,7 +585,9 @@ func (e *Engine) AckAsync(user, device string, seq uint64, done func(error)) {
 	if done == nil {
 		done = func(error) {}
 	}
-	e.enqueue(func(c *txn) error { return c.applyAck(user, device, seq, c.now) }, done, 1)
+	// Background: one ACK may mark thousands of entries delivered, and a
+	// burst of them must not hold the submits queued behind it.
+	e.enqueueBackground(func(c *txn) error { return c.applyAck(user, device, seq, c.now) }, done, 1)
 }
 
 // Ack is AckAsync that waits.

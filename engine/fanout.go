@@ -253,10 +253,11 @@ func (e *Engine) fanoutLoop() {
 		for (k < job.Chunks && !failed) || inflight > 0 {
 			for ; k < job.Chunks && inflight < fanoutWindow && !failed; k, inflight = k+1, inflight+1 {
 				chunk := k
-				// A chunk weighs a whole batch: a batch holds one at most,
-				// and the ops queued behind it go into the next batch, built
-				// while this one syncs.
-				e.enqueue(func(c *txn) error { return c.fanoutChunk(id, chunk) }, func(err error) { done <- err }, e.cfg.MaxBatch)
+				// A chunk is background work that weighs a whole batch: a
+				// batch takes one at most, after its foreground ops, so
+				// the submits queued meanwhile are not held behind the
+				// fan-out.
+				e.enqueueBackground(func(c *txn) error { return c.fanoutChunk(id, chunk) }, func(err error) { done <- err }, e.cfg.MaxBatch)
 			}
 			select {
 			case err := <-done:

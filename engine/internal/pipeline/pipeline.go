@@ -6,15 +6,19 @@
 //
 // # The design
 //
-// Every mutation becomes an Op on one bounded queue. One goroutine, the
-// commit loop, owns sequencing; a second, the publish loop, owns answers:
+// Every mutation becomes an Op on one of two bounded queues (lanes),
+// foreground or background (Op.Background). One goroutine, the commit
+// loop, owns sequencing; a second, the publish loop, owns answers:
 //
-//  1. The commit loop takes one op, then every op already waiting, up to
-//     MaxBatch units of work (Op.Weight).
+//  1. The commit loop takes one op, then every foreground op already
+//     waiting, up to MaxBatch units of work (Op.Weight).
 //  2. It begins a batch on a free Txn and applies each op to it in queue
 //     order: the op writes to the store batch and to the Txn's overlay
 //     (the batch's view of what it changed, so that ops in one batch see
-//     each other). Then Txn.Flush writes what the ops deferred.
+//     each other). Then it takes background ops and applies them, for at
+//     most Config.BackgroundBudget of build time and up to MaxBatch, but
+//     at least one while any wait (so they are never starved). Then
+//     Txn.Flush writes what the ops deferred.
 //  3. It applies the batch to the store without waiting for the fsync
 //     (store.Pipelined): the writes are visible to reads at once, and
 //     Txn.Applied runs, on the commit loop, before the next batch is
@@ -31,9 +35,10 @@
 //
 //   - Ack only after fsync: an op is answered only after its batch, and
 //     every batch applied before it, is durable (Durable runs first).
-//   - Order: batches are applied, made durable and published in one order,
-//     the queue's; ops within a batch are applied and answered in queue
-//     order. A feature that numbers things (stream sequence numbers) does
+//   - Order: batches are applied, made durable and published in one order;
+//     ops of one lane are applied and answered in their queue's order.
+//     There is no order between the lanes: a background op may be applied
+//     after a foreground op queued later. A feature that numbers things (stream sequence numbers) does
 //     it in apply order on the commit loop, and hands them out in that
 //     order from the publish loop.
 //   - Reads see applied batches before they are durable (the store makes a
@@ -70,6 +75,17 @@
 // must hand its answer over and return. Config.InFlight bounds the batches
 // applied but not yet published (each holds a Txn); when all are busy, the
 // commit loop waits, and the full queue makes Enqueue wait (back-pressure).
+//
+// # Two lanes
+//
+// Some work is bulk and may wait a little: delivery acknowledgements (one
+// ACK can cover thousands of entries, and a thousand devices acking at
+// once is a burst of receipts) and the chunks of an announcement's
+// fan-out. In one queue, a burst of it would hold every later submit for
+// as long as the burst takes to build (a lockstep ACK burst held submits
+// for 450 ms; bench/RESULTS.md). In the background lane it fills each
+// batch only after the foreground ops, for a bounded build time, and the
+// foreground waits at most one such budget.
 //
 // # Alternatives rejected
 //
@@ -131,6 +147,9 @@ type Op[T Txn] struct {
 	Done func(err error)
 	// Weight is the op's share of a batch (Config.MaxBatch); zero means 1.
 	Weight int
+	// Background puts the op in the background lane: it may wait behind
+	// foreground ops queued after it (see the package doc).
+	Background bool
 
 	err     error // the op's answer, once applied
 	settled bool  // answered already (aborted its batch): not applied again
@@ -157,8 +176,14 @@ type Config[T Txn] struct {
 	Closed error
 	// MaxBatch bounds the work in one batch; zero means 4096.
 	MaxBatch int
-	// QueueLen bounds the ops waiting for the commit loop; zero means 16384.
+	// QueueLen bounds the ops waiting for the commit loop in each lane;
+	// zero means 16384.
 	QueueLen int
+	// BackgroundBudget bounds the build time one batch spends applying
+	// background ops after its foreground ones (measured with Now); zero
+	// means 2ms. At least one background op is applied per batch while
+	// any wait, whatever its cost.
+	BackgroundBudget time.Duration
 	// InFlight bounds the batches applied and not yet published; zero
 	// means 4.
 	InFlight int
@@ -186,8 +211,9 @@ type Pipeline[T Txn] struct {
 	// qmu guards closed and sending on queue, so that Close never races a
 	// send on the closed channel.
 	qmu    sync.RWMutex
-	closed bool // guarded by qmu
-	queue  chan *Op[T]
+	closed bool        // guarded by qmu
+	queue  chan *Op[T] // the foreground lane
+	bg     chan *Op[T] // the background lane
 
 	failMu sync.Mutex
 	failed error // guarded by failMu; non-nil once an apply or sync failed
@@ -214,7 +240,7 @@ func New[T Txn](cfg Config[T]) (*Pipeline[T], error) {
 	if cfg.Store == nil || cfg.NewTxn == nil || cfg.Aborts == nil || cfg.Aborted == nil || cfg.Fail == nil {
 		return nil, errors.New("pipeline: config: Store, NewTxn, Aborts, Aborted and Fail are required")
 	}
-	if cfg.MaxBatch < 0 || cfg.QueueLen < 0 || cfg.InFlight < 0 || cfg.Retries < 0 {
+	if cfg.MaxBatch < 0 || cfg.QueueLen < 0 || cfg.InFlight < 0 || cfg.Retries < 0 || cfg.BackgroundBudget < 0 {
 		return nil, errors.New("pipeline: config: limits must not be negative")
 	}
 	if cfg.Now == nil {
@@ -235,12 +261,16 @@ func New[T Txn](cfg Config[T]) (*Pipeline[T], error) {
 	if cfg.Retries == 0 {
 		cfg.Retries = 3
 	}
+	if cfg.BackgroundBudget == 0 {
+		cfg.BackgroundBudget = 2 * time.Millisecond
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	p := &Pipeline[T]{
 		cfg:      cfg,
 		queue:    make(chan *Op[T], cfg.QueueLen),
+		bg:       make(chan *Op[T], cfg.QueueLen),
 		free:     make(chan T, cfg.InFlight+1),
 		applied:  make(chan *inflight[T], cfg.InFlight),
 		loopDone: make(chan struct{}),
@@ -268,19 +298,23 @@ func (p *Pipeline[T]) Enqueue(op *Op[T]) error {
 		op.Done(p.cfg.Closed)
 		return p.cfg.Closed
 	}
+	q := p.queue
+	if op.Background {
+		q = p.bg
+	}
 	select {
-	case p.queue <- op:
+	case q <- op:
 	default:
 		if p.cfg.OnQueueFull != nil {
 			p.cfg.OnQueueFull()
 		}
-		p.queue <- op // back-pressure: wait for the commit loop
+		q <- op // back-pressure: wait for the commit loop
 	}
 	return nil
 }
 
-// Len returns how many ops wait in the queue.
-func (p *Pipeline[T]) Len() int { return len(p.queue) }
+// Len returns how many ops wait in the queues.
+func (p *Pipeline[T]) Len() int { return len(p.queue) + len(p.bg) }
 
 // Err returns the error that stopped the pipeline from writing, or nil.
 func (p *Pipeline[T]) Err() error {
@@ -307,6 +341,7 @@ func (p *Pipeline[T]) Close(ctx context.Context) error {
 	if !p.closed {
 		p.closed = true
 		close(p.queue)
+		close(p.bg)
 	}
 	p.qmu.Unlock()
 	select {
@@ -320,19 +355,33 @@ func (p *Pipeline[T]) Close(ctx context.Context) error {
 func (p *Pipeline[T]) commitLoop() {
 	defer close(p.loopDone)
 	defer close(p.applied)
+	fg, bg := p.queue, p.bg // nil once closed and drained
 	var ops []*Op[T]
-	for {
-		o, ok := <-p.queue
-		if !ok {
-			return
+	for fg != nil || bg != nil {
+		var first *Op[T] // a background op that woke the loop
+		ops = ops[:0]
+		work := 0
+		select {
+		case o, ok := <-fg:
+			if !ok {
+				fg = nil
+				continue
+			}
+			ops = append(ops, o)
+			work = weight(o)
+		case o, ok := <-bg:
+			if !ok {
+				bg = nil
+				continue
+			}
+			first = o
 		}
-		ops = append(ops[:0], o)
-		work := weight(o)
 	drain:
-		for work < p.cfg.MaxBatch {
+		for fg != nil && work < p.cfg.MaxBatch {
 			select {
-			case o, ok := <-p.queue:
+			case o, ok := <-fg:
 				if !ok {
+					fg = nil
 					break drain
 				}
 				ops = append(ops, o)
@@ -341,18 +390,23 @@ func (p *Pipeline[T]) commitLoop() {
 				break drain
 			}
 		}
-		p.commit(ops)
+		p.commit(ops, work, first, bg != nil)
 		ops = make([]*Op[T], 0, len(ops))
 	}
 }
 
 func weight[T Txn](o *Op[T]) int { return max(1, o.Weight) }
 
-// commit builds, applies and hands over one batch of ops.
-func (p *Pipeline[T]) commit(ops []*Op[T]) {
+// commit builds, applies and hands over one batch: the foreground ops
+// (work units of it), then first (a background op already taken, or nil),
+// then, if pull, background ops while the budget lasts.
+func (p *Pipeline[T]) commit(ops []*Op[T], work int, first *Op[T], pull bool) {
 	t := <-p.free
 	if err := p.Err(); err != nil {
 		// Answered in order, after the batches still in flight.
+		if first != nil {
+			ops = append(ops, first)
+		}
 		for _, o := range ops {
 			o.err, o.settled = err, true
 		}
@@ -360,7 +414,7 @@ func (p *Pipeline[T]) commit(ops []*Op[T]) {
 		return
 	}
 	start := time.Now()
-	b, ok := p.build(t, ops)
+	b, ops, ok := p.build(t, ops, work, first, pull)
 	if !ok {
 		p.applied <- &inflight[T]{txn: t, ops: ops, synced: true}
 		return
@@ -382,24 +436,39 @@ func (p *Pipeline[T]) commit(ops []*Op[T]) {
 	p.applied <- in
 }
 
-// build applies ops to a new batch on t, rebuilding it without the ops
-// that abort it. It returns false when no batch is left to commit: every
-// op is settled (answered with its refusal or Config.Aborted), and t has
-// been abandoned.
-func (p *Pipeline[T]) build(t T, ops []*Op[T]) (store.Batch, bool) {
+// build applies ops to a new batch on t, then first and (if pull) the
+// background ops it takes while the budget lasts, rebuilding the batch
+// without the ops that abort it. It returns every op it took, and false
+// when no batch is left to commit: every op is settled (answered with its
+// refusal or Config.Aborted), and t has been abandoned.
+func (p *Pipeline[T]) build(t T, ops []*Op[T], work int, first *Op[T], pull bool) (store.Batch, []*Op[T], bool) {
 	for attempt := 0; ; attempt++ {
 		b := p.cfg.Store.NewBatch()
 		t.Begin(b, p.cfg.Now())
 		aborted := false
-		for _, o := range ops {
-			if o.settled {
-				continue
-			}
+		apply := func(o *Op[T]) bool {
 			o.err = o.Apply(t)
 			if o.err != nil && p.cfg.Aborts(o.err) {
 				o.settled = true // answered with its own error; not applied again
 				aborted = true
+			}
+			return !aborted
+		}
+		for _, o := range ops {
+			if !o.settled && !apply(o) {
 				break
+			}
+		}
+		if !aborted && attempt == 0 {
+			// Background ops join only the first attempt; a rebuild
+			// applies those it took like the rest.
+			if first != nil {
+				ops = append(ops, first)
+				work += weight(first)
+				apply(first)
+			}
+			if pull && !aborted {
+				ops, aborted = p.pull(ops, work, first != nil, apply)
 			}
 		}
 		if !aborted {
@@ -408,7 +477,7 @@ func (p *Pipeline[T]) build(t T, ops []*Op[T]) (store.Batch, bool) {
 				aborted = true
 				attempt = p.cfg.Retries // not an op's fault: rebuilding would not help
 			} else {
-				return b, true
+				return b, ops, true
 			}
 		}
 		b.Close()
@@ -419,12 +488,37 @@ func (p *Pipeline[T]) build(t T, ops []*Op[T]) (store.Batch, bool) {
 					o.err, o.settled = p.cfg.Aborted, true
 				}
 			}
-			return nil, false
+			return nil, ops, false
 		}
 		if !unsettled(ops) {
-			return nil, false
+			return nil, ops, false
 		}
 	}
+}
+
+// pull takes background ops and applies them (apply reports false when
+// one aborted the batch) until the lane is empty, the batch holds
+// MaxBatch units of work, or the budget is spent; it takes at least one
+// unless took already. It returns the ops with those it took appended.
+func (p *Pipeline[T]) pull(ops []*Op[T], work int, took bool, apply func(*Op[T]) bool) ([]*Op[T], bool) {
+	start := p.cfg.Now()
+	for !took || (work < p.cfg.MaxBatch && p.cfg.Now().Sub(start) < p.cfg.BackgroundBudget) {
+		var o *Op[T]
+		select {
+		case o = <-p.bg:
+		default:
+		}
+		if o == nil { // empty, or closed (the commit loop sees that itself)
+			break
+		}
+		took = true
+		ops = append(ops, o)
+		work += weight(o)
+		if !apply(o) {
+			return ops, true
+		}
+	}
+	return ops, false
 }
 
 func unsettled[T Txn](ops []*Op[T]) bool {

@@ -184,6 +184,24 @@ func (h *harness) put(key string) <-chan answer {
 	return ch
 }
 
+// putBg is put in the background lane; apply, if not nil, runs first.
+func (h *harness) putBg(key string, apply func()) <-chan answer {
+	ch := make(chan answer, 1)
+	var n int
+	h.p.Enqueue(&pipeline.Op[*txn]{
+		Apply: func(t *txn) error {
+			if apply != nil {
+				apply()
+			}
+			n = t.number(key)
+			return nil
+		},
+		Done:       func(err error) { ch <- answer{n, err} },
+		Background: true,
+	})
+	return ch
+}
+
 func (h *harness) get(key string) (string, bool) {
 	v, err := h.st.Get([]byte(key))
 	if errors.Is(err, store.ErrNotFound) {
@@ -499,6 +517,7 @@ func TestCloseCommitsQueuedOpsThenRefuses(t *testing.T) {
 	first := h.put("a")
 	<-fs.waits
 	queued := h.put("b")
+	queuedBg := h.putBg("c", nil)
 	closed := make(chan error, 1)
 	go func() { closed <- h.p.Close(context.Background()) }()
 	// Close waits for the held batch; a deadline makes it give up.
@@ -516,9 +535,70 @@ func TestCloseCommitsQueuedOpsThenRefuses(t *testing.T) {
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
-	for _, ch := range []<-chan answer{first, queued} {
+	for _, ch := range []<-chan answer{first, queued, queuedBg} {
 		if a := recv(t, ch); a.err != nil {
 			t.Fatalf("op queued before Close: %v", a.err)
+		}
+	}
+}
+
+// A burst of background work (a thousand devices acking at once) must not
+// hold a submit queued after it for longer than one budget.
+func TestBackgroundOpsYieldToForeground(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1700000000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	costly := func() { mu.Lock(); now = now.Add(time.Millisecond); mu.Unlock() } // each background op takes 1ms
+	h := start(t, newFakeStore(), func(c *pipeline.Config[*txn]) {
+		c.Now, c.BackgroundBudget = clock, 2*time.Millisecond
+	})
+	release := h.gate()
+	var bg []<-chan answer
+	for i := range 20 {
+		bg = append(bg, h.putBg(fmt.Sprintf("bg%d", i), costly))
+	}
+	fg := h.put("fg")
+	release()
+	// The gate's batch takes background ops for its 2ms budget (two of
+	// them), and the next batch takes the foreground op first.
+	if a := recv(t, fg); a.err != nil || a.n != 3 {
+		t.Fatalf("foreground op queued after 20 background ones got %+v, want number 3 (after one budget's worth)", a)
+	}
+	last := 0
+	for i, ch := range bg {
+		a := recv(t, ch)
+		if a.err != nil {
+			t.Fatal(a.err)
+		}
+		if a.n <= last {
+			t.Fatalf("background op %d got %d after %d: the lane's order was lost", i, a.n, last)
+		}
+		last = a.n
+	}
+}
+
+// Foreground work that fills every batch still lets one background op
+// into each.
+func TestBackgroundOpsAreNotStarved(t *testing.T) {
+	h := start(t, newFakeStore(), func(c *pipeline.Config[*txn]) { c.MaxBatch = 1 })
+	release := h.gate()
+	var fg, bg []<-chan answer
+	for i := range 5 {
+		fg = append(fg, h.put(fmt.Sprintf("fg%d", i)))
+	}
+	for i := range 3 {
+		bg = append(bg, h.putBg(fmt.Sprintf("bg%d", i), nil))
+	}
+	release()
+	// Batches: gate+bg0, fg0+bg1, fg1+bg2, fg2, fg3, fg4.
+	for i, want := range []int{1, 3, 5} {
+		if a := recv(t, bg[i]); a.err != nil || a.n != want {
+			t.Fatalf("background op %d got %+v, want number %d (one per batch beside a full foreground)", i, a, want)
+		}
+	}
+	for i, want := range []int{2, 4, 6, 7, 8} {
+		if a := recv(t, fg[i]); a.err != nil || a.n != want {
+			t.Fatalf("foreground op %d got %+v, want number %d", i, a, want)
 		}
 	}
 }
