@@ -218,6 +218,12 @@ type Pipeline[T Txn] struct {
 	failMu sync.Mutex
 	failed error // guarded by failMu; non-nil once an apply or sync failed
 
+	// held is a background op taken from its lane but left for a later
+	// batch (it did not fit); passed counts the batches that left it.
+	// Both belong to the commit loop.
+	held   *Op[T]
+	passed int
+
 	free     chan T            // Txns not in use
 	applied  chan *inflight[T] // applied batches, for the publish loop
 	loopDone chan struct{}
@@ -357,24 +363,25 @@ func (p *Pipeline[T]) commitLoop() {
 	defer close(p.applied)
 	fg, bg := p.queue, p.bg // nil once closed and drained
 	var ops []*Op[T]
-	for fg != nil || bg != nil {
-		var first *Op[T] // a background op that woke the loop
+	for fg != nil || bg != nil || p.held != nil {
 		ops = ops[:0]
 		work := 0
-		select {
-		case o, ok := <-fg:
-			if !ok {
-				fg = nil
-				continue
+		if p.held == nil { // else the held background op starts a batch now
+			select {
+			case o, ok := <-fg:
+				if !ok {
+					fg = nil
+					continue
+				}
+				ops = append(ops, o)
+				work = weight(o)
+			case o, ok := <-bg:
+				if !ok {
+					bg = nil
+					continue
+				}
+				p.held = o
 			}
-			ops = append(ops, o)
-			work = weight(o)
-		case o, ok := <-bg:
-			if !ok {
-				bg = nil
-				continue
-			}
-			first = o
 		}
 	drain:
 		for fg != nil && work < p.cfg.MaxBatch {
@@ -390,7 +397,7 @@ func (p *Pipeline[T]) commitLoop() {
 				break drain
 			}
 		}
-		p.commit(ops, work, first, bg != nil)
+		p.commit(ops, work)
 		ops = make([]*Op[T], 0, len(ops))
 	}
 }
@@ -398,14 +405,13 @@ func (p *Pipeline[T]) commitLoop() {
 func weight[T Txn](o *Op[T]) int { return max(1, o.Weight) }
 
 // commit builds, applies and hands over one batch: the foreground ops
-// (work units of it), then first (a background op already taken, or nil),
-// then, if pull, background ops while the budget lasts.
-func (p *Pipeline[T]) commit(ops []*Op[T], work int, first *Op[T], pull bool) {
+// (work units of it), then background ones (see background).
+func (p *Pipeline[T]) commit(ops []*Op[T], work int) {
 	t := <-p.free
 	if err := p.Err(); err != nil {
 		// Answered in order, after the batches still in flight.
-		if first != nil {
-			ops = append(ops, first)
+		if p.held != nil {
+			ops, p.held = append(ops, p.held), nil
 		}
 		for _, o := range ops {
 			o.err, o.settled = err, true
@@ -414,7 +420,7 @@ func (p *Pipeline[T]) commit(ops []*Op[T], work int, first *Op[T], pull bool) {
 		return
 	}
 	start := time.Now()
-	b, ops, ok := p.build(t, ops, work, first, pull)
+	b, ops, ok := p.build(t, ops, work)
 	if !ok {
 		p.applied <- &inflight[T]{txn: t, ops: ops, synced: true}
 		return
@@ -436,12 +442,12 @@ func (p *Pipeline[T]) commit(ops []*Op[T], work int, first *Op[T], pull bool) {
 	p.applied <- in
 }
 
-// build applies ops to a new batch on t, then first and (if pull) the
-// background ops it takes while the budget lasts, rebuilding the batch
-// without the ops that abort it. It returns every op it took, and false
-// when no batch is left to commit: every op is settled (answered with its
-// refusal or Config.Aborted), and t has been abandoned.
-func (p *Pipeline[T]) build(t T, ops []*Op[T], work int, first *Op[T], pull bool) (store.Batch, []*Op[T], bool) {
+// build applies ops to a new batch on t, then the background ops it
+// takes (background), rebuilding the batch without the ops that abort
+// it. It returns every op it took, and false when no batch is left to
+// commit: every op is settled (answered with its refusal or
+// Config.Aborted), and t has been abandoned.
+func (p *Pipeline[T]) build(t T, ops []*Op[T], work int) (store.Batch, []*Op[T], bool) {
 	for attempt := 0; ; attempt++ {
 		b := p.cfg.Store.NewBatch()
 		t.Begin(b, p.cfg.Now())
@@ -462,14 +468,7 @@ func (p *Pipeline[T]) build(t T, ops []*Op[T], work int, first *Op[T], pull bool
 		if !aborted && attempt == 0 {
 			// Background ops join only the first attempt; a rebuild
 			// applies those it took like the rest.
-			if first != nil {
-				ops = append(ops, first)
-				work += weight(first)
-				apply(first)
-			}
-			if pull && !aborted {
-				ops, aborted = p.pull(ops, work, first != nil, apply)
-			}
+			ops, aborted = p.background(ops, work, apply)
 		}
 		if !aborted {
 			if err := t.Flush(); err != nil {
@@ -496,29 +495,46 @@ func (p *Pipeline[T]) build(t T, ops []*Op[T], work int, first *Op[T], pull bool
 	}
 }
 
-// pull takes background ops and applies them (apply reports false when
-// one aborted the batch) until the lane is empty, the batch holds
-// MaxBatch units of work, or the budget is spent; it takes at least one
-// unless took already. It returns the ops with those it took appended.
-func (p *Pipeline[T]) pull(ops []*Op[T], work int, took bool, apply func(*Op[T]) bool) ([]*Op[T], bool) {
+// background takes background ops (the held one first) and applies them
+// after the batch's foreground ops (work units of them, the first
+// len(ops)); apply reports false when one aborted the batch. It takes
+// them while they fit in MaxBatch and the budget lasts, and holds the
+// first that does not for a later batch. It takes one whatever its cost
+// when the batch has no foreground op, when the foreground filled it
+// (the background lane is not starved under saturation), or when the
+// held op was passed over twice already (nor while the foreground is
+// never quite full).
+func (p *Pipeline[T]) background(ops []*Op[T], work int, apply func(*Op[T]) bool) ([]*Op[T], bool) {
 	start := p.cfg.Now()
-	for !took || (work < p.cfg.MaxBatch && p.cfg.Now().Sub(start) < p.cfg.BackgroundBudget) {
-		var o *Op[T]
-		select {
-		case o = <-p.bg:
-		default:
+	foreground := len(ops) > 0
+	for took := false; ; took = true {
+		o := p.held
+		if o == nil {
+			select {
+			case o = <-p.bg: // nil once closed: the commit loop sees that itself
+			default:
+			}
 		}
-		if o == nil { // empty, or closed (the commit loop sees that itself)
-			break
+		if o == nil {
+			return ops, false
 		}
-		took = true
+		force := !took && (!foreground || work >= p.cfg.MaxBatch || p.passed >= 2)
+		if !force && (work+weight(o) > p.cfg.MaxBatch || p.cfg.Now().Sub(start) >= p.cfg.BackgroundBudget) {
+			if p.held == nil {
+				p.held, p.passed = o, 0
+			}
+			if !took {
+				p.passed++
+			}
+			return ops, false
+		}
+		p.held = nil
 		ops = append(ops, o)
 		work += weight(o)
 		if !apply(o) {
 			return ops, true
 		}
 	}
-	return ops, false
 }
 
 func unsettled[T Txn](ops []*Op[T]) bool {

@@ -603,6 +603,41 @@ func TestBackgroundOpsAreNotStarved(t *testing.T) {
 	}
 }
 
+// A background op too heavy to fit beside the foreground ones (an
+// announcement's fan-out chunk weighs a whole batch) waits for a batch of
+// its own instead of making a submit wait for its build.
+func TestHeavyBackgroundOpWaitsForItsOwnBatch(t *testing.T) {
+	fs := newFakeStore()
+	h := start(t, fs, func(c *pipeline.Config[*txn]) { c.MaxBatch = 4 })
+	release := h.gate()
+	ch := make(chan answer, 1)
+	var n, batches int
+	h.p.Enqueue(&pipeline.Op[*txn]{
+		Apply: func(t *txn) error {
+			n = t.number("heavy")
+			fs.mu.Lock()
+			batches = fs.applied // batches applied before this one
+			fs.mu.Unlock()
+			return nil
+		},
+		Done:       func(err error) { ch <- answer{n, err} },
+		Weight:     4,
+		Background: true,
+	})
+	small := h.put("small")
+	release()
+	if a := recv(t, small); a.err != nil || a.n != 1 {
+		t.Fatalf("foreground op got %+v, want number 1: it waited for the heavy background op", a)
+	}
+	a := recv(t, ch)
+	if a.err != nil || a.n != 2 {
+		t.Fatalf("heavy background op got %+v, want number 2", a)
+	}
+	if batches != 2 {
+		t.Fatalf("heavy background op built after %d batches were applied, want 2 (the gate's, the foreground op's): it shared a batch", batches)
+	}
+}
+
 func TestBatchesUseTheClock(t *testing.T) {
 	at := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
 	h := start(t, newFakeStore(), func(c *pipeline.Config[*txn]) { c.Now = func() time.Time { return at } })
