@@ -25,7 +25,7 @@
 //     begun. The batch goes to the publish loop, and the commit loop
 //     builds the next one while this one's fsync is in flight.
 //  4. The publish loop waits until the batch is durable, runs
-//     Txn.Durable, answers every op of the batch in queue order
+//     Txn.Durable, answers every op of the batch in the order applied
 //     (Op.Done), then runs Txn.Published and frees the Txn.
 //
 // A store whose batches are not store.Pipelined commits each batch with
