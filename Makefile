@@ -2,9 +2,21 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools
+.PHONY: test vet unit fuzz proto bench build tools redis
 
-test: tools vet unit
+test: tools redis vet unit
+
+# redis-server (Debian's package) for the cluster tests, which start their
+# own on loopback ports; the package's own service is stopped so that it
+# holds no port. Nothing is done when redis-server is already there.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  set -e; sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  echo "installing redis-server from Debian"; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	  ($$sudo systemctl stop redis-server 2>/dev/null || $$sudo service redis-server stop 2>/dev/null || true); \
+	  redis-server --version; }
 
 # promtool (from Debian's prometheus package) checks /metrics, the alert
 # rules and the dashboard's queries in internal/node's tests. Only the

@@ -1,0 +1,84 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Partition is a partition number. Users hash into partitions (package
+// fanout, PartitionOf); each has one owner at a time.
+type Partition uint32
+
+// Entry is one committed batch of a partition as its owner ships it to
+// the standby.
+type Entry struct {
+	Epoch uint64 // the owner's lease epoch when it shipped the batch
+	Owner string // the owner's node id
+	Seq   uint64 // the batch's place in the partition's history: from 1, no gaps
+	Data  []byte // the batch, opaque here
+	// Standby, when set, makes the entry a hand-over instead of a batch
+	// (Data empty): from it on, the standby is this node. The standby it
+	// replaces stops being one when it applies it (see Owner.ReplaceStandby).
+	Standby string
+}
+
+// Ack is what a standby reports after applying entries durably: it holds
+// the partition's history through Seq, and it accepts entries of Owner at
+// Epoch and of no older epoch (its fence).
+type Ack struct {
+	Standby string
+	Epoch   uint64
+	Owner   string
+	Seq     uint64
+}
+
+// Coord is what the protocol needs from the shared service (Redis in
+// production, MemCoord in tests and the simulation). None of its answers
+// is trusted for safety beyond what the package doc says: leases may be
+// granted twice with one epoch, entries may be lost or read out of order,
+// an ack may be read stale.
+type Coord interface {
+	// TakeLease gives node the partition's lease for ttl if no one else
+	// holds a live one, with an epoch above every epoch it handed out for
+	// the partition and above min. ok is false, with the holder's epoch,
+	// when another node holds it. A holder may take its own lease again:
+	// it gets a new epoch.
+	TakeLease(ctx context.Context, p Partition, node string, min uint64, ttl time.Duration) (epoch uint64, ok bool, err error)
+	// RenewLease extends node's lease at epoch by ttl; false if the lease
+	// is no longer node's at that epoch.
+	RenewLease(ctx context.Context, p Partition, node string, epoch uint64, ttl time.Duration) (bool, error)
+	// ReleaseLease gives up node's lease at epoch (nothing if it is not).
+	ReleaseLease(ctx context.Context, p Partition, node string, epoch uint64) error
+	// Lease returns the live lease's holder and epoch; holder is "" when
+	// none is live.
+	Lease(ctx context.Context, p Partition) (holder string, epoch uint64, err error)
+
+	// Append adds an entry to the partition's replication stream.
+	Append(ctx context.Context, p Partition, e Entry) error
+	// Entries returns up to n entries appended after cursor ("" for the
+	// start of the stream) and the cursor after them.
+	Entries(ctx context.Context, p Partition, cursor string, n int) ([]Entry, string, error)
+
+	// PutAck publishes a standby's (or a new owner's) ack, replacing the
+	// last one a.Standby published.
+	PutAck(ctx context.Context, p Partition, a Ack) error
+	// Acks returns the last ack each node published for the partition.
+	Acks(ctx context.Context, p Partition) (map[string]Ack, error)
+
+	// SetStandby names the partition's standby ("" for none).
+	SetStandby(ctx context.Context, p Partition, node string) error
+	// Standby returns the partition's standby ("" for none).
+	Standby(ctx context.Context, p Partition) (string, error)
+}
+
+// ErrFenced is returned to an owner once a newer epoch exists: it must
+// not acknowledge anything more for the partition and must step down.
+var ErrFenced = errors.New("cluster: fenced: a newer owner exists")
+
+// ErrNotStandby refuses a takeover by a node that is not the
+// partition's up-to-date standby.
+var ErrNotStandby = errors.New("cluster: not the partition's standby")
+
+// ErrLeaseHeld refuses a takeover while another node holds a live lease.
+var ErrLeaseHeld = errors.New("cluster: the lease is held")

@@ -1,0 +1,302 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dingmq/ding/internal/redistest"
+)
+
+// coordEnv is a Coord under test and a way to let its leases lapse.
+type coordEnv struct {
+	c Coord
+	// lapse returns once a lease taken with ttl has expired.
+	lapse func(ttl time.Duration)
+}
+
+// The contract every Coord keeps, checked on MemCoord and on a real
+// redis-server.
+func TestCoordContract(t *testing.T) {
+	envs := map[string]func(t *testing.T) coordEnv{
+		"mem": func(t *testing.T) coordEnv {
+			var mu sync.Mutex
+			now := time.Unix(1_800_000_000, 0)
+			c := NewMemCoord(func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+			return coordEnv{c, func(d time.Duration) { mu.Lock(); now = now.Add(d + time.Millisecond); mu.Unlock() }}
+		},
+		"redis": func(t *testing.T) coordEnv {
+			c := NewRedisCoord(redistest.Start(t).Client(t))
+			return coordEnv{c, func(d time.Duration) { waitLapse(t, c, d) }}
+		},
+	}
+	for name, mk := range envs {
+		t.Run(name, func(t *testing.T) {
+			t.Run("lease", func(t *testing.T) { testLease(t, mk(t)) })
+			t.Run("stream", func(t *testing.T) { testStream(t, mk(t)) })
+			t.Run("acks and standby", func(t *testing.T) { testAcks(t, mk(t)) })
+		})
+	}
+}
+
+// waitLapse waits until Redis has expired a lease of ttl: it polls the
+// lease itself, the thing under test, with a deadline.
+func waitLapse(t *testing.T, c Coord, ttl time.Duration) {
+	deadline := time.Now().Add(ttl + 5*time.Second)
+	for {
+		holder, _, err := c.Lease(context.Background(), 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if holder == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lease of %v still held by %s after %v", ttl, holder, ttl+5*time.Second)
+		}
+		time.Sleep(ttl / 10) // waiting for time to pass is what this is
+	}
+}
+
+func testLease(t *testing.T, env coordEnv) {
+	ctx, c, p := context.Background(), env.c, Partition(7)
+	const ttl = 300 * time.Millisecond
+	if h, e, err := c.Lease(ctx, p); err != nil || h != "" || e != 0 {
+		t.Fatalf("new partition's lease = %q %d %v", h, e, err)
+	}
+	e1, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
+	if err != nil || !ok || e1 != 1 {
+		t.Fatalf("first take = %d %v %v, want epoch 1", e1, ok, err)
+	}
+	if e, ok, err := c.TakeLease(ctx, p, "b", 0, ttl); err != nil || ok || e != e1 {
+		t.Fatalf("take of a live lease by another = %d %v %v, want refused with epoch %d", e, ok, err, e1)
+	}
+	if h, e, _ := c.Lease(ctx, p); h != "a" || e != e1 {
+		t.Fatalf("lease = %q %d", h, e)
+	}
+	if ok, err := c.RenewLease(ctx, p, "b", e1, ttl); err != nil || ok {
+		t.Fatalf("renew by a non-holder = %v %v", ok, err)
+	}
+	if ok, err := c.RenewLease(ctx, p, "a", e1+1, ttl); err != nil || ok {
+		t.Fatalf("renew at the wrong epoch = %v %v", ok, err)
+	}
+	if ok, err := c.RenewLease(ctx, p, "a", e1, ttl); err != nil || !ok {
+		t.Fatalf("renew by the holder = %v %v", ok, err)
+	}
+	env.lapse(ttl)
+	if ok, _ := c.RenewLease(ctx, p, "a", e1, ttl); ok {
+		t.Fatal("renewed an expired lease")
+	}
+	// b takes the lapsed lease with min above the counter: the epoch
+	// jumps past min and never goes back.
+	e2, ok, err := c.TakeLease(ctx, p, "b", 10, ttl)
+	if err != nil || !ok || e2 != 11 {
+		t.Fatalf("take after lapse with min 10 = %d %v %v, want 11", e2, ok, err)
+	}
+	e3, ok, err := c.TakeLease(ctx, p, "b", 0, ttl) // the holder again: a new epoch
+	if err != nil || !ok || e3 != 12 {
+		t.Fatalf("holder's own retake = %d %v %v, want 12", e3, ok, err)
+	}
+	if err := c.ReleaseLease(ctx, p, "a", e3); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, _ := c.Lease(ctx, p); h != "b" {
+		t.Fatalf("release by a non-holder freed the lease (holder %q)", h)
+	}
+	if err := c.ReleaseLease(ctx, p, "b", e3); err != nil {
+		t.Fatal(err)
+	}
+	if h, e, _ := c.Lease(ctx, p); h != "" || e != 12 {
+		t.Fatalf("after release: %q %d, want free at epoch 12", h, e)
+	}
+	if e, ok, _ := c.TakeLease(ctx, p, "c", 0, ttl); !ok || e != 13 {
+		t.Fatalf("take after release = %d %v, want 13", e, ok)
+	}
+}
+
+func testStream(t *testing.T, env coordEnv) {
+	ctx, c := context.Background(), env.c
+	var want []Entry
+	for i := range 5 {
+		e := Entry{Epoch: 3, Owner: "a", Seq: uint64(i + 1), Data: []byte(fmt.Sprintf("batch\x00%d", i))}
+		if i == 4 {
+			e = Entry{Epoch: 3, Owner: "a", Seq: 5, Standby: "c"}
+		}
+		if err := c.Append(ctx, 1, e); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, e)
+	}
+	if err := c.Append(ctx, 2, Entry{Epoch: 1, Owner: "x", Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var got []Entry
+	cursor := ""
+	for {
+		es, next, err := c.Entries(ctx, 1, cursor, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(es) == 0 {
+			if next != cursor {
+				t.Fatalf("an empty read moved the cursor %q → %q", cursor, next)
+			}
+			break
+		}
+		got, cursor = append(got, es...), next
+	}
+	if len(got) != len(want) {
+		t.Fatalf("read %d entries, want %d (another partition's leaked in?)", len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.Epoch != w.Epoch || g.Owner != w.Owner || g.Seq != w.Seq || g.Standby != w.Standby || !bytes.Equal(g.Data, w.Data) {
+			t.Fatalf("entry %d = %+v, want %+v", i, g, w)
+		}
+	}
+	if err := c.Append(ctx, 1, Entry{Epoch: 4, Owner: "b", Seq: 6}); err != nil {
+		t.Fatal(err)
+	}
+	es, _, err := c.Entries(ctx, 1, cursor, 10)
+	if err != nil || len(es) != 1 || es[0].Seq != 6 {
+		t.Fatalf("read after the cursor = %+v %v, want only the new entry", es, err)
+	}
+}
+
+func testAcks(t *testing.T, env coordEnv) {
+	ctx, c := context.Background(), env.c
+	if acks, err := c.Acks(ctx, 1); err != nil || len(acks) != 0 {
+		t.Fatalf("acks of a new partition = %v %v", acks, err)
+	}
+	a1 := Ack{Standby: "b", Epoch: 2, Owner: "a", Seq: 10}
+	a2 := Ack{Standby: "c", Epoch: 3, Owner: "c", Seq: 11}
+	for _, a := range []Ack{{Standby: "b", Epoch: 2, Owner: "a", Seq: 9}, a1, a2} {
+		if err := c.PutAck(ctx, 1, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acks, err := c.Acks(ctx, 1)
+	if err != nil || len(acks) != 2 || acks["b"] != a1 || acks["c"] != a2 {
+		t.Fatalf("acks = %v %v, want each node's last", acks, err)
+	}
+	if sb, err := c.Standby(ctx, 1); err != nil || sb != "" {
+		t.Fatalf("standby of a new partition = %q %v", sb, err)
+	}
+	if err := c.SetStandby(ctx, 1, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if sb, _ := c.Standby(ctx, 1); sb != "b" {
+		t.Fatalf("standby = %q, want b", sb)
+	}
+	if err := c.SetStandby(ctx, 1, ""); err != nil {
+		t.Fatal(err)
+	}
+	if sb, _ := c.Standby(ctx, 1); sb != "" {
+		t.Fatalf("standby after clearing = %q", sb)
+	}
+}
+
+// memLog is a history in memory.
+type memLog struct {
+	mu  sync.Mutex
+	es  []Entry
+	st  StandbyState
+	bad error
+}
+
+func (l *memLog) Apply(e Entry) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e.Seq != uint64(len(l.es))+1 {
+		l.bad = fmt.Errorf("apply %d onto %d", e.Seq, len(l.es))
+		return l.bad
+	}
+	l.es = append(l.es, e)
+	return nil
+}
+
+func (l *memLog) SaveState(st StandbyState) error { l.mu.Lock(); l.st = st; l.mu.Unlock(); return nil }
+
+// The protocol on a real redis-server: an owner ships, its standby
+// applies and acks, acknowledgements follow the acks; the owner stops
+// renewing (as a paused process would), the standby takes over once the
+// lease lapses, and the old owner learns it is fenced and can get
+// nothing more acknowledged.
+func TestProtocolOnRedis(t *testing.T) {
+	ctx := context.Background()
+	c := NewRedisCoord(redistest.Start(t).Client(t))
+	const p, ttl = Partition(3), 500 * time.Millisecond
+	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	owner := NewOwner(c, p, "a", epoch, 0, "")
+	bLog := &memLog{}
+	standby := NewStandby(c, p, "b", bLog, StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	if err := c.SetStandby(ctx, p, "b"); err != nil {
+		t.Fatal(err)
+	}
+	owner.SetStandby("b")
+
+	for i := range 10 {
+		if _, err := owner.Ship(ctx, []byte(fmt.Sprintf("m%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if acked, err := owner.Poll(ctx); err != nil || acked != 0 {
+		t.Fatalf("acked before the standby applied anything = %d %v", acked, err)
+	}
+	if n, err := standby.Step(ctx, 100); err != nil || n != 10 {
+		t.Fatalf("standby applied %d %v, want 10", n, err)
+	}
+	if acked, err := owner.Poll(ctx); err != nil || acked != 10 {
+		t.Fatalf("acked = %d %v, want 10", acked, err)
+	}
+	// While a's lease is live, b may not take over.
+	if _, err := standby.TakeOver(ctx, ttl); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("takeover under a live lease = %v, want ErrLeaseHeld", err)
+	}
+	// a stops renewing; its lease lapses on Redis's clock.
+	waitLapseOf(t, c, p)
+	newOwner, err := standby.TakeOver(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if newOwner.Epoch() <= epoch {
+		t.Fatalf("new epoch %d not above %d", newOwner.Epoch(), epoch)
+	}
+	// The old owner wakes and ships more: nothing of it is acknowledged.
+	if _, err := owner.Ship(ctx, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Poll(ctx); !errors.Is(err, ErrFenced) {
+		t.Fatalf("old owner's poll after the takeover = %v, want ErrFenced", err)
+	}
+	if _, err := owner.Ship(ctx, []byte("later")); !errors.Is(err, ErrFenced) {
+		t.Fatalf("fenced owner's ship = %v, want ErrFenced", err)
+	}
+	if len(bLog.es) != 10 {
+		t.Fatalf("the new owner's history holds %d batches, want the 10 acknowledged", len(bLog.es))
+	}
+}
+
+func waitLapseOf(t *testing.T, c Coord, p Partition) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		holder, _, err := c.Lease(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if holder == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lease still held by %s after 10s", holder)
+		}
+		time.Sleep(20 * time.Millisecond) // waiting for Redis's clock to expire it
+	}
+}

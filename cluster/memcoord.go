@@ -1,0 +1,222 @@
+package cluster
+
+import (
+	"context"
+	"maps"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// MemCoord is a Coord in memory, on a clock the caller gives: the
+// stand-in for Redis in tests and in the deterministic simulation. Its
+// fault switches make it misbehave the ways the package doc says Redis
+// may: DropAppends loses appended entries, Snapshot and Restore roll its
+// state back (a failover to a replica that missed the latest writes).
+type MemCoord struct {
+	mu    sync.Mutex
+	now   func() time.Time
+	parts map[Partition]*memPart
+	// nextID numbers stream entries across rollbacks, as Redis's
+	// time-based stream ids keep growing after a failover.
+	nextID uint64
+	// DropAppends, while positive, makes each Append a no-op that
+	// reports success, and counts down.
+	DropAppends int
+}
+
+type memPart struct {
+	holder  string
+	epoch   uint64 // the live lease's
+	expires time.Time
+	maxEp   uint64 // every epoch handed out is <= maxEp
+	stream  []memEntry
+	acks    map[string]Ack
+	standby string
+}
+
+type memEntry struct {
+	id uint64
+	e  Entry
+}
+
+// NewMemCoord returns an empty MemCoord on the clock now.
+func NewMemCoord(now func() time.Time) *MemCoord {
+	return &MemCoord{now: now, parts: map[Partition]*memPart{}}
+}
+
+func (m *MemCoord) part(p Partition) *memPart {
+	mp := m.parts[p]
+	if mp == nil {
+		mp = &memPart{}
+		m.parts[p] = mp
+	}
+	return mp
+}
+
+func (mp *memPart) live(now time.Time) bool { return mp.holder != "" && now.Before(mp.expires) }
+
+// TakeLease implements Coord.
+func (m *MemCoord) TakeLease(_ context.Context, p Partition, node string, min uint64, ttl time.Duration) (uint64, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mp, now := m.part(p), m.now()
+	if mp.live(now) && mp.holder != node {
+		return mp.epoch, false, nil
+	}
+	mp.maxEp = max(mp.maxEp, min) + 1
+	mp.holder, mp.epoch, mp.expires = node, mp.maxEp, now.Add(ttl)
+	return mp.epoch, true, nil
+}
+
+// RenewLease implements Coord.
+func (m *MemCoord) RenewLease(_ context.Context, p Partition, node string, epoch uint64, ttl time.Duration) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mp, now := m.part(p), m.now()
+	if !mp.live(now) || mp.holder != node || mp.epoch != epoch {
+		return false, nil
+	}
+	mp.expires = now.Add(ttl)
+	return true, nil
+}
+
+// ReleaseLease implements Coord.
+func (m *MemCoord) ReleaseLease(_ context.Context, p Partition, node string, epoch uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mp := m.part(p)
+	if mp.holder == node && mp.epoch == epoch {
+		mp.holder = ""
+	}
+	return nil
+}
+
+// Lease implements Coord.
+func (m *MemCoord) Lease(_ context.Context, p Partition) (string, uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mp := m.part(p)
+	if !mp.live(m.now()) {
+		return "", mp.epoch, nil
+	}
+	return mp.holder, mp.epoch, nil
+}
+
+// Append implements Coord.
+func (m *MemCoord) Append(_ context.Context, p Partition, e Entry) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.DropAppends > 0 {
+		m.DropAppends--
+		return nil
+	}
+	m.nextID++
+	e.Data = append([]byte(nil), e.Data...)
+	mp := m.part(p)
+	mp.stream = append(mp.stream, memEntry{m.nextID, e})
+	return nil
+}
+
+// Entries implements Coord. The cursor is the id of the last entry read.
+func (m *MemCoord) Entries(_ context.Context, p Partition, cursor string, n int) ([]Entry, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var after uint64
+	if cursor != "" {
+		v, err := strconv.ParseUint(cursor, 10, 64)
+		if err != nil {
+			return nil, cursor, err
+		}
+		after = v
+	}
+	var out []Entry
+	for _, me := range m.part(p).stream {
+		if me.id <= after {
+			continue
+		}
+		if len(out) == n {
+			break
+		}
+		out = append(out, me.e)
+		cursor = strconv.FormatUint(me.id, 10)
+	}
+	return out, cursor, nil
+}
+
+// PutAck implements Coord.
+func (m *MemCoord) PutAck(_ context.Context, p Partition, a Ack) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mp := m.part(p)
+	if mp.acks == nil {
+		mp.acks = map[string]Ack{}
+	}
+	mp.acks[a.Standby] = a
+	return nil
+}
+
+// Acks implements Coord.
+func (m *MemCoord) Acks(_ context.Context, p Partition) (map[string]Ack, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]Ack{}
+	for k, v := range m.part(p).acks {
+		out[k] = v
+	}
+	return out, nil
+}
+
+// SetStandby implements Coord.
+func (m *MemCoord) SetStandby(_ context.Context, p Partition, node string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.part(p).standby = node
+	return nil
+}
+
+// Standby implements Coord.
+func (m *MemCoord) Standby(_ context.Context, p Partition) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.part(p).standby, nil
+}
+
+// MemState is a copy of a MemCoord's state, for Restore.
+type MemState struct{ parts map[Partition]memPart }
+
+// Snapshot copies the state (leases, epochs, streams, acks; not the
+// standby names, which the protocol trusts: see the package doc).
+func (m *MemCoord) Snapshot() MemState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := MemState{parts: map[Partition]memPart{}}
+	for p, mp := range m.parts {
+		c := *mp
+		c.stream = append([]memEntry(nil), mp.stream...)
+		c.acks = maps.Clone(mp.acks)
+		s.parts[p] = c
+	}
+	return s
+}
+
+// Restore rolls the state back to s, keeping the standby names and the
+// stream ids' counter.
+func (m *MemCoord) Restore(s MemState) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for p, mp := range m.parts {
+		old, ok := s.parts[p]
+		standby := mp.standby
+		if !ok {
+			*mp = memPart{}
+		} else {
+			*mp = old
+			mp.stream = append([]memEntry(nil), old.stream...)
+			mp.acks = maps.Clone(old.acks)
+		}
+		mp.standby = standby
+	}
+}
+
+var _ Coord = (*MemCoord)(nil)

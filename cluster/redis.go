@@ -1,0 +1,223 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisCoord is the Coord on Redis: one Redis, Sentinel or Redis Cluster
+// (go-redis UniversalClient). A partition's keys share one hash tag, so
+// they live in one Redis Cluster slot and its scripts touch one node:
+//
+//	{ding:p:N}:lease    hash holder, epoch; expires with the lease (PEXPIRE)
+//	{ding:p:N}:epoch    the highest epoch handed out
+//	{ding:p:N}:stream   the replication stream (fields e, o, s, d, sb)
+//	{ding:p:N}:acks     hash node → "epoch seq owner"
+//	{ding:p:N}:standby  the standby's node id
+//
+// Lease expiry is Redis's own clock (key TTL), so nodes' clocks do not
+// matter to it.
+type RedisCoord struct {
+	rdb redis.UniversalClient
+}
+
+// NewRedisCoord uses rdb (its lifetime stays the caller's).
+func NewRedisCoord(rdb redis.UniversalClient) *RedisCoord { return &RedisCoord{rdb: rdb} }
+
+func key(p Partition, what string) string { return fmt.Sprintf("{ding:p:%d}:%s", p, what) }
+
+var takeLease = redis.NewScript(`
+local holder = redis.call('HGET', KEYS[1], 'holder')
+if holder and holder ~= ARGV[1] then
+  return {0, tonumber(redis.call('HGET', KEYS[1], 'epoch'))}
+end
+local e = tonumber(redis.call('GET', KEYS[2]) or '0')
+local m = tonumber(ARGV[2])
+if m > e then e = m end
+e = e + 1
+redis.call('SET', KEYS[2], tostring(e))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'epoch', tostring(e))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, e}
+`)
+
+var renewLease = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+`)
+
+var releaseLease = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+func ms(d time.Duration) int64 { return max(1, d.Milliseconds()) }
+
+// TakeLease implements Coord.
+func (r *RedisCoord) TakeLease(ctx context.Context, p Partition, node string, min uint64, ttl time.Duration) (uint64, bool, error) {
+	v, err := takeLease.Run(ctx, r.rdb, []string{key(p, "lease"), key(p, "epoch")}, node, min, ms(ttl)).Int64Slice()
+	if err != nil {
+		return 0, false, fmt.Errorf("cluster: take lease of partition %d: %w", p, err)
+	}
+	return uint64(v[1]), v[0] == 1, nil
+}
+
+// RenewLease implements Coord.
+func (r *RedisCoord) RenewLease(ctx context.Context, p Partition, node string, epoch uint64, ttl time.Duration) (bool, error) {
+	v, err := renewLease.Run(ctx, r.rdb, []string{key(p, "lease")}, node, strconv.FormatUint(epoch, 10), ms(ttl)).Int64()
+	if err != nil {
+		return false, fmt.Errorf("cluster: renew lease of partition %d: %w", p, err)
+	}
+	return v == 1, nil
+}
+
+// ReleaseLease implements Coord.
+func (r *RedisCoord) ReleaseLease(ctx context.Context, p Partition, node string, epoch uint64) error {
+	if err := releaseLease.Run(ctx, r.rdb, []string{key(p, "lease")}, node, strconv.FormatUint(epoch, 10)).Err(); err != nil {
+		return fmt.Errorf("cluster: release lease of partition %d: %w", p, err)
+	}
+	return nil
+}
+
+// Lease implements Coord.
+func (r *RedisCoord) Lease(ctx context.Context, p Partition) (string, uint64, error) {
+	v, err := r.rdb.HMGet(ctx, key(p, "lease"), "holder", "epoch").Result()
+	if err != nil {
+		return "", 0, fmt.Errorf("cluster: read lease of partition %d: %w", p, err)
+	}
+	holder, _ := v[0].(string)
+	es, _ := v[1].(string)
+	if holder == "" {
+		es, err = r.rdb.Get(ctx, key(p, "epoch")).Result()
+		if errors.Is(err, redis.Nil) {
+			return "", 0, nil
+		}
+		if err != nil {
+			return "", 0, fmt.Errorf("cluster: read epoch of partition %d: %w", p, err)
+		}
+	}
+	e, err := strconv.ParseUint(es, 10, 64)
+	if err != nil {
+		return "", 0, fmt.Errorf("cluster: partition %d: bad epoch %q", p, es)
+	}
+	return holder, e, nil
+}
+
+// Append implements Coord.
+func (r *RedisCoord) Append(ctx context.Context, p Partition, e Entry) error {
+	err := r.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: key(p, "stream"),
+		Values: []any{"e", e.Epoch, "o", e.Owner, "s", e.Seq, "d", e.Data, "sb", e.Standby},
+	}).Err()
+	if err != nil {
+		return fmt.Errorf("cluster: append to partition %d: %w", p, err)
+	}
+	return nil
+}
+
+// Entries implements Coord. The cursor is the last stream id read.
+func (r *RedisCoord) Entries(ctx context.Context, p Partition, cursor string, n int) ([]Entry, string, error) {
+	start := "-"
+	if cursor != "" {
+		start = "(" + cursor
+	}
+	msgs, err := r.rdb.XRangeN(ctx, key(p, "stream"), start, "+", int64(n)).Result()
+	if err != nil {
+		return nil, cursor, fmt.Errorf("cluster: read partition %d's stream: %w", p, err)
+	}
+	out := make([]Entry, 0, len(msgs))
+	for _, m := range msgs {
+		e, err := decodeEntry(m.Values)
+		if err != nil {
+			return nil, cursor, fmt.Errorf("cluster: partition %d's stream entry %s: %w", p, m.ID, err)
+		}
+		out = append(out, e)
+		cursor = m.ID
+	}
+	return out, cursor, nil
+}
+
+func decodeEntry(v map[string]any) (Entry, error) {
+	str := func(k string) string { s, _ := v[k].(string); return s }
+	ep, err1 := strconv.ParseUint(str("e"), 10, 64)
+	seq, err2 := strconv.ParseUint(str("s"), 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return Entry{}, err
+	}
+	e := Entry{Epoch: ep, Owner: str("o"), Seq: seq, Standby: str("sb")}
+	if d := str("d"); d != "" {
+		e.Data = []byte(d)
+	}
+	return e, nil
+}
+
+// PutAck implements Coord.
+func (r *RedisCoord) PutAck(ctx context.Context, p Partition, a Ack) error {
+	v := fmt.Sprintf("%d %d %s", a.Epoch, a.Seq, a.Owner)
+	if err := r.rdb.HSet(ctx, key(p, "acks"), a.Standby, v).Err(); err != nil {
+		return fmt.Errorf("cluster: ack on partition %d: %w", p, err)
+	}
+	return nil
+}
+
+// Acks implements Coord.
+func (r *RedisCoord) Acks(ctx context.Context, p Partition) (map[string]Ack, error) {
+	m, err := r.rdb.HGetAll(ctx, key(p, "acks")).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: read acks of partition %d: %w", p, err)
+	}
+	out := make(map[string]Ack, len(m))
+	for node, v := range m {
+		f := strings.SplitN(v, " ", 3)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("cluster: partition %d: bad ack %q", p, v)
+		}
+		ep, err1 := strconv.ParseUint(f[0], 10, 64)
+		seq, err2 := strconv.ParseUint(f[1], 10, 64)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("cluster: partition %d: bad ack %q: %w", p, v, err)
+		}
+		out[node] = Ack{Standby: node, Epoch: ep, Owner: f[2], Seq: seq}
+	}
+	return out, nil
+}
+
+// SetStandby implements Coord.
+func (r *RedisCoord) SetStandby(ctx context.Context, p Partition, node string) error {
+	var err error
+	if node == "" {
+		err = r.rdb.Del(ctx, key(p, "standby")).Err()
+	} else {
+		err = r.rdb.Set(ctx, key(p, "standby"), node, 0).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: set standby of partition %d: %w", p, err)
+	}
+	return nil
+}
+
+// Standby implements Coord.
+func (r *RedisCoord) Standby(ctx context.Context, p Partition) (string, error) {
+	v, err := r.rdb.Get(ctx, key(p, "standby")).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("cluster: read standby of partition %d: %w", p, err)
+	}
+	return v, nil
+}
+
+var _ Coord = (*RedisCoord)(nil)

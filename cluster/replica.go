@@ -1,0 +1,310 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Owner is the replication side of a partition's owner: it numbers and
+// ships committed batches and learns which of them the standby holds.
+// A batch may be acknowledged to clients once Poll (or Acked) covers its
+// Seq, never before. Owner is not safe for concurrent use: the commit
+// pipeline's publish side drives it.
+type Owner struct {
+	c       Coord
+	p       Partition
+	node    string
+	epoch   uint64
+	standby string // the standby whose acks count; "" while there is none
+
+	next    uint64  // Seq of the next batch
+	acked   uint64  // highest Seq the standby holds
+	unacked []Entry // shipped, not yet acked, in Seq order (resent by Resend)
+	fenced  bool
+
+	// A hand-over in progress: the entry at handAt names handTo; the
+	// current standby's ack of it completes the hand-over.
+	handTo string
+	handAt uint64
+}
+
+// NewOwner starts shipping for node, owner of p at epoch, whose history
+// runs through applied (the next batch is applied+1). standby is the node
+// whose acks count ("" for none yet: nothing can be acknowledged
+// replicated until SetStandby).
+func NewOwner(c Coord, p Partition, node string, epoch, applied uint64, standby string) *Owner {
+	return &Owner{c: c, p: p, node: node, epoch: epoch, standby: standby, next: applied + 1, acked: applied}
+}
+
+// Epoch returns the owner's epoch.
+func (o *Owner) Epoch() uint64 { return o.epoch }
+
+// SetStandby makes node the standby of an owner that has none (a new
+// partition, or right after a takeover): node must hold a snapshot of
+// the owner's history fenced at (o.Epoch(), the owner), and the Coord
+// must name it first. To replace a standby, use ReplaceStandby.
+func (o *Owner) SetStandby(node string) { o.standby = node }
+
+// Standby returns the standby whose acks count ("" for none), and the
+// one a hand-over in progress moves to ("" for none).
+func (o *Owner) Standby() (current, next string) { return o.standby, o.handTo }
+
+// ReplaceStandby starts handing the standby role from the current
+// standby to node: it ships a hand-over entry naming node and returns
+// its Seq. The caller applies that entry to its own history first (like
+// any batch), then gives node a snapshot that includes it. The hand-over
+// completes in Poll once the current standby acks the entry: applying it
+// demoted that standby (it can never take over after), so only then does
+// Poll name node in the Coord and count node's acks, and nothing after
+// the entry counts as acked by the old standby. Until then, writes are
+// acknowledged through the old standby as before.
+func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error) {
+	if o.fenced {
+		return 0, ErrFenced
+	}
+	if o.standby == "" || o.handTo != "" {
+		return 0, fmt.Errorf("cluster: partition %d: no standby to replace, or a hand-over in progress", o.p)
+	}
+	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Standby: node}
+	o.next++
+	o.handTo, o.handAt = node, e.Seq
+	o.unacked = append(o.unacked, e)
+	if err := o.c.Append(ctx, o.p, e); err != nil {
+		return e.Seq, err
+	}
+	return e.Seq, nil
+}
+
+// Ship appends batch data as the next entry and returns its Seq. It keeps
+// the entry until the standby acks it, to resend it.
+func (o *Owner) Ship(ctx context.Context, data []byte) (uint64, error) {
+	if o.fenced {
+		return 0, ErrFenced
+	}
+	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Data: data}
+	o.next++
+	o.unacked = append(o.unacked, e)
+	if err := o.c.Append(ctx, o.p, e); err != nil {
+		return e.Seq, err // kept: Resend ships it again
+	}
+	return e.Seq, nil
+}
+
+// Poll reads the standby's ack and returns the highest Seq it holds. It
+// returns ErrFenced once any ack names a newer epoch: the owner must
+// acknowledge nothing more (batches not yet covered are answered as not
+// owned; the new owner has them or they were never acknowledged).
+func (o *Owner) Poll(ctx context.Context) (uint64, error) {
+	if o.fenced {
+		return o.acked, ErrFenced
+	}
+	acks, err := o.c.Acks(ctx, o.p)
+	if err != nil {
+		return o.acked, err
+	}
+	for _, a := range acks {
+		if a.Epoch > o.epoch {
+			o.fenced = true
+			return o.acked, ErrFenced
+		}
+	}
+	a, ok := acks[o.standby]
+	if !ok {
+		return o.acked, nil
+	}
+	// Only the current standby's acks for this owner's own epoch count:
+	// another node's ack (a replaced standby, this node's own takeover
+	// ack) says nothing about what a future owner will hold.
+	if a.Epoch != o.epoch || a.Owner != o.node || a.Standby != o.standby || o.standby == "" || a.Seq <= o.acked {
+		return o.acked, nil
+	}
+	seq := min(a.Seq, o.next-1)
+	if o.handTo != "" && seq >= o.handAt {
+		// The old standby applied the hand-over: it is demoted. Its ack
+		// counts through the hand-over entry and no further; from here
+		// on the new standby's acks count, once the Coord names it.
+		if err := o.c.SetStandby(ctx, o.p, o.handTo); err != nil {
+			return o.acked, err
+		}
+		seq, o.standby, o.handTo = o.handAt, o.handTo, ""
+	}
+	o.ackThrough(seq)
+	return o.acked, nil
+}
+
+func (o *Owner) ackThrough(seq uint64) {
+	o.acked = seq
+	i := 0
+	for i < len(o.unacked) && o.unacked[i].Seq <= seq {
+		i++
+	}
+	o.unacked = append(o.unacked[:0], o.unacked[i:]...)
+}
+
+// Acked returns the highest Seq the standby holds, as of the last Poll.
+func (o *Owner) Acked() uint64 { return o.acked }
+
+// Resend ships again every entry not yet acked, in order (an entry the
+// stream lost leaves a gap the standby waits at).
+func (o *Owner) Resend(ctx context.Context) error {
+	if o.fenced {
+		return ErrFenced
+	}
+	for _, e := range o.unacked {
+		if err := o.c.Append(ctx, o.p, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StandbyState is what a standby keeps durably for a partition, beside
+// the history itself: its fence (the newest epoch and its owner) and how
+// far its history runs. A node whose disk lost it is not a standby.
+type StandbyState struct {
+	FenceEpoch uint64
+	FenceOwner string
+	Seq        uint64 // the history runs through Seq
+	Cursor     string // where in the stream to read next (a hint; Seq decides)
+	// Demoted is set when the history hands the standby role to another
+	// node: this node may never take the partition over again (until a
+	// new snapshot makes it a standby afresh).
+	Demoted bool
+}
+
+// Log is the partition's history on one node (Pebble in dingd, a slice in
+// the simulation). Both methods must be durable when they return.
+type Log interface {
+	// Apply appends e to the history; e.Seq is the history's last + 1.
+	Apply(e Entry) error
+	// SaveState records st durably (with or after the entries applied).
+	SaveState(st StandbyState) error
+}
+
+// ErrStaleSnapshot refuses a snapshot whose fence is older than the
+// history a node already holds.
+var ErrStaleSnapshot = errors.New("cluster: snapshot older than the history held")
+
+// CheckSnapshot decides whether a node holding cur (held false: no state
+// for the partition, a new node or a lost disk) may replace its history
+// with an owner's snapshot fenced at snap. A node's fence never moves
+// back: a deposed owner that has not learnt it (its coordinator lost the
+// evidence) must not overwrite its successor's history on a standby.
+func CheckSnapshot(cur StandbyState, held bool, snap StandbyState) error {
+	if !held || snap.FenceEpoch > cur.FenceEpoch || (snap.FenceEpoch == cur.FenceEpoch && snap.FenceOwner == cur.FenceOwner) {
+		return nil
+	}
+	return fmt.Errorf("%w: fenced at %d/%s, snapshot at %d/%s", ErrStaleSnapshot, cur.FenceEpoch, cur.FenceOwner, snap.FenceEpoch, snap.FenceOwner)
+}
+
+// Standby follows a partition's stream: it applies the current owner's
+// entries in Seq order, refuses entries of older epochs, and acks.
+type Standby struct {
+	c    Coord
+	p    Partition
+	node string
+	log  Log
+	st   StandbyState
+}
+
+// NewStandby follows p for node from st (its durable state: the fence and
+// history given by the owner's snapshot, or what it kept before a
+// restart).
+func NewStandby(c Coord, p Partition, node string, log Log, st StandbyState) *Standby {
+	return &Standby{c: c, p: p, node: node, log: log, st: st}
+}
+
+// State returns the standby's state.
+func (s *Standby) State() StandbyState { return s.st }
+
+// Step reads up to n new entries, applies those that extend the current
+// owner's history, and publishes its ack. It returns how many it applied.
+func (s *Standby) Step(ctx context.Context, n int) (int, error) {
+	es, cursor, err := s.c.Entries(ctx, s.p, s.st.Cursor, n)
+	if err != nil {
+		return 0, err
+	}
+	applied := 0
+	for _, e := range es {
+		switch {
+		case e.Epoch < s.st.FenceEpoch:
+			continue // a deposed owner's: never applied, never acked
+		case e.Epoch == s.st.FenceEpoch && e.Owner != s.st.FenceOwner:
+			continue // one epoch granted twice: the first owner seen keeps it
+		case e.Seq <= s.st.Seq:
+			continue // a resend of what the history has
+		case e.Seq > s.st.Seq+1:
+			continue // a gap (an entry lost): wait for the resend
+		}
+		if e.Epoch > s.st.FenceEpoch {
+			// A newer owner. Its first entry continues the history this
+			// node holds (it took over from this node's history, or
+			// snapshotted it), so the fence moves with the entry.
+			s.st.FenceEpoch, s.st.FenceOwner = e.Epoch, e.Owner
+		}
+		if err := s.log.Apply(e); err != nil {
+			return applied, err
+		}
+		s.st.Seq = e.Seq
+		if e.Standby != "" {
+			s.st.Demoted = e.Standby != s.node
+		}
+		applied++
+	}
+	s.st.Cursor = cursor
+	if err := s.log.SaveState(s.st); err != nil {
+		return applied, err
+	}
+	if s.st.FenceEpoch == 0 {
+		return applied, nil
+	}
+	return applied, s.c.PutAck(ctx, s.p, Ack{Standby: s.node, Epoch: s.st.FenceEpoch, Owner: s.st.FenceOwner, Seq: s.st.Seq})
+}
+
+// TakeOver makes this standby the partition's owner once no live lease
+// is held by anyone else: it takes the lease with an epoch above its
+// fence, fences itself at that epoch, publishes the fence (any older
+// owner that polls learns it is deposed), and returns the Owner, whose
+// history continues from this node's. Only the node named standby in the
+// Coord may take over, and only with a fence (a node that never followed
+// the partition, or lost its disk, has none).
+func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, error) {
+	if s.st.FenceEpoch == 0 {
+		return nil, fmt.Errorf("%w: %s has no history of partition %d", ErrNotStandby, s.node, s.p)
+	}
+	if s.st.Demoted {
+		return nil, fmt.Errorf("%w: %s handed partition %d's standby role over", ErrNotStandby, s.node, s.p)
+	}
+	sb, err := s.c.Standby(ctx, s.p)
+	if err != nil {
+		return nil, err
+	}
+	if sb != s.node {
+		return nil, fmt.Errorf("%w: partition %d's standby is %q, not %s", ErrNotStandby, s.p, sb, s.node)
+	}
+	epoch, ok, err := s.c.TakeLease(ctx, s.p, s.node, s.st.FenceEpoch, ttl)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, ErrLeaseHeld
+	}
+	if epoch <= s.st.FenceEpoch {
+		// The Coord handed out an epoch it should not have (lost state):
+		// refuse it rather than share an epoch with an older owner.
+		return nil, fmt.Errorf("cluster: lease epoch %d not above the fence %d", epoch, s.st.FenceEpoch)
+	}
+	s.st.FenceEpoch, s.st.FenceOwner = epoch, s.node
+	if err := s.log.SaveState(s.st); err != nil {
+		return nil, err
+	}
+	if err := s.c.SetStandby(ctx, s.p, ""); err != nil {
+		return nil, err
+	}
+	if err := s.c.PutAck(ctx, s.p, Ack{Standby: s.node, Epoch: epoch, Owner: s.node, Seq: s.st.Seq}); err != nil {
+		return nil, err
+	}
+	return NewOwner(s.c, s.p, s.node, epoch, s.st.Seq, ""), nil
+}

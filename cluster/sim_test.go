@@ -1,0 +1,544 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The deterministic simulation of the ownership and replication protocol
+// (FoundationDB's and TigerBeetle's simulators are the model): three
+// nodes, one partition, a MemCoord on a fake clock, and one seeded random
+// schedule of writes, standby reads, acks, lease renewals and expiries,
+// takeovers, standby changes, crashes (a disk lost at most once), pauses,
+// entries the stream loses and rollbacks of the coordinator's state. After
+// every step it checks the safety argument of the package doc:
+//
+//   - every acknowledged batch is in the history of every new owner when
+//     it takes over, and of the owner at the newest epoch after every step;
+//   - one Seq is never acknowledged with two different batches;
+//   - at most one node acknowledges at any epoch, and owners' epochs grow;
+//   - at the end, after the faults heal, some node holds every
+//     acknowledged batch (nothing acknowledged is lost).
+//
+// A failing seed is printed with the schedule's last steps, and
+//
+//	go test ./cluster -run TestSimulation -sim.seed N -v
+//
+// replays exactly that schedule.
+
+var (
+	simSeed      = flag.Uint64("sim.seed", 0, "replay one simulation seed")
+	simSchedules = flag.Int("sim.schedules", 3000, "simulation schedules to run")
+)
+
+func TestSimulation(t *testing.T) {
+	if *simSeed != 0 {
+		if err := simulate(*simSeed, 400, true); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	n := *simSchedules
+	if testing.Short() {
+		n /= 10
+	}
+	stats := simStats{}
+	for seed := uint64(1); seed <= uint64(n); seed++ {
+		if err := simulateStats(seed, 400, false, &stats); err != nil {
+			t.Fatalf("seed %d: %v\nreplay: go test ./cluster -run TestSimulation -sim.seed %d -v", seed, err, seed)
+		}
+	}
+	// The schedules must reach the situations the argument is about, or
+	// the test proves nothing.
+	t.Logf("%d schedules: %+v", n, stats)
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 {
+		t.Fatalf("the schedules never reached some situation: %+v", stats)
+	}
+}
+
+type simStats struct {
+	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes int
+}
+
+type simNode struct {
+	id string
+	// Durable: survives a crash, lost with the disk.
+	log      []Entry
+	st       StandbyState
+	hasState bool
+	maxFence uint64 // the newest fence it held (the check's memory)
+	// Volatile.
+	up, paused bool
+	owner      *Owner
+	reported   uint64 // the owner acknowledged through here
+	standby    *Standby
+}
+
+// simLog is a node's history as a Log.
+type simLog struct{ n *simNode }
+
+func (l simLog) Apply(e Entry) error {
+	if e.Seq != uint64(len(l.n.log))+1 {
+		return fmt.Errorf("%s: apply seq %d onto a history of %d", l.n.id, e.Seq, len(l.n.log))
+	}
+	e.Data = append([]byte(nil), e.Data...)
+	l.n.log = append(l.n.log, e)
+	return nil
+}
+
+func (l simLog) SaveState(st StandbyState) error { l.n.st, l.n.hasState = st, true; return nil }
+
+type sim struct {
+	rng   *rand.Rand
+	now   time.Time
+	c     *MemCoord
+	nodes []*simNode
+	trace []string
+	verb  bool
+	stats *simStats
+
+	acked    map[uint64][]byte // Seq → the batch acknowledged
+	ackedBy  map[uint64]string // epoch → the node that acknowledged at it
+	maxAckEp uint64
+	// maxOwnerEp is the newest epoch any owner got.
+	maxOwnerEp uint64
+	saved      []MemState
+	wiped      bool
+	nextBatch  int
+}
+
+const (
+	simP   = Partition(0)
+	simTTL = 5 * time.Second
+)
+
+func simulate(seed uint64, steps int, verbose bool) error {
+	return simulateStats(seed, steps, verbose, &simStats{})
+}
+
+func simulateStats(seed uint64, steps int, verbose bool, stats *simStats) (err error) {
+	s := &sim{
+		rng:     rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		now:     time.Unix(1_800_000_000, 0),
+		verb:    verbose,
+		stats:   stats,
+		acked:   map[uint64][]byte{},
+		ackedBy: map[uint64]string{},
+	}
+	s.c = NewMemCoord(func() time.Time { return s.now })
+	for i := range 3 {
+		s.nodes = append(s.nodes, &simNode{id: fmt.Sprintf("n%d", i), up: true})
+	}
+	defer func() {
+		if err != nil {
+			start := max(0, len(s.trace)-40)
+			err = fmt.Errorf("%w\nlast steps:\n  %s", err, strings.Join(s.trace[start:], "\n  "))
+		}
+	}()
+	ctx := context.Background()
+	// Bootstrap: n0 owns the new partition, n1 is its standby.
+	n0 := s.nodes[0]
+	ep, ok, err := s.c.TakeLease(ctx, simP, n0.id, 0, simTTL)
+	if err != nil || !ok {
+		return fmt.Errorf("bootstrap lease: %v %v", ok, err)
+	}
+	n0.owner = NewOwner(s.c, simP, n0.id, ep, 0, "")
+	s.maxOwnerEp = ep
+	n0.st, n0.hasState = StandbyState{FenceEpoch: ep, FenceOwner: n0.id}, true
+	if err := s.assignStandby(ctx, n0, s.nodes[1]); err != nil {
+		return err
+	}
+	for step := range steps {
+		if err := s.step(ctx, step); err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
+		if err := s.checkOwner(); err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
+		for _, n := range s.nodes {
+			if !n.hasState {
+				n.maxFence = 0 // a lost disk: a new node
+				continue
+			}
+			if n.st.FenceEpoch < n.maxFence {
+				return fmt.Errorf("step %d: %s's fence moved back from %d to %d", step, n.id, n.maxFence, n.st.FenceEpoch)
+			}
+			n.maxFence = n.st.FenceEpoch
+		}
+	}
+	return s.heal(ctx)
+}
+
+func (s *sim) log(format string, args ...any) {
+	line := fmt.Sprintf("t=%s ", s.now.Format("15:04:05.000")) + fmt.Sprintf(format, args...)
+	s.trace = append(s.trace, line)
+	if s.verb {
+		fmt.Println(line)
+	}
+}
+
+func (s *sim) pick(f func(n *simNode) bool) *simNode {
+	var c []*simNode
+	for _, n := range s.nodes {
+		if n.up && !n.paused && f(n) {
+			c = append(c, n)
+		}
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	return c[s.rng.IntN(len(c))]
+}
+
+func (s *sim) step(ctx context.Context, step int) error {
+	switch r := s.rng.IntN(100); {
+	case r < 20:
+		return s.write(ctx)
+	case r < 38:
+		return s.standbyStep(ctx)
+	case r < 52:
+		return s.poll(ctx)
+	case r < 56:
+		if o := s.pick(func(n *simNode) bool { return n.owner != nil }); o != nil {
+			s.log("%s resends %d", o.id, len(o.owner.unacked))
+			_ = o.owner.Resend(ctx)
+		}
+	case r < 64:
+		return s.renew(ctx)
+	case r < 72:
+		d := time.Duration(s.rng.IntN(3000)) * time.Millisecond
+		s.now = s.now.Add(d)
+	case r < 78:
+		return s.takeover(ctx)
+	case r < 80:
+		return s.maybeAssign(ctx)
+	case r < 81:
+		// A planned move (a node joins, another is drained): the owner
+		// replaces a working standby. The old one is not told and keeps
+		// following and acking, as a paused or cut-off node would.
+		o := s.pick(func(n *simNode) bool {
+			if n.owner == nil {
+				return false
+			}
+			cur, next := n.owner.Standby()
+			return cur != "" && next == ""
+		})
+		if o == nil {
+			return nil
+		}
+		cur, _ := o.owner.Standby()
+		c := s.pick(func(n *simNode) bool { return n != o && n.owner == nil && n.id != cur })
+		if c == nil {
+			return nil
+		}
+		return s.replaceStandby(ctx, o, c)
+	case r < 84:
+		if n := s.pick(func(*simNode) bool { return true }); n != nil {
+			s.log("%s crashes", n.id)
+			n.up, n.owner, n.standby = false, nil, nil
+		}
+	case r < 87:
+		for _, n := range s.nodes {
+			if !n.up {
+				s.restart(ctx, n)
+				break
+			}
+		}
+	case r < 90:
+		n := s.nodes[s.rng.IntN(len(s.nodes))]
+		if n.up {
+			n.paused = !n.paused
+			s.log("%s paused=%v", n.id, n.paused)
+		}
+	case r < 93:
+		s.c.DropAppends = 1 + s.rng.IntN(3)
+		s.log("the stream will lose the next %d appends", s.c.DropAppends)
+	case r < 96:
+		s.saved = append(s.saved, s.c.Snapshot())
+	case r < 98:
+		if len(s.saved) > 0 {
+			i := s.rng.IntN(len(s.saved))
+			s.c.Restore(s.saved[i])
+			s.stats.rollbacks++
+			s.log("the coordinator rolls back to saved state %d", i)
+		}
+	default:
+		if !s.wiped {
+			for _, n := range s.nodes {
+				if !n.up {
+					s.wiped = true
+					s.stats.wipes++
+					s.log("%s loses its disk", n.id)
+					n.log, n.st, n.hasState = nil, StandbyState{}, false
+					break
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (s *sim) write(ctx context.Context) error {
+	o := s.pick(func(n *simNode) bool { return n.owner != nil })
+	if o == nil {
+		return nil
+	}
+	s.nextBatch++
+	data := []byte(fmt.Sprintf("batch %d by %s@%d", s.nextBatch, o.id, o.owner.Epoch()))
+	e := Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: uint64(len(o.log)) + 1, Data: data}
+	if err := (simLog{o}).Apply(e); err != nil { // the owner's own fsync first
+		return err
+	}
+	o.st.Seq = e.Seq
+	seq, err := o.owner.Ship(ctx, data)
+	if err == ErrFenced {
+		s.log("%s is fenced; steps down", o.id)
+		o.owner = nil
+		return nil
+	}
+	if seq != e.Seq {
+		return fmt.Errorf("%s shipped seq %d for its history's %d", o.id, seq, e.Seq)
+	}
+	s.log("%s writes seq %d at epoch %d", o.id, seq, e.Epoch)
+	return nil
+}
+
+func (s *sim) standbyStep(ctx context.Context) error {
+	n := s.pick(func(n *simNode) bool { return n.standby != nil })
+	if n == nil {
+		return nil
+	}
+	k, err := n.standby.Step(ctx, 1+s.rng.IntN(20))
+	if err != nil {
+		return err
+	}
+	if k > 0 {
+		st := n.standby.State()
+		s.log("%s applies %d, through %d (fence %d/%s)", n.id, k, st.Seq, st.FenceEpoch, st.FenceOwner)
+	}
+	return nil
+}
+
+func (s *sim) poll(ctx context.Context) error {
+	o := s.pick(func(n *simNode) bool { return n.owner != nil })
+	if o == nil {
+		return nil
+	}
+	acked, err := o.owner.Poll(ctx)
+	if err == ErrFenced {
+		s.stats.fencedOwners++
+		s.log("%s polls: fenced; steps down", o.id)
+		o.owner = nil
+		return nil
+	}
+	for seq := o.reported + 1; seq <= acked; seq++ {
+		if err := s.acknowledge(o, seq); err != nil {
+			return err
+		}
+	}
+	o.reported = max(o.reported, acked)
+	return nil
+}
+
+// acknowledge records that owner o told a client batch seq is durable,
+// and checks the safety argument.
+func (s *sim) acknowledge(o *simNode, seq uint64) error {
+	ep := o.owner.Epoch()
+	if who, ok := s.ackedBy[ep]; ok && who != o.id {
+		return fmt.Errorf("%s and %s both acknowledged at epoch %d", who, o.id, ep)
+	}
+	s.ackedBy[ep] = o.id
+	s.maxAckEp = max(s.maxAckEp, ep)
+	if seq > uint64(len(o.log)) {
+		return fmt.Errorf("%s acknowledged seq %d beyond its history of %d", o.id, seq, len(o.log))
+	}
+	data := o.log[seq-1].Data
+	if prev, ok := s.acked[seq]; ok && !bytes.Equal(prev, data) {
+		return fmt.Errorf("seq %d acknowledged twice with different batches: %q then %q by %s", seq, prev, data, o.id)
+	}
+	s.acked[seq] = data
+	s.stats.acked++
+	s.log("%s acknowledges seq %d at epoch %d", o.id, seq, ep)
+	return nil
+}
+
+// checkOwner checks that the owner at the newest epoch (if its node is
+// up) holds every acknowledged batch. A deposed owner may still
+// acknowledge batches of the history it shared with its successor (its
+// standby's acks for them are true), but its own later batches must never
+// be acknowledged.
+func (s *sim) checkOwner() error {
+	for _, n := range s.nodes {
+		if n.up && n.owner != nil && n.owner.Epoch() == s.maxOwnerEp {
+			return s.holdsAll(n, "the owner at the newest epoch")
+		}
+	}
+	return nil // it stepped down or crashed: no owner until a takeover
+}
+
+// holdsAll checks that n's history holds every acknowledged batch.
+func (s *sim) holdsAll(n *simNode, who string) error {
+	for seq, data := range s.acked {
+		if seq > uint64(len(n.log)) || !bytes.Equal(n.log[seq-1].Data, data) {
+			got := "nothing"
+			if seq <= uint64(len(n.log)) {
+				got = fmt.Sprintf("%q", n.log[seq-1].Data)
+			}
+			return fmt.Errorf("%s (%s) lacks acknowledged seq %d %q: it holds %s", who, n.id, seq, data, got)
+		}
+	}
+	return nil
+}
+
+func (s *sim) renew(ctx context.Context) error {
+	o := s.pick(func(n *simNode) bool { return n.owner != nil })
+	if o == nil {
+		return nil
+	}
+	ok, err := s.c.RenewLease(ctx, simP, o.id, o.owner.Epoch(), simTTL)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		s.log("%s cannot renew its lease at epoch %d; steps down", o.id, o.owner.Epoch())
+		o.owner = nil
+	}
+	return nil
+}
+
+func (s *sim) takeover(ctx context.Context) error {
+	n := s.pick(func(n *simNode) bool { return n.owner == nil && n.hasState })
+	if n == nil {
+		return nil
+	}
+	sb := n.standby
+	if sb == nil {
+		sb = NewStandby(s.c, simP, n.id, simLog{n}, n.st)
+	}
+	o, err := sb.TakeOver(ctx, simTTL)
+	if err != nil {
+		if n.standby == nil {
+			s.stats.refusedTakeovers++
+		}
+		return nil // refused: not the standby, lease held, or a stale epoch
+	}
+	if n.standby == nil {
+		return fmt.Errorf("%s took over without being a standby in this life", n.id)
+	}
+	s.stats.takeovers++
+	s.log("%s takes over at epoch %d with history %d", n.id, o.Epoch(), len(n.log))
+	if o.Epoch() <= s.maxAckEp {
+		return fmt.Errorf("%s took over at epoch %d, not above %d, an epoch already acknowledged at", n.id, o.Epoch(), s.maxAckEp)
+	}
+	if err := s.holdsAll(n, "a new owner"); err != nil {
+		return err
+	}
+	n.standby, n.owner, n.reported = nil, o, uint64(len(n.log))
+	s.maxOwnerEp = max(s.maxOwnerEp, o.Epoch())
+	return nil
+}
+
+// maybeAssign gives an owner without a standby one: a snapshot of its
+// history goes to another node, which then follows the stream.
+func (s *sim) maybeAssign(ctx context.Context) error {
+	o := s.pick(func(n *simNode) bool { return n.owner != nil && n.owner.standby == "" })
+	if o == nil {
+		return nil
+	}
+	c := s.pick(func(n *simNode) bool { return n != o && n.owner == nil })
+	if c == nil {
+		return nil
+	}
+	return s.assignStandby(ctx, o, c)
+}
+
+func (s *sim) assignStandby(ctx context.Context, o, c *simNode) error {
+	st := StandbyState{FenceEpoch: o.owner.Epoch(), FenceOwner: o.id, Seq: uint64(len(o.log))}
+	if err := CheckSnapshot(c.st, c.hasState, st); err != nil {
+		s.stats.staleSnapshots++
+		s.log("%s refuses %s's snapshot: %v", c.id, o.id, err)
+		return nil
+	}
+	c.log = append([]Entry(nil), o.log...)
+	c.st, c.hasState = st, true
+	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
+	// The coordinator names the new standby before its acks count.
+	if err := s.c.SetStandby(ctx, simP, c.id); err != nil {
+		return err
+	}
+	o.owner.SetStandby(c.id)
+	s.stats.standbyChanges++
+	s.log("%s makes %s its standby from a snapshot through %d", o.id, c.id, st.Seq)
+	return nil
+}
+
+// restart brings a node back: with a history, it follows the stream again
+// (its acks count only if it is the standby an owner counts).
+func (s *sim) restart(_ context.Context, n *simNode) {
+	n.up, n.paused = true, false
+	if n.hasState {
+		n.standby = NewStandby(s.c, simP, n.id, simLog{n}, n.st)
+		s.log("%s restarts following, history %d", n.id, len(n.log))
+		return
+	}
+	s.log("%s restarts empty", n.id)
+}
+
+// replaceStandby hands o's standby role to c: the hand-over entry goes
+// into o's history and the stream, c gets a snapshot that includes it,
+// and the old standby's ack of it completes the move (in Poll).
+func (s *sim) replaceStandby(ctx context.Context, o, c *simNode) error {
+	st := StandbyState{FenceEpoch: o.owner.Epoch(), FenceOwner: o.id}
+	if err := CheckSnapshot(c.st, c.hasState, st); err != nil {
+		s.stats.staleSnapshots++
+		s.log("%s would refuse %s's snapshot: %v", c.id, o.id, err)
+		return nil
+	}
+	seq, err := o.owner.ReplaceStandby(ctx, c.id)
+	if err == ErrFenced {
+		s.log("%s is fenced; steps down", o.id)
+		o.owner = nil
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := (simLog{o}).Apply(Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: seq, Standby: c.id}); err != nil {
+		return err
+	}
+	o.st.Seq = seq
+	st.Seq = seq
+	c.log = append([]Entry(nil), o.log...)
+	c.st, c.hasState = st, true
+	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
+	s.stats.standbyChanges++
+	s.log("%s hands its standby role to %s at seq %d (snapshot through %d)", o.id, c.id, seq, seq)
+	return nil
+}
+
+// heal ends the faults and checks that nothing acknowledged was lost:
+// some node holds every acknowledged batch.
+func (s *sim) heal(ctx context.Context) error {
+	s.c.DropAppends = 0
+	for _, n := range s.nodes {
+		if !n.up {
+			s.restart(ctx, n)
+		}
+		n.paused = false
+	}
+	for _, n := range s.nodes {
+		if s.holdsAll(n, "a node at the end") == nil {
+			return nil
+		}
+	}
+	if len(s.acked) == 0 {
+		return nil
+	}
+	return fmt.Errorf("no node holds every acknowledged batch (%d acknowledged)", len(s.acked))
+}

@@ -1,0 +1,90 @@
+// Package redistest starts real redis-server processes for tests, on
+// loopback, each in its own temporary directory. `make test` installs
+// redis-server (Debian's package) when it is missing.
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is one running redis-server.
+type Server struct {
+	Addr string // host:port on 127.0.0.1
+	cmd  *exec.Cmd
+}
+
+// Binary returns redis-server's path, failing t with what to do when it
+// is not installed.
+func Binary(t testing.TB) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("DING_REDIS_SERVER"), "redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"} {
+		if p == "" {
+			continue
+		}
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	t.Fatal("redis-server not found: run `make test` (it installs Debian's redis-server) or set DING_REDIS_SERVER")
+	return ""
+}
+
+// Start runs a redis-server with no persistence on a free loopback port
+// and stops it when the test ends.
+func Start(t testing.TB, args ...string) *Server {
+	t.Helper()
+	bin := Binary(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	all := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}, args...)
+	cmd := exec.Command(bin, all...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			t.Fatalf("redis-server on %s did not answer PING within 10s: %v\n%s", s.Addr, err, log)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a starting process: nothing to wait on
+	}
+}
+
+// Client returns a client of s, closed when the test ends.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
