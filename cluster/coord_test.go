@@ -10,7 +10,15 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/internal/redistest"
+	"github.com/redis/go-redis/v9"
 )
+
+// redisClient starts a redis-server for the test and returns a client.
+func redisClient(t *testing.T) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: redistest.Start(t).Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
 
 // coordEnv is a Coord under test and a way to let its leases lapse.
 type coordEnv struct {
@@ -30,7 +38,7 @@ func TestCoordContract(t *testing.T) {
 			return coordEnv{c, func(d time.Duration) { mu.Lock(); now = now.Add(d + time.Millisecond); mu.Unlock() }}
 		},
 		"redis": func(t *testing.T) coordEnv {
-			c := NewRedisCoord(redistest.Start(t).Client(t))
+			c := NewRedisCoord(redisClient(t))
 			return coordEnv{c, func(d time.Duration) { waitLapse(t, c, d) }}
 		},
 	}
@@ -228,7 +236,7 @@ func (l *memLog) SaveState(st StandbyState) error { l.mu.Lock(); l.st = st; l.mu
 // nothing more acknowledged.
 func TestProtocolOnRedis(t *testing.T) {
 	ctx := context.Background()
-	c := NewRedisCoord(redistest.Start(t).Client(t))
+	c := NewRedisCoord(redisClient(t))
 	const p, ttl = Partition(3), 500 * time.Millisecond
 	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
 	if err != nil || !ok {

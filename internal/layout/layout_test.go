@@ -14,7 +14,7 @@ var owners = map[string][]string{
 	"github.com/cloudwego/netpoll":     {"github.com/dingmq/ding/channels/socket"},
 	"github.com/cockroachdb/pebble/v2": {"github.com/dingmq/ding/engine/store/pebblestore"},
 	"github.com/twilio/twilio-go":      {"github.com/dingmq/ding/channels/twilio"},
-	"github.com/redis/go-redis/v9":     {},
+	"github.com/redis/go-redis/v9":     {"github.com/dingmq/ding/cluster"},
 	"github.com/golang-jwt/jwt/v5":     {"github.com/dingmq/ding/channels/auth"},
 }
 
@@ -51,6 +51,7 @@ func TestImportRules(t *testing.T) {
 	for _, want := range []string{
 		"github.com/dingmq/ding/channels/socket github.com/cloudwego/netpoll",
 		"github.com/dingmq/ding/engine/store/pebblestore github.com/cockroachdb/pebble/v2",
+		"github.com/dingmq/ding/cluster github.com/redis/go-redis/v9",
 	} {
 		if !seen[want] {
 			t.Errorf("did not see %s: the go list parsing is broken", want)

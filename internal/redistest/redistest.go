@@ -4,7 +4,7 @@
 package redistest
 
 import (
-	"context"
+	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -13,8 +13,6 @@ import (
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Server is one running redis-server.
@@ -54,13 +52,9 @@ func Start(t testing.TB, args ...string) *Server {
 	}
 	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
-	defer rdb.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := rdb.Ping(ctx).Err()
-		cancel()
+		err := ping(s.Addr)
 		if err == nil {
 			return s
 		}
@@ -72,11 +66,26 @@ func Start(t testing.TB, args ...string) *Server {
 	}
 }
 
-// Client returns a client of s, closed when the test ends.
-func (s *Server) Client(t testing.TB) *redis.Client {
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	return rdb
+// ping sends one PING in RESP and expects +PONG (this package links no
+// Redis client: go-redis belongs to package cluster).
+func ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
 }
 
 func freePort(t testing.TB) int {
