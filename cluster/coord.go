@@ -72,6 +72,14 @@ type Coord interface {
 	Standby(ctx context.Context, p Partition) (string, error)
 }
 
+// EntryWaiter is an optional interface of a Coord: WaitEntries returns
+// once the partition's stream may hold entries after cursor, or after at
+// most max (a standby with nothing to read waits in it instead of
+// polling).
+type EntryWaiter interface {
+	WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error
+}
+
 // ErrFenced is returned to an owner once a newer epoch exists: it must
 // not acknowledge anything more for the partition and must step down.
 var ErrFenced = errors.New("cluster: fenced: a newer owner exists")

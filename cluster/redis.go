@@ -163,6 +163,18 @@ func decodeEntry(v map[string]any) (Entry, error) {
 	return e, nil
 }
 
+// WaitEntries implements EntryWaiter with a blocking XREAD.
+func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error {
+	if cursor == "" {
+		cursor = "0"
+	}
+	err := r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key(p, "stream"), cursor}, Count: 1, Block: max}).Err()
+	if err != nil && !errors.Is(err, redis.Nil) { // Nil: nothing within max
+		return fmt.Errorf("cluster: wait on partition %d's stream: %w", p, err)
+	}
+	return nil
+}
+
 // PutAck implements Coord.
 func (r *RedisCoord) PutAck(ctx context.Context, p Partition, a Ack) error {
 	v := fmt.Sprintf("%d %d %s", a.Epoch, a.Seq, a.Owner)
@@ -220,4 +232,7 @@ func (r *RedisCoord) Standby(ctx context.Context, p Partition) (string, error) {
 	return v, nil
 }
 
-var _ Coord = (*RedisCoord)(nil)
+var (
+	_ Coord       = (*RedisCoord)(nil)
+	_ EntryWaiter = (*RedisCoord)(nil)
+)

@@ -175,11 +175,14 @@ type StandbyState struct {
 }
 
 // Log is the partition's history on one node (Pebble in dingd, a slice in
-// the simulation). Both methods must be durable when they return.
+// the simulation).
 type Log interface {
 	// Apply appends e to the history; e.Seq is the history's last + 1.
+	// It need not be durable when it returns, but what survives a crash
+	// must be a prefix of the applies.
 	Apply(e Entry) error
-	// SaveState records st durably (with or after the entries applied).
+	// SaveState records st durably, and every Apply before it: the
+	// standby acks only after it.
 	SaveState(st StandbyState) error
 }
 
@@ -220,7 +223,8 @@ func NewStandby(c Coord, p Partition, node string, log Log, st StandbyState) *St
 func (s *Standby) State() StandbyState { return s.st }
 
 // Step reads up to n new entries, applies those that extend the current
-// owner's history, and publishes its ack. It returns how many it applied.
+// owner's history, and publishes its ack (when it read any). It returns
+// how many it applied.
 func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 	es, cursor, err := s.c.Entries(ctx, s.p, s.st.Cursor, n)
 	if err != nil {
@@ -253,6 +257,9 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 		}
 		applied++
 	}
+	if len(es) == 0 {
+		return 0, nil // nothing new: no write, no ack
+	}
 	s.st.Cursor = cursor
 	if err := s.log.SaveState(s.st); err != nil {
 		return applied, err
@@ -260,6 +267,9 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 	if s.st.FenceEpoch == 0 {
 		return applied, nil
 	}
+	// Acked again even when every entry read was one it had (a resend):
+	// the owner resends when it saw no ack, which the coordinator may
+	// have lost.
 	return applied, s.c.PutAck(ctx, s.p, Ack{Standby: s.node, Epoch: s.st.FenceEpoch, Owner: s.st.FenceOwner, Seq: s.st.Seq})
 }
 

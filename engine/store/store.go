@@ -105,3 +105,15 @@ type Checkpointer interface {
 type LastManyer interface {
 	LastMany(ranges [][2][]byte, fn func(i int, key []byte)) error
 }
+
+// Shippable is an optional interface of a Store whose batches can be
+// copied to another store of the same kind and replayed there (cluster
+// mode's replication ships each committed batch to a standby).
+type Shippable interface {
+	// Repr returns the writes of b, a batch of this store, in the
+	// store's own encoding; the slice is valid until b is closed.
+	Repr(b Batch) ([]byte, error)
+	// BatchFrom returns a new batch holding the writes of repr (from
+	// Repr of a store of the same kind); more writes may be added to it.
+	BatchFrom(repr []byte) (Batch, error)
+}

@@ -152,6 +152,7 @@ func (d *DB) GetMany(keys [][]byte, fn func(i int, value []byte)) error {
 
 // Last implements store.Store.
 var _ store.LastManyer = (*DB)(nil)
+var _ store.Shippable = (*DB)(nil)
 
 // LastMany implements store.LastManyer with one iterator.
 func (d *DB) LastMany(ranges [][2][]byte, fn func(i int, key []byte)) error {
@@ -207,6 +208,26 @@ func (d *DB) Last(lower, upper []byte) ([]byte, []byte, error) {
 
 // NewBatch implements store.Store.
 func (d *DB) NewBatch() store.Batch { return &batch{d: d, b: d.db.NewBatch()} }
+
+// Repr implements store.Shippable: Pebble's own batch encoding.
+func (d *DB) Repr(b store.Batch) ([]byte, error) {
+	pb, ok := b.(*batch)
+	if !ok {
+		return nil, fmt.Errorf("pebblestore: Repr of a %T", b)
+	}
+	return pb.b.Repr(), nil
+}
+
+// BatchFrom implements store.Shippable.
+func (d *DB) BatchFrom(repr []byte) (store.Batch, error) {
+	pb := d.db.NewBatch()
+	// SetRepr keeps the slice: give it a copy the caller cannot change.
+	if err := pb.SetRepr(append([]byte(nil), repr...)); err != nil {
+		_ = pb.Close()
+		return nil, fmt.Errorf("pebblestore: batch from repr: %w", err)
+	}
+	return &batch{d: d, b: pb}, nil
+}
 
 // Checkpoint implements store.Checkpointer with a Pebble checkpoint, which
 // hard-links immutable table files and copies the WAL tail.

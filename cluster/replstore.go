@@ -1,0 +1,329 @@
+package cluster
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// ReplicatedStore is the owner's store in cluster mode: a local store
+// (Pebble) whose batches, once durable locally, are shipped to the
+// partition's standby, and whose Wait (or Commit) returns only once the
+// standby holds them. The engine's pipeline answers an op only after
+// Wait, so with it a submit is acknowledged after the owner's fsync and
+// the standby's durable apply. Reads go to the local store.
+//
+// Replication waits out coordinator errors (a Redis failover) and
+// retries; it fails a batch only when the owner is fenced (ErrFenced: a
+// newer owner exists, so this one must acknowledge nothing more) or the
+// store is closed. The engine then stops writing, as it does on any
+// commit failure.
+type ReplicatedStore struct {
+	store.Store
+	ship store.Shippable
+
+	mu    sync.Mutex // guards owner: batches ship on the commit loop, acks are read on the publish loop
+	owner *Owner
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+
+	// PollEvery is how often a waiting batch reads the standby's ack;
+	// ResendAfter how long without progress before unacked entries are
+	// shipped again.
+	PollEvery, ResendAfter time.Duration
+}
+
+// NewReplicatedStore wraps st, whose batches must be store.Pipelined and
+// which must be store.Shippable, for owner.
+func NewReplicatedStore(st store.Store, owner *Owner) (*ReplicatedStore, error) {
+	sh, ok := st.(store.Shippable)
+	if !ok {
+		return nil, fmt.Errorf("cluster: a %T cannot ship its batches", st)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &ReplicatedStore{Store: st, ship: sh, owner: owner, ctx: ctx, cancel: cancel,
+		PollEvery: 500 * time.Microsecond, ResendAfter: 500 * time.Millisecond}, nil
+}
+
+// Close stops waiting for the standby (a batch still waiting gets
+// store.ErrClosed) and closes the local store.
+func (r *ReplicatedStore) Close() error {
+	r.cancel()
+	return r.Store.Close()
+}
+
+// NewBatch implements store.Store.
+func (r *ReplicatedStore) NewBatch() store.Batch { return &replBatch{r: r, Batch: r.Store.NewBatch()} }
+
+// LastMany forwards store.LastManyer.
+func (r *ReplicatedStore) LastMany(ranges [][2][]byte, fn func(i int, key []byte)) error {
+	lm, ok := r.Store.(store.LastManyer)
+	if !ok {
+		return errors.New("cluster: the local store has no LastMany")
+	}
+	return lm.LastMany(ranges, fn)
+}
+
+// Checkpoint forwards store.Checkpointer.
+func (r *ReplicatedStore) Checkpoint(dir string) error {
+	cp, ok := r.Store.(store.Checkpointer)
+	if !ok {
+		return errors.New("cluster: the local store cannot checkpoint")
+	}
+	return cp.Checkpoint(dir)
+}
+
+type replBatch struct {
+	store.Batch
+	r   *ReplicatedStore
+	seq uint64 // its entry's Seq once shipped; 0 for an empty batch
+}
+
+// Apply applies the batch locally and ships it at once, in apply order,
+// so that the standby's fsync overlaps the owner's and several batches
+// replicate at a time. Shipping before the local fsync is safe: a batch
+// is acknowledged only when both hold it, and an owner that crashes is
+// never owner again (its standby takes over), so a batch the standby
+// holds and the owner lost is one that was never acknowledged.
+func (b *replBatch) Apply() error {
+	p, ok := b.Batch.(store.Pipelined)
+	if !ok {
+		if err := b.Batch.Commit(true); err != nil {
+			return err
+		}
+	} else if err := p.Apply(); err != nil {
+		return err
+	}
+	return b.r.shipBatch(b)
+}
+
+// Wait returns once the batch is durable locally and on the standby.
+func (b *replBatch) Wait() error {
+	if p, ok := b.Batch.(store.Pipelined); ok {
+		if err := p.Wait(); err != nil {
+			return err
+		}
+	}
+	return b.r.await(b.seq)
+}
+
+func (b *replBatch) Commit(bool) error {
+	if err := b.Apply(); err != nil {
+		return err
+	}
+	return b.Wait()
+}
+
+func (r *ReplicatedStore) shipBatch(b *replBatch) error {
+	if b.Len() == 0 {
+		return nil
+	}
+	repr, err := r.ship.Repr(b.Batch)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b.seq, err = r.owner.Ship(r.ctx, repr)
+	if errors.Is(err, ErrFenced) {
+		return err
+	}
+	return nil // an append that failed stays queued in the Owner: Resend ships it
+}
+
+// await waits until the standby holds seq.
+func (r *ReplicatedStore) await(seq uint64) error {
+	if seq == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	last := r.owner.Acked()
+	r.mu.Unlock()
+	progress := time.Now()
+	for {
+		r.mu.Lock()
+		acked, err := r.owner.Poll(r.ctx)
+		if err == nil && acked < seq && acked == last && time.Since(progress) >= r.ResendAfter {
+			_ = r.owner.Resend(r.ctx) // errors: tried again after the next wait
+			progress = time.Now()
+		}
+		r.mu.Unlock()
+		switch {
+		case errors.Is(err, ErrFenced):
+			return err
+		case r.ctx.Err() != nil:
+			return store.ErrClosed
+		case err == nil && acked >= seq:
+			return nil
+		}
+		if acked > last {
+			last, progress = acked, time.Now()
+		}
+		select {
+		case <-time.After(r.PollEvery):
+		case <-r.ctx.Done():
+			return store.ErrClosed
+		}
+	}
+}
+
+var (
+	_ store.Store      = (*ReplicatedStore)(nil)
+	_ store.Pipelined  = (*replBatch)(nil)
+	_ store.LastManyer = (*ReplicatedStore)(nil)
+)
+
+// Follower keeps the standby's copy of a partition in a local store: it
+// replays the owner's batches into it, each in one batch together with
+// the record of how far it has applied (so a restart neither loses nor
+// replays one), and syncs once per read of the stream before it acks. Its state lives under a key of its own (StateKey).
+type Follower struct {
+	sb   *Standby
+	st   store.Store
+	ship store.Shippable
+	p    Partition
+}
+
+// StateKey is where a Follower keeps partition p's standby state; the
+// engine's keys never start with 0xff.
+func StateKey(p Partition) []byte { return fmt.Appendf(nil, "\xffcluster/standby/%d", p) }
+
+// NewFollower follows p for node into st, resuming from the state st
+// holds; a store without one starts from init (the fence and history of
+// the owner's snapshot: for a new partition, its first owner's epoch and
+// node with Seq 0).
+func NewFollower(c Coord, p Partition, node string, st store.Store, init StandbyState) (*Follower, error) {
+	sh, ok := st.(store.Shippable)
+	if !ok {
+		return nil, fmt.Errorf("cluster: a %T cannot replay batches", st)
+	}
+	state := init
+	v, err := st.Get(StateKey(p))
+	switch {
+	case err == nil:
+		if state, err = decodeState(v); err != nil {
+			return nil, err
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	f := &Follower{st: st, ship: sh, p: p}
+	f.sb = NewStandby(c, p, node, f, state)
+	return f, nil
+}
+
+// Standby returns the protocol side, for TakeOver and State.
+func (f *Follower) Standby() *Standby { return f.sb }
+
+// Run follows the stream until ctx ends. When idle it waits for the next
+// entry (EntryWaiter) for at most poll, or sleeps poll.
+func (f *Follower) Run(ctx context.Context, poll time.Duration) error {
+	for {
+		n, err := f.sb.Step(ctx, 512)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil && n > 0 {
+			continue
+		}
+		// Idle: wait for the next entry (or poll); after a coordinator
+		// error, wait a poll and read again.
+		if w, ok := f.sb.c.(EntryWaiter); ok && err == nil {
+			if werr := w.WaitEntries(ctx, f.p, f.sb.State().Cursor, poll); werr == nil {
+				continue
+			}
+		}
+		select {
+		case <-time.After(poll):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Apply implements Log: the owner's batch and the new state in one
+// batch, not synced (SaveState, once per Step, syncs them all: Pebble's
+// log is written in order, so a crash keeps a prefix).
+func (f *Follower) Apply(e Entry) error {
+	var b store.Batch
+	if len(e.Data) > 0 {
+		var err error
+		if b, err = f.ship.BatchFrom(e.Data); err != nil {
+			return err
+		}
+	} else {
+		b = f.st.NewBatch() // a hand-over: nothing but the state
+	}
+	defer b.Close()
+	st := f.sb.State()
+	st.Seq = e.Seq
+	if e.Epoch > st.FenceEpoch {
+		st.FenceEpoch, st.FenceOwner = e.Epoch, e.Owner
+	}
+	if e.Standby != "" {
+		st.Demoted = e.Standby != f.sb.node
+	}
+	b.Set(StateKey(f.p), encodeState(st))
+	return b.Commit(false)
+}
+
+// SaveState implements Log.
+func (f *Follower) SaveState(st StandbyState) error {
+	b := f.st.NewBatch()
+	defer b.Close()
+	b.Set(StateKey(f.p), encodeState(st))
+	return b.Commit(true)
+}
+
+// encodeState: version 1, fence epoch, seq, demoted, then the fence
+// owner and the cursor, each length-prefixed.
+func encodeState(st StandbyState) []byte {
+	b := []byte{1}
+	b = binary.AppendUvarint(b, st.FenceEpoch)
+	b = binary.AppendUvarint(b, st.Seq)
+	d := byte(0)
+	if st.Demoted {
+		d = 1
+	}
+	b = append(b, d)
+	for _, s := range []string{st.FenceOwner, st.Cursor} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+var errBadState = errors.New("cluster: corrupt standby state")
+
+func decodeState(b []byte) (StandbyState, error) {
+	var st StandbyState
+	if len(b) == 0 || b[0] != 1 {
+		return st, errBadState
+	}
+	b = b[1:]
+	var n int
+	if st.FenceEpoch, n = binary.Uvarint(b); n <= 0 {
+		return st, errBadState
+	}
+	b = b[n:]
+	if st.Seq, n = binary.Uvarint(b); n <= 0 || len(b) < n+1 {
+		return st, errBadState
+	}
+	st.Demoted, b = b[n] == 1, b[n+1:]
+	var ss [2]string
+	for i := range ss {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || uint64(len(b)-n) < l {
+			return st, errBadState
+		}
+		ss[i], b = string(b[n:n+int(l)]), b[n+int(l):]
+	}
+	st.FenceOwner, st.Cursor = ss[0], ss[1]
+	return st, nil
+}
