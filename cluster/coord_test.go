@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -307,4 +309,80 @@ func waitLapseOf(t *testing.T, c Coord, p Partition) {
 		}
 		time.Sleep(20 * time.Millisecond) // waiting for Redis's clock to expire it
 	}
+}
+
+// The coordinator on a real Redis Cluster (3 masters, 3 replicas): the
+// same contract (each partition's keys share a hash tag, so its scripts
+// run on one node), then a master is killed with SIGKILL: Redis Cluster
+// promotes its replica, and the coordinator works again by itself, on
+// the same partition, without restarting anything.
+func TestCoordOnRedisCluster(t *testing.T) {
+	rc := redistest.StartCluster(t, 3, 1, time.Second)
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: rc.Addrs()})
+	defer rdb.Close()
+	c := NewRedisCoord(rdb)
+	env := coordEnv{c, func(d time.Duration) { waitLapse(t, c, d) }}
+	t.Run("lease", func(t *testing.T) { testLease(t, env) })
+	t.Run("stream", func(t *testing.T) { testStream(t, env) })
+	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
+	if t.Failed() {
+		return
+	}
+
+	ctx := context.Background()
+	const p = Partition(42)
+	cc := rdb.(*redis.ClusterClient)
+	slot, err := cc.ClusterKeySlot(ctx, key(p, "lease")).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var master *redistest.Server
+	err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		slots, err := m.ClusterSlots(ctx).Result()
+		if err != nil {
+			return err
+		}
+		for _, s := range slots {
+			if int64(s.Start) <= slot && slot <= int64(s.End) && len(s.Nodes) > 0 {
+				for _, n := range rc.Nodes {
+					if n.Addr == s.Nodes[0].Addr {
+						master = n
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || master == nil {
+		t.Fatalf("no master found for slot %d: %v", slot, err)
+	}
+	if _, ok, err := c.TakeLease(ctx, p, "a", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("take before the failover: %v %v", ok, err)
+	}
+	master.Kill()
+	killed := time.Now()
+	deadline := killed.Add(30 * time.Second)
+	for {
+		// Any answer (the lease may or may not have survived: Redis
+		// replicates asynchronously) means the partition's slot is served
+		// again.
+		_, _, err := c.Lease(ctx, p)
+		if err == nil {
+			if err = c.Append(ctx, p, Entry{Epoch: 9, Owner: "b", Seq: 1}); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			for _, n := range rc.Nodes {
+				if n != master {
+					out, _ := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", n.Addr[strings.LastIndex(n.Addr, ":")+1:], "cluster", "nodes").CombinedOutput()
+					t.Logf("%s:\n%s", n.Addr, out)
+					break
+				}
+			}
+			t.Fatalf("the coordinator did not recover within 30s of the master's death: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // waiting for Redis Cluster's failover
+	}
+	t.Logf("coordinator usable again %v after SIGKILL of the master of slot %d", time.Since(killed).Round(time.Millisecond), slot)
 }

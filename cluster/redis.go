@@ -69,7 +69,7 @@ func ms(d time.Duration) int64 { return max(1, d.Milliseconds()) }
 func (r *RedisCoord) TakeLease(ctx context.Context, p Partition, node string, min uint64, ttl time.Duration) (uint64, bool, error) {
 	v, err := takeLease.Run(ctx, r.rdb, []string{key(p, "lease"), key(p, "epoch")}, node, min, ms(ttl)).Int64Slice()
 	if err != nil {
-		return 0, false, fmt.Errorf("cluster: take lease of partition %d: %w", p, err)
+		return 0, false, r.fail(ctx, err, "cluster: take lease of partition %d: %w", p)
 	}
 	return uint64(v[1]), v[0] == 1, nil
 }
@@ -78,7 +78,7 @@ func (r *RedisCoord) TakeLease(ctx context.Context, p Partition, node string, mi
 func (r *RedisCoord) RenewLease(ctx context.Context, p Partition, node string, epoch uint64, ttl time.Duration) (bool, error) {
 	v, err := renewLease.Run(ctx, r.rdb, []string{key(p, "lease")}, node, strconv.FormatUint(epoch, 10), ms(ttl)).Int64()
 	if err != nil {
-		return false, fmt.Errorf("cluster: renew lease of partition %d: %w", p, err)
+		return false, r.fail(ctx, err, "cluster: renew lease of partition %d: %w", p)
 	}
 	return v == 1, nil
 }
@@ -86,7 +86,7 @@ func (r *RedisCoord) RenewLease(ctx context.Context, p Partition, node string, e
 // ReleaseLease implements Coord.
 func (r *RedisCoord) ReleaseLease(ctx context.Context, p Partition, node string, epoch uint64) error {
 	if err := releaseLease.Run(ctx, r.rdb, []string{key(p, "lease")}, node, strconv.FormatUint(epoch, 10)).Err(); err != nil {
-		return fmt.Errorf("cluster: release lease of partition %d: %w", p, err)
+		return r.fail(ctx, err, "cluster: release lease of partition %d: %w", p)
 	}
 	return nil
 }
@@ -95,7 +95,7 @@ func (r *RedisCoord) ReleaseLease(ctx context.Context, p Partition, node string,
 func (r *RedisCoord) Lease(ctx context.Context, p Partition) (string, uint64, error) {
 	v, err := r.rdb.HMGet(ctx, key(p, "lease"), "holder", "epoch").Result()
 	if err != nil {
-		return "", 0, fmt.Errorf("cluster: read lease of partition %d: %w", p, err)
+		return "", 0, r.fail(ctx, err, "cluster: read lease of partition %d: %w", p)
 	}
 	holder, _ := v[0].(string)
 	es, _ := v[1].(string)
@@ -105,7 +105,7 @@ func (r *RedisCoord) Lease(ctx context.Context, p Partition) (string, uint64, er
 			return "", 0, nil
 		}
 		if err != nil {
-			return "", 0, fmt.Errorf("cluster: read epoch of partition %d: %w", p, err)
+			return "", 0, r.fail(ctx, err, "cluster: read epoch of partition %d: %w", p)
 		}
 	}
 	e, err := strconv.ParseUint(es, 10, 64)
@@ -122,7 +122,7 @@ func (r *RedisCoord) Append(ctx context.Context, p Partition, e Entry) error {
 		Values: []any{"e", e.Epoch, "o", e.Owner, "s", e.Seq, "d", e.Data, "sb", e.Standby},
 	}).Err()
 	if err != nil {
-		return fmt.Errorf("cluster: append to partition %d: %w", p, err)
+		return r.fail(ctx, err, "cluster: append to partition %d: %w", p)
 	}
 	return nil
 }
@@ -135,7 +135,7 @@ func (r *RedisCoord) Entries(ctx context.Context, p Partition, cursor string, n 
 	}
 	msgs, err := r.rdb.XRangeN(ctx, key(p, "stream"), start, "+", int64(n)).Result()
 	if err != nil {
-		return nil, cursor, fmt.Errorf("cluster: read partition %d's stream: %w", p, err)
+		return nil, cursor, r.fail(ctx, err, "cluster: read partition %d's stream: %w", p)
 	}
 	out := make([]Entry, 0, len(msgs))
 	for _, m := range msgs {
@@ -163,6 +163,19 @@ func decodeEntry(v map[string]any) (Entry, error) {
 	return e, nil
 }
 
+// fail wraps a Redis error. A Redis Cluster client learns of a failover
+// only from a MOVED reply or its periodic reload (every minute): after
+// any other error (the dead master refuses connections), it is told to
+// reload the slot map now, so the coordinator works again as soon as a
+// replica is promoted.
+func (r *RedisCoord) fail(ctx context.Context, err error, format string, args ...any) error {
+	var rerr redis.Error
+	if cc, ok := r.rdb.(*redis.ClusterClient); ok && !errors.As(err, &rerr) {
+		cc.ReloadState(ctx)
+	}
+	return fmt.Errorf(format, append(args, err)...)
+}
+
 // WaitEntries implements EntryWaiter with a blocking XREAD.
 func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error {
 	if cursor == "" {
@@ -170,7 +183,7 @@ func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string
 	}
 	err := r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key(p, "stream"), cursor}, Count: 1, Block: max}).Err()
 	if err != nil && !errors.Is(err, redis.Nil) { // Nil: nothing within max
-		return fmt.Errorf("cluster: wait on partition %d's stream: %w", p, err)
+		return r.fail(ctx, err, "cluster: wait on partition %d's stream: %w", p)
 	}
 	return nil
 }
@@ -179,7 +192,7 @@ func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string
 func (r *RedisCoord) PutAck(ctx context.Context, p Partition, a Ack) error {
 	v := fmt.Sprintf("%d %d %s", a.Epoch, a.Seq, a.Owner)
 	if err := r.rdb.HSet(ctx, key(p, "acks"), a.Standby, v).Err(); err != nil {
-		return fmt.Errorf("cluster: ack on partition %d: %w", p, err)
+		return r.fail(ctx, err, "cluster: ack on partition %d: %w", p)
 	}
 	return nil
 }
@@ -188,7 +201,7 @@ func (r *RedisCoord) PutAck(ctx context.Context, p Partition, a Ack) error {
 func (r *RedisCoord) Acks(ctx context.Context, p Partition) (map[string]Ack, error) {
 	m, err := r.rdb.HGetAll(ctx, key(p, "acks")).Result()
 	if err != nil {
-		return nil, fmt.Errorf("cluster: read acks of partition %d: %w", p, err)
+		return nil, r.fail(ctx, err, "cluster: read acks of partition %d: %w", p)
 	}
 	out := make(map[string]Ack, len(m))
 	for node, v := range m {
@@ -215,7 +228,7 @@ func (r *RedisCoord) SetStandby(ctx context.Context, p Partition, node string) e
 		err = r.rdb.Set(ctx, key(p, "standby"), node, 0).Err()
 	}
 	if err != nil {
-		return fmt.Errorf("cluster: set standby of partition %d: %w", p, err)
+		return r.fail(ctx, err, "cluster: set standby of partition %d: %w", p)
 	}
 	return nil
 }
@@ -227,7 +240,7 @@ func (r *RedisCoord) Standby(ctx context.Context, p Partition) (string, error) {
 		return "", nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("cluster: read standby of partition %d: %w", p, err)
+		return "", r.fail(ctx, err, "cluster: read standby of partition %d: %w", p)
 	}
 	return v, nil
 }

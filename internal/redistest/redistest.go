@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -96,4 +97,78 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Cluster is a Redis Cluster of real redis-server processes.
+type Cluster struct {
+	Nodes []*Server // masters first, as redis-cli --cluster create was given them
+}
+
+// Kill stops one node with SIGKILL, as a crash would.
+func (s *Server) Kill() { _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() }
+
+// StartCluster runs masters masters with replicas replicas each as one
+// Redis Cluster (redis-cli --cluster create) and waits until every node
+// reports cluster_state:ok. A replica is promoted about nodeTimeout after
+// its master dies.
+func StartCluster(t testing.TB, masters, replicas int, nodeTimeout time.Duration) *Cluster {
+	t.Helper()
+	cli := cliBinary(t)
+	c := &Cluster{}
+	var addrs []string
+	for range masters * (1 + replicas) {
+		s := Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
+			"--repl-diskless-sync-delay", "0") // replicas in sync at once, not after 5s
+		c.Nodes = append(c.Nodes, s)
+		addrs = append(addrs, s.Addr)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	// Ready when every node says the cluster is ok and every replica is
+	// in sync with its master (a replica that never synced cannot be
+	// promoted when its master dies).
+	deadline := time.Now().Add(30 * time.Second)
+	for _, s := range c.Nodes {
+		for !c.ready(cli, s) {
+			if time.Now().After(deadline) {
+				t.Fatalf("redis cluster not ready within 30s (node %s)", s.Addr)
+			}
+			time.Sleep(50 * time.Millisecond) // the nodes gossip and sync until they agree
+		}
+	}
+	return c
+}
+
+// ready reports whether s says the cluster is ok and, if s is a replica,
+// that its link to its master is up.
+func (c *Cluster) ready(cli string, s *Server) bool {
+	host, port, _ := net.SplitHostPort(s.Addr)
+	out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").Output()
+	if err != nil || !strings.Contains(string(out), "cluster_state:ok") {
+		return false
+	}
+	out, err = exec.Command(cli, "-h", host, "-p", port, "info", "replication").Output()
+	return err == nil && (strings.Contains(string(out), "role:master") || strings.Contains(string(out), "master_link_status:up"))
+}
+
+// Addrs returns every node's address.
+func (c *Cluster) Addrs() []string {
+	var a []string
+	for _, s := range c.Nodes {
+		a = append(a, s.Addr)
+	}
+	return a
+}
+
+func cliBinary(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("redis-cli"); err == nil {
+		return p
+	}
+	t.Fatal("redis-cli not found: run `make test` (it installs Debian's redis-server, which brings it)")
+	return ""
 }
