@@ -337,22 +337,16 @@ func TestCoordOnRedisCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	var master *redistest.Server
-	err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		slots, err := m.ClusterSlots(ctx).Result()
-		if err != nil {
-			return err
-		}
-		for _, s := range slots {
-			if int64(s.Start) <= slot && slot <= int64(s.End) && len(s.Nodes) > 0 {
-				for _, n := range rc.Nodes {
-					if n.Addr == s.Nodes[0].Addr {
-						master = n
-					}
+	slots, err := cc.ClusterSlots(ctx).Result()
+	for _, s := range slots {
+		if int64(s.Start) <= slot && slot <= int64(s.End) && len(s.Nodes) > 0 {
+			for _, n := range rc.Nodes {
+				if n.Addr == s.Nodes[0].Addr {
+					master = n
 				}
 			}
 		}
-		return nil
-	})
+	}
 	if err != nil || master == nil {
 		t.Fatalf("no master found for slot %d: %v", slot, err)
 	}

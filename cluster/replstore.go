@@ -29,6 +29,9 @@ type ReplicatedStore struct {
 
 	mu    sync.Mutex // guards owner: batches ship on the commit loop, acks are read on the publish loop
 	owner *Owner
+	// applyMu makes a batch's local apply and its shipping one step, so
+	// that a snapshot holds exactly the batches shipped before it.
+	applyMu sync.Mutex
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -92,6 +95,8 @@ type replBatch struct {
 // never owner again (its standby takes over), so a batch the standby
 // holds and the owner lost is one that was never acknowledged.
 func (b *replBatch) Apply() error {
+	b.r.applyMu.Lock()
+	defer b.r.applyMu.Unlock()
 	p, ok := b.Batch.(store.Pipelined)
 	if !ok {
 		if err := b.Batch.Commit(true); err != nil {
@@ -172,6 +177,51 @@ func (r *ReplicatedStore) await(seq uint64) error {
 		}
 	}
 }
+
+// Snapshot writes a copy of the owner's store into dir (which must not
+// exist), for a node that will become the standby, and returns the state
+// that node starts from: the owner's fence and the history's Seq, which
+// the copy holds exactly. The node opens its store from the copy and
+// passes the state to NewFollower; then AddStandby names it.
+func (r *ReplicatedStore) Snapshot(dir string) (StandbyState, error) {
+	cp, ok := r.Store.(store.Checkpointer)
+	if !ok {
+		return StandbyState{}, errors.New("cluster: the local store cannot checkpoint")
+	}
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	r.mu.Lock()
+	st := StandbyState{FenceEpoch: r.owner.epoch, FenceOwner: r.owner.node, Seq: r.owner.next - 1}
+	r.mu.Unlock()
+	if err := cp.Checkpoint(dir); err != nil {
+		return StandbyState{}, err
+	}
+	return st, nil
+}
+
+// AddStandby names node, which holds a snapshot of this owner's history
+// (Snapshot) and follows the stream, the standby of an owner that has
+// none (a new partition, or a new owner right after a takeover): from
+// now on its acks count, and batches waiting for one are acknowledged
+// once it holds them. To replace a working standby, the hand-over goes
+// through the history (Owner.ReplaceStandby).
+func (r *ReplicatedStore) AddStandby(ctx context.Context, c Coord, node string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur, next := r.owner.Standby(); cur != "" || next != "" {
+		return fmt.Errorf("cluster: partition %d has a standby (%q): hand it over instead", r.owner.p, cur)
+	}
+	// Named in the coordinator first: once its acks count, it must be the
+	// one node allowed to take over.
+	if err := c.SetStandby(ctx, r.owner.p, node); err != nil {
+		return err
+	}
+	r.owner.SetStandby(node)
+	return nil
+}
+
+// Owner returns the protocol side (its epoch, its standby).
+func (r *ReplicatedStore) Owner() *Owner { return r.owner }
 
 var (
 	_ store.Store      = (*ReplicatedStore)(nil)
