@@ -194,10 +194,20 @@ func (e *Engine) enqueue(apply func(c *txn) error, done func(error), weight int)
 
 // enqueueBackground is enqueue in the pipeline's background lane: bulk
 // work that may wait behind submits queued after it (delivery receipts,
-// announcement fan-out chunks).
-func (e *Engine) enqueueBackground(apply func(c *txn) error, done func(error), weight int) {
+// announcement fan-out chunks). A non-empty user keeps the op in order
+// with the user's later keyed ops (enqueueFor).
+func (e *Engine) enqueueBackground(apply func(c *txn) error, done func(error), weight int, user string) {
 	o := e.op(apply, done, weight)
-	o.Background = true
+	o.Background, o.Key = true, user
+	_ = e.pipe.Enqueue(o)
+}
+
+// enqueueFor is enqueue for an op that changes user's receipts (a read, a
+// confirmation): it is applied after the user's ACKs queued before it,
+// though those wait in the background lane.
+func (e *Engine) enqueueFor(user string, apply func(c *txn) error, done func(error), weight int) {
+	o := e.op(apply, done, weight)
+	o.Key = user
 	_ = e.pipe.Enqueue(o)
 }
 

@@ -612,9 +612,12 @@ func (e *Engine) Confirm(ctx context.Context, user string, id ID, answer int) er
 // commit loop, when the confirmation is durable or has failed. It must
 // not block.
 func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(error)) {
-	e.applyAsync(func(c *txn, now time.Time) error {
-		return c.applyConfirmUser(user, id, answer, ChannelInApp, now)
-	}, done)
+	if done == nil {
+		done = func(error) {}
+	}
+	e.enqueueFor(user, func(c *txn) error {
+		return c.applyConfirmUser(user, id, answer, ChannelInApp, c.now)
+	}, done, 1)
 }
 
 // CancelDing stops every pending recipient's escalation.

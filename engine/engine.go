@@ -587,7 +587,7 @@ func (e *Engine) AckAsync(user, device string, seq uint64, done func(error)) {
 	}
 	// Background: one ACK may mark thousands of entries delivered, and a
 	// burst of them must not hold the submits queued behind it.
-	e.enqueueBackground(func(c *txn) error { return c.applyAck(user, device, seq, c.now) }, done, 1)
+	e.enqueueBackground(func(c *txn) error { return c.applyAck(user, device, seq, c.now) }, done, 1, user)
 }
 
 // Ack is AckAsync that waits.
@@ -601,7 +601,7 @@ func (e *Engine) ReadAsync(user string, ids []ID, done func(error)) {
 	if done == nil {
 		done = func(error) {}
 	}
-	e.enqueue(func(c *txn) error { return c.applyRead(user, ids, c.now) }, done, max(1, len(ids)))
+	e.enqueueFor(user, func(c *txn) error { return c.applyRead(user, ids, c.now) }, done, max(1, len(ids)))
 }
 
 // Read is ReadAsync that waits.

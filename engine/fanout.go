@@ -257,7 +257,7 @@ func (e *Engine) fanoutLoop() {
 				// batch takes one at most, after its foreground ops, so
 				// the submits queued meanwhile are not held behind the
 				// fan-out.
-				e.enqueueBackground(func(c *txn) error { return c.fanoutChunk(id, chunk) }, func(err error) { done <- err }, e.cfg.MaxBatch)
+				e.enqueueBackground(func(c *txn) error { return c.fanoutChunk(id, chunk) }, func(err error) { done <- err }, e.cfg.MaxBatch, "")
 			}
 			select {
 			case err := <-done:

@@ -37,8 +37,9 @@
 //     every batch applied before it, is durable (Durable runs first).
 //   - Order: batches are applied, made durable and published in one order;
 //     ops of one lane are applied and answered in their queue's order.
-//     There is no order between the lanes: a background op may be applied
-//     after a foreground op queued later. A feature that numbers things (stream sequence numbers) does
+//     Between the lanes only ops with the same Op.Key keep their order: a
+//     background op may be applied after an unrelated foreground op queued
+//     later. A feature that numbers things (stream sequence numbers) does
 //     it in apply order on the commit loop, and hands them out in that
 //     order from the publish loop.
 //   - Reads see applied batches before they are durable (the store makes a
@@ -85,7 +86,10 @@
 // as long as the burst takes to build (a lockstep ACK burst held submits
 // for 450 ms; bench/RESULTS.md). In the background lane it fills each
 // batch only after the foreground ops, for a bounded build time, and the
-// foreground waits at most one such budget.
+// foreground waits at most one such budget. Ops that must not overtake
+// an earlier background op share its Op.Key (a device's READ or
+// CONFIRM after its ACK: the sender must see "delivered" before "read"):
+// they join the background lane while one of their key waits there.
 //
 // # Alternatives rejected
 //
@@ -150,6 +154,11 @@ type Op[T Txn] struct {
 	// Background puts the op in the background lane: it may wait behind
 	// foreground ops queued after it (see the package doc).
 	Background bool
+	// Key, when set, orders the op after every earlier op of the same
+	// Key whichever lane each is in: an op queued while an earlier op of
+	// its Key waits in the background lane joins that lane (a device's
+	// READ after its ACK is applied after the ACK).
+	Key string
 
 	err     error // the op's answer, once applied
 	settled bool  // answered already (aborted its batch): not applied again
@@ -215,6 +224,9 @@ type Pipeline[T Txn] struct {
 	queue  chan *Op[T] // the foreground lane
 	bg     chan *Op[T] // the background lane
 
+	keyMu  sync.Mutex
+	bgKeys map[string]int // guarded by keyMu: ops of each Key in the background lane, not yet applied
+
 	failMu sync.Mutex
 	failed error // guarded by failMu; non-nil once an apply or sync failed
 
@@ -277,6 +289,7 @@ func New[T Txn](cfg Config[T]) (*Pipeline[T], error) {
 		cfg:      cfg,
 		queue:    make(chan *Op[T], cfg.QueueLen),
 		bg:       make(chan *Op[T], cfg.QueueLen),
+		bgKeys:   map[string]int{},
 		free:     make(chan T, cfg.InFlight+1),
 		applied:  make(chan *inflight[T], cfg.InFlight),
 		loopDone: make(chan struct{}),
@@ -305,6 +318,14 @@ func (p *Pipeline[T]) Enqueue(op *Op[T]) error {
 		return p.cfg.Closed
 	}
 	q := p.queue
+	if op.Key != "" {
+		p.keyMu.Lock()
+		if op.Background || p.bgKeys[op.Key] > 0 {
+			op.Background = true
+			p.bgKeys[op.Key]++
+		}
+		p.keyMu.Unlock()
+	}
 	if op.Background {
 		q = p.bg
 	}
@@ -411,6 +432,7 @@ func (p *Pipeline[T]) commit(ops []*Op[T], work int) {
 	if err := p.Err(); err != nil {
 		// Answered in order, after the batches still in flight.
 		if p.held != nil {
+			p.taken(p.held)
 			ops, p.held = append(ops, p.held), nil
 		}
 		for _, o := range ops {
@@ -529,12 +551,26 @@ func (p *Pipeline[T]) background(ops []*Op[T], work int, apply func(*Op[T]) bool
 			return ops, false
 		}
 		p.held = nil
+		p.taken(o)
 		ops = append(ops, o)
 		work += weight(o)
 		if !apply(o) {
 			return ops, true
 		}
 	}
+}
+
+// taken counts a keyed background op out of the lane as it is applied:
+// ops of its Key queued from now on may take the foreground lane.
+func (p *Pipeline[T]) taken(o *Op[T]) {
+	if o.Key == "" {
+		return
+	}
+	p.keyMu.Lock()
+	if p.bgKeys[o.Key]--; p.bgKeys[o.Key] <= 0 {
+		delete(p.bgKeys, o.Key)
+	}
+	p.keyMu.Unlock()
 }
 
 func unsettled[T Txn](ops []*Op[T]) bool {

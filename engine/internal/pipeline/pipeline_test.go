@@ -577,6 +577,58 @@ func TestBackgroundOpsYieldToForeground(t *testing.T) {
 	}
 }
 
+// An op keyed like earlier background ops (a device's READ after its
+// ACKs) is applied after them; an op of another key overtakes them.
+func TestKeyedOpsKeepTheirOrderAcrossLanes(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1700000000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	costly := func() { mu.Lock(); now = now.Add(time.Millisecond); mu.Unlock() }
+	h := start(t, newFakeStore(), func(c *pipeline.Config[*txn]) {
+		c.Now, c.BackgroundBudget = clock, 2*time.Millisecond
+	})
+	keyed := func(key string, bg bool, apply func()) <-chan answer {
+		ch := make(chan answer, 1)
+		var n int
+		h.p.Enqueue(&pipeline.Op[*txn]{
+			Apply: func(t *txn) error {
+				if apply != nil {
+					apply()
+				}
+				n = t.number(key)
+				return nil
+			},
+			Done:       func(err error) { ch <- answer{n, err} },
+			Background: bg,
+			Key:        key,
+		})
+		return ch
+	}
+	release := h.gate()
+	var acks []<-chan answer
+	for range 10 {
+		acks = append(acks, keyed("u", true, costly))
+	}
+	read := keyed("u", false, nil)  // u's READ after u's ACKs
+	other := keyed("v", false, nil) // another user's
+	release()
+	if a := recv(t, other); a.err != nil || a.n != 3 {
+		t.Fatalf("another key's op got %+v, want number 3 (after one budget of background ops)", a)
+	}
+	if a := recv(t, read); a.err != nil || a.n != 12 {
+		t.Fatalf("u's op after u's 10 background ops got %+v, want number 12 (after all of them)", a)
+	}
+	for i, ch := range acks {
+		if a := recv(t, ch); a.err != nil || a.n == 3 || a.n > 11 {
+			t.Fatalf("background op %d got %+v", i, a)
+		}
+	}
+	// Once u's background ops are applied, u's ops take the foreground again.
+	if a := recv(t, keyed("u", false, nil)); a.err != nil || a.n != 13 {
+		t.Fatalf("u's next op got %+v, want 13", a)
+	}
+}
+
 // Foreground work that fills every batch still lets one background op
 // into each.
 func TestBackgroundOpsAreNotStarved(t *testing.T) {
