@@ -10,10 +10,10 @@
 // ReplicatedStore is the owner's store (the engine's pipeline answers an
 // op only after the batch is durable locally and on the standby), and a
 // Follower keeps the standby's copy in its own Pebble, from which an
-// engine opens after a takeover. Not built yet: dingd does not start in
-// cluster mode (one partition per node pair is what the tests run), new
-// standbys are seeded from a snapshot only in tests, the stream is never
-// trimmed, secret-chat keys (DATA/secret.keys) are not replicated, and
+// engine opens after a takeover; a new standby fetches the owner's
+// snapshot over HTTP (SnapshotHandler, FetchSnapshot, RequestStandby).
+// Not built yet: dingd does not start in cluster mode (one partition per
+// node pair is what the tests run), the stream is never trimmed, secret-chat keys (DATA/secret.keys) are not replicated, and
 // routing, cross-partition relay and the cluster-wide directory are still
 // to come (DESIGN.md, "Cluster mode").
 //

@@ -1,0 +1,219 @@
+package cluster
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// How a new standby gets its copy of the owner's history over the
+// network: the owner serves SnapshotHandler (on its admin listener), the
+// new standby calls FetchSnapshot, opens its store from the directory,
+// follows the stream from the returned state (NewFollower), and asks the
+// owner to name it (AddStandby; over HTTP: POST with ?node=).
+//
+//	GET  /cluster/snapshot            a tar of a checkpoint of the owner's store;
+//	                                  header Ding-Standby-State: the state to start from
+//	POST /cluster/standby?node=NODE   AddStandby(NODE)
+//
+// Both need "Authorization: Bearer SECRET", the cluster's shared secret.
+
+const stateHeader = "Ding-Standby-State"
+
+// SnapshotHandler serves the owner's snapshot and standby requests.
+// tmpDir holds each checkpoint while it is sent (on the store's file
+// system, so that the checkpoint hard-links its tables).
+func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string) http.Handler {
+	mux := http.NewServeMux()
+	auth := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if secret == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
+				http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("GET /cluster/snapshot", auth(func(w http.ResponseWriter, r *http.Request) {
+		dir, err := os.MkdirTemp(tmpDir, "snapshot-")
+		if err != nil {
+			http.Error(w, "cluster: snapshot: temporary directory", http.StatusInternalServerError)
+			return
+		}
+		defer os.RemoveAll(dir)
+		cp := filepath.Join(dir, "store")
+		st, err := rs.Snapshot(cp)
+		if err != nil {
+			http.Error(w, "cluster: snapshot failed", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-tar")
+		w.Header().Set(stateHeader, base64.StdEncoding.EncodeToString(encodeState(st)))
+		_ = writeTar(w, cp) // the client sees a truncated tar and fails
+	}))
+	mux.HandleFunc("POST /cluster/standby", auth(func(w http.ResponseWriter, r *http.Request) {
+		node := r.URL.Query().Get("node")
+		if node == "" {
+			http.Error(w, "cluster: node is required", http.StatusBadRequest)
+			return
+		}
+		if err := rs.AddStandby(r.Context(), c, node); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	return mux
+}
+
+func writeTar(w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: filepath.ToSlash(rel), Mode: 0o600, Size: fi.Size(), Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// FetchSnapshot downloads the owner's snapshot from baseURL (its admin
+// listener, e.g. http://10.0.0.1:8080) into dir, which must not exist,
+// and returns the state to follow from. A partial download leaves no dir.
+func FetchSnapshot(ctx context.Context, client *http.Client, baseURL, secret, dir string) (StandbyState, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+"/cluster/snapshot", nil)
+	if err != nil {
+		return StandbyState{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := client.Do(req)
+	if err != nil {
+		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	raw, err := base64.StdEncoding.DecodeString(resp.Header.Get(stateHeader))
+	if err != nil {
+		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: bad %s header", stateHeader)
+	}
+	st, err := decodeState(raw)
+	if err != nil {
+		return StandbyState{}, err
+	}
+	if _, err := os.Stat(dir); err == nil {
+		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %s exists", dir)
+	}
+	tmp := dir + ".partial"
+	_ = os.RemoveAll(tmp)
+	if err := readTar(resp.Body, tmp); err != nil {
+		_ = os.RemoveAll(tmp)
+		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %w", err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		_ = os.RemoveAll(tmp)
+		return StandbyState{}, err
+	}
+	return st, nil
+}
+
+var errBadTar = errors.New("bad snapshot archive")
+
+// readTar unpacks regular files only, refusing any name that would land
+// outside dir.
+func readTar(r io.Reader, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tr := tar.NewReader(r)
+	n := 0
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			if n == 0 {
+				return fmt.Errorf("%w: empty", errBadTar)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		name := path.Clean(h.Name)
+		if h.Typeflag != tar.TypeReg || name == "." || path.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
+			return fmt.Errorf("%w: entry %q", errBadTar, h.Name)
+		}
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, tr)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		n++
+	}
+}
+
+// RequestStandby asks the owner at baseURL to name node its standby,
+// once node follows the stream from the snapshot's state.
+func RequestStandby(ctx context.Context, client *http.Client, baseURL, secret, node string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+"/cluster/standby?node="+url.QueryEscape(node), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("cluster: request standby: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("cluster: request standby: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
