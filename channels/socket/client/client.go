@@ -179,7 +179,24 @@ type SendResult struct {
 	Duplicate bool
 }
 
-// Error is an ERROR frame from the server.
+// tooLarge checks a frame, and a submit's body (body >= 0), against the
+// limits in the server's WELCOME w (none known: nil).
+func tooLarge(w *pb.Welcome, frame []byte, body int) error {
+	if w == nil {
+		return nil
+	}
+	if w.MaxBody > 0 && body > int(w.MaxBody) {
+		return &Error{Code: pb.Code_MESSAGE_TOO_LARGE, Detail: fmt.Sprintf("body of %d bytes; the server accepts at most %d (not sent)", body, w.MaxBody)}
+	}
+	if n := len(frame) - 4; w.MaxFrame > 0 && n > int(w.MaxFrame) {
+		return &Error{Code: pb.Code_FRAME_TOO_LARGE, Detail: fmt.Sprintf("frame of %d bytes; the server accepts at most %d (not sent)", n, w.MaxFrame)}
+	}
+	return nil
+}
+
+// Error is an ERROR frame from the server, or a request the client
+// refused to send because the server would refuse it (MESSAGE_TOO_LARGE,
+// FRAME_TOO_LARGE against the limits in its WELCOME).
 type Error struct {
 	Code   pb.Code
 	Detail string
@@ -236,6 +253,7 @@ type Client struct {
 type pendingSub struct {
 	ref    uint64
 	frame  []byte
+	body   int // the body's length, checked against each server's max_body
 	done   chan subDone
 	sentOn net.Conn // the connection it was last written to; guarded by c.mu
 }
@@ -487,9 +505,16 @@ func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
 	c.acked = min(c.acked, w.Head)
 	acked := c.acked
 	// Resend what was not acknowledged, in order (the server deduplicates),
-	// unless Send already wrote it on this connection.
+	// unless Send already wrote it on this connection. A submit this
+	// server would refuse as too large fails instead (it was queued before
+	// any WELCOME told the limits, or a server's limits went down).
 	var pending []*pendingSub
-	for _, p := range c.submits {
+	for ref, p := range c.submits {
+		if err := tooLarge(w, p.frame, p.body); err != nil {
+			p.done <- subDone{err: err}
+			delete(c.submits, ref)
+			continue
+		}
 		if p.sentOn != nc {
 			p.sentOn = nc
 			pending = append(pending, p)
@@ -592,6 +617,12 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 		case *pb.Error:
 			pe := &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal}
 			if m.Fatal {
+				// The request that cost the connection is answered, not
+				// resent on the next one.
+				if m.Ref != 0 {
+					c.finishSubmit(m.Ref, subDone{err: pe})
+					c.finishRequest(m.Ref, reqDone{err: pe})
+				}
 				return pe
 			}
 			if m.Ref != 0 {
@@ -699,7 +730,9 @@ func WithClientID(id string) SendOption { return func(s *pb.Submit) { s.ClientMs
 // Send submits a message and returns once the server has it durably. If
 // the connection drops first, it is resent on the next connection with the
 // same client message id, so it is stored once. If ctx ends first the
-// outcome is unknown.
+// outcome is unknown. A body over the server's max_body (from its
+// WELCOME) fails at once with an *Error of code MESSAGE_TOO_LARGE and is
+// not sent; the connection is unaffected.
 func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...SendOption) (SendResult, error) {
 	select {
 	case c.sem <- struct{}{}:
@@ -726,8 +759,15 @@ func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...Sen
 	}
 	c.nextRef++
 	sub.Ref = c.nextRef
-	p.ref = sub.Ref
+	p.ref, p.body = sub.Ref, len(body)
 	p.frame = wire.Encode(pb.FrameType_SUBMIT, sub)
+	// A message the server would refuse fails here, at once: sent, it
+	// would cost the connection (FRAME_TOO_LARGE is fatal) and, resent on
+	// every reconnect, every connection after it.
+	if err := tooLarge(c.welcome, p.frame, p.body); err != nil {
+		c.mu.Unlock()
+		return SendResult{}, err
+	}
 	c.submits[sub.Ref] = p
 	// Write on the connection current now; a session that starts later
 	// resends it (see session), one that started earlier cannot have.
@@ -783,9 +823,14 @@ func (c *Client) request(ctx context.Context, build func(ref uint64) []byte) (pr
 	}
 	c.nextRef++
 	ref := c.nextRef
+	frame := build(ref)
+	if err := tooLarge(c.welcome, frame, -1); err != nil { // a READ of too many ids
+		c.mu.Unlock()
+		return nil, err
+	}
 	c.requests[ref] = ch
 	c.mu.Unlock()
-	c.write(build(ref))
+	c.write(frame)
 	select {
 	case d := <-ch:
 		return d.msg, d.err

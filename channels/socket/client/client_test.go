@@ -384,3 +384,41 @@ func TestSilentServerIsReplaced(t *testing.T) {
 	defer c.Close()
 	nodetest.WaitFor(t, "a reconnect", 5*time.Second, func() bool { return c.Stats().Connects >= 2 })
 }
+
+// A message over the server's limit fails that one Send at once with
+// MESSAGE_TOO_LARGE (the limit is in WELCOME): nothing is sent, the
+// connection stays up, nothing is resent on the next connection, and the
+// next Send goes through. So does a READ too large for one frame.
+func TestOversizedRequestsFailAtOnceAndKeepTheConnection(t *testing.T) {
+	n := nodetest.Start(t, node.Config{MaxBody: 64 << 10})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := nodetest.Dial(t, n, "ana", "phone", nil)
+	w := ana.Welcome()
+	if w.MaxBody != 64<<10 || w.MaxFrame == 0 {
+		t.Fatalf("welcome limits: body %d, frame %d", w.MaxBody, w.MaxFrame)
+	}
+	send(t, ana, "hello", "bo") // the session is up
+	before := ana.Stats()
+	ctx := context.Background() // no deadline: a retry loop would hang here
+	for _, size := range []int{int(w.MaxBody) + 1, 70 << 10, int(w.MaxFrame) + 10} {
+		_, err := ana.Send(ctx, []string{"bo"}, make([]byte, size))
+		if !isCode(err, pb.Code_MESSAGE_TOO_LARGE) {
+			t.Fatalf("send of %d bytes = %v, want MESSAGE_TOO_LARGE", size, err)
+		}
+	}
+	ids := make([]string, 0, 200000)
+	for i := range cap(ids) {
+		ids = append(ids, fmt.Sprintf("01J%023d", i))
+	}
+	if err := ana.Read(ctx, ids...); !isCode(err, pb.Code_FRAME_TOO_LARGE) {
+		t.Fatalf("read of %d ids = %v, want FRAME_TOO_LARGE", len(ids), err)
+	}
+	// Exactly the limit is fine, on the same connection.
+	if _, err := ana.Send(ctx, []string{"bo"}, make([]byte, w.MaxBody)); err != nil {
+		t.Fatalf("send at the limit: %v", err)
+	}
+	send(t, ana, "still here", "bo")
+	if after := ana.Stats(); after.Connects != before.Connects {
+		t.Fatalf("the client reconnected (%d → %d connections): an oversized request cost the connection", before.Connects, after.Connects)
+	}
+}
