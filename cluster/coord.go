@@ -70,6 +70,11 @@ type Coord interface {
 	SetStandby(ctx context.Context, p Partition, node string) error
 	// Standby returns the partition's standby ("" for none).
 	Standby(ctx context.Context, p Partition) (string, error)
+
+	// SetAddr publishes where node's HTTP listener is (for peers: its
+	// snapshots), for ttl; Addr reads it ("" when unknown or expired).
+	SetAddr(ctx context.Context, node, addr string, ttl time.Duration) error
+	Addr(ctx context.Context, node string) (string, error)
 }
 
 // EntryWaiter is an optional interface of a Coord: WaitEntries returns

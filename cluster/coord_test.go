@@ -208,6 +208,15 @@ func testAcks(t *testing.T, env coordEnv) {
 	if sb, _ := c.Standby(ctx, 1); sb != "" {
 		t.Fatalf("standby after clearing = %q", sb)
 	}
+	if a, err := c.Addr(ctx, "zz"); err != nil || a != "" {
+		t.Fatalf("unknown node's address = %q %v", a, err)
+	}
+	if err := c.SetAddr(ctx, "b", "http://127.0.0.1:1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := c.Addr(ctx, "b"); err != nil || a != "http://127.0.0.1:1" {
+		t.Fatalf("address = %q %v", a, err)
+	}
 }
 
 // memLog is a history in memory.

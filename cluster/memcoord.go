@@ -20,6 +20,7 @@ type MemCoord struct {
 	// nextID numbers stream entries across rollbacks, as Redis's
 	// time-based stream ids keep growing after a failover.
 	nextID uint64
+	addrs  map[string]memAddr
 	// DropAppends, while positive, makes each Append a no-op that
 	// reports success, and counts down.
 	DropAppends int
@@ -33,6 +34,11 @@ type memPart struct {
 	stream  []memEntry
 	acks    map[string]Ack
 	standby string
+}
+
+type memAddr struct {
+	addr    string
+	expires time.Time
 }
 
 type memEntry struct {
@@ -180,6 +186,28 @@ func (m *MemCoord) Standby(_ context.Context, p Partition) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.part(p).standby, nil
+}
+
+// SetAddr implements Coord.
+func (m *MemCoord) SetAddr(_ context.Context, node, addr string, ttl time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.addrs == nil {
+		m.addrs = map[string]memAddr{}
+	}
+	m.addrs[node] = memAddr{addr, m.now().Add(ttl)}
+	return nil
+}
+
+// Addr implements Coord.
+func (m *MemCoord) Addr(_ context.Context, node string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.addrs[node]
+	if !ok || !m.now().Before(a.expires) {
+		return "", nil
+	}
+	return a.addr, nil
 }
 
 // MemState is a copy of a MemCoord's state, for Restore.

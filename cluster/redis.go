@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -20,11 +21,30 @@ import (
 //	{ding:p:N}:stream   the replication stream (fields e, o, s, d, sb)
 //	{ding:p:N}:acks     hash node → "epoch seq owner"
 //	{ding:p:N}:standby  the standby's node id
+//	ding:node:ID:addr   a node's HTTP address, expiring unless refreshed
 //
 // Lease expiry is Redis's own clock (key TTL), so nodes' clocks do not
 // matter to it.
 type RedisCoord struct {
 	rdb redis.UniversalClient
+}
+
+// DialRedis returns a RedisCoord on the Redis at addrs, written
+// redis://HOST:PORT[,HOST:PORT...] (one address: one Redis; several: a
+// Redis Cluster's seeds), and a function that closes its client.
+func DialRedis(addrs string) (*RedisCoord, func() error, error) {
+	rest, ok := strings.CutPrefix(addrs, "redis://")
+	if !ok || rest == "" {
+		return nil, nil, fmt.Errorf("cluster: Redis address %q: want redis://HOST:PORT[,HOST:PORT...]", addrs)
+	}
+	list := strings.Split(strings.TrimSuffix(rest, "/"), ",")
+	for _, a := range list {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, nil, fmt.Errorf("cluster: Redis address %q: %w", a, err)
+		}
+	}
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: list})
+	return NewRedisCoord(rdb), rdb.Close, nil
 }
 
 // NewRedisCoord uses rdb (its lifetime stays the caller's).
@@ -241,6 +261,26 @@ func (r *RedisCoord) Standby(ctx context.Context, p Partition) (string, error) {
 	}
 	if err != nil {
 		return "", r.fail(ctx, err, "cluster: read standby of partition %d: %w", p)
+	}
+	return v, nil
+}
+
+// SetAddr implements Coord.
+func (r *RedisCoord) SetAddr(ctx context.Context, node, addr string, ttl time.Duration) error {
+	if err := r.rdb.Set(ctx, "ding:node:"+node+":addr", addr, ttl).Err(); err != nil {
+		return r.fail(ctx, err, "cluster: publish %s's address: %w", node)
+	}
+	return nil
+}
+
+// Addr implements Coord.
+func (r *RedisCoord) Addr(ctx context.Context, node string) (string, error) {
+	v, err := r.rdb.Get(ctx, "ding:node:"+node+":addr").Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", r.fail(ctx, err, "cluster: read %s's address: %w", node)
 	}
 	return v, nil
 }

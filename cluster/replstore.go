@@ -54,6 +54,12 @@ func NewReplicatedStore(st store.Store, owner *Owner) (*ReplicatedStore, error) 
 		PollEvery: 500 * time.Microsecond, ResendAfter: 500 * time.Millisecond}, nil
 }
 
+// Stop stops waiting for the standby: a batch still waiting, and every
+// later one, gets store.ErrClosed (the engine stops writing). The local
+// store stays open. An owner that lost its lease stops so, before its
+// node shuts down.
+func (r *ReplicatedStore) Stop() { r.cancel() }
+
 // Close stops waiting for the standby (a batch still waiting gets
 // store.ErrClosed) and closes the local store.
 func (r *ReplicatedStore) Close() error {

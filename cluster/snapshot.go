@@ -23,8 +23,10 @@ import (
 // follows the stream from the returned state (NewFollower), and asks the
 // owner to name it (AddStandby; over HTTP: POST with ?node=).
 //
-//	GET  /cluster/snapshot            a tar of a checkpoint of the owner's store;
-//	                                  header Ding-Standby-State: the state to start from
+//	GET  /cluster/snapshot            a tar: store/ (a checkpoint of the owner's store)
+//	                                  and files/ (the files the node shares, e.g. its
+//	                                  signing keys); header Ding-Standby-State: the
+//	                                  state to start from
 //	POST /cluster/standby?node=NODE   AddStandby(NODE)
 //
 // Both need "Authorization: Bearer SECRET", the cluster's shared secret.
@@ -33,8 +35,10 @@ const stateHeader = "Ding-Standby-State"
 
 // SnapshotHandler serves the owner's snapshot and standby requests.
 // tmpDir holds each checkpoint while it is sent (on the store's file
-// system, so that the checkpoint hard-links its tables).
-func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string) http.Handler {
+// system, so that the checkpoint hard-links its tables); files (paths)
+// go along under files/ by their base names, read when each snapshot is
+// taken (a missing one is skipped).
+func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files ...string) http.Handler {
 	mux := http.NewServeMux()
 	auth := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -61,7 +65,7 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string) http.H
 		}
 		w.Header().Set("Content-Type", "application/x-tar")
 		w.Header().Set(stateHeader, base64.StdEncoding.EncodeToString(encodeState(st)))
-		_ = writeTar(w, cp) // the client sees a truncated tar and fails
+		_ = writeTar(w, cp, files) // the client sees a truncated tar and fails
 	}))
 	mux.HandleFunc("POST /cluster/standby", auth(func(w http.ResponseWriter, r *http.Request) {
 		node := r.URL.Query().Get("node")
@@ -78,16 +82,9 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string) http.H
 	return mux
 }
 
-func writeTar(w io.Writer, dir string) error {
+func writeTar(w io.Writer, dir string, files []string) error {
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
+	add := func(name, p string) error {
 		f, err := os.Open(p)
 		if err != nil {
 			return err
@@ -97,21 +94,38 @@ func writeTar(w io.Writer, dir string) error {
 		if err != nil {
 			return err
 		}
-		if err := tw.WriteHeader(&tar.Header{Name: filepath.ToSlash(rel), Mode: 0o600, Size: fi.Size(), Typeflag: tar.TypeReg}); err != nil {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: fi.Size(), Typeflag: tar.TypeReg}); err != nil {
 			return err
 		}
-		_, err = io.Copy(tw, f)
+		_, err = io.CopyN(tw, f, fi.Size())
 		return err
+	}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		return add("store/"+filepath.ToSlash(rel), p)
 	})
 	if err != nil {
 		return err
+	}
+	for _, p := range files {
+		if err := add("files/"+filepath.Base(p), p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	return tw.Close()
 }
 
 // FetchSnapshot downloads the owner's snapshot from baseURL (its admin
 // listener, e.g. http://10.0.0.1:8080) into dir, which must not exist,
-// and returns the state to follow from. A partial download leaves no dir.
+// and returns the state to follow from: the store to open is dir/store,
+// the files that came along are in dir/files. A partial download leaves
+// no dir.
 func FetchSnapshot(ctx context.Context, client *http.Client, baseURL, secret, dir string) (StandbyState, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+"/cluster/snapshot", nil)
 	if err != nil {

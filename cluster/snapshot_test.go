@@ -44,7 +44,11 @@ func TestNewStandbyOverHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	engA := openEngine(t, rsA)
-	srv := httptest.NewServer(cluster.SnapshotHandler(rsA, c, secret, t.TempDir()))
+	shared := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(shared, []byte("signing key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(cluster.SnapshotHandler(rsA, c, secret, t.TempDir(), shared, "/nonexistent/file"))
 	defer srv.Close()
 
 	type result struct {
@@ -71,6 +75,9 @@ func TestNewStandbyOverHTTP(t *testing.T) {
 	if stateB.FenceEpoch != epoch || stateB.FenceOwner != "a" {
 		t.Fatalf("snapshot state %+v, want fenced at %d/a", stateB, epoch)
 	}
+	if b, err := os.ReadFile(filepath.Join(dirB, "files", "keys")); err != nil || string(b) != "signing key" {
+		t.Fatalf("shared file = %q %v", b, err)
+	}
 	if _, err := cluster.FetchSnapshot(ctx, srv.Client(), srv.URL, secret, dirB); err == nil {
 		t.Fatal("fetched a snapshot over an existing directory")
 	}
@@ -79,7 +86,7 @@ func TestNewStandbyOverHTTP(t *testing.T) {
 		t.Fatalf("acknowledged with no standby: %+v", r)
 	default:
 	}
-	stB, err := pebblestore.Open(dirB, pebblestore.Options{})
+	stB, err := pebblestore.Open(filepath.Join(dirB, "store"), pebblestore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,10 @@ type config struct {
 	// engine's defaults (30s, 24h).
 	BurnAfter       time.Duration
 	SecretUnreadTTL time.Duration
+	// Cluster mode (package cluster): Redis address(es), this member's
+	// id and advertised HTTP URL, the shared secret, the lease TTL.
+	Cluster, NodeID, Advertise, ClusterSecret string
+	LeaseTTL                                  time.Duration
 
 	// File is the config file read (--config or DING_CONFIG); empty: none.
 	File string
@@ -131,6 +135,21 @@ var settings = []setting{
 	{name: "secret-unread-ttl", env: "DING_SECRET_UNREAD_TTL", def: "0s",
 		help:  "secret chats of level 2 and 3: an unread message burns this long after it was sent; 0: 24h",
 		field: func(c *config) any { return &c.SecretUnreadTTL }},
+	{name: "cluster", env: "DING_CLUSTER", def: "",
+		help:  "cluster mode (a hot-standby pair, in progress): Redis as redis://HOST:PORT[,HOST:PORT...]; empty: one node, no Redis",
+		field: func(c *config) any { return &c.Cluster }},
+	{name: "node-id", env: "DING_NODE_ID", def: "",
+		help:  "cluster mode: this member's id, unique in the cluster",
+		field: func(c *config) any { return &c.NodeID }},
+	{name: "advertise", env: "DING_ADVERTISE", def: "",
+		help:  "cluster mode: this member's HTTP listener as the others reach it, e.g. http://10.0.0.2:7080",
+		field: func(c *config) any { return &c.Advertise }},
+	{name: "cluster-secret", env: "DING_CLUSTER_SECRET", def: "", secret: true,
+		help:  "cluster mode: the secret the members share (snapshots); prefer the environment",
+		field: func(c *config) any { return &c.ClusterSecret }},
+	{name: "lease-ttl", env: "DING_LEASE_TTL", def: "3s",
+		help:  "cluster mode: an owner's lease; a dead owner's standby takes over about this long after its death",
+		field: func(c *config) any { return &c.LeaseTTL }},
 }
 
 // envConfig names the config file when --config is not given.
@@ -305,6 +324,16 @@ func (c *config) validate() error {
 	}
 	if c.SecretUnreadTTL < 0 {
 		return fmt.Errorf("secret-unread-ttl %v (from %s): want 0 (the default, 24h) or more", c.SecretUnreadTTL, c.from["secret-unread-ttl"])
+	}
+	if c.Cluster != "" {
+		for _, r := range []struct{ name, v string }{{"node-id", c.NodeID}, {"advertise", c.Advertise}, {"cluster-secret", c.ClusterSecret}} {
+			if r.v == "" {
+				return fmt.Errorf("cluster mode (cluster from %s) needs %s", c.from["cluster"], r.name)
+			}
+		}
+		if c.LeaseTTL < 100*time.Millisecond {
+			return fmt.Errorf("lease-ttl %v (from %s): want at least 100ms", c.LeaseTTL, c.from["lease-ttl"])
+		}
 	}
 	for i := range settings {
 		s := &settings[i]

@@ -171,9 +171,10 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--public-url", "https://ding.example.com", "--twilio-api-url", "http://127.0.0.1:4",
 		"--ding-sender-daily", "-1", "--ding-recipient-interval", "-1ns", "--sms-per-day", "7",
 		"--calls-per-day", "8", "--no-call-fallback", "--burn-after", "45s", "--secret-unread-ttl", "2h",
+		"--cluster", "redis://127.0.0.1:5", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
 	}
-	const tok = "tok\"en"
-	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok}))
+	const tok, csecret = "tok\"en", "cl\\uster"
+	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +189,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	printed := strings.Replace(out.String(), `"<redacted>"`, tomlString(tok), 1)
+	printed = strings.Replace(printed, `"<redacted>"`, tomlString(csecret), 1)
 	c2, err := load([]string{"--config", tempFile(t, "printed.toml", printed)}, fakeEnv(nil))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, printed)

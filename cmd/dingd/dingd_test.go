@@ -111,6 +111,13 @@ func (p *proc) args(extra ...string) []string {
 // p.env.
 func (p *proc) start(t *testing.T, args ...string) {
 	t.Helper()
+	p.launch(t, args...)
+	p.waitReady(t, 20*time.Second)
+}
+
+// launch runs dingd with args without waiting for it.
+func (p *proc) launch(t *testing.T, args ...string) {
+	t.Helper()
 	p.cmd = exec.Command(dingdBinary(t), args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "DING_") && !strings.HasPrefix(kv, "TWILIO_") {
@@ -135,7 +142,12 @@ func (p *proc) start(t *testing.T, args ...string) {
 			<-p.exited
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
+}
+
+// waitReady waits up to d for /readyz to answer 200.
+func (p *proc) waitReady(t *testing.T, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		resp, err := http.Get("http://" + p.http + "/readyz")
 		if err == nil {
@@ -143,6 +155,11 @@ func (p *proc) start(t *testing.T, args ...string) {
 			if resp.StatusCode == 200 {
 				return
 			}
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("dingd exited (%v) before it was ready:\n%s", p.exitErr, p.stderr)
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("dingd did not become ready: %v\n%s", err, p.stderr)

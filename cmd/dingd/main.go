@@ -46,8 +46,29 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/internal/node"
 )
+
+// runMember runs dingd as a cluster member until SIGTERM or SIGINT (a
+// clean stop) or until it is deposed (exit status 1: run it again and it
+// rejoins as the standby).
+func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
+	coord, closeRedis, err := cluster.DialRedis(c.Cluster)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info("cluster mode", "member", c.NodeID, "redis", c.Cluster, "advertise", c.Advertise)
+	return node.RunMember(ctx, node.MemberConfig{
+		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL,
+		Started: func(n *node.Node) {
+			fmt.Fprintf(os.Stderr, "dingd: member %s owns the partition: socket %s, http %s, data %s\n", c.NodeID, n.SocketAddr(), n.HTTPAddr(), c.Data)
+		},
+	})
+}
 
 func main() {
 	if err := run(os.Args[1:], os.LookupEnv, os.Stdout); err != nil {
@@ -84,11 +105,15 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		defer ln.Close()
 		go http.Serve(ln, nil) // ends with the process; pprof registers on the default mux
 	}
-	n, err := node.Start(node.Config{
+	ncfg := node.Config{
 		DataDir: c.Data, SocketAddr: c.Listen, HTTPAddr: c.HTTP, MaxBody: c.MaxBody, Logger: log,
 		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback, DrainDelay: c.DrainDelay,
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL,
-	})
+	}
+	if c.Cluster != "" {
+		return runMember(c, ncfg, log)
+	}
+	n, err := node.Start(ncfg)
 	if err != nil {
 		return err
 	}

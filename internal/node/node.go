@@ -41,6 +41,7 @@ import (
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
+	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 	"github.com/dingmq/ding/fanout"
 )
@@ -92,6 +93,14 @@ type Config struct {
 	// SecretUnreadTTL is how long an unread secret message of level 2 or
 	// 3 lives before it burns; zero means the engine's default (24h).
 	SecretUnreadTTL time.Duration
+
+	// Replicate, when set, wraps the node's Pebble store for the engine
+	// and the directory (cluster mode: a cluster.ReplicatedStore). The
+	// node still closes the Pebble store itself.
+	Replicate func(db *pebblestore.DB) (store.Store, error)
+	// Routes are extra handlers on the HTTP listener, by ServeMux pattern
+	// (cluster mode: /cluster/).
+	Routes map[string]http.Handler
 }
 
 // Node is a running server.
@@ -152,6 +161,12 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { n.db.Close() })
+	var st store.Store = n.db
+	if cfg.Replicate != nil {
+		if st, err = cfg.Replicate(n.db); err != nil {
+			return nil, fmt.Errorf("node: %w", err)
+		}
+	}
 	keys, err := auth.LoadOrCreate(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -159,7 +174,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
 		return nil, err
 	}
-	if n.dir, err = fanout.OpenDirectory(n.db, cfg.Clock); err != nil {
+	if n.dir, err = fanout.OpenDirectory(st, cfg.Clock); err != nil {
 		return nil, err
 	}
 	tc := cfg.Twilio
@@ -176,7 +191,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, func() { n.secretKeys.Close() })
 	if n.eng, err = engine.Open(engine.Config{
-		Store: n.db, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
+		Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger, Registerer: reg,
 		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
 		Keys: n.secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
@@ -226,7 +241,16 @@ func Start(cfg Config) (_ *Node, err error) {
 	if n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTPAddr, err)
 	}
-	n.httpSrv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	handler := http.Handler(api)
+	if len(cfg.Routes) > 0 {
+		mux := http.NewServeMux()
+		for pattern, h := range cfg.Routes {
+			mux.Handle(pattern, h)
+		}
+		mux.Handle("/", api)
+		handler = mux
+	}
+	n.httpSrv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()

@@ -1,0 +1,388 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine/store"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+)
+
+// MemberConfig configures one member of a cluster (cluster mode, package
+// cluster). This first cluster mode is a hot-standby pair: one partition
+// holds every user; one member owns it and serves clients, another
+// follows it as its standby and takes over when the owner's lease lapses.
+type MemberConfig struct {
+	// Node is the node this member serves as while it owns the
+	// partition; its DataDir holds this member's store.
+	Node  Config
+	Coord cluster.Coord
+	// ID names this member in the cluster; Advertise is the base URL of
+	// its HTTP listener as the other members reach it (snapshots);
+	// Secret is the cluster's shared secret.
+	ID, Advertise, Secret string
+	// LeaseTTL is how long an owner's lease lasts unrenewed: a dead
+	// owner's partition is taken over about this long after its death.
+	// Zero means 3s.
+	LeaseTTL time.Duration
+	// Started, if set, is called each time this member starts serving.
+	Started func(*Node)
+}
+
+// ErrDeposed is returned by RunMember when the member lost its partition
+// while it served (its lease could not be renewed: a standby took over).
+// Its store may hold batches nobody acknowledged, so it must not serve
+// from it again: run it again and it rejoins from the owner's snapshot.
+var ErrDeposed = errors.New("node: deposed: another member owns the partition now")
+
+const memberPartition = cluster.Partition(0)
+
+// RunMember runs a cluster member until ctx ends (a clean stop: an owner
+// drains and releases its lease, so its standby takes over at once) or
+// it is deposed (ErrDeposed). Depending on the cluster's state it
+// founds the partition (a new cluster, an empty data dir), takes it over
+// (it is the standby and the lease is free), follows it (it is the
+// standby), or joins as the standby of a partition that has none (it
+// fetches the owner's snapshot, replacing its own store, which it keeps
+// as store.old).
+func RunMember(ctx context.Context, mc MemberConfig) error {
+	if mc.ID == "" || mc.Advertise == "" || mc.Secret == "" || mc.Coord == nil {
+		return errors.New("node: cluster mode needs a member id, an advertised address, a cluster secret and a coordinator")
+	}
+	if mc.LeaseTTL == 0 {
+		mc.LeaseTTL = 3 * time.Second
+	}
+	if mc.Node.DataDir == "" {
+		mc.Node.DataDir = "ding-data"
+	}
+	if mc.Node.Logger == nil {
+		mc.Node.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(mc.Node.DataDir, 0o700); err != nil {
+		return fmt.Errorf("node: data dir: %w", err)
+	}
+	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID)}
+	return m.run(ctx)
+}
+
+type member struct {
+	mc  MemberConfig
+	c   cluster.Coord
+	log *slog.Logger
+}
+
+func (m *member) storeDir() string { return filepath.Join(m.mc.Node.DataDir, "store") }
+
+// sharedFiles travel with a snapshot: a standby that takes over must sign
+// and check the same tokens, hold the same admin token and read the same
+// secret-chat keys.
+func (m *member) sharedFiles() []string {
+	d := m.mc.Node.DataDir
+	return []string{filepath.Join(d, auth.SecretFile), filepath.Join(d, AdminTokenFile), filepath.Join(d, SecretKeysFile)}
+}
+
+func (m *member) pause(ctx context.Context) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(m.mc.LeaseTTL / 4):
+		return true
+	}
+}
+
+func (m *member) run(ctx context.Context) error {
+	p, ttl := memberPartition, m.mc.LeaseTTL
+	waiting := ""
+	for ctx.Err() == nil {
+		holder, epoch, err := m.c.Lease(ctx, p)
+		var sb string
+		if err == nil {
+			sb, err = m.c.Standby(ctx, p)
+		}
+		if err != nil {
+			m.log.Warn("coordinator unreachable; retrying", "err", err)
+			m.pause(ctx)
+			continue
+		}
+		switch {
+		case holder == "" && epoch == 0:
+			// A new cluster: the first member founds it, from an empty store.
+			if st, held, err := m.localState(); err != nil {
+				return err
+			} else if held || st.Seq > 0 || !emptyDir(m.storeDir()) {
+				return fmt.Errorf("node: a new cluster starts from an empty data dir; %s holds a store", m.storeDir())
+			}
+			e, ok, err := m.c.TakeLease(ctx, p, m.mc.ID, 0, ttl)
+			if err != nil || !ok {
+				continue
+			}
+			m.log.Info("founded the cluster's partition", "epoch", e)
+			return m.serve(ctx, cluster.NewOwner(m.c, p, m.mc.ID, e, 0, ""))
+		case sb == m.mc.ID && holder != m.mc.ID:
+			st, held, err := m.localState()
+			if err != nil {
+				return err
+			}
+			if !held {
+				return m.join(ctx, holder)
+			}
+			return m.standby(ctx, st, nil)
+		case holder == "" || holder == m.mc.ID:
+			// Free, and this member is not its standby (or it held the lease
+			// before a restart and lost what it needs to serve it): the
+			// standby takes it over; then this member joins.
+			if waiting != holder+"/"+sb {
+				waiting = holder + "/" + sb
+				m.log.Info("waiting for the partition's standby to take over", "standby", sb)
+			}
+			m.pause(ctx)
+		default:
+			if sb != "" {
+				if waiting != holder+"/"+sb {
+					waiting = holder + "/" + sb
+					m.log.Info("the partition has an owner and a standby; waiting for a place", "owner", holder, "standby", sb)
+				}
+				m.pause(ctx)
+				continue
+			}
+			return m.join(ctx, holder)
+		}
+	}
+	return nil
+}
+
+// localState reads this member's standby state from its store, if it
+// has one.
+func (m *member) localState() (cluster.StandbyState, bool, error) {
+	if emptyDir(m.storeDir()) {
+		return cluster.StandbyState{}, false, nil
+	}
+	db, err := pebblestore.Open(m.storeDir(), pebblestore.Options{Logger: m.log})
+	if err != nil {
+		return cluster.StandbyState{}, false, err
+	}
+	defer db.Close()
+	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, cluster.StandbyState{})
+	if err != nil {
+		return cluster.StandbyState{}, false, err
+	}
+	st := f.Standby().State()
+	return st, st.FenceEpoch > 0, nil
+}
+
+func emptyDir(dir string) bool {
+	es, err := os.ReadDir(dir)
+	return err != nil || len(es) == 0
+}
+
+// join becomes the standby of holder's partition: it fetches holder's
+// snapshot, replaces its store and shared files with it, follows, and
+// asks holder to name it.
+func (m *member) join(ctx context.Context, holder string) error {
+	for ctx.Err() == nil {
+		addr, err := m.c.Addr(ctx, holder)
+		if err != nil || addr == "" {
+			m.log.Info("waiting for the owner's address", "owner", holder, "err", err)
+			m.pause(ctx)
+			continue
+		}
+		tmp := filepath.Join(m.mc.Node.DataDir, "snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+		st, err := cluster.FetchSnapshot(ctx, http.DefaultClient, addr, m.mc.Secret, tmp)
+		if err != nil {
+			m.log.Warn("fetching the owner's snapshot failed; retrying", "owner", holder, "err", err)
+			m.pause(ctx)
+			continue
+		}
+		if err := m.install(tmp); err != nil {
+			return err
+		}
+		m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
+		return m.standby(ctx, st, func() error {
+			return cluster.RequestStandby(ctx, http.DefaultClient, addr, m.mc.Secret, m.mc.ID)
+		})
+	}
+	return nil
+}
+
+// install moves a fetched snapshot into place: the old store aside (as
+// store.old, replacing an older one), the shared files over the old.
+func (m *member) install(tmp string) error {
+	defer os.RemoveAll(tmp)
+	if !emptyDir(m.storeDir()) {
+		old := m.storeDir() + ".old"
+		_ = os.RemoveAll(old)
+		if err := os.Rename(m.storeDir(), old); err != nil {
+			return fmt.Errorf("node: set the old store aside: %w", err)
+		}
+		m.log.Warn("replaced this member's store with the owner's snapshot; the old one is kept", "old", old)
+	} else {
+		_ = os.RemoveAll(m.storeDir())
+	}
+	if err := os.Rename(filepath.Join(tmp, "store"), m.storeDir()); err != nil {
+		return fmt.Errorf("node: install the snapshot: %w", err)
+	}
+	files, _ := os.ReadDir(filepath.Join(tmp, "files"))
+	for _, f := range files {
+		if err := os.Rename(filepath.Join(tmp, "files", f.Name()), filepath.Join(m.mc.Node.DataDir, f.Name())); err != nil {
+			return fmt.Errorf("node: install %s: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+// standby follows the partition from st until its lease is free, then
+// takes it over and serves. ready, if set, runs once the follower runs
+// (to ask the owner to name this member).
+func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready func() error) error {
+	db, err := pebblestore.Open(m.storeDir(), pebblestore.Options{Logger: m.log})
+	if err != nil {
+		return err
+	}
+	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, st)
+	if err != nil {
+		db.Close()
+		return err
+	}
+	follow := func() (stop func()) {
+		fctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = f.Run(fctx, m.mc.LeaseTTL/4) }()
+		return func() { cancel(); <-done }
+	}
+	stop := follow()
+	if ready != nil {
+		for {
+			err := ready()
+			if err == nil {
+				break
+			}
+			m.log.Warn("asking the owner to name this member its standby failed; retrying", "err", err)
+			if !m.pause(ctx) {
+				stop()
+				db.Close()
+				return nil
+			}
+		}
+	}
+	m.log.Info("following the partition as its standby")
+	for m.pause(ctx) {
+		holder, _, err := m.c.Lease(ctx, memberPartition)
+		if err != nil || holder != "" {
+			continue
+		}
+		// The lease lapsed: catch up with what the stream holds, then take
+		// over (the follower is stopped: TakeOver and Step share state).
+		stop()
+		for {
+			n, err := f.Standby().Step(ctx, 512)
+			if err != nil || n == 0 {
+				break
+			}
+		}
+		owner, err := f.Standby().TakeOver(ctx, m.mc.LeaseTTL)
+		if err != nil {
+			if errors.Is(err, cluster.ErrNotStandby) {
+				db.Close()
+				m.log.Warn("no longer the partition's standby", "err", err)
+				return m.run(ctx)
+			}
+			stop = follow()
+			continue
+		}
+		db.Close()
+		m.log.Info("took the partition over", "epoch", owner.Epoch())
+		return m.serve(ctx, owner)
+	}
+	stop()
+	db.Close()
+	return nil
+}
+
+// serve runs the node as the partition's owner until ctx ends or it is
+// deposed.
+func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
+	p, ttl := memberPartition, m.mc.LeaseTTL
+	var snap atomic.Pointer[http.Handler]
+	var rs *cluster.ReplicatedStore
+	cfg := m.mc.Node
+	cfg.Replicate = func(db *pebblestore.DB) (store.Store, error) {
+		var err error
+		if rs, err = cluster.NewReplicatedStore(db, owner); err != nil {
+			return nil, err
+		}
+		h := cluster.SnapshotHandler(rs, m.c, m.mc.Secret, cfg.DataDir, m.sharedFiles()...)
+		snap.Store(&h)
+		return rs, nil
+	}
+	routes := map[string]http.Handler{}
+	for k, v := range cfg.Routes {
+		routes[k] = v
+	}
+	routes["/cluster/"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h := snap.Load(); h != nil {
+			(*h).ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, "cluster: not ready", http.StatusServiceUnavailable)
+	})
+	cfg.Routes = routes
+	n, err := Start(cfg)
+	if err != nil {
+		_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
+		return err
+	}
+	if m.mc.Started != nil {
+		m.mc.Started(n)
+	}
+	if cur, _ := owner.Standby(); cur == "" {
+		m.log.Warn("serving without a standby: submits wait until a member joins (nothing is acknowledged unreplicated)")
+	}
+	renewed := time.Now()
+	tick := time.NewTicker(ttl / 3)
+	defer tick.Stop()
+	for {
+		if err := m.c.SetAddr(ctx, m.mc.ID, m.mc.Advertise, 3*ttl); err != nil && ctx.Err() == nil {
+			m.log.Warn("publishing this member's address failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			// Batches in flight wait for the standby; a dead standby must
+			// not hold the drain past its deadline.
+			t := time.AfterFunc(10*time.Second, rs.Stop)
+			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			err := n.Shutdown(sctx)
+			cancel()
+			t.Stop()
+			// Released only after the drain: every acknowledged batch is on
+			// the standby, which may now take over at once.
+			_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
+			return err
+		case <-tick.C:
+		}
+		ok, err := m.c.RenewLease(ctx, p, m.mc.ID, owner.Epoch(), ttl)
+		switch {
+		case err == nil && ok:
+			renewed = time.Now()
+			continue
+		case err != nil && time.Since(renewed) < ttl:
+			m.log.Warn("renewing the lease failed; retrying", "err", err)
+			continue
+		}
+		m.log.Error("lost the partition's lease; stopping", "epoch", owner.Epoch(), "err", err)
+		rs.Stop() // nothing more is acknowledged
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = n.Shutdown(sctx)
+		cancel()
+		return ErrDeposed
+	}
+}
