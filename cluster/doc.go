@@ -11,11 +11,12 @@
 // op only after the batch is durable locally and on the standby), and a
 // Follower keeps the standby's copy in its own Pebble, from which an
 // engine opens after a takeover; a new standby fetches the owner's
-// snapshot over HTTP (SnapshotHandler, FetchSnapshot, RequestStandby).
-// Not built yet: dingd does not start in cluster mode (one partition per
-// node pair is what the tests run), the stream is never trimmed, secret-chat keys (DATA/secret.keys) are not replicated, and
-// routing, cross-partition relay and the cluster-wide directory are still
-// to come (DESIGN.md, "Cluster mode").
+// snapshot over HTTP (SnapshotHandler, FetchSnapshot, RequestStandby);
+// dingd --cluster runs a hot-standby pair on it (internal/node, RunMember).
+// Not built yet: more than one partition, trimming the stream, copying
+// secret-chat keys created after the standby's snapshot, routing,
+// cross-partition relay and the cluster-wide directory (DESIGN.md,
+// "Cluster mode").
 //
 // # The protocol
 //
