@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -25,10 +26,16 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 	}
 	defer closeRedis()
 	ctx := context.Background()
+	// The lease: 1s keeps the test short; DING_TEST_LEASE_TTL=3s measures
+	// the default (bench/RESULTS.md).
+	lease := "1s"
+	if v := os.Getenv("DING_TEST_LEASE_TTL"); v != "" {
+		lease = v
+	}
 	member := func(id string) *proc {
 		p := newProc(t, t.TempDir())
 		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
-		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", "1s")...)
+		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", lease)...)
 		return p
 	}
 	waitStandby := func(id string) {
@@ -99,11 +106,11 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 	if found != len(acked) {
 		t.Fatalf("%d of %d acknowledged messages on the new owner after SIGKILL of the old one", found, len(acked))
 	}
-	t.Logf("%d acknowledged before SIGKILL, all on b; b serving %v after the kill (lease 1s)", len(acked), writable.Round(time.Millisecond))
+	t.Logf("%d acknowledged before SIGKILL, all on b; b serving %v after the kill (lease %s)", len(acked), writable.Round(time.Millisecond), lease)
 
 	// a comes back: it rejoins as b's standby, from b's snapshot.
 	a2 := &proc{data: a.data, sock: a.sock, http: a.http, stderr: &syncBuffer{}, env: a.env}
-	a2.launch(t, a2.args("--cluster", redisURL, "--node-id", "a", "--advertise", "http://{http}", "--lease-ttl", "1s")...)
+	a2.launch(t, a2.args("--cluster", redisURL, "--node-id", "a", "--advertise", "http://{http}", "--lease-ttl", lease)...)
 	waitStandby("a")
 	res, err := bo.Send(ctx, []string{"ana"}, []byte("replicated to a again"))
 	if err != nil {
