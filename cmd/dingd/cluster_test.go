@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -119,4 +120,85 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 	if res.ID == "" {
 		t.Fatal("no id")
 	}
+}
+
+// A paused owner (SIGSTOP) is taken over; when it wakes (SIGCONT) it gets
+// nothing more acknowledged: every message its clients saw acknowledged,
+// before the pause or after it, is on the new owner, and the old owner
+// stops (exit status 1, deposed) instead of serving on.
+func TestClusterPausedOwnerGetsNothingAcknowledgedAfterTakeover(t *testing.T) {
+	redisURL := "redis://" + redistest.Start(t).Addr
+	coord, closeRedis, err := cluster.DialRedis(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	ctx := context.Background()
+	member := func(id string) *proc {
+		p := newProc(t, t.TempDir())
+		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
+		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", "1s")...)
+		return p
+	}
+	a := member("a")
+	a.waitReady(t, 20*time.Second)
+	b := member("b")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if sb, _ := coord.Standby(ctx, 0); sb == "b" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b did not become the standby")
+		}
+		time.Sleep(20 * time.Millisecond) // polling the coordinator
+	}
+	for _, u := range []string{"ana", "bo"} {
+		if code := a.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+			t.Fatalf("create %s: %d", u, code)
+		}
+	}
+	senders := startSenders(t, a, 4)
+	for senders.count() < 200 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	b.waitReady(t, 20*time.Second) // b took over while a sleeps
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// a wakes with submits in flight and its clients still connected.
+	if err := a.wait(t, 20*time.Second); err == nil {
+		t.Fatal("the deposed owner exited 0; want exit status 1")
+	}
+	acked := senders.stop()
+
+	bo, err := client.Dial(ctx, client.Config{Addr: b.sock, Token: b.token(t, "bo", "phone"), Device: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bo.Close()
+	head := bo.Welcome().Head
+	have := map[string]bool{}
+	for seq := uint64(1); seq <= head; seq++ {
+		select {
+		case e := <-bo.Entries():
+			if e.Message != nil {
+				have[e.Message.ID] = true
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stalled at seq %d of %d", seq, head)
+		}
+	}
+	for id := range acked {
+		if !have[id] {
+			t.Fatalf("message %s was acknowledged by the old owner but is not on the new one", id)
+		}
+	}
+	if !strings.Contains(a.stderr.String(), "lost the partition's lease") {
+		t.Fatalf("the old owner did not say it lost its lease:\n%s", a.stderr)
+	}
+	t.Logf("%d acknowledged through the old owner, all on the new one; the old owner stopped when it woke", len(acked))
 }
