@@ -202,3 +202,98 @@ func TestClusterPausedOwnerGetsNothingAcknowledgedAfterTakeover(t *testing.T) {
 	}
 	t.Logf("%d acknowledged through the old owner, all on the new one; the old owner stopped when it woke", len(acked))
 }
+
+// The pair on a real Redis Cluster (3 masters, 3 replicas): the master
+// holding the partition's slot is killed with SIGKILL while clients send.
+// Redis Cluster promotes its replica; the pair recovers by itself (the
+// owner keeps its place, or loses it and its standby takes over, depending
+// on what the failover kept), and every acknowledged message is on the
+// member that serves afterwards.
+func TestClusterSurvivesARedisMasterKill(t *testing.T) {
+	rc := redistest.StartCluster(t, 3, 1, time.Second)
+	redisURL := "redis://" + strings.Join(rc.Addrs(), ",")
+	coord, closeRedis, err := cluster.DialRedis(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	ctx := context.Background()
+	member := func(id string) *proc {
+		p := newProc(t, t.TempDir())
+		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
+		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", "2s")...)
+		return p
+	}
+	a := member("a")
+	a.waitReady(t, 30*time.Second)
+	b := member("b")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if sb, _ := coord.Standby(ctx, 0); sb == "b" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b did not become the standby")
+		}
+		time.Sleep(20 * time.Millisecond) // polling the coordinator
+	}
+	for _, u := range []string{"ana", "bo"} {
+		if code := a.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+			t.Fatalf("create %s: %d", u, code)
+		}
+	}
+	senders := startSenders(t, a, 4)
+	for senders.count() < 200 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	master := rc.MasterOf(t, "{ding:p:0}:lease")
+	master.Kill()
+	killed := time.Now()
+
+	// The pair has recovered when writes are acknowledged again: through a
+	// (it kept its place: its clients' acks resume) or through b (it took
+	// over). Whichever serves then must hold every acknowledged message.
+	atKill := senders.count()
+	var serving *proc
+	deadline = time.Now().Add(60 * time.Second)
+	for serving == nil {
+		if senders.count() >= atKill+50 {
+			serving = a
+		} else if code, err := readyz(b.http); err == nil && code == 200 {
+			serving = b
+		} else if time.Now().After(deadline) {
+			t.Fatalf("writes not acknowledged again within 60s of the Redis master's death\na: %s\nb: %s", a.stderr, b.stderr)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the members
+	}
+	acked := senders.stop()
+	recovered := time.Since(killed)
+
+	bo, err := client.Dial(ctx, client.Config{Addr: serving.sock, Token: serving.token(t, "bo", "phone"), Device: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bo.Close()
+	head := bo.Welcome().Head
+	have := map[string]bool{}
+	for seq := uint64(1); seq <= head; seq++ {
+		select {
+		case e := <-bo.Entries():
+			if e.Message != nil {
+				have[e.Message.ID] = true
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stalled at seq %d of %d", seq, head)
+		}
+	}
+	for id := range acked {
+		if !have[id] {
+			t.Fatalf("acknowledged message %s is not on the member serving after the Redis failover", id)
+		}
+	}
+	who := "a (kept its place)"
+	if serving == b {
+		who = "b (took over)"
+	}
+	t.Logf("%d acknowledged; all on %s, serving %v after SIGKILL of the Redis master", len(acked), who, recovered.Round(time.Millisecond))
+}

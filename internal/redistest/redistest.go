@@ -172,3 +172,47 @@ func cliBinary(t testing.TB) string {
 	t.Fatal("redis-cli not found: run `make test` (it installs Debian's redis-server, which brings it)")
 	return ""
 }
+
+// MasterOf returns the node serving key's slot as master.
+func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
+	t.Helper()
+	cli := cliBinary(t)
+	host, port, _ := net.SplitHostPort(c.Nodes[0].Addr)
+	out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "keyslot", key).Output()
+	if err != nil {
+		t.Fatalf("cluster keyslot: %v", err)
+	}
+	slot, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("cluster keyslot answered %q", out)
+	}
+	out, err = exec.Command(cli, "-h", host, "-p", port, "cluster", "nodes").Output()
+	if err != nil {
+		t.Fatalf("cluster nodes: %v", err)
+	}
+	// Lines: id ip:port@cport flags master ping pong epoch link slot-ranges...
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || !strings.Contains(f[2], "master") {
+			continue
+		}
+		for _, r := range f[8:] {
+			lo, hi, ok := strings.Cut(r, "-")
+			if !ok {
+				hi = lo
+			}
+			l, err1 := strconv.Atoi(lo)
+			h, err2 := strconv.Atoi(hi)
+			if err1 == nil && err2 == nil && l <= slot && slot <= h {
+				addr, _, _ := strings.Cut(f[1], "@")
+				for _, s := range c.Nodes {
+					if s.Addr == addr {
+						return s
+					}
+				}
+			}
+		}
+	}
+	t.Fatalf("no master found for slot %d", slot)
+	return nil
+}
