@@ -392,3 +392,20 @@ func TestBinaryStartFailure(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want 1 and %s", code, stderr, want)
 	}
 }
+
+// The cluster examples in deploy/cluster load as they are, the secret
+// from the environment.
+func TestClusterExampleConfigs(t *testing.T) {
+	for _, f := range []string{"a.toml", "b.toml"} {
+		c, err := load([]string{"--config", "../../deploy/cluster/" + f}, fakeEnv(map[string]string{"DING_CLUSTER_SECRET": "s"}))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if c.Cluster == "" || c.NodeID == "" || c.Advertise == "" || c.ClusterSecret != "s" {
+			t.Fatalf("%s loads as %+v", f, c)
+		}
+	}
+	if _, err := load([]string{"--config", "../../deploy/cluster/a.toml"}, fakeEnv(nil)); err == nil || !strings.Contains(err.Error(), "cluster-secret") {
+		t.Fatalf("a cluster member without its secret: %v, want an error naming cluster-secret", err)
+	}
+}
