@@ -229,6 +229,31 @@ func (r *ReplicatedStore) AddStandby(ctx context.Context, c Coord, node string) 
 // Owner returns the protocol side (its epoch, its standby).
 func (r *ReplicatedStore) Owner() *Owner { return r.owner }
 
+// Status is an owner's replication at one moment.
+type Status struct {
+	Partition Partition `json:"partition"`
+	Owner     string    `json:"owner"`
+	Epoch     uint64    `json:"epoch"`
+	// Standby is the member whose acks count ("" while there is none:
+	// writes wait); HandingTo the one a hand-over in progress moves to.
+	Standby   string `json:"standby"`
+	HandingTo string `json:"handing_to,omitempty"`
+	// Shipped is the last batch shipped, Acked the last the standby
+	// holds; Unacked the batches between, shipped and waiting.
+	Shipped uint64 `json:"shipped_seq"`
+	Acked   uint64 `json:"acked_seq"`
+	Unacked int    `json:"unacked_batches"`
+}
+
+// Status returns the owner's replication status.
+func (r *ReplicatedStore) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o := r.owner
+	return Status{Partition: o.p, Owner: o.node, Epoch: o.epoch, Standby: o.standby, HandingTo: o.handTo,
+		Shipped: o.next - 1, Acked: o.acked, Unacked: len(o.unacked)}
+}
+
 var (
 	_ store.Store      = (*ReplicatedStore)(nil)
 	_ store.Pipelined  = (*replBatch)(nil)

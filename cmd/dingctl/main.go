@@ -56,6 +56,7 @@ commands:
                                              apply an HR export (format from the extension
                                              unless given); prints the changes as JSON
   audit [--after N] [--limit N]              the directory's audit log as JSON
+  cluster status                             cluster mode: the owner, its standby, epoch and replication, as JSON
   token --user ID --device DEV [--ttl D]     print a client token
   send --from ID --to ID[,ID...] [--client-id X] [--forward-of ID] [--quote-of ID] TEXT
                                              send; prints the id after the durable ack
@@ -191,6 +192,8 @@ func run(args []string, out io.Writer) error {
 		return directory(g, rest, out)
 	case "audit":
 		return audit(g, rest, out)
+	case "cluster":
+		return clusterCmd(g, rest, out)
 	case "help":
 		fs.Usage()
 		return nil
@@ -565,4 +568,16 @@ func backup(g *globals, args []string, out io.Writer) error {
 	}
 	_, err = fmt.Fprintln(out, abs)
 	return err
+}
+
+// clusterCmd: cluster status, from the member that owns the partition
+// (only it serves the admin API).
+func clusterCmd(g *globals, args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] != "status" {
+		return exitError{2, "cluster: want status"}
+	}
+	if _, err := parse(flag.NewFlagSet("cluster status", flag.ContinueOnError), g, args[1:]); err != nil {
+		return err
+	}
+	return g.printCall(out, "GET", "/v1/cluster", nil)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -109,6 +110,16 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 	}
 	t.Logf("%d acknowledged before SIGKILL, all on b; b serving %v after the kill (lease %s)", len(acked), writable.Round(time.Millisecond), lease)
 
+	// dingctl cluster status's source: b owns at a newer epoch, no standby yet.
+	var st struct {
+		Member, Role, Owner, Standby string
+		Epoch                        uint64
+		Shipped                      uint64 `json:"shipped_seq"`
+	}
+	if code := b.admin(t, "GET", "/v1/cluster", nil, &st); code != 200 || st.Member != "b" || st.Role != "owner" || st.Owner != "b" || st.Standby != "" || st.Epoch < 2 {
+		t.Fatalf("b's /v1/cluster: %d %+v", code, st)
+	}
+
 	// a comes back: it rejoins as b's standby, from b's snapshot.
 	a2 := &proc{data: a.data, sock: a.sock, http: a.http, stderr: &syncBuffer{}, env: a.env}
 	a2.launch(t, a2.args("--cluster", redisURL, "--node-id", "a", "--advertise", "http://{http}", "--lease-ttl", lease)...)
@@ -119,6 +130,16 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 	}
 	if res.ID == "" {
 		t.Fatal("no id")
+	}
+	if code := b.admin(t, "GET", "/v1/cluster", nil, &st); code != 200 || st.Standby != "a" || st.Shipped == 0 {
+		t.Fatalf("b's /v1/cluster after a rejoined: %d %+v", code, st)
+	}
+	req, _ := http.NewRequest("GET", "http://"+b.http+"/v1/cluster", nil)
+	req.Header.Set("Authorization", "Bearer not-the-token")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("/v1/cluster with a bad token: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }
 

@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -335,12 +338,36 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		}
 		http.Error(w, "cluster: not ready", http.StatusServiceUnavailable)
 	})
+	var served atomic.Pointer[Node]
+	routes["GET /v1/cluster"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := served.Load()
+		got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if n == nil || rs == nil {
+			http.Error(w, `{"error":"starting"}`, http.StatusServiceUnavailable)
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(got), []byte(n.adminToken)) != 1 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"error":"bad or missing admin token","code":"UNAUTHORIZED"}` + "\n"))
+			return
+		}
+		st := struct {
+			Member string `json:"member"`
+			Role   string `json:"role"`
+			cluster.Status
+			LeaseTTLSeconds float64 `json:"lease_ttl_seconds"`
+		}{m.mc.ID, "owner", rs.Status(), m.mc.LeaseTTL.Seconds()}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(st)
+	})
 	cfg.Routes = routes
 	n, err := Start(cfg)
 	if err != nil {
 		_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
 		return err
 	}
+	served.Store(n)
 	if m.mc.Started != nil {
 		m.mc.Started(n)
 	}
