@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dingmq/ding/engine/store"
 )
 
@@ -40,6 +42,42 @@ type ReplicatedStore struct {
 	// ResendAfter how long without progress before unacked entries are
 	// shipped again.
 	PollEvery, ResendAfter time.Duration
+
+	waitSeconds prometheus.Histogram
+	resends     prometheus.Counter
+}
+
+// Register exposes the owner's replication metrics on reg (their
+// catalogue: deploy/METRICS.md, "Cluster mode").
+func (r *ReplicatedStore) Register(reg prometheus.Registerer) error {
+	r.waitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "ding_cluster_replication_wait_seconds",
+		Help:    "Time a batch durable on the owner waited until its standby held it too.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
+	r.resends = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_cluster_resends_total",
+		Help: "Times the owner shipped its unacked batches again after a stretch without acks.",
+	})
+	gauge := func(name, help string, f func(Status) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(r.Status()) })
+	}
+	for _, c := range []prometheus.Collector{
+		r.waitSeconds, r.resends,
+		gauge("ding_cluster_epoch", "The owner's lease epoch.", func(s Status) float64 { return float64(s.Epoch) }),
+		gauge("ding_cluster_has_standby", "1 when the owner has a standby; 0: writes wait, nothing is acknowledged.", func(s Status) float64 {
+			if s.Standby == "" {
+				return 0
+			}
+			return 1
+		}),
+		gauge("ding_cluster_unacked_batches", "Batches shipped to the standby and not yet acked.", func(s Status) float64 { return float64(s.Unacked) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("cluster: metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // NewReplicatedStore wraps st, whose batches must be store.Pipelined and
@@ -156,13 +194,19 @@ func (r *ReplicatedStore) await(seq uint64) error {
 	r.mu.Lock()
 	last := r.owner.Acked()
 	r.mu.Unlock()
-	progress := time.Now()
+	progress, start := time.Now(), time.Now()
+	if r.waitSeconds != nil {
+		defer func() { r.waitSeconds.Observe(time.Since(start).Seconds()) }()
+	}
 	for {
 		r.mu.Lock()
 		acked, err := r.owner.Poll(r.ctx)
 		if err == nil && acked < seq && acked == last && time.Since(progress) >= r.ResendAfter {
 			_ = r.owner.Resend(r.ctx) // errors: tried again after the next wait
 			progress = time.Now()
+			if r.resends != nil {
+				r.resends.Inc()
+			}
 		}
 		r.mu.Unlock()
 		switch {

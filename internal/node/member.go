@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine/store"
@@ -318,9 +320,12 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	var snap atomic.Pointer[http.Handler]
 	var rs *cluster.ReplicatedStore
 	cfg := m.mc.Node
-	cfg.Replicate = func(db *pebblestore.DB) (store.Store, error) {
+	cfg.Replicate = func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error) {
 		var err error
 		if rs, err = cluster.NewReplicatedStore(db, owner); err != nil {
+			return nil, err
+		}
+		if err := rs.Register(reg); err != nil {
 			return nil, err
 		}
 		h := cluster.SnapshotHandler(rs, m.c, m.mc.Secret, cfg.DataDir, m.sharedFiles()...)

@@ -57,6 +57,12 @@ func TestMetricsScrape(t *testing.T) {
 
 	for _, m := range cat {
 		f, ok := fams[m.name]
+		if m.clusterOnly {
+			if ok {
+				t.Errorf("%s is cluster-only in %s (line %d) but a single node serves it", m.name, catalogueFile, m.line)
+			}
+			continue // TestClusterMetricsScrape checks it
+		}
 		if !ok {
 			t.Errorf("%s is in %s (line %d) but not in /metrics%s", m.name, catalogueFile, m.line, wiringHint(m.name))
 			continue
@@ -91,6 +97,9 @@ func TestMetricsScrape(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, name := range metricRefs(string(b)) {
+			if slices.ContainsFunc(cat, func(m catEntry) bool { return m.clusterOnly && strings.HasPrefix(name, m.name) }) {
+				continue // a cluster member's (TestClusterMetricsScrape)
+			}
 			if _, ok := fams[familyOf(name, fams)]; !ok {
 				t.Errorf("%s uses %s, which /metrics does not expose", file, name)
 			}
@@ -429,6 +438,9 @@ type catEntry struct {
 	name, typ string
 	labels    map[string][]string
 	line      int
+	// clusterOnly: listed under a "Cluster mode only" heading, served by
+	// a cluster member that owns its partition, not by a single node.
+	clusterOnly bool
 }
 
 var (
@@ -450,7 +462,11 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		return nil, err
 	}
 	var out []catEntry
+	clusterOnly := false
 	for i, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "## ") {
+			clusterOnly = strings.Contains(line, "Cluster mode only")
+		}
 		cells := strings.Split(line, "|")
 		if len(cells) < 5 || !strings.HasPrefix(line, "|") {
 			continue
@@ -459,7 +475,7 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		if m == nil {
 			continue
 		}
-		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1}
+		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly}
 		if ls := strings.TrimSpace(cells[3]); ls != "" && ls != "—" {
 			for _, clause := range strings.Split(ls, ";") {
 				clause = strings.TrimSpace(clause)

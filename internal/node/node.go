@@ -97,7 +97,7 @@ type Config struct {
 	// Replicate, when set, wraps the node's Pebble store for the engine
 	// and the directory (cluster mode: a cluster.ReplicatedStore). The
 	// node still closes the Pebble store itself.
-	Replicate func(db *pebblestore.DB) (store.Store, error)
+	Replicate func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error)
 	// Routes are extra handlers on the HTTP listener, by ServeMux pattern
 	// (cluster mode: /cluster/).
 	Routes map[string]http.Handler
@@ -163,7 +163,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	closers = append(closers, func() { n.db.Close() })
 	var st store.Store = n.db
 	if cfg.Replicate != nil {
-		if st, err = cfg.Replicate(n.db); err != nil {
+		if st, err = cfg.Replicate(n.db, reg); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}

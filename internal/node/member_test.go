@@ -1,0 +1,107 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
+)
+
+// A pair of cluster members in one process on a MemCoord: the owner
+// serves the cluster-only metrics of deploy/METRICS.md with the
+// catalogued types, and they say what happened (a standby, an epoch,
+// batches replicated).
+func TestClusterMetricsScrape(t *testing.T) {
+	c := cluster.NewMemCoord(time.Now)
+	ctx, cancel := context.WithCancel(context.Background())
+	var done []chan error
+	defer func() {
+		cancel()
+		for _, d := range done {
+			if err := <-d; err != nil {
+				t.Errorf("member: %v", err)
+			}
+		}
+	}()
+	member := func(id string, started chan<- *node.Node) {
+		addr := nodetest.FreeAddr(t)
+		d := make(chan error, 1)
+		done = append(done, d)
+		mc := node.MemberConfig{
+			Node: node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+			Coord: c, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
+			Started: func(n *node.Node) { started <- n },
+		}
+		go func() { d <- node.RunMember(ctx, mc) }()
+	}
+	startedA := make(chan *node.Node, 1)
+	member("a", startedA)
+	a := <-startedA
+	member("b", make(chan *node.Node, 1))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if sb, _ := c.Standby(ctx, 0); sb == "b" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b did not become the standby")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the coordinator
+	}
+	nodetest.AddUsers(t, a, "ana", "bo")
+	if _, err := a.Engine().Submit(ctx, engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("hi")}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + a.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scrape, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fams, err := parseExposition(scrape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := parseCatalogue(catalogueFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, m := range cat {
+		if !m.clusterOnly {
+			continue
+		}
+		n++
+		f, ok := fams[m.name]
+		if !ok {
+			t.Errorf("%s is in %s (line %d) but the owner does not serve it", m.name, catalogueFile, m.line)
+			continue
+		}
+		if f.typ != m.typ {
+			t.Errorf("%s: catalogue says %s, /metrics says %s", m.name, m.typ, f.typ)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no cluster-only metric in the catalogue: the parsing is broken")
+	}
+	for _, want := range []string{"ding_cluster_has_standby 1", "ding_cluster_epoch 1", "ding_cluster_replication_wait_seconds_count"} {
+		if !bytes.Contains(scrape, []byte(want)) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	cmd := exec.Command(promtoolPath(t), "check", "metrics")
+	cmd.Stdin = bytes.NewReader(scrape)
+	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
