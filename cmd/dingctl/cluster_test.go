@@ -12,6 +12,10 @@ import (
 // token; a node that is not in cluster mode answers 404, printed as an error.
 func TestClusterStatus(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" && r.URL.Path == "/v1/cluster/handover" && r.Header.Get("Authorization") == "Bearer tok" {
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
 		if r.URL.Path != "/v1/cluster" {
 			http.NotFound(w, r)
 			return
@@ -32,6 +36,10 @@ func TestClusterStatus(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("output lacks %s:\n%s", want, out.String())
 		}
+	}
+	out.Reset()
+	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster", "handover"}, &out); err != nil || !strings.Contains(out.String(), "handing over") {
+		t.Fatalf("cluster handover: %v %q", err, out.String())
 	}
 	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster"}, &out); err == nil {
 		t.Fatal("cluster without a subcommand: no error")

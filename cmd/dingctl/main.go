@@ -57,6 +57,7 @@ commands:
                                              unless given); prints the changes as JSON
   audit [--after N] [--limit N]              the directory's audit log as JSON
   cluster status                             cluster mode: the owner, its standby, epoch and replication, as JSON
+  cluster handover                           cluster mode: the owner drains, its standby takes over, the owner becomes the standby
   token --user ID --device DEV [--ttl D]     print a client token
   send --from ID --to ID[,ID...] [--client-id X] [--forward-of ID] [--quote-of ID] TEXT
                                              send; prints the id after the durable ack
@@ -573,10 +574,17 @@ func backup(g *globals, args []string, out io.Writer) error {
 // clusterCmd: cluster status, from the member that owns the partition
 // (only it serves the admin API).
 func clusterCmd(g *globals, args []string, out io.Writer) error {
-	if len(args) == 0 || args[0] != "status" {
-		return exitError{2, "cluster: want status"}
+	if len(args) == 0 || (args[0] != "status" && args[0] != "handover") {
+		return exitError{2, "cluster: want status or handover"}
 	}
-	if _, err := parse(flag.NewFlagSet("cluster status", flag.ContinueOnError), g, args[1:]); err != nil {
+	if _, err := parse(flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError), g, args[1:]); err != nil {
+		return err
+	}
+	if args[0] == "handover" {
+		if err := g.call("POST", "/v1/cluster/handover", nil, nil); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintln(out, "handing over: the standby takes the partition; this member drains and becomes its standby")
 		return err
 	}
 	return g.printCall(out, "GET", "/v1/cluster", nil)

@@ -318,3 +318,88 @@ func TestClusterSurvivesARedisMasterKill(t *testing.T) {
 	}
 	t.Logf("%d acknowledged; all on %s, serving %v after SIGKILL of the Redis master", len(acked), who, recovered.Round(time.Millisecond))
 }
+
+// A planned switch: POST /v1/cluster/handover on the owner drains it, its
+// standby takes over, and the old owner becomes the new owner's standby,
+// without a restart; nothing acknowledged is lost.
+func TestClusterHandover(t *testing.T) {
+	redisURL := "redis://" + redistest.Start(t).Addr
+	coord, closeRedis, err := cluster.DialRedis(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	ctx := context.Background()
+	member := func(id string) *proc {
+		p := newProc(t, t.TempDir())
+		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
+		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", "1s")...)
+		return p
+	}
+	waitStandby := func(id string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if sb, _ := coord.Standby(ctx, 0); sb == id {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not become the standby", id)
+			}
+			time.Sleep(20 * time.Millisecond) // polling the coordinator
+		}
+	}
+	a := member("a")
+	a.waitReady(t, 20*time.Second)
+	if code := a.admin(t, "POST", "/v1/cluster/handover", nil, nil); code != 409 {
+		t.Fatalf("handover without a standby: %d, want 409", code)
+	}
+	b := member("b")
+	waitStandby("b")
+	for _, u := range []string{"ana", "bo"} {
+		if code := a.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+			t.Fatalf("create %s: %d", u, code)
+		}
+	}
+	senders := startSenders(t, a, 2)
+	for senders.count() < 100 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	acked := senders.stop()
+	if code := a.admin(t, "POST", "/v1/cluster/handover", nil, nil); code != 202 {
+		t.Fatalf("handover: %d, want 202", code)
+	}
+	b.waitReady(t, 20*time.Second)
+	waitStandby("a") // a drained and rejoined, still running
+	select {
+	case <-a.exited:
+		t.Fatalf("a exited on a hand-over: %v\n%s", a.exitErr, a.stderr)
+	default:
+	}
+	bo, err := client.Dial(ctx, client.Config{Addr: b.sock, Token: b.token(t, "bo", "phone"), Device: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bo.Close()
+	head := bo.Welcome().Head
+	have := map[string]bool{}
+	for seq := uint64(1); seq <= head; seq++ {
+		select {
+		case e := <-bo.Entries():
+			if e.Message != nil {
+				have[e.Message.ID] = true
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stalled at seq %d of %d", seq, head)
+		}
+	}
+	for id := range acked {
+		if !have[id] {
+			t.Fatalf("acknowledged message %s missing after the hand-over", id)
+		}
+	}
+	// Replicated to a again: a send through b is acknowledged.
+	if _, err := bo.Send(ctx, []string{"ana"}, []byte("after the hand-over")); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -344,17 +344,41 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		http.Error(w, "cluster: not ready", http.StatusServiceUnavailable)
 	})
 	var served atomic.Pointer[Node]
-	routes["GET /v1/cluster"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// admin checks the admin token of the node being served.
+	admin := func(w http.ResponseWriter, r *http.Request) bool {
 		n := served.Load()
 		got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if n == nil || rs == nil {
 			http.Error(w, `{"error":"starting"}`, http.StatusServiceUnavailable)
-			return
+			return false
 		}
 		if subtle.ConstantTimeCompare([]byte(got), []byte(n.adminToken)) != 1 {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusUnauthorized)
 			_, _ = w.Write([]byte(`{"error":"bad or missing admin token","code":"UNAUTHORIZED"}` + "\n"))
+			return false
+		}
+		return true
+	}
+	handover := make(chan struct{}, 1)
+	routes["POST /v1/cluster/handover"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !admin(w, r) {
+			return
+		}
+		if rs.Status().Standby == "" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusConflict)
+			_, _ = w.Write([]byte(`{"error":"no standby to hand the partition over to","code":"CONFLICT"}` + "\n"))
+			return
+		}
+		select {
+		case handover <- struct{}{}:
+		default:
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})
+	routes["GET /v1/cluster"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !admin(w, r) {
 			return
 		}
 		st := struct {
@@ -386,8 +410,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		if err := m.c.SetAddr(ctx, m.mc.ID, m.mc.Advertise, 3*ttl); err != nil && ctx.Err() == nil {
 			m.log.Warn("publishing this member's address failed", "err", err)
 		}
-		select {
-		case <-ctx.Done():
+		stop := func() error {
 			// Batches in flight wait for the standby; a dead standby must
 			// not hold the drain past its deadline.
 			t := time.AfterFunc(10*time.Second, rs.Stop)
@@ -399,6 +422,18 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			// the standby, which may now take over at once.
 			_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
 			return err
+		}
+		select {
+		case <-ctx.Done():
+			return stop()
+		case <-handover:
+			// A planned switch (maintenance of this machine): drain, let
+			// the standby take over, and become its standby.
+			m.log.Info("handing the partition over to the standby")
+			if err := stop(); err != nil {
+				m.log.Warn("drain before the hand-over", "err", err)
+			}
+			return m.run(ctx)
 		case <-tick.C:
 		}
 		ok, err := m.c.RenewLease(ctx, p, m.mc.ID, owner.Epoch(), ttl)
