@@ -1,12 +1,7 @@
 package cluster_test
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,17 +30,15 @@ func TestEngineFailoverLosesNothingAcknowledged(t *testing.T) {
 	defer rdb.Close()
 	c := cluster.NewRedisCoord(rdb)
 	const p, ttl = cluster.Partition(0), time.Second
-
-	stA, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
+	open := func() *pebblestore.DB {
+		st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
 	}
-	stB, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	stA, stB := open(), open()
 	defer stB.Close()
-
 	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
 	if err != nil || !ok {
 		t.Fatal(ok, err)
@@ -57,92 +50,17 @@ func TestEngineFailoverLosesNothingAcknowledged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	follower, err := cluster.NewFollower(c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fctx, stopFollower := context.WithCancel(ctx)
-	defer stopFollower()
-	followed := make(chan error, 1)
-	go func() { followed <- follower.Run(fctx, 100*time.Millisecond) }()
+	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	stopRenew := renew(t, c, p, "a", epoch, ttl)
+	engA := openEngine(t, rs)
+	acked := submitN(t, engA, "a", 320)
 
-	// a renews its lease while it lives.
-	alive, renewing := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(renewing)
-		for {
-			select {
-			case <-alive:
-				return
-			case <-time.After(ttl / 4):
-				if ok, err := c.RenewLease(ctx, p, "a", epoch, ttl); err != nil || !ok {
-					t.Errorf("a's renewal: %v %v", ok, err)
-					return
-				}
-			}
-		}
-	}()
-
-	engA, err := engine.Open(engine.Config{Store: rs, Recipients: everyone{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	type sent struct {
-		id   engine.ID
-		to   string
-		body []byte
-	}
-	var (
-		mu    sync.Mutex
-		acked []sent
-		lat   []time.Duration
-		wg    sync.WaitGroup
-	)
-	for s := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 40 {
-				to := fmt.Sprintf("u%d", (s+1)%8)
-				body := fmt.Appendf(nil, "from u%d #%d", s, i)
-				t0 := time.Now()
-				res, err := engA.Submit(ctx, engine.Submission{From: fmt.Sprintf("u%d", s), To: []string{to}, Kind: engine.KindText, Body: body})
-				if err != nil {
-					t.Errorf("submit: %v", err)
-					return
-				}
-				mu.Lock()
-				acked, lat = append(acked, sent{res.ID, to, body}), append(lat, time.Since(t0))
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if t.Failed() {
-		return
-	}
-
-	// a dies: no more renewals; its disk is never read again.
-	close(alive)
-	<-renewing
-	deadline := time.Now().Add(10 * time.Second)
-	var newOwner *cluster.Owner
-	for {
-		newOwner, err = follower.Standby().TakeOver(ctx, ttl)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, cluster.ErrLeaseHeld) || time.Now().After(deadline) {
-			t.Fatalf("takeover: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // waiting for a's lease to lapse on Redis's clock
-	}
-	stopFollower()
-	<-followed
+	stopRenew() // a dies: its disk is never read again
+	newOwner := takeOver(t, fB, ttl)
+	stopB()
 	if newOwner.Epoch() <= epoch {
 		t.Fatalf("new owner's epoch %d not above %d", newOwner.Epoch(), epoch)
 	}
-
 	// The deposed owner wakes: its next submit is applied on its own disk
 	// but never acknowledged.
 	lateCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -154,37 +72,8 @@ func TestEngineFailoverLosesNothingAcknowledged(t *testing.T) {
 	_ = engA.Close()
 	_ = rs.Close()
 
-	engB, err := engine.Open(engine.Config{Store: stB, Recipients: everyone{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	engB := openEngine(t, stB)
 	defer engB.Close()
-	inbox := map[string]map[engine.ID]bool{}
-	for u := range 8 {
-		user := fmt.Sprintf("u%d", u)
-		es, err := engB.Range(user, 1, 10000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inbox[user] = map[engine.ID]bool{}
-		for _, e := range es {
-			if e.Kind == engine.EntryMessage {
-				inbox[user][e.Message.ID] = true
-			}
-		}
-	}
-	for _, s := range acked {
-		m, err := engB.Message(s.id)
-		if err != nil {
-			t.Fatalf("acknowledged message %s missing on the new owner: %v", s.id, err)
-		}
-		if !bytes.Equal(m.Body, s.body) {
-			t.Fatalf("message %s body %q, want %q", s.id, m.Body, s.body)
-		}
-		if !inbox[s.to][s.id] {
-			t.Fatalf("acknowledged message %s missing from %s's stream on the new owner", s.id, s.to)
-		}
-	}
-	slices.Sort(lat)
-	t.Logf("%d acknowledged messages, all on the new owner; submit→ack p50 %v p99 %v with replication through Redis", len(acked), lat[len(lat)/2], lat[len(lat)*99/100])
+	verify(t, engB, acked)
+	t.Logf("%d acknowledged messages, all on the new owner", len(acked))
 }

@@ -14,81 +14,96 @@ import (
 	"github.com/dingmq/ding/internal/redistest"
 )
 
-// Cluster mode as a hot-standby pair of real dingd processes on a real
-// redis-server: a founds the cluster, b joins as its standby (from a's
-// snapshot over HTTP); clients send through a; a is killed with SIGKILL
-// mid-flight; b takes over, and every message whose durable ack reached
-// a client is in the recipient's stream on b, gap-free. Then a comes back
-// and rejoins as b's standby.
-func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
-	redisURL := "redis://" + redistest.Start(t).Addr
+// pair is a cluster of dingd processes on one Redis (or Redis Cluster).
+type pair struct {
+	t        *testing.T
+	redisURL string
+	lease    string
+	coord    cluster.Coord
+}
+
+func newPair(t *testing.T, redisURL, lease string) *pair {
 	coord, closeRedis, err := cluster.DialRedis(redisURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeRedis()
-	ctx := context.Background()
-	// The lease: 1s keeps the test short; DING_TEST_LEASE_TTL=3s measures
-	// the default (bench/RESULTS.md).
-	lease := "1s"
-	if v := os.Getenv("DING_TEST_LEASE_TTL"); v != "" {
-		lease = v
-	}
-	member := func(id string) *proc {
-		p := newProc(t, t.TempDir())
-		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
-		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", lease)...)
-		return p
-	}
-	waitStandby := func(id string) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if sb, err := coord.Standby(ctx, 0); err == nil && sb == id {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not become the standby within 20s", id)
-			}
-			time.Sleep(20 * time.Millisecond) // polling the coordinator: nothing to wait on
-		}
-	}
+	t.Cleanup(func() { closeRedis() })
+	return &pair{t: t, redisURL: redisURL, lease: lease, coord: coord}
+}
 
-	a := member("a")
-	a.waitReady(t, 20*time.Second)
-	// Nothing is acknowledged before a has a standby: b joins first.
-	b := member("b")
-	waitStandby("b")
-	for _, u := range []string{"ana", "bo"} {
-		if code := a.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
-			t.Fatalf("create %s: %d", u, code)
-		}
-	}
+// member launches dingd as member id on a new data dir (without waiting:
+// only an owner becomes ready).
+func (c *pair) member(id string) *proc {
+	p := newProc(c.t, c.t.TempDir())
+	c.launch(p, id)
+	return p
+}
 
-	senders := startSenders(t, a, 8)
-	deadline := time.Now().Add(20 * time.Second)
-	for senders.count() < 500 {
+// launch runs member id on p's data dir and addresses.
+func (c *pair) launch(p *proc, id string) {
+	p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
+	p.launch(c.t, p.args("--cluster", c.redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", c.lease)...)
+}
+
+// waitStandby waits until the coordinator names id the standby.
+func (c *pair) waitStandby(id string) {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if sb, err := c.coord.Standby(context.Background(), 0); err == nil && sb == id {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d acks in 20s", senders.count())
+			c.t.Fatalf("%s did not become the standby within 30s", id)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the coordinator: nothing to wait on
+	}
+}
+
+// start founds a cluster with owner a and standby b, and creates ana and
+// bo (nothing is acknowledged before the standby joined).
+func (c *pair) start() (a, b *proc) {
+	c.t.Helper()
+	a = c.member("a")
+	a.waitReady(c.t, 30*time.Second)
+	b = c.member("b")
+	c.waitStandby("b")
+	for _, u := range []string{"ana", "bo"} {
+		if code := a.admin(c.t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+			c.t.Fatalf("create %s: %d", u, code)
+		}
+	}
+	return a, b
+}
+
+// ackedThrough sends from ana to bo through p with n senders until at
+// least min are acknowledged, runs during(), and returns the ids
+// acknowledged by the time the senders stop.
+func ackedThrough(t *testing.T, p *proc, n, min int, during func()) map[string]bool {
+	t.Helper()
+	s := startSenders(t, p, n)
+	deadline := time.Now().Add(20 * time.Second)
+	for s.count() < min {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d acks in 20s", s.count())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	killed := time.Now()
-	<-a.exited
-	acked := senders.stop()
-	b.waitReady(t, 20*time.Second)
-	writable := time.Since(killed)
+	during()
+	return s.stop()
+}
 
-	bo, err := client.Dial(ctx, client.Config{Addr: b.sock, Token: b.token(t, "bo", "phone"), Device: "phone"})
+// requireStream reads bo's stream on p, gap-free, and fails unless it
+// holds every id in acked; it returns bo's client.
+func requireStream(t *testing.T, p *proc, acked map[string]bool) *client.Client {
+	t.Helper()
+	bo, err := client.Dial(context.Background(), client.Config{Addr: p.sock, Token: p.token(t, "bo", "phone"), Device: "phone"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bo.Close()
+	t.Cleanup(func() { bo.Close() })
 	head := bo.Welcome().Head
-	found := 0
+	have := map[string]bool{}
 	for seq := uint64(1); seq <= head; seq++ {
 		select {
 		case e, ok := <-bo.Entries():
@@ -98,16 +113,47 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 			if e.Seq != seq {
 				t.Fatalf("stream gap: got seq %d, want %d", e.Seq, seq)
 			}
-			if e.Message != nil && acked[e.Message.ID] {
-				found++
+			if e.Message != nil {
+				have[e.Message.ID] = true
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("stalled at seq %d of %d", seq, head)
 		}
 	}
-	if found != len(acked) {
-		t.Fatalf("%d of %d acknowledged messages on the new owner after SIGKILL of the old one", found, len(acked))
+	for id := range acked {
+		if !have[id] {
+			t.Fatalf("acknowledged message %s is not in bo's stream on the member serving now", id)
+		}
 	}
+	return bo
+}
+
+// Cluster mode as a hot-standby pair of real dingd processes on a real
+// redis-server: a founds the cluster, b joins as its standby (from a's
+// snapshot over HTTP); clients send through a; a is killed with SIGKILL
+// mid-flight; b takes over, and every message whose durable ack reached
+// a client is in the recipient's stream on b, gap-free. Then a comes back
+// and rejoins as b's standby.
+func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
+	// The lease: 1s keeps the test short; DING_TEST_LEASE_TTL=3s measures
+	// the default (bench/RESULTS.md).
+	lease := "1s"
+	if v := os.Getenv("DING_TEST_LEASE_TTL"); v != "" {
+		lease = v
+	}
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, lease)
+	a, b := c.start()
+	var killed time.Time
+	acked := ackedThrough(t, a, 8, 500, func() {
+		if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		killed = time.Now()
+		<-a.exited
+	})
+	b.waitReady(t, 20*time.Second)
+	writable := time.Since(killed)
+	bo := requireStream(t, b, acked)
 	t.Logf("%d acknowledged before SIGKILL, all on b; b serving %v after the kill (lease %s)", len(acked), writable.Round(time.Millisecond), lease)
 
 	// dingctl cluster status's source: b owns at a newer epoch, no standby yet.
@@ -121,15 +167,11 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 	}
 
 	// a comes back: it rejoins as b's standby, from b's snapshot.
-	a2 := &proc{data: a.data, sock: a.sock, http: a.http, stderr: &syncBuffer{}, env: a.env}
-	a2.launch(t, a2.args("--cluster", redisURL, "--node-id", "a", "--advertise", "http://{http}", "--lease-ttl", lease)...)
-	waitStandby("a")
-	res, err := bo.Send(ctx, []string{"ana"}, []byte("replicated to a again"))
-	if err != nil {
+	a2 := &proc{data: a.data, sock: a.sock, http: a.http, stderr: &syncBuffer{}}
+	c.launch(a2, "a")
+	c.waitStandby("a")
+	if _, err := bo.Send(context.Background(), []string{"ana"}, []byte("replicated to a again")); err != nil {
 		t.Fatalf("send after a rejoined: %v", err)
-	}
-	if res.ID == "" {
-		t.Fatal("no id")
 	}
 	if code := b.admin(t, "GET", "/v1/cluster", nil, &st); code != 200 || st.Standby != "a" || st.Shipped == 0 {
 		t.Fatalf("b's /v1/cluster after a rejoined: %d %+v", code, st)
@@ -148,76 +190,22 @@ func TestClusterFailoverLosesNothingAcknowledged(t *testing.T) {
 // before the pause or after it, is on the new owner, and the old owner
 // stops (exit status 1, deposed) instead of serving on.
 func TestClusterPausedOwnerGetsNothingAcknowledgedAfterTakeover(t *testing.T) {
-	redisURL := "redis://" + redistest.Start(t).Addr
-	coord, closeRedis, err := cluster.DialRedis(redisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeRedis()
-	ctx := context.Background()
-	member := func(id string) *proc {
-		p := newProc(t, t.TempDir())
-		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
-		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", "1s")...)
-		return p
-	}
-	a := member("a")
-	a.waitReady(t, 20*time.Second)
-	b := member("b")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if sb, _ := coord.Standby(ctx, 0); sb == "b" {
-			break
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	a, b := c.start()
+	acked := ackedThrough(t, a, 4, 200, func() {
+		if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("b did not become the standby")
+		b.waitReady(t, 20*time.Second) // b took over while a sleeps
+		if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond) // polling the coordinator
-	}
-	for _, u := range []string{"ana", "bo"} {
-		if code := a.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
-			t.Fatalf("create %s: %d", u, code)
+		// a wakes with submits in flight and its clients still connected.
+		if err := a.wait(t, 20*time.Second); err == nil {
+			t.Fatal("the deposed owner exited 0; want exit status 1")
 		}
-	}
-	senders := startSenders(t, a, 4)
-	for senders.count() < 200 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	b.waitReady(t, 20*time.Second) // b took over while a sleeps
-	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
-	// a wakes with submits in flight and its clients still connected.
-	if err := a.wait(t, 20*time.Second); err == nil {
-		t.Fatal("the deposed owner exited 0; want exit status 1")
-	}
-	acked := senders.stop()
-
-	bo, err := client.Dial(ctx, client.Config{Addr: b.sock, Token: b.token(t, "bo", "phone"), Device: "phone"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bo.Close()
-	head := bo.Welcome().Head
-	have := map[string]bool{}
-	for seq := uint64(1); seq <= head; seq++ {
-		select {
-		case e := <-bo.Entries():
-			if e.Message != nil {
-				have[e.Message.ID] = true
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stalled at seq %d of %d", seq, head)
-		}
-	}
-	for id := range acked {
-		if !have[id] {
-			t.Fatalf("message %s was acknowledged by the old owner but is not on the new one", id)
-		}
-	}
+	})
+	requireStream(t, b, acked)
 	if !strings.Contains(a.stderr.String(), "lost the partition's lease") {
 		t.Fatalf("the old owner did not say it lost its lease:\n%s", a.stderr)
 	}
@@ -232,53 +220,21 @@ func TestClusterPausedOwnerGetsNothingAcknowledgedAfterTakeover(t *testing.T) {
 // member that serves afterwards.
 func TestClusterSurvivesARedisMasterKill(t *testing.T) {
 	rc := redistest.StartCluster(t, 3, 1, time.Second)
-	redisURL := "redis://" + strings.Join(rc.Addrs(), ",")
-	coord, closeRedis, err := cluster.DialRedis(redisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeRedis()
-	ctx := context.Background()
-	member := func(id string) *proc {
-		p := newProc(t, t.TempDir())
-		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
-		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", "2s")...)
-		return p
-	}
-	a := member("a")
-	a.waitReady(t, 30*time.Second)
-	b := member("b")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if sb, _ := coord.Standby(ctx, 0); sb == "b" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("b did not become the standby")
-		}
-		time.Sleep(20 * time.Millisecond) // polling the coordinator
-	}
-	for _, u := range []string{"ana", "bo"} {
-		if code := a.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
-			t.Fatalf("create %s: %d", u, code)
-		}
-	}
-	senders := startSenders(t, a, 4)
-	for senders.count() < 200 {
+	c := newPair(t, "redis://"+strings.Join(rc.Addrs(), ","), "2s")
+	a, b := c.start()
+	var serving *proc
+	var recovered time.Duration
+	s := startSenders(t, a, 4)
+	for s.count() < 200 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	master := rc.MasterOf(t, "{ding:p:0}:lease")
-	master.Kill()
-	killed := time.Now()
-
-	// The pair has recovered when writes are acknowledged again: through a
-	// (it kept its place: its clients' acks resume) or through b (it took
-	// over). Whichever serves then must hold every acknowledged message.
-	atKill := senders.count()
-	var serving *proc
-	deadline = time.Now().Add(60 * time.Second)
+	rc.MasterOf(t, "{ding:p:0}:lease").Kill()
+	killed, atKill := time.Now(), s.count()
+	// Recovered when writes are acknowledged again: through a (it kept its
+	// place: its clients' acks resume) or through b (it took over).
+	deadline := time.Now().Add(60 * time.Second)
 	for serving == nil {
-		if senders.count() >= atKill+50 {
+		if s.count() >= atKill+50 {
 			serving = a
 		} else if code, err := readyz(b.http); err == nil && code == 200 {
 			serving = b
@@ -287,31 +243,9 @@ func TestClusterSurvivesARedisMasterKill(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // polling the members
 	}
-	acked := senders.stop()
-	recovered := time.Since(killed)
-
-	bo, err := client.Dial(ctx, client.Config{Addr: serving.sock, Token: serving.token(t, "bo", "phone"), Device: "phone"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bo.Close()
-	head := bo.Welcome().Head
-	have := map[string]bool{}
-	for seq := uint64(1); seq <= head; seq++ {
-		select {
-		case e := <-bo.Entries():
-			if e.Message != nil {
-				have[e.Message.ID] = true
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stalled at seq %d of %d", seq, head)
-		}
-	}
-	for id := range acked {
-		if !have[id] {
-			t.Fatalf("acknowledged message %s is not on the member serving after the Redis failover", id)
-		}
-	}
+	recovered = time.Since(killed)
+	acked := s.stop()
+	requireStream(t, serving, acked)
 	who := "a (kept its place)"
 	if serving == b {
 		who = "b (took over)"
@@ -323,83 +257,33 @@ func TestClusterSurvivesARedisMasterKill(t *testing.T) {
 // standby takes over, and the old owner becomes the new owner's standby,
 // without a restart; nothing acknowledged is lost.
 func TestClusterHandover(t *testing.T) {
-	redisURL := "redis://" + redistest.Start(t).Addr
-	coord, closeRedis, err := cluster.DialRedis(redisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeRedis()
-	ctx := context.Background()
-	member := func(id string) *proc {
-		p := newProc(t, t.TempDir())
-		p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
-		p.launch(t, p.args("--cluster", redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", "1s")...)
-		return p
-	}
-	waitStandby := func(id string) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if sb, _ := coord.Standby(ctx, 0); sb == id {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not become the standby", id)
-			}
-			time.Sleep(20 * time.Millisecond) // polling the coordinator
-		}
-	}
-	a := member("a")
-	a.waitReady(t, 20*time.Second)
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	a := c.member("a")
+	a.waitReady(t, 30*time.Second)
 	if code := a.admin(t, "POST", "/v1/cluster/handover", nil, nil); code != 409 {
 		t.Fatalf("handover without a standby: %d, want 409", code)
 	}
-	b := member("b")
-	waitStandby("b")
+	b := c.member("b")
+	c.waitStandby("b")
 	for _, u := range []string{"ana", "bo"} {
 		if code := a.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
 			t.Fatalf("create %s: %d", u, code)
 		}
 	}
-	senders := startSenders(t, a, 2)
-	for senders.count() < 100 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	acked := senders.stop()
+	acked := ackedThrough(t, a, 2, 100, func() {})
 	if code := a.admin(t, "POST", "/v1/cluster/handover", nil, nil); code != 202 {
 		t.Fatalf("handover: %d, want 202", code)
 	}
 	b.waitReady(t, 20*time.Second)
-	waitStandby("a") // a drained and rejoined, still running
+	c.waitStandby("a") // a drained and rejoined, still running
 	select {
 	case <-a.exited:
 		t.Fatalf("a exited on a hand-over: %v\n%s", a.exitErr, a.stderr)
 	default:
 	}
-	bo, err := client.Dial(ctx, client.Config{Addr: b.sock, Token: b.token(t, "bo", "phone"), Device: "phone"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bo.Close()
-	head := bo.Welcome().Head
-	have := map[string]bool{}
-	for seq := uint64(1); seq <= head; seq++ {
-		select {
-		case e := <-bo.Entries():
-			if e.Message != nil {
-				have[e.Message.ID] = true
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stalled at seq %d of %d", seq, head)
-		}
-	}
-	for id := range acked {
-		if !have[id] {
-			t.Fatalf("acknowledged message %s missing after the hand-over", id)
-		}
-	}
+	bo := requireStream(t, b, acked)
 	// Replicated to a again: a send through b is acknowledged.
-	if _, err := bo.Send(ctx, []string{"ana"}, []byte("after the hand-over")); err != nil {
+	if _, err := bo.Send(context.Background(), []string{"ana"}, []byte("after the hand-over")); err != nil {
 		t.Fatal(err)
 	}
 }
