@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -175,7 +176,8 @@ type StandbyState struct {
 }
 
 // Log is the partition's history on one node (Pebble in dingd, a slice in
-// the simulation).
+// the simulation). Its methods run inside Standby.Step and TakeOver, with
+// the Standby locked: they must not call the Standby.
 type Log interface {
 	// Apply appends e to the history; e.Seq is the history's last + 1.
 	// It need not be durable when it returns, but what survives a crash
@@ -204,12 +206,16 @@ func CheckSnapshot(cur StandbyState, held bool, snap StandbyState) error {
 
 // Standby follows a partition's stream: it applies the current owner's
 // entries in Seq order, refuses entries of older epochs, and acks.
+// Its methods are safe for concurrent use: a Step in progress finishes
+// before a TakeOver begins.
 type Standby struct {
 	c    Coord
 	p    Partition
 	node string
 	log  Log
-	st   StandbyState
+
+	mu sync.Mutex // held through Step and TakeOver; guards st
+	st StandbyState
 }
 
 // NewStandby follows p for node from st (its durable state: the fence and
@@ -220,12 +226,18 @@ func NewStandby(c Coord, p Partition, node string, log Log, st StandbyState) *St
 }
 
 // State returns the standby's state.
-func (s *Standby) State() StandbyState { return s.st }
+func (s *Standby) State() StandbyState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st
+}
 
 // Step reads up to n new entries, applies those that extend the current
 // owner's history, and publishes its ack (when it read any). It returns
 // how many it applied.
 func (s *Standby) Step(ctx context.Context, n int) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	es, cursor, err := s.c.Entries(ctx, s.p, s.st.Cursor, n)
 	if err != nil {
 		return 0, err
@@ -281,6 +293,8 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 // Coord may take over, and only with a fence (a node that never followed
 // the partition, or lost its disk, has none).
 func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.st.FenceEpoch == 0 {
 		return nil, fmt.Errorf("%w: %s has no history of partition %d", ErrNotStandby, s.node, s.p)
 	}

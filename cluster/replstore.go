@@ -386,7 +386,7 @@ func (f *Follower) Apply(e Entry) error {
 		b = f.st.NewBatch() // a hand-over: nothing but the state
 	}
 	defer b.Close()
-	st := f.sb.State()
+	st := f.sb.st // Apply runs inside Step, which holds the standby's lock
 	st.Seq = e.Seq
 	if e.Epoch > st.FenceEpoch {
 		st.FenceEpoch, st.FenceOwner = e.Epoch, e.Owner
