@@ -42,8 +42,10 @@ func ding(g *globals, args []string, out io.Writer) error {
 		"critical": *critical, "client_msg_id": *cid,
 	}
 	if *policy != "" {
-		// A policy that parses is a policy; anything else names a stored one.
-		if _, err := engine.ParsePolicy(*policy); err == nil {
+		// A policy that parses is a policy, and so is anything that cannot
+		// be a name or starts like a step ("sms@…": the server then says
+		// why it does not parse); anything else names a stored one.
+		if _, err := engine.ParsePolicy(*policy); err == nil || !engine.ValidName(*policy) || looksLikeSteps(*policy) {
 			req["policy"] = *policy
 		} else {
 			req["policy_name"] = *policy
@@ -157,4 +159,15 @@ func policy(g *globals, args []string, out io.Writer) error {
 		return printJSON(out, res)
 	}
 	return exitError{2, "policy: unknown subcommand " + args[0]}
+}
+
+// looksLikeSteps reports whether spec starts with a channel and a step's
+// punctuation (sms@…, voice*…): a policy written inline, not a name.
+func looksLikeSteps(spec string) bool {
+	i := strings.IndexAny(spec, "@*")
+	if i <= 0 {
+		return false
+	}
+	_, err := engine.ParseChannel(spec[:i])
+	return err == nil
 }

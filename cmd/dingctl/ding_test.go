@@ -27,6 +27,19 @@ func TestDingCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"oncall": "inapp,sms,voice@15m until=confirmed"`) {
 		t.Fatalf("policy list: %q %v", out, err)
 	}
+	// An inline policy that does not parse gets its parse error, not "not
+	// found" (issue 12); a name that is not stored gets "not found".
+	for _, tc := range []struct{ policy, want string }{
+		{"sms@", "BAD_POLICY"},
+		{"sms@5x", "bad delay"},
+		{"inapp,bogus@1m", "BAD_POLICY"},
+		{"nosuchpolicy", "NOT_FOUND"},
+	} {
+		_, err := ctl(t, n, "ding", "--from", "ana", "--to", "bo", "--policy", tc.policy, "x")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("ding --policy %q: %v, want %s", tc.policy, err, tc.want)
+		}
+	}
 	out, err = ctl(t, n, "ding", "--from", "ana", "--to", "bo,+14155550123", "--policy", "oncall", "--choices", "attend,decline", "--critical", "deploy", "stuck")
 	if err != nil {
 		t.Fatal(err)
