@@ -391,6 +391,17 @@ func TestBinaryStartFailure(t *testing.T) {
 	if want := `^dingd: .*listen http .*address already in use\n$`; code != 1 || !regexp.MustCompile(want).MatchString(stderr) {
 		t.Fatalf("exit %d, stderr %q; want 1 and %s", code, stderr, want)
 	}
+	// The taken port was found before anything was created in the data dir.
+	if es, err := os.ReadDir(data); err != nil || len(es) != 0 {
+		t.Fatalf("the data dir holds %v (%v) after a start that failed on a taken port", es, err)
+	}
+
+	// A second dingd on a data dir another one holds says so.
+	first := startDingd(t, data)
+	_, stderr, code = runDingd(t, nil, "--data", first.data, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "error")
+	if want := `^dingd: .*data dir .* is in use by another dingd`; code != 1 || !regexp.MustCompile(want).MatchString(stderr) {
+		t.Fatalf("second dingd on one data dir: exit %d, stderr %q; want 1 and %s", code, stderr, want)
+	}
 }
 
 // The cluster examples in deploy/cluster load as they are, the secret

@@ -29,6 +29,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -148,6 +149,16 @@ func Start(cfg Config) (_ *Node, err error) {
 			}
 		}
 	}()
+	// The listeners first: a port already taken is found before anything
+	// is created in the data dir (a store, a signing secret, an admin token).
+	if n.sockLn, err = socket.Listen(cfg.SocketAddr); err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { n.sockLn.Close() })
+	if n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTPAddr, err)
+	}
+	closers = append(closers, func() { n.httpLn.Close() })
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
@@ -158,6 +169,9 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 
 	if n.db, err = pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: cfg.Logger}); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) {
+			return nil, fmt.Errorf("node: data dir %s is in use by another dingd (its store is locked): stop it, or give this one another --data", cfg.DataDir)
+		}
 		return nil, err
 	}
 	closers = append(closers, func() { n.db.Close() })
@@ -233,13 +247,6 @@ func Start(cfg Config) (_ *Node, err error) {
 	})
 	if err != nil {
 		return nil, err
-	}
-	if n.sockLn, err = socket.Listen(cfg.SocketAddr); err != nil {
-		return nil, err
-	}
-	closers = append(closers, func() { n.sockLn.Close() })
-	if n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTPAddr, err)
 	}
 	handler := http.Handler(api)
 	if len(cfg.Routes) > 0 {
