@@ -2,7 +2,7 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools redis
+.PHONY: test vet unit fuzz proto bench build tools redis chaos
 
 test: tools redis vet unit
 
@@ -58,6 +58,10 @@ fuzz:
 
 build:
 	$(GO) build -o bin/ ./cmd/...
+
+# Chaos runs not in `make test` (see cmd/dingd/chaos_test.go).
+chaos: tools redis
+	$(GO) test -race -count=1 -tags chaos -run Chaos\|RedisMasterKill -timeout 10m ./cmd/dingd
 
 # Regenerate the protocol's Go code from channels/socket/pb/ding.proto.
 proto:
