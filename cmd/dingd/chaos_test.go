@@ -58,4 +58,3 @@ func TestClusterSurvivesARedisMasterKill(t *testing.T) {
 	}
 	t.Logf("%d acknowledged; all on %s, serving %v after SIGKILL of the Redis master", len(acked), who, recovered.Round(time.Millisecond))
 }
-
