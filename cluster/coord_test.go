@@ -227,7 +227,7 @@ type memLog struct {
 	bad error
 }
 
-func (l *memLog) Apply(e Entry) error {
+func (l *memLog) Apply(e Entry, _ StandbyState) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e.Seq != uint64(len(l.es))+1 {

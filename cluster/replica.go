@@ -105,6 +105,15 @@ func (o *Owner) Poll(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return o.acked, err
 	}
+	return o.Observe(ctx, acks)
+}
+
+// Observe is Poll with acks already read (Coord.Acks): a caller that
+// shares the Owner under a lock reads them outside it.
+func (o *Owner) Observe(ctx context.Context, acks map[string]Ack) (uint64, error) {
+	if o.fenced {
+		return o.acked, ErrFenced
+	}
 	for _, a := range acks {
 		if a.Epoch > o.epoch {
 			o.fenced = true
@@ -118,7 +127,7 @@ func (o *Owner) Poll(ctx context.Context) (uint64, error) {
 	// Only the current standby's acks for this owner's own epoch count:
 	// another node's ack (a replaced standby, this node's own takeover
 	// ack) says nothing about what a future owner will hold.
-	if a.Epoch != o.epoch || a.Owner != o.node || a.Standby != o.standby || o.standby == "" || a.Seq <= o.acked {
+	if a.Epoch != o.epoch || a.Owner != o.node || o.standby == "" || a.Seq <= o.acked {
 		return o.acked, nil
 	}
 	seq := min(a.Seq, o.next-1)
@@ -179,10 +188,11 @@ type StandbyState struct {
 // the simulation). Its methods run inside Standby.Step and TakeOver, with
 // the Standby locked: they must not call the Standby.
 type Log interface {
-	// Apply appends e to the history; e.Seq is the history's last + 1.
-	// It need not be durable when it returns, but what survives a crash
-	// must be a prefix of the applies.
-	Apply(e Entry) error
+	// Apply appends e to the history (e.Seq is the history's last + 1),
+	// after which the standby's state is st (a Log may store it with the
+	// entry). It need not be durable when it returns, but what survives a
+	// crash must be a prefix of the applies.
+	Apply(e Entry, st StandbyState) error
 	// SaveState records st durably, and every Apply before it: the
 	// standby acks only after it.
 	SaveState(st StandbyState) error
@@ -254,19 +264,21 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 		case e.Seq > s.st.Seq+1:
 			continue // a gap (an entry lost): wait for the resend
 		}
-		if e.Epoch > s.st.FenceEpoch {
+		next := s.st
+		if e.Epoch > next.FenceEpoch {
 			// A newer owner. Its first entry continues the history this
 			// node holds (it took over from this node's history, or
 			// snapshotted it), so the fence moves with the entry.
-			s.st.FenceEpoch, s.st.FenceOwner = e.Epoch, e.Owner
+			next.FenceEpoch, next.FenceOwner = e.Epoch, e.Owner
 		}
-		if err := s.log.Apply(e); err != nil {
+		next.Seq = e.Seq
+		if e.Standby != "" {
+			next.Demoted = e.Standby != s.node
+		}
+		if err := s.log.Apply(e, next); err != nil {
 			return applied, err
 		}
-		s.st.Seq = e.Seq
-		if e.Standby != "" {
-			s.st.Demoted = e.Standby != s.node
-		}
+		s.st = next
 		applied++
 	}
 	if len(es) == 0 {

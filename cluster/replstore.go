@@ -199,8 +199,15 @@ func (r *ReplicatedStore) await(seq uint64) error {
 		defer func() { r.waitSeconds.Observe(time.Since(start).Seconds()) }()
 	}
 	for {
+		// The Redis read outside the lock: the commit loop ships under it.
+		acks, err := r.owner.c.Acks(r.ctx, r.owner.p)
 		r.mu.Lock()
-		acked, err := r.owner.Poll(r.ctx)
+		acked := r.owner.acked
+		if err == nil {
+			acked, err = r.owner.Observe(r.ctx, acks)
+		} else if r.owner.fenced {
+			err = ErrFenced
+		}
 		if err == nil && acked < seq && acked == last && time.Since(progress) >= r.ResendAfter {
 			_ = r.owner.Resend(r.ctx) // errors: tried again after the next wait
 			progress = time.Now()
@@ -375,7 +382,7 @@ func (f *Follower) Run(ctx context.Context, poll time.Duration) error {
 // Apply implements Log: the owner's batch and the new state in one
 // batch, not synced (SaveState, once per Step, syncs them all: Pebble's
 // log is written in order, so a crash keeps a prefix).
-func (f *Follower) Apply(e Entry) error {
+func (f *Follower) Apply(e Entry, st StandbyState) error {
 	var b store.Batch
 	if len(e.Data) > 0 {
 		var err error
@@ -386,14 +393,6 @@ func (f *Follower) Apply(e Entry) error {
 		b = f.st.NewBatch() // a hand-over: nothing but the state
 	}
 	defer b.Close()
-	st := f.sb.st // Apply runs inside Step, which holds the standby's lock
-	st.Seq = e.Seq
-	if e.Epoch > st.FenceEpoch {
-		st.FenceEpoch, st.FenceOwner = e.Epoch, e.Owner
-	}
-	if e.Standby != "" {
-		st.Demoted = e.Standby != f.sb.node
-	}
 	b.Set(StateKey(f.p), encodeState(st))
 	return b.Commit(false)
 }

@@ -83,7 +83,7 @@ type simNode struct {
 // simLog is a node's history as a Log.
 type simLog struct{ n *simNode }
 
-func (l simLog) Apply(e Entry) error {
+func (l simLog) Apply(e Entry, _ StandbyState) error {
 	if e.Seq != uint64(len(l.n.log))+1 {
 		return fmt.Errorf("%s: apply seq %d onto a history of %d", l.n.id, e.Seq, len(l.n.log))
 	}
@@ -292,7 +292,7 @@ func (s *sim) write(ctx context.Context) error {
 	s.nextBatch++
 	data := []byte(fmt.Sprintf("batch %d by %s@%d", s.nextBatch, o.id, o.owner.Epoch()))
 	e := Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: uint64(len(o.log)) + 1, Data: data}
-	if err := (simLog{o}).Apply(e); err != nil { // the owner's own fsync first
+	if err := (simLog{o}).Apply(e, StandbyState{}); err != nil { // the owner's own fsync first
 		return err
 	}
 	o.st.Seq = e.Seq
@@ -509,7 +509,7 @@ func (s *sim) replaceStandby(ctx context.Context, o, c *simNode) error {
 	if err != nil {
 		return err
 	}
-	if err := (simLog{o}).Apply(Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: seq, Standby: c.id}); err != nil {
+	if err := (simLog{o}).Apply(Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: seq, Standby: c.id}, StandbyState{}); err != nil {
 		return err
 	}
 	o.st.Seq = seq

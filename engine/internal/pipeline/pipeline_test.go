@@ -186,6 +186,12 @@ func (h *harness) put(key string) <-chan answer {
 
 // putBg is put in the background lane; apply, if not nil, runs first.
 func (h *harness) putBg(key string, apply func()) <-chan answer {
+	return h.putOp(key, true, "", apply)
+}
+
+// putOp enqueues an op that numbers key, in the background lane if bg,
+// with Op.Key opKey; apply, if not nil, runs first.
+func (h *harness) putOp(key string, bg bool, opKey string, apply func()) <-chan answer {
 	ch := make(chan answer, 1)
 	var n int
 	h.p.Enqueue(&pipeline.Op[*txn]{
@@ -197,7 +203,8 @@ func (h *harness) putBg(key string, apply func()) <-chan answer {
 			return nil
 		},
 		Done:       func(err error) { ch <- answer{n, err} },
-		Background: true,
+		Background: bg,
+		Key:        opKey,
 	})
 	return ch
 }
@@ -587,23 +594,7 @@ func TestKeyedOpsKeepTheirOrderAcrossLanes(t *testing.T) {
 	h := start(t, newFakeStore(), func(c *pipeline.Config[*txn]) {
 		c.Now, c.BackgroundBudget = clock, 2*time.Millisecond
 	})
-	keyed := func(key string, bg bool, apply func()) <-chan answer {
-		ch := make(chan answer, 1)
-		var n int
-		h.p.Enqueue(&pipeline.Op[*txn]{
-			Apply: func(t *txn) error {
-				if apply != nil {
-					apply()
-				}
-				n = t.number(key)
-				return nil
-			},
-			Done:       func(err error) { ch <- answer{n, err} },
-			Background: bg,
-			Key:        key,
-		})
-		return ch
-	}
+	keyed := func(key string, bg bool, apply func()) <-chan answer { return h.putOp(key, bg, key, apply) }
 	release := h.gate()
 	var acks []<-chan answer
 	for range 10 {
