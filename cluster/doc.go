@@ -12,11 +12,13 @@
 // Follower keeps the standby's copy in its own Pebble, from which an
 // engine opens after a takeover; a new standby fetches the owner's
 // snapshot over HTTP (SnapshotHandler, FetchSnapshot, RequestStandby);
-// dingd --cluster runs a hot-standby pair on it (internal/node, RunMember).
-// Not built yet: more than one partition, trimming the stream, copying
-// secret-chat keys created after the standby's snapshot, routing,
-// cross-partition relay and the cluster-wide directory (DESIGN.md,
-// "Cluster mode").
+// dingd --cluster runs one partition on it (internal/node, RunMember):
+// an owner, its standby, and spares that become the standby of a new
+// owner after a failover; members that do not serve redirect clients to
+// the owner (NOT_OWNER, channels/socket.Redirector). Not built yet: more
+// than one partition, trimming the stream, copying secret-chat keys
+// created after the standby's snapshot, cross-partition relay and the
+// cluster-wide directory (DESIGN.md, "Cluster mode").
 //
 // # The protocol
 //

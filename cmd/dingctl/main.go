@@ -125,7 +125,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.token, "token", g.token, "admin token (env DING_TOKEN)")
 	fs.StringVar(&g.data, "data", g.data, "data dir whose admin.token to use")
 	fs.StringVar(&g.server, "server", g.server, "admin API URL (env DING_SERVER)")
-	fs.StringVar(&g.socket, "socket", g.socket, "client socket address (env DING_SOCKET)")
+	fs.StringVar(&g.socket, "socket", g.socket, "client socket address; in a cluster, several: HOST:PORT,HOST:PORT (env DING_SOCKET)")
 }
 
 func envOr(name, def string) string {

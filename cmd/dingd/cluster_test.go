@@ -2,15 +2,19 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/internal/node/nodetest"
 	"github.com/dingmq/ding/internal/redistest"
 )
 
@@ -20,6 +24,7 @@ type pair struct {
 	redisURL string
 	lease    string
 	coord    cluster.Coord
+	extra    []string // more dingd flags for every member
 }
 
 func newPair(t *testing.T, redisURL, lease string) *pair {
@@ -42,7 +47,7 @@ func (c *pair) member(id string) *proc {
 // launch runs member id on p's data dir and addresses.
 func (c *pair) launch(p *proc, id string) {
 	p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
-	p.launch(c.t, p.args("--cluster", c.redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", c.lease)...)
+	p.launch(c.t, p.args(append([]string{"--cluster", c.redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", c.lease}, c.extra...)...)...)
 }
 
 // waitStandby waits until the coordinator names id the standby.
@@ -245,4 +250,109 @@ func TestClusterHandover(t *testing.T) {
 	if _, err := bo.Send(context.Background(), []string{"ana"}, []byte("after the hand-over")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Three members: an owner, its standby and a spare. Clients follow the
+// partition's owner: one that dials a member that does not serve is
+// redirected (NOT_OWNER) to the owner; when the owner is paused, the
+// standby takes over, the spare joins as its standby (from its
+// snapshot), and a sender's and a receiver's clients, given the
+// members' addresses, find the new owner by themselves (silence, then
+// the other addresses and redirects), resend what was not acknowledged,
+// and resume. Every message the sender saw acknowledged reaches the
+// receiver's device, once, in the order sent.
+func TestClusterClientsFollowTheOwner(t *testing.T) {
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	c.extra = []string{"--idle-timeout", "1500ms"} // clients ping every 500ms and take 1.5s of silence for a dead server
+	a, b := c.start()
+	spare := c.member("c")
+	dial := func(user, addrs string) *client.Client {
+		cl, err := client.Dial(context.Background(), client.Config{Addr: addrs, Token: a.token(t, user, "phone"), Device: "phone",
+			DialTimeout: time.Second, MaxBackoff: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	bo := dial("bo", spare.sock+","+b.sock+","+a.sock) // a member that does not serve first
+	if bo.Stats().Redirects != 1 {
+		t.Fatalf("bo dialed the spare: %d redirects, want 1", bo.Stats().Redirects)
+	}
+	ana := dial("ana", a.sock+","+b.sock+","+spare.sock)
+
+	// ana sends one message at a time, each until acknowledged.
+	var (
+		mu    sync.Mutex
+		acked []string
+	)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ctx.Err() == nil; i++ {
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			res, err := ana.Send(sctx, []string{"bo"}, fmt.Appendf(nil, "m%d", i))
+			cancel()
+			if err == nil {
+				mu.Lock()
+				acked = append(acked, res.ID)
+				mu.Unlock()
+			}
+		}
+	}()
+	nacked := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	nodetest.WaitFor(t, "acks before the pause", 20*time.Second, func() bool { return nacked() >= 50 })
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	paused := nacked()
+	b.waitReady(t, 20*time.Second)
+	c.waitStandby("c")
+	nodetest.WaitFor(t, "acks from the new owner", 30*time.Second, func() bool { return nacked() >= paused+50 })
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.wait(t, 20*time.Second); err == nil {
+		t.Fatal("the deposed owner exited 0; want exit status 1")
+	}
+	stop()
+	<-done
+
+	mu.Lock()
+	want := acked
+	mu.Unlock()
+	isAcked := map[string]bool{}
+	for _, id := range want {
+		isAcked[id] = true
+	}
+	var got []string
+	seen := map[string]bool{}
+	deadline := time.After(20 * time.Second)
+	for len(got) < len(want) {
+		select {
+		case e, ok := <-bo.Entries():
+			if !ok {
+				t.Fatalf("bo's client stopped: %v", bo.Err())
+			}
+			if e.Message == nil {
+				continue
+			}
+			if seen[e.Message.ID] {
+				t.Fatalf("bo got %s twice", e.Message.ID)
+			}
+			seen[e.Message.ID] = true
+			if isAcked[e.Message.ID] {
+				got = append(got, e.Message.ID)
+			}
+			bo.Ack(e.Seq)
+		case <-deadline:
+			t.Fatalf("bo received %d of %d acknowledged messages", len(got), len(want))
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatal("bo received the acknowledged messages out of the order they were sent")
+	}
+	t.Logf("%d acknowledged (%d through the old owner), all received once and in order on the new one; ana reconnected %d times, bo %d (%d redirects)",
+		len(want), paused, ana.Stats().Connects, bo.Stats().Connects, bo.Stats().Redirects)
 }

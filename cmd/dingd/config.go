@@ -37,6 +37,12 @@ type config struct {
 	// id and advertised HTTP URL, the shared secret, the lease TTL.
 	Cluster, NodeID, Advertise, ClusterSecret string
 	LeaseTTL                                  time.Duration
+	// AdvertiseSocket is this member's socket listener as clients reach
+	// it; empty: Advertise's host and Listen's port.
+	AdvertiseSocket string
+	// IdleTimeout closes a client connection silent this long (the
+	// client pings at a third of it); zero: the gateway's 90s.
+	IdleTimeout time.Duration
 
 	// File is the config file read (--config or DING_CONFIG); empty: none.
 	File string
@@ -96,6 +102,9 @@ var settings = []setting{
 	{name: "drain-delay", env: "DING_DRAIN_DELAY", def: "0s",
 		help:  "on SIGTERM, keep serving with /readyz answering 503 this long before draining, so load balancers stop sending new clients (counts against drain-timeout)",
 		field: func(c *config) any { return &c.DrainDelay }},
+	{name: "idle-timeout", env: "DING_IDLE_TIMEOUT", def: "90s",
+		help:  "close a client connection that sends nothing this long (WELCOME tells clients to ping at a third of it)",
+		field: func(c *config) any { return &c.IdleTimeout }},
 	{name: "pprof", env: "DING_PPROF", def: "",
 		help:  "serve net/http/pprof on this address, e.g. 127.0.0.1:6060; empty: off",
 		field: func(c *config) any { return &c.PProf }},
@@ -144,6 +153,9 @@ var settings = []setting{
 	{name: "advertise", env: "DING_ADVERTISE", def: "",
 		help:  "cluster mode: this member's HTTP listener as the others reach it, e.g. http://10.0.0.2:7080",
 		field: func(c *config) any { return &c.Advertise }},
+	{name: "advertise-socket", env: "DING_ADVERTISE_SOCKET", def: "",
+		help:  "cluster mode: this member's socket listener as clients reach it (HOST:PORT), named in redirects; empty: --advertise's host and --listen's port",
+		field: func(c *config) any { return &c.AdvertiseSocket }},
 	{name: "cluster-secret", env: "DING_CLUSTER_SECRET", def: "", secret: true,
 		help:  "cluster mode: the secret the members share (snapshots); prefer the environment",
 		field: func(c *config) any { return &c.ClusterSecret }},
@@ -334,6 +346,9 @@ func (c *config) validate() error {
 		if c.LeaseTTL < 100*time.Millisecond {
 			return fmt.Errorf("lease-ttl %v (from %s): want at least 100ms", c.LeaseTTL, c.from["lease-ttl"])
 		}
+	}
+	if c.IdleTimeout < 300*time.Millisecond {
+		return fmt.Errorf("idle-timeout %v (from %s): want at least 300ms", c.IdleTimeout, c.from["idle-timeout"])
 	}
 	for i := range settings {
 		s := &settings[i]

@@ -63,7 +63,8 @@ func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
 	defer stop()
 	log.Info("cluster mode", "member", c.NodeID, "redis", c.Cluster, "advertise", c.Advertise)
 	return node.RunMember(ctx, node.MemberConfig{
-		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL,
+		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, AdvertiseSocket: c.AdvertiseSocket,
+		Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL,
 		Started: func(n *node.Node) {
 			fmt.Fprintf(os.Stderr, "dingd: member %s owns the partition: socket %s, http %s, data %s\n", c.NodeID, n.SocketAddr(), n.HTTPAddr(), c.Data)
 		},
@@ -110,6 +111,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback, DrainDelay: c.DrainDelay,
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL,
 	}
+	ncfg.Socket.IdleTimeout = c.IdleTimeout
 	if c.Cluster != "" {
 		return runMember(c, ncfg, log)
 	}

@@ -7,26 +7,33 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/socket"
+	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 )
 
 // MemberConfig configures one member of a cluster (cluster mode, package
-// cluster). This first cluster mode is a hot-standby pair: one partition
-// holds every user; one member owns it and serves clients, another
-// follows it as its standby and takes over when the owner's lease lapses.
+// cluster). This first cluster mode has one partition, holding every
+// user: one member owns it and serves clients, another follows it as its
+// standby and takes over when the owner's lease lapses, and any more wait
+// as spares, one of which becomes the new owner's standby. Members that
+// do not serve answer clients with the owner's address (NOT_OWNER).
 type MemberConfig struct {
 	// Node is the node this member serves as while it owns the
 	// partition; its DataDir holds this member's store.
@@ -36,6 +43,12 @@ type MemberConfig struct {
 	// its HTTP listener as the other members reach it (snapshots);
 	// Secret is the cluster's shared secret.
 	ID, Advertise, Secret string
+	// AdvertiseSocket is this member's socket listener as clients reach
+	// it (host:port): while it does not own the partition, its socket
+	// port answers every HELLO with NOT_OWNER and this address of the
+	// member that does. Empty means Advertise's host with Node.SocketAddr's
+	// port.
+	AdvertiseSocket string
 	// LeaseTTL is how long an owner's lease lasts unrenewed: a dead
 	// owner's partition is taken over about this long after its death.
 	// Zero means 3s.
@@ -76,14 +89,91 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 	if err := os.MkdirAll(mc.Node.DataDir, 0o700); err != nil {
 		return fmt.Errorf("node: data dir: %w", err)
 	}
+	if mc.AdvertiseSocket == "" {
+		var err error
+		if mc.AdvertiseSocket, err = advertisedSocket(mc.Advertise, mc.Node.SocketAddr); err != nil {
+			return err
+		}
+	}
 	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID)}
+	defer m.unredirect()
 	return m.run(ctx)
+}
+
+// advertisedSocket is the host of the advertised HTTP URL with the
+// socket listener's port.
+func advertisedSocket(advertise, listen string) (string, error) {
+	u, err := url.Parse(advertise)
+	if err != nil || u.Hostname() == "" {
+		return "", fmt.Errorf("node: advertise %q: want a URL such as http://10.0.0.2:7080", advertise)
+	}
+	if listen == "" {
+		listen = ":7070"
+	}
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "0" {
+		return "", fmt.Errorf("node: the socket listen address %q has no fixed port to advertise: set the advertised socket address", listen)
+	}
+	return net.JoinHostPort(u.Hostname(), port), nil
 }
 
 type member struct {
 	mc  MemberConfig
 	c   cluster.Coord
 	log *slog.Logger
+
+	redir *socket.Redirector // answers clients while this member does not serve
+}
+
+// socketAddrKey is where a member publishes its socket address (beside
+// its HTTP URL under its own id).
+func socketAddrKey(id string) string { return id + "/socket" }
+
+// redirect makes this member's socket port answer clients with the
+// owner's address, while it does not serve (following, joining,
+// waiting). A port it cannot bind is logged and left alone: redirects
+// are a convenience, a client also tries the other addresses it has.
+func (m *member) redirect() {
+	if m.redir != nil {
+		return
+	}
+	addr := m.mc.Node.SocketAddr
+	if addr == "" {
+		addr = ":7070"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		m.log.Warn("cannot answer clients with the owner's address", "listen", addr, "err", err)
+		return
+	}
+	var (
+		mu     sync.Mutex
+		cached string
+		at     time.Time
+	)
+	m.redir = &socket.Redirector{Route: func(ctx context.Context, _ *pb.Hello) string {
+		// One partition: every user's owner is the lease holder.
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < 250*time.Millisecond {
+			return cached
+		}
+		cached, at = "", time.Now()
+		holder, _, err := m.c.Lease(ctx, memberPartition)
+		if err == nil && holder != "" && holder != m.mc.ID {
+			cached, _ = m.c.Addr(ctx, socketAddrKey(holder))
+		}
+		return cached
+	}}
+	m.redir.Serve(ln)
+}
+
+// unredirect frees the socket port for serving.
+func (m *member) unredirect() {
+	if m.redir != nil {
+		_ = m.redir.Close()
+		m.redir = nil
+	}
 }
 
 func (m *member) storeDir() string { return filepath.Join(m.mc.Node.DataDir, "store") }
@@ -108,6 +198,7 @@ func (m *member) pause(ctx context.Context) bool {
 func (m *member) run(ctx context.Context) error {
 	p, ttl := memberPartition, m.mc.LeaseTTL
 	waiting := ""
+	m.redirect()
 	for ctx.Err() == nil {
 		holder, epoch, err := m.c.Lease(ctx, p)
 		var sb string
@@ -391,6 +482,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		_ = json.NewEncoder(w).Encode(st)
 	})
 	cfg.Routes = routes
+	m.unredirect()
 	n, err := Start(cfg)
 	if err != nil {
 		_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
@@ -407,7 +499,11 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	tick := time.NewTicker(ttl / 3)
 	defer tick.Stop()
 	for {
-		if err := m.c.SetAddr(ctx, m.mc.ID, m.mc.Advertise, 3*ttl); err != nil && ctx.Err() == nil {
+		err := m.c.SetAddr(ctx, m.mc.ID, m.mc.Advertise, 3*ttl)
+		if err == nil {
+			err = m.c.SetAddr(ctx, socketAddrKey(m.mc.ID), m.mc.AdvertiseSocket, 3*ttl)
+		}
+		if err != nil && ctx.Err() == nil {
 			m.log.Warn("publishing this member's address failed", "err", err)
 		}
 		stop := func() error {

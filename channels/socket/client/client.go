@@ -48,6 +48,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,11 @@ import (
 
 // Config configures a Client. Addr, Token and Device are required.
 type Config struct {
+	// Addr is the server's socket address (host:port), or, for a
+	// cluster, several separated by commas: the client connects to the
+	// first that answers, follows a NOT_OWNER redirect to the node that
+	// serves its user, and, when that node is lost, tries the same
+	// node first, then the others in turn (PROTOCOL.md §4, "Cluster mode").
 	Addr   string
 	Token  string
 	Device string
@@ -201,6 +207,8 @@ type Error struct {
 	Code   pb.Code
 	Detail string
 	Fatal  bool
+	// Redirect is, for NOT_OWNER, the node to connect to instead.
+	Redirect string
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("ding: %v: %s", e.Code, e.Detail) }
@@ -217,6 +225,7 @@ var ErrClosed = errors.New("client: closed")
 type Stats struct {
 	Connects   int64 // successful handshakes
 	Duplicates int64 // entries dropped because they were already delivered
+	Redirects  int64 // NOT_OWNER redirects followed (cluster mode)
 }
 
 // Client is one connected device. Its methods are safe for concurrent use.
@@ -248,7 +257,19 @@ type Client struct {
 	quit     chan struct{}
 	quitOnce sync.Once
 	done     chan struct{}
+
+	// The addresses to connect to (Config.Addr); used by Dial, then only
+	// by runLoop. last is the one the last handshake succeeded on
+	// (perhaps a redirect's), tried first; next the seed tried after it.
+	seeds     []string
+	last      string
+	next      int
+	redirects atomic.Int64
 }
+
+// maxRedirects bounds the NOT_OWNER redirects one connection attempt
+// follows (a cluster in the middle of a move may point back and forth).
+const maxRedirects = 3
 
 type pendingSub struct {
 	ref    uint64
@@ -271,7 +292,13 @@ type reqDone struct {
 // Dial connects and completes the handshake once, so that a bad token or
 // address is reported here; after that the client reconnects by itself.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
-	if cfg.Addr == "" || cfg.Token == "" || cfg.Device == "" {
+	var seeds []string
+	for a := range strings.SplitSeq(cfg.Addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			seeds = append(seeds, a)
+		}
+	}
+	if len(seeds) == 0 || cfg.Token == "" || cfg.Device == "" {
 		return nil, errors.New("client: Addr, Token and Device are required")
 	}
 	if cfg.Buffer == 0 {
@@ -300,6 +327,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		requests: map[uint64]chan reqDone{},
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
+		seeds:    seeds,
 	}
 	var rb [12]byte
 	rand.Read(rb[:])
@@ -309,7 +337,19 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		c.haveDeliv.Store(true)
 		c.acked = *cfg.Cursor
 	}
-	nc, w, err := c.connect(ctx)
+	// Each address once: a cluster's first node may be the one that is down.
+	var nc net.Conn
+	var w *pb.Welcome
+	var err error
+	for range seeds {
+		if nc, w, err = c.connect(ctx); err == nil || ctx.Err() != nil {
+			break
+		}
+		var pe *Error
+		if errors.As(err, &pe) && fatalCode(pe.Code) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +377,7 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Stats returns counters.
 func (c *Client) Stats() Stats {
-	return Stats{Connects: c.stats.connects.Load(), Duplicates: c.stats.dups.Load()}
+	return Stats{Connects: c.stats.connects.Load(), Duplicates: c.stats.dups.Load(), Redirects: c.redirects.Load()}
 }
 
 // Welcome returns the server's most recent WELCOME.
@@ -368,14 +408,41 @@ func (c *Client) stop(err error) {
 	})
 }
 
-// connect dials and performs the handshake.
+// connect connects to the address that worked last, or else the next
+// seed, following NOT_OWNER redirects; an address that fails is not
+// tried first again.
 func (c *Client) connect(ctx context.Context) (net.Conn, *pb.Welcome, error) {
+	addr := c.last
+	if addr == "" {
+		addr = c.seeds[c.next]
+		c.next = (c.next + 1) % len(c.seeds)
+	}
+	for hops := 0; ; hops++ {
+		nc, w, err := c.handshake(ctx, addr)
+		if err == nil {
+			c.last = addr
+			return nc, w, nil
+		}
+		c.last = ""
+		var pe *Error
+		if errors.As(err, &pe) && pe.Code == pb.Code_NOT_OWNER && pe.Redirect != "" && hops < maxRedirects {
+			c.log.Debug("redirected", "from", addr, "to", pe.Redirect)
+			c.redirects.Add(1)
+			addr = pe.Redirect
+			continue
+		}
+		return nil, nil, err
+	}
+}
+
+// handshake dials addr and performs the handshake.
+func (c *Client) handshake(ctx context.Context, addr string) (net.Conn, *pb.Welcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("client: dial %s: %w", c.cfg.Addr, err)
+		return nil, nil, fmt.Errorf("client: dial %s: %w", addr, err)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
@@ -400,7 +467,7 @@ func (c *Client) connect(ctx context.Context) (net.Conn, *pb.Welcome, error) {
 		return nc, m, nil
 	case *pb.Error:
 		nc.Close()
-		return nil, nil, &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal}
+		return nil, nil, &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal, Redirect: m.Redirect}
 	}
 	nc.Close()
 	return nil, nil, fmt.Errorf("client: handshake: unexpected %v", ft)
@@ -455,6 +522,9 @@ func (c *Client) runLoop(nc net.Conn, w *pb.Welcome) {
 			if errors.As(err, &pe) && fatalCode(pe.Code) {
 				c.stop(pe)
 			}
+			if errors.As(err, &pe) && pe.Code == pb.Code_NOT_OWNER {
+				c.last = pe.Redirect // the node that serves this user now ("": try the seeds)
+			}
 		}
 		select {
 		case <-c.quit:
@@ -479,7 +549,7 @@ func (c *Client) runLoop(nc net.Conn, w *pb.Welcome) {
 			if errors.As(err, &pe) && fatalCode(pe.Code) {
 				c.stop(pe)
 			}
-			c.log.Debug("reconnect failed", "addr", c.cfg.Addr, "err", err)
+			c.log.Debug("reconnect failed", "err", err)
 			nc = nil
 		}
 	}
@@ -615,7 +685,7 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 		case *pb.Receipts:
 			c.finishRequest(m.Ref, reqDone{msg: m})
 		case *pb.Error:
-			pe := &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal}
+			pe := &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal, Redirect: m.Redirect}
 			if m.Fatal {
 				// The request that cost the connection is answered, not
 				// resent on the next one.

@@ -272,6 +272,7 @@ const (
 	Code_NOT_MEMBER         Code = 28 // a secret chat you are not a member of (or that does not exist)
 	Code_BAD_CHAT           Code = 29 // an invalid secret chat request: level, burn delay, chat with oneself, screenshot below level 3
 	Code_ABORTED            Code = 30 // not committed because other operations in its batch failed; retry (a SUBMIT with its client_msg_id)
+	Code_NOT_OWNER          Code = 31 // cluster mode: this node does not serve the user now; fatal; connect to Error.redirect (or another node) instead
 )
 
 // Enum value maps for Code.
@@ -308,6 +309,7 @@ var (
 		28: "NOT_MEMBER",
 		29: "BAD_CHAT",
 		30: "ABORTED",
+		31: "NOT_OWNER",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":   0,
@@ -341,6 +343,7 @@ var (
 		"NOT_MEMBER":         28,
 		"BAD_CHAT":           29,
 		"ABORTED":            30,
+		"NOT_OWNER":          31,
 	}
 )
 
@@ -1255,10 +1258,11 @@ func (x *Pong) GetNonce() uint64 {
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          Code                   `protobuf:"varint,1,opt,name=code,proto3,enum=ding.v1.Code" json:"code,omitempty"`
-	Ref           uint64                 `protobuf:"varint,2,opt,name=ref,proto3" json:"ref,omitempty"`      // the request it answers, if any
-	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"` // human-readable; never contains message content
-	Fatal         bool                   `protobuf:"varint,4,opt,name=fatal,proto3" json:"fatal,omitempty"`  // the server closes the connection after sending it
-	Retry         bool                   `protobuf:"varint,5,opt,name=retry,proto3" json:"retry,omitempty"`  // sending the same request again is safe (the same SUBMIT with its client_msg_id)
+	Ref           uint64                 `protobuf:"varint,2,opt,name=ref,proto3" json:"ref,omitempty"`          // the request it answers, if any
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`     // human-readable; never contains message content
+	Fatal         bool                   `protobuf:"varint,4,opt,name=fatal,proto3" json:"fatal,omitempty"`      // the server closes the connection after sending it
+	Retry         bool                   `protobuf:"varint,5,opt,name=retry,proto3" json:"retry,omitempty"`      // sending the same request again is safe (the same SUBMIT with its client_msg_id)
+	Redirect      string                 `protobuf:"bytes,6,opt,name=redirect,proto3" json:"redirect,omitempty"` // NOT_OWNER: the socket address (host:port) of the node that serves the user; empty: none known now, try another node later
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1326,6 +1330,13 @@ func (x *Error) GetRetry() bool {
 		return x.Retry
 	}
 	return false
+}
+
+func (x *Error) GetRedirect() string {
+	if x != nil {
+		return x.Redirect
+	}
+	return ""
 }
 
 type ReceiptsQuery struct {
@@ -2013,13 +2024,14 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x1c\n" +
 	"\x04Pong\x12\x14\n" +
-	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x80\x01\n" +
+	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x9c\x01\n" +
 	"\x05Error\x12!\n" +
 	"\x04code\x18\x01 \x01(\x0e2\r.ding.v1.CodeR\x04code\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\x04R\x03ref\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x14\n" +
 	"\x05fatal\x18\x04 \x01(\bR\x05fatal\x12\x14\n" +
-	"\x05retry\x18\x05 \x01(\bR\x05retry\"1\n" +
+	"\x05retry\x18\x05 \x01(\bR\x05retry\x12\x1a\n" +
+	"\bredirect\x18\x06 \x01(\tR\bredirect\"1\n" +
 	"\rReceiptsQuery\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\xa9\x01\n" +
@@ -2109,7 +2121,7 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\tDELIVERED\x10\x02\x12\x0e\n" +
 	"\n" +
 	"READ_STATE\x10\x03\x12\r\n" +
-	"\tCONFIRMED\x10\x04*\xae\x04\n" +
+	"\tCONFIRMED\x10\x04*\xbd\x04\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tBAD_FRAME\x10\x01\x12\x13\n" +
@@ -2145,7 +2157,8 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\n" +
 	"NOT_MEMBER\x10\x1c\x12\f\n" +
 	"\bBAD_CHAT\x10\x1d\x12\v\n" +
-	"\aABORTED\x10\x1eB+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
+	"\aABORTED\x10\x1e\x12\r\n" +
+	"\tNOT_OWNER\x10\x1fB+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
 
 var (
 	file_channels_socket_pb_ding_proto_rawDescOnce sync.Once
