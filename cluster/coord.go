@@ -54,7 +54,11 @@ type Coord interface {
 	// none is live.
 	Lease(ctx context.Context, p Partition) (holder string, epoch uint64, err error)
 
-	// Append adds an entry to the partition's replication stream.
+	// Append adds an entry to the partition's replication stream. The
+	// stream may drop its oldest entries to stay bounded (both
+	// implementations keep the latest StreamKeep): the protocol reads
+	// only entries the owner has not seen acked, and the owner ships
+	// those again when the stream lost them (Owner.Resend).
 	Append(ctx context.Context, p Partition, e Entry) error
 	// Entries returns up to n entries appended after cursor ("" for the
 	// start of the stream) and the cursor after them.

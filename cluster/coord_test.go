@@ -25,6 +25,8 @@ func redisClient(t *testing.T) *redis.Client {
 // coordEnv is a Coord under test and a way to let its leases lapse.
 type coordEnv struct {
 	c Coord
+	// keep bounds the stream (StreamKeep).
+	keep func(n int)
 	// lapse returns once a lease taken with ttl has expired.
 	lapse func(ttl time.Duration)
 }
@@ -37,17 +39,18 @@ func TestCoordContract(t *testing.T) {
 			var mu sync.Mutex
 			now := time.Unix(1_800_000_000, 0)
 			c := NewMemCoord(func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
-			return coordEnv{c, func(d time.Duration) { mu.Lock(); now = now.Add(d + time.Millisecond); mu.Unlock() }}
+			return coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { mu.Lock(); now = now.Add(d + time.Millisecond); mu.Unlock() }}
 		},
 		"redis": func(t *testing.T) coordEnv {
 			c := NewRedisCoord(redisClient(t))
-			return coordEnv{c, func(d time.Duration) { waitLapse(t, c, d) }}
+			return coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
 		},
 	}
 	for name, mk := range envs {
 		t.Run(name, func(t *testing.T) {
 			t.Run("lease", func(t *testing.T) { testLease(t, mk(t)) })
 			t.Run("stream", func(t *testing.T) { testStream(t, mk(t)) })
+			t.Run("stream bound", func(t *testing.T) { testStreamBound(t, mk(t)) })
 			t.Run("acks and standby", func(t *testing.T) { testAcks(t, mk(t)) })
 		})
 	}
@@ -125,6 +128,32 @@ func testLease(t *testing.T, env coordEnv) {
 	}
 	if e, ok, _ := c.TakeLease(ctx, p, "c", 0, ttl); !ok || e != 13 {
 		t.Fatalf("take after release = %d %v, want 13", e, ok)
+	}
+}
+
+// testStreamBound: the stream keeps its latest StreamKeep entries (Redis
+// trims approximately: at most one stream node, 100 entries, more) and
+// drops older ones.
+func testStreamBound(t *testing.T, env coordEnv) {
+	ctx, c := context.Background(), env.c
+	const keep, n = 100, 1000
+	env.keep(keep)
+	for i := range n {
+		if err := c.Append(ctx, 1, Entry{Epoch: 1, Owner: "a", Seq: uint64(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, _, err := c.Entries(ctx, 1, "", 2*n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) < keep || len(es) > keep+100 {
+		t.Fatalf("the stream holds %d entries after %d appends, want %d to %d", len(es), n, keep, keep+100)
+	}
+	for i, e := range es {
+		if want := uint64(n - len(es) + i + 1); e.Seq != want {
+			t.Fatalf("entry %d has seq %d, want %d: the latest entries in order", i, e.Seq, want)
+		}
 	}
 }
 
@@ -330,7 +359,7 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: rc.Addrs()})
 	defer rdb.Close()
 	c := NewRedisCoord(rdb)
-	env := coordEnv{c, func(d time.Duration) { waitLapse(t, c, d) }}
+	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
 	t.Run("lease", func(t *testing.T) { testLease(t, env) })
 	t.Run("stream", func(t *testing.T) { testStream(t, env) })
 	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })

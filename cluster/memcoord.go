@@ -24,6 +24,10 @@ type MemCoord struct {
 	// DropAppends, while positive, makes each Append a no-op that
 	// reports success, and counts down.
 	DropAppends int
+	// StreamKeep, when positive, bounds each partition's stream: Append
+	// drops the oldest entries beyond it (RedisCoord.StreamKeep);
+	// Trimmed counts the entries dropped so.
+	StreamKeep, Trimmed int
 }
 
 type memPart struct {
@@ -121,6 +125,10 @@ func (m *MemCoord) Append(_ context.Context, p Partition, e Entry) error {
 	e.Data = append([]byte(nil), e.Data...)
 	mp := m.part(p)
 	mp.stream = append(mp.stream, memEntry{m.nextID, e})
+	if k := m.StreamKeep; k > 0 && len(mp.stream) > k {
+		m.Trimmed += len(mp.stream) - k
+		mp.stream = append(mp.stream[:0:0], mp.stream[len(mp.stream)-k:]...)
+	}
 	return nil
 }
 

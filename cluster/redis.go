@@ -27,7 +27,19 @@ import (
 // matter to it.
 type RedisCoord struct {
 	rdb redis.UniversalClient
+	// StreamKeep bounds each partition's stream: Append trims it to
+	// about its last StreamKeep entries (Redis's approximate trimming, so
+	// up to a stream node more). Zero means DefaultStreamKeep.
+	StreamKeep int
 }
+
+// DefaultStreamKeep is how many of a partition's latest entries its
+// stream keeps. A standby needs only the entries the owner has not seen
+// acked, which the owner keeps and ships again when the stream lost them
+// (Owner.Resend), and an owner waits for acks with a bounded pipeline,
+// so the stream holds far more than any standby reads; what it bounds is
+// Redis's memory.
+const DefaultStreamKeep = 1024
 
 // DialRedis returns a RedisCoord on the Redis at addrs, written
 // redis://HOST:PORT[,HOST:PORT...] (one address: one Redis; several: a
@@ -137,8 +149,13 @@ func (r *RedisCoord) Lease(ctx context.Context, p Partition) (string, uint64, er
 
 // Append implements Coord.
 func (r *RedisCoord) Append(ctx context.Context, p Partition, e Entry) error {
+	keep := r.StreamKeep
+	if keep <= 0 {
+		keep = DefaultStreamKeep
+	}
 	err := r.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: key(p, "stream"),
+		MaxLen: int64(keep), Approx: true,
 		Values: []any{"e", e.Epoch, "o", e.Owner, "s", e.Seq, "d", e.Data, "sb", e.Standby},
 	}).Err()
 	if err != nil {

@@ -16,7 +16,8 @@ import (
 // nodes, one partition, a MemCoord on a fake clock, and one seeded random
 // schedule of writes, standby reads, acks, lease renewals and expiries,
 // takeovers, standby changes, crashes (a disk lost at most once), pauses,
-// entries the stream loses and rollbacks of the coordinator's state. After
+// entries the stream loses (and a stream trimmed to its last 2 to 31
+// entries) and rollbacks of the coordinator's state. After
 // every step it checks the safety argument of the package doc:
 //
 //   - every acknowledged batch is in the history of every new owner when
@@ -57,13 +58,13 @@ func TestSimulation(t *testing.T) {
 	// The schedules must reach the situations the argument is about, or
 	// the test proves nothing.
 	t.Logf("%d schedules: %+v", n, stats)
-	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 {
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}
 }
 
 type simStats struct {
-	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes int
+	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed int
 }
 
 type simNode struct {
@@ -132,6 +133,10 @@ func simulateStats(seed uint64, steps int, verbose bool, stats *simStats) (err e
 		ackedBy: map[uint64]string{},
 	}
 	s.c = NewMemCoord(func() time.Time { return s.now })
+	// A short stream, trimmed while standbys still read it: what a
+	// standby needs is what the owner has not seen acked, which it
+	// resends.
+	s.c.StreamKeep = 2 + s.rng.IntN(30)
 	for i := range 3 {
 		s.nodes = append(s.nodes, &simNode{id: fmt.Sprintf("n%d", i), up: true})
 	}
@@ -172,6 +177,7 @@ func simulateStats(seed uint64, steps int, verbose bool, stats *simStats) (err e
 			n.maxFence = n.st.FenceEpoch
 		}
 	}
+	s.stats.trimmed += s.c.Trimmed
 	return s.heal(ctx)
 }
 
