@@ -87,30 +87,43 @@ func (s *Server) start() error {
 // 200 (polled every 5 ms). It returns when the process was started and
 // when it was first seen ready.
 func (s *Server) exec() (started, ready time.Time, err error) {
+	if started, err = s.launch(); err != nil {
+		return started, time.Time{}, err
+	}
+	deadline := started.Add(30 * time.Second)
+	for !s.Ready() {
+		if time.Now().After(deadline) {
+			return started, time.Time{}, fmt.Errorf("dingd not ready after 30s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return started, time.Now(), nil
+}
+
+// launch starts the dingd process on s.Data without waiting for it.
+func (s *Server) launch() (time.Time, error) {
 	args := append([]string{"--data", s.Data, "--listen", s.Sock, "--http", s.HTTP, "--log-level", "warn"}, s.args...)
 	s.cmd = exec.Command(s.bin, args...)
 	s.cmd.Stderr = s.log
 	if s.env != nil {
 		s.cmd.Env = append(os.Environ(), s.env...)
 	}
-	started = time.Now()
+	started := time.Now()
 	if err := s.cmd.Start(); err != nil {
-		return started, time.Time{}, fmt.Errorf("start %s: %w", s.bin, err)
+		return started, fmt.Errorf("start %s: %w", s.bin, err)
 	}
-	deadline := started.Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + s.HTTP + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return started, time.Now(), nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return started, time.Time{}, fmt.Errorf("dingd not ready after 30s")
-		}
-		time.Sleep(5 * time.Millisecond)
+	return started, nil
+}
+
+// Ready reports whether dingd's /readyz answers 200 (in cluster mode:
+// whether it is the member serving).
+func (s *Server) Ready() bool {
+	resp, err := http.Get("http://" + s.HTTP + "/readyz")
+	if err != nil {
+		return false
 	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
 }
 
 // Kill sends dingd sig (os.Kill for a crash, syscall.SIGTERM for a clean

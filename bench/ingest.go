@@ -121,6 +121,12 @@ func runIngest(cfg IngestConfig, bin string, rate float64) (*ingestRun, error) {
 		return nil, err
 	}
 	defer srv.Stop()
+	return runIngestOn(cfg, srv, rate)
+}
+
+// runIngestOn drives the ingest load against a running dingd whose users
+// u0 .. u<Conns-1> exist.
+func runIngestOn(cfg IngestConfig, srv *Server, rate float64) (*ingestRun, error) {
 	drive := driveClients
 	if cfg.Raw {
 		drive = driveRaw

@@ -51,7 +51,7 @@ func main() {
 	}
 }
 
-const usage = "usage: dingbench ingest|idle|resume|broadcast|announce|escalate|secret|all [--against OTHER_DINGD] [flags]"
+const usage = "usage: dingbench ingest|idle|resume|broadcast|announce|escalate|secret|cluster|all [--against OTHER_DINGD] [flags]"
 
 func run(args []string) error {
 	if len(args) == 0 {
@@ -92,6 +92,7 @@ func run(args []string) error {
 	perChat := fs.Int("per-chat", 2, "secret: messages per chat in the burn-lateness phase")
 	live := fs.Int("live", 50_000, "secret: live messages held at a restart")
 	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
+	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
 	switch scenario {
 	case "-h", "-help", "--help", "help":
 		fs.SetOutput(os.Stdout)
@@ -163,6 +164,10 @@ func run(args []string) error {
 				Chats: *chats, PerChat: *perChat, Live: *live, Restarts: *restarts, Pprof: *serverPprof, Profile: profile})
 		})
 	}
+	cluster := func() (bench.Table, error) {
+		return bench.Cluster(bench.ClusterConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
+			Warmup: *warm, Run: *runFor, Failovers: *failovers})
+	}
 	switch scenario {
 	case "announce-naive": // the announce scenario's baseline, run by it as a child process
 		return bench.NaiveBroadcast(os.Stdin, os.Stdout, pick(*conns, 18000))
@@ -180,6 +185,8 @@ func run(args []string) error {
 		scenarios = append(scenarios, escalate)
 	case "secret":
 		scenarios = append(scenarios, secret)
+	case "cluster":
+		scenarios = append(scenarios, cluster)
 	case "all":
 		scenarios = append(scenarios, ingest, idle, resume, broadcast, escalate, secret)
 	default:

@@ -1,0 +1,331 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dingmq/ding/channels/socket/client"
+)
+
+// ClusterConfig sizes the cluster scenario.
+type ClusterConfig struct {
+	Bin, Tmp string
+	// Conns, Payload, Warmup and Run are the ingest load's (a closed
+	// loop of the Go client library).
+	Conns, Payload int
+	Warmup, Run    time.Duration
+	// Failovers is how many times the serving member is killed.
+	Failovers int
+}
+
+// Cluster compares three dingd members on one redis-server (cluster mode:
+// an owner, its standby, a spare) with one dingd on its own, in the same
+// run: the ingest closed loop against each (acknowledged msgs/s, submit→
+// ack and submit→delivered latencies), what Redis does per acknowledged
+// message, and the time from SIGKILL of the serving member to the first
+// acknowledgement on the next one, Failovers times in a row (the killed
+// member is restarted and rejoins before the next kill).
+func Cluster(cfg ClusterConfig) (Table, error) {
+	cfg.Payload = max(cfg.Payload, 8)
+	icfg := IngestConfig{Bin: cfg.Bin, Tmp: cfg.Tmp, Conns: cfg.Conns, Payload: cfg.Payload, Warmup: cfg.Warmup, Run: cfg.Run}
+
+	fmt.Fprintf(os.Stderr, "cluster: one dingd, closed loop, %d connections\n", cfg.Conns)
+	single, err := runIngest(icfg, cfg.Bin, 0)
+	if err != nil {
+		return Table{}, err
+	}
+
+	rs, err := startRedis(cfg.Tmp)
+	if err != nil {
+		return Table{}, err
+	}
+	defer rs.stop()
+	fmt.Fprintf(os.Stderr, "cluster: three members on redis-server %s\n", rs.addr)
+	cl, err := startCluster(cfg.Bin, cfg.Tmp, rs.addr, cfg.Conns)
+	if err != nil {
+		return Table{}, err
+	}
+	defer cl.stop()
+	fmt.Fprintf(os.Stderr, "cluster: closed loop, %d connections, against the owner\n", cfg.Conns)
+	var before, after redisStats
+	start := time.Now()
+	// Redis's counters at the measured window's edges.
+	beforeAt := time.AfterFunc(cfg.Warmup, func() { before = rs.stats() })
+	afterAt := time.AfterFunc(cfg.Warmup+cfg.Run, func() { after = rs.stats() })
+	repl, err := runIngestOn(icfg, cl.serving(), 0)
+	beforeAt.Stop()
+	afterAt.Stop()
+	if err != nil {
+		return Table{}, err
+	}
+	if time.Since(start) < cfg.Warmup+cfg.Run || after.calls == 0 {
+		return Table{}, errors.New("cluster: the load ended before its window")
+	}
+
+	var failovers Latencies
+	for i := range cfg.Failovers {
+		fmt.Fprintf(os.Stderr, "cluster: failover %d of %d\n", i+1, cfg.Failovers)
+		d, err := cl.failover()
+		if err != nil {
+			return Table{}, fmt.Errorf("failover %d: %w", i+1, err)
+		}
+		failovers = append(failovers, d)
+	}
+	return clusterTable(cfg, single, repl, before, after, failovers), nil
+}
+
+func clusterTable(cfg ClusterConfig, single, repl *ingestRun, before, after redisStats, failovers Latencies) Table {
+	met := func(ok bool) string {
+		if ok {
+			return " (met)"
+		}
+		return " (NOT met)"
+	}
+	q := func(l Latencies, p float64) string { return ms(l.Quantile(p)) }
+	sr, cr := rate(single.w.acked.Load(), cfg.Run), rate(repl.w.acked.Load(), cfg.Run)
+	p50d := repl.ack.Quantile(0.5) - single.ack.Quantile(0.5)
+	acked := float64(max(repl.w.acked.Load(), 1))
+	rows := []Row{
+		{"acknowledged msgs/s (closed loop)", fmt.Sprintf("%.0f", cr), fmt.Sprintf("%.0f (one dingd)", sr), ratio(cr, sr), "≥ 0.5× one dingd (the issue's goal for cross-partition traffic)" + met(cr >= sr/2)},
+		{"submit→ack p50", q(repl.ack, 0.5), q(single.ack, 0.5), fmt.Sprintf("%+.2f ms", float64(p50d)/1e6), "replication adds ≤ 2 ms" + met(p50d <= 2*time.Millisecond)},
+		{"submit→ack p99", q(repl.ack, 0.99), q(single.ack, 0.99), "", ""},
+		{"submit→delivered p50", q(repl.del, 0.5), q(single.del, 0.5), "", ""},
+		{"submit→delivered p99", q(repl.del, 0.99), q(single.del, 0.99), "", ""},
+		{"Redis commands per acknowledged message", fmt.Sprintf("%.3f", float64(after.calls-before.calls)/acked), "", "", ""},
+		{"Redis bytes in+out per acknowledged message", fmt.Sprintf("%.0f", float64(after.bytes-before.bytes)/acked), "", "", ""},
+	}
+	if len(failovers) > 0 {
+		sorted := slices.Clone(failovers)
+		slices.Sort(sorted)
+		var each []string
+		for _, d := range failovers {
+			each = append(each, fmt.Sprintf("%.2f", d.Seconds()))
+		}
+		rows = append(rows, Row{"failover: SIGKILL → first ack on the next member", fmt.Sprintf("median %.2f s, max %.2f s (%s s)",
+			sorted[len(sorted)/2].Seconds(), sorted[len(sorted)-1].Seconds(), strings.Join(each, ", ")), "", "", "≤ 5 s" + met(sorted[len(sorted)-1] <= 5*time.Second)})
+	}
+	notes := append(runNotes("One dingd", single), runNotes("Cluster", repl)...)
+	notes = append(notes,
+		"One partition (cluster mode today): every user on the owner, so this is same-partition traffic; cross-partition traffic and its relay are not built.",
+		"Redis per message: every command the members sent (INFO commandstats, calls) and every byte in and out (INFO stats), over the measured window, divided by the messages acknowledged in it; a batch of many messages costs one stream append, its standby's read and ack, and the owner's ack polls.")
+	return Table{
+		Scenario: "cluster",
+		Setup: fmt.Sprintf("Three dingd members (owner, standby, spare; default lease 3s) on one redis-server, on this machine's 2 cores with the load generator, against one dingd on its own in the same run. "+
+			"%d connections through the Go client library, each a user submitting %d-byte messages to the next user (online), one at a time (closed loop); %v warm-up, %v measured. "+
+			"Failover: a client given every member's address sends one message at a time; the serving member is killed with SIGKILL; the time is from the kill to that client's first acknowledgement from the next member, which includes noticing the silence, the lease running out (3s), the takeover, the spare becoming the new standby (no acknowledgement without one) and the client moving; the killed member is restarted and rejoins before the next kill.",
+			cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run),
+		Rows:  rows,
+		Notes: notes,
+	}
+}
+
+// redisServer is a redis-server child process.
+type redisServer struct {
+	addr string
+	cmd  *exec.Cmd
+	rdb  *redis.Client
+}
+
+func startRedis(tmp string) (*redisServer, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found (make test installs Debian's redis-server): %w", err)
+	}
+	dir, err := os.MkdirTemp(tmp, "dingbench-redis-")
+	if err != nil {
+		return nil, err
+	}
+	addr := freeAddr()
+	_, port, _ := strings.Cut(addr, ":")
+	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no", "--dir", dir)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	r := &redisServer{addr: addr, cmd: cmd, rdb: redis.NewClient(&redis.Options{Addr: addr})}
+	deadline := time.Now().Add(10 * time.Second)
+	for r.rdb.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			r.stop()
+			return nil, errors.New("redis-server did not answer within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return r, nil
+}
+
+func (r *redisServer) stop() {
+	r.rdb.Close()
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+}
+
+// redisStats are Redis's cumulative counters.
+type redisStats struct{ calls, bytes int64 }
+
+// stats reads them (the INFO itself counts one call).
+func (r *redisServer) stats() redisStats {
+	info, err := r.rdb.Info(context.Background(), "commandstats", "stats").Result()
+	if err != nil {
+		return redisStats{}
+	}
+	var s redisStats
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(line, "cmdstat_"); ok {
+			_, fields, _ := strings.Cut(rest, ":")
+			for _, f := range strings.Split(fields, ",") {
+				if v, ok := strings.CutPrefix(f, "calls="); ok {
+					n, _ := strconv.ParseInt(v, 10, 64)
+					s.calls += n
+				}
+			}
+		}
+		for _, k := range []string{"total_net_input_bytes:", "total_net_output_bytes:"} {
+			if v, ok := strings.CutPrefix(line, k); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				s.bytes += n
+			}
+		}
+	}
+	return s
+}
+
+// dingCluster is three dingd members on one Redis.
+type dingCluster struct {
+	members []*Server
+	killed  int // index of the member killed last, -1 for none
+}
+
+// startCluster starts member a (it founds the cluster), b (it joins as
+// the standby) and c (a spare), and creates users u0 .. u<users-1>.
+func startCluster(bin, tmp, redisAddr string, users int) (*dingCluster, error) {
+	cl := &dingCluster{killed: -1}
+	for _, id := range []string{"a", "b", "c"} {
+		s, err := newServer(bin, tmp)
+		if err != nil {
+			cl.stop()
+			return nil, err
+		}
+		s.args = []string{"--cluster", "redis://" + redisAddr, "--node-id", id, "--advertise", "http://" + s.HTTP}
+		s.env = []string{"DING_CLUSTER_SECRET=dingbench"}
+		cl.members = append(cl.members, s)
+	}
+	a := cl.members[0]
+	if err := a.start(); err != nil {
+		cl.stop()
+		return nil, err
+	}
+	for _, s := range cl.members[1:] {
+		s.admin, s.keys = a.admin, a.keys // shared through the snapshot
+		if _, err := s.launch(); err != nil {
+			cl.stop()
+			return nil, err
+		}
+		if s == cl.members[1] {
+			if err := cl.waitStandby(a, 30*time.Second); err != nil {
+				cl.stop()
+				return nil, err
+			}
+		}
+	}
+	if err := a.AddUsers("u", 0, users); err != nil { // acknowledged once replicated
+		cl.stop()
+		return nil, err
+	}
+	return cl, nil
+}
+
+// serving returns the member that serves now (nil if none does).
+func (cl *dingCluster) serving() *Server {
+	for _, s := range cl.members {
+		if s.Ready() {
+			return s
+		}
+	}
+	return nil
+}
+
+// waitStandby waits until owner reports a standby.
+func (cl *dingCluster) waitStandby(owner *Server, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		var st struct{ Standby string }
+		if err := owner.call("GET", "/v1/cluster", nil, &st); err == nil && st.Standby != "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no standby within %v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// failover kills the serving member while a client sends one message at
+// a time, and returns the time from the kill to that client's first
+// acknowledgement afterwards. It then restarts the killed member and
+// waits until the new owner has a standby again.
+func (cl *dingCluster) failover() (time.Duration, error) {
+	owner := cl.serving()
+	if owner == nil {
+		return 0, errors.New("no member serving")
+	}
+	var addrs []string
+	for _, s := range cl.members {
+		addrs = append(addrs, s.Sock)
+	}
+	c, err := client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: owner.Token("u0", "failover"), Device: "failover",
+		DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	send := func(d time.Duration) (time.Time, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		_, err := c.Send(ctx, []string{"u1"}, []byte("failover probe"))
+		return time.Now(), err
+	}
+	if _, err := send(10 * time.Second); err != nil {
+		return 0, fmt.Errorf("before the kill: %w", err)
+	}
+	killed, err := owner.Kill(os.Kill)
+	if err != nil {
+		return 0, err
+	}
+	var at time.Time
+	for {
+		if at, err = send(60 * time.Second); err == nil {
+			break
+		}
+		if time.Since(killed) > 60*time.Second {
+			return 0, fmt.Errorf("no acknowledgement within 60s of the kill: %w", err)
+		}
+	}
+	took := at.Sub(killed)
+	if _, err := owner.launch(); err != nil { // it rejoins as the spare
+		return 0, err
+	}
+	next := cl.serving()
+	if next == nil {
+		return 0, errors.New("acknowledged, yet no member serving")
+	}
+	if err := cl.waitStandby(next, 30*time.Second); err != nil {
+		return 0, err
+	}
+	return took, nil
+}
+
+func (cl *dingCluster) stop() {
+	for _, s := range cl.members {
+		s.Stop()
+	}
+}
