@@ -25,6 +25,8 @@ type ClusterConfig struct {
 	Warmup, Run    time.Duration
 	// Failovers is how many times the serving member is killed.
 	Failovers int
+	// Profiling, if set, profiles the owner over the measured window.
+	Profiling Profiling
 }
 
 // Cluster compares three dingd members on one redis-server (cluster mode:
@@ -39,7 +41,13 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 	icfg := IngestConfig{Bin: cfg.Bin, Tmp: cfg.Tmp, Conns: cfg.Conns, Payload: cfg.Payload, Warmup: cfg.Warmup, Run: cfg.Run}
 
 	fmt.Fprintf(os.Stderr, "cluster: one dingd, closed loop, %d connections\n", cfg.Conns)
-	single, err := runIngest(icfg, cfg.Bin, 0)
+	srv, err := StartServer(cfg.Bin, cfg.Tmp, cfg.Conns)
+	if err != nil {
+		return Table{}, err
+	}
+	singleCPU := cpuWindow(cfg.Warmup, cfg.Run, map[string]int{"dingd": srv.cmd.Process.Pid})
+	single, err := runIngestOn(icfg, srv, 0)
+	srv.Stop()
 	if err != nil {
 		return Table{}, err
 	}
@@ -50,18 +58,33 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 	}
 	defer rs.stop()
 	fmt.Fprintf(os.Stderr, "cluster: three members on redis-server %s\n", rs.addr)
-	cl, err := startCluster(cfg.Bin, cfg.Tmp, rs.addr, cfg.Conns)
+	cl, err := startCluster(cfg.Bin, cfg.Tmp, rs.addr, cfg.Conns, cfg.Profiling.dingdArgs()...)
 	if err != nil {
 		return Table{}, err
 	}
 	defer cl.stop()
 	fmt.Fprintf(os.Stderr, "cluster: closed loop, %d connections, against the owner\n", cfg.Conns)
+	pids := map[string]int{"redis-server": rs.cmd.Process.Pid}
+	for i, m := range cl.members {
+		pids[[]string{"owner", "standby", "spare"}[i]] = m.cmd.Process.Pid
+	}
+	clusterCPU := cpuWindow(cfg.Warmup, cfg.Run, pids)
 	var before, after redisStats
 	start := time.Now()
 	// Redis's counters at the measured window's edges.
 	beforeAt := time.AfterFunc(cfg.Warmup, func() { before = rs.stats() })
 	afterAt := time.AfterFunc(cfg.Warmup+cfg.Run, func() { after = rs.stats() })
+	var profiled func() (string, error)
+	profAt := time.AfterFunc(cfg.Warmup, func() { profiled = cfg.Profiling.begin(int(cfg.Run.Seconds())) })
 	repl, err := runIngestOn(icfg, cl.serving(), 0)
+	profAt.Stop()
+	if profiled != nil {
+		if f, perr := profiled(); perr != nil {
+			fmt.Fprintf(os.Stderr, "cluster: owner profile: %v\n", perr)
+		} else if f != "" {
+			fmt.Fprintf(os.Stderr, "cluster: owner CPU profile over the window in %s\n", f)
+		}
+	}
 	beforeAt.Stop()
 	afterAt.Stop()
 	if err != nil {
@@ -80,7 +103,39 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 		}
 		failovers = append(failovers, d)
 	}
-	return clusterTable(cfg, single, repl, before, after, failovers), nil
+	t := clusterTable(cfg, single, repl, before, after, failovers)
+	t.Rows = append(t.Rows, Row{"CPU seconds over the measured window", clusterCPU(), singleCPU(), "", ""})
+	return t, nil
+}
+
+// cpuWindow reads the CPU time of each process (and of this load
+// generator) at the edges of the window that starts warmup from now and
+// lasts run; the function it returns renders them once the window ended.
+func cpuWindow(warmup, run time.Duration, pids map[string]int) func() string {
+	read := func() map[string]float64 {
+		m := map[string]float64{"load generator": selfCPUSeconds()}
+		for name, pid := range pids {
+			m[name], _ = cpuSeconds(pid)
+		}
+		return m
+	}
+	var from, to map[string]float64
+	done := make(chan struct{})
+	time.AfterFunc(warmup, func() { from = read() })
+	time.AfterFunc(warmup+run, func() { to = read(); close(done) })
+	return func() string {
+		select {
+		case <-done:
+		default:
+			return "not measured"
+		}
+		var parts []string
+		for name := range to {
+			parts = append(parts, fmt.Sprintf("%s %.1f", name, to[name]-from[name]))
+		}
+		slices.Sort(parts)
+		return strings.Join(parts, ", ") + fmt.Sprintf(" (of %.0f core-seconds)", 2*run.Seconds())
+	}
 }
 
 func clusterTable(cfg ClusterConfig, single, repl *ingestRun, before, after redisStats, failovers Latencies) Table {
@@ -100,6 +155,7 @@ func clusterTable(cfg ClusterConfig, single, repl *ingestRun, before, after redi
 		{"submit→ack p99", q(repl.ack, 0.99), q(single.ack, 0.99), "", ""},
 		{"submit→delivered p50", q(repl.del, 0.5), q(single.del, 0.5), "", ""},
 		{"submit→delivered p99", q(repl.del, 0.99), q(single.del, 0.99), "", ""},
+		{"owner: a batch's wait for its standby, p50 / p99", replWaits(repl), "", "", ""},
 		{"Redis commands per acknowledged message", fmt.Sprintf("%.3f", float64(after.calls-before.calls)/acked), "", "", ""},
 		{"Redis bytes in+out per acknowledged message", fmt.Sprintf("%.0f", float64(after.bytes-before.bytes)/acked), "", "", ""},
 	}
@@ -207,7 +263,7 @@ type dingCluster struct {
 
 // startCluster starts member a (it founds the cluster), b (it joins as
 // the standby) and c (a spare), and creates users u0 .. u<users-1>.
-func startCluster(bin, tmp, redisAddr string, users int) (*dingCluster, error) {
+func startCluster(bin, tmp, redisAddr string, users int, ownerArgs ...string) (*dingCluster, error) {
 	cl := &dingCluster{killed: -1}
 	for _, id := range []string{"a", "b", "c"} {
 		s, err := newServer(bin, tmp)
@@ -220,6 +276,7 @@ func startCluster(bin, tmp, redisAddr string, users int) (*dingCluster, error) {
 		cl.members = append(cl.members, s)
 	}
 	a := cl.members[0]
+	a.args = append(a.args, ownerArgs...)
 	if err := a.start(); err != nil {
 		cl.stop()
 		return nil, err
@@ -328,4 +385,13 @@ func (cl *dingCluster) stop() {
 	for _, s := range cl.members {
 		s.Stop()
 	}
+}
+
+// replWaits renders the owner's replication wait quantiles (bucket
+// bounds: a histogram's resolution).
+func replWaits(r *ingestRun) string {
+	if r.replWait == nil {
+		return "not scraped"
+	}
+	return fmt.Sprintf("≤ %s / ≤ %s (%.0f batches)", ms(r.replWait.Quantile(0.5)), ms(r.replWait.Quantile(0.99)), r.replWait.Count())
 }

@@ -49,6 +49,9 @@ type ingestRun struct {
 	ack, del                 Latencies
 	batchOps, framesPerFlush float64 // means over the run; zero when not scraped
 	flushes                  float64
+	// replWait is, in cluster mode, the owner's batches' wait for the
+	// standby over the run (ding_cluster_replication_wait_seconds).
+	replWait *Histogram
 }
 
 // Ingest: Conns connected users each submit Payload-byte messages to the
@@ -148,6 +151,9 @@ func runIngestOn(cfg IngestConfig, srv *Server, rate float64) (*ingestRun, error
 	}
 	if n := m.Sum("ding_engine_commit_batch_ops_count"); n > 0 {
 		r.batchOps = m.Sum("ding_engine_commit_batch_ops_sum") / n
+	}
+	if h, err := m.Histogram("ding_cluster_replication_wait_seconds"); err == nil {
+		r.replWait = &h
 	}
 	if r.flushes = m.Sum("ding_socket_flush_frames_count"); r.flushes > 0 {
 		r.framesPerFlush = m.Sum("ding_socket_flush_frames_sum") / r.flushes

@@ -166,7 +166,7 @@ func run(args []string) error {
 	}
 	cluster := func() (bench.Table, error) {
 		return bench.Cluster(bench.ClusterConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
-			Warmup: *warm, Run: *runFor, Failovers: *failovers})
+			Warmup: *warm, Run: *runFor, Failovers: *failovers, Profiling: profiling})
 	}
 	switch scenario {
 	case "announce-naive": // the announce scenario's baseline, run by it as a child process
