@@ -266,6 +266,26 @@ func TestClusterClientsFollowTheOwner(t *testing.T) {
 	c.extra = []string{"--idle-timeout", "1500ms"} // clients ping every 500ms and take 1.5s of silence for a dead server
 	a, b := c.start()
 	spare := c.member("c")
+	memberStatus := func(via, tokenOf *proc) (st struct{ Member, Role, Owner string }) {
+		t.Helper()
+		if code := (&proc{data: tokenOf.data, http: via.http}).admin(t, "GET", "/v1/cluster", nil, &st); code != 200 {
+			t.Fatalf("GET /v1/cluster on %s: %d", via.http, code)
+		}
+		return st
+	}
+	// The members that do not serve answer HTTP too: not ready, their
+	// own status, and the admin API proxied to the owner.
+	nodetest.WaitFor(t, "the spare's HTTP stand-in", 10*time.Second, func() bool { code, _ := readyz(spare.http); return code == 503 })
+	if code, _ := readyz(b.http); code != 503 {
+		t.Fatalf("the standby's /readyz: %d, want 503", code)
+	}
+	if st := memberStatus(b, b); st.Member != "b" || st.Role != "standby" || st.Owner != "a" {
+		t.Fatalf("the standby's own status: %+v", st)
+	}
+	var user struct{ ID string }
+	if code := b.admin(t, "GET", "/v1/users/ana", nil, &user); code != 200 || user.ID != "ana" {
+		t.Fatalf("the admin API through the standby: %d %+v, want ana from the owner", code, user)
+	}
 	dial := func(user, addrs string) *client.Client {
 		cl, err := client.Dial(context.Background(), client.Config{Addr: addrs, Token: a.token(t, user, "phone"), Device: "phone",
 			DialTimeout: time.Second, MaxBackoff: 200 * time.Millisecond})
@@ -318,6 +338,9 @@ func TestClusterClientsFollowTheOwner(t *testing.T) {
 	}
 	stop()
 	<-done
+	if st := memberStatus(spare, b); st.Role != "standby" || st.Owner != "b" {
+		t.Fatalf("the former spare's status after the failover: %+v, want b's standby", st)
+	}
 
 	mu.Lock()
 	want := acked

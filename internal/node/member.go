@@ -14,15 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/auth"
-	"github.com/dingmq/ding/channels/socket"
-	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
@@ -96,7 +93,9 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		}
 	}
 	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID)}
-	defer m.unredirect()
+	m.state.Store(stateSpare)
+	m.metrics = m.standInMetrics()
+	defer m.standOut()
 	return m.run(ctx)
 }
 
@@ -122,59 +121,19 @@ type member struct {
 	c   cluster.Coord
 	log *slog.Logger
 
-	redir *socket.Redirector // answers clients while this member does not serve
+	// While it does not serve: what it does, its copy of the partition
+	// (while it follows), its metrics, and its stand-in on the node's
+	// ports (standin.go).
+	state    atomic.Value // memberState
+	follower atomic.Pointer[cluster.Follower]
+	metrics  *prometheus.Registry
+	stand    *standIn
+	cache    ownerCache
 }
 
 // socketAddrKey is where a member publishes its socket address (beside
 // its HTTP URL under its own id).
 func socketAddrKey(id string) string { return id + "/socket" }
-
-// redirect makes this member's socket port answer clients with the
-// owner's address, while it does not serve (following, joining,
-// waiting). A port it cannot bind is logged and left alone: redirects
-// are a convenience, a client also tries the other addresses it has.
-func (m *member) redirect() {
-	if m.redir != nil {
-		return
-	}
-	addr := m.mc.Node.SocketAddr
-	if addr == "" {
-		addr = ":7070"
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		m.log.Warn("cannot answer clients with the owner's address", "listen", addr, "err", err)
-		return
-	}
-	var (
-		mu     sync.Mutex
-		cached string
-		at     time.Time
-	)
-	m.redir = &socket.Redirector{Route: func(ctx context.Context, _ *pb.Hello) string {
-		// One partition: every user's owner is the lease holder.
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(at) < 250*time.Millisecond {
-			return cached
-		}
-		cached, at = "", time.Now()
-		holder, _, err := m.c.Lease(ctx, memberPartition)
-		if err == nil && holder != "" && holder != m.mc.ID {
-			cached, _ = m.c.Addr(ctx, socketAddrKey(holder))
-		}
-		return cached
-	}}
-	m.redir.Serve(ln)
-}
-
-// unredirect frees the socket port for serving.
-func (m *member) unredirect() {
-	if m.redir != nil {
-		_ = m.redir.Close()
-		m.redir = nil
-	}
-}
 
 func (m *member) storeDir() string { return filepath.Join(m.mc.Node.DataDir, "store") }
 
@@ -198,7 +157,8 @@ func (m *member) pause(ctx context.Context) bool {
 func (m *member) run(ctx context.Context) error {
 	p, ttl := memberPartition, m.mc.LeaseTTL
 	waiting := ""
-	m.redirect()
+	m.state.Store(stateSpare)
+	m.standIn()
 	for ctx.Err() == nil {
 		holder, epoch, err := m.c.Lease(ctx, p)
 		var sb string
@@ -285,6 +245,7 @@ func emptyDir(dir string) bool {
 // snapshot, replaces its store and shared files with it, follows, and
 // asks holder to name it.
 func (m *member) join(ctx context.Context, holder string) error {
+	m.state.Store(stateJoining)
 	for ctx.Err() == nil {
 		addr, err := m.c.Addr(ctx, holder)
 		if err != nil || addr == "" {
@@ -349,6 +310,9 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 		db.Close()
 		return err
 	}
+	m.state.Store(stateStandby)
+	m.follower.Store(f)
+	defer m.follower.CompareAndSwap(f, nil)
 	follow := func() (stop func()) {
 		fctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
@@ -390,6 +354,7 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 			if errors.Is(err, cluster.ErrNotStandby) {
 				db.Close()
 				m.log.Warn("no longer the partition's standby", "err", err)
+				m.follower.Store(nil)
 				return m.run(ctx)
 			}
 			stop = follow()
@@ -397,6 +362,7 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 		}
 		db.Close()
 		m.log.Info("took the partition over", "epoch", owner.Epoch())
+		m.follower.Store(nil)
 		return m.serve(ctx, owner)
 	}
 	stop()
@@ -482,7 +448,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		_ = json.NewEncoder(w).Encode(st)
 	})
 	cfg.Routes = routes
-	m.unredirect()
+	m.standOut()
 	n, err := Start(cfg)
 	if err != nil {
 		_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())

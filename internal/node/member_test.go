@@ -32,8 +32,10 @@ func TestClusterMetricsScrape(t *testing.T) {
 			}
 		}
 	}()
+	httpOf := map[string]string{}
 	member := func(id string, started chan<- *node.Node) {
 		addr := nodetest.FreeAddr(t)
+		httpOf[id] = addr
 		d := make(chan error, 1)
 		done = append(done, d)
 		mc := node.MemberConfig{
@@ -62,46 +64,76 @@ func TestClusterMetricsScrape(t *testing.T) {
 	if _, err := a.Engine().Submit(ctx, engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("hi")}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get("http://" + a.HTTPAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	scrape, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	fams, err := parseExposition(scrape)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cat, err := parseCatalogue(catalogueFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, m := range cat {
-		if !m.clusterOnly {
-			continue
+	// The owner serves the owner's metrics; the standby, on its own HTTP
+	// port, the metrics of a member not serving, and says it follows.
+	sb := "http://" + httpOf["b"]
+	nodetest.WaitFor(t, "b to hold the message", 10*time.Second, func() bool {
+		return bytes.Contains(get(t, sb+"/metrics", ""), []byte("ding_cluster_standby_seq"))
+	})
+	for _, who := range []struct {
+		name, url  string
+		notServing bool
+		want       []string
+	}{
+		{"the owner", "http://" + a.HTTPAddr(), false, []string{"ding_cluster_has_standby 1", "ding_cluster_epoch 1", "ding_cluster_replication_wait_seconds_count"}},
+		{"the standby", sb, true, []string{`ding_cluster_member_state{state="standby"} 1`, `ding_cluster_member_state{state="spare"} 0`, "ding_cluster_standby_fence_epoch 1"}},
+	} {
+		scrape := get(t, who.url+"/metrics", "")
+		fams, err := parseExposition(scrape)
+		if err != nil {
+			t.Fatal(err)
 		}
-		n++
-		f, ok := fams[m.name]
-		if !ok {
-			t.Errorf("%s is in %s (line %d) but the owner does not serve it", m.name, catalogueFile, m.line)
-			continue
+		n := 0
+		for _, m := range cat {
+			if !m.clusterOnly || m.notServing != who.notServing {
+				continue
+			}
+			n++
+			f, ok := fams[m.name]
+			if !ok {
+				t.Errorf("%s is in %s (line %d) but %s does not serve it", m.name, catalogueFile, m.line, who.name)
+				continue
+			}
+			if f.typ != m.typ {
+				t.Errorf("%s: catalogue says %s, %s's /metrics says %s", m.name, m.typ, who.name, f.typ)
+			}
 		}
-		if f.typ != m.typ {
-			t.Errorf("%s: catalogue says %s, /metrics says %s", m.name, m.typ, f.typ)
+		if n == 0 {
+			t.Fatalf("no cluster-only metric for %s in the catalogue: the parsing is broken", who.name)
+		}
+		for _, want := range who.want {
+			if !bytes.Contains(scrape, []byte(want)) {
+				t.Errorf("%s's /metrics lacks %q", who.name, want)
+			}
+		}
+		cmd := exec.Command(promtoolPath(t), "check", "metrics")
+		cmd.Stdin = bytes.NewReader(scrape)
+		if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("promtool check metrics (%s): %v\n%s", who.name, err, out)
 		}
 	}
-	if n == 0 {
-		t.Fatal("no cluster-only metric in the catalogue: the parsing is broken")
+}
+
+// get fetches url (with an admin token, if given) and returns the body of
+// a 200.
+func get(t *testing.T, url, token string) []byte {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	for _, want := range []string{"ding_cluster_has_standby 1", "ding_cluster_epoch 1", "ding_cluster_replication_wait_seconds_count"} {
-		if !bytes.Contains(scrape, []byte(want)) {
-			t.Errorf("/metrics lacks %q", want)
-		}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd := exec.Command(promtoolPath(t), "check", "metrics")
-	cmd.Stdin = bytes.NewReader(scrape)
-	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
 	}
+	return b
 }

@@ -439,8 +439,10 @@ type catEntry struct {
 	labels    map[string][]string
 	line      int
 	// clusterOnly: listed under a "Cluster mode only" heading, served by
-	// a cluster member that owns its partition, not by a single node.
-	clusterOnly bool
+	// a cluster member, not by a single node: by the member that owns its
+	// partition, or, notServing (the heading says "not serving"), by the
+	// others.
+	clusterOnly, notServing bool
 }
 
 var (
@@ -462,10 +464,11 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		return nil, err
 	}
 	var out []catEntry
-	clusterOnly := false
+	clusterOnly, notServing := false, false
 	for i, line := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(line, "## ") {
 			clusterOnly = strings.Contains(line, "Cluster mode only")
+			notServing = clusterOnly && strings.Contains(line, "not serving")
 		}
 		cells := strings.Split(line, "|")
 		if len(cells) < 5 || !strings.HasPrefix(line, "|") {
@@ -475,7 +478,7 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		if m == nil {
 			continue
 		}
-		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly}
+		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly, notServing: notServing}
 		if ls := strings.TrimSpace(cells[3]); ls != "" && ls != "—" {
 			for _, clause := range strings.Split(ls, ";") {
 				clause = strings.TrimSpace(clause)

@@ -1,0 +1,250 @@
+package node
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dingmq/ding/channels/socket"
+	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/cluster"
+)
+
+// A member that does not serve (it follows as the standby, joins, or
+// waits as a spare) stands in on the node's two ports, so that whatever
+// reaches it finds the owner:
+//
+//   - the socket port answers every HELLO with NOT_OWNER and the owner's
+//     socket address (socket.Redirector);
+//   - the HTTP port serves this member's own /healthz (200), /readyz
+//     (503: it does not serve; load balancers pass it by), /metrics (its
+//     standby state: deploy/METRICS.md, "members that do not serve") and
+//     GET /v1/cluster (its own status, with the admin token), and proxies
+//     every other request to the owner's HTTP listener: the admin API and
+//     dingctl, and Twilio's webhooks, which may hit any member and must
+//     reach the owner (signatures are checked there, against the public
+//     URL all members share).
+//
+// Both close the moment the member starts serving, before the node binds
+// the same ports.
+type standIn struct {
+	redir *socket.Redirector
+	srv   *http.Server
+	done  chan struct{}
+}
+
+// memberState is what a member not serving is doing, for its status and
+// its metrics.
+type memberState string
+
+const (
+	stateSpare   memberState = "spare"   // waiting for a place
+	stateJoining memberState = "joining" // fetching the owner's snapshot
+	stateStandby memberState = "standby" // following the owner
+)
+
+var memberStates = []memberState{stateSpare, stateJoining, stateStandby}
+
+// owner returns the serving member's id and its published address under
+// key ("" when none serves or it is unknown), cached for a moment: a
+// stand-in asked by many clients at once asks the coordinator once.
+type ownerCache struct {
+	mu       sync.Mutex
+	at       time.Time
+	id, sock string
+	http     string
+}
+
+func (m *member) owner(ctx context.Context) (id, sock, httpURL string) {
+	c := &m.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.at) < 250*time.Millisecond {
+		return c.id, c.sock, c.http
+	}
+	c.at, c.id, c.sock, c.http = time.Now(), "", "", ""
+	holder, _, err := m.c.Lease(ctx, memberPartition)
+	if err != nil || holder == "" || holder == m.mc.ID {
+		return "", "", ""
+	}
+	c.id = holder
+	c.sock, _ = m.c.Addr(ctx, socketAddrKey(holder))
+	c.http, _ = m.c.Addr(ctx, holder)
+	return c.id, c.sock, c.http
+}
+
+// standInMetrics registers a member's metrics while it does not serve.
+func (m *member) standInMetrics() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	standby := func(f func(cluster.StandbyState) float64) func() float64 {
+		return func() float64 {
+			if fl := m.follower.Load(); fl != nil {
+				return f(fl.Standby().State())
+			}
+			return 0
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_cluster_standby_seq",
+			Help: "The last batch of the partition's history this member holds (0 while it holds none)."},
+			standby(func(s cluster.StandbyState) float64 { return float64(s.Seq) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_cluster_standby_fence_epoch",
+			Help: "The newest owner epoch this member has seen; it refuses entries of older ones."},
+			standby(func(s cluster.StandbyState) float64 { return float64(s.FenceEpoch) })),
+	)
+	for _, s := range memberStates {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_cluster_member_state",
+			Help: "1 for what this member, not serving, is doing now: following as the standby, joining, or waiting as a spare.", ConstLabels: prometheus.Labels{"state": string(s)}},
+			func() float64 {
+				if st, _ := m.state.Load().(memberState); st == s {
+					return 1
+				}
+				return 0
+			}))
+	}
+	return reg
+}
+
+// standIn starts standing in on the node's ports, if it does not
+// already. A port it cannot bind is logged and left alone: clients also
+// try the other members' addresses.
+func (m *member) standIn() {
+	if m.stand != nil {
+		return
+	}
+	s := &standIn{done: make(chan struct{})}
+	sockAddr := m.mc.Node.SocketAddr
+	if sockAddr == "" {
+		sockAddr = ":7070"
+	}
+	if ln, err := net.Listen("tcp", sockAddr); err != nil {
+		m.log.Warn("cannot answer clients with the owner's address", "listen", sockAddr, "err", err)
+	} else {
+		s.redir = &socket.Redirector{Route: func(ctx context.Context, _ *pb.Hello) string {
+			_, sock, _ := m.owner(ctx) // one partition: every user's owner is the lease holder
+			return sock
+		}}
+		s.redir.Serve(ln)
+	}
+	httpAddr := m.mc.Node.HTTPAddr
+	if httpAddr == "" {
+		httpAddr = ":7080"
+	}
+	if ln, err := net.Listen("tcp", httpAddr); err != nil {
+		m.log.Warn("cannot serve this member's HTTP while it stands by", "listen", httpAddr, "err", err)
+		close(s.done)
+	} else {
+		s.srv = &http.Server{Handler: m.standInHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+		go func() { defer close(s.done); _ = s.srv.Serve(ln) }()
+	}
+	m.stand = s
+}
+
+// standOut stops standing in, freeing the ports for serving.
+func (m *member) standOut() {
+	s := m.stand
+	if s == nil {
+		return
+	}
+	m.stand = nil
+	if s.redir != nil {
+		_ = s.redir.Close()
+	}
+	if s.srv != nil {
+		_ = s.srv.Close()
+	}
+	<-s.done
+}
+
+func (m *member) standInHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.metrics, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		st, _ := m.state.Load().(memberState)
+		id, _, _ := m.owner(r.Context())
+		if id == "" {
+			id = "none right now"
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("not serving: this member is a " + string(st) + "; the owner is " + id + "\n"))
+	})
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+		if !m.adminOK(r) {
+			writeErr(w, http.StatusUnauthorized, "bad or missing admin token", "UNAUTHORIZED")
+			return
+		}
+		st, _ := m.state.Load().(memberState)
+		out := struct {
+			Member string `json:"member"`
+			Role   string `json:"role"`
+			Owner  string `json:"owner"`
+			// The standby's copy: the newest epoch seen, how far it runs.
+			FenceEpoch uint64 `json:"fence_epoch"`
+			Seq        uint64 `json:"seq"`
+		}{Member: m.mc.ID, Role: string(st)}
+		out.Owner, _, _ = m.owner(r.Context())
+		if f := m.follower.Load(); f != nil {
+			s := f.Standby().State()
+			out.FenceEpoch, out.Seq = s.FenceEpoch, s.Seq
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(pr.In.Context().Value(ownerURLKey{}).(*url.URL))
+			pr.Out.Host = pr.In.Host // the owner checks Twilio's signature against its public URL, not this Host
+			pr.SetXForwarded()
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			m.log.Warn("proxying to the owner failed", "path", r.URL.Path, "err", err)
+			writeErr(w, http.StatusBadGateway, "the owner did not answer; retry", "UNAVAILABLE")
+		},
+	}
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _, target := m.owner(r.Context())
+		u, err := url.Parse(target)
+		if target == "" || err != nil || u.Host == "" {
+			w.Header().Set("Retry-After", "1")
+			writeErr(w, http.StatusServiceUnavailable, "no member serves the partition right now (a takeover in progress); retry", "UNAVAILABLE")
+			return
+		}
+		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ownerURLKey{}, u)))
+	}))
+	return mux
+}
+
+type ownerURLKey struct{}
+
+// adminOK checks r's admin token against the one in this member's data
+// dir (copied with the owner's snapshot; a spare that never joined has
+// none and refuses).
+func (m *member) adminOK(r *http.Request) bool {
+	want, err := os.ReadFile(filepath.Join(m.mc.Node.DataDir, AdminTokenFile))
+	if err != nil {
+		return false
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(strings.TrimSpace(string(want)))) == 1
+}
+
+func writeErr(w http.ResponseWriter, status int, msg, code string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg, "code": code})
+}
