@@ -87,20 +87,21 @@
 // from a snapshot. So trimming costs at most a resend, never a batch.
 //
 // A known gap, found by the simulation (go test ./cluster -run
-// TestSimulation -sim.seed 27532 -v): the coordinator rolls back to the
-// partition's founding state (lease, epoch, standby and acks of its
-// first owner) while the newest owner is paused and its standby has lost
-// its disk. The first owner, paused all along, wakes believing it still
-// owns the partition, hands the standby role to the wiped node, which
-// then takes over at an epoch the coordinator hands out a second time,
-// without the batches the paused newest owner acknowledged. The facts
-// that would refuse it were on the lost disk and the paused node only;
-// refusing it needs epochs agreed by a majority of nodes rather than
-// granted by the coordinator. It takes a deep rollback (Redis Cluster
-// does not promote a replica that has been cut off from its master for
-// long: cluster-replica-validity-factor), a lost disk and a paused owner
-// at once. The 3,000 schedules of make test do not meet it; longer runs
-// do (once in about 30,000).
+// TestSimulation -sim.schedules 300000 finds it at seed 112536; replay
+// with -sim.seed 112536 -v): the first owner is paused from the start;
+// its standby takes over and acknowledges batches with a standby of its
+// own; then the new owner is paused too and its standby loses its disk.
+// The first owner wakes believing it still owns the partition and hands
+// the standby role to the wiped node, which the coordinator still names
+// (the name meant the history on the lost disk); that node takes over
+// without the batches the paused newest owner acknowledged. (Other
+// seeds reach the same end through a coordinator rolled back to the
+// partition's founding state.) The facts that would refuse it were on
+// the lost disk and the paused node only: refusing it needs epochs and
+// standby names agreed by a majority of nodes rather than granted by the
+// coordinator. It takes a lost disk and two owners paused at the worst
+// moments at once; the 3,000 schedules of make test do not meet it,
+// longer runs do, about once in 100,000 schedules.
 //
 // # Tested
 //

@@ -48,6 +48,13 @@ func (o *Owner) Epoch() uint64 { return o.epoch }
 // must name it first. To replace a standby, use ReplaceStandby.
 func (o *Owner) SetStandby(node string) { o.standby = node }
 
+// DropStandby stops counting the standby's acks (and ends a hand-over in
+// progress): a standby that stopped acking (dead, cut off) holds every
+// batch acknowledged so far, and no later one is acknowledged until a new
+// standby (SetStandby, from a snapshot) holds it. The caller then stops
+// the Coord naming it, so that it can no longer take over.
+func (o *Owner) DropStandby() { o.standby, o.handTo, o.handAt = "", "", 0 }
+
 // Standby returns the standby whose acks count ("" for none), and the
 // one a hand-over in progress moves to ("" for none).
 func (o *Owner) Standby() (current, next string) { return o.standby, o.handTo }

@@ -45,6 +45,11 @@ type ReplicatedStore struct {
 
 	waitSeconds prometheus.Histogram
 	resends     prometheus.Counter
+
+	// waitingSince is when the standby last made progress while batches
+	// waited for it, or when the first of them was shipped; zero while
+	// none waits. Guarded by mu.
+	waitingSince time.Time
 }
 
 // Register exposes the owner's replication metrics on reg (their
@@ -179,6 +184,9 @@ func (r *ReplicatedStore) shipBatch(b *replBatch) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if len(r.owner.unacked) == 0 {
+		r.waitingSince = time.Now()
+	}
 	b.seq, err = r.owner.Ship(r.ctx, repr)
 	if errors.Is(err, ErrFenced) {
 		return err
@@ -204,7 +212,14 @@ func (r *ReplicatedStore) await(seq uint64) error {
 		r.mu.Lock()
 		acked := r.owner.acked
 		if err == nil {
+			before := r.owner.acked
 			acked, err = r.owner.Observe(r.ctx, acks)
+			if acked > before {
+				r.waitingSince = time.Time{}
+				if len(r.owner.unacked) > 0 {
+					r.waitingSince = time.Now()
+				}
+			}
 		} else if r.owner.fenced {
 			err = ErrFenced
 		}
@@ -277,6 +292,21 @@ func (r *ReplicatedStore) AddStandby(ctx context.Context, c Coord, node string) 
 	return nil
 }
 
+// DropStandby stops waiting for a standby that stopped acking: its acks
+// no longer count and c no longer names it (it can no longer take over),
+// so that another member can join as the standby from a snapshot
+// (AddStandby); until one does, batches wait. What the dropped standby
+// acked is in the snapshot the next one starts from.
+func (r *ReplicatedStore) DropStandby(ctx context.Context, c Coord) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.owner.standby == "" {
+		return nil
+	}
+	r.owner.DropStandby()
+	return c.SetStandby(ctx, r.owner.p, "")
+}
+
 // Owner returns the protocol side (its epoch, its standby).
 func (r *ReplicatedStore) Owner() *Owner { return r.owner }
 
@@ -294,6 +324,9 @@ type Status struct {
 	Shipped uint64 `json:"shipped_seq"`
 	Acked   uint64 `json:"acked_seq"`
 	Unacked int    `json:"unacked_batches"`
+	// Stalled is how long batches have waited for the standby without it
+	// making progress (0 while none waits).
+	Stalled time.Duration `json:"-"`
 }
 
 // Status returns the owner's replication status.
@@ -301,8 +334,12 @@ func (r *ReplicatedStore) Status() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	o := r.owner
-	return Status{Partition: o.p, Owner: o.node, Epoch: o.epoch, Standby: o.standby, HandingTo: o.handTo,
+	st := Status{Partition: o.p, Owner: o.node, Epoch: o.epoch, Standby: o.standby, HandingTo: o.handTo,
 		Shipped: o.next - 1, Acked: o.acked, Unacked: len(o.unacked)}
+	if len(o.unacked) > 0 && !r.waitingSince.IsZero() {
+		st.Stalled = time.Since(r.waitingSince)
+	}
+	return st
 }
 
 var (

@@ -58,13 +58,13 @@ func TestSimulation(t *testing.T) {
 	// The schedules must reach the situations the argument is about, or
 	// the test proves nothing.
 	t.Logf("%d schedules: %+v", n, stats)
-	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 {
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}
 }
 
 type simStats struct {
-	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed int
+	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed, drops int
 }
 
 type simNode struct {
@@ -223,7 +223,17 @@ func (s *sim) step(ctx context.Context, step int) error {
 	case r < 78:
 		return s.takeover(ctx)
 	case r < 80:
-		return s.maybeAssign(ctx)
+		if s.rng.IntN(4) > 0 {
+			return s.maybeAssign(ctx)
+		}
+		// The owner drops a standby that stopped acking (in dingd: after
+		// two lease TTLs without progress), whether it did or not.
+		if o := s.pick(func(n *simNode) bool { return n.owner != nil && n.owner.standby != "" }); o != nil {
+			s.log("%s drops its standby %s", o.id, o.owner.standby)
+			o.owner.DropStandby()
+			s.stats.drops++
+			return s.c.SetStandby(ctx, simP, "")
+		}
 	case r < 81:
 		// A planned move (a node joins, another is drained): the owner
 		// replaces a working standby. The old one is not told and keeps

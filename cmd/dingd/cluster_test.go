@@ -379,3 +379,42 @@ func TestClusterClientsFollowTheOwner(t *testing.T) {
 	t.Logf("%d acknowledged (%d through the old owner), all received once and in order on the new one; ana reconnected %d times, bo %d (%d redirects)",
 		len(want), paused, ana.Stats().Connects, bo.Stats().Connects, bo.Stats().Redirects)
 }
+
+// Three members; the standby dies (SIGKILL) while clients send. Writes
+// wait for it, then the owner drops it (after two lease TTLs without its
+// acks), the spare joins as the new standby from the owner's snapshot,
+// and acknowledgements resume: every message acknowledged before, during
+// and after is on the owner, and the new standby holds it too (it takes
+// over when the owner is killed next).
+func TestClusterDeadStandbyIsReplaced(t *testing.T) {
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	a, b := c.start()
+	spare := c.member("c")
+	var killed time.Time
+	var stalled time.Duration
+	s := startSenders(t, a, 4)
+	nodetest.WaitFor(t, "acks before the kill", 20*time.Second, func() bool { return s.count() >= 100 })
+	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed = time.Now()
+	<-b.exited
+	atKill := s.count()
+	c.waitStandby("c")
+	nodetest.WaitFor(t, "acks after the spare joined", 30*time.Second, func() bool { return s.count() >= atKill+100 })
+	stalled = time.Since(killed)
+	acked := s.stop()
+	if !strings.Contains(a.stderr.String(), "the standby stopped acking") {
+		t.Fatalf("the owner did not say why it dropped its standby:\n%s", a.stderr)
+	}
+	// The new standby has it all: kill the owner, and c serves every
+	// acknowledged message.
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	spare.waitReady(t, 20*time.Second)
+	requireStream(t, spare, acked)
+	t.Logf("%d acknowledged; the standby's death stopped acknowledgements until the spare joined, %v after the kill (lease 1s); all on the spare after the owner's death too",
+		len(acked), stalled.Round(time.Millisecond))
+}

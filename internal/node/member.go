@@ -62,6 +62,12 @@ var ErrDeposed = errors.New("node: deposed: another member owns the partition no
 
 const memberPartition = cluster.Partition(0)
 
+// standbyStall is how many lease TTLs batches may wait on a standby that
+// makes no progress before the owner drops it (2: 6s by default), long
+// enough for a busy standby's fsync, short enough that a dead one stops
+// writes for seconds, not until it is back.
+const standbyStall = 2
+
 // RunMember runs a cluster member until ctx ends (a clean stop: an owner
 // drains and releases its lease, so its standby takes over at once) or
 // it is deposed (ErrDeposed). Depending on the cluster's state it
@@ -443,7 +449,11 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			Role   string `json:"role"`
 			cluster.Status
 			LeaseTTLSeconds float64 `json:"lease_ttl_seconds"`
-		}{m.mc.ID, "owner", rs.Status(), m.mc.LeaseTTL.Seconds()}
+			// StalledSeconds: how long batches have waited on a standby
+			// making no progress (it is dropped after two lease TTLs).
+			StalledSeconds float64 `json:"stalled_seconds"`
+		}{m.mc.ID, "owner", rs.Status(), m.mc.LeaseTTL.Seconds(), 0}
+		st.StalledSeconds = st.Stalled.Seconds()
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)
 	})
@@ -502,6 +512,15 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		switch {
 		case err == nil && ok:
 			renewed = time.Now()
+			if st := rs.Status(); st.Standby != "" && st.Stalled > standbyStall*ttl {
+				// The standby stopped acking (dead, cut off): writes wait
+				// for it. Drop it, so that a spare (or it, back) joins from
+				// a snapshot and acknowledgements resume.
+				m.log.Warn("the standby stopped acking; dropping it so another member can join", "standby", st.Standby, "stalled", st.Stalled.Round(time.Millisecond), "unacked", st.Unacked)
+				if err := rs.DropStandby(ctx, m.c); err != nil {
+					m.log.Warn("dropping the standby failed; retrying", "err", err)
+				}
+			}
 			continue
 		case err != nil && time.Since(renewed) < ttl:
 			m.log.Warn("renewing the lease failed; retrying", "err", err)
