@@ -42,7 +42,10 @@
 // its history, fenced at its epoch, goes to another node (CheckSnapshot
 // decides whether that node may take it) and Owner.SetStandby counts its
 // acks. A planned move (a node joins, another is drained) hands the role
-// over through the history itself (Owner.ReplaceStandby).
+// over through the history itself (Owner.ReplaceStandby). A standby that
+// stops acking is dropped (Owner.DropStandby, then the coordinator stops
+// naming it): it held every batch acknowledged so far, and so does the
+// snapshot the next standby starts from.
 //
 // # Why nothing acknowledged is lost
 //
