@@ -298,13 +298,31 @@ func (r *ReplicatedStore) AddStandby(ctx context.Context, c Coord, node string) 
 // (AddStandby); until one does, batches wait. What the dropped standby
 // acked is in the snapshot the next one starts from.
 func (r *ReplicatedStore) DropStandby(ctx context.Context, c Coord) error {
+	return r.dropStandby(ctx, c, "")
+}
+
+// dropStandby drops the standby (only if it is only, when set).
+func (r *ReplicatedStore) dropStandby(ctx context.Context, c Coord, only string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.owner.standby == "" {
+	cur := r.owner.standby
+	if only != "" && cur != only {
+		return fmt.Errorf("cluster: %q is not the standby of partition %d (%q is)", only, r.owner.p, cur)
+	}
+	if cur == "" {
 		return nil
 	}
 	r.owner.DropStandby()
 	return c.SetStandby(ctx, r.owner.p, "")
+}
+
+// ReleaseStandby drops node, the standby, at its own request (it is
+// being drained): DropStandby, refused when node is not the standby.
+func (r *ReplicatedStore) ReleaseStandby(ctx context.Context, c Coord, node string) error {
+	if node == "" {
+		return errors.New("cluster: release which standby?")
+	}
+	return r.dropStandby(ctx, c, node)
 }
 
 // Owner returns the protocol side (its epoch, its standby).

@@ -79,6 +79,18 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
+	mux.HandleFunc("DELETE /cluster/standby", auth(func(w http.ResponseWriter, r *http.Request) {
+		node := r.URL.Query().Get("node")
+		if node == "" {
+			http.Error(w, "cluster: node is required", http.StatusBadRequest)
+			return
+		}
+		if err := rs.ReleaseStandby(r.Context(), c, node); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
 	return mux
 }
 
@@ -215,19 +227,29 @@ func readTar(r io.Reader, dir string) error {
 // RequestStandby asks the owner at baseURL to name node its standby,
 // once node follows the stream from the snapshot's state.
 func RequestStandby(ctx context.Context, client *http.Client, baseURL, secret, node string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+"/cluster/standby?node="+url.QueryEscape(node), nil)
+	return standbyRequest(ctx, client, http.MethodPost, baseURL, secret, node)
+}
+
+// ReleaseStandby asks the owner at baseURL to stop counting node, its
+// standby, which is being drained (ReplicatedStore.ReleaseStandby).
+func ReleaseStandby(ctx context.Context, client *http.Client, baseURL, secret, node string) error {
+	return standbyRequest(ctx, client, http.MethodDelete, baseURL, secret, node)
+}
+
+func standbyRequest(ctx context.Context, client *http.Client, method, baseURL, secret, node string) error {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(baseURL, "/")+"/cluster/standby?node="+url.QueryEscape(node), nil)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+secret)
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cluster: request standby: %w", err)
+		return fmt.Errorf("cluster: %s standby: %w", method, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("cluster: request standby: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("cluster: %s standby: %s: %s", method, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	return nil
 }

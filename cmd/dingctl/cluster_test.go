@@ -12,7 +12,7 @@ import (
 // token; a node that is not in cluster mode answers 404, printed as an error.
 func TestClusterStatus(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == "POST" && r.URL.Path == "/v1/cluster/handover" && r.Header.Get("Authorization") == "Bearer tok" {
+		if r.Method == "POST" && (r.URL.Path == "/v1/cluster/handover" || r.URL.Path == "/v1/cluster/drain") && r.Header.Get("Authorization") == "Bearer tok" {
 			w.WriteHeader(http.StatusAccepted)
 			return
 		}
@@ -40,6 +40,13 @@ func TestClusterStatus(t *testing.T) {
 	out.Reset()
 	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster", "handover"}, &out); err != nil || !strings.Contains(out.String(), "handing over") {
 		t.Fatalf("cluster handover: %v %q", err, out.String())
+	}
+	out.Reset()
+	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster", "drain"}, &out); err != nil || !strings.Contains(out.String(), "draining") {
+		t.Fatalf("cluster drain: %v %q", err, out.String())
+	}
+	if err := run([]string{"--server", srv.URL, "--token", "wrong", "cluster", "drain"}, &out); err == nil {
+		t.Fatal("cluster drain with a bad token: no error")
 	}
 	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster"}, &out); err == nil {
 		t.Fatal("cluster without a subcommand: no error")

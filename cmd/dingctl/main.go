@@ -58,6 +58,7 @@ commands:
   audit [--after N] [--limit N]              the directory's audit log as JSON
   cluster status                             cluster mode: the owner, its standby, epoch and replication, as JSON
   cluster handover                           cluster mode: the owner drains, its standby takes over, the owner becomes the standby
+  cluster drain                              cluster mode: the member --server names gives up its role for maintenance, takes none again
   token --user ID --device DEV [--ttl D]     print a client token
   send --from ID --to ID[,ID...] [--client-id X] [--forward-of ID] [--quote-of ID] TEXT
                                              send; prints the id after the durable ack
@@ -571,20 +572,28 @@ func backup(g *globals, args []string, out io.Writer) error {
 	return err
 }
 
-// clusterCmd: cluster status, from the member that owns the partition
-// (only it serves the admin API).
+// clusterCmd: cluster status, handover and drain, on the member --server
+// names (a member that does not serve answers status and drain itself
+// and proxies the rest to the owner).
 func clusterCmd(g *globals, args []string, out io.Writer) error {
-	if len(args) == 0 || (args[0] != "status" && args[0] != "handover") {
-		return exitError{2, "cluster: want status or handover"}
+	if len(args) == 0 || (args[0] != "status" && args[0] != "handover" && args[0] != "drain") {
+		return exitError{2, "cluster: want status, handover or drain"}
 	}
 	if _, err := parse(flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError), g, args[1:]); err != nil {
 		return err
 	}
-	if args[0] == "handover" {
+	switch args[0] {
+	case "handover":
 		if err := g.call("POST", "/v1/cluster/handover", nil, nil); err != nil {
 			return err
 		}
 		_, err := fmt.Fprintln(out, "handing over: the standby takes the partition; this member drains and becomes its standby")
+		return err
+	case "drain":
+		if err := g.call("POST", "/v1/cluster/drain", nil, nil); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintln(out, "draining: this member gives up its role (an owner hands the partition to its standby, a standby lets a spare take its place) and takes none again until restarted; `cluster status` on it says drained, then stop it")
 		return err
 	}
 	return g.printCall(out, "GET", "/v1/cluster", nil)

@@ -418,3 +418,97 @@ func TestClusterDeadStandbyIsReplaced(t *testing.T) {
 	t.Logf("%d acknowledged; the standby's death stopped acknowledgements until the spare joined, %v after the kill (lease 1s); all on the spare after the owner's death too",
 		len(acked), stalled.Round(time.Millisecond))
 }
+
+// Maintenance under load: clients send through the owner while the
+// standby is drained (a spare takes its place), a new member joins as a
+// spare, and then the owner itself is drained (it hands the partition to
+// its standby and takes no role again). The clients follow the owner;
+// every message acknowledged to them is on the member that serves at the
+// end, once and in order; the drained members say so and can be stopped.
+func TestClusterDrainUnderLoad(t *testing.T) {
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	c.extra = []string{"--idle-timeout", "1500ms"}
+	a, b := c.start()
+	cm := c.member("c")
+	all := func(ps ...*proc) string {
+		var s []string
+		for _, p := range ps {
+			s = append(s, p.sock)
+		}
+		return strings.Join(s, ",")
+	}
+	role := func(p *proc) string {
+		var st struct{ Role string }
+		(&proc{data: b.data, http: p.http}).admin(t, "GET", "/v1/cluster", nil, &st)
+		return st.Role
+	}
+	drain := func(p *proc) {
+		t.Helper()
+		if code := (&proc{data: b.data, http: p.http}).admin(t, "POST", "/v1/cluster/drain", nil, nil); code != 202 {
+			t.Fatalf("drain %s: %d", p.http, code)
+		}
+	}
+	ana, err := client.Dial(context.Background(), client.Config{Addr: all(a, b, cm), Token: a.token(t, "ana", "phone"), Device: "phone",
+		DialTimeout: time.Second, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ana.Close()
+	var (
+		mu    sync.Mutex
+		acked []string
+	)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ctx.Err() == nil; i++ {
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			res, err := ana.Send(sctx, []string{"bo"}, fmt.Appendf(nil, "m%d", i))
+			cancel()
+			if err == nil {
+				mu.Lock()
+				acked = append(acked, res.ID)
+				mu.Unlock()
+			}
+		}
+	}()
+	nacked := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	more := func(what string) {
+		t.Helper()
+		n := nacked()
+		nodetest.WaitFor(t, what, 30*time.Second, func() bool { return nacked() >= n+50 })
+	}
+	more("acks before the drains")
+
+	drain(b) // the standby: the spare takes its place
+	c.waitStandby("c")
+	nodetest.WaitFor(t, "b drained", 10*time.Second, func() bool { return role(b) == "drained" })
+	more("acks with c as the standby")
+	d := c.member("d") // a new member joins, as a spare
+	nodetest.WaitFor(t, "d's stand-in", 10*time.Second, func() bool { code, _ := readyz(d.http); return code == 503 })
+
+	drain(a) // the owner: c takes the partition, d becomes its standby
+	cm.waitReady(t, 20*time.Second)
+	c.waitStandby("d")
+	nodetest.WaitFor(t, "a drained", 10*time.Second, func() bool { return role(a) == "drained" })
+	more("acks through c with d as its standby")
+	stop()
+	<-done
+	for _, p := range []*proc{a, b} { // drained: a clean stop
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.wait(t, 20*time.Second); err != nil {
+			t.Fatalf("a drained member stopped with %v", err)
+		}
+	}
+	mu.Lock()
+	want := map[string]bool{}
+	for _, id := range acked {
+		want[id] = true
+	}
+	mu.Unlock()
+	requireStream(t, cm, want)
+	t.Logf("%d acknowledged through two drains and a join; all on the member serving at the end", len(want))
+}

@@ -132,6 +132,9 @@ type member struct {
 	// ports (standin.go).
 	state    atomic.Value // memberState
 	follower atomic.Pointer[cluster.Follower]
+	// drained: asked to hold no role (dingctl cluster drain); it never
+	// founds, joins or takes over again in this run.
+	drained atomic.Bool
 	metrics  *prometheus.Registry
 	stand    *standIn
 	cache    ownerCache
@@ -166,6 +169,9 @@ func (m *member) run(ctx context.Context) error {
 	m.state.Store(stateSpare)
 	m.standIn()
 	for ctx.Err() == nil {
+		if m.drained.Load() {
+			return m.stayDrained(ctx)
+		}
 		holder, epoch, err := m.c.Lease(ctx, p)
 		var sb string
 		if err == nil {
@@ -252,7 +258,7 @@ func emptyDir(dir string) bool {
 // asks holder to name it.
 func (m *member) join(ctx context.Context, holder string) error {
 	m.state.Store(stateJoining)
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !m.drained.Load() {
 		addr, err := m.c.Addr(ctx, holder)
 		if err != nil || addr == "" {
 			m.log.Info("waiting for the owner's address", "owner", holder, "err", err)
@@ -342,6 +348,13 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 	}
 	m.log.Info("following the partition as its standby")
 	for m.pause(ctx) {
+		if m.drained.Load() {
+			stop()
+			db.Close()
+			m.follower.Store(nil)
+			m.release(ctx)
+			return m.run(ctx)
+		}
 		holder, _, err := m.c.Lease(ctx, memberPartition)
 		if err != nil || holder != "" {
 			continue
@@ -424,6 +437,21 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		return true
 	}
 	handover := make(chan struct{}, 1)
+	routes["POST /v1/cluster/drain"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !admin(w, r) {
+			return
+		}
+		if rs.Status().Standby == "" {
+			writeErr(w, http.StatusConflict, "no standby to move the partition to: start another member first", "CONFLICT")
+			return
+		}
+		m.drained.Store(true)
+		select {
+		case handover <- struct{}{}:
+		default:
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})
 	routes["POST /v1/cluster/handover"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !admin(w, r) {
 			return
@@ -533,4 +561,37 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		cancel()
 		return ErrDeposed
 	}
+}
+
+// release asks the owner to stop counting this drained member as its
+// standby. Tried a few times: an owner that cannot be reached drops a
+// standby that stopped acking by itself.
+func (m *member) release(ctx context.Context) {
+	for range 3 {
+		holder, _, err := m.c.Lease(ctx, memberPartition)
+		var addr string
+		if err == nil && holder != "" {
+			addr, err = m.c.Addr(ctx, holder)
+		}
+		if err == nil && addr != "" {
+			if err = cluster.ReleaseStandby(ctx, http.DefaultClient, addr, m.mc.Secret, m.mc.ID); err == nil {
+				m.log.Info("released the standby role", "owner", holder)
+				return
+			}
+		}
+		m.log.Warn("asking the owner to release this standby failed", "err", err)
+		if !m.pause(ctx) {
+			return
+		}
+	}
+}
+
+// stayDrained holds no role until ctx ends: the member stands in (its
+// ports redirect and proxy to the owner) and waits to be stopped.
+func (m *member) stayDrained(ctx context.Context) error {
+	m.state.Store(stateDrained)
+	m.standIn()
+	m.log.Info("drained: this member holds no role now; stop it (SIGTERM) for its maintenance")
+	<-ctx.Done()
+	return nil
 }

@@ -54,9 +54,10 @@ const (
 	stateSpare   memberState = "spare"   // waiting for a place
 	stateJoining memberState = "joining" // fetching the owner's snapshot
 	stateStandby memberState = "standby" // following the owner
+	stateDrained memberState = "drained" // asked to hold no role (dingctl cluster drain)
 )
 
-var memberStates = []memberState{stateSpare, stateJoining, stateStandby}
+var memberStates = []memberState{stateSpare, stateJoining, stateStandby, stateDrained}
 
 // owner returns the serving member's id and its published address under
 // key ("" when none serves or it is unknown), cached for a moment: a
@@ -108,7 +109,7 @@ func (m *member) standInMetrics() *prometheus.Registry {
 	)
 	for _, s := range memberStates {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_cluster_member_state",
-			Help: "1 for what this member, not serving, is doing now: following as the standby, joining, or waiting as a spare.", ConstLabels: prometheus.Labels{"state": string(s)}},
+			Help: "1 for what this member, not serving, is doing now: following as the standby, joining, waiting as a spare, or drained (holding no role).", ConstLabels: prometheus.Labels{"state": string(s)}},
 			func() float64 {
 				if st, _ := m.state.Load().(memberState); st == s {
 					return 1
@@ -182,6 +183,14 @@ func (m *member) standInHandler() http.Handler {
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("not serving: this member is a " + string(st) + "; the owner is " + id + "\n"))
+	})
+	mux.HandleFunc("POST /v1/cluster/drain", func(w http.ResponseWriter, r *http.Request) {
+		if !m.adminOK(r) {
+			writeErr(w, http.StatusUnauthorized, "bad or missing admin token", "UNAUTHORIZED")
+			return
+		}
+		m.drained.Store(true) // a standby releases its role at its next check; a spare stays one
+		w.WriteHeader(http.StatusAccepted)
 	})
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		if !m.adminOK(r) {
