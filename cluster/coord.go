@@ -89,6 +89,32 @@ type EntryWaiter interface {
 	WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error
 }
 
+// Registry is an optional interface of a Coord: where the members of a
+// cluster say what they are doing, for operators (dingctl cluster
+// status). Nothing in the protocol reads it.
+type Registry interface {
+	// SetMember publishes node's status for ttl.
+	SetMember(ctx context.Context, node string, m Member, ttl time.Duration) error
+	// Members returns the status of every member whose last one has not
+	// expired.
+	Members(ctx context.Context) (map[string]Member, error)
+}
+
+// Member is what a member last said of itself.
+type Member struct {
+	// Role: owner, standby, joining, spare or drained.
+	Role string `json:"role"`
+	// HTTP and Socket are its advertised addresses.
+	HTTP   string `json:"http"`
+	Socket string `json:"socket"`
+	// Epoch is the owner's epoch, or the newest a standby has seen; Seq
+	// the last batch it holds (the owner: the last it shipped).
+	Epoch uint64 `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+	// At is when it said so.
+	At time.Time `json:"at"`
+}
+
 // ErrFenced is returned to an owner once a newer epoch exists: it must
 // not acknowledge anything more for the partition and must step down.
 var ErrFenced = errors.New("cluster: fenced: a newer owner exists")

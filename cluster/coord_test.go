@@ -52,6 +52,7 @@ func TestCoordContract(t *testing.T) {
 			t.Run("stream", func(t *testing.T) { testStream(t, mk(t)) })
 			t.Run("stream bound", func(t *testing.T) { testStreamBound(t, mk(t)) })
 			t.Run("acks and standby", func(t *testing.T) { testAcks(t, mk(t)) })
+			t.Run("members", func(t *testing.T) { testMembers(t, mk(t)) })
 		})
 	}
 }
@@ -203,6 +204,35 @@ func testStream(t *testing.T, env coordEnv) {
 	es, _, err := c.Entries(ctx, 1, cursor, 10)
 	if err != nil || len(es) != 1 || es[0].Seq != 6 {
 		t.Fatalf("read after the cursor = %+v %v, want only the new entry", es, err)
+	}
+}
+
+// testMembers: a member's status is listed until it expires.
+func testMembers(t *testing.T, env coordEnv) {
+	ctx := context.Background()
+	reg, ok := env.c.(Registry)
+	if !ok {
+		t.Fatalf("%T is not a Registry", env.c)
+	}
+	a := Member{Role: "owner", HTTP: "http://a:7080", Socket: "a:7070", Epoch: 3, Seq: 42, At: time.UnixMilli(1_800_000_000_000).UTC()}
+	if err := reg.SetMember(ctx, "a", a, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.SetMember(ctx, "b", Member{Role: "standby"}, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	// A lease of the same ttl taken after b's status: lapse waits for it,
+	// so b's has expired by then.
+	if _, _, err := env.c.TakeLease(ctx, 7, "x", 0, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := reg.Members(ctx)
+	if err != nil || len(ms) != 2 || ms["a"] != a || ms["b"].Role != "standby" {
+		t.Fatalf("members = %+v %v, want a and b", ms, err)
+	}
+	env.lapse(200 * time.Millisecond) // b's status expires with the lease
+	if ms, err := reg.Members(ctx); err != nil || len(ms) != 1 || ms["a"] != a {
+		t.Fatalf("members after b's expired = %+v %v, want a alone", ms, err)
 	}
 }
 

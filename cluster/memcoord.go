@@ -21,6 +21,8 @@ type MemCoord struct {
 	// time-based stream ids keep growing after a failover.
 	nextID uint64
 	addrs  map[string]memAddr
+	// members: Registry.
+	members map[string]memMember
 	// DropAppends, while positive, makes each Append a no-op that
 	// reports success, and counts down.
 	DropAppends int
@@ -216,6 +218,35 @@ func (m *MemCoord) Addr(_ context.Context, node string) (string, error) {
 		return "", nil
 	}
 	return a.addr, nil
+}
+
+// SetMember implements Registry.
+func (m *MemCoord) SetMember(_ context.Context, node string, mb Member, ttl time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.members == nil {
+		m.members = map[string]memMember{}
+	}
+	m.members[node] = memMember{mb, m.now().Add(ttl)}
+	return nil
+}
+
+// Members implements Registry.
+func (m *MemCoord) Members(context.Context) (map[string]Member, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]Member{}
+	for id, mb := range m.members {
+		if m.now().Before(mb.expires) {
+			out[id] = mb.Member
+		}
+	}
+	return out, nil
+}
+
+type memMember struct {
+	Member
+	expires time.Time
 }
 
 // MemState is a copy of a MemCoord's state, for Restore.

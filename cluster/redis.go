@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -302,7 +303,52 @@ func (r *RedisCoord) Addr(ctx context.Context, node string) (string, error) {
 	return v, nil
 }
 
+// membersKey is the hash of members' statuses: field node, value the
+// JSON of a memberRecord (Redis expires keys, not hash fields: Members
+// skips the expired and deletes those a day past).
+const membersKey = "ding:members"
+
+type memberRecord struct {
+	Member
+	Until int64 `json:"until_ms"`
+}
+
+// SetMember implements Registry.
+func (r *RedisCoord) SetMember(ctx context.Context, node string, m Member, ttl time.Duration) error {
+	b, err := json.Marshal(memberRecord{m, time.Now().Add(ttl).UnixMilli()})
+	if err != nil {
+		return err
+	}
+	if err := r.rdb.HSet(ctx, membersKey, node, b).Err(); err != nil {
+		return r.fail(ctx, err, "cluster: publish %s's status: %w", node)
+	}
+	return nil
+}
+
+// Members implements Registry.
+func (r *RedisCoord) Members(ctx context.Context) (map[string]Member, error) {
+	all, err := r.rdb.HGetAll(ctx, membersKey).Result()
+	if err != nil {
+		return nil, r.fail(ctx, err, "cluster: read members: %w")
+	}
+	now := time.Now().UnixMilli()
+	out := map[string]Member{}
+	for id, v := range all {
+		var rec memberRecord
+		if json.Unmarshal([]byte(v), &rec) != nil || rec.Until < now-24*3600*1000 {
+			r.rdb.HDel(ctx, membersKey, id) // unreadable, or gone for a day
+			continue
+		}
+		if rec.Until >= now {
+			out[id] = rec.Member
+		}
+	}
+	return out, nil
+}
+
 var (
 	_ Coord       = (*RedisCoord)(nil)
 	_ EntryWaiter = (*RedisCoord)(nil)
+	_ Registry    = (*RedisCoord)(nil)
+	_ Registry    = (*MemCoord)(nil)
 )

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -495,6 +496,17 @@ func TestClusterDrainUnderLoad(t *testing.T) {
 	more("acks through c with d as its standby")
 	stop()
 	<-done
+	// The owner's status lists every member and what it does.
+	want := map[string]string{"a": "drained", "b": "drained", "c": "owner", "d": "standby"}
+	nodetest.WaitFor(t, "every member's status", 10*time.Second, func() bool {
+		var st struct{ Members []struct{ ID, Role, HTTP string } }
+		(&proc{data: b.data, http: cm.http}).admin(t, "GET", "/v1/cluster", nil, &st)
+		got := map[string]string{}
+		for _, m := range st.Members {
+			got[m.ID] = m.Role
+		}
+		return maps.Equal(got, want)
+	})
 	for _, p := range []*proc{a, b} { // drained: a clean stop
 		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -504,11 +516,11 @@ func TestClusterDrainUnderLoad(t *testing.T) {
 		}
 	}
 	mu.Lock()
-	want := map[string]bool{}
+	ids := map[string]bool{}
 	for _, id := range acked {
-		want[id] = true
+		ids[id] = true
 	}
 	mu.Unlock()
-	requireStream(t, cm, want)
-	t.Logf("%d acknowledged through two drains and a join; all on the member serving at the end", len(want))
+	requireStream(t, cm, ids)
+	t.Logf("%d acknowledged through two drains and a join; all on the member serving at the end", len(ids))
 }

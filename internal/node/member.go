@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -102,6 +103,12 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 	m.state.Store(stateSpare)
 	m.metrics = m.standInMetrics()
 	defer m.standOut()
+	if reg, ok := mc.Coord.(cluster.Registry); ok {
+		pctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); m.publish(pctx, reg) }()
+		defer func() { stop(); <-done }()
+	}
 	return m.run(ctx)
 }
 
@@ -135,9 +142,11 @@ type member struct {
 	// drained: asked to hold no role (dingctl cluster drain); it never
 	// founds, joins or takes over again in this run.
 	drained atomic.Bool
-	metrics  *prometheus.Registry
-	stand    *standIn
-	cache    ownerCache
+	// serving is the owner's replicated store while this member serves.
+	serving atomic.Pointer[cluster.ReplicatedStore]
+	metrics *prometheus.Registry
+	stand   *standIn
+	cache   ownerCache
 }
 
 // socketAddrKey is where a member publishes its socket address (beside
@@ -480,7 +489,9 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			// StalledSeconds: how long batches have waited on a standby
 			// making no progress (it is dropped after two lease TTLs).
 			StalledSeconds float64 `json:"stalled_seconds"`
-		}{m.mc.ID, "owner", rs.Status(), m.mc.LeaseTTL.Seconds(), 0}
+			// Members: every member's last word (cluster.Registry).
+			Members []memberView `json:"members"`
+		}{m.mc.ID, "owner", rs.Status(), m.mc.LeaseTTL.Seconds(), 0, m.members(r.Context())}
 		st.StalledSeconds = st.Stalled.Seconds()
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)
@@ -493,6 +504,8 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		return err
 	}
 	served.Store(n)
+	m.serving.Store(rs)
+	defer m.serving.CompareAndSwap(rs, nil)
 	if m.mc.Started != nil {
 		m.mc.Started(n)
 	}
@@ -533,6 +546,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			if err := stop(); err != nil {
 				m.log.Warn("drain before the hand-over", "err", err)
 			}
+			m.serving.Store(nil)
 			return m.run(ctx)
 		case <-tick.C:
 		}
@@ -594,4 +608,62 @@ func (m *member) stayDrained(ctx context.Context) error {
 	m.log.Info("drained: this member holds no role now; stop it (SIGTERM) for its maintenance")
 	<-ctx.Done()
 	return nil
+}
+
+// publish says what this member is doing in the coordinator's registry
+// (cluster.Registry), every third of a lease, for dingctl cluster status.
+func (m *member) publish(ctx context.Context, reg cluster.Registry) {
+	t := time.NewTicker(m.mc.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		if err := reg.SetMember(ctx, m.mc.ID, m.self(), 3*m.mc.LeaseTTL); err != nil && ctx.Err() == nil {
+			m.log.Debug("publishing this member's status failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// self is this member's status now.
+func (m *member) self() cluster.Member {
+	me := cluster.Member{HTTP: m.mc.Advertise, Socket: m.mc.AdvertiseSocket, At: time.Now().UTC()}
+	if rs := m.serving.Load(); rs != nil {
+		st := rs.Status()
+		me.Role, me.Epoch, me.Seq = "owner", st.Epoch, st.Shipped
+		return me
+	}
+	st, _ := m.state.Load().(memberState)
+	me.Role = string(st)
+	if f := m.follower.Load(); f != nil {
+		s := f.Standby().State()
+		me.Epoch, me.Seq = s.FenceEpoch, s.Seq
+	}
+	return me
+}
+
+// members lists the cluster's members, sorted by id, for status.
+func (m *member) members(ctx context.Context) []memberView {
+	reg, ok := m.c.(cluster.Registry)
+	if !ok {
+		return nil
+	}
+	ms, err := reg.Members(ctx)
+	if err != nil {
+		return nil
+	}
+	out := make([]memberView, 0, len(ms))
+	for id, mb := range ms {
+		out = append(out, memberView{ID: id, Member: mb})
+	}
+	slices.SortFunc(out, func(a, b memberView) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// memberView is one member in GET /v1/cluster.
+type memberView struct {
+	ID string `json:"id"`
+	cluster.Member
 }

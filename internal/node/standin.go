@@ -205,7 +205,9 @@ func (m *member) standInHandler() http.Handler {
 			// The standby's copy: the newest epoch seen, how far it runs.
 			FenceEpoch uint64 `json:"fence_epoch"`
 			Seq        uint64 `json:"seq"`
-		}{Member: m.mc.ID, Role: string(st)}
+			// Members: every member's last word (cluster.Registry).
+			Members []memberView `json:"members"`
+		}{Member: m.mc.ID, Role: string(st), Members: m.members(r.Context())}
 		out.Owner, _, _ = m.owner(r.Context())
 		if f := m.follower.Load(); f != nil {
 			s := f.Standby().State()
