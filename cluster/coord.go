@@ -21,6 +21,9 @@ type Entry struct {
 	// (Data empty): from it on, the standby is this node. The standby it
 	// replaces stops being one when it applies it (see Owner.ReplaceStandby).
 	Standby string
+	// Keys are the secret-message keys put and erased while the batch was
+	// built, sealed (keys.go); nil for none.
+	Keys []byte
 }
 
 // Ack is what a standby reports after applying entries durably: it holds

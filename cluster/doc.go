@@ -15,10 +15,10 @@
 // dingd --cluster runs one partition on it (internal/node, RunMember):
 // an owner, its standby, and spares that become the standby of a new
 // owner after a failover; members that do not serve redirect clients to
-// the owner (NOT_OWNER, channels/socket.Redirector). Not built yet: more
-// than one partition, copying secret-chat keys
-// created after the standby's snapshot, cross-partition relay and the
-// cluster-wide directory (DESIGN.md, "Cluster mode").
+// the owner (NOT_OWNER, channels/socket.Redirector). Secret messages'
+// keys ride with the batches (keys.go). Not built yet: more than one
+// partition, cross-partition relay and the cluster-wide directory
+// (DESIGN.md, "Cluster mode").
 //
 // # The protocol
 //

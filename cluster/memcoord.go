@@ -125,6 +125,9 @@ func (m *MemCoord) Append(_ context.Context, p Partition, e Entry) error {
 	}
 	m.nextID++
 	e.Data = append([]byte(nil), e.Data...)
+	if e.Keys != nil {
+		e.Keys = append([]byte(nil), e.Keys...)
+	}
 	mp := m.part(p)
 	mp.stream = append(mp.stream, memEntry{m.nextID, e})
 	if k := m.StreamKeep; k > 0 && len(mp.stream) > k {

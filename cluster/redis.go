@@ -157,7 +157,7 @@ func (r *RedisCoord) Append(ctx context.Context, p Partition, e Entry) error {
 	err := r.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: key(p, "stream"),
 		MaxLen: int64(keep), Approx: true,
-		Values: []any{"e", e.Epoch, "o", e.Owner, "s", e.Seq, "d", e.Data, "sb", e.Standby},
+		Values: []any{"e", e.Epoch, "o", e.Owner, "s", e.Seq, "d", e.Data, "sb", e.Standby, "k", e.Keys},
 	}).Err()
 	if err != nil {
 		return r.fail(ctx, err, "cluster: append to partition %d: %w", p)
@@ -197,6 +197,9 @@ func decodeEntry(v map[string]any) (Entry, error) {
 	e := Entry{Epoch: ep, Owner: str("o"), Seq: seq, Standby: str("sb")}
 	if d := str("d"); d != "" {
 		e.Data = []byte(d)
+	}
+	if k := str("k"); k != "" {
+		e.Keys = []byte(k)
 	}
 	return e, nil
 }

@@ -88,10 +88,16 @@ func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error)
 // Ship appends batch data as the next entry and returns its Seq. It keeps
 // the entry until the standby acks it, to resend it.
 func (o *Owner) Ship(ctx context.Context, data []byte) (uint64, error) {
+	return o.ShipWithKeys(ctx, data, nil)
+}
+
+// ShipWithKeys is Ship with the sealed secret-message keys the batch's
+// build put or erased (Entry.Keys).
+func (o *Owner) ShipWithKeys(ctx context.Context, data, keys []byte) (uint64, error) {
 	if o.fenced {
 		return 0, ErrFenced
 	}
-	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Data: data}
+	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Data: data, Keys: keys}
 	o.next++
 	o.unacked = append(o.unacked, e)
 	if err := o.c.Append(ctx, o.p, e); err != nil {

@@ -38,6 +38,10 @@ type ReplicatedStore struct {
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
 
+	// Keys, if set, is the owner's keyring: what it recorded rides with
+	// each batch shipped (keys.go).
+	Keys *KeyShipper
+
 	// PollEvery is how often a waiting batch reads the standby's ack;
 	// ResendAfter how long without progress before unacked entries are
 	// shipped again.
@@ -108,6 +112,14 @@ func (r *ReplicatedStore) Stop() { r.cancel() }
 func (r *ReplicatedStore) Close() error {
 	r.cancel()
 	return r.Store.Close()
+}
+
+// SetKeys makes ks the owner's keyring whose operations ride with the
+// batches shipped from now on.
+func (r *ReplicatedStore) SetKeys(ks *KeyShipper) {
+	r.applyMu.Lock()
+	r.Keys = ks
+	r.applyMu.Unlock()
 }
 
 // NewBatch implements store.Store.
@@ -187,7 +199,11 @@ func (r *ReplicatedStore) shipBatch(b *replBatch) error {
 	if len(r.owner.unacked) == 0 {
 		r.waitingSince = time.Now()
 	}
-	b.seq, err = r.owner.Ship(r.ctx, repr)
+	var keys []byte
+	if r.Keys != nil {
+		keys = r.Keys.Take()
+	}
+	b.seq, err = r.owner.ShipWithKeys(r.ctx, repr, keys)
 	if errors.Is(err, ErrFenced) {
 		return err
 	}
@@ -375,6 +391,11 @@ type Follower struct {
 	st   store.Store
 	ship store.Shippable
 	p    Partition
+
+	// Keys and Codec, if set, receive the secret-message keys entries
+	// carry (keys.go); Keys is synced before the store at each SaveState.
+	Keys  KeyStore
+	Codec *KeyCodec
 }
 
 // StateKey is where a Follower keeps partition p's standby state; the
@@ -438,6 +459,11 @@ func (f *Follower) Run(ctx context.Context, poll time.Duration) error {
 // batch, not synced (SaveState, once per Step, syncs them all: Pebble's
 // log is written in order, so a crash keeps a prefix).
 func (f *Follower) Apply(e Entry, st StandbyState) error {
+	if len(e.Keys) > 0 && f.Keys != nil {
+		if err := f.Codec.Apply(e.Keys, f.Keys); err != nil {
+			return err
+		}
+	}
 	var b store.Batch
 	if len(e.Data) > 0 {
 		var err error
@@ -454,6 +480,11 @@ func (f *Follower) Apply(e Entry, st StandbyState) error {
 
 // SaveState implements Log.
 func (f *Follower) SaveState(st StandbyState) error {
+	if f.Keys != nil {
+		if err := f.Keys.Sync(); err != nil {
+			return err
+		}
+	}
 	b := f.st.NewBatch()
 	defer b.Close()
 	b.Set(StateKey(f.p), encodeState(st))

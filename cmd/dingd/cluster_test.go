@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/channels/twilio/twiliotest"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/internal/node/nodetest"
 	"github.com/dingmq/ding/internal/redistest"
@@ -26,6 +27,7 @@ type pair struct {
 	lease    string
 	coord    cluster.Coord
 	extra    []string // more dingd flags for every member
+	env      []string // more environment for every member
 }
 
 func newPair(t *testing.T, redisURL, lease string) *pair {
@@ -47,7 +49,7 @@ func (c *pair) member(id string) *proc {
 
 // launch runs member id on p's data dir and addresses.
 func (c *pair) launch(p *proc, id string) {
-	p.env = []string{"DING_CLUSTER_SECRET=s3cret"}
+	p.env = append([]string{"DING_CLUSTER_SECRET=s3cret"}, c.env...)
 	p.launch(c.t, p.args(append([]string{"--cluster", c.redisURL, "--node-id", id, "--advertise", "http://{http}", "--lease-ttl", c.lease}, c.extra...)...)...)
 }
 
@@ -523,4 +525,122 @@ func TestClusterDrainUnderLoad(t *testing.T) {
 	mu.Unlock()
 	requireStream(t, cm, ids)
 	t.Logf("%d acknowledged through two drains and a join; all on the member serving at the end", len(ids))
+}
+
+// Timers fire on the partition's current owner, also right after a
+// failover: DING escalation steps that fall due while the owner is dead
+// are sent by the new one (each once, at most one duplicate per step), and
+// a secret message read just before the owner's death burns on the new
+// owner on time.
+func TestClusterTimersFireOnTheNewOwner(t *testing.T) {
+	const sid, tok = "AC00000000000000000000000000000002", "secret0token0for0tests"
+	fake := twiliotest.NewServer(sid, tok)
+	defer fake.Close()
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	c.extra = []string{"--twilio-account-sid", sid, "--twilio-from", "+15005550006", "--public-url", "http://{http}",
+		"--twilio-api-url", fake.URL(), "--burn-after", "5s"}
+	c.env = []string{"TWILIO_AUTH_TOKEN=" + tok}
+	a, b := c.start()
+	spare := c.member("c")
+	_ = spare
+
+	// A secret chat, a message in it, read by bo: it burns 5s later.
+	dial := func(user string) *client.Client {
+		cl, err := client.Dial(context.Background(), client.Config{Addr: a.sock + "," + b.sock + "," + spare.sock,
+			Token: a.token(t, user, "phone"), Device: "phone", DialTimeout: time.Second, MaxBackoff: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	ana, bo := dial("ana"), dial("bo")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	chat, err := ana.CreateChat(ctx, "bo", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := ana.SendChat(ctx, chat, []byte("burn after reading"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A DING to 100 phones, its SMS step due in 3s.
+	var numbers []string
+	for i := range 100 {
+		numbers = append(numbers, fmt.Sprintf("+1555777%04d", i))
+	}
+	var res map[string]any
+	if code := a.admin(t, "POST", "/v1/dings", map[string]any{"from": "ana", "to": numbers, "text": "evacuate", "policy": "sms@3s"}, &res); code != 201 {
+		t.Fatalf("ding: %d %v", code, res)
+	}
+	if err := bo.Read(ctx, secret.ID); err != nil {
+		t.Fatal(err)
+	}
+	readAt := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	<-a.exited
+	if n := fake.Count("sms"); n != 0 {
+		t.Fatalf("%d SMS went out before the kill: the failover path is not exercised", n)
+	}
+
+	b.waitReady(t, 20*time.Second)
+	// The new owner can still show the secret message until it burns:
+	// its key came with the batch that stored it.
+	tablet, err := client.Dial(ctx, client.Config{Addr: b.sock, Token: a.token(t, "bo", "tablet"), Device: "tablet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tablet.Close()
+	for shown := false; !shown; {
+		select {
+		case e := <-tablet.Entries():
+			switch {
+			case e.Message != nil && e.Message.ID == secret.ID:
+				if string(e.Message.Body) != "burn after reading" {
+					t.Fatalf("the secret message on the new owner: %q", e.Message.Body)
+				}
+				shown = true
+			case e.Burn != nil && e.Burn.ID == secret.ID:
+				t.Fatalf("the secret message burned on the new owner %v after it was read, before its 5s: its key did not reach the standby", time.Since(readAt))
+			}
+		case <-ctx.Done():
+			t.Fatal("the secret message is not in bo's stream on the new owner")
+		}
+	}
+	if _, err := fake.WaitFor(ctx, "sms", len(numbers)); err != nil {
+		t.Fatalf("escalation after the failover: %v", err)
+	}
+	count := map[string]int{}
+	for _, r := range fake.Requests() {
+		count[r.To]++
+	}
+	for _, n := range numbers {
+		if c := count[n]; c != 1 {
+			t.Fatalf("%s got %d SMS, want 1", n, c)
+		}
+	}
+	smsAt := time.Since(killed)
+	for {
+		select {
+		case e, ok := <-bo.Entries():
+			if !ok {
+				t.Fatalf("bo's client stopped: %v", bo.Err())
+			}
+			if e.Burn != nil && e.Burn.ID == secret.ID {
+				if d := time.Since(readAt); d < 4500*time.Millisecond {
+					t.Fatalf("the secret message burned %v after it was read; want its 5s", d)
+				}
+				t.Logf("after SIGKILL of the owner: the DING's 100 SMS sent once each by the new owner within %v; the secret message burned %v after the kill",
+					smsAt.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("the secret message did not burn on the new owner")
+		}
+	}
 }

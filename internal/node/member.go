@@ -22,6 +22,8 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/keyring"
 	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 )
@@ -326,11 +328,22 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 	if err != nil {
 		return err
 	}
-	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, st)
+	ring, err := keyring.Open(filepath.Join(m.mc.Node.DataDir, SecretKeysFile))
 	if err != nil {
 		db.Close()
+		return fmt.Errorf("node: %w", err)
+	}
+	closeStores := func() { ring.Close(); db.Close() }
+	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, st)
+	if err != nil {
+		closeStores()
 		return err
 	}
+	if f.Codec, err = cluster.NewKeyCodec(m.mc.Secret); err != nil {
+		closeStores()
+		return err
+	}
+	f.Keys = ring // the secret-message keys entries carry
 	m.state.Store(stateStandby)
 	m.follower.Store(f)
 	defer m.follower.CompareAndSwap(f, nil)
@@ -350,7 +363,7 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 			m.log.Warn("asking the owner to name this member its standby failed; retrying", "err", err)
 			if !m.pause(ctx) {
 				stop()
-				db.Close()
+				closeStores()
 				return nil
 			}
 		}
@@ -359,7 +372,7 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 	for m.pause(ctx) {
 		if m.drained.Load() {
 			stop()
-			db.Close()
+			closeStores()
 			m.follower.Store(nil)
 			m.release(ctx)
 			return m.run(ctx)
@@ -380,7 +393,7 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 		owner, err := f.Standby().TakeOver(ctx, m.mc.LeaseTTL)
 		if err != nil {
 			if errors.Is(err, cluster.ErrNotStandby) {
-				db.Close()
+				closeStores()
 				m.log.Warn("no longer the partition's standby", "err", err)
 				m.follower.Store(nil)
 				return m.run(ctx)
@@ -388,13 +401,13 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 			stop = follow()
 			continue
 		}
-		db.Close()
+		closeStores()
 		m.log.Info("took the partition over", "epoch", owner.Epoch())
 		m.follower.Store(nil)
 		return m.serve(ctx, owner)
 	}
 	stop()
-	db.Close()
+	closeStores()
 	return nil
 }
 
@@ -405,6 +418,15 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	var snap atomic.Pointer[http.Handler]
 	var rs *cluster.ReplicatedStore
 	cfg := m.mc.Node
+	codec, err := cluster.NewKeyCodec(m.mc.Secret)
+	if err != nil {
+		return err
+	}
+	cfg.WrapKeys = func(k engine.Keys) engine.Keys {
+		ks := cluster.NewKeyShipper(k, codec)
+		rs.SetKeys(ks) // Replicate ran first
+		return ks
+	}
 	cfg.Replicate = func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error) {
 		var err error
 		if rs, err = cluster.NewReplicatedStore(db, owner); err != nil {

@@ -99,6 +99,10 @@ type Config struct {
 	// and the directory (cluster mode: a cluster.ReplicatedStore). The
 	// node still closes the Pebble store itself.
 	Replicate func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error)
+	// WrapKeys, when set, wraps the keyring of secret messages' keys for
+	// the engine (cluster mode: a cluster.KeyShipper, whose keys ride with
+	// the replicated batches). It is called after Replicate.
+	WrapKeys func(engine.Keys) engine.Keys
 	// Routes are extra handlers on the HTTP listener, by ServeMux pattern
 	// (cluster mode: /cluster/).
 	Routes map[string]http.Handler
@@ -204,11 +208,15 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	closers = append(closers, func() { n.secretKeys.Close() })
+	var secretKeys engine.Keys = n.secretKeys
+	if cfg.WrapKeys != nil {
+		secretKeys = cfg.WrapKeys(n.secretKeys)
+	}
 	if n.eng, err = engine.Open(engine.Config{
 		Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger, Registerer: reg,
 		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
-		Keys: n.secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
+		Keys: secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 	}); err != nil {
 		return nil, err
 	}
