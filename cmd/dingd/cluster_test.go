@@ -501,7 +501,9 @@ func TestClusterDrainUnderLoad(t *testing.T) {
 	// The owner's status lists every member and what it does.
 	want := map[string]string{"a": "drained", "b": "drained", "c": "owner", "d": "standby"}
 	nodetest.WaitFor(t, "every member's status", 10*time.Second, func() bool {
-		var st struct{ Members []struct{ ID, Role, HTTP string } }
+		var st struct {
+			Members []struct{ ID, Role, HTTP string }
+		}
 		(&proc{data: b.data, http: cm.http}).admin(t, "GET", "/v1/cluster", nil, &st)
 		got := map[string]string{}
 		for _, m := range st.Members {
