@@ -408,7 +408,7 @@ func TestBinaryStartFailure(t *testing.T) {
 // The cluster examples in deploy/cluster load as they are, the secret
 // from the environment.
 func TestClusterExampleConfigs(t *testing.T) {
-	for _, f := range []string{"a.toml", "b.toml"} {
+	for _, f := range []string{"a.toml", "b.toml", "c.toml"} {
 		c, err := load([]string{"--config", "../../deploy/cluster/" + f}, fakeEnv(map[string]string{"DING_CLUSTER_SECRET": "s"}))
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
