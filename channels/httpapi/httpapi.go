@@ -32,8 +32,11 @@
 //	                                   sender neither sent nor received)
 //	GET  /v1/messages/{id}/receipts -> {"id","from","recipients":[{"user","state","delivered","read"}]}
 //	                                   (a secret message: also "chat"; users by id, as admins see them)
-//	POST /v1/backup                 {"dir"} -> a Pebble checkpoint of the store written into dir; it holds
-//	                                   no secret message's key (those are in DATA/secret.keys, outside the
+//	POST /v1/backup                 {"dir"} -> {"dir"}: a Pebble checkpoint of the store written into a new
+//	                                   directory under the backup root (Config.BackupRoot, dingd
+//	                                   --backup-dir): dir is a name under it, or an absolute path inside it;
+//	                                   403 FORBIDDEN outside it; 0700 directories, 0600 files. It holds no
+//	                                   secret message's key (those are in DATA/secret.keys, outside the
 //	                                   store), so no readable secret content
 //
 // Secret chats (see secret.go): POST /v1/secret-chats, GET
@@ -78,8 +81,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -100,6 +106,9 @@ type Config struct {
 	// Backup writes a consistent copy of the store; nil means backups are
 	// not supported (501).
 	Backup store.Checkpointer
+	// BackupRoot is the only directory backups are written under (it
+	// should exist, mode 0700); empty refuses backups (501).
+	BackupRoot string
 	// Gatherer is what /metrics exposes.
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.
@@ -453,11 +462,36 @@ func (a *API) backup(r *http.Request) (int, any, error) {
 	if req.Dir == "" {
 		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "dir is required")
 	}
-	if a.cfg.Backup == nil {
+	root := a.cfg.BackupRoot
+	if a.cfg.Backup == nil || root == "" {
 		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "this store cannot take backups")
 	}
-	if err := a.cfg.Backup.Checkpoint(req.Dir); err != nil {
+	target := filepath.Clean(req.Dir)
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(root, target)
+	}
+	if rel, err := filepath.Rel(root, target); err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return 0, nil, errf(http.StatusForbidden, "FORBIDDEN", "backups are written under the backup directory %s (dingd --backup-dir); %q is not inside it", root, req.Dir)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
 		return 0, nil, errf(http.StatusConflict, "BACKUP_FAILED", "%v", err)
 	}
-	return http.StatusOK, map[string]any{"dir": req.Dir}, nil
+	if err := a.cfg.Backup.Checkpoint(target); err != nil {
+		return 0, nil, errf(http.StatusConflict, "BACKUP_FAILED", "%v", err)
+	}
+	// The root is 0700, so no other user reaches the copy; its own modes
+	// say the same, for when it is moved out.
+	err := filepath.WalkDir(target, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.Chmod(p, 0o700)
+		}
+		return os.Chmod(p, 0o600)
+	})
+	if err != nil {
+		return 0, nil, errf(http.StatusConflict, "BACKUP_FAILED", "restrict the backup's modes: %v", err)
+	}
+	return http.StatusOK, map[string]any{"dir": target}, nil
 }

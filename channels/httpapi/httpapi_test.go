@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -146,12 +147,40 @@ func TestBackupOpensWithTheData(t *testing.T) {
 	a, _ := setup(t)
 	a.do("POST", "/v1/users", a.tok, map[string]string{"id": "ana"})
 	_, res := a.do("POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"ana"}, "text": "keep me"})
-	dir := filepath.Join(t.TempDir(), "bk")
-	if code, out := a.do("POST", "/v1/backup", a.tok, map[string]string{"dir": dir}); code != 200 {
+	code, out := a.do("POST", "/v1/backup", a.tok, map[string]string{"dir": "bk"})
+	if code != 200 {
 		t.Fatalf("backup: %d %v", code, out)
 	}
+	dir := out["dir"].(string)
 	if code, out := a.do("POST", "/v1/backup", a.tok, map[string]string{"dir": dir}); code != 409 {
 		t.Fatalf("backup into an existing dir: %d %v", code, out)
+	}
+	// Only its owner can read it: 0700 directories, 0600 files, under a
+	// 0700 root.
+	if err := filepath.WalkDir(filepath.Dir(dir), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := fs.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", p, fi.Mode().Perm(), want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Nowhere but under the backup root.
+	for _, bad := range []string{filepath.Join(t.TempDir(), "bk"), "../escape", "..", ".", "/etc/cron.d/x", "a/../../b"} {
+		if code, out := a.do("POST", "/v1/backup", a.tok, map[string]string{"dir": bad}); code != 403 {
+			t.Errorf("backup into %q: %d %v, want 403", bad, code, out)
+		}
 	}
 	// A node started on the backup (with the store moved into place) has the message.
 	data := t.TempDir()

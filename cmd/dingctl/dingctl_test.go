@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -100,9 +101,13 @@ func TestTour(t *testing.T) {
 	if err != nil || strings.Count(tok, ".") != 2 {
 		t.Fatalf("token printed %q (%v)", tok, err)
 	}
-	dir := t.TempDir() + "/bk"
-	if out, err := ctl(t, n, "backup", "--out", dir); err != nil || strings.TrimSpace(out) != dir {
-		t.Fatalf("backup: %q %v", out, err)
+	// A backup goes under the server's backup dir: DATA/backups by default.
+	want, _ := filepath.EvalSymlinks(filepath.Join(n.DataDir(), "backups"))
+	if out, err := ctl(t, n, "backup", "--out", "nightly"); err != nil || strings.TrimSpace(out) != filepath.Join(want, "nightly") {
+		t.Fatalf("backup: %q %v, want %s/nightly", out, err, want)
+	}
+	if out, err := ctl(t, n, "backup", "--out", t.TempDir()+"/elsewhere"); err == nil || !strings.Contains(err.Error(), "FORBIDDEN") {
+		t.Fatalf("backup outside the backup dir: %q %v, want FORBIDDEN", out, err)
 	}
 }
 

@@ -74,7 +74,7 @@ commands:
                                              with their choices), receipts, ding events;
                                              --confirm answers every DING (0: no choice)
   receipts ID                                print each recipient's state as JSON
-  backup --out DIR                           write a consistent copy of the store
+  backup --out NAME                          write a consistent copy of the store under the server's backup dir (dingd --backup-dir)
   ding --from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT
                                              send a DING; prints its id
   ding status ID                             the per-recipient ledger as JSON
@@ -554,21 +554,18 @@ func receipts(g *globals, args []string, out io.Writer) error {
 
 func backup(g *globals, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
-	dir := fs.String("out", "", "directory to create (on the server's machine)")
+	dir := fs.String("out", "", "the backup's name under the server's backup dir (or an absolute path inside it), on the server's machine")
 	if _, err := parse(fs, g, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return exitError{2, "backup: --out is required"}
 	}
-	abs, err := filepath.Abs(*dir)
-	if err != nil {
+	var res struct{ Dir string }
+	if err := g.call("POST", "/v1/backup", map[string]string{"dir": *dir}, &res); err != nil {
 		return err
 	}
-	if err := g.call("POST", "/v1/backup", map[string]string{"dir": abs}, nil); err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(out, abs)
+	_, err := fmt.Fprintln(out, res.Dir)
 	return err
 }
 

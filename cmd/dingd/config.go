@@ -40,6 +40,8 @@ type config struct {
 	// AdvertiseSocket is this member's socket listener as clients reach
 	// it; empty: Advertise's host and Listen's port.
 	AdvertiseSocket string
+	// BackupDir is where POST /v1/backup writes; empty: DATA/backups.
+	BackupDir string
 	// IdleTimeout closes a client connection silent this long (the
 	// client pings at a third of it); zero: the gateway's 90s.
 	IdleTimeout time.Duration
@@ -102,6 +104,9 @@ var settings = []setting{
 	{name: "drain-delay", env: "DING_DRAIN_DELAY", def: "0s",
 		help:  "on SIGTERM, keep serving with /readyz answering 503 this long before draining, so load balancers stop sending new clients (counts against drain-timeout)",
 		field: func(c *config) any { return &c.DrainDelay }},
+	{name: "backup-dir", env: "DING_BACKUP_DIR", def: "",
+		help:  "the only directory backups (POST /v1/backup, dingctl backup) are written under, kept mode 0700; empty: DATA/backups",
+		field: func(c *config) any { return &c.BackupDir }},
 	{name: "idle-timeout", env: "DING_IDLE_TIMEOUT", def: "90s",
 		help:  "close a client connection that sends nothing this long (WELCOME tells clients to ping at a third of it)",
 		field: func(c *config) any { return &c.IdleTimeout }},

@@ -518,3 +518,27 @@ func TestKill9EscalationSendsEachStepOnceOrTwice(t *testing.T) {
 	}
 	t.Logf("%d of %d SMS sent before SIGKILL; %d duplicates after the restart", before, len(numbers), dups)
 }
+
+// POST /v1/backup writes only under --backup-dir, and what it writes only
+// dingd's user can read (issue 13: it wrote anywhere dingd could, 0755 and
+// 0644).
+func TestBackupStaysInTheBackupDir(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "backups")
+	p := startDingd(t, t.TempDir(), "--backup-dir", root)
+	outside := filepath.Join(t.TempDir(), "stolen")
+	var res struct{ Dir string }
+	if code := p.admin(t, "POST", "/v1/backup", map[string]string{"dir": outside}, nil); code != 403 {
+		t.Fatalf("a backup outside --backup-dir: %d, want 403", code)
+	}
+	if _, err := os.Stat(outside); !os.IsNotExist(err) {
+		t.Fatalf("the refused backup exists: %v", err)
+	}
+	if code := p.admin(t, "POST", "/v1/backup", map[string]string{"dir": "nightly"}, &res); code != 200 || res.Dir != filepath.Join(root, "nightly") {
+		t.Fatalf("backup: %d %+v, want %s/nightly", code, res, root)
+	}
+	for _, d := range []string{root, res.Dir} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: %v %v, want mode 0700", d, fi.Mode(), err)
+		}
+	}
+}

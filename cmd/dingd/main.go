@@ -112,6 +112,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL,
 	}
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
+	ncfg.BackupDir = c.BackupDir
 	if c.Cluster != "" {
 		return runMember(c, ncfg, log)
 	}

@@ -64,6 +64,9 @@ type Config struct {
 	SocketAddr string
 	// HTTPAddr is the admin API listen address; empty means :7080.
 	HTTPAddr string
+	// BackupDir is the only directory POST /v1/backup writes under; empty
+	// means DataDir/backups. It is created, and kept, mode 0700.
+	BackupDir string
 	// MaxBody is the largest message body; zero means 64 KiB.
 	MaxBody int
 	// Socket tunes the gateway; its Engine, Hub, Keys, Directory, Logger
@@ -189,6 +192,10 @@ func Start(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	backupRoot, err := backupDir(cfg)
+	if err != nil {
+		return nil, err
+	}
 	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
 		return nil, err
 	}
@@ -249,7 +256,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
 	api, err := httpapi.New(httpapi.Config{
-		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, Gatherer: reg,
+		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, BackupRoot: backupRoot, Gatherer: reg,
 		Ready: n.ready.Load, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(n.eng), Offboarder: n, Presence: n.hub,
 	})
@@ -401,4 +408,24 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.log.Info("ding stopped")
 	})
 	return n.stopErr
+}
+
+// backupDir creates the backup root (mode 0700, tightened if it exists)
+// and returns its real path.
+func backupDir(cfg Config) (string, error) {
+	dir := cfg.BackupDir
+	if dir == "" {
+		dir = filepath.Join(cfg.DataDir, "backups")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("node: backup dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", fmt.Errorf("node: backup dir: %w", err)
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", fmt.Errorf("node: backup dir: %w", err)
+	}
+	return filepath.Abs(real)
 }
