@@ -207,6 +207,9 @@ func (s *Session) hello(f *pb.Hello) {
 	cursor = min(cursor, head) // a client ahead of the server (restored backup) resumes at the head
 	s.user, s.device = claims.User, claims.Device
 	s.authed.Store(true)
+	if a, ok := s.t.(interface{ Authenticated() }); ok {
+		a.Authenticated() // the transport's count of connections not yet authenticated
+	}
 	m.m.handshakes.WithLabelValues("ok").Inc()
 	s.Send(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{
 		User: s.user, Device: s.device, Head: head, ResumeFrom: cursor + 1,

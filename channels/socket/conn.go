@@ -3,6 +3,7 @@ package socket
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
 
 	"github.com/cloudwego/netpoll"
@@ -19,9 +20,12 @@ type connKey struct{}
 type conn struct {
 	nc   netpoll.Connection
 	sess *session.Session // set once by onPrepare under mu, before any input
+	s    *Server
+	src  string // source address, counted in s.preAuth until authenticated
 
-	mu     sync.Mutex
-	closed bool // netpoll closed the connection: never touch its buffers again; guarded by mu
+	mu      sync.Mutex
+	closed  bool // netpoll closed the connection: never touch its buffers again; guarded by mu
+	counted bool // still counted in s.preAuth; guarded by mu
 }
 
 var _ session.Transport = (*conn)(nil)
@@ -29,7 +33,13 @@ var _ session.Transport = (*conn)(nil)
 var errClosed = errors.New("socket: connection closed")
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
-	c := &conn{nc: nc}
+	src := sourceOf(nc.RemoteAddr())
+	if !s.admitPreAuth(src) {
+		s.preRefused.Inc()
+		_ = nc.Close()
+		return context.Background() // no conn: onRequest closes whatever arrives
+	}
+	c := &conn{nc: nc, s: s, src: src, counted: true}
 	// Close callbacks run newest first, so this one runs before netpoll's
 	// own releases the connection's buffers; Write copies into them only
 	// under c.mu and only while closed is false.
@@ -45,6 +55,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		c.closed = true
 		sess := c.sess
 		c.mu.Unlock()
+		c.Authenticated() // or gone: either way no longer waiting for its HELLO
 		sess.Closed()
 		return nil
 	})
@@ -114,3 +125,49 @@ func (c *conn) Write(frames [][]byte, size int) error {
 
 // Close implements session.Transport.
 func (c *conn) Close() error { return c.nc.Close() }
+
+// Authenticated implements the session's notice that the HELLO succeeded:
+// the connection no longer counts against its source's pre-auth bound.
+func (c *conn) Authenticated() {
+	c.mu.Lock()
+	counted := c.counted
+	c.counted = false
+	c.mu.Unlock()
+	if counted {
+		c.s.releasePreAuth(c.src)
+	}
+}
+
+// sourceOf is the host of a remote address (its port dropped).
+func sourceOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// admitPreAuth counts a new connection from src, unless src holds its
+// bound of connections not yet authenticated.
+func (s *Server) admitPreAuth(src string) bool {
+	s.preMu.Lock()
+	defer s.preMu.Unlock()
+	if s.maxPreAuth > 0 && s.preAuth[src] >= s.maxPreAuth {
+		return false
+	}
+	s.preAuth[src]++
+	return true
+}
+
+func (s *Server) releasePreAuth(src string) {
+	s.preMu.Lock()
+	defer s.preMu.Unlock()
+	if s.preAuth[src] <= 1 {
+		delete(s.preAuth, src)
+	} else {
+		s.preAuth[src]--
+	}
+}

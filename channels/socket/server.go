@@ -58,6 +58,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics; nil means none.
 	Registerer prometheus.Registerer
+	// MaxPreAuthPerSource bounds the connections one source address may
+	// hold open before their HELLO succeeds (each lasts at most the
+	// handshake timeout); more are closed at once, so one address cannot
+	// spend the server's files. Zero means 256; negative, no bound (a
+	// load balancer that hides clients' addresses).
+	MaxPreAuthPerSource int
 }
 
 // Server is the TCP gateway.
@@ -73,6 +79,13 @@ type Server struct {
 	serveMu      sync.Mutex
 	serveStarted bool // guarded by serveMu
 	served       chan struct{}
+
+	// Connections not yet authenticated, by source address.
+	preMu       sync.Mutex
+	preAuth     map[string]int // guarded by preMu
+	maxPreAuth  int
+	preRefused  prometheus.Counter
+	preAuthOpen prometheus.GaugeFunc
 }
 
 // Netpoll's buffer sizes are process-wide settings, applied once, before
@@ -114,7 +127,30 @@ func New(cfg Config) (*Server, error) {
 		netpoll.LinkBufferCap = netpollMinNode
 		_ = netpoll.Configure(netpoll.Config{BufferSize: netpollBufferSize})
 	})
-	s := &Server{log: cfg.Logger, sessions: sessions, served: make(chan struct{})}
+	if cfg.MaxPreAuthPerSource == 0 {
+		cfg.MaxPreAuthPerSource = 256
+	}
+	s := &Server{log: cfg.Logger, sessions: sessions, served: make(chan struct{}), preAuth: map[string]int{}, maxPreAuth: cfg.MaxPreAuthPerSource}
+	s.preRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "ding_socket_preauth_refused_total",
+		Help: "Connections closed at once because their source address held too many not yet authenticated (MaxPreAuthPerSource)."})
+	s.preAuthOpen = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_socket_preauth_connections",
+		Help: "Connections open that have not completed their HELLO."}, func() float64 {
+		s.preMu.Lock()
+		defer s.preMu.Unlock()
+		n := 0
+		for _, c := range s.preAuth {
+			n += c
+		}
+		return float64(n)
+	})
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{s.preRefused, s.preAuthOpen} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				sessions.Shutdown(context.Background())
+				return nil, fmt.Errorf("socket: metrics: %w", err)
+			}
+		}
+	}
 	s.loop, err = netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),
 		netpoll.WithReadTimeout(sessions.IdleTimeout()),

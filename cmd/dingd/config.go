@@ -42,6 +42,10 @@ type config struct {
 	AdvertiseSocket string
 	// BackupDir is where POST /v1/backup writes; empty: DATA/backups.
 	BackupDir string
+	// PreAuthPerSource and HTTPConnsPerSource bound one source address's
+	// connections not yet authenticated on the socket port and open on
+	// the HTTP port; 0: no bound.
+	PreAuthPerSource, HTTPConnsPerSource int
 	// IdleTimeout closes a client connection silent this long (the
 	// client pings at a third of it); zero: the gateway's 90s.
 	IdleTimeout time.Duration
@@ -107,6 +111,12 @@ var settings = []setting{
 	{name: "backup-dir", env: "DING_BACKUP_DIR", def: "",
 		help:  "the only directory backups (POST /v1/backup, dingctl backup) are written under, kept mode 0700; empty: DATA/backups",
 		field: func(c *config) any { return &c.BackupDir }},
+	{name: "preauth-per-source", env: "DING_PREAUTH_PER_SOURCE", def: "256",
+		help:  "socket port: connections one source address may hold before their HELLO succeeds; more are closed at once; 0: no bound (clients behind a load balancer that hides their addresses)",
+		field: func(c *config) any { return &c.PreAuthPerSource }},
+	{name: "http-conns-per-source", env: "DING_HTTP_CONNS_PER_SOURCE", def: "64",
+		help:  "HTTP port: connections one source address may hold open; more are closed at once; 0: no bound",
+		field: func(c *config) any { return &c.HTTPConnsPerSource }},
 	{name: "idle-timeout", env: "DING_IDLE_TIMEOUT", def: "90s",
 		help:  "close a client connection that sends nothing this long (WELCOME tells clients to ping at a third of it)",
 		field: func(c *config) any { return &c.IdleTimeout }},

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +32,7 @@ type proc struct {
 	cmd              *exec.Cmd
 	data, sock, http string
 	env              []string // added to dingd's environment
+	prefix           []string // a command dingd runs under (prlimit), if any
 	stderr           *syncBuffer
 	exited           chan struct{} // closed once the process has exited
 	exitErr          error         // cmd.Wait's error; read after exited is closed
@@ -119,6 +122,9 @@ func (p *proc) start(t *testing.T, args ...string) {
 func (p *proc) launch(t *testing.T, args ...string) {
 	t.Helper()
 	p.cmd = exec.Command(dingdBinary(t), args...)
+	if p.prefix != nil { // e.g. prlimit: dingd runs under it
+		p.cmd = exec.Command(p.prefix[0], append(append(p.prefix[1:], dingdBinary(t)), args...)...)
+	}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "DING_") && !strings.HasPrefix(kv, "TWILIO_") {
 			p.cmd.Env = append(p.cmd.Env, kv)
@@ -540,5 +546,82 @@ func TestBackupStaysInTheBackupDir(t *testing.T) {
 		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
 			t.Fatalf("%s: %v %v, want mode 0700", d, fi.Mode(), err)
 		}
+	}
+}
+
+// A flood of connections from one address that never authenticate (idle
+// HTTP keep-alives, sockets that never send HELLO) used to take every
+// file dingd could open, and real clients got no answer (issue 13). With
+// the per-source bounds, dingd under a limit of 256 files keeps serving
+// clients from other addresses while the flood holds; without them (the
+// control run, bounds off) the same flood starves those clients.
+func TestConnectionFloodLeavesRealClientsServed(t *testing.T) {
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Fatal("prlimit (util-linux) is needed to run dingd with a low file limit")
+	}
+	flood := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 2 * time.Second}
+	// attack opens n idle connections to addr from 127.0.0.2 and holds them.
+	attack := func(addr string, n int) {
+		for range n {
+			c, err := flood.Dial("tcp", addr)
+			if err != nil {
+				continue // refused or reset: the server is full or it refused us
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	served := func(p *proc) error {
+		c := &http.Client{Timeout: 2 * time.Second}
+		resp, err := c.Get("http://" + p.http + "/healthz")
+		if err != nil {
+			return fmt.Errorf("HTTP: %w", err)
+		}
+		resp.Body.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		cl, err := client.Dial(ctx, client.Config{Addr: p.sock, Token: p.token(t, "ana", "phone"), Device: "phone", DialTimeout: 2 * time.Second})
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		defer cl.Close()
+		_, err = cl.Send(ctx, []string{"bo"}, []byte("still here"))
+		return err
+	}
+	run := func(bounds ...string) (*proc, error) {
+		p := newProc(t, t.TempDir())
+		p.prefix = []string{"prlimit", "--nofile=256:256", "--"}
+		p.start(t, p.args(bounds...)...)
+		for _, u := range []string{"ana", "bo"} {
+			if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+				t.Fatalf("create %s: %d", u, code)
+			}
+		}
+		attack(p.http, 300)
+		attack(p.sock, 300)
+		return p, served(p)
+	}
+	p, err := run("--preauth-per-source", "64", "--http-conns-per-source", "64")
+	if err != nil {
+		t.Fatalf("under the flood, with per-source bounds: %v", err)
+	}
+	scrape := func() string {
+		resp, err := http.Get("http://" + p.http + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	m := scrape()
+	for _, re := range []string{`ding_http_connections_refused_total\{reason="per_source"\} [1-9]`, `ding_socket_preauth_refused_total [1-9]`} {
+		if !regexp.MustCompile(re).MatchString(m) {
+			t.Errorf("/metrics does not show the refusals: no %s", re)
+		}
+	}
+	if _, err := run("--preauth-per-source", "0", "--http-conns-per-source", "0"); err == nil {
+		t.Fatal("the control run (no bounds) served real clients under the flood: the test does not reproduce the exhaustion")
+	} else {
+		t.Logf("control, no bounds: %v", err)
 	}
 }

@@ -113,6 +113,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	}
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
 	ncfg.BackupDir = c.BackupDir
+	ncfg.Socket.MaxPreAuthPerSource, ncfg.MaxHTTPConnsPerSource = orNone(c.PreAuthPerSource), orNone(c.HTTPConnsPerSource)
 	if c.Cluster != "" {
 		return runMember(c, ncfg, log)
 	}
@@ -145,4 +146,13 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	close(done)
 	wg.Wait()
 	return err
+}
+
+// orNone maps a flag's 0 (no bound) to the -1 the node takes for it (its
+// 0 is the default).
+func orNone(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

@@ -18,6 +18,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -64,6 +65,10 @@ type Config struct {
 	SocketAddr string
 	// HTTPAddr is the admin API listen address; empty means :7080.
 	HTTPAddr string
+	// MaxHTTPConnsPerSource and MaxHTTPConns bound the HTTP port's open
+	// connections per source address and in all (more are closed as
+	// soon as accepted); zero means 64 and 1024, negative no bound.
+	MaxHTTPConnsPerSource, MaxHTTPConns int
 	// BackupDir is the only directory POST /v1/backup writes under; empty
 	// means DataDir/backups. It is created, and kept, mode 0700.
 	BackupDir string
@@ -170,6 +175,10 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
 	reg := prometheus.NewRegistry()
+	perSource, total := cmp.Or(cfg.MaxHTTPConnsPerSource, 64), cmp.Or(cfg.MaxHTTPConns, 1024)
+	if n.httpLn, err = newLimitListener(n.httpLn, max(perSource, 0), max(total, 0), reg); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := registerDiskMetrics(reg, cfg.DataDir); err != nil {
 		return nil, err
@@ -272,7 +281,11 @@ func Start(cfg Config) (_ *Node, err error) {
 		mux.Handle("/", api)
 		handler = mux
 	}
-	n.httpSrv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	// Timeouts bound what an idle or trickling client holds (with the
+	// connection bounds of limitListener): headers in 10s, a whole request
+	// in 30s, an idle keep-alive 60s. No write timeout: a snapshot for a
+	// joining cluster member streams the whole store.
+	n.httpSrv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()

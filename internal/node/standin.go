@@ -149,7 +149,7 @@ func (m *member) standIn() {
 		m.log.Warn("cannot serve this member's HTTP while it stands by", "listen", httpAddr, "err", err)
 		close(s.done)
 	} else {
-		s.srv = &http.Server{Handler: m.standInHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+		s.srv = &http.Server{Handler: m.standInHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 		go func() { defer close(s.done); _ = s.srv.Serve(ln) }()
 	}
 	m.stand = s
