@@ -53,6 +53,19 @@ type User struct {
 	Department string    `json:"department,omitempty"`
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
+	// TokensBefore revokes the user's client tokens issued up to this
+	// moment (offboarding, RevokeTokens); DeviceTokensBefore, one
+	// device's. They survive a re-add: a token minted before a removal
+	// never works again. Puts keep them; only revocations move them.
+	TokensBefore       time.Time            `json:"tokens_before,omitzero"`
+	DeviceTokensBefore map[string]time.Time `json:"device_tokens_before,omitempty"`
+}
+
+// AcceptsToken reports whether a client token for device, issued at
+// issued, may be used by u: u is active and the token was issued after
+// its revocations.
+func (u User) AcceptsToken(device string, issued time.Time) bool {
+	return u.Status == StatusActive && issued.After(u.TokensBefore) && issued.After(u.DeviceTokensBefore[device])
 }
 
 // same reports whether u and v differ in nothing but their timestamps.
@@ -346,6 +359,7 @@ func (d *Directory) RemoveUserWith(id, actor string, commit func(engine.Change) 
 	}
 	nu := u
 	nu.Status, nu.Department = StatusRemoved, ""
+	nu.TokensBefore = c.now // for good: a re-added user's old tokens stay dead
 	c.users[id] = userChange{old: u, had: true, new: nu}
 	detail := "removed"
 	if u.Department != "" {
@@ -363,6 +377,47 @@ func (d *Directory) RemoveUserWith(id, actor string, commit func(engine.Change) 
 		return User{}, fmt.Errorf("fanout: remove user %s: %w", id, err)
 	}
 	return c.users[id].new, nil
+}
+
+// RevokeTokens revokes the client tokens of user id issued until now:
+// all of them, or, with device set, that device's. Tokens minted later
+// work. The change and its audit entry are one write. Closing the
+// connections that used them is the caller's job.
+func (d *Directory) RevokeTokens(id, device, actor string) (User, error) {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	u, ok := d.users[id]
+	if !ok {
+		return User{}, fmt.Errorf("%w: %q", ErrUnknownUser, id)
+	}
+	c := d.newChange(d.now(), actor)
+	nu := u
+	detail := "client tokens revoked"
+	if device == "" {
+		nu.TokensBefore = c.now
+	} else {
+		nu.DeviceTokensBefore = maps.Clone(u.DeviceTokensBefore)
+		if nu.DeviceTokensBefore == nil {
+			nu.DeviceTokensBefore = map[string]time.Time{}
+		}
+		nu.DeviceTokensBefore[device] = c.now
+		detail = "client tokens of device " + device + " revoked"
+	}
+	c.users[id] = userChange{old: u, had: true, new: nu}
+	c.audit("user.revoke_tokens", id, detail)
+	if err := d.commit(c); err != nil {
+		return User{}, fmt.Errorf("fanout: revoke tokens of %s: %w", id, err)
+	}
+	return nu, nil
+}
+
+// AcceptsToken reports whether a client token of user for device,
+// issued at issued, may be used (User.AcceptsToken; unknown users: no).
+func (d *Directory) AcceptsToken(user, device string, issued time.Time) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	u, ok := d.users[user]
+	return ok && u.AcceptsToken(device, issued)
 }
 
 // Contact implements engine.Contacts. Removed users are unknown.
@@ -489,6 +544,9 @@ func (c *change) putUser(u User, via string) (created bool) {
 	u.Created, u.Updated = c.now, c.now
 	if had {
 		u.Created = old.Created
+		u.TokensBefore, u.DeviceTokensBefore = old.TokensBefore, old.DeviceTokensBefore // revocations stay
+	} else {
+		u.TokensBefore, u.DeviceTokensBefore = time.Time{}, nil // only revocations set them
 	}
 	c.users[u.ID] = userChange{old: old, had: had, new: u}
 	detail := userDetail(old, had, u)

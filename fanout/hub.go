@@ -233,16 +233,40 @@ func (d *Device) Detach() {
 	d.mu.Unlock()
 }
 
+// ErrTokenRevoked is what Kick fails the endpoints of revoked tokens
+// with (a session answers fatal BAD_TOKEN).
+var ErrTokenRevoked = errors.New("fanout: token revoked")
+
 // ErrUserRemoved is what Kick fails a removed user's endpoints with.
 var ErrUserRemoved = engine.NewError(engine.CodeUserRemoved, "fanout: user removed")
 
 // Kick detaches every device of user and fails its endpoint with err (for
 // offboarding: ErrUserRemoved). It returns how many devices it closed.
-func (h *Hub) Kick(user string, err error) int {
+func (h *Hub) Kick(user string, err error) int { return h.KickDevice(user, "", err) }
+
+// KickDevice is Kick for one device of user ("": every device).
+func (h *Hub) KickDevice(user, device string, err error) int {
 	s := h.shard(user)
 	s.mu.Lock()
 	devs := s.users[user]
-	delete(s.users, user)
+	if device == "" {
+		delete(s.users, user)
+	} else {
+		var keep, gone []*Device
+		for _, d := range devs {
+			if d.ID == device {
+				gone = append(gone, d)
+			} else {
+				keep = append(keep, d)
+			}
+		}
+		devs = gone
+		if len(keep) == 0 {
+			delete(s.users, user)
+		} else {
+			s.users[user] = keep
+		}
+	}
 	for _, d := range devs {
 		for _, dh := range h.cfg.DeviceHooks {
 			dh.Detached(user, d.ID)

@@ -37,6 +37,12 @@ var (
 	ErrExpired = errors.New("auth: token expired")
 )
 
+// Tokens carry their issue time to the millisecond (jwt's default is the
+// second), so that a revocation (fanout.User.TokensBefore) tells a token
+// minted just before it from one minted just after. Tokens of whole
+// seconds still verify.
+func init() { jwt.TimePrecision = time.Millisecond }
+
 // SecretFile is the name of the signing secret inside the data directory.
 const SecretFile = "jwt.secret"
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
 )
 
@@ -98,6 +99,39 @@ func (a *API) listUsers(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	return http.StatusOK, map[string]any{"users": us}, nil
+}
+
+// Revoker revokes a user's client tokens (all, or one device's) and
+// closes the connections that used them (internal/node).
+type Revoker interface {
+	RevokeTokens(ctx context.Context, user, device, actor string) (closed int, err error)
+}
+
+// revokeTokens: POST /v1/users/{id}/revoke-tokens {"device"}.
+func (a *API) revokeTokens(r *http.Request) (int, any, error) {
+	id := r.PathValue("id")
+	var req struct {
+		Device string `json:"device"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.Device != "" {
+		if err := engine.CheckName("device", req.Device); err != nil {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
+		}
+	}
+	if a.cfg.Revoker == nil {
+		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "token revocation is not configured")
+	}
+	closed, err := a.cfg.Revoker.RevokeTokens(r.Context(), id, req.Device, adminActor)
+	if errors.Is(err, fanout.ErrUnknownUser) {
+		return 0, nil, notFound("user")
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"user": id, "device": req.Device, "connections_closed": closed}, nil
 }
 
 // offboard removes a user through the Offboarder, or only from the

@@ -23,6 +23,11 @@
 //	DELETE /v1/users/{id}           offboard: mark removed, leave groups and department, revoke tokens,
 //	                                close connections, stop pending DINGs (Config.Offboarder) -> the user
 //	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
+//	POST /v1/users/{id}/revoke-tokens {"device"} -> {"user","device","connections_closed"}: every client
+//	                                   token of the user issued until now (or of that device) stops
+//	                                   working, for good, and its live connections get BAD_TOKEN; tokens
+//	                                   minted afterwards work. Offboarding revokes them too, and a re-added
+//	                                   user's old tokens stay revoked
 //	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id","forward_of","quote_of"}
 //	                                or {"from","chat","text",...} in a secret chat ("to" empty: the other participant)
 //	                                -> {"id","created","duplicate"[,"chat"]} after the message is durable
@@ -128,6 +133,8 @@ type Config struct {
 	// remove_missing call; nil means only Directory.RemoveUser (tokens
 	// and connections are then left alone).
 	Offboarder Offboarder
+	// Revoker is what POST /v1/users/{id}/revoke-tokens uses; nil: 501.
+	Revoker Revoker
 	// MaxImportBytes limits the body of POST /v1/directory/import; zero
 	// means 32 MiB.
 	MaxImportBytes int64
@@ -170,6 +177,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("GET /v1/users/{id}/devices", a.userDevices)
 	a.admin("GET /v1/users", a.listUsers)
 	a.admin("DELETE /v1/users/{id}", a.deleteUser)
+	a.admin("POST /v1/users/{id}/revoke-tokens", a.revokeTokens)
 	a.admin("PUT /v1/departments/{id}", a.putDepartment)
 	a.admin("GET /v1/departments", a.listDepartments)
 	a.admin("GET /v1/departments/{id}", a.getDepartment)

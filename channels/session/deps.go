@@ -1,6 +1,8 @@
 package session
 
 import (
+	"time"
+
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
@@ -78,7 +80,10 @@ type Tokens interface {
 // Users says whether a user may connect: in the directory and not
 // removed (*fanout.Directory implements it). Answers from memory.
 type Users interface {
-	Active(user string) bool
+	// AcceptsToken reports whether a client token of user for device,
+	// issued at issued, may be used: the user is active and the token was
+	// not revoked (fanout.Directory).
+	AcceptsToken(user, device string, issued time.Time) bool
 }
 
 var (

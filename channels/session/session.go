@@ -183,10 +183,15 @@ func (s *Session) hello(f *pb.Hello) {
 		s.fatal(pb.Code_DEVICE_MISMATCH, 0, "device does not match the token")
 		return
 	}
-	if !m.cfg.Users.Active(claims.User) {
-		// No such user, or removed (offboarded): their tokens stop working.
+	var issued time.Time
+	if claims.IssuedAt != nil {
+		issued = claims.IssuedAt.Time
+	}
+	if !m.cfg.Users.AcceptsToken(claims.User, claims.Device, issued) {
+		// No such user, removed (offboarded), or the token was revoked
+		// (for good: re-adding the user does not bring it back).
 		m.m.handshakes.WithLabelValues("bad_token").Inc()
-		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid")
+		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid or revoked")
 		return
 	}
 	e := m.cfg.Engine
@@ -475,6 +480,10 @@ func (s *Session) Room() int {
 func (s *Session) Fail(err error) {
 	if errors.Is(err, fanout.ErrUserRemoved) {
 		s.fatal(pb.Code_USER_REMOVED, 0, "this user was removed")
+		return
+	}
+	if errors.Is(err, fanout.ErrTokenRevoked) {
+		s.fatal(pb.Code_BAD_TOKEN, 0, "token revoked")
 		return
 	}
 	s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")

@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,6 +61,7 @@ commands:
   cluster handover                           cluster mode: the owner drains, its standby takes over, the owner becomes the standby
   cluster drain                              cluster mode: the member --server names gives up its role for maintenance, takes none again
   token --user ID --device DEV [--ttl D]     print a client token
+  token revoke --user ID [--device DEV]      revoke the user's client tokens issued until now (or one device's), for good
   send --from ID --to ID[,ID...] [--client-id X] [--forward-of ID] [--quote-of ID] TEXT
                                              send; prints the id after the durable ack
   send --from ID --chat CHATID [--client-id X] TEXT
@@ -334,6 +336,9 @@ func mintToken(g *globals, user, device string, ttl time.Duration) (string, erro
 }
 
 func token(g *globals, args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "revoke" {
+		return revokeTokens(g, args[1:], out)
+	}
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	user := fs.String("user", "", "user id")
 	device := fs.String("device", "", "device id")
@@ -349,6 +354,31 @@ func token(g *globals, args []string, out io.Writer) error {
 		return err
 	}
 	_, err = fmt.Fprintln(out, tok)
+	return err
+}
+
+// revokeTokens: token revoke --user ID [--device DEV].
+func revokeTokens(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("token revoke", flag.ContinueOnError)
+	user := fs.String("user", "", "user id")
+	device := fs.String("device", "", "only this device's tokens (default: every device's)")
+	if _, err := parse(fs, g, args); err != nil {
+		return err
+	}
+	if *user == "" {
+		return exitError{2, "token revoke: --user is required"}
+	}
+	var res struct {
+		Closed int `json:"connections_closed"`
+	}
+	if err := g.call("POST", "/v1/users/"+url.PathEscape(*user)+"/revoke-tokens", map[string]string{"device": *device}, &res); err != nil {
+		return err
+	}
+	what := "every client token of " + *user
+	if *device != "" {
+		what = "the client tokens of " + *user + "'s device " + *device
+	}
+	_, err := fmt.Fprintf(out, "revoked %s issued until now (for good; new tokens work); %d connections closed\n", what, res.Closed)
 	return err
 }
 

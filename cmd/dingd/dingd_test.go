@@ -23,6 +23,7 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/twilio/twiliotest"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -623,5 +624,109 @@ func TestConnectionFloodLeavesRealClientsServed(t *testing.T) {
 		t.Fatal("the control run (no bounds) served real clients under the flood: the test does not reproduce the exhaustion")
 	} else {
 		t.Logf("control, no bounds: %v", err)
+	}
+}
+
+// Revocation is for good (issue 13: a token minted before an offboarding
+// worked again once the user was re-added). Offboarding revokes every
+// token issued until then, and re-adding the user does not bring them
+// back; POST /v1/users/{id}/revoke-tokens revokes one device's tokens or
+// all of them without offboarding, closing the connections that used
+// them; tokens minted afterwards work.
+func TestRevokedTokensStayRevoked(t *testing.T) {
+	p := startDingd(t, t.TempDir())
+	for _, u := range []string{"ana", "bo"} {
+		if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+			t.Fatalf("create %s: %d", u, code)
+		}
+	}
+	// mint waits for the clock's next millisecond first: a token issued
+	// in the same millisecond as a revocation is revoked too.
+	mint := func(user, device string) string {
+		for now := time.Now().Truncate(time.Millisecond); time.Now().Truncate(time.Millisecond).Equal(now); {
+		}
+		return p.token(t, user, device)
+	}
+	dial := func(tok, device string) (*client.Client, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return client.Dial(ctx, client.Config{Addr: p.sock, Token: tok, Device: device})
+	}
+	refused := func(tok, device, what string) {
+		t.Helper()
+		c, err := dial(tok, device)
+		var pe *client.Error
+		if !errors.As(err, &pe) || pe.Code != pb.Code_BAD_TOKEN {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("%s: dial = %v, want BAD_TOKEN", what, err)
+		}
+	}
+	works := func(tok, device, what string) *client.Client {
+		t.Helper()
+		c, err := dial(tok, device)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := c.Send(ctx, []string{"ana"}, []byte("hi")); err != nil {
+			t.Fatalf("%s: send: %v", what, err)
+		}
+		return c
+	}
+	stopsWith := func(c *client.Client, code pb.Code, what string) {
+		t.Helper()
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: the connection was not closed", what)
+		}
+		var pe *client.Error
+		if !errors.As(c.Err(), &pe) || pe.Code != code {
+			t.Fatalf("%s: stopped with %v, want %v", what, c.Err(), code)
+		}
+	}
+
+	before := mint("bo", "phone")
+	live := works(before, "phone", "a token before the offboarding")
+	if code := p.admin(t, "DELETE", "/v1/users/bo", nil, nil); code != 200 {
+		t.Fatalf("offboard bo: %d", code)
+	}
+	stopsWith(live, pb.Code_USER_REMOVED, "bo's connection at the offboarding")
+	if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": "bo", "name": "bo"}, nil); code != 200 && code != 201 {
+		t.Fatalf("re-add bo: %d", code)
+	}
+	refused(before, "phone", "the pre-offboarding token after bo was re-added")
+
+	phone := works(mint("bo", "phone"), "phone", "a token minted after the re-add")
+	laptopTok := mint("bo", "laptop")
+	laptop := works(laptopTok, "laptop", "the laptop's token")
+	var res struct {
+		Closed int `json:"connections_closed"`
+	}
+	if code := p.admin(t, "POST", "/v1/users/bo/revoke-tokens", map[string]string{"device": "phone"}, &res); code != 200 || res.Closed != 1 {
+		t.Fatalf("revoke the phone's tokens: %d %+v, want 1 connection closed", code, res)
+	}
+	stopsWith(phone, pb.Code_BAD_TOKEN, "the phone at its revocation")
+	select {
+	case <-laptop.Done():
+		t.Fatalf("the laptop was closed by the phone's revocation: %v", laptop.Err())
+	default:
+	}
+	works(mint("bo", "phone"), "phone", "a phone token minted after the revocation")
+
+	if code := p.admin(t, "POST", "/v1/users/bo/revoke-tokens", map[string]string{}, &res); code != 200 || res.Closed != 2 {
+		t.Fatalf("revoke every token: %d %+v, want 2 connections closed", code, res)
+	}
+	stopsWith(laptop, pb.Code_BAD_TOKEN, "the laptop at the revocation of every token")
+	refused(laptopTok, "laptop", "the laptop's token after every token was revoked")
+	if code := p.admin(t, "POST", "/v1/users/nobody/revoke-tokens", map[string]string{}, nil); code != 404 {
+		t.Fatalf("revoke the tokens of an unknown user: %d, want 404", code)
+	}
+	if code := p.admin(t, "POST", "/v1/users/bo/revoke-tokens", map[string]string{"device": "bad device!"}, nil); code != 400 {
+		t.Fatalf("revoke with a bad device name: %d, want 400", code)
 	}
 }

@@ -267,7 +267,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	api, err := httpapi.New(httpapi.Config{
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, BackupRoot: backupRoot, Gatherer: reg,
 		Ready: n.ready.Load, Logger: cfg.Logger, Registerer: reg,
-		Webhooks: notifier.Handler(n.eng), Offboarder: n, Presence: n.hub,
+		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub,
 	})
 	if err != nil {
 		return nil, err
@@ -352,6 +352,18 @@ func (n *Node) Offboard(ctx context.Context, user, actor string) error {
 	n.log.Info("user offboarded", "user", user, "actor", actor, "connections_closed", kicked,
 		"dings_stopped", did.DingsStopped, "secrets_burned", did.SecretsBurned)
 	return nil
+}
+
+// RevokeTokens revokes user's client tokens issued until now (all, or
+// device's), durably, then closes the live connections that used them
+// (BAD_TOKEN).
+func (n *Node) RevokeTokens(ctx context.Context, user, device, actor string) (int, error) {
+	if _, err := n.dir.RevokeTokens(user, device, actor); err != nil {
+		return 0, fmt.Errorf("node: revoke tokens of %s: %w", user, err)
+	}
+	closed := n.hub.KickDevice(user, device, fanout.ErrTokenRevoked)
+	n.log.Info("client tokens revoked", "user", user, "device", device, "actor", actor, "connections_closed", closed)
+	return closed, nil
 }
 
 // SocketAddr is the address the socket gateway listens on.
