@@ -37,12 +37,6 @@ var (
 	ErrExpired = errors.New("auth: token expired")
 )
 
-// Tokens carry their issue time to the millisecond (jwt's default is the
-// second), so that a revocation (fanout.User.TokensBefore) tells a token
-// minted just before it from one minted just after. Tokens of whole
-// seconds still verify.
-func init() { jwt.TimePrecision = time.Millisecond }
-
 // SecretFile is the name of the signing secret inside the data directory.
 const SecretFile = "jwt.secret"
 
@@ -51,7 +45,23 @@ type Claims struct {
 	Kind   string `json:"knd"`
 	User   string `json:"sub,omitempty"`
 	Device string `json:"dev,omitempty"`
+	// IssuedMs is the issue time in Unix milliseconds (iat has whole
+	// seconds): a revocation (fanout.User.TokensBefore) tells a token
+	// minted just before it from one minted just after.
+	IssuedMs int64 `json:"iat_ms,omitempty"`
 	jwt.RegisteredClaims
+}
+
+// Issued is when the token was issued: IssuedMs, or for tokens minted
+// before it existed, iat (whole seconds); zero if neither is set.
+func (c Claims) Issued() time.Time {
+	switch {
+	case c.IssuedMs > 0:
+		return time.UnixMilli(c.IssuedMs)
+	case c.IssuedAt != nil:
+		return c.IssuedAt.Time
+	}
+	return time.Time{}
 }
 
 // Keys signs and verifies tokens.
@@ -114,7 +124,7 @@ func (k *Keys) MintClient(user, device string, ttl time.Duration) (string, error
 		return "", errors.New("auth: client token needs a user, a device and a positive ttl")
 	}
 	now := k.now()
-	return k.sign(Claims{Kind: KindClient, User: user, Device: device, RegisteredClaims: jwt.RegisteredClaims{
+	return k.sign(Claims{Kind: KindClient, User: user, Device: device, IssuedMs: now.UnixMilli(), RegisteredClaims: jwt.RegisteredClaims{
 		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 	}})
 }

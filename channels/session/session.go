@@ -183,11 +183,7 @@ func (s *Session) hello(f *pb.Hello) {
 		s.fatal(pb.Code_DEVICE_MISMATCH, 0, "device does not match the token")
 		return
 	}
-	var issued time.Time
-	if claims.IssuedAt != nil {
-		issued = claims.IssuedAt.Time
-	}
-	if !m.cfg.Users.AcceptsToken(claims.User, claims.Device, issued) {
+	if !m.cfg.Users.AcceptsToken(claims.User, claims.Device, claims.Issued()) {
 		// No such user, removed (offboarded), or the token was revoked
 		// (for good: re-adding the user does not bring it back).
 		m.m.handshakes.WithLabelValues("bad_token").Inc()
