@@ -46,6 +46,10 @@ var (
 	// has failed: the engine refuses further writes, because it can no
 	// longer promise durability. Not safe to retry on this node.
 	ErrFailed = NewError(CodeUnavailable, "engine: store failed")
+	// ErrReadOnly is returned (wrapping the reason) for every write while
+	// the engine refuses them (SetReadOnly: the disk is nearly full);
+	// reads, resumes and deliveries of what is stored go on. Retry later.
+	ErrReadOnly = NewError(CodeUnavailable, "engine: read-only for now")
 	// ErrAborted is returned for an op that shared a batch with ops that
 	// failed and could not be committed without them. It is not the op's
 	// fault: retry it (a submit with the same ClientID is deduplicated).
@@ -218,11 +222,12 @@ func (c *Config) Validate() error {
 // stream, tracks cursors and receipts, and hands durable entries to a Sink.
 // All methods are safe for concurrent use.
 type Engine struct {
-	cfg     Config
-	st      store.Store
-	log     *slog.Logger
-	metrics *metrics
-	cache   *msgCache // recently committed messages; nil when disabled
+	cfg      Config
+	readOnly atomic.Pointer[error] // why writes are refused (SetReadOnly); nil: writable
+	st       store.Store
+	log      *slog.Logger
+	metrics  *metrics
+	cache    *msgCache // recently committed messages; nil when disabled
 
 	sinkMu   sync.RWMutex
 	sink     Sink     // guarded by sinkMu
@@ -341,6 +346,7 @@ func Open(cfg Config) (*Engine, error) {
 		Aborted:     ErrAborted,
 		Fail:        func(cause error) error { return fmt.Errorf("%w: commit: %w", ErrFailed, cause) },
 		Closed:      ErrClosed,
+		Gate:        e.writable,
 		MaxBatch:    cfg.MaxBatch,
 		QueueLen:    cfg.QueueLen,
 		OnQueueFull: e.metrics.queueFull.Inc,
@@ -877,3 +883,26 @@ func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 	}
 	return nil
 }
+
+// SetReadOnly makes the engine refuse every write from now on with
+// ErrReadOnly wrapping reason (a nil reason makes it writable again).
+// Ops already queued are committed. Reads, resumes and deliveries of
+// what is stored go on.
+func (e *Engine) SetReadOnly(reason error) {
+	if reason == nil {
+		e.readOnly.Store(nil)
+		return
+	}
+	err := fmt.Errorf("%w: %w", ErrReadOnly, reason)
+	e.readOnly.Store(&err)
+}
+
+// ReadOnly returns why the engine refuses writes, or nil.
+func (e *Engine) ReadOnly() error {
+	if p := e.readOnly.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (e *Engine) writable() error { return e.ReadOnly() }

@@ -118,6 +118,9 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.
 	Ready func() bool
+	// Unready, if set, gives a reason /readyz answers 503 for although
+	// Ready holds ("" for none): the node serves reads but refuses writes.
+	Unready func() string
 	// MaxTokenTTL caps client token lifetimes; zero means 30 days.
 	MaxTokenTTL time.Duration
 	// Logger; nil means slog.Default().
@@ -313,6 +316,12 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.Ready != nil && !a.cfg.Ready() {
 		http.Error(w, "not ready\n", http.StatusServiceUnavailable)
 		return
+	}
+	if a.cfg.Unready != nil {
+		if why := a.cfg.Unready(); why != "" {
+			http.Error(w, why+"\n", http.StatusServiceUnavailable)
+			return
+		}
 	}
 	w.Write([]byte("ready\n"))
 }

@@ -42,6 +42,9 @@ type config struct {
 	AdvertiseSocket string
 	// BackupDir is where POST /v1/backup writes; empty: DATA/backups.
 	BackupDir string
+	// DiskReserveMB: writes are refused while the data disk has less free
+	// space (MiB); 0: 128; negative: no guard.
+	DiskReserveMB int
 	// PreAuthPerSource and HTTPConnsPerSource bound one source address's
 	// connections not yet authenticated on the socket port and open on
 	// the HTTP port; 0: no bound.
@@ -111,6 +114,9 @@ var settings = []setting{
 	{name: "backup-dir", env: "DING_BACKUP_DIR", def: "",
 		help:  "the only directory backups (POST /v1/backup, dingctl backup) are written under, kept mode 0700; empty: DATA/backups",
 		field: func(c *config) any { return &c.BackupDir }},
+	{name: "disk-reserve-mb", env: "DING_DISK_RESERVE_MB", def: "128",
+		help:  "refuse writes (UNAVAILABLE, retryable; reads and deliveries go on) while the data disk has less free space than this, in MiB, and resume above 1.5 times it; a ballast file of a quarter of it is freed then; keep it well above 64 MiB (two of Pebble's memtables); 0 or negative: no guard",
+		field: func(c *config) any { return &c.DiskReserveMB }},
 	{name: "preauth-per-source", env: "DING_PREAUTH_PER_SOURCE", def: "256",
 		help:  "socket port: connections one source address may hold before their HELLO succeeds; more are closed at once; 0: no bound (clients behind a load balancer that hides their addresses)",
 		field: func(c *config) any { return &c.PreAuthPerSource }},

@@ -113,6 +113,10 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	}
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
 	ncfg.BackupDir = c.BackupDir
+	ncfg.DiskReserve = int64(c.DiskReserveMB) << 20
+	if c.DiskReserveMB == 0 {
+		ncfg.DiskReserve = -1 // 0 MiB: no reserve, no guard
+	}
 	ncfg.Socket.MaxPreAuthPerSource, ncfg.MaxHTTPConnsPerSource = orNone(c.PreAuthPerSource), orNone(c.HTTPConnsPerSource)
 	if c.Cluster != "" {
 		return runMember(c, ncfg, log)

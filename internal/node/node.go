@@ -69,6 +69,10 @@ type Config struct {
 	// connections per source address and in all (more are closed as
 	// soon as accepted); zero means 64 and 1024, negative no bound.
 	MaxHTTPConnsPerSource, MaxHTTPConns int
+	// DiskReserve is the free space below which writes are refused (the
+	// disk is nearly full, diskguard.go); zero means 128 MiB, negative no
+	// guard.
+	DiskReserve int64
 	// BackupDir is the only directory POST /v1/backup writes under; empty
 	// means DataDir/backups. It is created, and kept, mode 0700.
 	BackupDir string
@@ -122,6 +126,8 @@ type Node struct {
 	log        *slog.Logger
 	db         *pebblestore.DB
 	secretKeys *keyring.Ring // secret messages' keys; closed after the engine
+	unready    func() string // why /readyz refuses although the node runs (the disk guard); nil: never
+	guard      *diskGuard    // nil: no disk guard
 	eng        *engine.Engine
 	hub        *fanout.Hub
 	dir        *fanout.Directory
@@ -184,6 +190,14 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 
+	var guard *diskGuard
+	if cfg.DiskReserve >= 0 {
+		if guard, err = newDiskGuard(cfg.DataDir, uint64(cmp.Or(cfg.DiskReserve, 128<<20)), cfg.Logger, reg); err != nil {
+			return nil, fmt.Errorf("node: %w", err)
+		}
+		guard.prepare()
+		closers = append(closers, guard.Close)
+	}
 	if n.db, err = pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: cfg.Logger}); err != nil {
 		if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) {
 			return nil, fmt.Errorf("node: data dir %s is in use by another dingd (its store is locked): stop it, or give this one another --data", cfg.DataDir)
@@ -237,6 +251,10 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { n.eng.Close() })
+	if guard != nil {
+		guard.attach(n.eng.SetReadOnly, n.db.Flush)
+		n.unready, n.guard = guard.Why, guard
+	}
 	n.dir.SetCommitter(n.eng)
 	own := fanout.SingleNode{} // one node owns every partition
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
@@ -266,7 +284,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
 	api, err := httpapi.New(httpapi.Config{
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, BackupRoot: backupRoot, Gatherer: reg,
-		Ready: n.ready.Load, Logger: cfg.Logger, Registerer: reg,
+		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub,
 	})
 	if err != nil {
@@ -427,6 +445,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			}
 		}
 		n.hub.Close()
+		if n.guard != nil {
+			n.guard.Close()
+		}
 		errs = append(errs, n.secretKeys.Close()) // after the engine: its commit loop writes keys
 		errs = append(errs, n.db.Close())
 		n.stopErr = errors.Join(errs...)

@@ -183,6 +183,10 @@ type Config[T Txn] struct {
 	Fail func(cause error) error
 	// Closed is what Enqueue answers after Close; nil means ErrClosed.
 	Closed error
+	// Gate, if set, is asked by Enqueue for every op: an error answers
+	// the op at once, unapplied (a store refusing writes for now: the
+	// disk is nearly full).
+	Gate func() error
 	// MaxBatch bounds the work in one batch; zero means 4096.
 	MaxBatch int
 	// QueueLen bounds the ops waiting for the commit loop in each lane;
@@ -310,6 +314,12 @@ func (p *Pipeline[T]) Enqueue(op *Op[T]) error {
 	if err := p.Err(); err != nil {
 		op.Done(err)
 		return err
+	}
+	if p.cfg.Gate != nil {
+		if err := p.cfg.Gate(); err != nil {
+			op.Done(err)
+			return err
+		}
 	}
 	p.qmu.RLock()
 	defer p.qmu.RUnlock()

@@ -244,7 +244,9 @@ func (d *DB) Checkpoint(dir string) error {
 }
 
 // Flush writes the memtable to a table file (tests use it to make sure
-// data reached the LSM's tables, not only the log).
+// data reached the LSM's tables, not only the log; the disk guard, to
+// release the write-ahead logs the memtables held, each preallocated to
+// 110% of a memtable).
 func (d *DB) Flush() error {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
