@@ -43,6 +43,9 @@
 //	                                   403 FORBIDDEN outside it; 0700 directories, 0600 files. It holds no
 //	                                   secret message's key (those are in DATA/secret.keys, outside the
 //	                                   store), so no readable secret content
+//	POST /v1/backup/verify          {"dir"} -> {"dir","ok","stats":{"keys","bytes","by_prefix"}}: the backup
+//	                                   opens read-only and every key and value reads back (block
+//	                                   checksums); 422 BACKUP_INVALID with the reason otherwise
 //
 // Secret chats (see secret.go): POST /v1/secret-chats, GET
 // /v1/secret-chats/{id}, GET /v1/users/{id}/secret-chats. Admins see a
@@ -113,6 +116,8 @@ type Config struct {
 	Backup store.Checkpointer
 	// BackupRoot is the only directory backups are written under (it
 	// should exist, mode 0700); empty refuses backups (501).
+	// VerifyBackup reads a backup whole (POST /v1/backup/verify).
+	VerifyBackup func(dir string) (any, error)
 	BackupRoot string
 	// Gatherer is what /metrics exposes.
 	Gatherer prometheus.Gatherer
@@ -196,6 +201,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/messages", a.sendMessage)
 	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
 	a.admin("POST /v1/backup", a.backup)
+	a.admin("POST /v1/backup/verify", a.verifyBackup)
 	a.secretRoutes()
 	a.announceRoutes()
 	a.admin("POST /v1/dings", a.postDing)
@@ -464,6 +470,45 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 	return http.StatusOK, res, nil
 }
 
+// backupPath resolves a backup's name (or absolute path) under root, or
+// refuses it (403) outside.
+func backupPath(root, dir string) (string, *apiError) {
+	target := filepath.Clean(dir)
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(root, target)
+	}
+	if rel, err := filepath.Rel(root, target); err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", errf(http.StatusForbidden, "FORBIDDEN", "backups are under the backup directory %s (dingd --backup-dir); %q is not inside it", root, dir)
+	}
+	return target, nil
+}
+
+// verifyBackup: POST /v1/backup/verify {"dir"}: the backup under the
+// backup root opens and reads whole (every block's checksum).
+func (a *API) verifyBackup(r *http.Request) (int, any, error) {
+	var req struct {
+		Dir string `json:"dir"`
+	}
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.Dir == "" {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "dir is required")
+	}
+	if a.cfg.BackupRoot == "" || a.cfg.VerifyBackup == nil {
+		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "this store cannot verify backups")
+	}
+	target, aerr := backupPath(a.cfg.BackupRoot, req.Dir)
+	if aerr != nil {
+		return 0, nil, aerr
+	}
+	stats, err := a.cfg.VerifyBackup(target)
+	if err != nil {
+		return 0, nil, errf(http.StatusUnprocessableEntity, "BACKUP_INVALID", "%v", err)
+	}
+	return http.StatusOK, map[string]any{"dir": target, "ok": true, "stats": stats}, nil
+}
+
 // backup writes a Pebble checkpoint of the store into a new directory.
 // The keys of secret messages live in DATA/secret.keys (engine/keyring),
 // outside the store, so the checkpoint holds secret messages only as
@@ -483,12 +528,9 @@ func (a *API) backup(r *http.Request) (int, any, error) {
 	if a.cfg.Backup == nil || root == "" {
 		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "this store cannot take backups")
 	}
-	target := filepath.Clean(req.Dir)
-	if !filepath.IsAbs(target) {
-		target = filepath.Join(root, target)
-	}
-	if rel, err := filepath.Rel(root, target); err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
-		return 0, nil, errf(http.StatusForbidden, "FORBIDDEN", "backups are written under the backup directory %s (dingd --backup-dir); %q is not inside it", root, req.Dir)
+	target, aerr := backupPath(root, req.Dir)
+	if aerr != nil {
+		return 0, nil, aerr
 	}
 	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
 		return 0, nil, errf(http.StatusConflict, "BACKUP_FAILED", "%v", err)

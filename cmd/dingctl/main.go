@@ -77,6 +77,7 @@ commands:
                                              --confirm answers every DING (0: no choice)
   receipts ID                                print each recipient's state as JSON
   backup --out NAME                          write a consistent copy of the store under the server's backup dir (dingd --backup-dir)
+  backup verify NAME                         check that a backup opens and reads whole (restore: dingd --restore-from DIR)
   ding --from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT
                                              send a DING; prints its id
   ding status ID                             the per-recipient ledger as JSON
@@ -583,6 +584,21 @@ func receipts(g *globals, args []string, out io.Writer) error {
 }
 
 func backup(g *globals, args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "verify" {
+		fs := flag.NewFlagSet("backup verify", flag.ContinueOnError)
+		pos, err := parse(fs, g, args[1:])
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return exitError{2, "backup verify: want the backup's name (or its path under the backup dir)"}
+		}
+		var res map[string]any
+		if err := g.call("POST", "/v1/backup/verify", map[string]string{"dir": pos[0]}, &res); err != nil {
+			return err
+		}
+		return printJSON(out, res)
+	}
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
 	dir := fs.String("out", "", "the backup's name under the server's backup dir (or an absolute path inside it), on the server's machine")
 	if _, err := parse(fs, g, args); err != nil {

@@ -42,6 +42,9 @@ type config struct {
 	AdvertiseSocket string
 	// BackupDir is where POST /v1/backup writes; empty: DATA/backups.
 	BackupDir string
+	// RestoreFrom, if set, is a backup to make the store of an empty data
+	// dir before starting (node.Restore).
+	RestoreFrom string
 	// DiskReserveMB: writes are refused while the data disk has less free
 	// space (MiB); 0: 128; negative: no guard.
 	DiskReserveMB int
@@ -114,6 +117,9 @@ var settings = []setting{
 	{name: "backup-dir", env: "DING_BACKUP_DIR", def: "",
 		help:  "the only directory backups (POST /v1/backup, dingctl backup) are written under, kept mode 0700; empty: DATA/backups",
 		field: func(c *config) any { return &c.BackupDir }},
+	{name: "restore-from", env: "DING_RESTORE_FROM", def: "",
+		help:  "before starting, verify this backup (a directory dingctl backup wrote) and make it the store of --data, which must hold none; secret messages burn (their keys are not in backups); clients need new tokens unless jwt.secret is copied too",
+		field: func(c *config) any { return &c.RestoreFrom }},
 	{name: "disk-reserve-mb", env: "DING_DISK_RESERVE_MB", def: "128",
 		help:  "refuse writes (UNAVAILABLE, retryable; reads and deliveries go on) while the data disk has less free space than this, in MiB, and resume above 1.5 times it; a ballast file of a quarter of it is freed then; keep it well above 64 MiB (two of Pebble's memtables); 0 or negative: no guard",
 		field: func(c *config) any { return &c.DiskReserveMB }},

@@ -118,6 +118,17 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		ncfg.DiskReserve = -1 // 0 MiB: no reserve, no guard
 	}
 	ncfg.Socket.MaxPreAuthPerSource, ncfg.MaxHTTPConnsPerSource = orNone(c.PreAuthPerSource), orNone(c.HTTPConnsPerSource)
+	if c.RestoreFrom != "" {
+		if c.Cluster != "" {
+			return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
+		}
+		st, err := node.Restore(c.RestoreFrom, c.Data)
+		if err != nil {
+			return err
+		}
+		log.Warn("restored the store from a backup: secret messages burn at this start (their keys are not in backups); client tokens signed before need the old jwt.secret, or new tokens",
+			"from", c.RestoreFrom, "keys", st.Keys, "bytes", st.Bytes)
+	}
 	if c.Cluster != "" {
 		return runMember(c, ncfg, log)
 	}

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -284,6 +285,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
 	api, err := httpapi.New(httpapi.Config{
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, BackupRoot: backupRoot, Gatherer: reg,
+		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) },
 		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub,
 	})
@@ -474,4 +476,60 @@ func backupDir(cfg Config) (string, error) {
 		return "", fmt.Errorf("node: backup dir: %w", err)
 	}
 	return filepath.Abs(real)
+}
+
+// Restore makes a backup (a directory POST /v1/backup wrote) the store of
+// the data directory dataDir, which must hold none yet: it verifies the
+// backup (every key and value reads back), then copies it into
+// dataDir/store (0700, 0600). The backup holds the store only: secret
+// messages' keys are not in it (those messages burn at the first start,
+// reason key_lost), and the data directory's signing secret and admin
+// token are new unless copied from the old one (jwt.secret,
+// admin.token), so clients need new tokens.
+func Restore(from, dataDir string) (pebblestore.BackupStats, error) {
+	st, err := pebblestore.Verify(from)
+	if err != nil {
+		return st, fmt.Errorf("node: restore: the backup does not verify: %w", err)
+	}
+	dst := filepath.Join(dataDir, "store")
+	if es, err := os.ReadDir(dst); err == nil && len(es) > 0 {
+		return st, fmt.Errorf("node: restore: %s already holds a store; restore into an empty data dir", dst)
+	}
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return st, fmt.Errorf("node: restore: %w", err)
+	}
+	es, err := os.ReadDir(from)
+	if err != nil {
+		return st, fmt.Errorf("node: restore: %w", err)
+	}
+	for _, e := range es {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if err := copyFileSync(filepath.Join(from, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+			return st, fmt.Errorf("node: restore: %w", err)
+		}
+	}
+	return st, nil
+}
+
+func copyFileSync(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
