@@ -29,6 +29,8 @@ var (
 	// directory, and by group changes for a member who is not an active
 	// user.
 	ErrUnknownUser = engine.NewError(CodeUnknownUser, "fanout: unknown user")
+	// ErrUserExists is returned by AddUserAs for an id an active user has.
+	ErrUserExists = engine.NewError(CodeUserExists, "fanout: user exists")
 )
 
 // User statuses. A removed user stays in the store, for history and the
@@ -271,6 +273,71 @@ func (d *Directory) PutUser(u User) (created bool, err error) {
 // PutUsers is PutUsersAs with actor "system".
 func (d *Directory) PutUsers(us []User) (created int, err error) {
 	return d.PutUsersAs(us, ActorSystem)
+}
+
+// AddUserAs creates user u, or adds back a removed user with that id (a
+// re-add: their history is kept, their old tokens stay revoked); an
+// active user with that id is ErrUserExists (change them with
+// UpdateUserAs). It reports whether the id is new.
+func (d *Directory) AddUserAs(u User, actor string) (created bool, err error) {
+	if err := checkUser(&u); err != nil {
+		return false, err
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	if old, ok := d.users[u.ID]; ok && old.Status == StatusActive {
+		return false, fmt.Errorf("%w: %q", ErrUserExists, u.ID)
+	}
+	if u.Department != "" {
+		if _, ok := d.depts[u.Department]; !ok {
+			return false, fmt.Errorf("%w: %q (user %s)", ErrUnknownDepartment, u.Department, u.ID)
+		}
+	}
+	c := d.newChange(d.now(), actor)
+	created = c.putUser(u, "")
+	if err := d.commit(c); err != nil {
+		return false, fmt.Errorf("fanout: add user %s: %w", u.ID, err)
+	}
+	return created, nil
+}
+
+// UserPatch is a change to some of a user's fields: nil leaves a field as
+// it is, "" clears it (a name cannot be cleared).
+type UserPatch struct {
+	Name, Phone, QuietHours, Department *string
+}
+
+// UpdateUserAs changes the fields p sets of the active user id, the
+// others kept; unknown or removed users are ErrUnknownUser.
+func (d *Directory) UpdateUserAs(id string, p UserPatch, actor string) (User, error) {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	u, ok := d.users[id]
+	if !ok || u.Status != StatusActive {
+		return User{}, fmt.Errorf("%w: %q", ErrUnknownUser, id)
+	}
+	for _, f := range []struct {
+		dst *string
+		v   *string
+	}{{&u.Name, p.Name}, {&u.Phone, p.Phone}, {&u.QuietHours, p.QuietHours}, {&u.Department, p.Department}} {
+		if f.v != nil {
+			*f.dst = *f.v
+		}
+	}
+	if err := checkUser(&u); err != nil {
+		return User{}, err
+	}
+	if u.Department != "" {
+		if _, ok := d.depts[u.Department]; !ok {
+			return User{}, fmt.Errorf("%w: %q (user %s)", ErrUnknownDepartment, u.Department, u.ID)
+		}
+	}
+	c := d.newChange(d.now(), actor)
+	c.putUser(u, "")
+	if err := d.commit(c); err != nil {
+		return User{}, fmt.Errorf("fanout: update user %s: %w", id, err)
+	}
+	return d.users[id], nil
 }
 
 // PutUserAs is PutUsersAs for one user; it reports whether the user is new.

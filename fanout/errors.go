@@ -11,4 +11,5 @@ const (
 	CodeDepartmentCycle    engine.Code = "DEPARTMENT_CYCLE"
 	CodeDepartmentNotEmpty engine.Code = "DEPARTMENT_NOT_EMPTY"
 	CodeBadImport          engine.Code = "BAD_IMPORT"
+	CodeUserExists         engine.Code = "USER_EXISTS"
 )

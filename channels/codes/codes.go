@@ -70,6 +70,7 @@ var table = map[engine.Code]row{
 	fanout.CodeDepartmentCycle:    {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
 	fanout.CodeDepartmentNotEmpty: {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
 	fanout.CodeBadImport:          {pb.Code_BAD_REQUEST, false, http.StatusBadRequest, ""},
+	fanout.CodeUserExists:         {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
 }
 
 // Of returns what to tell a client about err.

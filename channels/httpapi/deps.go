@@ -87,6 +87,8 @@ type Org interface {
 // Directory is everything the API asks of the directory: users, the org,
 // imports and the audit log.
 type Directory interface {
+	AddUserAs(u fanout.User, actor string) (created bool, err error)
+	UpdateUserAs(id string, p fanout.UserPatch, actor string) (fanout.User, error)
 	Users
 	Org
 	Import(org fanout.Org, opts fanout.ImportOptions, actor string) (fanout.Diff, error)

@@ -63,6 +63,46 @@ func (a *API) putUser(r *http.Request) (int, any, error) {
 	return http.StatusOK, got, nil
 }
 
+// addUser: POST /v1/users creates a user, or adds back a removed one;
+// an active user with that id is 409 USER_EXISTS (PATCH changes one).
+func (a *API) addUser(r *http.Request) (int, any, error) {
+	var u userJSON
+	if err := decode(r, &u); err != nil {
+		return 0, nil, err
+	}
+	created, err := a.cfg.Directory.AddUserAs(u.user(), adminActor)
+	if err != nil {
+		return 0, nil, err
+	}
+	got, _ := a.cfg.Directory.User(u.ID)
+	if created {
+		return http.StatusCreated, got, nil
+	}
+	return http.StatusOK, got, nil
+}
+
+// patchUser: PATCH /v1/users/{id} changes the fields the body names
+// ("" clears one), the others kept.
+func (a *API) patchUser(r *http.Request) (int, any, error) {
+	var p struct {
+		Name       *string `json:"name"`
+		Phone      *string `json:"phone"`
+		QuietHours *string `json:"quiet_hours"`
+		Department *string `json:"department"`
+	}
+	if err := decode(r, &p); err != nil {
+		return 0, nil, err
+	}
+	u, err := a.cfg.Directory.UpdateUserAs(r.PathValue("id"), fanout.UserPatch{Name: p.Name, Phone: p.Phone, QuietHours: p.QuietHours, Department: p.Department}, adminActor)
+	if errors.Is(err, fanout.ErrUnknownUser) {
+		return 0, nil, notFound("active user")
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, u, nil
+}
+
 func (a *API) putUsers(r *http.Request) (int, any, error) {
 	var req struct {
 		Users []userJSON `json:"users"`

@@ -15,8 +15,12 @@
 //
 // Routes:
 //
-//	POST /v1/users                  {"id","name","phone","quiet_hours","department"}  create or update (replace) a user
-//	PUT  /v1/users/{id}             {"name","phone","quiet_hours","department"}       same, id from the path
+//	POST /v1/users                  {"id","name","phone","quiet_hours","department"}  create a user (201), or add
+//	                                   back a removed one (200); an active user with that id: 409 USER_EXISTS
+//	PATCH /v1/users/{id}            {"name"?,"phone"?,"quiet_hours"?,"department"?} change only the fields given
+//	                                   ("" clears one) of an active user; 404 otherwise
+//	PUT  /v1/users/{id}             {"name","phone","quiet_hours","department"}       create or replace a user
+//	                                   whole (fields left out are cleared): for sync tools
 //	POST /v1/users/batch            {"users":[{"id","name","phone"},...]} -> {"created": n}, all or none
 //	GET  /v1/users/{id}             a user, with "status" (active or removed) and "department"
 //	GET  /v1/users?status=active|removed|all                     {"users":[...]}, active ones by default
@@ -178,7 +182,8 @@ func New(cfg Config) (*API, error) {
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	a.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
-	a.admin("POST /v1/users", a.putUser)
+	a.admin("POST /v1/users", a.addUser)
+	a.admin("PATCH /v1/users/{id}", a.patchUser)
 	a.admin("POST /v1/users/batch", a.putUsers)
 	a.admin("PUT /v1/users/{id}", a.putUser)
 	a.admin("GET /v1/users/{id}", a.getUser)

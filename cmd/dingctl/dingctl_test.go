@@ -124,3 +124,45 @@ func TestErrorsAreOneLineAndNonZero(t *testing.T) {
 		{[]string{"--token", "forged", "user", "list"}, "UNAUTHENTICATED", 1},
 	})
 }
+
+// user add creates and refuses an existing id (it used to replace the user
+// whole, clearing a phone the README's own tour had set); user set changes
+// only what it is given.
+func TestUserAddRefusesAnExistingUserAndSetPatches(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	if _, err := ctl(t, n, "user", "add", "bo", "--name", "Bo", "--phone", "+14155550100", "--quiet-hours", "22:00-07:00"); err != nil {
+		t.Fatal(err)
+	}
+	ctl(t, n, "dept", "add", "sre", "--name", "SRE")
+	if out, err := ctl(t, n, "user", "add", "bo", "--name", "Bo", "--department", "sre"); err == nil || !strings.Contains(err.Error(), "USER_EXISTS") {
+		t.Fatalf("user add of an existing user: %q %v, want USER_EXISTS", out, err)
+	}
+	out, err := ctl(t, n, "user", "set", "bo", "--department", "sre")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u struct{ Name, Phone, QuietHours, Department string }
+	if err := json.Unmarshal([]byte(out), &u); err != nil {
+		t.Fatal(err)
+	}
+	u.QuietHours = strings.TrimSpace(u.QuietHours)
+	got, _ := n.Directory().User("bo")
+	if got.Department != "sre" || got.Phone != "+14155550100" || got.QuietHours != "22:00-07:00" || got.Name != "Bo" {
+		t.Fatalf("after user set --department: %+v, want the phone, quiet hours and name kept", got)
+	}
+	if _, err := ctl(t, n, "user", "set", "bo", "--phone", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := n.Directory().User("bo"); got.Phone != "" || got.Department != "sre" {
+		t.Fatalf("after user set --phone \"\": %+v, want the phone cleared, the rest kept", got)
+	}
+	if _, err := ctl(t, n, "user", "set", "bo"); err == nil {
+		t.Fatal("user set with nothing to change: no error")
+	}
+	if _, err := ctl(t, n, "user", "set", "nobody", "--name", "X"); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Fatalf("user set of an unknown user: %v, want NOT_FOUND", err)
+	}
+	if _, err := ctl(t, n, "user", "set", "bo", "--phone", "12"); err == nil {
+		t.Fatal("user set with a bad phone: no error")
+	}
+}

@@ -42,7 +42,9 @@ const usage = `usage: dingctl [--token T | --data DIR] [--server URL] [--socket 
 
 commands:
   user add ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"] [--department D]
-                                             create or update (replace) a user
+                                             create a user (an existing one: USER_EXISTS; use user set)
+  user set ID [--name N] [--phone P] [--quiet-hours Q] [--department D]
+                                             change only the fields given ("" clears one)
   user get ID | user list [--status active|removed|all]
                                              show users
   user remove ID                             offboard: mark removed, out of every group and
@@ -161,6 +163,8 @@ func run(args []string, out io.Writer) error {
 		switch rest[0] {
 		case "add":
 			return userAdd(g, rest[1:], out)
+		case "set":
+			return userSet(g, rest[1:], out)
 		case "get":
 			return userGet(g, rest[1:], out)
 		case "list":
@@ -310,6 +314,37 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 	}
 	var u map[string]any
 	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone, "quiet_hours": *quiet, "department": *department}, &u); err != nil {
+		return err
+	}
+	return printJSON(out, u)
+}
+
+// userSet: user set ID [--name N] [--phone P] [--quiet-hours Q]
+// [--department D]: PATCH with the flags given only ("" clears a field).
+func userSet(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("user set", flag.ContinueOnError)
+	fs.String("name", "", "display name")
+	fs.String("phone", "", `phone in E.164, like +14155550100 ("" clears it)`)
+	fs.String("quiet-hours", "", `daily window without non-critical DINGs ("" clears it)`)
+	fs.String("department", "", `department id ("" takes the user out of theirs)`)
+	pos, err := parse(fs, g, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return exitError{2, "user set: want exactly one ID"}
+	}
+	patch := map[string]string{}
+	fs.Visit(func(f *flag.Flag) {
+		if k, ok := map[string]string{"name": "name", "phone": "phone", "quiet-hours": "quiet_hours", "department": "department"}[f.Name]; ok {
+			patch[k] = f.Value.String()
+		}
+	})
+	if len(patch) == 0 {
+		return exitError{2, "user set: nothing to change (give --name, --phone, --quiet-hours or --department)"}
+	}
+	var u map[string]any
+	if err := g.call("PATCH", "/v1/users/"+url.PathEscape(pos[0]), patch, &u); err != nil {
 		return err
 	}
 	return printJSON(out, u)
