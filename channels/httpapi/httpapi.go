@@ -122,7 +122,7 @@ type Config struct {
 	// should exist, mode 0700); empty refuses backups (501).
 	// VerifyBackup reads a backup whole (POST /v1/backup/verify).
 	VerifyBackup func(dir string) (any, error)
-	BackupRoot string
+	BackupRoot   string
 	// Gatherer is what /metrics exposes.
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.

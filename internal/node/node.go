@@ -286,7 +286,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	api, err := httpapi.New(httpapi.Config{
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, BackupRoot: backupRoot, Gatherer: reg,
 		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) },
-		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
+		Ready:        n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub,
 	})
 	if err != nil {
