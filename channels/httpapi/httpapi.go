@@ -120,9 +120,9 @@ type Config struct {
 	Backup store.Checkpointer
 	// BackupRoot is the only directory backups are written under (it
 	// should exist, mode 0700); empty refuses backups (501).
+	BackupRoot string
 	// VerifyBackup reads a backup whole (POST /v1/backup/verify).
 	VerifyBackup func(dir string) (any, error)
-	BackupRoot   string
 	// Gatherer is what /metrics exposes.
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.
