@@ -369,6 +369,10 @@ func (a *API) deleteGroup(r *http.Request) (int, any, error) {
 }
 
 // importResult is the Diff and, with remove_missing, who was offboarded.
+// maxQuietRemovals is the most users an import may offboard without
+// force=1 (also never more than a tenth of the active users).
+const maxQuietRemovals = 50
+
 type importResult struct {
 	fanout.Diff
 	Offboarded []string `json:"offboarded"`
@@ -400,6 +404,10 @@ func (a *API) importDirectory(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	force, err := flag("force")
+	if err != nil {
+		return 0, nil, err
+	}
 	var org fanout.Org
 	switch format {
 	case "json":
@@ -415,6 +423,22 @@ func (a *API) importDirectory(r *http.Request) (int, any, error) {
 	}
 	if err != nil {
 		return 0, nil, err
+	}
+	if removeMissing && !dryRun && !force {
+		// A file that lost most of its rows (an empty export, the wrong
+		// file) must not offboard the company: more than a tenth of the
+		// active users, or more than maxQuietRemovals, needs force=1.
+		preview, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: true, DryRun: true}, adminActor)
+		if err != nil {
+			return 0, nil, err
+		}
+		us, _ := a.cfg.Directory.UsersByStatus(fanout.StatusActive)
+		active := len(us)
+		if n := len(preview.Missing); n > 0 && (n*10 > active || n > maxQuietRemovals) {
+			return 0, nil, errf(http.StatusConflict, "TOO_MANY_REMOVALS",
+				"this import would offboard %d of %d active users (more than 10%% or %d): nothing was changed; review the diff (dry_run=1) and send force=1 to apply it",
+				n, active, maxQuietRemovals)
+		}
 	}
 	df, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: removeMissing, DryRun: dryRun}, adminActor)
 	if err != nil {

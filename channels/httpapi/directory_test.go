@@ -236,7 +236,15 @@ func TestImportThroughTheAPI(t *testing.T) {
 	if code, _ := a.do("GET", "/v1/users/ana", a.tok, nil); code != 404 {
 		t.Fatal("a dry run created a user")
 	}
-	df := a.ok("POST", "/v1/directory/import?format=json&remove_missing=1", file, 200)
+	// Offboarding one of one active user is more than a tenth: refused
+	// without force, nothing changed.
+	if code, out := a.do("POST", "/v1/directory/import?format=json&remove_missing=1", a.tok, file); code != 409 || errCode(out) != "TOO_MANY_REMOVALS" {
+		t.Fatalf("an import offboarding every user: %d %v, want 409 TOO_MANY_REMOVALS", code, out)
+	}
+	if code, _ := a.do("GET", "/v1/users/ana", a.tok, nil); code != 404 {
+		t.Fatal("a refused import created a user")
+	}
+	df := a.ok("POST", "/v1/directory/import?format=json&remove_missing=1&force=1", file, 200)
 	if ids(df, "departments_added") != "eng" || ids(df, "users_added") != "ana,bo" || ids(df, "groups_added") != "g" ||
 		ids(df, "offboarded") != "old" {
 		t.Fatalf("import: %v", df)
@@ -342,7 +350,7 @@ func TestOffboarderIsCalled(t *testing.T) {
 	if code, out := a.do("DELETE", "/v1/users/cy", a.tok, nil); code != 500 || errCode(out) != "INTERNAL" || strings.Contains(fmt.Sprint(out), "socket") {
 		t.Fatalf("failed offboarding: %d %v", code, out)
 	}
-	if code, out := a.do("POST", "/v1/directory/import?remove_missing=1", a.tok, `{"users": [{"id": "ana"}]}`); code != 500 || errCode(out) != "OFFBOARD_FAILED" {
+	if code, out := a.do("POST", "/v1/directory/import?remove_missing=1&force=1", a.tok, `{"users": [{"id": "ana"}]}`); code != 500 || errCode(out) != "OFFBOARD_FAILED" {
 		t.Fatalf("import with a failing offboarding: %d %v", code, out)
 	}
 	big := `{"users": [` + strings.Repeat(`{"id": "x"},`, 100) + `{"id": "y"}]}`

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"net/url"
 	"os"
@@ -170,7 +171,9 @@ func directory(g *globals, args []string, out io.Writer) error {
 	asCSV := fs.Bool("csv", false, "the file is CSV: id,name,phone,department_path[,quiet_hours]")
 	asJSON := fs.Bool("json", false, "the file is JSON: {departments, users, groups}")
 	removeMissing := fs.Bool("remove-missing", false, "offboard active users the file does not list")
-	dryRun := fs.Bool("dry-run", false, "print the changes without applying them")
+	apply := fs.Bool("apply", false, "apply the changes (without it the import only prints them: a dry run)")
+	fs.Bool("dry-run", true, "print the changes without applying them (the default; --apply applies)")
+	force := fs.Bool("force", false, "with --apply --remove-missing: offboard even more than 10% of the active users, or more than 50")
 	file, err := oneArg(g, fs, args[1:])
 	if err != nil {
 		return err
@@ -193,14 +196,24 @@ func directory(g *globals, args []string, out io.Writer) error {
 	if *removeMissing {
 		q.Set("remove_missing", "1")
 	}
-	if *dryRun {
+	if !*apply {
 		q.Set("dry_run", "1")
+	}
+	if *force {
+		q.Set("force", "1")
 	}
 	var res any
 	if err := g.callBody("POST", "/v1/directory/import?"+q.Encode(), "text/"+format, f, &res); err != nil {
 		return err
 	}
-	return printJSON(out, res)
+	if err := printJSON(out, res); err != nil {
+		return err
+	}
+	if !*apply {
+		_, err := fmt.Fprintln(os.Stderr, "dry run: nothing was changed; run again with --apply to apply these changes")
+		return err
+	}
+	return nil
 }
 
 func audit(g *globals, args []string, out io.Writer) error {

@@ -87,20 +87,36 @@ func TestDirectoryCommands(t *testing.T) {
 	dir := t.TempDir()
 	csv := filepath.Join(dir, "hr.csv")
 	os.WriteFile(csv, []byte("id,name,phone,department_path\nana,Ana,,Engineering/Platform\ncy,Cy,,\ndi,Di,,Sales\n"), 0o600)
-	dry := jsonOut(t, n, "directory", "import", csv, "--dry-run")
-	if dry["dry_run"] != true || idList(dry, "users_added") != "di" || idList(dry, "departments_added") != "engineering,engineering.platform,sales" {
-		t.Fatalf("dry run: %v", dry)
+	// Without --apply an import is a dry run.
+	for _, args := range [][]string{{"--dry-run"}, {}} {
+		dry := jsonOut(t, n, append([]string{"directory", "import", csv}, args...)...)
+		if dry["dry_run"] != true || idList(dry, "users_added") != "di" || idList(dry, "departments_added") != "engineering,engineering.platform,sales" {
+			t.Fatalf("dry run %v: %v", args, dry)
+		}
 	}
-	df := jsonOut(t, n, "directory", "import", csv)
+	df := jsonOut(t, n, "directory", "import", csv, "--apply")
 	if idList(df, "users_added") != "di" || idList(df, "users_updated") != "ana" || df["users_unchanged"] != 1.0 {
 		t.Fatalf("import: %v", df)
 	}
-	if df := jsonOut(t, n, "directory", "import", csv); idList(df, "users_updated") != "" || df["users_unchanged"] != 3.0 {
+	if df := jsonOut(t, n, "directory", "import", csv, "--apply"); idList(df, "users_updated") != "" || df["users_unchanged"] != 3.0 {
 		t.Fatalf("second import: %v", df)
 	}
 	js := filepath.Join(dir, "org.txt")
 	os.WriteFile(js, []byte(`{"users": [{"id": "ana", "name": "Ana", "department": "engineering.platform"}]}`), 0o600)
-	df = jsonOut(t, n, "directory", "import", js, "--json", "--remove-missing")
+	// Offboarding two of three users is more than a tenth: refused, and
+	// nothing changes, until --force.
+	if out, err := ctl(t, n, "directory", "import", js, "--json", "--remove-missing", "--apply"); err == nil || !strings.Contains(err.Error(), "TOO_MANY_REMOVALS") {
+		t.Fatalf("import --remove-missing of a third of the users: %q %v, want TOO_MANY_REMOVALS", out, err)
+	}
+	empty := filepath.Join(dir, "header-only.csv") // an HR export that lost its rows
+	os.WriteFile(empty, []byte("id,name,phone,department_path\n"), 0o600)
+	if _, err := ctl(t, n, "directory", "import", empty, "--remove-missing", "--apply"); err == nil || !strings.Contains(err.Error(), "TOO_MANY_REMOVALS") {
+		t.Fatalf("a header-only import with --remove-missing: %v, want TOO_MANY_REMOVALS", err)
+	}
+	if u, _ := n.Directory().User("cy"); u.Status != "active" {
+		t.Fatal("a refused import offboarded cy")
+	}
+	df = jsonOut(t, n, "directory", "import", js, "--json", "--remove-missing", "--apply", "--force")
 	if idList(df, "missing") != "cy,di" || idList(df, "offboarded") != "cy,di" {
 		t.Fatalf("import --remove-missing: %v", df)
 	}
