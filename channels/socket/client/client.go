@@ -4,7 +4,11 @@
 // resumes the stream where it left off, resends unacknowledged submits
 // (deduplicated by the server through their client message ids), and drops
 // entries it already handed to the application, so the application sees
-// each stream entry once, in order.
+// each stream entry once, in order. Its reader never waits for the
+// application: acknowledgements and answers keep arriving however slowly
+// Entries is drained, so Send, Read, Confirm and Receipts may be called
+// from the goroutine that drains it (entries beyond Config.MaxQueue are
+// fetched again later, not lost).
 //
 //	c, err := client.Dial(ctx, client.Config{Addr: "127.0.0.1:7070", Token: tok, Device: "phone"})
 //	defer c.Close()
@@ -74,6 +78,15 @@ type Config struct {
 	Cursor *uint64
 	// Buffer is the capacity of the Entries channel; zero means 1024.
 	Buffer int
+	// MaxQueue bounds the entries received and not yet taken from
+	// Entries (beyond Buffer); zero means 65536. The connection's reader
+	// never waits for the application: acks and answers (Send, Read,
+	// Confirm, Receipts) keep arriving however slowly Entries is drained,
+	// so those calls may be made from the goroutine that drains it. Past
+	// MaxQueue, newer entries are not kept; once the application has
+	// drained half the queue, the client reconnects and the server sends
+	// them again (nothing is lost, nothing repeated).
+	MaxQueue int
 	// MaxInflight bounds unacknowledged submits; zero means 256 (the
 	// server's default limit). A lower limit announced by the server in
 	// WELCOME wins.
@@ -226,6 +239,7 @@ type Stats struct {
 	Connects   int64 // successful handshakes
 	Duplicates int64 // entries dropped because they were already delivered
 	Redirects  int64 // NOT_OWNER redirects followed (cluster mode)
+	Refetches  int64 // reconnects to fetch again entries not kept past MaxQueue
 }
 
 // Client is one connected device. Its methods are safe for concurrent use.
@@ -252,7 +266,14 @@ type Client struct {
 
 	delivered atomic.Uint64 // last seq handed to the app (reader goroutine writes)
 	haveDeliv atomic.Bool
-	stats     struct{ connects, dups atomic.Int64 }
+	stats     struct{ connects, dups, refetches atomic.Int64 }
+
+	// Entries received and not yet handed to the application (pump);
+	// overflow: past MaxQueue, newer ones are not kept.
+	qmu      sync.Mutex
+	queue    []Entry // guarded by qmu
+	overflow bool    // guarded by qmu
+	qsig     chan struct{}
 
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -303,6 +324,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.Buffer == 0 {
 		cfg.Buffer = 1024
+	}
+	if cfg.MaxQueue == 0 {
+		cfg.MaxQueue = 65536
 	}
 	if cfg.MaxInflight == 0 {
 		cfg.MaxInflight = 256
@@ -357,6 +381,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if m := int(w.MaxInflight); m > 0 && m < cap(c.sem) {
 		c.sem = make(chan struct{}, m) // the server allows fewer: never trip TOO_MANY_INFLIGHT
 	}
+	c.qsig = make(chan struct{}, 1)
+	go c.pump()
 	go c.runLoop(nc, w)
 	return c, nil
 }
@@ -377,7 +403,7 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Stats returns counters.
 func (c *Client) Stats() Stats {
-	return Stats{Connects: c.stats.connects.Load(), Duplicates: c.stats.dups.Load(), Redirects: c.redirects.Load()}
+	return Stats{Connects: c.stats.connects.Load(), Duplicates: c.stats.dups.Load(), Redirects: c.redirects.Load(), Refetches: c.stats.refetches.Load()}
 }
 
 // Welcome returns the server's most recent WELCOME.
@@ -512,7 +538,6 @@ func fatalCode(code pb.Code) bool {
 // runLoop owns the connection: it runs one session, then reconnects.
 func (c *Client) runLoop(nc net.Conn, w *pb.Welcome) {
 	defer close(c.done)
-	defer close(c.entries)
 	backoff := c.cfg.MinBackoff
 	for {
 		if nc != nil {
@@ -713,13 +738,67 @@ func (c *Client) deliver(e Entry) {
 		c.stats.dups.Add(1)
 		return
 	}
-	select {
-	case c.entries <- e:
-	case <-c.quit:
-		return
+	c.qmu.Lock()
+	switch {
+	case c.overflow:
+		// Not kept: the reconnect after the queue drains fetches it again.
+	case c.haveDeliv.Load() && e.Seq != c.delivered.Load()+1:
+		// After an overflow, the old connection's entries past the gap:
+		// the next connection resumes right after the last one kept.
+	case len(c.queue) >= c.cfg.MaxQueue:
+		c.overflow = true
+	default:
+		c.queue = append(c.queue, e)
+		c.delivered.Store(e.Seq)
+		c.haveDeliv.Store(true)
 	}
-	c.delivered.Store(e.Seq)
-	c.haveDeliv.Store(true)
+	c.qmu.Unlock()
+	select {
+	case c.qsig <- struct{}{}:
+	default:
+	}
+}
+
+// pump hands the queued entries to the application, in order, and after
+// an overflow reconnects once half the queue is drained (the server sends
+// what was not kept again). It closes Entries when the client stops.
+func (c *Client) pump() {
+	defer close(c.entries)
+	for {
+		select {
+		case <-c.qsig:
+		case <-c.quit:
+			return
+		}
+		for {
+			c.qmu.Lock()
+			if len(c.queue) == 0 {
+				c.qmu.Unlock()
+				break
+			}
+			e := c.queue[0]
+			c.queue[0] = Entry{}
+			c.queue = c.queue[1:]
+			refetch := c.overflow && len(c.queue) < c.cfg.MaxQueue/2
+			if refetch {
+				c.overflow = false
+			}
+			c.qmu.Unlock()
+			if refetch {
+				c.stats.refetches.Add(1)
+				c.mu.Lock()
+				if c.nc != nil {
+					c.nc.Close() // runLoop reconnects, resuming after the last entry kept
+				}
+				c.mu.Unlock()
+			}
+			select {
+			case c.entries <- e:
+			case <-c.quit:
+				return
+			}
+		}
+	}
 }
 
 func (c *Client) finishSubmit(ref uint64, d subDone) {
