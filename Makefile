@@ -57,7 +57,7 @@ fuzz:
 	$(GO) test ./channels/socket/client -run '^$$' -fuzz FuzzDecodeDeliver -fuzztime 20s
 
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -buildvcs=auto -o bin/ ./cmd/... # auto: the VCS revision in --version when git is there
 
 # Chaos runs not in `make test` (see cmd/dingd/chaos_test.go).
 chaos: tools redis

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -113,12 +115,13 @@ func TestTour(t *testing.T) {
 
 func TestErrorsAreOneLineAndNonZero(t *testing.T) {
 	n := nodetest.Start(t, node.Config{})
-	ctl(t, n, "user", "add", "ana")
+	ctl(t, n, "user", "add", "ana", "--name", "ana")
 	checkErrors(t, n, []ctlErr{
 		{[]string{"send", "--from", "ana", "--to", "zed", "hi"}, "UNKNOWN_RECIPIENT", 1},
 		{[]string{"send", "--from", "ana", "hi"}, "--to", 2},
 		{[]string{"receipts", "nope"}, "BAD_REQUEST", 1},
-		{[]string{"user", "add", "bad id"}, "BAD_REQUEST", 1},
+		{[]string{"user", "add", "bad id", "--name", "X"}, "BAD_REQUEST", 1},
+		{[]string{"user", "add", "cy"}, "--name is required", 2},
 		{[]string{"listen", "--user", "ana", "--device", "d", "--count", "1", "--timeout", "200ms"}, "timed out after 0 of 1", 3},
 		{[]string{"frobnicate"}, "unknown command", 2},
 		{[]string{"--token", "forged", "user", "list"}, "UNAUTHENTICATED", 1},
@@ -165,4 +168,37 @@ func TestUserAddRefusesAnExistingUserAndSetPatches(t *testing.T) {
 	if _, err := ctl(t, n, "user", "set", "bo", "--phone", "12"); err == nil {
 		t.Fatal("user set with a bad phone: no error")
 	}
+}
+
+// send reads its body from stdin with "-" (or when no TEXT is given and
+// stdin is not a terminal); --version prints the build.
+func TestSendFromStdinAndVersion(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	ctl(t, n, "user", "add", "ana", "--name", "Ana")
+	ctl(t, n, "user", "add", "bo", "--name", "Bo")
+	defer func(r io.Reader) { stdin = r }(stdin)
+	for _, args := range [][]string{{"-"}, {}} {
+		stdin = strings.NewReader("line one\nline two\n")
+		id, err := ctl(t, n, append([]string{"send", "--from", "ana", "--to", "bo"}, args...)...)
+		if err != nil {
+			t.Fatalf("send %v from stdin: %v", args, err)
+		}
+		m, err := n.Engine().Message(mustID(t, strings.TrimSpace(id)))
+		if err != nil || string(m.Body) != "line one\nline two" {
+			t.Fatalf("the body sent from stdin: %q %v", m.Body, err)
+		}
+	}
+	var out bytes.Buffer
+	if err := run([]string{"--version"}, &out); err != nil || !strings.HasPrefix(out.String(), "dingctl ") || !strings.Contains(out.String(), "revision") {
+		t.Fatalf("--version: %q %v", out.String(), err)
+	}
+}
+
+func mustID(t *testing.T, s string) engine.ID {
+	t.Helper()
+	id, err := engine.ParseID(s)
+	if err != nil {
+		t.Fatalf("id %q: %v", s, err)
+	}
+	return id
 }

@@ -36,9 +36,11 @@ import (
 
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/internal/buildinfo"
 )
 
 const usage = `usage: dingctl [--token T | --data DIR] [--server URL] [--socket ADDR] COMMAND ...
+       dingctl --version
 
 commands:
   user add ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"] [--department D]
@@ -142,6 +144,10 @@ func envOr(name, def string) string {
 }
 
 func run(args []string, out io.Writer) error {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		_, err := fmt.Fprintln(out, buildinfo.String("dingctl"))
+		return err
+	}
 	g := &globals{token: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070")}
 	fs := flag.NewFlagSet("dingctl", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
@@ -312,6 +318,9 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 	if len(pos) != 1 {
 		return exitError{2, "user add: want exactly one ID"}
 	}
+	if strings.TrimSpace(*name) == "" {
+		return exitError{2, "user add: --name is required (the name people see)"}
+	}
 	var u map[string]any
 	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone, "quiet_hours": *quiet, "department": *department}, &u); err != nil {
 		return err
@@ -430,10 +439,20 @@ func send(g *globals, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *from == "" || (*to == "") == (*chat == "") || len(pos) == 0 {
-		return exitError{2, "send: --from, TEXT, and either --to or --chat are required"}
+	text := strings.Join(pos, " ")
+	if (len(pos) == 1 && pos[0] == "-") || (len(pos) == 0 && !isTerminal(stdin)) {
+		b, err := io.ReadAll(io.LimitReader(stdin, 16<<20))
+		if err != nil {
+			return fmt.Errorf("send: read the body from stdin: %w", err)
+		}
+		text = strings.TrimSuffix(string(b), "\n") // echo's, a file's last line end
+	} else if len(pos) == 0 {
+		text = ""
 	}
-	req := map[string]any{"from": *from, "text": strings.Join(pos, " "), "client_msg_id": *cid}
+	if *from == "" || (*to == "") == (*chat == "") || (len(pos) == 0 && text == "" && isTerminal(stdin)) {
+		return exitError{2, "send: --from, TEXT (or - for stdin), and either --to or --chat are required"}
+	}
+	req := map[string]any{"from": *from, "text": text, "client_msg_id": *cid}
 	if *to != "" {
 		req["to"] = strings.Split(*to, ",")
 	}
@@ -675,4 +694,18 @@ func clusterCmd(g *globals, args []string, out io.Writer) error {
 		return err
 	}
 	return g.printCall(out, "GET", "/v1/cluster", nil)
+}
+
+// stdin is where send reads a body from (tests replace it).
+var stdin io.Reader = os.Stdin
+
+// isTerminal reports whether r is a character device (a person typing),
+// not a pipe or a file.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -421,3 +421,11 @@ func TestClusterExampleConfigs(t *testing.T) {
 		t.Fatalf("a cluster member without its secret: %v, want an error naming cluster-secret", err)
 	}
 }
+
+// dingd --version prints the build and starts nothing.
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"--version"}, fakeEnv(nil), &out); err != nil || !strings.HasPrefix(out.String(), "dingd ") || !strings.Contains(out.String(), "revision") {
+		t.Fatalf("--version: %q %v", out.String(), err)
+	}
+}

@@ -47,6 +47,7 @@ import (
 	"syscall"
 
 	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/internal/buildinfo"
 	"github.com/dingmq/ding/internal/node"
 )
 
@@ -82,6 +83,10 @@ func main() {
 }
 
 func run(args []string, getenv func(string) (string, bool), stdout io.Writer) error {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		_, err := fmt.Fprintln(stdout, buildinfo.String("dingd"))
+		return err
+	}
 	c, err := load(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		usage(stdout)

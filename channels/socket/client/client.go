@@ -76,6 +76,9 @@ type Config struct {
 	// Cursor is the last sequence number the application processed in an
 	// earlier run; nil means resume from the cursor the server stored.
 	Cursor *uint64
+	// SendTimeout bounds a Send whose context has no deadline; zero means
+	// one minute. (A Send that times out returns an *UnsureError.)
+	SendTimeout time.Duration
 	// Buffer is the capacity of the Entries channel; zero means 1024.
 	Buffer int
 	// MaxQueue bounds the entries received and not yet taken from
@@ -327,6 +330,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.MaxQueue == 0 {
 		cfg.MaxQueue = 65536
+	}
+	if cfg.SendTimeout == 0 {
+		cfg.SendTimeout = time.Minute
 	}
 	if cfg.MaxInflight == 0 {
 		cfg.MaxInflight = 256
@@ -878,19 +884,18 @@ func WithClientID(id string) SendOption { return func(s *pb.Submit) { s.ClientMs
 
 // Send submits a message and returns once the server has it durably. If
 // the connection drops first, it is resent on the next connection with the
-// same client message id, so it is stored once. If ctx ends first the
-// outcome is unknown. A body over the server's max_body (from its
+// same client message id, so it is stored once. If ctx ends first (or
+// Config.SendTimeout, for a ctx without deadline) the outcome is unknown:
+// the error is an *UnsureError whose ClientMsgID, given again with
+// WithClientID, makes a retry store the message at most once. A body over the server's max_body (from its
 // WELCOME) fails at once with an *Error of code MESSAGE_TOO_LARGE and is
 // not sent; the connection is unaffected.
 func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...SendOption) (SendResult, error) {
-	select {
-	case c.sem <- struct{}{}:
-	case <-ctx.Done():
-		return SendResult{}, ctx.Err()
-	case <-c.quit:
-		return SendResult{}, c.Err()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.SendTimeout)
+		defer cancel()
 	}
-	defer func() { <-c.sem }()
 	sub := &pb.Submit{To: to, Kind: pb.Kind_TEXT, Body: body}
 	for _, o := range opts {
 		o(sub)
@@ -900,6 +905,14 @@ func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...Sen
 		// system call per message.
 		sub.ClientMsgId = c.idPrefix + strconv.FormatUint(c.idSeq.Add(1), 36)
 	}
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return SendResult{}, &UnsureError{ClientMsgID: sub.ClientMsgId, Err: ctx.Err()} // not sent, in fact
+	case <-c.quit:
+		return SendResult{}, c.Err()
+	}
+	defer func() { <-c.sem }()
 	p := &pendingSub{done: make(chan subDone, 1)}
 	c.mu.Lock()
 	if c.err != nil {
@@ -933,9 +946,25 @@ func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...Sen
 		c.mu.Lock()
 		delete(c.submits, sub.Ref)
 		c.mu.Unlock()
-		return SendResult{}, ctx.Err()
+		return SendResult{}, &UnsureError{ClientMsgID: sub.ClientMsgId, Err: ctx.Err()}
 	}
 }
+
+// UnsureError is Send's answer when its context ended before the
+// server's: the message may or may not be stored. Send it again with
+// WithClientID(ClientMsgID) and the server stores it at most once (the
+// answer then says Duplicate if the first one was). errors.Is sees the
+// context's error through it.
+type UnsureError struct {
+	ClientMsgID string
+	Err         error
+}
+
+func (e *UnsureError) Error() string {
+	return fmt.Sprintf("client: send unconfirmed (%v): resend with WithClientID(%q) to store it at most once", e.Err, e.ClientMsgID)
+}
+
+func (e *UnsureError) Unwrap() error { return e.Err }
 
 // SendChat sends a message in a secret chat (see CreateChat): the other
 // participant receives it. It is Send otherwise (durable ack, resent on

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -115,5 +116,34 @@ func TestEntriesPastMaxQueueAreFetchedAgain(t *testing.T) {
 	}
 	if bo.Stats().Refetches == 0 {
 		t.Fatal("400 entries against a queue of 32 and no refetch: the bound was not reached")
+	}
+}
+
+// A Send that times out says so with the client message id it used;
+// sending again with it stores the message at most once.
+func TestTimedOutSendRetriesSafely(t *testing.T) {
+	n := nodetest.Start(t, node.Config{DataDir: t.TempDir()})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ana := nodetest.Dial(t, n, "ana", "phone", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // ended before the server could answer
+	_, err := ana.Send(ctx, []string{"bo"}, []byte("once"))
+	var ue *client.UnsureError
+	if !errors.As(err, &ue) || !errors.Is(err, context.Canceled) || ue.ClientMsgID == "" {
+		t.Fatalf("a send whose context ended: %v, want an *UnsureError with its client message id", err)
+	}
+	for i := range 2 {
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		res, err := ana.Send(rctx, []string{"bo"}, []byte("once"), client.WithClientID(ue.ClientMsgID))
+		rcancel()
+		if err != nil {
+			t.Fatalf("retry %d: %v", i, err)
+		}
+		if i == 1 && !res.Duplicate {
+			t.Fatal("the second retry with the same id was stored again")
+		}
+	}
+	if h, _ := n.Engine().Head("bo"); h > 1 {
+		t.Fatalf("bo's stream holds %d entries, want the message once", h)
 	}
 }
