@@ -29,7 +29,7 @@ func TestAnnounceCommands(t *testing.T) {
 	if len(id) != 26 {
 		t.Fatalf("announce printed %q", out)
 	}
-	if _, err := ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--confirm", "0", "--count", "1", "--timeout", "5s"); err != nil {
+	if _, err := ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--confirm", "0", "--messages", "--count", "1", "--timeout", "5s"); err != nil {
 		t.Fatal(err)
 	}
 	out, err = ctl(t, n, "announce", "stats", id, "--unconfirmed")

@@ -73,7 +73,7 @@ func TestDingCommands(t *testing.T) {
 	})
 	// bo's app shows the DING with its choices and confirms "decline";
 	// ana's app sees the DING's events and the confirmation.
-	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--confirm", "2", "--count", "1", "--timeout", "5s")
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--confirm", "2", "--messages", "--count", "1", "--timeout", "5s")
 	if err != nil || !strings.Contains(out, `"kind":"ding"`) || !strings.Contains(out, `"choices":["attend","decline"]`) {
 		t.Fatalf("bo's listen: %q %v", out, err)
 	}

@@ -70,7 +70,7 @@ func TestTour(t *testing.T) {
 	if len(id) != 26 || strings.Contains(out[:len(out)-1], "\n") {
 		t.Fatalf("send printed %q, want one id line", out)
 	}
-	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "laptop", "--read", "--count", "1", "--timeout", "5s")
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "laptop", "--read", "--messages", "--count", "1", "--timeout", "5s")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,4 +201,34 @@ func mustID(t *testing.T, s string) engine.ID {
 		t.Fatalf("id %q: %v", s, err)
 	}
 	return id
+}
+
+// listen --count N prints N lines whatever their kind (it printed a
+// receipt and then the message for --count 1); --messages prints messages
+// only, acknowledging the rest.
+func TestListenCountIsLines(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	ctl(t, n, "user", "add", "ana", "--name", "Ana")
+	ctl(t, n, "user", "add", "bo", "--name", "Bo")
+	id, err := ctl(t, n, "send", "--from", "ana", "--to", "bo", "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--read", "--messages", "--count", "1", "--timeout", "5s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, n, "send", "--from", "ana", "--to", "bo", "second"); err != nil {
+		t.Fatal(err)
+	}
+	// ana's stream: her own two messages' receipts (delivered, read) come
+	// before or between; --count 1 prints exactly one line.
+	out, err := ctl(t, n, "listen", "--user", "ana", "--device", "phone", "--count", "1", "--timeout", "5s")
+	if err != nil || len(jsonLines(t, out)) != 1 {
+		t.Fatalf("listen --count 1: %q %v, want one line", out, err)
+	}
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "laptop", "--messages", "--count", "2", "--cursor", "0", "--timeout", "5s")
+	lines := jsonLines(t, out)
+	if err != nil || len(lines) != 2 || lines[0]["id"] != strings.TrimSpace(id) || lines[1]["body"] != "second" {
+		t.Fatalf("listen --messages --count 2: %q %v, want bo's two messages", out, err)
+	}
 }

@@ -3,7 +3,7 @@
 //
 //	dingctl --data ./ding-data user add ana --name "Ana" --phone +14155550100
 //	dingctl --data ./ding-data send --from ana --to bo "lunch?"
-//	dingctl --data ./ding-data listen --user bo --device laptop --read --count 1
+//	dingctl --data ./ding-data listen --user bo --device laptop --read --messages --count 1
 //	dingctl --data ./ding-data receipts 01J...
 //	dingctl --data ./ding-data ding --from ana --to bo,+14155550123 --policy "inapp,sms@5m,voice@15m" "server down"
 //	dingctl --data ./ding-data ding status 01J...
@@ -75,7 +75,7 @@ commands:
                                              metadata: members, pseudonyms, level, burn delay)
   secret list --user ID                      a user's secret chats with their live message counts
   secret show CHATID                         a secret chat's metadata (never message content)
-  listen --user ID --device DEV [--read] [--confirm N] [--count N] [--timeout D] [--cursor N]
+  listen --user ID --device DEV [--read] [--confirm N] [--messages] [--count N] [--timeout D] [--cursor N]
                                              print the stream as JSON lines: messages (DINGs
                                              with their choices), receipts, ding events;
                                              --confirm answers every DING (0: no choice)
@@ -476,7 +476,8 @@ func listen(g *globals, args []string, out io.Writer) error {
 	device := fs.String("device", "", "device id")
 	read := fs.Bool("read", false, "mark each message read")
 	confirm := fs.Int("confirm", -1, "confirm each DING with this answer (0: no choice; N: the Nth choice)")
-	count := fs.Int("count", 0, "exit after this many messages (0: no limit)")
+	count := fs.Int("count", 0, "exit after printing this many lines (entries; with --messages, messages) (0: no limit)")
+	messagesOnly := fs.Bool("messages", false, "print messages only (receipts, DING events, burns and secret-chat events are acknowledged, not printed)")
 	timeout := fs.Duration("timeout", 0, "exit after this long (0: no limit)")
 	cursor := fs.Int64("cursor", -1, "resume after this seq (default: the server's stored cursor)")
 	if _, err := parse(fs, g, args); err != nil {
@@ -511,18 +512,29 @@ func listen(g *globals, args []string, out io.Writer) error {
 		select {
 		case <-ctx.Done():
 			if *count > 0 && got < *count {
-				return exitError{3, fmt.Sprintf("timed out after %d of %d messages", got, *count)}
+				return exitError{3, fmt.Sprintf("timed out after %d of %d lines", got, *count)}
 			}
 			return nil
 		case e, ok := <-c.Entries():
 			if !ok {
 				return fmt.Errorf("connection ended: %v", c.Err())
 			}
+			// print writes one line for a non-message entry and acks it; it
+			// reports whether --count is reached.
+			print := func(o map[string]any) bool {
+				if !*messagesOnly {
+					enc.Encode(o)
+					got++
+				}
+				c.Ack(e.Seq)
+				return *count > 0 && got >= *count
+			}
 			if e.Receipt != nil {
 				r := e.Receipt
-				enc.Encode(map[string]any{"type": "receipt", "seq": e.Seq, "ids": r.IDs, "user": r.User,
-					"state": stateName(r.State), "at": r.At.UTC()})
-				c.Ack(e.Seq)
+				if print(map[string]any{"type": "receipt", "seq": e.Seq, "ids": r.IDs, "user": r.User,
+					"state": stateName(r.State), "at": r.At.UTC()}) {
+					return nil
+				}
 				continue
 			}
 			if d := e.Ding; d != nil {
@@ -533,14 +545,16 @@ func listen(g *globals, args []string, out io.Writer) error {
 						o[k] = v
 					}
 				}
-				enc.Encode(o)
-				c.Ack(e.Seq)
+				if print(o) {
+					return nil
+				}
 				continue
 			}
 			if b := e.Burn; b != nil {
 				// Its own kind, with the id only: delete the message.
-				enc.Encode(map[string]any{"type": "burn", "seq": e.Seq, "id": b.ID})
-				c.Ack(e.Seq)
+				if print(map[string]any{"type": "burn", "seq": e.Seq, "id": b.ID}) {
+					return nil
+				}
 				continue
 			}
 			if s := e.Secret; s != nil {
@@ -551,8 +565,9 @@ func listen(g *globals, args []string, out io.Writer) error {
 						o[k] = v
 					}
 				}
-				enc.Encode(o)
-				c.Ack(e.Seq)
+				if print(o) {
+					return nil
+				}
 				continue
 			}
 			m := e.Message

@@ -121,7 +121,7 @@ func TestListenShowsSecretMessagesAndBurns(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := strings.TrimSpace(out)
-	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--read", "--count", "1", "--timeout", "5s")
+	out, err = ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--read", "--count", "2", "--timeout", "5s")
 	if err != nil {
 		t.Fatalf("bo's listen: %q %v", out, err)
 	}
