@@ -137,3 +137,10 @@ func RecipientStateIsJSON(st store.Store, id ID, idx int) (bool, error) {
 	v, err := st.Get(rcptKey(id, idx))
 	return isJSON(v), err
 }
+
+// MessageKeyForTest, InboxKeyForTest and CursorKeyForTest are the store
+// keys of a message, a stream entry and a device cursor (Check's tests
+// damage them).
+func MessageKeyForTest(id ID) []byte                 { return messageKey(id) }
+func InboxKeyForTest(user string, seq uint64) []byte { return inboxKey(user, seq) }
+func CursorKeyForTest(user, device string) []byte    { return cursorKey(user, device) }

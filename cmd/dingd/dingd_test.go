@@ -310,6 +310,18 @@ func TestKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		t.Fatalf("bo's stream has %d entries after the crash; %d were acknowledged", head, want)
 	}
 	t.Logf("%d acknowledged before SIGKILL, all found; stream head %d (the rest were in flight, unacknowledged)", want, head)
+	// The store the crash left keeps every invariant (dingd check).
+	bo.Close()
+	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	out, err := exec.Command(dingdBinary(t), "check", "--data", data).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"Problems": null`) {
+		t.Fatalf("dingd check after the crash: %v\n%s", err, out)
+	}
 }
 
 // TestSIGTERMDrainsAndExitsCleanly starts dingd from a config file, sends

@@ -1,0 +1,154 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// CheckReport is what Check found: counts of what it read, and the
+// broken invariants (at most maxProblems of them, Truncated beyond).
+type CheckReport struct {
+	Streams, Entries, Messages int
+	Cursors                    int
+	Problems                   []string
+	Truncated                  bool
+}
+
+// OK reports whether no invariant was broken.
+func (r CheckReport) OK() bool { return len(r.Problems) == 0 }
+
+const maxProblems = 100
+
+func (r *CheckReport) problem(format string, args ...any) {
+	if len(r.Problems) >= maxProblems {
+		r.Truncated = true
+		return
+	}
+	r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+}
+
+// Check verifies a store's invariants without changing it (dingd check,
+// and the crash tests after every restart):
+//
+//   - every user's stream is gap-free from seq 1 to its head, and every
+//     entry decodes;
+//   - every message entry names a stored message, or one that burned (a
+//     burn entry for it follows in the same stream);
+//   - every device cursor and every user's watermark is at most that
+//     user's head;
+//   - the count of live secret messages equals their state records.
+//
+// It reads the whole store; run it on a stopped node's data or a backup.
+func Check(st store.Store) (CheckReport, error) {
+	var r CheckReport
+	heads := map[string]uint64{}
+	var (
+		user    string
+		last    uint64
+		missing map[ID]uint64 // message id -> seq, in the current stream, not (yet) explained by a burn
+	)
+	flush := func() {
+		for id, seq := range missing {
+			r.problem("stream %q seq %d: message %s is not stored, and no burn of it follows", user, seq, id)
+		}
+	}
+	err := st.Scan([]byte{prefixInbox}, []byte{prefixInbox + 1}, func(k, v []byte) bool {
+		i := bytes.IndexByte(k[1:], 0)
+		if i < 0 || len(k) != 1+i+1+8 {
+			r.problem("stream key %x is malformed", k)
+			return true
+		}
+		u, seq := string(k[1:1+i]), binary.BigEndian.Uint64(k[len(k)-8:])
+		if u != user {
+			if user != "" {
+				flush()
+				heads[user] = last
+			}
+			user, last, missing = u, 0, map[ID]uint64{}
+			r.Streams++
+		}
+		if seq != last+1 {
+			r.problem("stream %q: seq %d follows %d (a gap)", u, seq, last)
+		}
+		last = seq
+		r.Entries++
+		e, id, _, err := decodeEntry(seq, v)
+		if err != nil {
+			r.problem("stream %q seq %d: entry does not decode: %v", u, seq, err)
+			return true
+		}
+		switch e.Kind {
+		case EntryMessage:
+			if _, err := st.Get(messageKey(id)); errors.Is(err, store.ErrNotFound) {
+				missing[id] = seq
+			} else if err != nil {
+				r.problem("stream %q seq %d: read message %s: %v", u, seq, id, err)
+			}
+		case EntryBurn:
+			delete(missing, e.Burn)
+		}
+		return true
+	})
+	if err != nil {
+		return r, fmt.Errorf("engine: check streams: %w", err)
+	}
+	if user != "" {
+		flush()
+		heads[user] = last
+	}
+	err = st.Scan([]byte{prefixMessage}, []byte{prefixMessage + 1}, func(k, v []byte) bool {
+		r.Messages++
+		return true
+	})
+	if err != nil {
+		return r, fmt.Errorf("engine: check messages: %w", err)
+	}
+	for _, c := range []struct {
+		prefix byte
+		what   string
+	}{{prefixCursor, "cursor"}, {prefixWatermark, "watermark"}} {
+		err = st.Scan([]byte{c.prefix}, []byte{c.prefix + 1}, func(k, v []byte) bool {
+			u := string(k[1:])
+			if c.prefix == prefixCursor {
+				r.Cursors++
+				i := bytes.IndexByte(k[1:], 0)
+				if i < 0 {
+					r.problem("%s key %x is malformed", c.what, k)
+					return true
+				}
+				u = string(k[1 : 1+i])
+			}
+			seq, err := parseU64(v)
+			if err != nil {
+				r.problem("%s of %q does not decode", c.what, u)
+				return true
+			}
+			if seq > heads[u] {
+				r.problem("%s of %q is at %d, beyond the stream's head %d", c.what, u, seq, heads[u])
+			}
+			return true
+		})
+		if err != nil {
+			return r, fmt.Errorf("engine: check %ss: %w", c.what, err)
+		}
+	}
+	live := 0
+	err = st.Scan([]byte{prefixSecret}, []byte{prefixSecret + 1}, func(k, v []byte) bool { live++; return true })
+	if err != nil {
+		return r, fmt.Errorf("engine: check secret messages: %w", err)
+	}
+	counted := uint64(0)
+	if v, err := st.Get(secretsCounterKey); err == nil && v != nil {
+		if counted, err = parseU64(v); err != nil {
+			r.problem("the live secret messages counter does not decode")
+		}
+	}
+	if counted != uint64(live) {
+		r.problem("the live secret messages counter says %d; %d are stored", counted, live)
+	}
+	return r, nil
+}
