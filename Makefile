@@ -2,7 +2,7 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools redis chaos
+.PHONY: test vet unit fuzz proto bench build tools redis chaos soak
 
 test: tools redis vet unit
 
@@ -58,6 +58,12 @@ fuzz:
 
 build:
 	$(GO) build -buildvcs=auto -o bin/ ./cmd/... # auto: the VCS revision in --version when git is there
+
+# The soak (cmd/dingd/soak_test.go): mixed traffic with kill -9 every
+# minute, for SOAK_DURATION (10m by default). Not in `make test`.
+SOAK_DURATION ?= 10m
+soak: tools
+	$(GO) test -count=1 -tags soak -run TestSoak -timeout 2h -v ./cmd/dingd -soak.duration $(SOAK_DURATION)
 
 # Chaos runs not in `make test` (see cmd/dingd/chaos_test.go).
 chaos: tools redis
