@@ -63,7 +63,7 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("group: %d", code)
 	}
 
-	s := startSenders(t, p, 8) // ana → bo, each message until acknowledged; they reconnect by themselves
+	s := startSenders(t, p, 8)   // ana → bo, each message until acknowledged; they reconnect by themselves
 	var cur atomic.Pointer[proc] // the incarnation serving now
 	cur.Store(p)
 	ctx, stop := context.WithCancel(context.Background())
