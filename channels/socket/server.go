@@ -86,6 +86,12 @@ type Server struct {
 	maxPreAuth  int
 	preRefused  prometheus.Counter
 	preAuthOpen prometheus.GaugeFunc
+
+	writeTimeout time.Duration
+	// TLS listeners (tls.go): their accept loops and connections.
+	tlsMu  sync.Mutex
+	tlsLns []net.Listener // guarded by tlsMu
+	tlsWG  sync.WaitGroup
 }
 
 // Netpoll's buffer sizes are process-wide settings, applied once, before
@@ -130,7 +136,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxPreAuthPerSource == 0 {
 		cfg.MaxPreAuthPerSource = 256
 	}
-	s := &Server{log: cfg.Logger, sessions: sessions, served: make(chan struct{}), preAuth: map[string]int{}, maxPreAuth: cfg.MaxPreAuthPerSource}
+	s := &Server{log: cfg.Logger, sessions: sessions, served: make(chan struct{}), preAuth: map[string]int{}, maxPreAuth: cfg.MaxPreAuthPerSource,
+		writeTimeout: cfg.WriteTimeout}
 	s.preRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "ding_socket_preauth_refused_total",
 		Help: "Connections closed at once because their source address held too many not yet authenticated (MaxPreAuthPerSource)."})
 	s.preAuthOpen = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_socket_preauth_connections",
@@ -208,6 +215,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	started := s.serveStarted
 	s.serveMu.Unlock()
 	err := s.sessions.Shutdown(ctx)
+	s.closeTLS()
 	// Every connection has closed (or the deadline passed); stop the event
 	// loop.
 	_ = s.loop.Shutdown(ctx) // netpoll reports the listener it just closed; nothing to act on

@@ -42,6 +42,9 @@ type config struct {
 	AdvertiseSocket string
 	// BackupDir is where POST /v1/backup writes; empty: DATA/backups.
 	BackupDir string
+	// TLSCert and TLSKey serve the HTTP port over TLS; TLSListen adds a
+	// socket listener over TLS.
+	TLSCert, TLSKey, TLSListen string
 	// RestoreFrom, if set, is a backup to make the store of an empty data
 	// dir before starting (node.Restore).
 	RestoreFrom string
@@ -117,6 +120,15 @@ var settings = []setting{
 	{name: "backup-dir", env: "DING_BACKUP_DIR", def: "",
 		help:  "the only directory backups (POST /v1/backup, dingctl backup) are written under, kept mode 0700; empty: DATA/backups",
 		field: func(c *config) any { return &c.BackupDir }},
+	{name: "tls-cert", env: "DING_TLS_CERT", def: "",
+		help:  "a PEM certificate (chain) file: the HTTP port serves HTTPS with it, and --tls-listen the socket protocol; reloaded on SIGHUP and when the file changes",
+		field: func(c *config) any { return &c.TLSCert }},
+	{name: "tls-key", env: "DING_TLS_KEY", def: "",
+		help:  "the certificate's PEM private key file",
+		field: func(c *config) any { return &c.TLSKey }},
+	{name: "tls-listen", env: "DING_TLS_LISTEN", def: "",
+		help:  "also serve the socket protocol over TLS on this address (with --tls-cert), e.g. :7443; empty: none",
+		field: func(c *config) any { return &c.TLSListen }},
 	{name: "restore-from", env: "DING_RESTORE_FROM", def: "",
 		help:  "before starting, verify this backup (a directory dingctl backup wrote) and make it the store of --data, which must hold none; secret messages burn (their keys are not in backups); clients need new tokens unless jwt.secret is copied too",
 		field: func(c *config) any { return &c.RestoreFrom }},

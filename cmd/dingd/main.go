@@ -123,6 +123,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL,
 	}
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
+	ncfg.TLSCert, ncfg.TLSKey, ncfg.TLSSocketAddr = c.TLSCert, c.TLSKey, c.TLSListen
 	ncfg.BackupDir = c.BackupDir
 	ncfg.DiskReserve = int64(c.DiskReserveMB) << 20
 	if c.DiskReserveMB == 0 {
@@ -150,9 +151,24 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	fmt.Fprintf(os.Stderr, "dingd: socket %s, http %s, data %s (admin token in %s)\n",
 		n.SocketAddr(), n.HTTPAddr(), c.Data, filepath.Join(c.Data, node.AdminTokenFile))
 
+	if a := n.TLSSocketAddr(); a != "" {
+		fmt.Fprintf(os.Stderr, "dingd: socket over TLS %s; https on %s\n", a, n.HTTPAddr())
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() { // SIGHUP: reload the TLS certificate
+		for range hup {
+			if err := n.ReloadTLS(); err != nil {
+				log.Error("reloading the TLS certificate failed; the old one stays", "err", err)
+			} else {
+				log.Info("reloaded the TLS certificate")
+			}
+		}
+	}()
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
+	signal.Stop(hup)
 	log.Info("draining", "signal", s.String(), "timeout", c.DrainTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()

@@ -20,6 +20,7 @@ package node
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,13 @@ type Config struct {
 	SocketAddr string
 	// HTTPAddr is the admin API listen address; empty means :7080.
 	HTTPAddr string
+	// TLSCert and TLSKey, when set, are the PEM files of the certificate
+	// the HTTP port serves TLS with, and the TLS socket listener too
+	// (reloaded on ReloadTLS and when the files change).
+	TLSCert, TLSKey string
+	// TLSSocketAddr, when set (with TLSCert), is a listener carrying the
+	// socket protocol over TLS, beside the plain one.
+	TLSSocketAddr string
 	// MaxHTTPConnsPerSource and MaxHTTPConns bound the HTTP port's open
 	// connections per source address and in all (more are closed as
 	// soon as accepted); zero means 64 and 1024, negative no bound.
@@ -129,6 +137,8 @@ type Node struct {
 	secretKeys *keyring.Ring // secret messages' keys; closed after the engine
 	unready    func() string // why /readyz refuses although the node runs (the disk guard); nil: never
 	guard      *diskGuard    // nil: no disk guard
+	certs      *certReloader // nil: no TLS
+	tlsSockLn  net.Listener  // the TLS socket listener; nil: none
 	eng        *engine.Engine
 	hub        *fanout.Hub
 	dir        *fanout.Directory
@@ -185,6 +195,21 @@ func Start(cfg Config) (_ *Node, err error) {
 	perSource, total := cmp.Or(cfg.MaxHTTPConnsPerSource, 64), cmp.Or(cfg.MaxHTTPConns, 1024)
 	if n.httpLn, err = newLimitListener(n.httpLn, max(perSource, 0), max(total, 0), reg); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") || (cfg.TLSSocketAddr != "" && cfg.TLSCert == "") {
+		return nil, errors.New("node: tls: a certificate and its key go together, and a TLS socket listener needs them")
+	}
+	if cfg.TLSCert != "" {
+		if n.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, err
+		}
+		n.httpLn = tls.NewListener(n.httpLn, n.certs.tlsConfig())
+		if cfg.TLSSocketAddr != "" {
+			if n.tlsSockLn, err = net.Listen("tcp", cfg.TLSSocketAddr); err != nil {
+				return nil, fmt.Errorf("node: listen tls socket %s: %w", cfg.TLSSocketAddr, err)
+			}
+			closers = append(closers, func() { n.tlsSockLn.Close() })
+		}
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := registerDiskMetrics(reg, cfg.DataDir); err != nil {
@@ -313,6 +338,15 @@ func Start(cfg Config) (_ *Node, err error) {
 			n.log.Error("socket server stopped", "err", err)
 		}
 	}()
+	if n.tlsSockLn != nil {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			if err := n.sock.ServeTLS(n.tlsSockLn, n.certs.tlsConfig()); err != nil {
+				n.log.Error("TLS socket server stopped", "err", err)
+			}
+		}()
+	}
 	go func() {
 		defer n.wg.Done()
 		if err := n.httpSrv.Serve(n.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -384,6 +418,23 @@ func (n *Node) RevokeTokens(ctx context.Context, user, device, actor string) (in
 	closed := n.hub.KickDevice(user, device, fanout.ErrTokenRevoked)
 	n.log.Info("client tokens revoked", "user", user, "device", device, "actor", actor, "connections_closed", closed)
 	return closed, nil
+}
+
+// ReloadTLS reads the certificate and key files again (SIGHUP); new
+// connections get the new certificate, established ones keep theirs.
+func (n *Node) ReloadTLS() error {
+	if n.certs == nil {
+		return nil
+	}
+	return n.certs.Reload()
+}
+
+// TLSSocketAddr is the address of the TLS socket listener ("" if none).
+func (n *Node) TLSSocketAddr() string {
+	if n.tlsSockLn == nil {
+		return ""
+	}
+	return n.tlsSockLn.Addr().String()
 }
 
 // SocketAddr is the address the socket gateway listens on.

@@ -42,6 +42,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -76,6 +77,10 @@ type Config struct {
 	// Cursor is the last sequence number the application processed in an
 	// earlier run; nil means resume from the cursor the server stored.
 	Cursor *uint64
+	// TLS, when set, connects over TLS (dingd --tls-listen) and verifies
+	// the server with it (RootCAs: the CA that signed the server's
+	// certificate; nil RootCAs: the system's roots).
+	TLS *tls.Config
 	// SendTimeout bounds a Send whose context has no deadline; zero means
 	// one minute. (A Send that times out returns an *UnsureError.)
 	SendTimeout time.Duration
@@ -471,8 +476,15 @@ func (c *Client) connect(ctx context.Context) (net.Conn, *pb.Welcome, error) {
 func (c *Client) handshake(ctx context.Context, addr string) (net.Conn, *pb.Welcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	var nc net.Conn
+	var err error
+	if c.cfg.TLS != nil {
+		d := tls.Dialer{Config: c.cfg.TLS}
+		nc, err = d.DialContext(ctx, "tcp", addr)
+	} else {
+		var d net.Dialer
+		nc, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: dial %s: %w", addr, err)
 	}
