@@ -198,4 +198,3 @@ func nextMessageOf(t *testing.T, c *client.Client) client.Entry {
 		}
 	}
 }
-
