@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -231,4 +232,41 @@ func TestListenCountIsLines(t *testing.T) {
 	if err != nil || len(lines) != 2 || lines[0]["id"] != strings.TrimSpace(id) || lines[1]["body"] != "second" {
 		t.Fatalf("listen --messages --count 2: %q %v, want bo's two messages", out, err)
 	}
+}
+
+// dingctl over TLS: --ca verifies the server (HTTPS and --socket-tls),
+// without it the test CA is not trusted, and the admin token is not sent
+// in clear to a host that is not loopback unless --insecure.
+func TestTLS(t *testing.T) {
+	cert, key, ca := nodetest.TLSFiles(t)
+	n := nodetest.Start(t, node.Config{TLSCert: cert, TLSKey: key, TLSSocketAddr: nodetest.FreeAddr(t)})
+	tok := strings.TrimSpace(readFile(t, filepath.Join(n.DataDir(), "admin.token")))
+	https := "https://" + n.HTTPAddr()
+	var out bytes.Buffer
+	if err := run([]string{"--server", https, "--token", tok, "--ca", ca, "user", "add", "ana", "--name", "Ana"}, &out); err != nil {
+		t.Fatalf("user add over HTTPS with --ca: %v", err)
+	}
+	if err := run([]string{"--server", https, "--token", tok, "--ca", ca, "user", "add", "bo", "--name", "Bo"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if err := run([]string{"--server", https, "--token", tok, "user", "list"}, &out); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("HTTPS without --ca: %v, want a certificate error", err)
+	}
+	out.Reset()
+	if err := run([]string{"--server", https, "--token", tok, "--ca", ca, "--socket", n.TLSSocketAddr(), "--socket-tls",
+		"listen", "--user", "bo", "--device", "phone", "--timeout", "300ms"}, &out); err != nil {
+		t.Fatalf("listen over the TLS socket: %v", err)
+	}
+	if err := run([]string{"--server", "http://10.255.255.1:7080", "--token", tok, "user", "list"}, &out); err == nil || !strings.Contains(err.Error(), "in clear") {
+		t.Fatalf("plain HTTP to a remote host: %v, want a refusal", err)
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

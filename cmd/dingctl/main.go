@@ -22,11 +22,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -127,6 +130,45 @@ func (e exitError) Error() string { return e.msg }
 // globals are accepted before and after the subcommand.
 type globals struct {
 	token, data, server, socket string
+	// ca: a PEM file of the CA to verify the server with (HTTPS and the
+	// TLS socket); socketTLS: the socket speaks TLS; insecure: allow the
+	// admin token over plain HTTP to a host that is not loopback.
+	ca                  string
+	socketTLS, insecure bool
+}
+
+// tlsConfig verifies the server with --ca, or the system's roots.
+func (g *globals) tlsConfig() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if g.ca != "" {
+		b, err := os.ReadFile(g.ca)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--ca %s holds no PEM certificate", g.ca)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// checkServer refuses to send the admin token in clear to a host that is
+// not this machine, unless --insecure.
+func (g *globals) checkServer() error {
+	u, err := url.Parse(g.server)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("--server %q: want a URL such as https://ding.example.com:7080", g.server)
+	}
+	if u.Scheme == "https" || g.insecure {
+		return nil
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
+		return nil
+	}
+	return fmt.Errorf("refusing to send the admin token in clear to %s: use https:// (dingd --tls-cert), or --insecure", u.Host)
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
@@ -134,6 +176,9 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.data, "data", g.data, "data dir whose admin.token to use")
 	fs.StringVar(&g.server, "server", g.server, "admin API URL (env DING_SERVER)")
 	fs.StringVar(&g.socket, "socket", g.socket, "client socket address; in a cluster, several: HOST:PORT,HOST:PORT (env DING_SOCKET)")
+	fs.StringVar(&g.ca, "ca", g.ca, "PEM file of the CA that signed the server's certificate (HTTPS, --socket-tls); default: the system's roots (env DING_CA)")
+	fs.BoolVar(&g.socketTLS, "socket-tls", g.socketTLS, "the socket address speaks TLS (dingd --tls-listen)")
+	fs.BoolVar(&g.insecure, "insecure", g.insecure, "allow sending the admin token over plain http:// to a host that is not loopback")
 }
 
 func envOr(name, def string) string {
@@ -148,7 +193,8 @@ func run(args []string, out io.Writer) error {
 		_, err := fmt.Fprintln(out, buildinfo.String("dingctl"))
 		return err
 	}
-	g := &globals{token: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070")}
+	g := &globals{token: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070"),
+		ca: os.Getenv("DING_CA")}
 	fs := flag.NewFlagSet("dingctl", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
 	g.register(fs)
@@ -270,6 +316,13 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 	if err != nil {
 		return nil, err
 	}
+	if err := g.checkServer(); err != nil {
+		return nil, err
+	}
+	tc, err := g.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
 	req, err := http.NewRequest(method, strings.TrimRight(g.server, "/")+path, body)
 	if err != nil {
 		return nil, err
@@ -278,7 +331,7 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	resp, err := (&http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: tc}}).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach %s: %v", g.server, err)
 	}
@@ -497,6 +550,11 @@ func listen(g *globals, args []string, out io.Writer) error {
 		defer cancel()
 	}
 	cfg := client.Config{Addr: g.socket, Token: tok, Device: *device}
+	if g.socketTLS {
+		if cfg.TLS, err = g.tlsConfig(); err != nil {
+			return err
+		}
+	}
 	if *cursor >= 0 {
 		c := uint64(*cursor)
 		cfg.Cursor = &c
