@@ -199,6 +199,12 @@ func Start(cfg Config) (_ *Node, err error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") || (cfg.TLSSocketAddr != "" && cfg.TLSCert == "") {
 		return nil, errors.New("node: tls: a certificate and its key go together, and a TLS socket listener needs them")
 	}
+	if err := registerPlaintext(reg, cfg.Logger, map[string]bool{
+		"socket": publicPlain(n.sockLn.Addr()),
+		"http":   cfg.TLSCert == "" && publicPlain(n.httpLn.Addr()),
+	}); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	if cfg.TLSCert != "" {
 		if n.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
 			return nil, err

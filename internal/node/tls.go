@@ -3,9 +3,13 @@ package node
 import (
 	"crypto/tls"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // certReloader serves a certificate and key from files and reloads them
@@ -82,4 +86,28 @@ func (r *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 // defaults otherwise.
 func (r *certReloader) tlsConfig() *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: r.GetCertificate}
+}
+
+// publicPlain reports whether a listener on addr (as bound) is reachable
+// beyond this machine: not a loopback address.
+func publicPlain(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return !ok || !tcp.IP.IsLoopback()
+}
+
+// registerPlaintext exports ding_plaintext_listeners{listener} (1 for a
+// listener without TLS on an address other machines reach) and warns at
+// start for each.
+func registerPlaintext(reg prometheus.Registerer, log *slog.Logger, listeners map[string]bool) error {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ding_plaintext_listeners",
+		Help: "1 for a listener without TLS on an address beyond loopback: tokens and messages cross the network readable."}, []string{"listener"})
+	for name, plain := range listeners {
+		v := 0.0
+		if plain {
+			v = 1
+			log.Warn("PLAINTEXT: this listener has no TLS and is reachable from other machines; tokens and messages cross the network readable (dingd --tls-cert, --tls-listen)", "listener", name)
+		}
+		g.WithLabelValues(name).Set(v)
+	}
+	return reg.Register(g)
 }
