@@ -47,6 +47,12 @@ func (a *API) announce(r *http.Request) (int, any, error) {
 	} else if err := json.Unmarshal(req.To, &to); err != nil {
 		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", `to must be "all", "dept:ID", "group:ID" or a list of them`)
 	}
+	for _, t := range to {
+		if t != "all" && !strings.HasPrefix(t, "dept:") && !strings.HasPrefix(t, "group:") {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST",
+				`announcements go to groups of people: "all", "dept:ID" or "group:ID"; %q is none of them (to reach one user, send a message)`, t)
+		}
+	}
 	if req.From == "" || (req.From == adminActor && !a.cfg.Directory.Active(adminActor)) {
 		req.From = adminActor // an announcement from the admins, not a user
 	} else if !a.cfg.Directory.Active(req.From) {

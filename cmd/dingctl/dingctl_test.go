@@ -124,6 +124,7 @@ func TestErrorsAreOneLineAndNonZero(t *testing.T) {
 		{[]string{"user", "add", "bad id", "--name", "X"}, "BAD_REQUEST", 1},
 		{[]string{"user", "add", "cy"}, "--name is required", 2},
 		{[]string{"listen", "--user", "ana", "--device", "d", "--count", "1", "--timeout", "200ms"}, "timed out after 0 of 1", 3},
+		{[]string{"announce", "--to", "ana", "hello"}, "announcements go to groups", 1},
 		{[]string{"frobnicate"}, "unknown command", 2},
 		{[]string{"--token", "forged", "user", "list"}, "UNAUTHENTICATED", 1},
 	})
