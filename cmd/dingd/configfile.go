@@ -142,7 +142,11 @@ func printConfig(w io.Writer, c *config) error {
 		if c.from[s.name] == fromEnv {
 			src += " " + s.env
 		}
-		fmt.Fprintf(tw, "%s = %s\t# %s\n", s.name, tomlValue(s, c), src)
+		v := tomlValue(s, c)
+		if s.zero != "" && (v == "0" || v == `"0s"` || v == `""`) {
+			src += ", which means " + s.zero
+		}
+		fmt.Fprintf(tw, "%s = %s\t# %s\n", s.name, v, src)
 	}
 	return tw.Flush()
 }
