@@ -21,7 +21,7 @@ import (
 
 // A full disk used to crash dingd (Pebble stops the process when a WAL
 // write fails) and a restart on it never became ready (issue 13). On a
-// real 256 MiB tmpfs, with a reserve of 80 MiB (above two of Pebble's
+// real 512 MiB tmpfs, with a reserve of 80 MiB (above two of Pebble's
 // 32 MiB memtables: a WAL is preallocated, a flush writes a table): dingd refuses writes with a typed, retryable
 // UNAVAILABLE before the disk is full, says so on /readyz and
 // ding_store_writable, keeps serving reads, resumes writes by itself when
@@ -32,7 +32,7 @@ func TestDiskFullRefusesWritesAndRecovers(t *testing.T) {
 		t.Skip("SKIPPED: mounting a small tmpfs needs root (make test runs as root on the CI machine)")
 	}
 	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", mnt).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", mnt).CombinedOutput(); err != nil {
 		t.Fatalf("mount a tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
