@@ -217,7 +217,7 @@ func check(args []string, stdout io.Writer) error {
 	if ms, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*")); len(ms) == 0 {
 		return fmt.Errorf("check: %s holds no store", dir)
 	}
-	db, err := pebblestore.Open(dir, pebblestore.Options{})
+	db, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("check: %w (is its dingd still running? stop it, or check a backup)", err)
 	}

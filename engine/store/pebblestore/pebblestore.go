@@ -43,6 +43,9 @@ type Options struct {
 	// CacheBytes is the block cache size, beyond the memtables' memory
 	// that Pebble reserves from it; zero means 64 MiB.
 	CacheBytes int64
+	// ReadOnly opens the store without writing anything to it (dingd
+	// check): writes fail.
+	ReadOnly bool
 }
 
 // Open opens (creating if needed) the Pebble database in dir.
@@ -65,6 +68,7 @@ func Open(dir string, o Options) (*DB, error) {
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             slogLogger{o.Logger},
 		MemTableSize:       memTable,
+		ReadOnly:           o.ReadOnly,
 	}
 	// Bloom filters on every level (later levels inherit L0's policy): the
 	// engine looks up keys that usually do not exist (client message ids,
