@@ -328,8 +328,16 @@ func (r *ReplicatedStore) dropStandby(ctx context.Context, c Coord, only string)
 	if cur == "" {
 		return nil
 	}
+	handTo, handAt := r.owner.handTo, r.owner.handAt
 	r.owner.DropStandby()
-	return c.SetStandby(ctx, r.owner.p, "")
+	if err := c.SetStandby(ctx, r.owner.p, ""); err != nil {
+		// Undone, so that the caller's retry drops it again: an owner that
+		// counted nobody while the coordinator still named the standby
+		// would wait forever (no spare may join a named standby's place).
+		r.owner.standby, r.owner.handTo, r.owner.handAt = cur, handTo, handAt
+		return err
+	}
+	return nil
 }
 
 // ReleaseStandby drops node, the standby, at its own request (it is

@@ -227,6 +227,12 @@ func (s *Session) hello(f *pb.Hello) {
 	if s.isClosing() {
 		d.Detach() // closed while attaching; Closed may have missed d
 	}
+	if !m.cfg.Users.AcceptsToken(claims.User, claims.Device, claims.Issued()) {
+		// Revoked (or the user removed) between the check above and the
+		// Join: the revocation's kick may have missed this session.
+		s.fatal(pb.Code_BAD_TOKEN, 0, "token revoked")
+		return
+	}
 	if os, ok := old.(*Session); ok {
 		os.fatal(pb.Code_REPLACED, 0, "the same device connected again")
 	}

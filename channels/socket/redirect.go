@@ -32,6 +32,9 @@ type Redirector struct {
 	ln   net.Listener
 	wg   sync.WaitGroup
 	stop context.CancelFunc
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // being answered; closed by Close
 }
 
 // maxHelloFrame bounds the one frame a Redirector reads: a HELLO is a
@@ -48,6 +51,7 @@ func (r *Redirector) Serve(ln net.Listener) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.ln, r.stop = ln, cancel
+	r.conns = map[net.Conn]struct{}{}
 	slots := make(chan struct{}, r.MaxConns)
 	r.wg.Add(1)
 	go func() {
@@ -66,11 +70,17 @@ func (r *Redirector) Serve(ln net.Listener) {
 				nc.Close()
 				continue
 			}
+			r.mu.Lock()
+			r.conns[nc] = struct{}{}
+			r.mu.Unlock()
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
 				defer func() { <-slots }()
 				r.answer(ctx, nc)
+				r.mu.Lock()
+				delete(r.conns, nc)
+				r.mu.Unlock()
 			}()
 		}
 	}()
@@ -128,6 +138,14 @@ func (r *Redirector) Close() error {
 	}
 	r.stop()
 	err := r.ln.Close()
+	// Connections still being answered (a client that sent nothing yet)
+	// must not hold the port for their handshake timeout: the member
+	// closing this is about to serve on it.
+	r.mu.Lock()
+	for c := range r.conns {
+		c.Close()
+	}
+	r.mu.Unlock()
 	r.wg.Wait()
 	return err
 }

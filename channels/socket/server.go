@@ -89,9 +89,10 @@ type Server struct {
 
 	writeTimeout time.Duration
 	// TLS listeners (tls.go): their accept loops and connections.
-	tlsMu  sync.Mutex
-	tlsLns []net.Listener // guarded by tlsMu
-	tlsWG  sync.WaitGroup
+	tlsMu     sync.Mutex
+	tlsLns    []net.Listener // guarded by tlsMu
+	tlsClosed bool           // guarded by tlsMu
+	tlsWG     sync.WaitGroup
 }
 
 // Netpoll's buffer sizes are process-wide settings, applied once, before

@@ -20,6 +20,11 @@ import (
 // returns when ln is closed (Shutdown closes it).
 func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 	s.tlsMu.Lock()
+	if s.tlsClosed {
+		s.tlsMu.Unlock()
+		ln.Close()
+		return nil
+	}
 	s.tlsLns = append(s.tlsLns, ln)
 	s.tlsMu.Unlock()
 	for {
@@ -41,7 +46,14 @@ func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 			nc.Close()
 			continue
 		}
+		s.tlsMu.Lock()
+		if s.tlsClosed {
+			s.tlsMu.Unlock()
+			nc.Close()
+			return nil
+		}
 		s.tlsWG.Add(1)
+		s.tlsMu.Unlock()
 		go func() {
 			defer s.tlsWG.Done()
 			s.serveTLSConn(tls.Server(nc, cfg), src)
@@ -142,7 +154,7 @@ func (c *tlsConn) Authenticated() {
 func (s *Server) closeTLS() {
 	s.tlsMu.Lock()
 	lns := s.tlsLns
-	s.tlsLns = nil
+	s.tlsLns, s.tlsClosed = nil, true
 	s.tlsMu.Unlock()
 	for _, ln := range lns {
 		ln.Close()

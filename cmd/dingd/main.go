@@ -45,6 +45,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/dingmq/ding/cluster"
@@ -65,11 +66,29 @@ func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
 	defer closeRedis()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP reloads the TLS certificate of the node this member serves
+	// (its default action would end the process: an unplanned failover).
+	var serving atomic.Pointer[node.Node]
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if n := serving.Load(); n != nil {
+				if err := n.ReloadTLS(); err != nil {
+					log.Error("reloading the TLS certificate failed; the old one stays", "err", err)
+				} else {
+					log.Info("reloaded the TLS certificate")
+				}
+			}
+		}
+	}()
 	log.Info("cluster mode", "member", c.NodeID, "redis", c.Cluster, "advertise", c.Advertise)
 	return node.RunMember(ctx, node.MemberConfig{
 		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, AdvertiseSocket: c.AdvertiseSocket,
 		Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL,
 		Started: func(n *node.Node) {
+			serving.Store(n)
 			fmt.Fprintf(os.Stderr, "dingd: member %s owns the partition: socket %s, http %s, data %s\n", c.NodeID, n.SocketAddr(), n.HTTPAddr(), c.Data)
 		},
 	})

@@ -291,6 +291,9 @@ func (m *member) join(ctx context.Context, holder string) error {
 			return cluster.RequestStandby(ctx, http.DefaultClient, addr, m.mc.Secret, m.mc.ID)
 		})
 	}
+	if m.drained.Load() {
+		return m.stayDrained(ctx)
+	}
 	return nil
 }
 

@@ -93,7 +93,9 @@ type Config struct {
 	// so those calls may be made from the goroutine that drains it. Past
 	// MaxQueue, newer entries are not kept; once the application has
 	// drained half the queue, the client reconnects and the server sends
-	// them again (nothing is lost, nothing repeated).
+	// them again (nothing is lost, nothing repeated); a Read, Confirm or
+	// Receipts in flight at that moment fails as on any disconnect, and
+	// may be retried.
 	MaxQueue int
 	// MaxInflight bounds unacknowledged submits; zero means 256 (the
 	// server's default limit). A lower limit announced by the server in
@@ -336,6 +338,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.MaxQueue == 0 {
 		cfg.MaxQueue = 65536
 	}
+	cfg.MaxQueue = max(cfg.MaxQueue, 2)
 	if cfg.SendTimeout == 0 {
 		cfg.SendTimeout = time.Minute
 	}
@@ -797,7 +800,7 @@ func (c *Client) pump() {
 			e := c.queue[0]
 			c.queue[0] = Entry{}
 			c.queue = c.queue[1:]
-			refetch := c.overflow && len(c.queue) < c.cfg.MaxQueue/2
+			refetch := c.overflow && len(c.queue) <= c.cfg.MaxQueue/2
 			if refetch {
 				c.overflow = false
 			}

@@ -147,3 +147,23 @@ func TestTimedOutSendRetriesSafely(t *testing.T) {
 		t.Fatalf("bo's stream holds %d entries, want the message once", h)
 	}
 }
+
+// The smallest queue still refetches (MaxQueue is at least 2): every
+// entry arrives, once, in order.
+func TestTinyQueueStillDelivers(t *testing.T) {
+	n := nodetest.Start(t, node.Config{DataDir: t.TempDir()})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	bo, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "phone"), Device: "phone",
+		Buffer: 1, MaxQueue: 1, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bo.Close()
+	ids := fill(t, n, 20)
+	for i := range ids {
+		e := nextMessage(t, bo)
+		if e.Message.ID != ids[i] {
+			t.Fatalf("message %d: %s, want %s", i, e.Message.ID, ids[i])
+		}
+	}
+}

@@ -163,3 +163,31 @@ func TestRedirectorRefusesBadInput(t *testing.T) {
 		})
 	}
 }
+
+// Closing a redirector does not wait for a client that connected and sent
+// nothing (the member closing it is about to serve on its port).
+func TestRedirectorClosesAtOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &socket.Redirector{Route: func(context.Context, *pb.Hello) string { return "" }, HandshakeTimeout: time.Minute}
+	r.Serve(ln)
+	idle, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	// The connection is being answered once a byte from the client gets
+	// read; a partial header makes sure of it.
+	if _, err := idle.Write([]byte{0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { r.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for an idle client (its handshake timeout is a minute)")
+	}
+}
