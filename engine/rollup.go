@@ -322,6 +322,7 @@ type UserCount struct {
 type AnnouncementStat struct {
 	ID ID `json:"id"`
 	AnnouncementCounts
+	Created time.Time `json:"created"` // RFC 3339 (the counts hold it in ms)
 	ReadRatio float64 `json:"read_ratio"`
 }
 
@@ -440,6 +441,7 @@ func (e *Engine) AdminStats(q StatsQuery) (*AdminStats, error) {
 			return false
 		}
 		copy(a.ID[:], k[1:])
+		a.Created = time.UnixMilli(a.AnnouncementCounts.Created).UTC()
 		if a.Total > 0 {
 			a.ReadRatio = float64(a.Read) / float64(a.Total)
 		}

@@ -42,69 +42,6 @@ import (
 	"github.com/dingmq/ding/internal/buildinfo"
 )
 
-const usage = `usage: dingctl [--token T | --data DIR] [--server URL] [--socket ADDR] COMMAND ...
-       dingctl --version
-
-commands:
-  user add ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"] [--department D]
-                                             create a user (an existing one: USER_EXISTS; use user set)
-  user set ID [--name N] [--phone P] [--quiet-hours Q] [--department D]
-                                             change only the fields given ("" clears one)
-  user get ID | user list [--status active|removed|all]
-                                             show users
-  user remove ID                             offboard: mark removed, out of every group and
-                                             department, tokens revoked, devices disconnected
-  dept add ID --name NAME [--parent P]       create, rename or move a department
-  dept get ID | dept list | dept remove ID   (remove: only an empty department)
-  group add ID --name NAME --members a,b     create an ad-hoc group or replace its members
-  group members ID [--add a,b] [--remove c]
-  group get ID | group list | group remove ID
-                                             group get also shows all and dept:ID
-  directory import FILE [--csv|--json] [--remove-missing] [--dry-run]
-                                             apply an HR export (format from the extension
-                                             unless given); prints the changes as JSON
-  audit [--after N] [--limit N]              the directory's audit log as JSON
-  cluster status                             cluster mode: the owner, its standby, epoch and replication, as JSON
-  cluster handover                           cluster mode: the owner drains, its standby takes over, the owner becomes the standby
-  cluster drain                              cluster mode: the member --server names gives up its role for maintenance, takes none again
-  token --user ID --device DEV [--ttl D]     print a client token
-  token revoke --user ID [--device DEV]      revoke the user's client tokens issued until now (or one device's), for good
-  send --from ID --to ID[,ID...] [--client-id X] [--forward-of ID] [--quote-of ID] TEXT
-                                             send; prints the id after the durable ack
-  send --from ID --chat CHATID [--client-id X] TEXT
-                                             send in a secret chat (to the other participant)
-  secret create --from ID --to ID --level 1|2|3 [--burn-after 10s] [--json]
-                                             open a secret chat; prints its id (--json: its
-                                             metadata: members, pseudonyms, level, burn delay)
-  secret list --user ID                      a user's secret chats with their live message counts
-  secret show CHATID                         a secret chat's metadata (never message content)
-  listen --user ID --device DEV [--read] [--confirm N] [--messages] [--count N] [--timeout D] [--cursor N]
-                                             print the stream as JSON lines: messages (DINGs
-                                             with their choices), receipts, ding events;
-                                             --confirm answers every DING (0: no choice)
-  receipts ID                                print each recipient's state as JSON
-  backup --out NAME                          write a consistent copy of the store under the server's backup dir (dingd --backup-dir)
-  backup verify NAME                         check that a backup opens and reads whole (restore: dingd --restore-from DIR)
-  ding --from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT
-                                             send a DING; prints its id
-  ding status ID                             the per-recipient ledger as JSON
-  ding list [--from ID] [--after ID] [--limit N]
-  ding cancel ID                             stop every recipient's escalation
-  policy set NAME SPEC                       store an escalation policy, e.g.
-                                             policy set oncall "inapp,sms@5m,voice@15m until=confirmed"
-  policy list
-  announce [--from ID] --to all|dept:ID|group:ID [--confirm] TEXT
-                                             publish an announcement; prints its id
-  announce stats ID [--unread] [--unconfirmed] [--csv]
-                                             counts, read ratio over time, who has not read/confirmed
-  announce reding ID [--policy NAME|SPEC] [--unread]
-                                             DING those who have not confirmed (or read) it
-  stats [--from YYYY-MM-DD] [--to YYYY-MM-DD] [--dept A,B] [--top N]
-                                             per department: messages, DINGs and how they ended,
-                                             time to read/confirm, SMS and calls vs budget,
-                                             announcements' read ratios, who leaves DINGs unanswered
-`
-
 func main() {
 	err := run(os.Args[1:], os.Stdout)
 	var ee exitError
@@ -112,8 +49,6 @@ func main() {
 	case errors.As(err, &ee):
 		fmt.Fprintln(os.Stderr, "dingctl:", ee.msg)
 		os.Exit(ee.code)
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "dingctl:", err)
 		os.Exit(1)
@@ -135,6 +70,8 @@ type globals struct {
 	// admin token over plain HTTP to a host that is not loopback.
 	ca                  string
 	socketTLS, insecure bool
+	// out is where help goes (stdout: asking for help is not an error).
+	out io.Writer
 }
 
 // tlsConfig verifies the server with --ca, or the system's roots.
@@ -189,24 +126,53 @@ func envOr(name, def string) string {
 }
 
 func run(args []string, out io.Writer) error {
+	err := dispatch(args, out)
+	if errors.Is(err, errHelpShown) {
+		return nil
+	}
+	return err
+}
+
+func dispatch(args []string, out io.Writer) error {
 	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
 		_, err := fmt.Fprintln(out, buildinfo.String("dingctl"))
 		return err
 	}
 	g := &globals{token: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070"),
-		ca: os.Getenv("DING_CA")}
+		ca: os.Getenv("DING_CA"), out: out}
 	fs := flag.NewFlagSet("dingctl", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	fs.SetOutput(io.Discard)
 	g.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(out, usageText())
+		return errHelpShown
+	} else if err != nil {
+		return flagError(fs, err)
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		fs.Usage()
-		return exitError{2, "no command"}
+		fmt.Fprint(os.Stderr, usageText())
+		return exitError{2, "no command (see dingctl --help)"}
 	}
 	cmd, rest := rest[0], rest[1:]
+	if cmd == "help" {
+		if len(rest) == 0 {
+			fmt.Fprint(out, usageText())
+			return errHelpShown
+		}
+		// dingctl help ding status: the command's own --help.
+		return dispatch(append(append(args[:len(args)-len(rest)-1:len(args)-len(rest)-1], rest...), "--help"), out)
+	}
+	// A group without a command of its own (user, dept…) asked for help,
+	// or given nothing: list its commands.
+	if _, own := findCommand(cmd); !own && (len(rest) == 0 || isHelp(rest[0])) {
+		if len(rest) > 0 && groupHelp(out, cmd) {
+			return errHelpShown
+		}
+		if len(rest) == 0 && groupHelp(os.Stderr, cmd) {
+			return exitError{2, fmt.Sprintf("%s: want %s (see dingctl %s --help)", cmd, subcommands(cmd), cmd)}
+		}
+	}
 	switch cmd {
 	case "user":
 		if len(rest) == 0 {
@@ -255,20 +221,21 @@ func run(args []string, out io.Writer) error {
 		return audit(g, rest, out)
 	case "cluster":
 		return clusterCmd(g, rest, out)
-	case "help":
-		fs.Usage()
-		return nil
 	}
-	return exitError{2, "unknown command " + cmd + " (try dingctl help)"}
+	return exitError{2, "unknown command " + cmd + " (see dingctl --help)"}
 }
 
 // parse parses a subcommand's flags, allowing flags after positional args.
 func parse(fs *flag.FlagSet, g *globals, args []string) ([]string, error) {
 	g.register(fs)
+	fs.SetOutput(io.Discard)
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, exitError{2, err.Error()}
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			commandHelp(g.out, fs)
+			return nil, errHelpShown
+		} else if err != nil {
+			return nil, flagError(fs, err)
 		}
 		args = fs.Args()
 		if len(args) == 0 {

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// command is one dingctl command's help: the top-level usage lists every
+// entry, and `dingctl NAME --help` (or `dingctl help NAME`) prints one
+// with its flags, an example and the environment.
+type command struct {
+	name    string // "user add"
+	args    string // what follows the name
+	summary string
+	example string
+}
+
+// commands is every command, in the order of the usage text.
+var commands = []command{
+	{"user add", `ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"] [--department D]`,
+		"create a user (an existing one: USER_EXISTS; use user set)",
+		`dingctl user add ana --name "Ana" --phone +14155550100`},
+	{"user set", "ID [--name N] [--phone P] [--quiet-hours Q] [--department D]",
+		`change only the fields given ("" clears one)`,
+		`dingctl user set ana --quiet-hours "22:00-07:00 Europe/Berlin"`},
+	{"user get", "ID", "show one user as JSON", "dingctl user get ana"},
+	{"user list", "[--status active|removed|all]", "list users as JSON", "dingctl user list --status removed"},
+	{"user remove", "ID", "offboard: mark removed, out of every group and department, tokens revoked, devices disconnected",
+		"dingctl user remove bo"},
+	{"dept add", "ID --name NAME [--parent P]", "create, rename or move a department", `dingctl dept add sre --name "SRE" --parent eng`},
+	{"dept get", "ID", "show one department as JSON", "dingctl dept get sre"},
+	{"dept list", "", "list departments as JSON", "dingctl dept list"},
+	{"dept remove", "ID", "remove an empty department", "dingctl dept remove sre"},
+	{"group add", "ID --name NAME --members a,b", "create an ad-hoc group or replace its members",
+		`dingctl group add oncall --name "On call" --members ana,bo`},
+	{"group members", "ID [--add a,b] [--remove c]", "change a group's members", "dingctl group members oncall --add cy --remove bo"},
+	{"group get", "ID", "show a group as JSON (also all and dept:ID)", "dingctl group get dept:sre"},
+	{"group list", "", "list groups as JSON", "dingctl group list"},
+	{"group remove", "ID", "remove a group", "dingctl group remove oncall"},
+	{"directory import", "FILE [--csv|--json] [--remove-missing] [--apply] [--force]",
+		"apply an HR export: a dry run that prints the changes as JSON unless --apply (format from the extension unless given)",
+		"dingctl directory import org.csv --apply"},
+	{"audit", "[--after N] [--limit N]", "the directory's audit log as JSON", "dingctl audit --limit 20"},
+	{"cluster status", "", "cluster mode: members, the owner, its standby, epoch and replication, as JSON", "dingctl --server http://10.0.0.2:7080 cluster status"},
+	{"cluster handover", "", "cluster mode: the owner drains, its standby takes over, the owner becomes the standby", "dingctl cluster handover"},
+	{"cluster drain", "", "cluster mode: the member --server names gives up its role for maintenance, takes none again", "dingctl --server http://10.0.0.3:7080 cluster drain"},
+	{"token", "--user ID --device DEV [--ttl D]", "print a client token for the socket", "dingctl token --user ana --device laptop --ttl 720h"},
+	{"token revoke", "--user ID [--device DEV]", "revoke the user's client tokens issued until now (or one device's), for good",
+		"dingctl token revoke --user bo --device phone"},
+	{"send", "--from ID (--to ID[,ID...] | --chat CHATID) [--client-id X] [--forward-of ID] [--quote-of ID] [TEXT | -]",
+		"send a message; prints its id after the durable ack. The body is TEXT, or stdin with - or when stdin is not a terminal",
+		`dingctl send --from ana --to bo "lunch?"`},
+	{"secret create", "--from ID --to ID --level 1|2|3 [--burn-after 10s] [--json]",
+		"open a secret chat; prints its id (--json: members, pseudonyms, level, burn delay)",
+		"dingctl secret create --from ana --to bo --level 2"},
+	{"secret list", "--user ID", "a user's secret chats with their live message counts", "dingctl secret list --user ana"},
+	{"secret show", "CHATID", "a secret chat's metadata (never message content)", "dingctl secret show 01J..."},
+	{"listen", "--user ID --device DEV [--read] [--confirm N] [--messages] [--count N] [--timeout D] [--cursor N]",
+		"connect as a device and print its stream as JSON lines: messages (DINGs with their choices), receipts, DING events; --confirm answers every DING (0: no choice)",
+		"dingctl listen --user bo --device laptop --read --messages --count 1"},
+	{"receipts", "ID", "print each recipient's state of a message as JSON", "dingctl receipts 01J..."},
+	{"backup", "--out NAME", "write a consistent copy of the store under the server's backup dir (dingd --backup-dir)",
+		"dingctl backup --out nightly-2026-12-04"},
+	{"backup verify", "NAME", "check that a backup opens and reads whole (restore: dingd --restore-from DIR)",
+		"dingctl backup verify nightly-2026-12-04"},
+	{"ding", `--from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT`,
+		"send a DING (escalates in-app, SMS, voice until read or confirmed); prints its id",
+		`dingctl ding --from ana --to bo --policy "inapp,sms@5m,voice@15m" "prod is down"`},
+	{"ding status", "ID", "a DING's per-recipient ledger as JSON", "dingctl ding status 01J..."},
+	{"ding list", "[--from ID] [--after ID] [--limit N]", "list DINGs as JSON", "dingctl ding list --from ana --limit 10"},
+	{"ding cancel", "ID", "stop every recipient's escalation", "dingctl ding cancel 01J..."},
+	{"policy set", "NAME SPEC", "store an escalation policy", `dingctl policy set oncall "inapp,sms@5m,voice@15m until=confirmed"`},
+	{"policy list", "", "list the stored policies as JSON", "dingctl policy list"},
+	{"announce", "[--from ID] --to all|dept:ID|group:ID [--confirm] TEXT", "publish an announcement; prints its id",
+		`dingctl announce --to all --confirm "Office closed Friday"`},
+	{"announce stats", "ID [--unread] [--unconfirmed] [--csv]", "an announcement's counts, read ratio over time, who has not read/confirmed",
+		"dingctl announce stats 01J... --unread"},
+	{"announce reding", "ID [--policy NAME|SPEC] [--unread]", "DING those who have not confirmed (or read) an announcement",
+		"dingctl announce reding 01J... --policy oncall"},
+	{"stats", "[--from YYYY-MM-DD] [--to YYYY-MM-DD] [--dept A,B] [--top N] [--json]",
+		"per department: messages, DINGs and how they ended, time to read/confirm, SMS and calls vs budget, announcements' read ratios, who leaves DINGs unanswered",
+		"dingctl stats --from 2026-11-01 --dept sre"},
+}
+
+const globalHelp = `global flags (before or after the command):
+  --token T        admin token (env DING_TOKEN)
+  --data DIR       data dir whose admin.token to use (default ./ding-data)
+  --server URL     admin API (env DING_SERVER, default http://127.0.0.1:7080)
+  --socket ADDR    client socket, for listen; in a cluster HOST:PORT,HOST:PORT (env DING_SOCKET, default 127.0.0.1:7070)
+  --ca FILE        CA of the server's certificate, for HTTPS and --socket-tls (env DING_CA; default: the system's roots)
+  --socket-tls     the socket speaks TLS (dingd --tls-listen)
+  --insecure       allow the admin token over plain http:// to a host that is not loopback
+
+The admin token comes from --token, else DING_TOKEN, else DIR/admin.token
+for --data DIR (default ./ding-data, as dingd's default data dir).
+`
+
+// usageText is the top-level help.
+func usageText() string {
+	var b strings.Builder
+	b.WriteString("usage: dingctl [global flags] COMMAND [ARGS] [flags]\n       dingctl help COMMAND | dingctl COMMAND --help\n       dingctl --version\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %s %s\n      %s\n", c.name, c.args, c.summary)
+	}
+	b.WriteString("\n" + globalHelp)
+	return b.String()
+}
+
+// errHelpShown: a command printed its help; dingctl exits 0.
+var errHelpShown = errors.New("help shown")
+
+func findCommand(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// isHelp reports whether arg asks for help.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "--help" || arg == "-help" || arg == "help"
+}
+
+// groupHelp prints the commands under group ("user": user add, user set…)
+// and reports whether there are any.
+func groupHelp(out io.Writer, group string) bool {
+	var b strings.Builder
+	for _, c := range commands {
+		if strings.HasPrefix(c.name, group+" ") {
+			fmt.Fprintf(&b, "  dingctl %s %s\n      %s\n", c.name, c.args, c.summary)
+		}
+	}
+	if b.Len() == 0 {
+		return false
+	}
+	fmt.Fprintf(out, "commands of dingctl %s (each has --help):\n%s\n%s", group, b.String(), globalHelp)
+	return true
+}
+
+// subcommands names group's commands: "add, get, list or remove".
+func subcommands(group string) string {
+	var subs []string
+	for _, c := range commands {
+		if rest, ok := strings.CutPrefix(c.name, group+" "); ok {
+			subs = append(subs, rest)
+		}
+	}
+	if len(subs) < 2 {
+		return strings.Join(subs, "")
+	}
+	return strings.Join(subs[:len(subs)-1], ", ") + " or " + subs[len(subs)-1]
+}
+
+// commandHelp prints fs's command: its usage line, what it does, its own
+// flags (the global ones are summarised), an example and the environment.
+func commandHelp(out io.Writer, fs *flag.FlagSet) {
+	c, ok := findCommand(fs.Name())
+	if !ok {
+		c = command{name: fs.Name()}
+	}
+	fmt.Fprintf(out, "usage: dingctl %s %s\n\n", c.name, c.args)
+	if c.summary != "" {
+		fmt.Fprintf(out, "%s.\n\n", c.summary)
+	}
+	var flags strings.Builder
+	fs.VisitAll(func(f *flag.Flag) {
+		if globalFlag[f.Name] {
+			return
+		}
+		kind, usage := flag.UnquoteUsage(f)
+		left := "--" + f.Name
+		if kind != "" {
+			left += " " + kind
+		}
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "-1" {
+			def = fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(&flags, "  %-20s %s%s\n", left, usage, def)
+	})
+	if flags.Len() > 0 {
+		fmt.Fprintf(out, "flags:\n%s\n", flags.String())
+	}
+	var sub strings.Builder
+	for _, o := range commands {
+		if strings.HasPrefix(o.name, c.name+" ") {
+			fmt.Fprintf(&sub, "  dingctl %s %s\n", o.name, o.args)
+		}
+	}
+	if sub.Len() > 0 {
+		fmt.Fprintf(out, "see also:\n%s\n", sub.String())
+	}
+	if c.example != "" {
+		fmt.Fprintf(out, "example:\n  %s\n\n", c.example)
+	}
+	fmt.Fprint(out, globalHelp)
+}
+
+// globalFlag names the flags every command accepts (globals.register).
+var globalFlag = map[string]bool{"token": true, "data": true, "server": true, "socket": true, "ca": true, "socket-tls": true, "insecure": true}
+
+// flagError turns the flag package's error into one line that names the
+// command's help: "send: unknown flag --frm; see dingctl send --help".
+func flagError(fs *flag.FlagSet, err error) error {
+	msg := err.Error()
+	for _, r := range []struct{ from, to string }{
+		{"flag provided but not defined: -", "unknown flag --"},
+		{"flag needs an argument: -", "a value is needed after --"},
+	} {
+		if strings.HasPrefix(msg, r.from) {
+			msg = r.to + strings.TrimPrefix(msg, r.from)
+		}
+	}
+	msg = strings.Replace(msg, " for flag -", " for flag --", 1)
+	if fs.Name() == "dingctl" {
+		return exitError{2, msg + "; see dingctl --help"}
+	}
+	return exitError{2, fmt.Sprintf("%s: %s; see dingctl %s --help", fs.Name(), msg, fs.Name())}
+}
