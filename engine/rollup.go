@@ -322,8 +322,8 @@ type UserCount struct {
 type AnnouncementStat struct {
 	ID ID `json:"id"`
 	AnnouncementCounts
-	Created time.Time `json:"created"` // RFC 3339 (the counts hold it in ms)
-	ReadRatio float64 `json:"read_ratio"`
+	Created   time.Time `json:"created"` // RFC 3339 (the counts hold it in ms)
+	ReadRatio float64   `json:"read_ratio"`
 }
 
 // AdminStats answers a StatsQuery.
