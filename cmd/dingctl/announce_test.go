@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
@@ -74,6 +75,7 @@ func TestStatsCommand(t *testing.T) {
 		{"user", "add", "bo", "--name", "Bo"},
 		{"send", "--from", "ana", "--to", "bo", "hi"},
 		{"ding", "--from", "ana", "--to", "bo", "--policy", "inapp", "wake up"},
+		{"announce", "--to", "all", "hello all"},
 	} {
 		if _, err := ctl(t, n, args...); err != nil {
 			t.Fatalf("%v: %v", args, err)
@@ -88,10 +90,18 @@ func TestStatsCommand(t *testing.T) {
 			Department string
 			Counts     map[string]any
 		}
-		Total struct{ Counts map[string]any }
+		Total         struct{ Counts map[string]any }
+		Announcements []struct{ Created string }
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("%q: %v", out, err)
+	}
+	// Times are RFC 3339, as everywhere in dingctl's output.
+	if len(st.Announcements) != 1 {
+		t.Fatalf("stats: want one announcement: %s", out)
+	}
+	if at, err := time.Parse(time.RFC3339, st.Announcements[0].Created); err != nil || time.Since(at) > time.Hour {
+		t.Fatalf("announcement created %q: %v", st.Announcements[0].Created, err)
 	}
 	if len(st.Departments) != 2 || st.Departments[1].Department != "eng" || st.Departments[1].Counts["messages_sent"] != 1.0 ||
 		st.Departments[1].Counts["dings_sent"] != 1.0 || st.Departments[0].Counts["ding_recipients"] != 1.0 {
