@@ -56,6 +56,10 @@ type Org struct {
 	// lines of each item in the file it was parsed from; nil for an Org
 	// built in code.
 	deptLines, userLines, groupLines []int
+	// byPath: the departments were derived from paths (ParseOrgCSV), so
+	// Import matches them to existing departments by name under the same
+	// parent (see matchPaths).
+	byPath bool
 }
 
 // ImportOptions tune Import.
@@ -126,6 +130,9 @@ func (d *Directory) Import(org Org, opts ImportOptions, actor string) (Diff, err
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	c := d.newChange(d.now(), actor)
+	if org.byPath {
+		org = d.matchPaths(org)
+	}
 
 	depts := maps.Clone(d.depts)
 	seen := map[string]int{}
@@ -243,6 +250,52 @@ func (df *Diff) sort() {
 		}
 		slices.Sort(*l)
 	}
+}
+
+// matchPaths maps the departments of a CSV import (ids derived from their
+// path) onto the directory's own: a path segment names the department of
+// that name under the department its parent segment resolved to, if there
+// is one (one made with dept add, or an earlier import), so that
+// "Engineering/SRE" finds the departments eng and sre made by hand instead
+// of adding engineering and engineering.sre beside them. Several of that
+// name under one parent: the one whose id is the derived one, else the
+// smallest id. Unmatched segments keep their derived ids under their
+// resolved parent. org is not changed; the mapped copy is returned.
+func (d *Directory) matchPaths(org Org) Org {
+	resolved := map[string]string{} // derived id -> the directory's id
+	out := org
+	out.Departments = make([]Department, 0, len(org.Departments))
+	for _, dep := range org.Departments { // a parent comes before its children
+		parent := dep.Parent
+		if parent != "" {
+			parent = resolved[parent]
+		}
+		match := ""
+		for id, have := range d.depts {
+			if have.Name != dep.Name || have.Parent != parent {
+				continue
+			}
+			if id == dep.ID {
+				match = id
+				break
+			}
+			if match == "" || id < match {
+				match = id
+			}
+		}
+		if match == "" {
+			match = dep.ID
+		}
+		resolved[dep.ID] = match
+		out.Departments = append(out.Departments, Department{ID: match, Name: dep.Name, Parent: parent})
+	}
+	out.Users = slices.Clone(org.Users)
+	for i := range out.Users {
+		if id, ok := resolved[out.Users[i].Department]; ok {
+			out.Users[i].Department = id
+		}
+	}
+	return out
 }
 
 // ParseOrgJSON reads an org file:
@@ -400,7 +453,10 @@ func ParseOrgJSON(r io.Reader) (Org, error) {
 //	研发部/Café               -> cbfebacf, cbfebacf.caf-cfc290a9
 //
 // The segment is the department's name. An empty path means no
-// department. Errors are *ImportError with the line number.
+// department. Import first matches each segment to an existing
+// department of that name under the same parent (one made with dept add
+// keeps its own id); the derived ids are for the departments it creates.
+// Errors are *ImportError with the line number.
 func ParseOrgCSV(r io.Reader) (Org, error) {
 	cr := csv.NewReader(r)
 	cr.FieldsPerRecord = -1
@@ -429,7 +485,7 @@ func ParseOrgCSV(r io.Reader) (Org, error) {
 	if (len(head) != 4 && len(head) != 5) || !slices.Equal(head, want[:len(head)]) {
 		return Org{}, bad(1, "", fmt.Errorf("header %q: want id,name,phone,department_path[,quiet_hours]", strings.Join(head, ",")))
 	}
-	var org Org
+	org := Org{byPath: true}
 	deptAt := map[string]int{} // id -> index in org.Departments
 	for {
 		rec, err := cr.Read()

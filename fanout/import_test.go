@@ -309,3 +309,37 @@ func BenchmarkExpand(b *testing.B) {
 		}
 	})
 }
+
+// TestImportCSVPathsMatchDepartmentsMadeByHand: a CSV path names the
+// departments made with dept add (ids of the admin's choosing) by their
+// names under the same parent instead of adding slug-named copies beside
+// them; a segment with no such department is created under the matched
+// parent.
+func TestImportCSVPathsMatchDepartmentsMadeByHand(t *testing.T) {
+	d := openDir(t, memstore.New())
+	for _, dep := range []fanout.Department{{ID: "eng", Name: "Engineering"}, {ID: "sre", Name: "SRE", Parent: "eng"}, {ID: "ops", Name: "SRE"}} {
+		if _, err := d.PutDepartment(dep, "admin"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	csv := "id,name,phone,department_path\n" +
+		"ana,Ana,,Engineering/SRE\n" +
+		"bo,Bo,,Engineering\n" +
+		"cy,Cy,,Engineering/Web\n"
+	df := must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, "hr-sync"))
+	if got := diffString(df); got != "depts +[engineering.web] ~[] users +[ana bo cy] ~[] =0 groups +[] ~[] missing []" {
+		t.Fatalf("import: %s", got)
+	}
+	for user, want := range map[string]string{"ana": "sre", "bo": "eng", "cy": "engineering.web"} {
+		if u, _ := d.User(user); u.Department != want {
+			t.Errorf("%s is in %q, want %q", user, u.Department, want)
+		}
+	}
+	if dep, ok := d.Department("engineering.web"); !ok || dep.Parent != "eng" {
+		t.Errorf("Web: %+v, want it under eng", dep)
+	}
+	df = must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, "hr-sync"))
+	if df.Changed() {
+		t.Fatalf("second import: %s", diffString(df))
+	}
+}
