@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -189,11 +190,21 @@ type DingRequest struct {
 	ClientID string
 }
 
-// Refusal is a recipient a DING does not escalate to, and why.
+// Refusal is a recipient a DING does not escalate to, and why. In JSON,
+// retry_after is whole seconds (rounded up), as in HTTP's Retry-After.
 type Refusal struct {
 	Recipient  string        `json:"recipient"`
 	Reason     string        `json:"reason"`
-	RetryAfter time.Duration `json:"retry_after,omitempty"`
+	RetryAfter time.Duration `json:"-"`
+}
+
+// MarshalJSON writes RetryAfter as retry_after, in seconds.
+func (r Refusal) MarshalJSON() ([]byte, error) {
+	type plain Refusal
+	return json.Marshal(struct {
+		plain
+		RetryAfter int64 `json:"retry_after,omitempty"`
+	}{plain(r), int64((r.RetryAfter + time.Second - 1) / time.Second)})
 }
 
 // DingResult answers a durable DING.

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -909,5 +910,23 @@ func TestReplyConfirmsTheDingThatWasTexted(t *testing.T) {
 	}
 	if st := status(t, env.e, newer.ID).Recipients[0].Status; st != engine.StatusPending {
 		t.Fatalf("the DING never texted is %s", st)
+	}
+}
+
+// TestRefusalJSONIsSeconds: the API's refused[].retry_after is whole
+// seconds, rounded up, as in HTTP's Retry-After (it was nanoseconds).
+func TestRefusalJSONIsSeconds(t *testing.T) {
+	for _, c := range []struct {
+		after time.Duration
+		want  string
+	}{
+		{7 * time.Hour, `{"recipient":"bo","reason":"quiet_hours","retry_after":25200}`},
+		{1500 * time.Millisecond, `{"recipient":"bo","reason":"quiet_hours","retry_after":2}`},
+		{0, `{"recipient":"bo","reason":"quiet_hours"}`},
+	} {
+		b, err := json.Marshal(engine.Refusal{Recipient: "bo", Reason: engine.ReasonQuietHours, RetryAfter: c.after})
+		if err != nil || string(b) != c.want {
+			t.Errorf("%v: %s (%v), want %s", c.after, b, err, c.want)
+		}
 	}
 }

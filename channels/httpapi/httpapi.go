@@ -60,7 +60,7 @@
 // DINGs (see dings.go):
 //
 //	POST /v1/dings                  {"from","to":[user ids or +E164],"text","policy"|"policy_name","choices","critical","client_msg_id"}
-//	                                -> 201 {"id","created","duplicate","refused":[{"recipient","reason","retry_after"}]}
+//	                                -> 201 {"id","created","duplicate","refused":[{"recipient","reason","retry_after" (seconds)}]}
 //	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After
 //	GET  /v1/dings?from=&after=&limit=  -> {"dings":[{"id","from","created","recipients"}]}
 //	GET  /v1/dings/{id}             -> the DING with every recipient's status and ledger

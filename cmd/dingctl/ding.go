@@ -1,12 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/dingmq/ding/engine"
 )
@@ -83,16 +85,55 @@ func oneID(g *globals, name string, args []string) (string, error) {
 	return url.PathEscape(pos[0]), nil
 }
 
+// dingStatus: ding status ID [--wait D]. With --wait it asks again every
+// half second until every recipient's escalation has ended (confirmed,
+// read, exhausted, cancelled…), then prints the last answer; exit 3 if D
+// passes first.
 func dingStatus(g *globals, args []string, out io.Writer) error {
-	id, err := oneID(g, "ding status", args)
+	fs := flag.NewFlagSet("ding status", flag.ContinueOnError)
+	wait := fs.Duration("wait", 0, "wait up to this long for every recipient's escalation to end, then print (0: print now)")
+	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
 	}
-	var res map[string]any
-	if err := g.call("GET", "/v1/dings/"+id, nil, &res); err != nil {
-		return err
+	if len(pos) != 1 {
+		return exitError{2, "ding status: want exactly one DING id"}
 	}
-	return printJSON(out, res)
+	deadline := time.Now().Add(*wait)
+	for {
+		var res struct {
+			Recipients []struct {
+				Ended *string `json:"ended"`
+			} `json:"recipients"`
+		}
+		raw, err := g.request("GET", "/v1/dings/"+url.PathEscape(pos[0]), "", nil, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return err
+		}
+		open := 0
+		for _, r := range res.Recipients {
+			if r.Ended == nil {
+				open++
+			}
+		}
+		if open == 0 || *wait <= 0 || time.Now().After(deadline) {
+			var v any
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return err
+			}
+			if err := printJSON(out, v); err != nil {
+				return err
+			}
+			if open > 0 && *wait > 0 {
+				return exitError{3, fmt.Sprintf("ding status: %d recipients still escalating after %v", open, *wait)}
+			}
+			return nil
+		}
+		time.Sleep(500 * time.Millisecond) // a poll of the admin API, not a synchronisation
+	}
 }
 
 func dingCancel(g *globals, args []string, out io.Writer) error {

@@ -500,11 +500,21 @@ func listen(g *globals, args []string, out io.Writer) error {
 	messagesOnly := fs.Bool("messages", false, "print messages only (receipts, DING events, burns and secret-chat events are acknowledged, not printed)")
 	timeout := fs.Duration("timeout", 0, "exit after this long (0: no limit)")
 	cursor := fs.Int64("cursor", -1, "resume after this seq (default: the server's stored cursor)")
+	until := fs.String("until", "", "exit after printing the first line of this type: message, receipt, ding_event, burn or secret_event")
 	if _, err := parse(fs, g, args); err != nil {
 		return err
 	}
 	if *user == "" || *device == "" {
 		return exitError{2, "listen: --user and --device are required"}
+	}
+	switch *until {
+	case "", "message":
+	case "receipt", "ding_event", "burn", "secret_event":
+		if *messagesOnly {
+			return exitError{2, "listen: --until " + *until + " waits for a line --messages does not print"}
+		}
+	default:
+		return exitError{2, "listen: --until wants message, receipt, ding_event, burn or secret_event"}
 	}
 	tok, err := mintToken(g, *user, *device, time.Hour)
 	if err != nil {
@@ -539,6 +549,9 @@ func listen(g *globals, args []string, out io.Writer) error {
 			if *count > 0 && got < *count {
 				return exitError{3, fmt.Sprintf("timed out after %d of %d lines", got, *count)}
 			}
+			if *until != "" {
+				return exitError{3, "timed out before a " + *until + " line"}
+			}
 			return nil
 		case e, ok := <-c.Entries():
 			if !ok {
@@ -552,7 +565,7 @@ func listen(g *globals, args []string, out io.Writer) error {
 					got++
 				}
 				c.Ack(e.Seq)
-				return *count > 0 && got >= *count
+				return (*count > 0 && got >= *count) || (!*messagesOnly && o["type"] == *until)
 			}
 			if e.Receipt != nil {
 				r := e.Receipt
@@ -641,7 +654,7 @@ func listen(g *globals, args []string, out io.Writer) error {
 			}
 			c.Ack(e.Seq)
 			got++
-			if *count > 0 && got >= *count {
+			if (*count > 0 && got >= *count) || *until == "message" {
 				return nil
 			}
 		}
