@@ -107,10 +107,20 @@ go() {
 wait_ready() {
 	local i
 	for i in $(seq 600); do
-		if [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7080/readyz)" = 200 ]; then return 0; fi
+		if readyz; then return 0; fi
 		sleep 0.1
 	done
 	echo "readme: dingd did not become ready; its log:" >&2; tail -20 dingd.log >&2; return 1
+}
+
+# readyz: GET /readyz answers 200 (bash's /dev/tcp: no curl needed).
+readyz() {
+	local status
+	{ exec 3<>/dev/tcp/127.0.0.1/7080; } 2>/dev/null || return 1
+	printf 'GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+	read -r _ status _ <&3 || status=
+	exec 3>&-
+	[ "$status" = 200 ]
 }
 
 # stop_server: what Ctrl-C does to the reader's dingd; returns once it
@@ -142,9 +152,6 @@ go run ./cmd/dingd &
 
 // TestReadmeTour runs the README's tour, top to bottom, in one shell.
 func TestReadmeTour(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Fatal("curl is needed to wait for dingd's /readyz")
-	}
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -198,4 +205,22 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestTourScript: the conventions above turn into the script's helpers.
+func TestTourScript(t *testing.T) {
+	md := "intro\n```sh\nnot run\n```\n" + tourStart + "\n```sh\na\nb x   # error: NOT_FOUND\n```\ntext\n" +
+		"<!-- readme-test: restart-server -->\n```sh\nc\n```\n```go\nnot sh\n```\n" + tourEnd + "\n```sh\nnot run\n```\n"
+	got, blocks, err := tourScript(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\n# --- README block 1\na\nexpect_error NOT_FOUND <<'READMECMD'\nb x\nREADMECMD\n" +
+		"stop_server\ngo run ./cmd/dingd &\n\n# --- README block 2\nc\n"
+	if got != want || blocks != 2 {
+		t.Fatalf("script (%d blocks):\n%s\nwant:\n%s", blocks, got, want)
+	}
+	if _, _, err := tourScript(tourStart + "\n<!-- readme-test: reboot -->\n" + tourEnd); err == nil {
+		t.Fatal("an unknown directive was accepted")
+	}
 }
