@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -327,8 +328,16 @@ func load(args []string, getenv func(string) (string, bool)) (*config, error) {
 	for i := range settings {
 		fs.Var(flagValue{s: &settings[i], raw: flags}, settings[i].name, settings[i].help)
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil, err
+	} else if err != nil {
+		msg := err.Error()
+		if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+			msg = "unknown flag --" + name
+		} else if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+			msg = "a value is needed after --" + name
+		}
+		return nil, fmt.Errorf("%s; see dingd --help", strings.Replace(msg, " for flag -", " for flag --", 1))
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (settings are flags: --name value)", fs.Arg(0))

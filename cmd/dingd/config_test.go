@@ -110,7 +110,7 @@ func TestLoadErrors(t *testing.T) {
 		{"env int", nil, map[string]string{"DING_MAX_BODY": "lots"}, `^DING_MAX_BODY="lots": want an integer$`},
 		{"env bool", nil, map[string]string{"DING_NO_CALL_FALLBACK": "yes"}, `^DING_NO_CALL_FALLBACK="yes": want true or false$`},
 		{"flag int", []string{"--max-body", "lots"}, nil, `invalid value "lots" for flag -max-body: want an integer`},
-		{"unknown flag", []string{"--bogus"}, nil, `flag provided but not defined: -bogus`},
+		{"unknown flag", []string{"--bogus"}, nil, `unknown flag --bogus; see dingd --help`},
 		{"argument", []string{"serve"}, nil, `unexpected argument "serve"`},
 		{"log level", file("log-level = \"loud\"\n"), nil, `log-level "loud" \(from file\): want debug, info, warn or error`},
 		{"burn-after below the minimum", []string{"--burn-after", "1s"}, nil, `^burn-after 1s \(from flag\): want 0 \(the default, 30s\) or at least 5s$`},
