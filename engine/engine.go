@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,10 @@ var (
 	ErrUnknownRecipient = NewError(CodeUnknownRecipient, "engine: unknown recipient")
 	// ErrBadKind is returned by Submit for a kind clients may not submit.
 	ErrBadKind = NewError(CodeBadRequest, "engine: bad message kind")
+	// ErrEmptyBody is returned by Submit for a message with nothing to
+	// say: a text that is empty or only white space, or empty data. A
+	// forward may come without a text of its own.
+	ErrEmptyBody = NewError(CodeBadRequest, "engine: empty message: the text is empty or only white space")
 	// ErrNotRecipient is returned by Read when the user is not a recipient
 	// of the message (or the message does not exist).
 	ErrNotRecipient = NewError(CodeNotRecipient, "engine: not a recipient")
@@ -486,7 +491,10 @@ func (e *Engine) check(s *Submission, announce bool) error {
 		return fmt.Errorf("%w: client message id longer than 128 bytes", ErrBadName)
 	}
 	if s.Chat != (ID{}) && !announce {
-		return e.checkChat(s)
+		if err := e.checkChat(s); err != nil {
+			return err
+		}
+		return checkBody(s)
 	}
 	for _, ref := range []ID{s.Forward, s.Quote} {
 		if ref != (ID{}) {
@@ -532,6 +540,18 @@ func (e *Engine) check(s *Submission, announce bool) error {
 		return fmt.Errorf("%w: %d after expansion, limit %d", ErrTooManyRecipients, len(rcpt), e.cfg.MaxFanout)
 	}
 	s.recipients = rcpt
+	if announce {
+		return nil
+	}
+	return checkBody(s)
+}
+
+// checkBody refuses a message with nothing to say (ErrEmptyBody), after
+// the checks of whom it goes to, whose errors say more.
+func checkBody(s *Submission) error {
+	if s.Forward == (ID{}) && (len(s.Body) == 0 || (s.Kind == KindText && len(bytes.TrimSpace(s.Body)) == 0)) {
+		return ErrEmptyBody
+	}
 	return nil
 }
 

@@ -361,7 +361,7 @@ func TestClosedEngineRefuses(t *testing.T) {
 	e, _ := openEngine(t, memstore.New())
 	e.Close()
 	e.Close() // idempotent
-	_, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText})
+	_, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("hi")})
 	if !errors.Is(err, engine.ErrClosed) {
 		t.Fatalf("submit after close: %v", err)
 	}
@@ -377,14 +377,14 @@ func (failingBatch) Commit(bool) error       { return errors.New("disk on fire")
 
 func TestCommitFailureIsNeverAcked(t *testing.T) {
 	e, rec := openEngine(t, failingStore{memstore.New()})
-	_, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText})
+	_, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("hi")})
 	if !errors.Is(err, engine.ErrFailed) {
 		t.Fatalf("err = %v, want ErrFailed", err)
 	}
 	if len(rec.entries("bo")) != 0 {
 		t.Fatal("a failed commit was delivered")
 	}
-	if _, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText}); !errors.Is(err, engine.ErrFailed) {
+	if _, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("hi")}); !errors.Is(err, engine.ErrFailed) {
 		t.Fatalf("second submit: %v, want ErrFailed", err)
 	}
 	if e.Err() == nil {
@@ -525,5 +525,32 @@ func TestEventsSplitAtMaxEventIDs(t *testing.T) {
 	ana := rec.wait(t, "ana", 2)
 	if len(ana) != 2 || len(ana[0].Receipt.IDs) != engine.MaxEventIDs || len(ana[1].Receipt.IDs) != 5 {
 		t.Fatalf("got %d events", len(ana))
+	}
+}
+
+// TestEmptyMessagesAreRefused: a text that is empty or only white space,
+// or empty data, is refused with a clear BAD_REQUEST; a forward needs no
+// text of its own, and a body of other bytes is a message.
+func TestEmptyMessagesAreRefused(t *testing.T) {
+	e, _ := openEngine(t, memstore.New())
+	ctx := context.Background()
+	for _, c := range []struct {
+		kind engine.Kind
+		body string
+	}{{engine.KindText, ""}, {engine.KindText, " \t\r\n "}, {engine.KindData, ""}} {
+		_, err := e.Submit(ctx, engine.Submission{From: "ana", To: []string{"bo"}, Kind: c.kind, Body: []byte(c.body)})
+		if !errors.Is(err, engine.ErrEmptyBody) || engine.CodeOf(err) != engine.CodeBadRequest {
+			t.Errorf("kind %d body %q: %v, want ErrEmptyBody (BAD_REQUEST)", c.kind, c.body, err)
+		}
+	}
+	orig, err := e.Submit(ctx, engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte(" ok ")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Submit(ctx, engine.Submission{From: "bo", To: []string{"ana"}, Kind: engine.KindText, Forward: orig.ID}); err != nil {
+		t.Fatalf("a forward without a text of its own: %v", err)
+	}
+	if _, err := e.Submit(ctx, engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindData, Body: []byte{0}}); err != nil {
+		t.Fatalf("one byte of data: %v", err)
 	}
 }

@@ -133,7 +133,7 @@ func setupWired(t *testing.T, hc fanout.HubConfig, w wiring) (*engine.Engine, *f
 func submitN(t *testing.T, e *engine.Engine, n int, to ...string) {
 	t.Helper()
 	for range n {
-		if _, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: to, Kind: engine.KindText}); err != nil {
+		if _, err := e.Submit(context.Background(), engine.Submission{From: "ana", To: to, Kind: engine.KindText, Body: []byte("hi")}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -175,7 +175,7 @@ func TestBadInputGetsPreciseErrors(t *testing.T) {
 			// Other clients are untouched.
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			res, err := ana.Send(ctx, []string{"cy"}, []byte{byte(i)})
+			res, err := ana.Send(ctx, []string{"cy"}, []byte{'a', byte(i)})
 			if err != nil {
 				t.Fatalf("bystander send: %v", err)
 			}
@@ -250,7 +250,7 @@ func TestTooManyInflightSubmits(t *testing.T) {
 	var b []byte
 	const total = 50
 	for i := 1; i <= total; i++ {
-		b = wire.Append(b, pb.FrameType_SUBMIT, &pb.Submit{Ref: uint64(i), To: []string{"ana"}, Kind: pb.Kind_TEXT})
+		b = wire.Append(b, pb.FrameType_SUBMIT, &pb.Submit{Ref: uint64(i), To: []string{"ana"}, Kind: pb.Kind_TEXT, Body: []byte("hi")})
 	}
 	r.write(b)
 	acked, refused := 0, 0

@@ -109,7 +109,7 @@ func TestLoadErrors(t *testing.T) {
 		{"missing DING_CONFIG file", nil, map[string]string{"DING_CONFIG": "/nonexistent/d.toml"}, `open /nonexistent/d.toml`},
 		{"env int", nil, map[string]string{"DING_MAX_BODY": "lots"}, `^DING_MAX_BODY="lots": want an integer$`},
 		{"env bool", nil, map[string]string{"DING_NO_CALL_FALLBACK": "yes"}, `^DING_NO_CALL_FALLBACK="yes": want true or false$`},
-		{"flag int", []string{"--max-body", "lots"}, nil, `invalid value "lots" for flag -max-body: want an integer`},
+		{"flag int", []string{"--max-body", "lots"}, nil, `invalid value "lots" for flag --max-body: want an integer`},
 		{"unknown flag", []string{"--bogus"}, nil, `unknown flag --bogus; see dingd --help`},
 		{"argument", []string{"serve"}, nil, `unexpected argument "serve"`},
 		{"log level", file("log-level = \"loud\"\n"), nil, `log-level "loud" \(from file\): want debug, info, warn or error`},
