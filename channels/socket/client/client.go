@@ -24,6 +24,9 @@
 //		c.Ack(e.Seq)                                   // cumulative; the server stores it
 //	}
 //
+// The package's Example is a runnable application: it sends, takes its
+// entries in one goroutine, and reads and confirms from there.
+//
 // # Cursors
 //
 // To resume exactly where it stopped, an application persists the seq of
@@ -61,7 +64,9 @@
 // redirect, each reconnect), for a proxy or a custom resolver; with
 // Config.TLS set, TLS runs on top of the connection it returns.
 //
-// Secret chats: CreateChat opens one with another user, SendChat sends in
+// # Secret chats
+//
+// CreateChat opens one with another user, SendChat sends in
 // it, and Screenshot reports a screenshot (level 3). Their messages arrive
 // with Message.Chat set and pseudonyms in From and To; the application must
 // honour NoCopy and NoForward, render Watermark, and delete the message
