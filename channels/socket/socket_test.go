@@ -300,9 +300,11 @@ func TestSameDeviceReplacesOldConnection(t *testing.T) {
 	old.expectFatal(pb.Code_REPLACED)
 }
 
-func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
-	const body = 1000
-	n := start(t, socket.Config{MaxPending: 64 << 10})
+// slowConsumer connects bo with a small receive buffer and never reads,
+// while ana sends until the server drops bo as a slow consumer. It
+// returns bo's connection, unread, and how many messages were sent.
+func slowConsumer(t *testing.T, n *node.Node, body int) (*raw, uint64) {
+	t.Helper()
 	// A small receive buffer, so that the kernel holds little for bo.
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
@@ -311,7 +313,7 @@ func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(func() { nc.Close() })
 	slow := &raw{t, nc}
 	slow.hello(nodetest.Token(t, n, "bo", "phone"), "phone")
 	// bo never reads. Fill the socket buffers and then the server's queue.
@@ -335,7 +337,16 @@ func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
 	if n.Hub().Online("bo") {
 		t.Fatal("never disconnected")
 	}
-	// The last frame bo's socket holds is the reason.
+	return slow, uint64(sent.Load())
+}
+
+// A slow consumer that reads again within the close grace (1 s) lets the
+// server finish the write it was stuck in, and then gets SLOW_CONSUMER as
+// the last frame; reconnecting, it gets every message, in order.
+func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
+	const body = 1000
+	n := start(t, socket.Config{MaxPending: 64 << 10})
+	slow, total := slowConsumer(t, n, body)
 	var last proto.Message
 	for {
 		m, err := slow.read()
@@ -349,7 +360,6 @@ func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
 	}
 	// Reconnecting delivers every message, in order.
 	bo := nodetest.Dial(t, n, "bo", "phone", new(uint64))
-	total := uint64(sent.Load())
 	for seq := uint64(1); seq <= total; seq++ {
 		select {
 		case e := <-bo.Entries():
@@ -359,6 +369,35 @@ func TestSlowConsumerIsDisconnectedAndLosesNothing(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("stalled at seq %d of %d", seq, total)
 		}
+	}
+}
+
+// A slow consumer that stays stopped never sees SLOW_CONSUMER (PROTOCOL.md
+// §4, "Closing"): the ERROR waits behind the write the server is stuck
+// in, and the connection is closed after the close grace with that write
+// unfinished. What the client reads afterwards is what the kernel had
+// accepted: whole frames, perhaps a partial one, then the end.
+func TestSlowConsumerThatStaysStoppedSeesNoError(t *testing.T) {
+	n := start(t, socket.Config{MaxPending: 64 << 10})
+	slow, _ := slowConsumer(t, n, 1000)
+	// Only ana's connection is left once the server has closed bo's.
+	nodetest.WaitFor(t, "the server to close the slow consumer", 10*time.Second, func() bool { return n.Socket().Connections() == 1 })
+	frames := 0
+	for {
+		m, err := slow.read()
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("after %d frames: %v, want the end of the stream", frames, err)
+			}
+			break
+		}
+		if e, ok := m.(*pb.Error); ok {
+			t.Fatalf("after %d frames an ERROR %v reached a client that had stopped reading", frames, e.Code)
+		}
+		frames++
+	}
+	if frames == 0 {
+		t.Fatal("no frame at all: the socket buffers held nothing?")
 	}
 }
 

@@ -24,10 +24,49 @@
 //		c.Ack(e.Seq)                                   // cumulative; the server stores it
 //	}
 //
-// Persist the last acknowledged Seq and pass it as Config.Cursor on the next
-// start to resume exactly there.
+// The package's Example is a runnable application: it sends, takes its
+// entries in one goroutine, and reads and confirms from there.
 //
-// Secret chats: CreateChat opens one with another user, SendChat sends in
+// # Cursors
+//
+// To resume exactly where it stopped, an application persists the seq of
+// the last entry it processed and passes it as Config.Cursor on the next
+// start. Client.Cursor gives the seq of the last entry the application
+// took from Entries, and nothing the client merely received: after
+// Close, entries still waiting in the Entries channel (or in the client's
+// queue) are not counted, so a client dialled with that cursor gets them
+// again. Entries left in the channel may still be read after Close, and
+// Cursor then counts them too.
+//
+//	c.Close()
+//	if seq, ok := c.Cursor(); ok {
+//		save(seq) // next start: Config{Cursor: &seq, ...}
+//	}
+//
+// Without a Config.Cursor the server resumes from the device's stored
+// cursor: the last Ack, so ack only what was processed.
+//
+// # Session events and the dialer
+//
+// Config.OnSession is told what happens to the connection: each session
+// that starts (the address, the cursor the HELLO carried, the WELCOME's
+// resume_from, head and limits), each that ends and why (the server's
+// fatal ERROR, code and detail, as an *Error, or the transport's error),
+// each NOT_OWNER redirect in a cluster, each failed attempt, and the
+// client's stop. It runs on a goroutine of its own and never holds up
+// the client; events it falls behind on are counted, not lost silently.
+//
+//	cfg.OnSession = func(ev client.SessionEvent) {
+//		slog.Info("ding session", "event", ev.Kind, "addr", ev.Addr, "resume_from", ev.ResumeFrom, "err", ev.Err)
+//	}
+//
+// Config.Dial, when set, opens every connection (each address, each
+// redirect, each reconnect), for a proxy or a custom resolver; with
+// Config.TLS set, TLS runs on top of the connection it returns.
+//
+// # Secret chats
+//
+// CreateChat opens one with another user, SendChat sends in
 // it, and Screenshot reports a screenshot (level 3). Their messages arrive
 // with Message.Chat set and pseudonyms in From and To; the application must
 // honour NoCopy and NoForward, render Watermark, and delete the message
@@ -51,6 +90,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -75,12 +115,36 @@ type Config struct {
 	Token  string
 	Device string
 	// Cursor is the last sequence number the application processed in an
-	// earlier run; nil means resume from the cursor the server stored.
+	// earlier run (Client.Cursor at the end of that run, if it processed
+	// each entry as it took it); nil means resume from the cursor the
+	// server stored, the device's last Ack.
 	Cursor *uint64
 	// TLS, when set, connects over TLS (dingd --tls-listen) and verifies
 	// the server with it (RootCAs: the CA that signed the server's
-	// certificate; nil RootCAs: the system's roots).
+	// certificate; nil RootCAs: the system's roots; an empty ServerName
+	// is taken from the address dialled).
 	TLS *tls.Config
+	// Dial, when set, opens every connection the client makes: to each
+	// address of Addr, to redirects, on every reconnect; network is
+	// "tcp". It may route through a proxy, resolve names its own way or
+	// set socket options. With TLS set, the TLS handshake runs over the
+	// connection it returns. ctx ends when the attempt's DialTimeout
+	// does. nil means a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OnSession, when set, is told what happens to the connection: each
+	// session that starts (with the cursor it resumed from and the
+	// WELCOME) and ends (with the server's ERROR or the transport's
+	// error), each NOT_OWNER redirect, each failed attempt, and last the
+	// client's stop (see SessionEvent). It is called on a goroutine of
+	// its own, one event at a time, in order; the client never waits for
+	// it, and it may call any method of the client, Close included. If it
+	// falls behind by more than 64 events, the oldest are dropped and the
+	// next event it gets says how many (SessionEvent.Dropped); nothing is
+	// dropped silently. Events start with Dial's own attempts, but if
+	// Dial fails there is no client and no call: its error says why. The
+	// last call (SessionClosed) may come after Close returns; Done is
+	// closed after it.
+	OnSession func(SessionEvent)
 	// SendTimeout bounds a Send whose context has no deadline; zero means
 	// one minute. (A Send that times out returns an *UnsureError.)
 	SendTimeout time.Duration
@@ -250,6 +314,9 @@ type Stats struct {
 	Duplicates int64 // entries dropped because they were already delivered
 	Redirects  int64 // NOT_OWNER redirects followed (cluster mode)
 	Refetches  int64 // reconnects to fetch again entries not kept past MaxQueue
+	// EventsDropped counts session events Config.OnSession did not get
+	// because it fell behind.
+	EventsDropped int64
 }
 
 // Client is one connected device. Its methods are safe for concurrent use.
@@ -260,8 +327,11 @@ type Client struct {
 	entries chan Entry
 	sem     chan struct{} // inflight submits
 
+	ev *events // Config.OnSession's; nil without one. Its lock is taken alone or inside mu.
+
 	mu       sync.Mutex
 	nc       net.Conn                // current connection, nil while disconnected; guarded by mu
+	ncReason error                   // why the client itself closed nc (ErrRefetch); guarded by mu
 	welcome  *pb.Welcome             // guarded by mu
 	nextRef  uint64                  // guarded by mu
 	submits  map[uint64]*pendingSub  // guarded by mu
@@ -285,9 +355,20 @@ type Client struct {
 	overflow bool    // guarded by qmu
 	qsig     chan struct{}
 
+	// What the application took from Entries (Cursor): the seqs of the
+	// entries the pump handed to the channel, the newest cap(entries)+1
+	// of them in a ring, and how many it handed. An entry is counted once
+	// its send has completed, so the count of taken ones (handed minus
+	// those still in the channel) is never ahead of the application.
+	hmu     sync.Mutex
+	handed  []uint64 // guarded by hmu
+	nHanded uint64   // guarded by hmu
+
 	quit     chan struct{}
 	quitOnce sync.Once
-	done     chan struct{}
+	runDone  chan struct{} // runLoop has returned
+	pumpDone chan struct{} // pump has returned and closed Entries
+	done     chan struct{} // every goroutine of the client has returned
 
 	// The addresses to connect to (Config.Addr); used by Dial, then only
 	// by runLoop. last is the one the last handshake succeeded on
@@ -363,9 +444,15 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		sem:      make(chan struct{}, cfg.MaxInflight),
 		submits:  map[uint64]*pendingSub{},
 		requests: map[uint64]chan reqDone{},
+		handed:   make([]uint64, cfg.Buffer+1),
 		quit:     make(chan struct{}),
+		runDone:  make(chan struct{}),
+		pumpDone: make(chan struct{}),
 		done:     make(chan struct{}),
 		seeds:    seeds,
+	}
+	if cfg.OnSession != nil {
+		c.ev = newEvents(cfg.OnSession)
 	}
 	var rb [12]byte
 	rand.Read(rb[:])
@@ -376,11 +463,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		c.acked = *cfg.Cursor
 	}
 	// Each address once: a cluster's first node may be the one that is down.
-	var nc net.Conn
-	var w *pb.Welcome
+	var l *link
 	var err error
 	for range seeds {
-		if nc, w, err = c.connect(ctx); err == nil || ctx.Err() != nil {
+		if l, err = c.connect(ctx); err == nil || ctx.Err() != nil {
 			break
 		}
 		var pe *Error
@@ -389,15 +475,23 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, err // no client, so no events: the error says why
 	}
-	c.welcome = w
-	if m := int(w.MaxInflight); m > 0 && m < cap(c.sem) {
+	c.welcome = l.w
+	if m := int(l.w.MaxInflight); m > 0 && m < cap(c.sem) {
 		c.sem = make(chan struct{}, m) // the server allows fewer: never trip TOO_MANY_INFLIGHT
 	}
 	c.qsig = make(chan struct{}, 1)
 	go c.pump()
-	go c.runLoop(nc, w)
+	go c.runLoop(l)
+	go func() {
+		if c.ev != nil {
+			c.ev.loop() // until SessionClosed, which runLoop sends last
+		}
+		<-c.runDone
+		<-c.pumpDone
+		close(c.done)
+	}()
 	return c, nil
 }
 
@@ -412,12 +506,41 @@ func (c *Client) Err() error {
 	return c.err
 }
 
-// Done is closed when the client has stopped.
+// Done is closed when the client has stopped and every goroutine it
+// started has returned, Config.OnSession's included.
 func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Cursor returns the seq of the last entry the application took from
+// Entries: the value to persist and pass as Config.Cursor to the next
+// Dial. Entries the client received and the application did not take are
+// not counted, so a client dialled with it gets them again: those in the
+// client's queue, and those still in the Entries channel when Close
+// returns. The channel's entries may still be read after Close (it is
+// closed behind them); Cursor then counts them too. While the client
+// runs, Cursor may lag behind by an entry being handed over, never run
+// ahead. ok is false when the application took none and Config.Cursor
+// was nil (the next Dial may then leave Cursor nil as well).
+//
+// Taken is not processed: an application that hands entries on to be
+// processed elsewhere persists the seq it finished processing instead.
+func (c *Client) Cursor() (seq uint64, ok bool) {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	waiting := uint64(len(c.entries)) // handed, not taken
+	if c.nHanded <= waiting {
+		if c.cfg.Cursor != nil {
+			return *c.cfg.Cursor, true
+		}
+		return 0, false
+	}
+	i := (c.nHanded - 1 - waiting) % uint64(len(c.handed))
+	return c.handed[i], true
+}
 
 // Stats returns counters.
 func (c *Client) Stats() Stats {
-	return Stats{Connects: c.stats.connects.Load(), Duplicates: c.stats.dups.Load(), Redirects: c.redirects.Load(), Refetches: c.stats.refetches.Load()}
+	return Stats{Connects: c.stats.connects.Load(), Duplicates: c.stats.dups.Load(), Redirects: c.redirects.Load(),
+		Refetches: c.stats.refetches.Load(), EventsDropped: c.ev.droppedCount()}
 }
 
 // Welcome returns the server's most recent WELCOME.
@@ -427,10 +550,15 @@ func (c *Client) Welcome() *pb.Welcome {
 	return c.welcome
 }
 
-// Close disconnects and stops the client. Pending calls fail with ErrClosed.
+// Close disconnects and stops the client. Pending calls fail with
+// ErrClosed. It returns once the connection is closed and no entry is
+// being handed to Entries, so Cursor is exact from then on; entries left
+// in the channel may still be read. Config.OnSession may still be
+// getting its last events: Done is closed after it has.
 func (c *Client) Close() error {
 	c.stop(ErrClosed)
-	<-c.done
+	<-c.runDone
+	<-c.pumpDone
 	return nil
 }
 
@@ -448,48 +576,83 @@ func (c *Client) stop(err error) {
 	})
 }
 
+// link is a connection whose handshake succeeded.
+type link struct {
+	nc     net.Conn
+	w      *pb.Welcome
+	addr   string
+	cursor *uint64 // the HELLO's; nil: none was sent
+}
+
 // connect connects to the address that worked last, or else the next
 // seed, following NOT_OWNER redirects; an address that fails is not
 // tried first again.
-func (c *Client) connect(ctx context.Context) (net.Conn, *pb.Welcome, error) {
+func (c *Client) connect(ctx context.Context) (*link, error) {
 	addr := c.last
 	if addr == "" {
 		addr = c.seeds[c.next]
 		c.next = (c.next + 1) % len(c.seeds)
 	}
 	for hops := 0; ; hops++ {
-		nc, w, err := c.handshake(ctx, addr)
+		l, err := c.handshake(ctx, addr)
 		if err == nil {
 			c.last = addr
-			return nc, w, nil
+			return l, nil
 		}
 		c.last = ""
 		var pe *Error
 		if errors.As(err, &pe) && pe.Code == pb.Code_NOT_OWNER && pe.Redirect != "" && hops < maxRedirects {
 			c.log.Debug("redirected", "from", addr, "to", pe.Redirect)
 			c.redirects.Add(1)
+			c.ev.emit(SessionEvent{Kind: SessionRedirect, Addr: addr, Redirect: pe.Redirect, Err: pe})
 			addr = pe.Redirect
 			continue
 		}
-		return nil, nil, err
+		c.ev.emit(SessionEvent{Kind: SessionDialFailed, Addr: addr, Err: err})
+		return nil, err
 	}
 }
 
+// dial opens a connection to addr through Config.Dial, with TLS on top
+// when Config.TLS is set.
+func (c *Client) dial(ctx context.Context, addr string) (net.Conn, error) {
+	dial := c.cfg.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	nc, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if c.cfg.TLS == nil {
+		return nc, nil
+	}
+	cfg := c.cfg.TLS
+	if cfg.ServerName == "" {
+		// As tls.Dialer does: verify the name dialled.
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	tc := tls.Client(nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return tc, nil
+}
+
 // handshake dials addr and performs the handshake.
-func (c *Client) handshake(ctx context.Context, addr string) (net.Conn, *pb.Welcome, error) {
+func (c *Client) handshake(ctx context.Context, addr string) (*link, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	var nc net.Conn
-	var err error
-	if c.cfg.TLS != nil {
-		d := tls.Dialer{Config: c.cfg.TLS}
-		nc, err = d.DialContext(ctx, "tcp", addr)
-	} else {
-		var d net.Dialer
-		nc, err = d.DialContext(ctx, "tcp", addr)
-	}
+	nc, err := c.dial(ctx, addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("client: dial %s: %w", addr, err)
+		return nil, fmt.Errorf("client: dial %s: %w", addr, err)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
@@ -501,23 +664,23 @@ func (c *Client) handshake(ctx context.Context, addr string) (net.Conn, *pb.Welc
 	}
 	if _, err := nc.Write(wire.Encode(pb.FrameType_HELLO, hello)); err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("client: send hello: %w", err)
+		return nil, fmt.Errorf("client: send hello to %s: %w", addr, err)
 	}
 	ft, msg, err := readFrame(nc, maxInbound)
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("client: handshake: %w", err)
+		return nil, fmt.Errorf("client: handshake with %s: %w", addr, err)
 	}
 	nc.SetDeadline(time.Time{})
 	switch m := msg.(type) {
 	case *pb.Welcome:
-		return nc, m, nil
+		return &link{nc: nc, w: m, addr: addr, cursor: hello.Cursor}, nil
 	case *pb.Error:
 		nc.Close()
-		return nil, nil, &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal, Redirect: m.Redirect}
+		return nil, &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal, Redirect: m.Redirect}
 	}
 	nc.Close()
-	return nil, nil, fmt.Errorf("client: handshake: unexpected %v", ft)
+	return nil, fmt.Errorf("client: handshake with %s: unexpected %v", addr, ft)
 }
 
 func readFrame(r io.Reader, max int) (pb.FrameType, proto.Message, error) {
@@ -557,19 +720,24 @@ func fatalCode(code pb.Code) bool {
 }
 
 // runLoop owns the connection: it runs one session, then reconnects.
-func (c *Client) runLoop(nc net.Conn, w *pb.Welcome) {
-	defer close(c.done)
+func (c *Client) runLoop(l *link) {
+	defer close(c.runDone)
+	defer func() { c.ev.emit(SessionEvent{Kind: SessionClosed, Err: c.Err()}) }()
 	backoff := c.cfg.MinBackoff
 	for {
-		if nc != nil {
+		if l != nil {
 			backoff = c.cfg.MinBackoff
-			err := c.session(nc, w)
+			err := c.session(l)
 			var pe *Error
 			if errors.As(err, &pe) && fatalCode(pe.Code) {
 				c.stop(pe)
 			}
 			if errors.As(err, &pe) && pe.Code == pb.Code_NOT_OWNER {
 				c.last = pe.Redirect // the node that serves this user now ("": try the seeds)
+				if pe.Redirect != "" {
+					c.redirects.Add(1)
+					c.ev.emit(SessionEvent{Kind: SessionRedirect, Addr: l.addr, Redirect: pe.Redirect, Err: pe})
+				}
 			}
 		}
 		select {
@@ -589,21 +757,22 @@ func (c *Client) runLoop(nc net.Conn, w *pb.Welcome) {
 		}
 		backoff = min(backoff*2, c.cfg.MaxBackoff)
 		var err error
-		nc, w, err = c.connect(context.Background())
+		l, err = c.connect(context.Background())
 		if err != nil {
 			var pe *Error
 			if errors.As(err, &pe) && fatalCode(pe.Code) {
 				c.stop(pe)
 			}
 			c.log.Debug("reconnect failed", "err", err)
-			nc = nil
+			l = nil
 		}
 	}
 }
 
-// session serves one connection until it fails.
-func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
-	c.stats.connects.Add(1)
+// session serves one connection until it fails, and says why.
+func (c *Client) session(l *link) error {
+	nc, w := l.nc, l.w
+	n := c.stats.connects.Add(1)
 	c.mu.Lock()
 	if c.err != nil { // closed meanwhile
 		c.mu.Unlock()
@@ -611,6 +780,8 @@ func (c *Client) session(nc net.Conn, w *pb.Welcome) error {
 		return c.err
 	}
 	c.nc, c.welcome = nc, w
+	c.ev.emit(SessionEvent{Kind: SessionUp, Addr: l.addr, Session: n, Reconnect: n > 1, Cursor: l.cursor,
+		ResumeFrom: w.ResumeFrom, Head: w.Head, Welcome: w})
 	// A server whose stream is shorter than what this client has seen (a
 	// restore from backup) resumes at its head: follow it, or every new
 	// entry would look like a duplicate and every ack would be refused.
@@ -673,6 +844,13 @@ loop:
 	}
 	c.mu.Lock()
 	c.nc = nil
+	switch {
+	case c.err != nil: // Close (which closed nc)
+		err = c.err
+	case c.ncReason != nil:
+		err = c.ncReason
+	}
+	c.ncReason = nil
 	// Requests other than SUBMIT are not resent; their callers retry.
 	for ref, ch := range c.requests {
 		ch <- reqDone{err: fmt.Errorf("client: disconnected: %w", err)}
@@ -680,6 +858,7 @@ loop:
 	}
 	c.mu.Unlock()
 	nc.Close()
+	c.ev.emit(SessionEvent{Kind: SessionDown, Addr: l.addr, Session: n, Err: err})
 	return err
 }
 
@@ -693,6 +872,9 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 	for {
 		nc.SetReadDeadline(time.Now().Add(silence))
 		ft, payload, err := readPayload(r, max)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("client: server silent for %v: %w", silence, err)
+		}
 		if err != nil {
 			return err
 		}
@@ -784,6 +966,7 @@ func (c *Client) deliver(e Entry) {
 // an overflow reconnects once half the queue is drained (the server sends
 // what was not kept again). It closes Entries when the client stops.
 func (c *Client) pump() {
+	defer close(c.pumpDone)
 	defer close(c.entries)
 	for {
 		select {
@@ -809,17 +992,48 @@ func (c *Client) pump() {
 				c.stats.refetches.Add(1)
 				c.mu.Lock()
 				if c.nc != nil {
+					c.ncReason = ErrRefetch
 					c.nc.Close() // runLoop reconnects, resuming after the last entry kept
 				}
 				c.mu.Unlock()
 			}
-			select {
-			case c.entries <- e:
-			case <-c.quit:
+			if !c.hand(e) {
 				return
 			}
 		}
 	}
+}
+
+// hand sends e to Entries and counts it as handed (see Cursor); false
+// means the client stopped first.
+func (c *Client) hand(e Entry) bool {
+	// Room in the channel: send and count at once, so that Cursor never
+	// sees the one without the other.
+	c.hmu.Lock()
+	select {
+	case c.entries <- e:
+		c.handedLocked(e.Seq)
+		c.hmu.Unlock()
+		return true
+	default:
+	}
+	c.hmu.Unlock()
+	// Full: wait for the application without holding hmu. Until the send
+	// is counted, Cursor may count one entry too few, never one too many.
+	select {
+	case c.entries <- e:
+		c.hmu.Lock()
+		c.handedLocked(e.Seq)
+		c.hmu.Unlock()
+		return true
+	case <-c.quit:
+		return false
+	}
+}
+
+func (c *Client) handedLocked(seq uint64) {
+	c.handed[c.nHanded%uint64(len(c.handed))] = seq
+	c.nHanded++
 }
 
 func (c *Client) finishSubmit(ref uint64, d subDone) {
