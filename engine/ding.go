@@ -244,7 +244,7 @@ const (
 	LedgerNotConfigured LedgerKind = "not_configured" // the channel has no provider
 	LedgerNoPhone       LedgerKind = "no_phone"       // the recipient has no phone number
 	LedgerNoApp         LedgerKind = "no_app"         // an in-app step for a recipient outside the app
-	LedgerExhausted     LedgerKind = "exhausted"      // every step has fired; waiting for a confirmation
+	LedgerExhausted     LedgerKind = "exhausted"      // nothing more to try: every step fired, every send's outcome known (Detail: why, if one never came); awaiting a confirmation
 	LedgerCancelled     LedgerKind = "cancelled"
 	LedgerRemoved       LedgerKind = "removed" // the recipient was offboarded
 	LedgerSkipped       LedgerKind = "skipped" // an overdue step superseded by a later one on the same channel
@@ -315,6 +315,11 @@ type timerKind uint8
 const (
 	timerStep timerKind = 1 // fire planned step Step, if it is still next
 	timerSend timerKind = 2 // send on Ch (a retry or fallback); or, while Recover, redo a send whose outcome was never recorded
+	// timerWait stands for a send the provider accepted (reference
+	// Reason) and has not given a final status for yet (escalate.go,
+	// exhaust); firing, it stops waiting. Not counted in PendingSteps:
+	// it never sends anything.
+	timerWait timerKind = 3
 )
 
 // timerRef is one of a recipient's pending timers, as its state lists it.
@@ -325,7 +330,7 @@ type timerRef struct {
 	Step    int       `json:"step,omitempty"`
 	Ch      Channel   `json:"ch,omitempty"`
 	Attempt int       `json:"att,omitempty"`
-	Reason  string    `json:"why,omitempty"`
+	Reason  string    `json:"why,omitempty"` // timerSend: why it sends ("retry"); timerWait: the provider reference awaited
 	Recover bool      `json:"rec,omitempty"`
 }
 
@@ -812,7 +817,9 @@ func (e *Engine) Dings(sender string, after ID, limit int) ([]DingSummary, error
 	return out, err
 }
 
-// PendingSteps returns how many escalation timers are pending.
+// PendingSteps returns how many escalation timers are pending: planned
+// steps, sends to make or retry (not the waits for a provider's final
+// status, which send nothing).
 func (e *Engine) PendingSteps() int64 { return e.pendingTimers.Load() }
 
 func (e *Engine) loadDing(id ID) (*dingRecord, error) {
