@@ -608,21 +608,47 @@ func (e *Engine) Policies() (map[string]Policy, error) {
 // Confirm records that user confirmed DING id in the app, with an answer
 // (a 1-based choice; 0 for none, allowed only when the DING has no
 // choices or the answer is not needed). It stops the user's escalation
-// and marks the DING read and confirmed for the sender.
+// and marks the DING read and confirmed for the sender. Confirming a DING
+// the user already confirmed (from any device, by SMS or in a call)
+// succeeds and changes nothing; ConfirmAsync's result says so.
 func (e *Engine) Confirm(ctx context.Context, user string, id ID, answer int) error {
-	return wait(ctx, func(done func(error)) { e.ConfirmAsync(user, id, answer, done) })
+	return wait(ctx, func(done func(error)) {
+		e.ConfirmAsync(user, id, answer, func(_ ConfirmResult, err error) { done(err) })
+	})
 }
 
-// ConfirmAsync is Confirm that does not wait: done is called once, on the
-// commit loop, when the confirmation is durable or has failed. It must
+// ConfirmResult is the confirmation that stands after a Confirm.
+type ConfirmResult struct {
+	// Already is true when the Confirm changed nothing because the user
+	// had confirmed before; the fields below are then that earlier
+	// confirmation, and the Confirm's answer was ignored. Otherwise they
+	// are the Confirm's own.
+	Already bool
+	Answer  int     // 1-based choice; 0 for none
+	Choice  string  // its text; "" for 0
+	By      Channel // how it was confirmed: in the app, by an SMS reply, by a keypress in a call
+	At      time.Time
+}
+
+// ConfirmAsync is Confirm that does not wait and says whether the
+// confirmation counted: done is called once, on the commit loop, when the
+// confirmation is durable (or found already made) or has failed. It must
 // not block.
-func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(error)) {
+func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(ConfirmResult, error)) {
 	if done == nil {
-		done = func(error) {}
+		done = func(ConfirmResult, error) {}
 	}
+	var res ConfirmResult // written by the commit loop; read only in done
 	e.enqueueFor(user, func(c *txn) error {
-		return c.applyConfirmUser(user, id, answer, ChannelInApp, c.now)
-	}, done, 1)
+		var err error
+		res, err = c.applyConfirmUser(user, id, answer, ChannelInApp, c.now)
+		return err
+	}, func(err error) {
+		if err != nil {
+			res = ConfirmResult{}
+		}
+		done(res, err)
+	}, 1)
 }
 
 // CancelDing stops every pending recipient's escalation.

@@ -672,7 +672,7 @@ func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel,
 	return c.notify(&ev, user, StateConfirmed, now)
 }
 
-func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) error {
+func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) (ConfirmResult, error) {
 	rec, err := c.ding(id)
 	if errors.Is(err, ErrNotFound) {
 		if m, merr := c.e.Message(id); merr == nil {
@@ -680,20 +680,32 @@ func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now t
 		}
 	}
 	if err != nil {
-		return err
+		return ConfirmResult{}, err
 	}
 	idx := slices.Index(rec.Recipients, user)
 	if idx < 0 {
-		return fmt.Errorf("%w: %s", ErrNotRecipient, id)
+		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, id)
 	}
 	if answer < 0 || answer > len(rec.Choices) {
-		return fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(rec.Choices))
+		return ConfirmResult{}, fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(rec.Choices))
 	}
 	s, err := c.state(id, idx)
 	if err != nil {
-		return err
+		return ConfirmResult{}, err
 	}
-	return c.confirm(id, idx, s, rec, ch, answer, now)
+	if s.Status == StatusConfirmed { // confirm changes nothing: say what stands
+		return ConfirmResult{Already: true, Answer: s.Answer, Choice: choiceOf(rec, s.Answer), By: s.By, At: time.UnixMilli(s.Ended)}, nil
+	}
+	return ConfirmResult{Answer: answer, Choice: choiceOf(rec, answer), By: ch, At: now}, c.confirm(id, idx, s, rec, ch, answer, now)
+}
+
+// choiceOf returns the text of a 1-based answer; "" for 0 (or one out of
+// range, from a corrupt state).
+func choiceOf(rec *dingRecord, answer int) string {
+	if answer < 1 || answer > len(rec.Choices) {
+		return ""
+	}
+	return rec.Choices[answer-1]
 }
 
 // userState returns a user recipient's state, or nil if there is none (the
