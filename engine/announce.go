@@ -52,20 +52,20 @@ func (e *Engine) Announce(ctx context.Context, a Announcement) (SubmitResult, er
 
 // confirmMessage records a confirmation of a message that asks for one
 // (FlagConfirm) without being a DING.
-func (c *txn) confirmMessage(user string, m *Message, answer int, now time.Time) error {
+func (c *txn) confirmMessage(user string, m *Message, answer int, now time.Time) (ConfirmResult, error) {
 	if m.Flags&FlagConfirm == 0 {
-		return fmt.Errorf("%w: %s", ErrNotDing, m.ID)
+		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotDing, m.ID)
 	}
 	if answer != 0 {
-		return fmt.Errorf("%w: this message has no choices", ErrBadAnswer)
+		return ConfirmResult{}, fmt.Errorf("%w: this message has no choices", ErrBadAnswer)
 	}
 	rk := receiptKey(m.ID, user)
 	r, err := c.receipt(rk, user)
 	if err != nil {
-		return fmt.Errorf("%w: %s", ErrNotRecipient, m.ID)
+		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, m.ID)
 	}
 	if r.State == StateConfirmed {
-		return nil
+		return ConfirmResult{Already: true, By: ChannelInApp, At: r.Confirmed}, nil
 	}
 	wasDelivered, wasRead := !r.Delivered.IsZero(), !r.Read.IsZero()
 	if !wasDelivered {
@@ -87,7 +87,7 @@ func (c *txn) confirmMessage(user string, m *Message, answer int, now time.Time)
 		ev.add(m.From, m.ID)
 	}
 	ev.add(user, m.ID)
-	return c.notify(&ev, user, StateConfirmed, now)
+	return ConfirmResult{By: ChannelInApp, At: now}, c.notify(&ev, user, StateConfirmed, now)
 }
 
 // RatioPoint is the read ratio at a time.

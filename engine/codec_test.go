@@ -71,6 +71,8 @@ var (
 				{N: 2, Due: 1764755115123, Kind: timerStep, Step: 2},
 				{N: 3, Due: 1764754335123, Kind: timerSend, Ch: ChannelSMS, Attempt: 2, Reason: "retry", Recover: true},
 			}},
+		{Status: StatusPending, User: true, Phone: "+15550000002", PhoneAt: 1764754215123, Next: 3, LedgerN: 9, TimerN: 5,
+			Timers: []timerRef{{N: 5, Due: 1764755415123, Kind: timerWait, Ch: ChannelVoice, Attempt: 1, Reason: "CA0123456789abcdef0123456789abcdef"}}},
 		{Status: StatusConfirmed, User: true, Next: 1, Answer: 2, By: ChannelVoice, Ended: 1764754300000, Unanswered: true, LedgerN: 12, TimerN: 4},
 		{Status: StatusRefused, Phone: "+15550000099", LedgerN: 1},
 		{Status: "paused", Next: -1}, // not a status this version writes: kept as text

@@ -255,7 +255,7 @@ const (
 	LedgerNotConfigured LedgerKind = "not_configured" // the channel has no provider
 	LedgerNoPhone       LedgerKind = "no_phone"       // the recipient has no phone number
 	LedgerNoApp         LedgerKind = "no_app"         // an in-app step for a recipient outside the app
-	LedgerExhausted     LedgerKind = "exhausted"      // every step has fired; waiting for a confirmation
+	LedgerExhausted     LedgerKind = "exhausted"      // nothing more to try: every step fired, every send's outcome known (Detail: why, if one never came); awaiting a confirmation
 	LedgerCancelled     LedgerKind = "cancelled"
 	LedgerRemoved       LedgerKind = "removed" // the recipient was offboarded
 	LedgerSkipped       LedgerKind = "skipped" // an overdue step superseded by a later one on the same channel
@@ -326,6 +326,11 @@ type timerKind uint8
 const (
 	timerStep timerKind = 1 // fire planned step Step, if it is still next
 	timerSend timerKind = 2 // send on Ch (a retry or fallback); or, while Recover, redo a send whose outcome was never recorded
+	// timerWait stands for a send the provider accepted (reference
+	// Reason) and has not given a final status for yet (escalate.go,
+	// exhaust); firing, it stops waiting. Not counted in PendingSteps:
+	// it never sends anything.
+	timerWait timerKind = 3
 )
 
 // timerRef is one of a recipient's pending timers, as its state lists it.
@@ -336,7 +341,7 @@ type timerRef struct {
 	Step    int       `json:"step,omitempty"`
 	Ch      Channel   `json:"ch,omitempty"`
 	Attempt int       `json:"att,omitempty"`
-	Reason  string    `json:"why,omitempty"`
+	Reason  string    `json:"why,omitempty"` // timerSend: why it sends ("retry"); timerWait: the provider reference awaited
 	Recover bool      `json:"rec,omitempty"`
 }
 
@@ -614,21 +619,47 @@ func (e *Engine) Policies() (map[string]Policy, error) {
 // Confirm records that user confirmed DING id in the app, with an answer
 // (a 1-based choice; 0 for none, allowed only when the DING has no
 // choices or the answer is not needed). It stops the user's escalation
-// and marks the DING read and confirmed for the sender.
+// and marks the DING read and confirmed for the sender. Confirming a DING
+// the user already confirmed (from any device, by SMS or in a call)
+// succeeds and changes nothing; ConfirmAsync's result says so.
 func (e *Engine) Confirm(ctx context.Context, user string, id ID, answer int) error {
-	return wait(ctx, func(done func(error)) { e.ConfirmAsync(user, id, answer, done) })
+	return wait(ctx, func(done func(error)) {
+		e.ConfirmAsync(user, id, answer, func(_ ConfirmResult, err error) { done(err) })
+	})
 }
 
-// ConfirmAsync is Confirm that does not wait: done is called once, on the
-// commit loop, when the confirmation is durable or has failed. It must
+// ConfirmResult is the confirmation that stands after a Confirm.
+type ConfirmResult struct {
+	// Already is true when the Confirm changed nothing because the user
+	// had confirmed before; the fields below are then that earlier
+	// confirmation, and the Confirm's answer was ignored. Otherwise they
+	// are the Confirm's own.
+	Already bool
+	Answer  int     // 1-based choice; 0 for none
+	Choice  string  // its text; "" for 0
+	By      Channel // how it was confirmed: in the app, by an SMS reply, by a keypress in a call
+	At      time.Time
+}
+
+// ConfirmAsync is Confirm that does not wait and says whether the
+// confirmation counted: done is called once, on the commit loop, when the
+// confirmation is durable (or found already made) or has failed. It must
 // not block.
-func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(error)) {
+func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(ConfirmResult, error)) {
 	if done == nil {
-		done = func(error) {}
+		done = func(ConfirmResult, error) {}
 	}
+	var res ConfirmResult // written by the commit loop; read only in done
 	e.enqueueFor(user, func(c *txn) error {
-		return c.applyConfirmUser(user, id, answer, ChannelInApp, c.now)
-	}, done, 1)
+		var err error
+		res, err = c.applyConfirmUser(user, id, answer, ChannelInApp, c.now)
+		return err
+	}, func(err error) {
+		if err != nil {
+			res = ConfirmResult{}
+		}
+		done(res, err)
+	}, 1)
 }
 
 // CancelDing stops every pending recipient's escalation.
@@ -823,7 +854,9 @@ func (e *Engine) Dings(sender string, after ID, limit int) ([]DingSummary, error
 	return out, err
 }
 
-// PendingSteps returns how many escalation timers are pending.
+// PendingSteps returns how many escalation timers are pending: planned
+// steps, sends to make or retry (not the waits for a provider's final
+// status, which send nothing).
 func (e *Engine) PendingSteps() int64 { return e.pendingTimers.Load() }
 
 func (e *Engine) loadDing(id ID) (*dingRecord, error) {

@@ -344,10 +344,9 @@ func TestDingEscalatesOnTheFakeClock(t *testing.T) {
 	if rs.Status != engine.StatusConfirmed || rs.Answer != 2 || rs.Choice != "decline" || rs.ReachedBy != "voice" {
 		t.Fatalf("bo = %+v", rs)
 	}
-	// (The policy is exhausted when the call is decided, before the
-	// provider accepts it.)
+	// (Confirmed during the last call: the policy was never exhausted.)
 	want := []engine.LedgerKind{engine.LedgerSent, engine.LedgerSending, engine.LedgerSMSQueued, engine.LedgerSending,
-		engine.LedgerExhausted, engine.LedgerCallInitiated, engine.LedgerDigits, engine.LedgerConfirmed}
+		engine.LedgerCallInitiated, engine.LedgerDigits, engine.LedgerConfirmed}
 	if got := events(rs); !slices.Equal(got, want) {
 		t.Fatalf("bo's ledger = %v, want %v", got, want)
 	}
@@ -372,7 +371,8 @@ func TestDingEscalatesOnTheFakeClock(t *testing.T) {
 	if !slices.Equal(kinds, want[1:]) || !confirmedReceipt {
 		t.Fatalf("ana's stream: ding events %v (want %v), confirmed receipt %v", kinds, want[1:], confirmedReceipt)
 	}
-	// The outsider goes on escalating: exhausted, still pending.
+	// The outsider goes on escalating: still pending (their call's
+	// outcome is not known yet).
 	if rs := ds.Recipients[index(ds, outside)]; rs.Status != engine.StatusPending {
 		t.Fatalf("outsider = %+v", rs)
 	}

@@ -138,6 +138,12 @@ type Config struct {
 	// means 5s. (While the process lives, a send still in flight is never
 	// made twice: its recovery timer is re-armed instead.)
 	RecoverAfter time.Duration
+	// OutcomeWait is how long a recipient's escalation waits for the
+	// provider's final status of an SMS or call it accepted (sent,
+	// delivered or failed; completed, busy, no answer or failed) before
+	// it stops waiting, so that a status callback that never comes does
+	// not keep the policy from being exhausted; zero means 10m.
+	OutcomeWait time.Duration
 	// DispatchWorkers is how many sends run at once; zero means 8.
 	DispatchWorkers int
 	// NoCallFallback turns off the SMS sent at once when a call is busy,
@@ -192,6 +198,9 @@ func (c *Config) setDefaults() {
 	if c.RecoverAfter == 0 {
 		c.RecoverAfter = 5 * time.Second
 	}
+	if c.OutcomeWait == 0 {
+		c.OutcomeWait = 10 * time.Minute
+	}
 	if c.DispatchWorkers == 0 {
 		c.DispatchWorkers = 8
 	}
@@ -213,7 +222,7 @@ func (c *Config) Validate() error {
 		return errors.New("engine: config: Store is required")
 	case c.MaxBody < 0 || c.MaxRecipients < 0 || c.MaxBatch < 0 || c.QueueLen < 0:
 		return errors.New("engine: config: limits must not be negative")
-	case c.SendTimeout < 0 || c.RecoverAfter < 0 || c.DispatchWorkers < 0:
+	case c.SendTimeout < 0 || c.RecoverAfter < 0 || c.OutcomeWait < 0 || c.DispatchWorkers < 0:
 		return errors.New("engine: config: escalation settings must not be negative")
 	case c.BurnAfter != 0 && c.BurnAfter < MinBurnAfter:
 		return fmt.Errorf("engine: config: BurnAfter %v is below %v", c.BurnAfter, MinBurnAfter)

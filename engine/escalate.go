@@ -37,6 +37,20 @@ import (
 //     recovery timer whose send is still in flight is re-armed instead.
 //   - Ledger events are keys 'l' | ding | recipient | n, and each is also
 //     pushed to the sender's stream as an EntryDing entry.
+//   - A send the provider accepted arms a wait timer, disarmed by its
+//     final status (an SMS sent, delivered or failed; a call completed,
+//     busy, unanswered or failed), so that the timers a recipient's state
+//     lists are everything that may still happen to it: a step to fire, a
+//     send to make or retry, an outcome to learn (a failure falls back or
+//     retries). When the last step has fired and the last timer is gone,
+//     the policy has nothing more to try, and the op that got it there
+//     records `exhausted` (exhaust). A call ringing when its step fires,
+//     or a keypress still possible in it, is not the end; a confirmation
+//     or read before then stops the recipient and nothing is exhausted. A
+//     wait timer fires after Config.OutcomeWait if no final status came:
+//     exhausted all the same, saying so. A failure reported after that
+//     (or after an SMS's "sent") still retries: the recipient has
+//     something to try again, and is exhausted again when that settles.
 //
 // Alternatives rejected: an in-memory timer heap rebuilt at start-up (a
 // million pending steps would cost a full scan before the first fire and
@@ -234,10 +248,14 @@ func (c *txn) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent
 	return c.appendEntry(rec.From, Entry{Kind: EntryDing, Ding: &ev})
 }
 
+// addTimer arms a timer. Wait timers are not counted in the timers
+// count (PendingSteps, the pending-steps gauge): they never send.
 func (c *txn) addTimer(id ID, idx int, s *rcptState, t timerRef) timerRef {
 	t = s.armTimer(t)
 	c.setTimerKey(t.Due, id, idx, t.N)
-	c.timerDelta++
+	if t.Kind != timerWait {
+		c.timerDelta++
+	}
 	return t
 }
 
@@ -256,7 +274,9 @@ func (c *txn) removeTimer(id ID, idx int, s *rcptState, n uint32) (timerRef, boo
 		return timerRef{}, false
 	}
 	c.batch.Delete(timerKey(t.Due, id, idx, n))
-	c.timerDelta--
+	if t.Kind != timerWait {
+		c.timerDelta--
+	}
 	return t, true
 }
 
@@ -435,14 +455,29 @@ func (c *txn) advance(id ID, idx int, s *rcptState, rec *dingRecord, now time.Ti
 		}
 		if s.Next == len(rec.Plan) && s.Status == StatusPending {
 			c.markUnanswered(idx, s, rec)
-			if len(rec.Plan) > 1 {
-				if err := c.ledger(id, idx, s, rec, DingEvent{Event: LedgerExhausted, At: now}); err != nil {
-					return err
-				}
-			}
+			// Exhausted now only if the last step left nothing to wait
+			// for (an in-app reminder, no phone, a spent budget); a send
+			// is exhausted when its outcome is known.
+			return c.exhaust(id, idx, s, rec, "", now)
 		}
 	}
 	return nil
+}
+
+// exhaust records that the policy has nothing more to try for a pending
+// recipient, if so: every planned step has fired and no timer is armed
+// (no step due, no send to make, retry or hear the final status of).
+// It is called by the ops that take the last step or disarm a timer, and
+// only by them, so that each time a recipient runs out of things to try
+// is recorded once: an op that changes nothing for a recipient already
+// exhausted (a status repeated, a late one) does not call it. A policy of
+// one step is not said to be exhausted (its one send's outcome says it
+// all), as before.
+func (c *txn) exhaust(id ID, idx int, s *rcptState, rec *dingRecord, detail string, now time.Time) error {
+	if s.Status != StatusPending || s.Next < len(rec.Plan) || len(s.Timers) > 0 || len(rec.Plan) < 2 {
+		return nil
+	}
+	return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerExhausted, Detail: detail, At: now})
 }
 
 func (c *txn) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step int, now time.Time) error {
@@ -637,7 +672,7 @@ func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel,
 	return c.notify(&ev, user, StateConfirmed, now)
 }
 
-func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) error {
+func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now time.Time) (ConfirmResult, error) {
 	rec, err := c.ding(id)
 	if errors.Is(err, ErrNotFound) {
 		if m, merr := c.e.Message(id); merr == nil {
@@ -645,20 +680,32 @@ func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now t
 		}
 	}
 	if err != nil {
-		return err
+		return ConfirmResult{}, err
 	}
 	idx := slices.Index(rec.Recipients, user)
 	if idx < 0 {
-		return fmt.Errorf("%w: %s", ErrNotRecipient, id)
+		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, id)
 	}
 	if answer < 0 || answer > len(rec.Choices) {
-		return fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(rec.Choices))
+		return ConfirmResult{}, fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(rec.Choices))
 	}
 	s, err := c.state(id, idx)
 	if err != nil {
-		return err
+		return ConfirmResult{}, err
 	}
-	return c.confirm(id, idx, s, rec, ch, answer, now)
+	if s.Status == StatusConfirmed { // confirm changes nothing: say what stands
+		return ConfirmResult{Already: true, Answer: s.Answer, Choice: choiceOf(rec, s.Answer), By: s.By, At: time.UnixMilli(s.Ended)}, nil
+	}
+	return ConfirmResult{Answer: answer, Choice: choiceOf(rec, answer), By: ch, At: now}, c.confirm(id, idx, s, rec, ch, answer, now)
+}
+
+// choiceOf returns the text of a 1-based answer; "" for 0 (or one out of
+// range, from a corrupt state).
+func choiceOf(rec *dingRecord, answer int) string {
+	if answer < 1 || answer > len(rec.Choices) {
+		return ""
+	}
+	return rec.Choices[answer-1]
 }
 
 // userState returns a user recipient's state, or nil if there is none (the
@@ -806,15 +853,40 @@ func (c *txn) applyProviderStatus(ref string, pe ProviderEvent, detail string, n
 	if err := c.ledger(id, idx, s, rec, DingEvent{Event: kind, Channel: ch, Detail: detail, At: now}); err != nil {
 		return err
 	}
+	// A final status ends the wait for it (once: a repeated or late one
+	// finds the timer gone).
+	waited := false
+	if finalStatus[pe] {
+		if i := slices.IndexFunc(s.Timers, func(w timerRef) bool { return w.Kind == timerWait && w.Reason == ref }); i >= 0 {
+			_, waited = c.removeTimer(id, idx, s, s.Timers[i].N)
+		}
+	}
 	terminal := pe == ProviderSMSFailed || pe == ProviderCallBusy || pe == ProviderCallNoAnswer || pe == ProviderCallFailed
-	if !terminal || len(v) > 20 || s.Status != StatusPending {
-		return nil // not an outcome that needs action, or acted on already
+	if terminal && len(v) == 20 && s.Status == StatusPending { // not acted on yet
+		c.setRef(ref, append(v[:20:20], 1))
+		if ch == ChannelSMS {
+			err = c.retryLater(id, idx, s, rec, ch, attempt, now)
+		} else {
+			err = c.fallback(id, idx, s, rec, now)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	c.setRef(ref, append(v[:20:20], 1))
-	if ch == ChannelSMS {
-		return c.retryLater(id, idx, s, rec, ch, attempt, now)
+	if !waited {
+		return nil
 	}
-	return c.fallback(id, idx, s, rec, now)
+	return c.exhaust(id, idx, s, rec, "", now)
+}
+
+// finalStatus are the provider events after which nothing more is
+// awaited of an SMS or call: what it could lead to (a retry, a fallback,
+// a keypress) has happened or never will. A call answered may still get
+// a keypress: its end is "completed". An SMS "sent" is final although a
+// carrier may report it undelivered later (that still retries).
+var finalStatus = map[ProviderEvent]bool{
+	ProviderSMSSent: true, ProviderSMSDelivered: true, ProviderSMSFailed: true,
+	ProviderCallCompleted: true, ProviderCallBusy: true, ProviderCallNoAnswer: true, ProviderCallFailed: true,
 }
 
 // retryLater arms a retry of a failed send, or gives up after
@@ -930,13 +1002,32 @@ func (c *txn) applySendResult(t sendTask, ref string, sendErr error, now time.Ti
 	if err != nil {
 		return err
 	}
-	c.removeTimer(t.id, t.idx, s, t.n)
+	_, removed := c.removeTimer(t.id, t.idx, s, t.n)
+	if err := c.recordSendResult(t, rec, s, ref, sendErr, now); err != nil {
+		return err
+	}
+	if !removed {
+		return nil // stopped since the send was decided; nothing was pending
+	}
+	return c.exhaust(t.id, t.idx, s, rec, "", now)
+}
+
+// recordSendResult records what the provider answered a send, and what
+// follows: a wait for its final status, a retry, a fallback.
+func (c *txn) recordSendResult(t sendTask, rec *dingRecord, s *rcptState, ref string, sendErr error, now time.Time) error {
 	ev := DingEvent{Channel: t.ch, At: now}
 	switch {
 	case sendErr == nil:
 		c.e.metrics.step(t.ch, "sent")
 		if ref != "" {
 			c.setRef(ref, refValue(t.id, t.idx, t.ch, t.attempt))
+			if s.Status == StatusPending && len(rec.Plan) > 1 {
+				// Its final status may still call for a retry or a
+				// fallback (or bring a keypress): wait for it, to say
+				// when the policy is exhausted (never said of a policy
+				// of one step).
+				c.addTimer(t.id, t.idx, s, timerRef{Kind: timerWait, Ch: t.ch, Attempt: t.attempt, Reason: ref, Due: ms(now.Add(c.e.cfg.OutcomeWait))})
+			}
 		}
 		ev.Event, ev.Detail = LedgerSMSQueued, ref
 		if t.ch == ChannelVoice {
@@ -1021,9 +1112,18 @@ func (c *txn) fireTimers(keys [][]byte, now time.Time) error {
 		switch t.Kind {
 		case timerStep:
 			if t.Step == s.Next {
-				if err := c.advance(id, idx, s, rec, now); err != nil {
-					return err
-				}
+				err = c.advance(id, idx, s, rec, now)
+			} else {
+				err = c.exhaust(id, idx, s, rec, "", now) // not next any more: it was only disarmed
+			}
+			if err != nil {
+				return err
+			}
+		case timerWait:
+			// No final status came for a send: stop waiting for it.
+			detail := fmt.Sprintf("%s: no final status from the provider within %v", t.Ch, c.e.cfg.OutcomeWait)
+			if err := c.exhaust(id, idx, s, rec, detail, now); err != nil {
+				return err
 			}
 		case timerSend:
 			quiet := t.Recover && c.e.deferredTake(inflightKey(id, idx, n))

@@ -59,7 +59,7 @@ func BenchmarkEscalation(b *testing.B) {
 				for _, id := range ids {
 					for _, u := range to {
 						wg.Add(1)
-						env.e.ConfirmAsync(u, id, 0, func(err error) {
+						env.e.ConfirmAsync(u, id, 0, func(_ engine.ConfirmResult, err error) {
 							if err != nil {
 								b.Error(err)
 							}

@@ -22,7 +22,8 @@ type Engine interface {
 	SubmitAsync(s engine.Submission, done func(engine.SubmitResult, error))
 	AckAsync(user, device string, seq uint64, done func(error))
 	ReadAsync(user string, ids []engine.ID, done func(error))
-	ConfirmAsync(user string, id engine.ID, answer int, done func(error))
+	// ConfirmAsync's result says whether the confirmation counted.
+	ConfirmAsync(user string, id engine.ID, answer int, done func(engine.ConfirmResult, error))
 	CreateChatAsync(req engine.ChatRequest, done func(engine.Chat, error))
 	ReportScreenshotAsync(user string, chat, msg engine.ID, done func(error))
 	// SenderReceipts answers a sender's receipts query (secret chats by

@@ -296,14 +296,25 @@ func (s *Session) read(f *pb.Read) {
 }
 
 // confirm hands a CONFIRM to the engine and answers OK once the
-// confirmation is durable, like read.
+// confirmation is durable, like read. If the DING was already confirmed,
+// the OK says with what (Ok.already_confirmed): this one changed nothing.
 func (s *Session) confirm(f *pb.Confirm) {
 	id, err := engine.ParseID(f.Id)
 	if err != nil {
 		s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed message id", false)
 		return
 	}
-	s.m.cfg.Engine.ConfirmAsync(s.user, id, int(f.Answer), s.okOrFail(f.Ref))
+	s.m.cfg.Engine.ConfirmAsync(s.user, id, int(f.Answer), func(r engine.ConfirmResult, err error) {
+		if err != nil {
+			s.fail(f.Ref, err)
+			return
+		}
+		ok := &pb.Ok{Ref: f.Ref}
+		if r.Already {
+			ok.AlreadyConfirmed = &pb.Confirmation{Answer: uint32(r.Answer), Choice: r.Choice, Channel: r.By.String(), AtMs: msOrZero(r.At)}
+		}
+		s.Send(wire.Encode(pb.FrameType_OK, ok))
+	})
 }
 
 // okOrFail is the done callback of a request answered OK{ref} once it is

@@ -103,7 +103,11 @@ func TestDingIsDeliveredConfirmedAndReported(t *testing.T) {
 	bo.send(pb.FrameType_ACK, &pb.Ack{Seq: d.Seq})
 	bo.send(pb.FrameType_CONFIRM, &pb.Confirm{Ref: 7, Id: d.Id, Answer: 2})
 	var confirmedOwn bool
-	skipped := bo.until("OK", func(m proto.Message) bool { ok, _ := m.(*pb.Ok); return ok != nil && ok.Ref == 7 })
+	var first *pb.Ok
+	skipped := bo.until("OK", func(m proto.Message) bool { first, _ = m.(*pb.Ok); return first != nil && first.Ref == 7 })
+	if first.AlreadyConfirmed != nil {
+		t.Fatalf("the first CONFIRM's OK says it was already confirmed: %v", first)
+	}
 	for _, m := range skipped {
 		if r, ok := m.(*pb.Receipt); ok && r.State == pb.State_CONFIRMED {
 			confirmedOwn = true
@@ -167,7 +171,8 @@ func TestDingIsDeliveredConfirmedAndReported(t *testing.T) {
 	}
 
 	// Confirming again is answered OK and changes nothing: not the answer,
-	// not the receipt, and no new stream entry for either side.
+	// not the receipt, and no new stream entry for either side. The OK
+	// says so, with the confirmation that stands (issue 12).
 	heads := func() [2]uint64 {
 		a, _ := n.Engine().Head("ana")
 		b, _ := n.Engine().Head("bo")
@@ -175,7 +180,11 @@ func TestDingIsDeliveredConfirmedAndReported(t *testing.T) {
 	}
 	before := heads()
 	bo.send(pb.FrameType_CONFIRM, &pb.Confirm{Ref: 9, Id: d.Id, Answer: 1})
-	bo.until("second OK", func(m proto.Message) bool { ok, _ := m.(*pb.Ok); return ok != nil && ok.Ref == 9 })
+	var second *pb.Ok
+	bo.until("second OK", func(m proto.Message) bool { second, _ = m.(*pb.Ok); return second != nil && second.Ref == 9 })
+	if a := second.AlreadyConfirmed; a == nil || a.Answer != 2 || a.Choice != "decline" || a.Channel != "inapp" || a.AtMs != rs.Recipients[0].ConfirmedMs {
+		t.Fatalf("second OK %v, want already confirmed with 2 decline in the app at %d", second, rs.Recipients[0].ConfirmedMs)
+	}
 	if after := heads(); after != before {
 		t.Fatalf("a second CONFIRM moved the streams: %v -> %v", before, after)
 	}

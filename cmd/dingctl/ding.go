@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/engine"
 )
 
@@ -211,4 +212,18 @@ func looksLikeSteps(spec string) bool {
 	}
 	_, err := engine.ParseChannel(spec[:i])
 	return err == nil
+}
+
+// describeConfirmed says how a DING was confirmed: "with answer 1
+// (attend) in the app at 2026-12-04T09:30:00Z".
+func describeConfirmed(c *client.Confirmed) string {
+	answer := "without a choice"
+	if c.Answer > 0 {
+		answer = fmt.Sprintf("with answer %d (%s)", c.Answer, c.Choice)
+	}
+	via := map[string]string{"inapp": "in the app", "sms": "by SMS reply", "voice": "by a keypress in a call"}[c.Channel]
+	if via == "" {
+		via = "by " + c.Channel
+	}
+	return fmt.Sprintf("%s %s at %s", answer, via, c.At.UTC().Format(time.RFC3339))
 }

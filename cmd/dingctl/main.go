@@ -648,8 +648,14 @@ func listen(g *globals, args []string, out io.Writer) error {
 				}
 			}
 			if *confirm >= 0 && (m.Kind == pb.Kind_DING || m.Confirm) {
-				if err := c.Confirm(ctx, m.ID, *confirm); err != nil {
+				earlier, err := c.ConfirmCheck(ctx, m.ID, *confirm)
+				if err != nil {
 					return fmt.Errorf("confirm %s: %v", m.ID, err)
+				}
+				if earlier != nil {
+					// On stderr: stdout keeps one JSON line per entry.
+					fmt.Fprintf(os.Stderr, "dingctl: confirm %s: ignored, already confirmed %s; --confirm %d changed nothing\n",
+						m.ID, describeConfirmed(earlier), *confirm)
 				}
 			}
 			c.Ack(e.Seq)

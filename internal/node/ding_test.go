@@ -271,6 +271,33 @@ func TestSMSReplyConfirmsAndBusyFallsBack(t *testing.T) {
 	}
 }
 
+// "exhausted" comes when the policy has nothing more to try, after the
+// last call's status webhooks, not when the call is placed (issue 12).
+func TestDingExhaustedAfterTheLastCallEnds(t *testing.T) {
+	d := startDingNode(t, nil)
+	ctx := context.Background()
+	id := d.ding(t, map[string]any{"to": []string{"bo"}, "text": "Disk full", "policy": "inapp,voice@1m"})
+	d.clock.Advance(time.Minute)
+	call := d.waitRequests(t, "call", 1)[0]
+	d.waitEvent(t, id, 0, "call_initiated")
+	for _, st := range []string{"ringing", "in-progress"} {
+		if code, _, err := d.twilio.CallStatus(ctx, call.SID, st); err != nil || code != 200 {
+			t.Fatalf("call status %s: %d %v", st, code, err)
+		}
+	}
+	if _, evs, _ := d.recipient(t, id, 0); slices.Contains(evs, "exhausted") {
+		t.Fatalf("exhausted while the call is in progress: %v", evs)
+	}
+	if code, _, err := d.twilio.CallStatus(ctx, call.SID, "completed"); err != nil || code != 200 {
+		t.Fatalf("completed: %d %v", code, err)
+	}
+	evs := d.waitEvent(t, id, 0, "exhausted")
+	want := []string{"sent", "sending", "call_initiated", "call_ringing", "call_answered", "call_completed", "exhausted"}
+	if !slices.Equal(evs, want) {
+		t.Fatalf("ledger %v, want %v", evs, want)
+	}
+}
+
 func TestTwilioErrorsAreRetried(t *testing.T) {
 	d := startDingNode(t, nil)
 	d.twilio.FailNext(1, 503)

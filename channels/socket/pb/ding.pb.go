@@ -1116,11 +1116,16 @@ func (x *Confirm) GetAnswer() uint32 {
 }
 
 type Ok struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"` // SECRET_CREATE: the new chat's id (26 chars); empty otherwise
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ref   uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Id    string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"` // SECRET_CREATE: the new chat's id (26 chars); empty otherwise
+	// CONFIRM only: set when the DING (or must-confirm announcement) was
+	// already confirmed, so this CONFIRM changed nothing and its answer was
+	// ignored; it is the confirmation that stands. Unset when this CONFIRM
+	// was recorded (and always, from servers before it was added).
+	AlreadyConfirmed *Confirmation `protobuf:"bytes,3,opt,name=already_confirmed,json=alreadyConfirmed,proto3" json:"already_confirmed,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Ok) Reset() {
@@ -1167,6 +1172,82 @@ func (x *Ok) GetId() string {
 	return ""
 }
 
+func (x *Ok) GetAlreadyConfirmed() *Confirmation {
+	if x != nil {
+		return x.AlreadyConfirmed
+	}
+	return nil
+}
+
+// Confirmation is a recorded confirmation of a DING.
+type Confirmation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Answer        uint32                 `protobuf:"varint,1,opt,name=answer,proto3" json:"answer,omitempty"`         // 1-based choice; 0 for none
+	Choice        string                 `protobuf:"bytes,2,opt,name=choice,proto3" json:"choice,omitempty"`          // its text; empty for 0
+	Channel       string                 `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`        // how: "inapp" (CONFIRM), "sms" (a reply), "voice" (a keypress)
+	AtMs          int64                  `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"` // when it was recorded
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Confirmation) Reset() {
+	*x = Confirmation{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Confirmation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Confirmation) ProtoMessage() {}
+
+func (x *Confirmation) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Confirmation.ProtoReflect.Descriptor instead.
+func (*Confirmation) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Confirmation) GetAnswer() uint32 {
+	if x != nil {
+		return x.Answer
+	}
+	return 0
+}
+
+func (x *Confirmation) GetChoice() string {
+	if x != nil {
+		return x.Choice
+	}
+	return ""
+}
+
+func (x *Confirmation) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *Confirmation) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
 type Ping struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Nonce         uint64                 `protobuf:"varint,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
@@ -1176,7 +1257,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1269,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[10]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1282,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{10}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -1220,7 +1301,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1313,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[11]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1326,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{11}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Pong) GetNonce() uint64 {
@@ -1269,7 +1350,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1362,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[12]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1375,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{12}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Error) GetCode() Code {
@@ -1349,7 +1430,7 @@ type ReceiptsQuery struct {
 
 func (x *ReceiptsQuery) Reset() {
 	*x = ReceiptsQuery{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1442,7 @@ func (x *ReceiptsQuery) String() string {
 func (*ReceiptsQuery) ProtoMessage() {}
 
 func (x *ReceiptsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[13]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1455,7 @@ func (x *ReceiptsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiptsQuery.ProtoReflect.Descriptor instead.
 func (*ReceiptsQuery) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{13}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReceiptsQuery) GetRef() uint64 {
@@ -1404,7 +1485,7 @@ type RecipientState struct {
 
 func (x *RecipientState) Reset() {
 	*x = RecipientState{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1497,7 @@ func (x *RecipientState) String() string {
 func (*RecipientState) ProtoMessage() {}
 
 func (x *RecipientState) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[14]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1510,7 @@ func (x *RecipientState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecipientState.ProtoReflect.Descriptor instead.
 func (*RecipientState) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{14}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RecipientState) GetUser() string {
@@ -1478,7 +1559,7 @@ type Receipts struct {
 
 func (x *Receipts) Reset() {
 	*x = Receipts{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[15]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1571,7 @@ func (x *Receipts) String() string {
 func (*Receipts) ProtoMessage() {}
 
 func (x *Receipts) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[15]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1584,7 @@ func (x *Receipts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipts.ProtoReflect.Descriptor instead.
 func (*Receipts) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{15}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Receipts) GetRef() uint64 {
@@ -1546,7 +1627,7 @@ type DingEvent struct {
 
 func (x *DingEvent) Reset() {
 	*x = DingEvent{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[16]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1639,7 @@ func (x *DingEvent) String() string {
 func (*DingEvent) ProtoMessage() {}
 
 func (x *DingEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[16]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1652,7 @@ func (x *DingEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DingEvent.ProtoReflect.Descriptor instead.
 func (*DingEvent) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{16}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DingEvent) GetSeq() uint64 {
@@ -1651,7 +1732,7 @@ type Burn struct {
 
 func (x *Burn) Reset() {
 	*x = Burn{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[17]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +1744,7 @@ func (x *Burn) String() string {
 func (*Burn) ProtoMessage() {}
 
 func (x *Burn) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[17]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +1757,7 @@ func (x *Burn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Burn.ProtoReflect.Descriptor instead.
 func (*Burn) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{17}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Burn) GetSeq() uint64 {
@@ -1713,7 +1794,7 @@ type SecretEvent struct {
 
 func (x *SecretEvent) Reset() {
 	*x = SecretEvent{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[18]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1806,7 @@ func (x *SecretEvent) String() string {
 func (*SecretEvent) ProtoMessage() {}
 
 func (x *SecretEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[18]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +1819,7 @@ func (x *SecretEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretEvent.ProtoReflect.Descriptor instead.
 func (*SecretEvent) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{18}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SecretEvent) GetSeq() uint64 {
@@ -1826,7 +1907,7 @@ type SecretCreate struct {
 
 func (x *SecretCreate) Reset() {
 	*x = SecretCreate{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[19]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +1919,7 @@ func (x *SecretCreate) String() string {
 func (*SecretCreate) ProtoMessage() {}
 
 func (x *SecretCreate) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[19]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +1932,7 @@ func (x *SecretCreate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretCreate.ProtoReflect.Descriptor instead.
 func (*SecretCreate) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{19}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SecretCreate) GetRef() uint64 {
@@ -1895,7 +1976,7 @@ type Screenshot struct {
 
 func (x *Screenshot) Reset() {
 	*x = Screenshot{}
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[20]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +1988,7 @@ func (x *Screenshot) String() string {
 func (*Screenshot) ProtoMessage() {}
 
 func (x *Screenshot) ProtoReflect() protoreflect.Message {
-	mi := &file_channels_socket_pb_ding_proto_msgTypes[20]
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2001,7 @@ func (x *Screenshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Screenshot.ProtoReflect.Descriptor instead.
 func (*Screenshot) Descriptor() ([]byte, []int) {
-	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{20}
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Screenshot) GetRef() uint64 {
@@ -2017,10 +2098,16 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\aConfirm\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x16\n" +
-	"\x06answer\x18\x03 \x01(\rR\x06answer\"&\n" +
+	"\x06answer\x18\x03 \x01(\rR\x06answer\"j\n" +
 	"\x02Ok\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"\x1c\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12B\n" +
+	"\x11already_confirmed\x18\x03 \x01(\v2\x15.ding.v1.ConfirmationR\x10alreadyConfirmed\"m\n" +
+	"\fConfirmation\x12\x16\n" +
+	"\x06answer\x18\x01 \x01(\rR\x06answer\x12\x16\n" +
+	"\x06choice\x18\x02 \x01(\tR\x06choice\x12\x18\n" +
+	"\achannel\x18\x03 \x01(\tR\achannel\x12\x13\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x1c\n" +
 	"\x04Pong\x12\x14\n" +
@@ -2173,7 +2260,7 @@ func file_channels_socket_pb_ding_proto_rawDescGZIP() []byte {
 }
 
 var file_channels_socket_pb_ding_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(FrameType)(0),         // 0: ding.v1.FrameType
 	(Kind)(0),              // 1: ding.v1.Kind
@@ -2189,30 +2276,32 @@ var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(*Read)(nil),           // 11: ding.v1.Read
 	(*Confirm)(nil),        // 12: ding.v1.Confirm
 	(*Ok)(nil),             // 13: ding.v1.Ok
-	(*Ping)(nil),           // 14: ding.v1.Ping
-	(*Pong)(nil),           // 15: ding.v1.Pong
-	(*Error)(nil),          // 16: ding.v1.Error
-	(*ReceiptsQuery)(nil),  // 17: ding.v1.ReceiptsQuery
-	(*RecipientState)(nil), // 18: ding.v1.RecipientState
-	(*Receipts)(nil),       // 19: ding.v1.Receipts
-	(*DingEvent)(nil),      // 20: ding.v1.DingEvent
-	(*Burn)(nil),           // 21: ding.v1.Burn
-	(*SecretEvent)(nil),    // 22: ding.v1.SecretEvent
-	(*SecretCreate)(nil),   // 23: ding.v1.SecretCreate
-	(*Screenshot)(nil),     // 24: ding.v1.Screenshot
+	(*Confirmation)(nil),   // 14: ding.v1.Confirmation
+	(*Ping)(nil),           // 15: ding.v1.Ping
+	(*Pong)(nil),           // 16: ding.v1.Pong
+	(*Error)(nil),          // 17: ding.v1.Error
+	(*ReceiptsQuery)(nil),  // 18: ding.v1.ReceiptsQuery
+	(*RecipientState)(nil), // 19: ding.v1.RecipientState
+	(*Receipts)(nil),       // 20: ding.v1.Receipts
+	(*DingEvent)(nil),      // 21: ding.v1.DingEvent
+	(*Burn)(nil),           // 22: ding.v1.Burn
+	(*SecretEvent)(nil),    // 23: ding.v1.SecretEvent
+	(*SecretCreate)(nil),   // 24: ding.v1.SecretCreate
+	(*Screenshot)(nil),     // 25: ding.v1.Screenshot
 }
 var file_channels_socket_pb_ding_proto_depIdxs = []int32{
 	1,  // 0: ding.v1.Submit.kind:type_name -> ding.v1.Kind
 	1,  // 1: ding.v1.Deliver.kind:type_name -> ding.v1.Kind
 	2,  // 2: ding.v1.Receipt.state:type_name -> ding.v1.State
-	3,  // 3: ding.v1.Error.code:type_name -> ding.v1.Code
-	2,  // 4: ding.v1.RecipientState.state:type_name -> ding.v1.State
-	18, // 5: ding.v1.Receipts.recipients:type_name -> ding.v1.RecipientState
-	6,  // [6:6] is the sub-list for method output_type
-	6,  // [6:6] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 3: ding.v1.Ok.already_confirmed:type_name -> ding.v1.Confirmation
+	3,  // 4: ding.v1.Error.code:type_name -> ding.v1.Code
+	2,  // 5: ding.v1.RecipientState.state:type_name -> ding.v1.State
+	19, // 6: ding.v1.Receipts.recipients:type_name -> ding.v1.RecipientState
+	7,  // [7:7] is the sub-list for method output_type
+	7,  // [7:7] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_channels_socket_pb_ding_proto_init() }
@@ -2227,7 +2316,7 @@ func file_channels_socket_pb_ding_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_channels_socket_pb_ding_proto_rawDesc), len(file_channels_socket_pb_ding_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
