@@ -87,12 +87,14 @@ func oneID(g *globals, name string, args []string) (string, error) {
 }
 
 // dingStatus: ding status ID [--wait D]. With --wait it asks again every
-// half second until every recipient's escalation has ended (confirmed,
-// read, exhausted, cancelled…), then prints the last answer; exit 3 if D
-// passes first.
+// half second until every recipient is settled: stopped (confirmed, read,
+// cancelled, removed, refused: "ended" is set) or exhausted (the ledger's
+// last event: nothing more to try, awaiting a confirmation), then prints
+// the last answer; exit 3 if D passes first. A policy of in-app only is
+// never exhausted: it waits for the confirmation.
 func dingStatus(g *globals, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("ding status", flag.ContinueOnError)
-	wait := fs.Duration("wait", 0, "wait up to this long for every recipient's escalation to end, then print (0: print now)")
+	wait := fs.Duration("wait", 0, "wait up to this long for every recipient to be stopped or exhausted, then print (0: print now)")
 	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
@@ -104,7 +106,10 @@ func dingStatus(g *globals, args []string, out io.Writer) error {
 	for {
 		var res struct {
 			Recipients []struct {
-				Ended *string `json:"ended"`
+				Ended  *string `json:"ended"`
+				Events []struct {
+					Event string `json:"event"`
+				} `json:"events"`
 			} `json:"recipients"`
 		}
 		raw, err := g.request("GET", "/v1/dings/"+url.PathEscape(pos[0]), "", nil, 30*time.Second)
@@ -116,7 +121,8 @@ func dingStatus(g *globals, args []string, out io.Writer) error {
 		}
 		open := 0
 		for _, r := range res.Recipients {
-			if r.Ended == nil {
+			exhausted := len(r.Events) > 0 && r.Events[len(r.Events)-1].Event == string(engine.LedgerExhausted)
+			if r.Ended == nil && !exhausted {
 				open++
 			}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -106,5 +107,33 @@ func TestDingCommands(t *testing.T) {
 		if _, err := ctl(t, n, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: err %v, want %q", c.args, err, c.want)
 		}
+	}
+}
+
+// TestDingStatusWait: ding status --wait returns once every recipient is
+// settled, and exits 3 with the last answer when the wait runs out first.
+func TestDingStatusWait(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	for _, args := range [][]string{{"user", "add", "ana", "--name", "Ana"}, {"user", "add", "bo", "--name", "Bo"}} {
+		if _, err := ctl(t, n, args...); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	out, err := ctl(t, n, "ding", "--from", "ana", "--to", "bo", "--policy", "inapp", "wake up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(out)
+	out, err = ctl(t, n, "ding", "status", id, "--wait", "200ms")
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 3 || !strings.Contains(ee.msg, "1 recipients still escalating") || !strings.Contains(out, `"status": "pending"`) {
+		t.Fatalf("an unanswered DING: %v\n%s", err, out)
+	}
+	if _, err := ctl(t, n, "listen", "--user", "bo", "--device", "phone", "--confirm", "0", "--messages", "--count", "1", "--timeout", "5s"); err != nil {
+		t.Fatal(err)
+	}
+	out, err = ctl(t, n, "ding", "status", id, "--wait", "5s")
+	if err != nil || !strings.Contains(out, `"status": "confirmed"`) {
+		t.Fatalf("a confirmed DING: %v\n%s", err, out)
 	}
 }

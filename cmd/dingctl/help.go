@@ -69,7 +69,7 @@ var commands = []command{
 	{"ding", `--from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT`,
 		"send a DING (escalates in-app, SMS, voice until read or confirmed); prints its id",
 		`dingctl ding --from ana --to bo --policy "inapp,sms@5m,voice@15m" "prod is down"`},
-	{"ding status", "ID [--wait D]", "a DING's per-recipient ledger as JSON (--wait: once every recipient's escalation has ended)", "dingctl ding status 01J... --wait 2m"},
+	{"ding status", "ID [--wait D]", "a DING's per-recipient ledger as JSON (--wait: once every recipient is stopped or exhausted)", "dingctl ding status 01J... --wait 2m"},
 	{"ding list", "[--from ID] [--after ID] [--limit N]", "list DINGs as JSON", "dingctl ding list --from ana --limit 10"},
 	{"ding cancel", "ID", "stop every recipient's escalation", "dingctl ding cancel 01J..."},
 	{"policy set", "NAME SPEC", "store an escalation policy", `dingctl policy set oncall "inapp,sms@5m,voice@15m until=confirmed"`},
