@@ -16,7 +16,11 @@
 // an owner, its standby, and spares that become the standby of a new
 // owner after a failover; members that do not serve redirect clients to
 // the owner (NOT_OWNER, channels/socket.Redirector). Secret messages'
-// keys ride with the batches (keys.go). Not built yet: more than one
+// keys ride with the batches (keys.go). ReplicatedStore.SetOwnerOnly is
+// dingd --ack-replicas 0: a batch is acknowledged once durable on the
+// owner (while its lease is known to hold), shipped all the same, so the
+// safety argument below does not cover it: a failover loses what the
+// standby had not applied. Not built yet: more than one
 // partition, cross-partition relay and the cluster-wide directory
 // (DESIGN.md, "Cluster mode").
 //

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,95 @@ type ReplicatedStore struct {
 	// waited for it, or when the first of them was shipped; zero while
 	// none waits. Guarded by mu.
 	waitingSince time.Time
+
+	// ownerOnly: --ack-replicas 0 (SetOwnerOnly). leaseUntil is until
+	// when the owner's lease is known to hold (unix ns), set by whoever
+	// renews it; in owner-only mode nothing is acknowledged after it.
+	ownerOnly  bool
+	leaseUntil atomic.Int64
+	pollDone   chan struct{}
+}
+
+// ErrLeaseUnsure is returned, in owner-only mode, for a batch whose
+// owner could not be sure it still held its lease when the batch became
+// durable: it is not acknowledged (the engine stops writing; the member
+// is deposed or renews).
+var ErrLeaseUnsure = errors.New("cluster: the owner's lease is not known to hold: not acknowledged")
+
+// SetOwnerOnly switches to owner-only durability (dingd --ack-replicas
+// 0): a batch is acknowledged once durable on the owner, while its lease
+// is known to hold (SetLeaseUntil), without waiting for the standby,
+// which is still shipped every batch and may take over. What the standby
+// had not applied when the owner died is then lost: the weaker promise
+// an operator chooses for latency. A background poll reads the standby's
+// acks (to trim what waits for a resend, to notice a newer owner, and to
+// tell a stalled standby) every PollEvery×20. Call it before the first
+// batch; until is the lease's first deadline.
+func (r *ReplicatedStore) SetOwnerOnly(until time.Time) {
+	r.ownerOnly = true
+	r.SetLeaseUntil(until)
+	r.pollDone = make(chan struct{})
+	go r.pollAcks()
+}
+
+// SetLeaseUntil records that the owner's lease holds until t (the time
+// the renewal was sent, plus the lease's TTL, minus a margin).
+func (r *ReplicatedStore) SetLeaseUntil(t time.Time) { r.leaseUntil.Store(t.UnixNano()) }
+
+// AwaitStandby waits, up to ctx's end, until the standby holds every
+// batch shipped so far: in owner-only mode a drain calls it before
+// releasing the lease, so that a planned hand-over loses nothing.
+func (r *ReplicatedStore) AwaitStandby(ctx context.Context) error {
+	for {
+		st := r.Status()
+		if st.Standby == "" {
+			return errors.New("cluster: no standby")
+		}
+		if st.Acked >= st.Shipped {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: the standby holds batches through %d of %d: %w", st.Acked, st.Shipped, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// pollAcks is owner-only mode's reader of the standby's acks.
+func (r *ReplicatedStore) pollAcks() {
+	defer close(r.pollDone)
+	every := 20 * r.PollEvery
+	progress := time.Now()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		acks, err := r.owner.c.Acks(r.ctx, r.owner.p)
+		if err != nil {
+			continue
+		}
+		r.mu.Lock()
+		before := r.owner.acked
+		_, err = r.owner.Observe(r.ctx, acks)
+		if r.owner.acked > before || len(r.owner.unacked) == 0 {
+			progress = time.Now()
+			r.waitingSince = time.Time{}
+			if len(r.owner.unacked) > 0 {
+				r.waitingSince = progress
+			}
+		}
+		if err == nil && len(r.owner.unacked) > 0 && time.Since(progress) >= r.ResendAfter {
+			_ = r.owner.Resend(r.ctx)
+			progress = time.Now()
+			if r.resends != nil {
+				r.resends.Inc()
+			}
+		}
+		r.mu.Unlock()
+	}
 }
 
 // Register exposes the owner's replication metrics on reg (their
@@ -111,6 +201,9 @@ func (r *ReplicatedStore) Stop() { r.cancel() }
 // store.ErrClosed) and closes the local store.
 func (r *ReplicatedStore) Close() error {
 	r.cancel()
+	if r.pollDone != nil {
+		<-r.pollDone
+	}
 	return r.Store.Close()
 }
 
@@ -169,14 +262,35 @@ func (b *replBatch) Apply() error {
 	return b.r.shipBatch(b)
 }
 
-// Wait returns once the batch is durable locally and on the standby.
+// Wait returns once the batch is durable locally and on the standby (in
+// owner-only mode: locally, while the lease holds).
 func (b *replBatch) Wait() error {
 	if p, ok := b.Batch.(store.Pipelined); ok {
 		if err := p.Wait(); err != nil {
 			return err
 		}
 	}
+	if b.r.ownerOnly {
+		return b.r.ownerOnlyCheck()
+	}
 	return b.r.await(b.seq)
+}
+
+// ownerOnlyCheck: a batch durable on the owner is acknowledged unless the
+// owner is fenced, stopped, or not sure of its lease.
+func (b *ReplicatedStore) ownerOnlyCheck() error {
+	b.mu.Lock()
+	fenced := b.owner.fenced
+	b.mu.Unlock()
+	switch {
+	case fenced:
+		return ErrFenced
+	case b.ctx.Err() != nil:
+		return store.ErrClosed
+	case time.Now().UnixNano() >= b.leaseUntil.Load():
+		return ErrLeaseUnsure
+	}
+	return nil
 }
 
 func (b *replBatch) Commit(bool) error {
@@ -206,6 +320,13 @@ func (r *ReplicatedStore) shipBatch(b *replBatch) error {
 	b.seq, err = r.owner.ShipWithKeys(r.ctx, repr, keys)
 	if errors.Is(err, ErrFenced) {
 		return err
+	}
+	if r.ownerOnly && r.owner.standby == "" && r.owner.handTo == "" {
+		// Nobody to resend to: a standby that joins starts from a
+		// snapshot, which holds these batches. (With ack-replicas 1 they
+		// wait for it instead.)
+		r.owner.unacked = r.owner.unacked[:0]
+		r.waitingSince = time.Time{}
 	}
 	return nil // an append that failed stays queued in the Owner: Resend ships it
 }

@@ -646,3 +646,38 @@ func TestClusterTimersFireOnTheNewOwner(t *testing.T) {
 		}
 	}
 }
+
+// --ack-replicas 0: the owner acknowledges with its standby paused
+// (SIGSTOP), before it would drop it (the coordinator still names it
+// while the acks flow); the standby, woken, catches up, and a planned
+// stop of the owner (SIGTERM) waits for it before releasing the lease, so
+// the standby takes over with every acknowledged message.
+func TestClusterAckReplicasZero(t *testing.T) {
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "3s")
+	c.extra = []string{"--ack-replicas", "0"}
+	a, b := c.start()
+	s := startSenders(t, a, 4)
+	nodetest.WaitFor(t, "acks with the standby up", 20*time.Second, func() bool { return s.count() >= 100 })
+	if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	atStop := s.count()
+	nodetest.WaitFor(t, "acks with the standby paused", 20*time.Second, func() bool { return s.count() >= atStop+200 })
+	if sb, err := c.coord.Standby(context.Background(), 0); err != nil || sb != "b" {
+		t.Fatalf("standby %q (%v): the acks above must have come while b was still the (paused) standby", sb, err)
+	}
+	if err := b.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	acked := s.stop()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	b.waitReady(t, 30*time.Second)
+	requireStream(t, b, acked)
+	if !strings.Contains(a.stderr.String(), "ack-replicas 0") {
+		t.Fatalf("the owner did not say it acknowledges alone:\n%s", a.stderr)
+	}
+	t.Logf("%d acknowledged, %d of them while the standby was paused; all on it after the owner's planned stop", len(acked), len(acked)-atStop)
+}

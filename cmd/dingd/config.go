@@ -38,6 +38,7 @@ type config struct {
 	// id and advertised HTTP URL, the shared secret, the lease TTL.
 	Cluster, NodeID, Advertise, ClusterSecret string
 	LeaseTTL                                  time.Duration
+	AckReplicas                               int
 	// AdvertiseSocket is this member's socket listener as clients reach
 	// it; empty: Advertise's host and Listen's port.
 	AdvertiseSocket string
@@ -217,6 +218,9 @@ var settings = []setting{
 	{name: "lease-ttl", env: "DING_LEASE_TTL", def: "3s",
 		help:  "cluster mode: an owner's lease; a dead owner's standby takes over about this long after its death",
 		field: func(c *config) any { return &c.LeaseTTL }},
+	{name: "ack-replicas", env: "DING_ACK_REPLICAS", def: "1",
+		help:  "cluster mode: copies besides the owner's that must hold a batch before a submit is acknowledged: 1 (nothing acknowledged is lost when any one member dies) or 0 (owner-only durability: lower latency; a failover loses what the standby had not applied)",
+		field: func(c *config) any { return &c.AckReplicas }},
 }
 
 // envConfig names the config file when --config is not given.
@@ -408,6 +412,9 @@ func (c *config) validate() error {
 		}
 		if c.LeaseTTL < 100*time.Millisecond {
 			return fmt.Errorf("lease-ttl %v (from %s): want at least 100ms", c.LeaseTTL, c.from["lease-ttl"])
+		}
+		if c.AckReplicas != 0 && c.AckReplicas != 1 {
+			return fmt.Errorf("ack-replicas %d (from %s): want 1 (owner and standby) or 0 (owner only); a partition has one standby", c.AckReplicas, c.from["ack-replicas"])
 		}
 	}
 	if c.IdleTimeout < 300*time.Millisecond {

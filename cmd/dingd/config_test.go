@@ -112,6 +112,7 @@ func TestLoadErrors(t *testing.T) {
 		{"flag int", []string{"--max-body", "lots"}, nil, `invalid value "lots" for flag --max-body: want an integer`},
 		{"unknown flag", []string{"--bogus"}, nil, `unknown flag --bogus; see dingd --help`},
 		{"argument", []string{"serve"}, nil, `unexpected argument "serve"`},
+		{"ack-replicas", []string{"--cluster", "redis://127.0.0.1:1", "--node-id", "a", "--advertise", "http://127.0.0.1:2", "--cluster-secret", "s", "--ack-replicas", "2"}, nil, `^ack-replicas 2 \(from flag\): want 1 \(owner and standby\) or 0 \(owner only\)`},
 		{"log level", file("log-level = \"loud\"\n"), nil, `log-level "loud" \(from file\): want debug, info, warn or error`},
 		{"burn-after below the minimum", []string{"--burn-after", "1s"}, nil, `^burn-after 1s \(from flag\): want 0 \(the default, 30s\) or at least 5s$`},
 		{"negative burn-after", file("burn-after = \"-5s\"\n"), nil, `^burn-after -5s \(from file\): want 0`},
@@ -172,7 +173,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--ding-sender-daily", "-1", "--ding-recipient-interval", "-1ns", "--sms-per-day", "7",
 		"--calls-per-day", "8", "--no-call-fallback", "--burn-after", "45s", "--secret-unread-ttl", "2h",
 		"--cluster", "redis://127.0.0.1:5", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
-		"--advertise-socket", "127.0.0.1:9",
+		"--advertise-socket", "127.0.0.1:9", "--ack-replicas", "0",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))

@@ -55,6 +55,13 @@ type MemberConfig struct {
 	LeaseTTL time.Duration
 	// Started, if set, is called each time this member starts serving.
 	Started func(*Node)
+	// OwnerOnly is dingd --ack-replicas 0: while it serves, a submit is
+	// acknowledged once durable on this member, without waiting for the
+	// standby (still shipped every batch): lower latency, and a failover
+	// loses what the standby had not applied. The default (false) is
+	// --ack-replicas 1: nothing acknowledged is lost when any one member
+	// dies.
+	OwnerOnly bool
 }
 
 // ErrDeposed is returned by RunMember when the member lost its partition
@@ -438,6 +445,11 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		if err := rs.Register(reg); err != nil {
 			return nil, err
 		}
+		if m.mc.OwnerOnly {
+			// The lease was taken or renewed just before serve: half a TTL
+			// is a safe first deadline; the renewals below move it.
+			rs.SetOwnerOnly(time.Now().Add(ttl / 2))
+		}
 		h := cluster.SnapshotHandler(rs, m.c, m.mc.Secret, cfg.DataDir, m.sharedFiles()...)
 		snap.Store(&h)
 		return rs, nil
@@ -534,8 +546,10 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	if m.mc.Started != nil {
 		m.mc.Started(n)
 	}
-	if cur, _ := owner.Standby(); cur == "" {
+	if cur, _ := owner.Standby(); cur == "" && !m.mc.OwnerOnly {
 		m.log.Warn("serving without a standby: submits wait until a member joins (nothing is acknowledged unreplicated)")
+	} else if m.mc.OwnerOnly {
+		m.log.Warn("ack-replicas 0: submits are acknowledged once on this member's disk; a failover loses what the standby had not applied", "standby", cur)
 	}
 	renewed := time.Now()
 	tick := time.NewTicker(ttl / 3)
@@ -554,6 +568,13 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			t := time.AfterFunc(10*time.Second, rs.Stop)
 			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			err := n.Shutdown(sctx)
+			if m.mc.OwnerOnly {
+				// Acknowledged without the standby: let it catch up before
+				// the lease goes, so that a planned stop loses nothing.
+				if aerr := rs.AwaitStandby(sctx); aerr != nil {
+					m.log.Warn("releasing the lease before the standby holds every acknowledged batch (ack-replicas 0)", "err", aerr)
+				}
+			}
 			cancel()
 			t.Stop()
 			// Released only after the drain: every acknowledged batch is on
@@ -575,10 +596,15 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			return m.run(ctx)
 		case <-tick.C:
 		}
+		sent := time.Now()
 		ok, err := m.c.RenewLease(ctx, p, m.mc.ID, owner.Epoch(), ttl)
 		switch {
 		case err == nil && ok:
 			renewed = time.Now()
+			// The lease runs from when the coordinator renewed it, after
+			// sent; a tenth of a TTL covers clocks running at different
+			// rates.
+			rs.SetLeaseUntil(sent.Add(ttl - ttl/10))
 			if st := rs.Status(); st.Standby != "" && st.Stalled > standbyStall*ttl {
 				// The standby stopped acking (dead, cut off): writes wait
 				// for it. Drop it, so that a spare (or it, back) joins from

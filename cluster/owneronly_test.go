@@ -1,0 +1,123 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+)
+
+// TestOwnerOnlyAcknowledgesWithoutTheStandby is --ack-replicas 0: the
+// owner acknowledges once a batch is on its own disk, while its standby
+// is down (with ack-replicas 1 the same submit waits); the standby, back,
+// catches up from the stream (AwaitStandby); once the owner is not sure
+// of its lease, it acknowledges nothing more.
+func TestOwnerOnlyAcknowledgesWithoutTheStandby(t *testing.T) {
+	ctx := context.Background()
+	c := cluster.NewMemCoord(time.Now)
+	const p, ttl = cluster.Partition(0), time.Minute
+	open := func() *pebblestore.DB {
+		st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if err := c.SetStandby(ctx, p, "b"); err != nil {
+		t.Fatal(err)
+	}
+
+	// ack-replicas 1, b not running: a submit waits for b. (Partition 1:
+	// its batches must not enter partition 0's history.)
+	e1, ok, err := c.TakeLease(ctx, 1, "a", 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	strict, err := cluster.NewReplicatedStore(open(), cluster.NewOwner(c, 1, "a", e1, 0, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eStrict := openEngine(t, strict)
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = eStrict.Submit(wctx, engine.Submission{From: "u0", To: []string{"u1"}, Kind: engine.KindText, Body: []byte("waits")})
+	cancel()
+	if err == nil {
+		t.Fatal("ack-replicas 1 acknowledged a batch its standby does not hold")
+	}
+	strict.Stop()
+	_ = eStrict.Close()
+	_ = strict.Close()
+
+	// ack-replicas 0, b still not running: acknowledged.
+	stA, stB := open(), open()
+	defer stB.Close()
+	rs, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs.SetOwnerOnly(time.Now().Add(ttl))
+	e := openEngine(t, rs)
+	defer func() { _ = e.Close(); _ = rs.Close() }()
+	acked := submitN(t, e, "owner-only", 200)
+	if st := rs.Status(); st.Acked != 0 || st.Unacked == 0 {
+		t.Fatalf("with the standby down: %+v, want nothing acked by it and batches waiting for a resend", st)
+	}
+
+	// b comes back and catches up from the stream.
+	_, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = rs.AwaitStandby(actx)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := rs.Status(); st.Unacked != 0 || st.Acked != st.Shipped {
+		t.Fatalf("after the standby caught up: %+v", st)
+	}
+	stopB()
+	eB := openEngine(t, stB)
+	verify(t, eB, acked)
+	_ = eB.Close()
+
+	// Not sure of its lease: nothing more is acknowledged.
+	rs.SetLeaseUntil(time.Now().Add(-time.Second))
+	_, err = e.Submit(ctx, engine.Submission{From: "u0", To: []string{"u1"}, Kind: engine.KindText, Body: []byte("lease unsure")})
+	if err == nil || !errors.Is(err, cluster.ErrLeaseUnsure) && !errors.Is(err, engine.ErrFailed) {
+		t.Fatalf("a submit past the lease's deadline: %v, want it refused", err)
+	}
+}
+
+// TestOwnerOnlyWithoutStandbyKeepsNothingForResend: with no standby, an
+// owner-only owner holds no shipped batch in memory (a standby that joins
+// starts from a snapshot), so memory stays flat however long it runs so.
+func TestOwnerOnlyWithoutStandbyKeepsNothingForResend(t *testing.T) {
+	ctx := context.Background()
+	c := cluster.NewMemCoord(time.Now)
+	epoch, ok, err := c.TakeLease(ctx, 0, "a", 0, time.Minute)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := cluster.NewReplicatedStore(st, cluster.NewOwner(c, 0, "a", epoch, 0, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs.SetOwnerOnly(time.Now().Add(time.Minute))
+	e := openEngine(t, rs)
+	defer func() { _ = e.Close(); _ = rs.Close() }()
+	submitN(t, e, "alone", 100)
+	if s := rs.Status(); s.Unacked != 0 || s.Shipped == 0 {
+		t.Fatalf("%+v: want batches shipped and none kept", s)
+	}
+}
