@@ -35,7 +35,7 @@ func announce(g *globals, args []string, out io.Writer) error {
 	}
 	var res struct{ ID string }
 	if err := g.call("POST", "/v1/announcements", map[string]any{
-		"from": *from, "to": strings.Split(*to, ","), "text": strings.Join(pos, " "), "confirm": *confirm, "client_msg_id": *cid,
+		"from": *from, "to": split(*to), "text": strings.Join(pos, " "), "confirm": *confirm, "client_msg_id": *cid,
 	}, &res); err != nil {
 		return err
 	}

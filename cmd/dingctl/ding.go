@@ -41,7 +41,7 @@ func ding(g *globals, args []string, out io.Writer) error {
 		return exitError{2, "ding: --from, --to and TEXT are required"}
 	}
 	req := map[string]any{
-		"from": *from, "to": strings.Split(*to, ","), "text": strings.Join(pos, " "),
+		"from": *from, "to": split(*to), "text": strings.Join(pos, " "),
 		"critical": *critical, "client_msg_id": *cid,
 	}
 	if *policy != "" {

@@ -51,7 +51,7 @@ var commands = []command{
 	{"token revoke", "--user ID [--device DEV]", "revoke the user's client tokens issued until now (or one device's), for good",
 		"dingctl token revoke --user bo --device phone"},
 	{"send", "--from ID (--to ID[,ID...] | --chat CHATID) [--client-id X] [--forward-of ID] [--quote-of ID] [TEXT | -]",
-		"send a message; prints its id after the durable ack. The body is TEXT, or stdin with - or when stdin is not a terminal",
+		"send a message; prints its id after the durable ack. --to takes user ids, group:ID and dept:ID. The body is TEXT, or stdin with - or when stdin is not a terminal",
 		`dingctl send --from ana --to bo "lunch?"`},
 	{"secret create", "--from ID --to ID --level 1|2|3 [--burn-after 10s] [--json]",
 		"open a secret chat; prints its id (--json: members, pseudonyms, level, burn delay)",
@@ -67,20 +67,20 @@ var commands = []command{
 	{"backup verify", "NAME", "check that a backup opens and reads whole (restore: dingd --restore-from DIR)",
 		"dingctl backup verify nightly-2026-12-04"},
 	{"ding", `--from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT`,
-		"send a DING (escalates in-app, SMS, voice until read or confirmed); prints its id",
+		"send a DING; prints its id. Each recipient escalates until they confirm (or read, with until=read). A policy is steps CHANNEL[@DELAY][*TIMES/EVERY] (channels inapp, sms, voice; a delay in whole seconds, e.g. 30s, 5m) and an optional until=read|confirmed; the default is \"inapp,sms@5m,voice@15m until=confirmed\"",
 		`dingctl ding --from ana --to bo --policy "inapp,sms@5m,voice@15m" "prod is down"`},
 	{"ding status", "ID [--wait D]", "a DING's per-recipient ledger as JSON (--wait: once every recipient is stopped or exhausted)", "dingctl ding status 01J... --wait 2m"},
 	{"ding list", "[--from ID] [--after ID] [--limit N]", "list DINGs as JSON", "dingctl ding list --from ana --limit 10"},
 	{"ding cancel", "ID", "stop every recipient's escalation", "dingctl ding cancel 01J..."},
-	{"policy set", "NAME SPEC", "store an escalation policy", `dingctl policy set oncall "inapp,sms@5m,voice@15m until=confirmed"`},
+	{"policy set", "NAME SPEC", "store an escalation policy: steps CHANNEL[@DELAY][*TIMES/EVERY] (inapp, sms, voice; e.g. sms@1m*3/10m) and until=read|confirmed", `dingctl policy set oncall "inapp,sms@5m,voice@15m until=confirmed"`},
 	{"policy list", "", "list the stored policies as JSON", "dingctl policy list"},
 	{"announce", "[--from ID] --to all|dept:ID|group:ID [--confirm] TEXT", "publish an announcement; prints its id",
 		`dingctl announce --to all --confirm "Office closed Friday"`},
 	{"announce stats", "ID [--unread] [--unconfirmed] [--csv]", "an announcement's counts, read ratio over time, who has not read/confirmed",
 		"dingctl announce stats 01J... --unread"},
-	{"announce reding", "ID [--policy NAME|SPEC] [--unread]", "DING those who have not confirmed (or read) an announcement",
+	{"announce reding", "ID [--from ID] [--policy NAME|SPEC] [--unread]", "DING those who have not confirmed (or read) an announcement",
 		"dingctl announce reding 01J... --policy oncall"},
-	{"stats", "[--from YYYY-MM-DD] [--to YYYY-MM-DD] [--dept A,B] [--top N] [--json]",
+	{"stats", "[--from YYYY-MM-DD] [--to YYYY-MM-DD] [--dept A,B] [--top N]",
 		"per department: messages, DINGs and how they ended, time to read/confirm, SMS and calls vs budget, announcements' read ratios, who leaves DINGs unanswered",
 		"dingctl stats --from 2026-11-01 --dept sre"},
 }
@@ -94,8 +94,14 @@ const globalHelp = `global flags (before or after the command):
   --socket-tls     the socket speaks TLS (dingd --tls-listen)
   --insecure       allow the admin token over plain http:// to a host that is not loopback
 
-The admin token comes from --token, else DING_TOKEN, else DIR/admin.token
-for --data DIR (default ./ding-data, as dingd's default data dir).
+The admin token comes from --token, else --data DIR's admin.token, else
+DING_TOKEN, else ./ding-data/admin.token (dingd's default data dir): a flag
+beats the environment.
+
+Output: JSON for anything with structure, a bare id or line for what a
+script captures (send, ding, announce, secret create); times are RFC 3339.
+Exit status: 0 done, 1 an error (one line on stderr), 2 a usage error,
+3 a wait that timed out (listen --count/--until, ding status --wait).
 `
 
 // usageText is the top-level help.
@@ -142,6 +148,43 @@ func groupHelp(out io.Writer, group string) bool {
 	return true
 }
 
+// suggest names the command closest to a mistyped one, if one is close
+// (at most two edits): "did you mean send?".
+func suggest(cmd string) string {
+	best, bestD := "", 3
+	for _, c := range commands {
+		name, _, _ := strings.Cut(c.name, " ")
+		if d := editDistance(cmd, name); d < bestD {
+			best, bestD = name, d
+		}
+	}
+	if best == "" || best == cmd {
+		return ""
+	}
+	return "; did you mean " + best + "?"
+}
+
+// editDistance is Levenshtein's distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
 // subcommands names group's commands: "add, get, list or remove".
 func subcommands(group string) string {
 	var subs []string
@@ -178,7 +221,12 @@ func commandHelp(out io.Writer, fs *flag.FlagSet) {
 			left += " " + kind
 		}
 		def := ""
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "-1" {
+		switch f.DefValue {
+		case "", "false", "0", "-1", "0s": // zero values: the usage says what they mean
+		default:
+			if strings.Contains(usage, "default") {
+				break // the usage says it
+			}
 			def = fmt.Sprintf(" (default %s)", f.DefValue)
 		}
 		fmt.Fprintf(&flags, "  %-20s %s%s\n", left, usage, def)

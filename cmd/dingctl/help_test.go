@@ -5,6 +5,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
 // TestEveryCommandHasHelp asks each command of the usage text for its
@@ -81,6 +84,47 @@ func TestMistypedFlagIsOneLine(t *testing.T) {
 		var ee exitError
 		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, c.want) || strings.Contains(ee.msg, "\n") || out.Len() != 0 {
 			t.Errorf("dingctl %v: %v (stdout %q), want exit 2 and one line containing %q", c.args, err, out.String(), c.want)
+		}
+	}
+}
+
+// TestDataFlagBeatsTheEnvironment: an explicit --data wins over a stale
+// DING_TOKEN (a flag beats the environment), and a refused token names
+// where it came from.
+func TestDataFlagBeatsTheEnvironment(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	t.Setenv("DING_TOKEN", "stale")
+	if _, err := ctl(t, n, "user", "add", "ana", "--name", "Ana"); err != nil {
+		t.Fatalf("--data with a stale DING_TOKEN: %v", err)
+	}
+	var out bytes.Buffer
+	err := run([]string{"--server", "http://" + n.HTTPAddr(), "user", "list"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "UNAUTHENTICATED") || !strings.Contains(err.Error(), "(the admin token from DING_TOKEN)") {
+		t.Fatalf("DING_TOKEN alone: %v, want it refused and named", err)
+	}
+	err = run([]string{"--server", "http://" + n.HTTPAddr(), "--token", "other", "user", "list"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "(the admin token from --token)") {
+		t.Fatalf("--token: %v", err)
+	}
+}
+
+// TestWrongAddressesGetHints: the mistakes of a first hour (the scheme
+// left out, a URL for the socket, a typo in a command, nothing listening)
+// are one line saying what to do.
+func TestWrongAddressesGetHints(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token", "t", "--server", "127.0.0.1:7080", "user", "list"}, "want a URL: http://127.0.0.1:7080"},
+		{[]string{"--token", "t", "--socket", "http://127.0.0.1:7070", "listen", "--user", "a", "--device", "b"}, "want HOST:PORT"},
+		{[]string{"sned"}, "did you mean send?"},
+		{[]string{"--token", "t", "--server", "http://127.0.0.1:1", "user", "list"}, "is dingd running?"},
+	} {
+		var out bytes.Buffer
+		err := run(c.args, &out)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("dingctl %v: %v, want one line containing %q", c.args, err, c.want)
 		}
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/client"
@@ -72,7 +73,27 @@ type globals struct {
 	socketTLS, insecure bool
 	// out is where help goes (stdout: asking for help is not an error).
 	out io.Writer
+	// envToken is DING_TOKEN; tokenSet and dataSet: --token, --data given
+	// on the command line (a flag beats the environment).
+	envToken          string
+	tokenSet, dataSet bool
+	// tokenFrom says where the admin token came from, for errors.
+	tokenFrom string
 }
+
+// setFlag is a string flag that also records it was given.
+type setFlag struct {
+	v   *string
+	set *bool
+}
+
+func (f setFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return *f.v
+}
+func (f setFlag) Set(s string) error { *f.v, *f.set = s, true; return nil }
 
 // tlsConfig verifies the server with --ca, or the system's roots.
 func (g *globals) tlsConfig() (*tls.Config, error) {
@@ -95,8 +116,11 @@ func (g *globals) tlsConfig() (*tls.Config, error) {
 // not this machine, unless --insecure.
 func (g *globals) checkServer() error {
 	u, err := url.Parse(g.server)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("--server %q: want a URL such as https://ding.example.com:7080", g.server)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		if !strings.Contains(g.server, "://") {
+			return fmt.Errorf("--server %q: want a URL: http://%s (or https:// when dingd has --tls-cert)", g.server, g.server)
+		}
+		return fmt.Errorf("--server %q: want a URL such as http://127.0.0.1:7080 or https://ding.example.com:7080", g.server)
 	}
 	if u.Scheme == "https" || g.insecure {
 		return nil
@@ -109,8 +133,8 @@ func (g *globals) checkServer() error {
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.token, "token", g.token, "admin token (env DING_TOKEN)")
-	fs.StringVar(&g.data, "data", g.data, "data dir whose admin.token to use")
+	fs.Var(setFlag{&g.token, &g.tokenSet}, "token", "admin token (env DING_TOKEN)")
+	fs.Var(setFlag{&g.data, &g.dataSet}, "data", "data dir whose admin.token to use (beats DING_TOKEN)")
 	fs.StringVar(&g.server, "server", g.server, "admin API URL (env DING_SERVER)")
 	fs.StringVar(&g.socket, "socket", g.socket, "client socket address; in a cluster, several: HOST:PORT,HOST:PORT (env DING_SOCKET)")
 	fs.StringVar(&g.ca, "ca", g.ca, "PEM file of the CA that signed the server's certificate (HTTPS, --socket-tls); default: the system's roots (env DING_CA)")
@@ -138,7 +162,7 @@ func dispatch(args []string, out io.Writer) error {
 		_, err := fmt.Fprintln(out, buildinfo.String("dingctl"))
 		return err
 	}
-	g := &globals{token: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070"),
+	g := &globals{envToken: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070"),
 		ca: os.Getenv("DING_CA"), out: out}
 	fs := flag.NewFlagSet("dingctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -222,7 +246,7 @@ func dispatch(args []string, out io.Writer) error {
 	case "cluster":
 		return clusterCmd(g, rest, out)
 	}
-	return exitError{2, "unknown command " + cmd + " (see dingctl --help)"}
+	return exitError{2, "unknown command " + cmd + suggest(cmd) + " (see dingctl --help)"}
 }
 
 // parse parses a subcommand's flags, allowing flags after positional args.
@@ -246,18 +270,27 @@ func parse(fs *flag.FlagSet, g *globals, args []string) ([]string, error) {
 	}
 }
 
+// adminToken is --token, else --data DIR's admin.token, else DING_TOKEN,
+// else ./ding-data/admin.token: a flag beats the environment.
 func (g *globals) adminToken() (string, error) {
-	if g.token != "" {
+	switch {
+	case g.tokenSet && g.token != "":
+		g.tokenFrom = "--token"
 		return g.token, nil
+	case !g.dataSet && g.envToken != "":
+		g.tokenFrom = "DING_TOKEN"
+		return g.envToken, nil
 	}
 	dir := g.data
 	if dir == "" {
 		dir = "ding-data"
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	path := filepath.Join(dir, "admin.token")
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("no admin token: pass --token, set DING_TOKEN, or --data DIR (%v)", err)
+		return "", fmt.Errorf("no admin token: pass --token, set DING_TOKEN, or --data DIR, the server's data dir (%v)", err)
 	}
+	g.tokenFrom = path
 	return strings.TrimSpace(string(b)), nil
 }
 
@@ -279,11 +312,11 @@ func (g *globals) call(method, path string, in, out any) error {
 // request does one admin API request and returns the answer's body; an
 // error answer comes back as one line, "CODE: detail".
 func (g *globals) request(method, path, contentType string, body io.Reader, timeout time.Duration) ([]byte, error) {
-	tok, err := g.adminToken()
-	if err != nil {
+	if err := g.checkServer(); err != nil {
 		return nil, err
 	}
-	if err := g.checkServer(); err != nil {
+	tok, err := g.adminToken()
+	if err != nil {
 		return nil, err
 	}
 	tc, err := g.tlsConfig()
@@ -300,7 +333,14 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 	}
 	resp, err := (&http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: tc}}).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach %s: %v", g.server, err)
+		hint := ""
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			hint = ": nothing listens there; is dingd running? (--server or DING_SERVER names its HTTP port)"
+		case strings.Contains(err.Error(), "malformed HTTP"):
+			hint = ": that is not dingd's HTTP port (the socket port? --server names the HTTP port, 7080 by default)"
+		}
+		return nil, fmt.Errorf("cannot reach %s: %v%s", g.server, err, hint)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
@@ -312,7 +352,14 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 			Error struct{ Code, Detail string } `json:"error"`
 		}
 		if json.Unmarshal(raw, &e) == nil && e.Error.Code != "" {
-			return nil, fmt.Errorf("%s: %s", e.Error.Code, strings.ReplaceAll(e.Error.Detail, "\n", " "))
+			detail := strings.ReplaceAll(e.Error.Detail, "\n", " ")
+			switch {
+			case resp.StatusCode == http.StatusUnauthorized:
+				detail += " (the admin token from " + g.tokenFrom + ")"
+			case resp.Header.Get("Retry-After") != "":
+				detail += " (retry after " + resp.Header.Get("Retry-After") + "s)"
+			}
+			return nil, fmt.Errorf("%s: %s", e.Error.Code, detail)
 		}
 		return nil, fmt.Errorf("server answered %s", resp.Status)
 	}
@@ -469,12 +516,17 @@ func send(g *globals, args []string, out io.Writer) error {
 	} else if len(pos) == 0 {
 		text = ""
 	}
-	if *from == "" || (*to == "") == (*chat == "") || (len(pos) == 0 && text == "" && isTerminal(stdin)) {
-		return exitError{2, "send: --from, TEXT (or - for stdin), and either --to or --chat are required"}
+	switch {
+	case *from == "":
+		return exitError{2, "send: --from is required (the sender's user id)"}
+	case (*to == "") == (*chat == ""):
+		return exitError{2, "send: give either --to or --chat: recipients, or a secret chat (not both)"}
+	case len(pos) == 0 && text == "" && isTerminal(stdin):
+		return exitError{2, "send: no text: give TEXT, or - to read it from stdin"}
 	}
 	req := map[string]any{"from": *from, "text": text, "client_msg_id": *cid}
 	if *to != "" {
-		req["to"] = strings.Split(*to, ",")
+		req["to"] = split(*to)
 	}
 	for k, v := range map[string]string{"chat": *chat, "forward_of": *fwd, "quote_of": *quote} {
 		if v != "" {
@@ -506,6 +558,9 @@ func listen(g *globals, args []string, out io.Writer) error {
 	}
 	if *user == "" || *device == "" {
 		return exitError{2, "listen: --user and --device are required"}
+	}
+	if strings.Contains(g.socket, "://") {
+		return exitError{2, fmt.Sprintf("listen: --socket %q: want HOST:PORT, the client socket (7070 by default), not a URL", g.socket)}
 	}
 	switch *until {
 	case "", "message":
