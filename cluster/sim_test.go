@@ -56,8 +56,13 @@ func TestSimulation(t *testing.T) {
 		}
 	}
 	// The schedules must reach the situations the argument is about, or
-	// the test proves nothing.
+	// the test proves nothing (a quick run of fewer than 1,000 schedules
+	// may not: it only says what it met).
 	t.Logf("%d schedules: %+v", n, stats)
+	if n < 1000 {
+		t.Logf("fewer than 1,000 schedules: not checking that every situation was met")
+		return
+	}
 	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}

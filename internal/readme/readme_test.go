@@ -16,9 +16,10 @@ import (
 // The README's tour is run as one bash script, the way a reader follows
 // it in one shell, with these conventions:
 //
-//   - `go run ./cmd/NAME ARGS` runs the binary built once for the test;
-//     dingctl waits until dingd answers /readyz first, as a reader waits
-//     for dingd's start line.
+//   - `go run ./cmd/NAME ARGS` runs the binary built once for the test,
+//     and `make build` leaves them in bin/; dingctl (either way) waits
+//     until dingd answers /readyz first, as a reader waits for dingd's
+//     start line.
 //   - A line whose comment starts "# error: CODE" must fail, with CODE in
 //     its one-line error.
 //   - `<!-- readme-test: stop-server -->` before a block stops the dingd
@@ -102,6 +103,12 @@ go() {
 	esac
 }
 
+# make build: the binaries are built once for the test, from this
+# checkout, into bin/ (whose dingctl waits for dingd first, as go run's).
+make() {
+	if [ "$*" != build ]; then echo "readme: only make build is provided" >&2; return 2; fi
+}
+
 # wait_ready: until dingd's /readyz answers 200 (a reader waits for its
 # start line), at most a minute.
 wait_ready() {
@@ -127,7 +134,7 @@ readyz() {
 # has exited.
 stop_server() {
 	local pid; pid=$(cat dingd.pid)
-	kill -INT "$pid"
+	kill -INT "$pid" 2>/dev/null || true # the README may have stopped it
 	wait "$pid" || true
 	rm dingd.pid
 }
@@ -177,6 +184,19 @@ func TestReadmeTour(t *testing.T) {
 	if err := os.Symlink(filepath.Join(root, "examples"), filepath.Join(work, "examples")); err != nil {
 		t.Fatal(err)
 	}
+	// bin/ as make build leaves it; its dingctl first waits for dingd's
+	// /readyz (a reader waits for dingd's start line), then is the real one.
+	if err := os.Mkdir(filepath.Join(work, "bin"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := "#!/usr/bin/env bash\nsource \"$READMEFUNCS\"\nwait_ready\nexec \"$BIN/dingctl\" \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(work, "bin", "dingctl"), []byte(wrapper), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	funcs := prelude[strings.Index(prelude, "# wait_ready:"):strings.Index(prelude, "# stop_server:")]
+	if err := os.WriteFile(filepath.Join(work, "readmefuncs.sh"), []byte(funcs), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	script := prelude + body + "\ntrap - DEBUG\nstop_server\necho 'readme: the tour ran to its end'\n"
 	if err := os.WriteFile(filepath.Join(work, "tour.sh"), []byte(script), 0o600); err != nil {
 		t.Fatal(err)
@@ -185,7 +205,7 @@ func TestReadmeTour(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "tour.sh")
 	cmd.Dir = work
-	cmd.Env = append(os.Environ(), "BIN="+bin, "DING_TOKEN=", "DING_SERVER=", "DING_SOCKET=")
+	cmd.Env = append(os.Environ(), "BIN="+bin, "READMEFUNCS="+filepath.Join(work, "readmefuncs.sh"), "DING_TOKEN=", "DING_SERVER=", "DING_SOCKET=")
 	// Its own process group, so that everything the tour started in the
 	// background ends with it.
 	cmd.SysProcAttr = processGroup()
