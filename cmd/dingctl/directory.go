@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -93,7 +94,13 @@ func dept(g *globals, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return g.printCall(out, "PUT", idPath("/v1/departments", id), map[string]string{"name": *name, "parent": *parent})
+		if err := g.printCall(out, "PUT", idPath("/v1/departments", id), map[string]string{"name": *name, "parent": *parent}); err != nil {
+			return err
+		}
+		if g.status == http.StatusOK {
+			fmt.Fprintf(os.Stderr, "dingctl: department %s existed: updated (dept add creates, renames or moves)\n", id)
+		}
+		return nil
 	case "get":
 		id, err := oneArg(g, flag.NewFlagSet("dept get", flag.ContinueOnError), args)
 		if err != nil {
@@ -129,7 +136,13 @@ func group(g *globals, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return g.printCall(out, "PUT", idPath("/v1/groups", id), map[string]any{"name": *name, "members": split(*members)})
+		if err := g.printCall(out, "PUT", idPath("/v1/groups", id), map[string]any{"name": *name, "members": split(*members)}); err != nil {
+			return err
+		}
+		if g.status == http.StatusOK {
+			fmt.Fprintf(os.Stderr, "dingctl: group %s existed: its name and members replaced (group members --add/--remove changes some)\n", id)
+		}
+		return nil
 	case "members":
 		fs := flag.NewFlagSet("group members", flag.ContinueOnError)
 		add := fs.String("add", "", "user ids to add, comma-separated")

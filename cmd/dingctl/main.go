@@ -79,6 +79,8 @@ type globals struct {
 	tokenSet, dataSet bool
 	// tokenFrom says where the admin token came from, for errors.
 	tokenFrom string
+	// status is the last answer's HTTP status (201 created, 200 updated).
+	status int
 }
 
 // setFlag is a string flag that also records it was given.
@@ -343,6 +345,7 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 		return nil, fmt.Errorf("cannot reach %s: %v%s", g.server, err, hint)
 	}
 	defer resp.Body.Close()
+	g.status = resp.StatusCode
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return nil, err
