@@ -555,6 +555,27 @@ func NewFollower(c Coord, p Partition, node string, st store.Store, init Standby
 	return f, nil
 }
 
+// NewFollowerFromSnapshot is NewFollower for a store just installed from
+// an owner's snapshot (FetchSnapshot, ReplicatedStore.Snapshot): it
+// starts at snap, the snapshot's state, whatever state the copied store
+// holds (an owner that took over keeps the state it took over with, far
+// behind the snapshot: a follower starting there would wait for entries
+// the bounded stream no longer holds).
+func NewFollowerFromSnapshot(c Coord, p Partition, node string, st store.Store, snap StandbyState) (*Follower, error) {
+	if snap.FenceEpoch == 0 {
+		return nil, fmt.Errorf("cluster: a snapshot of partition %d without a fence", p)
+	}
+	snap.Cursor, snap.Demoted = "", false // its stream position is its own to find
+	b := st.NewBatch()
+	b.Set(StateKey(p), encodeState(snap))
+	err := b.Commit(true)
+	b.Close()
+	if err != nil {
+		return nil, err
+	}
+	return NewFollower(c, p, node, st, snap)
+}
+
 // Standby returns the protocol side, for TakeOver and State.
 func (f *Follower) Standby() *Standby { return f.sb }
 

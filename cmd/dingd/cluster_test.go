@@ -681,3 +681,51 @@ func TestClusterAckReplicasZero(t *testing.T) {
 	}
 	t.Logf("%d acknowledged, %d of them while the standby was paused; all on it after the owner's planned stop", len(acked), len(acked)-atStop)
 }
+
+// A member that joins long after a takeover (more batches since than the
+// stream keeps) starts from the snapshot it fetched, not from the state
+// the new owner's store kept from its takeover: it catches up and acks.
+// (It waited forever for entries from before the snapshot, which the
+// bounded stream had trimmed: the owner then dropped it, again and again.)
+func TestClusterStandbyJoinsLongAfterATakeover(t *testing.T) {
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	a, b := c.start()
+	spare := c.member("c")
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	b.waitReady(t, 20*time.Second)
+	c.waitStandby("c")
+	shipped := func() uint64 {
+		var st struct {
+			Shipped uint64 `json:"shipped_seq"`
+		}
+		if code := b.admin(t, "GET", "/v1/cluster", nil, &st); code != 200 {
+			t.Fatalf("b's /v1/cluster: %d", code)
+		}
+		return st.Shipped
+	}
+	atJoin := shipped()
+	s := startSenders(t, b, 4)
+	nodetest.WaitFor(t, "more batches than the stream keeps", 60*time.Second, func() bool { return shipped() > atJoin+1200 })
+	// The standby dies; a, back with an empty data dir, joins from b's
+	// snapshot in its place.
+	if err := spare.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-spare.exited
+	atKill := s.count()
+	sinceTakeover := shipped() - atJoin
+	a2 := c.member("a")
+	c.waitStandby("a")
+	nodetest.WaitFor(t, "acks with a as the standby", 30*time.Second, func() bool { return s.count() >= atKill+200 })
+	acked := s.stop()
+	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-b.exited
+	a2.waitReady(t, 20*time.Second)
+	requireStream(t, a2, acked)
+	t.Logf("%d acknowledged; a joined more than %d batches after c did and holds them all", len(acked), sinceTakeover)
+}

@@ -290,11 +290,23 @@ func (m *member) join(ctx context.Context, holder string) error {
 			m.pause(ctx)
 			continue
 		}
+		// This member's fence never moves back: an owner the coordinator
+		// wrongly names (its state rolled back) must not overwrite a newer
+		// history this member holds.
+		if cur, held, err := m.localState(); err != nil {
+			_ = os.RemoveAll(tmp)
+			return err
+		} else if err := cluster.CheckSnapshot(cur, held, st); err != nil {
+			_ = os.RemoveAll(tmp)
+			m.log.Warn("refusing the owner's snapshot", "owner", holder, "err", err)
+			m.pause(ctx)
+			continue
+		}
 		if err := m.install(tmp); err != nil {
 			return err
 		}
 		m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
-		return m.standby(ctx, st, func() error {
+		return m.follow(ctx, st, true, func() error {
 			return cluster.RequestStandby(ctx, http.DefaultClient, addr, m.mc.Secret, m.mc.ID)
 		})
 	}
@@ -334,6 +346,13 @@ func (m *member) install(tmp string) error {
 // takes it over and serves. ready, if set, runs once the follower runs
 // (to ask the owner to name this member).
 func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready func() error) error {
+	return m.follow(ctx, st, false, ready)
+}
+
+// follow is standby; fromSnapshot: the store was just installed from a
+// snapshot whose state is st (which then wins over the state the copied
+// store holds: cluster.NewFollowerFromSnapshot).
+func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapshot bool, ready func() error) error {
 	db, err := pebblestore.Open(m.storeDir(), pebblestore.Options{Logger: m.log})
 	if err != nil {
 		return err
@@ -344,7 +363,11 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 		return fmt.Errorf("node: %w", err)
 	}
 	closeStores := func() { ring.Close(); db.Close() }
-	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, st)
+	newFollower := cluster.NewFollower
+	if fromSnapshot {
+		newFollower = cluster.NewFollowerFromSnapshot
+	}
+	f, err := newFollower(m.c, memberPartition, m.mc.ID, db, st)
 	if err != nil {
 		closeStores()
 		return err
