@@ -20,7 +20,8 @@
 // dingd --ack-replicas 0: a batch is acknowledged once durable on the
 // owner (while its lease is known to hold), shipped all the same, so the
 // safety argument below does not cover it: a failover loses what the
-// standby had not applied. Not built yet: more than one
+// standby had not applied. Members recover a partition whose coordinator
+// state is lost (RecoveryChoice, below). Not built yet: more than one
 // partition, cross-partition relay and the cluster-wide directory
 // (DESIGN.md, "Cluster mode").
 //
@@ -78,6 +79,17 @@
 //     and counts its acks, whose snapshot includes the entry: at every
 //     moment the node the coordinator names holds every acknowledged
 //     batch.
+//
+// When the coordinator has lost the partition's state altogether (no
+// lease, no standby named: a Redis failover that dropped the latest
+// writes, or a flush), rule 3 leaves nobody allowed to take over. The
+// members then recover it from their own records (RecoveryChoice,
+// Standby.Recover; internal/node/recover.go gathers them): only once
+// every member has reported its fence, the newest epoch's owner, or else
+// the longest history fenced at that epoch (which holds every batch
+// acknowledged at it: rules 1 and 2), takes the lease above every fence.
+// Waiting for every member is the price: the one not answering might
+// hold the newest history.
 //
 // The one fact taken from the coordinator on trust is which node is the
 // standby (rule 3): a coordinator that rolled back a standby change could

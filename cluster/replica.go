@@ -357,3 +357,113 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 	}
 	return NewOwner(s.c, s.p, s.node, epoch, s.st.Seq, ""), nil
 }
+
+// Fence is what a member reports of its copy of a partition when the
+// coordinator has lost the partition's state (RecoveryChoice).
+type Fence struct {
+	Member string `json:"member"`
+	// Held: the member holds a history of the partition (else the rest
+	// is zero).
+	Held    bool   `json:"held"`
+	Epoch   uint64 `json:"epoch"` // its fence: the newest epoch it has seen
+	Owner   string `json:"owner"` // that epoch's owner (itself: it owned it)
+	Seq     uint64 `json:"seq"`   // its history runs through Seq (an owner's: a lower bound)
+	Demoted bool   `json:"demoted,omitempty"`
+	// Serving: it serves the partition now (it holds a lease it has not
+	// lost yet): no recovery is needed.
+	Serving bool `json:"serving,omitempty"`
+	// Drained: it holds no role and takes none (dingctl cluster drain).
+	Drained bool `json:"drained,omitempty"`
+	// Peers are the members it knows of, by id, with their HTTP address.
+	Peers map[string]string `json:"peers,omitempty"`
+}
+
+// ErrNoRecovery is returned by RecoveryChoice when no member may recover
+// the partition from the fences given.
+var ErrNoRecovery = errors.New("cluster: no member may recover the partition")
+
+// RecoveryChoice picks the member that recovers a partition whose
+// coordinator state is lost (no lease, no standby named, epochs maybe
+// rolled back), from the fences of every member of the cluster, which the
+// caller must have gathered all of (a member that does not answer may
+// hold the newest history; only members drained for good may be left
+// out). The newest epoch any member has seen, E, is the last one granted
+// that anyone acted on. Its owner holds every batch it acknowledged, so it
+// is chosen if it answered with a history. Otherwise (its disk was lost)
+// every batch acknowledged at E is on E's standby, and every member fenced
+// at E holds a prefix of E's owner's history (rule 1), so the one with the
+// longest history among them holds them all: it is chosen (ties: the
+// smallest id). Older epochs' batches are in E's history (rule 3).
+func RecoveryChoice(fences []Fence) (string, error) {
+	var top uint64
+	for _, f := range fences {
+		if f.Serving {
+			return "", fmt.Errorf("%w: %s serves it", ErrNoRecovery, f.Member)
+		}
+		if f.Held && f.Epoch > top {
+			top = f.Epoch
+		}
+	}
+	if top == 0 {
+		return "", fmt.Errorf("%w: no member holds a history of it", ErrNoRecovery)
+	}
+	best := -1
+	for i, f := range fences {
+		if !f.Held || f.Epoch != top {
+			continue
+		}
+		if f.Owner == f.Member {
+			if best < 0 || fences[best].Owner != fences[best].Member || f.Member < fences[best].Member {
+				best = i
+			}
+			continue
+		}
+		if best >= 0 && fences[best].Owner == fences[best].Member {
+			continue
+		}
+		if best < 0 || f.Seq > fences[best].Seq || (f.Seq == fences[best].Seq && f.Member < fences[best].Member) {
+			best = i
+		}
+	}
+	return fences[best].Member, nil
+}
+
+// Recover makes this node, chosen by RecoveryChoice, the partition's
+// owner after its coordinator lost the partition's state: it takes the
+// lease with an epoch above floor (the newest epoch any member has seen)
+// and its own fence, records it, and continues the history at next (above
+// every Seq any member reported). Unlike TakeOver it does not ask the
+// coordinator whether this node is the standby: the coordinator no longer
+// knows, and RecoveryChoice, over every member's own records, decided.
+func (s *Standby) Recover(ctx context.Context, ttl time.Duration, floor, next uint64) (*Owner, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.st.FenceEpoch == 0 {
+		return nil, fmt.Errorf("cluster: %s has no history of partition %d to recover", s.node, s.p)
+	}
+	floor = max(floor, s.st.FenceEpoch)
+	epoch, ok, err := s.c.TakeLease(ctx, s.p, s.node, floor, ttl)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, ErrLeaseHeld
+	}
+	if epoch <= floor {
+		return nil, fmt.Errorf("cluster: lease epoch %d not above %d", epoch, floor)
+	}
+	if next <= s.st.Seq {
+		next = s.st.Seq + 1
+	}
+	s.st = StandbyState{FenceEpoch: epoch, FenceOwner: s.node, Seq: next - 1}
+	if err := s.log.SaveState(s.st); err != nil {
+		return nil, err
+	}
+	if err := s.c.SetStandby(ctx, s.p, ""); err != nil {
+		return nil, err
+	}
+	if err := s.c.PutAck(ctx, s.p, Ack{Standby: s.node, Epoch: epoch, Owner: s.node, Seq: s.st.Seq}); err != nil {
+		return nil, err
+	}
+	return NewOwner(s.c, s.p, s.node, epoch, s.st.Seq, ""), nil
+}

@@ -10,13 +10,12 @@ import (
 	"github.com/dingmq/ding/internal/redistest"
 )
 
-// Run with `make chaos`. Not in `make test`: when the killed master's
-// replica was promoted without the partition's latest coordinator writes
-// (Redis replicates asynchronously), the coordinator can lose the lease,
-// epoch and standby name altogether; the standby then safely refuses to
-// found a new cluster over its store, and the pair stays down until an
-// operator acts (see README, Known limits). It passes when the failover
-// kept the state.
+// Run with `make chaos`. When the killed master's replica was promoted
+// without the partition's latest coordinator writes (Redis replicates
+// asynchronously), the coordinator may lose the lease, epoch and standby
+// name altogether; the members then recover the partition together
+// (internal/node/recover.go; TestClusterRecoversWhenRedisLosesItsState
+// shows it in make test, with FLUSHALL).
 
 // The pair on a real Redis Cluster (3 masters, 3 replicas): the master
 // holding the partition's slot is killed with SIGKILL while clients send.

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -728,4 +729,70 @@ func TestClusterStandbyJoinsLongAfterATakeover(t *testing.T) {
 	a2.waitReady(t, 20*time.Second)
 	requireStream(t, a2, acked)
 	t.Logf("%d acknowledged; a joined more than %d batches after c did and holds them all", len(acked), sinceTakeover)
+}
+
+// Redis loses everything (FLUSHALL: the lease, the epochs, the standby's
+// name, the members' registry) under load: the members recover by
+// themselves. The owner's renewal fails and it stands by; the members
+// tell one another their fences; the one cluster.RecoveryChoice names
+// (the old owner, or its standby, which holds every acknowledged batch)
+// takes the partition at an epoch above every fence and serves, and
+// another member joins it as its standby from its snapshot. Every
+// message acknowledged before or after is there: after a kill -9 of the
+// recovered owner, its standby serves them all.
+func TestClusterRecoversWhenRedisLosesItsState(t *testing.T) {
+	rs := redistest.Start(t)
+	c := newPair(t, "redis://"+rs.Addr, "1s")
+	a, b := c.start()
+	spare := c.member("c")
+	procs := map[string]*proc{"a": a, "b": b, "c": spare}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for id, p := range procs {
+				t.Logf("--- %s's log:\n%s", id, p.stderr.String())
+			}
+		}
+	})
+	s := startSenders(t, a, 4)
+	nodetest.WaitFor(t, "acks before the flush", 20*time.Second, func() bool { return s.count() >= 200 })
+	// Every member must have recorded the others (it reads the registry
+	// every third of a lease).
+	for id, p := range procs {
+		nodetest.WaitFor(t, id+"'s record of the members", 10*time.Second, func() bool {
+			raw, err := os.ReadFile(filepath.Join(p.data, "cluster-peers.json"))
+			return err == nil && strings.Contains(string(raw), `"a"`) && strings.Contains(string(raw), `"b"`) && strings.Contains(string(raw), `"c"`)
+		})
+	}
+	rs.FlushAll(t)
+	flushed := time.Now()
+	var owner string
+	nodetest.WaitFor(t, "the recovery", 60*time.Second, func() bool {
+		for id, p := range procs {
+			if strings.Contains(p.stderr.String(), "recovered the partition after the coordinator lost its state") {
+				owner = id
+				return true
+			}
+		}
+		return false
+	})
+	recovered := time.Since(flushed)
+	if owner == "c" {
+		t.Fatal("c, which holds no history, recovered the partition")
+	}
+	atRecovery := s.count()
+	nodetest.WaitFor(t, "acks after the recovery", 60*time.Second, func() bool { return s.count() >= atRecovery+200 })
+	resumed := time.Since(flushed)
+	acked := s.stop()
+	sb, err := c.coord.Standby(context.Background(), 0)
+	if err != nil || sb == "" || sb == owner {
+		t.Fatalf("standby after the recovery: %q %v (owner %s)", sb, err, owner)
+	}
+	if err := procs[owner].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-procs[owner].exited
+	procs[sb].waitReady(t, 20*time.Second)
+	requireStream(t, procs[sb], acked)
+	t.Logf("%d acknowledged; %s recovered the partition %v after Redis lost its state and acks resumed by %v (lease 1s); all on %s, its standby, after its kill -9",
+		len(acked), owner, recovered.Round(time.Millisecond), resumed.Round(time.Millisecond), sb)
 }

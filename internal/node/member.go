@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -108,7 +109,7 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 			return err
 		}
 	}
-	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID)}
+	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir)}
 	m.state.Store(stateSpare)
 	m.metrics = m.standInMetrics()
 	defer m.standOut()
@@ -153,9 +154,22 @@ type member struct {
 	drained atomic.Bool
 	// serving is the owner's replicated store while this member serves.
 	serving atomic.Pointer[cluster.ReplicatedStore]
-	metrics *prometheus.Registry
-	stand   *standIn
-	cache   ownerCache
+	// peers: the members it has seen (recover.go); lastLocal: its store's
+	// state as last read, for its fence while it neither follows nor
+	// serves.
+	peers     *peers
+	lastLocal atomic.Pointer[localCopy]
+	// fenceFresh: lastLocal is this member's store's state now (set when
+	// read; cleared when the member joins, follows or serves, which
+	// change it). While it is not, and the member neither follows nor
+	// serves, its fence is unknown: GET /cluster/fence answers 503, and a
+	// recovery waits rather than count it as holding less than it does.
+	fenceFresh atomic.Bool
+	logMu      sync.Mutex
+	logged     map[string]string
+	metrics    *prometheus.Registry
+	stand      *standIn
+	cache      ownerCache
 }
 
 // socketAddrKey is where a member publishes its socket address (beside
@@ -186,6 +200,11 @@ func (m *member) run(ctx context.Context) error {
 	waiting := ""
 	m.state.Store(stateSpare)
 	m.standIn()
+	// What this member holds, for its fence (recover.go): its store is
+	// closed here, whatever it did before.
+	if _, _, err := m.localState(); err != nil {
+		return err
+	}
 	for ctx.Err() == nil {
 		if m.drained.Load() {
 			return m.stayDrained(ctx)
@@ -201,16 +220,37 @@ func (m *member) run(ctx context.Context) error {
 			continue
 		}
 		switch {
-		case holder == "" && epoch == 0:
-			// A new cluster: the first member founds it, from an empty store.
-			if st, held, err := m.localState(); err != nil {
+		case holder == "" && epoch == 0 && sb == "":
+			st, held, err := m.localState()
+			if err != nil {
 				return err
-			} else if held || st.Seq > 0 || !emptyDir(m.storeDir()) {
+			}
+			if held {
+				// The coordinator lost the partition's state (recover.go).
+				if err := m.recoverPartition(ctx, st); !errors.Is(err, errWaitRecovery) {
+					return err
+				}
+				m.pause(ctx)
+				continue
+			}
+			if !emptyDir(m.storeDir()) {
 				return fmt.Errorf("node: a new cluster starts from an empty data dir; %s holds a store", m.storeDir())
 			}
+			if others := m.otherMembers(ctx); len(others) > 0 {
+				// Not a new cluster: the coordinator lost its state, and
+				// members with histories recover it; this one joins then.
+				m.logOnce("found", "the coordinator knows no partition, but other members exist: waiting for one of them to recover it", "members", strings.Join(others, ","))
+				m.pause(ctx)
+				continue
+			}
+			// A new cluster: the first member founds it, from an empty store.
 			e, ok, err := m.c.TakeLease(ctx, p, m.mc.ID, 0, ttl)
 			if err != nil || !ok {
 				continue
+			}
+			if err := m.recordFounding(e); err != nil {
+				_ = m.c.ReleaseLease(ctx, p, m.mc.ID, e)
+				return err
 			}
 			m.log.Info("founded the cluster's partition", "epoch", e)
 			return m.serve(ctx, cluster.NewOwner(m.c, p, m.mc.ID, e, 0, ""))
@@ -224,6 +264,21 @@ func (m *member) run(ctx context.Context) error {
 			}
 			return m.standby(ctx, st, nil)
 		case holder == "" || holder == m.mc.ID:
+			if sb == "" {
+				// No owner and no standby named: nobody may take over by
+				// the protocol's rule (the standby died or was dropped, or
+				// the coordinator lost its state). Members recover it
+				// together (recover.go).
+				if st, held, err := m.localState(); err != nil {
+					return err
+				} else if held {
+					if err := m.recoverPartition(ctx, st); !errors.Is(err, errWaitRecovery) {
+						return err
+					}
+				}
+				m.pause(ctx)
+				continue
+			}
 			// Free, and this member is not its standby (or it held the lease
 			// before a restart and lost what it needs to serve it): the
 			// standby takes it over; then this member joins.
@@ -251,6 +306,8 @@ func (m *member) run(ctx context.Context) error {
 // has one.
 func (m *member) localState() (cluster.StandbyState, bool, error) {
 	if emptyDir(m.storeDir()) {
+		m.lastLocal.Store(&localCopy{})
+		m.fenceFresh.Store(true)
 		return cluster.StandbyState{}, false, nil
 	}
 	db, err := pebblestore.Open(m.storeDir(), pebblestore.Options{Logger: m.log})
@@ -263,7 +320,46 @@ func (m *member) localState() (cluster.StandbyState, bool, error) {
 		return cluster.StandbyState{}, false, err
 	}
 	st := f.Standby().State()
+	m.lastLocal.Store(&localCopy{st: st, held: st.FenceEpoch > 0})
+	m.fenceFresh.Store(true)
 	return st, st.FenceEpoch > 0, nil
+}
+
+// recordFounding writes the founder's fence (epoch, itself) into its new
+// store, so that after a restart it knows it held the partition (for
+// recovery, recover.go).
+func (m *member) recordFounding(epoch uint64) error {
+	if err := os.MkdirAll(m.storeDir(), 0o700); err != nil {
+		return err
+	}
+	db, err := pebblestore.Open(m.storeDir(), pebblestore.Options{Logger: m.log})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, cluster.StandbyState{})
+	if err != nil {
+		return err
+	}
+	return f.SaveState(cluster.StandbyState{FenceEpoch: epoch, FenceOwner: m.mc.ID})
+}
+
+// otherMembers names the members other than this one that it knows of
+// (its record of them, and the coordinator's registry).
+func (m *member) otherMembers(ctx context.Context) []string {
+	if reg, ok := m.c.(cluster.Registry); ok {
+		if ms, err := reg.Members(ctx); err == nil {
+			_ = m.peers.merge(ms)
+		}
+	}
+	var out []string
+	for id := range m.peers.snapshot() {
+		if id != m.mc.ID {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func emptyDir(dir string) bool {
@@ -275,6 +371,7 @@ func emptyDir(dir string) bool {
 // snapshot, replaces its store and shared files with it, follows, and
 // asks holder to name it.
 func (m *member) join(ctx context.Context, holder string) error {
+	m.fenceFresh.Store(false)
 	m.state.Store(stateJoining)
 	for ctx.Err() == nil && !m.drained.Load() {
 		addr, err := m.c.Addr(ctx, holder)
@@ -353,6 +450,7 @@ func (m *member) standby(ctx context.Context, st cluster.StandbyState, ready fun
 // snapshot whose state is st (which then wins over the state the copied
 // store holds: cluster.NewFollowerFromSnapshot).
 func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapshot bool, ready func() error) error {
+	m.fenceFresh.Store(false)
 	db, err := pebblestore.Open(m.storeDir(), pebblestore.Options{Logger: m.log})
 	if err != nil {
 		return err
@@ -447,6 +545,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 // serve runs the node as the partition's owner until ctx ends or it is
 // deposed.
 func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
+	m.fenceFresh.Store(false)
 	p, ttl := memberPartition, m.mc.LeaseTTL
 	var snap atomic.Pointer[http.Handler]
 	var rs *cluster.ReplicatedStore
@@ -481,6 +580,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	for k, v := range cfg.Routes {
 		routes[k] = v
 	}
+	routes["GET /cluster/fence"] = http.HandlerFunc(m.fenceHandler)
 	routes["/cluster/"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if h := snap.Load(); h != nil {
 			(*h).ServeHTTP(w, r)
@@ -647,6 +747,14 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = n.Shutdown(sctx)
 		cancel()
+		m.serving.Store(nil)
+		if holder, _, lerr := m.c.Lease(ctx, p); lerr == nil && (holder == "" || holder == m.mc.ID) && ctx.Err() == nil {
+			// Nobody else holds it: the lease lapsed, or the coordinator
+			// lost it. Back to the member's loop: its standby takes over
+			// (then this member joins it), or the members recover it.
+			m.log.Warn("the lease is gone and no other member holds it; standing by", "epoch", owner.Epoch())
+			return m.run(ctx)
+		}
 		return ErrDeposed
 	}
 }
@@ -692,6 +800,11 @@ func (m *member) publish(ctx context.Context, reg cluster.Registry) {
 	for {
 		if err := reg.SetMember(ctx, m.mc.ID, m.self(), 3*m.mc.LeaseTTL); err != nil && ctx.Err() == nil {
 			m.log.Debug("publishing this member's status failed", "err", err)
+		}
+		if ms, err := reg.Members(ctx); err == nil {
+			if err := m.peers.merge(ms); err != nil {
+				m.log.Warn("recording the cluster's members failed", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -216,3 +216,13 @@ func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
 	t.Fatalf("no master found for slot %d", slot)
 	return nil
 }
+
+// FlushAll empties s (FLUSHALL): a Redis that lost every write, as a
+// replica promoted before it had any, or an operator's mistake.
+func (s *Server) FlushAll(t testing.TB) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(s.Addr)
+	if out, err := exec.Command(cliBinary(t), "-h", host, "-p", port, "FLUSHALL").CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli FLUSHALL: %v: %s", err, out)
+	}
+}

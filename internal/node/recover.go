@@ -1,0 +1,283 @@
+package node
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+)
+
+// Recovery when the coordinator loses the partition's state.
+//
+// Redis may lose its latest writes in a failover, or everything (a new
+// replica, a flush): the lease, the epoch counter and the standby's name.
+// The members then hold the partition's history between them, but the
+// coordinator no longer says who may serve it, and the protocol's own
+// rule (only the named standby takes over) would leave it down for good.
+// A member that finds no lease and no standby named, and holds a history
+// itself, asks every member it knows of for its fence (GET
+// /cluster/fence, with the cluster secret; members tell of the members
+// they know, so the set is closed transitively), and only when every one
+// has answered (a member drained for good may be left out) does the one
+// cluster.RecoveryChoice names take the lease at an epoch above every
+// fence (cluster.Standby.Recover) and serve; the others then join it as
+// usual. Waiting for every member is what makes it safe: the member that
+// holds the newest acknowledged batches might be the one not answering.
+// A member learns of the others from the coordinator's registry while it
+// has one, and keeps what it learnt in DATA/cluster-peers.json, since the
+// registry is lost with the rest.
+
+// peersFile keeps the members this member has seen, for recovery.
+const peersFile = "cluster-peers.json"
+
+// peer is a member as this member last saw it.
+type peer struct {
+	HTTP string `json:"http"`
+	Role string `json:"role"`
+}
+
+// peers is this member's record of the cluster's members.
+type peers struct {
+	mu   sync.Mutex
+	path string
+	m    map[string]peer
+}
+
+func loadPeers(dataDir string) *peers {
+	p := &peers{path: filepath.Join(dataDir, peersFile), m: map[string]peer{}}
+	if b, err := os.ReadFile(p.path); err == nil {
+		_ = json.Unmarshal(b, &p.m)
+	}
+	return p
+}
+
+// merge records ms (from the registry) and writes the file if anything
+// changed.
+func (p *peers) merge(ms map[string]cluster.Member) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	next := maps.Clone(p.m)
+	for id, mb := range ms {
+		next[id] = peer{HTTP: mb.HTTP, Role: mb.Role}
+	}
+	if maps.Equal(next, p.m) {
+		return nil
+	}
+	b, err := json.MarshalIndent(next, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := p.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, p.path); err != nil {
+		return err
+	}
+	p.m = next
+	return nil
+}
+
+func (p *peers) snapshot() map[string]peer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.m)
+}
+
+// fence is what this member reports of itself (GET /cluster/fence); ok is
+// false while it does not know (fenceFresh).
+func (m *member) fence() (f cluster.Fence, ok bool) {
+	f = cluster.Fence{Member: m.mc.ID, Drained: m.drained.Load(), Peers: map[string]string{}}
+	for id, p := range m.peers.snapshot() {
+		f.Peers[id] = p.HTTP
+	}
+	f.Peers[m.mc.ID] = m.mc.Advertise
+	if rs := m.serving.Load(); rs != nil {
+		st := rs.Status()
+		f.Held, f.Serving, f.Epoch, f.Owner, f.Seq = true, true, st.Epoch, m.mc.ID, st.Shipped
+		return f, true
+	}
+	var st cluster.StandbyState
+	held := false
+	if fl := m.follower.Load(); fl != nil {
+		st, held = fl.Standby().State(), true
+	} else if c := m.lastLocal.Load(); c != nil && m.fenceFresh.Load() {
+		st, held = c.st, c.held
+	} else {
+		return f, false
+	}
+	if held && st.FenceEpoch > 0 {
+		f.Held, f.Epoch, f.Owner, f.Seq, f.Demoted = true, st.FenceEpoch, st.FenceOwner, st.Seq, st.Demoted
+	}
+	return f, true
+}
+
+// localCopy is this member's state as last read from its store.
+type localCopy struct {
+	st   cluster.StandbyState
+	held bool
+}
+
+// fenceHandler serves GET /cluster/fence to members holding the cluster
+// secret.
+func (m *member) fenceHandler(w http.ResponseWriter, r *http.Request) {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(m.mc.Secret)) != 1 {
+		http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
+		return
+	}
+	f, ok := m.fence()
+	if !ok {
+		http.Error(w, "cluster: this member's copy is changing; ask again", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(f)
+}
+
+// askFence asks the member at addr (its advertised HTTP URL) for its
+// fence.
+func (m *member) askFence(ctx context.Context, addr string) (cluster.Fence, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(addr, "/")+"/cluster/fence", nil)
+	if err != nil {
+		return cluster.Fence{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+m.mc.Secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return cluster.Fence{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return cluster.Fence{}, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	var f cluster.Fence
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&f); err != nil {
+		return cluster.Fence{}, err
+	}
+	return f, nil
+}
+
+// errWaitRecovery: recovery cannot be decided yet (a member did not
+// answer, or another is the one to recover); the caller waits and looks
+// again.
+var errWaitRecovery = errors.New("node: recovery waits")
+
+// recoverPartition runs when the coordinator names no owner and no
+// standby and this member holds a history (cur): it gathers every
+// member's fence and, if RecoveryChoice names this member, recovers the
+// partition and serves it. It returns errWaitRecovery when it must wait.
+func (m *member) recoverPartition(ctx context.Context, cur cluster.StandbyState) error {
+	self, _ := m.fence() // its fields below are from cur, read just now
+	self.Held, self.Epoch, self.Owner, self.Seq, self.Demoted = true, cur.FenceEpoch, cur.FenceOwner, cur.Seq, cur.Demoted
+	fences := map[string]cluster.Fence{m.mc.ID: self}
+	known := m.peers.snapshot()
+	if reg, ok := m.c.(cluster.Registry); ok {
+		if ms, err := reg.Members(ctx); err == nil {
+			_ = m.peers.merge(ms)
+			known = m.peers.snapshot()
+		}
+	}
+	queue := slices.Sorted(maps.Keys(known))
+	addr := map[string]string{}
+	for id, p := range known {
+		addr[id] = p.HTTP
+	}
+	var missing []string
+	for len(queue) > 0 {
+		id := queue[0]
+		queue = queue[1:]
+		if _, done := fences[id]; done {
+			continue
+		}
+		f, err := m.askFence(ctx, addr[id])
+		if err != nil || f.Member != id {
+			if known[id].Role == string(stateDrained) {
+				continue // drained for good: it holds no role and takes none
+			}
+			if err == nil {
+				err = fmt.Errorf("answered as %q", f.Member)
+			}
+			missing = append(missing, fmt.Sprintf("%s (%s: %v)", id, addr[id], err))
+			continue
+		}
+		fences[id] = f
+		for pid, paddr := range f.Peers {
+			if _, seen := addr[pid]; !seen {
+				addr[pid] = paddr
+				queue = append(queue, pid)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		m.logOnce("recovery", "the coordinator has lost the partition's state; recovering it waits until every member answers", "waiting_for", strings.Join(missing, ", "))
+		return errWaitRecovery
+	}
+	all := slices.Collect(maps.Values(fences))
+	choice, err := cluster.RecoveryChoice(all)
+	if err != nil {
+		m.logOnce("recovery", "the coordinator has lost the partition's state; no member can recover it yet", "err", err)
+		return errWaitRecovery
+	}
+	if choice != m.mc.ID {
+		m.logOnce("recovery", "the coordinator has lost the partition's state; waiting for the member holding the newest history to recover it", "member", choice)
+		return errWaitRecovery
+	}
+	var floor, next uint64
+	for _, f := range all {
+		floor, next = max(floor, f.Epoch), max(next, f.Seq+1)
+	}
+	owner, err := m.recoverAs(ctx, floor, next)
+	if err != nil {
+		m.log.Warn("recovering the partition failed; retrying", "err", err)
+		return errWaitRecovery
+	}
+	m.log.Warn("recovered the partition after the coordinator lost its state: this member held the newest history", "epoch", owner.Epoch(), "members", len(all))
+	return m.serve(ctx, owner)
+}
+
+// recoverAs takes the partition over from this member's own store.
+func (m *member) recoverAs(ctx context.Context, floor, next uint64) (*cluster.Owner, error) {
+	db, err := pebblestore.Open(m.storeDir(), pebblestore.Options{Logger: m.log})
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, cluster.StandbyState{})
+	if err != nil {
+		return nil, err
+	}
+	return f.Standby().Recover(ctx, m.mc.LeaseTTL, floor, next)
+}
+
+// logOnce logs msg the first time, and again only when what it says
+// changes (a member waiting logs once, not at every look).
+func (m *member) logOnce(key, msg string, args ...any) {
+	line := fmt.Sprint(append([]any{msg}, args...)...)
+	m.logMu.Lock()
+	defer m.logMu.Unlock()
+	if m.logged == nil {
+		m.logged = map[string]string{}
+	}
+	if m.logged[key] == line {
+		return
+	}
+	m.logged[key] = line
+	m.log.Warn(msg, args...)
+}
