@@ -188,6 +188,13 @@ type DingRequest struct {
 	Critical bool
 	// ClientID deduplicates retries, as for Submit.
 	ClientID string
+	// Audience, if not empty, is what the DING's message shows its
+	// recipients as its "to" instead of To: targets ("all", "dept:ID",
+	// "group:ID") or user ids, at most MaxRecipients. A re-DING of an
+	// announcement gives the announcement's audience, so that no
+	// recipient is handed the list of colleagues who have not confirmed.
+	// Escalation, receipts and DingStatus always use To.
+	Audience []string
 }
 
 // Refusal is a recipient a DING does not escalate to, and why. In JSON,
@@ -525,6 +532,14 @@ func (e *Engine) checkDing(r DingRequest) (*dingReq, error) {
 	for _, c := range r.Choices {
 		if strings.TrimSpace(c) == "" || len(c) > 64 {
 			return nil, fmt.Errorf("%w: a choice must have 1 to 64 bytes", ErrBadDing)
+		}
+	}
+	if len(r.Audience) > e.cfg.MaxRecipients {
+		return nil, fmt.Errorf("%w: audience of %d, limit %d", ErrBadDing, len(r.Audience), e.cfg.MaxRecipients)
+	}
+	for _, t := range r.Audience {
+		if t != AllStaff && !targetRE.MatchString(t) && !ValidName(t) {
+			return nil, fmt.Errorf("%w: audience %q is neither a target nor a user id", ErrBadDing, t)
 		}
 	}
 	q := &dingReq{DingRequest: r}

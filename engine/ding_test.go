@@ -930,3 +930,25 @@ func TestRefusalJSONIsSeconds(t *testing.T) {
 		}
 	}
 }
+
+// A DING with an Audience shows it as its message's "to"; escalation and
+// the status still go by To.
+func TestDingAudienceIsWhatRecipientsSee(t *testing.T) {
+	env := newDingEnv(t, memstore.New(), nil)
+	res := env.ding(t, engine.DingRequest{To: []string{"bo", "cy"}, Audience: []string{"dept:ops"}, Policy: "inapp"})
+	for _, u := range []string{"bo", "cy"} {
+		es, err := env.e.Range(u, 1, 10)
+		if err != nil || len(es) != 1 || !slices.Equal(es[0].Message.To, []string{"dept:ops"}) {
+			t.Fatalf("%s's stream: %+v %v", u, es, err)
+		}
+	}
+	if rs := status(t, env.e, res.ID).Recipients; len(rs) != 2 || rs[0].Recipient != "bo" || rs[1].Recipient != "cy" {
+		t.Fatalf("status recipients %+v", rs)
+	}
+	for _, bad := range [][]string{{"a b"}, {"dept:"}, {""}} {
+		_, err := env.e.Ding(context.Background(), engine.DingRequest{From: "ana", To: []string{"bo"}, Text: "x", Audience: bad})
+		if !errors.Is(err, engine.ErrBadDing) {
+			t.Errorf("audience %q: %v, want ErrBadDing", bad, err)
+		}
+	}
+}

@@ -365,8 +365,12 @@ func (c *txn) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 			users = append(users, to)
 		}
 	}
+	shown := users // the message's "to": who it went to in the app, or the audience asked for
+	if len(q.Audience) > 0 {
+		shown = q.Audience
+	}
 	m := &Message{
-		ID: id, From: q.From, To: users, Kind: KindDing, Body: []byte(q.Text),
+		ID: id, From: q.From, To: shown, Kind: KindDing, Body: []byte(q.Text),
 		Created: id.Time(), ClientID: q.ClientID, Choices: q.Choices,
 	}
 	for _, u := range users {

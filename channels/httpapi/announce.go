@@ -20,6 +20,9 @@ import (
 //	GET  /v1/announcements/{id}/stats   ?lists=1 (unread, unconfirmed) &format=csv (one row per recipient; &only=unread|unconfirmed)
 //	GET  /v1/messages/{id}/stats        the same for any message (a group message: who has not read)
 //	POST /v1/announcements/{id}/reding  {"policy"|"policy_name","unread":false,"from"} -> DINGs to the unconfirmed (or unread);
+//	                                    each DING shows its recipients the original's audience as its "to"
+//	                                    (["all"], ["dept:ID"]), never who else has not confirmed; GET
+//	                                    /v1/dings/{id} lists them for the admins.
 //	                                    409 NO_FORWARD for a secret message (its text would leave the chat)
 func (a *API) announceRoutes() {
 	a.admin("POST /v1/announcements", a.announce)
@@ -191,8 +194,12 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	var ids []string
 	var refused []engine.Refusal
 	for chunk := range slices.Chunk(who, 1000) {
+		// Each recipient's DING shows the original's audience ("all",
+		// "dept:ID", or the message's own recipients), never chunk: the
+		// list of who has not confirmed is the admins' to see, in the
+		// DING's status, not every colleague's.
 		res, err := a.cfg.Engine.Ding(r.Context(), engine.DingRequest{
-			From: req.From, To: chunk, Text: string(m.Body), Policy: req.Policy, PolicyName: req.PolicyName,
+			From: req.From, To: chunk, Audience: m.To, Text: string(m.Body), Policy: req.Policy, PolicyName: req.PolicyName,
 		})
 		if err != nil {
 			if len(ids) == 0 {
