@@ -677,9 +677,21 @@ func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(ConfirmR
 	}, 1)
 }
 
-// CancelDing stops every pending recipient's escalation.
-func (e *Engine) CancelDing(ctx context.Context, id ID) error {
-	return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyCancel(id, now) })
+// CancelDing stops every pending recipient's escalation and returns how
+// many it stopped: 0 when every recipient had already ended (confirmed,
+// read, refused, removed or cancelled before), which changes nothing.
+// ErrNotFound: no such DING.
+func (e *Engine) CancelDing(ctx context.Context, id ID) (int, error) {
+	stopped := 0 // read only once the op has answered
+	err := e.apply(ctx, func(c *txn, now time.Time) error {
+		var err error
+		stopped, err = c.applyCancel(id, now)
+		return err
+	})
+	if err != nil {
+		return 0, err // maybe ctx's: the op may still run, so stopped is not read
+	}
+	return stopped, nil
 }
 
 // ProviderStatus records what the provider reports about the SMS or call

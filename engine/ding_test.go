@@ -754,8 +754,11 @@ func TestAnswersAreChecked(t *testing.T) {
 func TestCancelStopsEveryRecipient(t *testing.T) {
 	env := newDingEnv(t, memstore.New(), nil)
 	res := env.ding(t, engine.DingRequest{To: []string{"bo", "cy", outside}, Policy: "inapp,sms@1m"})
-	if err := env.e.CancelDing(context.Background(), res.ID); err != nil {
-		t.Fatal(err)
+	if n, err := env.e.CancelDing(context.Background(), res.ID); err != nil || n != 3 {
+		t.Fatalf("cancel: stopped %d, %v; want 3", n, err)
+	}
+	if n, err := env.e.CancelDing(context.Background(), res.ID); err != nil || n != 0 {
+		t.Fatalf("cancel again: stopped %d, %v; want 0", n, err)
 	}
 	env.clock.Advance(time.Hour)
 	env.barrier(t)

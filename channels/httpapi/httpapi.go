@@ -64,7 +64,8 @@
 //	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After
 //	GET  /v1/dings?from=&after=&limit=  -> {"dings":[{"id","from","created","recipients"}]}
 //	GET  /v1/dings/{id}             -> the DING with every recipient's status and ledger
-//	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped
+//	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped, with "stopped": how
+//	                                   many this request stopped (0, and a "note", when all had ended)
 //	PUT  /v1/policies/{name}        {"policy":"inapp,sms@5m,voice@15m until=confirmed"}
 //	GET  /v1/policies               -> {"policies":{"name":"spec"},"builtin_default":"spec"}
 //
