@@ -41,10 +41,41 @@ func (u userJSON) user() fanout.User {
 	return fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone, QuietHours: u.QuietHours, Department: u.Department}
 }
 
+// putUser: PUT /v1/users/{id} creates or replaces a user whole, for sync
+// tools. Every field must be in the body ("" clears one): a body that
+// leaves one out is refused, not taken to clear it, since that is how a
+// change meant as partial (name only) used to wipe the phone and
+// department. PATCH changes only the fields given. (PUT is not made an
+// alias of PATCH: a sync tool that omits empty fields would then keep
+// stale phone numbers without a word, and PUT would lose its create.)
 func (a *API) putUser(r *http.Request) (int, any, error) {
-	var u userJSON
-	if err := decode(r, &u); err != nil {
+	var p struct {
+		ID         string  `json:"id"`
+		Name       *string `json:"name"`
+		Phone      *string `json:"phone"`
+		QuietHours *string `json:"quiet_hours"`
+		Department *string `json:"department"`
+	}
+	if err := decode(r, &p); err != nil {
 		return 0, nil, err
+	}
+	var missing []string
+	u := userJSON{ID: p.ID}
+	for _, f := range []struct {
+		name string
+		v    *string
+		to   *string
+	}{{"name", p.Name, &u.Name}, {"phone", p.Phone, &u.Phone}, {"quiet_hours", p.QuietHours, &u.QuietHours}, {"department", p.Department, &u.Department}} {
+		if f.v == nil {
+			missing = append(missing, strconv.Quote(f.name))
+			continue
+		}
+		*f.to = *f.v
+	}
+	if len(missing) > 0 {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST",
+			`PUT /v1/users/{id} replaces the whole user, and the body lacks %s: send every field ("" clears one), or use PATCH /v1/users/{id} to change only some`,
+			strings.Join(missing, ", "))
 	}
 	if id := r.PathValue("id"); id != "" {
 		if u.ID != "" && u.ID != id {

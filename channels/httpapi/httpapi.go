@@ -20,7 +20,8 @@
 //	PATCH /v1/users/{id}            {"name"?,"phone"?,"quiet_hours"?,"department"?} change only the fields given
 //	                                   ("" clears one) of an active user; 404 otherwise
 //	PUT  /v1/users/{id}             {"name","phone","quiet_hours","department"}       create or replace a user
-//	                                   whole (fields left out are cleared): for sync tools
+//	                                   whole, for sync tools: every field is required ("" clears one); a body
+//	                                   that leaves one out is 400 BAD_REQUEST (use PATCH to change some)
 //	POST /v1/users/batch            {"users":[{"id","name","phone"},...]} -> {"created": n}, all or none
 //	GET  /v1/users/{id}             a user, with "status" (active or removed) and "department"
 //	GET  /v1/users?status=active|removed|all                     {"users":[...]}, active ones by default

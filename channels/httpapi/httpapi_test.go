@@ -72,10 +72,10 @@ func TestSendAndReceiptsThroughTheAPI(t *testing.T) {
 	if code, u := a.do("POST", "/v1/users", a.tok, map[string]string{"id": "ana", "name": "Ana"}); code != 201 || u["id"] != "ana" {
 		t.Fatalf("create ana: %d %v", code, u)
 	}
-	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, map[string]string{"name": "Bo", "phone": "+14155550100"}); code != 201 {
+	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, wholeUser("Bo", "+14155550100", "")); code != 201 {
 		t.Fatalf("create bo: %d", code)
 	}
-	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, map[string]string{"name": "Bo B."}); code != 200 {
+	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, wholeUser("Bo B.", "+14155550100", "")); code != 200 {
 		t.Fatalf("update bo: %d", code)
 	}
 	code, res := a.do("POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"bo"}, "text": "hi", "client_msg_id": "x1"})
