@@ -215,21 +215,34 @@ func (a *API) offboard(ctx context.Context, id string) error {
 	return err
 }
 
+// removedJSON answers DELETE /v1/users/{id}: the user as removed, and
+// whether they had been removed before this request.
+type removedJSON struct {
+	fanout.User
+	AlreadyRemoved bool `json:"already_removed"`
+}
+
+// deleteUser: DELETE /v1/users/{id} offboards a user. Removing a removed
+// user again answers 200 with "already_removed": true and the user as
+// the first removal left them (its "updated" and "tokens_before" do not
+// move), not 409: a retry after a timeout or a half-failed offboarding
+// is then no error, and the offboarding is redone, which finishes
+// whatever the failed one left (Offboarder).
 func (a *API) deleteUser(r *http.Request) (int, any, error) {
 	id := r.PathValue("id")
-	if _, ok := a.cfg.Directory.User(id); !ok {
+	u, ok := a.cfg.Directory.User(id)
+	if !ok {
 		return 0, nil, notFound("user")
 	}
-	// A removed user is offboarded again: that is a no-op, or finishes an
-	// offboarding that failed half-way.
+	already := u.Status == fanout.StatusRemoved
 	if err := a.offboard(r.Context(), id); err != nil {
 		if errors.Is(err, fanout.ErrUnknownUser) {
 			return 0, nil, notFound("user")
 		}
 		return 0, nil, err
 	}
-	u, _ := a.cfg.Directory.User(id)
-	return http.StatusOK, u, nil
+	u, _ = a.cfg.Directory.User(id)
+	return http.StatusOK, removedJSON{User: u, AlreadyRemoved: already}, nil
 }
 
 // departmentJSON is a department with its own users and sub-departments.

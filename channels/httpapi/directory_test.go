@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store/memstore"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/fakeclock"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -395,4 +397,28 @@ func TestPutUserNeedsTheWholeUser(t *testing.T) {
 	// And creates one.
 	a.ok("PUT", "/v1/users/cy", wholeUser("Cy", "", ""), 201)
 	a.refused("PUT", "/v1/users/di", a.tok, map[string]string{"name": "Di"}, 400, "BAD_REQUEST")
+}
+
+// Removing a user sets "updated" to the removal's time; removing them
+// again says they were already removed and moves nothing (issue 12).
+func TestRemovingAUserTwice(t *testing.T) {
+	t0 := time.Date(2026, 12, 4, 5, 48, 30, 121_000_000, time.UTC)
+	clock := fakeclock.New(t0)
+	n := nodetest.Start(t, node.Config{Clock: clock})
+	a := api{t: t, base: "http://" + n.HTTPAddr(), tok: n.AdminToken()}
+	a.ok("POST", "/v1/users", map[string]string{"id": "bo", "name": "Bo"}, 201)
+	clock.Advance(time.Hour)
+	removedAt := t0.Add(time.Hour).Format(time.RFC3339Nano)
+	first := a.ok("DELETE", "/v1/users/bo", nil, 200)
+	if first["status"] != "removed" || first["updated"] != removedAt || first["tokens_before"] != removedAt || first["already_removed"] != false {
+		t.Fatalf("DELETE: %v; want updated and tokens_before %s", first, removedAt)
+	}
+	clock.Advance(time.Hour)
+	again := a.ok("DELETE", "/v1/users/bo", nil, 200)
+	if again["already_removed"] != true || again["updated"] != removedAt || again["tokens_before"] != removedAt {
+		t.Fatalf("DELETE again: %v; want already_removed, nothing moved from %s", again, removedAt)
+	}
+	if u := a.ok("GET", "/v1/users/bo", nil, 200); u["updated"] != removedAt {
+		t.Fatalf("GET after removals: %v", u)
+	}
 }

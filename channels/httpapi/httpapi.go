@@ -27,6 +27,9 @@
 //	GET  /v1/users?status=active|removed|all                     {"users":[...]}, active ones by default
 //	DELETE /v1/users/{id}           offboard: mark removed, leave groups and department, revoke tokens,
 //	                                close connections, stop pending DINGs (Config.Offboarder) -> the user
+//	                                ("updated": the removal's time) and "already_removed"; a removed user
+//	                                again: 200, "already_removed": true, nothing moves (the offboarding is
+//	                                redone, to finish one that failed half-way)
 //	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
 //	POST /v1/users/{id}/revoke-tokens {"device"} -> {"user","device","connections_closed"}: every client
 //	                                   token of the user issued until now (or of that device) stops
