@@ -2,10 +2,12 @@
 // and back-office systems, plus /healthz, /readyz and /metrics.
 //
 // Every /v1 route needs "Authorization: Bearer <admin token>". Errors are
-// JSON with a stable code:
+// JSON with a stable code, also for a path no route takes (404 NOT_FOUND)
+// or a method it does not (405 METHOD_NOT_ALLOWED, with Allow):
 //
 //	{"error": {"code": "UNKNOWN_RECIPIENT", "detail": "unknown recipient: \"zed\""}}
 //	{"error": {"code": "UNAVAILABLE", "detail": "...", "retry": true}}
+//	{"error": {"code": "NOT_FOUND", "detail": "no route GET /v1/nosuch"}}
 //
 // Codes and statuses come from one table shared with the socket (package
 // channels/codes); "retry" says the same request may be sent again (a
@@ -226,7 +228,63 @@ func New(cfg Config) (*API, error) {
 	return a, nil
 }
 
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/") {
+		if h, pattern := a.mux.Handler(r); pattern == "" {
+			a.noRoute(w, r, h)
+			return
+		}
+	}
+	a.mux.ServeHTTP(w, r)
+}
+
+// noRoute answers a /v1 request that no route takes, in the JSON error
+// format of every other answer where ServeMux would write plain text: 404
+// NOT_FOUND, or 405 METHOD_NOT_ALLOWED (with Allow) when the path has
+// routes for other methods. h is the mux's own answer, run into a
+// recorder to learn which; a redirect to the cleaned path is left to the
+// mux. Counted in the metrics as route "unmatched", never by path.
+func (a *API) noRoute(w http.ResponseWriter, r *http.Request, h http.Handler) {
+	rec := &headerRecorder{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	path := r.URL.Path
+	if len(path) > 200 {
+		path = path[:200] + "..."
+	}
+	var e *apiError
+	switch rec.status {
+	case http.StatusNotFound:
+		e = errf(http.StatusNotFound, "NOT_FOUND", "no route %s %s", r.Method, path)
+	case http.StatusMethodNotAllowed:
+		allow := rec.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		e = errf(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "no route %s %s (it takes %s)", r.Method, path, allow)
+	default:
+		a.mux.ServeHTTP(w, r)
+		return
+	}
+	writeErr(w, e)
+	a.requests.WithLabelValues("unmatched", fmt.Sprint(e.status)).Inc()
+}
+
+// headerRecorder keeps a handler's status and headers and drops its body.
+type headerRecorder struct {
+	header http.Header
+	status int
+}
+
+func (h *headerRecorder) Header() http.Header { return h.header }
+
+func (h *headerRecorder) WriteHeader(code int) {
+	if h.status == 0 {
+		h.status = code
+	}
+}
+
+func (h *headerRecorder) Write(b []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
 
 // apiError is an error with its HTTP status and stable code.
 type apiError struct {

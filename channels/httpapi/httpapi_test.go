@@ -217,3 +217,34 @@ func TestHealthReadyMetrics(t *testing.T) {
 		t.Fatalf("readyz answered %d after shutdown", resp.StatusCode)
 	}
 }
+
+// A /v1 path no route takes, or a method a route does not, gets the JSON
+// error body of every other answer, not ServeMux's plain text (issue 12).
+func TestUnknownRoutesAnswerJSON(t *testing.T) {
+	a, _ := setup(t)
+	for _, c := range []struct {
+		name, method, path string
+		status             int
+		body, allow        string
+	}{
+		{"unknown path", "GET", "/v1/nosuch", 404, `{"error":{"code":"NOT_FOUND","detail":"no route GET /v1/nosuch"}}`, ""},
+		{"unknown sub-path", "POST", "/v1/users/bo/nosuch", 404, `{"error":{"code":"NOT_FOUND","detail":"no route POST /v1/users/bo/nosuch"}}`, ""},
+		{"the root", "GET", "/v1", 404, `{"error":{"code":"NOT_FOUND","detail":"no route GET /v1"}}`, ""},
+		{"wrong method", "DELETE", "/v1/users", 405, `{"error":{"code":"METHOD_NOT_ALLOWED","detail":"no route DELETE /v1/users (it takes GET, HEAD, POST)"}}`, "GET, HEAD, POST"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(c.method, a.base+c.path, nil)
+			req.Header.Set("Authorization", "Bearer "+a.tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.status || strings.TrimSpace(string(body)) != c.body ||
+				resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("Allow") != c.allow {
+				t.Fatalf("got %d %q (%s, Allow %q), want %d %s", resp.StatusCode, body, resp.Header.Get("Content-Type"), resp.Header.Get("Allow"), c.status, c.body)
+			}
+		})
+	}
+}
