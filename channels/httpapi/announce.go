@@ -113,7 +113,7 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		w.Header().Set("Content-Type", "application/json")
-		return json.NewEncoder(w).Encode(st)
+		return json.NewEncoder(w).Encode(normalize(st))
 	}
 	only := q.Get("only")
 	if only != "" && only != "unread" && only != "unconfirmed" {
@@ -136,7 +136,7 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
 		if t.IsZero() {
 			return ""
 		}
-		return t.UTC().Format(time.RFC3339Nano)
+		return apiTime(t).Format(time.RFC3339Nano)
 	}
 	for _, rc := range rs {
 		have[rc.User] = true

@@ -9,6 +9,9 @@
 //	{"error": {"code": "UNAVAILABLE", "detail": "...", "retry": true}}
 //	{"error": {"code": "NOT_FOUND", "detail": "no route GET /v1/nosuch"}}
 //
+// In every answer, times are RFC 3339 in UTC, in whole milliseconds, and an
+// empty list is [] (never null): normalize.go does it for every route.
+//
 // Codes and statuses come from one table shared with the socket (package
 // channels/codes); "retry" says the same request may be sent again (a
 // message with its client_msg_id). Internal error text never reaches a
@@ -337,7 +340,7 @@ func (a *API) adminLimit(pattern string, limit int64, h func(r *http.Request) (i
 		}
 		sw.Header().Set("Content-Type", "application/json")
 		sw.WriteHeader(status)
-		json.NewEncoder(sw).Encode(body)
+		json.NewEncoder(sw).Encode(normalize(body))
 	})
 }
 
