@@ -18,6 +18,9 @@ import (
 //	POST /v1/announcements              {"from","to":"all"|"dept:ID"|"group:ID"|[...],"text","confirm","client_msg_id"}
 //	                                    -> 201 {"id","created","duplicate"} once it and its audience are durable
 //	GET  /v1/announcements/{id}/stats   ?lists=1 (unread, unconfirmed) &format=csv (one row per recipient; &only=unread|unconfirmed)
+//	                                    -> {"total","pending","sent","delivered","read","confirmed",...}: total =
+//	                                    pending (not yet in their stream) + sent; the counts are cumulative
+//	                                    (delivered includes read, read includes confirmed), as in receipts
 //	GET  /v1/messages/{id}/stats        the same for any message (a group message: who has not read)
 //	POST /v1/announcements/{id}/reding  {"policy"|"policy_name","unread":false,"from"} -> DINGs to the unconfirmed (or unread);
 //	                                    each DING shows its recipients the original's audience as its "to"

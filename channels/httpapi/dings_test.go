@@ -16,7 +16,7 @@ func TestCancelSaysWhenNothingWasPending(t *testing.T) {
 	}
 	id := a.ok("POST", "/v1/dings", map[string]any{"from": "ana", "to": []string{"bo", "cy"}, "text": "on call?", "policy": "inapp,inapp@1h"}, 201)["id"].(string)
 	bo := nodetest.Dial(t, n, "bo", "phone", nil)
-	nextDing(t, bo)
+	nextDing(t, bo) // connected (a request right after Dial may find it not yet)
 	if err := bo.Confirm(context.Background(), id, 0); err != nil {
 		t.Fatal(err)
 	}

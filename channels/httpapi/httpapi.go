@@ -48,8 +48,11 @@
 //	                                   given in a secret chat), 403 NOT_MEMBER (not in that chat, or no such
 //	                                   chat), 403 NOT_RECIPIENT (forward_of or quote_of names a message the
 //	                                   sender neither sent nor received)
-//	GET  /v1/messages/{id}/receipts -> {"id","from","recipients":[{"user","state","delivered","read"}]}
-//	                                   (a secret message: also "chat"; users by id, as admins see them)
+//	GET  /v1/messages/{id}/receipts -> {"id","from","created","counts","recipients":[{"user","state","delivered","read"}]}
+//	                                   (a secret message: also "chat"; users by id, as admins see them).
+//	                                   "counts" {"sent","delivered","read"[,"confirmed"]} are cumulative,
+//	                                   as in the stats: recipients who reached at least that state
+//	                                   (delivered includes read), not those in it now
 //	POST /v1/backup                 {"dir"} -> {"dir"}: a Pebble checkpoint of the store written into a new
 //	                                   directory under the backup root (Config.BackupRoot, dingd
 //	                                   --backup-dir): dir is a name under it, or an absolute path inside it;
@@ -513,9 +516,16 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 		Confirmed *time.Time `json:"confirmed,omitempty"`
 	}
 	out := make([]rj, 0, len(rs))
+	// The counts are cumulative, as in the message's stats
+	// (engine.MessageStats): recipients who reached at least each state,
+	// so "delivered" includes those who read, "sent" is every recipient
+	// whose stream has it. (They once counted the recipients in each
+	// state now; the names are kept.)
 	counts := map[string]int{"sent": 0, "delivered": 0, "read": 0}
-	if m.Kind == engine.KindDing {
+	top := engine.StateRead
+	if m.Kind == engine.KindDing || m.Flags&engine.FlagConfirm != 0 {
 		counts["confirmed"] = 0
+		top = engine.StateConfirmed
 	}
 	for _, r := range rs {
 		x := rj{User: r.User, State: r.State.String()}
@@ -531,7 +541,9 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 			t := r.Confirmed.UTC()
 			x.Confirmed = &t
 		}
-		counts[x.State]++
+		for st := engine.StateSent; st <= min(r.State, top); st++ {
+			counts[st.String()]++
+		}
 		out = append(out, x)
 	}
 	res := map[string]any{"id": id.String(), "from": m.From, "created": m.Created.UTC(), "counts": counts, "recipients": out}

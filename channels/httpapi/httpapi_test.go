@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
@@ -246,5 +247,57 @@ func TestUnknownRoutesAnswerJSON(t *testing.T) {
 				t.Fatalf("got %d %q (%s, Allow %q), want %d %s", resp.StatusCode, body, resp.Header.Get("Content-Type"), resp.Header.Get("Allow"), c.status, c.body)
 			}
 		})
+	}
+}
+
+// A message's receipts and its stats count alike, cumulatively: each
+// count is the recipients who reached at least that state, so delivered
+// includes read (issue 12).
+func TestReceiptAndStatsCountsAreCumulative(t *testing.T) {
+	a, n := setup(t)
+	for _, u := range []string{"ana", "bo", "cy", "di"} {
+		a.ok("POST", "/v1/users", map[string]string{"id": u, "name": u}, 201)
+	}
+	msg := a.ok("POST", "/v1/messages", map[string]any{"from": "ana", "to": []string{"bo", "cy", "di"}, "text": "hi"}, 200)["id"].(string)
+	ann := a.ok("POST", "/v1/announcements", map[string]any{"to": "all", "text": "hello", "confirm": true}, 201)["id"].(string)
+	bo := nodetest.Dial(t, n, "bo", "phone", nil)
+	for range 2 {
+		e := <-bo.Entries()
+		bo.Ack(e.Seq) // delivered
+	}
+	cy := nodetest.Dial(t, n, "cy", "phone", nil)
+	<-cy.Entries() // connected: a request right after Dial may find it not yet
+
+	if err := cy.Read(t.Context(), msg); err != nil { // read, and so delivered
+		t.Fatal(err)
+	}
+	if err := cy.Confirm(t.Context(), ann, 0); err != nil { // confirmed, and so read and delivered
+		t.Fatal(err)
+	}
+	type counts struct{ sent, delivered, read, confirmed any }
+	for _, c := range []struct {
+		id   string
+		want counts
+	}{
+		{msg, counts{3.0, 2.0, 1.0, nil}},
+		{ann, counts{4.0, 2.0, 1.0, 1.0}},
+	} {
+		var rc map[string]any
+		nodetest.WaitFor(t, "bo's acks counted", 5*time.Second, func() bool {
+			rc = a.ok("GET", "/v1/messages/"+c.id+"/receipts", nil, 200)
+			return rc["counts"].(map[string]any)["delivered"] == c.want.delivered
+		})
+		rcc := rc["counts"].(map[string]any)
+		if got := (counts{rcc["sent"], rcc["delivered"], rcc["read"], rcc["confirmed"]}); got != c.want {
+			t.Errorf("receipts counts of %s: %+v, want %+v", c.id, got, c.want)
+		}
+		st := a.ok("GET", "/v1/messages/"+c.id+"/stats", nil, 200)
+		want := c.want
+		if want.confirmed == nil {
+			want.confirmed = 0.0
+		}
+		if got := (counts{st["sent"], st["delivered"], st["read"], st["confirmed"]}); got != want || st["pending"] != 0.0 || st["total"] != c.want.sent {
+			t.Errorf("stats of %s: %v, want %+v", c.id, st, want)
+		}
 	}
 }
