@@ -98,6 +98,10 @@ type RatioPoint struct {
 }
 
 // MessageStats are a message's counts, derived from its stored receipts.
+// The counts are cumulative, as a sender reads them: each is the
+// recipients who reached at least that state (Sent includes Delivered,
+// which includes Read, which includes Confirmed), not those in it now.
+// Total = Pending + Sent.
 type MessageStats struct {
 	ID        ID           `json:"id"`
 	From      string       `json:"from"`
@@ -106,6 +110,7 @@ type MessageStats struct {
 	Confirm   bool         `json:"confirm,omitempty"`
 	Total     int          `json:"total"`          // recipients
 	Pending   int          `json:"pending"`        // not yet in their stream (fanout in progress)
+	Sent      int          `json:"sent"`           // in their stream (delivered, read and confirmed included)
 	Delivered int          `json:"delivered"`      // reached a device (read and confirmed included)
 	Read      int          `json:"read"`           // read (confirmed included)
 	Confirmed int          `json:"confirmed"`      // confirmed
@@ -142,7 +147,7 @@ func (e *Engine) Stats(id ID, lists bool) (*MessageStats, error) {
 		pending = slices.DeleteFunc(pending, func(u string) bool { return have[u] })
 	}
 	st := &MessageStats{ID: id, From: m.From, To: m.To, Created: m.Created, Confirm: m.Flags&FlagConfirm != 0 || m.Kind == KindDing,
-		Total: len(rs) + len(pending), Pending: len(pending)}
+		Total: len(rs) + len(pending), Pending: len(pending), Sent: len(rs)}
 	var reads []time.Time
 	for _, r := range rs {
 		if r.State >= StateDelivered {

@@ -188,6 +188,13 @@ type DingRequest struct {
 	Critical bool
 	// ClientID deduplicates retries, as for Submit.
 	ClientID string
+	// Audience, if not empty, is what the DING's message shows its
+	// recipients as its "to" instead of To: targets ("all", "dept:ID",
+	// "group:ID") or user ids, at most MaxRecipients. A re-DING of an
+	// announcement gives the announcement's audience, so that no
+	// recipient is handed the list of colleagues who have not confirmed.
+	// Escalation, receipts and DingStatus always use To.
+	Audience []string
 }
 
 // Refusal is a recipient a DING does not escalate to, and why. In JSON,
@@ -527,6 +534,14 @@ func (e *Engine) checkDing(r DingRequest) (*dingReq, error) {
 			return nil, fmt.Errorf("%w: a choice must have 1 to 64 bytes", ErrBadDing)
 		}
 	}
+	if len(r.Audience) > e.cfg.MaxRecipients {
+		return nil, fmt.Errorf("%w: audience of %d, limit %d", ErrBadDing, len(r.Audience), e.cfg.MaxRecipients)
+	}
+	for _, t := range r.Audience {
+		if t != AllStaff && !targetRE.MatchString(t) && !ValidName(t) {
+			return nil, fmt.Errorf("%w: audience %q is neither a target nor a user id", ErrBadDing, t)
+		}
+	}
 	q := &dingReq{DingRequest: r}
 	q.To = slices.Clone(r.To)
 	slices.Sort(q.To)
@@ -662,9 +677,21 @@ func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(ConfirmR
 	}, 1)
 }
 
-// CancelDing stops every pending recipient's escalation.
-func (e *Engine) CancelDing(ctx context.Context, id ID) error {
-	return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyCancel(id, now) })
+// CancelDing stops every pending recipient's escalation and returns how
+// many it stopped: 0 when every recipient had already ended (confirmed,
+// read, refused, removed or cancelled before), which changes nothing.
+// ErrNotFound: no such DING.
+func (e *Engine) CancelDing(ctx context.Context, id ID) (int, error) {
+	stopped := 0 // read only once the op has answered
+	err := e.apply(ctx, func(c *txn, now time.Time) error {
+		var err error
+		stopped, err = c.applyCancel(id, now)
+		return err
+	})
+	if err != nil {
+		return 0, err // maybe ctx's: the op may still run, so stopped is not read
+	}
+	return stopped, nil
 }
 
 // ProviderStatus records what the provider reports about the SMS or call

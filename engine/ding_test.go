@@ -754,8 +754,11 @@ func TestAnswersAreChecked(t *testing.T) {
 func TestCancelStopsEveryRecipient(t *testing.T) {
 	env := newDingEnv(t, memstore.New(), nil)
 	res := env.ding(t, engine.DingRequest{To: []string{"bo", "cy", outside}, Policy: "inapp,sms@1m"})
-	if err := env.e.CancelDing(context.Background(), res.ID); err != nil {
-		t.Fatal(err)
+	if n, err := env.e.CancelDing(context.Background(), res.ID); err != nil || n != 3 {
+		t.Fatalf("cancel: stopped %d, %v; want 3", n, err)
+	}
+	if n, err := env.e.CancelDing(context.Background(), res.ID); err != nil || n != 0 {
+		t.Fatalf("cancel again: stopped %d, %v; want 0", n, err)
 	}
 	env.clock.Advance(time.Hour)
 	env.barrier(t)
@@ -927,6 +930,28 @@ func TestRefusalJSONIsSeconds(t *testing.T) {
 		b, err := json.Marshal(engine.Refusal{Recipient: "bo", Reason: engine.ReasonQuietHours, RetryAfter: c.after})
 		if err != nil || string(b) != c.want {
 			t.Errorf("%v: %s (%v), want %s", c.after, b, err, c.want)
+		}
+	}
+}
+
+// A DING with an Audience shows it as its message's "to"; escalation and
+// the status still go by To.
+func TestDingAudienceIsWhatRecipientsSee(t *testing.T) {
+	env := newDingEnv(t, memstore.New(), nil)
+	res := env.ding(t, engine.DingRequest{To: []string{"bo", "cy"}, Audience: []string{"dept:ops"}, Policy: "inapp"})
+	for _, u := range []string{"bo", "cy"} {
+		es, err := env.e.Range(u, 1, 10)
+		if err != nil || len(es) != 1 || !slices.Equal(es[0].Message.To, []string{"dept:ops"}) {
+			t.Fatalf("%s's stream: %+v %v", u, es, err)
+		}
+	}
+	if rs := status(t, env.e, res.ID).Recipients; len(rs) != 2 || rs[0].Recipient != "bo" || rs[1].Recipient != "cy" {
+		t.Fatalf("status recipients %+v", rs)
+	}
+	for _, bad := range [][]string{{"a b"}, {"dept:"}, {""}} {
+		_, err := env.e.Ding(context.Background(), engine.DingRequest{From: "ana", To: []string{"bo"}, Text: "x", Audience: bad})
+		if !errors.Is(err, engine.ErrBadDing) {
+			t.Errorf("audience %q: %v, want ErrBadDing", bad, err)
 		}
 	}
 }

@@ -365,8 +365,12 @@ func (c *txn) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 			users = append(users, to)
 		}
 	}
+	shown := users // the message's "to": who it went to in the app, or the audience asked for
+	if len(q.Audience) > 0 {
+		shown = q.Audience
+	}
 	m := &Message{
-		ID: id, From: q.From, To: users, Kind: KindDing, Body: []byte(q.Text),
+		ID: id, From: q.From, To: shown, Kind: KindDing, Body: []byte(q.Text),
 		Created: id.Time(), ClientID: q.ClientID, Choices: q.Choices,
 	}
 	for _, u := range users {
@@ -758,25 +762,28 @@ func (c *txn) dingDelivered(id ID, user, device string, now time.Time) error {
 	return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerDelivered, Channel: ChannelInApp, Device: device, At: now})
 }
 
-func (c *txn) applyCancel(id ID, now time.Time) error {
+// applyCancel stops DING id's pending recipients and says how many.
+func (c *txn) applyCancel(id ID, now time.Time) (int, error) {
 	rec, err := c.ding(id)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	stopped := 0
 	for i := range rec.Recipients {
 		s, err := c.state(id, i)
 		if err != nil {
-			return err
+			return stopped, err
 		}
 		if s.Status != StatusPending {
 			continue
 		}
 		if err := c.ledger(id, i, s, rec, DingEvent{Event: LedgerCancelled, At: now}); err != nil {
-			return err
+			return stopped, err
 		}
 		c.stop(id, i, s, rec, StatusCancelled, 0, now)
+		stopped++
 	}
-	return nil
+	return stopped, nil
 }
 
 // ref returns a provider reference's value as this batch sees it.

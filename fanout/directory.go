@@ -379,9 +379,10 @@ func (d *Directory) PutUsersAs(us []User, actor string) (created int, err error)
 
 // RemoveUser marks a user removed (offboarding): they stay in the store
 // with their history, but leave every group and their department, and
-// Resolve, Contact and Expand refuse them from now on. The change and its
-// audit entry are one write. Removing a removed user changes nothing and
-// returns them. Unknown users give ErrUnknownUser. Revoking tokens and
+// Resolve, Contact and Expand refuse them from now on; Updated and
+// TokensBefore become the removal's time. The change and its audit entry
+// are one write. Removing a removed user changes nothing (not even
+// TokensBefore) and returns them. Unknown users give ErrUnknownUser. Revoking tokens and
 // closing connections is the caller's job; RemoveUserWith lets it do more
 // in the same write.
 func (d *Directory) RemoveUser(id, actor string) (User, error) {
@@ -425,7 +426,7 @@ func (d *Directory) RemoveUserWith(id, actor string, commit func(engine.Change) 
 		}
 	}
 	nu := u
-	nu.Status, nu.Department = StatusRemoved, ""
+	nu.Status, nu.Department, nu.Updated = StatusRemoved, "", c.now
 	nu.TokensBefore = c.now // for good: a re-added user's old tokens stay dead
 	c.users[id] = userChange{old: u, had: true, new: nu}
 	detail := "removed"
@@ -459,6 +460,7 @@ func (d *Directory) RevokeTokens(id, device, actor string) (User, error) {
 	}
 	c := d.newChange(d.now(), actor)
 	nu := u
+	nu.Updated = c.now
 	detail := "client tokens revoked"
 	if device == "" {
 		nu.TokensBefore = c.now

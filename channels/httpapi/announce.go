@@ -18,8 +18,14 @@ import (
 //	POST /v1/announcements              {"from","to":"all"|"dept:ID"|"group:ID"|[...],"text","confirm","client_msg_id"}
 //	                                    -> 201 {"id","created","duplicate"} once it and its audience are durable
 //	GET  /v1/announcements/{id}/stats   ?lists=1 (unread, unconfirmed) &format=csv (one row per recipient; &only=unread|unconfirmed)
+//	                                    -> {"total","pending","sent","delivered","read","confirmed",...}: total =
+//	                                    pending (not yet in their stream) + sent; the counts are cumulative
+//	                                    (delivered includes read, read includes confirmed), as in receipts
 //	GET  /v1/messages/{id}/stats        the same for any message (a group message: who has not read)
 //	POST /v1/announcements/{id}/reding  {"policy"|"policy_name","unread":false,"from"} -> DINGs to the unconfirmed (or unread);
+//	                                    each DING shows its recipients the original's audience as its "to"
+//	                                    (["all"], ["dept:ID"]), never who else has not confirmed; GET
+//	                                    /v1/dings/{id} lists them for the admins.
 //	                                    409 NO_FORWARD for a secret message (its text would leave the chat)
 func (a *API) announceRoutes() {
 	a.admin("POST /v1/announcements", a.announce)
@@ -110,7 +116,7 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		w.Header().Set("Content-Type", "application/json")
-		return json.NewEncoder(w).Encode(st)
+		return json.NewEncoder(w).Encode(normalize(st))
 	}
 	only := q.Get("only")
 	if only != "" && only != "unread" && only != "unconfirmed" {
@@ -133,7 +139,7 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
 		if t.IsZero() {
 			return ""
 		}
-		return t.UTC().Format(time.RFC3339Nano)
+		return apiTime(t).Format(time.RFC3339Nano)
 	}
 	for _, rc := range rs {
 		have[rc.User] = true
@@ -191,8 +197,12 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	var ids []string
 	var refused []engine.Refusal
 	for chunk := range slices.Chunk(who, 1000) {
+		// Each recipient's DING shows the original's audience ("all",
+		// "dept:ID", or the message's own recipients), never chunk: the
+		// list of who has not confirmed is the admins' to see, in the
+		// DING's status, not every colleague's.
 		res, err := a.cfg.Engine.Ding(r.Context(), engine.DingRequest{
-			From: req.From, To: chunk, Text: string(m.Body), Policy: req.Policy, PolicyName: req.PolicyName,
+			From: req.From, To: chunk, Audience: m.To, Text: string(m.Body), Policy: req.Policy, PolicyName: req.PolicyName,
 		})
 		if err != nil {
 			if len(ids) == 0 {

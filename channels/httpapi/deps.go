@@ -29,7 +29,7 @@ type Dings interface {
 	Ding(ctx context.Context, r engine.DingRequest) (engine.DingResult, error)
 	DingStatus(id engine.ID) (*engine.DingStatus, error)
 	Dings(sender string, after engine.ID, limit int) ([]engine.DingSummary, error)
-	CancelDing(ctx context.Context, id engine.ID) error
+	CancelDing(ctx context.Context, id engine.ID) (stopped int, err error)
 	SetPolicy(ctx context.Context, name string, p engine.Policy) error
 	Policies() (map[string]engine.Policy, error)
 }

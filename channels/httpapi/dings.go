@@ -67,14 +67,29 @@ func (a *API) cancelDing(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := a.cfg.Engine.CancelDing(r.Context(), id); err != nil {
+	stopped, err := a.cfg.Engine.CancelDing(r.Context(), id)
+	if err != nil {
 		return 0, nil, err
 	}
 	ds, err := a.cfg.Engine.DingStatus(id)
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, ds, nil
+	// 200 either way, so that a retried cancel is no error; "stopped"
+	// says what this request did, and a note says when it did nothing.
+	out := cancelJSON{DingStatus: ds, Stopped: stopped}
+	if stopped == 0 {
+		out.Note = "nothing to cancel: every recipient had already ended (confirmed, read, refused, removed or cancelled before)"
+	}
+	return http.StatusOK, out, nil
+}
+
+// cancelJSON answers POST /v1/dings/{id}/cancel: the DING's status and
+// how many recipients this request stopped.
+type cancelJSON struct {
+	*engine.DingStatus
+	Stopped int    `json:"stopped"`
+	Note    string `json:"note,omitempty"`
 }
 
 func (a *API) listDings(r *http.Request) (int, any, error) {

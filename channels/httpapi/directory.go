@@ -41,10 +41,41 @@ func (u userJSON) user() fanout.User {
 	return fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone, QuietHours: u.QuietHours, Department: u.Department}
 }
 
+// putUser: PUT /v1/users/{id} creates or replaces a user whole, for sync
+// tools. Every field must be in the body ("" clears one): a body that
+// leaves one out is refused, not taken to clear it, since that is how a
+// change meant as partial (name only) used to wipe the phone and
+// department. PATCH changes only the fields given. (PUT is not made an
+// alias of PATCH: a sync tool that omits empty fields would then keep
+// stale phone numbers without a word, and PUT would lose its create.)
 func (a *API) putUser(r *http.Request) (int, any, error) {
-	var u userJSON
-	if err := decode(r, &u); err != nil {
+	var p struct {
+		ID         string  `json:"id"`
+		Name       *string `json:"name"`
+		Phone      *string `json:"phone"`
+		QuietHours *string `json:"quiet_hours"`
+		Department *string `json:"department"`
+	}
+	if err := decode(r, &p); err != nil {
 		return 0, nil, err
+	}
+	var missing []string
+	u := userJSON{ID: p.ID}
+	for _, f := range []struct {
+		name string
+		v    *string
+		to   *string
+	}{{"name", p.Name, &u.Name}, {"phone", p.Phone, &u.Phone}, {"quiet_hours", p.QuietHours, &u.QuietHours}, {"department", p.Department, &u.Department}} {
+		if f.v == nil {
+			missing = append(missing, strconv.Quote(f.name))
+			continue
+		}
+		*f.to = *f.v
+	}
+	if len(missing) > 0 {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST",
+			`PUT /v1/users/{id} replaces the whole user, and the body lacks %s: send every field ("" clears one), or use PATCH /v1/users/{id} to change only some`,
+			strings.Join(missing, ", "))
 	}
 	if id := r.PathValue("id"); id != "" {
 		if u.ID != "" && u.ID != id {
@@ -184,21 +215,34 @@ func (a *API) offboard(ctx context.Context, id string) error {
 	return err
 }
 
+// removedJSON answers DELETE /v1/users/{id}: the user as removed, and
+// whether they had been removed before this request.
+type removedJSON struct {
+	fanout.User
+	AlreadyRemoved bool `json:"already_removed"`
+}
+
+// deleteUser: DELETE /v1/users/{id} offboards a user. Removing a removed
+// user again answers 200 with "already_removed": true and the user as
+// the first removal left them (its "updated" and "tokens_before" do not
+// move), not 409: a retry after a timeout or a half-failed offboarding
+// is then no error, and the offboarding is redone, which finishes
+// whatever the failed one left (Offboarder).
 func (a *API) deleteUser(r *http.Request) (int, any, error) {
 	id := r.PathValue("id")
-	if _, ok := a.cfg.Directory.User(id); !ok {
+	u, ok := a.cfg.Directory.User(id)
+	if !ok {
 		return 0, nil, notFound("user")
 	}
-	// A removed user is offboarded again: that is a no-op, or finishes an
-	// offboarding that failed half-way.
+	already := u.Status == fanout.StatusRemoved
 	if err := a.offboard(r.Context(), id); err != nil {
 		if errors.Is(err, fanout.ErrUnknownUser) {
 			return 0, nil, notFound("user")
 		}
 		return 0, nil, err
 	}
-	u, _ := a.cfg.Directory.User(id)
-	return http.StatusOK, u, nil
+	u, _ = a.cfg.Directory.User(id)
+	return http.StatusOK, removedJSON{User: u, AlreadyRemoved: already}, nil
 }
 
 // departmentJSON is a department with its own users and sub-departments.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store/memstore"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/fakeclock"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
@@ -37,6 +39,11 @@ func ids(m map[string]any, key string) string {
 	return strings.Join(out, ",")
 }
 
+// wholeUser is a PUT /v1/users/{id} body: every field.
+func wholeUser(name, phone, dept string) map[string]string {
+	return map[string]string{"name": name, "phone": phone, "quiet_hours": "", "department": dept}
+}
+
 func (a api) ok(method, path string, body any, want int) map[string]any {
 	a.t.Helper()
 	code, out := a.do(method, path, a.tok, body)
@@ -54,7 +61,7 @@ func TestDepartmentsAndGroupsThroughTheAPI(t *testing.T) {
 		a.ok("PUT", "/v1/departments/"+d.id, map[string]string{"name": d.name, "parent": d.parent}, 201)
 	}
 	for _, u := range []struct{ id, dept string }{{"ceo", "company"}, {"ana", "eng"}, {"bo", "sre"}, {"ed", "sales"}} {
-		out := a.ok("PUT", "/v1/users/"+u.id, map[string]string{"name": u.id, "department": u.dept}, 201)
+		out := a.ok("PUT", "/v1/users/"+u.id, wholeUser(u.id, "", u.dept), 201)
 		if out["status"] != "active" || out["department"] != u.dept {
 			t.Fatalf("user %s: %v", u.id, out)
 		}
@@ -93,7 +100,7 @@ func TestDepartmentsAndGroupsThroughTheAPI(t *testing.T) {
 			t.Errorf("%s head %d after the group message %v", u, h, res)
 		}
 	}
-	a.ok("PUT", "/v1/users/ana", map[string]string{"name": "ana"}, 200) // leaves eng
+	a.ok("PUT", "/v1/users/ana", wholeUser("ana", "", ""), 200) // leaves eng
 	a.ok("DELETE", "/v1/groups/oncall", nil, 200)
 	a.ok("DELETE", "/v1/departments/eng", nil, 200)
 	// The audit log has every change, with the admin as actor.
@@ -122,7 +129,7 @@ func TestOffboardingThroughTheAPI(t *testing.T) {
 	a, n := setup(t)
 	a.ok("PUT", "/v1/departments/eng", map[string]string{"name": "Eng"}, 201)
 	for _, id := range []string{"ana", "bo"} {
-		a.ok("PUT", "/v1/users/"+id, map[string]string{"name": id, "department": "eng", "phone": "+14155550100"}, 201)
+		a.ok("PUT", "/v1/users/"+id, wholeUser(id, "+14155550100", "eng"), 201)
 	}
 	a.ok("PUT", "/v1/groups/g", map[string]any{"members": []string{"ana", "bo"}}, 201)
 	u := a.ok("DELETE", "/v1/users/bo", nil, 200)
@@ -175,7 +182,7 @@ func TestDirectoryAPIErrors(t *testing.T) {
 	a, _ := setup(t)
 	a.ok("PUT", "/v1/departments/eng", map[string]string{"name": "Eng"}, 201)
 	a.ok("PUT", "/v1/departments/sre", map[string]string{"name": "SRE", "parent": "eng"}, 201)
-	a.ok("PUT", "/v1/users/ana", map[string]string{"department": "sre"}, 201)
+	a.ok("PUT", "/v1/users/ana", wholeUser("", "", "sre"), 201)
 	a.ok("PUT", "/v1/groups/g", map[string]any{"members": []string{"ana"}}, 201)
 	cases := []struct {
 		name, method, path string
@@ -192,8 +199,8 @@ func TestDirectoryAPIErrors(t *testing.T) {
 		{"remove department with users", "DELETE", "/v1/departments/sre", nil, 409, "DEPARTMENT_NOT_EMPTY"},
 		{"remove unknown department", "DELETE", "/v1/departments/nope", nil, 404, "NOT_FOUND"},
 		{"get unknown department", "GET", "/v1/departments/nope", nil, 404, "NOT_FOUND"},
-		{"user in unknown department", "PUT", "/v1/users/bo", map[string]string{"department": "nope"}, 422, "UNKNOWN_DEPARTMENT"},
-		{"user id all", "PUT", "/v1/users/all", map[string]string{}, 400, "BAD_REQUEST"},
+		{"user in unknown department", "PUT", "/v1/users/bo", wholeUser("", "", "nope"), 422, "UNKNOWN_DEPARTMENT"},
+		{"user id all", "PUT", "/v1/users/all", wholeUser("", "", ""), 400, "BAD_REQUEST"},
 		{"group with unknown member", "PUT", "/v1/groups/h", map[string]any{"members": []string{"zed"}}, 422, "UNKNOWN_USER"},
 		{"group id all", "PUT", "/v1/groups/all", map[string]any{}, 400, "BAD_REQUEST"},
 		{"members of unknown group", "POST", "/v1/groups/nope/members", map[string]any{"add": []string{"ana"}}, 404, "NOT_FOUND"},
@@ -225,7 +232,7 @@ func TestDirectoryAPIErrors(t *testing.T) {
 
 func TestImportThroughTheAPI(t *testing.T) {
 	a, n := setup(t)
-	a.ok("PUT", "/v1/users/old", map[string]string{"name": "Old"}, 201)
+	a.ok("PUT", "/v1/users/old", wholeUser("Old", "", ""), 201)
 	file := `{"departments": [{"id": "eng", "name": "Eng"}],
 	  "users": [{"id": "ana", "name": "Ana", "department": "eng"}, {"id": "bo", "name": "Bo"}],
 	  "groups": [{"id": "g", "name": "G", "members": ["ana", "bo"]}]}`
@@ -343,7 +350,7 @@ func TestOffboarderIsCalled(t *testing.T) {
 	defer srv.Close()
 	a := api{t: t, base: srv.URL, tok: tok}
 	for _, id := range []string{"ana", "bo", "cy"} {
-		a.ok("PUT", "/v1/users/"+id, map[string]string{}, 201)
+		a.ok("PUT", "/v1/users/"+id, wholeUser("", "", ""), 201)
 	}
 	a.ok("DELETE", "/v1/users/ana", nil, 200)
 	a.ok("DELETE", "/v1/users/ana", nil, 200)
@@ -362,5 +369,56 @@ func TestOffboarderIsCalled(t *testing.T) {
 	// The import re-activated ana and offboarded bo and cy (missing), in order.
 	if want := []string{"ana by admin", "ana by admin", "cy by admin", "bo by admin", "cy by admin"}; !slices.Equal(off.calls, want) {
 		t.Fatalf("Offboard calls %v, want %v", off.calls, want)
+	}
+}
+
+// PUT /v1/users/{id} replaces a user whole, so it refuses a body that
+// leaves fields out instead of clearing them; PATCH changes only the
+// fields given (issue 12).
+func TestPutUserNeedsTheWholeUser(t *testing.T) {
+	a, _ := setup(t)
+	a.ok("PUT", "/v1/departments/sre", map[string]string{"name": "SRE"}, 201)
+	a.ok("POST", "/v1/users", map[string]string{"id": "bo", "name": "Bo", "phone": "+14155550100", "quiet_hours": "22:00-07:00", "department": "sre"}, 201)
+	code, out := a.do("PUT", "/v1/users/bo", a.tok, map[string]string{"name": "Bob"})
+	detail, _ := out["error"].(map[string]any)["detail"].(string)
+	if code != 400 || errCode(out) != "BAD_REQUEST" || !strings.Contains(detail, "PATCH") || !strings.Contains(detail, `"phone", "quiet_hours", "department"`) {
+		t.Fatalf("partial PUT: %d %v", code, out)
+	}
+	if u := a.ok("GET", "/v1/users/bo", nil, 200); u["name"] != "Bo" || u["phone"] != "+14155550100" || u["department"] != "sre" {
+		t.Fatalf("a refused PUT changed bo: %v", u)
+	}
+	if u := a.ok("PATCH", "/v1/users/bo", map[string]string{"name": "Bob"}, 200); u["name"] != "Bob" || u["phone"] != "+14155550100" || u["quiet_hours"] != "22:00-07:00" || u["department"] != "sre" {
+		t.Fatalf("PATCH name: %v", u)
+	}
+	// The whole user, "" clearing a field, replaces it.
+	if u := a.ok("PUT", "/v1/users/bo", map[string]string{"name": "Bo", "phone": "", "quiet_hours": "", "department": "sre"}, 200); u["phone"] != nil || u["quiet_hours"] != nil || u["department"] != "sre" {
+		t.Fatalf("whole PUT: %v", u)
+	}
+	// And creates one.
+	a.ok("PUT", "/v1/users/cy", wholeUser("Cy", "", ""), 201)
+	a.refused("PUT", "/v1/users/di", a.tok, map[string]string{"name": "Di"}, 400, "BAD_REQUEST")
+}
+
+// Removing a user sets "updated" to the removal's time; removing them
+// again says they were already removed and moves nothing (issue 12).
+func TestRemovingAUserTwice(t *testing.T) {
+	t0 := time.Date(2026, 12, 4, 5, 48, 30, 121_000_000, time.UTC)
+	clock := fakeclock.New(t0)
+	n := nodetest.Start(t, node.Config{Clock: clock})
+	a := api{t: t, base: "http://" + n.HTTPAddr(), tok: n.AdminToken()}
+	a.ok("POST", "/v1/users", map[string]string{"id": "bo", "name": "Bo"}, 201)
+	clock.Advance(time.Hour)
+	removedAt := t0.Add(time.Hour).Format(time.RFC3339Nano)
+	first := a.ok("DELETE", "/v1/users/bo", nil, 200)
+	if first["status"] != "removed" || first["updated"] != removedAt || first["tokens_before"] != removedAt || first["already_removed"] != false {
+		t.Fatalf("DELETE: %v; want updated and tokens_before %s", first, removedAt)
+	}
+	clock.Advance(time.Hour)
+	again := a.ok("DELETE", "/v1/users/bo", nil, 200)
+	if again["already_removed"] != true || again["updated"] != removedAt || again["tokens_before"] != removedAt {
+		t.Fatalf("DELETE again: %v; want already_removed, nothing moved from %s", again, removedAt)
+	}
+	if u := a.ok("GET", "/v1/users/bo", nil, 200); u["updated"] != removedAt {
+		t.Fatalf("GET after removals: %v", u)
 	}
 }

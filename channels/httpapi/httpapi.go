@@ -2,10 +2,15 @@
 // and back-office systems, plus /healthz, /readyz and /metrics.
 //
 // Every /v1 route needs "Authorization: Bearer <admin token>". Errors are
-// JSON with a stable code:
+// JSON with a stable code, also for a path no route takes (404 NOT_FOUND)
+// or a method it does not (405 METHOD_NOT_ALLOWED, with Allow):
 //
 //	{"error": {"code": "UNKNOWN_RECIPIENT", "detail": "unknown recipient: \"zed\""}}
 //	{"error": {"code": "UNAVAILABLE", "detail": "...", "retry": true}}
+//	{"error": {"code": "NOT_FOUND", "detail": "no route GET /v1/nosuch"}}
+//
+// In every answer, times are RFC 3339 in UTC, in whole milliseconds, and an
+// empty list is [] (never null): normalize.go does it for every route.
 //
 // Codes and statuses come from one table shared with the socket (package
 // channels/codes); "retry" says the same request may be sent again (a
@@ -20,12 +25,16 @@
 //	PATCH /v1/users/{id}            {"name"?,"phone"?,"quiet_hours"?,"department"?} change only the fields given
 //	                                   ("" clears one) of an active user; 404 otherwise
 //	PUT  /v1/users/{id}             {"name","phone","quiet_hours","department"}       create or replace a user
-//	                                   whole (fields left out are cleared): for sync tools
+//	                                   whole, for sync tools: every field is required ("" clears one); a body
+//	                                   that leaves one out is 400 BAD_REQUEST (use PATCH to change some)
 //	POST /v1/users/batch            {"users":[{"id","name","phone"},...]} -> {"created": n}, all or none
 //	GET  /v1/users/{id}             a user, with "status" (active or removed) and "department"
 //	GET  /v1/users?status=active|removed|all                     {"users":[...]}, active ones by default
 //	DELETE /v1/users/{id}           offboard: mark removed, leave groups and department, revoke tokens,
 //	                                close connections, stop pending DINGs (Config.Offboarder) -> the user
+//	                                ("updated": the removal's time) and "already_removed"; a removed user
+//	                                again: 200, "already_removed": true, nothing moves (the offboarding is
+//	                                redone, to finish one that failed half-way)
 //	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
 //	POST /v1/users/{id}/revoke-tokens {"device"} -> {"user","device","connections_closed"}: every client
 //	                                   token of the user issued until now (or of that device) stops
@@ -39,8 +48,11 @@
 //	                                   given in a secret chat), 403 NOT_MEMBER (not in that chat, or no such
 //	                                   chat), 403 NOT_RECIPIENT (forward_of or quote_of names a message the
 //	                                   sender neither sent nor received)
-//	GET  /v1/messages/{id}/receipts -> {"id","from","recipients":[{"user","state","delivered","read"}]}
-//	                                   (a secret message: also "chat"; users by id, as admins see them)
+//	GET  /v1/messages/{id}/receipts -> {"id","from","created","counts","recipients":[{"user","state","delivered","read"}]}
+//	                                   (a secret message: also "chat"; users by id, as admins see them).
+//	                                   "counts" {"sent","delivered","read"[,"confirmed"]} are cumulative,
+//	                                   as in the stats: recipients who reached at least that state
+//	                                   (delivered includes read), not those in it now
 //	POST /v1/backup                 {"dir"} -> {"dir"}: a Pebble checkpoint of the store written into a new
 //	                                   directory under the backup root (Config.BackupRoot, dingd
 //	                                   --backup-dir): dir is a name under it, or an absolute path inside it;
@@ -64,7 +76,8 @@
 //	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After
 //	GET  /v1/dings?from=&after=&limit=  -> {"dings":[{"id","from","created","recipients"}]}
 //	GET  /v1/dings/{id}             -> the DING with every recipient's status and ledger
-//	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped
+//	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped, with "stopped": how
+//	                                   many this request stopped (0, and a "note", when all had ended)
 //	PUT  /v1/policies/{name}        {"policy":"inapp,sms@5m,voice@15m until=confirmed"}
 //	GET  /v1/policies               -> {"policies":{"name":"spec"},"builtin_default":"spec"}
 //
@@ -221,7 +234,63 @@ func New(cfg Config) (*API, error) {
 	return a, nil
 }
 
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/") {
+		if h, pattern := a.mux.Handler(r); pattern == "" {
+			a.noRoute(w, r, h)
+			return
+		}
+	}
+	a.mux.ServeHTTP(w, r)
+}
+
+// noRoute answers a /v1 request that no route takes, in the JSON error
+// format of every other answer where ServeMux would write plain text: 404
+// NOT_FOUND, or 405 METHOD_NOT_ALLOWED (with Allow) when the path has
+// routes for other methods. h is the mux's own answer, run into a
+// recorder to learn which; a redirect to the cleaned path is left to the
+// mux. Counted in the metrics as route "unmatched", never by path.
+func (a *API) noRoute(w http.ResponseWriter, r *http.Request, h http.Handler) {
+	rec := &headerRecorder{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	path := r.URL.Path
+	if len(path) > 200 {
+		path = path[:200] + "..."
+	}
+	var e *apiError
+	switch rec.status {
+	case http.StatusNotFound:
+		e = errf(http.StatusNotFound, "NOT_FOUND", "no route %s %s", r.Method, path)
+	case http.StatusMethodNotAllowed:
+		allow := rec.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		e = errf(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "no route %s %s (it takes %s)", r.Method, path, allow)
+	default:
+		a.mux.ServeHTTP(w, r)
+		return
+	}
+	writeErr(w, e)
+	a.requests.WithLabelValues("unmatched", fmt.Sprint(e.status)).Inc()
+}
+
+// headerRecorder keeps a handler's status and headers and drops its body.
+type headerRecorder struct {
+	header http.Header
+	status int
+}
+
+func (h *headerRecorder) Header() http.Header { return h.header }
+
+func (h *headerRecorder) WriteHeader(code int) {
+	if h.status == 0 {
+		h.status = code
+	}
+}
+
+func (h *headerRecorder) Write(b []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
 
 // apiError is an error with its HTTP status and stable code.
 type apiError struct {
@@ -274,7 +343,7 @@ func (a *API) adminLimit(pattern string, limit int64, h func(r *http.Request) (i
 		}
 		sw.Header().Set("Content-Type", "application/json")
 		sw.WriteHeader(status)
-		json.NewEncoder(sw).Encode(body)
+		json.NewEncoder(sw).Encode(normalize(body))
 	})
 }
 
@@ -447,9 +516,16 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 		Confirmed *time.Time `json:"confirmed,omitempty"`
 	}
 	out := make([]rj, 0, len(rs))
+	// The counts are cumulative, as in the message's stats
+	// (engine.MessageStats): recipients who reached at least each state,
+	// so "delivered" includes those who read, "sent" is every recipient
+	// whose stream has it. (They once counted the recipients in each
+	// state now; the names are kept.)
 	counts := map[string]int{"sent": 0, "delivered": 0, "read": 0}
-	if m.Kind == engine.KindDing {
+	top := engine.StateRead
+	if m.Kind == engine.KindDing || m.Flags&engine.FlagConfirm != 0 {
 		counts["confirmed"] = 0
+		top = engine.StateConfirmed
 	}
 	for _, r := range rs {
 		x := rj{User: r.User, State: r.State.String()}
@@ -465,7 +541,9 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 			t := r.Confirmed.UTC()
 			x.Confirmed = &t
 		}
-		counts[x.State]++
+		for st := engine.StateSent; st <= min(r.State, top); st++ {
+			counts[st.String()]++
+		}
 		out = append(out, x)
 	}
 	res := map[string]any{"id": id.String(), "from": m.From, "created": m.Created.UTC(), "counts": counts, "recipients": out}

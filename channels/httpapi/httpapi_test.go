@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
@@ -72,10 +73,10 @@ func TestSendAndReceiptsThroughTheAPI(t *testing.T) {
 	if code, u := a.do("POST", "/v1/users", a.tok, map[string]string{"id": "ana", "name": "Ana"}); code != 201 || u["id"] != "ana" {
 		t.Fatalf("create ana: %d %v", code, u)
 	}
-	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, map[string]string{"name": "Bo", "phone": "+14155550100"}); code != 201 {
+	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, wholeUser("Bo", "+14155550100", "")); code != 201 {
 		t.Fatalf("create bo: %d", code)
 	}
-	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, map[string]string{"name": "Bo B."}); code != 200 {
+	if code, _ := a.do("PUT", "/v1/users/bo", a.tok, wholeUser("Bo B.", "+14155550100", "")); code != 200 {
 		t.Fatalf("update bo: %d", code)
 	}
 	code, res := a.do("POST", "/v1/messages", a.tok, map[string]any{"from": "ana", "to": []string{"bo"}, "text": "hi", "client_msg_id": "x1"})
@@ -215,5 +216,88 @@ func TestHealthReadyMetrics(t *testing.T) {
 	if resp, err := http.Get(a.base + "/readyz"); err == nil {
 		resp.Body.Close()
 		t.Fatalf("readyz answered %d after shutdown", resp.StatusCode)
+	}
+}
+
+// A /v1 path no route takes, or a method a route does not, gets the JSON
+// error body of every other answer, not ServeMux's plain text (issue 12).
+func TestUnknownRoutesAnswerJSON(t *testing.T) {
+	a, _ := setup(t)
+	for _, c := range []struct {
+		name, method, path string
+		status             int
+		body, allow        string
+	}{
+		{"unknown path", "GET", "/v1/nosuch", 404, `{"error":{"code":"NOT_FOUND","detail":"no route GET /v1/nosuch"}}`, ""},
+		{"unknown sub-path", "POST", "/v1/users/bo/nosuch", 404, `{"error":{"code":"NOT_FOUND","detail":"no route POST /v1/users/bo/nosuch"}}`, ""},
+		{"the root", "GET", "/v1", 404, `{"error":{"code":"NOT_FOUND","detail":"no route GET /v1"}}`, ""},
+		{"wrong method", "DELETE", "/v1/users", 405, `{"error":{"code":"METHOD_NOT_ALLOWED","detail":"no route DELETE /v1/users (it takes GET, HEAD, POST)"}}`, "GET, HEAD, POST"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(c.method, a.base+c.path, nil)
+			req.Header.Set("Authorization", "Bearer "+a.tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.status || strings.TrimSpace(string(body)) != c.body ||
+				resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("Allow") != c.allow {
+				t.Fatalf("got %d %q (%s, Allow %q), want %d %s", resp.StatusCode, body, resp.Header.Get("Content-Type"), resp.Header.Get("Allow"), c.status, c.body)
+			}
+		})
+	}
+}
+
+// A message's receipts and its stats count alike, cumulatively: each
+// count is the recipients who reached at least that state, so delivered
+// includes read (issue 12).
+func TestReceiptAndStatsCountsAreCumulative(t *testing.T) {
+	a, n := setup(t)
+	for _, u := range []string{"ana", "bo", "cy", "di"} {
+		a.ok("POST", "/v1/users", map[string]string{"id": u, "name": u}, 201)
+	}
+	msg := a.ok("POST", "/v1/messages", map[string]any{"from": "ana", "to": []string{"bo", "cy", "di"}, "text": "hi"}, 200)["id"].(string)
+	ann := a.ok("POST", "/v1/announcements", map[string]any{"to": "all", "text": "hello", "confirm": true}, 201)["id"].(string)
+	bo := nodetest.Dial(t, n, "bo", "phone", nil)
+	for range 2 {
+		e := <-bo.Entries()
+		bo.Ack(e.Seq) // delivered
+	}
+	cy := nodetest.Dial(t, n, "cy", "phone", nil)
+	<-cy.Entries() // connected: a request right after Dial may find it not yet
+
+	if err := cy.Read(t.Context(), msg); err != nil { // read, and so delivered
+		t.Fatal(err)
+	}
+	if err := cy.Confirm(t.Context(), ann, 0); err != nil { // confirmed, and so read and delivered
+		t.Fatal(err)
+	}
+	type counts struct{ sent, delivered, read, confirmed any }
+	for _, c := range []struct {
+		id   string
+		want counts
+	}{
+		{msg, counts{3.0, 2.0, 1.0, nil}},
+		{ann, counts{4.0, 2.0, 1.0, 1.0}},
+	} {
+		var rc map[string]any
+		nodetest.WaitFor(t, "bo's acks counted", 5*time.Second, func() bool {
+			rc = a.ok("GET", "/v1/messages/"+c.id+"/receipts", nil, 200)
+			return rc["counts"].(map[string]any)["delivered"] == c.want.delivered
+		})
+		rcc := rc["counts"].(map[string]any)
+		if got := (counts{rcc["sent"], rcc["delivered"], rcc["read"], rcc["confirmed"]}); got != c.want {
+			t.Errorf("receipts counts of %s: %+v, want %+v", c.id, got, c.want)
+		}
+		st := a.ok("GET", "/v1/messages/"+c.id+"/stats", nil, 200)
+		want := c.want
+		if want.confirmed == nil {
+			want.confirmed = 0.0
+		}
+		if got := (counts{st["sent"], st["delivered"], st["read"], st["confirmed"]}); got != want || st["pending"] != 0.0 || st["total"] != c.want.sent {
+			t.Errorf("stats of %s: %v, want %+v", c.id, st, want)
+		}
 	}
 }

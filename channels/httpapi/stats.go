@@ -17,8 +17,8 @@ import (
 // ends are included; the default range is the last 30 days.
 func (a *API) adminStats(r *http.Request) (int, any, error) {
 	q := r.URL.Query()
-	now := time.Now().UTC()
-	to, from := now, now.AddDate(0, 0, -29)
+	today := time.Now().UTC().Truncate(24 * time.Hour) // days, as asked for: "from" and "to" are 00:00Z
+	to, from := today, today.AddDate(0, 0, -29)
 	var err error
 	if s := q.Get("to"); s != "" {
 		if to, err = time.Parse(time.DateOnly, s); err != nil {
