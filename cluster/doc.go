@@ -63,7 +63,12 @@
 //     owner) only moves forward: it refuses entries of older epochs, and
 //     entries of its fence's epoch from any other node (one epoch granted
 //     twice: the first owner seen keeps it). A snapshot never moves a
-//     node's fence back (CheckSnapshot).
+//     node's fence back (CheckSnapshot). It applies only the entries of
+//     the owner whose history it holds (seeded from that owner's
+//     snapshot): an entry of a newer owner moves its fence but not its
+//     history, which need not be a prefix of the newer owner's; it is
+//     then Stale, applies and acks nothing more, and follows again only
+//     from a new snapshot.
 //  2. An owner counts only acks from its current standby, for its own
 //     epoch and node. An ack is a true statement: that standby holds the
 //     owner's history through Seq.
@@ -126,7 +131,7 @@
 //
 // TestSimulation runs thousands of seeded schedules of three nodes, one
 // partition and a MemCoord on a fake clock, with crashes (and one lost
-// disk), pauses, entries the stream loses, rollbacks of the
+// disk), pauses, recoveries after the coordinator lost its state, entries the stream loses, rollbacks of the
 // coordinator's state (leases, epochs, streams, acks) and lease expiries
 // at any step, and checks after every step that every new owner holds
 // every acknowledged batch, that one Seq is never acknowledged with two

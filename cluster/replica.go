@@ -195,6 +195,14 @@ type StandbyState struct {
 	// node: this node may never take the partition over again (until a
 	// new snapshot makes it a standby afresh).
 	Demoted bool
+	// Stale is set when the stream showed an entry of a newer owner than
+	// the one whose history this node holds: the fence moved to it (older
+	// owners are refused), but the history did not: a newer owner's
+	// history continues its own, which this node's may not be a prefix of
+	// (it followed a deposed owner further, or was dropped and fell
+	// behind). A stale node applies and acks nothing more, may not take
+	// over, and follows again only from a new snapshot.
+	Stale bool
 }
 
 // Log is the partition's history on one node (Pebble in dingd, a slice in
@@ -279,10 +287,16 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 		}
 		next := s.st
 		if e.Epoch > next.FenceEpoch {
-			// A newer owner. Its first entry continues the history this
-			// node holds (it took over from this node's history, or
-			// snapshotted it), so the fence moves with the entry.
-			next.FenceEpoch, next.FenceOwner = e.Epoch, e.Owner
+			// A newer owner: its history continues its own, which this
+			// node's need not be a prefix of (a standby follows only the
+			// owner it was seeded from; a new owner's standby starts from
+			// its snapshot). Fence it, and apply nothing more (Stale).
+			next.FenceEpoch, next.FenceOwner, next.Stale = e.Epoch, e.Owner, true
+			s.st = next
+			break
+		}
+		if next.Stale {
+			continue
 		}
 		next.Seq = e.Seq
 		if e.Standby != "" {
@@ -301,8 +315,8 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 	if err := s.log.SaveState(s.st); err != nil {
 		return applied, err
 	}
-	if s.st.FenceEpoch == 0 {
-		return applied, nil
+	if s.st.FenceEpoch == 0 || s.st.Stale {
+		return applied, nil // a stale node's ack would claim a history it lacks
 	}
 	// Acked again even when every entry read was one it had (a resend):
 	// the owner resends when it saw no ack, which the coordinator may
@@ -325,6 +339,9 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 	}
 	if s.st.Demoted {
 		return nil, fmt.Errorf("%w: %s handed partition %d's standby role over", ErrNotStandby, s.node, s.p)
+	}
+	if s.st.Stale {
+		return nil, fmt.Errorf("%w: %s saw a newer owner (epoch %d) than the history it holds", ErrNotStandby, s.node, s.st.FenceEpoch)
 	}
 	sb, err := s.c.Standby(ctx, s.p)
 	if err != nil {
@@ -369,6 +386,8 @@ type Fence struct {
 	Owner   string `json:"owner"` // that epoch's owner (itself: it owned it)
 	Seq     uint64 `json:"seq"`   // its history runs through Seq (an owner's: a lower bound)
 	Demoted bool   `json:"demoted,omitempty"`
+	// Stale: its fence is past its history (StandbyState.Stale).
+	Stale bool `json:"stale,omitempty"`
 	// Serving: it serves the partition now (it holds a lease it has not
 	// lost yet): no recovery is needed.
 	Serving bool `json:"serving,omitempty"`
@@ -387,29 +406,41 @@ var ErrNoRecovery = errors.New("cluster: no member may recover the partition")
 // rolled back), from the fences of every member of the cluster, which the
 // caller must have gathered all of (a member that does not answer may
 // hold the newest history; only members drained for good may be left
-// out). The newest epoch any member has seen, E, is the last one granted
-// that anyone acted on. Its owner holds every batch it acknowledged, so it
-// is chosen if it answered with a history. Otherwise (its disk was lost)
-// every batch acknowledged at E is on E's standby, and every member fenced
-// at E holds a prefix of E's owner's history (rule 1), so the one with the
-// longest history among them holds them all: it is chosen (ties: the
-// smallest id). Older epochs' batches are in E's history (rule 3).
+// out). The newest epoch any member holds the history of, E, is the last
+// one granted that anyone acted on (if a member saw a newer one whose
+// history nobody who answered holds, there is no choice). E's owner holds
+// every batch it acknowledged, so it is chosen if it answered with a
+// history. Otherwise (its disk was lost) every batch acknowledged at E is
+// on E's standby, and every member holding E's history holds a prefix of
+// E's owner's (it was seeded from E's owner's snapshot and applies only
+// E's owner's entries; a member that saw a newer owner than its history's
+// is Stale and not counted), so the one with the longest among them holds
+// them all: it is chosen (ties: the smallest id). Older epochs' batches
+// are in E's history (rule 3).
 func RecoveryChoice(fences []Fence) (string, error) {
-	var top uint64
+	var top, seen uint64
 	for _, f := range fences {
 		if f.Serving {
 			return "", fmt.Errorf("%w: %s serves it", ErrNoRecovery, f.Member)
 		}
-		if f.Held && f.Epoch > top {
-			top = f.Epoch
+		if f.Held {
+			seen = max(seen, f.Epoch)
+			if !f.Stale {
+				top = max(top, f.Epoch)
+			}
 		}
 	}
 	if top == 0 {
 		return "", fmt.Errorf("%w: no member holds a history of it", ErrNoRecovery)
 	}
+	if seen > top {
+		// Someone saw an owner at an epoch whose history nobody who
+		// answered holds: its owner and its standby both lost theirs.
+		return "", fmt.Errorf("%w: epoch %d was seen, but nobody holds its history", ErrNoRecovery, seen)
+	}
 	best := -1
 	for i, f := range fences {
-		if !f.Held || f.Epoch != top {
+		if !f.Held || f.Stale || f.Epoch != top {
 			continue
 		}
 		if f.Owner == f.Member {

@@ -641,15 +641,19 @@ func (f *Follower) SaveState(st StandbyState) error {
 	return b.Commit(true)
 }
 
-// encodeState: version 1, fence epoch, seq, demoted, then the fence
+// encodeState: version 1, fence epoch, seq, flags (1 demoted, 2 stale),
+// then the fence
 // owner and the cursor, each length-prefixed.
 func encodeState(st StandbyState) []byte {
 	b := []byte{1}
 	b = binary.AppendUvarint(b, st.FenceEpoch)
 	b = binary.AppendUvarint(b, st.Seq)
-	d := byte(0)
+	d := byte(0) // flags: 1 demoted, 2 stale
 	if st.Demoted {
-		d = 1
+		d |= 1
+	}
+	if st.Stale {
+		d |= 2
 	}
 	b = append(b, d)
 	for _, s := range []string{st.FenceOwner, st.Cursor} {
@@ -675,7 +679,7 @@ func decodeState(b []byte) (StandbyState, error) {
 	if st.Seq, n = binary.Uvarint(b); n <= 0 || len(b) < n+1 {
 		return st, errBadState
 	}
-	st.Demoted, b = b[n] == 1, b[n+1:]
+	st.Demoted, st.Stale, b = b[n]&1 != 0, b[n]&2 != 0, b[n+1:]
 	var ss [2]string
 	for i := range ss {
 		l, n := binary.Uvarint(b)

@@ -69,7 +69,7 @@ func TestSimulation(t *testing.T) {
 }
 
 type simStats struct {
-	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed, drops int
+	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed, drops, recoveries int
 }
 
 type simNode struct {
@@ -222,9 +222,11 @@ func (s *sim) step(ctx context.Context, step int) error {
 		}
 	case r < 64:
 		return s.renew(ctx)
-	case r < 72:
+	case r < 70:
 		d := time.Duration(s.rng.IntN(3000)) * time.Millisecond
 		s.now = s.now.Add(d)
+	case r < 72:
+		return s.recover(ctx)
 	case r < 78:
 		return s.takeover(ctx)
 	case r < 80:
@@ -460,6 +462,62 @@ func (s *sim) takeover(ctx context.Context) error {
 	if err := s.holdsAll(n, "a new owner"); err != nil {
 		return err
 	}
+	n.standby, n.owner, n.reported = nil, o, uint64(len(n.log))
+	s.maxOwnerEp = max(s.maxOwnerEp, o.Epoch())
+	return nil
+}
+
+// recover is the members' recovery when the coordinator names no owner
+// and no standby (internal/node/recover.go): only when every node answers
+// (up, not paused) does the one RecoveryChoice names take the partition
+// over from its own history. (dingd continues the numbering above every
+// Seq reported; here histories are slices, so it continues its own: the
+// same batches are acknowledged either way.)
+func (s *sim) recover(ctx context.Context) error {
+	holder, _, err := s.c.Lease(ctx, simP)
+	if err != nil || holder != "" {
+		return nil
+	}
+	if sb, err := s.c.Standby(ctx, simP); err != nil || sb != "" {
+		return nil
+	}
+	var fences []Fence
+	var floor uint64
+	for _, n := range s.nodes {
+		if !n.up || n.paused {
+			return nil // it might hold the newest history: wait for it
+		}
+		f := Fence{Member: n.id, Held: n.hasState && n.st.FenceEpoch > 0, Serving: n.owner != nil}
+		if f.Held {
+			f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = n.st.FenceEpoch, n.st.FenceOwner, uint64(len(n.log)), n.st.Demoted, n.st.Stale
+			floor = max(floor, f.Epoch)
+		}
+		fences = append(fences, f)
+	}
+	id, err := RecoveryChoice(fences)
+	if err != nil {
+		return nil
+	}
+	var n *simNode
+	for _, c := range s.nodes {
+		if c.id == id {
+			n = c
+		}
+	}
+	o, err := NewStandby(s.c, simP, n.id, simLog{n}, n.st).Recover(ctx, simTTL, floor, uint64(len(n.log))+1)
+	if err != nil {
+		return nil // the lease was taken meanwhile
+	}
+	s.stats.recoveries++
+	s.log("%s recovers the partition at epoch %d with history %d", n.id, o.Epoch(), len(n.log))
+	if o.Epoch() <= s.maxAckEp {
+		return fmt.Errorf("%s recovered at epoch %d, not above %d, an epoch already acknowledged at", n.id, o.Epoch(), s.maxAckEp)
+	}
+	if err := s.holdsAll(n, "a recovering owner"); err != nil {
+		return err
+	}
+	// The others may keep following (a node that has not noticed): their
+	// acks count for nobody until the new owner names a standby.
 	n.standby, n.owner, n.reported = nil, o, uint64(len(n.log))
 	s.maxOwnerEp = max(s.maxOwnerEp, o.Epoch())
 	return nil

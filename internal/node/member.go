@@ -259,7 +259,7 @@ func (m *member) run(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if !held {
+			if !held || st.Stale {
 				return m.join(ctx, holder)
 			}
 			return m.standby(ctx, st, nil)
@@ -506,6 +506,15 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			closeStores()
 			m.follower.Store(nil)
 			m.release(ctx)
+			return m.run(ctx)
+		}
+		if f.Standby().State().Stale {
+			// A newer owner than the one this copy follows: it follows
+			// again only from a new snapshot (cluster.StandbyState.Stale).
+			stop()
+			closeStores()
+			m.follower.Store(nil)
+			m.log.Warn("the partition has a newer owner than the history this member follows; it joins again from a snapshot")
 			return m.run(ctx)
 		}
 		holder, _, err := m.c.Lease(ctx, memberPartition)

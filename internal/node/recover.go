@@ -120,7 +120,7 @@ func (m *member) fence() (f cluster.Fence, ok bool) {
 		return f, false
 	}
 	if held && st.FenceEpoch > 0 {
-		f.Held, f.Epoch, f.Owner, f.Seq, f.Demoted = true, st.FenceEpoch, st.FenceOwner, st.Seq, st.Demoted
+		f.Held, f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = true, st.FenceEpoch, st.FenceOwner, st.Seq, st.Demoted, st.Stale
 	}
 	return f, true
 }
@@ -185,7 +185,7 @@ var errWaitRecovery = errors.New("node: recovery waits")
 // partition and serves it. It returns errWaitRecovery when it must wait.
 func (m *member) recoverPartition(ctx context.Context, cur cluster.StandbyState) error {
 	self, _ := m.fence() // its fields below are from cur, read just now
-	self.Held, self.Epoch, self.Owner, self.Seq, self.Demoted = true, cur.FenceEpoch, cur.FenceOwner, cur.Seq, cur.Demoted
+	self.Held, self.Epoch, self.Owner, self.Seq, self.Demoted, self.Stale = true, cur.FenceEpoch, cur.FenceOwner, cur.Seq, cur.Demoted, cur.Stale
 	fences := map[string]cluster.Fence{m.mc.ID: self}
 	known := m.peers.snapshot()
 	if reg, ok := m.c.(cluster.Registry); ok {
