@@ -131,9 +131,10 @@
 //
 // TestSimulation runs thousands of seeded schedules of three nodes, one
 // partition and a MemCoord on a fake clock, with crashes (and one lost
-// disk), pauses, recoveries after the coordinator lost its state, entries the stream loses, rollbacks of the
-// coordinator's state (leases, epochs, streams, acks) and lease expiries
-// at any step, and checks after every step that every new owner holds
+// disk), pauses, entries the stream loses, rollbacks of the
+// coordinator's state (leases, epochs, streams, acks), recoveries once
+// it names no owner and no standby, and lease expiries at any step, and
+// checks after every step that every new owner holds
 // every acknowledged batch, that one Seq is never acknowledged with two
 // batches, that at most one node acknowledges at any epoch and that no
 // node's fence moves back; at the end, that some node holds every
