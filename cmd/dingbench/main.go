@@ -93,6 +93,7 @@ func run(args []string) error {
 	live := fs.Int("live", 50_000, "secret: live messages held at a restart")
 	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
+	ownerOnly := fs.Bool("ack-replicas-0", false, "cluster: also run the load against members with --ack-replicas 0 (the cost of waiting for the standby, in the same run)")
 	switch scenario {
 	case "-h", "-help", "--help", "help":
 		fs.SetOutput(os.Stdout)
@@ -166,7 +167,7 @@ func run(args []string) error {
 	}
 	cluster := func() (bench.Table, error) {
 		return bench.Cluster(bench.ClusterConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
-			Warmup: *warm, Run: *runFor, Failovers: *failovers, Profiling: profiling})
+			Warmup: *warm, Run: *runFor, Failovers: *failovers, OwnerOnly: *ownerOnly, Profiling: profiling})
 	}
 	switch scenario {
 	case "announce-naive": // the announce scenario's baseline, run by it as a child process
