@@ -12,10 +12,12 @@ import (
 // CheckReport is what Check found: counts of what it read, and the
 // broken invariants (at most maxProblems of them, Truncated beyond).
 type CheckReport struct {
-	Streams, Entries, Messages int
-	Cursors                    int
-	Problems                   []string
-	Truncated                  bool
+	Streams   int      `json:"streams"`
+	Entries   int      `json:"entries"`
+	Messages  int      `json:"messages"`
+	Cursors   int      `json:"cursors"`
+	Problems  []string `json:"problems"` // [] when every invariant holds
+	Truncated bool     `json:"truncated"`
 }
 
 // OK reports whether no invariant was broken.
@@ -44,7 +46,7 @@ func (r *CheckReport) problem(format string, args ...any) {
 //
 // It reads the whole store; run it on a stopped node's data or a backup.
 func Check(st store.Store) (CheckReport, error) {
-	var r CheckReport
+	r := CheckReport{Problems: []string{}}
 	heads := map[string]uint64{}
 	var (
 		user    string

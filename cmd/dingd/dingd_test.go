@@ -319,7 +319,7 @@ func TestKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 	out, err := exec.Command(dingdBinary(t), "check", "--data", data).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), `"Problems": null`) {
+	if err != nil || !strings.Contains(string(out), `"problems": []`) {
 		t.Fatalf("dingd check after the crash: %v\n%s", err, out)
 	}
 }
