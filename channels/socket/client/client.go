@@ -329,6 +329,11 @@ type Client struct {
 
 	ev *events // Config.OnSession's; nil without one. Its lock is taken alone or inside mu.
 
+	// up is closed once the first session holds its connection: Dial
+	// returns then, so that a request right after Dial finds it.
+	up     chan struct{}
+	upOnce sync.Once
+
 	mu       sync.Mutex
 	nc       net.Conn                // current connection, nil while disconnected; guarded by mu
 	ncReason error                   // why the client itself closed nc (ErrRefetch); guarded by mu
@@ -449,6 +454,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		runDone:  make(chan struct{}),
 		pumpDone: make(chan struct{}),
 		done:     make(chan struct{}),
+		up:       make(chan struct{}),
 		seeds:    seeds,
 	}
 	if cfg.OnSession != nil {
@@ -492,6 +498,14 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		<-c.pumpDone
 		close(c.done)
 	}()
+	// The session takes the connection on its own goroutine: wait for it,
+	// or a Read or Confirm right after Dial would find none ("not
+	// connected; retry").
+	select {
+	case <-c.up:
+	case <-c.done:
+	case <-ctx.Done():
+	}
 	return c, nil
 }
 
@@ -780,6 +794,7 @@ func (c *Client) session(l *link) error {
 		return c.err
 	}
 	c.nc, c.welcome = nc, w
+	c.upOnce.Do(func() { close(c.up) })
 	c.ev.emit(SessionEvent{Kind: SessionUp, Addr: l.addr, Session: n, Reconnect: n > 1, Cursor: l.cursor,
 		ResumeFrom: w.ResumeFrom, Head: w.Head, Welcome: w})
 	// A server whose stream is shorter than what this client has seen (a

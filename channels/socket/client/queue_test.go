@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -165,5 +166,25 @@ func TestTinyQueueStillDelivers(t *testing.T) {
 		if e.Message.ID != ids[i] {
 			t.Fatalf("message %d: %s, want %s", i, e.Message.ID, ids[i])
 		}
+	}
+}
+
+// TestRequestRightAfterDial: Dial returns once its connection is the
+// client's, so a request made at once finds it (it answered "not
+// connected; retry" when the session had not taken it yet).
+func TestRequestRightAfterDial(t *testing.T) {
+	n := nodetest.Start(t, node.Config{DataDir: t.TempDir()})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	for i := range 30 {
+		dev := fmt.Sprintf("d%d", i)
+		c, err := client.Dial(context.Background(), client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", dev), Device: dev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Receipts(context.Background(), "01M8ZZZZZZZZZZZZZZZZZZZZZZ")
+		if err != nil && strings.Contains(err.Error(), "not connected") {
+			t.Fatalf("dial %d: a request right after Dial: %v", i, err)
+		}
+		c.Close()
 	}
 }
