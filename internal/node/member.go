@@ -170,6 +170,8 @@ type member struct {
 	metrics    *prometheus.Registry
 	stand      *standIn
 	cache      ownerCache
+	// standCerts is the stand-in's HTTPS certificate (the node's files).
+	standCerts *certReloader
 }
 
 // socketAddrKey is where a member publishes its socket address (beside

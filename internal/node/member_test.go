@@ -3,9 +3,12 @@ package node_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -136,4 +139,60 @@ func get(t *testing.T, url, token string) []byte {
 		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
 	}
 	return b
+}
+
+// TestStandInServesTheNodesTLS: a member configured with a certificate
+// stands in over HTTPS, as its node would serve: no plain HTTP port opens
+// (it proxies the admin API, tokens and all, to the owner).
+func TestStandInServesTheNodesTLS(t *testing.T) {
+	c := cluster.NewMemCoord(time.Now)
+	ctx, cancel := context.WithCancel(context.Background())
+	var done []chan error
+	defer func() {
+		cancel()
+		for _, d := range done {
+			<-d
+		}
+	}()
+	cert, key, caFile := nodetest.TLSFiles(t)
+	run := func(id string, tlsOn bool, started chan<- *node.Node) string {
+		addr := nodetest.FreeAddr(t)
+		cfg := node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		if tlsOn {
+			cfg.TLSCert, cfg.TLSKey = cert, key
+		}
+		d := make(chan error, 1)
+		done = append(done, d)
+		mc := node.MemberConfig{Node: cfg, Coord: c, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
+			Started: func(n *node.Node) { started <- n }}
+		go func() { d <- node.RunMember(ctx, mc) }()
+		return addr
+	}
+	startedA := make(chan *node.Node, 1)
+	run("a", false, startedA)
+	<-startedA
+	addrB := run("b", true, make(chan *node.Node, 1))
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	https := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	nodetest.WaitFor(t, "b's stand-in over HTTPS", 10*time.Second, func() bool {
+		resp, err := https.Get("https://" + addrB + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + addrB + "/healthz")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("b's stand-in answered plain HTTP")
+		}
+	}
 }

@@ -1,8 +1,10 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -145,7 +147,29 @@ func (m *member) standIn() {
 	if httpAddr == "" {
 		httpAddr = ":7080"
 	}
-	if ln, err := net.Listen("tcp", httpAddr); err != nil {
+	ln, err := net.Listen("tcp", httpAddr)
+	if err == nil {
+		// The same bounds as the node's HTTP port, and its TLS: a member
+		// that stands by must not open a plain port where its node serves
+		// HTTPS (it proxies the admin API, tokens and all, to the owner).
+		perSource, total := cmp.Or(m.mc.Node.MaxHTTPConnsPerSource, 64), cmp.Or(m.mc.Node.MaxHTTPConns, 1024)
+		var lim net.Listener
+		if lim, err = newLimitListener(ln, max(perSource, 0), max(total, 0), prometheus.NewRegistry()); err == nil {
+			ln = lim
+			if m.mc.Node.TLSCert != "" {
+				if m.standCerts == nil {
+					m.standCerts, err = newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey)
+				}
+				if err == nil {
+					ln = tls.NewListener(ln, m.standCerts.tlsConfig())
+				}
+			}
+		}
+		if err != nil {
+			ln.Close()
+		}
+	}
+	if err != nil {
 		m.log.Warn("cannot serve this member's HTTP while it stands by", "listen", httpAddr, "err", err)
 		close(s.done)
 	} else {
