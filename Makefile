@@ -65,9 +65,11 @@ SOAK_DURATION ?= 10m
 soak: tools
 	$(GO) test -count=1 -tags soak -run TestSoak -timeout 2h -v ./cmd/dingd -soak.duration $(SOAK_DURATION)
 
-# Chaos runs not in `make test` (see cmd/dingd/chaos_test.go).
+# The Redis-failure tests of cluster mode, many times over (once each in
+# `make test`): a Redis Cluster master killed, Redis losing its state.
+CHAOS_COUNT ?= 10
 chaos: tools redis
-	$(GO) test -race -count=1 -tags chaos -run Chaos\|RedisMasterKill -timeout 10m ./cmd/dingd
+	$(GO) test -race -count=$(CHAOS_COUNT) -run 'RedisMasterKill|RecoversWhenRedisLosesItsState' -timeout 30m ./cmd/dingd
 
 # Regenerate the protocol's Go code from channels/socket/pb/ding.proto.
 proto:

@@ -1,5 +1,3 @@
-//go:build chaos
-
 package main
 
 import (
@@ -10,12 +8,13 @@ import (
 	"github.com/dingmq/ding/internal/redistest"
 )
 
-// Run with `make chaos`. When the killed master's replica was promoted
-// without the partition's latest coordinator writes (Redis replicates
-// asynchronously), the coordinator may lose the lease, epoch and standby
-// name altogether; the members then recover the partition together
-// (internal/node/recover.go; TestClusterRecoversWhenRedisLosesItsState
-// shows it in make test, with FLUSHALL).
+// In make test; `make chaos` runs it many times. When the killed
+// master's replica was promoted without the partition's latest
+// coordinator writes (Redis replicates asynchronously), the coordinator
+// may lose the lease, epoch and standby name altogether; the members then
+// recover the partition together (internal/node/recover.go;
+// TestClusterRecoversWhenRedisLosesItsState forces that case with
+// FLUSHALL).
 
 // The pair on a real Redis Cluster (3 masters, 3 replicas): the master
 // holding the partition's slot is killed with SIGKILL while clients send.
