@@ -13,6 +13,11 @@
 // TWILIO_AUTH_TOKEN: flags show in ps. --print-config prints the effective
 // configuration in the file's format, secrets redacted, and exits.
 //
+// A port already taken is found before anything is written in the data
+// dir; the data dir is then locked (DATA/dingd.lock names the PID, so a
+// second dingd says which process holds it), and --restore-from restores
+// a backup atomically: a start that fails leaves no half-restored store.
+//
 // SMS and voice escalation of DINGs go through Twilio when
 // twilio-account-sid, twilio-auth-token, twilio-from and public-url are
 // set; twilio-api-url points the client at a Twilio-compatible gateway or a
@@ -130,7 +135,9 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 
 	if c.PProf != "" {
 		ln, err := net.Listen("tcp", c.PProf)
-		if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("the pprof port %s is in use (--pprof chooses another)", c.PProf)
+		} else if err != nil {
 			return fmt.Errorf("pprof: %w", err)
 		}
 		defer ln.Close()
@@ -149,23 +156,19 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		ncfg.DiskReserve = -1 // 0 MiB: no reserve, no guard
 	}
 	ncfg.Socket.MaxPreAuthPerSource, ncfg.MaxHTTPConnsPerSource = orNone(c.PreAuthPerSource), orNone(c.HTTPConnsPerSource)
-	if c.RestoreFrom != "" {
-		if c.Cluster != "" {
-			return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
-		}
-		st, err := node.Restore(c.RestoreFrom, c.Data)
-		if err != nil {
-			return err
-		}
-		log.Warn("restored the store from a backup: secret messages burn at this start (their keys are not in backups); client tokens signed before need the old jwt.secret, or new tokens",
-			"from", c.RestoreFrom, "keys", st.Keys, "bytes", st.Bytes)
+	if c.RestoreFrom != "" && c.Cluster != "" {
+		return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
 	}
+	// Start restores the backup, if asked, once the listeners are bound
+	// and the data dir locked: a start that fails leaves no half-restored
+	// store behind.
+	ncfg.RestoreFrom = c.RestoreFrom
 	if c.Cluster != "" {
-		return runMember(c, ncfg, log)
+		return startError(runMember(c, ncfg, log))
 	}
 	n, err := node.Start(ncfg)
 	if err != nil {
-		return err
+		return startError(err)
 	}
 	fmt.Fprintf(os.Stderr, "dingd: socket %s, http %s, data %s (admin token in %s)\n",
 		n.SocketAddr(), n.HTTPAddr(), c.Data, filepath.Join(c.Data, node.AdminTokenFile))
@@ -206,6 +209,21 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	err = n.Shutdown(ctx)
 	close(done)
 	wg.Wait()
+	return err
+}
+
+// startError rewrites the errors met first when a start fails into one
+// line saying what to do; others are returned as they are.
+func startError(err error) error {
+	var port *node.AddrInUseError
+	if errors.As(err, &port) {
+		flag := map[string]string{"socket": "--listen", "http": "--http", "TLS socket": "--tls-listen"}[port.Listener]
+		return fmt.Errorf("the %s port %s is in use (another dingd? %s chooses another)", port.Listener, port.Addr, flag)
+	}
+	var dir *node.DataDirInUseError
+	if errors.As(err, &dir) {
+		return fmt.Errorf("the data dir %s is in use by %s: stop it, or --data chooses another", dir.Dir, dir.Holder())
+	}
 	return err
 }
 
