@@ -335,16 +335,10 @@ func load(args []string, getenv func(string) (string, bool)) (*config, error) {
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil, err
 	} else if err != nil {
-		msg := err.Error()
-		if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
-			msg = "unknown flag --" + name
-		} else if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
-			msg = "a value is needed after --" + name
-		}
-		return nil, fmt.Errorf("%s; see dingd --help", strings.Replace(msg, " for flag -", " for flag --", 1))
+		return nil, flagError(err, "dingd --help")
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (settings are flags: --name value)", fs.Arg(0))
+		return nil, usageError(fmt.Sprintf("unexpected argument %q (settings are flags: --name value); see dingd --help", fs.Arg(0)))
 	}
 	for i := range settings {
 		s := &settings[i]
@@ -392,17 +386,46 @@ func load(args []string, getenv func(string) (string, bool)) (*config, error) {
 	return c, nil
 }
 
+// usageError is a mistake on the command line: a flag or argument dingd
+// does not know, a value it cannot read, a value given by a flag that is
+// out of range. dingd exits 2 for it, 1 for any other failure.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+// flagError turns an error of package flag into one line naming the flag
+// as it is written (--name) and where help is, as a usageError.
+func flagError(err error, help string) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		msg = "unknown flag --" + strings.TrimPrefix(name, "-")
+	} else if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		msg = "a value is needed after --" + strings.TrimPrefix(name, "-")
+	}
+	return usageError(fmt.Sprintf("%s; see %s", strings.Replace(msg, " for flag -", " for flag --", 1), help))
+}
+
+// invalid is the error for setting name's value, written as value, and
+// what it should be: a usageError if the value came from a flag.
+func (c *config) invalid(name, value, want string) error {
+	msg := fmt.Sprintf("%s %s (from %s): %s", name, value, c.from[name], want)
+	if c.from[name] == fromFlag {
+		return usageError(msg)
+	}
+	return errors.New(msg)
+}
+
 // validate checks what the types alone do not.
 func (c *config) validate() error {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return fmt.Errorf("log-level %q (from %s): want debug, info, warn or error", c.LogLevel, c.from["log-level"])
+		return c.invalid("log-level", strconv.Quote(c.LogLevel), "want debug, info, warn or error")
 	}
 	if c.BurnAfter != 0 && c.BurnAfter < engine.MinBurnAfter {
-		return fmt.Errorf("burn-after %v (from %s): want 0 (the default, 30s) or at least %v", c.BurnAfter, c.from["burn-after"], engine.MinBurnAfter)
+		return c.invalid("burn-after", c.BurnAfter.String(), "want 0 (the default, 30s) or at least "+engine.MinBurnAfter.String())
 	}
 	if c.SecretUnreadTTL < 0 {
-		return fmt.Errorf("secret-unread-ttl %v (from %s): want 0 (the default, 24h) or more", c.SecretUnreadTTL, c.from["secret-unread-ttl"])
+		return c.invalid("secret-unread-ttl", c.SecretUnreadTTL.String(), "want 0 (the default, 24h) or more")
 	}
 	if c.Cluster != "" {
 		for _, r := range []struct{ name, v string }{{"node-id", c.NodeID}, {"advertise", c.Advertise}, {"cluster-secret", c.ClusterSecret}} {
@@ -411,14 +434,14 @@ func (c *config) validate() error {
 			}
 		}
 		if c.LeaseTTL < 100*time.Millisecond {
-			return fmt.Errorf("lease-ttl %v (from %s): want at least 100ms", c.LeaseTTL, c.from["lease-ttl"])
+			return c.invalid("lease-ttl", c.LeaseTTL.String(), "want at least 100ms")
 		}
 		if c.AckReplicas != 0 && c.AckReplicas != 1 {
-			return fmt.Errorf("ack-replicas %d (from %s): want 1 (owner and standby) or 0 (owner only); a partition has one standby", c.AckReplicas, c.from["ack-replicas"])
+			return c.invalid("ack-replicas", strconv.Itoa(c.AckReplicas), "want 1 (owner and standby) or 0 (owner only); a partition has one standby")
 		}
 	}
 	if c.IdleTimeout < 300*time.Millisecond {
-		return fmt.Errorf("idle-timeout %v (from %s): want at least 300ms", c.IdleTimeout, c.from["idle-timeout"])
+		return c.invalid("idle-timeout", c.IdleTimeout.String(), "want at least 300ms")
 	}
 	for i := range settings {
 		s := &settings[i]
@@ -439,12 +462,22 @@ func (c *config) logLevel() slog.Level {
 
 // usage writes --help.
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `Usage: dingd [flags]
+	fmt.Fprintf(w, `Usage:
+  dingd [flags]                           run the server
+  dingd check [--data DIR | --store DIR]  check the store of a stopped dingd, or a backup
+                                          (dingd check --help)
+  dingd --version                         print the version and exit
+  dingd help [check]                      this help, or check's
 
 dingd is the Ding server. Every setting is a flag, an environment variable
 and a key of the TOML config file; a flag beats the environment, which beats
 the file, which beats the default. An empty environment variable counts as
-unset.
+unset. Exit status: 0 after a clean stop, 1 on a failure, 2 on a mistake
+on the command line.
+
+Example:
+  dingd --data ./ding-data --listen 127.0.0.1:7070 --http 127.0.0.1:7080
+  dingd --config /etc/ding/dingd.toml --print-config
 
 `)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)

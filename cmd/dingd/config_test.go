@@ -92,6 +92,8 @@ func TestLoadErrors(t *testing.T) {
 		env  map[string]string
 		want string // a regexp the one-line error must match
 	}{
+		{"flag out of range", []string{"--idle-timeout", "1ms"}, nil, `^idle-timeout 1ms \(from flag\): want at least 300ms$`},
+		{"missing flag value", []string{"--listen"}, nil, `^a value is needed after --listen; see dingd --help$`},
 		{"unknown key", file("data = \"x\"\n\nbogus = 1\n"), nil, `dingd\.toml:3:1: unknown key "bogus"$`},
 		{"unknown keys", file("bogus = 1\nlisten = \":1\"\nmax_body = 2\n"), nil, `:1:1: unknown key "bogus"; .*:3:1: unknown key "max_body"$`},
 		{"table", file("[twilio]\nfrom = \"+15550000001\"\n"), nil, `:1:2: unknown key "twilio"`},
@@ -129,6 +131,15 @@ func TestLoadErrors(t *testing.T) {
 			}
 			if !regexp.MustCompile(tc.want).MatchString(err.Error()) {
 				t.Fatalf("error %q does not match %s", err, tc.want)
+			}
+			// A mistake on the command line exits 2; in a file or the
+			// environment, 1.
+			want := 1
+			if strings.HasPrefix(tc.name, "flag") || strings.Contains(err.Error(), "(from flag)") || strings.Contains(err.Error(), "see dingd --help") {
+				want = 2
+			}
+			if got := exitCode(err); got != want {
+				t.Fatalf("exit status %d for %q, want %d", got, err, want)
 			}
 		})
 	}
@@ -403,6 +414,46 @@ func TestBinaryStartFailure(t *testing.T) {
 	_, stderr, code = runDingd(t, nil, "--data", first.data, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "error")
 	if want := fmt.Sprintf("dingd: the data dir %s is in use by another dingd (pid %d): stop it, or --data chooses another\n", data, first.cmd.Process.Pid); code != 1 || stderr != want {
 		t.Fatalf("second dingd on one data dir: exit %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+}
+
+// TestBinaryUsage (issue 12): help is on stdout with exit status 0, for
+// dingd, dingd help, dingd check; a mistake on the command line is one
+// line on stderr with exit status 2.
+func TestBinaryUsage(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string // a regexp; empty: no output
+		stderr string // exactly
+	}{
+		{"--help", []string{"--help"}, 0, `(?s)^Usage:\n  dingd \[flags\] .*\n  dingd check \[--data DIR \| --store DIR\] .*--ding-sender-daily int `, ""},
+		{"-h", []string{"-h"}, 0, `^Usage:\n  dingd \[flags\]`, ""},
+		{"help", []string{"help"}, 0, `(?s)^Usage:\n  dingd \[flags\] .*  dingd check .*--listen string`, ""},
+		{"help check", []string{"help", "check"}, 0, `(?s)^Usage: dingd check \[--data DIR \| --store DIR\]\n.*\n  --data DIR .*\n  --store DIR .*Example:`, ""},
+		{"check --help", []string{"check", "--help"}, 0, `(?s)^Usage: dingd check \[--data DIR \| --store DIR\]\n.*\n  --data DIR `, ""},
+		{"mistyped flag", []string{"--lsiten", ":1"}, 2, "", "dingd: unknown flag --lsiten; see dingd --help\n"},
+		{"argument", []string{"serve"}, 2, "", "dingd: unexpected argument \"serve\" (settings are flags: --name value); see dingd --help\n"},
+		{"bad flag value", []string{"--max-body", "64k"}, 2, "", "dingd: invalid value \"64k\" for flag --max-body: want an integer; see dingd --help\n"},
+		{"flag out of range", []string{"--burn-after", "1s"}, 2, "", "dingd: burn-after 1s (from flag): want 0 (the default, 30s) or at least 5s\n"},
+		{"help on nothing", []string{"help", "serve"}, 2, "", "dingd: no help on \"serve\": dingd help [check]\n"},
+		{"check: mistyped flag", []string{"check", "--x"}, 2, "", "dingd: unknown flag --x; see dingd check --help\n"},
+		{"check: argument", []string{"check", "somewhere"}, 2, "", "dingd: unexpected argument \"somewhere\"; see dingd check --help\n"},
+		{"check: nothing there", []string{"check", "--data", "/nonexistent"}, 1, "", "dingd: check: /nonexistent/store holds no store\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := runDingd(t, nil, tc.args...)
+			if code != tc.code || stderr != tc.stderr {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.stderr)
+			}
+			if tc.stdout == "" && stdout != "" || tc.stdout != "" && !regexp.MustCompile(tc.stdout).MatchString(stdout) {
+				t.Fatalf("stdout does not match %s:\n%s", tc.stdout, stdout)
+			}
+			if strings.Contains(stdout, "Usage of") || regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(stdout) {
+				t.Fatalf("Go's default usage, with single-dash flags:\n%s", stdout)
+			}
+		})
 	}
 }
 
