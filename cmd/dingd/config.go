@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -91,9 +92,17 @@ type setting struct {
 	def    string // default, written as on the command line
 	help   string
 	secret bool // redacted by --print-config, never echoed in errors
-	// zero, if set, is what the zero value (0, 0s, "") means: printed by
-	// --print-config beside it, so the effective value shows.
+	// zero, if set, is what the zero value (0, 0s, "") means when that
+	// is no value of the setting's own ("no bound", "DATA/backups"):
+	// printed by --print-config beside it, so the effect shows.
 	zero string
+	// effective, if set, is the value the zero stands for, in
+	// command-line form: a default the engine or a library applies to a
+	// zero ("200", "5m", "https://api.twilio.com"). --help shows it as
+	// the default and --print-config prints it in place of the zero; load
+	// reads it back as the zero, so a printed file runs exactly as the
+	// configuration it was printed from.
+	effective string
 	// field points into c: a *string, *int, *bool or *time.Duration.
 	field func(c *config) any
 }
@@ -169,36 +178,36 @@ var settings = []setting{
 		help:  "base URL where Twilio reaches this server's webhooks, e.g. https://ding.example.com",
 		field: func(c *config) any { return &c.Twilio.PublicURL }},
 	{name: "twilio-api-url", env: "TWILIO_API_URL", def: "",
-		help:  "base URL replacing https://api.twilio.com, e.g. a fake Twilio for a demo",
-		zero:  "https://api.twilio.com",
-		field: func(c *config) any { return &c.Twilio.APIURL }},
+		help:      "base URL replacing https://api.twilio.com, e.g. a fake Twilio for a demo",
+		effective: "https://api.twilio.com",
+		field:     func(c *config) any { return &c.Twilio.APIURL }},
 	{name: "ding-sender-daily", env: "DING_SENDER_DAILY", def: "0",
-		help:  "DINGs one sender may send per UTC day; 0: 200, -1: unlimited",
-		zero:  "200 a day",
-		field: func(c *config) any { return &c.Quotas.DingsPerSenderPerDay }},
+		help:      "DINGs one sender may send per UTC day; 0: 200, -1: unlimited",
+		effective: "200",
+		field:     func(c *config) any { return &c.Quotas.DingsPerSenderPerDay }},
 	{name: "ding-recipient-interval", env: "DING_RECIPIENT_INTERVAL", def: "0s",
-		help:  "shortest time between DINGs from one sender to the same recipient; 0: 5m, negative: none",
-		zero:  "5m",
-		field: func(c *config) any { return &c.Quotas.RecipientInterval }},
+		help:      "shortest time between DINGs from one sender to the same recipient; 0: 5m, negative: none",
+		effective: "5m",
+		field:     func(c *config) any { return &c.Quotas.RecipientInterval }},
 	{name: "sms-per-day", env: "DING_SMS_PER_DAY", def: "0",
-		help:  "org-wide SMS budget per UTC day; 0: 10000, -1: unlimited",
-		zero:  "10000",
-		field: func(c *config) any { return &c.Quotas.SMSPerDay }},
+		help:      "org-wide SMS budget per UTC day; 0: 10000, -1: unlimited",
+		effective: "10000",
+		field:     func(c *config) any { return &c.Quotas.SMSPerDay }},
 	{name: "calls-per-day", env: "DING_CALLS_PER_DAY", def: "0",
-		help:  "org-wide call budget per UTC day; 0: 2000, -1: unlimited",
-		zero:  "2000",
-		field: func(c *config) any { return &c.Quotas.CallsPerDay }},
+		help:      "org-wide call budget per UTC day; 0: 2000, -1: unlimited",
+		effective: "2000",
+		field:     func(c *config) any { return &c.Quotas.CallsPerDay }},
 	{name: "no-call-fallback", env: "DING_NO_CALL_FALLBACK", def: "false",
 		help:  "do not send an SMS at once when an escalation call is busy, unanswered or fails",
 		field: func(c *config) any { return &c.NoCallFallback }},
 	{name: "burn-after", env: "DING_BURN_AFTER", def: "0s",
-		help:  "secret chats: a message burns this long after its first read; also the longest delay a level-3 chat may choose; 0: 30s, at least 5s",
-		zero:  "30s",
-		field: func(c *config) any { return &c.BurnAfter }},
+		help:      "secret chats: a message burns this long after its first read; also the longest delay a level-3 chat may choose; 0: 30s, at least 5s",
+		effective: "30s",
+		field:     func(c *config) any { return &c.BurnAfter }},
 	{name: "secret-unread-ttl", env: "DING_SECRET_UNREAD_TTL", def: "0s",
-		help:  "secret chats of level 2 and 3: an unread message burns this long after it was sent; 0: 24h",
-		zero:  "24h",
-		field: func(c *config) any { return &c.SecretUnreadTTL }},
+		help:      "secret chats of level 2 and 3: an unread message burns this long after it was sent; 0: 24h",
+		effective: "24h",
+		field:     func(c *config) any { return &c.SecretUnreadTTL }},
 	{name: "cluster", env: "DING_CLUSTER", def: "",
 		help:  "cluster mode (a hot-standby pair, in progress): Redis as redis://HOST:PORT[,HOST:PORT...]; empty: one node, no Redis",
 		field: func(c *config) any { return &c.Cluster }},
@@ -380,6 +389,9 @@ func load(args []string, getenv func(string) (string, bool)) (*config, error) {
 			c.from[s.name] = fromFlag
 		}
 	}
+	for i := range settings {
+		settings[i].canonical(c)
+	}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -403,6 +415,27 @@ func flagError(err error, help string) error {
 		msg = "a value is needed after --" + strings.TrimPrefix(name, "-")
 	}
 	return usageError(fmt.Sprintf("%s; see %s", strings.Replace(msg, " for flag -", " for flag --", 1), help))
+}
+
+// isZero reports whether s's value in c is the zero value.
+func (s *setting) isZero(c *config) bool {
+	return reflect.ValueOf(s.field(c)).Elem().IsZero()
+}
+
+// canonical sets s's value in c to the zero if it is the value the zero
+// stands for (s.effective), so that "200" and the default 0 run alike.
+func (s *setting) canonical(c *config) {
+	if s.effective == "" {
+		return
+	}
+	var eff config
+	if err := s.parse(&eff, s.effective); err != nil {
+		panic(fmt.Sprintf("dingd: effective value of %s: %v", s.name, err))
+	}
+	p, e := reflect.ValueOf(s.field(c)).Elem(), reflect.ValueOf(s.field(&eff)).Elem()
+	if p.Equal(e) {
+		p.SetZero()
+	}
 }
 
 // invalid is the error for setting name's value, written as value, and
@@ -480,6 +513,12 @@ Example:
   dingd --config /etc/ding/dingd.toml --print-config
 
 `)
+	var defaults config
+	for i := range settings {
+		if err := settings[i].parse(&defaults, settings[i].def); err != nil {
+			panic(fmt.Sprintf("dingd: default of %s: %v", settings[i].name, err))
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintf(tw, "  --config FILE\t%s\tTOML config file; keys are the flag names below\n", envConfig)
 	fmt.Fprintf(tw, "  --print-config\t\tprint the effective configuration as TOML, secrets redacted, and exit\n")
@@ -495,7 +534,10 @@ Example:
 			arg = " duration"
 		}
 		def := ""
-		if s.def != "" && s.def != "false" {
+		switch {
+		case s.effective != "" && s.isZero(&defaults):
+			def = " (default " + s.effective + ")"
+		case s.def != "" && s.def != "false":
 			def = " (default " + s.def + ")"
 		}
 		fmt.Fprintf(tw, "  --%s%s\t%s\t%s%s\n", s.name, arg, s.env, s.help, def)

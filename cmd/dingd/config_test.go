@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/dingmq/ding/engine"
 )
 
 // fakeEnv is a getenv over m.
@@ -215,6 +217,107 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 	}
 }
 
+// TestPrintConfigShowsEffectiveValues (issue 12): where a zero stands for
+// a value (ding-sender-daily 0 is 200 a day), --print-config prints the
+// value, and the printed file loads back to the zero, so dingd runs with
+// exactly the configuration it was printed from: the engine and the
+// Twilio client still apply their own defaults. So does a flag giving the
+// value itself, or the zero.
+func TestPrintConfigShowsEffectiveValues(t *testing.T) {
+	wantLines := []string{
+		`twilio-api-url = "https://api.twilio.com"  # default`,
+		`ding-sender-daily = 200  # default`,
+		`ding-recipient-interval = "5m"  # default`,
+		`sms-per-day = 10000  # default`,
+		`calls-per-day = 2000  # default`,
+		`burn-after = "30s"  # default`,
+		`secret-unread-ttl = "24h"  # default`,
+		`backup-dir = ""  # default, which means DATA/backups`,
+		`preauth-per-source = 256  # default`,
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		from source
+	}{
+		{"defaults", nil, fromDefault},
+		{"the values as flags", []string{"--twilio-api-url", "https://api.twilio.com", "--ding-sender-daily", "200", "--ding-recipient-interval", "5m", "--sms-per-day", "10000", "--calls-per-day", "2000", "--burn-after", "30s", "--secret-unread-ttl", "24h0m0s"}, fromFlag},
+		{"zeros as flags", []string{"--twilio-api-url", "", "--ding-sender-daily", "0", "--ding-recipient-interval", "0s", "--sms-per-day", "0", "--calls-per-day", "0", "--burn-after", "0", "--secret-unread-ttl", "0s"}, fromFlag},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(tc.args, fakeEnv(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			if err := printConfig(&out, c); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range wantLines {
+				if tc.from == fromFlag && !strings.Contains(want, "preauth") && !strings.Contains(want, "backup-dir") {
+					want = strings.Replace(want, "# default", "# flag", 1)
+				}
+				if !slices.Contains(normalized(out.String()), want) {
+					t.Errorf("no %q in\n%s", want, out.String())
+				}
+			}
+			if regexp.MustCompile(`(?m)^(ding-sender-daily|sms-per-day|calls-per-day) = 0 |^(ding-recipient-interval|burn-after|secret-unread-ttl) = "0s"|^twilio-api-url = ""`).MatchString(out.String()) {
+				t.Errorf("a zero that stands for a value is printed:\n%s", out.String())
+			}
+			c2, err := load([]string{"--config", tempFile(t, "printed.toml", out.String())}, fakeEnv(nil))
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			for i := range settings {
+				s := &settings[i]
+				if a, b := s.format(c), s.format(c2); a != b {
+					t.Errorf("%s: %q, loaded back from the printed file %q", s.name, a, b)
+				}
+			}
+			if c2.Quotas != (engine.Quotas{}) || c2.Twilio.APIURL != "" || c2.BurnAfter != 0 || c2.SecretUnreadTTL != 0 {
+				t.Errorf("loaded back, the defaults are not left to the engine and the Twilio client: %+v %q %v %v",
+					c2.Quotas, c2.Twilio.APIURL, c2.BurnAfter, c2.SecretUnreadTTL)
+			}
+		})
+	}
+}
+
+// normalized is printConfig's output with the padding before each comment
+// cut to two spaces.
+func normalized(out string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if v, c, ok := strings.Cut(l, "  #"); ok {
+			l = strings.TrimRight(v, " ") + "  #" + c
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// TestHelpShowsEffectiveDefaults: --help shows the value a zero default
+// stands for, never "(default 0)".
+func TestHelpShowsEffectiveDefaults(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"--help"}, fakeEnv(nil), &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	for i := range settings {
+		s := &settings[i]
+		if s.effective == "" {
+			continue
+		}
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "  --"+s.name+" ") })
+		if i < 0 || !strings.HasSuffix(lines[i], "(default "+s.effective+")") {
+			t.Errorf("--%s: want (default %s) in\n%s", s.name, s.effective, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "(default 0)") {
+		t.Errorf("--help shows a default of 0:\n%s", out.String())
+	}
+}
+
 // TestExampleConfig keeps deploy/systemd/dingd.toml.example in step with
 // the table: every key once, with its environment variable named, and the
 // file loads both as shipped and with every key uncommented.
@@ -328,6 +431,9 @@ func TestBinaryPrintConfig(t *testing.T) {
 		`max-body = 3000  # flag`,                  // flag over env over file
 		`log-level = "info"  # default`,
 		`twilio-auth-token = "<redacted>"  # env TWILIO_AUTH_TOKEN`,
+		`ding-sender-daily = 200  # default`, // the value, not the 0 that means it
+		`twilio-api-url = "https://api.twilio.com"  # default`,
+		`burn-after = "30s"  # default`,
 	} {
 		k, rest, _ := strings.Cut(want, " = ")
 		v, src, _ := strings.Cut(rest, "  # ")
@@ -428,7 +534,7 @@ func TestBinaryUsage(t *testing.T) {
 		stdout string // a regexp; empty: no output
 		stderr string // exactly
 	}{
-		{"--help", []string{"--help"}, 0, `(?s)^Usage:\n  dingd \[flags\] .*\n  dingd check \[--data DIR \| --store DIR\] .*--ding-sender-daily int `, ""},
+		{"--help", []string{"--help"}, 0, `(?s)^Usage:\n  dingd \[flags\] .*\n  dingd check \[--data DIR \| --store DIR\] .*--ding-sender-daily int .*\(default 200\)`, ""},
 		{"-h", []string{"-h"}, 0, `^Usage:\n  dingd \[flags\]`, ""},
 		{"help", []string{"help"}, 0, `(?s)^Usage:\n  dingd \[flags\] .*  dingd check .*--listen string`, ""},
 		{"help check", []string{"help", "check"}, 0, `(?s)^Usage: dingd check \[--data DIR \| --store DIR\]\n.*\n  --data DIR .*\n  --store DIR .*Example:`, ""},

@@ -11,7 +11,8 @@
 // environment, which beats the file, which beats the default. --help lists
 // them (the table is in config.go). Prefer the environment for
 // TWILIO_AUTH_TOKEN: flags show in ps. --print-config prints the effective
-// configuration in the file's format, secrets redacted, and exits. dingd check checks a stopped server's
+// configuration in the file's format (200, not the 0 that stands for it),
+// secrets redacted, and exits. dingd check checks a stopped server's
 // store or a backup; dingd help [check] and --help print usage on stdout.
 // Exit status: 0 after a clean stop or help, 1 on a failure, 2 on a
 // mistake on the command line.
