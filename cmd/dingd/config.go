@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -91,9 +92,17 @@ type setting struct {
 	def    string // default, written as on the command line
 	help   string
 	secret bool // redacted by --print-config, never echoed in errors
-	// zero, if set, is what the zero value (0, 0s, "") means: printed by
-	// --print-config beside it, so the effective value shows.
+	// zero, if set, is what the zero value (0, 0s, "") means when that
+	// is no value of the setting's own ("no bound", "DATA/backups"):
+	// printed by --print-config beside it, so the effect shows.
 	zero string
+	// effective, if set, is the value the zero stands for, in
+	// command-line form: a default the engine or a library applies to a
+	// zero ("200", "5m", "https://api.twilio.com"). --help shows it as
+	// the default and --print-config prints it in place of the zero; load
+	// reads it back as the zero, so a printed file runs exactly as the
+	// configuration it was printed from.
+	effective string
 	// field points into c: a *string, *int, *bool or *time.Duration.
 	field func(c *config) any
 }
@@ -169,36 +178,36 @@ var settings = []setting{
 		help:  "base URL where Twilio reaches this server's webhooks, e.g. https://ding.example.com",
 		field: func(c *config) any { return &c.Twilio.PublicURL }},
 	{name: "twilio-api-url", env: "TWILIO_API_URL", def: "",
-		help:  "base URL replacing https://api.twilio.com, e.g. a fake Twilio for a demo",
-		zero:  "https://api.twilio.com",
-		field: func(c *config) any { return &c.Twilio.APIURL }},
+		help:      "base URL replacing https://api.twilio.com, e.g. a fake Twilio for a demo",
+		effective: "https://api.twilio.com",
+		field:     func(c *config) any { return &c.Twilio.APIURL }},
 	{name: "ding-sender-daily", env: "DING_SENDER_DAILY", def: "0",
-		help:  "DINGs one sender may send per UTC day; 0: 200, -1: unlimited",
-		zero:  "200 a day",
-		field: func(c *config) any { return &c.Quotas.DingsPerSenderPerDay }},
+		help:      "DINGs one sender may send per UTC day; 0: 200, -1: unlimited",
+		effective: "200",
+		field:     func(c *config) any { return &c.Quotas.DingsPerSenderPerDay }},
 	{name: "ding-recipient-interval", env: "DING_RECIPIENT_INTERVAL", def: "0s",
-		help:  "shortest time between DINGs from one sender to the same recipient; 0: 5m, negative: none",
-		zero:  "5m",
-		field: func(c *config) any { return &c.Quotas.RecipientInterval }},
+		help:      "shortest time between DINGs from one sender to the same recipient; 0: 5m, negative: none",
+		effective: "5m",
+		field:     func(c *config) any { return &c.Quotas.RecipientInterval }},
 	{name: "sms-per-day", env: "DING_SMS_PER_DAY", def: "0",
-		help:  "org-wide SMS budget per UTC day; 0: 10000, -1: unlimited",
-		zero:  "10000",
-		field: func(c *config) any { return &c.Quotas.SMSPerDay }},
+		help:      "org-wide SMS budget per UTC day; 0: 10000, -1: unlimited",
+		effective: "10000",
+		field:     func(c *config) any { return &c.Quotas.SMSPerDay }},
 	{name: "calls-per-day", env: "DING_CALLS_PER_DAY", def: "0",
-		help:  "org-wide call budget per UTC day; 0: 2000, -1: unlimited",
-		zero:  "2000",
-		field: func(c *config) any { return &c.Quotas.CallsPerDay }},
+		help:      "org-wide call budget per UTC day; 0: 2000, -1: unlimited",
+		effective: "2000",
+		field:     func(c *config) any { return &c.Quotas.CallsPerDay }},
 	{name: "no-call-fallback", env: "DING_NO_CALL_FALLBACK", def: "false",
 		help:  "do not send an SMS at once when an escalation call is busy, unanswered or fails",
 		field: func(c *config) any { return &c.NoCallFallback }},
 	{name: "burn-after", env: "DING_BURN_AFTER", def: "0s",
-		help:  "secret chats: a message burns this long after its first read; also the longest delay a level-3 chat may choose; 0: 30s, at least 5s",
-		zero:  "30s",
-		field: func(c *config) any { return &c.BurnAfter }},
+		help:      "secret chats: a message burns this long after its first read; also the longest delay a level-3 chat may choose; 0: 30s, at least 5s",
+		effective: "30s",
+		field:     func(c *config) any { return &c.BurnAfter }},
 	{name: "secret-unread-ttl", env: "DING_SECRET_UNREAD_TTL", def: "0s",
-		help:  "secret chats of level 2 and 3: an unread message burns this long after it was sent; 0: 24h",
-		zero:  "24h",
-		field: func(c *config) any { return &c.SecretUnreadTTL }},
+		help:      "secret chats of level 2 and 3: an unread message burns this long after it was sent; 0: 24h",
+		effective: "24h",
+		field:     func(c *config) any { return &c.SecretUnreadTTL }},
 	{name: "cluster", env: "DING_CLUSTER", def: "",
 		help:  "cluster mode (a hot-standby pair, in progress): Redis as redis://HOST:PORT[,HOST:PORT...]; empty: one node, no Redis",
 		field: func(c *config) any { return &c.Cluster }},
@@ -335,16 +344,10 @@ func load(args []string, getenv func(string) (string, bool)) (*config, error) {
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil, err
 	} else if err != nil {
-		msg := err.Error()
-		if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
-			msg = "unknown flag --" + name
-		} else if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
-			msg = "a value is needed after --" + name
-		}
-		return nil, fmt.Errorf("%s; see dingd --help", strings.Replace(msg, " for flag -", " for flag --", 1))
+		return nil, flagError(err, "dingd --help")
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (settings are flags: --name value)", fs.Arg(0))
+		return nil, usageError(fmt.Sprintf("unexpected argument %q (settings are flags: --name value); see dingd --help", fs.Arg(0)))
 	}
 	for i := range settings {
 		s := &settings[i]
@@ -386,23 +389,76 @@ func load(args []string, getenv func(string) (string, bool)) (*config, error) {
 			c.from[s.name] = fromFlag
 		}
 	}
+	for i := range settings {
+		settings[i].canonical(c)
+	}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
+// usageError is a mistake on the command line: a flag or argument dingd
+// does not know, a value it cannot read, a value given by a flag that is
+// out of range. dingd exits 2 for it, 1 for any other failure.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+// flagError turns an error of package flag into one line naming the flag
+// as it is written (--name) and where help is, as a usageError.
+func flagError(err error, help string) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		msg = "unknown flag --" + strings.TrimPrefix(name, "-")
+	} else if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		msg = "a value is needed after --" + strings.TrimPrefix(name, "-")
+	}
+	return usageError(fmt.Sprintf("%s; see %s", strings.Replace(msg, " for flag -", " for flag --", 1), help))
+}
+
+// isZero reports whether s's value in c is the zero value.
+func (s *setting) isZero(c *config) bool {
+	return reflect.ValueOf(s.field(c)).Elem().IsZero()
+}
+
+// canonical sets s's value in c to the zero if it is the value the zero
+// stands for (s.effective), so that "200" and the default 0 run alike.
+func (s *setting) canonical(c *config) {
+	if s.effective == "" {
+		return
+	}
+	var eff config
+	if err := s.parse(&eff, s.effective); err != nil {
+		panic(fmt.Sprintf("dingd: effective value of %s: %v", s.name, err))
+	}
+	p, e := reflect.ValueOf(s.field(c)).Elem(), reflect.ValueOf(s.field(&eff)).Elem()
+	if p.Equal(e) {
+		p.SetZero()
+	}
+}
+
+// invalid is the error for setting name's value, written as value, and
+// what it should be: a usageError if the value came from a flag.
+func (c *config) invalid(name, value, want string) error {
+	msg := fmt.Sprintf("%s %s (from %s): %s", name, value, c.from[name], want)
+	if c.from[name] == fromFlag {
+		return usageError(msg)
+	}
+	return errors.New(msg)
+}
+
 // validate checks what the types alone do not.
 func (c *config) validate() error {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return fmt.Errorf("log-level %q (from %s): want debug, info, warn or error", c.LogLevel, c.from["log-level"])
+		return c.invalid("log-level", strconv.Quote(c.LogLevel), "want debug, info, warn or error")
 	}
 	if c.BurnAfter != 0 && c.BurnAfter < engine.MinBurnAfter {
-		return fmt.Errorf("burn-after %v (from %s): want 0 (the default, 30s) or at least %v", c.BurnAfter, c.from["burn-after"], engine.MinBurnAfter)
+		return c.invalid("burn-after", c.BurnAfter.String(), "want 0 (the default, 30s) or at least "+engine.MinBurnAfter.String())
 	}
 	if c.SecretUnreadTTL < 0 {
-		return fmt.Errorf("secret-unread-ttl %v (from %s): want 0 (the default, 24h) or more", c.SecretUnreadTTL, c.from["secret-unread-ttl"])
+		return c.invalid("secret-unread-ttl", c.SecretUnreadTTL.String(), "want 0 (the default, 24h) or more")
 	}
 	if c.Cluster != "" {
 		for _, r := range []struct{ name, v string }{{"node-id", c.NodeID}, {"advertise", c.Advertise}, {"cluster-secret", c.ClusterSecret}} {
@@ -411,14 +467,14 @@ func (c *config) validate() error {
 			}
 		}
 		if c.LeaseTTL < 100*time.Millisecond {
-			return fmt.Errorf("lease-ttl %v (from %s): want at least 100ms", c.LeaseTTL, c.from["lease-ttl"])
+			return c.invalid("lease-ttl", c.LeaseTTL.String(), "want at least 100ms")
 		}
 		if c.AckReplicas != 0 && c.AckReplicas != 1 {
-			return fmt.Errorf("ack-replicas %d (from %s): want 1 (owner and standby) or 0 (owner only); a partition has one standby", c.AckReplicas, c.from["ack-replicas"])
+			return c.invalid("ack-replicas", strconv.Itoa(c.AckReplicas), "want 1 (owner and standby) or 0 (owner only); a partition has one standby")
 		}
 	}
 	if c.IdleTimeout < 300*time.Millisecond {
-		return fmt.Errorf("idle-timeout %v (from %s): want at least 300ms", c.IdleTimeout, c.from["idle-timeout"])
+		return c.invalid("idle-timeout", c.IdleTimeout.String(), "want at least 300ms")
 	}
 	for i := range settings {
 		s := &settings[i]
@@ -439,14 +495,30 @@ func (c *config) logLevel() slog.Level {
 
 // usage writes --help.
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `Usage: dingd [flags]
+	fmt.Fprintf(w, `Usage:
+  dingd [flags]                           run the server
+  dingd check [--data DIR | --store DIR]  check the store of a stopped dingd, or a backup
+                                          (dingd check --help)
+  dingd --version                         print the version and exit
+  dingd help [check]                      this help, or check's
 
 dingd is the Ding server. Every setting is a flag, an environment variable
 and a key of the TOML config file; a flag beats the environment, which beats
 the file, which beats the default. An empty environment variable counts as
-unset.
+unset. Exit status: 0 after a clean stop, 1 on a failure, 2 on a mistake
+on the command line.
+
+Example:
+  dingd --data ./ding-data --listen 127.0.0.1:7070 --http 127.0.0.1:7080
+  dingd --config /etc/ding/dingd.toml --print-config
 
 `)
+	var defaults config
+	for i := range settings {
+		if err := settings[i].parse(&defaults, settings[i].def); err != nil {
+			panic(fmt.Sprintf("dingd: default of %s: %v", settings[i].name, err))
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintf(tw, "  --config FILE\t%s\tTOML config file; keys are the flag names below\n", envConfig)
 	fmt.Fprintf(tw, "  --print-config\t\tprint the effective configuration as TOML, secrets redacted, and exit\n")
@@ -462,7 +534,10 @@ unset.
 			arg = " duration"
 		}
 		def := ""
-		if s.def != "" && s.def != "false" {
+		switch {
+		case s.effective != "" && s.isZero(&defaults):
+			def = " (default " + s.effective + ")"
+		case s.def != "" && s.def != "false":
 			def = " (default " + s.def + ")"
 		}
 		fmt.Fprintf(tw, "  --%s%s\t%s\t%s%s\n", s.name, arg, s.env, s.help, def)

@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/dingmq/ding/engine"
 )
 
 // fakeEnv is a getenv over m.
@@ -92,6 +94,8 @@ func TestLoadErrors(t *testing.T) {
 		env  map[string]string
 		want string // a regexp the one-line error must match
 	}{
+		{"flag out of range", []string{"--idle-timeout", "1ms"}, nil, `^idle-timeout 1ms \(from flag\): want at least 300ms$`},
+		{"missing flag value", []string{"--listen"}, nil, `^a value is needed after --listen; see dingd --help$`},
 		{"unknown key", file("data = \"x\"\n\nbogus = 1\n"), nil, `dingd\.toml:3:1: unknown key "bogus"$`},
 		{"unknown keys", file("bogus = 1\nlisten = \":1\"\nmax_body = 2\n"), nil, `:1:1: unknown key "bogus"; .*:3:1: unknown key "max_body"$`},
 		{"table", file("[twilio]\nfrom = \"+15550000001\"\n"), nil, `:1:2: unknown key "twilio"`},
@@ -129,6 +133,15 @@ func TestLoadErrors(t *testing.T) {
 			}
 			if !regexp.MustCompile(tc.want).MatchString(err.Error()) {
 				t.Fatalf("error %q does not match %s", err, tc.want)
+			}
+			// A mistake on the command line exits 2; in a file or the
+			// environment, 1.
+			want := 1
+			if strings.HasPrefix(tc.name, "flag") || strings.Contains(err.Error(), "(from flag)") || strings.Contains(err.Error(), "see dingd --help") {
+				want = 2
+			}
+			if got := exitCode(err); got != want {
+				t.Fatalf("exit status %d for %q, want %d", got, err, want)
 			}
 		})
 	}
@@ -201,6 +214,107 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		if a, b := s.format(c), s.format(c2); a != b || c2.from[s.name] != fromFile {
 			t.Errorf("%s: printed %q, loaded back %q from %s", s.name, a, b, c2.from[s.name])
 		}
+	}
+}
+
+// TestPrintConfigShowsEffectiveValues (issue 12): where a zero stands for
+// a value (ding-sender-daily 0 is 200 a day), --print-config prints the
+// value, and the printed file loads back to the zero, so dingd runs with
+// exactly the configuration it was printed from: the engine and the
+// Twilio client still apply their own defaults. So does a flag giving the
+// value itself, or the zero.
+func TestPrintConfigShowsEffectiveValues(t *testing.T) {
+	wantLines := []string{
+		`twilio-api-url = "https://api.twilio.com"  # default`,
+		`ding-sender-daily = 200  # default`,
+		`ding-recipient-interval = "5m"  # default`,
+		`sms-per-day = 10000  # default`,
+		`calls-per-day = 2000  # default`,
+		`burn-after = "30s"  # default`,
+		`secret-unread-ttl = "24h"  # default`,
+		`backup-dir = ""  # default, which means DATA/backups`,
+		`preauth-per-source = 256  # default`,
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		from source
+	}{
+		{"defaults", nil, fromDefault},
+		{"the values as flags", []string{"--twilio-api-url", "https://api.twilio.com", "--ding-sender-daily", "200", "--ding-recipient-interval", "5m", "--sms-per-day", "10000", "--calls-per-day", "2000", "--burn-after", "30s", "--secret-unread-ttl", "24h0m0s"}, fromFlag},
+		{"zeros as flags", []string{"--twilio-api-url", "", "--ding-sender-daily", "0", "--ding-recipient-interval", "0s", "--sms-per-day", "0", "--calls-per-day", "0", "--burn-after", "0", "--secret-unread-ttl", "0s"}, fromFlag},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(tc.args, fakeEnv(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			if err := printConfig(&out, c); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range wantLines {
+				if tc.from == fromFlag && !strings.Contains(want, "preauth") && !strings.Contains(want, "backup-dir") {
+					want = strings.Replace(want, "# default", "# flag", 1)
+				}
+				if !slices.Contains(normalized(out.String()), want) {
+					t.Errorf("no %q in\n%s", want, out.String())
+				}
+			}
+			if regexp.MustCompile(`(?m)^(ding-sender-daily|sms-per-day|calls-per-day) = 0 |^(ding-recipient-interval|burn-after|secret-unread-ttl) = "0s"|^twilio-api-url = ""`).MatchString(out.String()) {
+				t.Errorf("a zero that stands for a value is printed:\n%s", out.String())
+			}
+			c2, err := load([]string{"--config", tempFile(t, "printed.toml", out.String())}, fakeEnv(nil))
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			for i := range settings {
+				s := &settings[i]
+				if a, b := s.format(c), s.format(c2); a != b {
+					t.Errorf("%s: %q, loaded back from the printed file %q", s.name, a, b)
+				}
+			}
+			if c2.Quotas != (engine.Quotas{}) || c2.Twilio.APIURL != "" || c2.BurnAfter != 0 || c2.SecretUnreadTTL != 0 {
+				t.Errorf("loaded back, the defaults are not left to the engine and the Twilio client: %+v %q %v %v",
+					c2.Quotas, c2.Twilio.APIURL, c2.BurnAfter, c2.SecretUnreadTTL)
+			}
+		})
+	}
+}
+
+// normalized is printConfig's output with the padding before each comment
+// cut to two spaces.
+func normalized(out string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if v, c, ok := strings.Cut(l, "  #"); ok {
+			l = strings.TrimRight(v, " ") + "  #" + c
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// TestHelpShowsEffectiveDefaults: --help shows the value a zero default
+// stands for, never "(default 0)".
+func TestHelpShowsEffectiveDefaults(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"--help"}, fakeEnv(nil), &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	for i := range settings {
+		s := &settings[i]
+		if s.effective == "" {
+			continue
+		}
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "  --"+s.name+" ") })
+		if i < 0 || !strings.HasSuffix(lines[i], "(default "+s.effective+")") {
+			t.Errorf("--%s: want (default %s) in\n%s", s.name, s.effective, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "(default 0)") {
+		t.Errorf("--help shows a default of 0:\n%s", out.String())
 	}
 }
 
@@ -317,6 +431,9 @@ func TestBinaryPrintConfig(t *testing.T) {
 		`max-body = 3000  # flag`,                  // flag over env over file
 		`log-level = "info"  # default`,
 		`twilio-auth-token = "<redacted>"  # env TWILIO_AUTH_TOKEN`,
+		`ding-sender-daily = 200  # default`, // the value, not the 0 that means it
+		`twilio-api-url = "https://api.twilio.com"  # default`,
+		`burn-after = "30s"  # default`,
 	} {
 		k, rest, _ := strings.Cut(want, " = ")
 		v, src, _ := strings.Cut(rest, "  # ")
@@ -390,8 +507,8 @@ func TestBinaryStartFailure(t *testing.T) {
 	defer taken.Close()
 	data := t.TempDir()
 	_, stderr, code := runDingd(t, nil, "--data", data, "--listen", "127.0.0.1:0", "--http", taken.Addr().String(), "--log-level", "error")
-	if want := `^dingd: .*listen http .*address already in use\n$`; code != 1 || !regexp.MustCompile(want).MatchString(stderr) {
-		t.Fatalf("exit %d, stderr %q; want 1 and %s", code, stderr, want)
+	if want := fmt.Sprintf("dingd: the http port %s is in use (another dingd? --http chooses another)\n", taken.Addr()); code != 1 || stderr != want {
+		t.Fatalf("exit %d, stderr %q; want 1 and %q", code, stderr, want)
 	}
 	// The taken port was found before anything was created in the data dir.
 	if es, err := os.ReadDir(data); err != nil || len(es) != 0 {
@@ -401,8 +518,48 @@ func TestBinaryStartFailure(t *testing.T) {
 	// A second dingd on a data dir another one holds says so.
 	first := startDingd(t, data)
 	_, stderr, code = runDingd(t, nil, "--data", first.data, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "error")
-	if want := `^dingd: .*data dir .* is in use by another dingd`; code != 1 || !regexp.MustCompile(want).MatchString(stderr) {
-		t.Fatalf("second dingd on one data dir: exit %d, stderr %q; want 1 and %s", code, stderr, want)
+	if want := fmt.Sprintf("dingd: the data dir %s is in use by another dingd (pid %d): stop it, or --data chooses another\n", data, first.cmd.Process.Pid); code != 1 || stderr != want {
+		t.Fatalf("second dingd on one data dir: exit %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+}
+
+// TestBinaryUsage (issue 12): help is on stdout with exit status 0, for
+// dingd, dingd help, dingd check; a mistake on the command line is one
+// line on stderr with exit status 2.
+func TestBinaryUsage(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string // a regexp; empty: no output
+		stderr string // exactly
+	}{
+		{"--help", []string{"--help"}, 0, `(?s)^Usage:\n  dingd \[flags\] .*\n  dingd check \[--data DIR \| --store DIR\] .*--ding-sender-daily int .*\(default 200\)`, ""},
+		{"-h", []string{"-h"}, 0, `^Usage:\n  dingd \[flags\]`, ""},
+		{"help", []string{"help"}, 0, `(?s)^Usage:\n  dingd \[flags\] .*  dingd check .*--listen string`, ""},
+		{"help check", []string{"help", "check"}, 0, `(?s)^Usage: dingd check \[--data DIR \| --store DIR\]\n.*\n  --data DIR .*\n  --store DIR .*Example:`, ""},
+		{"check --help", []string{"check", "--help"}, 0, `(?s)^Usage: dingd check \[--data DIR \| --store DIR\]\n.*\n  --data DIR `, ""},
+		{"mistyped flag", []string{"--lsiten", ":1"}, 2, "", "dingd: unknown flag --lsiten; see dingd --help\n"},
+		{"argument", []string{"serve"}, 2, "", "dingd: unexpected argument \"serve\" (settings are flags: --name value); see dingd --help\n"},
+		{"bad flag value", []string{"--max-body", "64k"}, 2, "", "dingd: invalid value \"64k\" for flag --max-body: want an integer; see dingd --help\n"},
+		{"flag out of range", []string{"--burn-after", "1s"}, 2, "", "dingd: burn-after 1s (from flag): want 0 (the default, 30s) or at least 5s\n"},
+		{"help on nothing", []string{"help", "serve"}, 2, "", "dingd: no help on \"serve\": dingd help [check]\n"},
+		{"check: mistyped flag", []string{"check", "--x"}, 2, "", "dingd: unknown flag --x; see dingd check --help\n"},
+		{"check: argument", []string{"check", "somewhere"}, 2, "", "dingd: unexpected argument \"somewhere\"; see dingd check --help\n"},
+		{"check: nothing there", []string{"check", "--data", "/nonexistent"}, 1, "", "dingd: check: /nonexistent/store holds no store\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := runDingd(t, nil, tc.args...)
+			if code != tc.code || stderr != tc.stderr {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.stderr)
+			}
+			if tc.stdout == "" && stdout != "" || tc.stdout != "" && !regexp.MustCompile(tc.stdout).MatchString(stdout) {
+				t.Fatalf("stdout does not match %s:\n%s", tc.stdout, stdout)
+			}
+			if strings.Contains(stdout, "Usage of") || regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(stdout) {
+				t.Fatalf("Go's default usage, with single-dash flags:\n%s", stdout)
+			}
+		})
 	}
 }
 

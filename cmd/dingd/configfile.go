@@ -128,7 +128,8 @@ func fileError(path string, err error) error {
 }
 
 // printConfig writes c in the config file's format: every setting with its
-// value, secrets redacted, and where the value came from.
+// effective value (200, not the 0 that stands for it), secrets redacted,
+// and where the value came from.
 func printConfig(w io.Writer, c *config) error {
 	fmt.Fprintf(w, "# dingd --print-config: the effective configuration, in dingd --config format.\n")
 	fmt.Fprintf(w, "# Each comment says where the value came from: default, file, env or flag.\n")
@@ -143,7 +144,10 @@ func printConfig(w io.Writer, c *config) error {
 			src += " " + s.env
 		}
 		v := tomlValue(s, c)
-		if s.zero != "" && (v == "0" || v == `"0s"` || v == `""`) {
+		switch {
+		case s.effective != "" && s.isZero(c):
+			v = tomlEffective(s)
+		case s.zero != "" && s.isZero(c):
 			src += ", which means " + s.zero
 		}
 		fmt.Fprintf(tw, "%s = %s\t# %s\n", s.name, v, src)
@@ -164,6 +168,14 @@ func tomlValue(s *setting, c *config) string {
 		return tomlString(p.String())
 	}
 	return s.format(c) // integers and booleans are written alike in TOML
+}
+
+// tomlEffective is the value s's zero stands for as a TOML value.
+func tomlEffective(s *setting) string {
+	if _, ok := s.field(new(config)).(*int); ok {
+		return s.effective
+	}
+	return tomlString(s.effective) // a string or a duration
 }
 
 // tomlString quotes s as a TOML basic string.

@@ -796,8 +796,21 @@ func TestBackupUnderLoadRestores(t *testing.T) {
 	if err := bad.wait(t, 20*time.Second); err == nil || !strings.Contains(bad.stderr.String(), "does not verify") {
 		t.Fatalf("a restore from a damaged backup: %v\n%s", err, bad.stderr)
 	}
+	// Over the data dir of a running dingd: refused for that (the lock is
+	// taken before the restore); once it is stopped, for its store.
 	over := newProc(t, p.data)
-	over.launch(t, over.args("--restore-from", bk.Dir, "--listen", nodetest.FreeAddr(t), "--http", nodetest.FreeAddr(t))...)
+	over.launch(t, over.args("--restore-from", bk.Dir)...)
+	if err := over.wait(t, 20*time.Second); err == nil || !strings.Contains(over.stderr.String(), fmt.Sprintf("in use by another dingd (pid %d)", p.cmd.Process.Pid)) {
+		t.Fatalf("a restore over a running dingd's data dir: %v\n%s", err, over.stderr)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, p.stderr)
+	}
+	over = newProc(t, p.data)
+	over.launch(t, over.args("--restore-from", bk.Dir)...)
 	if err := over.wait(t, 20*time.Second); err == nil || !strings.Contains(over.stderr.String(), "already holds a store") {
 		t.Fatalf("a restore over an existing store: %v\n%s", err, over.stderr)
 	}
@@ -806,4 +819,58 @@ func TestBackupUnderLoadRestores(t *testing.T) {
 	r.start(t, r.args("--restore-from", bk.Dir)...)
 	requireStream(t, r, before)
 	t.Logf("%d acknowledged before the backup began, all in the restored dingd", len(before))
+}
+
+// A restore whose start fails (issue 12): dingd --data new-data
+// --restore-from BACKUP while a port is taken says so in one line and
+// leaves new-data as it found it, so the same command works once the port
+// is free; a failure after the restore (the backup dir cannot be made)
+// removes the restored store again.
+func TestRestoreAfterAFailedStart(t *testing.T) {
+	p := startDingd(t, t.TempDir())
+	if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": "bo", "name": "Bo"}, nil); code != 201 {
+		t.Fatalf("create bo: %d", code)
+	}
+	var bk struct{ Dir string }
+	if code := p.admin(t, "POST", "/v1/backup", map[string]string{"dir": "bk"}, &bk); code != 200 {
+		t.Fatalf("backup: %d", code)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	data := filepath.Join(t.TempDir(), "new-data")
+	_, stderr, code := runDingd(t, nil, "--data", data, "--restore-from", bk.Dir, "--listen", taken.Addr().String(), "--http", "127.0.0.1:0")
+	if want := fmt.Sprintf("dingd: the socket port %s is in use (another dingd? --listen chooses another)\n", taken.Addr()); code != 1 || stderr != want {
+		t.Fatalf("restore with the socket port taken: exit %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+	if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the failed start touched %s: %v", data, err)
+	}
+
+	// A failure once the store is restored: a file where the backup dir goes.
+	bad := t.TempDir()
+	writeFile(t, filepath.Join(bad, "backups"), "")
+	_, stderr, code = runDingd(t, nil, "--data", bad, "--restore-from", bk.Dir, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "error")
+	if code != 1 || !strings.Contains(stderr, "backup dir") {
+		t.Fatalf("restore with a file in the backup dir's place: exit %d, stderr %q", code, stderr)
+	}
+	es, _ := os.ReadDir(bad)
+	for _, e := range es {
+		if e.Name() == "store" || strings.HasPrefix(e.Name(), ".restore-") {
+			t.Fatalf("the failed start left %s in the data dir", e.Name())
+		}
+	}
+
+	// The same commands, the port free and the file gone, restore.
+	for _, d := range []string{data, bad} {
+		os.Remove(filepath.Join(d, "backups"))
+		r := newProc(t, d)
+		r.start(t, r.args("--restore-from", bk.Dir)...)
+		var u struct{ Name string }
+		if code := r.admin(t, "GET", "/v1/users/bo", nil, &u); code != 200 || u.Name != "Bo" {
+			t.Fatalf("bo in the restored store: %d %+v\n%s", code, u, r.stderr)
+		}
+	}
 }

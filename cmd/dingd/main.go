@@ -11,7 +11,16 @@
 // environment, which beats the file, which beats the default. --help lists
 // them (the table is in config.go). Prefer the environment for
 // TWILIO_AUTH_TOKEN: flags show in ps. --print-config prints the effective
-// configuration in the file's format, secrets redacted, and exits.
+// configuration in the file's format (200, not the 0 that stands for it),
+// secrets redacted, and exits. dingd check checks a stopped server's
+// store or a backup; dingd help [check] and --help print usage on stdout.
+// Exit status: 0 after a clean stop or help, 1 on a failure, 2 on a
+// mistake on the command line.
+//
+// A port already taken is found before anything is written in the data
+// dir; the data dir is then locked (DATA/dingd.lock names the PID, so a
+// second dingd says which process holds it), and --restore-from restores
+// a backup atomically: a start that fails leaves no half-restored store.
 //
 // SMS and voice escalation of DINGs go through Twilio when
 // twilio-account-sid, twilio-auth-token, twilio-from and public-url are
@@ -44,6 +53,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -96,18 +106,38 @@ func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
 
 func main() {
 	if err := run(os.Args[1:], os.LookupEnv, os.Stdout); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return
-		}
 		fmt.Fprintln(os.Stderr, "dingd:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
+// exitCode is dingd's exit status for err: 2 for a mistake on the command
+// line, 1 for any other failure.
+func exitCode(err error) int {
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+// run is dingd with args. Help (--help, help, check --help) is written
+// to stdout and is no error.
 func run(args []string, getenv func(string) (string, bool), stdout io.Writer) error {
 	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
 		_, err := fmt.Fprintln(stdout, buildinfo.String("dingd"))
 		return err
+	}
+	if len(args) > 0 && args[0] == "help" {
+		switch {
+		case len(args) == 1:
+			usage(stdout)
+		case len(args) == 2 && args[1] == "check":
+			checkUsage(stdout)
+		default:
+			return usageError(fmt.Sprintf("no help on %q: dingd help [check]", strings.Join(args[1:], " ")))
+		}
+		return nil
 	}
 	if len(args) > 0 && args[0] == "check" {
 		return check(args[1:], stdout)
@@ -115,7 +145,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	c, err := load(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		usage(stdout)
-		return err
+		return nil
 	}
 	if err != nil {
 		return err
@@ -130,7 +160,9 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 
 	if c.PProf != "" {
 		ln, err := net.Listen("tcp", c.PProf)
-		if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("the pprof port %s is in use (--pprof chooses another)", c.PProf)
+		} else if err != nil {
 			return fmt.Errorf("pprof: %w", err)
 		}
 		defer ln.Close()
@@ -149,23 +181,19 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		ncfg.DiskReserve = -1 // 0 MiB: no reserve, no guard
 	}
 	ncfg.Socket.MaxPreAuthPerSource, ncfg.MaxHTTPConnsPerSource = orNone(c.PreAuthPerSource), orNone(c.HTTPConnsPerSource)
-	if c.RestoreFrom != "" {
-		if c.Cluster != "" {
-			return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
-		}
-		st, err := node.Restore(c.RestoreFrom, c.Data)
-		if err != nil {
-			return err
-		}
-		log.Warn("restored the store from a backup: secret messages burn at this start (their keys are not in backups); client tokens signed before need the old jwt.secret, or new tokens",
-			"from", c.RestoreFrom, "keys", st.Keys, "bytes", st.Bytes)
+	if c.RestoreFrom != "" && c.Cluster != "" {
+		return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
 	}
+	// Start restores the backup, if asked, once the listeners are bound
+	// and the data dir locked: a start that fails leaves no half-restored
+	// store behind.
+	ncfg.RestoreFrom = c.RestoreFrom
 	if c.Cluster != "" {
-		return runMember(c, ncfg, log)
+		return startError(runMember(c, ncfg, log))
 	}
 	n, err := node.Start(ncfg)
 	if err != nil {
-		return err
+		return startError(err)
 	}
 	fmt.Fprintf(os.Stderr, "dingd: socket %s, http %s, data %s (admin token in %s)\n",
 		n.SocketAddr(), n.HTTPAddr(), c.Data, filepath.Join(c.Data, node.AdminTokenFile))
@@ -209,6 +237,21 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	return err
 }
 
+// startError rewrites the errors met first when a start fails into one
+// line saying what to do; others are returned as they are.
+func startError(err error) error {
+	var port *node.AddrInUseError
+	if errors.As(err, &port) {
+		flag := map[string]string{"socket": "--listen", "http": "--http", "TLS socket": "--tls-listen"}[port.Listener]
+		return fmt.Errorf("the %s port %s is in use (another dingd? %s chooses another)", port.Listener, port.Addr, flag)
+	}
+	var dir *node.DataDirInUseError
+	if errors.As(err, &dir) {
+		return fmt.Errorf("the data dir %s is in use by %s: stop it, or --data chooses another", dir.Dir, dir.Holder())
+	}
+	return err
+}
+
 // orNone maps a flag's 0 (no bound) to the -1 the node takes for it (its
 // 0 is the default).
 func orNone(n int) int {
@@ -218,16 +261,41 @@ func orNone(n int) int {
 	return n
 }
 
+// checkUsage writes dingd check --help.
+func checkUsage(w io.Writer) {
+	fmt.Fprint(w, `Usage: dingd check [--data DIR | --store DIR]
+
+Checks the invariants of a store (engine.Check): that of a data dir whose
+dingd is stopped, or a backup (a directory dingctl backup wrote). Prints
+the report as JSON. Exit status: 0 if every invariant holds, 1 if one is
+broken or the store cannot be read, 2 on a mistake on the command line.
+
+  --data DIR    the data dir whose store to check, its dingd stopped (default ./ding-data)
+  --store DIR   check this store directory instead, e.g. a backup
+
+Example:
+  dingd check --data /var/lib/ding
+  dingd check --store /var/lib/ding/backups/nightly
+`)
+}
+
 // check runs the store's integrity check (engine.Check) on a data dir
 // whose dingd is stopped, or on a backup: dingd check --data DIR (or
 // --store DIR for a backup's directory). It prints the report as JSON and
 // fails (exit status 1) if an invariant is broken.
 func check(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("dingd check", flag.ContinueOnError)
-	data := fs.String("data", "./ding-data", "the data dir to check (its dingd stopped)")
-	storeDir := fs.String("store", "", "check this store directory instead (a backup)")
-	if err := fs.Parse(args); err != nil {
-		return err
+	fs.SetOutput(io.Discard) // errors are returned as one line; --help prints checkUsage
+	data := fs.String("data", "./ding-data", "")
+	storeDir := fs.String("store", "", "")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		checkUsage(stdout)
+		return nil
+	} else if err != nil {
+		return flagError(err, "dingd check --help")
+	}
+	if fs.NArg() > 0 {
+		return usageError(fmt.Sprintf("unexpected argument %q; see dingd check --help", fs.Arg(0)))
 	}
 	dir := *storeDir
 	if dir == "" {

@@ -13,43 +13,98 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"sync"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/dingmq/ding/channels/twilio/twiliotest"
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "faketwilio:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
+// usageError is a mistake on the command line: exit status 2, where any
+// other failure is 1.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+// usage writes --help: the text, then every flag of fs.
+func usage(w io.Writer, fs *flag.FlagSet) error {
+	fmt.Fprint(w, `Usage: faketwilio [flags]
+
+A fake Twilio REST API for a local DING demo, with no Twilio account and no
+network. Point dingd at it with --twilio-api-url; it prints every SMS and
+call dingd asks for (numbers masked) and plays the carrier. Exit status: 0
+on SIGINT or SIGTERM, 1 on a failure, 2 on a mistake on the command line.
+
+`)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fs.VisitAll(func(f *flag.Flag) {
+		arg, help := flag.UnquoteUsage(f)
+		if f.DefValue != "" {
+			help += " (default " + f.DefValue + ")"
+		}
+		fmt.Fprintf(tw, "  --%s %s\t%s\n", f.Name, strings.ToUpper(arg), help)
+	})
+	tw.Flush()
+	_, err := fmt.Fprint(w, `
+Example:
+  faketwilio --press 1 &
+  TWILIO_AUTH_TOKEN=demo0token dingd --twilio-account-sid ACdemo0000000000000000000000000000 \
+      --twilio-from +15005550006 --public-url http://127.0.0.1:7080 --twilio-api-url http://127.0.0.1:7090
+`)
+	return err
+}
+
+// run is faketwilio with args, until SIGINT or SIGTERM. --help is written
+// to stdout and is no error.
+func run(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("faketwilio", flag.ContinueOnError)
-	addr := fs.String("listen", "127.0.0.1:7090", "address to serve the fake REST API on")
-	sid := fs.String("sid", "ACdemo0000000000000000000000000000", "account SID to accept")
-	tok := fs.String("token", "demo0token", "auth token to accept and sign webhooks with")
-	press := fs.String("press", "", "key the callee presses in every call (empty: hang up without pressing)")
-	reply := fs.String("reply", "", "text every SMS is answered with (empty: no reply)")
-	inbound := fs.String("inbound-url", "http://127.0.0.1:7080/twilio/sms/inbound", "where replies are posted (dingd's public URL + /twilio/sms/inbound)")
+	fs.SetOutput(io.Discard) // errors are one line; --help prints usage
+	addr := fs.String("listen", "127.0.0.1:7090", "`address` to serve the fake REST API on")
+	sid := fs.String("sid", "ACdemo0000000000000000000000000000", "account `SID` to accept")
+	tok := fs.String("token", "demo0token", "auth `token` to accept and sign webhooks with")
+	press := fs.String("press", "", "`key` the callee presses in every call, which confirms the DING; empty: hang up without pressing")
+	reply := fs.String("reply", "", "`text` every SMS is answered with; empty: no reply")
+	inbound := fs.String("inbound-url", "http://127.0.0.1:7080/twilio/sms/inbound", "`URL` replies are posted to: dingd's public URL + /twilio/sms/inbound")
 	delay := fs.Duration("delay", time.Second, "time between the carrier's steps")
-	if err := fs.Parse(args); err != nil {
-		return err
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return usage(stdout, fs)
+	} else if err != nil {
+		msg := err.Error()
+		if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+			msg = "unknown flag --" + strings.TrimPrefix(name, "-")
+		} else if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+			msg = "a value is needed after --" + strings.TrimPrefix(name, "-")
+		}
+		return usageError(strings.Replace(msg, " for flag -", " for flag --", 1) + "; see faketwilio --help")
+	}
+	if fs.NArg() > 0 {
+		return usageError(fmt.Sprintf("unexpected argument %q; see faketwilio --help", fs.Arg(0)))
 	}
 	srv, err := twiliotest.Listen(*addr, *sid, *tok)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	fmt.Printf("fake Twilio on %s (account %s)\n", srv.URL(), *sid)
+	fmt.Fprintf(stdout, "fake Twilio on %s (account %s)\n", srv.URL(), *sid)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var wg sync.WaitGroup

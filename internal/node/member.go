@@ -100,11 +100,21 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 	if mc.Node.Logger == nil {
 		mc.Node.Logger = slog.Default()
 	}
+	if mc.Node.RestoreFrom != "" {
+		return errors.New("node: a cluster member does not restore a backup; it joins from its owner's snapshot")
+	}
 	if err := os.MkdirAll(mc.Node.DataDir, 0o700); err != nil {
 		return fmt.Errorf("node: data dir: %w", err)
 	}
+	// Held for the whole run, standing by or serving (Start then takes
+	// none of its own).
+	lock, err := lockDataDir(mc.Node.DataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	mc.Node.locked = true
 	if mc.AdvertiseSocket == "" {
-		var err error
 		if mc.AdvertiseSocket, err = advertisedSocket(mc.Advertise, mc.Node.SocketAddr); err != nil {
 			return err
 		}

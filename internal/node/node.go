@@ -12,9 +12,13 @@
 //	                    backup holds no key and erasing one is immediate
 //	DATA/admin.token    the admin token (mode 0600)
 //	DATA/jwt.secret     the token signing secret (channels/auth)
+//	DATA/dingd.lock     locked (flock) while a server runs; names its PID
 //
-// Start opens the store, then the keyring, then the engine; Shutdown
-// closes them in the reverse order.
+// Start binds the listeners first, so that a port already taken is found
+// before anything is written in the data directory; then it locks the
+// directory, restores a backup if asked (atomically: restore.go), and
+// opens the store, then the keyring, then the engine; Shutdown closes
+// them in the reverse order and releases the lock last.
 package node
 
 import (
@@ -23,7 +27,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -85,6 +88,13 @@ type Config struct {
 	// BackupDir is the only directory POST /v1/backup writes under; empty
 	// means DataDir/backups. It is created, and kept, mode 0700.
 	BackupDir string
+	// RestoreFrom, when set, is a backup (a directory POST /v1/backup
+	// wrote) that Start verifies and makes the store of DataDir, which
+	// must hold none, once the listeners are bound and the directory
+	// locked. If Start fails after the restore, the restored store is
+	// removed again: a failed start can be retried as it was. Not in
+	// cluster mode (a member joins from its owner's snapshot).
+	RestoreFrom string
 	// MaxBody is the largest message body; zero means 64 KiB.
 	MaxBody int
 	// Socket tunes the gateway; its Engine, Hub, Keys, Directory, Logger
@@ -127,6 +137,34 @@ type Config struct {
 	// Routes are extra handlers on the HTTP listener, by ServeMux pattern
 	// (cluster mode: /cluster/).
 	Routes map[string]http.Handler
+
+	// locked: the caller (RunMember) holds the data directory's lock, so
+	// Start does not take it.
+	locked bool
+}
+
+// AddrInUseError is returned by Start when a listen address is taken
+// (EADDRINUSE): another server, often another dingd, holds the port. Not
+// retryable until it is freed.
+type AddrInUseError struct {
+	Listener string // "socket", "http" or "TLS socket"
+	Addr     string // as configured
+	Err      error
+}
+
+func (e *AddrInUseError) Error() string {
+	return fmt.Sprintf("node: the %s port %s is in use", e.Listener, e.Addr)
+}
+
+func (e *AddrInUseError) Unwrap() error { return e.Err }
+
+// listenError describes a failure to listen on addr: an *AddrInUseError
+// if the address is taken, else err with the operation.
+func listenError(listener, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return &AddrInUseError{Listener: listener, Addr: addr, Err: err}
+	}
+	return fmt.Errorf("node: listen %s %s: %w", listener, addr, err)
 }
 
 // Node is a running server.
@@ -146,6 +184,7 @@ type Node struct {
 	sockLn     net.Listener
 	httpSrv    *http.Server
 	httpLn     net.Listener
+	lock       *os.File // holds the data directory's lock; nil if the caller holds it
 	adminToken string
 	ready      atomic.Bool
 
@@ -179,18 +218,16 @@ func Start(cfg Config) (_ *Node, err error) {
 		}
 	}()
 	// The listeners first: a port already taken is found before anything
-	// is created in the data dir (a store, a signing secret, an admin token).
+	// is created in the data dir (a restored store, a signing secret, an
+	// admin token).
 	if n.sockLn, err = socket.Listen(cfg.SocketAddr); err != nil {
-		return nil, err
+		return nil, listenError("socket", cfg.SocketAddr, err)
 	}
 	closers = append(closers, func() { n.sockLn.Close() })
 	if n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTPAddr, err)
+		return nil, listenError("http", cfg.HTTPAddr, err)
 	}
 	closers = append(closers, func() { n.httpLn.Close() })
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("node: data dir: %w", err)
-	}
 	reg := prometheus.NewRegistry()
 	perSource, total := cmp.Or(cfg.MaxHTTPConnsPerSource, 64), cmp.Or(cfg.MaxHTTPConns, 1024)
 	if n.httpLn, err = newLimitListener(n.httpLn, max(perSource, 0), max(total, 0), reg); err != nil {
@@ -212,10 +249,34 @@ func Start(cfg Config) (_ *Node, err error) {
 		n.httpLn = tls.NewListener(n.httpLn, n.certs.tlsConfig())
 		if cfg.TLSSocketAddr != "" {
 			if n.tlsSockLn, err = net.Listen("tcp", cfg.TLSSocketAddr); err != nil {
-				return nil, fmt.Errorf("node: listen tls socket %s: %w", cfg.TLSSocketAddr, err)
+				return nil, listenError("TLS socket", cfg.TLSSocketAddr, err)
 			}
 			closers = append(closers, func() { n.tlsSockLn.Close() })
 		}
+	}
+	// Every listener is bound: now the data dir.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("node: data dir: %w", err)
+	}
+	if !cfg.locked {
+		if n.lock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		closers = append(closers, func() { n.lock.Close() })
+	}
+	if cfg.RestoreFrom != "" {
+		if cfg.Replicate != nil {
+			return nil, errors.New("node: a cluster member does not restore a backup; it joins from its owner's snapshot")
+		}
+		st, err := restore(cfg.RestoreFrom, cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		// Runs after the store's closer: a start that fails from here on
+		// leaves the data dir as it found it, ready for the same restore.
+		closers = append(closers, func() { os.RemoveAll(filepath.Join(cfg.DataDir, "store")) })
+		cfg.Logger.Warn("restored the store from a backup: secret messages burn at this start (their keys are not in backups); client tokens signed before need the old jwt.secret, or new tokens",
+			"from", cfg.RestoreFrom, "keys", st.Keys, "bytes", st.Bytes)
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := registerDiskMetrics(reg, cfg.DataDir); err != nil {
@@ -232,7 +293,9 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	if n.db, err = pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: cfg.Logger}); err != nil {
 		if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) {
-			return nil, fmt.Errorf("node: data dir %s is in use by another dingd (its store is locked): stop it, or give this one another --data", cfg.DataDir)
+			// Its lock file was free: a process that is no dingd of this
+			// version holds the store.
+			return nil, &DataDirInUseError{Dir: cfg.DataDir}
 		}
 		return nil, err
 	}
@@ -509,6 +572,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		}
 		errs = append(errs, n.secretKeys.Close()) // after the engine: its commit loop writes keys
 		errs = append(errs, n.db.Close())
+		if n.lock != nil {
+			n.lock.Close() // last: the store is closed
+		}
 		n.stopErr = errors.Join(errs...)
 		n.log.Info("ding stopped")
 	})
@@ -533,60 +599,4 @@ func backupDir(cfg Config) (string, error) {
 		return "", fmt.Errorf("node: backup dir: %w", err)
 	}
 	return filepath.Abs(real)
-}
-
-// Restore makes a backup (a directory POST /v1/backup wrote) the store of
-// the data directory dataDir, which must hold none yet: it verifies the
-// backup (every key and value reads back), then copies it into
-// dataDir/store (0700, 0600). The backup holds the store only: secret
-// messages' keys are not in it (those messages burn at the first start,
-// reason key_lost), and the data directory's signing secret and admin
-// token are new unless copied from the old one (jwt.secret,
-// admin.token), so clients need new tokens.
-func Restore(from, dataDir string) (pebblestore.BackupStats, error) {
-	st, err := pebblestore.Verify(from)
-	if err != nil {
-		return st, fmt.Errorf("node: restore: the backup does not verify: %w", err)
-	}
-	dst := filepath.Join(dataDir, "store")
-	if es, err := os.ReadDir(dst); err == nil && len(es) > 0 {
-		return st, fmt.Errorf("node: restore: %s already holds a store; restore into an empty data dir", dst)
-	}
-	if err := os.MkdirAll(dst, 0o700); err != nil {
-		return st, fmt.Errorf("node: restore: %w", err)
-	}
-	es, err := os.ReadDir(from)
-	if err != nil {
-		return st, fmt.Errorf("node: restore: %w", err)
-	}
-	for _, e := range es {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		if err := copyFileSync(filepath.Join(from, e.Name()), filepath.Join(dst, e.Name())); err != nil {
-			return st, fmt.Errorf("node: restore: %w", err)
-		}
-	}
-	return st, nil
-}
-
-func copyFileSync(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
