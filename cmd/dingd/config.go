@@ -40,6 +40,7 @@ type config struct {
 	Cluster, NodeID, Advertise, ClusterSecret string
 	LeaseTTL                                  time.Duration
 	AckReplicas                               int
+	ClusterCA                                 string
 	// AdvertiseSocket is this member's socket listener as clients reach
 	// it; empty: Advertise's host and Listen's port.
 	AdvertiseSocket string
@@ -227,6 +228,10 @@ var settings = []setting{
 	{name: "lease-ttl", env: "DING_LEASE_TTL", def: "3s",
 		help:  "cluster mode: an owner's lease; a dead owner's standby takes over about this long after its death",
 		field: func(c *config) any { return &c.LeaseTTL }},
+	{name: "cluster-ca", env: "DING_CLUSTER_CA", def: "",
+		help:  "cluster mode: PEM file of the CA that signed the members' certificates, trusted (besides the system's roots) for their HTTPS to one another; needed when --advertise is https:// with a private CA",
+		zero:  "the system's roots only",
+		field: func(c *config) any { return &c.ClusterCA }},
 	{name: "ack-replicas", env: "DING_ACK_REPLICAS", def: "1",
 		help:  "cluster mode: copies besides the owner's that must hold a batch before a submit is acknowledged: 1 (nothing acknowledged is lost when any one member dies) or 0 (owner-only durability: lower latency; a failover loses what the standby had not applied)",
 		field: func(c *config) any { return &c.AckReplicas }},

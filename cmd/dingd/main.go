@@ -96,7 +96,7 @@ func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
 	log.Info("cluster mode", "member", c.NodeID, "redis", c.Cluster, "advertise", c.Advertise)
 	return node.RunMember(ctx, node.MemberConfig{
 		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, AdvertiseSocket: c.AdvertiseSocket,
-		Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL, OwnerOnly: c.AckReplicas == 0,
+		Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL, OwnerOnly: c.AckReplicas == 0, PeerCA: c.ClusterCA,
 		Started: func(n *node.Node) {
 			serving.Store(n)
 			fmt.Fprintf(os.Stderr, "dingd: member %s owns the partition: socket %s, http %s, data %s\n", c.NodeID, n.SocketAddr(), n.HTTPAddr(), c.Data)

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +58,12 @@ type MemberConfig struct {
 	LeaseTTL time.Duration
 	// Started, if set, is called each time this member starts serving.
 	Started func(*Node)
+	// PeerCA, if set, is a PEM file of the CA that signed the members'
+	// certificates: their HTTPS to one another (snapshots, standby
+	// requests, fences, the stand-in's proxy) trusts it besides the
+	// system's roots. Members advertised as https:// need it when their
+	// certificates come from a private CA.
+	PeerCA string
 	// OwnerOnly is dingd --ack-replicas 0: while it serves, a submit is
 	// acknowledged once durable on this member, without waiting for the
 	// standby (still shipped every batch): lower latency, and a failover
@@ -119,7 +127,11 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 			return err
 		}
 	}
-	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir)}
+	peer, err := peerClient(mc.PeerCA)
+	if err != nil {
+		return err
+	}
+	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir), peer: peer}
 	m.state.Store(stateSpare)
 	m.metrics = m.standInMetrics()
 	defer m.standOut()
@@ -130,6 +142,27 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		defer func() { stop(); <-done }()
 	}
 	return m.run(ctx)
+}
+
+// peerClient is the HTTP client members use with one another: the
+// system's roots, and caFile's CA if given.
+func peerClient(caFile string) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("node: cluster CA: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("node: cluster CA: %s holds no PEM certificate", caFile)
+		}
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	}
+	return &http.Client{Transport: tr}, nil
 }
 
 // advertisedSocket is the host of the advertised HTTP URL with the
@@ -182,6 +215,8 @@ type member struct {
 	cache      ownerCache
 	// standCerts is the stand-in's HTTPS certificate (the node's files).
 	standCerts *certReloader
+	// peer is the HTTP client for the other members (PeerCA).
+	peer *http.Client
 }
 
 // socketAddrKey is where a member publishes its socket address (beside
@@ -393,7 +428,7 @@ func (m *member) join(ctx context.Context, holder string) error {
 			continue
 		}
 		tmp := filepath.Join(m.mc.Node.DataDir, "snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
-		st, err := cluster.FetchSnapshot(ctx, http.DefaultClient, addr, m.mc.Secret, tmp)
+		st, err := cluster.FetchSnapshot(ctx, m.peer, addr, m.mc.Secret, tmp)
 		if err != nil {
 			m.log.Warn("fetching the owner's snapshot failed; retrying", "owner", holder, "err", err)
 			m.pause(ctx)
@@ -416,7 +451,7 @@ func (m *member) join(ctx context.Context, holder string) error {
 		}
 		m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
 		return m.follow(ctx, st, true, func() error {
-			return cluster.RequestStandby(ctx, http.DefaultClient, addr, m.mc.Secret, m.mc.ID)
+			return cluster.RequestStandby(ctx, m.peer, addr, m.mc.Secret, m.mc.ID)
 		})
 	}
 	if m.drained.Load() {
@@ -791,7 +826,7 @@ func (m *member) release(ctx context.Context) {
 			addr, err = m.c.Addr(ctx, holder)
 		}
 		if err == nil && addr != "" {
-			if err = cluster.ReleaseStandby(ctx, http.DefaultClient, addr, m.mc.Secret, m.mc.ID); err == nil {
+			if err = cluster.ReleaseStandby(ctx, m.peer, addr, m.mc.Secret, m.mc.ID); err == nil {
 				m.log.Info("released the standby role", "owner", holder)
 				return
 			}

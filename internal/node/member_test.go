@@ -196,3 +196,47 @@ func TestStandInServesTheNodesTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestMembersOverHTTPSWithAPrivateCA: members that serve HTTPS with
+// certificates from a private CA, advertised as https://, reach one
+// another with PeerCA: the second joins as the standby from the first's
+// snapshot, over HTTPS. Without it, the join cannot verify the owner.
+func TestMembersOverHTTPSWithAPrivateCA(t *testing.T) {
+	cert, key, caFile := nodetest.TLSFiles(t)
+	for _, withCA := range []bool{true, false} {
+		c := cluster.NewMemCoord(time.Now)
+		ctx, cancel := context.WithCancel(context.Background())
+		var done []chan error
+		run := func(id string, started chan<- *node.Node) {
+			addr := nodetest.FreeAddr(t)
+			d := make(chan error, 1)
+			done = append(done, d)
+			mc := node.MemberConfig{Node: node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
+				TLSCert: cert, TLSKey: key, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+				Coord: c, ID: id, Advertise: "https://" + addr, Secret: "s", LeaseTTL: time.Second,
+				Started: func(n *node.Node) { started <- n }}
+			if withCA {
+				mc.PeerCA = caFile
+			}
+			go func() { d <- node.RunMember(ctx, mc) }()
+		}
+		startedA := make(chan *node.Node, 1)
+		run("a", startedA)
+		<-startedA
+		run("b", make(chan *node.Node, 1))
+		joined := false
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) && !joined {
+			sb, _ := c.Standby(ctx, 0)
+			joined = sb == "b"
+			time.Sleep(10 * time.Millisecond) // polling the coordinator
+		}
+		cancel()
+		for _, d := range done {
+			<-d
+		}
+		if joined != withCA {
+			t.Fatalf("PeerCA given %v: b joined %v", withCA, joined)
+		}
+	}
+}

@@ -158,7 +158,7 @@ func (m *member) askFence(ctx context.Context, addr string) (cluster.Fence, erro
 		return cluster.Fence{}, err
 	}
 	req.Header.Set("Authorization", "Bearer "+m.mc.Secret)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := m.peer.Do(req)
 	if err != nil {
 		return cluster.Fence{}, err
 	}

@@ -242,6 +242,7 @@ func (m *member) standInHandler() http.Handler {
 		_ = json.NewEncoder(w).Encode(out)
 	})
 	proxy := &httputil.ReverseProxy{
+		Transport: m.peer.Transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(pr.In.Context().Value(ownerURLKey{}).(*url.URL))
 			pr.Out.Host = pr.In.Host // the owner checks Twilio's signature against its public URL, not this Host
