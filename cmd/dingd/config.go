@@ -44,6 +44,8 @@ type config struct {
 	// AdvertiseSocket is this member's socket listener as clients reach
 	// it; empty: Advertise's host and Listen's port.
 	AdvertiseSocket string
+	// AdvertiseTLSSocket is its TLS socket listener as clients reach it.
+	AdvertiseTLSSocket string
 	// BackupDir is where POST /v1/backup writes; empty: DATA/backups.
 	BackupDir string
 	// TLSCert and TLSKey serve the HTTP port over TLS; TLSListen adds a
@@ -222,6 +224,10 @@ var settings = []setting{
 		help:  "cluster mode: this member's socket listener as clients reach it (HOST:PORT), named in redirects; empty: --advertise's host and --listen's port",
 		zero:  "--advertise's host and --listen's port",
 		field: func(c *config) any { return &c.AdvertiseSocket }},
+	{name: "advertise-tls-socket", env: "DING_ADVERTISE_TLS_SOCKET", def: "",
+		help:  "cluster mode: this member's TLS socket listener (--tls-listen) as clients reach it (HOST:PORT), named in redirects to TLS clients; empty: --advertise's host and --tls-listen's port",
+		zero:  "--advertise's host and --tls-listen's port",
+		field: func(c *config) any { return &c.AdvertiseTLSSocket }},
 	{name: "cluster-secret", env: "DING_CLUSTER_SECRET", def: "", secret: true,
 		help:  "cluster mode: the secret the members share (snapshots); prefer the environment",
 		field: func(c *config) any { return &c.ClusterSecret }},

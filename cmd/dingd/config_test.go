@@ -186,7 +186,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--ding-sender-daily", "-1", "--ding-recipient-interval", "-1ns", "--sms-per-day", "7",
 		"--calls-per-day", "8", "--no-call-fallback", "--burn-after", "45s", "--secret-unread-ttl", "2h",
 		"--cluster", "redis://127.0.0.1:5", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
-		"--advertise-socket", "127.0.0.1:9", "--ack-replicas", "0", "--cluster-ca", "/etc/ding/ca.pem",
+		"--advertise-socket", "127.0.0.1:9", "--ack-replicas", "0", "--cluster-ca", "/etc/ding/ca.pem", "--advertise-tls-socket", "127.0.0.1:10",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))

@@ -95,7 +95,7 @@ func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
 	}()
 	log.Info("cluster mode", "member", c.NodeID, "redis", c.Cluster, "advertise", c.Advertise)
 	return node.RunMember(ctx, node.MemberConfig{
-		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, AdvertiseSocket: c.AdvertiseSocket,
+		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, AdvertiseSocket: c.AdvertiseSocket, AdvertiseTLSSocket: c.AdvertiseTLSSocket,
 		Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL, OwnerOnly: c.AckReplicas == 0, PeerCA: c.ClusterCA,
 		Started: func(n *node.Node) {
 			serving.Store(n)

@@ -52,6 +52,12 @@ type MemberConfig struct {
 	// member that does. Empty means Advertise's host with Node.SocketAddr's
 	// port.
 	AdvertiseSocket string
+	// AdvertiseTLSSocket is this member's TLS socket listener as clients
+	// reach it (with Node.TLSSocketAddr): a member that does not serve
+	// answers a HELLO on its TLS socket port with NOT_OWNER and this
+	// address of the member that does. Empty means Advertise's host with
+	// Node.TLSSocketAddr's port.
+	AdvertiseTLSSocket string
 	// LeaseTTL is how long an owner's lease lasts unrenewed: a dead
 	// owner's partition is taken over about this long after its death.
 	// Zero means 3s.
@@ -122,6 +128,11 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 	}
 	defer lock.Close()
 	mc.Node.locked = true
+	if mc.AdvertiseTLSSocket == "" && mc.Node.TLSSocketAddr != "" {
+		if mc.AdvertiseTLSSocket, err = advertisedSocket(mc.Advertise, mc.Node.TLSSocketAddr); err != nil {
+			return err
+		}
+	}
 	if mc.AdvertiseSocket == "" {
 		if mc.AdvertiseSocket, err = advertisedSocket(mc.Advertise, mc.Node.SocketAddr); err != nil {
 			return err
@@ -222,6 +233,9 @@ type member struct {
 // socketAddrKey is where a member publishes its socket address (beside
 // its HTTP URL under its own id).
 func socketAddrKey(id string) string { return id + "/socket" }
+
+// tlsSocketAddrKey is where it publishes its TLS socket address.
+func tlsSocketAddrKey(id string) string { return id + "/tls-socket" }
 
 func (m *member) storeDir() string { return filepath.Join(m.mc.Node.DataDir, "store") }
 
@@ -737,6 +751,9 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		err := m.c.SetAddr(ctx, m.mc.ID, m.mc.Advertise, 3*ttl)
 		if err == nil {
 			err = m.c.SetAddr(ctx, socketAddrKey(m.mc.ID), m.mc.AdvertiseSocket, 3*ttl)
+		}
+		if err == nil && m.mc.AdvertiseTLSSocket != "" {
+			err = m.c.SetAddr(ctx, tlsSocketAddrKey(m.mc.ID), m.mc.AdvertiseTLSSocket, 3*ttl)
 		}
 		if err != nil && ctx.Err() == nil {
 			m.log.Warn("publishing this member's address failed", "err", err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/dingmq/ding/channels/socket/client"
 	"io"
 	"log/slog"
 	"net/http"
@@ -238,5 +239,63 @@ func TestMembersOverHTTPSWithAPrivateCA(t *testing.T) {
 		if joined != withCA {
 			t.Fatalf("PeerCA given %v: b joined %v", withCA, joined)
 		}
+	}
+}
+
+// TestStandInRedirectsTLSClientsToTheOwnersTLSSocket: a TLS client that
+// reaches a member that does not serve, on its TLS socket port, is told
+// (over TLS) the owner's TLS socket address, and its session starts there.
+func TestStandInRedirectsTLSClientsToTheOwnersTLSSocket(t *testing.T) {
+	cert, key, caFile := nodetest.TLSFiles(t)
+	c := cluster.NewMemCoord(time.Now)
+	ctx, cancel := context.WithCancel(context.Background())
+	var done []chan error
+	defer func() {
+		cancel()
+		for _, d := range done {
+			<-d
+		}
+	}()
+	run := func(id string, started chan<- *node.Node) (tlsSock string) {
+		addr, tlsSock := nodetest.FreeAddr(t), nodetest.FreeAddr(t)
+		d := make(chan error, 1)
+		done = append(done, d)
+		mc := node.MemberConfig{Node: node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
+			TLSCert: cert, TLSKey: key, TLSSocketAddr: tlsSock, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+			Coord: c, ID: id, Advertise: "https://" + addr, Secret: "s", LeaseTTL: time.Second, PeerCA: caFile,
+			Started: func(n *node.Node) { started <- n }}
+		go func() { d <- node.RunMember(ctx, mc) }()
+		return tlsSock
+	}
+	startedA := make(chan *node.Node, 1)
+	tlsA := run("a", startedA)
+	a := <-startedA
+	tlsB := run("b", make(chan *node.Node, 1))
+	nodetest.WaitFor(t, "b as the standby", 10*time.Second, func() bool { sb, _ := c.Standby(ctx, 0); return sb == "b" })
+	nodetest.AddUsers(t, a, "ana")
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	var redirected []string
+	cl, err := client.Dial(ctx, client.Config{Addr: tlsB, Token: nodetest.Token(t, a, "ana", "phone"), Device: "phone",
+		TLS: &tls.Config{RootCAs: pool}, OnSession: func(e client.SessionEvent) {
+			if e.Kind == client.SessionRedirect {
+				redirected = append(redirected, e.Redirect)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := cl.Send(ctx, []string{"ana"}, []byte("over TLS, through a redirect")); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	<-cl.Done()
+	if len(redirected) == 0 || redirected[0] != tlsA {
+		t.Fatalf("redirects %v, want the owner's TLS socket %s", redirected, tlsA)
 	}
 }

@@ -43,9 +43,10 @@ import (
 // Both close the moment the member starts serving, before the node binds
 // the same ports.
 type standIn struct {
-	redir *socket.Redirector
-	srv   *http.Server
-	done  chan struct{}
+	redir    *socket.Redirector
+	tlsRedir *socket.Redirector // on the TLS socket port, naming the owner's
+	srv      *http.Server
+	done     chan struct{}
 }
 
 // memberState is what a member not serving is doing, for its status and
@@ -69,24 +70,38 @@ type ownerCache struct {
 	at       time.Time
 	id, sock string
 	http     string
+	tlsSock  string
 }
 
 func (m *member) owner(ctx context.Context) (id, sock, httpURL string) {
+	c := m.ownerAddrs(ctx)
+	return c.id, c.sock, c.http
+}
+
+// ownerTLSSocket is the serving member's TLS socket address ("" if none
+// serves, or it has none).
+func (m *member) ownerTLSSocket(ctx context.Context) string {
+	return m.ownerAddrs(ctx).tlsSock
+}
+
+// ownerAddrs is the cached lookup behind owner.
+func (m *member) ownerAddrs(ctx context.Context) ownerCache {
 	c := &m.cache
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if time.Since(c.at) < 250*time.Millisecond {
-		return c.id, c.sock, c.http
+		return ownerCache{id: c.id, sock: c.sock, http: c.http, tlsSock: c.tlsSock}
 	}
-	c.at, c.id, c.sock, c.http = time.Now(), "", "", ""
+	c.at, c.id, c.sock, c.http, c.tlsSock = time.Now(), "", "", "", ""
 	holder, _, err := m.c.Lease(ctx, memberPartition)
 	if err != nil || holder == "" || holder == m.mc.ID {
-		return "", "", ""
+		return ownerCache{}
 	}
 	c.id = holder
 	c.sock, _ = m.c.Addr(ctx, socketAddrKey(holder))
 	c.http, _ = m.c.Addr(ctx, holder)
-	return c.id, c.sock, c.http
+	c.tlsSock, _ = m.c.Addr(ctx, tlsSocketAddrKey(holder))
+	return ownerCache{id: c.id, sock: c.sock, http: c.http, tlsSock: c.tlsSock}
 }
 
 // standInMetrics registers a member's metrics while it does not serve.
@@ -143,6 +158,26 @@ func (m *member) standIn() {
 		}}
 		s.redir.Serve(ln)
 	}
+	if a := m.mc.Node.TLSSocketAddr; a != "" && m.mc.Node.TLSCert != "" {
+		// TLS clients meet the same answer over TLS, naming the owner's
+		// TLS socket.
+		var err error
+		if m.standCerts == nil {
+			m.standCerts, err = newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey)
+		}
+		var ln net.Listener
+		if err == nil {
+			ln, err = net.Listen("tcp", a)
+		}
+		if err != nil {
+			m.log.Warn("cannot answer TLS clients with the owner's address", "listen", a, "err", err)
+		} else {
+			s.tlsRedir = &socket.Redirector{Route: func(ctx context.Context, _ *pb.Hello) string {
+				return m.ownerTLSSocket(ctx)
+			}}
+			s.tlsRedir.Serve(tls.NewListener(ln, m.standCerts.tlsConfig()))
+		}
+	}
 	httpAddr := m.mc.Node.HTTPAddr
 	if httpAddr == "" {
 		httpAddr = ":7080"
@@ -188,6 +223,9 @@ func (m *member) standOut() {
 	m.stand = nil
 	if s.redir != nil {
 		_ = s.redir.Close()
+	}
+	if s.tlsRedir != nil {
+		_ = s.tlsRedir.Close()
 	}
 	if s.srv != nil {
 		_ = s.srv.Close()
