@@ -34,6 +34,11 @@ type Config struct {
 	// IdleTimeout closes a connection that sent nothing for this long; zero
 	// means 90s. Clients ping every IdleTimeout/3 (announced in WELCOME).
 	IdleTimeout time.Duration
+	// NewDeviceWindow, when positive, is how many of the latest entries of
+	// a user's stream a device gets on its first connection (no cursor
+	// given, none stored): a new phone starts with the recent history, not
+	// with every entry since the account began. Zero: the whole stream.
+	NewDeviceWindow int
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the sessions' metrics (ding_socket_*); nil means none.

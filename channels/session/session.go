@@ -199,10 +199,14 @@ func (s *Session) hello(f *pb.Hello) {
 	}
 	cursor := f.GetCursor()
 	if f.Cursor == nil {
-		if cursor, _, err = e.Cursor(claims.User, claims.Device); err != nil {
+		var known bool
+		if cursor, known, err = e.Cursor(claims.User, claims.Device); err != nil {
 			m.log.Error("handshake: read cursor", "user", claims.User, "err", err)
 			s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
 			return
+		}
+		if w := uint64(max(m.cfg.NewDeviceWindow, 0)); !known && w > 0 && head > w {
+			cursor = head - w // a new device: the latest entries only
 		}
 	}
 	cursor = min(cursor, head) // a client ahead of the server (restored backup) resumes at the head

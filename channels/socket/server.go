@@ -52,6 +52,9 @@ type Config struct {
 	MaxPending       int
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
+	// NewDeviceWindow is session.Config's: the latest entries a device
+	// with no cursor gets (zero: the whole stream).
+	NewDeviceWindow int
 	// WriteTimeout bounds one flush to a connection; zero means 10s.
 	WriteTimeout time.Duration
 	// Logger; nil means slog.Default().
@@ -124,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 	sessions, err := session.NewManager(session.Config{
 		Engine: cfg.Engine, Hub: cfg.Hub, Tokens: cfg.Keys, Users: cfg.Directory,
 		MaxFrame: cfg.MaxFrame, MaxInflight: cfg.MaxInflight, MaxPending: cfg.MaxPending,
-		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
+		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, NewDeviceWindow: cfg.NewDeviceWindow,
 		Logger: cfg.Logger, Registerer: cfg.Registerer,
 	})
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
+	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/fakeclock"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
@@ -502,5 +503,31 @@ func TestRandomFramesNeverHurtTheServer(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("bystander got nothing")
 		}
+	}
+}
+
+// TestNewDeviceStartsFromTheWindow: with NewDeviceWindow, a device's
+// first connection starts at the latest entries of the stream; a device
+// that gives a cursor (here 0: everything) resumes from it as before.
+func TestNewDeviceStartsFromTheWindow(t *testing.T) {
+	n := start(t, socket.Config{NewDeviceWindow: 3})
+	ctx := context.Background()
+	for i := range 10 {
+		if _, err := n.Engine().Submit(ctx, engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte{'m', byte('0' + i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := dialRaw(t, n)
+	if w := r.hello(nodetest.Token(t, n, "bo", "new-phone"), "new-phone"); w.ResumeFrom != 8 || w.Head != 10 {
+		t.Fatalf("a new device: WELCOME %+v, want resume_from 8 (the last 3 of 10)", w)
+	}
+	if d := r.expect(&pb.Deliver{}).(*pb.Deliver); d.Seq != 8 {
+		t.Fatalf("first entry %d, want 8", d.Seq)
+	}
+	r2 := dialRaw(t, n)
+	zero := uint64(0)
+	r2.send(pb.FrameType_HELLO, &pb.Hello{Version: 1, Token: nodetest.Token(t, n, "bo", "all"), Device: "all", Cursor: &zero})
+	if w := r2.expect(&pb.Welcome{}).(*pb.Welcome); w.ResumeFrom != 1 {
+		t.Fatalf("a device giving cursor 0: resume_from %d, want 1", w.ResumeFrom)
 	}
 }

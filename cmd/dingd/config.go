@@ -64,6 +64,8 @@ type config struct {
 	// IdleTimeout closes a client connection silent this long (the
 	// client pings at a third of it); zero: the gateway's 90s.
 	IdleTimeout time.Duration
+	// NewDeviceWindow: the latest entries a device's first connection gets.
+	NewDeviceWindow int
 
 	// File is the config file read (--config or DING_CONFIG); empty: none.
 	File string
@@ -165,6 +167,10 @@ var settings = []setting{
 	{name: "idle-timeout", env: "DING_IDLE_TIMEOUT", def: "90s",
 		help:  "close a client connection that sends nothing this long (WELCOME tells clients to ping at a third of it)",
 		field: func(c *config) any { return &c.IdleTimeout }},
+	{name: "new-device-window", env: "DING_NEW_DEVICE_WINDOW", def: "0",
+		help:  "how many of the latest entries of a user's stream a device gets on its first connection (no cursor); 0: the whole stream",
+		zero:  "the whole stream",
+		field: func(c *config) any { return &c.NewDeviceWindow }},
 	{name: "pprof", env: "DING_PPROF", def: "",
 		help:  "serve net/http/pprof on this address, e.g. 127.0.0.1:6060; empty: off",
 		field: func(c *config) any { return &c.PProf }},
@@ -548,6 +554,8 @@ Example:
 		switch {
 		case s.effective != "" && s.isZero(&defaults):
 			def = " (default " + s.effective + ")"
+		case s.zero != "" && s.isZero(&defaults):
+			def = " (default: " + s.zero + ")"
 		case s.def != "" && s.def != "false":
 			def = " (default " + s.def + ")"
 		}

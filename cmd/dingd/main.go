@@ -174,6 +174,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL,
 	}
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
+	ncfg.Socket.NewDeviceWindow = c.NewDeviceWindow
 	ncfg.TLSCert, ncfg.TLSKey, ncfg.TLSSocketAddr = c.TLSCert, c.TLSKey, c.TLSListen
 	ncfg.BackupDir = c.BackupDir
 	ncfg.DiskReserve = int64(c.DiskReserveMB) << 20
