@@ -7,6 +7,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,12 +26,17 @@ import (
 // Server is a dingd child process.
 type Server struct {
 	Data, Sock, HTTP string
-	bin              string
-	args, env        []string // extra flags and environment, kept for Restart
-	cmd              *exec.Cmd
-	admin            string
-	keys             *auth.Keys
-	log              *os.File
+	// TLSSock is the socket port over TLS (StartServerTLS), and TLS the
+	// client configuration that trusts its certificate; its HTTP port is
+	// then HTTPS.
+	TLSSock   string
+	TLS       *tls.Config
+	bin       string
+	args, env []string // extra flags and environment, kept for Restart
+	cmd       *exec.Cmd
+	admin     string
+	keys      *auth.Keys
+	log       *os.File
 }
 
 // StartServer starts dingd (the binary at bin) on loopback in a new
@@ -51,6 +57,48 @@ func StartServer(bin, tmp string, users int, args ...string) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// StartServerTLS is StartServer with TLS: a certificate made for this run
+// (tls.go), the HTTP port serving HTTPS and the socket protocol over TLS
+// on TLSSock beside the plain socket port.
+func StartServerTLS(bin, tmp string, users int, args ...string) (*Server, error) {
+	s, err := newServer(bin, tmp)
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile, cfg, err := makeCert(s.Data)
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	s.TLSSock, s.TLS = freeAddr(), cfg
+	s.args = append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-listen", s.TLSSock}, args...)
+	if err := s.start(); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	if err := s.AddUsers("u", 0, users); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// url is path on dingd's HTTP port (HTTPS with TLS).
+func (s *Server) url(path string) string {
+	if s.TLS != nil {
+		return "https://" + s.HTTP + path
+	}
+	return "http://" + s.HTTP + path
+}
+
+// web is the HTTP client for dingd's HTTP port.
+func (s *Server) web() *http.Client {
+	if s.TLS == nil {
+		return http.DefaultClient
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: s.TLS}}
 }
 
 // newServer makes a data directory under tmp and picks loopback addresses
@@ -118,7 +166,7 @@ func (s *Server) launch() (time.Time, error) {
 // Ready reports whether dingd's /readyz answers 200 (in cluster mode:
 // whether it is the member serving).
 func (s *Server) Ready() bool {
-	resp, err := http.Get("http://" + s.HTTP + "/readyz")
+	resp, err := s.web().Get(s.url("/readyz"))
 	if err != nil {
 		return false
 	}
@@ -226,9 +274,9 @@ func (s *Server) Metric(name string) (float64, error) {
 
 func (s *Server) call(method, path string, in, out any) error {
 	b, _ := json.Marshal(in)
-	req, _ := http.NewRequest(method, "http://"+s.HTTP+path, bytes.NewReader(b))
+	req, _ := http.NewRequest(method, s.url(path), bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+s.admin)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.web().Do(req)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"runtime"
@@ -21,6 +22,10 @@ type IdleConfig struct {
 	// Hold keeps the server and connections up this long after measuring
 	// (to take a heap profile with --pprof); zero means none.
 	Hold time.Duration
+	// TLS also opens the connections over TLS (dingd --tls-listen), to a
+	// second dingd in the same run: RSS per TLS connection beside the
+	// plain one's.
+	TLS bool
 }
 
 // Idle opens Conns connections, each completing the handshake as its own
@@ -29,7 +34,13 @@ type IdleConfig struct {
 // connection open (each binary's own, with Against: its row "server RSS,
 // no connection").
 func Idle(cfg IdleConfig) (Table, error) {
-	t, err := Compare(cfg.Bin, cfg.Against, "", func(bin string) (Table, error) { return idleOnce(cfg, bin) })
+	if cfg.TLS {
+		return idleTLS(cfg)
+	}
+	t, err := Compare(cfg.Bin, cfg.Against, "", func(bin string) (Table, error) {
+		r, err := idleOnce(cfg, bin, false)
+		return r.Table, err
+	})
 	if err != nil {
 		return Table{}, err
 	}
@@ -43,17 +54,59 @@ func Idle(cfg IdleConfig) (Table, error) {
 	return t, nil
 }
 
-// idleOnce runs the scenario against a dingd from bin.
-func idleOnce(cfg IdleConfig, bin string) (Table, error) {
-	srv, err := StartServer(bin, cfg.Tmp, cfg.Conns)
+// idleTLS measures RSS per connection on a plain dingd, then on one with
+// TLS (its connections over --tls-listen), in the same run.
+func idleTLS(cfg IdleConfig) (Table, error) {
+	plain, err := idleOnce(cfg, cfg.Bin, false)
 	if err != nil {
 		return Table{}, err
+	}
+	overTLS, err := idleOnce(cfg, cfg.Bin, true)
+	if err != nil {
+		return Table{}, err
+	}
+	pp, tp := plain.perConn, overTLS.perConn
+	return Table{
+		Scenario: "idle --tls",
+		Setup:    fmt.Sprintf("%d authenticated idle connections over loopback to one dingd, then as many over TLS (TLS 1.3, ECDSA P-256 certificate; dingd --tls-listen, crypto/tls with a goroutine per connection) to another, in the same run; RSS growth per connection against each dingd's own RSS with the users created and no connection.", cfg.Conns),
+		Rows: []Row{
+			{"server RSS per connection", fmt.Sprintf("%.2f KiB over TLS", tp/1024), fmt.Sprintf("%.2f KiB plain", pp/1024), ratio(tp, pp), "≤ 2× plain" + metNote(tp <= 2*pp)},
+			{"server RSS, no connection", fmt.Sprintf("%.1f MiB", float64(overTLS.before)/(1<<20)), fmt.Sprintf("%.1f MiB", float64(plain.before)/(1<<20)), "", ""},
+			{"connections the server counted", fmt.Sprintf("%.0f", overTLS.open), fmt.Sprintf("%.0f", plain.open), "", ""},
+		},
+	}, nil
+}
+
+func metNote(ok bool) string {
+	if ok {
+		return " (met)"
+	}
+	return " (NOT met)"
+}
+
+// idleRun is one idle measurement.
+type idleRun struct {
+	Table
+	perConn      float64
+	before, open float64
+}
+
+// idleOnce runs the scenario against a dingd from bin (over TLS: to its
+// --tls-listen port).
+func idleOnce(cfg IdleConfig, bin string, overTLS bool) (idleRun, error) {
+	start := StartServer
+	if overTLS {
+		start = StartServerTLS
+	}
+	srv, err := start(bin, cfg.Tmp, cfg.Conns)
+	if err != nil {
+		return idleRun{}, err
 	}
 	defer srv.Stop()
 	time.Sleep(2 * time.Second) // let the server settle after the import
 	before, err := srv.RSS()
 	if err != nil {
-		return Table{}, err
+		return idleRun{}, err
 	}
 	conns := make([]net.Conn, cfg.Conns)
 	defer func() {
@@ -73,7 +126,11 @@ func idleOnce(cfg IdleConfig, bin string) (Table, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, _, err := handshake(srv.Sock, srv.Token(fmt.Sprintf("u%d", i), "d"), "d")
+			addr, tc := srv.Sock, (*tls.Config)(nil)
+			if overTLS {
+				addr, tc = srv.TLSSock, srv.TLS
+			}
+			c, _, err := handshakeTLS(addr, tc, srv.Token(fmt.Sprintf("u%d", i), "d"), "d")
 			if err != nil {
 				errs <- fmt.Errorf("conn %d: %w", i, err)
 				return
@@ -84,33 +141,44 @@ func idleOnce(cfg IdleConfig, bin string) (Table, error) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		return Table{}, err
+		return idleRun{}, err
 	}
 	open, _ := srv.Metric("ding_socket_connections")
 	time.Sleep(3 * time.Second) // idle: let pooled goroutines and buffers go
 	after, err := srv.RSS()
 	if err != nil {
-		return Table{}, err
+		return idleRun{}, err
 	}
 	per := float64(after-before) / float64(cfg.Conns)
 	if cfg.Hold > 0 {
 		fmt.Printf("idle: holding %d connections for %v\n", cfg.Conns, cfg.Hold)
 		time.Sleep(cfg.Hold)
 	}
-	return Table{
+	return idleRun{perConn: per, before: float64(before), open: open, Table: Table{
 		Rows: []Row{
 			{"server RSS per connection", fmt.Sprintf("%.2f KiB", per/1024), "", "", "≤ 8 KiB"},
 			{"server RSS", fmt.Sprintf("%.1f MiB", float64(after)/(1<<20)), fmt.Sprintf("%.1f MiB", float64(before)/(1<<20)), ratio(float64(after), float64(before)), ""},
 			{"server RSS, no connection", fmt.Sprintf("%.1f MiB", float64(before)/(1<<20)), "", "", ""},
 			{"connections the server counted", fmt.Sprintf("%.0f", open), "", "", ""},
 		},
-	}, nil
+	}}, nil
 }
 
 // handshake opens an authenticated raw connection and returns it with the
 // server's WELCOME.
 func handshake(addr, token, device string) (net.Conn, *pb.Welcome, error) {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	return handshakeTLS(addr, nil, token, device)
+}
+
+// handshakeTLS is handshake over TLS with tc (plain when nil).
+func handshakeTLS(addr string, tc *tls.Config, token, device string) (net.Conn, *pb.Welcome, error) {
+	var c net.Conn
+	var err error
+	if tc != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, tc)
+	} else {
+		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

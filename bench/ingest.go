@@ -36,6 +36,10 @@ type IngestConfig struct {
 	// across the connections; zero means a closed loop to find the peak
 	// acknowledged rate, then an open loop at half of it.
 	Rate float64
+	// TLS runs the closed loop against one dingd with its connections
+	// plain, then against another with them over TLS (--tls-listen), in
+	// the same run (IngestTLS).
+	TLS bool
 }
 
 // drain is how long after its window an open loop waits for the answers
@@ -65,6 +69,9 @@ type ingestRun struct {
 // rate.
 func Ingest(cfg IngestConfig) (Table, error) {
 	cfg.Payload = max(cfg.Payload, 8)
+	if cfg.TLS {
+		return ingestTLS(cfg)
+	}
 	fmt.Fprintf(os.Stderr, "ingest: baseline, %d goroutines writing to Pebble for %v\n", cfg.Baseline, cfg.Run)
 	baseRate, baseLat, err := PebbleSyncWrites(cfg.Tmp, cfg.Baseline, cfg.Payload, cfg.Run)
 	if err != nil {
@@ -125,6 +132,45 @@ func runIngest(cfg IngestConfig, bin string, rate float64) (*ingestRun, error) {
 	}
 	defer srv.Stop()
 	return runIngestOn(cfg, srv, rate)
+}
+
+// ingestTLS is the closed loop against a plain dingd, then against one
+// whose connections are over TLS, in the same run.
+func ingestTLS(cfg IngestConfig) (Table, error) {
+	run := func(start func(string, string, int, ...string) (*Server, error), what string) (*ingestRun, error) {
+		fmt.Fprintf(os.Stderr, "ingest --tls: %s, closed loop, %d connections\n", what, cfg.Conns)
+		srv, err := start(cfg.Bin, cfg.Tmp, cfg.Conns)
+		if err != nil {
+			return nil, err
+		}
+		defer srv.Stop()
+		return runIngestOn(cfg, srv, 0)
+	}
+	plain, err := run(StartServer, "plain")
+	if err != nil {
+		return Table{}, err
+	}
+	overTLS, err := run(StartServerTLS, "over TLS")
+	if err != nil {
+		return Table{}, err
+	}
+	pr, tr := rate(plain.w.acked.Load(), cfg.Run), rate(overTLS.w.acked.Load(), cfg.Run)
+	q := func(l Latencies, p float64) string { return ms(l.Quantile(p)) }
+	driver := "the Go client library"
+	if cfg.Raw {
+		driver = "hand-written frames"
+	}
+	return Table{
+		Scenario: "ingest --tls",
+		Setup: fmt.Sprintf("Closed loop, %d connections through %s, each a user submitting %d-byte messages to the next (online); %v warm-up, %v measured; against one dingd with plain connections, then another with them over TLS (TLS 1.3, ECDSA P-256; dingd --tls-listen), in the same run.",
+			cfg.Conns, driver, cfg.Payload, cfg.Warmup, cfg.Run),
+		Rows: []Row{
+			{"acknowledged msgs/s", fmt.Sprintf("%.0f over TLS", tr), fmt.Sprintf("%.0f plain", pr), ratio(tr, pr), "≥ 0.7× plain" + metNote(tr >= 0.7*pr)},
+			{"submit→ack p50 / p99", q(overTLS.ack, 0.5) + " / " + q(overTLS.ack, 0.99), q(plain.ack, 0.5) + " / " + q(plain.ack, 0.99), "", ""},
+			{"submit→delivered p50 / p99", q(overTLS.del, 0.5) + " / " + q(overTLS.del, 0.99), q(plain.del, 0.5) + " / " + q(plain.del, 0.99), "", ""},
+		},
+		Notes: append(runNotes("Plain", plain), runNotes("TLS", overTLS)...),
+	}, nil
 }
 
 // runIngestOn drives the ingest load against a running dingd whose users
@@ -265,9 +311,13 @@ func next(i, conns int) []string { return []string{"u" + strconv.Itoa((i+1)%conn
 // driveClients runs the load through the Go client library.
 func driveClients(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 	clients := make([]*client.Client, cfg.Conns)
+	addr := srv.Sock
+	if srv.TLS != nil {
+		addr = srv.TLSSock
+	}
 	for i := range clients {
 		c, err := client.Dial(context.Background(), client.Config{
-			Addr: srv.Sock, Token: srv.Token(fmt.Sprintf("u%d", i), "d"), Device: "d", Buffer: 4096,
+			Addr: addr, TLS: srv.TLS, Token: srv.Token(fmt.Sprintf("u%d", i), "d"), Device: "d", Buffer: 4096,
 		})
 		if err != nil {
 			return fmt.Errorf("dial %d: %w", i, err)

@@ -20,7 +20,7 @@ type Metrics map[string]float64
 // Scrape reads dingd's /metrics once, so that figures taken from it
 // (counters at a window's boundary, a histogram) are of the same moment.
 func (s *Server) Scrape() (Metrics, error) {
-	resp, err := http.Get("http://" + s.HTTP + "/metrics")
+	resp, err := s.web().Get(s.url("/metrics"))
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", s.HTTP, err)
 	}

@@ -71,7 +71,11 @@ func readFrame(r io.Reader, max int) (proto.Message, error) {
 
 // dialRaw opens an authenticated raw connection for device of user.
 func dialRaw(srv *Server, user, device string) (*rawConn, error) {
-	nc, w, err := handshake(srv.Sock, srv.Token(user, device), device)
+	addr := srv.Sock
+	if srv.TLS != nil {
+		addr = srv.TLSSock
+	}
+	nc, w, err := handshakeTLS(addr, srv.TLS, srv.Token(user, device), device)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", user, err)
 	}

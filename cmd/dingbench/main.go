@@ -93,6 +93,7 @@ func run(args []string) error {
 	live := fs.Int("live", 50_000, "secret: live messages held at a restart")
 	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
+	overTLS := fs.Bool("tls", false, "idle and ingest: also measure connections over TLS (dingd --tls-listen), beside plain ones in the same run")
 	ownerOnly := fs.Bool("ack-replicas-0", false, "cluster: also run the load against members with --ack-replicas 0 (the cost of waiting for the standby, in the same run)")
 	switch scenario {
 	case "-h", "-help", "--help", "help":
@@ -134,10 +135,10 @@ func run(args []string) error {
 	var scenarios []func() (bench.Table, error)
 	ingest := func() (bench.Table, error) {
 		return bench.Ingest(bench.IngestConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 1000), Payload: *payload,
-			Warmup: *warm, Run: *runFor, Baseline: *baseline, Raw: *raw, Rate: *offered})
+			Warmup: *warm, Run: *runFor, Baseline: *baseline, Raw: *raw, Rate: *offered, TLS: *overTLS})
 	}
 	idle := func() (bench.Table, error) {
-		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 18000), Hold: *hold})
+		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 18000), Hold: *hold, TLS: *overTLS})
 	}
 	resume := func() (bench.Table, error) {
 		return bench.Resume(bench.ResumeConfig{Bin: *bin, Tmp: *tmp, Against: *against, Missed: *missed, Payload: *payload})
