@@ -26,6 +26,8 @@ type IdleConfig struct {
 	// second dingd in the same run: RSS per TLS connection beside the
 	// plain one's.
 	TLS bool
+	// Profiling serves dingd's pprof (with Hold, for a heap profile).
+	Profiling Profiling
 }
 
 // Idle opens Conns connections, each completing the handshake as its own
@@ -98,7 +100,7 @@ func idleOnce(cfg IdleConfig, bin string, overTLS bool) (idleRun, error) {
 	if overTLS {
 		start = StartServerTLS
 	}
-	srv, err := start(bin, cfg.Tmp, cfg.Conns)
+	srv, err := start(bin, cfg.Tmp, cfg.Conns, cfg.Profiling.dingdArgs()...)
 	if err != nil {
 		return idleRun{}, err
 	}

@@ -1,7 +1,6 @@
 package socket
 
 import (
-	"bufio"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -84,7 +83,10 @@ func (s *Server) serveTLSConn(nc net.Conn, src string) {
 		c.Authenticated() // or gone
 		c.sess.Closed()
 	}()
-	r := bufio.NewReaderSize(nc, 4<<10)
+	// No bufio.Reader: crypto/tls already holds a whole record, so reading
+	// the header and the payload from it costs copies, not syscalls, and
+	// an idle TLS connection keeps 4 KiB less (dingbench idle --tls).
+	r := io.Reader(nc)
 	idle := s.sessions.IdleTimeout()
 	var hdr [wire.HeaderLen]byte
 	for {

@@ -138,7 +138,7 @@ func run(args []string) error {
 			Warmup: *warm, Run: *runFor, Baseline: *baseline, Raw: *raw, Rate: *offered, TLS: *overTLS})
 	}
 	idle := func() (bench.Table, error) {
-		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 18000), Hold: *hold, TLS: *overTLS})
+		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 18000), Hold: *hold, TLS: *overTLS, Profiling: profiling})
 	}
 	resume := func() (bench.Table, error) {
 		return bench.Resume(bench.ResumeConfig{Bin: *bin, Tmp: *tmp, Against: *against, Missed: *missed, Payload: *payload})
