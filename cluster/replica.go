@@ -275,6 +275,15 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 	}
 	applied := 0
 	for _, e := range es {
+		if e.Epoch > s.st.FenceEpoch {
+			// A newer owner, whatever its entry's Seq: its history
+			// continues its own, which this node's need not be a prefix of
+			// (a standby follows only the owner it was seeded from; a new
+			// owner's standby starts from its snapshot). Fence it, and
+			// apply nothing more (Stale).
+			s.st.FenceEpoch, s.st.FenceOwner, s.st.Stale = e.Epoch, e.Owner, true
+			break
+		}
 		switch {
 		case e.Epoch < s.st.FenceEpoch:
 			continue // a deposed owner's: never applied, never acked
@@ -286,15 +295,6 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 			continue // a gap (an entry lost): wait for the resend
 		}
 		next := s.st
-		if e.Epoch > next.FenceEpoch {
-			// A newer owner: its history continues its own, which this
-			// node's need not be a prefix of (a standby follows only the
-			// owner it was seeded from; a new owner's standby starts from
-			// its snapshot). Fence it, and apply nothing more (Stale).
-			next.FenceEpoch, next.FenceOwner, next.Stale = e.Epoch, e.Owner, true
-			s.st = next
-			break
-		}
 		if next.Stale {
 			continue
 		}
@@ -440,8 +440,8 @@ func RecoveryChoice(fences []Fence) (string, error) {
 	}
 	best := -1
 	for i, f := range fences {
-		if !f.Held || f.Stale || f.Epoch != top {
-			continue
+		if !f.Held || f.Stale || f.Drained || f.Epoch != top {
+			continue // a drained member takes no role: it cannot serve
 		}
 		if f.Owner == f.Member {
 			if best < 0 || fences[best].Owner != fences[best].Member || f.Member < fences[best].Member {
@@ -455,6 +455,9 @@ func RecoveryChoice(fences []Fence) (string, error) {
 		if best < 0 || f.Seq > fences[best].Seq || (f.Seq == fences[best].Seq && f.Member < fences[best].Member) {
 			best = i
 		}
+	}
+	if best < 0 {
+		return "", fmt.Errorf("%w: the members holding epoch %d's history are drained", ErrNoRecovery, top)
 	}
 	return fences[best].Member, nil
 }

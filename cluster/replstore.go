@@ -417,6 +417,30 @@ func (r *ReplicatedStore) Snapshot(dir string) (StandbyState, error) {
 func (r *ReplicatedStore) AddStandby(ctx context.Context, c Coord, node string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.addStandby(ctx, c, node)
+}
+
+// AddStandbyAt is AddStandby for a node that follows from a snapshot at
+// snap (its fence epoch and Seq, sent with the request): refused unless
+// the snapshot is this owner's (its epoch) and holds every batch this
+// owner acknowledged, so that a node that lost the race for the place
+// and asks again later, behind, never becomes the standby. The current
+// standby asking again (it lost its copy and joined afresh) is named
+// again.
+func (r *ReplicatedStore) AddStandbyAt(ctx context.Context, c Coord, node string, snap StandbyState) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if snap.FenceEpoch != r.owner.epoch || snap.Seq < r.owner.acked {
+		return fmt.Errorf("cluster: %s's snapshot (epoch %d, through %d) is not this owner's (epoch %d) or lacks batches acknowledged through %d: join again",
+			node, snap.FenceEpoch, snap.Seq, r.owner.epoch, r.owner.acked)
+	}
+	if cur, next := r.owner.Standby(); cur == node && next == "" {
+		return nil // already the standby: its acks count
+	}
+	return r.addStandby(ctx, c, node)
+}
+
+func (r *ReplicatedStore) addStandby(ctx context.Context, c Coord, node string) error {
 	if cur, next := r.owner.Standby(); cur != "" || next != "" {
 		return fmt.Errorf("cluster: partition %d has a standby (%q): hand it over instead", r.owner.p, cur)
 	}

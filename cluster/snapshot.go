@@ -14,6 +14,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -73,7 +74,13 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 			http.Error(w, "cluster: node is required", http.StatusBadRequest)
 			return
 		}
-		if err := rs.AddStandby(r.Context(), c, node); err != nil {
+		epoch, eerr := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
+		seq, serr := strconv.ParseUint(r.URL.Query().Get("seq"), 10, 64)
+		if eerr != nil || serr != nil {
+			http.Error(w, "cluster: epoch and seq (the snapshot the node follows from) are required", http.StatusBadRequest)
+			return
+		}
+		if err := rs.AddStandbyAt(r.Context(), c, node, StandbyState{FenceEpoch: epoch, Seq: seq}); err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		}
@@ -224,20 +231,29 @@ func readTar(r io.Reader, dir string) error {
 	}
 }
 
+// ErrStandbyRefused is returned by RequestStandby when the owner does
+// not name the node (409): another holds the place, or the snapshot the
+// node follows from is not one the owner may count on. The node must not
+// ask again with the same snapshot.
+var ErrStandbyRefused = errors.New("cluster: the owner refused the standby")
+
 // RequestStandby asks the owner at baseURL to name node its standby,
-// once node follows the stream from the snapshot's state.
-func RequestStandby(ctx context.Context, client *http.Client, baseURL, secret, node string) error {
-	return standbyRequest(ctx, client, http.MethodPost, baseURL, secret, node)
+// once node follows the stream from the snapshot's state snap (the owner
+// checks that it holds every batch the owner acknowledged:
+// ReplicatedStore.AddStandbyAt).
+func RequestStandby(ctx context.Context, client *http.Client, baseURL, secret, node string, snap StandbyState) error {
+	q := url.Values{"node": {node}, "epoch": {strconv.FormatUint(snap.FenceEpoch, 10)}, "seq": {strconv.FormatUint(snap.Seq, 10)}}
+	return standbyRequest(ctx, client, http.MethodPost, baseURL+"/cluster/standby?"+q.Encode(), secret)
 }
 
 // ReleaseStandby asks the owner at baseURL to stop counting node, its
 // standby, which is being drained (ReplicatedStore.ReleaseStandby).
 func ReleaseStandby(ctx context.Context, client *http.Client, baseURL, secret, node string) error {
-	return standbyRequest(ctx, client, http.MethodDelete, baseURL, secret, node)
+	return standbyRequest(ctx, client, http.MethodDelete, strings.TrimSuffix(baseURL, "/")+"/cluster/standby?node="+url.QueryEscape(node), secret)
 }
 
-func standbyRequest(ctx context.Context, client *http.Client, method, baseURL, secret, node string) error {
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(baseURL, "/")+"/cluster/standby?node="+url.QueryEscape(node), nil)
+func standbyRequest(ctx context.Context, client *http.Client, method, target, secret string) error {
+	req, err := http.NewRequestWithContext(ctx, method, target, nil)
 	if err != nil {
 		return err
 	}
@@ -249,7 +265,11 @@ func standbyRequest(ctx context.Context, client *http.Client, method, baseURL, s
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("cluster: %s standby: %s: %s", method, resp.Status, strings.TrimSpace(string(msg)))
+		err := fmt.Errorf("cluster: %s standby: %s: %s", method, resp.Status, strings.TrimSpace(string(msg)))
+		if resp.StatusCode == http.StatusConflict {
+			err = fmt.Errorf("%w: %w", ErrStandbyRefused, err)
+		}
+		return err
 	}
 	return nil
 }

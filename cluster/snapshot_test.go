@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -92,10 +93,13 @@ func TestNewStandbyOverHTTP(t *testing.T) {
 	}
 	defer stB.Close()
 	fB, stopB := follow(t, c, p, "b", stB, stateB)
-	if err := cluster.RequestStandby(ctx, srv.Client(), srv.URL, secret, "b"); err != nil {
+	if err := cluster.RequestStandby(ctx, srv.Client(), srv.URL, secret, "b", stateB); err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.RequestStandby(ctx, srv.Client(), srv.URL, secret, "c"); err == nil || !strings.Contains(err.Error(), "409") {
+	if err := cluster.RequestStandby(ctx, srv.Client(), srv.URL, secret, "b", stateB); err != nil {
+		t.Fatalf("the standby asking again: %v", err)
+	}
+	if err := cluster.RequestStandby(ctx, srv.Client(), srv.URL, secret, "c", stateB); !errors.Is(err, cluster.ErrStandbyRefused) || !strings.Contains(err.Error(), "409") {
 		t.Fatalf("a second standby request = %v, want 409 (a standby exists: hand it over instead)", err)
 	}
 	r := <-pending

@@ -85,5 +85,21 @@ func TestStandbyFromASnapshotStartsAtTheSnapshot(t *testing.T) {
 	if err := rsB.AwaitStandby(actx); err != nil {
 		t.Fatalf("the new standby did not catch up: %v (%+v)", err, rsB.Status())
 	}
+	// c is dropped; a node that follows from an older snapshot (one that
+	// lost the race for the place, asking again) is refused: it lacks
+	// batches c acknowledged. One from a snapshot holding them all is not.
+	if err := rsB.DropStandby(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	acked := rsB.Status().Acked
+	if err := rsB.AddStandbyAt(ctx, c, "d", cluster.StandbyState{FenceEpoch: ownerB.Epoch(), Seq: acked - 1}); err == nil {
+		t.Fatalf("a snapshot through %d became the standby of an owner that acknowledged through %d", acked-1, acked)
+	}
+	if err := rsB.AddStandbyAt(ctx, c, "d", cluster.StandbyState{FenceEpoch: ownerB.Epoch() - 1, Seq: acked}); err == nil {
+		t.Fatal("a snapshot of an older owner became the standby")
+	}
+	if err := rsB.AddStandbyAt(ctx, c, "d", cluster.StandbyState{FenceEpoch: ownerB.Epoch(), Seq: acked}); err != nil {
+		t.Fatalf("a snapshot holding every acknowledged batch: %v", err)
+	}
 	_ = rsB.Close()
 }

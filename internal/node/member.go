@@ -259,6 +259,7 @@ func (m *member) pause(ctx context.Context) bool {
 func (m *member) run(ctx context.Context) error {
 	p, ttl := memberPartition, m.mc.LeaseTTL
 	waiting := ""
+	var lonely time.Time // since when no other member is known (founding)
 	m.state.Store(stateSpare)
 	m.standIn()
 	// What this member holds, for its fence (recover.go): its store is
@@ -301,6 +302,18 @@ func (m *member) run(ctx context.Context) error {
 				// Not a new cluster: the coordinator lost its state, and
 				// members with histories recover it; this one joins then.
 				m.logOnce("found", "the coordinator knows no partition, but other members exist: waiting for one of them to recover it", "members", strings.Join(others, ","))
+				lonely = time.Time{}
+				m.pause(ctx)
+				continue
+			}
+			// Nobody else known: a new cluster, or a coordinator that lost
+			// everything before the others (which publish every third of a
+			// lease) said they exist. Found only after three lease TTLs of
+			// that.
+			if lonely.IsZero() {
+				lonely = time.Now()
+			}
+			if time.Since(lonely) < 3*ttl {
 				m.pause(ctx)
 				continue
 			}
@@ -432,13 +445,21 @@ func emptyDir(dir string) bool {
 // snapshot, replaces its store and shared files with it, follows, and
 // asks holder to name it.
 func (m *member) join(ctx context.Context, holder string) error {
-	m.fenceFresh.Store(false)
 	m.state.Store(stateJoining)
+	// Until the snapshot is installed, this member's store is unchanged:
+	// its fence (recover.go) stays what run read.
+	stillOwner := func() bool {
+		h, _, err := m.c.Lease(ctx, memberPartition)
+		return err != nil || h == holder
+	}
 	for ctx.Err() == nil && !m.drained.Load() {
 		addr, err := m.c.Addr(ctx, holder)
 		if err != nil || addr == "" {
 			m.log.Info("waiting for the owner's address", "owner", holder, "err", err)
 			m.pause(ctx)
+			if !stillOwner() {
+				return m.run(ctx) // it died or was replaced meanwhile
+			}
 			continue
 		}
 		tmp := filepath.Join(m.mc.Node.DataDir, "snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
@@ -446,6 +467,9 @@ func (m *member) join(ctx context.Context, holder string) error {
 		if err != nil {
 			m.log.Warn("fetching the owner's snapshot failed; retrying", "owner", holder, "err", err)
 			m.pause(ctx)
+			if !stillOwner() {
+				return m.run(ctx)
+			}
 			continue
 		}
 		// This member's fence never moves back: an owner the coordinator
@@ -460,12 +484,13 @@ func (m *member) join(ctx context.Context, holder string) error {
 			m.pause(ctx)
 			continue
 		}
+		m.fenceFresh.Store(false) // the store changes now
 		if err := m.install(tmp); err != nil {
 			return err
 		}
 		m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
 		return m.follow(ctx, st, true, func() error {
-			return cluster.RequestStandby(ctx, m.peer, addr, m.mc.Secret, m.mc.ID)
+			return cluster.RequestStandby(ctx, m.peer, addr, m.mc.Secret, m.mc.ID, st)
 		})
 	}
 	if m.drained.Load() {
@@ -551,6 +576,18 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			err := ready()
 			if err == nil {
 				break
+			}
+			if errors.Is(err, cluster.ErrStandbyRefused) {
+				// Another member got the place (or the owner changed): this
+				// snapshot must not become the standby later, when it may
+				// lack batches acknowledged through the other one. Start
+				// over from the member loop (a new snapshot, if a place
+				// frees).
+				m.log.Warn("the owner did not name this member its standby; standing by", "err", err)
+				stop()
+				closeStores()
+				m.follower.Store(nil)
+				return m.run(ctx)
 			}
 			m.log.Warn("asking the owner to name this member its standby failed; retrying", "err", err)
 			if !m.pause(ctx) {
@@ -764,15 +801,18 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			t := time.AfterFunc(10*time.Second, rs.Stop)
 			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			err := n.Shutdown(sctx)
+			cancel()
+			t.Stop()
 			if m.mc.OwnerOnly {
 				// Acknowledged without the standby: let it catch up before
 				// the lease goes, so that a planned stop loses nothing.
-				if aerr := rs.AwaitStandby(sctx); aerr != nil {
+				actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if aerr := rs.AwaitStandby(actx); aerr != nil {
 					m.log.Warn("releasing the lease before the standby holds every acknowledged batch (ack-replicas 0)", "err", aerr)
 				}
+				acancel()
 			}
-			cancel()
-			t.Stop()
+			rs.Stop() // ends owner-only mode's polling
 			// Released only after the drain: every acknowledged batch is on
 			// the standby, which may now take over at once.
 			_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
