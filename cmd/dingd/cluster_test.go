@@ -796,3 +796,45 @@ func TestClusterRecoversWhenRedisLosesItsState(t *testing.T) {
 	t.Logf("%d acknowledged; %s recovered the partition %v after Redis lost its state and acks resumed by %v (lease 1s); all on %s, its standby, after its kill -9",
 		len(acked), owner, recovered.Round(time.Millisecond), resumed.Round(time.Millisecond), sb)
 }
+
+// The standby loses its disk and comes back while the coordinator still
+// names it: it joins afresh from the owner's snapshot and is named again
+// (the owner refused it, "has a standby", forever, so it never took
+// over); then the owner dies and it serves every acknowledged message.
+func TestClusterStandbyBackWithoutItsDiskTakesOverLater(t *testing.T) {
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	a, b := c.start()
+	s := startSenders(t, a, 2)
+	nodetest.WaitFor(t, "acks", 20*time.Second, func() bool { return s.count() >= 50 })
+	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-b.exited
+	if err := os.RemoveAll(filepath.Join(b.data, "store")); err != nil {
+		t.Fatal(err)
+	}
+	b2 := &proc{data: b.data, sock: b.sock, http: b.http, stderr: &syncBuffer{}}
+	c.launch(b2, "b")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("b's log:\n%s\na's log:\n%s", b2.stderr, a.stderr)
+		}
+	})
+	// b is the only other member: acknowledgements go on only once it
+	// follows again as the named standby.
+	atKill := s.count()
+	nodetest.WaitFor(t, "acks with b back", 30*time.Second, func() bool { return s.count() >= atKill+100 })
+	acked := s.stop()
+	if sb, err := c.coord.Standby(context.Background(), 0); err != nil || sb != "b" {
+		t.Fatalf("standby %q %v, want b", sb, err)
+	}
+	if strings.Contains(b2.stderr.String(), "did not name this member") {
+		t.Fatalf("the owner refused its own standby:\n%s", b2.stderr)
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	b2.waitReady(t, 20*time.Second)
+	requireStream(t, b2, acked)
+}
