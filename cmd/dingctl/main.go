@@ -790,13 +790,19 @@ func backup(g *globals, args []string, out io.Writer) error {
 // names (a member that does not serve answers status and drain itself
 // and proxies the rest to the owner).
 func clusterCmd(g *globals, args []string, out io.Writer) error {
-	if len(args) == 0 || (args[0] != "status" && args[0] != "handover" && args[0] != "drain") {
-		return exitError{2, "cluster: want status, handover or drain"}
+	if len(args) == 0 || (args[0] != "status" && args[0] != "handover" && args[0] != "drain" && args[0] != "forget") {
+		return exitError{2, "cluster: want status, handover, drain or forget"}
 	}
-	if _, err := parse(flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError), g, args[1:]); err != nil {
+	pos, err := parse(flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError), g, args[1:])
+	if err != nil {
 		return err
 	}
 	switch args[0] {
+	case "forget":
+		if len(pos) != 1 {
+			return exitError{2, "cluster forget: want the id of the member gone for good"}
+		}
+		return g.printCall(out, "POST", "/v1/cluster/forget?member="+url.QueryEscape(pos[0]), nil)
 	case "handover":
 		if err := g.call("POST", "/v1/cluster/handover", nil, nil); err != nil {
 			return err

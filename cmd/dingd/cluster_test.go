@@ -838,3 +838,51 @@ func TestClusterStandbyBackWithoutItsDiskTakesOverLater(t *testing.T) {
 	b2.waitReady(t, 20*time.Second)
 	requireStream(t, b2, acked)
 }
+
+// A member gone for good without a drain holds up a recovery (it might
+// hold the newest history) until the members are told to forget it:
+// with a record of a third member that no longer exists, Redis's state
+// lost stops everything; `dingctl cluster forget c` on both members lets
+// them recover, with every acknowledged message.
+func TestClusterForgetLetsARecoveryProceed(t *testing.T) {
+	rs := redistest.Start(t)
+	c := newPair(t, "redis://"+rs.Addr, "1s")
+	a, b := c.start()
+	ghost := c.member("c")
+	for _, p := range []*proc{a, b} {
+		nodetest.WaitFor(t, "the record of c", 10*time.Second, func() bool {
+			raw, err := os.ReadFile(filepath.Join(p.data, "cluster-peers.json"))
+			return err == nil && strings.Contains(string(raw), `"c"`)
+		})
+	}
+	if err := ghost.cmd.Process.Signal(syscall.SIGKILL); err != nil { // gone for good
+		t.Fatal(err)
+	}
+	<-ghost.exited
+	s := startSenders(t, a, 2)
+	nodetest.WaitFor(t, "acks", 20*time.Second, func() bool { return s.count() >= 50 })
+	rs.FlushAll(t)
+	nodetest.WaitFor(t, "a waiting for c", 20*time.Second, func() bool {
+		return strings.Contains(a.stderr.String(), "waits until every member answers")
+	})
+	if strings.Contains(a.stderr.String()+b.stderr.String(), "recovered the partition") {
+		t.Fatal("recovered without hearing from c")
+	}
+	for _, p := range []*proc{a, b} {
+		var res map[string]any
+		if code := p.admin(t, "POST", "/v1/cluster/forget?member=c", nil, &res); code != 200 || res["known"] != true {
+			t.Fatalf("forget on %s: %d %v", p.http, code, res)
+		}
+	}
+	nodetest.WaitFor(t, "the recovery", 30*time.Second, func() bool {
+		return strings.Contains(a.stderr.String()+b.stderr.String(), "recovered the partition after the coordinator lost its state")
+	})
+	at := s.count()
+	nodetest.WaitFor(t, "acks after the recovery", 30*time.Second, func() bool { return s.count() >= at+50 })
+	acked := s.stop()
+	owner, _, err := c.coord.Lease(context.Background(), 0)
+	if err != nil || (owner != "a" && owner != "b") {
+		t.Fatalf("owner %q %v", owner, err)
+	}
+	requireStream(t, map[string]*proc{"a": a, "b": b}[owner], acked)
+}

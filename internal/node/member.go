@@ -713,6 +713,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		return true
 	}
 	handover := make(chan struct{}, 1)
+	routes["POST /v1/cluster/forget"] = http.HandlerFunc(m.forgetHandler)
 	routes["POST /v1/cluster/drain"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !admin(w, r) {
 			return

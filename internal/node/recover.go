@@ -91,6 +91,53 @@ func (p *peers) merge(ms map[string]cluster.Member) error {
 	return nil
 }
 
+// forget removes id from the record (dingctl cluster forget: a member
+// gone for good without a drain, which recovery would wait for forever).
+func (p *peers) forget(id string) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.m[id]; !ok {
+		return false, nil
+	}
+	next := maps.Clone(p.m)
+	delete(next, id)
+	b, err := json.MarshalIndent(next, "", "  ")
+	if err != nil {
+		return false, err
+	}
+	tmp := p.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp, p.path); err != nil {
+		return false, err
+	}
+	p.m = next
+	return true, nil
+}
+
+// forgetHandler serves POST /v1/cluster/forget?member=ID (admin token):
+// this member stops counting ID among the members a recovery must hear
+// from. The registry adds it back while it still publishes there.
+func (m *member) forgetHandler(w http.ResponseWriter, r *http.Request) {
+	if !m.adminOK(r) {
+		writeErr(w, http.StatusUnauthorized, "bad or missing admin token", "UNAUTHORIZED")
+		return
+	}
+	id := r.URL.Query().Get("member")
+	if id == "" || id == m.mc.ID {
+		writeErr(w, http.StatusBadRequest, "member=ID is required, and may not be this member", "BAD_REQUEST")
+		return
+	}
+	forgot, err := m.peers.forget(id)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, "recording it failed: "+err.Error(), "INTERNAL")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"member": m.mc.ID, "forgot": id, "known": forgot})
+}
+
 func (p *peers) snapshot() map[string]peer {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -247,6 +247,7 @@ func (m *member) standInHandler() http.Handler {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("not serving: this member is a " + string(st) + "; the owner is " + id + "\n"))
 	})
+	mux.HandleFunc("POST /v1/cluster/forget", m.forgetHandler)
 	mux.HandleFunc("POST /v1/cluster/drain", func(w http.ResponseWriter, r *http.Request) {
 		if !m.adminOK(r) {
 			writeErr(w, http.StatusUnauthorized, "bad or missing admin token", "UNAUTHORIZED")
