@@ -47,13 +47,7 @@ func StartServer(bin, tmp string, users int, args ...string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.args = args
-	if err := s.start(); err != nil {
-		s.Stop()
-		return nil, err
-	}
-	if err := s.AddUsers("u", 0, users); err != nil {
-		s.Stop()
+	if err := s.startWith(users, args); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -73,16 +67,25 @@ func StartServerTLS(bin, tmp string, users int, args ...string) (*Server, error)
 		return nil, err
 	}
 	s.TLSSock, s.TLS = freeAddr(), cfg
-	s.args = append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-listen", s.TLSSock}, args...)
-	if err := s.start(); err != nil {
-		s.Stop()
-		return nil, err
-	}
-	if err := s.AddUsers("u", 0, users); err != nil {
-		s.Stop()
+	if err := s.startWith(users, append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-listen", s.TLSSock}, args...)); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// startWith starts s with args and creates its users; on an error s is
+// stopped.
+func (s *Server) startWith(users int, args []string) error {
+	s.args = args
+	if err := s.start(); err != nil {
+		s.Stop()
+		return err
+	}
+	if err := s.AddUsers("u", 0, users); err != nil {
+		s.Stop()
+		return err
+	}
+	return nil
 }
 
 // url is path on dingd's HTTP port (HTTPS with TLS).

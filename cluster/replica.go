@@ -363,6 +363,13 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 		return nil, fmt.Errorf("cluster: lease epoch %d not above the fence %d", epoch, s.st.FenceEpoch)
 	}
 	s.st.FenceEpoch, s.st.FenceOwner = epoch, s.node
+	return s.becomeOwner(ctx, epoch)
+}
+
+// becomeOwner finishes a takeover or a recovery at epoch, s.st being the
+// new owner's state: recorded, the standby's name cleared, the fence
+// published (an older owner that polls learns it is deposed).
+func (s *Standby) becomeOwner(ctx context.Context, epoch uint64) (*Owner, error) {
 	if err := s.log.SaveState(s.st); err != nil {
 		return nil, err
 	}
@@ -490,14 +497,5 @@ func (s *Standby) Recover(ctx context.Context, ttl time.Duration, floor, next ui
 		next = s.st.Seq + 1
 	}
 	s.st = StandbyState{FenceEpoch: epoch, FenceOwner: s.node, Seq: next - 1}
-	if err := s.log.SaveState(s.st); err != nil {
-		return nil, err
-	}
-	if err := s.c.SetStandby(ctx, s.p, ""); err != nil {
-		return nil, err
-	}
-	if err := s.c.PutAck(ctx, s.p, Ack{Standby: s.node, Epoch: epoch, Owner: s.node, Seq: s.st.Seq}); err != nil {
-		return nil, err
-	}
-	return NewOwner(s.c, s.p, s.node, epoch, s.st.Seq, ""), nil
+	return s.becomeOwner(ctx, epoch)
 }
