@@ -412,8 +412,9 @@ var ErrNoRecovery = errors.New("cluster: no member may recover the partition")
 // coordinator state is lost (no lease, no standby named, epochs maybe
 // rolled back), from the fences of every member of the cluster, which the
 // caller must have gathered all of (a member that does not answer may
-// hold the newest history; only members drained for good may be left
-// out). The newest epoch any member holds the history of, E, is the last
+// hold the newest history; only members removed for good may be left
+// out, and then by an operator's word). A drained member's answer counts
+// for the epochs, but it is never chosen: it takes no role. The newest epoch any member holds the history of, E, is the last
 // one granted that anyone acted on (if a member saw a newer one whose
 // history nobody who answered holds, there is no choice). E's owner holds
 // every batch it acknowledged, so it is chosen if it answered with a

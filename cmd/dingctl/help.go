@@ -47,7 +47,7 @@ var commands = []command{
 	{"cluster status", "", "cluster mode: members, the owner, its standby, epoch and replication, as JSON", "dingctl --server http://10.0.0.2:7080 cluster status"},
 	{"cluster handover", "", "cluster mode: the owner drains, its standby takes over, the owner becomes the standby", "dingctl cluster handover"},
 	{"cluster drain", "", "cluster mode: the member --server names gives up its role for maintenance, takes none again", "dingctl --server http://10.0.0.3:7080 cluster drain"},
-	{"cluster forget", "ID", "cluster mode: the member --server names stops waiting for ID, a member gone for good without a drain, when it recovers a partition whose Redis state was lost (run it on every member)",
+	{"cluster forget", "ID", "cluster mode: the member --server names stops waiting for ID, a member removed for good (drained and stopped, or dead), when it recovers a partition whose Redis state was lost (run it on every member)",
 		"dingctl --server http://10.0.0.2:7080 cluster forget c"},
 	{"token", "--user ID --device DEV [--ttl D]", "print a client token for the socket", "dingctl token --user ana --device laptop --ttl 720h"},
 	{"token revoke", "--user ID [--device DEV]", "revoke the user's client tokens issued until now (or one device's), for good",

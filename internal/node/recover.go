@@ -31,7 +31,8 @@ import (
 // itself, asks every member it knows of for its fence (GET
 // /cluster/fence, with the cluster secret; members tell of the members
 // they know, so the set is closed transitively), and only when every one
-// has answered (a member drained for good may be left out) does the one
+// has answered (a member removed for good is forgotten first: dingctl
+// cluster forget) does the one
 // cluster.RecoveryChoice names take the lease at an epoch above every
 // fence (cluster.Standby.Recover) and serve; the others then join it as
 // usual. Waiting for every member is what makes it safe: the member that
@@ -255,9 +256,9 @@ func (m *member) recoverPartition(ctx context.Context, cur cluster.StandbyState)
 		}
 		f, err := m.askFence(ctx, addr[id])
 		if err != nil || f.Member != id {
-			if known[id].Role == string(stateDrained) {
-				continue // drained for good: it holds no role and takes none
-			}
+			// Even one last seen drained: it may have been restarted and
+			// taken a role since this member's record of it. A member
+			// removed for good is forgotten (dingctl cluster forget).
 			if err == nil {
 				err = fmt.Errorf("answered as %q", f.Member)
 			}
