@@ -64,12 +64,6 @@ type ReplicatedStore struct {
 	pollDone   chan struct{}
 }
 
-// ErrLeaseUnsure is returned, in owner-only mode, for a batch whose
-// owner could not be sure it still held its lease when the batch became
-// durable: it is not acknowledged (the engine stops writing; the member
-// is deposed or renews).
-var ErrLeaseUnsure = errors.New("cluster: the owner's lease is not known to hold: not acknowledged")
-
 // SetOwnerOnly switches to owner-only durability (dingd --ack-replicas
 // 0): a batch is acknowledged once durable on the owner, while its lease
 // is known to hold (SetLeaseUntil), without waiting for the standby,
@@ -276,21 +270,29 @@ func (b *replBatch) Wait() error {
 	return b.r.await(b.seq)
 }
 
-// ownerOnlyCheck: a batch durable on the owner is acknowledged unless the
-// owner is fenced, stopped, or not sure of its lease.
+// ownerOnlyCheck: a batch durable on the owner is acknowledged once the
+// owner is sure of its lease; while it is not (a renewal late), the batch
+// waits for the next renewal, or fails when the owner is fenced or
+// stopped (it lost the lease: the member stops it).
 func (b *ReplicatedStore) ownerOnlyCheck() error {
-	b.mu.Lock()
-	fenced := b.owner.fenced
-	b.mu.Unlock()
-	switch {
-	case fenced:
-		return ErrFenced
-	case b.ctx.Err() != nil:
-		return store.ErrClosed
-	case time.Now().UnixNano() >= b.leaseUntil.Load():
-		return ErrLeaseUnsure
+	for {
+		b.mu.Lock()
+		fenced := b.owner.fenced
+		b.mu.Unlock()
+		switch {
+		case fenced:
+			return ErrFenced
+		case b.ctx.Err() != nil:
+			return store.ErrClosed
+		case time.Now().UnixNano() < b.leaseUntil.Load():
+			return nil
+		}
+		select {
+		case <-b.ctx.Done():
+			return store.ErrClosed
+		case <-time.After(20 * b.PollEvery):
+		}
 	}
-	return nil
 }
 
 func (b *replBatch) Commit(bool) error {

@@ -653,6 +653,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 // deposed.
 func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	m.fenceFresh.Store(false)
+	leaseFrom := time.Now() // just after the lease was taken or renewed
 	p, ttl := memberPartition, m.mc.LeaseTTL
 	var snap atomic.Pointer[http.Handler]
 	var rs *cluster.ReplicatedStore
@@ -675,9 +676,10 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			return nil, err
 		}
 		if m.mc.OwnerOnly {
-			// The lease was taken or renewed just before serve: half a TTL
-			// is a safe first deadline; the renewals below move it.
-			rs.SetOwnerOnly(time.Now().Add(ttl / 2))
+			// The lease was taken just before serve began: half a TTL from
+			// then is a safe first deadline (a slow start makes batches
+			// wait for the first renewal, which moves it).
+			rs.SetOwnerOnly(leaseFrom.Add(ttl / 2))
 		}
 		h := cluster.SnapshotHandler(rs, m.c, m.mc.Secret, cfg.DataDir, m.sharedFiles()...)
 		snap.Store(&h)
