@@ -67,3 +67,25 @@ func TestRedingShowsTheAudienceNotWhoHasNotConfirmed(t *testing.T) {
 		t.Fatalf("the DING's status lists %v, want %v", got, unconfirmed)
 	}
 }
+
+// TestRedingSkipsItsSender: the sender of a re-DING is not DINGed even
+// when they are in the announcement's audience and have not confirmed.
+func TestRedingSkipsItsSender(t *testing.T) {
+	a, _ := setup(t)
+	for _, u := range []string{"ana", "bo"} {
+		a.ok("POST", "/v1/users", map[string]string{"id": u, "name": u}, 201)
+	}
+	out := a.ok("POST", "/v1/announcements", map[string]any{"from": "ana", "to": "all", "text": "fire drill at 3", "confirm": true}, 201)
+	id := out["id"].(string)
+	nodetest.WaitFor(t, "the announcement in every stream", 5*time.Second, func() bool {
+		return a.ok("GET", "/v1/announcements/"+id+"/stats", nil, 200)["pending"] == 0.0
+	})
+	res := a.ok("POST", "/v1/announcements/"+id+"/reding", map[string]any{"policy": "inapp"}, 200)
+	if res["recipients"] != 1.0 || len(res["dings"].([]any)) != 1 {
+		t.Fatalf("reding from ana to all (ana, bo): %v, want bo alone", res)
+	}
+	st := a.ok("GET", "/v1/dings/"+res["dings"].([]any)[0].(string), nil, 200)
+	if rs := st["recipients"].([]any); len(rs) != 1 || rs[0].(map[string]any)["recipient"] != "bo" {
+		t.Fatalf("the DING's recipients: %v, want bo", rs)
+	}
+}
