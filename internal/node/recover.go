@@ -77,6 +77,12 @@ func (p *peers) merge(ms map[string]cluster.Member) error {
 	if maps.Equal(next, p.m) {
 		return nil
 	}
+	return p.save(next)
+}
+
+// save writes next as the record (a new file renamed over the old one)
+// and makes it current; p.mu is held.
+func (p *peers) save(next map[string]peer) error {
 	b, err := json.MarshalIndent(next, "", "  ")
 	if err != nil {
 		return err
@@ -102,19 +108,7 @@ func (p *peers) forget(id string) (bool, error) {
 	}
 	next := maps.Clone(p.m)
 	delete(next, id)
-	b, err := json.MarshalIndent(next, "", "  ")
-	if err != nil {
-		return false, err
-	}
-	tmp := p.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return false, err
-	}
-	if err := os.Rename(tmp, p.path); err != nil {
-		return false, err
-	}
-	p.m = next
-	return true, nil
+	return true, p.save(next)
 }
 
 // forgetHandler serves POST /v1/cluster/forget?member=ID (admin token):

@@ -161,10 +161,7 @@ func (m *member) standIn() {
 	if a := m.mc.Node.TLSSocketAddr; a != "" && m.mc.Node.TLSCert != "" {
 		// TLS clients meet the same answer over TLS, naming the owner's
 		// TLS socket.
-		var err error
-		if m.standCerts == nil {
-			m.standCerts, err = newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey)
-		}
+		certs, err := m.standInCerts()
 		var ln net.Listener
 		if err == nil {
 			ln, err = net.Listen("tcp", a)
@@ -175,7 +172,7 @@ func (m *member) standIn() {
 			s.tlsRedir = &socket.Redirector{Route: func(ctx context.Context, _ *pb.Hello) string {
 				return m.ownerTLSSocket(ctx)
 			}}
-			s.tlsRedir.Serve(tls.NewListener(ln, m.standCerts.tlsConfig()))
+			s.tlsRedir.Serve(tls.NewListener(ln, certs.tlsConfig()))
 		}
 	}
 	httpAddr := m.mc.Node.HTTPAddr
@@ -192,11 +189,9 @@ func (m *member) standIn() {
 		if lim, err = newLimitListener(ln, max(perSource, 0), max(total, 0), prometheus.NewRegistry()); err == nil {
 			ln = lim
 			if m.mc.Node.TLSCert != "" {
-				if m.standCerts == nil {
-					m.standCerts, err = newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey)
-				}
-				if err == nil {
-					ln = tls.NewListener(ln, m.standCerts.tlsConfig())
+				var certs *certReloader
+				if certs, err = m.standInCerts(); err == nil {
+					ln = tls.NewListener(ln, certs.tlsConfig())
 				}
 			}
 		}
@@ -212,6 +207,19 @@ func (m *member) standIn() {
 		go func() { defer close(s.done); _ = s.srv.Serve(ln) }()
 	}
 	m.stand = s
+}
+
+// standInCerts is the stand-in's certificate: the node's files, read once
+// and reloaded as the node's are (certReloader).
+func (m *member) standInCerts() (*certReloader, error) {
+	if m.standCerts == nil {
+		c, err := newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey)
+		if err != nil {
+			return nil, err
+		}
+		m.standCerts = c
+	}
+	return m.standCerts, nil
 }
 
 // standOut stops standing in, freeing the ports for serving.
