@@ -560,19 +560,12 @@ func (an *announcer) table(a phaseAResult, b phaseBResult, nv naiveResult, store
 	sstPer := per(st.after.sst, st.before.sst)
 	keyPer := float64(st.after.entryBytes+st.after.rcptBytes+st.after.msgBytes) / users
 	copyPer := float64(st.after.msgBytes + st.after.entryBytes/max(st.after.entries, 1) + st.after.rcptBytes/max(st.after.receipts, 1))
-	met := func(ok bool) string {
-		if ok {
-			return " (met)"
-		}
-		return " (NOT met)"
-	}
 	dRate, nRate, cRate := rate(n, dWin), rate(n, nWin), rate(n, cWin)
-	q := func(l Latencies, p float64) string { return ms(l.Quantile(p)) }
 	qr := func(x, y Latencies, p float64) string { return ratio(float64(x.Quantile(p)), float64(y.Quantile(p))) }
 	rows := []Row{
 		{"publish ack → last online device's DELIVER", ms(dWin), ms(nWin) + " naive: loop start → last receipt", ratio(float64(dWin), float64(nWin)), "≤ 1 s" + met(dWin <= time.Second)},
-		{"… p50 across devices", q(dLats, 0.5), q(nLats, 0.5), qr(dLats, nLats, 0.5), ""},
-		{"… p99 across devices", q(dLats, 0.99), q(nLats, 0.99), qr(dLats, nLats, 0.99), ""},
+		{"… p50 across devices", dLats.ms(0.5), nLats.ms(0.5), qr(dLats, nLats, 0.5), ""},
+		{"… p99 across devices", dLats.ms(0.99), nLats.ms(0.99), qr(dLats, nLats, 0.99), ""},
 		{"deliveries/s to online devices", fmt.Sprintf("%.0f", dRate), fmt.Sprintf("%.0f naive", nRate), ratio(dRate, nRate), "≥ 250,000" + met(dRate >= 250_000)},
 		{"… against the write-syscall ceiling", fmt.Sprintf("%.0f", dRate), fmt.Sprintf("%.0f ceiling (%s)", cRate, ms(cWin)), ratio(dRate, cRate), ""},
 		{"publish request → ack", ms(time.Duration(a.pub.ack - a.pub.sent)), "", "", ""},
@@ -585,9 +578,9 @@ func (an *announcer) table(a phaseAResult, b phaseBResult, nv naiveResult, store
 		{"… data dir growth right after the clean stop (as dingd left it)", fmt.Sprintf("%.1f B", per(st.after.raw, st.before.flushed)), "", "", ""},
 		{"… data dir growth after flush", fmt.Sprintf("%.1f B", per(st.after.flushed, st.before.flushed)), "", "", ""},
 		{"… logical key+value bytes (entry + receipt + body/recipients)", fmt.Sprintf("%.1f B", keyPer), fmt.Sprintf("%.1f B", copyPer), ratio(keyPer, copyPer), ""},
-		{"1:1 submit → delivered p50, during fanout #2", q(b.during, 0.5), q(b.quiet, 0.5) + " without fanout", qr(b.during, b.quiet, 0.5), ""},
-		{"1:1 submit → delivered p99, during fanout #2", q(b.during, 0.99), q(b.quiet, 0.99) + " without fanout", qr(b.during, b.quiet, 0.99), ""},
-		{"1:1 max, during fanout #2", q(b.during, 1), q(b.quiet, 1) + " without fanout", qr(b.during, b.quiet, 1), ""},
+		{"1:1 submit → delivered p50, during fanout #2", b.during.ms(0.5), b.quiet.ms(0.5) + " without fanout", qr(b.during, b.quiet, 0.5), ""},
+		{"1:1 submit → delivered p99, during fanout #2", b.during.ms(0.99), b.quiet.ms(0.99) + " without fanout", qr(b.during, b.quiet, 0.99), ""},
+		{"1:1 max, during fanout #2", b.during.ms(1), b.quiet.ms(1) + " without fanout", qr(b.during, b.quiet, 1), ""},
 		{"#2 (1:1 pair running) ack → last online device", ms(bWin), ms(nWin) + " naive", ratio(float64(bWin), float64(nWin)), "≤ 1 s" + met(bWin <= time.Second)},
 	}
 	notes := []string{

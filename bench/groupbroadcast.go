@@ -307,13 +307,12 @@ func broadcastTable(cfg BroadcastConfig, r *broadcastRun, c naiveRound) Table {
 		met = " (met)"
 	}
 	us := func(cpu float64) float64 { return cpu / float64(deliveries) * 1e6 }
-	q := func(l Latencies, p float64) string { return ms(l.Quantile(p)) }
 	qr := func(p float64) string { return ratio(float64(r.toAll.Quantile(p)), float64(cToAll.Quantile(p))) }
 	rows := []Row{
 		{"deliveries/s (first submit → last DELIVER decoded)", fmt.Sprintf("%.0f", dRate), fmt.Sprintf("%.0f ceiling", cRate), ratio(dRate, cRate), "≥ 100,000" + met},
 		{"first submit → last DELIVER decoded", ms(win), ms(cWin), ratio(float64(win), float64(cWin)), ""},
-		{fmt.Sprintf("per message, submit → all %d devices, p50", cfg.Conns), q(r.toAll, 0.5), q(cToAll, 0.5) + " from the loop start", qr(0.5), ""},
-		{fmt.Sprintf("per message, submit → all %d devices, p99", cfg.Conns), q(r.toAll, 0.99), q(cToAll, 0.99) + " from the loop start", qr(0.99), ""},
+		{fmt.Sprintf("per message, submit → all %d devices, p50", cfg.Conns), r.toAll.ms(0.5), cToAll.ms(0.5) + " from the loop start", qr(0.5), ""},
+		{fmt.Sprintf("per message, submit → all %d devices, p99", cfg.Conns), r.toAll.ms(0.99), cToAll.ms(0.99) + " from the loop start", qr(0.99), ""},
 		{fmt.Sprintf("first submit → last SUBMIT_ACK (%d pipelined)", cfg.Messages), ms(time.Duration(r.lastAck - r.first)), "", "", ""},
 		{"server CPU per delivery", fmt.Sprintf("%.2f µs (%.2f s, %.2f cores)", us(r.cpu), r.cpu, r.cpu/r.span.Seconds()), fmt.Sprintf("%.2f µs writer", us(c.cpu)), ratio(us(r.cpu), us(c.cpu)), ""},
 		{"clients' CPU per delivery (decoding every frame)", fmt.Sprintf("%.2f µs (%.2f s, %.2f cores)", us(r.self), r.self, r.self/r.span.Seconds()), fmt.Sprintf("%.2f µs", us(c.clientCPU)), ratio(us(r.self), us(c.clientCPU)), ""},

@@ -155,7 +155,6 @@ func ingestTLS(cfg IngestConfig) (Table, error) {
 		return Table{}, err
 	}
 	pr, tr := rate(plain.w.acked.Load(), cfg.Run), rate(overTLS.w.acked.Load(), cfg.Run)
-	q := func(l Latencies, p float64) string { return ms(l.Quantile(p)) }
 	driver := "the Go client library"
 	if cfg.Raw {
 		driver = "hand-written frames"
@@ -165,9 +164,9 @@ func ingestTLS(cfg IngestConfig) (Table, error) {
 		Setup: fmt.Sprintf("Closed loop, %d connections through %s, each a user submitting %d-byte messages to the next (online); %v warm-up, %v measured; against one dingd with plain connections, then another with them over TLS (TLS 1.3, ECDSA P-256; dingd --tls-listen), in the same run.",
 			cfg.Conns, driver, cfg.Payload, cfg.Warmup, cfg.Run),
 		Rows: []Row{
-			{"acknowledged msgs/s", fmt.Sprintf("%.0f over TLS", tr), fmt.Sprintf("%.0f plain", pr), ratio(tr, pr), "≥ 0.7× plain" + metNote(tr >= 0.7*pr)},
-			{"submit→ack p50 / p99", q(overTLS.ack, 0.5) + " / " + q(overTLS.ack, 0.99), q(plain.ack, 0.5) + " / " + q(plain.ack, 0.99), "", ""},
-			{"submit→delivered p50 / p99", q(overTLS.del, 0.5) + " / " + q(overTLS.del, 0.99), q(plain.del, 0.5) + " / " + q(plain.del, 0.99), "", ""},
+			{"acknowledged msgs/s", fmt.Sprintf("%.0f over TLS", tr), fmt.Sprintf("%.0f plain", pr), ratio(tr, pr), "≥ 0.7× plain" + met(tr >= 0.7*pr)},
+			{"submit→ack p50 / p99", overTLS.ack.ms(0.5) + " / " + overTLS.ack.ms(0.99), plain.ack.ms(0.5) + " / " + plain.ack.ms(0.99), "", ""},
+			{"submit→delivered p50 / p99", overTLS.del.ms(0.5) + " / " + overTLS.del.ms(0.99), plain.del.ms(0.5) + " / " + plain.del.ms(0.99), "", ""},
 		},
 		Notes: append(runNotes("Plain", plain), runNotes("TLS", overTLS)...),
 	}, nil
@@ -209,23 +208,16 @@ func runIngestOn(cfg IngestConfig, srv *Server, rate float64) (*ingestRun, error
 
 // ingestTable renders one dingd's runs: closed (nil with --rate) and open.
 func ingestTable(cfg IngestConfig, closed, open *ingestRun, baseRate float64, baseLat Latencies) Table {
-	met := func(ok bool) string {
-		if ok {
-			return " (met)"
-		}
-		return " (NOT met)"
-	}
-	q := func(l Latencies, p float64) string { return ms(l.Quantile(p)) }
-	perWrite := func(p float64) string { return q(baseLat, p) + " per write" }
+	perWrite := func(p float64) string { return baseLat.ms(p) + " per write" }
 	var rows []Row
 	var notes []string
 	if closed != nil {
 		r := rate(closed.w.acked.Load(), cfg.Run)
 		rows = append(rows,
 			Row{"closed loop: acknowledged msgs/s (peak)", fmt.Sprintf("%.0f", r), fmt.Sprintf("%.0f writes/s", baseRate), ratio(r, baseRate), "≥ 1× the baseline" + met(r >= baseRate)},
-			Row{"closed loop: submit→ack p50", q(closed.ack, 0.5), perWrite(0.5), "", ""},
-			Row{"closed loop: submit→ack p99", q(closed.ack, 0.99), perWrite(0.99), "", ""},
-			Row{"closed loop: submit→delivered p99", q(closed.del, 0.99), "", "", ""},
+			Row{"closed loop: submit→ack p50", closed.ack.ms(0.5), perWrite(0.5), "", ""},
+			Row{"closed loop: submit→ack p99", closed.ack.ms(0.99), perWrite(0.99), "", ""},
+			Row{"closed loop: submit→delivered p99", closed.del.ms(0.99), "", "", ""},
 			Row{"closed loop: delivered in window", fmt.Sprint(closed.w.delivered.Load()), "", "", ""},
 		)
 		notes = append(notes, runNotes("Closed loop", closed)...)
@@ -244,12 +236,12 @@ func ingestTable(cfg IngestConfig, closed, open *ingestRun, baseRate float64, ba
 	rows = append(rows,
 		Row{"open loop: offered msgs/s", fmt.Sprintf("%.0f", offered), "", "", ""},
 		Row{"open loop: acknowledged msgs/s", fmt.Sprintf("%.0f", achieved), "", "", ""},
-		Row{"open loop: submit→ack p50", q(open.ack, 0.5), perWrite(0.5), "", ""},
+		Row{"open loop: submit→ack p50", open.ack.ms(0.5), perWrite(0.5), "", ""},
 		Row{"open loop: submit→ack p99", ms(p99), perWrite(0.99), "", goal},
-		Row{"open loop: submit→ack p99.9", q(open.ack, 0.999), perWrite(0.999), "", ""},
-		Row{"open loop: submit→delivered p50", q(open.del, 0.5), "", "", ""},
-		Row{"open loop: submit→delivered p99", q(open.del, 0.99), "", "", ""},
-		Row{"open loop: submit→delivered p99.9", q(open.del, 0.999), "", "", ""},
+		Row{"open loop: submit→ack p99.9", open.ack.ms(0.999), perWrite(0.999), "", ""},
+		Row{"open loop: submit→delivered p50", open.del.ms(0.5), "", "", ""},
+		Row{"open loop: submit→delivered p99", open.del.ms(0.99), "", "", ""},
+		Row{"open loop: submit→delivered p99.9", open.del.ms(0.999), "", "", ""},
 		Row{"open loop: submits behind schedule", behind, "", "", ""},
 		Row{"open loop: delivered in window", fmt.Sprint(w.delivered.Load()), "", "", ""},
 	)

@@ -74,6 +74,17 @@ func (t Table) Markdown() string {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
 
+// ms is the p-quantile of l in milliseconds, as ms prints it.
+func (l Latencies) ms(p float64) string { return ms(l.Quantile(p)) }
+
+// met is a goal's verdict as the tables print it after the goal.
+func met(ok bool) string {
+	if ok {
+		return " (met)"
+	}
+	return " (NOT met)"
+}
+
 func rate(n int64, d time.Duration) float64 { return float64(n) / d.Seconds() }
 
 func ratio(a, b float64) string {
