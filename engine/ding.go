@@ -211,8 +211,12 @@ func (r Refusal) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		plain
 		RetryAfter int64 `json:"retry_after,omitempty"`
-	}{plain(r), int64((r.RetryAfter + time.Second - 1) / time.Second)})
+	}{plain(r), RetryAfterSeconds(r.RetryAfter)})
 }
+
+// RetryAfterSeconds is d in whole seconds, rounded up, as HTTP's
+// Retry-After says it (and refused[].retry_after).
+func RetryAfterSeconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
 
 // DingResult answers a durable DING.
 type DingResult struct {
@@ -803,10 +807,7 @@ func (e *Engine) DingStatus(id ID) (*DingStatus, error) {
 		if err != nil {
 			return nil, err
 		}
-		rs.Status, rs.Answer = s.Status, s.Answer
-		if s.Answer > 0 && s.Answer <= len(rec.Choices) {
-			rs.Choice = rec.Choices[s.Answer-1]
-		}
+		rs.Status, rs.Answer, rs.Choice = s.Status, s.Answer, choiceOf(rec, s.Answer)
 		if s.By != 0 {
 			rs.ReachedBy = s.By.String()
 		}

@@ -357,7 +357,7 @@ func writeErr(w http.ResponseWriter, e *apiError) {
 		body["retry"] = true
 	}
 	if e.retryAfter > 0 {
-		w.Header().Set("Retry-After", fmt.Sprint(int64((e.retryAfter+time.Second-1)/time.Second)))
+		w.Header().Set("Retry-After", fmt.Sprint(engine.RetryAfterSeconds(e.retryAfter)))
 	}
 	w.WriteHeader(e.status)
 	json.NewEncoder(w).Encode(map[string]any{"error": body})

@@ -1280,12 +1280,7 @@ func (c *Client) Read(ctx context.Context, ids ...string) error {
 // are *Error with code NOT_FOUND, NOT_DING, NOT_RECIPIENT or BAD_ANSWER
 // (do not retry unchanged), or UNAVAILABLE (retry later).
 func (c *Client) Confirm(ctx context.Context, id string, answer int) error {
-	if answer < 0 || answer > math.MaxUint32 {
-		return fmt.Errorf("client: confirm %s: answer %d out of range", id, answer)
-	}
-	_, err := c.request(ctx, func(ref uint64) []byte {
-		return wire.Encode(pb.FrameType_CONFIRM, &pb.Confirm{Ref: ref, Id: id, Answer: uint32(answer)})
-	})
+	_, err := c.ConfirmCheck(ctx, id, answer)
 	return err
 }
 
