@@ -4,6 +4,7 @@ import (
 	"encoding"
 	"encoding/json"
 	"reflect"
+	"sync"
 	"time"
 )
 
@@ -61,8 +62,21 @@ func marshalsItself(t reflect.Type) bool {
 }
 
 // mayChange reports whether normValue can change a value of type t: it
-// is or holds a time, a slice, a map, a pointer or an interface.
+// is or holds a time, a slice, a map, a pointer or an interface. It
+// depends on the type only, so it is worked out once per type (normValue
+// asks it for every element of every list it copies).
 func mayChange(t reflect.Type) bool {
+	if v, ok := mayChangeOf.Load(t); ok {
+		return v.(bool)
+	}
+	v := typeMayChange(t)
+	mayChangeOf.Store(t, v)
+	return v
+}
+
+var mayChangeOf sync.Map // reflect.Type -> bool
+
+func typeMayChange(t reflect.Type) bool {
 	switch {
 	case t == timeType:
 		return true
