@@ -63,7 +63,7 @@ func TestSimulation(t *testing.T) {
 		t.Logf("fewer than 1,000 schedules: not checking that every situation was met")
 		return
 	}
-	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 {
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}
 }
