@@ -36,10 +36,11 @@ func (r *CheckReport) problem(format string, args ...any) {
 // Check verifies a store's invariants without changing it (dingd check,
 // and the crash tests after every restart):
 //
-//   - every user's stream is gap-free from seq 1 to its head, and every
-//     entry decodes;
-//   - every message entry names a stored message, or one that burned (a
-//     burn entry for it follows in the same stream);
+//   - every user's stream is gap-free from seq 1 (or, once retention
+//     trimmed it, from above its trim mark) to its head, and every entry
+//     decodes;
+//   - every message entry above the trim mark names a stored message, or
+//     one that burned (a burn entry for it follows in the same stream);
 //   - every device cursor and every user's watermark is at most that
 //     user's head;
 //   - the count of live secret messages equals their state records.
@@ -51,6 +52,7 @@ func Check(st store.Store) (CheckReport, error) {
 	var (
 		user    string
 		last    uint64
+		mark    uint64        // the current stream's trim mark (retention.go)
 		missing map[ID]uint64 // message id -> seq, in the current stream, not (yet) explained by a burn
 	)
 	flush := func() {
@@ -71,9 +73,17 @@ func Check(st store.Store) (CheckReport, error) {
 				heads[user] = last
 			}
 			user, last, missing = u, 0, map[ID]uint64{}
+			mark = 0
+			if v, err := st.Get(trimMarkKey(u)); err == nil {
+				if mark, err = parseU64(v); err != nil {
+					r.problem("stream %q: trim mark does not decode", u)
+				}
+			} else if !errors.Is(err, store.ErrNotFound) {
+				r.problem("stream %q: read trim mark: %v", u, err)
+			}
 			r.Streams++
 		}
-		if seq != last+1 {
+		if seq != last+1 && seq-1 > mark {
 			r.problem("stream %q: seq %d follows %d (a gap)", u, seq, last)
 		}
 		last = seq
@@ -86,7 +96,9 @@ func Check(st store.Store) (CheckReport, error) {
 		switch e.Kind {
 		case EntryMessage:
 			if _, err := st.Get(messageKey(id)); errors.Is(err, store.ErrNotFound) {
-				missing[id] = seq
+				if seq > mark { // at or below it, retention may have deleted it
+					missing[id] = seq
+				}
 			} else if err != nil {
 				r.problem("stream %q seq %d: read message %s: %v", u, seq, id, err)
 			}

@@ -161,6 +161,11 @@ type Config struct {
 	// SecretUnreadTTL is how long an unread secret message of level 2 or
 	// 3 lives; zero means 24h.
 	SecretUnreadTTL time.Duration
+
+	// Retention says what is deleted in the background (retention.go);
+	// its zero value keeps streams and messages forever and expires
+	// bookkeeping (client message ids after 7 days, statistics after 400).
+	Retention Retention
 }
 
 func (c *Config) setDefaults() {
@@ -213,6 +218,7 @@ func (c *Config) setDefaults() {
 	if c.Keys == nil {
 		c.Keys = newMemKeys()
 	}
+	c.Retention.setDefaults()
 }
 
 // Validate reports whether the configuration can be used.
@@ -229,7 +235,7 @@ func (c *Config) Validate() error {
 	case c.SecretUnreadTTL < 0:
 		return errors.New("engine: config: SecretUnreadTTL must not be negative")
 	}
-	return nil
+	return c.Retention.validate()
 }
 
 // Engine is Ding's core: it stores messages durably, sequences each user's
@@ -295,6 +301,8 @@ type Engine struct {
 	startupBurnsDone chan struct{}
 	sinkSet          chan struct{} // closed by the first SetSink
 	sinkSetOnce      sync.Once
+
+	sweepState // retention.go
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -326,6 +334,7 @@ func Open(cfg Config) (*Engine, error) {
 
 		startupBurnsDone: make(chan struct{}),
 		sinkSet:          make(chan struct{}),
+		sweepState:       sweepState{sweeperDone: make(chan struct{})},
 		closed:           make(chan struct{}),
 	}
 	e.minArmed.Store(math.MaxInt64)
@@ -376,6 +385,7 @@ func Open(cfg Config) (*Engine, error) {
 	}
 	go e.timerLoop()
 	go e.fanoutLoop()
+	go e.sweeperLoop()
 	var sendCtx context.Context
 	sendCtx, e.cancelSends = context.WithCancel(context.Background())
 	e.dispatchWG.Add(cfg.DispatchWorkers)
@@ -436,6 +446,7 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 			<-e.startupBurnsDone
 			<-e.timerDone
 			<-e.fanoutDone
+			<-e.sweeperDone
 			e.pipe.Close(context.Background())
 			close(e.sendQ)
 			e.dispatchWG.Wait()
@@ -802,33 +813,63 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 	}
 	// Entries are large (every kind's fields): size the slice once.
 	out := make([]Entry, 0, min(max, int(min(head-from+1, 1<<20))))
-	var ids []ID // message ids, in stream order (so mostly ascending)
-	var ierr error
-	err = e.st.Scan(inboxKey(user, from), inboxKey(user, head+1), func(k, v []byte) bool {
-		seq, err := seqFromInboxKey(k)
+	mark := uint64(0)
+	markRead := false
+	for from <= head && len(out) < max {
+		n := len(out)
+		var ids []ID // message ids, in stream order (so mostly ascending)
+		var ierr error
+		last := uint64(0)
+		err = e.st.Scan(inboxKey(user, from), inboxKey(user, head+1), func(k, v []byte) bool {
+			seq, err := seqFromInboxKey(k)
+			if err != nil {
+				ierr = err
+				return false
+			}
+			ent, id, _, err := decodeEntry(seq, v)
+			if err != nil {
+				ierr = fmt.Errorf("seq %d: %w", seq, err)
+				return false
+			}
+			if ent.Kind == EntryMessage {
+				ids = append(ids, id) // its Message is loaded below
+			}
+			out = append(out, ent)
+			last = seq
+			return len(out) < max
+		})
+		if err == nil {
+			err = ierr
+		}
+		if err == nil && len(ids) > 0 {
+			err = e.loadMessages(out[n:], ids)
+		}
 		if err != nil {
-			ierr = err
-			return false
+			return nil, fmt.Errorf("engine: range %s from %d: %w", user, from, err)
 		}
-		ent, id, _, err := decodeEntry(seq, v)
-		if err != nil {
-			ierr = fmt.Errorf("seq %d: %w", seq, err)
-			return false
+		if last == 0 {
+			break // nothing more up to the head
 		}
-		if ent.Kind == EntryMessage {
-			ids = append(ids, id) // its Message is loaded below
+		// Messages deleted by retention (loadMessages left their entries
+		// without a kind): skipped, if the stream's trim mark covers them.
+		kept := out[:n]
+		for _, ent := range out[n:] {
+			if ent.Kind != 0 {
+				kept = append(kept, ent)
+				continue
+			}
+			if !markRead {
+				if mark, err = e.TrimMark(user); err != nil {
+					return nil, fmt.Errorf("engine: range %s: %w", user, err)
+				}
+				markRead = true
+			}
+			if ent.Seq > mark {
+				return nil, fmt.Errorf("engine: range %s from %d: seq %d: %w", user, from, ent.Seq, ErrNotFound)
+			}
 		}
-		out = append(out, ent)
-		return len(out) < max
-	})
-	if err == nil {
-		err = ierr
-	}
-	if err == nil && len(ids) > 0 {
-		err = e.loadMessages(out, ids)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("engine: range %s from %d: %w", user, from, err)
+		out = kept
+		from = last + 1
 	}
 	return out, nil
 }
@@ -837,7 +878,8 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 // are theirs, in order) from the cache of recent messages or else from
 // the store with one cursor. A secret message is replaced by its masked copy; one whose
 // record or key is gone (it burned after the stream was scanned) becomes
-// a burn entry, never an error.
+// a burn entry, never an error. An entry whose other message is gone is
+// left with no Kind: Range skips it if retention deleted it.
 func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 	msgs := make([]*Message, len(ids))
 	var keys [][]byte
@@ -891,7 +933,8 @@ func (e *Engine) loadMessages(entries []Entry, ids []ID) error {
 		case m == nil && entries[i].flags&entryFlagSecret != 0:
 			entries[i] = Entry{Seq: entries[i].Seq, Kind: EntryBurn, Burn: ids[j-1]}
 		case m == nil:
-			return fmt.Errorf("message %s: %w", ids[j-1], ErrNotFound)
+			// Deleted by retention (or lost): Range decides which.
+			entries[i] = Entry{Seq: entries[i].Seq}
 		case m.Chat != (ID{}) && e.pastDeadline(m.ID, now):
 			// Due to burn (read and its delay passed, or unread too
 			// long) but the timer loop has not got to it yet: it is

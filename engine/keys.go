@@ -37,6 +37,7 @@ const (
 	prefixSecret       = 'b' // b | id(16)                       -> a live secret message's state (secret.go)
 	prefixUserSecret   = 'h' // h | user | 0x00 | id(16)         -> empty: user's live secret messages
 	prefixFleeting     = 'f' // f | id(16)                       -> empty: a live level-3 message (its key is in memory only)
+	prefixTrimmed      = 'T' // T | user                         -> seq(8): the stream's trim mark (retention.go)
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'

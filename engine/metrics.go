@@ -30,6 +30,29 @@ type metrics struct {
 	chatsCreated  *prometheus.CounterVec // by level
 	secretRefused *prometheus.CounterVec // by reason
 	eraseFailures prometheus.Counter
+
+	// Retention (retention.go).
+	swept       *prometheus.CounterVec // by what
+	sweepHeld   prometheus.Gauge
+	sweepLast   prometheus.Gauge // unix seconds of the last sweep that finished
+	sweepTook   prometheus.Gauge
+	sweepFailed prometheus.Counter
+}
+
+// sweep records one retention sweep.
+func (m *metrics) sweep(r *SweepReport, err error) {
+	if err != nil {
+		m.sweepFailed.Inc()
+	}
+	for what, n := range map[string]int{"entries": r.Entries, "messages": r.Messages, "dings": r.Dings,
+		"dedupe_keys": r.Dedupe, "quota_keys": r.Quotas, "refs": r.Refs, "stat_days": r.Days} {
+		m.swept.WithLabelValues(what).Add(float64(n))
+	}
+	if err == nil {
+		m.sweepHeld.Set(float64(r.Held))
+		m.sweepLast.SetToCurrentTime()
+		m.sweepTook.Set(r.Took.Seconds())
+	}
 }
 
 func (m *metrics) step(ch Channel, outcome string) {
@@ -134,6 +157,29 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 		Name: "ding_secret_key_erase_failures_total",
 		Help: "Times erasing secret message keys from the keyring file failed: a burned message's key is still on disk until the next start erases it.",
 	})
+	m.swept = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ding_retention_deleted_total",
+		Help: "What retention sweeps deleted, by what: entries (stream entries), messages (with receipts), dings (DING records, among messages), dedupe_keys, quota_keys, refs (provider references), stat_days.",
+	}, []string{"what"})
+	m.sweepHeld = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ding_retention_held",
+		Help: "Entries and messages past retention that the last sweep kept because a DING or must-confirm message they belong to is not settled.",
+	})
+	m.sweepLast = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ding_retention_last_sweep_timestamp_seconds",
+		Help: "When the last retention sweep finished without error (unix seconds; 0: none yet since start).",
+	})
+	m.sweepTook = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ding_retention_sweep_duration_seconds",
+		Help: "How long the last retention sweep took.",
+	})
+	m.sweepFailed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_retention_sweep_failures_total",
+		Help: "Retention sweeps that stopped on an error (refused writes included); the next one starts over.",
+	})
+	for _, w := range []string{"entries", "messages", "dings", "dedupe_keys", "quota_keys", "refs", "stat_days"} {
+		m.swept.WithLabelValues(w)
+	}
 	for _, l := range []string{"1", "2", "3"} {
 		for _, r := range []string{BurnRead, BurnUnread, BurnOffboarding} {
 			m.burns.WithLabelValues(l, r)
@@ -154,6 +200,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 		m.submits, m.submitSeconds, m.commitSeconds, m.buildSeconds, m.publishSeconds, m.batchOps, m.queueFull,
 		m.dings, m.steps, m.refusals, m.lateness, m.timeToRead, m.timeToConfirm, m.sendSeconds, m.sendsDropped, m.fanoutEntries,
 		m.burns, m.burnLateness, m.chatsCreated, m.secretRefused, m.eraseFailures,
+		m.swept, m.sweepHeld, m.sweepLast, m.sweepTook, m.sweepFailed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ding_secret_messages",
 			Help: "Secret messages stored and not yet burned.",

@@ -456,7 +456,7 @@ func (h *Hub) catchupStep(d *Device) {
 	switch {
 	case d.closed:
 		return
-	case n > 0 && entries[0].Seq != d.next:
+	case n > 0 && entries[0].Seq < d.next:
 		// Cannot happen: only this step moves next while catch is set.
 		h.cfg.Logger.Error("catch-up out of step", "user", d.User, "device", d.ID, "want", d.next, "got", entries[0].Seq)
 		h.scheduleLocked(d)
@@ -469,7 +469,9 @@ func (h *Hub) catchupStep(d *Device) {
 			d.closed = true
 			return
 		}
-		d.next += uint64(n)
+		// Past the last entry sent: retention may have left gaps (an
+		// entry above next is the first one kept).
+		d.next = entries[n-1].Seq + 1
 		h.delivCatch.Add(float64(n))
 	}
 	if n == len(entries) && len(entries) < h.cfg.Chunk && !d.behind {

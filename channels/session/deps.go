@@ -33,6 +33,10 @@ type Engine interface {
 	// cursor, for the handshake.
 	Head(user string) (uint64, error)
 	Cursor(user, device string) (uint64, bool, error)
+	// ResumeFrom is the first seq a device whose cursor is cursor will
+	// be sent: cursor+1, or the first entry kept after it when retention
+	// deleted what followed it.
+	ResumeFrom(user string, cursor uint64) (uint64, error)
 	// MaxBody is the largest body a submit may carry.
 	MaxBody() int
 }

@@ -210,6 +210,12 @@ func (s *Session) hello(f *pb.Hello) {
 		}
 	}
 	cursor = min(cursor, head) // a client ahead of the server (restored backup) resumes at the head
+	resume, err := e.ResumeFrom(claims.User, cursor)
+	if err != nil {
+		m.log.Error("handshake: read stream", "user", claims.User, "err", err)
+		s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+		return
+	}
 	s.user, s.device = claims.User, claims.Device
 	s.authed.Store(true)
 	if a, ok := s.t.(interface{ Authenticated() }); ok {
@@ -217,7 +223,7 @@ func (s *Session) hello(f *pb.Hello) {
 	}
 	m.m.handshakes.WithLabelValues("ok").Inc()
 	s.Send(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{
-		User: s.user, Device: s.device, Head: head, ResumeFrom: cursor + 1,
+		User: s.user, Device: s.device, Head: head, ResumeFrom: resume,
 		MaxFrame: uint32(m.cfg.MaxFrame), MaxBody: uint32(e.MaxBody()),
 		MaxInflight: uint32(m.cfg.MaxInflight), PingIntervalMs: uint32(m.cfg.IdleTimeout.Milliseconds() / 3),
 	}))

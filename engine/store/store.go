@@ -62,6 +62,11 @@ type Batch interface {
 	Set(key, value []byte)
 	// Delete records the removal of key.
 	Delete(key []byte)
+	// DeleteRange records the removal of every key in [start, end),
+	// including keys set earlier in this batch; keys set later in the
+	// batch are kept. It costs one write however many keys it removes
+	// (retention deletes old streams and messages with it).
+	DeleteRange(start, end []byte)
 	// Len is the number of writes recorded.
 	Len() int
 	// Commit applies every write atomically. With sync it returns only once

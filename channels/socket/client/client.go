@@ -358,7 +358,10 @@ type Client struct {
 	qmu      sync.Mutex
 	queue    []Entry // guarded by qmu
 	overflow bool    // guarded by qmu
-	qsig     chan struct{}
+	// stale: this connection overflowed, so what it delivers from now on
+	// lies past a gap; dropped until the next session. Guarded by qmu.
+	stale bool
+	qsig  chan struct{}
 
 	// What the application took from Entries (Cursor): the seqs of the
 	// entries the pump handed to the channel, the newest cap(entries)+1
@@ -804,6 +807,9 @@ func (c *Client) session(l *link) error {
 		c.log.Warn("server resumed behind this client's cursor", "cursor", c.delivered.Load(), "resume_from", w.ResumeFrom)
 		c.delivered.Store(last)
 	}
+	c.qmu.Lock()
+	c.stale = false // entries of this session follow the last one kept
+	c.qmu.Unlock()
 	c.acked = min(c.acked, w.Head)
 	acked := c.acked
 	// Resend what was not acknowledged, in order (the server deduplicates),
@@ -958,13 +964,12 @@ func (c *Client) deliver(e Entry) {
 	}
 	c.qmu.Lock()
 	switch {
-	case c.overflow:
-		// Not kept: the reconnect after the queue drains fetches it again.
-	case c.haveDeliv.Load() && e.Seq != c.delivered.Load()+1:
-		// After an overflow, the old connection's entries past the gap:
-		// the next connection resumes right after the last one kept.
+	case c.overflow || c.stale:
+		// Not kept: the reconnect after the queue drains fetches it
+		// again, resuming right after the last one kept. (Seqs need not
+		// be consecutive: retention may delete entries.)
 	case len(c.queue) >= c.cfg.MaxQueue:
-		c.overflow = true
+		c.overflow, c.stale = true, true
 	default:
 		c.queue = append(c.queue, e)
 		c.delivered.Store(e.Seq)

@@ -72,7 +72,8 @@ type SessionEvent struct {
 	// session sends, and the newest seq of the stream at the handshake.
 	// ResumeFrom <= *Cursor means the server's stream is shorter than
 	// what the client had seen (a restore from backup): the client follows
-	// the server (PROTOCOL.md §4).
+	// the server (PROTOCOL.md §4). ResumeFrom > *Cursor+1 means the
+	// server's retention deleted the entries in between.
 	ResumeFrom, Head uint64
 	// Welcome (SessionUp) is the whole WELCOME: user, device, and the
 	// limits (max_body, max_frame, max_inflight, ping interval).

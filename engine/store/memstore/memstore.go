@@ -122,6 +122,7 @@ func (s *Store) Close() error {
 type op struct {
 	key, val []byte
 	del      bool
+	end      []byte // del of [key, end) when set
 }
 
 type batch struct {
@@ -131,8 +132,13 @@ type batch struct {
 
 func (b *batch) Set(k, v []byte) { b.ops = append(b.ops, op{key: bytes.Clone(k), val: bytes.Clone(v)}) }
 func (b *batch) Delete(k []byte) { b.ops = append(b.ops, op{key: bytes.Clone(k), del: true}) }
-func (b *batch) Len() int        { return len(b.ops) }
-func (b *batch) Close()          { b.ops = nil }
+func (b *batch) DeleteRange(start, end []byte) {
+	if bytes.Compare(start, end) < 0 {
+		b.ops = append(b.ops, op{key: bytes.Clone(start), end: bytes.Clone(end), del: true})
+	}
+}
+func (b *batch) Len() int { return len(b.ops) }
+func (b *batch) Close()   { b.ops = nil }
 
 // Apply implements store.Pipelined: the writes become visible at once and,
 // in memory, there is nothing more to wait for.
@@ -149,6 +155,14 @@ func (b *batch) Commit(bool) error {
 		return store.ErrClosed
 	}
 	for _, o := range b.ops {
+		if o.end != nil {
+			lo, hi := s.rangeLocked(o.key, o.end)
+			for _, k := range s.keys[lo:hi] {
+				delete(s.vals, string(k))
+			}
+			s.keys = slices.Delete(s.keys, lo, hi)
+			continue
+		}
 		i, found := slices.BinarySearchFunc(s.keys, o.key, bytes.Compare)
 		switch {
 		case o.del && found:

@@ -284,8 +284,13 @@ type batch struct {
 
 func (b *batch) Set(k, v []byte) { _ = b.b.Set(k, v, nil) }
 func (b *batch) Delete(k []byte) { _ = b.b.Delete(k, nil) }
-func (b *batch) Len() int        { return int(b.b.Count()) }
-func (b *batch) Close()          { _ = b.b.Close() }
+func (b *batch) DeleteRange(start, end []byte) {
+	if bytes.Compare(start, end) < 0 {
+		_ = b.b.DeleteRange(start, end, nil)
+	}
+}
+func (b *batch) Len() int { return int(b.b.Count()) }
+func (b *batch) Close()   { _ = b.b.Close() }
 func (b *batch) Commit(sync bool) error {
 	b.d.mu.RLock()
 	defer b.d.mu.RUnlock()

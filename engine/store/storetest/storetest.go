@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 
@@ -24,6 +25,7 @@ func Run(t *testing.T, open func(t testing.TB) store.Store) {
 		{"Last", testLast},
 		{"GetMany", testGetMany},
 		{"DeleteThenSet", testDelete},
+		{"DeleteRange", testDeleteRange},
 		{"ValuesAreCopies", testCopies},
 		{"ConcurrentCommits", testConcurrent},
 		{"Closed", testClosed},
@@ -150,6 +152,24 @@ func testDelete(t *testing.T, s store.Store) {
 	commit(t, s, "k", "2")
 	if v, _ := s.Get([]byte("k")); string(v) != "2" {
 		t.Fatalf("Get after re-set = %q", v)
+	}
+}
+
+func testDeleteRange(t *testing.T, s store.Store) {
+	commit(t, s, "a", "1", "b1", "2", "b2", "3", "c", "4")
+	b := s.NewBatch()
+	b.Set([]byte("b3"), []byte("5")) // before the range delete: removed
+	b.DeleteRange([]byte("b"), []byte("c"))
+	b.Set([]byte("b9"), []byte("6"))        // after it: kept
+	b.DeleteRange([]byte("z"), []byte("a")) // empty range: nothing
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	var got []string
+	_ = s.Scan(nil, nil, func(k, v []byte) bool { got = append(got, string(k)+"="+string(v)); return true })
+	if want := []string{"a=1", "b9=6", "c=4"}; !slices.Equal(got, want) {
+		t.Fatalf("after DeleteRange: %v, want %v", got, want)
 	}
 }
 
