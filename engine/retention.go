@@ -130,7 +130,7 @@ type SweepReport struct {
 	// Held: entries and messages past retention kept because a DING or a
 	// must-confirm message they belong to is not settled.
 	Held int           `json:"held"`
-	Took time.Duration `json:"took_ns"`
+	Took time.Duration `json:"-"`
 }
 
 func trimMarkKey(user string) []byte { return append([]byte{prefixTrimmed}, user...) }

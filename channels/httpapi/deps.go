@@ -22,6 +22,8 @@ type Messages interface {
 	Receipts(id engine.ID) ([]engine.Receipt, error)
 	Head(user string) (uint64, error)
 	Devices(user string) ([]engine.DeviceCursor, error)
+	// Sweep deletes what is past retention now (POST /v1/retention/sweep).
+	Sweep(ctx context.Context) (engine.SweepReport, error)
 }
 
 // Dings is what the DING and policy routes use.

@@ -62,6 +62,11 @@
 //	POST /v1/backup/verify          {"dir"} -> {"dir","ok","stats":{"keys","bytes","by_prefix"}}: the backup
 //	                                   opens read-only and every key and value reads back (block
 //	                                   checksums); 422 BACKUP_INVALID with the reason otherwise
+//	POST /v1/retention/sweep        -> {"entries","messages","dings","dedupe","quotas","refs","days","held","took_ms"}:
+//	                                   delete now what is past retention (dingd --retention-*; the
+//	                                   sweeper does it every --retention-interval) and say what went;
+//	                                   "held": past retention, kept because a DING or must-confirm
+//	                                   message is not settled. 503 UNAVAILABLE while writes are refused
 //
 // Secret chats (see secret.go): POST /v1/secret-chats, GET
 // /v1/secret-chats/{id}, GET /v1/users/{id}/secret-chats. Admins see a
@@ -220,6 +225,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
 	a.admin("POST /v1/backup", a.backup)
 	a.admin("POST /v1/backup/verify", a.verifyBackup)
+	a.admin("POST /v1/retention/sweep", a.sweep)
 	a.secretRoutes()
 	a.announceRoutes()
 	a.admin("POST /v1/dings", a.postDing)
@@ -564,6 +570,18 @@ func backupPath(root, dir string) (string, *apiError) {
 		return "", errf(http.StatusForbidden, "FORBIDDEN", "backups are under the backup directory %s (dingd --backup-dir); %q is not inside it", root, dir)
 	}
 	return target, nil
+}
+
+// sweep: POST /v1/retention/sweep.
+func (a *API) sweep(r *http.Request) (int, any, error) {
+	rep, err := a.cfg.Engine.Sweep(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, struct {
+		engine.SweepReport
+		TookMS int64 `json:"took_ms"`
+	}{rep, rep.Took.Milliseconds()}, nil
 }
 
 // verifyBackup: POST /v1/backup/verify {"dir"}: the backup under the

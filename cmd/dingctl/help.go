@@ -68,6 +68,8 @@ var commands = []command{
 		"dingctl backup --out nightly-2026-12-04"},
 	{"backup verify", "NAME", "check that a backup opens and reads whole (restore: dingd --restore-from DIR)",
 		"dingctl backup verify nightly-2026-12-04"},
+	{"retention sweep", "", "delete now what is past retention (dingd --retention-max-age, --retention-max-entries, --dedupe-window, --stats-retention) and print what went as JSON; \"held\" counts what is kept until a DING or must-confirm message settles",
+		"dingctl retention sweep"},
 	{"ding", `--from ID --to ID[,+E164...] [--policy NAME|SPEC] [--choices "attend,decline"] [--critical] TEXT`,
 		"send a DING; prints its id. Each recipient escalates until they confirm (or read, with until=read). A policy is steps CHANNEL[@DELAY][*TIMES/EVERY] (channels inapp, sms, voice; a delay in whole seconds, e.g. 30s, 5m) and an optional until=read|confirmed; the default is \"inapp,sms@5m,voice@15m until=confirmed\"",
 		`dingctl ding --from ana --to bo --policy "inapp,sms@5m,voice@15m" "prod is down"`},

@@ -229,6 +229,8 @@ func dispatch(args []string, out io.Writer) error {
 		return receipts(g, rest, out)
 	case "backup":
 		return backup(g, rest, out)
+	case "retention":
+		return retention(g, rest, out)
 	case "ding":
 		return ding(g, rest, out)
 	case "announce":
@@ -784,6 +786,21 @@ func backup(g *globals, args []string, out io.Writer) error {
 	}
 	_, err := fmt.Fprintln(out, res.Dir)
 	return err
+}
+
+// retention: retention sweep, now.
+func retention(g *globals, args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] != "sweep" {
+		return exitError{2, "retention: want sweep"}
+	}
+	if _, err := parse(flag.NewFlagSet("retention sweep", flag.ContinueOnError), g, args[1:]); err != nil {
+		return err
+	}
+	var res map[string]any
+	if err := g.call("POST", "/v1/retention/sweep", nil, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
 }
 
 // clusterCmd: cluster status, handover and drain, on the member --server

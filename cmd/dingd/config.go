@@ -66,6 +66,10 @@ type config struct {
 	IdleTimeout time.Duration
 	// NewDeviceWindow: the latest entries a device's first connection gets.
 	NewDeviceWindow int
+	// Retention: what the engine deletes in the background. Here a zero
+	// DedupeWindow or StatsAge means forever and a zero Interval no
+	// sweeper (engineRetention maps them to the engine's negatives).
+	Retention engine.Retention
 
 	// File is the config file read (--config or DING_CONFIG); empty: none.
 	File string
@@ -171,6 +175,23 @@ var settings = []setting{
 		help:  "how many of the latest entries of a user's stream a device gets on its first connection (no cursor); 0: the whole stream",
 		zero:  "the whole stream",
 		field: func(c *config) any { return &c.NewDeviceWindow }},
+	{name: "retention-max-age", env: "DING_RETENTION_MAX_AGE", def: "0s",
+		help:  "delete stream entries and messages older than this (e.g. 90d), in the background; a DING still escalating and a must-confirm message someone has not confirmed are kept until settled; at least 1h; 0: keep forever",
+		zero:  "forever",
+		field: func(c *config) any { return &c.Retention.MaxAge }},
+	{name: "retention-max-entries", env: "DING_RETENTION_MAX_ENTRIES", def: "0",
+		help:  "keep at most this many of the newest entries of each user's stream (older ones are deleted in the background; messages go by age only); at least 100; 0: no bound",
+		zero:  "no bound",
+		field: func(c *config) any { return &c.Retention.MaxEntries }},
+	{name: "dedupe-window", env: "DING_DEDUPE_WINDOW", def: "7d",
+		help:  "how long a client_msg_id deduplicates retries; after it, the same id sends a new message; at least 1h; 0: forever",
+		field: func(c *config) any { return &c.Retention.DedupeWindow }},
+	{name: "stats-retention", env: "DING_STATS_RETENTION", def: "400d",
+		help:  "how long daily statistics are kept; at least 2d; 0: forever",
+		field: func(c *config) any { return &c.Retention.StatsAge }},
+	{name: "retention-interval", env: "DING_RETENTION_INTERVAL", def: "10m",
+		help:  "time between retention sweeps (dingctl retention sweep runs one now); 0: no sweeps",
+		field: func(c *config) any { return &c.Retention.Interval }},
 	{name: "pprof", env: "DING_PPROF", def: "",
 		help:  "serve net/http/pprof on this address, e.g. 127.0.0.1:6060; empty: off",
 		field: func(c *config) any { return &c.PProf }},
@@ -274,7 +295,7 @@ func (s *setting) parse(c *config, raw string) error {
 	case *int:
 		*p, err = strconv.Atoi(raw)
 	case *time.Duration:
-		*p, err = time.ParseDuration(raw)
+		*p, err = parseDuration(raw)
 	case *bool:
 		*p, err = strconv.ParseBool(raw)
 	default:
@@ -286,13 +307,38 @@ func (s *setting) parse(c *config, raw string) error {
 	return nil
 }
 
+// parseDuration is time.ParseDuration that also takes whole days ("7d").
+func parseDuration(raw string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(raw, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n < 0 || n > 100*365 {
+			return 0, fmt.Errorf("bad duration %q", raw)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(raw)
+}
+
+// engineRetention is c's retention as the engine takes it: its zero
+// DedupeWindow and StatsAge mean the defaults, negative forever; here 0
+// means forever (and no sweeps).
+func (c *config) engineRetention() engine.Retention {
+	r := c.Retention
+	for _, d := range []*time.Duration{&r.DedupeWindow, &r.StatsAge, &r.Interval} {
+		if *d == 0 {
+			*d = -1
+		}
+	}
+	return r
+}
+
 // want describes the values s takes, for errors.
 func (s *setting) want() string {
 	switch s.field(new(config)).(type) {
 	case *int:
 		return "want an integer"
 	case *time.Duration:
-		return `want a duration such as "15s" or "5m"`
+		return `want a duration such as "15s", "5m" or "90d"`
 	case *bool:
 		return "want true or false"
 	}

@@ -102,9 +102,9 @@ func TestLoadErrors(t *testing.T) {
 		{"string for int", file("max-body = \"big\"\n"), nil, `:1:12: max-body: want an integer, not a TOML string$`},
 		{"float for int", file("max-body = 1.5\n"), nil, `:1:12: max-body: want an integer, not a TOML float$`},
 		{"int for string", file("data = 5\n"), nil, `:1:8: data: want a string, not a TOML integer$`},
-		{"int for duration", file("drain-timeout = 15\n"), nil, `:1:17: drain-timeout: want a duration such as "15s" or "5m", not a TOML integer$`},
-		{"zero int for duration", file("drain-timeout = 0\n"), nil, `:1:17: drain-timeout: want a duration such as "15s" or "5m", not a TOML integer$`},
-		{"bad duration", file("drain-timeout = \"soon\"\n"), nil, `dingd\.toml: drain-timeout: want a duration such as "15s" or "5m", not "soon"$`},
+		{"int for duration", file("drain-timeout = 15\n"), nil, `:1:17: drain-timeout: want a duration such as "15s", "5m" or "90d", not a TOML integer$`},
+		{"zero int for duration", file("drain-timeout = 0\n"), nil, `:1:17: drain-timeout: want a duration such as "15s", "5m" or "90d", not a TOML integer$`},
+		{"bad duration", file("drain-timeout = \"soon\"\n"), nil, `dingd\.toml: drain-timeout: want a duration such as "15s", "5m" or "90d", not "soon"$`},
 		{"string for bool", file("no-call-fallback = \"yes\"\n"), nil, `:1:20: no-call-fallback: want true or false, not a TOML string$`},
 		{"int too large", file("max-body = 99999999999999999999\n"), nil, `:1:12: max-body: .*too large`},
 		{"duplicate key", file("data = \"a\"\ndata = \"b\"\n"), nil, `:2:1: data: .*already defined`},
@@ -187,6 +187,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--calls-per-day", "8", "--no-call-fallback", "--burn-after", "45s", "--secret-unread-ttl", "2h",
 		"--cluster", "redis://127.0.0.1:5", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
 		"--advertise-socket", "127.0.0.1:9", "--ack-replicas", "0", "--cluster-ca", "/etc/ding/ca.pem", "--advertise-tls-socket", "127.0.0.1:10",
+		"--retention-max-age", "90d", "--retention-max-entries", "5000", "--dedupe-window", "0s", "--stats-retention", "30d", "--retention-interval", "1m",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))

@@ -76,7 +76,7 @@ func loadFile(c *config, path string) error {
 		switch p := s.field(c).(type) {
 		case *time.Duration:
 			v := f.Elem().String()
-			d, err := time.ParseDuration(v)
+			d, err := parseDuration(v)
 			if err != nil { // the decoder has no position for this one
 				return fmt.Errorf("%s: %s: %s, not %q", path, s.name, s.want(), v)
 			}

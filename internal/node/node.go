@@ -125,6 +125,9 @@ type Config struct {
 	// SecretUnreadTTL is how long an unread secret message of level 2 or
 	// 3 lives before it burns; zero means the engine's default (24h).
 	SecretUnreadTTL time.Duration
+	// Retention is what the engine deletes in the background (streams,
+	// messages, bookkeeping); zero keeps streams and messages forever.
+	Retention engine.Retention
 
 	// Replicate, when set, wraps the node's Pebble store for the engine
 	// and the directory (cluster mode: a cluster.ReplicatedStore). The
@@ -342,6 +345,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		Logger: cfg.Logger, Registerer: reg,
 		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
 		Keys: secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
+		Retention: cfg.Retention,
 	}); err != nil {
 		return nil, err
 	}
