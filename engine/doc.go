@@ -41,7 +41,9 @@
 //
 //   - Submit answers only after the message is fsync'd (package
 //     engine/internal/pipeline; batch N+1 is built while N's fsync runs).
-//   - Each user has one stream: entries at seq 1, 2, 3, ... with no gaps.
+//   - Each user has one stream: entries at seq 1, 2, 3, ... with no gaps
+//     above its trim mark (retention.go deletes old entries, never the
+//     newest).
 //     An entry is a message addressed to the user, a receipt event, a DING
 //     event, a burn, or a secret chat event. Readers never see an entry
 //     beyond the stream's durable head (stream.go).
@@ -77,6 +79,8 @@
 //	dispatch (8)    make SMS and calls through the Notifier, then queue an op
 //	                recording the outcome
 //	startup burns   once, after Open, if level-3 or keyless messages remain
+//	sweeper         every Retention.Interval, deletes what is past retention
+//	                (retention.go) through background-lane ops
 //
 // Shutdown stops them in the reverse order of what feeds them (timer and
 // fanout loops, sends in flight, then the pipeline drains its queue) and
@@ -94,6 +98,7 @@
 //	watermark 'w' | user                            -> seq (8): highest seq any device acked
 //	receipt   'r' | id (16) | user                  -> state (1) | delivered ms (8) | read ms (8)
 //	dedupe    'd' | sender | 0x00 | client msg id   -> id (16)
+//	trim mark 'T' | user                            -> seq (8): newest seq a retention sweep found past retention
 //	directory 'u' | ...                             -> owned by package fanout
 //
 // DINGs (the DING's id is its message's id; idx is the recipient's index):

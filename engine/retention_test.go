@@ -1,12 +1,18 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store/pebblestore"
 )
 
 // sweep runs one retention sweep and checks the store's invariants after
@@ -207,6 +213,84 @@ func TestRetentionRefusesUnsafeSettings(t *testing.T) {
 	for _, ret := range []engine.Retention{{MaxAge: time.Minute}, {MaxEntries: 5}, {MaxAge: -time.Hour}, {DedupeWindow: time.Second}} {
 		if _, err := engine.Open(engine.Config{Store: stores(t)["mem"](t), Retention: ret}); err == nil {
 			t.Fatalf("Open accepted retention %+v", ret)
+		}
+	}
+}
+
+var (
+	flatWindows   = flag.Int("retention.windows", 6, "TestRetentionKeepsTheStoreFlat: retention windows (hours) to send")
+	flatPerWindow = flag.Int("retention.per-window", 2000, "TestRetentionKeepsTheStoreFlat: messages sent in each window")
+)
+
+// TestRetentionKeepsTheStoreFlat sends -retention.windows hours of
+// traffic, -retention.per-window 1:1 messages an hour among 50 users,
+// with one hour of retention and a sweep each hour, on Pebble and the
+// fake clock: after each sweep the store holds exactly the last hour's
+// messages and at most that hour's entries plus one head per stream,
+// however many hours went before. It logs Pebble's disk usage per hour;
+// a long run of it is in bench/RESULTS.md ("Retention").
+func TestRetentionKeepsTheStoreFlat(t *testing.T) {
+	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	users := fixedUsers{}
+	for i := range 50 {
+		users[fmt.Sprintf("u%02d", i)] = true
+	}
+	env := newDingEnv(t, db, func(c *engine.Config) {
+		// Client message ids expire after an hour too (7 days by default),
+		// so that everything the traffic writes is under retention.
+		c.Retention = engine.Retention{MaxAge: time.Hour, DedupeWindow: time.Hour, Interval: -1}
+		c.Recipients = users
+	})
+	count := func(prefix byte) int {
+		n := 0
+		db.Scan([]byte{prefix}, []byte{prefix + 1}, func(_, _ []byte) bool { n++; return true })
+		return n
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	body := bytes.Repeat([]byte("x"), 200)
+	for w := range *flatWindows {
+		var wg sync.WaitGroup
+		errs := make(chan error, *flatPerWindow)
+		for i := range *flatPerWindow {
+			from, to := rng.IntN(50), rng.IntN(50)
+			if to == from {
+				to = (to + 1) % 50
+			}
+			wg.Add(1)
+			env.e.SubmitAsync(engine.Submission{From: fmt.Sprintf("u%02d", from), To: []string{fmt.Sprintf("u%02d", to)},
+				Kind: engine.KindText, Body: body, ClientID: fmt.Sprintf("w%d-%d", w, i)},
+				func(_ engine.SubmitResult, err error) {
+					if err != nil {
+						errs <- err
+					}
+					wg.Done()
+				})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		env.clock.Advance(time.Hour)
+		r := env.sweep(t)
+		msgs, entries := count('m'), count('i')
+		if err := db.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("hour %d: deleted %d messages, %d entries, %d dedupe keys; store holds %d messages, %d entries; Pebble disk usage %.1f MiB",
+			w+1, r.Messages, r.Entries, r.Dedupe, msgs, entries, float64(db.DiskUsage())/(1<<20))
+		if d := count('d'); d > *flatPerWindow {
+			t.Fatalf("hour %d: %d client message id keys stored, want at most the last hour's %d", w+1, d, *flatPerWindow)
+		}
+		if msgs != *flatPerWindow {
+			t.Fatalf("hour %d: %d messages stored, want the last hour's %d", w+1, msgs, *flatPerWindow)
+		}
+		if entries > *flatPerWindow+50 {
+			t.Fatalf("hour %d: %d entries stored, want at most the last hour's %d and 50 heads", w+1, entries, *flatPerWindow)
 		}
 	}
 }

@@ -303,6 +303,12 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { n.db.Close() })
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ding_store_used_bytes",
+		Help: "Bytes the store's files take on disk (tables, write-ahead logs, manifests); retention keeps it flat.",
+	}, func() float64 { return float64(n.db.DiskUsage()) })); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	var st store.Store = n.db
 	if cfg.Replicate != nil {
 		if st, err = cfg.Replicate(n.db, reg); err != nil {

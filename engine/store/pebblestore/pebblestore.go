@@ -261,6 +261,17 @@ func (d *DB) Flush() error {
 	return mapErr(d.db.Flush())
 }
 
+// DiskUsage returns the bytes the store's files take on disk (tables,
+// write-ahead logs, manifests): what retention keeps flat.
+func (d *DB) DiskUsage() uint64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return 0
+	}
+	return d.db.Metrics().DiskSpaceUsage()
+}
+
 // Close implements store.Store.
 func (d *DB) Close() error {
 	d.mu.Lock()
