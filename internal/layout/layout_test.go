@@ -12,7 +12,7 @@ import (
 // Each dependency may be imported directly only by the packages listed.
 var owners = map[string][]string{
 	"github.com/cloudwego/netpoll":     {"github.com/dingmq/ding/channels/socket"},
-	"github.com/cockroachdb/pebble/v2": {"github.com/dingmq/ding/engine/store/pebblestore"},
+	"github.com/cockroachdb/pebble/v2": {"github.com/dingmq/ding/engine/store/pebblestore", "github.com/dingmq/ding/engine/store/pebblestore/crashfs"},
 	"github.com/twilio/twilio-go":      {"github.com/dingmq/ding/channels/twilio"},
 	"github.com/redis/go-redis/v9":     {"github.com/dingmq/ding/cluster"},
 	"github.com/golang-jwt/jwt/v5":     {"github.com/dingmq/ding/channels/auth"},

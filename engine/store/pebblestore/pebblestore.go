@@ -17,6 +17,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/dingmq/ding/engine/store"
 )
@@ -46,6 +47,10 @@ type Options struct {
 	// ReadOnly opens the store without writing anything to it (dingd
 	// check): writes fail.
 	ReadOnly bool
+	// FS is the file system the store lives on; nil means the operating
+	// system's. The crash-point tests give one that fails or stops at a
+	// chosen write (package crashfs).
+	FS vfs.FS
 }
 
 // Open opens (creating if needed) the Pebble database in dir.
@@ -69,6 +74,7 @@ func Open(dir string, o Options) (*DB, error) {
 		Logger:             slogLogger{o.Logger},
 		MemTableSize:       memTable,
 		ReadOnly:           o.ReadOnly,
+		FS:                 o.FS,
 	}
 	// Bloom filters on every level (later levels inherit L0's policy): the
 	// engine looks up keys that usually do not exist (client message ids,
