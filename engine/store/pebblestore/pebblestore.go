@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -80,11 +81,33 @@ func Open(dir string, o Options) (*DB, error) {
 	// engine looks up keys that usually do not exist (client message ids,
 	// new cursors), and without filters each miss reads a block per level.
 	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
-	db, err := pebble.Open(dir, opts)
+	db, err := openPebble(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
 	return &DB{db: db}, nil
+}
+
+// openPebble is pebble.Open, except that a write failing during it is
+// returned as an error rather than raised. Pebble panics when a write
+// fails while it creates its MANIFEST (Logger.Fatalf) or when it cannot
+// sync its directory (fsync errors are unrecoverable), and releases what
+// it holds (the lock, its files) before raising the panic again: the
+// caller can report the disk's error instead of crashing (the crash
+// points found it: a disk failing at start-up killed dingd with a stack
+// trace). A panic that is not an error (a bug) is raised again.
+func openPebble(dir string, opts *pebble.Options) (db *pebble.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			perr, ok := r.(error)
+			var rerr runtime.Error
+			if !ok || errors.As(perr, &rerr) {
+				panic(r)
+			}
+			db, err = nil, fmt.Errorf("pebble gave up: %w", perr)
+		}
+	}()
+	return pebble.Open(dir, opts)
 }
 
 // Get implements store.Store.
@@ -367,8 +390,25 @@ func (s slogLogger) Fatalf(format string, args ...any) {
 	if s.l != nil {
 		s.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
 	}
-	panic(fmt.Sprintf(format, args...))
+	f := &fatalError{msg: fmt.Sprintf(format, args...)}
+	for _, a := range args {
+		if err, ok := a.(error); ok && f.err == nil {
+			f.err = err
+		}
+	}
+	panic(f)
 }
+
+// fatalError is what Fatalf panics with: Pebble cannot go on (a MANIFEST
+// write failed, a synced commit's fsync failed, an invariant broke). It
+// wraps the error it was given, if any (the disk's).
+type fatalError struct {
+	msg string
+	err error
+}
+
+func (f *fatalError) Error() string { return "pebble: fatal: " + f.msg }
+func (f *fatalError) Unwrap() error { return f.err }
 
 var _ io.Closer = (*DB)(nil)
 
