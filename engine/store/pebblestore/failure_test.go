@@ -2,8 +2,10 @@ package pebblestore_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
+	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 	"github.com/dingmq/ding/engine/store/pebblestore/crashfs"
 )
@@ -47,5 +49,61 @@ func TestOpenOnAFailingDiskIsAnError(t *testing.T) {
 	}
 	if failed == 0 {
 		t.Fatalf("none of the %d writes of Open failed it: the test injects nothing", n)
+	}
+}
+
+// After a write to the log fails, the store refuses writes and Flush, and
+// closes without flushing: Pebble panics (with a fatal error no recover
+// catches) when it rotates a log whose writer failed. What was synced
+// before is there at the next Open.
+func TestAFailedLogWriteIsNeverFollowedByAFlush(t *testing.T) {
+	count := crashfs.New(crashfs.Plan{})
+	db, err := pebblestore.Open("data", pebblestore.Options{FS: count.VFS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := len(count.Ops())
+	if err := commit(db, "a"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	var logOps []int
+	for _, o := range count.Ops()[opened:] {
+		if strings.HasSuffix(o.Path, ".log") {
+			logOps = append(logOps, o.N)
+		}
+		if len(logOps) == 2 { // the second commit's write and its sync
+			break
+		}
+	}
+	if len(logOps) == 0 {
+		t.Fatal("the commit wrote nothing to the log")
+	}
+	for _, at := range logOps {
+		fs := crashfs.New(crashfs.Plan{At: at, Mode: crashfs.Fail})
+		db, err := pebblestore.Open("data", pebblestore.Options{FS: fs.VFS()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := commit(db, "a"); !errors.Is(err, crashfs.ErrInjected) {
+			t.Fatalf("op %d: commit on a failing log: %v, want the disk's error", at, err)
+		}
+		if err := commit(db, "b"); !errors.Is(err, crashfs.ErrInjected) {
+			t.Errorf("op %d: a commit after a failed one: %v, want it refused with the first error", at, err)
+		}
+		if err := db.Flush(); !errors.Is(err, crashfs.ErrInjected) {
+			t.Errorf("op %d: Flush after a failed write: %v, want it refused", at, err)
+		}
+		if err := db.Close(); !errors.Is(err, crashfs.ErrInjected) {
+			t.Errorf("op %d: Close after a failed write: %v, want the first error", at, err)
+		}
+		db, err = pebblestore.Open("data", pebblestore.Options{FS: fs.Image().VFS()})
+		if err != nil {
+			t.Fatalf("op %d: reopen: %v", at, err)
+		}
+		if _, err := db.Get([]byte("b")); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("op %d: the refused write is there: %v", at, err)
+		}
+		db.Close()
 	}
 }

@@ -4,6 +4,15 @@
 // after the WAL record holding the batch is fsync'd. Pebble itself
 // group-commits concurrent synced batches; the engine adds its own group
 // commit on top so that one fsync carries many submits.
+//
+// A failing disk: once a write fails (the log's write or fsync), the store
+// refuses every later write and Flush with that error, and Close does not
+// flush (Pebble cannot rotate a log whose writer failed); reads go on. A
+// write failing while Open creates the store is Open's error. What Pebble
+// still does by design: a write that fails in its own goroutines while it
+// flushes a memtable or rotates its log (the MANIFEST, a directory's fsync,
+// a new log file) stops the process; the restart recovers from what was
+// synced (engine/crashpoint_test.go checks both, at every write).
 package pebblestore
 
 import (
@@ -15,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -30,6 +40,19 @@ type DB struct {
 	mu     sync.RWMutex
 	closed bool // guarded by mu
 	db     *pebble.DB
+
+	// failed is the first error of a write (a commit, or the write or
+	// fsync of the write-ahead log under it); nil while none failed.
+	// After one, every write and Flush fails with it: the log may have
+	// lost a write (fsync errors are not recoverable), and Pebble panics
+	// when it rotates a log whose writer failed (a Flush does; so would a
+	// full memtable), with a fatal "unlock of unlocked mutex" that no
+	// recover catches: it killed dingd at its shutdown's Flush after a
+	// disk error (the crash points found it). Close then closes without
+	// flushing: the synced log is replayed at the next Open. (A synced
+	// Commit whose fsync fails makes Pebble call Logger.Fatalf on the
+	// caller's goroutine: Commit recovers that into its error.)
+	failed atomic.Pointer[error]
 }
 
 var (
@@ -280,14 +303,35 @@ func (d *DB) Checkpoint(dir string) error {
 // Flush writes the memtable to a table file (tests use it to make sure
 // data reached the LSM's tables, not only the log; the disk guard, to
 // release the write-ahead logs the memtables held, each preallocated to
-// 110% of a memtable).
+// 110% of a memtable). After a write failed it fails (see DB.failed).
 func (d *DB) Flush() error {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if d.closed {
 		return store.ErrClosed
 	}
-	return mapErr(d.db.Flush())
+	if err := d.err(); err != nil {
+		return err
+	}
+	return d.noteErr(d.db.Flush())
+}
+
+// err returns the error that stopped the store from writing, or nil.
+func (d *DB) err() error {
+	if p := d.failed.Load(); p != nil {
+		return fmt.Errorf("pebblestore: refusing writes after a failed one: %w", *p)
+	}
+	return nil
+}
+
+// noteErr maps err and, if it is a write's failure, remembers it (see
+// DB.failed).
+func (d *DB) noteErr(err error) error {
+	err = mapErr(err)
+	if err != nil && !errors.Is(err, store.ErrClosed) {
+		d.failed.CompareAndSwap(nil, &err)
+	}
+	return err
 }
 
 // DiskUsage returns the bytes the store's files take on disk (tables,
@@ -312,8 +356,12 @@ func (d *DB) Close() error {
 	// Flush the memtable first: a clean stop then leaves no WAL to replay,
 	// and the next Open does not start with an L0 compaction that it
 	// waits on (a restart went from ~0.3-1 s to tens of ms with 1M keys).
-	ferr := d.db.Flush()
-	return errors.Join(mapErr(ferr), mapErr(d.db.Close()))
+	// Not after a failed write: Pebble cannot flush then (see DB.failed).
+	ferr := d.err()
+	if ferr == nil {
+		ferr = mapErr(d.db.Flush())
+	}
+	return errors.Join(ferr, mapErr(d.db.Close()))
 }
 
 type batch struct {
@@ -337,11 +385,19 @@ func (b *batch) Commit(sync bool) error {
 	if b.d.closed {
 		return store.ErrClosed
 	}
+	if err := b.d.err(); err != nil {
+		return err
+	}
 	o := pebble.NoSync
 	if sync {
 		o = pebble.Sync
 	}
-	return mapErr(b.b.Commit(o))
+	return b.d.noteErr(b.commit(o))
+}
+
+func (b *batch) commit(o *pebble.WriteOptions) (err error) {
+	defer recoverFatal(&err)
+	return b.b.Commit(o)
 }
 
 // Apply implements store.Pipelined with Pebble's ApplyNoSyncWait: the
@@ -353,8 +409,16 @@ func (b *batch) Apply() error {
 	if b.d.closed {
 		return store.ErrClosed
 	}
+	if err := b.d.err(); err != nil {
+		return err
+	}
 	b.applied = true
-	return mapErr(b.d.db.ApplyNoSyncWait(b.b, pebble.Sync))
+	return b.d.noteErr(b.apply())
+}
+
+func (b *batch) apply() (err error) {
+	defer recoverFatal(&err)
+	return b.d.db.ApplyNoSyncWait(b.b, pebble.Sync)
 }
 
 // Wait implements store.Pipelined. A batch that Apply refused has nothing
@@ -363,7 +427,7 @@ func (b *batch) Wait() error {
 	if !b.applied {
 		return errors.New("pebblestore: Wait before Apply")
 	}
-	return mapErr(b.b.SyncWait())
+	return b.d.noteErr(b.b.SyncWait())
 }
 
 func mapErr(err error) error {
@@ -409,6 +473,20 @@ type fatalError struct {
 
 func (f *fatalError) Error() string { return "pebble: fatal: " + f.msg }
 func (f *fatalError) Unwrap() error { return f.err }
+
+// recoverFatal turns a Fatalf panic raised on the caller's goroutine into
+// *err (Pebble raises one when a synced commit's fsync fails: "fatal
+// commit error"; its commit pipeline holds no lock by then). Any other
+// panic goes on.
+func recoverFatal(err *error) {
+	if r := recover(); r != nil {
+		f, ok := r.(*fatalError)
+		if !ok {
+			panic(r)
+		}
+		*err = f
+	}
+}
 
 var _ io.Closer = (*DB)(nil)
 
