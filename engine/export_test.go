@@ -144,3 +144,10 @@ func RecipientStateIsJSON(st store.Store, id ID, idx int) (bool, error) {
 func MessageKeyForTest(id ID) []byte                 { return messageKey(id) }
 func InboxKeyForTest(user string, seq uint64) []byte { return inboxKey(user, seq) }
 func CursorKeyForTest(user, device string) []byte    { return cursorKey(user, device) }
+
+// FanoutIdle reports whether no fanout job is left in the store (the
+// crash points wait for the fan-outs a restart resumes). Tests only.
+func (e *Engine) FanoutIdle() bool {
+	_, job, err := e.oldestJob()
+	return err == nil && job == nil
+}
