@@ -135,6 +135,19 @@
 // stream's head is one reverse seek; a message's receipts are one range
 // scan of 'r'|id.
 //
+// # Crash points
+//
+// TestCrashPoints (crashpoint_test.go) holds the contract above to every
+// write the store makes: it runs a workload through every step of the
+// commit and publish path on Pebble over a file system that numbers its
+// writes (package engine/store/pebblestore/crashfs), then, for each
+// write, fails it or cuts the power just before it, reopens the store
+// from what the disk kept, and checks that what was acknowledged is there
+// (messages, receipts, cursors, escalation steps, burns), that Check
+// finds nothing, and that what came after a failure was answered
+// UNAVAILABLE rather than with a crash. A failing point prints its number
+// and replays with -crash.point N; bench/RESULTS.md has the matrix.
+//
 // # Usage
 //
 //	e, err := engine.Open(engine.Config{Store: db})
