@@ -11,7 +11,7 @@
 //	keys, err := auth.LoadOrCreate(dataDir)
 //	tok, err := keys.MintClient("ana", "phone", 24*time.Hour)
 //	claims, err := keys.Verify(tok, auth.KindClient)
-//	adm, err := keys.MintAdminFor("hr-sync", 1, 90*24*time.Hour)
+//	adm, err := keys.MintAdminFor("hr-sync", 1, time.Now().Add(90*24*time.Hour))
 package auth
 
 import (
@@ -142,17 +142,21 @@ func (k *Keys) MintClient(user, device string, ttl time.Duration) (string, error
 // tokens were minted before admins had names); ttl zero means it does not
 // expire.
 func (k *Keys) MintAdmin(ttl time.Duration) (string, error) {
-	return k.MintAdminFor("", 0, ttl)
+	var exp time.Time
+	if ttl > 0 {
+		exp = k.now().Add(ttl)
+	}
+	return k.MintAdminFor("", 0, exp)
 }
 
-// MintAdminFor returns the token of admin name at generation gen; ttl
-// zero means it does not expire. The token is the only copy: the server
-// keeps the generation, never the token.
-func (k *Keys) MintAdminFor(name string, gen uint64, ttl time.Duration) (string, error) {
+// MintAdminFor returns the token of admin name at generation gen, valid
+// until expires (whole seconds; zero: it does not expire). The token is
+// the only copy: the server keeps the generation, never the token.
+func (k *Keys) MintAdminFor(name string, gen uint64, expires time.Time) (string, error) {
 	now := k.now()
 	c := Claims{Kind: KindAdmin, User: name, Gen: gen, IssuedMs: now.UnixMilli(), RegisteredClaims: jwt.RegisteredClaims{IssuedAt: jwt.NewNumericDate(now)}}
-	if ttl > 0 {
-		c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	if !expires.IsZero() {
+		c.ExpiresAt = jwt.NewNumericDate(expires)
 	}
 	return k.sign(c)
 }

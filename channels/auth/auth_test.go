@@ -20,7 +20,7 @@ func TestTokens(t *testing.T) {
 	other, _ := auth.New([]byte("0123456789abcdef0123456789abcdef"), clock)
 	client, _ := k.MintClient("ana", "phone", time.Hour)
 	admin, _ := k.MintAdmin(0)
-	named, _ := k.MintAdminFor("hr-sync", 3, time.Hour)
+	named, _ := k.MintAdminFor("hr-sync", 3, now.Add(time.Hour))
 	forged, _ := other.MintClient("ana", "phone", time.Hour)
 
 	c, err := k.Verify(client, auth.KindClient)
