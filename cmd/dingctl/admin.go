@@ -111,7 +111,7 @@ func adminAdd(g *globals, args []string, out io.Writer) error {
 		until = "it expires " + res.Expires
 	}
 	// On stderr: stdout is the token alone, for a script to capture.
-	fmt.Fprintf(os.Stderr, "dingctl: added admin %s (role %s); its token, shown this once, follows (%s): keep it in a secret store and use it with --token or DING_TOKEN\n",
+	fmt.Fprintf(os.Stderr, "dingctl: added admin %s (role %s; %s); its token, on stdout, is shown this once: keep it in a secret store and use it with --token or DING_TOKEN\n",
 		name, *role, until)
 	_, err = fmt.Fprintln(out, res.Token)
 	return err
