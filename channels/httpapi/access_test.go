@@ -270,6 +270,16 @@ func TestDeptAdminActsWithinItsSubtree(t *testing.T) {
 	lead.ok("POST", "/v1/dings/"+ding+"/cancel", nil, 200)
 	ann := lead.ok("POST", "/v1/announcements", map[string]any{"from": "ana", "to": "dept:sre", "text": "sre offsite"}, 201)["id"].(string)
 	lead.ok("GET", "/v1/announcements/"+ann+"/stats", nil, 200)
+	// A re-DING goes to those still in the subtree: bo, not gil who moved
+	// out (from hal: ana DINGed bo a moment ago, too soon for another).
+	a.ok("POST", "/v1/users", map[string]string{"id": "gil", "name": "gil", "department": "sre"}, 201)
+	a.ok("POST", "/v1/users", map[string]string{"id": "hal", "name": "hal", "department": "eng"}, 201)
+	gilAnn := lead.ok("POST", "/v1/announcements", map[string]any{"from": "ana", "to": "dept:sre", "text": "sre drill"}, 201)["id"].(string)
+	a.ok("PATCH", "/v1/users/gil", map[string]string{"department": "sales"}, 200)
+	if re := lead.ok("POST", "/v1/announcements/"+gilAnn+"/reding", map[string]any{"policy": "inapp", "from": "hal"}, 200); re["recipients"] != 1.0 {
+		t.Fatalf("re-DING by the department admin: %v, want bo only", re)
+	}
+	outsideAnn := a.ok("POST", "/v1/announcements", map[string]any{"from": "ed", "to": "dept:sales", "text": "x"}, 201)["id"].(string)
 	msg := lead.ok("POST", "/v1/messages", map[string]any{"from": "bo", "to": []string{"group:engonly", "dept:eng"}, "text": "hi"}, 200)["id"].(string)
 	lead.ok("GET", "/v1/messages/"+msg+"/receipts", nil, 200)
 	lead.ok("POST", "/v1/users", map[string]string{"id": "cy", "name": "Cy", "department": "sre"}, 201)
@@ -315,6 +325,7 @@ func TestDeptAdminActsWithinItsSubtree(t *testing.T) {
 		{"a DING from outside", "GET", "/v1/dings/" + outside, nil, 403, "OUT_OF_SCOPE"},
 		{"cancel a DING from outside", "POST", "/v1/dings/" + outside + "/cancel", nil, 403, "OUT_OF_SCOPE"},
 		{"DINGs from outside", "GET", "/v1/dings?from=ed", nil, 403, "OUT_OF_SCOPE"},
+		{"re-DING an announcement from outside", "POST", "/v1/announcements/" + outsideAnn + "/reding", map[string]any{"policy": "inapp"}, 403, "OUT_OF_SCOPE"},
 		{"every DING", "GET", "/v1/dings", nil, 400, "BAD_REQUEST"},
 		{"receipts of a DING from outside", "GET", "/v1/messages/" + outside + "/receipts", nil, 403, "OUT_OF_SCOPE"},
 		{"stats of a DING from outside", "GET", "/v1/messages/" + outside + "/stats", nil, 403, "OUT_OF_SCOPE"},
@@ -343,10 +354,10 @@ func TestDeptAdminActsWithinItsSubtree(t *testing.T) {
 		sort.Strings(out)
 		return fmt.Sprint(out)
 	}
-	if got := ids("/v1/users", "users", "id"); got != "[ana bo]" {
+	if got := ids("/v1/users", "users", "id"); got != "[ana bo hal]" {
 		t.Errorf("users listed: %s", got)
 	}
-	if got := ids("/v1/users?status=all", "users", "id"); got != "[ana bo]" {
+	if got := ids("/v1/users?status=all", "users", "id"); got != "[ana bo hal]" {
 		t.Errorf("users listed with status=all: %s", got)
 	}
 	if got := ids("/v1/departments", "departments", "id"); got != "[eng sre]" {

@@ -194,8 +194,12 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	if req.From == "" {
 		req.From = m.From
 	}
-	// Its sender is not DINGed, in the audience or not.
-	who = slices.DeleteFunc(slices.Clone(who), func(u string) bool { return u == req.From })
+	// Its sender is not DINGed, in the audience or not; nor, for a
+	// dept-admin, anyone who has left its subtree since.
+	dept := principalOf(r).dept
+	who = slices.DeleteFunc(slices.Clone(who), func(u string) bool {
+		return u == req.From || (dept != "" && !a.cfg.Directory.UserWithin(u, dept))
+	})
 	out := map[string]any{"recipients": len(who), "dings": []string{}, "refused": []engine.Refusal{}}
 	var ids []string
 	var refused []engine.Refusal
