@@ -17,9 +17,9 @@ import (
 type AuditEntry struct {
 	Seq    uint64    `json:"seq"`    // 1, 2, ... in the order of the changes
 	At     time.Time `json:"at"`     // UTC, milliseconds
-	Actor  string    `json:"actor"`  // who asked: "admin" for the admin token, "system" if nobody said
-	Action string    `json:"action"` // user.put, user.remove, dept.put, dept.remove, group.put, group.members, group.remove, import
-	Target string    `json:"target"` // the user, department or group id; "directory" for an import
+	Actor  string    `json:"actor"`  // who asked: the admin's name ("owner" for the first-start token; "admin" in entries written before admins had names), "system" if nobody said
+	Action string    `json:"action"` // user.put, user.remove, dept.put, dept.remove, group.put, group.members, group.remove, import, admin.add, admin.revoke
+	Target string    `json:"target"` // the user, department, group or admin; "directory" for an import
 	Detail string    `json:"detail,omitempty"`
 }
 

@@ -198,6 +198,42 @@ func (d *Directory) Subtree(id string) ([]string, error) {
 	return d.subtreeLocked(id), nil
 }
 
+// Within reports whether department dept is root or under it. Unknown
+// departments, and "", are within nothing.
+func (d *Directory) Within(dept, root string) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.withinLocked(dept, root)
+}
+
+// withinLocked is Within; the caller holds mu. The tree has no cycles
+// (PutDepartment refuses them), and the walk is bounded all the same.
+func (d *Directory) withinLocked(dept, root string) bool {
+	for range len(d.depts) + 1 {
+		if dept == "" || root == "" {
+			return false
+		}
+		if dept == root {
+			return true
+		}
+		dep, ok := d.depts[dept]
+		if !ok {
+			return false
+		}
+		dept = dep.Parent
+	}
+	return false
+}
+
+// UserWithin reports whether user is an active user whose department is
+// root or under it.
+func (d *Directory) UserWithin(user, root string) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	u, ok := d.users[user]
+	return ok && u.Status == StatusActive && d.withinLocked(u.Department, root)
+}
+
 // subtreeLocked lists the department ids under id (id first). The caller
 // holds mu or wmu.
 func (d *Directory) subtreeLocked(id string) []string {

@@ -85,6 +85,7 @@ const (
 	kindDept  = 'd' // 'u' 'd' | dept id  -> JSON Department
 	kindGroup = 'g' // 'u' 'g' | group id -> JSON Group
 	kindAudit = 'a' // 'u' 'a' | seq (8)  -> JSON AuditEntry
+	kindAdmin = 'm' // 'u' 'm' | admin name -> JSON Admin
 )
 
 func dirKey(kind byte, id string) []byte {
@@ -139,6 +140,7 @@ type Directory struct {
 	children  map[string][]string // department id ("" for the roots) -> sorted ids of its sub-departments
 	deptUsers map[string][]string // department id -> sorted ids of its own (active) users
 	groups    map[string]Group    // ad-hoc groups; Members sorted, all active users
+	admins    map[string]Admin    // stored admins, revoked ones too (FirstOwner implicit until stored)
 
 	cacheMu sync.Mutex
 	subtree map[string][]string // department id -> sorted active users of its subtree; guarded by cacheMu, cleared on every change
@@ -167,7 +169,7 @@ func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 	d := &Directory{
 		st: st, clock: clock,
 		users: map[string]User{}, quiet: map[string]engine.QuietHours{},
-		depts: map[string]Department{}, groups: map[string]Group{},
+		depts: map[string]Department{}, groups: map[string]Group{}, admins: map[string]Admin{},
 		deptUsers: map[string][]string{}, subtree: map[string][]string{},
 	}
 	err := loadKind(st, kindUser, func(u *User) {
@@ -189,6 +191,9 @@ func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 			}
 			d.groups[g.ID] = *g
 		})
+	}
+	if err == nil {
+		err = loadKind(st, kindAdmin, func(a *Admin) { d.admins[a.Name] = *a })
 	}
 	if err == nil {
 		d.auditSeq, err = lastAuditSeq(st)
@@ -566,6 +571,7 @@ type change struct {
 	users   map[string]userChange
 	depts   map[string]*Department // nil: delete
 	groups  map[string]*Group      // nil: delete
+	admins  map[string]Admin
 	entries []AuditEntry
 	d       *Directory
 }
@@ -581,7 +587,7 @@ func (d *Directory) newChange(now time.Time, actor string) *change {
 		actor = ActorSystem
 	}
 	return &change{now: now, actor: actor, users: map[string]userChange{},
-		depts: map[string]*Department{}, groups: map[string]*Group{}, d: d}
+		depts: map[string]*Department{}, groups: map[string]*Group{}, admins: map[string]Admin{}, d: d}
 }
 
 func (c *change) audit(action, target, detail string) {
@@ -680,7 +686,7 @@ func list(ids []string) string {
 // it. The caller holds wmu. A change with no records and no audit entries
 // writes nothing.
 func (d *Directory) commit(c *change) error {
-	if len(c.users) == 0 && len(c.depts) == 0 && len(c.groups) == 0 && len(c.entries) == 0 {
+	if len(c.users) == 0 && len(c.depts) == 0 && len(c.groups) == 0 && len(c.admins) == 0 && len(c.entries) == 0 {
 		return nil
 	}
 	if d.committer == nil {
@@ -734,6 +740,13 @@ func (d *Directory) changeOf(c *change) (engine.Change, error) {
 			return engine.Change{}, err
 		}
 		ws = append(ws, write{k: dirKey(kindGroup, id), v: v})
+	}
+	for name, a := range c.admins {
+		v, err := json.Marshal(a)
+		if err != nil {
+			return engine.Change{}, err
+		}
+		ws = append(ws, write{k: adminKey(name), v: v})
 	}
 	seq := d.auditSeq
 	for i := range c.entries {
@@ -846,6 +859,9 @@ func (d *Directory) install(c *change) {
 		} else {
 			d.groups[id] = *g
 		}
+	}
+	for name, a := range c.admins {
+		d.admins[name] = a
 	}
 	d.cacheMu.Lock()
 	clear(d.subtree)

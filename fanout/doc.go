@@ -32,9 +32,15 @@
 //	department  'u' 'd' | department id  -> JSON Department {id, name, parent}
 //	group       'u' 'g' | group id       -> JSON Group {id, name, members (sorted)}
 //	audit       'u' 'a' | seq (8)        -> JSON AuditEntry {seq, at, actor, action, target, detail}
+//	admin       'u' 'm' | admin name     -> JSON Admin {name, role, dept, status, gen, expires, ...}
 //
-// OpenDirectory loads users, departments and groups into memory (one scan
-// each) and finds the last audit seq with one Last; the audit log is read
+// Admins (admin.go) are the named holders of admin tokens: the directory
+// keeps each one's role, department and the generation its token must
+// carry (never the token), so that the admin API checks a token against
+// memory, and a revocation is one audited change like any other.
+//
+// OpenDirectory loads users, departments, groups and admins into memory
+// (one scan each) and finds the last audit seq with one Last; the audit log is read
 // from the store only by Audit. Every change, its derived changes (a
 // removed user leaving groups) and its audit entries are one synced batch.
 //

@@ -12,4 +12,7 @@ const (
 	CodeDepartmentNotEmpty engine.Code = "DEPARTMENT_NOT_EMPTY"
 	CodeBadImport          engine.Code = "BAD_IMPORT"
 	CodeUserExists         engine.Code = "USER_EXISTS"
+	CodeAdminExists        engine.Code = "ADMIN_EXISTS"
+	CodeUnknownAdmin       engine.Code = "UNKNOWN_ADMIN"
+	CodeLastOwner          engine.Code = "LAST_OWNER"
 )

@@ -3,12 +3,15 @@
 //
 // Two kinds exist. A client token names a user and a device and expires;
 // it opens a socket session for that device and nothing else. An admin
-// token opens the admin HTTP API. The kind is a claim, so neither can be
-// used as the other.
+// token names an admin (its subject) and the generation of that admin's
+// token, and may expire; it opens the admin HTTP API, which looks the
+// admin up (role, revocation) in the directory. The kind is a claim, so
+// neither can be used as the other.
 //
 //	keys, err := auth.LoadOrCreate(dataDir)
 //	tok, err := keys.MintClient("ana", "phone", 24*time.Hour)
 //	claims, err := keys.Verify(tok, auth.KindClient)
+//	adm, err := keys.MintAdminFor("hr-sync", 1, time.Now().Add(90*24*time.Hour))
 package auth
 
 import (
@@ -49,6 +52,12 @@ type Claims struct {
 	// seconds): a revocation (fanout.User.TokensBefore) tells a token
 	// minted just before it from one minted just after.
 	IssuedMs int64 `json:"iat_ms,omitempty"`
+	// Gen is an admin token's generation: the admin API accepts it only
+	// while it equals the admin's current one (fanout.Admin.Gen), so
+	// revoking or re-adding an admin ends every token minted before.
+	// Tokens minted before admins had names carry no subject and no
+	// generation: they are the first owner's.
+	Gen uint64 `json:"gen,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -129,12 +138,25 @@ func (k *Keys) MintClient(user, device string, ttl time.Duration) (string, error
 	}})
 }
 
-// MintAdmin returns an admin token; ttl zero means it does not expire.
+// MintAdmin returns an admin token with no subject (the first owner's, as
+// tokens were minted before admins had names); ttl zero means it does not
+// expire.
 func (k *Keys) MintAdmin(ttl time.Duration) (string, error) {
-	now := k.now()
-	c := Claims{Kind: KindAdmin, RegisteredClaims: jwt.RegisteredClaims{IssuedAt: jwt.NewNumericDate(now)}}
+	var exp time.Time
 	if ttl > 0 {
-		c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+		exp = k.now().Add(ttl)
+	}
+	return k.MintAdminFor("", 0, exp)
+}
+
+// MintAdminFor returns the token of admin name at generation gen, valid
+// until expires (whole seconds; zero: it does not expire). The token is
+// the only copy: the server keeps the generation, never the token.
+func (k *Keys) MintAdminFor(name string, gen uint64, expires time.Time) (string, error) {
+	now := k.now()
+	c := Claims{Kind: KindAdmin, User: name, Gen: gen, IssuedMs: now.UnixMilli(), RegisteredClaims: jwt.RegisteredClaims{IssuedAt: jwt.NewNumericDate(now)}}
+	if !expires.IsZero() {
+		c.ExpiresAt = jwt.NewNumericDate(expires)
 	}
 	return k.sign(c)
 }

@@ -20,11 +20,18 @@ func TestTokens(t *testing.T) {
 	other, _ := auth.New([]byte("0123456789abcdef0123456789abcdef"), clock)
 	client, _ := k.MintClient("ana", "phone", time.Hour)
 	admin, _ := k.MintAdmin(0)
+	named, _ := k.MintAdminFor("hr-sync", 3, now.Add(time.Hour))
 	forged, _ := other.MintClient("ana", "phone", time.Hour)
 
 	c, err := k.Verify(client, auth.KindClient)
 	if err != nil || c.User != "ana" || c.Device != "phone" {
 		t.Fatalf("client token: %+v %v", c, err)
+	}
+	if c, err := k.Verify(admin, auth.KindAdmin); err != nil || c.User != "" || c.Gen != 0 {
+		t.Fatalf("first-start admin token: %+v %v", c, err)
+	}
+	if c, err := k.Verify(named, auth.KindAdmin); err != nil || c.User != "hr-sync" || c.Gen != 3 || c.ExpiresAt == nil {
+		t.Fatalf("named admin token: %+v %v", c, err)
 	}
 	cases := []struct {
 		name, token, kind string
@@ -47,6 +54,9 @@ func TestTokens(t *testing.T) {
 	}
 	if _, err := k.Verify(admin, auth.KindAdmin); err != nil {
 		t.Fatalf("non-expiring admin token: %v", err)
+	}
+	if _, err := k.Verify(named, auth.KindAdmin); !errors.Is(err, auth.ErrExpired) {
+		t.Fatalf("expired admin token: %v", err)
 	}
 }
 

@@ -71,6 +71,9 @@ var table = map[engine.Code]row{
 	fanout.CodeDepartmentNotEmpty: {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
 	fanout.CodeBadImport:          {pb.Code_BAD_REQUEST, false, http.StatusBadRequest, ""},
 	fanout.CodeUserExists:         {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
+	fanout.CodeAdminExists:        {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
+	fanout.CodeUnknownAdmin:       {pb.Code_NOT_FOUND, false, http.StatusNotFound, ""},
+	fanout.CodeLastOwner:          {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
 }
 
 // Of returns what to tell a client about err.

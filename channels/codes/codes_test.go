@@ -84,7 +84,8 @@ func TestEveryCodeIsMapped(t *testing.T) {
 		engine.CodeNotMember, engine.CodeBadChat, engine.CodeForbidden, engine.CodeUserRemoved, engine.CodeUnavailable,
 		engine.CodeAborted, engine.CodeInternal,
 		fanout.CodeUnknownUser, fanout.CodeUnknownDepartment, fanout.CodeUnknownGroup, fanout.CodeDepartmentCycle,
-		fanout.CodeDepartmentNotEmpty, fanout.CodeBadImport,
+		fanout.CodeDepartmentNotEmpty, fanout.CodeBadImport, fanout.CodeUserExists,
+		fanout.CodeAdminExists, fanout.CodeUnknownAdmin, fanout.CodeLastOwner,
 	} {
 		a := codes.Of(engine.NewError(c, "x"))
 		if a.Code != c {

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/engine"
 )
 
@@ -28,11 +27,11 @@ import (
 //	                                    /v1/dings/{id} lists them for the admins.
 //	                                    409 NO_FORWARD for a secret message (its text would leave the chat)
 func (a *API) announceRoutes() {
-	a.admin("POST /v1/announcements", a.announce)
-	a.mux.HandleFunc("GET /v1/announcements/{id}/stats", a.adminRaw("GET /v1/announcements/{id}/stats", a.stats))
-	a.mux.HandleFunc("GET /v1/messages/{id}/stats", a.adminRaw("GET /v1/messages/{id}/stats", a.stats))
-	a.admin("POST /v1/announcements/{id}/reding", a.reding)
-	a.admin("GET /v1/stats", a.adminStats)
+	a.admin("POST /v1/announcements", PermSend, a.announce)
+	a.adminRaw("GET /v1/announcements/{id}/stats", PermStatus, a.stats)
+	a.adminRaw("GET /v1/messages/{id}/stats", PermStatus, a.stats)
+	a.admin("POST /v1/announcements/{id}/reding", PermSend, a.reding)
+	a.admin("GET /v1/stats", PermStats, a.adminStats)
 }
 
 func (a *API) announce(r *http.Request) (int, any, error) {
@@ -59,8 +58,21 @@ func (a *API) announce(r *http.Request) (int, any, error) {
 				`announcements go to groups of people: "all", "dept:ID" or "group:ID"; %q is none of them (to reach one user, send a message)`, t)
 		}
 	}
-	if req.From == "" || (req.From == adminActor && !a.cfg.Directory.Active(adminActor)) {
-		req.From = adminActor // an announcement from the admins, not a user
+	if p := principalOf(r); p.dept != "" {
+		// A department's announcement comes from one of its users: one
+		// "from the admins" would be the whole company's.
+		if req.From == "" {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "admin %q (role %s) announces as a user of department %s: give from", p.name, p.role.Name, p.dept)
+		}
+		if err := a.senderInScope(r, req.From); err != nil {
+			return 0, nil, err
+		}
+		if err := a.targetsInScope(r, to); err != nil {
+			return 0, nil, err
+		}
+	}
+	if req.From == "" || (req.From == adminSender && !a.cfg.Directory.Active(adminSender)) {
+		req.From = adminSender // an announcement from the admins, not a user
 	} else if !a.cfg.Directory.Active(req.From) {
 		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
 	}
@@ -77,37 +89,13 @@ func (a *API) announce(r *http.Request) (int, any, error) {
 	return status, map[string]any{"id": res.ID.String(), "created": res.Created.UTC(), "duplicate": res.Duplicate}, nil
 }
 
-// authAdmin checks the request's admin token.
-func (a *API) authAdmin(r *http.Request) *apiError {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return errf(http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token")
-	}
-	if _, err := a.cfg.Keys.Verify(tok, auth.KindAdmin); err != nil {
-		return errf(http.StatusUnauthorized, "UNAUTHENTICATED", "admin token invalid or expired")
-	}
-	return nil
-}
-
-// adminRaw is admin for handlers that write their own response (CSV).
-func (a *API) adminRaw(route string, h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w, status: 200}
-		defer func() { a.requests.WithLabelValues(route, fmt.Sprint(sw.status)).Inc() }()
-		if ae := a.authAdmin(r); ae != nil {
-			writeErr(sw, ae)
-			return
-		}
-		if err := h(sw, r); err != nil {
-			writeErr(sw, a.answer(route, err))
-		}
-	}
-}
-
 func (a *API) stats(w http.ResponseWriter, r *http.Request) error {
 	id, err := engine.ParseID(r.PathValue("id"))
 	if err != nil {
 		return errf(http.StatusBadRequest, "BAD_REQUEST", "malformed message id")
+	}
+	if err := a.messageInScope(r, id); err != nil {
+		return err
 	}
 	q := r.URL.Query()
 	if q.Get("format") != "csv" {
@@ -177,6 +165,19 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	if p := principalOf(r); p.dept != "" {
+		if err := a.senderInScope(r, m.From); err != nil {
+			return 0, nil, err
+		}
+		if err := a.targetsInScope(r, m.To); err != nil {
+			return 0, nil, err
+		}
+		if req.From != "" {
+			if err := a.senderInScope(r, req.From); err != nil {
+				return 0, nil, err
+			}
+		}
+	}
 	if m.Chat != (engine.ID{}) {
 		// A re-DING carries the message's text: a secret message's body
 		// must never leave its chat (nor be readable by an admin).
@@ -193,8 +194,12 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 	if req.From == "" {
 		req.From = m.From
 	}
-	// Its sender is not DINGed, in the audience or not.
-	who = slices.DeleteFunc(slices.Clone(who), func(u string) bool { return u == req.From })
+	// Its sender is not DINGed, in the audience or not; nor, for a
+	// dept-admin, anyone who has left its subtree since.
+	dept := principalOf(r).dept
+	who = slices.DeleteFunc(slices.Clone(who), func(u string) bool {
+		return u == req.From || (dept != "" && !a.cfg.Directory.UserWithin(u, dept))
+	})
 	out := map[string]any{"recipients": len(who), "dings": []string{}, "refused": []engine.Refusal{}}
 	var ids []string
 	var refused []engine.Refusal
@@ -229,6 +234,9 @@ func (a *API) reding(r *http.Request) (int, any, error) {
 // part of the stream, with its cursor, and whether it is connected now.
 func (a *API) userDevices(r *http.Request) (int, any, error) {
 	id := r.PathValue("id")
+	if err := a.userInScope(r, id); err != nil {
+		return 0, nil, err
+	}
 	if _, ok := a.cfg.Directory.User(id); !ok {
 		return 0, nil, errf(http.StatusNotFound, "NOT_FOUND", "no such user")
 	}

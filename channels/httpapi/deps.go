@@ -86,8 +86,22 @@ type Org interface {
 	RemoveGroup(id, actor string) error
 }
 
+// Admins is what access control and the admin routes use of the
+// directory (access.go, admins.go). Admin, Within and UserWithin read
+// memory only: they run on every request.
+type Admins interface {
+	Admin(name string) (fanout.Admin, bool)
+	Admins() []fanout.Admin
+	AddAdmin(a fanout.Admin, actor string) (fanout.Admin, error)
+	RevokeAdmin(name, actor string) (a fanout.Admin, already bool, err error)
+	// Within reports whether department dept is root or under it;
+	// UserWithin, whether user is active and of such a department.
+	Within(dept, root string) bool
+	UserWithin(user, root string) bool
+}
+
 // Directory is everything the API asks of the directory: users, the org,
-// imports and the audit log.
+// imports, the audit log and the admins.
 type Directory interface {
 	AddUserAs(u fanout.User, actor string) (created bool, err error)
 	UpdateUserAs(id string, p fanout.UserPatch, actor string) (fanout.User, error)
@@ -95,6 +109,7 @@ type Directory interface {
 	Org
 	Import(org fanout.Org, opts fanout.ImportOptions, actor string) (fanout.Diff, error)
 	Audit(after uint64, limit int) ([]fanout.AuditEntry, error)
+	Admins
 }
 
 var (

@@ -24,6 +24,12 @@ func (a *API) postDing(r *http.Request) (int, any, error) {
 	if !a.cfg.Directory.Active(req.From) {
 		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such user %q", req.From)
 	}
+	if err := a.senderInScope(r, req.From); err != nil {
+		return 0, nil, err
+	}
+	if err := a.targetsInScope(r, req.To); err != nil {
+		return 0, nil, err
+	}
 	res, err := a.cfg.Engine.Ding(r.Context(), engine.DingRequest{
 		From: req.From, To: req.To, Text: req.Text, Policy: req.Policy, PolicyName: req.PolicyName,
 		Choices: req.Choices, Critical: req.Critical, ClientID: req.ClientMsgID,
@@ -59,6 +65,9 @@ func (a *API) getDing(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	if err := a.senderInScope(r, ds.From); err != nil {
+		return 0, nil, err
+	}
 	return http.StatusOK, ds, nil
 }
 
@@ -66,6 +75,15 @@ func (a *API) cancelDing(r *http.Request) (int, any, error) {
 	id, err := dingID(r)
 	if err != nil {
 		return 0, nil, err
+	}
+	if p := principalOf(r); p.dept != "" {
+		ds, err := a.cfg.Engine.DingStatus(id)
+		if err != nil {
+			return 0, nil, err
+		}
+		if err := a.senderInScope(r, ds.From); err != nil {
+			return 0, nil, err
+		}
 	}
 	stopped, err := a.cfg.Engine.CancelDing(r.Context(), id)
 	if err != nil {
@@ -108,6 +126,14 @@ func (a *API) listDings(r *http.Request) (int, any, error) {
 			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "limit must be 1 to 1000")
 		}
 		limit = n
+	}
+	if p := principalOf(r); p.dept != "" {
+		if q.Get("from") == "" {
+			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "admin %q (role %s) lists the DINGs of one sender of department %s at a time: give from", p.name, p.role.Name, p.dept)
+		}
+		if err := a.senderInScope(r, q.Get("from")); err != nil {
+			return 0, nil, err
+		}
 	}
 	ds, err := a.cfg.Engine.Dings(q.Get("from"), after, limit)
 	if err != nil {

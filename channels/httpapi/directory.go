@@ -5,6 +5,7 @@ import (
 	"errors"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -24,8 +25,9 @@ type Offboarder interface {
 	Offboard(ctx context.Context, user, actor string) error
 }
 
-// adminActor is the audit log's actor for requests with the admin token.
-const adminActor = "admin"
+// adminSender is the sender of an announcement from the admins rather
+// than from a user.
+const adminSender = "admin"
 
 func notFound(what string) error { return errf(http.StatusNotFound, "NOT_FOUND", "no such %s", what) }
 
@@ -83,7 +85,10 @@ func (a *API) putUser(r *http.Request) (int, any, error) {
 		}
 		u.ID = id
 	}
-	created, err := a.cfg.Directory.PutUserAs(u.user(), adminActor)
+	if err := a.userChangeInScope(r, u.ID, u.Department); err != nil {
+		return 0, nil, err
+	}
+	created, err := a.cfg.Directory.PutUserAs(u.user(), actor(r))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -101,7 +106,10 @@ func (a *API) addUser(r *http.Request) (int, any, error) {
 	if err := decode(r, &u); err != nil {
 		return 0, nil, err
 	}
-	created, err := a.cfg.Directory.AddUserAs(u.user(), adminActor)
+	if err := a.userChangeInScope(r, u.ID, u.Department); err != nil {
+		return 0, nil, err
+	}
+	created, err := a.cfg.Directory.AddUserAs(u.user(), actor(r))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -124,7 +132,16 @@ func (a *API) patchUser(r *http.Request) (int, any, error) {
 	if err := decode(r, &p); err != nil {
 		return 0, nil, err
 	}
-	u, err := a.cfg.Directory.UpdateUserAs(r.PathValue("id"), fanout.UserPatch{Name: p.Name, Phone: p.Phone, QuietHours: p.QuietHours, Department: p.Department}, adminActor)
+	id := r.PathValue("id")
+	if err := a.userInScope(r, id); err != nil {
+		return 0, nil, err
+	}
+	if p.Department != nil {
+		if err := a.deptInScope(r, *p.Department); err != nil {
+			return 0, nil, err
+		}
+	}
+	u, err := a.cfg.Directory.UpdateUserAs(id, fanout.UserPatch{Name: p.Name, Phone: p.Phone, QuietHours: p.QuietHours, Department: p.Department}, actor(r))
 	if errors.Is(err, fanout.ErrUnknownUser) {
 		return 0, nil, notFound("active user")
 	}
@@ -143,9 +160,12 @@ func (a *API) putUsers(r *http.Request) (int, any, error) {
 	}
 	us := make([]fanout.User, len(req.Users))
 	for i, u := range req.Users {
+		if err := a.userChangeInScope(r, u.ID, u.Department); err != nil {
+			return 0, nil, err
+		}
 		us[i] = u.user()
 	}
-	n, err := a.cfg.Directory.PutUsersAs(us, adminActor)
+	n, err := a.cfg.Directory.PutUsersAs(us, actor(r))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -153,6 +173,9 @@ func (a *API) putUsers(r *http.Request) (int, any, error) {
 }
 
 func (a *API) getUser(r *http.Request) (int, any, error) {
+	if err := a.userInScope(r, r.PathValue("id")); err != nil {
+		return 0, nil, err
+	}
 	u, ok := a.cfg.Directory.User(r.PathValue("id"))
 	if !ok {
 		return 0, nil, notFound("user")
@@ -168,6 +191,11 @@ func (a *API) listUsers(r *http.Request) (int, any, error) {
 	us, err := a.cfg.Directory.UsersByStatus(status)
 	if err != nil {
 		return 0, nil, err
+	}
+	if p := principalOf(r); p.dept != "" { // the users of its subtree only
+		us = slices.DeleteFunc(us, func(u fanout.User) bool {
+			return u.Status != fanout.StatusActive || !a.cfg.Directory.Within(u.Department, p.dept)
+		})
 	}
 	return http.StatusOK, map[string]any{"users": us}, nil
 }
@@ -192,10 +220,13 @@ func (a *API) revokeTokens(r *http.Request) (int, any, error) {
 			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "%v", err)
 		}
 	}
+	if err := a.userInScope(r, id); err != nil {
+		return 0, nil, err
+	}
 	if a.cfg.Revoker == nil {
 		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "token revocation is not configured")
 	}
-	closed, err := a.cfg.Revoker.RevokeTokens(r.Context(), id, req.Device, adminActor)
+	closed, err := a.cfg.Revoker.RevokeTokens(r.Context(), id, req.Device, actor(r))
 	if errors.Is(err, fanout.ErrUnknownUser) {
 		return 0, nil, notFound("user")
 	}
@@ -207,11 +238,11 @@ func (a *API) revokeTokens(r *http.Request) (int, any, error) {
 
 // offboard removes a user through the Offboarder, or only from the
 // directory when there is none.
-func (a *API) offboard(ctx context.Context, id string) error {
+func (a *API) offboard(ctx context.Context, id, actor string) error {
 	if a.cfg.Offboarder != nil {
-		return a.cfg.Offboarder.Offboard(ctx, id, adminActor)
+		return a.cfg.Offboarder.Offboard(ctx, id, actor)
 	}
-	_, err := a.cfg.Directory.RemoveUser(id, adminActor)
+	_, err := a.cfg.Directory.RemoveUser(id, actor)
 	return err
 }
 
@@ -230,12 +261,15 @@ type removedJSON struct {
 // whatever the failed one left (Offboarder).
 func (a *API) deleteUser(r *http.Request) (int, any, error) {
 	id := r.PathValue("id")
+	if err := a.userInScope(r, id); err != nil {
+		return 0, nil, err
+	}
 	u, ok := a.cfg.Directory.User(id)
 	if !ok {
 		return 0, nil, notFound("user")
 	}
 	already := u.Status == fanout.StatusRemoved
-	if err := a.offboard(r.Context(), id); err != nil {
+	if err := a.offboard(r.Context(), id, actor(r)); err != nil {
 		if errors.Is(err, fanout.ErrUnknownUser) {
 			return 0, nil, notFound("user")
 		}
@@ -243,6 +277,31 @@ func (a *API) deleteUser(r *http.Request) (int, any, error) {
 	}
 	u, _ = a.cfg.Directory.User(id)
 	return http.StatusOK, removedJSON{User: u, AlreadyRemoved: already}, nil
+}
+
+// userChangeInScope refuses, for a dept-admin, a user change that would
+// touch a user outside its subtree or move one out of it: the user, if
+// they exist, must be an active user of the subtree, and their new
+// department in it.
+func (a *API) userChangeInScope(r *http.Request, id, dept string) error {
+	if principalOf(r).dept == "" {
+		return nil
+	}
+	if _, exists := a.cfg.Directory.User(id); exists {
+		if err := a.userInScope(r, id); err != nil {
+			return err
+		}
+	}
+	return a.deptInScope(r, dept)
+}
+
+// groupTarget is the recipient target of GET /v1/groups/{id}'s id: "all"
+// and "dept:ID" as they are, an ad-hoc group's id as "group:ID".
+func groupTarget(id string) string {
+	if id == fanout.TargetAll || strings.HasPrefix(id, fanout.TargetDept) {
+		return id
+	}
+	return fanout.TargetGroup + id
 }
 
 // departmentJSON is a department with its own users and sub-departments.
@@ -280,7 +339,7 @@ func (a *API) putDepartment(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	id := r.PathValue("id")
-	created, err := a.cfg.Directory.PutDepartment(fanout.Department{ID: id, Name: req.Name, Parent: req.Parent}, adminActor)
+	created, err := a.cfg.Directory.PutDepartment(fanout.Department{ID: id, Name: req.Name, Parent: req.Parent}, actor(r))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -295,6 +354,9 @@ func (a *API) putDepartment(r *http.Request) (int, any, error) {
 }
 
 func (a *API) getDepartment(r *http.Request) (int, any, error) {
+	if err := a.deptInScope(r, r.PathValue("id")); err != nil {
+		return 0, nil, err
+	}
 	out, err := a.department(r.PathValue("id"))
 	if err != nil {
 		return 0, nil, err
@@ -303,7 +365,11 @@ func (a *API) getDepartment(r *http.Request) (int, any, error) {
 }
 
 func (a *API) listDepartments(r *http.Request) (int, any, error) {
-	return http.StatusOK, map[string]any{"departments": a.cfg.Directory.Departments()}, nil
+	ds := a.cfg.Directory.Departments()
+	if p := principalOf(r); p.dept != "" { // its subtree only
+		ds = slices.DeleteFunc(ds, func(d fanout.Department) bool { return !a.cfg.Directory.Within(d.ID, p.dept) })
+	}
+	return http.StatusOK, map[string]any{"departments": ds}, nil
 }
 
 func (a *API) deleteDepartment(r *http.Request) (int, any, error) {
@@ -312,7 +378,7 @@ func (a *API) deleteDepartment(r *http.Request) (int, any, error) {
 	if !ok {
 		return 0, nil, notFound("department")
 	}
-	if err := a.cfg.Directory.RemoveDepartment(id, adminActor); err != nil {
+	if err := a.cfg.Directory.RemoveDepartment(id, actor(r)); err != nil {
 		if errors.Is(err, fanout.ErrUnknownDepartment) {
 			return 0, nil, notFound("department")
 		}
@@ -336,7 +402,7 @@ func (a *API) putGroup(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	id := r.PathValue("id")
-	created, err := a.cfg.Directory.PutGroup(fanout.Group{ID: id, Name: req.Name, Members: req.Members}, adminActor)
+	created, err := a.cfg.Directory.PutGroup(fanout.Group{ID: id, Name: req.Name, Members: req.Members}, actor(r))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -355,7 +421,7 @@ func (a *API) groupMembers(r *http.Request) (int, any, error) {
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
-	g, err := a.cfg.Directory.UpdateMembers(r.PathValue("id"), req.Add, req.Remove, adminActor)
+	g, err := a.cfg.Directory.UpdateMembers(r.PathValue("id"), req.Add, req.Remove, actor(r))
 	if errors.Is(err, fanout.ErrUnknownGroup) {
 		return 0, nil, notFound("group")
 	}
@@ -368,6 +434,9 @@ func (a *API) groupMembers(r *http.Request) (int, any, error) {
 func (a *API) getGroup(r *http.Request) (int, any, error) {
 	id := r.PathValue("id")
 	d := a.cfg.Directory
+	if err := a.targetsInScope(r, []string{groupTarget(id)}); err != nil {
+		return 0, nil, err
+	}
 	if g, ok := d.Group(id); ok {
 		return http.StatusOK, groupJSON{Group: g}, nil
 	}
@@ -389,10 +458,11 @@ func (a *API) getGroup(r *http.Request) (int, any, error) {
 }
 
 func (a *API) listGroups(r *http.Request) (int, any, error) {
-	gs := a.cfg.Directory.Groups()
-	out := make([]groupJSON, len(gs))
-	for i, g := range gs {
-		out[i] = groupJSON{Group: g}
+	out := []groupJSON{}
+	for _, g := range a.cfg.Directory.Groups() {
+		if a.targetsInScope(r, []string{fanout.TargetGroup + g.ID}) == nil { // a dept-admin: those of its subtree's users only
+			out = append(out, groupJSON{Group: g})
+		}
 	}
 	return http.StatusOK, map[string]any{"groups": out}, nil
 }
@@ -403,7 +473,7 @@ func (a *API) deleteGroup(r *http.Request) (int, any, error) {
 	if !ok {
 		return 0, nil, notFound("group")
 	}
-	if err := a.cfg.Directory.RemoveGroup(id, adminActor); err != nil {
+	if err := a.cfg.Directory.RemoveGroup(id, actor(r)); err != nil {
 		if errors.Is(err, fanout.ErrUnknownGroup) {
 			return 0, nil, notFound("group")
 		}
@@ -472,7 +542,7 @@ func (a *API) importDirectory(r *http.Request) (int, any, error) {
 		// A file that lost most of its rows (an empty export, the wrong
 		// file) must not offboard the company: more than a tenth of the
 		// active users, or more than maxQuietRemovals, needs force=1.
-		preview, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: true, DryRun: true}, adminActor)
+		preview, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: true, DryRun: true}, actor(r))
 		if err != nil {
 			return 0, nil, err
 		}
@@ -484,14 +554,14 @@ func (a *API) importDirectory(r *http.Request) (int, any, error) {
 				n, active, maxQuietRemovals)
 		}
 	}
-	df, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: removeMissing, DryRun: dryRun}, adminActor)
+	df, err := a.cfg.Directory.Import(org, fanout.ImportOptions{RemoveMissing: removeMissing, DryRun: dryRun}, actor(r))
 	if err != nil {
 		return 0, nil, err
 	}
 	res := importResult{Diff: df, Offboarded: []string{}}
 	if removeMissing && !dryRun {
 		for _, id := range df.Missing {
-			if err := a.offboard(r.Context(), id); err != nil {
+			if err := a.offboard(r.Context(), id, actor(r)); err != nil {
 				a.cfg.Logger.Error("offboarding after import failed", "user", id, "err", err)
 				return 0, nil, errf(http.StatusInternalServerError, "OFFBOARD_FAILED",
 					"the import was applied, but offboarding %s failed after %d of %d missing users; run the import again",

@@ -1,11 +1,18 @@
 // Package httpapi is Ding's admin HTTP API: JSON over net/http for admins
 // and back-office systems, plus /healthz, /readyz and /metrics.
 //
-// Every /v1 route needs "Authorization: Bearer <admin token>". Errors are
-// JSON with a stable code, also for a path no route takes (404 NOT_FOUND)
-// or a method it does not (405 METHOD_NOT_ALLOWED, with Allow):
+// Every /v1 route needs "Authorization: Bearer <admin token>", the token
+// of a named admin (admins.go), and the one permission it was registered
+// with among its admin's role's (access.go; the table is in SECURITY.md):
+// 401 UNAUTHENTICATED without a valid token (revoked, expired), 403
+// FORBIDDEN with the "permission" lacking, 403 OUT_OF_SCOPE for a
+// department admin's target outside its department's subtree. /metrics
+// is public unless Config.MetricsAuth. Errors are JSON with a stable
+// code, also for a path no route takes (404 NOT_FOUND) or a method it
+// does not (405 METHOD_NOT_ALLOWED, with Allow):
 //
 //	{"error": {"code": "UNKNOWN_RECIPIENT", "detail": "unknown recipient: \"zed\""}}
+//	{"error": {"code": "FORBIDDEN", "detail": "admin \"crm\" (role sender) lacks the permission \"audit\" that GET /v1/audit needs", "permission": "audit"}}
 //	{"error": {"code": "UNAVAILABLE", "detail": "...", "retry": true}}
 //	{"error": {"code": "NOT_FOUND", "detail": "no route GET /v1/nosuch"}}
 //
@@ -87,7 +94,7 @@
 //	GET  /v1/policies               -> {"policies":{"name":"spec"},"builtin_default":"spec"}
 //
 // The directory (see directory.go). Every change is in the audit log, with
-// actor "admin". Targets "all", "dept:ID" and "group:ID" may be used as
+// the admin's name as actor. Targets "all", "dept:ID" and "group:ID" may be used as
 // recipients of messages and DINGs.
 //
 //	PUT  /v1/departments/{id}       {"name","parent"}  create, rename or move (409 DEPARTMENT_CYCLE)
@@ -168,6 +175,10 @@ type Config struct {
 	// MaxImportBytes limits the body of POST /v1/directory/import; zero
 	// means 32 MiB.
 	MaxImportBytes int64
+	// MetricsAuth puts GET /metrics behind an admin token with the
+	// "metrics" permission (roles owner, admin, operator); false (the
+	// default) serves it to anyone who reaches the port.
+	MetricsAuth bool
 }
 
 // API is the http.Handler.
@@ -175,6 +186,7 @@ type API struct {
 	cfg      Config
 	mux      *http.ServeMux
 	requests *prometheus.CounterVec
+	routes   []Route // every authenticated route; written by New only
 }
 
 // New builds the handler.
@@ -199,41 +211,50 @@ func New(cfg Config) (*API, error) {
 	}
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	a.mux.HandleFunc("GET /readyz", a.readyz)
-	a.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
-	a.admin("POST /v1/users", a.addUser)
-	a.admin("PATCH /v1/users/{id}", a.patchUser)
-	a.admin("POST /v1/users/batch", a.putUsers)
-	a.admin("PUT /v1/users/{id}", a.putUser)
-	a.admin("GET /v1/users/{id}", a.getUser)
-	a.admin("GET /v1/users/{id}/devices", a.userDevices)
-	a.admin("GET /v1/users", a.listUsers)
-	a.admin("DELETE /v1/users/{id}", a.deleteUser)
-	a.admin("POST /v1/users/{id}/revoke-tokens", a.revokeTokens)
-	a.admin("PUT /v1/departments/{id}", a.putDepartment)
-	a.admin("GET /v1/departments", a.listDepartments)
-	a.admin("GET /v1/departments/{id}", a.getDepartment)
-	a.admin("DELETE /v1/departments/{id}", a.deleteDepartment)
-	a.admin("PUT /v1/groups/{id}", a.putGroup)
-	a.admin("POST /v1/groups/{id}/members", a.groupMembers)
-	a.admin("GET /v1/groups", a.listGroups)
-	a.admin("GET /v1/groups/{id}", a.getGroup)
-	a.admin("DELETE /v1/groups/{id}", a.deleteGroup)
-	a.adminLimit("POST /v1/directory/import", a.importBodyLimit(), a.importDirectory)
-	a.admin("GET /v1/audit", a.audit)
-	a.admin("POST /v1/tokens", a.mintToken)
-	a.admin("POST /v1/messages", a.sendMessage)
-	a.admin("GET /v1/messages/{id}/receipts", a.receipts)
-	a.admin("POST /v1/backup", a.backup)
-	a.admin("POST /v1/backup/verify", a.verifyBackup)
-	a.admin("POST /v1/retention/sweep", a.sweep)
+	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
+	if cfg.MetricsAuth {
+		a.adminRaw("GET /metrics", PermMetrics, func(w http.ResponseWriter, r *http.Request) error {
+			metrics.ServeHTTP(w, r)
+			return nil
+		})
+	} else {
+		a.mux.Handle("GET /metrics", metrics)
+	}
+	a.adminRoutes()
+	a.admin("POST /v1/users", PermUsersWrite, a.addUser)
+	a.admin("PATCH /v1/users/{id}", PermUsersWrite, a.patchUser)
+	a.admin("POST /v1/users/batch", PermUsersWrite, a.putUsers)
+	a.admin("PUT /v1/users/{id}", PermUsersWrite, a.putUser)
+	a.admin("GET /v1/users/{id}", PermUsersRead, a.getUser)
+	a.admin("GET /v1/users/{id}/devices", PermUsersRead, a.userDevices)
+	a.admin("GET /v1/users", PermUsersRead, a.listUsers)
+	a.admin("DELETE /v1/users/{id}", PermUsersWrite, a.deleteUser)
+	a.admin("POST /v1/users/{id}/revoke-tokens", PermUsersWrite, a.revokeTokens)
+	a.admin("PUT /v1/departments/{id}", PermOrgWrite, a.putDepartment)
+	a.admin("GET /v1/departments", PermOrgRead, a.listDepartments)
+	a.admin("GET /v1/departments/{id}", PermOrgRead, a.getDepartment)
+	a.admin("DELETE /v1/departments/{id}", PermOrgWrite, a.deleteDepartment)
+	a.admin("PUT /v1/groups/{id}", PermOrgWrite, a.putGroup)
+	a.admin("POST /v1/groups/{id}/members", PermOrgWrite, a.groupMembers)
+	a.admin("GET /v1/groups", PermOrgRead, a.listGroups)
+	a.admin("GET /v1/groups/{id}", PermOrgRead, a.getGroup)
+	a.admin("DELETE /v1/groups/{id}", PermOrgWrite, a.deleteGroup)
+	a.adminLimit("POST /v1/directory/import", PermOrgWrite, a.importBodyLimit(), a.importDirectory)
+	a.admin("GET /v1/audit", PermAudit, a.audit)
+	a.admin("POST /v1/tokens", PermTokens, a.mintToken)
+	a.admin("POST /v1/messages", PermSend, a.sendMessage)
+	a.admin("GET /v1/messages/{id}/receipts", PermStatus, a.receipts)
+	a.admin("POST /v1/backup", PermBackup, a.backup)
+	a.admin("POST /v1/backup/verify", PermBackup, a.verifyBackup)
+	a.admin("POST /v1/retention/sweep", PermRetention, a.sweep)
 	a.secretRoutes()
 	a.announceRoutes()
-	a.admin("POST /v1/dings", a.postDing)
-	a.admin("GET /v1/dings", a.listDings)
-	a.admin("GET /v1/dings/{id}", a.getDing)
-	a.admin("POST /v1/dings/{id}/cancel", a.cancelDing)
-	a.admin("PUT /v1/policies/{name}", a.putPolicy)
-	a.admin("GET /v1/policies", a.listPolicies)
+	a.admin("POST /v1/dings", PermSend, a.postDing)
+	a.admin("GET /v1/dings", PermStatus, a.listDings)
+	a.admin("GET /v1/dings/{id}", PermStatus, a.getDing)
+	a.admin("POST /v1/dings/{id}/cancel", PermSend, a.cancelDing)
+	a.admin("PUT /v1/policies/{name}", PermPolicies, a.putPolicy)
+	a.admin("GET /v1/policies", PermStatus, a.listPolicies)
 	if cfg.Webhooks != nil {
 		a.mux.Handle("/twilio/", cfg.Webhooks)
 	}
@@ -304,6 +325,7 @@ type apiError struct {
 	code       string
 	detail     string
 	reason     string        // optional machine-readable reason (quota refusals)
+	permission string        // FORBIDDEN: the permission the admin lacks
 	retryAfter time.Duration // optional; sets Retry-After
 	retry      bool          // the same request may be sent again
 }
@@ -321,24 +343,21 @@ type statusWriter struct {
 
 func (s *statusWriter) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
 
-// admin registers an admin-only JSON route whose request body may be
-// about twice the largest message body.
-func (a *API) admin(pattern string, h func(r *http.Request) (int, any, error)) {
-	a.adminLimit(pattern, int64(2*a.cfg.Engine.MaxBody()+16<<10), h)
+// admin registers an admin-only JSON route, which needs perm, whose
+// request body may be about twice the largest message body.
+func (a *API) admin(pattern string, perm Permission, h func(r *http.Request) (int, any, error)) {
+	a.adminLimit(pattern, perm, int64(2*a.cfg.Engine.MaxBody()+16<<10), h)
 }
 
 // adminLimit is admin with a request body limit of limit bytes.
-func (a *API) adminLimit(pattern string, limit int64, h func(r *http.Request) (int, any, error)) {
+func (a *API) adminLimit(pattern string, perm Permission, limit int64, h func(r *http.Request) (int, any, error)) {
+	a.routes = append(a.routes, Route{Pattern: pattern, Permission: perm})
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, status: 200}
 		defer func() { a.requests.WithLabelValues(pattern, fmt.Sprint(sw.status)).Inc() }()
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			writeErr(sw, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token"))
-			return
-		}
-		if _, err := a.cfg.Keys.Verify(tok, auth.KindAdmin); err != nil {
-			writeErr(sw, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "admin token invalid or expired"))
+		r, ae := a.guard(r, pattern, perm)
+		if ae != nil {
+			writeErr(sw, ae)
 			return
 		}
 		r.Body = http.MaxBytesReader(sw, r.Body, limit)
@@ -353,11 +372,31 @@ func (a *API) adminLimit(pattern string, limit int64, h func(r *http.Request) (i
 	})
 }
 
+// adminRaw is admin for handlers that write their own response (CSV).
+func (a *API) adminRaw(pattern string, perm Permission, h func(w http.ResponseWriter, r *http.Request) error) {
+	a.routes = append(a.routes, Route{Pattern: pattern, Permission: perm})
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		defer func() { a.requests.WithLabelValues(pattern, fmt.Sprint(sw.status)).Inc() }()
+		r, ae := a.guard(r, pattern, perm)
+		if ae != nil {
+			writeErr(sw, ae)
+			return
+		}
+		if err := h(sw, r); err != nil {
+			writeErr(sw, a.answer(pattern, err))
+		}
+	})
+}
+
 func writeErr(w http.ResponseWriter, e *apiError) {
 	w.Header().Set("Content-Type", "application/json")
 	body := map[string]any{"code": e.code, "detail": e.detail}
 	if e.reason != "" {
 		body["reason"] = e.reason
+	}
+	if e.permission != "" {
+		body["permission"] = e.permission
 	}
 	if e.retry {
 		body["retry"] = true
@@ -456,6 +495,12 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 	if !a.cfg.Directory.Active(req.From) {
 		return 0, nil, errf(http.StatusUnprocessableEntity, "UNKNOWN_SENDER", "no such active user %q", req.From)
 	}
+	if err := a.senderInScope(r, req.From); err != nil {
+		return 0, nil, err
+	}
+	if err := a.targetsInScope(r, req.To); err != nil {
+		return 0, nil, err
+	}
 	var chat, fwd, quote engine.ID
 	for _, f := range []struct {
 		name, v string
@@ -472,6 +517,17 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 	}
 	if req.Chat != "" && len(req.To) > 0 {
 		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "a message in a secret chat names no recipients: give chat or to, not both")
+	}
+	if req.Chat != "" && principalOf(r).dept != "" {
+		// The other participant must be of the subtree too; a chat
+		// that does not exist is the engine's to answer.
+		if ch, err := a.cfg.Engine.Chat(chat); err == nil {
+			for _, m := range ch.Members {
+				if err := a.userInScope(r, m.User); err != nil {
+					return 0, nil, err
+				}
+			}
+		}
 	}
 	kind, body := engine.KindText, []byte(req.Text)
 	switch req.Kind {
@@ -508,6 +564,9 @@ func (a *API) receipts(r *http.Request) (int, any, error) {
 	}
 	m, err := a.cfg.Engine.Message(id)
 	if err != nil {
+		return 0, nil, err
+	}
+	if err := a.senderInScope(r, m.From); err != nil {
 		return 0, nil, err
 	}
 	rs, err := a.cfg.Engine.Receipts(id)

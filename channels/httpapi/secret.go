@@ -26,9 +26,9 @@ import (
 // httpapi.go); burn_after_s is whole seconds, 0 meaning the server's
 // default (dingd's burn-after), and only a level-3 chat may choose it.
 func (a *API) secretRoutes() {
-	a.admin("POST /v1/secret-chats", a.createChat)
-	a.admin("GET /v1/secret-chats/{id}", a.getChat)
-	a.admin("GET /v1/users/{id}/secret-chats", a.userChats)
+	a.admin("POST /v1/secret-chats", PermSecrets, a.createChat)
+	a.admin("GET /v1/secret-chats/{id}", PermSecrets, a.getChat)
+	a.admin("GET /v1/users/{id}/secret-chats", PermSecrets, a.userChats)
 }
 
 // chatJSON is a secret chat's metadata as admins see it.

@@ -126,7 +126,7 @@ func TestDirectoryCommands(t *testing.T) {
 		t.Fatalf("audit: %d entries %v", len(es), es)
 	}
 	last := es[len(es)-1].(map[string]any)
-	if last["action"] != "user.remove" || last["target"] != "di" || last["actor"] != "admin" {
+	if last["action"] != "user.remove" || last["target"] != "di" || last["actor"] != "owner" { // the first-start token's admin
 		t.Fatalf("last audit entry %v", last)
 	}
 	if page := jsonOut(t, n, "audit", "--after", "3", "--limit", "2"); len(page["entries"].([]any)) != 2 || page["next"] != 5.0 {

@@ -49,6 +49,12 @@ var commands = []command{
 	{"cluster drain", "", "cluster mode: the member --server names gives up its role for maintenance, takes none again", "dingctl --server http://10.0.0.3:7080 cluster drain"},
 	{"cluster forget", "ID", "cluster mode: the member --server names stops waiting for ID, a member removed for good (drained and stopped, or dead), when it recovers a partition whose Redis state was lost (run it on every member)",
 		"dingctl --server http://10.0.0.2:7080 cluster forget c"},
+	{"admin add", "NAME --role ROLE [--dept DEPT] [--expires 90d]",
+		"add a named admin with a role (" + adminRoles + "; dept-admin with --dept) and print its token, shown this once",
+		"dingctl admin add hr-sync --role directory --expires 90d"},
+	{"admin list", "", "list the admins as JSON: name, role, department, status, expiry (never a token)", "dingctl admin list"},
+	{"admin revoke", "NAME", "revoke an admin's token at once (not the last owner's: add another owner first)", "dingctl admin revoke hr-sync"},
+	{"admin whoami", "", "the admin the token is, its role and permissions, as JSON", `dingctl --token "$HR_TOKEN" admin whoami`},
 	{"token", "--user ID --device DEV [--ttl D]", "print a client token for the socket", "dingctl token --user ana --device laptop --ttl 720h"},
 	{"token revoke", "--user ID [--device DEV]", "revoke the user's client tokens issued until now (or one device's), for good",
 		"dingctl token revoke --user bo --device phone"},
@@ -100,7 +106,8 @@ const globalHelp = `global flags (before or after the command):
 
 The admin token comes from --token, else --data DIR's admin.token, else
 DING_TOKEN, else ./ding-data/admin.token (dingd's default data dir): a flag
-beats the environment.
+beats the environment. DATA/admin.token is the first owner's; other admins
+have tokens of their own, with a role (dingctl admin --help).
 
 Output: JSON for anything with structure, a bare id or line for what a
 script captures (send, ding, announce, secret create); times are RFC 3339.
@@ -148,9 +155,13 @@ func groupHelp(out io.Writer, group string) bool {
 	if b.Len() == 0 {
 		return false
 	}
-	fmt.Fprintf(out, "commands of dingctl %s (each has --help):\n%s\n%s", group, b.String(), globalHelp)
+	fmt.Fprintf(out, "commands of dingctl %s (each has --help):\n%s\n%s%s", group, b.String(), groupNotes[group], globalHelp)
 	return true
 }
+
+// groupNotes follow a group's commands in its help, before the global
+// flags.
+var groupNotes = map[string]string{"admin": adminNotes + "\n"}
 
 // suggest names the command closest to a mistyped one, if one is close
 // (at most two edits): "did you mean send?".

@@ -11,9 +11,11 @@
 //	dingctl --data ./ding-data user remove bo
 //	dingctl --data ./ding-data secret create --from ana --to bo --level 2
 //	dingctl --data ./ding-data send --chat 01J... --from ana "for your eyes only"
+//	dingctl --data ./ding-data admin add hr-sync --role directory --expires 90d
 //
 // The admin token comes from --token, else DING_TOKEN, else DIR/admin.token
-// for --data DIR (default ./ding-data). --server (DING_SERVER, default
+// for --data DIR (default ./ding-data): the first owner's, which adds the
+// other admins (admin add, each with a role and a token of its own). --server (DING_SERVER, default
 // http://127.0.0.1:7080) is the admin API; --socket (DING_SOCKET, default
 // 127.0.0.1:7070) the client socket. Global flags may also follow the
 // subcommand. Errors: one line on stderr and a non-zero exit.
@@ -249,6 +251,8 @@ func dispatch(args []string, out io.Writer) error {
 		return audit(g, rest, out)
 	case "cluster":
 		return clusterCmd(g, rest, out)
+	case "admin":
+		return admin(g, rest, out)
 	}
 	return exitError{2, "unknown command " + cmd + suggest(cmd) + " (see dingctl --help)"}
 }

@@ -26,6 +26,9 @@ type config struct {
 	DrainTimeout       time.Duration
 	DrainDelay         time.Duration
 	PProf              string
+	// MetricsAuth puts /metrics behind an admin token with the metrics
+	// permission.
+	MetricsAuth bool
 	// Twilio holds AccountSID, AuthToken, From, PublicURL and APIURL; the
 	// rest is left to node.Start.
 	Twilio         twilio.Config
@@ -192,8 +195,11 @@ var settings = []setting{
 	{name: "retention-interval", env: "DING_RETENTION_INTERVAL", def: "10m",
 		help:  "time between retention sweeps (dingctl retention sweep runs one now); 0: no sweeps",
 		field: func(c *config) any { return &c.Retention.Interval }},
+	{name: "metrics-auth", env: "DING_METRICS_AUTH", def: "false",
+		help:  "serve /metrics only to an admin token with the metrics permission (roles owner, admin, operator: dingctl admin add prometheus --role operator); default: to anyone who reaches the HTTP port",
+		field: func(c *config) any { return &c.MetricsAuth }},
 	{name: "pprof", env: "DING_PPROF", def: "",
-		help:  "serve net/http/pprof on this address, e.g. 127.0.0.1:6060; empty: off",
+		help:  "serve net/http/pprof on this address, e.g. 127.0.0.1:6060, never on the HTTP port and without authentication: keep it on loopback; empty: off",
 		field: func(c *config) any { return &c.PProf }},
 	{name: "twilio-account-sid", env: "TWILIO_ACCOUNT_SID", def: "",
 		help:  "Twilio account SID; empty: SMS and voice steps are not configured",

@@ -10,7 +10,10 @@
 //	DATA/secret.keys    the keys of secret messages of levels 1 and 2
 //	                    (engine/keyring); outside the store, so that a
 //	                    backup holds no key and erasing one is immediate
-//	DATA/admin.token    the admin token (mode 0600)
+//	DATA/admin.token    the first owner's admin token (mode 0600): admin
+//	                    "owner", who adds the other admins
+//	                    (POST /v1/admins); revoked like any other once
+//	                    another owner exists
 //	DATA/jwt.secret     the token signing secret (channels/auth)
 //	DATA/dingd.lock     locked (flock) while a server runs; names its PID
 //
@@ -97,6 +100,9 @@ type Config struct {
 	RestoreFrom string
 	// MaxBody is the largest message body; zero means 64 KiB.
 	MaxBody int
+	// MetricsAuth puts /metrics behind an admin token with the "metrics"
+	// permission (httpapi.Config.MetricsAuth); false serves it to all.
+	MetricsAuth bool
 	// Socket tunes the gateway; its Engine, Hub, Keys, Directory, Logger
 	// and Registerer are filled in by Start.
 	Socket socket.Config
@@ -185,6 +191,7 @@ type Node struct {
 	dir        *fanout.Directory
 	sock       *socket.Server
 	sockLn     net.Listener
+	api        *httpapi.API
 	httpSrv    *http.Server
 	httpLn     net.Listener
 	lock       *os.File // holds the data directory's lock; nil if the caller holds it
@@ -391,11 +398,12 @@ func Start(cfg Config) (_ *Node, err error) {
 		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, BackupRoot: backupRoot, Gatherer: reg,
 		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) },
 		Ready:        n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
-		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub,
+		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
 	})
 	if err != nil {
 		return nil, err
 	}
+	n.api = api
 	handler := http.Handler(api)
 	if len(cfg.Routes) > 0 {
 		mux := http.NewServeMux()
@@ -450,7 +458,7 @@ func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (stri
 	if !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("node: read admin token: %w", err)
 	}
-	tok, err := keys.MintAdmin(0)
+	tok, err := keys.MintAdminFor(fanout.FirstOwner, 0, time.Time{}) // the first owner's, for good (fanout.FirstOwner)
 	if err != nil {
 		return "", err
 	}
@@ -525,7 +533,7 @@ func (n *Node) HTTPAddr() string { return n.httpLn.Addr().String() }
 // DataDir is the node's data directory.
 func (n *Node) DataDir() string { return n.cfg.DataDir }
 
-// AdminToken returns the admin token.
+// AdminToken returns the first owner's admin token (DATA/admin.token).
 func (n *Node) AdminToken() string { return n.adminToken }
 
 // Engine, Hub, Directory and Socket expose the parts, for tests and tools.
@@ -533,6 +541,7 @@ func (n *Node) Engine() *engine.Engine       { return n.eng }
 func (n *Node) Hub() *fanout.Hub             { return n.hub }
 func (n *Node) Directory() *fanout.Directory { return n.dir }
 func (n *Node) Socket() *socket.Server       { return n.sock }
+func (n *Node) API() *httpapi.API            { return n.api }
 
 // Shutdown drains and stops: /readyz turns false, clients are told
 // SHUTTING_DOWN and disconnected, the HTTP server finishes its requests,
