@@ -182,7 +182,7 @@ type Node struct {
 	log        *slog.Logger
 	db         *pebblestore.DB
 	secretKeys *keyring.Ring // secret messages' keys; closed after the engine
-	unready    func() string // why /readyz refuses although the node runs (the disk guard); nil: never
+	unready    func() string // why /readyz refuses although the node runs (a failed store write, the disk guard)
 	guard      *diskGuard    // nil: no disk guard
 	certs      *certReloader // nil: no TLS
 	tlsSockLn  net.Listener  // the TLS socket listener; nil: none
@@ -365,7 +365,18 @@ func Start(cfg Config) (_ *Node, err error) {
 	closers = append(closers, func() { n.eng.Close() })
 	if guard != nil {
 		guard.attach(n.eng.SetReadOnly, n.db.Flush)
-		n.unready, n.guard = guard.Why, guard
+		n.guard = guard
+	}
+	n.unready = func() string {
+		if err := n.eng.Err(); err != nil && !errors.Is(err, engine.ErrClosed) {
+			// The store failed a write: the engine refuses every write
+			// until a restart (which finds everything acknowledged).
+			return "the store failed a write; writes are refused until dingd restarts: " + err.Error()
+		}
+		if guard != nil {
+			return guard.Why()
+		}
+		return ""
 	}
 	n.dir.SetCommitter(n.eng)
 	own := fanout.SingleNode{} // one node owns every partition
