@@ -512,7 +512,7 @@ func (r *crashRun) cfg() engine.Config {
 	return engine.Config{
 		Store: st, Clock: r.clock, Recipients: r.dir, Contacts: r.dir, Keys: r.keys,
 		Notifier: r.sends, FanoutChunk: 2, DispatchWorkers: 1, Logger: r.log,
-		Retention: engine.Retention{MaxAge: engine.MinRetentionAge, Interval: -1}, // swept by the workload alone
+		Retention: engine.Retention{MaxAge: time.Hour, Interval: -1}, // swept by the workload alone
 	}
 }
 

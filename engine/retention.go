@@ -70,11 +70,12 @@ type Retention struct {
 	Interval time.Duration
 }
 
-// Bounds of Retention, so that a typo cannot delete what clients are
-// still being sent (a fan-out in progress, a device's first catch-up).
+// Bounds of Retention, against a typo (a fan-out in progress is kept
+// whatever the age; see messageUnsettled).
 const (
-	MinRetentionAge     = time.Hour
+	MinRetentionAge     = time.Minute
 	MinRetentionEntries = 100
+	MinDedupeWindow     = time.Minute
 )
 
 const (
@@ -109,8 +110,8 @@ func (r *Retention) validate() error {
 		return fmt.Errorf("engine: config: retention age %v is below %v", r.MaxAge, MinRetentionAge)
 	case r.MaxEntries > 0 && r.MaxEntries < MinRetentionEntries:
 		return fmt.Errorf("engine: config: retention of %d entries per stream is below %d", r.MaxEntries, MinRetentionEntries)
-	case r.DedupeWindow > 0 && r.DedupeWindow < time.Hour:
-		return fmt.Errorf("engine: config: dedupe window %v is below 1h", r.DedupeWindow)
+	case r.DedupeWindow > 0 && r.DedupeWindow < MinDedupeWindow:
+		return fmt.Errorf("engine: config: dedupe window %v is below %v", r.DedupeWindow, MinDedupeWindow)
 	case r.StatsAge > 0 && r.StatsAge < 48*time.Hour:
 		return fmt.Errorf("engine: config: statistics age %v is below 48h", r.StatsAge)
 	}

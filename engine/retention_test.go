@@ -210,7 +210,7 @@ func TestRetentionDedupeWindow(t *testing.T) {
 }
 
 func TestRetentionRefusesUnsafeSettings(t *testing.T) {
-	for _, ret := range []engine.Retention{{MaxAge: time.Minute}, {MaxEntries: 5}, {MaxAge: -time.Hour}, {DedupeWindow: time.Second}} {
+	for _, ret := range []engine.Retention{{MaxAge: 30 * time.Second}, {MaxEntries: 5}, {MaxAge: -time.Hour}, {DedupeWindow: time.Second}} {
 		if _, err := engine.Open(engine.Config{Store: stores(t)["mem"](t), Retention: ret}); err == nil {
 			t.Fatalf("Open accepted retention %+v", ret)
 		}

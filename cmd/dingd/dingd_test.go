@@ -223,6 +223,7 @@ func (p *proc) token(t *testing.T, user, device string) string {
 type senders struct {
 	mu     sync.Mutex
 	acked  map[string]bool // guarded by mu
+	lats   []ackLatency    // every acknowledged send's submit→ack time; guarded by mu
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
 }
@@ -244,17 +245,25 @@ func startSenders(t *testing.T, p *proc, n int) *senders {
 			defer c.Close()
 			for i := 0; ctx.Err() == nil; i++ {
 				sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				sent := time.Now()
 				res, err := c.Send(sctx, []string{"bo"}, []byte(fmt.Sprintf("w%d-%d", w, i)))
 				scancel()
 				if err == nil {
 					s.mu.Lock()
 					s.acked[res.ID] = true
+					s.lats = append(s.lats, ackLatency{sent, time.Since(sent)})
 					s.mu.Unlock()
 				}
 			}
 		}()
 	}
 	return s
+}
+
+// ackLatency is one acknowledged send: when, and how long to its ack.
+type ackLatency struct {
+	at  time.Time
+	lat time.Duration
 }
 
 func (s *senders) count() int {

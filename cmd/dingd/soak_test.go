@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,16 +34,23 @@ import (
 var (
 	soakFor  = flag.Duration("soak.duration", 10*time.Minute, "how long the soak runs")
 	soakKill = flag.Duration("soak.kill-every", time.Minute, "SIGKILL dingd this often (then restart it)")
+	soakKeep = flag.Duration("soak.retention", 3*time.Minute, "dingd --retention-max-age and --dedupe-window (swept every 30s); 0: retention off, and every acknowledged message must be in bo's stream at the end")
 )
 
 // The soak: one dingd under mixed traffic for soak.duration — 1:1 sends
 // from 8 devices, group sends, DINGs escalating to SMS through the real
 // twilio-go client to a fake Twilio, announcements to all, secret chats,
 // clients reconnecting — with SIGKILL every soak.kill-every and a restart.
-// At the end: every message acknowledged to a client is in its
-// recipient's stream, the store passes dingd check, and the process's RSS,
+// With retention on (soak.retention, 3 minutes by default), a live
+// device of bo, reconnecting by itself, is the checker: every message
+// acknowledged to a sender must reach it (it is never away for longer than
+// the retention); without, every one must be in bo's stream at the end.
+// Either way the store passes dingd check, and the process's RSS,
 // goroutines and open files over the last incarnation are reported with
-// their slope (and must not have doubled).
+// their slope (and must not have doubled); the store's disk use over the
+// whole run (it must not grow in the second half by more than half, with
+// retention on) and the submit→ack p50/p99 per sixth of the run are
+// reported too.
 func TestSoak(t *testing.T) {
 	const sid, tok = "AC00000000000000000000000000000009", "secret0token0for0tests"
 	fake := twiliotest.NewServer(sid, tok)
@@ -52,6 +60,9 @@ func TestSoak(t *testing.T) {
 	p.env = []string{"TWILIO_AUTH_TOKEN=" + tok}
 	args := p.args("--twilio-account-sid", sid, "--twilio-from", "+15005550006", "--public-url", "http://{http}",
 		"--twilio-api-url", fake.URL(), "--burn-after", "5s")
+	if *soakKeep > 0 {
+		args = append(args, "--retention-max-age", soakKeep.String(), "--dedupe-window", soakKeep.String(), "--retention-interval", "30s")
+	}
 	p.start(t, args...)
 	users := []string{"ana", "bo", "cy", "dee", "eli"}
 	for _, u := range users {
@@ -63,6 +74,27 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("group: %d", code)
 	}
 
+	// bo's receiver: a device that stays (reconnecting by itself across
+	// the kills) and records every message it is handed.
+	var rxMu sync.Mutex
+	received := map[string]bool{}
+	rx, err := client.Dial(context.Background(), client.Config{Addr: p.sock, Token: p.token(t, "bo", "rx"), Device: "rx", MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	rxDone := make(chan struct{})
+	go func() {
+		defer close(rxDone)
+		for e := range rx.Entries() {
+			if e.Message != nil {
+				rxMu.Lock()
+				received[e.Message.ID] = true
+				rxMu.Unlock()
+			}
+			rx.Ack(e.Seq)
+		}
+	}()
 	s := startSenders(t, p, 8)   // ana → bo, each message until acknowledged; they reconnect by themselves
 	var cur atomic.Pointer[proc] // the incarnation serving now
 	cur.Store(p)
@@ -150,6 +182,7 @@ func TestSoak(t *testing.T) {
 	}()
 
 	var samples []sample // of the current incarnation
+	var all []sample     // of the whole run: the store's disk use
 	scrape := func() (sample, bool) {
 		resp, err := http.Get("http://" + p.http + "/metrics")
 		if err != nil {
@@ -162,7 +195,7 @@ func TestSoak(t *testing.T) {
 		}
 		m := string(b)
 		return sample{at: time.Now(), rss: metric(m, "process_resident_memory_bytes"), gor: metric(m, "go_goroutines"),
-			fds: metric(m, "process_open_fds")}, true
+			fds: metric(m, "process_open_fds"), disk: metric(m, "ding_store_used_bytes")}, true
 	}
 	start := time.Now()
 	kills := 0
@@ -184,12 +217,76 @@ func TestSoak(t *testing.T) {
 		}
 		if sm, ok := scrape(); ok {
 			samples = append(samples, sm)
+			all = append(all, sm)
 		}
 	}
 	stop()
 	wg.Wait()
 	acked := s.stop()
-	requireStream(t, p, acked)
+	if *soakKeep > 0 {
+		// Every acknowledged message reached the receiver: wait for its
+		// catch-up (it follows the live stream; give it a moment).
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			rxMu.Lock()
+			missing := 0
+			for id := range acked {
+				if !received[id] {
+					missing++
+				}
+			}
+			rxMu.Unlock()
+			if missing == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d acknowledged messages never reached bo's receiver", missing, len(acked))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("all %d acknowledged messages reached bo's receiver (%d received in all, including group sends and announcements)", len(acked), len(received))
+	} else {
+		requireStream(t, p, acked)
+	}
+	rx.Close()
+	<-rxDone
+
+	// The store's disk use over the whole run, and the acks' latency.
+	if len(all) >= 4 {
+		half := all[len(all)/2].at
+		var firstHalfMax, lastMax float64
+		for _, sm := range all {
+			if sm.at.Before(half) {
+				firstHalfMax = max(firstHalfMax, sm.disk)
+			} else {
+				lastMax = max(lastMax, sm.disk)
+			}
+		}
+		t.Logf("store on disk: first half up to %.1f MiB, second half up to %.1f MiB, at the end %.1f MiB; slope over the second half %+.2f MiB per minute",
+			firstHalfMax/(1<<20), lastMax/(1<<20), all[len(all)-1].disk/(1<<20),
+			slopePerMinute(all[len(all)/2:], func(s sample) float64 { return s.disk })/(1<<20))
+		if *soakKeep > 0 && *soakFor >= 4**soakKeep && lastMax > 1.5*firstHalfMax {
+			t.Errorf("with retention the store grew in the second half: %.1f → %.1f MiB", firstHalfMax/(1<<20), lastMax/(1<<20))
+		}
+	}
+	s.mu.Lock()
+	lats := slices.Clone(s.lats)
+	s.mu.Unlock()
+	for i := range 6 {
+		from, to := start.Add(time.Duration(i)**soakFor/6), start.Add(time.Duration(i+1)**soakFor/6)
+		var ds []time.Duration
+		for _, l := range lats {
+			if !l.at.Before(from) && l.at.Before(to) {
+				ds = append(ds, l.lat)
+			}
+		}
+		if len(ds) == 0 {
+			continue
+		}
+		slices.Sort(ds)
+		t.Logf("submit→ack, minutes %.1f-%.1f: %d acks, p50 %v, p99 %v", from.Sub(start).Minutes(), to.Sub(start).Minutes(), len(ds),
+			ds[len(ds)/2].Round(10*time.Microsecond), ds[len(ds)*99/100].Round(10*time.Microsecond))
+	}
 
 	// The last incarnation's resources, after its first 20 seconds.
 	var steady []sample
@@ -213,7 +310,7 @@ func TestSoak(t *testing.T) {
 	report("goroutines", func(s sample) float64 { return s.gor }, 1)
 	report("open files", func(s sample) float64 { return s.fds }, 1)
 	mu.Lock()
-	t.Logf("%v of traffic, %d SIGKILLs; %d messages acknowledged to clients, all in their streams; %d SMS sent; errors by kind (mostly around the kills): %v",
+	t.Logf("%v of traffic, %d SIGKILLs; %d messages acknowledged to clients, none lost; %d SMS sent; errors by kind (mostly around the kills): %v",
 		time.Since(start).Round(time.Second), kills, len(acked), fake.Count("sms"), errs)
 	mu.Unlock()
 
@@ -266,8 +363,8 @@ func metric(exposition, name string) float64 {
 
 // sample is one scrape of the soaked dingd.
 type sample struct {
-	at            time.Time
-	rss, gor, fds float64
+	at                  time.Time
+	rss, gor, fds, disk float64
 }
 
 // slopePerMinute is the least-squares slope of f over the samples, per
