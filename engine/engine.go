@@ -818,29 +818,15 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 	for from <= head && len(out) < max {
 		n := len(out)
 		var ids []ID // message ids, in stream order (so mostly ascending)
-		var ierr error
 		last := uint64(0)
-		err = e.st.Scan(inboxKey(user, from), inboxKey(user, head+1), func(k, v []byte) bool {
-			seq, err := seqFromInboxKey(k)
-			if err != nil {
-				ierr = err
-				return false
-			}
-			ent, id, _, err := decodeEntry(seq, v)
-			if err != nil {
-				ierr = fmt.Errorf("seq %d: %w", seq, err)
-				return false
-			}
+		err = e.scanStream(user, from, head, func(ent Entry, id ID) bool {
 			if ent.Kind == EntryMessage {
 				ids = append(ids, id) // its Message is loaded below
 			}
 			out = append(out, ent)
-			last = seq
+			last = ent.Seq
 			return len(out) < max
 		})
-		if err == nil {
-			err = ierr
-		}
 		if err == nil && len(ids) > 0 {
 			err = e.loadMessages(out[n:], ids)
 		}
@@ -872,6 +858,30 @@ func (e *Engine) Range(user string, from uint64, max int) ([]Entry, error) {
 		from = last + 1
 	}
 	return out, nil
+}
+
+// scanStream calls fn with each entry of user's stream in [from, to]
+// and its message id (zero for other kinds), in seq order, until fn
+// returns false.
+func (e *Engine) scanStream(user string, from, to uint64, fn func(ent Entry, id ID) bool) error {
+	var ierr error
+	err := e.st.Scan(inboxKey(user, from), inboxKey(user, to+1), func(k, v []byte) bool {
+		seq, err := seqFromInboxKey(k)
+		if err != nil {
+			ierr = err
+			return false
+		}
+		ent, id, _, err := decodeEntry(seq, v)
+		if err != nil {
+			ierr = fmt.Errorf("seq %d: %w", seq, err)
+			return false
+		}
+		return fn(ent, id)
+	})
+	if err == nil {
+		err = ierr
+	}
+	return err
 }
 
 // loadMessages fills in the messages of entries' message entries (ids

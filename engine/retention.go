@@ -357,19 +357,9 @@ func (e *Engine) sweepStreams(ctx context.Context, now time.Time, w *sweepWrites
 		var cands []cand
 		var lastOld uint64 // the newest seq found past retention
 		more := false
-		var ierr error
 		p := inboxPrefix(user)
-		err = e.st.Scan(p, inboxKey(user, head+1), func(k, v []byte) bool {
-			seq, err := seqFromInboxKey(k)
-			if err != nil {
-				ierr = err
-				return false
-			}
-			ent, id, _, err := decodeEntry(seq, v)
-			if err != nil {
-				ierr = fmt.Errorf("stream %s seq %d: %w", user, seq, err)
-				return false
-			}
+		err = e.scanStream(user, 0, head, func(ent Entry, id ID) bool {
+			seq := ent.Seq
 			if entryTime(&ent, id) >= cutoff && (keepFrom == 0 || seq >= keepFrom) {
 				return false
 			}
@@ -384,11 +374,8 @@ func (e *Engine) sweepStreams(ctx context.Context, now time.Time, w *sweepWrites
 			}
 			return true
 		})
-		if err == nil {
-			err = ierr
-		}
 		if err != nil {
-			return err
+			return fmt.Errorf("stream %s: %w", user, err)
 		}
 		deleted := 0
 		var run []uint64 // [first, last] of the run being collected
