@@ -114,7 +114,7 @@ func (d *Directory) Admins() []Admin {
 // whose Gen the new token must carry. The role is the caller's to check;
 // a department, when given, must exist (ErrUnknownDepartment). An active
 // admin of that name gives ErrAdminExists.
-func (d *Directory) AddAdmin(a Admin, actor string) (Admin, error) {
+func (d *Directory) AddAdmin(a Admin, actor Actor) (Admin, error) {
 	if err := engine.CheckName("admin", a.Name); err != nil {
 		return Admin{}, err
 	}
@@ -134,7 +134,7 @@ func (d *Directory) AddAdmin(a Admin, actor string) (Admin, error) {
 		return Admin{}, fmt.Errorf("%w: %q (revoke it first, or choose another name)", ErrAdminExists, a.Name)
 	}
 	n := Admin{Name: a.Name, Role: a.Role, Dept: a.Dept, Status: AdminActive, Gen: old.Gen + 1,
-		Expires: a.Expires.UTC().Truncate(time.Millisecond), Created: c.now, Updated: c.now, By: c.actor}
+		Expires: a.Expires.UTC().Truncate(time.Millisecond), Created: c.now, Updated: c.now, By: c.actor.Name}
 	c.admins[a.Name] = n
 	detail := "role " + n.Role
 	if n.Dept != "" {
@@ -158,7 +158,7 @@ func (d *Directory) AddAdmin(a Admin, actor string) (Admin, error) {
 // with that token is refused. It returns the record and whether it had
 // been revoked before (then nothing is written). An unknown name gives
 // ErrUnknownAdmin; the only active owner, ErrLastOwner.
-func (d *Directory) RevokeAdmin(name, actor string) (a Admin, already bool, err error) {
+func (d *Directory) RevokeAdmin(name string, actor Actor) (a Admin, already bool, err error) {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	old, ok := d.adminLocked(name)
@@ -173,7 +173,7 @@ func (d *Directory) RevokeAdmin(name, actor string) (a Admin, already bool, err 
 		return Admin{}, false, fmt.Errorf("%w: %q is the only active owner; add another owner first", ErrLastOwner, name)
 	}
 	n := old
-	n.Status, n.Updated, n.By = AdminRevoked, c.now, c.actor
+	n.Status, n.Updated, n.By = AdminRevoked, c.now, c.actor.Name
 	c.admins[name] = n
 	c.audit("admin.revoke", name, "token revoked (role "+old.Role+")")
 	if err := d.commit(c); err != nil {

@@ -21,50 +21,50 @@ func TestAdmins(t *testing.T) {
 	if a, ok := d.Admin(fanout.FirstOwner); !ok || a.Role != fanout.RoleOwner || a.Status != fanout.AdminActive || a.Gen != 0 {
 		t.Fatalf("first owner before any write: %+v %v", a, ok)
 	}
-	hr := must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "hr-sync", Role: "directory"}, "owner"))
+	hr := must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "hr-sync", Role: "directory"}, fanout.Actor{Name: "owner"}))
 	if hr.Gen != 1 || hr.Status != fanout.AdminActive || hr.By != "owner" {
 		t.Fatalf("added: %+v", hr)
 	}
 	exp := time.Now().Add(time.Hour)
-	must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "sre-lead", Role: "dept-admin", Dept: "sre", Expires: exp}, "owner"))
+	must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "sre-lead", Role: "dept-admin", Dept: "sre", Expires: exp}, fanout.Actor{Name: "owner"}))
 
 	for _, c := range []struct {
 		name string
 		err  error
 		want error
 	}{
-		{"duplicate", second(d.AddAdmin(fanout.Admin{Name: "hr-sync", Role: "sender"}, "owner")), fanout.ErrAdminExists},
-		{"the first owner's name", second(d.AddAdmin(fanout.Admin{Name: fanout.FirstOwner, Role: "owner"}, "owner")), fanout.ErrAdminExists},
-		{"unknown department", second(d.AddAdmin(fanout.Admin{Name: "x", Role: "dept-admin", Dept: "nosuch"}, "owner")), fanout.ErrUnknownDepartment},
-		{"bad name", second(d.AddAdmin(fanout.Admin{Name: "a b", Role: "sender"}, "owner")), engine.ErrBadName},
-		{"no role", second(d.AddAdmin(fanout.Admin{Name: "x"}, "owner")), engine.ErrBadName},
-		{"unknown admin", third(d.RevokeAdmin("nosuch", "owner")), fanout.ErrUnknownAdmin},
-		{"the last owner", third(d.RevokeAdmin(fanout.FirstOwner, "owner")), fanout.ErrLastOwner},
+		{"duplicate", second(d.AddAdmin(fanout.Admin{Name: "hr-sync", Role: "sender"}, fanout.Actor{Name: "owner"})), fanout.ErrAdminExists},
+		{"the first owner's name", second(d.AddAdmin(fanout.Admin{Name: fanout.FirstOwner, Role: "owner"}, fanout.Actor{Name: "owner"})), fanout.ErrAdminExists},
+		{"unknown department", second(d.AddAdmin(fanout.Admin{Name: "x", Role: "dept-admin", Dept: "nosuch"}, fanout.Actor{Name: "owner"})), fanout.ErrUnknownDepartment},
+		{"bad name", second(d.AddAdmin(fanout.Admin{Name: "a b", Role: "sender"}, fanout.Actor{Name: "owner"})), engine.ErrBadName},
+		{"no role", second(d.AddAdmin(fanout.Admin{Name: "x"}, fanout.Actor{Name: "owner"})), engine.ErrBadName},
+		{"unknown admin", third(d.RevokeAdmin("nosuch", fanout.Actor{Name: "owner"})), fanout.ErrUnknownAdmin},
+		{"the last owner", third(d.RevokeAdmin(fanout.FirstOwner, fanout.Actor{Name: "owner"})), fanout.ErrLastOwner},
 	} {
 		if !errors.Is(c.err, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, c.err, c.want)
 		}
 	}
 
-	r, already, err := d.RevokeAdmin("hr-sync", "owner")
+	r, already, err := d.RevokeAdmin("hr-sync", fanout.Actor{Name: "owner"})
 	if err != nil || already || r.Status != fanout.AdminRevoked {
 		t.Fatalf("revoke: %+v %v %v", r, already, err)
 	}
 	if a, _ := d.Admin("hr-sync"); a.Accepts(1, time.Now()) {
 		t.Fatalf("a revoked admin's token is accepted: %+v", a)
 	}
-	if _, already, err := d.RevokeAdmin("hr-sync", "owner"); err != nil || !already {
+	if _, already, err := d.RevokeAdmin("hr-sync", fanout.Actor{Name: "owner"}); err != nil || !already {
 		t.Fatalf("revoke again: %v %v", already, err)
 	}
 	// Added again: the next generation, so the old token stays revoked.
-	hr = must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "hr-sync", Role: "directory"}, "owner"))
+	hr = must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "hr-sync", Role: "directory"}, fanout.Actor{Name: "owner"}))
 	if hr.Gen != 2 || hr.Accepts(1, time.Now()) || !hr.Accepts(2, time.Now()) {
 		t.Fatalf("added again: %+v", hr)
 	}
 	// With a second owner, the first may go.
-	must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "cto", Role: fanout.RoleOwner}, "owner"))
-	third(d.RevokeAdmin(fanout.FirstOwner, "cto"))
-	if _, _, err := d.RevokeAdmin("cto", "cto"); !errors.Is(err, fanout.ErrLastOwner) {
+	must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "cto", Role: fanout.RoleOwner}, fanout.Actor{Name: "owner"}))
+	third(d.RevokeAdmin(fanout.FirstOwner, fanout.Actor{Name: "cto"}))
+	if _, _, err := d.RevokeAdmin("cto", fanout.Actor{Name: "cto"}); !errors.Is(err, fanout.ErrLastOwner) {
 		t.Fatalf("revoking the last owner (the first one revoked): %v", err)
 	}
 

@@ -77,7 +77,7 @@ func childrenOf(depts map[string]Department) map[string][]string {
 // subtree; the parent must exist (ErrUnknownDepartment) and not be the
 // department or one of its descendants (ErrDepartmentCycle). It reports
 // whether the department is new.
-func (d *Directory) PutDepartment(dep Department, actor string) (created bool, err error) {
+func (d *Directory) PutDepartment(dep Department, actor Actor) (created bool, err error) {
 	if err := checkDepartment(dep); err != nil {
 		return false, err
 	}
@@ -125,7 +125,7 @@ func (c *change) putDepartment(old Department, had bool, dep Department, via str
 // RemoveDepartment deletes an empty department, with an audit entry. It
 // returns ErrUnknownDepartment if there is none and ErrDepartmentNotEmpty
 // while it has sub-departments or users.
-func (d *Directory) RemoveDepartment(id, actor string) error {
+func (d *Directory) RemoveDepartment(id string, actor Actor) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	dep, ok := d.depts[id]

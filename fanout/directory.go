@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -128,6 +129,7 @@ type Directory struct {
 	wmu       sync.Mutex // serializes writers
 	committer Committer  // set once by SetCommitter; guarded by wmu
 	auditSeq  uint64     // last audit entry written; guarded by wmu (written by the commit loop while a writer holds it)
+	auditHead [32]byte   // its hash, the next entry's prev; zero before the chain starts; guarded like auditSeq
 
 	// The maps and indexes below are written with wmu and mu held, and
 	// read with either held. Slices in them are never modified in place
@@ -196,7 +198,7 @@ func OpenDirectory(st store.Store, clock engine.Clock) (*Directory, error) {
 		err = loadKind(st, kindAdmin, func(a *Admin) { d.admins[a.Name] = *a })
 	}
 	if err == nil {
-		d.auditSeq, err = lastAuditSeq(st)
+		d.auditSeq, d.auditHead, err = lastAudit(st)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("fanout: load directory: %w", err)
@@ -271,20 +273,20 @@ func checkUser(u *User) error {
 // PutUser creates or updates a user, durably, as PutUsersAs with actor
 // "system". It reports whether the user is new.
 func (d *Directory) PutUser(u User) (created bool, err error) {
-	n, err := d.PutUsersAs([]User{u}, ActorSystem)
+	n, err := d.PutUsersAs([]User{u}, Actor{})
 	return n == 1, err
 }
 
 // PutUsers is PutUsersAs with actor "system".
 func (d *Directory) PutUsers(us []User) (created int, err error) {
-	return d.PutUsersAs(us, ActorSystem)
+	return d.PutUsersAs(us, Actor{})
 }
 
 // AddUserAs creates user u, or adds back a removed user with that id (a
 // re-add: their history is kept, their old tokens stay revoked); an
 // active user with that id is ErrUserExists (change them with
 // UpdateUserAs). It reports whether the id is new.
-func (d *Directory) AddUserAs(u User, actor string) (created bool, err error) {
+func (d *Directory) AddUserAs(u User, actor Actor) (created bool, err error) {
 	if err := checkUser(&u); err != nil {
 		return false, err
 	}
@@ -314,7 +316,7 @@ type UserPatch struct {
 
 // UpdateUserAs changes the fields p sets of the active user id, the
 // others kept; unknown or removed users are ErrUnknownUser.
-func (d *Directory) UpdateUserAs(id string, p UserPatch, actor string) (User, error) {
+func (d *Directory) UpdateUserAs(id string, p UserPatch, actor Actor) (User, error) {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	u, ok := d.users[id]
@@ -346,7 +348,7 @@ func (d *Directory) UpdateUserAs(id string, p UserPatch, actor string) (User, er
 }
 
 // PutUserAs is PutUsersAs for one user; it reports whether the user is new.
-func (d *Directory) PutUserAs(u User, actor string) (created bool, err error) {
+func (d *Directory) PutUserAs(u User, actor Actor) (created bool, err error) {
 	n, err := d.PutUsersAs([]User{u}, actor)
 	return n == 1, err
 }
@@ -356,7 +358,7 @@ func (d *Directory) PutUserAs(u User, actor string) (created bool, err error) {
 // user's department must exist; putting a removed user makes them active
 // again (in no group). A user identical to the stored one is not
 // rewritten. If the same id appears twice, the last one wins.
-func (d *Directory) PutUsersAs(us []User, actor string) (created int, err error) {
+func (d *Directory) PutUsersAs(us []User, actor Actor) (created int, err error) {
 	for i := range us {
 		if err := checkUser(&us[i]); err != nil {
 			return 0, err
@@ -390,7 +392,7 @@ func (d *Directory) PutUsersAs(us []User, actor string) (created int, err error)
 // TokensBefore) and returns them. Unknown users give ErrUnknownUser. Revoking tokens and
 // closing connections is the caller's job; RemoveUserWith lets it do more
 // in the same write.
-func (d *Directory) RemoveUser(id, actor string) (User, error) {
+func (d *Directory) RemoveUser(id string, actor Actor) (User, error) {
 	return d.RemoveUserWith(id, actor, nil)
 }
 
@@ -401,7 +403,7 @@ func (d *Directory) RemoveUser(id, actor string) (User, error) {
 // secret messages). commit is called, with a change that writes nothing,
 // for a user already removed, so that a retry finishes what is left. nil
 // means the committer's Commit.
-func (d *Directory) RemoveUserWith(id, actor string, commit func(engine.Change) error) (User, error) {
+func (d *Directory) RemoveUserWith(id string, actor Actor, commit func(engine.Change) error) (User, error) {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	if commit == nil {
@@ -456,7 +458,7 @@ func (d *Directory) RemoveUserWith(id, actor string, commit func(engine.Change) 
 // all of them, or, with device set, that device's. Tokens minted later
 // work. The change and its audit entry are one write. Closing the
 // connections that used them is the caller's job.
-func (d *Directory) RevokeTokens(id, device, actor string) (User, error) {
+func (d *Directory) RevokeTokens(id, device string, actor Actor) (User, error) {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	u, ok := d.users[id]
@@ -559,7 +561,7 @@ func (d *Directory) UsersByStatus(status string) ([]User, error) {
 func (d *Directory) now() time.Time { return d.clock.Now().UTC().Truncate(time.Millisecond) }
 
 // ActorSystem is the audit actor of changes made without one (PutUser,
-// PutUsers).
+// PutUsers, an Actor with no name).
 const ActorSystem = "system"
 
 // A change is what one write does to the directory: new records and
@@ -567,7 +569,7 @@ const ActorSystem = "system"
 // store in one synced batch, then installed in memory.
 type change struct {
 	now     time.Time
-	actor   string
+	actor   Actor
 	users   map[string]userChange
 	depts   map[string]*Department // nil: delete
 	groups  map[string]*Group      // nil: delete
@@ -582,16 +584,17 @@ type userChange struct {
 	new User
 }
 
-func (d *Directory) newChange(now time.Time, actor string) *change {
-	if actor == "" {
-		actor = ActorSystem
+func (d *Directory) newChange(now time.Time, actor Actor) *change {
+	if actor.Name == "" {
+		actor.Name = ActorSystem
 	}
 	return &change{now: now, actor: actor, users: map[string]userChange{},
 		depts: map[string]*Department{}, groups: map[string]*Group{}, admins: map[string]Admin{}, d: d}
 }
 
 func (c *change) audit(action, target, detail string) {
-	c.entries = append(c.entries, AuditEntry{At: c.now, Actor: c.actor, Action: action, Target: target, Detail: detail})
+	c.entries = append(c.entries, AuditEntry{At: c.now, Actor: jsonString(c.actor.Name), Role: jsonString(c.actor.Role),
+		Source: jsonString(c.actor.Source), Action: action, Target: jsonString(target), Detail: jsonString(detail)})
 }
 
 // user returns the user as the change leaves them.
@@ -700,8 +703,8 @@ func (d *Directory) commit(c *change) error {
 }
 
 // changeOf encodes c as an engine.Change: its records and audit entries
-// (numbered from auditSeq), and the install once it is applied. The
-// caller holds wmu.
+// (numbered from auditSeq, chained from auditHead), and the install once
+// it is applied. The caller holds wmu.
 func (d *Directory) changeOf(c *change) (engine.Change, error) {
 	type write struct {
 		k, v []byte
@@ -748,11 +751,15 @@ func (d *Directory) changeOf(c *change) (engine.Change, error) {
 		}
 		ws = append(ws, write{k: adminKey(name), v: v})
 	}
-	seq := d.auditSeq
+	seq, head := d.auditSeq, d.auditHead
 	for i := range c.entries {
 		seq++
-		c.entries[i].Seq = seq
-		v, err := json.Marshal(c.entries[i])
+		e := &c.entries[i]
+		e.Seq = seq
+		e.Prev = hex.EncodeToString(head[:])
+		head = auditHash(head, *e)
+		e.Hash = hex.EncodeToString(head[:])
+		v, err := json.Marshal(e)
 		if err != nil {
 			return engine.Change{}, err
 		}
@@ -770,7 +777,7 @@ func (d *Directory) changeOf(c *change) (engine.Change, error) {
 			return nil
 		},
 		Applied: func() {
-			d.auditSeq = seq
+			d.auditSeq, d.auditHead = seq, head
 			d.install(c)
 		},
 		Removes: removes,

@@ -57,7 +57,7 @@ func org(tb testing.TB, d *fanout.Directory) {
 		{ID: "web", Name: "Web", Parent: "eng"},
 		{ID: "sales", Name: "Sales", Parent: "company"},
 	} {
-		must[bool](tb)(d.PutDepartment(dep, "admin"))
+		must[bool](tb)(d.PutDepartment(dep, fanout.Actor{Name: "admin"}))
 	}
 	for _, u := range []fanout.User{
 		{ID: "ceo", Department: "company"},
@@ -68,7 +68,7 @@ func org(tb testing.TB, d *fanout.Directory) {
 		{ID: "ed", Department: "sales"},
 		{ID: "fay"},
 	} {
-		must[bool](tb)(d.PutUserAs(u, "admin"))
+		must[bool](tb)(d.PutUserAs(u, fanout.Actor{Name: "admin"}))
 	}
 }
 
@@ -98,7 +98,7 @@ func TestDepartmentTreeDrivesDeptGroups(t *testing.T) {
 			"dept:sales":    "ed",
 		}},
 		{"move platform under sales", func() error {
-			_, err := d.PutDepartment(fanout.Department{ID: "platform", Name: "Platform", Parent: "sales"}, "admin")
+			_, err := d.PutDepartment(fanout.Department{ID: "platform", Name: "Platform", Parent: "sales"}, fanout.Actor{Name: "admin"})
 			return err
 		}, map[string]string{
 			"dept:eng":     "ana,di",
@@ -106,7 +106,7 @@ func TestDepartmentTreeDrivesDeptGroups(t *testing.T) {
 			"dept:company": "ana,bo,ceo,cy,di,ed",
 		}},
 		{"move a user to another department", func() error {
-			_, err := d.PutUserAs(fanout.User{ID: "di", Department: "sre"}, "admin")
+			_, err := d.PutUserAs(fanout.User{ID: "di", Department: "sre"}, fanout.Actor{Name: "admin"})
 			return err
 		}, map[string]string{
 			"dept:web":   "",
@@ -115,13 +115,13 @@ func TestDepartmentTreeDrivesDeptGroups(t *testing.T) {
 			"dept:eng":   "ana",
 		}},
 		{"user leaves every department", func() error {
-			_, err := d.PutUserAs(fanout.User{ID: "ana"}, "admin")
+			_, err := d.PutUserAs(fanout.User{ID: "ana"}, fanout.Actor{Name: "admin"})
 			return err
 		}, map[string]string{"dept:eng": "", "dept:company": "bo,ceo,cy,di,ed", "all": "ana,bo,ceo,cy,di,ed,fay"}},
-		{"remove an empty department", func() error { return d.RemoveDepartment("web", "admin") }, map[string]string{
+		{"remove an empty department", func() error { return d.RemoveDepartment("web", fanout.Actor{Name: "admin"}) }, map[string]string{
 			"dept:web": "error: engine: unknown recipient: \"dept:web\": fanout: unknown department",
 		}},
-		{"remove a user", func() error { _, err := d.RemoveUser("cy", "admin"); return err }, map[string]string{
+		{"remove a user", func() error { _, err := d.RemoveUser("cy", fanout.Actor{Name: "admin"}); return err }, map[string]string{
 			"dept:sre": "di", "dept:company": "bo,ceo,di,ed", "all": "ana,bo,ceo,di,ed,fay",
 		}},
 	}
@@ -151,9 +151,9 @@ func TestDepartmentErrors(t *testing.T) {
 		{"unknown parent", put(d, fanout.Department{ID: "hr", Parent: "nope"}), fanout.ErrUnknownDepartment},
 		{"bad id", put(d, fanout.Department{ID: "a b"}), engine.ErrBadName},
 		{"bad parent id", put(d, fanout.Department{ID: "hr", Parent: "x:y"}), engine.ErrBadName},
-		{"remove with sub-departments", d.RemoveDepartment("eng", "admin"), fanout.ErrDepartmentNotEmpty},
-		{"remove with users", d.RemoveDepartment("sre", "admin"), fanout.ErrDepartmentNotEmpty},
-		{"remove unknown", d.RemoveDepartment("nope", "admin"), fanout.ErrUnknownDepartment},
+		{"remove with sub-departments", d.RemoveDepartment("eng", fanout.Actor{Name: "admin"}), fanout.ErrDepartmentNotEmpty},
+		{"remove with users", d.RemoveDepartment("sre", fanout.Actor{Name: "admin"}), fanout.ErrDepartmentNotEmpty},
+		{"remove unknown", d.RemoveDepartment("nope", fanout.Actor{Name: "admin"}), fanout.ErrUnknownDepartment},
 		{"user in unknown department", putUser(d, fanout.User{ID: "gus", Department: "nope"}), fanout.ErrUnknownDepartment},
 	}
 	for _, c := range cases {
@@ -178,12 +178,12 @@ func TestDepartmentErrors(t *testing.T) {
 }
 
 func put(d *fanout.Directory, dep fanout.Department) error {
-	_, err := d.PutDepartment(dep, "admin")
+	_, err := d.PutDepartment(dep, fanout.Actor{Name: "admin"})
 	return err
 }
 
 func putUser(d *fanout.Directory, u fanout.User) error {
-	_, err := d.PutUserAs(u, "admin")
+	_, err := d.PutUserAs(u, fanout.Actor{Name: "admin"})
 	return err
 }
 
@@ -191,15 +191,15 @@ func TestGroupsAndTargets(t *testing.T) {
 	d := openDir(t, memstore.New())
 	org(t, d)
 	ok(t, put(d, fanout.Department{ID: "hr", Name: "HR", Parent: "company"}))
-	if created := must[bool](t)(d.PutGroup(fanout.Group{ID: "oncall", Name: "On call", Members: []string{"cy", "bo", "cy"}}, "admin")); !created {
+	if created := must[bool](t)(d.PutGroup(fanout.Group{ID: "oncall", Name: "On call", Members: []string{"cy", "bo", "cy"}}, fanout.Actor{Name: "admin"})); !created {
 		t.Fatal("PutGroup: not created")
 	}
-	must[bool](t)(d.PutGroup(fanout.Group{ID: "leads", Name: "Leads", Members: []string{"ceo", "ana"}}, "admin"))
-	if g := must[fanout.Group](t)(d.UpdateMembers("oncall", []string{"di", "ed"}, []string{"bo", "ed"}, "admin")); strings.Join(g.Members, ",") != "cy,di" {
+	must[bool](t)(d.PutGroup(fanout.Group{ID: "leads", Name: "Leads", Members: []string{"ceo", "ana"}}, fanout.Actor{Name: "admin"}))
+	if g := must[fanout.Group](t)(d.UpdateMembers("oncall", []string{"di", "ed"}, []string{"bo", "ed"}, fanout.Actor{Name: "admin"})); strings.Join(g.Members, ",") != "cy,di" {
 		t.Fatalf("members after update: %v", g.Members)
 	}
-	must[fanout.Group](t)(d.AddMembers("oncall", []string{"fay"}, "admin"))
-	must[fanout.Group](t)(d.RemoveMembers("oncall", []string{"nobody"}, "admin"))
+	must[fanout.Group](t)(d.AddMembers("oncall", []string{"fay"}, fanout.Actor{Name: "admin"}))
+	must[fanout.Group](t)(d.RemoveMembers("oncall", []string{"nobody"}, fanout.Actor{Name: "admin"}))
 	for _, c := range []struct{ target, want string }{
 		{"group:oncall", "cy,di,fay"},
 		{"group:leads", "ana,ceo"},
@@ -234,7 +234,7 @@ func TestGroupsAndTargets(t *testing.T) {
 			}
 		})
 	}
-	must[bool](t)(d.PutGroup(fanout.Group{ID: "empty", Name: "Nobody"}, "admin"))
+	must[bool](t)(d.PutGroup(fanout.Group{ID: "empty", Name: "Nobody"}, fanout.Actor{Name: "admin"}))
 	if _, err := d.Resolve([]string{"group:empty"}); !errors.Is(err, engine.ErrNoRecipients) {
 		t.Fatalf("Resolve(empty group): %v", err)
 	}
@@ -244,20 +244,23 @@ func TestGroupsAndTargets(t *testing.T) {
 		want error
 	}{
 		{"unknown member", func() error {
-			_, err := d.PutGroup(fanout.Group{ID: "x", Members: []string{"zed"}}, "admin")
+			_, err := d.PutGroup(fanout.Group{ID: "x", Members: []string{"zed"}}, fanout.Actor{Name: "admin"})
 			return err
 		}(), fanout.ErrUnknownUser},
-		{"reserved id", func() error { _, err := d.PutGroup(fanout.Group{ID: "all"}, "admin"); return err }(), engine.ErrBadName},
-		{"add unknown member", func() error { _, err := d.AddMembers("oncall", []string{"zed"}, "admin"); return err }(), fanout.ErrUnknownUser},
-		{"members of unknown group", func() error { _, err := d.AddMembers("nope", []string{"ana"}, "admin"); return err }(), fanout.ErrUnknownGroup},
-		{"remove unknown group", d.RemoveGroup("nope", "admin"), fanout.ErrUnknownGroup},
+		{"reserved id", func() error { _, err := d.PutGroup(fanout.Group{ID: "all"}, fanout.Actor{Name: "admin"}); return err }(), engine.ErrBadName},
+		{"add unknown member", func() error {
+			_, err := d.AddMembers("oncall", []string{"zed"}, fanout.Actor{Name: "admin"})
+			return err
+		}(), fanout.ErrUnknownUser},
+		{"members of unknown group", func() error { _, err := d.AddMembers("nope", []string{"ana"}, fanout.Actor{Name: "admin"}); return err }(), fanout.ErrUnknownGroup},
+		{"remove unknown group", d.RemoveGroup("nope", fanout.Actor{Name: "admin"}), fanout.ErrUnknownGroup},
 		{"user id all", putUser(d, fanout.User{ID: "all"}), engine.ErrBadName},
 	} {
 		if !errors.Is(c.err, c.want) {
 			t.Errorf("%s: err = %v, want %v", c.name, c.err, c.want)
 		}
 	}
-	ok(t, d.RemoveGroup("leads", "admin"))
+	ok(t, d.RemoveGroup("leads", fanout.Actor{Name: "admin"}))
 	if gs := d.Groups(); len(gs) != 2 || gs[0].ID != "empty" || gs[1].ID != "oncall" {
 		t.Fatalf("Groups() = %+v", gs)
 	}
@@ -266,9 +269,9 @@ func TestGroupsAndTargets(t *testing.T) {
 func TestRemoveUser(t *testing.T) {
 	d := openDir(t, memstore.New())
 	org(t, d)
-	must[bool](t)(d.PutGroup(fanout.Group{ID: "oncall", Members: []string{"bo", "cy"}}, "admin"))
-	must[bool](t)(d.PutGroup(fanout.Group{ID: "leads", Members: []string{"bo", "ceo"}}, "admin"))
-	u, err := d.RemoveUser("bo", "admin")
+	must[bool](t)(d.PutGroup(fanout.Group{ID: "oncall", Members: []string{"bo", "cy"}}, fanout.Actor{Name: "admin"}))
+	must[bool](t)(d.PutGroup(fanout.Group{ID: "leads", Members: []string{"bo", "ceo"}}, fanout.Actor{Name: "admin"}))
+	u, err := d.RemoveUser("bo", fanout.Actor{Name: "admin"})
 	if err != nil || u.Status != fanout.StatusRemoved || u.Department != "" {
 		t.Fatalf("RemoveUser = %+v, %v", u, err)
 	}
@@ -296,7 +299,7 @@ func TestRemoveUser(t *testing.T) {
 	if got, ok := d.User("bo"); !ok || got.Status != fanout.StatusRemoved || got.Phone == "" {
 		t.Fatalf("User(bo) = %+v %v: a removed user keeps their record", got, ok)
 	}
-	if _, err := d.AddMembers("oncall", []string{"bo"}, "admin"); !errors.Is(err, fanout.ErrUnknownUser) {
+	if _, err := d.AddMembers("oncall", []string{"bo"}, fanout.Actor{Name: "admin"}); !errors.Is(err, fanout.ErrUnknownUser) {
 		t.Fatalf("adding a removed user to a group: %v", err)
 	}
 	for status, want := range map[string]int{"active": 6, "removed": 1, "all": 7} {
@@ -311,17 +314,17 @@ func TestRemoveUser(t *testing.T) {
 		t.Fatalf("UsersByStatus(gone): %v", err)
 	}
 	before := must[[]fanout.AuditEntry](t)(d.Audit(0, 1000))
-	if again, err := d.RemoveUser("bo", "admin"); err != nil || again.Status != fanout.StatusRemoved {
+	if again, err := d.RemoveUser("bo", fanout.Actor{Name: "admin"}); err != nil || again.Status != fanout.StatusRemoved {
 		t.Fatalf("second RemoveUser = %+v, %v", again, err)
 	}
 	if after := must[[]fanout.AuditEntry](t)(d.Audit(0, 1000)); len(after) != len(before) {
 		t.Fatal("removing a removed user wrote an audit entry")
 	}
-	if _, err := d.RemoveUser("zed", "admin"); !errors.Is(err, fanout.ErrUnknownUser) {
+	if _, err := d.RemoveUser("zed", fanout.Actor{Name: "admin"}); !errors.Is(err, fanout.ErrUnknownUser) {
 		t.Fatalf("RemoveUser(zed) = %v", err)
 	}
 	// Putting a removed user back reactivates them, in no group.
-	must[bool](t)(d.PutUserAs(fanout.User{ID: "bo", Name: "Bo", Department: "web"}, "admin"))
+	must[bool](t)(d.PutUserAs(fanout.User{ID: "bo", Name: "Bo", Department: "web"}, fanout.Actor{Name: "admin"}))
 	if got := expand(t, d, "dept:web"); got != "bo,di" {
 		t.Fatalf("dept:web after rehire = %q", got)
 	}
@@ -333,14 +336,14 @@ func TestRemoveUser(t *testing.T) {
 func TestAuditLog(t *testing.T) {
 	d := openDir(t, memstore.New())
 	org(t, d)
-	must[bool](t)(d.PutUserAs(fanout.User{ID: "bo", Department: "platform", Phone: "+14155550199", Name: "Bo"}, "alice"))
-	must[bool](t)(d.PutGroup(fanout.Group{ID: "g", Members: []string{"bo"}}, "admin"))
-	must[fanout.Group](t)(d.UpdateMembers("g", []string{"cy"}, nil, "admin"))
-	must[fanout.User](t)(d.RemoveUser("bo", "admin"))
-	ok(t, d.RemoveGroup("g", "admin"))
+	must[bool](t)(d.PutUserAs(fanout.User{ID: "bo", Department: "platform", Phone: "+14155550199", Name: "Bo"}, fanout.Actor{Name: "alice"}))
+	must[bool](t)(d.PutGroup(fanout.Group{ID: "g", Members: []string{"bo"}}, fanout.Actor{Name: "admin"}))
+	must[fanout.Group](t)(d.UpdateMembers("g", []string{"cy"}, nil, fanout.Actor{Name: "admin"}))
+	must[fanout.User](t)(d.RemoveUser("bo", fanout.Actor{Name: "admin"}))
+	ok(t, d.RemoveGroup("g", fanout.Actor{Name: "admin"}))
 	ok(t, put(d, fanout.Department{ID: "hr", Name: "HR", Parent: "sales"}))
 	ok(t, put(d, fanout.Department{ID: "hr", Name: "People", Parent: "company"}))
-	ok(t, d.RemoveDepartment("hr", "admin"))
+	ok(t, d.RemoveDepartment("hr", fanout.Actor{Name: "admin"}))
 	must[bool](t)(d.PutUser(fanout.User{ID: "zoe", Phone: "+14155550111"}))
 	es := must[[]fanout.AuditEntry](t)(d.Audit(0, 1000))
 	var got []string
@@ -385,7 +388,7 @@ func TestAuditLog(t *testing.T) {
 	}
 	// Unchanged puts write nothing.
 	must[bool](t)(d.PutUser(fanout.User{ID: "zoe", Phone: "+14155550111"}))
-	must[bool](t)(d.PutDepartment(fanout.Department{ID: "eng", Name: "Engineering", Parent: "company"}, "admin"))
+	must[bool](t)(d.PutDepartment(fanout.Department{ID: "eng", Name: "Engineering", Parent: "company"}, fanout.Actor{Name: "admin"}))
 	if n := len(must[[]fanout.AuditEntry](t)(d.Audit(0, 1000))); n != len(want) {
 		t.Fatalf("unchanged puts wrote %d audit entries", n-len(want))
 	}
@@ -395,8 +398,8 @@ func TestDirectorySurvivesReopen(t *testing.T) {
 	st := memstore.New()
 	d := openDir(t, st)
 	org(t, d)
-	must[bool](t)(d.PutGroup(fanout.Group{ID: "oncall", Name: "On call", Members: []string{"bo", "cy"}}, "admin"))
-	must[fanout.User](t)(d.RemoveUser("cy", "admin"))
+	must[bool](t)(d.PutGroup(fanout.Group{ID: "oncall", Name: "On call", Members: []string{"bo", "cy"}}, fanout.Actor{Name: "admin"}))
+	must[fanout.User](t)(d.RemoveUser("cy", fanout.Actor{Name: "admin"}))
 	d2 := openDir(t, st)
 	for _, target := range []string{"all", "dept:company", "dept:eng", "dept:platform", "group:oncall", "cy"} {
 		if a, b := expand(t, d, target), expand(t, d2, target); a != b {
@@ -412,7 +415,7 @@ func TestDirectorySurvivesReopen(t *testing.T) {
 	}
 	// The audit sequence continues.
 	n := len(must[[]fanout.AuditEntry](t)(d2.Audit(0, 1000)))
-	ok(t, d2.RemoveGroup("oncall", "admin"))
+	ok(t, d2.RemoveGroup("oncall", fanout.Actor{Name: "admin"}))
 	es := must[[]fanout.AuditEntry](t)(d2.Audit(uint64(n), 10))
 	if len(es) != 1 || es[0].Seq != uint64(n+1) {
 		t.Fatalf("audit after reopen: %+v", es)
@@ -430,11 +433,11 @@ func TestConcurrentReadsAndWrites(t *testing.T) {
 		defer close(done)
 		for i := range 200 {
 			parent := []string{"eng", "sales"}[i%2]
-			if _, err := d.PutDepartment(fanout.Department{ID: "platform", Parent: parent}, "admin"); err != nil {
+			if _, err := d.PutDepartment(fanout.Department{ID: "platform", Parent: parent}, fanout.Actor{Name: "admin"}); err != nil {
 				errs <- err
 				return
 			}
-			if _, err := d.PutGroup(fanout.Group{ID: "g", Members: []string{"ana", "bo"}[:1+i%2]}, "admin"); err != nil {
+			if _, err := d.PutGroup(fanout.Group{ID: "g", Members: []string{"ana", "bo"}[:1+i%2]}, fanout.Actor{Name: "admin"}); err != nil {
 				errs <- err
 				return
 			}

@@ -18,8 +18,8 @@
 // department paths) idempotently and reports the difference.
 //
 //	dir, _ := fanout.OpenDirectory(st, nil)
-//	dir.PutDepartment(fanout.Department{ID: "eng", Name: "Engineering"}, "admin")
-//	dir.PutUserAs(fanout.User{ID: "ana", Name: "Ana", Department: "eng"}, "admin")
+//	dir.PutDepartment(fanout.Department{ID: "eng", Name: "Engineering"}, fanout.Actor{Name: "admin"})
+//	dir.PutUserAs(fanout.User{ID: "ana", Name: "Ana", Department: "eng"}, fanout.Actor{Name: "admin"})
 //	ids, _ := dir.Expand("dept:eng") // [ana]
 //
 // # Directory keys
@@ -31,7 +31,7 @@
 //	user        'u' 'u' | user id        -> JSON User (status active or removed)
 //	department  'u' 'd' | department id  -> JSON Department {id, name, parent}
 //	group       'u' 'g' | group id       -> JSON Group {id, name, members (sorted)}
-//	audit       'u' 'a' | seq (8)        -> JSON AuditEntry {seq, at, actor, action, target, detail}
+//	audit       'u' 'a' | seq (8)        -> JSON AuditEntry {seq, at, actor, role, source, action, target, detail, prev, hash}
 //	admin       'u' 'm' | admin name     -> JSON Admin {name, role, dept, status, gen, expires, ...}
 //
 // Admins (admin.go) are the named holders of admin tokens: the directory
@@ -40,9 +40,35 @@
 // memory, and a revocation is one audited change like any other.
 //
 // OpenDirectory loads users, departments, groups and admins into memory
-// (one scan each) and finds the last audit seq with one Last; the audit log is read
-// from the store only by Audit. Every change, its derived changes (a
-// removed user leaving groups) and its audit entries are one synced batch.
+// (one scan each) and finds the last audit seq and hash with one Last; the
+// audit log is read from the store only by Audit and VerifyAudit. Every
+// change, its derived changes (a removed user leaving groups) and its
+// audit entries are one synced batch.
+//
+// # The audit chain
+//
+// Each audit entry names its actor: the admin's name and role, and the
+// address of the HTTP peer that asked (Actor). Entries are chained: an
+// entry's hash covers its contents and the hash of the entry before, so
+// that changing, removing or reordering one breaks the chain there.
+//
+//	hash(n) = SHA-256( hash(n-1) (32) | canonical(entry n) )
+//	canonical = 0x01 | seq (8) | at, Unix ns (8) | actor | role | source | action | target | detail
+//	            each string: uvarint length | UTF-8 bytes
+//
+// Prev and Hash are stored in the entry's JSON, hex, in the same write as
+// the entry. The chain starts at the first entry written with a hash (its
+// prev is 32 zero bytes, the genesis): entries written before this version
+// have no hash, are read as before and are covered by nothing;
+// VerifyAudit reports where the chain starts (first_hashed_seq). After it
+// starts, an entry without a hash is a break.
+//
+// The hashes are keyed by nothing: someone who can write the store can
+// rewrite every entry from one on and recompute the chain, or remove
+// entries from its end, and the chain still holds. What catches that is a
+// head hash kept outside the server (VerifyAudit's expect, `dingctl audit
+// verify --expect`): every entry up to it is bound by it, and a log that
+// lost its tail no longer has it.
 //
 // # The delivery path
 //

@@ -113,7 +113,7 @@ func membersDetail(add, del []string) string {
 // an audit entry, in one synced write. Every member must be an active
 // user (ErrUnknownUser); duplicates are dropped. It reports whether the
 // group is new.
-func (d *Directory) PutGroup(g Group, actor string) (created bool, err error) {
+func (d *Directory) PutGroup(g Group, actor Actor) (created bool, err error) {
 	if err := checkGroup(g); err != nil {
 		return false, err
 	}
@@ -135,7 +135,7 @@ func (d *Directory) PutGroup(g Group, actor string) (created bool, err error) {
 // users must be active (ErrUnknownUser); removing a non-member is not an
 // error; a user in both lists ends up removed. An unknown group gives
 // ErrUnknownGroup.
-func (d *Directory) UpdateMembers(id string, add, remove []string, actor string) (Group, error) {
+func (d *Directory) UpdateMembers(id string, add, remove []string, actor Actor) (Group, error) {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	g, ok := d.groups[id]
@@ -162,18 +162,18 @@ func (d *Directory) UpdateMembers(id string, add, remove []string, actor string)
 }
 
 // AddMembers is UpdateMembers with only additions.
-func (d *Directory) AddMembers(id string, users []string, actor string) (Group, error) {
+func (d *Directory) AddMembers(id string, users []string, actor Actor) (Group, error) {
 	return d.UpdateMembers(id, users, nil, actor)
 }
 
 // RemoveMembers is UpdateMembers with only removals.
-func (d *Directory) RemoveMembers(id string, users []string, actor string) (Group, error) {
+func (d *Directory) RemoveMembers(id string, users []string, actor Actor) (Group, error) {
 	return d.UpdateMembers(id, nil, users, actor)
 }
 
 // RemoveGroup deletes an ad-hoc group with an audit entry, or returns
 // ErrUnknownGroup.
-func (d *Directory) RemoveGroup(id, actor string) error {
+func (d *Directory) RemoveGroup(id string, actor Actor) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	g, ok := d.groups[id]

@@ -125,7 +125,7 @@ func (o *Org) bad(kind string, i int, id string, err error) *ImportError {
 // nothing. The changes and their audit entries (one per changed item,
 // then one "import" summary) are one synced batch. Running the same
 // import again changes nothing.
-func (d *Directory) Import(org Org, opts ImportOptions, actor string) (Diff, error) {
+func (d *Directory) Import(org Org, opts ImportOptions, actor Actor) (Diff, error) {
 	df := Diff{DryRun: opts.DryRun}
 	d.wmu.Lock()
 	defer d.wmu.Unlock()

@@ -46,7 +46,7 @@ func diffString(df fanout.Diff) string {
 func TestImportIsIdempotent(t *testing.T) {
 	d := openDir(t, memstore.New())
 	must[bool](t)(d.PutUser(fanout.User{ID: "old"}))
-	df := must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, "admin"))
+	df := must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, fanout.Actor{Name: "admin"}))
 	if got, want := diffString(df), "depts +[company eng sre] ~[] users +[ana bo cy] ~[] =0 groups +[oncall] ~[] missing [old]"; got != want {
 		t.Fatalf("first import: %s\nwant %s", got, want)
 	}
@@ -57,7 +57,7 @@ func TestImportIsIdempotent(t *testing.T) {
 		t.Fatalf("group:oncall = %q", got)
 	}
 	n := len(must[[]fanout.AuditEntry](t)(d.Audit(0, 1000)))
-	df = must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, "admin"))
+	df = must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, fanout.Actor{Name: "admin"}))
 	if df.Changed() || df.UsersUnchanged != 3 || !slices.Equal(df.Missing, []string{"old"}) {
 		t.Fatalf("second import: %s", diffString(df))
 	}
@@ -69,7 +69,7 @@ func TestImportIsIdempotent(t *testing.T) {
 
 func TestImportAppliesExactlyTheChanges(t *testing.T) {
 	d := openDir(t, memstore.New())
-	must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, "admin"))
+	must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, fanout.Actor{Name: "admin"}))
 	n := len(must[[]fanout.AuditEntry](t)(d.Audit(0, 1000)))
 	changed := `{
   "departments": [
@@ -88,7 +88,7 @@ func TestImportAppliesExactlyTheChanges(t *testing.T) {
     {"id": "hr-team", "name": "HR", "members": ["di"]}
   ]
 }`
-	dry := must[fanout.Diff](t)(d.Import(parseJSON(t, changed), fanout.ImportOptions{DryRun: true}, "admin"))
+	dry := must[fanout.Diff](t)(d.Import(parseJSON(t, changed), fanout.ImportOptions{DryRun: true}, fanout.Actor{Name: "admin"}))
 	want := "depts +[hr] ~[company sre] users +[di] ~[ana] =1 groups +[hr-team] ~[oncall] missing [cy]"
 	if got := diffString(dry); got != want || !dry.DryRun {
 		t.Fatalf("dry run: %s\nwant %s", got, want)
@@ -96,7 +96,7 @@ func TestImportAppliesExactlyTheChanges(t *testing.T) {
 	if _, ok := d.User("di"); ok || len(must[[]fanout.AuditEntry](t)(d.Audit(0, 1000))) != n {
 		t.Fatal("a dry run changed the directory")
 	}
-	df := must[fanout.Diff](t)(d.Import(parseJSON(t, changed), fanout.ImportOptions{RemoveMissing: true}, "admin"))
+	df := must[fanout.Diff](t)(d.Import(parseJSON(t, changed), fanout.ImportOptions{RemoveMissing: true}, fanout.Actor{Name: "admin"}))
 	if got := diffString(df); got != want {
 		t.Fatalf("import: %s\nwant %s", got, want)
 	}
@@ -155,7 +155,7 @@ func TestImportErrorsChangeNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			st := memstore.New()
 			d := openDir(t, st)
-			must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, "admin"))
+			must[fanout.Diff](t)(d.Import(parseJSON(t, orgJSON), fanout.ImportOptions{}, fanout.Actor{Name: "admin"}))
 			before := must[[]fanout.AuditEntry](t)(d.Audit(0, 1000))
 			var o fanout.Org
 			var err error
@@ -165,7 +165,7 @@ func TestImportErrorsChangeNothing(t *testing.T) {
 				o, err = fanout.ParseOrgJSON(strings.NewReader(c.file))
 			}
 			if err == nil {
-				_, err = d.Import(o, fanout.ImportOptions{}, "admin")
+				_, err = d.Import(o, fanout.ImportOptions{}, fanout.Actor{Name: "admin"})
 			}
 			var ie *fanout.ImportError
 			if !errors.As(err, &ie) || !errors.Is(err, fanout.ErrBadImport) {
@@ -200,7 +200,7 @@ func TestImportCSVDepartmentPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	df := must[fanout.Diff](t)(d.Import(o, fanout.ImportOptions{}, "hr-sync"))
+	df := must[fanout.Diff](t)(d.Import(o, fanout.ImportOptions{}, fanout.Actor{Name: "hr-sync"}))
 	var ids []string
 	for _, dep := range d.Departments() {
 		ids = append(ids, fmt.Sprintf("%s(%s<%s)", dep.ID, dep.Name, dep.Parent))
@@ -223,12 +223,12 @@ func TestImportCSVDepartmentPaths(t *testing.T) {
 		t.Fatalf("ana's quiet hours: %+v", c.Quiet)
 	}
 	// The same file again changes nothing; moving bo is one update.
-	df = must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, "hr-sync"))
+	df = must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, fanout.Actor{Name: "hr-sync"}))
 	if df.Changed() || df.UsersUnchanged != 5 {
 		t.Fatalf("second CSV import: %s", diffString(df))
 	}
 	moved := strings.Replace(csv, "Engineering/Platform,", "Engineering/Platform/SRE,", 1)
-	df = must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(moved))), fanout.ImportOptions{}, "hr-sync"))
+	df = must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(moved))), fanout.ImportOptions{}, fanout.Actor{Name: "hr-sync"}))
 	if got := diffString(df); got != "depts +[] ~[] users +[] ~[bo] =4 groups +[] ~[] missing []" {
 		t.Fatalf("move: %s", got)
 	}
@@ -253,7 +253,7 @@ func BenchmarkExpand(b *testing.B) {
 	for i := 0; i < users; i += 10 {
 		o.Groups[0].Members = append(o.Groups[0].Members, fmt.Sprintf("u%06d", i))
 	}
-	must[fanout.Diff](b)(d.Import(o, fanout.ImportOptions{}, "bench"))
+	must[fanout.Diff](b)(d.Import(o, fanout.ImportOptions{}, fanout.Actor{Name: "bench"}))
 	for _, c := range []struct {
 		target string
 		n      int
@@ -303,7 +303,7 @@ func BenchmarkExpand(b *testing.B) {
 	b.Run("Import/unchanged", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if df, err := d.Import(o, fanout.ImportOptions{DryRun: true}, "bench"); err != nil || df.Changed() {
+			if df, err := d.Import(o, fanout.ImportOptions{DryRun: true}, fanout.Actor{Name: "bench"}); err != nil || df.Changed() {
 				b.Fatal(err)
 			}
 		}
@@ -318,7 +318,7 @@ func BenchmarkExpand(b *testing.B) {
 func TestImportCSVPathsMatchDepartmentsMadeByHand(t *testing.T) {
 	d := openDir(t, memstore.New())
 	for _, dep := range []fanout.Department{{ID: "eng", Name: "Engineering"}, {ID: "sre", Name: "SRE", Parent: "eng"}, {ID: "ops", Name: "SRE"}} {
-		if _, err := d.PutDepartment(dep, "admin"); err != nil {
+		if _, err := d.PutDepartment(dep, fanout.Actor{Name: "admin"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -326,7 +326,7 @@ func TestImportCSVPathsMatchDepartmentsMadeByHand(t *testing.T) {
 		"ana,Ana,,Engineering/SRE\n" +
 		"bo,Bo,,Engineering\n" +
 		"cy,Cy,,Engineering/Web\n"
-	df := must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, "hr-sync"))
+	df := must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, fanout.Actor{Name: "hr-sync"}))
 	if got := diffString(df); got != "depts +[engineering.web] ~[] users +[ana bo cy] ~[] =0 groups +[] ~[] missing []" {
 		t.Fatalf("import: %s", got)
 	}
@@ -338,7 +338,7 @@ func TestImportCSVPathsMatchDepartmentsMadeByHand(t *testing.T) {
 	if dep, ok := d.Department("engineering.web"); !ok || dep.Parent != "eng" {
 		t.Errorf("Web: %+v, want it under eng", dep)
 	}
-	df = must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, "hr-sync"))
+	df = must[fanout.Diff](t)(d.Import(must[fanout.Org](t)(fanout.ParseOrgCSV(strings.NewReader(csv))), fanout.ImportOptions{}, fanout.Actor{Name: "hr-sync"}))
 	if df.Changed() {
 		t.Fatalf("second import: %s", diffString(df))
 	}

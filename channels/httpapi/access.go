@@ -152,8 +152,13 @@ func principalOf(r *http.Request) *principal {
 	return p
 }
 
-// actor is the audit log's actor for a request: the admin's name.
-func actor(r *http.Request) string { return principalOf(r).name }
+// actor is the audit log's actor for a request: the admin's name and
+// role, and the address of the HTTP peer (r.RemoteAddr: behind a proxy,
+// the proxy's; X-Forwarded-For is not trusted, anyone can send it).
+func actor(r *http.Request) fanout.Actor {
+	p := principalOf(r)
+	return fanout.Actor{Name: p.name, Role: p.role.Name, Source: r.RemoteAddr}
+}
 
 // guard authenticates and authorizes r for a route, returning r with its
 // principal, or the error to answer.

@@ -63,9 +63,9 @@ type Users interface {
 	User(id string) (fanout.User, bool)
 	Active(id string) bool
 	UsersByStatus(status string) ([]fanout.User, error)
-	PutUserAs(u fanout.User, actor string) (created bool, err error)
-	PutUsersAs(us []fanout.User, actor string) (created int, err error)
-	RemoveUser(id, actor string) (fanout.User, error)
+	PutUserAs(u fanout.User, actor fanout.Actor) (created bool, err error)
+	PutUsersAs(us []fanout.User, actor fanout.Actor) (created int, err error)
+	RemoveUser(id string, actor fanout.Actor) (fanout.User, error)
 }
 
 // Org is what the department and group routes use of the directory.
@@ -77,13 +77,13 @@ type Org interface {
 	// Expand resolves a target ("all", "dept:ID", "group:ID", a user id)
 	// to sorted active user ids.
 	Expand(target string) ([]string, error)
-	PutDepartment(dep fanout.Department, actor string) (created bool, err error)
-	RemoveDepartment(id, actor string) error
+	PutDepartment(dep fanout.Department, actor fanout.Actor) (created bool, err error)
+	RemoveDepartment(id string, actor fanout.Actor) error
 	Group(id string) (fanout.Group, bool)
 	Groups() []fanout.Group
-	PutGroup(g fanout.Group, actor string) (created bool, err error)
-	UpdateMembers(id string, add, remove []string, actor string) (fanout.Group, error)
-	RemoveGroup(id, actor string) error
+	PutGroup(g fanout.Group, actor fanout.Actor) (created bool, err error)
+	UpdateMembers(id string, add, remove []string, actor fanout.Actor) (fanout.Group, error)
+	RemoveGroup(id string, actor fanout.Actor) error
 }
 
 // Admins is what access control and the admin routes use of the
@@ -92,8 +92,8 @@ type Org interface {
 type Admins interface {
 	Admin(name string) (fanout.Admin, bool)
 	Admins() []fanout.Admin
-	AddAdmin(a fanout.Admin, actor string) (fanout.Admin, error)
-	RevokeAdmin(name, actor string) (a fanout.Admin, already bool, err error)
+	AddAdmin(a fanout.Admin, actor fanout.Actor) (fanout.Admin, error)
+	RevokeAdmin(name string, actor fanout.Actor) (a fanout.Admin, already bool, err error)
 	// Within reports whether department dept is root or under it;
 	// UserWithin, whether user is active and of such a department.
 	Within(dept, root string) bool
@@ -103,11 +103,11 @@ type Admins interface {
 // Directory is everything the API asks of the directory: users, the org,
 // imports, the audit log and the admins.
 type Directory interface {
-	AddUserAs(u fanout.User, actor string) (created bool, err error)
-	UpdateUserAs(id string, p fanout.UserPatch, actor string) (fanout.User, error)
+	AddUserAs(u fanout.User, actor fanout.Actor) (created bool, err error)
+	UpdateUserAs(id string, p fanout.UserPatch, actor fanout.Actor) (fanout.User, error)
 	Users
 	Org
-	Import(org fanout.Org, opts fanout.ImportOptions, actor string) (fanout.Diff, error)
+	Import(org fanout.Org, opts fanout.ImportOptions, actor fanout.Actor) (fanout.Diff, error)
 	Audit(after uint64, limit int) ([]fanout.AuditEntry, error)
 	Admins
 }

@@ -22,7 +22,7 @@ import (
 // fanout.ErrUnknownUser for a user not in the directory. It is called
 // concurrently from request goroutines and may block until ctx ends.
 type Offboarder interface {
-	Offboard(ctx context.Context, user, actor string) error
+	Offboard(ctx context.Context, user string, actor fanout.Actor) error
 }
 
 // adminSender is the sender of an announcement from the admins rather
@@ -203,7 +203,7 @@ func (a *API) listUsers(r *http.Request) (int, any, error) {
 // Revoker revokes a user's client tokens (all, or one device's) and
 // closes the connections that used them (internal/node).
 type Revoker interface {
-	RevokeTokens(ctx context.Context, user, device, actor string) (closed int, err error)
+	RevokeTokens(ctx context.Context, user, device string, actor fanout.Actor) (closed int, err error)
 }
 
 // revokeTokens: POST /v1/users/{id}/revoke-tokens {"device"}.
@@ -238,7 +238,7 @@ func (a *API) revokeTokens(r *http.Request) (int, any, error) {
 
 // offboard removes a user through the Offboarder, or only from the
 // directory when there is none.
-func (a *API) offboard(ctx context.Context, id, actor string) error {
+func (a *API) offboard(ctx context.Context, id string, actor fanout.Actor) error {
 	if a.cfg.Offboarder != nil {
 		return a.cfg.Offboarder.Offboard(ctx, id, actor)
 	}

@@ -313,9 +313,9 @@ type fakeOffboarder struct {
 	fail  string
 }
 
-func (f *fakeOffboarder) Offboard(ctx context.Context, user, actor string) error {
+func (f *fakeOffboarder) Offboard(ctx context.Context, user string, actor fanout.Actor) error {
 	f.mu.Lock()
-	f.calls = append(f.calls, user+" by "+actor)
+	f.calls = append(f.calls, user+" by "+actor.Name)
 	f.mu.Unlock()
 	if user == f.fail {
 		return errors.New("socket layer down")

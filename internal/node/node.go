@@ -490,7 +490,7 @@ func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (stri
 // them: every op applied after the removal sees them removed, so sends to
 // them are refused and fanouts still in progress skip them. Idempotent: a
 // retry stops and burns whatever is left.
-func (n *Node) Offboard(ctx context.Context, user, actor string) error {
+func (n *Node) Offboard(ctx context.Context, user string, actor fanout.Actor) error {
 	var did engine.Offboarded
 	_, err := n.dir.RemoveUserWith(user, actor, func(ch engine.Change) error {
 		var err error
@@ -501,7 +501,7 @@ func (n *Node) Offboard(ctx context.Context, user, actor string) error {
 		return fmt.Errorf("node: offboard %s: %w", user, err)
 	}
 	kicked := n.hub.Kick(user, fanout.ErrUserRemoved)
-	n.log.Info("user offboarded", "user", user, "actor", actor, "connections_closed", kicked,
+	n.log.Info("user offboarded", "user", user, "actor", actor.Name, "connections_closed", kicked,
 		"dings_stopped", did.DingsStopped, "secrets_burned", did.SecretsBurned)
 	return nil
 }
@@ -509,12 +509,12 @@ func (n *Node) Offboard(ctx context.Context, user, actor string) error {
 // RevokeTokens revokes user's client tokens issued until now (all, or
 // device's), durably, then closes the live connections that used them
 // (BAD_TOKEN).
-func (n *Node) RevokeTokens(ctx context.Context, user, device, actor string) (int, error) {
+func (n *Node) RevokeTokens(ctx context.Context, user, device string, actor fanout.Actor) (int, error) {
 	if _, err := n.dir.RevokeTokens(user, device, actor); err != nil {
 		return 0, fmt.Errorf("node: revoke tokens of %s: %w", user, err)
 	}
 	closed := n.hub.KickDevice(user, device, fanout.ErrTokenRevoked)
-	n.log.Info("client tokens revoked", "user", user, "device", device, "actor", actor, "connections_closed", closed)
+	n.log.Info("client tokens revoked", "user", user, "device", device, "actor", actor.Name, "connections_closed", closed)
 	return closed, nil
 }
 
