@@ -417,3 +417,52 @@ func TestSecurityMDListsEveryRoute(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditRecordsRoleAndSource: each entry of GET /v1/audit names the
+// admin's role and the address the request came from, and carries its
+// place in the hash chain; an operator verifies the chain with GET
+// /v1/audit/verify, and with expect=HEAD checks a head recorded earlier.
+func TestAuditRecordsRoleAndSource(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	a := api{t: t, base: "http://" + n.HTTPAddr(), tok: n.AdminToken()}
+	a.ok("PUT", "/v1/departments/eng", map[string]string{"name": "Engineering"}, 201)
+	hr := a.addAdmin("hr-sync", "directory", "")
+	op := a.addAdmin("sre", "operator", "")
+	a.as(hr).ok("POST", "/v1/users", map[string]any{"id": "ana", "name": "Ana", "department": "eng"}, 201)
+
+	es := a.as(op).ok("GET", "/v1/audit", nil, 200)["entries"].([]any)
+	var got []string
+	prev := strings.Repeat("0", 64)
+	for _, e := range es {
+		e := e.(map[string]any)
+		got = append(got, fmt.Sprint(e["actor"], " ", e["role"], " ", e["action"]))
+		if !strings.HasPrefix(fmt.Sprint(e["source"]), "127.0.0.1:") {
+			t.Fatalf("entry %v: source %v", e["seq"], e["source"])
+		}
+		if e["prev"] != prev || len(fmt.Sprint(e["hash"])) != 64 {
+			t.Fatalf("entry %v: prev %v, want %s", e["seq"], e["prev"], prev)
+		}
+		prev = e["hash"].(string)
+	}
+	want := []string{"owner owner dept.put", "owner owner admin.add", "owner owner admin.add", "hr-sync directory user.put"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("audit:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	v := a.as(op).ok("GET", "/v1/audit/verify", nil, 200)
+	if v["ok"] != true || v["entries"] != 4.0 || v["first_hashed_seq"] != 1.0 || v["head_seq"] != 4.0 || v["head_hash"] != prev || v["broken_at"] != nil {
+		t.Fatalf("verify: %v", v)
+	}
+	head := prev
+	a.as(hr).ok("PATCH", "/v1/users/ana", map[string]any{"name": "Ana B"}, 200)
+	v = a.as(op).ok("GET", "/v1/audit/verify?expect="+head, nil, 200)
+	if v["ok"] != true || v["expect_seq"] != 4.0 || v["head_seq"] != 5.0 {
+		t.Fatalf("verify?expect=the earlier head: %v", v)
+	}
+	v = a.as(op).ok("GET", "/v1/audit/verify?expect="+strings.Repeat("ab", 32), nil, 200)
+	if v["ok"] != false || !strings.Contains(fmt.Sprint(v["reason"]), "no entry has the expected head hash") {
+		t.Fatalf("verify?expect=a hash never seen: %v", v)
+	}
+	a.refused("GET", "/v1/audit/verify?expect=xyz", op, nil, 400, "BAD_REQUEST")
+	a.refused("GET", "/v1/audit/verify", hr, nil, 403, "FORBIDDEN")
+}

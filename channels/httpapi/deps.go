@@ -109,6 +109,9 @@ type Directory interface {
 	Org
 	Import(org fanout.Org, opts fanout.ImportOptions, actor fanout.Actor) (fanout.Diff, error)
 	Audit(after uint64, limit int) ([]fanout.AuditEntry, error)
+	// VerifyAudit reads the whole audit log; expect, when not empty, is a
+	// head hash that must be in it (fanout.ErrBadExpect if malformed).
+	VerifyAudit(expect string) (fanout.AuditCheck, error)
 	Admins
 }
 

@@ -601,6 +601,18 @@ func (a *API) audit(r *http.Request) (int, any, error) {
 	return http.StatusOK, map[string]any{"entries": es, "next": next}, nil
 }
 
+// verifyAudit walks the audit log's hash chain (GET /v1/audit/verify).
+func (a *API) verifyAudit(r *http.Request) (int, any, error) {
+	c, err := a.cfg.Directory.VerifyAudit(r.URL.Query().Get("expect"))
+	if errors.Is(err, fanout.ErrBadExpect) {
+		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "expect must be a head hash: 64 hex digits")
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, c, nil
+}
+
 // importLimit is the default body limit of POST /v1/directory/import.
 const importLimit = 32 << 20
 

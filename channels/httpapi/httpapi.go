@@ -108,7 +108,16 @@
 //	DELETE /v1/groups/{id}
 //	POST /v1/directory/import?format=json|csv&remove_missing=1&dry_run=1   body: the file (up to 32 MiB)
 //	                                -> {"departments_added",...,"users_unchanged","missing","offboarded"}
-//	GET  /v1/audit?after=SEQ&limit=N  -> {"entries":[{"seq","at","actor","action","target","detail"}],"next"}
+//	GET  /v1/audit?after=SEQ&limit=N  -> {"entries":[{"seq","at","actor","role","source","action","target","detail","prev","hash"}],"next"}
+//	GET  /v1/audit/verify[?expect=HEAD_HASH]
+//	                                -> {"ok","entries","first_hashed_seq","head_seq","head_hash","expect","expect_seq","broken_at","reason"}
+//
+// The audit log is a hash chain (package fanout, "The audit chain"):
+// verify walks all of it and answers 200 either way; "ok" false with
+// "broken_at" (the seq of the first entry missing, changed or off the
+// chain) and a "reason", or, with expect (a head_hash recorded earlier,
+// outside the server), false when no entry has that hash: the log's end
+// was cut off or the chain rewritten.
 //
 // Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
 // they authenticate by Twilio's request signature, not the admin token.
@@ -241,6 +250,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("DELETE /v1/groups/{id}", PermOrgWrite, a.deleteGroup)
 	a.adminLimit("POST /v1/directory/import", PermOrgWrite, a.importBodyLimit(), a.importDirectory)
 	a.admin("GET /v1/audit", PermAudit, a.audit)
+	a.admin("GET /v1/audit/verify", PermAudit, a.verifyAudit)
 	a.admin("POST /v1/tokens", PermTokens, a.mintToken)
 	a.admin("POST /v1/messages", PermSend, a.sendMessage)
 	a.admin("GET /v1/messages/{id}/receipts", PermStatus, a.receipts)

@@ -230,6 +230,9 @@ func directory(g *globals, args []string, out io.Writer) error {
 }
 
 func audit(g *globals, args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "verify" {
+		return auditVerify(g, args[1:], out)
+	}
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	after := fs.Uint64("after", 0, "print entries after this sequence number")
 	limit := fs.Int("limit", 100, "at most this many entries (1 to 1000)")
@@ -237,6 +240,52 @@ func audit(g *globals, args []string, out io.Writer) error {
 		return err
 	}
 	return g.printCall(out, "GET", "/v1/audit?after="+strconv.FormatUint(*after, 10)+"&limit="+strconv.Itoa(*limit), nil)
+}
+
+// auditVerify: audit verify [--expect HEAD_HASH] [--head]. It prints the
+// server's answer as JSON (--head: only the head hash, once the log
+// verifies) and fails, exit 1, when the log does not verify.
+func auditVerify(g *globals, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
+	expect := fs.String("expect", "", "a head_hash recorded earlier: fail unless an entry has it (finds entries cut off the end)")
+	head := fs.Bool("head", false, "print only the head hash, to record it for the next --expect")
+	if err := noArgs(g, fs, args); err != nil {
+		return err
+	}
+	var res struct {
+		OK       bool   `json:"ok"`
+		HeadHash string `json:"head_hash"`
+		BrokenAt uint64 `json:"broken_at"`
+		Reason   string `json:"reason"`
+	}
+	raw, err := g.request("GET", "/v1/audit/verify?expect="+url.QueryEscape(*expect), "", nil, 5*time.Minute)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return err
+	}
+	switch {
+	case !*head:
+		var v any
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return err
+		}
+		if err := printJSON(out, v); err != nil {
+			return err
+		}
+	case res.OK:
+		if _, err := fmt.Fprintln(out, res.HeadHash); err != nil {
+			return err
+		}
+	}
+	switch {
+	case res.OK:
+		return nil
+	case res.BrokenAt != 0:
+		return exitError{1, fmt.Sprintf("the audit log is broken at entry %d: %s", res.BrokenAt, res.Reason)}
+	}
+	return exitError{1, "the audit log does not verify: " + res.Reason}
 }
 
 // callBody is call with a raw request body (an import file) instead of JSON.
