@@ -104,14 +104,20 @@ import (
 	"github.com/dingmq/ding/channels/socket/wire"
 )
 
-// Config configures a Client. Addr, Token and Device are required.
+// Config configures a Client. Addr and Device are required, and Token
+// unless TLS presents a client certificate (mTLS).
 type Config struct {
 	// Addr is the server's socket address (host:port), or, for a
 	// cluster, several separated by commas: the client connects to the
 	// first that answers, follows a NOT_OWNER redirect to the node that
 	// serves its user, and, when that node is lost, tries the same
 	// node first, then the others in turn (PROTOCOL.md §4, "Cluster mode").
-	Addr   string
+	Addr string
+	// Token is the device's client token. It may be empty when TLS
+	// presents a client certificate (Certificates or
+	// GetClientCertificate) that the server's client CA signed and that
+	// names this device in a URI SAN ding:client/USER/DEVICE (dingd
+	// --tls-client-ca); the server then authenticates the certificate.
 	Token  string
 	Device string
 	// Cursor is the last sequence number the application processed in an
@@ -418,8 +424,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 			seeds = append(seeds, a)
 		}
 	}
-	if len(seeds) == 0 || cfg.Token == "" || cfg.Device == "" {
-		return nil, errors.New("client: Addr, Token and Device are required")
+	clientCert := cfg.TLS != nil && (len(cfg.TLS.Certificates) > 0 || cfg.TLS.GetClientCertificate != nil)
+	if len(seeds) == 0 || (cfg.Token == "" && !clientCert) || cfg.Device == "" {
+		return nil, errors.New("client: Addr, Token (or a TLS client certificate) and Device are required")
 	}
 	if cfg.Buffer == 0 {
 		cfg.Buffer = 1024
