@@ -130,6 +130,12 @@ type Config struct {
 	// certificate; nil RootCAs: the system's roots; an empty ServerName
 	// is taken from the address dialled).
 	TLS *tls.Config
+	// PinSHA256, when set (with TLS), accepts a server only if its
+	// certificate's public key has one of these pins (PinSHA256: base64 of
+	// the SHA-256 of the SubjectPublicKeyInfo), on top of the usual
+	// verification; a mismatch fails with ErrPinMismatch. Give two during
+	// a key rotation.
+	PinSHA256 []string
 	// Dial, when set, opens every connection the client makes: to each
 	// address of Addr, to redirects, on every reconnect; network is
 	// "tcp". It may route through a proxy, resolve names its own way or
@@ -427,6 +433,15 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	clientCert := cfg.TLS != nil && (len(cfg.TLS.Certificates) > 0 || cfg.TLS.GetClientCertificate != nil)
 	if len(seeds) == 0 || (cfg.Token == "" && !clientCert) || cfg.Device == "" {
 		return nil, errors.New("client: Addr, Token (or a TLS client certificate) and Device are required")
+	}
+	if len(cfg.PinSHA256) > 0 {
+		if cfg.TLS == nil {
+			return nil, errors.New("client: PinSHA256 needs TLS")
+		}
+		var err error
+		if cfg.TLS, err = pinnedTLS(cfg.TLS, cfg.PinSHA256); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Buffer == 0 {
 		cfg.Buffer = 1024
