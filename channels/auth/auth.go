@@ -8,6 +8,10 @@
 // admin up (role, revocation) in the directory. The kind is a claim, so
 // neither can be used as the other.
 //
+// A client certificate verified against dingd's client CA may stand in
+// for either, when it names the identity explicitly (cert.go:
+// CertIdentityOf, URI SAN ding:admin/NAME or ding:client/USER/DEVICE).
+//
 //	keys, err := auth.LoadOrCreate(dataDir)
 //	tok, err := keys.MintClient("ana", "phone", 24*time.Hour)
 //	claims, err := keys.Verify(tok, auth.KindClient)

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -24,6 +25,11 @@ import (
 //     of the token's generation, not expired. Otherwise 401
 //     UNAUTHENTICATED. A revocation is installed in that memory before
 //     it is acknowledged, so the next request with the token fails.
+//     A request with no Authorization header over a TLS connection whose
+//     client certificate the port's client CA verified (mTLS) is the
+//     admin the certificate names (ding:admin/NAME), checked the same
+//     way (authenticateCert); a certificate never makes an admin of
+//     its own.
 //  2. authorize: the route's one Permission (registered with the route,
 //     so that no route exists without one) must be among the role's;
 //     otherwise 403 FORBIDDEN naming the permission.
@@ -175,8 +181,15 @@ func (a *API) guard(r *http.Request, pattern string, perm Permission) (*http.Req
 	return r.WithContext(context.WithValue(r.Context(), principalKey{}, p)), nil
 }
 
-// authenticate finds the admin r's bearer token names, in memory.
+// authenticate finds the admin r's bearer token names, in memory; or,
+// for a request without an Authorization header, the admin its verified
+// client certificate names (authenticateCert).
 func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
+	if r.Header.Get("Authorization") == "" {
+		if leaf := verifiedClientCert(r); leaf != nil {
+			return a.authenticateCert(leaf)
+		}
+	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		return nil, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token")
@@ -201,6 +214,50 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 	case adm.Expired(time.Now()):
 		return nil, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "admin token expired")
 	}
+	return newPrincipal(adm), nil
+}
+
+// verifiedClientCert is the client certificate of r's TLS connection that
+// the handshake verified against the HTTP port's client CA (dingd
+// --tls-client-ca), or nil: none given, or no client CA (then nothing is
+// verified, so nothing is trusted).
+func verifiedClientCert(r *http.Request) *x509.Certificate {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return r.TLS.VerifiedChains[0][0]
+}
+
+// authenticateCert finds the admin a verified client certificate names
+// (URI SAN ding:admin/NAME, auth.CertIdentityOf): never an admin by
+// default, only one named explicitly, and only while it is active and
+// not expired. The certificate counts as issued at its NotBefore: an
+// admin added again after a revocation or an expiry (a generation past
+// the first) accepts only certificates whose NotBefore is not before the
+// second it was added again, as it accepts only tokens minted since.
+func (a *API) authenticateCert(leaf *x509.Certificate) (*principal, *apiError) {
+	id, err := auth.CertIdentityOf(leaf)
+	if err != nil || id.Admin == "" {
+		return nil, errf(http.StatusUnauthorized, "UNAUTHENTICATED",
+			"missing bearer token, and the client certificate names no admin (URI SAN ding:admin/NAME)")
+	}
+	adm, ok := a.cfg.Directory.Admin(id.Admin)
+	switch {
+	case !ok:
+		return nil, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "the client certificate names no admin of this server")
+	case adm.Status != fanout.AdminActive:
+		return nil, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "the client certificate's admin is revoked")
+	case adm.Expired(time.Now()):
+		return nil, errf(http.StatusUnauthorized, "UNAUTHENTICATED", "the client certificate's admin has expired")
+	case adm.Gen > 1 && id.Issued.Before(adm.Created.Truncate(time.Second)): // NotBefore has whole seconds
+		return nil, errf(http.StatusUnauthorized, "UNAUTHENTICATED",
+			"the client certificate was issued before its admin was added again; issue a new one")
+	}
+	return newPrincipal(adm), nil
+}
+
+// newPrincipal is the principal of an active admin.
+func newPrincipal(adm fanout.Admin) *principal {
 	role, ok := roleNamed(adm.Role)
 	if !ok { // stored by a newer version: grant nothing
 		role = Role{Name: adm.Role}
@@ -212,7 +269,7 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 			p.role.Permissions = nil // a scope without a root: nothing
 		}
 	}
-	return p, nil
+	return p
 }
 
 // outOfScope is the refusal of something outside a dept-admin's subtree.

@@ -2,8 +2,10 @@
 // and back-office systems, plus /healthz, /readyz and /metrics.
 //
 // Every /v1 route needs "Authorization: Bearer <admin token>", the token
-// of a named admin (admins.go), and the one permission it was registered
-// with among its admin's role's (access.go; the table is in SECURITY.md):
+// of a named admin (admins.go), or, with no Authorization header, a
+// client certificate the port's client CA verified that names the admin
+// (URI SAN ding:admin/NAME; access.go), and the one permission it was
+// registered with among its admin's role's (the table is in SECURITY.md):
 // 401 UNAUTHENTICATED without a valid token (revoked, expired), 403
 // FORBIDDEN with the "permission" lacking, 403 OUT_OF_SCOPE for a
 // department admin's target outside its department's subtree. /metrics

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"crypto/x509"
 	"errors"
 	"math"
 	"sync"
@@ -30,6 +31,18 @@ type Transport interface {
 	// Close closes the connection. It may be called more than once and
 	// from any goroutine; the transport then calls Session.Closed once.
 	Close() error
+}
+
+// PeerCertifier is an optional capability of a Transport (found by type
+// assertion): a connection whose peer may have presented a client
+// certificate that the TLS handshake verified against the server's client
+// CA (mTLS). A HELLO without a token is then authenticated by the
+// certificate, when it names a device (auth.CertIdentityOf).
+type PeerCertifier interface {
+	// PeerCertificate returns the verified leaf certificate, or nil if the
+	// peer presented none. Called once, at the HELLO, after the TLS
+	// handshake.
+	PeerCertificate() *x509.Certificate
 }
 
 // closeGrace is how long a session that got a fatal error may take to
@@ -168,40 +181,30 @@ func (s *Session) hello(f *pb.Hello) {
 		s.fatal(pb.Code_BAD_VERSION, 0, "this server speaks protocol version 1")
 		return
 	}
-	claims, err := m.cfg.Tokens.Verify(f.Token, auth.KindClient)
-	switch {
-	case errors.Is(err, auth.ErrExpired):
-		m.m.handshakes.WithLabelValues("expired").Inc()
-		s.fatal(pb.Code_TOKEN_EXPIRED, 0, "token expired")
-		return
-	case err != nil:
-		m.m.handshakes.WithLabelValues("bad_token").Inc()
-		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid")
-		return
-	case claims.Device != f.Device:
-		m.m.handshakes.WithLabelValues("device_mismatch").Inc()
-		s.fatal(pb.Code_DEVICE_MISMATCH, 0, "device does not match the token")
+	user, device, issued, ok := s.helloIdentity(f)
+	if !ok {
 		return
 	}
-	if !m.cfg.Users.AcceptsToken(claims.User, claims.Device, claims.Issued()) {
-		// No such user, removed (offboarded), or the token was revoked
-		// (for good: re-adding the user does not bring it back).
+	if !m.cfg.Users.AcceptsToken(user, device, issued) {
+		// No such user, removed (offboarded), or the token (or the
+		// certificate: issued at its NotBefore) was revoked (for good:
+		// re-adding the user does not bring it back).
 		m.m.handshakes.WithLabelValues("bad_token").Inc()
 		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid or revoked")
 		return
 	}
 	e := m.cfg.Engine
-	head, err := e.Head(claims.User)
+	head, err := e.Head(user)
 	if err != nil {
-		m.log.Error("handshake: read head", "user", claims.User, "err", err)
+		m.log.Error("handshake: read head", "user", user, "err", err)
 		s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
 		return
 	}
 	cursor := f.GetCursor()
 	if f.Cursor == nil {
 		var known bool
-		if cursor, known, err = e.Cursor(claims.User, claims.Device); err != nil {
-			m.log.Error("handshake: read cursor", "user", claims.User, "err", err)
+		if cursor, known, err = e.Cursor(user, device); err != nil {
+			m.log.Error("handshake: read cursor", "user", user, "err", err)
 			s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
 			return
 		}
@@ -210,13 +213,13 @@ func (s *Session) hello(f *pb.Hello) {
 		}
 	}
 	cursor = min(cursor, head) // a client ahead of the server (restored backup) resumes at the head
-	resume, err := e.ResumeFrom(claims.User, cursor)
+	resume, err := e.ResumeFrom(user, cursor)
 	if err != nil {
-		m.log.Error("handshake: read stream", "user", claims.User, "err", err)
+		m.log.Error("handshake: read stream", "user", user, "err", err)
 		s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
 		return
 	}
-	s.user, s.device = claims.User, claims.Device
+	s.user, s.device = user, device
 	s.authed.Store(true)
 	if a, ok := s.t.(interface{ Authenticated() }); ok {
 		a.Authenticated() // the transport's count of connections not yet authenticated
@@ -237,7 +240,7 @@ func (s *Session) hello(f *pb.Hello) {
 	if s.isClosing() {
 		d.Detach() // closed while attaching; Closed may have missed d
 	}
-	if !m.cfg.Users.AcceptsToken(claims.User, claims.Device, claims.Issued()) {
+	if !m.cfg.Users.AcceptsToken(user, device, issued) {
 		// Revoked (or the user removed) between the check above and the
 		// Join: the revocation's kick may have missed this session.
 		s.fatal(pb.Code_BAD_TOKEN, 0, "token revoked")
@@ -246,6 +249,46 @@ func (s *Session) hello(f *pb.Hello) {
 	if os, ok := old.(*Session); ok {
 		os.fatal(pb.Code_REPLACED, 0, "the same device connected again")
 	}
+}
+
+// helloIdentity is the device a HELLO authenticates: its token's, or,
+// with no token, that of the verified client certificate of the
+// connection (PeerCertifier), when it names one. On a refusal it has
+// answered and closed, and returns ok false.
+func (s *Session) helloIdentity(f *pb.Hello) (user, device string, issued time.Time, ok bool) {
+	m := s.m
+	if pc, isTLS := s.t.(PeerCertifier); isTLS && f.Token == "" {
+		if cert := pc.PeerCertificate(); cert != nil {
+			id, err := auth.CertIdentityOf(cert)
+			switch {
+			case err != nil || id.User == "":
+				m.m.handshakes.WithLabelValues("bad_cert").Inc()
+				s.fatal(pb.Code_BAD_TOKEN, 0, "no token, and the client certificate names no device (URI SAN ding:client/USER/DEVICE)")
+				return "", "", time.Time{}, false
+			case f.Device != "" && f.Device != id.Device:
+				m.m.handshakes.WithLabelValues("device_mismatch").Inc()
+				s.fatal(pb.Code_DEVICE_MISMATCH, 0, "device does not match the client certificate")
+				return "", "", time.Time{}, false
+			}
+			return id.User, id.Device, id.Issued, true
+		}
+	}
+	claims, err := m.cfg.Tokens.Verify(f.Token, auth.KindClient)
+	switch {
+	case errors.Is(err, auth.ErrExpired):
+		m.m.handshakes.WithLabelValues("expired").Inc()
+		s.fatal(pb.Code_TOKEN_EXPIRED, 0, "token expired")
+		return "", "", time.Time{}, false
+	case err != nil:
+		m.m.handshakes.WithLabelValues("bad_token").Inc()
+		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid")
+		return "", "", time.Time{}, false
+	case claims.Device != f.Device:
+		m.m.handshakes.WithLabelValues("device_mismatch").Inc()
+		s.fatal(pb.Code_DEVICE_MISMATCH, 0, "device does not match the token")
+		return "", "", time.Time{}, false
+	}
+	return claims.User, claims.Device, claims.Issued(), true
 }
 
 func (s *Session) submit(f *pb.Submit) {

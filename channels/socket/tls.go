@@ -2,6 +2,7 @@ package socket
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -16,7 +17,9 @@ import (
 // TLS on ln (netpoll, the plain port's event loop, has no TLS): each
 // connection gets a goroutine that reads its frames (crypto/tls over a
 // net.Conn), and writes go straight to it under the write timeout. It
-// returns when ln is closed (Shutdown closes it).
+// returns when ln is closed (Shutdown closes it). With cfg.ClientCAs
+// (and ClientAuth verifying them), a HELLO without a token may be
+// authenticated by the client certificate (session.PeerCertifier).
 func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 	s.tlsMu.Lock()
 	if s.tlsClosed {
@@ -164,4 +167,21 @@ func (s *Server) closeTLS() {
 	s.tlsWG.Wait()
 }
 
-var _ session.Transport = (*tlsConn)(nil)
+// PeerCertificate implements session.PeerCertifier: the client
+// certificate the handshake verified against the listener's client CA
+// (tls.Config.ClientCAs), or nil.
+func (c *tlsConn) PeerCertificate() *x509.Certificate {
+	tc, ok := c.nc.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	if chains := tc.ConnectionState().VerifiedChains; len(chains) > 0 && len(chains[0]) > 0 {
+		return chains[0][0]
+	}
+	return nil
+}
+
+var (
+	_ session.Transport     = (*tlsConn)(nil)
+	_ session.PeerCertifier = (*tlsConn)(nil)
+)

@@ -106,11 +106,17 @@ const globalHelp = `global flags (before or after the command):
   --ca FILE        CA of the server's certificate, for HTTPS and --socket-tls (env DING_CA; default: the system's roots)
   --socket-tls     the socket speaks TLS (dingd --tls-listen)
   --insecure       allow the admin token over plain http:// to a host that is not loopback
+  --cert FILE      client certificate (mTLS, dingd --tls-client-ca) for HTTPS and --socket-tls (env DING_CERT);
+                   one naming an admin (URI SAN ding:admin/NAME) replaces the admin token
+  --key FILE       its private key (env DING_KEY)
+  --pin-sha256 P   accept the server only if its certificate's key has pin P (base64 SHA-256 of
+                   the SubjectPublicKeyInfo; several: P1,P2), on top of --ca (env DING_PIN_SHA256)
 
 The admin token comes from --token, else --data DIR's admin.token, else
 DING_TOKEN, else ./ding-data/admin.token (dingd's default data dir): a flag
 beats the environment. DATA/admin.token is the first owner's; other admins
-have tokens of their own, with a role (dingctl admin --help).
+have tokens of their own, with a role (dingctl admin --help). With --cert
+and none of these given, no token is sent: the certificate names the admin.
 
 Output: JSON for anything with structure, a bare id or line for what a
 script captures (send, ding, announce, secret create); times are RFC 3339.
@@ -268,7 +274,8 @@ func commandHelp(out io.Writer, fs *flag.FlagSet) {
 }
 
 // globalFlag names the flags every command accepts (globals.register).
-var globalFlag = map[string]bool{"token": true, "data": true, "server": true, "socket": true, "ca": true, "socket-tls": true, "insecure": true}
+var globalFlag = map[string]bool{"token": true, "data": true, "server": true, "socket": true, "ca": true, "socket-tls": true, "insecure": true,
+	"cert": true, "key": true, "pin-sha256": true}
 
 // flagError turns the flag package's error into one line that names the
 // command's help: "send: unknown flag --frm; see dingctl send --help".

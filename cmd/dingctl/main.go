@@ -73,6 +73,10 @@ type globals struct {
 	// admin token over plain HTTP to a host that is not loopback.
 	ca                  string
 	socketTLS, insecure bool
+	// cert, key: a client certificate (mTLS) presented on HTTPS and the
+	// TLS socket; pins: SPKI SHA-256 pins the server's certificate must
+	// match (comma-separated).
+	cert, key, pins string
 	// out is where help goes (stdout: asking for help is not an error).
 	out io.Writer
 	// envToken is DING_TOKEN; tokenSet and dataSet: --token, --data given
@@ -99,7 +103,8 @@ func (f setFlag) String() string {
 }
 func (f setFlag) Set(s string) error { *f.v, *f.set = s, true; return nil }
 
-// tlsConfig verifies the server with --ca, or the system's roots.
+// tlsConfig verifies the server with --ca, or the system's roots, and
+// with --pin-sha256 its key too; it presents --cert when given.
 func (g *globals) tlsConfig() (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if g.ca != "" {
@@ -112,6 +117,23 @@ func (g *globals) tlsConfig() (*tls.Config, error) {
 			return nil, fmt.Errorf("--ca %s holds no PEM certificate", g.ca)
 		}
 		cfg.RootCAs = pool
+	}
+	if (g.cert == "") != (g.key == "") {
+		return nil, exitError{2, "--cert and --key go together"}
+	}
+	if g.cert != "" {
+		c, err := tls.LoadX509KeyPair(g.cert, g.key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert %s --key %s: %w", g.cert, g.key, err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	if g.pins != "" {
+		verify, err := client.VerifyPins(strings.Split(g.pins, ","))
+		if err != nil {
+			return nil, exitError{2, "--pin-sha256: " + strings.TrimPrefix(err.Error(), "client: ")}
+		}
+		cfg.VerifyConnection = verify
 	}
 	return cfg, nil
 }
@@ -144,6 +166,9 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.ca, "ca", g.ca, "PEM file of the CA that signed the server's certificate (HTTPS, --socket-tls); default: the system's roots (env DING_CA)")
 	fs.BoolVar(&g.socketTLS, "socket-tls", g.socketTLS, "the socket address speaks TLS (dingd --tls-listen)")
 	fs.BoolVar(&g.insecure, "insecure", g.insecure, "allow sending the admin token over plain http:// to a host that is not loopback")
+	fs.StringVar(&g.cert, "cert", g.cert, "PEM client certificate (mTLS, dingd --tls-client-ca) for HTTPS and --socket-tls; naming an admin (URI SAN ding:admin/NAME), it replaces the admin token (env DING_CERT)")
+	fs.StringVar(&g.key, "key", g.key, "the client certificate's PEM private key (env DING_KEY)")
+	fs.StringVar(&g.pins, "pin-sha256", g.pins, "accept the server only if its certificate's key has this pin (base64 SHA-256 of the SubjectPublicKeyInfo; several: comma-separated), on top of --ca (env DING_PIN_SHA256)")
 }
 
 func envOr(name, def string) string {
@@ -167,7 +192,7 @@ func dispatch(args []string, out io.Writer) error {
 		return err
 	}
 	g := &globals{envToken: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070"),
-		ca: os.Getenv("DING_CA"), out: out}
+		ca: os.Getenv("DING_CA"), cert: os.Getenv("DING_CERT"), key: os.Getenv("DING_KEY"), pins: os.Getenv("DING_PIN_SHA256"), out: out}
 	fs := flag.NewFlagSet("dingctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	g.register(fs)
@@ -279,7 +304,9 @@ func parse(fs *flag.FlagSet, g *globals, args []string) ([]string, error) {
 }
 
 // adminToken is --token, else --data DIR's admin.token, else DING_TOKEN,
-// else ./ding-data/admin.token: a flag beats the environment.
+// else ./ding-data/admin.token: a flag beats the environment. With a
+// client certificate (--cert) and none of the three given, it is none:
+// the certificate names the admin.
 func (g *globals) adminToken() (string, error) {
 	switch {
 	case g.tokenSet && g.token != "":
@@ -288,6 +315,8 @@ func (g *globals) adminToken() (string, error) {
 	case !g.dataSet && g.envToken != "":
 		g.tokenFrom = "DING_TOKEN"
 		return g.envToken, nil
+	case !g.dataSet && g.cert != "":
+		return "", nil
 	}
 	dir := g.data
 	if dir == "" {
@@ -327,6 +356,9 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 	if err != nil {
 		return nil, err
 	}
+	if g.pins != "" && !strings.HasPrefix(g.server, "https://") {
+		return nil, exitError{2, "--pin-sha256 pins the certificate of an https:// server; --server is " + g.server}
+	}
 	tc, err := g.tlsConfig()
 	if err != nil {
 		return nil, err
@@ -335,7 +367,9 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+tok)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
@@ -363,6 +397,8 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 		if json.Unmarshal(raw, &e) == nil && e.Error.Code != "" {
 			detail := strings.ReplaceAll(e.Error.Detail, "\n", " ")
 			switch {
+			case resp.StatusCode == http.StatusUnauthorized && tok == "":
+				detail += " (the client certificate " + g.cert + ")"
 			case resp.StatusCode == http.StatusUnauthorized:
 				detail += " (the admin token from " + g.tokenFrom + ")"
 			case resp.Header.Get("Retry-After") != "":

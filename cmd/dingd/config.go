@@ -52,8 +52,9 @@ type config struct {
 	// BackupDir is where POST /v1/backup writes; empty: DATA/backups.
 	BackupDir string
 	// TLSCert and TLSKey serve the HTTP port over TLS; TLSListen adds a
-	// socket listener over TLS.
-	TLSCert, TLSKey, TLSListen string
+	// socket listener over TLS; TLSClientCA asks their clients for
+	// certificates that CA signed (mTLS).
+	TLSCert, TLSKey, TLSListen, TLSClientCA string
 	// RestoreFrom, if set, is a backup to make the store of an empty data
 	// dir before starting (node.Restore).
 	RestoreFrom string
@@ -156,6 +157,9 @@ var settings = []setting{
 	{name: "tls-listen", env: "DING_TLS_LISTEN", def: "",
 		help:  "also serve the socket protocol over TLS on this address (with --tls-cert), e.g. :7443; empty: none",
 		field: func(c *config) any { return &c.TLSListen }},
+	{name: "tls-client-ca", env: "DING_TLS_CLIENT_CA", def: "",
+		help:  "a PEM file of the CA(s) whose client certificates (mTLS) the HTTP port and --tls-listen ask for (with --tls-cert); a certificate from another CA fails the handshake, none at all is served as before (tokens). A certificate stands in for a token only if a URI SAN names the identity: ding:admin/NAME (an existing admin, its role and scope) or ding:client/USER/DEVICE (a device, on --tls-listen); the common name is never read. Reloaded with the certificate; empty: none asked for",
+		field: func(c *config) any { return &c.TLSClientCA }},
 	{name: "restore-from", env: "DING_RESTORE_FROM", def: "",
 		help:  "before starting, verify this backup (a directory dingctl backup wrote) and make it the store of --data, which must hold none; secret messages burn (their keys are not in backups); clients need new tokens unless jwt.secret is copied too",
 		field: func(c *config) any { return &c.RestoreFrom }},

@@ -176,7 +176,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
 	ncfg.Socket.NewDeviceWindow = c.NewDeviceWindow
 	ncfg.Retention = c.engineRetention()
-	ncfg.TLSCert, ncfg.TLSKey, ncfg.TLSSocketAddr = c.TLSCert, c.TLSKey, c.TLSListen
+	ncfg.TLSCert, ncfg.TLSKey, ncfg.TLSSocketAddr, ncfg.TLSClientCA = c.TLSCert, c.TLSKey, c.TLSListen, c.TLSClientCA
 	ncfg.BackupDir = c.BackupDir
 	ncfg.DiskReserve = int64(c.DiskReserveMB) << 20
 	if c.DiskReserveMB == 0 {

@@ -80,6 +80,13 @@ type Config struct {
 	// TLSSocketAddr, when set (with TLSCert), is a listener carrying the
 	// socket protocol over TLS, beside the plain one.
 	TLSSocketAddr string
+	// TLSClientCA, when set (with TLSCert), is a PEM file of the CA(s)
+	// whose client certificates the HTTP port and the TLS socket listener
+	// ask for and verify (mTLS, tls.VerifyClientCertIfGiven): a
+	// certificate naming an admin (ding:admin/NAME) or a device
+	// (ding:client/USER/DEVICE) stands in for its token (channels/auth,
+	// CertIdentityOf). Reloaded with the certificate. Empty: none asked for.
+	TLSClientCA string
 	// MaxHTTPConnsPerSource and MaxHTTPConns bound the HTTP port's open
 	// connections per source address and in all (more are closed as
 	// soon as accepted); zero means 64 and 1024, negative no bound.
@@ -246,6 +253,9 @@ func Start(cfg Config) (_ *Node, err error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") || (cfg.TLSSocketAddr != "" && cfg.TLSCert == "") {
 		return nil, errors.New("node: tls: a certificate and its key go together, and a TLS socket listener needs them")
 	}
+	if cfg.TLSClientCA != "" && cfg.TLSCert == "" {
+		return nil, errors.New("node: tls: a client CA (mTLS) needs the server's own certificate and key")
+	}
 	if err := registerPlaintext(reg, cfg.Logger, map[string]bool{
 		"socket": publicPlain(n.sockLn.Addr()),
 		"http":   cfg.TLSCert == "" && publicPlain(n.httpLn.Addr()),
@@ -253,7 +263,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.TLSCert != "" {
-		if n.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+		if n.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA); err != nil {
 			return nil, err
 		}
 		n.httpLn = tls.NewListener(n.httpLn, n.certs.tlsConfig())

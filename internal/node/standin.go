@@ -210,10 +210,13 @@ func (m *member) standIn() {
 }
 
 // standInCerts is the stand-in's certificate: the node's files, read once
-// and reloaded as the node's are (certReloader).
+// and reloaded as the node's are (certReloader). It asks for no client
+// certificate: it only redirects and proxies, and a proxied request
+// carries no certificate to the owner (an admin that authenticates with
+// one must reach the owner's HTTP port).
 func (m *member) standInCerts() (*certReloader, error) {
 	if m.standCerts == nil {
-		c, err := newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey)
+		c, err := newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey, "")
 		if err != nil {
 			return nil, err
 		}

@@ -104,14 +104,20 @@ import (
 	"github.com/dingmq/ding/channels/socket/wire"
 )
 
-// Config configures a Client. Addr, Token and Device are required.
+// Config configures a Client. Addr and Device are required, and Token
+// unless TLS presents a client certificate (mTLS).
 type Config struct {
 	// Addr is the server's socket address (host:port), or, for a
 	// cluster, several separated by commas: the client connects to the
 	// first that answers, follows a NOT_OWNER redirect to the node that
 	// serves its user, and, when that node is lost, tries the same
 	// node first, then the others in turn (PROTOCOL.md §4, "Cluster mode").
-	Addr   string
+	Addr string
+	// Token is the device's client token. It may be empty when TLS
+	// presents a client certificate (Certificates or
+	// GetClientCertificate) that the server's client CA signed and that
+	// names this device in a URI SAN ding:client/USER/DEVICE (dingd
+	// --tls-client-ca); the server then authenticates the certificate.
 	Token  string
 	Device string
 	// Cursor is the last sequence number the application processed in an
@@ -124,6 +130,12 @@ type Config struct {
 	// certificate; nil RootCAs: the system's roots; an empty ServerName
 	// is taken from the address dialled).
 	TLS *tls.Config
+	// PinSHA256, when set (with TLS), accepts a server only if its
+	// certificate's public key has one of these pins (PinSHA256: base64 of
+	// the SHA-256 of the SubjectPublicKeyInfo), on top of the usual
+	// verification; a mismatch fails with ErrPinMismatch. Give two during
+	// a key rotation.
+	PinSHA256 []string
 	// Dial, when set, opens every connection the client makes: to each
 	// address of Addr, to redirects, on every reconnect; network is
 	// "tcp". It may route through a proxy, resolve names its own way or
@@ -418,8 +430,18 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 			seeds = append(seeds, a)
 		}
 	}
-	if len(seeds) == 0 || cfg.Token == "" || cfg.Device == "" {
-		return nil, errors.New("client: Addr, Token and Device are required")
+	clientCert := cfg.TLS != nil && (len(cfg.TLS.Certificates) > 0 || cfg.TLS.GetClientCertificate != nil)
+	if len(seeds) == 0 || (cfg.Token == "" && !clientCert) || cfg.Device == "" {
+		return nil, errors.New("client: Addr, Token (or a TLS client certificate) and Device are required")
+	}
+	if len(cfg.PinSHA256) > 0 {
+		if cfg.TLS == nil {
+			return nil, errors.New("client: PinSHA256 needs TLS")
+		}
+		var err error
+		if cfg.TLS, err = pinnedTLS(cfg.TLS, cfg.PinSHA256); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Buffer == 0 {
 		cfg.Buffer = 1024
