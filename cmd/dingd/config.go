@@ -55,6 +55,9 @@ type config struct {
 	// socket listener over TLS; TLSClientCA asks their clients for
 	// certificates that CA signed (mTLS).
 	TLSCert, TLSKey, TLSListen, TLSClientCA string
+	// ACMEDomain (comma-separated names), ACMEEmail and ACMEDirectory get
+	// the certificate from an ACME CA instead of TLSCert (acme.go).
+	ACMEDomain, ACMEEmail, ACMEDirectory string
 	// RestoreFrom, if set, is a backup to make the store of an empty data
 	// dir before starting (node.Restore).
 	RestoreFrom string
@@ -160,6 +163,16 @@ var settings = []setting{
 	{name: "tls-client-ca", env: "DING_TLS_CLIENT_CA", def: "",
 		help:  "a PEM file of the CA(s) whose client certificates (mTLS) the HTTP port and --tls-listen ask for (with --tls-cert); a certificate from another CA fails the handshake, none at all is served as before (tokens). A certificate stands in for a token only if a URI SAN names the identity: ding:admin/NAME (an existing admin, its role and scope) or ding:client/USER/DEVICE (a device, on --tls-listen); the common name is never read. Reloaded with the certificate; empty: none asked for",
 		field: func(c *config) any { return &c.TLSClientCA }},
+	{name: "acme-domain", env: "DING_ACME_DOMAIN", def: "",
+		help:  "get the certificate of the HTTP port (and of --tls-listen) for this public DNS name, or names separated by commas, from an ACME CA (Let's Encrypt by default; using it accepts the CA's terms), instead of --tls-cert: the CA must reach the HTTP port on port 443 at that name (tls-alpn-01); account and certificates kept in DATA/acme (0700), renewed by themselves; one node only; empty: no ACME",
+		field: func(c *config) any { return &c.ACMEDomain }},
+	{name: "acme-email", env: "DING_ACME_EMAIL", def: "",
+		help:  "with --acme-domain: the contact address the CA sends expiry and problem notices to; empty: none",
+		field: func(c *config) any { return &c.ACMEEmail }},
+	{name: "acme-directory", env: "DING_ACME_DIRECTORY", def: "",
+		help:      "with --acme-domain: the ACME CA's directory URL, e.g. a private CA's (its HTTPS is verified with the system's roots; SSL_CERT_FILE adds one)",
+		effective: "https://acme-v02.api.letsencrypt.org/directory",
+		field:     func(c *config) any { return &c.ACMEDirectory }},
 	{name: "restore-from", env: "DING_RESTORE_FROM", def: "",
 		help:  "before starting, verify this backup (a directory dingctl backup wrote) and make it the store of --data, which must hold none; secret messages burn (their keys are not in backups); clients need new tokens unless jwt.secret is copied too",
 		field: func(c *config) any { return &c.RestoreFrom }},
@@ -545,6 +558,9 @@ func (c *config) validate() error {
 		if c.AckReplicas != 0 && c.AckReplicas != 1 {
 			return c.invalid("ack-replicas", strconv.Itoa(c.AckReplicas), "want 1 (owner and standby) or 0 (owner only); a partition has one standby")
 		}
+	}
+	if err := c.validateACME(); err != nil {
+		return err
 	}
 	if c.IdleTimeout < 300*time.Millisecond {
 		return c.invalid("idle-timeout", c.IdleTimeout.String(), "want at least 300ms")

@@ -196,7 +196,9 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 	}
 	for i := range settings {
 		s := &settings[i]
-		if s.format(c) == s.def {
+		// The acme-* settings exclude tls-cert and cluster:
+		// TestACMEPrintConfigRoundTrip has them.
+		if s.format(c) == s.def && !strings.HasPrefix(s.name, "acme-") {
 			t.Fatalf("%s is its default: the test must change every setting", s.name)
 		}
 	}

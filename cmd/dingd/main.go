@@ -177,6 +177,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	ncfg.Socket.NewDeviceWindow = c.NewDeviceWindow
 	ncfg.Retention = c.engineRetention()
 	ncfg.TLSCert, ncfg.TLSKey, ncfg.TLSSocketAddr, ncfg.TLSClientCA = c.TLSCert, c.TLSKey, c.TLSListen, c.TLSClientCA
+	ncfg.ACME = c.acme()
 	ncfg.BackupDir = c.BackupDir
 	ncfg.DiskReserve = int64(c.DiskReserveMB) << 20
 	if c.DiskReserveMB == 0 {
@@ -202,6 +203,10 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 
 	if a := n.TLSSocketAddr(); a != "" {
 		fmt.Fprintf(os.Stderr, "dingd: socket over TLS %s; https on %s\n", a, n.HTTPAddr())
+	}
+	if c.ACMEDomain != "" {
+		fmt.Fprintf(os.Stderr, "dingd: certificates for %s from ACME, kept in %s; the first handshake naming one gets it\n",
+			c.ACMEDomain, filepath.Join(c.Data, node.ACMEDir))
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

@@ -16,6 +16,7 @@ var owners = map[string][]string{
 	"github.com/twilio/twilio-go":      {"github.com/dingmq/ding/channels/twilio"},
 	"github.com/redis/go-redis/v9":     {"github.com/dingmq/ding/cluster"},
 	"github.com/golang-jwt/jwt/v5":     {"github.com/dingmq/ding/channels/auth"},
+	"golang.org/x/crypto/acme":         {"github.com/dingmq/ding/internal/node"},
 }
 
 func TestImportRules(t *testing.T) {
@@ -52,6 +53,7 @@ func TestImportRules(t *testing.T) {
 		"github.com/dingmq/ding/channels/socket github.com/cloudwego/netpoll",
 		"github.com/dingmq/ding/engine/store/pebblestore github.com/cockroachdb/pebble/v2",
 		"github.com/dingmq/ding/cluster github.com/redis/go-redis/v9",
+		"github.com/dingmq/ding/internal/node golang.org/x/crypto/acme",
 	} {
 		if !seen[want] {
 			t.Errorf("did not see %s: the go list parsing is broken", want)

@@ -77,8 +77,8 @@ type Config struct {
 	// the HTTP port serves TLS with, and the TLS socket listener too
 	// (reloaded on ReloadTLS and when the files change).
 	TLSCert, TLSKey string
-	// TLSSocketAddr, when set (with TLSCert), is a listener carrying the
-	// socket protocol over TLS, beside the plain one.
+	// TLSSocketAddr, when set (with TLSCert or ACME), is a listener
+	// carrying the socket protocol over TLS, beside the plain one.
 	TLSSocketAddr string
 	// TLSClientCA, when set (with TLSCert), is a PEM file of the CA(s)
 	// whose client certificates the HTTP port and the TLS socket listener
@@ -87,6 +87,10 @@ type Config struct {
 	// (ding:client/USER/DEVICE) stands in for its token (channels/auth,
 	// CertIdentityOf). Reloaded with the certificate. Empty: none asked for.
 	TLSClientCA string
+	// ACME, when its Domains are set, gets the certificate of the HTTP
+	// port and of the TLS socket listener from an ACME CA (acme.go)
+	// instead of TLSCert and TLSKey, which it excludes.
+	ACME ACMEConfig
 	// MaxHTTPConnsPerSource and MaxHTTPConns bound the HTTP port's open
 	// connections per source address and in all (more are closed as
 	// soon as accepted); zero means 64 and 1024, negative no bound.
@@ -191,7 +195,9 @@ type Node struct {
 	secretKeys *keyring.Ring // secret messages' keys; closed after the engine
 	unready    func() string // why /readyz refuses although the node runs (a failed store write, the disk guard)
 	guard      *diskGuard    // nil: no disk guard
-	certs      *certReloader // nil: no TLS
+	certs      *certReloader // nil: no certificate files
+	acme       *acmeCerts    // nil: no ACME
+	serverTLS  *tls.Config   // the listeners' TLS; nil: none
 	tlsSockLn  net.Listener  // the TLS socket listener; nil: none
 	eng        *engine.Engine
 	hub        *fanout.Hub
@@ -250,15 +256,22 @@ func Start(cfg Config) (_ *Node, err error) {
 	if n.httpLn, err = newLimitListener(n.httpLn, max(perSource, 0), max(total, 0), reg); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	if (cfg.TLSCert == "") != (cfg.TLSKey == "") || (cfg.TLSSocketAddr != "" && cfg.TLSCert == "") {
-		return nil, errors.New("node: tls: a certificate and its key go together, and a TLS socket listener needs them")
+	acmeOn := len(cfg.ACME.Domains) > 0
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") || (cfg.TLSSocketAddr != "" && cfg.TLSCert == "" && !acmeOn) {
+		return nil, errors.New("node: tls: a certificate and its key go together, and a TLS socket listener needs them (or ACME)")
+	}
+	if acmeOn && cfg.TLSCert != "" {
+		return nil, errors.New("node: tls: certificate files and ACME exclude each other")
+	}
+	if acmeOn && cfg.Replicate != nil {
+		return nil, errors.New("node: tls: ACME is for a single node; cluster members use certificate files")
 	}
 	if cfg.TLSClientCA != "" && cfg.TLSCert == "" {
 		return nil, errors.New("node: tls: a client CA (mTLS) needs the server's own certificate and key")
 	}
 	if err := registerPlaintext(reg, cfg.Logger, map[string]bool{
 		"socket": publicPlain(n.sockLn.Addr()),
-		"http":   cfg.TLSCert == "" && publicPlain(n.httpLn.Addr()),
+		"http":   cfg.TLSCert == "" && !acmeOn && publicPlain(n.httpLn.Addr()),
 	}); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -266,7 +279,16 @@ func Start(cfg Config) (_ *Node, err error) {
 		if n.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA); err != nil {
 			return nil, err
 		}
-		n.httpLn = tls.NewListener(n.httpLn, n.certs.tlsConfig())
+		n.serverTLS = n.certs.tlsConfig()
+	}
+	if acmeOn {
+		if n.acme, err = newACME(cfg.ACME, cfg.DataDir); err != nil {
+			return nil, err
+		}
+		n.serverTLS = n.acme.tlsConfig()
+	}
+	if n.serverTLS != nil {
+		n.httpLn = tls.NewListener(n.httpLn, n.serverTLS)
 		if cfg.TLSSocketAddr != "" {
 			if n.tlsSockLn, err = net.Listen("tcp", cfg.TLSSocketAddr); err != nil {
 				return nil, listenError("TLS socket", cfg.TLSSocketAddr, err)
@@ -283,6 +305,11 @@ func Start(cfg Config) (_ *Node, err error) {
 			return nil, err
 		}
 		closers = append(closers, func() { n.lock.Close() })
+	}
+	if n.acme != nil {
+		if err := n.acme.prepare(); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.RestoreFrom != "" {
 		if cfg.Replicate != nil {
@@ -450,7 +477,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			if err := n.sock.ServeTLS(n.tlsSockLn, n.certs.tlsConfig()); err != nil {
+			if err := n.sock.ServeTLS(n.tlsSockLn, n.serverTLS); err != nil {
 				n.log.Error("TLS socket server stopped", "err", err)
 			}
 		}()
@@ -530,6 +557,7 @@ func (n *Node) RevokeTokens(ctx context.Context, user, device string, actor fano
 
 // ReloadTLS reads the certificate and key files again (SIGHUP); new
 // connections get the new certificate, established ones keep theirs.
+// With ACME (or no TLS) it does nothing: autocert renews by itself.
 func (n *Node) ReloadTLS() error {
 	if n.certs == nil {
 		return nil
