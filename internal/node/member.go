@@ -117,6 +117,9 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 	if mc.Node.RestoreFrom != "" {
 		return errors.New("node: a cluster member does not restore a backup; it joins from its owner's snapshot")
 	}
+	if len(mc.Node.ACME.Domains) > 0 {
+		return errors.New("node: tls: ACME is for a single node; cluster members use certificate files")
+	}
 	if err := os.MkdirAll(mc.Node.DataDir, 0o700); err != nil {
 		return fmt.Errorf("node: data dir: %w", err)
 	}
