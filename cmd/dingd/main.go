@@ -28,6 +28,11 @@
 // fake (channels/twilio/twiliotest) for a local demo. On first start dingd
 // writes an admin token to DATA/admin.token (mode 0600).
 //
+// TLS: tls-cert and tls-key make the HTTP port HTTPS, and tls-listen adds
+// a socket port over TLS; SIGHUP (or a change of the files) reloads the
+// certificate without dropping connections. Or acme-domain gets the
+// certificate from an ACME CA such as Let's Encrypt (acme.go).
+//
 // Secret chats: burn-after is how long after its first read a secret
 // message burns (and the longest delay a level-3 chat may choose),
 // secret-unread-ttl how long an unread level-2 or level-3 message lives.
