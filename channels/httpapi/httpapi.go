@@ -7,7 +7,10 @@
 // 401 UNAUTHENTICATED without a valid token (revoked, expired), 403
 // FORBIDDEN with the "permission" lacking, 403 OUT_OF_SCOPE for a
 // department admin's target outside its department's subtree. /metrics
-// is public unless Config.MetricsAuth. Errors are JSON with a stable
+// is public unless Config.MetricsAuth. Over a rate limit (an admin's
+// requests or token mints, a user's messages or DINGs, an address that
+// failed to authenticate too often: ratelimit.go), 429 RATE_LIMITED with
+// Retry-After. Errors are JSON with a stable
 // code, also for a path no route takes (404 NOT_FOUND) or a method it
 // does not (405 METHOD_NOT_ALLOWED, with Allow):
 //
@@ -15,6 +18,7 @@
 //	{"error": {"code": "FORBIDDEN", "detail": "admin \"crm\" (role sender) lacks the permission \"audit\" that GET /v1/audit needs", "permission": "audit"}}
 //	{"error": {"code": "UNAVAILABLE", "detail": "...", "retry": true}}
 //	{"error": {"code": "NOT_FOUND", "detail": "no route GET /v1/nosuch"}}
+//	{"error": {"code": "RATE_LIMITED", "detail": "too many requests from this admin; retry in 1s", "retry": true}}  (429, Retry-After)
 //
 // In every answer, times are RFC 3339 in UTC, in whole milliseconds, and an
 // empty list is [] (never null): normalize.go does it for every route.
@@ -42,7 +46,8 @@
 //	                                ("updated": the removal's time) and "already_removed"; a removed user
 //	                                again: 200, "already_removed": true, nothing moves (the offboarding is
 //	                                redone, to finish one that failed half-way)
-//	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
+//	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}; 429 RATE_LIMITED
+//	                                   (Retry-After) past the admin's mints per minute
 //	POST /v1/users/{id}/revoke-tokens {"device"} -> {"user","device","connections_closed"}: every client
 //	                                   token of the user issued until now (or of that device) stops
 //	                                   working, for good, and its live connections get BAD_TOKEN; tokens
@@ -133,6 +138,7 @@ import (
 	"github.com/dingmq/ding/channels/codes"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // Config configures the API. Engine, Directory, Keys and Gatherer are required.
@@ -179,6 +185,9 @@ type Config struct {
 	// "metrics" permission (roles owner, admin, operator); false (the
 	// default) serves it to anyone who reaches the port.
 	MetricsAuth bool
+	// Limits are the rate limits per admin, per user and per source
+	// address (ratelimit.go); nil means none.
+	Limits *ratelimit.Limits
 }
 
 // API is the http.Handler.
@@ -470,6 +479,9 @@ func (a *API) mintToken(r *http.Request) (int, any, error) {
 	if ttl <= 0 || ttl > a.cfg.MaxTokenTTL {
 		ttl = a.cfg.MaxTokenTTL
 	}
+	if err := a.cfg.Limits.Check(ratelimit.TokenMint, actor(r)); err != nil {
+		return 0, nil, err
+	}
 	tok, err := a.cfg.Keys.MintClient(req.User, req.Device, ttl)
 	if err != nil {
 		return 0, nil, err
@@ -542,6 +554,9 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "give text or body_base64, not both")
 		}
 		body = req.BodyBase64
+	}
+	if err := a.cfg.Limits.Check(ratelimit.Submit, req.From); err != nil {
+		return 0, nil, err
 	}
 	res, err := a.cfg.Engine.Submit(r.Context(), engine.Submission{
 		From: req.From, To: req.To, Kind: kind, Body: body, ClientID: req.ClientMsgID,
