@@ -108,8 +108,8 @@ type Config struct {
 	// Logger and Registerer are filled in by Start.
 	Socket socket.Config
 	// Limits are the abuse limits per user, admin and source address
-	// (package internal/ratelimit), kept in this node's memory; its Now
-	// and Registerer are filled in by Start. Zero fields are no limit
+	// (package internal/ratelimit), kept in this node's memory; its Now,
+	// Registerer and Logger are filled in by Start. Zero fields are no limit
 	// (unlike most of this Config: the production defaults are dingd's
 	// settings).
 	Limits ratelimit.Config
@@ -407,7 +407,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	n.eng.SetPresence(n.hub)
 
 	lc := cfg.Limits
-	lc.Registerer = reg
+	lc.Registerer, lc.Logger = reg, cfg.Logger
 	if cfg.Clock != nil {
 		lc.Now = cfg.Clock.Now
 	}

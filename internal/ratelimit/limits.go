@@ -21,6 +21,7 @@ package ratelimit
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -60,12 +61,16 @@ type Config struct {
 	Now func() time.Time
 	// Registerer receives ding_rate_limited_total; nil means none.
 	Registerer prometheus.Registerer
+	// Logger is told when an address is locked out; nil means none.
+	Logger *slog.Logger
 }
 
 // Limits are the limits of one server. A nil *Limits limits nothing.
 // Safe for concurrent use.
 type Limits struct {
 	buckets map[What]*Keyed // read-only after New; nil entries are off
+	lockFor time.Duration
+	log     *slog.Logger // nil: none
 	counter *prometheus.CounterVec
 }
 
@@ -75,7 +80,7 @@ func New(cfg Config) (*Limits, error) {
 	if lockFor <= 0 {
 		lockFor = time.Minute
 	}
-	l := &Limits{buckets: map[What]*Keyed{
+	l := &Limits{lockFor: lockFor, log: cfg.Logger, buckets: map[What]*Keyed{
 		Submit:       NewKeyed(cfg.UserSubmits, 0, cfg.Now),
 		Ding:         NewKeyed(cfg.UserDings, 0, cfg.Now),
 		AdminRequest: NewKeyed(cfg.AdminRequests, 0, cfg.Now),
@@ -132,7 +137,9 @@ func (l *Limits) AuthFailed(source string) {
 	if l == nil {
 		return
 	}
-	l.buckets[Auth].Fail(source)
+	if l.buckets[Auth].Fail(source) && l.log != nil {
+		l.log.Warn("source locked out after failed authentications", "source", source, "for", l.lockFor)
+	}
 }
 
 // On reports whether what is limited at all.
