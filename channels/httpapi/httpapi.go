@@ -55,7 +55,8 @@
 //	                                   user's old tokens stay revoked
 //	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id","forward_of","quote_of"}
 //	                                or {"from","chat","text",...} in a secret chat ("to" empty: the other participant)
-//	                                -> {"id","created","duplicate"[,"chat"]} after the message is durable
+//	                                -> {"id","created","duplicate"[,"chat"]} after the message is durable;
+//	                                   429 RATE_LIMITED past the sender's messages per second (ratelimit.go)
 //	                                   409 NO_FORWARD (forward_of or quote_of names a secret message, or is
 //	                                   given in a secret chat), 403 NOT_MEMBER (not in that chat, or no such
 //	                                   chat), 403 NOT_RECIPIENT (forward_of or quote_of names a message the
@@ -90,7 +91,8 @@
 //
 //	POST /v1/dings                  {"from","to":[user ids or +E164],"text","policy"|"policy_name","choices","critical","client_msg_id"}
 //	                                -> 201 {"id","created","duplicate","refused":[{"recipient","reason","retry_after" (seconds)}]}
-//	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After
+//	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After;
+//	                                   429 RATE_LIMITED past the sender's DINGs per minute (ratelimit.go)
 //	GET  /v1/dings?from=&after=&limit=  -> {"dings":[{"id","from","created","recipients"}]}
 //	GET  /v1/dings/{id}             -> the DING with every recipient's status and ledger
 //	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped, with "stopped": how

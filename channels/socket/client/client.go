@@ -1175,7 +1175,10 @@ func WithClientID(id string) SendOption { return func(s *pb.Submit) { s.ClientMs
 // the error is an *UnsureError whose ClientMsgID, given again with
 // WithClientID, makes a retry store the message at most once. A body over the server's max_body (from its
 // WELCOME) fails at once with an *Error of code MESSAGE_TOO_LARGE and is
-// not sent; the connection is unaffected.
+// not sent; the connection is unaffected. A send over the user's rate
+// limit fails with an *Error of code RATE_LIMITED (errors.Is
+// ErrRateLimited), Retry set and RetryAfter saying when to send it again;
+// it was not stored, and the client does not resend it by itself.
 func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...SendOption) (SendResult, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
