@@ -310,7 +310,7 @@ func startCluster(bin, tmp, redisAddr string, users int, memberArgs []string, ow
 			return nil, err
 		}
 		s.args = append([]string{"--cluster", "redis://" + redisAddr, "--node-id", id, "--advertise", "http://" + s.HTTP}, memberArgs...)
-		s.env = []string{"DING_CLUSTER_SECRET=dingbench"}
+		s.env = append(s.env, "DING_CLUSTER_SECRET=dingbench")
 		cl.members = append(cl.members, s)
 	}
 	a := cl.members[0]

@@ -116,7 +116,7 @@ func Escalate(cfg EscalateConfig) (Table, error) {
 	if cfg.Pprof != "" {
 		srv.args = append(srv.args, "--pprof", cfg.Pprof)
 	}
-	srv.env = []string{"TWILIO_AUTH_TOKEN=" + benchToken}
+	srv.env = append(srv.env, "TWILIO_AUTH_TOKEN="+benchToken)
 	if err := srv.start(); err != nil {
 		return Table{}, err
 	}

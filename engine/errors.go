@@ -40,6 +40,9 @@ const (
 	CodeBadChat          Code = "BAD_CHAT"          // an invalid secret chat request
 	CodeForbidden        Code = "FORBIDDEN"         // allowed to someone else only
 	CodeUserRemoved      Code = "USER_REMOVED"      // the user was offboarded
+	// CodeRateLimited is a request over an edge's abuse limit (package
+	// internal/ratelimit), not the engine's: retry after the time given.
+	CodeRateLimited Code = "RATE_LIMITED"
 
 	// Not the request's fault. Retrying is safe (a submit's ClientID
 	// deduplicates it).
@@ -49,10 +52,10 @@ const (
 )
 
 // Retry reports whether a request that failed with c may be retried as it
-// is (for QUOTA_EXCEEDED, after its RetryAfter).
+// is (for QUOTA_EXCEEDED and RATE_LIMITED, after the time they give).
 func (c Code) Retry() bool {
 	switch c {
-	case CodeUnavailable, CodeAborted, CodeInternal, CodeQuota:
+	case CodeUnavailable, CodeAborted, CodeInternal, CodeQuota, CodeRateLimited:
 		return true
 	}
 	return false

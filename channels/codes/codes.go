@@ -20,6 +20,7 @@ import (
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // Answer is what an edge tells a client about an error.
@@ -31,7 +32,7 @@ type Answer struct {
 	Fatal      bool // the socket connection ends with it
 	HTTPStatus int
 	HTTPCode   string        // the admin API's code name
-	RetryAfter time.Duration // for QUOTA_EXCEEDED, if known
+	RetryAfter time.Duration // for QUOTA_EXCEEDED, if known, and RATE_LIMITED
 	Reason     string        // for QUOTA_EXCEEDED: which quota
 }
 
@@ -60,6 +61,7 @@ var table = map[engine.Code]row{
 	engine.CodeBadChat:          {pb.Code_BAD_CHAT, false, http.StatusBadRequest, ""},
 	engine.CodeForbidden:        {pb.Code_FORBIDDEN, false, http.StatusForbidden, ""},
 	engine.CodeUserRemoved:      {pb.Code_USER_REMOVED, true, http.StatusGone, ""},
+	engine.CodeRateLimited:      {pb.Code_RATE_LIMITED, false, http.StatusTooManyRequests, ""},
 	engine.CodeUnavailable:      {pb.Code_UNAVAILABLE, false, http.StatusServiceUnavailable, ""},
 	engine.CodeAborted:          {pb.Code_ABORTED, false, http.StatusServiceUnavailable, ""},
 	engine.CodeInternal:         {pb.Code_INTERNAL, false, http.StatusInternalServerError, ""},
@@ -91,6 +93,10 @@ func Of(err error) Answer {
 	var qe *engine.QuotaError
 	if errors.As(err, &qe) {
 		a.RetryAfter, a.Reason = qe.RetryAfter, qe.Reason
+	}
+	var rl *ratelimit.Error
+	if errors.As(err, &rl) {
+		a.RetryAfter, a.Detail = rl.RetryAfter, rl.Detail()
 	}
 	return a
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 func TestAnswers(t *testing.T) {
@@ -44,6 +45,8 @@ func TestAnswers(t *testing.T) {
 			pb.Code_BAD_REQUEST, false, http.StatusConflict, "DEPARTMENT_CYCLE", false, "put department: department would be its own ancestor", ""},
 		{"quota", &engine.QuotaError{Reason: engine.ReasonSenderDaily, Detail: "200 DINGs today", RetryAfter: time.Hour},
 			pb.Code_BAD_REQUEST, false, http.StatusTooManyRequests, "QUOTA_EXCEEDED", true, "", ""},
+		{"rate limited: retryable, says when", &ratelimit.Error{What: ratelimit.Submit, RetryAfter: 1500 * time.Millisecond},
+			pb.Code_RATE_LIMITED, false, http.StatusTooManyRequests, "RATE_LIMITED", true, "too many messages from this user; retry in 2s", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -57,7 +60,7 @@ func TestAnswers(t *testing.T) {
 			if c.notContain != "" && strings.Contains(a.Detail, c.notContain) {
 				t.Fatalf("detail %q leaks %q", a.Detail, c.notContain)
 			}
-			if strings.Contains(a.Detail, "engine:") || strings.Contains(a.Detail, "fanout:") {
+			if strings.Contains(a.Detail, "engine:") || strings.Contains(a.Detail, "fanout:") || strings.Contains(a.Detail, "ratelimit:") {
 				t.Fatalf("detail %q carries a package prefix", a.Detail)
 			}
 		})
@@ -82,7 +85,7 @@ func TestEveryCodeIsMapped(t *testing.T) {
 		engine.CodeBadRequest, engine.CodeTooLarge, engine.CodeUnknownRecipient, engine.CodeNotRecipient, engine.CodeNotFound,
 		engine.CodeBadAck, engine.CodeNotDing, engine.CodeBadAnswer, engine.CodeBadPolicy, engine.CodeQuota, engine.CodeNoForward,
 		engine.CodeNotMember, engine.CodeBadChat, engine.CodeForbidden, engine.CodeUserRemoved, engine.CodeUnavailable,
-		engine.CodeAborted, engine.CodeInternal,
+		engine.CodeAborted, engine.CodeInternal, engine.CodeRateLimited,
 		fanout.CodeUnknownUser, fanout.CodeUnknownDepartment, fanout.CodeUnknownGroup, fanout.CodeDepartmentCycle,
 		fanout.CodeDepartmentNotEmpty, fanout.CodeBadImport, fanout.CodeUserExists,
 		fanout.CodeAdminExists, fanout.CodeUnknownAdmin, fanout.CodeLastOwner,

@@ -14,6 +14,7 @@ import (
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // Access control. Every admin token names an admin (fanout.Admin: name,
@@ -36,6 +37,11 @@ import (
 //  3. scope: a dept-admin's request may name only users, departments
 //     and groups of its department's subtree (the handlers check what
 //     they name); otherwise 403 OUT_OF_SCOPE. Other roles have no scope.
+//
+// Before the first step, a source address locked out for failed
+// authentications is refused (429); a 401 counts against its address;
+// after the first step, the request counts against its admin's limit
+// (ratelimit.go).
 //
 // The table of routes and permissions is in SECURITY.md, checked against
 // Routes and Roles by a test.
@@ -169,8 +175,15 @@ func actor(r *http.Request) fanout.Actor {
 // guard authenticates and authorizes r for a route, returning r with its
 // principal, or the error to answer.
 func (a *API) guard(r *http.Request, pattern string, perm Permission) (*http.Request, *apiError) {
+	if ae := a.sourceLocked(r); ae != nil { // ratelimit.go
+		return nil, ae
+	}
 	p, ae := a.authenticate(r)
 	if ae != nil {
+		a.authFailed(r, ae)
+		return nil, ae
+	}
+	if ae := a.limit(ratelimit.AdminRequest, p.name); ae != nil {
 		return nil, ae
 	}
 	if !p.may(perm) {

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 func (a *API) postDing(r *http.Request) (int, any, error) {
@@ -28,6 +29,9 @@ func (a *API) postDing(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if err := a.targetsInScope(r, req.To); err != nil {
+		return 0, nil, err
+	}
+	if err := a.cfg.Limits.Check(ratelimit.Ding, req.From); err != nil {
 		return 0, nil, err
 	}
 	res, err := a.cfg.Engine.Ding(r.Context(), engine.DingRequest{

@@ -9,7 +9,10 @@
 // 401 UNAUTHENTICATED without a valid token (revoked, expired), 403
 // FORBIDDEN with the "permission" lacking, 403 OUT_OF_SCOPE for a
 // department admin's target outside its department's subtree. /metrics
-// is public unless Config.MetricsAuth. Errors are JSON with a stable
+// is public unless Config.MetricsAuth. Over a rate limit (an admin's
+// requests or token mints, a user's messages or DINGs, an address that
+// failed to authenticate too often: ratelimit.go), 429 RATE_LIMITED with
+// Retry-After. Errors are JSON with a stable
 // code, also for a path no route takes (404 NOT_FOUND) or a method it
 // does not (405 METHOD_NOT_ALLOWED, with Allow):
 //
@@ -17,6 +20,7 @@
 //	{"error": {"code": "FORBIDDEN", "detail": "admin \"crm\" (role sender) lacks the permission \"audit\" that GET /v1/audit needs", "permission": "audit"}}
 //	{"error": {"code": "UNAVAILABLE", "detail": "...", "retry": true}}
 //	{"error": {"code": "NOT_FOUND", "detail": "no route GET /v1/nosuch"}}
+//	{"error": {"code": "RATE_LIMITED", "detail": "too many requests from this admin; retry in 1s", "retry": true}}  (429, Retry-After)
 //
 // In every answer, times are RFC 3339 in UTC, in whole milliseconds, and an
 // empty list is [] (never null): normalize.go does it for every route.
@@ -44,7 +48,8 @@
 //	                                ("updated": the removal's time) and "already_removed"; a removed user
 //	                                again: 200, "already_removed": true, nothing moves (the offboarding is
 //	                                redone, to finish one that failed half-way)
-//	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}
+//	POST /v1/tokens                 {"user","device","ttl_seconds"} -> {"token","expires"}; 429 RATE_LIMITED
+//	                                   (Retry-After) past the admin's mints per minute
 //	POST /v1/users/{id}/revoke-tokens {"device"} -> {"user","device","connections_closed"}: every client
 //	                                   token of the user issued until now (or of that device) stops
 //	                                   working, for good, and its live connections get BAD_TOKEN; tokens
@@ -52,7 +57,8 @@
 //	                                   user's old tokens stay revoked
 //	POST /v1/messages               {"from","to":[..],"text"|"body_base64","kind","client_msg_id","forward_of","quote_of"}
 //	                                or {"from","chat","text",...} in a secret chat ("to" empty: the other participant)
-//	                                -> {"id","created","duplicate"[,"chat"]} after the message is durable
+//	                                -> {"id","created","duplicate"[,"chat"]} after the message is durable;
+//	                                   429 RATE_LIMITED past the sender's messages per second (ratelimit.go)
 //	                                   409 NO_FORWARD (forward_of or quote_of names a secret message, or is
 //	                                   given in a secret chat), 403 NOT_MEMBER (not in that chat, or no such
 //	                                   chat), 403 NOT_RECIPIENT (forward_of or quote_of names a message the
@@ -87,7 +93,8 @@
 //
 //	POST /v1/dings                  {"from","to":[user ids or +E164],"text","policy"|"policy_name","choices","critical","client_msg_id"}
 //	                                -> 201 {"id","created","duplicate","refused":[{"recipient","reason","retry_after" (seconds)}]}
-//	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After
+//	                                   429 QUOTA_EXCEEDED {"error":{"code","detail","reason"}} with Retry-After;
+//	                                   429 RATE_LIMITED past the sender's DINGs per minute (ratelimit.go)
 //	GET  /v1/dings?from=&after=&limit=  -> {"dings":[{"id","from","created","recipients"}]}
 //	GET  /v1/dings/{id}             -> the DING with every recipient's status and ledger
 //	POST /v1/dings/{id}/cancel      -> the same, after every pending recipient stopped, with "stopped": how
@@ -144,6 +151,7 @@ import (
 	"github.com/dingmq/ding/channels/codes"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // Config configures the API. Engine, Directory, Keys and Gatherer are required.
@@ -190,6 +198,9 @@ type Config struct {
 	// "metrics" permission (roles owner, admin, operator); false (the
 	// default) serves it to anyone who reaches the port.
 	MetricsAuth bool
+	// Limits are the rate limits per admin, per user and per source
+	// address (ratelimit.go); nil means none.
+	Limits *ratelimit.Limits
 }
 
 // API is the http.Handler.
@@ -482,6 +493,9 @@ func (a *API) mintToken(r *http.Request) (int, any, error) {
 	if ttl <= 0 || ttl > a.cfg.MaxTokenTTL {
 		ttl = a.cfg.MaxTokenTTL
 	}
+	if err := a.cfg.Limits.Check(ratelimit.TokenMint, actor(r).Name); err != nil {
+		return 0, nil, err
+	}
 	tok, err := a.cfg.Keys.MintClient(req.User, req.Device, ttl)
 	if err != nil {
 		return 0, nil, err
@@ -554,6 +568,9 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "give text or body_base64, not both")
 		}
 		body = req.BodyBase64
+	}
+	if err := a.cfg.Limits.Check(ratelimit.Submit, req.From); err != nil {
+		return 0, nil, err
 	}
 	res, err := a.cfg.Engine.Submit(r.Context(), engine.Submission{
 		From: req.From, To: req.To, Kind: kind, Body: body, ClientID: req.ClientMsgID,

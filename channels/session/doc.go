@@ -49,6 +49,12 @@
 // detail of package channels/codes, the one table shared with the admin
 // API.
 //
+// Abuse limits (Config.Limits, package internal/ratelimit): a SUBMIT over
+// its user's rate is answered RATE_LIMITED with retry_after_ms and not
+// handed on; a HELLO from a source address locked out after failed
+// authentications is refused (fatal RATE_LIMITED) before its token is
+// verified, and each failed HELLO counts against its address.
+//
 // Lock order: Session.mu is taken alone; the transport's own lock (if any)
 // is never taken while holding it. The hub's locks (shard, device) may be
 // held when it calls Send, Room or Fail, which take Session.mu.

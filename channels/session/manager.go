@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // Config configures a Manager. Engine, Hub, Tokens and Users are required.
@@ -39,6 +40,11 @@ type Config struct {
 	// given, none stored): a new phone starts with the recent history, not
 	// with every entry since the account began. Zero: the whole stream.
 	NewDeviceWindow int
+	// Limits are the abuse limits: each SUBMIT takes one of its user's
+	// (ratelimit.Submit), and a HELLO from a source address locked out
+	// for failed authentications is refused (ratelimit.Auth; the
+	// transport says the address, see Session.hello); nil means none.
+	Limits *ratelimit.Limits
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the sessions' metrics (ding_socket_*); nil means none.

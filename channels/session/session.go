@@ -14,6 +14,7 @@ import (
 	"github.com/dingmq/ding/channels/socket/wire"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // Transport is one client connection as a session sees it: a way to write
@@ -181,8 +182,18 @@ func (s *Session) hello(f *pb.Hello) {
 		s.fatal(pb.Code_BAD_VERSION, 0, "this server speaks protocol version 1")
 		return
 	}
+	// An address that failed to authenticate too often is refused before
+	// its token is even looked at, whatever the token: that is what
+	// makes guessing slow.
+	src := s.source()
+	if err := m.cfg.Limits.Check(ratelimit.Auth, src); err != nil {
+		m.m.handshakes.WithLabelValues("rate_limited").Inc()
+		s.fail(0, err) // fatal: a HELLO's error ends the connection
+		return
+	}
 	user, device, issued, ok := s.helloIdentity(f)
 	if !ok {
+		m.cfg.Limits.AuthFailed(src)
 		return
 	}
 	if !m.cfg.Users.AcceptsToken(user, device, issued) {
@@ -190,6 +201,7 @@ func (s *Session) hello(f *pb.Hello) {
 		// certificate: issued at its NotBefore) was revoked (for good:
 		// re-adding the user does not bring it back).
 		m.m.handshakes.WithLabelValues("bad_token").Inc()
+		m.cfg.Limits.AuthFailed(src)
 		s.fatal(pb.Code_BAD_TOKEN, 0, "token invalid or revoked")
 		return
 	}
@@ -312,6 +324,10 @@ func (s *Session) submit(f *pb.Submit) {
 			return
 		}
 		*r.id = id
+	}
+	if err := s.m.cfg.Limits.Check(ratelimit.Submit, s.user); err != nil {
+		s.fail(f.Ref, err) // not stored; the same SUBMIT may be sent again after the wait
+		return
 	}
 	if int(s.inflight.Add(1)) > s.m.cfg.MaxInflight {
 		s.inflight.Add(-1)
@@ -467,12 +483,32 @@ func (s *Session) fail(ref uint64, err error) {
 	if a.Internal() {
 		s.m.log.Error("request failed", "conn", s.id, "user", s.user, "code", string(a.Code), "err", err)
 	}
-	if a.Fatal {
-		s.fatal(a.Socket, ref, a.Detail)
+	e := &pb.Error{Code: a.Socket, Ref: ref, Detail: a.Detail, Retry: a.Retry, RetryAfterMs: retryAfterMs(a.RetryAfter)}
+	if a.Fatal || !s.authed.Load() { // an error answering HELLO ends the connection
+		e.Fatal = true
+		s.fatalFrame(e)
 		return
 	}
 	s.m.m.errors.WithLabelValues(a.Socket.String()).Inc()
-	s.Send(wire.Encode(pb.FrameType_ERROR, &pb.Error{Code: a.Socket, Ref: ref, Detail: a.Detail, Retry: a.Retry}))
+	s.Send(wire.Encode(pb.FrameType_ERROR, e))
+}
+
+// retryAfterMs is d in whole milliseconds, rounded up, for
+// Error.retry_after_ms.
+func retryAfterMs(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	return uint32(min((d+time.Millisecond-1)/time.Millisecond, math.MaxUint32))
+}
+
+// source is the client's address as the transport gives it (an optional
+// method Source), as ratelimit keys it; "" if the transport does not say.
+func (s *Session) source() string {
+	if t, ok := s.t.(interface{ Source() string }); ok {
+		return ratelimit.Source(t.Source())
+	}
+	return ""
 }
 
 func (s *Session) sendError(code pb.Code, ref uint64, detail string, fatal bool) {
@@ -487,18 +523,27 @@ func (s *Session) sendError(code pb.Code, ref uint64, detail string, fatal bool)
 // fatal queues a fatal ERROR frame and closes the connection once it is
 // flushed (or after closeGrace). Later input is discarded.
 func (s *Session) fatal(code pb.Code, ref uint64, detail string) {
+	s.fatalFrame(&pb.Error{Code: code, Ref: ref, Detail: detail, Fatal: true})
+}
+
+// fatalFrame is fatal with the whole ERROR (e.Fatal set).
+func (s *Session) fatalFrame(e *pb.Error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.fatalLocked(code, ref, detail)
+	s.fatalErrorLocked(e)
 }
 
 func (s *Session) fatalLocked(code pb.Code, ref uint64, detail string) {
+	s.fatalErrorLocked(&pb.Error{Code: code, Ref: ref, Detail: detail, Fatal: true})
+}
+
+func (s *Session) fatalErrorLocked(e *pb.Error) {
 	if s.closing {
 		return
 	}
-	s.m.m.errors.WithLabelValues(code.String()).Inc()
+	s.m.m.errors.WithLabelValues(e.Code.String()).Inc()
 	s.dead.Store(true)
-	f := wire.Encode(pb.FrameType_ERROR, &pb.Error{Code: code, Ref: ref, Detail: detail, Fatal: true})
+	f := wire.Encode(pb.FrameType_ERROR, e)
 	s.enqueueLocked(f) // past MaxPending if need be: it is the last frame
 	s.closing = true
 	t := s.t

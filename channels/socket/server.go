@@ -36,6 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/session"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // Config configures a Server. Engine, Hub, Keys and Directory are required.
@@ -67,6 +68,9 @@ type Config struct {
 	// spend the server's files. Zero means 256; negative, no bound (a
 	// load balancer that hides clients' addresses).
 	MaxPreAuthPerSource int
+	// Limits are session.Config's: submits per user, and HELLOs refused
+	// from an address that failed to authenticate too often; nil: none.
+	Limits *ratelimit.Limits
 }
 
 // Server is the TCP gateway.
@@ -128,7 +132,7 @@ func New(cfg Config) (*Server, error) {
 		Engine: cfg.Engine, Hub: cfg.Hub, Tokens: cfg.Keys, Users: cfg.Directory,
 		MaxFrame: cfg.MaxFrame, MaxInflight: cfg.MaxInflight, MaxPending: cfg.MaxPending,
 		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, NewDeviceWindow: cfg.NewDeviceWindow,
-		Logger: cfg.Logger, Registerer: cfg.Registerer,
+		Limits: cfg.Limits, Logger: cfg.Logger, Registerer: cfg.Registerer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // config is dingd's effective configuration: every setting in the table
@@ -73,6 +74,16 @@ type config struct {
 	IdleTimeout time.Duration
 	// NewDeviceWindow: the latest entries a device's first connection gets.
 	NewDeviceWindow int
+	// Rate limits (abuse protection, package internal/ratelimit): 0 is
+	// no limit. Submits and admin requests are per second, DINGs, token
+	// mints and authentication failures per minute; a zero burst is the
+	// rate.
+	RateUserSubmits, RateUserSubmitsBurst     int
+	RateUserDings                             int
+	RateAdminRequests, RateAdminRequestsBurst int
+	RateTokenMints                            int
+	AuthFailuresPerSource                     int
+	AuthLockout                               time.Duration
 	// Retention: what the engine deletes in the background. Here a zero
 	// DedupeWindow or StatsAge means forever and a zero Interval no
 	// sweeper (engineRetention maps them to the engine's negatives).
@@ -188,6 +199,37 @@ var settings = []setting{
 		help:  "HTTP port: connections one source address may hold open; more are closed at once; 0: no bound",
 		zero:  "no bound",
 		field: func(c *config) any { return &c.HTTPConnsPerSource }},
+	{name: "rate-user-submits", env: "DING_RATE_USER_SUBMITS", def: "100",
+		help:  "messages one user may send per second, over the socket and the admin API together; more get RATE_LIMITED (socket) or 429 (HTTP) with the time to wait; 0: no limit",
+		zero:  "no limit",
+		field: func(c *config) any { return &c.RateUserSubmits }},
+	{name: "rate-user-submits-burst", env: "DING_RATE_USER_SUBMITS_BURST", def: "500",
+		help:  "messages one user may send at once above rate-user-submits (at least a connection's 256 unanswered submits, which a reconnecting client resends together); 0: rate-user-submits",
+		zero:  "rate-user-submits",
+		field: func(c *config) any { return &c.RateUserSubmitsBurst }},
+	{name: "rate-user-dings", env: "DING_RATE_USER_DINGS", def: "30",
+		help:  "DINGs one user may send per minute (abuse protection; the organisation's quotas are ding-sender-daily and ding-recipient-interval); 0: no limit",
+		zero:  "no limit",
+		field: func(c *config) any { return &c.RateUserDings }},
+	{name: "rate-admin-requests", env: "DING_RATE_ADMIN_REQUESTS", def: "200",
+		help:  "admin API requests one admin may make per second; more get 429 with Retry-After; 0: no limit",
+		zero:  "no limit",
+		field: func(c *config) any { return &c.RateAdminRequests }},
+	{name: "rate-admin-requests-burst", env: "DING_RATE_ADMIN_REQUESTS_BURST", def: "1000",
+		help:  "admin API requests one admin may make at once above rate-admin-requests; 0: rate-admin-requests",
+		zero:  "rate-admin-requests",
+		field: func(c *config) any { return &c.RateAdminRequestsBurst }},
+	{name: "rate-token-mints", env: "DING_RATE_TOKEN_MINTS", def: "600",
+		help:  "client tokens one admin may mint per minute (POST /v1/tokens, dingctl token); 0: no limit",
+		zero:  "no limit",
+		field: func(c *config) any { return &c.RateTokenMints }},
+	{name: "auth-failures-per-source", env: "DING_AUTH_FAILURES_PER_SOURCE", def: "30",
+		help:  "failed authentications (a HELLO with a bad, expired or revoked token; an HTTP 401) one source address (an IPv6 /64) may have per minute; then its every attempt, on both ports, good tokens included, is refused with RATE_LIMITED or 429 for auth-lockout; 0: no limit (set it behind a proxy that hides clients' addresses)",
+		zero:  "no limit",
+		field: func(c *config) any { return &c.AuthFailuresPerSource }},
+	{name: "auth-lockout", env: "DING_AUTH_LOCKOUT", def: "5m",
+		help:  "how long a source address is refused after auth-failures-per-source failures",
+		field: func(c *config) any { return &c.AuthLockout }},
 	{name: "idle-timeout", env: "DING_IDLE_TIMEOUT", def: "90s",
 		help:  "close a client connection that sends nothing this long (WELCOME tells clients to ping at a third of it)",
 		field: func(c *config) any { return &c.IdleTimeout }},
@@ -340,6 +382,18 @@ func parseDuration(raw string) (time.Duration, error) {
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
 	return time.ParseDuration(raw)
+}
+
+// limits is c's rate limits as the node takes them.
+func (c *config) limits() ratelimit.Config {
+	return ratelimit.Config{
+		UserSubmits:   ratelimit.Rate{N: c.RateUserSubmits, Burst: c.RateUserSubmitsBurst},
+		UserDings:     ratelimit.Rate{N: c.RateUserDings, Per: time.Minute},
+		AdminRequests: ratelimit.Rate{N: c.RateAdminRequests, Burst: c.RateAdminRequestsBurst},
+		TokenMints:    ratelimit.Rate{N: c.RateTokenMints, Per: time.Minute},
+		AuthFailures:  ratelimit.Rate{N: c.AuthFailuresPerSource, Per: time.Minute},
+		AuthLockout:   c.AuthLockout,
+	}
 }
 
 // engineRetention is c's retention as the engine takes it: its zero
@@ -561,6 +615,20 @@ func (c *config) validate() error {
 	}
 	if err := c.validateACME(); err != nil {
 		return err
+	}
+	for _, r := range []struct {
+		name string
+		v    int
+	}{{"rate-user-submits", c.RateUserSubmits}, {"rate-user-submits-burst", c.RateUserSubmitsBurst},
+		{"rate-user-dings", c.RateUserDings}, {"rate-admin-requests", c.RateAdminRequests},
+		{"rate-admin-requests-burst", c.RateAdminRequestsBurst}, {"rate-token-mints", c.RateTokenMints},
+		{"auth-failures-per-source", c.AuthFailuresPerSource}} {
+		if r.v < 0 {
+			return c.invalid(r.name, strconv.Itoa(r.v), "want 0 (no limit) or more")
+		}
+	}
+	if c.AuthFailuresPerSource > 0 && c.AuthLockout < 100*time.Millisecond {
+		return c.invalid("auth-lockout", c.AuthLockout.String(), "want at least 100ms (auth-failures-per-source 0 turns the lockout off)")
 	}
 	if c.IdleTimeout < 300*time.Millisecond {
 		return c.invalid("idle-timeout", c.IdleTimeout.String(), "want at least 300ms")

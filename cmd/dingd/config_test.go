@@ -121,6 +121,8 @@ func TestLoadErrors(t *testing.T) {
 		{"burn-after below the minimum", []string{"--burn-after", "1s"}, nil, `^burn-after 1s \(from flag\): want 0 \(the default, 30s\) or at least 5s$`},
 		{"negative burn-after", file("burn-after = \"-5s\"\n"), nil, `^burn-after -5s \(from file\): want 0`},
 		{"negative secret-unread-ttl", nil, map[string]string{"DING_SECRET_UNREAD_TTL": "-1h"}, `^secret-unread-ttl -1h0m0s \(from env\): want 0`},
+		{"negative rate", []string{"--rate-user-submits", "-1"}, nil, `^rate-user-submits -1 \(from flag\): want 0 \(no limit\) or more$`},
+		{"lockout too short", nil, map[string]string{"DING_AUTH_LOCKOUT": "10ms"}, `^auth-lockout 10ms \(from env\): want at least 100ms`},
 		{"redaction placeholder", file("twilio-auth-token = \"<redacted>\"\n"), nil, `twilio-auth-token is "<redacted>" \(from file\), the placeholder --print-config writes`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -188,6 +190,8 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--cluster", "redis://127.0.0.1:5", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
 		"--advertise-socket", "127.0.0.1:9", "--ack-replicas", "0", "--cluster-ca", "/etc/ding/ca.pem", "--advertise-tls-socket", "127.0.0.1:10",
 		"--retention-max-age", "90d", "--retention-max-entries", "5000", "--dedupe-window", "0s", "--stats-retention", "30d", "--retention-interval", "1m",
+		"--rate-user-submits", "0", "--rate-user-submits-burst", "0", "--rate-user-dings", "3", "--rate-admin-requests", "7",
+		"--rate-admin-requests-burst", "9", "--rate-token-mints", "0", "--auth-failures-per-source", "5", "--auth-lockout", "30s",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))

@@ -189,6 +189,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		ncfg.DiskReserve = -1 // 0 MiB: no reserve, no guard
 	}
 	ncfg.Socket.MaxPreAuthPerSource, ncfg.MaxHTTPConnsPerSource = orNone(c.PreAuthPerSource), orNone(c.HTTPConnsPerSource)
+	ncfg.Limits = c.limits()
 	if c.RestoreFrom != "" && c.Cluster != "" {
 		return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
 	}

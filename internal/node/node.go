@@ -54,6 +54,7 @@ import (
 	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // AdminTokenFile is the file in the data directory holding the admin token.
@@ -114,9 +115,15 @@ type Config struct {
 	// MetricsAuth puts /metrics behind an admin token with the "metrics"
 	// permission (httpapi.Config.MetricsAuth); false serves it to all.
 	MetricsAuth bool
-	// Socket tunes the gateway; its Engine, Hub, Keys, Directory, Logger
-	// and Registerer are filled in by Start.
+	// Socket tunes the gateway; its Engine, Hub, Keys, Directory, Limits,
+	// Logger and Registerer are filled in by Start.
 	Socket socket.Config
+	// Limits are the abuse limits per user, admin and source address
+	// (package internal/ratelimit), kept in this node's memory; its Now,
+	// Registerer and Logger are filled in by Start. Zero fields are no limit
+	// (unlike most of this Config: the production defaults are dingd's
+	// settings).
+	Limits ratelimit.Config
 	// Clock; nil means the system clock.
 	Clock engine.Clock
 	// Logger; nil means slog.Default().
@@ -436,8 +443,18 @@ func Start(cfg Config) (_ *Node, err error) {
 	n.eng.SetSink(pub)
 	n.eng.SetPresence(n.hub)
 
+	lc := cfg.Limits
+	lc.Registerer, lc.Logger = reg, cfg.Logger
+	if cfg.Clock != nil {
+		lc.Now = cfg.Clock.Now
+	}
+	limits, err := ratelimit.New(lc)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	sc := cfg.Socket
 	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = n.eng, session.JoinFunc(n.hub.Join), keys, n.dir, cfg.Logger, reg
+	sc.Limits = limits
 	if n.sock, err = socket.New(sc); err != nil {
 		return nil, err
 	}
@@ -447,6 +464,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) },
 		Ready:        n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
+		Limits: limits,
 	})
 	if err != nil {
 		return nil, err

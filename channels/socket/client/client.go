@@ -306,11 +306,35 @@ type Error struct {
 	Code   pb.Code
 	Detail string
 	Fatal  bool
+	// Retry says the same request may be sent again as it is (a Send
+	// with the same client message id is stored once), after RetryAfter.
+	Retry bool
+	// RetryAfter is, for RATE_LIMITED, how long to wait before sending
+	// the request again.
+	RetryAfter time.Duration
 	// Redirect is, for NOT_OWNER, the node to connect to instead.
 	Redirect string
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("ding: %v: %s", e.Code, e.Detail) }
+
+// Is makes errors.Is(err, ErrRateLimited) true for RATE_LIMITED.
+func (e *Error) Is(target error) bool {
+	return target == ErrRateLimited && e.Code == pb.Code_RATE_LIMITED
+}
+
+// ErrRateLimited is matched (errors.Is) by an *Error of code
+// RATE_LIMITED: a Send over the user's rate of submits (not stored;
+// send it again after the error's RetryAfter), or a connection refused
+// because its address failed to authenticate too often (the client
+// reconnects by itself, not before RetryAfter).
+var ErrRateLimited = errors.New("client: rate limited")
+
+// errorOf is the *Error of an ERROR frame.
+func errorOf(m *pb.Error) *Error {
+	return &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal, Retry: m.Retry,
+		RetryAfter: time.Duration(m.RetryAfterMs) * time.Millisecond, Redirect: m.Redirect}
+}
 
 // maxInbound bounds frames from the server. It is not the server's
 // max_frame (which limits what the server accepts): a message sent through
@@ -716,7 +740,7 @@ func (c *Client) handshake(ctx context.Context, addr string) (*link, error) {
 		return &link{nc: nc, w: m, addr: addr, cursor: hello.Cursor}, nil
 	case *pb.Error:
 		nc.Close()
-		return nil, &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal, Redirect: m.Redirect}
+		return nil, errorOf(m)
 	}
 	nc.Close()
 	return nil, fmt.Errorf("client: handshake with %s: unexpected %v", addr, ft)
@@ -763,10 +787,12 @@ func (c *Client) runLoop(l *link) {
 	defer close(c.runDone)
 	defer func() { c.ev.emit(SessionEvent{Kind: SessionClosed, Err: c.Err()}) }()
 	backoff := c.cfg.MinBackoff
+	var notBefore time.Duration // RATE_LIMITED's retry_after: the next attempt waits at least this
 	for {
 		if l != nil {
 			backoff = c.cfg.MinBackoff
 			err := c.session(l)
+			notBefore = retryAfter(err)
 			var pe *Error
 			if errors.As(err, &pe) && fatalCode(pe.Code) {
 				c.stop(pe)
@@ -786,7 +812,7 @@ func (c *Client) runLoop(l *link) {
 		default:
 		}
 		// Back off with jitter, then reconnect.
-		t := time.NewTimer(backoff/2 + mrand.N(backoff/2+1))
+		t := time.NewTimer(max(backoff/2+mrand.N(backoff/2+1), notBefore))
 		select {
 		case <-c.quit:
 			t.Stop()
@@ -797,6 +823,7 @@ func (c *Client) runLoop(l *link) {
 		backoff = min(backoff*2, c.cfg.MaxBackoff)
 		var err error
 		l, err = c.connect(context.Background())
+		notBefore = retryAfter(err)
 		if err != nil {
 			var pe *Error
 			if errors.As(err, &pe) && fatalCode(pe.Code) {
@@ -806,6 +833,16 @@ func (c *Client) runLoop(l *link) {
 			l = nil
 		}
 	}
+}
+
+// retryAfter is how long a RATE_LIMITED err asks to wait; 0 for any
+// other error.
+func retryAfter(err error) time.Duration {
+	var pe *Error
+	if errors.As(err, &pe) && pe.Code == pb.Code_RATE_LIMITED {
+		return pe.RetryAfter
+	}
+	return 0
 }
 
 // session serves one connection until it fails, and says why.
@@ -956,7 +993,7 @@ func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 		case *pb.Receipts:
 			c.finishRequest(m.Ref, reqDone{msg: m})
 		case *pb.Error:
-			pe := &Error{Code: m.Code, Detail: m.Detail, Fatal: m.Fatal, Redirect: m.Redirect}
+			pe := errorOf(m)
 			if m.Fatal {
 				// The request that cost the connection is answered, not
 				// resent on the next one.
@@ -1160,7 +1197,10 @@ func WithClientID(id string) SendOption { return func(s *pb.Submit) { s.ClientMs
 // the error is an *UnsureError whose ClientMsgID, given again with
 // WithClientID, makes a retry store the message at most once. A body over the server's max_body (from its
 // WELCOME) fails at once with an *Error of code MESSAGE_TOO_LARGE and is
-// not sent; the connection is unaffected.
+// not sent; the connection is unaffected. A send over the user's rate
+// limit fails with an *Error of code RATE_LIMITED (errors.Is
+// ErrRateLimited), Retry set and RetryAfter saying when to send it again;
+// it was not stored, and the client does not resend it by itself.
 func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...SendOption) (SendResult, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

@@ -273,6 +273,7 @@ const (
 	Code_BAD_CHAT           Code = 29 // an invalid secret chat request: level, burn delay, chat with oneself, screenshot below level 3
 	Code_ABORTED            Code = 30 // not committed because other operations in its batch failed; retry (a SUBMIT with its client_msg_id)
 	Code_NOT_OWNER          Code = 31 // cluster mode: this node does not serve the user now; fatal; connect to Error.redirect (or another node) instead
+	Code_RATE_LIMITED       Code = 32 // over a rate limit (this user's submits; or, answering HELLO, fatal: this address failed to authenticate too often); retry after Error.retry_after_ms
 )
 
 // Enum value maps for Code.
@@ -310,6 +311,7 @@ var (
 		29: "BAD_CHAT",
 		30: "ABORTED",
 		31: "NOT_OWNER",
+		32: "RATE_LIMITED",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":   0,
@@ -344,6 +346,7 @@ var (
 		"BAD_CHAT":           29,
 		"ABORTED":            30,
 		"NOT_OWNER":          31,
+		"RATE_LIMITED":       32,
 	}
 )
 
@@ -1339,11 +1342,12 @@ func (x *Pong) GetNonce() uint64 {
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          Code                   `protobuf:"varint,1,opt,name=code,proto3,enum=ding.v1.Code" json:"code,omitempty"`
-	Ref           uint64                 `protobuf:"varint,2,opt,name=ref,proto3" json:"ref,omitempty"`          // the request it answers, if any
-	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`     // human-readable; never contains message content
-	Fatal         bool                   `protobuf:"varint,4,opt,name=fatal,proto3" json:"fatal,omitempty"`      // the server closes the connection after sending it
-	Retry         bool                   `protobuf:"varint,5,opt,name=retry,proto3" json:"retry,omitempty"`      // sending the same request again is safe (the same SUBMIT with its client_msg_id)
-	Redirect      string                 `protobuf:"bytes,6,opt,name=redirect,proto3" json:"redirect,omitempty"` // NOT_OWNER: the socket address (host:port) of the node that serves the user; empty: none known now, try another node later
+	Ref           uint64                 `protobuf:"varint,2,opt,name=ref,proto3" json:"ref,omitempty"`                                         // the request it answers, if any
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`                                    // human-readable; never contains message content
+	Fatal         bool                   `protobuf:"varint,4,opt,name=fatal,proto3" json:"fatal,omitempty"`                                     // the server closes the connection after sending it
+	Retry         bool                   `protobuf:"varint,5,opt,name=retry,proto3" json:"retry,omitempty"`                                     // sending the same request again is safe (the same SUBMIT with its client_msg_id)
+	Redirect      string                 `protobuf:"bytes,6,opt,name=redirect,proto3" json:"redirect,omitempty"`                                // NOT_OWNER: the socket address (host:port) of the node that serves the user; empty: none known now, try another node later
+	RetryAfterMs  uint32                 `protobuf:"varint,7,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"` // RATE_LIMITED: wait at least this long before sending the request again; 0: not given
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1418,6 +1422,13 @@ func (x *Error) GetRedirect() string {
 		return x.Redirect
 	}
 	return ""
+}
+
+func (x *Error) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 type ReceiptsQuery struct {
@@ -2111,14 +2122,15 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x1c\n" +
 	"\x04Pong\x12\x14\n" +
-	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x9c\x01\n" +
+	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\xc2\x01\n" +
 	"\x05Error\x12!\n" +
 	"\x04code\x18\x01 \x01(\x0e2\r.ding.v1.CodeR\x04code\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\x04R\x03ref\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x14\n" +
 	"\x05fatal\x18\x04 \x01(\bR\x05fatal\x12\x14\n" +
 	"\x05retry\x18\x05 \x01(\bR\x05retry\x12\x1a\n" +
-	"\bredirect\x18\x06 \x01(\tR\bredirect\"1\n" +
+	"\bredirect\x18\x06 \x01(\tR\bredirect\x12$\n" +
+	"\x0eretry_after_ms\x18\a \x01(\rR\fretryAfterMs\"1\n" +
 	"\rReceiptsQuery\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\xa9\x01\n" +
@@ -2208,7 +2220,7 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\tDELIVERED\x10\x02\x12\x0e\n" +
 	"\n" +
 	"READ_STATE\x10\x03\x12\r\n" +
-	"\tCONFIRMED\x10\x04*\xbd\x04\n" +
+	"\tCONFIRMED\x10\x04*\xcf\x04\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tBAD_FRAME\x10\x01\x12\x13\n" +
@@ -2245,7 +2257,8 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"NOT_MEMBER\x10\x1c\x12\f\n" +
 	"\bBAD_CHAT\x10\x1d\x12\v\n" +
 	"\aABORTED\x10\x1e\x12\r\n" +
-	"\tNOT_OWNER\x10\x1fB+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
+	"\tNOT_OWNER\x10\x1f\x12\x10\n" +
+	"\fRATE_LIMITED\x10 B+Z)github.com/dingmq/ding/channels/socket/pbb\x06proto3"
 
 var (
 	file_channels_socket_pb_ding_proto_rawDescOnce sync.Once
