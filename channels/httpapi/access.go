@@ -67,12 +67,52 @@ const (
 	PermBackup     Permission = "backup"      // write and verify backups
 	PermRetention  Permission = "retention"   // sweep what is past retention now
 	PermMetrics    Permission = "metrics"     // GET /metrics, when Config.MetricsAuth
+	// The cluster's own routes (ClusterRoutes), served by each member
+	// (internal/node) beside the API.
+	PermClusterRead  Permission = "cluster.read"  // GET /v1/cluster: members, owner, standby, epochs, lag
+	PermClusterWrite Permission = "cluster.write" // drain a member, hand the partition over, forget a member
 )
+
+// ClusterRoutes are the routes a cluster member serves itself, owner or
+// not (internal/node), with their permissions: authorized with Authorize
+// on the owner, and on a member that does not serve by asking the owner
+// who the caller is.
+var ClusterRoutes = []Route{
+	{Pattern: "GET /v1/cluster", Permission: PermClusterRead},
+	{Pattern: "POST /v1/cluster/drain", Permission: PermClusterWrite},
+	{Pattern: "POST /v1/cluster/handover", Permission: PermClusterWrite},
+	{Pattern: "POST /v1/cluster/forget", Permission: PermClusterWrite},
+}
+
+// ClusterPermission is the permission of the cluster route pattern (one
+// of ClusterRoutes); it panics on any other, a programming error.
+func ClusterPermission(pattern string) Permission {
+	for _, rt := range ClusterRoutes {
+		if rt.Pattern == pattern {
+			return rt.Permission
+		}
+	}
+	panic("httpapi: no cluster route " + pattern)
+}
+
+// Authorize authenticates and authorizes r for a route served outside
+// the API (ClusterRoutes) as the API's own routes are: the source
+// address's lockout, the admin's token (or client certificate), its rate
+// limit, the permission. On failure it answers w with the API's error (401,
+// 403 naming the permission, 429) and returns false.
+func (a *API) Authorize(w http.ResponseWriter, r *http.Request, pattern string, perm Permission) bool {
+	if _, ae := a.guard(r, pattern, perm); ae != nil {
+		writeErr(w, ae)
+		return false
+	}
+	return true
+}
 
 // allPermissions lists every permission but PermAnyAdmin, in the order
 // of the documentation.
 var allPermissions = []Permission{PermAdmins, PermUsersRead, PermUsersWrite, PermOrgRead, PermOrgWrite,
-	PermTokens, PermSend, PermStatus, PermStats, PermSecrets, PermAudit, PermPolicies, PermBackup, PermRetention, PermMetrics}
+	PermTokens, PermSend, PermStatus, PermStats, PermSecrets, PermAudit, PermPolicies, PermBackup, PermRetention, PermMetrics,
+	PermClusterRead, PermClusterWrite}
 
 // The roles. RoleDeptAdmin is the one scoped role: its admin has a
 // department, and acts only within that department's subtree.
@@ -100,7 +140,7 @@ var roles = []Role{
 	{Name: RoleOwner, Permissions: allPermissions},
 	{Name: RoleAdmin, Permissions: slices.DeleteFunc(slices.Clone(allPermissions), func(p Permission) bool { return p == PermAdmins })},
 	{Name: RoleDirectory, Permissions: []Permission{PermUsersRead, PermUsersWrite, PermOrgRead, PermOrgWrite}},
-	{Name: RoleOperator, Permissions: []Permission{PermStatus, PermStats, PermAudit, PermMetrics}},
+	{Name: RoleOperator, Permissions: []Permission{PermStatus, PermStats, PermAudit, PermMetrics, PermClusterRead}},
 	{Name: RoleSender, Permissions: []Permission{PermSend, PermStatus}},
 	{Name: RoleDeptAdmin, Permissions: []Permission{PermUsersRead, PermUsersWrite, PermOrgRead, PermSend, PermStatus}, Scoped: true},
 }

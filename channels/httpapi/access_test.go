@@ -389,7 +389,7 @@ func TestSecurityMDListsEveryRoute(t *testing.T) {
 	doc := string(b)
 	n := nodetest.Start(t, node.Config{MetricsAuth: true})
 	want := map[string]string{}
-	for _, rt := range n.API().Routes() {
+	for _, rt := range append(n.API().Routes(), httpapi.ClusterRoutes...) {
 		want[rt.Pattern] = string(rt.Permission)
 	}
 	got := map[string]string{}

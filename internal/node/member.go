@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -24,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
@@ -701,26 +701,25 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		http.Error(w, "cluster: not ready", http.StatusServiceUnavailable)
 	})
 	var served atomic.Pointer[Node]
-	// admin checks the admin token of the node being served.
-	admin := func(w http.ResponseWriter, r *http.Request) bool {
+	// admin authorizes r for a cluster route as the served node's API
+	// authorizes its own routes (a named admin with the route's
+	// permission: httpapi.ClusterRoutes).
+	admin := func(w http.ResponseWriter, r *http.Request, pattern string) bool {
 		n := served.Load()
-		got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if n == nil || rs == nil {
 			http.Error(w, `{"error":"starting"}`, http.StatusServiceUnavailable)
 			return false
 		}
-		if subtle.ConstantTimeCompare([]byte(got), []byte(n.adminToken)) != 1 {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"error":"bad or missing admin token","code":"UNAUTHORIZED"}` + "\n"))
-			return false
-		}
-		return true
+		return n.API().Authorize(w, r, pattern, httpapi.ClusterPermission(pattern))
 	}
 	handover := make(chan struct{}, 1)
-	routes["POST /v1/cluster/forget"] = http.HandlerFunc(m.forgetHandler)
+	routes["POST /v1/cluster/forget"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if admin(w, r, "POST /v1/cluster/forget") {
+			m.forget(w, r)
+		}
+	})
 	routes["POST /v1/cluster/drain"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !admin(w, r) {
+		if !admin(w, r, "POST /v1/cluster/drain") {
 			return
 		}
 		if rs.Status().Standby == "" {
@@ -735,7 +734,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		w.WriteHeader(http.StatusAccepted)
 	})
 	routes["POST /v1/cluster/handover"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !admin(w, r) {
+		if !admin(w, r, "POST /v1/cluster/handover") {
 			return
 		}
 		if rs.Status().Standby == "" {
@@ -751,7 +750,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		w.WriteHeader(http.StatusAccepted)
 	})
 	routes["GET /v1/cluster"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !admin(w, r) {
+		if !admin(w, r, "GET /v1/cluster") {
 			return
 		}
 		st := struct {

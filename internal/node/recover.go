@@ -111,14 +111,11 @@ func (p *peers) forget(id string) (bool, error) {
 	return true, p.save(next)
 }
 
-// forgetHandler serves POST /v1/cluster/forget?member=ID (admin token):
-// this member stops counting ID among the members a recovery must hear
-// from. The registry adds it back while it still publishes there.
-func (m *member) forgetHandler(w http.ResponseWriter, r *http.Request) {
-	if !m.adminOK(r) {
-		writeErr(w, http.StatusUnauthorized, "bad or missing admin token", "UNAUTHORIZED")
-		return
-	}
+// forget serves POST /v1/cluster/forget?member=ID, its caller
+// authorized (httpapi.PermClusterWrite): this member stops counting ID
+// among the members a recovery must hear from. The registry adds it back
+// while it still publishes there.
+func (m *member) forget(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("member")
 	if id == "" || id == m.mc.ID {
 		writeErr(w, http.StatusBadRequest, "member=ID is required, and may not be this member", "BAD_REQUEST")

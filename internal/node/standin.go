@@ -6,12 +6,15 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/cluster"
@@ -258,18 +262,20 @@ func (m *member) standInHandler() http.Handler {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("not serving: this member is a " + string(st) + "; the owner is " + id + "\n"))
 	})
-	mux.HandleFunc("POST /v1/cluster/forget", m.forgetHandler)
+	mux.HandleFunc("POST /v1/cluster/forget", func(w http.ResponseWriter, r *http.Request) {
+		if m.authorizeStandIn(w, r, "POST /v1/cluster/forget") {
+			m.forget(w, r)
+		}
+	})
 	mux.HandleFunc("POST /v1/cluster/drain", func(w http.ResponseWriter, r *http.Request) {
-		if !m.adminOK(r) {
-			writeErr(w, http.StatusUnauthorized, "bad or missing admin token", "UNAUTHORIZED")
+		if !m.authorizeStandIn(w, r, "POST /v1/cluster/drain") {
 			return
 		}
 		m.drained.Store(true) // a standby releases its role at its next check; a spare stays one
 		w.WriteHeader(http.StatusAccepted)
 	})
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
-		if !m.adminOK(r) {
-			writeErr(w, http.StatusUnauthorized, "bad or missing admin token", "UNAUTHORIZED")
+		if !m.authorizeStandIn(w, r, "GET /v1/cluster") {
 			return
 		}
 		st, _ := m.state.Load().(memberState)
@@ -317,6 +323,80 @@ func (m *member) standInHandler() http.Handler {
 }
 
 type ownerURLKey struct{}
+
+// authorizeStandIn authorizes r for a cluster route (pattern, one of
+// httpapi.ClusterRoutes) on a member that does not serve, which holds no
+// directory to check admins against: it asks the owner who the caller is
+// (GET /v1/admins/me with the caller's Authorization) and checks the
+// route's permission in the answer; the owner's 401 or 429 is passed on
+// as it is. Only while no owner answers (a takeover, a recovery: when
+// these routes matter most) does it accept the first-start token it
+// copied with the owner's snapshot (adminOK), and nothing else. On
+// failure it answers w as the API would and returns false.
+func (m *member) authorizeStandIn(w http.ResponseWriter, r *http.Request, pattern string) bool {
+	perm := httpapi.ClusterPermission(pattern)
+	authz := r.Header.Get("Authorization")
+	if authz == "" {
+		writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token (a member that does not serve takes no client certificate)", "")
+		return false
+	}
+	if _, _, target := m.owner(r.Context()); target != "" {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(target, "/")+"/v1/admins/me", nil)
+		if err == nil {
+			req.Header.Set("Authorization", authz)
+			resp, err := m.peer.Do(req)
+			if err == nil {
+				defer resp.Body.Close()
+				switch resp.StatusCode {
+				case http.StatusOK:
+					var me struct {
+						Name        string   `json:"name"`
+						Role        string   `json:"role"`
+						Permissions []string `json:"permissions"`
+					}
+					if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&me) == nil && me.Name != "" {
+						if slices.Contains(me.Permissions, string(perm)) {
+							return true
+						}
+						writeAPIErr(w, http.StatusForbidden, "FORBIDDEN",
+							fmt.Sprintf("admin %q (role %s) lacks the permission %q that %s needs", me.Name, me.Role, perm, pattern), string(perm))
+						return false
+					}
+				case http.StatusUnauthorized, http.StatusTooManyRequests:
+					for _, h := range []string{"Content-Type", "Retry-After"} {
+						if v := resp.Header.Get(h); v != "" {
+							w.Header().Set(h, v)
+						}
+					}
+					w.WriteHeader(resp.StatusCode)
+					_, _ = io.Copy(w, io.LimitReader(resp.Body, 1<<16))
+					return false
+				}
+			}
+		}
+		m.log.Warn("the owner did not say who an admin is; only the first-start token is accepted", "route", pattern, "owner", target)
+	}
+	if m.adminOK(r) {
+		return true
+	}
+	writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED",
+		"no owner answers to check this admin right now; until one does, a member that does not serve accepts only the first-start token (DATA/admin.token)", "")
+	return false
+}
+
+// writeAPIErr answers as the admin API does (httpapi): {"error": {"code",
+// "detail", "permission"}}.
+func writeAPIErr(w http.ResponseWriter, status int, code, detail, perm string) {
+	body := map[string]string{"code": code, "detail": detail}
+	if perm != "" {
+		body["permission"] = perm
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": body})
+}
 
 // adminOK checks r's admin token against the one in this member's data
 // dir (copied with the owner's snapshot; a spare that never joined has
