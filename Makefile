@@ -60,7 +60,8 @@ build:
 	$(GO) build -buildvcs=auto -o bin/ ./cmd/... # auto: the VCS revision in --version when git is there
 
 # The soak (cmd/dingd/soak_test.go): mixed traffic with kill -9 every
-# minute, for SOAK_DURATION (10m by default). Not in `make test`.
+# minute for the first two thirds of SOAK_DURATION (10m by default), then
+# one calm incarnation whose resources must level off. Not in `make test`.
 SOAK_DURATION ?= 10m
 soak: tools
 	$(GO) test -count=1 -tags soak -run TestSoak -timeout 2h -v ./cmd/dingd -soak.duration $(SOAK_DURATION)
