@@ -2,7 +2,9 @@ package engine
 
 import (
 	"hash/maphash"
+	"math/bits"
 	"sync"
+	"unsafe"
 )
 
 // msgCache keeps recently committed messages in memory so that devices
@@ -44,7 +46,45 @@ func (c *msgCache) shard(id ID) *cacheShard {
 	return &c.shards[maphash.Bytes(c.seed, id[:])%uint64(len(c.shards))]
 }
 
-func msgSize(m *Message) int { return 96 + len(m.Body) + len(m.From) + 16*len(m.To) }
+// msgSize is the heap m holds while cached, near enough for a budget
+// (TestMsgCacheCountsWhatItHolds): the Message itself, its map entry and
+// ring slot (msgFixed), and each string, slice and body with the size
+// class it is rounded up to (allocated).
+func msgSize(m *Message) int {
+	n := msgFixed + allocated(cap(m.Body)) + allocated(len(m.From)) + allocated(len(m.ClientID)) +
+		allocated(16*cap(m.To)) + allocated(16*cap(m.Choices))
+	for _, s := range m.To {
+		n += allocated(len(s))
+	}
+	for _, s := range m.Choices {
+		n += allocated(len(s))
+	}
+	if m.Secret != nil {
+		n += allocated(int(unsafe.Sizeof(SecretInfo{})) + len(m.Secret.Watermark))
+	}
+	return n
+}
+
+// msgFixed is what every cached message costs besides its contents: the
+// Message struct (rounded to its size class), its entry in the shard's
+// map (a 16-byte id and a pointer, at the map's load) and its id in the
+// ring (which keeps up to twice its live length).
+const msgFixed = int(unsafe.Sizeof(Message{})+15)&^15 + 48 + 2*int(unsafe.Sizeof(ID{}))
+
+// allocated is n rounded up as Go's allocator rounds small objects (to 8
+// bytes up to 16, then 16 up to 256, then 1/8 of a power of two); 0 for 0.
+func allocated(n int) int {
+	switch {
+	case n == 0:
+		return 0
+	case n <= 16:
+		return (n + 7) &^ 7
+	case n <= 256:
+		return (n + 15) &^ 15
+	}
+	step := 1 << (bits.Len(uint(n)) - 4) // an eighth of the next power of two
+	return (n + step - 1) &^ (step - 1)
+}
 
 func (c *msgCache) put(m *Message) {
 	if c == nil {

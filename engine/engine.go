@@ -113,7 +113,7 @@ type Config struct {
 	// 16384. A full queue blocks submitters (back-pressure).
 	QueueLen int
 	// MessageCacheBytes bounds the cache of recently committed messages
-	// that catch-up reads from before the store; zero means 32 MiB, a
+	// that catch-up reads from before the store; zero means 64 MiB, a
 	// negative value disables it.
 	MessageCacheBytes int
 	// Logger receives operational logs; nil means slog.Default().
@@ -194,7 +194,7 @@ func (c *Config) setDefaults() {
 		c.Logger = slog.Default()
 	}
 	if c.MessageCacheBytes == 0 {
-		c.MessageCacheBytes = 32 << 20
+		c.MessageCacheBytes = 64 << 20
 	}
 	c.Quotas.setDefaults()
 	if c.SendTimeout == 0 {

@@ -34,6 +34,7 @@ import (
 var (
 	soakFor  = flag.Duration("soak.duration", 10*time.Minute, "how long the soak runs")
 	soakKill = flag.Duration("soak.kill-every", time.Minute, "SIGKILL dingd this often (then restart it)")
+	soakProf = flag.String("soak.pprof", "", "dingd --pprof: serve net/http/pprof on this address (heap profiles of a long run)")
 	soakKeep = flag.Duration("soak.retention", 3*time.Minute, "dingd --retention-max-age and --dedupe-window (swept every 30s); 0: retention off, and every acknowledged message must be in bo's stream at the end")
 )
 
@@ -67,6 +68,9 @@ func TestSoak(t *testing.T) {
 		"--twilio-api-url", fake.URL(), "--burn-after", "5s")
 	if *soakKeep > 0 {
 		args = append(args, "--retention-max-age", soakKeep.String(), "--dedupe-window", soakKeep.String(), "--retention-interval", "30s")
+	}
+	if *soakProf != "" {
+		args = append(args, "--pprof", *soakProf)
 	}
 	p.start(t, args...)
 	users := []string{"ana", "bo", "cy", "dee", "eli"}
