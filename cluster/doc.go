@@ -23,7 +23,8 @@
 // standby had not applied. Members recover a partition whose coordinator
 // state is lost (RecoveryChoice, below). Not built yet: more than one
 // partition, cross-partition relay and the cluster-wide directory
-// (DESIGN.md, "Cluster mode").
+// (DESIGN.md, "Cluster mode"); cluster/PARTITIONS.md is the staged plan
+// for them.
 //
 // # The protocol
 //
