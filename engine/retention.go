@@ -42,7 +42,8 @@ import (
 //     its record, recipients' states and ledger; unless the DING is not
 //     settled (a recipient still escalating: settled means stopped, or
 //     every step taken with nothing left to wait for, exhausted), the
-//     announcement asks for confirmation and someone has not confirmed,
+//     announcement asks for confirmation and someone still in the
+//     directory (not offboarded: they never will) has not confirmed,
 //     the message is a live secret message (it burns on its own), or its
 //     fan-out is still running.
 //   - Client-message-id keys older than DedupeWindow (default 7 days):
@@ -457,8 +458,8 @@ func (e *Engine) entryUnsettled(user string, id ID, flags byte) (bool, error) {
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}
-	if err != nil || m.Flags&FlagConfirm == 0 {
-		return false, err
+	if err != nil || m.Flags&FlagConfirm == 0 || e.removed(user) {
+		return false, err // a removed user will never confirm
 	}
 	v, err := e.st.Get(receiptKey(id, user))
 	if errors.Is(err, store.ErrNotFound) {
@@ -472,6 +473,12 @@ func (e *Engine) entryUnsettled(user string, id ID, flags byte) (bool, error) {
 		return false, err
 	}
 	return rc.State < StateConfirmed, nil
+}
+
+// removed reports whether the directory says user was removed
+// (offboarded); false when the engine cannot tell (no ActiveFilter).
+func (e *Engine) removed(user string) bool {
+	return e.active != nil && !e.active.Active(user)
 }
 
 // settled reports whether a DING recipient's escalation is over: stopped,
@@ -614,12 +621,15 @@ func (e *Engine) messageUnsettled(id ID, kind Kind, flags uint32, secret bool, w
 		var derr error
 		p := receiptPrefix(id)
 		err := e.st.Scan(p, prefixEnd(p), func(k, v []byte) bool {
-			rc, err := decodeReceipt(string(k[len(p):]), v)
+			user := string(k[len(p):])
+			rc, err := decodeReceipt(user, v)
 			if err != nil {
 				derr = err
 				return false
 			}
-			unconfirmed = rc.State < StateConfirmed
+			// A removed (offboarded) user will never confirm: they do
+			// not hold the message past retention.
+			unconfirmed = rc.State < StateConfirmed && !e.removed(user)
 			return !unconfirmed
 		})
 		if err == nil {

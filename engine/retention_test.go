@@ -294,3 +294,40 @@ func TestRetentionKeepsTheStoreFlat(t *testing.T) {
 		}
 	}
 }
+
+// TestRetentionDoesNotWaitForRemovedUsers: a must-confirm announcement
+// is held past retention while a recipient has not confirmed, but not
+// for a recipient who was offboarded: they never will, and it would be
+// kept forever.
+func TestRetentionDoesNotWaitForRemovedUsers(t *testing.T) {
+	dir := newDirectory("ana", "bo", "cy")
+	env := newDingEnv(t, stores(t)["pebble"](t), func(c *engine.Config) {
+		c.Retention = engine.Retention{MaxAge: time.Hour, Interval: -1}
+		c.Recipients = dir
+	})
+	ctx := context.Background()
+	ann, err := env.e.Announce(ctx, engine.Announcement{From: "ana", To: []string{"bo", "cy"}, Text: "sign the policy", Confirm: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.e.Confirm(ctx, "cy", ann.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	env.clock.Advance(2 * time.Hour)
+	send(t, env.e, "ana", "new", "bo", "cy")
+	if r := env.sweep(t); r.Held == 0 {
+		t.Fatalf("sweep with bo's confirmation missing: %+v, want the announcement held", r)
+	}
+	if _, err := env.e.Message(ann.ID); err != nil {
+		t.Fatalf("the announcement bo has not confirmed: %v", err)
+	}
+	if _, err := env.e.Offboard(ctx, "bo", engine.Change{Applied: func() { dir.remove("bo") }}); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.sweep(t); r.Held != 0 {
+		t.Fatalf("sweep after bo's removal: %+v, want nothing held", r)
+	}
+	if _, err := env.e.Message(ann.ID); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("the announcement past retention, its one unconfirmed recipient removed: %v, want it deleted", err)
+	}
+}
