@@ -200,7 +200,11 @@ func (e *Engine) sweepFlush(ctx context.Context, w *sweepWrites) error {
 	dels, ranges, sets, forget := w.dels, w.ranges, w.sets, w.forget
 	*w = sweepWrites{}
 	err := wait(ctx, func(done func(error)) {
-		e.enqueueBackground(func(c *txn) error {
+		// Ungated: deletions go through while the disk guard refuses
+		// writes (SetReadOnly), since they are how a nearly full disk is
+		// freed (a few bytes of log each; Pebble's compactions then drop
+		// what they cover). The trim marks set beside them are as small.
+		o := e.op(func(c *txn) error {
 			for _, r := range ranges {
 				c.batch.DeleteRange(r[0], r[1])
 			}
@@ -211,7 +215,9 @@ func (e *Engine) sweepFlush(ctx context.Context, w *sweepWrites) error {
 				c.batch.Set(kv[0], kv[1])
 			}
 			return nil
-		}, done, max(1, (len(dels)+len(ranges)+len(sets))/4), "")
+		}, done, max(1, (len(dels)+len(ranges)+len(sets))/4))
+		o.Background, o.Ungated = true, true
+		_ = e.pipe.Enqueue(o)
 	})
 	if err != nil {
 		return err
@@ -281,8 +287,6 @@ func (e *Engine) sweeperLoop() {
 		switch {
 		case ctx.Err() != nil || errors.Is(err, ErrClosed) || errors.Is(err, ErrFailed):
 			return
-		case errors.Is(err, ErrReadOnly):
-			e.log.Warn("retention sweep refused: writes are refused", "err", err)
 		case err != nil:
 			e.log.Error("retention sweep failed; trying again at the next", "err", err)
 		case r.Entries+r.Messages+r.Dedupe+r.Quotas+r.Refs+r.Days > 0:

@@ -331,3 +331,25 @@ func TestRetentionDoesNotWaitForRemovedUsers(t *testing.T) {
 		t.Fatalf("the announcement past retention, its one unconfirmed recipient removed: %v, want it deleted", err)
 	}
 }
+
+// TestRetentionSweepsWhileWritesAreRefused: while the engine refuses
+// writes (the disk guard's SetReadOnly: the disk is nearly full), a
+// submit is refused with ErrReadOnly, but a retention sweep still deletes
+// what is past retention: deleting is how a full disk is freed.
+func TestRetentionSweepsWhileWritesAreRefused(t *testing.T) {
+	env := retentionEnv(t, engine.Retention{MaxAge: time.Hour})
+	old := send(t, env.e, "ana", "old", "bo")
+	env.clock.Advance(2 * time.Hour)
+	send(t, env.e, "ana", "new", "bo")
+	env.e.SetReadOnly(errors.New("the disk is nearly full"))
+	if _, err := env.e.Submit(context.Background(), engine.Submission{From: "ana", To: []string{"bo"}, Kind: engine.KindText, Body: []byte("refused")}); !errors.Is(err, engine.ErrReadOnly) {
+		t.Fatalf("a submit while writes are refused: %v, want ErrReadOnly", err)
+	}
+	r := env.sweep(t)
+	if r.Messages == 0 || r.Entries == 0 {
+		t.Fatalf("sweep while writes are refused: %+v, want the old message and entry deleted", r)
+	}
+	if _, err := env.e.Message(old.ID); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("the message past retention after the sweep: %v, want deleted", err)
+	}
+}

@@ -159,6 +159,9 @@ type Op[T Txn] struct {
 	// its Key waits in the background lane joins that lane (a device's
 	// READ after its ACK is applied after the ACK).
 	Key string
+	// Ungated skips Config.Gate: an op that only frees space (retention's
+	// deletions) runs while the store refuses writes for want of it.
+	Ungated bool
 
 	err     error // the op's answer, once applied
 	settled bool  // answered already (aborted its batch): not applied again
@@ -315,7 +318,7 @@ func (p *Pipeline[T]) Enqueue(op *Op[T]) error {
 		op.Done(err)
 		return err
 	}
-	if p.cfg.Gate != nil {
+	if p.cfg.Gate != nil && !op.Ungated {
 		if err := p.cfg.Gate(); err != nil {
 			op.Done(err)
 			return err
