@@ -3,6 +3,7 @@ package fanout_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,3 +112,25 @@ func TestWithin(t *testing.T) {
 func second[T any](_ T, err error) error { return err }
 
 func third[T, U any](_ T, _ U, err error) error { return err }
+
+// TestDepartmentOfAnAdminStays: the department a department admin is
+// scoped to cannot be removed while that admin is active (the admin would
+// be scoped to nothing, or to a department made again later under the
+// same id); once the admin is revoked, it can.
+func TestDepartmentOfAnAdminStays(t *testing.T) {
+	d := openDir(t, memstore.New())
+	org(t, d)
+	must[fanout.Admin](t)(d.AddAdmin(fanout.Admin{Name: "web-lead", Role: "dept-admin", Dept: "web"}, fanout.Actor{Name: "owner"}))
+	eng := "eng"
+	must[fanout.User](t)(d.UpdateUserAs("di", fanout.UserPatch{Department: &eng}, fanout.Actor{Name: "owner"})) // web's one user moves out
+	err := d.RemoveDepartment("web", fanout.Actor{Name: "owner"})
+	if !errors.Is(err, fanout.ErrDepartmentNotEmpty) || !strings.Contains(err.Error(), "web-lead") {
+		t.Fatalf("remove the scope of an active admin: %v, want ErrDepartmentNotEmpty naming web-lead", err)
+	}
+	if _, _, err := d.RevokeAdmin("web-lead", fanout.Actor{Name: "owner"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RemoveDepartment("web", fanout.Actor{Name: "owner"}); err != nil {
+		t.Fatalf("remove it once its admin is revoked: %v", err)
+	}
+}

@@ -138,6 +138,19 @@ func (d *Directory) RemoveDepartment(id string, actor Actor) error {
 	if n := len(d.deptUsers[id]); n > 0 {
 		return fmt.Errorf("%w: %s has %d users", ErrDepartmentNotEmpty, id, n)
 	}
+	// A department admin's scope is a department: removing it would leave
+	// the admin scoped to nothing (or to a department made again later
+	// under the same id). Revoke them first.
+	var scoped []string
+	for name, a := range d.admins {
+		if a.Dept == id && a.Status == AdminActive && !a.Expired(d.now()) {
+			scoped = append(scoped, name)
+		}
+	}
+	if len(scoped) > 0 {
+		slices.Sort(scoped)
+		return fmt.Errorf("%w: %s is the scope of admin %s; revoke them first", ErrDepartmentNotEmpty, id, strings.Join(scoped, ", "))
+	}
 	c := d.newChange(d.now(), actor)
 	c.depts[id] = nil
 	c.audit("dept.remove", id, fmt.Sprintf("removed %q", dep.Name))
