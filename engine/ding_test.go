@@ -168,13 +168,20 @@ func (env *dingEnv) ding(t testing.TB, r engine.DingRequest) engine.DingResult {
 
 // barrier makes sure every timer due by now has fired and every send
 // decided so far has its outcome recorded (engine.Settle), so that a test
-// may then assert that nothing more was sent.
+// may then assert that nothing more was sent, and that the sink has every
+// entry those batches wrote.
 func (env *dingEnv) barrier(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := env.e.Settle(ctx); err != nil {
 		t.Fatalf("settle: %v", err)
+	}
+	// Settle returns once the last outcome's op is answered, which is
+	// before its batch reaches the sink; batches are published in order,
+	// so an op answered after it (in a later batch) means the sink has it.
+	if err := env.e.Barrier(ctx); err != nil {
+		t.Fatalf("barrier: %v", err)
 	}
 }
 
