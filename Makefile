@@ -52,6 +52,7 @@ fuzz:
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeChat$$' -fuzztime 5s
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeAnnouncementCounts$$' -fuzztime 5s
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeFanoutJob$$' -fuzztime 5s
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzDecodeRelayRecord$$' -fuzztime 10s
 	$(GO) test ./channels/socket/wire -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./channels/session -run '^$$' -fuzz FuzzDeliver -fuzztime 10s
 	$(GO) test ./channels/socket/client -run '^$$' -fuzz FuzzDecodeDeliver -fuzztime 20s

@@ -16,6 +16,7 @@ type CheckReport struct {
 	Entries   int      `json:"entries"`
 	Messages  int      `json:"messages"`
 	Cursors   int      `json:"cursors"`
+	Outbox    int      `json:"outbox"`   // relay records not yet acknowledged by their partition
 	Problems  []string `json:"problems"` // [] when every invariant holds
 	Truncated bool     `json:"truncated"`
 }
@@ -43,7 +44,10 @@ func (r *CheckReport) problem(format string, args ...any) {
 //     one that burned (a burn entry for it follows in the same stream);
 //   - every device cursor and every user's watermark is at most that
 //     user's head;
-//   - the count of live secret messages equals their state records.
+//   - the count of live secret messages equals their state records;
+//   - every relay record (relay.go) decodes, is numbered within its
+//     destination's counter, and names a stored message (retention keeps
+//     them); every relay counter and inbound watermark decodes.
 //
 // It reads the whole store; run it on a stopped node's data or a backup.
 func Check(st store.Store) (CheckReport, error) {
@@ -164,5 +168,63 @@ func Check(st store.Store) (CheckReport, error) {
 	if counted != uint64(live) {
 		r.problem("the live secret messages counter says %d; %d are stored", counted, live)
 	}
+	if err := checkRelay(st, &r); err != nil {
+		return r, err
+	}
 	return r, nil
+}
+
+// checkRelay checks the relay's keys: counters, outbox records, inbound
+// watermarks.
+func checkRelay(st store.Store, r *CheckReport) error {
+	counters := map[uint32]uint64{}
+	err := st.Scan(relayCounterPrefix, prefixEnd(relayCounterPrefix), func(k, v []byte) bool {
+		seq, err := parseU64(v)
+		if err != nil || len(k) != len(relayCounterPrefix)+4 {
+			r.problem("relay counter %x does not decode", k)
+			return true
+		}
+		counters[binary.BigEndian.Uint32(k[len(relayCounterPrefix):])] = seq
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: check relay counters: %w", err)
+	}
+	err = st.Scan([]byte{prefixOutbox}, []byte{prefixOutbox + 1}, func(k, v []byte) bool {
+		r.Outbox++
+		if len(k) != 13 {
+			r.problem("outbox key %x is malformed", k)
+			return true
+		}
+		to, seq := binary.BigEndian.Uint32(k[1:5]), binary.BigEndian.Uint64(k[5:])
+		rec, id, err := decodeRelayRecord(v)
+		if err != nil {
+			r.problem("outbox record %d for partition %d does not decode: %v", seq, to, err)
+			return true
+		}
+		if seq == 0 || seq > counters[to] {
+			r.problem("outbox record %d for partition %d is beyond its counter, %d", seq, to, counters[to])
+		}
+		if rec.Kind == RelayMessage {
+			if _, err := st.Get(messageKey(id)); errors.Is(err, store.ErrNotFound) {
+				r.problem("outbox record %d for partition %d: message %s is not stored", seq, to, id)
+			} else if err != nil {
+				r.problem("outbox record %d for partition %d: read message %s: %v", seq, to, id, err)
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: check outbox: %w", err)
+	}
+	err = st.Scan([]byte{prefixRelayed}, []byte{prefixRelayed + 1}, func(k, v []byte) bool {
+		if _, err := parseU64(v); err != nil || len(k) != 5 {
+			r.problem("relay watermark %x does not decode", k)
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: check relay watermarks: %w", err)
+	}
+	return nil
 }

@@ -78,6 +78,15 @@ import (
 //
 //	| ver 1 | chunks (v) | next (v) |
 //
+// Relay record (key 'O', RelayRecord; relay.go), one of:
+//
+//	RelayMessage: | ver 1 | kind 1 | id (16) | nUsers (u) | user (str)... |
+//	RelayEntry:   | ver 1 | kind 2 | user (str) | stream entry, to the end (keys.go; never a message) |
+//
+// A RelayMessage names the message, whose record stays under 'm' (the
+// body is not copied), and its recipients in the destination partition,
+// sorted.
+//
 // Usage: v := encodeRcptState(s); err := decodeRcptState(v, &s2).
 const recordVersion = 1
 
@@ -541,4 +550,48 @@ func decodeFanoutJob(b []byte, j *fanoutJob) error {
 	j.Chunks = int(d.varint())
 	j.Next = int(d.varint())
 	return d.end()
+}
+
+// encodeRelayRecord encodes an outbox record: for a RelayMessage, the id of
+// r.Msg and r.Users; for a RelayEntry, r.User and r.Entry.
+func encodeRelayRecord(r *RelayRecord) []byte {
+	if r.Kind == RelayMessage {
+		b := make([]byte, 0, 18+strsLen(r.Users))
+		b = append(b, recordVersion, byte(RelayMessage))
+		b = append(b, r.Msg.ID[:]...)
+		return appendStrs(b, r.Users)
+	}
+	ent := encodeEntry(&r.Entry)
+	b := make([]byte, 0, 3+len(r.User)+len(ent))
+	b = append(b, recordVersion, byte(RelayEntry))
+	b = appendStr(b, r.User)
+	return append(b, ent...)
+}
+
+// decodeRelayRecord decodes an outbox record (its Seq is the key's). A
+// RelayMessage's Msg is left nil: id is its message's. It does not alias b.
+func decodeRelayRecord(b []byte) (r RelayRecord, id ID, err error) {
+	d := newRecordDecoder(b)
+	r.Kind = RelayKind(d.u8())
+	switch {
+	case d.err:
+		return RelayRecord{}, id, ErrCorrupt
+	case r.Kind == RelayMessage:
+		id = d.id()
+		r.Users = d.strs()
+		if err := d.end(); err != nil || len(r.Users) == 0 {
+			return RelayRecord{}, id, ErrCorrupt
+		}
+		return r, id, nil
+	case r.Kind == RelayEntry:
+		r.User = d.str()
+		if d.err || r.User == "" || len(d.b) == 0 || EntryKind(d.b[0]) == EntryMessage {
+			return RelayRecord{}, id, ErrCorrupt
+		}
+		if r.Entry, _, _, err = decodeEntry(0, d.b); err != nil {
+			return RelayRecord{}, id, err
+		}
+		return r, id, nil
+	}
+	return RelayRecord{}, id, ErrCorrupt
 }

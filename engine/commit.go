@@ -24,6 +24,7 @@ import (
 //	secretTx  secret.go    chats, live secret messages' states, keys, burns
 //	fanoutTx  fanout.go    fanout jobs started
 //	changeTx  change.go    changes from outside the engine (the directory)
+//	relayTx   relay.go     outbox records and their seqs, inbound watermarks
 //
 // An op is a function of the txn (the feature's entry point, e.g.
 // applySubmit, applyDing, createChat) built where the feature's API is:
@@ -45,7 +46,8 @@ import (
 //	           false) or its commit failed (true)
 //	reset      after published or abandon: the overlay is reused for a later batch
 //
-// Lock order: Engine.headsMu is taken alone (it guards the durable heads);
+// Lock order: Engine.headsMu is taken alone (it guards the durable heads),
+// and so is Engine.outMu (the durable outbox seqs, relay.go);
 // the Sink, the Recipients/Contacts and the Keys are called with no engine
 // lock held.
 
@@ -63,6 +65,7 @@ type txn struct {
 	secretTx
 	fanoutTx
 	changeTx
+	relayTx
 
 	hooks txnHooks
 }
@@ -91,7 +94,7 @@ type txnHooks struct {
 func (e *Engine) newTxn() *txn {
 	c := &txn{e: e, streamTx: newStreamTx(), dingTx: newDingTx(), statsTx: newStatsTx(), secretTx: newSecretTx()}
 	h := &c.hooks
-	for _, o := range []any{&c.streamTx, &c.dingTx, &c.statsTx, &c.secretTx, &c.fanoutTx, &c.changeTx} {
+	for _, o := range []any{&c.streamTx, &c.dingTx, &c.statsTx, &c.secretTx, &c.fanoutTx, &c.changeTx, &c.relayTx} {
 		addHook(&h.flush, o)
 		addHook(&h.applied, o)
 		addHook(&h.durable, o)

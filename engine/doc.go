@@ -23,10 +23,12 @@
 //	│   streams+receipts (stream.go) · DINGs (escalate.go)            │
 //	│   statistics (rollup.go) · secret chats (secret.go)             │
 //	│   fanout jobs (fanout.go) · outside changes (change.go)         │
+//	│   relay to other partitions (relay.go)                          │
 //	│ publish loop: fsync done → durable hooks → answer each op       │
 //	│   → Sink.Deliver, sends to the dispatch workers                 │
 //	│ timer loop (timer.go), fanout loop (fanout.go) queue ops too    │
 //	└─────────────────────────────────────────────────────────────────┘
+//	   │ Outbox → a pump → another partition's engine's ApplyRelay (relay.go)
 //	   │ Sink (fanout.Publisher → Broker → Hub: who is online, encode once, write many)
 //	   │ Notifier (channels/twilio: SMS, calls)
 //	   ▼
@@ -55,8 +57,8 @@
 //     the reader's other devices learn it): one event per ack or read and
 //     sender, listing the messages it moved.
 //   - Nothing is trusted from memory alone: stream heads are loaded from
-//     the store on first use. Start-up reads the timer and secret counters,
-//     checks the secret keyring against the store in one sorted pass, and
+//     the store on first use. Start-up reads the timer, secret and relay
+//     counters, checks the secret keyring against the store in one sorted pass, and
 //     lists the live level-3 messages ('f'); it scans the secret states
 //     ('b') only when keys were lost. Nothing else is scanned.
 //   - A DING's pending steps are timers in the store; reading or confirming
@@ -111,7 +113,8 @@
 //	ref       'x' | provider reference (SID)        -> id (16) | idx (2) | channel (1) | attempt (1) [| acted (1)]
 //	quota     'q' | kind (1) | scope | 0x00 | sub   -> count (8) per UTC day, or last DING time (8)
 //	policy    'y' | name                            -> policy text
-//	counter   'k' | name                            -> u64 ("timers": armed timers; "secrets": live secret messages)
+//	counter   'k' | name                            -> u64 ("timers": armed timers; "secrets": live secret messages;
+//	                                                   "relay" | to (4): see below)
 //
 // Secret chats (see secret.go; keys live in package keyring, not here):
 //
@@ -122,8 +125,16 @@
 //	fleeting  'f' | id (16)                         -> empty: a live level-3 message (burned at start-up)
 //	timer     't' | due ms (8) | id (16) | 0xFFFF | n (4) -> a burn (n=1) or unread expiry (n=2)
 //
+// Relay between partitions (relay.go; written only when Config.Placement
+// is set; to and from are partitions):
+//
+//	outbox    'O' | to (4) | seq (8)                -> relay record: a message's recipients in to, or a stream entry
+//	relayed   'I' | from (4)                        -> seq (8): the last record from partition from applied here
+//	counter   'k' | "relay" | to (4)                -> u64: the last outbox seq allocated for to (records are
+//	                                                   deleted once acknowledged, so the outbox's last key is not it)
+//
 // The records' own layouts (DING, recipient state, ledger event, chat,
-// secret state, announcement counts, fanout job) are drawn in codec.go:
+// secret state, announcement counts, fanout job, relay record) are drawn in codec.go:
 // binary, each led by a version byte; the JSON records of data
 // directories written before 2026-12 are still read.
 //

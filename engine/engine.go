@@ -162,6 +162,17 @@ type Config struct {
 	// 3 lives; zero means 24h.
 	SecretUnreadTTL time.Duration
 
+	// Partitions (relay.go).
+
+	// Partition is this engine's partition, when users are spread over
+	// several engines by Placement; zero by default.
+	Partition uint32
+	// Placement says which partition a user belongs to. It is called
+	// concurrently, on the commit loop too, and must be fast and must not
+	// change its answer for a user with records in flight. Nil (the
+	// default) makes every user local: the relay writes nothing.
+	Placement func(user string) uint32
+
 	// Retention says what is deleted in the background (retention.go);
 	// its zero value keeps streams and messages forever and expires
 	// bookkeeping (client message ids after 7 days, statistics after 400).
@@ -303,6 +314,12 @@ type Engine struct {
 	sinkSetOnce      sync.Once
 
 	sweepState // retention.go
+
+	// Relay to other partitions (relay.go).
+	relayNext   map[uint32]uint64 // last outbox seq allocated per destination as of the last applied batch; the commit loop's own
+	outMu       sync.RWMutex
+	outDurable  map[uint32]uint64 // last durable outbox seq per destination; guarded by outMu
+	outboxReady chan struct{}     // capacity 1: a batch that wrote outbox records is durable
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -336,11 +353,15 @@ func Open(cfg Config) (*Engine, error) {
 		sinkSet:          make(chan struct{}),
 		sweepState:       sweepState{sweeperDone: make(chan struct{})},
 		closed:           make(chan struct{}),
+		outboxReady:      make(chan struct{}, 1),
 	}
 	e.minArmed.Store(math.MaxInt64)
 	e.active, _ = cfg.Recipients.(ActiveFilter)
 	e.keys, e.fleeting = cfg.Keys, newMemKeys()
 	e.chatCache, e.secretCache = newIDCache[*Chat](16384), newIDCache[secretState](131072)
+	if err := e.loadRelayCounters(); err != nil {
+		return nil, err
+	}
 	keyless, err := e.reconcileSecrets()
 	if err != nil {
 		return nil, err

@@ -151,3 +151,18 @@ func (e *Engine) FanoutIdle() bool {
 	_, job, err := e.oldestJob()
 	return err == nil && job == nil
 }
+
+// OutboxKeyForTest is the store key of relay record seq for partition to.
+func OutboxKeyForTest(to uint32, seq uint64) []byte { return outboxKey(to, seq) }
+
+// RelayKeys counts the relay's keys in st: outbox records, inbound
+// watermarks and outbox counters. Tests only.
+func RelayKeys(st store.Store) (int, error) {
+	n := 0
+	for _, p := range [][]byte{{prefixOutbox}, {prefixRelayed}, relayCounterPrefix} {
+		if err := st.Scan(p, prefixEnd(p), func(_, _ []byte) bool { n++; return true }); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}

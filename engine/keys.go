@@ -38,6 +38,8 @@ const (
 	prefixUserSecret   = 'h' // h | user | 0x00 | id(16)         -> empty: user's live secret messages
 	prefixFleeting     = 'f' // f | id(16)                       -> empty: a live level-3 message (its key is in memory only)
 	prefixTrimmed      = 'T' // T | user                         -> seq(8): the stream's trim mark (retention.go)
+	prefixOutbox       = 'O' // O | to(4) | seq(8)               -> relay record for partition to (relay.go, codec.go)
+	prefixRelayed      = 'I' // I | from(4)                      -> seq(8): the last relay record of that origin applied here
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'

@@ -44,8 +44,9 @@ import (
 //     every step taken with nothing left to wait for, exhausted), the
 //     announcement asks for confirmation and someone still in the
 //     directory (not offboarded: they never will) has not confirmed,
-//     the message is a live secret message (it burns on its own), or its
-//     fan-out is still running.
+//     the message is a live secret message (it burns on its own), its
+//     fan-out is still running, or an outbox record for another
+//     partition names it (relay.go).
 //   - Client-message-id keys older than DedupeWindow (default 7 days):
 //     a retry with the same id after that is a new message.
 //   - Quota counters of past days, and last-DING times older than the
@@ -500,6 +501,12 @@ func (e *Engine) sweepMessages(ctx context.Context, now time.Time, w *sweepWrite
 	binary.BigEndian.PutUint64(cutoff[:8], uint64(ms(now.Add(-e.cfg.Retention.MaxAge)))<<16)
 	lower := []byte{prefixMessage}
 	upper := messageKey(cutoff)
+	// Read before the messages: a message past retention was stored with
+	// its outbox records, which only go once relayed.
+	outboxed, err := e.outboxedMessages()
+	if err != nil {
+		return err
+	}
 	type msg struct {
 		id     ID
 		kind   Kind
@@ -543,9 +550,12 @@ func (e *Engine) sweepMessages(ctx context.Context, now time.Time, w *sweepWrite
 			}
 		}
 		for _, m := range batch {
-			keep, err := e.messageUnsettled(m.id, m.kind, m.flags, m.secret, w)
-			if err != nil {
-				return err
+			keep := outboxed[m.id] // not yet relayed to another partition
+			if !keep {
+				var err error
+				if keep, err = e.messageUnsettled(m.id, m.kind, m.flags, m.secret, w); err != nil {
+					return err
+				}
 			}
 			if keep {
 				r.Held++

@@ -408,6 +408,11 @@ func (e *Engine) checkChatRequest(req ChatRequest) (Chat, error) {
 			return Chat{}, err
 		}
 	}
+	for _, u := range []string{req.From, req.To} {
+		if p, other := e.remote(u); other {
+			return Chat{}, fmt.Errorf("%w: a secret chat with %q, of partition %d", ErrCrossPartition, u, p)
+		}
+	}
 	if e.active != nil {
 		for _, u := range []string{req.From, req.To} {
 			if !e.active.Active(u) {
@@ -608,6 +613,9 @@ func (e *Engine) checkChat(s *Submission) error {
 	}
 	if e.active != nil && (!e.active.Active(peer.User) || !e.active.Active(s.From)) {
 		return fmt.Errorf("%w: the other participant was removed", ErrUnknownRecipient)
+	}
+	if _, other := e.remote(peer.User); other {
+		return fmt.Errorf("%w: a secret chat's other participant", ErrCrossPartition)
 	}
 	s.To = []string{peer.User}
 	s.recipients = s.To

@@ -176,8 +176,12 @@ func (c *txn) prefetchHeads(users []string) error {
 	return nil
 }
 
-// appendEntry sequences e into user's stream.
+// appendEntry sequences e into user's stream; for a user of another
+// partition, it relays e there (relay.go).
 func (c *txn) appendEntry(user string, ent Entry) error {
+	if p, ok := c.e.remote(user); ok {
+		return c.relayEntry(p, user, ent)
+	}
 	h, err := c.head(user)
 	if err != nil {
 		return err
@@ -234,11 +238,17 @@ func (c *txn) applySubmit(s *Submission, res *SubmitResult, now time.Time) error
 	} else {
 		r.MessagesSent++
 	}
-	if len(s.recipients) > c.e.cfg.FanoutChunk {
+	// Users of other partitions get one outbox record per partition
+	// (relay.go); with no Placement, every user is local.
+	local, remote := c.e.splitRecipients(s.recipients)
+	for p, users := range remote {
+		c.relayRecord(p, &RelayRecord{Kind: RelayMessage, Msg: m, Users: users})
+	}
+	if len(local) > c.e.cfg.FanoutChunk {
 		// A message to many: its entries are written chunk by chunk
 		// after it is durable (fanout.go).
-		c.startFanout(id, s.recipients)
-	} else if err := c.fanout(m, s.recipients); err != nil {
+		c.startFanout(id, local)
+	} else if err := c.fanout(m, local); err != nil {
 		// A store error: commit aborts the whole batch, so nothing
 		// half-written survives (see clientError).
 		return err

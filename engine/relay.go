@@ -1,0 +1,637 @@
+package engine
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/dingmq/ding/engine/store"
+)
+
+// Relay between partitions.
+//
+// With Config.Placement set, users are spread over partitions, one engine
+// (and one store) each; a user is local to the engine of their partition.
+// A message's origin is its sender's partition: it holds the message, its
+// DING state, its announcement counts and the sender's view of the
+// receipts. What a local op writes for a user of another partition goes
+// to that partition through this engine's outbox, with no per-feature
+// code:
+//
+//   - A submit divides its recipients (applySubmit): local users take the
+//     usual path (fanout, or a fanout job for a message to many), and each
+//     other partition gets one RelayMessage record naming its users,
+//     written in the same batch as the message. An announcement to 100,000
+//     users on 3 partitions writes 2 records, and each destination fans
+//     out to its own users (with its own fanout job when they are more
+//     than Config.FanoutChunk).
+//   - appendEntry diverts any other entry for a user of another partition
+//     (a receipt event for a sender, a read event) into a RelayEntry
+//     record. A message entry for one is an internal error: messages
+//     reach other partitions only as RelayMessage records.
+//
+// Records are numbered per destination from 1 ('k' "relay" | to holds the
+// last seq allocated: records are deleted once acknowledged, so the
+// outbox's last key cannot say it). Only durable records leave: the
+// overlay's durable hook publishes each destination's last durable seq
+// (as streamTx publishes heads), Outbox never reads past it, and
+// OutboxReady fires once a batch that wrote records is durable. With a
+// replicated store, durable means held by the standby, so nothing a
+// deposed owner did not acknowledge is relayed.
+//
+// A pump (not in this package; stage 4 runs one per engine in process,
+// stage 5 one per pair of partitions over HTTP) moves them:
+//
+//	b, _ := a.Outbox(to, 0, 256)           // durable records, oldest first
+//	through, err := dest.ApplyRelay(ctx, b) // durable at the destination
+//	err = a.AckRelay(ctx, to, through)      // deletes them here
+//
+// ApplyRelay is one op, and idempotent: records at or below the origin's
+// watermark ('I' | from, written in the same batch) are skipped, a batch
+// that starts above watermark+1 is refused (ErrRelayGap) and one for
+// another partition too (ErrWrongPartition), both writing nothing. A
+// message is further deduplicated by id: a user who has its receipt is
+// skipped, a message whose fanout job is running is skipped, and its
+// record is written only if absent. Users who are not local or no longer
+// active are skipped. So a crash on either side leads to a resend and
+// then a dedupe.
+//
+// Limits accepted in stage 1 (lifted by the stages named; see the design
+// of issue 14):
+//
+//   - Receipts stay where they are made. On the origin, Receipts and
+//     Stats show local recipients only, PendingFanout counts local ones,
+//     and announcement counts ('n') count only local deliveries, reads
+//     and confirmations; the sender still gets every receipt event (they
+//     come back as RelayEntry records). The destination counts delivered
+//     and read in its own daily rollups, which is summable and counted
+//     once, since the origin does not count them (stage 2: RelayReceipt).
+//   - DINGs and secret chats with a user of another partition are
+//     refused with ErrCrossPartition (stage 2 for DINGs, stage 3 for
+//     secret chats), as they keep state on one engine only.
+//   - A user's partition must not change while records for them are in
+//     flight: a record for a user who is not local at the destination
+//     is dropped there.
+//   - Retention keeps a message while an outbox record names it, so
+//     Outbox finds it; should it be gone anyway (a lost record), Outbox
+//     logs it and returns the record with Msg nil, which the destination
+//     skips.
+//   - Ids do not yet name their partition (stage 4), so an id-addressed
+//     request (stats, DING status) must be sent to the origin.
+//
+// Keys are drawn in the package doc; the record's layout is in codec.go.
+
+// RelayKind says what a relay record carries.
+type RelayKind uint8
+
+const (
+	// RelayMessage: a message for some of the destination's users.
+	RelayMessage RelayKind = 1
+	// RelayEntry: one stream entry (anything but a message: a receipt
+	// event, a DING event, a burn, a secret chat event) for one of the
+	// destination's users.
+	RelayEntry RelayKind = 2
+)
+
+// RelayRecord is one record of an outbox.
+type RelayRecord struct {
+	Seq  uint64 // from 1 per (origin, destination), gap-free
+	Kind RelayKind
+	// Msg is, for a RelayMessage, the stored message, body included; nil
+	// if it was lost before it was relayed (the destination skips it).
+	// Shared: it must not be modified.
+	Msg *Message
+	// Users are, for a RelayMessage, its recipients in the destination's
+	// partition, sorted.
+	Users []string
+	// User and Entry are, for a RelayEntry, the stream and what to append
+	// to it (any kind but EntryMessage; its Seq is ignored).
+	User  string
+	Entry Entry
+}
+
+// RelayBatch is consecutive records of From's outbox for To.
+type RelayBatch struct {
+	From, To uint32
+	Records  []RelayRecord
+}
+
+var (
+	// ErrWrongPartition is returned by ApplyRelay for a batch whose To is
+	// not this engine's partition (or to an engine without a Placement):
+	// the sender's idea of who owns To is stale. Nothing was written;
+	// retry with the owner.
+	ErrWrongPartition = NewError(CodeUnavailable, "engine: relay for another partition")
+	// ErrRelayGap is returned (wrapped, with the watermark) by ApplyRelay
+	// for a batch whose first new record is not the one after the last
+	// applied from its origin. Nothing was written; resend from the
+	// watermark.
+	ErrRelayGap = NewError(CodeUnavailable, "engine: relay records missing before this batch")
+	// ErrBadRelay is returned by ApplyRelay for a malformed batch (records
+	// not consecutive, an unknown kind, a message entry, a bad name) and
+	// by AckRelay for an acknowledgement beyond the durable records.
+	// Nothing was written; not safe to retry as is.
+	ErrBadRelay = NewError(CodeBadRequest, "engine: malformed relay")
+	// ErrCrossPartition is returned for a DING to, or a secret chat with,
+	// a user of another partition: not possible yet (stage 1).
+	ErrCrossPartition = NewError(CodeBadRequest, "engine: not yet possible across partitions")
+)
+
+var relayCounterPrefix = []byte{prefixCounter, 'r', 'e', 'l', 'a', 'y'}
+
+func relayCounterKey(to uint32) []byte {
+	return binary.BigEndian.AppendUint32(append([]byte(nil), relayCounterPrefix...), to)
+}
+
+func outboxPrefix(to uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte{prefixOutbox}, to)
+}
+
+func outboxKey(to uint32, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(outboxPrefix(to), seq)
+}
+
+func relayedKey(from uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte{prefixRelayed}, from)
+}
+
+// remote reports whether user belongs to another partition, and which.
+// Without a Placement every user is local: one nil check.
+func (e *Engine) remote(user string) (uint32, bool) {
+	if e.cfg.Placement == nil {
+		return 0, false
+	}
+	p := e.cfg.Placement(user)
+	return p, p != e.cfg.Partition
+}
+
+// splitRecipients divides a message's recipients into this partition's
+// and, per other partition, theirs (each in the order given).
+func (e *Engine) splitRecipients(users []string) (local []string, remote map[uint32][]string) {
+	if e.cfg.Placement == nil {
+		return users, nil
+	}
+	for _, u := range users {
+		p := e.cfg.Placement(u)
+		if p == e.cfg.Partition {
+			local = append(local, u)
+			continue
+		}
+		if remote == nil {
+			remote = map[uint32][]string{}
+		}
+		remote[p] = append(remote[p], u)
+	}
+	return local, remote
+}
+
+// loadRelayCounters reads, at Open, the last outbox seq of each
+// destination: what the store holds then is durable.
+func (e *Engine) loadRelayCounters() error {
+	e.relayNext, e.outDurable = map[uint32]uint64{}, map[uint32]uint64{}
+	var derr error
+	err := e.st.Scan(relayCounterPrefix, prefixEnd(relayCounterPrefix), func(k, v []byte) bool {
+		seq, err := parseU64(v)
+		if err != nil || len(k) != len(relayCounterPrefix)+4 {
+			derr = fmt.Errorf("relay counter %x: %w", k, ErrCorrupt)
+			return false
+		}
+		to := binary.BigEndian.Uint32(k[len(relayCounterPrefix):])
+		e.relayNext[to], e.outDurable[to] = seq, seq
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return fmt.Errorf("engine: relay counters: %w", err)
+	}
+	return nil
+}
+
+// relayTx is the relay's per-batch overlay. Its maps are made on first
+// use: a batch without relay records costs a few empty-map loops.
+type relayTx struct {
+	outSeqs   map[uint32]uint64 // the last outbox seq this batch allocated, per destination
+	relayIn   map[uint32]uint64 // the watermark this batch wrote, per origin
+	relayMsgs map[ID]bool       // messages this batch's relays stored
+	relaySeen map[string]bool   // receipt keys (message, user) this batch's relays wrote
+	relayJobs map[ID]bool       // fanout jobs this batch's relays started
+}
+
+// flush writes each destination's counter once per batch.
+func (r *relayTx) flush(c *txn) error {
+	for to, seq := range r.outSeqs {
+		c.batch.Set(relayCounterKey(to), u64(seq))
+	}
+	return nil
+}
+
+// applied: later batches number their records after this one's.
+func (r *relayTx) applied(c *txn) {
+	for to, seq := range r.outSeqs {
+		c.e.relayNext[to] = seq
+	}
+}
+
+// durable lets Outbox read this batch's records.
+func (r *relayTx) durable(c *txn) {
+	if len(r.outSeqs) == 0 {
+		return
+	}
+	c.e.outMu.Lock()
+	for to, seq := range r.outSeqs {
+		c.e.outDurable[to] = seq
+	}
+	c.e.outMu.Unlock()
+}
+
+// published wakes the pump.
+func (r *relayTx) published(c *txn) {
+	if len(r.outSeqs) > 0 {
+		select {
+		case c.e.outboxReady <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *relayTx) reset() {
+	clear(r.outSeqs)
+	clear(r.relayIn)
+	clear(r.relayMsgs)
+	clear(r.relaySeen)
+	clear(r.relayJobs)
+}
+
+// relayRecord writes rec to the outbox for partition to, at the next seq.
+func (c *txn) relayRecord(to uint32, rec *RelayRecord) {
+	seq, ok := c.outSeqs[to]
+	if !ok {
+		seq = c.e.relayNext[to]
+	}
+	seq++
+	if c.outSeqs == nil {
+		c.outSeqs = map[uint32]uint64{}
+	}
+	c.outSeqs[to] = seq
+	c.batch.Set(outboxKey(to, seq), encodeRelayRecord(rec))
+}
+
+// relayEntry is appendEntry for a user of partition to.
+func (c *txn) relayEntry(to uint32, user string, ent Entry) error {
+	if ent.Kind == EntryMessage {
+		return abort(fmt.Errorf("engine: a message entry for %q of partition %d: messages are relayed whole", user, to))
+	}
+	c.relayRecord(to, &RelayRecord{Kind: RelayEntry, User: user, Entry: ent})
+	return nil
+}
+
+// Outbox returns up to max durable records for partition to with Seq >
+// after, in order (after is the last seq the caller has in flight; 0
+// reads from the oldest record not acknowledged). A RelayMessage comes
+// with its message loaded (Msg nil, logged, if it is gone). Safe for
+// concurrent use; it reads the store, not the commit loop.
+func (e *Engine) Outbox(to uint32, after uint64, max int) (RelayBatch, error) {
+	b := RelayBatch{From: e.cfg.Partition, To: to}
+	e.outMu.RLock()
+	durable := e.outDurable[to]
+	e.outMu.RUnlock()
+	if after >= durable || max <= 0 {
+		return b, nil
+	}
+	var ids []ID // per record; zero for entries
+	var derr error
+	err := e.st.Scan(outboxKey(to, after+1), outboxKey(to, durable+1), func(k, v []byte) bool {
+		if len(k) != 13 {
+			derr = fmt.Errorf("outbox key %x: %w", k, ErrCorrupt)
+			return false
+		}
+		rec, id, err := decodeRelayRecord(v)
+		if err != nil {
+			derr = fmt.Errorf("outbox record %d for partition %d: %w", binary.BigEndian.Uint64(k[5:]), to, err)
+			return false
+		}
+		rec.Seq = binary.BigEndian.Uint64(k[5:])
+		b.Records = append(b.Records, rec)
+		ids = append(ids, id)
+		return len(b.Records) < max
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return RelayBatch{}, fmt.Errorf("engine: outbox: %w", err)
+	}
+	for i := range b.Records {
+		r := &b.Records[i]
+		if r.Kind != RelayMessage {
+			continue
+		}
+		m, err := e.Message(ids[i])
+		switch {
+		case errors.Is(err, ErrNotFound):
+			e.log.Error("relay: a message was lost before it was relayed; its record goes without it",
+				"message", ids[i].String(), "to", to, "seq", r.Seq)
+			continue
+		case err != nil:
+			return RelayBatch{}, fmt.Errorf("engine: outbox: %w", err)
+		case m.Chat != (ID{}):
+			// Never written: secret chats across partitions are refused
+			// (stage 3 relays the key too).
+			return RelayBatch{}, fmt.Errorf("engine: outbox record %d for partition %d names secret message %s: %w", r.Seq, to, m.ID, ErrCorrupt)
+		}
+		r.Msg = m
+	}
+	return b, nil
+}
+
+// OutboxDests lists, in order, the partitions this engine's outbox holds
+// records for (perhaps not yet durable ones): where a pump starting up
+// has work.
+func (e *Engine) OutboxDests() ([]uint32, error) {
+	var out []uint32
+	start := []byte{prefixOutbox}
+	for {
+		var k0 []byte
+		err := e.st.Scan(start, []byte{prefixOutbox + 1}, func(k, _ []byte) bool {
+			k0 = append([]byte(nil), k...)
+			return false
+		})
+		if err != nil {
+			return nil, fmt.Errorf("engine: outbox destinations: %w", err)
+		}
+		if k0 == nil {
+			return out, nil
+		}
+		if len(k0) < 5 {
+			return nil, fmt.Errorf("engine: outbox key %x: %w", k0, ErrCorrupt)
+		}
+		to := binary.BigEndian.Uint32(k0[1:5])
+		out = append(out, to)
+		if to == math.MaxUint32 {
+			return out, nil
+		}
+		start = outboxPrefix(to + 1)
+	}
+}
+
+// OutboxReady is signalled (capacity 1, coalesced) after a batch that
+// wrote outbox records is durable.
+func (e *Engine) OutboxReady() <-chan struct{} { return e.outboxReady }
+
+// AckRelay forgets this engine's records for partition to through seq
+// through: the destination holds them durably (ApplyRelay's answer). It
+// returns once that is durable. Idempotent; an acknowledgement beyond the
+// durable records is refused with ErrBadRelay.
+func (e *Engine) AckRelay(ctx context.Context, to uint32, through uint64) error {
+	e.outMu.RLock()
+	durable := e.outDurable[to]
+	e.outMu.RUnlock()
+	if through > durable {
+		return fmt.Errorf("%w: acknowledgement of partition %d's records through %d, beyond the last durable one, %d", ErrBadRelay, to, through, durable)
+	}
+	if through == 0 {
+		return nil
+	}
+	return wait(ctx, func(done func(error)) {
+		e.enqueueBackground(func(c *txn) error {
+			c.batch.DeleteRange(outboxKey(to, 0), outboxKey(to, through+1))
+			return nil
+		}, done, 1, "")
+	})
+}
+
+// ApplyRelay applies b (from another partition's Outbox; b.To must be this
+// engine's partition) in one op and returns, once that is durable, the
+// seq through which records from b.From are applied here: the caller
+// passes it to the origin's AckRelay. Records already applied are
+// skipped, so a resend is harmless; a batch that leaves a gap is refused
+// with ErrRelayGap, one for another partition with ErrWrongPartition,
+// and a malformed one with ErrBadRelay, each writing nothing. See the
+// relay's design comment for what it writes. If ctx ends first, the
+// outcome is unknown: resend.
+func (e *Engine) ApplyRelay(ctx context.Context, b RelayBatch) (through uint64, err error) {
+	if e.cfg.Placement == nil || b.To != e.cfg.Partition {
+		return 0, fmt.Errorf("%w: a batch for partition %d reached partition %d", ErrWrongPartition, b.To, e.cfg.Partition)
+	}
+	weight, err := checkRelayBatch(&b)
+	if err != nil {
+		return 0, err
+	}
+	type result struct {
+		through uint64
+		gap     error
+	}
+	res := new(result) // written on the commit loop, read once answered
+	err = wait(ctx, func(done func(error)) {
+		e.enqueueBackground(func(c *txn) error {
+			var err error
+			res.through, res.gap, err = c.applyRelay(&b)
+			return err
+		}, done, min(weight, e.cfg.MaxBatch), "")
+	})
+	if err != nil {
+		return 0, err
+	}
+	return res.through, res.gap
+}
+
+// checkRelayBatch checks what ApplyRelay can without the store, and
+// returns the batch's weight (its users, at least 1).
+func checkRelayBatch(b *RelayBatch) (int, error) {
+	if b.From == b.To {
+		return 0, fmt.Errorf("%w: from partition %d to itself", ErrBadRelay, b.From)
+	}
+	weight := 1
+	for i := range b.Records {
+		r := &b.Records[i]
+		switch {
+		case r.Seq == 0 || (i > 0 && r.Seq != b.Records[i-1].Seq+1):
+			return 0, fmt.Errorf("%w: record %d at seq %d: records must be consecutive from 1", ErrBadRelay, i, r.Seq)
+		case r.Kind == RelayMessage:
+			if len(r.Users) == 0 {
+				return 0, fmt.Errorf("%w: seq %d: a message for no one", ErrBadRelay, r.Seq)
+			}
+			for _, u := range r.Users {
+				if !ValidName(u) {
+					return 0, fmt.Errorf("%w: seq %d: user %q", ErrBadRelay, r.Seq, u)
+				}
+			}
+			if r.Msg != nil && r.Msg.Chat != (ID{}) {
+				return 0, fmt.Errorf("%w: seq %d: a secret message", ErrCrossPartition, r.Seq)
+			}
+			weight += len(r.Users)
+		case r.Kind == RelayEntry:
+			ok := ValidName(r.User)
+			switch r.Entry.Kind {
+			case EntryReceipt:
+				ok = ok && r.Entry.Receipt != nil
+			case EntryDing:
+				ok = ok && r.Entry.Ding != nil
+			case EntrySecret:
+				ok = ok && r.Entry.Secret != nil
+			case EntryBurn:
+			default:
+				ok = false
+			}
+			if !ok {
+				return 0, fmt.Errorf("%w: seq %d: an entry of kind %d for %q", ErrBadRelay, r.Seq, r.Entry.Kind, r.User)
+			}
+			weight++
+		default:
+			return 0, fmt.Errorf("%w: seq %d: kind %d", ErrBadRelay, r.Seq, r.Kind)
+		}
+	}
+	return weight, nil
+}
+
+// relayed returns the seq of the last record from partition from applied
+// here, as this batch sees it.
+func (c *txn) relayed(from uint32) (uint64, error) {
+	if seq, ok := c.relayIn[from]; ok {
+		return seq, nil
+	}
+	v, err := c.e.st.Get(relayedKey(from))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return parseU64(v)
+}
+
+// applyRelay applies a checked batch: it returns the watermark, and a gap
+// error with nothing written when the batch starts beyond it.
+func (c *txn) applyRelay(b *RelayBatch) (through uint64, gap, err error) {
+	wm, err := c.relayed(b.From)
+	if err != nil {
+		return 0, nil, fmt.Errorf("engine: relay watermark of partition %d: %w", b.From, err)
+	}
+	recs := b.Records
+	for len(recs) > 0 && recs[0].Seq <= wm {
+		recs = recs[1:]
+	}
+	if len(recs) == 0 {
+		return wm, nil, nil
+	}
+	if recs[0].Seq != wm+1 {
+		return wm, fmt.Errorf("%w: partition %d's records are applied through %d; this batch starts at %d", ErrRelayGap, b.From, wm, recs[0].Seq), nil
+	}
+	for i := range recs {
+		r := &recs[i]
+		var err error
+		if r.Kind == RelayMessage {
+			err = c.applyRelayMessage(r)
+		} else if _, other := c.e.remote(r.User); !other && c.active(r.User) {
+			err = c.appendEntry(r.User, r.Entry)
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+	}
+	last := recs[len(recs)-1].Seq
+	c.batch.Set(relayedKey(b.From), u64(last))
+	if c.relayIn == nil {
+		c.relayIn = map[uint32]uint64{}
+	}
+	c.relayIn[b.From] = last
+	return last, nil, nil
+}
+
+// applyRelayMessage delivers a relayed message to its users here who do
+// not have it yet.
+func (c *txn) applyRelayMessage(r *RelayRecord) error {
+	m := r.Msg
+	if m == nil {
+		return nil // lost at the origin (logged there)
+	}
+	id := m.ID
+	stored := c.relayMsgs[id]
+	if !stored {
+		switch _, err := c.e.st.Get(messageKey(id)); {
+		case err == nil:
+			stored = true
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+	}
+	if stored {
+		// Relayed before: its fanout may be running, and some users
+		// may have it.
+		if c.relayJobs[id] {
+			return nil
+		}
+		switch _, err := c.e.st.Get(jobKey(id)); {
+		case err == nil:
+			return nil
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+	}
+	users := make([]string, 0, len(r.Users))
+	for _, u := range r.Users {
+		if _, other := c.e.remote(u); other || !c.active(u) {
+			continue
+		}
+		if stored {
+			rk := receiptKey(id, u)
+			if c.relaySeen[string(rk)] {
+				continue
+			}
+			switch _, err := c.e.st.Get(rk); {
+			case err == nil:
+				continue
+			case !errors.Is(err, store.ErrNotFound):
+				return err
+			}
+		}
+		users = append(users, u)
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	if !stored {
+		c.batch.Set(messageKey(id), encodeMessage(m))
+		c.newMsgs = append(c.newMsgs, m)
+		if c.relayMsgs == nil {
+			c.relayMsgs = map[ID]bool{}
+		}
+		c.relayMsgs[id] = true
+	}
+	if len(users) > c.e.cfg.FanoutChunk {
+		c.startFanout(id, users)
+		if c.relayJobs == nil {
+			c.relayJobs = map[ID]bool{}
+		}
+		c.relayJobs[id] = true
+		return nil
+	}
+	if c.relaySeen == nil {
+		c.relaySeen = map[string]bool{}
+	}
+	for _, u := range users {
+		c.relaySeen[string(receiptKey(id, u))] = true
+	}
+	return c.fanout(m, users)
+}
+
+// outboxedMessages returns the messages outbox records name, which
+// retention keeps (it reads them before the messages: the outbox only
+// shrinks for a message already stored).
+func (e *Engine) outboxedMessages() (map[ID]bool, error) {
+	var out map[ID]bool
+	err := e.st.Scan([]byte{prefixOutbox}, []byte{prefixOutbox + 1}, func(_, v []byte) bool {
+		if len(v) >= 18 && v[0] == recordVersion && RelayKind(v[1]) == RelayMessage {
+			if out == nil {
+				out = map[ID]bool{}
+			}
+			out[ID(v[2:18])] = true
+		}
+		return true
+	})
+	return out, err
+}
