@@ -1,0 +1,154 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+)
+
+// BenchmarkRelay measures 1:1 messages between partitions beside the same
+// messages within one, in the same run, each on Pebble in a temp dir:
+//
+//   - same-partition: 512 submitters on partition 0 send to users of
+//     partition 0 (one engine, one store);
+//   - cross-partition: the same submitters send to users of partition 1,
+//     each message relayed by a pump (Outbox, then ApplyRelay on a second
+//     engine on its own store, then AckRelay) as the in-process pump of
+//     stage 4 will (cluster/PARTITIONS.md).
+//
+// ns/op is per message, from the first submit until the last message is
+// durable in its recipient's stream: on the one engine when the submit is
+// answered, across partitions when the destination's batch is. So the
+// cross-partition figure includes the relay's two further fsyncs (the
+// destination's batch, then the origin's acknowledgement), pipelined with
+// the submits.
+//
+//	go test ./engine -run '^$' -bench 'Relay$' -benchtime 200000x -count 3
+func BenchmarkRelay(b *testing.B) {
+	place := func(u string) uint32 {
+		if strings.HasPrefix(u, "b") {
+			return 1
+		}
+		return 0
+	}
+	open := func(b *testing.B, p uint32) *engine.Engine {
+		db, err := pebblestore.Open(b.TempDir(), pebblestore.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		e, err := engine.Open(engine.Config{Store: db, Partition: p, Placement: place})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { e.Close() })
+		return e
+	}
+	for _, cross := range []bool{false, true} {
+		name := "same-partition"
+		if cross {
+			name = "cross-partition"
+		}
+		b.Run(name+"/body=256/submitters=512", func(b *testing.B) {
+			ctx := context.Background()
+			a := open(b, 0)
+			to := "a"
+			var dst *engine.Engine
+			if cross {
+				dst, to = open(b, 1), "b"
+			}
+			// The pump: what is durable on a goes to dst, and is
+			// acknowledged once dst holds it.
+			var relayed, rounds atomic.Int64
+			done := make(chan struct{}) // closed once b.N messages are relayed
+			stop := make(chan struct{})
+			pumped := make(chan error, 1)
+			if cross {
+				go func() {
+					target := int64(b.N)
+					for {
+						select {
+						case <-stop:
+							pumped <- nil
+							return
+						case <-a.OutboxReady():
+						}
+						for {
+							bt, err := a.Outbox(1, 0, 1024)
+							if err != nil || len(bt.Records) == 0 {
+								if err != nil {
+									pumped <- err
+									return
+								}
+								break
+							}
+							through, err := dst.ApplyRelay(ctx, bt)
+							if err == nil {
+								err = a.AckRelay(ctx, 1, through)
+							}
+							if err != nil {
+								pumped <- err
+								return
+							}
+							rounds.Add(1)
+							if relayed.Add(int64(len(bt.Records))) == target {
+								close(done)
+							}
+						}
+					}
+				}()
+			}
+			body := make([]byte, 256)
+			var n atomic.Int64
+			b.ReportAllocs()
+			b.SetBytes(256)
+			b.SetParallelism(256) // 512 submitters: GOMAXPROCS is 2 here
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := n.Add(1)
+					_, err := a.Submit(ctx, engine.Submission{
+						From: fmt.Sprintf("a%d", i%1000), To: []string{fmt.Sprintf("%s%d", to, (i+1)%1000)},
+						Kind: engine.KindText, Body: body,
+					})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			if cross {
+				select {
+				case <-done:
+				case err := <-pumped:
+					b.Fatalf("pump: %v", err)
+				}
+			}
+			b.StopTimer()
+			close(stop)
+			if cross {
+				if err := <-pumped; err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(relayed.Load())/float64(max(rounds.Load(), 1)), "records/round")
+				// Every message is in its recipient's stream on dst.
+				var total uint64
+				for u := range 1000 {
+					h, err := dst.Head(fmt.Sprintf("b%d", u))
+					if err != nil {
+						b.Fatal(err)
+					}
+					total += h
+				}
+				if total != uint64(b.N) {
+					b.Fatalf("partition 1's streams hold %d messages, want %d", total, b.N)
+				}
+			}
+		})
+	}
+}
