@@ -70,7 +70,7 @@ func idleTLS(cfg IdleConfig) (Table, error) {
 	pp, tp := plain.perConn, overTLS.perConn
 	return Table{
 		Scenario: "idle --tls",
-		Setup:    fmt.Sprintf("%d authenticated idle connections over loopback to one dingd, then as many over TLS (TLS 1.3, ECDSA P-256 certificate; dingd --tls-listen, crypto/tls with a goroutine per connection) to another, in the same run; RSS growth per connection against each dingd's own RSS with the users created and no connection.", cfg.Conns),
+		Setup:    fmt.Sprintf("%d authenticated idle connections over loopback to one dingd, then as many over TLS (TLS 1.3, ECDSA P-256 certificate; dingd --tls-listen, crypto/tls over netpoll, on the event loop) to another, in the same run; RSS growth per connection against each dingd's own RSS with the users created and no connection.", cfg.Conns),
 		Rows: []Row{
 			{"server RSS per connection", fmt.Sprintf("%.2f KiB over TLS", tp/1024), fmt.Sprintf("%.2f KiB plain", pp/1024), ratio(tp, pp), "≤ 2× plain" + met(tp <= 2*pp)},
 			{"server RSS, no connection", fmt.Sprintf("%.1f MiB", float64(overTLS.before)/(1<<20)), fmt.Sprintf("%.1f MiB", float64(plain.before)/(1<<20)), "", ""},

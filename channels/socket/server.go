@@ -95,11 +95,10 @@ type Server struct {
 	preAuthOpen prometheus.GaugeFunc
 
 	writeTimeout time.Duration
-	// TLS listeners (tls.go): their accept loops and connections.
+	// TLS listeners' event loops (tls.go).
 	tlsMu     sync.Mutex
-	tlsLns    []net.Listener // guarded by tlsMu
-	tlsClosed bool           // guarded by tlsMu
-	tlsWG     sync.WaitGroup
+	tlsLoops  []tlsLoop // guarded by tlsMu
+	tlsClosed bool      // guarded by tlsMu
 }
 
 // Netpoll's buffer sizes are process-wide settings, applied once, before
@@ -223,7 +222,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	started := s.serveStarted
 	s.serveMu.Unlock()
 	err := s.sessions.Shutdown(ctx)
-	s.closeTLS()
+	s.closeTLS(ctx)
 	// Every connection has closed (or the deadline passed); stop the event
 	// loop.
 	_ = s.loop.Shutdown(ctx) // netpoll reports the listener it just closed; nothing to act on

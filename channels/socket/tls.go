@@ -1,147 +1,239 @@
 package socket
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"io"
+	"encoding/binary"
+	"fmt"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/cloudwego/netpoll"
 
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket/wire"
 )
 
+// TLS on netpoll's event loop.
+//
+// netpoll has no TLS, so crypto/tls runs over a netpoll connection
+// (recordConn), in the same event-driven way as the plain port: no
+// goroutine waits on an idle TLS connection. When bytes arrive, a
+// handler (onTLSRequest) decrypts and hands the frames to the session,
+// and returns once netpoll's buffer is empty. For that to be safe,
+// crypto/tls must hold nothing undelivered when the handler returns, or
+// a record it had read ahead would wait for bytes that never come:
+//
+//   - recordConn.Read gives crypto/tls at most the rest of the current
+//     TLS record (it reads each record's 5-byte header from netpoll's
+//     buffer), so crypto/tls never reads ahead of the record it decrypts;
+//   - the handler reads plaintext with a buffer of a whole record's
+//     plaintext (maxPlaintext), so each Read drains the record.
+//
+// So "netpoll's buffer is empty" means "nothing is pending", and the
+// handler may return. A handler blocks only inside a record (or inside
+// the handshake, whose flights it waits for), bounded by the session's
+// handshake and idle timeouts, which close the connection.
+//
+// A TLS 1.3 KeyUpdate or another post-handshake message with no data
+// after it makes the handler wait for the next record; that record comes
+// with the client's next frame or ping, so it holds a goroutine, not a
+// connection.
+//
+// What an idle TLS connection keeps: netpoll's buffers (as plain), the
+// tls.Conn with its record buffers and cipher state, and the session;
+// no goroutine and no stack (bench/RESULTS.md, "TLS beside plain").
+
+// maxPlaintext is the most plaintext one TLS record carries.
+const maxPlaintext = 16 << 10
+
+var plainBufs = sync.Pool{New: func() any { b := make([]byte, maxPlaintext+256); return &b }}
+
 // ServeTLS serves the same protocol, the same sessions and limits, over
-// TLS on ln (netpoll, the plain port's event loop, has no TLS): each
-// connection gets a goroutine that reads its frames (crypto/tls over a
-// net.Conn), and writes go straight to it under the write timeout. It
-// returns when ln is closed (Shutdown closes it). With cfg.ClientCAs
-// (and ClientAuth verifying them), a HELLO without a token may be
-// authenticated by the client certificate (session.PeerCertifier).
+// TLS on ln (converted to a netpoll listener), until Shutdown. With
+// cfg.ClientCAs (and ClientAuth verifying them), a HELLO without a token
+// may be authenticated by the client certificate
+// (session.PeerCertifier). cfg may change certificates on the fly
+// (GetCertificate, GetConfigForClient): each handshake asks it.
 func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
+	nl, err := netpoll.ConvertListener(ln)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("socket: TLS listener: %w", err)
+	}
+	loop, err := netpoll.NewEventLoop(s.onTLSRequest,
+		netpoll.WithOnPrepare(func(nc netpoll.Connection) context.Context { return s.onTLSPrepare(nc, cfg) }),
+		netpoll.WithReadTimeout(s.sessions.IdleTimeout()),
+		netpoll.WithWriteTimeout(s.writeTimeout),
+	)
+	if err != nil {
+		nl.Close()
+		return fmt.Errorf("socket: TLS event loop: %w", err)
+	}
 	s.tlsMu.Lock()
 	if s.tlsClosed {
 		s.tlsMu.Unlock()
-		ln.Close()
+		nl.Close()
 		return nil
 	}
-	s.tlsLns = append(s.tlsLns, ln)
+	served := make(chan struct{})
+	s.tlsLoops = append(s.tlsLoops, tlsLoop{loop: loop, served: served})
 	s.tlsMu.Unlock()
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			time.Sleep(10 * time.Millisecond) // EMFILE and the like: do not spin
-			continue
-		}
-		src := sourceOf(nc.RemoteAddr())
-		if !s.admitPreAuth(src) {
-			s.preRefused.Inc()
-			nc.Close()
-			continue
-		}
-		s.tlsMu.Lock()
-		if s.tlsClosed {
-			s.tlsMu.Unlock()
-			nc.Close()
-			return nil
-		}
-		s.tlsWG.Add(1)
-		s.tlsMu.Unlock()
-		go func() {
-			defer s.tlsWG.Done()
-			s.serveTLSConn(tls.Server(nc, cfg), src)
-		}()
+	defer close(served)
+	err = loop.Serve(nl)
+	s.tlsMu.Lock()
+	closed := s.tlsClosed
+	s.tlsMu.Unlock()
+	if closed {
+		return nil
 	}
+	return err
 }
 
-// tlsConn is a session.Transport over a TLS connection.
+type tlsLoop struct {
+	loop   netpoll.EventLoop
+	served chan struct{}
+}
+
+// tlsConn is a session.Transport over a TLS connection on netpoll.
 type tlsConn struct {
-	nc           net.Conn
-	s            *Server
-	src          string
-	writeTimeout time.Duration
+	rc   *recordConn
+	tc   *tls.Conn
+	s    *Server
+	src  string
+	sess *session.Session // set once in onTLSPrepare, before any input
 
-	wmu     sync.Mutex // one write at a time
+	// Only the handler touches these (netpoll runs one at a time per
+	// connection).
+	handshook bool
+	pending   []byte // the start of a frame not yet whole; nil between frames
+
 	mu      sync.Mutex
-	closed  bool // guarded by mu
 	counted bool // still counted in s.preAuth; guarded by mu
-	sess    *session.Session
 }
 
-func (s *Server) serveTLSConn(nc net.Conn, src string) {
-	c := &tlsConn{nc: nc, s: s, src: src, writeTimeout: s.writeTimeout, counted: true}
+var (
+	_ session.Transport     = (*tlsConn)(nil)
+	_ session.PeerCertifier = (*tlsConn)(nil)
+)
+
+func (s *Server) onTLSPrepare(nc netpoll.Connection, cfg *tls.Config) context.Context {
+	src := sourceOf(nc.RemoteAddr())
+	if !s.admitPreAuth(src) {
+		s.preRefused.Inc()
+		_ = nc.Close()
+		return context.Background()
+	}
+	rc := &recordConn{Connection: nc}
+	c := &tlsConn{rc: rc, tc: tls.Server(rc, cfg), s: s, src: src, counted: true}
+	// As on the plain port (conn.go): added before the session is
+	// registered, and it runs before netpoll releases the buffers.
+	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
+		rc.mu.Lock()
+		rc.closed = true
+		rc.mu.Unlock()
+		c.Authenticated()
+		c.sess.Closed()
+		return nil
+	})
 	c.sess = s.sessions.Open(c)
 	c.sess.Begin()
-	defer func() {
-		c.Close()
-		c.Authenticated() // or gone
-		c.sess.Closed()
-	}()
-	// No bufio.Reader: crypto/tls already holds a whole record, so reading
-	// the header and the payload from it costs copies, not syscalls, and
-	// an idle TLS connection keeps 4 KiB less (dingbench idle --tls).
-	r := io.Reader(nc)
-	idle := s.sessions.IdleTimeout()
-	var hdr [wire.HeaderLen]byte
-	for {
-		_ = nc.SetReadDeadline(time.Now().Add(idle))
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return
-		}
-		n, ft, err := wire.ParseHeader(hdr[:], s.sessions.MaxFrame())
-		if err != nil {
-			c.sess.FrameError(err)
-			// The session answers and closes; the rest of the input is discarded.
-			_, _ = io.Copy(io.Discard, r)
-			return
-		}
-		payload := make([]byte, n-1)
-		if _, err := io.ReadFull(r, payload); err != nil {
-			return
-		}
-		if c.sess.Dead() {
-			continue
-		}
-		c.sess.HandleFrame(ft, payload)
-	}
+	return context.WithValue(context.Background(), connKey{}, c)
 }
 
-// Write implements session.Transport.
-func (c *tlsConn) Write(frames [][]byte, size int) error {
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		return errClosed
+// onTLSRequest completes the handshake, then decrypts what arrived and
+// hands every whole frame to the session, until netpoll's buffer is
+// empty (see the comment at the top of this file).
+func (s *Server) onTLSRequest(ctx context.Context, nc netpoll.Connection) error {
+	c, _ := ctx.Value(connKey{}).(*tlsConn)
+	if c == nil {
+		return nc.Close()
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
-	bufs := net.Buffers(frames)
-	_, err := bufs.WriteTo(c.nc)
+	if !c.handshook {
+		// Bounded by the session's handshake timeout, which closes the
+		// connection (and so ends a read waiting inside it).
+		if err := c.tc.HandshakeContext(ctx); err != nil {
+			return nc.Close()
+		}
+		c.handshook = true
+	}
+	bp := plainBufs.Get().(*[]byte)
+	defer plainBufs.Put(bp)
+	buf := *bp
+	for nc.Reader().Len() > 0 {
+		n, err := c.tc.Read(buf)
+		if err != nil {
+			return nc.Close()
+		}
+		if !c.frames(buf[:n]) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// frames hands the whole frames of pending+p to the session and keeps the
+// start of the last one if it is not whole yet; false when the session is
+// done with the connection.
+func (c *tlsConn) frames(p []byte) bool {
+	if c.sess.Dead() {
+		c.pending = nil
+		return false
+	}
+	data, held := p, len(c.pending) > 0
+	if held {
+		c.pending = append(c.pending, p...)
+		data = c.pending
+	}
+	for len(data) >= wire.HeaderLen {
+		n, ft, err := wire.ParseHeader(data[:wire.HeaderLen], c.s.sessions.MaxFrame())
+		if err != nil {
+			// The session answers and closes; the rest is discarded.
+			c.sess.FrameError(err)
+			c.pending = nil
+			return false
+		}
+		if len(data) < 4+n {
+			break
+		}
+		c.sess.HandleFrame(ft, data[wire.HeaderLen:4+n])
+		data = data[4+n:]
+		if c.sess.Dead() {
+			c.pending = nil
+			return false
+		}
+	}
+	switch {
+	case len(data) == 0:
+		c.pending = nil // an idle connection keeps no frame buffer
+	case held:
+		c.pending = c.pending[:copy(c.pending, data)]
+	default:
+		c.pending = append([]byte(nil), data...) // p is the handler's buffer
+	}
+	return true
+}
+
+// Write implements session.Transport: the frames go into one record
+// stream (crypto/tls splits it into records) and out through netpoll.
+func (c *tlsConn) Write(frames [][]byte, size int) error {
+	bp := plainBufs.Get().(*[]byte)
+	defer plainBufs.Put(bp)
+	buf := (*bp)[:0]
+	for _, f := range frames {
+		buf = append(buf, f...)
+	}
+	if cap(buf) > cap(*bp) && cap(buf) <= 1<<20 {
+		*bp = buf[:cap(buf)] // keep the larger buffer for the next big write
+	}
+	_, err := c.tc.Write(buf)
 	return err
 }
 
 // Close implements session.Transport.
-func (c *tlsConn) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
-	c.closed = true
-	c.mu.Unlock()
-	return c.nc.Close()
-}
+func (c *tlsConn) Close() error { return c.rc.Close() }
 
 // Authenticated is the session's notice that the HELLO succeeded.
 func (c *tlsConn) Authenticated() {
@@ -154,34 +246,94 @@ func (c *tlsConn) Authenticated() {
 	}
 }
 
-// closeTLS closes the TLS listeners and waits for their connections
-// (Shutdown, after the sessions have drained).
-func (s *Server) closeTLS() {
-	s.tlsMu.Lock()
-	lns := s.tlsLns
-	s.tlsLns, s.tlsClosed = nil, true
-	s.tlsMu.Unlock()
-	for _, ln := range lns {
-		ln.Close()
-	}
-	s.tlsWG.Wait()
-}
-
 // PeerCertificate implements session.PeerCertifier: the client
 // certificate the handshake verified against the listener's client CA
 // (tls.Config.ClientCAs), or nil.
 func (c *tlsConn) PeerCertificate() *x509.Certificate {
-	tc, ok := c.nc.(*tls.Conn)
-	if !ok {
-		return nil
-	}
-	if chains := tc.ConnectionState().VerifiedChains; len(chains) > 0 && len(chains[0]) > 0 {
+	if chains := c.tc.ConnectionState().VerifiedChains; len(chains) > 0 && len(chains[0]) > 0 {
 		return chains[0][0]
 	}
 	return nil
 }
 
-var (
-	_ session.Transport     = (*tlsConn)(nil)
-	_ session.PeerCertifier = (*tlsConn)(nil)
-)
+// closeTLS stops the TLS event loops (Shutdown, after the sessions have
+// drained).
+func (s *Server) closeTLS(ctx context.Context) {
+	s.tlsMu.Lock()
+	loops := s.tlsLoops
+	s.tlsLoops, s.tlsClosed = nil, true
+	s.tlsMu.Unlock()
+	for _, l := range loops {
+		_ = l.loop.Shutdown(ctx)
+		select {
+		case <-l.served:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// recordConn is the net.Conn crypto/tls reads and writes: a netpoll
+// connection whose Read never returns more than the rest of the current
+// TLS record, and whose Write stops once netpoll closed the connection
+// (its buffers are released then).
+type recordConn struct {
+	netpoll.Connection
+	left int // bytes of the current record not yet read; only the handler reads
+
+	mu     sync.Mutex
+	closed bool // guarded by mu
+}
+
+// recordHeaderLen is a TLS record's header: type (1), version (2),
+// length (2).
+const recordHeaderLen = 5
+
+func (r *recordConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	rd := r.Reader()
+	if r.left == 0 {
+		hdr, err := rd.Peek(recordHeaderLen) // waits for it
+		if err != nil {
+			return 0, err
+		}
+		r.left = recordHeaderLen + int(binary.BigEndian.Uint16(hdr[3:5]))
+	}
+	n := min(len(p), r.left, max(rd.Len(), 1)) // 1: wait for the next byte
+	b, err := rd.Next(n)
+	if err != nil {
+		return 0, err
+	}
+	copy(p, b)
+	r.left -= n
+	return n, rd.Release()
+}
+
+func (r *recordConn) Write(p []byte) (int, error) {
+	w := r.Writer()
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return 0, errClosed
+	}
+	buf, err := w.Malloc(len(p))
+	if err == nil {
+		copy(buf, p)
+	}
+	r.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if err := w.Flush(); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Deadlines: crypto/tls sets a write deadline for the close_notify
+// alert; netpoll's write timeout (the server's WriteTimeout) bounds
+// every write already, and the session's timeouts bound reads.
+func (r *recordConn) SetDeadline(time.Time) error      { return nil }
+func (r *recordConn) SetReadDeadline(time.Time) error  { return nil }
+func (r *recordConn) SetWriteDeadline(time.Time) error { return nil }
