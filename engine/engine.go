@@ -245,6 +245,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("engine: config: BurnAfter %v is below %v", c.BurnAfter, MinBurnAfter)
 	case c.SecretUnreadTTL < 0:
 		return errors.New("engine: config: SecretUnreadTTL must not be negative")
+	case c.Placement != nil && c.Partition > maxHome:
+		return fmt.Errorf("engine: config: Partition %d is beyond %d, the largest a message id can name", c.Partition, maxHome)
 	}
 	return c.Retention.validate()
 }
@@ -356,6 +358,7 @@ func Open(cfg Config) (*Engine, error) {
 		outboxReady:      make(chan struct{}, 1),
 	}
 	e.minArmed.Store(math.MaxInt64)
+	e.ids.home, e.ids.homed = cfg.Partition, cfg.Placement != nil
 	e.active, _ = cfg.Recipients.(ActiveFilter)
 	e.keys, e.fleeting = cfg.Keys, newMemKeys()
 	e.chatCache, e.secretCache = newIDCache[*Chat](16384), newIDCache[secretState](131072)

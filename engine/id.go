@@ -9,8 +9,9 @@ import (
 // ID identifies a message. It sorts by creation time: the first 6 bytes are
 // milliseconds since the Unix epoch, the last 10 are random at the start of
 // each millisecond and incremented within it (the ULID layout), so IDs made
-// by one generator are strictly increasing. Its text form is 26 characters
-// of Crockford base32.
+// by one generator are strictly increasing. An engine of a partition
+// writes its partition into bytes 6-7 (see idGen and HomeOf). Its text
+// form is 26 characters of Crockford base32.
 type ID [16]byte
 
 // ErrBadID is returned by ParseID when the text is not a valid ID.
@@ -79,10 +80,21 @@ func (id ID) Time() time.Time {
 
 // idGen makes strictly increasing IDs. It is not safe for concurrent use;
 // the commit loop owns it.
+//
+// An engine of a partition (Config.Placement set) makes ids that name it,
+// so that a request about an id (its receipts, a DING's status, a Twilio
+// callback) can be routed to the partition that holds it (HomeOf): bytes 6
+// and 7 are 0x80|p>>8 and p&0xff, and within a millisecond only bytes 8-15
+// are incremented. Other ids have byte 6 below 0x80.
 type idGen struct {
 	lastMS uint64
 	last   ID
+	home   uint32 // the partition ids name
+	homed  bool   // ids name home
 }
+
+// maxHome is the largest partition an id can name (15 bits).
+const maxHome = 1<<15 - 1
 
 func (g *idGen) next(now time.Time) ID {
 	ms := uint64(now.UnixMilli())
@@ -93,14 +105,23 @@ func (g *idGen) next(now time.Time) ID {
 		binary.BigEndian.PutUint64(b[:], ms)
 		copy(id[:6], b[2:])
 		_, _ = rand.Read(id[6:])
-		id[6] &= 0x7f // leave room to increment within the millisecond
+		if g.homed {
+			id[6], id[7] = 0x80|byte(g.home>>8), byte(g.home)
+			id[8] &= 0x7f // leave room to increment within the millisecond
+		} else {
+			id[6] &= 0x7f
+		}
 		g.last = id
 		return id
 	}
 	// Same (or an earlier, if the clock stepped back) millisecond: increment
 	// the random part so order is kept.
 	id := g.last
-	for i := 15; i >= 6; i-- {
+	low := 6
+	if g.homed {
+		low = 8
+	}
+	for i := 15; i >= low; i-- {
 		id[i]++
 		if id[i] != 0 {
 			break
@@ -108,6 +129,16 @@ func (g *idGen) next(now time.Time) ID {
 	}
 	g.last = id
 	return id
+}
+
+// HomeOf returns the partition that made id, when it was made by an engine
+// of a partition (Config.Placement set); false for other ids, which the
+// single engine holds.
+func HomeOf(id ID) (uint32, bool) {
+	if id[6]&0x80 == 0 {
+		return 0, false
+	}
+	return uint32(id[6]&0x7f)<<8 | uint32(id[7]), true
 }
 
 // MarshalText encodes the id as its 26-character text, so that JSON shows
