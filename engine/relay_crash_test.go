@@ -49,12 +49,15 @@ func TestRelayCrashPoints(t *testing.T) {
 		if testing.Short() {
 			stride *= 4
 		}
-		runs, cut := 0, 0
+		runs, cut, creating := 0, 0, 0
 		for _, mode := range []string{"stop", "torn"} {
 			for at := 1; at <= ops; at += stride {
 				plan := modes[mode]
 				plan.At = at
 				r := newRelayCrashRun(t, side, plan)
+				if r.creating = r.down(); r.creating {
+					creating++
+				}
 				r.workload()
 				if r.stoppedAt != "" {
 					cut++
@@ -66,7 +69,7 @@ func TestRelayCrashPoints(t *testing.T) {
 				runs++
 			}
 		}
-		t.Logf("partition %d: %d write operations, %d crash runs (every %d), %d cut the workload short", side, ops, runs, stride, cut)
+		t.Logf("partition %d: %d write operations, %d crash runs (every %d), %d cut the workload short, %d hit the stores' creation", side, ops, runs, stride, cut, creating)
 		if cut == 0 {
 			t.Fatalf("partition %d: no crash point was reached: the test proves nothing", side)
 		}
@@ -85,6 +88,8 @@ type relayCrashRun struct {
 	// stoppedAt names the step the crash cut short ("" if the workload ran
 	// to its end).
 	stoppedAt string
+	// creating: the power went off while the stores were being made.
+	creating bool
 }
 
 type ackedMsg struct {
@@ -106,17 +111,24 @@ func newRelayCrashRun(t *testing.T, side int, plan crashfs.Plan) *relayCrashRun 
 }
 
 func (r *relayCrashRun) open(p int, fs *crashfs.FS) {
+	if err := r.tryOpen(p, fs); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *relayCrashRun) tryOpen(p int, fs *crashfs.FS) error {
 	db, err := pebblestore.Open("data", pebblestore.Options{FS: fs.VFS()})
 	if err != nil {
-		r.t.Fatalf("partition %d: open: %v", p, err)
+		return fmt.Errorf("partition %d: open: %w", p, err)
 	}
 	e, err := engine.Open(engine.Config{Store: db, Partition: uint32(p), Placement: placeUser})
 	if err != nil {
 		db.Close()
-		r.t.Fatalf("partition %d: engine: %v", p, err)
+		return fmt.Errorf("partition %d: engine: %w", p, err)
 	}
 	e.SetSink(&recorder{})
 	r.dbs[p], r.es[p] = db, e
+	return nil
 }
 
 func (r *relayCrashRun) close() {
@@ -226,11 +238,19 @@ func (r *relayCrashRun) workload() {
 // both outboxes are empty, and returns the promises broken.
 func (r *relayCrashRun) verify() (problems []string) {
 	r.t.Helper()
+	defer r.close()
 	for p := range 2 {
 		r.fs[p] = r.fs[p].Image() // only counts: the power stays on
-		r.open(p, r.fs[p])
+		if err := r.tryOpen(p, r.fs[p]); err != nil {
+			if r.creating && p == r.side && len(r.acked) == 0 {
+				// Pebble had not finished making the store: there is
+				// nothing in it to lose, and whether such a store opens is
+				// Pebble's business (TestCrashPoints covers Open's points).
+				return nil
+			}
+			return []string{err.Error()}
+		}
 	}
-	defer r.close()
 	for range 20 {
 		moved := false
 		for from := range 2 {
