@@ -45,3 +45,34 @@ func TestCheckpointReopens(t *testing.T) {
 		t.Fatalf("checkpoint Get = %q, %v", v, err)
 	}
 }
+
+// TestConformanceShared runs the suite on stores opened with a Shared:
+// one Shared for every case (closed after them), and a Shared per store
+// closed as soon as the store is open (the store holds the last
+// references).
+func TestConformanceShared(t *testing.T) {
+	t.Run("one for all", func(t *testing.T) {
+		s := pebblestore.NewShared(1<<20, 4, 1<<20)
+		t.Cleanup(s.Close) // after every case's store closed
+		storetest.Run(t, func(tb testing.TB) store.Store {
+			db, err := pebblestore.Open(tb.TempDir(), pebblestore.Options{Shared: s})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { _ = db.Close() })
+			return db
+		})
+	})
+	t.Run("closed first", func(t *testing.T) {
+		storetest.Run(t, func(tb testing.TB) store.Store {
+			s := pebblestore.NewShared(1<<20, 1, 1<<20)
+			db, err := pebblestore.Open(tb.TempDir(), pebblestore.Options{Shared: s})
+			s.Close()
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { _ = db.Close() })
+			return db
+		})
+	})
+}
