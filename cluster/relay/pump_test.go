@@ -602,6 +602,7 @@ func TestPumpWithoutADestination(t *testing.T) {
 	if h, _ := nodes[2].e.Head("c0"); h != 0 {
 		t.Fatalf("c0's head is %d", h)
 	}
+	check(t, nodes)
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -5,7 +5,44 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 )
+
+// TestOptionsAsBefore: with Shared nil and no MemTableBytes, Open gives
+// Pebble what it gave before Shared existed (the options as that Open
+// built them, compared as Pebble prints them, defaults filled in).
+func TestOptionsAsBefore(t *testing.T) {
+	for _, o := range []Options{{}, {CacheBytes: 8 << 20, ReadOnly: true}} {
+		cache := o.CacheBytes
+		if cache == 0 {
+			cache = 64 << 20
+		}
+		const memTable = 32 << 20
+		c := pebble.NewCache(cache + 2*memTable)
+		want := &pebble.Options{
+			Cache:              c,
+			FormatMajorVersion: pebble.FormatNewest,
+			Logger:             slogLogger{o.Logger},
+			MemTableSize:       memTable,
+			ReadOnly:           o.ReadOnly,
+			FS:                 o.FS,
+		}
+		want.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+		got, release, err := pebbleOptions(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.EnsureDefaults()
+		got.EnsureDefaults()
+		if w, g := want.String(), got.String(); w != g {
+			t.Errorf("options %+v: Pebble is given\n%s\nnot, as before,\n%s", o, g, w)
+		}
+		release()
+		c.Unref()
+	}
+}
 
 // TestOptionsWithoutShared: with Shared nil a store has caches of its
 // own, sized as before Shared existed.
