@@ -41,6 +41,9 @@ type Dest interface {
 	// ApplyRelay applies b, idempotently, and returns once that is
 	// durable the seq through which b.From's records are applied. On an
 	// error the outcome may be unknown: the pump sends the records again.
+	// It must return when ctx ends (Close cancels it), and should not
+	// block for long otherwise: the origin's other destinations wait
+	// behind it (one goroutine per origin).
 	ApplyRelay(ctx context.Context, b engine.RelayBatch) (through uint64, err error)
 }
 

@@ -624,3 +624,39 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestPumpCarriesReceiptsBack: the pump moves records both ways: a
+// message to another partition, and the receipt events its reader's
+// partition owes the sender, each once.
+func TestPumpCarriesReceiptsBack(t *testing.T) {
+	ctx := context.Background()
+	nodes := openNodes(t, 2, false)
+	startPump(t, config(nodes, nil, nil))
+	id, err := submit(nodes[0].e, "a0", "hi", "b0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, nodes, sent{"b0": {id}})
+	if err := nodes[1].e.Ack(ctx, "b0", "phone", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[1].e.Read(ctx, "b0", id); err != nil {
+		t.Fatal(err)
+	}
+	a := nodes[0].e
+	eventually(t, "a0 getting both receipt events", func() (bool, string) {
+		h, err := a.Head("a0")
+		return err == nil && h >= 2, fmt.Sprintf("head %d, %v", h, err)
+	})
+	waitOutboxesEmpty(t, nodes)
+	es, err := a.Range("a0", 1, 10)
+	if err != nil || len(es) != 2 {
+		t.Fatalf("a0's stream = %+v, %v; want two receipt events", es, err)
+	}
+	for i, want := range []engine.State{engine.StateDelivered, engine.StateRead} {
+		if r := es[i].Receipt; es[i].Kind != engine.EntryReceipt || r == nil || r.User != "b0" || r.State != want {
+			t.Fatalf("a0's entry %d = %+v, want b0's %v", i+1, es[i], want)
+		}
+	}
+	check(t, nodes)
+}
