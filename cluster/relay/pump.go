@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -136,6 +137,8 @@ func New(cfg Config) (*Pump, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// The goroutines read them: a caller's later change must not race.
+	cfg.Origins, cfg.Dests = maps.Clone(cfg.Origins), maps.Clone(cfg.Dests)
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err

@@ -1,7 +1,10 @@
 package pebblestore_test
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/dingmq/ding/engine/store"
@@ -75,4 +78,25 @@ func TestConformanceShared(t *testing.T) {
 			return db
 		})
 	})
+}
+
+// Several stores in one process share one block cache and one file
+// cache: 256 MiB of blocks plus two 4 MiB memtables for each of 16.
+func ExampleNewShared() {
+	s := pebblestore.NewShared(256<<20, 16, 4<<20)
+	defer s.Close() // the caches live on until the last store closes too
+	dir, err := os.MkdirTemp("", "shared")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	for p := range 2 {
+		db, err := pebblestore.Open(filepath.Join(dir, "p", strconv.Itoa(p), "store"), pebblestore.Options{Shared: s})
+		if err != nil {
+			panic(err)
+		}
+		defer db.Close()
+	}
+	fmt.Println("open")
+	// Output: open
 }
