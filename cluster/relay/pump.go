@@ -158,7 +158,8 @@ func New(cfg Config) (*Pump, error) {
 // Close stops the pump and waits for its goroutines. A step in flight is
 // abandoned where it is: its records stay in the outbox until a later
 // pump moves them, and the destination skips what it already applied.
-// Idempotent.
+// Close it before its engines (it would otherwise log their refusals
+// until it is closed). Idempotent.
 func (p *Pump) Close() {
 	p.once.Do(func() {
 		p.cancel()

@@ -44,22 +44,23 @@ func (discard) Deliver(string, []engine.Entry) {}
 // node is one partition's engine on its store; a node on Pebble can be
 // restarted.
 type node struct {
-	p     uint32
-	e     *engine.Engine
-	st    store.Store
-	dir   string // "": memstore
-	close func()
+	p      uint32
+	e      *engine.Engine
+	st     store.Store
+	dir    string              // "": memstore
+	shared *pebblestore.Shared // on Pebble: the caches, if shared
+	close  func()
 }
 
-func openNode(t testing.TB, p uint32, dir string) *node {
+func openNode(t testing.TB, p uint32, dir string, shared *pebblestore.Shared) *node {
 	t.Helper()
-	n := &node{p: p, dir: dir}
+	n := &node{p: p, dir: dir, shared: shared}
 	var db *pebblestore.DB
 	if dir == "" {
 		n.st = memstore.New()
 	} else {
 		var err error
-		if db, err = pebblestore.Open(dir, pebblestore.Options{}); err != nil {
+		if db, err = pebblestore.Open(dir, pebblestore.Options{Shared: shared}); err != nil {
 			t.Fatal(err)
 		}
 		n.st = db
@@ -86,16 +87,22 @@ func openNode(t testing.TB, p uint32, dir string) *node {
 }
 
 // openNodes opens partitions 0..parts-1 on memstores or, with pebble, in
-// t.TempDir.
+// t.TempDir, sharing one block cache (pebblestore.Shared, as a node with
+// P partitions does).
 func openNodes(t testing.TB, parts int, pebble bool) []*node {
 	t.Helper()
+	var shared *pebblestore.Shared
+	if pebble {
+		shared = pebblestore.NewShared(4<<20, parts, 1<<20)
+		t.Cleanup(shared.Close) // after the stores close: either order is fine
+	}
 	nodes := make([]*node, parts)
 	for p := range nodes {
 		dir := ""
 		if pebble {
 			dir = t.TempDir()
 		}
-		nodes[p] = openNode(t, uint32(p), dir)
+		nodes[p] = openNode(t, uint32(p), dir, shared)
 	}
 	return nodes
 }
@@ -104,7 +111,7 @@ func openNodes(t testing.TB, parts int, pebble bool) []*node {
 func (n *node) restart(t testing.TB) *node {
 	t.Helper()
 	n.close()
-	return openNode(t, n.p, n.dir)
+	return openNode(t, n.p, n.dir, n.shared)
 }
 
 // config is a pump's configuration over nodes, with dests replacing
