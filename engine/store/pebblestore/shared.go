@@ -20,6 +20,9 @@ import (
 // holds a reference of its own while Pebble opens, so a Close racing an
 // Open frees nothing under it; an Open after Close fails with ErrClosed.
 //
+// Each store's block-cache metrics (Pebble's Metrics().BlockCache) are
+// then the shared cache's, for all its stores together.
+//
 //	s := pebblestore.NewShared(256<<20, 16, 4<<20)
 //	defer s.Close()
 //	db, err := pebblestore.Open(dir, pebblestore.Options{Shared: s})
