@@ -66,8 +66,16 @@ type Options struct {
 	// Logger receives Pebble's own log lines. Nil means discard them.
 	Logger *slog.Logger
 	// CacheBytes is the block cache size, beyond the memtables' memory
-	// that Pebble reserves from it; zero means 64 MiB.
+	// that Pebble reserves from it; zero means 64 MiB. Ignored with a
+	// Shared (whose cache is sized by NewShared).
 	CacheBytes int64
+	// Shared, if set, gives the store the block and file caches of the
+	// Shared (several stores in one process); nil means caches of its
+	// own, as before Shared existed. See Shared for the references.
+	Shared *Shared
+	// MemTableBytes is the size of a memtable (Pebble keeps up to two
+	// while one flushes); zero means the Shared's, or 32 MiB without one.
+	MemTableBytes int64
 	// ReadOnly opens the store without writing anything to it (dingd
 	// check): writes fail.
 	ReadOnly bool
@@ -79,24 +87,66 @@ type Options struct {
 
 // Open opens (creating if needed) the Pebble database in dir.
 func Open(dir string, o Options) (*DB, error) {
-	cache := o.CacheBytes
-	if cache == 0 {
-		cache = 64 << 20
+	opts, release, err := pebbleOptions(o)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
-	// Pebble reserves its memtables' memory from the block cache (an
-	// active one and one being flushed): a cache no larger than that
-	// caches nothing. It was 64 MiB against two 32 MiB memtables, so
-	// every point read (a submit's client-message-id lookup) read its
-	// filter, index and data blocks from the file: a quarter of dingd's
-	// CPU in ingest, at a 6% hit rate (bench/RESULTS.md, 2026-12-03).
-	const memTable = 32 << 20
-	c := pebble.NewCache(cache + 2*memTable)
-	defer c.Unref()
-	opts := &pebble.Options{
+	// Pebble takes its own references on the caches (released by Close):
+	// ours are given back once it holds them, or failed.
+	defer release()
+	db, err := openPebble(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	return &DB{db: db}, nil
+}
+
+const (
+	defaultCacheBytes   = 64 << 20
+	defaultMemTable     = 32 << 20
+	defaultMaxOpenFiles = 1000 // Pebble's default MaxOpenFiles
+)
+
+// pebbleOptions makes the Pebble options for o, holding a reference on
+// their caches that release gives back.
+func pebbleOptions(o Options) (opts *pebble.Options, release func(), err error) {
+	if o.MemTableBytes < 0 || o.CacheBytes < 0 {
+		return nil, nil, fmt.Errorf("negative sizes (memtable %d, cache %d)", o.MemTableBytes, o.CacheBytes)
+	}
+	memTable := o.MemTableBytes
+	var c *pebble.Cache
+	var files *pebble.FileCache
+	if s := o.Shared; s != nil {
+		if release, err = s.acquire(); err != nil {
+			return nil, nil, err
+		}
+		c, files = s.cache, s.files
+		if memTable == 0 {
+			memTable = s.memTable
+		}
+	} else {
+		if memTable == 0 {
+			memTable = defaultMemTable
+		}
+		cache := o.CacheBytes
+		if cache == 0 {
+			cache = defaultCacheBytes
+		}
+		// Pebble reserves its memtables' memory from the block cache (an
+		// active one and one being flushed): a cache no larger than that
+		// caches nothing. It was 64 MiB against two 32 MiB memtables, so
+		// every point read (a submit's client-message-id lookup) read its
+		// filter, index and data blocks from the file: a quarter of dingd's
+		// CPU in ingest, at a 6% hit rate (bench/RESULTS.md, 2026-12-03).
+		c = pebble.NewCache(cache + 2*memTable)
+		release = c.Unref
+	}
+	opts = &pebble.Options{
 		Cache:              c,
+		FileCache:          files, // nil: Pebble makes one for this store
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             slogLogger{o.Logger},
-		MemTableSize:       memTable,
+		MemTableSize:       uint64(memTable),
 		ReadOnly:           o.ReadOnly,
 		FS:                 o.FS,
 	}
@@ -104,11 +154,7 @@ func Open(dir string, o Options) (*DB, error) {
 	// engine looks up keys that usually do not exist (client message ids,
 	// new cursors), and without filters each miss reads a block per level.
 	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
-	db, err := openPebble(dir, opts)
-	if err != nil {
-		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
-	}
-	return &DB{db: db}, nil
+	return opts, release, nil
 }
 
 // openPebble is pebble.Open, except that a write failing during it is

@@ -1,0 +1,52 @@
+// Package relay moves relay records between the engines of different
+// partitions: the pump of cluster/PARTITIONS.md (stage 4, one node with P
+// partitions in process).
+//
+// An engine with a Placement (engine/relay.go) writes what one of its ops
+// owes a user of another partition into its outbox, in the same batch as
+// the op. A Pump runs one goroutine per origin engine. Woken by the
+// origin's OutboxReady (and once at start, to drain what a restart left:
+// OutboxDests), it moves each destination's records in three steps:
+//
+//	b, _ := origin.Outbox(to, acked, Batch) // durable records after acked, oldest first
+//	through, _ := dest.ApplyRelay(ctx, b)    // one op, answered once durable at dest
+//	origin.AckRelay(ctx, to, through)         // deletes them from the outbox
+//
+// # Why every recipient gets each record exactly once
+//
+// Only durable records leave: Outbox never reads past the last record the
+// origin's store made durable (with a replicated store, held by the
+// standby), so nothing a crash could take back is ever delivered. A
+// record leaves the outbox only when AckRelay deletes it, and AckRelay is
+// called only with what ApplyRelay answered, which it answers only once
+// the destination's batch is durable. So every record is delivered at
+// least once, across crashes of either side and a Close of the pump at
+// any point: what was not acknowledged is read again (the pump starts
+// from acked = 0, the oldest record the outbox still holds).
+//
+// ApplyRelay is idempotent: it keeps, in the same batch as what it
+// applies, the last seq applied per origin, skips records at or below it
+// and deduplicates messages by id (a user holding the message's receipt
+// is skipped). At-least-once transport plus idempotent apply is an
+// exactly-once effect: each recipient's stream holds each message once.
+//
+// A destination that answers ErrRelayGap (its watermark is below the
+// batch's first record: a resend from a stale position) is sent the
+// outbox again from its oldest record, which it skips up to its
+// watermark. Any other failure (of Outbox, ApplyRelay or AckRelay) is
+// retried after a capped exponential backoff per destination, with the
+// same records, so a destination that is down holds up only its own
+// traffic. Records for a partition the pump has no engine for stay in the
+// outbox (counted and logged).
+//
+// Metrics (on Config.Registerer, labelled from and to):
+//
+//	ding_relay_records_total          records the destination holds and the origin let go
+//	ding_relay_apply_errors_total     ApplyRelay failures, by reason
+//	ding_relay_origin_errors_total    Outbox, AckRelay and OutboxDests failures, by step
+//	ding_relay_backlog_records        durable records seen in the outbox, not yet acknowledged
+//
+// The pump of stage 5 (over HTTP) keeps this loop and gives it a
+// destination that posts the batch to the partition's owner: Dest is
+// the seam.
+package relay

@@ -1,0 +1,60 @@
+package relay
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are a pump's; see the package doc.
+type metrics struct {
+	reg          prometheus.Registerer // nil: not registered
+	relayed      *prometheus.CounterVec
+	applyErrors  *prometheus.CounterVec
+	originErrors *prometheus.CounterVec
+	backlog      *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ding_relay_records_total",
+			Help: "Relay records the destination partition holds durably and the origin let go of.",
+		}, []string{"from", "to"}),
+		applyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ding_relay_apply_errors_total",
+			Help: "Relay batches a destination did not apply, by reason (gap, wrong_partition, bad_relay, cross_partition, no_destination, timeout, or the engine's error code); each is retried.",
+		}, []string{"from", "to", "reason"}),
+		originErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ding_relay_origin_errors_total",
+			Help: "Failures at the origin partition, by step (outbox: reading it, ack: deleting what was applied, dests: listing destinations at start); each is retried.",
+		}, []string{"from", "step"}),
+		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ding_relay_backlog_records",
+			Help: "Durable relay records the pump has seen in the origin's outbox and the destination has not acknowledged yet (a lower bound while more than one batch waits).",
+		}, []string{"from", "to"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	cs := m.collectors()
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return nil, err
+		}
+	}
+	m.reg = reg
+	return m, nil
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.relayed, m.applyErrors, m.originErrors, m.backlog}
+}
+
+func (m *metrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range m.collectors() {
+		m.reg.Unregister(c)
+	}
+}

@@ -1,0 +1,367 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dingmq/ding/engine"
+)
+
+// Origin is what the pump needs of an engine whose outbox it drains.
+// *engine.Engine implements it.
+type Origin interface {
+	// Outbox returns up to max durable records for partition to with
+	// Seq > after, oldest first (after 0: from the oldest the outbox
+	// holds). Safe for concurrent use.
+	Outbox(to uint32, after uint64, max int) (engine.RelayBatch, error)
+	// OutboxDests lists the partitions the outbox holds records for.
+	OutboxDests() ([]uint32, error)
+	// OutboxReady is signalled (capacity 1, coalesced) after a batch that
+	// wrote outbox records is durable. The pump is its one reader.
+	OutboxReady() <-chan struct{}
+	// AckRelay deletes the records for to through seq and returns once
+	// that is durable. Idempotent; an error leaves the records (the pump
+	// sends them again).
+	AckRelay(ctx context.Context, to uint32, through uint64) error
+}
+
+// Dest is what the pump needs of a destination partition. *engine.Engine
+// implements it in process; stage 5 gives one that posts to the
+// partition's owner.
+type Dest interface {
+	// ApplyRelay applies b, idempotently, and returns once that is
+	// durable the seq through which b.From's records are applied. On an
+	// error the outcome may be unknown: the pump sends the records again.
+	// It must return when ctx ends (Close cancels it), and should not
+	// block for long otherwise: the origin's other destinations wait
+	// behind it (one goroutine per origin).
+	ApplyRelay(ctx context.Context, b engine.RelayBatch) (through uint64, err error)
+}
+
+var (
+	_ Origin = (*engine.Engine)(nil)
+	_ Dest   = (*engine.Engine)(nil)
+)
+
+// Config says what a Pump moves and how.
+type Config struct {
+	// Origins are the engines whose outboxes the pump drains, by
+	// partition; one goroutine each. Required.
+	Origins map[uint32]Origin
+	// Dests are the partitions records go to. In process, the same
+	// engines as Origins. Records for a partition missing here stay in
+	// the outbox (logged, and counted with reason "no_destination").
+	Dests map[uint32]Dest
+	// Batch is the most records sent in one ApplyRelay; zero means 256.
+	Batch int
+	// MinBackoff is the wait before the first retry of a failed step;
+	// each further failure doubles it, up to MaxBackoff. Zero means
+	// 10 ms and 5 s.
+	MinBackoff, MaxBackoff time.Duration
+	// Clock times the backoff; nil means engine.SystemClock.
+	Clock engine.Clock
+	// Registerer receives the metrics (see the package doc); nil means
+	// they are not registered. Close unregisters them.
+	Registerer prometheus.Registerer
+	// Logger receives failures; nil means discard.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Batch == 0 {
+		c.Batch = 256
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = 10 * time.Millisecond
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 5 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = engine.SystemClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports whether the configuration can be used (after its
+// defaults are applied).
+func (c *Config) Validate() error {
+	switch {
+	case len(c.Origins) == 0:
+		return errors.New("relay: no origins")
+	case c.Batch < 0:
+		return fmt.Errorf("relay: Batch %d", c.Batch)
+	case c.MinBackoff < 0 || c.MaxBackoff < c.MinBackoff:
+		return fmt.Errorf("relay: backoff from %v to %v", c.MinBackoff, c.MaxBackoff)
+	}
+	for p, o := range c.Origins {
+		if o == nil {
+			return fmt.Errorf("relay: origin %d is nil", p)
+		}
+	}
+	for p, d := range c.Dests {
+		if d == nil {
+			return fmt.Errorf("relay: destination %d is nil", p)
+		}
+	}
+	return nil
+}
+
+// Pump moves relay records from its origins' outboxes to their
+// destinations (see the package doc). Its goroutines run from New to
+// Close.
+type Pump struct {
+	cfg    Config
+	m      *metrics
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// New starts a pump: one goroutine per origin, which first drains what
+// the outbox holds, then waits for OutboxReady.
+func New(cfg Config) (*Pump, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	// The goroutines read them: a caller's later change must not race.
+	cfg.Origins, cfg.Dests = maps.Clone(cfg.Origins), maps.Clone(cfg.Dests)
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pump{cfg: cfg, m: m, cancel: cancel}
+	for from, o := range cfg.Origins {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.originLoop(ctx, from, o)
+		}()
+	}
+	return p, nil
+}
+
+// Close stops the pump and waits for its goroutines. A step in flight is
+// abandoned where it is: its records stay in the outbox until a later
+// pump moves them, and the destination skips what it already applied.
+// Close it before its engines (it would otherwise log their refusals
+// until it is closed). Idempotent.
+func (p *Pump) Close() {
+	p.once.Do(func() {
+		p.cancel()
+		p.wg.Wait()
+		p.m.unregister()
+	})
+}
+
+// link is one origin's traffic to one destination; owned by the
+// origin's goroutine.
+type link struct {
+	from, to uint32
+	dest     Dest // nil: no destination configured
+	// acked is the seq through which the destination holds the records
+	// and the origin deleted them, as far as this pump knows (0 at start:
+	// Outbox then reads from the oldest record left).
+	acked uint64
+	seen  uint64 // the highest seq Outbox returned: durable
+	// failures counts consecutive failed steps; retryAt is when the next
+	// may run (zero: now).
+	failures int
+	retryAt  time.Time
+
+	relayed prometheus.Counter
+	backlog prometheus.Gauge
+}
+
+var errNoDest = errors.New("relay: no destination for this partition")
+
+// originLoop drains from's outbox until ctx ends: a pass over every
+// destination, again while one moved records, then a wait for
+// OutboxReady or the earliest retry.
+func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin) {
+	links := p.links(from, o)
+	var timer <-chan time.Time
+	var timerAt time.Time
+	for {
+		now := p.cfg.Clock.Now()
+		moved := false
+		var next time.Time
+		for _, l := range links {
+			if l.retryAt.After(now) {
+				if next.IsZero() || l.retryAt.Before(next) {
+					next = l.retryAt
+				}
+				continue
+			}
+			ok, err := p.step(ctx, o, l)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				l.failures++
+				l.retryAt = now.Add(p.backoff(l.failures))
+				if next.IsZero() || l.retryAt.Before(next) {
+					next = l.retryAt
+				}
+				continue
+			}
+			l.failures, l.retryAt = 0, time.Time{}
+			moved = moved || ok
+		}
+		if moved {
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		var wake <-chan time.Time
+		if !next.IsZero() {
+			if !next.Equal(timerAt) {
+				timer, timerAt = p.cfg.Clock.Until(next), next
+			}
+			wake = timer
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-o.OutboxReady():
+		case <-wake:
+			timer, timerAt = nil, time.Time{}
+		}
+	}
+}
+
+// links makes from's links: every destination but from itself, and any
+// other partition its outbox holds records for (with no destination:
+// they wait there).
+func (p *Pump) links(from uint32, o Origin) []*link {
+	tos := make([]uint32, 0, len(p.cfg.Dests))
+	for to := range p.cfg.Dests {
+		if to != from {
+			tos = append(tos, to)
+		}
+	}
+	listed, err := o.OutboxDests()
+	if err != nil {
+		// The configured destinations are drained all the same (Outbox
+		// from the oldest record): only unknown ones go unreported.
+		p.m.originErrors.WithLabelValues(label(from), "dests").Inc()
+		p.cfg.Logger.Warn("relay: listing the outbox's destinations failed", "from", from, "err", err)
+	}
+	for _, to := range listed {
+		if to != from && !slices.Contains(tos, to) {
+			tos = append(tos, to)
+		}
+	}
+	slices.Sort(tos)
+	links := make([]*link, len(tos))
+	for i, to := range tos {
+		links[i] = &link{
+			from: from, to: to, dest: p.cfg.Dests[to],
+			relayed: p.m.relayed.WithLabelValues(label(from), label(to)),
+			backlog: p.m.backlog.WithLabelValues(label(from), label(to)),
+		}
+	}
+	return links
+}
+
+// step moves one batch of l's records, if there are any: it reports
+// whether it did, and an error to retry after a backoff.
+func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err error) {
+	b, err := o.Outbox(l.to, l.acked, p.cfg.Batch)
+	if err != nil {
+		p.m.originErrors.WithLabelValues(label(l.from), "outbox").Inc()
+		p.cfg.Logger.Error("relay: reading the outbox failed", "from", l.from, "to", l.to, "err", err)
+		return false, err
+	}
+	if len(b.Records) == 0 {
+		return false, nil
+	}
+	last := b.Records[len(b.Records)-1].Seq
+	l.seen = max(l.seen, last)
+	l.backlog.Set(float64(l.seen - l.acked))
+	if l.dest == nil {
+		if l.failures == 0 {
+			p.cfg.Logger.Error("relay: records for a partition with no destination stay in the outbox", "from", l.from, "to", l.to)
+		}
+		p.m.applyErrors.WithLabelValues(label(l.from), label(l.to), "no_destination").Inc()
+		return false, errNoDest
+	}
+	through, err := l.dest.ApplyRelay(ctx, b)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, err // closing: the outcome is unknown, the records stay
+		}
+		p.m.applyErrors.WithLabelValues(label(l.from), label(l.to), reason(err)).Inc()
+		if errors.Is(err, engine.ErrRelayGap) && l.acked != 0 {
+			// The destination lacks records before ours: send the
+			// outbox again from its oldest record, at once.
+			p.cfg.Logger.Warn("relay: a gap at the destination; sending again from the oldest record", "from", l.from, "to", l.to, "err", err)
+			l.acked = 0
+			return true, nil
+		}
+		p.cfg.Logger.Warn("relay: apply failed; retrying after a backoff", "from", l.from, "to", l.to, "err", err)
+		return false, err
+	}
+	if err := o.AckRelay(ctx, l.to, through); err != nil {
+		if ctx.Err() != nil {
+			return false, err
+		}
+		p.m.originErrors.WithLabelValues(label(l.from), "ack").Inc()
+		p.cfg.Logger.Error("relay: acknowledging failed; the records will be sent again", "from", l.from, "to", l.to, "through", through, "err", err)
+		return false, err
+	}
+	n := 0
+	for _, r := range b.Records {
+		if r.Seq <= through {
+			n++
+		}
+	}
+	l.relayed.Add(float64(n))
+	l.acked = max(l.acked, through)
+	l.seen = max(l.seen, l.acked)
+	l.backlog.Set(float64(l.seen - l.acked))
+	return true, nil
+}
+
+// backoff is the wait after the nth consecutive failure.
+func (p *Pump) backoff(n int) time.Duration {
+	d := p.cfg.MinBackoff
+	for i := 1; i < n && d < p.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, p.cfg.MaxBackoff)
+}
+
+// reason names an ApplyRelay error for the metric: one of a few values.
+func reason(err error) string {
+	switch {
+	case errors.Is(err, engine.ErrRelayGap):
+		return "gap"
+	case errors.Is(err, engine.ErrWrongPartition):
+		return "wrong_partition"
+	case errors.Is(err, engine.ErrBadRelay):
+		return "bad_relay"
+	case errors.Is(err, engine.ErrCrossPartition):
+		return "cross_partition"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return strings.ToLower(string(engine.CodeOf(err)))
+}
+
+func label(p uint32) string { return strconv.FormatUint(uint64(p), 10) }
