@@ -373,14 +373,20 @@ func (c *txn) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		ID: id, From: q.From, To: shown, Kind: KindDing, Body: []byte(q.Text),
 		Created: id.Time(), ClientID: q.ClientID, Choices: q.Choices,
 	}
-	for _, u := range users {
+	// Users of other partitions get the message through the relay, one
+	// record per partition; the DING stays here (relay.go).
+	local, remote := c.e.splitRecipients(users)
+	for _, u := range local {
 		if err := c.appendEntry(u, Entry{Kind: EntryMessage, Message: m}); err != nil {
 			return DingResult{}, err
 		}
 	}
+	for p, us := range remote {
+		c.relayRecord(p, &RelayRecord{Kind: RelayMessage, Msg: m, Users: us})
+	}
 	c.batch.Set(messageKey(id), encodeMessage(m))
 	sentR := encodeReceipt(Receipt{State: StateSent})
-	for _, u := range users {
+	for _, u := range local {
 		c.batch.Set(receiptKey(id, u), sentR)
 	}
 	c.setDedupe(dk, id)
@@ -656,7 +662,7 @@ func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel,
 	}
 	user := rec.Recipients[idx]
 	rk := receiptKey(id, user)
-	r, err := c.receipt(rk, user)
+	r, err := c.mirrorReceipt(rk, user) // a user of another partition may have none here yet
 	if err != nil {
 		return err
 	}
@@ -680,6 +686,10 @@ func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now t
 	rec, err := c.ding(id)
 	if errors.Is(err, ErrNotFound) {
 		if m, merr := c.e.Message(id); merr == nil {
+			if p, other := c.e.originOf(m); other && m.Kind == KindDing {
+				// The DING lives at its sender's partition (relay.go).
+				return c.confirmRemoteDing(user, m, p, answer, now)
+			}
 			return c.confirmMessage(user, m, answer, now)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/dingmq/ding/engine/store"
 )
@@ -93,6 +94,10 @@ const (
 	// event, a DING event, a burn, a secret chat event) for one of the
 	// destination's users.
 	RelayEntry RelayKind = 2
+	// RelayReceipt: a recipient's receipt for messages whose origin is the
+	// destination moved forward (delivered, read, confirmed) here, where
+	// the recipient is local (stage 2).
+	RelayReceipt RelayKind = 3
 )
 
 // RelayRecord is one record of an outbox.
@@ -107,9 +112,21 @@ type RelayRecord struct {
 	// partition, sorted.
 	Users []string
 	// User and Entry are, for a RelayEntry, the stream and what to append
-	// to it (any kind but EntryMessage; its Seq is ignored).
+	// to it (any kind but EntryMessage; its Seq is ignored). User is, for
+	// a RelayReceipt, the recipient.
 	User  string
 	Entry Entry
+	// IDs, State, At, Device and Answer are, for a RelayReceipt: the
+	// messages (all of the destination's origin), the state the
+	// recipient's receipts reached at At (delivered, read or confirmed;
+	// At is kept to the millisecond, as receipts are), the device whose
+	// acknowledgement made them delivered (a DING's ledger records it),
+	// and a DING confirmation's answer (1-based; 0 for none).
+	IDs    []ID
+	State  State
+	At     time.Time
+	Device string
+	Answer int
 }
 
 // RelayBatch is consecutive records of From's outbox for To.
@@ -134,8 +151,8 @@ var (
 	// by AckRelay for an acknowledgement beyond the durable records.
 	// Nothing was written; not safe to retry as is.
 	ErrBadRelay = NewError(CodeBadRequest, "engine: malformed relay")
-	// ErrCrossPartition is returned for a DING to, or a secret chat with,
-	// a user of another partition: not possible yet (stage 1).
+	// ErrCrossPartition is returned for a secret chat with a user of
+	// another partition: not possible yet (stage 3 of the plan).
 	ErrCrossPartition = NewError(CodeBadRequest, "engine: not yet possible across partitions")
 )
 
@@ -398,10 +415,299 @@ func (e *Engine) AckRelay(ctx context.Context, to uint32, through uint64) error 
 	}
 	return wait(ctx, func(done func(error)) {
 		e.enqueueBackground(func(c *txn) error {
+			if err := c.mirrorRelayed(to, through); err != nil {
+				return abort(fmt.Errorf("engine: acknowledge partition %d's records: %w", to, err))
+			}
 			c.batch.DeleteRange(outboxKey(to, 0), outboxKey(to, through+1))
 			return nil
 		}, done, 1, "")
 	})
+}
+
+// mirrorRelayed writes, for the users of the RelayMessage records for
+// partition to through seq through (those still in the outbox: an
+// acknowledgement repeated finds none), a receipt in state sent here, at
+// the origin, unless one is there already (a RelayReceipt may come back
+// before the acknowledgement): so Receipts and Stats list them as sent.
+// Users no longer active are skipped, as the destination skips them.
+func (c *txn) mirrorRelayed(to uint32, through uint64) error {
+	type rec struct {
+		id    ID
+		users []string
+	}
+	var recs []rec
+	var derr error
+	err := c.e.st.Scan(outboxKey(to, 0), outboxKey(to, through+1), func(_, v []byte) bool {
+		if len(v) < 2 || v[0] != recordVersion || RelayKind(v[1]) != RelayMessage {
+			return true
+		}
+		r, id, err := decodeRelayRecord(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		recs = append(recs, rec{id, r.Users})
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	sent := Receipt{State: StateSent}
+	for _, r := range recs {
+		for _, u := range r.users {
+			if !c.active(u) {
+				continue
+			}
+			rk := receiptKey(r.id, u)
+			switch _, err := c.receipt(rk, u); {
+			case err == nil:
+				continue
+			case !errors.Is(err, store.ErrNotFound):
+				return err
+			}
+			sent.User = u
+			c.setReceipt(rk, sent)
+		}
+	}
+	return nil
+}
+
+// outboxAudience returns the users the outbox names for message id: its
+// recipients in other partitions that do not have it yet, as far as this
+// origin knows (Stats counts them as pending). It reads the whole outbox,
+// which holds only what is not yet acknowledged; without a Placement, it
+// reads nothing.
+func (e *Engine) outboxAudience(id ID) ([]string, error) {
+	if e.cfg.Placement == nil {
+		return nil, nil
+	}
+	var out []string
+	var derr error
+	err := e.st.Scan([]byte{prefixOutbox}, []byte{prefixOutbox + 1}, func(_, v []byte) bool {
+		if len(v) < 18 || v[0] != recordVersion || RelayKind(v[1]) != RelayMessage || ID(v[2:18]) != id {
+			return true
+		}
+		r, _, err := decodeRelayRecord(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		out = append(out, r.Users...)
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: outbox audience of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// originOf returns the partition of message m's origin and whether it is
+// another: with no Placement, every message is this engine's own.
+func (e *Engine) originOf(m *Message) (uint32, bool) { return e.remote(m.From) }
+
+// receiptsOut gathers, per origin partition, the messages whose receipts
+// an op moved here for a user of this partition: what goes back to each
+// origin as RelayReceipt records (relayReceipts).
+type receiptsOut struct {
+	order []uint32
+	ids   map[uint32][]ID
+}
+
+func (o *receiptsOut) add(p uint32, id ID) {
+	if o.ids == nil {
+		o.ids = map[uint32][]ID{}
+	}
+	if _, ok := o.ids[p]; !ok {
+		o.order = append(o.order, p)
+	}
+	o.ids[p] = append(o.ids[p], id)
+}
+
+// relayReceipts writes what o gathered as RelayReceipt records, at most
+// MaxEventIDs messages each.
+func (c *txn) relayReceipts(o *receiptsOut, user string, st State, at time.Time, device string, answer int) {
+	for _, p := range o.order {
+		ids := o.ids[p]
+		for len(ids) > 0 {
+			n := min(len(ids), MaxEventIDs)
+			c.relayRecord(p, &RelayRecord{Kind: RelayReceipt, User: user, IDs: ids[:n:n], State: st, At: at, Device: device, Answer: answer})
+			ids = ids[n:]
+		}
+	}
+}
+
+// mirrorReceipt returns the receipt of id for user as this batch sees it;
+// for a user of another partition with none here (its RelayMessage not
+// yet acknowledged), a receipt in state sent.
+func (c *txn) mirrorReceipt(rk []byte, user string) (Receipt, error) {
+	r, err := c.receipt(rk, user)
+	if errors.Is(err, store.ErrNotFound) {
+		if _, other := c.e.remote(user); other {
+			return Receipt{User: user, State: StateSent}, nil
+		}
+	}
+	return r, err
+}
+
+// applyRelayReceipt applies, at the origin, a receipt that moved where
+// the recipient is: the receipt here (a mirror, moved only forward, so
+// a record applied again or late changes nothing), the counts (the
+// announcement's, the rollups), the sender's receipt event, and the
+// DING's state and ledger, as the op that moved it would have on a
+// single engine. Messages gone (retention) or not of this origin are
+// skipped; what a single engine would refuse (a confirmation of a
+// refused recipient, an answer out of range) is skipped, so that a
+// record never fails the batch.
+func (c *txn) applyRelayReceipt(r *RelayRecord) error {
+	user, at := r.User, r.At
+	var senders events
+	type dingOp struct {
+		id ID
+		m  *Message
+	}
+	var dings []dingOp
+	for _, id := range r.IDs {
+		m, err := c.e.Message(id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+		}
+		if _, other := c.e.originOf(m); other || m.Chat != (ID{}) {
+			c.e.log.Error("relay: a receipt for a message of another origin; skipped", "message", id.String())
+			continue
+		}
+		ding, ann := m.Kind == KindDing, m.Kind == KindAnnouncement
+		rk := receiptKey(id, user)
+		cur, err := c.mirrorReceipt(rk, user)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // not a recipient here (removed with the message)
+		}
+		if err != nil {
+			return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+		}
+		// A DING in a delivered record reached r.Device for the first
+		// time (applyAck): its ledger says so even when the receipt had
+		// moved already, from another device.
+		if ding && r.State != StateRead {
+			dings = append(dings, dingOp{id, m})
+			if r.State == StateConfirmed {
+				continue // confirm moves the receipt
+			}
+		}
+		if cur.State >= r.State {
+			continue
+		}
+		wasDelivered, wasRead := !cur.Delivered.IsZero(), !cur.Read.IsZero()
+		if !wasDelivered {
+			cur.Delivered = at
+		}
+		switch r.State {
+		case StateDelivered:
+			if !ding {
+				c.countDelivered(id, m.From, ann)
+			}
+		case StateRead, StateConfirmed:
+			if !wasRead {
+				cur.Read = at
+				if !ding {
+					c.countRead(id, m.From, ann, wasDelivered)
+				}
+			}
+			if r.State == StateRead && ding {
+				dings = append(dings, dingOp{id, m})
+			}
+		}
+		if r.State == StateConfirmed {
+			cur.Confirmed = at
+			if ann {
+				if a := c.announcement(id); a != nil {
+					a.Confirmed++
+				}
+			}
+		}
+		cur.State = r.State
+		c.setReceipt(rk, cur)
+		if !ann && m.From != user {
+			senders.add(m.From, id)
+		}
+	}
+	if err := c.notify(&senders, user, r.State, at); err != nil {
+		return err
+	}
+	for _, d := range dings {
+		var err error
+		switch r.State {
+		case StateDelivered:
+			err = c.dingDelivered(d.id, user, r.Device, at)
+		case StateRead:
+			err = c.dingRead(d.id, user, at)
+		case StateConfirmed:
+			err = c.relayedConfirm(d.id, user, r.Answer, at)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// relayedConfirm applies a DING confirmation made in the recipient's
+// partition: as applyConfirmUser would, less what that partition checked
+// and answered.
+func (c *txn) relayedConfirm(id ID, user string, answer int, at time.Time) error {
+	rec, s, idx, err := c.userState(id, user)
+	if err != nil || s == nil {
+		return err
+	}
+	if s.Status == StatusRefused || answer > len(rec.Choices) {
+		return nil
+	}
+	return c.confirm(id, idx, s, rec, ChannelInApp, answer, at)
+}
+
+// confirmRemoteDing records, where the recipient is, the confirmation of
+// a DING whose home is another partition: the recipient's receipt here,
+// and a RelayReceipt that the DING's home applies (relayedConfirm: the
+// ledger, the end of the escalation, the sender's and the recipient's
+// events).
+func (c *txn) confirmRemoteDing(user string, m *Message, p uint32, answer int, now time.Time) (ConfirmResult, error) {
+	if answer < 0 || answer > len(m.Choices) {
+		return ConfirmResult{}, fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(m.Choices))
+	}
+	rk := receiptKey(m.ID, user)
+	r, err := c.receipt(rk, user)
+	if errors.Is(err, store.ErrNotFound) {
+		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, m.ID)
+	}
+	if err != nil {
+		return ConfirmResult{}, err
+	}
+	if r.State == StateConfirmed {
+		// The answer and channel stand at the DING's home.
+		return ConfirmResult{Already: true, By: ChannelInApp, At: r.Confirmed}, nil
+	}
+	if r.Delivered.IsZero() {
+		r.Delivered = now
+	}
+	if r.Read.IsZero() {
+		r.Read = now
+	}
+	r.State, r.Confirmed = StateConfirmed, now
+	c.setReceipt(rk, r)
+	c.relayRecord(p, &RelayRecord{Kind: RelayReceipt, User: user, IDs: []ID{m.ID}, State: StateConfirmed, At: now, Answer: answer})
+	choice := ""
+	if answer > 0 {
+		choice = m.Choices[answer-1]
+	}
+	return ConfirmResult{Answer: answer, Choice: choice, By: ChannelInApp, At: now}, nil
 }
 
 // ApplyRelay applies b (from another partition's Outbox; b.To must be this
@@ -481,6 +787,11 @@ func checkRelayBatch(b *RelayBatch) (int, error) {
 				return 0, fmt.Errorf("%w: seq %d: an entry of kind %d for %q", ErrBadRelay, r.Seq, r.Entry.Kind, r.User)
 			}
 			weight++
+		case r.Kind == RelayReceipt:
+			if !ValidName(r.User) || len(r.IDs) == 0 || r.State < StateDelivered || r.State > StateConfirmed || r.Answer < 0 || r.Answer > 9 {
+				return 0, fmt.Errorf("%w: seq %d: a receipt of %q in state %d for %d messages", ErrBadRelay, r.Seq, r.User, r.State, len(r.IDs))
+			}
+			weight += len(r.IDs)
 		default:
 			return 0, fmt.Errorf("%w: seq %d: kind %d", ErrBadRelay, r.Seq, r.Kind)
 		}
@@ -524,10 +835,15 @@ func (c *txn) applyRelay(b *RelayBatch) (through uint64, gap, err error) {
 	for i := range recs {
 		r := &recs[i]
 		var err error
-		if r.Kind == RelayMessage {
+		switch r.Kind {
+		case RelayMessage:
 			err = c.applyRelayMessage(r)
-		} else if _, other := c.e.remote(r.User); !other && c.active(r.User) {
-			err = c.appendEntry(r.User, r.Entry)
+		case RelayReceipt:
+			err = c.applyRelayReceipt(r)
+		default:
+			if _, other := c.e.remote(r.User); !other && c.active(r.User) {
+				err = c.appendEntry(r.User, r.Entry)
+			}
 		}
 		if err != nil {
 			return 0, nil, err
