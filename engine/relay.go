@@ -21,17 +21,45 @@ import (
 // to that partition through this engine's outbox, with no per-feature
 // code:
 //
-//   - A submit divides its recipients (applySubmit): local users take the
-//     usual path (fanout, or a fanout job for a message to many), and each
-//     other partition gets one RelayMessage record naming its users,
-//     written in the same batch as the message. An announcement to 100,000
-//     users on 3 partitions writes 2 records, and each destination fans
-//     out to its own users (with its own fanout job when they are more
-//     than Config.FanoutChunk).
+//   - A submit divides its recipients (applySubmit), and so does a DING
+//     (applyDing): local users take the usual path (fanout, or a fanout
+//     job for a message to many), and each other partition gets one
+//     RelayMessage record naming its users, written in the same batch as
+//     the message. An announcement to 100,000 users on 3 partitions
+//     writes 2 records, and each destination fans out to its own users
+//     (with its own fanout job when they are more than
+//     Config.FanoutChunk).
 //   - appendEntry diverts any other entry for a user of another partition
-//     (a receipt event for a sender, a read event) into a RelayEntry
-//     record. A message entry for one is an internal error: messages
-//     reach other partitions only as RelayMessage records.
+//     (a DING reminder, a confirmation's event for the recipient's
+//     devices, a burn) into a RelayEntry record. A message entry for one
+//     is an internal error: messages reach other partitions only as
+//     RelayMessage records.
+//   - Receipts come back as RelayReceipt records. Where the recipient is,
+//     applyAck, applyRead, confirmMessage and a DING's confirmation
+//     (confirmRemoteDing) of a message whose origin is another partition
+//     move the recipient's receipt there (it answers ErrNotRecipient
+//     checks, and the reader's own devices get their event there), and
+//     write, per origin, one record naming the messages moved; they do
+//     not count, tell the sender or touch a DING. The origin applies it
+//     (applyRelayReceipt) as the op would have on a single engine: its
+//     receipt, a mirror moved only forward, so a record applied again,
+//     late or out of order changes nothing; the announcement's counts and
+//     the daily rollups (counted once, at the origin); the sender's
+//     receipt event; and the DING's ledger (delivered per device, read)
+//     and state (a read stops a DING until=read; a confirmation carries
+//     its answer, checked where it was made against the message's
+//     choices). So a DING's timers and escalation stay at its home, the
+//     sender's partition, and a read or confirmation anywhere stops them
+//     once relayed back.
+//   - The origin's view of remote recipients: AckRelay, which is told the
+//     destination holds a RelayMessage, writes a receipt in state sent
+//     for each of its users (unless a RelayReceipt made one first), so
+//     Receipts and Stats list them; until then Stats counts the names in
+//     the outbox as pending (outboxAudience, a scan of the outbox, which
+//     holds only what is not yet acknowledged). PendingFanout still
+//     counts this engine's own fanout only. This was chosen over writing
+//     the remote receipts with the message: the origin then says "sent"
+//     only for what another partition holds durably.
 //
 // Records are numbered per destination from 1 ('k' "relay" | to holds the
 // last seq allocated: records are deleted once acknowledged, so the
@@ -56,31 +84,42 @@ import (
 // message is further deduplicated by id: a user who has its receipt is
 // skipped, a message whose fanout job is running is skipped, and its
 // record is written only if absent. Users who are not local or no longer
-// active are skipped. So a crash on either side leads to a resend and
-// then a dedupe.
+// active are skipped. A receipt is deduplicated by its mirror's state. So
+// a crash on either side leads to a resend and then a dedupe.
 //
-// Limits accepted in stage 1 (lifted by the stages named; see the design
+// Limits accepted in stage 2 (lifted by the stages named; see the design
 // of issue 14):
 //
-//   - Receipts stay where they are made. On the origin, Receipts and
-//     Stats show local recipients only, PendingFanout counts local ones,
-//     and announcement counts ('n') count only local deliveries, reads
-//     and confirmations; the sender still gets every receipt event (they
-//     come back as RelayEntry records). The destination counts delivered
-//     and read in its own daily rollups, which is summable and counted
-//     once, since the origin does not count them (stage 2: RelayReceipt).
-//   - DINGs and secret chats with a user of another partition are
-//     refused with ErrCrossPartition (stage 2 for DINGs, stage 3 for
-//     secret chats), as they keep state on one engine only.
+//   - What the origin changes of a remote recipient's receipt is not
+//     relayed to the recipient's partition: a DING confirmed by SMS or in
+//     a call at its home leaves the recipient's receipt there as it was
+//     (their devices do get the confirmation's event), so a later in-app
+//     confirmation there is accepted and ignored at the home (which keeps
+//     the first answer); an in-app confirmation repeated there answers
+//     Already without the answer, which only the home knows.
+//   - A DING delivered record repeated under a new seq (never by the
+//     pump: the watermark skips resends) records its delivery in the
+//     ledger again; receipts and counts do not move.
+//   - Offboarding a user stops the DINGs pending for them only on their
+//     own partition's engine; those whose home is another partition keep
+//     escalating there until Engine.Forget (stage 2's last item, not yet
+//     built) runs on every engine.
+//   - Stats reads the whole outbox for its pending names: cheap while the
+//     pump keeps up, linear in the backlog otherwise.
+//   - Secret chats with a user of another partition are refused with
+//     ErrCrossPartition (stage 3), as their keys and burns live on one
+//     engine only; RelayReceipt carries no pseudonym yet.
 //   - A user's partition must not change while records for them are in
 //     flight: a record for a user who is not local at the destination
 //     is dropped there.
 //   - Retention keeps a message while an outbox record names it, so
 //     Outbox finds it; should it be gone anyway (a lost record), Outbox
 //     logs it and returns the record with Msg nil, which the destination
-//     skips.
+//     skips. A receipt for a message the origin no longer holds is
+//     skipped.
 //   - Ids do not yet name their partition (stage 4), so an id-addressed
-//     request (stats, DING status) must be sent to the origin.
+//     request (stats, DING status, a confirmation by SMS) must be sent to
+//     the origin.
 //
 // Keys are drawn in the package doc; the record's layout is in codec.go.
 
