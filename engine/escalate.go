@@ -674,6 +674,11 @@ func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel,
 	}
 	r.State, r.Confirmed = StateConfirmed, now
 	c.setReceipt(rk, r)
+	if p, other := c.e.remote(user); other {
+		// The recipient's partition keeps their receipt too (relay.go);
+		// for a confirmation made there, this changes nothing.
+		c.relayRecord(p, &RelayRecord{Kind: RelayReceipt, User: user, IDs: []ID{id}, State: StateConfirmed, At: now, Answer: answer})
+	}
 	var ev events
 	ev.add(rec.From, id)
 	if user != rec.From {

@@ -90,13 +90,13 @@ import (
 // Limits accepted in stage 2 (lifted by the stages named; see the design
 // of issue 14):
 //
-//   - What the origin changes of a remote recipient's receipt is not
-//     relayed to the recipient's partition: a DING confirmed by SMS or in
-//     a call at its home leaves the recipient's receipt there as it was
-//     (their devices do get the confirmation's event), so a later in-app
-//     confirmation there is accepted and ignored at the home (which keeps
-//     the first answer); an in-app confirmation repeated there answers
-//     Already without the answer, which only the home knows.
+//   - A DING confirmed at its home (by SMS, in a call) for a recipient of
+//     another partition goes back to that partition as a RelayReceipt
+//     too, where it only moves the recipient's receipt (followReceipt):
+//     until it is applied there, an in-app confirmation there is accepted
+//     and ignored at the home, which keeps the first answer. A
+//     confirmation repeated in the recipient's partition answers Already
+//     without the answer, which only the home knows.
 //   - A DING delivered record repeated under a new seq (never by the
 //     pump: the watermark skips resends) records its delivery in the
 //     ledger again; receipts and counts do not move.
@@ -619,12 +619,20 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 		if err != nil {
 			return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
 		}
-		if _, other := c.e.originOf(m); other || m.Chat != (ID{}) {
-			c.e.log.Error("relay: a receipt for a message of another origin; skipped", "message", id.String())
+		if m.Chat != (ID{}) {
+			continue // never written: secret chats stay in one partition (stage 3)
+		}
+		rk := receiptKey(id, user)
+		if _, other := c.e.originOf(m); other {
+			// The origin moved the receipt of a user of this partition
+			// (a DING confirmed by SMS or in a call at its home): only
+			// the receipt here follows; the origin did the rest.
+			if err := c.followReceipt(rk, user, r.State, at); err != nil {
+				return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+			}
 			continue
 		}
 		ding, ann := m.Kind == KindDing, m.Kind == KindAnnouncement
-		rk := receiptKey(id, user)
 		cur, err := c.mirrorReceipt(rk, user)
 		if errors.Is(err, store.ErrNotFound) {
 			continue // not a recipient here (removed with the message)
@@ -695,6 +703,31 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// followReceipt moves, where the recipient is, their receipt forward to
+// st at at, as the message's origin reports it; a receipt already there,
+// or none (the message was removed here), is left as it is.
+func (c *txn) followReceipt(rk []byte, user string, st State, at time.Time) error {
+	r, err := c.receipt(rk, user)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil || r.State >= st {
+		return err
+	}
+	if r.Delivered.IsZero() {
+		r.Delivered = at
+	}
+	if st >= StateRead && r.Read.IsZero() {
+		r.Read = at
+	}
+	if st == StateConfirmed {
+		r.Confirmed = at
+	}
+	r.State = st
+	c.setReceipt(rk, r)
 	return nil
 }
 

@@ -218,6 +218,31 @@ func TestRelayDingConfirmCarriesTheAnswer(t *testing.T) {
 	if err != nil || st.Total != 2 || st.Sent != 2 || st.Confirmed != 1 || st.Read != 1 {
 		t.Fatalf("A.Stats = %+v, %v", st, err)
 	}
+
+	// bob answers the SMS, at A: his receipt on B follows, and B then
+	// says he has confirmed.
+	if err := a.e.InboundSMS(ctx, bobPhone, "1"); err != nil {
+		t.Fatal(err)
+	}
+	pump(t, nodes...)
+	if bob := status(t, a.e, res.ID).Recipients[index(ds, "bob")]; bob.Status != engine.StatusConfirmed || bob.Choice != "attend" || bob.ReachedBy != "sms" {
+		t.Fatalf("bob at A = %+v", bob)
+	}
+	if r := receiptOf(t, b.e, res.ID, "bob"); r.State != engine.StateConfirmed {
+		t.Fatalf("bob's receipt at B is %v after his SMS answer", r.State)
+	}
+	b.e.ConfirmAsync("bob", res.ID, 2, func(r engine.ConfirmResult, err error) {
+		if err != nil {
+			r.Choice = err.Error()
+		}
+		done <- r
+	})
+	if r := <-done; !r.Already {
+		t.Fatalf("B.Confirm after the SMS answer = %+v, want Already", r)
+	}
+	if st, err := a.e.Stats(res.ID, false); err != nil || st.Confirmed != 2 {
+		t.Fatalf("A.Stats = %+v, %v", st, err)
+	}
 	checkStores(t, nodes...)
 }
 
