@@ -114,6 +114,7 @@
 //	quota     'q' | kind (1) | scope | 0x00 | sub   -> count (8) per UTC day, or last DING time (8)
 //	policy    'y' | name                            -> policy text
 //	counter   'k' | name                            -> u64 ("timers": armed timers; "secrets": live secret messages;
+//	                                                   "dir": the audit seq of the last removal Forget applied;
 //	                                                   "relay" | to (4): see below)
 //
 // Secret chats (see secret.go; keys live in package keyring, not here):

@@ -100,10 +100,11 @@ import (
 //   - A DING delivered record repeated under a new seq (never by the
 //     pump: the watermark skips resends) records its delivery in the
 //     ledger again; receipts and counts do not move.
-//   - Offboarding a user stops the DINGs pending for them only on their
-//     own partition's engine; those whose home is another partition keep
-//     escalating there until Engine.Forget (stage 2's last item, not yet
-//     built) runs on every engine.
+//   - Offboard stops the DINGs pending for a user only on the engine it
+//     runs on; those whose home is another partition stop when that
+//     engine's Forget applies the removal (change.go). Calling Forget on
+//     every engine, and replaying the directory's removals from
+//     ForgottenThrough, is the node's job (stage 4).
 //   - Stats reads the whole outbox for its pending names: cheap while the
 //     pump keeps up, linear in the backlog otherwise.
 //   - Secret chats with a user of another partition are refused with

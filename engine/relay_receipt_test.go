@@ -476,3 +476,52 @@ func TestRelayReceiptsMonotonic(t *testing.T) {
 	}
 	checkStores(t, a, b)
 }
+
+// TestRelayForgetStopsRemoteDings: bob (partition 1) is removed; his
+// own partition has no DING of alice's to stop, her partition (the
+// DING's home) stops his escalation with Forget, once per audit seq.
+func TestRelayForgetStopsRemoteDings(t *testing.T) {
+	ctx := context.Background()
+	nodes, clock, ns := dingNodes(t)
+	a, b := nodes[0], nodes[1]
+	res, err := a.e.Ding(ctx, engine.DingRequest{From: "alice", To: []string{"bob", "c0"}, Text: "fire", Policy: "inapp,sms@5m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pump(t, nodes...)
+	if got, err := b.e.Forget(ctx, "bob", 7); err != nil || got.DingsStopped != 0 {
+		t.Fatalf("B.Forget = %+v, %v; want nothing stopped: the DING lives at A", got, err)
+	}
+	if got, err := a.e.Forget(ctx, "bob", 7); err != nil || got.DingsStopped != 1 {
+		t.Fatalf("A.Forget = %+v, %v; want bob's escalation stopped", got, err)
+	}
+	for _, n := range nodes[:2] {
+		if seq, err := n.e.ForgottenThrough(); err != nil || seq != 7 {
+			t.Fatalf("ForgottenThrough = %d, %v; want 7", seq, err)
+		}
+	}
+	// Replayed (a restart, a takeover): nothing more happens.
+	if got, err := a.e.Forget(ctx, "bob", 7); err != nil || got.DingsStopped != 0 {
+		t.Fatalf("A.Forget replayed = %+v, %v", got, err)
+	}
+	if got, err := a.e.Forget(ctx, "bob", 6); err != nil || got != (engine.Offboarded{}) {
+		t.Fatalf("A.Forget of an older removal = %+v, %v", got, err)
+	}
+	if seq, err := a.e.ForgottenThrough(); err != nil || seq != 7 {
+		t.Fatalf("ForgottenThrough after an older removal = %d, %v", seq, err)
+	}
+	ds := status(t, a.e, res.ID)
+	if bob := ds.Recipients[index(ds, "bob")]; bob.Status != engine.StatusRemoved || !slices.Contains(events(bob), engine.LedgerRemoved) {
+		t.Fatalf("bob at A = %+v", bob)
+	}
+	clock.Advance(5 * time.Minute)
+	ns[0].waitFor(t, func(s []sent) bool { return countTo(s, c0Phone) == 1 })
+	settle(t, a)
+	if n := countTo(ns[0].all(), bobPhone); n != 0 {
+		t.Fatalf("bob was removed and still got %d sends", n)
+	}
+	if _, err := a.e.Forget(ctx, "", 8); !errors.Is(err, engine.ErrBadName) {
+		t.Fatalf("Forget of no one: %v", err)
+	}
+	checkStores(t, nodes...)
+}
