@@ -497,6 +497,12 @@ func (c *txn) mirrorRelayed(to uint32, through uint64) error {
 	}
 	sent := Receipt{State: StateSent}
 	for _, r := range recs {
+		switch _, err := c.e.Message(r.id); {
+		case errors.Is(err, ErrNotFound):
+			continue // lost before it was relayed (Outbox logged it): no receipts for it
+		case err != nil:
+			return err
+		}
 		for _, u := range r.users {
 			if !c.active(u) {
 				continue

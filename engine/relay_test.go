@@ -647,4 +647,12 @@ func TestRelayLostMessageIsSkipped(t *testing.T) {
 	if h := headOf(t, b.e, "bob"); h != 0 {
 		t.Fatalf("bob's head is %d, want 0", h)
 	}
+	// Its acknowledgement writes no receipt at the origin for the lost
+	// message.
+	if err := a.e.AckRelay(ctx, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := a.e.Receipts(m.ID); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("Receipts of the lost message at A = %+v, %v", rs, err)
+	}
 }
