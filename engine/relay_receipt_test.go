@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/memstore"
 	"github.com/dingmq/ding/internal/fakeclock"
 )
@@ -26,13 +27,19 @@ const (
 // each with its own fake notifier (only a DING's home sends).
 func dingNodes(t testing.TB) ([]*relayNode, *fakeclock.Clock, []*fakeNotifier) {
 	t.Helper()
+	return dingNodesOn(t, func(testing.TB) store.Store { return memstore.New() })
+}
+
+// dingNodesOn is dingNodes on the stores open makes.
+func dingNodesOn(t testing.TB, open func(testing.TB) store.Store) ([]*relayNode, *fakeclock.Clock, []*fakeNotifier) {
+	t.Helper()
 	clock := fakeclock.New(t0)
 	var ns []*fakeNotifier
 	nodes := make([]*relayNode, 3)
 	for p := range nodes {
 		n := &fakeNotifier{}
 		ns = append(ns, n)
-		nodes[p] = openRelayNode(t, memstore.New(), uint32(p), func(c *engine.Config) {
+		nodes[p] = openRelayNode(t, open(t), uint32(p), func(c *engine.Config) {
 			c.Clock, c.Notifier = clock, n
 			c.Contacts = contacts{
 				"alice": {Name: "Alice"},
@@ -64,8 +71,14 @@ func settle(t testing.TB, n *relayNode) {
 // escalation at A before the SMS step; c0, who did not read, gets the
 // SMS.
 func TestRelayDingReadStopsEscalation(t *testing.T) {
+	for name, open := range stores(t) {
+		t.Run(name, func(t *testing.T) { testRelayDingReadStopsEscalation(t, open) })
+	}
+}
+
+func testRelayDingReadStopsEscalation(t *testing.T, open func(testing.TB) store.Store) {
 	ctx := context.Background()
-	nodes, clock, ns := dingNodes(t)
+	nodes, clock, ns := dingNodesOn(t, open)
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	res, err := a.e.Ding(ctx, engine.DingRequest{From: "alice", To: []string{"bob", "c0"}, Text: "server room", Policy: "inapp,inapp@1m,sms@5m until=read"})
 	if err != nil {
@@ -399,9 +412,15 @@ func TestRelayStatsCountRemotePending(t *testing.T) {
 // order leave the origin's receipts where the furthest put them and its
 // counts unchanged.
 func TestRelayReceiptsMonotonic(t *testing.T) {
+	for name, open := range stores(t) {
+		t.Run(name, func(t *testing.T) { testRelayReceiptsMonotonic(t, open) })
+	}
+}
+
+func testRelayReceiptsMonotonic(t *testing.T, open func(testing.TB) store.Store) {
 	ctx := context.Background()
-	nodes := memNodes(t, 2, func(c *engine.Config) { c.Clock = fakeclock.New(t0) })
-	a, b := nodes[0], nodes[1]
+	mod := func(c *engine.Config) { c.Clock = fakeclock.New(t0) }
+	a, b := openRelayNode(t, open(t), 0, mod), openRelayNode(t, open(t), 1, mod)
 	ann, err := a.e.Announce(ctx, engine.Announcement{From: "alice", To: []string{"bob", "dave"}, Text: "notice"})
 	if err != nil {
 		t.Fatal(err)
