@@ -117,7 +117,7 @@ type MessageStats struct {
 	Created   time.Time    `json:"created"`
 	Confirm   bool         `json:"confirm,omitempty"`
 	Total     int          `json:"total"`          // recipients
-	Pending   int          `json:"pending"`        // not yet in their stream (fanout in progress)
+	Pending   int          `json:"pending"`        // not yet in their stream (fanout in progress, or not yet relayed to their partition)
 	Sent      int          `json:"sent"`           // in their stream (delivered, read and confirmed included)
 	Delivered int          `json:"delivered"`      // reached a device (read and confirmed included)
 	Read      int          `json:"read"`           // read (confirmed included)
