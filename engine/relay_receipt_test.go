@@ -274,7 +274,7 @@ type statsScenario struct {
 
 // run sends the message from a0 and applies the scenario; on returns the
 // engine of a user, and sync moves what is in flight (the relay).
-func (sc statsScenario) run(t *testing.T, origin *engine.Engine, on func(string) *engine.Engine, sync func()) engine.ID {
+func (sc statsScenario) run(t *testing.T, clock *fakeclock.Clock, origin *engine.Engine, on func(string) *engine.Engine, sync func()) engine.ID {
 	t.Helper()
 	ctx := context.Background()
 	var id engine.ID
@@ -291,18 +291,21 @@ func (sc statsScenario) run(t *testing.T, origin *engine.Engine, on func(string)
 	for _, u := range sc.to {
 		waitFanout(t, on(u), id)
 	}
+	clock.Advance(time.Minute)
 	for _, u := range sc.acks {
 		if err := on(u).Ack(ctx, u, "phone", 1); err != nil {
 			t.Fatalf("ack by %s: %v", u, err)
 		}
 	}
 	sync()
+	clock.Advance(time.Minute)
 	for _, u := range sc.reads {
 		if err := on(u).Read(ctx, u, id); err != nil {
 			t.Fatalf("read by %s: %v", u, err)
 		}
 	}
 	sync()
+	clock.Advance(time.Minute)
 	for _, u := range sc.confirms {
 		if err := on(u).Confirm(ctx, u, id, 0); err != nil {
 			t.Fatalf("confirm by %s: %v", u, err)
@@ -312,7 +315,8 @@ func (sc statsScenario) run(t *testing.T, origin *engine.Engine, on func(string)
 	return id
 }
 
-// statsView is what a sender's statistics say, less the times.
+// statsView is what a sender's statistics say (the read ratio over time
+// included), less the message's id.
 type statsView struct {
 	Stats engine.MessageStats
 	Ann   []engine.AnnouncementCounts
@@ -328,7 +332,7 @@ func viewStats(t *testing.T, e *engine.Engine, id engine.ID) statsView {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.ID, st.Created, st.OverTime = engine.ID{}, time.Time{}, nil
+	st.ID = engine.ID{}
 	as, err := e.AdminStats(engine.StatsQuery{From: t0.Add(-24 * time.Hour), To: t0.Add(24 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
@@ -354,18 +358,24 @@ func TestRelayStatsEqualOneEngine(t *testing.T) {
 		{name: "one to one", to: []string{"b1"}, acks: []string{"b1"}, reads: []string{"b1"}},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
+			var clock *fakeclock.Clock // each run's, shared by its engines
 			mod := func(c *engine.Config) {
-				c.Clock = fakeclock.New(t0)
+				c.Clock = clock
 				if sc.chunk > 0 {
 					c.FanoutChunk = sc.chunk
 				}
 			}
+			clock = fakeclock.New(t0)
 			one := openRelayNode(t, memstore.New(), 0, func(c *engine.Config) { mod(c); c.Placement = nil })
-			id1 := sc.run(t, one.e, func(string) *engine.Engine { return one.e }, func() {})
+			id1 := sc.run(t, clock, one.e, func(string) *engine.Engine { return one.e }, func() {})
 			want := viewStats(t, one.e, id1)
+			if o := want.Stats.OverTime; len(sc.reads) > 0 && (len(o) == 0 || !o[len(o)-1].At.After(want.Stats.Created)) {
+				t.Fatalf("one engine's read ratio over time = %+v: the reads should come after the send", o)
+			}
 
+			clock = fakeclock.New(t0)
 			nodes := memNodes(t, 3, mod)
-			id3 := sc.run(t, nodes[0].e, func(u string) *engine.Engine { return nodes[placeUser(u)].e }, func() { pump(t, nodes...) })
+			id3 := sc.run(t, clock, nodes[0].e, func(u string) *engine.Engine { return nodes[placeUser(u)].e }, func() { pump(t, nodes...) })
 			got := viewStats(t, nodes[0].e, id3)
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("on three partitions:\n%+v\none engine:\n%+v", got, want)
