@@ -264,6 +264,7 @@ func TestRelayDingConfirmCarriesTheAnswer(t *testing.T) {
 type statsScenario struct {
 	name     string
 	announce bool
+	ding     bool // a DING, until confirmed
 	confirm  bool
 	chunk    int // Config.FanoutChunk
 	to       []string
@@ -278,7 +279,13 @@ func (sc statsScenario) run(t *testing.T, clock *fakeclock.Clock, origin *engine
 	t.Helper()
 	ctx := context.Background()
 	var id engine.ID
-	if sc.announce {
+	if sc.ding {
+		res, err := origin.Ding(ctx, engine.DingRequest{From: "a0", To: sc.to, Text: "fire", Policy: "inapp,inapp@1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id = res.ID
+	} else if sc.announce {
 		res, err := origin.Announce(ctx, engine.Announcement{From: "a0", To: sc.to, Text: "notice", Confirm: sc.confirm})
 		if err != nil {
 			t.Fatal(err)
@@ -320,7 +327,8 @@ func (sc statsScenario) run(t *testing.T, clock *fakeclock.Clock, origin *engine
 type statsView struct {
 	Stats engine.MessageStats
 	Ann   []engine.AnnouncementCounts
-	Total engine.Rollup
+	Total engine.DepartmentStats
+	Ding  *engine.DingStatus // for a DING: every recipient's state and ledger
 }
 
 func viewStats(t *testing.T, e *engine.Engine, id engine.ID) statsView {
@@ -337,7 +345,13 @@ func viewStats(t *testing.T, e *engine.Engine, id engine.ID) statsView {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := statsView{Stats: *st, Total: as.Total.Totals}
+	v := statsView{Stats: *st, Total: as.Total}
+	if ds, err := e.DingStatus(id); err == nil {
+		ds.ID = engine.ID{}
+		v.Ding = ds
+	} else if !errors.Is(err, engine.ErrNotFound) {
+		t.Fatal(err)
+	}
 	for _, a := range as.Announcements {
 		a.AnnouncementCounts.Created = 0
 		v.Ann = append(v.Ann, a.AnnouncementCounts)
@@ -356,6 +370,8 @@ func TestRelayStatsEqualOneEngine(t *testing.T) {
 		{name: "announcement to confirm", announce: true, confirm: true, to: all, acks: []string{"b0", "c1"},
 			reads: []string{"b0", "a1"}, confirms: []string{"b0", "c2", "a2"}},
 		{name: "one to one", to: []string{"b1"}, acks: []string{"b1"}, reads: []string{"b1"}},
+		{name: "ding", ding: true, to: []string{"a1", "b0", "b1", "c0", "c1"}, acks: []string{"a1", "b0", "c1"},
+			reads: []string{"b0", "c0"}, confirms: []string{"c1", "a1", "b0"}},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			var clock *fakeclock.Clock // each run's, shared by its engines
@@ -372,6 +388,9 @@ func TestRelayStatsEqualOneEngine(t *testing.T) {
 			if o := want.Stats.OverTime; len(sc.reads) > 0 && (len(o) == 0 || !o[len(o)-1].At.After(want.Stats.Created)) {
 				t.Fatalf("one engine's read ratio over time = %+v: the reads should come after the send", o)
 			}
+			if sc.ding && (want.Ding == nil || want.Ding.Recipients[0].Status != engine.StatusConfirmed) {
+				t.Fatalf("one engine's DING status = %+v", want.Ding)
+			}
 
 			clock = fakeclock.New(t0)
 			nodes := memNodes(t, 3, mod)
@@ -385,7 +404,7 @@ func TestRelayStatsEqualOneEngine(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if r := as.Total.Totals; r.MessagesDelivered != 0 || r.MessagesRead != 0 || len(as.Announcements) != 0 {
+				if r := as.Total.Totals; r.MessagesDelivered != 0 || r.MessagesRead != 0 || r.DingRecipients != 0 || len(r.Outcomes) != 0 || len(as.Announcements) != 0 {
 					t.Fatalf("partition %d counted %+v, %+v: only the origin counts", p, r, as.Announcements)
 				}
 			}
@@ -462,7 +481,7 @@ func testRelayReceiptsMonotonic(t *testing.T, open func(testing.TB) store.Store)
 	if s := want.Stats; s.Delivered != 1 || s.Read != 1 || s.Sent != 2 || len(want.Ann) != 1 || want.Ann[0].Delivered != 1 || want.Ann[0].Read != 1 {
 		t.Fatalf("after the receipts: %+v", want)
 	}
-	if want.Total.MessagesDelivered != 1 || want.Total.MessagesRead != 1 {
+	if want.Total.Totals.MessagesDelivered != 1 || want.Total.Totals.MessagesRead != 1 {
 		t.Fatalf("rollups after the receipts: %+v", want.Total)
 	}
 	for _, id := range []engine.ID{ann.ID, m.ID} {
