@@ -107,6 +107,12 @@ import (
 //     ForgottenThrough, is the node's job (stage 4).
 //   - Stats reads the whole outbox for its pending names: cheap while the
 //     pump keeps up, linear in the backlog otherwise.
+//   - Retention where a DING's recipient is does not know the DING's
+//     state, which only its home holds: it takes a DING of another
+//     partition for settled, so one still escalating past the retention
+//     window may be trimmed from the recipient's stream there (the home
+//     keeps the message, its state and its ledger). Must-confirm
+//     announcements are kept on both sides, each by its own receipts.
 //   - Secret chats with a user of another partition are refused with
 //     ErrCrossPartition (stage 3), as their keys and burns live on one
 //     engine only; RelayReceipt carries no pseudonym yet.
