@@ -71,11 +71,16 @@ func (c *txn) confirmMessage(user string, m *Message, answer int, now time.Time)
 	if !wasDelivered {
 		r.Delivered = now
 	}
+	// For a message of another partition, the origin counts and tells
+	// the sender (applyRelayReceipt); the user's devices learn it here.
+	origin, other := c.e.originOf(m)
 	if !wasRead {
 		r.Read = now
-		c.countRead(m.ID, m.From, m.Kind == KindAnnouncement, wasDelivered)
+		if !other {
+			c.countRead(m.ID, m.From, m.Kind == KindAnnouncement, wasDelivered)
+		}
 	}
-	if m.Kind == KindAnnouncement {
+	if m.Kind == KindAnnouncement && !other {
 		if a := c.announcement(m.ID); a != nil {
 			a.Confirmed++
 		}
@@ -83,10 +88,13 @@ func (c *txn) confirmMessage(user string, m *Message, answer int, now time.Time)
 	r.State, r.Confirmed = StateConfirmed, now
 	c.setReceipt(rk, r)
 	var ev events
-	if m.Kind != KindAnnouncement && user != m.From {
+	if m.Kind != KindAnnouncement && user != m.From && !other {
 		ev.add(m.From, m.ID)
 	}
 	ev.add(user, m.ID)
+	if other {
+		c.relayRecord(origin, &RelayRecord{Kind: RelayReceipt, User: user, IDs: []ID{m.ID}, State: StateConfirmed, At: now})
+	}
 	return ConfirmResult{By: ChannelInApp, At: now}, c.notify(&ev, user, StateConfirmed, now)
 }
 
@@ -109,7 +117,7 @@ type MessageStats struct {
 	Created   time.Time    `json:"created"`
 	Confirm   bool         `json:"confirm,omitempty"`
 	Total     int          `json:"total"`          // recipients
-	Pending   int          `json:"pending"`        // not yet in their stream (fanout in progress)
+	Pending   int          `json:"pending"`        // not yet in their stream (fanout in progress, or not yet relayed to their partition)
 	Sent      int          `json:"sent"`           // in their stream (delivered, read and confirmed included)
 	Delivered int          `json:"delivered"`      // reached a device (read and confirmed included)
 	Read      int          `json:"read"`           // read (confirmed included)
@@ -139,6 +147,14 @@ func (e *Engine) Stats(id ID, lists bool) (*MessageStats, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Recipients in other partitions whose record is still in the outbox
+	// are pending too; once it is acknowledged, they have receipts here
+	// (relay.go, mirrorRelayed).
+	remote, err := e.outboxAudience(id)
+	if err != nil {
+		return nil, err
+	}
+	pending = append(pending, remote...)
 	if len(pending) > 0 && len(rs) > 0 {
 		have := make(map[string]bool, len(rs))
 		for _, r := range rs {

@@ -2,8 +2,11 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/dingmq/ding/engine/store"
 )
 
 // Changes from outside the engine.
@@ -161,4 +164,66 @@ func (e *Engine) Offboard(ctx context.Context, user string, ch Change) (Offboard
 		}, done, 1)
 	})
 	return res, err
+}
+
+// forgetKey holds the audit seq of the last removal Forget applied.
+var forgetKey = []byte{prefixCounter, 'd', 'i', 'r'}
+
+// Forget applies here the removal of user that the directory decided
+// elsewhere, with audit seq auditSeq (0: none): Offboard without the
+// directory's change, for each engine when users are spread over
+// partitions (relay.go), the directory's change being made once, in its
+// own partition. In one batch: every pending DING to user whose home is
+// this engine stops (ledger "removed"), including those to a user of
+// another partition; every live secret message they sent or received
+// here burns; ops applied after it see them as removed; and auditSeq
+// becomes ForgottenThrough. A removal at or below ForgottenThrough (when
+// auditSeq > 0) changes nothing, so replaying the audit log from there
+// after a restart or a takeover is harmless; Forget with auditSeq 0
+// always applies, and is idempotent as Offboard is.
+func (e *Engine) Forget(ctx context.Context, user string, auditSeq uint64) (Offboarded, error) {
+	if err := CheckName("user", user); err != nil {
+		return Offboarded{}, err
+	}
+	var res Offboarded // read only once the op has answered
+	err := wait(ctx, func(done func(error)) {
+		e.enqueue(func(c *txn) error {
+			res = Offboarded{}
+			if auditSeq > 0 {
+				done, err := c.quotaGet(forgetKey)
+				if err != nil {
+					return err
+				}
+				if auditSeq <= done {
+					return nil
+				}
+				c.quotaSet(forgetKey, auditSeq)
+			}
+			if c.removed == nil {
+				c.removed = map[string]bool{}
+			}
+			c.removed[user] = true
+			var err error
+			if res.DingsStopped, err = c.stopUser(user, c.now); err != nil {
+				return err
+			}
+			res.SecretsBurned, err = c.burnUser(user)
+			return err
+		}, done, 1)
+	})
+	return res, err
+}
+
+// ForgottenThrough returns the audit seq of the last removal Forget
+// applied here (0 for none): where a replay of the directory's removals
+// starts.
+func (e *Engine) ForgottenThrough() (uint64, error) {
+	v, err := e.st.Get(forgetKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("engine: forgotten through: %w", err)
+	}
+	return parseU64(v)
 }

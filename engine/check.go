@@ -46,8 +46,11 @@ func (r *CheckReport) problem(format string, args ...any) {
 //     user's head;
 //   - the count of live secret messages equals their state records;
 //   - every relay record (relay.go) decodes, is numbered within its
-//     destination's counter, and names a stored message (retention keeps
-//     them); every relay counter and inbound watermark decodes.
+//     destination's counter, and, for a message record, names a stored
+//     message (retention keeps them); a receipt record names messages
+//     (of the destination: they need not be stored here), a recipient,
+//     a state past sent and an answer in range; every relay counter and
+//     inbound watermark decodes.
 //
 // It reads the whole store; run it on a stopped node's data or a backup.
 func Check(st store.Store) (CheckReport, error) {

@@ -82,6 +82,7 @@ import (
 //
 //	RelayMessage: | ver 1 | kind 1 | id (16) | nUsers (u) | user (str)... |
 //	RelayEntry:   | ver 1 | kind 2 | user (str) | stream entry, to the end (keys.go; never a message) |
+//	RelayReceipt: | ver 1 | kind 3 | user (str) | state (1) | at ms (v) | device (str) | answer (u) | nIDs (u) | id (16)... |
 //
 // A RelayMessage names the message, whose record stays under 'm' (the
 // body is not copied), and its recipients in the destination partition,
@@ -561,6 +562,20 @@ func encodeRelayRecord(r *RelayRecord) []byte {
 		b = append(b, r.Msg.ID[:]...)
 		return appendStrs(b, r.Users)
 	}
+	if r.Kind == RelayReceipt {
+		b := make([]byte, 0, 16+len(r.User)+len(r.Device)+16*len(r.IDs))
+		b = append(b, recordVersion, byte(RelayReceipt))
+		b = appendStr(b, r.User)
+		b = append(b, byte(r.State))
+		b = binary.AppendVarint(b, r.At.UnixMilli())
+		b = appendStr(b, r.Device)
+		b = binary.AppendUvarint(b, uint64(r.Answer))
+		b = binary.AppendUvarint(b, uint64(len(r.IDs)))
+		for _, id := range r.IDs {
+			b = append(b, id[:]...)
+		}
+		return b
+	}
 	ent := encodeEntry(&r.Entry)
 	b := make([]byte, 0, 3+len(r.User)+len(ent))
 	b = append(b, recordVersion, byte(RelayEntry))
@@ -589,6 +604,25 @@ func decodeRelayRecord(b []byte) (r RelayRecord, id ID, err error) {
 			return RelayRecord{}, id, ErrCorrupt
 		}
 		if r.Entry, _, _, err = decodeEntry(0, d.b); err != nil {
+			return RelayRecord{}, id, err
+		}
+		return r, id, nil
+	case r.Kind == RelayReceipt:
+		r.User = d.str()
+		r.State = State(d.u8())
+		r.At = time.UnixMilli(d.varint())
+		r.Device = d.str()
+		answer := d.uvarint()
+		n := d.count()
+		if d.err || r.User == "" || r.State < StateDelivered || r.State > StateConfirmed || answer > 9 || n == 0 || n*16 != len(d.b) {
+			return RelayRecord{}, id, ErrCorrupt
+		}
+		r.Answer = int(answer)
+		r.IDs = make([]ID, n)
+		for i := range r.IDs {
+			r.IDs[i] = d.id()
+		}
+		if err := d.end(); err != nil {
 			return RelayRecord{}, id, err
 		}
 		return r, id, nil

@@ -124,7 +124,11 @@ func FuzzDecodeRelayRecord(f *testing.F) {
 	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayMessage, Msg: &Message{ID: ID{1, 2}}, Users: []string{"bo", "cy"}}))
 	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayEntry, User: "ana", Entry: Entry{Kind: EntryReceipt, Receipt: &ReceiptEvent{IDs: []ID{{1}}, User: "bo", State: StateRead, At: time.UnixMilli(5)}}}))
 	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayEntry, User: "ana", Entry: Entry{Kind: EntryBurn, Burn: ID{7}}}))
+	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayReceipt, User: "bo", IDs: []ID{{1}, {2}}, State: StateDelivered, At: time.UnixMilli(1700000000123), Device: "phone"}))
+	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayReceipt, User: "cy", IDs: []ID{{3}}, State: StateConfirmed, At: time.UnixMilli(5), Answer: 2}))
+	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayReceipt, User: "cy", IDs: []ID{{3}}, State: StateRead, At: time.UnixMilli(-1)}))
 	f.Add([]byte{recordVersion, byte(RelayEntry), 0})
+	f.Add([]byte{recordVersion, byte(RelayReceipt), 2, 'b', 'o', byte(StateSent), 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, id, err := decodeRelayRecord(b)
 		if err != nil {
@@ -137,7 +141,8 @@ func FuzzDecodeRelayRecord(f *testing.F) {
 		// same record, and encodes the same again.
 		enc := encodeRelayRecord(&r)
 		again, id2, err := decodeRelayRecord(enc)
-		if err != nil || id2 != id || again.Kind != r.Kind || again.User != r.User || !reflect.DeepEqual(again.Users, r.Users) || again.Entry.Kind != r.Entry.Kind {
+		if err != nil || id2 != id || again.Kind != r.Kind || again.User != r.User || !reflect.DeepEqual(again.Users, r.Users) || again.Entry.Kind != r.Entry.Kind ||
+			!reflect.DeepEqual(again.IDs, r.IDs) || again.State != r.State || !again.At.Equal(r.At) || again.Device != r.Device || again.Answer != r.Answer {
 			t.Fatalf("round trip differs: %+v / %+v (%v)", r, again, err)
 		}
 		if again.Kind == RelayMessage {

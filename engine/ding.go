@@ -561,9 +561,6 @@ func (e *Engine) checkDing(r DingRequest) (*dingReq, error) {
 			if err := CheckName("recipient", to); err != nil {
 				return nil, err
 			}
-			if p, other := e.remote(to); other {
-				return nil, fmt.Errorf("%w: a DING to %q, of partition %d", ErrCrossPartition, to, p)
-			}
 			if e.cfg.Contacts != nil {
 				c, err := e.cfg.Contacts.Contact(to)
 				if err != nil {

@@ -114,6 +114,7 @@
 //	quota     'q' | kind (1) | scope | 0x00 | sub   -> count (8) per UTC day, or last DING time (8)
 //	policy    'y' | name                            -> policy text
 //	counter   'k' | name                            -> u64 ("timers": armed timers; "secrets": live secret messages;
+//	                                                   "dir": the audit seq of the last removal Forget applied;
 //	                                                   "relay" | to (4): see below)
 //
 // Secret chats (see secret.go; keys live in package keyring, not here):
@@ -128,7 +129,7 @@
 // Relay between partitions (relay.go; written only when Config.Placement
 // is set; to and from are partitions):
 //
-//	outbox    'O' | to (4) | seq (8)                -> relay record: a message's recipients in to, or a stream entry
+//	outbox    'O' | to (4) | seq (8)                -> relay record: a message's recipients in to, a stream entry, or a receipt
 //	relayed   'I' | from (4)                        -> seq (8): the last record from partition from applied here
 //	counter   'k' | "relay" | to (4)                -> u64: the last outbox seq allocated for to (records are
 //	                                                   deleted once acknowledged, so the outbox's last key is not it)

@@ -373,14 +373,20 @@ func (c *txn) applyDing(q *dingReq, now time.Time) (DingResult, error) {
 		ID: id, From: q.From, To: shown, Kind: KindDing, Body: []byte(q.Text),
 		Created: id.Time(), ClientID: q.ClientID, Choices: q.Choices,
 	}
-	for _, u := range users {
+	// Users of other partitions get the message through the relay, one
+	// record per partition; the DING stays here (relay.go).
+	local, remote := c.e.splitRecipients(users)
+	for _, u := range local {
 		if err := c.appendEntry(u, Entry{Kind: EntryMessage, Message: m}); err != nil {
 			return DingResult{}, err
 		}
 	}
+	for p, us := range remote {
+		c.relayRecord(p, &RelayRecord{Kind: RelayMessage, Msg: m, Users: us})
+	}
 	c.batch.Set(messageKey(id), encodeMessage(m))
 	sentR := encodeReceipt(Receipt{State: StateSent})
-	for _, u := range users {
+	for _, u := range local {
 		c.batch.Set(receiptKey(id, u), sentR)
 	}
 	c.setDedupe(dk, id)
@@ -656,7 +662,7 @@ func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel,
 	}
 	user := rec.Recipients[idx]
 	rk := receiptKey(id, user)
-	r, err := c.receipt(rk, user)
+	r, err := c.mirrorReceipt(rk, user) // a user of another partition may have none here yet
 	if err != nil {
 		return err
 	}
@@ -668,6 +674,11 @@ func (c *txn) confirm(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel,
 	}
 	r.State, r.Confirmed = StateConfirmed, now
 	c.setReceipt(rk, r)
+	if p, other := c.e.remote(user); other {
+		// The recipient's partition keeps their receipt too (relay.go);
+		// for a confirmation made there, this changes nothing.
+		c.relayRecord(p, &RelayRecord{Kind: RelayReceipt, User: user, IDs: []ID{id}, State: StateConfirmed, At: now, Answer: answer})
+	}
 	var ev events
 	ev.add(rec.From, id)
 	if user != rec.From {
@@ -680,6 +691,10 @@ func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now t
 	rec, err := c.ding(id)
 	if errors.Is(err, ErrNotFound) {
 		if m, merr := c.e.Message(id); merr == nil {
+			if p, other := c.e.originOf(m); other && m.Kind == KindDing {
+				// The DING lives at its sender's partition (relay.go).
+				return c.confirmRemoteDing(user, m, p, answer, now)
+			}
 			return c.confirmMessage(user, m, answer, now)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/dingmq/ding/engine/store"
 )
@@ -20,17 +21,45 @@ import (
 // to that partition through this engine's outbox, with no per-feature
 // code:
 //
-//   - A submit divides its recipients (applySubmit): local users take the
-//     usual path (fanout, or a fanout job for a message to many), and each
-//     other partition gets one RelayMessage record naming its users,
-//     written in the same batch as the message. An announcement to 100,000
-//     users on 3 partitions writes 2 records, and each destination fans
-//     out to its own users (with its own fanout job when they are more
-//     than Config.FanoutChunk).
+//   - A submit divides its recipients (applySubmit), and so does a DING
+//     (applyDing): local users take the usual path (fanout, or a fanout
+//     job for a message to many), and each other partition gets one
+//     RelayMessage record naming its users, written in the same batch as
+//     the message. An announcement to 100,000 users on 3 partitions
+//     writes 2 records, and each destination fans out to its own users
+//     (with its own fanout job when they are more than
+//     Config.FanoutChunk).
 //   - appendEntry diverts any other entry for a user of another partition
-//     (a receipt event for a sender, a read event) into a RelayEntry
-//     record. A message entry for one is an internal error: messages
-//     reach other partitions only as RelayMessage records.
+//     (a DING reminder, a confirmation's event for the recipient's
+//     devices, a burn) into a RelayEntry record. A message entry for one
+//     is an internal error: messages reach other partitions only as
+//     RelayMessage records.
+//   - Receipts come back as RelayReceipt records. Where the recipient is,
+//     applyAck, applyRead, confirmMessage and a DING's confirmation
+//     (confirmRemoteDing) of a message whose origin is another partition
+//     move the recipient's receipt there (it answers ErrNotRecipient
+//     checks, and the reader's own devices get their event there), and
+//     write, per origin, one record naming the messages moved; they do
+//     not count, tell the sender or touch a DING. The origin applies it
+//     (applyRelayReceipt) as the op would have on a single engine: its
+//     receipt, a mirror moved only forward, so a record applied again,
+//     late or out of order changes nothing; the announcement's counts and
+//     the daily rollups (counted once, at the origin); the sender's
+//     receipt event; and the DING's ledger (delivered per device, read)
+//     and state (a read stops a DING until=read; a confirmation carries
+//     its answer, checked where it was made against the message's
+//     choices). So a DING's timers and escalation stay at its home, the
+//     sender's partition, and a read or confirmation anywhere stops them
+//     once relayed back.
+//   - The origin's view of remote recipients: AckRelay, which is told the
+//     destination holds a RelayMessage, writes a receipt in state sent
+//     for each of its users (unless a RelayReceipt made one first), so
+//     Receipts and Stats list them; until then Stats counts the names in
+//     the outbox as pending (outboxAudience, a scan of the outbox, which
+//     holds only what is not yet acknowledged). PendingFanout still
+//     counts this engine's own fanout only. This was chosen over writing
+//     the remote receipts with the message: the origin then says "sent"
+//     only for what another partition holds durably.
 //
 // Records are numbered per destination from 1 ('k' "relay" | to holds the
 // last seq allocated: records are deleted once acknowledged, so the
@@ -55,31 +84,49 @@ import (
 // message is further deduplicated by id: a user who has its receipt is
 // skipped, a message whose fanout job is running is skipped, and its
 // record is written only if absent. Users who are not local or no longer
-// active are skipped. So a crash on either side leads to a resend and
-// then a dedupe.
+// active are skipped. A receipt is deduplicated by its mirror's state. So
+// a crash on either side leads to a resend and then a dedupe.
 //
-// Limits accepted in stage 1 (lifted by the stages named; see the design
+// Limits accepted in stage 2 (lifted by the stages named; see the design
 // of issue 14):
 //
-//   - Receipts stay where they are made. On the origin, Receipts and
-//     Stats show local recipients only, PendingFanout counts local ones,
-//     and announcement counts ('n') count only local deliveries, reads
-//     and confirmations; the sender still gets every receipt event (they
-//     come back as RelayEntry records). The destination counts delivered
-//     and read in its own daily rollups, which is summable and counted
-//     once, since the origin does not count them (stage 2: RelayReceipt).
-//   - DINGs and secret chats with a user of another partition are
-//     refused with ErrCrossPartition (stage 2 for DINGs, stage 3 for
-//     secret chats), as they keep state on one engine only.
+//   - A DING confirmed at its home (by SMS, in a call) for a recipient of
+//     another partition goes back to that partition as a RelayReceipt
+//     too, where it only moves the recipient's receipt (followReceipt):
+//     until it is applied there, an in-app confirmation there is accepted
+//     and ignored at the home, which keeps the first answer. A
+//     confirmation repeated in the recipient's partition answers Already
+//     without the answer, which only the home knows.
+//   - A DING delivered record repeated under a new seq (never by the
+//     pump: the watermark skips resends) records its delivery in the
+//     ledger again; receipts and counts do not move.
+//   - Offboard stops the DINGs pending for a user only on the engine it
+//     runs on; those whose home is another partition stop when that
+//     engine's Forget applies the removal (change.go). Calling Forget on
+//     every engine, and replaying the directory's removals from
+//     ForgottenThrough, is the node's job (stage 4).
+//   - Stats reads the whole outbox for its pending names: cheap while the
+//     pump keeps up, linear in the backlog otherwise.
+//   - Retention where a DING's recipient is does not know the DING's
+//     state, which only its home holds: it takes a DING of another
+//     partition for settled, so one still escalating past the retention
+//     window may be trimmed from the recipient's stream there (the home
+//     keeps the message, its state and its ledger). Must-confirm
+//     announcements are kept on both sides, each by its own receipts.
+//   - Secret chats with a user of another partition are refused with
+//     ErrCrossPartition (stage 3), as their keys and burns live on one
+//     engine only; RelayReceipt carries no pseudonym yet.
 //   - A user's partition must not change while records for them are in
 //     flight: a record for a user who is not local at the destination
 //     is dropped there.
 //   - Retention keeps a message while an outbox record names it, so
 //     Outbox finds it; should it be gone anyway (a lost record), Outbox
 //     logs it and returns the record with Msg nil, which the destination
-//     skips.
+//     skips. A receipt for a message the origin no longer holds is
+//     skipped.
 //   - Ids do not yet name their partition (stage 4), so an id-addressed
-//     request (stats, DING status) must be sent to the origin.
+//     request (stats, DING status, a confirmation by SMS) must be sent to
+//     the origin.
 //
 // Keys are drawn in the package doc; the record's layout is in codec.go.
 
@@ -93,6 +140,10 @@ const (
 	// event, a DING event, a burn, a secret chat event) for one of the
 	// destination's users.
 	RelayEntry RelayKind = 2
+	// RelayReceipt: a recipient's receipt for messages whose origin is the
+	// destination moved forward (delivered, read, confirmed) here, where
+	// the recipient is local (stage 2).
+	RelayReceipt RelayKind = 3
 )
 
 // RelayRecord is one record of an outbox.
@@ -107,9 +158,21 @@ type RelayRecord struct {
 	// partition, sorted.
 	Users []string
 	// User and Entry are, for a RelayEntry, the stream and what to append
-	// to it (any kind but EntryMessage; its Seq is ignored).
+	// to it (any kind but EntryMessage; its Seq is ignored). User is, for
+	// a RelayReceipt, the recipient.
 	User  string
 	Entry Entry
+	// IDs, State, At, Device and Answer are, for a RelayReceipt: the
+	// messages (all of the destination's origin), the state the
+	// recipient's receipts reached at At (delivered, read or confirmed;
+	// At is kept to the millisecond, as receipts are), the device whose
+	// acknowledgement made them delivered (a DING's ledger records it),
+	// and a DING confirmation's answer (1-based; 0 for none).
+	IDs    []ID
+	State  State
+	At     time.Time
+	Device string
+	Answer int
 }
 
 // RelayBatch is consecutive records of From's outbox for To.
@@ -134,8 +197,8 @@ var (
 	// by AckRelay for an acknowledgement beyond the durable records.
 	// Nothing was written; not safe to retry as is.
 	ErrBadRelay = NewError(CodeBadRequest, "engine: malformed relay")
-	// ErrCrossPartition is returned for a DING to, or a secret chat with,
-	// a user of another partition: not possible yet (stage 1).
+	// ErrCrossPartition is returned for a secret chat with a user of
+	// another partition: not possible yet (stage 3 of the plan).
 	ErrCrossPartition = NewError(CodeBadRequest, "engine: not yet possible across partitions")
 )
 
@@ -398,10 +461,338 @@ func (e *Engine) AckRelay(ctx context.Context, to uint32, through uint64) error 
 	}
 	return wait(ctx, func(done func(error)) {
 		e.enqueueBackground(func(c *txn) error {
+			if err := c.mirrorRelayed(to, through); err != nil {
+				return abort(fmt.Errorf("engine: acknowledge partition %d's records: %w", to, err))
+			}
 			c.batch.DeleteRange(outboxKey(to, 0), outboxKey(to, through+1))
 			return nil
 		}, done, 1, "")
 	})
+}
+
+// mirrorRelayed writes, for the users of the RelayMessage records for
+// partition to through seq through (those still in the outbox: an
+// acknowledgement repeated finds none), a receipt in state sent here, at
+// the origin, unless one is there already (a RelayReceipt may come back
+// before the acknowledgement): so Receipts and Stats list them as sent.
+// Users no longer active are skipped, as the destination skips them.
+func (c *txn) mirrorRelayed(to uint32, through uint64) error {
+	type rec struct {
+		id    ID
+		users []string
+	}
+	var recs []rec
+	var derr error
+	err := c.e.st.Scan(outboxKey(to, 0), outboxKey(to, through+1), func(_, v []byte) bool {
+		if len(v) < 2 || v[0] != recordVersion || RelayKind(v[1]) != RelayMessage {
+			return true
+		}
+		r, id, err := decodeRelayRecord(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		recs = append(recs, rec{id, r.Users})
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	sent := Receipt{State: StateSent}
+	for _, r := range recs {
+		switch _, err := c.e.Message(r.id); {
+		case errors.Is(err, ErrNotFound):
+			continue // lost before it was relayed (Outbox logged it): no receipts for it
+		case err != nil:
+			return err
+		}
+		for _, u := range r.users {
+			if !c.active(u) {
+				continue
+			}
+			rk := receiptKey(r.id, u)
+			switch _, err := c.receipt(rk, u); {
+			case err == nil:
+				continue
+			case !errors.Is(err, store.ErrNotFound):
+				return err
+			}
+			sent.User = u
+			c.setReceipt(rk, sent)
+		}
+	}
+	return nil
+}
+
+// outboxAudience returns the users the outbox names for message id: its
+// recipients in other partitions that do not have it yet, as far as this
+// origin knows (Stats counts them as pending). It reads the whole outbox,
+// which holds only what is not yet acknowledged; without a Placement, it
+// reads nothing.
+func (e *Engine) outboxAudience(id ID) ([]string, error) {
+	if e.cfg.Placement == nil {
+		return nil, nil
+	}
+	var out []string
+	var derr error
+	err := e.st.Scan([]byte{prefixOutbox}, []byte{prefixOutbox + 1}, func(_, v []byte) bool {
+		if len(v) < 18 || v[0] != recordVersion || RelayKind(v[1]) != RelayMessage || ID(v[2:18]) != id {
+			return true
+		}
+		r, _, err := decodeRelayRecord(v)
+		if err != nil {
+			derr = err
+			return false
+		}
+		out = append(out, r.Users...)
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: outbox audience of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// originOf returns the partition of message m's origin and whether it is
+// another: with no Placement, every message is this engine's own.
+func (e *Engine) originOf(m *Message) (uint32, bool) { return e.remote(m.From) }
+
+// receiptsOut gathers, per origin partition, the messages whose receipts
+// an op moved here for a user of this partition: what goes back to each
+// origin as RelayReceipt records (relayReceipts).
+type receiptsOut struct {
+	order []uint32
+	ids   map[uint32][]ID
+}
+
+func (o *receiptsOut) add(p uint32, id ID) {
+	if o.ids == nil {
+		o.ids = map[uint32][]ID{}
+	}
+	if _, ok := o.ids[p]; !ok {
+		o.order = append(o.order, p)
+	}
+	o.ids[p] = append(o.ids[p], id)
+}
+
+// relayReceipts writes what o gathered as RelayReceipt records, at most
+// MaxEventIDs messages each.
+func (c *txn) relayReceipts(o *receiptsOut, user string, st State, at time.Time, device string, answer int) {
+	for _, p := range o.order {
+		ids := o.ids[p]
+		for len(ids) > 0 {
+			n := min(len(ids), MaxEventIDs)
+			c.relayRecord(p, &RelayRecord{Kind: RelayReceipt, User: user, IDs: ids[:n:n], State: st, At: at, Device: device, Answer: answer})
+			ids = ids[n:]
+		}
+	}
+}
+
+// mirrorReceipt returns the receipt of id for user as this batch sees it;
+// for a user of another partition with none here (its RelayMessage not
+// yet acknowledged), a receipt in state sent.
+func (c *txn) mirrorReceipt(rk []byte, user string) (Receipt, error) {
+	r, err := c.receipt(rk, user)
+	if errors.Is(err, store.ErrNotFound) {
+		if _, other := c.e.remote(user); other {
+			return Receipt{User: user, State: StateSent}, nil
+		}
+	}
+	return r, err
+}
+
+// applyRelayReceipt applies, at the origin, a receipt that moved where
+// the recipient is: the receipt here (a mirror, moved only forward, so
+// a record applied again or late changes nothing), the counts (the
+// announcement's, the rollups), the sender's receipt event, and the
+// DING's state and ledger, as the op that moved it would have on a
+// single engine. Messages gone (retention) or not of this origin are
+// skipped; what a single engine would refuse (a confirmation of a
+// refused recipient, an answer out of range) is skipped, so that a
+// record never fails the batch.
+func (c *txn) applyRelayReceipt(r *RelayRecord) error {
+	user, at := r.User, r.At
+	var senders events
+	type dingOp struct {
+		id ID
+		m  *Message
+	}
+	var dings []dingOp
+	for _, id := range r.IDs {
+		m, err := c.e.Message(id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+		}
+		if m.Chat != (ID{}) {
+			continue // never written: secret chats stay in one partition (stage 3)
+		}
+		rk := receiptKey(id, user)
+		if _, other := c.e.originOf(m); other {
+			// The origin moved the receipt of a user of this partition
+			// (a DING confirmed by SMS or in a call at its home): only
+			// the receipt here follows; the origin did the rest.
+			if err := c.followReceipt(rk, user, r.State, at); err != nil {
+				return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+			}
+			continue
+		}
+		ding, ann := m.Kind == KindDing, m.Kind == KindAnnouncement
+		cur, err := c.mirrorReceipt(rk, user)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // not a recipient here (removed with the message)
+		}
+		if err != nil {
+			return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+		}
+		// A DING in a delivered record reached r.Device for the first
+		// time (applyAck): its ledger says so even when the receipt had
+		// moved already, from another device.
+		if ding && r.State != StateRead {
+			dings = append(dings, dingOp{id, m})
+			if r.State == StateConfirmed {
+				continue // confirm moves the receipt
+			}
+		}
+		if cur.State >= r.State {
+			continue
+		}
+		wasDelivered, wasRead := !cur.Delivered.IsZero(), !cur.Read.IsZero()
+		if !wasDelivered {
+			cur.Delivered = at
+		}
+		switch r.State {
+		case StateDelivered:
+			if !ding {
+				c.countDelivered(id, m.From, ann)
+			}
+		case StateRead, StateConfirmed:
+			if !wasRead {
+				cur.Read = at
+				if !ding {
+					c.countRead(id, m.From, ann, wasDelivered)
+				}
+			}
+			if r.State == StateRead && ding {
+				dings = append(dings, dingOp{id, m})
+			}
+		}
+		if r.State == StateConfirmed {
+			cur.Confirmed = at
+			if ann {
+				if a := c.announcement(id); a != nil {
+					a.Confirmed++
+				}
+			}
+		}
+		cur.State = r.State
+		c.setReceipt(rk, cur)
+		if !ann && m.From != user {
+			senders.add(m.From, id)
+		}
+	}
+	if err := c.notify(&senders, user, r.State, at); err != nil {
+		return err
+	}
+	for _, d := range dings {
+		var err error
+		switch r.State {
+		case StateDelivered:
+			err = c.dingDelivered(d.id, user, r.Device, at)
+		case StateRead:
+			err = c.dingRead(d.id, user, at)
+		case StateConfirmed:
+			err = c.relayedConfirm(d.id, user, r.Answer, at)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// followReceipt moves, where the recipient is, their receipt forward to
+// st at at, as the message's origin reports it; a receipt already there,
+// or none (the message was removed here), is left as it is.
+func (c *txn) followReceipt(rk []byte, user string, st State, at time.Time) error {
+	r, err := c.receipt(rk, user)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil || r.State >= st {
+		return err
+	}
+	if r.Delivered.IsZero() {
+		r.Delivered = at
+	}
+	if st >= StateRead && r.Read.IsZero() {
+		r.Read = at
+	}
+	if st == StateConfirmed {
+		r.Confirmed = at
+	}
+	r.State = st
+	c.setReceipt(rk, r)
+	return nil
+}
+
+// relayedConfirm applies a DING confirmation made in the recipient's
+// partition: as applyConfirmUser would, less what that partition checked
+// and answered.
+func (c *txn) relayedConfirm(id ID, user string, answer int, at time.Time) error {
+	rec, s, idx, err := c.userState(id, user)
+	if err != nil || s == nil {
+		return err
+	}
+	if s.Status == StatusRefused || answer > len(rec.Choices) {
+		return nil
+	}
+	return c.confirm(id, idx, s, rec, ChannelInApp, answer, at)
+}
+
+// confirmRemoteDing records, where the recipient is, the confirmation of
+// a DING whose home is another partition: the recipient's receipt here,
+// and a RelayReceipt that the DING's home applies (relayedConfirm: the
+// ledger, the end of the escalation, the sender's and the recipient's
+// events).
+func (c *txn) confirmRemoteDing(user string, m *Message, p uint32, answer int, now time.Time) (ConfirmResult, error) {
+	if answer < 0 || answer > len(m.Choices) {
+		return ConfirmResult{}, fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(m.Choices))
+	}
+	rk := receiptKey(m.ID, user)
+	r, err := c.receipt(rk, user)
+	if errors.Is(err, store.ErrNotFound) {
+		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, m.ID)
+	}
+	if err != nil {
+		return ConfirmResult{}, err
+	}
+	if r.State == StateConfirmed {
+		// The answer and channel stand at the DING's home.
+		return ConfirmResult{Already: true, By: ChannelInApp, At: r.Confirmed}, nil
+	}
+	if r.Delivered.IsZero() {
+		r.Delivered = now
+	}
+	if r.Read.IsZero() {
+		r.Read = now
+	}
+	r.State, r.Confirmed = StateConfirmed, now
+	c.setReceipt(rk, r)
+	c.relayRecord(p, &RelayRecord{Kind: RelayReceipt, User: user, IDs: []ID{m.ID}, State: StateConfirmed, At: now, Answer: answer})
+	choice := ""
+	if answer > 0 {
+		choice = m.Choices[answer-1]
+	}
+	return ConfirmResult{Answer: answer, Choice: choice, By: ChannelInApp, At: now}, nil
 }
 
 // ApplyRelay applies b (from another partition's Outbox; b.To must be this
@@ -481,6 +872,11 @@ func checkRelayBatch(b *RelayBatch) (int, error) {
 				return 0, fmt.Errorf("%w: seq %d: an entry of kind %d for %q", ErrBadRelay, r.Seq, r.Entry.Kind, r.User)
 			}
 			weight++
+		case r.Kind == RelayReceipt:
+			if !ValidName(r.User) || len(r.IDs) == 0 || r.State < StateDelivered || r.State > StateConfirmed || r.Answer < 0 || r.Answer > 9 {
+				return 0, fmt.Errorf("%w: seq %d: a receipt of %q in state %d for %d messages", ErrBadRelay, r.Seq, r.User, r.State, len(r.IDs))
+			}
+			weight += len(r.IDs)
 		default:
 			return 0, fmt.Errorf("%w: seq %d: kind %d", ErrBadRelay, r.Seq, r.Kind)
 		}
@@ -524,10 +920,15 @@ func (c *txn) applyRelay(b *RelayBatch) (through uint64, gap, err error) {
 	for i := range recs {
 		r := &recs[i]
 		var err error
-		if r.Kind == RelayMessage {
+		switch r.Kind {
+		case RelayMessage:
 			err = c.applyRelayMessage(r)
-		} else if _, other := c.e.remote(r.User); !other && c.active(r.User) {
-			err = c.appendEntry(r.User, r.Entry)
+		case RelayReceipt:
+			err = c.applyRelayReceipt(r)
+		default:
+			if _, other := c.e.remote(r.User); !other && c.active(r.User) {
+				err = c.appendEntry(r.User, r.Entry)
+			}
 		}
 		if err != nil {
 			return 0, nil, err

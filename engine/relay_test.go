@@ -460,12 +460,11 @@ func TestRelayReceiptEventsReachTheSender(t *testing.T) {
 	if h := headOf(t, b.e, "alice"); h != 0 {
 		t.Fatalf("B.Head(alice) = %d, want 0", h)
 	}
+	// The origin makes alice's event from bob's receipt (stage 2).
 	out := outboxOf(t, b, 0)
-	if len(out) != 1 || out[0].Kind != engine.RelayEntry || out[0].User != "alice" || out[0].Entry.Kind != engine.EntryReceipt {
-		t.Fatalf("B.Outbox(0) = %+v, want one receipt entry for alice", out)
-	}
-	if ev := out[0].Entry.Receipt; ev.User != "bob" || ev.State != engine.StateDelivered || fmt.Sprint(ev.IDs) != fmt.Sprint([]engine.ID{m.ID}) {
-		t.Fatalf("the relayed event is %+v", ev)
+	if len(out) != 1 || out[0].Kind != engine.RelayReceipt || out[0].User != "bob" || out[0].State != engine.StateDelivered ||
+		out[0].Device != "phone" || fmt.Sprint(out[0].IDs) != fmt.Sprint([]engine.ID{m.ID}) {
+		t.Fatalf("B.Outbox(0) = %+v, want one receipt of bob's", out)
 	}
 	pump(t, a, b)
 	got := a.rec.wait(t, "alice", 1)
@@ -482,6 +481,9 @@ func TestRelayReceiptEventsReachTheSender(t *testing.T) {
 	}
 	if r := receiptOf(t, b.e, m.ID, "bob"); r.State != engine.StateRead {
 		t.Fatalf("bob's receipt on B is %v, want read", r.State)
+	}
+	if r := receiptOf(t, a.e, m.ID, "bob"); r.State != engine.StateRead {
+		t.Fatalf("bob's receipt on A is %v, want read", r.State)
 	}
 	checkStores(t, a, b)
 }
@@ -597,28 +599,26 @@ func TestNoPlacementWritesNoRelayKeys(t *testing.T) {
 	}
 }
 
-func TestCrossPartitionRefusedForNow(t *testing.T) {
+// TestCrossPartitionSecretChatRefused: a secret chat with a user of
+// another partition is refused (stage 3); DINGs are not (stage 2).
+func TestCrossPartitionSecretChatRefused(t *testing.T) {
 	ctx := context.Background()
 	nodes := memNodes(t, 2, nil)
 	a := nodes[0]
-	if _, err := a.e.Ding(ctx, engine.DingRequest{From: "alice", To: []string{"bob"}, Text: "down"}); !errors.Is(err, engine.ErrCrossPartition) || engine.CodeOf(err) != engine.CodeBadRequest {
-		t.Fatalf("a DING to another partition: %v, want ErrCrossPartition", err)
-	}
-	if _, err := a.e.Ding(ctx, engine.DingRequest{From: "alice", To: []string{"carol", "bob"}, Text: "down"}); !errors.Is(err, engine.ErrCrossPartition) {
-		t.Fatalf("a DING to one local and one remote user: %v, want ErrCrossPartition", err)
-	}
-	if _, err := a.e.CreateChat(ctx, engine.ChatRequest{From: "alice", To: "bob", Level: engine.Level1}); !errors.Is(err, engine.ErrCrossPartition) {
+	if _, err := a.e.CreateChat(ctx, engine.ChatRequest{From: "alice", To: "bob", Level: engine.Level1}); !errors.Is(err, engine.ErrCrossPartition) || engine.CodeOf(err) != engine.CodeBadRequest {
 		t.Fatalf("a secret chat with another partition: %v, want ErrCrossPartition", err)
 	}
-	// Within the partition both work.
-	if _, err := a.e.Ding(ctx, engine.DingRequest{From: "alice", To: []string{"carol"}, Text: "down", Policy: "inapp"}); err != nil {
-		t.Fatalf("a local DING: %v", err)
+	if n, err := engine.RelayKeys(a.st); err != nil || n != 0 {
+		t.Fatalf("%d relay keys (%v), want 0", n, err)
 	}
 	if _, err := a.e.CreateChat(ctx, engine.ChatRequest{From: "alice", To: "carol", Level: engine.Level1}); err != nil {
 		t.Fatalf("a local secret chat: %v", err)
 	}
-	if n, err := engine.RelayKeys(a.st); err != nil || n != 0 {
-		t.Fatalf("%d relay keys (%v), want 0", n, err)
+	if _, err := a.e.Ding(ctx, engine.DingRequest{From: "alice", To: []string{"carol", "bob"}, Text: "down", Policy: "inapp"}); err != nil {
+		t.Fatalf("a DING to one local and one remote user: %v", err)
+	}
+	if out := outboxOf(t, a, 1); len(out) != 1 || out[0].Kind != engine.RelayMessage || fmt.Sprint(out[0].Users) != "[bob]" {
+		t.Fatalf("A.Outbox(1) after the DING = %+v", out)
 	}
 }
 
@@ -646,5 +646,13 @@ func TestRelayLostMessageIsSkipped(t *testing.T) {
 	}
 	if h := headOf(t, b.e, "bob"); h != 0 {
 		t.Fatalf("bob's head is %d, want 0", h)
+	}
+	// Its acknowledgement writes no receipt at the origin for the lost
+	// message.
+	if err := a.e.AckRelay(ctx, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := a.e.Receipts(m.ID); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("Receipts of the lost message at A = %+v, %v", rs, err)
 	}
 }

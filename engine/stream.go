@@ -357,7 +357,7 @@ func (c *txn) applyAck(user, device string, seq uint64, now time.Time) error {
 		secret       bool // a secret message: the event names the user by pseudonym
 	}
 	var hits []hit
-	var dings []ID
+	var dings []hit
 	var ierr error
 	err = c.e.st.Scan(inboxKey(user, min(cur, wm)+1), inboxKey(user, seq+1), func(k, v []byte) bool {
 		if len(v) > 0 && EntryKind(v[0]) == EntryMessage {
@@ -375,7 +375,7 @@ func (c *txn) applyAck(user, device string, seq uint64, now time.Time) error {
 				hits = append(hits, hit{id, string(sender), ent.flags&entryFlagAnnouncement != 0, ent.flags&entryFlagDing != 0, ent.flags&entryFlagSecret != 0})
 			}
 			if seq > cur && ent.flags&entryFlagDing != 0 {
-				dings = append(dings, id)
+				dings = append(dings, hit{id: id, sender: string(sender)})
 			}
 		}
 		return true
@@ -386,12 +386,21 @@ func (c *txn) applyAck(user, device string, seq uint64, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	for _, id := range dings {
-		if err := c.dingDelivered(id, user, device, now); err != nil {
+	// Messages whose origin is another partition (relay.go): their
+	// receipts here move, and the rest (counts, the sender's event, the
+	// DING's ledger) is done at the origin, which a RelayReceipt tells.
+	var out receiptsOut
+	for _, d := range dings {
+		if p, other := c.e.remote(d.sender); other {
+			out.add(p, d.id)
+			continue
+		}
+		if err := c.dingDelivered(d.id, user, device, now); err != nil {
 			return err
 		}
 	}
 	if seq <= wm {
+		c.relayReceipts(&out, user, StateDelivered, now, device, 0)
 		return nil
 	}
 	// Load the receipts this batch has not touched with one cursor.
@@ -441,6 +450,12 @@ func (c *txn) applyAck(user, device string, seq uint64, now time.Time) error {
 		r := rs[i]
 		r.State, r.Delivered = StateDelivered, now
 		c.setReceipt(keys[i], r)
+		if p, other := c.e.remote(h.sender); other {
+			if !h.ding { // a DING's is in out already, with the device
+				out.add(p, h.id)
+			}
+			continue
+		}
 		if !h.ding {
 			c.countDelivered(h.id, h.sender, h.announcement)
 		}
@@ -454,6 +469,7 @@ func (c *txn) applyAck(user, device string, seq uint64, now time.Time) error {
 	if err := c.notify(&ev, user, StateDelivered, now); err != nil {
 		return err
 	}
+	c.relayReceipts(&out, user, StateDelivered, now, device, 0)
 	c.watermarks[user] = seq
 	c.batch.Set(wk, u64(seq))
 	return nil
@@ -567,12 +583,21 @@ func (c *txn) applyRead(user string, ids []ID, now time.Time) error {
 	}
 	var senders, own events
 	var dings []ID
+	var out receiptsOut // messages whose origin is another partition (relay.go)
 	for i, ch := range changes {
 		m := msgs[i]
+		c.setReceipt(ch.key, ch.r)
+		if p, other := c.e.originOf(m); other {
+			// The origin counts the read, tells the sender and stops
+			// the DING (applyRelayReceipt); the reader's devices learn
+			// it here.
+			out.add(p, ch.id)
+			own.add(user, ch.id)
+			continue
+		}
 		if m.Kind == KindDing {
 			dings = append(dings, m.ID)
 		}
-		c.setReceipt(ch.key, ch.r)
 		if m.Kind != KindDing {
 			c.countRead(ch.id, m.From, m.Kind == KindAnnouncement, ch.wasDelivered)
 		}
@@ -603,6 +628,7 @@ func (c *txn) applyRead(user string, ids []ID, now time.Time) error {
 	if err := c.notify(&own, user, StateRead, now); err != nil {
 		return err
 	}
+	c.relayReceipts(&out, user, StateRead, now, "", 0)
 	for _, id := range dings {
 		if err := c.dingRead(id, user, now); err != nil {
 			return err
