@@ -441,6 +441,15 @@ func (e *Engine) OutboxDests() ([]uint32, error) {
 	}
 }
 
+// OutboxDurable returns the seq of the last durable record for partition
+// to (0: none since the outbox began): with the seq a pump has had
+// acknowledged, what waits. Safe for concurrent use.
+func (e *Engine) OutboxDurable(to uint32) uint64 {
+	e.outMu.RLock()
+	defer e.outMu.RUnlock()
+	return e.outDurable[to]
+}
+
 // OutboxReady is signalled (capacity 1, coalesced) after a batch that
 // wrote outbox records is durable.
 func (e *Engine) OutboxReady() <-chan struct{} { return e.outboxReady }

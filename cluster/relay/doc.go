@@ -44,7 +44,7 @@
 //	ding_relay_records_total          records the destination holds and the origin let go
 //	ding_relay_apply_errors_total     ApplyRelay failures, by reason
 //	ding_relay_origin_errors_total    Outbox, AckRelay and OutboxDests failures, by step
-//	ding_relay_backlog_records        durable records seen in the outbox, not yet acknowledged
+//	ding_relay_backlog_records        durable records in the outbox, not yet acknowledged
 //
 // The pump of stage 5 (over HTTP) keeps this loop and gives it a
 // destination that posts the batch to the partition's owner: Dest is

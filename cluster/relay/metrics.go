@@ -27,7 +27,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"from", "step"}),
 		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ding_relay_backlog_records",
-			Help: "Durable relay records the pump has seen in the origin's outbox and the destination has not acknowledged yet (a lower bound while more than one batch waits).",
+			Help: "Durable relay records in the origin's outbox that the destination has not acknowledged yet, as of the pump's last step for the pair.",
 		}, []string{"from", "to"}),
 	}
 	if reg == nil {

@@ -26,6 +26,8 @@ type Origin interface {
 	Outbox(to uint32, after uint64, max int) (engine.RelayBatch, error)
 	// OutboxDests lists the partitions the outbox holds records for.
 	OutboxDests() ([]uint32, error)
+	// OutboxDurable is the seq of the last durable record for to.
+	OutboxDurable(to uint32) uint64
 	// OutboxReady is signalled (capacity 1, coalesced) after a batch that
 	// wrote outbox records is durable. The pump is its one reader.
 	OutboxReady() <-chan struct{}
@@ -291,8 +293,11 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	if len(b.Records) == 0 {
 		return false, nil
 	}
-	last := b.Records[len(b.Records)-1].Seq
-	l.seen = max(l.seen, last)
+	if l.acked == 0 {
+		// What was before the oldest record is acknowledged (deleted).
+		l.acked = b.Records[0].Seq - 1
+	}
+	l.seen = max(l.seen, b.Records[len(b.Records)-1].Seq, o.OutboxDurable(l.to))
 	l.backlog.Set(float64(l.seen - l.acked))
 	if l.dest == nil {
 		if l.failures == 0 {
@@ -333,7 +338,7 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	}
 	l.relayed.Add(float64(n))
 	l.acked = max(l.acked, through)
-	l.seen = max(l.seen, l.acked)
+	l.seen = max(l.seen, l.acked, o.OutboxDurable(l.to))
 	l.backlog.Set(float64(l.seen - l.acked))
 	return true, nil
 }

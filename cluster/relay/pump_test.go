@@ -667,3 +667,25 @@ func TestPumpCarriesReceiptsBack(t *testing.T) {
 	}
 	check(t, nodes)
 }
+
+// TestPumpBacklogCountsEveryWaitingRecord: ding_relay_backlog_records is
+// every durable record the destination has not acknowledged, not only the
+// batch the pump read (here one record a batch, the destination down).
+func TestPumpBacklogCountsEveryWaitingRecord(t *testing.T) {
+	nodes := openNodes(t, 2, false)
+	for i := range 5 {
+		if _, err := submit(nodes[0].e, "a0", fmt.Sprint(i), "b0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	down := fmt.Errorf("destination down: %w", engine.NewError(engine.CodeUnavailable, "test: unavailable"))
+	clk := fakeclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
+	reg := prometheus.NewRegistry()
+	cfg := config(nodes, reg, map[uint32]relay.Dest{1: &flaky{Dest: nodes[1].e, n: 1 << 30, err: down}})
+	cfg.Batch, cfg.Clock = 1, clk
+	startPump(t, cfg)
+	waitParked(t, clk) // it tried once and backs off
+	if got := metric(t, reg, "ding_relay_backlog_records", map[string]string{"from": "0", "to": "1"}); got != 5 {
+		t.Fatalf("backlog %v, want the 5 records waiting", got)
+	}
+}
