@@ -144,6 +144,9 @@ const (
 	// destination moved forward (delivered, read, confirmed) here, where
 	// the recipient is local (stage 2).
 	RelayReceipt RelayKind = 3
+	// RelayChat: a secret chat one of whose members is the destination's
+	// (stage 3; relay_secret.go).
+	RelayChat RelayKind = 4
 )
 
 // RelayRecord is one record of an outbox.
@@ -173,6 +176,12 @@ type RelayRecord struct {
 	At     time.Time
 	Device string
 	Answer int
+	// Chat is, for a RelayChat, the chat record (pseudonyms included).
+	// Shared: it must not be modified.
+	Chat *Chat
+	// Secret is, for a RelayMessage of a secret chat, its key and
+	// deadline, or that it burned (relay_secret.go).
+	Secret *RelaySecret
 }
 
 // RelayBatch is consecutive records of From's outbox for To.
@@ -197,9 +206,11 @@ var (
 	// by AckRelay for an acknowledgement beyond the durable records.
 	// Nothing was written; not safe to retry as is.
 	ErrBadRelay = NewError(CodeBadRequest, "engine: malformed relay")
-	// ErrCrossPartition is returned for a secret chat with a user of
-	// another partition: not possible yet (stage 3 of the plan).
-	ErrCrossPartition = NewError(CodeBadRequest, "engine: not yet possible across partitions")
+	// ErrCrossPartition is returned by CreateChat, and by Submit in a
+	// secret chat, on an engine that is not the creator's (the sender's)
+	// partition: a chat is created, and a message sealed, where its
+	// creator (its sender) is. Not safe to retry on the same engine.
+	ErrCrossPartition = NewError(CodeBadRequest, "engine: not possible on this partition")
 )
 
 var relayCounterPrefix = []byte{prefixCounter, 'r', 'e', 'l', 'a', 'y'}
@@ -393,6 +404,12 @@ func (e *Engine) Outbox(to uint32, after uint64, max int) (RelayBatch, error) {
 		if r.Kind != RelayMessage {
 			continue
 		}
+		if r.Secret != nil {
+			if err := e.relaySecret(r); err != nil {
+				return RelayBatch{}, fmt.Errorf("engine: outbox record %d for partition %d: %w", r.Seq, to, err)
+			}
+			continue
+		}
 		m, err := e.Message(ids[i])
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -402,9 +419,8 @@ func (e *Engine) Outbox(to uint32, after uint64, max int) (RelayBatch, error) {
 		case err != nil:
 			return RelayBatch{}, fmt.Errorf("engine: outbox: %w", err)
 		case m.Chat != (ID{}):
-			// Never written: secret chats across partitions are refused
-			// (stage 3 relays the key too).
-			return RelayBatch{}, fmt.Errorf("engine: outbox record %d for partition %d names secret message %s: %w", r.Seq, to, m.ID, ErrCorrupt)
+			// Secret records name their chat (codec.go).
+			return RelayBatch{}, fmt.Errorf("engine: outbox record %d for partition %d names secret message %s without its chat: %w", r.Seq, to, m.ID, ErrCorrupt)
 		}
 		r.Msg = m
 	}
@@ -641,9 +657,6 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 		if err != nil {
 			return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
 		}
-		if m.Chat != (ID{}) {
-			continue // never written: secret chats stay in one partition (stage 3)
-		}
 		rk := receiptKey(id, user)
 		if _, other := c.e.originOf(m); other {
 			// The origin moved the receipt of a user of this partition
@@ -674,6 +687,15 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 		if cur.State >= r.State {
 			continue
 		}
+		var as string // the reader's pseudonym, for a secret message
+		if m.Chat != (ID{}) {
+			if as, err = c.pseudonymOf(id, user); err != nil {
+				return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+			}
+			if as == "" {
+				continue // burned here
+			}
+		}
 		wasDelivered, wasRead := !cur.Delivered.IsZero(), !cur.Read.IsZero()
 		if !wasDelivered {
 			cur.Delivered = at
@@ -688,6 +710,13 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 				cur.Read = at
 				if !ding {
 					c.countRead(id, m.From, ann, wasDelivered)
+				}
+				if as != "" {
+					// Burns here at the reader's deadline: the read's
+					// time, kept to the millisecond on both sides.
+					if err := c.secretRead(id, user, at); err != nil {
+						return abort(fmt.Errorf("relayed read of %s: %w", id, err))
+					}
 				}
 			}
 			if r.State == StateRead && ding {
@@ -704,7 +733,10 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 		}
 		cur.State = r.State
 		c.setReceipt(rk, cur)
-		if !ann && m.From != user {
+		switch {
+		case as != "":
+			senders.addAs(m.From, as, id)
+		case !ann && m.From != user:
 			senders.add(m.From, id)
 		}
 	}
@@ -860,10 +892,15 @@ func checkRelayBatch(b *RelayBatch) (int, error) {
 					return 0, fmt.Errorf("%w: seq %d: user %q", ErrBadRelay, r.Seq, u)
 				}
 			}
-			if r.Msg != nil && r.Msg.Chat != (ID{}) {
-				return 0, fmt.Errorf("%w: seq %d: a secret message", ErrCrossPartition, r.Seq)
+			if (r.Secret != nil && !checkRelaySecret(r)) || (r.Secret == nil && r.Msg != nil && r.Msg.Chat != (ID{})) {
+				return 0, fmt.Errorf("%w: seq %d: a secret message without its key, chat or single recipient", ErrBadRelay, r.Seq)
 			}
 			weight += len(r.Users)
+		case r.Kind == RelayChat:
+			if r.Chat == nil || r.Chat.ID == (ID{}) || len(r.Chat.Members) != 2 || !ValidName(r.Chat.Members[0].User) || !ValidName(r.Chat.Members[1].User) {
+				return 0, fmt.Errorf("%w: seq %d: a chat record", ErrBadRelay, r.Seq)
+			}
+			weight++
 		case r.Kind == RelayEntry:
 			ok := ValidName(r.User)
 			switch r.Entry.Kind {
@@ -931,10 +968,20 @@ func (c *txn) applyRelay(b *RelayBatch) (through uint64, gap, err error) {
 		var err error
 		switch r.Kind {
 		case RelayMessage:
-			err = c.applyRelayMessage(r)
+			if r.Secret != nil {
+				err = c.applyRelaySecret(r)
+			} else {
+				err = c.applyRelayMessage(r)
+			}
 		case RelayReceipt:
 			err = c.applyRelayReceipt(r)
+		case RelayChat:
+			err = c.applyRelayChat(r.Chat)
 		default:
+			if r.Entry.Kind == EntryBurn {
+				err = c.applyRelayBurn(r.Entry.Burn)
+				break
+			}
 			if _, other := c.e.remote(r.User); !other && c.active(r.User) {
 				err = c.appendEntry(r.User, r.Entry)
 			}

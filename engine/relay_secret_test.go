@@ -1,0 +1,372 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/keyring"
+	"github.com/dingmq/ding/engine/store"
+	"github.com/dingmq/ding/engine/store/memstore"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+	"github.com/dingmq/ding/internal/fakeclock"
+)
+
+// Stage 3 of the relay: secret chats across partitions (relay_secret.go).
+// alice is of partition 0, bob of partition 1.
+
+const secretTTL = time.Hour // the unread expiry of these tests
+
+// secretPart is a partition for the secret chat tests: on a memstore
+// with in-memory keys, or on Pebble with a keyring file in its own
+// directory (which a test searches, and which survives a restart).
+type secretPart struct {
+	*relayNode
+	p     uint32
+	data  string // "" for memstore
+	db    *pebblestore.DB
+	ring  *keyring.Ring
+	clock *fakeclock.Clock
+	close func()
+}
+
+// secretParts opens partitions 0 and 1 on one fake clock, on disk or not.
+func secretParts(t testing.TB, onDisk bool) (a, b *secretPart, clock *fakeclock.Clock) {
+	t.Helper()
+	clock = fakeclock.New(t0)
+	var parts [2]*secretPart
+	for p := range parts {
+		sp := &secretPart{p: uint32(p), clock: clock}
+		if onDisk {
+			sp.data = t.TempDir()
+		}
+		sp.open(t, memstore.New())
+		parts[p] = sp
+	}
+	return parts[0], parts[1], clock
+}
+
+// open opens the engine (on mem unless the part is on disk).
+func (sp *secretPart) open(t testing.TB, mem store.Store) {
+	t.Helper()
+	var st store.Store = mem
+	var keys engine.Keys
+	if sp.data != "" {
+		db, err := pebblestore.Open(filepath.Join(sp.data, "store"), pebblestore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ring, err := keyring.Open(filepath.Join(sp.data, "secret.keys"))
+		if err != nil {
+			db.Close()
+			t.Fatal(err)
+		}
+		sp.db, sp.ring, st, keys = db, ring, db, ring
+	}
+	sp.relayNode = openRelayNode(t, st, sp.p, func(c *engine.Config) {
+		c.Clock, c.SecretUnreadTTL = sp.clock, secretTTL
+		if keys != nil {
+			c.Keys = keys
+		}
+	})
+	var once sync.Once
+	e, db, ring := sp.e, sp.db, sp.ring
+	sp.close = func() {
+		once.Do(func() {
+			e.Close()
+			if db != nil {
+				db.Close()
+				ring.Close()
+			}
+		})
+	}
+	t.Cleanup(sp.close)
+}
+
+// restart closes the engine (and its store and keyring) and opens them
+// again: what was in memory only (level-3 keys) is gone.
+func (sp *secretPart) restart(t testing.TB) {
+	t.Helper()
+	sp.close()
+	sp.open(t, sp.st)
+}
+
+func (sp *secretPart) settle(t testing.TB) {
+	t.Helper()
+	settle(t, sp.relayNode)
+}
+
+// waitBurns waits until user's sink has a burn of id, and checks it has
+// exactly one.
+func waitBurns(t testing.TB, n *relayNode, user string, id engine.ID) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !hasBurn(n.rec.entries(user), id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no burn of %s delivered to %s", id, user)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	burns := 0
+	for _, e := range n.rec.entries(user) {
+		if e.Kind == engine.EntryBurn && e.Burn == id {
+			burns++
+		}
+	}
+	if burns != 1 {
+		t.Fatalf("%s was told of the burn of %s %d times", user, id, burns)
+	}
+}
+
+// waitMessage waits until user's sink has message id and returns it.
+func waitMessage(t testing.TB, n *relayNode, user string, id engine.ID) *engine.Message {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if m := messageIn(n.rec.entries(user), id); m != nil {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("message %s never delivered to %s", id, user)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func secretSend(t testing.TB, e *engine.Engine, ch engine.Chat, from, text string) engine.ID {
+	t.Helper()
+	res, err := e.Submit(context.Background(), engine.Submission{From: from, Chat: ch.ID, Kind: engine.KindText, Body: []byte(text)})
+	if err != nil {
+		t.Fatalf("send in chat: %v", err)
+	}
+	return res.ID
+}
+
+// gone checks that message id is burned on every part: no record, no
+// key.
+func gone(t testing.TB, id engine.ID, parts ...*secretPart) {
+	t.Helper()
+	for _, sp := range parts {
+		if _, err := sp.e.Message(id); !errors.Is(err, engine.ErrNotFound) {
+			t.Fatalf("partition %d: message %s: %v, want burned", sp.p, id, err)
+		}
+		if _, ok := sp.e.SecretKey(id); ok {
+			t.Fatalf("partition %d: message %s still has its key", sp.p, id)
+		}
+	}
+}
+
+// live checks that message id is live on every part, with the same key.
+func live(t testing.TB, id engine.ID, parts ...*secretPart) [32]byte {
+	t.Helper()
+	var key [32]byte
+	for i, sp := range parts {
+		if _, err := sp.e.Message(id); err != nil {
+			t.Fatalf("partition %d: message %s: %v, want live", sp.p, id, err)
+		}
+		k, ok := sp.e.SecretKey(id)
+		if !ok || (i > 0 && k != key) {
+			t.Fatalf("partition %d: message %s: key %v (same as the origin's: %v)", sp.p, id, ok, k == key)
+		}
+		key = k
+	}
+	return key
+}
+
+func createSecretChat(t testing.TB, a, b *secretPart, level engine.Level, burn time.Duration) engine.Chat {
+	t.Helper()
+	ch, err := a.e.CreateChat(context.Background(), engine.ChatRequest{From: "alice", To: "bob", Level: level, BurnAfter: burn})
+	if err != nil {
+		t.Fatalf("create chat: %v", err)
+	}
+	pump(t, a.relayNode, b.relayNode)
+	got, err := b.e.Chat(ch.ID)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(ch) {
+		t.Fatalf("the chat at B = %+v, %v; want %+v", got, err, ch)
+	}
+	return ch
+}
+
+// TestRelaySecretChat: a level-2 chat between alice (0) and bob (1):
+// the chat on both sides with the same pseudonyms; messages each way
+// delivered masked; a read burns both copies at the same deadline, an
+// unread message expires on both sides; afterwards neither store nor
+// keyring holds the plaintext or the key, and Check passes on both.
+func TestRelaySecretChat(t *testing.T) {
+	for _, onDisk := range []bool{false, true} {
+		t.Run(map[bool]string{false: "mem", true: "pebble"}[onDisk], func(t *testing.T) { testRelaySecretChat(t, onDisk) })
+	}
+}
+
+func testRelaySecretChat(t *testing.T, onDisk bool) {
+	ctx := context.Background()
+	a, b, clock := secretParts(t, onDisk)
+	ch := createSecretChat(t, a, b, engine.Level2, 0)
+	aliceP, bobP := ch.Members[0].Pseudonym, ch.Members[1].Pseudonym
+	for _, c := range []struct {
+		n    *secretPart
+		user string
+	}{{a, "alice"}, {b, "bob"}} {
+		es := c.n.rec.wait(t, c.user, 1)
+		if es[0].Kind != engine.EntrySecret || es[0].Secret.Event != "created" || es[0].Secret.You != ch.Members[c.n.p].Pseudonym {
+			t.Fatalf("%s's first entry: %+v", c.user, es[0])
+		}
+		if cs, err := c.n.e.Chats(c.user); err != nil || len(cs) != 1 || cs[0].ID != ch.ID {
+			t.Fatalf("%s's chats at partition %d: %+v, %v", c.user, c.n.p, cs, err)
+		}
+	}
+
+	toBob, toAlice := "the tunnel opens at dawn "+t.Name(), "bring the lantern "+t.Name()
+	m1 := secretSend(t, a.e, ch, "alice", toBob)
+	m2 := secretSend(t, b.e, ch, "bob", toAlice)
+	if headOf(t, a.e, "bob") != 0 || headOf(t, b.e, "alice") != 0 {
+		t.Fatal("a stream of the other partition was written")
+	}
+	if onDisk {
+		// The outbox record waiting for B names the message: its key
+		// is in the keyring only.
+		k, _ := a.e.SecretKey(m1)
+		if err := a.db.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if len(outboxOf(t, a.relayNode, 1)) != 1 {
+			t.Fatal("no outbox record for m1")
+		}
+		if found := searchDir(t, a.data, k[:]); len(found) != 1 || !strings.HasSuffix(found[0], "secret.keys") {
+			t.Fatalf("the key should be in the keyring only, found in %v", found)
+		}
+	}
+	pump(t, a.relayNode, b.relayNode)
+	k1, k2 := live(t, m1, a, b), live(t, m2, b, a)
+	if onDisk {
+		// Before the burns: the keys are in both keyrings and nowhere
+		// else (not in an outbox record, not in a store), and the
+		// plaintext is nowhere.
+		for _, sp := range []*secretPart{a, b} {
+			if err := sp.db.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range [][32]byte{k1, k2} {
+				if found := searchDir(t, sp.data, k[:]); len(found) != 1 || !strings.HasSuffix(found[0], "secret.keys") {
+					t.Fatalf("partition %d: a key should be in the keyring only, found in %v", sp.p, found)
+				}
+			}
+			for _, text := range []string{toBob, toAlice} {
+				if found := searchDir(t, sp.data, []byte(text)); len(found) != 0 {
+					t.Fatalf("partition %d: plaintext stored in %v", sp.p, found)
+				}
+			}
+		}
+	}
+	for _, c := range []struct {
+		n          *secretPart
+		user       string
+		id         engine.ID
+		text, from string
+		to         string
+	}{{b, "bob", m1, toBob, aliceP, bobP}, {a, "alice", m2, toAlice, bobP, aliceP}} {
+		m := waitMessage(t, c.n.relayNode, c.user, c.id)
+		if string(m.Body) != c.text || m.From != c.from || fmt.Sprint(m.To) != fmt.Sprint([]string{c.to}) || m.ClientID != "" ||
+			m.Secret == nil || m.Secret.Level != engine.Level2 || m.Secret.Watermark != c.to {
+			t.Fatalf("%s got %+v (secret %+v), want it masked", c.user, m, m.Secret)
+		}
+		if r := messageIn(rangeAll(t, c.n.e, c.user), c.id); r == nil || string(r.Body) != c.text || r.From != c.from {
+			t.Fatalf("%s's Range: %+v", c.user, r)
+		}
+	}
+	// Forwarding or quoting it is refused where it was received.
+	for _, s := range []engine.Submission{{Forward: m1}, {Quote: m1, Body: []byte("x")}} {
+		s.From, s.To, s.Kind = "bob", []string{"dave"}, engine.KindText
+		if _, err := b.e.Submit(ctx, s); !errors.Is(err, engine.ErrNoForward) {
+			t.Fatalf("forward or quote of a relayed secret message: %v", err)
+		}
+	}
+
+	// bob reads m1 at +10s: both copies burn at +40s.
+	clock.Advance(10 * time.Second)
+	if err := b.e.Ack(ctx, "bob", "phone", headOf(t, b.e, "bob")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.e.Read(ctx, "bob", m1); err != nil {
+		t.Fatal(err)
+	}
+	pump(t, a.relayNode, b.relayNode)
+	var states []engine.State
+	for _, e := range a.rec.wait(t, "alice", 4) {
+		if e.Kind == engine.EntryReceipt {
+			if e.Receipt.User != bobP {
+				t.Errorf("alice's receipt event names %q, want bob's pseudonym", e.Receipt.User)
+			}
+			states = append(states, e.Receipt.State)
+		}
+	}
+	if fmt.Sprint(states) != fmt.Sprint([]engine.State{engine.StateDelivered, engine.StateRead}) {
+		t.Fatalf("alice's receipt events: %v", states)
+	}
+	if rs, err := a.e.SenderReceipts("alice", m1); err != nil || len(rs) != 1 || rs[0].User != bobP || rs[0].State != engine.StateRead {
+		t.Fatalf("alice's receipts of m1: %+v, %v", rs, err)
+	}
+	clock.Advance(30*time.Second - time.Millisecond)
+	a.settle(t)
+	b.settle(t)
+	live(t, m1, a, b)
+	clock.Advance(time.Millisecond)
+	a.settle(t)
+	b.settle(t)
+	gone(t, m1, a, b) // both burned by their own timers, before any relay
+	pump(t, a.relayNode, b.relayNode)
+	waitBurns(t, a.relayNode, "alice", m1)
+	waitBurns(t, b.relayNode, "bob", m1)
+	live(t, m2, b, a)
+
+	// m2, unread, expires on both sides at its creation + the TTL.
+	clock.Advance(secretTTL - 40*time.Second - time.Millisecond)
+	a.settle(t)
+	b.settle(t)
+	live(t, m2, b, a)
+	clock.Advance(time.Millisecond)
+	a.settle(t)
+	b.settle(t)
+	gone(t, m2, a, b)
+	pump(t, a.relayNode, b.relayNode)
+	waitBurns(t, a.relayNode, "alice", m2)
+	waitBurns(t, b.relayNode, "bob", m2)
+	if err := a.e.Read(ctx, "alice", m2); !errors.Is(err, engine.ErrNotRecipient) {
+		t.Fatalf("read after the expiry: %v", err)
+	}
+
+	for _, sp := range []*secretPart{a, b} {
+		if n := sp.e.LiveSecrets(); n != 0 {
+			t.Fatalf("partition %d: %d live secret messages", sp.p, n)
+		}
+		for _, u := range []string{"alice", "bob"} {
+			for _, e := range rangeAll(t, sp.e, u) {
+				if e.Kind == engine.EntryMessage {
+					t.Fatalf("partition %d: %s's stream still holds a message at %d", sp.p, u, e.Seq)
+				}
+			}
+		}
+	}
+	checkStores(t, a.relayNode, b.relayNode)
+	if !onDisk {
+		return
+	}
+	for _, sp := range []*secretPart{a, b} {
+		if err := sp.db.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sp := range []*secretPart{a, b} {
+		for _, needle := range [][]byte{[]byte(toBob), []byte(toAlice), k1[:], k2[:]} {
+			if found := searchDir(t, sp.data, needle); len(found) != 0 {
+				t.Fatalf("partition %d: after the burns, %d secret bytes found in %v", sp.p, len(needle), found)
+			}
+		}
+	}
+}
