@@ -528,11 +528,21 @@ func (c *txn) mirrorRelayed(to uint32, through uint64) error {
 	}
 	sent := Receipt{State: StateSent}
 	for _, r := range recs {
-		switch _, err := c.e.Message(r.id); {
+		m, err := c.e.Message(r.id)
+		switch {
 		case errors.Is(err, ErrNotFound):
-			continue // lost before it was relayed (Outbox logged it): no receipts for it
+			continue // lost before it was relayed (Outbox logged it), or a secret one burned: no receipts for it
 		case err != nil:
 			return err
+		}
+		if m.Chat != (ID{}) {
+			// A secret message may have burned earlier in this batch,
+			// which the store does not show yet.
+			if s, err := c.secret(r.id); err != nil {
+				return err
+			} else if s == nil {
+				continue
+			}
 		}
 		for _, u := range r.users {
 			if !c.active(u) {

@@ -370,3 +370,209 @@ func testRelaySecretChat(t *testing.T, onDisk bool) {
 		}
 	}
 }
+
+// TestRelaySecretBurnedBeforeItsRelay: a message that expired at the
+// origin before its record left delivers a burn, never content: the
+// record carries no message and no key, the recipient's partition stores
+// neither and tells the recipient of the burn only.
+func TestRelaySecretBurnedBeforeItsRelay(t *testing.T) {
+	for _, onDisk := range []bool{false, true} {
+		t.Run(map[bool]string{false: "mem", true: "pebble"}[onDisk], func(t *testing.T) {
+			a, b, clock := secretParts(t, onDisk)
+			ch := createSecretChat(t, a, b, engine.Level2, 0)
+			text := "never to arrive " + t.Name()
+			id := secretSend(t, a.e, ch, "alice", text)
+			key := live(t, id, a)
+			clock.Advance(secretTTL)
+			a.settle(t)
+			gone(t, id, a)
+			out := outboxOf(t, a.relayNode, 1)
+			if len(out) != 2 || out[0].Kind != engine.RelayMessage || out[0].Secret == nil || !out[0].Secret.Burned || out[0].Msg != nil || out[0].Secret.Key != nil ||
+				out[1].Kind != engine.RelayEntry || out[1].Entry.Kind != engine.EntryBurn {
+				t.Fatalf("A's outbox after the expiry: %+v", out)
+			}
+			checkStores(t, a.relayNode, b.relayNode) // a record naming a burned message is fine
+			pump(t, a.relayNode, b.relayNode)
+			gone(t, id, a, b)
+			waitBurns(t, b.relayNode, "bob", id)
+			waitBurns(t, a.relayNode, "alice", id)
+			if m := messageIn(b.rec.entries("bob"), id); m != nil {
+				t.Fatalf("bob was delivered the burned message: %+v", m)
+			}
+			for _, e := range rangeAll(t, b.e, "bob") {
+				if e.Kind == engine.EntryMessage {
+					t.Fatalf("bob's stream holds a message at %d", e.Seq)
+				}
+			}
+			if n := b.e.LiveSecrets(); n != 0 {
+				t.Fatalf("%d live secret messages at B", n)
+			}
+			checkStores(t, a.relayNode, b.relayNode)
+			if onDisk {
+				for _, sp := range []*secretPart{a, b} {
+					if err := sp.db.Flush(); err != nil {
+						t.Fatal(err)
+					}
+					for _, needle := range [][]byte{[]byte(text), key[:]} {
+						if found := searchDir(t, sp.data, needle); len(found) != 0 {
+							t.Fatalf("partition %d: secret bytes found in %v", sp.p, found)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestRelaySecretLevel3Restart: level-3 keys live in memory only, so a
+// restart of either partition burns its live level-3 messages (reason
+// restart), and the burn, relayed, burns the other side's copy: the
+// promise of one engine (a restart burns them for both parties) holds
+// across partitions. A record not yet relayed when its origin restarts
+// delivers a burn. The level-1 message beside them survives.
+func TestRelaySecretLevel3Restart(t *testing.T) {
+	for _, restart := range []int{0, 1} {
+		t.Run(fmt.Sprintf("partition %d restarts", restart), func(t *testing.T) {
+			a, b, _ := secretParts(t, true)
+			ch3 := createSecretChat(t, a, b, engine.Level3, 5*time.Second)
+			ch1 := createSecretChat(t, a, b, engine.Level1, 0)
+			toBob := secretSend(t, a.e, ch3, "alice", "memory only, to bob")
+			toAlice := secretSend(t, b.e, ch3, "bob", "memory only, to alice")
+			kept := secretSend(t, a.e, ch1, "alice", "on disk, encrypted")
+			pump(t, a.relayNode, b.relayNode)
+			live(t, toBob, a, b)
+			live(t, toAlice, b, a)
+			live(t, kept, a, b)
+			// One more, not relayed before the restart.
+			var late engine.ID
+			if restart == 0 {
+				late = secretSend(t, a.e, ch3, "alice", "not yet relayed")
+			}
+			parts := []*secretPart{a, b}
+			parts[restart].restart(t)
+			ids := []engine.ID{toBob, toAlice}
+			if late != (engine.ID{}) {
+				ids = append(ids, late)
+			}
+			for _, id := range ids {
+				waitBurns(t, parts[restart].relayNode, map[uint32]string{0: "alice", 1: "bob"}[uint32(restart)], id)
+			}
+			pump(t, a.relayNode, b.relayNode)
+			for _, id := range ids {
+				gone(t, id, a, b)
+				waitBurns(t, a.relayNode, "alice", id)
+				waitBurns(t, b.relayNode, "bob", id)
+			}
+			live(t, kept, a, b)
+			if m := messageIn(rangeAll(t, b.e, "bob"), kept); m == nil || string(m.Body) != "on disk, encrypted" {
+				t.Fatalf("the level-1 message after the restart: %+v", m)
+			}
+			for _, sp := range parts {
+				if n := sp.e.LiveSecrets(); n != 1 {
+					t.Fatalf("partition %d: %d live secret messages, want 1", sp.p, n)
+				}
+			}
+			checkStores(t, a.relayNode, b.relayNode)
+		})
+	}
+}
+
+// TestRelaySecretAppliedTwice: a batch applied again changes nothing: one
+// entry, one key, one live message, and the key in the keyring once.
+func TestRelaySecretAppliedTwice(t *testing.T) {
+	ctx := context.Background()
+	a, b, _ := secretParts(t, true)
+	ch := createSecretChat(t, a, b, engine.Level2, 0)
+	id := secretSend(t, a.e, ch, "alice", "once")
+	batch, err := a.e.Outbox(1, 0, 10)
+	if err != nil || len(batch.Records) != 1 {
+		t.Fatalf("Outbox: %+v, %v", batch, err)
+	}
+	for range 2 {
+		if through, err := b.e.ApplyRelay(ctx, batch); err != nil || through != batch.Records[0].Seq {
+			t.Fatalf("ApplyRelay: %d, %v", through, err)
+		}
+	}
+	head, keys := headOf(t, b.e, "bob"), b.ring.Len()
+	if _, err := b.e.ApplyRelay(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.e.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h := headOf(t, b.e, "bob"); h != head || b.ring.Len() != keys || b.e.LiveSecrets() != 1 {
+		t.Fatalf("after a third apply: head %d (was %d), %d keys (was %d), %d live", h, head, b.ring.Len(), keys, b.e.LiveSecrets())
+	}
+	if err := a.e.AckRelay(ctx, 1, batch.Records[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	live(t, id, a, b)
+	if n := len(rangeAll(t, b.e, "bob")); uint64(n) != head || head != 2 {
+		t.Fatalf("bob's stream: %d entries, head %d; want the chat's creation and the message", n, head)
+	}
+	checkStores(t, a.relayNode, b.relayNode)
+}
+
+// TestRelaySecretScreenshotAndPseudonyms: in a level-3 chat, bob's
+// screenshot report reaches alice naming him by pseudonym, and nothing
+// either of them receives, live or by resuming, names the other.
+func TestRelaySecretScreenshotAndPseudonyms(t *testing.T) {
+	ctx := context.Background()
+	a, b, clock := secretParts(t, false)
+	ch := createSecretChat(t, a, b, engine.Level3, 5*time.Second)
+	toBob := secretSend(t, a.e, ch, "alice", "hello")
+	toAlice := secretSend(t, b.e, ch, "bob", "hi")
+	pump(t, a.relayNode, b.relayNode)
+	for _, c := range []struct {
+		sp       *secretPart
+		user     string
+		id, mine engine.ID
+	}{{b, "bob", toBob, toAlice}, {a, "alice", toAlice, toBob}} {
+		if err := c.sp.e.Ack(ctx, c.user, "phone", headOf(t, c.sp.e, c.user)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.sp.e.Read(ctx, c.user, c.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.e.ReportScreenshot(ctx, "bob", ch.ID, toBob); err != nil {
+		t.Fatal(err)
+	}
+	pump(t, a.relayNode, b.relayNode)
+	var shot *engine.SecretEvent
+	for _, e := range a.rec.entries("alice") {
+		if e.Kind == engine.EntrySecret && e.Secret.Event == "screenshot" {
+			shot = e.Secret
+		}
+	}
+	if shot == nil || shot.By != ch.Members[1].Pseudonym || shot.ID != toBob {
+		t.Fatalf("alice's screenshot event: %+v", shot)
+	}
+	clock.Advance(5 * time.Second)
+	a.settle(t)
+	b.settle(t)
+	pump(t, a.relayNode, b.relayNode)
+	for _, sp := range []*secretPart{a, b} {
+		gone(t, toBob, sp)
+		gone(t, toAlice, sp)
+	}
+	for _, c := range []struct {
+		sp          *secretPart
+		me, other   string
+		sent        engine.ID
+		otherOfPart *secretPart
+	}{{a, "alice", "bob", toBob, b}, {b, "bob", "alice", toAlice, a}} {
+		waitBurns(t, c.sp.relayNode, c.me, toBob)
+		waitBurns(t, c.sp.relayNode, c.me, toAlice)
+		es := c.sp.rec.entries(c.me)
+		if len(es) < 6 {
+			t.Fatalf("%s got only %d entries", c.me, len(es))
+		}
+		for _, e := range append(es, rangeAll(t, c.sp.e, c.me)...) {
+			if s := fmt.Sprintf("%+v", entryView(e)); strings.Contains(s, c.other) {
+				t.Errorf("%s's entry %d names %s: %s", c.me, e.Seq, c.other, s)
+			}
+		}
+	}
+	checkStores(t, a.relayNode, b.relayNode)
+}
