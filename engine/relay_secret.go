@@ -36,14 +36,22 @@ import (
 //     millisecond on both sides), plus the chat's delay. So both sides
 //     arm the same timers and burn at the same time, each with its own
 //     timer loop.
-//   - Burns. A burn appends a burn entry to each party's stream; for the
-//     party of the other partition that is a RelayEntry, which there burns
-//     the copy if it is still live (applyRelayBurn, reason BurnPeer) and
-//     is dropped otherwise (that side burned it already and told its
-//     user). So a burn that only one side decides (a level-3 restart,
-//     lost keys, offboarding) reaches the other, and the read and expiry
-//     burns that both sides decide cost one record each way, applied as
-//     nothing. Each user is told once, by their own partition.
+//   - Burns. Each side burns its own copy (record, key, state, timers)
+//     and tells its own user. A read or unread-expiry burn is decided by
+//     both sides at the same deadline, so it relays nothing. A burn only
+//     one side decides (a level-3 restart, lost keys, offboarding) also
+//     appends a burn entry for the party of the other partition: there,
+//     a RelayEntry that burns the copy if it is still live
+//     (applyRelayBurn, reason BurnPeer, relaying nothing back) and is
+//     dropped otherwise (burned there already, its user told). So each
+//     user is told once, by their own partition.
+//   - Relay lag. A read's receipt reaches the origin after the read: if
+//     the origin's unread deadline passes meanwhile, the origin burns its
+//     copy as unread (the sender is told then, and never of the read),
+//     while the reader's copy burns at the read's deadline, as on one
+//     engine. Either way neither side keeps a copy past the deadline it
+//     computed; the origin's read burn is armed when the receipt arrives
+//     (at once if it is late), so it lags by the relay's delay at most.
 //   - Receipts. The reader's partition moves the receipt, arms its burn
 //     and tells the reader's devices; the origin, told by the
 //     RelayReceipt, counts, arms its burn and tells the sender naming the

@@ -387,8 +387,7 @@ func TestRelaySecretBurnedBeforeItsRelay(t *testing.T) {
 			a.settle(t)
 			gone(t, id, a)
 			out := outboxOf(t, a.relayNode, 1)
-			if len(out) != 2 || out[0].Kind != engine.RelayMessage || out[0].Secret == nil || !out[0].Secret.Burned || out[0].Msg != nil || out[0].Secret.Key != nil ||
-				out[1].Kind != engine.RelayEntry || out[1].Entry.Kind != engine.EntryBurn {
+			if len(out) != 1 || out[0].Kind != engine.RelayMessage || out[0].Secret == nil || !out[0].Secret.Burned || out[0].Msg != nil || out[0].Secret.Key != nil {
 				t.Fatalf("A's outbox after the expiry: %+v", out)
 			}
 			checkStores(t, a.relayNode, b.relayNode) // a record naming a burned message is fine
@@ -572,6 +571,69 @@ func TestRelaySecretScreenshotAndPseudonyms(t *testing.T) {
 			if s := fmt.Sprintf("%+v", entryView(e)); strings.Contains(s, c.other) {
 				t.Errorf("%s's entry %d names %s: %s", c.me, e.Seq, c.other, s)
 			}
+		}
+	}
+	checkStores(t, a.relayNode, b.relayNode)
+}
+
+// TestRelaySecretReadLateAtTheOrigin: bob reads just before the unread
+// deadline and his receipt reaches the origin after it: the origin burns
+// its copy as unread at the deadline (alice is told then), and bob's
+// copy burns at his read's deadline, not earlier.
+func TestRelaySecretReadLateAtTheOrigin(t *testing.T) {
+	ctx := context.Background()
+	a, b, clock := secretParts(t, false)
+	ch := createSecretChat(t, a, b, engine.Level2, 0)
+	id := secretSend(t, a.e, ch, "alice", "just in time")
+	pump(t, a.relayNode, b.relayNode)
+	clock.Advance(secretTTL - time.Second)
+	if err := b.e.Read(ctx, "bob", id); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	a.settle(t)
+	b.settle(t)
+	gone(t, id, a)
+	waitBurns(t, a.relayNode, "alice", id)
+	pump(t, a.relayNode, b.relayNode)
+	live(t, id, b)
+	if hasBurn(b.rec.entries("bob"), id) {
+		t.Fatal("bob was told of a burn before his read's deadline")
+	}
+	clock.Advance(29*time.Second - time.Millisecond)
+	b.settle(t)
+	live(t, id, b)
+	clock.Advance(time.Millisecond)
+	b.settle(t)
+	gone(t, id, a, b)
+	waitBurns(t, b.relayNode, "bob", id)
+	pump(t, a.relayNode, b.relayNode)
+	waitBurns(t, a.relayNode, "alice", id)
+	checkStores(t, a.relayNode, b.relayNode)
+}
+
+// TestRelaySecretForgetBurnsBothCopies: bob removed (Forget on his
+// partition) burns his messages there, and the burn, relayed, burns the
+// origin's copies of both directions; alice is told once of each.
+func TestRelaySecretForgetBurnsBothCopies(t *testing.T) {
+	ctx := context.Background()
+	a, b, _ := secretParts(t, false)
+	ch := createSecretChat(t, a, b, engine.Level1, 0)
+	toBob := secretSend(t, a.e, ch, "alice", "to bob")
+	toAlice := secretSend(t, b.e, ch, "bob", "to alice")
+	pump(t, a.relayNode, b.relayNode)
+	res, err := b.e.Forget(ctx, "bob", 1)
+	if err != nil || res.SecretsBurned != 2 {
+		t.Fatalf("Forget: %+v, %v", res, err)
+	}
+	pump(t, a.relayNode, b.relayNode)
+	for _, id := range []engine.ID{toBob, toAlice} {
+		gone(t, id, a, b)
+		waitBurns(t, a.relayNode, "alice", id)
+	}
+	for _, sp := range []*secretPart{a, b} {
+		if n := sp.e.LiveSecrets(); n != 0 {
+			t.Fatalf("partition %d: %d live secret messages", sp.p, n)
 		}
 	}
 	checkStores(t, a.relayNode, b.relayNode)

@@ -921,6 +921,11 @@ func (c *txn) burn(id ID, s *secretState, reason string) error {
 		if !c.active(u) {
 			continue // offboarded: they receive nothing more
 		}
+		if _, other := c.e.remote(u); other && (reason == BurnRead || reason == BurnUnread || reason == BurnPeer) {
+			// Their partition burns its copy at the same deadline and
+			// tells them (relay_secret.go); a peer's burn came from there.
+			continue
+		}
 		if err := c.appendEntry(u, Entry{Kind: EntryBurn, Burn: id}); err != nil {
 			return err
 		}
