@@ -31,7 +31,9 @@ import (
 //     Config.FanoutChunk).
 //   - appendEntry diverts any other entry for a user of another partition
 //     (a DING reminder, a confirmation's event for the recipient's
-//     devices, a burn) into a RelayEntry record. A message entry for one
+//     devices, a secret chat's screenshot event, a burn) into a
+//     RelayEntry record; a burn's applies there as a burn of that
+//     partition's copy (relay_secret.go). A message entry for one
 //     is an internal error: messages reach other partitions only as
 //     RelayMessage records.
 //   - Receipts come back as RelayReceipt records. Where the recipient is,
@@ -113,9 +115,25 @@ import (
 //     window may be trimmed from the recipient's stream there (the home
 //     keeps the message, its state and its ledger). Must-confirm
 //     announcements are kept on both sides, each by its own receipts.
-//   - Secret chats with a user of another partition are refused with
-//     ErrCrossPartition (stage 3), as their keys and burns live on one
-//     engine only; RelayReceipt carries no pseudonym yet.
+//   - Secret chats work across partitions (stage 3, relay_secret.go):
+//     each side keeps the chat and its own copy of each message and
+//     burns it at the deadlines both compute. Its limits: the key rides
+//     in RelaySecret.Key in memory, which is fine in process (stage 4);
+//     a frame that leaves the process (stage 5b's EncodeRelayBatch) must
+//     seal it with cluster.KeyCodec, not built yet. The origin keeps the
+//     key of a message it relayed until the message burns (erasing it on
+//     AckRelay would need the state to say so, or the next start's
+//     reconcileSecrets takes it for a lost key). The origin's read burn
+//     is armed when the receipt arrives, so its copy outlives the
+//     reader's by the relay's delay at most; should its unread deadline
+//     pass first, it burns as unread and the sender is not told of the
+//     read. A burn only one side decides (a level-3 restart, lost keys,
+//     offboarding) reaches the other side when the pump relays it; until
+//     then that copy lives to its own deadlines. The destination keeps no
+//     tombstone of a burned message: the watermark is what stops a record
+//     applied again (the pump never sends one under a new seq).
+//     CreateChat runs on the creator's partition and Submit in a chat on
+//     the sender's (ErrCrossPartition otherwise).
 //   - A user's partition must not change while records for them are in
 //     flight: a record for a user who is not local at the destination
 //     is dropped there.

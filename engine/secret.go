@@ -58,6 +58,13 @@ import (
 // Level 3 trades durability for privacy: its keys are never written to
 // disk, so a restart burns every live level-3 message (reason "restart").
 //
+// With partitions (Config.Placement), the two members may be of two
+// engines: each keeps the chat and its own copy of each message (record,
+// key, state, timers) and burns it at the same deadlines; a restart of
+// either burns the level-3 messages of both (relay_secret.go). The
+// secret state of a message whose recipient is of another partition has
+// ToSeq 0: there is no entry for them here.
+//
 // Keys layout:
 //
 //	chat      's' | chat(16)                 -> chat record (binary, codec.go: level, burn delay, members and pseudonyms)
