@@ -224,8 +224,12 @@ func (c *txn) applyRelaySecret(r *RelayRecord) error {
 	if err != nil {
 		return abort(err)
 	}
-	c.batch.Set(messageKey(id), encodeMessage(r.Msg))
-	m := *r.Msg
+	// The sender's client id stays at the origin (it dedupes there): here
+	// it would only link the pseudonym to the sender.
+	stored := *r.Msg
+	stored.ClientID = ""
+	c.batch.Set(messageKey(id), encodeMessage(&stored))
+	m := stored
 	m.Body = pt
 	if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: &m}); err != nil {
 		return err

@@ -482,7 +482,11 @@ func TestRelaySecretAppliedTwice(t *testing.T) {
 	ctx := context.Background()
 	a, b, _ := secretParts(t, true)
 	ch := createSecretChat(t, a, b, engine.Level2, 0)
-	id := secretSend(t, a.e, ch, "alice", "once")
+	res, err := a.e.Submit(ctx, engine.Submission{From: "alice", Chat: ch.ID, Kind: engine.KindText, Body: []byte("once"), ClientID: "alice-client-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.ID
 	batch, err := a.e.Outbox(1, 0, 10)
 	if err != nil || len(batch.Records) != 1 {
 		t.Fatalf("Outbox: %+v, %v", batch, err)
@@ -506,6 +510,13 @@ func TestRelaySecretAppliedTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	live(t, id, a, b)
+	// The sender's client id stays at the origin.
+	if m, err := b.e.Message(id); err != nil || m.ClientID != "" {
+		t.Fatalf("B's copy: %+v, %v; want no client id", m, err)
+	}
+	if m, err := a.e.Message(id); err != nil || m.ClientID != "alice-client-7" {
+		t.Fatalf("A's copy: %+v, %v", m, err)
+	}
 	if n := len(rangeAll(t, b.e, "bob")); uint64(n) != head || head != 2 {
 		t.Fatalf("bob's stream: %d entries, head %d; want the chat's creation and the message", n, head)
 	}
