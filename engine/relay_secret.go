@@ -84,6 +84,15 @@ type RelaySecret struct {
 // message as stored (not the cache's copy, which holds the plaintext),
 // its unread deadline and its key; or Burned if any of them is gone or
 // the deadline has passed.
+//
+// It reads the store as it is, which may show a burn applied and not yet
+// durable. Such a burn is one the origin makes again if it loses it to a
+// crash: a deadline that passed (the timer fires again), a level-3
+// restart (its key is gone for good), a removal (Forget is replayed from
+// ForgottenThrough). A burn erases the key only once durable, so a record
+// read with its key before a burn is followed by the burn's own record
+// where one side alone decides it (burn, in secret.go), and otherwise
+// the destination burns its copy at the same deadline.
 func (e *Engine) relaySecret(r *RelayRecord) error {
 	sec := r.Secret
 	burned := func() error {

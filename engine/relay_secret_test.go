@@ -33,16 +33,24 @@ type secretPart struct {
 	db    *pebblestore.DB
 	ring  *keyring.Ring
 	clock *fakeclock.Clock
+	late  bool // the timer loop runs late: due timers fire only at Settle
 	close func()
 }
 
 // secretParts opens partitions 0 and 1 on one fake clock, on disk or not.
 func secretParts(t testing.TB, onDisk bool) (a, b *secretPart, clock *fakeclock.Clock) {
 	t.Helper()
+	return secretPartsLate(t, onDisk, false)
+}
+
+// secretPartsLate is secretParts whose timer loops, if late, run only at
+// Settle (lateClock).
+func secretPartsLate(t testing.TB, onDisk, late bool) (a, b *secretPart, clock *fakeclock.Clock) {
+	t.Helper()
 	clock = fakeclock.New(t0)
 	var parts [2]*secretPart
 	for p := range parts {
-		sp := &secretPart{p: uint32(p), clock: clock}
+		sp := &secretPart{p: uint32(p), clock: clock, late: late}
 		if onDisk {
 			sp.data = t.TempDir()
 		}
@@ -71,6 +79,9 @@ func (sp *secretPart) open(t testing.TB, mem store.Store) {
 	}
 	sp.relayNode = openRelayNode(t, st, sp.p, func(c *engine.Config) {
 		c.Clock, c.SecretUnreadTTL = sp.clock, secretTTL
+		if sp.late {
+			c.Clock = lateClock{sp.clock}
+		}
 		if keys != nil {
 			c.Keys = keys
 		}
@@ -646,6 +657,56 @@ func TestRelaySecretForgetBurnsBothCopies(t *testing.T) {
 		if n := sp.e.LiveSecrets(); n != 0 {
 			t.Fatalf("partition %d: %d live secret messages", sp.p, n)
 		}
+	}
+	checkStores(t, a.relayNode, b.relayNode)
+}
+
+// TestRelaySecretPastItsDeadlineIsNotDelivered: with the timer loops
+// late, a message past its unread deadline is not relayed with its
+// content (Outbox says Burned), and one whose deadline passes between
+// Outbox and ApplyRelay is delivered as a burn: its key never reaches the
+// recipient's keyring.
+func TestRelaySecretPastItsDeadlineIsNotDelivered(t *testing.T) {
+	ctx := context.Background()
+	a, b, clock := secretPartsLate(t, false, true)
+	ch := createSecretChat(t, a, b, engine.Level2, 0)
+
+	// Due at the origin, its timer not run yet.
+	due := secretSend(t, a.e, ch, "alice", "due")
+	clock.Advance(secretTTL)
+	if out := outboxOf(t, a.relayNode, 1); len(out) != 1 || !out[0].Secret.Burned || out[0].Msg != nil || out[0].Secret.Key != nil {
+		t.Fatalf("the outbox record of a message past its deadline: %+v", out)
+	}
+	pump(t, a.relayNode, b.relayNode)
+	gone(t, due, b)
+	waitBurns(t, b.relayNode, "bob", due)
+
+	// Read with its content, due on the way.
+	transit := secretSend(t, a.e, ch, "alice", "in transit")
+	batch, err := a.e.Outbox(1, 0, 10)
+	if err != nil || len(batch.Records) != 1 || batch.Records[0].Secret.Burned {
+		t.Fatalf("Outbox: %+v, %v", batch, err)
+	}
+	clock.Advance(secretTTL)
+	through, err := b.e.ApplyRelay(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.e.AckRelay(ctx, 1, through); err != nil {
+		t.Fatal(err)
+	}
+	gone(t, transit, b)
+	waitBurns(t, b.relayNode, "bob", transit)
+	if m := messageIn(b.rec.entries("bob"), transit); m != nil {
+		t.Fatalf("bob was delivered a message past its deadline: %+v", m)
+	}
+	a.settle(t)
+	b.settle(t)
+	pump(t, a.relayNode, b.relayNode)
+	gone(t, due, a)
+	gone(t, transit, a)
+	for _, id := range []engine.ID{due, transit} {
+		waitBurns(t, a.relayNode, "alice", id)
 	}
 	checkStores(t, a.relayNode, b.relayNode)
 }
