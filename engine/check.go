@@ -208,7 +208,7 @@ func checkRelay(st store.Store, r *CheckReport) error {
 		if seq == 0 || seq > counters[to] {
 			r.problem("outbox record %d for partition %d is beyond its counter, %d", seq, to, counters[to])
 		}
-		if rec.Kind == RelayMessage {
+		if rec.Kind == RelayMessage && rec.Secret == nil { // a secret one may have burned: it relays a burn
 			if _, err := st.Get(messageKey(id)); errors.Is(err, store.ErrNotFound) {
 				r.problem("outbox record %d for partition %d: message %s is not stored", seq, to, id)
 			} else if err != nil {

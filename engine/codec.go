@@ -80,13 +80,16 @@ import (
 //
 // Relay record (key 'O', RelayRecord; relay.go), one of:
 //
-//	RelayMessage: | ver 1 | kind 1 | id (16) | nUsers (u) | user (str)... |
+//	RelayMessage: | ver 1 | kind 1 | id (16) | nUsers (u) | user (str)... | [chat (16)] |
 //	RelayEntry:   | ver 1 | kind 2 | user (str) | stream entry, to the end (keys.go; never a message) |
 //	RelayReceipt: | ver 1 | kind 3 | user (str) | state (1) | at ms (v) | device (str) | answer (u) | nIDs (u) | id (16)... |
+//	RelayChat:    | ver 1 | kind 4 | chat record, to the end (encodeChat) |
 //
 // A RelayMessage names the message, whose record stays under 'm' (the
 // body is not copied), and its recipients in the destination partition,
-// sorted.
+// sorted; a secret message's record ends with its chat's id (stage 3), so
+// that Outbox knows it for one even once it has burned. Its key is never
+// in the record: Outbox reads it from the keyring.
 //
 // Usage: v := encodeRcptState(s); err := decodeRcptState(v, &s2).
 const recordVersion = 1
@@ -560,7 +563,14 @@ func encodeRelayRecord(r *RelayRecord) []byte {
 		b := make([]byte, 0, 18+strsLen(r.Users))
 		b = append(b, recordVersion, byte(RelayMessage))
 		b = append(b, r.Msg.ID[:]...)
-		return appendStrs(b, r.Users)
+		b = appendStrs(b, r.Users)
+		if r.Secret != nil {
+			b = append(b, r.Secret.Chat[:]...)
+		}
+		return b
+	}
+	if r.Kind == RelayChat {
+		return append([]byte{recordVersion, byte(RelayChat)}, encodeChat(r.Chat)...)
 	}
 	if r.Kind == RelayReceipt {
 		b := make([]byte, 0, 16+len(r.User)+len(r.Device)+16*len(r.IDs))
@@ -594,10 +604,20 @@ func decodeRelayRecord(b []byte) (r RelayRecord, id ID, err error) {
 	case r.Kind == RelayMessage:
 		id = d.id()
 		r.Users = d.strs()
+		if !d.err && len(d.b) == 16 {
+			r.Secret = &RelaySecret{ID: id, Chat: d.id()}
+		}
 		if err := d.end(); err != nil || len(r.Users) == 0 {
 			return RelayRecord{}, id, ErrCorrupt
 		}
 		return r, id, nil
+	case r.Kind == RelayChat:
+		var ch Chat
+		if err := decodeChat(d.b, &ch); err != nil || len(ch.Members) != 2 {
+			return RelayRecord{}, id, ErrCorrupt
+		}
+		r.Chat = &ch
+		return r, ch.ID, nil
 	case r.Kind == RelayEntry:
 		r.User = d.str()
 		if d.err || r.User == "" || len(d.b) == 0 || EntryKind(d.b[0]) == EntryMessage {

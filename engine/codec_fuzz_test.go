@@ -127,6 +127,9 @@ func FuzzDecodeRelayRecord(f *testing.F) {
 	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayReceipt, User: "bo", IDs: []ID{{1}, {2}}, State: StateDelivered, At: time.UnixMilli(1700000000123), Device: "phone"}))
 	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayReceipt, User: "cy", IDs: []ID{{3}}, State: StateConfirmed, At: time.UnixMilli(5), Answer: 2}))
 	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayReceipt, User: "cy", IDs: []ID{{3}}, State: StateRead, At: time.UnixMilli(-1)}))
+	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayMessage, Msg: &Message{ID: ID{3}}, Users: []string{"bo"}, Secret: &RelaySecret{ID: ID{3}, Chat: ID{4}}}))
+	f.Add(encodeRelayRecord(&RelayRecord{Kind: RelayChat, Chat: &Chat{ID: ID{4}, Level: Level3, BurnAfter: 5 * time.Second, Creator: "ana", Created: time.UnixMilli(9),
+		Members: []Member{{"ana", "anon-AAAAAA"}, {"bo", "anon-BBBBBB"}}}}))
 	f.Add([]byte{recordVersion, byte(RelayEntry), 0})
 	f.Add([]byte{recordVersion, byte(RelayReceipt), 2, 'b', 'o', byte(StateSent), 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -142,7 +145,8 @@ func FuzzDecodeRelayRecord(f *testing.F) {
 		enc := encodeRelayRecord(&r)
 		again, id2, err := decodeRelayRecord(enc)
 		if err != nil || id2 != id || again.Kind != r.Kind || again.User != r.User || !reflect.DeepEqual(again.Users, r.Users) || again.Entry.Kind != r.Entry.Kind ||
-			!reflect.DeepEqual(again.IDs, r.IDs) || again.State != r.State || !again.At.Equal(r.At) || again.Device != r.Device || again.Answer != r.Answer {
+			!reflect.DeepEqual(again.IDs, r.IDs) || again.State != r.State || !again.At.Equal(r.At) || again.Device != r.Device || again.Answer != r.Answer ||
+			(again.Secret == nil) != (r.Secret == nil) || (r.Secret != nil && !reflect.DeepEqual(*again.Secret, *r.Secret)) || !reflect.DeepEqual(again.Chat, r.Chat) {
 			t.Fatalf("round trip differs: %+v / %+v (%v)", r, again, err)
 		}
 		if again.Kind == RelayMessage {

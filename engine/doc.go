@@ -129,7 +129,7 @@
 // Relay between partitions (relay.go; written only when Config.Placement
 // is set; to and from are partitions):
 //
-//	outbox    'O' | to (4) | seq (8)                -> relay record: a message's recipients in to, a stream entry, or a receipt
+//	outbox    'O' | to (4) | seq (8)                -> relay record: a message's recipients in to (and a secret one's chat; never its key), a stream entry, a receipt, or a secret chat
 //	relayed   'I' | from (4)                        -> seq (8): the last record from partition from applied here
 //	counter   'k' | "relay" | to (4)                -> u64: the last outbox seq allocated for to (records are
 //	                                                   deleted once acknowledged, so the outbox's last key is not it)

@@ -31,7 +31,9 @@ import (
 //     Config.FanoutChunk).
 //   - appendEntry diverts any other entry for a user of another partition
 //     (a DING reminder, a confirmation's event for the recipient's
-//     devices, a burn) into a RelayEntry record. A message entry for one
+//     devices, a secret chat's screenshot event, a burn) into a
+//     RelayEntry record; a burn's applies there as a burn of that
+//     partition's copy (relay_secret.go). A message entry for one
 //     is an internal error: messages reach other partitions only as
 //     RelayMessage records.
 //   - Receipts come back as RelayReceipt records. Where the recipient is,
@@ -113,9 +115,25 @@ import (
 //     window may be trimmed from the recipient's stream there (the home
 //     keeps the message, its state and its ledger). Must-confirm
 //     announcements are kept on both sides, each by its own receipts.
-//   - Secret chats with a user of another partition are refused with
-//     ErrCrossPartition (stage 3), as their keys and burns live on one
-//     engine only; RelayReceipt carries no pseudonym yet.
+//   - Secret chats work across partitions (stage 3, relay_secret.go):
+//     each side keeps the chat and its own copy of each message and
+//     burns it at the deadlines both compute. Its limits: the key rides
+//     in RelaySecret.Key in memory, which is fine in process (stage 4);
+//     a frame that leaves the process (stage 5b's EncodeRelayBatch) must
+//     seal it with cluster.KeyCodec, not built yet. The origin keeps the
+//     key of a message it relayed until the message burns (erasing it on
+//     AckRelay would need the state to say so, or the next start's
+//     reconcileSecrets takes it for a lost key). The origin's read burn
+//     is armed when the receipt arrives, so its copy outlives the
+//     reader's by the relay's delay at most; should its unread deadline
+//     pass first, it burns as unread and the sender is not told of the
+//     read. A burn only one side decides (a level-3 restart, lost keys,
+//     offboarding) reaches the other side when the pump relays it; until
+//     then that copy lives to its own deadlines. The destination keeps no
+//     tombstone of a burned message: the watermark is what stops a record
+//     applied again (the pump never sends one under a new seq).
+//     CreateChat runs on the creator's partition and Submit in a chat on
+//     the sender's (ErrCrossPartition otherwise).
 //   - A user's partition must not change while records for them are in
 //     flight: a record for a user who is not local at the destination
 //     is dropped there.
@@ -144,6 +162,9 @@ const (
 	// destination moved forward (delivered, read, confirmed) here, where
 	// the recipient is local (stage 2).
 	RelayReceipt RelayKind = 3
+	// RelayChat: a secret chat one of whose members is the destination's
+	// (stage 3; relay_secret.go).
+	RelayChat RelayKind = 4
 )
 
 // RelayRecord is one record of an outbox.
@@ -173,6 +194,12 @@ type RelayRecord struct {
 	At     time.Time
 	Device string
 	Answer int
+	// Chat is, for a RelayChat, the chat record (pseudonyms included).
+	// Shared: it must not be modified.
+	Chat *Chat
+	// Secret is, for a RelayMessage of a secret chat, its key and
+	// deadline, or that it burned (relay_secret.go).
+	Secret *RelaySecret
 }
 
 // RelayBatch is consecutive records of From's outbox for To.
@@ -197,9 +224,11 @@ var (
 	// by AckRelay for an acknowledgement beyond the durable records.
 	// Nothing was written; not safe to retry as is.
 	ErrBadRelay = NewError(CodeBadRequest, "engine: malformed relay")
-	// ErrCrossPartition is returned for a secret chat with a user of
-	// another partition: not possible yet (stage 3 of the plan).
-	ErrCrossPartition = NewError(CodeBadRequest, "engine: not yet possible across partitions")
+	// ErrCrossPartition is returned by CreateChat, and by Submit in a
+	// secret chat, on an engine that is not the creator's (the sender's)
+	// partition: a chat is created, and a message sealed, where its
+	// creator (its sender) is. Not safe to retry on the same engine.
+	ErrCrossPartition = NewError(CodeBadRequest, "engine: not possible on this partition")
 )
 
 var relayCounterPrefix = []byte{prefixCounter, 'r', 'e', 'l', 'a', 'y'}
@@ -393,6 +422,12 @@ func (e *Engine) Outbox(to uint32, after uint64, max int) (RelayBatch, error) {
 		if r.Kind != RelayMessage {
 			continue
 		}
+		if r.Secret != nil {
+			if err := e.relaySecret(r); err != nil {
+				return RelayBatch{}, fmt.Errorf("engine: outbox record %d for partition %d: %w", r.Seq, to, err)
+			}
+			continue
+		}
 		m, err := e.Message(ids[i])
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -402,9 +437,8 @@ func (e *Engine) Outbox(to uint32, after uint64, max int) (RelayBatch, error) {
 		case err != nil:
 			return RelayBatch{}, fmt.Errorf("engine: outbox: %w", err)
 		case m.Chat != (ID{}):
-			// Never written: secret chats across partitions are refused
-			// (stage 3 relays the key too).
-			return RelayBatch{}, fmt.Errorf("engine: outbox record %d for partition %d names secret message %s: %w", r.Seq, to, m.ID, ErrCorrupt)
+			// Secret records name their chat (codec.go).
+			return RelayBatch{}, fmt.Errorf("engine: outbox record %d for partition %d names secret message %s without its chat: %w", r.Seq, to, m.ID, ErrCorrupt)
 		}
 		r.Msg = m
 	}
@@ -512,11 +546,21 @@ func (c *txn) mirrorRelayed(to uint32, through uint64) error {
 	}
 	sent := Receipt{State: StateSent}
 	for _, r := range recs {
-		switch _, err := c.e.Message(r.id); {
+		m, err := c.e.Message(r.id)
+		switch {
 		case errors.Is(err, ErrNotFound):
-			continue // lost before it was relayed (Outbox logged it): no receipts for it
+			continue // lost before it was relayed (Outbox logged it), or a secret one burned: no receipts for it
 		case err != nil:
 			return err
+		}
+		if m.Chat != (ID{}) {
+			// A secret message may have burned earlier in this batch,
+			// which the store does not show yet.
+			if s, err := c.secret(r.id); err != nil {
+				return err
+			} else if s == nil {
+				continue
+			}
 		}
 		for _, u := range r.users {
 			if !c.active(u) {
@@ -641,9 +685,6 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 		if err != nil {
 			return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
 		}
-		if m.Chat != (ID{}) {
-			continue // never written: secret chats stay in one partition (stage 3)
-		}
 		rk := receiptKey(id, user)
 		if _, other := c.e.originOf(m); other {
 			// The origin moved the receipt of a user of this partition
@@ -674,6 +715,15 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 		if cur.State >= r.State {
 			continue
 		}
+		var as string // the reader's pseudonym, for a secret message
+		if m.Chat != (ID{}) {
+			if as, err = c.pseudonymOf(id, user); err != nil {
+				return abort(fmt.Errorf("relayed receipt of %s: %w", id, err))
+			}
+			if as == "" {
+				continue // burned here
+			}
+		}
 		wasDelivered, wasRead := !cur.Delivered.IsZero(), !cur.Read.IsZero()
 		if !wasDelivered {
 			cur.Delivered = at
@@ -688,6 +738,13 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 				cur.Read = at
 				if !ding {
 					c.countRead(id, m.From, ann, wasDelivered)
+				}
+				if as != "" {
+					// Burns here at the reader's deadline: the read's
+					// time, kept to the millisecond on both sides.
+					if err := c.secretRead(id, user, at); err != nil {
+						return abort(fmt.Errorf("relayed read of %s: %w", id, err))
+					}
 				}
 			}
 			if r.State == StateRead && ding {
@@ -704,7 +761,10 @@ func (c *txn) applyRelayReceipt(r *RelayRecord) error {
 		}
 		cur.State = r.State
 		c.setReceipt(rk, cur)
-		if !ann && m.From != user {
+		switch {
+		case as != "":
+			senders.addAs(m.From, as, id)
+		case !ann && m.From != user:
 			senders.add(m.From, id)
 		}
 	}
@@ -860,10 +920,15 @@ func checkRelayBatch(b *RelayBatch) (int, error) {
 					return 0, fmt.Errorf("%w: seq %d: user %q", ErrBadRelay, r.Seq, u)
 				}
 			}
-			if r.Msg != nil && r.Msg.Chat != (ID{}) {
-				return 0, fmt.Errorf("%w: seq %d: a secret message", ErrCrossPartition, r.Seq)
+			if (r.Secret != nil && !checkRelaySecret(r)) || (r.Secret == nil && r.Msg != nil && r.Msg.Chat != (ID{})) {
+				return 0, fmt.Errorf("%w: seq %d: a secret message without its key, chat or single recipient", ErrBadRelay, r.Seq)
 			}
 			weight += len(r.Users)
+		case r.Kind == RelayChat:
+			if r.Chat == nil || r.Chat.ID == (ID{}) || len(r.Chat.Members) != 2 || !ValidName(r.Chat.Members[0].User) || !ValidName(r.Chat.Members[1].User) {
+				return 0, fmt.Errorf("%w: seq %d: a chat record", ErrBadRelay, r.Seq)
+			}
+			weight++
 		case r.Kind == RelayEntry:
 			ok := ValidName(r.User)
 			switch r.Entry.Kind {
@@ -931,10 +996,20 @@ func (c *txn) applyRelay(b *RelayBatch) (through uint64, gap, err error) {
 		var err error
 		switch r.Kind {
 		case RelayMessage:
-			err = c.applyRelayMessage(r)
+			if r.Secret != nil {
+				err = c.applyRelaySecret(r)
+			} else {
+				err = c.applyRelayMessage(r)
+			}
 		case RelayReceipt:
 			err = c.applyRelayReceipt(r)
+		case RelayChat:
+			err = c.applyRelayChat(r.Chat)
 		default:
+			if r.Entry.Kind == EntryBurn {
+				err = c.applyRelayBurn(r.Entry.Burn)
+				break
+			}
 			if _, other := c.e.remote(r.User); !other && c.active(r.User) {
 				err = c.appendEntry(r.User, r.Entry)
 			}

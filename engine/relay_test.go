@@ -599,17 +599,29 @@ func TestNoPlacementWritesNoRelayKeys(t *testing.T) {
 	}
 }
 
-// TestCrossPartitionSecretChatRefused: a secret chat with a user of
-// another partition is refused (stage 3); DINGs are not (stage 2).
-func TestCrossPartitionSecretChatRefused(t *testing.T) {
+// TestCrossPartitionSecretChatWorks: a secret chat with a user of another
+// partition is created (stage 3; relay_secret_test.go tests it whole), in
+// its creator's partition only; DINGs across partitions work too (stage 2).
+func TestCrossPartitionSecretChatWorks(t *testing.T) {
 	ctx := context.Background()
 	nodes := memNodes(t, 2, nil)
-	a := nodes[0]
-	if _, err := a.e.CreateChat(ctx, engine.ChatRequest{From: "alice", To: "bob", Level: engine.Level1}); !errors.Is(err, engine.ErrCrossPartition) || engine.CodeOf(err) != engine.CodeBadRequest {
-		t.Fatalf("a secret chat with another partition: %v, want ErrCrossPartition", err)
+	a, b := nodes[0], nodes[1]
+	if _, err := b.e.CreateChat(ctx, engine.ChatRequest{From: "alice", To: "bob", Level: engine.Level1}); !errors.Is(err, engine.ErrCrossPartition) || engine.CodeOf(err) != engine.CodeBadRequest {
+		t.Fatalf("a secret chat created outside its creator's partition: %v, want ErrCrossPartition", err)
 	}
-	if n, err := engine.RelayKeys(a.st); err != nil || n != 0 {
+	if n, err := engine.RelayKeys(b.st); err != nil || n != 0 {
 		t.Fatalf("%d relay keys (%v), want 0", n, err)
+	}
+	ch, err := a.e.CreateChat(ctx, engine.ChatRequest{From: "alice", To: "bob", Level: engine.Level1})
+	if err != nil {
+		t.Fatalf("a secret chat with another partition: %v", err)
+	}
+	if out := outboxOf(t, a, 1); len(out) != 1 || out[0].Kind != engine.RelayChat || out[0].Chat.ID != ch.ID {
+		t.Fatalf("A.Outbox(1) after the chat = %+v", out)
+	}
+	pump(t, a, b)
+	if got, err := b.e.Chat(ch.ID); err != nil || fmt.Sprint(got) != fmt.Sprint(ch) {
+		t.Fatalf("the chat at B: %+v, %v", got, err)
 	}
 	if _, err := a.e.CreateChat(ctx, engine.ChatRequest{From: "alice", To: "carol", Level: engine.Level1}); err != nil {
 		t.Fatalf("a local secret chat: %v", err)
@@ -620,6 +632,7 @@ func TestCrossPartitionSecretChatRefused(t *testing.T) {
 	if out := outboxOf(t, a, 1); len(out) != 1 || out[0].Kind != engine.RelayMessage || fmt.Sprint(out[0].Users) != "[bob]" {
 		t.Fatalf("A.Outbox(1) after the DING = %+v", out)
 	}
+	checkStores(t, a, b)
 }
 
 // TestRelayLostMessageIsSkipped: a record whose message is gone (lost:

@@ -58,6 +58,13 @@ import (
 // Level 3 trades durability for privacy: its keys are never written to
 // disk, so a restart burns every live level-3 message (reason "restart").
 //
+// With partitions (Config.Placement), the two members may be of two
+// engines: each keeps the chat and its own copy of each message (record,
+// key, state, timers) and burns it at the same deadlines; a restart of
+// either burns the level-3 messages of both (relay_secret.go). The
+// secret state of a message whose recipient is of another partition has
+// ToSeq 0: there is no entry for them here.
+//
 // Keys layout:
 //
 //	chat      's' | chat(16)                 -> chat record (binary, codec.go: level, burn delay, members and pseudonyms)
@@ -408,10 +415,10 @@ func (e *Engine) checkChatRequest(req ChatRequest) (Chat, error) {
 			return Chat{}, err
 		}
 	}
-	for _, u := range []string{req.From, req.To} {
-		if p, other := e.remote(u); other {
-			return Chat{}, fmt.Errorf("%w: a secret chat with %q, of partition %d", ErrCrossPartition, u, p)
-		}
+	if p, other := e.remote(req.From); other {
+		// The other member may be of another partition (relay_secret.go);
+		// the creator is of this one.
+		return Chat{}, fmt.Errorf("%w: a secret chat is created in its creator's partition, %d", ErrCrossPartition, p)
 	}
 	if e.active != nil {
 		for _, u := range []string{req.From, req.To} {
@@ -442,6 +449,12 @@ func (c *txn) createChat(ch *Chat, now time.Time) error {
 	c.batch.Set(chatKey(ch.ID), encodeChat(ch))
 	c.chats[ch.ID] = ch
 	for _, m := range ch.Members {
+		if p, other := c.e.remote(m.User); other {
+			// Their partition stores the chat too and tells them
+			// (applyRelayChat).
+			c.relayRecord(p, &RelayRecord{Kind: RelayChat, Chat: ch})
+			continue
+		}
 		c.batch.Set(userChatKey(m.User, ch.ID), nil)
 		peer, _ := ch.peer(m.User)
 		if err := c.appendEntry(m.User, Entry{Kind: EntrySecret, Secret: &SecretEvent{
@@ -614,8 +627,8 @@ func (e *Engine) checkChat(s *Submission) error {
 	if e.active != nil && (!e.active.Active(peer.User) || !e.active.Active(s.From)) {
 		return fmt.Errorf("%w: the other participant was removed", ErrUnknownRecipient)
 	}
-	if _, other := e.remote(peer.User); other {
-		return fmt.Errorf("%w: a secret chat's other participant", ErrCrossPartition)
+	if p, other := e.remote(s.From); other {
+		return fmt.Errorf("%w: a secret message is sealed in its sender's partition, %d", ErrCrossPartition, p)
 	}
 	s.To = []string{peer.User}
 	s.recipients = s.To
@@ -679,13 +692,22 @@ func (c *txn) applySecretSubmit(s *Submission, res *SubmitResult, now time.Time)
 	c.batch.Set(messageKey(id), encodeMessage(&stored))
 	c.rollup(dayOf(m.Created), c.deptOf(s.From)).MessagesSent++
 	to := s.To[0]
-	if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
-		return err
+	var toSeq uint64 // the recipient's entry; none here for a user of another partition
+	if p, other := c.e.remote(to); other {
+		// Their partition gets the message with its key, read by Outbox
+		// from the keyring (relay_secret.go); the record holds neither.
+		// Its receipt here is written when the record is acknowledged.
+		c.relayRecord(p, &RelayRecord{Kind: RelayMessage, Msg: m, Users: []string{to}, Secret: &RelaySecret{ID: id, Chat: ch.ID}})
+	} else {
+		if err := c.appendEntry(to, Entry{Kind: EntryMessage, Message: m}); err != nil {
+			return err
+		}
+		es := c.entries[to]
+		es[len(es)-1].Message = mask(ch, m)
+		c.batch.Set(receiptKey(id, to), encodeReceipt(Receipt{State: StateSent}))
+		toSeq = c.heads[to]
 	}
-	es := c.entries[to]
-	es[len(es)-1].Message = mask(ch, m)
-	c.batch.Set(receiptKey(id, to), encodeReceipt(Receipt{State: StateSent}))
-	st := &secretState{Chat: ch.ID, Level: ch.Level, From: s.From, To: to, ToSeq: c.heads[to], BurnAfter: ch.BurnAfter.Milliseconds()}
+	st := &secretState{Chat: ch.ID, Level: ch.Level, From: s.From, To: to, ToSeq: toSeq, BurnAfter: ch.BurnAfter.Milliseconds()}
 	if ch.Level >= Level2 {
 		st.ExpireDue = ms(now.Add(c.e.cfg.SecretUnreadTTL))
 		c.setTimerKey(st.ExpireDue, id, secretTimerIdx, timerExpire)
@@ -896,11 +918,20 @@ func (c *txn) burn(id ID, s *secretState, reason string) error {
 		c.batch.Delete(timerKey(s.ExpireDue, id, secretTimerIdx, timerExpire))
 	}
 	// The recipient's message entry becomes a burn entry: a device that
-	// resumes from before it never sees the content.
-	c.batch.Set(inboxKey(s.To, s.ToSeq), encodeEntry(&Entry{Kind: EntryBurn, Burn: id}))
+	// resumes from before it never sees the content. A recipient of
+	// another partition has no entry here: the burn entry appended below
+	// goes there and burns the copy there (applyRelayBurn).
+	if _, other := c.e.remote(s.To); !other {
+		c.batch.Set(inboxKey(s.To, s.ToSeq), encodeEntry(&Entry{Kind: EntryBurn, Burn: id}))
+	}
 	for _, u := range []string{s.From, s.To} {
 		if !c.active(u) {
 			continue // offboarded: they receive nothing more
+		}
+		if _, other := c.e.remote(u); other && (reason == BurnRead || reason == BurnUnread || reason == BurnPeer) {
+			// Their partition burns its copy at the same deadline and
+			// tells them (relay_secret.go); a peer's burn came from there.
+			continue
 		}
 		if err := c.appendEntry(u, Entry{Kind: EntryBurn, Burn: id}); err != nil {
 			return err

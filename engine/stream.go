@@ -590,8 +590,20 @@ func (c *txn) applyRead(user string, ids []ID, now time.Time) error {
 		if p, other := c.e.originOf(m); other {
 			// The origin counts the read, tells the sender and stops
 			// the DING (applyRelayReceipt); the reader's devices learn
-			// it here.
+			// it here. A secret message's copy here burns at the same
+			// deadline as the origin's: now, sent in the receipt.
 			out.add(p, ch.id)
+			if m.Chat != (ID{}) {
+				as, err := c.pseudonymOf(m.ID, user)
+				if err != nil {
+					return err
+				}
+				if err := c.secretRead(m.ID, user, now); err != nil {
+					return err
+				}
+				own.addAs(user, as, ch.id)
+				continue
+			}
 			own.add(user, ch.id)
 			continue
 		}
