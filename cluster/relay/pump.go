@@ -293,6 +293,7 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	if len(b.Records) == 0 {
 		return false, nil
 	}
+	fromOldest := l.acked == 0
 	if l.acked == 0 {
 		// What was before the oldest record is acknowledged (deleted).
 		l.acked = b.Records[0].Seq - 1
@@ -312,7 +313,7 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 			return false, err // closing: the outcome is unknown, the records stay
 		}
 		p.m.applyErrors.WithLabelValues(label(l.from), label(l.to), reason(err)).Inc()
-		if errors.Is(err, engine.ErrRelayGap) && l.acked != 0 {
+		if errors.Is(err, engine.ErrRelayGap) && !fromOldest {
 			// The destination lacks records before ours: send the
 			// outbox again from its oldest record, at once.
 			p.cfg.Logger.Warn("relay: a gap at the destination; sending again from the oldest record", "from", l.from, "to", l.to, "err", err)

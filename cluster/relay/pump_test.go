@@ -689,3 +689,45 @@ func TestPumpBacklogCountsEveryWaitingRecord(t *testing.T) {
 		t.Fatalf("backlog %v, want the 5 records waiting", got)
 	}
 }
+
+// countingDest counts the batches offered to a destination.
+type countingDest struct {
+	relay.Dest
+	calls atomic.Int64
+}
+
+func (c *countingDest) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
+	c.calls.Add(1)
+	return c.Dest.ApplyRelay(ctx, b)
+}
+
+// TestPumpBacksOffAGapThatStays: a destination whose watermark is below
+// the oldest record the origin still holds (it lost its store: a restore,
+// a lossy failover) cannot be served from this outbox. The pump must back
+// off (it waits on the fake clock, which never moves), not resend in a
+// hot loop (it did, once it learnt where the outbox starts: found in
+// review).
+func TestPumpBacksOffAGapThatStays(t *testing.T) {
+	nodes := openNodes(t, 2, false)
+	if _, err := submit(nodes[0].e, "a0", "one", "b0"); err != nil {
+		t.Fatal(err)
+	}
+	first := startPump(t, config(nodes, nil, nil))
+	waitOutboxesEmpty(t, nodes)
+	first.Close()
+	nodes[1].close()
+	nodes[1] = openNode(t, 1, "", nil) // B comes back on a fresh store
+	if _, err := submit(nodes[0].e, "a0", "two", "b0"); err != nil {
+		t.Fatal(err)
+	}
+	d := &countingDest{Dest: nodes[1].e}
+	clk := fakeclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
+	reg := prometheus.NewRegistry()
+	cfg := config(nodes, reg, map[uint32]relay.Dest{1: d})
+	cfg.Clock = clk
+	startPump(t, cfg)
+	waitParked(t, clk)
+	if n := d.calls.Load(); n > 2 {
+		t.Fatalf("%d batches offered before the pump backed off, want at most 2", n)
+	}
+}
