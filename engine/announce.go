@@ -136,22 +136,24 @@ func (e *Engine) Stats(id ID, lists bool) (*MessageStats, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Receipts first, then the audience still pending: a chunk written in
-	// between would show in both, so pending names with a receipt are
-	// dropped.
-	rs, err := e.Receipts(id)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
+	// The audience still pending first (fanout chunks not yet written,
+	// recipients in other partitions whose record is still in the
+	// outbox), then the receipts: a chunk or an acknowledgement written
+	// in between moves users from the first read to the second, where they
+	// show in both, and pending names with a receipt are dropped. (In the
+	// other order they would show in neither; found in review.)
 	pending, err := e.pendingAudience(id)
 	if err != nil {
 		return nil, err
 	}
-	// Recipients in other partitions whose record is still in the outbox
-	// are pending too; once it is acknowledged, they have receipts here
-	// (relay.go, mirrorRelayed).
+	// Once acknowledged, remote recipients have receipts here (relay.go,
+	// mirrorRelayed).
 	remote, err := e.outboxAudience(id)
 	if err != nil {
+		return nil, err
+	}
+	rs, err := e.Receipts(id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
 	pending = append(pending, remote...)

@@ -517,6 +517,9 @@ func (e *Engine) checkDing(r DingRequest) (*dingReq, error) {
 	if err := CheckName("sender", r.From); err != nil {
 		return nil, err
 	}
+	if err := e.checkHome(r.From); err != nil {
+		return nil, err
+	}
 	switch {
 	case strings.TrimSpace(r.Text) == "":
 		return nil, fmt.Errorf("%w: no text", ErrBadDing)

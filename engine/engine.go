@@ -525,6 +525,9 @@ func (e *Engine) check(s *Submission, announce bool) error {
 	if err := CheckName("sender", s.From); err != nil {
 		return err
 	}
+	if err := e.checkHome(s.From); err != nil {
+		return err
+	}
 	if !announce && !s.Kind.Valid() {
 		return fmt.Errorf("%w: %d", ErrBadKind, s.Kind)
 	}

@@ -142,9 +142,10 @@ import (
 //     logs it and returns the record with Msg nil, which the destination
 //     skips. A receipt for a message the origin no longer holds is
 //     skipped.
-//   - Ids do not yet name their partition (stage 4), so an id-addressed
-//     request (stats, DING status, a confirmation by SMS) must be sent to
-//     the origin.
+//   - An id-addressed request (stats, DING status) must be sent to the
+//     origin: ids name it (HomeOf), and routing by it is the caller's
+//     job. A message, DING or announcement must be submitted at its
+//     sender's partition (ErrWrongPartition otherwise).
 //
 // Keys are drawn in the package doc; the record's layout is in codec.go.
 
@@ -257,6 +258,16 @@ func (e *Engine) remote(user string) (uint32, bool) {
 	}
 	p := e.cfg.Placement(user)
 	return p, p != e.cfg.Partition
+}
+
+// checkHome refuses a message, DING or announcement from a sender of
+// another partition: its home is the sender's partition (receipts, counts
+// and the DING's state go back there), so it must be submitted there.
+func (e *Engine) checkHome(sender string) error {
+	if p, other := e.remote(sender); other {
+		return fmt.Errorf("%w: sender %q belongs to partition %d, not %d", ErrWrongPartition, sender, p, e.cfg.Partition)
+	}
+	return nil
 }
 
 // splitRecipients divides a message's recipients into this partition's
