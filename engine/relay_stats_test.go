@@ -86,3 +86,47 @@ func TestSubmitAtTheSendersPartitionOnly(t *testing.T) {
 	}
 	send(t, a.e, "alice", "from home", "carol", "bob")
 }
+
+// An acknowledgement writes the origin's "sent" receipts a chunk of users
+// per op (Config.FanoutChunk), so that a message to many users of another
+// partition does not hold the commit loop; every user gets one, across
+// records and chunks, and Stats counts the rest as pending meanwhile.
+func TestAckRelayMirrorsInChunks(t *testing.T) {
+	ctx := context.Background()
+	nodes := memNodes(t, 2, func(c *engine.Config) { c.FanoutChunk = 2 })
+	a, b := nodes[0], nodes[1]
+	remote := []string{"b0", "b1", "b2", "bob", "dave"}
+	m1 := send(t, a.e, "alice", "one", remote...)
+	m2 := send(t, a.e, "alice", "two", "bob", "carol", "b2")
+	bt, err := a.e.Outbox(1, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	through, err := b.e.ApplyRelay(ctx, bt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := a.e.Stats(m1.ID, false); err != nil || st.Pending != 5 {
+		t.Fatalf("before the acknowledgement: %+v %v, want 5 pending", st, err)
+	}
+	if err := a.e.AckRelay(ctx, 1, through); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		id    engine.ID
+		users []string
+	}{{m1.ID, remote}, {m2.ID, []string{"bob", "b2"}}} {
+		for _, u := range c.users {
+			if r := receiptOf(t, a.e, c.id, u); r.State != engine.StateSent {
+				t.Fatalf("%s's receipt of %s at the origin: %v, want sent", u, c.id, r.State)
+			}
+		}
+		if st, err := a.e.Stats(c.id, false); err != nil || st.Pending != 0 || st.Sent != st.Total {
+			t.Fatalf("after: %+v %v", st, err)
+		}
+	}
+	if out := outboxOf(t, a, 1); len(out) != 0 {
+		t.Fatalf("outbox after the acknowledgement: %+v", out)
+	}
+	checkStores(t, a, b)
+}
