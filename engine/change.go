@@ -181,6 +181,10 @@ var forgetKey = []byte{prefixCounter, 'd', 'i', 'r'}
 // auditSeq > 0) changes nothing, so replaying the audit log from there
 // after a restart or a takeover is harmless; Forget with auditSeq 0
 // always applies, and is idempotent as Offboard is.
+//
+// So the caller must give each engine the removals in audit order, one
+// at a time (internal/node serialises them and replays the audit log):
+// a removal given after a later one is skipped as if already applied.
 func (e *Engine) Forget(ctx context.Context, user string, auditSeq uint64) (Offboarded, error) {
 	if err := CheckName("user", user); err != nil {
 		return Offboarded{}, err
