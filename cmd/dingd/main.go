@@ -193,6 +193,13 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	if c.RestoreFrom != "" && c.Cluster != "" {
 		return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
 	}
+	if c.Partitions > 1 && c.Cluster != "" {
+		return errors.New("--partitions (experimental) runs its partitions in one process; it is not supported with --cluster yet")
+	}
+	if c.Partitions > 1 && c.RestoreFrom != "" {
+		return errors.New("--partitions (experimental) does not restore backups yet: --restore-from restores the store of one partition")
+	}
+	ncfg.Partitions = c.Partitions
 	// Start restores the backup, if asked, once the listeners are bound
 	// and the data dir locked: a start that fails leaves no half-restored
 	// store behind.
@@ -312,6 +319,11 @@ func check(args []string, stdout io.Writer) error {
 	}
 	dir := *storeDir
 	if dir == "" {
+		if p, err := node.RecordedPartitions(*data); err != nil {
+			return fmt.Errorf("check: %w", err)
+		} else if p > 1 {
+			return fmt.Errorf("check: %s holds %d partitions (--partitions, experimental): dingd check does not check partitioned data dirs yet", *data, p)
+		}
 		dir = filepath.Join(*data, "store")
 	}
 	if ms, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*")); len(ms) == 0 {
