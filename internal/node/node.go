@@ -176,6 +176,9 @@ type Config struct {
 	// locked: the caller (RunMember) holds the data directory's lock, so
 	// Start does not take it.
 	locked bool
+	// wrapPartition, when set (by tests), wraps partition i's store for
+	// its engine, as Replicate wraps the one store.
+	wrapPartition func(i int, st store.Store) store.Store
 }
 
 // AddrInUseError is returned by Start when a listen address is taken

@@ -23,6 +23,7 @@ import (
 	"github.com/dingmq/ding/cluster/relay"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
+	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 	"github.com/dingmq/ding/fanout"
 )
@@ -297,8 +298,12 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		}
 		ring := set.rings[i]
 		closers = append(closers, func() { ring.Close() })
+		var st store.Store = set.dbs[i]
+		if cfg.wrapPartition != nil {
+			st = cfg.wrapPartition(i, st)
+		}
 		if set.engs[i], err = engine.Open(engine.Config{
-			Store: set.dbs[i], Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
+			Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 			Logger: cfg.Logger.With("partition", i), Registerer: wrap(strconv.Itoa(i)),
 			Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
 			Keys: ring, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,

@@ -3,17 +3,21 @@ package node_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/fanout"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
@@ -335,5 +339,117 @@ func TestPartitionsCountIsFixed(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(single.DataDir(), node.PartitionsFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the refused start wrote %s: %v", node.PartitionsFile, err)
+	}
+}
+
+// /readyz answers 503, naming the partition, once any partition's store
+// failed a write; the other partitions keep serving.
+func TestPartitionsReadyzSaysWhichStoreFailed(t *testing.T) {
+	var fail atomic.Bool
+	cfg := node.Config{DataDir: t.TempDir(), SocketAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Partitions: testPartitions,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	node.WrapPartitionStore(&cfg, func(i int, st store.Store) store.Store {
+		if i == 0 {
+			return failingStore{st, &fail}
+		}
+		return st
+	})
+	n, err := node.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Shutdown(ctx); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+			t.Errorf("shutdown after the failed write: %v, want the store's error", err)
+		}
+	})
+	d := &dingNode{n: n}
+	nodetest.AddUsers(t, n, "ana", "bo", "cy")
+	readyz := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + n.HTTPAddr() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := readyz(); code != 200 {
+		t.Fatalf("readyz before: %d %q", code, body)
+	}
+	fail.Store(true)
+	if code, out, _ := d.api(t, "POST", "/v1/messages", map[string]any{"from": "bo", "to": []string{"ana"}, "text": "hi"}); code < 500 {
+		t.Fatalf("a send on partition 0's failing store: %d %v", code, out)
+	}
+	if code, body := readyz(); code != 503 || !strings.Contains(body, "partition 0's store failed a write") {
+		t.Fatalf("readyz after a failed write: %d %q, want 503 naming partition 0", code, body)
+	}
+	// ana (2) and cy (3) still talk.
+	if code, out, _ := d.api(t, "POST", "/v1/messages", map[string]any{"from": "ana", "to": []string{"cy"}, "text": "still here"}); code != http.StatusOK {
+		t.Fatalf("a send between healthy partitions: %d %v", code, out)
+	}
+}
+
+// Secret chats work within a partition, each partition keeping its keys
+// in its own keyring; one between partitions is refused with a clear
+// client error (engine.ErrCrossPartition, stage 3 lifts it); offboarding a
+// participant burns the chat's live messages.
+func TestPartitionsSecretChats(t *testing.T) {
+	d, _ := startPartitioned(t, t.TempDir())
+	n := d.n
+	nodetest.AddUsers(t, n, "ana", "bo", "cy", "dee")
+	wantPartitions(t, n, map[string]int{"dee": 3})
+	code, out, _ := d.api(t, "POST", "/v1/secret-chats", map[string]any{"from": "ana", "to": "bo", "level": 2})
+	if code != http.StatusBadRequest || errCode(out) != "BAD_REQUEST" || !strings.Contains(out["error"].(map[string]any)["detail"].(string), "partitions") {
+		t.Fatalf("a secret chat across partitions: %d %v", code, out)
+	}
+	code, ch, _ := d.api(t, "POST", "/v1/secret-chats", map[string]any{"from": "cy", "to": "dee", "level": 2})
+	if code != http.StatusCreated {
+		t.Fatalf("a secret chat within partition 3: %d %v", code, ch)
+	}
+	chat := ch["id"].(string)
+	dee := nodetest.Dial(t, n, "dee", "phone", nil)
+	id := d.secretSend(t, "cy", chat, "the door code is 4711")
+	if m := firstDeliver(t, dee, id); m == nil || string(m.Body) != "the door code is 4711" {
+		t.Fatalf("dee got %+v", m)
+	}
+	if got := n.Engines()[3].LiveSecrets(); got != 1 {
+		t.Fatalf("LiveSecrets on partition 3 = %d, want 1", got)
+	}
+	if code, out, _ := d.api(t, "DELETE", "/v1/users/cy", nil); code != http.StatusOK {
+		t.Fatalf("offboard cy: %d %v", code, out)
+	}
+	if got := n.Engines()[3].LiveSecrets(); got != 0 {
+		t.Fatalf("LiveSecrets on partition 3 after offboarding cy = %d, want 0", got)
+	}
+}
+
+// /metrics sums the stores and labels each engine's series with its
+// partition.
+func TestPartitionsMetrics(t *testing.T) {
+	d, _ := startPartitioned(t, t.TempDir())
+	nodetest.AddUsers(t, d.n, "ana", "bo")
+	if code, out, _ := d.api(t, "POST", "/v1/messages", map[string]any{"from": "ana", "to": []string{"bo"}, "text": "hi"}); code != http.StatusOK {
+		t.Fatalf("send: %d %v", code, out)
+	}
+	nodetest.WaitFor(t, "the relay counted", 10*time.Second, func() bool {
+		return metricValue(t, d.n, `ding_relay_records_total{from="2",to="0"}`) == 1
+	})
+	if v := metricValue(t, d.n, "ding_store_used_bytes"); v <= 0 {
+		t.Fatalf("ding_store_used_bytes = %v", v)
+	}
+	resp, err := http.Get("http://" + d.n.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`partition="0"`, `partition="3"`, `partition="dir"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics has no series with %s", want)
+		}
 	}
 }
