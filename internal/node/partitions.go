@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -64,7 +65,10 @@ import (
 // once (Directory.Active), then engine.Forget on every partition with the
 // removal's audit seq. At each start the removals above each engine's
 // ForgottenThrough are applied again (forgetRemoved), so an offboarding
-// cut short by a crash is completed.
+// cut short by a crash is completed. When applying them fails (a full
+// disk makes the engines read-only; a store failed), the node does not
+// stop there: forgetLoop retries until they are applied, meanwhile the
+// removed user is refused everywhere already (Directory.Active).
 //
 // Limits (refused with a clear error rather than done half):
 //   - backups (POST /v1/backup and /v1/backup/verify answer 501),
@@ -197,6 +201,13 @@ type partitionSet struct {
 	// removals in audit order (Forget skips one at or below its
 	// watermark).
 	forgetMu sync.Mutex
+
+	// retryForget wakes forgetLoop (capacity 1, coalesced) after
+	// forgetRemoved failed; stopForget ends it, forgetDone says it ended.
+	retryForget chan struct{}
+	stopForget  chan struct{}
+	forgetDone  chan struct{}
+	stopOnce    sync.Once
 }
 
 // of is the placement: user's partition.
@@ -216,7 +227,8 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	closers := *closersp
 	defer func() { *closersp = closers }()
 	p := cfg.Partitions
-	set := &partitionSet{n: uint32(p), log: cfg.Logger}
+	set := &partitionSet{n: uint32(p), log: cfg.Logger,
+		retryForget: make(chan struct{}, 1), stopForget: make(chan struct{}), forgetDone: make(chan struct{})}
 	n.parts = set
 	set.shared = pebblestore.NewShared(0, p+1, max(4<<20, (64<<20)/int64(p)))
 	closers = append(closers, set.shared.Close)
@@ -375,8 +387,11 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		return w, fmt.Errorf("node: %w", err)
 	}
 	closers = append(closers, set.pump.Close) // closed before the engines
+	go set.forgetLoop()
+	closers = append(closers, set.stopForgetLoop)
 	if _, err := set.forgetRemoved(context.Background()); err != nil {
-		return w, fmt.Errorf("node: applying the directory's removals to the partitions: %w", err)
+		set.log.Error("applying the directory's removals to the partitions failed; retrying in the background", "err", err)
+		set.wakeForget()
 	}
 	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier}, nil
 }
@@ -433,12 +448,60 @@ func (s *partitionSet) forgetRemoved(ctx context.Context) (engine.Offboarded, er
 	}
 }
 
+// wakeForget asks forgetLoop to run forgetRemoved again.
+func (s *partitionSet) wakeForget() {
+	select {
+	case s.retryForget <- struct{}{}:
+	default:
+	}
+}
+
+// forgetLoop runs forgetRemoved again after a failure, every second
+// (real time: what it waits for is a disk or a store, not a clock), until
+// it succeeds or the node stops. Owned by the partitionSet: stopped by
+// stopForgetLoop before the engines shut down.
+func (s *partitionSet) forgetLoop() {
+	defer close(s.forgetDone)
+	for {
+		select {
+		case <-s.stopForget:
+			return
+		case <-s.retryForget:
+		}
+		for done := false; !done; {
+			t := time.NewTimer(time.Second)
+			select {
+			case <-s.stopForget:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			// Not cancelled by a stop: the engines run until this loop
+			// has ended, and Forget answers once its batch is durable or
+			// refused.
+			_, err := s.forgetRemoved(context.Background())
+			if done = err == nil; done {
+				s.log.Info("applied the directory's removals to every partition")
+			} else {
+				s.log.Warn("applying the directory's removals to the partitions failed again; retrying", "err", err)
+			}
+		}
+	}
+}
+
+// stopForgetLoop ends forgetLoop and waits for it. Idempotent.
+func (s *partitionSet) stopForgetLoop() {
+	s.stopOnce.Do(func() { close(s.stopForget) })
+	<-s.forgetDone
+}
+
 // offboardPartitions is Offboard with several partitions: the removal is
 // decided, durably, on the directory's engine (every partition's commit
 // loop then refuses the user: they read the same directory), the user's
 // connections are closed, and every partition applies it (Forget). If
-// that fails, the removal stands; a retry (or the next start) completes
-// it.
+// that fails, the removal stands and is retried in the background
+// (forgetLoop); a retry of the request, or the next start, completes it
+// too.
 func (n *Node) offboardPartitions(ctx context.Context, user string, actor fanout.Actor) error {
 	if _, err := n.dir.RemoveUser(user, actor); err != nil {
 		return fmt.Errorf("node: offboard %s: %w", user, err)
@@ -446,6 +509,7 @@ func (n *Node) offboardPartitions(ctx context.Context, user string, actor fanout
 	kicked := n.hub.Kick(user, fanout.ErrUserRemoved)
 	did, err := n.parts.forgetRemoved(ctx)
 	if err != nil {
+		n.parts.wakeForget()
 		return fmt.Errorf("node: offboard %s: removed from the directory, not yet on every partition (a retry completes it): %w", user, err)
 	}
 	n.log.Info("user offboarded", "user", user, "actor", actor.Name, "connections_closed", kicked,
@@ -456,6 +520,7 @@ func (n *Node) offboardPartitions(ctx context.Context, user string, actor fanout
 // shutdownEngines closes the pump, then the partitions' engines, then the
 // directory's.
 func (s *partitionSet) shutdownEngines(ctx context.Context) error {
+	s.stopForgetLoop()
 	s.pump.Close()
 	var errs []error
 	var wg sync.WaitGroup

@@ -453,3 +453,28 @@ func TestPartitionsMetrics(t *testing.T) {
 		}
 	}
 }
+
+// An offboarding one partition cannot apply (it is read-only: a full
+// disk) is answered with the error, stands in the directory, and is
+// applied there in the background once the partition takes writes again.
+func TestPartitionsOffboardRetriedInTheBackground(t *testing.T) {
+	d := startDingNode(t, func(c *node.Config) { c.Partitions = testPartitions })
+	nodetest.AddUsers(t, d.n, "eve")
+	eve := d.n.Engines()[1]
+	eve.SetReadOnly(errors.New("test: the disk is full"))
+	code, out, _ := d.api(t, "DELETE", "/v1/users/bo", nil)
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("DELETE /v1/users/bo with partition 1 read-only: %d %v", code, out)
+	}
+	if d.n.Directory().Active("bo") {
+		t.Fatal("bo is still active after the refused offboarding")
+	}
+	if ft, _ := eve.ForgottenThrough(); ft != 0 {
+		t.Fatalf("read-only partition 1 forgot through %d", ft)
+	}
+	eve.SetReadOnly(nil)
+	nodetest.WaitFor(t, "partition 1 to apply the removal", 10*time.Second, func() bool {
+		ft, err := eve.ForgottenThrough()
+		return err == nil && ft > 0
+	})
+}
