@@ -16,6 +16,7 @@ import (
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/fanout"
+	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
@@ -147,8 +148,10 @@ func TestPartitionsFlagRefusals(t *testing.T) {
 
 // The disk guard covers every partition: on a real 512 MiB tmpfs filled
 // to near the reserve, a send across partitions is refused with a
-// non-fatal UNAVAILABLE, /readyz says read-only, and writes resume by
-// themselves once space returns; every acknowledged message reaches bo.
+// non-fatal UNAVAILABLE (not a store's write failing for want of space),
+// /readyz says read-only, and writes resume by themselves once space
+// returns; every acknowledged message reaches bo. The 80 MiB asked for
+// is raised to what 5 stores' write-ahead logs need (node.MinDiskReserve).
 func TestDiskFullWithPartitions(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("SKIPPED: mounting a small tmpfs needs root (make test runs as root on the CI machine)")
@@ -159,8 +162,11 @@ func TestDiskFullWithPartitions(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
 	data := filepath.Join(mnt, "data")
-	const reserve = 80 << 20
+	reserve := node.MinDiskReserve(4)
 	p := startDingd(t, data, "--disk-reserve-mb", "80", "--partitions", "4")
+	if !strings.Contains(p.stderr.String(), "raising the disk reserve") {
+		t.Fatalf("no warning that the reserve was raised:\n%s", p.stderr)
+	}
 	for _, u := range []string{"ana", "bo"} {
 		if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
 			t.Fatalf("create %s: %d", u, code)

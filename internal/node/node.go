@@ -357,7 +357,13 @@ func Start(cfg Config) (_ *Node, err error) {
 
 	var guard *diskGuard
 	if cfg.DiskReserve >= 0 {
-		if guard, err = newDiskGuard(cfg.DataDir, uint64(cmp.Or(cfg.DiskReserve, 128<<20)), cfg.Logger, reg); err != nil {
+		reserve := cmp.Or(cfg.DiskReserve, 128<<20)
+		if least := MinDiskReserve(cfg.Partitions); reserve < least {
+			cfg.Logger.Warn("raising the disk reserve: with partitions every store preallocates write-ahead logs of its own",
+				"partitions", cfg.Partitions, "asked_bytes", reserve, "reserve_bytes", least)
+			reserve = least
+		}
+		if guard, err = newDiskGuard(cfg.DataDir, uint64(reserve), cfg.Logger, reg); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		guard.prepare()

@@ -230,7 +230,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	set := &partitionSet{n: uint32(p), log: cfg.Logger,
 		retryForget: make(chan struct{}, 1), stopForget: make(chan struct{}), forgetDone: make(chan struct{})}
 	n.parts = set
-	set.shared = pebblestore.NewShared(0, p+1, max(4<<20, (64<<20)/int64(p)))
+	set.shared = pebblestore.NewShared(0, p+1, memTableBytes(p))
 	closers = append(closers, set.shared.Close)
 	open := func(dir string) (*pebblestore.DB, error) {
 		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
@@ -394,6 +394,27 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.wakeForget()
 	}
 	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier}, nil
+}
+
+// memTableBytes is the memtable size of each store of p partitions
+// (and of the directory's): max(4 MiB, 64 MiB/p).
+func memTableBytes(p int) int64 { return max(4<<20, (64<<20)/int64(max(p, 1))) }
+
+// MinDiskReserve is the least disk reserve (Config.DiskReserve) a node
+// of p partitions runs with; 0 for one partition, whose reserve is as
+// configured. Each of the p+1 stores preallocates a write-ahead log of
+// 110% of a memtable on its first write, and another when its memtable
+// is flushed (the disk guard flushes them all when the disk fills), so
+// the reserve must hold two per store, plus 32 MiB for the tables a
+// flush writes: 208 MiB for 4 partitions, 182 MiB for 16, 604 MiB for
+// 64. A smaller reserve let a store's write fail for want of space
+// (found by TestDiskFullWithPartitions), which stops its engine until a
+// restart; Start raises it, with a warning.
+func MinDiskReserve(p int) int64 {
+	if p <= 1 {
+		return 0
+	}
+	return int64(p+1)*memTableBytes(p)*22/10 + 32<<20
 }
 
 // partitionDir is DATA/p/N/name.

@@ -478,3 +478,39 @@ func TestPartitionsOffboardRetriedInTheBackground(t *testing.T) {
 		return err == nil && ft > 0
 	})
 }
+
+// GET /v1/stats adds up every partition's rollups: each message is
+// counted once, at its home, and its reads where they were relayed back.
+func TestPartitionsAdminStatsAddUp(t *testing.T) {
+	d, _ := startPartitioned(t, t.TempDir())
+	nodetest.AddUsers(t, d.n, "ana", "bo", "cy")
+	bo := nodetest.Dial(t, d.n, "bo", "phone", nil)
+	var ids []string
+	for _, m := range []struct{ from, to string }{{"ana", "bo"}, {"cy", "bo"}, {"bo", "bo"}} {
+		code, out, _ := d.api(t, "POST", "/v1/messages", map[string]any{"from": m.from, "to": []string{m.to}, "text": "hi"})
+		if code != http.StatusOK {
+			t.Fatalf("send: %d %v", code, out)
+		}
+		ids = append(ids, out["id"].(string))
+	}
+	for _, id := range ids {
+		if firstDeliver(t, bo, id) == nil {
+			t.Fatalf("bo did not get %s", id)
+		}
+	}
+	if err := bo.Read(context.Background(), ids...); err != nil {
+		t.Fatal(err)
+	}
+	var total map[string]any
+	nodetest.WaitFor(t, "three reads counted", 10*time.Second, func() bool {
+		code, out, _ := d.api(t, "GET", "/v1/stats", nil)
+		if code != http.StatusOK {
+			t.Fatalf("stats: %d %v", code, out)
+		}
+		total = out["total"].(map[string]any)["counts"].(map[string]any)
+		return total["messages_read"] == float64(3)
+	})
+	if total["messages_sent"] != float64(3) || total["messages_delivered"] != float64(3) {
+		t.Fatalf("totals: %v", total)
+	}
+}
