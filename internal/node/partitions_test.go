@@ -514,3 +514,25 @@ func TestPartitionsAdminStatsAddUp(t *testing.T) {
 		t.Fatalf("totals: %v", total)
 	}
 }
+
+// An announcement from the admins (no sender) has a home too, where its
+// counts are kept, and reaches every partition.
+func TestPartitionsAdminAnnouncement(t *testing.T) {
+	d, _ := startPartitioned(t, t.TempDir())
+	nodetest.AddUsers(t, d.n, "ana", "bo", "cy", "eve")
+	code, out, _ := d.api(t, "POST", "/v1/announcements", map[string]any{"to": "all", "text": "fire drill at 3"})
+	if code != http.StatusCreated {
+		t.Fatalf("announce: %d %v", code, out)
+	}
+	id := out["id"].(string)
+	for _, u := range []string{"ana", "bo", "cy", "eve"} {
+		c := nodetest.Dial(t, d.n, u, "phone", nil)
+		if firstDeliver(t, c, id) == nil {
+			t.Fatalf("%s did not get the announcement", u)
+		}
+	}
+	nodetest.WaitFor(t, "4 deliveries counted at the home", 10*time.Second, func() bool {
+		s := stats(t, d, id)
+		return s["total"] == float64(4) && s["delivered"] == float64(4)
+	})
+}

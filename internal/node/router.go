@@ -156,7 +156,7 @@ func (r *router) Sweep(ctx context.Context) (engine.SweepReport, error) {
 		sum.Dedupe += rep.Dedupe
 		sum.Quotas += rep.Quotas
 		sum.Refs += rep.Refs
-		sum.Days = max(sum.Days, rep.Days)
+		sum.Days = max(sum.Days, rep.Days) // days of statistics: the same days on every partition
 		sum.Held += rep.Held
 		sum.Took += rep.Took
 	}
