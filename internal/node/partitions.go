@@ -72,11 +72,13 @@ import (
 //
 // Limits (refused with a clear error rather than done half):
 //   - backups (POST /v1/backup and /v1/backup/verify answer 501),
-//     --restore-from, dingd check, and cluster mode;
+//     --restore-from, and cluster mode (dingd check checks every store);
 //   - secret chats between users of different partitions
 //     (engine.ErrCrossPartition, a BAD_REQUEST);
 //   - the org's SMS and call budgets (Quotas.SMSPerDay, CallsPerDay) are
 //     counted per partition, so the node may send up to P times them;
+//   - the disk reserve is raised to what P+1 stores' write-ahead logs
+//     need (MinDiskReserve);
 //   - see router.go for AdminStats' percentiles and inbound SMS.
 
 // MaxPartitions is the most partitions Config.Partitions may ask for.
