@@ -452,6 +452,45 @@ func TestPartitionsMetrics(t *testing.T) {
 			t.Errorf("/metrics has no series with %s", want)
 		}
 	}
+	// deploy/METRICS.md: every ding_* family is catalogued, and the
+	// partitions-only ones as they are served (those of errors appear
+	// once one happens).
+	fams, err := parseExposition(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := parseCatalogue(catalogueFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range fams {
+		if strings.HasPrefix(name, "ding_") && !slices.ContainsFunc(cat, func(m catEntry) bool { return m.name == name }) {
+			t.Errorf("/metrics exposes %s, which %s does not describe", name, catalogueFile)
+		}
+	}
+	n := 0
+	for _, m := range cat {
+		if !m.partitionsOnly {
+			continue
+		}
+		n++
+		f, ok := fams[m.name]
+		if !ok {
+			if m.name == "ding_relay_records_total" || m.name == "ding_relay_backlog_records" {
+				t.Errorf("%s is in %s (line %d) but not in /metrics", m.name, catalogueFile, m.line)
+			}
+			continue
+		}
+		if f.typ != m.typ {
+			t.Errorf("%s: catalogue says %s, /metrics says %s", m.name, m.typ, f.typ)
+		}
+		if got, want := sortedKeys(f.labels), sortedKeys(m.labels); !slices.Equal(got, want) {
+			t.Errorf("%s: labels in /metrics %v, in the catalogue %v", m.name, got, want)
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d partitions-only metrics in the catalogue, want 4: the parsing is broken", n)
+	}
 }
 
 // An offboarding one partition cannot apply (it is read-only: a full
