@@ -575,3 +575,25 @@ func TestPartitionsAdminAnnouncement(t *testing.T) {
 		return s["total"] == float64(4) && s["delivered"] == float64(4)
 	})
 }
+
+// Without Partitions (or with 1) the data dir is as it always was: one
+// store, no record of a partition count, no partition or directory
+// stores.
+func TestOnePartitionLeavesTheDataDirAsBefore(t *testing.T) {
+	for _, p := range []int{0, 1} {
+		n := nodetest.Start(t, node.Config{Partitions: p})
+		nodetest.AddUsers(t, n, "ana")
+		nodetest.Stop(t, n)
+		if n.Engine() == nil || n.Engines() != nil {
+			t.Fatalf("partitions %d: Engine %v, Engines %v", p, n.Engine(), n.Engines())
+		}
+		if _, err := os.Stat(filepath.Join(n.DataDir(), "store")); err != nil {
+			t.Fatalf("partitions %d: %v", p, err)
+		}
+		for _, name := range []string{node.PartitionsFile, "p", "dir"} {
+			if _, err := os.Stat(filepath.Join(n.DataDir(), name)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("partitions %d: the data dir has %s (%v)", p, name, err)
+			}
+		}
+	}
+}
