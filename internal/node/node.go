@@ -392,13 +392,15 @@ func Start(cfg Config) (_ *Node, err error) {
 // wiring is what the edges (socket sessions, admin API, webhooks) are
 // given: the engine itself with one partition, the router with several.
 type wiring struct {
-	sess       session.Engine
-	api        httpapi.Engine
-	reports    twilio.Reports
-	backup     store.Checkpointer // nil: backups refused
-	keys       *auth.Keys
-	backupRoot string
-	notifier   *twilio.Notifier
+	sess    session.Engine
+	api     httpapi.Engine
+	reports twilio.Reports
+	backup  store.Checkpointer // nil: backups refused
+	// backupRefusal, when set, is why backups are refused (a 501 with it).
+	backupRefusal string
+	keys          *auth.Keys
+	backupRoot    string
+	notifier      *twilio.Notifier
 }
 
 // openSingle opens the one store and the one engine of a node with one
@@ -530,8 +532,8 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
 	api, err := httpapi.New(httpapi.Config{
 		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: reg,
-		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) },
-		Ready:        n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
+		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) }, BackupRefusal: w.backupRefusal,
+		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(w.reports), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
 		Limits: limits,
 	})
@@ -540,13 +542,9 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	}
 	n.api = api
 	handler := http.Handler(api)
-	routes := cfg.Routes
-	if n.parts != nil {
-		routes = n.parts.refusedRoutes(cfg.Routes)
-	}
-	if len(routes) > 0 {
+	if len(cfg.Routes) > 0 {
 		mux := http.NewServeMux()
-		for pattern, h := range routes {
+		for pattern, h := range cfg.Routes {
 			mux.Handle(pattern, h)
 		}
 		mux.Handle("/", api)

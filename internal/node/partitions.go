@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -395,7 +393,8 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.log.Error("applying the directory's removals to the partitions failed; retrying in the background", "err", err)
 		set.wakeForget()
 	}
-	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier}, nil
+	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier,
+		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead"}, nil
 }
 
 // memTableBytes is the memtable size of each store of p partitions
@@ -580,23 +579,6 @@ func (s *partitionSet) closeStores() []error {
 	errs = append(errs, s.dirDB.Close())
 	s.shared.Close()
 	return errs
-}
-
-// refusedRoutes are extra's routes plus the API routes a node with
-// several partitions refuses, with a 501 that names --partitions.
-func (s *partitionSet) refusedRoutes(extra map[string]http.Handler) map[string]http.Handler {
-	routes := maps.Clone(extra)
-	if routes == nil {
-		routes = map[string]http.Handler{}
-	}
-	refuse := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusNotImplemented)
-		fmt.Fprintf(w, `{"error":{"code":"UNSUPPORTED","detail":"backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead"}}`+"\n")
-	})
-	routes["POST /v1/backup"] = refuse
-	routes["POST /v1/backup/verify"] = refuse
-	return routes
 }
 
 // Engines returns the partitions' engines, by partition (nil with one

@@ -309,6 +309,15 @@ func TestPartitionsCountIsFixed(t *testing.T) {
 	if e, _ := out["error"].(map[string]any); code != http.StatusNotImplemented || !strings.Contains(e["detail"].(string), "--partitions") {
 		t.Fatalf("backup: %d %v", code, out)
 	}
+	if code, out, _ := d.api(t, "POST", "/v1/backup/verify", map[string]any{"dir": "b1"}); code != http.StatusNotImplemented || errCode(out) != "UNSUPPORTED" {
+		t.Fatalf("backup verify: %d %v", code, out)
+	}
+	// The refusal comes after authentication, as every admin route's.
+	if resp, err := http.Post("http://"+d.n.HTTPAddr()+"/v1/backup", "application/json", strings.NewReader(`{"dir":"b1"}`)); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("backup without a token: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	nodetest.Stop(t, d.n)
 	if b, err := os.ReadFile(filepath.Join(dir, node.PartitionsFile)); err != nil || string(b) != "4\n" {
 		t.Fatalf("%s: %q %v", node.PartitionsFile, b, err)
