@@ -167,6 +167,10 @@ type Config struct {
 	BackupRoot string
 	// VerifyBackup reads a backup whole (POST /v1/backup/verify).
 	VerifyBackup func(dir string) (any, error)
+	// BackupRefusal, when set, is why this server takes and verifies no
+	// backups: both routes answer 501 UNSUPPORTED with it as the detail
+	// (after authentication). Empty: Backup and VerifyBackup decide.
+	BackupRefusal string
 	// Gatherer is what /metrics exposes.
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.
@@ -684,6 +688,9 @@ func (a *API) verifyBackup(r *http.Request) (int, any, error) {
 	if req.Dir == "" {
 		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "dir is required")
 	}
+	if a.cfg.BackupRefusal != "" {
+		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "%s", a.cfg.BackupRefusal)
+	}
 	if a.cfg.BackupRoot == "" || a.cfg.VerifyBackup == nil {
 		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "this store cannot verify backups")
 	}
@@ -712,6 +719,9 @@ func (a *API) backup(r *http.Request) (int, any, error) {
 	}
 	if req.Dir == "" {
 		return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "dir is required")
+	}
+	if a.cfg.BackupRefusal != "" {
+		return 0, nil, errf(http.StatusNotImplemented, "UNSUPPORTED", "%s", a.cfg.BackupRefusal)
 	}
 	root := a.cfg.BackupRoot
 	if a.cfg.Backup == nil || root == "" {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/ratelimit"
 )
 
@@ -62,6 +63,9 @@ type config struct {
 	// RestoreFrom, if set, is a backup to make the store of an empty data
 	// dir before starting (node.Restore).
 	RestoreFrom string
+	// Partitions, from 2, runs that many partitions in this process
+	// (experimental, node.Config.Partitions); 1: one store, as always.
+	Partitions int
 	// DiskReserveMB: writes are refused while the data disk has less free
 	// space (MiB); 0: 128; negative: no guard.
 	DiskReserveMB int
@@ -187,6 +191,9 @@ var settings = []setting{
 	{name: "restore-from", env: "DING_RESTORE_FROM", def: "",
 		help:  "before starting, verify this backup (a directory dingctl backup wrote) and make it the store of --data, which must hold none; secret messages burn (their keys are not in backups); clients need new tokens unless jwt.secret is copied too",
 		field: func(c *config) any { return &c.RestoreFrom }},
+	{name: "partitions", env: "DING_PARTITIONS", def: "1",
+		help:  "experimental: spread users over this many partitions (2 to 64) in this process, each with its own store and engine, messages between them relayed; recorded in the data dir at the first start, which later starts must repeat; not with --cluster or --restore-from, and no backups yet; 1: one store, as always",
+		field: func(c *config) any { return &c.Partitions }},
 	{name: "disk-reserve-mb", env: "DING_DISK_RESERVE_MB", def: "128",
 		help:  "refuse writes (UNAVAILABLE, retryable; reads and deliveries go on) while the data disk has less free space than this, in MiB, and resume above 1.5 times it; a ballast file of a quarter of it is freed then; keep it well above 64 MiB (two of Pebble's memtables); 0 or negative: no guard",
 		zero:  "no disk guard",
@@ -629,6 +636,9 @@ func (c *config) validate() error {
 	}
 	if c.AuthFailuresPerSource > 0 && c.AuthLockout < 100*time.Millisecond {
 		return c.invalid("auth-lockout", c.AuthLockout.String(), "want at least 100ms (auth-failures-per-source 0 turns the lockout off)")
+	}
+	if c.Partitions < 1 || c.Partitions > node.MaxPartitions {
+		return c.invalid("partitions", strconv.Itoa(c.Partitions), fmt.Sprintf("want 1 (one store) to %d", node.MaxPartitions))
 	}
 	if c.IdleTimeout < 300*time.Millisecond {
 		return c.invalid("idle-timeout", c.IdleTimeout.String(), "want at least 300ms")

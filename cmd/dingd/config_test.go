@@ -182,7 +182,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 	odd := "a \"quoted\" \\path\\ with\ttab, é and \x01"
 	args := []string{
 		"--data", "/var/lib/" + odd, "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2",
-		"--max-body", "-5", "--log-level", "debug", "--drain-timeout", "1m30s", "--drain-delay", "2s", "--idle-timeout", "20s", "--new-device-window", "500", "--backup-dir", "/srv/" + odd, "--preauth-per-source", "9", "--disk-reserve-mb", "64", "--tls-cert", "/etc/ding/c.pem", "--tls-key", "/etc/ding/k.pem", "--tls-listen", ":7443", "--tls-client-ca", "/etc/ding/clients.pem", "--restore-from", "/srv/bk", "--http-conns-per-source", "0", "--pprof", "127.0.0.1:3", "--metrics-auth",
+		"--max-body", "-5", "--log-level", "debug", "--drain-timeout", "1m30s", "--drain-delay", "2s", "--idle-timeout", "20s", "--new-device-window", "500", "--backup-dir", "/srv/" + odd, "--preauth-per-source", "9", "--disk-reserve-mb", "64", "--tls-cert", "/etc/ding/c.pem", "--tls-key", "/etc/ding/k.pem", "--tls-listen", ":7443", "--tls-client-ca", "/etc/ding/clients.pem", "--restore-from", "/srv/bk", "--partitions", "4", "--http-conns-per-source", "0", "--pprof", "127.0.0.1:3", "--metrics-auth",
 		"--twilio-account-sid", "AC1", "--twilio-from", "+15550000001",
 		"--public-url", "https://ding.example.com", "--twilio-api-url", "http://127.0.0.1:4",
 		"--ding-sender-daily", "-1", "--ding-recipient-interval", "-1ns", "--sms-per-day", "7",

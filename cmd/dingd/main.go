@@ -58,6 +58,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,6 +194,13 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	if c.RestoreFrom != "" && c.Cluster != "" {
 		return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
 	}
+	if c.Partitions > 1 && c.Cluster != "" {
+		return errors.New("--partitions (experimental) runs its partitions in one process; it is not supported with --cluster yet")
+	}
+	if c.Partitions > 1 && c.RestoreFrom != "" {
+		return errors.New("--partitions (experimental) does not restore backups yet: --restore-from restores the store of one partition")
+	}
+	ncfg.Partitions = c.Partitions
 	// Start restores the backup, if asked, once the listeners are bound
 	// and the data dir locked: a start that fails leaves no half-restored
 	// store behind.
@@ -274,6 +282,52 @@ func orNone(n int) int {
 	return n
 }
 
+// checkPartitions checks every store of a data dir of p partitions
+// (--partitions): the directory's, then each partition's. It prints one
+// JSON object, {"partitions": p, "stores": [{"store": "dir/store",
+// "report": {...}}, ...]}, and fails if any store breaks an invariant.
+func checkPartitions(data string, p int, stdout io.Writer) error {
+	type storeReport struct {
+		Store  string             `json:"store"`
+		Report engine.CheckReport `json:"report"`
+	}
+	out := struct {
+		Partitions int           `json:"partitions"`
+		Stores     []storeReport `json:"stores"`
+	}{Partitions: p}
+	names := []string{filepath.Join("dir", "store")}
+	for i := range p {
+		names = append(names, filepath.Join("p", strconv.Itoa(i), "store"))
+	}
+	problems := 0
+	for _, name := range names {
+		dir := filepath.Join(data, name)
+		if ms, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*")); len(ms) == 0 {
+			return fmt.Errorf("check: %s holds no store", dir)
+		}
+		db, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true})
+		if err != nil {
+			return fmt.Errorf("check: %w (is its dingd still running? stop it)", err)
+		}
+		r, err := engine.Check(db)
+		db.Close()
+		if err != nil {
+			return fmt.Errorf("check: %s: %w", dir, err)
+		}
+		problems += len(r.Problems)
+		out.Stores = append(out.Stores, storeReport{Store: name, Report: r})
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		return err
+	}
+	if problems > 0 {
+		return fmt.Errorf("check: %d broken invariants in the stores of %s", problems, data)
+	}
+	return nil
+}
+
 // checkUsage writes dingd check --help.
 func checkUsage(w io.Writer) {
 	fmt.Fprint(w, `Usage: dingd check [--data DIR | --store DIR]
@@ -283,7 +337,8 @@ dingd is stopped, or a backup (a directory dingctl backup wrote). Prints
 the report as JSON. Exit status: 0 if every invariant holds, 1 if one is
 broken or the store cannot be read, 2 on a mistake on the command line.
 
-  --data DIR    the data dir whose store to check, its dingd stopped (default ./ding-data)
+  --data DIR    the data dir whose store to check, its dingd stopped (default ./ding-data);
+                with partitions (--partitions), every store in it, one report each
   --store DIR   check this store directory instead, e.g. a backup
 
 Example:
@@ -312,6 +367,11 @@ func check(args []string, stdout io.Writer) error {
 	}
 	dir := *storeDir
 	if dir == "" {
+		if p, err := node.RecordedPartitions(*data); err != nil {
+			return fmt.Errorf("check: %w", err)
+		} else if p > 1 {
+			return checkPartitions(*data, p, stdout)
+		}
 		dir = filepath.Join(*data, "store")
 	}
 	if ms, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*")); len(ms) == 0 {

@@ -63,6 +63,12 @@ func TestMetricsScrape(t *testing.T) {
 			}
 			continue // TestClusterMetricsScrape checks it
 		}
+		if m.partitionsOnly {
+			if ok {
+				t.Errorf("%s is partitions-only in %s (line %d) but a node of one partition serves it", m.name, catalogueFile, m.line)
+			}
+			continue // TestPartitionsMetrics checks it
+		}
 		if !ok {
 			t.Errorf("%s is in %s (line %d) but not in /metrics%s", m.name, catalogueFile, m.line, wiringHint(m.name))
 			continue
@@ -443,6 +449,9 @@ type catEntry struct {
 	// partition, or, notServing (the heading says "not serving"), by the
 	// others.
 	clusterOnly, notServing bool
+	// partitionsOnly: listed under a "Partitions only" heading, served
+	// by a node of several partitions only (TestPartitionsMetrics).
+	partitionsOnly bool
 }
 
 var (
@@ -464,11 +473,12 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		return nil, err
 	}
 	var out []catEntry
-	clusterOnly, notServing := false, false
+	clusterOnly, notServing, partitionsOnly := false, false, false
 	for i, line := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(line, "## ") {
 			clusterOnly = strings.Contains(line, "Cluster mode only")
 			notServing = clusterOnly && strings.Contains(line, "not serving")
+			partitionsOnly = strings.Contains(line, "Partitions only")
 		}
 		cells := strings.Split(line, "|")
 		if len(cells) < 5 || !strings.HasPrefix(line, "|") {
@@ -478,7 +488,7 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		if m == nil {
 			continue
 		}
-		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly, notServing: notServing}
+		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly, notServing: notServing, partitionsOnly: partitionsOnly}
 		if ls := strings.TrimSpace(cells[3]); ls != "" && ls != "—" {
 			for _, clause := range strings.Split(ls, ";") {
 				clause = strings.TrimSpace(clause)

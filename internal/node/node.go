@@ -165,9 +165,20 @@ type Config struct {
 	// (cluster mode: /cluster/).
 	Routes map[string]http.Handler
 
+	// Partitions, when 2 to MaxPartitions, runs that many partitions in
+	// this process (experimental; partitions.go): users are spread over
+	// them, each with its own store and engine, and messages between them
+	// are relayed. Zero or 1 means one store and one engine, as always.
+	// The count is recorded in the data dir at the first start; a start
+	// with another count is refused. Not with Replicate or RestoreFrom.
+	Partitions int
+
 	// locked: the caller (RunMember) holds the data directory's lock, so
 	// Start does not take it.
 	locked bool
+	// wrapPartition, when set (by tests), wraps partition i's store for
+	// its engine, as Replicate wraps the one store.
+	wrapPartition func(i int, st store.Store) store.Store
 }
 
 // AddrInUseError is returned by Start when a listen address is taken
@@ -199,14 +210,15 @@ type Node struct {
 	cfg        Config
 	log        *slog.Logger
 	db         *pebblestore.DB
-	secretKeys *keyring.Ring // secret messages' keys; closed after the engine
-	unready    func() string // why /readyz refuses although the node runs (a failed store write, the disk guard)
-	guard      *diskGuard    // nil: no disk guard
-	certs      *certReloader // nil: no certificate files
-	acme       *acmeCerts    // nil: no ACME
-	serverTLS  *tls.Config   // the listeners' TLS; nil: none
-	tlsSockLn  net.Listener  // the TLS socket listener; nil: none
-	eng        *engine.Engine
+	secretKeys *keyring.Ring  // secret messages' keys; closed after the engine
+	unready    func() string  // why /readyz refuses although the node runs (a failed store write, the disk guard)
+	guard      *diskGuard     // nil: no disk guard
+	certs      *certReloader  // nil: no certificate files
+	acme       *acmeCerts     // nil: no ACME
+	serverTLS  *tls.Config    // the listeners' TLS; nil: none
+	tlsSockLn  net.Listener   // the TLS socket listener; nil: none
+	eng        *engine.Engine // nil with several partitions
+	parts      *partitionSet  // nil with one partition
 	hub        *fanout.Hub
 	dir        *fanout.Directory
 	sock       *socket.Server
@@ -236,6 +248,9 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if err := checkPartitionsConfig(&cfg); err != nil {
+		return nil, err
 	}
 	// The closers use this local n: the result is nil on an error.
 	n := &Node{cfg: cfg, log: cfg.Logger}
@@ -313,6 +328,9 @@ func Start(cfg Config) (_ *Node, err error) {
 		}
 		closers = append(closers, func() { n.lock.Close() })
 	}
+	if err := checkLayout(cfg.DataDir, cfg.Partitions); err != nil {
+		return nil, err
+	}
 	if n.acme != nil {
 		if err := n.acme.prepare(); err != nil {
 			return nil, err
@@ -339,58 +357,103 @@ func Start(cfg Config) (_ *Node, err error) {
 
 	var guard *diskGuard
 	if cfg.DiskReserve >= 0 {
-		if guard, err = newDiskGuard(cfg.DataDir, uint64(cmp.Or(cfg.DiskReserve, 128<<20)), cfg.Logger, reg); err != nil {
+		reserve := cmp.Or(cfg.DiskReserve, 128<<20)
+		if least := MinDiskReserve(cfg.Partitions); reserve < least {
+			cfg.Logger.Warn("raising the disk reserve: with partitions every store preallocates write-ahead logs of its own",
+				"partitions", cfg.Partitions, "asked_bytes", reserve, "reserve_bytes", least)
+			reserve = least
+		}
+		if guard, err = newDiskGuard(cfg.DataDir, uint64(reserve), cfg.Logger, reg); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		guard.prepare()
 		closers = append(closers, guard.Close)
 	}
+	var w wiring
+	if cfg.Partitions > 1 {
+		if w, err = n.openPartitions(cfg, reg, guard, &closers); err != nil {
+			return nil, err
+		}
+	} else if w, err = n.openSingle(cfg, reg, guard, &closers); err != nil {
+		return nil, err
+	}
+	if err := n.serve(cfg, reg, w, &closers); err != nil {
+		return nil, err
+	}
+	n.ready.Store(true)
+	if n.parts != nil {
+		n.log.Info("ding started", "data", cfg.DataDir, "socket", n.SocketAddr(), "http", n.HTTPAddr(), "partitions", cfg.Partitions)
+	} else {
+		n.log.Info("ding started", "data", cfg.DataDir, "socket", n.SocketAddr(), "http", n.HTTPAddr())
+	}
+	return n, nil
+}
+
+// wiring is what the edges (socket sessions, admin API, webhooks) are
+// given: the engine itself with one partition, the router with several.
+type wiring struct {
+	sess    session.Engine
+	api     httpapi.Engine
+	reports twilio.Reports
+	backup  store.Checkpointer // nil: backups refused
+	// backupRefusal, when set, is why backups are refused (a 501 with it).
+	backupRefusal string
+	keys          *auth.Keys
+	backupRoot    string
+	notifier      *twilio.Notifier
+}
+
+// openSingle opens the one store and the one engine of a node with one
+// partition, with the directory, the hub and the publisher.
+func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard, closersp *[]func()) (w wiring, err error) {
+	closers := *closersp
+	defer func() { *closersp = closers }()
 	if n.db, err = pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: cfg.Logger}); err != nil {
 		if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) {
 			// Its lock file was free: a process that is no dingd of this
 			// version holds the store.
-			return nil, &DataDirInUseError{Dir: cfg.DataDir}
+			return w, &DataDirInUseError{Dir: cfg.DataDir}
 		}
-		return nil, err
+		return w, err
 	}
 	closers = append(closers, func() { n.db.Close() })
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ding_store_used_bytes",
 		Help: "Bytes the store's files take on disk (tables, write-ahead logs, manifests); retention keeps it flat.",
 	}, func() float64 { return float64(n.db.DiskUsage()) })); err != nil {
-		return nil, fmt.Errorf("node: %w", err)
+		return w, fmt.Errorf("node: %w", err)
 	}
 	var st store.Store = n.db
 	if cfg.Replicate != nil {
 		if st, err = cfg.Replicate(n.db, reg); err != nil {
-			return nil, fmt.Errorf("node: %w", err)
+			return w, fmt.Errorf("node: %w", err)
 		}
 	}
 	keys, err := auth.LoadOrCreate(cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return w, err
 	}
 	backupRoot, err := backupDir(cfg)
 	if err != nil {
-		return nil, err
+		return w, err
 	}
 	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
-		return nil, err
+		return w, err
 	}
 	if n.dir, err = fanout.OpenDirectory(st, cfg.Clock); err != nil {
-		return nil, err
+		return w, err
 	}
 	tc := cfg.Twilio
 	tc.Logger, tc.Registerer = cfg.Logger, reg
 	notifier, err := twilio.New(tc)
 	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
+		return w, fmt.Errorf("node: %w", err)
 	}
 	if !notifier.Configured() {
 		cfg.Logger.Warn("Twilio is not configured: SMS and voice escalation steps will be recorded as not configured")
 	}
 	if n.secretKeys, err = keyring.Open(filepath.Join(cfg.DataDir, SecretKeysFile)); err != nil {
-		return nil, fmt.Errorf("node: %w", err)
+		return w, fmt.Errorf("node: %w", err)
 	}
 	closers = append(closers, func() { n.secretKeys.Close() })
 	var secretKeys engine.Keys = n.secretKeys
@@ -404,7 +467,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		Keys: secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 		Retention: cfg.Retention,
 	}); err != nil {
-		return nil, err
+		return w, err
 	}
 	closers = append(closers, func() { n.eng.Close() })
 	if guard != nil {
@@ -427,7 +490,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
 		Source: n.eng, Encode: new(session.Encoder).AppendEntry, Ownership: own, Logger: cfg.Logger, Registerer: reg,
 	}); err != nil {
-		return nil, err
+		return w, err
 	}
 	closers = append(closers, n.hub.Close)
 	// Delivery: engine → Publisher (the Sink) → Broker → hub → endpoints.
@@ -438,11 +501,19 @@ func Start(cfg Config) (_ *Node, err error) {
 		Logger: cfg.Logger, Registerer: reg,
 	})
 	if err != nil {
-		return nil, err
+		return w, err
 	}
 	n.eng.SetSink(pub)
 	n.eng.SetPresence(n.hub)
+	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot, notifier: notifier}, nil
+}
 
+// serve starts the edges on the engine(s) w names: the rate limits, the
+// socket gateway and the admin API, and their listeners' goroutines.
+func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[]func()) (err error) {
+	closers := *closersp
+	defer func() { *closersp = closers }()
+	keys, backupRoot, notifier := w.keys, w.backupRoot, w.notifier
 	lc := cfg.Limits
 	lc.Registerer, lc.Logger = reg, cfg.Logger
 	if cfg.Clock != nil {
@@ -450,24 +521,24 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	limits, err := ratelimit.New(lc)
 	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
+		return fmt.Errorf("node: %w", err)
 	}
 	sc := cfg.Socket
-	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = n.eng, session.JoinFunc(n.hub.Join), keys, n.dir, cfg.Logger, reg
+	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = w.sess, session.JoinFunc(n.hub.Join), keys, n.dir, cfg.Logger, reg
 	sc.Limits = limits
 	if n.sock, err = socket.New(sc); err != nil {
-		return nil, err
+		return err
 	}
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
 	api, err := httpapi.New(httpapi.Config{
-		Engine: n.eng, Directory: n.dir, Keys: keys, Backup: n.db, BackupRoot: backupRoot, Gatherer: reg,
-		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) },
-		Ready:        n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
-		Webhooks: notifier.Handler(n.eng), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
+		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: reg,
+		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) }, BackupRefusal: w.backupRefusal,
+		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
+		Webhooks: notifier.Handler(w.reports), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
 		Limits: limits,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	n.api = api
 	handler := http.Handler(api)
@@ -506,9 +577,7 @@ func Start(cfg Config) (_ *Node, err error) {
 			n.log.Error("http server stopped", "err", err)
 		}
 	}()
-	n.ready.Store(true)
-	n.log.Info("ding started", "data", cfg.DataDir, "socket", n.SocketAddr(), "http", n.HTTPAddr())
-	return n, nil
+	return nil
 }
 
 func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (string, error) {
@@ -546,6 +615,9 @@ func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (stri
 // them are refused and fanouts still in progress skip them. Idempotent: a
 // retry stops and burns whatever is left.
 func (n *Node) Offboard(ctx context.Context, user string, actor fanout.Actor) error {
+	if n.parts != nil {
+		return n.offboardPartitions(ctx, user, actor)
+	}
 	var did engine.Offboarded
 	_, err := n.dir.RemoveUserWith(user, actor, func(ch engine.Change) error {
 		var err error
@@ -604,6 +676,7 @@ func (n *Node) DataDir() string { return n.cfg.DataDir }
 func (n *Node) AdminToken() string { return n.adminToken }
 
 // Engine, Hub, Directory and Socket expose the parts, for tests and tools.
+// Engine is nil with several partitions (Engines has them).
 func (n *Node) Engine() *engine.Engine       { return n.eng }
 func (n *Node) Hub() *fanout.Hub             { return n.hub }
 func (n *Node) Directory() *fanout.Directory { return n.dir }
@@ -639,7 +712,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("node: listeners still serving: %w", ctx.Err()))
 		}
-		if err := n.eng.Shutdown(ctx); err != nil {
+		var engErr error
+		if n.parts != nil {
+			engErr = n.parts.shutdownEngines(ctx)
+		} else {
+			engErr = n.eng.Shutdown(ctx)
+		}
+		if err := engErr; err != nil {
 			errs = append(errs, fmt.Errorf("node: engine: %w", err))
 			if ctx.Err() != nil {
 				// The engine's goroutines still use the keyring and the
@@ -656,8 +735,12 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if n.guard != nil {
 			n.guard.Close()
 		}
-		errs = append(errs, n.secretKeys.Close()) // after the engine: its commit loop writes keys
-		errs = append(errs, n.db.Close())
+		if n.parts != nil {
+			errs = append(errs, n.parts.closeStores()...)
+		} else {
+			errs = append(errs, n.secretKeys.Close()) // after the engine: its commit loop writes keys
+			errs = append(errs, n.db.Close())
+		}
 		if n.lock != nil {
 			n.lock.Close() // last: the store is closed
 		}

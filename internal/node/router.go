@@ -1,0 +1,413 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/session"
+	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/fanout"
+)
+
+// router is the one engine the edges of a node with several partitions
+// (Config.Partitions) see: the socket sessions, the admin API, the hub's
+// catch-up reads and Twilio's webhooks. It sends each call to the engine
+// that owns it:
+//
+//   - by user: the sender for Submit, Ding, Announce and CreateChat; the
+//     user for Head, Cursor, Range, Ack, Read, Confirm, Devices, Dings,
+//     Chats and the like. A user's partition is partitionSet.of.
+//   - by the id's home (engine.HomeOf): Message, Receipts, Stats,
+//     DingStatus, CancelDing, Chat, SenderReceipts. The home is the
+//     sender's partition, which holds the message, its DING state and its
+//     announcement counts. An id no partition made (HomeOf false, or a
+//     partition out of range) is not found.
+//   - org-wide: AdminStats and Sweep are asked of every engine and the
+//     answers merged; SetPolicy is written to every engine (Policies are
+//     read from partition 0's).
+//   - Twilio's reports carry provider references, which name no
+//     partition: every engine is asked, and the first that knows the
+//     reference answers (see ProviderStatus).
+//
+// Its methods are safe for concurrent use, as the engines' are.
+type router struct {
+	set *partitionSet
+}
+
+var (
+	_ session.Engine = (*router)(nil)
+	_ httpapi.Engine = (*router)(nil)
+	_ fanout.Source  = (*router)(nil)
+	_ twilio.Reports = (*router)(nil)
+)
+
+// errNoHome is returned for an id no partition of this node made.
+var errNoHome = fmt.Errorf("%w: the id names no partition of this node", engine.ErrNotFound)
+
+func (r *router) user(u string) *engine.Engine { return r.set.engs[r.set.of(u)] }
+
+func (r *router) home(id engine.ID) (*engine.Engine, error) {
+	p, ok := engine.HomeOf(id)
+	if !ok || int(p) >= len(r.set.engs) {
+		return nil, errNoHome
+	}
+	return r.set.engs[p], nil
+}
+
+// session.Engine
+
+func (r *router) SubmitAsync(s engine.Submission, done func(engine.SubmitResult, error)) {
+	r.user(s.From).SubmitAsync(s, done)
+}
+
+func (r *router) AckAsync(user, device string, seq uint64, done func(error)) {
+	r.user(user).AckAsync(user, device, seq, done)
+}
+
+func (r *router) ReadAsync(user string, ids []engine.ID, done func(error)) {
+	r.user(user).ReadAsync(user, ids, done)
+}
+
+func (r *router) ConfirmAsync(user string, id engine.ID, answer int, done func(engine.ConfirmResult, error)) {
+	r.user(user).ConfirmAsync(user, id, answer, done)
+}
+
+func (r *router) CreateChatAsync(req engine.ChatRequest, done func(engine.Chat, error)) {
+	r.user(req.From).CreateChatAsync(req, done)
+}
+
+func (r *router) ReportScreenshotAsync(user string, chat, msg engine.ID, done func(error)) {
+	r.user(user).ReportScreenshotAsync(user, chat, msg, done)
+}
+
+// SenderReceipts asks the message's home, which is the sender's
+// partition (the engine checks that user sent it).
+func (r *router) SenderReceipts(user string, id engine.ID) ([]engine.Receipt, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return nil, err
+	}
+	return e.SenderReceipts(user, id)
+}
+
+func (r *router) Head(user string) (uint64, error) { return r.user(user).Head(user) }
+
+func (r *router) Cursor(user, device string) (uint64, bool, error) {
+	return r.user(user).Cursor(user, device)
+}
+
+func (r *router) ResumeFrom(user string, cursor uint64) (uint64, error) {
+	return r.user(user).ResumeFrom(user, cursor)
+}
+
+func (r *router) MaxBody() int { return r.set.engs[0].MaxBody() }
+
+// fanout.Source
+
+func (r *router) Range(user string, from uint64, max int) ([]engine.Entry, error) {
+	return r.user(user).Range(user, from, max)
+}
+
+// httpapi.Messages
+
+func (r *router) Submit(ctx context.Context, s engine.Submission) (engine.SubmitResult, error) {
+	return r.user(s.From).Submit(ctx, s)
+}
+
+func (r *router) Message(id engine.ID) (*engine.Message, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return nil, err
+	}
+	return e.Message(id)
+}
+
+func (r *router) Receipts(id engine.ID) ([]engine.Receipt, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return nil, err
+	}
+	return e.Receipts(id)
+}
+
+func (r *router) Devices(user string) ([]engine.DeviceCursor, error) {
+	return r.user(user).Devices(user)
+}
+
+// Sweep runs retention on every partition, one after the other, and adds
+// up what they deleted. The first failure stops it (what the earlier
+// ones deleted stays deleted).
+func (r *router) Sweep(ctx context.Context) (engine.SweepReport, error) {
+	var sum engine.SweepReport
+	for p, e := range r.set.engs {
+		rep, err := e.Sweep(ctx)
+		if err != nil {
+			return sum, fmt.Errorf("partition %d: %w", p, err)
+		}
+		sum.Entries += rep.Entries
+		sum.Messages += rep.Messages
+		sum.Dings += rep.Dings
+		sum.Dedupe += rep.Dedupe
+		sum.Quotas += rep.Quotas
+		sum.Refs += rep.Refs
+		sum.Days = max(sum.Days, rep.Days) // days of statistics: the same days on every partition
+		sum.Held += rep.Held
+		sum.Took += rep.Took
+	}
+	return sum, nil
+}
+
+// httpapi.Dings
+
+func (r *router) Ding(ctx context.Context, d engine.DingRequest) (engine.DingResult, error) {
+	return r.user(d.From).Ding(ctx, d)
+}
+
+func (r *router) DingStatus(id engine.ID) (*engine.DingStatus, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return nil, err
+	}
+	return e.DingStatus(id)
+}
+
+func (r *router) Dings(sender string, after engine.ID, limit int) ([]engine.DingSummary, error) {
+	return r.user(sender).Dings(sender, after, limit)
+}
+
+func (r *router) CancelDing(ctx context.Context, id engine.ID) (int, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return 0, err
+	}
+	return e.CancelDing(ctx, id)
+}
+
+// SetPolicy writes the policy to every partition (a DING is escalated by
+// its home, any of them), in order. On an error some partitions may have
+// it and others not: a retry, which is idempotent, completes it.
+func (r *router) SetPolicy(ctx context.Context, name string, p engine.Policy) error {
+	for i, e := range r.set.engs {
+		if err := e.SetPolicy(ctx, name, p); err != nil {
+			return fmt.Errorf("partition %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Policies reads partition 0's: SetPolicy writes every partition, 0
+// first.
+func (r *router) Policies() (map[string]engine.Policy, error) { return r.set.engs[0].Policies() }
+
+// httpapi.Announcements
+
+func (r *router) Announce(ctx context.Context, a engine.Announcement) (engine.SubmitResult, error) {
+	return r.user(a.From).Announce(ctx, a)
+}
+
+func (r *router) Stats(id engine.ID, lists bool) (*engine.MessageStats, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return nil, err
+	}
+	return e.Stats(id, lists)
+}
+
+// AdminStats merges every partition's statistics. Rollups are counted at
+// a message's or DING's home (the sender's partition), so counts add up
+// exactly: per department, the totals, outcomes and pending recipients;
+// the announcements are listed together, by id; the people who leave
+// DINGs unanswered are summed over the partitions before the top is cut.
+//
+// A limit: a department's time-to-read and time-to-confirm percentiles
+// cannot be merged exactly from the engines' answers (they give the
+// percentiles, not the histograms). Where more than one partition has
+// observations, the merged figure is the largest partition's median and
+// 90th percentile (an upper bound), with the summed count.
+func (r *router) AdminStats(q engine.StatsQuery) (*engine.AdminStats, error) {
+	top := cmp.Or(q.Top, 10)
+	q.Top = 1 << 30 // every partition's whole list; cut after summing
+	var out *engine.AdminStats
+	byDept := map[string]*engine.DepartmentStats{}
+	unanswered := map[string]uint64{}
+	for p, e := range r.set.engs {
+		s, err := e.AdminStats(q)
+		if err != nil {
+			return nil, fmt.Errorf("partition %d: %w", p, err)
+		}
+		if out == nil {
+			out = &engine.AdminStats{From: s.From, To: s.To, SMSBudget: s.SMSBudget, CallsBudget: s.CallsBudget,
+				Announcements: []engine.AnnouncementStat{}, TopUnanswered: []engine.UserCount{}}
+			out.Total.Department = s.Total.Department
+		}
+		out.RollupsScanned += s.RollupsScanned
+		for _, d := range s.Departments {
+			m := byDept[d.Department]
+			if m == nil {
+				m = &engine.DepartmentStats{Department: d.Department}
+				byDept[d.Department] = m
+			}
+			mergeDept(m, &d)
+		}
+		mergeDept(&out.Total, &s.Total)
+		out.Announcements = append(out.Announcements, s.Announcements...)
+		for _, u := range s.TopUnanswered {
+			unanswered[u.User] += u.Count
+		}
+	}
+	for _, d := range byDept {
+		out.Departments = append(out.Departments, *d)
+	}
+	slices.SortFunc(out.Departments, func(a, b engine.DepartmentStats) int { return cmp.Compare(a.Department, b.Department) })
+	slices.SortFunc(out.Announcements, func(a, b engine.AnnouncementStat) int { return slices.Compare(a.ID[:], b.ID[:]) })
+	for u, n := range unanswered {
+		out.TopUnanswered = append(out.TopUnanswered, engine.UserCount{User: u, Count: n})
+	}
+	slices.SortFunc(out.TopUnanswered, func(a, b engine.UserCount) int {
+		if c := cmp.Compare(b.Count, a.Count); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.User, b.User)
+	})
+	out.TopUnanswered = out.TopUnanswered[:min(len(out.TopUnanswered), top)]
+	return out, nil
+}
+
+// mergeDept adds d's counts to m (see AdminStats for the percentiles).
+func mergeDept(m, d *engine.DepartmentStats) {
+	t, o := &m.Totals, &d.Totals
+	t.MessagesSent += o.MessagesSent
+	t.MessagesDelivered += o.MessagesDelivered
+	t.MessagesRead += o.MessagesRead
+	t.DingsSent += o.DingsSent
+	t.DingRecipients += o.DingRecipients
+	for k, v := range o.Outcomes {
+		if t.Outcomes == nil {
+			t.Outcomes = map[string]uint64{}
+		}
+		t.Outcomes[k] += v
+	}
+	t.SMS += o.SMS
+	t.Calls += o.Calls
+	t.Announcements += o.Announcements
+	m.Pending += d.Pending
+	mergePercentiles(&m.TimeToRead, d.TimeToRead)
+	mergePercentiles(&m.TimeToConfirm, d.TimeToConfirm)
+}
+
+func mergePercentiles(m *engine.Percentiles, d engine.Percentiles) {
+	if d.Count == 0 {
+		return
+	}
+	m.Count += d.Count
+	m.Median = max(m.Median, d.Median)
+	m.P90 = max(m.P90, d.P90)
+}
+
+// httpapi.SecretChats
+
+// CreateChat asks the requester's partition, which relays the chat to the
+// other participant's (engine/relay_secret.go).
+func (r *router) CreateChat(ctx context.Context, req engine.ChatRequest) (engine.Chat, error) {
+	return r.user(req.From).CreateChat(ctx, req)
+}
+
+func (r *router) Chat(id engine.ID) (engine.Chat, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return engine.Chat{}, err
+	}
+	return e.Chat(id)
+}
+
+func (r *router) Chats(user string) ([]engine.ChatInfo, error) { return r.user(user).Chats(user) }
+
+// twilio.Reports
+
+// ProviderStatus reports to the partition that made the send: provider
+// references (Twilio SIDs) carry no partition, so every engine is asked
+// at once and the first that knows the reference wins (at most one
+// does: the one that recorded it); the others' questions are cancelled.
+// An engine with sends in flight holds an unknown reference for up to
+// its send timeout (the status may outrun the recording of the send), so
+// asking one after the other could wait that long per partition.
+func (r *router) ProviderStatus(ctx context.Context, ref string, ev engine.ProviderEvent, detail string) error {
+	return r.anyKnows(ctx, func(ctx context.Context, e *engine.Engine) error {
+		return e.ProviderStatus(ctx, ref, ev, detail)
+	})
+}
+
+// ProviderDigits is routed as ProviderStatus is.
+func (r *router) ProviderDigits(ctx context.Context, ref, digits string) error {
+	return r.anyKnows(ctx, func(ctx context.Context, e *engine.Engine) error {
+		return e.ProviderDigits(ctx, ref, digits)
+	})
+}
+
+// anyKnows runs op on every engine concurrently and returns the first
+// answer that is not ErrNotFound (cancelling the rest), or ErrNotFound
+// if none knows.
+func (r *router) anyKnows(ctx context.Context, op func(context.Context, *engine.Engine) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		found bool
+		res   error
+		last  error
+		wg    sync.WaitGroup
+	)
+	for _, e := range r.set.engs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := op(ctx, e)
+			mu.Lock()
+			defer mu.Unlock()
+			if found {
+				return
+			}
+			if errors.Is(err, engine.ErrNotFound) {
+				last = err
+				return
+			}
+			if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+				return // cancelled by another's answer, or the caller's
+			}
+			found, res = true, err
+			cancel()
+		}()
+	}
+	wg.Wait()
+	if found {
+		return res
+	}
+	if err := ctx.Err(); err != nil && last == nil {
+		return err
+	}
+	return last
+}
+
+// InboundSMS applies an SMS reply to the partition with a DING pending
+// for that phone. The engines are asked in partition order, and the
+// first with one pending takes it (an ErrBadAnswer also means it had one:
+// the reply is recorded there). A limit: one engine confirms the newest
+// DING pending for the phone among its own, but with DINGs pending for
+// the same phone on several partitions, the lowest-numbered partition's
+// wins, not necessarily the newest overall (the engine has no read-only
+// "newest pending for this phone" to compare by; stage 6).
+func (r *router) InboundSMS(ctx context.Context, from, body string) error {
+	var err error
+	for _, e := range r.set.engs {
+		if err = e.InboundSMS(ctx, from, body); !errors.Is(err, engine.ErrNotFound) {
+			return err
+		}
+	}
+	return err
+}
