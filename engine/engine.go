@@ -722,7 +722,8 @@ func (e *Engine) Message(id ID) (*Message, error) {
 	return m, nil
 }
 
-// Receipts returns every recipient's receipt for a message, by user id.
+// Receipts returns every recipient's receipt for a message, by user id:
+// empty while none is written yet, ErrNotFound if the message is not here.
 func (e *Engine) Receipts(id ID) ([]Receipt, error) {
 	p := receiptPrefix(id)
 	var out []Receipt
@@ -743,7 +744,13 @@ func (e *Engine) Receipts(id ID) ([]Receipt, error) {
 		return nil, fmt.Errorf("engine: receipts %s: %w", id, err)
 	}
 	if len(out) == 0 {
-		return nil, ErrNotFound
+		// None yet (a fan-out still writing, recipients in another
+		// partition not yet relayed) is an empty list; ErrNotFound is for
+		// a message that is not here.
+		if _, err := e.Message(id); err != nil {
+			return nil, err
+		}
+		return []Receipt{}, nil
 	}
 	return out, nil
 }

@@ -187,6 +187,11 @@ type link struct {
 
 	relayed prometheus.Counter
 	backlog prometheus.Gauge
+
+	// ack is the result of the acknowledgement in flight (nil: none). It
+	// runs beside the next batch's apply: at most one per link.
+	ack  chan error
+	woke chan struct{} // the origin loop's: an acknowledgement ended
 }
 
 var errNoDest = errors.New("relay: no destination for this partition")
@@ -196,6 +201,10 @@ var errNoDest = errors.New("relay: no destination for this partition")
 // OutboxReady or the earliest retry.
 func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin) {
 	links := p.links(from, o)
+	woke := make(chan struct{}, 1)
+	for _, l := range links {
+		l.woke = woke
+	}
 	var timer <-chan time.Time
 	var timerAt time.Time
 	for {
@@ -241,6 +250,7 @@ func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin) {
 		case <-ctx.Done():
 			return
 		case <-o.OutboxReady():
+		case <-woke:
 		case <-wake:
 			timer, timerAt = nil, time.Time{}
 		}
@@ -284,6 +294,9 @@ func (p *Pump) links(from uint32, o Origin) []*link {
 // step moves one batch of l's records, if there are any: it reports
 // whether it did, and an error to retry after a backoff.
 func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err error) {
+	if err := p.ackResult(ctx, l, false); err != nil {
+		return false, err
+	}
 	b, err := o.Outbox(l.to, l.acked, p.cfg.Batch)
 	if err != nil {
 		p.m.originErrors.WithLabelValues(label(l.from), "outbox").Inc()
@@ -317,18 +330,19 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 			// The destination lacks records before ours: send the
 			// outbox again from its oldest record, at once.
 			p.cfg.Logger.Warn("relay: a gap at the destination; sending again from the oldest record", "from", l.from, "to", l.to, "err", err)
+			if err := p.ackResult(ctx, l, true); err != nil { // the oldest once it is done
+				return false, err
+			}
 			l.acked = 0
 			return true, nil
 		}
 		p.cfg.Logger.Warn("relay: apply failed; retrying after a backoff", "from", l.from, "to", l.to, "err", err)
 		return false, err
 	}
-	if err := o.AckRelay(ctx, l.to, through); err != nil {
-		if ctx.Err() != nil {
-			return false, err
-		}
-		p.m.originErrors.WithLabelValues(label(l.from), "ack").Inc()
-		p.cfg.Logger.Error("relay: acknowledging failed; the records will be sent again", "from", l.from, "to", l.to, "through", through, "err", err)
+	// The destination holds them: the next batch goes while the origin
+	// deletes these (one acknowledgement in flight per link), so the
+	// acknowledgement's commit is not on the next batch's path.
+	if err := p.ackResult(ctx, l, true); err != nil {
 		return false, err
 	}
 	n := 0
@@ -341,7 +355,51 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	l.acked = max(l.acked, through)
 	l.seen = max(l.seen, l.acked, o.OutboxDurable(l.to))
 	l.backlog.Set(float64(l.seen - l.acked))
+	ch, woke := make(chan error, 1), l.woke
+	l.ack = ch
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ch <- o.AckRelay(ctx, l.to, through)
+		select {
+		case woke <- struct{}{}:
+		default:
+		}
+	}()
 	return true, nil
+}
+
+// ackResult takes the result of l's acknowledgement in flight, if it
+// ended (or, with wait, once it ends). One that failed leaves its records
+// in the outbox although the destination holds them: the link reads the
+// outbox again from its oldest record, which the destination skips (its
+// watermark) and answers with how far it holds, and acknowledges that.
+func (p *Pump) ackResult(ctx context.Context, l *link, wait bool) error {
+	if l.ack == nil {
+		return nil
+	}
+	var err error
+	if wait {
+		select {
+		case err = <-l.ack:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	} else {
+		select {
+		case err = <-l.ack:
+		default:
+			return nil
+		}
+	}
+	l.ack = nil
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	p.m.originErrors.WithLabelValues(label(l.from), "ack").Inc()
+	p.cfg.Logger.Error("relay: acknowledging failed; the records will be sent again", "from", l.from, "to", l.to, "err", err)
+	l.acked = 0
+	return err
 }
 
 // backoff is the wait after the nth consecutive failure.
