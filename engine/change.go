@@ -156,13 +156,23 @@ func (e *Engine) Offboard(ctx context.Context, user string, ch Change) (Offboard
 				return err
 			}
 			var err error
-			if res.DingsStopped, err = c.stopUser(user, c.now); err != nil {
-				return err
-			}
-			res.SecretsBurned, err = c.burnUser(user)
+			res, err = c.forgetUser(user)
 			return err
 		}, done, 1)
 	})
+	return res, err
+}
+
+// forgetUser stops every pending DING to user whose home is here and burns
+// every live secret message they sent or received here: what Offboard and
+// Forget do besides the directory.
+func (c *txn) forgetUser(user string) (Offboarded, error) {
+	var res Offboarded
+	var err error
+	if res.DingsStopped, err = c.stopUser(user, c.now); err != nil {
+		return res, err
+	}
+	res.SecretsBurned, err = c.burnUser(user)
 	return res, err
 }
 
@@ -208,10 +218,7 @@ func (e *Engine) Forget(ctx context.Context, user string, auditSeq uint64) (Offb
 			}
 			c.removed[user] = true
 			var err error
-			if res.DingsStopped, err = c.stopUser(user, c.now); err != nil {
-				return err
-			}
-			res.SecretsBurned, err = c.burnUser(user)
+			res, err = c.forgetUser(user)
 			return err
 		}, done, 1)
 	})

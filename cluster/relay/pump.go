@@ -420,8 +420,6 @@ func reason(err error) string {
 		return "wrong_partition"
 	case errors.Is(err, engine.ErrBadRelay):
 		return "bad_relay"
-	case errors.Is(err, engine.ErrCrossPartition):
-		return "cross_partition"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	}
