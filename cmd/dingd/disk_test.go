@@ -28,89 +28,13 @@ import (
 // space returns, and a restart on a nearly full disk comes up read-only,
 // saying why. Every acknowledged message is there throughout.
 func TestDiskFullRefusesWritesAndRecovers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED: mounting a small tmpfs needs root (make test runs as root on the CI machine)")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount a tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
-	data := filepath.Join(mnt, "data")
 	const reserve = 80 << 20
-	p := startDingd(t, data, "--disk-reserve-mb", "80")
-	for _, u := range []string{"ana", "bo"} {
-		if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
-			t.Fatalf("create %s: %d", u, code)
-		}
-	}
-	free := func() int64 {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(mnt, &st); err != nil {
-			t.Fatal(err)
-		}
-		return int64(st.Bavail) * st.Bsize
-	}
-	filler := filepath.Join(mnt, "filler")
-	fill := func(leave int64) { // another tenant of the disk takes all but leave
-		t.Helper()
-		f, err := os.Create(filler)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		buf := make([]byte, 1<<20)
-		for free() > leave+int64(len(buf)) {
-			if _, err := f.Write(buf); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	readyz := func(p *proc) (int, string) {
-		resp, err := http.Get("http://" + p.http + "/readyz")
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	ana, err := client.Dial(ctx, client.Config{Addr: p.sock, Token: p.token(t, "ana", "phone"), Device: "phone"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ana.Close()
-	body := make([]byte, 32<<10)
-	var acked []string
-	send := func() error {
-		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-		defer scancel()
-		res, err := ana.Send(sctx, []string{"bo"}, body)
-		if err == nil {
-			acked = append(acked, res.ID)
-		}
-		return err
-	}
-
-	before := free()
-	fill(reserve + 40<<20) // room for 40 MiB of messages: the WAL rotates on the way
-	t.Logf("free: %d KiB before the filler, %d KiB after", before>>10, free()>>10)
-	var refusal error
-	for i := 0; refusal == nil; i++ {
-		if i > 10000 {
-			t.Fatal("10000 messages of 32 KiB and no refusal")
-		}
-		refusal = send()
-	}
-	var pe *client.Error
-	if !errors.As(refusal, &pe) || pe.Code != pb.Code_UNAVAILABLE || pe.Fatal {
-		t.Fatalf("the refusal: %v, want a non-fatal UNAVAILABLE", refusal)
-	}
-	if code, why := readyz(p); code != 503 || !strings.Contains(why, "read-only") {
-		t.Fatalf("/readyz while the disk is full: %d %q", code, why)
-	}
+	d := startOnTmpfs(t, "--disk-reserve-mb", "80")
+	p := d.p
+	before := d.free()
+	d.fill(reserve + 40<<20) // room for 40 MiB of messages: the WAL rotates on the way
+	t.Logf("free: %d KiB before the filler, %d KiB after", before>>10, d.free()>>10)
+	d.sendUntilRefused()
 	if m := scrape(t, p); !strings.Contains(m, "ding_store_writable 0") {
 		t.Fatal("ding_store_writable is not 0 while writes are refused")
 	}
@@ -119,23 +43,22 @@ func TestDiskFullRefusesWritesAndRecovers(t *testing.T) {
 		t.Fatalf("dingd exited on a full disk: %v\n%s", p.exitErr, p.stderr)
 	default:
 	}
-	t.Logf("%d messages of 32 KiB acknowledged, then UNAVAILABLE with %d KiB free", len(acked), free()>>10)
-	readAll(t, p, acked, "while writes are refused")
+	readAll(t, p, d.acked, "while writes are refused")
 
 	// Space returns: writes resume by themselves.
-	if err := os.Remove(filler); err != nil {
+	if err := os.Remove(d.filler); err != nil {
 		t.Fatal(err)
 	}
 	var last error
 	deadline := time.Now().Add(10 * time.Second)
-	for last = send(); last != nil; last = send() {
+	for last = d.send(); last != nil; last = d.send() {
 		if time.Now().After(deadline) {
-			code, why := readyz(p)
-			t.Fatalf("writes did not resume within 10s of freeing space (%d KiB free): %v; /readyz %d %q", free()>>10, last, code, why)
+			code, why := readyWhy(p)
+			t.Fatalf("writes did not resume within 10s of freeing space (%d KiB free): %v; /readyz %d %q", d.free()>>10, last, code, why)
 		}
 		time.Sleep(50 * time.Millisecond) // the guard looks every 100ms
 	}
-	if code, _ := readyz(p); code != 200 {
+	if code, _ := readyWhy(p); code != 200 {
 		t.Fatalf("/readyz after space returned: %d", code)
 	}
 
@@ -146,21 +69,129 @@ func TestDiskFullRefusesWritesAndRecovers(t *testing.T) {
 	if err := p.wait(t, 30*time.Second); err != nil {
 		t.Fatalf("dingd's stop: %v\n%s", err, p.stderr)
 	}
-	fill(reserve - 8<<20)
-	p2 := newProc(t, data)
+	d.fill(reserve - 8<<20)
+	p2 := newProc(t, d.data)
 	p2.launch(t, p2.args("--disk-reserve-mb", "80")...)
-	nodetest.WaitFor(t, "the restarted dingd to answer", 20*time.Second, func() bool { code, _ := readyz(p2); return code != 0 })
-	if code, why := readyz(p2); code != 503 || !strings.Contains(why, "read-only") {
+	nodetest.WaitFor(t, "the restarted dingd to answer", 20*time.Second, func() bool { code, _ := readyWhy(p2); return code != 0 })
+	if code, why := readyWhy(p2); code != 503 || !strings.Contains(why, "read-only") {
 		t.Fatalf("/readyz after a restart on a full disk: %d %q", code, why)
 	}
 	if !strings.Contains(p2.stderr.String(), "starting read-only") {
 		t.Fatalf("the restart did not say why it is read-only:\n%s", p2.stderr)
 	}
-	readAll(t, p2, acked, "after a restart on a full disk")
-	if err := os.Remove(filler); err != nil {
+	readAll(t, p2, d.acked, "after a restart on a full disk")
+	if err := os.Remove(d.filler); err != nil {
 		t.Fatal(err)
 	}
-	nodetest.WaitFor(t, "the restarted dingd to accept writes", 10*time.Second, func() bool { code, _ := readyz(p2); return code == 200 })
+	nodetest.WaitFor(t, "the restarted dingd to accept writes", 10*time.Second, func() bool { code, _ := readyWhy(p2); return code == 200 })
+}
+
+// diskFull is a dingd on a fresh 512 MiB tmpfs with users ana and bo, and
+// a client of ana's that sends bo messages of 32 KiB: the disk-full tests'
+// harness (they need root to mount the tmpfs, and are skipped without).
+type diskFull struct {
+	t                 *testing.T
+	mnt, data, filler string
+	p                 *proc
+	ctx               context.Context
+	ana               *client.Client
+	acked             []string // ids of the messages acknowledged
+}
+
+func startOnTmpfs(t *testing.T, args ...string) *diskFull {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED: mounting a small tmpfs needs root (make test runs as root on the CI machine)")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
+	d := &diskFull{t: t, mnt: mnt, data: filepath.Join(mnt, "data"), filler: filepath.Join(mnt, "filler")}
+	d.p = startDingd(t, d.data, args...)
+	for _, u := range []string{"ana", "bo"} {
+		if code := d.p.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+			t.Fatalf("create %s: %d", u, code)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	ana, err := client.Dial(ctx, client.Config{Addr: d.p.sock, Token: d.p.token(t, "ana", "phone"), Device: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ana.Close() })
+	d.ctx, d.ana = ctx, ana
+	return d
+}
+
+// free is what the tmpfs has left.
+func (d *diskFull) free() int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(d.mnt, &st); err != nil {
+		d.t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// fill lets another tenant of the disk take all but leave.
+func (d *diskFull) fill(leave int64) {
+	d.t.Helper()
+	f, err := os.Create(d.filler)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for d.free() > leave+int64(len(buf)) {
+		if _, err := f.Write(buf); err != nil {
+			d.t.Fatal(err)
+		}
+	}
+}
+
+// send sends bo a message of 32 KiB, remembering it if acknowledged.
+func (d *diskFull) send() error {
+	sctx, scancel := context.WithTimeout(d.ctx, 10*time.Second)
+	defer scancel()
+	res, err := d.ana.Send(sctx, []string{"bo"}, make([]byte, 32<<10))
+	if err == nil {
+		d.acked = append(d.acked, res.ID)
+	}
+	return err
+}
+
+// sendUntilRefused sends until a send is refused, and fails unless the
+// refusal is a non-fatal UNAVAILABLE and /readyz says read-only.
+func (d *diskFull) sendUntilRefused() {
+	d.t.Helper()
+	var refusal error
+	for i := 0; refusal == nil; i++ {
+		if i > 10000 {
+			d.t.Fatal("10000 messages of 32 KiB and no refusal")
+		}
+		refusal = d.send()
+	}
+	var pe *client.Error
+	if !errors.As(refusal, &pe) || pe.Code != pb.Code_UNAVAILABLE || pe.Fatal {
+		d.t.Fatalf("the refusal: %v, want a non-fatal UNAVAILABLE", refusal)
+	}
+	if code, why := readyWhy(d.p); code != 503 || !strings.Contains(why, "read-only") {
+		d.t.Fatalf("/readyz while the disk is full: %d %q", code, why)
+	}
+	d.t.Logf("%d messages of 32 KiB acknowledged, then UNAVAILABLE with %d KiB free", len(d.acked), d.free()>>10)
+}
+
+// readyWhy returns p's /readyz status and body (0 if it does not answer).
+func readyWhy(p *proc) (int, string) {
+	resp, err := http.Get("http://" + p.http + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // scrape returns p's /metrics.

@@ -2,19 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/client"
-	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/fanout"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
@@ -155,86 +150,15 @@ func TestPartitionsFlagRefusals(t *testing.T) {
 // returns; every acknowledged message reaches bo. The 80 MiB asked for
 // is raised to what 5 stores' write-ahead logs need (node.MinDiskReserve).
 func TestDiskFullWithPartitions(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED: mounting a small tmpfs needs root (make test runs as root on the CI machine)")
+	d := startOnTmpfs(t, "--disk-reserve-mb", "80", "--partitions", "4")
+	if !strings.Contains(d.p.stderr.String(), "raising the disk reserve") {
+		t.Fatalf("no warning that the reserve was raised:\n%s", d.p.stderr)
 	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount a tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
-	data := filepath.Join(mnt, "data")
-	reserve := node.MinDiskReserve(4)
-	p := startDingd(t, data, "--disk-reserve-mb", "80", "--partitions", "4")
-	if !strings.Contains(p.stderr.String(), "raising the disk reserve") {
-		t.Fatalf("no warning that the reserve was raised:\n%s", p.stderr)
-	}
-	for _, u := range []string{"ana", "bo"} {
-		if code := p.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
-			t.Fatalf("create %s: %d", u, code)
-		}
-	}
-	free := func() int64 {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(mnt, &st); err != nil {
-			t.Fatal(err)
-		}
-		return int64(st.Bavail) * st.Bsize
-	}
-	filler := filepath.Join(mnt, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
+	d.fill(node.MinDiskReserve(4) + 40<<20)
+	d.sendUntilRefused()
+	if err := os.Remove(d.filler); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	for free() > reserve+40<<20+int64(len(buf)) {
-		if _, err := f.Write(buf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	ana, err := client.Dial(ctx, client.Config{Addr: p.sock, Token: p.token(t, "ana", "phone"), Device: "phone"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ana.Close()
-	body := make([]byte, 32<<10)
-	var acked []string
-	send := func() error {
-		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-		defer scancel()
-		res, err := ana.Send(sctx, []string{"bo"}, body)
-		if err == nil {
-			acked = append(acked, res.ID)
-		}
-		return err
-	}
-	var refusal error
-	for i := 0; refusal == nil; i++ {
-		if i > 10000 {
-			t.Fatal("10000 messages of 32 KiB and no refusal")
-		}
-		refusal = send()
-	}
-	var pe *client.Error
-	if !errors.As(refusal, &pe) || pe.Code != pb.Code_UNAVAILABLE || pe.Fatal {
-		t.Fatalf("the refusal: %v, want a non-fatal UNAVAILABLE", refusal)
-	}
-	resp, err := http.Get("http://" + p.http + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	why, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 503 || !strings.Contains(string(why), "read-only") {
-		t.Fatalf("/readyz while the disk is full: %d %q", resp.StatusCode, why)
-	}
-	t.Logf("%d messages of 32 KiB acknowledged, then UNAVAILABLE with %d KiB free", len(acked), free()>>10)
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
-	nodetest.WaitFor(t, "writes to resume", 10*time.Second, func() bool { return send() == nil })
-	readAll(t, p, acked, "after space returned")
+	nodetest.WaitFor(t, "writes to resume", 10*time.Second, func() bool { return d.send() == nil })
+	readAll(t, d.p, d.acked, "after space returned")
 }

@@ -403,6 +403,33 @@ type wiring struct {
 	notifier      *twilio.Notifier
 }
 
+// openCommon is what a node opens the same way with one partition or
+// several: the token keys and the admin token, the backup root, the
+// directory on dirStore (n.dir), and the Twilio notifier.
+func (n *Node) openCommon(cfg Config, reg prometheus.Registerer, dirStore store.Store) (keys *auth.Keys, backupRoot string, notifier *twilio.Notifier, err error) {
+	if keys, err = auth.LoadOrCreate(cfg.DataDir); err != nil {
+		return nil, "", nil, err
+	}
+	if backupRoot, err = backupDir(cfg); err != nil {
+		return nil, "", nil, err
+	}
+	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
+		return nil, "", nil, err
+	}
+	if n.dir, err = fanout.OpenDirectory(dirStore, cfg.Clock); err != nil {
+		return nil, "", nil, err
+	}
+	tc := cfg.Twilio
+	tc.Logger, tc.Registerer = cfg.Logger, reg
+	if notifier, err = twilio.New(tc); err != nil {
+		return nil, "", nil, fmt.Errorf("node: %w", err)
+	}
+	if !notifier.Configured() {
+		cfg.Logger.Warn("Twilio is not configured: SMS and voice escalation steps will be recorded as not configured")
+	}
+	return keys, backupRoot, notifier, nil
+}
+
 // openSingle opens the one store and the one engine of a node with one
 // partition, with the directory, the hub and the publisher.
 func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard, closersp *[]func()) (w wiring, err error) {
@@ -429,28 +456,9 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 			return w, fmt.Errorf("node: %w", err)
 		}
 	}
-	keys, err := auth.LoadOrCreate(cfg.DataDir)
+	keys, backupRoot, notifier, err := n.openCommon(cfg, reg, st)
 	if err != nil {
 		return w, err
-	}
-	backupRoot, err := backupDir(cfg)
-	if err != nil {
-		return w, err
-	}
-	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
-		return w, err
-	}
-	if n.dir, err = fanout.OpenDirectory(st, cfg.Clock); err != nil {
-		return w, err
-	}
-	tc := cfg.Twilio
-	tc.Logger, tc.Registerer = cfg.Logger, reg
-	notifier, err := twilio.New(tc)
-	if err != nil {
-		return w, fmt.Errorf("node: %w", err)
-	}
-	if !notifier.Configured() {
-		cfg.Logger.Warn("Twilio is not configured: SMS and voice escalation steps will be recorded as not configured")
 	}
 	if n.secretKeys, err = keyring.Open(filepath.Join(cfg.DataDir, SecretKeysFile)); err != nil {
 		return w, fmt.Errorf("node: %w", err)

@@ -16,9 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/session"
-	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/cluster/relay"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
@@ -264,30 +262,11 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	})); err != nil {
 		return w, fmt.Errorf("node: %w", err)
 	}
-	keys, err := auth.LoadOrCreate(cfg.DataDir)
+	keys, backupRoot, notifier, err := n.openCommon(cfg, reg, set.dirDB)
 	if err != nil {
-		return w, err
-	}
-	backupRoot, err := backupDir(cfg)
-	if err != nil {
-		return w, err
-	}
-	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
-		return w, err
-	}
-	if n.dir, err = fanout.OpenDirectory(set.dirDB, cfg.Clock); err != nil {
 		return w, err
 	}
 	set.dir = n.dir
-	tc := cfg.Twilio
-	tc.Logger, tc.Registerer = cfg.Logger, reg
-	notifier, err := twilio.New(tc)
-	if err != nil {
-		return w, fmt.Errorf("node: %w", err)
-	}
-	if !notifier.Configured() {
-		cfg.Logger.Warn("Twilio is not configured: SMS and voice escalation steps will be recorded as not configured")
-	}
 	wrap := func(part string) prometheus.Registerer {
 		return prometheus.WrapRegistererWith(prometheus.Labels{"partition": part}, reg)
 	}
