@@ -246,17 +246,7 @@ func (c *txn) applyRelaySecret(r *RelayRecord) error {
 	es := c.entries[to]
 	es[len(es)-1].Message = mask(ch, &m)
 	c.batch.Set(receiptKey(id, to), encodeReceipt(Receipt{State: StateSent}))
-	st := &secretState{Chat: ch.ID, Level: ch.Level, From: m.From, To: to, ToSeq: c.heads[to], BurnAfter: ch.BurnAfter.Milliseconds(), ExpireDue: expire}
-	if expire != 0 {
-		c.setTimerKey(expire, id, secretTimerIdx, timerExpire)
-	}
-	if ch.Level == Level3 {
-		c.batch.Set(fleetingKey(id), nil)
-	}
-	c.setSecret(id, st)
-	c.batch.Set(userSecretKey(m.From, id), nil)
-	c.batch.Set(userSecretKey(to, id), nil)
-	c.secretDelta++
+	c.storeSecret(id, &secretState{Chat: ch.ID, Level: ch.Level, From: m.From, To: to, ToSeq: c.heads[to], BurnAfter: ch.BurnAfter.Milliseconds(), ExpireDue: expire})
 	c.newMsgs = append(c.newMsgs, &m)
 	if c.relayMsgs == nil {
 		c.relayMsgs = map[ID]bool{}

@@ -710,18 +710,28 @@ func (c *txn) applySecretSubmit(s *Submission, res *SubmitResult, now time.Time)
 	st := &secretState{Chat: ch.ID, Level: ch.Level, From: s.From, To: to, ToSeq: toSeq, BurnAfter: ch.BurnAfter.Milliseconds()}
 	if ch.Level >= Level2 {
 		st.ExpireDue = ms(now.Add(c.e.cfg.SecretUnreadTTL))
-		c.setTimerKey(st.ExpireDue, id, secretTimerIdx, timerExpire)
 	}
-	if ch.Level == Level3 {
-		c.batch.Set(fleetingKey(id), nil)
-	}
-	c.setSecret(id, st)
-	c.batch.Set(userSecretKey(s.From, id), nil)
-	c.batch.Set(userSecretKey(to, id), nil)
-	c.secretDelta++
+	c.storeSecret(id, st)
 	*res = SubmitResult{ID: id, Created: m.Created}
 	c.newMsgs = append(c.newMsgs, m)
 	return nil
+}
+
+// storeSecret records a live secret message's state (at its origin, or
+// its copy relayed to the recipient's partition): its unread-expiry
+// timer, the level-3 mark, and the index of both participants' live
+// secret messages.
+func (c *txn) storeSecret(id ID, st *secretState) {
+	if st.ExpireDue != 0 {
+		c.setTimerKey(st.ExpireDue, id, secretTimerIdx, timerExpire)
+	}
+	if st.Level == Level3 {
+		c.batch.Set(fleetingKey(id), nil)
+	}
+	c.setSecret(id, st)
+	c.batch.Set(userSecretKey(st.From, id), nil)
+	c.batch.Set(userSecretKey(st.To, id), nil)
+	c.secretDelta++
 }
 
 // secretTx is the secret chats' per-batch overlay.

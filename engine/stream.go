@@ -587,30 +587,16 @@ func (c *txn) applyRead(user string, ids []ID, now time.Time) error {
 	for i, ch := range changes {
 		m := msgs[i]
 		c.setReceipt(ch.key, ch.r)
-		if p, other := c.e.originOf(m); other {
+		p, other := c.e.originOf(m)
+		if other {
 			// The origin counts the read, tells the sender and stops
 			// the DING (applyRelayReceipt); the reader's devices learn
 			// it here. A secret message's copy here burns at the same
 			// deadline as the origin's: now, sent in the receipt.
 			out.add(p, ch.id)
-			if m.Chat != (ID{}) {
-				as, err := c.pseudonymOf(m.ID, user)
-				if err != nil {
-					return err
-				}
-				if err := c.secretRead(m.ID, user, now); err != nil {
-					return err
-				}
-				own.addAs(user, as, ch.id)
-				continue
-			}
-			own.add(user, ch.id)
-			continue
-		}
-		if m.Kind == KindDing {
+		} else if m.Kind == KindDing {
 			dings = append(dings, m.ID)
-		}
-		if m.Kind != KindDing {
+		} else {
 			c.countRead(ch.id, m.From, m.Kind == KindAnnouncement, ch.wasDelivered)
 		}
 		if m.Chat != (ID{}) {
@@ -621,8 +607,14 @@ func (c *txn) applyRead(user string, ids []ID, now time.Time) error {
 			if err := c.secretRead(m.ID, user, now); err != nil {
 				return err
 			}
-			senders.addAs(m.From, as, ch.id)
+			if !other {
+				senders.addAs(m.From, as, ch.id)
+			}
 			own.addAs(user, as, ch.id)
+			continue
+		}
+		if other {
+			own.add(user, ch.id)
 			continue
 		}
 		if m.Kind != KindAnnouncement {
