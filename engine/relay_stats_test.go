@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dingmq/ding/engine"
@@ -87,14 +88,28 @@ func TestSubmitAtTheSendersPartitionOnly(t *testing.T) {
 	send(t, a.e, "alice", "from home", "carol", "bob")
 }
 
+// countingScans counts the scans of the outbox ('O').
+type countingScans struct {
+	store.Store
+	outbox atomic.Int64
+}
+
+func (s *countingScans) Scan(lower, upper []byte, fn func(k, v []byte) bool) error {
+	if len(lower) > 0 && lower[0] == 'O' {
+		s.outbox.Add(1)
+	}
+	return s.Store.Scan(lower, upper, fn)
+}
+
 // An acknowledgement writes the origin's "sent" receipts a chunk of users
 // per op (Config.FanoutChunk), so that a message to many users of another
 // partition does not hold the commit loop; every user gets one, across
 // records and chunks, and Stats counts the rest as pending meanwhile.
 func TestAckRelayMirrorsInChunks(t *testing.T) {
 	ctx := context.Background()
-	nodes := memNodes(t, 2, func(c *engine.Config) { c.FanoutChunk = 2 })
-	a, b := nodes[0], nodes[1]
+	chunk := func(c *engine.Config) { c.FanoutChunk = 2 }
+	cs := &countingScans{Store: memstore.New()}
+	a, b := openRelayNode(t, cs, 0, chunk), openRelayNode(t, memstore.New(), 1, chunk)
 	remote := []string{"b0", "b1", "b2", "bob", "dave"}
 	m1 := send(t, a.e, "alice", "one", remote...)
 	m2 := send(t, a.e, "alice", "two", "bob", "carol", "b2")
@@ -109,8 +124,14 @@ func TestAckRelayMirrorsInChunks(t *testing.T) {
 	if st, err := a.e.Stats(m1.ID, false); err != nil || st.Pending != 5 {
 		t.Fatalf("before the acknowledgement: %+v %v, want 5 pending", st, err)
 	}
+	cs.outbox.Store(0)
 	if err := a.e.AckRelay(ctx, 1, through); err != nil {
 		t.Fatal(err)
+	}
+	// One op per chunk, each reading the outbox from its cursor: 7 users
+	// in chunks of 2.
+	if n := cs.outbox.Load(); n != 4 {
+		t.Fatalf("the acknowledgement read the outbox %d times, want 4 (one op per chunk of 2 of its 7 users)", n)
 	}
 	for _, c := range []struct {
 		id    engine.ID

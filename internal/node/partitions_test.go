@@ -220,6 +220,13 @@ func TestPartitionsOffboardAcrossPartitions(t *testing.T) {
 	if firstDeliver(t, phone, id) == nil {
 		t.Fatal("bo did not get the DING")
 	}
+	// His phone's delivery travels back to the DING's home through the
+	// relay; let it arrive before he is removed, so that the ledger's
+	// last event is the removal (else it may come after).
+	nodetest.WaitFor(t, "bo's delivery at the DING's home", 10*time.Second, func() bool {
+		_, evs, _ := d.recipient(t, id, 0)
+		return slices.Contains(evs, "delivered")
+	})
 	code, out, _ := d.api(t, "DELETE", "/v1/users/bo", nil)
 	if code != http.StatusOK || out["status"] != "removed" {
 		t.Fatalf("DELETE /v1/users/bo: %d %v", code, out)
