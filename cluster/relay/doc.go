@@ -4,9 +4,11 @@
 //
 // An engine with a Placement (engine/relay.go) writes what one of its ops
 // owes a user of another partition into its outbox, in the same batch as
-// the op. A Pump runs one goroutine per origin engine. Woken by the
-// origin's OutboxReady (and once at start, to drain what a restart left:
-// OutboxDests), it moves each destination's records in three steps:
+// the op. A Pump runs one goroutine per (origin, destination) link, so an
+// origin's destinations are served in parallel and a slow one holds up
+// only its own traffic. Woken by the origin's OutboxReady (and once at
+// start, to drain what a restart left: OutboxDests), a link moves its
+// records in three steps:
 //
 //	b, _ := origin.Outbox(to, acked, Batch) // durable records after acked, oldest first
 //	through, _ := dest.ApplyRelay(ctx, b)    // one op, answered once durable at dest

@@ -44,9 +44,9 @@ type Dest interface {
 	// ApplyRelay applies b, idempotently, and returns once that is
 	// durable the seq through which b.From's records are applied. On an
 	// error the outcome may be unknown: the pump sends the records again.
-	// It must return when ctx ends (Close cancels it), and should not
-	// block for long otherwise: the origin's other destinations wait
-	// behind it (one goroutine per origin).
+	// It must return when ctx ends (Close cancels it). It is called
+	// from one goroutine per (origin, destination) link, so calls for
+	// different origins or destinations run concurrently.
 	ApplyRelay(ctx context.Context, b engine.RelayBatch) (through uint64, err error)
 }
 
@@ -132,8 +132,9 @@ type Pump struct {
 	once   sync.Once
 }
 
-// New starts a pump: one goroutine per origin, which first drains what
-// the outbox holds, then waits for OutboxReady.
+// New starts a pump: one goroutine per origin, which passes its
+// OutboxReady on, and one per link, which first drains what the outbox
+// holds, then waits for it.
 func New(cfg Config) (*Pump, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -170,8 +171,8 @@ func (p *Pump) Close() {
 	})
 }
 
-// link is one origin's traffic to one destination; owned by the
-// origin's goroutine.
+// link is one origin's traffic to one destination; owned by its own
+// goroutine (linkLoop).
 type link struct {
 	from, to uint32
 	dest     Dest // nil: no destination configured
@@ -180,10 +181,8 @@ type link struct {
 	// Outbox then reads from the oldest record left).
 	acked uint64
 	seen  uint64 // the highest seq Outbox returned: durable
-	// failures counts consecutive failed steps; retryAt is when the next
-	// may run (zero: now).
+	// failures counts consecutive failed steps.
 	failures int
-	retryAt  time.Time
 
 	relayed prometheus.Counter
 	backlog prometheus.Gauge
@@ -191,68 +190,76 @@ type link struct {
 	// ack is the result of the acknowledgement in flight (nil: none). It
 	// runs beside the next batch's apply: at most one per link.
 	ack  chan error
-	woke chan struct{} // the origin loop's: an acknowledgement ended
+	wake chan struct{} // capacity 1: new records, or an acknowledgement ended
 }
 
 var errNoDest = errors.New("relay: no destination for this partition")
 
-// originLoop drains from's outbox until ctx ends: a pass over every
-// destination, again while one moved records, then a wait for
-// OutboxReady or the earliest retry.
+// originLoop runs from's links, one goroutine each (a slow or unreachable
+// destination holds up only its own traffic, and the origin's
+// destinations are served in parallel), and passes each OutboxReady on
+// to all of them until ctx ends.
 func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin) {
 	links := p.links(from, o)
-	woke := make(chan struct{}, 1)
+	var wg sync.WaitGroup
 	for _, l := range links {
-		l.woke = woke
+		l.wake = make(chan struct{}, 1)
+		l.wake <- struct{}{} // drain what the outbox holds at start
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.linkLoop(ctx, o, l)
+		}()
 	}
-	var timer <-chan time.Time
-	var timerAt time.Time
+	defer wg.Wait()
 	for {
-		now := p.cfg.Clock.Now()
-		moved := false
-		var next time.Time
-		for _, l := range links {
-			if l.retryAt.After(now) {
-				if next.IsZero() || l.retryAt.Before(next) {
-					next = l.retryAt
-				}
-				continue
-			}
-			ok, err := p.step(ctx, o, l)
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				l.failures++
-				l.retryAt = now.Add(p.backoff(l.failures))
-				if next.IsZero() || l.retryAt.Before(next) {
-					next = l.retryAt
-				}
-				continue
-			}
-			l.failures, l.retryAt = 0, time.Time{}
-			moved = moved || ok
-		}
-		if moved {
-			if ctx.Err() != nil {
-				return
-			}
-			continue
-		}
-		var wake <-chan time.Time
-		if !next.IsZero() {
-			if !next.Equal(timerAt) {
-				timer, timerAt = p.cfg.Clock.Until(next), next
-			}
-			wake = timer
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-o.OutboxReady():
-		case <-woke:
-		case <-wake:
-			timer, timerAt = nil, time.Time{}
+			for _, l := range links {
+				poke(l.wake)
+			}
+		}
+	}
+}
+
+// poke signals ch (capacity 1) without blocking: signals coalesce.
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// linkLoop moves l's records until ctx ends: steps while they move
+// records, then waits for a wake-up (new durable records, or an
+// acknowledgement that ended) or the retry after a failure.
+func (p *Pump) linkLoop(ctx context.Context, o Origin, l *link) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+		}
+		for {
+			moved, err := p.step(ctx, o, l)
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				l.failures = 0
+				if moved {
+					continue
+				}
+				break
+			}
+			l.failures++
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.cfg.Clock.Until(p.cfg.Clock.Now().Add(p.backoff(l.failures))):
+			}
 		}
 	}
 }
@@ -355,16 +362,13 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	l.acked = max(l.acked, through)
 	l.seen = max(l.seen, l.acked, o.OutboxDurable(l.to))
 	l.backlog.Set(float64(l.seen - l.acked))
-	ch, woke := make(chan error, 1), l.woke
+	ch, wake := make(chan error, 1), l.wake
 	l.ack = ch
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		ch <- o.AckRelay(ctx, l.to, through)
-		select {
-		case woke <- struct{}{}:
-		default:
-		}
+		poke(wake)
 	}()
 	return true, nil
 }
