@@ -3,6 +3,8 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -558,4 +560,40 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 		props := dig(m, "components", "schemas", "Error", "properties", "error", "properties")
 		delete(props, "detail")
 	}, "GET /v1/departments/{id}")
+}
+
+// TestDocsPageIsSelfContained: GET /docs is public HTML that loads
+// nothing from elsewhere (no src or href to another origin, no
+// stylesheet or module), and its Content-Security-Policy allows exactly
+// its own inline script and style (by hash) and fetching openapi.json
+// from this server, so that a browser runs it and nothing else.
+func TestDocsPageIsSelfContained(t *testing.T) {
+	n := nodetest.Start(t, node.Config{})
+	resp, page := get(t, "http://"+n.HTTPAddr()+"/docs")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/html; charset=utf-8" {
+		t.Fatalf("GET /docs: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	s := string(page)
+	if m := regexp.MustCompile(`(?i)(src|href|action)\s*=\s*["']?[a-z]*:?//|<link|@import|\bimport\s*\(`).FindString(s); m != "" {
+		t.Errorf("the docs page refers to something elsewhere: %q", m)
+	}
+	if !strings.Contains(s, `fetch("openapi.json"`) {
+		t.Error("the docs page does not fetch openapi.json")
+	}
+	csp := resp.Header.Get("Content-Security-Policy")
+	for _, tag := range []string{"script", "style"} {
+		i, j := strings.Index(s, "<"+tag+">"), strings.Index(s, "</"+tag+">")
+		if i < 0 || j < i || strings.Count(s, "<"+tag) != 1 {
+			t.Fatalf("want one inline <%s>", tag)
+		}
+		sum := sha256.Sum256([]byte(s[i+len(tag)+2 : j]))
+		if src := tag + "-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"; !strings.Contains(csp, src) {
+			t.Errorf("Content-Security-Policy %q lacks %q", csp, src)
+		}
+	}
+	for _, want := range []string{"default-src 'none'", "connect-src 'self'", "frame-ancestors 'none'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("Content-Security-Policy %q lacks %q", csp, want)
+		}
+	}
 }
