@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -26,6 +27,7 @@ import (
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
+	"github.com/dingmq/ding/internal/ratelimit"
 )
 
 // loadDoc parses and validates an OpenAPI document (kin-openapi's own
@@ -314,7 +316,8 @@ func validate(doc *openapi3.T, a answer) error {
 // validated (each /v1 one with a success), and that a document wrong in
 // one field or one status fails the same answers.
 func TestOpenAPIMatchesRealAnswers(t *testing.T) {
-	n := nodetest.Start(t, node.Config{MaxBody: 1024})
+	// One client token mint per admin per hour, to see the 429.
+	n := nodetest.Start(t, node.Config{MaxBody: 1024, Limits: ratelimit.Config{TokenMints: ratelimit.Rate{N: 1, Per: time.Hour}}})
 	base := "http://" + n.HTTPAddr()
 	_, raw := get(t, base+"/openapi.json")
 	c := &checker{t: t, doc: loadDoc(t, raw), base: base, tok: n.AdminToken()}
@@ -365,6 +368,9 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	c.call("GET /v1/users/{id}", "/v1/users/nosuch", T, nil, 404)
 	c.call("POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "bo", "device": "phone", "ttl_seconds": 600}, 200)
 	c.call("POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "zed", "device": "phone"}, 404)
+	if e := c.call("POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "bo", "device": "tablet"}, 429); errCode(e) != "RATE_LIMITED" || c.answers[len(c.answers)-1].header.Get("Retry-After") == "" {
+		t.Errorf("a second mint within the hour: %v, want RATE_LIMITED with Retry-After", e)
+	}
 	nodetest.Dial(t, n, "bo", "laptop", nil)
 	c.call("GET /v1/users/{id}/devices", "/v1/users/bo/devices", T, nil, 200)
 	c.call("GET /v1/users/{id}/devices", "/v1/users/nosuch/devices", T, nil, 404)
@@ -390,6 +396,7 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "text": strings.Repeat("x", 2000)}, 413)
 	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "kind": "video"}, 400)
 	c.call("POST /v1/messages", "/v1/messages", T, `{"from": "ana", "to": [`, 400)
+	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "text": "x", "forward_of": "01KBMA4Q7ZQ0000000000A1B2C"}, 404)
 	c.call("GET /v1/messages/{id}/receipts", "/v1/messages/"+msg+"/receipts", T, nil, 200)
 	c.call("GET /v1/messages/{id}/receipts", "/v1/messages/bad/receipts", T, nil, 400)
 	c.call("GET /v1/messages/{id}/receipts", "/v1/messages/01KBMA4Q7ZQ0000000000A1B2C/receipts", T, nil, 404)
@@ -430,6 +437,8 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 		t.Errorf("a second cancel: %v, want stopped 0 and a note", again)
 	}
 	c.call("POST /v1/dings/{id}/cancel", "/v1/dings/bad/cancel", T, nil, 400)
+	c.call("POST /v1/dings/{id}/cancel", "/v1/dings/"+msg+"/cancel", T, nil, 404)
+	c.call("GET /v1/dings/{id}", "/v1/dings/"+msg, T, nil, 404)
 	c.call("PUT /v1/policies/{name}", "/v1/policies/urgent", T, map[string]any{"policy": "inapp,sms@5m,voice@15m until=confirmed"}, 200)
 	c.call("PUT /v1/policies/{name}", "/v1/policies/urgent", T, map[string]any{"policy": "smoke-signals"}, 400)
 	c.call("GET /v1/policies", "/v1/policies", T, nil, 200)
@@ -492,6 +501,13 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	c.call("POST /v1/admins/{name}/revoke", "/v1/admins/nosuch/revoke", T, nil, 404)
 	c.call("POST /v1/admins/{name}/revoke", "/v1/admins/owner/revoke", T, nil, 409)
 	c.call("GET /v1/users", "/v1/users", crm, nil, 401)
+
+	// GET /metrics behind an admin token (MetricsAuth), on a second node.
+	m := nodetest.Start(t, node.Config{MetricsAuth: true})
+	c.base = "http://" + m.HTTPAddr()
+	c.call("GET /metrics", "/metrics", "", nil, 401)
+	c.call("GET /metrics", "/metrics", m.AdminToken(), nil, 200)
+	c.base = base
 
 	// Every operation was validated, every /v1 one with a success; the
 	// cluster's need a cluster (internal/node's tests run one).
