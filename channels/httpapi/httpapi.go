@@ -1,5 +1,6 @@
 // Package httpapi is Ding's admin HTTP API: JSON over net/http for admins
-// and back-office systems, plus /healthz, /readyz and /metrics.
+// and back-office systems, plus /healthz, /readyz, /metrics, and its
+// OpenAPI document at /openapi.json, rendered at /docs (openapi.go).
 //
 // Every /v1 route needs "Authorization: Bearer <admin token>", the token
 // of a named admin (admins.go), or, with no Authorization header, a
