@@ -2,13 +2,13 @@ package httpapi_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
-	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,43 +18,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/getkin/kin-openapi/openapi3"
-	"github.com/getkin/kin-openapi/openapi3filter"
-	"github.com/getkin/kin-openapi/routers"
-
 	"github.com/dingmq/ding/channels/codes"
 	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/httpapi/openapitest"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/channels/twilio/twiliotest"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 	"github.com/dingmq/ding/internal/ratelimit"
 )
-
-// loadDoc parses and validates an OpenAPI document (kin-openapi's own
-// checks of the document: refs resolve, schemas are schemas, ...).
-func loadDoc(tb testing.TB, raw []byte) *openapi3.T {
-	tb.Helper()
-	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(raw)
-	if err != nil {
-		tb.Fatalf("load the OpenAPI document: %v", err)
-	}
-	if err := doc.Validate(loader.Context); err != nil {
-		tb.Fatalf("the OpenAPI document is invalid: %v", err)
-	}
-	return doc
-}
-
-// operations returns the document's operations by "METHOD /path".
-func operations(doc *openapi3.T) map[string]*openapi3.Operation {
-	out := map[string]*openapi3.Operation{}
-	for path, item := range doc.Paths.Map() {
-		for method, op := range item.Operations() {
-			out[method+" "+path] = op
-		}
-	}
-	return out
-}
 
 func get(tb testing.TB, url string) (*http.Response, []byte) {
 	tb.Helper()
@@ -87,7 +59,7 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 	if err != nil || !bytes.Equal(committed, served) {
 		t.Fatalf("the served document is not openapi.json (%v)", err)
 	}
-	doc := loadDoc(t, served)
+	doc := openapitest.Load(t, served)
 	if !doc.IsOpenAPI31OrLater() || doc.OpenAPI != "3.1.0" {
 		t.Fatalf("openapi %q, want 3.1.0", doc.OpenAPI)
 	}
@@ -112,7 +84,7 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 	if len(routes) < 55 || len(n.API().PublicRoutes()) < 4 {
 		t.Fatalf("only %d routes (%d public): the listing is broken", len(routes), len(n.API().PublicRoutes()))
 	}
-	ops := operations(doc)
+	ops := openapitest.Operations(doc)
 	for pattern, w := range routes {
 		op := ops[pattern]
 		if op == nil {
@@ -186,129 +158,6 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 	}
 }
 
-// answer is one real request and the server's answer to it.
-type answer struct {
-	op, path, query string
-	reqType         string
-	reqBody         []byte
-	status          int
-	header          http.Header
-	body            []byte
-}
-
-// checker makes real requests to a node and validates every answer
-// against the document.
-type checker struct {
-	t       *testing.T
-	doc     *openapi3.T
-	base    string
-	tok     string
-	answers []answer
-}
-
-// csvBody is a request body sent as text/csv; formBody, as a form.
-type (
-	csvBody  string
-	formBody string
-)
-
-// call sends a request for the operation op ("POST /v1/users") to path
-// (with its query, if any) and validates the answer, which must have the
-// status want: its status is documented, and its headers and body match
-// the documented response. A request answered 2xx must also match the
-// documented request. It returns the answer's JSON (nil if it is none).
-func (c *checker) call(op, path, tok string, body any, want int) map[string]any {
-	c.t.Helper()
-	var raw []byte
-	ctype := "application/json"
-	switch b := body.(type) {
-	case nil:
-		ctype = ""
-	case string:
-		raw = []byte(b)
-	case csvBody:
-		raw, ctype = []byte(b), "text/csv"
-	case formBody:
-		raw, ctype = []byte(b), "application/x-www-form-urlencoded"
-	default:
-		raw, _ = json.Marshal(b)
-	}
-	method, _, _ := strings.Cut(op, " ")
-	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(raw))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if ctype != "" {
-		req.Header.Set("Content-Type", ctype)
-	}
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	got, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	p, q, _ := strings.Cut(path, "?")
-	a := answer{op: op, path: p, query: q, reqType: ctype, reqBody: raw, status: resp.StatusCode, header: resp.Header, body: got}
-	if resp.StatusCode != want {
-		c.t.Fatalf("%s (%s): %d %s; want %d", op, path, resp.StatusCode, got, want)
-	}
-	if err := validate(c.doc, a); err != nil {
-		c.t.Errorf("%s (%s) answered %d, which the document does not allow:\n%v\nbody: %s", op, path, a.status, err, got)
-	}
-	c.answers = append(c.answers, a)
-	var out map[string]any
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		json.Unmarshal(got, &out)
-	}
-	return out
-}
-
-// validate checks a real answer against doc with kin-openapi: the answer
-// always (openapi3filter.ValidateResponse, undocumented statuses
-// refused), the request too when it succeeded (ValidateRequest: what the
-// server took, the document must take).
-func validate(doc *openapi3.T, a answer) error {
-	method, tmpl, _ := strings.Cut(a.op, " ")
-	item := doc.Paths.Value(tmpl)
-	if item == nil || item.GetOperation(method) == nil {
-		return &openapi3filter.RequestError{Reason: "no operation " + a.op + " in the document"}
-	}
-	params := map[string]string{}
-	ts, ps := strings.Split(tmpl, "/"), strings.Split(a.path, "/")
-	for i, s := range ts {
-		if strings.HasPrefix(s, "{") && i < len(ps) {
-			params[strings.Trim(s, "{}")] = ps[i]
-		}
-	}
-	target := a.path
-	if a.query != "" {
-		target += "?" + a.query
-	}
-	req := httptest.NewRequest(method, target, bytes.NewReader(a.reqBody))
-	if a.reqType != "" {
-		req.Header.Set("Content-Type", a.reqType)
-	}
-	route := &routers.Route{Spec: doc, Path: tmpl, PathItem: item, Method: method, Operation: item.GetOperation(method)}
-	opts := &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true, AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}
-	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
-	ctx := context.Background()
-	if a.status/100 == 2 {
-		if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
-			return err
-		}
-		req.Body = io.NopCloser(bytes.NewReader(a.reqBody))
-	}
-	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: a.status, Header: a.header, Options: opts}
-	out.SetBodyBytes(a.body)
-	return openapi3filter.ValidateResponse(ctx, out)
-}
-
 // TestOpenAPIMatchesRealAnswers drives every route of the document but
 // the cluster's through real HTTP against a real node (Pebble in a temp
 // dir, 127.0.0.1), in successes and typical refusals, and validates each
@@ -320,204 +169,200 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	n := nodetest.Start(t, node.Config{MaxBody: 1024, Limits: ratelimit.Config{TokenMints: ratelimit.Rate{N: 1, Per: time.Hour}}})
 	base := "http://" + n.HTTPAddr()
 	_, raw := get(t, base+"/openapi.json")
-	c := &checker{t: t, doc: loadDoc(t, raw), base: base, tok: n.AdminToken()}
-	T := c.tok
+	c := openapitest.New(t, base)
+	T := n.AdminToken()
 
 	// Public routes; Twilio's webhooks without Twilio configured.
-	c.call("GET /healthz", "/healthz", "", nil, 200)
-	c.call("GET /readyz", "/readyz", "", nil, 200)
-	c.call("GET /metrics", "/metrics", "", nil, 200)
-	c.call("GET /openapi.json", "/openapi.json", "", nil, 200)
-	c.call("GET /docs", "/docs", "", nil, 200)
+	c.Call(t, "GET /healthz", "/healthz", "", nil, 200)
+	c.Call(t, "GET /readyz", "/readyz", "", nil, 200)
+	c.Call(t, "GET /metrics", "/metrics", "", nil, 200)
+	c.Call(t, "GET /openapi.json", "/openapi.json", "", nil, 200)
+	c.Call(t, "GET /docs", "/docs", "", nil, 200)
 	for _, p := range twilio.Routes() {
-		c.call(p, strings.TrimPrefix(p, "POST "), "", formBody("MessageSid=SM1&MessageStatus=sent"), 404)
+		c.Call(t, p, strings.TrimPrefix(p, "POST "), "", openapitest.Form("MessageSid=SM1&MessageStatus=sent"), 404)
 	}
 
 	// Admins.
-	c.call("GET /v1/admins/me", "/v1/admins/me", T, nil, 200)
-	crm := c.call("POST /v1/admins", "/v1/admins", T, map[string]any{"name": "crm", "role": "sender", "ttl_seconds": 3600}, 201)["token"].(string)
-	c.call("POST /v1/admins", "/v1/admins", T, map[string]any{"name": "crm", "role": "sender"}, 409)
-	c.call("POST /v1/admins", "/v1/admins", T, map[string]any{"name": "x", "role": "king"}, 400)
-	c.call("POST /v1/admins", "/v1/admins", T, map[string]any{"name": "lead", "role": "dept-admin", "dept": "nosuch"}, 422)
-	c.call("GET /v1/admins", "/v1/admins", T, nil, 200)
-	c.call("GET /v1/users", "/v1/users", "", nil, 401)
-	c.call("GET /v1/audit", "/v1/audit", crm, nil, 403)
+	c.Call(t, "GET /v1/admins/me", "/v1/admins/me", T, nil, 200)
+	crm := c.Call(t, "POST /v1/admins", "/v1/admins", T, map[string]any{"name": "crm", "role": "sender", "ttl_seconds": 3600}, 201)["token"].(string)
+	c.Call(t, "POST /v1/admins", "/v1/admins", T, map[string]any{"name": "crm", "role": "sender"}, 409)
+	c.Call(t, "POST /v1/admins", "/v1/admins", T, map[string]any{"name": "x", "role": "king"}, 400)
+	c.Call(t, "POST /v1/admins", "/v1/admins", T, map[string]any{"name": "lead", "role": "dept-admin", "dept": "nosuch"}, 422)
+	c.Call(t, "GET /v1/admins", "/v1/admins", T, nil, 200)
+	c.Call(t, "GET /v1/users", "/v1/users", "", nil, 401)
+	c.Call(t, "GET /v1/audit", "/v1/audit", crm, nil, 403)
 
 	// The org and users.
-	c.call("PUT /v1/departments/{id}", "/v1/departments/eng", T, map[string]any{"name": "Engineering"}, 201)
-	c.call("PUT /v1/departments/{id}", "/v1/departments/sre", T, map[string]any{"name": "SRE", "parent": "eng"}, 201)
-	c.call("PUT /v1/departments/{id}", "/v1/departments/eng", T, map[string]any{"name": "Eng"}, 200)
-	c.call("PUT /v1/departments/{id}", "/v1/departments/eng", T, map[string]any{"name": "Eng", "parent": "sre"}, 409)
-	c.call("PUT /v1/departments/{id}", "/v1/departments/web", T, map[string]any{"name": "Web", "parent": "nosuch"}, 422)
-	c.call("GET /v1/departments", "/v1/departments", T, nil, 200)
-	c.call("GET /v1/departments/{id}", "/v1/departments/eng", T, nil, 200)
-	c.call("GET /v1/departments/{id}", "/v1/departments/nosuch", T, nil, 404)
-	c.call("POST /v1/users", "/v1/users", T, map[string]any{"id": "ana", "name": "Ana", "department": "sre"}, 201)
-	c.call("POST /v1/users", "/v1/users", T, map[string]any{"id": "ana", "name": "Ana"}, 409)
-	c.call("POST /v1/users", "/v1/users", T, `{"id": "x", "nme": "typo"}`, 400)
-	c.call("POST /v1/users", "/v1/users", T, map[string]any{"id": "bo", "name": "Bo", "phone": "+14155550100", "quiet_hours": "22:00-07:00"}, 201)
-	c.call("PUT /v1/users/{id}", "/v1/users/cy", T, map[string]any{"name": "C", "phone": "", "quiet_hours": "", "department": "eng"}, 201)
-	c.call("PUT /v1/users/{id}", "/v1/users/cy", T, map[string]any{"name": "C"}, 400)
-	c.call("PATCH /v1/users/{id}", "/v1/users/cy", T, map[string]any{"name": "Cy"}, 200)
-	c.call("PATCH /v1/users/{id}", "/v1/users/nosuch", T, map[string]any{"name": "X"}, 404)
-	c.call("POST /v1/users/batch", "/v1/users/batch", T, map[string]any{"users": []map[string]any{{"id": "dan", "name": "Dan"}, {"id": "eve", "name": "Eve"}}}, 200)
-	c.call("GET /v1/users", "/v1/users", T, nil, 200)
-	c.call("GET /v1/users", "/v1/users?status=all", T, nil, 200)
-	c.call("GET /v1/users", "/v1/users?status=bogus", T, nil, 400)
-	c.call("GET /v1/users/{id}", "/v1/users/ana", T, nil, 200)
-	c.call("GET /v1/users/{id}", "/v1/users/nosuch", T, nil, 404)
-	c.call("POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "bo", "device": "phone", "ttl_seconds": 600}, 200)
-	c.call("POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "zed", "device": "phone"}, 404)
-	if e := c.call("POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "bo", "device": "tablet"}, 429); errCode(e) != "RATE_LIMITED" || c.answers[len(c.answers)-1].header.Get("Retry-After") == "" {
+	c.Call(t, "PUT /v1/departments/{id}", "/v1/departments/eng", T, map[string]any{"name": "Engineering"}, 201)
+	c.Call(t, "PUT /v1/departments/{id}", "/v1/departments/sre", T, map[string]any{"name": "SRE", "parent": "eng"}, 201)
+	c.Call(t, "PUT /v1/departments/{id}", "/v1/departments/eng", T, map[string]any{"name": "Eng"}, 200)
+	c.Call(t, "PUT /v1/departments/{id}", "/v1/departments/eng", T, map[string]any{"name": "Eng", "parent": "sre"}, 409)
+	c.Call(t, "PUT /v1/departments/{id}", "/v1/departments/web", T, map[string]any{"name": "Web", "parent": "nosuch"}, 422)
+	c.Call(t, "GET /v1/departments", "/v1/departments", T, nil, 200)
+	c.Call(t, "GET /v1/departments/{id}", "/v1/departments/eng", T, nil, 200)
+	c.Call(t, "GET /v1/departments/{id}", "/v1/departments/nosuch", T, nil, 404)
+	c.Call(t, "POST /v1/users", "/v1/users", T, map[string]any{"id": "ana", "name": "Ana", "department": "sre"}, 201)
+	c.Call(t, "POST /v1/users", "/v1/users", T, map[string]any{"id": "ana", "name": "Ana"}, 409)
+	c.Call(t, "POST /v1/users", "/v1/users", T, `{"id": "x", "nme": "typo"}`, 400)
+	c.Call(t, "POST /v1/users", "/v1/users", T, map[string]any{"id": "bo", "name": "Bo", "phone": "+14155550100", "quiet_hours": "22:00-07:00"}, 201)
+	c.Call(t, "PUT /v1/users/{id}", "/v1/users/cy", T, map[string]any{"name": "C", "phone": "", "quiet_hours": "", "department": "eng"}, 201)
+	c.Call(t, "PUT /v1/users/{id}", "/v1/users/cy", T, map[string]any{"name": "C"}, 400)
+	c.Call(t, "PATCH /v1/users/{id}", "/v1/users/cy", T, map[string]any{"name": "Cy"}, 200)
+	c.Call(t, "PATCH /v1/users/{id}", "/v1/users/nosuch", T, map[string]any{"name": "X"}, 404)
+	c.Call(t, "POST /v1/users/batch", "/v1/users/batch", T, map[string]any{"users": []map[string]any{{"id": "dan", "name": "Dan"}, {"id": "eve", "name": "Eve"}}}, 200)
+	c.Call(t, "GET /v1/users", "/v1/users", T, nil, 200)
+	c.Call(t, "GET /v1/users", "/v1/users?status=all", T, nil, 200)
+	c.Call(t, "GET /v1/users", "/v1/users?status=bogus", T, nil, 400)
+	c.Call(t, "GET /v1/users/{id}", "/v1/users/ana", T, nil, 200)
+	c.Call(t, "GET /v1/users/{id}", "/v1/users/nosuch", T, nil, 404)
+	c.Call(t, "POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "bo", "device": "phone", "ttl_seconds": 600}, 200)
+	c.Call(t, "POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "zed", "device": "phone"}, 404)
+	if e := c.Call(t, "POST /v1/tokens", "/v1/tokens", T, map[string]any{"user": "bo", "device": "tablet"}, 429); errCode(e) != "RATE_LIMITED" || c.Answers[len(c.Answers)-1].Header.Get("Retry-After") == "" {
 		t.Errorf("a second mint within the hour: %v, want RATE_LIMITED with Retry-After", e)
 	}
 	nodetest.Dial(t, n, "bo", "laptop", nil)
-	c.call("GET /v1/users/{id}/devices", "/v1/users/bo/devices", T, nil, 200)
-	c.call("GET /v1/users/{id}/devices", "/v1/users/nosuch/devices", T, nil, 404)
-	c.call("PUT /v1/groups/{id}", "/v1/groups/oncall", T, map[string]any{"name": "On call", "members": []string{"bo", "cy"}}, 201)
-	c.call("PUT /v1/groups/{id}", "/v1/groups/oncall", T, map[string]any{"name": "On call", "members": []string{"bo"}}, 200)
-	c.call("PUT /v1/groups/{id}", "/v1/groups/x", T, map[string]any{"name": "X", "members": []string{"zed"}}, 422)
-	c.call("POST /v1/groups/{id}/members", "/v1/groups/oncall/members", T, map[string]any{"add": []string{"ana", "cy"}}, 200)
-	c.call("POST /v1/groups/{id}/members", "/v1/groups/nosuch/members", T, map[string]any{"add": []string{"ana"}}, 404)
-	c.call("GET /v1/groups", "/v1/groups", T, nil, 200)
-	c.call("GET /v1/groups/{id}", "/v1/groups/oncall", T, nil, 200)
-	c.call("GET /v1/groups/{id}", "/v1/groups/all", T, nil, 200)
-	c.call("GET /v1/groups/{id}", "/v1/groups/dept:eng", T, nil, 200)
-	c.call("GET /v1/groups/{id}", "/v1/groups/nosuch", T, nil, 404)
+	c.Call(t, "GET /v1/users/{id}/devices", "/v1/users/bo/devices", T, nil, 200)
+	c.Call(t, "GET /v1/users/{id}/devices", "/v1/users/nosuch/devices", T, nil, 404)
+	c.Call(t, "PUT /v1/groups/{id}", "/v1/groups/oncall", T, map[string]any{"name": "On call", "members": []string{"bo", "cy"}}, 201)
+	c.Call(t, "PUT /v1/groups/{id}", "/v1/groups/oncall", T, map[string]any{"name": "On call", "members": []string{"bo"}}, 200)
+	c.Call(t, "PUT /v1/groups/{id}", "/v1/groups/x", T, map[string]any{"name": "X", "members": []string{"zed"}}, 422)
+	c.Call(t, "POST /v1/groups/{id}/members", "/v1/groups/oncall/members", T, map[string]any{"add": []string{"ana", "cy"}}, 200)
+	c.Call(t, "POST /v1/groups/{id}/members", "/v1/groups/nosuch/members", T, map[string]any{"add": []string{"ana"}}, 404)
+	c.Call(t, "GET /v1/groups", "/v1/groups", T, nil, 200)
+	c.Call(t, "GET /v1/groups/{id}", "/v1/groups/oncall", T, nil, 200)
+	c.Call(t, "GET /v1/groups/{id}", "/v1/groups/all", T, nil, 200)
+	c.Call(t, "GET /v1/groups/{id}", "/v1/groups/dept:eng", T, nil, 200)
+	c.Call(t, "GET /v1/groups/{id}", "/v1/groups/nosuch", T, nil, 404)
 
 	// Messages, receipts, statistics.
 	send := map[string]any{"from": "ana", "to": []string{"bo", "group:oncall"}, "text": "lunch?", "client_msg_id": "m1"}
-	msg := c.call("POST /v1/messages", "/v1/messages", T, send, 200)["id"].(string)
-	if again := c.call("POST /v1/messages", "/v1/messages", T, send, 200); again["id"] != msg || again["duplicate"] != true {
+	msg := c.Call(t, "POST /v1/messages", "/v1/messages", T, send, 200)["id"].(string)
+	if again := c.Call(t, "POST /v1/messages", "/v1/messages", T, send, 200); again["id"] != msg || again["duplicate"] != true {
 		t.Fatalf("a retried send: %v, want the id %s and duplicate", again, msg)
 	}
-	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "zed", "to": []string{"bo"}, "text": "x"}, 422)
-	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"zed"}, "text": "x"}, 422)
-	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "text": strings.Repeat("x", 2000)}, 413)
-	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "kind": "video"}, 400)
-	c.call("POST /v1/messages", "/v1/messages", T, `{"from": "ana", "to": [`, 400)
-	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "text": "x", "forward_of": "01KBMA4Q7ZQ0000000000A1B2C"}, 404)
-	c.call("GET /v1/messages/{id}/receipts", "/v1/messages/"+msg+"/receipts", T, nil, 200)
-	c.call("GET /v1/messages/{id}/receipts", "/v1/messages/bad/receipts", T, nil, 400)
-	c.call("GET /v1/messages/{id}/receipts", "/v1/messages/01KBMA4Q7ZQ0000000000A1B2C/receipts", T, nil, 404)
-	c.call("GET /v1/messages/{id}/stats", "/v1/messages/"+msg+"/stats", T, nil, 200)
-	c.call("GET /v1/messages/{id}/stats", "/v1/messages/"+msg+"/stats?lists=1", T, nil, 200)
-	c.call("GET /v1/messages/{id}/stats", "/v1/messages/"+msg+"/stats?format=csv", T, nil, 200)
-	c.call("GET /v1/messages/{id}/stats", "/v1/messages/bad/stats", T, nil, 400)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "zed", "to": []string{"bo"}, "text": "x"}, 422)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"zed"}, "text": "x"}, 422)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "text": strings.Repeat("x", 2000)}, 413)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "kind": "video"}, 400)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, `{"from": "ana", "to": [`, 400)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "to": []string{"bo"}, "text": "x", "forward_of": "01KBMA4Q7ZQ0000000000A1B2C"}, 404)
+	c.Call(t, "GET /v1/messages/{id}/receipts", "/v1/messages/"+msg+"/receipts", T, nil, 200)
+	c.Call(t, "GET /v1/messages/{id}/receipts", "/v1/messages/bad/receipts", T, nil, 400)
+	c.Call(t, "GET /v1/messages/{id}/receipts", "/v1/messages/01KBMA4Q7ZQ0000000000A1B2C/receipts", T, nil, 404)
+	c.Call(t, "GET /v1/messages/{id}/stats", "/v1/messages/"+msg+"/stats", T, nil, 200)
+	c.Call(t, "GET /v1/messages/{id}/stats", "/v1/messages/"+msg+"/stats?lists=1", T, nil, 200)
+	c.Call(t, "GET /v1/messages/{id}/stats", "/v1/messages/"+msg+"/stats?format=csv", T, nil, 200)
+	c.Call(t, "GET /v1/messages/{id}/stats", "/v1/messages/bad/stats", T, nil, 400)
 
 	// Announcements.
 	ann := map[string]any{"to": "all", "text": "Office closed Friday", "confirm": true, "client_msg_id": "a1"}
-	annID := c.call("POST /v1/announcements", "/v1/announcements", T, ann, 201)["id"].(string)
-	c.call("POST /v1/announcements", "/v1/announcements", T, ann, 200)
-	c.call("POST /v1/announcements", "/v1/announcements", T, map[string]any{"from": "ana", "to": []string{"dept:eng", "group:oncall"}, "text": "standup"}, 201)
-	c.call("POST /v1/announcements", "/v1/announcements", T, map[string]any{"to": "bo", "text": "x"}, 400)
-	c.call("POST /v1/announcements", "/v1/announcements", T, map[string]any{"from": "zed", "to": "all", "text": "x"}, 422)
-	c.call("GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats", T, nil, 200)
-	c.call("GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats?lists=1", T, nil, 200)
-	c.call("GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats?format=csv&only=unconfirmed", T, nil, 200)
-	c.call("GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats?format=csv&only=bogus", T, nil, 400)
-	c.call("POST /v1/announcements/{id}/reding", "/v1/announcements/"+annID+"/reding", T, map[string]any{"policy": "inapp"}, 200)
-	c.call("POST /v1/announcements/{id}/reding", "/v1/announcements/01KBMA4Q7ZQ0000000000A1B2C/reding", T, map[string]any{"policy": "inapp"}, 404)
+	annID := c.Call(t, "POST /v1/announcements", "/v1/announcements", T, ann, 201)["id"].(string)
+	c.Call(t, "POST /v1/announcements", "/v1/announcements", T, ann, 200)
+	c.Call(t, "POST /v1/announcements", "/v1/announcements", T, map[string]any{"from": "ana", "to": []string{"dept:eng", "group:oncall"}, "text": "standup"}, 201)
+	c.Call(t, "POST /v1/announcements", "/v1/announcements", T, map[string]any{"to": "bo", "text": "x"}, 400)
+	c.Call(t, "POST /v1/announcements", "/v1/announcements", T, map[string]any{"from": "zed", "to": "all", "text": "x"}, 422)
+	c.Call(t, "GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats", T, nil, 200)
+	c.Call(t, "GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats?lists=1", T, nil, 200)
+	c.Call(t, "GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats?format=csv&only=unconfirmed", T, nil, 200)
+	c.Call(t, "GET /v1/announcements/{id}/stats", "/v1/announcements/"+annID+"/stats?format=csv&only=bogus", T, nil, 400)
+	c.Call(t, "POST /v1/announcements/{id}/reding", "/v1/announcements/"+annID+"/reding", T, map[string]any{"policy": "inapp"}, 200)
+	c.Call(t, "POST /v1/announcements/{id}/reding", "/v1/announcements/01KBMA4Q7ZQ0000000000A1B2C/reding", T, map[string]any{"policy": "inapp"}, 404)
 
 	// DINGs and policies.
 	ding := map[string]any{"from": "ana", "to": []string{"bo", "+14155550123"}, "text": "Server room is flooding",
 		"policy": "inapp,sms@1m", "choices": []string{"attend", "decline"}, "client_msg_id": "d1"}
-	dingID := c.call("POST /v1/dings", "/v1/dings", T, ding, 201)["id"].(string)
-	c.call("POST /v1/dings", "/v1/dings", T, ding, 200)
-	c.call("POST /v1/dings", "/v1/dings", T, map[string]any{"from": "ana", "to": []string{"cy"}, "text": "x", "policy": "carrier-pigeon@1m"}, 400)
-	c.call("POST /v1/dings", "/v1/dings", T, map[string]any{"from": "zed", "to": []string{"cy"}, "text": "x"}, 422)
-	c.call("GET /v1/dings", "/v1/dings", T, nil, 200)
-	c.call("GET /v1/dings", "/v1/dings?from=ana&limit=10", T, nil, 200)
-	c.call("GET /v1/dings", "/v1/dings?limit=0", T, nil, 400)
-	c.call("GET /v1/dings/{id}", "/v1/dings/"+dingID, T, nil, 200)
-	c.call("GET /v1/dings/{id}", "/v1/dings/bad", T, nil, 400)
-	c.call("GET /v1/dings/{id}", "/v1/dings/01KBMA4Q7ZQ0000000000A1B2C", T, nil, 404)
-	c.call("POST /v1/dings/{id}/cancel", "/v1/dings/"+dingID+"/cancel", T, nil, 200)
-	if again := c.call("POST /v1/dings/{id}/cancel", "/v1/dings/"+dingID+"/cancel", T, nil, 200); again["stopped"] != 0.0 || again["note"] == nil {
+	dingID := c.Call(t, "POST /v1/dings", "/v1/dings", T, ding, 201)["id"].(string)
+	c.Call(t, "POST /v1/dings", "/v1/dings", T, ding, 200)
+	c.Call(t, "POST /v1/dings", "/v1/dings", T, map[string]any{"from": "ana", "to": []string{"cy"}, "text": "x", "policy": "carrier-pigeon@1m"}, 400)
+	c.Call(t, "POST /v1/dings", "/v1/dings", T, map[string]any{"from": "zed", "to": []string{"cy"}, "text": "x"}, 422)
+	c.Call(t, "GET /v1/dings", "/v1/dings", T, nil, 200)
+	c.Call(t, "GET /v1/dings", "/v1/dings?from=ana&limit=10", T, nil, 200)
+	c.Call(t, "GET /v1/dings", "/v1/dings?limit=0", T, nil, 400)
+	c.Call(t, "GET /v1/dings/{id}", "/v1/dings/"+dingID, T, nil, 200)
+	c.Call(t, "GET /v1/dings/{id}", "/v1/dings/bad", T, nil, 400)
+	c.Call(t, "GET /v1/dings/{id}", "/v1/dings/01KBMA4Q7ZQ0000000000A1B2C", T, nil, 404)
+	c.Call(t, "POST /v1/dings/{id}/cancel", "/v1/dings/"+dingID+"/cancel", T, nil, 200)
+	if again := c.Call(t, "POST /v1/dings/{id}/cancel", "/v1/dings/"+dingID+"/cancel", T, nil, 200); again["stopped"] != 0.0 || again["note"] == nil {
 		t.Errorf("a second cancel: %v, want stopped 0 and a note", again)
 	}
-	c.call("POST /v1/dings/{id}/cancel", "/v1/dings/bad/cancel", T, nil, 400)
-	c.call("POST /v1/dings/{id}/cancel", "/v1/dings/"+msg+"/cancel", T, nil, 404)
-	c.call("GET /v1/dings/{id}", "/v1/dings/"+msg, T, nil, 404)
-	c.call("PUT /v1/policies/{name}", "/v1/policies/urgent", T, map[string]any{"policy": "inapp,sms@5m,voice@15m until=confirmed"}, 200)
-	c.call("PUT /v1/policies/{name}", "/v1/policies/urgent", T, map[string]any{"policy": "smoke-signals"}, 400)
-	c.call("GET /v1/policies", "/v1/policies", T, nil, 200)
+	c.Call(t, "POST /v1/dings/{id}/cancel", "/v1/dings/bad/cancel", T, nil, 400)
+	c.Call(t, "POST /v1/dings/{id}/cancel", "/v1/dings/"+msg+"/cancel", T, nil, 404)
+	c.Call(t, "GET /v1/dings/{id}", "/v1/dings/"+msg, T, nil, 404)
+	c.Call(t, "PUT /v1/policies/{name}", "/v1/policies/urgent", T, map[string]any{"policy": "inapp,sms@5m,voice@15m until=confirmed"}, 200)
+	c.Call(t, "PUT /v1/policies/{name}", "/v1/policies/urgent", T, map[string]any{"policy": "smoke-signals"}, 400)
+	c.Call(t, "GET /v1/policies", "/v1/policies", T, nil, 200)
 
 	// Secret chats.
-	chat := c.call("POST /v1/secret-chats", "/v1/secret-chats", T, map[string]any{"from": "ana", "to": "eve", "level": 2}, 201)["id"].(string)
-	c.call("POST /v1/secret-chats", "/v1/secret-chats", T, map[string]any{"from": "ana", "to": "eve", "level": 9}, 400)
-	c.call("POST /v1/secret-chats", "/v1/secret-chats", T, map[string]any{"from": "ana", "to": "zed", "level": 1}, 422)
-	secret := c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "chat": chat, "text": "the door code is 4711"}, 200)["id"].(string)
-	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "eve", "to": []string{"cy"}, "text": "fwd", "forward_of": secret}, 409)
-	c.call("POST /v1/messages", "/v1/messages", T, map[string]any{"from": "cy", "chat": chat, "text": "hi"}, 403)
-	c.call("GET /v1/messages/{id}/receipts", "/v1/messages/"+secret+"/receipts", T, nil, 200)
-	c.call("GET /v1/secret-chats/{id}", "/v1/secret-chats/"+chat, T, nil, 200)
-	c.call("GET /v1/secret-chats/{id}", "/v1/secret-chats/01KBMA4Q7ZQ0000000000A1B2C", T, nil, 404)
-	c.call("GET /v1/users/{id}/secret-chats", "/v1/users/eve/secret-chats", T, nil, 200)
-	c.call("GET /v1/users/{id}/secret-chats", "/v1/users/nosuch/secret-chats", T, nil, 404)
+	chat := c.Call(t, "POST /v1/secret-chats", "/v1/secret-chats", T, map[string]any{"from": "ana", "to": "eve", "level": 2}, 201)["id"].(string)
+	c.Call(t, "POST /v1/secret-chats", "/v1/secret-chats", T, map[string]any{"from": "ana", "to": "eve", "level": 9}, 400)
+	c.Call(t, "POST /v1/secret-chats", "/v1/secret-chats", T, map[string]any{"from": "ana", "to": "zed", "level": 1}, 422)
+	secret := c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "ana", "chat": chat, "text": "the door code is 4711"}, 200)["id"].(string)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "eve", "to": []string{"cy"}, "text": "fwd", "forward_of": secret}, 409)
+	c.Call(t, "POST /v1/messages", "/v1/messages", T, map[string]any{"from": "cy", "chat": chat, "text": "hi"}, 403)
+	c.Call(t, "GET /v1/messages/{id}/receipts", "/v1/messages/"+secret+"/receipts", T, nil, 200)
+	c.Call(t, "GET /v1/secret-chats/{id}", "/v1/secret-chats/"+chat, T, nil, 200)
+	c.Call(t, "GET /v1/secret-chats/{id}", "/v1/secret-chats/01KBMA4Q7ZQ0000000000A1B2C", T, nil, 404)
+	c.Call(t, "GET /v1/users/{id}/secret-chats", "/v1/users/eve/secret-chats", T, nil, 200)
+	c.Call(t, "GET /v1/users/{id}/secret-chats", "/v1/users/nosuch/secret-chats", T, nil, 404)
 
 	// Statistics and the audit log.
-	c.call("GET /v1/stats", "/v1/stats", T, nil, 200)
-	c.call("GET /v1/stats", "/v1/stats?dept=sre,eng&top=5", T, nil, 200)
-	c.call("GET /v1/stats", "/v1/stats?top=0", T, nil, 400)
-	c.call("GET /v1/audit", "/v1/audit?limit=5", T, nil, 200)
-	c.call("GET /v1/audit", "/v1/audit?limit=5000", T, nil, 400)
-	head := c.call("GET /v1/audit/verify", "/v1/audit/verify", T, nil, 200)["head_hash"].(string)
-	c.call("GET /v1/audit/verify", "/v1/audit/verify?expect="+head, T, nil, 200)
-	c.call("GET /v1/audit/verify", "/v1/audit/verify?expect=zz", T, nil, 400)
+	c.Call(t, "GET /v1/stats", "/v1/stats", T, nil, 200)
+	c.Call(t, "GET /v1/stats", "/v1/stats?dept=sre,eng&top=5", T, nil, 200)
+	c.Call(t, "GET /v1/stats", "/v1/stats?top=0", T, nil, 400)
+	c.Call(t, "GET /v1/audit", "/v1/audit?limit=5", T, nil, 200)
+	c.Call(t, "GET /v1/audit", "/v1/audit?limit=5000", T, nil, 400)
+	head := c.Call(t, "GET /v1/audit/verify", "/v1/audit/verify", T, nil, 200)["head_hash"].(string)
+	c.Call(t, "GET /v1/audit/verify", "/v1/audit/verify?expect="+head, T, nil, 200)
+	c.Call(t, "GET /v1/audit/verify", "/v1/audit/verify?expect=zz", T, nil, 400)
 
 	// The directory import.
 	org := "id,name,phone,department_path\nana,Ana,,Eng/SRE\nfay,Fay,+14155550199,Eng\n"
-	c.call("POST /v1/directory/import", "/v1/directory/import?dry_run=1", T, csvBody(org), 200)
-	c.call("POST /v1/directory/import", "/v1/directory/import?format=json", T, map[string]any{"users": []map[string]any{{"id": "gus", "name": "Gus"}}}, 200)
-	c.call("POST /v1/directory/import", "/v1/directory/import?format=xml", T, "<org/>", 400)
-	c.call("POST /v1/directory/import", "/v1/directory/import?remove_missing=1", T, map[string]any{"users": []map[string]any{{"id": "gus", "name": "Gus"}}}, 409)
+	c.Call(t, "POST /v1/directory/import", "/v1/directory/import?dry_run=1", T, openapitest.CSV(org), 200)
+	c.Call(t, "POST /v1/directory/import", "/v1/directory/import?format=json", T, map[string]any{"users": []map[string]any{{"id": "gus", "name": "Gus"}}}, 200)
+	c.Call(t, "POST /v1/directory/import", "/v1/directory/import?format=xml", T, "<org/>", 400)
+	c.Call(t, "POST /v1/directory/import", "/v1/directory/import?remove_missing=1", T, map[string]any{"users": []map[string]any{{"id": "gus", "name": "Gus"}}}, 409)
 
 	// Operations.
-	c.call("POST /v1/backup", "/v1/backup", T, map[string]any{"dir": "b1"}, 200)
-	c.call("POST /v1/backup", "/v1/backup", T, map[string]any{"dir": "/etc/b1"}, 403)
-	c.call("POST /v1/backup", "/v1/backup", T, map[string]any{}, 400)
-	c.call("POST /v1/backup/verify", "/v1/backup/verify", T, map[string]any{"dir": "b1"}, 200)
-	c.call("POST /v1/backup/verify", "/v1/backup/verify", T, map[string]any{"dir": "nosuch"}, 422)
-	c.call("POST /v1/retention/sweep", "/v1/retention/sweep", T, nil, 200)
+	c.Call(t, "POST /v1/backup", "/v1/backup", T, map[string]any{"dir": "b1"}, 200)
+	c.Call(t, "POST /v1/backup", "/v1/backup", T, map[string]any{"dir": "/etc/b1"}, 403)
+	c.Call(t, "POST /v1/backup", "/v1/backup", T, map[string]any{}, 400)
+	c.Call(t, "POST /v1/backup/verify", "/v1/backup/verify", T, map[string]any{"dir": "b1"}, 200)
+	c.Call(t, "POST /v1/backup/verify", "/v1/backup/verify", T, map[string]any{"dir": "nosuch"}, 422)
+	c.Call(t, "POST /v1/retention/sweep", "/v1/retention/sweep", T, nil, 200)
 
 	// Revocations and removals.
-	c.call("POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, map[string]any{"device": "phone"}, 200)
-	c.call("POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, map[string]any{}, 200)
-	c.call("POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, nil, 400)
-	c.call("POST /v1/users/{id}/revoke-tokens", "/v1/users/nosuch/revoke-tokens", T, map[string]any{}, 404)
-	c.call("DELETE /v1/users/{id}", "/v1/users/dan", T, nil, 200)
-	if again := c.call("DELETE /v1/users/{id}", "/v1/users/dan", T, nil, 200); again["already_removed"] != true {
+	c.Call(t, "POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, map[string]any{"device": "phone"}, 200)
+	c.Call(t, "POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, map[string]any{}, 200)
+	c.Call(t, "POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, nil, 400)
+	c.Call(t, "POST /v1/users/{id}/revoke-tokens", "/v1/users/nosuch/revoke-tokens", T, map[string]any{}, 404)
+	c.Call(t, "DELETE /v1/users/{id}", "/v1/users/dan", T, nil, 200)
+	if again := c.Call(t, "DELETE /v1/users/{id}", "/v1/users/dan", T, nil, 200); again["already_removed"] != true {
 		t.Errorf("removing dan again: %v, want already_removed", again)
 	}
-	c.call("DELETE /v1/users/{id}", "/v1/users/nosuch", T, nil, 404)
-	c.call("DELETE /v1/groups/{id}", "/v1/groups/oncall", T, nil, 200)
-	c.call("DELETE /v1/groups/{id}", "/v1/groups/oncall", T, nil, 404)
-	c.call("DELETE /v1/departments/{id}", "/v1/departments/eng", T, nil, 409)
-	c.call("PUT /v1/departments/{id}", "/v1/departments/tmp", T, map[string]any{"name": "Temp"}, 201)
-	c.call("DELETE /v1/departments/{id}", "/v1/departments/tmp", T, nil, 200)
-	c.call("DELETE /v1/departments/{id}", "/v1/departments/tmp", T, nil, 404)
-	c.call("POST /v1/admins/{name}/revoke", "/v1/admins/crm/revoke", T, nil, 200)
-	c.call("POST /v1/admins/{name}/revoke", "/v1/admins/nosuch/revoke", T, nil, 404)
-	c.call("POST /v1/admins/{name}/revoke", "/v1/admins/owner/revoke", T, nil, 409)
-	c.call("GET /v1/users", "/v1/users", crm, nil, 401)
+	c.Call(t, "DELETE /v1/users/{id}", "/v1/users/nosuch", T, nil, 404)
+	c.Call(t, "DELETE /v1/groups/{id}", "/v1/groups/oncall", T, nil, 200)
+	c.Call(t, "DELETE /v1/groups/{id}", "/v1/groups/oncall", T, nil, 404)
+	c.Call(t, "DELETE /v1/departments/{id}", "/v1/departments/eng", T, nil, 409)
+	c.Call(t, "PUT /v1/departments/{id}", "/v1/departments/tmp", T, map[string]any{"name": "Temp"}, 201)
+	c.Call(t, "DELETE /v1/departments/{id}", "/v1/departments/tmp", T, nil, 200)
+	c.Call(t, "DELETE /v1/departments/{id}", "/v1/departments/tmp", T, nil, 404)
+	c.Call(t, "POST /v1/admins/{name}/revoke", "/v1/admins/crm/revoke", T, nil, 200)
+	c.Call(t, "POST /v1/admins/{name}/revoke", "/v1/admins/nosuch/revoke", T, nil, 404)
+	c.Call(t, "POST /v1/admins/{name}/revoke", "/v1/admins/owner/revoke", T, nil, 409)
+	c.Call(t, "GET /v1/users", "/v1/users", crm, nil, 401)
 
 	// GET /metrics behind an admin token (MetricsAuth), on a second node.
 	m := nodetest.Start(t, node.Config{MetricsAuth: true})
-	c.base = "http://" + m.HTTPAddr()
-	c.call("GET /metrics", "/metrics", "", nil, 401)
-	c.call("GET /metrics", "/metrics", m.AdminToken(), nil, 200)
-	c.base = base
+	c.Base = "http://" + m.HTTPAddr()
+	c.Call(t, "GET /metrics", "/metrics", "", nil, 401)
+	c.Call(t, "GET /metrics", "/metrics", m.AdminToken(), nil, 200)
+	c.Base = base
 
 	// Every operation was validated, every /v1 one with a success; the
 	// cluster's need a cluster (internal/node's tests run one).
-	validated, succeeded := map[string]int{}, map[string]bool{}
-	for _, a := range c.answers {
-		validated[a.op]++
-		succeeded[a.op] = succeeded[a.op] || a.status/100 == 2
-	}
+	validated, succeeded := c.Coverage()
 	var missed []string
-	for pattern, op := range operations(c.doc) {
+	for pattern, op := range openapitest.Operations(c.Doc) {
 		if cl, _ := op.Extensions["x-ding-cluster-only"].(bool); cl {
 			continue
 		}
@@ -529,7 +374,7 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	if len(missed) > 0 {
 		t.Errorf("operations not validated (by a success, for /v1): %v", missed)
 	}
-	t.Logf("validated %d real answers (and the requests of the successes) of %d operations against openapi.json", len(c.answers), len(validated))
+	t.Logf("validated %d real answers (and the requests of the successes) of %d operations against openapi.json", len(c.Answers), len(validated))
 	if t.Failed() {
 		return
 	}
@@ -544,12 +389,12 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 			}
 			mutate(m)
 			b, _ := json.Marshal(m)
-			doc := loadDoc(t, b)
+			doc := openapitest.Load(t, b)
 			bad := 0
-			for _, a := range c.answers {
-				if err := validate(doc, a); err != nil {
+			for _, a := range c.Answers {
+				if err := openapitest.Validate(doc, a); err != nil {
 					bad++
-					if a.op == failing {
+					if a.Op == failing {
 						return
 					}
 				}
@@ -611,5 +456,52 @@ func TestDocsPageIsSelfContained(t *testing.T) {
 		if !strings.Contains(csp, want) {
 			t.Errorf("Content-Security-Policy %q lacks %q", csp, want)
 		}
+	}
+}
+
+// TestOpenAPITwilioWebhooks: Twilio's webhooks, on a node with Twilio
+// configured (a fake Twilio on loopback as its API), answer signed,
+// unsigned and malformed requests as the document says.
+func TestOpenAPITwilioWebhooks(t *testing.T) {
+	const sid, token = "AC00000000000000000000000000000001", "secret0token0for0tests"
+	fake := twiliotest.NewServer(sid, token)
+	t.Cleanup(fake.Close)
+	addr := nodetest.FreeAddr(t)
+	public := "http://" + addr
+	nodetest.Start(t, node.Config{HTTPAddr: addr,
+		Twilio: twilio.Config{AccountSID: sid, AuthToken: token, From: "+15005550006", PublicURL: public, APIURL: fake.URL()}})
+	c := openapitest.New(t, public)
+	post := func(route string, form url.Values, signature string, want int) {
+		t.Helper()
+		path := strings.TrimPrefix(route, "POST ")
+		body := form.Encode()
+		req, _ := http.NewRequest("POST", public+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if signature != "" {
+			req.Header.Set("X-Twilio-Signature", signature)
+		}
+		c.Send(t, route, req, []byte(body), want)
+	}
+	forms := map[string]url.Values{
+		"POST /twilio/sms/status":   {"MessageSid": {"SM0000"}, "MessageStatus": {"delivered"}},
+		"POST /twilio/voice/status": {"CallSid": {"CA0000"}, "CallStatus": {"completed"}},
+		"POST /twilio/voice/gather": {"CallSid": {"CA0000"}, "Digits": {"1"}},
+		"POST /twilio/sms/inbound":  {"From": {"+14155550100"}, "Body": {"1"}},
+	}
+	for _, route := range twilio.Routes() {
+		form := forms[route]
+		if form == nil {
+			t.Fatalf("no form for %s", route)
+		}
+		target := public + strings.TrimPrefix(route, "POST ")
+		post(route, form, twiliotest.Sign(token, target, form), 200) // an unknown SID or phone: taken
+		post(route, form, "", 403)
+		post(route, form, twiliotest.Sign("another-token", target, form), 403)
+		empty := url.Values{"Body": {"x"}} // no SID, no From
+		post(route, empty, twiliotest.Sign(token, target, empty), 400)
+	}
+	if validated, succeeded := c.Coverage(); len(validated) != 4 || !maps.Equal(succeeded, map[string]bool{
+		"POST /twilio/sms/status": true, "POST /twilio/voice/status": true, "POST /twilio/voice/gather": true, "POST /twilio/sms/inbound": true}) {
+		t.Fatalf("validated %v, succeeded %v: want the 4 webhooks", validated, succeeded)
 	}
 }
