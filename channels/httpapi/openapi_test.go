@@ -156,6 +156,59 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 			t.Errorf("openapi.json's ErrorCode lists %s, which no code answers", c)
 		}
 	}
+
+	// The enums follow the code: roles, permissions, a DING recipient's
+	// statuses and ledger events (the engine's constants).
+	var roles, perms []string
+	for _, r := range httpapi.Roles() {
+		roles = append(roles, r.Name)
+		for _, p := range r.Permissions {
+			if !slices.Contains(perms, string(p)) {
+				perms = append(perms, string(p))
+			}
+		}
+	}
+	perms = append(perms, string(httpapi.PermAnyAdmin))
+	engineSrc := func(re string) []string {
+		files, _ := filepath.Glob("../../engine/*.go")
+		var out []string
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range regexp.MustCompile(re).FindAllStringSubmatch(string(src), -1) {
+				out = append(out, m[1])
+			}
+		}
+		return out
+	}
+	for _, e := range []struct {
+		what string
+		enum []any
+		code []string
+	}{
+		{"Admin.role", doc.Components.Schemas["Admin"].Value.Properties["role"].Value.Enum, roles},
+		{"Permission", doc.Components.Schemas["Permission"].Value.Enum, perms},
+		{"RecipientStatus.status", doc.Components.Schemas["RecipientStatus"].Value.Properties["status"].Value.Enum,
+			engineSrc(`(?m)^\s+Status[A-Z][a-z]+\s+= "([a-z]+)" +// `)},
+		{"LedgerEvent.event", doc.Components.Schemas["LedgerEvent"].Value.Properties["event"].Value.Enum,
+			engineSrc(`LedgerKind = "([a-z_]+)"`)},
+	} {
+		var enum []string
+		for _, v := range e.enum {
+			enum = append(enum, v.(string))
+		}
+		slices.Sort(enum)
+		code := slices.Clone(e.code)
+		slices.Sort(code)
+		if len(code) < 2 || !slices.Equal(enum, slices.Compact(code)) {
+			t.Errorf("openapi.json's %s lists %v; the code has %v", e.what, enum, code)
+		}
+	}
 }
 
 // TestOpenAPIMatchesRealAnswers drives every route of the document but
