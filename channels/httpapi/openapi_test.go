@@ -48,7 +48,10 @@ func get(tb testing.TB, url string) (*http.Response, []byte) {
 // the cluster members' own (ClusterRoutes) and Twilio's webhooks, each
 // with the permission it is registered with; nothing more. Its error
 // codes are those the code can answer: the one table's (channels/codes)
-// and every code a handler of this package writes itself.
+// and every code a handler of this package writes itself; its enums of
+// roles, permissions, DING statuses and ledger events are the code's.
+// (The members' own /cluster/ routes, fence, snapshot and relay, are
+// between members, under the cluster secret: not the admin API.)
 func TestOpenAPIListsEveryRoute(t *testing.T) {
 	n := nodetest.Start(t, node.Config{MetricsAuth: true})
 	resp, served := get(t, "http://"+n.HTTPAddr()+"/openapi.json")
@@ -212,11 +215,12 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 }
 
 // TestOpenAPIMatchesRealAnswers drives every route of the document but
-// the cluster's through real HTTP against a real node (Pebble in a temp
-// dir, 127.0.0.1), in successes and typical refusals, and validates each
-// answer against the document; then it checks that every operation was
-// validated (each /v1 one with a success), and that a document wrong in
-// one field or one status fails the same answers.
+// the cluster's (internal/node's TestClusterRoutesMatchOpenAPI) through
+// real HTTP against a real node (Pebble in a temp dir, 127.0.0.1), in
+// successes and typical refusals, and validates each answer against the
+// document (channels/httpapi/openapitest); then it checks that every
+// operation was validated (each /v1 one with a success), and that a
+// document wrong in one field or one status fails the same answers.
 func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	// One client token mint per admin per hour, to see the 429.
 	n := nodetest.Start(t, node.Config{MaxBody: 1024, Limits: ratelimit.Config{TokenMints: ratelimit.Rate{N: 1, Per: time.Hour}}})
