@@ -1,5 +1,6 @@
 // Package httpapi is Ding's admin HTTP API: JSON over net/http for admins
-// and back-office systems, plus /healthz, /readyz and /metrics.
+// and back-office systems, plus /healthz, /readyz, /metrics, and its
+// OpenAPI document at /openapi.json, rendered at /docs (openapi.go).
 //
 // Every /v1 route needs "Authorization: Bearer <admin token>", the token
 // of a named admin (admins.go), or, with no Authorization header, a
@@ -130,6 +131,10 @@
 //
 // Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
 // they authenticate by Twilio's request signature, not the admin token.
+//
+// The contract of all of it is openapi.json (OpenAPI 3.1), served at GET
+// /openapi.json and rendered at GET /docs, both public (openapi.go); tests
+// keep it and the routes in step, and validate real answers against it.
 package httpapi
 
 import (
@@ -212,7 +217,8 @@ type API struct {
 	cfg      Config
 	mux      *http.ServeMux
 	requests *prometheus.CounterVec
-	routes   []Route // every authenticated route; written by New only
+	routes   []Route  // every authenticated route; written by New only
+	unauth   []string // every route served without authentication but /twilio/'s; written by New only
 }
 
 // New builds the handler.
@@ -235,8 +241,8 @@ func New(cfg Config) (*API, error) {
 			return nil, err
 		}
 	}
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.public("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
+	a.public("GET /readyz", http.HandlerFunc(a.readyz))
 	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
 	if cfg.MetricsAuth {
 		a.adminRaw("GET /metrics", PermMetrics, func(w http.ResponseWriter, r *http.Request) error {
@@ -244,8 +250,10 @@ func New(cfg Config) (*API, error) {
 			return nil
 		})
 	} else {
-		a.mux.Handle("GET /metrics", metrics)
+		a.public("GET /metrics", metrics)
 	}
+	a.public("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
+	a.public("GET /docs", http.HandlerFunc(serveDocs))
 	a.adminRoutes()
 	a.admin("POST /v1/users", PermUsersWrite, a.addUser)
 	a.admin("PATCH /v1/users/{id}", PermUsersWrite, a.patchUser)
