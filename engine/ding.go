@@ -728,6 +728,29 @@ func (e *Engine) InboundSMS(ctx context.Context, phone, body string) error {
 	return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyInboundSMS(phone, body, now) })
 }
 
+// PhonePendingAt returns when a step of a DING pending here was last sent
+// to phone, the DING an SMS reply from it would confirm (InboundSMS), and
+// false if none is pending here. A node with several partitions asks
+// each and gives the reply to the newest. Safe for concurrent use; the
+// answer may be stale by the time InboundSMS runs, which decides again.
+func (e *Engine) PhonePendingAt(phone string) (time.Time, bool, error) {
+	if !ValidPhone(phone) {
+		return time.Time{}, false, nil
+	}
+	p := phonePrefix(phone)
+	k, _, err := e.st.Last(p, prefixEnd(p))
+	if errors.Is(err, store.ErrNotFound) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	if len(k) != len(p)+26 {
+		return time.Time{}, false, ErrCorrupt
+	}
+	return time.UnixMilli(int64(binary.BigEndian.Uint64(k[len(p):]))), true, nil
+}
+
 // StopUser stops every pending escalation to user (who was offboarded),
 // recording it in each ledger. It returns how many it stopped. Offboard
 // does this in the same batch as the directory's change.

@@ -73,7 +73,7 @@ import (
 //     counted per partition, so the node may send up to P times them;
 //   - the disk reserve is raised to what P+1 stores' write-ahead logs
 //     need (MinDiskReserve);
-//   - see router.go for AdminStats' percentiles and inbound SMS.
+//   - see router.go for AdminStats' percentiles.
 
 // MaxPartitions is the most partitions Config.Partitions may ask for.
 const MaxPartitions = 64

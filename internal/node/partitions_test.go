@@ -618,3 +618,35 @@ func TestOnePartitionLeavesTheDataDirAsBefore(t *testing.T) {
 		}
 	}
 }
+
+// An SMS reply confirms the DING sent to the phone last, as on one
+// partition, also when an older DING pending for the same phone lives on
+// a lower-numbered partition: eve (partition 1) DINGs bo first, ana
+// (partition 2) a second later; bo's "1" confirms ana's, and eve's stays
+// pending.
+func TestPartitionsSMSReplyGoesToTheNewestDing(t *testing.T) {
+	d := startDingNode(t, func(c *node.Config) { c.Partitions = testPartitions })
+	wantPartitions(t, d.n, map[string]int{"ana": 2, "bo": 0, "eve": 1})
+	if code, out, _ := d.api(t, "POST", "/v1/users", map[string]any{"id": "eve", "name": "Eve"}); code != http.StatusOK && code != http.StatusCreated {
+		t.Fatalf("add eve: %d %v", code, out)
+	}
+	ctx := context.Background()
+	code, out, _ := d.api(t, "POST", "/v1/dings", map[string]any{"from": "eve", "to": []string{"bo"}, "text": "older", "policy": "sms"})
+	if code != http.StatusCreated {
+		t.Fatalf("eve's DING: %d %v", code, out)
+	}
+	older := out["id"].(string)
+	d.waitRequests(t, "sms", 1)
+	d.clock.Advance(time.Second)
+	newer := d.ding(t, map[string]any{"to": []string{"bo"}, "text": "newer", "policy": "sms"})
+	d.waitRequests(t, "sms", 2)
+	if code, _, err := d.twilio.Reply(ctx, d.public+"/twilio/sms/inbound", boPhone, fromNum, "1"); err != nil || code != 200 {
+		t.Fatalf("reply: %d %v", code, err)
+	}
+	if st, _, raw := d.recipient(t, newer, 0); st != engine.StatusConfirmed || raw["reached_by"] != "sms" {
+		t.Fatalf("the newer DING's bo = %v, want confirmed by SMS", raw)
+	}
+	if st, _, _ := d.recipient(t, older, 0); st != engine.StatusPending {
+		t.Fatalf("the older DING's bo is %s, want still pending", st)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/session"
@@ -394,18 +395,31 @@ func (r *router) anyKnows(ctx context.Context, op func(context.Context, *engine.
 	return last
 }
 
-// InboundSMS applies an SMS reply to the partition with a DING pending
-// for that phone. The engines are asked in partition order, and the
-// first with one pending takes it (an ErrBadAnswer also means it had one:
-// the reply is recorded there). A limit: one engine confirms the newest
-// DING pending for the phone among its own, but with DINGs pending for
-// the same phone on several partitions, the lowest-numbered partition's
-// wins, not necessarily the newest overall (the engine has no read-only
-// "newest pending for this phone" to compare by; stage 6).
+// InboundSMS applies an SMS reply to the partition whose DING pending
+// for that phone was sent to it last, as one engine picks among its own:
+// every engine says when it last sent to the phone (PhonePendingAt), and
+// they are tried newest first (the newest's may end meanwhile: then the
+// next). An ErrBadAnswer also means the engine had one pending: the
+// reply is recorded there.
 func (r *router) InboundSMS(ctx context.Context, from, body string) error {
-	var err error
+	type cand struct {
+		e  *engine.Engine
+		at time.Time
+	}
+	var cands []cand
 	for _, e := range r.set.engs {
-		if err = e.InboundSMS(ctx, from, body); !errors.Is(err, engine.ErrNotFound) {
+		at, ok, err := e.PhonePendingAt(from)
+		if err != nil {
+			return err
+		}
+		if ok {
+			cands = append(cands, cand{e, at})
+		}
+	}
+	slices.SortStableFunc(cands, func(a, b cand) int { return b.at.Compare(a.at) })
+	err := fmt.Errorf("%w: nothing pending for this phone", engine.ErrNotFound)
+	for _, c := range cands {
+		if err = c.e.InboundSMS(ctx, from, body); !errors.Is(err, engine.ErrNotFound) {
 			return err
 		}
 	}
