@@ -57,8 +57,8 @@ var (
 
 // Config says what a Pump moves and how.
 type Config struct {
-	// Origins are the engines whose outboxes the pump drains, by
-	// partition; one goroutine each. Required.
+	// Origins are the engines whose outboxes the pump drains from the
+	// start, by partition (Attach adds more, Detach stops one).
 	Origins map[uint32]Origin
 	// Dests are the partitions records go to. In process, the same
 	// engines as Origins. Records for a partition missing here stay in
@@ -101,8 +101,6 @@ func (c *Config) setDefaults() {
 // defaults are applied).
 func (c *Config) Validate() error {
 	switch {
-	case len(c.Origins) == 0:
-		return errors.New("relay: no origins")
 	case c.Batch < 0:
 		return fmt.Errorf("relay: Batch %d", c.Batch)
 	case c.MinBackoff < 0 || c.MaxBackoff < c.MinBackoff:
@@ -125,16 +123,24 @@ func (c *Config) Validate() error {
 // destinations (see the package doc). Its goroutines run from New to
 // Close.
 type Pump struct {
-	cfg    Config
-	m      *metrics
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	cfg  Config
+	m    *metrics
+	once sync.Once
+
+	mu      sync.Mutex
+	origins map[uint32]*originRun // guarded by mu; nil once closed
 }
 
-// New starts a pump: one goroutine per origin, which passes its
-// OutboxReady on, and one per link, which first drains what the outbox
-// holds, then waits for it.
+// originRun is one origin's goroutines: its loop, its links and their
+// acknowledgements in flight.
+type originRun struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New starts a pump: one goroutine per origin (Config.Origins, and later
+// Attach), which passes its OutboxReady on, and one per link, which
+// first drains what the outbox holds, then waits for it.
 func New(cfg Config) (*Pump, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -146,16 +152,59 @@ func New(cfg Config) (*Pump, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &Pump{cfg: cfg, m: m, cancel: cancel}
+	p := &Pump{cfg: cfg, m: m, origins: map[uint32]*originRun{}}
 	for from, o := range cfg.Origins {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.originLoop(ctx, from, o)
-		}()
+		if err := p.Attach(from, o); err != nil {
+			p.Close()
+			return nil, err
+		}
 	}
 	return p, nil
+}
+
+// ErrClosed is returned by Attach on a closed pump.
+var ErrClosed = errors.New("relay: the pump is closed")
+
+// Attach starts draining o, partition from's outbox (a partition this
+// node now owns: cluster mode attaches an engine when its member starts
+// serving). Its links are to every configured destination and to what
+// its outbox holds records for.
+func (p *Pump) Attach(from uint32, o Origin) error {
+	if o == nil {
+		return fmt.Errorf("relay: origin %d is nil", from)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.origins == nil:
+		return ErrClosed
+	case p.origins[from] != nil:
+		return fmt.Errorf("relay: origin %d is attached already", from)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	run := &originRun{cancel: cancel}
+	p.origins[from] = run
+	run.wg.Add(1)
+	go func() {
+		defer run.wg.Done()
+		p.originLoop(ctx, from, o, run)
+	}()
+	return nil
+}
+
+// Detach stops draining partition from's outbox and waits until nothing
+// of the pump uses its engine any more (it may then be closed). A step
+// in flight is abandoned where it is, as in Close. Nothing if from is
+// not attached.
+func (p *Pump) Detach(from uint32) {
+	p.mu.Lock()
+	run := p.origins[from]
+	delete(p.origins, from)
+	p.mu.Unlock()
+	if run != nil {
+		run.cancel()
+		run.wg.Wait()
+	}
 }
 
 // Close stops the pump and waits for its goroutines. A step in flight is
@@ -165,8 +214,16 @@ func New(cfg Config) (*Pump, error) {
 // until it is closed). Idempotent.
 func (p *Pump) Close() {
 	p.once.Do(func() {
-		p.cancel()
-		p.wg.Wait()
+		p.mu.Lock()
+		runs := p.origins
+		p.origins = nil
+		p.mu.Unlock()
+		for _, run := range runs {
+			run.cancel()
+		}
+		for _, run := range runs {
+			run.wg.Wait()
+		}
 		p.m.unregister()
 	})
 }
@@ -191,6 +248,7 @@ type link struct {
 	// runs beside the next batch's apply: at most one per link.
 	ack  chan error
 	wake chan struct{} // capacity 1: new records, or an acknowledgement ended
+	run  *originRun    // its origin's: acknowledgements in flight count in its wg
 }
 
 var errNoDest = errors.New("relay: no destination for this partition")
@@ -199,19 +257,18 @@ var errNoDest = errors.New("relay: no destination for this partition")
 // destination holds up only its own traffic, and the origin's
 // destinations are served in parallel), and passes each OutboxReady on
 // to all of them until ctx ends.
-func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin) {
+func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin, run *originRun) {
 	links := p.links(from, o)
-	var wg sync.WaitGroup
 	for _, l := range links {
 		l.wake = make(chan struct{}, 1)
 		l.wake <- struct{}{} // drain what the outbox holds at start
-		wg.Add(1)
+		l.run = run
+		run.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer run.wg.Done()
 			p.linkLoop(ctx, o, l)
 		}()
 	}
-	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -364,9 +421,9 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	l.backlog.Set(float64(l.seen - l.acked))
 	ch, wake := make(chan error, 1), l.wake
 	l.ack = ch
-	p.wg.Add(1)
+	l.run.wg.Add(1)
 	go func() {
-		defer p.wg.Done()
+		defer l.run.wg.Done()
 		ch <- o.AckRelay(ctx, l.to, through)
 		poke(wake)
 	}()
