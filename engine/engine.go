@@ -131,6 +131,11 @@ type Config struct {
 	Notifier Notifier
 	// Quotas bound DINGs; zero fields take their defaults.
 	Quotas Quotas
+	// Budget, if set, shares the org's daily SMS and call budgets
+	// (Quotas.SMSPerDay, CallsPerDay) with the other engines of the org
+	// (several partitions): a send within this engine's own count is made
+	// only if Budget.Take grants it too. Nil: this engine's count alone.
+	Budget Budget
 	// SendTimeout bounds one send to the Notifier; zero means 15s.
 	SendTimeout time.Duration
 	// RecoverAfter is how long after a send was decided it is made again

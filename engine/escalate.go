@@ -520,12 +520,13 @@ func (c *txn) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channe
 		limit, reason = c.e.cfg.Quotas.CallsPerDay, ReasonVoiceBudget
 	}
 	if limit > 0 {
-		k := quotaKey('b', ch.String(), utcDay(now))
+		day := utcDay(now)
+		k := quotaKey('b', ch.String(), day)
 		n, err := c.quotaGet(k)
 		if err != nil {
 			return err
 		}
-		if n >= uint64(limit) {
+		if n >= uint64(limit) || (c.e.cfg.Budget != nil && !c.e.cfg.Budget.Take(ch, day, limit)) {
 			c.e.metrics.refusals.WithLabelValues(reason).Inc()
 			c.e.metrics.step(ch, "quota")
 			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerQuotaRefused, Channel: ch, Detail: reason, At: now})

@@ -56,6 +56,10 @@ import (
 // Active). One hub serves every user: its Source is the router
 // (router.go), and each engine's Sink is a publisher of its own into it.
 //
+// The org's SMS and call budgets (Quotas.SMSPerDay, CallsPerDay) hold
+// for the node as a whole: each engine counts its own sends, and one
+// sharedBudget (budget.go) counts them all.
+//
 // Offboarding is two steps (PARTITIONS.md §2.4): the directory's change
 // on the directory's engine, which every engine's commit loop sees at
 // once (Directory.Active), then engine.Forget on every partition with the
@@ -69,8 +73,6 @@ import (
 // Limits (refused with a clear error rather than done half):
 //   - backups (POST /v1/backup and /v1/backup/verify answer 501),
 //     --restore-from, and cluster mode (dingd check checks every store);
-//   - the org's SMS and call budgets (Quotas.SMSPerDay, CallsPerDay) are
-//     counted per partition, so the node may send up to P times them;
 //   - the disk reserve is raised to what P+1 stores' write-ahead logs
 //     need (MinDiskReserve);
 //   - see router.go for AdminStats' percentiles.
@@ -281,6 +283,10 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	closers = append(closers, func() { set.dirEng.Close() })
 	set.rings = make([]*keyring.Ring, p)
 	set.engs = make([]*engine.Engine, p)
+	budget := &sharedBudget{log: cfg.Logger, used: map[budgetKey]uint64{}}
+	for _, db := range set.dbs {
+		budget.stores = append(budget.stores, db)
+	}
 	for i := range p {
 		if set.rings[i], err = keyring.Open(partitionDir(cfg.DataDir, i, SecretKeysFile)); err != nil {
 			return w, fmt.Errorf("node: partition %d: %w", i, err)
@@ -294,7 +300,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		if set.engs[i], err = engine.Open(engine.Config{
 			Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 			Logger: cfg.Logger.With("partition", i), Registerer: wrap(strconv.Itoa(i)),
-			Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
+			Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, Budget: budget, NoCallFallback: cfg.NoCallFallback,
 			Keys: ring, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 			Retention: cfg.Retention, MessageCacheBytes: (64 << 20) / p,
 			Partition: uint32(i), Placement: set.of,

@@ -650,3 +650,50 @@ func TestPartitionsSMSReplyGoesToTheNewestDing(t *testing.T) {
 		t.Fatalf("the older DING's bo is %s, want still pending", st)
 	}
 }
+
+// The org's SMS budget holds for the node, not per partition: with a
+// budget of 2 a day, DINGs to bo from senders on three partitions send
+// two SMS and the third is refused for the budget, also after a restart
+// (the count comes back from the partitions' stores).
+func TestPartitionsShareTheSMSBudget(t *testing.T) {
+	d := startDingNode(t, func(c *node.Config) {
+		c.Partitions = testPartitions
+		c.Quotas = engine.Quotas{RecipientInterval: -1, SMSPerDay: 2}
+	})
+	wantPartitions(t, d.n, map[string]int{"ana": 2, "bo": 0, "cy": 3, "eve": 1})
+	for _, u := range []string{"eve", "cy"} {
+		if code, out, _ := d.api(t, "POST", "/v1/users", map[string]any{"id": u, "name": u}); code != http.StatusCreated {
+			t.Fatalf("add %s: %d %v", u, code, out)
+		}
+	}
+	dingFrom := func(from string) string {
+		t.Helper()
+		code, out, _ := d.api(t, "POST", "/v1/dings", map[string]any{"from": from, "to": []string{"bo"}, "text": "from " + from, "policy": "sms"})
+		if code != http.StatusCreated {
+			t.Fatalf("%s's DING: %d %v", from, code, out)
+		}
+		return out["id"].(string)
+	}
+	refused := func(id string) {
+		t.Helper()
+		d.waitEvent(t, id, 0, "quota_refused")
+		_, _, raw := d.recipient(t, id, 0)
+		for _, ev := range raw["events"].([]any) {
+			if e := ev.(map[string]any); e["event"] == "quota_refused" && e["detail"] == engine.ReasonSMSBudget {
+				return
+			}
+		}
+		t.Fatalf("bo = %v, want the SMS step refused for the budget", raw)
+	}
+	dingFrom("eve")
+	d.waitRequests(t, "sms", 1)
+	dingFrom("ana")
+	d.waitRequests(t, "sms", 2)
+	refused(dingFrom("cy"))
+	nodetest.Stop(t, d.n)
+	d.start(t)
+	refused(dingFrom("eve"))
+	if n := d.twilio.Count("sms"); n != 2 {
+		t.Fatalf("%d SMS sent with a budget of 2", n)
+	}
+}
