@@ -103,8 +103,8 @@ func TestMetricsScrape(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, name := range metricRefs(string(b)) {
-			if slices.ContainsFunc(cat, func(m catEntry) bool { return m.clusterOnly && strings.HasPrefix(name, m.name) }) {
-				continue // a cluster member's (TestClusterMetricsScrape)
+			if slices.ContainsFunc(cat, func(m catEntry) bool { return (m.clusterOnly || m.partitionsOnly) && strings.HasPrefix(name, m.name) }) {
+				continue // a cluster member's (TestClusterMetricsScrape) or a node of partitions' (TestPartitionsMetrics)
 			}
 			if _, ok := fams[familyOf(name, fams)]; !ok {
 				t.Errorf("%s uses %s, which /metrics does not expose", file, name)
