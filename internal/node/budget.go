@@ -17,7 +17,7 @@ import (
 // restarts. A send it granted whose batch then failed stays counted: the
 // count may run over the sends made by those, never under.
 type sharedBudget struct {
-	stores []store.Store // every partition's, open before their engines
+	stores func() []store.Store // the partitions' stores open now
 	log    *slog.Logger
 
 	mu   sync.Mutex
@@ -38,7 +38,7 @@ func (b *sharedBudget) Take(ch engine.Channel, day string, limit int) bool {
 	k := budgetKey{ch, day}
 	n, ok := b.used[k]
 	if !ok {
-		for _, st := range b.stores {
+		for _, st := range b.stores() {
 			u, err := engine.BudgetUsed(st, ch, day)
 			if err != nil {
 				// Refused, not guessed: the next send asks again.

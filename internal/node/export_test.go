@@ -1,9 +1,22 @@
 package node
 
-import "github.com/dingmq/ding/engine/store"
+import (
+	"context"
+
+	"github.com/dingmq/ding/engine/store"
+)
 
 // WrapPartitionStore makes cfg's partition i run on wrap(i, its store),
 // to inject store failures.
 func WrapPartitionStore(cfg *Config, wrap func(i int, st store.Store) store.Store) {
 	cfg.wrapPartition = wrap
 }
+
+// DetachPartition stops serving partition p (cluster mode's loss of its
+// lease), closing its users' connections with why.
+func DetachPartition(n *Node, p int, why error) error {
+	return n.detachPartition(context.Background(), uint32(p), why)
+}
+
+// AttachPartition serves partition p again from its store.
+func AttachPartition(n *Node, p int) error { return n.attachPartition(uint32(p)) }

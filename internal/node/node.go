@@ -401,6 +401,8 @@ type wiring struct {
 	keys          *auth.Keys
 	backupRoot    string
 	notifier      *twilio.Notifier
+	// gatherer serves /metrics; nil means the node's registry alone.
+	gatherer prometheus.Gatherer
 }
 
 // openCommon is what a node opens the same way with one partition or
@@ -538,8 +540,12 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		return err
 	}
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
+	gatherer := w.gatherer
+	if gatherer == nil {
+		gatherer = reg
+	}
 	api, err := httpapi.New(httpapi.Config{
-		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: reg,
+		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: gatherer,
 		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) }, BackupRefusal: w.backupRefusal,
 		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(w.reports), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,

@@ -697,3 +697,70 @@ func TestPartitionsShareTheSMSBudget(t *testing.T) {
 		t.Fatalf("%d SMS sent with a budget of 2", n)
 	}
 }
+
+// A partition can stop and start being served while the node runs
+// (stage 5a: a cluster node serves a partition while its member owns
+// it): detached, its users' connections are cut (UNAVAILABLE, so their
+// clients keep reconnecting), new ones are refused,
+// messages to them from other partitions are acknowledged and wait in
+// their origins' outboxes, and its metrics leave /metrics; attached
+// again from its store, its users connect and get what waited, and its
+// metrics come back.
+func TestPartitionsDetachAndAttach(t *testing.T) {
+	d, _ := startPartitioned(t, t.TempDir())
+	n := d.n
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ctx := context.Background()
+	ana := nodetest.Dial(t, n, "ana", "phone", nil)
+	bo := nodetest.Dial(t, n, "bo", "phone", nil)
+	gone := engine.NewError(engine.CodeUnavailable, "this partition moved")
+	if err := node.DetachPartition(n, 0, gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Dial(ctx, client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "tablet"), Device: "tablet"}); err == nil {
+		t.Fatal("bo connected while his partition is not served")
+	}
+	res, err := ana.Send(ctx, []string{"bo"}, []byte("while away"))
+	if err != nil {
+		t.Fatalf("a send to a user of a detached partition: %v", err)
+	}
+	nodetest.WaitFor(t, "the relay refusing the detached partition", 10*time.Second, func() bool {
+		return metricValue(t, n, `ding_relay_apply_errors_total{from="2",reason="wrong_partition",to="0"}`) >= 1
+	})
+	if n.Engines()[0] != nil {
+		t.Fatal("Engines()[0] is set for a detached partition")
+	}
+	if v := metricValue(t, n, `ding_relay_backlog_records{from="2",to="0"}`); v != 1 {
+		t.Fatalf("backlog from 2 to 0 = %v, want the one message", v)
+	}
+	scrape := func() string {
+		resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if s := scrape(); strings.Contains(s, `ding_commit_batches_total{partition="0"}`) || !strings.Contains(s, `partition="2"`) {
+		t.Fatal("/metrics still shows partition 0's engine, or not partition 2's")
+	}
+
+	if err := node.AttachPartition(n, 0); err != nil {
+		t.Fatal(err)
+	}
+	// bo's phone was cut off (UNAVAILABLE: retryable) and has kept
+	// reconnecting: it is back, and gets what waited.
+	if m := firstDeliver(t, bo, res.ID); m == nil || string(m.Body) != "while away" {
+		t.Fatalf("bo got %+v after his partition came back", m)
+	}
+	if c := bo.Stats().Connects; c < 2 {
+		t.Fatalf("bo's phone connected %d times: it was never cut off", c)
+	}
+	nodetest.WaitFor(t, "partition 0's metrics back", 10*time.Second, func() bool {
+		return strings.Contains(scrape(), `partition="0"`)
+	})
+	if err := node.AttachPartition(n, 0); err == nil {
+		t.Fatal("partition 0 attached twice")
+	}
+}
