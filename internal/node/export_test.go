@@ -20,3 +20,13 @@ func DetachPartition(n *Node, p int, why error) error {
 
 // AttachPartition serves partition p again from its store.
 func AttachPartition(n *Node, p int) error { return n.attachPartition(uint32(p)) }
+
+// SetNotServed makes the node answer a user of a partition it does not
+// serve with f's error (cluster mode names the owner).
+func SetNotServed(n *Node, f func(user string, p uint32) error) {
+	if f == nil {
+		n.parts.notServed.Store(nil)
+		return
+	}
+	n.parts.notServed.Store(&f)
+}

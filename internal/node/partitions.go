@@ -214,9 +214,10 @@ type partitionSet struct {
 	// What a partition's engine is opened with besides its store.
 	notifier *twilio.Notifier
 	budget   engine.Budget
-	// notServed is the error for a user or id of a partition this node
-	// does not serve now; nil means errNotServed.
-	notServed func(user string, p uint32) error
+	// notServed makes the error for a user of a partition this node does
+	// not serve now (cluster mode: a *fanout.NotOwnerError naming the
+	// owner); nil means errNotServed.
+	notServed atomic.Pointer[func(user string, p uint32) error]
 
 	// forgetMu serialises forgetRemoved: each engine must apply the
 	// removals in audit order (Forget skips one at or below its
@@ -267,8 +268,8 @@ func (s *partitionSet) engineOf(user string) (*engine.Engine, error) {
 	if rt := s.runtime(p); rt != nil {
 		return rt.eng, nil
 	}
-	if s.notServed != nil {
-		return nil, s.notServed(user, p)
+	if f := s.notServed.Load(); f != nil {
+		return nil, (*f)(user, p)
 	}
 	return nil, errNotServed
 }

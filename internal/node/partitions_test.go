@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -719,7 +720,27 @@ func TestPartitionsDetachAndAttach(t *testing.T) {
 	}
 	if _, err := client.Dial(ctx, client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "tablet"), Device: "tablet"}); err == nil {
 		t.Fatal("bo connected while his partition is not served")
+	} else if ce, ok := errors.AsType[*client.Error](err); !ok || ce.Code != pb.Code_UNAVAILABLE {
+		t.Fatalf("a HELLO for a partition not served: %v, want UNAVAILABLE (retryable)", err)
 	}
+	// In cluster mode another node owns it: NOT_OWNER names it, and the
+	// client goes there (here its Dial refuses, to stay on loopback).
+	node.SetNotServed(n, func(user string, p uint32) error {
+		return &fanout.NotOwnerError{User: user, Partition: fanout.Partition(p), Owner: "owner.invalid:7070"}
+	})
+	var dialed []string
+	_, err := client.Dial(ctx, client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "tablet"), Device: "tablet",
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dialed = append(dialed, addr)
+			if addr != n.SocketAddr() {
+				return nil, errors.New("test: not dialling the redirect")
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}})
+	if err == nil || !slices.Contains(dialed, "owner.invalid:7070") {
+		t.Fatalf("a HELLO for a partition another node owns: dialled %v, %v; want a redirect to owner.invalid:7070", dialed, err)
+	}
+	node.SetNotServed(n, nil)
 	res, err := ana.Send(ctx, []string{"bo"}, []byte("while away"))
 	if err != nil {
 		t.Fatalf("a send to a user of a detached partition: %v", err)
