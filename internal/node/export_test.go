@@ -30,3 +30,9 @@ func SetNotServed(n *Node, f func(user string, p uint32) error) {
 	}
 	n.parts.notServed.Store(&f)
 }
+
+// WithPeers makes cfg's node serve only the partitions attach lists and
+// relay to the others through the node owner names (stage 5a).
+func WithPeers(cfg *Config, attach []int, owner func(ctx context.Context, p uint32) (string, error), secret string) {
+	cfg.peers = &partitionPeers{Attach: attach, Owner: owner, Secret: secret}
+}

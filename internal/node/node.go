@@ -179,6 +179,10 @@ type Config struct {
 	// wrapPartition, when set (by tests), wraps partition i's store for
 	// its engine, as Replicate wraps the one store.
 	wrapPartition func(i int, st store.Store) store.Store
+	// peers, when set with Partitions, makes this node one of several
+	// serving the partitions (stage 5a; set by tests until cluster mode
+	// does): see partitionPeers.
+	peers *partitionPeers
 }
 
 // AddrInUseError is returned by Start when a listen address is taken
@@ -403,6 +407,8 @@ type wiring struct {
 	notifier      *twilio.Notifier
 	// gatherer serves /metrics; nil means the node's registry alone.
 	gatherer prometheus.Gatherer
+	// routes are more handlers on the HTTP listener (beside Config.Routes).
+	routes map[string]http.Handler
 }
 
 // openCommon is what a node opens the same way with one partition or
@@ -556,9 +562,12 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	}
 	n.api = api
 	handler := http.Handler(api)
-	if len(cfg.Routes) > 0 {
+	if len(cfg.Routes) > 0 || len(w.routes) > 0 {
 		mux := http.NewServeMux()
 		for pattern, h := range cfg.Routes {
+			mux.Handle(pattern, h)
+		}
+		for pattern, h := range w.routes {
 			mux.Handle(pattern, h)
 		}
 		mux.Handle("/", api)

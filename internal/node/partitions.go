@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/cluster/relay"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
@@ -464,8 +467,31 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	// The pump's backoff runs on the system clock, not cfg.Clock: a
 	// test's fake clock standing still must not hold up a retry.
 	dests := map[uint32]relay.Dest{}
+	var routes map[string]http.Handler
+	var codec *cluster.KeyCodec
+	if cfg.peers != nil {
+		if codec, err = cluster.NewKeyCodec(cfg.peers.Secret); err != nil {
+			return w, fmt.Errorf("node: %w", err)
+		}
+	}
 	for i := range p {
-		dests[uint32(i)] = localDest{set}
+		d := routeDest{set: set}
+		if cfg.peers != nil {
+			d.remote = &relay.HTTPDest{To: uint32(i), Owner: cfg.peers.Owner, Client: cfg.peers.Client, Secret: cfg.peers.Secret, Sealer: codec}
+		}
+		dests[uint32(i)] = d
+	}
+	if cfg.peers != nil {
+		h, err := relay.Handler(relay.HandlerConfig{Secret: cfg.peers.Secret, Sealer: codec, Local: func(to uint32) (relay.Dest, bool) {
+			if rt := set.runtime(to); rt != nil {
+				return rt.eng, true
+			}
+			return nil, false
+		}})
+		if err != nil {
+			return w, fmt.Errorf("node: %w", err)
+		}
+		routes = map[string]http.Handler{relay.RelayPath: h}
 	}
 	if set.pump, err = relay.New(relay.Config{Dests: dests, Registerer: reg, Logger: cfg.Logger}); err != nil {
 		return w, fmt.Errorf("node: %w", err)
@@ -477,6 +503,9 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	set.notifier = notifier
 	set.budget = &sharedBudget{log: cfg.Logger, used: map[budgetKey]uint64{}, stores: set.openStores}
 	for i := range p {
+		if !cfg.peers.serves(i) {
+			continue
+		}
 		db, err := set.openStore(partitionDir(cfg.DataDir, i, "store"), cfg)
 		if err != nil {
 			return w, err
@@ -489,6 +518,9 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		})
 	}
 	for i := range p {
+		if !cfg.peers.serves(i) {
+			continue
+		}
 		rt, err := n.openRuntime(cfg, set, uint32(i), set.stores[i].Load())
 		if err != nil {
 			return w, err
@@ -507,7 +539,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.wakeForget()
 	}
 	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier,
-		gatherer:      prometheus.Gatherers{reg, set},
+		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
 		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead"}, nil
 }
 
@@ -598,18 +630,41 @@ func (rt *partRuntime) close() error {
 	return rt.closeErr
 }
 
-// localDest is the pump's destination for a partition of this node: the
-// partition's engine while it is attached (stage 5 adds the owner's
-// address for a partition served elsewhere).
-type localDest struct{ set *partitionSet }
-
-func (d localDest) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
-	rt := d.set.runtime(b.To)
-	if rt == nil {
-		return 0, fmt.Errorf("%w: partition %d is not served here now", engine.ErrWrongPartition, b.To)
-	}
-	return rt.eng.ApplyRelay(ctx, b)
+// routeDest is the pump's destination for a partition: its engine while
+// this node serves it, else the node that does, over HTTP (remote, when
+// the node has peers: stage 5b), else none for now (the records wait).
+type routeDest struct {
+	set    *partitionSet
+	remote *relay.HTTPDest
 }
+
+func (d routeDest) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
+	if rt := d.set.runtime(b.To); rt != nil {
+		return rt.eng.ApplyRelay(ctx, b)
+	}
+	if d.remote != nil {
+		return d.remote.ApplyRelay(ctx, b)
+	}
+	return 0, fmt.Errorf("%w: partition %d is not served here now", engine.ErrWrongPartition, b.To)
+}
+
+// partitionPeers makes a node one of several serving the partitions
+// (Config.peers; stage 5a): it serves only the partitions Attach lists
+// (at start; more may be attached later), relays records for the others
+// to the node Owner names, over HTTP with the cluster secret, and serves
+// POST /cluster/relay for the partitions it serves. Every node must hold
+// the same directory (stage 5c: observers of the directory's partition).
+type partitionPeers struct {
+	Attach []int
+	// Owner returns the base URL of the node serving partition p now.
+	Owner  func(ctx context.Context, p uint32) (string, error)
+	Secret string
+	Client *http.Client // nil: http.DefaultClient
+}
+
+// serves reports whether partition i is attached at start (every one
+// without peers).
+func (pp *partitionPeers) serves(i int) bool { return pp == nil || slices.Contains(pp.Attach, i) }
 
 // memTableBytes is the memtable size of each store of p partitions
 // (and of the directory's): max(4 MiB, 64 MiB/p).

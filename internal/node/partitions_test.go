@@ -785,3 +785,53 @@ func TestPartitionsDetachAndAttach(t *testing.T) {
 		t.Fatal("partition 0 attached twice")
 	}
 }
+
+// Two nodes serve the four partitions, two each, and relay between them
+// over HTTP (stage 5b's transport through the node): ana (partition 2,
+// node A) sends to bo (partition 0, node B); bo's phone on B gets it, and
+// ana's phone on A sees it delivered and read. bo cannot connect to A.
+// (The directory is not shared yet, stage 5c: the test gives both nodes
+// the same users.)
+func TestPartitionsAcrossTwoNodes(t *testing.T) {
+	ctx := context.Background()
+	httpA, httpB := nodetest.FreeAddr(t), nodetest.FreeAddr(t)
+	owner := func(_ context.Context, p uint32) (string, error) {
+		if p < 2 {
+			return "http://" + httpB, nil
+		}
+		return "http://" + httpA, nil
+	}
+	const secret = "two-nodes-cluster-secret"
+	cfgA := node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: httpA, Partitions: testPartitions}
+	node.WithPeers(&cfgA, []int{2, 3}, owner, secret)
+	cfgB := node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: httpB, Partitions: testPartitions}
+	node.WithPeers(&cfgB, []int{0, 1}, owner, secret)
+	a, b := nodetest.Start(t, cfgA), nodetest.Start(t, cfgB)
+	wantPartitions(t, a, map[string]int{"ana": 2, "bo": 0})
+	for _, n := range []*node.Node{a, b} {
+		nodetest.AddUsers(t, n, "ana", "bo")
+	}
+	if e := a.Engines(); e[0] != nil || e[2] == nil {
+		t.Fatalf("node A serves %v, want partitions 2 and 3", e)
+	}
+	ana := nodetest.Dial(t, a, "ana", "phone", nil)
+	bo := nodetest.Dial(t, b, "bo", "phone", nil)
+	res, err := ana.Send(ctx, []string{"bo"}, []byte("across nodes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := firstDeliver(t, bo, res.ID); m == nil || string(m.Body) != "across nodes" || m.From != "ana" {
+		t.Fatalf("bo got %+v", m)
+	}
+	nextReceipt(t, ana, res.ID, pb.State_DELIVERED)
+	if err := bo.Read(ctx, res.ID); err != nil {
+		t.Fatal(err)
+	}
+	nextReceipt(t, ana, res.ID, pb.State_READ_STATE)
+	if v := metricValue(t, a, `ding_relay_records_total{from="2",to="0"}`); v != 1 {
+		t.Fatalf("A relayed %v records from 2 to 0, want 1", v)
+	}
+	if _, err := client.Dial(ctx, client.Config{Addr: a.SocketAddr(), Token: nodetest.Token(t, a, "bo", "tablet"), Device: "tablet"}); err == nil {
+		t.Fatal("bo connected to a node that does not serve his partition")
+	}
+}
