@@ -322,6 +322,8 @@ type Engine struct {
 	outMu       sync.RWMutex
 	outDurable  map[uint32]uint64 // last durable outbox seq per destination; guarded by outMu
 	outboxReady chan struct{}     // capacity 1: a batch that wrote outbox records is durable
+
+	hookState // outbound event webhooks (webhook.go)
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -363,6 +365,9 @@ func Open(cfg Config) (*Engine, error) {
 	e.keys, e.fleeting = cfg.Keys, newMemKeys()
 	e.chatCache, e.secretCache = newIDCache[*Chat](16384), newIDCache[secretState](131072)
 	if err := e.loadRelayCounters(); err != nil {
+		return nil, err
+	}
+	if err := e.loadHooks(); err != nil {
 		return nil, err
 	}
 	keyless, err := e.reconcileSecrets()

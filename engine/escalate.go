@@ -242,6 +242,9 @@ func (c *txn) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent
 		le.Channel = ev.Channel.String()
 	}
 	c.batch.Set(ledgerKey(id, idx, s.nextLedger()), encodeLedgerEvent(&le))
+	if t := hookDingType(ev.Event); c.hookWants(t) {
+		c.emit(t, hookDingData(&ev, s.User, rec)...)
+	}
 	if ev.Event == LedgerSent {
 		return nil // the sender's submit answer says as much
 	}
