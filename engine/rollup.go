@@ -142,7 +142,7 @@ type statsTx struct {
 	depts    map[string]string // user -> department, looked up this batch
 	anns     map[ID]*AnnouncementCounts
 	annsWas  map[ID]AnnouncementCounts // as stored before this batch, for webhooks' thresholds (hookAnnouncement)
-	statsErr error // a rollup could not be read: the op that touched it aborts rather than overwrite it
+	statsErr error                     // a rollup could not be read: the op that touched it aborts rather than overwrite it
 }
 
 func newStatsTx() statsTx {
