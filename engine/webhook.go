@@ -954,3 +954,6 @@ func (c *txn) hookAnnouncement(id ID, was, now *AnnouncementCounts) {
 			N("confirmed", int64(now.Confirmed)), N("recipients", int64(now.Total)))
 	}
 }
+
+// WebhookPartition is the partition this engine's event ids name.
+func (e *Engine) WebhookPartition() uint32 { return e.cfg.Partition }
