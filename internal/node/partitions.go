@@ -371,7 +371,12 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.wakeForget()
 	}
 	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier,
-		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead"}, nil
+		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
+		// Each engine has its own event outbox (engine/webhook.go), but a
+		// subscription would have to be created on every engine, with one
+		// worker per engine: not built yet. No subscription, no events:
+		// the engines write none.
+		hooksRefusal: "outbound webhooks are not supported with --partitions (experimental) yet"}, nil
 }
 
 // memTableBytes is the memtable size of each store of p partitions
