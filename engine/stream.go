@@ -512,7 +512,9 @@ func (c *txn) notify(ev *events, user string, st State, now time.Time) error {
 		if k.as != "" {
 			name = k.as
 		}
-		if t := hookReceiptType(st); k.as == "" && t != "" && c.hookWants(t) {
+		// The sender's event (not the reader's own devices'): a webhook
+		// event per message. A message to oneself has none.
+		if t := hookReceiptType(st); k.as == "" && k.to != user && t != "" && c.hookWants(t) {
 			for _, id := range ids {
 				c.emit(t, S("message", id.String()), S("from", k.to), S("recipient", user))
 			}
