@@ -11,8 +11,8 @@ import (
 )
 
 // BenchmarkWebhookOutbox measures what the event outbox costs the commit
-// path: durable directory changes that each add a user (the op writes one
-// user.added event when a subscription wants it), with 64 concurrent
+// path: durable directory changes that each write a record and add a user
+// (the op writes one user.added event when a subscription wants it), with 64 concurrent
 // committers, with no subscription, with one whose filter does not match
 // (the check alone), and with one that matches (one event written per op,
 // never acknowledged: the outbox grows as under a dead receiver).
@@ -40,14 +40,17 @@ func BenchmarkWebhookOutbox(b *testing.B) {
 				}
 			}
 			var n atomic.Int64
-			noop := func(engine.Writer) error { return nil }
 			b.ReportAllocs()
 			b.SetParallelism(32) // 64 committers on 2 CPUs
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					u := fmt.Sprintf("u%d", n.Add(1))
-					if err := e.Commit(context.Background(), engine.Change{Write: noop, Added: []string{u}}); err != nil {
+					rec := func(w engine.Writer) error {
+						w.Set([]byte{engine.PrefixDirectory, 'b', 'e', 'n', 'c', 'h', ':', byte(len(u))}, []byte(u))
+						return nil
+					}
+					if err := e.Commit(context.Background(), engine.Change{Write: rec, Added: []string{u}}); err != nil {
 						b.Error(err)
 						return
 					}
