@@ -172,6 +172,11 @@ type Config struct {
 	// change its answer for a user with records in flight. Nil (the
 	// default) makes every user local: the relay writes nothing.
 	Placement func(user string) uint32
+	// HookSource names this engine's webhook outbox in event ids
+	// (webhook.go: "evt_<source>_<seq>"); empty means the partition's
+	// number. Engines whose events reach the same receivers need
+	// different names (internal/node gives the directory's engine "dir").
+	HookSource string
 
 	// Retention says what is deleted in the background (retention.go);
 	// its zero value keeps streams and messages forever and expires

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +84,8 @@ var (
 	// seq beyond the durable events: the caller cannot have read it.
 	ErrWebhookCursor = NewError(CodeBadRequest, "engine: webhook cursor beyond the durable events")
 )
+
+var hookIDRE = regexp.MustCompile(`^wh_[0-9a-f]{16}$`)
 
 // MaxWebhooks bounds the subscriptions of one engine: each has a worker.
 const MaxWebhooks = 256
@@ -209,6 +212,9 @@ type WebhookEvent struct {
 
 // DeadLetter is an event a subscription gave up on.
 type DeadLetter struct {
+	// Source is the outbox's name (WebhookSource), filled in by
+	// WebhookDeadLetters: the event's id is WebhookEventID(Source, Event.Seq).
+	Source    string
 	Event     WebhookEvent
 	Attempts  int
 	LastError string // what the last attempt got (a status, a timeout), never a body
@@ -219,9 +225,24 @@ type DeadLetter struct {
 	ReplayAt time.Time
 }
 
-// WebhookEventID is the stable id of event seq of partition p.
-func WebhookEventID(p uint32, seq uint64) string {
-	return fmt.Sprintf("evt_%d_%d", p, seq)
+// WebhookEventID is the stable id of event seq of the outbox named
+// source (WebhookSource): "evt_<source>_<seq>".
+func WebhookEventID(source string, seq uint64) string {
+	return "evt_" + source + "_" + strconv.FormatUint(seq, 10)
+}
+
+// ParseWebhookEventID splits an id WebhookEventID made.
+func ParseWebhookEventID(id string) (source string, seq uint64, err error) {
+	rest, ok := strings.CutPrefix(id, "evt_")
+	i := strings.LastIndexByte(rest, '_')
+	if !ok || i <= 0 {
+		return "", 0, fmt.Errorf("%w: event id %q is not evt_SOURCE_SEQ", ErrBadWebhook, id)
+	}
+	seq, err = strconv.ParseUint(rest[i+1:], 10, 64)
+	if err != nil || seq == 0 {
+		return "", 0, fmt.Errorf("%w: event id %q is not evt_SOURCE_SEQ", ErrBadWebhook, id)
+	}
+	return rest[:i], seq, nil
 }
 
 // Keys.
@@ -569,9 +590,11 @@ func CheckWebhookURL(s string) error {
 }
 
 // AddWebhook stores a new subscription and returns it, secret included
-// (the only answer that shows it in full besides Webhook). w.ID, Secret
-// and Created are made here; w.URL and w.Events are checked. It gets the
-// events written after it is durable.
+// (the only answer that shows it in full besides Webhook). w.ID and
+// w.Secret are made here unless given (the same subscription on each
+// engine of partitions: an id of "wh_" and 16 hex digits, a secret of
+// "whsec_" and base64); Created is set; w.URL and w.Events are checked.
+// It gets the events written after it is durable.
 func (e *Engine) AddWebhook(ctx context.Context, w Webhook) (Webhook, error) {
 	if err := CheckWebhookURL(w.URL); err != nil {
 		return Webhook{}, err
@@ -591,14 +614,23 @@ func (e *Engine) AddWebhook(ctx context.Context, w Webhook) (Webhook, error) {
 		return Webhook{}, fmt.Errorf("%w: description longer than 256 bytes", ErrBadWebhook)
 	}
 	w.Events = slices.Compact(slices.Sorted(slices.Values(w.Events)))
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	w.ID = "wh_" + hex.EncodeToString(b)
+	if w.ID == "" {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		w.ID = "wh_" + hex.EncodeToString(b)
+	} else if !hookIDRE.MatchString(w.ID) {
+		return Webhook{}, fmt.Errorf("%w: subscription id %q is not wh_ and 16 hex digits", ErrBadWebhook, w.ID)
+	}
 	if w.Secret == "" {
 		w.Secret = NewWebhookSecret()
+	} else if k, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(w.Secret, "whsec_")); err != nil || len(k) < 16 || !strings.HasPrefix(w.Secret, "whsec_") {
+		return Webhook{}, fmt.Errorf("%w: a secret is whsec_ and the base64 of 16 bytes or more", ErrBadWebhook)
 	}
 	err := e.apply(ctx, func(c *txn, now time.Time) error {
 		s := c.hookSetNow()
+		if s != nil && s.subs[w.ID] != nil {
+			return fmt.Errorf("%w: subscription %s exists", ErrBadWebhook, w.ID)
+		}
 		if s != nil && len(s.subs) >= MaxWebhooks {
 			return fmt.Errorf("%w: %d subscriptions already, the most one server keeps", ErrBadWebhook, MaxWebhooks)
 		}
@@ -819,6 +851,7 @@ func (e *Engine) WebhookDeadLetters(id string, after uint64, max int, onlyReplay
 			return false
 		}
 		if !onlyReplay || dl.Replay {
+			dl.Source = e.WebhookSource()
 			out = append(out, dl)
 		}
 		return len(out) < max
@@ -830,6 +863,32 @@ func (e *Engine) WebhookDeadLetters(id string, after uint64, max int, onlyReplay
 		return nil, fmt.Errorf("engine: webhook %s dead letters: %w", id, err)
 	}
 	return out, nil
+}
+
+// ReplayWebhook is ReplayWebhookDeadLetters by event ids
+// (WebhookEventID): those of this engine's outbox are replayed, others
+// ignored; none given replays all. A malformed id is ErrBadWebhook.
+func (e *Engine) ReplayWebhook(ctx context.Context, id string, events []string) (int, error) {
+	if len(events) == 0 {
+		return e.ReplayWebhookDeadLetters(ctx, id, nil)
+	}
+	var seqs []uint64
+	for _, ev := range events {
+		src, seq, err := ParseWebhookEventID(ev)
+		if err != nil {
+			return 0, err
+		}
+		if src == e.WebhookSource() {
+			seqs = append(seqs, seq)
+		}
+	}
+	if len(seqs) == 0 {
+		if _, err := e.Webhook(id); err != nil {
+			return 0, err
+		}
+		return 0, nil
+	}
+	return e.ReplayWebhookDeadLetters(ctx, id, seqs)
 }
 
 // ReplayWebhookDeadLetters marks subscription id's dead letters (those
@@ -955,5 +1014,17 @@ func (c *txn) hookAnnouncement(id ID, was, now *AnnouncementCounts) {
 	}
 }
 
-// WebhookPartition is the partition this engine's event ids name.
-func (e *Engine) WebhookPartition() uint32 { return e.cfg.Partition }
+// WebhookSource is the name this engine's event ids carry
+// (Config.HookSource, or the partition's number).
+func (e *Engine) WebhookSource() string {
+	if e.cfg.HookSource != "" {
+		return e.cfg.HookSource
+	}
+	return strconv.FormatUint(uint64(e.cfg.Partition), 10)
+}
+
+// WebhookBacklog is how many durable events are after w's cursor here.
+func (e *Engine) WebhookBacklog(w Webhook) uint64 {
+	d := e.hookDurable.Load()
+	return d - min(d, w.Cursor)
+}

@@ -25,8 +25,9 @@ import (
 //	POST   /v1/webhooks/{id}/resume   -> the subscription
 //	GET    /v1/webhooks/{id}/deliveries?after=SEQ&limit=N
 //	                                  -> {"dead_letters":[{"seq","id","type","timestamp","attempts","last_error","parked","replay"}],"next"}
-//	POST   /v1/webhooks/{id}/replay   {"seqs":[...]} (empty or absent: all) -> {"replayed": n}: delivered again,
-//	                                     before newer events, with their original ids
+//	                                     (with partitions: up to limit from each outbox, after applying to each's seqs)
+//	POST   /v1/webhooks/{id}/replay   {"ids":["evt_0_12",...]} (empty or absent: all) -> {"replayed": n}: delivered
+//	                                     again, before newer events, with their original ids
 
 // Webhooks is what the webhook routes use. *engine.Engine implements it.
 type Webhooks interface {
@@ -35,11 +36,12 @@ type Webhooks interface {
 	Webhook(id string) (engine.Webhook, error)
 	RemoveWebhook(ctx context.Context, id string) error
 	PauseWebhook(ctx context.Context, id string, paused bool) (engine.Webhook, error)
-	WebhookDurable() uint64
+	// WebhookBacklog is how many durable events are after w's cursor(s).
+	WebhookBacklog(w engine.Webhook) uint64
 	WebhookDeadLetters(id string, after uint64, max int, onlyReplay bool) ([]engine.DeadLetter, error)
-	ReplayWebhookDeadLetters(ctx context.Context, id string, seqs []uint64) (int, error)
-	// WebhookPartition is the partition the event ids name.
-	WebhookPartition() uint32
+	// ReplayWebhook marks dead letters, by event id (all: none given),
+	// for another delivery.
+	ReplayWebhook(ctx context.Context, id string, events []string) (int, error)
 }
 
 var _ Webhooks = (*engine.Engine)(nil)
@@ -68,9 +70,9 @@ type webhookView struct {
 	Secret      string    `json:"secret,omitempty"`
 }
 
-func viewWebhook(w engine.Webhook, durable uint64, withSecret bool) webhookView {
+func viewWebhook(w engine.Webhook, backlog uint64, withSecret bool) webhookView {
 	v := webhookView{ID: w.ID, URL: w.URL, Events: w.Events, Description: w.Description, Paused: w.Paused,
-		Created: w.Created, Cursor: w.Cursor, Backlog: durable - min(durable, w.Cursor)}
+		Created: w.Created, Cursor: w.Cursor, Backlog: backlog}
 	if withSecret {
 		v.Secret = w.Secret
 	}
@@ -94,7 +96,7 @@ func (a *API) addWebhook(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusCreated, viewWebhook(w, w.Cursor, true), nil
+	return http.StatusCreated, viewWebhook(w, 0, true), nil
 }
 
 func (a *API) listWebhooks(r *http.Request) (int, any, error) {
@@ -106,10 +108,9 @@ func (a *API) listWebhooks(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	durable := h.WebhookDurable()
 	out := make([]webhookView, 0, len(ws))
 	for _, w := range ws {
-		out = append(out, viewWebhook(w, durable, false))
+		out = append(out, viewWebhook(w, h.WebhookBacklog(w), false))
 	}
 	return http.StatusOK, map[string]any{"webhooks": out, "event_types": engine.WebhookEventTypes()}, nil
 }
@@ -123,7 +124,7 @@ func (a *API) getWebhook(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, viewWebhook(w, h.WebhookDurable(), false), nil
+	return http.StatusOK, viewWebhook(w, h.WebhookBacklog(w), false), nil
 }
 
 func (a *API) deleteWebhook(r *http.Request) (int, any, error) {
@@ -147,7 +148,7 @@ func (a *API) pauseWebhook(paused bool) func(r *http.Request) (int, any, error) 
 		if err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, viewWebhook(w, h.WebhookDurable(), false), nil
+		return http.StatusOK, viewWebhook(w, h.WebhookBacklog(w), false), nil
 	}
 }
 
@@ -189,7 +190,7 @@ func (a *API) webhookDeliveries(r *http.Request) (int, any, error) {
 	out := make([]view, 0, len(dls))
 	next := uint64(0)
 	for _, dl := range dls {
-		out = append(out, view{Seq: dl.Event.Seq, ID: engine.WebhookEventID(h.WebhookPartition(), dl.Event.Seq), Type: dl.Event.Type,
+		out = append(out, view{Seq: dl.Event.Seq, ID: engine.WebhookEventID(dl.Source, dl.Event.Seq), Type: dl.Event.Type,
 			Timestamp: dl.Event.At, Attempts: dl.Attempts, LastError: dl.LastError, Parked: dl.Parked, Replay: dl.Replay})
 		next = dl.Event.Seq
 	}
@@ -206,14 +207,14 @@ func (a *API) replayWebhook(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	var req struct {
-		Seqs []uint64 `json:"seqs"`
+		IDs []string `json:"ids"`
 	}
 	if r.ContentLength != 0 {
 		if err := decode(r, &req); err != nil {
 			return 0, nil, err
 		}
 	}
-	n, err := h.ReplayWebhookDeadLetters(r.Context(), r.PathValue("id"), req.Seqs)
+	n, err := h.ReplayWebhook(r.Context(), r.PathValue("id"), req.IDs)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -61,10 +61,11 @@ func TestWebhookRoutes(t *testing.T) {
 	if code, out = a.do("GET", "/v1/webhooks/"+id+"/deliveries", a.tok, nil); code != 200 || len(out["dead_letters"].([]any)) != 0 {
 		t.Fatalf("deliveries: %d %v", code, out)
 	}
-	if code, out = a.do("POST", "/v1/webhooks/"+id+"/replay", a.tok, map[string]any{"seqs": []int{1, 2}}); code != 200 || out["replayed"] != float64(0) {
+	if code, out = a.do("POST", "/v1/webhooks/"+id+"/replay", a.tok, map[string]any{"ids": []string{"evt_0_1", "evt_0_2"}}); code != 200 || out["replayed"] != float64(0) {
 		t.Fatalf("replay: %d %v", code, out)
 	}
 	a.refused("GET", "/v1/webhooks/"+id+"/deliveries?limit=0", a.tok, nil, 400, "BAD_REQUEST")
+	a.refused("POST", "/v1/webhooks/"+id+"/replay", a.tok, map[string]any{"ids": []string{"12"}}, 400, "BAD_REQUEST")
 	a.refused("GET", "/v1/webhooks/wh_nosuch", a.tok, nil, 404, "NOT_FOUND")
 	a.refused("POST", "/v1/webhooks/wh_nosuch/replay", a.tok, nil, 404, "NOT_FOUND")
 	sender := a.addAdmin("crm", "sender", "")

@@ -66,7 +66,7 @@ func newBenchNode(b *testing.B) *benchNode {
 		b.Fatal(err)
 	}
 	// Retries after 10ms, doubling to 100ms: a receiver back up is found at once.
-	if n.disp, err = webhook.New(webhook.Config{Sources: map[uint32]webhook.Source{0: eng}, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}); err != nil {
+	if n.disp, err = webhook.New(webhook.Config{Sources: []webhook.Source{eng}, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {

@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,6 +24,8 @@ import (
 // Source is what the dispatcher needs of an engine's event outbox.
 // *engine.Engine implements it; every method is safe for concurrent use.
 type Source interface {
+	// WebhookSource names the outbox in event ids (distinct per source).
+	WebhookSource() string
 	// Webhooks lists the subscriptions with their durable cursors.
 	Webhooks() ([]engine.Webhook, error)
 	// WebhookGeneration changes once a subscription change is durable.
@@ -50,9 +52,9 @@ var _ Source = (*engine.Engine)(nil)
 
 // Config configures a Dispatcher.
 type Config struct {
-	// Sources are the engines whose outboxes are delivered, by partition
-	// (the partition is part of each event's id). Required.
-	Sources map[uint32]Source
+	// Sources are the engines whose outboxes are delivered, each with a
+	// name of its own (WebhookSource: part of each event's id). Required.
+	Sources []Source
 	// Client makes the requests; nil means one that follows no redirect
 	// (a 3xx is a failed attempt).
 	Client *http.Client
@@ -109,12 +111,25 @@ func (c *Config) Validate() error {
 	switch {
 	case len(c.Sources) == 0:
 		return errors.New("webhook: no sources")
+	case !uniqueSources(c.Sources):
+		return errors.New("webhook: two sources share a name")
 	case c.Timeout < 0 || c.Horizon < 0 || c.Batch < 0:
 		return errors.New("webhook: Timeout, Horizon and Batch must not be negative")
 	case c.MinBackoff < 0 || c.MaxBackoff < c.MinBackoff:
 		return fmt.Errorf("webhook: backoff from %v to %v", c.MinBackoff, c.MaxBackoff)
 	}
 	return nil
+}
+
+func uniqueSources(srcs []Source) bool {
+	seen := map[string]bool{}
+	for _, s := range srcs {
+		if s == nil || seen[s.WebhookSource()] {
+			return false
+		}
+		seen[s.WebhookSource()] = true
+	}
+	return true
 }
 
 // Dispatcher delivers the events of its sources' outboxes; see the
@@ -134,18 +149,18 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.Sources = maps.Clone(cfg.Sources)
+	cfg.Sources = slices.Clone(cfg.Sources)
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Dispatcher{cfg: cfg, m: m, cancel: cancel}
-	for p, src := range cfg.Sources {
+	for _, src := range cfg.Sources {
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			d.sourceLoop(ctx, p, src)
+			d.sourceLoop(ctx, src.WebhookSource(), src)
 		}()
 	}
 	return d, nil
@@ -179,13 +194,13 @@ func (w *worker) poke() {
 
 // sourceLoop keeps a worker per subscription of src and wakes them when
 // events are durable.
-func (d *Dispatcher) sourceLoop(ctx context.Context, p uint32, src Source) {
+func (d *Dispatcher) sourceLoop(ctx context.Context, p string, src Source) {
 	workers := map[string]*worker{}
 	defer func() {
 		for id, w := range workers {
 			w.cancel()
 			<-w.done
-			d.m.backlog.DeleteLabelValues(id)
+			d.m.backlog.DeleteLabelValues(id, p)
 		}
 	}()
 	gen := ^uint64(0)
@@ -220,7 +235,7 @@ func (d *Dispatcher) sourceLoop(ctx context.Context, p uint32, src Source) {
 						w.cancel()
 						<-w.done
 						delete(workers, id)
-						d.m.backlog.DeleteLabelValues(id)
+						d.m.backlog.DeleteLabelValues(id, p)
 					}
 				}
 			}
@@ -242,7 +257,7 @@ func (d *Dispatcher) sourceLoop(ctx context.Context, p uint32, src Source) {
 var errStopped = errors.New("webhook: stopped")
 
 // workerLoop delivers one subscription's events in order from cursor.
-func (d *Dispatcher) workerLoop(ctx context.Context, p uint32, src Source, w *worker, cursor uint64) {
+func (d *Dispatcher) workerLoop(ctx context.Context, p string, src Source, w *worker, cursor uint64) {
 	fails := 0 // consecutive failures of the engine's side (reads, acks)
 	for ctx.Err() == nil {
 		err := d.step(ctx, p, src, w, &cursor)
@@ -274,9 +289,9 @@ var errIdle = errors.New("webhook: idle")
 
 // step does one round: the dead letters marked for replay, then a page
 // of the outbox.
-func (d *Dispatcher) step(ctx context.Context, p uint32, src Source, w *worker, cursor *uint64) error {
+func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, cursor *uint64) error {
 	sub := w.sub.Load()
-	d.m.backlog.WithLabelValues(sub.ID).Set(float64(src.WebhookDurable() - min(*cursor, src.WebhookDurable())))
+	d.m.backlog.WithLabelValues(sub.ID, p).Set(float64(src.WebhookDurable() - min(*cursor, src.WebhookDurable())))
 	if sub.Paused {
 		return errIdle
 	}
@@ -334,7 +349,7 @@ func (d *Dispatcher) step(ctx context.Context, p uint32, src Source, w *worker, 
 			return err
 		}
 		*cursor, skipped = ev.Seq, 0
-		d.m.backlog.WithLabelValues(sub.ID).Set(float64(src.WebhookDurable() - min(*cursor, src.WebhookDurable())))
+		d.m.backlog.WithLabelValues(sub.ID, p).Set(float64(src.WebhookDurable() - min(*cursor, src.WebhookDurable())))
 	}
 	return d.ackSkipped(ctx, src, sub.ID, cursor, skipped, nil)
 }
@@ -355,7 +370,7 @@ func (d *Dispatcher) ackSkipped(ctx context.Context, src Source, id string, curs
 // since has passed (false, with the attempts made and the last failure),
 // or ctx ends (errStopped). A paused subscription stops retrying until
 // it is resumed.
-func (d *Dispatcher) deliver(ctx context.Context, p uint32, w *worker, ev *engine.WebhookEvent, since time.Time) (ok bool, attempts int, last string, err error) {
+func (d *Dispatcher) deliver(ctx context.Context, p string, w *worker, ev *engine.WebhookEvent, since time.Time) (ok bool, attempts int, last string, err error) {
 	body := Body(p, ev)
 	id := engine.WebhookEventID(p, ev.Seq)
 	for {
@@ -444,8 +459,8 @@ func (d *Dispatcher) attempt(ctx context.Context, sub *engine.Webhook, id string
 	return ""
 }
 
-// Body is an event's JSON as delivered.
-func Body(p uint32, ev *engine.WebhookEvent) []byte {
+// Body is an event's JSON as delivered from the outbox named source.
+func Body(source string, ev *engine.WebhookEvent) []byte {
 	data := make(map[string]any, len(ev.Data))
 	for _, a := range ev.Data {
 		if a.IsInt {
@@ -459,6 +474,6 @@ func Body(p uint32, ev *engine.WebhookEvent) []byte {
 		Type      string         `json:"type"`
 		Timestamp string         `json:"timestamp"`
 		Data      map[string]any `json:"data"`
-	}{engine.WebhookEventID(p, ev.Seq), ev.Type, ev.At.UTC().Format("2006-01-02T15:04:05.000Z07:00"), data})
+	}{engine.WebhookEventID(source, ev.Seq), ev.Type, ev.At.UTC().Format("2006-01-02T15:04:05.000Z07:00"), data})
 	return b
 }

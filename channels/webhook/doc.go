@@ -19,7 +19,9 @@
 //
 // A Dispatcher runs one worker goroutine per subscription, which has at
 // most one request in flight: the events a subscription's filter matches
-// arrive in outbox order (per engine: with partitions, per partition).
+// arrive in outbox order (per engine: with partitions, each partition's
+// engine and the directory's have an outbox of their own, and the
+// subscription a cursor and a worker in each; order holds per source).
 // The next event waits until the one before was delivered or parked. A
 // worker reads the outbox in pages (Config.Batch) after its own cursor:
 // a receiver that is down holds back only its own subscription, and the
@@ -66,10 +68,10 @@
 //
 //	ding_webhook_deliveries_total{outcome}   attempts: delivered, failed (retried), dead_lettered
 //	ding_webhook_delivery_seconds            one attempt's duration, any outcome
-//	ding_webhook_backlog_events{subscription} events after the subscription's cursor (some may not match its filter)
+//	ding_webhook_backlog_events{subscription,source} events after the subscription's cursor (some may not match its filter)
 //
 // Usage (internal/node does this for each engine):
 //
-//	d, err := webhook.New(webhook.Config{Source: eng, Registerer: reg})
+//	d, err := webhook.New(webhook.Config{Sources: []webhook.Source{eng}, Registerer: reg})
 //	defer d.Close()
 package webhook

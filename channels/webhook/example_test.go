@@ -54,7 +54,7 @@ func Example_verify() {
 	}))
 	defer rcv.Close()
 	ev := engine.WebhookEvent{Seq: 42, Type: engine.HookUserAdded, At: time.Now(), Data: []engine.Attr{engine.S("user", "ana")}}
-	body := webhook.Body(0, &ev)
+	body := webhook.Body("0", &ev)
 	ts := time.Now().Unix()
 	sig, _ := webhook.Sign(secret, "evt_0_42", ts, body)
 	req, _ := http.NewRequest("POST", rcv.URL, strings.NewReader(string(body)))

@@ -30,8 +30,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ding_webhook_backlog_events",
-			Help: "Durable webhook events after the subscription's cursor (not yet delivered, parked or skipped), as of its worker's last step.",
-		}, []string{"subscription"}),
+			Help: "Durable webhook events after the subscription's cursor in the source's outbox (not yet delivered, parked or skipped), as of its worker's last step.",
+		}, []string{"subscription", "source"}),
 	}
 	for _, o := range []string{outcomeDelivered, outcomeFailed, outcomeDeadLettered} {
 		m.deliveries.WithLabelValues(o)

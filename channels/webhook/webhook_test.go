@@ -135,7 +135,7 @@ func open(t *testing.T, cfg webhook.Config, step time.Duration) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{eng: eng, clk: fakeclock.New(time.Now()), reg: prometheus.NewRegistry()}
-	cfg.Sources = map[uint32]webhook.Source{0: eng}
+	cfg.Sources = []webhook.Source{eng}
 	cfg.Clock, cfg.Registerer = h.clk, h.reg
 	if h.disp, err = webhook.New(cfg); err != nil {
 		t.Fatal(err)
@@ -417,7 +417,7 @@ func TestDeadLetterAfterHorizonAndReplay(t *testing.T) {
 		t.Fatalf("replay: %d, %v", n, err)
 	}
 	got = rcv.waitOK(t, 3)
-	if got[1].ID != engine.WebhookEventID(0, dls[0].Event.Seq) || got[2].ID != engine.WebhookEventID(0, dls[1].Event.Seq) {
+	if got[1].ID != engine.WebhookEventID("0", dls[0].Event.Seq) || got[2].ID != engine.WebhookEventID("0", dls[1].Event.Seq) {
 		t.Fatalf("replayed ids %s %s, want the originals", got[1].ID, got[2].ID)
 	}
 	for _, d := range got {
@@ -468,7 +468,7 @@ func TestEventsSurviveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer eng.Close()
-	d, err := webhook.New(webhook.Config{Sources: map[uint32]webhook.Source{0: eng}})
+	d, err := webhook.New(webhook.Config{Sources: []webhook.Source{eng}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ var commands = []command{
 	{"webhook resume", "ID", "deliver again, from where it paused", "dingctl webhook resume wh_0123456789abcdef"},
 	{"webhook deliveries", "ID [--after SEQ] [--limit N]", "the dead letters: events given up on after the horizon, with attempts and last error, as JSON",
 		"dingctl webhook deliveries wh_0123456789abcdef"},
-	{"webhook replay", "ID [--seqs 12,13]", "deliver dead letters again (all by default), with their original ids",
+	{"webhook replay", "ID [--ids evt_0_12,evt_0_13]", "deliver dead letters again (all by default), with their original ids",
 		"dingctl webhook replay wh_0123456789abcdef"},
 	{"token", "--user ID --device DEV [--ttl D]", "print a client token for the socket", "dingctl token --user ana --device laptop --ttl 720h"},
 	{"token revoke", "--user ID [--device DEV]", "revoke the user's client tokens issued until now (or one device's), for good",

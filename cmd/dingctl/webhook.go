@@ -92,7 +92,7 @@ func webhookCmd(g *globals, args []string, out io.Writer) error {
 		return g.printCall(out, "GET", "/v1/webhooks/"+url.PathEscape(pos[0])+"/deliveries?"+q.Encode(), nil)
 	case "replay":
 		fs := flag.NewFlagSet("webhook replay", flag.ContinueOnError)
-		seqs := fs.String("seqs", "", "comma-separated seqs of the dead letters to replay (default: all)")
+		ids := fs.String("ids", "", "comma-separated event ids of the dead letters to replay, as deliveries lists them (default: all)")
 		pos, err := parse(fs, g, args)
 		if err != nil {
 			return err
@@ -101,16 +101,8 @@ func webhookCmd(g *globals, args []string, out io.Writer) error {
 			return exitError{2, "webhook replay: want exactly one ID"}
 		}
 		body := map[string]any{}
-		if *seqs != "" {
-			var ns []uint64
-			for _, s := range strings.Split(*seqs, ",") {
-				n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
-				if err != nil {
-					return exitError{2, fmt.Sprintf("webhook replay: --seqs: %q is not a seq", s)}
-				}
-				ns = append(ns, n)
-			}
-			body["seqs"] = ns
+		if *ids != "" {
+			body["ids"] = strings.Split(*ids, ",")
 		}
 		var res struct {
 			Replayed int `json:"replayed"`

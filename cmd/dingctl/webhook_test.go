@@ -82,7 +82,7 @@ func TestWebhookCommands(t *testing.T) {
 		{[]string{"webhook", "add", "http://x.example/", "--events", "ding.nosuch"}, `unknown event type "ding.nosuch"`, 1},
 		{[]string{"webhook", "add", "http://x.example/"}, "want URL --events", 2},
 		{[]string{"webhook", "get", "wh_nosuch"}, "no such webhook subscription", 1},
-		{[]string{"webhook", "replay", id, "--seqs", "x"}, `"x" is not a seq`, 2},
+		{[]string{"webhook", "replay", id, "--ids", "x"}, `event id "x" is not evt_SOURCE_SEQ`, 1},
 	})
 	if _, err := ctl(t, n, "webhook", "remove", id); err != nil {
 		t.Fatal(err)

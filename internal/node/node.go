@@ -413,10 +413,10 @@ type wiring struct {
 	backupRoot    string
 	notifier      *twilio.Notifier
 	// hooks manages webhook subscriptions and hookSources are the outboxes
-	// the dispatcher delivers, by partition; hooksRefusal, when set, is
+	// the dispatcher delivers (each engine's); hooksRefusal, when set, is
 	// why there are none (a 501 with it).
 	hooks        httpapi.Webhooks
-	hookSources  map[uint32]webhook.Source
+	hookSources  []webhook.Source
 	hooksRefusal string
 }
 
@@ -531,7 +531,7 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 	n.eng.SetSink(pub)
 	n.eng.SetPresence(n.hub)
 	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot, notifier: notifier,
-		hooks: n.eng, hookSources: map[uint32]webhook.Source{0: n.eng}}, nil
+		hooks: n.eng, hookSources: []webhook.Source{n.eng}}, nil
 }
 
 // serve starts the edges on the engine(s) w names: the rate limits, the
