@@ -534,6 +534,7 @@ func (c *txn) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channe
 			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerQuotaRefused, Channel: ch, Detail: reason, At: now})
 		}
 		c.quotaSet(k, n+1)
+		c.hookBudget(ch, n, limit)
 	}
 	if r := c.rollup(dayOf(now), s.Dept); ch == ChannelVoice {
 		r.Calls++

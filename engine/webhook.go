@@ -99,7 +99,7 @@ const (
 	// step fired and nobody confirmed. ding.confirmed carries the answer.
 	HookDingPrefix            = "ding."
 	HookDingUnanswered        = "ding.unanswered"
-	HookMessageDelivered      = "message.delivered" // a recipient's device acknowledged a message sent through the API
+	HookMessageDelivered      = "message.delivered" // a recipient's device acknowledged a message (not an announcement, not a secret one)
 	HookMessageRead           = "message.read"      // a recipient read it
 	HookAnnouncementPublished = "announcement.published"
 	HookAnnouncementRead      = "announcement.read_ratio" // 50, 90 and 100% of the audience read it
@@ -108,12 +108,17 @@ const (
 	HookUserRemoved           = "user.removed"
 	HookSecretChatCreated     = "secret.chat_created" // metadata only: chat id and level
 	HookSecretBurned          = "secret.message_burned"
+	// HookOpsBudget: the org's SMS or call budget of the UTC day reached
+	// 80% and 100% (with partitions, each partition's: budgets are
+	// counted per partition). A provider failing shows as the DINGs'
+	// ding.sms_failed, ding.call_failed and ding.send_failed.
+	HookOpsBudget = "ops.budget"
 )
 
 // WebhookEventTypes lists every event type, sorted.
 func WebhookEventTypes() []string {
 	ts := []string{HookMessageDelivered, HookMessageRead, HookAnnouncementPublished, HookAnnouncementRead,
-		HookAnnouncementConfirmed, HookUserAdded, HookUserRemoved, HookSecretChatCreated, HookSecretBurned}
+		HookAnnouncementConfirmed, HookUserAdded, HookUserRemoved, HookSecretChatCreated, HookSecretBurned, HookOpsBudget}
 	for _, k := range ledgerKinds {
 		ts = append(ts, hookDingType(k))
 	}
@@ -1027,4 +1032,18 @@ func (e *Engine) WebhookSource() string {
 func (e *Engine) WebhookBacklog(w Webhook) uint64 {
 	d := e.hookDurable.Load()
 	return d - min(d, w.Cursor)
+}
+
+// hookBudget emits ops.budget when a send took the day's count of
+// channel ch from was to was+1 across 80% or onto 100% of limit.
+func (c *txn) hookBudget(ch Channel, was uint64, limit int) {
+	if !c.hookWants(HookOpsBudget) {
+		return
+	}
+	l := uint64(limit)
+	for _, pct := range []uint64{80, 100} {
+		if was*100 < pct*l && (was+1)*100 >= pct*l {
+			c.emit(HookOpsBudget, S("channel", ch.String()), N("percent", int64(pct)), N("used", int64(was+1)), N("limit", int64(limit)))
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store/memstore"
 )
 
 // hookEvents returns the outbox's durable events after seq after, as
@@ -240,4 +241,30 @@ func TestWebhookCursorsAndDeadLetters(t *testing.T) {
 			check()
 		})
 	}
+}
+
+// TestWebhookOpsBudget: the day's SMS budget reaching 80% and 100% is an
+// ops.budget event each, in the batch of the send that reached it; the
+// DINGs' own events name no phone number.
+func TestWebhookOpsBudget(t *testing.T) {
+	env := newDingEnv(t, memstore.New(), func(c *engine.Config) { c.Quotas.SMSPerDay, c.Quotas.RecipientInterval = 5, -1 })
+	if _, err := env.e.AddWebhook(context.Background(), engine.Webhook{URL: "http://127.0.0.1:9/", Events: []string{"ops.*", "ding.sending"}}); err != nil {
+		t.Fatal(err)
+	}
+	env.ding(t, engine.DingRequest{To: []string{"ana", "bo", "cy"}, Policy: "sms"})
+	env.ding(t, engine.DingRequest{To: []string{"ana", "bo", "cy"}, Policy: "sms", Text: "again"})
+	env.n.waitSends(t, 5)
+	got, _ := hookEvents(t, env.e, 0)
+	var ops []string
+	for _, g := range got {
+		if strings.Contains(g, "+") {
+			t.Fatalf("an event names a phone number: %s", g)
+		}
+		if strings.HasPrefix(g, "ops.") {
+			ops = append(ops, g)
+		}
+	}
+	wantEvents(t, ops,
+		"ops.budget channel=sms percent=80 used=4 limit=5",
+		"ops.budget channel=sms percent=100 used=5 limit=5")
 }
