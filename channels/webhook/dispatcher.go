@@ -69,6 +69,9 @@ type Config struct {
 	// Batch is how many events a worker reads from the outbox at once;
 	// zero means 256.
 	Batch int
+	// Rate bounds each subscription's attempts per second (retries
+	// included); zero means no bound (one request in flight still).
+	Rate int
 	// Clock times backoffs and the horizon; nil means the system clock.
 	Clock engine.Clock
 	// Registerer receives the metrics; nil: not registered. Close
@@ -113,8 +116,8 @@ func (c *Config) Validate() error {
 		return errors.New("webhook: no sources")
 	case !uniqueSources(c.Sources):
 		return errors.New("webhook: two sources share a name")
-	case c.Timeout < 0 || c.Horizon < 0 || c.Batch < 0:
-		return errors.New("webhook: Timeout, Horizon and Batch must not be negative")
+	case c.Timeout < 0 || c.Horizon < 0 || c.Batch < 0 || c.Rate < 0:
+		return errors.New("webhook: Timeout, Horizon, Batch and Rate must not be negative")
 	case c.MinBackoff < 0 || c.MaxBackoff < c.MinBackoff:
 		return fmt.Errorf("webhook: backoff from %v to %v", c.MinBackoff, c.MaxBackoff)
 	}
@@ -183,6 +186,7 @@ type worker struct {
 	wake   chan struct{}                  // capacity 1
 	cancel context.CancelFunc
 	done   chan struct{}
+	last   time.Time // the last attempt's start; the worker goroutine's own (Config.Rate)
 }
 
 func (w *worker) poke() {
@@ -383,6 +387,9 @@ func (d *Dispatcher) deliver(ctx context.Context, p string, w *worker, ev *engin
 			}
 			sub = w.sub.Load()
 		}
+		if err := d.pace(ctx, w); err != nil {
+			return false, attempts, last, err
+		}
 		attempts++
 		last = d.attempt(ctx, sub, id, body)
 		if ctx.Err() != nil {
@@ -402,6 +409,24 @@ func (d *Dispatcher) deliver(ctx context.Context, p string, w *worker, ev *engin
 			return false, attempts, last, errStopped
 		}
 	}
+}
+
+// pace waits, with Config.Rate, until a second/Rate after w's last
+// attempt.
+func (d *Dispatcher) pace(ctx context.Context, w *worker) error {
+	if d.cfg.Rate == 0 {
+		return nil
+	}
+	next := w.last.Add(time.Second / time.Duration(d.cfg.Rate))
+	if d.cfg.Clock.Now().Before(next) {
+		select {
+		case <-ctx.Done():
+			return errStopped
+		case <-d.cfg.Clock.Until(next):
+		}
+	}
+	w.last = d.cfg.Clock.Now()
+	return nil
 }
 
 // backoff is the wait before retry n (from 1): random in [b/2, b], b =

@@ -22,7 +22,9 @@
 // arrive in outbox order (per engine: with partitions, each partition's
 // engine and the directory's have an outbox of their own, and the
 // subscription a cursor and a worker in each; order holds per source).
-// The next event waits until the one before was delivered or parked. A
+// The next event waits until the one before was delivered or parked, and
+// Config.Rate (dingd --webhook-rate) bounds a subscription's attempts per
+// second. A
 // worker reads the outbox in pages (Config.Batch) after its own cursor:
 // a receiver that is down holds back only its own subscription, and the
 // commit loop never waits for a receiver (it only writes events; the

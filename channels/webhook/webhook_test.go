@@ -511,3 +511,21 @@ func TestAddWebhookRefusesBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestRateBoundsASubscription: with Rate 1, the second event waits for
+// the clock to pass a second after the first attempt.
+func TestRateBoundsASubscription(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	h := open(t, webhook.Config{Rate: 1}, 0) // the test moves the clock
+	h.subscribe(t, rcv.srv.URL, "user.added")
+	h.addUsers(t, "a", "b", "c")
+	rcv.waitOK(t, 1)
+	for want := 2; want <= 3; want++ {
+		waitFor(t, func() bool { n, _ := h.clk.Waiters(); return n > 0 }) // pacing
+		if n := len(rcv.delivered()); n != want-1 {
+			t.Fatalf("%d delivered before the clock moved, want %d", n, want-1)
+		}
+		h.clk.Advance(time.Second)
+		rcv.waitOK(t, want)
+	}
+}

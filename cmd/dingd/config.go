@@ -321,6 +321,10 @@ var settings = []setting{
 	{name: "webhook-max-backoff", env: "DING_WEBHOOK_MAX_BACKOFF", def: "10m",
 		help:  "outbound webhooks: the longest wait between retries (they start at 1s and double, with jitter); at least 1s",
 		field: func(c *config) any { return &c.Webhooks.MaxBackoff }},
+	{name: "webhook-rate", env: "DING_WEBHOOK_RATE", def: "0",
+		help:  "outbound webhooks: the most delivery attempts per second to one subscription (one is in flight at a time anyway); 0: no bound",
+		zero:  "no bound",
+		field: func(c *config) any { return &c.Webhooks.Rate }},
 	{name: "cluster", env: "DING_CLUSTER", def: "",
 		help:  "cluster mode (a hot-standby pair, in progress): Redis as redis://HOST:PORT[,HOST:PORT...]; empty: one node, no Redis",
 		field: func(c *config) any { return &c.Cluster }},
@@ -623,6 +627,9 @@ func (c *config) validate() error {
 	}
 	if c.Webhooks.Timeout < 100*time.Millisecond {
 		return c.invalid("webhook-timeout", c.Webhooks.Timeout.String(), "want at least 100ms")
+	}
+	if c.Webhooks.Rate < 0 {
+		return c.invalid("webhook-rate", strconv.Itoa(c.Webhooks.Rate), "want 0 (no bound) or more")
 	}
 	if c.Webhooks.MaxBackoff < time.Second {
 		return c.invalid("webhook-max-backoff", c.Webhooks.MaxBackoff.String(), "want at least 1s")

@@ -186,9 +186,10 @@ type Config struct {
 }
 
 // WebhooksConfig tunes outbound event webhooks: webhook.Config's
-// fields of the same names (zero: 10s, 72h, 1s, 10m).
+// fields of the same names (zero: 10s, 72h, 1s, 10m, no rate bound).
 type WebhooksConfig struct {
 	Timeout, Horizon, MinBackoff, MaxBackoff time.Duration
+	Rate                                     int
 }
 
 // AddrInUseError is returned by Start when a listen address is taken
@@ -560,7 +561,7 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		wc := cfg.Webhooks
 		if n.hookDisp, err = webhook.New(webhook.Config{
 			Sources: w.hookSources, Timeout: wc.Timeout, Horizon: wc.Horizon, MinBackoff: wc.MinBackoff, MaxBackoff: wc.MaxBackoff,
-			Clock: cfg.Clock, Registerer: reg, Logger: cfg.Logger,
+			Rate: wc.Rate, Clock: cfg.Clock, Registerer: reg, Logger: cfg.Logger,
 		}); err != nil {
 			return fmt.Errorf("node: %w", err)
 		}
