@@ -23,9 +23,9 @@ import (
 // Outbound event webhooks: the durable event outbox.
 //
 // An op whose change back-office systems may want to hear about (a DING's
-// ledger event, a receipt of a message sent through the API, an
-// announcement published or crossing a read ratio, a user added or
-// removed, a secret chat's metadata) writes a WebhookEvent into this
+// ledger event, a message's receipt, an announcement published or
+// crossing a read ratio, a user added or removed, a secret chat's
+// metadata, the SMS or call budget nearly spent) writes a WebhookEvent into this
 // engine's event outbox, in the same batch as the change: the event is
 // durable exactly when the change is, and a crash loses both or neither.
 // It is written only when some subscription's filter matches its type
@@ -39,8 +39,10 @@ import (
 // publishes the last durable seq (WebhookDurable), WebhookEvents never
 // reads past it, and WebhookReady fires once a batch that wrote events
 // (or changed a subscription) is durable. An event's id, which the
-// receiver deduplicates by, is derived from its seq and this engine's
-// partition (WebhookEventID): stable across redeliveries and restarts.
+// receiver deduplicates by, is derived from its seq and this outbox's
+// name (WebhookEventID, "evt_<source>_<seq>"; the source is the
+// partition's number unless Config.HookSource names it): stable across
+// redeliveries and restarts.
 //
 // A subscription (AddWebhook) has a URL, a filter of event types and a
 // secret, and a cursor: the seq through which it has dealt with the
@@ -62,11 +64,18 @@ import (
 // DeleteWebhookDeadLetter drops one once delivered.
 //
 // With partitions (relay.go) each engine has its own outbox and its own
-// subscriptions' cursors: order holds per subscription and partition.
+// copy of each subscription (internal/node makes them, with the same id
+// and secret), with a cursor of its own: order holds per subscription
+// and outbox. An event is written once, where its change is made (a
+// receipt at the message's origin, a burn at the sender's partition).
+//
+// What an event carries: ids, user ids, types, counts, times. Never a
+// body, a DING's text, a token, a phone number (a DING recipient outside
+// the app is named by index) or a secret chat's members or pseudonyms.
 //
 // Keys (see the package doc):
 //
-//	W | seq(8)                      -> event (webhookcodec below)
+//	W | seq(8)                      -> event (the codec below)
 //	H | subscription id             -> subscription record
 //	C | subscription id             -> cursor seq(8)
 //	D | subscription id | 0 | seq(8) -> dead letter: the event and why it was parked
