@@ -813,6 +813,16 @@ func (e *Engine) AckWebhook(ctx context.Context, id string, through uint64) erro
 	return e.apply(ctx, func(c *txn, now time.Time) error { return c.hookAck(id, through) })
 }
 
+// AckWebhookAsync is AckWebhook that does not wait: done gets its error
+// once the batch is durable (on the publish loop: it must not block).
+func (e *Engine) AckWebhookAsync(id string, through uint64, done func(error)) {
+	if d := e.hookDurable.Load(); through > d {
+		done(fmt.Errorf("%w: %d > %d", ErrWebhookCursor, through, d))
+		return
+	}
+	e.applyAsync(func(c *txn, now time.Time) error { return c.hookAck(id, through) }, done)
+}
+
 func (c *txn) hookAck(id string, through uint64) error {
 	if _, err := c.hookFor(id); err != nil {
 		return err

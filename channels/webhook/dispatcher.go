@@ -40,6 +40,9 @@ type Source interface {
 	WebhookEvents(after uint64, max int) ([]engine.WebhookEvent, error)
 	// AckWebhook moves a subscription's cursor forward, durably.
 	AckWebhook(ctx context.Context, id string, through uint64) error
+	// AckWebhookAsync is AckWebhook without the wait: done gets the
+	// outcome (it must not block).
+	AckWebhookAsync(id string, through uint64, done func(error))
 	// ParkWebhookEvent stores a dead letter and moves the cursor past it.
 	ParkWebhookEvent(ctx context.Context, id string, dl engine.DeadLetter) error
 	// WebhookDeadLetters lists a subscription's dead letters.
@@ -187,6 +190,18 @@ type worker struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	last   time.Time // the last attempt's start; the worker goroutine's own (Config.Rate)
+	acks   acks      // the worker goroutine's own
+}
+
+// acks pipelines a worker's acknowledgements of delivered events: the
+// next event is sent while the cursor's commit for the one before is in
+// flight (at-least-once allows it: a crash before that commit is durable
+// only redelivers). One commit in flight at a time; the highest cursor
+// delivered since waits for it.
+type acks struct {
+	res     chan error // capacity 1: the outcome of the one in flight (sent by the engine's publish loop)
+	busy    bool       // one is in flight
+	pending uint64     // the cursor to commit next; 0: none
 }
 
 func (w *worker) poke() {
@@ -226,7 +241,7 @@ func (d *Dispatcher) sourceLoop(ctx context.Context, p string, src Source) {
 						continue
 					}
 					wctx, cancel := context.WithCancel(ctx)
-					w := &worker{wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+					w := &worker{wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), acks: acks{res: make(chan error, 1)}}
 					w.sub.Store(&s)
 					workers[s.ID] = w
 					go func() {
@@ -297,7 +312,7 @@ func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, 
 	sub := w.sub.Load()
 	d.m.backlog.WithLabelValues(sub.ID, p).Set(float64(src.WebhookDurable() - min(*cursor, src.WebhookDurable())))
 	if sub.Paused {
-		return errIdle
+		return d.idle(ctx, src, w, sub.ID)
 	}
 	dls, err := src.WebhookDeadLetters(sub.ID, 0, 16, true)
 	if err != nil {
@@ -327,7 +342,7 @@ func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, 
 		if len(dls) > 0 {
 			return nil // look for more replays
 		}
-		return errIdle
+		return d.idle(ctx, src, w, sub.ID)
 	}
 	skipped := uint64(0) // the last event passed over, not yet acknowledged
 	for i := range evs {
@@ -345,7 +360,7 @@ func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, 
 			return d.ackSkipped(ctx, src, sub.ID, cursor, skipped, err)
 		}
 		if ok {
-			err = src.AckWebhook(ctx, sub.ID, ev.Seq)
+			err = d.ackAsync(ctx, src, w, sub.ID, ev.Seq)
 		} else {
 			err = src.ParkWebhookEvent(ctx, sub.ID, engine.DeadLetter{Event: *ev, Attempts: attempts, LastError: last, Parked: d.cfg.Clock.Now()})
 		}
@@ -356,6 +371,67 @@ func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, 
 		d.m.backlog.WithLabelValues(sub.ID, p).Set(float64(src.WebhookDurable() - min(*cursor, src.WebhookDurable())))
 	}
 	return d.ackSkipped(ctx, src, sub.ID, cursor, skipped, nil)
+}
+
+// idle makes the acknowledgements in flight durable, then says the worker
+// has nothing to do until woken.
+func (d *Dispatcher) idle(ctx context.Context, src Source, w *worker, id string) error {
+	for {
+		if err := d.ackCollect(ctx, w, true); err != nil {
+			return err
+		}
+		if w.acks.pending == 0 {
+			return errIdle
+		}
+		d.ackStart(src, w, id, w.acks.pending)
+	}
+}
+
+// ackAsync acknowledges through: now if no commit of the cursor is in
+// flight, else after it. An error of an earlier one is returned (the
+// step fails and is retried; a later acknowledgement covers the events).
+func (d *Dispatcher) ackAsync(ctx context.Context, src Source, w *worker, id string, through uint64) error {
+	if err := d.ackCollect(ctx, w, false); err != nil {
+		w.acks.pending = max(w.acks.pending, through)
+		return err
+	}
+	if w.acks.busy {
+		w.acks.pending = max(w.acks.pending, through)
+		return nil
+	}
+	d.ackStart(src, w, id, max(w.acks.pending, through))
+	return nil
+}
+
+func (d *Dispatcher) ackStart(src Source, w *worker, id string, through uint64) {
+	w.acks.busy, w.acks.pending = true, 0
+	res := w.acks.res
+	src.AckWebhookAsync(id, through, func(err error) { res <- err })
+}
+
+// ackCollect takes the outcome of the commit in flight, if it has come
+// (or, with wait, once it comes), and starts the pending one after a
+// success.
+func (d *Dispatcher) ackCollect(ctx context.Context, w *worker, wait bool) error {
+	if !w.acks.busy {
+		return nil
+	}
+	var err error
+	if wait {
+		select {
+		case err = <-w.acks.res:
+		case <-ctx.Done():
+			return errStopped
+		}
+	} else {
+		select {
+		case err = <-w.acks.res:
+		default:
+			return nil
+		}
+	}
+	w.acks.busy = false
+	return err
 }
 
 // ackSkipped moves the cursor over events the filter passed over (so the
