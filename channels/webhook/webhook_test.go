@@ -529,3 +529,32 @@ func TestRateBoundsASubscription(t *testing.T) {
 		rcv.waitOK(t, want)
 	}
 }
+
+// TestPauseHoldsResumeDelivers: a paused subscription's events stay in
+// the outbox (its backlog); resumed, it gets them all, in order.
+func TestPauseHoldsResumeDelivers(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	h := open(t, webhook.Config{}, 0)
+	sub := h.subscribe(t, rcv.srv.URL, "user.added")
+	ctx := context.Background()
+	if _, err := h.eng.PauseWebhook(ctx, sub.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	h.addUsers(t, "a", "b", "c")
+	if evs, err := h.eng.WebhookEvents(0, 10); err != nil || len(evs) != 3 {
+		t.Fatalf("outbox while paused: %d events, %v", len(evs), err)
+	}
+	if n := len(rcv.delivered()); n != 0 {
+		t.Fatalf("%d delivered while paused", n)
+	}
+	if _, err := h.eng.PauseWebhook(ctx, sub.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	got := rcv.waitOK(t, 3)
+	for i, u := range []string{"a", "b", "c"} {
+		if got[i].Event.Data["user"] != u {
+			t.Fatalf("delivery %d: %v", i, got[i].Event.Data)
+		}
+	}
+	waitFor(t, func() bool { evs, err := h.eng.WebhookEvents(0, 10); return err == nil && len(evs) == 0 })
+}
