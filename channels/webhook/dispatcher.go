@@ -228,7 +228,7 @@ func (d *Dispatcher) sourceLoop(ctx context.Context, p string, src Source) {
 		if g := src.WebhookGeneration(); g != gen {
 			subs, err := src.Webhooks()
 			if err != nil {
-				d.cfg.Logger.Error("webhook: listing subscriptions; retrying", "partition", p, "err", err)
+				d.cfg.Logger.Error("webhook: listing subscriptions; retrying", "source", p, "err", err)
 				retry = d.cfg.Clock.Until(d.cfg.Clock.Now().Add(d.cfg.MinBackoff))
 			} else {
 				gen = g
@@ -296,7 +296,7 @@ func (d *Dispatcher) workerLoop(ctx context.Context, p string, src Source, w *wo
 			return
 		}
 		fails++
-		d.cfg.Logger.Error("webhook: outbox step failed; retrying", "partition", p, "subscription", w.sub.Load().ID, "err", err)
+		d.cfg.Logger.Error("webhook: outbox step failed; retrying", "source", p, "subscription", w.sub.Load().ID, "err", err)
 		if d.wait(ctx, d.backoff(fails)) != nil {
 			return
 		}
