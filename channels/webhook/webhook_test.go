@@ -558,3 +558,31 @@ func TestPauseHoldsResumeDelivers(t *testing.T) {
 	}
 	waitFor(t, func() bool { evs, err := h.eng.WebhookEvents(0, 10); return err == nil && len(evs) == 0 })
 }
+
+// TestRedirectIsAFailure: a 3xx is not followed; it is a failed attempt,
+// retried at the subscription's own URL.
+func TestRedirectIsAFailure(t *testing.T) {
+	var mu sync.Mutex
+	paths := []string{}
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		n := len(paths)
+		mu.Unlock()
+		if n == 1 {
+			http.Redirect(w, r, srv.URL+"/elsewhere", http.StatusTemporaryRedirect)
+			return
+		}
+	}))
+	defer srv.Close()
+	h := open(t, webhook.Config{MinBackoff: time.Second, MaxBackoff: time.Second}, time.Second)
+	h.subscribe(t, srv.URL+"/hook", "user.added")
+	h.addUsers(t, "a")
+	waitFor(t, func() bool { return counter(t, h.reg, "delivered") == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(paths, ",") != "/hook,/hook" || counter(t, h.reg, "failed") != 1 {
+		t.Fatalf("requests %v, failed %v", paths, counter(t, h.reg, "failed"))
+	}
+}
