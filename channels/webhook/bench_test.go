@@ -1,9 +1,11 @@
 package webhook_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -26,6 +28,7 @@ type benchNode struct {
 	mu   sync.Mutex
 	got  map[string]time.Time // first 2xx per event, by its user; guarded by mu
 	n    atomic.Int64         // distinct events answered 2xx
+	url  string               // the receiver's
 	done chan struct{}        // signalled at each new event
 }
 
@@ -62,6 +65,7 @@ func newBenchNode(b *testing.B) *benchNode {
 		default:
 		}
 	}))
+	n.url = rcv.URL
 	if _, err := eng.AddWebhook(context.Background(), engine.Webhook{URL: rcv.URL, Events: []string{"user.added"}}); err != nil {
 		b.Fatal(err)
 	}
@@ -143,6 +147,25 @@ func BenchmarkWebhookDelivery(b *testing.B) {
 		b.StopTimer()
 		b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 		n.reportLatency(b, acked)
+	})
+	b.Run("baseline-post-loop", func(b *testing.B) {
+		// The same receiver, POSTed to by one goroutine, one request in
+		// flight, with no engine: the loopback HTTP ceiling.
+		n := newBenchNode(b)
+		ev := engine.WebhookEvent{Seq: 1, Type: engine.HookUserAdded, At: time.Now()}
+		client := &http.Client{}
+		b.ResetTimer()
+		start := time.Now()
+		for i := range b.N {
+			ev.Data = []engine.Attr{engine.S("user", fmt.Sprintf("p%d", i))}
+			resp, err := client.Post(n.url, "application/json", bytes.NewReader(webhook.Body("0", &ev)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 	})
 	b.Run("paced", func(b *testing.B) {
 		n := newBenchNode(b)
