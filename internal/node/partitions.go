@@ -83,6 +83,12 @@ import (
 // stop there: forgetLoop retries until they are applied, meanwhile the
 // removed user is refused everywhere already (Directory.Active).
 //
+// Outbound webhooks (internal/node/webhooks.go): every engine, the
+// directory's included (user.added, user.removed), has its own event
+// outbox; a subscription is stored on each, with the same id and secret,
+// and has a cursor and a delivery worker on each. Event ids name the
+// outbox ("evt_2_17", "evt_dir_5"); order holds per outbox.
+//
 // Limits (refused with a clear error rather than done half):
 //   - backups (POST /v1/backup and /v1/backup/verify answer 501),
 //     --restore-from, and cluster mode (dingd check checks every store);
@@ -421,7 +427,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	// directory's changes (their audit entries, offboarding's decision).
 	if set.dirEng, err = engine.Open(engine.Config{
 		Store: set.dirDB, Clock: cfg.Clock, MaxBody: cfg.MaxBody, Logger: cfg.Logger.With("partition", "dir"),
-		Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"partition": "dir"}, reg), MessageCacheBytes: -1,
+		Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"partition": "dir"}, reg), MessageCacheBytes: -1, HookSource: "dir",
 	}); err != nil {
 		return w, fmt.Errorf("node: directory engine: %w", err)
 	}
@@ -540,7 +546,8 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	}
 	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier,
 		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
-		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead"}, nil
+		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
+		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}, nil
 }
 
 // openStore opens a store of the partition set (in its own directory,
