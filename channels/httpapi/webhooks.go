@@ -20,7 +20,7 @@ import (
 //	                                     addresses are accepted: receivers are often on the same network
 //	GET    /v1/webhooks               -> {"webhooks":[{"id","url","events","description","paused","created","cursor","backlog"}],"event_types":[...]}
 //	GET    /v1/webhooks/{id}          -> one, without its secret
-//	DELETE /v1/webhooks/{id}          -> 204; its undelivered events and dead letters go
+//	DELETE /v1/webhooks/{id}          -> {"id","removed":true}; its undelivered events and dead letters go
 //	POST   /v1/webhooks/{id}/pause    -> the subscription; its events wait in the outbox
 //	POST   /v1/webhooks/{id}/resume   -> the subscription
 //	GET    /v1/webhooks/{id}/deliveries?after=SEQ&limit=N
