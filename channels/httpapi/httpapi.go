@@ -33,13 +33,15 @@
 //
 // Routes:
 //
-//	POST /v1/users                  {"id","name","phone","quiet_hours","department"}  create a user (201), or add
+//	POST /v1/users                  {"id","name","phone","email"?,"quiet_hours","department"}  create a user (201), or add
 //	                                   back a removed one (200); an active user with that id: 409 USER_EXISTS
-//	PATCH /v1/users/{id}            {"name"?,"phone"?,"quiet_hours"?,"department"?} change only the fields given
+//	PATCH /v1/users/{id}            {"name"?,"phone"?,"email"?,"quiet_hours"?,"department"?} change only the fields given
 //	                                   ("" clears one) of an active user; 404 otherwise
-//	PUT  /v1/users/{id}             {"name","phone","quiet_hours","department"}       create or replace a user
-//	                                   whole, for sync tools: every field is required ("" clears one); a body
-//	                                   that leaves one out is 400 BAD_REQUEST (use PATCH to change some)
+//	PUT  /v1/users/{id}             {"name","phone","email"?,"quiet_hours","department"}       create or replace a user
+//	                                   whole, for sync tools: every field but "email" is required ("" clears one); a body
+//	                                   that leaves one out is 400 BAD_REQUEST (use PATCH to change some); without
+//	                                   "email" the stored address is kept. An address that is not one bare
+//	                                   addr-spec (ana@example.com) is 400 BAD_REQUEST.
 //	POST /v1/users/batch            {"users":[{"id","name","phone"},...]} -> {"created": n}, all or none
 //	GET  /v1/users/{id}             a user, with "status" (active or removed) and "department"
 //	GET  /v1/users?status=active|removed|all                     {"users":[...]}, active ones by default
