@@ -145,6 +145,9 @@ func (s *Server) RootCAs() *x509.CertPool { return s.roots }
 // Close stops the server and waits for it.
 func (s *Server) Close() error {
 	err := s.srv.Close()
+	// Serve may not have registered the listener with the server yet, in
+	// which case Close did not close it: close it here too.
+	s.ln.Close()
 	<-s.done
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
