@@ -132,6 +132,8 @@
 //
 // Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
 // they authenticate by Twilio's request signature, not the admin token.
+// E-mail confirmation links are served under /email/ when
+// Config.EmailLinks is set; they authenticate by their own signature.
 package httpapi
 
 import (
@@ -188,6 +190,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Webhooks, if set, serves /twilio/ (package channels/twilio).
 	Webhooks http.Handler
+	// EmailLinks, if set, serves /email/: the confirmation links of
+	// e-mail escalation steps (package channels/email).
+	EmailLinks http.Handler
 	// Presence, if set, says which devices of a user are connected now
 	// (*fanout.Hub implements it).
 	Presence interface{ Devices(user string) []string }
@@ -286,6 +291,9 @@ func New(cfg Config) (*API, error) {
 	a.admin("GET /v1/policies", PermStatus, a.listPolicies)
 	if cfg.Webhooks != nil {
 		a.mux.Handle("/twilio/", cfg.Webhooks)
+	}
+	if cfg.EmailLinks != nil {
+		a.mux.Handle("/email/", cfg.EmailLinks)
 	}
 	return a, nil
 }

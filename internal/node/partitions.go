@@ -69,8 +69,9 @@ import (
 // Limits (refused with a clear error rather than done half):
 //   - backups (POST /v1/backup and /v1/backup/verify answer 501),
 //     --restore-from, and cluster mode (dingd check checks every store);
-//   - the org's SMS and call budgets (Quotas.SMSPerDay, CallsPerDay) are
-//     counted per partition, so the node may send up to P times them;
+//   - the org's SMS, call and e-mail budgets (Quotas.SMSPerDay,
+//     CallsPerDay, EmailsPerDay) are counted per partition, so the node
+//     may send up to P times them;
 //   - the disk reserve is raised to what P+1 stores' write-ahead logs
 //     need (MinDiskReserve);
 //   - see router.go for AdminStats' percentiles and inbound SMS.
@@ -262,7 +263,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	})); err != nil {
 		return w, fmt.Errorf("node: %w", err)
 	}
-	keys, backupRoot, notifier, err := n.openCommon(cfg, reg, set.dirDB)
+	keys, backupRoot, ns, err := n.openCommon(cfg, reg, set.dirDB)
 	if err != nil {
 		return w, err
 	}
@@ -294,7 +295,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		if set.engs[i], err = engine.Open(engine.Config{
 			Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 			Logger: cfg.Logger.With("partition", i), Registerer: wrap(strconv.Itoa(i)),
-			Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
+			Contacts: n.dir, Notifier: ns.engine, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
 			Keys: ring, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 			Retention: cfg.Retention, MessageCacheBytes: (64 << 20) / p,
 			Partition: uint32(i), Placement: set.of,
@@ -370,7 +371,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.log.Error("applying the directory's removals to the partitions failed; retrying in the background", "err", err)
 		set.wakeForget()
 	}
-	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier,
+	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
 		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead"}, nil
 }
 
