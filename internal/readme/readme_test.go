@@ -29,7 +29,8 @@ import (
 //     command says (`go run ./cmd/dingd`, in "another terminal").
 //
 // Every command must succeed (set -e, pipefail), in the ports' defaults
-// (7070, 7080, 7090 for the fake Twilio): the test fails if they are taken.
+// (7070, 7080, 7090 for the fake Twilio, 2525 for the fake SMTP server):
+// the test fails if they are taken.
 
 // tourStart and tourEnd bound the part of README.md that is run.
 const tourStart, tourEnd = "## A two-minute tour", "## What it guarantees"
@@ -175,7 +176,7 @@ func TestReadmeTour(t *testing.T) {
 		t.Fatalf("found %d sh blocks in the tour; want the tour, DINGs, the org and secret chats", blocks)
 	}
 	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/dingd", "./cmd/dingctl", "./cmd/faketwilio")
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/dingd", "./cmd/dingctl", "./cmd/faketwilio", "./cmd/fakesmtp")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

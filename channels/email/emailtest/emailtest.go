@@ -28,9 +28,12 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"mime"
+	"mime/multipart"
 	"net"
 	"net/mail"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,6 +72,39 @@ type Message struct {
 
 // Parse parses Data as an RFC 5322 message.
 func (m Message) Parse() (*mail.Message, error) { return mail.ReadMessage(bytes.NewReader(m.Data)) }
+
+// Text returns the message's decoded subject and its plain-text body
+// (the text/plain part of a multipart message), transfer encoding
+// undone.
+func (m Message) Text() (subject, text string, err error) {
+	pm, err := m.Parse()
+	if err != nil {
+		return "", "", err
+	}
+	subject, err = new(mime.WordDecoder).DecodeHeader(pm.Header.Get("Subject"))
+	if err != nil {
+		return "", "", err
+	}
+	mt, params, err := mime.ParseMediaType(pm.Header.Get("Content-Type"))
+	if err != nil {
+		return "", "", err
+	}
+	if !strings.HasPrefix(mt, "multipart/") {
+		b, err := io.ReadAll(pm.Body)
+		return subject, string(b), err
+	}
+	mr := multipart.NewReader(pm.Body, params["boundary"])
+	for {
+		p, err := mr.NextPart() // undoes quoted-printable
+		if err != nil {
+			return subject, "", fmt.Errorf("emailtest: no text/plain part: %w", err)
+		}
+		if strings.HasPrefix(p.Header.Get("Content-Type"), "text/plain") {
+			b, err := io.ReadAll(p)
+			return subject, string(b), err
+		}
+	}
+}
 
 // Server is a running fake SMTP server. Its methods are safe for
 // concurrent use.
