@@ -28,6 +28,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Requests to e-mail confirmation links, by result: shown (the page with the button), confirmed, used (already confirmed: nothing changed), forged, expired, not_found, bad_request, error.",
 		}, []string{"result"}),
 	}
+	// Every outcome and result from the start, at zero: a rate over them
+	// needs the series before the first e-mail.
+	for _, o := range []string{"ok", "rejected", "error"} {
+		m.sentTotal.WithLabelValues(o)
+	}
+	for _, r := range []string{"shown", "confirmed", "used", "forged", "expired", "not_found", "bad_request", "error"} {
+		m.linksTotal.WithLabelValues(r)
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.sentTotal, m.seconds, m.linksTotal} {
 			if err := reg.Register(c); err != nil {
