@@ -20,6 +20,7 @@ import (
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/fanout"
 	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
 )
 
 // The e-mail step end to end: a real node (Pebble in a temp dir, the
@@ -307,5 +308,39 @@ func TestEmailFailuresInTheLedger(t *testing.T) {
 	}
 	if !strings.Contains(scrape(t, d.dingNode), `ding_email_sent_total{outcome="rejected"} 1`+"\n") {
 		t.Error("/metrics lacks the rejected send")
+	}
+}
+
+// With partitions, a link reaches the DING's home (the sender's
+// partition) although it is served by any; the confirmation is relayed to
+// the recipient's partition like any other.
+func TestPartitionsEmailLinkFindsTheHome(t *testing.T) {
+	d := startEmailNode(t, func(c *node.Config) { c.Partitions = testPartitions })
+	wantPartitions(t, d.n, map[string]int{"ana": 2, "bo": 0})
+	if code, out, _ := d.api(t, "PATCH", "/v1/users/bo", map[string]any{"email": "bo@example.com"}); code != http.StatusOK {
+		t.Fatalf("PATCH email: %d %v", code, out)
+	}
+	id := d.ding(t, map[string]any{"to": []string{"bo"}, "text": "Deploy is stuck", "policy": "email,sms@5m", "choices": []string{"attend", "decline"}})
+	_, links := mailLinks(t, d.waitMails(t, 1)[0])
+	if code, out, _ := follow(t, http.MethodPost, links[0], true); code != http.StatusOK || out["choice"] != "attend" {
+		t.Fatalf("POST link: %d %v", code, out)
+	}
+	if st, _, raw := d.recipient(t, id, 0); st != engine.StatusConfirmed || raw["reached_by"] != "email" {
+		t.Fatalf("bo = %v", raw)
+	}
+	if code, out, _ := follow(t, http.MethodPost, links[1], true); code != http.StatusGone || linkErr(out) != "LINK_USED" {
+		t.Fatalf("second use: %d %v", code, out)
+	}
+	home := d.n.Engines()[2]
+	nodetest.WaitFor(t, "bo's receipt confirmed in his partition", 5*time.Second, func() bool {
+		rs, err := d.n.Engines()[0].Receipts(mustID(t, id))
+		return err == nil && len(rs) == 1 && rs[0].State == engine.StateConfirmed
+	})
+	d.clock.Advance(10 * time.Minute)
+	if n := home.PendingSteps(); n != 0 {
+		t.Fatalf("%d steps pending at the home after the confirmation", n)
+	}
+	if n := d.twilio.Count(""); n != 0 {
+		t.Fatalf("%d Twilio requests after the confirmation", n)
 	}
 }
