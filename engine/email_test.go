@@ -202,3 +202,19 @@ func TestNotifiersRouteByChannel(t *testing.T) {
 		t.Fatalf("sms %d, mail %d", len(sms.all()), len(mail.all()))
 	}
 }
+
+func TestEmailLinkOfARemovedRecipientIsRefused(t *testing.T) {
+	env := newEmailEnv(t, nil)
+	res := env.ding(t, engine.DingRequest{To: []string{"bo"}, Policy: "email,sms@5m"})
+	env.n.waitSends(t, 1)
+	ctx := context.Background()
+	if n, err := env.e.StopUser(ctx, "bo"); err != nil || n != 1 {
+		t.Fatalf("stop user: %d, %v", n, err)
+	}
+	if _, err := env.e.ConfirmByLink(ctx, res.ID, 0, 0); !errors.Is(err, engine.ErrNotRecipient) {
+		t.Fatalf("confirm by the link of a removed recipient: %v", err)
+	}
+	if rs := status(t, env.e, res.ID).Recipients[0]; rs.Status != engine.StatusRemoved {
+		t.Fatalf("recipient %+v", rs)
+	}
+}

@@ -753,6 +753,15 @@ func (c *txn) applyConfirmLink(id ID, idx, answer int, now time.Time) (ConfirmRe
 	if idx < 0 || idx >= len(rec.Recipients) {
 		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, id)
 	}
+	s, err := c.state(id, idx)
+	if err != nil {
+		return ConfirmResult{}, err
+	}
+	if s.Status == StatusRemoved {
+		// Offboarded: a link in an old mail must not speak for them
+		// (in the app, their tokens no longer work).
+		return ConfirmResult{}, fmt.Errorf("%w: %s (removed)", ErrNotRecipient, id)
+	}
 	return c.confirmRecipient(id, idx, rec, answer, ChannelEmail, now)
 }
 
@@ -1253,6 +1262,11 @@ func (c *txn) fireTimers(keys [][]byte, now time.Time) error {
 				}
 			}
 			if err := c.dispatch(id, idx, s, rec, t.Ch, t.Attempt, quiet, now); err != nil {
+				return err
+			}
+			// A retried e-mail whose address is gone by now was not sent
+			// (no_email): that may have been the last thing to try.
+			if err := c.exhaust(id, idx, s, rec, "", now); err != nil {
 				return err
 			}
 		}
