@@ -309,6 +309,17 @@ func TestEmailFailuresInTheLedger(t *testing.T) {
 	if !strings.Contains(scrape(t, d.dingNode), `ding_email_sent_total{outcome="rejected"} 1`+"\n") {
 		t.Error("/metrics lacks the rejected send")
 	}
+
+	// The server gone (connection refused): temporary, retried.
+	if err := d.smtp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	id4 := d.ding(t, map[string]any{"to": []string{"dee"}, "text": "Mail is down", "policy": "email"})
+	d.waitEvent(t, id4, 0, "retry")
+	_, _, raw = d.recipient(t, id4, 0)
+	if ev := raw["events"].([]any)[2].(map[string]any); ev["event"] != "email_failed" || ev["detail"] != "mail server unreachable; temporary" {
+		t.Fatalf("after a refused connection: %v", ev)
+	}
 }
 
 // With partitions, a link reaches the DING's home (the sender's
