@@ -10,6 +10,7 @@ import (
 
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store/memstore"
+	"github.com/dingmq/ding/engine/store/pebblestore"
 )
 
 // The e-mail step through the engine, with the fake notifier; package
@@ -216,5 +217,47 @@ func TestEmailLinkOfARemovedRecipientIsRefused(t *testing.T) {
 	}
 	if rs := status(t, env.e, res.ID).Recipients[0]; rs.Status != engine.StatusRemoved {
 		t.Fatalf("recipient %+v", rs)
+	}
+}
+
+// A pending e-mail step survives a restart (Pebble) and fires once, on
+// time; a confirmation by link after the restart stops the SMS after it.
+func TestEmailStepSurvivesARestart(t *testing.T) {
+	dir := t.TempDir()
+	db, err := pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newDingEnv(t, db, func(c *engine.Config) {
+		c.Contacts = contacts{"ana": {Name: "Ana"}, "bo": {Name: "Bo", Phone: boPhone, Email: "bo@example.com"}}
+	})
+	res := env.ding(t, engine.DingRequest{To: []string{"bo"}, Policy: "inapp,email@1m,sms@5m"})
+	env.e.Close()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if db, err = pebblestore.Open(dir, pebblestore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	env.cfg.Store = db
+	env.open(t)
+	env.clock.Advance(59 * time.Second)
+	env.barrier(t)
+	if n := len(env.n.all()); n != 0 {
+		t.Fatalf("%d sends before the step's time", n)
+	}
+	env.clock.Advance(time.Second)
+	if s := env.n.waitSends(t, 1); s[0].Channel != engine.ChannelEmail || s[0].To != "bo@example.com" {
+		t.Fatalf("send %+v", s[0].Outbound)
+	}
+	waitLedger(t, env.e, res.ID, 0, engine.LedgerEmailSent)
+	if _, err := env.e.ConfirmByLink(context.Background(), res.ID, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	env.clock.Advance(10 * time.Minute)
+	env.barrier(t)
+	if n := len(env.n.all()); n != 1 {
+		t.Fatalf("%d sends, want the one e-mail", n)
 	}
 }
