@@ -355,3 +355,54 @@ func TestPartitionsEmailLinkFindsTheHome(t *testing.T) {
 		t.Fatalf("%d Twilio requests after the confirmation", n)
 	}
 }
+
+// Re-DINGing an announcement with an email step reaches those without
+// the app by mail, each mail naming only its recipient.
+func TestAnnouncementRedingByEmail(t *testing.T) {
+	d := startEmailNode(t, nil)
+	code, out, _ := d.api(t, "POST", "/v1/announcements", map[string]any{"from": "ana", "to": "all", "text": "Office closed Friday", "confirm": true})
+	if code != http.StatusCreated {
+		t.Fatalf("announce: %d %v", code, out)
+	}
+	code, out, _ = d.api(t, "POST", "/v1/announcements/"+out["id"].(string)+"/reding", map[string]any{"from": "ana", "policy": "inapp,email@1m"})
+	if code != http.StatusOK || len(out["dings"].([]any)) != 1 {
+		t.Fatalf("reding: %d %v", code, out)
+	}
+	id := out["dings"].([]any)[0].(string)
+	d.clock.Advance(time.Minute)
+	m := d.waitMails(t, 1)[0]
+	if len(m.To) != 1 || m.To[0] != "dee@example.com" {
+		t.Fatalf("mail to %v", m.To)
+	}
+	subject, links := mailLinks(t, m)
+	if !strings.Contains(subject, "Office closed Friday") || len(links) != 1 {
+		t.Fatalf("subject %q, links %v", subject, links)
+	}
+	if _, text, err := m.Text(); err != nil || regexp.MustCompile(`\b(bo|cy|Bo|Cy)\b`).MatchString(text) {
+		t.Fatalf("the mail names another recipient (%v):\n%s", err, text)
+	}
+	if code, out, _ := follow(t, http.MethodPost, links[0], true); code != http.StatusOK {
+		t.Fatalf("POST link: %d %v", code, out)
+	}
+	code, ds, _ := d.api(t, "GET", "/v1/dings/"+id, nil)
+	if code != http.StatusOK {
+		t.Fatalf("GET ding: %d %v", code, ds)
+	}
+	for _, r := range ds["recipients"].([]any) {
+		r := r.(map[string]any)
+		var evs []string
+		for _, ev := range r["events"].([]any) {
+			evs = append(evs, ev.(map[string]any)["event"].(string))
+		}
+		switch r["recipient"] {
+		case "dee":
+			if r["status"] != engine.StatusConfirmed || r["reached_by"] != "email" {
+				t.Fatalf("dee = %v", r)
+			}
+		default: // bo and cy have no address
+			if !slices.Contains(evs, "no_email") {
+				t.Fatalf("%v: ledger %v, want no_email", r["recipient"], evs)
+			}
+		}
+	}
+}
