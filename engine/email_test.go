@@ -171,7 +171,7 @@ func TestEmailFailures(t *testing.T) {
 		if slices.Contains(events(rs), engine.LedgerRetry) {
 			t.Fatalf("a 5xx was retried: %v", events(rs))
 		}
-		if ev := rs.Events[2]; ev.Detail != "smtp 550 rejected by the mail server; not retried" {
+		if ev := rs.Events[2]; ev.Detail != "smtp 550; permanent, not retried" {
 			t.Fatalf("event %+v", ev)
 		}
 	})

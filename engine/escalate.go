@@ -1171,7 +1171,10 @@ func (c *txn) recordEmailResult(t sendTask, rec *dingRecord, s *rcptState, ref s
 		return c.ledger(t.id, t.idx, s, rec, ev)
 	case errors.Is(sendErr, ErrRejected):
 		c.e.metrics.step(ChannelEmail, "rejected")
-		ev.Event, ev.Detail = LedgerEmailFailed, strings.TrimSpace(detail+" rejected by the mail server; not retried")
+		if detail == "" {
+			detail = "rejected"
+		}
+		ev.Event, ev.Detail = LedgerEmailFailed, detail+"; permanent, not retried"
 		return c.ledger(t.id, t.idx, s, rec, ev)
 	default:
 		c.e.metrics.step(ChannelEmail, "error")

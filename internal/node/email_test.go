@@ -296,7 +296,7 @@ func TestEmailFailuresInTheLedger(t *testing.T) {
 	d.waitEvent(t, id2, 0, "email_failed")
 	_, evs, raw = d.recipient(t, id2, 0)
 	last := raw["events"].([]any)[len(evs)-1].(map[string]any)
-	if last["detail"] != "smtp 550 rejected by the mail server; not retried" || raw["next_step"] != nil {
+	if last["detail"] != "smtp 550; permanent, not retried" || raw["next_step"] != nil {
 		t.Fatalf("ledger %v, last %v, next step %v", evs, last, raw["next_step"])
 	}
 
