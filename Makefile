@@ -2,9 +2,19 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools redis chaos soak
+.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak
 
-test: tools redis vet unit
+test: tools redis readme-tools vet unit
+
+# curl and jq (Debian's packages) for the README's tour (internal/readme),
+# whose "Integrate in 5 minutes" section uses them. Nothing is done when
+# both are there.
+readme-tools:
+	@{ command -v curl && command -v jq; } >/dev/null || { \
+	  set -e; sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  echo "installing curl and jq from Debian"; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends curl jq >/dev/null; }
 
 # redis-server (Debian's package) for the cluster tests, which start their
 # own on loopback ports; the package's own service is stopped so that it

@@ -21,10 +21,13 @@
 // owner (while its lease is known to hold), shipped all the same, so the
 // safety argument below does not cover it: a failover loses what the
 // standby had not applied. Members recover a partition whose coordinator
-// state is lost (RecoveryChoice, below). Not built yet: more than one
-// partition, cross-partition relay and the cluster-wide directory
-// (DESIGN.md, "Cluster mode"); cluster/PARTITIONS.md is the staged plan
-// for them.
+// state is lost (RecoveryChoice, below). Observers (observe.go) keep a
+// read-only copy of a partition on other nodes, holding only what a
+// standby acked (for the cluster-wide directory). Not built yet: more
+// than one partition in cluster mode, with the relay between nodes
+// (package cluster/relay has its HTTP transport) and the directory on
+// observers (DESIGN.md, "Cluster mode"); cluster/PARTITIONS.md is the
+// staged plan for them.
 //
 // # The protocol
 //

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/dingmq/ding/engine"
 )
 
 // Secret messages' keys live outside the store (engine/keyring: no backup
@@ -67,6 +69,25 @@ func (c *KeyCodec) seal(plain []byte) []byte {
 	}
 	return c.aead.Seal(nonce, nonce, plain, nil)
 }
+
+// SealKey seals one secret message's key for a relay frame that leaves
+// the node (engine.KeySealer).
+func (c *KeyCodec) SealKey(key []byte) []byte { return c.seal(key) }
+
+// OpenKey opens what SealKey sealed (engine.KeySealer).
+func (c *KeyCodec) OpenKey(sealed []byte) ([]byte, error) {
+	n := c.aead.NonceSize()
+	if len(sealed) < n {
+		return nil, errors.New("cluster: keys: sealed key too short")
+	}
+	key, err := c.aead.Open(nil, sealed[:n], sealed[n:], nil)
+	if err != nil {
+		return nil, errors.New("cluster: keys: cannot open a relayed key (a different cluster secret?)")
+	}
+	return key, nil
+}
+
+var _ engine.KeySealer = (*KeyCodec)(nil)
 
 // Apply opens sealed key operations and applies them to ks (not synced).
 func (c *KeyCodec) Apply(sealed []byte, ks KeyStore) error {

@@ -100,3 +100,58 @@ func TestOwnerOnlyAcknowledgesWithoutTheStandby(t *testing.T) {
 		t.Fatalf("after the renewal: %v", err)
 	}
 }
+
+// TestOwnerOnlyResendShipsTheBatchesAsCommitted: with --ack-replicas 0 a
+// batch is answered, and its store batch closed and reused, before the
+// standby holds it; when the stream lost the entry, the owner's resend
+// must ship the batch as it was committed, not whatever the reused
+// buffer holds by then. The stream loses every append while 200
+// submits are acknowledged; the standby then catches up from resends
+// alone and ends with exactly the owner's data.
+func TestOwnerOnlyResendShipsTheBatchesAsCommitted(t *testing.T) {
+	ctx := context.Background()
+	c := cluster.NewMemCoord(time.Now)
+	const p, ttl = cluster.Partition(0), time.Minute
+	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if err := c.SetStandby(ctx, p, "b"); err != nil {
+		t.Fatal(err)
+	}
+	stA, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stB, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stB.Close()
+	rs, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs.ResendAfter = 20 * time.Millisecond
+	rs.SetOwnerOnly(time.Now().Add(ttl))
+	c.DropAppends = 1 << 30 // the stream loses every first shipment
+	e := openEngine(t, rs)
+	acked := submitN(t, e, "owner-only", 200)
+	c.DropAppends = 0
+	_, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	err = rs.AwaitStandby(actx)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopB()
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sameData(t, stB, stA)
+	_ = rs.Close()
+	eB := openEngine(t, stB)
+	defer eB.Close()
+	verify(t, eB, acked)
+}

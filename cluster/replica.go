@@ -29,6 +29,17 @@ type Owner struct {
 	// current standby's ack of it completes the hand-over.
 	handTo string
 	handAt uint64
+
+	// The entries observers may read (observe.go): the latest shipped,
+	// up to recentCap bytes of data (0: none kept), through confirmed,
+	// the highest Seq a standby's ack at this owner's epoch covered
+	// (unlike acked, not the history a new owner starts with: that may
+	// be on this node alone); ackWake is closed when confirmed moves.
+	confirmed   uint64
+	recent      []Entry
+	recentBytes int
+	recentCap   int
+	ackWake     chan struct{}
 }
 
 // NewOwner starts shipping for node, owner of p at epoch, whose history
@@ -77,6 +88,7 @@ func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error)
 	}
 	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Standby: node}
 	o.next++
+	o.remember(e)
 	o.handTo, o.handAt = node, e.Seq
 	o.unacked = append(o.unacked, e)
 	if err := o.c.Append(ctx, o.p, e); err != nil {
@@ -99,6 +111,7 @@ func (o *Owner) ShipWithKeys(ctx context.Context, data, keys []byte) (uint64, er
 	}
 	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Data: data, Keys: keys}
 	o.next++
+	o.remember(e)
 	o.unacked = append(o.unacked, e)
 	if err := o.c.Append(ctx, o.p, e); err != nil {
 		return e.Seq, err // kept: Resend ships it again
@@ -158,6 +171,13 @@ func (o *Owner) Observe(ctx context.Context, acks map[string]Ack) (uint64, error
 }
 
 func (o *Owner) ackThrough(seq uint64) {
+	if seq > o.confirmed {
+		o.confirmed = seq
+		if o.ackWake != nil {
+			close(o.ackWake)
+			o.ackWake = nil
+		}
+	}
 	o.acked = seq
 	i := 0
 	for i < len(o.unacked) && o.unacked[i].Seq <= seq {

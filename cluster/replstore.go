@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -310,6 +311,11 @@ func (r *ReplicatedStore) shipBatch(b *replBatch) error {
 	if err != nil {
 		return err
 	}
+	// The store's batch is closed, and its buffer reused, once the
+	// batch is answered: with --ack-replicas 0 before the standby holds
+	// it. The entry is kept for a resend (and for observers), so it
+	// holds its own copy.
+	repr = bytes.Clone(repr)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.owner.unacked) == 0 {

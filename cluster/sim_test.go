@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -63,13 +64,14 @@ func TestSimulation(t *testing.T) {
 		t.Logf("fewer than 1,000 schedules: not checking that every situation was met")
 		return
 	}
-	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 {
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 || stats.observed == 0 || stats.observerResets == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}
 }
 
 type simStats struct {
 	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed, drops, recoveries int
+	observed, observerResets                                                                                                       int
 }
 
 type simNode struct {
@@ -117,6 +119,61 @@ type sim struct {
 	saved      []MemState
 	wiped      bool
 	nextBatch  int
+	// obs is an observer's copy (observe.go), read from any owner,
+	// deposed ones included.
+	obs []Entry
+}
+
+// simRecent is what the simulation's owners keep for the observer: a
+// few entries, so that it is often further behind than that.
+const simRecent = 40
+
+// observe: the observer reads changes from a random owner (a deposed or
+// paused one too, as an observer that has not learnt of a takeover
+// would) and applies them; when that owner no longer keeps them, it
+// starts again from the owner's history through its acked Seq (a
+// snapshot, confirmed).
+func (s *sim) observe() error {
+	o := s.pick(func(n *simNode) bool { return n.owner != nil })
+	if o == nil {
+		return nil
+	}
+	ch, _, err := o.owner.Changes(uint64(len(s.obs)), 1+s.rng.IntN(4))
+	if errors.Is(err, ErrChangesTrimmed) {
+		acked := ch.Acked
+		if acked > uint64(len(o.log)) {
+			return fmt.Errorf("%s acked %d with a history of %d", o.id, acked, len(o.log))
+		}
+		s.obs = append([]Entry(nil), o.log[:acked]...)
+		s.stats.observerResets++
+		s.log("the observer starts again from %s's history through %d", o.id, acked)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ch.Entries {
+		if e.Seq != uint64(len(s.obs))+1 || e.Seq > ch.Acked {
+			return fmt.Errorf("%s handed the observer entry %d after %d (acked %d)", o.id, e.Seq, len(s.obs), ch.Acked)
+		}
+		s.obs = append(s.obs, e)
+		s.stats.observed++
+	}
+	if len(ch.Entries) > 0 {
+		s.log("the observer applies %d entries from %s, through %d", len(ch.Entries), o.id, len(s.obs))
+	}
+	return nil
+}
+
+// observerPrefixOf checks that the observer's copy is a prefix of n's
+// history: it never holds what a failover took back.
+func (s *sim) observerPrefixOf(n *simNode, who string) error {
+	for i, e := range s.obs {
+		if i >= len(n.log) || !bytes.Equal(n.log[i].Data, e.Data) || n.log[i].Standby != e.Standby {
+			return fmt.Errorf("the observer holds seq %d %q, which %s (%s) does not", e.Seq, e.Data, who, n.id)
+		}
+	}
+	return nil
 }
 
 const (
@@ -159,6 +216,7 @@ func simulateStats(seed uint64, steps int, verbose bool, stats *simStats) (err e
 		return fmt.Errorf("bootstrap lease: %v %v", ok, err)
 	}
 	n0.owner = NewOwner(s.c, simP, n0.id, ep, 0, "")
+	n0.owner.KeepRecent(simRecent)
 	s.maxOwnerEp = ep
 	n0.st, n0.hasState = StandbyState{FenceEpoch: ep, FenceOwner: n0.id}, true
 	if err := s.assignStandby(ctx, n0, s.nodes[1]); err != nil {
@@ -167,6 +225,11 @@ func simulateStats(seed uint64, steps int, verbose bool, stats *simStats) (err e
 	for step := range steps {
 		if err := s.step(ctx, step); err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
+		}
+		if s.rng.IntN(2) == 0 {
+			if err := s.observe(); err != nil {
+				return fmt.Errorf("step %d: %w", step, err)
+			}
 		}
 		if err := s.checkOwner(); err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
@@ -399,7 +462,17 @@ func (s *sim) acknowledge(o *simNode, seq uint64) error {
 func (s *sim) checkOwner() error {
 	for _, n := range s.nodes {
 		if n.up && n.owner != nil && n.owner.Epoch() == s.maxOwnerEp {
-			return s.holdsAll(n, "the owner at the newest epoch")
+			if by, ok := s.ackedBy[s.maxOwnerEp]; ok && by != n.id {
+				// The coordinator granted the epoch twice (a rollback) and
+				// the other owner acknowledged at it: this one is a zombie,
+				// which acknowledge checks never acknowledges; the other is
+				// checked.
+				continue
+			}
+			if err := s.holdsAll(n, "the owner at the newest epoch"); err != nil {
+				return err
+			}
+			return s.observerPrefixOf(n, "the owner at the newest epoch")
 		}
 	}
 	return nil // it stepped down or crashed: no owner until a takeover
@@ -462,7 +535,11 @@ func (s *sim) takeover(ctx context.Context) error {
 	if err := s.holdsAll(n, "a new owner"); err != nil {
 		return err
 	}
+	if err := s.observerPrefixOf(n, "a new owner"); err != nil {
+		return err
+	}
 	n.standby, n.owner, n.reported = nil, o, uint64(len(n.log))
+	o.KeepRecent(simRecent)
 	s.maxOwnerEp = max(s.maxOwnerEp, o.Epoch())
 	return nil
 }
@@ -519,6 +596,7 @@ func (s *sim) recover(ctx context.Context) error {
 	// The others may keep following (a node that has not noticed): their
 	// acks count for nobody until the new owner names a standby.
 	n.standby, n.owner, n.reported = nil, o, uint64(len(n.log))
+	o.KeepRecent(simRecent)
 	s.maxOwnerEp = max(s.maxOwnerEp, o.Epoch())
 	return nil
 }

@@ -43,14 +43,14 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 	mux := http.NewServeMux()
 	auth := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if secret == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
+			if !authorized(r, secret) {
 				http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 				return
 			}
 			h(w, r)
 		}
 	}
+	mux.Handle("GET "+ChangesPath, ChangesHandler(rs, secret))
 	mux.HandleFunc("GET /cluster/snapshot", auth(func(w http.ResponseWriter, r *http.Request) {
 		dir, err := os.MkdirTemp(tmpDir, "snapshot-")
 		if err != nil {
@@ -272,4 +272,11 @@ func standbyRequest(ctx context.Context, client *http.Client, method, target, se
 		return err
 	}
 	return nil
+}
+
+// authorized reports whether r carries the cluster secret as its bearer
+// token.
+func authorized(r *http.Request, secret string) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return secret != "" && ok && subtle.ConstantTimeCompare([]byte(got), []byte(secret)) == 1
 }

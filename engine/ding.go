@@ -474,6 +474,33 @@ var timersCounterKey = []byte{prefixCounter, 't', 'i', 'm', 'e', 'r', 's'}
 
 func utcDay(t time.Time) string { return t.UTC().Format("20060102") }
 
+// Budget shares the org's daily budget of a channel between engines
+// (Config.Budget). Each engine still counts its own sends, in its store;
+// the Budget holds the org's count.
+type Budget interface {
+	// Take counts one send of ch on day (UTC, as "20060102") and reports
+	// whether the org's count stays within limit; false counts nothing.
+	// It is called on the commit loop, so it must answer quickly. A send
+	// it granted may still not be made (its batch failed): a Budget may
+	// over-count by that, never under-count.
+	Take(ch Channel, day string, limit int) bool
+}
+
+// BudgetUsed returns how many sends of ch the engine on st counted
+// against the org's budget on day (UTC, as "20060102"), as durable in st:
+// what a Budget shared by several engines starts from (Config.Budget).
+// st may be read before its engine is open.
+func BudgetUsed(st store.Store, ch Channel, day string) (uint64, error) {
+	v, err := st.Get(quotaKey('b', ch.String(), day))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return parseU64(v)
+}
+
 // Ding validates r and sends it: the message goes to the users' streams,
 // every recipient's escalation starts, and the answer comes once all of it
 // is durable. Quota and quiet-hours refusals of single recipients are in
@@ -755,6 +782,29 @@ func (e *Engine) InboundSMS(ctx context.Context, phone, body string) error {
 		return fmt.Errorf("%w: sender is not an E.164 number", ErrNotFound)
 	}
 	return e.apply(ctx, func(c *txn, now time.Time) error { return c.applyInboundSMS(phone, body, now) })
+}
+
+// PhonePendingAt returns when a step of a DING pending here was last sent
+// to phone, the DING an SMS reply from it would confirm (InboundSMS), and
+// false if none is pending here. A node with several partitions asks
+// each and gives the reply to the newest. Safe for concurrent use; the
+// answer may be stale by the time InboundSMS runs, which decides again.
+func (e *Engine) PhonePendingAt(phone string) (time.Time, bool, error) {
+	if !ValidPhone(phone) {
+		return time.Time{}, false, nil
+	}
+	p := phonePrefix(phone)
+	k, _, err := e.st.Last(p, prefixEnd(p))
+	if errors.Is(err, store.ErrNotFound) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	if len(k) != len(p)+26 {
+		return time.Time{}, false, ErrCorrupt
+	}
+	return time.UnixMilli(int64(binary.BigEndian.Uint64(k[len(p):]))), true, nil
 }
 
 // StopUser stops every pending escalation to user (who was offboarded),

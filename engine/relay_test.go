@@ -95,7 +95,8 @@ func (n *pebbleNode) restart(t testing.TB, p uint32) *pebbleNode {
 }
 
 // pump moves every outbox's records to their partitions until none is
-// left: Outbox, ApplyRelay, AckRelay. It returns how many records it
+// left: Outbox, ApplyRelay, AckRelay, each batch through the wire codec
+// (throughWire: every relay scenario checks that it carries the batch). It returns how many records it
 // moved.
 func pump(t testing.TB, nodes ...*relayNode) int {
 	t.Helper()
@@ -115,6 +116,7 @@ func pump(t testing.TB, nodes ...*relayNode) int {
 				if len(b.Records) == 0 {
 					continue
 				}
+				b = throughWire(t, b) // as stage 5 sends it to another node
 				through, err := dest.e.ApplyRelay(ctx, b)
 				if err != nil {
 					t.Fatalf("apply %d->%d: %v", b.From, b.To, err)

@@ -15,6 +15,7 @@ package codes
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/pb"
@@ -76,6 +77,23 @@ var table = map[engine.Code]row{
 	fanout.CodeAdminExists:        {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
 	fanout.CodeUnknownAdmin:       {pb.Code_NOT_FOUND, false, http.StatusNotFound, ""},
 	fanout.CodeLastOwner:          {pb.Code_BAD_REQUEST, false, http.StatusConflict, ""},
+}
+
+// HTTPCodes returns every code name the table gives the admin API (the
+// API's OpenAPI document lists them; a test checks it), sorted.
+func HTTPCodes() []string {
+	var out []string
+	for code, r := range table {
+		name := r.httpCode
+		if name == "" {
+			name = string(code)
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Of returns what to tell a client about err.

@@ -1,5 +1,6 @@
 // Package httpapi is Ding's admin HTTP API: JSON over net/http for admins
-// and back-office systems, plus /healthz, /readyz and /metrics.
+// and back-office systems, plus /healthz, /readyz, /metrics, and its
+// OpenAPI document at /openapi.json, rendered at /docs (openapi.go).
 //
 // Every /v1 route needs "Authorization: Bearer <admin token>", the token
 // of a named admin (admins.go), or, with no Authorization header, a
@@ -130,10 +131,17 @@
 // outside the server), false when no entry has that hash: the log's end
 // was cut off or the chain rewritten.
 //
+// Outbound event webhooks (see webhooks.go): /v1/webhooks, with the
+// "webhooks" permission.
+//
 // Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
 // they authenticate by Twilio's request signature, not the admin token.
 // E-mail confirmation links are served under /email/ when
 // Config.EmailLinks is set; they authenticate by their own signature.
+//
+// The contract of all of it is openapi.json (OpenAPI 3.1), served at GET
+// /openapi.json and rendered at GET /docs, both public (openapi.go); tests
+// keep it and the routes in step, and validate real answers against it.
 package httpapi
 
 import (
@@ -212,6 +220,10 @@ type Config struct {
 	// Limits are the rate limits per admin, per user and per source
 	// address (ratelimit.go); nil means none.
 	Limits *ratelimit.Limits
+	// Hooks manages outbound event webhooks (webhooks.go); nil: the
+	// routes answer 501 UNSUPPORTED with HooksRefusal (or a default).
+	Hooks        Webhooks
+	HooksRefusal string
 }
 
 // API is the http.Handler.
@@ -219,7 +231,8 @@ type API struct {
 	cfg      Config
 	mux      *http.ServeMux
 	requests *prometheus.CounterVec
-	routes   []Route // every authenticated route; written by New only
+	routes   []Route  // every authenticated route; written by New only
+	unauth   []string // every route served without authentication but /twilio/'s; written by New only
 }
 
 // New builds the handler.
@@ -242,8 +255,8 @@ func New(cfg Config) (*API, error) {
 			return nil, err
 		}
 	}
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.public("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
+	a.public("GET /readyz", http.HandlerFunc(a.readyz))
 	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
 	if cfg.MetricsAuth {
 		a.adminRaw("GET /metrics", PermMetrics, func(w http.ResponseWriter, r *http.Request) error {
@@ -251,8 +264,10 @@ func New(cfg Config) (*API, error) {
 			return nil
 		})
 	} else {
-		a.mux.Handle("GET /metrics", metrics)
+		a.public("GET /metrics", metrics)
 	}
+	a.public("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
+	a.public("GET /docs", http.HandlerFunc(serveDocs))
 	a.adminRoutes()
 	a.admin("POST /v1/users", PermUsersWrite, a.addUser)
 	a.admin("PATCH /v1/users/{id}", PermUsersWrite, a.patchUser)
@@ -289,6 +304,14 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/dings/{id}/cancel", PermSend, a.cancelDing)
 	a.admin("PUT /v1/policies/{name}", PermPolicies, a.putPolicy)
 	a.admin("GET /v1/policies", PermStatus, a.listPolicies)
+	a.admin("POST /v1/webhooks", PermWebhooks, a.addWebhook)
+	a.admin("GET /v1/webhooks", PermWebhooks, a.listWebhooks)
+	a.admin("GET /v1/webhooks/{id}", PermWebhooks, a.getWebhook)
+	a.admin("DELETE /v1/webhooks/{id}", PermWebhooks, a.deleteWebhook)
+	a.admin("POST /v1/webhooks/{id}/pause", PermWebhooks, a.pauseWebhook(true))
+	a.admin("POST /v1/webhooks/{id}/resume", PermWebhooks, a.pauseWebhook(false))
+	a.admin("GET /v1/webhooks/{id}/deliveries", PermWebhooks, a.webhookDeliveries)
+	a.admin("POST /v1/webhooks/{id}/replay", PermWebhooks, a.replayWebhook)
 	if cfg.Webhooks != nil {
 		a.mux.Handle("/twilio/", cfg.Webhooks)
 	}

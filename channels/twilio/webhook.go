@@ -21,6 +21,12 @@ const (
 	pathInbound    = "/twilio/sms/inbound"
 )
 
+// Routes returns the patterns of the webhook endpoints Handler serves
+// (the admin API's OpenAPI document lists them; a test checks it).
+func Routes() []string {
+	return []string{"POST " + pathSMSStatus, "POST " + pathCallStatus, "POST " + pathGather, "POST " + pathInbound}
+}
+
 // maxWebhookBody bounds a webhook's form; Twilio's are a few hundred bytes.
 const maxWebhookBody = 64 << 10
 

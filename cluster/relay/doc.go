@@ -4,9 +4,11 @@
 //
 // An engine with a Placement (engine/relay.go) writes what one of its ops
 // owes a user of another partition into its outbox, in the same batch as
-// the op. A Pump runs one goroutine per origin engine. Woken by the
-// origin's OutboxReady (and once at start, to drain what a restart left:
-// OutboxDests), it moves each destination's records in three steps:
+// the op. A Pump runs one goroutine per (origin, destination) link, so an
+// origin's destinations are served in parallel and a slow one holds up
+// only its own traffic. Woken by the origin's OutboxReady (and once at
+// start, to drain what a restart left: OutboxDests), a link moves its
+// records in three steps:
 //
 //	b, _ := origin.Outbox(to, acked, Batch) // durable records after acked, oldest first
 //	through, _ := dest.ApplyRelay(ctx, b)    // one op, answered once durable at dest
@@ -46,7 +48,12 @@
 //	ding_relay_origin_errors_total    Outbox, AckRelay and OutboxDests failures, by step
 //	ding_relay_backlog_records        durable records in the outbox, not yet acknowledged
 //
-// The pump of stage 5 (over HTTP) keeps this loop and gives it a
-// destination that posts the batch to the partition's owner: Dest is
-// the seam.
+// Between nodes (stage 5b, http.go) the loop is the same: HTTPDest is a
+// Dest that posts the batch, in engine.EncodeRelayBatch's wire form with
+// secret messages' keys sealed by the cluster secret, to the node that
+// owns the destination (POST /cluster/relay), whose Handler applies it
+// to its engine and answers with the seq applied through; a node that
+// does not own the partition answers wrong_partition, and the pump asks
+// again after its backoff, of the owner it resolves then. Nothing runs
+// it yet: cluster mode still runs one partition (PARTITIONS.md, 5a).
 package relay

@@ -44,9 +44,9 @@ type Dest interface {
 	// ApplyRelay applies b, idempotently, and returns once that is
 	// durable the seq through which b.From's records are applied. On an
 	// error the outcome may be unknown: the pump sends the records again.
-	// It must return when ctx ends (Close cancels it), and should not
-	// block for long otherwise: the origin's other destinations wait
-	// behind it (one goroutine per origin).
+	// It must return when ctx ends (Close cancels it). It is called
+	// from one goroutine per (origin, destination) link, so calls for
+	// different origins or destinations run concurrently.
 	ApplyRelay(ctx context.Context, b engine.RelayBatch) (through uint64, err error)
 }
 
@@ -57,8 +57,8 @@ var (
 
 // Config says what a Pump moves and how.
 type Config struct {
-	// Origins are the engines whose outboxes the pump drains, by
-	// partition; one goroutine each. Required.
+	// Origins are the engines whose outboxes the pump drains from the
+	// start, by partition (Attach adds more, Detach stops one).
 	Origins map[uint32]Origin
 	// Dests are the partitions records go to. In process, the same
 	// engines as Origins. Records for a partition missing here stay in
@@ -101,8 +101,6 @@ func (c *Config) setDefaults() {
 // defaults are applied).
 func (c *Config) Validate() error {
 	switch {
-	case len(c.Origins) == 0:
-		return errors.New("relay: no origins")
 	case c.Batch < 0:
 		return fmt.Errorf("relay: Batch %d", c.Batch)
 	case c.MinBackoff < 0 || c.MaxBackoff < c.MinBackoff:
@@ -125,15 +123,24 @@ func (c *Config) Validate() error {
 // destinations (see the package doc). Its goroutines run from New to
 // Close.
 type Pump struct {
-	cfg    Config
-	m      *metrics
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	cfg  Config
+	m    *metrics
+	once sync.Once
+
+	mu      sync.Mutex
+	origins map[uint32]*originRun // guarded by mu; nil once closed
 }
 
-// New starts a pump: one goroutine per origin, which first drains what
-// the outbox holds, then waits for OutboxReady.
+// originRun is one origin's goroutines: its loop, its links and their
+// acknowledgements in flight.
+type originRun struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New starts a pump: one goroutine per origin (Config.Origins, and later
+// Attach), which passes its OutboxReady on, and one per link, which
+// first drains what the outbox holds, then waits for it.
 func New(cfg Config) (*Pump, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -145,16 +152,59 @@ func New(cfg Config) (*Pump, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &Pump{cfg: cfg, m: m, cancel: cancel}
+	p := &Pump{cfg: cfg, m: m, origins: map[uint32]*originRun{}}
 	for from, o := range cfg.Origins {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.originLoop(ctx, from, o)
-		}()
+		if err := p.Attach(from, o); err != nil {
+			p.Close()
+			return nil, err
+		}
 	}
 	return p, nil
+}
+
+// ErrClosed is returned by Attach on a closed pump.
+var ErrClosed = errors.New("relay: the pump is closed")
+
+// Attach starts draining o, partition from's outbox (a partition this
+// node now owns: cluster mode attaches an engine when its member starts
+// serving). Its links are to every configured destination and to what
+// its outbox holds records for.
+func (p *Pump) Attach(from uint32, o Origin) error {
+	if o == nil {
+		return fmt.Errorf("relay: origin %d is nil", from)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.origins == nil:
+		return ErrClosed
+	case p.origins[from] != nil:
+		return fmt.Errorf("relay: origin %d is attached already", from)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	run := &originRun{cancel: cancel}
+	p.origins[from] = run
+	run.wg.Add(1)
+	go func() {
+		defer run.wg.Done()
+		p.originLoop(ctx, from, o, run)
+	}()
+	return nil
+}
+
+// Detach stops draining partition from's outbox and waits until nothing
+// of the pump uses its engine any more (it may then be closed). A step
+// in flight is abandoned where it is, as in Close. Nothing if from is
+// not attached.
+func (p *Pump) Detach(from uint32) {
+	p.mu.Lock()
+	run := p.origins[from]
+	delete(p.origins, from)
+	p.mu.Unlock()
+	if run != nil {
+		run.cancel()
+		run.wg.Wait()
+	}
 }
 
 // Close stops the pump and waits for its goroutines. A step in flight is
@@ -164,14 +214,22 @@ func New(cfg Config) (*Pump, error) {
 // until it is closed). Idempotent.
 func (p *Pump) Close() {
 	p.once.Do(func() {
-		p.cancel()
-		p.wg.Wait()
+		p.mu.Lock()
+		runs := p.origins
+		p.origins = nil
+		p.mu.Unlock()
+		for _, run := range runs {
+			run.cancel()
+		}
+		for _, run := range runs {
+			run.wg.Wait()
+		}
 		p.m.unregister()
 	})
 }
 
-// link is one origin's traffic to one destination; owned by the
-// origin's goroutine.
+// link is one origin's traffic to one destination; owned by its own
+// goroutine (linkLoop).
 type link struct {
 	from, to uint32
 	dest     Dest // nil: no destination configured
@@ -180,10 +238,8 @@ type link struct {
 	// Outbox then reads from the oldest record left).
 	acked uint64
 	seen  uint64 // the highest seq Outbox returned: durable
-	// failures counts consecutive failed steps; retryAt is when the next
-	// may run (zero: now).
+	// failures counts consecutive failed steps.
 	failures int
-	retryAt  time.Time
 
 	relayed prometheus.Counter
 	backlog prometheus.Gauge
@@ -191,68 +247,76 @@ type link struct {
 	// ack is the result of the acknowledgement in flight (nil: none). It
 	// runs beside the next batch's apply: at most one per link.
 	ack  chan error
-	woke chan struct{} // the origin loop's: an acknowledgement ended
+	wake chan struct{} // capacity 1: new records, or an acknowledgement ended
+	run  *originRun    // its origin's: acknowledgements in flight count in its wg
 }
 
 var errNoDest = errors.New("relay: no destination for this partition")
 
-// originLoop drains from's outbox until ctx ends: a pass over every
-// destination, again while one moved records, then a wait for
-// OutboxReady or the earliest retry.
-func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin) {
+// originLoop runs from's links, one goroutine each (a slow or unreachable
+// destination holds up only its own traffic, and the origin's
+// destinations are served in parallel), and passes each OutboxReady on
+// to all of them until ctx ends.
+func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin, run *originRun) {
 	links := p.links(from, o)
-	woke := make(chan struct{}, 1)
 	for _, l := range links {
-		l.woke = woke
+		l.wake = make(chan struct{}, 1)
+		l.wake <- struct{}{} // drain what the outbox holds at start
+		l.run = run
+		run.wg.Add(1)
+		go func() {
+			defer run.wg.Done()
+			p.linkLoop(ctx, o, l)
+		}()
 	}
-	var timer <-chan time.Time
-	var timerAt time.Time
 	for {
-		now := p.cfg.Clock.Now()
-		moved := false
-		var next time.Time
-		for _, l := range links {
-			if l.retryAt.After(now) {
-				if next.IsZero() || l.retryAt.Before(next) {
-					next = l.retryAt
-				}
-				continue
-			}
-			ok, err := p.step(ctx, o, l)
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				l.failures++
-				l.retryAt = now.Add(p.backoff(l.failures))
-				if next.IsZero() || l.retryAt.Before(next) {
-					next = l.retryAt
-				}
-				continue
-			}
-			l.failures, l.retryAt = 0, time.Time{}
-			moved = moved || ok
-		}
-		if moved {
-			if ctx.Err() != nil {
-				return
-			}
-			continue
-		}
-		var wake <-chan time.Time
-		if !next.IsZero() {
-			if !next.Equal(timerAt) {
-				timer, timerAt = p.cfg.Clock.Until(next), next
-			}
-			wake = timer
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-o.OutboxReady():
-		case <-woke:
-		case <-wake:
-			timer, timerAt = nil, time.Time{}
+			for _, l := range links {
+				poke(l.wake)
+			}
+		}
+	}
+}
+
+// poke signals ch (capacity 1) without blocking: signals coalesce.
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// linkLoop moves l's records until ctx ends: steps while they move
+// records, then waits for a wake-up (new durable records, or an
+// acknowledgement that ended) or the retry after a failure.
+func (p *Pump) linkLoop(ctx context.Context, o Origin, l *link) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+		}
+		for {
+			moved, err := p.step(ctx, o, l)
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				l.failures = 0
+				if moved {
+					continue
+				}
+				break
+			}
+			l.failures++
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.cfg.Clock.Until(p.cfg.Clock.Now().Add(p.backoff(l.failures))):
+			}
 		}
 	}
 }
@@ -355,16 +419,13 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	l.acked = max(l.acked, through)
 	l.seen = max(l.seen, l.acked, o.OutboxDurable(l.to))
 	l.backlog.Set(float64(l.seen - l.acked))
-	ch, woke := make(chan error, 1), l.woke
+	ch, wake := make(chan error, 1), l.wake
 	l.ack = ch
-	p.wg.Add(1)
+	l.run.wg.Add(1)
 	go func() {
-		defer p.wg.Done()
+		defer l.run.wg.Done()
 		ch <- o.AckRelay(ctx, l.to, through)
-		select {
-		case woke <- struct{}{}:
-		default:
-		}
+		poke(wake)
 	}()
 	return true, nil
 }

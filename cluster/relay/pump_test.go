@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -618,7 +619,6 @@ func TestConfigValidate(t *testing.T) {
 		name string
 		cfg  relay.Config
 	}{
-		{"no origins", relay.Config{}},
 		{"nil origin", relay.Config{Origins: map[uint32]relay.Origin{0: nil}}},
 		{"nil destination", relay.Config{Origins: map[uint32]relay.Origin{0: e}, Dests: map[uint32]relay.Dest{1: nil}}},
 		{"negative batch", relay.Config{Origins: map[uint32]relay.Origin{0: e}, Batch: -1}},
@@ -730,4 +730,68 @@ func TestPumpBacksOffAGapThatStays(t *testing.T) {
 	if n := d.calls.Load(); n > 2 {
 		t.Fatalf("%d batches offered before the pump backed off, want at most 2", n)
 	}
+}
+
+// TestPumpAttachAndDetach: a partition's outbox is drained only while it
+// is attached (cluster mode attaches an engine while its node owns the
+// partition): records of an unattached origin wait, and go once it is
+// attached; a detached origin's new records wait while another's keep
+// moving, and go once it is attached again; its engine may be closed
+// once Detach returned. Attaching twice, or to a closed pump, is refused.
+func TestPumpAttachAndDetach(t *testing.T) {
+	nodes := openNodes(t, 3, true)
+	cfg := config(nodes, prometheus.NewRegistry(), nil)
+	cfg.Origins = map[uint32]relay.Origin{0: nodes[0].e}
+	p := startPump(t, cfg)
+
+	fromB, err := submit(nodes[1].e, "b0", "from an unattached partition", "c0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromA, err := submit(nodes[0].e, "a0", "from an attached one", "c0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a0's message reaching c0", func() (bool, string) {
+		h, _ := nodes[2].e.Head("c0")
+		return h == 1, fmt.Sprint(h)
+	})
+	if dests, _ := nodes[1].e.OutboxDests(); !slices.Equal(dests, []uint32{2}) {
+		t.Fatalf("partition 1's outbox holds records for %v while unattached, want [2]", dests)
+	}
+	if err := p.Attach(1, nodes[1].e); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, nodes, sent{"c0": {fromA, fromB}})
+	if err := p.Attach(1, nodes[1].e); err == nil {
+		t.Fatal("attached partition 1 twice")
+	}
+
+	p.Detach(0)
+	waiting, err := submit(nodes[0].e, "a1", "while detached", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	moving, err := submit(nodes[1].e, "b1", "from the attached one", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b1's message reaching c1", func() (bool, string) {
+		h, _ := nodes[2].e.Head("c1")
+		return h == 1, fmt.Sprint(h)
+	})
+	if dests, _ := nodes[0].e.OutboxDests(); !slices.Equal(dests, []uint32{2}) {
+		t.Fatalf("partition 0's outbox holds records for %v while detached, want [2]", dests)
+	}
+	nodes[0] = nodes[0].restart(t) // nothing of the pump uses the old engine
+	if err := p.Attach(0, nodes[0].e); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, nodes, sent{"c0": {fromA, fromB}, "c1": {moving, waiting}})
+	waitOutboxesEmpty(t, nodes)
+	p.Close()
+	if err := p.Attach(0, nodes[0].e); !errors.Is(err, relay.ErrClosed) {
+		t.Fatalf("attach to a closed pump: %v, want ErrClosed", err)
+	}
+	check(t, nodes)
 }

@@ -182,6 +182,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		DataDir: c.Data, SocketAddr: c.Listen, HTTPAddr: c.HTTP, MaxBody: c.MaxBody, Logger: log,
 		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback, DrainDelay: c.DrainDelay,
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL, MetricsAuth: c.MetricsAuth,
+		Webhooks: c.Webhooks,
 	}
 	if c.SMTPAddr != "" {
 		pw, err := readPassword(c.SMTPPasswordFile)

@@ -19,6 +19,8 @@ var owners = map[string][]string{
 	"golang.org/x/crypto/acme":         {"github.com/dingmq/ding/internal/node"},
 	"github.com/wneessen/go-mail":      {"github.com/dingmq/ding/channels/email"},
 	"github.com/emersion/go-smtp":      {"github.com/dingmq/ding/channels/email/emailtest"},
+	// The OpenAPI validator is for tests: dingd serves its document as bytes.
+	"github.com/getkin/kin-openapi": {"github.com/dingmq/ding/channels/httpapi/openapitest"},
 }
 
 func TestImportRules(t *testing.T) {
@@ -58,6 +60,7 @@ func TestImportRules(t *testing.T) {
 		"github.com/dingmq/ding/internal/node golang.org/x/crypto/acme",
 		"github.com/dingmq/ding/channels/email github.com/wneessen/go-mail",
 		"github.com/dingmq/ding/channels/email/emailtest github.com/emersion/go-smtp",
+		"github.com/dingmq/ding/channels/httpapi/openapitest github.com/getkin/kin-openapi",
 	} {
 		if !seen[want] {
 			t.Errorf("did not see %s: the go list parsing is broken", want)

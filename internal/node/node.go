@@ -50,6 +50,7 @@ import (
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/channels/webhook"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
 	"github.com/dingmq/ding/engine/store"
@@ -158,6 +159,9 @@ type Config struct {
 	// Retention is what the engine deletes in the background (streams,
 	// messages, bookkeeping); zero keeps streams and messages forever.
 	Retention engine.Retention
+	// Webhooks tune the delivery of outbound event webhooks (package
+	// channels/webhook); zero fields take its defaults.
+	Webhooks WebhooksConfig
 
 	// Replicate, when set, wraps the node's Pebble store for the engine
 	// and the directory (cluster mode: a cluster.ReplicatedStore). The
@@ -185,6 +189,17 @@ type Config struct {
 	// wrapPartition, when set (by tests), wraps partition i's store for
 	// its engine, as Replicate wraps the one store.
 	wrapPartition func(i int, st store.Store) store.Store
+	// peers, when set with Partitions, makes this node one of several
+	// serving the partitions (stage 5a; set by tests until cluster mode
+	// does): see partitionPeers.
+	peers *partitionPeers
+}
+
+// WebhooksConfig tunes outbound event webhooks: webhook.Config's
+// fields of the same names (zero: 10s, 72h, 1s, 10m, no rate bound).
+type WebhooksConfig struct {
+	Timeout, Horizon, MinBackoff, MaxBackoff time.Duration
+	Rate                                     int
 }
 
 // AddrInUseError is returned by Start when a listen address is taken
@@ -230,6 +245,7 @@ type Node struct {
 	sock       *socket.Server
 	sockLn     net.Listener
 	api        *httpapi.API
+	hookDisp   *webhook.Dispatcher // outbound event webhooks; closed before the engines
 	httpSrv    *http.Server
 	httpLn     net.Listener
 	lock       *os.File // holds the data directory's lock; nil if the caller holds it
@@ -411,6 +427,16 @@ type wiring struct {
 	// confirmer is what e-mail links confirm through: the engine, or the
 	// router (to the DING's home).
 	confirmer email.Confirmer
+	// gatherer serves /metrics; nil means the node's registry alone.
+	gatherer prometheus.Gatherer
+	// routes are more handlers on the HTTP listener (beside Config.Routes).
+	routes map[string]http.Handler
+	// hooks manages webhook subscriptions and hookSources are the outboxes
+	// the dispatcher delivers (each engine's); hooksRefusal, when set, is
+	// why there are none (a 501 with it).
+	hooks        httpapi.Webhooks
+	hookSources  []webhook.Source
+	hooksRefusal string
 }
 
 // notifiers are the outbound channels a node opens: Twilio for SMS and
@@ -546,7 +572,8 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 	n.eng.SetSink(pub)
 	n.eng.SetPresence(n.hub)
 	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot,
-		notifier: ns.twilio, email: ns.email, confirmer: n.eng}, nil
+		notifier: ns.twilio, email: ns.email, confirmer: n.eng,
+		hooks: n.eng, hookSources: []webhook.Source{n.eng}}, nil
 }
 
 // serve starts the edges on the engine(s) w names: the rate limits, the
@@ -571,21 +598,38 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		return err
 	}
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
+	gatherer := w.gatherer
+	if gatherer == nil {
+		gatherer = reg
+	}
+	if len(w.hookSources) > 0 {
+		wc := cfg.Webhooks
+		if n.hookDisp, err = webhook.New(webhook.Config{
+			Sources: w.hookSources, Timeout: wc.Timeout, Horizon: wc.Horizon, MinBackoff: wc.MinBackoff, MaxBackoff: wc.MaxBackoff,
+			Rate: wc.Rate, Clock: cfg.Clock, Registerer: reg, Logger: cfg.Logger,
+		}); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+		closers = append(closers, n.hookDisp.Close)
+	}
 	api, err := httpapi.New(httpapi.Config{
-		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: reg,
+		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: gatherer,
 		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) }, BackupRefusal: w.backupRefusal,
 		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(w.reports), EmailLinks: w.email.Handler(w.confirmer), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
-		Limits: limits,
+		Limits: limits, Hooks: w.hooks, HooksRefusal: w.hooksRefusal,
 	})
 	if err != nil {
 		return err
 	}
 	n.api = api
 	handler := http.Handler(api)
-	if len(cfg.Routes) > 0 {
+	if len(cfg.Routes) > 0 || len(w.routes) > 0 {
 		mux := http.NewServeMux()
 		for pattern, h := range cfg.Routes {
+			mux.Handle(pattern, h)
+		}
+		for pattern, h := range w.routes {
 			mux.Handle(pattern, h)
 		}
 		mux.Handle("/", api)
@@ -752,6 +796,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		case <-served:
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("node: listeners still serving: %w", ctx.Err()))
+		}
+		if n.hookDisp != nil {
+			n.hookDisp.Close() // before the engines: it acknowledges through them
 		}
 		var engErr error
 		if n.parts != nil {

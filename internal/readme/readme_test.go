@@ -27,6 +27,9 @@ import (
 //     `restart-server` stops it and starts it again.
 //   - Before the first block, dingd is started as the README's first
 //     command says (`go run ./cmd/dingd`, in "another terminal").
+//   - `curl` is the real one (and `jq` too: both must be installed;
+//     `make test` installs them), which also waits until dingd answers
+//     /readyz first, as dingctl does.
 //
 // Every command must succeed (set -e, pipefail), in the ports' defaults
 // (7070, 7080, 7090 for the fake Twilio, 2525 for the fake SMTP server):
@@ -104,6 +107,13 @@ go() {
 	esac
 }
 
+# curl: the real one, once dingd answers /readyz (a reader waits for its
+# start line).
+curl() {
+	wait_ready
+	command curl "$@"
+}
+
 # make build: the binaries are built once for the test, from this
 # checkout, into bin/ (whose dingctl waits for dingd first, as go run's).
 make() {
@@ -174,6 +184,11 @@ func TestReadmeTour(t *testing.T) {
 	}
 	if blocks < 4 {
 		t.Fatalf("found %d sh blocks in the tour; want the tour, DINGs, the org and secret chats", blocks)
+	}
+	for _, tool := range []string{"bash", "curl", "jq"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("the README's tour needs %s (make test installs it): %v", tool, err)
+		}
 	}
 	bin := t.TempDir()
 	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/dingd", "./cmd/dingctl", "./cmd/faketwilio", "./cmd/fakesmtp")
