@@ -261,3 +261,12 @@ func TestEmailStepSurvivesARestart(t *testing.T) {
 		t.Fatalf("%d sends, want the one e-mail", n)
 	}
 }
+
+// Webhook subscribers can ask for the e-mail ledger events by name.
+func TestEmailLedgerEventsAreWebhookTypes(t *testing.T) {
+	for _, typ := range []string{"ding.email_sent", "ding.email_failed", "ding.no_email"} {
+		if err := engine.CheckWebhookFilter(typ); err != nil {
+			t.Errorf("%s: %v", typ, err)
+		}
+	}
+}
