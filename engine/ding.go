@@ -43,6 +43,7 @@ const (
 	ReasonQuietHours  = "quiet_hours"        // the recipient is in quiet hours and the DING is not critical
 	ReasonSMSBudget   = "sms_budget"         // the org's SMS budget for today is spent
 	ReasonVoiceBudget = "voice_budget"       // the org's call budget for today is spent
+	ReasonEmailBudget = "email_budget"       // the org's e-mail budget for today is spent
 )
 
 // QuotaError says why a DING (or every one of its recipients) was refused.
@@ -67,10 +68,10 @@ type Quotas struct {
 	// RecipientInterval is the shortest time between two DINGs from one
 	// sender to the same recipient; zero means 5 minutes, negative none.
 	RecipientInterval time.Duration
-	// SMSPerDay and CallsPerDay are org-wide budgets; zero means 10,000
-	// and 2,000; negative means unlimited. A step over budget is skipped
-	// and recorded in the ledger.
-	SMSPerDay, CallsPerDay int
+	// SMSPerDay, CallsPerDay and EmailsPerDay are org-wide budgets; zero
+	// means 10,000, 2,000 and 10,000; negative means unlimited. A step
+	// over budget is skipped and recorded in the ledger.
+	SMSPerDay, CallsPerDay, EmailsPerDay int
 }
 
 func (q *Quotas) setDefaults() {
@@ -86,12 +87,16 @@ func (q *Quotas) setDefaults() {
 	if q.CallsPerDay == 0 {
 		q.CallsPerDay = 2000
 	}
+	if q.EmailsPerDay == 0 {
+		q.EmailsPerDay = 10000
+	}
 }
 
 // Contact is what an escalation needs to know about a user.
 type Contact struct {
 	Name  string     // display name, spoken and texted as the sender's name
 	Phone string     // E.164, or empty; never logged
+	Email string     // e-mail address, or empty; never logged
 	Quiet QuietHours // zero: none
 	// Department is the user's department id ("" for none), for the
 	// statistics (rollup.go).
@@ -265,6 +270,9 @@ const (
 	LedgerQuotaRefused  LedgerKind = "quota_refused"  // Detail: the reason
 	LedgerNotConfigured LedgerKind = "not_configured" // the channel has no provider
 	LedgerNoPhone       LedgerKind = "no_phone"       // the recipient has no phone number
+	LedgerEmailSent     LedgerKind = "email_sent"     // the mail server accepted an e-mail (Detail: its Message-ID)
+	LedgerEmailFailed   LedgerKind = "email_failed"   // the mail server refused an e-mail or could not be reached (Detail: the SMTP code, and whether it is retried)
+	LedgerNoEmail       LedgerKind = "no_email"       // an e-mail step for a recipient with no e-mail address
 	LedgerNoApp         LedgerKind = "no_app"         // an in-app step for a recipient outside the app
 	LedgerExhausted     LedgerKind = "exhausted"      // nothing more to try: every step fired, every send's outcome known (Detail: why, if one never came); awaiting a confirmation
 	LedgerCancelled     LedgerKind = "cancelled"
@@ -709,6 +717,27 @@ func (e *Engine) ConfirmAsync(user string, id ID, answer int, done func(ConfirmR
 		}
 		done(res, err)
 	}, 1)
+}
+
+// ConfirmByLink records that recipient idx of DING id confirmed it with
+// answer through a link of an e-mail step, which the caller (package
+// channels/email) has checked: the normal confirmation, recorded as by
+// ChannelEmail. The DING must be one of this engine's (in a node of
+// several partitions, ask its home). As with Confirm, a recipient who
+// had already confirmed, by any channel, changes nothing and the result
+// says Already. ErrNotFound: no such DING; ErrNotRecipient: no such
+// recipient, or one refused; ErrBadAnswer: no such choice.
+func (e *Engine) ConfirmByLink(ctx context.Context, id ID, idx, answer int) (ConfirmResult, error) {
+	var res ConfirmResult // written by the commit loop; read only once the op has answered
+	err := e.apply(ctx, func(c *txn, now time.Time) error {
+		var err error
+		res, err = c.applyConfirmLink(id, idx, answer, now)
+		return err
+	})
+	if err != nil {
+		return ConfirmResult{}, err
+	}
+	return res, nil
 }
 
 // CancelDing stops every pending recipient's escalation and returns how

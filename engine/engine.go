@@ -124,10 +124,10 @@ type Config struct {
 	// Escalation (DINGs).
 
 	// Contacts gives DINGs their recipients' phones, names and quiet
-	// hours; nil means user recipients have no phone.
+	// hours; nil means user recipients have no phone and no e-mail.
 	Contacts Contacts
-	// Notifier sends SMS and calls; nil records those steps as not
-	// configured.
+	// Notifier sends SMS, calls and e-mails (Notifiers routes each
+	// channel to its own); nil records those steps as not configured.
 	Notifier Notifier
 	// Quotas bound DINGs; zero fields take their defaults.
 	Quotas Quotas

@@ -151,7 +151,7 @@ type sendTask struct {
 	n       uint32 // the recovery timer
 	ch      Channel
 	attempt int
-	phone   string
+	to      string // the phone number, or for ChannelEmail the address
 }
 
 func inflightKey(id ID, idx int, n uint32) string {
@@ -514,13 +514,21 @@ func (c *txn) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step int, 
 
 // startSend charges the org's budget and decides a send.
 func (c *txn) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, now time.Time) error {
-	if s.Phone == "" {
+	if ch == ChannelEmail {
+		if c.emailOf(idx, s, rec) == "" {
+			c.e.metrics.step(ch, "no_email")
+			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerNoEmail, Channel: ch, At: now})
+		}
+	} else if s.Phone == "" {
 		c.e.metrics.step(ch, "no_phone")
 		return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerNoPhone, Channel: ch, At: now})
 	}
 	limit, reason := c.e.cfg.Quotas.SMSPerDay, ReasonSMSBudget
-	if ch == ChannelVoice {
+	switch ch {
+	case ChannelVoice:
 		limit, reason = c.e.cfg.Quotas.CallsPerDay, ReasonVoiceBudget
+	case ChannelEmail:
+		limit, reason = c.e.cfg.Quotas.EmailsPerDay, ReasonEmailBudget
 	}
 	if limit > 0 {
 		day := utcDay(now)
@@ -537,30 +545,57 @@ func (c *txn) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channe
 		c.quotaSet(k, n+1)
 		c.hookBudget(ch, n, limit)
 	}
-	if r := c.rollup(dayOf(now), s.Dept); ch == ChannelVoice {
-		r.Calls++
-	} else {
-		r.SMS++
+	switch ch { // e-mails have no counter in the statistics' rollups (yet)
+	case ChannelVoice:
+		c.rollup(dayOf(now), s.Dept).Calls++
+	case ChannelSMS:
+		c.rollup(dayOf(now), s.Dept).SMS++
 	}
 	return c.dispatch(id, idx, s, rec, ch, 1, false, now)
+}
+
+// emailOf returns a user recipient's e-mail address as the directory has
+// it now ("" for none, or for a phone-number recipient). Unlike the phone,
+// which is the one the DING was sent with, an address is looked up at
+// each send: the directory is in memory and the address is not kept in
+// the recipient's state.
+func (c *txn) emailOf(idx int, s *rcptState, rec *dingRecord) string {
+	if !s.User || c.e.cfg.Contacts == nil {
+		return ""
+	}
+	ct, err := c.e.cfg.Contacts.Contact(rec.Recipients[idx])
+	if err != nil {
+		return ""
+	}
+	return ct.Email
 }
 
 // dispatch decides a send: it arms the recovery timer and queues the task
 // for the dispatch workers once this batch is durable.
 func (c *txn) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, quiet bool, now time.Time) error {
+	to := s.Phone
+	if ch == ChannelEmail {
+		// A retry looks the address up again: it may have been removed.
+		if to = c.emailOf(idx, s, rec); to == "" {
+			c.e.metrics.step(ch, "no_email")
+			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerNoEmail, Channel: ch, At: now})
+		}
+	}
 	t := c.addTimer(id, idx, s, timerRef{
 		Kind: timerSend, Ch: ch, Attempt: attempt, Recover: true,
 		Due: ms(now.Add(c.e.cfg.RecoverAfter)),
 	})
 	c.e.inflightAdd(inflightKey(id, idx, t.N))
-	c.sends = append(c.sends, sendTask{id: id, idx: idx, n: t.N, ch: ch, attempt: attempt, phone: s.Phone})
-	// The phone now answers for this DING: a reply confirms the pending
-	// DING most recently sent to that phone.
-	if s.PhoneAt != 0 {
-		c.batch.Delete(phoneKey(s.Phone, s.PhoneAt, id, idx))
+	c.sends = append(c.sends, sendTask{id: id, idx: idx, n: t.N, ch: ch, attempt: attempt, to: to})
+	if ch != ChannelEmail {
+		// The phone now answers for this DING: a reply confirms the
+		// pending DING most recently sent to that phone.
+		if s.PhoneAt != 0 {
+			c.batch.Delete(phoneKey(s.Phone, s.PhoneAt, id, idx))
+		}
+		s.setPhoneAt(ms(now))
+		c.batch.Set(phoneKey(s.Phone, s.PhoneAt, id, idx), nil)
 	}
-	s.setPhoneAt(ms(now))
-	c.batch.Set(phoneKey(s.Phone, s.PhoneAt, id, idx), nil)
 	if quiet {
 		return nil
 	}
@@ -710,6 +745,34 @@ func (c *txn) applyConfirmUser(user string, id ID, answer int, ch Channel, now t
 	if idx < 0 {
 		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, id)
 	}
+	return c.confirmRecipient(id, idx, rec, answer, ch, now)
+}
+
+// applyConfirmLink confirms for recipient idx of a DING of this engine,
+// through an e-mail's signed link.
+func (c *txn) applyConfirmLink(id ID, idx, answer int, now time.Time) (ConfirmResult, error) {
+	rec, err := c.ding(id)
+	if err != nil {
+		return ConfirmResult{}, err
+	}
+	if idx < 0 || idx >= len(rec.Recipients) {
+		return ConfirmResult{}, fmt.Errorf("%w: %s", ErrNotRecipient, id)
+	}
+	s, err := c.state(id, idx)
+	if err != nil {
+		return ConfirmResult{}, err
+	}
+	if s.Status == StatusRemoved {
+		// Offboarded: a link in an old mail must not speak for them
+		// (in the app, their tokens no longer work).
+		return ConfirmResult{}, fmt.Errorf("%w: %s (removed)", ErrNotRecipient, id)
+	}
+	return c.confirmRecipient(id, idx, rec, answer, ChannelEmail, now)
+}
+
+// confirmRecipient confirms for recipient idx by channel ch, checking the
+// answer; a recipient already confirmed changes nothing (Already).
+func (c *txn) confirmRecipient(id ID, idx int, rec *dingRecord, answer int, ch Channel, now time.Time) (ConfirmResult, error) {
 	if answer < 0 || answer > len(rec.Choices) {
 		return ConfirmResult{}, fmt.Errorf("%w: answer %d, the DING has %d choices", ErrBadAnswer, answer, len(rec.Choices))
 	}
@@ -1042,6 +1105,9 @@ func (c *txn) applySendResult(t sendTask, ref string, sendErr error, now time.Ti
 // recordSendResult records what the provider answered a send, and what
 // follows: a wait for its final status, a retry, a fallback.
 func (c *txn) recordSendResult(t sendTask, rec *dingRecord, s *rcptState, ref string, sendErr error, now time.Time) error {
+	if t.ch == ChannelEmail {
+		return c.recordEmailResult(t, rec, s, ref, sendErr, now)
+	}
 	ev := DingEvent{Channel: t.ch, At: now}
 	switch {
 	case sendErr == nil:
@@ -1084,6 +1150,50 @@ func (c *txn) recordSendResult(t sendTask, rec *dingRecord, s *rcptState, ref st
 			return nil
 		}
 		return c.retryLater(t.id, t.idx, s, rec, t.ch, t.attempt, now)
+	}
+}
+
+// recordEmailResult records what the mail server answered an e-mail. An
+// e-mail has no status reports to wait for (bounces are not read): the
+// server's acceptance is its outcome. A permanent refusal (SMTP 5xx) is
+// final; a temporary one (4xx) or an unreachable server is retried with
+// backoff, each failure in the ledger with the SMTP code.
+func (c *txn) recordEmailResult(t sendTask, rec *dingRecord, s *rcptState, ref string, sendErr error, now time.Time) error {
+	ev := DingEvent{Channel: ChannelEmail, At: now}
+	var pd ProviderDetailer
+	detail := ""
+	if errors.As(sendErr, &pd) {
+		detail = clip(pd.ProviderDetail(), 32)
+	}
+	switch {
+	case sendErr == nil:
+		c.e.metrics.step(ChannelEmail, "sent")
+		ev.Event, ev.Detail = LedgerEmailSent, clip(ref, 128)
+		return c.ledger(t.id, t.idx, s, rec, ev)
+	case errors.Is(sendErr, ErrNotConfigured):
+		c.e.metrics.step(ChannelEmail, "not_configured")
+		ev.Event = LedgerNotConfigured
+		return c.ledger(t.id, t.idx, s, rec, ev)
+	case errors.Is(sendErr, ErrRejected):
+		c.e.metrics.step(ChannelEmail, "rejected")
+		if detail == "" {
+			detail = "rejected"
+		}
+		ev.Event, ev.Detail = LedgerEmailFailed, detail+"; permanent, not retried"
+		return c.ledger(t.id, t.idx, s, rec, ev)
+	default:
+		c.e.metrics.step(ChannelEmail, "error")
+		if s.Status != StatusPending {
+			return nil
+		}
+		if detail == "" {
+			detail = "mail server unreachable"
+		}
+		ev.Event, ev.Detail = LedgerEmailFailed, detail+"; temporary"
+		if err := c.ledger(t.id, t.idx, s, rec, ev); err != nil {
+			return err
+		}
+		return c.retryLater(t.id, t.idx, s, rec, ChannelEmail, t.attempt, now)
 	}
 }
 
@@ -1160,6 +1270,11 @@ func (c *txn) fireTimers(keys [][]byte, now time.Time) error {
 				}
 			}
 			if err := c.dispatch(id, idx, s, rec, t.Ch, t.Attempt, quiet, now); err != nil {
+				return err
+			}
+			// A retried e-mail whose address is gone by now was not sent
+			// (no_email): that may have been the last thing to try.
+			if err := c.exhaust(id, idx, s, rec, "", now); err != nil {
 				return err
 			}
 		}

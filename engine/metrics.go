@@ -102,7 +102,7 @@ func newMetrics(reg prometheus.Registerer, queueDepth, pendingSteps, liveSecrets
 	}, []string{"result"})
 	m.steps = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ding_escalation_steps_total",
-		Help: "Escalation sends and in-app reminders, by channel and outcome: sent, reminder, not_configured, rejected, error (outcome unknown, retried), quota, no_phone, stopped (decided, then dropped because the recipient confirmed first).",
+		Help: "Escalation sends and in-app reminders, by channel and outcome: sent, reminder, not_configured, rejected, error (outcome unknown, retried), quota, no_phone, no_email, stopped (decided, then dropped because the recipient confirmed first).",
 	}, []string{"channel", "outcome"})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ding_ding_refusals_total",

@@ -16,6 +16,9 @@ const (
 	// ChannelVoice is a phone call that speaks the message and gathers a
 	// keypress.
 	ChannelVoice Channel = 3
+	// ChannelEmail is an e-mail to the address the directory has for the
+	// recipient at the time of the send, whose links confirm the DING.
+	ChannelEmail Channel = 4
 )
 
 func (c Channel) String() string {
@@ -26,11 +29,13 @@ func (c Channel) String() string {
 		return "sms"
 	case ChannelVoice:
 		return "voice"
+	case ChannelEmail:
+		return "email"
 	}
 	return "unknown"
 }
 
-// ParseChannel parses "inapp", "sms" or "voice".
+// ParseChannel parses "inapp", "sms", "voice" or "email".
 func ParseChannel(s string) (Channel, error) {
 	switch s {
 	case "inapp", "app":
@@ -39,24 +44,32 @@ func ParseChannel(s string) (Channel, error) {
 		return ChannelSMS, nil
 	case "voice", "call":
 		return ChannelVoice, nil
+	case "email", "mail":
+		return ChannelEmail, nil
 	}
-	return 0, fmt.Errorf("%w: unknown channel %q (want inapp, sms or voice)", ErrBadPolicy, s)
+	return 0, fmt.Errorf("%w: unknown channel %q (want inapp, sms, voice or email)", ErrBadPolicy, s)
 }
 
-// Outbound is one external send of an escalation step: an SMS or a call.
+// Outbound is one external send of an escalation step: an SMS, a call or
+// an e-mail.
 type Outbound struct {
 	Ding      ID      // the DING's id (also its message's id)
 	Recipient int     // the recipient's index in the DING
 	Attempt   int     // 1 for the first send of this step, 2 for its first retry, ...
-	Channel   Channel // ChannelSMS or ChannelVoice
-	To        string  // E.164 phone number. Never log it.
+	Channel   Channel // ChannelSMS, ChannelVoice or ChannelEmail
+	To        string  // E.164 phone number, or for ChannelEmail an e-mail address. Never log it.
 	Text      string  // what to send or speak. Never log it.
+	// Sender is the display name of the DING's sender (its user id if the
+	// directory has no name); Text starts with it too.
+	Sender string
 	// Choices is the DING's response menu; the recipient answers with the
 	// choice's number (1-based). Empty means "1 confirms".
 	Choices []string
 }
 
-// Notifier sends SMS and calls (package channels/twilio implements it).
+// Notifier sends SMS and calls (package channels/twilio implements it),
+// or e-mails (package channels/email). Notifiers routes each channel to
+// its own.
 //
 // Send is called concurrently from the engine's dispatch workers, with a
 // context that carries the send's deadline. It returns the provider's
@@ -72,9 +85,35 @@ type Outbound struct {
 //   - any other error: the outcome is unknown (a timeout, a 5xx answer, a
 //     broken connection): the provider may or may not have accepted it.
 //     The engine retries with backoff, accepting a possible duplicate.
+//
+// An error may also implement ProviderDetailer, to say in the DING's
+// ledger what the provider answered.
 type Notifier interface {
 	Send(ctx context.Context, o Outbound) (ref string, err error)
 }
+
+// ProviderDetailer is implemented by a Notifier error that can say, in a
+// few words fit for the DING's sender to read, what the provider answered
+// (for e-mail, the SMTP reply code: "smtp 451"). It must never contain an
+// address, a phone number or a message text.
+type ProviderDetailer interface {
+	ProviderDetail() string
+}
+
+// Notifiers is a Notifier that hands each send to the Notifier of its
+// channel; a channel with none answers ErrNotConfigured.
+type Notifiers map[Channel]Notifier
+
+// Send implements Notifier.
+func (ns Notifiers) Send(ctx context.Context, o Outbound) (string, error) {
+	n := ns[o.Channel]
+	if n == nil {
+		return "", fmt.Errorf("engine: send %s: %w", o.Channel, ErrNotConfigured)
+	}
+	return n.Send(ctx, o)
+}
+
+var _ Notifier = Notifiers(nil)
 
 var (
 	// ErrNotConfigured is returned by a Notifier for a channel it cannot

@@ -42,8 +42,10 @@ type Step struct {
 //
 //	inapp,sms@5m,voice@15m,voice@30m until=confirmed
 //	inapp, sms@1s*3/10s until=read        (SMS at 1s, 11s, 21s)
+//	inapp,email@1m,sms@5m,voice@15m
 //
-// A step is channel[@delay][*times/every]; channel is inapp, sms or voice;
+// A step is channel[@delay][*times/every]; channel is inapp, sms, voice
+// or email (an e-mail whose links confirm, see ChannelEmail);
 // delays are Go durations (1s, 5m, 1h30m) from the moment the DING is
 // sent, at least one second apart in effect. Without until=, the policy
 // stops on confirmation.
@@ -135,7 +137,7 @@ func (p Policy) Validate() error {
 	n := 0
 	for _, s := range p.Steps {
 		switch {
-		case s.Channel < ChannelInApp || s.Channel > ChannelVoice:
+		case s.Channel < ChannelInApp || s.Channel > ChannelEmail:
 			return fmt.Errorf("%w: bad channel", ErrBadPolicy)
 		case s.After < 0 || s.Every < 0 || s.Repeat < 0:
 			return fmt.Errorf("%w: negative delay", ErrBadPolicy)

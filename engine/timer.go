@@ -259,8 +259,8 @@ func (e *Engine) send(ctx context.Context, t sendTask) (string, error) {
 		}
 	}
 	o := Outbound{
-		Ding: t.id, Recipient: t.idx, Attempt: t.attempt, Channel: t.ch, To: t.phone,
-		Text: "DING from " + name + ": " + string(m.Body), Choices: m.Choices,
+		Ding: t.id, Recipient: t.idx, Attempt: t.attempt, Channel: t.ch, To: t.to,
+		Text: "DING from " + name + ": " + string(m.Body), Choices: m.Choices, Sender: name,
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.SendTimeout)
 	defer cancel()

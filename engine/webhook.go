@@ -117,10 +117,11 @@ const (
 	HookUserRemoved           = "user.removed"
 	HookSecretChatCreated     = "secret.chat_created" // metadata only: chat id and level
 	HookSecretBurned          = "secret.message_burned"
-	// HookOpsBudget: the org's SMS or call budget of the UTC day reached
+	// HookOpsBudget: the org's SMS, call or e-mail budget of the UTC day reached
 	// 80% and 100% (with partitions, each partition's: budgets are
 	// counted per partition). A provider failing shows as the DINGs'
-	// ding.sms_failed, ding.call_failed and ding.send_failed.
+	// ding.sms_failed, ding.call_failed and ding.send_failed (a mail
+	// server, as ding.email_failed).
 	HookOpsBudget = "ops.budget"
 )
 
@@ -139,8 +140,8 @@ var ledgerKinds = []LedgerKind{LedgerSent, LedgerDelivered, LedgerRead, LedgerCo
 	LedgerSending, LedgerSMSQueued, LedgerSMSSent, LedgerSMSDelivered, LedgerSMSFailed, LedgerCallInitiated,
 	LedgerCallRinging, LedgerCallAnswered, LedgerCallCompleted, LedgerCallBusy, LedgerCallNoAnswer,
 	LedgerCallFailed, LedgerDigits, LedgerReply, LedgerRetry, LedgerSendFailed, LedgerFallback,
-	LedgerQuotaRefused, LedgerNotConfigured, LedgerNoPhone, LedgerNoApp, LedgerExhausted, LedgerCancelled,
-	LedgerRemoved, LedgerSkipped}
+	LedgerQuotaRefused, LedgerNotConfigured, LedgerNoPhone, LedgerEmailSent, LedgerEmailFailed, LedgerNoEmail,
+	LedgerNoApp, LedgerExhausted, LedgerCancelled, LedgerRemoved, LedgerSkipped}
 
 func hookDingType(k LedgerKind) string {
 	if k == LedgerExhausted {
@@ -994,7 +995,7 @@ func hookDingData(ev *DingEvent, user bool, rec *dingRecord) []Attr {
 				d = append(d, N("answer", int64(a)), S("choice", choice))
 			}
 		}
-	case LedgerQuotaRefused, LedgerExhausted, LedgerSending, LedgerRetry, LedgerSkipped:
+	case LedgerQuotaRefused, LedgerExhausted, LedgerSending, LedgerRetry, LedgerSkipped, LedgerEmailFailed: // an SMTP code, never an address
 		if ev.Detail != "" {
 			d = append(d, S("detail", ev.Detail))
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/mail"
 	"regexp"
 	"slices"
 	"strings"
@@ -19,6 +20,9 @@ import (
 var (
 	// ErrBadPhone is returned by PutUser for a phone number not in E.164 form.
 	ErrBadPhone = engine.NewError(engine.CodeBadRequest, "fanout: phone must be E.164, like +14155550100")
+	// ErrBadEmail is returned by PutUser for an e-mail address that is not
+	// one bare address (RFC 5322 addr-spec, like ana@example.com).
+	ErrBadEmail = engine.NewError(engine.CodeBadRequest, "fanout: email must be one address, like ana@example.com")
 	// ErrBadQuietHours is returned by PutUser for quiet hours that do not
 	// parse (see engine.ParseQuietHours).
 	ErrBadQuietHours = engine.NewError(engine.CodeBadRequest, "fanout: bad quiet hours")
@@ -46,6 +50,8 @@ type User struct {
 	ID    string `json:"id"`
 	Name  string `json:"name"`
 	Phone string `json:"phone,omitempty"` // E.164; never logged
+	// Email is the address DING e-mail steps go to; never logged.
+	Email string `json:"email,omitempty"`
 	// QuietHours is a daily window in which non-critical DINGs are
 	// refused: "22:00-07:00" (UTC) or "22:00-07:00 Europe/Berlin".
 	QuietHours string `json:"quiet_hours,omitempty"`
@@ -73,7 +79,7 @@ func (u User) AcceptsToken(device string, issued time.Time) bool {
 
 // same reports whether u and v differ in nothing but their timestamps.
 func (u User) same(v User) bool {
-	return u.ID == v.ID && u.Name == v.Name && u.Phone == v.Phone && u.QuietHours == v.QuietHours &&
+	return u.ID == v.ID && u.Name == v.Name && u.Phone == v.Phone && u.Email == v.Email && u.QuietHours == v.QuietHours &&
 		u.Status == v.Status && u.Department == v.Department
 }
 
@@ -250,6 +256,9 @@ func checkUser(u *User) error {
 	if u.Phone != "" && !e164.MatchString(u.Phone) {
 		return fmt.Errorf("%w (user %s)", ErrBadPhone, u.ID)
 	}
+	if u.Email != "" && !ValidEmail(u.Email) {
+		return fmt.Errorf("%w (user %s)", ErrBadEmail, u.ID)
+	}
 	if len(u.Name) > 200 {
 		return fmt.Errorf("%w: display name of %s longer than 200 bytes", engine.ErrBadName, u.ID)
 	}
@@ -268,6 +277,22 @@ func checkUser(u *User) error {
 		}
 	}
 	return nil
+}
+
+// ValidEmail reports whether s is one bare e-mail address (an RFC 5322
+// addr-spec such as ana@example.com: no display name, no angle brackets,
+// no list), of at most 254 bytes, with a domain that has a dot or is
+// "localhost".
+func ValidEmail(s string) bool {
+	if len(s) > 254 || strings.TrimSpace(s) != s {
+		return false
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Name != "" || a.Address != s {
+		return false
+	}
+	domain := s[strings.LastIndexByte(s, '@')+1:]
+	return strings.Contains(domain, ".") || domain == "localhost"
 }
 
 // PutUser creates or updates a user, durably, as PutUsersAs with actor
@@ -311,7 +336,7 @@ func (d *Directory) AddUserAs(u User, actor Actor) (created bool, err error) {
 // UserPatch is a change to some of a user's fields: nil leaves a field as
 // it is, "" clears it (a name cannot be cleared).
 type UserPatch struct {
-	Name, Phone, QuietHours, Department *string
+	Name, Phone, Email, QuietHours, Department *string
 }
 
 // UpdateUserAs changes the fields p sets of the active user id, the
@@ -326,7 +351,7 @@ func (d *Directory) UpdateUserAs(id string, p UserPatch, actor Actor) (User, err
 	for _, f := range []struct {
 		dst *string
 		v   *string
-	}{{&u.Name, p.Name}, {&u.Phone, p.Phone}, {&u.QuietHours, p.QuietHours}, {&u.Department, p.Department}} {
+	}{{&u.Name, p.Name}, {&u.Phone, p.Phone}, {&u.Email, p.Email}, {&u.QuietHours, p.QuietHours}, {&u.Department, p.Department}} {
 		if f.v != nil {
 			*f.dst = *f.v
 		}
@@ -507,7 +532,7 @@ func (d *Directory) Contact(id string) (engine.Contact, error) {
 	if u.Status != StatusActive {
 		return engine.Contact{}, fmt.Errorf("%w: %q was removed", engine.ErrUnknownRecipient, id)
 	}
-	return engine.Contact{Name: u.Name, Phone: u.Phone, Quiet: d.quiet[id], Department: u.Department}, nil
+	return engine.Contact{Name: u.Name, Phone: u.Phone, Email: u.Email, Quiet: d.quiet[id], Department: u.Department}, nil
 }
 
 // User returns a user by id, removed ones too (see User.Status).
@@ -648,6 +673,9 @@ func userDetail(old User, had bool, u User) string {
 		if u.Phone != "" {
 			parts = append(parts, "phone set")
 		}
+		if u.Email != "" {
+			parts = append(parts, "email set")
+		}
 		if u.Department != "" {
 			parts = append(parts, "department "+u.Department)
 		}
@@ -667,6 +695,15 @@ func userDetail(old User, had bool, u User) string {
 		parts = append(parts, "phone cleared")
 	default:
 		parts = append(parts, "phone changed")
+	}
+	switch {
+	case old.Email == u.Email:
+	case old.Email == "":
+		parts = append(parts, "email set")
+	case u.Email == "":
+		parts = append(parts, "email cleared")
+	default:
+		parts = append(parts, "email changed")
 	}
 	if old.QuietHours != u.QuietHours {
 		parts = append(parts, "quiet hours changed")

@@ -46,7 +46,7 @@ func (e *ImportError) Error() string {
 func (e *ImportError) Unwrap() []error { return []error{ErrBadImport, e.Err} }
 
 // Org is a whole company as an HR system exports it: the departments, the
-// users and the ad-hoc groups. Only the users' ID, Name, Phone,
+// users and the ad-hoc groups. Only the users' ID, Name, Phone, Email,
 // QuietHours and Department are read.
 type Org struct {
 	Departments []Department
@@ -166,7 +166,7 @@ func (d *Directory) Import(org Org, opts ImportOptions, actor Actor) (Diff, erro
 
 	clear(seen)
 	for i, u := range org.Users {
-		u = User{ID: u.ID, Name: u.Name, Phone: u.Phone, QuietHours: u.QuietHours, Department: u.Department}
+		u = User{ID: u.ID, Name: u.Name, Phone: u.Phone, Email: u.Email, QuietHours: u.QuietHours, Department: u.Department}
 		if err := checkUser(&u); err != nil {
 			return Diff{}, org.bad("user", i, u.ID, err)
 		}
@@ -394,13 +394,14 @@ func ParseOrgJSON(r io.Reader) (Org, error) {
 					ID         string `json:"id"`
 					Name       string `json:"name"`
 					Phone      string `json:"phone"`
+					Email      string `json:"email"`
 					Department string `json:"department"`
 					QuietHours string `json:"quiet_hours"`
 				}
 				if err := dec.Decode(&x); err != nil {
 					return bad(line, "user", err)
 				}
-				org.Users = append(org.Users, User{ID: x.ID, Name: x.Name, Phone: x.Phone, Department: x.Department, QuietHours: x.QuietHours})
+				org.Users = append(org.Users, User{ID: x.ID, Name: x.Name, Phone: x.Phone, Email: x.Email, Department: x.Department, QuietHours: x.QuietHours})
 				org.userLines = append(org.userLines, line)
 				return nil
 			})
@@ -436,7 +437,7 @@ func ParseOrgJSON(r io.Reader) (Org, error) {
 
 // ParseOrgCSV reads an HR export of users, with a header line:
 //
-//	id,name,phone,department_path[,quiet_hours]
+//	id,name,phone,department_path[,quiet_hours[,email]]
 //	ana,Ana Lima,+14155550100,Engineering/Platform/SRE,22:00-07:00 Europe/Berlin
 //	bo,Bo Chen,,Sales,
 //
@@ -470,20 +471,20 @@ func ParseOrgCSV(r io.Reader) (Org, error) {
 	}
 	head, err := cr.Read()
 	if err == io.EOF {
-		return Org{}, bad(1, "", errors.New("empty file: want the header id,name,phone,department_path[,quiet_hours]"))
+		return Org{}, bad(1, "", errors.New("empty file: want the header id,name,phone,department_path[,quiet_hours[,email]]"))
 	}
 	if err != nil {
 		return Org{}, bad(1, "", err)
 	}
-	want := []string{"id", "name", "phone", "department_path", "quiet_hours"}
+	want := []string{"id", "name", "phone", "department_path", "quiet_hours", "email"}
 	for i := range head {
 		head[i] = strings.ToLower(strings.TrimSpace(head[i]))
 	}
 	if len(head) > 0 {
 		head[0] = strings.TrimPrefix(head[0], "\ufeff") // a byte order mark, from spreadsheets
 	}
-	if (len(head) != 4 && len(head) != 5) || !slices.Equal(head, want[:len(head)]) {
-		return Org{}, bad(1, "", fmt.Errorf("header %q: want id,name,phone,department_path[,quiet_hours]", strings.Join(head, ",")))
+	if len(head) < 4 || len(head) > 6 || !slices.Equal(head, want[:len(head)]) {
+		return Org{}, bad(1, "", fmt.Errorf("header %q: want id,name,phone,department_path[,quiet_hours[,email]]", strings.Join(head, ",")))
 	}
 	org := Org{byPath: true}
 	deptAt := map[string]int{} // id -> index in org.Departments
@@ -503,8 +504,11 @@ func ParseOrgCSV(r io.Reader) (Org, error) {
 			rec[i] = strings.TrimSpace(rec[i])
 		}
 		u := User{ID: rec[0], Name: rec[1], Phone: rec[2]}
-		if len(rec) == 5 {
+		if len(rec) >= 5 {
 			u.QuietHours = rec[4]
+		}
+		if len(rec) == 6 {
+			u.Email = rec[5]
 		}
 		parent := ""
 		if path := strings.Trim(rec[3], "/ "); path != "" {

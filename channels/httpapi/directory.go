@@ -35,12 +35,13 @@ type userJSON struct {
 	ID         string `json:"id"`
 	Name       string `json:"name"`
 	Phone      string `json:"phone,omitempty"`
+	Email      string `json:"email,omitempty"`
 	QuietHours string `json:"quiet_hours,omitempty"`
 	Department string `json:"department,omitempty"`
 }
 
 func (u userJSON) user() fanout.User {
-	return fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone, QuietHours: u.QuietHours, Department: u.Department}
+	return fanout.User{ID: u.ID, Name: u.Name, Phone: u.Phone, Email: u.Email, QuietHours: u.QuietHours, Department: u.Department}
 }
 
 // putUser: PUT /v1/users/{id} creates or replaces a user whole, for sync
@@ -50,11 +51,15 @@ func (u userJSON) user() fanout.User {
 // department. PATCH changes only the fields given. (PUT is not made an
 // alias of PATCH: a sync tool that omits empty fields would then keep
 // stale phone numbers without a word, and PUT would lose its create.)
+// The one exception is "email", added after PUT's contract was set: left
+// out, the stored address is kept, so that sync tools written before it
+// neither fail nor wipe addresses set another way.
 func (a *API) putUser(r *http.Request) (int, any, error) {
 	var p struct {
 		ID         string  `json:"id"`
 		Name       *string `json:"name"`
 		Phone      *string `json:"phone"`
+		Email      *string `json:"email"`
 		QuietHours *string `json:"quiet_hours"`
 		Department *string `json:"department"`
 	}
@@ -84,6 +89,11 @@ func (a *API) putUser(r *http.Request) (int, any, error) {
 			return 0, nil, errf(http.StatusBadRequest, "BAD_REQUEST", "id in body differs from the path")
 		}
 		u.ID = id
+	}
+	if p.Email != nil {
+		u.Email = *p.Email
+	} else if old, ok := a.cfg.Directory.User(u.ID); ok {
+		u.Email = old.Email
 	}
 	if err := a.userChangeInScope(r, u.ID, u.Department); err != nil {
 		return 0, nil, err
@@ -126,6 +136,7 @@ func (a *API) patchUser(r *http.Request) (int, any, error) {
 	var p struct {
 		Name       *string `json:"name"`
 		Phone      *string `json:"phone"`
+		Email      *string `json:"email"`
 		QuietHours *string `json:"quiet_hours"`
 		Department *string `json:"department"`
 	}
@@ -141,7 +152,7 @@ func (a *API) patchUser(r *http.Request) (int, any, error) {
 			return 0, nil, err
 		}
 	}
-	u, err := a.cfg.Directory.UpdateUserAs(id, fanout.UserPatch{Name: p.Name, Phone: p.Phone, QuietHours: p.QuietHours, Department: p.Department}, actor(r))
+	u, err := a.cfg.Directory.UpdateUserAs(id, fanout.UserPatch{Name: p.Name, Phone: p.Phone, Email: p.Email, QuietHours: p.QuietHours, Department: p.Department}, actor(r))
 	if errors.Is(err, fanout.ErrUnknownUser) {
 		return 0, nil, notFound("active user")
 	}

@@ -401,6 +401,29 @@ func TestPutUserNeedsTheWholeUser(t *testing.T) {
 	a.refused("PUT", "/v1/users/di", a.tok, map[string]string{"name": "Di"}, 400, "BAD_REQUEST")
 }
 
+// A user's e-mail address: set by POST, PATCH and PUT, checked; a PUT
+// that leaves "email" out keeps the stored one (it predates the field).
+func TestUserEmailThroughTheAPI(t *testing.T) {
+	a, _ := setup(t)
+	if u := a.ok("POST", "/v1/users", map[string]string{"id": "bo", "name": "Bo", "email": "bo@example.com"}, 201); u["email"] != "bo@example.com" {
+		t.Fatalf("POST: %v", u)
+	}
+	code, out := a.do("PATCH", "/v1/users/bo", a.tok, map[string]string{"email": "Bo <bo@example.com>"})
+	detail, _ := out["error"].(map[string]any)["detail"].(string)
+	if code != 400 || errCode(out) != "BAD_REQUEST" || !strings.Contains(detail, "email must be one address, like ana@example.com") {
+		t.Fatalf("bad address: %d %v", code, out)
+	}
+	if u := a.ok("PUT", "/v1/users/bo", map[string]string{"name": "Bo", "phone": "", "quiet_hours": "", "department": ""}, 200); u["email"] != "bo@example.com" {
+		t.Fatalf("PUT without email: %v", u)
+	}
+	if u := a.ok("PUT", "/v1/users/bo", map[string]string{"name": "Bo", "phone": "", "email": "", "quiet_hours": "", "department": ""}, 200); u["email"] != nil {
+		t.Fatalf("PUT clearing email: %v", u)
+	}
+	if u := a.ok("PATCH", "/v1/users/bo", map[string]string{"email": "bo@corp.example"}, 200); u["email"] != "bo@corp.example" {
+		t.Fatalf("PATCH: %v", u)
+	}
+}
+
 // Removing a user sets "updated" to the removal's time; removing them
 // again says they were already removed and moves nothing (issue 12).
 func TestRemovingAUserTwice(t *testing.T) {

@@ -34,13 +34,15 @@
 //
 // Routes:
 //
-//	POST /v1/users                  {"id","name","phone","quiet_hours","department"}  create a user (201), or add
+//	POST /v1/users                  {"id","name","phone","email"?,"quiet_hours","department"}  create a user (201), or add
 //	                                   back a removed one (200); an active user with that id: 409 USER_EXISTS
-//	PATCH /v1/users/{id}            {"name"?,"phone"?,"quiet_hours"?,"department"?} change only the fields given
+//	PATCH /v1/users/{id}            {"name"?,"phone"?,"email"?,"quiet_hours"?,"department"?} change only the fields given
 //	                                   ("" clears one) of an active user; 404 otherwise
-//	PUT  /v1/users/{id}             {"name","phone","quiet_hours","department"}       create or replace a user
-//	                                   whole, for sync tools: every field is required ("" clears one); a body
-//	                                   that leaves one out is 400 BAD_REQUEST (use PATCH to change some)
+//	PUT  /v1/users/{id}             {"name","phone","email"?,"quiet_hours","department"}       create or replace a user
+//	                                   whole, for sync tools: every field but "email" is required ("" clears one); a body
+//	                                   that leaves one out is 400 BAD_REQUEST (use PATCH to change some); without
+//	                                   "email" the stored address is kept. An address that is not one bare
+//	                                   addr-spec (ana@example.com) is 400 BAD_REQUEST.
 //	POST /v1/users/batch            {"users":[{"id","name","phone"},...]} -> {"created": n}, all or none
 //	GET  /v1/users/{id}             a user, with "status" (active or removed) and "department"
 //	GET  /v1/users?status=active|removed|all                     {"users":[...]}, active ones by default
@@ -134,6 +136,8 @@
 //
 // Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
 // they authenticate by Twilio's request signature, not the admin token.
+// E-mail confirmation links are served under /email/ when
+// Config.EmailLinks is set; they authenticate by their own signature.
 //
 // The contract of all of it is openapi.json (OpenAPI 3.1), served at GET
 // /openapi.json and rendered at GET /docs, both public (openapi.go); tests
@@ -194,6 +198,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Webhooks, if set, serves /twilio/ (package channels/twilio).
 	Webhooks http.Handler
+	// EmailLinks, if set, serves /email/: the confirmation links of
+	// e-mail escalation steps (package channels/email).
+	EmailLinks http.Handler
 	// Presence, if set, says which devices of a user are connected now
 	// (*fanout.Hub implements it).
 	Presence interface{ Devices(user string) []string }
@@ -307,6 +314,9 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/webhooks/{id}/replay", PermWebhooks, a.replayWebhook)
 	if cfg.Webhooks != nil {
 		a.mux.Handle("/twilio/", cfg.Webhooks)
+	}
+	if cfg.EmailLinks != nil {
+		a.mux.Handle("/email/", cfg.EmailLinks)
 	}
 	return a, nil
 }

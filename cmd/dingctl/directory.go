@@ -181,7 +181,7 @@ func directory(g *globals, args []string, out io.Writer) error {
 		return exitError{2, "directory: want import FILE"}
 	}
 	fs := flag.NewFlagSet("directory import", flag.ContinueOnError)
-	asCSV := fs.Bool("csv", false, "the file is CSV: id,name,phone,department_path[,quiet_hours]")
+	asCSV := fs.Bool("csv", false, "the file is CSV: id,name,phone,department_path[,quiet_hours[,email]]")
 	asJSON := fs.Bool("json", false, "the file is JSON: {departments, users, groups}")
 	removeMissing := fs.Bool("remove-missing", false, "offboard active users the file does not list")
 	apply := fs.Bool("apply", false, "apply the changes (without it the import only prints them: a dry run)")

@@ -20,10 +20,10 @@ type command struct {
 
 // commands is every command, in the order of the usage text.
 var commands = []command{
-	{"user add", `ID --name NAME [--phone +E164] [--quiet-hours "22:00-07:00 Europe/Berlin"] [--department D]`,
+	{"user add", `ID --name NAME [--phone +E164] [--email ADDRESS] [--quiet-hours "22:00-07:00 Europe/Berlin"] [--department D]`,
 		"create a user (an existing one: USER_EXISTS; use user set)",
 		`dingctl user add ana --name "Ana" --phone +14155550100`},
-	{"user set", "ID [--name N] [--phone P] [--quiet-hours Q] [--department D]",
+	{"user set", "ID [--name N] [--phone P] [--email E] [--quiet-hours Q] [--department D]",
 		`change only the fields given ("" clears one)`,
 		`dingctl user set ana --quiet-hours "22:00-07:00 Europe/Berlin"`},
 	{"user get", "ID", "show one user as JSON", "dingctl user get ana"},

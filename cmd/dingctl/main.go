@@ -423,6 +423,7 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("user add", flag.ContinueOnError)
 	name := fs.String("name", "", "display name")
 	phone := fs.String("phone", "", "phone in E.164, like +14155550100")
+	email := fs.String("email", "", "e-mail address for DING e-mail steps, like ana@example.com")
 	quiet := fs.String("quiet-hours", "", `daily window without non-critical DINGs, "22:00-07:00" (UTC) or "22:00-07:00 Europe/Berlin"`)
 	department := fs.String("department", "", "department id")
 	pos, err := parse(fs, g, args)
@@ -436,18 +437,19 @@ func userAdd(g *globals, args []string, out io.Writer) error {
 		return exitError{2, "user add: --name is required (the name people see)"}
 	}
 	var u map[string]any
-	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone, "quiet_hours": *quiet, "department": *department}, &u); err != nil {
+	if err := g.call("POST", "/v1/users", map[string]string{"id": pos[0], "name": *name, "phone": *phone, "email": *email, "quiet_hours": *quiet, "department": *department}, &u); err != nil {
 		return err
 	}
 	return printJSON(out, u)
 }
 
-// userSet: user set ID [--name N] [--phone P] [--quiet-hours Q]
+// userSet: user set ID [--name N] [--phone P] [--email E] [--quiet-hours Q]
 // [--department D]: PATCH with the flags given only ("" clears a field).
 func userSet(g *globals, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("user set", flag.ContinueOnError)
 	fs.String("name", "", "display name")
 	fs.String("phone", "", `phone in E.164, like +14155550100 ("" clears it)`)
+	fs.String("email", "", `e-mail address, like ana@example.com ("" clears it)`)
 	fs.String("quiet-hours", "", `daily window without non-critical DINGs ("" clears it)`)
 	fs.String("department", "", `department id ("" takes the user out of theirs)`)
 	pos, err := parse(fs, g, args)
@@ -459,12 +461,12 @@ func userSet(g *globals, args []string, out io.Writer) error {
 	}
 	patch := map[string]string{}
 	fs.Visit(func(f *flag.Flag) {
-		if k, ok := map[string]string{"name": "name", "phone": "phone", "quiet-hours": "quiet_hours", "department": "department"}[f.Name]; ok {
+		if k, ok := map[string]string{"name": "name", "phone": "phone", "email": "email", "quiet-hours": "quiet_hours", "department": "department"}[f.Name]; ok {
 			patch[k] = f.Value.String()
 		}
 	})
 	if len(patch) == 0 {
-		return exitError{2, "user set: nothing to change (give --name, --phone, --quiet-hours or --department)"}
+		return exitError{2, "user set: nothing to change (give --name, --phone, --email, --quiet-hours or --department)"}
 	}
 	var u map[string]any
 	if err := g.call("PATCH", "/v1/users/"+url.PathEscape(pos[0]), patch, &u); err != nil {

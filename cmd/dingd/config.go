@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/node"
@@ -33,9 +35,14 @@ type config struct {
 	MetricsAuth bool
 	// Twilio holds AccountSID, AuthToken, From, PublicURL and APIURL; the
 	// rest is left to node.Start.
-	Twilio         twilio.Config
-	Quotas         engine.Quotas
-	NoCallFallback bool
+	Twilio twilio.Config
+	// SMTP* and Email* configure e-mail escalation steps (package
+	// channels/email); the password is read from SMTPPasswordFile at
+	// start. Links use Twilio.PublicURL (public-url).
+	SMTPAddr, SMTPTLS, SMTPUsername, SMTPPasswordFile, EmailFrom string
+	EmailLinkTTL                                                 time.Duration
+	Quotas                                                       engine.Quotas
+	NoCallFallback                                               bool
 	// BurnAfter and SecretUnreadTTL tune secret chats; zero takes the
 	// engine's defaults (30s, 24h).
 	BurnAfter       time.Duration
@@ -279,12 +286,32 @@ var settings = []setting{
 		help:  "E.164 number SMS and calls come from",
 		field: func(c *config) any { return &c.Twilio.From }},
 	{name: "public-url", env: "DING_PUBLIC_URL", def: "",
-		help:  "base URL where Twilio reaches this server's webhooks, e.g. https://ding.example.com",
+		help:  "base URL where Twilio reaches this server's webhooks and e-mail recipients open their confirmation links, e.g. https://ding.example.com",
 		field: func(c *config) any { return &c.Twilio.PublicURL }},
 	{name: "twilio-api-url", env: "TWILIO_API_URL", def: "",
 		help:      "base URL replacing https://api.twilio.com, e.g. a fake Twilio for a demo",
 		effective: "https://api.twilio.com",
 		field:     func(c *config) any { return &c.Twilio.APIURL }},
+	{name: "smtp-addr", env: "DING_SMTP_ADDR", def: "",
+		help:  "SMTP server host:port for e-mail escalation steps, e.g. smtp.example.com:587; empty: email steps are not configured",
+		field: func(c *config) any { return &c.SMTPAddr }},
+	{name: "smtp-tls", env: "DING_SMTP_TLS", def: "",
+		help:      "starttls (upgrade before anything else; refuse a server without it), tls (TLS from the first byte, port 465), or none (plain text, a loopback server only)",
+		effective: "starttls",
+		field:     func(c *config) any { return &c.SMTPTLS }},
+	{name: "smtp-username", env: "DING_SMTP_USERNAME", def: "",
+		help:  "SMTP AUTH PLAIN user name; empty: no authentication",
+		field: func(c *config) any { return &c.SMTPUsername }},
+	{name: "smtp-password-file", env: "DING_SMTP_PASSWORD_FILE", def: "",
+		help:  "file holding the SMTP password (one line; read at start, never logged)",
+		field: func(c *config) any { return &c.SMTPPasswordFile }},
+	{name: "email-from", env: "DING_EMAIL_FROM", def: "",
+		help:  "sender of DING e-mails, e.g. \"Ding <ding@example.com>\"; their confirmation links start with public-url",
+		field: func(c *config) any { return &c.EmailFrom }},
+	{name: "email-link-ttl", env: "DING_EMAIL_LINK_TTL", def: "0s",
+		help:      "how long an e-mail's confirmation links work; 0: 168h",
+		effective: "168h0m0s",
+		field:     func(c *config) any { return &c.EmailLinkTTL }},
 	{name: "ding-sender-daily", env: "DING_SENDER_DAILY", def: "0",
 		help:      "DINGs one sender may send per UTC day; 0: 200, -1: unlimited",
 		effective: "200",
@@ -301,6 +328,10 @@ var settings = []setting{
 		help:      "org-wide call budget per UTC day; 0: 2000, -1: unlimited",
 		effective: "2000",
 		field:     func(c *config) any { return &c.Quotas.CallsPerDay }},
+	{name: "emails-per-day", env: "DING_EMAILS_PER_DAY", def: "0",
+		help:      "org-wide e-mail budget per UTC day; 0: 10000, -1: unlimited",
+		effective: "10000",
+		field:     func(c *config) any { return &c.Quotas.EmailsPerDay }},
 	{name: "no-call-fallback", env: "DING_NO_CALL_FALLBACK", def: "false",
 		help:  "do not send an SMS at once when an escalation call is busy, unanswered or fails",
 		field: func(c *config) any { return &c.NoCallFallback }},
@@ -650,6 +681,9 @@ func (c *config) validate() error {
 	if err := c.validateACME(); err != nil {
 		return err
 	}
+	if err := c.validateEmail(); err != nil {
+		return err
+	}
 	for _, r := range []struct {
 		name string
 		v    int
@@ -739,4 +773,61 @@ Example:
 		fmt.Fprintf(tw, "  --%s%s\t%s\t%s%s\n", s.name, arg, s.env, s.help, def)
 	}
 	tw.Flush()
+}
+
+// validateEmail checks the e-mail settings that need no file: what
+// email.Config.Validate says, with the setting to blame.
+func (c *config) validateEmail() error {
+	if c.SMTPAddr == "" {
+		for _, r := range []struct{ name, v string }{{"smtp-username", c.SMTPUsername}, {"smtp-password-file", c.SMTPPasswordFile}, {"email-from", c.EmailFrom}} {
+			if r.v != "" {
+				return fmt.Errorf("%s (from %s) needs smtp-addr", r.name, c.from[r.name])
+			}
+		}
+		return nil
+	}
+	if c.EmailFrom == "" {
+		return fmt.Errorf("smtp-addr (from %s) needs email-from", c.from["smtp-addr"])
+	}
+	if c.Twilio.PublicURL == "" {
+		return fmt.Errorf("smtp-addr (from %s) needs public-url, the base of the e-mails' confirmation links", c.from["smtp-addr"])
+	}
+	if c.SMTPPasswordFile != "" && c.SMTPUsername == "" {
+		return fmt.Errorf("smtp-password-file (from %s) needs smtp-username", c.from["smtp-password-file"])
+	}
+	if c.EmailLinkTTL < 0 {
+		return c.invalid("email-link-ttl", c.EmailLinkTTL.String(), "want 0 (the default, 168h) or more")
+	}
+	ec := c.email("")
+	ec.Key = make([]byte, email.KeySize) // read from the data dir by the node
+	if err := ec.Validate(); err != nil {
+		return fmt.Errorf("e-mail settings: %w", err)
+	}
+	return nil
+}
+
+// email returns the node's e-mail config, with password.
+func (c *config) email(password string) email.Config {
+	return email.Config{
+		Addr: c.SMTPAddr, TLS: c.SMTPTLS, Username: c.SMTPUsername, Password: password,
+		From: c.EmailFrom, PublicURL: c.Twilio.PublicURL, LinkTTL: c.EmailLinkTTL,
+	}
+}
+
+// readPassword reads the SMTP password file: its first line, without the
+// line end. Its content never appears in an error.
+func readPassword(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("smtp-password-file: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	line = strings.TrimSuffix(line, "\r")
+	if line == "" {
+		return "", fmt.Errorf("smtp-password-file %s is empty", path)
+	}
+	return line, nil
 }

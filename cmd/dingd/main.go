@@ -25,7 +25,11 @@
 // SMS and voice escalation of DINGs go through Twilio when
 // twilio-account-sid, twilio-auth-token, twilio-from and public-url are
 // set; twilio-api-url points the client at a Twilio-compatible gateway or a
-// fake (channels/twilio/twiliotest) for a local demo. On first start dingd
+// fake (channels/twilio/twiliotest) for a local demo. E-mail escalation
+// steps go through the SMTP server smtp-addr (smtp-tls, smtp-username,
+// smtp-password-file, email-from; the confirmation links start with
+// public-url and are signed with DATA/email-link.key, made on first use);
+// cmd/fakesmtp is a fake for a local demo. On first start dingd
 // writes an admin token to DATA/admin.token (mode 0600).
 //
 // TLS: tls-cert and tls-key make the HTTP port HTTPS, and tls-listen adds
@@ -179,6 +183,13 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback, DrainDelay: c.DrainDelay,
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL, MetricsAuth: c.MetricsAuth,
 		Webhooks: c.Webhooks,
+	}
+	if c.SMTPAddr != "" {
+		pw, err := readPassword(c.SMTPPasswordFile)
+		if err != nil {
+			return err
+		}
+		ncfg.Email = c.email(pw)
 	}
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
 	ncfg.Socket.NewDeviceWindow = c.NewDeviceWindow

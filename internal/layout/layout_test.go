@@ -17,6 +17,8 @@ var owners = map[string][]string{
 	"github.com/redis/go-redis/v9":     {"github.com/dingmq/ding/cluster"},
 	"github.com/golang-jwt/jwt/v5":     {"github.com/dingmq/ding/channels/auth"},
 	"golang.org/x/crypto/acme":         {"github.com/dingmq/ding/internal/node"},
+	"github.com/wneessen/go-mail":      {"github.com/dingmq/ding/channels/email"},
+	"github.com/emersion/go-smtp":      {"github.com/dingmq/ding/channels/email/emailtest"},
 	// The OpenAPI validator is for tests: dingd serves its document as bytes.
 	"github.com/getkin/kin-openapi": {"github.com/dingmq/ding/channels/httpapi/openapitest"},
 }
@@ -56,6 +58,8 @@ func TestImportRules(t *testing.T) {
 		"github.com/dingmq/ding/engine/store/pebblestore github.com/cockroachdb/pebble/v2",
 		"github.com/dingmq/ding/cluster github.com/redis/go-redis/v9",
 		"github.com/dingmq/ding/internal/node golang.org/x/crypto/acme",
+		"github.com/dingmq/ding/channels/email github.com/wneessen/go-mail",
+		"github.com/dingmq/ding/channels/email/emailtest github.com/emersion/go-smtp",
 		"github.com/dingmq/ding/channels/httpapi/openapitest github.com/getkin/kin-openapi",
 	} {
 		if !seen[want] {

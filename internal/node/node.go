@@ -45,6 +45,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
@@ -134,6 +135,11 @@ type Config struct {
 	// and auth token those steps are recorded as not configured. Its
 	// Logger and Registerer are filled in by Start.
 	Twilio twilio.Config
+	// Email configures e-mail escalation steps (SMTP); without an Addr
+	// those steps are recorded as not configured. Its Key (the data
+	// dir's email.KeyFile, created if missing), Now, Logger and
+	// Registerer are filled in by Start.
+	Email email.Config
 	// Quotas bound DINGs; zero fields take the engine's defaults.
 	Quotas engine.Quotas
 	// NoCallFallback turns off the SMS sent when an escalation call fails.
@@ -417,6 +423,10 @@ type wiring struct {
 	keys          *auth.Keys
 	backupRoot    string
 	notifier      *twilio.Notifier
+	email         *email.Notifier
+	// confirmer is what e-mail links confirm through: the engine, or the
+	// router (to the DING's home).
+	confirmer email.Confirmer
 	// gatherer serves /metrics; nil means the node's registry alone.
 	gatherer prometheus.Gatherer
 	// routes are more handlers on the HTTP listener (beside Config.Routes).
@@ -429,31 +439,53 @@ type wiring struct {
 	hooksRefusal string
 }
 
+// notifiers are the outbound channels a node opens: Twilio for SMS and
+// calls, SMTP for e-mail, and the engine's view of them.
+type notifiers struct {
+	twilio *twilio.Notifier
+	email  *email.Notifier
+	engine engine.Notifier
+}
+
 // openCommon is what a node opens the same way with one partition or
 // several: the token keys and the admin token, the backup root, the
-// directory on dirStore (n.dir), and the Twilio notifier.
-func (n *Node) openCommon(cfg Config, reg prometheus.Registerer, dirStore store.Store) (keys *auth.Keys, backupRoot string, notifier *twilio.Notifier, err error) {
+// directory on dirStore (n.dir), and the Twilio and e-mail notifiers.
+func (n *Node) openCommon(cfg Config, reg prometheus.Registerer, dirStore store.Store) (keys *auth.Keys, backupRoot string, ns notifiers, err error) {
 	if keys, err = auth.LoadOrCreate(cfg.DataDir); err != nil {
-		return nil, "", nil, err
+		return nil, "", ns, err
 	}
 	if backupRoot, err = backupDir(cfg); err != nil {
-		return nil, "", nil, err
+		return nil, "", ns, err
 	}
 	if n.adminToken, err = loadOrCreateAdminToken(cfg.DataDir, keys, cfg.Logger); err != nil {
-		return nil, "", nil, err
+		return nil, "", ns, err
 	}
 	if n.dir, err = fanout.OpenDirectory(dirStore, cfg.Clock); err != nil {
-		return nil, "", nil, err
+		return nil, "", ns, err
 	}
 	tc := cfg.Twilio
 	tc.Logger, tc.Registerer = cfg.Logger, reg
-	if notifier, err = twilio.New(tc); err != nil {
-		return nil, "", nil, fmt.Errorf("node: %w", err)
+	if ns.twilio, err = twilio.New(tc); err != nil {
+		return nil, "", ns, fmt.Errorf("node: %w", err)
 	}
-	if !notifier.Configured() {
+	if !ns.twilio.Configured() {
 		cfg.Logger.Warn("Twilio is not configured: SMS and voice escalation steps will be recorded as not configured")
 	}
-	return keys, backupRoot, notifier, nil
+	ec := cfg.Email
+	ec.Logger, ec.Registerer = cfg.Logger, reg
+	if cfg.Clock != nil {
+		ec.Now = cfg.Clock.Now
+	}
+	if ec.Configured() {
+		if ec.Key, err = email.LoadOrCreateKey(filepath.Join(cfg.DataDir, email.KeyFile)); err != nil {
+			return nil, "", ns, fmt.Errorf("node: %w", err)
+		}
+	}
+	if ns.email, err = email.New(ec); err != nil {
+		return nil, "", ns, fmt.Errorf("node: %w", err)
+	}
+	ns.engine = engine.Notifiers{engine.ChannelSMS: ns.twilio, engine.ChannelVoice: ns.twilio, engine.ChannelEmail: ns.email}
+	return keys, backupRoot, ns, nil
 }
 
 // openSingle opens the one store and the one engine of a node with one
@@ -482,7 +514,7 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 			return w, fmt.Errorf("node: %w", err)
 		}
 	}
-	keys, backupRoot, notifier, err := n.openCommon(cfg, reg, st)
+	keys, backupRoot, ns, err := n.openCommon(cfg, reg, st)
 	if err != nil {
 		return w, err
 	}
@@ -497,7 +529,7 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 	if n.eng, err = engine.Open(engine.Config{
 		Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger, Registerer: reg,
-		Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
+		Contacts: n.dir, Notifier: ns.engine, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
 		Keys: secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 		Retention: cfg.Retention,
 	}); err != nil {
@@ -539,7 +571,8 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 	}
 	n.eng.SetSink(pub)
 	n.eng.SetPresence(n.hub)
-	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot, notifier: notifier,
+	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot,
+		notifier: ns.twilio, email: ns.email, confirmer: n.eng,
 		hooks: n.eng, hookSources: []webhook.Source{n.eng}}, nil
 }
 
@@ -583,7 +616,7 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: gatherer,
 		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) }, BackupRefusal: w.backupRefusal,
 		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
-		Webhooks: notifier.Handler(w.reports), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
+		Webhooks: notifier.Handler(w.reports), EmailLinks: w.email.Handler(w.confirmer), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
 		Limits: limits, Hooks: w.hooks, HooksRefusal: w.hooksRefusal,
 	})
 	if err != nil {

@@ -21,7 +21,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dingmq/ding/channels/session"
-	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/cluster/relay"
 	"github.com/dingmq/ding/engine"
@@ -69,8 +68,8 @@ import (
 // Active). One hub serves every user: its Source is the router
 // (router.go), and each engine's Sink is a publisher of its own into it.
 //
-// The org's SMS and call budgets (Quotas.SMSPerDay, CallsPerDay) hold
-// for the node as a whole: each engine counts its own sends, and one
+// The org's SMS, call and e-mail budgets (Quotas.SMSPerDay, CallsPerDay,
+// EmailsPerDay) hold for the node as a whole: each engine counts its own sends, and one
 // sharedBudget (budget.go) counts them all.
 //
 // Offboarding is two steps (PARTITIONS.md §2.4): the directory's change
@@ -221,7 +220,7 @@ type partitionSet struct {
 	parts  []atomic.Pointer[partRuntime]
 	stores []atomic.Pointer[pebblestore.DB]
 	// What a partition's engine is opened with besides its store.
-	notifier *twilio.Notifier
+	notifier engine.Notifier
 	budget   engine.Budget
 	// notServed makes the error for a user of a partition this node does
 	// not serve now (cluster mode: a *fanout.NotOwnerError naming the
@@ -418,7 +417,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	})); err != nil {
 		return w, fmt.Errorf("node: %w", err)
 	}
-	keys, backupRoot, notifier, err := n.openCommon(cfg, reg, set.dirDB)
+	keys, backupRoot, ns, err := n.openCommon(cfg, reg, set.dirDB)
 	if err != nil {
 		return w, err
 	}
@@ -506,7 +505,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	// One org budget for every partition (budget.go), counted from the
 	// stores: all are opened before the first engine, which may send at
 	// once (overdue escalation steps).
-	set.notifier = notifier
+	set.notifier = ns.engine
 	set.budget = &sharedBudget{log: cfg.Logger, used: map[budgetKey]uint64{}, stores: set.openStores}
 	for i := range p {
 		if !cfg.peers.serves(i) {
@@ -544,7 +543,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.log.Error("applying the directory's removals to the partitions failed; retrying in the background", "err", err)
 		set.wakeForget()
 	}
-	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier,
+	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
 		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
 		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
 		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}, nil

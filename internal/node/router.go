@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/twilio"
@@ -46,10 +47,11 @@ type router struct {
 }
 
 var (
-	_ session.Engine = (*router)(nil)
-	_ httpapi.Engine = (*router)(nil)
-	_ fanout.Source  = (*router)(nil)
-	_ twilio.Reports = (*router)(nil)
+	_ session.Engine  = (*router)(nil)
+	_ httpapi.Engine  = (*router)(nil)
+	_ fanout.Source   = (*router)(nil)
+	_ twilio.Reports  = (*router)(nil)
+	_ email.Confirmer = (*router)(nil)
 )
 
 // errNoHome is returned for an id no partition of this node made.
@@ -197,6 +199,16 @@ func (r *router) Message(id engine.ID) (*engine.Message, error) {
 		return nil, err
 	}
 	return e.Message(id)
+}
+
+// ConfirmByLink is routed to the DING's home, which holds its escalation
+// (an e-mail link names the DING and the recipient's index in it).
+func (r *router) ConfirmByLink(ctx context.Context, id engine.ID, recipient, answer int) (engine.ConfirmResult, error) {
+	e, err := r.home(id)
+	if err != nil {
+		return engine.ConfirmResult{}, err
+	}
+	return e.ConfirmByLink(ctx, id, recipient, answer)
 }
 
 func (r *router) Receipts(id engine.ID) ([]engine.Receipt, error) {

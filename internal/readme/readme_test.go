@@ -32,7 +32,8 @@ import (
 //     /readyz first, as dingctl does.
 //
 // Every command must succeed (set -e, pipefail), in the ports' defaults
-// (7070, 7080, 7090 for the fake Twilio): the test fails if they are taken.
+// (7070, 7080, 7090 for the fake Twilio, 2525 for the fake SMTP server):
+// the test fails if they are taken.
 
 // tourStart and tourEnd bound the part of README.md that is run.
 const tourStart, tourEnd = "## A two-minute tour", "## What it guarantees"
@@ -190,7 +191,7 @@ func TestReadmeTour(t *testing.T) {
 		}
 	}
 	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/dingd", "./cmd/dingctl", "./cmd/faketwilio")
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/dingd", "./cmd/dingctl", "./cmd/faketwilio", "./cmd/fakesmtp")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
