@@ -159,6 +159,15 @@ func (s *Session) HandleFrame(ft pb.FrameType, payload []byte) {
 	}
 }
 
+// Touch tells the session its client showed it is alive without a frame
+// of the protocol (a WebSocket ping or pong): it counts against the idle
+// timeout like a frame. Safe from any goroutine.
+func (s *Session) Touch() {
+	if !s.dead.Load() {
+		s.lastSeen.Store(time.Now().UnixNano())
+	}
+}
+
 // FrameError reports a frame the transport could not read: a length over
 // the limit (wire.ErrTooLarge) or a malformed header. The session answers
 // FRAME_TOO_LARGE or BAD_FRAME and closes; the transport discards the
