@@ -192,6 +192,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--retention-max-age", "90d", "--retention-max-entries", "5000", "--dedupe-window", "0s", "--stats-retention", "30d", "--retention-interval", "1m",
 		"--rate-user-submits", "0", "--rate-user-submits-burst", "0", "--rate-user-dings", "3", "--rate-admin-requests", "7",
 		"--rate-admin-requests-burst", "9", "--rate-token-mints", "0", "--auth-failures-per-source", "5", "--auth-lockout", "30s",
+		"--ws", "127.0.0.1:11", "--ws-origins", "https://app.example.com",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))
