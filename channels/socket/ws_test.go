@@ -3,10 +3,13 @@ package socket_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -470,4 +473,54 @@ func TestWSFragmentedMessage(t *testing.T) {
 		}
 	}
 	r.expect(&pb.Welcome{})
+}
+
+// With TLS on the HTTP port, /ws there is wss://: the Go client's
+// WebSocket dialer with its own TLS configuration talks to a TCP client,
+// and a big message (several TLS records) goes through whole.
+func TestWSSOnTheHTTPSPort(t *testing.T) {
+	cert, key, caFile := nodetest.TLSFiles(t)
+	n := nodetest.Start(t, node.Config{TLSCert: cert, TLSKey: key, MaxBody: 64 << 10})
+	nodetest.AddUsers(t, n, "ana", "bo")
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	ana, err := client.Dial(context.Background(), client.Config{
+		Addr: n.HTTPAddr(), Token: nodetest.Token(t, n, "ana", "web"), Device: "web",
+		Dial: (&client.WebSocket{TLS: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}}).Dial,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ana.Close()
+	bo := nodetest.Dial(t, n, "bo", "phone", nil)
+	body := bytes.Repeat([]byte("0123456789abcdef"), 3000) // 48,000 bytes
+	res, err := ana.Send(context.Background(), []string{"bo"}, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		e := nextEntry(t, bo, "ana's big message")
+		if e.Message != nil && e.Message.ID == res.ID {
+			if !bytes.Equal(e.Message.Body, body) {
+				t.Fatal("body changed on the way")
+			}
+			break
+		}
+	}
+	if _, err := bo.Send(context.Background(), []string{"ana"}, body); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		e := nextEntry(t, ana, "bo's big message")
+		if e.Message != nil && e.Message.From == "bo" {
+			if !bytes.Equal(e.Message.Body, body) {
+				t.Fatal("body changed on the way")
+			}
+			break
+		}
+	}
 }
