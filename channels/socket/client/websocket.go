@@ -1,12 +1,14 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -55,7 +57,8 @@ func (w *WebSocket) Dial(ctx context.Context, _, addr string) (net.Conn, error) 
 		src = io.MultiReader(br, nc)
 	}
 	c := &wsStream{Conn: nc}
-	c.rd = &wsutil.Reader{Source: src, State: ws.StateClientSide}
+	// Buffered: a frame header is read a few bytes at a time.
+	c.rd = &wsutil.Reader{Source: bufio.NewReaderSize(src, 16<<10), State: ws.StateClientSide}
 	return c, nil
 }
 
@@ -70,8 +73,9 @@ type wsStream struct {
 	rd   *wsutil.Reader
 	left bool // a data message is being read
 
-	wmu     sync.Mutex // guards pending and writes
+	wmu     sync.Mutex // guards pending, wbuf and writes
 	pending []byte     // the start of a frame not yet whole
+	wbuf    []byte     // the messages of one Write, reused
 }
 
 // WebSocketCloseError is the server's close frame: Code is 4000 plus the
@@ -134,6 +138,8 @@ func (c *wsStream) Read(p []byte) (int, error) {
 	}
 }
 
+// Write sends every whole frame of pending+p as one masked binary
+// message each, all of them in one write.
 func (c *wsStream) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -142,18 +148,47 @@ func (c *wsStream) Write(p []byte) (int, error) {
 		c.pending = append(c.pending, p...)
 		data = c.pending
 	}
+	out := c.wbuf[:0]
 	for len(data) >= 4 {
 		n := 4 + int(binary.BigEndian.Uint32(data))
 		if len(data) < n {
 			break
 		}
-		if err := wsutil.WriteClientBinary(c.Conn, data[:n]); err != nil {
-			return 0, err
-		}
+		out = appendClientMessage(out, data[:n])
 		data = data[n:]
 	}
 	c.pending = append(c.pending[:0], data...)
+	if cap(out) <= 1<<20 {
+		c.wbuf = out[:0]
+	}
+	if len(out) > 0 {
+		if _, err := c.Conn.Write(out); err != nil {
+			return 0, err
+		}
+	}
 	return len(p), nil
+}
+
+// appendClientMessage appends f as one final, masked binary frame.
+func appendClientMessage(dst, f []byte) []byte {
+	n := len(f)
+	switch {
+	case n < 126:
+		dst = append(dst, 0x82, 0x80|byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0x82, 0x80|126)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
+	default:
+		dst = append(dst, 0x82, 0x80|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	var mask [4]byte
+	binary.BigEndian.PutUint32(mask[:], rand.Uint32())
+	dst = append(dst, mask[:]...)
+	start := len(dst)
+	dst = append(dst, f...)
+	ws.Cipher(dst[start:], mask, 0)
+	return dst
 }
 
 func (c *wsStream) Close() error {
