@@ -524,3 +524,70 @@ func TestWSSOnTheHTTPSPort(t *testing.T) {
 		}
 	}
 }
+
+// WebSocket pings count as activity: a client that sends only them is
+// not closed as idle, and one that sends nothing is, with IDLE_TIMEOUT
+// and 4018.
+func TestWSPingsKeepAlive(t *testing.T) {
+	n := startWS(t, socket.Config{IdleTimeout: 600 * time.Millisecond})
+	pinger := mustDialWS(t, "ws://"+n.WSAddr()+"/ws")
+	pinger.hello(nodetest.Token(t, n, "bo", "web"), "web")
+	silent := mustDialWS(t, "ws://"+n.WSAddr()+"/ws")
+	silent.hello(nodetest.Token(t, n, "cy", "web"), "web")
+	for deadline := time.Now().Add(1500 * time.Millisecond); time.Now().Before(deadline); {
+		pinger.writeMessage(ws.OpPing, nil)
+		pinger.expect(&pb.Pong{})
+		time.Sleep(100 * time.Millisecond) // the pace of a keepalive, not a wait for a condition
+	}
+	pinger.send(pb.FrameType_PING, &pb.Ping{Nonce: 9})
+	if p := pinger.expect(&pb.Pong{}).(*pb.Pong); p.Nonce != 9 {
+		t.Fatalf("PONG nonce %d after the pings", p.Nonce)
+	}
+	silent.expectFatal(pb.Code_IDLE_TIMEOUT, socket.WSCloseErrorBase+ws.StatusCode(pb.Code_IDLE_TIMEOUT))
+}
+
+// FuzzWSInput writes arbitrary bytes after the upgrade: whatever they
+// are, the server answers or closes, and another client on the same node
+// is unaffected.
+func FuzzWSInput(f *testing.F) {
+	mask := func(op byte, fin bool, p []byte) []byte {
+		b0 := op
+		if fin {
+			b0 |= 0x80
+		}
+		out := []byte{b0, 0x80 | byte(len(p)), 1, 2, 3, 4}
+		start := len(out)
+		out = append(out, p...)
+		ws.Cipher(out[start:], [4]byte{1, 2, 3, 4}, 0)
+		return out
+	}
+	ping := wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: 1})
+	f.Add(mask(2, true, ping))
+	f.Add(mask(1, true, []byte("text")))
+	f.Add(append(mask(2, false, ping[:3]), mask(0, true, ping[3:])...))
+	f.Add(mask(9, true, []byte("ping")))
+	f.Add(mask(8, true, []byte{3, 232}))
+	f.Add([]byte{0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4})
+	f.Add([]byte{0x82, 0x05, 0, 0, 0, 1, 10}) // unmasked
+	f.Add([]byte{})
+	n := nodetest.Start(f, node.Config{MaxBody: 1024, WSAddr: "127.0.0.1:0"})
+	nodetest.AddUsers(f, n, "bo")
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r := mustDialWS(t, "ws://"+n.WSAddr()+"/ws")
+		if _, err := r.nc.Write(in); err != nil {
+			t.Fatal(err)
+		}
+		r.nc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		for {
+			if _, err := wsutil.ReadServerMessage(r.nc, nil); err != nil {
+				break // closed, or nothing more to say (the rest of a frame is awaited)
+			}
+		}
+		r.nc.Close()
+		ok := mustDialWS(t, "ws://"+n.WSAddr()+"/ws")
+		ok.send(pb.FrameType_HELLO, &pb.Hello{Version: 1, Token: nodetest.Token(t, n, "bo", "web"), Device: "web"})
+		ok.expect(&pb.Welcome{})
+		ok.send(pb.FrameType_PING, &pb.Ping{Nonce: 5})
+		ok.expect(&pb.Pong{})
+	})
+}
