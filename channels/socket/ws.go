@@ -3,6 +3,7 @@ package socket
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -36,7 +37,7 @@ import (
 // Two ways in, one frame reader (readFrame) and one Transport (wsConn):
 //
 //   - ServeWS: a listener of its own (dingd --ws) on a netpoll event loop
-//     of its own, like ServeTLS: the HTTP upgrade and then every
+//     of its own, like ServeTLS (and over TLS like it, wstls.go): the HTTP upgrade and then every
 //     WebSocket frame are read in the loop's handler, which returns once
 //     netpoll's buffer is empty, so an idle connection holds no goroutine
 //     and no read buffer (bench/RESULTS.md: about 7 KiB per idle
@@ -410,15 +411,22 @@ func wsPath(uri string) bool {
 
 // ServeWS serves the WebSocket gateway on ln (converted to a netpoll
 // listener) on an event loop of its own, until Shutdown: the same
-// sessions, limits and pre-authentication bound as the TCP port.
-func (s *Server) ServeWS(ln net.Listener) error {
+// sessions, limits and pre-authentication bound as the TCP port. With
+// tlsCfg, it is wss://: crypto/tls on the event loop as in ServeTLS
+// (tls.go), the upgrade and the WebSocket frames inside it.
+func (s *Server) ServeWS(ln net.Listener, tlsCfg *tls.Config) error {
 	nl, err := netpoll.ConvertListener(ln)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("socket: WebSocket listener: %w", err)
 	}
-	loop, err := netpoll.NewEventLoop(s.onWSRequest,
-		netpoll.WithOnPrepare(s.onWSPrepare),
+	onRequest, onPrepare := s.onWSRequest, s.onWSPrepare
+	if tlsCfg != nil {
+		onRequest = s.onWSTLSRequest
+		onPrepare = func(nc netpoll.Connection) context.Context { return s.onWSTLSPrepare(nc, tlsCfg) }
+	}
+	loop, err := netpoll.NewEventLoop(onRequest,
+		netpoll.WithOnPrepare(onPrepare),
 		netpoll.WithReadTimeout(s.sessions.IdleTimeout()),
 		netpoll.WithWriteTimeout(s.writeTimeout),
 	)
@@ -470,7 +478,7 @@ func (s *Server) onWSRequest(ctx context.Context, nc netpoll.Connection) error {
 	}
 	r := nc.Reader()
 	if !c.upgraded.Load() {
-		if err := c.upgradePoll(r); err != nil {
+		if err := c.upgrade(r); err != nil {
 			return nc.Close()
 		}
 	}
@@ -491,9 +499,16 @@ func (s *Server) onWSRequest(ctx context.Context, nc netpoll.Connection) error {
 	return nil
 }
 
-// upgradePoll reads the HTTP upgrade request (no more: a client sends
+// upgradeInput is where the upgrade request is read from: netpoll's
+// Reader, or connInput over TLS.
+type upgradeInput interface {
+	wsInput
+	Len() int
+}
+
+// upgrade reads the HTTP upgrade request (no more: a client sends
 // nothing else before the 101) and answers it.
-func (c *wsConn) upgradePoll(r netpoll.Reader) error {
+func (c *wsConn) upgrade(r upgradeInput) error {
 	n := 0
 	for {
 		b, err := r.Peek(r.Len())

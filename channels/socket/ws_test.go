@@ -475,54 +475,91 @@ func TestWSFragmentedMessage(t *testing.T) {
 	r.expect(&pb.Welcome{})
 }
 
-// With TLS on the HTTP port, /ws there is wss://: the Go client's
-// WebSocket dialer with its own TLS configuration talks to a TCP client,
-// and a big message (several TLS records) goes through whole.
-func TestWSSOnTheHTTPSPort(t *testing.T) {
+// With TLS, /ws on the HTTPS port and the --ws listener are wss://: the
+// Go client's WebSocket dialer with its own TLS configuration talks to a
+// TCP client, big messages (several TLS records) go through whole both
+// ways, a bad token gets its error and close code, and idle wss
+// connections on --ws hold no goroutine.
+func TestWSS(t *testing.T) {
 	cert, key, caFile := nodetest.TLSFiles(t)
-	n := nodetest.Start(t, node.Config{TLSCert: cert, TLSKey: key, MaxBody: 64 << 10})
-	nodetest.AddUsers(t, n, "ana", "bo")
+	n := nodetest.Start(t, node.Config{TLSCert: cert, TLSKey: key, MaxBody: 64 << 10, WSAddr: "127.0.0.1:0"})
+	nodetest.AddUsers(t, n, "ana", "bo", "cy")
 	pem, err := os.ReadFile(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
-	ana, err := client.Dial(context.Background(), client.Config{
-		Addr: n.HTTPAddr(), Token: nodetest.Token(t, n, "ana", "web"), Device: "web",
-		Dial: (&client.WebSocket{TLS: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}}).Dial,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ana.Close()
+	tlsCfg := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
 	bo := nodetest.Dial(t, n, "bo", "phone", nil)
-	body := bytes.Repeat([]byte("0123456789abcdef"), 3000) // 48,000 bytes
-	res, err := ana.Send(context.Background(), []string{"bo"}, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		e := nextEntry(t, bo, "ana's big message")
-		if e.Message != nil && e.Message.ID == res.ID {
-			if !bytes.Equal(e.Message.Body, body) {
-				t.Fatal("body changed on the way")
+	for _, ep := range []struct{ name, addr string }{{"ws-listener", n.WSAddr()}, {"https-port", n.HTTPAddr()}} {
+		t.Run(ep.name, func(t *testing.T) {
+			ana, err := client.Dial(context.Background(), client.Config{
+				Addr: ep.addr, Token: nodetest.Token(t, n, "ana", "web-"+ep.name), Device: "web-" + ep.name,
+				Dial: (&client.WebSocket{TLS: tlsCfg}).Dial,
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
-			break
-		}
-	}
-	if _, err := bo.Send(context.Background(), []string{"ana"}, body); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		e := nextEntry(t, ana, "bo's big message")
-		if e.Message != nil && e.Message.From == "bo" {
-			if !bytes.Equal(e.Message.Body, body) {
-				t.Fatal("body changed on the way")
+			defer ana.Close()
+			body := bytes.Repeat([]byte("0123456789abcdef"), 3000) // 48,000 bytes
+			for i := range 3 {
+				res, err := ana.Send(context.Background(), []string{"bo"}, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for {
+					e := nextEntry(t, bo, "ana's big message")
+					if e.Message != nil && e.Message.ID == res.ID {
+						if !bytes.Equal(e.Message.Body, body) {
+							t.Fatalf("body %d changed on the way", i)
+						}
+						break
+					}
+				}
+				back, err := bo.Send(context.Background(), []string{"ana"}, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for {
+					e := nextEntry(t, ana, "bo's big message")
+					if e.Message != nil && e.Message.ID == back.ID {
+						if !bytes.Equal(e.Message.Body, body) {
+							t.Fatalf("body %d changed on the way back", i)
+						}
+						break
+					}
+				}
 			}
-			break
-		}
+			// A bad token: BAD_TOKEN, then close 4007.
+			d := ws.Dialer{TLSConfig: tlsCfg, Timeout: 5 * time.Second}
+			nc, _, _, err := d.Dial(context.Background(), "wss://"+ep.addr+"/ws")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			r := &wsRaw{t, nc}
+			r.send(pb.FrameType_HELLO, &pb.Hello{Version: 1, Token: "forged", Device: "web"})
+			r.expectFatal(pb.Code_BAD_TOKEN, socket.WSCloseErrorBase+ws.StatusCode(pb.Code_BAD_TOKEN))
+		})
 	}
+	t.Run("idle-holds-no-goroutine", func(t *testing.T) {
+		before := runtime.NumGoroutine()
+		const conns = 100
+		for i := range conns {
+			d := ws.Dialer{TLSConfig: tlsCfg, Timeout: 5 * time.Second}
+			nc, _, _, err := d.Dial(context.Background(), "wss://"+n.WSAddr()+"/ws")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { nc.Close() })
+			r := &wsRaw{t, nc}
+			dev := fmt.Sprintf("w%d", i)
+			r.hello(nodetest.Token(t, n, "cy", dev), dev)
+		}
+		// The test's side holds no goroutine either (crypto/tls conns).
+		nodetest.WaitFor(t, "the flushers to exit", 5*time.Second, func() bool { return runtime.NumGoroutine() < before+conns/10 })
+	})
 }
 
 // WebSocket pings count as activity: a client that sends only them is

@@ -1,10 +1,12 @@
 package socket
 
 import (
+	"cmp"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -79,23 +81,43 @@ func (a addrString) String() string  { return string(a) }
 
 var _ net.Addr = addrString("")
 
-// connInput is a wsInput over a blocking reader: a buffer that grows to
-// the largest frame read and is dropped when it is drained and large.
+// connInput is a wsInput over a blocking reader (a net.Conn, or a
+// tls.Conn on netpoll): a buffer that grows to the largest frame read.
 type connInput struct {
-	r   io.Reader
-	buf []byte // buf[off:] is unread
-	off int
+	r io.Reader
+	// minRead is the free space each Read is given: over TLS on netpoll,
+	// a whole record's plaintext, so that crypto/tls holds none back
+	// (tls.go). Zero means 2 KiB.
+	minRead int
+	// pooled: the buffer goes back to inputBufs once drained, so an idle
+	// connection holds none; otherwise it is kept (up to 64 KiB).
+	pooled bool
+	buf    []byte // buf[off:] is unread
+	off    int
 }
+
+// inputBufs are the pooled buffers of connInput: a TLS record's
+// plaintext and a few KiB more.
+var inputBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxPlaintext+4<<10); return &b }}
+
+// Len is the number of bytes buffered.
+func (in *connInput) Len() int { return len(in.buf) - in.off }
 
 func (in *connInput) Peek(n int) ([]byte, error) {
 	for len(in.buf)-in.off < n {
-		if in.off > 0 && cap(in.buf)-in.off < n {
+		if in.off > 0 {
 			in.buf = in.buf[:copy(in.buf, in.buf[in.off:])]
 			in.off = 0
 		}
-		if cap(in.buf)-len(in.buf) < 512 || cap(in.buf)-in.off < n {
-			nb := make([]byte, len(in.buf), max(in.off+n, 2*cap(in.buf), 2048))
-			copy(nb, in.buf)
+		need := max(n, len(in.buf)+cmp.Or(in.minRead, 2<<10))
+		if cap(in.buf) < need {
+			var nb []byte
+			if in.pooled && in.buf == nil && need <= maxPlaintext+4<<10 {
+				nb = (*inputBufs.Get().(*[]byte))[:0]
+			} else {
+				nb = make([]byte, len(in.buf), max(need, 2*cap(in.buf)))
+				copy(nb, in.buf)
+			}
 			in.buf = nb
 		}
 		m, err := in.r.Read(in.buf[len(in.buf):cap(in.buf)])
@@ -116,12 +138,20 @@ func (in *connInput) Next(n int) ([]byte, error) {
 }
 
 func (in *connInput) Release() error {
-	if in.off == len(in.buf) {
-		in.buf, in.off = in.buf[:0], 0
-		if cap(in.buf) > 64<<10 {
-			in.buf = nil
-		}
+	if in.off != len(in.buf) {
+		return nil
 	}
+	switch {
+	case in.pooled && cap(in.buf) == maxPlaintext+4<<10:
+		b := in.buf[:0]
+		inputBufs.Put(&b)
+		in.buf = nil
+	case in.pooled || cap(in.buf) > 64<<10:
+		in.buf = nil
+	default:
+		in.buf = in.buf[:0]
+	}
+	in.off = 0
 	return nil
 }
 

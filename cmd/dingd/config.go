@@ -154,7 +154,7 @@ var settings = []setting{
 		help:  "admin HTTP address: API, /healthz, /readyz, /metrics, and the WebSocket gateway at /ws",
 		field: func(c *config) any { return &c.HTTP }},
 	{name: "ws", env: "DING_WS", def: "",
-		help:  "also serve the WebSocket gateway (the socket protocol, one frame per binary message; ws://ADDR/ws) on this address, e.g. :7443, on the event loop (no goroutine per idle connection); plain ws: wss is /ws on the HTTP port with --tls-cert; empty: only /ws on the HTTP port",
+		help:  "also serve the WebSocket gateway (the socket protocol, one frame per binary message; ws://ADDR/ws) on this address, e.g. :7443, on the event loop (no goroutine per idle connection); wss with --tls-cert or ACME, like the HTTP port; empty: only /ws on the HTTP port",
 		field: func(c *config) any { return &c.WS }},
 	{name: "ws-origins", env: "DING_WS_ORIGINS", def: "",
 		help:  "browser origins (scheme://host[:port], separated by commas; * for any) the WebSocket gateway accepts besides the same origin; a client sending no Origin (not a browser) is always accepted and authenticates with its token; empty: the same origin only",

@@ -81,9 +81,9 @@ type Config struct {
 	// WSAddr, when set, is a listener of the WebSocket gateway (the
 	// socket protocol's frames, one per binary WebSocket message, on
 	// netpoll's event loop; channels/socket ws.go), beside /ws on the
-	// HTTP port, which is always served. Plain ws:// (wss:// is /ws on
-	// the HTTP port when it has TLS). Its origin policy is
-	// Socket.WSOrigins. Empty: none.
+	// HTTP port, which is always served; both are wss:// when the node
+	// has TLS (TLSCert or ACME). Its origin policy is Socket.WSOrigins.
+	// Empty: none.
 	WSAddr string
 	// TLSSocketAddr, when set (with TLSCert or ACME), is a listener
 	// carrying the socket protocol over TLS, beside the plain one.
@@ -308,7 +308,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	if err := registerPlaintext(reg, cfg.Logger, map[string]bool{
 		"socket":    publicPlain(n.sockLn.Addr()),
 		"http":      cfg.TLSCert == "" && !acmeOn && publicPlain(n.httpLn.Addr()),
-		"websocket": n.wsLn != nil && publicPlain(n.wsLn.Addr()),
+		"websocket": n.wsLn != nil && cfg.TLSCert == "" && !acmeOn && publicPlain(n.wsLn.Addr()),
 	}); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -596,7 +596,7 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			if err := n.sock.ServeWS(n.wsLn); err != nil {
+			if err := n.sock.ServeWS(n.wsLn, n.serverTLS); err != nil { // wss with the node's TLS
 				n.log.Error("WebSocket server stopped", "err", err)
 			}
 		}()
