@@ -89,6 +89,25 @@ func StartServerWS(bin, tmp string, users int, args ...string) (*Server, error) 
 	return s, nil
 }
 
+// StartServerWSS is StartServerTLS with the WebSocket listener, wss
+// (dingd --ws with --tls-cert), on WSSock.
+func StartServerWSS(bin, tmp string, users int, args ...string) (*Server, error) {
+	s, err := newServer(bin, tmp)
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile, cfg, err := makeCert(s.Data)
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	s.WSSock, s.TLS = freeAddr(), cfg
+	if err := s.startWith(users, append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--ws", s.WSSock}, args...)); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
 // startWith starts s with args and creates its users; on an error s is
 // stopped.
 func (s *Server) startWith(users int, args []string) error {

@@ -42,11 +42,11 @@ type IdleConfig struct {
 // connection open (each binary's own, with Against: its row "server RSS,
 // no connection").
 func Idle(cfg IdleConfig) (Table, error) {
-	if cfg.TLS {
-		return idleTLS(cfg)
-	}
 	if cfg.WS {
 		return idleWS(cfg)
+	}
+	if cfg.TLS {
+		return idleTLS(cfg)
 	}
 	t, err := Compare(cfg.Bin, cfg.Against, "", func(bin string) (Table, error) {
 		r, err := idleOnce(cfg, bin, viaPlain)
@@ -95,16 +95,20 @@ func idleWS(cfg IdleConfig) (Table, error) {
 	if err != nil {
 		return Table{}, err
 	}
-	overWS, err := idleOnce(cfg, cfg.Bin, viaWS)
+	v, scenario, label, what := viaWS, "idle --ws", "over WebSocket", "WebSocket listener (dingd --ws: gobwas/ws on netpoll's event loop; one frame per binary message)"
+	if cfg.TLS {
+		v, scenario, label, what = viaWSS, "idle --ws --tls", "over wss", "WebSocket listener over TLS (dingd --ws with --tls-cert: wss, crypto/tls on netpoll's event loop; TLS 1.3, ECDSA P-256)"
+	}
+	overWS, err := idleOnce(cfg, cfg.Bin, v)
 	if err != nil {
 		return Table{}, err
 	}
 	pp, wp := plain.perConn, overWS.perConn
 	return Table{
-		Scenario: "idle --ws",
-		Setup:    fmt.Sprintf("%d authenticated idle connections over loopback to one dingd's socket port, then as many to another's WebSocket listener (dingd --ws: gobwas/ws on netpoll's event loop; one frame per binary message), in the same run; RSS growth per connection against each dingd's own RSS with the users created and no connection.", cfg.Conns),
+		Scenario: scenario,
+		Setup:    fmt.Sprintf("%d authenticated idle connections over loopback to one dingd's socket port, then as many to another's %s, in the same run; RSS growth per connection against each dingd's own RSS with the users created and no connection.", cfg.Conns, what),
 		Rows: []Row{
-			{"server RSS per connection", fmt.Sprintf("%.2f KiB over WebSocket", wp/1024), fmt.Sprintf("%.2f KiB plain", pp/1024), ratio(wp, pp), "≤ 12 KiB" + met(wp <= 12*1024)},
+			{"server RSS per connection", fmt.Sprintf("%.2f KiB %s", wp/1024, label), fmt.Sprintf("%.2f KiB plain", pp/1024), ratio(wp, pp), "≤ 12 KiB" + met(wp <= 12*1024)},
 			{"server RSS, no connection", fmt.Sprintf("%.1f MiB", float64(overWS.before)/(1<<20)), fmt.Sprintf("%.1f MiB", float64(plain.before)/(1<<20)), "", ""},
 			{"connections the server counted", fmt.Sprintf("%.0f", overWS.open), fmt.Sprintf("%.0f", plain.open), "", ""},
 		},
@@ -118,6 +122,7 @@ const (
 	viaPlain via = iota // the socket port
 	viaTLS              // --tls-listen
 	viaWS               // --ws
+	viaWSS              // --ws with TLS
 )
 
 // idleRun is one idle measurement.
@@ -136,6 +141,8 @@ func idleOnce(cfg IdleConfig, bin string, v via) (idleRun, error) {
 		start = StartServerTLS
 	case viaWS:
 		start = StartServerWS
+	case viaWSS:
+		start = StartServerWSS
 	}
 	srv, err := start(bin, cfg.Tmp, cfg.Conns, cfg.Profiling.dingdArgs()...)
 	if err != nil {
@@ -170,8 +177,8 @@ func idleOnce(cfg IdleConfig, bin string, v via) (idleRun, error) {
 			switch tok := srv.Token(fmt.Sprintf("u%d", i), "d"); v {
 			case viaTLS:
 				c, _, err = handshakeTLS(srv.TLSSock, srv.TLS, tok, "d")
-			case viaWS:
-				c, _, err = handshakeWS(srv.WSSock, tok, "d")
+			case viaWS, viaWSS:
+				c, _, err = handshakeWS(srv.WSSock, srv.TLS, tok, "d")
 			default:
 				c, _, err = handshake(srv.Sock, tok, "d")
 			}
@@ -235,11 +242,11 @@ func handshakeTLS(addr string, tc *tls.Config, token, device string) (net.Conn, 
 }
 
 // handshakeWS is handshake over the WebSocket gateway at addr (--ws),
-// through the Go client's WebSocket dialer.
-func handshakeWS(addr, token, device string) (net.Conn, *pb.Welcome, error) {
+// through the Go client's WebSocket dialer (wss with tc).
+func handshakeWS(addr string, tc *tls.Config, token, device string) (net.Conn, *pb.Welcome, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := (&client.WebSocket{}).Dial(ctx, "tcp", addr)
+	c, err := (&client.WebSocket{TLS: tc}).Dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}

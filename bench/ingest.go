@@ -74,6 +74,9 @@ type ingestRun struct {
 // rate.
 func Ingest(cfg IngestConfig) (Table, error) {
 	cfg.Payload = max(cfg.Payload, 8)
+	if cfg.TLS && cfg.WS {
+		return Table{}, errors.New("ingest: --ws and --tls together are not a scenario yet (idle --ws --tls is)")
+	}
 	if cfg.TLS {
 		return ingestTLS(cfg)
 	}

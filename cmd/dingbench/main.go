@@ -8,6 +8,7 @@
 //	./bin/dingbench idle --conns 18000
 //	./bin/dingbench idle --ws                 # plain, then the same through dingd --ws (WebSocket)
 //	./bin/dingbench ingest --ws
+//	./bin/dingbench idle --ws --tls           # plain, then through dingd --ws over TLS (wss)
 //	./bin/dingbench resume --missed 100000
 //	./bin/dingbench broadcast --conns 18000 --messages 20  # group messages back to back to 18,000 online devices
 //	./bin/dingbench announce --users 100000 --conns 18000  # one announcement to all (~45 s); not in all
