@@ -19,7 +19,7 @@ import (
 
 // Transport is one client connection as a session sees it: a way to write
 // frames and to close. A transport adapter (package channels/socket for
-// TCP through netpoll; a WebSocket gateway next) implements it, reads the
+// TCP through netpoll, and its WebSocket gateway) implements it, reads the
 // connection's bytes into whole frames for Session.HandleFrame, and calls
 // Session.Closed when the connection is gone.
 type Transport interface {

@@ -1,7 +1,9 @@
 // Package socket is Ding's TCP transport: a netpoll server carrying the
 // framed protocol of PROTOCOL.md (payloads in pb, framing in wire) between
 // phones, desktops and web clients on persistent connections and the
-// protocol sessions of package channels/session.
+// protocol sessions of package channels/session. It is also the
+// WebSocket gateway (ws.go, wstls.go, wshttp.go): the same frames, one
+// per binary WebSocket message, on the same sessions.
 //
 // It is the only package that imports netpoll, and it knows nothing of
 // the protocol beyond framing. A connection's life:
