@@ -326,25 +326,27 @@ func TestWSBadInput(t *testing.T) {
 		{"no HELLO first", false, ws.OpBinary, wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: 1}), pb.Code_HANDSHAKE_REQUIRED, 4005},
 		{"bad token", false, ws.OpBinary, wire.Encode(pb.FrameType_HELLO, &pb.Hello{Version: 1, Token: "forged", Device: "web"}), pb.Code_BAD_TOKEN, 4007},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := mustDialWS(t, "ws://"+n.WSAddr()+"/ws")
-			if tc.hello {
-				r.hello(nodetest.Token(t, n, "bo", "web"), "web")
-			}
-			r.writeMessage(tc.op, tc.msg)
-			r.expectFatal(tc.code, tc.closeCode)
-			// The bystander still sends and receives.
-			res, err := ana.Send(context.Background(), []string{"cy"}, []byte(tc.name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for {
-				e := nextEntry(t, bystander, "the bystander's message")
-				if e.Message != nil && e.Message.ID == res.ID {
-					break
+		for _, ep := range []struct{ name, addr string }{{"ws-listener", n.WSAddr()}, {"http-port", n.HTTPAddr()}} {
+			t.Run(tc.name+"/"+ep.name, func(t *testing.T) {
+				r := mustDialWS(t, "ws://"+ep.addr+"/ws")
+				if tc.hello {
+					r.hello(nodetest.Token(t, n, "bo", "web"), "web")
 				}
-			}
-		})
+				r.writeMessage(tc.op, tc.msg)
+				r.expectFatal(tc.code, tc.closeCode)
+				// The bystander still sends and receives.
+				res, err := ana.Send(context.Background(), []string{"cy"}, []byte(tc.name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for {
+					e := nextEntry(t, bystander, "the bystander's message")
+					if e.Message != nil && e.Message.ID == res.ID {
+						break
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -366,16 +368,26 @@ func TestWSPingPong(t *testing.T) {
 // A WebSocket client that stops reading is cut as a slow consumer with
 // the socket's error; another WebSocket client goes on.
 func TestWSSlowConsumerIsCut(t *testing.T) {
+	for _, ep := range []string{"ws-listener", "http-port"} {
+		t.Run(ep, func(t *testing.T) { testWSSlowConsumer(t, ep == "http-port") })
+	}
+}
+
+func testWSSlowConsumer(t *testing.T, httpPort bool) {
 	n := startWS(t, socket.Config{MaxPending: 64 << 10})
+	addr := n.WSAddr()
+	if httpPort {
+		addr = n.HTTPAddr()
+	}
 	small := func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
 	}
-	slow, err := dialWSRaw(t, "ws://"+n.WSAddr()+"/ws", "", small)
+	slow, err := dialWSRaw(t, "ws://"+addr+"/ws", "", small)
 	if err != nil {
 		t.Fatal(err)
 	}
 	slow.hello(nodetest.Token(t, n, "bo", "web"), "web")
-	other := dialWSClient(t, n, n.WSAddr(), "cy", "web", nil)
+	other := dialWSClient(t, n, addr, "cy", "web", nil)
 	ana := nodetest.Dial(t, n, "ana", "phone", nil)
 	var sent atomic.Int64
 	var wg sync.WaitGroup
