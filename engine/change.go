@@ -44,6 +44,11 @@ type Change struct {
 	// Removes lists the users the change removes: ops applied after it
 	// see them as inactive even before Applied has run.
 	Removes []string
+	// Added and Removed list the users the change adds (or adds back)
+	// and removes, for the webhook events user.added and user.removed
+	// (webhook.go), written in the change's batch. Unlike Removes, a
+	// retry of a removal already made leaves Removed empty.
+	Added, Removed []string
 }
 
 // changeTx is the overlay of changes from outside the engine.
@@ -80,6 +85,12 @@ func (c *txn) applyChange(ch *Change) error {
 		c.removed[u] = true
 	}
 	c.changes = append(c.changes, ch)
+	for _, u := range ch.Added {
+		c.emit(HookUserAdded, S("user", u))
+	}
+	for _, u := range ch.Removed {
+		c.emit(HookUserRemoved, S("user", u))
+	}
 	return nil
 }
 

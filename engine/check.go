@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/dingmq/ding/engine/store"
 )
@@ -17,6 +18,7 @@ type CheckReport struct {
 	Messages  int      `json:"messages"`
 	Cursors   int      `json:"cursors"`
 	Outbox    int      `json:"outbox"`   // relay records not yet acknowledged by their partition
+	Webhooks  int      `json:"webhooks"` // webhook events some subscription has not dealt with yet
 	Problems  []string `json:"problems"` // [] when every invariant holds
 	Truncated bool     `json:"truncated"`
 }
@@ -50,7 +52,13 @@ func (r *CheckReport) problem(format string, args ...any) {
 //     message (retention keeps them); a receipt record names messages
 //     (of the destination: they need not be stored here), a recipient,
 //     a state past sent and an answer in range; every relay counter and
-//     inbound watermark decodes.
+//     inbound watermark decodes;
+//   - every webhook event (webhook.go) decodes, is numbered within the
+//     event counter and after the lowest subscription cursor (events
+//     every subscription is past are deleted; with no subscription there
+//     are none); every subscription decodes and has a cursor within the
+//     counter; every cursor and dead letter belongs to a subscription,
+//     and every dead letter decodes.
 //
 // It reads the whole store; run it on a stopped node's data or a backup.
 func Check(st store.Store) (CheckReport, error) {
@@ -174,7 +182,98 @@ func Check(st store.Store) (CheckReport, error) {
 	if err := checkRelay(st, &r); err != nil {
 		return r, err
 	}
+	if err := checkHooks(st, &r); err != nil {
+		return r, err
+	}
 	return r, nil
+}
+
+// checkHooks checks the webhooks' keys: the event counter, the events,
+// the subscriptions, their cursors and dead letters.
+func checkHooks(st store.Store, r *CheckReport) error {
+	counter := uint64(0)
+	if v, err := st.Get(hookCounterKey); err == nil {
+		if counter, err = parseU64(v); err != nil {
+			r.problem("the webhook event counter does not decode")
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("engine: check webhooks: %w", err)
+	}
+	subs := map[string]bool{}
+	err := st.Scan([]byte{prefixHook}, []byte{prefixHook + 1}, func(k, v []byte) bool {
+		id := string(k[1:])
+		subs[id] = true
+		if _, err := decodeWebhook(id, v); err != nil {
+			r.problem("webhook subscription %q does not decode", id)
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: check webhooks: %w", err)
+	}
+	minCursor, cursors := uint64(math.MaxUint64), 0
+	err = st.Scan([]byte{prefixHookCursor}, []byte{prefixHookCursor + 1}, func(k, v []byte) bool {
+		id := string(k[1:])
+		cursors++
+		c, err := parseU64(v)
+		switch {
+		case !subs[id]:
+			r.problem("webhook cursor of %q, which is no subscription", id)
+		case err != nil:
+			r.problem("webhook cursor of %q does not decode", id)
+		case c > counter:
+			r.problem("webhook cursor of %q is at %d, beyond the event counter %d", id, c, counter)
+		default:
+			minCursor = min(minCursor, c)
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: check webhooks: %w", err)
+	}
+	if cursors < len(subs) {
+		r.problem("%d webhook subscriptions have no cursor", len(subs)-cursors)
+	}
+	err = st.Scan([]byte{prefixHookEvent}, []byte{prefixHookEvent + 1}, func(k, v []byte) bool {
+		r.Webhooks++
+		if len(k) != 9 {
+			r.problem("webhook event key %x is malformed", k)
+			return true
+		}
+		seq := binary.BigEndian.Uint64(k[1:])
+		if _, err := parseHookEvent(seq, v); err != nil {
+			r.problem("webhook event %d does not decode", seq)
+		}
+		if seq > counter {
+			r.problem("webhook event %d is beyond the event counter %d", seq, counter)
+		}
+		if len(subs) == 0 || seq <= minCursor {
+			r.problem("webhook event %d is kept though every subscription is past it", seq)
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: check webhooks: %w", err)
+	}
+	err = st.Scan([]byte{prefixHookDead}, []byte{prefixHookDead + 1}, func(k, v []byte) bool {
+		i := bytes.IndexByte(k[1:], 0)
+		if i < 0 || len(k) != 1+i+1+8 {
+			r.problem("webhook dead letter key %x is malformed", k)
+			return true
+		}
+		id, seq := string(k[1:1+i]), binary.BigEndian.Uint64(k[len(k)-8:])
+		if !subs[id] {
+			r.problem("webhook dead letter %d of %q, which is no subscription", seq, id)
+		}
+		if _, err := decodeDeadLetter(seq, v); err != nil {
+			r.problem("webhook dead letter %d of %q does not decode", seq, id)
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("engine: check webhooks: %w", err)
+	}
+	return nil
 }
 
 // checkRelay checks the relay's keys: counters, outbox records, inbound

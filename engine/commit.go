@@ -25,6 +25,7 @@ import (
 //	fanoutTx  fanout.go    fanout jobs started
 //	changeTx  change.go    changes from outside the engine (the directory)
 //	relayTx   relay.go     outbox records and their seqs, inbound watermarks
+//	hookTx    webhook.go   webhook events and their seqs, subscriptions and cursors changed
 //
 // An op is a function of the txn (the feature's entry point, e.g.
 // applySubmit, applyDing, createChat) built where the feature's API is:
@@ -66,6 +67,7 @@ type txn struct {
 	fanoutTx
 	changeTx
 	relayTx
+	hookTx
 
 	hooks txnHooks
 }
@@ -94,7 +96,7 @@ type txnHooks struct {
 func (e *Engine) newTxn() *txn {
 	c := &txn{e: e, streamTx: newStreamTx(), dingTx: newDingTx(), statsTx: newStatsTx(), secretTx: newSecretTx()}
 	h := &c.hooks
-	for _, o := range []any{&c.streamTx, &c.dingTx, &c.statsTx, &c.secretTx, &c.fanoutTx, &c.changeTx, &c.relayTx} {
+	for _, o := range []any{&c.streamTx, &c.dingTx, &c.statsTx, &c.secretTx, &c.fanoutTx, &c.changeTx, &c.relayTx, &c.hookTx} {
 		addHook(&h.flush, o)
 		addHook(&h.applied, o)
 		addHook(&h.durable, o)

@@ -466,6 +466,33 @@ var timersCounterKey = []byte{prefixCounter, 't', 'i', 'm', 'e', 'r', 's'}
 
 func utcDay(t time.Time) string { return t.UTC().Format("20060102") }
 
+// Budget shares the org's daily budget of a channel between engines
+// (Config.Budget). Each engine still counts its own sends, in its store;
+// the Budget holds the org's count.
+type Budget interface {
+	// Take counts one send of ch on day (UTC, as "20060102") and reports
+	// whether the org's count stays within limit; false counts nothing.
+	// It is called on the commit loop, so it must answer quickly. A send
+	// it granted may still not be made (its batch failed): a Budget may
+	// over-count by that, never under-count.
+	Take(ch Channel, day string, limit int) bool
+}
+
+// BudgetUsed returns how many sends of ch the engine on st counted
+// against the org's budget on day (UTC, as "20060102"), as durable in st:
+// what a Budget shared by several engines starts from (Config.Budget).
+// st may be read before its engine is open.
+func BudgetUsed(st store.Store, ch Channel, day string) (uint64, error) {
+	v, err := st.Get(quotaKey('b', ch.String(), day))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return parseU64(v)
+}
+
 // Ding validates r and sends it: the message goes to the users' streams,
 // every recipient's escalation starts, and the answer comes once all of it
 // is durable. Quota and quiet-hours refusals of single recipients are in

@@ -134,6 +134,15 @@
 //	counter   'k' | "relay" | to (4)                -> u64: the last outbox seq allocated for to (records are
 //	                                                   deleted once acknowledged, so the outbox's last key is not it)
 //
+// Outbound event webhooks (webhook.go; events written only while a
+// subscription's filter matches them):
+//
+//	event     'W' | seq (8)                         -> webhook event: type, time, data (never a body, token or phone)
+//	hook      'H' | subscription id                 -> subscription: url, event filter, secret, paused
+//	cursor    'C' | subscription id                 -> seq (8): the events the subscription is done with
+//	dead      'D' | subscription id | 0x00 | seq (8) -> a dead letter: the event, attempts, last error, replay mark
+//	counter   'k' | "webhook"                       -> u64: the last event seq allocated
+//
 // The records' own layouts (DING, recipient state, ledger event, chat,
 // secret state, announcement counts, fanout job, relay record) are drawn in codec.go:
 // binary, each led by a version byte; the JSON records of data

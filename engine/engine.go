@@ -131,6 +131,11 @@ type Config struct {
 	Notifier Notifier
 	// Quotas bound DINGs; zero fields take their defaults.
 	Quotas Quotas
+	// Budget, if set, shares the org's daily SMS and call budgets
+	// (Quotas.SMSPerDay, CallsPerDay) with the other engines of the org
+	// (several partitions): a send within this engine's own count is made
+	// only if Budget.Take grants it too. Nil: this engine's count alone.
+	Budget Budget
 	// SendTimeout bounds one send to the Notifier; zero means 15s.
 	SendTimeout time.Duration
 	// RecoverAfter is how long after a send was decided it is made again
@@ -172,6 +177,11 @@ type Config struct {
 	// change its answer for a user with records in flight. Nil (the
 	// default) makes every user local: the relay writes nothing.
 	Placement func(user string) uint32
+	// HookSource names this engine's webhook outbox in event ids
+	// (webhook.go: "evt_<source>_<seq>"); empty means the partition's
+	// number. Engines whose events reach the same receivers need
+	// different names (internal/node gives the directory's engine "dir").
+	HookSource string
 
 	// Retention says what is deleted in the background (retention.go);
 	// its zero value keeps streams and messages forever and expires
@@ -322,6 +332,8 @@ type Engine struct {
 	outMu       sync.RWMutex
 	outDurable  map[uint32]uint64 // last durable outbox seq per destination; guarded by outMu
 	outboxReady chan struct{}     // capacity 1: a batch that wrote outbox records is durable
+
+	hookState // outbound event webhooks (webhook.go)
 }
 
 // Open starts an engine on cfg.Store. The store already holds all state:
@@ -363,6 +375,9 @@ func Open(cfg Config) (*Engine, error) {
 	e.keys, e.fleeting = cfg.Keys, newMemKeys()
 	e.chatCache, e.secretCache = newIDCache[*Chat](16384), newIDCache[secretState](131072)
 	if err := e.loadRelayCounters(); err != nil {
+		return nil, err
+	}
+	if err := e.loadHooks(); err != nil {
 		return nil, err
 	}
 	keyless, err := e.reconcileSecrets()

@@ -242,6 +242,9 @@ func (c *txn) ledger(id ID, idx int, s *rcptState, rec *dingRecord, ev DingEvent
 		le.Channel = ev.Channel.String()
 	}
 	c.batch.Set(ledgerKey(id, idx, s.nextLedger()), encodeLedgerEvent(&le))
+	if t := hookDingType(ev.Event); c.hookWants(t) {
+		c.emit(t, hookDingData(&ev, s.User, rec)...)
+	}
 	if ev.Event == LedgerSent {
 		return nil // the sender's submit answer says as much
 	}
@@ -520,17 +523,19 @@ func (c *txn) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channe
 		limit, reason = c.e.cfg.Quotas.CallsPerDay, ReasonVoiceBudget
 	}
 	if limit > 0 {
-		k := quotaKey('b', ch.String(), utcDay(now))
+		day := utcDay(now)
+		k := quotaKey('b', ch.String(), day)
 		n, err := c.quotaGet(k)
 		if err != nil {
 			return err
 		}
-		if n >= uint64(limit) {
+		if n >= uint64(limit) || (c.e.cfg.Budget != nil && !c.e.cfg.Budget.Take(ch, day, limit)) {
 			c.e.metrics.refusals.WithLabelValues(reason).Inc()
 			c.e.metrics.step(ch, "quota")
 			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerQuotaRefused, Channel: ch, Detail: reason, At: now})
 		}
 		c.quotaSet(k, n+1)
+		c.hookBudget(ch, n, limit)
 	}
 	if r := c.rollup(dayOf(now), s.Dept); ch == ChannelVoice {
 		r.Calls++

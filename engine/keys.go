@@ -40,6 +40,10 @@ const (
 	prefixTrimmed      = 'T' // T | user                         -> seq(8): the stream's trim mark (retention.go)
 	prefixOutbox       = 'O' // O | to(4) | seq(8)               -> relay record for partition to (relay.go, codec.go)
 	prefixRelayed      = 'I' // I | from(4)                      -> seq(8): the last relay record of that origin applied here
+	prefixHookEvent    = 'W' // W | seq(8)                       -> webhook event (webhook.go)
+	prefixHook         = 'H' // H | subscription id              -> webhook subscription
+	prefixHookCursor   = 'C' // C | subscription id              -> seq(8): the events it is done with
+	prefixHookDead     = 'D' // D | subscription id | 0x00 | seq(8) -> a dead letter: the event and why it was parked
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'

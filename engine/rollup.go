@@ -141,7 +141,8 @@ type statsTx struct {
 	rollups  map[rollupID]*Rollup
 	depts    map[string]string // user -> department, looked up this batch
 	anns     map[ID]*AnnouncementCounts
-	statsErr error // a rollup could not be read: the op that touched it aborts rather than overwrite it
+	annsWas  map[ID]AnnouncementCounts // as stored before this batch, for webhooks' thresholds (hookAnnouncement)
+	statsErr error                     // a rollup could not be read: the op that touched it aborts rather than overwrite it
 }
 
 func newStatsTx() statsTx {
@@ -157,6 +158,7 @@ func (s *statsTx) reset() {
 	clear(s.rollups)
 	clear(s.depts)
 	clear(s.anns)
+	clear(s.annsWas)
 	s.statsErr = nil
 }
 
@@ -221,6 +223,12 @@ func (c *txn) announcement(id ID) *AnnouncementCounts {
 		return nil
 	}
 	c.anns[id] = a
+	if c.hookWants(HookAnnouncementRead) || c.hookWants(HookAnnouncementConfirmed) {
+		if c.annsWas == nil {
+			c.annsWas = map[ID]AnnouncementCounts{}
+		}
+		c.annsWas[id] = *a
+	}
 	return a
 }
 
@@ -251,6 +259,9 @@ func (c *txn) flushRollups() {
 			continue // looked up, not an announcement with counts
 		}
 		c.batch.Set(announcementKey(id), encodeAnnouncementCounts(a))
+		if was, ok := c.annsWas[id]; ok {
+			c.hookAnnouncement(id, &was, a)
+		}
 	}
 }
 

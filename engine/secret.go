@@ -465,6 +465,8 @@ func (c *txn) createChat(ch *Chat, now time.Time) error {
 		}
 	}
 	c.chatsCreated = append(c.chatsCreated, ch.Level)
+	// Metadata only: no member, pseudonym or content.
+	c.emit(HookSecretChatCreated, S("chat", ch.ID.String()), N("level", int64(ch.Level)))
 	return nil
 }
 
@@ -913,6 +915,9 @@ func (c *txn) fireSecret(k []byte, due int64, id ID, n uint32, now time.Time) er
 
 // burn destroys a live secret message: see the design comment above.
 func (c *txn) burn(id ID, s *secretState, reason string) error {
+	if _, other := c.e.remote(s.From); !other { // once, at the message's origin
+		c.emit(HookSecretBurned, S("chat", s.Chat.String()), S("message", id.String()), S("reason", reason))
+	}
 	c.batch.Delete(messageKey(id))
 	c.batch.Delete(receiptKey(id, s.To))
 	c.batch.Delete(secretKey(id))

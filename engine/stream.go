@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dingmq/ding/engine/store"
@@ -235,6 +236,10 @@ func (c *txn) applySubmit(s *Submission, res *SubmitResult, now time.Time) error
 	if s.Kind == KindAnnouncement {
 		r.Announcements++
 		c.anns[id] = &AnnouncementCounts{From: s.From, To: s.To, Created: ms(m.Created), Confirm: s.flags&FlagConfirm != 0, Total: uint64(len(s.recipients))}
+		if c.hookWants(HookAnnouncementPublished) {
+			c.emit(HookAnnouncementPublished, S("announcement", id.String()), S("from", s.From),
+				S("to", strings.Join(s.To, ",")), N("recipients", int64(len(s.recipients))), N("confirm", int64(s.flags&FlagConfirm)))
+		}
 	} else {
 		r.MessagesSent++
 	}
@@ -506,6 +511,13 @@ func (c *txn) notify(ev *events, user string, st State, now time.Time) error {
 		name := user
 		if k.as != "" {
 			name = k.as
+		}
+		// The sender's event (not the reader's own devices'): a webhook
+		// event per message. A message to oneself has none.
+		if t := hookReceiptType(st); k.as == "" && k.to != user && t != "" && c.hookWants(t) {
+			for _, id := range ids {
+				c.emit(t, S("message", id.String()), S("from", k.to), S("recipient", user))
+			}
 		}
 		for len(ids) > 0 {
 			n := min(len(ids), MaxEventIDs)

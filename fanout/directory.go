@@ -711,7 +711,7 @@ func (d *Directory) changeOf(c *change) (engine.Change, error) {
 		del  bool
 	}
 	var ws []write
-	var removes []string
+	var removes, added []string
 	for id, uc := range c.users {
 		v, err := json.Marshal(uc.new)
 		if err != nil {
@@ -720,6 +720,9 @@ func (d *Directory) changeOf(c *change) (engine.Change, error) {
 		ws = append(ws, write{k: userKey(id), v: v})
 		if uc.had && uc.old.Status == StatusActive && uc.new.Status != StatusActive {
 			removes = append(removes, id)
+		}
+		if uc.new.Status == StatusActive && (!uc.had || uc.old.Status != StatusActive) {
+			added = append(added, id)
 		}
 	}
 	for id, dep := range c.depts {
@@ -781,6 +784,8 @@ func (d *Directory) changeOf(c *change) (engine.Change, error) {
 			d.install(c)
 		},
 		Removes: removes,
+		Added:   slices.Sorted(slices.Values(added)),
+		Removed: slices.Sorted(slices.Values(removes)),
 	}, nil
 }
 

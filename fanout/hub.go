@@ -244,6 +244,28 @@ var ErrUserRemoved = engine.NewError(engine.CodeUserRemoved, "fanout: user remov
 // offboarding: ErrUserRemoved). It returns how many devices it closed.
 func (h *Hub) Kick(user string, err error) int { return h.KickDevice(user, "", err) }
 
+// KickWhere is Kick for every user match says yes to (a partition this
+// node stops serving: its users reconnect to its new owner). It returns
+// how many devices it closed.
+func (h *Hub) KickWhere(match func(user string) bool, err error) int {
+	var users []string
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		for u := range s.users {
+			if match(u) {
+				users = append(users, u)
+			}
+		}
+		s.mu.Unlock()
+	}
+	n := 0
+	for _, u := range users {
+		n += h.Kick(u, err)
+	}
+	return n
+}
+
 // KickDevice is Kick for one device of user ("": every device).
 func (h *Hub) KickDevice(user, device string, err error) int {
 	s := h.shard(user)

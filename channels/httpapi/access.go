@@ -67,6 +67,7 @@ const (
 	PermBackup     Permission = "backup"      // write and verify backups
 	PermRetention  Permission = "retention"   // sweep what is past retention now
 	PermMetrics    Permission = "metrics"     // GET /metrics, when Config.MetricsAuth
+	PermWebhooks   Permission = "webhooks"    // outbound event webhooks: subscriptions (their secrets), dead letters, replays
 	// The cluster's own routes (ClusterRoutes), served by each member
 	// (internal/node) beside the API.
 	PermClusterRead  Permission = "cluster.read"  // GET /v1/cluster: members, owner, standby, epochs, lag
@@ -111,7 +112,7 @@ func (a *API) Authorize(w http.ResponseWriter, r *http.Request, pattern string, 
 // allPermissions lists every permission but PermAnyAdmin, in the order
 // of the documentation.
 var allPermissions = []Permission{PermAdmins, PermUsersRead, PermUsersWrite, PermOrgRead, PermOrgWrite,
-	PermTokens, PermSend, PermStatus, PermStats, PermSecrets, PermAudit, PermPolicies, PermBackup, PermRetention, PermMetrics,
+	PermTokens, PermSend, PermStatus, PermStats, PermSecrets, PermAudit, PermPolicies, PermBackup, PermRetention, PermMetrics, PermWebhooks,
 	PermClusterRead, PermClusterWrite}
 
 // The roles. RoleDeptAdmin is the one scoped role: its admin has a

@@ -129,6 +129,9 @@
 // outside the server), false when no entry has that hash: the log's end
 // was cut off or the chain rewritten.
 //
+// Outbound event webhooks (see webhooks.go): /v1/webhooks, with the
+// "webhooks" permission.
+//
 // Twilio's webhooks are served under /twilio/ when Config.Webhooks is set;
 // they authenticate by Twilio's request signature, not the admin token.
 //
@@ -210,6 +213,10 @@ type Config struct {
 	// Limits are the rate limits per admin, per user and per source
 	// address (ratelimit.go); nil means none.
 	Limits *ratelimit.Limits
+	// Hooks manages outbound event webhooks (webhooks.go); nil: the
+	// routes answer 501 UNSUPPORTED with HooksRefusal (or a default).
+	Hooks        Webhooks
+	HooksRefusal string
 }
 
 // API is the http.Handler.
@@ -290,6 +297,14 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/dings/{id}/cancel", PermSend, a.cancelDing)
 	a.admin("PUT /v1/policies/{name}", PermPolicies, a.putPolicy)
 	a.admin("GET /v1/policies", PermStatus, a.listPolicies)
+	a.admin("POST /v1/webhooks", PermWebhooks, a.addWebhook)
+	a.admin("GET /v1/webhooks", PermWebhooks, a.listWebhooks)
+	a.admin("GET /v1/webhooks/{id}", PermWebhooks, a.getWebhook)
+	a.admin("DELETE /v1/webhooks/{id}", PermWebhooks, a.deleteWebhook)
+	a.admin("POST /v1/webhooks/{id}/pause", PermWebhooks, a.pauseWebhook(true))
+	a.admin("POST /v1/webhooks/{id}/resume", PermWebhooks, a.pauseWebhook(false))
+	a.admin("GET /v1/webhooks/{id}/deliveries", PermWebhooks, a.webhookDeliveries)
+	a.admin("POST /v1/webhooks/{id}/replay", PermWebhooks, a.replayWebhook)
 	if cfg.Webhooks != nil {
 		a.mux.Handle("/twilio/", cfg.Webhooks)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/dingmq/ding/channels/httpapi/openapitest"
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/channels/twilio/twiliotest"
+	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
 	"github.com/dingmq/ding/internal/ratelimit"
@@ -49,7 +50,8 @@ func get(tb testing.TB, url string) (*http.Response, []byte) {
 // with the permission it is registered with; nothing more. Its error
 // codes are those the code can answer: the one table's (channels/codes)
 // and every code a handler of this package writes itself; its enums of
-// roles, permissions, DING statuses and ledger events are the code's.
+// roles, permissions, DING statuses, ledger events and webhook event
+// types are the code's.
 // (The members' own /cluster/ routes, fence, snapshot and relay, are
 // between members, under the cluster secret: not the admin API.)
 func TestOpenAPIListsEveryRoute(t *testing.T) {
@@ -161,7 +163,8 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 	}
 
 	// The enums follow the code: roles, permissions, a DING recipient's
-	// statuses and ledger events (the engine's constants).
+	// statuses and ledger events (the engine's constants), webhook event
+	// types (the engine's list).
 	var roles, perms []string
 	for _, r := range httpapi.Roles() {
 		roles = append(roles, r.Name)
@@ -200,6 +203,7 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 			engineSrc(`(?m)^\s+Status[A-Z][a-z]+\s+= "([a-z]+)" +// `)},
 		{"LedgerEvent.event", doc.Components.Schemas["LedgerEvent"].Value.Properties["event"].Value.Enum,
 			engineSrc(`LedgerKind = "([a-z_]+)"`)},
+		{"WebhookEventType", doc.Components.Schemas["WebhookEventType"].Value.Enum, engine.WebhookEventTypes()},
 	} {
 		var enum []string
 		for _, v := range e.enum {
@@ -223,7 +227,10 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 // document wrong in one field or one status fails the same answers.
 func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	// One client token mint per admin per hour, to see the 429.
-	n := nodetest.Start(t, node.Config{MaxBody: 1024, Limits: ratelimit.Config{TokenMints: ratelimit.Rate{N: 1, Per: time.Hour}}})
+	// Webhook events given up on after a failed attempt past a horizon of
+	// 1ms, to see a real dead letter.
+	n := nodetest.Start(t, node.Config{MaxBody: 1024, Limits: ratelimit.Config{TokenMints: ratelimit.Rate{N: 1, Per: time.Hour}},
+		Webhooks: node.WebhooksConfig{Horizon: time.Millisecond, Timeout: 2 * time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}})
 	base := "http://" + n.HTTPAddr()
 	_, raw := get(t, base+"/openapi.json")
 	c := openapitest.New(t, base)
@@ -387,6 +394,70 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	c.Call(t, "POST /v1/backup/verify", "/v1/backup/verify", T, map[string]any{"dir": "nosuch"}, 422)
 	c.Call(t, "POST /v1/retention/sweep", "/v1/retention/sweep", T, nil, 200)
 
+	// Outbound webhooks: subscriptions to a loopback port nothing listens
+	// on; the secret only in the 201. A user added makes an event whose
+	// attempts fail, parked within ms: a real dead letter, replayed.
+	hook := c.Call(t, "POST /v1/webhooks", "/v1/webhooks", T, map[string]any{"url": "http://127.0.0.1:1/hook", "events": []string{"ding.*", "user.added"}, "description": "crm"}, 201)
+	hookID, _ := hook["id"].(string)
+	if s, _ := hook["secret"].(string); !strings.HasPrefix(s, "whsec_") || hookID == "" {
+		t.Fatalf("POST /v1/webhooks: %v, want an id and a whsec_ secret", hook)
+	}
+	minimal := c.Call(t, "POST /v1/webhooks", "/v1/webhooks", T, map[string]any{"url": "http://127.0.0.1:1/all", "events": []string{"*"}}, 201)["id"].(string)
+	c.Call(t, "POST /v1/webhooks", "/v1/webhooks", T, map[string]any{"url": "ftp://127.0.0.1/hook", "events": []string{"*"}}, 400)
+	c.Call(t, "POST /v1/webhooks", "/v1/webhooks", T, map[string]any{"url": "http://127.0.0.1:1/hook", "events": []string{"ding.bogus"}}, 400)
+	c.Call(t, "POST /v1/webhooks", "/v1/webhooks", T, map[string]any{"url": "http://127.0.0.1:1/hook", "events": []string{"*"}, "secret": "mine"}, 400)
+	c.Call(t, "POST /v1/webhooks", "/v1/webhooks", T, map[string]any{"url": "http://127.0.0.1:1/hook", "events": []string{"*"}, "description": strings.Repeat("x", 20<<10)}, 413) // over the routes' limit, 2×MaxBody+16KiB
+	c.Call(t, "POST /v1/webhooks", "/v1/webhooks", crm, map[string]any{"url": "http://127.0.0.1:1/hook", "events": []string{"*"}}, 403)
+	c.Call(t, "POST /v1/users", "/v1/users", T, map[string]any{"id": "hal", "name": "Hal"}, 201)
+	deliveries := "/v1/webhooks/" + hookID + "/deliveries"
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		req, _ := http.NewRequest("GET", base+deliveries, nil)
+		req.Header.Set("Authorization", "Bearer "+T)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct {
+			DeadLetters []any `json:"dead_letters"`
+		}
+		json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if len(out.DeadLetters) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no dead letter for %s's user.added after 10s", hookID)
+		}
+	}
+	dead := c.Call(t, "GET /v1/webhooks/{id}/deliveries", deliveries, T, nil, 200)["dead_letters"].([]any)[0].(map[string]any)
+	if a, _ := dead["attempts"].(float64); dead["type"] != "user.added" || a < 1 || dead["replay"] != false {
+		t.Errorf("the dead letter: %v, want user.added after an attempt or more, not marked for replay", dead)
+	}
+	if page := c.Call(t, "GET /v1/webhooks/{id}/deliveries", deliveries+"?after=0&limit=1", T, nil, 200); page["next"] == nil {
+		t.Errorf("a full page of deliveries: %v, want next", page)
+	}
+	c.Call(t, "GET /v1/webhooks/{id}/deliveries", deliveries+"?limit=0", T, nil, 400)
+	c.Call(t, "GET /v1/webhooks/{id}/deliveries", deliveries+"?after=x", T, nil, 400)
+	c.Call(t, "GET /v1/webhooks/{id}/deliveries", "/v1/webhooks/wh_0000000000000000/deliveries", T, nil, 404)
+	if list := c.Call(t, "GET /v1/webhooks", "/v1/webhooks", T, nil, 200); len(list["webhooks"].([]any)) != 2 {
+		t.Errorf("GET /v1/webhooks: %v, want the 2 subscriptions", list)
+	}
+	c.Call(t, "GET /v1/webhooks/{id}", "/v1/webhooks/"+hookID, T, nil, 200)
+	c.Call(t, "GET /v1/webhooks/{id}", "/v1/webhooks/wh_0000000000000000", T, nil, 404)
+	c.Call(t, "POST /v1/webhooks/{id}/pause", "/v1/webhooks/"+hookID+"/pause", T, nil, 200)
+	c.Call(t, "POST /v1/webhooks/{id}/pause", "/v1/webhooks/wh_0000000000000000/pause", T, nil, 404)
+	if r := c.Call(t, "POST /v1/webhooks/{id}/replay", "/v1/webhooks/"+hookID+"/replay", T, map[string]any{"ids": []string{dead["id"].(string)}}, 200); r["replayed"] != 1.0 {
+		t.Errorf("replaying %s: %v, want 1 replayed", dead["id"], r)
+	}
+	c.Call(t, "POST /v1/webhooks/{id}/replay", "/v1/webhooks/"+hookID+"/replay", T, nil, 200)
+	c.Call(t, "POST /v1/webhooks/{id}/replay", "/v1/webhooks/"+hookID+"/replay", T, map[string]any{"ids": []string{"12"}}, 400)
+	c.Call(t, "POST /v1/webhooks/{id}/replay", "/v1/webhooks/wh_0000000000000000/replay", T, map[string]any{}, 404)
+	c.Call(t, "POST /v1/webhooks/{id}/resume", "/v1/webhooks/"+hookID+"/resume", T, nil, 200)
+	c.Call(t, "POST /v1/webhooks/{id}/resume", "/v1/webhooks/wh_0000000000000000/resume", T, nil, 404)
+	c.Call(t, "DELETE /v1/webhooks/{id}", "/v1/webhooks/"+hookID, T, nil, 200)
+	c.Call(t, "DELETE /v1/webhooks/{id}", "/v1/webhooks/"+hookID, T, nil, 404)
+	c.Call(t, "DELETE /v1/webhooks/{id}", "/v1/webhooks/"+minimal, T, nil, 200)
+
 	// Revocations and removals.
 	c.Call(t, "POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, map[string]any{"device": "phone"}, 200)
 	c.Call(t, "POST /v1/users/{id}/revoke-tokens", "/v1/users/bo/revoke-tokens", T, map[string]any{}, 200)
@@ -474,6 +545,12 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	wrong("no 409 for an existing user", func(m map[string]any) {
 		delete(dig(m, "paths", "/v1/users", "post", "responses"), "409")
 	}, "POST /v1/users")
+	wrong("a dead letter without its parked time", func(m map[string]any) {
+		delete(dig(m, "components", "schemas", "WebhookDeadLetter", "properties"), "parked")
+	}, "GET /v1/webhooks/{id}/deliveries")
+	wrong("a created subscription without its secret", func(m map[string]any) {
+		delete(dig(m, "components", "schemas", "WebhookCreated", "properties"), "secret")
+	}, "POST /v1/webhooks")
 	wrong("an error without its detail", func(m map[string]any) {
 		props := dig(m, "components", "schemas", "Error", "properties", "error", "properties")
 		delete(props, "detail")

@@ -217,16 +217,14 @@ func (s *Session) hello(f *pb.Hello) {
 	e := m.cfg.Engine
 	head, err := e.Head(user)
 	if err != nil {
-		m.log.Error("handshake: read head", "user", user, "err", err)
-		s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+		s.streamUnreadable(user, "head", err)
 		return
 	}
 	cursor := f.GetCursor()
 	if f.Cursor == nil {
 		var known bool
 		if cursor, known, err = e.Cursor(user, device); err != nil {
-			m.log.Error("handshake: read cursor", "user", user, "err", err)
-			s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+			s.streamUnreadable(user, "cursor", err)
 			return
 		}
 		if w := uint64(max(m.cfg.NewDeviceWindow, 0)); !known && w > 0 && head > w {
@@ -236,8 +234,7 @@ func (s *Session) hello(f *pb.Hello) {
 	cursor = min(cursor, head) // a client ahead of the server (restored backup) resumes at the head
 	resume, err := e.ResumeFrom(user, cursor)
 	if err != nil {
-		m.log.Error("handshake: read stream", "user", user, "err", err)
-		s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+		s.streamUnreadable(user, "stream", err)
 		return
 	}
 	s.user, s.device = user, device
@@ -531,6 +528,29 @@ func (s *Session) sendError(code pb.Code, ref uint64, detail string, fatal bool)
 
 // fatal queues a fatal ERROR frame and closes the connection once it is
 // flushed (or after closeGrace). Later input is discarded.
+// streamUnreadable ends a handshake whose reading of user's stream (what)
+// failed: NOT_OWNER naming the owner when another node serves the user's
+// partition (cluster mode), UNAVAILABLE when this node cannot serve it
+// now (its partition is not attached, the engine is closing), both of
+// which the client retries; INTERNAL otherwise.
+func (s *Session) streamUnreadable(user, what string, err error) {
+	if no, ok := errors.AsType[*fanout.NotOwnerError](err); ok {
+		detail := "this node does not serve you now: connect to " + no.Owner
+		if no.Owner == "" {
+			detail = "no node serves you at this moment (a takeover in progress): retry shortly"
+		}
+		s.fatalFrame(&pb.Error{Code: pb.Code_NOT_OWNER, Detail: detail, Redirect: no.Owner, Fatal: true})
+		return
+	}
+	if engine.CodeOf(err) == engine.CodeUnavailable {
+		s.m.log.Info("handshake: the user's stream is not served here now", "user", user, "read", what, "err", err)
+		s.fatal(pb.Code_UNAVAILABLE, 0, "this server cannot serve your stream now; reconnect")
+		return
+	}
+	s.m.log.Error("handshake: read "+what, "user", user, "err", err)
+	s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
+}
+
 func (s *Session) fatal(code pb.Code, ref uint64, detail string) {
 	s.fatalFrame(&pb.Error{Code: code, Ref: ref, Detail: detail, Fatal: true})
 }

@@ -58,6 +58,18 @@ var commands = []command{
 	{"admin list", "", "list the admins as JSON: name, role, department, status, expiry (never a token)", "dingctl admin list"},
 	{"admin revoke", "NAME", "revoke an admin's token at once (not the last owner's: add another owner first)", "dingctl admin revoke hr-sync"},
 	{"admin whoami", "", "the admin the token is, its role and permissions, as JSON", `dingctl --token "$HR_TOKEN" admin whoami`},
+	{"webhook add", "URL --events TYPE[,TYPE...] [--description D]",
+		"subscribe URL to events (types, family.* or *) and print its signing secret, shown this once",
+		"dingctl webhook add https://crm.example.com/ding --events ding.confirmed,ding.unanswered"},
+	{"webhook list", "", "list the subscriptions as JSON (cursor, backlog; never a secret) and every event type", "dingctl webhook list"},
+	{"webhook get", "ID", "show one subscription as JSON", "dingctl webhook get wh_0123456789abcdef"},
+	{"webhook remove", "ID", "remove a subscription, its undelivered events and dead letters", "dingctl webhook remove wh_0123456789abcdef"},
+	{"webhook pause", "ID", "stop delivering; events wait in the outbox until resume", "dingctl webhook pause wh_0123456789abcdef"},
+	{"webhook resume", "ID", "deliver again, from where it paused", "dingctl webhook resume wh_0123456789abcdef"},
+	{"webhook deliveries", "ID [--after SEQ] [--limit N]", "the dead letters: events given up on after the horizon, with attempts and last error, as JSON",
+		"dingctl webhook deliveries wh_0123456789abcdef"},
+	{"webhook replay", "ID [--ids evt_0_12,evt_0_13]", "deliver dead letters again (all by default), with their original ids",
+		"dingctl webhook replay wh_0123456789abcdef"},
 	{"token", "--user ID --device DEV [--ttl D]", "print a client token for the socket", "dingctl token --user ana --device laptop --ttl 720h"},
 	{"token revoke", "--user ID [--device DEV]", "revoke the user's client tokens issued until now (or one device's), for good",
 		"dingctl token revoke --user bo --device phone"},
@@ -170,7 +182,7 @@ func groupHelp(out io.Writer, group string) bool {
 
 // groupNotes follow a group's commands in its help, before the global
 // flags.
-var groupNotes = map[string]string{"admin": adminNotes + "\n"}
+var groupNotes = map[string]string{"admin": adminNotes + "\n", "webhook": webhookNotes + "\n"}
 
 // suggest names the command closest to a mistyped one, if one is close
 // (at most two edits): "did you mean send?".

@@ -278,6 +278,8 @@ func dispatch(args []string, out io.Writer) error {
 		return clusterCmd(g, rest, out)
 	case "admin":
 		return admin(g, rest, out)
+	case "webhook":
+		return webhookCmd(g, rest, out)
 	}
 	return exitError{2, "unknown command " + cmd + suggest(cmd) + " (see dingctl --help)"}
 }

@@ -40,6 +40,8 @@ type config struct {
 	// engine's defaults (30s, 24h).
 	BurnAfter       time.Duration
 	SecretUnreadTTL time.Duration
+	// Webhooks tune the delivery of outbound event webhooks.
+	Webhooks node.WebhooksConfig
 	// Cluster mode (package cluster): Redis address(es), this member's
 	// id and advertised HTTP URL, the shared secret, the lease TTL.
 	Cluster, NodeID, Advertise, ClusterSecret string
@@ -319,6 +321,19 @@ var settings = []setting{
 		help:      "secret chats of level 2 and 3: an unread message burns this long after it was sent; 0: 24h",
 		effective: "24h",
 		field:     func(c *config) any { return &c.SecretUnreadTTL }},
+	{name: "webhook-horizon", env: "DING_WEBHOOK_HORIZON", def: "3d",
+		help:  "outbound webhooks: how long an event is retried before it is parked as a dead letter (dingctl webhook deliveries, replay); at least 1m",
+		field: func(c *config) any { return &c.Webhooks.Horizon }},
+	{name: "webhook-timeout", env: "DING_WEBHOOK_TIMEOUT", def: "10s",
+		help:  "outbound webhooks: the longest one delivery attempt may take; at least 100ms",
+		field: func(c *config) any { return &c.Webhooks.Timeout }},
+	{name: "webhook-max-backoff", env: "DING_WEBHOOK_MAX_BACKOFF", def: "10m",
+		help:  "outbound webhooks: the longest wait between retries (they start at 1s and double, with jitter); at least 1s",
+		field: func(c *config) any { return &c.Webhooks.MaxBackoff }},
+	{name: "webhook-rate", env: "DING_WEBHOOK_RATE", def: "0",
+		help:  "outbound webhooks: the most delivery attempts per second to one subscription (one is in flight at a time anyway); 0: no bound",
+		zero:  "no bound",
+		field: func(c *config) any { return &c.Webhooks.Rate }},
 	{name: "cluster", env: "DING_CLUSTER", def: "",
 		help:  "cluster mode (a hot-standby pair, in progress): Redis as redis://HOST:PORT[,HOST:PORT...]; empty: one node, no Redis",
 		field: func(c *config) any { return &c.Cluster }},
@@ -615,6 +630,18 @@ func (c *config) validate() error {
 	}
 	if c.SecretUnreadTTL < 0 {
 		return c.invalid("secret-unread-ttl", c.SecretUnreadTTL.String(), "want 0 (the default, 24h) or more")
+	}
+	if c.Webhooks.Horizon < time.Minute {
+		return c.invalid("webhook-horizon", c.Webhooks.Horizon.String(), "want at least 1m")
+	}
+	if c.Webhooks.Timeout < 100*time.Millisecond {
+		return c.invalid("webhook-timeout", c.Webhooks.Timeout.String(), "want at least 100ms")
+	}
+	if c.Webhooks.Rate < 0 {
+		return c.invalid("webhook-rate", strconv.Itoa(c.Webhooks.Rate), "want 0 (no bound) or more")
+	}
+	if c.Webhooks.MaxBackoff < time.Second {
+		return c.invalid("webhook-max-backoff", c.Webhooks.MaxBackoff.String(), "want at least 1s")
 	}
 	if c.Cluster != "" {
 		for _, r := range []struct{ name, v string }{{"node-id", c.NodeID}, {"advertise", c.Advertise}, {"cluster-secret", c.ClusterSecret}} {

@@ -187,6 +187,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--public-url", "https://ding.example.com", "--twilio-api-url", "http://127.0.0.1:4",
 		"--ding-sender-daily", "-1", "--ding-recipient-interval", "-1ns", "--sms-per-day", "7",
 		"--calls-per-day", "8", "--no-call-fallback", "--burn-after", "45s", "--secret-unread-ttl", "2h",
+		"--webhook-horizon", "2d", "--webhook-timeout", "5s", "--webhook-max-backoff", "30s", "--webhook-rate", "50",
 		"--cluster", "redis://127.0.0.1:5", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
 		"--advertise-socket", "127.0.0.1:9", "--ack-replicas", "0", "--cluster-ca", "/etc/ding/ca.pem", "--advertise-tls-socket", "127.0.0.1:10",
 		"--retention-max-age", "90d", "--retention-max-entries", "5000", "--dedupe-window", "0s", "--stats-retention", "30d", "--retention-interval", "1m",

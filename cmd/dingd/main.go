@@ -178,6 +178,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		DataDir: c.Data, SocketAddr: c.Listen, HTTPAddr: c.HTTP, MaxBody: c.MaxBody, Logger: log,
 		Twilio: c.Twilio, Quotas: c.Quotas, NoCallFallback: c.NoCallFallback, DrainDelay: c.DrainDelay,
 		BurnAfter: c.BurnAfter, SecretUnreadTTL: c.SecretUnreadTTL, MetricsAuth: c.MetricsAuth,
+		Webhooks: c.Webhooks,
 	}
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
 	ncfg.Socket.NewDeviceWindow = c.NewDeviceWindow

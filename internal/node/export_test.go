@@ -1,9 +1,38 @@
 package node
 
-import "github.com/dingmq/ding/engine/store"
+import (
+	"context"
+
+	"github.com/dingmq/ding/engine/store"
+)
 
 // WrapPartitionStore makes cfg's partition i run on wrap(i, its store),
 // to inject store failures.
 func WrapPartitionStore(cfg *Config, wrap func(i int, st store.Store) store.Store) {
 	cfg.wrapPartition = wrap
+}
+
+// DetachPartition stops serving partition p (cluster mode's loss of its
+// lease), closing its users' connections with why.
+func DetachPartition(n *Node, p int, why error) error {
+	return n.detachPartition(context.Background(), uint32(p), why)
+}
+
+// AttachPartition serves partition p again from its store.
+func AttachPartition(n *Node, p int) error { return n.attachPartition(uint32(p)) }
+
+// SetNotServed makes the node answer a user of a partition it does not
+// serve with f's error (cluster mode names the owner).
+func SetNotServed(n *Node, f func(user string, p uint32) error) {
+	if f == nil {
+		n.parts.notServed.Store(nil)
+		return
+	}
+	n.parts.notServed.Store(&f)
+}
+
+// WithPeers makes cfg's node serve only the partitions attach lists and
+// relay to the others through the node owner names (stage 5a).
+func WithPeers(cfg *Config, attach []int, owner func(ctx context.Context, p uint32) (string, error), secret string) {
+	cfg.peers = &partitionPeers{Attach: attach, Owner: owner, Secret: secret}
 }

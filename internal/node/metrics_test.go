@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -103,8 +104,8 @@ func TestMetricsScrape(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, name := range metricRefs(string(b)) {
-			if slices.ContainsFunc(cat, func(m catEntry) bool { return m.clusterOnly && strings.HasPrefix(name, m.name) }) {
-				continue // a cluster member's (TestClusterMetricsScrape)
+			if slices.ContainsFunc(cat, func(m catEntry) bool { return (m.clusterOnly || m.partitionsOnly) && strings.HasPrefix(name, m.name) }) {
+				continue // a cluster member's (TestClusterMetricsScrape) or a node of partitions' (TestPartitionsMetrics)
 			}
 			if _, ok := fams[familyOf(name, fams)]; !ok {
 				t.Errorf("%s uses %s, which /metrics does not expose", file, name)
@@ -251,6 +252,12 @@ func exerciseAndScrape(t *testing.T) []byte {
 	d := startDingNode(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// An outbound webhook subscription: its backlog gauge and deliveries.
+	hooked := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer hooked.Close()
+	if code, out, _ := d.api(t, "POST", "/v1/webhooks", map[string]any{"url": hooked.URL, "events": []string{"*"}}); code != http.StatusCreated {
+		t.Fatalf("POST /v1/webhooks: %d %v", code, out)
+	}
 	if _, err := d.n.Directory().PutUser(fanout.User{ID: "cy", Name: "Cy", QuietHours: "09:00-17:00"}); err != nil {
 		t.Fatal(err)
 	}

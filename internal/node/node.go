@@ -49,6 +49,7 @@ import (
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/channels/webhook"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
 	"github.com/dingmq/ding/engine/store"
@@ -159,6 +160,9 @@ type Config struct {
 	// Retention is what the engine deletes in the background (streams,
 	// messages, bookkeeping); zero keeps streams and messages forever.
 	Retention engine.Retention
+	// Webhooks tune the delivery of outbound event webhooks (package
+	// channels/webhook); zero fields take its defaults.
+	Webhooks WebhooksConfig
 
 	// Replicate, when set, wraps the node's Pebble store for the engine
 	// and the directory (cluster mode: a cluster.ReplicatedStore). The
@@ -186,6 +190,17 @@ type Config struct {
 	// wrapPartition, when set (by tests), wraps partition i's store for
 	// its engine, as Replicate wraps the one store.
 	wrapPartition func(i int, st store.Store) store.Store
+	// peers, when set with Partitions, makes this node one of several
+	// serving the partitions (stage 5a; set by tests until cluster mode
+	// does): see partitionPeers.
+	peers *partitionPeers
+}
+
+// WebhooksConfig tunes outbound event webhooks: webhook.Config's
+// fields of the same names (zero: 10s, 72h, 1s, 10m, no rate bound).
+type WebhooksConfig struct {
+	Timeout, Horizon, MinBackoff, MaxBackoff time.Duration
+	Rate                                     int
 }
 
 // AddrInUseError is returned by Start when a listen address is taken
@@ -232,6 +247,7 @@ type Node struct {
 	sock       *socket.Server
 	sockLn     net.Listener
 	api        *httpapi.API
+	hookDisp   *webhook.Dispatcher // outbound event webhooks; closed before the engines
 	httpSrv    *http.Server
 	httpLn     net.Listener
 	lock       *os.File // holds the data directory's lock; nil if the caller holds it
@@ -416,6 +432,16 @@ type wiring struct {
 	keys          *auth.Keys
 	backupRoot    string
 	notifier      *twilio.Notifier
+	// gatherer serves /metrics; nil means the node's registry alone.
+	gatherer prometheus.Gatherer
+	// routes are more handlers on the HTTP listener (beside Config.Routes).
+	routes map[string]http.Handler
+	// hooks manages webhook subscriptions and hookSources are the outboxes
+	// the dispatcher delivers (each engine's); hooksRefusal, when set, is
+	// why there are none (a 501 with it).
+	hooks        httpapi.Webhooks
+	hookSources  []webhook.Source
+	hooksRefusal string
 }
 
 // openCommon is what a node opens the same way with one partition or
@@ -528,7 +554,8 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 	}
 	n.eng.SetSink(pub)
 	n.eng.SetPresence(n.hub)
-	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot, notifier: notifier}, nil
+	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot, notifier: notifier,
+		hooks: n.eng, hookSources: []webhook.Source{n.eng}}, nil
 }
 
 // serve starts the edges on the engine(s) w names: the rate limits, the
@@ -553,12 +580,26 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		return err
 	}
 	closers = append(closers, func() { n.sock.Shutdown(context.Background()) })
+	gatherer := w.gatherer
+	if gatherer == nil {
+		gatherer = reg
+	}
+	if len(w.hookSources) > 0 {
+		wc := cfg.Webhooks
+		if n.hookDisp, err = webhook.New(webhook.Config{
+			Sources: w.hookSources, Timeout: wc.Timeout, Horizon: wc.Horizon, MinBackoff: wc.MinBackoff, MaxBackoff: wc.MaxBackoff,
+			Rate: wc.Rate, Clock: cfg.Clock, Registerer: reg, Logger: cfg.Logger,
+		}); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+		closers = append(closers, n.hookDisp.Close)
+	}
 	api, err := httpapi.New(httpapi.Config{
-		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: reg,
+		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: gatherer,
 		VerifyBackup: func(dir string) (any, error) { return pebblestore.Verify(dir) }, BackupRefusal: w.backupRefusal,
 		Ready: n.ready.Load, Unready: n.unready, Logger: cfg.Logger, Registerer: reg,
 		Webhooks: notifier.Handler(w.reports), Offboarder: n, Revoker: n, Presence: n.hub, MetricsAuth: cfg.MetricsAuth,
-		Limits: limits,
+		Limits: limits, Hooks: w.hooks, HooksRefusal: w.hooksRefusal,
 	})
 	if err != nil {
 		return err
@@ -566,6 +607,9 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	n.api = api
 	mux := http.NewServeMux()
 	for pattern, h := range cfg.Routes {
+		mux.Handle(pattern, h)
+	}
+	for pattern, h := range w.routes {
 		mux.Handle(pattern, h)
 	}
 	mux.Handle("/ws", n.sock.WSHandler()) // the WebSocket gateway, a goroutine per connection (WSAddr holds none)
@@ -750,6 +794,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		case <-served:
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("node: listeners still serving: %w", ctx.Err()))
+		}
+		if n.hookDisp != nil {
+			n.hookDisp.Close() // before the engines: it acknowledges through them
 		}
 		var engErr error
 		if n.parts != nil {

@@ -6,17 +6,23 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dingmq/ding/channels/session"
+	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/cluster/relay"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
@@ -52,9 +58,20 @@ import (
 // cache is 64 MiB/P. The engines' and publishers' metrics carry a
 // partition label ("dir" for the directory's engine).
 //
+// Each partition's engine, keyring and store are its runtime, which the
+// node attaches at start; detachPartition and attachPartition stop and
+// start serving one while the node runs (what a cluster node will do as
+// its member loses and takes the partition's lease: stage 5a), its
+// metrics on a registry of its own that /metrics gathers while it is
+// attached.
+//
 // Every engine reads the one in-memory directory (Recipients, Contacts,
 // Active). One hub serves every user: its Source is the router
 // (router.go), and each engine's Sink is a publisher of its own into it.
+//
+// The org's SMS and call budgets (Quotas.SMSPerDay, CallsPerDay) hold
+// for the node as a whole: each engine counts its own sends, and one
+// sharedBudget (budget.go) counts them all.
 //
 // Offboarding is two steps (PARTITIONS.md §2.4): the directory's change
 // on the directory's engine, which every engine's commit loop sees at
@@ -66,11 +83,15 @@ import (
 // stop there: forgetLoop retries until they are applied, meanwhile the
 // removed user is refused everywhere already (Directory.Active).
 //
+// Outbound webhooks (internal/node/webhooks.go): every engine, the
+// directory's included (user.added, user.removed), has its own event
+// outbox; a subscription is stored on each, with the same id and secret,
+// and has a cursor and a delivery worker on each. Event ids name the
+// outbox ("evt_2_17", "evt_dir_5"); order holds per outbox.
+//
 // Limits (refused with a clear error rather than done half):
 //   - backups (POST /v1/backup and /v1/backup/verify answer 501),
 //     --restore-from, and cluster mode (dingd check checks every store);
-//   - the org's SMS and call budgets (Quotas.SMSPerDay, CallsPerDay) are
-//     counted per partition, so the node may send up to P times them;
 //   - the disk reserve is raised to what P+1 stores' write-ahead logs
 //     need (MinDiskReserve);
 //   - see router.go for AdminStats' percentiles.
@@ -178,9 +199,11 @@ func writeFileAtomic(path string, data []byte) error {
 	return nil
 }
 
-// partitionSet is a node's partitions: their stores, keyrings and
-// engines, the directory's store and engine, and the pump. Its fields
-// are set by openPartitions and not changed after.
+// partitionSet is a node's partitions: the runtime of each partition
+// this node serves (its store, keyring and engine), the directory's store
+// and engine, and the pump. The table of runtimes changes at run time
+// (attach, detach: cluster mode serves a partition while its member owns
+// it); a node of --partitions attaches every partition at start.
 type partitionSet struct {
 	n      uint32
 	log    *slog.Logger
@@ -188,10 +211,22 @@ type partitionSet struct {
 	shared *pebblestore.Shared
 	dirDB  *pebblestore.DB
 	dirEng *engine.Engine
-	dbs    []*pebblestore.DB
-	rings  []*keyring.Ring
-	engs   []*engine.Engine
 	pump   *relay.Pump
+	hub    *fanout.Hub
+
+	// parts[p] is partition p's runtime while this node serves it;
+	// stores[p] its store from when it is opened until it is closed
+	// (before the engine opens and after it closes: the org's budget
+	// counts from the stores).
+	parts  []atomic.Pointer[partRuntime]
+	stores []atomic.Pointer[pebblestore.DB]
+	// What a partition's engine is opened with besides its store.
+	notifier *twilio.Notifier
+	budget   engine.Budget
+	// notServed makes the error for a user of a partition this node does
+	// not serve now (cluster mode: a *fanout.NotOwnerError naming the
+	// owner); nil means errNotServed.
+	notServed atomic.Pointer[func(user string, p uint32) error]
 
 	// forgetMu serialises forgetRemoved: each engine must apply the
 	// removals in audit order (Forget skips one at or below its
@@ -206,57 +241,178 @@ type partitionSet struct {
 	stopOnce    sync.Once
 }
 
+// partRuntime is one partition as this node serves it.
+type partRuntime struct {
+	p    uint32
+	db   *pebblestore.DB
+	ring *keyring.Ring
+	eng  *engine.Engine
+	// reg holds the engine's and its publisher's metrics (labelled with
+	// the partition); /metrics gathers it while the partition is
+	// attached.
+	reg *prometheus.Registry
+
+	set       *partitionSet
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// errNotServed is returned for a user (or an id) of a partition this
+// node does not serve now.
+var errNotServed = engine.NewError(engine.CodeUnavailable, "node: this user's partition is not served here now")
+
+// runtime returns partition p's runtime, or nil if this node does not
+// serve it now.
+func (s *partitionSet) runtime(p uint32) *partRuntime {
+	if p >= uint32(len(s.parts)) {
+		return nil
+	}
+	return s.parts[p].Load()
+}
+
+// engineOf returns the engine of user's partition, or the error saying
+// this node does not serve it.
+func (s *partitionSet) engineOf(user string) (*engine.Engine, error) {
+	p := s.of(user)
+	if rt := s.runtime(p); rt != nil {
+		return rt.eng, nil
+	}
+	if f := s.notServed.Load(); f != nil {
+		return nil, (*f)(user, p)
+	}
+	return nil, errNotServed
+}
+
+// attached returns the runtimes this node serves now, by partition.
+func (s *partitionSet) attached() []*partRuntime {
+	out := make([]*partRuntime, 0, len(s.parts))
+	for i := range s.parts {
+		if rt := s.parts[i].Load(); rt != nil {
+			out = append(out, rt)
+		}
+	}
+	return out
+}
+
+// engines returns the engines this node serves now, by partition.
+func (s *partitionSet) engines() []*engine.Engine {
+	rts := s.attached()
+	out := make([]*engine.Engine, len(rts))
+	for i, rt := range rts {
+		out[i] = rt.eng
+	}
+	return out
+}
+
+// attachPartition opens partition p's store and engine and starts
+// serving it (cluster mode: when this node's member takes it over).
+func (n *Node) attachPartition(p uint32) error {
+	s := n.parts
+	if p >= s.n || s.parts[p].Load() != nil || s.stores[p].Load() != nil {
+		return fmt.Errorf("node: partition %d is attached already, or being attached or detached", p)
+	}
+	db, err := s.openStore(partitionDir(n.cfg.DataDir, int(p), "store"), n.cfg)
+	if err != nil {
+		return err
+	}
+	s.stores[p].Store(db)
+	rt, err := n.openRuntime(n.cfg, s, p, db)
+	if err != nil {
+		return err
+	}
+	if err := s.attach(rt); err != nil {
+		rt.close()
+		return err
+	}
+	return nil
+}
+
+// detachPartition stops serving partition p (its users' connections are
+// closed with why), shuts its engine down and closes its stores
+// (cluster mode: when this node's member loses it).
+func (n *Node) detachPartition(ctx context.Context, p uint32, why error) error {
+	rt := n.parts.detach(p, why)
+	if rt == nil {
+		return fmt.Errorf("node: partition %d is not attached", p)
+	}
+	err := rt.eng.Shutdown(ctx)
+	return errors.Join(err, rt.close())
+}
+
+// attach starts serving rt's partition: the router sends its users'
+// calls to its engine, its publisher delivers into the hub, and the pump
+// drains its outbox.
+func (s *partitionSet) attach(rt *partRuntime) error {
+	if !s.parts[rt.p].CompareAndSwap(nil, rt) {
+		return fmt.Errorf("node: partition %d is attached already", rt.p)
+	}
+	if err := s.pump.Attach(rt.p, rt.eng); err != nil {
+		s.parts[rt.p].Store(nil)
+		return fmt.Errorf("node: partition %d: %w", rt.p, err)
+	}
+	return nil
+}
+
+// detach stops serving partition p and returns its runtime (nil if it
+// was not attached), which nothing of the node uses any more: the router
+// refuses its users, the pump no longer drains it, and its users'
+// connections are closed with err (they reconnect to its new owner).
+// The caller shuts the engine down and closes the stores.
+func (s *partitionSet) detach(p uint32, err error) *partRuntime {
+	rt := s.parts[p].Swap(nil)
+	if rt == nil {
+		return nil
+	}
+	s.pump.Detach(p)
+	if s.hub != nil {
+		s.hub.KickWhere(func(user string) bool { return s.of(user) == p }, err)
+	}
+	return rt
+}
+
+// Gather implements prometheus.Gatherer: the metrics of the partitions
+// attached now.
+func (s *partitionSet) Gather() ([]*dto.MetricFamily, error) {
+	var gs prometheus.Gatherers
+	for _, rt := range s.attached() {
+		gs = append(gs, rt.reg)
+	}
+	return gs.Gather()
+}
+
 // of is the placement: user's partition.
 func (s *partitionSet) of(user string) uint32 {
 	return uint32(fanout.PartitionOf(user)) * s.n / fanout.Partitions
 }
 
-// all is every engine, the directory's last.
+// all is every engine this node serves now, the directory's last.
 func (s *partitionSet) all() []*engine.Engine {
-	return append(append([]*engine.Engine(nil), s.engs...), s.dirEng)
+	return append(s.engines(), s.dirEng)
 }
 
 // openPartitions opens cfg.Partitions partitions (see the comment at the
 // top of this file), the directory on its own store and engine, the hub,
-// a publisher per engine and the pump.
+// the pump, and attaches every partition.
 func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskGuard, closersp *[]func()) (w wiring, err error) {
 	closers := *closersp
 	defer func() { *closersp = closers }()
 	p := cfg.Partitions
-	set := &partitionSet{n: uint32(p), log: cfg.Logger,
+	set := &partitionSet{n: uint32(p), log: cfg.Logger, parts: make([]atomic.Pointer[partRuntime], p), stores: make([]atomic.Pointer[pebblestore.DB], p),
 		retryForget: make(chan struct{}, 1), stopForget: make(chan struct{}), forgetDone: make(chan struct{})}
 	n.parts = set
 	set.shared = pebblestore.NewShared(0, p+1, memTableBytes(p))
 	closers = append(closers, set.shared.Close)
-	open := func(dir string) (*pebblestore.DB, error) {
-		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-			return nil, fmt.Errorf("node: %w", err)
-		}
-		db, err := pebblestore.Open(dir, pebblestore.Options{Logger: cfg.Logger, Shared: set.shared})
-		if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) {
-			return nil, &DataDirInUseError{Dir: cfg.DataDir}
-		}
-		return db, err
-	}
-	if set.dirDB, err = open(filepath.Join(cfg.DataDir, "dir", "store")); err != nil {
+	if set.dirDB, err = set.openStore(filepath.Join(cfg.DataDir, "dir", "store"), cfg); err != nil {
 		return w, err
 	}
 	closers = append(closers, func() { set.dirDB.Close() })
-	set.dbs = make([]*pebblestore.DB, p)
-	for i := range p {
-		if set.dbs[i], err = open(partitionDir(cfg.DataDir, i, "store")); err != nil {
-			return w, err
-		}
-		db := set.dbs[i]
-		closers = append(closers, func() { db.Close() })
-	}
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ding_store_used_bytes",
 		Help: "Bytes the store's files take on disk (tables, write-ahead logs, manifests); retention keeps it flat. With partitions, all the stores together.",
 	}, func() float64 {
 		sum := set.dirDB.DiskUsage()
-		for _, db := range set.dbs {
-			sum += db.DiskUsage()
+		for _, rt := range set.attached() {
+			sum += rt.db.DiskUsage()
 		}
 		return float64(sum)
 	})); err != nil {
@@ -267,43 +423,15 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		return w, err
 	}
 	set.dir = n.dir
-	wrap := func(part string) prometheus.Registerer {
-		return prometheus.WrapRegistererWith(prometheus.Labels{"partition": part}, reg)
-	}
 	// The directory's engine: it holds no user, and only commits the
 	// directory's changes (their audit entries, offboarding's decision).
 	if set.dirEng, err = engine.Open(engine.Config{
 		Store: set.dirDB, Clock: cfg.Clock, MaxBody: cfg.MaxBody, Logger: cfg.Logger.With("partition", "dir"),
-		Registerer: wrap("dir"), MessageCacheBytes: -1,
+		Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"partition": "dir"}, reg), MessageCacheBytes: -1, HookSource: "dir",
 	}); err != nil {
 		return w, fmt.Errorf("node: directory engine: %w", err)
 	}
 	closers = append(closers, func() { set.dirEng.Close() })
-	set.rings = make([]*keyring.Ring, p)
-	set.engs = make([]*engine.Engine, p)
-	for i := range p {
-		if set.rings[i], err = keyring.Open(partitionDir(cfg.DataDir, i, SecretKeysFile)); err != nil {
-			return w, fmt.Errorf("node: partition %d: %w", i, err)
-		}
-		ring := set.rings[i]
-		closers = append(closers, func() { ring.Close() })
-		var st store.Store = set.dbs[i]
-		if cfg.wrapPartition != nil {
-			st = cfg.wrapPartition(i, st)
-		}
-		if set.engs[i], err = engine.Open(engine.Config{
-			Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
-			Logger: cfg.Logger.With("partition", i), Registerer: wrap(strconv.Itoa(i)),
-			Contacts: n.dir, Notifier: notifier, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
-			Keys: ring, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
-			Retention: cfg.Retention, MessageCacheBytes: (64 << 20) / p,
-			Partition: uint32(i), Placement: set.of,
-		}); err != nil {
-			return w, fmt.Errorf("node: partition %d: %w", i, err)
-		}
-		eng := set.engs[i]
-		closers = append(closers, func() { eng.Close() })
-	}
 	if guard != nil {
 		guard.attach(func(reason error) {
 			for _, e := range set.all() {
@@ -311,22 +439,21 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 			}
 		}, func() error {
 			errs := []error{set.dirDB.Flush()}
-			for _, db := range set.dbs {
-				errs = append(errs, db.Flush())
+			for _, rt := range set.attached() {
+				errs = append(errs, rt.db.Flush())
 			}
 			return errors.Join(errs...)
 		})
 		n.guard = guard
 	}
 	n.unready = func() string {
-		for i, e := range set.all() {
-			if err := e.Err(); err != nil && !errors.Is(err, engine.ErrClosed) {
-				name := "the directory's store"
-				if i < len(set.engs) {
-					name = fmt.Sprintf("partition %d's store", i)
-				}
-				return name + " failed a write; writes are refused until dingd restarts: " + err.Error()
+		for _, rt := range set.attached() {
+			if err := rt.eng.Err(); err != nil && !errors.Is(err, engine.ErrClosed) {
+				return fmt.Sprintf("partition %d's store failed a write; writes are refused until dingd restarts: %s", rt.p, err)
 			}
+		}
+		if err := set.dirEng.Err(); err != nil && !errors.Is(err, engine.ErrClosed) {
+			return "the directory's store failed a write; writes are refused until dingd restarts: " + err.Error()
 		}
 		if guard != nil {
 			return guard.Why()
@@ -341,29 +468,76 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	}); err != nil {
 		return w, err
 	}
+	set.hub = n.hub
 	closers = append(closers, n.hub.Close)
-	// Delivery: each engine → its Publisher (the Sink) → the one hub.
-	for i, e := range set.engs {
-		pub, err := fanout.NewPublisher(fanout.PublisherConfig{
-			Broker: fanout.NewLocalBroker(n.hub, own), Presence: n.hub,
-			Logger: cfg.Logger, Registerer: wrap(strconv.Itoa(i)),
-		})
-		if err != nil {
-			return w, err
-		}
-		e.SetSink(pub)
-		e.SetPresence(n.hub)
-	}
-	origins, dests := map[uint32]relay.Origin{}, map[uint32]relay.Dest{}
-	for i, e := range set.engs {
-		origins[uint32(i)], dests[uint32(i)] = e, e
-	}
 	// The pump's backoff runs on the system clock, not cfg.Clock: a
 	// test's fake clock standing still must not hold up a retry.
-	if set.pump, err = relay.New(relay.Config{Origins: origins, Dests: dests, Registerer: reg, Logger: cfg.Logger}); err != nil {
+	dests := map[uint32]relay.Dest{}
+	var routes map[string]http.Handler
+	var codec *cluster.KeyCodec
+	if cfg.peers != nil {
+		if codec, err = cluster.NewKeyCodec(cfg.peers.Secret); err != nil {
+			return w, fmt.Errorf("node: %w", err)
+		}
+	}
+	for i := range p {
+		d := routeDest{set: set}
+		if cfg.peers != nil {
+			d.remote = &relay.HTTPDest{To: uint32(i), Owner: cfg.peers.Owner, Client: cfg.peers.Client, Secret: cfg.peers.Secret, Sealer: codec}
+		}
+		dests[uint32(i)] = d
+	}
+	if cfg.peers != nil {
+		h, err := relay.Handler(relay.HandlerConfig{Secret: cfg.peers.Secret, Sealer: codec, Local: func(to uint32) (relay.Dest, bool) {
+			if rt := set.runtime(to); rt != nil {
+				return rt.eng, true
+			}
+			return nil, false
+		}})
+		if err != nil {
+			return w, fmt.Errorf("node: %w", err)
+		}
+		routes = map[string]http.Handler{relay.RelayPath: h}
+	}
+	if set.pump, err = relay.New(relay.Config{Dests: dests, Registerer: reg, Logger: cfg.Logger}); err != nil {
 		return w, fmt.Errorf("node: %w", err)
 	}
 	closers = append(closers, set.pump.Close) // closed before the engines
+	// One org budget for every partition (budget.go), counted from the
+	// stores: all are opened before the first engine, which may send at
+	// once (overdue escalation steps).
+	set.notifier = notifier
+	set.budget = &sharedBudget{log: cfg.Logger, used: map[budgetKey]uint64{}, stores: set.openStores}
+	for i := range p {
+		if !cfg.peers.serves(i) {
+			continue
+		}
+		db, err := set.openStore(partitionDir(cfg.DataDir, i, "store"), cfg)
+		if err != nil {
+			return w, err
+		}
+		set.stores[i].Store(db)
+		closers = append(closers, func() {
+			if set.parts[i].Load() == nil { // an attached one is closed with its runtime
+				db.Close()
+			}
+		})
+	}
+	for i := range p {
+		if !cfg.peers.serves(i) {
+			continue
+		}
+		rt, err := n.openRuntime(cfg, set, uint32(i), set.stores[i].Load())
+		if err != nil {
+			return w, err
+		}
+		if err := set.attach(rt); err != nil {
+			rt.close()
+			return w, err
+		}
+		closers = append(closers, func() { rt.close() })
+	}
+	closers = append(closers, set.pump.Close) // on a failed start: before the engines close
 	go set.forgetLoop()
 	closers = append(closers, set.stopForgetLoop)
 	if _, err := set.forgetRemoved(context.Background()); err != nil {
@@ -371,8 +545,133 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.wakeForget()
 	}
 	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: notifier,
-		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead"}, nil
+		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
+		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
+		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}, nil
 }
+
+// openStore opens a store of the partition set (in its own directory,
+// sharing the set's caches).
+func (s *partitionSet) openStore(dir string, cfg Config) (*pebblestore.DB, error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	db, err := pebblestore.Open(dir, pebblestore.Options{Logger: cfg.Logger, Shared: s.shared})
+	if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) {
+		return nil, &DataDirInUseError{Dir: cfg.DataDir}
+	}
+	return db, err
+}
+
+// openStores returns the partitions' stores open now (the org's budget
+// counts from them).
+func (s *partitionSet) openStores() []store.Store {
+	var out []store.Store
+	for i := range s.stores {
+		if db := s.stores[i].Load(); db != nil {
+			out = append(out, db)
+		}
+	}
+	return out
+}
+
+// openRuntime opens partition i's keyring and engine on db (which it
+// then owns: closed on failure and by the runtime's close), with its
+// publisher into the hub and its metrics on a registry of its own.
+func (n *Node) openRuntime(cfg Config, set *partitionSet, i uint32, db *pebblestore.DB) (_ *partRuntime, err error) {
+	rt := &partRuntime{p: i, db: db, reg: prometheus.NewRegistry(), set: set}
+	defer func() {
+		if err != nil {
+			rt.close()
+		}
+	}()
+	if rt.ring, err = keyring.Open(partitionDir(cfg.DataDir, int(i), SecretKeysFile)); err != nil {
+		return nil, fmt.Errorf("node: partition %d: %w", i, err)
+	}
+	reg := prometheus.WrapRegistererWith(prometheus.Labels{"partition": strconv.Itoa(int(i))}, rt.reg)
+	var st store.Store = db
+	if cfg.wrapPartition != nil {
+		st = cfg.wrapPartition(int(i), st)
+	}
+	p := int(set.n)
+	if rt.eng, err = engine.Open(engine.Config{
+		Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
+		Logger: cfg.Logger.With("partition", i), Registerer: reg,
+		Contacts: n.dir, Notifier: set.notifier, Quotas: cfg.Quotas, Budget: set.budget, NoCallFallback: cfg.NoCallFallback,
+		Keys: rt.ring, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
+		Retention: cfg.Retention, MessageCacheBytes: (64 << 20) / p,
+		Partition: i, Placement: set.of,
+	}); err != nil {
+		return nil, fmt.Errorf("node: partition %d: %w", i, err)
+	}
+	// Delivery: the engine → its Publisher (the Sink) → the one hub.
+	pub, err := fanout.NewPublisher(fanout.PublisherConfig{
+		Broker: fanout.NewLocalBroker(n.hub, fanout.SingleNode{}), Presence: n.hub,
+		Logger: cfg.Logger, Registerer: reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: partition %d: %w", i, err)
+	}
+	rt.eng.SetSink(pub)
+	rt.eng.SetPresence(n.hub)
+	return rt, nil
+}
+
+// close closes the runtime's engine, keyring and store (what is open),
+// once all of it has been detached; idempotent.
+func (rt *partRuntime) close() error {
+	rt.closeOnce.Do(func() {
+		var errs []error
+		if rt.eng != nil {
+			errs = append(errs, rt.eng.Close())
+		}
+		if rt.ring != nil {
+			errs = append(errs, rt.ring.Close())
+		}
+		if rt.db != nil {
+			rt.set.stores[rt.p].CompareAndSwap(rt.db, nil)
+			errs = append(errs, rt.db.Close())
+		}
+		rt.closeErr = errors.Join(errs...)
+	})
+	return rt.closeErr
+}
+
+// routeDest is the pump's destination for a partition: its engine while
+// this node serves it, else the node that does, over HTTP (remote, when
+// the node has peers: stage 5b), else none for now (the records wait).
+type routeDest struct {
+	set    *partitionSet
+	remote *relay.HTTPDest
+}
+
+func (d routeDest) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
+	if rt := d.set.runtime(b.To); rt != nil {
+		return rt.eng.ApplyRelay(ctx, b)
+	}
+	if d.remote != nil {
+		return d.remote.ApplyRelay(ctx, b)
+	}
+	return 0, fmt.Errorf("%w: partition %d is not served here now", engine.ErrWrongPartition, b.To)
+}
+
+// partitionPeers makes a node one of several serving the partitions
+// (Config.peers; stage 5a): it serves only the partitions Attach lists
+// (at start; more may be attached later), relays records for the others
+// to the node Owner names, over HTTP with the cluster secret, and serves
+// POST /cluster/relay for the partitions it serves. Every node must hold
+// the same directory (stage 5c: observers of the directory's partition).
+type partitionPeers struct {
+	Attach []int
+	// Owner returns the base URL of the node serving partition p now.
+	Owner  func(ctx context.Context, p uint32) (string, error)
+	Secret string
+	Client *http.Client // nil: http.DefaultClient
+}
+
+// serves reports whether partition i is attached at start (every one
+// without peers).
+func (pp *partitionPeers) serves(i int) bool { return pp == nil || slices.Contains(pp.Attach, i) }
 
 // memTableBytes is the memtable size of each store of p partitions
 // (and of the directory's): max(4 MiB, 64 MiB/p).
@@ -410,12 +709,13 @@ func (s *partitionSet) forgetRemoved(ctx context.Context) (engine.Offboarded, er
 	s.forgetMu.Lock()
 	defer s.forgetMu.Unlock()
 	var did engine.Offboarded
-	through := make([]uint64, len(s.engs))
+	rts := s.attached()
+	through := make([]uint64, len(rts))
 	after := uint64(math.MaxUint64)
-	for i, e := range s.engs {
-		t, err := e.ForgottenThrough()
+	for i, rt := range rts {
+		t, err := rt.eng.ForgottenThrough()
 		if err != nil {
-			return did, fmt.Errorf("partition %d: %w", i, err)
+			return did, fmt.Errorf("partition %d: %w", rt.p, err)
 		}
 		through[i], after = t, min(after, t)
 	}
@@ -432,13 +732,13 @@ func (s *partitionSet) forgetRemoved(ctx context.Context) (engine.Offboarded, er
 			if a.Action != "user.remove" || s.dir.Active(a.Target) {
 				continue
 			}
-			for i, e := range s.engs {
+			for i, rt := range rts {
 				if a.Seq <= through[i] {
 					continue
 				}
-				r, err := e.Forget(ctx, a.Target, a.Seq)
+				r, err := rt.eng.Forget(ctx, a.Target, a.Seq)
 				if err != nil {
-					return did, fmt.Errorf("partition %d: forget %s (audit %d): %w", i, a.Target, a.Seq, err)
+					return did, fmt.Errorf("partition %d: forget %s (audit %d): %w", rt.p, a.Target, a.Seq, err)
 				}
 				did.DingsStopped += r.DingsStopped
 				did.SecretsBurned += r.SecretsBurned
@@ -523,13 +823,14 @@ func (s *partitionSet) shutdownEngines(ctx context.Context) error {
 	s.pump.Close()
 	var errs []error
 	var wg sync.WaitGroup
-	errc := make([]error, len(s.engs))
-	for i, e := range s.engs {
+	rts := s.attached()
+	errc := make([]error, len(rts))
+	for i, rt := range rts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := e.Shutdown(ctx); err != nil {
-				errc[i] = fmt.Errorf("partition %d: %w", i, err)
+			if err := rt.eng.Shutdown(ctx); err != nil {
+				errc[i] = fmt.Errorf("partition %d: %w", rt.p, err)
 			}
 		}()
 	}
@@ -543,28 +844,33 @@ func (s *partitionSet) shutdownEngines(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// closeStores closes the keyrings, the stores and the shared caches,
-// once the engines are shut down.
+// closeStores closes the partitions' keyrings and stores, the
+// directory's store and the shared caches, once the engines are shut
+// down.
 func (s *partitionSet) closeStores() []error {
 	var errs []error
-	for _, r := range s.rings {
-		errs = append(errs, r.Close())
-	}
-	for _, db := range s.dbs {
-		errs = append(errs, db.Close())
+	for _, rt := range s.attached() {
+		errs = append(errs, rt.close())
 	}
 	errs = append(errs, s.dirDB.Close())
 	s.shared.Close()
 	return errs
 }
 
-// Engines returns the partitions' engines, by partition (nil with one
-// partition: Engine has it).
+// Engines returns the partitions' engines, by partition, nil for a
+// partition this node does not serve now (nil with one partition: Engine
+// has it).
 func (n *Node) Engines() []*engine.Engine {
 	if n.parts == nil {
 		return nil
 	}
-	return n.parts.engs
+	out := make([]*engine.Engine, len(n.parts.parts))
+	for i := range out {
+		if rt := n.parts.parts[i].Load(); rt != nil {
+			out[i] = rt.eng
+		}
+	}
+	return out
 }
 
 // PartitionOf returns the partition of user on this node (0 with one).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -648,5 +649,189 @@ func TestPartitionsSMSReplyGoesToTheNewestDing(t *testing.T) {
 	}
 	if st, _, _ := d.recipient(t, older, 0); st != engine.StatusPending {
 		t.Fatalf("the older DING's bo is %s, want still pending", st)
+	}
+}
+
+// The org's SMS budget holds for the node, not per partition: with a
+// budget of 2 a day, DINGs to bo from senders on three partitions send
+// two SMS and the third is refused for the budget, also after a restart
+// (the count comes back from the partitions' stores).
+func TestPartitionsShareTheSMSBudget(t *testing.T) {
+	d := startDingNode(t, func(c *node.Config) {
+		c.Partitions = testPartitions
+		c.Quotas = engine.Quotas{RecipientInterval: -1, SMSPerDay: 2}
+	})
+	wantPartitions(t, d.n, map[string]int{"ana": 2, "bo": 0, "cy": 3, "eve": 1})
+	for _, u := range []string{"eve", "cy"} {
+		if code, out, _ := d.api(t, "POST", "/v1/users", map[string]any{"id": u, "name": u}); code != http.StatusCreated {
+			t.Fatalf("add %s: %d %v", u, code, out)
+		}
+	}
+	dingFrom := func(from string) string {
+		t.Helper()
+		code, out, _ := d.api(t, "POST", "/v1/dings", map[string]any{"from": from, "to": []string{"bo"}, "text": "from " + from, "policy": "sms"})
+		if code != http.StatusCreated {
+			t.Fatalf("%s's DING: %d %v", from, code, out)
+		}
+		return out["id"].(string)
+	}
+	refused := func(id string) {
+		t.Helper()
+		d.waitEvent(t, id, 0, "quota_refused")
+		_, _, raw := d.recipient(t, id, 0)
+		for _, ev := range raw["events"].([]any) {
+			if e := ev.(map[string]any); e["event"] == "quota_refused" && e["detail"] == engine.ReasonSMSBudget {
+				return
+			}
+		}
+		t.Fatalf("bo = %v, want the SMS step refused for the budget", raw)
+	}
+	dingFrom("eve")
+	d.waitRequests(t, "sms", 1)
+	dingFrom("ana")
+	d.waitRequests(t, "sms", 2)
+	refused(dingFrom("cy"))
+	nodetest.Stop(t, d.n)
+	d.start(t)
+	refused(dingFrom("eve"))
+	if n := d.twilio.Count("sms"); n != 2 {
+		t.Fatalf("%d SMS sent with a budget of 2", n)
+	}
+}
+
+// A partition can stop and start being served while the node runs
+// (stage 5a: a cluster node serves a partition while its member owns
+// it): detached, its users' connections are cut (UNAVAILABLE, so their
+// clients keep reconnecting), new ones are refused,
+// messages to them from other partitions are acknowledged and wait in
+// their origins' outboxes, and its metrics leave /metrics; attached
+// again from its store, its users connect and get what waited, and its
+// metrics come back.
+func TestPartitionsDetachAndAttach(t *testing.T) {
+	d, _ := startPartitioned(t, t.TempDir())
+	n := d.n
+	nodetest.AddUsers(t, n, "ana", "bo")
+	ctx := context.Background()
+	ana := nodetest.Dial(t, n, "ana", "phone", nil)
+	bo := nodetest.Dial(t, n, "bo", "phone", nil)
+	gone := engine.NewError(engine.CodeUnavailable, "this partition moved")
+	if err := node.DetachPartition(n, 0, gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Dial(ctx, client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "tablet"), Device: "tablet"}); err == nil {
+		t.Fatal("bo connected while his partition is not served")
+	} else if ce, ok := errors.AsType[*client.Error](err); !ok || ce.Code != pb.Code_UNAVAILABLE {
+		t.Fatalf("a HELLO for a partition not served: %v, want UNAVAILABLE (retryable)", err)
+	}
+	// In cluster mode another node owns it: NOT_OWNER names it, and the
+	// client goes there (here its Dial refuses, to stay on loopback).
+	node.SetNotServed(n, func(user string, p uint32) error {
+		return &fanout.NotOwnerError{User: user, Partition: fanout.Partition(p), Owner: "owner.invalid:7070"}
+	})
+	var dialed []string
+	_, err := client.Dial(ctx, client.Config{Addr: n.SocketAddr(), Token: nodetest.Token(t, n, "bo", "tablet"), Device: "tablet",
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dialed = append(dialed, addr)
+			if addr != n.SocketAddr() {
+				return nil, errors.New("test: not dialling the redirect")
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}})
+	if err == nil || !slices.Contains(dialed, "owner.invalid:7070") {
+		t.Fatalf("a HELLO for a partition another node owns: dialled %v, %v; want a redirect to owner.invalid:7070", dialed, err)
+	}
+	node.SetNotServed(n, nil)
+	res, err := ana.Send(ctx, []string{"bo"}, []byte("while away"))
+	if err != nil {
+		t.Fatalf("a send to a user of a detached partition: %v", err)
+	}
+	nodetest.WaitFor(t, "the relay refusing the detached partition", 10*time.Second, func() bool {
+		return metricValue(t, n, `ding_relay_apply_errors_total{from="2",reason="wrong_partition",to="0"}`) >= 1
+	})
+	if n.Engines()[0] != nil {
+		t.Fatal("Engines()[0] is set for a detached partition")
+	}
+	if v := metricValue(t, n, `ding_relay_backlog_records{from="2",to="0"}`); v != 1 {
+		t.Fatalf("backlog from 2 to 0 = %v, want the one message", v)
+	}
+	scrape := func() string {
+		resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if s := scrape(); strings.Contains(s, `ding_commit_batches_total{partition="0"}`) || !strings.Contains(s, `partition="2"`) {
+		t.Fatal("/metrics still shows partition 0's engine, or not partition 2's")
+	}
+
+	if err := node.AttachPartition(n, 0); err != nil {
+		t.Fatal(err)
+	}
+	// bo's phone was cut off (UNAVAILABLE: retryable) and has kept
+	// reconnecting: it is back, and gets what waited.
+	if m := firstDeliver(t, bo, res.ID); m == nil || string(m.Body) != "while away" {
+		t.Fatalf("bo got %+v after his partition came back", m)
+	}
+	if c := bo.Stats().Connects; c < 2 {
+		t.Fatalf("bo's phone connected %d times: it was never cut off", c)
+	}
+	nodetest.WaitFor(t, "partition 0's metrics back", 10*time.Second, func() bool {
+		return strings.Contains(scrape(), `partition="0"`)
+	})
+	if err := node.AttachPartition(n, 0); err == nil {
+		t.Fatal("partition 0 attached twice")
+	}
+}
+
+// Two nodes serve the four partitions, two each, and relay between them
+// over HTTP (stage 5b's transport through the node): ana (partition 2,
+// node A) sends to bo (partition 0, node B); bo's phone on B gets it, and
+// ana's phone on A sees it delivered and read. bo cannot connect to A.
+// (The directory is not shared yet, stage 5c: the test gives both nodes
+// the same users.)
+func TestPartitionsAcrossTwoNodes(t *testing.T) {
+	ctx := context.Background()
+	httpA, httpB := nodetest.FreeAddr(t), nodetest.FreeAddr(t)
+	owner := func(_ context.Context, p uint32) (string, error) {
+		if p < 2 {
+			return "http://" + httpB, nil
+		}
+		return "http://" + httpA, nil
+	}
+	const secret = "two-nodes-cluster-secret"
+	cfgA := node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: httpA, Partitions: testPartitions}
+	node.WithPeers(&cfgA, []int{2, 3}, owner, secret)
+	cfgB := node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: httpB, Partitions: testPartitions}
+	node.WithPeers(&cfgB, []int{0, 1}, owner, secret)
+	a, b := nodetest.Start(t, cfgA), nodetest.Start(t, cfgB)
+	wantPartitions(t, a, map[string]int{"ana": 2, "bo": 0})
+	for _, n := range []*node.Node{a, b} {
+		nodetest.AddUsers(t, n, "ana", "bo")
+	}
+	if e := a.Engines(); e[0] != nil || e[2] == nil {
+		t.Fatalf("node A serves %v, want partitions 2 and 3", e)
+	}
+	ana := nodetest.Dial(t, a, "ana", "phone", nil)
+	bo := nodetest.Dial(t, b, "bo", "phone", nil)
+	res, err := ana.Send(ctx, []string{"bo"}, []byte("across nodes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := firstDeliver(t, bo, res.ID); m == nil || string(m.Body) != "across nodes" || m.From != "ana" {
+		t.Fatalf("bo got %+v", m)
+	}
+	nextReceipt(t, ana, res.ID, pb.State_DELIVERED)
+	if err := bo.Read(ctx, res.ID); err != nil {
+		t.Fatal(err)
+	}
+	nextReceipt(t, ana, res.ID, pb.State_READ_STATE)
+	if v := metricValue(t, a, `ding_relay_records_total{from="2",to="0"}`); v != 1 {
+		t.Fatalf("A relayed %v records from 2 to 0, want 1", v)
+	}
+	if _, err := client.Dial(ctx, client.Config{Addr: a.SocketAddr(), Token: nodetest.Token(t, a, "bo", "tablet"), Device: "tablet"}); err == nil {
+		t.Fatal("bo connected to a node that does not serve his partition")
 	}
 }

@@ -31,7 +31,11 @@ import (
 //     partition out of range) is not found.
 //   - org-wide: AdminStats and Sweep are asked of every engine and the
 //     answers merged; SetPolicy is written to every engine (Policies are
-//     read from partition 0's).
+//     read from the lowest partition's).
+//
+// A user or id of a partition the node does not serve now (detached:
+// partitionSet.detach) gets errNotServed, which clients retry
+// (UNAVAILABLE); stage 5a makes it a NOT_OWNER redirect in cluster mode.
 //   - Twilio's reports carry provider references, which name no
 //     partition: every engine is asked, and the first that knows the
 //     reference answers (see ProviderStatus).
@@ -51,40 +55,84 @@ var (
 // errNoHome is returned for an id no partition of this node made.
 var errNoHome = fmt.Errorf("%w: the id names no partition of this node", engine.ErrNotFound)
 
-func (r *router) user(u string) *engine.Engine { return r.set.engs[r.set.of(u)] }
+// user returns the engine of u's partition, or why this node does not
+// serve it now.
+func (r *router) user(u string) (*engine.Engine, error) { return r.set.engineOf(u) }
 
 func (r *router) home(id engine.ID) (*engine.Engine, error) {
 	p, ok := engine.HomeOf(id)
-	if !ok || int(p) >= len(r.set.engs) {
+	if !ok || p >= r.set.n {
 		return nil, errNoHome
 	}
-	return r.set.engs[p], nil
+	if rt := r.set.runtime(p); rt != nil {
+		return rt.eng, nil
+	}
+	return nil, errNotServed
+}
+
+// first returns the engine of the lowest partition this node serves (for
+// what every partition holds alike: MaxBody, the policies).
+func (r *router) first() (*engine.Engine, error) {
+	if rts := r.set.attached(); len(rts) > 0 {
+		return rts[0].eng, nil
+	}
+	return nil, errNotServed
 }
 
 // session.Engine
 
 func (r *router) SubmitAsync(s engine.Submission, done func(engine.SubmitResult, error)) {
-	r.user(s.From).SubmitAsync(s, done)
+	e, err := r.user(s.From)
+	if err != nil {
+		done(engine.SubmitResult{}, err)
+		return
+	}
+	e.SubmitAsync(s, done)
 }
 
 func (r *router) AckAsync(user, device string, seq uint64, done func(error)) {
-	r.user(user).AckAsync(user, device, seq, done)
+	e, err := r.user(user)
+	if err != nil {
+		done(err)
+		return
+	}
+	e.AckAsync(user, device, seq, done)
 }
 
 func (r *router) ReadAsync(user string, ids []engine.ID, done func(error)) {
-	r.user(user).ReadAsync(user, ids, done)
+	e, err := r.user(user)
+	if err != nil {
+		done(err)
+		return
+	}
+	e.ReadAsync(user, ids, done)
 }
 
 func (r *router) ConfirmAsync(user string, id engine.ID, answer int, done func(engine.ConfirmResult, error)) {
-	r.user(user).ConfirmAsync(user, id, answer, done)
+	e, err := r.user(user)
+	if err != nil {
+		done(engine.ConfirmResult{}, err)
+		return
+	}
+	e.ConfirmAsync(user, id, answer, done)
 }
 
 func (r *router) CreateChatAsync(req engine.ChatRequest, done func(engine.Chat, error)) {
-	r.user(req.From).CreateChatAsync(req, done)
+	e, err := r.user(req.From)
+	if err != nil {
+		done(engine.Chat{}, err)
+		return
+	}
+	e.CreateChatAsync(req, done)
 }
 
 func (r *router) ReportScreenshotAsync(user string, chat, msg engine.ID, done func(error)) {
-	r.user(user).ReportScreenshotAsync(user, chat, msg, done)
+	e, err := r.user(user)
+	if err != nil {
+		done(err)
+		return
+	}
+	e.ReportScreenshotAsync(user, chat, msg, done)
 }
 
 // SenderReceipts asks the message's home, which is the sender's
@@ -97,28 +145,50 @@ func (r *router) SenderReceipts(user string, id engine.ID) ([]engine.Receipt, er
 	return e.SenderReceipts(user, id)
 }
 
-func (r *router) Head(user string) (uint64, error) { return r.user(user).Head(user) }
+func (r *router) Head(user string) (uint64, error) {
+	e, err := r.user(user)
+	if err != nil {
+		return 0, err
+	}
+	return e.Head(user)
+}
 
 func (r *router) Cursor(user, device string) (uint64, bool, error) {
-	return r.user(user).Cursor(user, device)
+	e, err := r.user(user)
+	if err != nil {
+		return 0, false, err
+	}
+	return e.Cursor(user, device)
 }
 
 func (r *router) ResumeFrom(user string, cursor uint64) (uint64, error) {
-	return r.user(user).ResumeFrom(user, cursor)
+	e, err := r.user(user)
+	if err != nil {
+		return 0, err
+	}
+	return e.ResumeFrom(user, cursor)
 }
 
-func (r *router) MaxBody() int { return r.set.engs[0].MaxBody() }
+func (r *router) MaxBody() int { return r.set.dirEng.MaxBody() }
 
 // fanout.Source
 
 func (r *router) Range(user string, from uint64, max int) ([]engine.Entry, error) {
-	return r.user(user).Range(user, from, max)
+	e, err := r.user(user)
+	if err != nil {
+		return nil, err
+	}
+	return e.Range(user, from, max)
 }
 
 // httpapi.Messages
 
 func (r *router) Submit(ctx context.Context, s engine.Submission) (engine.SubmitResult, error) {
-	return r.user(s.From).Submit(ctx, s)
+	e, err := r.user(s.From)
+	if err != nil {
+		return engine.SubmitResult{}, err
+	}
+	return e.Submit(ctx, s)
 }
 
 func (r *router) Message(id engine.ID) (*engine.Message, error) {
@@ -138,7 +208,11 @@ func (r *router) Receipts(id engine.ID) ([]engine.Receipt, error) {
 }
 
 func (r *router) Devices(user string) ([]engine.DeviceCursor, error) {
-	return r.user(user).Devices(user)
+	e, err := r.user(user)
+	if err != nil {
+		return nil, err
+	}
+	return e.Devices(user)
 }
 
 // Sweep runs retention on every partition, one after the other, and adds
@@ -146,10 +220,10 @@ func (r *router) Devices(user string) ([]engine.DeviceCursor, error) {
 // ones deleted stays deleted).
 func (r *router) Sweep(ctx context.Context) (engine.SweepReport, error) {
 	var sum engine.SweepReport
-	for p, e := range r.set.engs {
-		rep, err := e.Sweep(ctx)
+	for _, rt := range r.set.attached() {
+		rep, err := rt.eng.Sweep(ctx)
 		if err != nil {
-			return sum, fmt.Errorf("partition %d: %w", p, err)
+			return sum, fmt.Errorf("partition %d: %w", rt.p, err)
 		}
 		sum.Entries += rep.Entries
 		sum.Messages += rep.Messages
@@ -167,7 +241,11 @@ func (r *router) Sweep(ctx context.Context) (engine.SweepReport, error) {
 // httpapi.Dings
 
 func (r *router) Ding(ctx context.Context, d engine.DingRequest) (engine.DingResult, error) {
-	return r.user(d.From).Ding(ctx, d)
+	e, err := r.user(d.From)
+	if err != nil {
+		return engine.DingResult{}, err
+	}
+	return e.Ding(ctx, d)
 }
 
 func (r *router) DingStatus(id engine.ID) (*engine.DingStatus, error) {
@@ -179,7 +257,11 @@ func (r *router) DingStatus(id engine.ID) (*engine.DingStatus, error) {
 }
 
 func (r *router) Dings(sender string, after engine.ID, limit int) ([]engine.DingSummary, error) {
-	return r.user(sender).Dings(sender, after, limit)
+	e, err := r.user(sender)
+	if err != nil {
+		return nil, err
+	}
+	return e.Dings(sender, after, limit)
 }
 
 func (r *router) CancelDing(ctx context.Context, id engine.ID) (int, error) {
@@ -194,22 +276,32 @@ func (r *router) CancelDing(ctx context.Context, id engine.ID) (int, error) {
 // its home, any of them), in order. On an error some partitions may have
 // it and others not: a retry, which is idempotent, completes it.
 func (r *router) SetPolicy(ctx context.Context, name string, p engine.Policy) error {
-	for i, e := range r.set.engs {
-		if err := e.SetPolicy(ctx, name, p); err != nil {
-			return fmt.Errorf("partition %d: %w", i, err)
+	for _, rt := range r.set.attached() {
+		if err := rt.eng.SetPolicy(ctx, name, p); err != nil {
+			return fmt.Errorf("partition %d: %w", rt.p, err)
 		}
 	}
 	return nil
 }
 
-// Policies reads partition 0's: SetPolicy writes every partition, 0
-// first.
-func (r *router) Policies() (map[string]engine.Policy, error) { return r.set.engs[0].Policies() }
+// Policies reads the lowest partition's: SetPolicy writes every
+// partition, in order.
+func (r *router) Policies() (map[string]engine.Policy, error) {
+	e, err := r.first()
+	if err != nil {
+		return nil, err
+	}
+	return e.Policies()
+}
 
 // httpapi.Announcements
 
 func (r *router) Announce(ctx context.Context, a engine.Announcement) (engine.SubmitResult, error) {
-	return r.user(a.From).Announce(ctx, a)
+	e, err := r.user(a.From)
+	if err != nil {
+		return engine.SubmitResult{}, err
+	}
+	return e.Announce(ctx, a)
 }
 
 func (r *router) Stats(id engine.ID, lists bool) (*engine.MessageStats, error) {
@@ -237,10 +329,10 @@ func (r *router) AdminStats(q engine.StatsQuery) (*engine.AdminStats, error) {
 	var out *engine.AdminStats
 	byDept := map[string]*engine.DepartmentStats{}
 	unanswered := map[string]uint64{}
-	for p, e := range r.set.engs {
-		s, err := e.AdminStats(q)
+	for _, rt := range r.set.attached() {
+		s, err := rt.eng.AdminStats(q)
 		if err != nil {
-			return nil, fmt.Errorf("partition %d: %w", p, err)
+			return nil, fmt.Errorf("partition %d: %w", rt.p, err)
 		}
 		if out == nil {
 			out = &engine.AdminStats{From: s.From, To: s.To, SMSBudget: s.SMSBudget, CallsBudget: s.CallsBudget,
@@ -316,7 +408,11 @@ func mergePercentiles(m *engine.Percentiles, d engine.Percentiles) {
 // CreateChat asks the requester's partition, which relays the chat to the
 // other participant's (engine/relay_secret.go).
 func (r *router) CreateChat(ctx context.Context, req engine.ChatRequest) (engine.Chat, error) {
-	return r.user(req.From).CreateChat(ctx, req)
+	e, err := r.user(req.From)
+	if err != nil {
+		return engine.Chat{}, err
+	}
+	return e.CreateChat(ctx, req)
 }
 
 func (r *router) Chat(id engine.ID) (engine.Chat, error) {
@@ -327,7 +423,13 @@ func (r *router) Chat(id engine.ID) (engine.Chat, error) {
 	return e.Chat(id)
 }
 
-func (r *router) Chats(user string) ([]engine.ChatInfo, error) { return r.user(user).Chats(user) }
+func (r *router) Chats(user string) ([]engine.ChatInfo, error) {
+	e, err := r.user(user)
+	if err != nil {
+		return nil, err
+	}
+	return e.Chats(user)
+}
 
 // twilio.Reports
 
@@ -364,7 +466,7 @@ func (r *router) anyKnows(ctx context.Context, op func(context.Context, *engine.
 		last  error
 		wg    sync.WaitGroup
 	)
-	for _, e := range r.set.engs {
+	for _, e := range r.set.engines() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -407,7 +509,7 @@ func (r *router) InboundSMS(ctx context.Context, from, body string) error {
 		at time.Time
 	}
 	var cands []cand
-	for _, e := range r.set.engs {
+	for _, e := range r.set.engines() {
 		at, ok, err := e.PhonePendingAt(from)
 		if err != nil {
 			return err
