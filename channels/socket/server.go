@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -106,6 +107,7 @@ type Server struct {
 	// The WebSocket gateway's origin policy (ws.go).
 	wsOrigins       []string
 	wsRefusedOrigin prometheus.Counter
+	wsOpen          atomic.Int64 // open WebSocket connections, upgraded or not
 	// The event loops of the TLS and WebSocket listeners (tls.go, ws.go).
 	tlsMu     sync.Mutex
 	tlsLoops  []tlsLoop // guarded by tlsMu
@@ -156,6 +158,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{log: cfg.Logger, sessions: sessions, served: make(chan struct{}), preAuth: map[string]int{}, maxPreAuth: cfg.MaxPreAuthPerSource,
 		writeTimeout: cfg.WriteTimeout, wsOrigins: cfg.WSOrigins}
+	wsConns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_websocket_connections",
+		Help: "Open WebSocket connections (--ws and /ws on the HTTP port), authenticated or not; ding_socket_connections counts them too."},
+		func() float64 { return float64(s.wsOpen.Load()) })
 	s.wsRefusedOrigin = prometheus.NewCounter(prometheus.CounterOpts{Name: "ding_websocket_origin_refused_total",
 		Help: "WebSocket upgrades refused (403) because their Origin is neither the same origin nor allowed (WSOrigins)."})
 	s.preRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "ding_socket_preauth_refused_total",
@@ -171,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 		return float64(n)
 	})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.preRefused, s.preAuthOpen, s.wsRefusedOrigin} {
+		for _, c := range []prometheus.Collector{s.preRefused, s.preAuthOpen, s.wsRefusedOrigin, wsConns} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				sessions.Shutdown(context.Background())
 				return nil, fmt.Errorf("socket: metrics: %w", err)

@@ -457,10 +457,12 @@ func (s *Server) onWSPrepare(nc netpoll.Connection) context.Context {
 		c.mu.Unlock()
 		c.Authenticated()
 		sess.Closed()
+		s.wsOpen.Add(-1)
 		return nil
 	})
 	c.mu.Lock()
 	c.sess = s.sessions.Open(c)
+	s.wsOpen.Add(1)
 	c.mu.Unlock()
 	// The upgrade is part of the handshake: the session's handshake
 	// timeout bounds it.

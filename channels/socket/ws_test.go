@@ -7,10 +7,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -249,6 +252,7 @@ func TestWSResumeAfterReconnect(t *testing.T) {
 	})
 	bo.Close()
 	nodetest.WaitFor(t, "bo to be offline", 5*time.Second, func() bool { return !n.Hub().Online("bo") })
+	nodetest.WaitFor(t, "no WebSocket connection left", 5*time.Second, func() bool { return wsConnections(t, n) == 0 })
 	for i := 6; i <= 10; i++ {
 		send(i)
 	}
@@ -447,9 +451,34 @@ func TestWSShutdownClosesConnections(t *testing.T) {
 	a.hello(nodetest.Token(t, n, "bo", "web"), "web")
 	b := mustDialWS(t, "ws://"+n.HTTPAddr()+"/ws")
 	b.hello(nodetest.Token(t, n, "cy", "web"), "web")
+	if got := wsConnections(t, n); got != 2 {
+		t.Fatalf("ding_websocket_connections %v, want 2", got)
+	}
 	nodetest.Stop(t, n)
 	a.expectFatal(pb.Code_SHUTTING_DOWN, socket.WSCloseErrorBase+ws.StatusCode(pb.Code_SHUTTING_DOWN))
 	b.expectFatal(pb.Code_SHUTTING_DOWN, socket.WSCloseErrorBase+ws.StatusCode(pb.Code_SHUTTING_DOWN))
+}
+
+// wsConnections reads ding_websocket_connections from /metrics.
+func wsConnections(t *testing.T, n *node.Node) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ding_websocket_connections "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatal("no ding_websocket_connections in /metrics")
+	return 0
 }
 
 // Idle connections on the --ws listener hold no goroutine: the event

@@ -53,10 +53,12 @@ func (s *Server) serveWSHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &wsConn{s: s, src: src, raw: &netRaw{nc: nc, timeout: s.writeTimeout}, counted: true}
 	c.upgraded.Store(true)
 	c.sess = s.sessions.Open(c)
+	s.wsOpen.Add(1)
 	defer func() {
 		_ = nc.Close()
 		c.Authenticated()
 		c.sess.Closed()
+		s.wsOpen.Add(-1)
 	}()
 	c.sess.Begin()
 	for {

@@ -47,10 +47,12 @@ func (s *Server) onWSTLSPrepare(nc netpoll.Connection, cfg *tls.Config) context.
 		c.mu.Unlock()
 		c.Authenticated()
 		sess.Closed()
+		s.wsOpen.Add(-1)
 		return nil
 	})
 	c.mu.Lock()
 	c.sess = s.sessions.Open(c)
+	s.wsOpen.Add(1)
 	c.mu.Unlock()
 	c.sess.Begin()
 	return context.WithValue(context.Background(), connKey{}, &wsTLSConn{c, t})
