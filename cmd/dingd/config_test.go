@@ -523,6 +523,14 @@ func TestBinaryStartFailure(t *testing.T) {
 	if es, err := os.ReadDir(data); err != nil || len(es) != 0 {
 		t.Fatalf("the data dir holds %v (%v) after a start that failed on a taken port", es, err)
 	}
+	// The same for the WebSocket listener.
+	_, stderr, code = runDingd(t, nil, "--data", data, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--ws", taken.Addr().String(), "--log-level", "error")
+	if want := fmt.Sprintf("dingd: the websocket port %s is in use (another dingd? --ws chooses another)\n", taken.Addr()); code != 1 || stderr != want {
+		t.Fatalf("--ws on a taken port: exit %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+	if es, err := os.ReadDir(data); err != nil || len(es) != 0 {
+		t.Fatalf("the data dir holds %v (%v) after a start that failed on a taken --ws port", es, err)
+	}
 
 	// A second dingd on a data dir another one holds says so.
 	first := startDingd(t, data)
