@@ -66,6 +66,7 @@ fuzz:
 	$(GO) test ./channels/socket/wire -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./channels/session -run '^$$' -fuzz FuzzDeliver -fuzztime 10s
 	$(GO) test ./channels/socket/client -run '^$$' -fuzz FuzzDecodeDeliver -fuzztime 20s
+	$(GO) test ./channels/socket -run '^$$' -fuzz FuzzWSInput -fuzztime 20s
 
 build:
 	$(GO) build -buildvcs=auto -o bin/ ./cmd/... # auto: the VCS revision in --version when git is there

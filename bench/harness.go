@@ -29,8 +29,10 @@ type Server struct {
 	// TLSSock is the socket port over TLS (StartServerTLS), and TLS the
 	// client configuration that trusts its certificate; its HTTP port is
 	// then HTTPS.
-	TLSSock   string
-	TLS       *tls.Config
+	TLSSock string
+	TLS     *tls.Config
+	// WSSock is the WebSocket gateway's listener (StartServerWS).
+	WSSock    string
 	bin       string
 	args, env []string // extra flags and environment, kept for Restart
 	cmd       *exec.Cmd
@@ -68,6 +70,39 @@ func StartServerTLS(bin, tmp string, users int, args ...string) (*Server, error)
 	}
 	s.TLSSock, s.TLS = freeAddr(), cfg
 	if err := s.startWith(users, append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-listen", s.TLSSock}, args...)); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// StartServerWS is StartServer with the WebSocket gateway's own
+// listener (dingd --ws) on WSSock beside the plain socket port.
+func StartServerWS(bin, tmp string, users int, args ...string) (*Server, error) {
+	s, err := newServer(bin, tmp)
+	if err != nil {
+		return nil, err
+	}
+	s.WSSock = freeAddr()
+	if err := s.startWith(users, append([]string{"--ws", s.WSSock}, args...)); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// StartServerWSS is StartServerTLS with the WebSocket listener, wss
+// (dingd --ws with --tls-cert), on WSSock.
+func StartServerWSS(bin, tmp string, users int, args ...string) (*Server, error) {
+	s, err := newServer(bin, tmp)
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile, cfg, err := makeCert(s.Data)
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	s.WSSock, s.TLS = freeAddr(), cfg
+	if err := s.startWith(users, append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--ws", s.WSSock}, args...)); err != nil {
 		return nil, err
 	}
 	return s, nil

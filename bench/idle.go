@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/socket/wire"
 )
@@ -26,6 +28,10 @@ type IdleConfig struct {
 	// second dingd in the same run: RSS per TLS connection beside the
 	// plain one's.
 	TLS bool
+	// WS also opens the connections over the WebSocket gateway (dingd
+	// --ws), to a second dingd in the same run: RSS per WebSocket
+	// connection beside the plain one's.
+	WS bool
 	// Profiling serves dingd's pprof (with Hold, for a heap profile).
 	Profiling Profiling
 }
@@ -36,11 +42,14 @@ type IdleConfig struct {
 // connection open (each binary's own, with Against: its row "server RSS,
 // no connection").
 func Idle(cfg IdleConfig) (Table, error) {
+	if cfg.WS {
+		return idleWS(cfg)
+	}
 	if cfg.TLS {
 		return idleTLS(cfg)
 	}
 	t, err := Compare(cfg.Bin, cfg.Against, "", func(bin string) (Table, error) {
-		r, err := idleOnce(cfg, bin, false)
+		r, err := idleOnce(cfg, bin, viaPlain)
 		return r.Table, err
 	})
 	if err != nil {
@@ -59,11 +68,11 @@ func Idle(cfg IdleConfig) (Table, error) {
 // idleTLS measures RSS per connection on a plain dingd, then on one with
 // TLS (its connections over --tls-listen), in the same run.
 func idleTLS(cfg IdleConfig) (Table, error) {
-	plain, err := idleOnce(cfg, cfg.Bin, false)
+	plain, err := idleOnce(cfg, cfg.Bin, viaPlain)
 	if err != nil {
 		return Table{}, err
 	}
-	overTLS, err := idleOnce(cfg, cfg.Bin, true)
+	overTLS, err := idleOnce(cfg, cfg.Bin, viaTLS)
 	if err != nil {
 		return Table{}, err
 	}
@@ -79,6 +88,43 @@ func idleTLS(cfg IdleConfig) (Table, error) {
 	}, nil
 }
 
+// idleWS measures RSS per connection on a plain dingd, then on one whose
+// connections come through its WebSocket listener, in the same run.
+func idleWS(cfg IdleConfig) (Table, error) {
+	plain, err := idleOnce(cfg, cfg.Bin, viaPlain)
+	if err != nil {
+		return Table{}, err
+	}
+	v, scenario, label, what := viaWS, "idle --ws", "over WebSocket", "WebSocket listener (dingd --ws: gobwas/ws on netpoll's event loop; one frame per binary message)"
+	if cfg.TLS {
+		v, scenario, label, what = viaWSS, "idle --ws --tls", "over wss", "WebSocket listener over TLS (dingd --ws with --tls-cert: wss, crypto/tls on netpoll's event loop; TLS 1.3, ECDSA P-256)"
+	}
+	overWS, err := idleOnce(cfg, cfg.Bin, v)
+	if err != nil {
+		return Table{}, err
+	}
+	pp, wp := plain.perConn, overWS.perConn
+	return Table{
+		Scenario: scenario,
+		Setup:    fmt.Sprintf("%d authenticated idle connections over loopback to one dingd's socket port, then as many to another's %s, in the same run; RSS growth per connection against each dingd's own RSS with the users created and no connection.", cfg.Conns, what),
+		Rows: []Row{
+			{"server RSS per connection", fmt.Sprintf("%.2f KiB %s", wp/1024, label), fmt.Sprintf("%.2f KiB plain", pp/1024), ratio(wp, pp), "≤ 12 KiB" + met(wp <= 12*1024)},
+			{"server RSS, no connection", fmt.Sprintf("%.1f MiB", float64(overWS.before)/(1<<20)), fmt.Sprintf("%.1f MiB", float64(plain.before)/(1<<20)), "", ""},
+			{"connections the server counted", fmt.Sprintf("%.0f", overWS.open), fmt.Sprintf("%.0f", plain.open), "", ""},
+		},
+	}, nil
+}
+
+// via is how the load generator reaches dingd.
+type via int
+
+const (
+	viaPlain via = iota // the socket port
+	viaTLS              // --tls-listen
+	viaWS               // --ws
+	viaWSS              // --ws with TLS
+)
+
 // idleRun is one idle measurement.
 type idleRun struct {
 	Table
@@ -86,12 +132,17 @@ type idleRun struct {
 	before, open float64
 }
 
-// idleOnce runs the scenario against a dingd from bin (over TLS: to its
-// --tls-listen port).
-func idleOnce(cfg IdleConfig, bin string, overTLS bool) (idleRun, error) {
+// idleOnce runs the scenario against a dingd from bin, through the
+// socket port, --tls-listen or --ws.
+func idleOnce(cfg IdleConfig, bin string, v via) (idleRun, error) {
 	start := StartServer
-	if overTLS {
+	switch v {
+	case viaTLS:
 		start = StartServerTLS
+	case viaWS:
+		start = StartServerWS
+	case viaWSS:
+		start = StartServerWSS
 	}
 	srv, err := start(bin, cfg.Tmp, cfg.Conns, cfg.Profiling.dingdArgs()...)
 	if err != nil {
@@ -121,11 +172,16 @@ func idleOnce(cfg IdleConfig, bin string, overTLS bool) (idleRun, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			addr, tc := srv.Sock, (*tls.Config)(nil)
-			if overTLS {
-				addr, tc = srv.TLSSock, srv.TLS
+			var c net.Conn
+			var err error
+			switch tok := srv.Token(fmt.Sprintf("u%d", i), "d"); v {
+			case viaTLS:
+				c, _, err = handshakeTLS(srv.TLSSock, srv.TLS, tok, "d")
+			case viaWS, viaWSS:
+				c, _, err = handshakeWS(srv.WSSock, srv.TLS, tok, "d")
+			default:
+				c, _, err = handshake(srv.Sock, tok, "d")
 			}
-			c, _, err := handshakeTLS(addr, tc, srv.Token(fmt.Sprintf("u%d", i), "d"), "d")
 			if err != nil {
 				errs <- fmt.Errorf("conn %d: %w", i, err)
 				return
@@ -174,6 +230,23 @@ func handshakeTLS(addr string, tc *tls.Config, token, device string) (net.Conn, 
 	} else {
 		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
 	}
+	if err != nil {
+		return nil, nil, err
+	}
+	w, err := hello(c, &pb.Hello{Version: wire.Version, Token: token, Device: device})
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, w, nil
+}
+
+// handshakeWS is handshake over the WebSocket gateway at addr (--ws),
+// through the Go client's WebSocket dialer (wss with tc).
+func handshakeWS(addr string, tc *tls.Config, token, device string) (net.Conn, *pb.Welcome, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := (&client.WebSocket{TLS: tc}).Dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}

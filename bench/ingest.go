@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"sync"
@@ -40,6 +41,10 @@ type IngestConfig struct {
 	// plain, then against another with them over TLS (--tls-listen), in
 	// the same run (IngestTLS).
 	TLS bool
+	// WS is TLS's counterpart for the WebSocket gateway: plain, then
+	// through another dingd's --ws listener (the Go client's WebSocket
+	// dialer; not with Raw).
+	WS bool
 }
 
 // drain is how long after its window an open loop waits for the answers
@@ -69,8 +74,14 @@ type ingestRun struct {
 // rate.
 func Ingest(cfg IngestConfig) (Table, error) {
 	cfg.Payload = max(cfg.Payload, 8)
+	if cfg.TLS && cfg.WS {
+		return Table{}, errors.New("ingest: --ws and --tls together are not a scenario yet (idle --ws --tls is)")
+	}
 	if cfg.TLS {
 		return ingestTLS(cfg)
+	}
+	if cfg.WS {
+		return ingestWS(cfg)
 	}
 	fmt.Fprintf(os.Stderr, "ingest: baseline, %d goroutines writing to Pebble for %v\n", cfg.Baseline, cfg.Run)
 	baseRate, baseLat, err := PebbleSyncWrites(cfg.Tmp, cfg.Baseline, cfg.Payload, cfg.Run)
@@ -169,6 +180,43 @@ func ingestTLS(cfg IngestConfig) (Table, error) {
 			{"submit→delivered p50 / p99", overTLS.del.ms(0.5) + " / " + overTLS.del.ms(0.99), plain.del.ms(0.5) + " / " + plain.del.ms(0.99), "", ""},
 		},
 		Notes: append(runNotes("Plain", plain), runNotes("TLS", overTLS)...),
+	}, nil
+}
+
+// ingestWS is the closed loop against a plain dingd, then against one
+// whose connections come through its WebSocket listener, in the same run.
+func ingestWS(cfg IngestConfig) (Table, error) {
+	if cfg.Raw {
+		return Table{}, fmt.Errorf("ingest --ws drives the Go client (its WebSocket dialer), not --raw")
+	}
+	run := func(start func(string, string, int, ...string) (*Server, error), what string) (*ingestRun, error) {
+		fmt.Fprintf(os.Stderr, "ingest --ws: %s, closed loop, %d connections\n", what, cfg.Conns)
+		srv, err := start(cfg.Bin, cfg.Tmp, cfg.Conns)
+		if err != nil {
+			return nil, err
+		}
+		defer srv.Stop()
+		return runIngestOn(cfg, srv, 0)
+	}
+	plain, err := run(StartServer, "plain")
+	if err != nil {
+		return Table{}, err
+	}
+	overWS, err := run(StartServerWS, "over WebSocket")
+	if err != nil {
+		return Table{}, err
+	}
+	pr, wr := rate(plain.w.acked.Load(), cfg.Run), rate(overWS.w.acked.Load(), cfg.Run)
+	return Table{
+		Scenario: "ingest --ws",
+		Setup: fmt.Sprintf("Closed loop, %d connections through the Go client library, each a user submitting %d-byte messages to the next (online); %v warm-up, %v measured; against one dingd with plain socket connections, then another with them through its WebSocket listener (dingd --ws; the client's WebSocket dialer, one frame per binary message), in the same run.",
+			cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run),
+		Rows: []Row{
+			{"acknowledged msgs/s", fmt.Sprintf("%.0f over WebSocket", wr), fmt.Sprintf("%.0f plain", pr), ratio(wr, pr), "≥ 0.8× plain" + met(wr >= 0.8*pr)},
+			{"submit→ack p50 / p99", overWS.ack.ms(0.5) + " / " + overWS.ack.ms(0.99), plain.ack.ms(0.5) + " / " + plain.ack.ms(0.99), "", ""},
+			{"submit→delivered p50 / p99", overWS.del.ms(0.5) + " / " + overWS.del.ms(0.99), plain.del.ms(0.5) + " / " + plain.del.ms(0.99), "", ""},
+		},
+		Notes: append(runNotes("Plain", plain), runNotes("WebSocket", overWS)...),
 	}, nil
 }
 
@@ -304,12 +352,16 @@ func next(i, conns int) []string { return []string{"u" + strconv.Itoa((i+1)%conn
 func driveClients(cfg IngestConfig, srv *Server, w *window, pace pacer) error {
 	clients := make([]*client.Client, cfg.Conns)
 	addr := srv.Sock
-	if srv.TLS != nil {
+	var dial func(context.Context, string, string) (net.Conn, error)
+	switch {
+	case srv.TLS != nil:
 		addr = srv.TLSSock
+	case srv.WSSock != "":
+		addr, dial = srv.WSSock, (&client.WebSocket{}).Dial
 	}
 	for i := range clients {
 		c, err := client.Dial(context.Background(), client.Config{
-			Addr: addr, TLS: srv.TLS, Token: srv.Token(fmt.Sprintf("u%d", i), "d"), Device: "d", Buffer: 4096,
+			Addr: addr, TLS: srv.TLS, Token: srv.Token(fmt.Sprintf("u%d", i), "d"), Device: "d", Buffer: 4096, Dial: dial,
 		})
 		if err != nil {
 			return fmt.Errorf("dial %d: %w", i, err)

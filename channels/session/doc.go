@@ -3,8 +3,8 @@
 // ACK, READ, CONFIRM, RECEIPTS_QUERY, SECRET_CREATE, SCREENSHOT, PING),
 // the answers and pushed stream entries it gets, and the outbound queue
 // with its slow-consumer policy. A transport is a small adapter: package
-// channels/socket carries it over TCP (netpoll); a WebSocket gateway
-// carries the same frames, one per WebSocket message.
+// channels/socket carries it over TCP (netpoll), and over WebSocket (its
+// gateway: the same frames, one per binary WebSocket message).
 //
 //	mgr, _ := session.NewManager(session.Config{Engine: eng, Hub: hub, Tokens: keys, Users: dir})
 //	s := mgr.Open(transport)    // a new connection

@@ -19,7 +19,7 @@ import (
 
 // Transport is one client connection as a session sees it: a way to write
 // frames and to close. A transport adapter (package channels/socket for
-// TCP through netpoll; a WebSocket gateway next) implements it, reads the
+// TCP through netpoll, and its WebSocket gateway) implements it, reads the
 // connection's bytes into whole frames for Session.HandleFrame, and calls
 // Session.Closed when the connection is gone.
 type Transport interface {
@@ -156,6 +156,15 @@ func (s *Session) HandleFrame(ft pb.FrameType, payload []byte) {
 		s.secretCreate(f)
 	case *pb.Screenshot:
 		s.screenshot(f)
+	}
+}
+
+// Touch tells the session its client showed it is alive without a frame
+// of the protocol (a WebSocket ping or pong): it counts against the idle
+// timeout like a frame. Safe from any goroutine.
+func (s *Session) Touch() {
+	if !s.dead.Load() {
+		s.lastSeen.Store(time.Now().UnixNano())
 	}
 }
 

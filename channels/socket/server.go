@@ -1,7 +1,9 @@
 // Package socket is Ding's TCP transport: a netpoll server carrying the
 // framed protocol of PROTOCOL.md (payloads in pb, framing in wire) between
 // phones, desktops and web clients on persistent connections and the
-// protocol sessions of package channels/session.
+// protocol sessions of package channels/session. It is also the
+// WebSocket gateway (ws.go, wstls.go, wshttp.go): the same frames, one
+// per binary WebSocket message, on the same sessions.
 //
 // It is the only package that imports netpoll, and it knows nothing of
 // the protocol beyond framing. A connection's life:
@@ -30,6 +32,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -71,6 +74,12 @@ type Config struct {
 	// Limits are session.Config's: submits per user, and HELLOs refused
 	// from an address that failed to authenticate too often; nil: none.
 	Limits *ratelimit.Limits
+	// WSOrigins are the browser origins the WebSocket gateway accepts
+	// besides the same origin (an Origin whose host is the request's
+	// Host), e.g. "https://app.example.com"; "*" accepts any. A request
+	// without an Origin header (not a browser) is always accepted: its
+	// HELLO's token authenticates it. Empty: the same origin only.
+	WSOrigins []string
 }
 
 // Server is the TCP gateway.
@@ -95,7 +104,11 @@ type Server struct {
 	preAuthOpen prometheus.GaugeFunc
 
 	writeTimeout time.Duration
-	// TLS listeners' event loops (tls.go).
+	// The WebSocket gateway's origin policy (ws.go).
+	wsOrigins       []string
+	wsRefusedOrigin prometheus.Counter
+	wsOpen          atomic.Int64 // open WebSocket connections, upgraded or not
+	// The event loops of the TLS and WebSocket listeners (tls.go, ws.go).
 	tlsMu     sync.Mutex
 	tlsLoops  []tlsLoop // guarded by tlsMu
 	tlsClosed bool      // guarded by tlsMu
@@ -144,7 +157,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxPreAuthPerSource = 256
 	}
 	s := &Server{log: cfg.Logger, sessions: sessions, served: make(chan struct{}), preAuth: map[string]int{}, maxPreAuth: cfg.MaxPreAuthPerSource,
-		writeTimeout: cfg.WriteTimeout}
+		writeTimeout: cfg.WriteTimeout, wsOrigins: cfg.WSOrigins}
+	wsConns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_websocket_connections",
+		Help: "Open WebSocket connections (--ws and /ws on the HTTP port), authenticated or not; ding_socket_connections counts them too."},
+		func() float64 { return float64(s.wsOpen.Load()) })
+	s.wsRefusedOrigin = prometheus.NewCounter(prometheus.CounterOpts{Name: "ding_websocket_origin_refused_total",
+		Help: "WebSocket upgrades refused (403) because their Origin is neither the same origin nor allowed (WSOrigins)."})
 	s.preRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "ding_socket_preauth_refused_total",
 		Help: "Connections closed at once because their source address held too many not yet authenticated (MaxPreAuthPerSource)."})
 	s.preAuthOpen = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ding_socket_preauth_connections",
@@ -158,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 		return float64(n)
 	})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.preRefused, s.preAuthOpen} {
+		for _, c := range []prometheus.Collector{s.preRefused, s.preAuthOpen, s.wsRefusedOrigin, wsConns} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				sessions.Shutdown(context.Background())
 				return nil, fmt.Errorf("socket: metrics: %w", err)

@@ -72,6 +72,12 @@ func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 		nl.Close()
 		return fmt.Errorf("socket: TLS event loop: %w", err)
 	}
+	return s.serveLoop(loop, nl)
+}
+
+// serveLoop serves ln on an event loop beside the plain port's (TLS,
+// WebSocket) until Shutdown, which stops it after the sessions drained.
+func (s *Server) serveLoop(loop netpoll.EventLoop, nl netpoll.Listener) error {
 	s.tlsMu.Lock()
 	if s.tlsClosed {
 		s.tlsMu.Unlock()
@@ -82,7 +88,7 @@ func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 	s.tlsLoops = append(s.tlsLoops, tlsLoop{loop: loop, served: served})
 	s.tlsMu.Unlock()
 	defer close(served)
-	err = loop.Serve(nl)
+	err := loop.Serve(nl)
 	s.tlsMu.Lock()
 	closed := s.tlsClosed
 	s.tlsMu.Unlock()
@@ -256,8 +262,8 @@ func (c *tlsConn) PeerCertificate() *x509.Certificate {
 	return nil
 }
 
-// closeTLS stops the TLS event loops (Shutdown, after the sessions have
-// drained).
+// closeTLS stops the event loops of serveLoop (TLS, WebSocket) (Shutdown,
+// after the sessions have drained).
 func (s *Server) closeTLS(ctx context.Context) {
 	s.tlsMu.Lock()
 	loops := s.tlsLoops

@@ -6,6 +6,9 @@
 //	./bin/dingbench ingest --conns 1000 --run 10s   # closed loop (peak), then open loop at half the peak
 //	./bin/dingbench ingest --rate 5000              # open loop alone at 5,000 msgs/s offered
 //	./bin/dingbench idle --conns 18000
+//	./bin/dingbench idle --ws                 # plain, then the same through dingd --ws (WebSocket)
+//	./bin/dingbench ingest --ws
+//	./bin/dingbench idle --ws --tls           # plain, then through dingd --ws over TLS (wss)
 //	./bin/dingbench resume --missed 100000
 //	./bin/dingbench broadcast --conns 18000 --messages 20  # group messages back to back to 18,000 online devices
 //	./bin/dingbench announce --users 100000 --conns 18000  # one announcement to all (~45 s); not in all
@@ -94,6 +97,7 @@ func run(args []string) error {
 	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
 	overTLS := fs.Bool("tls", false, "idle and ingest: also measure connections over TLS (dingd --tls-listen), beside plain ones in the same run")
+	overWS := fs.Bool("ws", false, "idle and ingest: also measure connections through the WebSocket gateway (dingd --ws), beside plain ones in the same run")
 	ownerOnly := fs.Bool("ack-replicas-0", false, "cluster: also run the load against members with --ack-replicas 0 (the cost of waiting for the standby, in the same run)")
 	switch scenario {
 	case "-h", "-help", "--help", "help":
@@ -135,10 +139,10 @@ func run(args []string) error {
 	var scenarios []func() (bench.Table, error)
 	ingest := func() (bench.Table, error) {
 		return bench.Ingest(bench.IngestConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 1000), Payload: *payload,
-			Warmup: *warm, Run: *runFor, Baseline: *baseline, Raw: *raw, Rate: *offered, TLS: *overTLS})
+			Warmup: *warm, Run: *runFor, Baseline: *baseline, Raw: *raw, Rate: *offered, TLS: *overTLS, WS: *overWS})
 	}
 	idle := func() (bench.Table, error) {
-		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 18000), Hold: *hold, TLS: *overTLS, Profiling: profiling})
+		return bench.Idle(bench.IdleConfig{Bin: *bin, Tmp: *tmp, Against: *against, Conns: pick(*conns, 18000), Hold: *hold, TLS: *overTLS, WS: *overWS, Profiling: profiling})
 	}
 	resume := func() (bench.Table, error) {
 		return bench.Resume(bench.ResumeConfig{Bin: *bin, Tmp: *tmp, Against: *against, Missed: *missed, Payload: *payload})

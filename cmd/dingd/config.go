@@ -66,6 +66,9 @@ type config struct {
 	// socket listener over TLS; TLSClientCA asks their clients for
 	// certificates that CA signed (mTLS).
 	TLSCert, TLSKey, TLSListen, TLSClientCA string
+	// WS is the WebSocket gateway's own listener; WSOrigins (comma
+	// separated) the browser origins it accepts besides the same origin.
+	WS, WSOrigins string
 	// ACMEDomain (comma-separated names), ACMEEmail and ACMEDirectory get
 	// the certificate from an ACME CA instead of TLSCert (acme.go).
 	ACMEDomain, ACMEEmail, ACMEDirectory string
@@ -157,8 +160,14 @@ var settings = []setting{
 		help:  "client socket address",
 		field: func(c *config) any { return &c.Listen }},
 	{name: "http", env: "DING_HTTP", def: ":7080",
-		help:  "admin HTTP address: API, /healthz, /readyz, /metrics",
+		help:  "admin HTTP address: API, /healthz, /readyz, /metrics, and the WebSocket gateway at /ws",
 		field: func(c *config) any { return &c.HTTP }},
+	{name: "ws", env: "DING_WS", def: "",
+		help:  "also serve the WebSocket gateway (the socket protocol, one frame per binary message; ws://ADDR/ws) on this address, e.g. :7443, on the event loop (no goroutine per idle connection); wss with --tls-cert or ACME, like the HTTP port; empty: only /ws on the HTTP port",
+		field: func(c *config) any { return &c.WS }},
+	{name: "ws-origins", env: "DING_WS_ORIGINS", def: "",
+		help:  "browser origins (scheme://host[:port], separated by commas; * for any) the WebSocket gateway accepts besides the same origin; a client sending no Origin (not a browser) is always accepted and authenticates with its token; empty: the same origin only",
+		field: func(c *config) any { return &c.WSOrigins }},
 	{name: "max-body", env: "DING_MAX_BODY", def: "65536",
 		help:  "largest message body in bytes",
 		field: func(c *config) any { return &c.MaxBody }},

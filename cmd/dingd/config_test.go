@@ -195,6 +195,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--retention-max-age", "90d", "--retention-max-entries", "5000", "--dedupe-window", "0s", "--stats-retention", "30d", "--retention-interval", "1m",
 		"--rate-user-submits", "0", "--rate-user-submits-burst", "0", "--rate-user-dings", "3", "--rate-admin-requests", "7",
 		"--rate-admin-requests-burst", "9", "--rate-token-mints", "0", "--auth-failures-per-source", "5", "--auth-lockout", "30s",
+		"--ws", "127.0.0.1:11", "--ws-origins", "https://app.example.com",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))
@@ -523,6 +524,14 @@ func TestBinaryStartFailure(t *testing.T) {
 	// The taken port was found before anything was created in the data dir.
 	if es, err := os.ReadDir(data); err != nil || len(es) != 0 {
 		t.Fatalf("the data dir holds %v (%v) after a start that failed on a taken port", es, err)
+	}
+	// The same for the WebSocket listener.
+	_, stderr, code = runDingd(t, nil, "--data", data, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--ws", taken.Addr().String(), "--log-level", "error")
+	if want := fmt.Sprintf("dingd: the websocket port %s is in use (another dingd? --ws chooses another)\n", taken.Addr()); code != 1 || stderr != want {
+		t.Fatalf("--ws on a taken port: exit %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+	if es, err := os.ReadDir(data); err != nil || len(es) != 0 {
+		t.Fatalf("the data dir holds %v (%v) after a start that failed on a taken --ws port", es, err)
 	}
 
 	// A second dingd on a data dir another one holds says so.

@@ -196,6 +196,12 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	ncfg.Retention = c.engineRetention()
 	ncfg.TLSCert, ncfg.TLSKey, ncfg.TLSSocketAddr, ncfg.TLSClientCA = c.TLSCert, c.TLSKey, c.TLSListen, c.TLSClientCA
 	ncfg.ACME = c.acme()
+	ncfg.WSAddr = c.WS
+	for _, o := range strings.Split(c.WSOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			ncfg.Socket.WSOrigins = append(ncfg.Socket.WSOrigins, o)
+		}
+	}
 	ncfg.BackupDir = c.BackupDir
 	ncfg.DiskReserve = int64(c.DiskReserveMB) << 20
 	if c.DiskReserveMB == 0 {
@@ -227,6 +233,9 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	fmt.Fprintf(os.Stderr, "dingd: socket %s, http %s, data %s (admin token in %s)\n",
 		n.SocketAddr(), n.HTTPAddr(), c.Data, filepath.Join(c.Data, node.AdminTokenFile))
 
+	if a := n.WSAddr(); a != "" {
+		fmt.Fprintf(os.Stderr, "dingd: WebSocket ws://%s/ws (and /ws on the HTTP port)\n", a)
+	}
 	if a := n.TLSSocketAddr(); a != "" {
 		fmt.Fprintf(os.Stderr, "dingd: socket over TLS %s; https on %s\n", a, n.HTTPAddr())
 	}
@@ -275,7 +284,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 func startError(err error) error {
 	var port *node.AddrInUseError
 	if errors.As(err, &port) {
-		flag := map[string]string{"socket": "--listen", "http": "--http", "TLS socket": "--tls-listen"}[port.Listener]
+		flag := map[string]string{"socket": "--listen", "http": "--http", "TLS socket": "--tls-listen", "websocket": "--ws"}[port.Listener]
 		return fmt.Errorf("the %s port %s is in use (another dingd? %s chooses another)", port.Listener, port.Addr, flag)
 	}
 	var dir *node.DataDirInUseError

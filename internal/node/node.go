@@ -80,6 +80,13 @@ type Config struct {
 	// the HTTP port serves TLS with, and the TLS socket listener too
 	// (reloaded on ReloadTLS and when the files change).
 	TLSCert, TLSKey string
+	// WSAddr, when set, is a listener of the WebSocket gateway (the
+	// socket protocol's frames, one per binary WebSocket message, on
+	// netpoll's event loop; channels/socket ws.go), beside /ws on the
+	// HTTP port, which is always served; both are wss:// when the node
+	// has TLS (TLSCert or ACME). Its origin policy is Socket.WSOrigins.
+	// Empty: none.
+	WSAddr string
 	// TLSSocketAddr, when set (with TLSCert or ACME), is a listener
 	// carrying the socket protocol over TLS, beside the plain one.
 	TLSSocketAddr string
@@ -206,7 +213,7 @@ type WebhooksConfig struct {
 // (EADDRINUSE): another server, often another dingd, holds the port. Not
 // retryable until it is freed.
 type AddrInUseError struct {
-	Listener string // "socket", "http" or "TLS socket"
+	Listener string // "socket", "http", "TLS socket" or "websocket"
 	Addr     string // as configured
 	Err      error
 }
@@ -238,6 +245,7 @@ type Node struct {
 	acme       *acmeCerts     // nil: no ACME
 	serverTLS  *tls.Config    // the listeners' TLS; nil: none
 	tlsSockLn  net.Listener   // the TLS socket listener; nil: none
+	wsLn       net.Listener   // the WebSocket listener; nil: none
 	eng        *engine.Engine // nil with several partitions
 	parts      *partitionSet  // nil with one partition
 	hub        *fanout.Hub
@@ -295,6 +303,12 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, listenError("http", cfg.HTTPAddr, err)
 	}
 	closers = append(closers, func() { n.httpLn.Close() })
+	if cfg.WSAddr != "" {
+		if n.wsLn, err = net.Listen("tcp", cfg.WSAddr); err != nil {
+			return nil, listenError("websocket", cfg.WSAddr, err)
+		}
+		closers = append(closers, func() { n.wsLn.Close() })
+	}
 	reg := prometheus.NewRegistry()
 	perSource, total := cmp.Or(cfg.MaxHTTPConnsPerSource, 64), cmp.Or(cfg.MaxHTTPConns, 1024)
 	if n.httpLn, err = newLimitListener(n.httpLn, max(perSource, 0), max(total, 0), reg); err != nil {
@@ -314,8 +328,9 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, errors.New("node: tls: a client CA (mTLS) needs the server's own certificate and key")
 	}
 	if err := registerPlaintext(reg, cfg.Logger, map[string]bool{
-		"socket": publicPlain(n.sockLn.Addr()),
-		"http":   cfg.TLSCert == "" && !acmeOn && publicPlain(n.httpLn.Addr()),
+		"socket":    publicPlain(n.sockLn.Addr()),
+		"http":      cfg.TLSCert == "" && !acmeOn && publicPlain(n.httpLn.Addr()),
+		"websocket": n.wsLn != nil && cfg.TLSCert == "" && !acmeOn && publicPlain(n.wsLn.Addr()),
 	}); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -623,18 +638,16 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		return err
 	}
 	n.api = api
-	handler := http.Handler(api)
-	if len(cfg.Routes) > 0 || len(w.routes) > 0 {
-		mux := http.NewServeMux()
-		for pattern, h := range cfg.Routes {
-			mux.Handle(pattern, h)
-		}
-		for pattern, h := range w.routes {
-			mux.Handle(pattern, h)
-		}
-		mux.Handle("/", api)
-		handler = mux
+	mux := http.NewServeMux()
+	for pattern, h := range cfg.Routes {
+		mux.Handle(pattern, h)
 	}
+	for pattern, h := range w.routes {
+		mux.Handle(pattern, h)
+	}
+	mux.Handle("/ws", n.sock.WSHandler()) // the WebSocket gateway, a goroutine per connection (WSAddr holds none)
+	mux.Handle("/", api)
+	handler := http.Handler(mux)
 	// Timeouts bound what an idle or trickling client holds (with the
 	// connection bounds of limitListener): headers in 10s, a whole request
 	// in 30s, an idle keep-alive 60s. No write timeout: a snapshot for a
@@ -653,6 +666,15 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 			defer n.wg.Done()
 			if err := n.sock.ServeTLS(n.tlsSockLn, n.serverTLS); err != nil {
 				n.log.Error("TLS socket server stopped", "err", err)
+			}
+		}()
+	}
+	if n.wsLn != nil {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			if err := n.sock.ServeWS(n.wsLn, n.serverTLS); err != nil { // wss with the node's TLS
+				n.log.Error("WebSocket server stopped", "err", err)
 			}
 		}()
 	}
@@ -746,6 +768,15 @@ func (n *Node) TLSSocketAddr() string {
 		return ""
 	}
 	return n.tlsSockLn.Addr().String()
+}
+
+// WSAddr is the address of the WebSocket listener ("" if none; /ws on
+// the HTTP port is always served).
+func (n *Node) WSAddr() string {
+	if n.wsLn == nil {
+		return ""
+	}
+	return n.wsLn.Addr().String()
 }
 
 // SocketAddr is the address the socket gateway listens on.
