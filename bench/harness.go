@@ -45,64 +45,55 @@ type Server struct {
 // temporary data directory under tmp, with users u0 .. u<users-1>. args
 // are extra dingd flags ("--burn-after", "5s"), kept for Restart.
 func StartServer(bin, tmp string, users int, args ...string) (*Server, error) {
-	s, err := newServer(bin, tmp)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.startWith(users, args); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return startServer(bin, tmp, users, false, false, args)
 }
 
 // StartServerTLS is StartServer with TLS: a certificate made for this run
 // (tls.go), the HTTP port serving HTTPS and the socket protocol over TLS
 // on TLSSock beside the plain socket port.
 func StartServerTLS(bin, tmp string, users int, args ...string) (*Server, error) {
-	s, err := newServer(bin, tmp)
-	if err != nil {
-		return nil, err
-	}
-	certFile, keyFile, cfg, err := makeCert(s.Data)
-	if err != nil {
-		s.Stop()
-		return nil, err
-	}
-	s.TLSSock, s.TLS = freeAddr(), cfg
-	if err := s.startWith(users, append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-listen", s.TLSSock}, args...)); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return startServer(bin, tmp, users, true, false, args)
 }
 
 // StartServerWS is StartServer with the WebSocket gateway's own
 // listener (dingd --ws) on WSSock beside the plain socket port.
 func StartServerWS(bin, tmp string, users int, args ...string) (*Server, error) {
-	s, err := newServer(bin, tmp)
-	if err != nil {
-		return nil, err
-	}
-	s.WSSock = freeAddr()
-	if err := s.startWith(users, append([]string{"--ws", s.WSSock}, args...)); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return startServer(bin, tmp, users, false, true, args)
 }
 
 // StartServerWSS is StartServerTLS with the WebSocket listener, wss
-// (dingd --ws with --tls-cert), on WSSock.
+// (dingd --ws with --tls-cert), on WSSock instead of TLSSock.
 func StartServerWSS(bin, tmp string, users int, args ...string) (*Server, error) {
+	return startServer(bin, tmp, users, true, true, args)
+}
+
+// startServer is the StartServer* family: withTLS makes a certificate for
+// this run and serves HTTPS, with the socket protocol over TLS on
+// TLSSock (or, with ws, wss on WSSock); ws adds dingd --ws on WSSock.
+func startServer(bin, tmp string, users int, withTLS, ws bool, args []string) (*Server, error) {
 	s, err := newServer(bin, tmp)
 	if err != nil {
 		return nil, err
 	}
-	certFile, keyFile, cfg, err := makeCert(s.Data)
-	if err != nil {
-		s.Stop()
-		return nil, err
+	var extra []string
+	if withTLS {
+		certFile, keyFile, cfg, err := makeCert(s.Data)
+		if err != nil {
+			s.Stop()
+			return nil, err
+		}
+		s.TLS = cfg
+		extra = append(extra, "--tls-cert", certFile, "--tls-key", keyFile)
+		if !ws {
+			s.TLSSock = freeAddr()
+			extra = append(extra, "--tls-listen", s.TLSSock)
+		}
 	}
-	s.WSSock, s.TLS = freeAddr(), cfg
-	if err := s.startWith(users, append([]string{"--tls-cert", certFile, "--tls-key", keyFile, "--ws", s.WSSock}, args...)); err != nil {
+	if ws {
+		s.WSSock = freeAddr()
+		extra = append(extra, "--ws", s.WSSock)
+	}
+	if err := s.startWith(users, append(extra, args...)); err != nil {
 		return nil, err
 	}
 	return s, nil

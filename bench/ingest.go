@@ -145,11 +145,11 @@ func runIngest(cfg IngestConfig, bin string, rate float64) (*ingestRun, error) {
 	return runIngestOn(cfg, srv, rate)
 }
 
-// ingestTLS is the closed loop against a plain dingd, then against one
-// whose connections are over TLS, in the same run.
-func ingestTLS(cfg IngestConfig) (Table, error) {
+// ingestBeside runs the closed loop against a plain dingd, then against
+// one start makes (what: how its connections come), in the same run.
+func ingestBeside(cfg IngestConfig, flag string, start func(string, string, int, ...string) (*Server, error), what string) (plain, other *ingestRun, err error) {
 	run := func(start func(string, string, int, ...string) (*Server, error), what string) (*ingestRun, error) {
-		fmt.Fprintf(os.Stderr, "ingest --tls: %s, closed loop, %d connections\n", what, cfg.Conns)
+		fmt.Fprintf(os.Stderr, "ingest %s: %s, closed loop, %d connections\n", flag, what, cfg.Conns)
 		srv, err := start(cfg.Bin, cfg.Tmp, cfg.Conns)
 		if err != nil {
 			return nil, err
@@ -157,11 +157,19 @@ func ingestTLS(cfg IngestConfig) (Table, error) {
 		defer srv.Stop()
 		return runIngestOn(cfg, srv, 0)
 	}
-	plain, err := run(StartServer, "plain")
-	if err != nil {
-		return Table{}, err
+	if plain, err = run(StartServer, "plain"); err != nil {
+		return nil, nil, err
 	}
-	overTLS, err := run(StartServerTLS, "over TLS")
+	if other, err = run(start, what); err != nil {
+		return nil, nil, err
+	}
+	return plain, other, nil
+}
+
+// ingestTLS is the closed loop against a plain dingd, then against one
+// whose connections are over TLS, in the same run.
+func ingestTLS(cfg IngestConfig) (Table, error) {
+	plain, overTLS, err := ingestBeside(cfg, "--tls", StartServerTLS, "over TLS")
 	if err != nil {
 		return Table{}, err
 	}
@@ -189,20 +197,7 @@ func ingestWS(cfg IngestConfig) (Table, error) {
 	if cfg.Raw {
 		return Table{}, fmt.Errorf("ingest --ws drives the Go client (its WebSocket dialer), not --raw")
 	}
-	run := func(start func(string, string, int, ...string) (*Server, error), what string) (*ingestRun, error) {
-		fmt.Fprintf(os.Stderr, "ingest --ws: %s, closed loop, %d connections\n", what, cfg.Conns)
-		srv, err := start(cfg.Bin, cfg.Tmp, cfg.Conns)
-		if err != nil {
-			return nil, err
-		}
-		defer srv.Stop()
-		return runIngestOn(cfg, srv, 0)
-	}
-	plain, err := run(StartServer, "plain")
-	if err != nil {
-		return Table{}, err
-	}
-	overWS, err := run(StartServerWS, "over WebSocket")
+	plain, overWS, err := ingestBeside(cfg, "--ws", StartServerWS, "over WebSocket")
 	if err != nil {
 		return Table{}, err
 	}

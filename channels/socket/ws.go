@@ -446,12 +446,23 @@ func (s *Server) onWSPrepare(nc netpoll.Connection) context.Context {
 	}
 	raw := &pollRaw{nc: nc}
 	c := &wsConn{s: s, src: src, raw: raw, counted: true}
-	// As on the plain port (conn.go): added before the session is
-	// registered, and it runs before netpoll releases the buffers.
-	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
+	s.openWS(nc, c, func() {
 		raw.mu.Lock()
 		raw.closed = true
 		raw.mu.Unlock()
+	})
+	return context.WithValue(context.Background(), connKey{}, c)
+}
+
+// openWS opens c's session on nc, for ws:// and wss:// alike. nc's close
+// callback first runs markClosed (the raw side stops writing), then ends
+// the session. As on the plain port (conn.go), the callback is added
+// before the session is registered, and it runs before netpoll releases
+// the buffers. The upgrade is part of the handshake: the session's
+// handshake timeout bounds it.
+func (s *Server) openWS(nc netpoll.Connection, c *wsConn, markClosed func()) {
+	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
+		markClosed()
 		c.mu.Lock() // c.sess is set under it
 		sess := c.sess
 		c.mu.Unlock()
@@ -464,10 +475,7 @@ func (s *Server) onWSPrepare(nc netpoll.Connection) context.Context {
 	c.sess = s.sessions.Open(c)
 	s.wsOpen.Add(1)
 	c.mu.Unlock()
-	// The upgrade is part of the handshake: the session's handshake
-	// timeout bounds it.
 	c.sess.Begin()
-	return context.WithValue(context.Background(), connKey{}, c)
 }
 
 // onWSRequest completes the upgrade, then reads every WebSocket frame

@@ -38,23 +38,11 @@ func (s *Server) onWSTLSPrepare(nc netpoll.Connection, cfg *tls.Config) context.
 	tc := tls.Server(rc, cfg)
 	t := &wsTLS{tc: tc, rc: rc, in: &connInput{r: tc, minRead: maxPlaintext + 256, pooled: true}}
 	c := &wsConn{s: s, src: src, raw: &tlsRaw{tc: tc, rc: rc}, counted: true}
-	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
+	s.openWS(nc, c, func() {
 		rc.mu.Lock()
 		rc.closed = true
 		rc.mu.Unlock()
-		c.mu.Lock()
-		sess := c.sess
-		c.mu.Unlock()
-		c.Authenticated()
-		sess.Closed()
-		s.wsOpen.Add(-1)
-		return nil
 	})
-	c.mu.Lock()
-	c.sess = s.sessions.Open(c)
-	s.wsOpen.Add(1)
-	c.mu.Unlock()
-	c.sess.Begin()
 	return context.WithValue(context.Background(), connKey{}, &wsTLSConn{c, t})
 }
 
