@@ -483,6 +483,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		d := routeDest{set: set}
 		if cfg.peers != nil {
 			d.remote = &relay.HTTPDest{To: uint32(i), Owner: cfg.peers.Owner, Client: cfg.peers.Client, Secret: cfg.peers.Secret, Sealer: codec}
+			d.forget = cfg.peers.Forget
 		}
 		dests[uint32(i)] = d
 	}
@@ -642,6 +643,7 @@ func (rt *partRuntime) close() error {
 type routeDest struct {
 	set    *partitionSet
 	remote *relay.HTTPDest
+	forget func(p uint32) // drops a stale owner after wrong_partition; may be nil
 }
 
 func (d routeDest) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
@@ -649,7 +651,11 @@ func (d routeDest) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64,
 		return rt.eng.ApplyRelay(ctx, b)
 	}
 	if d.remote != nil {
-		return d.remote.ApplyRelay(ctx, b)
+		through, err := d.remote.ApplyRelay(ctx, b)
+		if errors.Is(err, engine.ErrWrongPartition) && d.forget != nil {
+			d.forget(b.To) // the pump's retry asks who owns it now
+		}
+		return through, err
 	}
 	return 0, fmt.Errorf("%w: partition %d is not served here now", engine.ErrWrongPartition, b.To)
 }
@@ -662,8 +668,11 @@ func (d routeDest) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64,
 // the same directory (stage 5c: observers of the directory's partition).
 type partitionPeers struct {
 	Attach []int
-	// Owner returns the base URL of the node serving partition p now.
+	// Owner returns the base URL of the node serving partition p now
+	// (coordOwners.Owner in cluster mode); Forget, if set, is told when
+	// that node answered that it does not (coordOwners.Forget).
 	Owner  func(ctx context.Context, p uint32) (string, error)
+	Forget func(p uint32)
 	Secret string
 	Client *http.Client // nil: http.DefaultClient
 }

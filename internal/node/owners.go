@@ -1,0 +1,71 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dingmq/ding/cluster"
+)
+
+// coordOwners finds the node that serves a partition now, for the pump's
+// destinations on other nodes (partitionPeers.Owner; stage 5a): the
+// holder of the partition's lease in the coordinator and the HTTP
+// address it publishes. An answer is kept for ttl (a third of a lease),
+// so a busy relay asks the coordinator a few times a second at most; a
+// stale one costs a wrong_partition answer and the pump's retry, after
+// which the owner is asked again (Forget).
+type coordOwners struct {
+	c   cluster.Coord
+	ttl time.Duration
+	now func() time.Time
+
+	mu    sync.Mutex
+	cache map[uint32]ownerAnswer // guarded by mu
+}
+
+type ownerAnswer struct {
+	url string
+	at  time.Time
+}
+
+func newCoordOwners(c cluster.Coord, ttl time.Duration) *coordOwners {
+	return &coordOwners{c: c, ttl: ttl, now: time.Now, cache: map[uint32]ownerAnswer{}}
+}
+
+// Owner returns the base URL of the node holding partition p's lease.
+func (o *coordOwners) Owner(ctx context.Context, p uint32) (string, error) {
+	o.mu.Lock()
+	a, ok := o.cache[p]
+	o.mu.Unlock()
+	if ok && o.now().Sub(a.at) < o.ttl {
+		return a.url, nil
+	}
+	holder, _, err := o.c.Lease(ctx, cluster.Partition(p))
+	if err != nil {
+		return "", err
+	}
+	if holder == "" {
+		return "", fmt.Errorf("node: partition %d has no owner now (a takeover in progress)", p)
+	}
+	url, err := o.c.Addr(ctx, holder)
+	if err != nil {
+		return "", err
+	}
+	if url == "" {
+		return "", fmt.Errorf("node: partition %d's owner %s has published no address", p, holder)
+	}
+	o.mu.Lock()
+	o.cache[p] = ownerAnswer{url: url, at: o.now()}
+	o.mu.Unlock()
+	return url, nil
+}
+
+// Forget drops what is known of partition p's owner (it answered that
+// it does not serve p any more).
+func (o *coordOwners) Forget(p uint32) {
+	o.mu.Lock()
+	delete(o.cache, p)
+	o.mu.Unlock()
+}
