@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/auth"
+	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
@@ -243,11 +244,12 @@ func tlsSocketAddrKey(id string) string { return id + "/tls-socket" }
 func (m *member) storeDir() string { return filepath.Join(m.mc.Node.DataDir, "store") }
 
 // sharedFiles travel with a snapshot: a standby that takes over must sign
-// and check the same tokens, hold the same admin token and read the same
-// secret-chat keys.
+// and check the same tokens, hold the same admin token, read the same
+// secret-chat keys and accept the e-mail links the owner sent (a missing
+// one, such as the link key without e-mail configured, is skipped).
 func (m *member) sharedFiles() []string {
 	d := m.mc.Node.DataDir
-	return []string{filepath.Join(d, auth.SecretFile), filepath.Join(d, AdminTokenFile), filepath.Join(d, SecretKeysFile)}
+	return []string{filepath.Join(d, auth.SecretFile), filepath.Join(d, AdminTokenFile), filepath.Join(d, SecretKeysFile), filepath.Join(d, email.KeyFile)}
 }
 
 func (m *member) pause(ctx context.Context) bool {

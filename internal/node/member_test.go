@@ -11,9 +11,11 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/node"
@@ -297,5 +299,55 @@ func TestStandInRedirectsTLSClientsToTheOwnersTLSSocket(t *testing.T) {
 	<-cl.Done()
 	if len(redirected) == 0 || redirected[0] != tlsA {
 		t.Fatalf("redirects %v, want the owner's TLS socket %s", redirected, tlsA)
+	}
+}
+
+// TestClusterEmailLinkKeyTravels: e-mail links are signed with the data
+// dir's email-link.key; a standby joins with the owner's (in the
+// snapshot's shared files), so that after a takeover it accepts the links
+// the owner mailed.
+func TestClusterEmailLinkKeyTravels(t *testing.T) {
+	c := cluster.NewMemCoord(time.Now)
+	ctx, cancel := context.WithCancel(context.Background())
+	var done []chan error
+	defer func() {
+		cancel()
+		for _, d := range done {
+			if err := <-d; err != nil {
+				t.Errorf("member: %v", err)
+			}
+		}
+	}()
+	dirs := map[string]string{}
+	member := func(id string) {
+		addr := nodetest.FreeAddr(t)
+		dirs[id] = t.TempDir()
+		d := make(chan error, 1)
+		done = append(done, d)
+		mc := node.MemberConfig{
+			Node: node.Config{DataDir: dirs[id], SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
+				Email:  email.Config{Addr: "127.0.0.1:1", TLS: email.TLSNone, From: "ding@example.com", PublicURL: "http://" + addr},
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+			Coord: c, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
+		}
+		go func() { d <- node.RunMember(ctx, mc) }()
+	}
+	member("a")
+	nodetest.WaitFor(t, "a to own the partition", 20*time.Second, func() bool {
+		h, _, _ := c.Lease(ctx, 0)
+		return h == "a"
+	})
+	member("b")
+	nodetest.WaitFor(t, "b to become the standby", 20*time.Second, func() bool {
+		sb, _ := c.Standby(ctx, 0)
+		return sb == "b"
+	})
+	ka, err := os.ReadFile(filepath.Join(dirs["a"], email.KeyFile))
+	if err != nil || len(ka) == 0 {
+		t.Fatalf("the owner's link key: %v", err)
+	}
+	kb, err := os.ReadFile(filepath.Join(dirs["b"], email.KeyFile))
+	if err != nil || !bytes.Equal(ka, kb) {
+		t.Fatalf("the standby's link key is not the owner's (%v): links mailed before a takeover would be refused after it", err)
 	}
 }
