@@ -519,6 +519,9 @@ type Submission struct {
 	// this one forwards or quotes; a secret message is refused
 	// (ErrNoForward).
 	Forward, Quote ID
+	// ViaAPI marks a message a back-office system sent through the admin
+	// API (FlagViaAPI): webhooks report its receipts.
+	ViaAPI bool
 
 	flags      uint32   // Message.Flags (announcements)
 	recipients []string // the expansion of To, filled in by check
@@ -537,6 +540,9 @@ var targetRE = regexp.MustCompile(`^(group|dept):[A-Za-z0-9][A-Za-z0-9._@+-]{0,6
 
 // check validates s, normalizes s.To and fills in s.recipients.
 func (e *Engine) check(s *Submission, announce bool) error {
+	if s.ViaAPI {
+		s.flags |= FlagViaAPI
+	}
 	if err := CheckName("sender", s.From); err != nil {
 		return err
 	}

@@ -27,6 +27,10 @@ const (
 	// FlagConfirm: recipients are asked to confirm (a must-confirm
 	// announcement); Engine.Confirm records it.
 	FlagConfirm uint32 = 1
+	// FlagViaAPI: a back-office system sent the message through the admin
+	// API (Submission.ViaAPI); its receipts are webhook events
+	// (message.delivered, message.read), people's messages' are not.
+	FlagViaAPI uint32 = 2
 )
 
 // Valid reports whether k is a kind clients may submit.

@@ -513,10 +513,13 @@ func (c *txn) notify(ev *events, user string, st State, now time.Time) error {
 			name = k.as
 		}
 		// The sender's event (not the reader's own devices'): a webhook
-		// event per message. A message to oneself has none.
+		// event per message sent through the admin API (FlagViaAPI); none
+		// for people's messages, nor for a message to oneself.
 		if t := hookReceiptType(st); k.as == "" && k.to != user && t != "" && c.hookWants(t) {
 			for _, id := range ids {
-				c.emit(t, S("message", id.String()), S("from", k.to), S("recipient", user))
+				if m, err := c.e.Message(id); err == nil && m.Flags&FlagViaAPI != 0 {
+					c.emit(t, S("message", id.String()), S("from", k.to), S("recipient", user))
+				}
 			}
 		}
 		for len(ids) > 0 {

@@ -108,8 +108,8 @@ const (
 	// step fired and nobody confirmed. ding.confirmed carries the answer.
 	HookDingPrefix            = "ding."
 	HookDingUnanswered        = "ding.unanswered"
-	HookMessageDelivered      = "message.delivered" // a recipient's device acknowledged a message (not an announcement, not a secret one)
-	HookMessageRead           = "message.read"      // a recipient read it
+	HookMessageDelivered      = "message.delivered" // a recipient's device acknowledged a message sent through the admin API (Submission.ViaAPI)
+	HookMessageRead           = "message.read"      // a recipient read one
 	HookAnnouncementPublished = "announcement.published"
 	HookAnnouncementRead      = "announcement.read_ratio" // 50, 90 and 100% of the audience read it
 	HookAnnouncementConfirmed = "announcement.confirmed"  // a must-confirm announcement's confirmed count moved

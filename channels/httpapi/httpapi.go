@@ -611,7 +611,7 @@ func (a *API) sendMessage(r *http.Request) (int, any, error) {
 	}
 	res, err := a.cfg.Engine.Submit(r.Context(), engine.Submission{
 		From: req.From, To: req.To, Kind: kind, Body: body, ClientID: req.ClientMsgID,
-		Chat: chat, Forward: fwd, Quote: quote,
+		Chat: chat, Forward: fwd, Quote: quote, ViaAPI: true,
 	})
 	if err != nil {
 		return 0, nil, err
