@@ -33,6 +33,10 @@
 //	POST /email/confirm  t=TOKEN  confirms through Confirmer.ConfirmByLink, the engine's normal confirm
 //	                              path, by channel email -> 200, page or {"ding","answer","choice","confirmed"}
 //
+// These are for the recipients of the mails, not for integrations; Routes
+// lists them, and the admin API's OpenAPI document
+// (channels/httpapi/openapi.json) describes them.
+//
 // Errors change nothing and are answered as a page, or as
 // {"error":{"code","detail"}} for JSON: 403 LINK_FORGED (not signed by
 // this key: altered, cut, made up), 410 LINK_EXPIRED, 410 LINK_USED (the

@@ -35,13 +35,35 @@ type Confirmer interface {
 	Message(id engine.ID) (*engine.Message, error)
 }
 
+// endpoints are what Handler serves, by pattern: the one list Handler
+// registers and Routes returns.
+var endpoints = []struct {
+	pattern string
+	serve   func(n *Notifier, w http.ResponseWriter, r *http.Request, c Confirmer)
+}{
+	{"GET " + PathConfirm, (*Notifier).show},
+	{"POST " + PathConfirm, (*Notifier).confirm},
+}
+
+// Routes returns the patterns of the endpoints Handler serves, for e-mail
+// recipients following a link (not integrations): the admin API's OpenAPI
+// document lists them, and a test checks it.
+func Routes() []string {
+	out := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		out[i] = e.pattern
+	}
+	return out
+}
+
 // Handler serves the confirmation links (see the package doc), which
 // confirm through c. Mount it under "/email/": its paths are absolute.
 // Without a configured SMTP server every request is answered 404.
 func (n *Notifier) Handler(c Confirmer) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathConfirm, func(w http.ResponseWriter, r *http.Request) { n.show(w, r, c) })
-	mux.HandleFunc("POST "+PathConfirm, func(w http.ResponseWriter, r *http.Request) { n.confirm(w, r, c) })
+	for _, e := range endpoints {
+		mux.HandleFunc(e.pattern, func(w http.ResponseWriter, r *http.Request) { e.serve(n, w, r, c) })
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !n.Configured() {
 			http.NotFound(w, r)

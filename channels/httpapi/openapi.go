@@ -10,8 +10,9 @@ import (
 )
 
 // The API's contract: openapi.json, an OpenAPI 3.1 document of every
-// route (the /v1 routes, the public ones, the cluster members' own and
-// Twilio's webhooks), with each route's permission (x-ding-permission),
+// route (the /v1 routes, the public ones, the cluster members' own,
+// Twilio's webhooks and the e-mail recipients' confirmation links), with
+// each route's permission (x-ding-permission),
 // request and answer schemas and error codes. It is written by hand,
 // beside the handlers, and kept true by tests: TestOpenAPIListsEveryRoute
 // (every registered route is in it, and nothing else; the error codes
@@ -78,5 +79,7 @@ func (a *API) public(pattern string, h http.Handler) {
 // authentication (GET /healthz, /readyz, /openapi.json, /docs, and
 // /metrics unless Config.MetricsAuth), in the order of registration.
 // Twilio's webhooks, under /twilio/, are not among them: they
-// authenticate by Twilio's signature (package channels/twilio, Routes).
+// authenticate by Twilio's signature (package channels/twilio, Routes);
+// nor are the e-mail links, under /email/, which authenticate by their
+// signed token (package channels/email, Routes).
 func (a *API) PublicRoutes() []string { return slices.Clone(a.unauth) }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/channels/codes"
+	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/httpapi/openapitest"
 	"github.com/dingmq/ding/channels/twilio"
@@ -46,10 +47,12 @@ func get(tb testing.TB, url string) (*http.Response, []byte) {
 // TestOpenAPIListsEveryRoute: the document served at /openapi.json (the
 // committed openapi.json) is valid OpenAPI 3.1, and it has exactly the
 // server's routes: every route the API registers (Routes, PublicRoutes),
-// the cluster members' own (ClusterRoutes) and Twilio's webhooks, each
-// with the permission it is registered with; nothing more. Its error
-// codes are those the code can answer: the one table's (channels/codes)
-// and every code a handler of this package writes itself; its enums of
+// the cluster members' own (ClusterRoutes), Twilio's webhooks and the
+// e-mail recipients' confirmation links (channels/email), each with the
+// permission it is registered with; nothing more. Its error codes are
+// those the code can answer: the one table's (channels/codes) and every
+// code a handler of this package writes itself, and the links' own
+// (EmailLinkError) channels/email's; its enums of
 // roles, permissions, DING statuses, ledger events and webhook event
 // types are the code's.
 // (The members' own /cluster/ routes, fence, snapshot and relay, are
@@ -71,7 +74,7 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 
 	type want struct {
 		perm string // "" for a route without an admin's permission
-		kind string // admin, public, cluster, twilio
+		kind string // admin, public, cluster, twilio, email
 	}
 	routes := map[string]want{}
 	for _, rt := range n.API().Routes() {
@@ -86,6 +89,12 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 	for _, p := range twilio.Routes() {
 		routes[p] = want{"", "twilio"}
 	}
+	for _, p := range email.Routes() {
+		routes[p] = want{"", "email"}
+	}
+	if len(email.Routes()) != 2 {
+		t.Fatalf("email.Routes() = %v, want GET and POST /email/confirm", email.Routes())
+	}
 	if len(routes) < 55 || len(n.API().PublicRoutes()) < 4 {
 		t.Fatalf("only %d routes (%d public): the listing is broken", len(routes), len(n.API().PublicRoutes()))
 	}
@@ -97,10 +106,11 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 			continue
 		}
 		perm, _ := op.Extensions["x-ding-permission"].(string)
+		public := w.kind == "public" || w.kind == "email" // a link's token is its own authentication
 		switch {
-		case w.kind == "public" && (op.Security == nil || len(*op.Security) != 0):
+		case public && (op.Security == nil || len(*op.Security) != 0):
 			t.Errorf("%s is public; its operation must say security: []", pattern)
-		case w.kind == "public" && perm != "":
+		case public && perm != "":
 			t.Errorf("%s is public; its operation names the permission %q", pattern, perm)
 		case w.kind == "admin" || w.kind == "cluster":
 			if perm != w.perm {
@@ -115,6 +125,9 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 		}
 		if op.OperationID == "" || op.Summary == "" {
 			t.Errorf("%s has no operationId or summary", pattern)
+		}
+		if w.kind == "email" && (len(op.Tags) != 1 || op.Tags[0] != "email" || !strings.Contains(op.Description, "not for integrations")) {
+			t.Errorf("%s: tags %v; want the tag email, and a description that says it is not for integrations", pattern, op.Tags)
 		}
 	}
 	for pattern := range ops {
@@ -160,6 +173,25 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 		if !slices.Contains(answered, c) {
 			t.Errorf("openapi.json's ErrorCode lists %s, which no code answers", c)
 		}
+	}
+
+	// The e-mail links' codes (EmailLinkError, not ErrorCode): those
+	// channels/email's handler answers, no more.
+	var linkDocumented, linkAnswered []string
+	for _, v := range doc.Components.Schemas["EmailLinkError"].Value.Properties["error"].Value.Properties["code"].Value.Enum {
+		linkDocumented = append(linkDocumented, v.(string))
+	}
+	src, err := os.ReadFile("../email/handler.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`linkError\{http\.Status\w+,\s*"([A-Z_]+)"`).FindAllStringSubmatch(string(src), -1) {
+		linkAnswered = append(linkAnswered, m[1])
+	}
+	slices.Sort(linkDocumented)
+	slices.Sort(linkAnswered)
+	if linkAnswered = slices.Compact(linkAnswered); len(linkAnswered) < 5 || !slices.Equal(linkDocumented, linkAnswered) {
+		t.Errorf("openapi.json's EmailLinkError codes are %v; channels/email answers %v", linkDocumented, linkAnswered)
 	}
 
 	// The enums follow the code: roles, permissions, a DING recipient's
@@ -236,7 +268,9 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	c := openapitest.New(t, base)
 	T := n.AdminToken()
 
-	// Public routes; Twilio's webhooks without Twilio configured.
+	// Public routes; Twilio's webhooks without Twilio configured, and the
+	// e-mail links without e-mail (internal/node's TestOpenAPIEmailLinks
+	// runs them configured).
 	c.Call(t, "GET /healthz", "/healthz", "", nil, 200)
 	c.Call(t, "GET /readyz", "/readyz", "", nil, 200)
 	c.Call(t, "GET /metrics", "/metrics", "", nil, 200)
@@ -245,6 +279,8 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	for _, p := range twilio.Routes() {
 		c.Call(t, p, strings.TrimPrefix(p, "POST "), "", openapitest.Form("MessageSid=SM1&MessageStatus=sent"), 404)
 	}
+	c.Call(t, "GET /email/confirm", "/email/confirm?t=x", "", nil, 404)
+	c.Call(t, "POST /email/confirm", "/email/confirm", "", openapitest.Form("t=x"), 404)
 
 	// Admins.
 	c.Call(t, "GET /v1/admins/me", "/v1/admins/me", T, nil, 200)
