@@ -205,13 +205,18 @@ func ChangesHandler(rs *ReplicatedStore, secret string) http.Handler {
 // FetchChanges asks the owner at baseURL for its changes after seq
 // after, waiting up to wait for one (ChangesHandler).
 func FetchChanges(ctx context.Context, client *http.Client, baseURL, secret string, after uint64, wait time.Duration) (Changes, error) {
+	return Endpoint{Client: client, URL: baseURL, Secret: secret}.FetchChanges(ctx, after, wait)
+}
+
+// FetchChanges is the package's FetchChanges for e's partition.
+func (e Endpoint) FetchChanges(ctx context.Context, after uint64, wait time.Duration) (Changes, error) {
+	baseURL := e.URL
 	q := url.Values{"after": {strconv.FormatUint(after, 10)}, "wait": {strconv.FormatInt(wait.Milliseconds(), 10)}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+ChangesPath+"?"+q.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.target(ChangesPath, q), nil)
 	if err != nil {
 		return Changes{}, err
 	}
-	req.Header.Set("Authorization", "Bearer "+secret)
-	resp, err := client.Do(req)
+	resp, err := e.do(req)
 	if err != nil {
 		return Changes{}, err
 	}

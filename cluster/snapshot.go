@@ -146,12 +146,52 @@ func writeTar(w io.Writer, dir string, files []string) error {
 // the files that came along are in dir/files. A partial download leaves
 // no dir.
 func FetchSnapshot(ctx context.Context, client *http.Client, baseURL, secret, dir string) (StandbyState, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+"/cluster/snapshot", nil)
+	return Endpoint{Client: client, URL: baseURL, Secret: secret}.FetchSnapshot(ctx, dir)
+}
+
+// Endpoint is one partition's cluster routes on another node, as this
+// node reaches them: the node's advertised base URL, the cluster secret,
+// and the partition, sent as ?p= (omitted for partition 0, which is what
+// a cluster of one partition, and a node that predates partitions,
+// serves). A node serving several partitions routes each request to the
+// partition's handlers (PartitionRoutes).
+type Endpoint struct {
+	Client *http.Client // nil: http.DefaultClient
+	URL    string
+	Secret string
+	P      Partition
+}
+
+// target is the URL of path on e, with q and e's partition.
+func (e Endpoint) target(path string, q url.Values) string {
+	if e.P != 0 {
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("p", strconv.FormatUint(uint64(e.P), 10))
+	}
+	t := strings.TrimSuffix(e.URL, "/") + path
+	if len(q) > 0 {
+		t += "?" + q.Encode()
+	}
+	return t
+}
+
+func (e Endpoint) do(req *http.Request) (*http.Response, error) {
+	req.Header.Set("Authorization", "Bearer "+e.Secret)
+	if e.Client == nil {
+		return http.DefaultClient.Do(req)
+	}
+	return e.Client.Do(req)
+}
+
+// FetchSnapshot is the package's FetchSnapshot for e's partition.
+func (e Endpoint) FetchSnapshot(ctx context.Context, dir string) (StandbyState, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.target("/cluster/snapshot", nil), nil)
 	if err != nil {
 		return StandbyState{}, err
 	}
-	req.Header.Set("Authorization", "Bearer "+secret)
-	resp, err := client.Do(req)
+	resp, err := e.do(req)
 	if err != nil {
 		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %w", err)
 	}
@@ -242,23 +282,32 @@ var ErrStandbyRefused = errors.New("cluster: the owner refused the standby")
 // checks that it holds every batch the owner acknowledged:
 // ReplicatedStore.AddStandbyAt).
 func RequestStandby(ctx context.Context, client *http.Client, baseURL, secret, node string, snap StandbyState) error {
+	return Endpoint{Client: client, URL: baseURL, Secret: secret}.RequestStandby(ctx, node, snap)
+}
+
+// RequestStandby is the package's RequestStandby for e's partition.
+func (e Endpoint) RequestStandby(ctx context.Context, node string, snap StandbyState) error {
 	q := url.Values{"node": {node}, "epoch": {strconv.FormatUint(snap.FenceEpoch, 10)}, "seq": {strconv.FormatUint(snap.Seq, 10)}}
-	return standbyRequest(ctx, client, http.MethodPost, baseURL+"/cluster/standby?"+q.Encode(), secret)
+	return e.standbyRequest(ctx, http.MethodPost, e.target("/cluster/standby", q))
 }
 
 // ReleaseStandby asks the owner at baseURL to stop counting node, its
 // standby, which is being drained (ReplicatedStore.ReleaseStandby).
 func ReleaseStandby(ctx context.Context, client *http.Client, baseURL, secret, node string) error {
-	return standbyRequest(ctx, client, http.MethodDelete, strings.TrimSuffix(baseURL, "/")+"/cluster/standby?node="+url.QueryEscape(node), secret)
+	return Endpoint{Client: client, URL: baseURL, Secret: secret}.ReleaseStandby(ctx, node)
 }
 
-func standbyRequest(ctx context.Context, client *http.Client, method, target, secret string) error {
+// ReleaseStandby is the package's ReleaseStandby for e's partition.
+func (e Endpoint) ReleaseStandby(ctx context.Context, node string) error {
+	return e.standbyRequest(ctx, http.MethodDelete, e.target("/cluster/standby", url.Values{"node": {node}}))
+}
+
+func (e Endpoint) standbyRequest(ctx context.Context, method, target string) error {
 	req, err := http.NewRequestWithContext(ctx, method, target, nil)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+secret)
-	resp, err := client.Do(req)
+	resp, err := e.do(req)
 	if err != nil {
 		return fmt.Errorf("cluster: %s standby: %w", method, err)
 	}
