@@ -86,8 +86,6 @@ type MemberConfig struct {
 // from it again: run it again and it rejoins from the owner's snapshot.
 var ErrDeposed = errors.New("node: deposed: another member owns the partition now")
 
-const memberPartition = cluster.Partition(0)
-
 // standbyStall is how many lease TTLs batches may wait on a standby that
 // makes no progress before the owner drops it (2: 6s by default), long
 // enough for a busy standby's fsync, short enough that a dead one stops
@@ -201,6 +199,10 @@ type member struct {
 	mc  MemberConfig
 	c   cluster.Coord
 	log *slog.Logger
+	// p is the partition this member runs for: 0, the only one of a
+	// cluster of one partition (stage 5a gives a node a member per
+	// partition).
+	p cluster.Partition
 
 	// While it does not serve: what it does, its copy of the partition
 	// (while it follows), its metrics, and its stand-in on the node's
@@ -241,7 +243,15 @@ func socketAddrKey(id string) string { return id + "/socket" }
 // tlsSocketAddrKey is where it publishes its TLS socket address.
 func tlsSocketAddrKey(id string) string { return id + "/tls-socket" }
 
-func (m *member) storeDir() string { return filepath.Join(m.mc.Node.DataDir, "store") }
+// storeDir is the member's copy of its partition: DATA/store for
+// partition 0, as a cluster of one partition has always kept it, else
+// DATA/p/N/store.
+func (m *member) storeDir() string {
+	if m.p == 0 {
+		return filepath.Join(m.mc.Node.DataDir, "store")
+	}
+	return partitionDir(m.mc.Node.DataDir, int(m.p), "store")
+}
 
 // sharedFiles travel with a snapshot: a standby that takes over must sign
 // and check the same tokens, hold the same admin token, read the same
@@ -262,7 +272,7 @@ func (m *member) pause(ctx context.Context) bool {
 }
 
 func (m *member) run(ctx context.Context) error {
-	p, ttl := memberPartition, m.mc.LeaseTTL
+	p, ttl := m.p, m.mc.LeaseTTL
 	waiting := ""
 	var lonely time.Time // since when no other member is known (founding)
 	m.state.Store(stateSpare)
@@ -394,7 +404,7 @@ func (m *member) localState() (cluster.StandbyState, bool, error) {
 		return cluster.StandbyState{}, false, err
 	}
 	defer db.Close()
-	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, cluster.StandbyState{})
+	f, err := cluster.NewFollower(m.c, m.p, m.mc.ID, db, cluster.StandbyState{})
 	if err != nil {
 		return cluster.StandbyState{}, false, err
 	}
@@ -416,7 +426,7 @@ func (m *member) recordFounding(epoch uint64) error {
 		return err
 	}
 	defer db.Close()
-	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, cluster.StandbyState{})
+	f, err := cluster.NewFollower(m.c, m.p, m.mc.ID, db, cluster.StandbyState{})
 	if err != nil {
 		return err
 	}
@@ -454,7 +464,7 @@ func (m *member) join(ctx context.Context, holder string) error {
 	// Until the snapshot is installed, this member's store is unchanged:
 	// its fence (recover.go) stays what run read.
 	stillOwner := func() bool {
-		h, _, err := m.c.Lease(ctx, memberPartition)
+		h, _, err := m.c.Lease(ctx, m.p)
 		return err != nil || h == holder
 	}
 	for ctx.Err() == nil && !m.drained.Load() {
@@ -556,7 +566,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 	if fromSnapshot {
 		newFollower = cluster.NewFollowerFromSnapshot
 	}
-	f, err := newFollower(m.c, memberPartition, m.mc.ID, db, st)
+	f, err := newFollower(m.c, m.p, m.mc.ID, db, st)
 	if err != nil {
 		closeStores()
 		return err
@@ -620,7 +630,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			m.log.Warn("the partition has a newer owner than the history this member follows; it joins again from a snapshot")
 			return m.run(ctx)
 		}
-		holder, _, err := m.c.Lease(ctx, memberPartition)
+		holder, _, err := m.c.Lease(ctx, m.p)
 		if err != nil || holder != "" {
 			continue
 		}
@@ -659,7 +669,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	m.fenceFresh.Store(false)
 	leaseFrom := time.Now() // just after the lease was taken or renewed
-	p, ttl := memberPartition, m.mc.LeaseTTL
+	p, ttl := m.p, m.mc.LeaseTTL
 	var snap atomic.Pointer[http.Handler]
 	var rs *cluster.ReplicatedStore
 	cfg := m.mc.Node
@@ -884,7 +894,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 // standby that stopped acking by itself.
 func (m *member) release(ctx context.Context) {
 	for range 3 {
-		holder, _, err := m.c.Lease(ctx, memberPartition)
+		holder, _, err := m.c.Lease(ctx, m.p)
 		var addr string
 		if err == nil && holder != "" {
 			addr, err = m.c.Addr(ctx, holder)

@@ -298,7 +298,7 @@ func (m *member) recoverAs(ctx context.Context, floor, next uint64) (*cluster.Ow
 		return nil, err
 	}
 	defer db.Close()
-	f, err := cluster.NewFollower(m.c, memberPartition, m.mc.ID, db, cluster.StandbyState{})
+	f, err := cluster.NewFollower(m.c, m.p, m.mc.ID, db, cluster.StandbyState{})
 	if err != nil {
 		return nil, err
 	}

@@ -97,7 +97,7 @@ func (m *member) ownerAddrs(ctx context.Context) ownerCache {
 		return ownerCache{id: c.id, sock: c.sock, http: c.http, tlsSock: c.tlsSock}
 	}
 	c.at, c.id, c.sock, c.http, c.tlsSock = time.Now(), "", "", "", ""
-	holder, _, err := m.c.Lease(ctx, memberPartition)
+	holder, _, err := m.c.Lease(ctx, m.p)
 	if err != nil || holder == "" || holder == m.mc.ID {
 		return ownerCache{}
 	}
