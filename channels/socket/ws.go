@@ -148,10 +148,15 @@ func (c *wsConn) Authenticated() {
 // WebSocket to say anything in: the frames are dropped and the session
 // closes the connection.
 func (c *wsConn) Write(frames [][]byte, size int) error {
+	// A buffer may hold several whole frames back to back (the hub
+	// encodes a user's entries once, together): each goes in a message of
+	// its own, as PROTOCOL.md promises.
 	total := size
-	for _, f := range frames {
-		total += wsHeaderLen(len(f))
-		c.noteFatal(f)
+	for _, b := range frames {
+		eachFrame(b, func(f []byte) {
+			total += wsHeaderLen(len(f))
+			c.noteFatal(f)
+		})
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -160,11 +165,31 @@ func (c *wsConn) Write(frames [][]byte, size int) error {
 	}
 	return c.raw.write(total, func(dst []byte) {
 		off := 0
-		for _, f := range frames {
-			off += putWSHeader(dst[off:], ws.OpBinary, len(f))
-			off += copy(dst[off:], f)
+		for _, b := range frames {
+			eachFrame(b, func(f []byte) {
+				off += putWSHeader(dst[off:], ws.OpBinary, len(f))
+				off += copy(dst[off:], f)
+			})
 		}
 	})
+}
+
+// eachFrame calls fn with each whole frame of b, which holds one or
+// more back to back (each its 4-byte length, then that many bytes). A
+// remainder that is not a whole frame, which the server never makes, goes
+// as it is.
+func eachFrame(b []byte, fn func([]byte)) {
+	for len(b) >= 4 {
+		n := 4 + int(binary.BigEndian.Uint32(b))
+		if n > len(b) || n < 4 {
+			break
+		}
+		fn(b[:n])
+		b = b[n:]
+	}
+	if len(b) > 0 {
+		fn(b)
+	}
 }
 
 // noteFatal records the close code a fatal ERROR frame calls for.

@@ -669,3 +669,28 @@ func FuzzWSInput(f *testing.F) {
 		ok.expect(&pb.Pong{})
 	})
 }
+
+// A device that catches up over WebSocket gets each frame of its backlog
+// in a message of its own, as PROTOCOL.md promises: the hub encodes a
+// user's entries together (several frames back to back in one buffer),
+// and the gateway must not put them in one WebSocket message (wsRaw.read
+// fails on a message holding more than one frame).
+func TestWSCatchUpSendsOneFramePerMessage(t *testing.T) {
+	n := startWS(t, socket.Config{})
+	ana := nodetest.Dial(t, n, "ana", "phone", nil)
+	for i := range 20 {
+		if _, err := ana.Send(context.Background(), []string{"bo"}, []byte(fmt.Sprintf("backlog %d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, addr := range []string{n.WSAddr(), n.HTTPAddr()} {
+		r := mustDialWS(t, "ws://"+addr+"/ws")
+		r.hello(nodetest.Token(t, n, "bo", "web-"+addr), "web-"+addr)
+		for i := range 20 {
+			d := r.expect(&pb.Deliver{}).(*pb.Deliver)
+			if got, want := string(d.GetBody()), fmt.Sprintf("backlog %d", i); got != want {
+				t.Fatalf("%s: entry %d: %q, want %q", addr, i, got, want)
+			}
+		}
+	}
+}
