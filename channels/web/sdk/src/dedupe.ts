@@ -18,6 +18,7 @@ export class StreamPosition {
    * above last+1 means retention deleted entries: last is kept.
    */
   welcome(resumeFrom: bigint): void {
+    if (resumeFrom < 1n) resumeFrom = 1n; // seqs start at 1
     if (this.last === undefined || resumeFrom <= this.last) this.last = resumeFrom - 1n;
   }
 
