@@ -17,7 +17,7 @@
 import { Backoff } from "./backoff.js";
 import { StreamPosition } from "./dedupe.js";
 import { ClosedError, DingError, DisconnectedError, permanentCodes } from "./errors.js";
-import { decodeFrame, encodeFrame, FrameError, type ServerFrame } from "./frame.js";
+import { decodeFrames, encodeFrame, FrameError, type ServerFrame } from "./frame.js";
 import * as pb from "./gen/ding_pb.js";
 import type { CursorStore } from "./store.js";
 
@@ -61,6 +61,8 @@ export interface ConnectOptions {
   redirectURL?: (addr: string) => string | undefined;
   /** Bounds one attempt, open and handshake; default 5000 ms. */
   connectTimeoutMs?: number;
+  /** Listeners subscribed before the first byte is read (the same as on() right after connect resolves). */
+  on?: { [K in keyof Events]?: (ev: Events[K]) => void };
 }
 
 /** A message of the stream (DELIVER). */
@@ -220,6 +222,12 @@ export class DingClient {
   private idPrefix = randomHex(12); // 96 bits, as §6 asks
   private idSeq = 0;
   private closedPromise: Promise<void> | undefined;
+  // Stream entries that arrive before connect() has resolved wait here,
+  // unacked, until a task after it: an app that subscribes right after
+  // `await connect()` misses none (a WebSocket can hand several messages
+  // over in one task).
+  private holding = true;
+  private held: Array<() => void> = [];
   private resolveClosed: (() => void) | undefined;
 
   constructor(opts: ConnectOptions) {
@@ -230,6 +238,7 @@ export class DingClient {
     this.backoff = new Backoff(opts.minBackoffMs ?? 50, opts.maxBackoffMs ?? 5000);
     this.storeKey = opts.storeKey ?? opts.device;
     this.url = opts.url;
+    for (const [k, fn] of Object.entries(opts.on ?? {})) if (fn) this.on(k as "open", fn as Listener<Welcome>);
   }
 
   /** Subscribes to an event; returns the unsubscribe function. Listeners run synchronously, in order of entries. */
@@ -258,7 +267,16 @@ export class DingClient {
     this.stored = cursor;
     const opened = this.waitOpen();
     this.dial();
-    await opened;
+    try {
+      await opened;
+    } finally {
+      setTimeout(() => {
+        this.holding = false;
+        const held = this.held;
+        this.held = [];
+        for (const h of held) h();
+      }, 0);
+    }
   }
 
   /**
@@ -424,18 +442,21 @@ export class DingClient {
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
       this.lastHeard = Date.now();
-      let f: ServerFrame;
+      let frames: ServerFrame[];
       try {
-        f = decodeFrame(toBytes(ev.data));
+        frames = decodeFrames(toBytes(ev.data));
       } catch (e) {
         // Not a frame we understand: drop the connection, as the Go client does.
         ws.close(4000, "bad frame");
         end(e instanceof FrameError ? e : new FrameError(String(e)));
         return;
       }
-      if (f.type === pb.FrameType.ERROR && f.msg.fatal) fatal = DingError.fromFrame(f.msg);
-      if (f.type === pb.FrameType.WELCOME) clearTimeout(timeout);
-      this.onFrame(ws, f);
+      for (const f of frames) {
+        if (this.ws !== ws) return;
+        if (f.type === pb.FrameType.ERROR && f.msg.fatal) fatal = DingError.fromFrame(f.msg);
+        if (f.type === pb.FrameType.WELCOME) clearTimeout(timeout);
+        this.onFrame(ws, f);
+      }
     };
     ws.onerror = () => {
       // The close event follows and says more.
@@ -596,6 +617,11 @@ export class DingClient {
 
   /** Hands a stream entry to the application unless it is a repeat, then acks it (coalesced). */
   private entry(seq: bigint, handOut: () => void): void {
+    if (this.holding) {
+      this.held.push(() => this.entry(seq, handOut));
+      return;
+    }
+    if (this.stopped !== undefined) return; // after close(): not handed out, not acked
     if (!this.pos.accept(seq)) return;
     try {
       handOut();

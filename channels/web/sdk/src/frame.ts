@@ -77,3 +77,25 @@ export function decodeFrame(data: Uint8Array): ServerFrame {
   }
   return { type, msg } as ServerFrame;
 }
+
+/**
+ * Decodes a WebSocket message into its frames. The protocol puts one
+ * frame in each message, but dingd's gateway was seen sending several
+ * whole frames in one message during catch-up (reported); a client that
+ * refused them would reconnect forever at the same seq, so whole frames
+ * back to back are accepted. Anything else (a partial frame, a bad
+ * prefix) is a FrameError.
+ */
+export function decodeFrames(data: Uint8Array): ServerFrame[] {
+  const out: ServerFrame[] = [];
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  let off = 0;
+  do {
+    if (data.length - off < 5) throw new FrameError(`frame of ${data.length - off} bytes: shorter than its header`);
+    const length = view.getUint32(off, false);
+    if (length < 1 || length > data.length - off - 4) throw new FrameError(`length prefix ${length} runs past a message of ${data.length} bytes`);
+    out.push(decodeFrame(data.subarray(off, off + 4 + length)));
+    off += 4 + length;
+  } while (off < data.length);
+  return out;
+}

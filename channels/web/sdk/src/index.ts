@@ -26,5 +26,5 @@ export { ClosedError, DingError, DisconnectedError, type CodeName } from "./erro
 export { IndexedDBCursorStore, MemoryCursorStore, type CursorRecord, type CursorStore } from "./store.js";
 export { Backoff } from "./backoff.js";
 export { StreamPosition } from "./dedupe.js";
-export { decodeFrame, encodeFrame, FrameError, type ServerFrame } from "./frame.js";
+export { decodeFrame, decodeFrames, encodeFrame, FrameError, type ServerFrame } from "./frame.js";
 export { Code, FrameType, Kind, State } from "./gen/ding_pb.js";

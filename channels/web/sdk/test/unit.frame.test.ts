@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Backoff, decodeFrame, encodeFrame, FrameError, FrameType, StreamPosition } from "../src/index.js";
+import { Backoff, decodeFrame, decodeFrames, encodeFrame, FrameError, FrameType, StreamPosition } from "../src/index.js";
 import * as pb from "../src/gen/ding_pb.js";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(" ");
@@ -70,4 +70,15 @@ test("Backoff: random in [b/2, b], doubling to the cap, reset", () => {
   assert.equal(lo.next(), 25);
   const hi = new Backoff(50, 400, () => 1);
   assert.deepEqual([hi.next(), hi.next(), hi.next(), hi.next(), hi.next()], [50, 100, 200, 400, 400]);
+});
+
+test("decodeFrames takes whole frames back to back (dingd's catch-up does that), nothing partial", () => {
+  const a = encodeFrame(FrameType.PONG, pb.PongSchema, { nonce: 1n });
+  const b = encodeFrame(FrameType.DELIVER, pb.DeliverSchema, { seq: 2n, id: "x" });
+  const both = new Uint8Array(a.length + b.length);
+  both.set(a);
+  both.set(b, a.length);
+  assert.deepEqual(decodeFrames(both).map((f) => f.type), [FrameType.PONG, FrameType.DELIVER]);
+  assert.throws(() => decodeFrames(both.subarray(0, both.length - 1)), FrameError);
+  assert.throws(() => decodeFrames(new Uint8Array([0, 0, 0, 0, 10])), FrameError);
 });
