@@ -15,8 +15,8 @@ let built: Promise<string> | undefined;
 export function dingdBinary(): Promise<string> {
   if (process.env.DINGD) return Promise.resolve(process.env.DINGD);
   built ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), "ding-sdk-bin-"));
-    const bin = join(dir, "dingd");
+    // Under node_modules: ignored by git, replaced by every npm ci.
+    const bin = resolve(import.meta.dirname, "../node_modules/.cache/ding-sdk/dingd");
     await promisify(execFile)("go", ["build", "-o", bin, "./cmd/dingd"], { cwd: repoRoot });
     return bin;
   })();
@@ -58,6 +58,10 @@ export class Dingd {
     ];
     const p = spawn(this.bin, args, { stdio: ["ignore", "ignore", "pipe"] });
     this.proc = p;
+    // If this process dies first (a test timeout), take dingd with it.
+    const reap = () => p.kill("SIGKILL");
+    process.once("exit", reap);
+    p.once("exit", () => process.off("exit", reap));
     this.exited = new Promise((r) => p.once("exit", () => r()));
     let stderr = "";
     await new Promise<void>((resolve, reject) => {
