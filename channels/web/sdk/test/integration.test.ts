@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import WebSocket from "ws";
-import { connect, DingClient, DingError, MemoryCursorStore, State, type Events, type Message, type WebSocketCtor } from "../src/index.js";
+import { connect, DingClient, DingError, Kind, MemoryCursorStore, State, type Events, type Message, type WebSocketCtor } from "../src/index.js";
 import { Dingd } from "./dingd.js";
 
 const WS = WebSocket as unknown as WebSocketCtor;
@@ -129,6 +129,28 @@ test("a dropped socket (the server replaced by nothing but a lost TCP link) resu
     assert.equal(new Set(seen).size, seen.length, "no entry twice");
     assert.equal(seen[0], 1n, "cursor 0 replays the stream from its start");
     for (let i = 1; i < seen.length; i++) assert.equal(seen[i], seen[i - 1]! + 1n, "no gap");
+  } finally {
+    await Promise.all([kim.close(), lee.close()]);
+  }
+});
+
+test("a DING from the admin API: the recipient confirms with a choice; the sender's client sees the ledger's events", async () => {
+  const kim = await client("kim", "ding");
+  const lee = await client("lee", "ding");
+  try {
+    const arrives = next(kim, "message", (m) => m.kind === Kind.DING);
+    const confirmedEv = next(lee, "ding", (e) => e.event === "confirmed");
+    const { id } = await d.api("POST", "/v1/dings", { from: "lee", to: ["kim"], text: "db down", choices: ["on it", "can't"], policy: "inapp" });
+    const m = await arrives;
+    assert.equal(m.id, id);
+    assert.deepEqual(m.choices, ["on it", "can't"]);
+    assert.deepEqual(await kim.confirm(id, 1), {});
+    const ev = await confirmedEv;
+    assert.deepEqual([ev.id, ev.recipient, ev.channel, ev.detail], [id, "kim", "inapp", "1 on it"]);
+    // Again, with another answer: the first stands, and the answer says so.
+    const again = await kim.confirm(id, 2);
+    assert.equal(again.alreadyConfirmed?.answer, 1);
+    await assert.rejects(kim.confirm(id, 9), (e: unknown) => e instanceof DingError && e.code === "BAD_ANSWER");
   } finally {
     await Promise.all([kim.close(), lee.close()]);
   }

@@ -209,3 +209,31 @@ test("close() rejects pending sends with ClosedError and is idempotent", async (
   await Promise.all([c.close(), c.close()]);
   await assert.rejects(p, ClosedError);
 });
+
+test("entries in the same task as the WELCOME wait for the app: none is lost or acked before it subscribed", async () => {
+  const pc = connect(opts);
+  const s = await FakeWS.next();
+  s.open();
+  await s.read();
+  s.welcome({ resumeFrom: 1n });
+  deliver(s, 1n); // same task as the WELCOME
+  const c = await pc;
+  const m = await new Promise<Message>((r) => c.on("message", r));
+  assert.equal(m.seq, 1n);
+  assert.equal((await s.expect(pb.FrameType.ACK)).msg.seq, 1n);
+  await c.close();
+});
+
+test("listeners given to connect() see entries from the first one on", async () => {
+  const seen: bigint[] = [];
+  let resolve!: () => void;
+  const two = new Promise<void>((r) => (resolve = r));
+  const pc = connect({ ...opts, on: { message: (m) => (seen.push(m.seq), m.seq === 2n && resolve()) } });
+  const { s } = await accept({ resumeFrom: 1n });
+  deliver(s, 1n);
+  deliver(s, 2n);
+  const c = await pc;
+  await two;
+  assert.deepEqual(seen, [1n, 2n]);
+  await c.close();
+});
