@@ -156,6 +156,28 @@ test("a DING from the admin API: the recipient confirms with a choice; the sende
   }
 });
 
+test("a secret chat: pseudonyms, no-copy flags, and a BURN in both streams 5 s after the read", async () => {
+  const ann = await client("ann", "secret");
+  const bob = await client("bob", "secret");
+  try {
+    const bobCreated = next(bob, "secret", (e) => e.event === "created");
+    const chat = await ann.createChat("bob", 3, 5000);
+    assert.equal(chat.length, 26);
+    const created = await bobCreated;
+    assert.match(created.you, /^anon-/);
+    const arrives = next(bob, "message", (m) => m.chat === chat);
+    const sent = await ann.send([], "for your eyes", { chat });
+    const m = await arrives;
+    assert.deepEqual([m.id, m.from, m.level, m.burnAfterMs, m.noCopy, m.noForward], [sent.id, created.peer, 3, 5000, true, true]);
+    const burnedForBob = next(bob, "burn", (b) => b.id === sent.id);
+    const burnedForAnn = next(ann, "burn", (b) => b.id === sent.id);
+    await bob.read([sent.id]); // starts the 5 s burn delay
+    await Promise.all([burnedForBob, burnedForAnn]);
+  } finally {
+    await Promise.all([ann.close(), bob.close()]);
+  }
+});
+
 test("a bad token is a typed error, and the client does not retry it", async () => {
   await assert.rejects(
     connect({ url: d.wsURL, token: "not-a-token", device: "web", WebSocket: WS }),
