@@ -227,6 +227,8 @@ export class DingClient {
   // `await connect()` misses none (a WebSocket can hand several messages
   // over in one task).
   private holding = true;
+  // The user the stored cursor belongs to, until the first WELCOME checks it.
+  private storedUser: string | undefined;
   private held: Array<() => void> = [];
   private resolveClosed: (() => void) | undefined;
 
@@ -262,7 +264,11 @@ export class DingClient {
   /** @internal Starts the first session; see connect(). */
   async start(): Promise<void> {
     let cursor = this.opts.cursor;
-    if (cursor === undefined && this.opts.store) cursor = (await this.opts.store.get(this.storeKey))?.seq;
+    if (cursor === undefined && this.opts.store) {
+      const rec = await this.opts.store.get(this.storeKey);
+      cursor = rec?.seq;
+      this.storedUser = rec?.user;
+    }
     this.pos.last = cursor;
     this.stored = cursor;
     const opened = this.waitOpen();
@@ -475,6 +481,16 @@ export class DingClient {
     switch (f.type) {
       case pb.FrameType.WELCOME: {
         const m = f.msg;
+        if (this.storedUser !== undefined && this.storedUser !== m.user) {
+          // The stored cursor is another user's stream (one device name,
+          // two accounts): resume from the server's cursor instead.
+          this.storedUser = undefined;
+          this.pos.last = undefined;
+          this.stored = undefined;
+          ws.close(4000, "cursor of another user");
+          return;
+        }
+        this.storedUser = undefined;
         const w: Welcome = {
           user: m.user,
           device: m.device,
@@ -484,13 +500,16 @@ export class DingClient {
           maxInflight: m.maxInflight,
           pingIntervalMs: m.pingIntervalMs,
         };
+        // Without a cursor, resume_from - 1 is only the server's start
+        // point (maybe a --new-device-window): not acked, as it was not received.
+        const hadCursor = this.pos.last !== undefined;
         this.pos.welcome(m.resumeFrom);
         this.session = w;
         this.welcomeSeen = w;
         this.backoff.reset();
         this.startPing(ws, w.pingIntervalMs || 30000);
         // The ack once after each handshake (§5), then the resends.
-        if (this.pos.last !== undefined && this.pos.last > 0n) {
+        if (hadCursor && this.pos.last !== undefined && this.pos.last > 0n) {
           this.acked = 0n;
           this.scheduleAck();
         }

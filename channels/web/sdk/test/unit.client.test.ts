@@ -237,3 +237,20 @@ test("listeners given to connect() see entries from the first one on", async () 
   assert.deepEqual(seen, [1n, 2n]);
   await c.close();
 });
+
+test("a stored cursor of another user is not used: the client reconnects without one", async () => {
+  const store = new MemoryCursorStore();
+  await store.set("web", { user: "lee", seq: 40n });
+  const pc = connect({ ...opts, store });
+  const s = await FakeWS.next();
+  s.open();
+  assert.equal(((await s.read()).msg as pb.Hello).cursor, 40n);
+  s.welcome({ user: "kim", resumeFrom: 41n }); // kim's stream, not lee's
+  const again = await accept({ user: "kim", resumeFrom: 3n });
+  assert.equal(again.hello.cursor, undefined);
+  const c = await pc;
+  deliver(again.s, 3n);
+  assert.equal((await again.s.expect(pb.FrameType.ACK)).msg.seq, 3n);
+  assert.deepEqual(await store.get("web"), { user: "kim", seq: 3n });
+  await c.close();
+});
