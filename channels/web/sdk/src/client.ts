@@ -243,7 +243,13 @@ export class DingClient {
     for (const [k, fn] of Object.entries(opts.on ?? {})) if (fn) this.on(k as "open", fn as Listener<Welcome>);
   }
 
-  /** Subscribes to an event; returns the unsubscribe function. Listeners run synchronously, in order of entries. */
+  /**
+   * Subscribes to an event; returns the unsubscribe function. Listeners
+   * run synchronously, in stream order; an entry is acked once its
+   * listeners have returned. A listener that throws does not stop the
+   * others or the client: its error is reported as uncaught (reportError
+   * in browsers), and the entry still counts as received.
+   */
   on<K extends keyof Events>(event: K, fn: Listener<Events[K]>): () => void {
     let set = this.listeners.get(event);
     if (!set) this.listeners.set(event, (set = new Set()));
@@ -374,7 +380,22 @@ export class DingClient {
   private emit<K extends keyof Events>(event: K, ev: Events[K]): void {
     const set = this.listeners.get(event);
     if (!set) return;
-    for (const fn of [...set]) (fn as Listener<Events[K]>)(ev);
+    for (const fn of [...set]) {
+      try {
+        (fn as Listener<Events[K]>)(ev);
+      } catch (e) {
+        // As an EventTarget does: the other listeners and the client go
+        // on, and the error surfaces as an uncaught one. The entry still
+        // counts as handed to the app (a throwing listener would
+        // otherwise stall the stream at that seq for ever).
+        const report = (globalThis as { reportError?: (e: unknown) => void }).reportError;
+        if (report) report(e);
+        else
+          queueMicrotask(() => {
+            throw e;
+          });
+      }
+    }
   }
 
   private waitOpen(): Promise<void> {
