@@ -2,9 +2,9 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak
+.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak sdk-test sdk-proto
 
-test: tools redis readme-tools vet unit
+test: tools redis readme-tools vet unit sdk-test
 
 # curl and jq (Debian's packages) for the README's tour (internal/readme),
 # whose "Integrate in 5 minutes" section uses them. Nothing is done when
@@ -89,6 +89,18 @@ proto:
 	@command -v protoc >/dev/null || (apt-get update -qq && apt-get install -y -qq protobuf-compiler)
 	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative channels/socket/pb/ding.proto
+
+# The TypeScript SDK (channels/web/sdk): npm ci from its lockfile, then
+# its type check and tests (node --test): unit tests, and integration
+# tests against a dingd built from this tree on loopback. Needs Node 20+.
+SDK := channels/web/sdk
+sdk-test:
+	@command -v npm >/dev/null || { echo "sdk-test needs Node.js 20+ and npm"; exit 1; }
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error && npm test
+
+# Regenerate the SDK's protobuf code (src/gen) from ding.proto.
+sdk-proto:
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error && npm run generate
 
 # Whole-system scenarios; see bench/RESULTS.md for the latest figures.
 bench: build

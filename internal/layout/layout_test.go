@@ -95,3 +95,32 @@ func TestClientLinksNothingOfTheServer(t *testing.T) {
 		}
 	}
 }
+
+// TestNoGoPackagesUnderNodeModules: the TypeScript SDK (channels/web/sdk)
+// is an npm package, not Go; its node_modules, once installed, must add no
+// package to ./... (go vet and go test would run on a dependency's Go
+// files). Node packages live only in the directories listed here.
+func TestNoGoPackagesUnderNodeModules(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.Dir}}", "github.com/dingmq/ding/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, dir := range strings.Fields(string(out)) {
+		if strings.Contains(dir, "/node_modules/") || strings.HasSuffix(dir, "/node_modules") {
+			t.Errorf("%s is a Go package inside node_modules", dir)
+		}
+	}
+	npm, err := exec.Command("git", "ls-files", "--full-name", "--", ":/*package.json").Output()
+	if err != nil {
+		t.Skipf("git ls-files: %v", err) // not a git checkout
+	}
+	files := strings.Fields(string(npm))
+	if !slices.Contains(files, "channels/web/sdk/package.json") {
+		t.Fatalf("git ls-files did not list the SDK's package.json (%q): the check is broken", files)
+	}
+	for _, f := range files {
+		if !slices.Contains([]string{"channels/web/sdk/package.json"}, f) {
+			t.Errorf("%s: a Node package outside the directories the layout knows (add it here and to the README's Layout)", f)
+		}
+	}
+}
