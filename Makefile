@@ -2,7 +2,7 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak sdk-test sdk-proto
+.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak sdk-test sdk-proto node
 
 test: tools redis readme-tools vet unit sdk-test
 
@@ -94,12 +94,22 @@ proto:
 # its type check and tests (node --test): unit tests, and integration
 # tests against a dingd built from this tree on loopback. Needs Node 20+.
 SDK := channels/web/sdk
-sdk-test:
-	@command -v npm >/dev/null || { echo "sdk-test needs Node.js 20+ and npm"; exit 1; }
+sdk-test: node
 	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error && npm test
 
+# Node.js and npm (Debian's packages) for the SDK, when missing; the SDK
+# needs Node 20 or later (Debian 13's; on an older system install a newer
+# Node first).
+node:
+	@command -v npm >/dev/null || { \
+	  set -e; sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  echo "installing nodejs and npm from Debian"; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || { echo "the SDK needs Node.js 20 or later; this is $$(node --version)"; exit 1; }
+
 # Regenerate the SDK's protobuf code (src/gen) from ding.proto.
-sdk-proto:
+sdk-proto: node
 	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error && npm run generate
 
 # Whole-system scenarios; see bench/RESULTS.md for the latest figures.
