@@ -64,6 +64,12 @@ type Config struct {
 	// engines as Origins. Records for a partition missing here stay in
 	// the outbox (logged, and counted with reason "no_destination").
 	Dests map[uint32]Dest
+	// Parallel is how many of an origin's destinations may have a batch
+	// in flight at once; zero means 1: in process, where every
+	// destination's commit shares the same disk and cores, one at a time
+	// acknowledges submits sooner (measured: bench/RESULTS.md); between
+	// nodes, where a destination's round trip is its own, more.
+	Parallel int
 	// Batch is the most records sent in one ApplyRelay; zero means 256.
 	Batch int
 	// MinBackoff is the wait before the first retry of a failed step;
@@ -103,6 +109,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Batch < 0:
 		return fmt.Errorf("relay: Batch %d", c.Batch)
+	case c.Parallel < 0:
+		return fmt.Errorf("relay: Parallel %d", c.Parallel)
 	case c.MinBackoff < 0 || c.MaxBackoff < c.MinBackoff:
 		return fmt.Errorf("relay: backoff from %v to %v", c.MinBackoff, c.MaxBackoff)
 	}
@@ -136,6 +144,9 @@ type Pump struct {
 type originRun struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// apply holds a token per batch in flight to a destination
+	// (capacity Config.Parallel).
+	apply chan struct{}
 }
 
 // New starts a pump: one goroutine per origin (Config.Origins, and later
@@ -182,7 +193,7 @@ func (p *Pump) Attach(from uint32, o Origin) error {
 		return fmt.Errorf("relay: origin %d is attached already", from)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	run := &originRun{cancel: cancel}
+	run := &originRun{cancel: cancel, apply: make(chan struct{}, max(p.cfg.Parallel, 1))}
 	p.origins[from] = run
 	run.wg.Add(1)
 	go func() {
@@ -384,7 +395,13 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 		p.m.applyErrors.WithLabelValues(label(l.from), label(l.to), "no_destination").Inc()
 		return false, errNoDest
 	}
+	select {
+	case l.run.apply <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
 	through, err := l.dest.ApplyRelay(ctx, b)
+	<-l.run.apply
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, err // closing: the outcome is unknown, the records stay

@@ -499,7 +499,11 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		}
 		routes = map[string]http.Handler{relay.RelayPath: h}
 	}
-	if set.pump, err = relay.New(relay.Config{Dests: dests, Registerer: reg, Logger: cfg.Logger}); err != nil {
+	parallel := 1 // in process: one destination's batch at a time per origin (relay.Config.Parallel)
+	if cfg.peers != nil {
+		parallel = p // destinations on other nodes: each its own round trip
+	}
+	if set.pump, err = relay.New(relay.Config{Dests: dests, Parallel: parallel, Registerer: reg, Logger: cfg.Logger}); err != nil {
 		return w, fmt.Errorf("node: %w", err)
 	}
 	closers = append(closers, set.pump.Close) // closed before the engines
