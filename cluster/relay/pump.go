@@ -372,6 +372,15 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 	if err := p.ackResult(ctx, l, false); err != nil {
 		return false, err
 	}
+	// The slot is taken before the outbox is read, so that a link waiting
+	// for it sends what is there once it has it, not what was there when
+	// it began to wait.
+	select {
+	case l.run.apply <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	defer func() { <-l.run.apply }()
 	b, err := o.Outbox(l.to, l.acked, p.cfg.Batch)
 	if err != nil {
 		p.m.originErrors.WithLabelValues(label(l.from), "outbox").Inc()
@@ -395,13 +404,7 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 		p.m.applyErrors.WithLabelValues(label(l.from), label(l.to), "no_destination").Inc()
 		return false, errNoDest
 	}
-	select {
-	case l.run.apply <- struct{}{}:
-	case <-ctx.Done():
-		return false, ctx.Err()
-	}
 	through, err := l.dest.ApplyRelay(ctx, b)
-	<-l.run.apply
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, err // closing: the outcome is unknown, the records stay
