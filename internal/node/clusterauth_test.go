@@ -1,7 +1,6 @@
 package node_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -51,21 +50,11 @@ func clusterCall(t *testing.T, method, url, token string) (int, map[string]any) 
 // answer accepts the first-start token only.
 func TestClusterRoutesTakeNamedAdmins(t *testing.T) {
 	c := cluster.NewMemCoord(time.Now)
-	ctx, cancel := context.WithCancel(context.Background())
-	var done []chan error
-	defer func() {
-		cancel()
-		for _, d := range done {
-			if err := <-d; err != nil {
-				t.Errorf("member: %v", err)
-			}
-		}
-	}()
+	ctx, runMember, stopMembers := memberRunner(t, true)
+	defer stopMembers()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	run := func(coord cluster.Coord, id, dataDir string, started chan<- *node.Node) string {
 		addr := nodetest.FreeAddr(t)
-		d := make(chan error, 1)
-		done = append(done, d)
 		mc := node.MemberConfig{
 			Node:  node.Config{DataDir: dataDir, SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr, Logger: quiet},
 			Coord: coord, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
@@ -75,7 +64,7 @@ func TestClusterRoutesTakeNamedAdmins(t *testing.T) {
 				}
 			},
 		}
-		go func() { d <- node.RunMember(ctx, mc) }()
+		runMember(mc)
 		return "http://" + addr
 	}
 	startedA := make(chan *node.Node, 1)

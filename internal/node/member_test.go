@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,29 +29,19 @@ import (
 // batches replicated).
 func TestClusterMetricsScrape(t *testing.T) {
 	c := cluster.NewMemCoord(time.Now)
-	ctx, cancel := context.WithCancel(context.Background())
-	var done []chan error
-	defer func() {
-		cancel()
-		for _, d := range done {
-			if err := <-d; err != nil {
-				t.Errorf("member: %v", err)
-			}
-		}
-	}()
+	ctx, runMember, stopMembers := memberRunner(t, true)
+	defer stopMembers()
 	httpOf := map[string]string{}
 	member := func(id string, started chan<- *node.Node) {
 		addr := nodetest.FreeAddr(t)
 		httpOf[id] = addr
-		d := make(chan error, 1)
-		done = append(done, d)
 		mc := node.MemberConfig{
 			Node: node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 			Coord: c, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
 			Started: func(n *node.Node) { started <- n },
 		}
-		go func() { d <- node.RunMember(ctx, mc) }()
+		runMember(mc)
 	}
 	startedA := make(chan *node.Node, 1)
 	member("a", startedA)
@@ -149,14 +140,8 @@ func get(t *testing.T, url, token string) []byte {
 // (it proxies the admin API, tokens and all, to the owner).
 func TestStandInServesTheNodesTLS(t *testing.T) {
 	c := cluster.NewMemCoord(time.Now)
-	ctx, cancel := context.WithCancel(context.Background())
-	var done []chan error
-	defer func() {
-		cancel()
-		for _, d := range done {
-			<-d
-		}
-	}()
+	_, runMember, stopMembers := memberRunner(t, false)
+	defer stopMembers()
 	cert, key, caFile := nodetest.TLSFiles(t)
 	run := func(id string, tlsOn bool, started chan<- *node.Node) string {
 		addr := nodetest.FreeAddr(t)
@@ -165,11 +150,9 @@ func TestStandInServesTheNodesTLS(t *testing.T) {
 		if tlsOn {
 			cfg.TLSCert, cfg.TLSKey = cert, key
 		}
-		d := make(chan error, 1)
-		done = append(done, d)
 		mc := node.MemberConfig{Node: cfg, Coord: c, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
 			Started: func(n *node.Node) { started <- n }}
-		go func() { d <- node.RunMember(ctx, mc) }()
+		runMember(mc)
 		return addr
 	}
 	startedA := make(chan *node.Node, 1)
@@ -208,12 +191,9 @@ func TestMembersOverHTTPSWithAPrivateCA(t *testing.T) {
 	cert, key, caFile := nodetest.TLSFiles(t)
 	for _, withCA := range []bool{true, false} {
 		c := cluster.NewMemCoord(time.Now)
-		ctx, cancel := context.WithCancel(context.Background())
-		var done []chan error
+		ctx, runMember, stopMembers := memberRunner(t, false)
 		run := func(id string, started chan<- *node.Node) {
 			addr := nodetest.FreeAddr(t)
-			d := make(chan error, 1)
-			done = append(done, d)
 			mc := node.MemberConfig{Node: node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
 				TLSCert: cert, TLSKey: key, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 				Coord: c, ID: id, Advertise: "https://" + addr, Secret: "s", LeaseTTL: time.Second,
@@ -221,7 +201,7 @@ func TestMembersOverHTTPSWithAPrivateCA(t *testing.T) {
 			if withCA {
 				mc.PeerCA = caFile
 			}
-			go func() { d <- node.RunMember(ctx, mc) }()
+			runMember(mc)
 		}
 		startedA := make(chan *node.Node, 1)
 		run("a", startedA)
@@ -234,10 +214,7 @@ func TestMembersOverHTTPSWithAPrivateCA(t *testing.T) {
 			joined = sb == "b"
 			time.Sleep(10 * time.Millisecond) // polling the coordinator
 		}
-		cancel()
-		for _, d := range done {
-			<-d
-		}
+		stopMembers()
 		if joined != withCA {
 			t.Fatalf("PeerCA given %v: b joined %v", withCA, joined)
 		}
@@ -250,23 +227,15 @@ func TestMembersOverHTTPSWithAPrivateCA(t *testing.T) {
 func TestStandInRedirectsTLSClientsToTheOwnersTLSSocket(t *testing.T) {
 	cert, key, caFile := nodetest.TLSFiles(t)
 	c := cluster.NewMemCoord(time.Now)
-	ctx, cancel := context.WithCancel(context.Background())
-	var done []chan error
-	defer func() {
-		cancel()
-		for _, d := range done {
-			<-d
-		}
-	}()
+	ctx, runMember, stopMembers := memberRunner(t, false)
+	defer stopMembers()
 	run := func(id string, started chan<- *node.Node) (tlsSock string) {
 		addr, tlsSock := nodetest.FreeAddr(t), nodetest.FreeAddr(t)
-		d := make(chan error, 1)
-		done = append(done, d)
 		mc := node.MemberConfig{Node: node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
 			TLSCert: cert, TLSKey: key, TLSSocketAddr: tlsSock, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 			Coord: c, ID: id, Advertise: "https://" + addr, Secret: "s", LeaseTTL: time.Second, PeerCA: caFile,
 			Started: func(n *node.Node) { started <- n }}
-		go func() { d <- node.RunMember(ctx, mc) }()
+		runMember(mc)
 		return tlsSock
 	}
 	startedA := make(chan *node.Node, 1)
@@ -308,29 +277,19 @@ func TestStandInRedirectsTLSClientsToTheOwnersTLSSocket(t *testing.T) {
 // the owner mailed.
 func TestClusterEmailLinkKeyTravels(t *testing.T) {
 	c := cluster.NewMemCoord(time.Now)
-	ctx, cancel := context.WithCancel(context.Background())
-	var done []chan error
-	defer func() {
-		cancel()
-		for _, d := range done {
-			if err := <-d; err != nil {
-				t.Errorf("member: %v", err)
-			}
-		}
-	}()
+	ctx, runMember, stopMembers := memberRunner(t, true)
+	defer stopMembers()
 	dirs := map[string]string{}
 	member := func(id string) {
 		addr := nodetest.FreeAddr(t)
 		dirs[id] = t.TempDir()
-		d := make(chan error, 1)
-		done = append(done, d)
 		mc := node.MemberConfig{
 			Node: node.Config{DataDir: dirs[id], SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr,
 				Email:  email.Config{Addr: "127.0.0.1:1", TLS: email.TLSNone, From: "ding@example.com", PublicURL: "http://" + addr},
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 			Coord: c, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
 		}
-		go func() { d <- node.RunMember(ctx, mc) }()
+		runMember(mc)
 	}
 	member("a")
 	nodetest.WaitFor(t, "a to own the partition", 20*time.Second, func() bool {
@@ -350,4 +309,32 @@ func TestClusterEmailLinkKeyTravels(t *testing.T) {
 	if err != nil || !bytes.Equal(ka, kb) {
 		t.Fatalf("the standby's link key is not the owner's (%v): links mailed before a takeover would be refused after it", err)
 	}
+}
+
+// memberRunner runs cluster members for a test: runMember starts one
+// (node.RunMember) until stopMembers, which stops them all and waits for
+// them; with check, a member that returns an error fails the test (some
+// tests stop members that are bound to fail, such as one that cannot
+// verify its owner). Call stopMembers (deferred) before the test's
+// temporary directories go. ctx is the members' context.
+func memberRunner(t *testing.T, check bool) (ctx context.Context, runMember func(node.MemberConfig), stopMembers func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var done []chan error
+	var once sync.Once
+	runMember = func(mc node.MemberConfig) {
+		d := make(chan error, 1)
+		done = append(done, d)
+		go func() { d <- node.RunMember(ctx, mc) }()
+	}
+	stopMembers = func() {
+		once.Do(func() {
+			cancel()
+			for _, d := range done {
+				if err := <-d; err != nil && check {
+					t.Errorf("member: %v", err)
+				}
+			}
+		})
+	}
+	return ctx, runMember, stopMembers
 }

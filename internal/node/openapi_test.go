@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -29,21 +28,11 @@ import (
 // that is accepted (202) is left out: it moves the partition.
 func TestClusterRoutesMatchOpenAPI(t *testing.T) {
 	coord := cluster.NewMemCoord(time.Now)
-	ctx, cancel := context.WithCancel(context.Background())
-	var done []chan error
-	defer func() {
-		cancel()
-		for _, d := range done {
-			if err := <-d; err != nil {
-				t.Errorf("member: %v", err)
-			}
-		}
-	}()
+	ctx, runMember, stopMembers := memberRunner(t, true)
+	defer stopMembers()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	run := func(id string, started chan<- *node.Node) string {
 		addr := nodetest.FreeAddr(t)
-		d := make(chan error, 1)
-		done = append(done, d)
 		mc := node.MemberConfig{
 			Node:  node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr, Logger: quiet},
 			Coord: coord, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
@@ -53,7 +42,7 @@ func TestClusterRoutesMatchOpenAPI(t *testing.T) {
 				}
 			},
 		}
-		go func() { d <- node.RunMember(ctx, mc) }()
+		runMember(mc)
 		return "http://" + addr
 	}
 	startedA := make(chan *node.Node, 1)
