@@ -105,7 +105,8 @@ type Registry interface {
 
 // Member is what a member last said of itself.
 type Member struct {
-	// Role: owner, standby, joining, spare or drained.
+	// Role: owner, standby, joining, spare or drained (a node with a
+	// member per partition: the partitions it owns and follows).
 	Role string `json:"role"`
 	// HTTP and Socket are its advertised addresses.
 	HTTP   string `json:"http"`
@@ -116,6 +117,10 @@ type Member struct {
 	Seq   uint64 `json:"seq"`
 	// At is when it said so.
 	At time.Time `json:"at"`
+	// Partitions is how many partitions the member's node runs, with a
+	// member per partition (Role then lists which it owns and follows);
+	// 0 for a cluster of one partition.
+	Partitions int `json:"partitions,omitempty"`
 }
 
 // ErrFenced is returned to an owner once a newer epoch exists: it must

@@ -210,7 +210,7 @@ var settings = []setting{
 		help:  "before starting, verify this backup (a directory dingctl backup wrote) and make it the store of --data, which must hold none; secret messages burn (their keys are not in backups); clients need new tokens unless jwt.secret is copied too",
 		field: func(c *config) any { return &c.RestoreFrom }},
 	{name: "partitions", env: "DING_PARTITIONS", def: "1",
-		help:  "experimental: spread users over this many partitions (2 to 64) in this process, each with its own store and engine, messages between them relayed; recorded in the data dir at the first start, which later starts must repeat; not with --cluster or --restore-from, and no backups yet; 1: one store, as always",
+		help:  "experimental: spread users over this many partitions (2 to 64) in this process, each with its own store and engine, messages between them relayed; recorded in the data dir at the first start, which later starts must repeat; with --cluster, every node runs the same count and each partition has its own owner and standby (experimental: the directory is each node's own yet); not with --restore-from, and no backups yet; 1: one store, as always",
 		field: func(c *config) any { return &c.Partitions }},
 	{name: "disk-reserve-mb", env: "DING_DISK_RESERVE_MB", def: "128",
 		help:  "refuse writes (UNAVAILABLE, retryable; reads and deliveries go on) while the data disk has less free space than this, in MiB, and resume above 1.5 times it; a ballast file of a quarter of it is freed then; keep it well above 64 MiB (two of Pebble's memtables); 0 or negative: no guard",

@@ -109,6 +109,10 @@ func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
 		Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL, OwnerOnly: c.AckReplicas == 0, PeerCA: c.ClusterCA,
 		Started: func(n *node.Node) {
 			serving.Store(n)
+			if c.Partitions > 1 {
+				fmt.Fprintf(os.Stderr, "dingd: member %s serves as a node of %d partitions, each with its own owner: socket %s, http %s, data %s\n", c.NodeID, c.Partitions, n.SocketAddr(), n.HTTPAddr(), c.Data)
+				return
+			}
 			fmt.Fprintf(os.Stderr, "dingd: member %s owns the partition: socket %s, http %s, data %s\n", c.NodeID, n.SocketAddr(), n.HTTPAddr(), c.Data)
 		},
 	})
@@ -211,9 +215,6 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 	ncfg.Limits = c.limits()
 	if c.RestoreFrom != "" && c.Cluster != "" {
 		return errors.New("--restore-from restores one node; a cluster member joins from its owner's snapshot")
-	}
-	if c.Partitions > 1 && c.Cluster != "" {
-		return errors.New("--partitions (experimental) runs its partitions in one process; it is not supported with --cluster yet")
 	}
 	if c.Partitions > 1 && c.RestoreFrom != "" {
 		return errors.New("--partitions (experimental) does not restore backups yet: --restore-from restores the store of one partition")

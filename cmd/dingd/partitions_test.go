@@ -118,8 +118,8 @@ func TestKill9WithPartitionsLosesNothing(t *testing.T) {
 	}
 }
 
-// --partitions is refused with --cluster and with --restore-from, out of
-// range, and taken from the environment too.
+// --partitions is refused with --restore-from and out of range, and
+// taken from the environment too.
 func TestPartitionsFlagRefusals(t *testing.T) {
 	data := t.TempDir()
 	for _, c := range []struct {
@@ -128,7 +128,6 @@ func TestPartitionsFlagRefusals(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"with cluster", nil, []string{"--partitions", "4", "--cluster", "redis://127.0.0.1:1", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--cluster-secret", "s"}, "not supported with --cluster"},
 		{"with restore", nil, []string{"--partitions", "4", "--restore-from", data}, "does not restore backups"},
 		{"from the environment", []string{"DING_PARTITIONS=4", "DING_RESTORE_FROM=" + data}, nil, "does not restore backups"},
 		{"out of range", nil, []string{"--partitions", "65"}, "want 1 (one store) to 64"},

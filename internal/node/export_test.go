@@ -19,7 +19,7 @@ func DetachPartition(n *Node, p int, why error) error {
 }
 
 // AttachPartition serves partition p again from its store.
-func AttachPartition(n *Node, p int) error { return n.attachPartition(uint32(p)) }
+func AttachPartition(n *Node, p int) error { return n.attachPartition(uint32(p), nil) }
 
 // SetNotServed makes the node answer a user of a partition it does not
 // serve with f's error (cluster mode names the owner).

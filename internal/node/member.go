@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,11 +23,8 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/email"
-	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/cluster"
-	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
-	"github.com/dingmq/ding/engine/store"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 )
 
@@ -144,10 +140,14 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 	if err != nil {
 		return err
 	}
-	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir), peer: peer}
+	if mc.Node.Partitions > 1 {
+		return runPartitioned(ctx, mc, peer)
+	}
+	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir), peer: peer,
+		host: wholeNode{}, handover: make(chan struct{}, 1)}
 	m.state.Store(stateSpare)
 	m.metrics = m.standInMetrics()
-	defer m.standOut()
+	defer m.host.standOut(m)
 	if reg, ok := mc.Coord.(cluster.Registry); ok {
 		pctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
@@ -200,9 +200,18 @@ type member struct {
 	c   cluster.Coord
 	log *slog.Logger
 	// p is the partition this member runs for: 0, the only one of a
-	// cluster of one partition (stage 5a gives a node a member per
-	// partition).
-	p cluster.Partition
+	// cluster of one partition, or one of a node's partitions (a member
+	// per partition: partmember.go). host serves it while this member
+	// owns it (memberhost.go); handover asks serve to hand it over.
+	p            cluster.Partition
+	perPartition bool
+	host         memberHost
+	handover     chan struct{}
+	// yield asks this member, while it follows, to stop following and
+	// leave the standby's place to another node; yieldUntil (unix ns) is
+	// until when it then does not join again.
+	yield      atomic.Bool
+	yieldUntil atomic.Int64
 
 	// While it does not serve: what it does, its copy of the partition
 	// (while it follows), its metrics, and its stand-in on the node's
@@ -243,23 +252,52 @@ func socketAddrKey(id string) string { return id + "/socket" }
 // tlsSocketAddrKey is where it publishes its TLS socket address.
 func tlsSocketAddrKey(id string) string { return id + "/tls-socket" }
 
-// storeDir is the member's copy of its partition: DATA/store for
-// partition 0, as a cluster of one partition has always kept it, else
-// DATA/p/N/store.
+// storeDir is the member's copy of its partition: DATA/store for a
+// cluster of one partition, as it has always kept it, else
+// DATA/p/N/store (the node's layout of partitions).
 func (m *member) storeDir() string {
-	if m.p == 0 {
+	if !m.perPartition {
 		return filepath.Join(m.mc.Node.DataDir, "store")
 	}
 	return partitionDir(m.mc.Node.DataDir, int(m.p), "store")
 }
 
+// filesDir is where this member's partition keeps its files besides its
+// store: the data dir for a cluster of one partition, else DATA/p/N.
+func (m *member) filesDir() string {
+	if !m.perPartition {
+		return m.mc.Node.DataDir
+	}
+	return partitionDir(m.mc.Node.DataDir, int(m.p), "")
+}
+
+// keysFile is the partition's keyring of secret messages' keys.
+func (m *member) keysFile() string { return filepath.Join(m.filesDir(), SecretKeysFile) }
+
 // sharedFiles travel with a snapshot: a standby that takes over must sign
 // and check the same tokens, hold the same admin token, read the same
 // secret-chat keys and accept the e-mail links the owner sent (a missing
-// one, such as the link key without e-mail configured, is skipped).
+// one, such as the link key without e-mail configured, is skipped). With
+// a member per partition, only the partition's keys: the node's own
+// files are the cluster's from before it starts (partmember.go).
 func (m *member) sharedFiles() []string {
+	if m.perPartition {
+		return []string{m.keysFile()}
+	}
 	d := m.mc.Node.DataDir
-	return []string{filepath.Join(d, auth.SecretFile), filepath.Join(d, AdminTokenFile), filepath.Join(d, SecretKeysFile), filepath.Join(d, email.KeyFile)}
+	return append(nodeFiles(d), m.keysFile())
+}
+
+// nodeFiles are the files every node of a cluster holds alike: the
+// token signing secret, the admin token, the e-mail link key.
+func nodeFiles(dataDir string) []string {
+	return []string{filepath.Join(dataDir, auth.SecretFile), filepath.Join(dataDir, AdminTokenFile), filepath.Join(dataDir, email.KeyFile)}
+}
+
+// endpoint is this member's partition's cluster routes on the node at
+// addr (its advertised HTTP URL).
+func (m *member) endpoint(addr string) cluster.Endpoint {
+	return cluster.Endpoint{Client: m.peer, URL: addr, Secret: m.mc.Secret, P: m.p}
 }
 
 func (m *member) pause(ctx context.Context) bool {
@@ -276,7 +314,7 @@ func (m *member) run(ctx context.Context) error {
 	waiting := ""
 	var lonely time.Time // since when no other member is known (founding)
 	m.state.Store(stateSpare)
-	m.standIn()
+	m.host.standIn(m)
 	// What this member holds, for its fence (recover.go): its store is
 	// closed here, whatever it did before.
 	if _, _, err := m.localState(); err != nil {
@@ -385,6 +423,10 @@ func (m *member) run(ctx context.Context) error {
 				m.pause(ctx)
 				continue
 			}
+			if time.Now().UnixNano() < m.yieldUntil.Load() {
+				m.pause(ctx) // it left the place to another node: let that one join
+				continue
+			}
 			return m.join(ctx, holder)
 		}
 	}
@@ -477,8 +519,13 @@ func (m *member) join(ctx context.Context, holder string) error {
 			}
 			continue
 		}
-		tmp := filepath.Join(m.mc.Node.DataDir, "snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
-		st, err := cluster.FetchSnapshot(ctx, m.peer, addr, m.mc.Secret, tmp)
+		// Named by partition too: a node's members may join at the same
+		// instant.
+		tmp := filepath.Join(m.mc.Node.DataDir, "snapshot-"+strconv.Itoa(int(m.p))+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+		if err := os.MkdirAll(filepath.Dir(m.storeDir()), 0o700); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+		st, err := m.endpoint(addr).FetchSnapshot(ctx, tmp)
 		if err != nil {
 			m.log.Warn("fetching the owner's snapshot failed; retrying", "owner", holder, "err", err)
 			m.pause(ctx)
@@ -505,7 +552,7 @@ func (m *member) join(ctx context.Context, holder string) error {
 		}
 		m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
 		return m.follow(ctx, st, true, func() error {
-			return cluster.RequestStandby(ctx, m.peer, addr, m.mc.Secret, m.mc.ID, st)
+			return m.endpoint(addr).RequestStandby(ctx, m.mc.ID, st)
 		})
 	}
 	if m.drained.Load() {
@@ -533,7 +580,7 @@ func (m *member) install(tmp string) error {
 	}
 	files, _ := os.ReadDir(filepath.Join(tmp, "files"))
 	for _, f := range files {
-		if err := os.Rename(filepath.Join(tmp, "files", f.Name()), filepath.Join(m.mc.Node.DataDir, f.Name())); err != nil {
+		if err := os.Rename(filepath.Join(tmp, "files", f.Name()), filepath.Join(m.filesDir(), f.Name())); err != nil {
 			return fmt.Errorf("node: install %s: %w", f.Name(), err)
 		}
 	}
@@ -556,7 +603,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 	if err != nil {
 		return err
 	}
-	ring, err := keyring.Open(filepath.Join(m.mc.Node.DataDir, SecretKeysFile))
+	ring, err := keyring.Open(m.keysFile())
 	if err != nil {
 		db.Close()
 		return fmt.Errorf("node: %w", err)
@@ -614,11 +661,15 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 	}
 	m.log.Info("following the partition as its standby")
 	for m.pause(ctx) {
-		if m.drained.Load() {
+		if m.drained.Load() || m.yield.Swap(false) {
+			// Drained, or asked to leave the place to a node holding fewer
+			// roles (partmember.go's balance): it stops following, and
+			// does not join again for a while (yieldUntil).
 			stop()
 			closeStores()
 			m.follower.Store(nil)
 			m.release(ctx)
+			m.yieldUntil.Store(time.Now().Add(3 * m.mc.LeaseTTL).UnixNano())
 			return m.run(ctx)
 		}
 		if f.Standby().State().Stale {
@@ -664,135 +715,23 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 	return nil
 }
 
-// serve runs the node as the partition's owner until ctx ends or it is
-// deposed.
+// serve runs the partition as its owner until ctx ends or it is
+// deposed: its host starts serving it (the node, or the node's runtime
+// of the partition), and this member renews the lease, hands the
+// partition over when asked, and stops serving when the lease is lost.
 func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	m.fenceFresh.Store(false)
 	leaseFrom := time.Now() // just after the lease was taken or renewed
 	p, ttl := m.p, m.mc.LeaseTTL
-	var snap atomic.Pointer[http.Handler]
-	var rs *cluster.ReplicatedStore
-	cfg := m.mc.Node
-	codec, err := cluster.NewKeyCodec(m.mc.Secret)
-	if err != nil {
-		return err
-	}
-	cfg.WrapKeys = func(k engine.Keys) engine.Keys {
-		ks := cluster.NewKeyShipper(k, codec)
-		rs.SetKeys(ks) // Replicate ran first
-		return ks
-	}
-	cfg.Replicate = func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error) {
-		var err error
-		if rs, err = cluster.NewReplicatedStore(db, owner); err != nil {
-			return nil, err
-		}
-		if err := rs.Register(reg); err != nil {
-			return nil, err
-		}
-		if m.mc.OwnerOnly {
-			// The lease was taken just before serve began: half a TTL from
-			// then is a safe first deadline (a slow start makes batches
-			// wait for the first renewal, which moves it).
-			rs.SetOwnerOnly(leaseFrom.Add(ttl / 2))
-		}
-		h := cluster.SnapshotHandler(rs, m.c, m.mc.Secret, cfg.DataDir, m.sharedFiles()...)
-		snap.Store(&h)
-		return rs, nil
-	}
-	routes := map[string]http.Handler{}
-	for k, v := range cfg.Routes {
-		routes[k] = v
-	}
-	routes["GET /cluster/fence"] = http.HandlerFunc(m.fenceHandler)
-	routes["/cluster/"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if h := snap.Load(); h != nil {
-			(*h).ServeHTTP(w, r)
-			return
-		}
-		http.Error(w, "cluster: not ready", http.StatusServiceUnavailable)
-	})
-	var served atomic.Pointer[Node]
-	// admin authorizes r for a cluster route as the served node's API
-	// authorizes its own routes (a named admin with the route's
-	// permission: httpapi.ClusterRoutes).
-	admin := func(w http.ResponseWriter, r *http.Request, pattern string) bool {
-		n := served.Load()
-		if n == nil || rs == nil {
-			http.Error(w, `{"error":"starting"}`, http.StatusServiceUnavailable)
-			return false
-		}
-		return n.API().Authorize(w, r, pattern, httpapi.ClusterPermission(pattern))
-	}
-	handover := make(chan struct{}, 1)
-	routes["POST /v1/cluster/forget"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if admin(w, r, "POST /v1/cluster/forget") {
-			m.forget(w, r)
-		}
-	})
-	routes["POST /v1/cluster/drain"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !admin(w, r, "POST /v1/cluster/drain") {
-			return
-		}
-		if rs.Status().Standby == "" {
-			writeErr(w, http.StatusConflict, "no standby to move the partition to: start another member first", "CONFLICT")
-			return
-		}
-		m.drained.Store(true)
-		select {
-		case handover <- struct{}{}:
-		default:
-		}
-		w.WriteHeader(http.StatusAccepted)
-	})
-	routes["POST /v1/cluster/handover"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !admin(w, r, "POST /v1/cluster/handover") {
-			return
-		}
-		if rs.Status().Standby == "" {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusConflict)
-			_, _ = w.Write([]byte(`{"error":"no standby to hand the partition over to","code":"CONFLICT"}` + "\n"))
-			return
-		}
-		select {
-		case handover <- struct{}{}:
-		default:
-		}
-		w.WriteHeader(http.StatusAccepted)
-	})
-	routes["GET /v1/cluster"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !admin(w, r, "GET /v1/cluster") {
-			return
-		}
-		st := struct {
-			Member string `json:"member"`
-			Role   string `json:"role"`
-			cluster.Status
-			LeaseTTLSeconds float64 `json:"lease_ttl_seconds"`
-			// StalledSeconds: how long batches have waited on a standby
-			// making no progress (it is dropped after two lease TTLs).
-			StalledSeconds float64 `json:"stalled_seconds"`
-			// Members: every member's last word (cluster.Registry).
-			Members []memberView `json:"members"`
-		}{m.mc.ID, "owner", rs.Status(), m.mc.LeaseTTL.Seconds(), 0, m.members(r.Context())}
-		st.StalledSeconds = st.Stalled.Seconds()
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(st)
-	})
-	cfg.Routes = routes
-	m.standOut()
-	n, err := Start(cfg)
+	m.host.standOut(m)
+	sv, err := m.host.start(m, owner, leaseFrom)
 	if err != nil {
 		_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
 		return err
 	}
-	served.Store(n)
+	rs := sv.rs
 	m.serving.Store(rs)
 	defer m.serving.CompareAndSwap(rs, nil)
-	if m.mc.Started != nil {
-		m.mc.Started(n)
-	}
 	if cur, _ := owner.Standby(); cur == "" && !m.mc.OwnerOnly {
 		m.log.Warn("serving without a standby: submits wait until a member joins (nothing is acknowledged unreplicated)")
 	} else if m.mc.OwnerOnly {
@@ -817,7 +756,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			// not hold the drain past its deadline.
 			t := time.AfterFunc(10*time.Second, rs.Stop)
 			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			err := n.Shutdown(sctx)
+			err := sv.shutdown(sctx)
 			cancel()
 			t.Stop()
 			if m.mc.OwnerOnly {
@@ -838,7 +777,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		select {
 		case <-ctx.Done():
 			return stop()
-		case <-handover:
+		case <-m.handover:
 			// A planned switch (maintenance of this machine): drain, let
 			// the standby take over, and become its standby.
 			m.log.Info("handing the partition over to the standby")
@@ -875,7 +814,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		m.log.Error("lost the partition's lease; stopping", "epoch", owner.Epoch(), "err", err)
 		rs.Stop() // nothing more is acknowledged
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = n.Shutdown(sctx)
+		_ = sv.shutdown(sctx)
 		cancel()
 		m.serving.Store(nil)
 		if holder, _, lerr := m.c.Lease(ctx, p); lerr == nil && (holder == "" || holder == m.mc.ID) && ctx.Err() == nil {
@@ -900,7 +839,7 @@ func (m *member) release(ctx context.Context) {
 			addr, err = m.c.Addr(ctx, holder)
 		}
 		if err == nil && addr != "" {
-			if err = cluster.ReleaseStandby(ctx, m.peer, addr, m.mc.Secret, m.mc.ID); err == nil {
+			if err = m.endpoint(addr).ReleaseStandby(ctx, m.mc.ID); err == nil {
 				m.log.Info("released the standby role", "owner", holder)
 				return
 			}
@@ -916,7 +855,7 @@ func (m *member) release(ctx context.Context) {
 // ports redirect and proxy to the owner) and waits to be stopped.
 func (m *member) stayDrained(ctx context.Context) error {
 	m.state.Store(stateDrained)
-	m.standIn()
+	m.host.standIn(m)
 	m.log.Info("drained: this member holds no role now; stop it (SIGTERM) for its maintenance")
 	<-ctx.Done()
 	return nil

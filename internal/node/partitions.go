@@ -303,9 +303,20 @@ func (s *partitionSet) engines() []*engine.Engine {
 	return out
 }
 
+// runtimeWrap is how a partition's runtime is opened in cluster mode
+// (partmember.go): store wraps its store for its engine (a
+// cluster.ReplicatedStore: every batch goes to the standby), given the
+// partition's metrics registerer; keys wraps its keyring (a
+// cluster.KeyShipper), after store.
+type runtimeWrap struct {
+	store func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error)
+	keys  func(engine.Keys) engine.Keys
+}
+
 // attachPartition opens partition p's store and engine and starts
-// serving it (cluster mode: when this node's member takes it over).
-func (n *Node) attachPartition(p uint32) error {
+// serving it (cluster mode: when this node's member takes it over, with
+// wrap; nil opens it as it is).
+func (n *Node) attachPartition(p uint32, wrap *runtimeWrap) error {
 	s := n.parts
 	if p >= s.n || s.parts[p].Load() != nil || s.stores[p].Load() != nil {
 		return fmt.Errorf("node: partition %d is attached already, or being attached or detached", p)
@@ -315,13 +326,19 @@ func (n *Node) attachPartition(p uint32) error {
 		return err
 	}
 	s.stores[p].Store(db)
-	rt, err := n.openRuntime(n.cfg, s, p, db)
+	rt, err := n.openRuntime(n.cfg, s, p, db, wrap)
 	if err != nil {
 		return err
 	}
 	if err := s.attach(rt); err != nil {
 		rt.close()
 		return err
+	}
+	// Offboardings decided while another node served p (or before a
+	// crash cut them short here) are applied to it now.
+	if _, err := s.forgetRemoved(context.Background()); err != nil {
+		s.log.Error("applying the directory's removals to a partition failed; retrying in the background", "partition", p, "err", err)
+		s.wakeForget()
 	}
 	return nil
 }
@@ -531,7 +548,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		if !cfg.peers.serves(i) {
 			continue
 		}
-		rt, err := n.openRuntime(cfg, set, uint32(i), set.stores[i].Load())
+		rt, err := n.openRuntime(cfg, set, uint32(i), set.stores[i].Load(), nil)
 		if err != nil {
 			return w, err
 		}
@@ -581,8 +598,9 @@ func (s *partitionSet) openStores() []store.Store {
 
 // openRuntime opens partition i's keyring and engine on db (which it
 // then owns: closed on failure and by the runtime's close), with its
-// publisher into the hub and its metrics on a registry of its own.
-func (n *Node) openRuntime(cfg Config, set *partitionSet, i uint32, db *pebblestore.DB) (_ *partRuntime, err error) {
+// publisher into the hub and its metrics on a registry of its own; wrap,
+// if set, wraps the store and the keyring (cluster mode).
+func (n *Node) openRuntime(cfg Config, set *partitionSet, i uint32, db *pebblestore.DB, wrap *runtimeWrap) (_ *partRuntime, err error) {
 	rt := &partRuntime{p: i, db: db, reg: prometheus.NewRegistry(), set: set}
 	defer func() {
 		if err != nil {
@@ -594,6 +612,13 @@ func (n *Node) openRuntime(cfg Config, set *partitionSet, i uint32, db *pebblest
 	}
 	reg := prometheus.WrapRegistererWith(prometheus.Labels{"partition": strconv.Itoa(int(i))}, rt.reg)
 	var st store.Store = db
+	var keys engine.Keys = rt.ring
+	if wrap != nil {
+		if st, err = wrap.store(db, reg); err != nil {
+			return nil, fmt.Errorf("node: partition %d: %w", i, err)
+		}
+		keys = wrap.keys(keys)
+	}
 	if cfg.wrapPartition != nil {
 		st = cfg.wrapPartition(int(i), st)
 	}
@@ -602,7 +627,7 @@ func (n *Node) openRuntime(cfg Config, set *partitionSet, i uint32, db *pebblest
 		Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger.With("partition", i), Registerer: reg,
 		Contacts: n.dir, Notifier: set.notifier, Quotas: cfg.Quotas, Budget: set.budget, NoCallFallback: cfg.NoCallFallback,
-		Keys: rt.ring, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
+		Keys: keys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 		Retention: cfg.Retention, MessageCacheBytes: (64 << 20) / p,
 		Partition: i, Placement: set.of,
 	}); err != nil {

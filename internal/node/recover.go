@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -192,7 +193,11 @@ func (m *member) fenceHandler(w http.ResponseWriter, r *http.Request) {
 func (m *member) askFence(ctx context.Context, addr string) (cluster.Fence, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(addr, "/")+"/cluster/fence", nil)
+	target := strings.TrimRight(addr, "/") + "/cluster/fence"
+	if m.p != 0 {
+		target += "?p=" + strconv.FormatUint(uint64(m.p), 10)
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", target, nil)
 	if err != nil {
 		return cluster.Fence{}, err
 	}

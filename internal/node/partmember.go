@@ -1,0 +1,533 @@
+package node
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store"
+	"github.com/dingmq/ding/engine/store/pebblestore"
+	"github.com/dingmq/ding/fanout"
+)
+
+// A member per partition (stage 5a of cluster/PARTITIONS.md, step 3):
+// a cluster node started with Partitions ≥ 2 runs the node all along,
+// serving none of the partitions at first, and one member (member.go) per
+// partition, each with its own lease, fence, standby and replication
+// stream, as a cluster of one partition has for its only one. Its host
+// (partHost) attaches the partition's runtime to the node on a
+// cluster.ReplicatedStore when the member takes the lease, and detaches
+// it when the member loses or hands it over. Meanwhile:
+//
+//   - a HELLO for a user of a partition this node does not serve is
+//     answered NOT_OWNER with its owner's socket address (the lease
+//     holder's, from the coordinator);
+//   - what a partition served here owes a user of another partition goes
+//     through its outbox to that partition's owner over HTTP (relay.HTTPDest,
+//     resolved by coordOwners), and this node applies what other owners
+//     relay to the partitions it serves (POST /cluster/relay);
+//   - each partition's cluster routes (snapshot, standby, changes) are
+//     served by PartitionRoutes (?p=N; 421 for one not owned), and its
+//     member's fence at GET /cluster/fence?p=N.
+//
+// The files every node holds alike (the token signing secret, the admin
+// token, the e-mail link key: nodeFiles) must be the cluster's before the
+// node starts, as its API and sockets check tokens from the start: a
+// node that holds no partition's history and finds a cluster running
+// fetches them from a node that serves (GET /cluster/files) first. A
+// partition's keys of secret messages travel with its snapshot.
+//
+// Roles are placed by balance: the first node founds every partition,
+// the next follows every one, and from then on a node holding two more
+// owners (or standby places) than another gives one up, one at a time,
+// until each holds about P/N of each (POST /v1/cluster/handover?p=N
+// moves one by hand). A standby place moves by the old standby leaving
+// it and the new node joining from a snapshot: the partition's writes
+// wait meanwhile (ack-replicas 1), for the seconds a snapshot takes.
+//
+// Not yet (PARTITIONS.md "Where 5 stands", steps 4 and 6): the directory
+// (DATA/dir/store) is each node's own, so users and groups must be added
+// on every node; the org's budget is counted per node.
+
+// errPartitionMoved closes the connections of a partition's users when
+// this node stops serving it: they reconnect, and are redirected to its
+// new owner.
+var errPartitionMoved = engine.NewError(engine.CodeUnavailable, "node: this user's partition moved to another node; reconnect")
+
+// filesPath serves the node-wide files to a node joining the cluster.
+const filesPath = "GET /cluster/files"
+
+// partHost hosts one partition of a node that runs a member per
+// partition.
+type partHost struct {
+	n      *Node
+	routes *cluster.PartitionRoutes
+	codec  *cluster.KeyCodec
+}
+
+func (*partHost) standIn(*member)  {}
+func (*partHost) standOut(*member) {}
+
+func (h *partHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (*served, error) {
+	var rs *cluster.ReplicatedStore
+	err := h.n.attachPartition(uint32(m.p), &runtimeWrap{
+		store: func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error) {
+			var err error
+			rs, err = m.replicate(db, reg, owner, leaseFrom)
+			return rs, err
+		},
+		keys: func(k engine.Keys) engine.Keys {
+			ks := cluster.NewKeyShipper(k, h.codec)
+			rs.SetKeys(ks)
+			return ks
+		},
+	})
+	if err != nil {
+		if rs != nil {
+			rs.Stop()
+		}
+		return nil, err
+	}
+	h.routes.Set(m.p, cluster.SnapshotHandler(rs, m.c, m.mc.Secret, m.mc.Node.DataDir, m.sharedFiles()...))
+	return &served{rs: rs, shutdown: func(ctx context.Context) error {
+		h.routes.Delete(m.p)
+		return h.n.detachPartition(ctx, uint32(m.p), errPartitionMoved)
+	}}, nil
+}
+
+// runPartitioned is RunMember for a node of mc.Node.Partitions
+// partitions (see the comment at the top of this file), once the data
+// dir is locked.
+func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) error {
+	p := mc.Node.Partitions
+	log := mc.Node.Logger.With("member", mc.ID)
+	if err := checkPartitionCount(ctx, mc.Coord, mc.ID, p); err != nil {
+		return err
+	}
+	if err := checkLayout(mc.Node.DataDir, p); err != nil {
+		return err
+	}
+	if err := fetchNodeFiles(ctx, mc, peer, log); err != nil {
+		return err
+	}
+	codec, err := cluster.NewKeyCodec(mc.Secret)
+	if err != nil {
+		return err
+	}
+	owners := newCoordOwners(mc.Coord, mc.LeaseTTL/3)
+	routes := &cluster.PartitionRoutes{}
+	host := &partHost{routes: routes, codec: codec}
+	known := loadPeers(mc.Node.DataDir)
+	ms := make([]*member, p)
+	for i := range ms {
+		m := &member{mc: mc, c: mc.Coord, log: log.With("partition", i), peers: known, peer: peer,
+			p: cluster.Partition(i), perPartition: true, host: host, handover: make(chan struct{}, 1)}
+		m.state.Store(stateSpare)
+		ms[i] = m
+	}
+	byP := func(w http.ResponseWriter, r *http.Request) *member {
+		v := r.URL.Query().Get("p")
+		i, err := strconv.Atoi(v)
+		if v == "" {
+			i, err = 0, nil
+		}
+		if err != nil || i < 0 || i >= p {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("p must name a partition, 0 to %d", p-1), "BAD_REQUEST")
+			return nil
+		}
+		return ms[i]
+	}
+	cfg := mc.Node
+	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer}
+	var node *Node
+	admin := func(w http.ResponseWriter, r *http.Request, pattern string) bool {
+		return node.API().Authorize(w, r, pattern, httpapi.ClusterPermission(pattern))
+	}
+	cfg.Routes = map[string]http.Handler{}
+	for k, v := range mc.Node.Routes {
+		cfg.Routes[k] = v
+	}
+	cfg.Routes["/cluster/"] = routes
+	cfg.Routes["GET /cluster/fence"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if m := byP(w, r); m != nil {
+			m.fenceHandler(w, r)
+		}
+	})
+	cfg.Routes[filesPath] = nodeFilesHandler(mc.Secret, mc.Node.DataDir)
+	cfg.Routes["POST /v1/cluster/handover"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !admin(w, r, "POST /v1/cluster/handover") {
+			return
+		}
+		if m := byP(w, r); m != nil {
+			m.handoverRoute(w, r)
+		}
+	})
+	cfg.Routes["GET /v1/cluster"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !admin(w, r, "GET /v1/cluster") {
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(partitionedStatus(mc, ms, ms[0].members(r.Context())))
+	})
+	if node, err = Start(cfg); err != nil {
+		return err
+	}
+	host.n = node
+	notServed := func(user string, _ uint32) error {
+		i := node.parts.of(user)
+		_, sock, _ := ms[i].owner(context.Background())
+		return &fanout.NotOwnerError{User: user, Partition: fanout.PartitionOf(user), Owner: sock}
+	}
+	node.parts.notServed.Store(&notServed)
+	if mc.Started != nil {
+		mc.Started(node)
+	}
+	log.Info("serving as a cluster node with a member per partition", "partitions", p)
+
+	mctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	if reg, ok := mc.Coord.(cluster.Registry); ok {
+		wg.Go(func() { publishPartitioned(mctx, reg, mc, ms, known) })
+		wg.Go(func() { balance(mctx, mc, reg, ms, log) })
+	}
+	errs := make([]error, p)
+	for i, m := range ms {
+		wg.Go(func() {
+			for {
+				err := m.run(mctx)
+				if !errors.Is(err, ErrDeposed) || mctx.Err() != nil {
+					if err != nil && mctx.Err() == nil {
+						errs[i] = fmt.Errorf("partition %d: %w", i, err)
+						stop() // one partition failing stops the node: its supervisor restarts it
+					}
+					return
+				}
+				// Its copy may hold batches nobody acknowledged: the
+				// member's loop joins again from the new owner's snapshot.
+				m.log.Warn("deposed: rejoining the partition from its owner")
+				if !m.pause(mctx) {
+					return
+				}
+			}
+		})
+	}
+	<-mctx.Done()
+	wg.Wait()
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return errors.Join(append(errs, node.Shutdown(sctx))...)
+}
+
+// checkPartitionCount refuses to run p partitions in a cluster whose
+// members run another count: users' placement must be the same on every
+// node.
+func checkPartitionCount(ctx context.Context, c cluster.Coord, self string, p int) error {
+	reg, ok := c.(cluster.Registry)
+	if !ok {
+		return nil
+	}
+	ms, err := reg.Members(ctx)
+	if err != nil {
+		return fmt.Errorf("node: cluster members: %w", err)
+	}
+	for id, m := range ms {
+		if id != self && m.Partitions != p {
+			return fmt.Errorf("node: member %s runs %d partitions, this node %d: every node of a cluster must run the same count", id, max(m.Partitions, 1), p)
+		}
+	}
+	return nil
+}
+
+// publishPartitioned says what this node does in the registry every
+// third of a lease: its addresses, its partition count, and which
+// partitions it owns and follows.
+func publishPartitioned(ctx context.Context, reg cluster.Registry, mc MemberConfig, ms []*member, known *peers) {
+	t := time.NewTicker(mc.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		var owns, follows []string
+		for _, m := range ms {
+			switch me := m.self(); me.Role {
+			case "owner":
+				owns = append(owns, strconv.Itoa(int(m.p)))
+			case string(stateStandby):
+				follows = append(follows, strconv.Itoa(int(m.p)))
+			}
+		}
+		me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: len(ms),
+			Role: fmt.Sprintf("owner of [%s], standby of [%s]", strings.Join(owns, " "), strings.Join(follows, " "))}
+		if err := reg.SetMember(ctx, mc.ID, me, 3*mc.LeaseTTL); err != nil && ctx.Err() == nil {
+			mc.Node.Logger.Debug("publishing this node's status failed", "err", err)
+		}
+		if all, err := reg.Members(ctx); err == nil {
+			_ = known.merge(all)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// partitionStatus is one partition in GET /v1/cluster of a node with a
+// member per partition.
+type partitionStatus struct {
+	Partition int    `json:"partition"`
+	Role      string `json:"role"`
+	Epoch     uint64 `json:"epoch"`
+	Seq       uint64 `json:"seq"`
+	Standby   string `json:"standby,omitempty"`
+}
+
+func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any {
+	ps := make([]partitionStatus, len(ms))
+	for i, m := range ms {
+		me := m.self()
+		ps[i] = partitionStatus{Partition: i, Role: me.Role, Epoch: me.Epoch, Seq: me.Seq}
+		if rs := m.serving.Load(); rs != nil {
+			ps[i].Standby = rs.Status().Standby
+		}
+	}
+	return struct {
+		Member          string            `json:"member"`
+		Role            string            `json:"role"`
+		LeaseTTLSeconds float64           `json:"lease_ttl_seconds"`
+		Partitions      []partitionStatus `json:"partitions"`
+		Members         []memberView      `json:"members"`
+	}{mc.ID, "partitioned", mc.LeaseTTL.Seconds(), ps, members}
+}
+
+// nodeFilesHandler serves GET /cluster/files: the node-wide files
+// (nodeFiles) as a JSON object of base names to base64 contents, to
+// members holding the cluster secret.
+func nodeFilesHandler(secret, dataDir string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
+			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
+			return
+		}
+		out := map[string]string{}
+		for _, f := range nodeFiles(dataDir) {
+			b, err := os.ReadFile(f)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				http.Error(w, "cluster: reading this node's files failed", http.StatusInternalServerError)
+				return
+			}
+			out[filepath.Base(f)] = base64.StdEncoding.EncodeToString(b)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
+}
+
+// fetchNodeFiles makes this node's node-wide files the cluster's before
+// it starts: when it holds no partition's history and some node serves a
+// partition, it fetches them from that node. A node holding a history
+// has them from when it founded or joined; a new cluster's first node
+// keeps its own.
+func fetchNodeFiles(ctx context.Context, mc MemberConfig, peer *http.Client, log interface {
+	Info(string, ...any)
+	Warn(string, ...any)
+}) error {
+	for i := range mc.Node.Partitions {
+		if !emptyDir(partitionDir(mc.Node.DataDir, i, "store")) {
+			return nil
+		}
+	}
+	for ctx.Err() == nil {
+		var from string
+		for i := range mc.Node.Partitions {
+			holder, _, err := mc.Coord.Lease(ctx, cluster.Partition(i))
+			if err == nil && holder != "" && holder != mc.ID {
+				if from, err = mc.Coord.Addr(ctx, holder); err != nil || from == "" {
+					from = ""
+					continue
+				}
+				break
+			}
+		}
+		if from == "" {
+			return nil // no partition served: a new cluster (or one to recover), with this node's files
+		}
+		err := getNodeFiles(ctx, peer, from, mc.Secret, mc.Node.DataDir)
+		if err == nil {
+			log.Info("took the cluster's signing secret and admin token from a serving node", "from", from)
+			return nil
+		}
+		log.Warn("fetching the cluster's files failed; retrying", "from", from, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(mc.LeaseTTL / 4):
+		}
+	}
+	return ctx.Err()
+}
+
+// getNodeFiles fetches GET /cluster/files from baseURL and writes each
+// node-wide file it holds into dataDir.
+func getNodeFiles(ctx context.Context, client *http.Client, baseURL, secret, dataDir string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+"/cluster/files", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	var files map[string]string
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&files); err != nil {
+		return fmt.Errorf("cluster files: %w", err)
+	}
+	for _, f := range nodeFiles(dataDir) {
+		name := filepath.Base(f)
+		v, ok := files[name]
+		if !ok {
+			continue
+		}
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return fmt.Errorf("cluster files: %s: %w", name, err)
+		}
+		if err := writeFileAtomic(f, b); err != nil {
+			return err
+		}
+	}
+	if _, ok := files[filepath.Base(nodeFiles(dataDir)[0])]; !ok {
+		return errors.New("cluster files: the serving node sent no signing secret")
+	}
+	return nil
+}
+
+// roles is who owns and follows each partition now, and what each live
+// node holds, as balance reads them from the coordinator.
+type roles struct {
+	holder, standby []string
+	live            map[string]bool
+	owns, follows   map[string]int
+}
+
+// readRoles reads the partitions' owners and standbys and the live nodes
+// (the registry's members running p partitions, not drained).
+func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p int) (*roles, error) {
+	ms, err := reg.Members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &roles{holder: make([]string, p), standby: make([]string, p), live: map[string]bool{}, owns: map[string]int{}, follows: map[string]int{}}
+	for id, m := range ms {
+		if m.Partitions == p && !strings.Contains(m.Role, string(stateDrained)) {
+			r.live[id] = true
+		}
+	}
+	for i := range p {
+		if r.holder[i], _, err = c.Lease(ctx, cluster.Partition(i)); err != nil {
+			return nil, err
+		}
+		if r.standby[i], err = c.Standby(ctx, cluster.Partition(i)); err != nil {
+			return nil, err
+		}
+		if r.holder[i] != "" {
+			r.owns[r.holder[i]]++
+		}
+		if r.standby[i] != "" {
+			r.follows[r.standby[i]]++
+		}
+	}
+	return r, nil
+}
+
+// move is the one role this node should give up now to even the
+// cluster out (step 5 of PARTITIONS.md's "Where 5 stands"), or none
+// (p < 0):
+//
+//   - an owned partition, handed over to its standby when that node owns
+//     at least two fewer partitions than this one;
+//   - else a followed partition, left to a live node that neither owns
+//     nor follows it and follows at least two fewer than this one (it
+//     then joins as the standby).
+//
+// Each move lowers the sum of the squares of the nodes' counts, so moves
+// end, with every node's owned and followed counts within one of each
+// other's (where the standbys allow it). Only the node giving a role up
+// moves it, one at a time.
+func (r *roles) move(self string) (p int, handover bool) {
+	for i, h := range r.holder {
+		if h == self && r.standby[i] != "" && r.live[r.standby[i]] && r.owns[self]-r.owns[r.standby[i]] >= 2 {
+			return i, true
+		}
+	}
+	for i, sb := range r.standby {
+		if sb != self || r.holder[i] == "" {
+			continue
+		}
+		for id := range r.live {
+			if id != self && id != r.holder[i] && r.follows[self]-r.follows[id] >= 2 {
+				return i, false
+			}
+		}
+	}
+	return -1, false
+}
+
+// balance evens the roles out while ctx runs: every lease TTL it reads
+// the roles, and gives one up if move says so, then waits three lease
+// TTLs for the move to settle before looking again.
+func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*member, log interface{ Info(string, ...any) }) {
+	t := time.NewTicker(mc.LeaseTTL)
+	defer t.Stop()
+	var settle time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if time.Now().Before(settle) {
+			continue
+		}
+		r, err := readRoles(ctx, mc.Coord, reg, len(ms))
+		if err != nil {
+			continue
+		}
+		p, handover := r.move(mc.ID)
+		switch {
+		case p < 0:
+			continue
+		case handover:
+			log.Info("handing a partition over to even out the owners", "partition", p, "to", r.standby[p], "owned_here", r.owns[mc.ID], "owned_there", r.owns[r.standby[p]])
+			ms[p].handOver()
+		default:
+			log.Info("leaving a partition's standby place to a node holding fewer", "partition", p, "followed_here", r.follows[mc.ID])
+			ms[p].yield.Store(true)
+		}
+		settle = time.Now().Add(3 * mc.LeaseTTL)
+	}
+}
