@@ -63,6 +63,16 @@ func NewRedisBudget(rdb redis.UniversalClient) *RedisBudget {
 	return &RedisBudget{rdb: rdb, left: map[budgetKey]int{}}
 }
 
+// Budgeter is an optional interface of a Coord: Budget returns the
+// org's budgets counted for the whole cluster where the coordinator keeps
+// them (RedisCoord: a RedisBudget on its Redis).
+type Budgeter interface {
+	Budget() engine.Budget
+}
+
+// Budget implements Budgeter: a RedisBudget on r's Redis.
+func (r *RedisCoord) Budget() engine.Budget { return NewRedisBudget(r.rdb) }
+
 // BudgetKey is the Redis key of the org's count of ch on day.
 func BudgetKey(ch engine.Channel, day string) string {
 	return "{ding:budget}:" + ch.String() + ":" + day

@@ -197,8 +197,8 @@ type Config struct {
 	// its engine, as Replicate wraps the one store.
 	wrapPartition func(i int, st store.Store) store.Store
 	// peers, when set with Partitions, makes this node one of several
-	// serving the partitions (stage 5a; set by tests until cluster mode
-	// does): see partitionPeers.
+	// serving the partitions (a cluster node with a member per
+	// partition, partmember.go; tests set it too): see partitionPeers.
 	peers *partitionPeers
 }
 

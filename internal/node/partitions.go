@@ -529,6 +529,9 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	// once (overdue escalation steps).
 	set.notifier = ns.engine
 	set.budget = &sharedBudget{log: cfg.Logger, used: map[budgetKey]uint64{}, stores: set.openStores}
+	if cfg.peers != nil && cfg.peers.Budget != nil {
+		set.budget = cfg.peers.Budget // the cluster's, in Redis
+	}
 	for i := range p {
 		if !cfg.peers.serves(i) {
 			continue
@@ -704,6 +707,9 @@ type partitionPeers struct {
 	Forget func(p uint32)
 	Secret string
 	Client *http.Client // nil: http.DefaultClient
+	// Budget, if set, counts the org's SMS and call budgets for the
+	// whole cluster (cluster.RedisBudget) instead of for this node.
+	Budget engine.Budget
 }
 
 // serves reports whether partition i is attached at start (every one

@@ -61,9 +61,12 @@ import (
 // it and the new node joining from a snapshot: the partition's writes
 // wait meanwhile (ack-replicas 1), for the seconds a snapshot takes.
 //
-// Not yet (PARTITIONS.md "Where 5 stands", steps 4 and 6): the directory
+// The org's SMS and call budgets are counted in Redis for the whole
+// cluster (cluster.RedisBudget, when the coordinator is a RedisCoord).
+//
+// Not yet (PARTITIONS.md "Where 5 stands", step 4): the directory
 // (DATA/dir/store) is each node's own, so users and groups must be added
-// on every node; the org's budget is counted per node.
+// on every node.
 
 // errPartitionMoved closes the connections of a partition's users when
 // this node stops serving it: they reconnect, and are redirected to its
@@ -155,6 +158,9 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	}
 	cfg := mc.Node
 	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer}
+	if b, ok := mc.Coord.(cluster.Budgeter); ok {
+		cfg.peers.Budget = b.Budget() // the org's budget, for every node (stage 6)
+	}
 	var node *Node
 	admin := func(w http.ResponseWriter, r *http.Request, pattern string) bool {
 		return node.API().Authorize(w, r, pattern, httpapi.ClusterPermission(pattern))
@@ -357,19 +363,33 @@ func fetchNodeFiles(ctx context.Context, mc MemberConfig, peer *http.Client, log
 		}
 	}
 	for ctx.Err() == nil {
-		var from string
+		var from, holder string
 		for i := range mc.Node.Partitions {
-			holder, _, err := mc.Coord.Lease(ctx, cluster.Partition(i))
-			if err == nil && holder != "" && holder != mc.ID {
-				if from, err = mc.Coord.Addr(ctx, holder); err != nil || from == "" {
-					from = ""
-					continue
-				}
+			h, _, err := mc.Coord.Lease(ctx, cluster.Partition(i))
+			if err != nil {
+				return fmt.Errorf("node: cluster coordinator: %w", err)
+			}
+			if h == "" || h == mc.ID {
+				continue
+			}
+			holder = h
+			if a, err := mc.Coord.Addr(ctx, h); err == nil && a != "" {
+				from = a
 				break
 			}
 		}
-		if from == "" {
+		if holder == "" {
 			return nil // no partition served: a new cluster (or one to recover), with this node's files
+		}
+		if from == "" {
+			// A node serves, and has not published its address yet: its
+			// files are the cluster's, so wait for it.
+			log.Info("waiting for a serving node's address to take the cluster's files from", "node", holder)
+			select {
+			case <-ctx.Done():
+			case <-time.After(mc.LeaseTTL / 4):
+			}
+			continue
 		}
 		err := getNodeFiles(ctx, peer, from, mc.Secret, mc.Node.DataDir)
 		if err == nil {

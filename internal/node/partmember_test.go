@@ -1,115 +1,149 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
-	"io"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
+	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/channels/twilio/twiliotest"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/fanout"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/node/nodetest"
+	"github.com/dingmq/ding/internal/redistest"
 )
 
-// Two nodes, each running a member per partition (4 partitions) on one
-// MemCoord: the first founds every partition, the second takes the
-// cluster's files and follows every partition as its standby; one
-// partition is handed over to it. A message and its receipts cross
-// between the nodes, a client dialling the node that does not serve its
-// user is redirected, and when the first node stops the second takes its
-// partitions over with everything acknowledged.
-func TestClusterMemberPerPartition(t *testing.T) {
-	coord := cluster.NewMemCoord(time.Now)
-	ctx := context.Background()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	const secret = "per-partition-secret"
-	type started struct {
-		id, dir, http, sock string
-		n                   *node.Node
-		halt                func() error // stops the node (idempotent), and returns its error
-	}
-	run := func(id, dir, addr, sock string) started {
-		ch := make(chan *node.Node, 1)
-		mctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		mc := node.MemberConfig{
-			Node:  node.Config{DataDir: dir, SocketAddr: sock, HTTPAddr: addr, Logger: quiet, Partitions: testPartitions},
-			Coord: coord, ID: id, Advertise: "http://" + addr, Secret: secret, LeaseTTL: time.Second,
-			Started: func(n *node.Node) { ch <- n },
+// partNode is a cluster node with a member per partition, run in
+// process by runPartNode.
+type partNode struct {
+	id, dir, http, sock string
+	n                   *node.Node
+	halt                func() error // stops the node (idempotent), and returns its error
+}
+
+// testLog is a logger whose lines the test shows if it fails.
+func testLog(t *testing.T) *slog.Logger {
+	var mu sync.Mutex
+	var logs bytes.Buffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("the nodes' logs:\n%s", logs.String())
+			mu.Unlock()
 		}
-		go func() { done <- node.RunMember(mctx, mc) }()
-		var once sync.Once
-		var err error
-		halt := func() error {
-			once.Do(func() { cancel(); err = <-done })
-			return err
-		}
-		select {
-		case n := <-ch:
-			return started{id, dir, addr, sock, n, halt}
-		case err := <-done:
-			t.Fatalf("%s: %v", id, err)
-		}
-		return started{}
-	}
-	dirA, httpA, sockA := t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t)
-	a := run("a", dirA, httpA, sockA)
-	defer func() { _ = a.halt() }()
-	nodetest.WaitFor(t, "a to found every partition", 20*time.Second, func() bool {
-		for _, e := range a.n.Engines() {
-			if e == nil {
-				return false
-			}
-		}
-		return true
 	})
-	b := run("b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t))
-	defer func() {
-		if err := b.halt(); err != nil {
-			t.Errorf("b: %v", err)
+	return slog.New(slog.NewTextHandler(writerFunc(func(b []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(b)
+	}), nil))
+}
+
+// runPartNode runs node id of testPartitions partitions on coord, on dir
+// and the addresses given, with the lease TTL 1s and mod's changes, and
+// returns once it partNode.
+func runPartNode(t *testing.T, coord cluster.Coord, log *slog.Logger, id, dir, addr, sock string, mod func(*node.MemberConfig)) partNode {
+	t.Helper()
+	ch := make(chan *node.Node, 1)
+	mctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	mc := node.MemberConfig{
+		Node:  node.Config{DataDir: dir, SocketAddr: sock, HTTPAddr: addr, Logger: log, Partitions: testPartitions},
+		Coord: coord, ID: id, Advertise: "http://" + addr, Secret: "per-partition-secret", LeaseTTL: time.Second,
+		Started: func(n *node.Node) { ch <- n },
+	}
+	if mod != nil {
+		mod(&mc)
+	}
+	go func() { done <- node.RunMember(mctx, mc) }()
+	var once sync.Once
+	var err error
+	halt := func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { _ = halt() })
+	select {
+	case n := <-ch:
+		return partNode{id, dir, addr, sock, n, halt}
+	case err := <-done:
+		t.Fatalf("%s: %v", id, err)
+	}
+	return partNode{}
+}
+
+// servedBy returns the partitions n serves now.
+func servedBy(n *node.Node) (ps []int) {
+	for p, e := range n.Engines() {
+		if e != nil {
+			ps = append(ps, p)
 		}
-	}()
+	}
+	return ps
+}
+
+// startPartCluster founds a cluster of two nodes, a then b, on coord, and
+// waits until each owns half the partitions with the other as their
+// standby.
+func startPartCluster(t *testing.T, coord cluster.Coord, log *slog.Logger, mod func(*node.MemberConfig)) (a, b partNode) {
+	t.Helper()
+	a = runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), mod)
+	nodetest.WaitFor(t, "a to found every partition", 20*time.Second, func() bool { return len(servedBy(a.n)) == testPartitions })
+	b = runPartNode(t, coord, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), mod)
 	if b.n.AdminToken() != a.n.AdminToken() {
 		t.Fatal("b did not take the cluster's admin token before starting")
 	}
 	// The roles even out (balance): each node owns two partitions and
 	// follows the other's two.
-	served := func(n *node.Node) (ps []int) {
-		for p, e := range n.Engines() {
-			if e != nil {
-				ps = append(ps, p)
-			}
-		}
-		return ps
-	}
 	nodetest.WaitFor(t, "each node to own two partitions, with a standby each", 60*time.Second, func() bool {
-		if len(served(a.n)) != 2 || len(served(b.n)) != 2 {
+		if len(servedBy(a.n)) != 2 || len(servedBy(b.n)) != 2 {
 			return false
 		}
 		for p := range testPartitions {
-			h, _, _ := coord.Lease(ctx, cluster.Partition(p))
-			sb, _ := coord.Standby(ctx, cluster.Partition(p))
+			h, _, _ := coord.Lease(context.Background(), cluster.Partition(p))
+			sb, _ := coord.Standby(context.Background(), cluster.Partition(p))
 			if h == "" || sb == "" || h == sb {
 				return false
 			}
 		}
 		return true
 	})
+	return a, b
+}
+
+// Two nodes, each running a member per partition (4 partitions) on one
+// MemCoord: the first founds every partition, the second takes the
+// cluster's files, and the roles even out (each owns two and follows the
+// other's). A client dialling the node that does not serve its user is
+// redirected; a message and its receipts cross between the nodes;
+// hand-overs of a partition not owned, or of none, are refused. When the
+// sender's node stops, the other takes its partitions over with the
+// streams whole; the stopped node comes back, a send is acknowledged
+// again, and the roles even out again.
+func TestClusterMemberPerPartition(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	log := testLog(t)
+	a, b := startPartCluster(t, coord, log, nil)
 	// ana and a user of a partition the other node serves.
 	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
 	for _, n := range []*node.Node{a.n, b.n} { // the directory is each node's own until step 4
 		nodetest.AddUsers(t, n, users...)
 	}
-	home := func(user string) started {
+	home := func(user string) partNode {
 		if a.n.Engines()[a.n.PartitionOf(user)] != nil {
 			return a
 		}
@@ -127,7 +161,7 @@ func TestClusterMemberPerPartition(t *testing.T) {
 	}
 	// A node answers a hand-over of a partition it does not own, and of
 	// no partition, with a clear error.
-	handover := func(from started, p string) int {
+	handover := func(from partNode, p string) int {
 		req, _ := http.NewRequest("POST", "http://"+from.http+"/v1/cluster/handover?p="+p, nil)
 		req.Header.Set("Authorization", "Bearer "+from.n.AdminToken())
 		resp, err := http.DefaultClient.Do(req)
@@ -207,13 +241,12 @@ func TestClusterMemberPerPartition(t *testing.T) {
 		t.Fatalf("%s: %v", h.id, err)
 	}
 	nodetest.WaitFor(t, other.id+" to serve every partition", 20*time.Second, func() bool {
-		return len(served(other.n)) == testPartitions
+		return len(servedBy(other.n)) == testPartitions
 	})
 	if got := streamBodies(t, other.n, "ana"); !slices.Equal(got, []string{"reply"}) {
 		t.Fatalf("ana's stream on %s after the takeover: %q", other.id, got)
 	}
-	h = run(h.id, h.dir, h.http, h.sock)
-	defer func() { _ = h.halt() }()
+	h = runPartNode(t, coord, log, h.id, h.dir, h.http, h.sock, nil)
 	res2, err := ana.Send(ctx, []string{to}, []byte("after the takeover"))
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +257,7 @@ func TestClusterMemberPerPartition(t *testing.T) {
 	// The roles even out again, and to's stream is whole on the node
 	// serving it then.
 	nodetest.WaitFor(t, "each node to own two partitions again", 60*time.Second, func() bool {
-		return len(served(h.n)) == 2 && len(served(other.n)) == 2
+		return len(servedBy(h.n)) == 2 && len(servedBy(other.n)) == 2
 	})
 	at := h.n
 	if at.Engines()[at.PartitionOf(to)] == nil {
@@ -234,6 +267,11 @@ func TestClusterMemberPerPartition(t *testing.T) {
 		t.Fatalf("%s's stream: %q", to, got)
 	}
 }
+
+// writerFunc is an io.Writer.
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // streamBodies returns the bodies of the messages in user's stream on n
 // (its partition's engine there), in order.
@@ -254,4 +292,71 @@ func streamBodies(t *testing.T, n *node.Node, user string) []string {
 		}
 	}
 	return out
+}
+
+// Two nodes of partitions on a real redis-server share the org's SMS
+// budget (cluster.RedisBudget): with a budget of 2, DINGs from senders
+// on both nodes send two SMS in all, and the others are refused for the
+// budget, where each node counting its own would have sent up to 2 each.
+func TestClusterPartitionsShareTheSMSBudgetInRedis(t *testing.T) {
+	coord, closeRedis, err := cluster.DialRedis("redis://" + redistest.Start(t).Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	fake := twiliotest.NewServer(sid, token)
+	t.Cleanup(fake.Close)
+	a, b := startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
+		mc.Node.Twilio = twilio.Config{AccountSID: sid, AuthToken: token, From: fromNum, PublicURL: "http://127.0.0.1:1", APIURL: fake.URL(), Timeout: 300 * time.Millisecond}
+		mc.Node.Quotas = engine.Quotas{RecipientInterval: -1, SMSPerDay: 2}
+	})
+	users := []fanout.User{{ID: "bo", Name: "Bo", Phone: boPhone}}
+	for _, u := range []string{"ana", "cy", "di", "ed", "flo", "gus", "hal"} {
+		users = append(users, fanout.User{ID: u, Name: u})
+	}
+	for _, n := range []*node.Node{a.n, b.n} { // the directory is each node's own until step 4
+		if _, err := n.Directory().PutUsers(users); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A sender on each node.
+	senderOn := func(pn partNode) (string, *dingNode) {
+		for _, u := range users[1:] {
+			if pn.n.Engines()[pn.n.PartitionOf(u.ID)] != nil {
+				return u.ID, &dingNode{n: pn.n, twilio: fake}
+			}
+		}
+		t.Fatalf("no sender on %s", pn.id)
+		return "", nil
+	}
+	fromA, onA := senderOn(a)
+	fromB, onB := senderOn(b)
+	ding := func(d *dingNode, from string) string {
+		t.Helper()
+		code, out, _ := d.api(t, "POST", "/v1/dings", map[string]any{"from": from, "to": []string{"bo"}, "text": "from " + from, "policy": "sms"})
+		if code != http.StatusCreated {
+			t.Fatalf("%s's DING: %d %v", from, code, out)
+		}
+		return out["id"].(string)
+	}
+	refused := func(d *dingNode, id string) {
+		t.Helper()
+		d.waitEvent(t, id, 0, "quota_refused")
+		if _, _, raw := d.recipient(t, id, 0); !strings.Contains(fmt.Sprint(raw["events"]), engine.ReasonSMSBudget) {
+			t.Fatalf("bo's ledger = %v, want the SMS step refused for the budget", raw)
+		}
+	}
+	// a's first SMS takes a block of the org's count in Redis, granted
+	// up to the limit (both sends); b, counting from Redis, has none left
+	// (a budget per node would have let it send); a sends its second, and
+	// its third is refused.
+	ding(onA, fromA)
+	onA.waitRequests(t, "sms", 1)
+	refused(onB, ding(onB, fromB))
+	ding(onA, fromA)
+	onA.waitRequests(t, "sms", 2)
+	refused(onA, ding(onA, fromA))
+	if n := fake.Count("sms"); n != 2 {
+		t.Fatalf("%d SMS sent with a budget of 2", n)
+	}
 }
