@@ -455,15 +455,17 @@ type roles struct {
 }
 
 // readRoles reads the partitions' owners and standbys and the live nodes
-// (the registry's members running p partitions, not drained).
-func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p int) (*roles, error) {
+// (the registry's members running p partitions, not drained, that said
+// so within the last two lease TTLs: a live node says so every third of
+// one).
+func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p int, ttl time.Duration) (*roles, error) {
 	ms, err := reg.Members(ctx)
 	if err != nil {
 		return nil, err
 	}
 	r := &roles{holder: make([]string, p), standby: make([]string, p), live: map[string]bool{}, owns: map[string]int{}, follows: map[string]int{}}
 	for id, m := range ms {
-		if m.Partitions == p && !strings.Contains(m.Role, string(stateDrained)) {
+		if m.Partitions == p && !strings.Contains(m.Role, string(stateDrained)) && time.Since(m.At) < 2*ttl {
 			r.live[id] = true
 		}
 	}
@@ -498,9 +500,14 @@ func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p int
 // end, with every node's owned and followed counts within one of each
 // other's (where the standbys allow it). Only the node giving a role up
 // moves it, one at a time.
-func (r *roles) move(self string) (p int, handover bool) {
+//
+// keeping(i) reports whether the standby of partition i, owned here,
+// keeps up (it acks what it is shipped): a partition is handed over only
+// to such a standby, as a hand-over waits for it and a standby that died
+// unnoticed would leave the partition with no owner.
+func (r *roles) move(self string, keeping func(p int) bool) (p int, handover bool) {
 	for i, h := range r.holder {
-		if h == self && r.standby[i] != "" && r.live[r.standby[i]] && r.owns[self]-r.owns[r.standby[i]] >= 2 {
+		if h == self && r.standby[i] != "" && r.live[r.standby[i]] && r.owns[self]-r.owns[r.standby[i]] >= 2 && keeping(i) {
 			return i, true
 		}
 	}
@@ -533,11 +540,18 @@ func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*m
 		if time.Now().Before(settle) {
 			continue
 		}
-		r, err := readRoles(ctx, mc.Coord, reg, len(ms))
+		r, err := readRoles(ctx, mc.Coord, reg, len(ms), mc.LeaseTTL)
 		if err != nil {
 			continue
 		}
-		p, handover := r.move(mc.ID)
+		p, handover := r.move(mc.ID, func(p int) bool {
+			rs := ms[p].serving.Load()
+			if rs == nil {
+				return false
+			}
+			st := rs.Status()
+			return st.Standby == r.standby[p] && st.HandingTo == "" && st.Stalled < mc.LeaseTTL/4
+		})
 		switch {
 		case p < 0:
 			continue
