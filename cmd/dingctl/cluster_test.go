@@ -5,14 +5,21 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
 // cluster status prints the owner's /v1/cluster answer, with the admin
 // token; a node that is not in cluster mode answers 404, printed as an error.
 func TestClusterStatus(t *testing.T) {
+	var handedOverP atomic.Value // the last hand-over's ?p
+	handedOverP.Store("")
+	handedOver := func() string { return handedOverP.Load().(string) }
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == "POST" && (r.URL.Path == "/v1/cluster/handover" || r.URL.Path == "/v1/cluster/drain") && r.Header.Get("Authorization") == "Bearer tok" {
+			if r.URL.Path == "/v1/cluster/handover" {
+				handedOverP.Store(r.URL.Query().Get("p"))
+			}
 			w.WriteHeader(http.StatusAccepted)
 			return
 		}
@@ -40,6 +47,12 @@ func TestClusterStatus(t *testing.T) {
 	out.Reset()
 	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster", "handover"}, &out); err != nil || !strings.Contains(out.String(), "handing over") {
 		t.Fatalf("cluster handover: %v %q", err, out.String())
+	}
+	if p := handedOver(); p != "" {
+		t.Fatalf("cluster handover asked for partition %q, want none named", p)
+	}
+	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster", "handover", "--partition", "2"}, &out); err != nil || handedOver() != "2" {
+		t.Fatalf("cluster handover --partition 2: %v, asked for %q", err, handedOver())
 	}
 	out.Reset()
 	if err := run([]string{"--server", srv.URL, "--token", "tok", "cluster", "drain"}, &out); err != nil || !strings.Contains(out.String(), "draining") {

@@ -36,6 +36,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -854,7 +855,12 @@ func clusterCmd(g *globals, args []string, out io.Writer) error {
 	if len(args) == 0 || (args[0] != "status" && args[0] != "handover" && args[0] != "drain" && args[0] != "forget") {
 		return exitError{2, "cluster: want status, handover, drain or forget"}
 	}
-	pos, err := parse(flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError), g, args[1:])
+	fs := flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError)
+	part := -1
+	if args[0] == "handover" {
+		fs.IntVar(&part, "partition", -1, "with --partitions: the partition to hand over (one this node owns)")
+	}
+	pos, err := parse(fs, g, args[1:])
 	if err != nil {
 		return err
 	}
@@ -865,7 +871,11 @@ func clusterCmd(g *globals, args []string, out io.Writer) error {
 		}
 		return g.printCall(out, "POST", "/v1/cluster/forget?member="+url.QueryEscape(pos[0]), nil)
 	case "handover":
-		if err := g.call("POST", "/v1/cluster/handover", nil, nil); err != nil {
+		path := "/v1/cluster/handover"
+		if part >= 0 {
+			path += "?p=" + strconv.Itoa(part)
+		}
+		if err := g.call("POST", path, nil, nil); err != nil {
 			return err
 		}
 		_, err := fmt.Fprintln(out, "handing over: the standby takes the partition; this member drains and becomes its standby")

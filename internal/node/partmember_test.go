@@ -3,7 +3,6 @@ package node_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dingmq/ding/channels/httpapi/openapitest"
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/channels/twilio"
@@ -160,42 +160,23 @@ func TestClusterMemberPerPartition(t *testing.T) {
 		t.Fatalf("no user among %v on the node not serving ana", users)
 	}
 	// A node answers a hand-over of a partition it does not own, and of
-	// no partition, with a clear error.
-	handover := func(from partNode, p string) int {
-		req, _ := http.NewRequest("POST", "http://"+from.http+"/v1/cluster/handover?p="+p, nil)
-		req.Header.Set("Authorization", "Bearer "+from.n.AdminToken())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	// no partition, with a clear error; its status lists each partition's
+	// role. Each answer as the API's OpenAPI document says.
 	other := home(to)
-	if code := handover(other, strconv.Itoa(a.n.PartitionOf("ana"))); code != http.StatusConflict {
-		t.Fatalf("a hand-over of a partition the node does not own: %d, want 409", code)
+	api := openapitest.New(t, "http://"+other.http)
+	tok := other.n.AdminToken()
+	api.Call(t, "POST /v1/cluster/handover", "/v1/cluster/handover?p="+strconv.Itoa(a.n.PartitionOf("ana")), tok, nil, http.StatusConflict)
+	api.Call(t, "POST /v1/cluster/handover", "/v1/cluster/handover?p=99", tok, nil, http.StatusBadRequest)
+	api.Call(t, "POST /v1/cluster/handover", "/v1/cluster/handover?p=1", "", nil, http.StatusUnauthorized)
+	out := api.Call(t, "GET /v1/cluster", "/v1/cluster", tok, nil, http.StatusOK)
+	roles := map[int]string{}
+	ps, _ := out["partitions"].([]any)
+	for _, p := range ps {
+		m := p.(map[string]any)
+		roles[int(m["partition"].(float64))], _ = m["role"].(string)
 	}
-	if code := handover(other, "99"); code != http.StatusBadRequest {
-		t.Fatalf("a hand-over of partition 99: %d, want 400", code)
-	}
-
-	// Status names the roles per partition.
-	req, _ := http.NewRequest("GET", "http://"+other.http+"/v1/cluster", nil)
-	req.Header.Set("Authorization", "Bearer "+other.n.AdminToken())
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st struct {
-		Partitions []struct {
-			Partition int
-			Role      string
-		}
-	}
-	err = json.NewDecoder(resp.Body).Decode(&st)
-	resp.Body.Close()
-	if err != nil || len(st.Partitions) != testPartitions || st.Partitions[other.n.PartitionOf(to)].Role != "owner" || st.Partitions[a.n.PartitionOf("ana")].Role != "standby" {
-		t.Fatalf("%s's status: %+v (%v)", to, st, err)
+	if len(roles) != testPartitions || roles[other.n.PartitionOf(to)] != "owner" || roles[a.n.PartitionOf("ana")] != "standby" || out["role"] != "partitioned" {
+		t.Fatalf("%s's status: %v", other.id, out)
 	}
 
 	both := a.n.SocketAddr() + "," + b.n.SocketAddr()
