@@ -184,6 +184,12 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 			m.handoverRoute(w, r)
 		}
 	})
+	cfg.Routes["POST /v1/cluster/drain"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !admin(w, r, "POST /v1/cluster/drain") {
+			return
+		}
+		drainPartitioned(w, ms)
+	})
 	cfg.Routes["GET /v1/cluster"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !admin(w, r, "GET /v1/cluster") {
 			return
@@ -277,8 +283,11 @@ func publishPartitioned(ctx context.Context, reg cluster.Registry, mc MemberConf
 				follows = append(follows, strconv.Itoa(int(m.p)))
 			}
 		}
-		me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: len(ms),
-			Role: fmt.Sprintf("owner of [%s], standby of [%s]", strings.Join(owns, " "), strings.Join(follows, " "))}
+		role := fmt.Sprintf("owner of [%s], standby of [%s]", strings.Join(owns, " "), strings.Join(follows, " "))
+		if ms[0].drained.Load() {
+			role = string(stateDrained) + ": " + role
+		}
+		me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: len(ms), Role: role}
 		if err := reg.SetMember(ctx, mc.ID, me, 3*mc.LeaseTTL); err != nil && ctx.Err() == nil {
 			mc.Node.Logger.Debug("publishing this node's status failed", "err", err)
 		}
@@ -291,6 +300,34 @@ func publishPartitioned(ctx context.Context, reg cluster.Registry, mc MemberConf
 		case <-t.C:
 		}
 	}
+}
+
+// drainPartitioned answers POST /v1/cluster/drain on a node of
+// partitions: every member gives its role up and takes none again until
+// the node restarts; an owner hands its partition over to its standby,
+// a standby leaves its place (another node joins). Refused (409) while a
+// partition owned here has no standby keeping up, which would be left
+// with no owner.
+func drainPartitioned(w http.ResponseWriter, ms []*member) {
+	var alone []string
+	for _, m := range ms {
+		if rs := m.serving.Load(); rs != nil {
+			if st := rs.Status(); st.Standby == "" || st.Stalled > m.mc.LeaseTTL/4 {
+				alone = append(alone, strconv.Itoa(int(m.p)))
+			}
+		}
+	}
+	if len(alone) > 0 {
+		writeErr(w, http.StatusConflict, "partitions "+strings.Join(alone, ", ")+" owned here have no standby keeping up to move to: start another node first", "CONFLICT")
+		return
+	}
+	for _, m := range ms {
+		m.drained.Store(true)
+		if m.serving.Load() != nil {
+			m.handOver()
+		}
+	}
+	w.WriteHeader(http.StatusAccepted)
 }
 
 // partitionStatus is one partition in GET /v1/cluster of a node with a
@@ -537,8 +574,8 @@ func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*m
 			return
 		case <-t.C:
 		}
-		if time.Now().Before(settle) {
-			continue
+		if time.Now().Before(settle) || ms[0].drained.Load() {
+			continue // a drained node gives its roles up, and takes none
 		}
 		r, err := readRoles(ctx, mc.Coord, reg, len(ms), mc.LeaseTTL)
 		if err != nil {

@@ -341,3 +341,92 @@ func TestClusterPartitionsShareTheSMSBudgetInRedis(t *testing.T) {
 		t.Fatalf("%d SMS sent with a budget of 2", n)
 	}
 }
+
+// Three nodes of partitions; c, holding roles, is drained (dingctl
+// cluster drain): its partitions are handed over to their standbys and
+// its standby places taken by the other nodes, it takes no role again,
+// and a message between users of its former partitions is acknowledged
+// and delivered. A node owning a partition with no standby refuses to
+// drain.
+func TestClusterPartitionsDrain(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	log := testLog(t)
+	a := runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	nodetest.WaitFor(t, "a to found every partition", 20*time.Second, func() bool { return len(servedBy(a.n)) == testPartitions })
+	drain := func(pn partNode) int {
+		req, _ := http.NewRequest("POST", "http://"+pn.http+"/v1/cluster/drain", nil)
+		req.Header.Set("Authorization", "Bearer "+pn.n.AdminToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := drain(a); code != http.StatusConflict {
+		t.Fatalf("drain of the only node: %d, want 409", code)
+	}
+	b := runPartNode(t, coord, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	c := runPartNode(t, coord, log, "c", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	roles := func() (owner, standby [testPartitions]string) {
+		for p := range testPartitions {
+			owner[p], _, _ = coord.Lease(ctx, cluster.Partition(p))
+			standby[p], _ = coord.Standby(ctx, cluster.Partition(p))
+		}
+		return owner, standby
+	}
+	nodetest.WaitFor(t, "c to own a partition, every partition with a standby", 90*time.Second, func() bool {
+		o, s := roles()
+		owns := 0
+		for p := range testPartitions {
+			if o[p] == "" || s[p] == "" || o[p] == s[p] {
+				return false
+			}
+			if o[p] == "c" {
+				owns++
+			}
+		}
+		return owns > 0
+	})
+	if code := drain(c); code != http.StatusAccepted {
+		t.Fatalf("drain of c: %d, want 202", code)
+	}
+	nodetest.WaitFor(t, "c to hold no role, every partition owned and followed by a and b", 60*time.Second, func() bool {
+		o, s := roles()
+		for p := range testPartitions {
+			if o[p] == "" || s[p] == "" || o[p] == "c" || s[p] == "c" || o[p] == s[p] {
+				return false
+			}
+		}
+		return len(servedBy(c.n)) == 0
+	})
+	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
+	for _, n := range []*node.Node{a.n, b.n, c.n} {
+		nodetest.AddUsers(t, n, users...)
+	}
+	addrs := a.n.SocketAddr() + "," + b.n.SocketAddr()
+	dial := func(user string) *client.Client {
+		cl, err := client.Dial(ctx, client.Config{Addr: addrs, Token: nodetest.Token(t, a.n, user, "phone"), Device: "phone"})
+		if err != nil {
+			t.Fatalf("dial %s: %v", user, err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	ana, bo := dial("ana"), dial("bo")
+	res, err := ana.Send(ctx, []string{"bo"}, []byte("after the drain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := firstDeliver(t, bo, res.ID); m == nil || string(m.Body) != "after the drain" {
+		t.Fatalf("bo got %+v", m)
+	}
+	// c stays out: after the send, it still holds no role.
+	o, s := roles()
+	for p := range testPartitions {
+		if o[p] == "c" || s[p] == "c" {
+			t.Fatalf("drained c took a role again: owners %q, standbys %q", o, s)
+		}
+	}
+}
