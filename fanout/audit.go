@@ -142,7 +142,7 @@ func (d *Directory) Audit(after uint64, limit int) ([]AuditEntry, error) {
 		return out, nil
 	}
 	var derr error
-	err := d.st.Scan(auditKey(after+1), auditEnd, func(k, v []byte) bool {
+	err := d.store().Scan(auditKey(after+1), auditEnd, func(k, v []byte) bool {
 		var e AuditEntry
 		if derr = json.Unmarshal(v, &e); derr != nil {
 			derr = fmt.Errorf("audit entry %x: %w", k[2:], derr)
@@ -216,7 +216,7 @@ func (d *Directory) VerifyAudit(expect string) (AuditCheck, error) {
 	broke := func(seq uint64, format string, args ...any) {
 		c.BrokenAt, c.Reason = seq, fmt.Sprintf(format, args...)
 	}
-	err := d.st.Scan(dirKey(kindAudit, ""), auditEnd, func(k, v []byte) bool {
+	err := d.store().Scan(dirKey(kindAudit, ""), auditEnd, func(k, v []byte) bool {
 		c.Entries++
 		if c.BrokenAt != 0 {
 			return true // counted only

@@ -129,7 +129,7 @@ var ErrNoCommitter = engine.NewError(engine.CodeInternal, "fanout: the directory
 // every submit) never waits for an fsync. Lock order: wmu, mu, cacheMu;
 // the commit loop takes mu and cacheMu, never wmu.
 type Directory struct {
-	st    store.Store
+	st    store.Store // guarded by mu (Reload replaces it)
 	clock engine.Clock
 
 	wmu       sync.Mutex // serializes writers
@@ -165,6 +165,45 @@ func (d *Directory) SetCommitter(c Committer) {
 	d.wmu.Lock()
 	d.committer = c
 	d.wmu.Unlock()
+}
+
+// store is the store the directory reads (Reload may replace it).
+func (d *Directory) store() store.Store {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.st
+}
+
+// Reload reads the directory again from st, which it reads from then on:
+// what a cluster node does when its copy of the directory's partition
+// changed under it (it applied the owner's changes) or when it starts or
+// stops owning that partition (internal/node). It waits for a change in
+// progress, and returns the users that were active and are not after it
+// (removed by what it read), for the caller to close their connections
+// and stop what they were owed.
+func (d *Directory) Reload(st store.Store) (removed []string, err error) {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	fresh, err := OpenDirectory(st, d.clock)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	for _, id := range d.active {
+		if u, ok := fresh.users[id]; !ok || u.Status != StatusActive {
+			removed = append(removed, id)
+		}
+	}
+	d.st = st
+	d.auditSeq, d.auditHead = fresh.auditSeq, fresh.auditHead
+	d.users, d.quiet, d.active = fresh.users, fresh.quiet, fresh.active
+	d.depts, d.children, d.deptUsers = fresh.depts, fresh.children, fresh.deptUsers
+	d.groups, d.admins = fresh.groups, fresh.admins
+	d.mu.Unlock()
+	d.cacheMu.Lock()
+	d.subtree = map[string][]string{}
+	d.cacheMu.Unlock()
+	return removed, nil
 }
 
 // OpenDirectory loads the directory from st. Changes need a committer

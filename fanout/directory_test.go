@@ -464,3 +464,51 @@ func TestConcurrentReadsAndWrites(t *testing.T) {
 		}
 	}
 }
+
+// Reload makes a directory read another store (a cluster node's copy of
+// the directory's partition, changed under it): it then answers from
+// that store's users, departments, groups and audit log (whose chain
+// verifies through it), reports the users active before and not after,
+// and expands departments afresh (no cached subtree survives).
+func TestReload(t *testing.T) {
+	st1, st2 := memstore.New(), memstore.New()
+	d1, d2 := openDir(t, st1), openDir(t, st2)
+	org(t, d1)
+	org(t, d2)
+	if got := expand(t, d1, "dept:eng"); got != "ana,bo,cy,di" { // cached now
+		t.Fatalf("dept:eng = %s", got)
+	}
+	// st2 moves on: bo is removed, ana moves to sales, a group appears.
+	must[fanout.User](t)(d2.RemoveUser("bo", fanout.Actor{Name: "admin"}))
+	must[bool](t)(d2.PutUserAs(fanout.User{ID: "ana", Department: "sales"}, fanout.Actor{Name: "admin"}))
+	must[bool](t)(d2.PutGroup(fanout.Group{ID: "oncall", Members: []string{"cy"}}, fanout.Actor{Name: "admin"}))
+
+	removed, err := d1.Reload(st2)
+	ok(t, err)
+	if !slices.Equal(removed, []string{"bo"}) {
+		t.Fatalf("removed = %v, want [bo]", removed)
+	}
+	if d1.Active("bo") || !d1.Active("ana") {
+		t.Fatal("bo active or ana not after the reload")
+	}
+	if got := expand(t, d1, "dept:eng"); got != "cy,di" {
+		t.Fatalf("dept:eng after the reload = %s, want cy,di (a stale cached subtree?)", got)
+	}
+	if _, found := d1.Group("oncall"); !found {
+		t.Fatal("the group st2 holds is missing after the reload")
+	}
+	a1, err := d1.Audit(0, 1000)
+	ok(t, err)
+	a2, err := d2.Audit(0, 1000)
+	ok(t, err)
+	if len(a1) != len(a2) || a1[len(a1)-1].Seq != a2[len(a2)-1].Seq {
+		t.Fatalf("d1 reads %d audit entries after the reload, st2 holds %d", len(a1), len(a2))
+	}
+	// d2 writes on; d1, reloaded again, reads a chain that verifies.
+	must[bool](t)(d2.PutUserAs(fanout.User{ID: "gil"}, fanout.Actor{Name: "admin"}))
+	_, err = d1.Reload(st2)
+	ok(t, err)
+	if c, err := d1.VerifyAudit(""); err != nil || c.BrokenAt != 0 {
+		t.Fatalf("the audit chain through d1 after a reload: %+v %v", c, err)
+	}
+}
