@@ -248,3 +248,91 @@ func TestObserverSeesOnlyWhatTheStandbyHolds(t *testing.T) {
 	}
 	verify(t, engB, acked)
 }
+
+// An observer that had not read the last acknowledged entries when the
+// owner died reads them from the new owner's memory (what it applied as
+// the standby, Standby.KeepRecent), once the new owner's standby holds
+// them, instead of starting again from a snapshot (ErrChangesTrimmed, as
+// before the standby kept them), and ends with the new owner's data.
+func TestObserverBehindATakeoverReadsTheNewOwnersMemory(t *testing.T) {
+	ctx := context.Background()
+	c := cluster.NewMemCoord(time.Now)
+	const p, ttl = cluster.Partition(5), time.Second
+	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	stopRenew := renew(t, c, p, "a", epoch, ttl)
+	if err := c.SetStandby(ctx, p, "b"); err != nil {
+		t.Fatal(err)
+	}
+	stA, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsA, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsA.KeepRecent(1 << 20)
+	stB, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stB.Close()
+	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	fB.Standby().KeepRecent(1 << 20)
+	engA := openEngine(t, rsA)
+	srvA := httptest.NewServer(cluster.SnapshotHandler(rsA, c, obsSecret, t.TempDir()))
+	acked := submitN(t, engA, "a", 20)
+	o := newObserver(t, c, p, t.TempDir(), nil)
+	o.catchUp(t, srvA)
+	behind := o.obs.State().Seq
+	acked = append(acked, submitN(t, engA, "a", 20)...) // acknowledged: b holds them; the observer does not read them
+	// A dies; B takes over once it holds everything A acknowledged.
+	stopRenew()
+	_ = engA.Close()
+	rsA.Stop()
+	_ = rsA.Close()
+	srvA.Close()
+	stopB() // b holds every acknowledged entry already: A acknowledged each once b acked it
+	ownerB := takeOver(t, fB, ttl)
+	if ownerB.Epoch() <= epoch {
+		t.Fatalf("b took over at epoch %d", ownerB.Epoch())
+	}
+	rsB, err := cluster.NewReplicatedStore(stB, ownerB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsB.KeepRecent(1 << 20)
+	srvB := httptest.NewServer(cluster.SnapshotHandler(rsB, c, obsSecret, t.TempDir()))
+	defer srvB.Close()
+	// C joins as B's standby; once it acks, B hands the observer what it
+	// missed.
+	dirC := filepath.Join(t.TempDir(), "c")
+	stateC, err := cluster.FetchSnapshot(ctx, srvB.Client(), srvB.URL, obsSecret, dirC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stC, err := pebblestore.Open(filepath.Join(dirC, "store"), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stC.Close()
+	_, stopC := follow(t, c, p, "c", stC, stateC)
+	defer stopC()
+	if err := cluster.RequestStandby(ctx, srvB.Client(), srvB.URL, obsSecret, "c", stateC); err != nil {
+		t.Fatal(err)
+	}
+	stopRenewB := renew(t, c, p, "b", ownerB.Epoch(), ttl)
+	defer stopRenewB()
+	engB := openEngine(t, rsB)
+	defer engB.Close()
+	acked = append(acked, submitN(t, engB, "b", 8)...)
+	ch := o.catchUp(t, srvB)
+	if ch.Owner != "b" || o.obs.State().Seq <= behind {
+		t.Fatalf("the observer behind the takeover (at %d): %+v, state %+v", behind, ch, o.obs.State())
+	}
+	sameData(t, o.db, stB)
+	verify(t, engB, acked)
+}

@@ -267,6 +267,46 @@ type Standby struct {
 
 	mu sync.Mutex // held through Step and TakeOver; guards st
 	st StandbyState
+
+	// The entries it applied last, up to recentCap bytes (KeepRecent;
+	// guarded by mu): the owner it becomes keeps them for observers.
+	recent      []Entry
+	recentBytes int
+	recentCap   int
+}
+
+// KeepRecent makes the standby keep the entries it applies last, up to
+// bytes of data, so that the owner it may become answers observers that
+// are behind its takeover from memory (Owner.KeepRecent; else they start
+// again from a snapshot). Zero keeps none.
+func (s *Standby) KeepRecent(bytes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recentCap = bytes
+	s.trimRecent()
+}
+
+func (s *Standby) remember(e Entry) {
+	if s.recentCap <= 0 {
+		return
+	}
+	s.recent = append(s.recent, e)
+	s.recentBytes += len(e.Data) + len(e.Keys)
+	s.trimRecent()
+}
+
+func (s *Standby) trimRecent() {
+	i := 0
+	for i < len(s.recent)-1 && s.recentBytes > s.recentCap {
+		s.recentBytes -= len(s.recent[i].Data) + len(s.recent[i].Keys)
+		i++
+	}
+	if s.recentCap <= 0 {
+		i, s.recentBytes = len(s.recent), 0
+	}
+	if i > 0 {
+		s.recent = append(s.recent[:0], s.recent[i:]...)
+	}
 }
 
 // NewStandby follows p for node from st (its durable state: the fence and
@@ -326,6 +366,7 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 			return applied, err
 		}
 		s.st = next
+		s.remember(e)
 		applied++
 	}
 	if len(es) == 0 {
@@ -399,7 +440,13 @@ func (s *Standby) becomeOwner(ctx context.Context, epoch uint64) (*Owner, error)
 	if err := s.c.PutAck(ctx, s.p, Ack{Standby: s.node, Epoch: epoch, Owner: s.node, Seq: s.st.Seq}); err != nil {
 		return nil, err
 	}
-	return NewOwner(s.c, s.p, s.node, epoch, s.st.Seq, ""), nil
+	o := NewOwner(s.c, s.p, s.node, epoch, s.st.Seq, "")
+	// What it applied as the standby is the start of the new owner's
+	// history: observers behind the takeover read it from memory, once
+	// the new owner's standby holds it (confirmed).
+	o.recent, o.recentBytes, o.recentCap = s.recent, s.recentBytes, s.recentCap
+	s.recent, s.recentBytes = nil, 0
+	return o, nil
 }
 
 // Fence is what a member reports of its copy of a partition when the
