@@ -84,8 +84,7 @@ func TestClusterPartitionsKill9LosesNothingAcknowledged(t *testing.T) {
 		return owns["a"] >= 1 && owns["b"] >= 1 && owns["c"] >= 1
 	})
 
-	// A sender and a recipient in each partition; users are created on
-	// every node (the directory is each node's own yet).
+	// A sender and a recipient in each partition.
 	byPart := make([][]string, parts)
 	for i := 0; ; i++ {
 		u := fmt.Sprintf("u%d", i)
@@ -104,12 +103,25 @@ func TestClusterPartitionsKill9LosesNothingAcknowledged(t *testing.T) {
 			break
 		}
 	}
-	for _, pr := range procs {
-		for _, us := range byPart {
-			for _, u := range us {
-				if code := pr.admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
-					t.Fatalf("create %s: %d", u, code)
-				}
+	// Created through c (which proxies the directory's changes to the
+	// node owning the directory's partition); every node then holds them.
+	for _, us := range byPart {
+		for _, u := range us {
+			if code := procs["c"].admin(t, "POST", "/v1/users", map[string]string{"id": u, "name": u}, nil); code != 201 {
+				t.Fatalf("create %s: %d", u, code)
+			}
+		}
+	}
+	for id, pr := range procs {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			var list struct {
+				Users []map[string]any `json:"users"`
+			}
+			if code := pr.admin(t, "GET", "/v1/users", nil, &list); code == 200 && len(list.Users) == 2*parts {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's directory does not hold the %d users", id, 2*parts)
 			}
 		}
 	}

@@ -212,6 +212,10 @@ type member struct {
 	// until when it then does not join again.
 	yield      atomic.Bool
 	yieldUntil atomic.Int64
+	// keep is how much of its latest history the member keeps in memory
+	// as the standby, for the observers of the owner it may become
+	// (cluster.Standby.KeepRecent; the directory's partition).
+	keep int
 
 	// While it does not serve: what it does, its copy of the partition
 	// (while it follows), its metrics, and its stand-in on the node's
@@ -623,6 +627,9 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 		return err
 	}
 	f.Keys = ring // the secret-message keys entries carry
+	if m.keep > 0 {
+		f.Standby().KeepRecent(m.keep)
+	}
 	m.state.Store(stateStandby)
 	m.follower.Store(f)
 	defer m.follower.CompareAndSwap(f, nil)

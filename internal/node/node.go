@@ -646,7 +646,11 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		mux.Handle(pattern, h)
 	}
 	mux.Handle("/ws", n.sock.WSHandler()) // the WebSocket gateway, a goroutine per connection (WSAddr holds none)
-	mux.Handle("/", api)
+	if cfg.peers != nil && cfg.peers.WrapAPI != nil {
+		mux.Handle("/", cfg.peers.WrapAPI(api))
+	} else {
+		mux.Handle("/", api)
+	}
 	handler := http.Handler(mux)
 	// Timeouts bound what an idle or trickling client holds (with the
 	// connection bounds of limitListener): headers in 10s, a whole request

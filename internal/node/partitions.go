@@ -219,6 +219,9 @@ type partitionSet struct {
 	// counts from the stores).
 	parts  []atomic.Pointer[partRuntime]
 	stores []atomic.Pointer[pebblestore.DB]
+	// dirOwned holds the metrics of the directory's partition while this
+	// cluster node owns it (dirmember.go).
+	dirOwned atomic.Pointer[prometheus.Registry]
 	// What a partition's engine is opened with besides its store.
 	notifier engine.Notifier
 	budget   engine.Budget
@@ -393,6 +396,9 @@ func (s *partitionSet) Gather() ([]*dto.MetricFamily, error) {
 	for _, rt := range s.attached() {
 		gs = append(gs, rt.reg)
 	}
+	if r := s.dirOwned.Load(); r != nil {
+		gs = append(gs, r)
+	}
 	return gs.Gather()
 }
 
@@ -476,7 +482,11 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		}
 		return ""
 	}
-	n.dir.SetCommitter(set.dirEng)
+	if cfg.peers != nil && cfg.peers.Directory != nil {
+		n.dir.SetCommitter(cfg.peers.Directory) // the directory's partition's owner commits (dirmember.go)
+	} else {
+		n.dir.SetCommitter(set.dirEng)
+	}
 	rt := &router{set: set}
 	own := fanout.SingleNode{} // this node owns every partition
 	if n.hub, err = fanout.NewHub(fanout.HubConfig{
@@ -568,10 +578,15 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.log.Error("applying the directory's removals to the partitions failed; retrying in the background", "err", err)
 		set.wakeForget()
 	}
-	return wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
+	w = wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
 		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
 		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
-		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}, nil
+		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}
+	if cfg.peers != nil && cfg.peers.Directory != nil {
+		w.hookSources = nil
+		w.hooksRefusal = "outbound webhooks are not supported in cluster mode with --partitions yet: a subscription is kept by each partition's engine, not by the cluster"
+	}
+	return w, nil
 }
 
 // openStore opens a store of the partition set (in its own directory,
@@ -710,6 +725,16 @@ type partitionPeers struct {
 	// Budget, if set, counts the org's SMS and call budgets for the
 	// whole cluster (cluster.RedisBudget) instead of for this node.
 	Budget engine.Budget
+	// Directory, if set, makes the directory the cluster's (dirmember.go):
+	// DATA/dir/store is this node's copy of the directory's partition,
+	// kept by an observer, and the directory's changes are committed by
+	// that partition's owner; until this node owns it, Directory is the
+	// directory's committer (refusing). Outbound webhooks are refused
+	// (their subscriptions and outboxes are per engine, not per cluster).
+	Directory fanout.Committer
+	// WrapAPI, if set, wraps the admin API's handler (directory writes on
+	// a node that does not own the directory go to its owner).
+	WrapAPI func(http.Handler) http.Handler
 }
 
 // serves reports whether partition i is attached at start (every one

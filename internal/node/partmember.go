@@ -134,30 +134,43 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return err
 	}
 	owners := newCoordOwners(mc.Coord, mc.LeaseTTL/3)
+	// The directory's partition, D = p (dirmember.go): this node's copy
+	// caught up before it serves.
+	dirP := cluster.Partition(p)
+	if err := dirBootstrap(ctx, mc, peer, owners, dirP, 3*mc.LeaseTTL, log.With("partition", "dir")); err != nil {
+		return err
+	}
 	routes := &cluster.PartitionRoutes{}
 	host := &partHost{routes: routes, codec: codec}
 	known := loadPeers(mc.Node.DataDir)
-	ms := make([]*member, p)
+	ms := make([]*member, p+1)
 	for i := range ms {
 		m := &member{mc: mc, c: mc.Coord, log: log.With("partition", i), peers: known, peer: peer,
 			p: cluster.Partition(i), perPartition: true, host: host, handover: make(chan struct{}, 1)}
 		m.state.Store(stateSpare)
 		ms[i] = m
 	}
+	dirObs, _ := newDirObserver(mc.Coord, dirP, mc.ID, mc.Secret, peer, owners, log.With("partition", "dir"), nil)
+	dm := ms[p]
+	dm.log, dm.keep = log.With("partition", "dir"), dirKeepRecent
+	dm.host = &dirHost{partHost: host, obs: dirObs}
+	dirObs.owns = func() bool { return dm.serving.Load() != nil }
 	byP := func(w http.ResponseWriter, r *http.Request) *member {
 		v := r.URL.Query().Get("p")
 		i, err := strconv.Atoi(v)
 		if v == "" {
 			i, err = 0, nil
 		}
-		if err != nil || i < 0 || i >= p {
-			writeErr(w, http.StatusBadRequest, fmt.Sprintf("p must name a partition, 0 to %d", p-1), "BAD_REQUEST")
+		if err != nil || i < 0 || i > p {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("p must name a partition: 0 to %d, or %d for the directory's", p-1, p), "BAD_REQUEST")
 			return nil
 		}
 		return ms[i]
 	}
 	cfg := mc.Node
-	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer}
+	proxy := &dirProxy{p: dirP, owners: owners, peer: peer, m: dm, obs: dirObs}
+	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer,
+		Directory: dirRefuser{}, WrapAPI: proxy.wrap}
 	if b, ok := mc.Coord.(cluster.Budgeter); ok {
 		cfg.peers.Budget = b.Budget() // the org's budget, for every node (stage 6)
 	}
@@ -201,6 +214,12 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return err
 	}
 	host.n = node
+	dirObs.n = node
+	if err := dirObs.attach(mc.ID, node.parts.dirDB); err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		return errors.Join(err, node.Shutdown(sctx))
+	}
 	notServed := func(user string, _ uint32) error {
 		i := node.parts.of(user)
 		_, sock, _ := ms[i].owner(context.Background())
@@ -219,7 +238,8 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		wg.Go(func() { publishPartitioned(mctx, reg, mc, ms, known) })
 		wg.Go(func() { balance(mctx, mc, reg, ms, log) })
 	}
-	errs := make([]error, p)
+	wg.Go(func() { dirObs.run(mctx) })
+	errs := make([]error, len(ms))
 	for i, m := range ms {
 		wg.Go(func() {
 			for {
@@ -275,19 +295,23 @@ func publishPartitioned(ctx context.Context, reg cluster.Registry, mc MemberConf
 	defer t.Stop()
 	for {
 		var owns, follows []string
-		for _, m := range ms {
+		for i, m := range ms {
+			name := strconv.Itoa(i)
+			if i == mc.Node.Partitions {
+				name = "dir"
+			}
 			switch me := m.self(); me.Role {
 			case "owner":
-				owns = append(owns, strconv.Itoa(int(m.p)))
+				owns = append(owns, name)
 			case string(stateStandby):
-				follows = append(follows, strconv.Itoa(int(m.p)))
+				follows = append(follows, name)
 			}
 		}
 		role := fmt.Sprintf("owner of [%s], standby of [%s]", strings.Join(owns, " "), strings.Join(follows, " "))
 		if ms[0].drained.Load() {
 			role = string(stateDrained) + ": " + role
 		}
-		me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: len(ms), Role: role}
+		me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: mc.Node.Partitions, Role: role}
 		if err := reg.SetMember(ctx, mc.ID, me, 3*mc.LeaseTTL); err != nil && ctx.Err() == nil {
 			mc.Node.Logger.Debug("publishing this node's status failed", "err", err)
 		}
@@ -334,6 +358,7 @@ func drainPartitioned(w http.ResponseWriter, ms []*member) {
 // member per partition.
 type partitionStatus struct {
 	Partition int    `json:"partition"`
+	Directory bool   `json:"directory,omitempty"` // the directory's partition (dirmember.go)
 	Role      string `json:"role"`
 	Epoch     uint64 `json:"epoch"`
 	Seq       uint64 `json:"seq"`
@@ -344,7 +369,7 @@ func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any 
 	ps := make([]partitionStatus, len(ms))
 	for i, m := range ms {
 		me := m.self()
-		ps[i] = partitionStatus{Partition: i, Role: me.Role, Epoch: me.Epoch, Seq: me.Seq}
+		ps[i] = partitionStatus{Partition: i, Directory: i == mc.Node.Partitions, Role: me.Role, Epoch: me.Epoch, Seq: me.Seq}
 		if rs := m.serving.Load(); rs != nil {
 			ps[i].Standby = rs.Status().Standby
 		}
@@ -495,14 +520,14 @@ type roles struct {
 // (the registry's members running p partitions, not drained, that said
 // so within the last two lease TTLs: a live node says so every third of
 // one).
-func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p int, ttl time.Duration) (*roles, error) {
+func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p, nodeParts int, ttl time.Duration) (*roles, error) {
 	ms, err := reg.Members(ctx)
 	if err != nil {
 		return nil, err
 	}
 	r := &roles{holder: make([]string, p), standby: make([]string, p), live: map[string]bool{}, owns: map[string]int{}, follows: map[string]int{}}
 	for id, m := range ms {
-		if m.Partitions == p && !strings.Contains(m.Role, string(stateDrained)) && time.Since(m.At) < 2*ttl {
+		if m.Partitions == nodeParts && !strings.Contains(m.Role, string(stateDrained)) && time.Since(m.At) < 2*ttl {
 			r.live[id] = true
 		}
 	}
@@ -577,7 +602,7 @@ func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*m
 		if time.Now().Before(settle) || ms[0].drained.Load() {
 			continue // a drained node gives its roles up, and takes none
 		}
-		r, err := readRoles(ctx, mc.Coord, reg, len(ms), mc.LeaseTTL)
+		r, err := readRoles(ctx, mc.Coord, reg, len(ms), mc.Node.Partitions, mc.LeaseTTL)
 		if err != nil {
 			continue
 		}

@@ -3,6 +3,8 @@ package node_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -85,6 +87,62 @@ func runPartNode(t *testing.T, coord cluster.Coord, log *slog.Logger, id, dir, a
 	return partNode{}
 }
 
+// addClusterUsers creates users through via's admin API (POST
+// /v1/users/batch: a node that does not own the directory's partition
+// proxies it to the one that does) and waits until every node's
+// directory has them.
+func addClusterUsers(t *testing.T, via partNode, all []partNode, users ...fanout.User) {
+	t.Helper()
+	type userJSON struct {
+		ID    string `json:"id"`
+		Name  string `json:"name"`
+		Phone string `json:"phone,omitempty"`
+	}
+	body := struct {
+		Users []userJSON `json:"users"`
+	}{}
+	for _, u := range users {
+		body.Users = append(body.Users, userJSON{u.ID, u.Name, u.Phone})
+	}
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest("POST", "http://"+via.http+"/v1/users/batch", bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer "+via.n.AdminToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /v1/users/batch through %s: %s %s", via.id, resp.Status, msg)
+	}
+	// Read-your-writes through via: it answered once its copy held them.
+	for _, u := range users {
+		if !via.n.Directory().Active(u.ID) {
+			t.Fatalf("%s answered the change before its directory held %s", via.id, u.ID)
+		}
+	}
+	nodetest.WaitFor(t, "every node's directory to hold the new users", 10*time.Second, func() bool {
+		for _, pn := range all {
+			for _, u := range users {
+				if !pn.n.Directory().Active(u.ID) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// named returns users with the ids given, each named by its id.
+func named(ids ...string) []fanout.User {
+	out := make([]fanout.User, len(ids))
+	for i, id := range ids {
+		out[i] = fanout.User{ID: id, Name: id}
+	}
+	return out
+}
+
 // servedBy returns the partitions n serves now.
 func servedBy(n *node.Node) (ps []int) {
 	for p, e := range n.Engines() {
@@ -140,9 +198,7 @@ func TestClusterMemberPerPartition(t *testing.T) {
 	a, b := startPartCluster(t, coord, log, nil)
 	// ana and a user of a partition the other node serves.
 	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
-	for _, n := range []*node.Node{a.n, b.n} { // the directory is each node's own until step 4
-		nodetest.AddUsers(t, n, users...)
-	}
+	addClusterUsers(t, b, []partNode{a, b}, named(users...)...)
 	home := func(user string) partNode {
 		if a.n.Engines()[a.n.PartitionOf(user)] != nil {
 			return a
@@ -175,7 +231,7 @@ func TestClusterMemberPerPartition(t *testing.T) {
 		m := p.(map[string]any)
 		roles[int(m["partition"].(float64))], _ = m["role"].(string)
 	}
-	if len(roles) != testPartitions || roles[other.n.PartitionOf(to)] != "owner" || roles[a.n.PartitionOf("ana")] != "standby" || out["role"] != "partitioned" {
+	if len(roles) != testPartitions+1 || roles[other.n.PartitionOf(to)] != "owner" || roles[a.n.PartitionOf("ana")] != "standby" || out["role"] != "partitioned" {
 		t.Fatalf("%s's status: %v", other.id, out)
 	}
 
@@ -295,11 +351,7 @@ func TestClusterPartitionsShareTheSMSBudgetInRedis(t *testing.T) {
 	for _, u := range []string{"ana", "cy", "di", "ed", "flo", "gus", "hal"} {
 		users = append(users, fanout.User{ID: u, Name: u})
 	}
-	for _, n := range []*node.Node{a.n, b.n} { // the directory is each node's own until step 4
-		if _, err := n.Directory().PutUsers(users); err != nil {
-			t.Fatal(err)
-		}
-	}
+	addClusterUsers(t, a, []partNode{a, b}, users...)
 	// A sender on each node.
 	senderOn := func(pn partNode) (string, *dingNode) {
 		for _, u := range users[1:] {
@@ -402,9 +454,7 @@ func TestClusterPartitionsDrain(t *testing.T) {
 		return len(servedBy(c.n)) == 0
 	})
 	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
-	for _, n := range []*node.Node{a.n, b.n, c.n} {
-		nodetest.AddUsers(t, n, users...)
-	}
+	addClusterUsers(t, c, []partNode{a, b, c}, named(users...)...)
 	addrs := a.n.SocketAddr() + "," + b.n.SocketAddr()
 	dial := func(user string) *client.Client {
 		cl, err := client.Dial(ctx, client.Config{Addr: addrs, Token: nodetest.Token(t, a.n, user, "phone"), Device: "phone"})
