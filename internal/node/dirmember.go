@@ -107,7 +107,7 @@ func (h *dirHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (_
 	rs.KeepRecent(dirKeepRecent)
 	eng, err := engine.Open(engine.Config{
 		Store: rs, Clock: n.cfg.Clock, MaxBody: n.cfg.MaxBody, Logger: n.cfg.Logger.With("partition", "dir", "role", "owner"),
-		Registerer: prometheus.NewRegistry(), // the node's directory engine reports the series labelled "dir"
+		Registerer:        prometheus.NewRegistry(), // the node's directory engine reports the series labelled "dir"
 		MessageCacheBytes: -1, HookSource: "dir",
 	})
 	if err != nil {
