@@ -273,6 +273,11 @@ const (
 	LedgerEmailSent     LedgerKind = "email_sent"     // the mail server accepted an e-mail (Detail: its Message-ID)
 	LedgerEmailFailed   LedgerKind = "email_failed"   // the mail server refused an e-mail or could not be reached (Detail: the SMTP code, and whether it is retried)
 	LedgerNoEmail       LedgerKind = "no_email"       // an e-mail step for a recipient with no e-mail address
+	LedgerPushSent         LedgerKind = "push_sent"         // the push providers accepted a DING's push for the recipient's devices (Detail: how many, and their references)
+	LedgerPushFailed       LedgerKind = "push_failed"       // a push was refused or the providers could not be reached (Detail: the provider's answer, and whether it is retried)
+	LedgerPushUnregistered LedgerKind = "push_unregistered" // every device's token was dead (the tokens were removed)
+	LedgerPushOpened       LedgerKind = "push_opened"       // the app reported the notification opened (Device)
+	LedgerNoPushDevice     LedgerKind = "no_push_device"    // a push step for a recipient with no registered device
 	LedgerNoApp         LedgerKind = "no_app"         // an in-app step for a recipient outside the app
 	LedgerExhausted     LedgerKind = "exhausted"      // nothing more to try: every step fired, every send's outcome known (Detail: why, if one never came); awaiting a confirmation
 	LedgerCancelled     LedgerKind = "cancelled"
@@ -618,6 +623,9 @@ func (e *Engine) checkDing(r DingRequest) (*dingReq, error) {
 		q.policy, err = e.Policy("default")
 		if errors.Is(err, ErrNotFound) {
 			q.policy, err = DefaultPolicy, nil
+			if e.cfg.PushConfigured {
+				q.policy = DefaultPushPolicy
+			}
 		}
 	}
 	if err != nil {
