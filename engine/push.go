@@ -45,12 +45,12 @@ type PushToken struct {
 	Token    string `json:"t"`           // the provider's device token. Never log it.
 	Topic    string `json:"b,omitempty"` // APNs: the app's bundle id
 	Sandbox  bool   `json:"s,omitempty"` // APNs: the development environment
-	// Preview, when false (the default), keeps message previews off this
-	// device's notifications even when the server allows them; Mute
-	// keeps message notifications off it (DING steps still reach it).
-	Preview bool      `json:"v,omitempty"`
-	Mute    bool      `json:"m,omitempty"`
-	Updated time.Time `json:"u"`
+	// NoPreview keeps message previews off this device's notifications
+	// when the server allows them (dingd --push-preview); Mute keeps
+	// message notifications off it (a DING's push step still reaches it).
+	NoPreview bool      `json:"np,omitempty"`
+	Mute      bool      `json:"m,omitempty"`
+	Updated   time.Time `json:"u"`
 }
 
 // ErrBadPushToken is returned (wrapped, with the reason) for a push

@@ -1,0 +1,629 @@
+package push
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dingmq/ding/engine"
+)
+
+// Tokens is where a Pusher finds users' push registrations and removes
+// the dead ones (the engine implements it). Safe for concurrent use.
+type Tokens interface {
+	// PushTokens returns user's registrations (nil if none).
+	PushTokens(user string) ([]engine.PushToken, error)
+	// RemovePushToken removes (user, device)'s registration if it still
+	// holds token, and reports whether it did.
+	RemovePushToken(ctx context.Context, user, device, token string) (bool, error)
+}
+
+// Presence says which of a user's devices hold a connection now (the
+// hub implements it). Safe for concurrent use.
+type Presence interface {
+	Devices(user string) []string
+}
+
+// Streams gives what a badge counts: the head of a user's stream and
+// each device's cursor (the engine implements it). Optional.
+type Streams interface {
+	Head(user string) (uint64, error)
+	Devices(user string) ([]engine.DeviceCursor, error)
+}
+
+// Deps are a Pusher's neighbours. Tokens is required for sends; the rest
+// may be nil (no presence: every registered device is offline; no
+// streams: no badge; no Name: user ids as names).
+type Deps struct {
+	Tokens   Tokens
+	Presence Presence
+	Streams  Streams
+	Name     func(user string) string
+}
+
+// Pusher sends push notifications: a DING's push step (Send, an
+// engine.Notifier for engine.ChannelPush) and, as the engine's Sink
+// (Sink), a notification for new messages to registered devices that are
+// not connected, coalesced per device. Safe for concurrent use; Close
+// stops it.
+type Pusher struct {
+	cfg     Config
+	deps    Deps
+	senders map[string]sender
+	m       *metrics
+	log     *slog.Logger
+	rate    *pacer
+
+	seed   maphash.Seed
+	shards [64]userShard
+
+	work chan string // users with messages to notify; bounded by cfg.Queue
+
+	schedMu  sync.Mutex
+	sched    flushHeap     // guarded by schedMu
+	schedSet chan struct{} // wakes schedLoop
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	closed   sync.Once
+}
+
+type userShard struct {
+	mu    sync.Mutex
+	users map[string]*userState // guarded by mu
+}
+
+// userState is what notifications a user's devices are owed. Guarded by
+// its shard's mu.
+type userState struct {
+	seq      uint64 // messages noted for the user
+	queued   bool   // in work, or being worked on
+	armed    int64  // unix ms of the flush scheduled, 0 if none
+	last     lastMsg
+	devs     map[string]*devState
+	sinceSeq []msgAt // seq and append time of messages not yet notified, for the latency (bounded)
+}
+
+type lastMsg struct {
+	from    string
+	secret  bool
+	preview string // the text, when a preview may show it
+}
+
+type msgAt struct {
+	seq uint64
+	at  time.Time
+}
+
+type devState struct {
+	sentSeq uint64    // messages notified
+	sentAt  time.Time // last notification
+}
+
+var _ engine.Notifier = (*Pusher)(nil)
+
+// New validates cfg, reads the credentials it names and starts the
+// Pusher's workers.
+func New(cfg Config, deps Deps) (*Pusher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	p := &Pusher{cfg: cfg, deps: deps, senders: map[string]sender{}, log: cfg.Logger, seed: maphash.MakeSeed(),
+		work: make(chan string, cfg.Queue), schedSet: make(chan struct{}, 1), stop: make(chan struct{})}
+	if cfg.APNsKeyFile != "" {
+		s, err := newAPNs(&p.cfg)
+		if err != nil {
+			return nil, err
+		}
+		p.senders[engine.PushAPNs] = s
+	}
+	if cfg.FCMCredentialsFile != "" {
+		s, err := newFCM(&p.cfg)
+		if err != nil {
+			return nil, err
+		}
+		p.senders[engine.PushFCM] = s
+	}
+	if cfg.Rate > 0 {
+		p.rate = newPacer(cfg.Rate)
+	}
+	var err error
+	var count func() float64
+	if c, ok := deps.Tokens.(interface{ PushTokenCount() int64 }); ok {
+		count = func() float64 { return float64(c.PushTokenCount()) }
+	}
+	if p.m, err = newMetrics(cfg.Registerer, count); err != nil {
+		return nil, fmt.Errorf("push: metrics: %w", err)
+	}
+	for i := range p.shards {
+		p.shards[i].users = map[string]*userState{}
+	}
+	if cfg.Configured() {
+		p.wg.Add(1 + cfg.Workers)
+		go p.schedLoop()
+		for range cfg.Workers {
+			go p.workLoop()
+		}
+	}
+	return p, nil
+}
+
+// Configured reports whether a provider is configured.
+func (p *Pusher) Configured() bool { return len(p.senders) > 0 }
+
+// Close stops the workers; notifications not sent yet are dropped (the
+// messages stay in the streams). Idempotent.
+func (p *Pusher) Close() {
+	p.closed.Do(func() {
+		close(p.stop)
+		p.wg.Wait()
+	})
+}
+
+// Send implements engine.Notifier for engine.ChannelPush: a DING's push
+// step, to every registered device of user o.To (connected or not: a
+// DING wakes the phone), with the DING's choices as actions. It answers
+// nil if any device's provider accepted it (the reference lists the
+// providers' ids), an error wrapping engine.ErrUnregistered if every
+// token was dead (they are removed), one wrapping engine.ErrRejected if
+// every device refused it for good, and otherwise the last unknown
+// outcome (the engine retries the step).
+func (p *Pusher) Send(ctx context.Context, o engine.Outbound) (string, error) {
+	if o.Channel != engine.ChannelPush || !p.Configured() {
+		return "", fmt.Errorf("push: send %s: %w", o.Channel, engine.ErrNotConfigured)
+	}
+	toks, err := p.deps.Tokens.PushTokens(o.To)
+	if err != nil {
+		return "", fmt.Errorf("push: tokens: %w", err)
+	}
+	if len(toks) == 0 {
+		return "", &SendError{Provider: "push", Status: 0, Reason: "no registered device", Permanent: true}
+	}
+	n := &Note{Title: "DING from " + o.Sender, Badge: -1, Urgent: true, Critical: o.Critical, Ding: o.Ding, Choices: o.Choices, Collapse: "ding-" + o.Ding.String()}
+	if p.cfg.Preview {
+		n.Body = strings.TrimPrefix(o.Text, "DING from "+o.Sender+": ")
+	} else if len(o.Choices) > 0 {
+		n.Body = "Tap to answer"
+	} else {
+		n.Body = "Tap to confirm"
+	}
+	var refs []string
+	var dead, perm int
+	var last error
+	for _, t := range toks {
+		ref, err := p.sendRetry(ctx, t, n)
+		switch {
+		case err == nil:
+			refs = append(refs, t.Provider+":"+ref)
+			continue
+		case errors.Is(err, engine.ErrUnregistered):
+			dead++
+			p.removeDead(ctx, o.To, t)
+		case errors.Is(err, engine.ErrRejected), errors.Is(err, engine.ErrNotConfigured):
+			perm++
+		}
+		last = err
+	}
+	switch {
+	case len(refs) > 0:
+		ref := fmt.Sprintf("%d of %d devices: %s", len(refs), len(toks), strings.Join(refs, " "))
+		if dead > 0 {
+			ref += fmt.Sprintf("; %d dead token(s) removed", dead)
+		}
+		return ref, nil
+	case dead == len(toks):
+		return "", fmt.Errorf("push: %d dead token(s) removed: %w", dead, last)
+	case dead+perm == len(toks):
+		var se *SendError
+		if errors.As(last, &se) {
+			return "", &SendError{Provider: se.Provider, Status: se.Status, Reason: se.Reason, Permanent: true}
+		}
+		return "", last
+	}
+	return "", last
+}
+
+func (p *Pusher) removeDead(ctx context.Context, user string, t engine.PushToken) {
+	ok, err := p.deps.Tokens.RemovePushToken(context.WithoutCancel(ctx), user, t.Device, t.Token)
+	if err != nil {
+		p.log.Warn("push: removing a dead token failed", "device", t.Device, "err", err)
+		return
+	}
+	if ok {
+		p.m.dead.WithLabelValues(t.Provider).Inc()
+	}
+}
+
+// Sink returns an engine.Sink that hands every delivery to next and
+// notes, for a push, the new messages of users who have devices without a
+// connection. It never blocks: a user noted while the queue is full is
+// dropped and counted.
+func (p *Pusher) Sink(next engine.Sink) engine.Sink {
+	return sinkFunc(func(user string, es []engine.Entry) { next.Deliver(user, es); p.note(user, es) })
+}
+
+type sinkFunc func(user string, es []engine.Entry)
+
+func (f sinkFunc) Deliver(user string, es []engine.Entry) { f(user, es) }
+
+func (p *Pusher) shard(user string) *userShard {
+	return &p.shards[maphash.String(p.seed, user)%uint64(len(p.shards))]
+}
+
+// note records user's new messages (not their own, not DINGs: a DING
+// has its push step) and queues the user for a worker.
+func (p *Pusher) note(user string, es []engine.Entry) {
+	if !p.Configured() {
+		return
+	}
+	var msgs []*engine.Message
+	for i := range es {
+		m := es[i].Message
+		if es[i].Kind != engine.EntryMessage || m == nil || m.Kind == engine.KindDing {
+			continue
+		}
+		if m.Secret == nil && m.From == user {
+			continue // one's own message, on another device
+		}
+		if m.Secret != nil && m.Secret.Watermark != "" && m.Secret.Watermark == m.From {
+			continue
+		}
+		msgs = append(msgs, m)
+	}
+	if len(msgs) == 0 {
+		return
+	}
+	sh := p.shard(user)
+	sh.mu.Lock()
+	st := sh.users[user]
+	if st == nil {
+		st = &userState{devs: map[string]*devState{}}
+		sh.users[user] = st
+	}
+	for _, m := range msgs {
+		st.seq++
+		st.last = lastMsg{from: m.From, secret: m.Secret != nil}
+		if m.Secret == nil && p.cfg.Preview && m.Kind == engine.KindText {
+			st.last.preview = clip(string(m.Body), 178)
+		}
+		if len(st.sinceSeq) < 64 {
+			st.sinceSeq = append(st.sinceSeq, msgAt{st.seq, m.Created})
+		}
+	}
+	enqueue := !st.queued && st.armed == 0
+	if enqueue {
+		st.queued = true
+	}
+	sh.mu.Unlock()
+	if enqueue {
+		p.enqueue(user)
+	}
+}
+
+func (p *Pusher) enqueue(user string) {
+	select {
+	case p.work <- user:
+	default:
+		p.m.dropped.Inc()
+		sh := p.shard(user)
+		sh.mu.Lock()
+		if st := sh.users[user]; st != nil {
+			st.queued = false
+			for _, d := range st.devs {
+				d.sentSeq = st.seq // forgotten: the app shows them when opened
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+func (p *Pusher) workLoop() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case user := <-p.work:
+			p.notifyUser(user)
+		}
+	}
+}
+
+// notifyUser sends what user's offline devices are owed: at once to a
+// device notified more than Coalesce ago, and at the end of the window
+// to the others (one flush per user, at the earliest window's end).
+func (p *Pusher) notifyUser(user string) {
+	toks, err := p.deps.Tokens.PushTokens(user)
+	if err != nil {
+		p.log.Warn("push: reading tokens failed", "err", err)
+	}
+	var online []string
+	if p.deps.Presence != nil && len(toks) > 0 {
+		online = p.deps.Presence.Devices(user)
+	}
+	now := p.cfg.Clock.Now()
+	type job struct {
+		tok engine.PushToken
+		n   Note
+		at  time.Time // the oldest message it notifies, for the delay metric
+	}
+	var jobs []job
+	var flushAt time.Time
+	sh := p.shard(user)
+	sh.mu.Lock()
+	st := sh.users[user]
+	if st == nil {
+		sh.mu.Unlock()
+		return
+	}
+	st.queued = false
+	st.armed = 0
+	live := map[string]bool{}
+	for _, t := range toks {
+		live[t.Device] = true
+		d := st.devs[t.Device]
+		if d == nil {
+			d = &devState{}
+			st.devs[t.Device] = d
+		}
+		if t.Mute || containsStr(online, t.Device) {
+			d.sentSeq = st.seq // connected: the socket delivers; muted: nothing
+			continue
+		}
+		owed := st.seq - d.sentSeq
+		if owed == 0 {
+			continue
+		}
+		if !d.sentAt.IsZero() && now.Sub(d.sentAt) < p.cfg.Coalesce {
+			due := d.sentAt.Add(p.cfg.Coalesce)
+			if flushAt.IsZero() || due.Before(flushAt) {
+				flushAt = due
+			}
+			continue
+		}
+		n := Note{Badge: -1, Collapse: "messages"}
+		switch {
+		case owed > 1:
+			n.Title = strconv.FormatUint(owed, 10) + " new messages"
+			p.m.coalesced.Add(float64(owed - 1))
+		case st.last.secret:
+			n.Title, n.Secret = "New secret message", true
+		default:
+			n.Title = "New message from " + p.name(st.last.from)
+			if !t.NoPreview {
+				n.Body = st.last.preview
+			}
+		}
+		at := time.Time{}
+		for _, s := range st.sinceSeq {
+			if s.seq > d.sentSeq {
+				at = s.at
+				break
+			}
+		}
+		d.sentSeq, d.sentAt = st.seq, now
+		jobs = append(jobs, job{tok: t, n: n, at: at})
+	}
+	for dev := range st.devs {
+		if !live[dev] {
+			delete(st.devs, dev)
+		}
+	}
+	minSent := st.seq
+	for _, d := range st.devs {
+		minSent = min(minSent, d.sentSeq)
+	}
+	k := 0
+	for _, s := range st.sinceSeq {
+		if s.seq > minSent {
+			st.sinceSeq[k] = s
+			k++
+		}
+	}
+	st.sinceSeq = st.sinceSeq[:k]
+	if !flushAt.IsZero() {
+		st.armed = flushAt.UnixMilli()
+	} else if len(st.devs) == 0 || minSent == st.seq {
+		delete(sh.users, user) // nothing owed: forget the user
+	}
+	sh.mu.Unlock()
+	if !flushAt.IsZero() {
+		p.schedule(user, flushAt)
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	badge := p.badge(user)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-p.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for _, j := range jobs {
+		j.n.Badge = badge
+		_, err := p.sendRetry(ctx, j.tok, &j.n)
+		switch {
+		case err == nil:
+			if !j.at.IsZero() {
+				p.m.delay.Observe(max(0, time.Since(j.at).Seconds()))
+			}
+			p.m.notes.WithLabelValues("sent").Inc()
+		case errors.Is(err, engine.ErrUnregistered):
+			p.removeDead(ctx, user, j.tok)
+			p.m.notes.WithLabelValues("unregistered").Inc()
+		default:
+			p.m.notes.WithLabelValues("failed").Inc()
+			if p.log.Enabled(ctx, slog.LevelDebug) {
+				p.log.LogAttrs(ctx, slog.LevelDebug, "push: message notification failed", slog.String("device", j.tok.Device), slog.String("err", err.Error()))
+			}
+		}
+	}
+}
+
+func containsStr(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Pusher) name(user string) string {
+	if p.deps.Name != nil {
+		if n := p.deps.Name(user); n != "" {
+			return n
+		}
+	}
+	return user
+}
+
+// badge is the user's unread count: the stream's head less the furthest
+// any device acknowledged; -1 without Streams.
+func (p *Pusher) badge(user string) int {
+	if p.deps.Streams == nil {
+		return -1
+	}
+	head, err := p.deps.Streams.Head(user)
+	if err != nil {
+		return -1
+	}
+	devs, err := p.deps.Streams.Devices(user)
+	if err != nil {
+		return -1
+	}
+	var acked uint64
+	for _, d := range devs {
+		acked = max(acked, d.Cursor)
+	}
+	if head < acked {
+		return 0
+	}
+	return int(min(head-acked, 9999))
+}
+
+// Flushes of coalescing windows: a heap by due time, run by schedLoop on
+// cfg.Clock.
+
+type flush struct {
+	due  time.Time
+	user string
+}
+
+type flushHeap []flush
+
+func (h flushHeap) Len() int           { return len(h) }
+func (h flushHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h flushHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *flushHeap) Push(x any)        { *h = append(*h, x.(flush)) }
+func (h *flushHeap) Pop() any          { o := *h; x := o[len(o)-1]; *h = o[:len(o)-1]; return x }
+
+func (p *Pusher) schedule(user string, due time.Time) {
+	p.schedMu.Lock()
+	heap.Push(&p.sched, flush{due, user})
+	p.schedMu.Unlock()
+	select {
+	case p.schedSet <- struct{}{}:
+	default:
+	}
+}
+
+// Pending returns how many coalescing windows are waiting to flush (for
+// tests and the bench).
+func (p *Pusher) Pending() int {
+	p.schedMu.Lock()
+	defer p.schedMu.Unlock()
+	return len(p.sched)
+}
+
+func (p *Pusher) schedLoop() {
+	defer p.wg.Done()
+	for {
+		p.schedMu.Lock()
+		now := p.cfg.Clock.Now()
+		var due []string
+		for len(p.sched) > 0 && !p.sched[0].due.After(now) {
+			due = append(due, heap.Pop(&p.sched).(flush).user)
+		}
+		var wait <-chan time.Time
+		if len(p.sched) > 0 {
+			wait = p.cfg.Clock.Until(p.sched[0].due)
+		}
+		p.schedMu.Unlock()
+		for _, u := range due {
+			sh := p.shard(u)
+			sh.mu.Lock()
+			st := sh.users[u]
+			go1 := st != nil && !st.queued
+			if go1 {
+				st.queued, st.armed = true, 0
+			}
+			sh.mu.Unlock()
+			if go1 {
+				p.enqueue(u)
+			}
+		}
+		select {
+		case <-p.stop:
+			return
+		case <-p.schedSet:
+		case <-wait:
+		}
+	}
+}
+
+// clip cuts s to at most n bytes at a rune boundary.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8ValidEnd(s) {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
+}
+
+func utf8ValidEnd(s string) bool { return strings.ToValidUTF8(s, "") == s }
+
+// pacer spaces requests 1/rate apart (a token bucket of one).
+type pacer struct {
+	mu    sync.Mutex
+	every time.Duration
+	next  time.Time // guarded by mu
+}
+
+func newPacer(rate float64) *pacer { return &pacer{every: time.Duration(float64(time.Second) / rate)} }
+
+func (r *pacer) wait(ctx context.Context) error {
+	r.mu.Lock()
+	now := time.Now()
+	at := r.next
+	if at.Before(now) {
+		at = now
+	}
+	r.next = at.Add(r.every)
+	r.mu.Unlock()
+	if d := at.Sub(now); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
