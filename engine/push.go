@@ -65,7 +65,7 @@ var ErrUnregistered = NewError(CodeInternal, "engine: push token unregistered")
 
 var (
 	apnsTokenRE  = regexp.MustCompile(`^[0-9a-fA-F]{64,200}$`)
-	fcmTokenRE   = regexp.MustCompile(`^[A-Za-z0-9_:\-.]{16,4096}$`)
+	fcmTokenRE   = regexp.MustCompile(`^[A-Za-z0-9_:\-.]+$`)
 	bundleIDRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.\-]{0,154}$`)
 	maxPushToken = 4096
 )
@@ -85,7 +85,7 @@ func (t PushToken) Check() error {
 			return fmt.Errorf("%w: an APNs registration needs the app's bundle id (topic), such as com.example.ding", ErrBadPushToken)
 		}
 	case PushFCM:
-		if len(t.Token) > maxPushToken || !fcmTokenRE.MatchString(t.Token) {
+		if len(t.Token) < 16 || len(t.Token) > maxPushToken || !fcmTokenRE.MatchString(t.Token) {
 			return fmt.Errorf("%w: an FCM registration token is 16 to 4096 characters of letters, digits and _:-.", ErrBadPushToken)
 		}
 		if t.Sandbox || t.Topic != "" {
