@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dingmq/ding/engine"
@@ -65,6 +66,7 @@ type Pusher struct {
 	shards [64]userShard
 
 	work chan string // users with messages to notify; bounded by cfg.Queue
+	busy atomic.Int64 // users queued or being notified (Idle)
 
 	schedMu  sync.Mutex
 	sched    flushHeap     // guarded by schedMu
@@ -308,9 +310,11 @@ func (p *Pusher) note(user string, es []engine.Entry) {
 }
 
 func (p *Pusher) enqueue(user string) {
+	p.busy.Add(1)
 	select {
 	case p.work <- user:
 	default:
+		p.busy.Add(-1)
 		p.m.dropped.Inc()
 		sh := p.shard(user)
 		sh.mu.Lock()
@@ -332,6 +336,7 @@ func (p *Pusher) workLoop() {
 			return
 		case user := <-p.work:
 			p.notifyUser(user)
+			p.busy.Add(-1)
 		}
 	}
 }
@@ -428,10 +433,24 @@ func (p *Pusher) notifyUser(user string) {
 		}
 	}
 	st.sinceSeq = st.sinceSeq[:k]
+	if flushAt.IsZero() {
+		// Nothing owed. The user is forgotten once every device's window
+		// has ended (a flush then finds nothing and gets here again):
+		// until then its sentAt is what holds the next message back.
+		var latest time.Time
+		for _, d := range st.devs {
+			if d.sentAt.After(latest) {
+				latest = d.sentAt
+			}
+		}
+		if !latest.IsZero() && now.Sub(latest) < p.cfg.Coalesce {
+			flushAt = latest.Add(p.cfg.Coalesce)
+		} else {
+			delete(sh.users, user)
+		}
+	}
 	if !flushAt.IsZero() {
 		st.armed = flushAt.UnixMilli()
-	} else if len(st.devs) == 0 || minSent == st.seq {
-		delete(sh.users, user) // nothing owed: forget the user
 	}
 	sh.mu.Unlock()
 	if !flushAt.IsZero() {
@@ -538,6 +557,10 @@ func (p *Pusher) schedule(user string, due time.Time) {
 	default:
 	}
 }
+
+// Idle reports whether no user is queued or being notified (coalescing
+// windows may still be waiting: Pending).
+func (p *Pusher) Idle() bool { return p.busy.Load() == 0 }
 
 // Pending returns how many coalescing windows are waiting to flush (for
 // tests and the bench).
