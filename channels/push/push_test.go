@@ -193,9 +193,9 @@ type apnsBody struct {
 
 type fcmBody struct {
 	Message struct {
-		Token        string            `json:"token"`
+		Token        string                       `json:"token"`
 		Notification struct{ Title, Body string } `json:"notification"`
-		Data         map[string]string `json:"data"`
+		Data         map[string]string            `json:"data"`
 		Android      struct {
 			Priority     string `json:"priority"`
 			Notification struct {

@@ -65,7 +65,7 @@ type Pusher struct {
 	seed   maphash.Seed
 	shards [64]userShard
 
-	work chan string // users with messages to notify; bounded by cfg.Queue
+	work chan string  // users with messages to notify; bounded by cfg.Queue
 	busy atomic.Int64 // users queued or being notified (Idle)
 
 	schedMu  sync.Mutex
