@@ -210,7 +210,7 @@ func (e *Engine) notePushTokens() { e.pushTokenN.Store(-1) }
 func (c *txn) forgetPushTokens(user string) {
 	p := pushPrefix(user)
 	c.batch.DeleteRange(p, prefixEnd(p))
-	c.e.notePushTokens()
+	c.e.notePushTokens() // before it is durable: a scrape in between may count them once more
 }
 
 // hasPushToken reports whether user has a registration, as the store
@@ -226,23 +226,25 @@ func (c *txn) hasPushToken(user string) bool {
 // notification of DING id (the app reports it; confirming is a separate,
 // normal Confirm). ErrNotFound or ErrNotRecipient as for Confirm.
 func (e *Engine) PushOpened(ctx context.Context, user string, id ID, device string) error {
-	return e.apply(ctx, func(c *txn, now time.Time) error {
-		rec, err := c.ding(id)
+	return e.apply(ctx, func(c *txn, now time.Time) error { return c.pushOpened(user, id, device, now) })
+}
+
+func (c *txn) pushOpened(user string, id ID, device string, now time.Time) error {
+	rec, err := c.ding(id)
+	if err != nil {
+		return err
+	}
+	for idx, r := range rec.Recipients {
+		if r != user {
+			continue
+		}
+		s, err := c.state(id, idx)
 		if err != nil {
 			return err
 		}
-		for idx, r := range rec.Recipients {
-			if r != user {
-				continue
-			}
-			s, err := c.state(id, idx)
-			if err != nil {
-				return err
-			}
-			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerPushOpened, Channel: ChannelPush, Device: clip(device, 64), At: now})
-		}
-		return fmt.Errorf("%w: %s", ErrNotRecipient, id)
-	})
+		return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerPushOpened, Channel: ChannelPush, Device: clip(device, 64), At: now})
+	}
+	return fmt.Errorf("%w: %s", ErrNotRecipient, id)
 }
 
 // recordPushResult records what the push providers answered a DING's
@@ -291,4 +293,44 @@ func (c *txn) recordPushResult(t sendTask, rec *dingRecord, s *rcptState, ref st
 		}
 		return c.retryLater(t.id, t.idx, s, rec, ChannelPush, t.attempt, now)
 	}
+}
+
+// RegisterPushTokenAsync is RegisterPushToken that does not wait: done is
+// called once, on the commit loop, when the registration is durable or
+// has failed. It must not block.
+func (e *Engine) RegisterPushTokenAsync(user string, t PushToken, done func(error)) {
+	if err := CheckName("user", user); err != nil {
+		done(err)
+		return
+	}
+	if err := t.Check(); err != nil {
+		done(err)
+		return
+	}
+	e.applyAsync(func(c *txn, now time.Time) error {
+		if c.removed[user] {
+			return fmt.Errorf("%w: user %q is removed", ErrBadPushToken, user)
+		}
+		t.Updated = now.Truncate(time.Millisecond).UTC()
+		b, err := json.Marshal(&t)
+		if err != nil {
+			return err
+		}
+		c.batch.Set(pushKey(user, t.Device), b)
+		return nil
+	}, func(err error) { e.notePushTokens(); done(err) })
+}
+
+// RemovePushTokenAsync removes (user, device)'s registration, whatever it
+// holds, without waiting (done as for RegisterPushTokenAsync).
+func (e *Engine) RemovePushTokenAsync(user, device string, done func(error)) {
+	e.applyAsync(func(c *txn, now time.Time) error {
+		c.batch.Delete(pushKey(user, device))
+		return nil
+	}, func(err error) { e.notePushTokens(); done(err) })
+}
+
+// PushOpenedAsync is PushOpened that does not wait.
+func (e *Engine) PushOpenedAsync(user string, id ID, device string, done func(error)) {
+	e.applyAsync(func(c *txn, now time.Time) error { return c.pushOpened(user, id, device, now) }, done)
 }
