@@ -44,10 +44,10 @@ type config struct {
 	EmailLinkTTL                                                 time.Duration
 	// Push holds the push-* settings (package channels/push); the key
 	// and credentials files are read by the node at start.
-	Push     push.Config
-	PushRate int
-	Quotas                                                       engine.Quotas
-	NoCallFallback                                               bool
+	Push           push.Config
+	PushRate       int
+	Quotas         engine.Quotas
+	NoCallFallback bool
 	// BurnAfter and SecretUnreadTTL tune secret chats; zero takes the
 	// engine's defaults (30s, 24h).
 	BurnAfter       time.Duration

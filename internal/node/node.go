@@ -46,8 +46,8 @@ import (
 
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/email"
-	"github.com/dingmq/ding/channels/push"
 	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/push"
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/twilio"
@@ -470,7 +470,7 @@ type notifiers struct {
 	push   *push.Pusher
 	// pushDeps are bound to the engine and the hub once they are open.
 	pushDeps *pushDeps
-	engine engine.Notifier
+	engine   engine.Notifier
 }
 
 // openCommon is what a node opens the same way with one partition or
@@ -576,7 +576,7 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 		Logger: cfg.Logger, Registerer: reg,
 		Contacts: n.dir, Notifier: ns.engine, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
 		PushConfigured: ns.push.Configured(),
-		Keys: secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
+		Keys:           secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 		Retention: cfg.Retention,
 	}); err != nil {
 		return w, err

@@ -96,4 +96,3 @@ func (s pushStreams) Head(user string) (uint64, error) { return s.d.Head(user) }
 func (s pushStreams) Devices(user string) ([]engine.DeviceCursor, error) {
 	return s.d.streamDevices(user)
 }
-
