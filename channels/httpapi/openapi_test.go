@@ -2,10 +2,10 @@ package httpapi_test
 
 import (
 	"bytes"
-	"fmt"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
