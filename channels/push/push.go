@@ -42,6 +42,10 @@ type Config struct {
 	// TLSConfig, if set, is the providers' TLS (RootCAs for a fake or a
 	// relay with a private CA).
 	TLSConfig *tls.Config
+	// CAFile, when set, is a PEM file of the CAs the endpoints' certificates
+	// must chain to, instead of the system's (a relay with a private CA, a
+	// local fake). Read by New; it replaces TLSConfig's RootCAs.
+	CAFile string
 	// Preview puts a plain message's text in its notification (never a
 	// secret message's, nor a DING's unless Preview too); false: titles only.
 	Preview bool

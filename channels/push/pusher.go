@@ -3,10 +3,13 @@ package push
 import (
 	"container/heap"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,6 +120,22 @@ func New(cfg Config, deps Deps) (*Pusher, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
+	if cfg.CAFile != "" {
+		b, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("push: CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("push: CA file %s holds no PEM certificate", cfg.CAFile)
+		}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.TLSConfig != nil {
+			tc = cfg.TLSConfig.Clone()
+		}
+		tc.RootCAs = pool
+		cfg.TLSConfig = tc
+	}
 	p := &Pusher{cfg: cfg, deps: deps, senders: map[string]sender{}, log: cfg.Logger, seed: maphash.MakeSeed(),
 		work: make(chan string, cfg.Queue), schedSet: make(chan struct{}, 1), stop: make(chan struct{})}
 	if cfg.APNsKeyFile != "" {

@@ -47,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -109,11 +110,18 @@ type Server struct {
 	tokens   int             // access tokens issued
 	changed  chan struct{}   // closed and replaced on every recorded request
 	latency  time.Duration
+	every    int // FailEvery's period; 0: none
+	everyN   int
+	everySt  int
 	apnsSeen map[string]int // by path token
 }
 
-// Start starts both fakes on 127.0.0.1.
-func Start() (*Server, error) {
+// Start starts both fakes on 127.0.0.1, on ports of the system's choice.
+func Start() (*Server, error) { return StartAt("", "") }
+
+// StartAt starts the fakes on the given loopback addresses ("" for
+// 127.0.0.1:0), for cmd/fakepush.
+func StartAt(apnsAddr, fcmAddr string) (*Server, error) {
 	s := &Server{KeyID: "KEY1234567", TeamID: "TEAM123456", ProjectID: "ding-test",
 		saEmail: "ding@ding-test.iam.gserviceaccount.com", access: map[string]bool{},
 		changed: make(chan struct{}), apnsSeen: map[string]int{}}
@@ -125,11 +133,26 @@ func Start() (*Server, error) {
 		return nil, err
 	}
 	s.apns = httptest.NewUnstartedServer(http.HandlerFunc(s.serveAPNs))
-	s.apns.EnableHTTP2 = true
-	s.apns.StartTLS()
 	s.fcm = httptest.NewUnstartedServer(http.HandlerFunc(s.serveFCM))
-	s.fcm.EnableHTTP2 = true
-	s.fcm.StartTLS()
+	for _, x := range []struct {
+		srv  *httptest.Server
+		addr string
+	}{{s.apns, apnsAddr}, {s.fcm, fcmAddr}} {
+		if x.addr != "" {
+			host, _, err := net.SplitHostPort(x.addr)
+			if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+				return nil, fmt.Errorf("pushtest: %q is not a loopback address: this server is a fake", x.addr)
+			}
+			ln, err := net.Listen("tcp", x.addr)
+			if err != nil {
+				return nil, fmt.Errorf("pushtest: %w", err)
+			}
+			x.srv.Listener.Close()
+			x.srv.Listener = ln
+		}
+		x.srv.EnableHTTP2 = true
+		x.srv.StartTLS()
+	}
 	return s, nil
 }
 
@@ -151,6 +174,17 @@ func (s *Server) TLSConfig() *tls.Config {
 	pool.AddCert(s.apns.Certificate())
 	pool.AddCert(s.fcm.Certificate())
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+}
+
+// WriteCA writes the PEM of the fakes' certificates (self-signed) in dir
+// and returns its path: what a client must trust (dingd --push-ca-file).
+func (s *Server) WriteCA(dir string) (string, error) {
+	var b []byte
+	for _, c := range []*x509.Certificate{s.apns.Certificate(), s.fcm.Certificate()} {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	p := filepath.Join(dir, "pushtest-ca.pem")
+	return p, os.WriteFile(p, b, 0o644)
 }
 
 // SetLatency makes every send answer after d (a provider's round trip,
@@ -195,6 +229,13 @@ func (s *Server) Fail(f Failure) {
 	}
 	s.mu.Lock()
 	s.fails = append(s.fails, f)
+	s.mu.Unlock()
+}
+
+// FailEvery answers every nth send with status (503 to watch retries).
+func (s *Server) FailEvery(n, status int) {
+	s.mu.Lock()
+	s.every, s.everySt = n, status
 	s.mu.Unlock()
 }
 
@@ -259,6 +300,16 @@ func (s *Server) record(r Request) (Failure, bool, time.Duration) {
 	defer s.mu.Unlock()
 	var f Failure
 	found := false
+	if s.every > 0 {
+		s.everyN++
+		if s.everyN%s.every == 0 {
+			reason := "ServiceUnavailable"
+			if r.Provider == FCM {
+				reason = "UNAVAILABLE"
+			}
+			return Failure{Status: s.everySt, Reason: reason}, true, s.latency
+		}
+	}
 	for i := range s.fails {
 		c := &s.fails[i]
 		if (c.Provider == "" || c.Provider == r.Provider) && (c.Token == "" || c.Token == r.Token) && c.Times != 0 {
