@@ -63,6 +63,7 @@ func newMetrics(reg prometheus.Registerer, tokens func() float64) (*metrics, err
 		}
 		m.retries.WithLabelValues(p)
 		m.dead.WithLabelValues(p)
+		m.seconds.WithLabelValues(p)
 	}
 	for _, r := range []string{"sent", "unregistered", "failed"} {
 		m.notes.WithLabelValues(r)
