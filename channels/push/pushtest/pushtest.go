@@ -110,7 +110,9 @@ type Server struct {
 	tokens   int             // access tokens issued
 	changed  chan struct{}   // closed and replaced on every recorded request
 	latency  time.Duration
-	every    int // FailEvery's period; 0: none
+	gate     chan struct{} // Pause: closed by Resume; nil when not paused
+	held     int           // requests waiting at the gate
+	every    int           // FailEvery's period; 0: none
 	everyN   int
 	everySt  int
 	apnsSeen map[string]int // by path token
@@ -229,6 +231,53 @@ func (s *Server) Fail(f Failure) {
 	}
 	s.mu.Lock()
 	s.fails = append(s.fails, f)
+	s.mu.Unlock()
+}
+
+// Pause holds every send request, unanswered, until Resume (to let a
+// client's backlog build up, for benchmarks).
+func (s *Server) Pause() {
+	s.mu.Lock()
+	if s.gate == nil {
+		s.gate = make(chan struct{})
+	}
+	s.mu.Unlock()
+}
+
+// Resume answers the held requests and stops holding new ones.
+func (s *Server) Resume() {
+	s.mu.Lock()
+	if s.gate != nil {
+		close(s.gate)
+		s.gate = nil
+	}
+	s.mu.Unlock()
+}
+
+// Held returns how many requests wait for Resume.
+func (s *Server) Held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held
+}
+
+// hold waits while the server is paused.
+func (s *Server) hold(ctx context.Context) {
+	s.mu.Lock()
+	g := s.gate
+	if g != nil {
+		s.held++
+	}
+	s.mu.Unlock()
+	if g == nil {
+		return
+	}
+	select {
+	case <-g:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	s.held--
 	s.mu.Unlock()
 }
 
@@ -379,6 +428,8 @@ func (s *Server) serveAPNs(w http.ResponseWriter, r *http.Request) {
 		answer(400, "BadRequest")
 		return
 	}
+	s.hold(r.Context())
+	req.At = time.Now()
 	f, fail, lat := s.record(req)
 	if lat > 0 {
 		t := time.NewTimer(lat)
@@ -461,6 +512,8 @@ func (s *Server) serveFCM(w http.ResponseWriter, r *http.Request) {
 		answer(400, "INVALID_ARGUMENT", 0)
 		return
 	}
+	s.hold(r.Context())
+	req.At = time.Now()
 	f, fail, lat := s.record(req)
 	if lat > 0 {
 		t := time.NewTimer(lat)
