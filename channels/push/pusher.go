@@ -377,6 +377,7 @@ func (p *Pusher) notifyUser(user string) {
 		tok engine.PushToken
 		n   Note
 		at  time.Time // the oldest message it notifies, for the delay metric
+		seq uint64    // the user's seq it notifies through
 	}
 	var jobs []job
 	var flushAt time.Time
@@ -433,7 +434,7 @@ func (p *Pusher) notifyUser(user string) {
 			}
 		}
 		d.sentSeq, d.sentAt = st.seq, now
-		jobs = append(jobs, job{tok: t, n: n, at: at})
+		jobs = append(jobs, job{tok: t, n: n, at: at, seq: st.seq})
 	}
 	for dev := range st.devs {
 		if !live[dev] {
@@ -491,6 +492,7 @@ func (p *Pusher) notifyUser(user string) {
 	for _, j := range jobs {
 		j.n.Badge = badge
 		_, err := p.sendRetry(ctx, j.tok, &j.n)
+		p.sentAt(user, j.tok.Device, j.seq)
 		switch {
 		case err == nil:
 			if !j.at.IsZero() {
@@ -507,6 +509,24 @@ func (p *Pusher) notifyUser(user string) {
 			}
 		}
 	}
+}
+
+// sentAt restarts device's window when its notification through seq has
+// been answered: the window is measured from the request, not from the
+// decision, so that a request held up by a busy provider (or by the
+// workers ahead of it) does not bring the next one closer than the
+// window. A flush armed for the old end finds the window still open and
+// arms itself again.
+func (p *Pusher) sentAt(user, device string, seq uint64) {
+	now := p.cfg.Clock.Now()
+	sh := p.shard(user)
+	sh.mu.Lock()
+	if st := sh.users[user]; st != nil {
+		if d := st.devs[device]; d != nil && d.sentSeq == seq && now.After(d.sentAt) {
+			d.sentAt = now
+		}
+	}
+	sh.mu.Unlock()
 }
 
 func containsStr(ss []string, s string) bool {
