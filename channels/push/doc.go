@@ -18,8 +18,10 @@
 //     notification opened (push_opened in the ledger).
 //   - an engine.Sink wrapper (Sink): after the hub has the entries, each
 //     new message to a user (not their own, not a DING) is noted, and a
-//     worker notifies the user's registered devices that hold no
-//     connection and are not muted: at once if the device had no
+//     worker notifies the user's registered devices that are not muted
+//     and have not acknowledged it, when they hold no connection (or
+//     held one and did not acknowledge within Config.Grace): at once if
+//     the device had no
 //     notification in the last Config.Coalesce, else one notification
 //     when the window ends for everything that came in it ("3 new
 //     messages"). The badge is the unread count (the stream's head less

@@ -53,6 +53,12 @@ type Config struct {
 	// device; messages in between make one notification, sent when it
 	// ends. Zero means 10s.
 	Coalesce time.Duration
+	// Grace is how long a connected device has to acknowledge a new
+	// message before it is pushed all the same (a phone whose socket is
+	// still open but asleep); zero means 5s, negative never (a connected
+	// device is not pushed). Needs Deps.Streams (the devices' cursors);
+	// without it connected devices are not pushed.
+	Grace time.Duration
 	// Workers is how many sends are in flight at once; zero means 64.
 	Workers int
 	// Queue bounds the message notifications waiting for a worker; one
@@ -113,6 +119,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Workers == 0 {
 		c.Workers = 64
+	}
+	if c.Grace == 0 {
+		c.Grace = 5 * time.Second
 	}
 	if c.Queue == 0 {
 		c.Queue = 65536

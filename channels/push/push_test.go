@@ -290,14 +290,43 @@ func TestOfflineMessagePushOnceCoalesceBurstOnlineNone(t *testing.T) {
 	if n := len(v.srv.Requests()); n != 5 || reqs[4].Provider != pushtest.FCM {
 		t.Fatalf("requests %d, last %s; want one more, to FCM", n, reqs[len(reqs)-1].Provider)
 	}
+	// The iPhone, connected, acknowledges: it is not pushed after the grace.
+	head, err := v.e.Head("bo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.e.Ack(context.Background(), "bo", "iphone", head); err != nil {
+		t.Fatal(err)
+	}
+	v.clock.Advance(5 * time.Second)
+	v.settle(t)
+	if n := len(v.srv.Requests()); n != 5 {
+		t.Fatalf("%d requests after the grace of an acknowledging device, want 5", n)
+	}
+	// A connected device that does not acknowledge is pushed once the
+	// grace (5s) has passed since the message; the Pixel's window (10s
+	// from its last push) ends at the same time.
+	v.send(t, "ana", "bo", "asleep?")
+	v.sink.wait(t, "bo", 12)
+	v.settle(t)
+	if n := len(v.srv.Requests()); n != 5 {
+		t.Fatalf("%d requests before the grace, want 5", n)
+	}
+	v.clock.Advance(5 * time.Second)
+	reqs = v.waitReqs(t, 7)
+	v.settle(t)
+	if n := len(v.srv.Requests()); n != 7 || len(byProvider(reqs[5:], pushtest.APNs)) != 1 {
+		t.Fatalf("%d requests after the grace, want 7 with one to the iPhone", n)
+	}
+
 	// A DING (it has its own push step) is no message notification.
 	v.clock.Advance(time.Minute)
 	if _, err := v.e.Ding(context.Background(), engine.DingRequest{From: "ana", To: []string{"bo"}, Text: "fire", Policy: "inapp"}); err != nil {
 		t.Fatal(err)
 	}
-	v.sink.wait(t, "bo", 12)
+	v.sink.wait(t, "bo", 13)
 	v.settle(t)
-	if n := len(v.srv.Requests()); n != 5 {
+	if n := len(v.srv.Requests()); n != 7 {
 		t.Fatalf("%d requests after a DING, want no more", n)
 	}
 }

@@ -92,7 +92,8 @@ type userState struct {
 	armed    int64  // unix ms of the flush scheduled, 0 if none
 	last     lastMsg
 	devs     map[string]*devState
-	sinceSeq []msgAt // seq and append time of messages not yet notified, for the latency (bounded)
+	sinceSeq []msgAt // messages not yet notified to some device (bounded: the oldest 64)
+	maxEntry uint64  // the highest stream seq noted
 }
 
 type lastMsg struct {
@@ -102,8 +103,9 @@ type lastMsg struct {
 }
 
 type msgAt struct {
-	seq uint64
-	at  time.Time
+	seq   uint64    // the note counter (userState.seq)
+	entry uint64    // its seq in the user's stream, which device cursors count
+	at    time.Time // appended
 }
 
 type devState struct {
@@ -285,6 +287,7 @@ func (p *Pusher) note(user string, es []engine.Entry) {
 		return
 	}
 	var msgs []*engine.Message
+	var seqs []uint64
 	for i := range es {
 		m := es[i].Message
 		if es[i].Kind != engine.EntryMessage || m == nil || m.Kind == engine.KindDing {
@@ -297,6 +300,7 @@ func (p *Pusher) note(user string, es []engine.Entry) {
 			continue
 		}
 		msgs = append(msgs, m)
+		seqs = append(seqs, es[i].Seq)
 	}
 	if len(msgs) == 0 {
 		return
@@ -308,17 +312,21 @@ func (p *Pusher) note(user string, es []engine.Entry) {
 		st = &userState{devs: map[string]*devState{}}
 		sh.users[user] = st
 	}
-	for _, m := range msgs {
+	for i, m := range msgs {
 		st.seq++
+		st.maxEntry = max(st.maxEntry, seqs[i])
 		st.last = lastMsg{from: m.From, secret: m.Secret != nil}
 		if m.Secret == nil && p.cfg.Preview && m.Kind == engine.KindText {
 			st.last.preview = clip(string(m.Body), 178)
 		}
 		if len(st.sinceSeq) < 64 {
-			st.sinceSeq = append(st.sinceSeq, msgAt{st.seq, m.Created})
+			st.sinceSeq = append(st.sinceSeq, msgAt{st.seq, seqs[i], m.Created})
 		}
 	}
-	enqueue := !st.queued && st.armed == 0
+	// Looked at again even with a flush armed: the flush may be another
+	// device's window, or a connected device's grace, while this message
+	// is for a device that may be notified now.
+	enqueue := !st.queued
 	if enqueue {
 		st.queued = true
 	}
@@ -372,6 +380,20 @@ func (p *Pusher) notifyUser(user string) {
 	if p.deps.Presence != nil && len(toks) > 0 {
 		online = p.deps.Presence.Devices(user)
 	}
+	// Device cursors: what each device has acknowledged is not owed.
+	var head uint64
+	cursors := map[string]uint64{}
+	haveCursors := false
+	if p.deps.Streams != nil && len(toks) > 0 {
+		if devs, err := p.deps.Streams.Devices(user); err == nil {
+			haveCursors = true
+			for _, d := range devs {
+				cursors[d.Device] = d.Cursor
+			}
+			head, err = p.deps.Streams.Head(user)
+			haveCursors = err == nil
+		}
+	}
 	now := p.cfg.Clock.Now()
 	type job struct {
 		tok engine.PushToken
@@ -389,6 +411,7 @@ func (p *Pusher) notifyUser(user string) {
 		return
 	}
 	st.queued = false
+	armed := st.armed // a flush already in the heap for then
 	st.armed = 0
 	live := map[string]bool{}
 	for _, t := range toks {
@@ -398,13 +421,38 @@ func (p *Pusher) notifyUser(user string) {
 			d = &devState{}
 			st.devs[t.Device] = d
 		}
-		if t.Mute || containsStr(online, t.Device) {
-			d.sentSeq = st.seq // connected: the socket delivers; muted: nothing
+		connected := containsStr(online, t.Device)
+		if t.Mute || (connected && (p.cfg.Grace < 0 || !haveCursors)) {
+			d.sentSeq = st.seq // muted: nothing; connected: the socket delivers
+			continue
+		}
+		cur := cursors[t.Device]
+		if haveCursors && cur >= st.maxEntry {
+			d.sentSeq = st.seq // it has acknowledged them all
 			continue
 		}
 		owed := st.seq - d.sentSeq
+		var oldest time.Time // the oldest message owed and not acknowledged
+		for _, s := range st.sinceSeq {
+			if s.seq > d.sentSeq && s.entry <= cur {
+				owed-- // acknowledged since
+			} else if s.seq > d.sentSeq && oldest.IsZero() {
+				oldest = s.at
+			}
+		}
 		if owed == 0 {
+			d.sentSeq = st.seq
 			continue
+		}
+		if connected {
+			// Connected, but has not acknowledged: pushed if it still has
+			// not Grace after the oldest message it lacks.
+			if due := oldest.Add(p.cfg.Grace); !oldest.IsZero() && now.Before(due) {
+				if flushAt.IsZero() || due.Before(flushAt) {
+					flushAt = due
+				}
+				continue
+			}
 		}
 		if !d.sentAt.IsZero() && now.Sub(d.sentAt) < p.cfg.Coalesce {
 			due := d.sentAt.Add(p.cfg.Coalesce)
@@ -426,15 +474,8 @@ func (p *Pusher) notifyUser(user string) {
 				n.Body = st.last.preview
 			}
 		}
-		at := time.Time{}
-		for _, s := range st.sinceSeq {
-			if s.seq > d.sentSeq {
-				at = s.at
-				break
-			}
-		}
 		d.sentSeq, d.sentAt = st.seq, now
-		jobs = append(jobs, job{tok: t, n: n, at: at, seq: st.seq})
+		jobs = append(jobs, job{tok: t, n: n, at: oldest, seq: st.seq})
 	}
 	for dev := range st.devs {
 		if !live[dev] {
@@ -469,17 +510,26 @@ func (p *Pusher) notifyUser(user string) {
 			delete(sh.users, user)
 		}
 	}
+	again := false // a flush for then is in the heap already
 	if !flushAt.IsZero() {
+		again = armed == flushAt.UnixMilli()
 		st.armed = flushAt.UnixMilli()
 	}
 	sh.mu.Unlock()
-	if !flushAt.IsZero() {
+	if !flushAt.IsZero() && !again {
 		p.schedule(user, flushAt)
 	}
 	if len(jobs) == 0 {
 		return
 	}
-	badge := p.badge(user)
+	badge := -1
+	if haveCursors {
+		var acked uint64
+		for _, c := range cursors {
+			acked = max(acked, c)
+		}
+		badge = int(min(head-min(head, acked), 9999))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -545,30 +595,6 @@ func (p *Pusher) name(user string) string {
 		}
 	}
 	return user
-}
-
-// badge is the user's unread count: the stream's head less the furthest
-// any device acknowledged; -1 without Streams.
-func (p *Pusher) badge(user string) int {
-	if p.deps.Streams == nil {
-		return -1
-	}
-	head, err := p.deps.Streams.Head(user)
-	if err != nil {
-		return -1
-	}
-	devs, err := p.deps.Streams.Devices(user)
-	if err != nil {
-		return -1
-	}
-	var acked uint64
-	for _, d := range devs {
-		acked = max(acked, d.Cursor)
-	}
-	if head < acked {
-		return 0
-	}
-	return int(min(head-acked, 9999))
 }
 
 // Flushes of coalescing windows: a heap by due time, run by schedLoop on

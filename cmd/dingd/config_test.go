@@ -199,7 +199,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--push-apns-key-file", "/etc/ding/AuthKey.p8", "--push-apns-key-id", "KEY1234567", "--push-apns-team-id", "TEAM123456",
 		"--push-apns-endpoint", "https://127.0.0.1:12", "--push-fcm-credentials-file", "/etc/ding/sa.json",
 		"--push-fcm-endpoint", "https://127.0.0.1:13", "--push-fcm-token-url", "https://127.0.0.1:13/token",
-		"--push-preview", "--push-coalesce", "30s", "--push-rate", "500", "--push-ca-file", "/etc/ding/push-ca.pem",
+		"--push-preview", "--push-coalesce", "30s", "--push-rate", "500", "--push-ca-file", "/etc/ding/push-ca.pem", "--push-grace", "3s",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))
