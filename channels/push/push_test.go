@@ -576,3 +576,21 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o600) }
+
+// The org's rate limit spaces requests: 5 at 50/s take at least 80ms.
+func TestRateLimit(t *testing.T) {
+	v := newEnv(t, func(c *push.Config) { c.Rate = 50 })
+	for i := range 5 {
+		v.register(t, "bo", engine.PushToken{Device: "d" + string(rune('a'+i)), Provider: engine.PushFCM, Token: fcmTok + string(rune('a'+i))})
+	}
+	start := time.Now()
+	if _, err := v.p.Send(context.Background(), engine.Outbound{Ding: engine.ID{3}, Channel: engine.ChannelPush, To: "bo", Sender: "Ana"}); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 80*time.Millisecond {
+		t.Fatalf("5 requests at 50/s took %v, want at least 80ms", el)
+	}
+	if n := len(v.srv.Requests()); n != 5 {
+		t.Fatalf("%d requests", n)
+	}
+}
