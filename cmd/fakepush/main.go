@@ -63,6 +63,9 @@ func run(args []string, stdout io.Writer) error {
 	if *dir == "" || fs.NArg() > 0 || *failEvery < 0 {
 		return usageError("--dir is required; --fail-every is 0 or more; no arguments")
 	}
+	// Signals are caught from here on, before anything is printed.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return err
 	}
@@ -88,8 +91,6 @@ func run(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "fake APNs on %s, fake FCM on %s; run dingd with:\n  --push-apns-key-file %s --push-apns-key-id %s --push-apns-team-id %s --push-apns-endpoint %s \\\n  --push-fcm-credentials-file %s --push-fcm-endpoint %s --push-ca-file %s\n",
 		srv.APNsURL(), srv.FCMURL(), key, srv.KeyID, srv.TeamID, srv.APNsURL(), sa, srv.FCMURL(), ca)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	for seen := 0; ; {
 		reqs, err := srv.Wait(ctx, seen+1)
 		if err != nil {
