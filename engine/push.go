@@ -30,8 +30,6 @@ import (
 // every device of theirs that has a token. A user with none gets
 // no_push_device in the ledger.
 
-const prefixPushToken = 'P'
-
 // Push providers of PushToken.Provider.
 const (
 	PushAPNs = "apns"
