@@ -169,6 +169,9 @@ func TestDingPushStepThenConfirmFromNotification(t *testing.T) {
 	if err := pixel.Confirm(ctx, id, 1); err != nil {
 		t.Fatal(err)
 	}
+	if n := p.n.Engine().PendingSteps(); n != 0 {
+		t.Fatalf("%d escalation steps still armed after the confirmation", n) // the SMS and the call would follow
+	}
 	p.clock.Advance(20 * time.Minute)
 	evs := p.waitEvent(t, id, 0, "confirmed")
 	for _, want := range []string{"push_sent", "push_opened", "confirmed"} {
@@ -188,4 +191,41 @@ func contains(ss []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// A DING's push step due while dingd is down fires after the restart,
+// through the real FCM client; the confirmation from the notification
+// (the app's CONFIRM) then stops the SMS step.
+func TestDingPushStepAfterRestart(t *testing.T) {
+	p := startPushNode(t)
+	if code, out, _ := p.api(t, "PUT", "/v1/users/bo/push/pixel", map[string]any{"provider": "fcm", "token": "fcm-token-0123456789:bo-pixel"}); code != 200 {
+		t.Fatalf("register: %d %v", code, out)
+	}
+	id := p.ding(t, map[string]any{"to": []string{"bo"}, "text": "disk full", "policy": "inapp,push@1m,sms@5m"})
+	nodetest.Stop(t, p.n)
+	if n := len(p.push.Requests()); n != 0 {
+		t.Fatalf("%d pushes before the step's time", n)
+	}
+	p.start(t)
+	p.clock.Advance(2 * time.Minute) // overdue: fires at once
+	r := p.waitPushes(t, 1)[0]
+	if r.Provider != pushtest.FCM || !strings.Contains(string(r.Body), id) {
+		t.Fatalf("push %s %s", r.Provider, r.Body)
+	}
+	p.waitEvent(t, id, 0, "push_sent")
+	pixel := nodetest.Dial(t, p.n, "bo", "pixel", nil)
+	if err := pixel.Confirm(context.Background(), id, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.n.Engine().PendingSteps(); n != 0 {
+		t.Fatalf("%d escalation steps still armed after the confirmation", n) // the SMS would follow
+	}
+	p.clock.Advance(10 * time.Minute)
+	p.waitEvent(t, id, 0, "confirmed")
+	if n := p.twilio.Count("sms"); n != 0 {
+		t.Fatalf("%d SMS after the confirmation", n)
+	}
+	if n := len(p.push.Requests()); n != 1 {
+		t.Fatalf("%d pushes, want one", n)
+	}
 }
