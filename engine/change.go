@@ -184,6 +184,7 @@ func (c *txn) forgetUser(user string) (Offboarded, error) {
 		return res, err
 	}
 	res.SecretsBurned, err = c.burnUser(user)
+	c.forgetPushTokens(user)
 	return res, err
 }
 

@@ -245,39 +245,44 @@ const (
 type LedgerKind string
 
 const (
-	LedgerSent          LedgerKind = "sent"           // stored in the recipient's stream
-	LedgerDelivered     LedgerKind = "delivered"      // a device acknowledged it (Device says which)
-	LedgerRead          LedgerKind = "read"           // read on some device
-	LedgerConfirmed     LedgerKind = "confirmed"      // confirmed; Channel says how, Detail the answer
-	LedgerReminder      LedgerKind = "reminder"       // an in-app step after the first
-	LedgerSending       LedgerKind = "sending"        // an SMS or call was decided (Detail: the attempt); the provider's answer follows
-	LedgerSMSQueued     LedgerKind = "sms_queued"     // the provider accepted an SMS (Detail: its reference)
-	LedgerSMSSent       LedgerKind = "sms_sent"       // carrier status
-	LedgerSMSDelivered  LedgerKind = "sms_delivered"  // carrier status
-	LedgerSMSFailed     LedgerKind = "sms_failed"     // carrier status, or refused by the provider
-	LedgerCallInitiated LedgerKind = "call_initiated" // the provider accepted a call (Detail: its reference)
-	LedgerCallRinging   LedgerKind = "call_ringing"
-	LedgerCallAnswered  LedgerKind = "call_answered"
-	LedgerCallCompleted LedgerKind = "call_completed"
-	LedgerCallBusy      LedgerKind = "call_busy"
-	LedgerCallNoAnswer  LedgerKind = "call_no_answer"
-	LedgerCallFailed    LedgerKind = "call_failed"
-	LedgerDigits        LedgerKind = "digits"         // keys pressed in a call (Detail)
-	LedgerReply         LedgerKind = "reply"          // an SMS reply that did not confirm (Detail: its text)
-	LedgerRetry         LedgerKind = "retry"          // a send's outcome was unknown; sending again (Detail: attempt)
-	LedgerSendFailed    LedgerKind = "send_failed"    // gave up on a send after retries
-	LedgerFallback      LedgerKind = "fallback"       // an SMS because a call failed
-	LedgerQuotaRefused  LedgerKind = "quota_refused"  // Detail: the reason
-	LedgerNotConfigured LedgerKind = "not_configured" // the channel has no provider
-	LedgerNoPhone       LedgerKind = "no_phone"       // the recipient has no phone number
-	LedgerEmailSent     LedgerKind = "email_sent"     // the mail server accepted an e-mail (Detail: its Message-ID)
-	LedgerEmailFailed   LedgerKind = "email_failed"   // the mail server refused an e-mail or could not be reached (Detail: the SMTP code, and whether it is retried)
-	LedgerNoEmail       LedgerKind = "no_email"       // an e-mail step for a recipient with no e-mail address
-	LedgerNoApp         LedgerKind = "no_app"         // an in-app step for a recipient outside the app
-	LedgerExhausted     LedgerKind = "exhausted"      // nothing more to try: every step fired, every send's outcome known (Detail: why, if one never came); awaiting a confirmation
-	LedgerCancelled     LedgerKind = "cancelled"
-	LedgerRemoved       LedgerKind = "removed" // the recipient was offboarded
-	LedgerSkipped       LedgerKind = "skipped" // an overdue step superseded by a later one on the same channel
+	LedgerSent             LedgerKind = "sent"           // stored in the recipient's stream
+	LedgerDelivered        LedgerKind = "delivered"      // a device acknowledged it (Device says which)
+	LedgerRead             LedgerKind = "read"           // read on some device
+	LedgerConfirmed        LedgerKind = "confirmed"      // confirmed; Channel says how, Detail the answer
+	LedgerReminder         LedgerKind = "reminder"       // an in-app step after the first
+	LedgerSending          LedgerKind = "sending"        // an SMS or call was decided (Detail: the attempt); the provider's answer follows
+	LedgerSMSQueued        LedgerKind = "sms_queued"     // the provider accepted an SMS (Detail: its reference)
+	LedgerSMSSent          LedgerKind = "sms_sent"       // carrier status
+	LedgerSMSDelivered     LedgerKind = "sms_delivered"  // carrier status
+	LedgerSMSFailed        LedgerKind = "sms_failed"     // carrier status, or refused by the provider
+	LedgerCallInitiated    LedgerKind = "call_initiated" // the provider accepted a call (Detail: its reference)
+	LedgerCallRinging      LedgerKind = "call_ringing"
+	LedgerCallAnswered     LedgerKind = "call_answered"
+	LedgerCallCompleted    LedgerKind = "call_completed"
+	LedgerCallBusy         LedgerKind = "call_busy"
+	LedgerCallNoAnswer     LedgerKind = "call_no_answer"
+	LedgerCallFailed       LedgerKind = "call_failed"
+	LedgerDigits           LedgerKind = "digits"            // keys pressed in a call (Detail)
+	LedgerReply            LedgerKind = "reply"             // an SMS reply that did not confirm (Detail: its text)
+	LedgerRetry            LedgerKind = "retry"             // a send's outcome was unknown; sending again (Detail: attempt)
+	LedgerSendFailed       LedgerKind = "send_failed"       // gave up on a send after retries
+	LedgerFallback         LedgerKind = "fallback"          // an SMS because a call failed
+	LedgerQuotaRefused     LedgerKind = "quota_refused"     // Detail: the reason
+	LedgerNotConfigured    LedgerKind = "not_configured"    // the channel has no provider
+	LedgerNoPhone          LedgerKind = "no_phone"          // the recipient has no phone number
+	LedgerEmailSent        LedgerKind = "email_sent"        // the mail server accepted an e-mail (Detail: its Message-ID)
+	LedgerEmailFailed      LedgerKind = "email_failed"      // the mail server refused an e-mail or could not be reached (Detail: the SMTP code, and whether it is retried)
+	LedgerNoEmail          LedgerKind = "no_email"          // an e-mail step for a recipient with no e-mail address
+	LedgerPushSent         LedgerKind = "push_sent"         // the push providers accepted a DING's push for the recipient's devices (Detail: how many, and their references)
+	LedgerPushFailed       LedgerKind = "push_failed"       // a push was refused or the providers could not be reached (Detail: the provider's answer, and whether it is retried)
+	LedgerPushUnregistered LedgerKind = "push_unregistered" // every device's token was dead (the tokens were removed)
+	LedgerPushOpened       LedgerKind = "push_opened"       // the app reported the notification opened (Device)
+	LedgerNoPushDevice     LedgerKind = "no_push_device"    // a push step for a recipient with no registered device
+	LedgerNoApp            LedgerKind = "no_app"            // an in-app step for a recipient outside the app
+	LedgerExhausted        LedgerKind = "exhausted"         // nothing more to try: every step fired, every send's outcome known (Detail: why, if one never came); awaiting a confirmation
+	LedgerCancelled        LedgerKind = "cancelled"
+	LedgerRemoved          LedgerKind = "removed" // the recipient was offboarded
+	LedgerSkipped          LedgerKind = "skipped" // an overdue step superseded by a later one on the same channel
 )
 
 // DingEvent is a ledger event as pushed to the sender's stream (and, for
@@ -618,6 +623,9 @@ func (e *Engine) checkDing(r DingRequest) (*dingReq, error) {
 		q.policy, err = e.Policy("default")
 		if errors.Is(err, ErrNotFound) {
 			q.policy, err = DefaultPolicy, nil
+			if e.cfg.PushConfigured {
+				q.policy = DefaultPushPolicy
+			}
 		}
 	}
 	if err != nil {

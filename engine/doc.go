@@ -143,6 +143,13 @@
 //	dead      'D' | subscription id | 0x00 | seq (8) -> a dead letter: the event, attempts, last error, replay mark
 //	counter   'k' | "webhook"                       -> u64: the last event seq allocated
 //
+// Push registrations (push.go; channels/push sends):
+//
+//	push      'P' | user | 0x00 | device            -> push token record (JSON: provider, token, bundle id,
+//	                                                   sandbox, no_preview, mute, updated; rare writes, never
+//	                                                   on a message's path). Deleted on a dead token and
+//	                                                   with the user's offboarding
+//
 // The records' own layouts (DING, recipient state, ledger event, chat,
 // secret state, announcement counts, fanout job, relay record) are drawn in codec.go:
 // binary, each led by a version byte; the JSON records of data

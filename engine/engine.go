@@ -154,6 +154,9 @@ type Config struct {
 	// NoCallFallback turns off the SMS sent at once when a call is busy,
 	// unanswered or fails.
 	NoCallFallback bool
+	// PushConfigured makes DefaultPushPolicy the default policy (when no
+	// policy named "default" is stored): a push provider is configured.
+	PushConfigured bool
 
 	// Secret chats (secret.go).
 
@@ -317,6 +320,7 @@ type Engine struct {
 	fleeting       *memKeys              // level 3
 	chatCache      *idCache[*Chat]       // shared records, never modified
 	secretCache    *idCache[secretState] // live secret messages' states, written through after each commit
+	pushTokenN     atomic.Int64          // stored push tokens; -1: not counted since the last change (push.go)
 	liveSecretN    atomic.Int64          // live secret messages as of the last durable batch (readers)
 	appliedSecretN int64                 // live secret messages as of the last applied batch; the commit loop's own
 
@@ -369,6 +373,7 @@ func Open(cfg Config) (*Engine, error) {
 		closed:           make(chan struct{}),
 		outboxReady:      make(chan struct{}, 1),
 	}
+	e.pushTokenN.Store(-1)
 	e.minArmed.Store(math.MaxInt64)
 	e.ids.home, e.ids.homed = cfg.Partition, cfg.Placement != nil
 	e.active, _ = cfg.Recipients.(ActiveFilter)

@@ -514,6 +514,15 @@ func (c *txn) fireStep(id ID, idx int, s *rcptState, rec *dingRecord, step int, 
 
 // startSend charges the org's budget and decides a send.
 func (c *txn) startSend(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, now time.Time) error {
+	if ch == ChannelPush {
+		// No budget: a push costs nothing per message (the providers'
+		// rate limits are the notifier's to honour).
+		if !s.User || !c.hasPushToken(rec.Recipients[idx]) {
+			c.e.metrics.step(ch, "no_device")
+			return c.ledger(id, idx, s, rec, DingEvent{Event: LedgerNoPushDevice, Channel: ch, At: now})
+		}
+		return c.dispatch(id, idx, s, rec, ch, 1, false, now)
+	}
 	if ch == ChannelEmail {
 		if c.emailOf(idx, s, rec) == "" {
 			c.e.metrics.step(ch, "no_email")
@@ -574,6 +583,9 @@ func (c *txn) emailOf(idx int, s *rcptState, rec *dingRecord) string {
 // for the dispatch workers once this batch is durable.
 func (c *txn) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel, attempt int, quiet bool, now time.Time) error {
 	to := s.Phone
+	if ch == ChannelPush {
+		to = rec.Recipients[idx] // the notifier finds the user's devices at the send
+	}
 	if ch == ChannelEmail {
 		// A retry looks the address up again: it may have been removed.
 		if to = c.emailOf(idx, s, rec); to == "" {
@@ -587,7 +599,7 @@ func (c *txn) dispatch(id ID, idx int, s *rcptState, rec *dingRecord, ch Channel
 	})
 	c.e.inflightAdd(inflightKey(id, idx, t.N))
 	c.sends = append(c.sends, sendTask{id: id, idx: idx, n: t.N, ch: ch, attempt: attempt, to: to})
-	if ch != ChannelEmail {
+	if ch != ChannelEmail && ch != ChannelPush {
 		// The phone now answers for this DING: a reply confirms the
 		// pending DING most recently sent to that phone.
 		if s.PhoneAt != 0 {
@@ -1105,8 +1117,11 @@ func (c *txn) applySendResult(t sendTask, ref string, sendErr error, now time.Ti
 // recordSendResult records what the provider answered a send, and what
 // follows: a wait for its final status, a retry, a fallback.
 func (c *txn) recordSendResult(t sendTask, rec *dingRecord, s *rcptState, ref string, sendErr error, now time.Time) error {
-	if t.ch == ChannelEmail {
+	switch t.ch {
+	case ChannelEmail:
 		return c.recordEmailResult(t, rec, s, ref, sendErr, now)
+	case ChannelPush:
+		return c.recordPushResult(t, rec, s, ref, sendErr, now)
 	}
 	ev := DingEvent{Channel: t.ch, At: now}
 	switch {

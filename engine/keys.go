@@ -44,6 +44,7 @@ const (
 	prefixHook         = 'H' // H | subscription id              -> webhook subscription
 	prefixHookCursor   = 'C' // C | subscription id              -> seq(8): the events it is done with
 	prefixHookDead     = 'D' // D | subscription id | 0x00 | seq(8) -> a dead letter: the event and why it was parked
+	prefixPushToken    = 'P' // P | user | 0x00 | device        -> push token record (push.go)
 	// PrefixDirectory is reserved for the directory kept by package fanout:
 	// u | ... (users, and later departments and groups).
 	PrefixDirectory = 'u'

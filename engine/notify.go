@@ -19,6 +19,9 @@ const (
 	// ChannelEmail is an e-mail to the address the directory has for the
 	// recipient at the time of the send, whose links confirm the DING.
 	ChannelEmail Channel = 4
+	// ChannelPush is a push notification (APNs, FCM) to every device of
+	// the recipient that registered a push token (push.go).
+	ChannelPush Channel = 5
 )
 
 func (c Channel) String() string {
@@ -31,11 +34,13 @@ func (c Channel) String() string {
 		return "voice"
 	case ChannelEmail:
 		return "email"
+	case ChannelPush:
+		return "push"
 	}
 	return "unknown"
 }
 
-// ParseChannel parses "inapp", "sms", "voice" or "email".
+// ParseChannel parses "inapp", "push", "sms", "voice" or "email".
 func ParseChannel(s string) (Channel, error) {
 	switch s {
 	case "inapp", "app":
@@ -46,8 +51,10 @@ func ParseChannel(s string) (Channel, error) {
 		return ChannelVoice, nil
 	case "email", "mail":
 		return ChannelEmail, nil
+	case "push":
+		return ChannelPush, nil
 	}
-	return 0, fmt.Errorf("%w: unknown channel %q (want inapp, sms, voice or email)", ErrBadPolicy, s)
+	return 0, fmt.Errorf("%w: unknown channel %q (want inapp, push, sms, voice or email)", ErrBadPolicy, s)
 }
 
 // Outbound is one external send of an escalation step: an SMS, a call or
@@ -56,8 +63,8 @@ type Outbound struct {
 	Ding      ID      // the DING's id (also its message's id)
 	Recipient int     // the recipient's index in the DING
 	Attempt   int     // 1 for the first send of this step, 2 for its first retry, ...
-	Channel   Channel // ChannelSMS, ChannelVoice or ChannelEmail
-	To        string  // E.164 phone number, or for ChannelEmail an e-mail address. Never log it.
+	Channel   Channel // ChannelSMS, ChannelVoice, ChannelEmail or ChannelPush
+	To        string  // E.164 phone number, for ChannelEmail an e-mail address, for ChannelPush the user. Never log it.
 	Text      string  // what to send or speak. Never log it.
 	// Sender is the display name of the DING's sender (its user id if the
 	// directory has no name); Text starts with it too.
@@ -65,6 +72,9 @@ type Outbound struct {
 	// Choices is the DING's response menu; the recipient answers with the
 	// choice's number (1-based). Empty means "1 confirms".
 	Choices []string
+	// Critical is the DING's critical flag (a push asks for a critical
+	// alert where the platform allows it).
+	Critical bool
 }
 
 // Notifier sends SMS and calls (package channels/twilio implements it),

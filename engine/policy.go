@@ -44,8 +44,9 @@ type Step struct {
 //	inapp, sms@1s*3/10s until=read        (SMS at 1s, 11s, 21s)
 //	inapp,email@1m,sms@5m,voice@15m
 //
-// A step is channel[@delay][*times/every]; channel is inapp, sms, voice
-// or email (an e-mail whose links confirm, see ChannelEmail);
+// A step is channel[@delay][*times/every]; channel is inapp, push (a push
+// notification to the recipient's registered devices, see ChannelPush),
+// sms, voice or email (an e-mail whose links confirm, see ChannelEmail);
 // delays are Go durations (1s, 5m, 1h30m) from the moment the DING is
 // sent, at least one second apart in effect. Without until=, the policy
 // stops on confirmation.
@@ -65,6 +66,14 @@ const (
 // after 5 minutes, a call after 15, until confirmed.
 var DefaultPolicy = Policy{
 	Steps: []Step{{Channel: ChannelInApp}, {Channel: ChannelSMS, After: 5 * time.Minute}, {Channel: ChannelVoice, After: 15 * time.Minute}},
+	Until: StopConfirmed,
+}
+
+// DefaultPushPolicy is DefaultPolicy with a push at once, beside the
+// in-app message: the default when push is configured
+// (Config.PushConfigured).
+var DefaultPushPolicy = Policy{
+	Steps: []Step{{Channel: ChannelInApp}, {Channel: ChannelPush}, {Channel: ChannelSMS, After: 5 * time.Minute}, {Channel: ChannelVoice, After: 15 * time.Minute}},
 	Until: StopConfirmed,
 }
 
@@ -137,7 +146,7 @@ func (p Policy) Validate() error {
 	n := 0
 	for _, s := range p.Steps {
 		switch {
-		case s.Channel < ChannelInApp || s.Channel > ChannelEmail:
+		case s.Channel < ChannelInApp || s.Channel > ChannelPush:
 			return fmt.Errorf("%w: bad channel", ErrBadPolicy)
 		case s.After < 0 || s.Every < 0 || s.Repeat < 0:
 			return fmt.Errorf("%w: negative delay", ErrBadPolicy)

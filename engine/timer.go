@@ -262,6 +262,11 @@ func (e *Engine) send(ctx context.Context, t sendTask) (string, error) {
 		Ding: t.id, Recipient: t.idx, Attempt: t.attempt, Channel: t.ch, To: t.to,
 		Text: "DING from " + name + ": " + string(m.Body), Choices: m.Choices, Sender: name,
 	}
+	if t.ch == ChannelPush {
+		if rec, err := e.loadDing(t.id); err == nil {
+			o.Critical = rec.Critical
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.SendTimeout)
 	defer cancel()
 	start := time.Now()

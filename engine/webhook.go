@@ -141,7 +141,8 @@ var ledgerKinds = []LedgerKind{LedgerSent, LedgerDelivered, LedgerRead, LedgerCo
 	LedgerCallRinging, LedgerCallAnswered, LedgerCallCompleted, LedgerCallBusy, LedgerCallNoAnswer,
 	LedgerCallFailed, LedgerDigits, LedgerReply, LedgerRetry, LedgerSendFailed, LedgerFallback,
 	LedgerQuotaRefused, LedgerNotConfigured, LedgerNoPhone, LedgerEmailSent, LedgerEmailFailed, LedgerNoEmail,
-	LedgerNoApp, LedgerExhausted, LedgerCancelled, LedgerRemoved, LedgerSkipped}
+	LedgerNoApp, LedgerExhausted, LedgerCancelled, LedgerRemoved, LedgerSkipped,
+	LedgerPushSent, LedgerPushFailed, LedgerPushUnregistered, LedgerPushOpened, LedgerNoPushDevice}
 
 func hookDingType(k LedgerKind) string {
 	if k == LedgerExhausted {
@@ -995,7 +996,7 @@ func hookDingData(ev *DingEvent, user bool, rec *dingRecord) []Attr {
 				d = append(d, N("answer", int64(a)), S("choice", choice))
 			}
 		}
-	case LedgerQuotaRefused, LedgerExhausted, LedgerSending, LedgerRetry, LedgerSkipped, LedgerEmailFailed: // an SMTP code, never an address
+	case LedgerQuotaRefused, LedgerExhausted, LedgerSending, LedgerRetry, LedgerSkipped, LedgerEmailFailed, LedgerPushFailed: // an SMTP code or a provider's reason, never an address or a token
 		if ev.Detail != "" {
 			d = append(d, S("detail", ev.Detail))
 		}

@@ -298,6 +298,7 @@ func New(cfg Config) (*API, error) {
 	a.admin("POST /v1/retention/sweep", PermRetention, a.sweep)
 	a.secretRoutes()
 	a.announceRoutes()
+	a.pushRoutes()
 	a.admin("POST /v1/dings", PermSend, a.postDing)
 	a.admin("GET /v1/dings", PermStatus, a.listDings)
 	a.admin("GET /v1/dings/{id}", PermStatus, a.getDing)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -323,6 +324,18 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	nodetest.Dial(t, n, "bo", "laptop", nil)
 	c.Call(t, "GET /v1/users/{id}/devices", "/v1/users/bo/devices", T, nil, 200)
 	c.Call(t, "GET /v1/users/{id}/devices", "/v1/users/nosuch/devices", T, nil, 404)
+	const apnsToken = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90"
+	c.Call(t, "PUT /v1/users/{id}/push/{device}", "/v1/users/bo/push/phone", T, map[string]any{"provider": "apns", "token": apnsToken, "topic": "com.example.ding", "sandbox": true}, 200)
+	c.Call(t, "PUT /v1/users/{id}/push/{device}", "/v1/users/bo/push/pixel", T, map[string]any{"provider": "fcm", "token": "fcm-token-0123456789:x", "mute": true}, 200)
+	if e := c.Call(t, "PUT /v1/users/{id}/push/{device}", "/v1/users/bo/push/phone", T, map[string]any{"provider": "apns", "token": "abc"}, 400); !strings.Contains(fmt.Sprint(e), "64 or more hex digits") {
+		t.Errorf("a short APNs token: %v, want an error that says what a token is", e)
+	}
+	c.Call(t, "PUT /v1/users/{id}/push/{device}", "/v1/users/zed/push/phone", T, map[string]any{"provider": "fcm", "token": "fcm-token-0123456789"}, 404)
+	if pr := c.Call(t, "GET /v1/users/{id}/push", "/v1/users/bo/push", T, nil, 200); strings.Contains(fmt.Sprint(pr), apnsToken) || len(pr["devices"].([]any)) != 2 {
+		t.Errorf("GET push registrations: %v, want two, without tokens", pr)
+	}
+	c.Call(t, "DELETE /v1/users/{id}/push/{device}", "/v1/users/bo/push/pixel", T, nil, 200)
+	c.Call(t, "GET /v1/users/{id}/push", "/v1/users/nosuch/push", T, nil, 404)
 	c.Call(t, "PUT /v1/groups/{id}", "/v1/groups/oncall", T, map[string]any{"name": "On call", "members": []string{"bo", "cy"}}, 201)
 	c.Call(t, "PUT /v1/groups/{id}", "/v1/groups/oncall", T, map[string]any{"name": "On call", "members": []string{"bo"}}, 200)
 	c.Call(t, "PUT /v1/groups/{id}", "/v1/groups/x", T, map[string]any{"name": "X", "members": []string{"zed"}}, 422)

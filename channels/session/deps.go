@@ -41,6 +41,15 @@ type Engine interface {
 	MaxBody() int
 }
 
+// PushRegistry is an optional capability of Engine (found by type
+// assertion): storing devices' push tokens and recording notifications
+// opened (engine.Engine has it). The Async methods behave as Engine's.
+type PushRegistry interface {
+	RegisterPushTokenAsync(user string, t engine.PushToken, done func(error))
+	RemovePushTokenAsync(user, device string, done func(error))
+	PushOpenedAsync(user string, id engine.ID, device string, done func(error))
+}
+
 // Hub attaches a device to the live delivery of its user's stream. Safe
 // for concurrent use; never blocks on I/O. JoinFunc adapts *fanout.Hub.
 type Hub interface {

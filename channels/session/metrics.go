@@ -53,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, ft := range []pb.FrameType{pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
 		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM,
-		pb.FrameType_SECRET_CREATE, pb.FrameType_SCREENSHOT} {
+		pb.FrameType_SECRET_CREATE, pb.FrameType_SCREENSHOT, pb.FrameType_PUSH_REGISTER, pb.FrameType_PUSH_OPENED} {
 		m.framesByType[ft] = m.framesIn.WithLabelValues(ft.String())
 	}
 	if reg != nil {

@@ -118,7 +118,7 @@ func (s *Session) HandleFrame(ft pb.FrameType, payload []byte) {
 	switch ft {
 	case pb.FrameType_HELLO, pb.FrameType_SUBMIT, pb.FrameType_ACK, pb.FrameType_READ,
 		pb.FrameType_PING, pb.FrameType_PONG, pb.FrameType_RECEIPTS_QUERY, pb.FrameType_CONFIRM,
-		pb.FrameType_SECRET_CREATE, pb.FrameType_SCREENSHOT:
+		pb.FrameType_SECRET_CREATE, pb.FrameType_SCREENSHOT, pb.FrameType_PUSH_REGISTER, pb.FrameType_PUSH_OPENED:
 	default:
 		s.fatal(pb.Code_UNKNOWN_FRAME, 0, "not a client frame type: "+ft.String())
 		return
@@ -156,6 +156,10 @@ func (s *Session) HandleFrame(ft pb.FrameType, payload []byte) {
 		s.secretCreate(f)
 	case *pb.Screenshot:
 		s.screenshot(f)
+	case *pb.PushRegister:
+		s.pushRegister(f)
+	case *pb.PushOpened:
+		s.pushOpened(f)
 	}
 }
 
@@ -473,6 +477,42 @@ func (s *Session) screenshot(f *pb.Screenshot) {
 		}
 	}
 	s.m.cfg.Engine.ReportScreenshotAsync(s.user, chat, msg, s.okOrFail(f.Ref))
+}
+
+// pushRegister stores (or removes) this device's push token, and
+// answers OK once that is durable; BAD_REQUEST says what is wrong with
+// it. An engine without the capability answers UNAVAILABLE.
+func (s *Session) pushRegister(f *pb.PushRegister) {
+	pr, ok := s.m.cfg.Engine.(PushRegistry)
+	if !ok {
+		s.sendError(pb.Code_UNAVAILABLE, f.Ref, "push registration is not served here", false)
+		return
+	}
+	if f.Remove {
+		pr.RemovePushTokenAsync(s.user, s.device, s.okOrFail(f.Ref))
+		return
+	}
+	tok := engine.PushToken{Device: s.device, Provider: f.Provider, Token: f.Token, Topic: f.Topic, Sandbox: f.Sandbox, NoPreview: f.NoPreview, Mute: f.Mute}
+	if err := tok.Check(); err != nil {
+		s.fail(f.Ref, err)
+		return
+	}
+	pr.RegisterPushTokenAsync(s.user, tok, s.okOrFail(f.Ref))
+}
+
+// pushOpened records that the user opened a DING's push notification.
+func (s *Session) pushOpened(f *pb.PushOpened) {
+	pr, ok := s.m.cfg.Engine.(PushRegistry)
+	if !ok {
+		s.sendError(pb.Code_UNAVAILABLE, f.Ref, "push registration is not served here", false)
+		return
+	}
+	id, err := engine.ParseID(f.Id)
+	if err != nil {
+		s.sendError(pb.Code_BAD_REQUEST, f.Ref, "malformed DING id", false)
+		return
+	}
+	pr.PushOpenedAsync(s.user, id, s.device, s.okOrFail(f.Ref))
 }
 
 func msOrZero(t time.Time) int64 {

@@ -13,6 +13,7 @@
 //	./bin/dingbench broadcast --conns 18000 --messages 20  # group messages back to back to 18,000 online devices
 //	./bin/dingbench announce --users 100000 --conns 18000  # one announcement to all (~45 s); not in all
 //	./bin/dingbench escalate --steps 1000000  # DING escalation timers (~75 s)
+//	./bin/dingbench push --devices 10000 --push-messages 100000  # push notifications to offline devices through a fake APNs
 //	./bin/dingbench secret --chats 3000       # secret chats: submits, burn lateness, bulk burns, restarts (~70 s)
 //
 // --dingd names the server binary; by default the dingd next to dingbench.
@@ -87,6 +88,9 @@ func run(args []string) error {
 	overdue := fs.Int("overdue", 100, "escalate: steps that fall due while dingd is down, per restart")
 	serverPprof := fs.String("server-pprof", "", "escalate, announce, broadcast, secret: start dingd with --pprof on this address, to profile it during the run")
 	users := fs.Int("users", 100_000, "announce: users in the org (--conns of them online)")
+	devices := fs.Int("devices", 10_000, "push: users, each with one registered device and no connection")
+	pushMsgs := fs.Int("push-messages", 100_000, "push: messages in the burst, each to one of --devices users")
+	coalesce := fs.Duration("push-coalesce", 10*time.Second, "push: dingd's --push-coalesce")
 	serverProfile := fs.String("server-profile", "", "announce, broadcast: with --server-pprof, write dingd's CPU profile over the publish or the sends to this file (the --against dingd's to FILE.against); secret: to this prefix, one file per phase")
 	pairs := fs.Int("pairs", 500, "secret: user pairs sending to each other in the throughput phase (2×pairs connections)")
 	round := fs.Duration("round", 2*time.Second, "secret: each kind's window per round in the throughput phase (at least 2s)")
@@ -174,6 +178,9 @@ func run(args []string) error {
 		return bench.Cluster(bench.ClusterConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
 			Warmup: *warm, Run: *runFor, Failovers: *failovers, OwnerOnly: *ownerOnly, Profiling: profiling})
 	}
+	pushScenario := func() (bench.Table, error) {
+		return bench.Push(bench.PushConfig{Bin: *bin, Tmp: *tmp, Devices: *devices, Messages: *pushMsgs, Coalesce: *coalesce})
+	}
 	switch scenario {
 	case "announce-naive": // the announce scenario's baseline, run by it as a child process
 		return bench.NaiveBroadcast(os.Stdin, os.Stdout, pick(*conns, 18000))
@@ -193,6 +200,8 @@ func run(args []string) error {
 		scenarios = append(scenarios, secret)
 	case "cluster":
 		scenarios = append(scenarios, cluster)
+	case "push":
+		scenarios = append(scenarios, pushScenario)
 	case "all":
 		scenarios = append(scenarios, ingest, idle, resume, broadcast, escalate, secret)
 	default:

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/channels/email"
+	"github.com/dingmq/ding/channels/push"
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/node"
@@ -41,8 +42,12 @@ type config struct {
 	// start. Links use Twilio.PublicURL (public-url).
 	SMTPAddr, SMTPTLS, SMTPUsername, SMTPPasswordFile, EmailFrom string
 	EmailLinkTTL                                                 time.Duration
-	Quotas                                                       engine.Quotas
-	NoCallFallback                                               bool
+	// Push holds the push-* settings (package channels/push); the key
+	// and credentials files are read by the node at start.
+	Push           push.Config
+	PushRate       int
+	Quotas         engine.Quotas
+	NoCallFallback bool
 	// BurnAfter and SecretUnreadTTL tune secret chats; zero takes the
 	// engine's defaults (30s, 24h).
 	BurnAfter       time.Duration
@@ -321,6 +326,47 @@ var settings = []setting{
 		help:      "how long an e-mail's confirmation links work; 0: 168h",
 		effective: "168h0m0s",
 		field:     func(c *config) any { return &c.EmailLinkTTL }},
+	{name: "push-apns-key-file", env: "DING_PUSH_APNS_KEY_FILE", def: "",
+		help:  "APNs token-auth signing key (.p8) for push notifications to iOS; read at start, never logged; empty: no APNs",
+		field: func(c *config) any { return &c.Push.APNsKeyFile }},
+	{name: "push-apns-key-id", env: "DING_PUSH_APNS_KEY_ID", def: "",
+		help:  "the APNs key's id (10 characters, from Apple)",
+		field: func(c *config) any { return &c.Push.APNsKeyID }},
+	{name: "push-apns-team-id", env: "DING_PUSH_APNS_TEAM_ID", def: "",
+		help:  "the Apple developer team id the APNs key belongs to",
+		field: func(c *config) any { return &c.Push.APNsTeamID }},
+	{name: "push-apns-endpoint", env: "DING_PUSH_APNS_ENDPOINT", def: "",
+		help:      "base URL replacing APNs' hosts (both environments), e.g. a fake APNs for a demo or an on-premise relay",
+		effective: "https://api.push.apple.com",
+		field:     func(c *config) any { return &c.Push.APNsEndpoint }},
+	{name: "push-fcm-credentials-file", env: "DING_PUSH_FCM_CREDENTIALS_FILE", def: "",
+		help:  "Google service-account JSON file for FCM HTTP v1 push notifications to Android; read at start, never logged; empty: no FCM",
+		field: func(c *config) any { return &c.Push.FCMCredentialsFile }},
+	{name: "push-fcm-endpoint", env: "DING_PUSH_FCM_ENDPOINT", def: "",
+		help:      "base URL replacing https://fcm.googleapis.com, e.g. a fake FCM for a demo or a relay",
+		effective: "https://fcm.googleapis.com",
+		field:     func(c *config) any { return &c.Push.FCMEndpoint }},
+	{name: "push-fcm-token-url", env: "DING_PUSH_FCM_TOKEN_URL", def: "",
+		help:  "OAuth token URL replacing the service account's token_uri; empty: the file's",
+		field: func(c *config) any { return &c.Push.FCMTokenURL }},
+	{name: "push-ca-file", env: "DING_PUSH_CA_FILE", def: "",
+		help:  "PEM file of the CAs the push endpoints' certificates must chain to, instead of the system's (a relay with a private CA, cmd/fakepush)",
+		field: func(c *config) any { return &c.Push.CAFile }},
+	{name: "push-preview", env: "DING_PUSH_PREVIEW", def: "false",
+		help:  "put a plain message's text in its push notification (never a secret chat's); default: \"New message from NAME\" only",
+		field: func(c *config) any { return &c.Push.Preview }},
+	{name: "push-coalesce", env: "DING_PUSH_COALESCE", def: "0s",
+		help:      "least time between two message notifications to one device; messages in between make one; 0: 10s",
+		effective: "10s",
+		field:     func(c *config) any { return &c.Push.Coalesce }},
+	{name: "push-grace", env: "DING_PUSH_GRACE", def: "0s",
+		help:      "how long a connected device has to acknowledge a new message before it is pushed all the same; 0: 5s, negative: connected devices are never pushed",
+		effective: "5s",
+		field:     func(c *config) any { return &c.Push.Grace }},
+	{name: "push-rate", env: "DING_PUSH_RATE", def: "0",
+		help:  "the most push requests per second to the providers (the org's push rate limit); 0: no bound",
+		zero:  "no bound",
+		field: func(c *config) any { return &c.PushRate }},
 	{name: "ding-sender-daily", env: "DING_SENDER_DAILY", def: "0",
 		help:      "DINGs one sender may send per UTC day; 0: 200, -1: unlimited",
 		effective: "200",
@@ -690,6 +736,15 @@ func (c *config) validate() error {
 	if err := c.validateACME(); err != nil {
 		return err
 	}
+	if c.PushRate < 0 {
+		return c.invalid("push-rate", strconv.Itoa(c.PushRate), "want 0 (no bound) or more")
+	}
+	if c.Push.Coalesce < 0 {
+		return c.invalid("push-coalesce", c.Push.Coalesce.String(), "want 0 (the default, 10s) or more")
+	}
+	if pc := c.push(); pc.Validate() != nil {
+		return fmt.Errorf("push settings: %w", pc.Validate())
+	}
 	if err := c.validateEmail(); err != nil {
 		return err
 	}
@@ -813,6 +868,13 @@ func (c *config) validateEmail() error {
 		return fmt.Errorf("e-mail settings: %w", err)
 	}
 	return nil
+}
+
+// push returns the node's push config.
+func (c *config) push() push.Config {
+	pc := c.Push
+	pc.Rate = float64(c.PushRate)
+	return pc
 }
 
 // email returns the node's e-mail config, with password.

@@ -196,6 +196,10 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--rate-user-submits", "0", "--rate-user-submits-burst", "0", "--rate-user-dings", "3", "--rate-admin-requests", "7",
 		"--rate-admin-requests-burst", "9", "--rate-token-mints", "0", "--auth-failures-per-source", "5", "--auth-lockout", "30s",
 		"--ws", "127.0.0.1:11", "--ws-origins", "https://app.example.com",
+		"--push-apns-key-file", "/etc/ding/AuthKey.p8", "--push-apns-key-id", "KEY1234567", "--push-apns-team-id", "TEAM123456",
+		"--push-apns-endpoint", "https://127.0.0.1:12", "--push-fcm-credentials-file", "/etc/ding/sa.json",
+		"--push-fcm-endpoint", "https://127.0.0.1:13", "--push-fcm-token-url", "https://127.0.0.1:13/token",
+		"--push-preview", "--push-coalesce", "30s", "--push-rate", "500", "--push-ca-file", "/etc/ding/push-ca.pem", "--push-grace", "3s",
 	}
 	const tok, csecret = "tok\"en", "cl\\uster"
 	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))

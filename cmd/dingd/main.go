@@ -195,6 +195,7 @@ func run(args []string, getenv func(string) (string, bool), stdout io.Writer) er
 		}
 		ncfg.Email = c.email(pw)
 	}
+	ncfg.Push = c.push()
 	ncfg.Socket.IdleTimeout = c.IdleTimeout
 	ncfg.Socket.NewDeviceWindow = c.NewDeviceWindow
 	ncfg.Retention = c.engineRetention()

@@ -47,6 +47,7 @@ import (
 	"github.com/dingmq/ding/channels/auth"
 	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/push"
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/twilio"
@@ -147,6 +148,12 @@ type Config struct {
 	// dir's email.KeyFile, created if missing), Now, Logger and
 	// Registerer are filled in by Start.
 	Email email.Config
+	// Push configures push notifications (APNs, FCM): DINGs' push steps
+	// and notifications of new messages to devices without a connection;
+	// without credentials, push steps are recorded as not configured. Its
+	// Clock, Logger and Registerer are filled in by Start. Not served with
+	// several Partitions yet.
+	Push push.Config
 	// Quotas bound DINGs; zero fields take the engine's defaults.
 	Quotas engine.Quotas
 	// NoCallFallback turns off the SMS sent when an escalation call fails.
@@ -249,6 +256,7 @@ type Node struct {
 	eng        *engine.Engine // nil with several partitions
 	parts      *partitionSet  // nil with one partition
 	hub        *fanout.Hub
+	pusher     *push.Pusher // stopped after the engine
 	dir        *fanout.Directory
 	sock       *socket.Server
 	sockLn     net.Listener
@@ -459,7 +467,10 @@ type wiring struct {
 type notifiers struct {
 	twilio *twilio.Notifier
 	email  *email.Notifier
-	engine engine.Notifier
+	push   *push.Pusher
+	// pushDeps are bound to the engine and the hub once they are open.
+	pushDeps *pushDeps
+	engine   engine.Notifier
 }
 
 // openCommon is what a node opens the same way with one partition or
@@ -499,7 +510,25 @@ func (n *Node) openCommon(cfg Config, reg prometheus.Registerer, dirStore store.
 	if ns.email, err = email.New(ec); err != nil {
 		return nil, "", ns, fmt.Errorf("node: %w", err)
 	}
-	ns.engine = engine.Notifiers{engine.ChannelSMS: ns.twilio, engine.ChannelVoice: ns.twilio, engine.ChannelEmail: ns.email}
+	nots := engine.Notifiers{engine.ChannelSMS: ns.twilio, engine.ChannelVoice: ns.twilio, engine.ChannelEmail: ns.email}
+	pc := cfg.Push
+	pc.Logger, pc.Registerer = cfg.Logger, reg
+	if cfg.Clock != nil {
+		pc.Clock = cfg.Clock
+	}
+	if pc.Configured() && cfg.Partitions > 1 {
+		cfg.Logger.Warn("push is not served with several partitions yet: push steps will be recorded as not configured")
+		pc = push.Config{Logger: cfg.Logger, Registerer: reg}
+	}
+	ns.pushDeps = &pushDeps{dir: n.dir}
+	if ns.push, err = push.New(pc, push.Deps{Tokens: ns.pushDeps, Presence: ns.pushDeps, Streams: pushStreams{ns.pushDeps}, Name: ns.pushDeps.name}); err != nil {
+		return nil, "", ns, fmt.Errorf("node: %w", err)
+	}
+	n.pusher = ns.push
+	if ns.push.Configured() {
+		nots[engine.ChannelPush] = ns.push
+	}
+	ns.engine = nots
 	return keys, backupRoot, ns, nil
 }
 
@@ -533,6 +562,7 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 	if err != nil {
 		return w, err
 	}
+	closers = append(closers, ns.push.Close) // run after the engine's (in reverse)
 	if n.secretKeys, err = keyring.Open(filepath.Join(cfg.DataDir, SecretKeysFile)); err != nil {
 		return w, fmt.Errorf("node: %w", err)
 	}
@@ -545,7 +575,8 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 		Store: st, Clock: cfg.Clock, Recipients: n.dir, MaxBody: cfg.MaxBody,
 		Logger: cfg.Logger, Registerer: reg,
 		Contacts: n.dir, Notifier: ns.engine, Quotas: cfg.Quotas, NoCallFallback: cfg.NoCallFallback,
-		Keys: secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
+		PushConfigured: ns.push.Configured(),
+		Keys:           secretKeys, BurnAfter: cfg.BurnAfter, SecretUnreadTTL: cfg.SecretUnreadTTL,
 		Retention: cfg.Retention,
 	}); err != nil {
 		return w, err
@@ -584,7 +615,14 @@ func (n *Node) openSingle(cfg Config, reg *prometheus.Registry, guard *diskGuard
 	if err != nil {
 		return w, err
 	}
-	n.eng.SetSink(pub)
+	ns.pushDeps.eng.Store(n.eng)
+	ns.pushDeps.hub.Store(n.hub)
+	if ns.push.Configured() {
+		// Devices without a connection are notified of new messages.
+		n.eng.SetSink(ns.push.Sink(pub))
+	} else {
+		n.eng.SetSink(pub)
+	}
 	n.eng.SetPresence(n.hub)
 	return wiring{sess: n.eng, api: n.eng, reports: n.eng, backup: n.db, keys: keys, backupRoot: backupRoot,
 		notifier: ns.twilio, email: ns.email, confirmer: n.eng,
@@ -853,6 +891,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 				n.log.Error("ding stopped before the engine finished; store left open", "err", n.stopErr)
 				return
 			}
+		}
+		if n.pusher != nil {
+			n.pusher.Close()
 		}
 		n.hub.Close()
 		if n.guard != nil {

@@ -444,6 +444,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	if err != nil {
 		return w, err
 	}
+	closers = append(closers, ns.push.Close) // run after the engines' (in reverse)
 	set.dir = n.dir
 	// The directory's engine: it holds no user, and only commits the
 	// directory's changes (their audit entries, offboarding's decision).

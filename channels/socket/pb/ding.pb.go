@@ -49,6 +49,8 @@ const (
 	FrameType_SECRET_EVENT           FrameType = 18 // server -> client, a secret chat's event in the stream
 	FrameType_SECRET_CREATE          FrameType = 19 // client -> server, create a secret chat; answered by OK with its id
 	FrameType_SCREENSHOT             FrameType = 20 // client -> server, report a screenshot in a level-3 chat; answered by OK
+	FrameType_PUSH_REGISTER          FrameType = 21 // client -> server, register (or remove) this device's push token; answered by OK
+	FrameType_PUSH_OPENED            FrameType = 22 // client -> server, report a DING's push notification opened; answered by OK
 )
 
 // Enum value maps for FrameType.
@@ -75,6 +77,8 @@ var (
 		18: "SECRET_EVENT",
 		19: "SECRET_CREATE",
 		20: "SCREENSHOT",
+		21: "PUSH_REGISTER",
+		22: "PUSH_OPENED",
 	}
 	FrameType_value = map[string]int32{
 		"FRAME_TYPE_UNSPECIFIED": 0,
@@ -98,6 +102,8 @@ var (
 		"SECRET_EVENT":           18,
 		"SECRET_CREATE":          19,
 		"SCREENSHOT":             20,
+		"PUSH_REGISTER":          21,
+		"PUSH_OPENED":            22,
 	}
 )
 
@@ -2036,6 +2042,166 @@ func (x *Screenshot) GetId() string {
 	return ""
 }
 
+// PushRegister registers this device's push token (APNs or FCM), replacing
+// the device's earlier one, or with remove set deletes it. Answered by OK,
+// or BAD_REQUEST whose detail says what is wrong. Tokens are kept per
+// (user, device); a dead token (the provider says so) is removed by the
+// server, and the app registers again when it gets a new one.
+type PushRegister struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Provider      string                 `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`                     // "apns" or "fcm"
+	Token         string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`                           // APNs: the device token in hex; FCM: the registration token
+	Topic         string                 `protobuf:"bytes,4,opt,name=topic,proto3" json:"topic,omitempty"`                           // APNs: the app's bundle id
+	Sandbox       bool                   `protobuf:"varint,5,opt,name=sandbox,proto3" json:"sandbox,omitempty"`                      // APNs: the development environment
+	NoPreview     bool                   `protobuf:"varint,6,opt,name=no_preview,json=noPreview,proto3" json:"no_preview,omitempty"` // no message text in this device's notifications, even when the server allows previews
+	Mute          bool                   `protobuf:"varint,7,opt,name=mute,proto3" json:"mute,omitempty"`                            // no message notifications on this device (a DING's push step still comes)
+	Remove        bool                   `protobuf:"varint,8,opt,name=remove,proto3" json:"remove,omitempty"`                        // delete this device's registration (the other fields are ignored)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushRegister) Reset() {
+	*x = PushRegister{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushRegister) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushRegister) ProtoMessage() {}
+
+func (x *PushRegister) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushRegister.ProtoReflect.Descriptor instead.
+func (*PushRegister) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PushRegister) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *PushRegister) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *PushRegister) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *PushRegister) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *PushRegister) GetSandbox() bool {
+	if x != nil {
+		return x.Sandbox
+	}
+	return false
+}
+
+func (x *PushRegister) GetNoPreview() bool {
+	if x != nil {
+		return x.NoPreview
+	}
+	return false
+}
+
+func (x *PushRegister) GetMute() bool {
+	if x != nil {
+		return x.Mute
+	}
+	return false
+}
+
+func (x *PushRegister) GetRemove() bool {
+	if x != nil {
+		return x.Remove
+	}
+	return false
+}
+
+// PushOpened reports that the user opened the push notification of a
+// DING (it is recorded in the DING's ledger as push_opened). Confirming
+// from a notification action is a CONFIRM like any other. Answered by OK.
+type PushOpened struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"` // the DING, 26 chars
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushOpened) Reset() {
+	*x = PushOpened{}
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushOpened) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushOpened) ProtoMessage() {}
+
+func (x *PushOpened) ProtoReflect() protoreflect.Message {
+	mi := &file_channels_socket_pb_ding_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushOpened.ProtoReflect.Descriptor instead.
+func (*PushOpened) Descriptor() ([]byte, []int) {
+	return file_channels_socket_pb_ding_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PushOpened) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *PushOpened) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_channels_socket_pb_ding_proto protoreflect.FileDescriptor
 
 const file_channels_socket_pb_ding_proto_rawDesc = "" +
@@ -2180,7 +2346,21 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"Screenshot\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x12\n" +
 	"\x04chat\x18\x02 \x01(\tR\x04chat\x12\x0e\n" +
-	"\x02id\x18\x03 \x01(\tR\x02id*\xad\x02\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\"\xcd\x01\n" +
+	"\fPushRegister\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x1a\n" +
+	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12\x14\n" +
+	"\x05topic\x18\x04 \x01(\tR\x05topic\x12\x18\n" +
+	"\asandbox\x18\x05 \x01(\bR\asandbox\x12\x1d\n" +
+	"\n" +
+	"no_preview\x18\x06 \x01(\bR\tnoPreview\x12\x12\n" +
+	"\x04mute\x18\a \x01(\bR\x04mute\x12\x16\n" +
+	"\x06remove\x18\b \x01(\bR\x06remove\".\n" +
+	"\n" +
+	"PushOpened\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id*\xd1\x02\n" +
 	"\tFrameType\x12\x1a\n" +
 	"\x16FRAME_TYPE_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05HELLO\x10\x01\x12\v\n" +
@@ -2207,7 +2387,9 @@ const file_channels_socket_pb_ding_proto_rawDesc = "" +
 	"\fSECRET_EVENT\x10\x12\x12\x11\n" +
 	"\rSECRET_CREATE\x10\x13\x12\x0e\n" +
 	"\n" +
-	"SCREENSHOT\x10\x14*L\n" +
+	"SCREENSHOT\x10\x14\x12\x11\n" +
+	"\rPUSH_REGISTER\x10\x15\x12\x0f\n" +
+	"\vPUSH_OPENED\x10\x16*L\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04TEXT\x10\x01\x12\b\n" +
@@ -2273,7 +2455,7 @@ func file_channels_socket_pb_ding_proto_rawDescGZIP() []byte {
 }
 
 var file_channels_socket_pb_ding_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_channels_socket_pb_ding_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(FrameType)(0),         // 0: ding.v1.FrameType
 	(Kind)(0),              // 1: ding.v1.Kind
@@ -2301,6 +2483,8 @@ var file_channels_socket_pb_ding_proto_goTypes = []any{
 	(*SecretEvent)(nil),    // 23: ding.v1.SecretEvent
 	(*SecretCreate)(nil),   // 24: ding.v1.SecretCreate
 	(*Screenshot)(nil),     // 25: ding.v1.Screenshot
+	(*PushRegister)(nil),   // 26: ding.v1.PushRegister
+	(*PushOpened)(nil),     // 27: ding.v1.PushOpened
 }
 var file_channels_socket_pb_ding_proto_depIdxs = []int32{
 	1,  // 0: ding.v1.Submit.kind:type_name -> ding.v1.Kind
@@ -2329,7 +2513,7 @@ func file_channels_socket_pb_ding_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_channels_socket_pb_ding_proto_rawDesc), len(file_channels_socket_pb_ding_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -122,6 +122,10 @@ func New(t pb.FrameType) (proto.Message, error) {
 		return &pb.SecretCreate{}, nil
 	case pb.FrameType_SCREENSHOT:
 		return &pb.Screenshot{}, nil
+	case pb.FrameType_PUSH_REGISTER:
+		return &pb.PushRegister{}, nil
+	case pb.FrameType_PUSH_OPENED:
+		return &pb.PushOpened{}, nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknownType, t)
 }

@@ -73,6 +73,9 @@ func FuzzDecode(f *testing.F) {
 	}))
 	f.Add(wire.Encode(pb.FrameType_SECRET_CREATE, &pb.SecretCreate{Ref: 6, To: "bo", Level: 3, BurnAfterMs: 5000}))
 	f.Add(wire.Encode(pb.FrameType_SCREENSHOT, &pb.Screenshot{Ref: 7, Chat: "01J00000000000000000000CHT", Id: "01J00000000000000000000000"}))
+	f.Add(wire.Encode(pb.FrameType_PUSH_REGISTER, &pb.PushRegister{Ref: 8, Provider: "apns", Token: "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90", Topic: "com.example.ding", Sandbox: true}))
+	f.Add(wire.Encode(pb.FrameType_PUSH_REGISTER, &pb.PushRegister{Ref: 9, Remove: true}))
+	f.Add(wire.Encode(pb.FrameType_PUSH_OPENED, &pb.PushOpened{Ref: 10, Id: "01J00000000000000000000000"}))
 	f.Add(wire.Encode(pb.FrameType_OK, &pb.Ok{Ref: 6, Id: "01J00000000000000000000CHT"}))
 	f.Add([]byte{0, 0, 0, 1, 10})
 	f.Fuzz(func(t *testing.T, b []byte) {
