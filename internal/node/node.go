@@ -50,6 +50,7 @@ import (
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/channels/web"
 	"github.com/dingmq/ding/channels/webhook"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
@@ -646,6 +647,8 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		mux.Handle(pattern, h)
 	}
 	mux.Handle("/ws", n.sock.WSHandler()) // the WebSocket gateway, a goroutine per connection (WSAddr holds none)
+	mux.Handle("/app/", web.App())        // the users' web app (channels/web), on /ws of this origin
+	mux.Handle("GET /app", http.RedirectHandler("/app/", http.StatusMovedPermanently))
 	mux.Handle("/", api)
 	handler := http.Handler(mux)
 	// Timeouts bound what an idle or trickling client holds (with the
