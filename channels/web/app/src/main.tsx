@@ -173,15 +173,15 @@ function Login(props: { onSubmit: (token: string, server: string) => void; error
       <h1>Ding</h1>
       <form onSubmit={submit} aria-describedby={err ? "login-error" : undefined}>
         <label for="token">User token</label>
-        <textarea
+        <input
           id="token"
           name="token"
-          rows={4}
+          type="password"
           required
           autocomplete="off"
           spellcheck={false}
           value={token}
-          onInput={(e) => setToken((e.target as HTMLTextAreaElement).value)}
+          onInput={(e) => setToken((e.target as HTMLInputElement).value)}
         />
         <p class="hint">
           An admin mints it: <code>POST /v1/tokens</code> with <code>{'{"user":"kim","device":"web"}'}</code>, or{" "}
@@ -422,7 +422,7 @@ function Conversation(props: { conv: Conv; session: Session; onBack: () => void 
 }
 
 const tickText: Record<Tick, string> = {
-  sending: "🕓",
+  sending: "…",
   failed: "!",
   sent: "✓",
   delivered: "✓✓",
@@ -483,7 +483,7 @@ function Card(props: { m: Msg; session: Session }) {
   const [choice, setChoice] = useState(0);
   const [err, setErr] = useState("");
   const [busy, setBusy] = useState(false);
-  const label = m.kind === "ding" ? `DING from ${m.from}` : `Announcement from ${m.from}`;
+  const label = m.kind === "ding" ? `DING from ${m.from}` : m.from ? `Announcement from ${m.from}` : "Announcement";
   const confirm = async (ev: Event) => {
     ev.preventDefault();
     if (m.choices.length > 0 && choice === 0) {
