@@ -2,9 +2,9 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak sdk-test sdk-proto node web chromium
+.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak sdk-test sdk-proto node web web-test chromium
 
-test: tools redis readme-tools chromium vet unit sdk-test
+test: tools redis readme-tools chromium vet unit sdk-test web-test
 
 # curl and jq (Debian's packages) for the README's tour (internal/readme),
 # whose "Integrate in 5 minutes" section uses them. Nothing is done when
@@ -117,6 +117,12 @@ APP := channels/web/app
 web: node
 	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
 	cd $(APP) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+# The web app's unit tests (its state, fed the SDK's events; node --test)
+# and its type check. Its browser tests are Go tests (cmd/dingd/web_test.go).
+web-test: node
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(APP) && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 # Chromium (Debian's package) for the browser tests (cmd/dingd/web_test.go,
 # driven by chromedp), when missing.
