@@ -207,7 +207,12 @@ function Login(props: { onSubmit: (token: string, server: string) => void; error
 
 function useModel(model: Model): number {
   const [v, setV] = useState(model.version);
-  useEffect(() => model.subscribe(() => setV(model.version)), [model]);
+  useEffect(() => {
+    // Changes between the render and this effect (a replayed stream
+    // arrives right after sign-in) notified no one: catch up first.
+    setV(model.version);
+    return model.subscribe(() => setV(model.version));
+  }, [model]);
   return v;
 }
 
