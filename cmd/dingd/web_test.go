@@ -282,8 +282,8 @@ func TestWebDingCardConfirmSendsNoSMS(t *testing.T) {
 	bo.WaitFor(fmt.Sprintf(`document.querySelector('%s .confirmed')?.innerText === "Confirmed"`, a))
 }
 
-// A secret chat opened from ana's page: bo's page shows the message under
-// ana's pseudonym, never her name; once bo's page has read it, both pages
+// A level-2 secret chat opened from ana's page: bo's page shows the
+// message under ana's pseudonym, never her name, watermarked with his; once bo's page has read it, both pages
 // show the burn countdown, and both lose the message when it burns
 // (dingd --burn-after 5s, the shortest allowed).
 func TestWebSecretMessageBurnsOnBothPages(t *testing.T) {
@@ -292,6 +292,8 @@ func TestWebSecretMessageBurnsOnBothPages(t *testing.T) {
 	r.addUser(t, "bo", "")
 	ana, bo := r.signIn(t, "ana"), r.signIn(t, "bo")
 
+	ana.Run(chromedp.SetValue(chromedp.ID("secret-level"), "2"))
+	webtest.Eval[bool](ana, `(() => { document.getElementById("secret-level").dispatchEvent(new Event("change", {bubbles: true})); return true })()`)
 	ana.Run(chromedp.SendKeys(chromedp.ID("newchat-to"), "bo"), chromedp.Click(chromedp.CSS(`.newchat button[type=button]`)))
 	ana.WaitFor(`document.querySelector('#conv-title')?.innerText.startsWith("Secret chat with anon-")`)
 	say(ana, "the door code is 4711")
@@ -306,6 +308,11 @@ func TestWebSecretMessageBurnsOnBothPages(t *testing.T) {
 	from := bo.Text(`li.msg.theirs.secret .from`)
 	if !strings.HasPrefix(from, "anon-") || strings.Contains(bo.Text(`.pane`), "ana") {
 		t.Fatalf("bo's page names the sender %q; the pane: %q", from, bo.Text(`.pane`))
+	}
+	// Level 2: bo's pseudonym as a watermark over the message.
+	you := bo.Text(`.secret-terms strong`)
+	if wm := webtest.Eval[string](bo, `document.querySelector("li.msg.theirs.secret .watermark")?.textContent ?? ""`); wm == "" || wm != you {
+		t.Fatalf("watermark %q, want bo's pseudonym %q", wm, you)
 	}
 	for _, pg := range []*webtest.Page{ana, bo} {
 		pg.WaitFor(`/^Burns in [1-5] s$/.test(document.querySelector("li.msg.secret .burn")?.innerText ?? "")`)

@@ -284,10 +284,10 @@ function Chat(props: { session: Session; status: Status; stopped: string; onSign
             model.open(key);
             setActive(key);
           }}
-          onSecret={async (to) => {
+          onSecret={async (to, level) => {
             setNotice("");
             try {
-              const id = await client.createChat(to.trim(), 1);
+              const id = await client.createChat(to.trim(), level);
               model.open(`secret:${id}`);
               setActive(`secret:${id}`);
             } catch (e) {
@@ -333,8 +333,9 @@ function Chat(props: { session: Session; status: Status; stopped: string; onSign
   );
 }
 
-function NewChat(props: { onOpen: (to: string) => void; onSecret: (to: string) => void }) {
+function NewChat(props: { onOpen: (to: string) => void; onSecret: (to: string, level: 1 | 2 | 3) => void }) {
   const [to, setTo] = useState("");
+  const [level, setLevel] = useState<1 | 2 | 3>(1);
   return (
     <form
       class="newchat"
@@ -351,13 +352,19 @@ function NewChat(props: { onOpen: (to: string) => void; onSecret: (to: string) =
         <button
           type="button"
           onClick={() => {
-            if (to.trim()) props.onSecret(to);
+            if (to.trim()) props.onSecret(to, level);
             setTo("");
           }}
         >
           Secret chat
         </button>
       </div>
+      <label for="secret-level">Secret chat level</label>
+      <select id="secret-level" value={level} onChange={(e) => setLevel(Number((e.target as HTMLSelectElement).value) as 1 | 2 | 3)}>
+        <option value="1">1: pseudonyms, burn after reading</option>
+        <option value="2">2: and a watermark; unread messages expire</option>
+        <option value="3">3: and screenshot reports; keys in memory only</option>
+      </select>
     </form>
   );
 }
