@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/dingmq/ding/channels/twilio/twiliotest"
 	"github.com/dingmq/ding/channels/web"
@@ -333,8 +334,12 @@ func TestWebRefusesBadTokenAndForeignOrigin(t *testing.T) {
 
 	pg := r.browser.NewPage(t, "intruder")
 	pg.Run(chromedp.Navigate(r.appURL()), chromedp.WaitVisible(chromedp.ID("token")))
-	typeToken(pg, "not a token")
+	// By keyboard alone: the field is focused by its label's target, Enter submits.
+	pg.Run(chromedp.SendKeys(chromedp.ID("token"), "not a token"+kb.Enter))
 	pg.WaitFor(`document.querySelector("[role=alert]")?.innerText.includes("not a Ding token")`)
+	if got := webtest.Eval[string](pg, `document.querySelector("label[for=token]")?.innerText ?? ""`); got != "User token" {
+		t.Fatalf("the token field's label is %q", got)
+	}
 
 	tok := r.p.token(t, "bo", "web")
 	forged := tok[:strings.LastIndex(tok, ".")+1] + "AAAA" + tok[strings.LastIndex(tok, ".")+5:]

@@ -21,7 +21,7 @@ var owners = map[string][]string{
 	"github.com/emersion/go-smtp":      {"github.com/dingmq/ding/channels/email/emailtest"},
 	// The OpenAPI validator is for tests: dingd serves its document as bytes.
 	"github.com/getkin/kin-openapi": {"github.com/dingmq/ding/channels/httpapi/openapitest"},
-	// The browser driver is for the browser tests.
+	// The browser driver is for the browser tests (webtest, and the tests that use it).
 	"github.com/chromedp/chromedp": {"github.com/dingmq/ding/channels/web/webtest"},
 }
 
