@@ -2,9 +2,9 @@
 GO        ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak sdk-test sdk-proto node
+.PHONY: test vet unit fuzz proto bench build tools redis readme-tools chaos soak sdk-test sdk-proto node web web-test chromium
 
-test: tools redis readme-tools vet unit sdk-test
+test: tools redis readme-tools chromium vet unit sdk-test web-test
 
 # curl and jq (Debian's packages) for the README's tour (internal/readme),
 # whose "Integrate in 5 minutes" section uses them. Nothing is done when
@@ -107,6 +107,32 @@ node:
 	  $$sudo apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
 	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || { echo "the SDK needs Node.js 20 or later; this is $$(node --version)"; exit 1; }
+
+# The web app (channels/web/app, Preact and the SDK bundled by esbuild):
+# npm ci for it and for the SDK it imports by path, its type check, then
+# the build into channels/web/app/dist, which dingd embeds (channels/web).
+# dist is committed, so building dingd needs no Node: run this after
+# changing the app or the SDK, and commit dist with the change.
+APP := channels/web/app
+web: node
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(APP) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+# The web app's unit tests (its state, fed the SDK's events; node --test)
+# and its type check. Its browser tests are Go tests (cmd/dingd/web_test.go).
+web-test: node
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(APP) && npm ci --no-audit --no-fund --loglevel=error && npm test
+
+# Chromium (Debian's package) for the browser tests (cmd/dingd/web_test.go,
+# driven by chromedp), when missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  set -e; sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  echo "installing chromium from Debian"; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  chromium --version; }
 
 # Regenerate the SDK's protobuf code (src/gen) from ding.proto.
 sdk-proto: node

@@ -23,6 +23,8 @@ var owners = map[string][]string{
 	"github.com/emersion/go-smtp":      {"github.com/dingmq/ding/channels/email/emailtest"},
 	// The OpenAPI validator is for tests: dingd serves its document as bytes.
 	"github.com/getkin/kin-openapi": {"github.com/dingmq/ding/channels/httpapi/openapitest"},
+	// The browser driver is for the browser tests (webtest, and the tests that use it).
+	"github.com/chromedp/chromedp": {"github.com/dingmq/ding/channels/web/webtest"},
 }
 
 func TestImportRules(t *testing.T) {
@@ -121,7 +123,7 @@ func TestNoGoPackagesUnderNodeModules(t *testing.T) {
 		t.Fatalf("git ls-files did not list the SDK's package.json (%q): the check is broken", files)
 	}
 	for _, f := range files {
-		if !slices.Contains([]string{"channels/web/sdk/package.json"}, f) {
+		if !slices.Contains([]string{"channels/web/sdk/package.json", "channels/web/app/package.json"}, f) {
 			t.Errorf("%s: a Node package outside the directories the layout knows (add it here and to the README's Layout)", f)
 		}
 	}

@@ -51,6 +51,7 @@ import (
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/channels/web"
 	"github.com/dingmq/ding/channels/webhook"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/keyring"
@@ -684,6 +685,8 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		mux.Handle(pattern, h)
 	}
 	mux.Handle("/ws", n.sock.WSHandler()) // the WebSocket gateway, a goroutine per connection (WSAddr holds none)
+	mux.Handle("/app/", web.App())        // the users' web app (channels/web), on /ws of this origin
+	mux.Handle("GET /app", http.RedirectHandler("/app/", http.StatusMovedPermanently))
 	if cfg.peers != nil && cfg.peers.WrapAPI != nil {
 		mux.Handle("/", cfg.peers.WrapAPI(api))
 	} else {
