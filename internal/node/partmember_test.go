@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,7 +42,7 @@ func testLog(t *testing.T) *slog.Logger {
 	var mu sync.Mutex
 	var logs bytes.Buffer
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("DING_TEST_LOGS") != "" {
 			mu.Lock()
 			t.Logf("the nodes' logs:\n%s", logs.String())
 			mu.Unlock()
@@ -477,6 +478,118 @@ func TestClusterPartitionsDrain(t *testing.T) {
 	for p := range testPartitions {
 		if o[p] == "c" || s[p] == "c" {
 			t.Fatalf("drained c took a role again: owners %q, standbys %q", o, s)
+		}
+	}
+}
+
+// The directory is the cluster's: a user offboarded through the node
+// that does not own the directory's partition is removed on every node,
+// their connections closed wherever they are and their tokens refused
+// everywhere; when the node owning the directory's partition stops, the
+// other takes it over, and once the stopped node is back (its standby:
+// ack-replicas 1) a change made through it is seen by both. The time
+// from the offboarding request to the connections closed is logged.
+func TestClusterDirectoryAcrossNodes(t *testing.T) {
+	// On a real redis-server: its blocking stream reads (a MemCoord's
+	// standby polls every quarter lease) make the offboarding's latency
+	// measured here the one a cluster has.
+	coord, closeRedis, err := cluster.DialRedis("redis://" + redistest.Start(t).Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	ctx := context.Background()
+	log := testLog(t)
+	a, b := startPartCluster(t, coord, log, nil)
+	nodes := map[string]*partNode{"a": &a, "b": &b}
+	dirOwner := func() *partNode {
+		h, _, _ := coord.Lease(ctx, cluster.Partition(testPartitions))
+		return nodes[h]
+	}
+	own := dirOwner()
+	if own == nil {
+		t.Fatal("the directory's partition has no owner")
+	}
+	other := &a
+	if own == &a {
+		other = &b
+	}
+	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
+	addClusterUsers(t, *other, []partNode{a, b}, named(users...)...)
+
+	// Each user connected, wherever their partition is served.
+	addrs := a.n.SocketAddr() + "," + b.n.SocketAddr()
+	clients := map[string]*client.Client{}
+	for _, u := range users {
+		c, err := client.Dial(ctx, client.Config{Addr: addrs, Token: nodetest.Token(t, a.n, u, "phone"), Device: "phone"})
+		if err != nil {
+			t.Fatalf("dial %s: %v", u, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		clients[u] = c
+	}
+	// Offboard, through the node not owning the directory, a user served
+	// by each node.
+	var gone []string
+	for _, pn := range []*partNode{&a, &b} {
+		for _, u := range users {
+			if pn.n.Engines()[pn.n.PartitionOf(u)] != nil && !slices.Contains(gone, u) {
+				gone = append(gone, u)
+				break
+			}
+		}
+	}
+	start := time.Now()
+	for _, u := range gone {
+		req, _ := http.NewRequest("DELETE", "http://"+other.http+"/v1/users/"+u, nil)
+		req.Header.Set("Authorization", "Bearer "+other.n.AdminToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			t.Fatalf("offboard %s through %s: %s", u, other.id, resp.Status)
+		}
+	}
+	answered := time.Since(start)
+	for _, u := range gone {
+		select {
+		case _, ok := <-clients[u].Entries():
+			for ok {
+				_, ok = <-clients[u].Entries()
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s's connection stayed open after the offboarding", u)
+		}
+		if err := clients[u].Err(); err == nil || !strings.Contains(err.Error(), "USER_REMOVED") {
+			t.Fatalf("%s's client ended with %v, want USER_REMOVED", u, err)
+		}
+	}
+	t.Logf("offboarded %v through %s (the directory's partition on %s): answered in %v, their connections on both nodes closed %v after the first request", gone, other.id, own.id, answered.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	for _, pn := range []*partNode{&a, &b} {
+		for _, u := range gone {
+			if pn.n.Directory().Active(u) {
+				t.Fatalf("%s is still active on %s", u, pn.id)
+			}
+			if _, err := client.Dial(ctx, client.Config{Addr: pn.n.SocketAddr(), Token: nodetest.Token(t, a.n, u, "tablet"), Device: "tablet"}); err == nil {
+				t.Fatalf("%s, offboarded, connected to %s", u, pn.id)
+			}
+		}
+	}
+
+	// The directory's owner stops; the other takes the directory over;
+	// the stopped node comes back and a change through it reaches both.
+	if err := own.halt(); err != nil {
+		t.Fatal(err)
+	}
+	survivor := other
+	nodetest.WaitFor(t, survivor.id+" to own the directory's partition", 20*time.Second, func() bool { return dirOwner() == survivor })
+	*own = runPartNode(t, coord, log, own.id, own.dir, own.http, own.sock, nil)
+	addClusterUsers(t, *own, []partNode{a, b}, named("ivy")...)
+	for _, u := range gone {
+		if a.n.Directory().Active(u) || b.n.Directory().Active(u) {
+			t.Fatalf("%s is active again after the directory's takeover", u)
 		}
 	}
 }
