@@ -63,10 +63,11 @@ import (
 //
 // The org's SMS and call budgets are counted in Redis for the whole
 // cluster (cluster.RedisBudget, when the coordinator is a RedisCoord).
+// The directory is a partition of its own (dirmember.go).
 //
-// Not yet (PARTITIONS.md "Where 5 stands", step 4): the directory
-// (DATA/dir/store) is each node's own, so users and groups must be added
-// on every node.
+// Not yet: outbound webhooks (refused: their subscriptions are per
+// engine), push notifications, and the org-wide admin calls (stats,
+// sweeps, policies) ask only the partitions attached here.
 
 // errPartitionMoved closes the connections of a partition's users when
 // this node stops serving it: they reconnect, and are redirected to its
