@@ -21,6 +21,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dingmq/ding/channels/session"
+	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/cluster/relay"
 	"github.com/dingmq/ding/engine"
@@ -579,7 +580,11 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		set.log.Error("applying the directory's removals to the partitions failed; retrying in the background", "err", err)
 		set.wakeForget()
 	}
-	w = wiring{sess: rt, api: rt, reports: rt, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
+	var reports twilio.Reports = rt
+	if cfg.peers != nil && cfg.peers.WrapReports != nil {
+		reports = cfg.peers.WrapReports(rt)
+	}
+	w = wiring{sess: rt, api: rt, reports: reports, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
 		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
 		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
 		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}
@@ -736,6 +741,10 @@ type partitionPeers struct {
 	// WrapAPI, if set, wraps the admin API's handler (directory writes on
 	// a node that does not own the directory go to its owner).
 	WrapAPI func(http.Handler) http.Handler
+	// WrapReports, if set, wraps what Twilio's callbacks report to (the
+	// partitions served here) so that other nodes' partitions are asked
+	// too (reports.go).
+	WrapReports func(twilio.Reports) twilio.Reports
 }
 
 // serves reports whether partition i is attached at start (every one

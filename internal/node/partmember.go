@@ -12,13 +12,16 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/engine/store"
@@ -170,8 +173,22 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	}
 	cfg := mc.Node
 	proxy := &dirProxy{p: dirP, owners: owners, peer: peer, m: dm, obs: dirObs}
+	var localReports atomic.Pointer[router] // the partitions served here, for other nodes' reports
+	otherNodes := func() []string {
+		var out []string
+		for id, pr := range known.snapshot() {
+			if id != mc.ID && pr.HTTP != "" {
+				out = append(out, pr.HTTP)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
 	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer,
-		Directory: dirRefuser{}, WrapAPI: proxy.wrap}
+		Directory: dirRefuser{}, WrapAPI: proxy.wrap,
+		WrapReports: func(local twilio.Reports) twilio.Reports {
+			return &clusterReports{local: local, peers: otherNodes, client: peer, secret: mc.Secret}
+		}}
 	if b, ok := mc.Coord.(cluster.Budgeter); ok {
 		cfg.peers.Budget = b.Budget() // the org's budget, for every node (stage 6)
 	}
@@ -190,6 +207,12 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		}
 	})
 	cfg.Routes[filesPath] = nodeFilesHandler(mc.Secret, mc.Node.DataDir)
+	cfg.Routes[reportsPath] = reportsHandler(mc.Secret, func() twilio.Reports {
+		if rt := localReports.Load(); rt != nil {
+			return rt
+		}
+		return nil
+	})
 	cfg.Routes["POST /v1/cluster/handover"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !admin(w, r, "POST /v1/cluster/handover") {
 			return
@@ -215,6 +238,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return err
 	}
 	host.n = node
+	localReports.Store(&router{set: node.parts})
 	dirObs.n = node
 	if err := dirObs.attach(mc.ID, node.parts.dirDB); err != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

@@ -593,3 +593,86 @@ func TestClusterDirectoryAcrossNodes(t *testing.T) {
 		}
 	}
 }
+
+// Twilio's callbacks reach the node owning the DING's partition: with
+// the org's public URL on node a, a DING whose sender's partition b
+// serves gets its SMS's delivery status (posted to a) in its ledger on
+// b, and the recipient's SMS reply (posted to a) confirms it.
+func TestClusterTwilioCallbacksReachTheDingsNode(t *testing.T) {
+	coord, closeRedis, err := cluster.DialRedis("redis://" + redistest.Start(t).Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	ctx := context.Background()
+	fake := twiliotest.NewServer(sid, token)
+	t.Cleanup(fake.Close)
+	var public string // a's HTTP port: where Twilio posts, for every node
+	a, b := startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
+		if public == "" {
+			public = "http://" + mc.Node.HTTPAddr
+		}
+		mc.Node.Twilio = twilio.Config{AccountSID: sid, AuthToken: token, From: fromNum, PublicURL: public, APIURL: fake.URL(), Timeout: 300 * time.Millisecond}
+		mc.Node.Quotas = engine.Quotas{RecipientInterval: -1}
+	})
+	if public != "http://"+a.http {
+		t.Fatalf("the public URL is %s, not a's", public)
+	}
+	users := []fanout.User{{ID: "bo", Name: "Bo", Phone: boPhone}}
+	for _, u := range []string{"ana", "cy", "di", "ed", "flo", "gus", "hal"} {
+		users = append(users, fanout.User{ID: u, Name: u})
+	}
+	addClusterUsers(t, a, []partNode{a, b}, users...)
+	from := ""
+	for _, u := range users[1:] {
+		if b.n.Engines()[b.n.PartitionOf(u.ID)] != nil {
+			from = u.ID
+			break
+		}
+	}
+	if from == "" {
+		t.Fatal("no sender on b")
+	}
+	onB := &dingNode{n: b.n, twilio: fake}
+	code, out, _ := onB.api(t, "POST", "/v1/dings", map[string]any{"from": from, "to": []string{"bo"}, "text": "disk full", "policy": "sms"})
+	if code != http.StatusCreated {
+		t.Fatalf("DING: %d %v", code, out)
+	}
+	id := out["id"].(string)
+	sms := onB.waitRequests(t, "sms", 1)[0]
+	if !strings.HasPrefix(sms.StatusCallback, public+"/twilio/") {
+		t.Fatalf("the SMS's status callback is %q, want under %s", sms.StatusCallback, public)
+	}
+	if code, _, err := fake.SMSStatus(ctx, sms.SID, "delivered", ""); err != nil || code != http.StatusOK {
+		t.Fatalf("the status callback to a: %d %v", code, err)
+	}
+	onB.waitEvent(t, id, 0, "sms_delivered")
+	if code, _, err := fake.Reply(ctx, public+"/twilio/sms/inbound", boPhone, fromNum, "1"); err != nil || code != http.StatusOK {
+		t.Fatalf("the reply to a: %d %v", code, err)
+	}
+	onB.waitEvent(t, id, 0, "confirmed")
+	// The route between nodes takes the cluster secret and a known kind.
+	for _, c := range []struct {
+		auth, body string
+		want       int
+	}{
+		{"", `{"kind":"status","ref":"SM1"}`, http.StatusUnauthorized},
+		{"Bearer not-the-secret", `{"kind":"status","ref":"SM1"}`, http.StatusUnauthorized},
+		{"Bearer per-partition-secret", `{"kind":"nonsense"}`, http.StatusBadRequest},
+		{"Bearer per-partition-secret", `not json`, http.StatusBadRequest},
+		{"Bearer per-partition-secret", `{"kind":"status","ref":"SMunknown","event":1}`, http.StatusNotFound},
+	} {
+		req, _ := http.NewRequest("POST", "http://"+b.http+"/cluster/reports", strings.NewReader(c.body))
+		if c.auth != "" {
+			req.Header.Set("Authorization", c.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("POST /cluster/reports %q (%q): %d, want %d", c.body, c.auth, resp.StatusCode, c.want)
+		}
+	}
+}
