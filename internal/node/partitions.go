@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/cluster"
@@ -584,7 +585,11 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	if cfg.peers != nil && cfg.peers.WrapReports != nil {
 		reports = cfg.peers.WrapReports(rt)
 	}
-	w = wiring{sess: rt, api: rt, reports: reports, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
+	var api httpapi.Engine = rt
+	if cfg.peers != nil && cfg.peers.WrapEngine != nil {
+		api = cfg.peers.WrapEngine(rt)
+	}
+	w = wiring{sess: rt, api: api, reports: reports, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
 		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
 		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
 		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}
@@ -745,6 +750,9 @@ type partitionPeers struct {
 	// partitions served here) so that other nodes' partitions are asked
 	// too (reports.go).
 	WrapReports func(twilio.Reports) twilio.Reports
+	// WrapEngine, if set, wraps the admin API's engine (the router):
+	// org-wide settings across the cluster (orgwide.go).
+	WrapEngine func(httpapi.Engine) httpapi.Engine
 }
 
 // serves reports whether partition i is attached at start (every one

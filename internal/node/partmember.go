@@ -188,6 +188,9 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		Directory: dirRefuser{}, WrapAPI: proxy.wrap,
 		WrapReports: func(local twilio.Reports) twilio.Reports {
 			return &clusterReports{local: local, peers: otherNodes, client: peer, secret: mc.Secret}
+		},
+		WrapEngine: func(local httpapi.Engine) httpapi.Engine {
+			return &orgEngine{Engine: local, set: local.(*router).set, peers: otherNodes, client: peer, secret: mc.Secret}
 		}}
 	if b, ok := mc.Coord.(cluster.Budgeter); ok {
 		cfg.peers.Budget = b.Budget() // the org's budget, for every node (stage 6)
@@ -207,6 +210,12 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		}
 	})
 	cfg.Routes[filesPath] = nodeFilesHandler(mc.Secret, mc.Node.DataDir)
+	cfg.Routes[policiesPath] = policiesHandler(mc.Secret, func() *partitionSet {
+		if rt := localReports.Load(); rt != nil {
+			return rt.set
+		}
+		return nil
+	})
 	cfg.Routes[reportsPath] = reportsHandler(mc.Secret, func() twilio.Reports {
 		if rt := localReports.Load(); rt != nil {
 			return rt

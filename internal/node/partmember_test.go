@@ -676,3 +676,36 @@ func TestClusterTwilioCallbacksReachTheDingsNode(t *testing.T) {
 		}
 	}
 }
+
+// A named policy set through one node of a cluster of partitions is
+// stored by every partition, whichever node serves it: a DING from a
+// sender of each node's partitions uses it.
+func TestClusterPolicySetOnEveryPartition(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	a, b := startPartCluster(t, coord, testLog(t), nil)
+	on := func(pn partNode) *dingNode { return &dingNode{n: pn.n} }
+	if code, out, _ := on(a).api(t, "PUT", "/v1/policies/night", map[string]any{"policy": "inapp,sms@5m until=confirmed"}); code >= 300 {
+		t.Fatalf("PUT /v1/policies/night through a: %d %v", code, out)
+	}
+	for _, pn := range []partNode{a, b} {
+		for p, e := range pn.n.Engines() {
+			if e == nil {
+				continue
+			}
+			if _, err := e.Policy("night"); err != nil {
+				t.Fatalf("partition %d on %s lacks the policy set through a: %v", p, pn.id, err)
+			}
+		}
+	}
+	// Bad input between nodes is refused.
+	req, _ := http.NewRequest("POST", "http://"+b.http+"/cluster/policies", strings.NewReader(`{"name":"x","policy":"teleport@1s"}`))
+	req.Header.Set("Authorization", "Bearer per-partition-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a bad policy between nodes: %d, want 400", resp.StatusCode)
+	}
+}

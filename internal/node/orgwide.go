@@ -1,0 +1,149 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/engine"
+)
+
+// Org-wide settings in a cluster of partitions: a named escalation
+// policy is stored by every partition's engine (a DING reads it from its
+// home partition), so setting one on a cluster node sets it on the
+// partitions it serves and asks every other node to set it on theirs
+// (POST /cluster/policies, with the cluster secret). It succeeds once
+// every partition has it; a partition owned by no node reachable then
+// makes it fail (503), and setting it again is harmless.
+
+// policiesPath is the route a node sets a policy on its partitions on.
+const policiesPath = "POST /cluster/policies"
+
+type policyReq struct {
+	Name   string `json:"name"`
+	Policy string `json:"policy"`
+}
+
+// orgEngine is the admin API's engine on a cluster node of partitions:
+// the router, with SetPolicy across the cluster.
+type orgEngine struct {
+	httpapi.Engine
+	set    *partitionSet
+	peers  func() []string // the other nodes' HTTP base URLs
+	client *http.Client
+	secret string
+}
+
+// setLocal sets the policy on the partitions served here and returns
+// them.
+func setLocal(ctx context.Context, set *partitionSet, name string, p engine.Policy) ([]int, error) {
+	var done []int
+	for _, rt := range set.attached() {
+		if err := rt.eng.SetPolicy(ctx, name, p); err != nil {
+			return done, fmt.Errorf("partition %d: %w", rt.p, err)
+		}
+		done = append(done, int(rt.p))
+	}
+	return done, nil
+}
+
+func (o *orgEngine) SetPolicy(ctx context.Context, name string, p engine.Policy) error {
+	have := map[int]bool{}
+	done, err := setLocal(ctx, o.set, name, p)
+	if err != nil {
+		return err
+	}
+	for _, i := range done {
+		have[i] = true
+	}
+	b, _ := json.Marshal(policyReq{Name: name, Policy: p.String()})
+	for _, base := range o.peers() {
+		ps, err := o.ask(ctx, base, b)
+		if err != nil {
+			continue // its partitions count as missing below
+		}
+		for _, i := range ps {
+			have[i] = true
+		}
+	}
+	var missing []string
+	for i := range int(o.set.n) {
+		if !have[i] {
+			missing = append(missing, strconv.Itoa(i))
+		}
+	}
+	if len(missing) > 0 {
+		return engine.NewError(engine.CodeUnavailable, fmt.Sprintf("node: policy %s is stored on some partitions, not yet on %s (no node serving them answered now); setting it again completes it", name, strings.Join(missing, ", ")))
+	}
+	return nil
+}
+
+func (o *orgEngine) ask(ctx context.Context, base string, b []byte) ([]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+"/cluster/policies", bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+o.secret)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := o.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s", resp.Status)
+	}
+	var out struct {
+		Partitions []int `json:"partitions"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&out); err != nil {
+		return nil, err
+	}
+	return out.Partitions, nil
+}
+
+// policiesHandler serves POST /cluster/policies: the policy set on the
+// partitions served here, which it lists.
+func policiesHandler(secret string, set func() *partitionSet) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
+			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
+			return
+		}
+		var req policyReq
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+			http.Error(w, "cluster: want {name, policy}", http.StatusBadRequest)
+			return
+		}
+		p, err := engine.ParsePolicy(req.Policy)
+		if err != nil {
+			http.Error(w, "cluster: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		s := set()
+		if s == nil {
+			http.Error(w, "cluster: starting", http.StatusServiceUnavailable)
+			return
+		}
+		done, err := setLocal(r.Context(), s, req.Name, p)
+		if err != nil {
+			http.Error(w, "cluster: setting the policy failed", http.StatusInternalServerError)
+			return
+		}
+		slices.Sort(done)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"partitions": done})
+	})
+}
