@@ -29,6 +29,10 @@ type ClusterConfig struct {
 	OwnerOnly bool
 	// Profiling, if set, profiles the owner over the measured window.
 	Profiling Profiling
+	// Partitions, from 2, runs three nodes of that many partitions each
+	// (a member per partition) instead of one partition
+	// (clusterPartitions).
+	Partitions int
 }
 
 // Cluster compares three dingd members on one redis-server (cluster mode:
@@ -52,6 +56,9 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 	srv.Stop()
 	if err != nil {
 		return Table{}, err
+	}
+	if cfg.Partitions > 1 {
+		return clusterPartitions(cfg, icfg, single, singleCPU)
 	}
 
 	rs, err := startRedis(cfg.Tmp)

@@ -102,6 +102,7 @@ func run(args []string) error {
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
 	overTLS := fs.Bool("tls", false, "idle and ingest: also measure connections over TLS (dingd --tls-listen), beside plain ones in the same run")
 	overWS := fs.Bool("ws", false, "idle and ingest: also measure connections through the WebSocket gateway (dingd --ws), beside plain ones in the same run")
+	clusterParts := fs.Int("partitions", 0, "cluster: three nodes of this many partitions each (a member per partition), not one partition")
 	ownerOnly := fs.Bool("ack-replicas-0", false, "cluster: also run the load against members with --ack-replicas 0 (the cost of waiting for the standby, in the same run)")
 	switch scenario {
 	case "-h", "-help", "--help", "help":
@@ -176,7 +177,7 @@ func run(args []string) error {
 	}
 	cluster := func() (bench.Table, error) {
 		return bench.Cluster(bench.ClusterConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
-			Warmup: *warm, Run: *runFor, Failovers: *failovers, OwnerOnly: *ownerOnly, Profiling: profiling})
+			Warmup: *warm, Run: *runFor, Failovers: *failovers, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts})
 	}
 	pushScenario := func() (bench.Table, error) {
 		return bench.Push(bench.PushConfig{Bin: *bin, Tmp: *tmp, Devices: *devices, Messages: *pushMsgs, Coalesce: *coalesce})

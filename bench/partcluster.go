@@ -1,0 +1,223 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/fanout"
+)
+
+// clusterPartitions is the cluster scenario with a member per partition
+// (ClusterConfig.Partitions): three dingd nodes of P partitions each on
+// one redis-server, the roles evened out (each node owns some), against
+// one dingd in the same run. The clients dial node a and are redirected
+// to their users' owners; each user sends to the next, most often in
+// another partition, so most messages cross partitions and nodes (the
+// relay over HTTP). Failover: the node serving u0 is killed with SIGKILL
+// while u0's client (given every node's address) sends one message at a
+// time; the time is to its first acknowledgement after the kill.
+func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, singleCPU func() string) (Table, error) {
+	rs, err := startRedis(cfg.Tmp)
+	if err != nil {
+		return Table{}, err
+	}
+	defer rs.stop()
+	args := []string{"--partitions", strconv.Itoa(cfg.Partitions)}
+	fmt.Fprintf(os.Stderr, "cluster: three nodes of %d partitions on redis-server %s\n", cfg.Partitions, rs.addr)
+	cl := &dingCluster{killed: -1}
+	defer cl.stop()
+	for _, id := range []string{"a", "b", "c"} {
+		s, err := newServer(cfg.Bin, cfg.Tmp)
+		if err != nil {
+			return Table{}, err
+		}
+		s.args = append([]string{"--cluster", "redis://" + rs.addr, "--node-id", id, "--advertise", "http://" + s.HTTP}, args...)
+		s.env = append(s.env, "DING_CLUSTER_SECRET=dingbench")
+		cl.members = append(cl.members, s)
+	}
+	a := cl.members[0]
+	if err := a.start(); err != nil {
+		return Table{}, err
+	}
+	if err := cl.waitOwners(func(owns map[string]int) bool { return owns["a"] == cfg.Partitions+1 }, 60*time.Second); err != nil {
+		return Table{}, fmt.Errorf("a founding: %w", err)
+	}
+	for _, s := range cl.members[1:] {
+		s.admin, s.keys = a.admin, a.keys // taken from a when they start
+		if err := s.start(); err != nil {
+			return Table{}, err
+		}
+	}
+	balanced := func(owns map[string]int) bool { return owns["a"] > 0 && owns["b"] > 0 && owns["c"] > 0 }
+	if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
+		return Table{}, fmt.Errorf("evening the roles out: %w", err)
+	}
+	if err := a.AddUsers("u", 0, cfg.Conns); err != nil { // proxied to the directory's owner
+		return Table{}, err
+	}
+	pids := map[string]int{"redis-server": rs.cmd.Process.Pid}
+	for i, m := range cl.members {
+		pids[[]string{"a", "b", "c"}[i]] = m.cmd.Process.Pid
+	}
+	cpu := cpuWindow(cfg.Warmup, cfg.Run, pids)
+	fmt.Fprintf(os.Stderr, "cluster: closed loop, %d connections, dialling a (redirected to their owners)\n", cfg.Conns)
+	run, err := runIngestOn(icfg, a, 0)
+	if err != nil {
+		return Table{}, err
+	}
+	cross := 0
+	for i := range cfg.Conns {
+		if partitionOf(fmt.Sprintf("u%d", i), cfg.Partitions) != partitionOf(fmt.Sprintf("u%d", (i+1)%cfg.Conns), cfg.Partitions) {
+			cross++
+		}
+	}
+	var failovers Latencies
+	for i := range cfg.Failovers {
+		fmt.Fprintf(os.Stderr, "cluster: failover %d of %d\n", i+1, cfg.Failovers)
+		d, err := cl.failoverPartition(cfg.Partitions)
+		if err != nil {
+			return Table{}, fmt.Errorf("failover %d: %w", i+1, err)
+		}
+		failovers = append(failovers, d)
+		if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
+			return Table{}, fmt.Errorf("after failover %d: %w", i+1, err)
+		}
+	}
+	sr, cr := rate(single.w.acked.Load(), cfg.Run), rate(run.w.acked.Load(), cfg.Run)
+	rows := []Row{
+		{"acknowledged msgs/s (closed loop)", fmt.Sprintf("%.0f", cr), fmt.Sprintf("%.0f (one dingd)", sr), ratio(cr, sr), "≥ 0.5× one dingd for cross-partition traffic" + met(cr >= sr/2)},
+		{"submit→ack p50 / p99", run.ack.ms(0.5) + " / " + run.ack.ms(0.99), single.ack.ms(0.5) + " / " + single.ack.ms(0.99), "", ""},
+		{"submit→delivered p50 / p99", run.del.ms(0.5) + " / " + run.del.ms(0.99), single.del.ms(0.5) + " / " + single.del.ms(0.99), "", ""},
+		{"messages to another partition", fmt.Sprintf("%d of %d senders (%.0f%%)", cross, cfg.Conns, 100*float64(cross)/float64(max(cfg.Conns, 1))), "", "", ""},
+	}
+	if len(failovers) > 0 {
+		sorted := slices.Clone(failovers)
+		slices.Sort(sorted)
+		var each []string
+		for _, d := range failovers {
+			each = append(each, fmt.Sprintf("%.2f", d.Seconds()))
+		}
+		rows = append(rows, Row{"failover: SIGKILL of the node serving u0 → u0's first ack", fmt.Sprintf("median %.2f s, max %.2f s (%s s)",
+			sorted[len(sorted)/2].Seconds(), sorted[len(sorted)-1].Seconds(), strings.Join(each, ", ")), "", "", "≤ 5 s" + met(sorted[len(sorted)-1] <= 5*time.Second)})
+	}
+	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
+	return Table{
+		Scenario: "cluster --partitions " + strconv.Itoa(cfg.Partitions),
+		Setup: fmt.Sprintf("Three dingd nodes of %d partitions each (a member per partition, plus the directory's; roles evened out by the nodes; default lease 3s) on one redis-server, on this machine's 2 cores with the load generator, against one dingd on its own in the same run. "+
+			"%d connections through the Go client library dialling node a and redirected to their users' owners, each a user submitting %d-byte messages to the next user (online), one at a time (closed loop); %v warm-up, %v measured. "+
+			"Failover: u0's client, given every node's address, sends one message at a time; the node serving u0 is killed with SIGKILL; the time is to the client's first acknowledgement afterwards (the lease running out, the standby's takeover, a new standby joining: no acknowledgement without one, the client moving); the killed node is restarted and the roles even out before the next kill.",
+			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run),
+		Rows:  rows,
+		Notes: append(runNotes("One dingd", single), runNotes("Node a (its own partitions only)", run)...),
+	}, nil
+}
+
+// partitionOf is dingd's placement of user among p partitions.
+func partitionOf(user string, p int) int { return int(fanout.PartitionOf(user)) * p / fanout.Partitions }
+
+// clusterRoles is what one node of partitions says of itself.
+type clusterRoles struct {
+	Member     string `json:"member"`
+	Partitions []struct {
+		Partition int    `json:"partition"`
+		Role      string `json:"role"`
+	} `json:"partitions"`
+}
+
+// owners asks every running node which partitions it owns.
+func (cl *dingCluster) owners() (byNode map[string][]int) {
+	byNode = map[string][]int{}
+	for _, s := range cl.members {
+		if s.cmd == nil || s.cmd.ProcessState != nil {
+			continue
+		}
+		var st clusterRoles
+		if err := s.call("GET", "/v1/cluster", nil, &st); err != nil {
+			continue
+		}
+		for _, p := range st.Partitions {
+			if p.Role == "owner" {
+				byNode[st.Member] = append(byNode[st.Member], p.Partition)
+			}
+		}
+	}
+	return byNode
+}
+
+// waitOwners waits until ok holds of the count of partitions each node
+// owns.
+func (cl *dingCluster) waitOwners(ok func(owns map[string]int) bool, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		owns := map[string]int{}
+		for id, ps := range cl.owners() {
+			owns[id] = len(ps)
+		}
+		if ok(owns) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %v: owners %v", d, owns)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// failoverPartition kills the node serving u0 while u0's client sends,
+// and returns the time from the kill to its first acknowledgement; the
+// killed node is restarted.
+func (cl *dingCluster) failoverPartition(parts int) (time.Duration, error) {
+	p := partitionOf("u0", parts)
+	var victim *Server
+	for id, ps := range cl.owners() {
+		if slices.Contains(ps, p) {
+			victim = cl.members[int(id[0]-'a')]
+		}
+	}
+	if victim == nil {
+		return 0, fmt.Errorf("no node owns u0's partition %d", p)
+	}
+	var addrs []string
+	for _, s := range cl.members {
+		addrs = append(addrs, s.Sock)
+	}
+	c, err := client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: victim.Token("u0", "failover"), Device: "failover",
+		DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	send := func(d time.Duration) (time.Time, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		_, err := c.Send(ctx, []string{"u1"}, []byte("failover probe"))
+		return time.Now(), err
+	}
+	if _, err := send(10 * time.Second); err != nil {
+		return 0, fmt.Errorf("before the kill: %w", err)
+	}
+	killed, err := victim.Kill(os.Kill)
+	if err != nil {
+		return 0, err
+	}
+	var at time.Time
+	for {
+		if at, err = send(60 * time.Second); err == nil {
+			break
+		}
+		if time.Since(killed) > 60*time.Second {
+			return 0, fmt.Errorf("no acknowledgement within 60s of the kill: %w", err)
+		}
+	}
+	if _, err := victim.launch(); err != nil {
+		return 0, errors.Join(errors.New("restarting the killed node"), err)
+	}
+	return at.Sub(killed), nil
+}
