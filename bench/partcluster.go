@@ -120,7 +120,9 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 }
 
 // partitionOf is dingd's placement of user among p partitions.
-func partitionOf(user string, p int) int { return int(fanout.PartitionOf(user)) * p / fanout.Partitions }
+func partitionOf(user string, p int) int {
+	return int(fanout.PartitionOf(user)) * p / fanout.Partitions
+}
 
 // clusterRoles is what one node of partitions says of itself.
 type clusterRoles struct {
