@@ -204,14 +204,19 @@ func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluste
 		return 0, ch, err
 	}
 	n, err := o.obs.Apply(ch)
-	if n > 0 {
-		o.mu.Lock()
-		o.seq = o.obs.State().Seq
+	return n, ch, err
+}
+
+// publish says the directory this node answers from now holds the copy
+// through seq (waitSeq).
+func (o *dirObserver) publish(seq uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if seq > o.seq {
+		o.seq = seq
 		close(o.changed)
 		o.changed = make(chan struct{})
-		o.mu.Unlock()
 	}
-	return n, ch, err
 }
 
 // run follows the owner until ctx ends: each batch of changes applied to
@@ -237,15 +242,18 @@ func (o *dirObserver) run(ctx context.Context) {
 			continue
 		}
 		o.logged = ""
-		if n == 0 || o.owns() {
-			continue // the owner's directory reads its own store
-		}
-		removed, err := o.n.dir.Reload(o.n.parts.dirDB)
-		if err != nil {
-			o.log.Error("reloading the directory from this node's copy failed", "err", err)
+		if n == 0 {
 			continue
 		}
-		o.removed(removed)
+		if !o.owns() { // (the owner's directory reads its own store)
+			removed, err := o.n.dir.Reload(o.n.parts.dirDB)
+			if err != nil {
+				o.log.Error("reloading the directory from this node's copy failed", "err", err)
+				continue
+			}
+			o.removed(removed)
+		}
+		o.publish(o.obs.State().Seq)
 	}
 }
 

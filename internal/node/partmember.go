@@ -354,6 +354,12 @@ func publishPartitioned(ctx context.Context, reg cluster.Registry, mc MemberConf
 		}
 		select {
 		case <-ctx.Done():
+			// Stopping: say so at once, so that no node hands this one a
+			// partition while it goes (balance).
+			me.Role, me.At = "stopping", time.Now().UTC()
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = reg.SetMember(sctx, mc.ID, me, 3*mc.LeaseTTL)
+			cancel()
 			return
 		case <-t.C:
 		}
@@ -547,6 +553,7 @@ func getNodeFiles(ctx context.Context, client *http.Client, baseURL, secret, dat
 type roles struct {
 	holder, standby []string
 	live            map[string]bool
+	addr            map[string]string // live nodes' HTTP URLs
 	owns, follows   map[string]int
 }
 
@@ -559,9 +566,10 @@ func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p, no
 	if err != nil {
 		return nil, err
 	}
-	r := &roles{holder: make([]string, p), standby: make([]string, p), live: map[string]bool{}, owns: map[string]int{}, follows: map[string]int{}}
+	r := &roles{holder: make([]string, p), standby: make([]string, p), live: map[string]bool{}, addr: map[string]string{}, owns: map[string]int{}, follows: map[string]int{}}
 	for id, m := range ms {
-		if m.Partitions == nodeParts && !strings.Contains(m.Role, string(stateDrained)) && time.Since(m.At) < 2*ttl {
+		if m.Partitions == nodeParts && !strings.Contains(m.Role, string(stateDrained)) && m.Role != "stopping" && time.Since(m.At) < 2*ttl {
+			r.addr[id] = m.HTTP
 			r.live[id] = true
 		}
 	}
@@ -646,7 +654,14 @@ func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*m
 				return false
 			}
 			st := rs.Status()
-			return st.Standby == r.standby[p] && st.HandingTo == "" && st.Stalled < mc.LeaseTTL/4
+			if st.Standby != r.standby[p] || st.HandingTo != "" || st.Stalled >= mc.LeaseTTL/4 {
+				return false
+			}
+			// The standby answers now, and follows this owner's history:
+			// a node that died a moment ago (the registry still lists it)
+			// must not be handed a partition it cannot take.
+			f, err := ms[p].askFence(ctx, r.addr[st.Standby])
+			return err == nil && f.Member == st.Standby && f.Held && !f.Serving && f.Epoch == st.Epoch && f.Owner == mc.ID && !f.Stale && !f.Demoted && !f.Drained
 		})
 		switch {
 		case p < 0:
