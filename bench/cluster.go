@@ -380,11 +380,33 @@ func (cl *dingCluster) failover() (time.Duration, error) {
 	if owner == nil {
 		return 0, errors.New("no member serving")
 	}
+	took, err := cl.probeKill(owner.Token("u0", "failover"), func() (time.Time, error) { return owner.Kill(os.Kill) })
+	if err != nil {
+		return 0, err
+	}
+	if _, err := owner.launch(); err != nil { // it rejoins as the spare
+		return 0, err
+	}
+	next := cl.serving()
+	if next == nil {
+		return 0, errors.New("acknowledged, yet no member serving")
+	}
+	if err := cl.waitStandby(next, 30*time.Second); err != nil {
+		return 0, err
+	}
+	return took, nil
+}
+
+// probeKill connects u0's client (token) to every member's address and
+// sends one message at a time to u1; once one is acknowledged it calls
+// kill, and returns the time from the kill to the first acknowledgement
+// after it.
+func (cl *dingCluster) probeKill(token string, kill func() (time.Time, error)) (time.Duration, error) {
 	var addrs []string
 	for _, s := range cl.members {
 		addrs = append(addrs, s.Sock)
 	}
-	c, err := client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: owner.Token("u0", "failover"), Device: "failover",
+	c, err := client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: token, Device: "failover",
 		DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
 	if err != nil {
 		return 0, err
@@ -399,31 +421,19 @@ func (cl *dingCluster) failover() (time.Duration, error) {
 	if _, err := send(10 * time.Second); err != nil {
 		return 0, fmt.Errorf("before the kill: %w", err)
 	}
-	killed, err := owner.Kill(os.Kill)
+	killed, err := kill()
 	if err != nil {
 		return 0, err
 	}
-	var at time.Time
 	for {
-		if at, err = send(60 * time.Second); err == nil {
-			break
+		at, err := send(60 * time.Second)
+		if err == nil {
+			return at.Sub(killed), nil
 		}
 		if time.Since(killed) > 60*time.Second {
 			return 0, fmt.Errorf("no acknowledgement within 60s of the kill: %w", err)
 		}
 	}
-	took := at.Sub(killed)
-	if _, err := owner.launch(); err != nil { // it rejoins as the spare
-		return 0, err
-	}
-	next := cl.serving()
-	if next == nil {
-		return 0, errors.New("acknowledged, yet no member serving")
-	}
-	if err := cl.waitStandby(next, 30*time.Second); err != nil {
-		return 0, err
-	}
-	return took, nil
 }
 
 func (cl *dingCluster) stop() {

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/fanout"
 )
 
@@ -186,40 +184,12 @@ func (cl *dingCluster) failoverPartition(parts int) (time.Duration, error) {
 	if victim == nil {
 		return 0, fmt.Errorf("no node owns u0's partition %d", p)
 	}
-	var addrs []string
-	for _, s := range cl.members {
-		addrs = append(addrs, s.Sock)
-	}
-	c, err := client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: victim.Token("u0", "failover"), Device: "failover",
-		DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
+	took, err := cl.probeKill(victim.Token("u0", "failover"), func() (time.Time, error) { return victim.Kill(os.Kill) })
 	if err != nil {
 		return 0, err
-	}
-	defer c.Close()
-	send := func(d time.Duration) (time.Time, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		defer cancel()
-		_, err := c.Send(ctx, []string{"u1"}, []byte("failover probe"))
-		return time.Now(), err
-	}
-	if _, err := send(10 * time.Second); err != nil {
-		return 0, fmt.Errorf("before the kill: %w", err)
-	}
-	killed, err := victim.Kill(os.Kill)
-	if err != nil {
-		return 0, err
-	}
-	var at time.Time
-	for {
-		if at, err = send(60 * time.Second); err == nil {
-			break
-		}
-		if time.Since(killed) > 60*time.Second {
-			return 0, fmt.Errorf("no acknowledgement within 60s of the kill: %w", err)
-		}
 	}
 	if _, err := victim.launch(); err != nil {
 		return 0, errors.Join(errors.New("restarting the killed node"), err)
 	}
-	return at.Sub(killed), nil
+	return took, nil
 }

@@ -60,31 +60,43 @@ var ErrChangesTrimmed = errors.New("cluster: the owner no longer keeps the chang
 
 // KeepRecent makes the owner keep its latest entries, up to bytes of
 // data, for observers (Changes). Zero keeps none.
-func (o *Owner) KeepRecent(bytes int) {
-	o.recentCap = bytes
-	o.trimRecent()
+func (o *Owner) KeepRecent(bytes int) { o.recent.keep(bytes) }
+
+// recentRing is the latest entries of a history, consecutive, up to cap
+// bytes of data (the last one always, if cap > 0): an owner's for its
+// observers, and a standby's for the owner it may become.
+type recentRing struct {
+	entries []Entry
+	bytes   int
+	cap     int
 }
 
-func (o *Owner) remember(e Entry) {
-	if o.recentCap <= 0 {
+// keep sets the bound (zero keeps none).
+func (r *recentRing) keep(bytes int) {
+	r.cap = bytes
+	r.trim()
+}
+
+func (r *recentRing) remember(e Entry) {
+	if r.cap <= 0 {
 		return
 	}
-	o.recent = append(o.recent, e)
-	o.recentBytes += len(e.Data) + len(e.Keys)
-	o.trimRecent()
+	r.entries = append(r.entries, e)
+	r.bytes += len(e.Data) + len(e.Keys)
+	r.trim()
 }
 
-func (o *Owner) trimRecent() {
+func (r *recentRing) trim() {
 	i := 0
-	for i < len(o.recent)-1 && o.recentBytes > o.recentCap {
-		o.recentBytes -= len(o.recent[i].Data) + len(o.recent[i].Keys)
+	for i < len(r.entries)-1 && r.bytes > r.cap {
+		r.bytes -= len(r.entries[i].Data) + len(r.entries[i].Keys)
 		i++
 	}
-	if o.recentCap <= 0 {
-		i, o.recentBytes = len(o.recent), 0
+	if r.cap <= 0 {
+		i, r.bytes = len(r.entries), 0
 	}
 	if i > 0 {
-		o.recent = append(o.recent[:0], o.recent[i:]...)
+		r.entries = append(r.entries[:0], r.entries[i:]...)
 	}
 }
 
@@ -106,10 +118,11 @@ func (o *Owner) Changes(after uint64, max int) (ch Changes, wake <-chan struct{}
 		}
 		return ch, o.ackWake, nil
 	}
-	if len(o.recent) == 0 || o.recent[0].Seq > after+1 {
+	recent := o.recent.entries
+	if len(recent) == 0 || recent[0].Seq > after+1 {
 		return ch, nil, ErrChangesTrimmed
 	}
-	for _, e := range o.recent[after+1-o.recent[0].Seq:] {
+	for _, e := range recent[after+1-recent[0].Seq:] {
 		if e.Seq > o.confirmed || len(ch.Entries) == max {
 			break
 		}

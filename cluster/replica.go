@@ -31,15 +31,13 @@ type Owner struct {
 	handAt uint64
 
 	// The entries observers may read (observe.go): the latest shipped,
-	// up to recentCap bytes of data (0: none kept), through confirmed,
+	// up to a bound in bytes (KeepRecent; none by default), through confirmed,
 	// the highest Seq a standby's ack at this owner's epoch covered
 	// (unlike acked, not the history a new owner starts with: that may
 	// be on this node alone); ackWake is closed when confirmed moves.
-	confirmed   uint64
-	recent      []Entry
-	recentBytes int
-	recentCap   int
-	ackWake     chan struct{}
+	confirmed uint64
+	recent    recentRing
+	ackWake   chan struct{}
 }
 
 // NewOwner starts shipping for node, owner of p at epoch, whose history
@@ -88,7 +86,7 @@ func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error)
 	}
 	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Standby: node}
 	o.next++
-	o.remember(e)
+	o.recent.remember(e)
 	o.handTo, o.handAt = node, e.Seq
 	o.unacked = append(o.unacked, e)
 	if err := o.c.Append(ctx, o.p, e); err != nil {
@@ -111,7 +109,7 @@ func (o *Owner) ShipWithKeys(ctx context.Context, data, keys []byte) (uint64, er
 	}
 	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Data: data, Keys: keys}
 	o.next++
-	o.remember(e)
+	o.recent.remember(e)
 	o.unacked = append(o.unacked, e)
 	if err := o.c.Append(ctx, o.p, e); err != nil {
 		return e.Seq, err // kept: Resend ships it again
@@ -268,11 +266,9 @@ type Standby struct {
 	mu sync.Mutex // held through Step and TakeOver; guards st
 	st StandbyState
 
-	// The entries it applied last, up to recentCap bytes (KeepRecent;
-	// guarded by mu): the owner it becomes keeps them for observers.
-	recent      []Entry
-	recentBytes int
-	recentCap   int
+	// The entries it applied last (KeepRecent; guarded by mu): the owner
+	// it becomes keeps them for observers.
+	recent recentRing
 }
 
 // KeepRecent makes the standby keep the entries it applies last, up to
@@ -282,31 +278,7 @@ type Standby struct {
 func (s *Standby) KeepRecent(bytes int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.recentCap = bytes
-	s.trimRecent()
-}
-
-func (s *Standby) remember(e Entry) {
-	if s.recentCap <= 0 {
-		return
-	}
-	s.recent = append(s.recent, e)
-	s.recentBytes += len(e.Data) + len(e.Keys)
-	s.trimRecent()
-}
-
-func (s *Standby) trimRecent() {
-	i := 0
-	for i < len(s.recent)-1 && s.recentBytes > s.recentCap {
-		s.recentBytes -= len(s.recent[i].Data) + len(s.recent[i].Keys)
-		i++
-	}
-	if s.recentCap <= 0 {
-		i, s.recentBytes = len(s.recent), 0
-	}
-	if i > 0 {
-		s.recent = append(s.recent[:0], s.recent[i:]...)
-	}
+	s.recent.keep(bytes)
 }
 
 // NewStandby follows p for node from st (its durable state: the fence and
@@ -366,7 +338,7 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 			return applied, err
 		}
 		s.st = next
-		s.remember(e)
+		s.recent.remember(e)
 		applied++
 	}
 	if len(es) == 0 {
@@ -444,8 +416,7 @@ func (s *Standby) becomeOwner(ctx context.Context, epoch uint64) (*Owner, error)
 	// What it applied as the standby is the start of the new owner's
 	// history: observers behind the takeover read it from memory, once
 	// the new owner's standby holds it (confirmed).
-	o.recent, o.recentBytes, o.recentCap = s.recent, s.recentBytes, s.recentCap
-	s.recent, s.recentBytes = nil, 0
+	o.recent, s.recent = s.recent, recentRing{cap: s.recent.cap}
 	return o, nil
 }
 
