@@ -6,7 +6,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/dingmq/ding/fanout"
@@ -96,14 +95,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		{"messages to another partition", fmt.Sprintf("%d of %d senders (%.0f%%)", cross, cfg.Conns, 100*float64(cross)/float64(max(cfg.Conns, 1))), "", "", ""},
 	}
 	if len(failovers) > 0 {
-		sorted := slices.Clone(failovers)
-		slices.Sort(sorted)
-		var each []string
-		for _, d := range failovers {
-			each = append(each, fmt.Sprintf("%.2f", d.Seconds()))
-		}
-		rows = append(rows, Row{"failover: SIGKILL of the node serving u0 → u0's first ack", fmt.Sprintf("median %.2f s, max %.2f s (%s s)",
-			sorted[len(sorted)/2].Seconds(), sorted[len(sorted)-1].Seconds(), strings.Join(each, ", ")), "", "", "≤ 5 s" + met(sorted[len(sorted)-1] <= 5*time.Second)})
+		rows = append(rows, failoverRow("failover: SIGKILL of the node serving u0 → u0's first ack", failovers))
 	}
 	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
 	return Table{

@@ -59,6 +59,47 @@ func (o *observerOf) catchUp(t *testing.T, srv *httptest.Server) cluster.Changes
 
 const obsSecret = "observer-secret"
 
+// ownerPair is an owner a of p (its lease renewed, its ReplicatedStore
+// on Pebble keeping 1 MiB for observers) and its standby b following it
+// into a Pebble of its own.
+type ownerPair struct {
+	epoch     uint64
+	stopRenew func()
+	rsA       *cluster.ReplicatedStore
+	stB       *pebblestore.DB
+	fB        *cluster.Follower
+	stopB     func()
+}
+
+func ownerAndStandby(t *testing.T, c cluster.Coord, p cluster.Partition, ttl time.Duration) ownerPair {
+	t.Helper()
+	ctx := context.Background()
+	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	stopRenew := renew(t, c, p, "a", epoch, ttl)
+	if err := c.SetStandby(ctx, p, "b"); err != nil {
+		t.Fatal(err)
+	}
+	stA, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsA, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsA.KeepRecent(1 << 20)
+	stB, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stB.Close() })
+	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	return ownerPair{epoch, stopRenew, rsA, stB, fB, stopB}
+}
+
 // sameData checks that every key of the observer's copy (but the
 // follower's state) is in want with the same value, and the reverse.
 func sameData(t *testing.T, got, want *pebblestore.DB) {
@@ -97,29 +138,9 @@ func TestObserverSeesOnlyWhatTheStandbyHolds(t *testing.T) {
 	ctx := context.Background()
 	c := cluster.NewMemCoord(time.Now)
 	const p, ttl = cluster.Partition(3), time.Second
-	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	stopRenew := renew(t, c, p, "a", epoch, ttl)
-	if err := c.SetStandby(ctx, p, "b"); err != nil {
-		t.Fatal(err)
-	}
-	stA, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsA, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsA.KeepRecent(1 << 20)
-	stB, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stB.Close()
-	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	pr := ownerAndStandby(t, c, p, ttl)
+	epoch, stopRenew, rsA, stB, fB, stopB := pr.epoch, pr.stopRenew, pr.rsA, pr.stB, pr.fB, pr.stopB
+	var err error
 	engA := openEngine(t, rsA)
 	srvA := httptest.NewServer(cluster.SnapshotHandler(rsA, c, obsSecret, t.TempDir()))
 	defer srvA.Close()
@@ -258,29 +279,9 @@ func TestObserverBehindATakeoverReadsTheNewOwnersMemory(t *testing.T) {
 	ctx := context.Background()
 	c := cluster.NewMemCoord(time.Now)
 	const p, ttl = cluster.Partition(5), time.Second
-	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	stopRenew := renew(t, c, p, "a", epoch, ttl)
-	if err := c.SetStandby(ctx, p, "b"); err != nil {
-		t.Fatal(err)
-	}
-	stA, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsA, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsA.KeepRecent(1 << 20)
-	stB, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stB.Close()
-	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	pr := ownerAndStandby(t, c, p, ttl)
+	epoch, stopRenew, rsA, stB, fB, stopB := pr.epoch, pr.stopRenew, pr.rsA, pr.stB, pr.fB, pr.stopB
+	var err error
 	fB.Standby().KeepRecent(1 << 20)
 	engA := openEngine(t, rsA)
 	srvA := httptest.NewServer(cluster.SnapshotHandler(rsA, c, obsSecret, t.TempDir()))
