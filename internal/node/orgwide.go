@@ -88,26 +88,10 @@ func (o *orgEngine) SetPolicy(ctx context.Context, name string, p engine.Policy)
 }
 
 func (o *orgEngine) ask(ctx context.Context, base string, b []byte) ([]int, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+"/cluster/policies", bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+o.secret)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := o.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s", resp.Status)
-	}
 	var out struct {
 		Partitions []int `json:"partitions"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&out); err != nil {
+	if err := o.post(ctx, base, "/cluster/policies", b, &out); err != nil {
 		return nil, err
 	}
 	return out.Partitions, nil
@@ -117,8 +101,7 @@ func (o *orgEngine) ask(ctx context.Context, base string, b []byte) ([]int, erro
 // partitions served here, which it lists.
 func policiesHandler(secret string, set func() *partitionSet) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
+		if !clusterAuthorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}
@@ -146,4 +129,119 @@ func policiesHandler(secret string, set func() *partitionSet) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"partitions": done})
 	})
+}
+
+// The admin statistics (GET /v1/stats) of a cluster of partitions are
+// every partition's, merged as on one node (router.AdminStats): a node
+// answers for its partitions and asks every other node for theirs
+// (POST /cluster/stats, with the cluster secret); a partition no node
+// answered for makes it fail (503) rather than show part of the org.
+
+// statsPath is the route a node answers its partitions' statistics on.
+const statsPath = "POST /cluster/stats"
+
+type statsReq struct {
+	From        time.Time `json:"from"`
+	To          time.Time `json:"to"`
+	Departments []string  `json:"departments,omitempty"`
+}
+
+type statsAnswer struct {
+	Partitions []int                `json:"partitions"`
+	Stats      []*engine.AdminStats `json:"stats"`
+}
+
+func (o *orgEngine) AdminStats(q engine.StatsQuery) (*engine.AdminStats, error) {
+	top := max(q.Top, 0)
+	if top == 0 {
+		top = 10
+	}
+	q.Top = 1 << 30 // every partition's whole list; cut after summing
+	stats, ps, err := localStats(o.set, q)
+	if err != nil {
+		return nil, err
+	}
+	have := map[int]bool{}
+	for _, i := range ps {
+		have[i] = true
+	}
+	b, _ := json.Marshal(statsReq{From: q.From, To: q.To, Departments: q.Departments})
+	for _, base := range o.peers() {
+		var ans statsAnswer
+		if err := o.post(context.Background(), base, "/cluster/stats", b, &ans); err != nil {
+			continue
+		}
+		for i, p := range ans.Partitions {
+			if !have[p] && i < len(ans.Stats) { // a partition that moved meanwhile counts once
+				have[p] = true
+				stats = append(stats, ans.Stats[i])
+			}
+		}
+	}
+	var missing []string
+	for i := range int(o.set.n) {
+		if !have[i] {
+			missing = append(missing, strconv.Itoa(i))
+		}
+	}
+	if len(missing) > 0 {
+		return nil, engine.NewError(engine.CodeUnavailable, "node: no node answered for partitions "+strings.Join(missing, ", ")+" now; retry")
+	}
+	return mergeStats(stats, top)
+}
+
+// post posts b to path on the node at base with the cluster secret and
+// decodes its 200 answer into out.
+func (o *orgEngine) post(ctx context.Context, base, path string, b []byte, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+o.secret)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := o.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out)
+}
+
+// statsHandler serves POST /cluster/stats: each partition served here
+// answers the query.
+func statsHandler(secret string, set func() *partitionSet) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !clusterAuthorized(r, secret) {
+			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
+			return
+		}
+		var req statsReq
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+			http.Error(w, "cluster: want {from, to, departments}", http.StatusBadRequest)
+			return
+		}
+		s := set()
+		if s == nil {
+			http.Error(w, "cluster: starting", http.StatusServiceUnavailable)
+			return
+		}
+		stats, ps, err := localStats(s, engine.StatsQuery{From: req.From, To: req.To, Departments: req.Departments, Top: 1 << 30})
+		if err != nil {
+			http.Error(w, "cluster: the statistics failed", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(statsAnswer{Partitions: ps, Stats: stats})
+	})
+}
+
+// clusterAuthorized reports whether r carries the cluster secret.
+func clusterAuthorized(r *http.Request, secret string) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(secret)) == 1
 }

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -210,12 +209,14 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		}
 	})
 	cfg.Routes[filesPath] = nodeFilesHandler(mc.Secret, mc.Node.DataDir)
-	cfg.Routes[policiesPath] = policiesHandler(mc.Secret, func() *partitionSet {
+	localSet := func() *partitionSet {
 		if rt := localReports.Load(); rt != nil {
 			return rt.set
 		}
 		return nil
-	})
+	}
+	cfg.Routes[policiesPath] = policiesHandler(mc.Secret, localSet)
+	cfg.Routes[statsPath] = statsHandler(mc.Secret, localSet)
 	cfg.Routes[reportsPath] = reportsHandler(mc.Secret, func() twilio.Reports {
 		if rt := localReports.Load(); rt != nil {
 			return rt
@@ -428,8 +429,7 @@ func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any 
 // members holding the cluster secret.
 func nodeFilesHandler(secret, dataDir string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
+		if !clusterAuthorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}

@@ -709,3 +709,41 @@ func TestClusterPolicySetOnEveryPartition(t *testing.T) {
 		t.Fatalf("a bad policy between nodes: %d, want 400", resp.StatusCode)
 	}
 }
+
+// The admin statistics of a cluster of partitions count every
+// partition, whichever node is asked: messages sent by users of every
+// partition, on both nodes, are all in GET /v1/stats on either.
+func TestClusterStatsCountEveryPartition(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	a, b := startPartCluster(t, coord, testLog(t), nil)
+	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
+	addClusterUsers(t, a, []partNode{a, b}, named(users...)...)
+	sent := 0
+	for i, u := range users {
+		for _, pn := range []partNode{a, b} {
+			if e := pn.n.Engines()[pn.n.PartitionOf(u)]; e != nil {
+				if _, err := e.Submit(ctx, engine.Submission{From: u, To: []string{users[(i+1)%len(users)]}, Kind: engine.KindText, Body: []byte("hi")}); err != nil {
+					t.Fatal(err)
+				}
+				sent++
+			}
+		}
+	}
+	if sent != len(users) {
+		t.Fatalf("sent %d messages, want one from each of %d users", sent, len(users))
+	}
+	for _, pn := range []partNode{a, b} {
+		var got float64
+		nodetest.WaitFor(t, "GET /v1/stats on "+pn.id+" to count every message", 10*time.Second, func() bool {
+			code, out, _ := (&dingNode{n: pn.n}).api(t, "GET", "/v1/stats", nil)
+			if code != http.StatusOK {
+				t.Fatalf("GET /v1/stats on %s: %d %v", pn.id, code, out)
+			}
+			total, _ := out["total"].(map[string]any)
+			counts, _ := total["counts"].(map[string]any)
+			got, _ = counts["messages_sent"].(float64)
+			return int(got) == sent
+		})
+	}
+}

@@ -338,14 +338,37 @@ func (r *router) Stats(id engine.ID, lists bool) (*engine.MessageStats, error) {
 func (r *router) AdminStats(q engine.StatsQuery) (*engine.AdminStats, error) {
 	top := cmp.Or(q.Top, 10)
 	q.Top = 1 << 30 // every partition's whole list; cut after summing
+	stats, _, err := localStats(r.set, q)
+	if err != nil {
+		return nil, err
+	}
+	return mergeStats(stats, top)
+}
+
+// localStats answers q on each partition served here, and says which.
+func localStats(set *partitionSet, q engine.StatsQuery) ([]*engine.AdminStats, []int, error) {
+	var out []*engine.AdminStats
+	var ps []int
+	for _, rt := range set.attached() {
+		s, err := rt.eng.AdminStats(q)
+		if err != nil {
+			return nil, nil, fmt.Errorf("partition %d: %w", rt.p, err)
+		}
+		out, ps = append(out, s), append(ps, int(rt.p))
+	}
+	return out, ps, nil
+}
+
+// mergeStats sums the partitions' answers (see AdminStats) and keeps
+// the top people who leave DINGs unanswered.
+func mergeStats(stats []*engine.AdminStats, top int) (*engine.AdminStats, error) {
+	if len(stats) == 0 {
+		return nil, errNotServed
+	}
 	var out *engine.AdminStats
 	byDept := map[string]*engine.DepartmentStats{}
 	unanswered := map[string]uint64{}
-	for _, rt := range r.set.attached() {
-		s, err := rt.eng.AdminStats(q)
-		if err != nil {
-			return nil, fmt.Errorf("partition %d: %w", rt.p, err)
-		}
+	for _, s := range stats {
 		if out == nil {
 			out = &engine.AdminStats{From: s.From, To: s.To, SMSBudget: s.SMSBudget, CallsBudget: s.CallsBudget,
 				Announcements: []engine.AnnouncementStat{}, TopUnanswered: []engine.UserCount{}}
