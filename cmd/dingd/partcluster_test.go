@@ -132,7 +132,9 @@ func TestClusterPartitionsKill9LosesNothingAcknowledged(t *testing.T) {
 	var wg sync.WaitGroup
 	for p := range parts {
 		from, to := byPart[p][0], byPart[(p+1)%parts][1]
+		mu.Lock() // the senders started before write to acked
 		acked[to] = map[string]bool{}
+		mu.Unlock()
 		cl, err := client.Dial(ctx, client.Config{Addr: addrs, Token: procs["a"].token(t, from, "sender"), Device: "sender", MaxBackoff: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatalf("dial %s: %v", from, err)
