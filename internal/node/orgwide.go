@@ -245,3 +245,70 @@ func clusterAuthorized(r *http.Request, secret string) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(secret)) == 1
 }
+
+// A retention sweep (POST /v1/retention/sweep) of a cluster of
+// partitions sweeps every partition: the node sweeps its own and asks
+// the others (POST /cluster/sweep), and sums the reports; a partition no
+// node answered for makes it fail (503; sweeping again is harmless).
+
+// sweepPath is the route a node sweeps its partitions on.
+const sweepPath = "POST /cluster/sweep"
+
+type sweepAnswer struct {
+	Partitions []int              `json:"partitions"`
+	Report     engine.SweepReport `json:"report"`
+}
+
+func (o *orgEngine) Sweep(ctx context.Context) (engine.SweepReport, error) {
+	sum, ps, err := localSweep(ctx, o.set)
+	if err != nil {
+		return sum, err
+	}
+	have := map[int]bool{}
+	for _, i := range ps {
+		have[i] = true
+	}
+	for _, base := range o.peers() {
+		var ans sweepAnswer
+		if err := o.post(ctx, base, "/cluster/sweep", []byte("{}"), &ans); err != nil {
+			continue
+		}
+		addSweep(&sum, ans.Report)
+		for _, p := range ans.Partitions {
+			have[p] = true
+		}
+	}
+	var missing []string
+	for i := range int(o.set.n) {
+		if !have[i] {
+			missing = append(missing, strconv.Itoa(i))
+		}
+	}
+	if len(missing) > 0 {
+		return sum, engine.NewError(engine.CodeUnavailable, "node: no node swept partitions "+strings.Join(missing, ", ")+" now; sweeping again completes it")
+	}
+	return sum, nil
+}
+
+// sweepHandler serves POST /cluster/sweep: the partitions served here
+// swept.
+func sweepHandler(secret string, set func() *partitionSet) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !clusterAuthorized(r, secret) {
+			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
+			return
+		}
+		s := set()
+		if s == nil {
+			http.Error(w, "cluster: starting", http.StatusServiceUnavailable)
+			return
+		}
+		rep, ps, err := localSweep(r.Context(), s)
+		if err != nil {
+			http.Error(w, "cluster: the sweep failed", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(sweepAnswer{Partitions: ps, Report: rep})
+	})
+}

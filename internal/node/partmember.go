@@ -221,6 +221,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	}
 	cfg.Routes[policiesPath] = policiesHandler(mc.Secret, localSet)
 	cfg.Routes[statsPath] = statsHandler(mc.Secret, localSet)
+	cfg.Routes[sweepPath] = sweepHandler(mc.Secret, localSet)
 	cfg.Routes[reportsPath] = reportsHandler(mc.Secret, func() twilio.Reports {
 		if rt := localReports.Load(); rt != nil {
 			return rt

@@ -712,7 +712,9 @@ func TestClusterPolicySetOnEveryPartition(t *testing.T) {
 
 // The admin statistics of a cluster of partitions count every
 // partition, whichever node is asked: messages sent by users of every
-// partition, on both nodes, are all in GET /v1/stats on either.
+// partition, on both nodes, are all in GET /v1/stats on either. A
+// retention sweep asked of either sweeps every partition (it answers 503
+// when a partition went unswept).
 func TestClusterStatsCountEveryPartition(t *testing.T) {
 	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
@@ -745,5 +747,8 @@ func TestClusterStatsCountEveryPartition(t *testing.T) {
 			got, _ = counts["messages_sent"].(float64)
 			return int(got) == sent
 		})
+		if code, out, _ := (&dingNode{n: pn.n}).api(t, "POST", "/v1/retention/sweep", nil); code != http.StatusOK {
+			t.Fatalf("POST /v1/retention/sweep on %s: %d %v", pn.id, code, out)
+		}
 	}
 }

@@ -231,23 +231,36 @@ func (r *router) Devices(user string) ([]engine.DeviceCursor, error) {
 // up what they deleted. The first failure stops it (what the earlier
 // ones deleted stays deleted).
 func (r *router) Sweep(ctx context.Context) (engine.SweepReport, error) {
+	sum, _, err := localSweep(ctx, r.set)
+	return sum, err
+}
+
+// localSweep sweeps every partition served here, and says which.
+func localSweep(ctx context.Context, set *partitionSet) (engine.SweepReport, []int, error) {
 	var sum engine.SweepReport
-	for _, rt := range r.set.attached() {
+	var ps []int
+	for _, rt := range set.attached() {
 		rep, err := rt.eng.Sweep(ctx)
 		if err != nil {
-			return sum, fmt.Errorf("partition %d: %w", rt.p, err)
+			return sum, ps, fmt.Errorf("partition %d: %w", rt.p, err)
 		}
-		sum.Entries += rep.Entries
-		sum.Messages += rep.Messages
-		sum.Dings += rep.Dings
-		sum.Dedupe += rep.Dedupe
-		sum.Quotas += rep.Quotas
-		sum.Refs += rep.Refs
-		sum.Days = max(sum.Days, rep.Days) // days of statistics: the same days on every partition
-		sum.Held += rep.Held
-		sum.Took += rep.Took
+		addSweep(&sum, rep)
+		ps = append(ps, int(rt.p))
 	}
-	return sum, nil
+	return sum, ps, nil
+}
+
+// addSweep adds rep to sum.
+func addSweep(sum *engine.SweepReport, rep engine.SweepReport) {
+	sum.Entries += rep.Entries
+	sum.Messages += rep.Messages
+	sum.Dings += rep.Dings
+	sum.Dedupe += rep.Dedupe
+	sum.Quotas += rep.Quotas
+	sum.Refs += rep.Refs
+	sum.Days = max(sum.Days, rep.Days) // days of statistics: the same days on every partition
+	sum.Held += rep.Held
+	sum.Took += rep.Took
 }
 
 // httpapi.Dings
