@@ -68,12 +68,11 @@ import (
 // The directory is a partition of its own (dirmember.go).
 //
 // Twilio's callbacks a node's partitions do not know go to the others
-// (reports.go); named policies and the admin statistics cover every
-// partition (orgwide.go).
+// (reports.go); named policies, the admin statistics and the retention
+// sweep cover every partition (orgwide.go).
 //
 // Not yet: outbound webhooks (refused: their subscriptions are per
-// engine), push notifications, and a retention sweep covers the
-// partitions attached here only.
+// engine) and push notifications.
 
 // errPartitionMoved closes the connections of a partition's users when
 // this node stops serving it: they reconnect, and are redirected to its
