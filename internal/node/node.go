@@ -517,10 +517,6 @@ func (n *Node) openCommon(cfg Config, reg prometheus.Registerer, dirStore store.
 	if cfg.Clock != nil {
 		pc.Clock = cfg.Clock
 	}
-	if pc.Configured() && cfg.Partitions > 1 {
-		cfg.Logger.Warn("push is not served with several partitions yet: push steps will be recorded as not configured")
-		pc = push.Config{Logger: cfg.Logger, Registerer: reg}
-	}
 	ns.pushDeps = &pushDeps{dir: n.dir}
 	if ns.push, err = push.New(pc, push.Deps{Tokens: ns.pushDeps, Presence: ns.pushDeps, Streams: pushStreams{ns.pushDeps}, Name: ns.pushDeps.name}); err != nil {
 		return nil, "", ns, fmt.Errorf("node: %w", err)

@@ -312,3 +312,18 @@ func sweepHandler(secret string, set func() *partitionSet) http.Handler {
 		_ = json.NewEncoder(w).Encode(sweepAnswer{Partitions: ps, Report: rep})
 	})
 }
+
+// The push registrations of the engine it wraps (httpapi.PushRegistry,
+// found by type assertion, which the embedded interface would hide).
+
+func (o *orgEngine) RegisterPushToken(ctx context.Context, user string, t engine.PushToken) (engine.PushToken, error) {
+	return o.Engine.(httpapi.PushRegistry).RegisterPushToken(ctx, user, t)
+}
+
+func (o *orgEngine) RemovePushToken(ctx context.Context, user, device, token string) (bool, error) {
+	return o.Engine.(httpapi.PushRegistry).RemovePushToken(ctx, user, device, token)
+}
+
+func (o *orgEngine) PushTokens(user string) ([]engine.PushToken, error) {
+	return o.Engine.(httpapi.PushRegistry).PushTokens(user)
+}

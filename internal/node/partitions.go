@@ -499,6 +499,8 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	}
 	set.hub = n.hub
 	closers = append(closers, n.hub.Close)
+	ns.pushDeps.set.Store(set)
+	ns.pushDeps.hub.Store(n.hub)
 	// The pump's backoff runs on the system clock, not cfg.Clock: a
 	// test's fake clock standing still must not hold up a retry.
 	dests := map[uint32]relay.Dest{}
@@ -670,7 +672,11 @@ func (n *Node) openRuntime(cfg Config, set *partitionSet, i uint32, db *pebblest
 	if err != nil {
 		return nil, fmt.Errorf("node: partition %d: %w", i, err)
 	}
-	rt.eng.SetSink(pub)
+	if n.pusher != nil && n.pusher.Configured() {
+		rt.eng.SetSink(n.pusher.Sink(pub)) // devices without a connection are notified
+	} else {
+		rt.eng.SetSink(pub)
+	}
 	rt.eng.SetPresence(n.hub)
 	return rt, nil
 }

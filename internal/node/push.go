@@ -19,8 +19,21 @@ var errPushNotReady = errors.New("node: push: the engine is not open yet")
 // lock.
 type pushDeps struct {
 	eng atomic.Pointer[engine.Engine]
+	// set, with several partitions, finds a user's engine instead.
+	set atomic.Pointer[partitionSet]
 	hub atomic.Pointer[fanout.Hub]
 	dir *fanout.Directory
+}
+
+// engineOf is user's engine: the node's, or that of user's partition.
+func (d *pushDeps) engineOf(user string) (*engine.Engine, error) {
+	if s := d.set.Load(); s != nil {
+		return s.engineOf(user)
+	}
+	if e := d.eng.Load(); e != nil {
+		return e, nil
+	}
+	return nil, errPushNotReady
 }
 
 var (
@@ -30,23 +43,31 @@ var (
 )
 
 func (d *pushDeps) PushTokens(user string) ([]engine.PushToken, error) {
-	e := d.eng.Load()
-	if e == nil {
-		return nil, errPushNotReady
+	e, err := d.engineOf(user)
+	if err != nil {
+		return nil, err
 	}
 	return e.PushTokens(user)
 }
 
 func (d *pushDeps) RemovePushToken(ctx context.Context, user, device, token string) (bool, error) {
-	e := d.eng.Load()
-	if e == nil {
-		return false, errPushNotReady
+	e, err := d.engineOf(user)
+	if err != nil {
+		return false, err
 	}
 	return e.RemovePushToken(ctx, user, device, token)
 }
 
-// PushTokenCount feeds ding_push_registered_tokens.
+// PushTokenCount feeds ding_push_registered_tokens (the partitions
+// served here, with several).
 func (d *pushDeps) PushTokenCount() int64 {
+	if s := d.set.Load(); s != nil {
+		var n int64
+		for _, e := range s.engines() {
+			n += e.PushTokenCount()
+		}
+		return n
+	}
 	if e := d.eng.Load(); e != nil {
 		return e.PushTokenCount()
 	}
@@ -61,17 +82,17 @@ func (d *pushDeps) Devices(user string) []string {
 }
 
 func (d *pushDeps) Head(user string) (uint64, error) {
-	e := d.eng.Load()
-	if e == nil {
-		return 0, errPushNotReady
+	e, err := d.engineOf(user)
+	if err != nil {
+		return 0, err
 	}
 	return e.Head(user)
 }
 
 func (d *pushDeps) streamDevices(user string) ([]engine.DeviceCursor, error) {
-	e := d.eng.Load()
-	if e == nil {
-		return nil, errPushNotReady
+	e, err := d.engineOf(user)
+	if err != nil {
+		return nil, err
 	}
 	return e.Devices(user)
 }

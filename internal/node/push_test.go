@@ -29,6 +29,12 @@ type pushNode struct {
 
 func startPushNode(t *testing.T) *pushNode {
 	t.Helper()
+	return startPushNodeWith(t, nil)
+}
+
+// startPushNodeWith is startPushNode with mod's changes to the config.
+func startPushNodeWith(t *testing.T, mod func(*node.Config)) *pushNode {
+	t.Helper()
 	srv, err := pushtest.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +56,9 @@ func startPushNode(t *testing.T) *pushNode {
 	d := startDingNode(t, func(c *node.Config) {
 		c.Push = push.Config{APNsKeyFile: key, APNsKeyID: srv.KeyID, APNsTeamID: srv.TeamID, APNsEndpoint: srv.APNsURL(),
 			FCMCredentialsFile: sa, FCMEndpoint: srv.FCMURL(), CAFile: ca, Coalesce: 10 * time.Second}
+		if mod != nil {
+			mod(c)
+		}
 	})
 	return &pushNode{d, srv}
 }
@@ -227,5 +236,40 @@ func TestDingPushStepAfterRestart(t *testing.T) {
 	}
 	if n := len(p.push.Requests()); n != 1 {
 		t.Fatalf("%d pushes, want one", n)
+	}
+}
+
+// With several partitions, a device registers with its user's
+// partition (over the socket and the admin API), and a message from a
+// user of another partition, relayed to it, is pushed while the device
+// is offline.
+func TestPushWithPartitions(t *testing.T) {
+	p := startPushNodeWith(t, func(c *node.Config) { c.Partitions = testPartitions })
+	wantPartitions(t, p.n, map[string]int{"ana": 2, "bo": 0})
+	ctx := context.Background()
+	phone := nodetest.Dial(t, p.n, "bo", "iphone", nil)
+	if err := phone.RegisterPush(ctx, client.PushToken{Provider: "apns", Token: pushAPNsToken, Topic: "com.example.ding"}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := p.api(t, "GET", "/v1/users/bo/push", nil)
+	if b, _ := json.Marshal(out); code != 200 || !strings.Contains(string(b), `"iphone"`) {
+		t.Fatalf("GET /v1/users/bo/push: %d %s", code, b)
+	}
+	phone.Close()
+	nodetest.WaitFor(t, "the phone gone from the hub", 5*time.Second, func() bool {
+		code, out, _ := p.api(t, "GET", "/v1/users/bo/devices", nil)
+		b, _ := json.Marshal(out)
+		return code == 200 && !strings.Contains(string(b), `"online":true`)
+	})
+	ana := nodetest.Dial(t, p.n, "ana", "laptop", nil)
+	if _, err := ana.Send(ctx, []string{"bo"}, []byte("across partitions")); err != nil {
+		t.Fatal(err)
+	}
+	r := p.waitPushes(t, 1)[0]
+	if r.Token != pushAPNsToken || !strings.Contains(string(r.Body), "New message from Ana") || strings.Contains(string(r.Body), "across partitions") {
+		t.Fatalf("push %s to %s", r.Body, r.Token)
+	}
+	if n := p.n.Engines()[0].PushTokenCount(); n != 1 {
+		t.Fatalf("bo's partition holds %d tokens, want 1", n)
 	}
 }

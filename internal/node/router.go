@@ -47,11 +47,13 @@ type router struct {
 }
 
 var (
-	_ session.Engine  = (*router)(nil)
-	_ httpapi.Engine  = (*router)(nil)
-	_ fanout.Source   = (*router)(nil)
-	_ twilio.Reports  = (*router)(nil)
-	_ email.Confirmer = (*router)(nil)
+	_ session.Engine       = (*router)(nil)
+	_ httpapi.Engine       = (*router)(nil)
+	_ fanout.Source        = (*router)(nil)
+	_ twilio.Reports       = (*router)(nil)
+	_ httpapi.PushRegistry = (*router)(nil)
+	_ session.PushRegistry = (*router)(nil)
+	_ email.Confirmer      = (*router)(nil)
 )
 
 // errNoHome is returned for an id no partition of this node made.
@@ -60,6 +62,61 @@ var errNoHome = fmt.Errorf("%w: the id names no partition of this node", engine.
 // user returns the engine of u's partition, or why this node does not
 // serve it now.
 func (r *router) user(u string) (*engine.Engine, error) { return r.set.engineOf(u) }
+
+// Push registrations (httpapi.PushRegistry, session.PushRegistry): a
+// device's token is kept by its user's partition; a notification's
+// opening is recorded on the DING's home.
+
+func (r *router) RegisterPushToken(ctx context.Context, user string, t engine.PushToken) (engine.PushToken, error) {
+	e, err := r.user(user)
+	if err != nil {
+		return engine.PushToken{}, err
+	}
+	return e.RegisterPushToken(ctx, user, t)
+}
+
+func (r *router) RemovePushToken(ctx context.Context, user, device, token string) (bool, error) {
+	e, err := r.user(user)
+	if err != nil {
+		return false, err
+	}
+	return e.RemovePushToken(ctx, user, device, token)
+}
+
+func (r *router) PushTokens(user string) ([]engine.PushToken, error) {
+	e, err := r.user(user)
+	if err != nil {
+		return nil, err
+	}
+	return e.PushTokens(user)
+}
+
+func (r *router) RegisterPushTokenAsync(user string, t engine.PushToken, done func(error)) {
+	e, err := r.user(user)
+	if err != nil {
+		done(err)
+		return
+	}
+	e.RegisterPushTokenAsync(user, t, done)
+}
+
+func (r *router) RemovePushTokenAsync(user, device string, done func(error)) {
+	e, err := r.user(user)
+	if err != nil {
+		done(err)
+		return
+	}
+	e.RemovePushTokenAsync(user, device, done)
+}
+
+func (r *router) PushOpenedAsync(user string, id engine.ID, device string, done func(error)) {
+	e, err := r.home(id)
+	if err != nil {
+		done(err)
+		return
+	}
+	e.PushOpenedAsync(user, id, device, done)
+}
 
 func (r *router) home(id engine.ID) (*engine.Engine, error) {
 	p, ok := engine.HomeOf(id)
