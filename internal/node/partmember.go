@@ -72,7 +72,7 @@ import (
 // sweep cover every partition (orgwide.go).
 //
 // Not yet: outbound webhooks (refused: their subscriptions are per
-// engine) and push notifications.
+// engine).
 
 // errPartitionMoved closes the connections of a partition's users when
 // this node stops serving it: they reconnect, and are redirected to its
