@@ -42,7 +42,7 @@ export function ChartView(props: { config: ChartConfiguration; label: string; su
   useEffect(() => () => chart.current?.destroy(), []);
   return h(
     "figure",
-    { class: "chart", "data-testid": props.testid },
+    { class: "chart", "data-testid": props.testid, "data-values": JSON.stringify(props.config.data.datasets.map((d) => d.data)) },
     h("div", { class: "chart-box" }, h("canvas", { ref: canvas, role: "img", "aria-label": props.label })),
     h("figcaption", null, props.summary),
   );
