@@ -222,6 +222,7 @@ func TestWebConsole(t *testing.T) {
 			t.Fatalf("eve after offboarding: %d %+v", code, u)
 		}
 		con.Run(chromedp.EmulateViewport(390, 760))
+		webtest.Eval[bool](con, `(window.scrollTo(0, 0), true)`)
 		webtest.Screenshot(t, con, consoleShots, "directory-phone")
 	})
 
@@ -259,7 +260,8 @@ func TestWebConsole(t *testing.T) {
 		}
 		setInput(con, "policy-text", "inapp,fax@1m")
 		con.WaitFor(`document.querySelector("#policy-err")?.innerText.includes('unknown channel "fax"')`)
-		setInput(con, "policy-text", "inapp,sms@5m,voice@15m until=confirmed")
+		setInput(con, "policy-text", "inapp,sms@5m,voice@15m*3/10m until=confirmed")
+		webtest.Eval[bool](con, `(document.querySelector("fieldset.policy").scrollIntoView(), true)`)
 		webtest.Screenshot(t, con, consoleShots, "send")
 	})
 }
