@@ -209,6 +209,18 @@ func TestWebConsole(t *testing.T) {
 		con.WaitFor(`document.querySelector("[data-testid=import-applied]")`)
 		con.WaitFor(`document.querySelector('tr[data-user="eve"]') && document.querySelector('tr[data-user="fay"]')`)
 		con.WaitFor(`document.querySelector('.tree button[data-dept]')`)
+
+		// A department and a group made in the console.
+		setInput(con, "dept-form-id", "eng")
+		setInput(con, "dept-form-name", "Engineering")
+		con.Run(chromedp.Click(chromedp.CSS(`form[aria-labelledby="dept-form-h"] button[type=submit]`)))
+		con.WaitFor(`document.querySelector('.tree button[data-dept="eng"]')?.innerText.startsWith("Engineering")`)
+		setInput(con, "group-form-id", "oncall")
+		setInput(con, "group-form-members", "dan, fay")
+		con.Run(chromedp.Click(chromedp.CSS(`form[aria-labelledby="group-form-h"] button[type=submit]`)))
+		con.WaitFor(`document.querySelector('[data-group="oncall"]')?.innerText.includes("dan, fay")`)
+		webtest.Eval[bool](con, `(window.scrollTo(0, 0), true)`)
+		webtest.Screenshot(t, con, consoleShots, "directory")
 		webtest.Screenshot(t, con, consoleShots, "directory")
 
 		con.Run(chromedp.Click(chromedp.CSS(`button[aria-label="Offboard eve"]`)))

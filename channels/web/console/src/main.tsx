@@ -385,6 +385,44 @@ function Import(props: { onApplied: () => void }) {
   );
 }
 
+/** A small form of text fields whose submit calls save(values); it says what happened. */
+function QuickForm(props: { id: string; title: string; fields: [string, string, string?][]; submit: string; save: (v: Record<string, string>) => Promise<string> }) {
+  const empty = Object.fromEntries(props.fields.map(([k]) => [k, ""]));
+  const [v, setV] = useState<Record<string, string>>(empty);
+  const [error, setError] = useState("");
+  const [done, setDone] = useState("");
+  const submit = async (e: Event) => {
+    e.preventDefault();
+    try {
+      setDone(await props.save(v));
+      setError("");
+      setV(empty);
+    } catch (err) {
+      setError(describe(err));
+      setDone("");
+    }
+  };
+  return (
+    <form class="card" onSubmit={submit} aria-labelledby={`${props.id}-h`}>
+      <h4 id={`${props.id}-h`}>{props.title}</h4>
+      {props.fields.map(([k, label, hint]) => (
+        <Field id={`${props.id}-${k}`} label={label} hint={hint}>
+          <input id={`${props.id}-${k}`} value={v[k]} onInput={(e) => setV({ ...v, [k]: e.currentTarget.value })} />
+        </Field>
+      ))}
+      <div>
+        <button type="submit">{props.submit}</button>
+      </div>
+      <Alert error={error} />
+      {done && (
+        <p role="status" class="ok">
+          {done}
+        </p>
+      )}
+    </form>
+  );
+}
+
 function Directory() {
   const [data, error, reload] = usePoll(
     async () => {
@@ -428,6 +466,21 @@ function Directory() {
         <div>
           <h3>Departments</h3>
           <DeptTree depts={data?.depts ?? []} users={data?.users ?? []} selected={dept} onSelect={setDept} />
+          <QuickForm
+            id="dept-form"
+            title="Add or move a department"
+            fields={[
+              ["id", "Department id"],
+              ["name", "Name"],
+              ["parent", "Parent id", "empty: a root"],
+            ]}
+            submit="Save department"
+            save={async (v) => {
+              await call("PUT", path("/v1/departments/", v.id.trim()), { body: { name: v.name.trim() || v.id.trim(), parent: v.parent.trim() } });
+              reload();
+              return `Saved department ${v.id.trim()}.`;
+            }}
+          />
           <h3>Groups</h3>
           <ul class="groups">
             {(data?.groups ?? []).map((g) => (
@@ -437,6 +490,22 @@ function Directory() {
               </li>
             ))}
           </ul>
+          <QuickForm
+            id="group-form"
+            title="Create or replace a group"
+            fields={[
+              ["id", "Group id"],
+              ["name", "Name"],
+              ["members", "Members", "user ids, comma-separated"],
+            ]}
+            submit="Save group"
+            save={async (v) => {
+              const members = v.members.split(/[,\s]+/).filter(Boolean);
+              await call("PUT", path("/v1/groups/", v.id.trim()), { body: { name: v.name.trim() || v.id.trim(), members } });
+              reload();
+              return `Saved group ${v.id.trim()} (${members.length} members).`;
+            }}
+          />
         </div>
         <div>
           <h3>
@@ -598,6 +667,14 @@ function PolicyBuilder(props: { text: string; onText: (t: string) => void }) {
   );
 }
 
+function NamedTimeline(props: { spec: string }) {
+  try {
+    return <Timeline policy={parsePolicy(props.spec)} />;
+  } catch (e) {
+    return <p class="hint">{props.spec} ({(e as Error).message})</p>;
+  }
+}
+
 function Send() {
   const [dir] = usePoll(
     async () => {
@@ -738,7 +815,7 @@ function Send() {
               </select>
             </Field>
             {named ? (
-              <Timeline policy={parsePolicy(dir?.policies[named] ?? dir?.def ?? policy)} />
+              <NamedTimeline spec={dir?.policies[named] ?? ""} />
             ) : (
               <>
                 <PolicyBuilder text={policy} onText={setPolicy} />
@@ -1127,6 +1204,21 @@ function Stats() {
                     { label: "DINGs", data: deps.map((d) => d.counts.dings_sent ?? 0), backgroundColor: "#0b5cd5" },
                     { label: "SMS", data: deps.map((d) => d.counts.sms ?? 0), backgroundColor: "#e39b22" },
                     { label: "calls", data: deps.map((d) => d.counts.calls ?? 0), backgroundColor: "#b3261e" },
+                  ],
+                },
+              }}
+            />
+            <ChartView
+              testid="stats-spend"
+              label="SMS and calls spent against their budgets"
+              summary={`SMS ${spendMax(s.sms_budget, s.total.counts.sms ?? 0)}; calls ${spendMax(s.calls_budget, s.total.counts.calls ?? 0)}.`}
+              config={{
+                type: "bar",
+                data: {
+                  labels: ["SMS", "calls"],
+                  datasets: [
+                    { label: "spent", data: [s.total.counts.sms ?? 0, s.total.counts.calls ?? 0], backgroundColor: "#e39b22" },
+                    { label: "budget (0: none)", data: [s.sms_budget, s.calls_budget], backgroundColor: "#c9ced6" },
                   ],
                 },
               }}
