@@ -85,7 +85,8 @@ func events(pg *webtest.Page, recipient string) []string {
 }
 
 func TestWebConsole(t *testing.T) {
-	r := startWebRig(t)
+	// No re-DING interval: cy is DINGed in one subtest and re-DINGed in another.
+	r := startWebRig(t, "--ding-recipient-interval=-1s")
 	r.addUser(t, "ana", "")
 	r.addUser(t, "bo", "+14155550100")
 	r.addUser(t, "cy", "+14155550101")
@@ -147,6 +148,8 @@ func TestWebConsole(t *testing.T) {
 			t.Fatalf("the fake Twilio got %d SMS and %d calls", r.twilio.Count("sms"), r.twilio.Count("call"))
 		}
 		webtest.Screenshot(t, con, consoleShots, "ding-escalated")
+		con.Run(chromedp.EmulateViewport(390, 760))
+		webtest.Screenshot(t, con, consoleShots, "ding-phone")
 	})
 
 	// (c) An announcement published from the console: its unread list and
@@ -174,6 +177,17 @@ func TestWebConsole(t *testing.T) {
 		con.WaitFor(fmt.Sprintf(`%s === %d`, funnel, atoi(t, readBefore)+1))
 		con.WaitFor(`document.querySelector("[data-testid=ann-ratio] figcaption").innerText.startsWith("Read ratio")`)
 		webtest.Screenshot(t, con, consoleShots, "announcement")
+
+		// Re-DING who has not read it, in the app only (the sender, ana, is not DINGed).
+		var before struct{ Dings []struct{ ID string } }
+		r.p.admin(t, "GET", "/v1/dings?limit=1000", nil, &before)
+		setInput(con, "reding-policy", "inapp")
+		con.Run(chromedp.Click(chromedp.CSS(`button.reding`)))
+		con.WaitFor(`document.querySelector("[role=status]")?.innerText.startsWith("Re-DINGed 1 recipient.")`)
+		var after struct{ Dings []struct{ ID string } }
+		if r.p.admin(t, "GET", "/v1/dings?limit=1000", nil, &after); len(after.Dings) <= len(before.Dings) {
+			t.Fatalf("DINGs before the re-DING %d, after %d", len(before.Dings), len(after.Dings))
+		}
 	})
 
 	// (d) The directory: add a user; import a CSV, see the dry run's diff

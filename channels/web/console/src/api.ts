@@ -25,6 +25,13 @@ export function forgetToken(): void {
   sessionStorage.removeItem(tokenKey);
 }
 
+let unauthenticated: ((err: ApiError) => void) | null = null;
+
+/** Sets what happens when a call with the saved token gets 401 (the console signs out). */
+export function onUnauthenticated(f: ((err: ApiError) => void) | null): void {
+  unauthenticated = f;
+}
+
 export interface CallOptions {
   body?: unknown; // JSON-encoded unless raw
   raw?: string; // a body sent as is (CSV, or JSON text from a file)
@@ -53,7 +60,11 @@ export async function call<T>(method: string, path: string, o: CallOptions = {})
   } catch {
     throw new ApiError(0, "UNREACHABLE", "the server did not answer; is dingd running?");
   }
-  if (!resp.ok) throw await errorOf(resp);
+  if (!resp.ok) {
+    const err = await errorOf(resp);
+    if (resp.status === 401 && o.token === undefined && !o.noAuth) unauthenticated?.(err);
+    throw err;
+  }
   if (o.text) return (await resp.text()) as T;
   if (resp.status === 204) return undefined as T;
   return (await resp.json()) as T;

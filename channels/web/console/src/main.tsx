@@ -9,6 +9,7 @@ import {
   call,
   describe,
   forgetToken,
+  onUnauthenticated,
   path,
   savedToken,
   saveToken,
@@ -1060,8 +1061,11 @@ function AnnouncementPage(props: { id: string }) {
   };
   const reding = async () => {
     try {
-      const r = await call<{ recipients: number; dings: string[] }>("POST", path("/v1/announcements/", props.id, "/reding"), { body: { policy, unread: !s?.confirm } });
-      setNote(`Re-DINGed ${r.recipients} recipient${r.recipients === 1 ? "" : "s"}.`);
+      const r = await call<{ recipients: number; dings: string[]; refused?: Refusal[] }>("POST", path("/v1/announcements/", props.id, "/reding"), {
+        body: { policy, unread: !s?.confirm },
+      });
+      const refused = r.refused?.length ? ` ${r.refused.length} refused (${r.refused.map((x) => `${x.recipient}: ${x.reason}`).join(", ")}).` : "";
+      setNote(`Re-DINGed ${r.recipients} recipient${r.recipients === 1 ? "" : "s"}.${refused}`);
       setOpError("");
     } catch (err) {
       setOpError(describe(err));
@@ -1160,7 +1164,7 @@ function AnnouncementPage(props: { id: string }) {
             <Field id="reding-policy" label={`Re-DING everyone who has not ${s.confirm ? "confirmed" : "read"}, with the policy`}>
               <input id="reding-policy" value={policy} onInput={(e) => setPolicy(e.currentTarget.value)} />
             </Field>
-            <button type="button" class="danger" onClick={reding}>
+            <button type="button" class="danger reding" onClick={reding}>
               Re-DING
             </button>
           </div>
@@ -1481,6 +1485,15 @@ function Root() {
   const [me, setMe] = useState<Admin | null>(null);
   const [checking, setChecking] = useState(!!savedToken());
   const [error, setError] = useState("");
+  useEffect(() => {
+    // A token revoked or expired while the console is open: back to sign-in, saying why.
+    onUnauthenticated((err) => {
+      forgetToken();
+      setMe(null);
+      setError(describe(err));
+    });
+    return () => onUnauthenticated(null);
+  }, []);
   useEffect(() => {
     if (!savedToken()) return;
     call<Admin>("GET", "/v1/admins/me")
