@@ -42,6 +42,13 @@ func (r *webRig) signInConsole(t *testing.T, name string) *webtest.Page {
 	t.Helper()
 	pg := r.browser.NewPage(t, name)
 	pg.Run(chromedp.Navigate(r.consoleURL("")), chromedp.WaitVisible(chromedp.ID("admin-token")))
+	// Whatever the console does after this (charts included) must keep to its CSP.
+	webtest.Eval[bool](pg, `(window.cspViolations = [], document.addEventListener("securitypolicyviolation", e => window.cspViolations.push(e.violatedDirective + " " + e.blockedURI)), true)`)
+	t.Cleanup(func() {
+		if v := webtest.Eval[[]string](pg, `window.cspViolations ?? []`); len(v) > 0 {
+			t.Errorf("page %s broke its Content-Security-Policy: %q", name, v)
+		}
+	})
 	setInput(pg, "admin-token", r.adminToken(t))
 	pg.Run(chromedp.Click(chromedp.CSS(`.login button[type=submit]`)))
 	pg.WaitFor(`document.querySelector("[data-testid=me]")?.innerText.length > 0`)
