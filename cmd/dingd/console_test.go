@@ -142,7 +142,7 @@ func TestWebConsole(t *testing.T) {
 	// call that the fake Twilio received, as they happen.
 	t.Run("UnconfirmedDingShowsSMSAndCall", func(t *testing.T) {
 		con := r.signInConsole(t, "console")
-		sendDing(con, "ana", "cy", "Pager duty: disk full on db-3", "inapp,sms@1s,voice@2s", "")
+		id := sendDing(con, "ana", "cy", "Pager duty: disk full on db-3", "inapp,sms@1s,voice@2s", "")
 		// The policy builder's timeline is where the DING came from; its page shows the escalation.
 		con.WaitForWithin(`document.querySelector('.recipient[data-recipient="cy"] .ledger li[data-event^=sms_]')`, 20*time.Second)
 		con.WaitForWithin(`document.querySelector('.recipient[data-recipient="cy"] .ledger li[data-event^=call_]')`, 20*time.Second)
@@ -155,6 +155,14 @@ func TestWebConsole(t *testing.T) {
 			t.Fatalf("the fake Twilio got %d SMS and %d calls", r.twilio.Count("sms"), r.twilio.Count("call"))
 		}
 		webtest.Screenshot(t, con, consoleShots, "ding-escalated")
+		// The DINGs list has it first (newest first).
+		goTo(con, "dings")
+		con.WaitFor(`document.querySelectorAll(".list li a").length > 0`)
+		if got := webtest.Eval[string](con, `document.querySelector(".list li a").getAttribute("href")`); got != "#/ding/"+id {
+			t.Fatalf("the newest DING in the list links to %q, want %q", got, "#/ding/"+id)
+		}
+		con.Run(chromedp.Click(chromedp.CSS(`.list li a`)))
+		con.WaitFor(`document.querySelector('.recipient[data-recipient="cy"]')`)
 		con.Run(chromedp.EmulateViewport(390, 760))
 		webtest.Screenshot(t, con, consoleShots, "ding-phone")
 	})

@@ -219,7 +219,17 @@ function UserRow(props: { u: User; onChanged: () => void; onOffboard: (u: User) 
       )}
       <td class="actions">
         {!editing && (
-          <button type="button" class="secondary" aria-label={`Edit ${u.id}`} onClick={() => setEditing(true)}>
+          <button
+            type="button"
+            class="secondary"
+            aria-label={`Edit ${u.id}`}
+            onClick={() => {
+              setPhone(u.phone ?? "");
+              setQuiet(u.quiet_hours ?? "");
+              setDept(u.department ?? "");
+              setEditing(true);
+            }}
+          >
             Edit
           </button>
         )}{" "}
@@ -866,8 +876,22 @@ function Send() {
 // ---- DINGs ----
 
 function Dings() {
-  const [data, error] = usePoll(() => call<{ dings: DingSummary[] }>("GET", "/v1/dings?limit=1000"), 5000, []);
-  const ds = [...(data?.dings ?? [])].reverse().slice(0, 100);
+  // The API lists oldest first, a page at a time: walk the pages (from
+  // where the last walk ended) and keep the newest 100.
+  const newest = useRef<DingSummary[]>([]);
+  const [data, error] = usePoll(
+    async () => {
+      for (;;) {
+        const last = newest.current[newest.current.length - 1]?.id;
+        const page = await call<{ dings: DingSummary[] }>("GET", "/v1/dings?limit=1000" + (last ? "&after=" + encodeURIComponent(last) : ""));
+        newest.current = [...newest.current, ...(page.dings ?? [])].slice(-100);
+        if ((page.dings ?? []).length < 1000) return newest.current;
+      }
+    },
+    5000,
+    [],
+  );
+  const ds = [...(data ?? [])].reverse();
   return (
     <section aria-labelledby="dings-h">
       <h2 id="dings-h">DINGs</h2>
