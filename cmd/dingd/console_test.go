@@ -193,6 +193,15 @@ func TestWebConsole(t *testing.T) {
 		con.WaitFor(`document.querySelector("[data-testid=ann-ratio] figcaption").innerText.startsWith("Read ratio")`)
 		webtest.Screenshot(t, con, consoleShots, "announcement")
 
+		// The unread as CSV, fetched with the admin token and handed to the browser as a download.
+		webtest.Eval[bool](con, `(window.csv = [], URL.createObjectURL = (orig => b => (b.text().then(t => window.csv.push(t)), orig(b)))(URL.createObjectURL), true)`)
+		con.Run(chromedp.Click(chromedp.CSS(`button.export-unread`)))
+		con.WaitFor(`window.csv.length === 1`)
+		csv := webtest.Eval[string](con, `window.csv[0]`)
+		if !strings.Contains(csv, "\ncy,") || strings.Contains(csv, "\nbo,") {
+			t.Fatalf("the unread CSV:\n%s", csv)
+		}
+
 		// Re-DING who has not read it, in the app only (the sender, ana, is not DINGed).
 		var before struct{ Dings []struct{ ID string } }
 		r.p.admin(t, "GET", "/v1/dings?limit=1000", nil, &before)

@@ -1164,7 +1164,7 @@ function AnnouncementPage(props: { id: string }) {
                   <li key={u}>{u}</li>
                 ))}
               </ul>
-              <button type="button" class="secondary" onClick={() => exportCSV("unread")}>
+              <button type="button" class="secondary export-unread" onClick={() => exportCSV("unread")}>
                 Export unread (CSV)
               </button>
             </div>
