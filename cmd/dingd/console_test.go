@@ -297,6 +297,9 @@ func TestWebConsole(t *testing.T) {
 		goTo(con, "stats")
 		con.WaitFor(`document.querySelector('[data-testid=stats-volume]') && document.querySelector('tr[data-dept="Total"]')`)
 		webtest.Screenshot(t, con, consoleShots, "stats")
+		// A window that ends before it starts: the API's refusal, on the page.
+		webtest.Eval[bool](con, `[["stats-from", "2030-01-02"], ["stats-to", "2030-01-01"]].every(([id, v]) => { const e = document.getElementById(id); e.value = v; return e.dispatchEvent(new Event("change", {bubbles: true})) })`)
+		con.WaitFor(`document.querySelector("[role=alert]")?.innerText.startsWith("BAD_REQUEST: ")`)
 		goTo(con, "ops")
 		con.WaitFor(`document.querySelector("[data-health=ok]") && document.querySelector("[data-ready=ok]")`)
 		con.WaitFor(`/^\d+(\.\d+)? ms/.test(document.querySelector("[data-testid=commit-latency]")?.innerText ?? "")`)

@@ -1206,13 +1206,31 @@ function AnnouncementPage(props: { id: string }) {
 // ---- statistics ----
 
 function Stats() {
-  const [s, error] = usePoll(() => call<AdminStats>("GET", "/v1/stats"), 10000, []);
+  const [from, setFrom] = useState("");
+  const [to, setTo] = useState("");
+  const [depts, setDepts] = useState("");
+  const q = new URLSearchParams();
+  if (from) q.set("from", from);
+  if (to) q.set("to", to);
+  if (depts.trim()) q.set("dept", depts.replace(/\s+/g, ""));
+  const [s, error] = usePoll(() => call<AdminStats>("GET", "/v1/stats" + (q.size ? "?" + q : "")), 10000, [q.toString()]);
   const deps = s?.departments ?? [];
   const labels = deps.map((d) => d.department || "(none)");
   const spendMax = (b: number, used: number) => (b > 0 ? `${used} of ${b}` : `${used} (no budget)`);
   return (
     <section aria-labelledby="stats-h">
       <h2 id="stats-h">Statistics</h2>
+      <div class="row">
+        <Field id="stats-from" label="From (UTC day)">
+          <input id="stats-from" type="date" value={from} onChange={(e) => setFrom(e.currentTarget.value)} />
+        </Field>
+        <Field id="stats-to" label="To (UTC day, included)">
+          <input id="stats-to" type="date" value={to} onChange={(e) => setTo(e.currentTarget.value)} />
+        </Field>
+        <Field id="stats-dept" label="Departments" hint="ids, comma-separated; empty: all">
+          <input id="stats-dept" value={depts} onChange={(e) => setDepts(e.currentTarget.value)} />
+        </Field>
+      </div>
       <Alert error={error} />
       {s && (
         <>
