@@ -1205,6 +1205,11 @@ function AnnouncementPage(props: { id: string }) {
 
 // ---- statistics ----
 
+/** used as a percentage of budget (0 when there is no budget), to two decimals. */
+function pctOf(used: number, budget: number): number {
+  return budget > 0 ? Math.round((10000 * used) / budget) / 100 : 0;
+}
+
 function Stats() {
   const [from, setFrom] = useState("");
   const [to, setTo] = useState("");
@@ -1261,12 +1266,16 @@ function Stats() {
               config={{
                 type: "bar",
                 data: {
-                  labels: ["SMS", "calls"],
+                  labels: [s.sms_budget > 0 ? "SMS" : "SMS (no budget)", s.calls_budget > 0 ? "calls" : "calls (no budget)"],
                   datasets: [
-                    { label: "spent", data: [s.total.counts.sms ?? 0, s.total.counts.calls ?? 0], backgroundColor: "#e39b22" },
-                    { label: "budget (0: none)", data: [s.sms_budget, s.calls_budget], backgroundColor: "#c9ced6" },
+                    {
+                      label: "% of the budget spent",
+                      data: [pctOf(s.total.counts.sms ?? 0, s.sms_budget), pctOf(s.total.counts.calls ?? 0, s.calls_budget)],
+                      backgroundColor: "#e39b22",
+                    },
                   ],
                 },
+                options: { scales: { y: { min: 0, suggestedMax: 100 } } },
               }}
             />
             <ChartView
