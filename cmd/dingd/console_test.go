@@ -67,14 +67,17 @@ func goTo(pg *webtest.Page, route string) {
 	pg.Run(chromedp.Click(chromedp.CSS(fmt.Sprintf(`.tabs a[href="#/%s"]`, route))))
 }
 
-// sendDing fills the console's Send form and submits it; it returns the
-// DING's id once the console shows the DING's page.
+// sendDing fills the console's Send form (to: recipients, comma-separated)
+// and submits it; it returns the DING's id once the console shows the
+// DING's page.
 func sendDing(pg *webtest.Page, from, to, text, policy, choices string) string {
 	goTo(pg, "send")
 	pg.WaitFor(`document.getElementById("send-from")`)
 	setInput(pg, "send-from", from)
 	pg.Run(chromedp.SendKeys(chromedp.ID("send-to"), to+kb.Enter))
-	pg.WaitFor(fmt.Sprintf(`document.querySelector('.chips li[data-recipient=%q]')`, to))
+	for _, rc := range strings.Split(to, ",") {
+		pg.WaitFor(fmt.Sprintf(`document.querySelector('.chips li[data-recipient=%q]')`, rc))
+	}
 	setInput(pg, "send-text", text)
 	setInput(pg, "policy-text", policy)
 	if choices != "" {
@@ -142,7 +145,9 @@ func TestWebConsole(t *testing.T) {
 	// call that the fake Twilio received, as they happen.
 	t.Run("UnconfirmedDingShowsSMSAndCall", func(t *testing.T) {
 		con := r.signInConsole(t, "console")
-		id := sendDing(con, "ana", "cy", "Pager duty: disk full on db-3", "inapp,sms@1s,voice@2s", "")
+		// cy, and someone outside the app by a bare number.
+		const outsider = "+14155550199"
+		id := sendDing(con, "ana", "cy,"+outsider, "Pager duty: disk full on db-3", "inapp,sms@1s,voice@2s", "")
 		// The policy builder's timeline is where the DING came from; its page shows the escalation.
 		con.WaitForWithin(`document.querySelector('.recipient[data-recipient="cy"] .ledger li[data-event^=sms_]')`, 20*time.Second)
 		con.WaitForWithin(`document.querySelector('.recipient[data-recipient="cy"] .ledger li[data-event^=call_]')`, 20*time.Second)
@@ -151,7 +156,8 @@ func TestWebConsole(t *testing.T) {
 		if sms < 0 || call < sms {
 			t.Fatalf("cy's ledger on the console %q: want SMS events before call events", evs)
 		}
-		if r.twilio.Count("sms") < 1 || r.twilio.Count("call") < 1 {
+		con.WaitForWithin(fmt.Sprintf(`document.querySelector('.recipient[data-recipient=%q] .ledger li[data-event^=call_]')`, outsider), 20*time.Second)
+		if r.twilio.Count("sms") < 2 || r.twilio.Count("call") < 2 {
 			t.Fatalf("the fake Twilio got %d SMS and %d calls", r.twilio.Count("sms"), r.twilio.Count("call"))
 		}
 		webtest.Screenshot(t, con, consoleShots, "ding-escalated")
