@@ -113,16 +113,21 @@ node:
 # the build into channels/web/app/dist, which dingd embeds (channels/web).
 # dist is committed, so building dingd needs no Node: run this after
 # changing the app or the SDK, and commit dist with the change.
+# The admin console (channels/web/console, Preact and Chart.js) is built
+# the same way into channels/web/console/dist.
 APP := channels/web/app
+CONSOLE := channels/web/console
 web: node
 	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
 	cd $(APP) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	cd $(CONSOLE) && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 # The web app's unit tests (its state, fed the SDK's events; node --test)
 # and its type check. Its browser tests are Go tests (cmd/dingd/web_test.go).
 web-test: node
 	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
 	cd $(APP) && npm ci --no-audit --no-fund --loglevel=error && npm test
+	cd $(CONSOLE) && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 # Chromium (Debian's package) for the browser tests (cmd/dingd/web_test.go,
 # driven by chromedp), when missing.

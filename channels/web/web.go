@@ -1,8 +1,8 @@
 // Package web serves Ding's browser front ends from files embedded at
-// build time: the web app for users at /app (channels/web/app, built by
-// `make web` into app/dist, which is committed so that building dingd
-// needs no Node). A later front end (the admin console) is served the same
-// way: its own built dir embedded here and one more Handler from static.
+// build time: the web app for users at /app (channels/web/app) and the
+// admin console at /console (channels/web/console), each built by `make
+// web` into its dist/, which is committed so that building dingd needs no
+// Node.
 //
 // Every page is served with a Content-Security-Policy that allows only the
 // page's own script and stylesheet and WebSocket connections to the same
@@ -10,6 +10,7 @@
 //
 //	mux.Handle("/app/", web.App())
 //	mux.Handle("GET /app", http.RedirectHandler("/app/", http.StatusMovedPermanently))
+//	mux.Handle("/console/", web.Console())
 package web
 
 import (
@@ -22,6 +23,9 @@ import (
 //go:embed all:app/dist
 var appFiles embed.FS
 
+//go:embed all:console/dist
+var consoleFiles embed.FS
+
 // App returns the handler of the web app, for the "/app/" pattern. The
 // app's WebSocket may reach the page's own origin and connectSrc (sources
 // in CSP syntax, e.g. "ws://127.0.0.1:7443" for a dingd --ws listener on
@@ -32,6 +36,18 @@ func App(connectSrc ...string) http.Handler {
 		panic("web: " + err.Error()) // the embedded tree, fixed at build
 	}
 	return static("/app/", dist, csp(connectSrc))
+}
+
+// Console returns the handler of the admin console, for the "/console/"
+// pattern. The console calls the admin HTTP API of its own origin (with
+// the admin token pasted at sign-in, sent as a bearer header, so a
+// cross-site request cannot carry it) and needs no other source.
+func Console() http.Handler {
+	dist, err := fs.Sub(consoleFiles, "console/dist")
+	if err != nil {
+		panic("web: " + err.Error()) // the embedded tree, fixed at build
+	}
+	return static("/console/", dist, csp(nil))
 }
 
 // csp is the policy of every page: its own files, and WebSockets to its

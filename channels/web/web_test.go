@@ -55,3 +55,42 @@ func TestAppCSPNamesExtraConnectSources(t *testing.T) {
 		t.Fatalf("CSP %q", p)
 	}
 }
+
+func TestConsoleServesTheBuildWithACSP(t *testing.T) {
+	h := Console()
+	for _, tc := range []struct {
+		name, method, path string
+		status             int
+		contentType, body  string
+	}{
+		{"index", "GET", "/console/", 200, "text/html", `<script type="module" src="console.js">`},
+		{"a client-side route gets index.html", "GET", "/console/ding/01KBMA4Q7ZQ0000000000A1B2C", 200, "text/html", `<div id="console">`},
+		{"script", "GET", "/console/console.js", 200, "text/javascript", ""},
+		{"stylesheet", "GET", "/console/console.css", 200, "text/css", ""},
+		{"POST is refused", "POST", "/console/", 405, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want %d", rec.Code, tc.status)
+			}
+			if tc.status != 200 {
+				return
+			}
+			if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, tc.contentType) {
+				t.Errorf("Content-Type %q, want %s", ct, tc.contentType)
+			}
+			if !strings.Contains(rec.Body.String(), tc.body) {
+				t.Errorf("body lacks %q", tc.body)
+			}
+			p := rec.Header().Get("Content-Security-Policy")
+			if want := "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"; !strings.HasPrefix(p, want) {
+				t.Errorf("CSP %q, want it to start %q", p, want)
+			}
+			if strings.Contains(p, "unsafe-inline") || strings.Contains(p, "unsafe-eval") {
+				t.Errorf("CSP %q allows inline or eval", p)
+			}
+		})
+	}
+}

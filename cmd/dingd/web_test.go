@@ -29,7 +29,7 @@ const screenshotDir = "../../channels/web/app/screenshots"
 
 // webRig is a dingd (with a fake Twilio behind its SMS and voice steps)
 // and a headless Chromium whose pages are separate browsers. The admin
-// console's tests are meant to start from it too.
+// console's tests (console_test.go) start from it too.
 type webRig struct {
 	p       *proc
 	twilio  *twiliotest.Server

@@ -683,6 +683,8 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	mux.Handle("/ws", n.sock.WSHandler()) // the WebSocket gateway, a goroutine per connection (WSAddr holds none)
 	mux.Handle("/app/", web.App())        // the users' web app (channels/web), on /ws of this origin
 	mux.Handle("GET /app", http.RedirectHandler("/app/", http.StatusMovedPermanently))
+	mux.Handle("/console/", web.Console()) // the admin console (channels/web), on the admin API of this origin
+	mux.Handle("GET /console", http.RedirectHandler("/console/", http.StatusMovedPermanently))
 	if cfg.peers != nil && cfg.peers.WrapAPI != nil {
 		mux.Handle("/", cfg.peers.WrapAPI(api))
 	} else {
