@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dingmq/ding/fanout"
@@ -56,8 +57,31 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
 		return Table{}, fmt.Errorf("evening the roles out: %w", err)
 	}
+	// Measured once the roles settled: a standby place that moves stops
+	// its partition's writes while the new standby joins.
+	if err := cl.waitSettled(10*time.Second, 180*time.Second); err != nil {
+		return Table{}, err
+	}
 	if err := a.AddUsers("u", 0, cfg.Conns); err != nil { // proxied to the directory's owner
 		return Table{}, err
+	}
+	// a answered once its copy of the directory held them; the others'
+	// copies follow within milliseconds, and a client redirected there
+	// before must not find its user missing.
+	for _, s := range cl.members {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var list struct {
+				Users []struct{} `json:"users"`
+			}
+			if err := s.call("GET", "/v1/users", nil, &list); err == nil && len(list.Users) >= cfg.Conns {
+				break
+			}
+			if time.Now().After(deadline) {
+				return Table{}, fmt.Errorf("node %s's directory does not hold the %d users after 30s", s.HTTP, cfg.Conns)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	pids := map[string]int{"redis-server": rs.cmd.Process.Pid}
 	for i, m := range cl.members {
@@ -141,6 +165,36 @@ func (cl *dingCluster) owners() (byNode map[string][]int) {
 		}
 	}
 	return byNode
+}
+
+// roles renders every node's role for every partition.
+func (cl *dingCluster) roles() string {
+	var out []string
+	for _, s := range cl.members {
+		var st clusterRoles
+		if err := s.call("GET", "/v1/cluster", nil, &st); err != nil {
+			out = append(out, s.HTTP+": ?")
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s: %v", st.Member, st.Partitions))
+	}
+	return strings.Join(out, "; ")
+}
+
+// waitSettled waits until no role changes for quiet (at most d).
+func (cl *dingCluster) waitSettled(quiet, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	last, since := cl.roles(), time.Now()
+	for time.Since(since) < quiet {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the roles did not settle within %v: %s", d, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if now := cl.roles(); now != last {
+			last, since = now, time.Now()
+		}
+	}
+	return nil
 }
 
 // waitOwners waits until ok holds of the count of partitions each node
