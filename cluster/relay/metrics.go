@@ -9,6 +9,7 @@ type metrics struct {
 	applyErrors  *prometheus.CounterVec
 	originErrors *prometheus.CounterVec
 	backlog      *prometheus.GaugeVec
+	delay        prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -29,6 +30,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ding_relay_backlog_records",
 			Help: "Durable relay records in the origin's outbox that the destination has not acknowledged yet, as of the pump's last step for the pair.",
 		}, []string{"from", "to"}),
+		delay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ding_relay_delay_seconds",
+			Help:    "From a message's creation at its origin to its destination partition holding it durably (the relay's share of delivery across partitions), per message relayed.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
 	}
 	if reg == nil {
 		return m, nil
@@ -47,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.relayed, m.applyErrors, m.originErrors, m.backlog}
+	return []prometheus.Collector{m.relayed, m.applyErrors, m.originErrors, m.backlog, m.delay}
 }
 
 func (m *metrics) unregister() {

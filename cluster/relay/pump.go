@@ -430,9 +430,13 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 		return false, err
 	}
 	n := 0
+	now := p.cfg.Clock.Now()
 	for _, r := range b.Records {
 		if r.Seq <= through {
 			n++
+			if r.Kind == engine.RelayMessage && r.Msg != nil {
+				p.m.delay.Observe(max(now.Sub(r.Msg.Created), 0).Seconds())
+			}
 		}
 	}
 	l.relayed.Add(float64(n))
