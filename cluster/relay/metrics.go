@@ -10,6 +10,7 @@ type metrics struct {
 	originErrors *prometheus.CounterVec
 	backlog      *prometheus.GaugeVec
 	delay        prometheus.Histogram
+	apply        prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,6 +36,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "From a message's creation at its origin to its destination partition holding it durably (the relay's share of delivery across partitions), per message relayed.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ding_relay_apply_seconds",
+			Help:    "How long a destination took to hold a relay batch durably and answer (ApplyRelay: for another node, the HTTP round trip), per batch applied.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
 	}
 	if reg == nil {
 		return m, nil
@@ -53,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.relayed, m.applyErrors, m.originErrors, m.backlog, m.delay}
+	return []prometheus.Collector{m.relayed, m.applyErrors, m.originErrors, m.backlog, m.delay, m.apply}
 }
 
 func (m *metrics) unregister() {

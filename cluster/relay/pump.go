@@ -404,7 +404,11 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 		p.m.applyErrors.WithLabelValues(label(l.from), label(l.to), "no_destination").Inc()
 		return false, errNoDest
 	}
+	sent := time.Now()
 	through, err := l.dest.ApplyRelay(ctx, b)
+	if err == nil {
+		p.m.apply.Observe(time.Since(sent).Seconds())
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, err // closing: the outcome is unknown, the records stay

@@ -510,8 +510,8 @@ func TestPartitionsMetrics(t *testing.T) {
 			t.Errorf("%s: labels in /metrics %v, in the catalogue %v", m.name, got, want)
 		}
 	}
-	if n != 5 {
-		t.Fatalf("%d partitions-only metrics in the catalogue, want 5: the parsing is broken", n)
+	if n != 6 {
+		t.Fatalf("%d partitions-only metrics in the catalogue, want 6: the parsing is broken", n)
 	}
 }
 
