@@ -181,11 +181,41 @@ func (cl *dingCluster) roles() string {
 	return strings.Join(out, "; ")
 }
 
-// waitSettled waits until no role changes for quiet (at most d).
+// even reports whether the nodes' owned and followed partitions are
+// within one of each other's (where the nodes' balancing stops).
+func (cl *dingCluster) even() bool {
+	owns, follows := map[string]int{}, map[string]int{}
+	for _, s := range cl.members {
+		var st clusterRoles
+		if err := s.call("GET", "/v1/cluster", nil, &st); err != nil {
+			return false
+		}
+		owns[st.Member], follows[st.Member] = 0, 0
+		for _, p := range st.Partitions {
+			switch p.Role {
+			case "owner":
+				owns[st.Member]++
+			case "standby":
+				follows[st.Member]++
+			}
+		}
+	}
+	spread := func(m map[string]int) int {
+		lo, hi := 1<<30, 0
+		for _, n := range m {
+			lo, hi = min(lo, n), max(hi, n)
+		}
+		return hi - lo
+	}
+	return spread(owns) <= 1 && spread(follows) <= 1
+}
+
+// waitSettled waits until the roles are even and no role changed for
+// quiet (at most d).
 func (cl *dingCluster) waitSettled(quiet, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	last, since := cl.roles(), time.Now()
-	for time.Since(since) < quiet {
+	for time.Since(since) < quiet || !cl.even() {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the roles did not settle within %v: %s", d, last)
 		}
