@@ -147,17 +147,26 @@ type clusterRoles struct {
 	} `json:"partitions"`
 }
 
-// owners asks every running node which partitions it owns.
-func (cl *dingCluster) owners() (byNode map[string][]int) {
-	byNode = map[string][]int{}
+// statuses asks every running node what it does (GET /v1/cluster); a
+// node that does not answer is left out.
+func (cl *dingCluster) statuses() []clusterRoles {
+	var out []clusterRoles
 	for _, s := range cl.members {
 		if s.cmd == nil || s.cmd.ProcessState != nil {
 			continue
 		}
 		var st clusterRoles
-		if err := s.call("GET", "/v1/cluster", nil, &st); err != nil {
-			continue
+		if err := s.call("GET", "/v1/cluster", nil, &st); err == nil {
+			out = append(out, st)
 		}
+	}
+	return out
+}
+
+// owners asks every running node which partitions it owns.
+func (cl *dingCluster) owners() (byNode map[string][]int) {
+	byNode = map[string][]int{}
+	for _, st := range cl.statuses() {
 		for _, p := range st.Partitions {
 			if p.Role == "owner" {
 				byNode[st.Member] = append(byNode[st.Member], p.Partition)
@@ -167,29 +176,24 @@ func (cl *dingCluster) owners() (byNode map[string][]int) {
 	return byNode
 }
 
-// roles renders every node's role for every partition.
-func (cl *dingCluster) roles() string {
+// render is every node's role for every partition, as one string.
+func render(sts []clusterRoles) string {
 	var out []string
-	for _, s := range cl.members {
-		var st clusterRoles
-		if err := s.call("GET", "/v1/cluster", nil, &st); err != nil {
-			out = append(out, s.HTTP+": ?")
-			continue
-		}
+	for _, st := range sts {
 		out = append(out, fmt.Sprintf("%s: %v", st.Member, st.Partitions))
 	}
 	return strings.Join(out, "; ")
 }
 
-// even reports whether the nodes' owned and followed partitions are
-// within one of each other's (where the nodes' balancing stops).
-func (cl *dingCluster) even() bool {
+// even reports whether every member answered and their owned and
+// followed partitions are within one of each other's (where the nodes'
+// balancing stops).
+func (cl *dingCluster) even(sts []clusterRoles) bool {
+	if len(sts) != len(cl.members) {
+		return false
+	}
 	owns, follows := map[string]int{}, map[string]int{}
-	for _, s := range cl.members {
-		var st clusterRoles
-		if err := s.call("GET", "/v1/cluster", nil, &st); err != nil {
-			return false
-		}
+	for _, st := range sts {
 		owns[st.Member], follows[st.Member] = 0, 0
 		for _, p := range st.Partitions {
 			switch p.Role {
@@ -214,13 +218,15 @@ func (cl *dingCluster) even() bool {
 // quiet (at most d).
 func (cl *dingCluster) waitSettled(quiet, d time.Duration) error {
 	deadline := time.Now().Add(d)
-	last, since := cl.roles(), time.Now()
-	for time.Since(since) < quiet || !cl.even() {
+	sts := cl.statuses()
+	last, since := render(sts), time.Now()
+	for time.Since(since) < quiet || !cl.even(sts) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the roles did not settle within %v: %s", d, last)
 		}
 		time.Sleep(200 * time.Millisecond)
-		if now := cl.roles(); now != last {
+		sts = cl.statuses()
+		if now := render(sts); now != last {
 			last, since = now, time.Now()
 		}
 	}

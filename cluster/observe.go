@@ -175,7 +175,7 @@ const maxChangesWait = 30 * time.Second
 // the cluster secret.
 func ChangesHandler(rs *ReplicatedStore, secret string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !authorized(r, secret) {
+		if !Authorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}

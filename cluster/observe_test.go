@@ -59,6 +59,27 @@ func (o *observerOf) catchUp(t *testing.T, srv *httptest.Server) cluster.Changes
 
 const obsSecret = "observer-secret"
 
+// joinFromSnapshot makes node the standby of the owner srv serves: it
+// fetches the owner's snapshot, follows from it (until the test ends)
+// and asks the owner to name it.
+func joinFromSnapshot(t *testing.T, c cluster.Coord, p cluster.Partition, node string, srv *httptest.Server) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), node)
+	st, err := cluster.FetchSnapshot(context.Background(), srv.Client(), srv.URL, obsSecret, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := pebblestore.Open(filepath.Join(dir, "store"), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop := follow(t, c, p, node, db, st)
+	t.Cleanup(func() { stop(); db.Close() })
+	if err := cluster.RequestStandby(context.Background(), srv.Client(), srv.URL, obsSecret, node, st); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // ownerPair is an owner a of p (its lease renewed, its ReplicatedStore
 // on Pebble keeping 1 MiB for observers) and its standby b following it
 // into a Pebble of its own.
@@ -232,21 +253,7 @@ func TestObserverSeesOnlyWhatTheStandbyHolds(t *testing.T) {
 
 	// C joins as B's standby from its snapshot; B acknowledges again,
 	// and the observer follows B from where it was, without a snapshot.
-	dirC := filepath.Join(t.TempDir(), "c")
-	stateC, err := cluster.FetchSnapshot(ctx, srvB.Client(), srvB.URL, obsSecret, dirC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stC, err := pebblestore.Open(filepath.Join(dirC, "store"), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stC.Close()
-	_, stopC := follow(t, c, p, "c", stC, stateC)
-	defer stopC()
-	if err := cluster.RequestStandby(ctx, srvB.Client(), srvB.URL, obsSecret, "c", stateC); err != nil {
-		t.Fatal(err)
-	}
+	joinFromSnapshot(t, c, p, "c", srvB)
 	stopRenewB := renew(t, c, p, "b", ownerB.Epoch(), ttl)
 	defer stopRenewB()
 	engB := openEngine(t, rsB)
@@ -276,7 +283,6 @@ func TestObserverSeesOnlyWhatTheStandbyHolds(t *testing.T) {
 // them, instead of starting again from a snapshot (ErrChangesTrimmed, as
 // before the standby kept them), and ends with the new owner's data.
 func TestObserverBehindATakeoverReadsTheNewOwnersMemory(t *testing.T) {
-	ctx := context.Background()
 	c := cluster.NewMemCoord(time.Now)
 	const p, ttl = cluster.Partition(5), time.Second
 	pr := ownerAndStandby(t, c, p, ttl)
@@ -310,21 +316,7 @@ func TestObserverBehindATakeoverReadsTheNewOwnersMemory(t *testing.T) {
 	defer srvB.Close()
 	// C joins as B's standby; once it acks, B hands the observer what it
 	// missed.
-	dirC := filepath.Join(t.TempDir(), "c")
-	stateC, err := cluster.FetchSnapshot(ctx, srvB.Client(), srvB.URL, obsSecret, dirC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stC, err := pebblestore.Open(filepath.Join(dirC, "store"), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stC.Close()
-	_, stopC := follow(t, c, p, "c", stC, stateC)
-	defer stopC()
-	if err := cluster.RequestStandby(ctx, srvB.Client(), srvB.URL, obsSecret, "c", stateC); err != nil {
-		t.Fatal(err)
-	}
+	joinFromSnapshot(t, c, p, "c", srvB)
 	stopRenewB := renew(t, c, p, "b", ownerB.Epoch(), ttl)
 	defer stopRenewB()
 	engB := openEngine(t, rsB)

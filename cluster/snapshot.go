@@ -43,7 +43,7 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 	mux := http.NewServeMux()
 	auth := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			if !authorized(r, secret) {
+			if !Authorized(r, secret) {
 				http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 				return
 			}
@@ -323,9 +323,9 @@ func (e Endpoint) standbyRequest(ctx context.Context, method, target string) err
 	return nil
 }
 
-// authorized reports whether r carries the cluster secret as its bearer
-// token.
-func authorized(r *http.Request, secret string) bool {
+// Authorized reports whether r carries the cluster secret as its bearer
+// token (every route between members checks it).
+func Authorized(r *http.Request, secret string) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	return secret != "" && ok && subtle.ConstantTimeCompare([]byte(got), []byte(secret)) == 1
 }

@@ -178,21 +178,11 @@ func (o *dirObserver) attach(id string, db *pebblestore.DB) error {
 	return nil
 }
 
-// errNoDirOwner: the directory's partition has no owner now.
-var errNoDirOwner = errors.New("node: the directory's partition has no owner now")
-
 // step fetches the owner's changes after the copy's seq (waiting up to
 // wait for one) and applies them; it returns how many it applied and the
 // owner's answer.
 func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluster.Changes, error) {
-	holder, _, err := o.c.Lease(ctx, o.p)
-	if err != nil {
-		return 0, cluster.Changes{}, err
-	}
-	if holder == "" {
-		return 0, cluster.Changes{}, errNoDirOwner
-	}
-	base, err := o.owners.Owner(ctx, uint32(o.p))
+	base, err := o.owners.Owner(ctx, uint32(o.p)) // errNoOwner while none holds it
 	if err != nil {
 		return 0, cluster.Changes{}, err
 	}
@@ -368,7 +358,7 @@ func dirBootstrap(ctx context.Context, mc MemberConfig, peer *http.Client, owner
 		case err == nil:
 			continue // more to read
 		}
-		if errors.Is(err, errNoDirOwner) && time.Now().After(deadline) {
+		if errors.Is(err, errNoOwner) && time.Now().After(deadline) {
 			log.Warn("the directory's partition has no owner: starting with this node's copy as it is", "seq", o.obs.State().Seq)
 			return nil
 		}

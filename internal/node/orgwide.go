@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
 )
 
@@ -101,7 +101,7 @@ func (o *orgEngine) ask(ctx context.Context, base string, b []byte) ([]int, erro
 // partitions served here, which it lists.
 func policiesHandler(secret string, set func() *partitionSet) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !clusterAuthorized(r, secret) {
+		if !cluster.Authorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}
@@ -216,7 +216,7 @@ func (o *orgEngine) post(ctx context.Context, base, path string, b []byte, out a
 // answers the query.
 func statsHandler(secret string, set func() *partitionSet) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !clusterAuthorized(r, secret) {
+		if !cluster.Authorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}
@@ -238,12 +238,6 @@ func statsHandler(secret string, set func() *partitionSet) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(statsAnswer{Partitions: ps, Stats: stats})
 	})
-}
-
-// clusterAuthorized reports whether r carries the cluster secret.
-func clusterAuthorized(r *http.Request, secret string) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(secret)) == 1
 }
 
 // A retention sweep (POST /v1/retention/sweep) of a cluster of
@@ -294,7 +288,7 @@ func (o *orgEngine) Sweep(ctx context.Context) (engine.SweepReport, error) {
 // swept.
 func sweepHandler(secret string, set func() *partitionSet) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !clusterAuthorized(r, secret) {
+		if !cluster.Authorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -34,6 +35,9 @@ func newCoordOwners(c cluster.Coord, ttl time.Duration) *coordOwners {
 	return &coordOwners{c: c, ttl: ttl, now: time.Now, cache: map[uint32]ownerAnswer{}}
 }
 
+// errNoOwner: no node holds the partition's lease now.
+var errNoOwner = errors.New("node: no owner now")
+
 // Owner returns the base URL of the node holding partition p's lease.
 func (o *coordOwners) Owner(ctx context.Context, p uint32) (string, error) {
 	o.mu.Lock()
@@ -47,7 +51,7 @@ func (o *coordOwners) Owner(ctx context.Context, p uint32) (string, error) {
 		return "", err
 	}
 	if holder == "" {
-		return "", fmt.Errorf("node: partition %d has no owner now (a takeover in progress)", p)
+		return "", fmt.Errorf("%w: partition %d (a takeover in progress)", errNoOwner, p)
 	}
 	url, err := o.c.Addr(ctx, holder)
 	if err != nil {

@@ -433,7 +433,7 @@ func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any 
 // members holding the cluster secret.
 func nodeFilesHandler(secret, dataDir string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !clusterAuthorized(r, secret) {
+		if !cluster.Authorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}

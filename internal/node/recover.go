@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -174,8 +173,7 @@ type localCopy struct {
 // fenceHandler serves GET /cluster/fence to members holding the cluster
 // secret.
 func (m *member) fenceHandler(w http.ResponseWriter, r *http.Request) {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(m.mc.Secret)) != 1 {
+	if !cluster.Authorized(r, m.mc.Secret) {
 		http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 		return
 	}

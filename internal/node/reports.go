@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
 )
 
@@ -124,7 +125,7 @@ func (c *clusterReports) ask(ctx context.Context, base string, b []byte) (found 
 // none did.
 func reportsHandler(secret string, local func() twilio.Reports) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !clusterAuthorized(r, secret) {
+		if !cluster.Authorized(r, secret) {
 			http.Error(w, "cluster: bad or missing cluster secret", http.StatusUnauthorized)
 			return
 		}
