@@ -33,6 +33,9 @@ type ClusterConfig struct {
 	// (a member per partition) instead of one partition
 	// (clusterPartitions).
 	Partitions int
+	// Handovers, with Partitions, is how many times a partition is handed
+	// over while a user of another partition sends into it.
+	Handovers int
 }
 
 // Cluster compares three dingd members on one redis-server (cluster mode:

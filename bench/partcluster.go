@@ -1,14 +1,17 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/fanout"
 )
 
@@ -99,6 +102,21 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			cross++
 		}
 	}
+	var handovers Latencies
+	probes := 0
+	for i := range cfg.Handovers {
+		fmt.Fprintf(os.Stderr, "cluster: hand-over %d of %d\n", i+1, cfg.Handovers)
+		d, n, err := cl.handoverProbe(cfg.Partitions, cfg.Conns)
+		if err != nil {
+			return Table{}, fmt.Errorf("hand-over %d: %w", i+1, err)
+		}
+		handovers, probes = append(handovers, d), probes+n
+		// balance may move a partition back: the next probe starts once
+		// the roles are quiet again.
+		if err := cl.waitSettled(10*time.Second, 180*time.Second); err != nil {
+			return Table{}, fmt.Errorf("after hand-over %d: %w", i+1, err)
+		}
+	}
 	var failovers Latencies
 	for i := range cfg.Failovers {
 		fmt.Fprintf(os.Stderr, "cluster: failover %d of %d\n", i+1, cfg.Failovers)
@@ -118,6 +136,16 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		{"submit→delivered p50 / p99", run.del.ms(0.5) + " / " + run.del.ms(0.99), single.del.ms(0.5) + " / " + single.del.ms(0.99), "", ""},
 		{"messages to another partition", fmt.Sprintf("%d of %d senders (%.0f%%)", cross, cfg.Conns, 100*float64(cross)/float64(max(cfg.Conns, 1))), "", "", ""},
 	}
+	if len(handovers) > 0 {
+		sorted := slices.Clone(handovers)
+		slices.Sort(sorted)
+		var each []string
+		for _, d := range handovers {
+			each = append(each, ms(d))
+		}
+		rows = append(rows, Row{"hand-over of a partition: longest submit→delivered into it", fmt.Sprintf("median %s, max %s (%s; %d messages)",
+			ms(sorted[len(sorted)/2]), ms(sorted[len(sorted)-1]), strings.Join(each, ", "), probes), "", "", ""})
+	}
 	if len(failovers) > 0 {
 		rows = append(rows, failoverRow("failover: SIGKILL of the node serving u0 → u0's first ack", failovers))
 	}
@@ -126,7 +154,8 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		Scenario: "cluster --partitions " + strconv.Itoa(cfg.Partitions),
 		Setup: fmt.Sprintf("Three dingd nodes of %d partitions each (a member per partition, plus the directory's; roles evened out by the nodes; default lease 3s) on one redis-server, on this machine's 2 cores with the load generator, against one dingd on its own in the same run. "+
 			"%d connections through the Go client library dialling node a and redirected to their users' owners, each a user submitting %d-byte messages to the next user (online), one at a time (closed loop); %v warm-up, %v measured. "+
-			"Failover: u0's client, given every node's address, sends one message at a time; the node serving u0 is killed with SIGKILL; the time is to the client's first acknowledgement afterwards (the lease running out, the standby's takeover, a new standby joining: no acknowledgement without one, the client moving); the killed node is restarted and the roles even out before the next kill.",
+			"Failover: u0's client, given every node's address, sends one message at a time; the node serving u0 is killed with SIGKILL; the time is to the client's first acknowledgement afterwards (the lease running out, the standby's takeover, a new standby joining: no acknowledgement without one, the client moving); the killed node is restarted and the roles even out before the next kill. "+
+			"Hand-over: a user of one partition sends to a user of a partition another node owns, one message at a time, from 1 s before POST /v1/cluster/handover to the latter's owner until 6 s after; the figure is the longest submit→delivered of those messages, per hand-over (both clients given every node's address).",
 			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run),
 		Rows:  rows,
 		Notes: append(runNotes("One dingd", single), runNotes("Node a (its own partitions only)", run)...),
@@ -255,6 +284,120 @@ func (cl *dingCluster) waitOwners(ok func(owns map[string]int) bool, d time.Dura
 // failoverPartition kills the node serving u0 while u0's client sends,
 // and returns the time from the kill to its first acknowledgement; the
 // killed node is restarted.
+// handoverProbe measures what a hand-over costs a conversation into the
+// partition that moves: a user of another partition, served by another
+// node, sends to a user of the moving partition one message at a time
+// (the next as soon as the last is acknowledged), from a second before
+// POST /v1/cluster/handover to that partition's owner until 6 s after
+// it. It returns the longest submit→delivered among those messages
+// (the relay to the partition's new owner and the receiver's move to it)
+// and how many there were.
+func (cl *dingCluster) handoverProbe(parts, users int) (time.Duration, int, error) {
+	byNode := cl.owners()
+	ownerOf := func(p int) string {
+		for id, ps := range byNode {
+			if slices.Contains(ps, p) {
+				return id
+			}
+		}
+		return ""
+	}
+	to, from := -1, -1
+	for i := range users {
+		for j := range users {
+			pi, pj := partitionOf(fmt.Sprintf("u%d", i), parts), partitionOf(fmt.Sprintf("u%d", j), parts)
+			if to < 0 && pi != pj && ownerOf(pi) != "" && ownerOf(pj) != "" && ownerOf(pi) != ownerOf(pj) {
+				to, from = i, j
+			}
+		}
+	}
+	if to < 0 {
+		return 0, 0, fmt.Errorf("no two users of partitions owned by different nodes among %d", users)
+	}
+	moving := partitionOf(fmt.Sprintf("u%d", to), parts)
+	owner := cl.members[int(ownerOf(moving)[0]-'a')]
+	var addrs []string
+	for _, s := range cl.members {
+		addrs = append(addrs, s.Sock)
+	}
+	dial := func(user string) (*client.Client, error) {
+		return client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: owner.Token(user, "handover"), Device: "handover",
+			DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
+	}
+	rc, err := dial(fmt.Sprintf("u%d", to))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rc.Close()
+	sc, err := dial(fmt.Sprintf("u%d", from))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer sc.Close()
+	var mu sync.Mutex
+	delivered := map[string]time.Time{}
+	got := make(chan struct{}, 1)
+	go func() {
+		for e := range rc.Entries() {
+			if e.Message != nil {
+				mu.Lock()
+				delivered[string(e.Message.Body)] = time.Now()
+				mu.Unlock()
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+				rc.Ack(e.Seq)
+			}
+		}
+	}()
+	submitted := map[string]time.Time{}
+	start := time.Now()
+	var handedAt time.Time
+	for n := 0; handedAt.IsZero() || time.Since(handedAt) < 6*time.Second; n++ {
+		if handedAt.IsZero() && time.Since(start) > time.Second {
+			if err := owner.call("POST", fmt.Sprintf("/v1/cluster/handover?p=%d", moving), nil, nil); err != nil {
+				return 0, 0, fmt.Errorf("hand-over of partition %d: %w", moving, err)
+			}
+			handedAt = time.Now()
+		}
+		body := fmt.Sprintf("handover probe %d", n)
+		at := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err := sc.Send(ctx, []string{fmt.Sprintf("u%d", to)}, []byte(body))
+		cancel()
+		if err != nil {
+			return 0, 0, fmt.Errorf("send %d: %w", n, err)
+		}
+		submitted[body] = at
+	}
+	deadline := time.After(30 * time.Second)
+	for {
+		mu.Lock()
+		done := len(delivered) >= len(submitted)
+		mu.Unlock()
+		if done {
+			break
+		}
+		select {
+		case <-got:
+		case <-deadline:
+			return 0, 0, fmt.Errorf("%d of %d messages delivered 30s after the last", len(delivered), len(submitted))
+		}
+	}
+	var worst time.Duration
+	mu.Lock()
+	defer mu.Unlock()
+	for body, at := range submitted {
+		d, ok := delivered[body]
+		if !ok {
+			return 0, 0, fmt.Errorf("%q not delivered", body)
+		}
+		worst = max(worst, d.Sub(at))
+	}
+	return worst, len(submitted), nil
+}
+
 func (cl *dingCluster) failoverPartition(parts int) (time.Duration, error) {
 	p := partitionOf("u0", parts)
 	var victim *Server

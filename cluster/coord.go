@@ -92,6 +92,22 @@ type EntryWaiter interface {
 	WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error
 }
 
+// Announcer is an optional interface of a Coord: a hint to every node
+// that a partition's new owner serves it now, so that what waits for the
+// partition elsewhere (the relay's retries, a cached owner) goes at once
+// instead of after its backoff. An announcement reaches the nodes
+// listening at most once, and may be late, lost or passed on out of order
+// (Redis's pub/sub; a Redis Cluster's nodes forward it on their bus):
+// nothing the protocol promises rests on it.
+type Announcer interface {
+	// Announce tells the nodes listening that partition p has an owner
+	// serving it now.
+	Announce(ctx context.Context, p Partition) error
+	// Listen calls f (which must return quickly) with each partition
+	// announced from when Listen returns until ctx ends.
+	Listen(ctx context.Context, f func(Partition)) error
+}
+
 // Registry is an optional interface of a Coord: where the members of a
 // cluster say what they are doing, for operators (dingctl cluster
 // status). Nothing in the protocol reads it.

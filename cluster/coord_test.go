@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +54,7 @@ func TestCoordContract(t *testing.T) {
 			t.Run("stream bound", func(t *testing.T) { testStreamBound(t, mk(t)) })
 			t.Run("acks and standby", func(t *testing.T) { testAcks(t, mk(t)) })
 			t.Run("members", func(t *testing.T) { testMembers(t, mk(t)) })
+			t.Run("announce", func(t *testing.T) { testAnnounce(t, mk(t)) })
 		})
 	}
 }
@@ -73,6 +75,44 @@ func waitLapse(t *testing.T, c Coord, ttl time.Duration) {
 			t.Fatalf("lease of %v still held by %s after %v", ttl, holder, ttl+5*time.Second)
 		}
 		time.Sleep(ttl / 10) // waiting for time to pass is what this is
+	}
+}
+
+// testAnnounce: every listener hears each announcement made after its
+// Listen returned, in no promised order.
+func testAnnounce(t *testing.T, env coordEnv) {
+	a, ok := env.c.(Announcer)
+	if !ok {
+		t.Fatalf("%T is not an Announcer", env.c)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	heard := [2]chan Partition{make(chan Partition, 8), make(chan Partition, 8)}
+	for _, ch := range heard {
+		if err := a.Listen(ctx, func(p Partition) { ch <- p }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []Partition{3, 0, 3, 12}
+	for _, p := range want {
+		if err := a.Announce(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, ch := range heard {
+		var got []Partition
+		for len(got) < len(want) {
+			select {
+			case p := <-ch:
+				got = append(got, p)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("listener %d heard %v, want %v", i, got, want)
+			}
+		}
+		slices.Sort(got) // a Redis Cluster may pass them on in another order
+		if want := slices.Sorted(slices.Values(want)); !slices.Equal(got, want) {
+			t.Fatalf("listener %d heard %v, want %v", i, got, want)
+		}
 	}
 }
 
@@ -393,6 +433,7 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	t.Run("lease", func(t *testing.T) { testLease(t, env) })
 	t.Run("stream", func(t *testing.T) { testStream(t, env) })
 	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
+	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
 	if t.Failed() {
 		return
 	}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -23,6 +24,9 @@ type MemCoord struct {
 	addrs  map[string]memAddr
 	// members: Registry.
 	members map[string]memMember
+	// listeners: Announcer, by a number of their own.
+	listeners map[int]func(Partition)
+	nextL     int
 	// DropAppends, while positive, makes each Append a no-op that
 	// reports success, and counts down.
 	DropAppends int
@@ -113,6 +117,36 @@ func (m *MemCoord) Lease(_ context.Context, p Partition) (string, uint64, error)
 		return "", mp.epoch, nil
 	}
 	return mp.holder, mp.epoch, nil
+}
+
+// Announce implements Announcer: the listeners are called before it
+// returns.
+func (m *MemCoord) Announce(_ context.Context, p Partition) error {
+	m.mu.Lock()
+	fs := slices.Collect(maps.Values(m.listeners))
+	m.mu.Unlock()
+	for _, f := range fs {
+		f(p)
+	}
+	return nil
+}
+
+// Listen implements Announcer.
+func (m *MemCoord) Listen(ctx context.Context, f func(Partition)) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.listeners == nil {
+		m.listeners = map[int]func(Partition){}
+	}
+	id := m.nextL
+	m.nextL++
+	m.listeners[id] = f
+	context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		delete(m.listeners, id)
+		m.mu.Unlock()
+	})
+	return nil
 }
 
 // Append implements Coord.
@@ -289,4 +323,8 @@ func (m *MemCoord) Restore(s MemState) {
 	}
 }
 
-var _ Coord = (*MemCoord)(nil)
+var (
+	_ Coord     = (*MemCoord)(nil)
+	_ Announcer = (*MemCoord)(nil)
+	_ Announcer = (*RedisCoord)(nil)
+)

@@ -23,6 +23,8 @@ import (
 //	{ding:p:N}:acks     hash node → "epoch seq owner"
 //	{ding:p:N}:standby  the standby's node id
 //	ding:node:ID:addr   a node's HTTP address, expiring unless refreshed
+//	ding:serving        pub/sub channel: a partition's number, published by
+//	                    its new owner once it serves (Announcer)
 //
 // Lease expiry is Redis's own clock (key TTL), so nodes' clocks do not
 // matter to it.
@@ -226,6 +228,47 @@ func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string
 	if err != nil && !errors.Is(err, redis.Nil) { // Nil: nothing within max
 		return r.fail(ctx, err, "cluster: wait on partition %d's stream: %w", p)
 	}
+	return nil
+}
+
+// servingChannel carries Announcer's announcements.
+const servingChannel = "ding:serving"
+
+// Announce implements Announcer with PUBLISH (a Redis Cluster passes it
+// to every node's subscribers).
+func (r *RedisCoord) Announce(ctx context.Context, p Partition) error {
+	if err := r.rdb.Publish(ctx, servingChannel, strconv.FormatUint(uint64(p), 10)).Err(); err != nil {
+		return r.fail(ctx, err, "cluster: announce partition %d: %w", p)
+	}
+	return nil
+}
+
+// Listen implements Announcer with SUBSCRIBE: it returns once Redis has
+// confirmed the subscription. go-redis resubscribes after a lost
+// connection; what was published meanwhile is lost (a hint).
+func (r *RedisCoord) Listen(ctx context.Context, f func(Partition)) error {
+	ps := r.rdb.Subscribe(ctx, servingChannel)
+	if _, err := ps.Receive(ctx); err != nil {
+		_ = ps.Close()
+		return r.fail(ctx, err, "cluster: subscribe to %s: %w", servingChannel)
+	}
+	ch := ps.Channel()
+	go func() {
+		defer ps.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case msg, ok := <-ch:
+				if !ok {
+					return
+				}
+				if p, err := strconv.ParseUint(msg.Payload, 10, 32); err == nil {
+					f(Partition(p))
+				}
+			}
+		}
+	}()
 	return nil
 }
 

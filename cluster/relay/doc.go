@@ -38,7 +38,9 @@
 // watermark. Any other failure (of Outbox, ApplyRelay or AckRelay) is
 // retried after a capped exponential backoff per destination, with the
 // same records, so a destination that is down holds up only its own
-// traffic. Records for a partition the pump has no engine for stay in the
+// traffic. Wake(to) ends the backoff of the links to partition to: the
+// caller learned that the partition has an owner serving it again.
+// Records for a partition the pump has no engine for stay in the
 // outbox (counted and logged).
 //
 // Metrics (on Config.Registerer, labelled from and to):
@@ -54,6 +56,8 @@
 // owns the destination (POST /cluster/relay), whose Handler applies it
 // to its engine and answers with the seq applied through; a node that
 // does not own the partition answers wrong_partition, and the pump asks
-// again after its backoff, of the owner it resolves then. Nothing runs
-// it yet: cluster mode still runs one partition (PARTITIONS.md, 5a).
+// again, of the owner it resolves then: after its backoff, or at once
+// when the node hears that the partition's new owner serves it (the
+// coordinator's announcement, cluster.Announcer; internal/node wakes the
+// pump then).
 package relay

@@ -147,6 +147,9 @@ type originRun struct {
 	// apply holds a token per batch in flight to a destination
 	// (capacity Config.Parallel).
 	apply chan struct{}
+
+	mu    sync.Mutex
+	links []*link // guarded by mu; set once its loop has made them (Wake)
 }
 
 // New starts a pump: one goroutine per origin (Config.Origins, and later
@@ -218,6 +221,27 @@ func (p *Pump) Detach(from uint32) {
 	}
 }
 
+// Wake ends the backoff of every link to partition to, which then tries
+// again at once: the caller learned that the partition has a new owner
+// serving it (in cluster mode, the coordinator's announcement that a
+// node attached it). Without it, records for a partition that moved wait
+// out a backoff that grew while it had no owner (up to MaxBackoff). A
+// hint: a link that is not backing off takes it as a wake-up, which
+// costs at most one read of its outbox.
+func (p *Pump) Wake(to uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, run := range p.origins {
+		run.mu.Lock()
+		for _, l := range run.links {
+			if l.to == to {
+				poke(l.retry)
+			}
+		}
+		run.mu.Unlock()
+	}
+}
+
 // Close stops the pump and waits for its goroutines. A step in flight is
 // abandoned where it is: its records stay in the outbox until a later
 // pump moves them, and the destination skips what it already applied.
@@ -259,7 +283,10 @@ type link struct {
 	// runs beside the next batch's apply: at most one per link.
 	ack  chan error
 	wake chan struct{} // capacity 1: new records, or an acknowledgement ended
-	run  *originRun    // its origin's: acknowledgements in flight count in its wg
+	// retry (capacity 1) ends a backoff early: the destination's
+	// partition has a new owner serving it (Wake).
+	retry chan struct{}
+	run   *originRun // its origin's: acknowledgements in flight count in its wg
 }
 
 var errNoDest = errors.New("relay: no destination for this partition")
@@ -273,6 +300,7 @@ func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin, run *origi
 	for _, l := range links {
 		l.wake = make(chan struct{}, 1)
 		l.wake <- struct{}{} // drain what the outbox holds at start
+		l.retry = make(chan struct{}, 1)
 		l.run = run
 		run.wg.Add(1)
 		go func() {
@@ -280,6 +308,9 @@ func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin, run *origi
 			p.linkLoop(ctx, o, l)
 		}()
 	}
+	run.mu.Lock()
+	run.links = links
+	run.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
@@ -309,6 +340,7 @@ func (p *Pump) linkLoop(ctx context.Context, o Origin, l *link) {
 		case <-ctx.Done():
 			return
 		case <-l.wake:
+		case <-l.retry:
 		}
 		for {
 			moved, err := p.step(ctx, o, l)
@@ -327,6 +359,10 @@ func (p *Pump) linkLoop(ctx context.Context, o Origin, l *link) {
 			case <-ctx.Done():
 				return
 			case <-p.cfg.Clock.Until(p.cfg.Clock.Now().Add(p.backoff(l.failures))):
+			case <-l.retry:
+				// A new owner serves the destination: the backoff
+				// that grew while it had none starts again.
+				l.failures = 0
 			}
 		}
 	}

@@ -355,6 +355,8 @@ type flaky struct {
 	n      int
 	err    error
 	starts []uint64
+	// calls, if set, receives the first seq of each batch as it arrives.
+	calls chan uint64
 }
 
 func (f *flaky) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
@@ -367,6 +369,9 @@ func (f *flaky) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, er
 		f.n--
 	}
 	f.mu.Unlock()
+	if f.calls != nil && len(b.Records) > 0 {
+		f.calls <- b.Records[0].Seq
+	}
 	if fail {
 		return 0, f.err
 	}
@@ -442,6 +447,58 @@ func TestPumpRetriesAFailingDestination(t *testing.T) {
 			t.Fatalf("backoff after %d failures: %v, want %v", n+1, got, want)
 		}
 	}
+	check(t, nodes)
+}
+
+// TestPumpWakeEndsTheBackoff: a destination that answers
+// wrong_partition (its partition is moving) is tried again as soon as
+// Wake names it, not after the backoff: the fake clock never moves, and
+// the backoff is an hour.
+func TestPumpWakeEndsTheBackoff(t *testing.T) {
+	const failures = 3
+	nodes := openNodes(t, 3, false)
+	want := sent{}
+	for i := range 4 {
+		id, err := submit(nodes[0].e, "a0", fmt.Sprint(i), "b0", "c0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want["b0"] = append(want["b0"], id)
+		want["c0"] = append(want["c0"], id)
+	}
+	moving := fmt.Errorf("%w: test: partition 1 is moving", engine.ErrWrongPartition)
+	f := &flaky{Dest: nodes[1].e, n: failures, err: moving, calls: make(chan uint64, failures+2)}
+	clk := fakeclock.New(time.Date(2026, 12, 5, 2, 0, 0, 0, time.UTC))
+	start := clk.Now()
+	reg := prometheus.NewRegistry()
+	cfg := config(nodes, reg, map[uint32]relay.Dest{1: f})
+	cfg.Clock, cfg.MinBackoff, cfg.MaxBackoff = clk, time.Hour, time.Hour
+	p := startPump(t, cfg)
+	next := func() {
+		t.Helper()
+		select {
+		case <-f.calls:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the pump did not try partition 1 again")
+		}
+	}
+	next() // the first try, which fails: an hour's backoff
+	for range failures {
+		p.Wake(1)
+		next()
+	}
+	waitDelivered(t, nodes, want)
+	waitOutboxesEmpty(t, nodes)
+	if got := len(f.batches()); got != failures+1 {
+		t.Fatalf("%d batches sent to partition 1, want %d", got, failures+1)
+	}
+	if got := metric(t, reg, "ding_relay_apply_errors_total", map[string]string{"from": "0", "to": "1", "reason": "wrong_partition"}); got != failures {
+		t.Fatalf("%v wrong_partition answers counted, want %d", got, failures)
+	}
+	if !clk.Now().Equal(start) {
+		t.Fatalf("the clock moved to %v", clk.Now())
+	}
+	p.Wake(7) // no link to it: nothing
 	check(t, nodes)
 }
 

@@ -100,6 +100,7 @@ func run(args []string) error {
 	live := fs.Int("live", 50_000, "secret: live messages held at a restart")
 	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
+	handovers := fs.Int("handovers", 3, "cluster --partitions: times a partition is handed over while a user of another sends into it")
 	overTLS := fs.Bool("tls", false, "idle and ingest: also measure connections over TLS (dingd --tls-listen), beside plain ones in the same run")
 	overWS := fs.Bool("ws", false, "idle and ingest: also measure connections through the WebSocket gateway (dingd --ws), beside plain ones in the same run")
 	clusterParts := fs.Int("partitions", 0, "cluster: three nodes of this many partitions each (a member per partition), not one partition")
@@ -176,8 +177,10 @@ func run(args []string) error {
 		})
 	}
 	cluster := func() (bench.Table, error) {
-		return bench.Cluster(bench.ClusterConfig{Bin: *bin, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
-			Warmup: *warm, Run: *runFor, Failovers: *failovers, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts})
+		return wholeRuns(*bin, *against, func(b string) (bench.Table, error) {
+			return bench.Cluster(bench.ClusterConfig{Bin: b, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
+				Warmup: *warm, Run: *runFor, Failovers: *failovers, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts, Handovers: *handovers})
+		})
 	}
 	pushScenario := func() (bench.Table, error) {
 		return bench.Push(bench.PushConfig{Bin: *bin, Tmp: *tmp, Devices: *devices, Messages: *pushMsgs, Coalesce: *coalesce})

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"time"
 
 	"github.com/dingmq/ding/engine/store"
 )
@@ -35,4 +36,10 @@ func SetNotServed(n *Node, f func(user string, p uint32) error) {
 // relay to the others through the node owner names (stage 5a).
 func WithPeers(cfg *Config, attach []int, owner func(ctx context.Context, p uint32) (string, error), secret string) {
 	cfg.peers = &partitionPeers{Attach: attach, Owner: owner, Secret: secret}
+}
+
+// SetRelayBackoff sets the relay pump's backoff between a failed step
+// and the next (relay.Config's MinBackoff and MaxBackoff).
+func SetRelayBackoff(cfg *Config, min, max time.Duration) {
+	cfg.relayBackoff = [2]time.Duration{min, max}
 }

@@ -208,6 +208,9 @@ type Config struct {
 	// serving the partitions (a cluster node with a member per
 	// partition, partmember.go; tests set it too): see partitionPeers.
 	peers *partitionPeers
+	// relayBackoff, when set (by tests), is the relay pump's MinBackoff
+	// and MaxBackoff.
+	relayBackoff [2]time.Duration
 }
 
 // WebhooksConfig tunes outbound event webhooks: webhook.Config's

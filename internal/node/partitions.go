@@ -361,8 +361,9 @@ func (n *Node) detachPartition(ctx context.Context, p uint32, why error) error {
 }
 
 // attach starts serving rt's partition: the router sends its users'
-// calls to its engine, its publisher delivers into the hub, and the pump
-// drains its outbox.
+// calls to its engine, its publisher delivers into the hub, the pump
+// drains its outbox, and the links to it from the partitions served here
+// stop backing off.
 func (s *partitionSet) attach(rt *partRuntime) error {
 	if !s.parts[rt.p].CompareAndSwap(nil, rt) {
 		return fmt.Errorf("node: partition %d is attached already", rt.p)
@@ -371,6 +372,7 @@ func (s *partitionSet) attach(rt *partRuntime) error {
 		s.parts[rt.p].Store(nil)
 		return fmt.Errorf("node: partition %d: %w", rt.p, err)
 	}
+	s.pump.Wake(rt.p) // what this node's other partitions owe it goes now
 	return nil
 }
 
@@ -535,7 +537,8 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	if cfg.peers != nil {
 		parallel = p // destinations on other nodes: each its own round trip
 	}
-	if set.pump, err = relay.New(relay.Config{Dests: dests, Parallel: parallel, Registerer: reg, Logger: cfg.Logger}); err != nil {
+	if set.pump, err = relay.New(relay.Config{Dests: dests, Parallel: parallel, Registerer: reg, Logger: cfg.Logger,
+		MinBackoff: cfg.relayBackoff[0], MaxBackoff: cfg.relayBackoff[1]}); err != nil {
 		return w, fmt.Errorf("node: %w", err)
 	}
 	closers = append(closers, set.pump.Close) // closed before the engines

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -43,7 +44,10 @@ import (
 //   - what a partition served here owes a user of another partition goes
 //     through its outbox to that partition's owner over HTTP (relay.HTTPDest,
 //     resolved by coordOwners), and this node applies what other owners
-//     relay to the partitions it serves (POST /cluster/relay);
+//     relay to the partitions it serves (POST /cluster/relay); a member
+//     that starts serving announces it (cluster.Announcer), and every
+//     node then drops the owner it knew and retries its relays to that
+//     partition at once instead of after their backoff;
 //   - each partition's cluster routes (snapshot, standby, changes) are
 //     served by PartitionRoutes (?p=N; 421 for one not owned), and its
 //     member's fence at GET /cluster/fence?p=N.
@@ -114,10 +118,45 @@ func (h *partHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (
 		return nil, err
 	}
 	h.routes.Set(m.p, cluster.SnapshotHandler(rs, m.c, m.mc.Secret, m.mc.Node.DataDir, m.sharedFiles()...))
+	announce(m, m.c)
 	return &served{rs: rs, shutdown: func(ctx context.Context) error {
 		h.routes.Delete(m.p)
 		return h.n.detachPartition(ctx, uint32(m.p), errPartitionMoved)
 	}}, nil
+}
+
+// announce tells the other nodes that m's partition is served here now
+// (cluster.Announcer, when the coordinator is one): their relays to it
+// stop backing off and they forget its old owner. A hint: on a failure
+// they find out after their backoff, as without it.
+func announce(m *member, c cluster.Coord) {
+	a, ok := c.(cluster.Announcer)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.mc.LeaseTTL/3)
+	defer cancel()
+	if err := a.Announce(ctx, m.p); err != nil {
+		m.log.Warn("announcing the partition failed; other nodes' relays find it after their backoff", "err", err)
+	}
+}
+
+// listenAnnouncements makes the node act on other nodes' announcements
+// (announce) until ctx ends: it forgets the partition's owner it knew
+// and wakes the relays to it.
+func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwners, set *partitionSet, log *slog.Logger) {
+	a, ok := c.(cluster.Announcer)
+	if !ok {
+		return
+	}
+	if err := a.Listen(ctx, func(p cluster.Partition) {
+		owners.Forget(uint32(p))
+		if set.pump != nil {
+			set.pump.Wake(uint32(p))
+		}
+	}); err != nil {
+		log.Warn("listening for partitions' new owners failed; relays to a moved partition wait out their backoff", "err", err)
+	}
 }
 
 // runPartitioned is RunMember for a node of mc.Node.Partitions
@@ -265,6 +304,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return &fanout.NotOwnerError{User: user, Partition: fanout.PartitionOf(user), Owner: sock}
 	}
 	node.parts.notServed.Store(&notServed)
+	listenAnnouncements(ctx, mc.Coord, owners, node.parts, log)
 	if mc.Started != nil {
 		mc.Started(node)
 	}

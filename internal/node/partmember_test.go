@@ -752,3 +752,153 @@ func TestClusterStatsCountEveryPartition(t *testing.T) {
 		}
 	}
 }
+
+// A partition handed over while a user of another partition sends into
+// it. The relay's backoff is an hour here, so what the sender's node
+// could not relay while the partition was between owners can only go
+// because the new owner's announcement (cluster.Announcer) woke the
+// relay: every message is delivered, once and in order, long before the
+// hour. The test checks that the hand-over did refuse a relay (else it
+// would not have tested the wake-up).
+func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	log := testLog(t)
+	a, b := startPartCluster(t, coord, log, func(mc *node.MemberConfig) { node.SetRelayBackoff(&mc.Node, time.Hour, time.Hour) })
+	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
+	addClusterUsers(t, b, []partNode{a, b}, named(users...)...)
+	h, other := a, b
+	if h.n.Engines()[h.n.PartitionOf("ana")] == nil {
+		h, other = b, a
+	}
+	// to: a user of the other partition ana's node owns; it moves to the
+	// other node, and ana's node relays to it from then on.
+	to := ""
+	for _, u := range users[1:] {
+		if p := h.n.PartitionOf(u); p != h.n.PartitionOf("ana") && h.n.Engines()[p] != nil {
+			to = u
+			break
+		}
+	}
+	if to == "" {
+		t.Fatalf("no user among %v in ana's node's other partition", users)
+	}
+	moving := h.n.PartitionOf(to)
+	both := a.n.SocketAddr() + "," + b.n.SocketAddr()
+	dial := func(user string) *client.Client {
+		c, err := client.Dial(ctx, client.Config{Addr: both, Token: nodetest.Token(t, h.n, user, "phone"), Device: "phone", MaxBackoff: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatalf("dial %s: %v", user, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	ana, rc := dial("ana"), dial(to)
+	var mu sync.Mutex
+	got := map[string]int{}
+	var order []string
+	changed := make(chan struct{}, 1)
+	go func() {
+		for e := range rc.Entries() {
+			rc.Ack(e.Seq)
+			if e.Message == nil {
+				continue
+			}
+			mu.Lock()
+			got[e.Message.ID]++
+			order = append(order, e.Message.ID)
+			mu.Unlock()
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	var sent []string
+	send := func() {
+		t.Helper()
+		res, err := ana.Send(ctx, []string{to}, []byte(fmt.Sprintf("message %d", len(sent))))
+		if err != nil {
+			t.Fatalf("send %d: %v", len(sent), err)
+		}
+		sent = append(sent, res.ID)
+	}
+	for range 5 {
+		send()
+	}
+	req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", h.http, moving), nil)
+	req.Header.Set("Authorization", "Bearer "+h.n.AdminToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("hand-over of partition %d: %s", moving, resp.Status)
+	}
+	// ana sends all along the move, and a few more once the new owner
+	// serves the partition.
+	for deadline := time.Now().Add(20 * time.Second); other.n.Engines()[moving] == nil; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not serve partition %d 20s after its hand-over", other.id, moving)
+		}
+		send()
+	}
+	for range 5 {
+		send()
+	}
+	refused := metricSum(t, h.n, "ding_relay_apply_errors_total", fmt.Sprintf(`to="%d"`, moving))
+	if refused == 0 {
+		t.Fatalf("no relay to partition %d was refused during its hand-over (%d messages sent): the wake-up was not tested", moving, len(sent))
+	}
+	deadline := time.After(30 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n == len(sent) {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("%d of %d messages delivered 30s after the hand-over (relays refused: %v): the relay waits for its hour's backoff", n, len(sent), refused)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range sent {
+		if got[id] != 1 {
+			t.Fatalf("message %s delivered %d times", id, got[id])
+		}
+	}
+	if !slices.Equal(order, sent) {
+		t.Fatalf("delivered in the order %v, sent %v", order, sent)
+	}
+	t.Logf("%d messages through the hand-over of partition %d, %v relays refused meanwhile", len(sent), moving, refused)
+}
+
+// metricSum scrapes n's /metrics and sums the series of name whose
+// labels contain label (e.g. `to="2"`).
+func metricSum(t *testing.T, n *node.Node, name, label string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		series, v, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(series, name+"{") || !strings.Contains(series, label) {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", series, err)
+		}
+		sum += f
+	}
+	return sum
+}
