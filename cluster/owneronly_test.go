@@ -2,6 +2,8 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -154,4 +156,61 @@ func TestOwnerOnlyResendShipsTheBatchesAsCommitted(t *testing.T) {
 	eB := openEngine(t, stB)
 	defer eB.Close()
 	verify(t, eB, acked)
+}
+
+// TestFencedOwnerClosesItsStore: a batch applied to the owner's local
+// log and then refused by the replication (the owner was fenced: a newer
+// epoch acked) must still see Pebble's sync through before it is closed;
+// otherwise Pebble's log writer is left broken and the store's Close
+// crashes the process in Pebble's log rotation (a woken SIGSTOPped owner
+// did, in cmd/dingd's TestClusterPartitionsPausedOwnerGetsNothingAcknowledged).
+// The store then opens again with what was committed before.
+func TestFencedOwnerClosesItsStore(t *testing.T) {
+	ctx := context.Background()
+	c := cluster.NewMemCoord(time.Now)
+	const p = cluster.Partition(0)
+	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, time.Minute)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	dir := t.TempDir()
+	db, err := pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := db.NewBatch()
+	before.Set([]byte("k0"), []byte("before the fence"))
+	if err := before.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	owner := cluster.NewOwner(c, p, "a", epoch, 0, "b")
+	if err := c.PutAck(ctx, p, cluster.Ack{Standby: "b", Epoch: epoch + 1, Seq: 0, Owner: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Poll(ctx); !errors.Is(err, cluster.ErrFenced) {
+		t.Fatalf("the owner after a newer epoch's ack: %v, want ErrFenced", err)
+	}
+	rs, err := cluster.NewReplicatedStore(db, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		b := rs.NewBatch()
+		b.Set([]byte(fmt.Sprintf("k%d", i+1)), []byte("after the fence"))
+		if err := b.Commit(true); !errors.Is(err, cluster.ErrFenced) {
+			t.Fatalf("a batch of the fenced owner: %v, want ErrFenced", err)
+		}
+		b.Close()
+	}
+	if err := rs.Close(); err != nil {
+		t.Fatalf("closing the fenced owner's store: %v", err)
+	}
+	db, err = pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if v, err := db.Get([]byte("k0")); err != nil || string(v) != "before the fence" {
+		t.Fatalf("k0 after reopening: %q %v", v, err)
+	}
 }

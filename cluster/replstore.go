@@ -254,7 +254,17 @@ func (b *replBatch) Apply() error {
 	} else if err := p.Apply(); err != nil {
 		return err
 	}
-	return b.r.shipBatch(b)
+	if err := b.r.shipBatch(b); err != nil {
+		if p, ok := b.Batch.(store.Pipelined); ok {
+			// Applied to the local log: Pebble must see its sync through
+			// before the batch is closed, or its log writer is left
+			// broken, and the store's Close then crashes in Pebble's
+			// log rotation (seen: an owner fenced after SIGSTOP).
+			_ = p.Wait()
+		}
+		return err
+	}
+	return nil
 }
 
 // Wait returns once the batch is durable locally and on the standby (in
