@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -70,6 +71,12 @@ func TestPartitionRoutes(t *testing.T) {
 	}
 	if _, err := ep(7).FetchChanges(ctx, 0, 0); err == nil || !strings.Contains(err.Error(), "421") {
 		t.Fatalf("changes of a partition the node does not own: %v, want 421", err)
+	}
+	// Asked to name a standby of a partition it does not own (it handed
+	// it over since the snapshot was taken), it refuses for good: the
+	// joining member must start over from the new owner.
+	if err := ep(7).RequestStandby(ctx, "c", cluster.StandbyState{}); !errors.Is(err, cluster.ErrStandbyRefused) || !strings.Contains(err.Error(), "421") {
+		t.Fatalf("a standby of a partition the node does not own: %v, want ErrStandbyRefused (421)", err)
 	}
 	resp, err := srv.Client().Get(srv.URL + "/cluster/snapshot?p=x")
 	if err != nil || resp.StatusCode != 400 {

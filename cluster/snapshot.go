@@ -273,7 +273,8 @@ func readTar(r io.Reader, dir string) error {
 
 // ErrStandbyRefused is returned by RequestStandby when the owner does
 // not name the node (409): another holds the place, or the snapshot the
-// node follows from is not one the owner may count on. The node must not
+// node follows from is not one the owner may count on; or when the node
+// asked no longer owns the partition (421: it handed it over). The node must not
 // ask again with the same snapshot.
 var ErrStandbyRefused = errors.New("cluster: the owner refused the standby")
 
@@ -315,7 +316,10 @@ func (e Endpoint) standbyRequest(ctx context.Context, method, target string) err
 	if resp.StatusCode != http.StatusNoContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		err := fmt.Errorf("cluster: %s standby: %s: %s", method, resp.Status, strings.TrimSpace(string(msg)))
-		if resp.StatusCode == http.StatusConflict {
+		if resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusMisdirectedRequest {
+			// 421: that node does not own the partition any more (a
+			// hand-over since the snapshot): the snapshot is its, not
+			// the new owner's, so asking again cannot succeed.
 			err = fmt.Errorf("%w: %w", ErrStandbyRefused, err)
 		}
 		return err
