@@ -93,19 +93,28 @@ type EntryWaiter interface {
 }
 
 // Announcer is an optional interface of a Coord: a hint to every node
-// that a partition's new owner serves it now, so that what waits for the
-// partition elsewhere (the relay's retries, a cached owner) goes at once
-// instead of after its backoff. An announcement reaches the nodes
+// that a partition changed hands (its new owner serves it now, or its
+// owner let it go), so that what waits for the partition elsewhere (the
+// relay's retries, a cached owner, the standby's look at the lease) goes
+// at once instead of after its backoff or poll. An announcement reaches the nodes
 // listening at most once, and may be late, lost or passed on out of order
 // (Redis's pub/sub; a Redis Cluster's nodes forward it on their bus):
 // nothing the protocol promises rests on it.
 type Announcer interface {
-	// Announce tells the nodes listening that partition p has an owner
-	// serving it now.
+	// Announce tells the nodes listening that partition p changed hands.
 	Announce(ctx context.Context, p Partition) error
 	// Listen calls f (which must return quickly) with each partition
 	// announced from when Listen returns until ctx ends.
 	Listen(ctx context.Context, f func(Partition)) error
+}
+
+// PartitionCounter is an optional interface of a Coord: the cluster's
+// partition count, recorded by the first node to start, since users'
+// placement must be the same on every node.
+type PartitionCounter interface {
+	// ClaimPartitions records p as the cluster's partition count unless
+	// one is recorded already, and returns the one recorded.
+	ClaimPartitions(ctx context.Context, p int) (int, error)
 }
 
 // Registry is an optional interface of a Coord: where the members of a

@@ -55,6 +55,7 @@ func TestCoordContract(t *testing.T) {
 			t.Run("acks and standby", func(t *testing.T) { testAcks(t, mk(t)) })
 			t.Run("members", func(t *testing.T) { testMembers(t, mk(t)) })
 			t.Run("announce", func(t *testing.T) { testAnnounce(t, mk(t)) })
+			t.Run("partition count", func(t *testing.T) { testPartitionCount(t, mk(t)) })
 		})
 	}
 }
@@ -75,6 +76,21 @@ func waitLapse(t *testing.T, c Coord, ttl time.Duration) {
 			t.Fatalf("lease of %v still held by %s after %v", ttl, holder, ttl+5*time.Second)
 		}
 		time.Sleep(ttl / 10) // waiting for time to pass is what this is
+	}
+}
+
+// testPartitionCount: the first claim records the count; later claims,
+// of the same count or another, get the recorded one.
+func testPartitionCount(t *testing.T, env coordEnv) {
+	pc, ok := env.c.(PartitionCounter)
+	if !ok {
+		t.Fatalf("%T is not a PartitionCounter", env.c)
+	}
+	ctx := context.Background()
+	for _, claim := range []int{4, 4, 8, 1} {
+		if got, err := pc.ClaimPartitions(ctx, claim); err != nil || got != 4 {
+			t.Fatalf("claim of %d: %d, %v; want 4 (the first claim's)", claim, got, err)
+		}
 	}
 }
 
@@ -434,6 +450,7 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	t.Run("stream", func(t *testing.T) { testStream(t, env) })
 	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
 	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
+	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
 	if t.Failed() {
 		return
 	}

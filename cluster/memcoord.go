@@ -24,6 +24,8 @@ type MemCoord struct {
 	addrs  map[string]memAddr
 	// members: Registry.
 	members map[string]memMember
+	// partitions: PartitionCounter (0: none recorded).
+	partitions int
 	// listeners: Announcer, by a number of their own.
 	listeners map[int]func(Partition)
 	nextL     int
@@ -117,6 +119,16 @@ func (m *MemCoord) Lease(_ context.Context, p Partition) (string, uint64, error)
 		return "", mp.epoch, nil
 	}
 	return mp.holder, mp.epoch, nil
+}
+
+// ClaimPartitions implements PartitionCounter.
+func (m *MemCoord) ClaimPartitions(_ context.Context, p int) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.partitions == 0 {
+		m.partitions = p
+	}
+	return m.partitions, nil
 }
 
 // Announce implements Announcer: the listeners are called before it
@@ -327,4 +339,7 @@ var (
 	_ Coord     = (*MemCoord)(nil)
 	_ Announcer = (*MemCoord)(nil)
 	_ Announcer = (*RedisCoord)(nil)
+
+	_ PartitionCounter = (*MemCoord)(nil)
+	_ PartitionCounter = (*RedisCoord)(nil)
 )

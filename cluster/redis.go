@@ -23,6 +23,7 @@ import (
 //	{ding:p:N}:acks     hash node → "epoch seq owner"
 //	{ding:p:N}:standby  the standby's node id
 //	ding:node:ID:addr   a node's HTTP address, expiring unless refreshed
+//	ding:partitions     the cluster's partition count, set by its first node
 //	ding:serving        pub/sub channel: a partition's number, published by
 //	                    its new owner once it serves (Announcer)
 //
@@ -229,6 +230,26 @@ func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string
 		return r.fail(ctx, err, "cluster: wait on partition %d's stream: %w", p)
 	}
 	return nil
+}
+
+var claimPartitions = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+`)
+
+// ClaimPartitions implements PartitionCounter.
+func (r *RedisCoord) ClaimPartitions(ctx context.Context, p int) (int, error) {
+	v, err := claimPartitions.Run(ctx, r.rdb, []string{"ding:partitions"}, p).Text()
+	if err != nil {
+		return 0, r.fail(ctx, err, "cluster: the partition count: %w")
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("cluster: the partition count in Redis is %q", v)
+	}
+	return n, nil
 }
 
 // servingChannel carries Announcer's announcements.

@@ -38,6 +38,10 @@ func WithPeers(cfg *Config, attach []int, owner func(ctx context.Context, p uint
 	cfg.peers = &partitionPeers{Attach: attach, Owner: owner, Secret: secret}
 }
 
+// SetBeforeAttach makes the node call f before it attaches a partition's
+// runtime (a test holds an attach back with it).
+func SetBeforeAttach(cfg *Config, f func(p uint32)) { cfg.beforeAttach = f }
+
 // SetRelayBackoff sets the relay pump's backoff between a failed step
 // and the next (relay.Config's MinBackoff and MaxBackoff).
 func SetRelayBackoff(cfg *Config, min, max time.Duration) {

@@ -140,12 +140,20 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 	if err != nil {
 		return err
 	}
+	if err := checkPartitionCount(ctx, mc.Coord, mc.ID, max(mc.Node.Partitions, 1)); err != nil {
+		return err
+	}
 	if mc.Node.Partitions > 1 {
 		return runPartitioned(ctx, mc, peer)
 	}
 	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir), peer: peer,
-		host: wholeNode{}, handover: make(chan struct{}, 1)}
+		host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
 	m.state.Store(stateSpare)
+	if a, ok := mc.Coord.(cluster.Announcer); ok {
+		if err := a.Listen(ctx, func(cluster.Partition) { poke(m.look) }); err != nil {
+			m.log.Warn("listening for the partition's hand-overs failed; a standby sees one a quarter of a lease later", "err", err)
+		}
+	}
 	m.metrics = m.standInMetrics()
 	defer m.host.standOut(m)
 	if reg, ok := mc.Coord.(cluster.Registry); ok {
@@ -207,6 +215,11 @@ type member struct {
 	perPartition bool
 	host         memberHost
 	handover     chan struct{}
+	// look (capacity 1) ends a pause early: the coordinator announced
+	// that the partition's owner let it go or a new one serves it
+	// (cluster.Announcer), so the standby looks at the lease now, not a
+	// quarter of a TTL later.
+	look chan struct{}
 	// yield asks this member, while it follows, to stop following and
 	// leave the standby's place to another node; yieldUntil (unix ns) is
 	// until when it then does not join again.
@@ -309,6 +322,8 @@ func (m *member) pause(ctx context.Context) bool {
 	case <-ctx.Done():
 		return false
 	case <-time.After(m.mc.LeaseTTL / 4):
+		return true
+	case <-m.look:
 		return true
 	}
 }
@@ -777,8 +792,10 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			}
 			rs.Stop() // ends owner-only mode's polling
 			// Released only after the drain: every acknowledged batch is on
-			// the standby, which may now take over at once.
+			// the standby, which may now take over at once (told so by the
+			// announcement, if the coordinator makes them).
 			_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
+			announce(m, m.c)
 			return err
 		}
 		select {
@@ -929,4 +946,12 @@ func (m *member) members(ctx context.Context) []memberView {
 type memberView struct {
 	ID string `json:"id"`
 	cluster.Member
+}
+
+// poke signals ch (capacity 1) without blocking: signals coalesce.
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }

@@ -211,6 +211,9 @@ type Config struct {
 	// relayBackoff, when set (by tests), is the relay pump's MinBackoff
 	// and MaxBackoff.
 	relayBackoff [2]time.Duration
+	// beforeAttach, when set (by tests), is called before a partition's
+	// runtime is attached (after its store is opened).
+	beforeAttach func(p uint32)
 }
 
 // WebhooksConfig tunes outbound event webhooks: webhook.Config's

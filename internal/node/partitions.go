@@ -335,6 +335,9 @@ func (n *Node) attachPartition(p uint32, wrap *runtimeWrap) error {
 	if err != nil {
 		return err
 	}
+	if n.cfg.beforeAttach != nil {
+		n.cfg.beforeAttach(p)
+	}
 	if err := s.attach(rt); err != nil {
 		rt.close()
 		return err
@@ -432,6 +435,11 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		return w, err
 	}
 	closers = append(closers, func() { set.dirDB.Close() })
+	if cfg.peers != nil && cfg.peers.Metrics != nil {
+		if err := reg.Register(cfg.peers.Metrics); err != nil {
+			return w, fmt.Errorf("node: %w", err)
+		}
+	}
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ding_store_used_bytes",
 		Help: "Bytes the store's files take on disk (tables, write-ahead logs, manifests); retention keeps it flat. With partitions, all the stores together.",
@@ -762,6 +770,9 @@ type partitionPeers struct {
 	// WrapEngine, if set, wraps the admin API's engine (the router):
 	// org-wide settings across the cluster (orgwide.go).
 	WrapEngine func(httpapi.Engine) httpapi.Engine
+	// Metrics, if set, is registered with the node's metrics (what each
+	// partition's member does: membersCollector).
+	Metrics prometheus.Collector
 }
 
 // serves reports whether partition i is attached at start (every one

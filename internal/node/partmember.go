@@ -125,10 +125,12 @@ func (h *partHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (
 	}}, nil
 }
 
-// announce tells the other nodes that m's partition is served here now
-// (cluster.Announcer, when the coordinator is one): their relays to it
-// stop backing off and they forget its old owner. A hint: on a failure
-// they find out after their backoff, as without it.
+// announce tells the other nodes that m's partition changed hands
+// (cluster.Announcer, when the coordinator is one): it is served here
+// now, or this node let it go. Their relays to it stop backing off, they
+// forget its old owner, and its standby looks at the lease at once. A
+// hint: on a failure they find out after their backoff or poll, as
+// without it.
 func announce(m *member, c cluster.Coord) {
 	a, ok := c.(cluster.Announcer)
 	if !ok {
@@ -141,10 +143,11 @@ func announce(m *member, c cluster.Coord) {
 	}
 }
 
-// listenAnnouncements makes the node act on other nodes' announcements
-// (announce) until ctx ends: it forgets the partition's owner it knew
-// and wakes the relays to it.
-func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwners, set *partitionSet, log *slog.Logger) {
+// listenAnnouncements makes the node act on announcements (announce)
+// until ctx ends: it forgets the partition's owner it knew, wakes the
+// relays to it, and has its member look at the lease now (a standby takes
+// a partition its owner let go at once).
+func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwners, set *partitionSet, ms []*member, log *slog.Logger) {
 	a, ok := c.(cluster.Announcer)
 	if !ok {
 		return
@@ -153,6 +156,9 @@ func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwne
 		owners.Forget(uint32(p))
 		if set.pump != nil {
 			set.pump.Wake(uint32(p))
+		}
+		if int(p) < len(ms) {
+			poke(ms[p].look)
 		}
 	}); err != nil {
 		log.Warn("listening for partitions' new owners failed; relays to a moved partition wait out their backoff", "err", err)
@@ -165,9 +171,6 @@ func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwne
 func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) error {
 	p := mc.Node.Partitions
 	log := mc.Node.Logger.With("member", mc.ID)
-	if err := checkPartitionCount(ctx, mc.Coord, mc.ID, p); err != nil {
-		return err
-	}
 	if err := checkLayout(mc.Node.DataDir, p); err != nil {
 		return err
 	}
@@ -191,7 +194,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	ms := make([]*member, p+1)
 	for i := range ms {
 		m := &member{mc: mc, c: mc.Coord, log: log.With("partition", i), peers: known, peer: peer,
-			p: cluster.Partition(i), perPartition: true, host: host, handover: make(chan struct{}, 1)}
+			p: cluster.Partition(i), perPartition: true, host: host, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
 		m.state.Store(stateSpare)
 		ms[i] = m
 	}
@@ -233,6 +236,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		WrapEngine: func(local httpapi.Engine) httpapi.Engine {
 			return &orgEngine{Engine: local, set: local.(*router).set, peers: otherNodes, client: peer, secret: mc.Secret}
 		}}
+	cfg.peers.Metrics = membersCollector{ms: ms, dir: p}
 	if b, ok := mc.Coord.(cluster.Budgeter); ok {
 		cfg.peers.Budget = b.Budget() // the org's budget, for every node (stage 6)
 	}
@@ -304,7 +308,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return &fanout.NotOwnerError{User: user, Partition: fanout.PartitionOf(user), Owner: sock}
 	}
 	node.parts.notServed.Store(&notServed)
-	listenAnnouncements(ctx, mc.Coord, owners, node.parts, log)
+	listenAnnouncements(ctx, mc.Coord, owners, node.parts, ms, log)
 	if mc.Started != nil {
 		mc.Started(node)
 	}
@@ -346,10 +350,22 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	return errors.Join(append(errs, node.Shutdown(sctx))...)
 }
 
-// checkPartitionCount refuses to run p partitions in a cluster whose
-// members run another count: users' placement must be the same on every
-// node.
+// checkPartitionCount refuses to run p partitions (1: a cluster of one
+// partition) in a cluster created with another count, or whose members
+// run another: users' placement must be the same on every node. The
+// first node to start records its count in the coordinator
+// (cluster.PartitionCounter); the registry's members are checked too,
+// for a cluster that began before the count was recorded.
 func checkPartitionCount(ctx context.Context, c cluster.Coord, self string, p int) error {
+	if pc, ok := c.(cluster.PartitionCounter); ok {
+		got, err := pc.ClaimPartitions(ctx, p)
+		if err != nil {
+			return fmt.Errorf("node: the cluster's partition count: %w", err)
+		}
+		if got != p {
+			return fmt.Errorf("node: the cluster was created with %d partitions, this node runs %d: every node of a cluster must run the same count (--partitions)", got, p)
+		}
+	}
 	reg, ok := c.(cluster.Registry)
 	if !ok {
 		return nil
@@ -359,8 +375,8 @@ func checkPartitionCount(ctx context.Context, c cluster.Coord, self string, p in
 		return fmt.Errorf("node: cluster members: %w", err)
 	}
 	for id, m := range ms {
-		if id != self && m.Partitions != p {
-			return fmt.Errorf("node: member %s runs %d partitions, this node %d: every node of a cluster must run the same count", id, max(m.Partitions, 1), p)
+		if id != self && max(m.Partitions, 1) != p {
+			return fmt.Errorf("node: member %s runs %d partitions, this node %d: every node of a cluster must run the same count (--partitions)", id, max(m.Partitions, 1), p)
 		}
 	}
 	return nil

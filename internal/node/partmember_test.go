@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -454,6 +455,36 @@ func TestClusterPartitionsDrain(t *testing.T) {
 		}
 		return len(servedBy(c.n)) == 0
 	})
+	// Each node's /metrics says what its member of each partition does:
+	// c is drained in every one (the directory's included), and a and b
+	// own and follow what the coordinator says (their standby_seq below,
+	// once a message is written).
+	nodetest.WaitFor(t, "the nodes' metrics to show the roles", 10*time.Second, func() bool {
+		o, s := roles()
+		for p := range testPartitions + 1 {
+			label := strconv.Itoa(p)
+			if p == testPartitions {
+				label = "dir"
+			}
+			if metricValue(t, c.n, `ding_cluster_member_state{partition="`+label+`",state="drained"}`) != 1 {
+				return false
+			}
+			if p == testPartitions {
+				continue
+			}
+			for _, pn := range []partNode{a, b} {
+				owner := metricValue(t, pn.n, `ding_cluster_member_state{partition="`+label+`",state="owner"}`)
+				standby := metricValue(t, pn.n, `ding_cluster_member_state{partition="`+label+`",state="standby"}`)
+				if (owner == 1) != (o[p] == pn.id) || (standby == 1) != (s[p] == pn.id) {
+					return false
+				}
+				if s[p] == pn.id && metricValue(t, pn.n, `ding_cluster_standby_seq{partition="`+label+`"}`) < 0 {
+					return false // not there (0: no batch written yet)
+				}
+			}
+		}
+		return true
+	})
 	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
 	addClusterUsers(t, c, []partNode{a, b, c}, named(users...)...)
 	addrs := a.n.SocketAddr() + "," + b.n.SocketAddr()
@@ -472,6 +503,17 @@ func TestClusterPartitionsDrain(t *testing.T) {
 	}
 	if m := firstDeliver(t, bo, res.ID); m == nil || string(m.Body) != "after the drain" {
 		t.Fatalf("bo got %+v", m)
+	}
+	// ana's partition's standby holds the batch (acknowledged: it must)
+	// and says so on /metrics.
+	anaP := a.n.PartitionOf("ana")
+	_, sb := roles()
+	follower := a
+	if sb[anaP] == b.id {
+		follower = b
+	}
+	if v := metricValue(t, follower.n, `ding_cluster_standby_seq{partition="`+strconv.Itoa(anaP)+`"}`); v < 1 {
+		t.Fatalf("%s, the standby of ana's partition %d, shows ding_cluster_standby_seq %v after an acknowledged send", follower.id, anaP, v)
 	}
 	// c stays out: after the send, it still holds no role.
 	o, s := roles()
@@ -754,17 +796,25 @@ func TestClusterStatsCountEveryPartition(t *testing.T) {
 }
 
 // A partition handed over while a user of another partition sends into
-// it. The relay's backoff is an hour here, so what the sender's node
-// could not relay while the partition was between owners can only go
-// because the new owner's announcement (cluster.Announcer) woke the
-// relay: every message is delivered, once and in order, long before the
-// hour. The test checks that the hand-over did refuse a relay (else it
-// would not have tested the wake-up).
+// it. The relay's backoff is an hour here, and the new owner's attach of
+// the partition is held back until a relay to it has been refused, so
+// what the sender's node could not relay meanwhile can only go because
+// the new owner's announcement (cluster.Announcer) woke the relay: every
+// message is delivered, once and in order, long before the hour.
 func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
 	log := testLog(t)
-	a, b := startPartCluster(t, coord, log, func(mc *node.MemberConfig) { node.SetRelayBackoff(&mc.Node, time.Hour, time.Hour) })
+	var hold atomic.Int64 // 1 + the partition whose attach waits for release
+	release := make(chan struct{})
+	a, b := startPartCluster(t, coord, log, func(mc *node.MemberConfig) {
+		node.SetRelayBackoff(&mc.Node, time.Hour, time.Hour)
+		node.SetBeforeAttach(&mc.Node, func(p uint32) {
+			if hold.Load() == int64(p)+1 {
+				<-release
+			}
+		})
+	})
 	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
 	addClusterUsers(t, b, []partNode{a, b}, named(users...)...)
 	h, other := a, b
@@ -823,9 +873,10 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 		}
 		sent = append(sent, res.ID)
 	}
-	for range 5 {
+	for range 3 {
 		send()
 	}
+	hold.Store(int64(moving) + 1)
 	req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", h.http, moving), nil)
 	req.Header.Set("Authorization", "Bearer "+h.n.AdminToken())
 	resp, err := http.DefaultClient.Do(req)
@@ -836,20 +887,28 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("hand-over of partition %d: %s", moving, resp.Status)
 	}
-	// ana sends all along the move, and a few more once the new owner
-	// serves the partition.
-	for deadline := time.Now().Add(20 * time.Second); other.n.Engines()[moving] == nil; {
+	// The other node holds the lease and is attaching the partition (held
+	// back): what ana sends now is acknowledged in her partition, and its
+	// relay is refused.
+	nodetest.WaitFor(t, other.id+" to take partition "+strconv.Itoa(moving)+"'s lease", 20*time.Second, func() bool {
+		holder, _, _ := coord.Lease(ctx, cluster.Partition(moving))
+		return holder == other.id
+	})
+	for range 3 {
+		send()
+	}
+	refused := func() float64 {
+		return metricSum(t, h.n, "ding_relay_apply_errors_total", fmt.Sprintf(`to="%d"`, moving))
+	}
+	nodetest.WaitFor(t, "a relay to the moving partition to be refused", 20*time.Second, func() bool { return refused() > 0 })
+	close(release)
+	for deadline := time.Now().Add(20 * time.Second); other.n.Engines()[moving] == nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s does not serve partition %d 20s after its hand-over", other.id, moving)
 		}
-		send()
 	}
-	for range 5 {
+	for range 3 {
 		send()
-	}
-	refused := metricSum(t, h.n, "ding_relay_apply_errors_total", fmt.Sprintf(`to="%d"`, moving))
-	if refused == 0 {
-		t.Fatalf("no relay to partition %d was refused during its hand-over (%d messages sent): the wake-up was not tested", moving, len(sent))
 	}
 	deadline := time.After(30 * time.Second)
 	for {
@@ -862,7 +921,7 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 		select {
 		case <-changed:
 		case <-deadline:
-			t.Fatalf("%d of %d messages delivered 30s after the hand-over (relays refused: %v): the relay waits for its hour's backoff", n, len(sent), refused)
+			t.Fatalf("%d of %d messages delivered 30s after the hand-over (relays refused: %v): the relay waits for its hour's backoff", n, len(sent), refused())
 		}
 	}
 	mu.Lock()
@@ -875,7 +934,7 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 	if !slices.Equal(order, sent) {
 		t.Fatalf("delivered in the order %v, sent %v", order, sent)
 	}
-	t.Logf("%d messages through the hand-over of partition %d, %v relays refused meanwhile", len(sent), moving, refused)
+	t.Logf("%d messages through the hand-over of partition %d, %v relays refused meanwhile", len(sent), moving, refused())
 }
 
 // metricSum scrapes n's /metrics and sums the series of name whose
@@ -901,4 +960,30 @@ func metricSum(t *testing.T, n *node.Node, name, label string) float64 {
 		sum += f
 	}
 	return sum
+}
+
+// The first node of a cluster records its partition count in the
+// coordinator; a node started later with another count, or as a cluster
+// of one partition, is refused with a clear error before it serves,
+// even when no member of the cluster is running to compare with.
+func TestClusterRefusesAnotherPartitionCount(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	log := testLog(t)
+	a := runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	if err := a.halt(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []int{0, 2, 8} {
+		mc := node.MemberConfig{
+			Node:  node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: nodetest.FreeAddr(t), Logger: log, Partitions: p},
+			Coord: coord, ID: "b", Secret: "per-partition-secret", LeaseTTL: time.Second,
+			Started: func(*node.Node) { t.Errorf("a node of %d partitions started in a cluster of %d", p, testPartitions) },
+		}
+		mc.Advertise = "http://" + mc.Node.HTTPAddr
+		err := node.RunMember(context.Background(), mc)
+		want := fmt.Sprintf("the cluster was created with %d partitions, this node runs %d", testPartitions, max(p, 1))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("a node of %d partitions: %v; want %q", p, err, want)
+		}
+	}
 }

@@ -1,0 +1,75 @@
+package node
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// membersCollector exposes what each member of a node with a member per
+// partition does, one series per partition (label partition: its
+// number, or dir for the directory's): the metrics a cluster of one
+// partition serves from its stand-in (standin.go), plus the owner's
+// role, so that a partition no node owns shows as a zero sum across the
+// cluster (alert DingClusterPartitionUnowned). What an owner's
+// replication does (ding_cluster_epoch, ding_cluster_has_standby, ...)
+// comes from the partition's runtime, labelled the same way.
+type membersCollector struct {
+	ms  []*member
+	dir int // the directory's member: ms[dir]
+}
+
+var (
+	membersStateDesc = prometheus.NewDesc("ding_cluster_member_state",
+		"1 for what this node's member of the partition does now: owner, standby, joining, spare or drained.",
+		[]string{"partition", "state"}, nil)
+	membersSeqDesc = prometheus.NewDesc("ding_cluster_standby_seq",
+		"The last batch of the partition's history this member holds while it follows the owner (0 while it holds none).",
+		[]string{"partition"}, nil)
+	membersFenceDesc = prometheus.NewDesc("ding_cluster_standby_fence_epoch",
+		"The newest owner epoch this member has seen while it follows the owner; it refuses entries of older ones.",
+		[]string{"partition"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c membersCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- membersStateDesc
+	ch <- membersSeqDesc
+	ch <- membersFenceDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
+	for i, m := range c.ms {
+		label := strconv.Itoa(i)
+		if i == c.dir {
+			label = "dir"
+		}
+		role := "owner"
+		if m.serving.Load() == nil {
+			st, _ := m.state.Load().(memberState)
+			role = string(st)
+		}
+		ch <- prometheus.MustNewConstMetric(membersStateDesc, prometheus.GaugeValue, flag(role == "owner"), label, "owner")
+		for _, s := range memberStates {
+			ch <- prometheus.MustNewConstMetric(membersStateDesc, prometheus.GaugeValue, flag(role == string(s)), label, string(s))
+		}
+		if role == "owner" {
+			continue // its runtime's replication metrics say the rest
+		}
+		var seq, fence float64
+		if f := m.follower.Load(); f != nil {
+			s := f.Standby().State()
+			seq, fence = float64(s.Seq), float64(s.FenceEpoch)
+		}
+		ch <- prometheus.MustNewConstMetric(membersSeqDesc, prometheus.GaugeValue, seq, label)
+		ch <- prometheus.MustNewConstMetric(membersFenceDesc, prometheus.GaugeValue, fence, label)
+	}
+}
+
+func flag(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
