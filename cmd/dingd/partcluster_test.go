@@ -30,7 +30,7 @@ func partitionsOf(user string, p int) int {
 // whose durable ack reached a sender is in its recipient's stream, read
 // back through the surviving nodes, once.
 func TestClusterPartitionsKill9LosesNothingAcknowledged(t *testing.T) {
-	partitionsUnderLoad(t, []string{"a", "b", "c"}, func(lc *loadCluster) {
+	partitionsUnderLoad(t, "redis://"+redistest.Start(t).Addr, "1s", []string{"a", "b", "c"}, func(lc *loadCluster) {
 		victim, owned := lc.mostOwners()
 		killed := time.Now()
 		if err := lc.procs[victim].cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -52,7 +52,7 @@ func TestClusterPartitionsKill9LosesNothingAcknowledged(t *testing.T) {
 // again (a member per partition rejoins from the new owner's snapshot)
 // instead of serving on.
 func TestClusterPartitionsPausedOwnerGetsNothingAcknowledged(t *testing.T) {
-	partitionsUnderLoad(t, []string{"a", "b", "c"}, func(lc *loadCluster) {
+	partitionsUnderLoad(t, "redis://"+redistest.Start(t).Addr, "1s", []string{"a", "b", "c"}, func(lc *loadCluster) {
 		victim, owned := lc.mostOwners()
 		pr := lc.procs[victim]
 		if err := pr.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
@@ -87,7 +87,7 @@ func TestClusterPartitionsPausedOwnerGetsNothingAcknowledged(t *testing.T) {
 // load, and hands everything back. Every acknowledged message is in its
 // recipient's stream once, whichever nodes served it meanwhile.
 func TestClusterPartitionsJoinAndDrainUnderLoad(t *testing.T) {
-	partitionsUnderLoad(t, []string{"a", "b"}, func(lc *loadCluster) {
+	partitionsUnderLoad(t, "redis://"+redistest.Start(t).Addr, "1s", []string{"a", "b"}, func(lc *loadCluster) {
 		c := lc.start("c")
 		lc.waitRoles("c to own a partition, every partition with a standby elsewhere", func(o, s [4]string) bool {
 			return lc.healthy(o, s) && slices.Contains(o[:], "c")
@@ -100,6 +100,25 @@ func TestClusterPartitionsJoinAndDrainUnderLoad(t *testing.T) {
 			return lc.healthy(o, s) && !slices.Contains(o[:], "c") && !slices.Contains(s[:], "c")
 		})
 		lc.moreAcks("after the drain", 100)
+	})
+}
+
+// Three nodes of partitions on a real Redis Cluster (3 masters, 3
+// replicas), under load: the master holding partition 0's slot is killed
+// with SIGKILL. Redis Cluster promotes its replica; the nodes recover by
+// themselves (an owner keeps its partition, or loses it and its standby
+// takes over, or, if the failover lost the partition's coordinator state,
+// the members recover it together: internal/node/recover.go), every
+// partition is owned and followed again, acknowledgements resume, and
+// every acknowledged message is in its recipient's stream once.
+func TestClusterPartitionsSurviveARedisMasterKill(t *testing.T) {
+	rc := redistest.StartCluster(t, 3, 1, time.Second)
+	partitionsUnderLoad(t, "redis://"+strings.Join(rc.Addrs(), ","), "2s", []string{"a", "b", "c"}, func(lc *loadCluster) {
+		rc.MasterOf(t, "{ding:p:0}:lease").Kill()
+		killed := time.Now()
+		lc.waitRoles("every partition owned and followed again", lc.healthy)
+		lc.moreAcks("after the Redis master's death", 100)
+		t.Logf("acknowledgements resumed %v after SIGKILL of the Redis master of partition 0's slot", time.Since(killed).Round(time.Millisecond))
 	})
 }
 
@@ -172,7 +191,8 @@ func (lc *loadCluster) moreAcks(what string, n int) {
 }
 
 // partitionsUnderLoad runs dingd processes of 4 partitions each (a member
-// per partition), the nodes named, on a real redis-server. The first
+// per partition), the nodes named, on the Redis at redisURL (one server,
+// or a Redis Cluster's seeds), with the lease given. The first
 // founds every partition; the others join and the roles even out (every
 // node owning one or more, every partition with an owner and a standby on
 // two different nodes) and stay put. Senders of every partition send to
@@ -181,16 +201,15 @@ func (lc *loadCluster) moreAcks(what string, n int) {
 // then the senders stop, and every message whose durable ack reached a
 // sender is read back from its recipient's stream through the nodes
 // still running: there, once, in a stream without holes.
-func partitionsUnderLoad(t *testing.T, nodes []string, during func(lc *loadCluster)) {
+func partitionsUnderLoad(t *testing.T, redisURL, lease string, nodes []string, during func(lc *loadCluster)) {
 	const parts = 4
-	redisURL := "redis://" + redistest.Start(t).Addr
 	coord, closeRedis, err := cluster.DialRedis(redisURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer closeRedis()
 	ctx := context.Background()
-	c := &pair{t: t, redisURL: redisURL, lease: "1s", coord: coord, extra: []string{"--partitions", "4", "--idle-timeout", "1500ms"}}
+	c := &pair{t: t, redisURL: redisURL, lease: lease, coord: coord, extra: []string{"--partitions", "4", "--idle-timeout", "1500ms"}}
 	roles := func() (owner, standby [parts]string) {
 		for p := range parts {
 			owner[p], _, _ = coord.Lease(ctx, cluster.Partition(p))

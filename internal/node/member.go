@@ -150,7 +150,7 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
 	m.state.Store(stateSpare)
 	if a, ok := mc.Coord.(cluster.Announcer); ok {
-		if err := a.Listen(ctx, func(cluster.Partition) { poke(m.look) }); err != nil {
+		if err := a.Listen(ctx, func(cluster.Partition) { m.cache.forget(); poke(m.look) }); err != nil {
 			m.log.Warn("listening for the partition's hand-overs failed; a standby sees one a quarter of a lease later", "err", err)
 		}
 	}
@@ -774,6 +774,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			m.log.Warn("publishing this member's address failed", "err", err)
 		}
 		stop := func() error {
+			began := time.Now()
 			// Batches in flight wait for the standby; a dead standby must
 			// not hold the drain past its deadline.
 			t := time.AfterFunc(10*time.Second, rs.Stop)
@@ -796,6 +797,7 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 			// announcement, if the coordinator makes them).
 			_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
 			announce(m, m.c)
+			m.log.Info("released the partition", "epoch", owner.Epoch(), "drain", time.Since(began).Round(time.Millisecond))
 			return err
 		}
 		select {

@@ -98,6 +98,7 @@ func (*partHost) standIn(*member)  {}
 func (*partHost) standOut(*member) {}
 
 func (h *partHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (*served, error) {
+	began := time.Now()
 	var rs *cluster.ReplicatedStore
 	err := h.n.attachPartition(uint32(m.p), &runtimeWrap{
 		store: func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error) {
@@ -119,6 +120,7 @@ func (h *partHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (
 	}
 	h.routes.Set(m.p, cluster.SnapshotHandler(rs, m.c, m.mc.Secret, m.mc.Node.DataDir, m.sharedFiles()...))
 	announce(m, m.c)
+	m.log.Info("serving the partition", "epoch", owner.Epoch(), "attach", time.Since(began).Round(time.Millisecond))
 	return &served{rs: rs, shutdown: func(ctx context.Context) error {
 		h.routes.Delete(m.p)
 		return h.n.detachPartition(ctx, uint32(m.p), errPartitionMoved)
@@ -158,6 +160,7 @@ func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwne
 			set.pump.Wake(uint32(p))
 		}
 		if int(p) < len(ms) {
+			ms[p].cache.forget() // NOT_OWNER names the new owner at once
 			poke(ms[p].look)
 		}
 	}); err != nil {

@@ -88,6 +88,13 @@ func (m *member) ownerTLSSocket(ctx context.Context) string {
 	return m.ownerAddrs(ctx).tlsSock
 }
 
+// forget drops the cached answer: the partition changed hands.
+func (c *ownerCache) forget() {
+	c.mu.Lock()
+	c.at = time.Time{}
+	c.mu.Unlock()
+}
+
 // ownerAddrs is the cached lookup behind owner.
 func (m *member) ownerAddrs(ctx context.Context) ownerCache {
 	c := &m.cache
