@@ -506,3 +506,51 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	}
 	t.Logf("coordinator usable again %v after SIGKILL of the master of slot %d", time.Since(killed).Round(time.Millisecond), slot)
 }
+
+// TestWaitEntriesEndsWithItsContext: a standby waiting on an empty
+// stream (a blocking XREAD of an hour here) returns as soon as its
+// context ends, not when the block does: the member stops its follower so
+// to take a released partition over at once. And it still returns when
+// an entry is appended.
+func TestWaitEntriesEndsWithItsContext(t *testing.T) {
+	rdb := redisClient(t)
+	c := NewRedisCoord(rdb)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.WaitEntries(ctx, 3, "", time.Hour) }()
+	// Cancelled once Redis holds the XREAD blocked (go-redis gives up a
+	// call whose context ended before it was sent by itself).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		list, err := rdb.ClientList(context.Background()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(list, "cmd=xread") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no blocked XREAD in Redis's client list:\n%s", list)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("WaitEntries after its context ended: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitEntries did not return when its context ended")
+	}
+	go func() { done <- c.WaitEntries(context.Background(), 3, "", time.Hour) }()
+	if err := c.Append(context.Background(), 3, Entry{Epoch: 1, Owner: "a", Seq: 1, Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("WaitEntries once an entry came: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitEntries did not return when an entry was appended")
+	}
+}

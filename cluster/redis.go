@@ -220,12 +220,26 @@ func (r *RedisCoord) fail(ctx context.Context, err error, format string, args ..
 	return fmt.Errorf(format, append(args, err)...)
 }
 
-// WaitEntries implements EntryWaiter with a blocking XREAD.
+// WaitEntries implements EntryWaiter with a blocking XREAD. It returns
+// as soon as ctx ends: go-redis does not cut a blocking read short when
+// its context is cancelled, so the XREAD runs on and ends by itself
+// (within max) while the caller goes on. (A standby stopping its
+// follower to take over waited out the block, up to a quarter of a
+// lease, before.)
 func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error {
 	if cursor == "" {
 		cursor = "0"
 	}
-	err := r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key(p, "stream"), cursor}, Count: 1, Block: max}).Err()
+	done := make(chan error, 1)
+	go func() {
+		done <- r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key(p, "stream"), cursor}, Count: 1, Block: max}).Err()
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	if err != nil && !errors.Is(err, redis.Nil) { // Nil: nothing within max
 		return r.fail(ctx, err, "cluster: wait on partition %d's stream: %w", p)
 	}

@@ -371,17 +371,22 @@ func (m *member) run(ctx context.Context) error {
 				return fmt.Errorf("node: a new cluster starts from an empty data dir; %s holds a store", m.storeDir())
 			}
 			if others := m.otherMembers(ctx); len(others) > 0 {
-				// Not a new cluster: the coordinator lost its state, and
-				// members with histories recover it; this one joins then.
-				m.logOnce("found", "the coordinator knows no partition, but other members exist: waiting for one of them to recover it", "members", strings.Join(others, ","))
-				lonely = time.Time{}
-				m.pause(ctx)
-				continue
+				// The coordinator lost its state and members with histories
+				// recover it (this one joins then), or the members were
+				// started together for a new cluster: the smallest id
+				// founds it (foundsWithOthers).
+				if found, why, args := m.foundsWithOthers(ctx); !found {
+					m.logOnce("found", why, args...)
+					lonely = time.Time{}
+					m.pause(ctx)
+					continue
+				}
 			}
-			// Nobody else known: a new cluster, or a coordinator that lost
-			// everything before the others (which publish every third of a
-			// lease) said they exist. Found only after three lease TTLs of
-			// that.
+			// A new cluster (nobody else known, or nobody holding a
+			// history and this member the founder), or a coordinator that
+			// lost everything before the others (which publish every third
+			// of a lease) said they exist. Found only after three lease
+			// TTLs of that.
 			if lonely.IsZero() {
 				lonely = time.Now()
 			}

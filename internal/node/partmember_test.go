@@ -987,3 +987,24 @@ func TestClusterRefusesAnotherPartitionCount(t *testing.T) {
 		}
 	}
 }
+
+// Two fresh nodes started at the same moment (as a deployment's
+// supervisor starts every node of a new cluster): neither holds any
+// history, each knows of the other, and one of them (the smaller id)
+// founds every partition; the other follows, and the roles even out.
+func TestClusterTwoNodesFoundTogether(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	log := testLog(t)
+	a := runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	b := runPartNode(t, coord, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	nodetest.WaitFor(t, "every partition owned, with a standby on the other node", 60*time.Second, func() bool {
+		for p := range testPartitions + 1 {
+			h, _, _ := coord.Lease(context.Background(), cluster.Partition(p))
+			sb, _ := coord.Standby(context.Background(), cluster.Partition(p))
+			if h == "" || sb == "" || h == sb {
+				return false
+			}
+		}
+		return len(servedBy(a.n)) > 0 && len(servedBy(b.n)) > 0
+	})
+}

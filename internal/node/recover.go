@@ -228,45 +228,7 @@ var errWaitRecovery = errors.New("node: recovery waits")
 func (m *member) recoverPartition(ctx context.Context, cur cluster.StandbyState) error {
 	self, _ := m.fence() // its fields below are from cur, read just now
 	self.Held, self.Epoch, self.Owner, self.Seq, self.Demoted, self.Stale = true, cur.FenceEpoch, cur.FenceOwner, cur.Seq, cur.Demoted, cur.Stale
-	fences := map[string]cluster.Fence{m.mc.ID: self}
-	known := m.peers.snapshot()
-	if reg, ok := m.c.(cluster.Registry); ok {
-		if ms, err := reg.Members(ctx); err == nil {
-			_ = m.peers.merge(ms)
-			known = m.peers.snapshot()
-		}
-	}
-	queue := slices.Sorted(maps.Keys(known))
-	addr := map[string]string{}
-	for id, p := range known {
-		addr[id] = p.HTTP
-	}
-	var missing []string
-	for len(queue) > 0 {
-		id := queue[0]
-		queue = queue[1:]
-		if _, done := fences[id]; done {
-			continue
-		}
-		f, err := m.askFence(ctx, addr[id])
-		if err != nil || f.Member != id {
-			// Even one last seen drained: it may have been restarted and
-			// taken a role since this member's record of it. A member
-			// removed for good is forgotten (dingctl cluster forget).
-			if err == nil {
-				err = fmt.Errorf("answered as %q", f.Member)
-			}
-			missing = append(missing, fmt.Sprintf("%s (%s: %v)", id, addr[id], err))
-			continue
-		}
-		fences[id] = f
-		for pid, paddr := range f.Peers {
-			if _, seen := addr[pid]; !seen {
-				addr[pid] = paddr
-				queue = append(queue, pid)
-			}
-		}
-	}
+	fences, missing := m.askFences(ctx, self)
 	if len(missing) > 0 {
 		m.logOnce("recovery", "the coordinator has lost the partition's state; recovering it waits until every member answers", "waiting_for", strings.Join(missing, ", "))
 		return errWaitRecovery
@@ -322,4 +284,83 @@ func (m *member) logOnce(key, msg string, args ...any) {
 	}
 	m.logged[key] = line
 	m.log.Warn(msg, args...)
+}
+
+// askFences asks every member this one knows of (from its record and the
+// registry), and every member those know of, for its fence of the
+// partition; self is this member's own. missing lists those that did not
+// answer (unreachable, or not answering as themselves).
+func (m *member) askFences(ctx context.Context, self cluster.Fence) (map[string]cluster.Fence, []string) {
+	fences := map[string]cluster.Fence{m.mc.ID: self}
+	known := m.peers.snapshot()
+	if reg, ok := m.c.(cluster.Registry); ok {
+		if ms, err := reg.Members(ctx); err == nil {
+			_ = m.peers.merge(ms)
+			known = m.peers.snapshot()
+		}
+	}
+	queue := slices.Sorted(maps.Keys(known))
+	addr := map[string]string{}
+	for id, p := range known {
+		addr[id] = p.HTTP
+	}
+	var missing []string
+	for len(queue) > 0 {
+		id := queue[0]
+		queue = queue[1:]
+		if _, done := fences[id]; done {
+			continue
+		}
+		f, err := m.askFence(ctx, addr[id])
+		if err != nil || f.Member != id {
+			// Even one last seen drained: it may have been restarted and
+			// taken a role since this member's record of it. A member
+			// removed for good is forgotten (dingctl cluster forget).
+			if err == nil {
+				err = fmt.Errorf("answered as %q", f.Member)
+			}
+			missing = append(missing, fmt.Sprintf("%s (%s: %v)", id, addr[id], err))
+			continue
+		}
+		fences[id] = f
+		for pid, paddr := range f.Peers {
+			if _, seen := addr[pid]; !seen {
+				addr[pid] = paddr
+				queue = append(queue, pid)
+			}
+		}
+	}
+	return fences, missing
+}
+
+// foundsWithOthers decides, when the coordinator knows nothing of the
+// partition, this member holds no history of it and other members exist,
+// whether this member founds it: the members were started together for a
+// new cluster. It does only if every member known answered its fence,
+// none holds a history of the partition or serves it (else the
+// coordinator lost its state, and a member holding the history recovers
+// it: recoverPartition), and this member has the smallest id of those not
+// drained. why says what it waits for otherwise. A member that does not
+// answer may hold a history: founding waits for it, as recovery does.
+func (m *member) foundsWithOthers(ctx context.Context) (found bool, why string, args []any) {
+	self, _ := m.fence()
+	self.Held, self.Serving = false, false
+	fences, missing := m.askFences(ctx, self)
+	if len(missing) > 0 {
+		return false, "the coordinator knows no partition and this member holds none: founding it waits until every member known answers", []any{"waiting_for", strings.Join(missing, ", ")}
+	}
+	founder := ""
+	for _, id := range slices.Sorted(maps.Keys(fences)) {
+		f := fences[id]
+		if f.Held || f.Serving {
+			return false, "the coordinator knows no partition, but other members hold its history: waiting for one of them to recover it", []any{"member", id}
+		}
+		if founder == "" && !f.Drained {
+			founder = id
+		}
+	}
+	if founder != m.mc.ID {
+		return false, "a new cluster: waiting for the member with the smallest id to found the partition", []any{"founder", founder}
+	}
+	return true, "", nil
 }
