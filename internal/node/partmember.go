@@ -527,6 +527,8 @@ func fetchNodeFiles(ctx context.Context, mc MemberConfig, peer *http.Client, log
 			return nil
 		}
 	}
+	started, waited := time.Now(), false
+	reg, _ := mc.Coord.(cluster.Registry)
 	for ctx.Err() == nil {
 		var from, holder string
 		for i := range mc.Node.Partitions {
@@ -544,7 +546,25 @@ func fetchNodeFiles(ctx context.Context, mc MemberConfig, peer *http.Client, log
 			}
 		}
 		if holder == "" {
-			return nil // no partition served: a new cluster (or one to recover), with this node's files
+			// No partition served: a new cluster (or one to recover).
+			// Nodes started together must still start with the same files:
+			// see filesFrom.
+			src, wait := filesFrom(ctx, mc, reg, started)
+			if src == "" && !wait {
+				return nil // this node's files are the cluster's
+			}
+			if src == "" {
+				if !waited {
+					log.Info("no partition served yet: waiting to see the nodes started with this one, to take the cluster's files from the one with the smallest id")
+					waited = true
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(mc.LeaseTTL / 4):
+				}
+				continue
+			}
+			holder, from = "a running node", src
 		}
 		if from == "" {
 			// A node serves, and has not published its address yet: its
@@ -569,6 +589,56 @@ func fetchNodeFiles(ctx context.Context, mc MemberConfig, peer *http.Client, log
 	}
 	return ctx.Err()
 }
+
+// filesFrom decides where a node whose partitions hold no history takes
+// the node-wide files from while no partition is served yet (nodes of a
+// new cluster started together; fetchNodeFiles). It says so in the
+// registry (role "starting") and: if another node of the cluster runs
+// already (its files are decided), its files are the cluster's, so it
+// returns that node's address (the smallest id of those running);
+// otherwise, once a lease TTL has passed since this node started looking
+// (long enough for nodes started together to see each other), this
+// node's own files are the cluster's if no node still starting has a
+// smaller id (src "" and wait false), and it waits for that node if one
+// has (wait true). Without a registry, this node's own files.
+func filesFrom(ctx context.Context, mc MemberConfig, reg cluster.Registry, started time.Time) (src string, wait bool) {
+	if reg == nil {
+		return "", false
+	}
+	me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: mc.Node.Partitions, Role: roleStarting}
+	_ = reg.SetMember(ctx, mc.ID, me, 3*mc.LeaseTTL)
+	all, err := reg.Members(ctx)
+	if err != nil {
+		return "", true
+	}
+	var running, starting []string
+	for id, m := range all {
+		switch {
+		case id == mc.ID || m.HTTP == "":
+		case m.Role == roleStarting:
+			starting = append(starting, id)
+		case m.Role != "stopping":
+			running = append(running, id)
+		}
+	}
+	if len(running) > 0 {
+		slices.Sort(running)
+		return all[running[0]].HTTP, false
+	}
+	if time.Since(started) < mc.LeaseTTL {
+		return "", true
+	}
+	for _, id := range starting {
+		if id < mc.ID {
+			return "", true
+		}
+	}
+	return "", false
+}
+
+// roleStarting is a node's registry role while it decides where its
+// node-wide files come from (filesFrom).
+const roleStarting = "starting"
 
 // getNodeFiles fetches GET /cluster/files from baseURL and writes each
 // node-wide file it holds into dataDir.

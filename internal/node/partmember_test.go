@@ -993,10 +993,41 @@ func TestClusterRefusesAnotherPartitionCount(t *testing.T) {
 // history, each knows of the other, and one of them (the smaller id)
 // founds every partition; the other follows, and the roles even out.
 func TestClusterTwoNodesFoundTogether(t *testing.T) {
+	t.Run("together", func(t *testing.T) { foundTogether(t, true) })
+	// b runs (its files decided) before a, the smaller id, starts: a takes
+	// b's files, and founds the partitions.
+	t.Run("b first", func(t *testing.T) { foundTogether(t, false) })
+}
+
+// foundTogether starts nodes a and b at once (together) or b then a,
+// and checks that they found one cluster, with one set of node-wide
+// files: the same admin token, and a token signed by either accepted by
+// the other.
+func foundTogether(t *testing.T, together bool) {
 	coord := cluster.NewMemCoord(time.Now)
 	log := testLog(t)
-	a := runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
-	b := runPartNode(t, coord, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	nodes := map[string]partNode{}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, id := range []string{"b", "a"} {
+		wg.Go(func() {
+			pn := runPartNode(t, coord, log, id, t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+			mu.Lock()
+			nodes[id] = pn
+			mu.Unlock()
+		})
+		if !together {
+			wg.Wait() // b started: past deciding its files
+		}
+	}
+	wg.Wait()
+	a, b := nodes["a"], nodes["b"]
+	if a.n == nil || b.n == nil {
+		t.Fatal("a node did not start")
+	}
+	if a.n.AdminToken() != b.n.AdminToken() {
+		t.Fatal("the nodes started with different admin tokens: not one cluster's files")
+	}
 	nodetest.WaitFor(t, "every partition owned, with a standby on the other node", 60*time.Second, func() bool {
 		for p := range testPartitions + 1 {
 			h, _, _ := coord.Lease(context.Background(), cluster.Partition(p))
@@ -1007,4 +1038,16 @@ func TestClusterTwoNodesFoundTogether(t *testing.T) {
 		}
 		return len(servedBy(a.n)) > 0 && len(servedBy(b.n)) > 0
 	})
+	// A token signed by one node is accepted by the other (one signing
+	// secret): bo's client, given b's address first, is served wherever
+	// his partition is.
+	ctx := context.Background()
+	addClusterUsers(t, a, []partNode{a, b}, named("ana", "bo")...)
+	for _, pair := range [][2]partNode{{a, b}, {b, a}} {
+		c, err := client.Dial(ctx, client.Config{Addr: pair[1].n.SocketAddr() + "," + pair[0].n.SocketAddr(), Token: nodetest.Token(t, pair[0].n, "bo", "phone-"+pair[0].id), Device: "phone-" + pair[0].id})
+		if err != nil {
+			t.Fatalf("a token signed by %s, dialling %s first: %v", pair[0].id, pair[1].id, err)
+		}
+		c.Close()
+	}
 }
