@@ -108,6 +108,14 @@
 // standby (a new partition, or right after a takeover until the new
 // standby has its snapshot) nothing can be acknowledged replicated.
 //
+// Hints, not rules: a node that takes a partition over, or lets one go,
+// announces it (Announcer: Redis pub/sub), so that the other nodes'
+// relays, cached owners and standbys act at once instead of after a
+// backoff or a poll. An announcement may be lost, late, duplicated or
+// out of order; it only makes a node look again at what the rules above
+// decide (the lease, the fence), so nothing safe depends on it, and
+// without it everything happens as before, only later.
+//
 // The stream is bounded (RedisCoord.StreamKeep, 1,024 entries by
 // default): what a standby reads from it is what the owner has not seen
 // acked, which the owner keeps in memory and ships again when the stream
