@@ -467,6 +467,12 @@ type partitionStatus struct {
 	Epoch     uint64 `json:"epoch"`
 	Seq       uint64 `json:"seq"`
 	Standby   string `json:"standby,omitempty"`
+	// An owned partition's replication: the last batch its standby holds,
+	// the batches shipped and waiting for it (the lag), and for how long
+	// they have waited without progress.
+	AckedSeq  uint64 `json:"acked_seq,omitempty"`
+	Unacked   int    `json:"unacked_batches,omitempty"`
+	StalledMS int64  `json:"stalled_ms,omitempty"`
 }
 
 func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any {
@@ -475,7 +481,8 @@ func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any 
 		me := m.self()
 		ps[i] = partitionStatus{Partition: i, Directory: i == mc.Node.Partitions, Role: me.Role, Epoch: me.Epoch, Seq: me.Seq}
 		if rs := m.serving.Load(); rs != nil {
-			ps[i].Standby = rs.Status().Standby
+			st := rs.Status()
+			ps[i].Standby, ps[i].AckedSeq, ps[i].Unacked, ps[i].StalledMS = st.Standby, st.Acked, st.Unacked, st.Stalled.Milliseconds()
 		}
 	}
 	return struct {

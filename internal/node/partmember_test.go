@@ -264,6 +264,24 @@ func TestClusterMemberPerPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	nextReceipt(t, ana, res.ID, pb.State_READ_STATE)
+	// ana's node reports her partition's replication: its standby holds
+	// the batches written (acked_seq), and once the writes stop, none
+	// waits for it (unacked_batches, the lag, left out at 0).
+	hapi := openapitest.New(t, "http://"+h.http)
+	var anaPart map[string]any
+	nodetest.WaitFor(t, "ana's partition's replication lag to reach 0 in "+h.id+"'s status", 10*time.Second, func() bool {
+		hs := hapi.Call(t, "GET /v1/cluster", "/v1/cluster", h.n.AdminToken(), nil, http.StatusOK)
+		hps, _ := hs["partitions"].([]any)
+		for _, p := range hps {
+			if m := p.(map[string]any); int(m["partition"].(float64)) == h.n.PartitionOf("ana") {
+				anaPart = m
+			}
+		}
+		return anaPart != nil && anaPart["unacked_batches"] == nil
+	})
+	if anaPart["role"] != "owner" || anaPart["standby"] != other.id || anaPart["acked_seq"] == nil || anaPart["acked_seq"].(float64) < 1 {
+		t.Fatalf("ana's partition in %s's status: %v", h.id, anaPart)
+	}
 	reply, err := bo.Send(ctx, []string{"ana"}, []byte("reply"))
 	if err != nil {
 		t.Fatal(err)
