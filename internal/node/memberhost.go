@@ -172,12 +172,7 @@ func (wholeNode) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (*s
 
 // handOver asks the serving member to hand its partition over to its
 // standby (serve's loop does it).
-func (m *member) handOver() {
-	select {
-	case m.handover <- struct{}{}:
-	default:
-	}
-}
+func (m *member) handOver() { poke(m.handover) }
 
 // handoverRoute answers POST /v1/cluster/handover for this member's
 // partition, once authorized: 409 without a standby, else 202 and the

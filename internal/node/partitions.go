@@ -854,12 +854,7 @@ func (s *partitionSet) forgetRemoved(ctx context.Context) (engine.Offboarded, er
 }
 
 // wakeForget asks forgetLoop to run forgetRemoved again.
-func (s *partitionSet) wakeForget() {
-	select {
-	case s.retryForget <- struct{}{}:
-	default:
-	}
-}
+func (s *partitionSet) wakeForget() { poke(s.retryForget) }
 
 // forgetLoop runs forgetRemoved again after a failure, every second
 // (real time: what it waits for is a disk or a store, not a clock), until

@@ -45,11 +45,8 @@ func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
 		if i == c.dir {
 			label = "dir"
 		}
-		role := "owner"
-		if m.serving.Load() == nil {
-			st, _ := m.state.Load().(memberState)
-			role = string(st)
-		}
+		me := m.self() // its role, and as a follower its history's seq and fence
+		role := me.Role
 		ch <- prometheus.MustNewConstMetric(membersStateDesc, prometheus.GaugeValue, flag(role == "owner"), label, "owner")
 		for _, s := range memberStates {
 			ch <- prometheus.MustNewConstMetric(membersStateDesc, prometheus.GaugeValue, flag(role == string(s)), label, string(s))
@@ -57,11 +54,7 @@ func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
 		if role == "owner" {
 			continue // its runtime's replication metrics say the rest
 		}
-		var seq, fence float64
-		if f := m.follower.Load(); f != nil {
-			s := f.Standby().State()
-			seq, fence = float64(s.Seq), float64(s.FenceEpoch)
-		}
+		seq, fence := float64(me.Seq), float64(me.Epoch)
 		ch <- prometheus.MustNewConstMetric(membersSeqDesc, prometheus.GaugeValue, seq, label)
 		ch <- prometheus.MustNewConstMetric(membersFenceDesc, prometheus.GaugeValue, fence, label)
 	}
