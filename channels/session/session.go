@@ -666,6 +666,16 @@ func (s *Session) Fail(err error) {
 		s.fatal(pb.Code_BAD_TOKEN, 0, "token revoked")
 		return
 	}
+	if no, ok := errors.AsType[*fanout.NotOwnerError](err); ok {
+		s.fatalFrame(&pb.Error{Code: pb.Code_NOT_OWNER, Detail: "this node does not serve you now: connect to " + no.Owner, Redirect: no.Owner, Fatal: true})
+		return
+	}
+	if engine.CodeOf(err) == engine.CodeUnavailable {
+		// The user's partition moved to another node (cluster mode), or
+		// this node stops serving it: the client reconnects and is sent on.
+		s.fatal(pb.Code_UNAVAILABLE, 0, "this server does not serve your stream now; reconnect")
+		return
+	}
 	s.fatal(pb.Code_INTERNAL, 0, "internal error; reconnect")
 }
 

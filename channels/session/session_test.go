@@ -353,3 +353,34 @@ func TestSlowConsumerOverAnInMemoryTransport(t *testing.T) {
 	slow.expectFatal(t, 1, pb.Code_SLOW_CONSUMER) // the queued frames were dropped
 	waitFor(t, "bo detached", func() bool { return !e.hub.Online("bo") && e.mgr.Count() == 0 })
 }
+
+// TestKickSaysWhy: a connection the node closes from the outside
+// (fanout.Endpoint.Fail, e.g. the hub's KickWhere when a cluster node
+// stops serving the user's partition) ends with the reason's own code:
+// UNAVAILABLE for a partition that moved (the client reconnects and is
+// sent on), NOT_OWNER with the owner's address when it is known,
+// USER_REMOVED and BAD_TOKEN for an offboarding or a revoked token, and
+// INTERNAL only for anything else.
+func TestKickSaysWhy(t *testing.T) {
+	e := newEnv(t)
+	cases := []struct {
+		err  error
+		code pb.Code
+	}{
+		{engine.NewError(engine.CodeUnavailable, "node: this user's partition moved to another node; reconnect"), pb.Code_UNAVAILABLE},
+		{&fanout.NotOwnerError{Owner: "10.0.0.2:7070"}, pb.Code_NOT_OWNER},
+		{fanout.ErrUserRemoved, pb.Code_USER_REMOVED},
+		{fanout.ErrTokenRevoked, pb.Code_BAD_TOKEN},
+		{errors.New("disk on fire"), pb.Code_INTERNAL},
+	}
+	for i, c := range cases {
+		p := e.connect(t, "ana", "phone"+string(rune('a'+i)))
+		p.sess.Fail(c.err)
+		p.expectFatal(t, 1, c.code)
+		if c.code == pb.Code_NOT_OWNER {
+			if _, m := p.next(t, 1); m.(*pb.Error).Redirect != "10.0.0.2:7070" {
+				t.Fatalf("NOT_OWNER without the owner: %v", m)
+			}
+		}
+	}
+}

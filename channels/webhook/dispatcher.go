@@ -55,8 +55,10 @@ var _ Source = (*engine.Engine)(nil)
 
 // Config configures a Dispatcher.
 type Config struct {
-	// Sources are the engines whose outboxes are delivered, each with a
-	// name of its own (WebhookSource: part of each event's id). Required.
+	// Sources are the engines whose outboxes are delivered from the
+	// start, each with a name of its own (WebhookSource: part of each
+	// event's id). More come and go at run time (Attach, Detach: a
+	// cluster node delivers the outboxes of the partitions it owns now).
 	Sources []Source
 	// Client makes the requests; nil means one that follows no redirect
 	// (a 3xx is a failed attempt).
@@ -115,8 +117,6 @@ func (c *Config) setDefaults() {
 // defaults).
 func (c *Config) Validate() error {
 	switch {
-	case len(c.Sources) == 0:
-		return errors.New("webhook: no sources")
 	case !uniqueSources(c.Sources):
 		return errors.New("webhook: two sources share a name")
 	case c.Timeout < 0 || c.Horizon < 0 || c.Batch < 0 || c.Rate < 0:
@@ -143,13 +143,27 @@ func uniqueSources(srcs []Source) bool {
 type Dispatcher struct {
 	cfg    Config
 	m      *metrics
+	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	mu      sync.Mutex
+	closed  bool                // guarded by mu
+	sources map[string]*running // by name; guarded by mu
 }
 
-// New starts a dispatcher: one goroutine per source, which starts and
-// stops a worker per subscription.
+// running is an attached source's loop.
+type running struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// ErrClosed is returned by Attach after Close.
+var ErrClosed = errors.New("webhook: dispatcher closed")
+
+// New starts a dispatcher: one goroutine per source (Config.Sources, then
+// Attach), which starts and stops a worker per subscription.
 func New(cfg Config) (*Dispatcher, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -161,15 +175,63 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &Dispatcher{cfg: cfg, m: m, cancel: cancel}
+	d := &Dispatcher{cfg: cfg, m: m, ctx: ctx, cancel: cancel, sources: map[string]*running{}}
 	for _, src := range cfg.Sources {
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			d.sourceLoop(ctx, src.WebhookSource(), src)
-		}()
+		if err := d.Attach(src); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	return d, nil
+}
+
+// Attach starts delivering src's outbox: each subscription's worker
+// starts from its durable cursor, so a source detached from one
+// dispatcher (or one node) and attached to another goes on where the
+// first left off, redelivering at most what was delivered and not yet
+// acknowledged (same ids). It fails if a source of that name is attached,
+// or after Close.
+func (d *Dispatcher) Attach(src Source) error {
+	if src == nil {
+		return errors.New("webhook: nil source")
+	}
+	name := src.WebhookSource()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if _, ok := d.sources[name]; ok {
+		return fmt.Errorf("webhook: source %q is attached already", name)
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	d.sources[name] = r
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(r.done)
+		d.sourceLoop(ctx, name, src)
+	}()
+	return nil
+}
+
+// Detach stops delivering the outbox of the source named name and waits
+// until its workers have stopped (a request in flight is abandoned: its
+// event is delivered again, same id, by whoever attaches the source
+// next), so the engine can be closed after it. It reports whether the
+// source was attached.
+func (d *Dispatcher) Detach(name string) bool {
+	d.mu.Lock()
+	r, ok := d.sources[name]
+	delete(d.sources, name)
+	d.mu.Unlock()
+	if !ok {
+		return false
+	}
+	r.cancel()
+	<-r.done
+	return true
 }
 
 // Close stops the dispatcher and waits for its goroutines. A request in
@@ -177,6 +239,9 @@ func New(cfg Config) (*Dispatcher, error) {
 // dispatcher (same id). Close it before its engines. Idempotent.
 func (d *Dispatcher) Close() {
 	d.once.Do(func() {
+		d.mu.Lock()
+		d.closed = true
+		d.mu.Unlock()
 		d.cancel()
 		d.wg.Wait()
 		d.m.unregister()

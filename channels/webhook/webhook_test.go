@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -584,5 +585,81 @@ func TestRedirectIsAFailure(t *testing.T) {
 	defer mu.Unlock()
 	if strings.Join(paths, ",") != "/hook,/hook" || counter(t, h.reg, "failed") != 1 {
 		t.Fatalf("requests %v, failed %v", paths, counter(t, h.reg, "failed"))
+	}
+}
+
+// TestDetachHandsTheOutboxOver: a source attached at run time is
+// delivered; detached while a request hangs, the request is abandoned
+// and Detach returns; attached to another dispatcher (a partition's new
+// owner), it goes on from the durable cursor: the abandoned event again
+// under the same id, then the newer ones, in order.
+func TestDetachHandsTheOutboxOver(t *testing.T) {
+	var hang sync.Once
+	hung := make(chan struct{})
+	rcv := newReceiver(t, func(n int) int {
+		if n == 3 {
+			hang.Do(func() { close(hung) })
+			return 0 // hang until the dispatcher gives the request up
+		}
+		return 200
+	})
+	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	eng, err := engine.Open(engine.Config{Store: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	h := &harness{eng: eng}
+	d1, err := webhook.New(webhook.Config{}) // no sources yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d1.Close()
+	if err := d1.Attach(eng); err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.Attach(eng); err == nil {
+		t.Fatal("a second source of the same name was attached")
+	}
+	h.subscribe(t, rcv.srv.URL, "user.added")
+	h.addUsers(t, "a", "b")
+	rcv.waitOK(t, 2)
+	h.addUsers(t, "c")
+	<-hung
+	if !d1.Detach(eng.WebhookSource()) {
+		t.Fatal("Detach: the source was not attached")
+	}
+	if d1.Detach(eng.WebhookSource()) {
+		t.Fatal("Detach twice reported the source attached twice")
+	}
+	h.addUsers(t, "d")
+	d2, err := webhook.New(webhook.Config{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Attach(eng); err != nil {
+		t.Fatal(err)
+	}
+	got := rcv.waitOK(t, 4)
+	d2.Close()
+	if err := d2.Attach(eng); !errors.Is(err, webhook.ErrClosed) {
+		t.Fatalf("Attach after Close: %v, want ErrClosed", err)
+	}
+	var users []string
+	for _, d := range got {
+		users = append(users, d.Event.Data["user"].(string))
+	}
+	if strings.Join(users, ",") != "a,b,c,d" {
+		t.Fatalf("delivered %v, want a,b,c,d in order", users)
+	}
+	rcv.mu.Lock()
+	abandoned := rcv.got[2].ID
+	rcv.mu.Unlock()
+	if got[2].ID != abandoned {
+		t.Fatalf("the abandoned event came again as %s, was %s", got[2].ID, abandoned)
 	}
 }

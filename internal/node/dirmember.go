@@ -123,6 +123,7 @@ func (h *dirHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (_
 		return nil, fmt.Errorf("node: load the directory from its partition: %w", err)
 	}
 	n.dir.SetCommitter(eng)
+	set.setHookDir(eng) // this node delivers the directory's webhook events while it owns it
 	h.obs.removed(removed)
 	h.routes.Set(m.p, cluster.SnapshotHandler(rs, m.c, m.mc.Secret, m.mc.Node.DataDir))
 	set.dirOwned.Store(reg)
@@ -130,6 +131,7 @@ func (h *dirHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (_
 		h.routes.Delete(m.p)
 		set.dirOwned.CompareAndSwap(reg, nil)
 		n.dir.SetCommitter(dirRefuser{}) // waits for the changes in flight
+		set.setHookDir(nil)
 		// Back to this node's copy, which the observer keeps following.
 		_, rerr := n.dir.Reload(set.dirDB)
 		return errors.Join(rerr, eng.Shutdown(ctx), db.Close())

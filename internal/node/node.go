@@ -462,10 +462,12 @@ type wiring struct {
 	// routes are more handlers on the HTTP listener (beside Config.Routes).
 	routes map[string]http.Handler
 	// hooks manages webhook subscriptions and hookSources are the outboxes
-	// the dispatcher delivers (each engine's); hooksRefusal, when set, is
-	// why there are none (a 501 with it).
+	// the dispatcher delivers (each engine's), or hookSet attaches them to
+	// it as it serves them (partitions); hooksRefusal, when set, is why
+	// there are none (a 501 with it).
 	hooks        httpapi.Webhooks
 	hookSources  []webhook.Source
+	hookSet      *partitionSet
 	hooksRefusal string
 }
 
@@ -658,7 +660,7 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	if gatherer == nil {
 		gatherer = reg
 	}
-	if len(w.hookSources) > 0 {
+	if len(w.hookSources) > 0 || w.hookSet != nil {
 		wc := cfg.Webhooks
 		if n.hookDisp, err = webhook.New(webhook.Config{
 			Sources: w.hookSources, Timeout: wc.Timeout, Horizon: wc.Horizon, MinBackoff: wc.MinBackoff, MaxBackoff: wc.MaxBackoff,
@@ -667,6 +669,9 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 			return fmt.Errorf("node: %w", err)
 		}
 		closers = append(closers, n.hookDisp.Close)
+		if w.hookSet != nil {
+			w.hookSet.setHooks(n.hookDisp)
+		}
 	}
 	api, err := httpapi.New(httpapi.Config{
 		Engine: w.api, Directory: n.dir, Keys: keys, Backup: w.backup, BackupRoot: backupRoot, Gatherer: gatherer,

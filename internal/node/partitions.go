@@ -23,6 +23,7 @@ import (
 	"github.com/dingmq/ding/channels/httpapi"
 	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/channels/webhook"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/cluster/relay"
 	"github.com/dingmq/ding/engine"
@@ -224,6 +225,15 @@ type partitionSet struct {
 	// dirOwned holds the metrics of the directory's partition while this
 	// cluster node owns it (dirmember.go).
 	dirOwned atomic.Pointer[prometheus.Registry]
+	// The webhook dispatcher delivers the outboxes this node serves
+	// (webhooks.go): hookOn names those attached to it; hookDir is the
+	// directory's outbox when this node delivers it (the directory's
+	// engine; in a cluster, the directory partition's while this node
+	// owns it). Guarded by hookMu.
+	hookMu   sync.Mutex
+	hookDisp *webhook.Dispatcher
+	hookDir  *engine.Engine
+	hookOn   map[string]bool
 	// What a partition's engine is opened with besides its store.
 	notifier engine.Notifier
 	budget   engine.Budget
@@ -376,6 +386,7 @@ func (s *partitionSet) attach(rt *partRuntime) error {
 		return fmt.Errorf("node: partition %d: %w", rt.p, err)
 	}
 	s.pump.Wake(rt.p) // what this node's other partitions owe it goes now
+	s.hookAttach(rt.eng)
 	return nil
 }
 
@@ -390,6 +401,7 @@ func (s *partitionSet) detach(p uint32, err error) *partRuntime {
 		return nil
 	}
 	s.pump.Detach(p)
+	s.hookDetach(rt.eng.WebhookSource())
 	if s.hub != nil {
 		s.hub.KickWhere(func(user string) bool { return s.of(user) == p }, err)
 	}
@@ -427,7 +439,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	defer func() { *closersp = closers }()
 	p := cfg.Partitions
 	set := &partitionSet{n: uint32(p), log: cfg.Logger, parts: make([]atomic.Pointer[partRuntime], p), stores: make([]atomic.Pointer[pebblestore.DB], p),
-		retryForget: make(chan struct{}, 1), stopForget: make(chan struct{}), forgetDone: make(chan struct{})}
+		retryForget: make(chan struct{}, 1), stopForget: make(chan struct{}), forgetDone: make(chan struct{}), hookOn: map[string]bool{}}
 	n.parts = set
 	set.shared = pebblestore.NewShared(0, p+1, memTableBytes(p))
 	closers = append(closers, set.shared.Close)
@@ -499,6 +511,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 		n.dir.SetCommitter(cfg.peers.Directory) // the directory's partition's owner commits (dirmember.go)
 	} else {
 		n.dir.SetCommitter(set.dirEng)
+		set.hookDir = set.dirEng
 	}
 	rt := &router{set: set}
 	own := fanout.SingleNode{} // this node owns every partition
@@ -605,11 +618,15 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	w = wiring{sess: rt, api: api, reports: reports, keys: keys, backupRoot: backupRoot, notifier: ns.twilio, email: ns.email, confirmer: rt,
 		gatherer: prometheus.Gatherers{reg, set}, routes: routes,
 		backupRefusal: "backups are not supported with --partitions (experimental) yet: stop dingd and copy the data dir instead",
-		hooks:         hookRouter{set.hookEngines()}, hookSources: set.hookSources()}
-	if cfg.peers != nil && cfg.peers.Directory != nil {
-		w.hookSources = nil
-		w.hooksRefusal = "outbound webhooks are not supported in cluster mode with --partitions yet: a subscription is kept by each partition's engine, not by the cluster"
+		hookSet:       set}
+	hooks := &orgHooks{set: set}
+	if cfg.peers != nil {
+		hooks.peers, hooks.client, hooks.secret = cfg.peers.Others, cfg.peers.Client, cfg.peers.Secret
+		if hooks.peers == nil {
+			hooks.peers = func() []string { return nil }
+		}
 	}
+	w.hooks = hooks
 	return w, nil
 }
 
@@ -757,9 +774,11 @@ type partitionPeers struct {
 	// DATA/dir/store is this node's copy of the directory's partition,
 	// kept by an observer, and the directory's changes are committed by
 	// that partition's owner; until this node owns it, Directory is the
-	// directory's committer (refusing). Outbound webhooks are refused
-	// (their subscriptions and outboxes are per engine, not per cluster).
+	// directory's committer (refusing).
 	Directory fanout.Committer
+	// Others returns the other nodes' HTTP base URLs (webhook
+	// subscriptions are changed on every node's outboxes).
+	Others func() []string
 	// WrapAPI, if set, wraps the admin API's handler (directory writes on
 	// a node that does not own the directory go to its owner).
 	WrapAPI func(http.Handler) http.Handler

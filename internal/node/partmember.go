@@ -75,8 +75,9 @@ import (
 // (reports.go); named policies, the admin statistics and the retention
 // sweep cover every partition (orgwide.go).
 //
-// Not yet: outbound webhooks (refused: their subscriptions are per
-// engine).
+// Outbound webhooks: each node delivers the outboxes of the partitions
+// it owns (and the directory's, while it owns that), and a subscription
+// change goes to every node's (webhooks.go).
 
 // errPartitionMoved closes the connections of a partition's users when
 // this node stops serving it: they reconnect, and are redirected to its
@@ -232,7 +233,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return out
 	}
 	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer,
-		Directory: dirRefuser{}, WrapAPI: proxy.wrap,
+		Directory: dirRefuser{}, WrapAPI: proxy.wrap, Others: otherNodes,
 		WrapReports: func(local twilio.Reports) twilio.Reports {
 			return &clusterReports{local: local, peers: otherNodes, client: peer, secret: mc.Secret}
 		},
@@ -267,6 +268,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	cfg.Routes[policiesPath] = policiesHandler(mc.Secret, localSet)
 	cfg.Routes[statsPath] = statsHandler(mc.Secret, localSet)
 	cfg.Routes[sweepPath] = sweepHandler(mc.Secret, localSet)
+	cfg.Routes[hooksPath] = hooksHandler(mc.Secret, localSet)
 	cfg.Routes[reportsPath] = reportsHandler(mc.Secret, func() twilio.Reports {
 		if rt := localReports.Load(); rt != nil {
 			return rt
