@@ -275,18 +275,7 @@ func partitionsUnderLoad(t *testing.T, redisURL, lease string, nodes []string, d
 	// without a standby until the new one joins: a node killed then
 	// would leave that partition to no one (cluster/PARTITIONS.md). Five
 	// TTLs without a change: balance has nothing left to move.
-	for deadline, last, since := time.Now().Add(90*time.Second), [2][parts]string{}, time.Now(); ; time.Sleep(50 * time.Millisecond) {
-		o, s := roles()
-		if now := [2][parts]string{o, s}; now != last {
-			last, since = now, time.Now()
-		}
-		if time.Since(since) >= 5*time.Second {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the roles did not stay put for 5s within 90s: owners %q, standbys %q", o, s)
-		}
-	}
+	rolesQuiet(t, func() [2][parts]string { o, s := roles(); return [2][parts]string{o, s} })
 
 	// A sender and a recipient in each partition.
 	byPart := make([][]string, parts)
@@ -446,4 +435,23 @@ func partitionsUnderLoad(t *testing.T, redisURL, lease string, nodes []string, d
 		total += len(ids)
 	}
 	t.Logf("%d messages acknowledged across 4 partitions, all delivered once", total)
+}
+
+// rolesQuiet waits until roles (the owners and standbys of the
+// partitions, read from the coordinator) have not changed for five
+// seconds, for up to 90s.
+func rolesQuiet[T comparable](t *testing.T, roles func() T) {
+	t.Helper()
+	var last T
+	for deadline, since := time.Now().Add(90*time.Second), time.Now(); ; time.Sleep(50 * time.Millisecond) { // polling the coordinator
+		if now := roles(); now != last {
+			last, since = now, time.Now()
+		}
+		if time.Since(since) >= 5*time.Second {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the roles did not stay put for 5s within 90s: %v", last)
+		}
+	}
 }
