@@ -92,7 +92,9 @@ type Tokens interface {
 }
 
 // Users says whether a user may connect: in the directory and not
-// removed (*fanout.Directory implements it). Answers from memory.
+// removed (*fanout.Directory implements it). Answers from memory; a
+// cluster node's may wait a moment for its copy of the directory to bring
+// a user created elsewhere (internal/node's dirUsers).
 type Users interface {
 	// AcceptsToken reports whether a client token of user for device,
 	// issued at issued, may be used: the user is active and the token was

@@ -195,8 +195,75 @@ func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluste
 		}
 		return 0, ch, err
 	}
+	if o.n != nil && o.n.cfg.beforeDirApply != nil {
+		o.n.cfg.beforeDirApply()
+	}
 	n, err := o.obs.Apply(ch)
 	return n, ch, err
+}
+
+// next returns a channel closed when the copy next moves (publish).
+func (o *dirObserver) next() <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.changed
+}
+
+// dirUserWait bounds how long a connection with a validly signed token
+// of a user this node's copy of the directory does not hold waits for
+// the copy to bring the user (dirUsers).
+const dirUserWait = 2 * time.Second
+
+// dirUsers is what the sessions of a cluster node of partitions check
+// tokens against: the node's directory, which answers from its copy.
+// A user created a moment ago through another node may not be in the
+// copy yet when a client connects here with a token minted for them
+// (signed: only for a user that existed). Rather than refuse it
+// (BAD_TOKEN), the handshake waits, up to dirUserWait, for the copy to
+// move and looks again. A user the copy knows (removed, a token revoked)
+// is answered at once, and so is every user on the node owning the
+// directory's partition, whose directory is the directory itself.
+type dirUsers struct {
+	dir   *fanout.Directory
+	obs   *dirObserver
+	waits prometheus.Counter
+}
+
+func newDirUsers(dir *fanout.Directory, obs *dirObserver, reg prometheus.Registerer) (*dirUsers, error) {
+	u := &dirUsers{dir: dir, obs: obs, waits: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_cluster_directory_waits_total",
+		Help: "Connections whose validly signed token named a user this node's copy of the directory did not hold yet (created a moment ago through another node), which waited for the copy.",
+	})}
+	if err := reg.Register(u.waits); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	return u, nil
+}
+
+func (u *dirUsers) AcceptsToken(user, device string, issued time.Time) bool {
+	if u.dir.AcceptsToken(user, device, issued) {
+		return true
+	}
+	if _, known := u.dir.User(user); known || u.obs.owns() {
+		return false
+	}
+	u.waits.Inc()
+	t := time.NewTimer(dirUserWait)
+	defer t.Stop()
+	for {
+		moved := u.obs.next()
+		if u.dir.AcceptsToken(user, device, issued) {
+			return true
+		}
+		if _, known := u.dir.User(user); known {
+			return false
+		}
+		select {
+		case <-t.C:
+			return false
+		case <-moved:
+		}
+	}
 }
 
 // publish says the directory this node answers from now holds the copy

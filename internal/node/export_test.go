@@ -47,3 +47,7 @@ func SetBeforeAttach(cfg *Config, f func(p uint32)) { cfg.beforeAttach = f }
 func SetRelayBackoff(cfg *Config, min, max time.Duration) {
 	cfg.relayBackoff = [2]time.Duration{min, max}
 }
+
+// SetBeforeDirApply makes a cluster node call f before its copy of the
+// directory applies the owner's changes (a test holds the copy back).
+func SetBeforeDirApply(cfg *Config, f func()) { cfg.beforeDirApply = f }

@@ -211,6 +211,9 @@ type Config struct {
 	// relayBackoff, when set (by tests), is the relay pump's MinBackoff
 	// and MaxBackoff.
 	relayBackoff [2]time.Duration
+	// beforeDirApply, when set (by tests), is called before a cluster
+	// node's copy of the directory applies the owner's changes.
+	beforeDirApply func()
 	// beforeAttach, when set (by tests), is called before a partition's
 	// runtime is attached (after its store is opened).
 	beforeAttach func(p uint32)
@@ -651,6 +654,11 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	}
 	sc := cfg.Socket
 	sc.Engine, sc.Hub, sc.Keys, sc.Directory, sc.Logger, sc.Registerer = w.sess, session.JoinFunc(n.hub.Join), keys, n.dir, cfg.Logger, reg
+	if cfg.peers != nil && cfg.peers.Users != nil {
+		if sc.Directory, err = cfg.peers.Users(n.dir, reg); err != nil {
+			return err
+		}
+	}
 	sc.Limits = limits
 	if n.sock, err = socket.New(sc); err != nil {
 		return err

@@ -776,6 +776,9 @@ type partitionPeers struct {
 	// that partition's owner; until this node owns it, Directory is the
 	// directory's committer (refusing).
 	Directory fanout.Committer
+	// Users, if set, is what sessions check tokens against instead of
+	// the node's directory (dirUsers: a cluster node's copy may lag).
+	Users func(*fanout.Directory, prometheus.Registerer) (session.Users, error)
 	// Others returns the other nodes' HTTP base URLs (webhook
 	// subscriptions are changed on every node's outboxes).
 	Others func() []string

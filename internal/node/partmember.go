@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dingmq/ding/channels/httpapi"
+	"github.com/dingmq/ding/channels/session"
 	"github.com/dingmq/ding/channels/twilio"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
@@ -234,6 +235,9 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	}
 	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer,
 		Directory: dirRefuser{}, WrapAPI: proxy.wrap, Others: otherNodes,
+		Users: func(dir *fanout.Directory, reg prometheus.Registerer) (session.Users, error) {
+			return newDirUsers(dir, dirObs, reg)
+		},
 		WrapReports: func(local twilio.Reports) twilio.Reports {
 			return &clusterReports{local: local, peers: otherNodes, client: peer, secret: mc.Secret}
 		},

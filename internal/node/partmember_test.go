@@ -968,7 +968,7 @@ func metricSum(t *testing.T, n *node.Node, name, label string) float64 {
 	sum := 0.0
 	for line := range strings.SplitSeq(string(raw), "\n") {
 		series, v, ok := strings.Cut(line, " ")
-		if !ok || !strings.HasPrefix(series, name+"{") || !strings.Contains(series, label) {
+		if !ok || (series != name && !strings.HasPrefix(series, name+"{")) || !strings.Contains(series, label) {
 			continue
 		}
 		f, err := strconv.ParseFloat(v, 64)
@@ -1067,5 +1067,80 @@ func foundTogether(t *testing.T, together bool) {
 			t.Fatalf("a token signed by %s, dialling %s first: %v", pair[0].id, pair[1].id, err)
 		}
 		c.Close()
+	}
+}
+
+// A client connecting through a node whose copy of the directory does
+// not hold its user yet (created a moment ago through the directory's
+// owner) is let in once the copy brings the user, not refused: the
+// node's copy is held back here until the handshake is seen waiting
+// (ding_cluster_directory_waits_total), then let go, and the dial
+// succeeds. A token of a user no node knows is still refused (after the
+// wait), and one of a removed user at once.
+func TestClusterTokenOfAUserJustCreatedElsewhere(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	var holdOn atomic.Value // the id of the node whose copy is held
+	holdOn.Store("")
+	release := make(chan struct{})
+	var once sync.Once
+	let := func() { once.Do(func() { holdOn.Store(""); close(release) }) }
+	defer let() // before the nodes stop (their cleanups)
+	a, b := startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
+		id := mc.ID
+		node.SetBeforeDirApply(&mc.Node, func() {
+			if holdOn.Load() == id {
+				<-release
+			}
+		})
+	})
+	h, _, _ := coord.Lease(ctx, cluster.Partition(testPartitions))
+	own, lag := a, b
+	if h == b.id {
+		own, lag = b, a
+	}
+	addClusterUsers(t, own, []partNode{a, b}, named("ana")...)
+	holdOn.Store(lag.id)
+	if code, out, _ := (&dingNode{n: own.n}).api(t, "POST", "/v1/users", map[string]any{"id": "zed", "name": "zed"}); code != http.StatusCreated {
+		t.Fatalf("add zed through %s: %d %v", own.id, code, out)
+	}
+	if lag.n.Directory().Active("zed") {
+		t.Fatalf("%s's copy holds zed while held back", lag.id)
+	}
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := client.Dial(ctx, client.Config{Addr: lag.n.SocketAddr(), Token: nodetest.Token(t, own.n, "zed", "phone"), Device: "phone"})
+		if err == nil {
+			c.Close()
+		}
+		dialed <- err
+	}()
+	nodetest.WaitFor(t, "the handshake on "+lag.id+" to wait for its copy", 10*time.Second, func() bool {
+		select {
+		case err := <-dialed:
+			t.Fatalf("the dial ended before %s's copy held zed: %v", lag.id, err)
+		default:
+		}
+		return metricSum(t, lag.n, "ding_cluster_directory_waits_total", "") == 1
+	})
+	let()
+	if err := <-dialed; err != nil {
+		t.Fatalf("zed, created a moment ago through %s, dialling %s: %v", own.id, lag.id, err)
+	}
+	refused := func(user string) error {
+		_, err := client.Dial(ctx, client.Config{Addr: lag.n.SocketAddr(), Token: nodetest.Token(t, own.n, user, "phone"), Device: "phone"})
+		if err == nil || !strings.Contains(err.Error(), "BAD_TOKEN") {
+			t.Fatalf("%s dialling %s: %v, want BAD_TOKEN", user, lag.id, err)
+		}
+		return err
+	}
+	refused("ghost") // no node knows it: refused once the wait ends
+	if code, _, _ := (&dingNode{n: own.n}).api(t, "DELETE", "/v1/users/ana", nil); code != http.StatusOK {
+		t.Fatalf("remove ana: %d", code)
+	}
+	nodetest.WaitFor(t, lag.id+"'s copy to hold ana's removal", 10*time.Second, func() bool { return !lag.n.Directory().Active("ana") })
+	refused("ana")
+	if n := metricSum(t, lag.n, "ding_cluster_directory_waits_total", ""); n != 2 {
+		t.Fatalf("%v handshakes waited for the copy, want 2 (zed's and ghost's, not the removed ana's)", n)
 	}
 }
