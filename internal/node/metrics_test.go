@@ -64,6 +64,12 @@ func TestMetricsScrape(t *testing.T) {
 			}
 			continue // TestClusterMetricsScrape checks it
 		}
+		if m.clusterPartitionsOnly {
+			if ok {
+				t.Errorf("%s is for a cluster of partitions only in %s (line %d) but a single node serves it", m.name, catalogueFile, m.line)
+			}
+			continue // TestClusterTokenOfAUserJustCreatedElsewhere checks it
+		}
 		if m.partitionsOnly {
 			if ok {
 				t.Errorf("%s is partitions-only in %s (line %d) but a node of one partition serves it", m.name, catalogueFile, m.line)
@@ -104,7 +110,9 @@ func TestMetricsScrape(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, name := range metricRefs(string(b)) {
-			if slices.ContainsFunc(cat, func(m catEntry) bool { return (m.clusterOnly || m.partitionsOnly) && strings.HasPrefix(name, m.name) }) {
+			if slices.ContainsFunc(cat, func(m catEntry) bool {
+				return (m.clusterOnly || m.partitionsOnly || m.clusterPartitionsOnly) && strings.HasPrefix(name, m.name)
+			}) {
 				continue // a cluster member's (TestClusterMetricsScrape) or a node of partitions' (TestPartitionsMetrics)
 			}
 			if _, ok := fams[familyOf(name, fams)]; !ok {
@@ -459,6 +467,9 @@ type catEntry struct {
 	// partitionsOnly: listed under a "Partitions only" heading, served
 	// by a node of several partitions only (TestPartitionsMetrics).
 	partitionsOnly bool
+	// clusterPartitionsOnly: listed under a "Cluster of partitions only"
+	// heading, served by a cluster node of several partitions only.
+	clusterPartitionsOnly bool
 }
 
 var (
@@ -480,12 +491,13 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		return nil, err
 	}
 	var out []catEntry
-	clusterOnly, notServing, partitionsOnly := false, false, false
+	clusterOnly, notServing, partitionsOnly, clusterParts := false, false, false, false
 	for i, line := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(line, "## ") {
 			clusterOnly = strings.Contains(line, "Cluster mode only")
 			notServing = clusterOnly && strings.Contains(line, "not serving")
 			partitionsOnly = strings.Contains(line, "Partitions only")
+			clusterParts = strings.Contains(line, "Cluster of partitions only")
 		}
 		cells := strings.Split(line, "|")
 		if len(cells) < 5 || !strings.HasPrefix(line, "|") {
@@ -495,7 +507,7 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		if m == nil {
 			continue
 		}
-		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly, notServing: notServing, partitionsOnly: partitionsOnly}
+		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly, notServing: notServing, partitionsOnly: partitionsOnly, clusterPartitionsOnly: clusterParts}
 		if ls := strings.TrimSpace(cells[3]); ls != "" && ls != "—" {
 			for _, clause := range strings.Split(ls, ";") {
 				clause = strings.TrimSpace(clause)

@@ -1143,4 +1143,29 @@ func TestClusterTokenOfAUserJustCreatedElsewhere(t *testing.T) {
 	if n := metricSum(t, lag.n, "ding_cluster_directory_waits_total", ""); n != 2 {
 		t.Fatalf("%v handshakes waited for the copy, want 2 (zed's and ghost's, not the removed ana's)", n)
 	}
+	// The metrics deploy/METRICS.md lists for a cluster of partitions
+	// only are served, with their types, by both nodes.
+	cat, err := parseCatalogue(catalogueFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, pn := range []partNode{a, b} {
+		fams, err := parseExposition(get(t, "http://"+pn.http+"/metrics", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range cat {
+			if !m.clusterPartitionsOnly {
+				continue
+			}
+			checked++
+			if f, ok := fams[m.name]; !ok || f.typ != m.typ {
+				t.Errorf("%s (%s line %d, a %s) on %s: %+v", m.name, catalogueFile, m.line, m.typ, pn.id, f)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no metric for a cluster of partitions only in the catalogue: the parsing is broken")
+	}
 }
