@@ -2,19 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/dingmq/ding/channels/webhook"
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/internal/redistest"
 )
@@ -33,56 +28,8 @@ import (
 // event in flight under the id its first attempt had.
 func TestClusterPartitionsWebhookEventsSurviveKill9(t *testing.T) {
 	const before, answered, after = 20, 5, 5
-	type got struct{ id, user string }
-	var (
-		mu      sync.Mutex
-		ok      []got                 // deliveries answered 2xx, in order
-		tried   = map[string]string{} // every attempt's id -> user
-		hanging = make(chan struct{}) // closed: stop hanging
-		hung    = make(chan struct{}, 1)
-		secret  string
-		back    bool // the receiver has recovered: no more hanging
-	)
-	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		mu.Lock()
-		sec := secret
-		mu.Unlock()
-		if err := webhook.Verify(sec, r.Header.Get("webhook-id"), r.Header.Get("webhook-timestamp"), r.Header.Get("webhook-signature"), body, time.Now(), 5*time.Minute); err != nil {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		var ev struct {
-			ID   string            `json:"id"`
-			Type string            `json:"type"`
-			Data map[string]string `json:"data"`
-		}
-		if json.Unmarshal(body, &ev) != nil || ev.Type != "user.added" || ev.ID != r.Header.Get("webhook-id") {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		tried[ev.ID] = ev.Data["user"]
-		n, recovered := len(ok), back
-		mu.Unlock()
-		if n >= answered && !recovered {
-			select {
-			case hung <- struct{}{}:
-			default:
-			}
-			select {
-			case <-hanging:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		mu.Lock()
-		if !slices.ContainsFunc(ok, func(g got) bool { return g.id == ev.ID }) { // deduplicated by id, as a receiver must
-			ok = append(ok, got{ev.ID, ev.Data["user"]})
-		}
-		mu.Unlock()
-	}))
-	defer rcv.Close()
+	hr := newHoldingReceiver(t, answered)
+	hr.dedup = true // several nodes may deliver an event: a receiver deduplicates by id
 
 	const parts, dir = 4, 4 // the directory's partition is D = P
 	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
@@ -129,12 +76,10 @@ func TestClusterPartitionsWebhookEventsSurviveKill9(t *testing.T) {
 	}
 
 	var sub struct{ ID, Secret string }
-	if code := procs[victim].admin(t, "POST", "/v1/webhooks", map[string]any{"url": rcv.URL, "events": []string{"user.*"}}, &sub); code != http.StatusCreated || sub.Secret == "" {
+	if code := procs[victim].admin(t, "POST", "/v1/webhooks", map[string]any{"url": hr.srv.URL, "events": []string{"user.*"}}, &sub); code != http.StatusCreated || sub.Secret == "" {
 		t.Fatalf("POST /v1/webhooks through %s: %d %+v", victim, code, sub)
 	}
-	mu.Lock()
-	secret = sub.Secret
-	mu.Unlock()
+	hr.setSecret(sub.Secret)
 	var users []string
 	add := func(u string) {
 		t.Helper()
@@ -155,13 +100,13 @@ func TestClusterPartitionsWebhookEventsSurviveKill9(t *testing.T) {
 		add(fmt.Sprintf("u%02d", i))
 	}
 	select { // the receiver holds one delivery; the rest wait in the outbox
-	case <-hung:
+	case <-hr.hung:
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no delivery reached the receiver's hang within 30s; logs:\n%s", logsOf(procs))
 	}
-	mu.Lock()
-	delivered := len(ok)
-	mu.Unlock()
+	hr.mu.Lock()
+	delivered := len(hr.ok)
+	hr.mu.Unlock()
 	if err := procs[victim].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -172,19 +117,16 @@ func TestClusterPartitionsWebhookEventsSurviveKill9(t *testing.T) {
 	})
 	t.Logf("%s owned the directory's partition and was killed with %d of %d events delivered; taken over in %v",
 		victim, delivered, before, time.Since(killed).Round(time.Millisecond))
-	mu.Lock()
-	back = true
-	mu.Unlock()
-	close(hanging)
+	hr.recover()
 	for i := range after {
 		add(fmt.Sprintf("v%02d", i))
 	}
 
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		mu.Lock()
-		n := len(ok)
-		mu.Unlock()
+		hr.mu.Lock()
+		n := len(hr.ok)
+		hr.mu.Unlock()
 		if n >= len(users) {
 			break
 		}
@@ -193,10 +135,10 @@ func TestClusterPartitionsWebhookEventsSurviveKill9(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // polling the receiver's list
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	hr.mu.Lock()
+	defer hr.mu.Unlock()
 	var order []string
-	for _, g := range ok {
+	for _, g := range hr.ok {
 		if !strings.HasPrefix(g.id, "evt_dir_") {
 			t.Fatalf("event %s: not from the directory's outbox", g.id)
 		}
@@ -205,9 +147,9 @@ func TestClusterPartitionsWebhookEventsSurviveKill9(t *testing.T) {
 	if !slices.Equal(order, users) {
 		t.Fatalf("delivered %v, want every user added in order: %v", order, users)
 	}
-	for id, u := range tried {
-		if i := slices.IndexFunc(ok, func(g got) bool { return g.user == u }); ok[i].id != id {
-			t.Fatalf("user %s's event came as %s, first tried as %s", u, ok[i].id, id)
+	for id, u := range hr.tried {
+		if i := slices.IndexFunc(hr.ok, func(g hookGot) bool { return g.user == u }); hr.ok[i].id != id {
+			t.Fatalf("user %s's event came as %s, first tried as %s", u, hr.ok[i].id, id)
 		}
 	}
 }
