@@ -293,7 +293,7 @@ func (e *Engine) splitRecipients(users []string) (local []string, remote map[uin
 // loadRelayCounters reads, at Open, the last outbox seq of each
 // destination: what the store holds then is durable.
 func (e *Engine) loadRelayCounters() error {
-	e.relayNext, e.outDurable = map[uint32]uint64{}, map[uint32]uint64{}
+	e.relayNext, e.outDurable, e.outTrimmed = map[uint32]uint64{}, map[uint32]uint64{}, map[uint32]uint64{}
 	var derr error
 	err := e.st.Scan(relayCounterPrefix, prefixEnd(relayCounterPrefix), func(k, v []byte) bool {
 		seq, err := parseU64(v)
@@ -311,6 +311,21 @@ func (e *Engine) loadRelayCounters() error {
 	if err != nil {
 		return fmt.Errorf("engine: relay counters: %w", err)
 	}
+	// How far each destination's records are deleted: to the one before
+	// the first left, or, with none left, every one allocated.
+	for to, last := range e.relayNext {
+		trimmed := last
+		err := e.st.Scan(outboxKey(to, 0), prefixEnd(outboxPrefix(to)), func(k, _ []byte) bool {
+			if len(k) == 13 {
+				trimmed = binary.BigEndian.Uint64(k[5:]) - 1
+			}
+			return false
+		})
+		if err != nil {
+			return fmt.Errorf("engine: outbox for partition %d: %w", to, err)
+		}
+		e.outTrimmed[to] = trimmed
+	}
 	return nil
 }
 
@@ -318,6 +333,7 @@ func (e *Engine) loadRelayCounters() error {
 // use: a batch without relay records costs a few empty-map loops.
 type relayTx struct {
 	outSeqs   map[uint32]uint64 // the last outbox seq this batch allocated, per destination
+	trimmed   map[uint32]uint64 // the seq through which this batch deleted the outbox, per destination
 	relayIn   map[uint32]uint64 // the watermark this batch wrote, per origin
 	relayMsgs map[ID]bool       // messages this batch's relays stored
 	relaySeen map[string]bool   // receipt keys (message, user) this batch's relays wrote
@@ -336,6 +352,9 @@ func (r *relayTx) flush(c *txn) error {
 func (r *relayTx) applied(c *txn) {
 	for to, seq := range r.outSeqs {
 		c.e.relayNext[to] = seq
+	}
+	for to, seq := range r.trimmed {
+		c.e.outTrimmed[to] = seq
 	}
 }
 
@@ -363,6 +382,7 @@ func (r *relayTx) published(c *txn) {
 
 func (r *relayTx) reset() {
 	clear(r.outSeqs)
+	clear(r.trimmed)
 	clear(r.relayIn)
 	clear(r.relayMsgs)
 	clear(r.relaySeen)
@@ -531,7 +551,7 @@ func (e *Engine) AckRelay(ctx context.Context, to uint32, through uint64) error 
 					return abort(fmt.Errorf("engine: acknowledge partition %d's records: %w", to, err))
 				}
 				if !more {
-					c.batch.DeleteRange(outboxKey(to, 0), outboxKey(to, through+1))
+					c.trimOutbox(to, through)
 				}
 				return nil
 			}, done, 1, "")
@@ -541,6 +561,37 @@ func (e *Engine) AckRelay(ctx context.Context, to uint32, through uint64) error 
 		}
 		cur = next
 	}
+}
+
+// trimOutbox deletes the records for partition to through seq through,
+// one point deletion each, from the last ones deleted on. Not one range
+// deletion per acknowledgement: Pebble fragments the range deletions of
+// its memtable again for every read after a new one, and with one per
+// relay batch that was 7-14% of a cluster node's CPU under load
+// (bench/RESULTS.md, 2026-12-05). Reading from the first record not
+// deleted also keeps the scans off the deleted records' tombstones.
+func (c *txn) trimOutbox(to uint32, through uint64) {
+	lo := c.relayTrimmed(to)
+	if through <= lo {
+		return
+	}
+	for seq := lo + 1; seq <= through; seq++ {
+		c.batch.Delete(outboxKey(to, seq))
+	}
+	if c.trimmed == nil {
+		c.trimmed = map[uint32]uint64{}
+	}
+	c.trimmed[to] = through
+}
+
+// relayTrimmed returns the seq through which the outbox for partition to
+// is deleted, as of this batch (0 for a destination without records at
+// Open: none was deleted since).
+func (c *txn) relayTrimmed(to uint32) uint64 {
+	if seq, ok := c.trimmed[to]; ok {
+		return seq
+	}
+	return c.e.outTrimmed[to]
 }
 
 // mirrorCursor is where an acknowledgement's mirroring goes on: the
@@ -566,8 +617,9 @@ func (c *txn) mirrorRelayed(to uint32, through uint64, from mirrorCursor, limit 
 		users []string
 	}
 	var recs []rec
+	lo := c.relayTrimmed(to)
 	var derr error
-	err = c.e.st.Scan(outboxKey(to, max(from.seq, 1)), outboxKey(to, through+1), func(k, v []byte) bool {
+	err = c.e.st.Scan(outboxKey(to, max(from.seq, lo+1, 1)), outboxKey(to, through+1), func(k, v []byte) bool {
 		if len(v) < 2 || v[0] != recordVersion || RelayKind(v[1]) != RelayMessage {
 			return true
 		}

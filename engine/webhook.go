@@ -50,8 +50,9 @@ import (
 // dead letter). It starts at the last seq allocated when it is created:
 // it gets the events written after it. The cursor moves only forward
 // (AckWebhook, ParkWebhookEvent), durably, and an event leaves the
-// outbox once every subscription's cursor is past it (one DeleteRange
-// per acknowledgement that moved the minimum). A paused subscription
+// outbox once every subscription's cursor is past it (deleted by the
+// acknowledgement that moved the minimum: one point deletion each, a
+// range when there are many). A paused subscription
 // keeps its cursor, so it holds its events until it is resumed.
 //
 // The delivery itself (HTTP, signatures, retries, the per-subscription
@@ -527,9 +528,21 @@ func (c *txn) hookTrimTo(s *hookSet) {
 	if m <= from {
 		return
 	}
-	c.batch.DeleteRange(hookEventKey(from+1), hookEventKey(m+1))
+	if m-from <= maxPointTrim {
+		// One point deletion per event, as the relay's outbox does
+		// (trimOutbox): a range deletion per acknowledgement makes every
+		// read of the memtable fragment them all again.
+		for seq := from + 1; seq <= m; seq++ {
+			c.batch.Delete(hookEventKey(seq))
+		}
+	} else {
+		c.batch.DeleteRange(hookEventKey(from+1), hookEventKey(m+1)) // a long jump (a subscription removed or resumed): rare
+	}
 	c.hookTrim = m
 }
+
+// maxPointTrim is the most events hookTrimTo deletes one by one.
+const maxPointTrim = 1024
 
 // loadHooks reads, at Open, the subscriptions, their cursors and the
 // event counter.
