@@ -335,7 +335,7 @@ type Engine struct {
 	relayNext   map[uint32]uint64 // last outbox seq allocated per destination as of the last applied batch; the commit loop's own
 	outMu       sync.RWMutex
 	outDurable  map[uint32]uint64 // last durable outbox seq per destination; guarded by outMu
-	outTrimmed  map[uint32]uint64 // per destination, the seq through which the outbox was deleted as of the last applied batch (absent: not known yet, relayTrimmed finds it); the commit loop's own
+	outTrimmed  map[uint32]uint64 // per destination, the seq through which the outbox is deleted as of the last applied batch; written by the commit loop under outMu, read there without it
 	outboxReady chan struct{}     // capacity 1: a batch that wrote outbox records is durable
 
 	hookState // outbound event webhooks (webhook.go)

@@ -353,8 +353,12 @@ func (r *relayTx) applied(c *txn) {
 	for to, seq := range r.outSeqs {
 		c.e.relayNext[to] = seq
 	}
-	for to, seq := range r.trimmed {
-		c.e.outTrimmed[to] = seq
+	if len(r.trimmed) > 0 {
+		c.e.outMu.Lock()
+		for to, seq := range r.trimmed {
+			c.e.outTrimmed[to] = seq
+		}
+		c.e.outMu.Unlock()
 	}
 }
 
@@ -421,6 +425,9 @@ func (e *Engine) Outbox(to uint32, after uint64, max int) (RelayBatch, error) {
 	b := RelayBatch{From: e.cfg.Partition, To: to}
 	e.outMu.RLock()
 	durable := e.outDurable[to]
+	if t := e.outTrimmed[to]; t > after {
+		after = t // the oldest left: no walk over the deleted records' tombstones
+	}
 	e.outMu.RUnlock()
 	if after >= durable || max <= 0 {
 		return b, nil

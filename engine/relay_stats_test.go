@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -159,6 +160,14 @@ type countingDeletes struct {
 	store.Store
 	prefix         byte
 	points, ranges atomic.Int64
+	scanFrom       atomic.Value // the lower bound of the last scan of the prefix
+}
+
+func (s *countingDeletes) Scan(lower, upper []byte, fn func(k, v []byte) bool) error {
+	if len(lower) > 0 && lower[0] == s.prefix {
+		s.scanFrom.Store(append([]byte(nil), lower...))
+	}
+	return s.Store.Scan(lower, upper, fn)
 }
 
 func (s *countingDeletes) NewBatch() store.Batch {
@@ -219,6 +228,17 @@ func TestAckRelayDeletesEachRecordOnce(t *testing.T) {
 	if p, r := cs.points.Load(), cs.ranges.Load(); p != int64(first) || r != 0 {
 		t.Fatalf("acknowledging records 1 to %d: %d point deletions, %d range deletions; want %d and 0", first, p, r, first)
 	}
+	// A pump starting over (after 0) reads from the oldest record left,
+	// not over the deleted ones.
+	send(t, a.e, "alice", "after", "bob")
+	if bt, err := a.e.Outbox(1, 0, 100); err != nil || len(bt.Records) == 0 || bt.Records[0].Seq != first+1 {
+		t.Fatalf("Outbox after 0: %+v %v, want records from %d", bt.Records, err, first+1)
+	}
+	if from, _ := cs.scanFrom.Load().([]byte); len(from) != 13 || binary.BigEndian.Uint64(from[5:]) != first+1 {
+		t.Fatalf("Outbox after 0 scanned from %x, want the seq after the deleted ones, %d", from, first+1)
+	}
+	first = relayAll(a)
+	cs.points.Store(int64(first))
 	if err := a.e.AckRelay(ctx, 1, first); err != nil || cs.points.Load() != int64(first) {
 		t.Fatalf("the same acknowledgement again: %v, %d point deletions in all, want %d", err, cs.points.Load(), first)
 	}
