@@ -424,7 +424,12 @@ func TestClusterPartitionsDrain(t *testing.T) {
 	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
 	log := testLog(t)
-	a := runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	// Nothing here dies, so a lease of 2s, not the tests' usual 1s:
+	// under make test's load a test process has stalled for a second,
+	// every lease lapsed and the send after the drain found its
+	// partition between owners (UNAVAILABLE).
+	ttl := func(mc *node.MemberConfig) { mc.LeaseTTL = 2 * time.Second }
+	a := runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), ttl)
 	nodetest.WaitFor(t, "a to found every partition", 20*time.Second, func() bool { return len(servedBy(a.n)) == testPartitions })
 	drain := func(pn partNode) int {
 		req, _ := http.NewRequest("POST", "http://"+pn.http+"/v1/cluster/drain", nil)
@@ -439,8 +444,8 @@ func TestClusterPartitionsDrain(t *testing.T) {
 	if code := drain(a); code != http.StatusConflict {
 		t.Fatalf("drain of the only node: %d, want 409", code)
 	}
-	b := runPartNode(t, coord, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
-	c := runPartNode(t, coord, log, "c", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	b := runPartNode(t, coord, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), ttl)
+	c := runPartNode(t, coord, log, "c", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), ttl)
 	roles := func() (owner, standby [testPartitions]string) {
 		for p := range testPartitions {
 			owner[p], _, _ = coord.Lease(ctx, cluster.Partition(p))
