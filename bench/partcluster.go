@@ -60,8 +60,9 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
 		return Table{}, fmt.Errorf("evening the roles out: %w", err)
 	}
-	// Measured once the roles settled: a standby place that moves stops
-	// its partition's writes while the new standby joins.
+	// Measured once the roles settled: a partition handed over has no
+	// standby, and waits, until its old owner joins again from a
+	// snapshot.
 	if err := cl.waitSettled(10*time.Second, 180*time.Second); err != nil {
 		return Table{}, err
 	}

@@ -50,8 +50,14 @@
 // history from its own. The new owner then gets a standby: a snapshot of
 // its history, fenced at its epoch, goes to another node (CheckSnapshot
 // decides whether that node may take it) and Owner.SetStandby counts its
-// acks. A planned move (a node joins, another is drained) hands the role
-// over through the history itself (Owner.ReplaceStandby). A standby that
+// acks; or, when the node before it (its owner before a hand-over)
+// holds exactly the history it took over with, that node follows it
+// from its own store (rule 5). A planned move of the standby role (a
+// node joins, another is drained) goes through the history itself
+// (Owner.ReplaceStandby, ReplicatedStore.ReplaceStandbyAt): the new node
+// follows a snapshot as a learner while the old standby keeps the role,
+// so that the partition always has a standby that may take it over, but
+// for the moment between the two nodes applying the hand-over entry. A standby that
 // stops acking is dropped (Owner.DropStandby, then the coordinator stops
 // naming it): it held every batch acknowledged so far, and so does the
 // snapshot the next standby starts from.
@@ -84,10 +90,25 @@
 //     by anyone (2).
 //  4. A hand-over entry names the next standby. The old standby applying
 //     it demotes itself, and the owner counts the old standby's ack only
-//     through that entry, then names the new standby in the coordinator
-//     and counts its acks, whose snapshot includes the entry: at every
-//     moment the node the coordinator names holds every acknowledged
-//     batch.
+//     up to that entry. It names the new standby in the coordinator, and
+//     counts its acks, only once the new standby has acked the entry too
+//     (it follows this owner's history: from a snapshot that includes the
+//     entry, or from an earlier one as a learner, as dingd moves a
+//     standby place): at every moment the node the coordinator names, if
+//     it may take over, holds every acknowledged batch. A learner may
+//     not take over until it applies the entry naming it
+//     (StandbyState.Learner), whatever the coordinator says.
+//  5. A new owner may take as its standby, without a snapshot, a node
+//     whose own history is exactly the one it took over with: the same
+//     fence (epoch and owner) and the same Seq (Owner.Continues; the
+//     owner before, after a hand-over, whose store records with each
+//     batch how far its history runs). The standby that took over had
+//     applied that fence's owner's entries in Seq order through that
+//     Seq, so the two histories are one, and the node, recording the new
+//     owner's fence at that Seq, follows like a node seeded from a
+//     snapshot; the owner still holds every entry since (no standby
+//     acked them) to ship. Any other history (longer: batches the old
+//     standby never got) is refused and the node joins from a snapshot.
 //
 // When the coordinator has lost the partition's state altogether (no
 // lease, no standby named: a Redis failover that dropped the latest
@@ -123,16 +144,20 @@
 // from a snapshot. So trimming costs at most a resend, never a batch.
 //
 // A known gap, found by the simulation (go test ./cluster -run
-// TestSimulation -sim.schedules 300000 finds it once, at seed 23013;
-// replay with -sim.seed 23013 -v): the coordinator rolls back to the
-// partition's founding state while a standby's disk is lost, so that a
-// deposed owner, believing it still owns the partition, hands the
-// standby role to a node without the batches a newer owner acknowledged,
-// and that node later takes over. The facts that would refuse it were on
-// the lost disk and a paused node only: refusing it needs epochs and
-// standby names agreed by a majority of nodes rather than granted by the
-// coordinator. It takes a lost disk and a coordinator rolled back at the
-// worst moments at once; the 3,000 schedules of make test do not meet it.
+// TestSimulation -sim.schedules 1000000 finds it three times, at seeds
+// 320677, 399882 and 753769; replay with -sim.seed N -v): a standby takes
+// over and is paused at once, and the coordinator rolls back to a state
+// from before the takeover, so the deposed owner holds the lease again at
+// the older epoch. It drops its standby (the paused new owner), makes
+// another node its standby from a snapshot, and acknowledges batches the
+// new owner's history lacks. Only the paused node saw the newer epoch
+// (in two of the seeds the third node's disk was lost too), so no one is
+// left to refuse the older one; whether anything acknowledged is then
+// lost depends on which history later wins, and the simulation counts it
+// as lost. Refusing it needs epochs and standby names agreed by a
+// majority of nodes rather than granted by the coordinator. It takes a
+// coordinator rolled back past a takeover and a pause at the worst
+// moments at once; the 3,000 schedules of make test do not meet it.
 // (Fencing a newer owner's entry before looking at its Seq, so that a
 // lagging follower goes Stale too, closed the other schedules that used
 // to end the same way, about one in 100,000.)
@@ -141,7 +166,8 @@
 //
 // TestSimulation runs thousands of seeded schedules of three nodes, one
 // partition and a MemCoord on a fake clock, with crashes (and one lost
-// disk), pauses, entries the stream loses, rollbacks of the
+// disk), pauses, planned hand-overs, standby places moved both ways,
+// owners before continuing as standbys, entries the stream loses, rollbacks of the
 // coordinator's state (leases, epochs, streams, acks), recoveries once
 // it names no owner and no standby, and lease expiries at any step, and
 // checks after every step that every new owner holds

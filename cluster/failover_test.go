@@ -39,19 +39,8 @@ func TestEngineFailoverLosesNothingAcknowledged(t *testing.T) {
 	}
 	stA, stB := open(), open()
 	defer stB.Close()
-	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	if err := c.SetStandby(ctx, p, "b"); err != nil {
-		t.Fatal(err)
-	}
-	rs, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rs, epoch, stopRenew := leasedOwner(t, c, p, "a", "b", stA, ttl)
 	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
-	stopRenew := renew(t, c, p, "a", epoch, ttl)
 	engA := openEngine(t, rs)
 	acked := submitN(t, engA, "a", 320)
 
@@ -64,7 +53,7 @@ func TestEngineFailoverLosesNothingAcknowledged(t *testing.T) {
 	// The deposed owner wakes: its next submit is applied on its own disk
 	// but never acknowledged.
 	lateCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err = engA.Submit(lateCtx, engine.Submission{From: "u0", To: []string{"u1"}, Kind: engine.KindText, Body: []byte("after the takeover")})
+	_, err := engA.Submit(lateCtx, engine.Submission{From: "u0", To: []string{"u1"}, Kind: engine.KindText, Body: []byte("after the takeover")})
 	cancel()
 	if err == nil {
 		t.Fatal("the deposed owner acknowledged a submit after the takeover")

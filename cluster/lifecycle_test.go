@@ -136,13 +136,41 @@ func follow(t *testing.T, c cluster.Coord, p cluster.Partition, node string, st 
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f, run(t, f, 100*time.Millisecond)
+}
+
+// run runs f (polling every poll when idle) until stop, which ends it
+// and waits.
+func run(t *testing.T, f *cluster.Follower, poll time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = f.Run(ctx, 100*time.Millisecond) }()
+	go func() { defer close(done); _ = f.Run(ctx, poll) }()
 	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); <-done }) }
+	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
-	return f, stop
+	return stop
+}
+
+// leasedOwner takes p's lease for node, names standby (if any) and
+// returns node's ReplicatedStore over st, its epoch and the renewal's
+// stop (the owner's death).
+func leasedOwner(t *testing.T, c cluster.Coord, p cluster.Partition, node, standby string, st store.Store, ttl time.Duration) (*cluster.ReplicatedStore, uint64, func()) {
+	t.Helper()
+	ctx := context.Background()
+	epoch, ok, err := c.TakeLease(ctx, p, node, 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if standby != "" {
+		if err := c.SetStandby(ctx, p, standby); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs, err := cluster.NewReplicatedStore(st, cluster.NewOwner(c, p, node, epoch, 0, standby))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs, epoch, renew(t, c, p, node, epoch, ttl)
 }
 
 // renew keeps node's lease alive until stop (its death).

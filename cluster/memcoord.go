@@ -36,6 +36,29 @@ type MemCoord struct {
 	// drops the oldest entries beyond it (RedisCoord.StreamKeep);
 	// Trimmed counts the entries dropped so.
 	StreamKeep, Trimmed int
+	// watch: Watch.
+	watch func(p Partition, holder, standby string)
+}
+
+// Watch makes the coordinator call f after every change of a
+// partition's lease holder or standby name (a lease taken or released, a
+// standby named; not a lease lapsing with time), with both as they are
+// then, in the order of the changes: a test sees every role move. f runs
+// under the coordinator's lock and must not call it.
+func (m *MemCoord) Watch(f func(p Partition, holder, standby string)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.watch = f
+}
+
+func (m *MemCoord) changed(p Partition, mp *memPart) {
+	if m.watch != nil {
+		h := mp.holder
+		if !mp.live(m.now()) {
+			h = ""
+		}
+		m.watch(p, h, mp.standby)
+	}
 }
 
 type memPart struct {
@@ -84,6 +107,7 @@ func (m *MemCoord) TakeLease(_ context.Context, p Partition, node string, min ui
 	}
 	mp.maxEp = max(mp.maxEp, min) + 1
 	mp.holder, mp.epoch, mp.expires = node, mp.maxEp, now.Add(ttl)
+	m.changed(p, mp)
 	return mp.epoch, true, nil
 }
 
@@ -106,6 +130,7 @@ func (m *MemCoord) ReleaseLease(_ context.Context, p Partition, node string, epo
 	mp := m.part(p)
 	if mp.holder == node && mp.epoch == epoch {
 		mp.holder = ""
+		m.changed(p, mp)
 	}
 	return nil
 }
@@ -236,7 +261,9 @@ func (m *MemCoord) Acks(_ context.Context, p Partition) (map[string]Ack, error) 
 func (m *MemCoord) SetStandby(_ context.Context, p Partition, node string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.part(p).standby = node
+	mp := m.part(p)
+	mp.standby = node
+	m.changed(p, mp)
 	return nil
 }
 

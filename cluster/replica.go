@@ -30,6 +30,11 @@ type Owner struct {
 	handTo string
 	handAt uint64
 
+	// took is the history this owner's continues from a takeover: the
+	// standby's fence and Seq just before it (zero for a founding or a
+	// recovery). See Continues.
+	took StandbyState
+
 	// The entries observers may read (observe.go): the latest shipped,
 	// up to a bound in bytes (KeepRecent; none by default), through confirmed,
 	// the highest Seq a standby's ack at this owner's epoch covered
@@ -46,6 +51,29 @@ type Owner struct {
 // replicated until SetStandby).
 func NewOwner(c Coord, p Partition, node string, epoch, applied uint64, standby string) *Owner {
 	return &Owner{c: c, p: p, node: node, epoch: epoch, standby: standby, next: applied + 1, acked: applied}
+}
+
+// Continues reports whether a node whose history is st (its durable
+// state: fence and Seq) holds exactly the history this owner took over
+// with, so that it may become this owner's standby without a snapshot
+// (ReplicatedStore.AddStandbyContinuing): the node this owner's
+// standby followed, most often its previous owner, whose hand-over or
+// death made this one owner. Its history is then a prefix of this
+// owner's: the standby applied the fence owner's entries in Seq order
+// (rule 1), through the same Seq; and this owner still holds every
+// entry it shipped since (unacked: no standby acked them), so the node
+// gets them from the stream or a resend. A history of another length
+// (the old owner wrote batches its standby never applied) is not a
+// prefix; nor is a stale or demoted one trusted.
+func (o *Owner) Continues(st StandbyState) bool {
+	if o.fenced || o.took.FenceEpoch == 0 || st.Stale || st.Demoted {
+		return false
+	}
+	if st.FenceEpoch != o.took.FenceEpoch || st.FenceOwner != o.took.FenceOwner || st.Seq != o.took.Seq {
+		return false
+	}
+	shipped := o.next - 1 - o.took.Seq // entries since the takeover
+	return shipped == 0 || (uint64(len(o.unacked)) == shipped && o.unacked[0].Seq == o.took.Seq+1)
 }
 
 // Epoch returns the owner's epoch.
@@ -71,12 +99,17 @@ func (o *Owner) Standby() (current, next string) { return o.standby, o.handTo }
 // ReplaceStandby starts handing the standby role from the current
 // standby to node: it ships a hand-over entry naming node and returns
 // its Seq. The caller applies that entry to its own history first (like
-// any batch), then gives node a snapshot that includes it. The hand-over
-// completes in Poll once the current standby acks the entry: applying it
-// demoted that standby (it can never take over after), so only then does
-// Poll name node in the Coord and count node's acks, and nothing after
-// the entry counts as acked by the old standby. Until then, writes are
-// acknowledged through the old standby as before.
+// any batch). node follows this owner's history: from a snapshot taken
+// before the entry (a learner, already following the stream: the way
+// dingd moves a standby place) or from one that includes it. The
+// hand-over completes in Poll once both the current standby and node ack
+// the entry: applying it demoted the current standby (it can never take
+// over after), and node then holds every batch acknowledged so far; only
+// then does Poll name node in the Coord and count node's acks, and
+// nothing after the entry counts as acked by the old standby. Until the
+// old standby applies it, writes are acknowledged through it as before;
+// between the two acks nothing is acknowledged (and nobody may take
+// over: the one named is demoted, the other not named yet).
 func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error) {
 	if o.fenced {
 		return 0, ErrFenced
@@ -157,12 +190,24 @@ func (o *Owner) Observe(ctx context.Context, acks map[string]Ack) (uint64, error
 	seq := min(a.Seq, o.next-1)
 	if o.handTo != "" && seq >= o.handAt {
 		// The old standby applied the hand-over: it is demoted. Its ack
-		// counts through the hand-over entry and no further; from here
-		// on the new standby's acks count, once the Coord names it.
-		if err := o.c.SetStandby(ctx, o.p, o.handTo); err != nil {
-			return o.acked, err
+		// counts up to the hand-over entry and no further. The new
+		// standby is named in the Coord (and its acks count from then)
+		// once it acks the entry too: it then holds every batch
+		// acknowledged so far, whether it joined from a snapshot that
+		// includes the entry or from an earlier one it followed from (a
+		// learner). Until then the entry stays unacked (resent, should
+		// the stream lose it) and nothing after it is acknowledged.
+		if n, ok := acks[o.handTo]; !ok || n.Epoch != o.epoch || n.Owner != o.node || n.Seq < o.handAt {
+			seq = o.handAt - 1
+		} else {
+			if err := o.c.SetStandby(ctx, o.p, o.handTo); err != nil {
+				return o.acked, err
+			}
+			seq, o.standby, o.handTo = o.handAt, o.handTo, ""
 		}
-		seq, o.standby, o.handTo = o.handAt, o.handTo, ""
+	}
+	if seq <= o.acked {
+		return o.acked, nil
 	}
 	o.ackThrough(seq)
 	return o.acked, nil
@@ -213,6 +258,13 @@ type StandbyState struct {
 	// node: this node may never take the partition over again (until a
 	// new snapshot makes it a standby afresh).
 	Demoted bool
+	// Learner is set on a node that follows an owner's snapshot to take
+	// the standby's place (ReplicatedStore.ReplaceStandbyAt), until it
+	// applies the hand-over entry naming it: until then it may not take
+	// over, whatever the coordinator says (a coordinator that lost its
+	// state may still name it from an earlier life, one whose disk it
+	// lost).
+	Learner bool
 	// Stale is set when the stream showed an entry of a newer owner than
 	// the one whose history this node holds: the fence moved to it (older
 	// owners are refused), but the history did not: a newer owner's
@@ -333,6 +385,9 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 		next.Seq = e.Seq
 		if e.Standby != "" {
 			next.Demoted = e.Standby != s.node
+			if e.Standby == s.node {
+				next.Learner = false
+			}
 		}
 		if err := s.log.Apply(e, next); err != nil {
 			return applied, err
@@ -373,6 +428,9 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 	if s.st.Demoted {
 		return nil, fmt.Errorf("%w: %s handed partition %d's standby role over", ErrNotStandby, s.node, s.p)
 	}
+	if s.st.Learner {
+		return nil, fmt.Errorf("%w: %s follows partition %d as a learner, not yet named in a hand-over", ErrNotStandby, s.node, s.p)
+	}
 	if s.st.Stale {
 		return nil, fmt.Errorf("%w: %s saw a newer owner (epoch %d) than the history it holds", ErrNotStandby, s.node, s.st.FenceEpoch)
 	}
@@ -395,8 +453,13 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 		// refuse it rather than share an epoch with an older owner.
 		return nil, fmt.Errorf("cluster: lease epoch %d not above the fence %d", epoch, s.st.FenceEpoch)
 	}
+	took := StandbyState{FenceEpoch: s.st.FenceEpoch, FenceOwner: s.st.FenceOwner, Seq: s.st.Seq}
 	s.st.FenceEpoch, s.st.FenceOwner = epoch, s.node
-	return s.becomeOwner(ctx, epoch)
+	o, err := s.becomeOwner(ctx, epoch)
+	if o != nil {
+		o.took = took
+	}
+	return o, err
 }
 
 // becomeOwner finishes a takeover or a recovery at epoch, s.st being the

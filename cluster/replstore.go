@@ -246,6 +246,19 @@ type replBatch struct {
 func (b *replBatch) Apply() error {
 	b.r.applyMu.Lock()
 	defer b.r.applyMu.Unlock()
+	if b.Len() > 0 {
+		// The history this store holds, in the batch that extends it: an
+		// owner that lets the partition go (or dies) knows, from its own
+		// disk, exactly how far its history runs, and may follow its
+		// successor without a snapshot (Owner.Continues). The entry
+		// carries the key too; a follower's own state, set after it in
+		// the same batch, overrides it.
+		b.r.mu.Lock()
+		o := b.r.owner
+		st := StandbyState{FenceEpoch: o.epoch, FenceOwner: o.node, Seq: o.next}
+		b.r.mu.Unlock()
+		b.Batch.Set(StateKey(o.p), encodeState(st))
+	}
 	p, ok := b.Batch.(store.Pipelined)
 	if !ok {
 		if err := b.Batch.Commit(true); err != nil {
@@ -278,7 +291,7 @@ func (b *replBatch) Wait() error {
 	if b.r.ownerOnly {
 		return b.r.ownerOnlyCheck()
 	}
-	return b.r.await(b.seq)
+	return b.r.await(context.Background(), b.seq)
 }
 
 // ownerOnlyCheck: a batch durable on the owner is acknowledged once the
@@ -349,8 +362,8 @@ func (r *ReplicatedStore) shipBatch(b *replBatch) error {
 	return nil // an append that failed stays queued in the Owner: Resend ships it
 }
 
-// await waits until the standby holds seq.
-func (r *ReplicatedStore) await(seq uint64) error {
+// await waits until the standby holds seq, or ctx ends.
+func (r *ReplicatedStore) await(ctx context.Context, seq uint64) error {
 	if seq == 0 {
 		return nil
 	}
@@ -401,6 +414,8 @@ func (r *ReplicatedStore) await(seq uint64) error {
 		case <-time.After(r.PollEvery):
 		case <-r.ctx.Done():
 			return store.ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -469,6 +484,98 @@ func (r *ReplicatedStore) addStandby(ctx context.Context, c Coord, node string) 
 	}
 	r.owner.SetStandby(node)
 	return nil
+}
+
+// AddStandbyContinuing names node, whose own history is st (its durable
+// state), the standby of an owner that has none, without a snapshot:
+// only when st is exactly the history this owner took over with
+// (Owner.Continues; most often node is the owner before, which handed
+// the partition over). It returns the state node then follows from:
+// this owner's fence, at st's Seq. The node records it before it
+// follows; its acks count only once it has (they name this owner's
+// epoch). Refused (ErrStandbyRefused) otherwise: node then joins from a
+// snapshot.
+func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, node string, st StandbyState) (StandbyState, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur, next := r.owner.Standby(); cur != "" || next != "" {
+		return StandbyState{}, fmt.Errorf("%w: partition %d has a standby (%q)", ErrStandbyRefused, r.owner.p, cur)
+	}
+	if !r.owner.Continues(st) {
+		return StandbyState{}, fmt.Errorf("%w: %s's history (epoch %d of %s, through %d) is not the one this owner took over with: join from a snapshot",
+			ErrStandbyRefused, node, st.FenceEpoch, st.FenceOwner, st.Seq)
+	}
+	if err := r.addStandby(ctx, c, node); err != nil {
+		return StandbyState{}, err
+	}
+	return StandbyState{FenceEpoch: r.owner.epoch, FenceOwner: r.owner.node, Seq: st.Seq}, nil
+}
+
+// ReplaceStandbyAt moves the standby role from replacing, the current
+// standby, to node, which follows this owner's history from a snapshot
+// at snap (its fence epoch and Seq, sent with the request) and is
+// already reading the stream (a learner: its acks do not count yet). It
+// ships the hand-over entry (Owner.ReplaceStandby) and waits, until ctx
+// ends, for the move to complete: the old standby applies the entry
+// (demoting itself) and node acks it, and the coordinator names node.
+// Both stay allowed to take over until then in turn: the old standby
+// until it applies the entry, node from when it is named; no batch is
+// acknowledged that the node named does not hold. Unlike a release and a
+// join from a snapshot (AddStandbyAt), the partition is never left
+// without a standby holding its history while the new one catches up.
+//
+// Refused (ErrStandbyRefused) when replacing is not the standby, snap is
+// not this owner's history, or another move is in progress; asking again
+// for the move in progress to node waits for it again. A ctx that ends
+// first leaves the move in progress (a standby that stops acking is
+// dropped as always, which ends it).
+func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, replacing string, snap StandbyState) error {
+	seq, err := r.startReplace(ctx, node, replacing, snap)
+	if err != nil || seq == 0 {
+		return err
+	}
+	return r.await(ctx, seq)
+}
+
+func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing string, snap StandbyState) (uint64, error) {
+	// applyMu: the entry takes the next Seq between two shipped batches,
+	// as a batch would (Snapshot and shipBatch hold it too).
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o := r.owner
+	cur, next := o.Standby()
+	switch {
+	case node == "" || replacing == "" || node == replacing:
+		return 0, fmt.Errorf("%w: move the standby role from %q to %q?", ErrStandbyRefused, replacing, node)
+	case snap.FenceEpoch != o.epoch:
+		return 0, fmt.Errorf("%w: %s follows a snapshot of epoch %d, not this owner's (%d): join again", ErrStandbyRefused, node, snap.FenceEpoch, o.epoch)
+	case cur == node && next == "":
+		return 0, nil // done already
+	case cur != replacing:
+		return 0, fmt.Errorf("%w: partition %d's standby is %q, not %q", ErrStandbyRefused, o.p, cur, replacing)
+	case next == node:
+		return o.handAt, nil // in progress: wait for it again
+	case next != "":
+		return 0, fmt.Errorf("%w: partition %d's standby role is moving to %q", ErrStandbyRefused, o.p, next)
+	}
+	if len(o.unacked) == 0 {
+		r.waitingSince = time.Now()
+	}
+	seq, err := o.ReplaceStandby(ctx, node)
+	if errors.Is(err, ErrFenced) {
+		return 0, err
+	}
+	// The entry extends this store's history too (a batch records it in
+	// itself: replBatch.Apply), unsynced: a crash that loses it leaves
+	// the store saying less than it holds, which only costs a snapshot
+	// (Owner.Continues wants the exact Seq).
+	sb := r.Store.NewBatch()
+	sb.Set(StateKey(o.p), encodeState(StandbyState{FenceEpoch: o.epoch, FenceOwner: o.node, Seq: seq}))
+	_ = sb.Commit(false)
+	sb.Close()
+	return seq, nil // an append that failed stays queued: Resend ships it
 }
 
 // DropStandby stops waiting for a standby that stopped acking: its acks
@@ -683,19 +790,23 @@ func (f *Follower) SaveState(st StandbyState) error {
 	return b.Commit(true)
 }
 
-// encodeState: version 1, fence epoch, seq, flags (1 demoted, 2 stale),
+// encodeState: version 1, fence epoch, seq, flags (1 demoted, 2 stale,
+// 4 learner),
 // then the fence
 // owner and the cursor, each length-prefixed.
 func encodeState(st StandbyState) []byte {
 	b := []byte{1}
 	b = binary.AppendUvarint(b, st.FenceEpoch)
 	b = binary.AppendUvarint(b, st.Seq)
-	d := byte(0) // flags: 1 demoted, 2 stale
+	d := byte(0) // flags: 1 demoted, 2 stale, 4 learner
 	if st.Demoted {
 		d |= 1
 	}
 	if st.Stale {
 		d |= 2
+	}
+	if st.Learner {
+		d |= 4
 	}
 	b = append(b, d)
 	for _, s := range []string{st.FenceOwner, st.Cursor} {
@@ -721,7 +832,7 @@ func decodeState(b []byte) (StandbyState, error) {
 	if st.Seq, n = binary.Uvarint(b); n <= 0 || len(b) < n+1 {
 		return st, errBadState
 	}
-	st.Demoted, st.Stale, b = b[n]&1 != 0, b[n]&2 != 0, b[n+1:]
+	st.Demoted, st.Stale, st.Learner, b = b[n]&1 != 0, b[n]&2 != 0, b[n]&4 != 0, b[n+1:]
 	var ss [2]string
 	for i := range ss {
 		l, n := binary.Uvarint(b)

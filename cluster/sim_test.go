@@ -37,6 +37,7 @@ import (
 var (
 	simSeed      = flag.Uint64("sim.seed", 0, "replay one simulation seed")
 	simSchedules = flag.Int("sim.schedules", 3000, "simulation schedules to run")
+	simFrom      = flag.Uint64("sim.from", 1, "the first seed of the schedules run")
 )
 
 func TestSimulation(t *testing.T) {
@@ -51,7 +52,7 @@ func TestSimulation(t *testing.T) {
 		n /= 10
 	}
 	stats := simStats{}
-	for seed := uint64(1); seed <= uint64(n); seed++ {
+	for seed := *simFrom; seed < *simFrom+uint64(n); seed++ {
 		if err := simulateStats(seed, 400, false, &stats); err != nil {
 			t.Fatalf("seed %d: %v\nreplay: go test ./cluster -run TestSimulation -sim.seed %d -v", seed, err, seed)
 		}
@@ -64,14 +65,14 @@ func TestSimulation(t *testing.T) {
 		t.Logf("fewer than 1,000 schedules: not checking that every situation was met")
 		return
 	}
-	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 || stats.observed == 0 || stats.observerResets == 0 {
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 || stats.observed == 0 || stats.observerResets == 0 || stats.learners == 0 || stats.moves == 0 || stats.continued == 0 || stats.handovers == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}
 }
 
 type simStats struct {
 	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed, drops, recoveries int
-	observed, observerResets                                                                                                       int
+	observed, observerResets, learners, moves, continued, handovers                                                                int
 }
 
 type simNode struct {
@@ -84,7 +85,8 @@ type simNode struct {
 	// Volatile.
 	up, paused bool
 	owner      *Owner
-	reported   uint64 // the owner acknowledged through here
+	learner    *simNode // a node following this owner's snapshot to take the standby's place
+	reported   uint64   // the owner acknowledged through here
 	standby    *Standby
 }
 
@@ -278,11 +280,32 @@ func (s *sim) step(ctx context.Context, step int) error {
 		return s.standbyStep(ctx)
 	case r < 52:
 		return s.poll(ctx)
-	case r < 56:
+	case r < 54:
 		if o := s.pick(func(n *simNode) bool { return n.owner != nil }); o != nil {
 			s.log("%s resends %d", o.id, len(o.owner.unacked))
 			_ = o.owner.Resend(ctx)
 		}
+	case r < 56:
+		// A planned hand-over (dingd's drain and balance): an owner whose
+		// standby acked everything it shipped stops and releases the
+		// lease; the standby takes over, and the owner before may then
+		// continue as its standby from its own history (maybeContinue).
+		o := s.pick(func(n *simNode) bool {
+			if n.owner == nil {
+				return false
+			}
+			cur, next := n.owner.Standby()
+			return cur != "" && next == "" && len(n.owner.unacked) == 0
+		})
+		if o == nil {
+			return nil
+		}
+		if err := s.c.ReleaseLease(ctx, simP, o.id, o.owner.Epoch()); err != nil {
+			return err
+		}
+		s.log("%s hands the partition over: releases its lease at epoch %d, history %d", o.id, o.owner.Epoch(), len(o.log))
+		o.owner = nil
+		s.stats.handovers++
 	case r < 64:
 		return s.renew(ctx)
 	case r < 70:
@@ -292,8 +315,16 @@ func (s *sim) step(ctx context.Context, step int) error {
 		return s.recover(ctx)
 	case r < 78:
 		return s.takeover(ctx)
-	case r < 80:
+	case r < 79:
 		if s.rng.IntN(4) > 0 {
+			// An owner without a standby takes the node before it, from
+			// its own history, when it can (as dingd's does); else a
+			// snapshot goes to another node.
+			if s.rng.IntN(2) == 0 {
+				if done, err := s.maybeContinue(ctx); done || err != nil {
+					return err
+				}
+			}
 			return s.maybeAssign(ctx)
 		}
 		// The owner drops a standby that stopped acking (in dingd: after
@@ -319,9 +350,22 @@ func (s *sim) step(ctx context.Context, step int) error {
 			return nil
 		}
 		cur, _ := o.owner.Standby()
+		if l := o.learner; l != nil {
+			// The second half of dingd's move: the learner, following
+			// since some earlier step (or crashed, restarted, stale since:
+			// whatever it is now), is named in the hand-over entry.
+			o.learner = nil
+			if l.id != cur {
+				return s.handOverTo(ctx, o, l)
+			}
+			return nil
+		}
 		c := s.pick(func(n *simNode) bool { return n != o && n.owner == nil && n.id != cur })
 		if c == nil {
 			return nil
+		}
+		if s.rng.IntN(2) == 0 {
+			return s.learn(o, c)
 		}
 		return s.replaceStandby(ctx, o, c)
 	case r < 84:
@@ -416,7 +460,12 @@ func (s *sim) poll(ctx context.Context) error {
 	if o == nil {
 		return nil
 	}
+	_, moving := o.owner.Standby()
 	acked, err := o.owner.Poll(ctx)
+	if cur, next := o.owner.Standby(); moving != "" && next == "" && cur == moving {
+		s.stats.moves++
+		s.log("%s names %s its standby: the move is complete", o.id, cur)
+	}
 	if err == ErrFenced {
 		s.stats.fencedOwners++
 		s.log("%s polls: fenced; steps down", o.id)
@@ -657,25 +706,112 @@ func (s *sim) replaceStandby(ctx context.Context, o, c *simNode) error {
 		s.log("%s would refuse %s's snapshot: %v", c.id, o.id, err)
 		return nil
 	}
-	seq, err := o.owner.ReplaceStandby(ctx, c.id)
-	if err == ErrFenced {
-		s.log("%s is fenced; steps down", o.id)
-		o.owner = nil
-		return nil
-	}
-	if err != nil {
+	seq, ok, err := s.shipHandOver(ctx, o, c)
+	if !ok {
 		return err
 	}
-	if err := (simLog{o}).Apply(Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: seq, Standby: c.id}, StandbyState{}); err != nil {
-		return err
-	}
-	o.st.Seq = seq
 	st.Seq = seq
 	c.log = append([]Entry(nil), o.log...)
 	c.st, c.hasState = st, true
 	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
 	s.stats.standbyChanges++
 	s.log("%s hands its standby role to %s at seq %d (snapshot through %d)", o.id, c.id, seq, seq)
+	return nil
+}
+
+// maybeContinue makes a node the standby of an owner that has none
+// without a snapshot, when its own history is the one the owner took
+// over with (Owner.Continues: in dingd, the owner before, after a
+// hand-over): the owner names it, then it records the owner's fence at
+// its own Seq and follows; or it crashes before recording it.
+func (s *sim) maybeContinue(ctx context.Context) (bool, error) {
+	o := s.pick(func(n *simNode) bool {
+		if n.owner == nil {
+			return false
+		}
+		cur, next := n.owner.Standby()
+		return cur == "" && next == ""
+	})
+	if o == nil {
+		return false, nil
+	}
+	c := s.pick(func(n *simNode) bool { return n != o && n.owner == nil && n.hasState })
+	if c == nil {
+		return false, nil
+	}
+	// Its durable state says how far its history runs (dingd writes it in
+	// each batch an owner applies).
+	if c.st.Seq != uint64(len(c.log)) {
+		return false, fmt.Errorf("%s's state says %d, its history holds %d", c.id, c.st.Seq, len(c.log))
+	}
+	if !o.owner.Continues(c.st) {
+		return false, nil
+	}
+	if err := s.c.SetStandby(ctx, simP, c.id); err != nil {
+		return false, err
+	}
+	o.owner.SetStandby(c.id)
+	s.stats.continued++
+	if s.rng.IntN(4) == 0 {
+		c.up, c.standby = false, nil
+		s.log("%s names %s its standby from its own history through %d; %s crashes before recording it", o.id, c.id, c.st.Seq, c.id)
+		return true, nil
+	}
+	c.st = StandbyState{FenceEpoch: o.owner.Epoch(), FenceOwner: o.id, Seq: c.st.Seq}
+	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, c.st)
+	s.log("%s names %s its standby from its own history through %d (no snapshot)", o.id, c.id, c.st.Seq)
+	return true, nil
+}
+
+// learn is the first half of a standby place's move as dingd makes it:
+// c takes a snapshot of o's history (without a hand-over entry) and
+// follows the stream as a learner, its acks not counted, until a later
+// step names it in the hand-over entry (handOverTo).
+func (s *sim) learn(o, c *simNode) error {
+	st := StandbyState{FenceEpoch: o.owner.Epoch(), FenceOwner: o.id, Seq: uint64(len(o.log)), Learner: true}
+	if err := CheckSnapshot(c.st, c.hasState, st); err != nil {
+		s.stats.staleSnapshots++
+		s.log("%s would refuse %s's snapshot: %v", c.id, o.id, err)
+		return nil
+	}
+	c.log = append([]Entry(nil), o.log...)
+	c.st, c.hasState = st, true
+	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
+	o.learner = c
+	s.stats.learners++
+	s.log("%s follows %s's snapshot through %d as a learner", c.id, o.id, st.Seq)
+	return nil
+}
+
+// shipHandOver writes o's hand-over entry naming c into o's history (the
+// stream gets it from ReplaceStandby); ok is false when o was fenced
+// (it steps down) or on err.
+func (s *sim) shipHandOver(ctx context.Context, o, c *simNode) (seq uint64, ok bool, err error) {
+	seq, err = o.owner.ReplaceStandby(ctx, c.id)
+	if err == ErrFenced {
+		s.log("%s is fenced; steps down", o.id)
+		o.owner = nil
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if err := (simLog{o}).Apply(Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: seq, Standby: c.id}, StandbyState{}); err != nil {
+		return 0, false, err
+	}
+	o.st.Seq = seq
+	return seq, true, nil
+}
+
+// handOverTo ships o's hand-over entry naming c, a learner: the move
+// completes when both the old standby and c ack it (Owner.Observe).
+func (s *sim) handOverTo(ctx context.Context, o, c *simNode) error {
+	seq, ok, err := s.shipHandOver(ctx, o, c)
+	if !ok {
+		return err
+	}
+	s.stats.standbyChanges++
+	s.log("%s hands its standby role to %s, a learner, at seq %d", o.id, c.id, seq)
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // How a new standby gets its copy of the owner's history over the
@@ -29,6 +30,10 @@ import (
 //	                                  signing keys); header Ding-Standby-State: the
 //	                                  state to start from
 //	POST /cluster/standby?node=NODE   AddStandby(NODE)
+//	  &replace=OLD                    ReplaceStandbyAt(NODE, OLD): NODE, a
+//	                                  learner, takes OLD's place
+//	  &continue=1&owner=O             AddStandbyContinuing: NODE's own
+//	                                  history (epoch, O, seq), no snapshot
 //
 // Both need "Authorization: Bearer SECRET", the cluster's shared secret.
 
@@ -80,7 +85,35 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 			http.Error(w, "cluster: epoch and seq (the snapshot the node follows from) are required", http.StatusBadRequest)
 			return
 		}
-		if err := rs.AddStandbyAt(r.Context(), c, node, StandbyState{FenceEpoch: epoch, Seq: seq}); err != nil {
+		snap := StandbyState{FenceEpoch: epoch, Seq: seq}
+		if r.URL.Query().Get("continue") == "1" {
+			snap.FenceOwner = r.URL.Query().Get("owner")
+			st, err := rs.AddStandbyContinuing(r.Context(), c, node, snap)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusConflict)
+				return
+			}
+			w.Header().Set(stateHeader, base64.StdEncoding.EncodeToString(encodeState(st)))
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if replacing := r.URL.Query().Get("replace"); replacing != "" {
+			// A standby place moving: the learner follows already, and the
+			// answer waits for the hand-over (a while at most: asking again
+			// waits again).
+			ctx, cancel := context.WithTimeout(r.Context(), replaceWait)
+			defer cancel()
+			switch err := rs.ReplaceStandbyAt(ctx, c, node, replacing, snap); {
+			case err == nil:
+				w.WriteHeader(http.StatusNoContent)
+			case errors.Is(err, ErrStandbyRefused), errors.Is(err, ErrFenced):
+				http.Error(w, err.Error(), http.StatusConflict)
+			default:
+				http.Error(w, "cluster: the hand-over of the standby role is in progress: "+err.Error(), http.StatusServiceUnavailable)
+			}
+			return
+		}
+		if err := rs.AddStandbyAt(r.Context(), c, node, snap); err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		}
@@ -288,9 +321,66 @@ func RequestStandby(ctx context.Context, client *http.Client, baseURL, secret, n
 
 // RequestStandby is the package's RequestStandby for e's partition.
 func (e Endpoint) RequestStandby(ctx context.Context, node string, snap StandbyState) error {
+	return e.RequestStandbyPlace(ctx, node, "", snap)
+}
+
+// RequestStandbyPlace is RequestStandby taking the place of replacing,
+// the current standby, through the history
+// (ReplicatedStore.ReplaceStandbyAt): it returns once the owner names
+// node, refused (ErrStandbyRefused) when replacing is not the standby
+// or the snapshot is not the owner's, and with another error when the
+// hand-over is still in progress after a while (asking again waits for
+// it again). replacing "": RequestStandby.
+func (e Endpoint) RequestStandbyPlace(ctx context.Context, node, replacing string, snap StandbyState) error {
 	q := url.Values{"node": {node}, "epoch": {strconv.FormatUint(snap.FenceEpoch, 10)}, "seq": {strconv.FormatUint(snap.Seq, 10)}}
+	if replacing != "" {
+		q.Set("replace", replacing)
+	}
 	return e.standbyRequest(ctx, http.MethodPost, e.target("/cluster/standby", q))
 }
+
+// ContinueAsStandby asks the owner to name node its standby without a
+// snapshot, node's own history being st (ReplicatedStore.
+// AddStandbyContinuing), and returns the state node must record before
+// it follows. Refused (ErrStandbyRefused) when st is not the history the
+// owner took over with: node joins from a snapshot then.
+func (e Endpoint) ContinueAsStandby(ctx context.Context, node string, st StandbyState) (StandbyState, error) {
+	q := url.Values{"node": {node}, "epoch": {strconv.FormatUint(st.FenceEpoch, 10)}, "owner": {st.FenceOwner},
+		"seq": {strconv.FormatUint(st.Seq, 10)}, "continue": {"1"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.target("/cluster/standby", q), nil)
+	if err != nil {
+		return StandbyState{}, err
+	}
+	resp, err := e.do(req)
+	if err != nil {
+		return StandbyState{}, fmt.Errorf("cluster: continue as standby: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		err := fmt.Errorf("cluster: continue as standby: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+		if resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusMisdirectedRequest {
+			err = fmt.Errorf("%w: %w", ErrStandbyRefused, err)
+		}
+		return StandbyState{}, err
+	}
+	raw, err := base64.StdEncoding.DecodeString(resp.Header.Get(stateHeader))
+	if err != nil {
+		return StandbyState{}, fmt.Errorf("cluster: continue as standby: bad state header: %w", err)
+	}
+	got, err := decodeState(raw)
+	if err != nil {
+		return StandbyState{}, fmt.Errorf("cluster: continue as standby: %w", err)
+	}
+	if got.FenceEpoch <= st.FenceEpoch || got.Seq != st.Seq {
+		return StandbyState{}, fmt.Errorf("cluster: continue as standby: the owner answered epoch %d through %d for a history of epoch %d through %d", got.FenceEpoch, got.Seq, st.FenceEpoch, st.Seq)
+	}
+	return got, nil
+}
+
+// replaceWait is how long the owner answers a standby-place request
+// within (the learner then asks again).
+const replaceWait = 10 * time.Second
 
 // ReleaseStandby asks the owner at baseURL to stop counting node, its
 // standby, which is being drained (ReplicatedStore.ReleaseStandby).

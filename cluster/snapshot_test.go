@@ -35,15 +35,7 @@ func TestNewStandbyOverHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	stopRenew := renew(t, c, p, "a", epoch, ttl)
-	rsA, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, ""))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rsA, epoch, stopRenew := leasedOwner(t, c, p, "a", "", stA, ttl)
 	engA := openEngine(t, rsA)
 	shared := filepath.Join(t.TempDir(), "keys")
 	if err := os.WriteFile(shared, []byte("signing key"), 0o600); err != nil {

@@ -271,10 +271,12 @@ func partitionsUnderLoad(t *testing.T, redisURL, lease string, nodes []string, d
 		return lc.healthy(o, s)
 	})
 	// And quiet: the nodes' balance moves a role at most every three
-	// lease TTLs, and a standby place that moves leaves its partition
-	// without a standby until the new one joins: a node killed then
-	// would leave that partition to no one (cluster/PARTITIONS.md). Five
-	// TTLs without a change: balance has nothing left to move.
+	// lease TTLs, and a partition handed over has no standby until its
+	// old owner joins again from a snapshot (and a standby place moving
+	// has none for the moment between the two nodes' applies of its
+	// hand-over entry): a node killed then would leave that partition to
+	// no one. Five TTLs without a change: balance has nothing left to
+	// move.
 	rolesQuiet(t, func() [2][parts]string { o, s := roles(); return [2][parts]string{o, s} })
 
 	// A sender and a recipient in each partition.

@@ -88,6 +88,12 @@ var ErrDeposed = errors.New("node: deposed: another member owns the partition no
 // writes for seconds, not until it is back.
 const standbyStall = 2
 
+// drainRelease is how many lease TTLs a drained member keeps following
+// as the standby, for another node to take its place through the
+// history, before it lets the place go (no other node can: 60s by
+// default).
+const drainRelease = 20
+
 // RunMember runs a cluster member until ctx ends (a clean stop: an owner
 // drains and releases its lease, so its standby takes over at once) or
 // it is deposed (ErrDeposed). Depending on the cluster's state it
@@ -220,11 +226,19 @@ type member struct {
 	// (cluster.Announcer), so the standby looks at the lease now, not a
 	// quarter of a TTL later.
 	look chan struct{}
-	// yield asks this member, while it follows, to stop following and
-	// leave the standby's place to another node; yieldUntil (unix ns) is
-	// until when it then does not join again.
-	yield      atomic.Bool
+	// claimUntil (unix ns) asks this member, until then, to take the
+	// standby's place of a node holding more roles, or drained
+	// (partmember.go's balance): it follows the owner's snapshot as a
+	// learner, then the role moves to it through the history
+	// (cluster.ReplicatedStore.ReplaceStandbyAt), the partition never
+	// without a standby meanwhile. yieldUntil (unix ns) is until when a
+	// member that handed its place over does not join again.
+	claimUntil atomic.Int64
 	yieldUntil atomic.Int64
+	// joinedSnapshot and joinedOwn count the times it started following
+	// an owner from a snapshot, and from its own history (no copy:
+	// cluster.Owner.Continues).
+	joinedSnapshot, joinedOwn atomic.Int64
 	// keep is how much of its latest history the member keeps in memory
 	// as the standby, for the observers of the owner it may become
 	// (cluster.Standby.KeepRecent; the directory's partition).
@@ -410,8 +424,8 @@ func (m *member) run(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if !held || st.Stale {
-				return m.join(ctx, holder)
+			if !held || st.Stale || st.Demoted {
+				return m.join(ctx, holder, "")
 			}
 			return m.standby(ctx, st, nil)
 		case holder == "" || holder == m.mc.ID:
@@ -439,6 +453,9 @@ func (m *member) run(ctx context.Context) error {
 			}
 			m.pause(ctx)
 		default:
+			if sb != "" && sb != m.mc.ID && time.Now().UnixNano() < m.claimUntil.Swap(0) {
+				return m.join(ctx, holder, sb)
+			}
 			if sb != "" {
 				if waiting != holder+"/"+sb {
 					waiting = holder + "/" + sb
@@ -451,7 +468,7 @@ func (m *member) run(ctx context.Context) error {
 				m.pause(ctx) // it left the place to another node: let that one join
 				continue
 			}
-			return m.join(ctx, holder)
+			return m.join(ctx, holder, "")
 		}
 	}
 	return nil
@@ -524,8 +541,10 @@ func emptyDir(dir string) bool {
 
 // join becomes the standby of holder's partition: it fetches holder's
 // snapshot, replaces its store and shared files with it, follows, and
-// asks holder to name it.
-func (m *member) join(ctx context.Context, holder string) error {
+// asks holder to name it. With replacing set (the standby now), it asks
+// for that node's place, which moves to it through the history once it
+// follows (a learner until then).
+func (m *member) join(ctx context.Context, holder, replacing string) error {
 	m.state.Store(stateJoining)
 	// Until the snapshot is installed, this member's store is unchanged:
 	// its fence (recover.go) stays what run read.
@@ -542,6 +561,26 @@ func (m *member) join(ctx context.Context, holder string) error {
 				return m.run(ctx) // it died or was replaced meanwhile
 			}
 			continue
+		}
+		if replacing == "" {
+			// Its own history may be the one the owner took over with (it
+			// handed the partition over, or its standby took it over when
+			// it died): then it follows from it, no snapshot to copy.
+			if cur, held, err := m.localState(); err != nil {
+				return err
+			} else if held && !cur.Stale && !cur.Demoted && !cur.Learner {
+				st, err := m.endpoint(addr).ContinueAsStandby(ctx, m.mc.ID, cur)
+				if err == nil {
+					m.joinedOwn.Add(1)
+					m.log.Info("following the partition's new owner from this member's own history (no snapshot)", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
+					return m.follow(ctx, st, true, nil)
+				}
+				if errors.Is(err, cluster.ErrStandbyRefused) {
+					m.log.Info("the owner cannot continue from this member's history; fetching its snapshot", "owner", holder, "seq", cur.Seq, "epoch", cur.FenceEpoch, "err", err)
+				} else {
+					m.log.Warn("asking the owner to continue from this member's history failed; fetching its snapshot", "owner", holder, "err", err)
+				}
+			}
 		}
 		// Named by partition too: a node's members may join at the same
 		// instant.
@@ -574,9 +613,17 @@ func (m *member) join(ctx context.Context, holder string) error {
 		if err := m.install(tmp); err != nil {
 			return err
 		}
-		m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
+		m.joinedSnapshot.Add(1)
+		if replacing != "" {
+			// It may not take over until it applies the hand-over entry
+			// naming it (cluster.StandbyState.Learner).
+			st.Learner = true
+			m.log.Info("following the owner's snapshot as a learner, to take the standby's place", "owner", holder, "standby", replacing, "seq", st.Seq, "epoch", st.FenceEpoch)
+		} else {
+			m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
+		}
 		return m.follow(ctx, st, true, func() error {
-			return m.endpoint(addr).RequestStandby(ctx, m.mc.ID, st)
+			return m.endpoint(addr).RequestStandbyPlace(ctx, m.mc.ID, replacing, st)
 		})
 	}
 	if m.drained.Load() {
@@ -650,7 +697,9 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 	if m.keep > 0 {
 		f.Standby().KeepRecent(m.keep)
 	}
-	m.state.Store(stateStandby)
+	if ready == nil {
+		m.state.Store(stateStandby)
+	} // else joining (a learner, if it takes a place) until the owner names it
 	m.follower.Store(f)
 	defer m.follower.CompareAndSwap(f, nil)
 	follow := func() (stop func()) {
@@ -686,18 +735,40 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			}
 		}
 	}
+	m.state.Store(stateStandby)
 	m.log.Info("following the partition as its standby")
+	var drainedAt time.Time
 	for m.pause(ctx) {
-		if m.drained.Load() || m.yield.Swap(false) {
-			// Drained, or asked to leave the place to a node holding fewer
-			// roles (partmember.go's balance): it stops following, and
+		if f.Standby().State().Demoted {
+			// The history handed the place to another node (it took it
+			// through balance, or from this drained node): this member
+			// can never take over on this copy; it stops following, and
 			// does not join again for a while (yieldUntil).
 			stop()
 			closeStores()
 			m.follower.Store(nil)
-			m.release(ctx)
+			m.log.Info("handed the standby's place over through the history")
 			m.yieldUntil.Store(time.Now().Add(3 * m.mc.LeaseTTL).UnixNano())
 			return m.run(ctx)
+		}
+		if m.drained.Load() {
+			// Drained: it keeps following until another node takes the
+			// place from it (the others' balance claims a drained node's
+			// places), so that the partition keeps a standby throughout.
+			// When none does (no other node can follow it: two nodes),
+			// it lets the place go: writes then wait until a member
+			// joins.
+			if drainedAt.IsZero() {
+				drainedAt = time.Now()
+			}
+			if time.Since(drainedAt) >= drainRelease*m.mc.LeaseTTL {
+				m.log.Warn("drained, and no other node took the standby's place: letting it go (writes wait until a member joins)")
+				stop()
+				closeStores()
+				m.follower.Store(nil)
+				m.release(ctx)
+				return m.run(ctx)
+			}
 		}
 		if f.Standby().State().Stale {
 			// A newer owner than the one this copy follows: it follows

@@ -64,9 +64,10 @@ import (
 // the next follows every one, and from then on a node holding two more
 // owners (or standby places) than another gives one up, one at a time,
 // until each holds about P/N of each (POST /v1/cluster/handover?p=N
-// moves one by hand). A standby place moves by the old standby leaving
-// it and the new node joining from a snapshot: the partition's writes
-// wait meanwhile (ack-replicas 1), for the seconds a snapshot takes.
+// moves one by hand). A standby place moves to the node taking it, which
+// follows the owner's snapshot as a learner first: the role then moves
+// through the history (cluster.ReplicatedStore.ReplaceStandbyAt), the old
+// standby holding it, and writes acknowledged through it, until then.
 //
 // The org's SMS and call budgets are counted in Redis for the whole
 // cluster (cluster.RedisBudget, when the coordinator is a RedisCoord).
@@ -699,6 +700,7 @@ func getNodeFiles(ctx context.Context, client *http.Client, baseURL, secret, dat
 type roles struct {
 	holder, standby []string
 	live            map[string]bool
+	drained         map[string]bool   // drained nodes that still run (they say so)
 	addr            map[string]string // live nodes' HTTP URLs
 	owns, follows   map[string]int
 }
@@ -712,12 +714,17 @@ func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p, no
 	if err != nil {
 		return nil, err
 	}
-	r := &roles{holder: make([]string, p), standby: make([]string, p), live: map[string]bool{}, addr: map[string]string{}, owns: map[string]int{}, follows: map[string]int{}}
+	r := &roles{holder: make([]string, p), standby: make([]string, p), live: map[string]bool{}, drained: map[string]bool{}, addr: map[string]string{}, owns: map[string]int{}, follows: map[string]int{}}
 	for id, m := range ms {
-		if m.Partitions == nodeParts && !strings.Contains(m.Role, string(stateDrained)) && m.Role != "stopping" && time.Since(m.At) < 2*ttl {
-			r.addr[id] = m.HTTP
-			r.live[id] = true
+		if m.Partitions != nodeParts || m.Role == "stopping" || time.Since(m.At) >= 2*ttl {
+			continue
 		}
+		if strings.Contains(m.Role, string(stateDrained)) {
+			r.drained[id] = true
+			continue
+		}
+		r.addr[id] = m.HTTP
+		r.live[id] = true
 	}
 	for i := range p {
 		if r.holder[i], _, err = c.Lease(ctx, cluster.Partition(i)); err != nil {
@@ -736,47 +743,68 @@ func readRoles(ctx context.Context, c cluster.Coord, reg cluster.Registry, p, no
 	return r, nil
 }
 
-// move is the one role this node should give up now to even the
-// cluster out (step 5 of PARTITIONS.md's "Where 5 stands"), or none
-// (p < 0):
+// A move is one role balance changes on this node: an owned partition
+// handed over to its standby, or a standby's place taken by this node.
+type moveKind int
+
+const (
+	moveNone moveKind = iota
+	moveHandOver
+	moveClaim        // the place of a standby holding more
+	moveClaimDrained // the place of a drained node's standby
+)
+
+// move is the one role this node should change now to even the cluster
+// out (step 5 of PARTITIONS.md's "Where 5 stands"), or none:
 //
 //   - an owned partition, handed over to its standby when that node owns
 //     at least two fewer partitions than this one;
-//   - else a followed partition, left to a live node that neither owns
-//     nor follows it and follows at least two fewer than this one (it
-//     then joins as the standby).
+//   - else a standby's place this node takes (it neither owns nor
+//     follows the partition): a drained node's, or a live node's that
+//     follows at least two more partitions than this one. This node
+//     follows the owner's snapshot as a learner, then the place moves to
+//     it through the history, the old standby holding it until then.
 //
 // Each move lowers the sum of the squares of the nodes' counts, so moves
 // end, with every node's owned and followed counts within one of each
-// other's (where the standbys allow it). Only the node giving a role up
-// moves it, one at a time.
+// other's (where the standbys allow it). Ownership moves from the node
+// giving it up, standby places to the node taking them, one at a time.
 //
 // keeping(i) reports whether the standby of partition i, owned here,
 // keeps up (it acks what it is shipped): a partition is handed over only
 // to such a standby, as a hand-over waits for it and a standby that died
 // unnoticed would leave the partition with no owner.
-func (r *roles) move(self string, keeping func(p int) bool) (p int, handover bool) {
+func (r *roles) move(self string, keeping func(p int) bool) (int, moveKind) {
 	for i, h := range r.holder {
 		if h == self && r.standby[i] != "" && r.live[r.standby[i]] && r.owns[self]-r.owns[r.standby[i]] >= 2 && keeping(i) {
-			return i, true
+			return i, moveHandOver
 		}
 	}
 	for i, sb := range r.standby {
-		if sb != self || r.holder[i] == "" {
-			continue
+		h := r.holder[i]
+		if sb == "" || h == "" || sb == self || h == self || !(r.live[h] || r.drained[h]) {
+			continue // the owner must run: the learner's snapshot comes from it
 		}
-		for id := range r.live {
-			if id != self && id != r.holder[i] && r.follows[self]-r.follows[id] >= 2 {
-				return i, false
-			}
+		if r.drained[sb] {
+			return i, moveClaimDrained
 		}
 	}
-	return -1, false
+	for i, sb := range r.standby {
+		h := r.holder[i]
+		if sb == "" || h == "" || sb == self || h == self || !r.live[h] {
+			continue
+		}
+		if r.live[sb] && r.follows[sb]-r.follows[self] >= 2 {
+			return i, moveClaim
+		}
+	}
+	return -1, moveNone
 }
 
 // balance evens the roles out while ctx runs: every lease TTL it reads
-// the roles, and gives one up if move says so, then waits three lease
-// TTLs for the move to settle before looking again.
+// the roles, and makes the move move says, then waits three lease TTLs
+// for it to settle before looking again (one, after taking a drained
+// node's place).
 func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*member, log interface{ Info(string, ...any) }) {
 	t := time.NewTicker(mc.LeaseTTL)
 	defer t.Stop()
@@ -794,7 +822,7 @@ func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*m
 		if err != nil {
 			continue
 		}
-		p, handover := r.move(mc.ID, func(p int) bool {
+		p, kind := r.move(mc.ID, func(p int) bool {
 			rs := ms[p].serving.Load()
 			if rs == nil {
 				return false
@@ -809,16 +837,23 @@ func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*m
 			f, err := ms[p].askFence(ctx, r.addr[st.Standby])
 			return err == nil && f.Member == st.Standby && f.Held && !f.Serving && f.Epoch == st.Epoch && f.Owner == mc.ID && !f.Stale && !f.Demoted && !f.Drained
 		})
-		switch {
-		case p < 0:
+		settleFor := 3 * mc.LeaseTTL
+		switch kind {
+		case moveNone:
 			continue
-		case handover:
+		case moveHandOver:
 			log.Info("handing a partition over to even out the owners", "partition", p, "to", r.standby[p], "owned_here", r.owns[mc.ID], "owned_there", r.owns[r.standby[p]])
 			ms[p].handOver()
-		default:
-			log.Info("leaving a partition's standby place to a node holding fewer", "partition", p, "followed_here", r.follows[mc.ID])
-			ms[p].yield.Store(true)
+		case moveClaim, moveClaimDrained:
+			if kind == moveClaimDrained {
+				log.Info("taking a drained node's standby place", "partition", p, "standby", r.standby[p])
+				settleFor = mc.LeaseTTL // a drain waits for its places to go
+			} else {
+				log.Info("taking the standby place of a node following more", "partition", p, "standby", r.standby[p], "followed_here", r.follows[mc.ID], "followed_there", r.follows[r.standby[p]])
+			}
+			ms[p].claimUntil.Store(time.Now().Add(2 * mc.LeaseTTL).UnixNano())
+			poke(ms[p].look)
 		}
-		settle = time.Now().Add(3 * mc.LeaseTTL)
+		settle = time.Now().Add(settleFor)
 	}
 }

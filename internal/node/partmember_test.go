@@ -414,12 +414,66 @@ func TestClusterPartitionsShareTheSMSBudgetInRedis(t *testing.T) {
 	}
 }
 
+// standbyGaps records, from a MemCoord's every change of roles, the
+// standby places that moved and the gaps: a partition's standby name
+// gone ("") while its owner stayed (not the standby that took the
+// partition over, whose name the new owner clears).
+type standbyGaps struct {
+	mu    sync.Mutex
+	last  map[cluster.Partition][2]string
+	moves int
+	from  map[string]int // moves by the standby that gave the place up
+	gaps  []string
+}
+
+func watchStandbyPlaces(c *cluster.MemCoord) *standbyGaps {
+	g := &standbyGaps{last: map[cluster.Partition][2]string{}, from: map[string]int{}}
+	c.Watch(func(p cluster.Partition, holder, standby string) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		prev := g.last[p]
+		g.last[p] = [2]string{holder, standby}
+		if holder == "" || holder != prev[0] || prev[1] == "" || prev[1] == holder || prev[1] == standby {
+			return
+		}
+		if standby == "" {
+			g.gaps = append(g.gaps, fmt.Sprintf("partition %d: owner %s, standby %s, then none", p, holder, prev[1]))
+			return
+		}
+		g.moves++
+		g.from[prev[1]]++
+	})
+	return g
+}
+
+// check fails t on a gap, or when fewer than minMoves places moved, or
+// fewer than minFrom[node] from node.
+func (g *standbyGaps) check(t *testing.T, minMoves int, minFrom map[string]int) {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.gaps) > 0 {
+		t.Errorf("a standby place left its partition without a standby: %q", g.gaps)
+	}
+	if g.moves < minMoves {
+		t.Errorf("%d standby places moved, want at least %d", g.moves, minMoves)
+	}
+	for n, min := range minFrom {
+		if g.from[n] < min {
+			t.Errorf("%d standby places moved from %s, want at least %d", g.from[n], n, min)
+		}
+	}
+	t.Logf("standby places moved: %d, by the node giving them up: %v", g.moves, g.from)
+}
+
 // Three nodes of partitions; c, holding roles, is drained (dingctl
 // cluster drain): its partitions are handed over to their standbys and
 // its standby places taken by the other nodes, it takes no role again,
 // and a message between users of its former partitions is acknowledged
 // and delivered. A node owning a partition with no standby refuses to
-// drain.
+// drain. Standby places move (c taking some as it joins, a and b taking
+// c's back) through the history: at no change of roles does a
+// partition's standby name go while its owner stays.
 func TestClusterPartitionsDrain(t *testing.T) {
 	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
@@ -429,6 +483,7 @@ func TestClusterPartitionsDrain(t *testing.T) {
 	// every lease lapsed and the send after the drain found its
 	// partition between owners (UNAVAILABLE).
 	ttl := func(mc *node.MemberConfig) { mc.LeaseTTL = 2 * time.Second }
+	gaps := watchStandbyPlaces(coord)
 	a := runPartNode(t, coord, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), ttl)
 	nodetest.WaitFor(t, "a to found every partition", 20*time.Second, func() bool { return len(servedBy(a.n)) == testPartitions })
 	drain := func(pn partNode) int {
@@ -453,9 +508,9 @@ func TestClusterPartitionsDrain(t *testing.T) {
 		}
 		return owner, standby
 	}
-	nodetest.WaitFor(t, "c to own a partition, every partition with a standby", 90*time.Second, func() bool {
+	nodetest.WaitFor(t, "c to own a partition and follow one, every partition with a standby", 90*time.Second, func() bool {
 		o, s := roles()
-		owns := 0
+		owns, follows := 0, 0
 		for p := range testPartitions {
 			if o[p] == "" || s[p] == "" || o[p] == s[p] {
 				return false
@@ -463,11 +518,24 @@ func TestClusterPartitionsDrain(t *testing.T) {
 			if o[p] == "c" {
 				owns++
 			}
+			if s[p] == "c" {
+				follows++
+			}
 		}
-		return owns > 0
+		return owns > 0 && follows > 0
 	})
 	if code := drain(c); code != http.StatusAccepted {
 		t.Fatalf("drain of c: %d, want 202", code)
+	}
+	// c's standby places when drained: each must move through the
+	// history (a and b take them), none be let go.
+	followedByC := 0
+	if _, s := roles(); true {
+		for _, sb := range s {
+			if sb == "c" {
+				followedByC++
+			}
+		}
 	}
 	nodetest.WaitFor(t, "c to hold no role, every partition owned and followed by a and b", 60*time.Second, func() bool {
 		o, s := roles()
@@ -545,6 +613,7 @@ func TestClusterPartitionsDrain(t *testing.T) {
 			t.Fatalf("drained c took a role again: owners %q, standbys %q", o, s)
 		}
 	}
+	gaps.check(t, 1, map[string]int{"c": followedByC})
 }
 
 // The directory is the cluster's: a user offboarded through the node

@@ -29,6 +29,9 @@ var (
 	membersFenceDesc = prometheus.NewDesc("ding_cluster_standby_fence_epoch",
 		"The newest owner epoch this member has seen while it follows the owner; it refuses entries of older ones.",
 		[]string{"partition"}, nil)
+	membersJoinsDesc = prometheus.NewDesc("ding_cluster_standby_joins_total",
+		"Times this node's member of the partition started following an owner: from a snapshot copied from it (from=snapshot) or from its own history, the one the owner took over with (from=own_history: after a hand-over, no copy).",
+		[]string{"partition", "from"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -36,6 +39,7 @@ func (c membersCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- membersStateDesc
 	ch <- membersSeqDesc
 	ch <- membersFenceDesc
+	ch <- membersJoinsDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -45,6 +49,8 @@ func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
 		if i == c.dir {
 			label = "dir"
 		}
+		ch <- prometheus.MustNewConstMetric(membersJoinsDesc, prometheus.CounterValue, float64(m.joinedSnapshot.Load()), label, "snapshot")
+		ch <- prometheus.MustNewConstMetric(membersJoinsDesc, prometheus.CounterValue, float64(m.joinedOwn.Load()), label, "own_history")
 		me := m.self() // its role, and as a follower its history's seq and fence
 		role := me.Role
 		ch <- prometheus.MustNewConstMetric(membersStateDesc, prometheus.GaugeValue, flag(role == "owner"), label, "owner")
