@@ -76,6 +76,13 @@ func (o *Owner) Continues(st StandbyState) bool {
 	return shipped == 0 || (uint64(len(o.unacked)) == shipped && o.unacked[0].Seq == o.took.Seq+1)
 }
 
+// ownHistory is the encoded state of this owner's own store once its
+// history runs through seq (StateKey): what Continues compares with, on
+// the next owner, should this one follow it.
+func (o *Owner) ownHistory(seq uint64) []byte {
+	return encodeState(StandbyState{FenceEpoch: o.epoch, FenceOwner: o.node, Seq: seq})
+}
+
 // Epoch returns the owner's epoch.
 func (o *Owner) Epoch() uint64 { return o.epoch }
 

@@ -252,12 +252,10 @@ func (b *replBatch) Apply() error {
 		// disk, exactly how far its history runs, and may follow its
 		// successor without a snapshot (Owner.Continues). The entry
 		// carries the key too; a follower's own state, set after it in
-		// the same batch, overrides it.
-		b.r.mu.Lock()
+		// the same batch, overrides it. (Owner.next is written under
+		// applyMu, held here, and mu both: no need for mu to read it.)
 		o := b.r.owner
-		st := StandbyState{FenceEpoch: o.epoch, FenceOwner: o.node, Seq: o.next}
-		b.r.mu.Unlock()
-		b.Batch.Set(StateKey(o.p), encodeState(st))
+		b.Batch.Set(StateKey(o.p), o.ownHistory(o.next))
 	}
 	p, ok := b.Batch.(store.Pipelined)
 	if !ok {
@@ -572,7 +570,7 @@ func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing stri
 	// the store saying less than it holds, which only costs a snapshot
 	// (Owner.Continues wants the exact Seq).
 	sb := r.Store.NewBatch()
-	sb.Set(StateKey(o.p), encodeState(StandbyState{FenceEpoch: o.epoch, FenceOwner: o.node, Seq: seq}))
+	sb.Set(StateKey(o.p), o.ownHistory(seq))
 	_ = sb.Commit(false)
 	sb.Close()
 	return seq, nil // an append that failed stays queued: Resend ships it

@@ -666,14 +666,10 @@ func (s *sim) maybeAssign(ctx context.Context) error {
 
 func (s *sim) assignStandby(ctx context.Context, o, c *simNode) error {
 	st := StandbyState{FenceEpoch: o.owner.Epoch(), FenceOwner: o.id, Seq: uint64(len(o.log))}
-	if err := CheckSnapshot(c.st, c.hasState, st); err != nil {
-		s.stats.staleSnapshots++
-		s.log("%s refuses %s's snapshot: %v", c.id, o.id, err)
+	if s.refuses(o, c, st) {
 		return nil
 	}
-	c.log = append([]Entry(nil), o.log...)
-	c.st, c.hasState = st, true
-	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
+	s.seed(o, c, st)
 	// The coordinator names the new standby before its acks count.
 	if err := s.c.SetStandby(ctx, simP, c.id); err != nil {
 		return err
@@ -682,6 +678,24 @@ func (s *sim) assignStandby(ctx context.Context, o, c *simNode) error {
 	s.stats.standbyChanges++
 	s.log("%s makes %s its standby from a snapshot through %d", o.id, c.id, st.Seq)
 	return nil
+}
+
+// refuses reports whether c refuses a snapshot of o's history at st
+// (CheckSnapshot: its fence never moves back).
+func (s *sim) refuses(o, c *simNode, st StandbyState) bool {
+	if err := CheckSnapshot(c.st, c.hasState, st); err != nil {
+		s.stats.staleSnapshots++
+		s.log("%s refuses %s's snapshot: %v", c.id, o.id, err)
+		return true
+	}
+	return false
+}
+
+// seed gives c a snapshot of o's history, at st, and has it follow.
+func (s *sim) seed(o, c *simNode, st StandbyState) {
+	c.log = append([]Entry(nil), o.log...)
+	c.st, c.hasState = st, true
+	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
 }
 
 // restart brings a node back: with a history, it follows the stream again
@@ -701,9 +715,7 @@ func (s *sim) restart(_ context.Context, n *simNode) {
 // and the old standby's ack of it completes the move (in Poll).
 func (s *sim) replaceStandby(ctx context.Context, o, c *simNode) error {
 	st := StandbyState{FenceEpoch: o.owner.Epoch(), FenceOwner: o.id}
-	if err := CheckSnapshot(c.st, c.hasState, st); err != nil {
-		s.stats.staleSnapshots++
-		s.log("%s would refuse %s's snapshot: %v", c.id, o.id, err)
+	if s.refuses(o, c, st) {
 		return nil
 	}
 	seq, ok, err := s.shipHandOver(ctx, o, c)
@@ -711,9 +723,7 @@ func (s *sim) replaceStandby(ctx context.Context, o, c *simNode) error {
 		return err
 	}
 	st.Seq = seq
-	c.log = append([]Entry(nil), o.log...)
-	c.st, c.hasState = st, true
-	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
+	s.seed(o, c, st)
 	s.stats.standbyChanges++
 	s.log("%s hands its standby role to %s at seq %d (snapshot through %d)", o.id, c.id, seq, seq)
 	return nil
@@ -769,14 +779,10 @@ func (s *sim) maybeContinue(ctx context.Context) (bool, error) {
 // step names it in the hand-over entry (handOverTo).
 func (s *sim) learn(o, c *simNode) error {
 	st := StandbyState{FenceEpoch: o.owner.Epoch(), FenceOwner: o.id, Seq: uint64(len(o.log)), Learner: true}
-	if err := CheckSnapshot(c.st, c.hasState, st); err != nil {
-		s.stats.staleSnapshots++
-		s.log("%s would refuse %s's snapshot: %v", c.id, o.id, err)
+	if s.refuses(o, c, st) {
 		return nil
 	}
-	c.log = append([]Entry(nil), o.log...)
-	c.st, c.hasState = st, true
-	c.standby = NewStandby(s.c, simP, c.id, simLog{c}, st)
+	s.seed(o, c, st)
 	o.learner = c
 	s.stats.learners++
 	s.log("%s follows %s's snapshot through %d as a learner", c.id, o.id, st.Seq)

@@ -233,13 +233,9 @@ func (e Endpoint) FetchSnapshot(ctx context.Context, dir string) (StandbyState, 
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
 	}
-	raw, err := base64.StdEncoding.DecodeString(resp.Header.Get(stateHeader))
+	st, err := stateFrom(resp.Header)
 	if err != nil {
-		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: bad %s header", stateHeader)
-	}
-	st, err := decodeState(raw)
-	if err != nil {
-		return StandbyState{}, err
+		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %w", err)
 	}
 	if _, err := os.Stat(dir); err == nil {
 		return StandbyState{}, fmt.Errorf("cluster: fetch snapshot: %s exists", dir)
@@ -336,7 +332,8 @@ func (e Endpoint) RequestStandbyPlace(ctx context.Context, node, replacing strin
 	if replacing != "" {
 		q.Set("replace", replacing)
 	}
-	return e.standbyRequest(ctx, http.MethodPost, e.target("/cluster/standby", q))
+	_, err := e.standbyRequest(ctx, http.MethodPost, e.target("/cluster/standby", q))
+	return err
 }
 
 // ContinueAsStandby asks the owner to name node its standby without a
@@ -347,28 +344,11 @@ func (e Endpoint) RequestStandbyPlace(ctx context.Context, node, replacing strin
 func (e Endpoint) ContinueAsStandby(ctx context.Context, node string, st StandbyState) (StandbyState, error) {
 	q := url.Values{"node": {node}, "epoch": {strconv.FormatUint(st.FenceEpoch, 10)}, "owner": {st.FenceOwner},
 		"seq": {strconv.FormatUint(st.Seq, 10)}, "continue": {"1"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.target("/cluster/standby", q), nil)
+	h, err := e.standbyRequest(ctx, http.MethodPost, e.target("/cluster/standby", q))
 	if err != nil {
 		return StandbyState{}, err
 	}
-	resp, err := e.do(req)
-	if err != nil {
-		return StandbyState{}, fmt.Errorf("cluster: continue as standby: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		err := fmt.Errorf("cluster: continue as standby: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-		if resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusMisdirectedRequest {
-			err = fmt.Errorf("%w: %w", ErrStandbyRefused, err)
-		}
-		return StandbyState{}, err
-	}
-	raw, err := base64.StdEncoding.DecodeString(resp.Header.Get(stateHeader))
-	if err != nil {
-		return StandbyState{}, fmt.Errorf("cluster: continue as standby: bad state header: %w", err)
-	}
-	got, err := decodeState(raw)
+	got, err := stateFrom(h)
 	if err != nil {
 		return StandbyState{}, fmt.Errorf("cluster: continue as standby: %w", err)
 	}
@@ -390,17 +370,18 @@ func ReleaseStandby(ctx context.Context, client *http.Client, baseURL, secret, n
 
 // ReleaseStandby is the package's ReleaseStandby for e's partition.
 func (e Endpoint) ReleaseStandby(ctx context.Context, node string) error {
-	return e.standbyRequest(ctx, http.MethodDelete, e.target("/cluster/standby", url.Values{"node": {node}}))
+	_, err := e.standbyRequest(ctx, http.MethodDelete, e.target("/cluster/standby", url.Values{"node": {node}}))
+	return err
 }
 
-func (e Endpoint) standbyRequest(ctx context.Context, method, target string) error {
+func (e Endpoint) standbyRequest(ctx context.Context, method, target string) (http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, method, target, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := e.do(req)
 	if err != nil {
-		return fmt.Errorf("cluster: %s standby: %w", method, err)
+		return nil, fmt.Errorf("cluster: %s standby: %w", method, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
@@ -412,9 +393,18 @@ func (e Endpoint) standbyRequest(ctx context.Context, method, target string) err
 			// the new owner's, so asking again cannot succeed.
 			err = fmt.Errorf("%w: %w", ErrStandbyRefused, err)
 		}
-		return err
+		return nil, err
 	}
-	return nil
+	return resp.Header, nil
+}
+
+// stateFrom reads the state an owner's answer carries (stateHeader).
+func stateFrom(h http.Header) (StandbyState, error) {
+	raw, err := base64.StdEncoding.DecodeString(h.Get(stateHeader))
+	if err != nil {
+		return StandbyState{}, fmt.Errorf("bad %s header: %w", stateHeader, err)
+	}
+	return decodeState(raw)
 }
 
 // Authorized reports whether r carries the cluster secret as its bearer

@@ -709,6 +709,13 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 		return func() { cancel(); <-done }
 	}
 	stop := follow()
+	// leave stops following and closes this copy, for the member loop
+	// (or serve) to go on from.
+	leave := func() {
+		stop()
+		closeStores()
+		m.follower.Store(nil)
+	}
 	if ready != nil {
 		for {
 			err := ready()
@@ -722,9 +729,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 				// over from the member loop (a new snapshot, if a place
 				// frees).
 				m.log.Warn("the owner did not name this member its standby; standing by", "err", err)
-				stop()
-				closeStores()
-				m.follower.Store(nil)
+				leave()
 				return m.run(ctx)
 			}
 			m.log.Warn("asking the owner to name this member its standby failed; retrying", "err", err)
@@ -744,9 +749,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			// through balance, or from this drained node): this member
 			// can never take over on this copy; it stops following, and
 			// does not join again for a while (yieldUntil).
-			stop()
-			closeStores()
-			m.follower.Store(nil)
+			leave()
 			m.log.Info("handed the standby's place over through the history")
 			m.yieldUntil.Store(time.Now().Add(3 * m.mc.LeaseTTL).UnixNano())
 			return m.run(ctx)
@@ -763,9 +766,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			}
 			if time.Since(drainedAt) >= drainRelease*m.mc.LeaseTTL {
 				m.log.Warn("drained, and no other node took the standby's place: letting it go (writes wait until a member joins)")
-				stop()
-				closeStores()
-				m.follower.Store(nil)
+				leave()
 				m.release(ctx)
 				return m.run(ctx)
 			}
@@ -773,9 +774,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 		if f.Standby().State().Stale {
 			// A newer owner than the one this copy follows: it follows
 			// again only from a new snapshot (cluster.StandbyState.Stale).
-			stop()
-			closeStores()
-			m.follower.Store(nil)
+			leave()
 			m.log.Warn("the partition has a newer owner than the history this member follows; it joins again from a snapshot")
 			return m.run(ctx)
 		}
@@ -795,17 +794,15 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 		owner, err := f.Standby().TakeOver(ctx, m.mc.LeaseTTL)
 		if err != nil {
 			if errors.Is(err, cluster.ErrNotStandby) {
-				closeStores()
+				leave()
 				m.log.Warn("no longer the partition's standby", "err", err)
-				m.follower.Store(nil)
 				return m.run(ctx)
 			}
 			stop = follow()
 			continue
 		}
-		closeStores()
+		leave()
 		m.log.Info("took the partition over", "epoch", owner.Epoch())
-		m.follower.Store(nil)
 		return m.serve(ctx, owner)
 	}
 	stop()

@@ -780,23 +780,22 @@ func (r *roles) move(self string, keeping func(p int) bool) (int, moveKind) {
 			return i, moveHandOver
 		}
 	}
+	claim := -1 // a drained node's place goes first
 	for i, sb := range r.standby {
 		h := r.holder[i]
-		if sb == "" || h == "" || sb == self || h == self || !(r.live[h] || r.drained[h]) {
-			continue // the owner must run: the learner's snapshot comes from it
-		}
-		if r.drained[sb] {
-			return i, moveClaimDrained
-		}
-	}
-	for i, sb := range r.standby {
-		h := r.holder[i]
-		if sb == "" || h == "" || sb == self || h == self || !r.live[h] {
+		if sb == "" || h == "" || sb == self || h == self {
 			continue
 		}
-		if r.live[sb] && r.follows[sb]-r.follows[self] >= 2 {
-			return i, moveClaim
+		// The owner must run: the learner's snapshot comes from it.
+		switch {
+		case r.drained[sb] && (r.live[h] || r.drained[h]):
+			return i, moveClaimDrained
+		case claim < 0 && r.live[h] && r.live[sb] && r.follows[sb]-r.follows[self] >= 2:
+			claim = i
 		}
+	}
+	if claim >= 0 {
+		return claim, moveClaim
 	}
 	return -1, moveNone
 }
