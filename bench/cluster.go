@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +28,9 @@ type ClusterConfig struct {
 	// --ack-replicas 0 (owner-only durability), on a redis-server of
 	// their own: the replication's cost in the same run.
 	OwnerOnly bool
-	// Profiling, if set, profiles the owner over the measured window.
+	// Profiling, if set, profiles the owner over the measured window;
+	// with Partitions, each node (ports from Pprof's on, files
+	// Profile.a, .b, .c).
 	Profiling Profiling
 	// Partitions, from 2, runs three nodes of that many partitions each
 	// (a member per partition) instead of one partition
@@ -279,7 +282,34 @@ func (r *redisServer) stop() {
 }
 
 // redisStats are Redis's cumulative counters.
-type redisStats struct{ calls, bytes int64 }
+type redisStats struct {
+	calls, bytes int64
+	byCommand    map[string]int64 // calls per command
+}
+
+// top renders the commands called most between before and s, per
+// acknowledged message: "xadd 0.41, hgetall 0.30, …" (at most n).
+func (s redisStats) top(before redisStats, acked float64, n int) string {
+	type kv struct {
+		cmd string
+		d   int64
+	}
+	var all []kv
+	for c, v := range s.byCommand {
+		if d := v - before.byCommand[c]; d > 0 {
+			all = append(all, kv{c, d})
+		}
+	}
+	slices.SortFunc(all, func(a, b kv) int { return cmp.Compare(b.d, a.d) })
+	var out []string
+	for i, c := range all {
+		if i == n {
+			break
+		}
+		out = append(out, fmt.Sprintf("%s %.3f", c.cmd, float64(c.d)/acked))
+	}
+	return strings.Join(out, ", ")
+}
 
 // stats reads them (the INFO itself counts one call).
 func (r *redisServer) stats() redisStats {
@@ -287,15 +317,16 @@ func (r *redisServer) stats() redisStats {
 	if err != nil {
 		return redisStats{}
 	}
-	var s redisStats
+	s := redisStats{byCommand: map[string]int64{}}
 	for _, line := range strings.Split(info, "\n") {
 		line = strings.TrimSpace(line)
 		if rest, ok := strings.CutPrefix(line, "cmdstat_"); ok {
-			_, fields, _ := strings.Cut(rest, ":")
+			cmd, fields, _ := strings.Cut(rest, ":")
 			for _, f := range strings.Split(fields, ",") {
 				if v, ok := strings.CutPrefix(f, "calls="); ok {
 					n, _ := strconv.ParseInt(v, 10, 64)
 					s.calls += n
+					s.byCommand[cmd] += n
 				}
 			}
 		}

@@ -34,12 +34,16 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	fmt.Fprintf(os.Stderr, "cluster: three nodes of %d partitions on redis-server %s\n", cfg.Partitions, rs.addr)
 	cl := &dingCluster{killed: -1}
 	defer cl.stop()
-	for _, id := range []string{"a", "b", "c"} {
+	profs := make([]Profiling, 3)
+	for i, id := range []string{"a", "b", "c"} {
 		s, err := newServer(cfg.Bin, cfg.Tmp)
 		if err != nil {
 			return Table{}, err
 		}
-		s.args = append([]string{"--cluster", "redis://" + rs.addr, "--node-id", id, "--advertise", "http://" + s.HTTP}, args...)
+		if profs[i], err = cfg.Profiling.node(i, id); err != nil {
+			return Table{}, err
+		}
+		s.args = append([]string{"--cluster", "redis://" + rs.addr, "--node-id", id, "--advertise", "http://" + s.HTTP}, append(args, profs[i].dingdArgs()...)...)
 		s.env = append(s.env, "DING_CLUSTER_SECRET=dingbench")
 		cl.members = append(cl.members, s)
 	}
@@ -92,10 +96,32 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		pids[[]string{"a", "b", "c"}[i]] = m.cmd.Process.Pid
 	}
 	cpu := cpuWindow(cfg.Warmup, cfg.Run, pids)
+	var before, after redisStats
+	beforeAt := time.AfterFunc(cfg.Warmup, func() { before = rs.stats() })
+	afterAt := time.AfterFunc(cfg.Warmup+cfg.Run, func() { after = rs.stats() })
 	fmt.Fprintf(os.Stderr, "cluster: closed loop, %d connections, dialling a (redirected to their owners)\n", cfg.Conns)
+	var profiled []func() (string, error)
+	profAt := time.AfterFunc(cfg.Warmup, func() {
+		for _, p := range profs {
+			profiled = append(profiled, p.begin(int(cfg.Run.Seconds())))
+		}
+	})
 	run, err := runIngestOn(icfg, a, 0)
+	profAt.Stop()
+	beforeAt.Stop()
+	afterAt.Stop()
+	for _, wait := range profiled {
+		if f, perr := wait(); perr != nil {
+			fmt.Fprintf(os.Stderr, "cluster: profile: %v\n", perr)
+		} else if f != "" {
+			fmt.Fprintf(os.Stderr, "cluster: CPU profile over the window in %s\n", f)
+		}
+	}
 	if err != nil {
 		return Table{}, err
+	}
+	if after.calls == 0 {
+		return Table{}, errors.New("cluster: the load ended before its window")
 	}
 	cross := 0
 	for i := range cfg.Conns {
@@ -131,10 +157,13 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		}
 	}
 	sr, cr := rate(single.w.acked.Load(), cfg.Run), rate(run.w.acked.Load(), cfg.Run)
+	acked := max(cr*cfg.Run.Seconds(), 1)
 	rows := []Row{
 		{"acknowledged msgs/s (closed loop)", fmt.Sprintf("%.0f", cr), fmt.Sprintf("%.0f (one dingd)", sr), ratio(cr, sr), "≥ 0.5× one dingd for cross-partition traffic" + met(cr >= sr/2)},
 		{"submit→ack p50 / p99", run.ack.ms(0.5) + " / " + run.ack.ms(0.99), single.ack.ms(0.5) + " / " + single.ack.ms(0.99), "", ""},
 		{"submit→delivered p50 / p99", run.del.ms(0.5) + " / " + run.del.ms(0.99), single.del.ms(0.5) + " / " + single.del.ms(0.99), "", ""},
+		{"Redis commands per acknowledged message", fmt.Sprintf("%.3f (%s)", float64(after.calls-before.calls)/acked, after.top(before, acked, 6)), "", "", ""},
+		{"Redis bytes in+out per acknowledged message", fmt.Sprintf("%.0f", float64(after.bytes-before.bytes)/acked), "", "", ""},
 		{"messages to another partition", fmt.Sprintf("%d of %d senders (%.0f%%)", cross, cfg.Conns, 100*float64(cross)/float64(max(cfg.Conns, 1))), "", "", ""},
 	}
 	if len(handovers) > 0 {

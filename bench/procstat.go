@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -51,6 +52,27 @@ func (p Profiling) dingdArgs() []string {
 		return nil
 	}
 	return []string{"--pprof", p.Pprof}
+}
+
+// node is p for the i-th of several dingd nodes (named id) in one run:
+// its pprof port is p's plus i, its profile file p's plus "." + id.
+func (p Profiling) node(i int, id string) (Profiling, error) {
+	if p.Pprof == "" {
+		return p, nil
+	}
+	host, port, err := net.SplitHostPort(p.Pprof)
+	if err != nil {
+		return p, fmt.Errorf("--server-pprof %q: %w", p.Pprof, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return p, fmt.Errorf("--server-pprof %q: the port is not a number", p.Pprof)
+	}
+	p.Pprof = net.JoinHostPort(host, strconv.Itoa(n+i))
+	if p.Profile != "" {
+		p.Profile += "." + id
+	}
+	return p, nil
 }
 
 // forAgainst is p for the --against dingd.
