@@ -84,12 +84,27 @@ type Coord interface {
 	Addr(ctx context.Context, node string) (string, error)
 }
 
-// EntryWaiter is an optional interface of a Coord: WaitEntries returns
-// once the partition's stream may hold entries after cursor, or after at
-// most max (a standby with nothing to read waits in it instead of
-// polling).
-type EntryWaiter interface {
-	WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error
+// EntryReader is an optional interface of a Coord: ReadEntries is
+// Entries, except that when the stream holds nothing after cursor it
+// waits, at most max, for an entry to come and returns what came (none
+// after max). A standby with nothing to read waits in it instead of
+// polling, and gets the entries in the same round trip.
+type EntryReader interface {
+	ReadEntries(ctx context.Context, p Partition, cursor string, n int, max time.Duration) ([]Entry, string, error)
+}
+
+// AckNotifier is an optional interface of a Coord: every ack PutAck
+// publishes is also passed at once to whoever watches the partition's
+// acks, so that an owner waiting for its standby learns of each ack
+// without polling Acks. A notice may be lost, late, repeated or out of
+// order (Redis's pub/sub): Acks stays the record, which the owner still
+// reads when no notice comes for a while. An ack is a true statement
+// whenever it arrives (the standby held that history when it made it),
+// so an owner may count it on arrival.
+type AckNotifier interface {
+	// WatchAcks calls f (which must return quickly) with each ack put
+	// for p from when WatchAcks returns until ctx ends.
+	WatchAcks(ctx context.Context, p Partition, f func(Ack)) error
 }
 
 // Announcer is an optional interface of a Coord: a hint to every node

@@ -507,50 +507,202 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	t.Logf("coordinator usable again %v after SIGKILL of the master of slot %d", time.Since(killed).Round(time.Millisecond), slot)
 }
 
-// TestWaitEntriesEndsWithItsContext: a standby waiting on an empty
+// TestReadEntriesEndsWithItsContext: a standby waiting on an empty
 // stream (a blocking XREAD of an hour here) returns as soon as its
 // context ends, not when the block does: the member stops its follower so
-// to take a released partition over at once. And it still returns when
-// an entry is appended.
-func TestWaitEntriesEndsWithItsContext(t *testing.T) {
+// to take a released partition over at once. And a waiting read returns
+// the entry appended meanwhile, in the same round trip, with the cursor
+// after it; a read that finds entries returns at once, at most n of
+// them, where Entries would have.
+func TestReadEntriesEndsWithItsContext(t *testing.T) {
 	rdb := redisClient(t)
 	c := NewRedisCoord(rdb)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.WaitEntries(ctx, 3, "", time.Hour) }()
-	// Cancelled once Redis holds the XREAD blocked (go-redis gives up a
-	// call whose context ended before it was sent by itself).
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		list, err := rdb.ClientList(context.Background()).Result()
-		if err != nil {
+	type read struct {
+		es     []Entry
+		cursor string
+		err    error
+	}
+	done := make(chan read, 1)
+	readAsync := func(ctx context.Context, cursor string) {
+		go func() {
+			es, cur, err := c.ReadEntries(ctx, 3, cursor, 2, time.Hour)
+			done <- read{es, cur, err}
+		}()
+	}
+	blocked := func() {
+		// Redis holds the XREAD blocked (go-redis gives up by itself a
+		// call whose context ended before it was sent).
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			list, err := rdb.ClientList(context.Background()).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(list, "cmd=xread") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no blocked XREAD in Redis's client list:\n%s", list)
+			}
+		}
+	}
+	readAsync(ctx, "")
+	blocked()
+	cancel()
+	select {
+	case r := <-done:
+		if !errors.Is(r.err, context.Canceled) || len(r.es) != 0 || r.cursor != "" {
+			t.Fatalf("ReadEntries after its context ended: %d entries, cursor %q, %v; want none, the cursor unmoved, context.Canceled", len(r.es), r.cursor, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ReadEntries did not return when its context ended")
+	}
+	// The cancelled XREAD is still blocked in Redis (go-redis lets it
+	// run out); the next read is another, on another connection.
+	readAsync(context.Background(), "")
+	want := Entry{Epoch: 1, Owner: "a", Seq: 1, Data: []byte("x")}
+	if err := c.Append(context.Background(), 3, want); err != nil {
+		t.Fatal(err)
+	}
+	var r read
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ReadEntries did not return when an entry was appended")
+	}
+	if r.err != nil || len(r.es) != 1 || r.es[0].Seq != 1 || string(r.es[0].Data) != "x" || r.es[0].Owner != "a" {
+		t.Fatalf("ReadEntries once an entry came: %+v, %v; want the entry appended", r.es, r.err)
+	}
+	for seq := uint64(2); seq <= 4; seq++ {
+		if err := c.Append(context.Background(), 3, Entry{Epoch: 1, Owner: "a", Seq: seq}); err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(list, "cmd=xread") {
+	}
+	es, cursor, err := c.ReadEntries(context.Background(), 3, r.cursor, 2, time.Hour)
+	wantEs, wantCursor, werr := c.Entries(context.Background(), 3, r.cursor, 2)
+	if err != nil || werr != nil || len(es) != 2 || es[0].Seq != 2 || es[1].Seq != 3 || cursor != wantCursor || len(wantEs) != 2 {
+		t.Fatalf("ReadEntries after entry 1 with 3 waiting: %+v, cursor %q, %v; Entries: %+v, cursor %q, %v; want seqs 2 and 3 and one cursor", es, cursor, err, wantEs, wantCursor, werr)
+	}
+}
+
+// TestAckNoticesReachTheirWatchers: an ack put for a partition reaches
+// that partition's watchers, exactly as put (node ids are free text),
+// and nobody else's; a watcher whose context ended gets nothing more;
+// the channel is left once nobody watches it.
+func TestAckNoticesReachTheirWatchers(t *testing.T) {
+	rdb := redisClient(t)
+	c := NewRedisCoord(rdb)
+	ctx := context.Background()
+	got3, got3b, got4 := make(chan Ack, 8), make(chan Ack, 8), make(chan Ack, 8)
+	ctx3, stop3 := context.WithCancel(ctx)
+	ctx4, stop4 := context.WithCancel(ctx)
+	defer stop4()
+	if err := c.WatchAcks(ctx3, 3, func(a Ack) { got3 <- a }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WatchAcks(ctx, 3, func(a Ack) { got3b <- a }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WatchAcks(ctx4, 4, func(a Ack) { got4 <- a }); err != nil {
+		t.Fatal(err)
+	}
+	next := func(ch chan Ack) Ack {
+		t.Helper()
+		select {
+		case a := <-ch:
+			return a
+		case <-time.After(10 * time.Second):
+			t.Fatal("no notice within 10s")
+			return Ack{}
+		}
+	}
+	// The second watcher subscribed on the connection the first opened,
+	// without waiting for Redis to confirm: put until it hears one.
+	first := Ack{Standby: "node b 7", Epoch: 9, Owner: "node a", Seq: 41}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if err := c.PutAck(ctx, 4, first); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case a := <-got4:
+			if a != first {
+				t.Fatalf("notice %+v, want %+v", a, first)
+			}
+		case <-time.After(20 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("partition 4's watcher heard nothing within 10s")
+			}
+			continue
+		}
+		break
+	}
+	want := Ack{Standby: "b", Epoch: 9, Owner: "a 1", Seq: 42}
+	if err := c.PutAck(ctx, 3, want); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := next(got3), next(got3b); a != want || b != want {
+		t.Fatalf("partition 3's watchers heard %+v and %+v, want %+v", a, b, want)
+	}
+	acks, err := c.Acks(ctx, 3)
+	if err != nil || acks["b"] != want {
+		t.Fatalf("the recorded ack: %+v, %v; want %+v", acks, err, want)
+	}
+	stop3()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		c.acks.mu.Lock()
+		n := len(c.acks.watchers[3])
+		c.acks.mu.Unlock()
+		if n == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no blocked XREAD in Redis's client list:\n%s", list)
+			t.Fatal("the stopped watcher is still registered after 10s")
 		}
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("WaitEntries after its context ended: %v, want context.Canceled", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("WaitEntries did not return when its context ended")
-	}
-	go func() { done <- c.WaitEntries(context.Background(), 3, "", time.Hour) }()
-	if err := c.Append(context.Background(), 3, Entry{Epoch: 1, Owner: "a", Seq: 1, Data: []byte("x")}); err != nil {
+	later := Ack{Standby: "b", Epoch: 9, Owner: "a 1", Seq: 43}
+	if err := c.PutAck(ctx, 3, later); err != nil {
 		t.Fatal(err)
 	}
+	if b := next(got3b); b != later {
+		t.Fatalf("the remaining watcher heard %+v, want %+v", b, later)
+	}
 	select {
-	case err := <-done:
+	case a := <-got3:
+		t.Fatalf("the stopped watcher heard %+v", a)
+	case a := <-got4:
+		t.Fatalf("partition 4's watcher heard partition 3's %+v", a)
+	default:
+	}
+	stop4()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		n, err := rdb.PubSubNumSub(ctx, ackChannel(4)).Result()
 		if err != nil {
-			t.Fatalf("WaitEntries once an entry came: %v", err)
+			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("WaitEntries did not return when an entry was appended")
+		if n[ackChannel(4)] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("partition 4's channel is still subscribed 10s after its last watcher stopped")
+		}
+	}
+}
+
+// TestAckNoticeEncoding: a notice decodes to the ack encoded, whatever
+// the node ids hold, and a mangled one is refused.
+func TestAckNoticeEncoding(t *testing.T) {
+	for _, a := range []Ack{{Standby: "b", Epoch: 1, Owner: "a", Seq: 0}, {Standby: "", Epoch: 2, Owner: "x y", Seq: 9}, {Standby: "s 1 2", Epoch: 1 << 60, Owner: "", Seq: 1 << 62}} {
+		got, err := decodeAckNotice(encodeAckNotice(a))
+		if err != nil || got != a {
+			t.Fatalf("%+v came back as %+v, %v", a, got, err)
+		}
+	}
+	for _, bad := range []string{"", "1 2", "1 2 9 ab", "x 2 1 ab", "1 2 -1 ab"} {
+		if a, err := decodeAckNotice(bad); err == nil {
+			t.Fatalf("%q decoded as %+v, want an error", bad, a)
+		}
+	}
+	if p, ok := partitionOfAckChannel(ackChannel(17)); !ok || p != 17 {
+		t.Fatalf("ackChannel(17) read back as %d, %v", p, ok)
 	}
 }

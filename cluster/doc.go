@@ -137,6 +137,20 @@
 // decide (the lease, the fence), so nothing safe depends on it, and
 // without it everything happens as before, only later.
 //
+// Acks travel the same way (AckNotifier): PutAck records the ack and, in
+// the same round trip, publishes it on the partition's channel, to which
+// the owner is subscribed; the owner counts each ack as it comes and
+// reads the recorded ones only when none came for a while (20 polls, 10
+// ms by default). An ack is a true statement whenever it arrives (a
+// node's history of an owner's epoch only grows, and a node that lost
+// its disk follows again only from a snapshot holding everything the
+// owner had shipped), so the owner keeps the newest ack heard from each
+// node and counts it under rule 2 as if just read. A standby reads the
+// stream with a blocking XREAD that returns the entries themselves
+// (EntryReader). A batch so costs Redis an XADD, an XREAD, and an HSET
+// with its PUBLISH, where it cost a read of the acks every 500 µs while
+// it waited, and a second read of the stream.
+//
 // The stream is bounded (RedisCoord.StreamKeep, 1,024 entries by
 // default): what a standby reads from it is what the owner has not seen
 // acked, which the owner keeps in memory and ships again when the stream

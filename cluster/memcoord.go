@@ -38,6 +38,14 @@ type MemCoord struct {
 	StreamKeep, Trimmed int
 	// watch: Watch.
 	watch func(p Partition, holder, standby string)
+	// ackWatchers: AckNotifier, by partition and a number of their own.
+	ackWatchers map[Partition]map[int]func(Ack)
+	// appended is closed (and replaced) by every Append: ReadEntries
+	// waits on it.
+	appended chan struct{}
+	// DropAckNotices, while positive, makes PutAck record an ack without
+	// passing it on to its watchers (a lost notice), and counts down.
+	DropAckNotices int
 }
 
 // Watch makes the coordinator call f after every change of a
@@ -201,6 +209,10 @@ func (m *MemCoord) Append(_ context.Context, p Partition, e Entry) error {
 	}
 	mp := m.part(p)
 	mp.stream = append(mp.stream, memEntry{m.nextID, e})
+	if m.appended != nil {
+		close(m.appended)
+		m.appended = nil
+	}
 	if k := m.StreamKeep; k > 0 && len(mp.stream) > k {
 		m.Trimmed += len(mp.stream) - k
 		mp.stream = append(mp.stream[:0:0], mp.stream[len(mp.stream)-k:]...)
@@ -234,15 +246,71 @@ func (m *MemCoord) Entries(_ context.Context, p Partition, cursor string, n int)
 	return out, cursor, nil
 }
 
-// PutAck implements Coord.
+// ReadEntries implements EntryReader: it waits (on the real clock, not
+// the coordinator's) for the next Append to any partition, at most max.
+func (m *MemCoord) ReadEntries(ctx context.Context, p Partition, cursor string, n int, max time.Duration) ([]Entry, string, error) {
+	deadline := time.NewTimer(max)
+	defer deadline.Stop()
+	for {
+		m.mu.Lock()
+		if m.appended == nil {
+			m.appended = make(chan struct{})
+		}
+		next := m.appended
+		m.mu.Unlock()
+		es, cur, err := m.Entries(ctx, p, cursor, n)
+		if err != nil || len(es) > 0 {
+			return es, cur, err
+		}
+		select {
+		case <-next:
+		case <-deadline.C:
+			return nil, cursor, nil
+		case <-ctx.Done():
+			return nil, cursor, ctx.Err()
+		}
+	}
+}
+
+// PutAck implements Coord. The partition's watchers (AckNotifier) are
+// called before it returns, outside the coordinator's lock.
 func (m *MemCoord) PutAck(_ context.Context, p Partition, a Ack) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	mp := m.part(p)
 	if mp.acks == nil {
 		mp.acks = map[string]Ack{}
 	}
 	mp.acks[a.Standby] = a
+	fs := slices.Collect(maps.Values(m.ackWatchers[p]))
+	if m.DropAckNotices > 0 {
+		m.DropAckNotices--
+		fs = nil
+	}
+	m.mu.Unlock()
+	for _, f := range fs {
+		f(a)
+	}
+	return nil
+}
+
+// WatchAcks implements AckNotifier.
+func (m *MemCoord) WatchAcks(ctx context.Context, p Partition, f func(Ack)) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ackWatchers == nil {
+		m.ackWatchers = map[Partition]map[int]func(Ack){}
+	}
+	if m.ackWatchers[p] == nil {
+		m.ackWatchers[p] = map[int]func(Ack){}
+	}
+	id := m.nextL
+	m.nextL++
+	m.ackWatchers[p][id] = f
+	context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		delete(m.ackWatchers[p], id)
+		m.mu.Unlock()
+	})
 	return nil
 }
 
@@ -363,9 +431,11 @@ func (m *MemCoord) Restore(s MemState) {
 }
 
 var (
-	_ Coord     = (*MemCoord)(nil)
-	_ Announcer = (*MemCoord)(nil)
-	_ Announcer = (*RedisCoord)(nil)
+	_ Coord       = (*MemCoord)(nil)
+	_ AckNotifier = (*MemCoord)(nil)
+	_ EntryReader = (*MemCoord)(nil)
+	_ Announcer   = (*MemCoord)(nil)
+	_ Announcer   = (*RedisCoord)(nil)
 
 	_ PartitionCounter = (*MemCoord)(nil)
 	_ PartitionCounter = (*RedisCoord)(nil)

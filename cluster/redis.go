@@ -31,6 +31,8 @@ import (
 // matter to it.
 type RedisCoord struct {
 	rdb redis.UniversalClient
+	// acks: AckNotifier's one subscription for every partition watched.
+	acks ackHub
 	// StreamKeep bounds each partition's stream: Append trims it to
 	// about its last StreamKeep entries (Redis's approximate trimming, so
 	// up to a stream node more). Zero means DefaultStreamKeep.
@@ -220,30 +222,56 @@ func (r *RedisCoord) fail(ctx context.Context, err error, format string, args ..
 	return fmt.Errorf(format, append(args, err)...)
 }
 
-// WaitEntries implements EntryWaiter with a blocking XREAD. It returns
-// as soon as ctx ends: go-redis does not cut a blocking read short when
-// its context is cancelled, so the XREAD runs on and ends by itself
-// (within max) while the caller goes on. (A standby stopping its
+// ReadEntries implements EntryReader with XREAD BLOCK: one round trip
+// returns the entries after cursor, or the first to come within max. It
+// returns as soon as ctx ends: go-redis does not cut a blocking read
+// short when its context is cancelled, so the XREAD runs on and ends by
+// itself (within max) while the caller goes on, and what it reads then
+// is dropped (the caller's cursor did not move). (A standby stopping its
 // follower to take over waited out the block, up to a quarter of a
 // lease, before.)
-func (r *RedisCoord) WaitEntries(ctx context.Context, p Partition, cursor string, max time.Duration) error {
-	if cursor == "" {
-		cursor = "0"
+func (r *RedisCoord) ReadEntries(ctx context.Context, p Partition, cursor string, n int, max time.Duration) ([]Entry, string, error) {
+	from := cursor
+	if from == "" {
+		from = "0"
 	}
-	done := make(chan error, 1)
+	block := max
+	if block < time.Millisecond {
+		block = -1 // XREAD without BLOCK (BLOCK 0 would wait for ever)
+	}
+	type read struct {
+		streams []redis.XStream
+		err     error
+	}
+	done := make(chan read, 1)
 	go func() {
-		done <- r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key(p, "stream"), cursor}, Count: 1, Block: max}).Err()
+		s, err := r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key(p, "stream"), from}, Count: int64(n), Block: block}).Result()
+		done <- read{s, err}
 	}()
-	var err error
+	var got read
 	select {
-	case err = <-done:
+	case got = <-done:
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, cursor, ctx.Err()
 	}
-	if err != nil && !errors.Is(err, redis.Nil) { // Nil: nothing within max
-		return r.fail(ctx, err, "cluster: wait on partition %d's stream: %w", p)
+	if errors.Is(got.err, redis.Nil) { // nothing within max
+		return nil, cursor, nil
 	}
-	return nil
+	if got.err != nil {
+		return nil, cursor, r.fail(ctx, got.err, "cluster: read partition %d's stream: %w", p)
+	}
+	var out []Entry
+	for _, st := range got.streams {
+		for _, m := range st.Messages {
+			e, err := decodeEntry(m.Values)
+			if err != nil {
+				return nil, cursor, fmt.Errorf("cluster: partition %d's stream entry %s: %w", p, m.ID, err)
+			}
+			out = append(out, e)
+			cursor = m.ID
+		}
+	}
+	return out, cursor, nil
 }
 
 var claimPartitions = redis.NewScript(`
@@ -307,10 +335,16 @@ func (r *RedisCoord) Listen(ctx context.Context, f func(Partition)) error {
 	return nil
 }
 
-// PutAck implements Coord.
+// PutAck implements Coord: the ack is recorded (HSET) and passed on to
+// the partition's watchers (PUBLISH, AckNotifier) in one round trip.
 func (r *RedisCoord) PutAck(ctx context.Context, p Partition, a Ack) error {
 	v := fmt.Sprintf("%d %d %s", a.Epoch, a.Seq, a.Owner)
-	if err := r.rdb.HSet(ctx, key(p, "acks"), a.Standby, v).Err(); err != nil {
+	_, err := r.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		pl.HSet(ctx, key(p, "acks"), a.Standby, v)
+		pl.Publish(ctx, ackChannel(p), encodeAckNotice(a))
+		return nil
+	})
+	if err != nil {
 		return r.fail(ctx, err, "cluster: ack on partition %d: %w", p)
 	}
 	return nil
@@ -429,7 +463,8 @@ func (r *RedisCoord) Members(ctx context.Context) (map[string]Member, error) {
 
 var (
 	_ Coord       = (*RedisCoord)(nil)
-	_ EntryWaiter = (*RedisCoord)(nil)
+	_ EntryReader = (*RedisCoord)(nil)
+	_ AckNotifier = (*RedisCoord)(nil)
 	_ Registry    = (*RedisCoord)(nil)
 	_ Registry    = (*MemCoord)(nil)
 )

@@ -364,6 +364,29 @@ func (s *Standby) Step(ctx context.Context, n int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return s.apply(ctx, es, cursor)
+}
+
+// StepWaiting is Step with a read that waits, at most max, for an entry
+// when there is none (EntryReader, a blocking XREAD), without holding
+// the standby's lock meanwhile (TakeOver and State do not wait for it).
+func (s *Standby) StepWaiting(ctx context.Context, r EntryReader, n int, max time.Duration) (int, error) {
+	from := s.State().Cursor
+	es, cursor, err := r.ReadEntries(ctx, s.p, from, n, max)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.st.Cursor != from {
+		return 0, nil // another Step read on meanwhile: read again from where it stopped
+	}
+	return s.apply(ctx, es, cursor)
+}
+
+// apply applies, under mu, the entries read after the state's cursor
+// (es, up to cursor), saves the state and acks: Step's second half.
+func (s *Standby) apply(ctx context.Context, es []Entry, cursor string) (int, error) {
 	applied := 0
 	for _, e := range es {
 		if e.Epoch > s.st.FenceEpoch {

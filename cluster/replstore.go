@@ -56,6 +56,19 @@ type ReplicatedStore struct {
 	// waited for it, or when the first of them was shipped; zero while
 	// none waits. Guarded by mu.
 	waitingSince time.Time
+	// heard is the newest ack heard from each node, by notice or read
+	// from the coordinator (guarded by mu): what Owner.Observe counts.
+	heard map[string]Ack
+
+	// Notices (AckNotifier): watching is set once the coordinator passes
+	// this partition's acks on as they are put; pending holds those that
+	// came since await last looked, and notice is closed (and replaced)
+	// when one comes. Guarded by noticeMu, never held with mu waiting
+	// on it the other way round.
+	watching atomic.Bool
+	noticeMu sync.Mutex
+	pending  map[string]Ack
+	notice   chan struct{}
 
 	// ownerOnly: --ack-replicas 0 (SetOwnerOnly). leaseUntil is until
 	// when the owner's lease is known to hold (unix ns), set by whoever
@@ -122,7 +135,7 @@ func (r *ReplicatedStore) pollAcks() {
 		}
 		r.mu.Lock()
 		before := r.owner.acked
-		_, err = r.owner.Observe(r.ctx, acks)
+		_, err = r.observe(acks)
 		if r.owner.acked > before || len(r.owner.unacked) == 0 {
 			progress = time.Now()
 			r.waitingSince = time.Time{}
@@ -182,8 +195,72 @@ func NewReplicatedStore(st store.Store, owner *Owner) (*ReplicatedStore, error) 
 		return nil, fmt.Errorf("cluster: a %T cannot ship its batches", st)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &ReplicatedStore{Store: st, ship: sh, owner: owner, ctx: ctx, cancel: cancel,
-		PollEvery: 500 * time.Microsecond, ResendAfter: 500 * time.Millisecond}, nil
+	r := &ReplicatedStore{Store: st, ship: sh, owner: owner, ctx: ctx, cancel: cancel,
+		PollEvery: 500 * time.Microsecond, ResendAfter: 500 * time.Millisecond,
+		heard: map[string]Ack{}, pending: map[string]Ack{}, notice: make(chan struct{})}
+	if n, ok := owner.c.(AckNotifier); ok {
+		go func() {
+			// Until it is watching (or if it cannot), await polls Acks.
+			if err := n.WatchAcks(ctx, owner.p, r.noteAck); err == nil {
+				r.watching.Store(true)
+			}
+		}()
+	}
+	return r, nil
+}
+
+// noteAck takes an ack notice (AckNotifier): kept for await, which it
+// wakes. It never waits for mu (held while a batch ships).
+func (r *ReplicatedStore) noteAck(a Ack) {
+	r.noticeMu.Lock()
+	defer r.noticeMu.Unlock()
+	if cur, ok := r.pending[a.Standby]; !ok || newerAck(a, cur) {
+		r.pending[a.Standby] = a
+	}
+	close(r.notice)
+	r.notice = make(chan struct{})
+}
+
+// newerAck reports whether a says more than b, both from one node: a
+// newer epoch, or more of the same epoch's history.
+func newerAck(a, b Ack) bool {
+	return a.Epoch > b.Epoch || a.Epoch == b.Epoch && a.Seq > b.Seq
+}
+
+// observe counts, under mu, what the acks heard so far say: the notices
+// that came since the last look and acks (read from the coordinator;
+// nil when not read), each kept if newer than what was heard from its
+// node. Keeping the newest rather than the last read is sound because
+// an ack is a true statement whenever it is counted: a node's history
+// of one owner's epoch only grows, and a node that lost its disk
+// follows again only from a snapshot of the owner, which holds every
+// batch shipped before, so every batch the node ever acked. (A
+// coordinator that rolls back may hand out an older ack; that one says
+// less, not something false.)
+func (r *ReplicatedStore) observe(acks map[string]Ack) (uint64, error) {
+	r.noticeMu.Lock()
+	for node, a := range r.pending {
+		r.hear(a)
+		delete(r.pending, node)
+	}
+	r.noticeMu.Unlock()
+	for _, a := range acks {
+		r.hear(a)
+	}
+	return r.owner.Observe(r.ctx, r.heard)
+}
+
+func (r *ReplicatedStore) hear(a Ack) {
+	if cur, ok := r.heard[a.Standby]; !ok || newerAck(a, cur) {
+		r.heard[a.Standby] = a
+	}
+}
+
+// noticed returns the channel the next ack notice closes.
+func (r *ReplicatedStore) noticed() <-chan struct{} {
+	r.noticeMu.Lock()
+	defer r.noticeMu.Unlock()
+	return r.notice
 }
 
 // Stop stops waiting for the standby: a batch still waiting, and every
@@ -360,7 +437,10 @@ func (r *ReplicatedStore) shipBatch(b *replBatch) error {
 	return nil // an append that failed stays queued in the Owner: Resend ships it
 }
 
-// await waits until the standby holds seq, or ctx ends.
+// await waits until the standby holds seq, or ctx ends. With ack
+// notices (AckNotifier) it counts those as they come and reads the
+// coordinator's acks only when none came for 20 PollEvery (a notice
+// lost); without, it reads them every PollEvery.
 func (r *ReplicatedStore) await(ctx context.Context, seq uint64) error {
 	if seq == 0 {
 		return nil
@@ -372,14 +452,20 @@ func (r *ReplicatedStore) await(ctx context.Context, seq uint64) error {
 	if r.waitSeconds != nil {
 		defer func() { r.waitSeconds.Observe(time.Since(start).Seconds()) }()
 	}
+	read := !r.watching.Load() // with notices, first look at what they brought
 	for {
-		// The Redis read outside the lock: the commit loop ships under it.
-		acks, err := r.owner.c.Acks(r.ctx, r.owner.p)
+		wake := r.noticed() // before looking: a notice from now on ends the wait below
+		var acks map[string]Ack
+		var err error
+		if read {
+			// The Redis read outside the lock: the commit loop ships under it.
+			acks, err = r.owner.c.Acks(r.ctx, r.owner.p)
+		}
 		r.mu.Lock()
 		acked := r.owner.acked
 		if err == nil {
 			before := r.owner.acked
-			acked, err = r.owner.Observe(r.ctx, acks)
+			acked, err = r.observe(acks)
 			if acked > before {
 				r.waitingSince = time.Time{}
 				if len(r.owner.unacked) > 0 {
@@ -408,8 +494,15 @@ func (r *ReplicatedStore) await(ctx context.Context, seq uint64) error {
 		if acked > last {
 			last, progress = acked, time.Now()
 		}
+		every := r.PollEvery
+		if r.watching.Load() {
+			every = 20 * r.PollEvery
+		}
 		select {
-		case <-time.After(r.PollEvery):
+		case <-wake:
+			read = false
+		case <-time.After(every):
+			read = true
 		case <-r.ctx.Done():
 			return store.ErrClosed
 		case <-ctx.Done():
@@ -727,23 +820,26 @@ func NewFollowerFromSnapshot(c Coord, p Partition, node string, st store.Store, 
 func (f *Follower) Standby() *Standby { return f.sb }
 
 // Run follows the stream until ctx ends. When idle it waits for the next
-// entry (EntryWaiter) for at most poll, or sleeps poll.
+// entry (EntryReader: in the same read, for at most poll), or sleeps
+// poll between reads.
 func (f *Follower) Run(ctx context.Context, poll time.Duration) error {
+	r, waits := f.sb.c.(EntryReader)
 	for {
-		n, err := f.sb.Step(ctx, 512)
+		var n int
+		var err error
+		if waits {
+			n, err = f.sb.StepWaiting(ctx, r, 512, poll)
+		} else {
+			n, err = f.sb.Step(ctx, 512)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err == nil && n > 0 {
-			continue
+		if err == nil && (n > 0 || waits) {
+			continue // a read that waited (or found nothing new) goes on at once
 		}
-		// Idle: wait for the next entry (or poll); after a coordinator
-		// error, wait a poll and read again.
-		if w, ok := f.sb.c.(EntryWaiter); ok && err == nil {
-			if werr := w.WaitEntries(ctx, f.p, f.sb.State().Cursor, poll); werr == nil {
-				continue
-			}
-		}
+		// Idle without a waiting read, or a coordinator error: wait a
+		// poll and read again.
 		select {
 		case <-time.After(poll):
 		case <-ctx.Done():
