@@ -302,15 +302,21 @@ func (p *Pump) originLoop(ctx context.Context, from uint32, o Origin, run *origi
 		l.wake <- struct{}{} // drain what the outbox holds at start
 		l.retry = make(chan struct{}, 1)
 		l.run = run
+	}
+	// Listed before they run: a Wake that follows a link's first failure
+	// must find the link (it found none, and the link backed off in full,
+	// when the list came after: TestPumpWakeEndsTheBackoff failed so in
+	// make test).
+	run.mu.Lock()
+	run.links = links
+	run.mu.Unlock()
+	for _, l := range links {
 		run.wg.Add(1)
 		go func() {
 			defer run.wg.Done()
 			p.linkLoop(ctx, o, l)
 		}()
 	}
-	run.mu.Lock()
-	run.links = links
-	run.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
