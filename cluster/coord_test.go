@@ -55,6 +55,8 @@ func TestCoordContract(t *testing.T) {
 			t.Run("acks and standby", func(t *testing.T) { testAcks(t, mk(t)) })
 			t.Run("members", func(t *testing.T) { testMembers(t, mk(t)) })
 			t.Run("announce", func(t *testing.T) { testAnnounce(t, mk(t)) })
+			t.Run("ack notices", func(t *testing.T) { testAckNotices(t, mk(t)) })
+			t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, mk(t)) })
 			t.Run("partition count", func(t *testing.T) { testPartitionCount(t, mk(t)) })
 		})
 	}
@@ -129,6 +131,114 @@ func testAnnounce(t *testing.T, env coordEnv) {
 		if want := slices.Sorted(slices.Values(want)); !slices.Equal(got, want) {
 			t.Fatalf("listener %d heard %v, want %v", i, got, want)
 		}
+	}
+}
+
+// testAckNotices: an ack put is passed, as put, to the watchers of its
+// partition and no other, and is recorded all the same.
+func testAckNotices(t *testing.T, env coordEnv) {
+	n, ok := env.c.(AckNotifier)
+	if !ok {
+		t.Fatalf("%T is not an AckNotifier", env.c)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	heard5, heard6 := make(chan Ack, 64), make(chan Ack, 64)
+	if err := n.WatchAcks(ctx, 5, func(a Ack) { heard5 <- a }); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WatchAcks(ctx, 6, func(a Ack) { heard6 <- a }); err != nil {
+		t.Fatal(err)
+	}
+	// Put until each watcher hears one (a second channel joins the
+	// subscription without waiting for Redis to confirm it).
+	hear := func(p Partition, ch chan Ack, a Ack) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if err := env.c.PutAck(ctx, p, a); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case got := <-ch:
+				if got != a {
+					t.Fatalf("partition %d's watcher heard %+v, want %+v", p, got, a)
+				}
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("partition %d's watcher heard nothing within 10s", p)
+			}
+		}
+	}
+	a5 := Ack{Standby: "b", Epoch: 3, Owner: "a", Seq: 17}
+	hear(5, heard5, a5)
+	hear(6, heard6, Ack{Standby: "c", Epoch: 4, Owner: "a", Seq: 2})
+	for len(heard5) > 0 { // repeats of the puts before 5's was heard
+		<-heard5
+	}
+	a6 := Ack{Standby: "c", Epoch: 4, Owner: "a", Seq: 3}
+	hear(6, heard6, a6)
+	select {
+	case a := <-heard5:
+		t.Fatalf("partition 5's watcher heard %+v, put for partition 6", a)
+	default:
+	}
+	acks, err := env.c.Acks(ctx, 5)
+	if err != nil || acks["b"] != a5 {
+		t.Fatalf("partition 5's recorded acks: %+v, %v; want %+v", acks, err, a5)
+	}
+}
+
+// testReadEntries: a waiting read returns at once what the stream holds
+// after its cursor (at most n), and otherwise the first entry to come.
+func testReadEntries(t *testing.T, env coordEnv) {
+	r, ok := env.c.(EntryReader)
+	if !ok {
+		t.Fatalf("%T is not an EntryReader", env.c)
+	}
+	ctx, p := context.Background(), Partition(9)
+	for seq := uint64(1); seq <= 3; seq++ {
+		if err := env.c.Append(ctx, p, Entry{Epoch: 1, Owner: "a", Seq: seq, Data: []byte{byte(seq)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seqs := func(es []Entry) (out []uint64) {
+		for _, e := range es {
+			out = append(out, e.Seq)
+		}
+		return out
+	}
+	es, cursor, err := r.ReadEntries(ctx, p, "", 2, time.Hour)
+	if err != nil || !slices.Equal(seqs(es), []uint64{1, 2}) {
+		t.Fatalf("first read: %v, %v; want seqs 1 and 2", seqs(es), err)
+	}
+	es, cursor, err = r.ReadEntries(ctx, p, cursor, 2, time.Hour)
+	if err != nil || !slices.Equal(seqs(es), []uint64{3}) || es[0].Data[0] != 3 {
+		t.Fatalf("second read: %v, %v; want seq 3", seqs(es), err)
+	}
+	if es, c2, err := r.ReadEntries(ctx, p, cursor, 2, 50*time.Millisecond); err != nil || len(es) != 0 || c2 != cursor {
+		t.Fatalf("a read with nothing new for 50ms: %v, cursor %q (was %q), %v; want nothing, the cursor unmoved", seqs(es), c2, cursor, err)
+	}
+	type read struct {
+		es  []Entry
+		err error
+	}
+	done := make(chan read, 1)
+	go func() {
+		es, _, err := r.ReadEntries(ctx, p, cursor, 2, time.Hour)
+		done <- read{es, err}
+	}()
+	if err := env.c.Append(ctx, p, Entry{Epoch: 1, Owner: "a", Seq: 4}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-done:
+		if got.err != nil || !slices.Equal(seqs(got.es), []uint64{4}) {
+			t.Fatalf("a waiting read: %v, %v; want seq 4", seqs(got.es), got.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting read did not return within 10s of an append")
 	}
 }
 
@@ -450,6 +560,8 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	t.Run("stream", func(t *testing.T) { testStream(t, env) })
 	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
 	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
+	t.Run("ack notices", func(t *testing.T) { testAckNotices(t, env) })
+	t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, env) })
 	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
 	if t.Failed() {
 		return
@@ -479,6 +591,15 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	if _, ok, err := c.TakeLease(ctx, p, "a", 0, time.Minute); err != nil || !ok {
 		t.Fatalf("take before the failover: %v %v", ok, err)
 	}
+	// An owner watching its acks across the failover (its subscription
+	// is on the master that dies: the channel shares the partition's
+	// hash tag).
+	heard := make(chan Ack, 1024)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if err := c.WatchAcks(wctx, p, func(a Ack) { heard <- a }); err != nil {
+		t.Fatal(err)
+	}
 	master.Kill()
 	killed := time.Now()
 	deadline := killed.Add(30 * time.Second)
@@ -505,6 +626,27 @@ func TestCoordOnRedisCluster(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // waiting for Redis Cluster's failover
 	}
 	t.Logf("coordinator usable again %v after SIGKILL of the master of slot %d", time.Since(killed).Round(time.Millisecond), slot)
+	// go-redis subscribes again on another node: the watcher hears the
+	// acks put from then on (those put meanwhile are lost: a notice is a
+	// hint, and the owner reads the recorded acks when none comes).
+	want := Ack{Standby: "b", Epoch: 9, Owner: "a", Seq: 1}
+	for {
+		if err := c.PutAck(ctx, p, want); err != nil && time.Now().After(deadline) {
+			t.Fatalf("put ack after the failover: %v", err)
+		}
+		select {
+		case a := <-heard:
+			if a != want {
+				t.Fatalf("heard %+v after the failover, want %+v", a, want)
+			}
+			t.Logf("the ack watcher heard again %v after the SIGKILL", time.Since(killed).Round(time.Millisecond))
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ack watcher heard nothing within 30s of the master's death")
+		}
+	}
 }
 
 // TestReadEntriesEndsWithItsContext: a standby waiting on an empty
