@@ -51,6 +51,8 @@ type ReplicatedStore struct {
 
 	waitSeconds prometheus.Histogram
 	resends     prometheus.Counter
+	// ackNotices and ackReads: how the owner learned of acks.
+	ackNotices, ackReads prometheus.Counter
 
 	// waitingSince is when the standby last made progress while batches
 	// waited for it, or when the first of them was shipped; zero while
@@ -130,6 +132,7 @@ func (r *ReplicatedStore) pollAcks() {
 		case <-time.After(every):
 		}
 		acks, err := r.owner.c.Acks(r.ctx, r.owner.p)
+		r.countRead()
 		if err != nil {
 			continue
 		}
@@ -170,7 +173,7 @@ func (r *ReplicatedStore) Register(reg prometheus.Registerer) error {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(r.Status()) })
 	}
 	for _, c := range []prometheus.Collector{
-		r.waitSeconds, r.resends,
+		r.waitSeconds, r.resends, r.ackNotices, r.ackReads,
 		gauge("ding_cluster_epoch", "The owner's lease epoch.", func(s Status) float64 { return float64(s.Epoch) }),
 		gauge("ding_cluster_has_standby", "1 when the owner has a standby; 0: writes wait, nothing is acknowledged.", func(s Status) float64 {
 			if s.Standby == "" {
@@ -198,6 +201,15 @@ func NewReplicatedStore(st store.Store, owner *Owner) (*ReplicatedStore, error) 
 	r := &ReplicatedStore{Store: st, ship: sh, owner: owner, ctx: ctx, cancel: cancel,
 		PollEvery: 500 * time.Microsecond, ResendAfter: 500 * time.Millisecond,
 		heard: map[string]Ack{}, pending: map[string]Ack{}, notice: make(chan struct{})}
+	// Made here, registered by Register: the notices may come first.
+	r.ackNotices = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_cluster_ack_notices_total",
+		Help: "Acks the owner heard as they were put (the coordinator's notices), counted without reading the recorded acks.",
+	})
+	r.ackReads = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_cluster_ack_reads_total",
+		Help: "Reads of the recorded acks by the owner: every poll when its coordinator sends no notices, else only after 20 polls without one.",
+	})
 	if n, ok := owner.c.(AckNotifier); ok {
 		go func() {
 			// Until it is watching (or if it cannot), await polls Acks.
@@ -212,6 +224,7 @@ func NewReplicatedStore(st store.Store, owner *Owner) (*ReplicatedStore, error) 
 // noteAck takes an ack notice (AckNotifier): kept for await, which it
 // wakes. It never waits for mu (held while a batch ships).
 func (r *ReplicatedStore) noteAck(a Ack) {
+	r.ackNotices.Inc()
 	r.noticeMu.Lock()
 	defer r.noticeMu.Unlock()
 	if cur, ok := r.pending[a.Standby]; !ok || newerAck(a, cur) {
@@ -220,6 +233,9 @@ func (r *ReplicatedStore) noteAck(a Ack) {
 	close(r.notice)
 	r.notice = make(chan struct{})
 }
+
+// countRead counts a read of the recorded acks.
+func (r *ReplicatedStore) countRead() { r.ackReads.Inc() }
 
 // newerAck reports whether a says more than b, both from one node: a
 // newer epoch, or more of the same epoch's history.
@@ -460,6 +476,7 @@ func (r *ReplicatedStore) await(ctx context.Context, seq uint64) error {
 		if read {
 			// The Redis read outside the lock: the commit loop ships under it.
 			acks, err = r.owner.c.Acks(r.ctx, r.owner.p)
+			r.countRead()
 		}
 		r.mu.Lock()
 		acked := r.owner.acked
