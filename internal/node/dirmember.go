@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -59,6 +60,14 @@ import (
 // and standby keep in memory for observers (16 MiB).
 const dirKeepRecent = 16 << 20
 
+// keepRecent is dirKeepRecent, or the test's.
+func keepRecent(cfg Config) int {
+	if cfg.dirKeepRecent > 0 {
+		return cfg.dirKeepRecent
+	}
+	return dirKeepRecent
+}
+
 // dirSeqHeader carries, in the answer to a directory change, how far the
 // directory's history runs after it (its owner's last shipped batch).
 const dirSeqHeader = "Ding-Directory-Seq"
@@ -104,7 +113,7 @@ func (h *dirHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (_
 	if err != nil {
 		return nil, err
 	}
-	rs.KeepRecent(dirKeepRecent)
+	rs.KeepRecent(keepRecent(n.cfg))
 	eng, err := engine.Open(engine.Config{
 		Store: rs, Clock: n.cfg.Clock, MaxBody: n.cfg.MaxBody, Logger: n.cfg.Logger.With("partition", "dir", "role", "owner"),
 		Registerer:        prometheus.NewRegistry(), // the node's directory engine reports the series labelled "dir"
@@ -152,6 +161,13 @@ type dirObserver struct {
 
 	f   *cluster.Follower
 	obs *cluster.Observer
+	id  string          // this node's (attach)
+	db  *pebblestore.DB // the copy (attach)
+	// reload: the copy was reinstalled from a snapshot not yet confirmed
+	// (reinstall); the directory reloads from it once it is.
+	reload bool
+	// reinstalls counts reinstall's snapshots.
+	reinstalls prometheus.Counter
 
 	mu      sync.Mutex
 	seq     uint64        // how far the copy runs; guarded by mu
@@ -160,7 +176,11 @@ type dirObserver struct {
 }
 
 func newDirObserver(c cluster.Coord, p cluster.Partition, id, secret string, peer *http.Client, owners *coordOwners, log *slog.Logger, db *pebblestore.DB) (*dirObserver, error) {
-	o := &dirObserver{c: c, p: p, secret: secret, peer: peer, owners: owners, log: log, changed: make(chan struct{}), owns: func() bool { return false }}
+	o := &dirObserver{c: c, p: p, secret: secret, peer: peer, owners: owners, log: log, changed: make(chan struct{}), owns: func() bool { return false },
+		reinstalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ding_cluster_directory_snapshots_total",
+			Help: "Times this node's copy of the directory, further behind than the directory's owner keeps, was replaced while running by the owner's snapshot.",
+		})}
 	if db == nil {
 		return o, nil // attached to the node's copy once it runs (attach)
 	}
@@ -173,7 +193,7 @@ func (o *dirObserver) attach(id string, db *pebblestore.DB) error {
 	if err != nil {
 		return err
 	}
-	o.f, o.obs = f, cluster.NewObserver(f, f.Standby().State())
+	o.f, o.obs, o.id, o.db = f, cluster.NewObserver(f, f.Standby().State()), id, db
 	o.mu.Lock()
 	o.seq = o.obs.State().Seq
 	o.mu.Unlock()
@@ -234,8 +254,10 @@ func newDirUsers(dir *fanout.Directory, obs *dirObserver, reg prometheus.Registe
 		Name: "ding_cluster_directory_waits_total",
 		Help: "Connections whose validly signed token named a user this node's copy of the directory did not hold yet (created a moment ago through another node), which waited for the copy.",
 	})}
-	if err := reg.Register(u.waits); err != nil {
-		return nil, fmt.Errorf("node: %w", err)
+	for _, c := range []prometheus.Collector{u.waits, obs.reinstalls} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("node: %w", err)
+		}
 	}
 	return u, nil
 }
@@ -284,16 +306,26 @@ func (o *dirObserver) publish(seq uint64) {
 // partitions served here.
 func (o *dirObserver) run(ctx context.Context) {
 	for ctx.Err() == nil {
-		n, _, err := o.step(ctx, 10*time.Second)
+		wait := 10 * time.Second
+		if o.reload {
+			wait = 0 // a reinstalled copy asks at once whether the owner's standby holds it
+		}
+		n, _, err := o.step(ctx, wait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			if errors.Is(err, cluster.ErrChangesTrimmed) {
-				o.logOnce("this node's copy of the directory is further behind than the directory's owner keeps: restart this node, which catches up from the owner's snapshot before it serves", err)
-			} else {
-				o.logOnce("following the directory's owner failed; retrying", err)
+			if errors.Is(err, cluster.ErrChangesTrimmed) || errors.Is(err, cluster.ErrSnapshotUnconfirmed) {
+				// Further behind than the owner keeps (this node was cut
+				// off a while), or following a snapshot whose owner
+				// changed: start over from the owner's snapshot.
+				o.log.Warn("this node's copy of the directory is further behind than its owner keeps: taking the owner's snapshot", "err", err)
+				if err = o.reinstall(ctx); err == nil {
+					o.logged = ""
+					continue
+				}
 			}
+			o.logOnce("following the directory's owner failed; retrying", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(250 * time.Millisecond):
@@ -301,6 +333,16 @@ func (o *dirObserver) run(ctx context.Context) {
 			continue
 		}
 		o.logged = ""
+		if o.reload && o.obs.Confirmed() {
+			o.reload, n = false, max(n, 1) // the reinstalled copy holds nothing unacknowledged: load it
+		}
+		if o.reload {
+			select { // not confirmed yet: ask again shortly
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
 		if n == 0 {
 			continue
 		}
@@ -314,6 +356,58 @@ func (o *dirObserver) run(ctx context.Context) {
 		}
 		o.publish(o.obs.State().Seq)
 	}
+}
+
+// reinstall replaces the copy's contents, while the node runs, with the
+// directory owner's snapshot: fetched into a directory of its own, then
+// written over the copy in one batch (everything the copy held deleted,
+// everything the snapshot holds set), so that readers of the copy see
+// it before or after, never half. The copy follows the owner from the
+// snapshot's seq on; the directory reloads from it once the owner says
+// its standby holds that seq (reload), which is what makes a removal
+// made meanwhile take effect here.
+func (o *dirObserver) reinstall(ctx context.Context) error {
+	if o.n == nil || o.db == nil {
+		return errors.New("node: the directory's copy is not attached")
+	}
+	base, err := o.owners.Owner(ctx, uint32(o.p))
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(o.n.cfg.DataDir, "dir-snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	defer os.RemoveAll(tmp)
+	snap, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchSnapshot(ctx, tmp)
+	if err != nil {
+		return err
+	}
+	from, err := pebblestore.Open(filepath.Join(tmp, "store"), pebblestore.Options{ReadOnly: true, Logger: o.log})
+	if err != nil {
+		return err
+	}
+	defer from.Close()
+	b := o.db.NewBatch()
+	defer b.Close()
+	b.DeleteRange([]byte{0}, bytes.Repeat([]byte{0xff}, 16)) // every key: the engine's, the cluster's (0xff…)
+	keys := 0
+	if err := from.Scan([]byte{0}, nil, func(k, v []byte) bool {
+		b.Set(k, v)
+		keys++
+		return true
+	}); err != nil {
+		return err
+	}
+	if err := b.Commit(true); err != nil {
+		return err
+	}
+	// The published seq stays where the directory is until it reloads.
+	f, err := cluster.NewFollower(o.c, o.p, o.id, o.db, cluster.StandbyState{})
+	if err != nil {
+		return err
+	}
+	o.f, o.obs, o.reload = f, cluster.NewObserverFromSnapshot(f, snap), true
+	o.reinstalls.Inc()
+	o.log.Info("took the directory from its owner's snapshot", "seq", snap.Seq, "keys", keys)
+	return nil
 }
 
 // removed closes the removed users' connections here and applies their

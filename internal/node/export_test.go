@@ -51,3 +51,8 @@ func SetRelayBackoff(cfg *Config, min, max time.Duration) {
 // SetBeforeDirApply makes a cluster node call f before its copy of the
 // directory applies the owner's changes (a test holds the copy back).
 func SetBeforeDirApply(cfg *Config, f func()) { cfg.beforeDirApply = f }
+
+// SetDirKeepRecent makes the directory's owner keep only n bytes of its
+// latest history for the other nodes' copies (16 MiB otherwise): a copy
+// held back that long must take the owner's snapshot.
+func SetDirKeepRecent(cfg *Config, n int) { cfg.dirKeepRecent = n }

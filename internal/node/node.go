@@ -214,6 +214,8 @@ type Config struct {
 	// beforeDirApply, when set (by tests), is called before a cluster
 	// node's copy of the directory applies the owner's changes.
 	beforeDirApply func()
+	// dirKeepRecent, when positive (set by tests), replaces dirKeepRecent.
+	dirKeepRecent int
 	// beforeAttach, when set (by tests), is called before a partition's
 	// runtime is attached (after its store is opened).
 	beforeAttach func(p uint32)

@@ -353,8 +353,16 @@ func (n *Node) attachPartition(p uint32, wrap *runtimeWrap) error {
 		return err
 	}
 	// Offboardings decided while another node served p (or before a
-	// crash cut them short here) are applied to it now.
-	if _, err := s.forgetRemoved(context.Background()); err != nil {
+	// crash cut them short here) are applied to it now, or, when its
+	// batch is not durable within forgetWait (a partition taken over
+	// that waits for a standby), in the background: meanwhile the
+	// commit loop refuses the removed users (Directory.Active). Waiting
+	// on, the member serving the partition was held here, and with it
+	// the node's stop.
+	fctx, cancel := context.WithTimeout(context.Background(), forgetWait)
+	_, err = s.forgetRemoved(fctx)
+	cancel()
+	if err != nil {
 		s.log.Error("applying the directory's removals to a partition failed; retrying in the background", "partition", p, "err", err)
 		s.wakeForget()
 	}
@@ -878,12 +886,30 @@ func (s *partitionSet) forgetRemoved(ctx context.Context) (engine.Offboarded, er
 // wakeForget asks forgetLoop to run forgetRemoved again.
 func (s *partitionSet) wakeForget() { poke(s.retryForget) }
 
+// forgetWait bounds how long attaching a partition waits for its
+// removals to be durable before leaving them to forgetLoop.
+const forgetWait = 2 * time.Second
+
 // forgetLoop runs forgetRemoved again after a failure, every second
 // (real time: what it waits for is a disk or a store, not a clock), until
 // it succeeds or the node stops. Owned by the partitionSet: stopped by
 // stopForgetLoop before the engines shut down.
 func (s *partitionSet) forgetLoop() {
 	defer close(s.forgetDone)
+	// A Forget waiting for a batch that cannot become durable (a
+	// partition with no standby) ends at the stop; its batch is refused
+	// when the engine shuts down.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-s.stopForget:
+			cancel()
+		case <-stopped:
+		}
+	}()
 	for {
 		select {
 		case <-s.stopForget:
@@ -898,10 +924,7 @@ func (s *partitionSet) forgetLoop() {
 				return
 			case <-t.C:
 			}
-			// Not cancelled by a stop: the engines run until this loop
-			// has ended, and Forget answers once its batch is durable or
-			// refused.
-			_, err := s.forgetRemoved(context.Background())
+			_, err := s.forgetRemoved(ctx)
 			if done = err == nil; done {
 				s.log.Info("applied the directory's removals to every partition")
 			} else {

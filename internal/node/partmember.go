@@ -206,7 +206,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	}
 	dirObs, _ := newDirObserver(mc.Coord, dirP, mc.ID, mc.Secret, peer, owners, log.With("partition", "dir"), nil)
 	dm := ms[p]
-	dm.log, dm.keep = log.With("partition", "dir"), dirKeepRecent
+	dm.log, dm.keep = log.With("partition", "dir"), keepRecent(mc.Node)
 	dm.host = &dirHost{partHost: host, obs: dirObs}
 	dirObs.owns = func() bool { return dm.serving.Load() != nil }
 	byP := func(w http.ResponseWriter, r *http.Request) *member {

@@ -1243,3 +1243,93 @@ func TestClusterTokenOfAUserJustCreatedElsewhere(t *testing.T) {
 		t.Fatal("no metric for a cluster of partitions only in the catalogue: the parsing is broken")
 	}
 }
+
+// A node whose copy of the directory fell further behind than the
+// directory's owner keeps (held back here while the owner keeps 2 KiB)
+// takes the owner's snapshot while it runs, without a restart: users
+// added meanwhile can connect to it, and a user removed meanwhile is
+// refused there and loses the connection it held. It used to stay
+// behind, logging that the node needed a restart, and kept accepting the
+// removed user.
+func TestClusterCopyOfTheDirectoryTooFarBehindTakesTheSnapshot(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	var holdOn atomic.Value // the id of the node whose copy is held
+	holdOn.Store("")
+	release := make(chan struct{})
+	var once sync.Once
+	let := func() { once.Do(func() { holdOn.Store(""); close(release) }) }
+	defer let() // before the nodes stop (their cleanups)
+	a, b := startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
+		node.SetDirKeepRecent(&mc.Node, 2<<10)
+		id := mc.ID
+		node.SetBeforeDirApply(&mc.Node, func() {
+			if holdOn.Load() == id {
+				<-release
+			}
+		})
+	})
+	h, _, _ := coord.Lease(ctx, cluster.Partition(testPartitions))
+	own, lag := a, b
+	if h == b.id {
+		own, lag = b, a
+	}
+	addClusterUsers(t, own, []partNode{a, b}, named("ana")...)
+	// ana holds a connection to the lagging node.
+	ana, err := client.Dial(ctx, client.Config{Addr: lag.n.SocketAddr(), Token: nodetest.Token(t, own.n, "ana", "phone"), Device: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ana.Close()
+	holdOn.Store(lag.id)
+	var added []string
+	for i := range 40 {
+		id := fmt.Sprintf("user-added-while-%s-was-held-back-%02d", lag.id, i)
+		if code, out, _ := (&dingNode{n: own.n}).api(t, "POST", "/v1/users", map[string]any{"id": id, "name": strings.Repeat("n", 100)}); code != http.StatusCreated {
+			t.Fatalf("add %s through %s: %d %v", id, own.id, code, out)
+		}
+		added = append(added, id)
+	}
+	if code, _, _ := (&dingNode{n: own.n}).api(t, "DELETE", "/v1/users/ana", nil); code != http.StatusOK {
+		t.Fatal("remove ana")
+	}
+	if !lag.n.Directory().Active("ana") || lag.n.Directory().Active(added[len(added)-1]) {
+		t.Fatalf("%s's copy moved while held back", lag.id)
+	}
+	before := metricSum(t, lag.n, "ding_cluster_directory_snapshots_total", "")
+	let()
+	nodetest.WaitFor(t, lag.id+"'s copy to take the owner's snapshot and hold ana's removal", 20*time.Second, func() bool {
+		return !lag.n.Directory().Active("ana") && lag.n.Directory().Active(added[len(added)-1])
+	})
+	if n := metricSum(t, lag.n, "ding_cluster_directory_snapshots_total", ""); n != before+1 {
+		t.Fatalf("ding_cluster_directory_snapshots_total went %v -> %v, want one snapshot", before, n)
+	}
+	for _, id := range added {
+		if !lag.n.Directory().Active(id) {
+			t.Fatalf("%s's copy lacks %s after the snapshot", lag.id, id)
+		}
+	}
+	c, err := client.Dial(ctx, client.Config{Addr: lag.n.SocketAddr(), Token: nodetest.Token(t, own.n, added[0], "phone"), Device: "phone"})
+	if err != nil {
+		t.Fatalf("%s, added while %s was held back, dialling it: %v", added[0], lag.id, err)
+	}
+	c.Close()
+	if _, err := client.Dial(ctx, client.Config{Addr: lag.n.SocketAddr(), Token: nodetest.Token(t, own.n, "ana", "tablet"), Device: "tablet"}); err == nil || !strings.Contains(err.Error(), "BAD_TOKEN") && !strings.Contains(err.Error(), "USER_REMOVED") {
+		t.Fatalf("ana, removed, dialling %s: %v, want refused", lag.id, err)
+	}
+	// The connection ana held is closed with USER_REMOVED.
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-ana.Entries():
+			if !ok {
+				if err := ana.Err(); err == nil || !strings.Contains(err.Error(), "USER_REMOVED") {
+					t.Fatalf("ana's connection to %s ended with %v, want USER_REMOVED", lag.id, err)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("ana's connection to %s still open 10s after her removal reached it", lag.id)
+		}
+	}
+}
