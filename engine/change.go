@@ -160,7 +160,7 @@ func (e *Engine) Offboard(ctx context.Context, user string, ch Change) (Offboard
 		ch.Write = func(Writer) error { return nil }
 	}
 	var res Offboarded // read only once the op has answered
-	err := wait(ctx, func(done func(error)) {
+	answered, err := waitAnswered(ctx, func(done func(error)) {
 		e.enqueue(func(c *txn) error {
 			res = Offboarded{}
 			if err := c.applyChange(&ch); err != nil {
@@ -171,6 +171,9 @@ func (e *Engine) Offboard(ctx context.Context, user string, ch Change) (Offboard
 			return err
 		}, done, 1)
 	})
+	if !answered {
+		return Offboarded{}, err
+	}
 	return res, err
 }
 
@@ -212,7 +215,7 @@ func (e *Engine) Forget(ctx context.Context, user string, auditSeq uint64) (Offb
 		return Offboarded{}, err
 	}
 	var res Offboarded // read only once the op has answered
-	err := wait(ctx, func(done func(error)) {
+	answered, err := waitAnswered(ctx, func(done func(error)) {
 		e.enqueue(func(c *txn) error {
 			res = Offboarded{}
 			if auditSeq > 0 {
@@ -234,6 +237,9 @@ func (e *Engine) Forget(ctx context.Context, user string, auditSeq uint64) (Offb
 			return err
 		}, done, 1)
 	})
+	if !answered {
+		return Offboarded{}, err // the op may still write res (forgetLoop's Forget ends at the node's stop)
+	}
 	return res, err
 }
 

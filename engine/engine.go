@@ -710,13 +710,21 @@ func (e *Engine) Read(ctx context.Context, user string, ids ...ID) error {
 }
 
 func wait(ctx context.Context, start func(done func(error))) error {
+	_, err := waitAnswered(ctx, start)
+	return err
+}
+
+// waitAnswered is wait that also says whether the op answered: when ctx
+// ended first, the op may still run and write what the caller shares
+// with it, which must then not be read.
+func waitAnswered(ctx context.Context, start func(done func(error))) (bool, error) {
 	ch := make(chan error, 1)
 	start(func(err error) { ch <- err })
 	select {
 	case err := <-ch:
-		return err
+		return true, err
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	}
 }
 
