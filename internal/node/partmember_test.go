@@ -1027,6 +1027,11 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 		t.Fatalf("delivered in the order %v, sent %v", order, sent)
 	}
 	t.Logf("%d messages through the hand-over of partition %d, %v relays refused meanwhile", len(sent), moving, refused())
+	// The node handed over follows its successor from its own history,
+	// without a snapshot (cluster.Owner.Continues), and says so.
+	nodetest.WaitFor(t, h.id+" to follow partition "+strconv.Itoa(moving)+" from its own history", 20*time.Second, func() bool {
+		return metricSum(t, h.n, "ding_cluster_standby_joins_total", fmt.Sprintf(`from="own_history",partition="%d"`, moving)) == 1
+	})
 }
 
 // metricSum scrapes n's /metrics and sums the series of name whose
