@@ -825,7 +825,10 @@ func (e *Engine) StopUser(ctx context.Context, user string) (int, error) {
 		stopped, err = c.stopUser(user, now)
 		return err
 	})
-	return stopped, err
+	if err != nil {
+		return 0, err // maybe ctx's: the op may still run, so stopped is not read
+	}
+	return stopped, nil
 }
 
 // stopUser stops every pending escalation to user: those the store has

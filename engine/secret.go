@@ -1017,7 +1017,10 @@ func (e *Engine) BurnUser(ctx context.Context, user string) (int, error) {
 		burned, err = c.burnUser(user)
 		return err
 	})
-	return burned, err
+	if err != nil {
+		return 0, err // maybe ctx's: the op may still run, so burned is not read
+	}
+	return burned, nil
 }
 
 // burnUser burns user's live secret messages: those the store lists ('h'

@@ -776,7 +776,10 @@ func (e *Engine) PauseWebhook(ctx context.Context, id string, paused bool) (Webh
 		out.Cursor = ns.cursors[id]
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return Webhook{}, err // maybe ctx's: the op may still run, so out is not read
+	}
+	return out, nil
 }
 
 // WebhookDurable is the seq of the last durable event.
