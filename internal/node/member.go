@@ -778,6 +778,17 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			m.log.Warn("the partition has a newer owner than the history this member follows; it joins again from a snapshot")
 			return m.run(ctx)
 		}
+		if st := f.Standby().State(); !st.Learner && !m.drained.Load() {
+			// Dropped by the owner (it stopped acking in time, or the
+			// owner changed): the owner no longer counts this member's
+			// acks, and waits for a standby while this member, following
+			// on, looked like one and no spare joined. It joins again.
+			if sb, err := m.c.Standby(ctx, m.p); err == nil && sb != m.mc.ID {
+				leave()
+				m.log.Warn("the coordinator no longer names this member the partition's standby; it joins again", "standby", sb)
+				return m.run(ctx)
+			}
+		}
 		holder, _, err := m.c.Lease(ctx, m.p)
 		if err != nil || holder != "" {
 			continue

@@ -1338,3 +1338,78 @@ func TestClusterCopyOfTheDirectoryTooFarBehindTakesTheSnapshot(t *testing.T) {
 		}
 	}
 }
+
+// muteCoord is a node's view of a shared MemCoord whose acks can be
+// lost: while muted, PutAck reports success and records nothing (the
+// node's acks never reach the owner).
+type muteCoord struct {
+	*cluster.MemCoord
+	muted atomic.Bool
+}
+
+func (c *muteCoord) PutAck(ctx context.Context, p cluster.Partition, a cluster.Ack) error {
+	if c.muted.Load() {
+		return nil
+	}
+	return c.MemCoord.PutAck(ctx, p, a)
+}
+
+// A standby whose acks stop reaching the owner is dropped by it (writes
+// waited 2 lease TTLs); the dropped node, which followed on as if it
+// were the standby, notices that the coordinator no longer names it and
+// joins again, so the partition gets its standby back and the writes
+// that waited are acknowledged. It used to follow on for ever, and with
+// no spare node to take the place the partition's writes waited for
+// good (make test: TestClusterPartitionsJoinAndDrainUnderLoad, a
+// partition without a standby for 90 s with both nodes up).
+func TestClusterDroppedStandbyJoinsAgain(t *testing.T) {
+	mem := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	log := testLog(t)
+	bc := &muteCoord{MemCoord: mem}
+	a := runPartNode(t, mem, log, "a", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	nodetest.WaitFor(t, "a to found every partition", 20*time.Second, func() bool { return len(servedBy(a.n)) == testPartitions })
+	b := runPartNode(t, bc, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	p := -1
+	nodetest.WaitFor(t, "a partition owned by a and followed by b", 60*time.Second, func() bool {
+		for i := range testPartitions {
+			h, _, _ := mem.Lease(ctx, cluster.Partition(i))
+			sb, _ := mem.Standby(ctx, cluster.Partition(i))
+			if h == "a" && sb == "b" && slices.Contains(servedBy(a.n), i) {
+				p = i
+				return true
+			}
+		}
+		return false
+	})
+	user := ""
+	for i := 0; user == ""; i++ {
+		if u := fmt.Sprintf("u%d", i); a.n.PartitionOf(u) == p {
+			user = u
+		}
+	}
+	addClusterUsers(t, a, []partNode{a, b}, named(user)...)
+	bc.muted.Store(true)
+	sent := make(chan int, 1)
+	go func() {
+		code, _, _ := (&dingNode{n: a.n}).api(t, "POST", "/v1/messages", map[string]any{"from": user, "to": []string{user}, "text": "waits for a standby"})
+		sent <- code
+	}()
+	nodetest.WaitFor(t, "a to drop b, whose acks stopped, as partition "+strconv.Itoa(p)+"'s standby", 20*time.Second, func() bool {
+		sb, _ := mem.Standby(ctx, cluster.Partition(p))
+		return sb == ""
+	})
+	bc.muted.Store(false)
+	nodetest.WaitFor(t, "b to be partition "+strconv.Itoa(p)+"'s standby again", 30*time.Second, func() bool {
+		sb, _ := mem.Standby(ctx, cluster.Partition(p))
+		return sb == "b"
+	})
+	select {
+	case code := <-sent:
+		if code != http.StatusOK {
+			t.Fatalf("the message that waited for a standby: %d", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the message that waited for a standby was not acknowledged 30s after b was named again")
+	}
+}
