@@ -180,6 +180,12 @@ func (r *RedisCoord) Entries(ctx context.Context, p Partition, cursor string, n 
 	if err != nil {
 		return nil, cursor, r.fail(ctx, err, "cluster: read partition %d's stream: %w", p)
 	}
+	return decodeEntries(p, msgs, cursor)
+}
+
+// decodeEntries decodes stream messages read after cursor, and returns
+// the cursor after them.
+func decodeEntries(p Partition, msgs []redis.XMessage, cursor string) ([]Entry, string, error) {
 	out := make([]Entry, 0, len(msgs))
 	for _, m := range msgs {
 		e, err := decodeEntry(m.Values)
@@ -260,18 +266,10 @@ func (r *RedisCoord) ReadEntries(ctx context.Context, p Partition, cursor string
 	if got.err != nil {
 		return nil, cursor, r.fail(ctx, got.err, "cluster: read partition %d's stream: %w", p)
 	}
-	var out []Entry
-	for _, st := range got.streams {
-		for _, m := range st.Messages {
-			e, err := decodeEntry(m.Values)
-			if err != nil {
-				return nil, cursor, fmt.Errorf("cluster: partition %d's stream entry %s: %w", p, m.ID, err)
-			}
-			out = append(out, e)
-			cursor = m.ID
-		}
+	if len(got.streams) == 0 { // one stream asked for: one answered
+		return nil, cursor, nil
 	}
-	return out, cursor, nil
+	return decodeEntries(p, got.streams[0].Messages, cursor)
 }
 
 var claimPartitions = redis.NewScript(`

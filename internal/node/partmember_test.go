@@ -1047,6 +1047,38 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 	})
 }
 
+// dirHeldCluster is startPartCluster (mod applied to both nodes) whose
+// directory copies can be held back: own owns the directory's
+// partition, lag does not; hold stops lag's copy before it applies the
+// owner's next changes, let releases it (idempotent; deferred before the
+// nodes stop).
+func dirHeldCluster(t *testing.T, mod func(*node.MemberConfig)) (a, b, own, lag partNode, hold, let func()) {
+	t.Helper()
+	coord := cluster.NewMemCoord(time.Now)
+	var holdOn atomic.Value // the id of the node whose copy is held
+	holdOn.Store("")
+	release := make(chan struct{})
+	var once sync.Once
+	let = func() { once.Do(func() { holdOn.Store(""); close(release) }) }
+	a, b = startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
+		if mod != nil {
+			mod(mc)
+		}
+		id := mc.ID
+		node.SetBeforeDirApply(&mc.Node, func() {
+			if holdOn.Load() == id {
+				<-release
+			}
+		})
+	})
+	h, _, _ := coord.Lease(context.Background(), cluster.Partition(testPartitions))
+	own, lag = a, b
+	if h == b.id {
+		own, lag = b, a
+	}
+	return a, b, own, lag, func() { holdOn.Store(lag.id) }, let
+}
+
 // metricSum scrapes n's /metrics and sums the series of name whose
 // labels contain label (e.g. `to="2"`).
 func metricSum(t *testing.T, n *node.Node, name, label string) float64 {
@@ -1170,29 +1202,11 @@ func foundTogether(t *testing.T, together bool) {
 // succeeds. A token of a user no node knows is still refused (after the
 // wait), and one of a removed user at once.
 func TestClusterTokenOfAUserJustCreatedElsewhere(t *testing.T) {
-	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
-	var holdOn atomic.Value // the id of the node whose copy is held
-	holdOn.Store("")
-	release := make(chan struct{})
-	var once sync.Once
-	let := func() { once.Do(func() { holdOn.Store(""); close(release) }) }
+	a, b, own, lag, hold, let := dirHeldCluster(t, nil)
 	defer let() // before the nodes stop (their cleanups)
-	a, b := startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
-		id := mc.ID
-		node.SetBeforeDirApply(&mc.Node, func() {
-			if holdOn.Load() == id {
-				<-release
-			}
-		})
-	})
-	h, _, _ := coord.Lease(ctx, cluster.Partition(testPartitions))
-	own, lag := a, b
-	if h == b.id {
-		own, lag = b, a
-	}
 	addClusterUsers(t, own, []partNode{a, b}, named("ana")...)
-	holdOn.Store(lag.id)
+	hold()
 	if code, out, _ := (&dingNode{n: own.n}).api(t, "POST", "/v1/users", map[string]any{"id": "zed", "name": "zed"}); code != http.StatusCreated {
 		t.Fatalf("add zed through %s: %d %v", own.id, code, out)
 	}
@@ -1270,28 +1284,9 @@ func TestClusterTokenOfAUserJustCreatedElsewhere(t *testing.T) {
 // behind, logging that the node needed a restart, and kept accepting the
 // removed user.
 func TestClusterCopyOfTheDirectoryTooFarBehindTakesTheSnapshot(t *testing.T) {
-	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
-	var holdOn atomic.Value // the id of the node whose copy is held
-	holdOn.Store("")
-	release := make(chan struct{})
-	var once sync.Once
-	let := func() { once.Do(func() { holdOn.Store(""); close(release) }) }
+	a, b, own, lag, hold, let := dirHeldCluster(t, func(mc *node.MemberConfig) { node.SetDirKeepRecent(&mc.Node, 2<<10) })
 	defer let() // before the nodes stop (their cleanups)
-	a, b := startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
-		node.SetDirKeepRecent(&mc.Node, 2<<10)
-		id := mc.ID
-		node.SetBeforeDirApply(&mc.Node, func() {
-			if holdOn.Load() == id {
-				<-release
-			}
-		})
-	})
-	h, _, _ := coord.Lease(ctx, cluster.Partition(testPartitions))
-	own, lag := a, b
-	if h == b.id {
-		own, lag = b, a
-	}
 	addClusterUsers(t, own, []partNode{a, b}, named("ana")...)
 	// ana holds a connection to the lagging node.
 	ana, err := client.Dial(ctx, client.Config{Addr: lag.n.SocketAddr(), Token: nodetest.Token(t, own.n, "ana", "phone"), Device: "phone"})
@@ -1299,7 +1294,7 @@ func TestClusterCopyOfTheDirectoryTooFarBehindTakesTheSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ana.Close()
-	holdOn.Store(lag.id)
+	hold()
 	var added []string
 	for i := range 40 {
 		id := fmt.Sprintf("user-added-while-%s-was-held-back-%02d", lag.id, i)
