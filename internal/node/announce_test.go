@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -36,6 +37,30 @@ func firstDeliver(t *testing.T, c *client.Client, id string) *client.Message {
 		case <-time.After(20 * time.Second):
 			t.Errorf("no DELIVER of %s within 20s", id)
 			return nil
+		}
+	}
+}
+
+// deliversAll reads c's entries (acking them) until it has had a DELIVER
+// of each of ids, in whatever order.
+func deliversAll(t *testing.T, c *client.Client, ids ...string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for len(want) > 0 {
+		select {
+		case e, ok := <-c.Entries():
+			if !ok {
+				t.Fatalf("connection ended: %v", c.Err())
+			}
+			c.Ack(e.Seq)
+			if e.Message != nil {
+				delete(want, e.Message.ID)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no DELIVER of %v within 20s", slices.Collect(maps.Keys(want)))
 		}
 	}
 }
