@@ -144,7 +144,7 @@ func TestJoinOwnership(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := &recordingHook{}
 			_, h := setup(t, fanout.HubConfig{Ownership: own, DeviceHooks: []fanout.DeviceHook{rec}})
-			d, _, err := h.Join(tc.user, "phone", &fakeEndpoint{}, 1)
+			d, _, err := h.Join(tc.user, "phone", &fakeEndpoint{}, 1, nil)
 			if tc.local {
 				if err != nil || d == nil {
 					t.Fatalf("Join = %v, %v; want a device", d, err)

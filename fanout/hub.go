@@ -168,6 +168,10 @@ func (h *Hub) shard(user string) *shard {
 // the old endpoint is detached and returned so the caller can close it.
 // Attach does not consult Ownership (Join does).
 func (h *Hub) Attach(user, device string, ep Endpoint, from uint64) (d *Device, replaced Endpoint) {
+	return h.attach(user, device, ep, from, nil)
+}
+
+func (h *Hub) attach(user, device string, ep Endpoint, from uint64, first []byte) (d *Device, replaced Endpoint) {
 	d = &Device{hub: h, User: user, ID: device, ep: ep, next: from, catch: true}
 	s := h.shard(user)
 	s.mu.Lock()
@@ -190,6 +194,11 @@ func (h *Hub) Attach(user, device string, ep Endpoint, from uint64) (d *Device, 
 	}
 	s.mu.Unlock()
 	h.devices.Inc()
+	if first != nil {
+		// Not scheduled yet, and live pushes only mark a catching-up
+		// device behind: nothing reaches ep before first.
+		ep.Send(first)
+	}
 	d.mu.Lock()
 	h.scheduleLocked(d)
 	d.mu.Unlock()
@@ -201,11 +210,17 @@ func (h *Hub) Attach(user, device string, ep Endpoint, from uint64) (d *Device, 
 // does; otherwise it attaches nothing and returns a *NotOwnerError (see
 // ErrNotOwner) naming the owner, so that the edge can send the device
 // there.
-func (h *Hub) Join(user, device string, ep Endpoint, from uint64) (d *Device, replaced Endpoint, err error) {
+//
+// first, when not nil, is sent to ep once the device is registered and
+// before any entry: the handshake's answer (WELCOME). The device is thus
+// registered before its client can see the answer, so a connection of
+// the same device that the client opens after it replaces this one, never
+// the other way round.
+func (h *Hub) Join(user, device string, ep Endpoint, from uint64, first []byte) (d *Device, replaced Endpoint, err error) {
 	if node, local := h.cfg.Ownership.Owner(user); !local {
 		return nil, nil, notOwner(user, node)
 	}
-	d, replaced = h.Attach(user, device, ep, from)
+	d, replaced = h.attach(user, device, ep, from, first)
 	return d, replaced, nil
 }
 

@@ -238,3 +238,56 @@ func TestReplaceAndDetach(t *testing.T) {
 		t.Fatal("detached endpoint got an entry")
 	}
 }
+
+// greetingEndpoint records, when the greeting reaches it, whether the hub
+// already listed its device.
+type greetingEndpoint struct {
+	fakeEndpoint
+	h          *fanout.Hub
+	mu2        sync.Mutex
+	greeted    bool
+	registered bool // the device was online when the greeting was sent
+}
+
+func (g *greetingEndpoint) Send(b []byte) bool {
+	g.mu2.Lock()
+	if !g.greeted {
+		g.greeted, g.registered = true, g.h.Online("bo")
+	}
+	g.mu2.Unlock()
+	return g.fakeEndpoint.Send(b)
+}
+
+// Join sends its first frame (the session's WELCOME) once the device is
+// registered, so that a client who saw it and connects the same device
+// again replaces this connection, and before any entry of the stream,
+// even when entries are waiting and arriving live.
+func TestJoinGreetsOnceRegisteredAndBeforeTheStream(t *testing.T) {
+	e, h := setup(t, fanout.HubConfig{Chunk: 3})
+	submitN(t, e, 10, "bo")
+	hello := make([]byte, 16)
+	binary.BigEndian.PutUint64(hello, 1<<63) // no seq looks like it
+	ep := &greetingEndpoint{h: h}
+	d, _, err := h.Join("bo", "phone", ep, 1, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep.fakeEndpoint.mu.Lock()
+	ep.dev = d
+	ep.fakeEndpoint.mu.Unlock()
+	submitN(t, e, 5, "bo")
+	waitFor(t, "greeting and 15 entries", func() bool { return len(ep.seqs()) == 16 })
+	got := ep.seqs()
+	if got[0] != 1<<63 {
+		t.Fatalf("first frame is seq %d, want the greeting", got[0])
+	}
+	checkSeqs(t, got[1:], 1, 15)
+	if !ep.registered {
+		t.Fatal("the greeting was sent before the device was registered")
+	}
+	// The same device joining again replaces the greeted endpoint.
+	again := &greetingEndpoint{h: h}
+	if _, replaced, _ := h.Join("bo", "phone", again, 16, hello); replaced != ep {
+		t.Fatalf("second Join replaced %v, want the first endpoint", replaced)
+	}
+}

@@ -53,11 +53,13 @@ type PushRegistry interface {
 // Hub attaches a device to the live delivery of its user's stream. Safe
 // for concurrent use; never blocks on I/O. JoinFunc adapts *fanout.Hub.
 type Hub interface {
-	// Join attaches device of user to ep, sending the stream from seq
-	// from on; it returns the attachment and the endpoint of the same
-	// device's previous connection, which the caller closes. It fails with
-	// fanout.ErrNotOwner if this node does not serve user's stream.
-	Join(user, device string, ep fanout.Endpoint, from uint64) (Attachment, fanout.Endpoint, error)
+	// Join attaches device of user to ep, sending first (the WELCOME)
+	// once the device is registered and then the stream from seq from on;
+	// it returns the attachment and the endpoint of the same device's
+	// previous connection, which the caller closes. It fails with
+	// fanout.ErrNotOwner if this node does not serve user's stream, and
+	// then sends nothing.
+	Join(user, device string, ep fanout.Endpoint, from uint64, first []byte) (Attachment, fanout.Endpoint, error)
 }
 
 // Attachment is a device attached to a hub.
@@ -71,14 +73,14 @@ type Attachment interface {
 
 // JoinFunc is a Hub made of a hub's Join method that returns its own
 // attachment type (*fanout.Hub's returns *fanout.Device).
-func JoinFunc[A Attachment](join func(user, device string, ep fanout.Endpoint, from uint64) (A, fanout.Endpoint, error)) Hub {
+func JoinFunc[A Attachment](join func(user, device string, ep fanout.Endpoint, from uint64, first []byte) (A, fanout.Endpoint, error)) Hub {
 	return joinFunc[A](join)
 }
 
-type joinFunc[A Attachment] func(user, device string, ep fanout.Endpoint, from uint64) (A, fanout.Endpoint, error)
+type joinFunc[A Attachment] func(user, device string, ep fanout.Endpoint, from uint64, first []byte) (A, fanout.Endpoint, error)
 
-func (f joinFunc[A]) Join(user, device string, ep fanout.Endpoint, from uint64) (Attachment, fanout.Endpoint, error) {
-	a, old, err := f(user, device, ep, from)
+func (f joinFunc[A]) Join(user, device string, ep fanout.Endpoint, from uint64, first []byte) (Attachment, fanout.Endpoint, error) {
+	a, old, err := f(user, device, ep, from, first)
 	if err != nil {
 		return nil, old, err
 	}

@@ -246,18 +246,22 @@ func (s *Session) hello(f *pb.Hello) {
 	if a, ok := s.t.(interface{ Authenticated() }); ok {
 		a.Authenticated() // the transport's count of connections not yet authenticated
 	}
-	m.m.handshakes.WithLabelValues("ok").Inc()
-	s.Send(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{
+	// The WELCOME goes out through Join, once the device is registered:
+	// a client that saw it and connects the same device again replaces
+	// this session, never the reverse.
+	welcome := wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{
 		User: s.user, Device: s.device, Head: head, ResumeFrom: resume,
 		MaxFrame: uint32(m.cfg.MaxFrame), MaxBody: uint32(e.MaxBody()),
 		MaxInflight: uint32(m.cfg.MaxInflight), PingIntervalMs: uint32(m.cfg.IdleTimeout.Milliseconds() / 3),
-	}))
-	d, old, err := m.cfg.Hub.Join(s.user, s.device, s, cursor+1)
+	})
+	d, old, err := m.cfg.Hub.Join(s.user, s.device, s, cursor+1, welcome)
 	if err != nil {
-		// Another node serves this user's stream (cluster mode).
-		s.fatal(pb.Code_UNAVAILABLE, 0, "this server does not serve your stream; reconnect")
+		// Another node serves this user's stream now (cluster mode: the
+		// partition moved since Head): NOT_OWNER, which the client follows.
+		s.streamUnreadable(user, "join", err)
 		return
 	}
+	m.m.handshakes.WithLabelValues("ok").Inc()
 	s.dev.Store(&d)
 	if s.isClosing() {
 		d.Detach() // closed while attaching; Closed may have missed d
