@@ -162,6 +162,26 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 			answered = append(answered, m[1])
 		}
 	}
+	// The cluster's own routes and refusals (internal/node's writeErr).
+	nodeFiles, _ := filepath.Glob("../../internal/node/*.go")
+	nodeLiteral := regexp.MustCompile(`writeErr\(w, http\.Status\w+, .*, "([A-Z_]+)"\)`)
+	nodeCodes := 0
+	for _, f := range nodeFiles {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range nodeLiteral.FindAllStringSubmatch(string(src), -1) {
+			answered = append(answered, m[1])
+			nodeCodes++
+		}
+	}
+	if nodeCodes < 10 {
+		t.Fatalf("found only %d codes in internal/node's writeErr calls: the search is broken", nodeCodes)
+	}
 	if len(answered) < 40 {
 		t.Fatalf("found only %d codes in the code: the search is broken", len(answered))
 	}

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -230,6 +232,14 @@ func TestClusterHandover(t *testing.T) {
 	a.waitReady(t, 30*time.Second)
 	if code := a.admin(t, "POST", "/v1/cluster/handover", nil, nil); code != 409 {
 		t.Fatalf("handover without a standby: %d, want 409", code)
+	}
+	// dingctl says why, from the API's error shape (the cluster routes
+	// answered one of their own before, and dingctl showed only the status).
+	ctl := exec.Command(dingctlBinary(t), "--server", "http://"+a.http, "--data", a.data, "cluster", "handover")
+	var ctlErr bytes.Buffer
+	ctl.Stderr = &ctlErr
+	if err := ctl.Run(); err == nil || !strings.Contains(ctlErr.String(), "CONFLICT: no standby to hand the partition over to") {
+		t.Fatalf("dingctl cluster handover without a standby: %v, %q; want CONFLICT and why", err, ctlErr.String())
 	}
 	b := c.member("b")
 	c.waitStandby("b")

@@ -617,7 +617,7 @@ func (d *dirProxy) wrap(api http.Handler) http.Handler {
 			},
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				d.owners.Forget(uint32(d.p))
-				writeErr(w, http.StatusBadGateway, "the node owning the directory did not answer; retry", "UNAVAILABLE")
+				writeErr(w, http.StatusServiceUnavailable, "the node owning the directory did not answer; retry", "UNAVAILABLE")
 			},
 		}
 		proxy.ServeHTTP(w, r)

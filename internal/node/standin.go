@@ -27,6 +27,7 @@ import (
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine"
 )
 
 // A member that does not serve (it follows as the standby, joins, or
@@ -393,12 +394,20 @@ func (m *member) authorizeStandIn(w http.ResponseWriter, r *http.Request, patter
 	return false
 }
 
-// writeAPIErr answers as the admin API does (httpapi): {"error": {"code",
-// "detail", "permission"}}.
+// writeAPIErr answers as the admin API does (httpapi; openapi.json's
+// Error): {"error": {"code", "detail", "permission"?, "retry"?}}. An
+// UNAVAILABLE answer says "retry": true (the same request may be sent
+// again), with Retry-After (1 s unless the caller set it).
 func writeAPIErr(w http.ResponseWriter, status int, code, detail, perm string) {
-	body := map[string]string{"code": code, "detail": detail}
+	body := map[string]any{"code": code, "detail": detail}
 	if perm != "" {
 		body["permission"] = perm
+	}
+	if code == string(engine.CodeUnavailable) {
+		body["retry"] = true
+		if w.Header().Get("Retry-After") == "" {
+			w.Header().Set("Retry-After", "1")
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -417,8 +426,10 @@ func (m *member) adminOK(r *http.Request) bool {
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(strings.TrimSpace(string(want)))) == 1
 }
 
+// writeErr is writeAPIErr for the cluster's own routes and refusals
+// (hand-over, drain, recovery, the directory's proxy, peers' webhook
+// ops): the same shape as every other answer of the API, so dingctl and
+// the console show their detail.
 func writeErr(w http.ResponseWriter, status int, msg, code string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg, "code": code})
+	writeAPIErr(w, status, code, msg, "")
 }

@@ -359,13 +359,34 @@ func (o *orgHooks) post(ctx context.Context, base string, b []byte, out *hookRep
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error, Code string }
-		if json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e) == nil && e.Code != "" && resp.StatusCode != http.StatusUnauthorized {
-			return engine.NewError(engine.Code(e.Code), e.Error)
+		if code, detail, ok := peerError(io.LimitReader(resp.Body, 64<<10)); ok && resp.StatusCode != http.StatusUnauthorized {
+			return engine.NewError(engine.Code(code), detail)
 		}
 		return fmt.Errorf("%s", resp.Status)
 	}
 	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out)
+}
+
+// peerError reads a peer's error answer: {"error": {"code", "detail"}}
+// (writeErr), or {"error", "code"} from a node of a version before it (a
+// rolling upgrade).
+func peerError(r io.Reader) (code, detail string, ok bool) {
+	var e struct {
+		Error json.RawMessage
+		Code  string
+	}
+	if json.NewDecoder(r).Decode(&e) != nil {
+		return "", "", false
+	}
+	var api struct{ Code, Detail string }
+	if json.Unmarshal(e.Error, &api) == nil && api.Code != "" {
+		return api.Code, api.Detail, true
+	}
+	var old string
+	if json.Unmarshal(e.Error, &old) == nil && e.Code != "" {
+		return e.Code, old, true
+	}
+	return "", "", false
 }
 
 // unavailable is the 503 for outboxes no node answered for.
@@ -496,7 +517,7 @@ func (o *orgHooks) ReplayWebhook(ctx context.Context, id string, events []string
 func hooksHandler(secret string, set func() *partitionSet) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !cluster.Authorized(r, secret) {
-			writeErr(w, http.StatusUnauthorized, "cluster: bad or missing cluster secret", "UNAUTHORIZED")
+			writeErr(w, http.StatusUnauthorized, "cluster: bad or missing cluster secret", "UNAUTHENTICATED")
 			return
 		}
 		var op hookOp
