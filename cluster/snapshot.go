@@ -307,6 +307,14 @@ func readTar(r io.Reader, dir string) error {
 // ask again with the same snapshot.
 var ErrStandbyRefused = errors.New("cluster: the owner refused the standby")
 
+// ErrNotServing is in the ErrStandbyRefused of a node that did not
+// serve the partition when asked (421): it handed it over, or it holds
+// the lease and is still attaching the partition (a takeover or a
+// hand-over just now). A snapshot taken from that node is no use; a
+// node's own history may still be (ContinueAsStandby): ask again once
+// the lease's holder serves.
+var ErrNotServing = errors.New("cluster: the node asked does not serve the partition now")
+
 // RequestStandby asks the owner at baseURL to name node its standby,
 // once node follows the stream from the snapshot's state snap (the owner
 // checks that it holds every batch the owner acknowledged:
@@ -340,7 +348,9 @@ func (e Endpoint) RequestStandbyPlace(ctx context.Context, node, replacing strin
 // snapshot, node's own history being st (ReplicatedStore.
 // AddStandbyContinuing), and returns the state node must record before
 // it follows. Refused (ErrStandbyRefused) when st is not the history the
-// owner took over with: node joins from a snapshot then.
+// owner took over with: node joins from a snapshot then; but with
+// ErrNotServing too, the node asked did not serve the partition yet (or
+// any more): ask the lease's holder again once it does.
 func (e Endpoint) ContinueAsStandby(ctx context.Context, node string, st StandbyState) (StandbyState, error) {
 	q := url.Values{"node": {node}, "epoch": {strconv.FormatUint(st.FenceEpoch, 10)}, "owner": {st.FenceOwner},
 		"seq": {strconv.FormatUint(st.Seq, 10)}, "continue": {"1"}}
@@ -387,11 +397,14 @@ func (e Endpoint) standbyRequest(ctx context.Context, method, target string) (ht
 	if resp.StatusCode != http.StatusNoContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		err := fmt.Errorf("cluster: %s standby: %s: %s", method, resp.Status, strings.TrimSpace(string(msg)))
-		if resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusMisdirectedRequest {
-			// 421: that node does not own the partition any more (a
-			// hand-over since the snapshot): the snapshot is its, not
-			// the new owner's, so asking again cannot succeed.
+		switch resp.StatusCode {
+		case http.StatusConflict:
 			err = fmt.Errorf("%w: %w", ErrStandbyRefused, err)
+		case http.StatusMisdirectedRequest:
+			// 421: that node does not serve the partition now (a
+			// hand-over since the snapshot): the snapshot is its, not
+			// the new owner's, so asking again with it cannot succeed.
+			err = fmt.Errorf("%w: %w: %w", ErrStandbyRefused, ErrNotServing, err)
 		}
 		return nil, err
 	}

@@ -575,6 +575,17 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 					m.log.Info("following the partition's new owner from this member's own history (no snapshot)", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
 					return m.follow(ctx, st, true, nil)
 				}
+				if errors.Is(err, cluster.ErrNotServing) {
+					// It holds the lease and is still attaching the
+					// partition (or let it go since): ask again once it
+					// serves, rather than copying a snapshot for nothing.
+					m.log.Info("the owner does not serve the partition yet; asking it again to continue from this member's history", "owner", holder)
+					m.pause(ctx)
+					if !stillOwner() {
+						return m.run(ctx)
+					}
+					continue
+				}
 				if errors.Is(err, cluster.ErrStandbyRefused) {
 					m.log.Info("the owner cannot continue from this member's history; fetching its snapshot", "owner", holder, "seq", cur.Seq, "epoch", cur.FenceEpoch, "err", err)
 				} else {
@@ -838,7 +849,9 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 	rs := sv.rs
 	m.serving.Store(rs)
 	defer m.serving.CompareAndSwap(rs, nil)
-	if cur, _ := owner.Standby(); cur == "" && !m.mc.OwnerOnly {
+	// Through rs, under its lock: a standby may join (AddStandbyContinuing,
+	// from the snapshot handler) as soon as the partition is served.
+	if cur := rs.Status().Standby; cur == "" && !m.mc.OwnerOnly {
 		m.log.Warn("serving without a standby: submits wait until a member joins (nothing is acknowledged unreplicated)")
 	} else if m.mc.OwnerOnly {
 		m.log.Warn("ack-replicas 0: submits are acknowledged once on this member's disk; a failover loses what the standby had not applied", "standby", cur)

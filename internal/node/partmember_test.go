@@ -38,6 +38,34 @@ type partNode struct {
 	halt                func() error // stops the node (idempotent), and returns its error
 }
 
+// noticeHandler closes seen (once) when a record with message msg is
+// logged, and passes every record on.
+type noticeHandler struct {
+	slog.Handler
+	msg  string
+	seen chan struct{}
+	once *sync.Once
+}
+
+func (h *noticeHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(func() { close(h.seen) })
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *noticeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.Handler = h.Handler.WithAttrs(as)
+	return &c
+}
+
+func (h *noticeHandler) WithGroup(name string) slog.Handler {
+	c := *h
+	c.Handler = h.Handler.WithGroup(name)
+	return &c
+}
+
 // testLog is a logger whose lines the test shows if it fails.
 func testLog(t *testing.T) *slog.Logger {
 	var mu sync.Mutex
@@ -909,7 +937,12 @@ func TestClusterStatsCountEveryPartition(t *testing.T) {
 func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
-	log := testLog(t)
+	// The node handed over asks the new owner to continue from its own
+	// history while the new owner still attaches (held): it is told 421
+	// and must ask again, not copy a snapshot.
+	askedEarly := make(chan struct{})
+	log := slog.New(&noticeHandler{Handler: testLog(t).Handler(), msg: "the owner does not serve the partition yet; asking it again to continue from this member's history",
+		seen: askedEarly, once: new(sync.Once)})
 	var hold atomic.Int64 // 1 + the partition whose attach waits for release
 	release := make(chan struct{})
 	a, b := startPartCluster(t, coord, log, func(mc *node.MemberConfig) {
@@ -920,6 +953,10 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 			}
 		})
 	})
+	// Released before the nodes stop (cleanups run last first), also when
+	// the test fails while the attach is held.
+	let := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(let)
 	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
 	addClusterUsers(t, b, []partNode{a, b}, named(users...)...)
 	h, other := a, b
@@ -1006,7 +1043,12 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 		return metricSum(t, h.n, "ding_relay_apply_errors_total", fmt.Sprintf(`to="%d"`, moving))
 	}
 	nodetest.WaitFor(t, "a relay to the moving partition to be refused", 20*time.Second, func() bool { return refused() > 0 })
-	close(release)
+	select {
+	case <-askedEarly:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s did not ask the new owner, still attaching, to continue from its history within 20s", h.id)
+	}
+	let()
 	for deadline := time.Now().Add(20 * time.Second); other.n.Engines()[moving] == nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s does not serve partition %d 20s after its hand-over", other.id, moving)
