@@ -148,40 +148,13 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 		documented = append(documented, v.(string))
 	}
 	answered := codes.HTTPCodes()
-	files, _ := filepath.Glob("*.go")
-	literal := regexp.MustCompile(`errf\(http\.Status\w+,\s*"([A-Z_]+)"`)
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range literal.FindAllStringSubmatch(string(src), -1) {
-			answered = append(answered, m[1])
-		}
-	}
+	answered = append(answered, codesIn(t, "*.go", `errf\(http\.Status\w+,\s*"([A-Z_]+)"`)...)
 	// The cluster's own routes and refusals (internal/node's writeErr).
-	nodeFiles, _ := filepath.Glob("../../internal/node/*.go")
-	nodeLiteral := regexp.MustCompile(`writeErr\(w, http\.Status\w+, .*, "([A-Z_]+)"\)`)
-	nodeCodes := 0
-	for _, f := range nodeFiles {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range nodeLiteral.FindAllStringSubmatch(string(src), -1) {
-			answered = append(answered, m[1])
-			nodeCodes++
-		}
+	nodeCodes := codesIn(t, "../../internal/node/*.go", `writeErr\(w, http\.Status\w+, .*, "([A-Z_]+)"\)`)
+	if len(nodeCodes) < 10 {
+		t.Fatalf("found only %d codes in internal/node's writeErr calls: the search is broken", len(nodeCodes))
 	}
-	if nodeCodes < 10 {
-		t.Fatalf("found only %d codes in internal/node's writeErr calls: the search is broken", nodeCodes)
-	}
+	answered = append(answered, nodeCodes...)
 	if len(answered) < 40 {
 		t.Fatalf("found only %d codes in the code: the search is broken", len(answered))
 	}
@@ -707,4 +680,26 @@ func TestOpenAPITwilioWebhooks(t *testing.T) {
 		"POST /twilio/sms/status": true, "POST /twilio/voice/status": true, "POST /twilio/voice/gather": true, "POST /twilio/sms/inbound": true}) {
 		t.Fatalf("validated %v, succeeded %v: want the 4 webhooks", validated, succeeded)
 	}
+}
+
+// codesIn returns the first group of pattern's matches in the Go files
+// (tests left out) that glob names: the error codes written literally.
+func codesIn(t *testing.T, glob, pattern string) []string {
+	t.Helper()
+	files, _ := filepath.Glob(glob)
+	re := regexp.MustCompile(pattern)
+	var out []string
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+			out = append(out, m[1])
+		}
+	}
+	return out
 }
