@@ -132,7 +132,7 @@ func (r *ReplicatedStore) pollAcks() {
 		case <-time.After(every):
 		}
 		acks, err := r.owner.c.Acks(r.ctx, r.owner.p)
-		r.countRead()
+		r.ackReads.Inc()
 		if err != nil {
 			continue
 		}
@@ -233,9 +233,6 @@ func (r *ReplicatedStore) noteAck(a Ack) {
 	close(r.notice)
 	r.notice = make(chan struct{})
 }
-
-// countRead counts a read of the recorded acks.
-func (r *ReplicatedStore) countRead() { r.ackReads.Inc() }
 
 // newerAck reports whether a says more than b, both from one node: a
 // newer epoch, or more of the same epoch's history.
@@ -476,7 +473,7 @@ func (r *ReplicatedStore) await(ctx context.Context, seq uint64) error {
 		if read {
 			// The Redis read outside the lock: the commit loop ships under it.
 			acks, err = r.owner.c.Acks(r.ctx, r.owner.p)
-			r.countRead()
+			r.ackReads.Inc()
 		}
 		r.mu.Lock()
 		acked := r.owner.acked

@@ -160,7 +160,7 @@ func (e *Engine) Offboard(ctx context.Context, user string, ch Change) (Offboard
 		ch.Write = func(Writer) error { return nil }
 	}
 	var res Offboarded // read only once the op has answered
-	answered, err := waitAnswered(ctx, func(done func(error)) {
+	err := wait(ctx, func(done func(error)) {
 		e.enqueue(func(c *txn) error {
 			res = Offboarded{}
 			if err := c.applyChange(&ch); err != nil {
@@ -171,10 +171,10 @@ func (e *Engine) Offboard(ctx context.Context, user string, ch Change) (Offboard
 			return err
 		}, done, 1)
 	})
-	if !answered {
-		return Offboarded{}, err
+	if err != nil {
+		return Offboarded{}, err // maybe ctx's: the op may still run, so res is not read
 	}
-	return res, err
+	return res, nil
 }
 
 // forgetUser stops every pending DING to user whose home is here and burns
@@ -215,7 +215,7 @@ func (e *Engine) Forget(ctx context.Context, user string, auditSeq uint64) (Offb
 		return Offboarded{}, err
 	}
 	var res Offboarded // read only once the op has answered
-	answered, err := waitAnswered(ctx, func(done func(error)) {
+	err := wait(ctx, func(done func(error)) {
 		e.enqueue(func(c *txn) error {
 			res = Offboarded{}
 			if auditSeq > 0 {
@@ -237,10 +237,10 @@ func (e *Engine) Forget(ctx context.Context, user string, auditSeq uint64) (Offb
 			return err
 		}, done, 1)
 	})
-	if !answered {
-		return Offboarded{}, err // the op may still write res (forgetLoop's Forget ends at the node's stop)
+	if err != nil {
+		return Offboarded{}, err // maybe ctx's: the op may still run (forgetLoop's Forget ends at the node's stop), so res is not read
 	}
-	return res, err
+	return res, nil
 }
 
 // ForgottenThrough returns the audit seq of the last removal Forget

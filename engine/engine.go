@@ -709,22 +709,17 @@ func (e *Engine) Read(ctx context.Context, user string, ids ...ID) error {
 	return wait(ctx, func(done func(error)) { e.ReadAsync(user, ids, done) })
 }
 
+// wait starts an op and waits for its answer or for ctx to end. On an
+// error, which may be ctx's, the op may still run and write what the
+// caller shares with it: a caller reads that only when wait returns nil.
 func wait(ctx context.Context, start func(done func(error))) error {
-	_, err := waitAnswered(ctx, start)
-	return err
-}
-
-// waitAnswered is wait that also says whether the op answered: when ctx
-// ended first, the op may still run and write what the caller shares
-// with it, which must then not be read.
-func waitAnswered(ctx context.Context, start func(done func(error))) (bool, error) {
 	ch := make(chan error, 1)
 	start(func(err error) { ch <- err })
 	select {
 	case err := <-ch:
-		return true, err
+		return err
 	case <-ctx.Done():
-		return false, ctx.Err()
+		return ctx.Err()
 	}
 }
 

@@ -201,23 +201,6 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 		}
 	}
 	perms = append(perms, string(httpapi.PermAnyAdmin))
-	engineSrc := func(re string) []string {
-		files, _ := filepath.Glob("../../engine/*.go")
-		var out []string
-		for _, f := range files {
-			if strings.HasSuffix(f, "_test.go") {
-				continue
-			}
-			src, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, m := range regexp.MustCompile(re).FindAllStringSubmatch(string(src), -1) {
-				out = append(out, m[1])
-			}
-		}
-		return out
-	}
 	for _, e := range []struct {
 		what string
 		enum []any
@@ -226,9 +209,9 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 		{"Admin.role", doc.Components.Schemas["Admin"].Value.Properties["role"].Value.Enum, roles},
 		{"Permission", doc.Components.Schemas["Permission"].Value.Enum, perms},
 		{"RecipientStatus.status", doc.Components.Schemas["RecipientStatus"].Value.Properties["status"].Value.Enum,
-			engineSrc(`(?m)^\s+Status[A-Z][a-z]+\s+= "([a-z]+)" +// `)},
+			codesIn(t, "../../engine/*.go", `(?m)^\s+Status[A-Z][a-z]+\s+= "([a-z]+)" +// `)},
 		{"LedgerEvent.event", doc.Components.Schemas["LedgerEvent"].Value.Properties["event"].Value.Enum,
-			engineSrc(`LedgerKind = "([a-z_]+)"`)},
+			codesIn(t, "../../engine/*.go", `LedgerKind = "([a-z_]+)"`)},
 		{"WebhookEventType", doc.Components.Schemas["WebhookEventType"].Value.Enum, engine.WebhookEventTypes()},
 	} {
 		var enum []string
@@ -683,7 +666,8 @@ func TestOpenAPITwilioWebhooks(t *testing.T) {
 }
 
 // codesIn returns the first group of pattern's matches in the Go files
-// (tests left out) that glob names: the error codes written literally.
+// (tests left out) that glob names: the codes and enum values written
+// literally.
 func codesIn(t *testing.T, glob, pattern string) []string {
 	t.Helper()
 	files, _ := filepath.Glob(glob)

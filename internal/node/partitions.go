@@ -248,11 +248,13 @@ type partitionSet struct {
 	forgetMu sync.Mutex
 
 	// retryForget wakes forgetLoop (capacity 1, coalesced) after
-	// forgetRemoved failed; stopForget ends it, forgetDone says it ended.
+	// forgetRemoved failed; stopForget ends forgetCtx, and with it the
+	// loop and a Forget it waits for (one whose batch cannot become
+	// durable: a partition with no standby); forgetDone says it ended.
 	retryForget chan struct{}
-	stopForget  chan struct{}
+	forgetCtx   context.Context
+	stopForget  context.CancelFunc
 	forgetDone  chan struct{}
-	stopOnce    sync.Once
 }
 
 // partRuntime is one partition as this node serves it.
@@ -447,7 +449,8 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	defer func() { *closersp = closers }()
 	p := cfg.Partitions
 	set := &partitionSet{n: uint32(p), log: cfg.Logger, parts: make([]atomic.Pointer[partRuntime], p), stores: make([]atomic.Pointer[pebblestore.DB], p),
-		retryForget: make(chan struct{}, 1), stopForget: make(chan struct{}), forgetDone: make(chan struct{}), hookOn: map[string]bool{}}
+		retryForget: make(chan struct{}, 1), forgetDone: make(chan struct{}), hookOn: map[string]bool{}}
+	set.forgetCtx, set.stopForget = context.WithCancel(context.Background())
 	n.parts = set
 	set.shared = pebblestore.NewShared(0, p+1, memTableBytes(p))
 	closers = append(closers, set.shared.Close)
@@ -899,27 +902,17 @@ func (s *partitionSet) forgetLoop() {
 	// A Forget waiting for a batch that cannot become durable (a
 	// partition with no standby) ends at the stop; its batch is refused
 	// when the engine shuts down.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stopped := make(chan struct{})
-	defer close(stopped)
-	go func() {
-		select {
-		case <-s.stopForget:
-			cancel()
-		case <-stopped:
-		}
-	}()
+	ctx := s.forgetCtx
 	for {
 		select {
-		case <-s.stopForget:
+		case <-ctx.Done():
 			return
 		case <-s.retryForget:
 		}
 		for done := false; !done; {
 			t := time.NewTimer(time.Second)
 			select {
-			case <-s.stopForget:
+			case <-ctx.Done():
 				t.Stop()
 				return
 			case <-t.C:
@@ -936,7 +929,7 @@ func (s *partitionSet) forgetLoop() {
 
 // stopForgetLoop ends forgetLoop and waits for it. Idempotent.
 func (s *partitionSet) stopForgetLoop() {
-	s.stopOnce.Do(func() { close(s.stopForget) })
+	s.stopForget()
 	<-s.forgetDone
 }
 
