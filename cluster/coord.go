@@ -18,9 +18,17 @@ type Entry struct {
 	Seq   uint64 // the batch's place in the partition's history: from 1, no gaps
 	Data  []byte // the batch, opaque here
 	// Standby, when set, makes the entry a hand-over instead of a batch
-	// (Data empty): from it on, the standby is this node. The standby it
-	// replaces stops being one when it applies it (see Owner.ReplaceStandby).
-	Standby string
+	// (Data empty): from it on, the standby is this node. Replacing is the
+	// standby it replaces, which stays one (it may still take over) until
+	// it applies an entry whose Demote names it; every other node applying
+	// it is demoted at once (see Owner.ReplaceStandby). A hand-over without
+	// Replacing (written before it existed) demotes every node but Standby.
+	Standby   string
+	Replacing string
+	// Demote, on a batch or on an entry of its own (Data empty), names the
+	// standby a completed hand-over replaced: applying it demotes that
+	// node (Owner.ShipDemotion).
+	Demote string
 	// Keys are the secret-message keys put and erased while the batch was
 	// built, sealed (keys.go); nil for none.
 	Keys []byte

@@ -56,9 +56,11 @@
 // node joins, another is drained) goes through the history itself
 // (Owner.ReplaceStandby, ReplicatedStore.ReplaceStandbyAt): the new node
 // follows a snapshot as a learner while the old standby keeps the role,
-// so that the partition always has a standby that may take it over, but
-// for the moment between the two nodes applying the hand-over entry. A standby that
-// stops acking is dropped (Owner.DropStandby, then the coordinator stops
+// and the coordinator names it once it holds the hand-over entry; the
+// old standby, counted beside it until then, is demoted by the next
+// entry, so that the node the coordinator names may take the partition
+// over at every moment of the move (TestEveryMomentOfAMoveHasATaker). A
+// standby that stops acking is dropped (Owner.DropStandby, then the coordinator stops
 // naming it): it held every batch acknowledged so far, and so does the
 // snapshot the next standby starts from.
 //
@@ -88,15 +90,19 @@
 //     owner that keeps running ships entries that no standby of the new
 //     owner applies (1), so nothing it writes afterwards is acknowledged
 //     by anyone (2).
-//  4. A hand-over entry names the next standby. The old standby applying
-//     it demotes itself, and the owner counts the old standby's ack only
-//     up to that entry. It names the new standby in the coordinator, and
-//     counts its acks, only once the new standby has acked the entry too
-//     (it follows this owner's history: from a snapshot that includes the
-//     entry, or from an earlier one as a learner, as dingd moves a
-//     standby place): at every moment the node the coordinator names, if
-//     it may take over, holds every acknowledged batch. A learner may
-//     not take over until it applies the entry naming it
+//  4. A hand-over entry names the next standby and the one it replaces;
+//     any other node applying it is demoted. Until the new standby acks
+//     it (it follows this owner's history: from a snapshot that includes
+//     the entry, or from an earlier one as a learner, as dingd moves a
+//     standby place), the owner counts the old standby's acks only up to
+//     the entry. Once both have acked it, the owner names the new one in
+//     the coordinator; from then on a batch is acknowledged only once
+//     both hold it, until the old one applies the next entry shipped
+//     (Entry.Demote), which demotes it. So at every moment both the node
+//     the coordinator names and the old standby, while it is not
+//     demoted, hold every acknowledged batch, and the one named may take
+//     over: the old standby before the naming, the new one after. A
+//     learner may not take over until it applies the entry naming it
 //     (StandbyState.Learner), whatever the coordinator says.
 //  5. A new owner may take as its standby, without a snapshot, a node
 //     whose own history is exactly the one it took over with: the same
@@ -180,11 +186,14 @@
 //
 // TestSimulation runs thousands of seeded schedules of three nodes, one
 // partition and a MemCoord on a fake clock, with crashes (and one lost
-// disk), pauses, planned hand-overs, standby places moved both ways,
-// owners before continuing as standbys, entries the stream loses, rollbacks of the
-// coordinator's state (leases, epochs, streams, acks), recoveries once
-// it names no owner and no standby, and lease expiries at any step, and
-// checks after every step that every new owner holds
+// disk), pauses, planned hand-overs, standby places moved both ways (in
+// two halves, the old standby sometimes let go in the second), owners
+// before continuing as standbys, nodes named the standby that follow
+// from their own history (as dingd's members do), entries the stream
+// loses, rollbacks of the coordinator's state (leases, epochs, streams,
+// acks), recoveries once it names no owner and no standby, and lease
+// expiries at any step, and checks after every step that every new
+// owner holds
 // every acknowledged batch, that one Seq is never acknowledged with two
 // batches, that at most one node acknowledges at any epoch and that no
 // node's fence moves back; at the end, that some node holds every

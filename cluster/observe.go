@@ -268,7 +268,7 @@ func NewObserver(log Log, st StandbyState) *Observer { return &Observer{log: log
 // is snap (FetchSnapshot). The copy is not Confirmed until that owner
 // answers that its standby holds snap.Seq.
 func NewObserverFromSnapshot(log Log, snap StandbyState) *Observer {
-	snap.Cursor, snap.Demoted, snap.Stale = "", false, false
+	snap.Cursor, snap.Demoted, snap.Stale, snap.Leaving = "", false, false, false
 	return &Observer{log: log, st: snap, unconfirmed: true}
 }
 

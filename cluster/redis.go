@@ -159,10 +159,18 @@ func (r *RedisCoord) Append(ctx context.Context, p Partition, e Entry) error {
 	if keep <= 0 {
 		keep = DefaultStreamKeep
 	}
+	vals := []any{"e", e.Epoch, "o", e.Owner, "s", e.Seq, "d", e.Data, "sb", e.Standby, "k", e.Keys}
+	// A standby move's fields only when set: every batch pays for the others.
+	if e.Replacing != "" {
+		vals = append(vals, "rp", e.Replacing)
+	}
+	if e.Demote != "" {
+		vals = append(vals, "dm", e.Demote)
+	}
 	err := r.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: key(p, "stream"),
 		MaxLen: int64(keep), Approx: true,
-		Values: []any{"e", e.Epoch, "o", e.Owner, "s", e.Seq, "d", e.Data, "sb", e.Standby, "k", e.Keys},
+		Values: vals,
 	}).Err()
 	if err != nil {
 		return r.fail(ctx, err, "cluster: append to partition %d: %w", p)
@@ -205,7 +213,7 @@ func decodeEntry(v map[string]any) (Entry, error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return Entry{}, err
 	}
-	e := Entry{Epoch: ep, Owner: str("o"), Seq: seq, Standby: str("sb")}
+	e := Entry{Epoch: ep, Owner: str("o"), Seq: seq, Standby: str("sb"), Replacing: str("rp"), Demote: str("dm")}
 	if d := str("d"); d != "" {
 		e.Data = []byte(d)
 	}

@@ -25,10 +25,15 @@ type Owner struct {
 	unacked []Entry // shipped, not yet acked, in Seq order (resent by Resend)
 	fenced  bool
 
-	// A hand-over in progress: the entry at handAt names handTo; the
-	// current standby's ack of it completes the hand-over.
+	// A hand-over in progress: the entry at handAt names handTo; handTo's
+	// ack of it names handTo in the Coord (the move's first half).
 	handTo string
 	handAt uint64
+	// The move's second half: the standby replaced, still counted beside
+	// the new one until it applies an entry demoting it (the first
+	// shipped after the first half, at leaveAt; 0 until then).
+	leaving string
+	leaveAt uint64
 
 	// took is the history this owner's continues from a takeover: the
 	// standby's fence and Seq just before it (zero for a founding or a
@@ -97,34 +102,61 @@ func (o *Owner) SetStandby(node string) { o.standby = node }
 // batch acknowledged so far, and no later one is acknowledged until a new
 // standby (SetStandby, from a snapshot) holds it. The caller then stops
 // the Coord naming it, so that it can no longer take over.
-func (o *Owner) DropStandby() { o.standby, o.handTo, o.handAt = "", "", 0 }
+//
+// In a move's second half (Leaving), it drops the standby being replaced
+// instead, and reports false: the new one, named in the Coord, stays, and
+// its acks alone count (should it be the one that stopped, a second drop
+// drops it). Ending the wait that way trusts the Coord, as dropping a
+// standby does: the node let go was not demoted, and a Coord rolled back
+// to naming it again would let it take over.
+func (o *Owner) DropStandby() (dropped bool) {
+	if o.leaving != "" {
+		o.leaving, o.leaveAt = "", 0
+		return false
+	}
+	o.standby, o.handTo, o.handAt = "", "", 0
+	return true
+}
 
 // Standby returns the standby whose acks count ("" for none), and the
 // one a hand-over in progress moves to ("" for none).
 func (o *Owner) Standby() (current, next string) { return o.standby, o.handTo }
 
+// Leaving returns the standby a move replaced that is still counted
+// beside the current one ("" for none), and the Seq of the entry that
+// demotes it (0 until one is shipped): see ReplaceStandby.
+func (o *Owner) Leaving() (node string, at uint64) { return o.leaving, o.leaveAt }
+
 // ReplaceStandby starts handing the standby role from the current
-// standby to node: it ships a hand-over entry naming node and returns
-// its Seq. The caller applies that entry to its own history first (like
-// any batch). node follows this owner's history: from a snapshot taken
-// before the entry (a learner, already following the stream: the way
-// dingd moves a standby place) or from one that includes it. The
-// hand-over completes in Poll once both the current standby and node ack
-// the entry: applying it demoted the current standby (it can never take
-// over after), and node then holds every batch acknowledged so far; only
-// then does Poll name node in the Coord and count node's acks, and
-// nothing after the entry counts as acked by the old standby. Until the
-// old standby applies it, writes are acknowledged through it as before;
-// between the two acks nothing is acknowledged (and nobody may take
-// over: the one named is demoted, the other not named yet).
+// standby to node: it ships a hand-over entry naming node (and the
+// standby it replaces) and returns its Seq. The caller applies that
+// entry to its own history first (like any batch). node follows this
+// owner's history: from a snapshot taken before the entry (a learner,
+// already following the stream: the way dingd moves a standby place) or
+// from one that includes it. The move has two halves, so that at every
+// moment the node the Coord names may take over and holds every batch
+// acknowledged:
+//
+//  1. Until node acks the entry, the old standby is the standby: its
+//     acks count, up to the entry (node will hold no more than that
+//     when it is named). Node's ack of it makes Poll name node in the
+//     Coord.
+//  2. Then both count: a batch is acknowledged once both hold it, since
+//     either may take over (node, named; the old one, not demoted, if a
+//     Coord rolled back named it again). The first entry shipped after
+//     (a batch, or ShipDemotion's when none comes) demotes the old
+//     standby; its ack of that entry ends the move, and node's acks
+//     alone count.
+//
+// Every other node applying the hand-over is demoted by it.
 func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error) {
 	if o.fenced {
 		return 0, ErrFenced
 	}
-	if o.standby == "" || o.handTo != "" {
+	if o.standby == "" || o.handTo != "" || o.leaving != "" {
 		return 0, fmt.Errorf("cluster: partition %d: no standby to replace, or a hand-over in progress", o.p)
 	}
-	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Standby: node}
+	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Standby: node, Replacing: o.standby}
 	o.next++
 	o.recent.remember(e)
 	o.handTo, o.handAt = node, e.Seq
@@ -148,6 +180,43 @@ func (o *Owner) ShipWithKeys(ctx context.Context, data, keys []byte) (uint64, er
 		return 0, ErrFenced
 	}
 	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Data: data, Keys: keys}
+	o.demote(&e)
+	o.next++
+	o.recent.remember(e)
+	o.unacked = append(o.unacked, e)
+	if err := o.c.Append(ctx, o.p, e); err != nil {
+		return e.Seq, err // kept: Resend ships it again
+	}
+	return e.Seq, nil
+}
+
+// demote makes e, about to be shipped, demote the standby a move's
+// second half still counts (ReplaceStandby), the first such entry being
+// the one whose ack ends the move.
+func (o *Owner) demote(e *Entry) {
+	if o.leaving == "" {
+		return
+	}
+	e.Demote = o.leaving
+	if o.leaveAt == 0 {
+		o.leaveAt = e.Seq
+	}
+}
+
+// ShipDemotion ships, in a move's second half, an entry of its own that
+// demotes the standby replaced, when no batch has since the first half
+// (ReplaceStandby), and returns the Seq whose ack ends the move (0: no
+// move in its second half). The caller applies that entry to its own
+// history first, as ReplaceStandby's.
+func (o *Owner) ShipDemotion(ctx context.Context) (uint64, error) {
+	if o.fenced {
+		return 0, ErrFenced
+	}
+	if o.leaving == "" || o.leaveAt != 0 {
+		return o.leaveAt, nil
+	}
+	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next}
+	o.demote(&e)
 	o.next++
 	o.recent.remember(e)
 	o.unacked = append(o.unacked, e)
@@ -184,43 +253,62 @@ func (o *Owner) Observe(ctx context.Context, acks map[string]Ack) (uint64, error
 			return o.acked, ErrFenced
 		}
 	}
-	a, ok := acks[o.standby]
+	// Only acks of the standbys counted, for this owner's own epoch,
+	// count: another node's ack (a replaced standby, this node's own
+	// takeover ack) says nothing about what a future owner will hold.
+	holds := func(node string) (uint64, bool) {
+		a, ok := acks[node]
+		if !ok || node == "" || a.Epoch != o.epoch || a.Owner != o.node {
+			return 0, false
+		}
+		return min(a.Seq, o.next-1), true
+	}
+	if o.handTo != "" {
+		// A move's first half (ReplaceStandby). The new standby is named
+		// in the Coord once both hold the hand-over entry: the new one
+		// then holds every batch acknowledged so far (none after the
+		// entry), whether it joined from a snapshot that includes the
+		// entry or from an earlier one it followed from (a learner).
+		// Until then the old standby's acks count, up to the entry. (The
+		// old one's ack of the entry is not needed for that, but the move
+		// waits for it as it did when that ack demoted it: a Coord rolled
+		// back may hand out an ack the new node made in an earlier life.)
+		a, aok := holds(o.standby)
+		if n, ok := holds(o.handTo); !ok || n < o.handAt || !aok || a < o.handAt {
+			if aok {
+				o.ackThrough(min(a, o.handAt-1))
+			}
+			return o.acked, nil
+		}
+		if err := o.c.SetStandby(ctx, o.p, o.handTo); err != nil {
+			return o.acked, err
+		}
+		o.standby, o.leaving, o.leaveAt, o.handTo, o.handAt = o.handTo, o.standby, 0, "", 0
+	}
+	seq, ok := holds(o.standby)
 	if !ok {
 		return o.acked, nil
 	}
-	// Only the current standby's acks for this owner's own epoch count:
-	// another node's ack (a replaced standby, this node's own takeover
-	// ack) says nothing about what a future owner will hold.
-	if a.Epoch != o.epoch || a.Owner != o.node || o.standby == "" || a.Seq <= o.acked {
-		return o.acked, nil
-	}
-	seq := min(a.Seq, o.next-1)
-	if o.handTo != "" && seq >= o.handAt {
-		// The old standby applied the hand-over: it is demoted. Its ack
-		// counts up to the hand-over entry and no further. The new
-		// standby is named in the Coord (and its acks count from then)
-		// once it acks the entry too: it then holds every batch
-		// acknowledged so far, whether it joined from a snapshot that
-		// includes the entry or from an earlier one it followed from (a
-		// learner). Until then the entry stays unacked (resent, should
-		// the stream lose it) and nothing after it is acknowledged.
-		if n, ok := acks[o.handTo]; !ok || n.Epoch != o.epoch || n.Owner != o.node || n.Seq < o.handAt {
-			seq = o.handAt - 1
+	if o.leaving != "" {
+		// The second half: both count, until the old standby holds the
+		// entry that demotes it.
+		old, ok := holds(o.leaving)
+		if ok && o.leaveAt != 0 && old >= o.leaveAt {
+			o.leaving, o.leaveAt = "", 0
 		} else {
-			if err := o.c.SetStandby(ctx, o.p, o.handTo); err != nil {
-				return o.acked, err
-			}
-			seq, o.standby, o.handTo = o.handAt, o.handTo, ""
+			seq = min(seq, old) // 0 when it has acked nothing at this epoch
 		}
-	}
-	if seq <= o.acked {
-		return o.acked, nil
 	}
 	o.ackThrough(seq)
 	return o.acked, nil
 }
 
+// ackThrough counts the batches through seq acked (no more than that
+// when already counted).
 func (o *Owner) ackThrough(seq uint64) {
+	if seq <= o.acked {
+		return
+	}
 	if seq > o.confirmed {
 		o.confirmed = seq
 		if o.ackWake != nil {
@@ -272,6 +360,11 @@ type StandbyState struct {
 	// state may still name it from an earlier life, one whose disk it
 	// lost).
 	Learner bool
+	// Leaving is set on the standby a hand-over replaces when it applies
+	// it (Entry.Replacing): it may still take over, and keeps following,
+	// until it applies the entry that demotes it (Entry.Demote), though
+	// the coordinator may already name the node replacing it.
+	Leaving bool
 	// Stale is set when the stream showed an entry of a newer owner than
 	// the one whose history this node holds: the fence moved to it (older
 	// owners are refused), but the history did not: a newer owner's
@@ -413,11 +506,22 @@ func (s *Standby) apply(ctx context.Context, es []Entry, cursor string) (int, er
 			continue
 		}
 		next.Seq = e.Seq
-		if e.Standby != "" {
-			next.Demoted = e.Standby != s.node
-			if e.Standby == s.node {
-				next.Learner = false
-			}
+		switch {
+		case e.Standby == s.node:
+			// Named by a hand-over: the standby from when the owner names
+			// it in the Coord (Owner.ReplaceStandby).
+			next.Demoted, next.Learner, next.Leaving = false, false, false
+		case e.Standby != "" && e.Replacing == s.node:
+			next.Leaving = true
+		case e.Standby != "":
+			// A hand-over between others: this node may never take over
+			// (until a new snapshot makes it a standby afresh).
+			next.Demoted = true
+		case e.Demote == s.node:
+			// The standby replaced, once the one that replaces it is
+			// named: until this entry, the owner counted its acks too,
+			// and it could take over.
+			next.Demoted = true
 		}
 		if err := s.log.Apply(e, next); err != nil {
 			return applied, err

@@ -621,12 +621,14 @@ func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, nod
 // at snap (its fence epoch and Seq, sent with the request) and is
 // already reading the stream (a learner: its acks do not count yet). It
 // ships the hand-over entry (Owner.ReplaceStandby) and waits, until ctx
-// ends, for the move to complete: the old standby applies the entry
-// (demoting itself) and node acks it, and the coordinator names node.
-// Both stay allowed to take over until then in turn: the old standby
-// until it applies the entry, node from when it is named; no batch is
-// acknowledged that the node named does not hold. Unlike a release and a
-// join from a snapshot (AddStandbyAt), the partition is never left
+// ends, for the move's two halves: node acks the entry and the
+// coordinator names it; then the old standby applies an entry that
+// demotes it (the next batch, or one of its own: Owner.ShipDemotion).
+// The node the coordinator names may take over at every moment of the
+// move, and holds every batch acknowledged: the old standby until node
+// is named, node after; and the old standby, not demoted yet, holds
+// every batch acknowledged in the second half too. Unlike a release and
+// a join from a snapshot (AddStandbyAt), the partition is never left
 // without a standby holding its history while the new one catches up.
 //
 // Refused (ErrStandbyRefused) when replacing is not the standby, snap is
@@ -636,10 +638,57 @@ func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, nod
 // dropped as always, which ends it).
 func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, replacing string, snap StandbyState) error {
 	seq, err := r.startReplace(ctx, node, replacing, snap)
-	if err != nil || seq == 0 {
+	if err != nil {
+		return err
+	}
+	if seq != 0 {
+		if err := r.await(ctx, seq); err != nil {
+			return err
+		}
+	}
+	if seq, err = r.shipDemotion(ctx, node); err != nil || seq == 0 {
 		return err
 	}
 	return r.await(ctx, seq)
+}
+
+// shipDemotion ships, once a move to node is in its second half, the
+// entry that demotes the standby it replaced if no batch has (the move
+// then ends without waiting for the next write), and returns the Seq
+// whose ack ends the move (0 when it has ended).
+func (r *ReplicatedStore) shipDemotion(ctx context.Context, node string) (uint64, error) {
+	r.applyMu.Lock() // the entry takes the next Seq, as in startReplace
+	defer r.applyMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o := r.owner
+	if cur, _ := o.Standby(); cur != node {
+		return 0, fmt.Errorf("%w: partition %d's standby is %q, not %q: the move ended otherwise", ErrStandbyRefused, o.p, cur, node)
+	}
+	if leaving, at := o.Leaving(); leaving == "" || at != 0 {
+		return at, nil
+	}
+	if len(o.unacked) == 0 {
+		r.waitingSince = time.Now()
+	}
+	seq, err := o.ShipDemotion(ctx)
+	if errors.Is(err, ErrFenced) {
+		return 0, err
+	}
+	r.recordOwn(seq)
+	return seq, nil // an append that failed stays queued: Resend ships it
+}
+
+// recordOwn records in the owner's store, unsynced, that its history
+// runs through seq, an entry of the move's (a batch records it in
+// itself: replBatch.Apply): a crash that loses it leaves the store
+// saying less than it holds, which only costs a snapshot
+// (Owner.Continues wants the exact Seq). Under applyMu and mu.
+func (r *ReplicatedStore) recordOwn(seq uint64) {
+	sb := r.Store.NewBatch()
+	sb.Set(StateKey(r.owner.p), r.owner.ownHistory(seq))
+	_ = sb.Commit(false)
+	sb.Close()
 }
 
 func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing string, snap StandbyState) (uint64, error) {
@@ -657,13 +706,16 @@ func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing stri
 	case snap.FenceEpoch != o.epoch:
 		return 0, fmt.Errorf("%w: %s follows a snapshot of epoch %d, not this owner's (%d): join again", ErrStandbyRefused, node, snap.FenceEpoch, o.epoch)
 	case cur == node && next == "":
-		return 0, nil // done already
+		return 0, nil // named already (the second half may go on)
 	case cur != replacing:
 		return 0, fmt.Errorf("%w: partition %d's standby is %q, not %q", ErrStandbyRefused, o.p, cur, replacing)
 	case next == node:
 		return o.handAt, nil // in progress: wait for it again
 	case next != "":
 		return 0, fmt.Errorf("%w: partition %d's standby role is moving to %q", ErrStandbyRefused, o.p, next)
+	}
+	if leaving, _ := o.Leaving(); leaving != "" {
+		return 0, fmt.Errorf("%w: partition %d's standby role is still leaving %q", ErrStandbyRefused, o.p, leaving)
 	}
 	if len(o.unacked) == 0 {
 		r.waitingSince = time.Now()
@@ -672,15 +724,8 @@ func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing stri
 	if errors.Is(err, ErrFenced) {
 		return 0, err
 	}
-	// The entry extends this store's history too (a batch records it in
-	// itself: replBatch.Apply), unsynced: a crash that loses it leaves
-	// the store saying less than it holds, which only costs a snapshot
-	// (Owner.Continues wants the exact Seq).
-	sb := r.Store.NewBatch()
-	sb.Set(StateKey(o.p), o.ownHistory(seq))
-	_ = sb.Commit(false)
-	sb.Close()
-	return seq, nil // an append that failed stays queued: Resend ships it
+	r.recordOwn(seq) // the entry extends this store's history too
+	return seq, nil  // an append that failed stays queued: Resend ships it
 }
 
 // DropStandby stops waiting for a standby that stopped acking: its acks
@@ -692,11 +737,17 @@ func (r *ReplicatedStore) DropStandby(ctx context.Context, c Coord) error {
 	return r.dropStandby(ctx, c, "")
 }
 
-// dropStandby drops the standby (only if it is only, when set).
+// dropStandby drops the standby (only if it is only, when set). In a
+// move's second half it lets the standby replaced go instead
+// (Owner.DropStandby): the coordinator names the new one already.
 func (r *ReplicatedStore) dropStandby(ctx context.Context, c Coord, only string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur := r.owner.standby
+	if leaving, _ := r.owner.Leaving(); leaving != "" && (only == "" || only == leaving) {
+		r.owner.DropStandby()
+		return nil
+	}
 	if only != "" && cur != only {
 		return fmt.Errorf("cluster: %q is not the standby of partition %d (%q is)", only, r.owner.p, cur)
 	}
@@ -733,9 +784,12 @@ type Status struct {
 	Owner     string    `json:"owner"`
 	Epoch     uint64    `json:"epoch"`
 	// Standby is the member whose acks count ("" while there is none:
-	// writes wait); HandingTo the one a hand-over in progress moves to.
+	// writes wait); HandingTo the one a hand-over in progress moves to;
+	// Leaving the one a move replaced, counted beside Standby until it
+	// applies the entry that demotes it (Owner.ReplaceStandby).
 	Standby   string `json:"standby"`
 	HandingTo string `json:"handing_to,omitempty"`
+	Leaving   string `json:"leaving,omitempty"`
 	// Shipped is the last batch shipped, Acked the last the standby
 	// holds; Unacked the batches between, shipped and waiting.
 	Shipped uint64 `json:"shipped_seq"`
@@ -751,7 +805,7 @@ func (r *ReplicatedStore) Status() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	o := r.owner
-	st := Status{Partition: o.p, Owner: o.node, Epoch: o.epoch, Standby: o.standby, HandingTo: o.handTo,
+	st := Status{Partition: o.p, Owner: o.node, Epoch: o.epoch, Standby: o.standby, HandingTo: o.handTo, Leaving: o.leaving,
 		Shipped: o.next - 1, Acked: o.acked, Unacked: len(o.unacked)}
 	if len(o.unacked) > 0 && !r.waitingSince.IsZero() {
 		st.Stalled = time.Since(r.waitingSince)
@@ -819,7 +873,7 @@ func NewFollowerFromSnapshot(c Coord, p Partition, node string, st store.Store, 
 	if snap.FenceEpoch == 0 {
 		return nil, fmt.Errorf("cluster: a snapshot of partition %d without a fence", p)
 	}
-	snap.Cursor, snap.Demoted = "", false // its stream position is its own to find
+	snap.Cursor, snap.Demoted, snap.Leaving = "", false, false // its stream position is its own to find
 	b := st.NewBatch()
 	b.Set(StateKey(p), encodeState(snap))
 	err := b.Commit(true)
@@ -899,14 +953,13 @@ func (f *Follower) SaveState(st StandbyState) error {
 }
 
 // encodeState: version 1, fence epoch, seq, flags (1 demoted, 2 stale,
-// 4 learner),
-// then the fence
-// owner and the cursor, each length-prefixed.
+// 4 learner, 8 leaving), then the fence owner and the cursor, each
+// length-prefixed.
 func encodeState(st StandbyState) []byte {
 	b := []byte{1}
 	b = binary.AppendUvarint(b, st.FenceEpoch)
 	b = binary.AppendUvarint(b, st.Seq)
-	d := byte(0) // flags: 1 demoted, 2 stale, 4 learner
+	d := byte(0) // flags: 1 demoted, 2 stale, 4 learner, 8 leaving
 	if st.Demoted {
 		d |= 1
 	}
@@ -915,6 +968,9 @@ func encodeState(st StandbyState) []byte {
 	}
 	if st.Learner {
 		d |= 4
+	}
+	if st.Leaving {
+		d |= 8
 	}
 	b = append(b, d)
 	for _, s := range []string{st.FenceOwner, st.Cursor} {
@@ -940,7 +996,7 @@ func decodeState(b []byte) (StandbyState, error) {
 	if st.Seq, n = binary.Uvarint(b); n <= 0 || len(b) < n+1 {
 		return st, errBadState
 	}
-	st.Demoted, st.Stale, st.Learner, b = b[n]&1 != 0, b[n]&2 != 0, b[n]&4 != 0, b[n+1:]
+	st.Demoted, st.Stale, st.Learner, st.Leaving, b = b[n]&1 != 0, b[n]&2 != 0, b[n]&4 != 0, b[n]&8 != 0, b[n+1:]
 	var ss [2]string
 	for i := range ss {
 		l, n := binary.Uvarint(b)

@@ -65,14 +65,14 @@ func TestSimulation(t *testing.T) {
 		t.Logf("fewer than 1,000 schedules: not checking that every situation was met")
 		return
 	}
-	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 || stats.observed == 0 || stats.observerResets == 0 || stats.learners == 0 || stats.moves == 0 || stats.continued == 0 || stats.handovers == 0 {
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 || stats.observed == 0 || stats.observerResets == 0 || stats.learners == 0 || stats.moves == 0 || stats.demotions == 0 || stats.continued == 0 || stats.handovers == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}
 }
 
 type simStats struct {
 	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed, drops, recoveries int
-	observed, observerResets, learners, moves, continued, handovers                                                                int
+	observed, observerResets, learners, moves, demotions, continued, handovers, namedFollows                                       int
 }
 
 type simNode struct {
@@ -330,6 +330,14 @@ func (s *sim) step(ctx context.Context, step int) error {
 		// The owner drops a standby that stopped acking (in dingd: after
 		// two lease TTLs without progress), whether it did or not.
 		if o := s.pick(func(n *simNode) bool { return n.owner != nil && n.owner.standby != "" }); o != nil {
+			if leaving, _ := o.owner.Leaving(); leaving != "" {
+				// A move's second half: the standby replaced is let go, the
+				// new one (named already) stays.
+				s.log("%s lets %s, the standby replaced, go without its demotion", o.id, leaving)
+				o.owner.DropStandby()
+				s.stats.drops++
+				return nil
+			}
 			s.log("%s drops its standby %s", o.id, o.owner.standby)
 			o.owner.DropStandby()
 			s.stats.drops++
@@ -347,6 +355,15 @@ func (s *sim) step(ctx context.Context, step int) error {
 			return cur != "" && next == ""
 		})
 		if o == nil {
+			return nil
+		}
+		if leaving, at := o.owner.Leaving(); leaving != "" {
+			// A move in its second half: no other starts. The entry that
+			// demotes the standby replaced is the next batch, or one of
+			// its own (dingd's ReplaceStandbyAt ships it at once).
+			if at == 0 {
+				return s.shipDemotion(ctx, o)
+			}
 			return nil
 		}
 		cur, _ := o.owner.Standby()
@@ -461,10 +478,15 @@ func (s *sim) poll(ctx context.Context) error {
 		return nil
 	}
 	_, moving := o.owner.Standby()
+	leaving, _ := o.owner.Leaving()
 	acked, err := o.owner.Poll(ctx)
 	if cur, next := o.owner.Standby(); moving != "" && next == "" && cur == moving {
 		s.stats.moves++
-		s.log("%s names %s its standby: the move is complete", o.id, cur)
+		s.log("%s names %s its standby: the move's first half is complete", o.id, cur)
+	}
+	if now, _ := o.owner.Leaving(); leaving != "" && now == "" {
+		s.stats.demotions++
+		s.log("%s's old standby %s holds the entry demoting it: the move is complete", o.id, leaving)
 	}
 	if err == ErrFenced {
 		s.stats.fencedOwners++
@@ -564,6 +586,16 @@ func (s *sim) takeover(ctx context.Context) error {
 	}
 	sb := n.standby
 	if sb == nil {
+		if named, err := s.c.Standby(ctx, simP); err == nil && named == n.id && !n.st.Stale && !n.st.Demoted {
+			// Named the standby (a coordinator rolled back may name a
+			// deposed owner, or a standby a move replaced), it follows from
+			// its own history, as dingd's member does (member.run), and
+			// takes over from there, as a standby, when the lease lapses.
+			n.standby = NewStandby(s.c, simP, n.id, simLog{n}, n.st)
+			s.stats.namedFollows++
+			s.log("%s, named the standby, follows from its own history through %d", n.id, len(n.log))
+			return nil
+		}
 		sb = NewStandby(s.c, simP, n.id, simLog{n}, n.st)
 	}
 	o, err := sb.TakeOver(ctx, simTTL)
@@ -809,8 +841,30 @@ func (s *sim) shipHandOver(ctx context.Context, o, c *simNode) (seq uint64, ok b
 	return seq, true, nil
 }
 
-// handOverTo ships o's hand-over entry naming c, a learner: the move
-// completes when both the old standby and c ack it (Owner.Observe).
+// shipDemotion ships o's entry demoting the standby a move replaced
+// (the move's second half), into o's history and the stream.
+func (s *sim) shipDemotion(ctx context.Context, o *simNode) error {
+	seq, err := o.owner.ShipDemotion(ctx)
+	if err == ErrFenced {
+		s.log("%s is fenced; steps down", o.id)
+		o.owner = nil
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	leaving, _ := o.owner.Leaving()
+	if err := (simLog{o}).Apply(Entry{Epoch: o.owner.Epoch(), Owner: o.id, Seq: seq, Demote: leaving}, StandbyState{}); err != nil {
+		return err
+	}
+	o.st.Seq = seq
+	s.log("%s ships the entry demoting %s at seq %d", o.id, leaving, seq)
+	return nil
+}
+
+// handOverTo ships o's hand-over entry naming c, a learner: c's ack of
+// it names c in the coordinator, and the old standby's of the next entry
+// (which demotes it) ends the move (Owner.Observe).
 func (s *sim) handOverTo(ctx context.Context, o, c *simNode) error {
 	seq, ok, err := s.shipHandOver(ctx, o, c)
 	if !ok {

@@ -330,8 +330,9 @@ func (e Endpoint) RequestStandby(ctx context.Context, node string, snap StandbyS
 
 // RequestStandbyPlace is RequestStandby taking the place of replacing,
 // the current standby, through the history
-// (ReplicatedStore.ReplaceStandbyAt): it returns once the owner names
-// node, refused (ErrStandbyRefused) when replacing is not the standby
+// (ReplicatedStore.ReplaceStandbyAt): it returns once the move is
+// complete (the owner names node, and the standby replaced applied the
+// entry demoting it), refused (ErrStandbyRefused) when replacing is not the standby
 // or the snapshot is not the owner's, and with another error when the
 // hand-over is still in progress after a while (asking again waits for
 // it again). replacing "": RequestStandby.

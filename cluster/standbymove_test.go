@@ -17,9 +17,9 @@ import (
 
 // A standby place moves through the history (ReplaceStandbyAt), under
 // writes, on a real redis-server: c fetches a snapshot and follows as a
-// learner, then asks for b's place; the answer comes once b applied the
-// hand-over entry (it is demoted: it can no longer take over) and c
-// acked it (the coordinator names c). The coordinator names a standby at
+// learner, then asks for b's place; the answer comes once c acked the
+// hand-over entry (the coordinator names c) and b applied the entry
+// after, which demotes it (it can no longer take over). The coordinator names a standby at
 // every moment of the move, writes are acknowledged before, during and
 // after it, and when the owner dies c takes over with every
 // acknowledged message.
@@ -109,7 +109,7 @@ func TestStandbyPlaceMovesThroughTheHistory(t *testing.T) {
 	if err := ep.RequestStandbyPlace(ctx, "c", "b", stC); err != nil {
 		t.Fatalf("asking again once named: %v", err)
 	}
-	if st := rsA.Status(); st.Standby != "c" || st.HandingTo != "" {
+	if st := rsA.Status(); st.Standby != "c" || st.HandingTo != "" || st.Leaving != "" {
 		t.Fatalf("owner's status %+v, want standby c, no move", st)
 	}
 	if !fB.Standby().State().Demoted {

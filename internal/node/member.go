@@ -753,7 +753,7 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 	}
 	m.state.Store(stateStandby)
 	m.log.Info("following the partition as its standby")
-	var drainedAt time.Time
+	var drainedAt, leavingAt time.Time
 	for m.pause(ctx) {
 		if f.Standby().State().Demoted {
 			// The history handed the place to another node (it took it
@@ -789,7 +789,21 @@ func (m *member) follow(ctx context.Context, st cluster.StandbyState, fromSnapsh
 			m.log.Warn("the partition has a newer owner than the history this member follows; it joins again from a snapshot")
 			return m.run(ctx)
 		}
-		if st := f.Standby().State(); !st.Learner && !m.drained.Load() {
+		st := f.Standby().State()
+		// A hand-over replacing this member (Leaving): the coordinator may
+		// name the node replacing it already, while the owner still counts
+		// this one's acks, until it applies the entry that demotes it. It
+		// follows on meanwhile, or, should that entry never come (the
+		// owner let it go after it stalled), for as long as the owner
+		// waits on a stalled standby, and then looks as below.
+		leaving := false
+		if st.Leaving {
+			if leavingAt.IsZero() {
+				leavingAt = time.Now()
+			}
+			leaving = time.Since(leavingAt) < (standbyStall+1)*m.mc.LeaseTTL
+		}
+		if !st.Learner && !leaving && !m.drained.Load() {
 			// Dropped by the owner (it stopped acking in time, or the
 			// owner changed): the owner no longer counts this member's
 			// acks, and waits for a standby while this member, following

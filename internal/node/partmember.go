@@ -827,7 +827,7 @@ func balance(ctx context.Context, mc MemberConfig, reg cluster.Registry, ms []*m
 				return false
 			}
 			st := rs.Status()
-			if st.Standby != r.standby[p] || st.HandingTo != "" || st.Stalled >= mc.LeaseTTL/4 {
+			if st.Standby != r.standby[p] || st.HandingTo != "" || st.Leaving != "" || st.Stalled >= mc.LeaseTTL/4 {
 				return false
 			}
 			// The standby answers now, and follows this owner's history:
