@@ -480,6 +480,11 @@ type partitionStatus struct {
 	AckedSeq  uint64 `json:"acked_seq,omitempty"`
 	Unacked   int    `json:"unacked_batches,omitempty"`
 	StalledMS int64  `json:"stalled_ms,omitempty"`
+	// A standby place moving (cluster.ReplicatedStore.ReplaceStandbyAt):
+	// to HandingTo, not named yet; then, named, while Leaving, the one it
+	// replaces, is still counted beside it.
+	HandingTo string `json:"handing_to,omitempty"`
+	Leaving   string `json:"leaving,omitempty"`
 }
 
 func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any {
@@ -490,6 +495,7 @@ func partitionedStatus(mc MemberConfig, ms []*member, members []memberView) any 
 		if rs := m.serving.Load(); rs != nil {
 			st := rs.Status()
 			ps[i].Standby, ps[i].AckedSeq, ps[i].Unacked, ps[i].StalledMS = st.Standby, st.Acked, st.Unacked, st.Stalled.Milliseconds()
+			ps[i].HandingTo, ps[i].Leaving = st.HandingTo, st.Leaving
 		}
 	}
 	return struct {

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -1461,5 +1465,147 @@ func TestClusterDroppedStandbyJoinsAgain(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the message that waited for a standby was not acknowledged 30s after b was named again")
+	}
+}
+
+// cutCoord is a node's view of a shared MemCoord from which it can be
+// cut off: while cut, it can neither renew nor take a lease (its Redis
+// connection gone, as far as its leases go). It is cut off right after
+// it appends an entry cutAfter reports true for, if set, and then calls
+// onCut.
+type cutCoord struct {
+	*cluster.MemCoord
+	cut      atomic.Bool
+	cutAfter func(cluster.Entry) bool
+	onCut    func()
+}
+
+func (c *cutCoord) Append(ctx context.Context, p cluster.Partition, e cluster.Entry) error {
+	err := c.MemCoord.Append(ctx, p, e)
+	if c.cutAfter != nil && c.cutAfter(e) && !c.cut.Swap(true) && c.onCut != nil {
+		c.onCut()
+	}
+	return err
+}
+
+// cuttableFront is an HTTP front for a node, advertised as its address,
+// that can be cut: from then on every connection through it is closed,
+// the requests in flight too, so that the others reach the node no more,
+// as if it had died.
+type cuttableFront struct {
+	srv *httptest.Server
+	cut context.CancelFunc
+}
+
+func newCuttableFront(t *testing.T, target string) *cuttableFront {
+	ctx, cancel := context.WithCancel(context.Background())
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ctx.Err() != nil {
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
+			return
+		}
+		rctx, stop := context.WithCancel(r.Context())
+		defer stop()
+		defer context.AfterFunc(ctx, stop)()
+		rp.ServeHTTP(w, r.WithContext(rctx))
+	}))
+	t.Cleanup(func() { cancel(); srv.Close() })
+	return &cuttableFront{srv: srv, cut: cancel}
+}
+
+var errCut = errors.New("test: cut off from the coordinator")
+
+func (c *cutCoord) RenewLease(ctx context.Context, p cluster.Partition, node string, epoch uint64, ttl time.Duration) (bool, error) {
+	if c.cut.Load() {
+		return false, errCut
+	}
+	return c.MemCoord.RenewLease(ctx, p, node, epoch, ttl)
+}
+
+func (c *cutCoord) TakeLease(ctx context.Context, p cluster.Partition, node string, floor uint64, ttl time.Duration) (uint64, bool, error) {
+	if c.cut.Load() {
+		return 0, false, errCut
+	}
+	return c.MemCoord.TakeLease(ctx, p, node, floor, ttl)
+}
+
+// An owner that dies while a standby place of its moves is taken over by
+// the standby the coordinator names. Here c takes b's place in one of
+// a's partitions (balance: b, the only other node, followed them all),
+// and c's acks never arrive, so the move cannot go past the hand-over
+// entry; a is cut off as it ships that entry, from the coordinator (its
+// leases lapse) and from the other nodes (its advertised address stops
+// answering). b, still named, applies the entry as it catches up and
+// takes the partition over; once c's acks flow again (b's partitions
+// need a standby), the partition takes writes. Before a move had two
+// halves, b was demoted by the hand-over entry, and nobody could take
+// the partition over while a was away (b, demoted, could only join again
+// from a snapshot of a's).
+func TestClusterOwnerLostDuringAStandbyMoveIsTakenOver(t *testing.T) {
+	mem := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	log := testLog(t)
+	aHTTP := nodetest.FreeAddr(t)
+	front := newCuttableFront(t, aHTTP)
+	ac := &cutCoord{MemCoord: mem, cutAfter: func(e cluster.Entry) bool { return e.Standby == "c" }, onCut: front.cut}
+	cc := &muteCoord{MemCoord: mem}
+	cc.muted.Store(true)
+	a := runPartNode(t, ac, log, "a", t.TempDir(), aHTTP, nodetest.FreeAddr(t), func(mc *node.MemberConfig) { mc.Advertise = front.srv.URL })
+	nodetest.WaitFor(t, "a to found every partition", 20*time.Second, func() bool { return len(servedBy(a.n)) == testPartitions })
+	b := runPartNode(t, mem, log, "b", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	nodetest.WaitFor(t, "b to follow every partition of a's, the directory's too", 60*time.Second, func() bool {
+		for i := range testPartitions + 1 {
+			if sb, _ := mem.Standby(ctx, cluster.Partition(i)); sb != "b" {
+				return false
+			}
+		}
+		return true
+	})
+	users := named("u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "u9", "u10", "u11")
+	addClusterUsers(t, a, []partNode{a, b}, users...)
+	runPartNode(t, cc, log, "c", t.TempDir(), nodetest.FreeAddr(t), nodetest.FreeAddr(t), nil)
+	// The hand-over entry naming c, in a partition's stream.
+	p := -1
+	nodetest.WaitFor(t, "a to hand one of b's places over to c", 60*time.Second, func() bool {
+		for i := range testPartitions {
+			es, _, err := mem.Entries(ctx, cluster.Partition(i), "", 1<<20)
+			if err != nil {
+				continue
+			}
+			for _, e := range es {
+				if e.Standby == "c" {
+					p = i
+					return true
+				}
+			}
+		}
+		return false
+	})
+	if sb, _ := mem.Standby(ctx, cluster.Partition(p)); sb != "b" {
+		t.Fatalf("partition %d's standby is %q with c not acking, want b", p, sb)
+	}
+	user := ""
+	for _, u := range users {
+		if a.n.PartitionOf(u.ID) == p {
+			user = u.ID
+		}
+	}
+	if user == "" {
+		t.Fatalf("none of %d users in partition %d", len(users), p)
+	}
+	if !ac.cut.Load() {
+		t.Fatal("a was not cut off as it shipped the hand-over entry")
+	}
+	nodetest.WaitFor(t, fmt.Sprintf("b to take partition %d over and serve it", p), 20*time.Second, func() bool {
+		h, _, _ := mem.Lease(ctx, cluster.Partition(p))
+		return h == "b" && slices.Contains(servedBy(b.n), p)
+	})
+	cc.muted.Store(false) // b's partitions need a standby to acknowledge anything
+	code, _, _ := (&dingNode{n: b.n}).api(t, "POST", "/v1/messages", map[string]any{"from": user, "to": []string{user}, "text": "after the takeover"})
+	if code != http.StatusOK {
+		t.Fatalf("a message in partition %d after b took it over: %d", p, code)
 	}
 }
