@@ -380,6 +380,18 @@ func (h *headerRecorder) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// Elsewhere is an error for a request that another node of a cluster
+// can answer: this one does not serve the partition of the user or id it
+// names (its owner moved, or is another node). The answer carries
+// ServedElsewhere's value in the ServedElsewhereHeader, by which the
+// node's front (internal/node's ownerProxy) sends the request on to the
+// partition's owner; a client that gets it sees the error's own code.
+type Elsewhere interface{ ServedElsewhere() string }
+
+// ServedElsewhereHeader names, on an error answer, the partition another
+// node serves (Elsewhere).
+const ServedElsewhereHeader = "Ding-Served-Elsewhere"
+
 // apiError is an error with its HTTP status and stable code.
 type apiError struct {
 	status     int
@@ -389,6 +401,7 @@ type apiError struct {
 	permission string        // FORBIDDEN: the permission the admin lacks
 	retryAfter time.Duration // optional; sets Retry-After
 	retry      bool          // the same request may be sent again
+	elsewhere  string        // Elsewhere's partition, for ServedElsewhereHeader
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.detail }
@@ -465,6 +478,9 @@ func writeErr(w http.ResponseWriter, e *apiError) {
 	if e.retryAfter > 0 {
 		w.Header().Set("Retry-After", fmt.Sprint(engine.RetryAfterSeconds(e.retryAfter)))
 	}
+	if e.elsewhere != "" {
+		w.Header().Set(ServedElsewhereHeader, e.elsewhere)
+	}
 	w.WriteHeader(e.status)
 	json.NewEncoder(w).Encode(map[string]any{"error": body})
 }
@@ -494,8 +510,13 @@ func (a *API) answer(route string, err error) *apiError {
 	if ans.Internal() {
 		a.cfg.Logger.Error("admin request failed", "route", route, "code", string(ans.Code), "err", err)
 	}
-	return &apiError{status: ans.HTTPStatus, code: ans.HTTPCode, detail: ans.Detail, reason: ans.Reason,
+	ae = &apiError{status: ans.HTTPStatus, code: ans.HTTPCode, detail: ans.Detail, reason: ans.Reason,
 		retryAfter: ans.RetryAfter, retry: ans.Retry}
+	var ew Elsewhere
+	if errors.As(err, &ew) {
+		ae.elsewhere = ew.ServedElsewhere()
+	}
+	return ae
 }
 
 func (a *API) readyz(w http.ResponseWriter, r *http.Request) {

@@ -237,9 +237,10 @@ type partitionSet struct {
 	// What a partition's engine is opened with besides its store.
 	notifier engine.Notifier
 	budget   engine.Budget
-	// notServed makes the error for a user of a partition this node does
-	// not serve now (cluster mode: a *fanout.NotOwnerError naming the
-	// owner); nil means errNotServed.
+	// notServed makes the cause of the error for a user of a partition
+	// this node does not serve now (cluster mode: a *fanout.NotOwnerError
+	// naming the owner, which a session redirects its device by); nil
+	// means none (notServedError).
 	notServed atomic.Pointer[func(user string, p uint32) error]
 
 	// forgetMu serialises forgetRemoved: each engine must apply the
@@ -274,8 +275,37 @@ type partRuntime struct {
 }
 
 // errNotServed is returned for a user (or an id) of a partition this
-// node does not serve now.
+// node does not serve now, wrapped in a notServedError naming the
+// partition when there is one.
 var errNotServed = engine.NewError(engine.CodeUnavailable, "node: this user's partition is not served here now")
+
+// notServedError is errNotServed for partition p: UNAVAILABLE (retry)
+// to a client, and for the admin API an answer naming the partition
+// (httpapi.Elsewhere), by which a cluster node sends the request on to
+// the partition's owner (ownerProxy). cause, when set, is the error
+// naming the owner (a *fanout.NotOwnerError: a session redirects its
+// device by it).
+type notServedError struct {
+	p     uint32
+	cause error
+}
+
+func (e *notServedError) Error() string {
+	if e.cause != nil {
+		return e.cause.Error()
+	}
+	return errNotServed.Error()
+}
+
+func (e *notServedError) Unwrap() []error {
+	if e.cause != nil {
+		return []error{errNotServed, e.cause}
+	}
+	return []error{errNotServed}
+}
+
+// ServedElsewhere implements httpapi.Elsewhere.
+func (e *notServedError) ServedElsewhere() string { return strconv.FormatUint(uint64(e.p), 10) }
 
 // runtime returns partition p's runtime, or nil if this node does not
 // serve it now.
@@ -293,10 +323,11 @@ func (s *partitionSet) engineOf(user string) (*engine.Engine, error) {
 	if rt := s.runtime(p); rt != nil {
 		return rt.eng, nil
 	}
+	e := &notServedError{p: p}
 	if f := s.notServed.Load(); f != nil {
-		return nil, (*f)(user, p)
+		e.cause = (*f)(user, p)
 	}
-	return nil, errNotServed
+	return nil, e
 }
 
 // attached returns the runtimes this node serves now, by partition.

@@ -51,7 +51,11 @@ import (
 //     partition at once instead of after their backoff;
 //   - each partition's cluster routes (snapshot, standby, changes) are
 //     served by PartitionRoutes (?p=N; 421 for one not owned), and its
-//     member's fence at GET /cluster/fence?p=N.
+//     member's fence at GET /cluster/fence?p=N;
+//   - an admin API request about a user or an id of a partition this node
+//     does not serve goes on to its owner, whose answer it returns
+//     (ownerProxy), and a directory change to the directory's owner
+//     (dirProxy).
 //
 // The files every node holds alike (the token signing secret, the admin
 // token, the e-mail link key: nodeFiles) must be the cluster's before the
@@ -223,6 +227,16 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	}
 	cfg := mc.Node
 	proxy := &dirProxy{p: dirP, owners: owners, peer: peer, m: dm, obs: dirObs}
+	sentOn := &ownerProxy{peer: peer, owner: func(ctx context.Context, i int) string {
+		if i < 0 || i >= len(ms) {
+			return ""
+		}
+		_, _, addr := ms[i].owner(ctx)
+		return addr
+	}, sent: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ding_cluster_api_sent_on_total",
+		Help: "Admin API requests about a partition this node does not serve, sent on to the node that does.",
+	})}
 	var localReports atomic.Pointer[router] // the partitions served here, for other nodes' reports
 	otherNodes := func() []string {
 		var out []string
@@ -235,7 +249,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return out
 	}
 	cfg.peers = &partitionPeers{Owner: owners.Owner, Forget: owners.Forget, Secret: mc.Secret, Client: peer,
-		Directory: dirRefuser{}, WrapAPI: proxy.wrap, Others: otherNodes,
+		Directory: dirRefuser{}, WrapAPI: func(api http.Handler) http.Handler { return proxy.wrap(sentOn.wrap(api)) }, Others: otherNodes,
 		Users: func(dir *fanout.Directory, reg prometheus.Registerer) (session.Users, error) {
 			return newDirUsers(dir, dirObs, reg)
 		},
@@ -245,7 +259,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		WrapEngine: func(local httpapi.Engine) httpapi.Engine {
 			return &orgEngine{Engine: local, set: local.(*router).set, peers: otherNodes, client: peer, secret: mc.Secret}
 		}}
-	cfg.peers.Metrics = membersCollector{ms: ms, dir: p}
+	cfg.peers.Metrics = membersCollector{ms: ms, dir: p, sentOn: sentOn.sent}
 	if b, ok := mc.Coord.(cluster.Budgeter); ok {
 		cfg.peers.Budget = b.Budget() // the org's budget, for every node (stage 6)
 	}

@@ -1500,6 +1500,7 @@ type cuttableFront struct {
 func newCuttableFront(t *testing.T, target string) *cuttableFront {
 	ctx, cancel := context.WithCancel(context.Background())
 	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
+	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ctx.Err() != nil {
 			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
@@ -1607,5 +1608,61 @@ func TestClusterOwnerLostDuringAStandbyMoveIsTakenOver(t *testing.T) {
 	code, _, _ := (&dingNode{n: b.n}).api(t, "POST", "/v1/messages", map[string]any{"from": user, "to": []string{user}, "text": "after the takeover"})
 	if code != http.StatusOK {
 		t.Fatalf("a message in partition %d after b took it over: %d", p, code)
+	}
+}
+
+// An admin may use any node: a request about a user or a message of a
+// partition another node serves (a message from that user, its
+// receipts, the user's devices) is answered by that node, sent on by
+// the one asked (ownerProxy), and an error there (an unknown recipient)
+// comes back as it is. Before, the node asked answered 500 INTERNAL
+// ("internal error; retry") for anything about another node's partition.
+func TestClusterAdminAPIAnswersThroughAnyNode(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	log := testLog(t)
+	a, b := startPartCluster(t, coord, log, nil)
+	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal"}
+	addClusterUsers(t, b, []partNode{a, b}, named(users...)...)
+	other := a // the node not serving ana's partition
+	if a.n.Engines()[a.n.PartitionOf("ana")] != nil {
+		other = b
+	}
+	api := openapitest.New(t, "http://"+other.http)
+	tok := other.n.AdminToken()
+	sentOn := func() float64 { return metricValue(t, other.n, "ding_cluster_api_sent_on_total") }
+	if v := sentOn(); v != 0 {
+		t.Fatalf("ding_cluster_api_sent_on_total %v before any request", v)
+	}
+	out := api.Call(t, "POST /v1/messages", "/v1/messages", tok, map[string]any{"from": "ana", "to": []string{"bo", "cy"}, "text": "through the other node"}, http.StatusOK)
+	id, _ := out["id"].(string)
+	if id == "" {
+		t.Fatalf("no message id in %v", out)
+	}
+	rc := api.Call(t, "GET /v1/messages/{id}/receipts", "/v1/messages/"+id+"/receipts", tok, nil, http.StatusOK)
+	if rc["id"] != id || rc["from"] != "ana" {
+		t.Fatalf("receipts of the message through the other node: %v", rc)
+	}
+	api.Call(t, "GET /v1/users/{id}/devices", "/v1/users/ana/devices", tok, nil, http.StatusOK)
+	bad := api.Call(t, "POST /v1/messages", "/v1/messages", tok, map[string]any{"from": "ana", "to": []string{"nobody"}, "text": "x"}, http.StatusUnprocessableEntity)
+	if e, _ := bad["error"].(map[string]any); e["code"] != "UNKNOWN_RECIPIENT" {
+		t.Fatalf("an unknown recipient through the other node: %v", bad)
+	}
+	if v := sentOn(); v != 4 {
+		t.Fatalf("ding_cluster_api_sent_on_total %v after 4 requests about ana's partition, want 4", v)
+	}
+	// A request about the node's own partitions is answered there.
+	mine := ""
+	for _, u := range users {
+		if other.n.Engines()[other.n.PartitionOf(u)] != nil {
+			mine = u
+			break
+		}
+	}
+	if mine == "" {
+		t.Fatalf("none of %v on %s", users, other.id)
+	}
+	api.Call(t, "GET /v1/users/{id}/devices", "/v1/users/"+mine+"/devices", tok, nil, http.StatusOK)
+	if v := sentOn(); v != 4 {
+		t.Fatalf("ding_cluster_api_sent_on_total %v after a request about %s's own partition, want 4", v, other.id)
 	}
 }

@@ -17,6 +17,9 @@ import (
 type membersCollector struct {
 	ms  []*member
 	dir int // the directory's member: ms[dir]
+	// sentOn counts the admin API requests sent on to another node
+	// (ownerProxy); nil for none.
+	sentOn prometheus.Counter
 }
 
 var (
@@ -40,10 +43,16 @@ func (c membersCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- membersSeqDesc
 	ch <- membersFenceDesc
 	ch <- membersJoinsDesc
+	if c.sentOn != nil {
+		c.sentOn.Describe(ch)
+	}
 }
 
 // Collect implements prometheus.Collector.
 func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.sentOn != nil {
+		c.sentOn.Collect(ch)
+	}
 	for i, m := range c.ms {
 		label := strconv.Itoa(i)
 		if i == c.dir {

@@ -35,8 +35,10 @@ import (
 //     read from the lowest partition's).
 //
 // A user or id of a partition the node does not serve now (detached:
-// partitionSet.detach) gets errNotServed, which clients retry
-// (UNAVAILABLE); stage 5a makes it a NOT_OWNER redirect in cluster mode.
+// partitionSet.detach) gets errNotServed (notServedError), which clients
+// retry (UNAVAILABLE); in cluster mode a session redirects its device to
+// the owner (NOT_OWNER), and the admin API's request goes on to the
+// owner (ownerProxy).
 //   - Twilio's reports carry provider references, which name no
 //     partition: every engine is asked, and the first that knows the
 //     reference answers (see ProviderStatus).
@@ -126,7 +128,7 @@ func (r *router) home(id engine.ID) (*engine.Engine, error) {
 	if rt := r.set.runtime(p); rt != nil {
 		return rt.eng, nil
 	}
-	return nil, errNotServed
+	return nil, &notServedError{p: p}
 }
 
 // first returns the engine of the lowest partition this node serves (for
