@@ -461,12 +461,22 @@ const flushWait = 2 * time.Second
 // acknowledgements durable: the one in flight, then the one pending
 // behind it. Without it, an event delivered while the one before was
 // being acknowledged came again from the next dispatcher after a
-// hand-over (TestDetachHandsTheOutboxOver failed so in make test): only
-// the event whose request the stop abandoned should. An engine that does
-// not answer within flushWait leaves the rest to be delivered again.
+// hand-over (TestDetachHandsTheOutboxOver failed so in make test;
+// TestStoppingWorkerAcknowledgesWhatItDelivered): only the event whose
+// request the stop abandoned should. An engine that does not answer
+// within flushWait (on the dispatcher's clock, as its backoffs) leaves
+// the rest to be delivered again.
 func (d *Dispatcher) flushAcks(src Source, w *worker) {
-	ctx, cancel := context.WithTimeout(context.Background(), flushWait)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	bound := d.cfg.Clock.Until(d.cfg.Clock.Now().Add(flushWait))
+	go func() {
+		select {
+		case <-bound:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	_ = d.idle(ctx, src, w, w.sub.Load().ID)
 }
 

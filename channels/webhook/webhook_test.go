@@ -663,3 +663,115 @@ func TestDetachHandsTheOutboxOver(t *testing.T) {
 		t.Fatalf("the abandoned event came again as %s, was %s", got[2].ID, abandoned)
 	}
 }
+
+// holdingSource is an engine's outbox whose first asynchronous
+// acknowledgement is held until release forwards it, and which tells
+// (asked) when the worker asks for the events after seq last.
+type holdingSource struct {
+	webhook.Source
+	last  uint64
+	asked chan struct{} // closed at the first WebhookEvents after last
+
+	mu      sync.Mutex
+	askOnce sync.Once
+	held    func() // forwards the held acknowledgement; nil until one is
+}
+
+func (s *holdingSource) WebhookEvents(after uint64, max int) ([]engine.WebhookEvent, error) {
+	if after >= s.last {
+		s.askOnce.Do(func() { close(s.asked) })
+	}
+	return s.Source.WebhookEvents(after, max)
+}
+
+func (s *holdingSource) AckWebhookAsync(id string, through uint64, done func(error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held == nil {
+		s.held = func() { s.Source.AckWebhookAsync(id, through, done) }
+		return
+	}
+	s.Source.AckWebhookAsync(id, through, done)
+}
+
+func (s *holdingSource) release() {
+	s.mu.Lock()
+	f := s.held
+	s.mu.Unlock()
+	f()
+}
+
+// A worker that stops (Detach) while the acknowledgement of one event is
+// in flight and the next event's waits behind it makes both durable
+// before it ends, so the next dispatcher does not deliver the second
+// again: the first's outcome is held until the worker is stopping (it
+// then waits, on the dispatcher's clock, for at most flushWait).
+func TestStoppingWorkerAcknowledgesWhatItDelivered(t *testing.T) {
+	rcv := newReceiver(t, func(int) int { return 200 })
+	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	eng, err := engine.Open(engine.Config{Store: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	h := &harness{eng: eng}
+	sub := h.subscribe(t, rcv.srv.URL, "user.added")
+	h.addUsers(t, "a", "b")
+	evs, err := eng.WebhookEvents(0, 100)
+	if err != nil || len(evs) == 0 {
+		t.Fatalf("events %v, %v", evs, err)
+	}
+	src := &holdingSource{Source: eng, last: evs[len(evs)-1].Seq, asked: make(chan struct{})}
+	clk := fakeclock.New(time.Now())
+	d, err := webhook.New(webhook.Config{Clock: clk, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Attach(src); err != nil {
+		t.Fatal(err)
+	}
+	rcv.waitOK(t, 2)
+	select {
+	case <-src.asked: // both delivered: a's acknowledgement held, b's pending behind it
+	case <-time.After(10 * time.Second):
+		t.Fatal("the worker never asked for the events after b's")
+	}
+	detached := make(chan struct{})
+	go func() {
+		d.Detach(eng.WebhookSource())
+		close(detached)
+	}()
+	for {
+		n, changed := clk.Waiters()
+		if n > 0 {
+			break
+		}
+		select {
+		case <-changed:
+		case <-detached:
+			t.Fatal("Detach returned without waiting for the acknowledgement in flight")
+		case <-time.After(10 * time.Second):
+			t.Fatal("the stopping worker never waited for its acknowledgements")
+		}
+	}
+	src.release()
+	select {
+	case <-detached:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Detach did not return once the acknowledgement came")
+	}
+	subs, err := eng.Webhooks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range subs {
+		if s.ID == sub.ID && s.Cursor != src.last {
+			t.Fatalf("the subscription's cursor is %d after Detach, want %d (b's event): the next dispatcher delivers it again", s.Cursor, src.last)
+		}
+	}
+}
