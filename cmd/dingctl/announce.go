@@ -25,7 +25,7 @@ func announce(g *globals, args []string, out io.Writer) error {
 	from := fs.String("from", "", "sender user id (default: admin)")
 	to := fs.String("to", "", "all, dept:ID or group:ID (comma-separated for several)")
 	confirm := fs.Bool("confirm", false, "ask every recipient to confirm")
-	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once")
+	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once (default: one made for this command, so that --retry-for may send it again)")
 	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
@@ -35,7 +35,7 @@ func announce(g *globals, args []string, out io.Writer) error {
 	}
 	var res struct{ ID string }
 	if err := g.call("POST", "/v1/announcements", map[string]any{
-		"from": *from, "to": split(*to), "text": strings.Join(pos, " "), "confirm": *confirm, "client_msg_id": *cid,
+		"from": *from, "to": split(*to), "text": strings.Join(pos, " "), "confirm": *confirm, "client_msg_id": g.clientID(*cid),
 	}, &res); err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func ding(g *globals, args []string, out io.Writer) error {
 	policy := fs.String("policy", "", `a stored policy's name, or a policy like "inapp,sms@5m,voice@15m until=confirmed"`)
 	choices := fs.String("choices", "", `response menu, comma-separated, e.g. "attend,decline"`)
 	critical := fs.Bool("critical", false, "ignore recipients' quiet hours")
-	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once")
+	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once (default: one made for this command, so that --retry-for may send it again)")
 	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
@@ -42,7 +42,7 @@ func ding(g *globals, args []string, out io.Writer) error {
 	}
 	req := map[string]any{
 		"from": *from, "to": split(*to), "text": strings.Join(pos, " "),
-		"critical": *critical, "client_msg_id": *cid,
+		"critical": *critical, "client_msg_id": g.clientID(*cid),
 	}
 	if *policy != "" {
 		// A policy that parses is a policy, and so is anything that cannot

@@ -123,6 +123,9 @@ const globalHelp = `global flags (before or after the command):
   --key FILE       its private key (env DING_KEY)
   --pin-sha256 P   accept the server only if its certificate's key has pin P (base64 SHA-256 of
                    the SubjectPublicKeyInfo; several: P1,P2), on top of --ca (env DING_PIN_SHA256)
+  --retry-for D    while dingd answers UNAVAILABLE with retry (a cluster failover), ask again for up
+                   to D what is safe to: reads, and sends (their client message id: --client-id, or
+                   one made for the command) (env DING_RETRY_FOR, default 15s; 0: never)
 
 The admin token comes from --token, else --data DIR's admin.token, else
 DING_TOKEN, else ./ding-data/admin.token (dingd's default data dir): a flag

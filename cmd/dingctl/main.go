@@ -24,8 +24,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -88,6 +90,15 @@ type globals struct {
 	tokenFrom string
 	// status is the last answer's HTTP status (201 created, 200 updated).
 	status int
+	// retryFor is how long a request answered UNAVAILABLE with "retry":
+	// true (a cluster's partition changing owner, a store refusing writes
+	// for a moment) is sent again, when sending it again is safe: a read,
+	// or a send that carries a client message id (idempotent, set by the
+	// command). Zero: never.
+	retryFor   time.Duration
+	idempotent bool
+	// errOut gets the notes on retries (stderr).
+	errOut io.Writer
 }
 
 // setFlag is a string flag that also records it was given.
@@ -169,6 +180,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.BoolVar(&g.insecure, "insecure", g.insecure, "allow sending the admin token over plain http:// to a host that is not loopback")
 	fs.StringVar(&g.cert, "cert", g.cert, "PEM client certificate (mTLS, dingd --tls-client-ca) for HTTPS and --socket-tls; naming an admin (URI SAN ding:admin/NAME), it replaces the admin token (env DING_CERT)")
 	fs.StringVar(&g.key, "key", g.key, "the client certificate's PEM private key (env DING_KEY)")
+	fs.DurationVar(&g.retryFor, "retry-for", g.retryFor, "how long to send a request again while dingd answers UNAVAILABLE with retry (a cluster failover): reads, and sends with a client message id (send, ding and announce make one when --client-id is not given); 0: never (env DING_RETRY_FOR)")
 	fs.StringVar(&g.pins, "pin-sha256", g.pins, "accept the server only if its certificate's key has this pin (base64 SHA-256 of the SubjectPublicKeyInfo; several: comma-separated), on top of --ca (env DING_PIN_SHA256)")
 }
 
@@ -193,7 +205,15 @@ func dispatch(args []string, out io.Writer) error {
 		return err
 	}
 	g := &globals{envToken: os.Getenv("DING_TOKEN"), server: envOr("DING_SERVER", "http://127.0.0.1:7080"), socket: envOr("DING_SOCKET", "127.0.0.1:7070"),
-		ca: os.Getenv("DING_CA"), cert: os.Getenv("DING_CERT"), key: os.Getenv("DING_KEY"), pins: os.Getenv("DING_PIN_SHA256"), out: out}
+		ca: os.Getenv("DING_CA"), cert: os.Getenv("DING_CERT"), key: os.Getenv("DING_KEY"), pins: os.Getenv("DING_PIN_SHA256"), out: out,
+		retryFor: defaultRetryFor, errOut: os.Stderr}
+	if v := os.Getenv("DING_RETRY_FOR"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return exitError{2, fmt.Sprintf("DING_RETRY_FOR=%q: want a duration such as 15s, or 0", v)}
+		}
+		g.retryFor = d
+	}
 	fs := flag.NewFlagSet("dingctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	g.register(fs)
@@ -349,9 +369,66 @@ func (g *globals) call(method, path string, in, out any) error {
 	return json.Unmarshal(raw, out)
 }
 
+// defaultRetryFor is --retry-for's default: longer than a cluster's
+// failover (its goal is 5 s; the default lease is 3 s).
+const defaultRetryFor = 15 * time.Second
+
 // request does one admin API request and returns the answer's body; an
-// error answer comes back as one line, "CODE: detail".
+// error answer comes back as one line, "CODE: detail". An answer
+// UNAVAILABLE with "retry": true is asked again, after its Retry-After
+// (1 s without), for up to --retry-for, when that is safe: a GET, or a
+// request the command made idempotent (g.idempotent: a client message
+// id). A note on each retry goes to errOut.
 func (g *globals) request(method, path, contentType string, body io.Reader, timeout time.Duration) ([]byte, error) {
+	var held []byte
+	if body != nil {
+		b, err := io.ReadAll(body)
+		if err != nil {
+			return nil, err
+		}
+		held = b
+	}
+	safe := method == http.MethodGet || method == http.MethodHead || g.idempotent
+	deadline := time.Now().Add(g.retryFor)
+	for {
+		var b io.Reader
+		if held != nil {
+			b = bytes.NewReader(held)
+		}
+		raw, err := g.do(method, path, contentType, b, timeout)
+		u, ok := errors.AsType[*unavailableError](err)
+		if !ok || !safe || time.Now().Add(u.wait).After(deadline) {
+			return raw, err
+		}
+		fmt.Fprintf(g.errOut, "dingctl: %v; asking again in %s\n", err, u.wait)
+		time.Sleep(u.wait)
+	}
+}
+
+// clientID is the client message id a send carries: the one given, or
+// one made for this command, so that the send may be asked again
+// (--retry-for) and is stored once.
+func (g *globals) clientID(given string) string {
+	g.idempotent = true
+	if given != "" {
+		return given
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "dingctl-" + hex.EncodeToString(b[:])
+}
+
+// unavailableError is an answer UNAVAILABLE with "retry": true, which asks
+// to wait before sending the request again.
+type unavailableError struct {
+	msg  string
+	wait time.Duration
+}
+
+func (e *unavailableError) Error() string { return e.msg }
+
+// do is one try of request.
+func (g *globals) do(method, path, contentType string, body io.Reader, timeout time.Duration) ([]byte, error) {
 	if err := g.checkServer(); err != nil {
 		return nil, err
 	}
@@ -395,7 +472,10 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
-			Error struct{ Code, Detail string } `json:"error"`
+			Error struct {
+				Code, Detail string
+				Retry        bool
+			} `json:"error"`
 		}
 		if json.Unmarshal(raw, &e) == nil && e.Error.Code != "" {
 			detail := strings.ReplaceAll(e.Error.Detail, "\n", " ")
@@ -407,7 +487,15 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 			case resp.Header.Get("Retry-After") != "":
 				detail += " (retry after " + resp.Header.Get("Retry-After") + "s)"
 			}
-			return nil, fmt.Errorf("%s: %s", e.Error.Code, detail)
+			msg := e.Error.Code + ": " + detail
+			if resp.StatusCode == http.StatusServiceUnavailable && e.Error.Code == "UNAVAILABLE" && e.Error.Retry {
+				wait := time.Second
+				if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+					wait = time.Duration(s) * time.Second
+				}
+				return nil, &unavailableError{msg, wait}
+			}
+			return nil, errors.New(msg)
 		}
 		return nil, fmt.Errorf("server answered %s", resp.Status)
 	}
@@ -551,7 +639,7 @@ func send(g *globals, args []string, out io.Writer) error {
 	chat := fs.String("chat", "", "send in this secret chat (instead of --to)")
 	fwd := fs.String("forward-of", "", "the message this one forwards")
 	quote := fs.String("quote-of", "", "the message this one quotes")
-	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once")
+	cid := fs.String("client-id", "", "client message id: a retry with the same id is stored once (default: one made for this command, so that --retry-for may send it again)")
 	pos, err := parse(fs, g, args)
 	if err != nil {
 		return err
@@ -574,7 +662,7 @@ func send(g *globals, args []string, out io.Writer) error {
 	case len(pos) == 0 && text == "" && isTerminal(stdin):
 		return exitError{2, "send: no text: give TEXT, or - to read it from stdin"}
 	}
-	req := map[string]any{"from": *from, "text": text, "client_msg_id": *cid}
+	req := map[string]any{"from": *from, "text": text, "client_msg_id": g.clientID(*cid)}
 	if *to != "" {
 		req["to"] = split(*to)
 	}
