@@ -156,15 +156,9 @@ func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error)
 	if o.standby == "" || o.handTo != "" || o.leaving != "" {
 		return 0, fmt.Errorf("cluster: partition %d: no standby to replace, or a hand-over in progress", o.p)
 	}
-	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Standby: node, Replacing: o.standby}
-	o.next++
-	o.recent.remember(e)
-	o.handTo, o.handAt = node, e.Seq
-	o.unacked = append(o.unacked, e)
-	if err := o.c.Append(ctx, o.p, e); err != nil {
-		return e.Seq, err
-	}
-	return e.Seq, nil
+	seq, err := o.ship(ctx, Entry{Standby: node, Replacing: o.standby})
+	o.handTo, o.handAt = node, seq
+	return seq, err
 }
 
 // Ship appends batch data as the next entry and returns its Seq. It keeps
@@ -179,28 +173,26 @@ func (o *Owner) ShipWithKeys(ctx context.Context, data, keys []byte) (uint64, er
 	if o.fenced {
 		return 0, ErrFenced
 	}
-	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next, Data: data, Keys: keys}
-	o.demote(&e)
+	return o.ship(ctx, Entry{Data: data, Keys: keys})
+}
+
+// ship numbers e as this owner's next entry and appends it to the
+// stream, keeping it until the standby acks it (an append that fails is
+// kept too: Resend ships it again). In a move's second half
+// (ReplaceStandby) the entry demotes the standby replaced, the first such
+// one being the one whose ack ends the move.
+func (o *Owner) ship(ctx context.Context, e Entry) (uint64, error) {
+	e.Epoch, e.Owner, e.Seq = o.epoch, o.node, o.next
+	if o.leaving != "" {
+		e.Demote = o.leaving
+		if o.leaveAt == 0 {
+			o.leaveAt = e.Seq
+		}
+	}
 	o.next++
 	o.recent.remember(e)
 	o.unacked = append(o.unacked, e)
-	if err := o.c.Append(ctx, o.p, e); err != nil {
-		return e.Seq, err // kept: Resend ships it again
-	}
-	return e.Seq, nil
-}
-
-// demote makes e, about to be shipped, demote the standby a move's
-// second half still counts (ReplaceStandby), the first such entry being
-// the one whose ack ends the move.
-func (o *Owner) demote(e *Entry) {
-	if o.leaving == "" {
-		return
-	}
-	e.Demote = o.leaving
-	if o.leaveAt == 0 {
-		o.leaveAt = e.Seq
-	}
+	return e.Seq, o.c.Append(ctx, o.p, e)
 }
 
 // ShipDemotion ships, in a move's second half, an entry of its own that
@@ -215,15 +207,7 @@ func (o *Owner) ShipDemotion(ctx context.Context) (uint64, error) {
 	if o.leaving == "" || o.leaveAt != 0 {
 		return o.leaveAt, nil
 	}
-	e := Entry{Epoch: o.epoch, Owner: o.node, Seq: o.next}
-	o.demote(&e)
-	o.next++
-	o.recent.remember(e)
-	o.unacked = append(o.unacked, e)
-	if err := o.c.Append(ctx, o.p, e); err != nil {
-		return e.Seq, err // kept: Resend ships it again
-	}
-	return e.Seq, nil
+	return o.ship(ctx, Entry{})
 }
 
 // Poll reads the standby's ack and returns the highest Seq it holds. It

@@ -603,16 +603,7 @@ func TestDetachHandsTheOutboxOver(t *testing.T) {
 		}
 		return 200
 	})
-	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	eng, err := engine.Open(engine.Config{Store: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
+	eng := openEngine(t)
 	h := &harness{eng: eng}
 	d1, err := webhook.New(webhook.Config{}) // no sources yet
 	if err != nil {
@@ -664,6 +655,23 @@ func TestDetachHandsTheOutboxOver(t *testing.T) {
 	}
 }
 
+// openEngine opens an engine on Pebble in a temp dir, closed when the
+// test ends (after its own defers: a dispatcher on it first).
+func openEngine(t *testing.T) *engine.Engine {
+	t.Helper()
+	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	eng, err := engine.Open(engine.Config{Store: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	return eng
+}
+
 // holdingSource is an engine's outbox whose first asynchronous
 // acknowledgement is held until release forwards it, and which tells
 // (asked) when the worker asks for the events after seq last.
@@ -708,16 +716,7 @@ func (s *holdingSource) release() {
 // then waits, on the dispatcher's clock, for at most flushWait).
 func TestStoppingWorkerAcknowledgesWhatItDelivered(t *testing.T) {
 	rcv := newReceiver(t, func(int) int { return 200 })
-	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	eng, err := engine.Open(engine.Config{Store: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
+	eng := openEngine(t)
 	h := &harness{eng: eng}
 	sub := h.subscribe(t, rcv.srv.URL, "user.added")
 	h.addUsers(t, "a", "b")
