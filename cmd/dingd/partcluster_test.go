@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +40,23 @@ func TestClusterPartitionsKill9LosesNothingAcknowledged(t *testing.T) {
 		<-lc.procs[victim].exited
 		lc.takenOver(victim, owned)
 		t.Logf("%s owned partitions %v and was killed; acknowledgements resumed %v after (lease 1s)", victim, owned, time.Since(killed).Round(time.Millisecond))
+		// An admin's send (the real dingctl) through the surviving node
+		// that does not serve the sender's partition: that node sends it
+		// on to the one that does (it answered 500 INTERNAL before).
+		owners, _ := lc.roles()
+		var via *proc
+		for id, pr := range lc.procs {
+			if id != victim && id != owners[partitionsOf("u0", 4)] {
+				via = pr
+			}
+		}
+		ctl := exec.Command(dingctlBinary(t), "--server", "http://"+via.http, "--data", via.data, "send", "--from", "u0", "--to", "u1", "through a node not serving u0")
+		var ctlErr strings.Builder
+		ctl.Stderr = &ctlErr
+		out, err := ctl.Output()
+		if id := strings.TrimSpace(string(out)); err != nil || len(id) != 26 {
+			t.Fatalf("dingctl send through a node not serving the sender: %v, %q %q; want a message id", err, out, ctlErr.String())
+		}
 	})
 }
 
@@ -272,11 +290,9 @@ func partitionsUnderLoad(t *testing.T, redisURL, lease string, nodes []string, d
 	})
 	// And quiet: the nodes' balance moves a role at most every three
 	// lease TTLs, and a partition handed over has no standby until its
-	// old owner joins again from a snapshot (and a standby place moving
-	// has none for the moment between the two nodes' applies of its
-	// hand-over entry): a node killed then would leave that partition to
-	// no one. Five TTLs without a change: balance has nothing left to
-	// move.
+	// old owner joins again from a snapshot: a node killed then would
+	// leave that partition to no one. Five TTLs without a change: balance
+	// has nothing left to move.
 	rolesQuiet(t, func() [2][parts]string { o, s := roles(); return [2][parts]string{o, s} })
 
 	// A sender and a recipient in each partition.
