@@ -97,24 +97,28 @@ func (o *Owner) Epoch() uint64 { return o.epoch }
 // must name it first. To replace a standby, use ReplaceStandby.
 func (o *Owner) SetStandby(node string) { o.standby = node }
 
-// DropStandby stops counting the standby's acks (and ends a hand-over in
-// progress): a standby that stopped acking (dead, cut off) holds every
-// batch acknowledged so far, and no later one is acknowledged until a new
-// standby (SetStandby, from a snapshot) holds it. The caller then stops
-// the Coord naming it, so that it can no longer take over.
-//
-// In a move's second half (Leaving), it drops the standby being replaced
-// instead, and reports false: the new one, named in the Coord, stays, and
-// its acks alone count (should it be the one that stopped, a second drop
-// drops it). Ending the wait that way trusts the Coord, as dropping a
-// standby does: the node let go was not demoted, and a Coord rolled back
-// to naming it again would let it take over.
-func (o *Owner) DropStandby() (dropped bool) {
-	if o.leaving != "" {
-		o.leaving, o.leaveAt = "", 0
+// DropStandby stops counting the standby's acks (and ends a move in
+// progress, either half): a standby that stopped acking (dead, cut off)
+// holds every batch acknowledged so far, and no later one is acknowledged
+// until a new standby (SetStandby, from a snapshot) holds it. The caller
+// then stops the Coord naming it, so that it can no longer take over.
+func (o *Owner) DropStandby() {
+	o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt = "", "", 0, "", 0
+}
+
+// LetLeavingGo, in a move's second half (Leaving), stops counting the
+// standby the move replaced, and reports whether there was one: the new
+// one, named in the Coord already, stays, and its acks alone count. A
+// stalled standby in the second half is let go so first (should the new
+// one be the one that stopped, DropStandby drops it next). Ending the
+// wait so trusts the Coord, as dropping a standby does: the node let go
+// was not demoted, and a Coord rolled back to naming it again would let
+// it take over.
+func (o *Owner) LetLeavingGo() bool {
+	if o.leaving == "" {
 		return false
 	}
-	o.standby, o.handTo, o.handAt = "", "", 0
+	o.leaving, o.leaveAt = "", 0
 	return true
 }
 

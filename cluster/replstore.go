@@ -738,14 +738,15 @@ func (r *ReplicatedStore) DropStandby(ctx context.Context, c Coord) error {
 }
 
 // dropStandby drops the standby (only if it is only, when set). In a
-// move's second half it lets the standby replaced go instead
-// (Owner.DropStandby): the coordinator names the new one already.
+// move's second half, without only or with only the standby replaced, it
+// lets that one go instead (Owner.LetLeavingGo): the coordinator names
+// the new one already; the new one itself asking to go drops both.
 func (r *ReplicatedStore) dropStandby(ctx context.Context, c Coord, only string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur := r.owner.standby
 	if leaving, _ := r.owner.Leaving(); leaving != "" && (only == "" || only == leaving) {
-		r.owner.DropStandby()
+		r.owner.LetLeavingGo()
 		return nil
 	}
 	if only != "" && cur != only {
@@ -754,13 +755,14 @@ func (r *ReplicatedStore) dropStandby(ctx context.Context, c Coord, only string)
 	if cur == "" {
 		return nil
 	}
-	handTo, handAt := r.owner.handTo, r.owner.handAt
-	r.owner.DropStandby()
-	if err := c.SetStandby(ctx, r.owner.p, ""); err != nil {
+	o := r.owner
+	handTo, handAt, leaving, leaveAt := o.handTo, o.handAt, o.leaving, o.leaveAt
+	o.DropStandby()
+	if err := c.SetStandby(ctx, o.p, ""); err != nil {
 		// Undone, so that the caller's retry drops it again: an owner that
 		// counted nobody while the coordinator still named the standby
 		// would wait forever (no spare may join a named standby's place).
-		r.owner.standby, r.owner.handTo, r.owner.handAt = cur, handTo, handAt
+		o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt = cur, handTo, handAt, leaving, leaveAt
 		return err
 	}
 	return nil

@@ -330,11 +330,11 @@ func (s *sim) step(ctx context.Context, step int) error {
 		// The owner drops a standby that stopped acking (in dingd: after
 		// two lease TTLs without progress), whether it did or not.
 		if o := s.pick(func(n *simNode) bool { return n.owner != nil && n.owner.standby != "" }); o != nil {
-			if leaving, _ := o.owner.Leaving(); leaving != "" {
+			if leaving, _ := o.owner.Leaving(); leaving != "" && s.rng.IntN(2) == 0 {
 				// A move's second half: the standby replaced is let go, the
 				// new one (named already) stays.
 				s.log("%s lets %s, the standby replaced, go without its demotion", o.id, leaving)
-				o.owner.DropStandby()
+				o.owner.LetLeavingGo()
 				s.stats.drops++
 				return nil
 			}
