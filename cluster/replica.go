@@ -143,8 +143,8 @@ func (o *Owner) Leaving() (node string, at uint64) { return o.leaving, o.leaveAt
 //
 //  1. Until node acks the entry, the old standby is the standby: its
 //     acks count, up to the entry (node will hold no more than that
-//     when it is named). Node's ack of it makes Poll name node in the
-//     Coord.
+//     when it is named). Once both have acked it, Poll names node in
+//     the Coord.
 //  2. Then both count: a batch is acknowledged once both hold it, since
 //     either may take over (node, named; the old one, not demoted, if a
 //     Coord rolled back named it again). The first entry shipped after
