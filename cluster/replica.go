@@ -107,20 +107,14 @@ func (o *Owner) DropStandby() {
 }
 
 // LetLeavingGo, in a move's second half (Leaving), stops counting the
-// standby the move replaced, and reports whether there was one: the new
-// one, named in the Coord already, stays, and its acks alone count. A
+// standby the move replaced: the new one, named in the Coord already,
+// stays, and its acks alone count. A
 // stalled standby in the second half is let go so first (should the new
 // one be the one that stopped, DropStandby drops it next). Ending the
 // wait so trusts the Coord, as dropping a standby does: the node let go
 // was not demoted, and a Coord rolled back to naming it again would let
 // it take over.
-func (o *Owner) LetLeavingGo() bool {
-	if o.leaving == "" {
-		return false
-	}
-	o.leaving, o.leaveAt = "", 0
-	return true
-}
+func (o *Owner) LetLeavingGo() { o.leaving, o.leaveAt = "", 0 }
 
 // Standby returns the standby whose acks count ("" for none), and the
 // one a hand-over in progress moves to ("" for none).

@@ -668,27 +668,29 @@ func (r *ReplicatedStore) shipDemotion(ctx context.Context, node string) (uint64
 	if leaving, at := o.Leaving(); leaving == "" || at != 0 {
 		return at, nil
 	}
-	if len(o.unacked) == 0 {
+	return r.shipOwn(func() (uint64, error) { return o.ShipDemotion(ctx) })
+}
+
+// shipOwn ships an entry of a move's (ship: the Owner's ReplaceStandby or
+// ShipDemotion), under applyMu and mu, and records in the owner's store,
+// unsynced, that its history runs through it (a batch records it in
+// itself: replBatch.Apply): a crash that loses the record leaves the
+// store saying less than it holds, which only costs a snapshot
+// (Owner.Continues wants the exact Seq). An append that failed stays
+// queued in the Owner: Resend ships it.
+func (r *ReplicatedStore) shipOwn(ship func() (uint64, error)) (uint64, error) {
+	if len(r.owner.unacked) == 0 {
 		r.waitingSince = time.Now()
 	}
-	seq, err := o.ShipDemotion(ctx)
+	seq, err := ship()
 	if errors.Is(err, ErrFenced) {
 		return 0, err
 	}
-	r.recordOwn(seq)
-	return seq, nil // an append that failed stays queued: Resend ships it
-}
-
-// recordOwn records in the owner's store, unsynced, that its history
-// runs through seq, an entry of the move's (a batch records it in
-// itself: replBatch.Apply): a crash that loses it leaves the store
-// saying less than it holds, which only costs a snapshot
-// (Owner.Continues wants the exact Seq). Under applyMu and mu.
-func (r *ReplicatedStore) recordOwn(seq uint64) {
 	sb := r.Store.NewBatch()
 	sb.Set(StateKey(r.owner.p), r.owner.ownHistory(seq))
 	_ = sb.Commit(false)
 	sb.Close()
+	return seq, nil
 }
 
 func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing string, snap StandbyState) (uint64, error) {
@@ -717,15 +719,7 @@ func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing stri
 	if leaving, _ := o.Leaving(); leaving != "" {
 		return 0, fmt.Errorf("%w: partition %d's standby role is still leaving %q", ErrStandbyRefused, o.p, leaving)
 	}
-	if len(o.unacked) == 0 {
-		r.waitingSince = time.Now()
-	}
-	seq, err := o.ReplaceStandby(ctx, node)
-	if errors.Is(err, ErrFenced) {
-		return 0, err
-	}
-	r.recordOwn(seq) // the entry extends this store's history too
-	return seq, nil  // an append that failed stays queued: Resend ships it
+	return r.shipOwn(func() (uint64, error) { return o.ReplaceStandby(ctx, node) })
 }
 
 // DropStandby stops waiting for a standby that stopped acking: its acks

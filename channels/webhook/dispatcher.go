@@ -378,7 +378,7 @@ func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, 
 	sub := w.sub.Load()
 	d.m.backlog.WithLabelValues(sub.ID, p).Set(float64(src.WebhookDurable() - min(*cursor, src.WebhookDurable())))
 	if sub.Paused {
-		return d.idle(ctx, src, w, sub.ID)
+		return d.idle(ctx, nil, src, w, sub.ID)
 	}
 	dls, err := src.WebhookDeadLetters(sub.ID, 0, 16, true)
 	if err != nil {
@@ -408,7 +408,7 @@ func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, 
 		if len(dls) > 0 {
 			return nil // look for more replays
 		}
-		return d.idle(ctx, src, w, sub.ID)
+		return d.idle(ctx, nil, src, w, sub.ID)
 	}
 	skipped := uint64(0) // the last event passed over, not yet acknowledged
 	for i := range evs {
@@ -440,10 +440,11 @@ func (d *Dispatcher) step(ctx context.Context, p string, src Source, w *worker, 
 }
 
 // idle makes the acknowledgements in flight durable, then says the worker
-// has nothing to do until woken.
-func (d *Dispatcher) idle(ctx context.Context, src Source, w *worker, id string) error {
+// has nothing to do until woken. It gives up when ctx ends or bound (nil
+// for none) fires.
+func (d *Dispatcher) idle(ctx context.Context, bound <-chan time.Time, src Source, w *worker, id string) error {
 	for {
-		if err := d.ackCollect(ctx, w, true); err != nil {
+		if err := d.ackCollect(ctx, bound, w, true); err != nil {
 			return err
 		}
 		if w.acks.pending == 0 {
@@ -467,24 +468,15 @@ const flushWait = 2 * time.Second
 // within flushWait (on the dispatcher's clock, as its backoffs) leaves
 // the rest to be delivered again.
 func (d *Dispatcher) flushAcks(src Source, w *worker) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	bound := d.cfg.Clock.Until(d.cfg.Clock.Now().Add(flushWait))
-	go func() {
-		select {
-		case <-bound:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	_ = d.idle(ctx, src, w, w.sub.Load().ID)
+	_ = d.idle(context.Background(), bound, src, w, w.sub.Load().ID)
 }
 
 // ackAsync acknowledges through: now if no commit of the cursor is in
 // flight, else after it. An error of an earlier one is returned (the
 // step fails and is retried; a later acknowledgement covers the events).
 func (d *Dispatcher) ackAsync(ctx context.Context, src Source, w *worker, id string, through uint64) error {
-	if err := d.ackCollect(ctx, w, false); err != nil {
+	if err := d.ackCollect(ctx, nil, w, false); err != nil {
 		w.acks.pending = max(w.acks.pending, through)
 		return err
 	}
@@ -503,9 +495,9 @@ func (d *Dispatcher) ackStart(src Source, w *worker, id string, through uint64) 
 }
 
 // ackCollect takes the outcome of the commit in flight, if it has come
-// (or, with wait, once it comes), and starts the pending one after a
-// success.
-func (d *Dispatcher) ackCollect(ctx context.Context, w *worker, wait bool) error {
+// (or, with wait, once it comes, unless ctx ends or bound, nil for none,
+// fires first).
+func (d *Dispatcher) ackCollect(ctx context.Context, bound <-chan time.Time, w *worker, wait bool) error {
 	if !w.acks.busy {
 		return nil
 	}
@@ -514,6 +506,8 @@ func (d *Dispatcher) ackCollect(ctx context.Context, w *worker, wait bool) error
 		select {
 		case err = <-w.acks.res:
 		case <-ctx.Done():
+			return errStopped
+		case <-bound:
 			return errStopped
 		}
 	} else {

@@ -127,17 +127,11 @@ type harness struct {
 // dispatcher waits (a backoff), so retries run at once.
 func open(t *testing.T, cfg webhook.Config, step time.Duration) *harness {
 	t.Helper()
-	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := engine.Open(engine.Config{Store: db})
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := openEngine(t) // closed after this cleanup's dispatcher
 	h := &harness{eng: eng, clk: fakeclock.New(time.Now()), reg: prometheus.NewRegistry()}
 	cfg.Sources = []webhook.Source{eng}
 	cfg.Clock, cfg.Registerer = h.clk, h.reg
+	var err error
 	if h.disp, err = webhook.New(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -162,8 +156,6 @@ func open(t *testing.T, cfg webhook.Config, step time.Duration) *harness {
 		close(stop)
 		<-done
 		h.disp.Close()
-		eng.Close()
-		db.Close()
 	})
 	return h
 }
@@ -656,7 +648,8 @@ func TestDetachHandsTheOutboxOver(t *testing.T) {
 }
 
 // openEngine opens an engine on Pebble in a temp dir, closed when the
-// test ends (after its own defers: a dispatcher on it first).
+// test ends, after its defers and the cleanups registered later (a
+// dispatcher on it is closed first).
 func openEngine(t *testing.T) *engine.Engine {
 	t.Helper()
 	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})

@@ -34,9 +34,9 @@ func announce(g *globals, args []string, out io.Writer) error {
 		return exitError{2, "announce: --to and TEXT are required"}
 	}
 	var res struct{ ID string }
-	if err := g.call("POST", "/v1/announcements", map[string]any{
-		"from": *from, "to": split(*to), "text": strings.Join(pos, " "), "confirm": *confirm, "client_msg_id": g.clientID(*cid),
-	}, &res); err != nil {
+	if err := g.postSend("/v1/announcements", map[string]any{
+		"from": *from, "to": split(*to), "text": strings.Join(pos, " "), "confirm": *confirm,
+	}, *cid, &res); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintln(out, res.ID)

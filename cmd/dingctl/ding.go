@@ -42,7 +42,7 @@ func ding(g *globals, args []string, out io.Writer) error {
 	}
 	req := map[string]any{
 		"from": *from, "to": split(*to), "text": strings.Join(pos, " "),
-		"critical": *critical, "client_msg_id": g.clientID(*cid),
+		"critical": *critical,
 	}
 	if *policy != "" {
 		// A policy that parses is a policy, and so is anything that cannot
@@ -65,7 +65,7 @@ func ding(g *globals, args []string, out io.Writer) error {
 			RetryAfter int64 `json:"retry_after"`
 		}
 	}
-	if err := g.call("POST", "/v1/dings", req, &res); err != nil {
+	if err := g.postSend("/v1/dings", req, *cid, &res); err != nil {
 		return err
 	}
 	for _, r := range res.Refused {

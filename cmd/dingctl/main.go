@@ -93,10 +93,8 @@ type globals struct {
 	// retryFor is how long a request answered UNAVAILABLE with "retry":
 	// true (a cluster's partition changing owner, a store refusing writes
 	// for a moment) is sent again, when sending it again is safe: a read,
-	// or a send that carries a client message id (idempotent, set by the
-	// command). Zero: never.
-	retryFor   time.Duration
-	idempotent bool
+	// or a send, which carries a client message id (postSend). Zero: never.
+	retryFor time.Duration
 	// errOut gets the notes on retries (stderr).
 	errOut io.Writer
 }
@@ -357,30 +355,61 @@ func (g *globals) adminToken() (string, error) {
 // call does one admin API request with a JSON body (in, unless nil) and
 // decodes the JSON answer into out (unless nil).
 func (g *globals) call(method, path string, in, out any) error {
+	return g.callAs(method, path, in, out, safeMethod(method))
+}
+
+// postSend is call for a send (a message, a DING, an announcement): req
+// carries a client message id, the one given or one made here, so that
+// the send may be asked again (--retry-for) and is stored once.
+func (g *globals) postSend(path string, req map[string]any, given string, out any) error {
+	if given == "" {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		given = "dingctl-" + hex.EncodeToString(b[:])
+	}
+	req["client_msg_id"] = given
+	return g.callAs(http.MethodPost, path, req, out, true)
+}
+
+// callAs is call, asking again while the answer says to (requestAs) if
+// retry.
+func (g *globals) callAs(method, path string, in, out any, retry bool) error {
 	var body io.Reader
 	if in != nil {
 		b, _ := json.Marshal(in)
 		body = bytes.NewReader(b)
 	}
-	raw, err := g.request(method, path, "application/json", body, 30*time.Second)
+	raw, err := g.requestAs(method, path, "application/json", body, 30*time.Second, retry)
 	if err != nil || out == nil {
 		return err
 	}
 	return json.Unmarshal(raw, out)
 }
 
+// safeMethod reports whether a request of method may be asked again as
+// it is.
+func safeMethod(method string) bool { return method == http.MethodGet || method == http.MethodHead }
+
 // defaultRetryFor is --retry-for's default: longer than a cluster's
 // failover (its goal is 5 s; the default lease is 3 s).
 const defaultRetryFor = 15 * time.Second
 
 // request does one admin API request and returns the answer's body; an
-// error answer comes back as one line, "CODE: detail". An answer
-// UNAVAILABLE with "retry": true is asked again, after its Retry-After
-// (1 s without), for up to --retry-for, when that is safe: a GET, or a
-// request the command made idempotent (g.idempotent: a client message
-// id). A note on each retry goes to errOut.
+// error answer comes back as one line, "CODE: detail". A GET is asked
+// again as requestAs says.
 func (g *globals) request(method, path, contentType string, body io.Reader, timeout time.Duration) ([]byte, error) {
-	var held []byte
+	return g.requestAs(method, path, contentType, body, timeout, safeMethod(method))
+}
+
+// requestAs is request; with retry (asking again is safe: a read, or a
+// send carrying a client message id), an answer UNAVAILABLE with
+// "retry": true is asked again, after its Retry-After (1 s without), for
+// up to --retry-for, with a note on each to errOut.
+func (g *globals) requestAs(method, path, contentType string, body io.Reader, timeout time.Duration, retry bool) ([]byte, error) {
+	if !retry || g.retryFor <= 0 {
+		return g.do(method, path, contentType, body, timeout)
+	}
+	var held []byte // sent again on each try
 	if body != nil {
 		b, err := io.ReadAll(body)
 		if err != nil {
@@ -388,7 +417,6 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 		}
 		held = b
 	}
-	safe := method == http.MethodGet || method == http.MethodHead || g.idempotent
 	deadline := time.Now().Add(g.retryFor)
 	for {
 		var b io.Reader
@@ -397,25 +425,12 @@ func (g *globals) request(method, path, contentType string, body io.Reader, time
 		}
 		raw, err := g.do(method, path, contentType, b, timeout)
 		u, ok := errors.AsType[*unavailableError](err)
-		if !ok || !safe || time.Now().Add(u.wait).After(deadline) {
+		if !ok || time.Now().Add(u.wait).After(deadline) {
 			return raw, err
 		}
 		fmt.Fprintf(g.errOut, "dingctl: %v; asking again in %s\n", err, u.wait)
 		time.Sleep(u.wait)
 	}
-}
-
-// clientID is the client message id a send carries: the one given, or
-// one made for this command, so that the send may be asked again
-// (--retry-for) and is stored once.
-func (g *globals) clientID(given string) string {
-	g.idempotent = true
-	if given != "" {
-		return given
-	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return "dingctl-" + hex.EncodeToString(b[:])
 }
 
 // unavailableError is an answer UNAVAILABLE with "retry": true, which asks
@@ -662,7 +677,7 @@ func send(g *globals, args []string, out io.Writer) error {
 	case len(pos) == 0 && text == "" && isTerminal(stdin):
 		return exitError{2, "send: no text: give TEXT, or - to read it from stdin"}
 	}
-	req := map[string]any{"from": *from, "text": text, "client_msg_id": g.clientID(*cid)}
+	req := map[string]any{"from": *from, "text": text}
 	if *to != "" {
 		req["to"] = split(*to)
 	}
@@ -672,7 +687,7 @@ func send(g *globals, args []string, out io.Writer) error {
 		}
 	}
 	var res struct{ ID string }
-	err = g.call("POST", "/v1/messages", req, &res)
+	err = g.postSend("/v1/messages", req, *cid, &res)
 	if err != nil {
 		return err
 	}

@@ -41,8 +41,7 @@ type ownerProxy struct {
 	// other than this node serves it now.
 	owner func(ctx context.Context, p int) string
 	peer  *http.Client
-	// sent counts the requests sent on (nil: not counted).
-	sent prometheus.Counter
+	sent  prometheus.Counter // the requests sent on
 }
 
 func (o *ownerProxy) wrap(api http.Handler) http.Handler {
@@ -78,9 +77,7 @@ func (o *ownerProxy) wrap(api http.Handler) http.Handler {
 			dw.release() // nobody else serves it now: retry
 			return
 		}
-		if o.sent != nil {
-			o.sent.Inc()
-		}
+		o.sent.Inc()
 		proxy := &httputil.ReverseProxy{
 			Rewrite: func(pr *httputil.ProxyRequest) {
 				pr.SetURL(target)

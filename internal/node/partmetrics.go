@@ -18,7 +18,7 @@ type membersCollector struct {
 	ms  []*member
 	dir int // the directory's member: ms[dir]
 	// sentOn counts the admin API requests sent on to another node
-	// (ownerProxy); nil for none.
+	// (ownerProxy).
 	sentOn prometheus.Counter
 }
 
@@ -43,16 +43,12 @@ func (c membersCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- membersSeqDesc
 	ch <- membersFenceDesc
 	ch <- membersJoinsDesc
-	if c.sentOn != nil {
-		c.sentOn.Describe(ch)
-	}
+	c.sentOn.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
-	if c.sentOn != nil {
-		c.sentOn.Collect(ch)
-	}
+	c.sentOn.Collect(ch)
 	for i, m := range c.ms {
 		label := strconv.Itoa(i)
 		if i == c.dir {
