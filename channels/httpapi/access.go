@@ -271,15 +271,37 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 	return newPrincipal(adm), nil
 }
 
-// verifiedClientCert is the client certificate of r's TLS connection that
-// the handshake verified against the HTTP port's client CA (dingd
-// --tls-client-ca), or nil: none given, or no client CA (then nothing is
-// verified, so nothing is trusted).
-func verifiedClientCert(r *http.Request) *x509.Certificate {
+// verifiedClientCert is ClientCert.
+func verifiedClientCert(r *http.Request) *x509.Certificate { return ClientCert(r) }
+
+// ClientCert is the client certificate r's client authenticated with:
+// the one its TLS connection's handshake verified against the HTTP
+// port's client CA (dingd --tls-client-ca), or, for a request another
+// cluster member sent on (WithForwardedClient), the one that member's
+// handshake verified; nil for none (none given, no client CA: then
+// nothing is verified, so nothing is trusted).
+func ClientCert(r *http.Request) *x509.Certificate {
+	if f, ok := r.Context().Value(forwardedClientKey{}).(forwardedClient); ok {
+		return f.cert // the TLS connection is the member's, not the client's
+	}
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
 		return nil
 	}
 	return r.TLS.VerifiedChains[0][0]
+}
+
+type forwardedClientKey struct{}
+
+type forwardedClient struct{ cert *x509.Certificate }
+
+// WithForwardedClient marks a request's context as that of a request
+// another cluster member sent on, whose signed word (internal/node's
+// forwarder) says its client authenticated with cert (nil: none): the
+// API then takes cert, and never the TLS connection's own, which is the
+// member's. Only the server's own code can set it; the caller has
+// checked the member's signature.
+func WithForwardedClient(ctx context.Context, cert *x509.Certificate) context.Context {
+	return context.WithValue(ctx, forwardedClientKey{}, forwardedClient{cert})
 }
 
 // authenticateCert finds the admin a verified client certificate names

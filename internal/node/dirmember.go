@@ -555,6 +555,7 @@ type dirProxy struct {
 	p      cluster.Partition
 	owners *coordOwners
 	peer   *http.Client
+	fwd    *forwarder
 	m      *member // the directory's member on this node
 	obs    *dirObserver
 }
@@ -603,6 +604,7 @@ func (d *dirProxy) wrap(api http.Handler) http.Handler {
 			Rewrite: func(pr *httputil.ProxyRequest) {
 				pr.SetURL(target)
 				pr.Out.Header.Set(dirProxiedHeader, "1")
+				d.fwd.assert(pr.Out, pr.In)
 			},
 			Transport: d.peer.Transport,
 			ModifyResponse: func(resp *http.Response) error {

@@ -153,7 +153,7 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		return runPartitioned(ctx, mc, peer)
 	}
 	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir), peer: peer,
-		host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
+		fwd: newForwarder(mc.Secret), host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
 	m.state.Store(stateSpare)
 	if a, ok := mc.Coord.(cluster.Announcer); ok {
 		if err := a.Listen(ctx, func(cluster.Partition) { m.cache.forget(); poke(m.look) }); err != nil {
@@ -274,6 +274,9 @@ type member struct {
 	standCerts *certReloader
 	// peer is the HTTP client for the other members (PeerCA).
 	peer *http.Client
+	// fwd signs what this member sends on to another and checks what
+	// others send on to it (forwarded.go).
+	fwd *forwarder
 }
 
 // socketAddrKey is where a member publishes its socket address (beside

@@ -93,6 +93,7 @@ func (wholeNode) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (*s
 		snap.Store(&h)
 		return rs, nil
 	}
+	cfg.fwd = m.fwd
 	routes := map[string]http.Handler{}
 	for k, v := range cfg.Routes {
 		routes[k] = v

@@ -208,6 +208,10 @@ type Config struct {
 	// serving the partitions (a cluster node with a member per
 	// partition, partmember.go; tests set it too): see partitionPeers.
 	peers *partitionPeers
+	// fwd, when set (a cluster member), checks the assertions of requests
+	// other members send on (forwarded.go) around everything the HTTP
+	// port serves.
+	fwd *forwarder
 	// relayBackoff, when set (by tests), is the relay pump's MinBackoff
 	// and MaxBackoff.
 	relayBackoff [2]time.Duration
@@ -711,7 +715,7 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	} else {
 		mux.Handle("/", api)
 	}
-	handler := http.Handler(mux)
+	handler := cfg.fwd.accept(mux)
 	// Timeouts bound what an idle or trickling client holds (with the
 	// connection bounds of limitListener): headers in 10s, a whole request
 	// in 30s, an idle keep-alive 60s. No write timeout: a snapshot for a

@@ -41,6 +41,7 @@ type ownerProxy struct {
 	// other than this node serves it now.
 	owner func(ctx context.Context, p int) string
 	peer  *http.Client
+	fwd   *forwarder         // the client's address and certificate, signed
 	sent  prometheus.Counter // the requests sent on
 }
 
@@ -86,6 +87,7 @@ func (o *ownerProxy) wrap(api http.Handler) http.Handler {
 				if len(body) > 0 {
 					pr.Out.Body, pr.Out.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 				}
+				o.fwd.assert(pr.Out, pr.In)
 			},
 			Transport: o.peer.Transport,
 			ErrorHandler: func(http.ResponseWriter, *http.Request, error) {

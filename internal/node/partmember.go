@@ -198,12 +198,13 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	if err := dirBootstrap(ctx, mc, peer, owners, dirP, 3*mc.LeaseTTL, log.With("partition", "dir")); err != nil {
 		return err
 	}
+	fwd := newForwarder(mc.Secret)
 	routes := &cluster.PartitionRoutes{}
 	host := &partHost{routes: routes, codec: codec}
 	known := loadPeers(mc.Node.DataDir)
 	ms := make([]*member, p+1)
 	for i := range ms {
-		m := &member{mc: mc, c: mc.Coord, log: log.With("partition", i), peers: known, peer: peer,
+		m := &member{mc: mc, c: mc.Coord, log: log.With("partition", i), peers: known, peer: peer, fwd: fwd,
 			p: cluster.Partition(i), perPartition: true, host: host, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
 		m.state.Store(stateSpare)
 		ms[i] = m
@@ -226,8 +227,9 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		return ms[i]
 	}
 	cfg := mc.Node
-	proxy := &dirProxy{p: dirP, owners: owners, peer: peer, m: dm, obs: dirObs}
-	sentOn := &ownerProxy{peer: peer, owner: func(ctx context.Context, i int) string {
+	cfg.fwd = fwd
+	proxy := &dirProxy{p: dirP, owners: owners, peer: peer, fwd: fwd, m: dm, obs: dirObs}
+	sentOn := &ownerProxy{peer: peer, fwd: fwd, owner: func(ctx context.Context, i int) string {
 		if i < 0 || i >= len(ms) {
 			return ""
 		}

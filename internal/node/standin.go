@@ -222,13 +222,13 @@ func (m *member) standIn() {
 }
 
 // standInCerts is the stand-in's certificate: the node's files, read once
-// and reloaded as the node's are (certReloader). It asks for no client
-// certificate: it only redirects and proxies, and a proxied request
-// carries no certificate to the owner (an admin that authenticates with
-// one must reach the owner's HTTP port).
+// and reloaded as the node's are (certReloader). It asks for client
+// certificates as the node does (TLSClientCA): a proxied request carries
+// the one its handshake verified to the owner, in the member's signed
+// assertion (forwarded.go), and the owner authenticates its admin.
 func (m *member) standInCerts() (*certReloader, error) {
 	if m.standCerts == nil {
-		c, err := newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey, "")
+		c, err := newCertReloader(m.mc.Node.TLSCert, m.mc.Node.TLSKey, m.mc.Node.TLSClientCA)
 		if err != nil {
 			return nil, err
 		}
@@ -311,6 +311,7 @@ func (m *member) standInHandler() http.Handler {
 			pr.SetURL(pr.In.Context().Value(ownerURLKey{}).(*url.URL))
 			pr.Out.Host = pr.In.Host // the owner checks Twilio's signature against its public URL, not this Host
 			pr.SetXForwarded()
+			m.fwd.assert(pr.Out, pr.In) // the client's address and certificate, for the owner's checks
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			m.log.Warn("proxying to the owner failed", "path", r.URL.Path, "err", err)
@@ -327,7 +328,7 @@ func (m *member) standInHandler() http.Handler {
 		}
 		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ownerURLKey{}, u)))
 	}))
-	return mux
+	return m.fwd.accept(mux)
 }
 
 type ownerURLKey struct{}
@@ -335,17 +336,18 @@ type ownerURLKey struct{}
 // authorizeStandIn authorizes r for a cluster route (pattern, one of
 // httpapi.ClusterRoutes) on a member that does not serve, which holds no
 // directory to check admins against: it asks the owner who the caller is
-// (GET /v1/admins/me with the caller's Authorization) and checks the
-// route's permission in the answer; the owner's 401 or 429 is passed on
-// as it is. Only while no owner answers (a takeover, a recovery: when
+// (GET /v1/admins/me with the caller's Authorization, or its client
+// certificate in this member's signed assertion, forwarded.go) and
+// checks the route's permission in the answer; the owner's 401 or 429
+// is passed on as it is. Only while no owner answers (a takeover, a recovery: when
 // these routes matter most) does it accept the first-start token it
 // copied with the owner's snapshot (adminOK), and nothing else. On
 // failure it answers w as the API would and returns false.
 func (m *member) authorizeStandIn(w http.ResponseWriter, r *http.Request, pattern string) bool {
 	perm := httpapi.ClusterPermission(pattern)
 	authz := r.Header.Get("Authorization")
-	if authz == "" {
-		writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token (a member that does not serve takes no client certificate)", "")
+	if authz == "" && httpapi.ClientCert(r) == nil {
+		writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token", "")
 		return false
 	}
 	if _, _, target := m.owner(r.Context()); target != "" {
@@ -353,7 +355,10 @@ func (m *member) authorizeStandIn(w http.ResponseWriter, r *http.Request, patter
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(target, "/")+"/v1/admins/me", nil)
 		if err == nil {
-			req.Header.Set("Authorization", authz)
+			if authz != "" {
+				req.Header.Set("Authorization", authz)
+			}
+			m.fwd.assert(req, r) // the caller's address (its failures count against it there) and certificate
 			resp, err := m.peer.Do(req)
 			if err == nil {
 				defer resp.Body.Close()

@@ -1,0 +1,165 @@
+package node
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/dingmq/ding/channels/httpapi"
+)
+
+// A request one cluster node sends on to another (the stand-in's proxy,
+// dirProxy, ownerProxy, authorizeStandIn's question) reaches the second
+// from the first node's address, and without the client's TLS
+// connection. Left at that, the second node would count a client's
+// failed authentications against the first node (whose address, locked
+// out, then refuses every admin sending through it), write the first
+// node's address in the audit log, and refuse an admin who
+// authenticates with a client certificate (mTLS), which never reaches
+// it.
+//
+// So the first node says what it saw of its client in forwardedHeader:
+// the client's address and the client certificate its own TLS handshake
+// verified (if any), for this method and path, at this time, signed with
+// a key derived from the cluster secret, which only members hold. The
+// second node's HTTP port (forwarder.accept, around everything it
+// serves) checks the signature and the time, and then serves the
+// request as if from that client: its address for the lockouts, the
+// rate limits and the audit, its certificate for authentication
+// (httpapi.WithForwardedClient), not the TLS connection's, which is the
+// first node's. A request whose assertion does not check is refused
+// (401), never served as the first node's own. A chain of hops carries
+// the first client along: the next node asserts what the accepted
+// assertion said.
+
+// forwardedHeader carries a forwarding node's signed assertion.
+const forwardedHeader = "Ding-Forwarded"
+
+// forwardedMaxAge is how far an assertion's time may be from the
+// receiving node's clock: a request is sent on as soon as it is signed,
+// and members' clocks agree much better than this (leases need them to).
+const forwardedMaxAge = time.Minute
+
+// forwardedMaxLen bounds the header a node reads: a certificate of a few
+// KiB, base64, and the rest.
+const forwardedMaxLen = 32 << 10
+
+// forwarded is the signed assertion.
+type forwarded struct {
+	V      int    `json:"v"`              // 1
+	At     int64  `json:"at"`             // Unix milliseconds when signed
+	Method string `json:"method"`         // the request sent on
+	Path   string `json:"path"`           // its path and query, as sent
+	From   string `json:"from"`           // the client's address (host:port)
+	Cert   []byte `json:"cert,omitempty"` // DER of the client certificate the first node verified
+}
+
+// forwarder signs and checks assertions with one cluster's key.
+type forwarder struct {
+	key []byte
+	now func() time.Time
+}
+
+// newForwarder derives the assertions' key from the cluster secret; nil
+// without one (a node outside a cluster sends nothing on and accepts no
+// assertion).
+func newForwarder(secret string) *forwarder {
+	if secret == "" {
+		return nil
+	}
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte("ding forwarded request v1"))
+	return &forwarder{key: m.Sum(nil), now: time.Now}
+}
+
+// sentPath is what an assertion names of a request: its path and query.
+func sentPath(r *http.Request) string {
+	if r.URL.RawQuery == "" {
+		return r.URL.EscapedPath()
+	}
+	return r.URL.EscapedPath() + "?" + r.URL.RawQuery
+}
+
+// assert sets, on out (the request sent on, its URL final), the
+// assertion of in's client: in's address and verified client
+// certificate, which for a request this node accepted as forwarded are
+// those its own assertion named.
+func (f *forwarder) assert(out, in *http.Request) {
+	if f == nil {
+		return
+	}
+	a := forwarded{V: 1, At: f.now().UnixMilli(), Method: out.Method, Path: sentPath(out), From: in.RemoteAddr}
+	if c := httpapi.ClientCert(in); c != nil {
+		a.Cert = c.Raw
+	}
+	payload, _ := json.Marshal(a)
+	out.Header.Set(forwardedHeader, base64.RawURLEncoding.EncodeToString(payload)+"."+base64.RawURLEncoding.EncodeToString(f.sign(payload)))
+}
+
+func (f *forwarder) sign(payload []byte) []byte {
+	m := hmac.New(sha256.New, f.key)
+	m.Write(payload)
+	return m.Sum(nil)
+}
+
+var errForwarded = errors.New("node: the request's Ding-Forwarded assertion does not check")
+
+// check returns the assertion r carries, if its signature, method, path
+// and time check.
+func (f *forwarder) check(r *http.Request, v string) (forwarded, error) {
+	var a forwarded
+	if len(v) > forwardedMaxLen {
+		return a, errForwarded
+	}
+	p64, s64, ok := strings.Cut(v, ".")
+	payload, err1 := base64.RawURLEncoding.DecodeString(p64)
+	sig, err2 := base64.RawURLEncoding.DecodeString(s64)
+	if !ok || err1 != nil || err2 != nil || !hmac.Equal(sig, f.sign(payload)) {
+		return a, errForwarded
+	}
+	if json.Unmarshal(payload, &a) != nil || a.V != 1 || a.From == "" || a.Method != r.Method || a.Path != sentPath(r) {
+		return a, errForwarded
+	}
+	if age := f.now().Sub(time.UnixMilli(a.At)); age > forwardedMaxAge || age < -forwardedMaxAge {
+		return a, errForwarded
+	}
+	return a, nil
+}
+
+// accept wraps a node's HTTP handler: a request carrying an assertion is
+// served as its client's (address, certificate), or refused if the
+// assertion does not check; one without is served as it came.
+func (f *forwarder) accept(next http.Handler) http.Handler {
+	if f == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v := r.Header.Get(forwardedHeader)
+		if v == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		a, err := f.check(r, v)
+		var cert *x509.Certificate
+		if err == nil && len(a.Cert) > 0 {
+			if cert, err = x509.ParseCertificate(a.Cert); err != nil {
+				err = errForwarded
+			}
+		}
+		if err != nil {
+			writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED",
+				"the request was sent on by a node whose assertion of its client does not check (another cluster secret, a clock a minute off, or a forgery)", "")
+			return
+		}
+		r = r.WithContext(httpapi.WithForwardedClient(r.Context(), cert))
+		r.RemoteAddr = a.From
+		r.Header.Del(forwardedHeader)
+		next.ServeHTTP(w, r)
+	})
+}
