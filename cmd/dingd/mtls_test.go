@@ -6,9 +6,11 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/channels/socket/pb"
 	"github.com/dingmq/ding/internal/node/nodetest"
+	"github.com/dingmq/ding/internal/redistest"
 )
 
 // mtlsProc is a dingd serving TLS with a client CA (--tls-client-ca), and
@@ -287,5 +290,56 @@ func TestClientCertificatesOnTheSocket(t *testing.T) {
 	}
 	if _, err := dial(&anaPhone, "", "phone"); code(err) != pb.Code_BAD_TOKEN {
 		t.Fatalf("an offboarded user's certificate: %v, want BAD_TOKEN", err)
+	}
+}
+
+// TestClusterClientCertificateThroughTheStandby: two real dingd members
+// on a real redis-server, serving HTTPS with a client CA; an admin whose
+// client certificate names it uses the real dingctl through the member
+// standing by, which sends the request on to the owner with its signed
+// word of the certificate (internal/node, forwarded.go). Before, the
+// standby asked for no certificate and the owner answered 401.
+func TestClusterClientCertificateThroughTheStandby(t *testing.T) {
+	serverCA, clientCA := nodetest.NewCA(t), nodetest.NewCA(t)
+	cert, key := serverCA.ServerFiles(t)
+	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
+	c.extra = []string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", clientCA.File, "--cluster-ca", serverCA.File, "--advertise", "https://{http}"}
+	a := &mtlsProc{proc: c.member("a"), serverCA: serverCA, clientCA: clientCA}
+	nodetest.WaitFor(t, "a to serve over HTTPS", 30*time.Second, func() bool {
+		code, _, err := a.do(nil, "", "GET", "/readyz", nil)
+		return err == nil && code == 200
+	})
+	tok, err := os.ReadFile(filepath.Join(a.data, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.owner = strings.TrimSpace(string(tok))
+	b := c.member("b")
+	c.waitStandby("b")
+	a.must(t, http.StatusCreated, "POST", "/v1/admins", map[string]any{"name": "hr", "role": "directory"})
+	hrCert, hrKey := clientCA.ClientFiles(t, time.Time{}, "hr", "ding:admin/hr")
+	dctl := func(args ...string) (string, error) {
+		ctl := exec.Command(dingctlBinary(t), append([]string{"--server", "https://" + b.http, "--ca", serverCA.File, "--cert", hrCert, "--key", hrKey, "--retry-for", "0"}, args...)...)
+		ctl.Env = append(os.Environ(), "DING_TOKEN=")
+		var out, errOut bytes.Buffer
+		ctl.Stdout, ctl.Stderr = &out, &errOut
+		if err := ctl.Run(); err != nil {
+			return out.String(), fmt.Errorf("%v: %s", err, errOut.String())
+		}
+		return out.String(), nil
+	}
+	out, err := dctl("admin", "whoami")
+	var me struct{ Name, Role string }
+	if err != nil || json.Unmarshal([]byte(out), &me) != nil || me.Name != "hr" {
+		t.Fatalf("dingctl admin whoami with hr's certificate through the standby: %v %s", err, out)
+	}
+	if _, err := dctl("user", "add", "ana", "--name", "Ana"); err != nil {
+		t.Fatalf("dingctl user add with hr's certificate through the standby: %v", err)
+	}
+	if code, out, err := a.do(nil, a.owner, "GET", "/v1/users/ana", nil); err != nil || code != http.StatusOK {
+		t.Fatalf("ana on the owner after the standby sent her on: %d %v %v", code, out, err)
+	}
+	if _, err := dctl("admin", "list"); err == nil || !strings.Contains(err.Error(), "FORBIDDEN") {
+		t.Fatalf("dingctl admin list with hr's certificate through the standby: %v, want FORBIDDEN (hr's role, judged by the owner)", err)
 	}
 }
