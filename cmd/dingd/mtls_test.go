@@ -37,7 +37,15 @@ func startMTLS(t *testing.T) *mtlsProc {
 	m := &mtlsProc{proc: newProc(t, t.TempDir()), tlsSock: nodetest.FreeAddr(t), serverCA: nodetest.NewCA(t), clientCA: nodetest.NewCA(t)}
 	cert, key := m.serverCA.ServerFiles(t)
 	m.launch(t, m.args("--tls-cert", cert, "--tls-key", key, "--tls-listen", m.tlsSock, "--tls-client-ca", m.clientCA.File)...)
-	nodetest.WaitFor(t, "dingd over HTTPS", 20*time.Second, func() bool {
+	m.waitReady(t, 20*time.Second)
+	return m
+}
+
+// waitReady waits up to d for dingd to be ready over HTTPS, and reads
+// its first-start admin token.
+func (m *mtlsProc) waitReady(t *testing.T, d time.Duration) {
+	t.Helper()
+	nodetest.WaitFor(t, "dingd over HTTPS", d, func() bool {
 		code, _, err := m.do(nil, "", "GET", "/readyz", nil)
 		return err == nil && code == 200
 	})
@@ -46,7 +54,6 @@ func startMTLS(t *testing.T) *mtlsProc {
 		t.Fatal(err)
 	}
 	m.owner = strings.TrimSpace(string(tok))
-	return m
 }
 
 // do sends one admin API request over HTTPS, presenting cert (nil: none)
@@ -305,15 +312,7 @@ func TestClusterClientCertificateThroughTheStandby(t *testing.T) {
 	c := newPair(t, "redis://"+redistest.Start(t).Addr, "1s")
 	c.extra = []string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", clientCA.File, "--cluster-ca", serverCA.File, "--advertise", "https://{http}"}
 	a := &mtlsProc{proc: c.member("a"), serverCA: serverCA, clientCA: clientCA}
-	nodetest.WaitFor(t, "a to serve over HTTPS", 30*time.Second, func() bool {
-		code, _, err := a.do(nil, "", "GET", "/readyz", nil)
-		return err == nil && code == 200
-	})
-	tok, err := os.ReadFile(filepath.Join(a.data, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.owner = strings.TrimSpace(string(tok))
+	a.waitReady(t, 30*time.Second)
 	b := c.member("b")
 	c.waitStandby("b")
 	a.must(t, http.StatusCreated, "POST", "/v1/admins", map[string]any{"name": "hr", "role": "directory"})
