@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -37,13 +38,25 @@ import (
 // (401), never served as the first node's own. A chain of hops carries
 // the first client along: the next node asserts what the accepted
 // assertion said.
+//
+// Limits: the assertion is bound to the method, the path and query and
+// the minute, not to the body or to the node it is sent to, so whoever
+// reads the traffic between members may replay it within the minute;
+// such a reader also reads the cluster secret, which member-to-member
+// routes send as their bearer token (run members over HTTPS,
+// --cluster-ca). The receiving node takes the certificate the first
+// node verified without verifying it again: every member must trust the
+// same client CA (--tls-client-ca); change it on every member, adding
+// the new CA before removing the old. The members' clocks must agree
+// within forwardedMaxAge (leases do not need them to: they expire in
+// Redis); a member whose clock is off logs why it refuses.
 
 // forwardedHeader carries a forwarding node's signed assertion.
 const forwardedHeader = "Ding-Forwarded"
 
 // forwardedMaxAge is how far an assertion's time may be from the
-// receiving node's clock: a request is sent on as soon as it is signed,
-// and members' clocks agree much better than this (leases need them to).
+// receiving node's clock: a request is sent on as soon as it is signed;
+// members' clocks, kept by NTP, agree much better than this.
 const forwardedMaxAge = time.Minute
 
 // forwardedMaxLen bounds the header a node reads: a certificate of a few
@@ -64,18 +77,19 @@ type forwarded struct {
 type forwarder struct {
 	key []byte
 	now func() time.Time
+	log *slog.Logger
 }
 
 // newForwarder derives the assertions' key from the cluster secret; nil
 // without one (a node outside a cluster sends nothing on and accepts no
 // assertion).
-func newForwarder(secret string) *forwarder {
+func newForwarder(secret string, log *slog.Logger) *forwarder {
 	if secret == "" {
 		return nil
 	}
 	m := hmac.New(sha256.New, []byte(secret))
 	m.Write([]byte("ding forwarded request v1"))
-	return &forwarder{key: m.Sum(nil), now: time.Now}
+	return &forwarder{key: m.Sum(nil), now: time.Now, log: log}
 }
 
 // sentPath is what an assertion names of a request: its path and query.
@@ -110,23 +124,29 @@ func (f *forwarder) sign(payload []byte) []byte {
 
 var errForwarded = errors.New("node: the request's Ding-Forwarded assertion does not check")
 
-// check returns the assertion r carries, if its signature, method, path
-// and time check.
-func (f *forwarder) check(r *http.Request, v string) (forwarded, error) {
+// check returns the assertion r carries (vs, its header's values), if
+// there is one, and its signature, method, path and time check. What
+// only a member could have signed and still does not check (its clock a
+// minute off this node's, another request's assertion) is logged;
+// anything else is a client's, refused without a word in the log.
+func (f *forwarder) check(r *http.Request, vs []string) (forwarded, error) {
 	var a forwarded
-	if len(v) > forwardedMaxLen {
+	if len(vs) != 1 || len(vs[0]) > forwardedMaxLen {
 		return a, errForwarded
 	}
-	p64, s64, ok := strings.Cut(v, ".")
+	p64, s64, ok := strings.Cut(vs[0], ".")
 	payload, err1 := base64.RawURLEncoding.DecodeString(p64)
 	sig, err2 := base64.RawURLEncoding.DecodeString(s64)
-	if !ok || err1 != nil || err2 != nil || !hmac.Equal(sig, f.sign(payload)) {
+	if !ok || err1 != nil || err2 != nil || !hmac.Equal(sig, f.sign(payload)) || json.Unmarshal(payload, &a) != nil || a.V != 1 || a.From == "" {
 		return a, errForwarded
 	}
-	if json.Unmarshal(payload, &a) != nil || a.V != 1 || a.From == "" || a.Method != r.Method || a.Path != sentPath(r) {
+	if a.Method != r.Method || a.Path != sentPath(r) {
+		f.log.Warn("refused a request another member sent on: its assertion names another request", "asserted", a.Method+" "+a.Path, "got", r.Method+" "+sentPath(r))
 		return a, errForwarded
 	}
 	if age := f.now().Sub(time.UnixMilli(a.At)); age > forwardedMaxAge || age < -forwardedMaxAge {
+		f.log.Warn("refused a request another member sent on: its time is too far from this node's clock (keep the members' clocks in sync)",
+			"off_by", age.Round(time.Millisecond).String(), "allowed", forwardedMaxAge.String(), "from", r.RemoteAddr)
 		return a, errForwarded
 	}
 	return a, nil
@@ -140,12 +160,12 @@ func (f *forwarder) accept(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v := r.Header.Get(forwardedHeader)
-		if v == "" {
+		vs, ok := r.Header[forwardedHeader]
+		if !ok {
 			next.ServeHTTP(w, r)
 			return
 		}
-		a, err := f.check(r, v)
+		a, err := f.check(r, vs)
 		var cert *x509.Certificate
 		if err == nil && len(a.Cert) > 0 {
 			if cert, err = x509.ParseCertificate(a.Cert); err != nil {

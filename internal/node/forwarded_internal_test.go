@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,6 +9,8 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -23,11 +26,13 @@ import (
 // is served as its client's (address, certificate) only when the
 // assertion is signed with the cluster's key, names the request's method
 // and path, and is less than a minute old; any other is refused with 401
-// and never served as the member's own. A request without one is served
-// as it came.
+// and never served as the member's own; a member's assertion refused for
+// its time says so in the log (the members' clocks are off). A request
+// without one is served as it came.
 func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
-	f := newForwarder("cluster secret")
+	var logged bytes.Buffer
+	f := newForwarder("cluster secret", slog.New(slog.NewTextHandler(&logged, nil)))
 	f.now = func() time.Time { return now }
 	leaf := adminCert(t, "ops")
 	type seen struct {
@@ -85,7 +90,21 @@ func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 		t.Fatalf("no assertion: %d from %q", code, got.addr)
 	}
 
-	other := newForwarder("another cluster")
+	// Within the minute, either way.
+	for _, skew := range []time.Duration{-forwardedMaxAge + time.Second, forwardedMaxAge - time.Second} {
+		r := sent(f, "POST", "http://b:7080/v1/users?x=1", nil)
+		f.now = func() time.Time { return now.Add(-skew) }
+		code := serve(r)
+		f.now = func() time.Time { return now }
+		if code != 200 || got == nil || got.addr != "192.0.2.7:5555" {
+			t.Errorf("an assertion %v off the clock: %d, want it served as the client's", skew, code)
+		}
+	}
+	if logged.Len() != 0 {
+		t.Fatalf("logged before any refusal: %s", logged.String())
+	}
+
+	other := newForwarder("another cluster", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	other.now = f.now
 	for _, tc := range []struct {
 		name string
@@ -109,6 +128,8 @@ func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 			r.Header.Set(forwardedHeader, p)
 		})},
 		{"garbage", sent(f, "POST", "http://b:7080/v1/users?x=1", func(r *http.Request) { r.Header.Set(forwardedHeader, "%%%") })},
+		{"empty", sent(f, "POST", "http://b:7080/v1/users?x=1", func(r *http.Request) { r.Header.Set(forwardedHeader, "") })},
+		{"a second value beside a good one", sent(f, "POST", "http://b:7080/v1/users?x=1", func(r *http.Request) { r.Header.Add(forwardedHeader, "x.y") })},
 		{"oversized", sent(f, "POST", "http://b:7080/v1/users?x=1", func(r *http.Request) {
 			r.Header.Set(forwardedHeader, strings.Repeat("A", forwardedMaxLen+1))
 		})},
@@ -117,8 +138,10 @@ func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 			t.Errorf("%s: %d (served: %v), want 401 and not served", tc.name, code, got != nil)
 		}
 	}
-	// Signed over a minute ago, or a minute ahead.
+	// Signed over a minute ago, or a minute ahead: refused, and logged
+	// (only a member could sign it: its clock is off).
 	for _, skew := range []time.Duration{-forwardedMaxAge - time.Second, forwardedMaxAge + time.Second} {
+		logged.Reset()
 		old := sent(f, "POST", "http://b:7080/v1/users?x=1", nil)
 		f.now = func() time.Time { return now.Add(-skew) }
 		code := serve(old)
@@ -126,9 +149,12 @@ func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 		if code != http.StatusUnauthorized || got != nil {
 			t.Errorf("an assertion %v off the clock: %d, want 401", skew, code)
 		}
+		if !strings.Contains(logged.String(), "clock") {
+			t.Errorf("an assertion %v off the clock refused without a word in the log: %q", skew, logged.String())
+		}
 	}
 	// A node outside a cluster (no secret) neither signs nor checks.
-	if newForwarder("") != nil {
+	if newForwarder("", nil) != nil {
 		t.Fatal("a forwarder without a cluster secret")
 	}
 }

@@ -152,18 +152,21 @@ func TestClusterStandInCarriesTheClientsAddressAndCertificate(t *testing.T) {
 		t.Fatalf("ops's certificate on the standby after the lockout of another client: %d %v, want 200", code, out)
 	}
 
-	// A client cannot pass itself off as forwarded.
-	req, _ := http.NewRequestWithContext(context.Background(), "GET", owner+"/v1/admins/me", nil)
-	req.Header.Set("Authorization", "Bearer "+first)
-	req.Header.Set("Ding-Forwarded", "eyJ2IjoxfQ.c2ln")
-	resp, err := local.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "assertion") {
-		t.Fatalf("a client's own Ding-Forwarded header: %s %s, want 401 naming the assertion", resp.Status, b)
+	// A client cannot pass itself off as forwarded, at the owner or
+	// through the standby.
+	for _, base := range []string{owner, standby} {
+		req, _ := http.NewRequestWithContext(context.Background(), "GET", base+"/v1/admins/me", nil)
+		req.Header.Set("Authorization", "Bearer "+first)
+		req.Header.Set("Ding-Forwarded", "eyJ2IjoxfQ.c2ln")
+		resp, err := local.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "assertion") {
+			t.Fatalf("a client's own Ding-Forwarded header at %s: %s %s, want 401 naming the assertion", base, resp.Status, b)
+		}
 	}
 }
 

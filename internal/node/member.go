@@ -153,7 +153,7 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		return runPartitioned(ctx, mc, peer)
 	}
 	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir), peer: peer,
-		fwd: newForwarder(mc.Secret), host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
+		fwd: newForwarder(mc.Secret, mc.Node.Logger.With("member", mc.ID)), host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
 	m.state.Store(stateSpare)
 	if a, ok := mc.Coord.(cluster.Announcer); ok {
 		if err := a.Listen(ctx, func(cluster.Partition) { m.cache.forget(); poke(m.look) }); err != nil {

@@ -198,7 +198,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	if err := dirBootstrap(ctx, mc, peer, owners, dirP, 3*mc.LeaseTTL, log.With("partition", "dir")); err != nil {
 		return err
 	}
-	fwd := newForwarder(mc.Secret)
+	fwd := newForwarder(mc.Secret, log)
 	routes := &cluster.PartitionRoutes{}
 	host := &partHost{routes: routes, codec: codec}
 	known := loadPeers(mc.Node.DataDir)
