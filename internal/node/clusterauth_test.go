@@ -47,7 +47,9 @@ func clusterCall(t *testing.T, method, url, token string) (int, map[string]any) 
 // and nothing else: an operator reads the status but may not forget a
 // member (403 naming cluster.write), a directory admin may not read it,
 // a revoked or forged token gets 401. A member whose owner does not
-// answer accepts the first-start token only.
+// answer accepts the first-start token only. With MetricsAuth, /metrics
+// takes the metrics permission on both alike (the standby's used to be
+// open to all).
 func TestClusterRoutesTakeNamedAdmins(t *testing.T) {
 	c := cluster.NewMemCoord(time.Now)
 	ctx, runMember, stopMembers := memberRunner(t, true)
@@ -56,7 +58,7 @@ func TestClusterRoutesTakeNamedAdmins(t *testing.T) {
 	run := func(coord cluster.Coord, id, dataDir string, started chan<- *node.Node) string {
 		addr := nodetest.FreeAddr(t)
 		mc := node.MemberConfig{
-			Node:  node.Config{DataDir: dataDir, SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr, Logger: quiet},
+			Node:  node.Config{DataDir: dataDir, SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr, Logger: quiet, MetricsAuth: true},
 			Coord: coord, ID: id, Advertise: "http://" + addr, Secret: "s", LeaseTTL: time.Second,
 			Started: func(n *node.Node) {
 				if started != nil {
@@ -111,6 +113,9 @@ func TestClusterRoutesTakeNamedAdmins(t *testing.T) {
 			{"revoked admin", gone, "GET", "/v1/cluster", 401, "UNAUTHENTICATED", ""},
 			{"forged token", "e30.e30.sig", "GET", "/v1/cluster", 401, "UNAUTHENTICATED", ""},
 			{"no token", "", "POST", "/v1/cluster/drain", 401, "UNAUTHENTICATED", ""},
+			{"operator", sre, "GET", "/metrics", 200, "", ""},
+			{"directory admin", hr, "GET", "/metrics", 403, "FORBIDDEN", "metrics"},
+			{"no token", "", "GET", "/metrics", 401, "UNAUTHENTICATED", ""},
 		} {
 			code, e := clusterCall(t, tc.method, m.url+tc.path, tc.tok)
 			if code != tc.code || (tc.errCode != "" && e["code"] != tc.errCode) || (tc.perm != "" && e["permission"] != tc.perm) {

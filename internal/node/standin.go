@@ -258,7 +258,14 @@ func (m *member) standOut() {
 
 func (m *member) standInHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.metrics, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(m.metrics, promhttp.HandlerOpts{})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		// Behind the metrics permission when the node's is (MetricsAuth).
+		if m.mc.Node.MetricsAuth && !m.authorizeStandIn(w, r, "GET /metrics", httpapi.PermMetrics) {
+			return
+		}
+		metrics.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /cluster/fence", m.fenceHandler)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -271,19 +278,19 @@ func (m *member) standInHandler() http.Handler {
 		_, _ = w.Write([]byte("not serving: this member is a " + string(st) + "; the owner is " + id + "\n"))
 	})
 	mux.HandleFunc("POST /v1/cluster/forget", func(w http.ResponseWriter, r *http.Request) {
-		if m.authorizeStandIn(w, r, "POST /v1/cluster/forget") {
+		if m.authorizeStandIn(w, r, "POST /v1/cluster/forget", httpapi.ClusterPermission("POST /v1/cluster/forget")) {
 			m.forget(w, r)
 		}
 	})
 	mux.HandleFunc("POST /v1/cluster/drain", func(w http.ResponseWriter, r *http.Request) {
-		if !m.authorizeStandIn(w, r, "POST /v1/cluster/drain") {
+		if !m.authorizeStandIn(w, r, "POST /v1/cluster/drain", httpapi.ClusterPermission("POST /v1/cluster/drain")) {
 			return
 		}
 		m.drained.Store(true) // a standby releases its role at its next check; a spare stays one
 		w.WriteHeader(http.StatusAccepted)
 	})
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
-		if !m.authorizeStandIn(w, r, "GET /v1/cluster") {
+		if !m.authorizeStandIn(w, r, "GET /v1/cluster", httpapi.ClusterPermission("GET /v1/cluster")) {
 			return
 		}
 		st, _ := m.state.Load().(memberState)
@@ -333,9 +340,10 @@ func (m *member) standInHandler() http.Handler {
 
 type ownerURLKey struct{}
 
-// authorizeStandIn authorizes r for a cluster route (pattern, one of
-// httpapi.ClusterRoutes) on a member that does not serve, which holds no
-// directory to check admins against: it asks the owner who the caller is
+// authorizeStandIn authorizes r for a route a member that does not serve
+// answers itself (pattern: one of httpapi.ClusterRoutes, or GET /metrics
+// with MetricsAuth), which needs perm. Such a member holds no directory
+// to check admins against: it asks the owner who the caller is
 // (GET /v1/admins/me with the caller's Authorization, or its client
 // certificate in this member's signed assertion, forwarded.go) and
 // checks the route's permission in the answer; the owner's 401 or 429
@@ -343,8 +351,7 @@ type ownerURLKey struct{}
 // these routes matter most) does it accept the first-start token it
 // copied with the owner's snapshot (adminOK), and nothing else. On
 // failure it answers w as the API would and returns false.
-func (m *member) authorizeStandIn(w http.ResponseWriter, r *http.Request, pattern string) bool {
-	perm := httpapi.ClusterPermission(pattern)
+func (m *member) authorizeStandIn(w http.ResponseWriter, r *http.Request, pattern string, perm httpapi.Permission) bool {
 	authz := r.Header.Get("Authorization")
 	if authz == "" && httpapi.ClientCert(r) == nil {
 		writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED", "missing bearer token", "")
