@@ -39,6 +39,11 @@ type ClusterConfig struct {
 	// Handovers, with Partitions, is how many times a partition is handed
 	// over while a user of another partition sends into it.
 	Handovers int
+	// AnnUsers and AnnConns, with Partitions, size the announcement to
+	// all after the closed loop, on one dingd and on the cluster
+	// (clusterann.go): AnnUsers more users, AnnConns of them online. Zero
+	// AnnUsers: none.
+	AnnUsers, AnnConns int
 }
 
 // Cluster compares three dingd members on one redis-server (cluster mode:
@@ -59,12 +64,16 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 	}
 	singleCPU := cpuWindow(cfg.Warmup, cfg.Run, map[string]int{"dingd": srv.cmd.Process.Pid})
 	single, err := runIngestOn(icfg, srv, 0)
+	var oneAnn annFigures
+	if err == nil && cfg.Partitions > 1 && cfg.AnnUsers > 0 {
+		oneAnn, err = announceToAll(srv, []*Server{srv}, cfg.AnnUsers, cfg.AnnConns, cfg.Conns)
+	}
 	srv.Stop()
 	if err != nil {
 		return Table{}, err
 	}
 	if cfg.Partitions > 1 {
-		return clusterPartitions(cfg, icfg, single, singleCPU)
+		return clusterPartitions(cfg, icfg, single, singleCPU, oneAnn)
 	}
 
 	rs, err := startRedis(cfg.Tmp)

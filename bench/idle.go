@@ -268,6 +268,9 @@ func hello(c net.Conn, h *pb.Hello) (*pb.Welcome, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e, ok := msg.(*pb.Error); ok {
+		return nil, &refusedHello{e}
+	}
 	w, ok := msg.(*pb.Welcome)
 	if !ok {
 		return nil, fmt.Errorf("handshake answered %T", msg)

@@ -24,7 +24,7 @@ import (
 // relay over HTTP). Failover: the node serving u0 is killed with SIGKILL
 // while u0's client (given every node's address) sends one message at a
 // time; the time is to its first acknowledgement after the kill.
-func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, singleCPU func() string) (Table, error) {
+func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, singleCPU func() string, oneAnn annFigures) (Table, error) {
 	rs, err := startRedis(cfg.Tmp)
 	if err != nil {
 		return Table{}, err
@@ -129,6 +129,13 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			cross++
 		}
 	}
+	cpuRow := Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""} // before the announcement's users
+	var clAnn annFigures
+	if cfg.AnnUsers > 0 {
+		if clAnn, err = announceToAll(a, cl.members, cfg.AnnUsers, cfg.AnnConns, cfg.Conns); err != nil {
+			return Table{}, err
+		}
+	}
 	var handovers Latencies
 	probes := 0
 	for i := range cfg.Handovers {
@@ -166,6 +173,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		{"Redis bytes in+out per acknowledged message", fmt.Sprintf("%.0f", float64(after.bytes-before.bytes)/acked), "", "", ""},
 		{"messages to another partition", fmt.Sprintf("%d of %d senders (%.0f%%)", cross, cfg.Conns, 100*float64(cross)/float64(max(cfg.Conns, 1))), "", "", ""},
 	}
+	rows = append(rows, annRows(clAnn, oneAnn)...)
 	if len(handovers) > 0 {
 		sorted := slices.Clone(handovers)
 		slices.Sort(sorted)
@@ -179,14 +187,15 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if len(failovers) > 0 {
 		rows = append(rows, failoverRow("failover: SIGKILL of the node serving u0 → u0's first ack", failovers))
 	}
-	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
+	rows = append(rows, cpuRow)
 	return Table{
 		Scenario: "cluster --partitions " + strconv.Itoa(cfg.Partitions),
 		Setup: fmt.Sprintf("Three dingd nodes of %d partitions each (a member per partition, plus the directory's; roles evened out by the nodes; default lease 3s) on one redis-server, on this machine's 2 cores with the load generator, against one dingd on its own in the same run. "+
 			"%d connections through the Go client library dialling node a and redirected to their users' owners, each a user submitting %d-byte messages to the next user (online), one at a time (closed loop); %v warm-up, %v measured. "+
 			"Failover: u0's client, given every node's address, sends one message at a time; the node serving u0 is killed with SIGKILL; the time is to the client's first acknowledgement afterwards (the lease running out, the standby's takeover, a new standby joining: no acknowledgement without one, the client moving); the killed node is restarted and the roles even out before the next kill. "+
-			"Hand-over: a user of one partition sends to a user of a partition another node owns, one message at a time, from 1 s before POST /v1/cluster/handover to the latter's owner until 6 s after; the figure is the longest submit→delivered of those messages, per hand-over (both clients given every node's address).",
-			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run),
+			"Hand-over: a user of one partition sends to a user of a partition another node owns, one message at a time, from 1 s before POST /v1/cluster/handover to the latter's owner until 6 s after; the figure is the longest submit→delivered of those messages, per hand-over (both clients given every node's address). "+
+			"Announcement (after the closed loop, on one dingd and on the cluster alike): %d more users created through the entry node's admin API (node a, which sends them on to the directory's owner), %d of them online with one raw device each, dialled at the entry node (a device whose user another node serves is redirected, NOT_OWNER, and dials the owner), then u0 announces 256 bytes to \"all\" through the entry node; times from the request, and from its 201, to each online device's DELIVER.",
+			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run, cfg.AnnUsers, cfg.AnnConns),
 		Rows:  rows,
 		Notes: append(runNotes("One dingd", single), runNotes("Node a (its own partitions only)", run)...),
 	}, nil
