@@ -284,24 +284,49 @@ func ClientCert(r *http.Request) *x509.Certificate {
 	if f, ok := r.Context().Value(forwardedClientKey{}).(forwardedClient); ok {
 		return f.cert // the TLS connection is the member's, not the client's
 	}
+	if c := ClientChain(r); len(c) > 0 {
+		return c[0]
+	}
+	return nil
+}
+
+// ClientChain is the chain r's TLS handshake verified for its client
+// certificate, leaf first (ClientCert): nil for none, and for a request
+// another cluster member sent on, whose chain that member's assertion
+// carried.
+func ClientChain(r *http.Request) []*x509.Certificate {
+	if f, ok := r.Context().Value(forwardedClientKey{}).(forwardedClient); ok {
+		if f.cert == nil {
+			return nil
+		}
+		return f.chain
+	}
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
 		return nil
 	}
-	return r.TLS.VerifiedChains[0][0]
+	return r.TLS.VerifiedChains[0]
 }
 
 type forwardedClientKey struct{}
 
-type forwardedClient struct{ cert *x509.Certificate }
+type forwardedClient struct {
+	cert  *x509.Certificate
+	chain []*x509.Certificate
+}
 
 // WithForwardedClient marks a request's context as that of a request
 // another cluster member sent on, whose signed word (internal/node's
-// forwarder) says its client authenticated with cert (nil: none): the
-// API then takes cert, and never the TLS connection's own, which is the
-// member's. Only the server's own code can set it; the caller has
-// checked the member's signature.
-func WithForwardedClient(ctx context.Context, cert *x509.Certificate) context.Context {
-	return context.WithValue(ctx, forwardedClientKey{}, forwardedClient{cert})
+// forwarder) says its client authenticated with the certificate chain
+// chain, leaf first (none: no certificate): the API then takes its
+// leaf, and never the TLS connection's own, which is the member's. Only
+// the server's own code can set it; the caller has checked the member's
+// signature and verified the chain against this node's client CA.
+func WithForwardedClient(ctx context.Context, chain []*x509.Certificate) context.Context {
+	f := forwardedClient{chain: chain}
+	if len(chain) > 0 {
+		f.cert = chain[0]
+	}
+	return context.WithValue(ctx, forwardedClientKey{}, f)
 }
 
 // authenticateCert finds the admin a verified client certificate names

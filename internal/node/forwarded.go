@@ -26,15 +26,17 @@ import (
 // it.
 //
 // So the first node says what it saw of its client in forwardedHeader:
-// the client's address and the client certificate its own TLS handshake
+// the client's address and the certificate chain its own TLS handshake
 // verified (if any), for this method and path, at this time, signed with
 // a key derived from the cluster secret, which only members hold. The
 // second node's HTTP port (forwarder.accept, around everything it
-// serves) checks the signature and the time, and then serves the
-// request as if from that client: its address for the lockouts, the
-// rate limits and the audit, its certificate for authentication
-// (httpapi.WithForwardedClient), not the TLS connection's, which is the
-// first node's. A request whose assertion does not check is refused
+// serves) checks the signature and the time, verifies the chain again
+// against its own client CA (--tls-client-ca, as it is now, at this
+// time: a CA one member still trusts and this one no longer does is
+// refused here), and then serves the request as if from that client:
+// its address for the lockouts, the rate limits and the audit, its
+// certificate for authentication (httpapi.WithForwardedClient), not the
+// TLS connection's, which is the first node's. A request whose assertion does not check is refused
 // (401), never served as the first node's own. A chain of hops carries
 // the first client along: the next node asserts what the accepted
 // assertion said.
@@ -44,10 +46,9 @@ import (
 // reads the traffic between members may replay it within the minute;
 // such a reader also reads the cluster secret, which member-to-member
 // routes send as their bearer token (run members over HTTPS,
-// --cluster-ca). The receiving node takes the certificate the first
-// node verified without verifying it again: every member must trust the
-// same client CA (--tls-client-ca); change it on every member, adding
-// the new CA before removing the old. The members' clocks must agree
+// --cluster-ca). That the client holds the certificate's key only the
+// first node's handshake proved: a member (it holds the secret) could
+// assert any certificate it has seen. The members' clocks must agree
 // within forwardedMaxAge (leases do not need them to: they expire in
 // Redis); a member whose clock is off logs why it refuses.
 
@@ -70,7 +71,7 @@ type forwarded struct {
 	Method string `json:"method"`         // the request sent on
 	Path   string `json:"path"`           // its path and query, as sent
 	From   string `json:"from"`           // the client's address (host:port)
-	Cert   []byte `json:"cert,omitempty"` // DER of the client certificate the first node verified
+	Chain  [][]byte `json:"chain,omitempty"` // DER of the chain the first node verified, leaf first
 }
 
 // forwarder signs and checks assertions with one cluster's key.
@@ -109,8 +110,8 @@ func (f *forwarder) assert(out, in *http.Request) {
 		return
 	}
 	a := forwarded{V: 1, At: f.now().UnixMilli(), Method: out.Method, Path: sentPath(out), From: in.RemoteAddr}
-	if c := httpapi.ClientCert(in); c != nil {
-		a.Cert = c.Raw
+	for _, c := range httpapi.ClientChain(in) {
+		a.Chain = append(a.Chain, c.Raw)
 	}
 	payload, _ := json.Marshal(a)
 	out.Header.Set(forwardedHeader, base64.RawURLEncoding.EncodeToString(payload)+"."+base64.RawURLEncoding.EncodeToString(f.sign(payload)))
@@ -152,10 +153,39 @@ func (f *forwarder) check(r *http.Request, vs []string) (forwarded, error) {
 	return a, nil
 }
 
+// verify verifies chain (DER, leaf first) for client authentication
+// against roots, now, and returns it parsed.
+func (f *forwarder) verify(chain [][]byte, roots func() *x509.CertPool) ([]*x509.Certificate, error) {
+	var pool *x509.CertPool
+	if roots != nil {
+		pool = roots()
+	}
+	if pool == nil {
+		return nil, errors.New("node: no client CA")
+	}
+	certs := make([]*x509.Certificate, len(chain))
+	for i, der := range chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, err
+		}
+		certs[i] = c
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: f.now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return certs, err
+}
+
 // accept wraps a node's HTTP handler: a request carrying an assertion is
 // served as its client's (address, certificate), or refused if the
-// assertion does not check; one without is served as it came.
-func (f *forwarder) accept(next http.Handler) http.Handler {
+// assertion does not check or its certificate is not one clientCAs (the
+// node's client CA now; nil: none) verifies; one without is served as it
+// came.
+func (f *forwarder) accept(next http.Handler, clientCAs func() *x509.CertPool) http.Handler {
 	if f == nil {
 		return next
 	}
@@ -166,18 +196,20 @@ func (f *forwarder) accept(next http.Handler) http.Handler {
 			return
 		}
 		a, err := f.check(r, vs)
-		var cert *x509.Certificate
-		if err == nil && len(a.Cert) > 0 {
-			if cert, err = x509.ParseCertificate(a.Cert); err != nil {
-				err = errForwarded
-			}
-		}
 		if err != nil {
 			writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED",
 				"the request was sent on by a node whose assertion of its client does not check (another cluster secret, a clock a minute off, or a forgery)", "")
 			return
 		}
-		r = r.WithContext(httpapi.WithForwardedClient(r.Context(), cert))
+		var chain []*x509.Certificate
+		if len(a.Chain) > 0 {
+			if chain, err = f.verify(a.Chain, clientCAs); err != nil {
+				writeAPIErr(w, http.StatusUnauthorized, "UNAUTHENTICATED",
+					"the client certificate another node verified is not one this node's client CA verifies now (--tls-client-ca differs between the nodes, or the certificate expired)", "")
+				return
+			}
+		}
+		r = r.WithContext(httpapi.WithForwardedClient(r.Context(), chain))
 		r.RemoteAddr = a.From
 		r.Header.Del(forwardedHeader)
 		next.ServeHTTP(w, r)

@@ -34,7 +34,10 @@ func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 	var logged bytes.Buffer
 	f := newForwarder("cluster secret", slog.New(slog.NewTextHandler(&logged, nil)))
 	f.now = func() time.Time { return now }
-	leaf := adminCert(t, "ops")
+	leaf := adminCert(t, "ops", now.Add(-time.Hour), now.Add(time.Hour))
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	clientCAs := func() *x509.CertPool { return roots } // the receiving node's client CA
 	type seen struct {
 		addr string
 		cert *x509.Certificate
@@ -45,7 +48,7 @@ func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 		if r.Header.Get(forwardedHeader) != "" {
 			t.Error("the assertion reached the handler")
 		}
-	}))
+	}), func() *x509.CertPool { return clientCAs() })
 	// in is the client's request as the first member saw it: from
 	// 192.0.2.7 over TLS with the admin's verified certificate.
 	in := httptest.NewRequest("POST", "https://a:7080/v1/users?x=1", nil)
@@ -153,19 +156,50 @@ func TestForwardedAssertionIsCheckedWhole(t *testing.T) {
 			t.Errorf("an assertion %v off the clock refused without a word in the log: %q", skew, logged.String())
 		}
 	}
+	// The certificate is verified again, against the receiving node's
+	// client CA as it is now: refused where that CA does not sign it (the
+	// nodes' --tls-client-ca differ, or it changed), where the node has
+	// none, and once the certificate expired.
+	other2 := x509.NewCertPool()
+	other2.AddCert(adminCert(t, "ops", now.Add(-time.Hour), now.Add(time.Hour)))
+	expired := adminCert(t, "ops", now.Add(-2*time.Hour), now.Add(-time.Minute))
+	withExpired := x509.NewCertPool()
+	withExpired.AddCert(expired)
+	for _, tc := range []struct {
+		name string
+		cas  func() *x509.CertPool
+		cert *x509.Certificate
+	}{
+		{"another client CA", func() *x509.CertPool { return other2 }, leaf},
+		{"no client CA", func() *x509.CertPool { return nil }, leaf},
+		{"an expired certificate", func() *x509.CertPool { return withExpired }, expired},
+	} {
+		clientCAs = tc.cas
+		in.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{tc.cert}}}
+		code := serve(sent(f, "POST", "http://b:7080/v1/users?x=1", nil))
+		if code != http.StatusUnauthorized || got != nil {
+			t.Errorf("%s: %d (served: %v), want 401", tc.name, code, got != nil)
+		}
+	}
+	clientCAs = func() *x509.CertPool { return roots }
+	in.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf}}}
+	if code := serve(sent(f, "POST", "http://b:7080/v1/users?x=1", nil)); code != 200 || got == nil || !got.cert.Equal(leaf) {
+		t.Fatalf("the certificate back in the client CA: %d", code)
+	}
+
 	// A node outside a cluster (no secret) neither signs nor checks.
 	if newForwarder("", nil) != nil {
 		t.Fatal("a forwarder without a cluster secret")
 	}
 }
 
-// adminCert is a self-signed certificate naming admin name (the checks
-// here do not verify chains: the first member's handshake did).
-func adminCert(t *testing.T, name string) *x509.Certificate {
+// adminCert is a self-signed certificate naming admin name, valid from
+// notBefore to notAfter (its own root in the receiving node's pool).
+func adminCert(t *testing.T, name string, notBefore, notAfter time.Time) *x509.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse("ding:admin/" + name)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), URIs: []*url.URL{u}}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: notBefore, NotAfter: notAfter, URIs: []*url.URL{u}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -335,7 +336,13 @@ func (m *member) standInHandler() http.Handler {
 		}
 		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ownerURLKey{}, u)))
 	}))
-	return m.fwd.accept(mux)
+	return m.fwd.accept(mux, func() *x509.CertPool {
+		if m.standCerts == nil {
+			return nil
+		}
+		_, pool := m.standCerts.current()
+		return pool
+	})
 }
 
 type ownerURLKey struct{}
