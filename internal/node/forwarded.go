@@ -66,11 +66,11 @@ const forwardedMaxLen = 32 << 10
 
 // forwarded is the signed assertion.
 type forwarded struct {
-	V      int    `json:"v"`              // 1
-	At     int64  `json:"at"`             // Unix milliseconds when signed
-	Method string `json:"method"`         // the request sent on
-	Path   string `json:"path"`           // its path and query, as sent
-	From   string `json:"from"`           // the client's address (host:port)
+	V      int      `json:"v"`               // 1
+	At     int64    `json:"at"`              // Unix milliseconds when signed
+	Method string   `json:"method"`          // the request sent on
+	Path   string   `json:"path"`            // its path and query, as sent
+	From   string   `json:"from"`            // the client's address (host:port)
 	Chain  [][]byte `json:"chain,omitempty"` // DER of the chain the first node verified, leaf first
 }
 
