@@ -66,7 +66,7 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 	single, err := runIngestOn(icfg, srv, 0)
 	var oneAnn annFigures
 	if err == nil && cfg.Partitions > 1 && cfg.AnnUsers > 0 {
-		oneAnn, err = announceToAll(srv, []*Server{srv}, cfg.AnnUsers, cfg.AnnConns, cfg.Conns)
+		oneAnn, err = announceToAll(srv, []*Server{srv}, nil, cfg.AnnUsers, cfg.AnnConns, cfg.Conns)
 	}
 	srv.Stop()
 	if err != nil {

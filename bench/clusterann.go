@@ -31,6 +31,7 @@ type annFigures struct {
 	publish      time.Duration // POST /v1/announcements → 201
 	lat          Latencies     // 201 → each online device's DELIVER
 	last         time.Duration // POST → the last online device's DELIVER
+	cpu          float64       // the nodes' CPU seconds from the POST to the last online device's DELIVER
 }
 
 // annText is the announcement's size in bytes.
@@ -40,7 +41,9 @@ const annText = 256
 // (entry alone for one dingd), each of whose directories must hold the
 // new users before the devices dial; existing is how many users the org
 // has already (the announcement's audience is them and the new ones).
-func announceToAll(entry *Server, all []*Server, users, conns, existing int) (annFigures, error) {
+// profs, beside all (or nil), profile each node for 2 s from just before
+// the request, to its Profile + ".ann".
+func announceToAll(entry *Server, all []*Server, profs []Profiling, users, conns, existing int) (annFigures, error) {
 	f := annFigures{users: users + existing, conns: conns}
 	fmt.Fprintf(os.Stderr, "cluster: announcement: adding %d users\n", users)
 	if err := entry.AddUsers("n", 0, users); err != nil {
@@ -82,6 +85,21 @@ func announceToAll(entry *Server, all []*Server, users, conns, existing int) (an
 	var out struct {
 		ID string `json:"id"`
 	}
+	var profiled []func() (string, error)
+	for _, p := range profs {
+		if p.Profile != "" {
+			p.Profile += ".ann"
+		}
+		profiled = append(profiled, p.begin(2))
+	}
+	nodesCPU := func() (sum float64) {
+		for _, s := range all {
+			c, _ := cpuSeconds(s.cmd.Process.Pid)
+			sum += c
+		}
+		return sum
+	}
+	cpu0 := nodesCPU()
 	sent := time.Now().UnixNano()
 	err = entry.call("POST", "/v1/announcements", map[string]any{"from": "u0", "to": "all", "text": announceText(annText)}, &out)
 	ack := time.Now().UnixNano()
@@ -91,6 +109,14 @@ func announceToAll(entry *Server, all []*Server, users, conns, existing int) (an
 	f.publish = time.Duration(ack - sent)
 	if !got.wait(2 * time.Minute) {
 		return f, fmt.Errorf("announcement %s: %d of %d online devices got it within 2 minutes", out.ID, got.got.Load(), conns)
+	}
+	f.cpu = nodesCPU() - cpu0
+	for _, wait := range profiled {
+		if file, err := wait(); err != nil {
+			fmt.Fprintf(os.Stderr, "cluster: announcement: profile: %v\n", err)
+		} else if file != "" {
+			fmt.Fprintf(os.Stderr, "cluster: announcement: CPU profile over 2 s from the request in %s\n", file)
+		}
 	}
 	lats, lastAt, _ := got.figures(ack)
 	f.lat, f.last = lats, time.Duration(lastAt-sent)
@@ -150,5 +176,6 @@ func annRows(c, one annFigures) []Row {
 			ms(c.last), ms(one.last), ratio, ""},
 		{"announcement: 201 → online device p50 / p99", c.lat.ms(0.5) + " / " + c.lat.ms(0.99), one.lat.ms(0.5) + " / " + one.lat.ms(0.99), "", ""},
 		{"announcement: request → 201", ms(c.publish), ms(one.publish), "", ""},
+		{"announcement: the nodes' CPU seconds from the request to the last online device", fmt.Sprintf("%.2f", c.cpu), fmt.Sprintf("%.2f", one.cpu), "", ""},
 	}
 }

@@ -132,7 +132,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	cpuRow := Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""} // before the announcement's users
 	var clAnn annFigures
 	if cfg.AnnUsers > 0 {
-		if clAnn, err = announceToAll(a, cl.members, cfg.AnnUsers, cfg.AnnConns, cfg.Conns); err != nil {
+		if clAnn, err = announceToAll(a, cl.members, profs, cfg.AnnUsers, cfg.AnnConns, cfg.Conns); err != nil {
 			return Table{}, err
 		}
 	}

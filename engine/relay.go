@@ -673,24 +673,39 @@ func (c *txn) mirrorRelayed(to uint32, through uint64, from mirrorCursor, limit 
 				continue
 			}
 		}
-		for i := first; i < len(r.users); i++ {
-			if looked >= limit {
-				return mirrorCursor{r.seq, i}, true, nil
-			}
-			looked++
-			u := r.users[i]
+		// The users this op looks at, from first; those with a receipt
+		// (here already, or written in this batch) are skipped. The
+		// store's are looked up with one iterator (GetMany), in the
+		// record's order, which is the keys' (users sorted, one message):
+		// an announcement's record names thousands.
+		end := min(len(r.users), first+limit-looked)
+		looked += end - first
+		var keys [][]byte
+		var who []string
+		for _, u := range r.users[first:end] {
 			if !c.active(u) {
 				continue
 			}
 			rk := receiptKey(r.id, u)
-			switch _, err := c.receipt(rk, u); {
-			case err == nil:
+			if _, ok := c.receipts[string(rk)]; ok {
 				continue
-			case !errors.Is(err, store.ErrNotFound):
+			}
+			keys, who = append(keys, rk), append(who, u)
+		}
+		held := make([]bool, len(keys))
+		if len(keys) > 0 {
+			if err := c.e.st.GetMany(keys, func(j int, v []byte) { held[j] = v != nil }); err != nil {
 				return next, false, err
 			}
-			sent.User = u
-			c.setReceipt(rk, sent)
+		}
+		for j, rk := range keys {
+			if !held[j] {
+				sent.User = who[j]
+				c.setReceipt(rk, sent)
+			}
+		}
+		if end < len(r.users) {
+			return mirrorCursor{r.seq, end}, true, nil
 		}
 	}
 	return next, false, nil

@@ -152,3 +152,62 @@ func BenchmarkRelay(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAckRelayMany measures, at the origin, the acknowledgement of
+// one relay record naming many users of another partition (a message to
+// 10,000 of them, as an announcement to all makes one per partition):
+// AckRelay writes each user's "sent" receipt unless one is there, in
+// chunks of Config.FanoutChunk per op, then trims the record. ns/op is per
+// user; the submit, Outbox and the destination's ApplyRelay are outside
+// the timer. Pebble in a temp dir on both sides.
+//
+//	go test ./engine -run '^$' -bench 'AckRelayMany$' -benchtime 20x -count 3
+func BenchmarkAckRelayMany(b *testing.B) {
+	const users = 10_000
+	place := func(u string) uint32 {
+		if strings.HasPrefix(u, "b") {
+			return 1
+		}
+		return 0
+	}
+	open := func(b *testing.B, p uint32) *engine.Engine {
+		db, err := pebblestore.Open(b.TempDir(), pebblestore.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		e, err := engine.Open(engine.Config{Store: db, Partition: p, Placement: place, MaxRecipients: users})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { e.Close() })
+		return e
+	}
+	ctx := context.Background()
+	a, dst := open(b, 0), open(b, 1)
+	to := make([]string, users)
+	for i := range to {
+		to[i] = fmt.Sprintf("b%05d", i)
+	}
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		if _, err := a.Submit(ctx, engine.Submission{From: "a0", To: to, Kind: engine.KindText, Body: []byte("notice")}); err != nil {
+			b.Fatal(err)
+		}
+		bt, err := a.Outbox(1, 0, 1024)
+		if err != nil || len(bt.Records) != 1 {
+			b.Fatalf("outbox: %d records, %v", len(bt.Records), err)
+		}
+		through, err := dst.ApplyRelay(ctx, bt)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if err := a.AckRelay(ctx, 1, through); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*users), "ns/user")
+}
