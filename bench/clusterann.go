@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/pb"
-	"github.com/dingmq/ding/channels/socket/wire"
 )
 
 // The cluster scenario's announcement (issue 14: "announcement to
@@ -49,15 +48,8 @@ func announceToAll(entry *Server, all []*Server, profs []Profiling, users, conns
 	if err := entry.AddUsers("n", 0, users); err != nil {
 		return f, fmt.Errorf("announcement: add users: %w", err)
 	}
-	last := fmt.Sprintf("/v1/users/n%d", users-1)
-	for _, s := range all {
-		deadline := time.Now().Add(2 * time.Minute)
-		for s.call("GET", last, nil, nil) != nil {
-			if time.Now().After(deadline) {
-				return f, fmt.Errorf("announcement: node %s's directory does not hold n%d after 2 minutes", s.HTTP, users-1)
-			}
-			time.Sleep(50 * time.Millisecond) // another node's copy follows the directory's owner: polling it
-		}
+	if err := waitUser(all, fmt.Sprintf("n%d", users-1), 2*time.Minute); err != nil {
+		return f, fmt.Errorf("announcement: %w", err)
 	}
 	devs := make([]*annDevice, conns)
 	for i := range devs {
@@ -127,38 +119,20 @@ func announceToAll(entry *Server, all []*Server, profs []Profiling, users, conns
 	return f, nil
 }
 
-// dialFollowing opens device d's raw connection at entry; a node that
-// does not serve its user answers NOT_OWNER naming the owner, which it
-// dials instead (moved).
+// dialFollowing opens device d's raw connection at entry (dialDeviceAt,
+// nothing to catch up); a node that does not serve its user answers
+// NOT_OWNER naming the owner, which it dials instead (moved).
 func dialFollowing(entry *Server, d *annDevice) (c net.Conn, moved bool, err error) {
 	addr := entry.Sock
 	for hop := 0; hop < 3; hop++ {
-		if c, err = net.DialTimeout("tcp", addr, 10*time.Second); err != nil {
-			return nil, moved, err
-		}
-		cursor := uint64(skipNone)
-		w, err := hello(c, &pb.Hello{Version: wire.Version, Token: entry.Token(d.user, "d"), Device: "d", Cursor: &cursor})
+		c, err := dialDeviceAt(addr, entry, d, skipNone)
 		var refused *refusedHello
-		switch {
-		case err == nil:
-			d.last.Store(w.ResumeFrom - 1)
-			return c, moved, nil
-		case errors.As(err, &refused) && refused.e.Code == pb.Code_NOT_OWNER && refused.e.Redirect != "":
-			c.Close()
-			addr, moved = refused.e.Redirect, true
-		default:
-			c.Close()
-			return nil, moved, fmt.Errorf("user %s at %s: %w", d.user, addr, err)
+		if !errors.As(err, &refused) || refused.e.Code != pb.Code_NOT_OWNER || refused.e.Redirect == "" {
+			return c, moved, err
 		}
+		addr, moved = refused.e.Redirect, true
 	}
 	return nil, moved, fmt.Errorf("user %s: redirected 3 times", d.user)
-}
-
-// refusedHello is a HELLO answered with an ERROR.
-type refusedHello struct{ e *pb.Error }
-
-func (r *refusedHello) Error() string {
-	return fmt.Sprintf("HELLO refused: %v: %s", r.e.Code, r.e.Detail)
 }
 
 // annRows are the announcement's rows of the cluster table, beside one

@@ -303,6 +303,23 @@ func (s *Server) AddUsers(prefix string, from, to int) error {
 	return nil
 }
 
+// waitUser waits up to d until every server's directory holds user (in
+// a cluster, the others' copies follow the directory's owner: polled).
+// Users added in one go are applied in order, so the last one stands
+// for them all.
+func waitUser(servers []*Server, user string, d time.Duration) error {
+	for _, s := range servers {
+		deadline := time.Now().Add(d)
+		for s.call("GET", "/v1/users/"+user, nil, nil) != nil {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("node %s's directory does not hold %s after %v", s.HTTP, user, d)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
 // Metric returns the sum of a metric family's samples scraped from /metrics
 // (histograms: their _sum and _count are addressed by those names).
 func (s *Server) Metric(name string) (float64, error) {

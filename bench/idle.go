@@ -259,6 +259,13 @@ func handshakeWS(addr string, tc *tls.Config, token, device string) (net.Conn, *
 }
 
 // hello sends h on c and reads the WELCOME that answers it, within 30s.
+// refusedHello is a HELLO answered with an ERROR (hello's error).
+type refusedHello struct{ e *pb.Error }
+
+func (r *refusedHello) Error() string {
+	return fmt.Sprintf("HELLO refused: %v: %s", r.e.Code, r.e.Detail)
+}
+
 func hello(c net.Conn, h *pb.Hello) (*pb.Welcome, error) {
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := c.Write(wire.Encode(pb.FrameType_HELLO, h)); err != nil {

@@ -76,20 +76,8 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	// a answered once its copy of the directory held them; the others'
 	// copies follow within milliseconds, and a client redirected there
 	// before must not find its user missing.
-	for _, s := range cl.members {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			var list struct {
-				Users []struct{} `json:"users"`
-			}
-			if err := s.call("GET", "/v1/users", nil, &list); err == nil && len(list.Users) >= cfg.Conns {
-				break
-			}
-			if time.Now().After(deadline) {
-				return Table{}, fmt.Errorf("node %s's directory does not hold the %d users after 30s", s.HTTP, cfg.Conns)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+	if err := waitUser(cl.members, fmt.Sprintf("u%d", cfg.Conns-1), 30*time.Second); err != nil {
+		return Table{}, err
 	}
 	pids := map[string]int{"redis-server": rs.cmd.Process.Pid}
 	for i, m := range cl.members {
@@ -129,7 +117,6 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			cross++
 		}
 	}
-	cpuRow := Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""} // before the announcement's users
 	var clAnn annFigures
 	if cfg.AnnUsers > 0 {
 		if clAnn, err = announceToAll(a, cl.members, profs, cfg.AnnUsers, cfg.AnnConns, cfg.Conns); err != nil {
@@ -187,7 +174,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if len(failovers) > 0 {
 		rows = append(rows, failoverRow("failover: SIGKILL of the node serving u0 → u0's first ack", failovers))
 	}
-	rows = append(rows, cpuRow)
+	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
 	return Table{
 		Scenario: "cluster --partitions " + strconv.Itoa(cfg.Partitions),
 		Setup: fmt.Sprintf("Three dingd nodes of %d partitions each (a member per partition, plus the directory's; roles evened out by the nodes; default lease 3s) on one redis-server, on this machine's 2 cores with the load generator, against one dingd on its own in the same run. "+

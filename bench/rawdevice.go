@@ -161,8 +161,15 @@ func (d *annDevice) readLoop(i int, kind pb.Kind, rounds []*arrivals, p *pair) e
 // server clamp it to the stream's head), and checks that nothing is
 // waiting for catch-up.
 func dialDevice(srv *Server, d *annDevice, cursor uint64) (net.Conn, error) {
+	return dialDeviceAt(srv.Sock, srv, d, cursor)
+}
+
+// dialDeviceAt is dialDevice at the socket address addr (another node of
+// srv's cluster); a HELLO refused is a *refusedHello, its connection
+// closed.
+func dialDeviceAt(addr string, srv *Server, d *annDevice, cursor uint64) (net.Conn, error) {
 	user := d.user
-	c, err := net.DialTimeout("tcp", srv.Sock, 10*time.Second)
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}

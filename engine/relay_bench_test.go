@@ -30,25 +30,6 @@ import (
 //
 //	go test ./engine -run '^$' -bench 'Relay$' -benchtime 200000x -count 3
 func BenchmarkRelay(b *testing.B) {
-	place := func(u string) uint32 {
-		if strings.HasPrefix(u, "b") {
-			return 1
-		}
-		return 0
-	}
-	open := func(b *testing.B, p uint32) *engine.Engine {
-		db, err := pebblestore.Open(b.TempDir(), pebblestore.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { db.Close() })
-		e, err := engine.Open(engine.Config{Store: db, Partition: p, Placement: place})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { e.Close() })
-		return e
-	}
 	for _, cross := range []bool{false, true} {
 		name := "same-partition"
 		if cross {
@@ -56,11 +37,11 @@ func BenchmarkRelay(b *testing.B) {
 		}
 		b.Run(name+"/body=256/submitters=512", func(b *testing.B) {
 			ctx := context.Background()
-			a := open(b, 0)
+			a := openPlaced(b, 0, 0)
 			to := "a"
 			var dst *engine.Engine
 			if cross {
-				dst, to = open(b, 1), "b"
+				dst, to = openPlaced(b, 1, 0), "b"
 			}
 			// The pump: what is durable on a goes to dst, and is
 			// acknowledged once dst holds it.
@@ -164,27 +145,8 @@ func BenchmarkRelay(b *testing.B) {
 //	go test ./engine -run '^$' -bench 'AckRelayMany$' -benchtime 20x -count 3
 func BenchmarkAckRelayMany(b *testing.B) {
 	const users = 10_000
-	place := func(u string) uint32 {
-		if strings.HasPrefix(u, "b") {
-			return 1
-		}
-		return 0
-	}
-	open := func(b *testing.B, p uint32) *engine.Engine {
-		db, err := pebblestore.Open(b.TempDir(), pebblestore.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { db.Close() })
-		e, err := engine.Open(engine.Config{Store: db, Partition: p, Placement: place, MaxRecipients: users})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { e.Close() })
-		return e
-	}
 	ctx := context.Background()
-	a, dst := open(b, 0), open(b, 1)
+	a, dst := openPlaced(b, 0, users), openPlaced(b, 1, users)
 	to := make([]string, users)
 	for i := range to {
 		to[i] = fmt.Sprintf("b%05d", i)
@@ -210,4 +172,27 @@ func BenchmarkAckRelayMany(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*users), "ns/user")
+}
+
+// openPlaced opens the engine of partition p (users "b..." are partition
+// 1's, the others 0's) on Pebble in a temp dir; maxRecipients 0 is the
+// engine's default.
+func openPlaced(b *testing.B, p uint32, maxRecipients int) *engine.Engine {
+	place := func(u string) uint32 {
+		if strings.HasPrefix(u, "b") {
+			return 1
+		}
+		return 0
+	}
+	db, err := pebblestore.Open(b.TempDir(), pebblestore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	e, err := engine.Open(engine.Config{Store: db, Partition: p, Placement: place, MaxRecipients: maxRecipients})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { e.Close() })
+	return e
 }

@@ -240,7 +240,7 @@ func (a *API) guard(r *http.Request, pattern string, perm Permission) (*http.Req
 // client certificate names (authenticateCert).
 func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 	if r.Header.Get("Authorization") == "" {
-		if leaf := verifiedClientCert(r); leaf != nil {
+		if leaf := ClientCert(r); leaf != nil {
 			return a.authenticateCert(leaf)
 		}
 	}
@@ -271,9 +271,6 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 	return newPrincipal(adm), nil
 }
 
-// verifiedClientCert is ClientCert.
-func verifiedClientCert(r *http.Request) *x509.Certificate { return ClientCert(r) }
-
 // ClientCert is the client certificate r's client authenticated with:
 // the one its TLS connection's handshake verified against the HTTP
 // port's client CA (dingd --tls-client-ca), or, for a request another
@@ -281,9 +278,6 @@ func verifiedClientCert(r *http.Request) *x509.Certificate { return ClientCert(r
 // handshake verified; nil for none (none given, no client CA: then
 // nothing is verified, so nothing is trusted).
 func ClientCert(r *http.Request) *x509.Certificate {
-	if f, ok := r.Context().Value(forwardedClientKey{}).(forwardedClient); ok {
-		return f.cert // the TLS connection is the member's, not the client's
-	}
 	if c := ClientChain(r); len(c) > 0 {
 		return c[0]
 	}
@@ -296,10 +290,7 @@ func ClientCert(r *http.Request) *x509.Certificate {
 // carried.
 func ClientChain(r *http.Request) []*x509.Certificate {
 	if f, ok := r.Context().Value(forwardedClientKey{}).(forwardedClient); ok {
-		if f.cert == nil {
-			return nil
-		}
-		return f.chain
+		return f.chain // the TLS connection is the member's, not the client's
 	}
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
 		return nil
@@ -309,10 +300,7 @@ func ClientChain(r *http.Request) []*x509.Certificate {
 
 type forwardedClientKey struct{}
 
-type forwardedClient struct {
-	cert  *x509.Certificate
-	chain []*x509.Certificate
-}
+type forwardedClient struct{ chain []*x509.Certificate }
 
 // WithForwardedClient marks a request's context as that of a request
 // another cluster member sent on, whose signed word (internal/node's
@@ -322,11 +310,7 @@ type forwardedClient struct {
 // the server's own code can set it; the caller has checked the member's
 // signature and verified the chain against this node's client CA.
 func WithForwardedClient(ctx context.Context, chain []*x509.Certificate) context.Context {
-	f := forwardedClient{chain: chain}
-	if len(chain) > 0 {
-		f.cert = chain[0]
-	}
-	return context.WithValue(ctx, forwardedClientKey{}, f)
+	return context.WithValue(ctx, forwardedClientKey{}, forwardedClient{chain})
 }
 
 // authenticateCert finds the admin a verified client certificate names

@@ -28,7 +28,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -716,7 +715,7 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 	} else {
 		mux.Handle("/", api)
 	}
-	handler := cfg.fwd.accept(mux, n.clientCAs)
+	handler := cfg.fwd.accept(mux, n.certs.clientPool)
 	// Timeouts bound what an idle or trickling client holds (with the
 	// connection bounds of limitListener): headers in 10s, a whole request
 	// in 30s, an idle keep-alive 60s. No write timeout: a snapshot for a
@@ -754,16 +753,6 @@ func (n *Node) serve(cfg Config, reg *prometheus.Registry, w wiring, closersp *[
 		}
 	}()
 	return nil
-}
-
-// clientCAs is the HTTP port's client CA pool as it is now (reloaded
-// with the certificate files); nil without one.
-func (n *Node) clientCAs() *x509.CertPool {
-	if n.certs == nil {
-		return nil
-	}
-	_, pool := n.certs.current()
-	return pool
 }
 
 func loadOrCreateAdminToken(dir string, keys *auth.Keys, log *slog.Logger) (string, error) {

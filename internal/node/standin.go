@@ -278,20 +278,24 @@ func (m *member) standInHandler() http.Handler {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("not serving: this member is a " + string(st) + "; the owner is " + id + "\n"))
 	})
+	// clusterRoute authorizes a cluster route with its own permission.
+	clusterRoute := func(w http.ResponseWriter, r *http.Request, pattern string) bool {
+		return m.authorizeStandIn(w, r, pattern, httpapi.ClusterPermission(pattern))
+	}
 	mux.HandleFunc("POST /v1/cluster/forget", func(w http.ResponseWriter, r *http.Request) {
-		if m.authorizeStandIn(w, r, "POST /v1/cluster/forget", httpapi.ClusterPermission("POST /v1/cluster/forget")) {
+		if clusterRoute(w, r, "POST /v1/cluster/forget") {
 			m.forget(w, r)
 		}
 	})
 	mux.HandleFunc("POST /v1/cluster/drain", func(w http.ResponseWriter, r *http.Request) {
-		if !m.authorizeStandIn(w, r, "POST /v1/cluster/drain", httpapi.ClusterPermission("POST /v1/cluster/drain")) {
+		if !clusterRoute(w, r, "POST /v1/cluster/drain") {
 			return
 		}
 		m.drained.Store(true) // a standby releases its role at its next check; a spare stays one
 		w.WriteHeader(http.StatusAccepted)
 	})
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
-		if !m.authorizeStandIn(w, r, "GET /v1/cluster", httpapi.ClusterPermission("GET /v1/cluster")) {
+		if !clusterRoute(w, r, "GET /v1/cluster") {
 			return
 		}
 		st, _ := m.state.Load().(memberState)
@@ -336,13 +340,7 @@ func (m *member) standInHandler() http.Handler {
 		}
 		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ownerURLKey{}, u)))
 	}))
-	return m.fwd.accept(mux, func() *x509.CertPool {
-		if m.standCerts == nil {
-			return nil
-		}
-		_, pool := m.standCerts.current()
-		return pool
-	})
+	return m.fwd.accept(mux, func() *x509.CertPool { return m.standCerts.clientPool() })
 }
 
 type ownerURLKey struct{}

@@ -108,6 +108,16 @@ func (r *certReloader) current() (*tls.Certificate, *x509.CertPool) {
 	return r.cert, r.clientCAs
 }
 
+// clientPool is the client CA pool as it is now (current); nil without
+// one, and for a nil r (no certificate files).
+func (r *certReloader) clientPool() *x509.CertPool {
+	if r == nil {
+		return nil
+	}
+	_, pool := r.current()
+	return pool
+}
+
 // GetCertificate is tls.Config.GetCertificate.
 func (r *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	cert, _ := r.current()
