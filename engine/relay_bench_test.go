@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/dingmq/ding/engine"
+	"github.com/dingmq/ding/engine/store/memstore"
 	"github.com/dingmq/ding/engine/store/pebblestore"
 )
 
@@ -195,4 +197,111 @@ func openPlaced(b *testing.B, p uint32, maxRecipients int) *engine.Engine {
 	}
 	b.Cleanup(func() { e.Close() })
 	return e
+}
+
+// BenchmarkRelayWrites counts what a 1:1 message costs the stores, whole:
+// the submit, its relay, the recipient's device acknowledging it, and the
+// receipt's way back to the sender's partition, within one partition (one
+// store) and across two (the origin's and the destination's), in rounds
+// of 64 messages submitted and acknowledged concurrently, so that group
+// commit batches them as it does under load. It reports the keys written
+// (sets and deletions) and the bytes (keys and values) per message, over
+// every store, on memstore: the figures are counts, not times. A cluster
+// writes each store's batches twice more, on its standby.
+//
+//	go test ./engine -run '^$' -bench 'RelayWrites$' -benchtime 6400x
+func BenchmarkRelayWrites(b *testing.B) {
+	for _, cross := range []bool{false, true} {
+		name := "same-partition"
+		if cross {
+			name = "cross-partition"
+		}
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			place := func(u string) uint32 {
+				if strings.HasPrefix(u, "b") {
+					return 1
+				}
+				return 0
+			}
+			var stores []*countingDeletes
+			open := func(p uint32) *engine.Engine {
+				cs := &countingDeletes{Store: memstore.New()}
+				stores = append(stores, cs)
+				e, err := engine.Open(engine.Config{Store: cs, Partition: p, Placement: place})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { e.Close() })
+				return e
+			}
+			a, dst, to := open(0), (*engine.Engine)(nil), "a"
+			dst = a
+			if cross {
+				dst, to = open(1), "b"
+			}
+			pump := func(from, into *engine.Engine, p uint32) {
+				for {
+					bt, err := from.Outbox(p, 0, 1024)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(bt.Records) == 0 {
+						return
+					}
+					through, err := into.ApplyRelay(ctx, bt)
+					if err == nil {
+						err = from.AckRelay(ctx, p, through)
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			const round = 64
+			body := make([]byte, 256)
+			b.ResetTimer()
+			for done := 0; done < b.N; done += round {
+				var wg sync.WaitGroup
+				for i := range round {
+					wg.Go(func() {
+						if _, err := a.Submit(ctx, engine.Submission{
+							From: fmt.Sprintf("a%d", i), To: []string{fmt.Sprintf("%s%d", to, 1000+i)},
+							Kind: engine.KindText, Body: body, ClientID: fmt.Sprintf("m%d", done+i),
+						}); err != nil {
+							b.Error(err)
+						}
+					})
+				}
+				wg.Wait()
+				if cross {
+					pump(a, dst, 1)
+				}
+				for i := range round {
+					wg.Go(func() {
+						user := fmt.Sprintf("%s%d", to, 1000+i)
+						h, err := dst.Head(user)
+						if err == nil {
+							err = dst.Ack(ctx, user, "phone", h)
+						}
+						if err != nil {
+							b.Error(err)
+						}
+					})
+				}
+				wg.Wait()
+				if cross {
+					pump(dst, a, 0)
+				}
+			}
+			b.StopTimer()
+			var keys, bytes int64
+			for _, cs := range stores {
+				keys, bytes = keys+cs.writes.Load(), bytes+cs.bytes.Load()
+			}
+			n := float64((b.N + round - 1) / round * round)
+			b.ReportMetric(float64(keys)/n, "keys/msg")
+			b.ReportMetric(float64(bytes)/n, "bytes/msg")
+		})
+	}
 }

@@ -155,11 +155,13 @@ func TestAckRelayMirrorsInChunks(t *testing.T) {
 
 // countingDeletes counts the deletions of keys of one prefix (the
 // outbox's 'O', the webhook events' 'W') its batches record: point ones
-// and ranges.
+// and ranges; and every write its batches record (sets and deletions of
+// any key, a range as one), with their keys' and values' bytes.
 type countingDeletes struct {
 	store.Store
 	prefix         byte
 	points, ranges atomic.Int64
+	writes, bytes  atomic.Int64
 	scanFrom       atomic.Value // the lower bound of the last scan of the prefix
 }
 
@@ -179,10 +181,18 @@ type countingBatch struct {
 	s *countingDeletes
 }
 
+func (b *countingBatch) Set(k, v []byte) {
+	b.s.writes.Add(1)
+	b.s.bytes.Add(int64(len(k) + len(v)))
+	b.Batch.Set(k, v)
+}
+
 func (b *countingBatch) Delete(k []byte) {
 	if len(k) > 0 && k[0] == b.s.prefix {
 		b.s.points.Add(1)
 	}
+	b.s.writes.Add(1)
+	b.s.bytes.Add(int64(len(k)))
 	b.Batch.Delete(k)
 }
 
@@ -190,6 +200,8 @@ func (b *countingBatch) DeleteRange(start, end []byte) {
 	if len(start) > 0 && start[0] == b.s.prefix {
 		b.s.ranges.Add(1)
 	}
+	b.s.writes.Add(1)
+	b.s.bytes.Add(int64(len(start) + len(end)))
 	b.Batch.DeleteRange(start, end)
 }
 

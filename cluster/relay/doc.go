@@ -39,7 +39,10 @@
 // retried after a capped exponential backoff per destination, with the
 // same records, so a destination that is down holds up only its own
 // traffic. Wake(to) ends the backoff of the links to partition to: the
-// caller learned that the partition has an owner serving it again.
+// caller learned that the partition has an owner serving it again; a
+// batch in flight to it is abandoned and sent again at once (the node it
+// went to may be frozen, not dead, and would hold the link until the
+// request timed out).
 // Records for a partition the pump has no engine for stay in the
 // outbox (counted and logged).
 //

@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"from", "to"}),
 		applyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ding_relay_apply_errors_total",
-			Help: "Relay batches a destination did not apply, by reason (gap, wrong_partition, bad_relay, no_destination, timeout, or the engine's error code); each is retried.",
+			Help: "Relay batches a destination did not apply, by reason (gap, wrong_partition, bad_relay, no_destination, timeout, abandoned, or the engine's error code); each is retried.",
 		}, []string{"from", "to", "reason"}),
 		originErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ding_relay_origin_errors_total",

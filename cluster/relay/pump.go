@@ -228,6 +228,14 @@ func (p *Pump) Detach(from uint32) {
 // out a backoff that grew while it had no owner (up to MaxBackoff). A
 // hint: a link that is not backing off takes it as a wake-up, which
 // costs at most one read of its outbox.
+//
+// A batch in flight to the partition is abandoned and sent again, to
+// the owner asked anew: the one it went to may be frozen (paused,
+// its machine hung, the network to it dropping packets), and would
+// otherwise hold the link until the Dest gives up (HTTPDest.Timeout,
+// 30 s by default), long after the new owner serves. Abandoning is safe
+// for the same reason a retry is: the records stay in the outbox until
+// a destination answers that it holds them, and it skips what it holds.
 func (p *Pump) Wake(to uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -236,6 +244,7 @@ func (p *Pump) Wake(to uint32) {
 		for _, l := range run.links {
 			if l.to == to {
 				poke(l.retry)
+				l.abandon()
 			}
 		}
 		run.mu.Unlock()
@@ -287,7 +296,45 @@ type link struct {
 	// partition has a new owner serving it (Wake).
 	retry chan struct{}
 	run   *originRun // its origin's: acknowledgements in flight count in its wg
+
+	// inFlight cancels the batch in flight to the destination, if one is
+	// (Wake abandons it); guarded by inFlightMu, as Wake runs on another
+	// goroutine.
+	inFlightMu sync.Mutex
+	inFlight   context.CancelFunc
 }
+
+// send is l.dest.ApplyRelay(ctx, b), abandoned (ErrAbandoned) if Wake
+// says meanwhile that the destination has a new owner.
+func (l *link) send(ctx context.Context, b engine.RelayBatch) (uint64, error) {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	l.inFlightMu.Lock()
+	l.inFlight = func() { cancel(ErrAbandoned) }
+	l.inFlightMu.Unlock()
+	through, err := l.dest.ApplyRelay(sctx, b)
+	l.inFlightMu.Lock()
+	l.inFlight = nil
+	l.inFlightMu.Unlock()
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), ErrAbandoned) {
+		err = fmt.Errorf("%w (%v)", ErrAbandoned, err)
+	}
+	return through, err
+}
+
+// abandon cancels the batch in flight, if there is one.
+func (l *link) abandon() {
+	l.inFlightMu.Lock()
+	defer l.inFlightMu.Unlock()
+	if l.inFlight != nil {
+		l.inFlight()
+	}
+}
+
+// ErrAbandoned is a step's error when Wake abandoned its batch in flight:
+// the destination's partition has a new owner, to which the link sends
+// again at once.
+var ErrAbandoned = errors.New("relay: abandoned: the destination's partition has a new owner")
 
 var errNoDest = errors.New("relay: no destination for this partition")
 
@@ -447,7 +494,7 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 		return false, errNoDest
 	}
 	sent := time.Now()
-	through, err := l.dest.ApplyRelay(ctx, b)
+	through, err := l.send(ctx, b)
 	if err == nil {
 		p.m.apply.Observe(time.Since(sent).Seconds())
 	}
@@ -465,6 +512,10 @@ func (p *Pump) step(ctx context.Context, o Origin, l *link) (moved bool, err err
 			}
 			l.acked = 0
 			return true, nil
+		}
+		if errors.Is(err, ErrAbandoned) {
+			p.cfg.Logger.Info("relay: the destination has a new owner; sending the batch in flight again", "from", l.from, "to", l.to)
+			return false, err
 		}
 		p.cfg.Logger.Warn("relay: apply failed; retrying after a backoff", "from", l.from, "to", l.to, "err", err)
 		return false, err
@@ -551,6 +602,8 @@ func reason(err error) string {
 		return "wrong_partition"
 	case errors.Is(err, engine.ErrBadRelay):
 		return "bad_relay"
+	case errors.Is(err, ErrAbandoned):
+		return "abandoned"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	}

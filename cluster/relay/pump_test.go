@@ -852,3 +852,70 @@ func TestPumpAttachAndDetach(t *testing.T) {
 	}
 	check(t, nodes)
 }
+
+// frozen is a Dest whose first batch never comes back (its node is
+// paused, or the network to it drops every packet): the call returns only
+// when its context ends. Later batches go to Dest.
+type frozen struct {
+	relay.Dest
+	mu     sync.Mutex
+	starts []uint64
+	calls  chan uint64 // the first seq of each batch, as it arrives
+}
+
+func (f *frozen) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
+	f.mu.Lock()
+	f.starts = append(f.starts, b.Records[0].Seq)
+	first := len(f.starts) == 1
+	f.mu.Unlock()
+	f.calls <- b.Records[0].Seq
+	if first {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return f.Dest.ApplyRelay(ctx, b)
+}
+
+// TestPumpWakeAbandonsTheBatchInFlight: a batch in flight to a frozen
+// destination is abandoned when Wake says the partition has a new owner,
+// and sent again at once, from the same record (the fake clock never
+// moves, and there is no timeout: without Wake the link would wait for
+// the frozen node for ever); nothing is lost or delivered twice.
+func TestPumpWakeAbandonsTheBatchInFlight(t *testing.T) {
+	nodes := openNodes(t, 2, false)
+	want := sent{}
+	for i := range 3 {
+		id, err := submit(nodes[0].e, "a0", fmt.Sprint(i), "b0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want["b0"] = append(want["b0"], id)
+	}
+	f := &frozen{Dest: nodes[1].e, calls: make(chan uint64, 4)}
+	clk := fakeclock.New(time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC))
+	reg := prometheus.NewRegistry()
+	cfg := config(nodes, reg, map[uint32]relay.Dest{1: f})
+	cfg.Clock, cfg.MinBackoff, cfg.MaxBackoff = clk, time.Hour, time.Hour
+	p := startPump(t, cfg)
+	var first uint64
+	select {
+	case first = <-f.calls:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pump sent nothing to partition 1")
+	}
+	p.Wake(1)
+	select {
+	case again := <-f.calls:
+		if again != first {
+			t.Fatalf("the batch sent again starts at seq %d, the abandoned one at %d", again, first)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the batch in flight to the frozen node was not sent again after Wake")
+	}
+	waitDelivered(t, nodes, want)
+	waitOutboxesEmpty(t, nodes)
+	if got := metric(t, reg, "ding_relay_apply_errors_total", map[string]string{"from": "0", "to": "1", "reason": "abandoned"}); got != 1 {
+		t.Fatalf("%v abandoned batches counted, want 1", got)
+	}
+	check(t, nodes)
+}
