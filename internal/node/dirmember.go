@@ -203,13 +203,26 @@ func (o *dirObserver) attach(id string, db *pebblestore.DB) error {
 // step fetches the owner's changes after the copy's seq (waiting up to
 // wait for one) and applies them; it returns how many it applied and the
 // owner's answer.
+//
+// The request ends when the directory partition's new owner is announced
+// (coordOwners.Bound; the error is then errOwnerMoved), and at the latest
+// changesSlack after wait: an owner frozen rather than dead (paused, its
+// machine hung, the network to it dropping packets) would otherwise hold
+// it until TCP gave up, minutes, while the directory moved on elsewhere.
 func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluster.Changes, error) {
 	base, err := o.owners.Owner(ctx, uint32(o.p)) // errNoOwner while none holds it
 	if err != nil {
 		return 0, cluster.Changes{}, err
 	}
-	ch, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchChanges(ctx, o.obs.State().Seq, wait)
+	rctx, cancel := o.owners.Bound(ctx, uint32(o.p))
+	defer cancel()
+	rctx, cancelWait := context.WithTimeout(rctx, wait+changesSlack)
+	defer cancelWait()
+	ch, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchChanges(rctx, o.obs.State().Seq, wait)
 	if err != nil {
+		if cause := context.Cause(rctx); ctx.Err() == nil && errors.Is(cause, errOwnerMoved) {
+			return 0, cluster.Changes{}, cause
+		}
 		if !errors.Is(err, cluster.ErrChangesTrimmed) {
 			o.owners.Forget(uint32(o.p)) // perhaps not the owner any more
 		}
@@ -221,6 +234,11 @@ func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluste
 	n, err := o.obs.Apply(ch)
 	return n, ch, err
 }
+
+// changesSlack is how long past its wait an observer's request for the
+// owner's changes may take (the answer's own time: a large one, read
+// from the owner's store and sent) before it is given up and asked again.
+var changesSlack = 5 * time.Second
 
 // next returns a channel closed when the copy next moves (publish).
 func (o *dirObserver) next() <-chan struct{} {
@@ -314,6 +332,9 @@ func (o *dirObserver) run(ctx context.Context) {
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if errors.Is(err, errOwnerMoved) {
+				continue // asked again at once, of the new owner
 			}
 			if errors.Is(err, cluster.ErrChangesTrimmed) || errors.Is(err, cluster.ErrSnapshotUnconfirmed) {
 				// Further behind than the owner keeps (this node was cut

@@ -24,7 +24,19 @@ type coordOwners struct {
 
 	mu    sync.Mutex
 	cache map[uint32]ownerAnswer // guarded by mu
+	// moved: per partition, a context cancelled at the next announcement
+	// that the partition has a new owner (Moved); guarded by mu.
+	moved map[uint32]movedSignal
 }
+
+type movedSignal struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// errOwnerMoved is the cause of a context Bound ended: the partition's
+// new owner was announced while a request to the old one was in flight.
+var errOwnerMoved = errors.New("node: the partition has a new owner")
 
 type ownerAnswer struct {
 	url string
@@ -32,7 +44,7 @@ type ownerAnswer struct {
 }
 
 func newCoordOwners(c cluster.Coord, ttl time.Duration) *coordOwners {
-	return &coordOwners{c: c, ttl: ttl, now: time.Now, cache: map[uint32]ownerAnswer{}}
+	return &coordOwners{c: c, ttl: ttl, now: time.Now, cache: map[uint32]ownerAnswer{}, moved: map[uint32]movedSignal{}}
 }
 
 // errNoOwner: no node holds the partition's lease now.
@@ -72,4 +84,35 @@ func (o *coordOwners) Forget(p uint32) {
 	o.mu.Lock()
 	delete(o.cache, p)
 	o.mu.Unlock()
+}
+
+// Moved is Forget, told by the coordinator's announcement that partition
+// p has a new owner: it also ends the requests to p's owner in flight
+// under Bound, which the old owner, if it is frozen (paused, its machine
+// hung, the network to it dropping packets) rather than dead, would
+// otherwise hold until their own timeouts.
+func (o *coordOwners) Moved(p uint32) {
+	o.mu.Lock()
+	delete(o.cache, p)
+	s, ok := o.moved[p]
+	delete(o.moved, p)
+	o.mu.Unlock()
+	if ok {
+		s.cancel()
+	}
+}
+
+// Bound returns ctx, ended also by the next Moved(p) (with errOwnerMoved
+// as its cause), for a request to partition p's owner.
+func (o *coordOwners) Bound(ctx context.Context, p uint32) (context.Context, context.CancelFunc) {
+	o.mu.Lock()
+	s, ok := o.moved[p]
+	if !ok {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+		o.moved[p] = s
+	}
+	o.mu.Unlock()
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(s.ctx, func() { cancel(errOwnerMoved) })
+	return ctx, func() { stop(); cancel(nil) }
 }

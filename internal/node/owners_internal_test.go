@@ -2,11 +2,16 @@ package node
 
 import (
 	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/engine/store/pebblestore"
 )
 
 // coordOwners answers the lease holder's published address, keeps it for
@@ -66,5 +71,78 @@ func TestCoordOwners(t *testing.T) {
 	now = now.Add(2 * time.Second)
 	if url, _ := o.Owner(ctx, 3); url != "http://10.0.0.2:7080" {
 		t.Fatalf("after the ttl: %q, want b's address", url)
+	}
+}
+
+// The directory's observer asks its owner for changes with a long poll.
+// An owner frozen rather than dead (paused, its machine hung) never
+// answers: the request is given up when the directory partition's new
+// owner is announced (coordOwners.Moved), and otherwise changesSlack
+// after its wait, never left to TCP's minutes.
+func TestDirObserverLeavesAFrozenOwner(t *testing.T) {
+	ctx := context.Background()
+	const p = 4
+	arrived, stop := make(chan struct{}, 4), make(chan struct{})
+	frozen := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select { // never answers: only the client ends it (or the test's end)
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	defer frozen.Close()
+	defer close(stop)
+	c := cluster.NewMemCoord(time.Now)
+	if _, ok, err := c.TakeLease(ctx, p, "b", 0, time.Hour); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if err := c.SetAddr(ctx, "b", frozen.URL, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	db, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	owners := newCoordOwners(c, time.Minute)
+	o, err := newDirObserver(c, p, "a", "secret", &http.Client{}, owners, slog.New(slog.DiscardHandler), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := func(wait time.Duration) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := o.step(ctx, wait)
+			done <- err
+		}()
+		select {
+		case <-arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the observer's request did not reach the owner")
+		}
+		return done
+	}
+	// A wait of an hour: only the announcement ends it.
+	done := step(time.Hour)
+	owners.Moved(p)
+	select {
+	case err := <-done:
+		if !errors.Is(err, errOwnerMoved) {
+			t.Fatalf("after the announcement: %v, want errOwnerMoved", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request to the frozen owner was still in flight after its partition's new owner was announced")
+	}
+	// No announcement: given up changesSlack after its wait.
+	defer func(s time.Duration) { changesSlack = s }(changesSlack)
+	changesSlack = 50 * time.Millisecond
+	done = step(0)
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("without an announcement: %v, want a deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request to the frozen owner outlived its wait and changesSlack")
 	}
 }

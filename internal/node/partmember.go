@@ -162,7 +162,7 @@ func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwne
 		return
 	}
 	if err := a.Listen(ctx, func(p cluster.Partition) {
-		owners.Forget(uint32(p))
+		owners.Moved(uint32(p))
 		if set.pump != nil {
 			set.pump.Wake(uint32(p))
 		}
