@@ -48,6 +48,10 @@ func SetRelayBackoff(cfg *Config, min, max time.Duration) {
 	cfg.relayBackoff = [2]time.Duration{min, max}
 }
 
+// SetRelayTimeout bounds a cluster node's relay requests to other nodes
+// by d (0: relay.HTTPDest's default).
+func SetRelayTimeout(cfg *Config, d time.Duration) { cfg.relayTimeout = d }
+
 // SetBeforeDirApply makes a cluster node call f before its copy of the
 // directory applies the owner's changes (a test holds the copy back).
 func SetBeforeDirApply(cfg *Config, f func()) { cfg.beforeDirApply = f }

@@ -215,6 +215,9 @@ type Config struct {
 	// relayBackoff, when set (by tests), is the relay pump's MinBackoff
 	// and MaxBackoff.
 	relayBackoff [2]time.Duration
+	// relayTimeout, when set (by tests), bounds one relay request to
+	// another node (relay.HTTPDest.Timeout; zero: its default, 30 s).
+	relayTimeout time.Duration
 	// beforeDirApply, when set (by tests), is called before a cluster
 	// node's copy of the directory applies the owner's changes.
 	beforeDirApply func()

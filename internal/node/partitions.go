@@ -579,7 +579,7 @@ func (n *Node) openPartitions(cfg Config, reg *prometheus.Registry, guard *diskG
 	for i := range p {
 		d := routeDest{set: set}
 		if cfg.peers != nil {
-			d.remote = &relay.HTTPDest{To: uint32(i), Owner: cfg.peers.Owner, Client: cfg.peers.Client, Secret: cfg.peers.Secret, Sealer: codec}
+			d.remote = &relay.HTTPDest{To: uint32(i), Owner: cfg.peers.Owner, Client: cfg.peers.Client, Secret: cfg.peers.Secret, Sealer: codec, Timeout: cfg.relayTimeout}
 			d.forget = cfg.peers.Forget
 		}
 		dests[uint32(i)] = d

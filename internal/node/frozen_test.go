@@ -1,0 +1,239 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dingmq/ding/channels/socket/client"
+	"github.com/dingmq/ding/cluster"
+	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/node/nodetest"
+)
+
+// freezer is a TCP proxy on loopback in front of a node's HTTP port that
+// can freeze: from Freeze on, it forwards nothing more either way and
+// answers nothing, but keeps every connection open and accepts new ones,
+// as a node that is paused, or a network that drops every packet, looks
+// to the nodes talking to it (no error, no reset: only silence).
+type freezer struct {
+	ln     net.Listener
+	target string
+	frozen chan struct{} // closed by Freeze
+	once   sync.Once
+	held   atomic.Int64 // bytes read while frozen, never forwarded
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newFreezer(t *testing.T, target string) *freezer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln, target: target, frozen: make(chan struct{})}
+	go f.serve()
+	t.Cleanup(f.close)
+	return f
+}
+
+func (f *freezer) addr() string { return f.ln.Addr().String() }
+
+// Freeze stops all forwarding, for good.
+func (f *freezer) Freeze() { f.once.Do(func() { close(f.frozen) }) }
+
+func (f *freezer) isFrozen() bool {
+	select {
+	case <-f.frozen:
+		return true
+	default:
+		return false
+	}
+}
+
+func (f *freezer) serve() {
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.track(c)
+		go func() {
+			u, err := net.Dial("tcp", f.target)
+			if err != nil {
+				c.Close()
+				return
+			}
+			f.track(u)
+			go f.pipe(u, c)
+			f.pipe(c, u)
+		}()
+	}
+}
+
+func (f *freezer) track(c net.Conn) {
+	f.mu.Lock()
+	f.conns = append(f.conns, c)
+	f.mu.Unlock()
+}
+
+// pipe copies from src to dst until either ends or the proxy freezes;
+// what it reads once frozen it counts and drops, and it then reads on
+// (keeping the connection open) until the proxy closes.
+func (f *freezer) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if f.isFrozen() {
+				f.held.Add(int64(n))
+			} else if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if !f.isFrozen() || errors.Is(err, net.ErrClosed) || err == io.EOF {
+				dst.Close()
+			}
+			return
+		}
+	}
+}
+
+func (f *freezer) close() {
+	f.ln.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+}
+
+// A relay in flight to a node that froze (its process paused, its
+// machine hung) is abandoned when the destination partition's new owner
+// is announced, and sent again to it; it does not wait for the request
+// to time out. Node b is reached by node a only through a proxy, which
+// freezes while a's relay to b's partition is in flight; b then hands the
+// partition over to a (the test talks to b directly). The relay's
+// timeout is an hour: the message arrives only if a abandons the
+// request to the frozen b.
+func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	ctx := context.Background()
+	var proxy *freezer
+	a, b := startPartCluster(t, coord, testLog(t), func(mc *node.MemberConfig) {
+		node.SetRelayTimeout(&mc.Node, time.Hour)
+		if mc.ID == "b" {
+			proxy = newFreezer(t, mc.Node.HTTPAddr)
+			mc.Advertise = "http://" + proxy.addr()
+		}
+	})
+	users := []string{"ana", "bo", "cy", "di", "ed", "flo", "gus", "hal", "ivy", "jo"}
+	addClusterUsers(t, b, []partNode{a, b}, named(users...)...)
+	// from: a user of a partition a owns; to: one of a partition b owns.
+	from, to := "", ""
+	for _, u := range users {
+		switch {
+		case from == "" && a.n.Engines()[a.n.PartitionOf(u)] != nil:
+			from = u
+		case to == "" && b.n.Engines()[b.n.PartitionOf(u)] != nil:
+			to = u
+		}
+	}
+	if from == "" || to == "" {
+		t.Fatalf("users %v: none on a (%q) or none on b (%q)", users, from, to)
+	}
+	moving := b.n.PartitionOf(to)
+	dial := func(user, addrs string) *client.Client {
+		c, err := client.Dial(ctx, client.Config{Addr: addrs, Token: nodetest.Token(t, a.n, user, "phone"), Device: "phone", MaxBackoff: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatalf("dial %s: %v", user, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	sender := dial(from, a.n.SocketAddr())
+	rc := dial(to, a.n.SocketAddr()+","+b.n.SocketAddr())
+	var mu sync.Mutex
+	got := map[string]int{}
+	changed := make(chan struct{}, 1)
+	go func() {
+		for e := range rc.Entries() {
+			rc.Ack(e.Seq)
+			if e.Message == nil {
+				continue
+			}
+			mu.Lock()
+			got[e.Message.ID]++
+			mu.Unlock()
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	delivered := func(id string, within time.Duration, why string) {
+		t.Helper()
+		deadline := time.After(within)
+		for {
+			mu.Lock()
+			n := got[id]
+			mu.Unlock()
+			if n > 0 {
+				return
+			}
+			select {
+			case <-changed:
+			case <-deadline:
+				t.Fatalf("message %s not delivered within %v: %s", id, within, why)
+			}
+		}
+	}
+	send := func(body string) string {
+		t.Helper()
+		res, err := sender.Send(ctx, []string{to}, []byte(body))
+		if err != nil {
+			t.Fatalf("send %q: %v", body, err)
+		}
+		return res.ID
+	}
+	// Through the proxy, while it forwards.
+	delivered(send("before"), 20*time.Second, "the relay from a to b works")
+	proxy.Freeze()
+	frozenID := send("while b is frozen") // acknowledged: a's partition and its standby
+	nodetest.WaitFor(t, "a's relay request to reach the frozen proxy", 20*time.Second, func() bool { return proxy.held.Load() > 0 })
+	// b hands the partition over to a, its standby (asked directly).
+	req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", b.http, moving), nil)
+	req.Header.Set("Authorization", "Bearer "+b.n.AdminToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("hand-over of partition %d: %s", moving, resp.Status)
+	}
+	nodetest.WaitFor(t, "a to serve partition "+strconv.Itoa(moving), 20*time.Second, func() bool { return a.n.Engines()[moving] != nil })
+	delivered(frozenID, 20*time.Second, "the relay request in flight to the frozen b was not abandoned (its timeout is an hour)")
+	after := send("after the hand-over")
+	delivered(after, 20*time.Second, "a relays to itself now")
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range got {
+		if n != 1 {
+			t.Fatalf("message %s delivered %d times", id, n)
+		}
+	}
+	if n := metricSum(t, a.n, "ding_relay_apply_errors_total", fmt.Sprintf(`reason="abandoned",to="%d"`, moving)); n < 1 {
+		t.Fatalf("%v relay batches to partition %d counted abandoned, want at least 1", n, moving)
+	}
+}
