@@ -220,8 +220,8 @@ func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluste
 	defer cancelWait()
 	ch, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchChanges(rctx, o.obs.State().Seq, wait)
 	if err != nil {
-		if cause := context.Cause(rctx); ctx.Err() == nil && errors.Is(cause, errOwnerMoved) {
-			return 0, cluster.Changes{}, cause
+		if moved := ownerMovedErr(ctx, rctx); moved != nil {
+			return 0, cluster.Changes{}, moved
 		}
 		if !errors.Is(err, cluster.ErrChangesTrimmed) {
 			o.owners.Forget(uint32(o.p)) // perhaps not the owner any more
@@ -397,7 +397,9 @@ func (o *dirObserver) reinstall(ctx context.Context) error {
 	}
 	tmp := filepath.Join(o.n.cfg.DataDir, "dir-snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	defer os.RemoveAll(tmp)
-	snap, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchSnapshot(ctx, tmp)
+	bctx, cancel := o.owners.Bound(ctx, uint32(o.p)) // a frozen owner's is abandoned once another serves
+	snap, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchSnapshot(bctx, tmp)
+	cancel()
 	if err != nil {
 		return err
 	}

@@ -156,7 +156,7 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		fwd: newForwarder(mc.Secret, mc.Node.Logger.With("member", mc.ID)), host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
 	m.state.Store(stateSpare)
 	if a, ok := mc.Coord.(cluster.Announcer); ok {
-		if err := a.Listen(ctx, func(cluster.Partition) { m.cache.forget(); poke(m.look) }); err != nil {
+		if err := a.Listen(ctx, func(cluster.Partition) { m.announced() }); err != nil {
 			m.log.Warn("listening for the partition's hand-overs failed; a standby sees one a quarter of a lease later", "err", err)
 		}
 	}
@@ -226,6 +226,10 @@ type member struct {
 	// (cluster.Announcer), so the standby looks at the lease now, not a
 	// quarter of a TTL later.
 	look chan struct{}
+	// moves ends this member's requests to the owner in flight (its
+	// snapshot, continuing from its own history) when the partition's new
+	// owner is announced: the old one may be frozen, not dead.
+	moves ownerMoves
 	// claimUntil (unix ns) asks this member, until then, to take the
 	// standby's place of a node holding more roles, or drained
 	// (partmember.go's balance): it follows the owner's snapshot as a
@@ -330,6 +334,17 @@ func nodeFiles(dataDir string) []string {
 
 // endpoint is this member's partition's cluster routes on the node at
 // addr (its advertised HTTP URL).
+// announced acts on the coordinator's announcement that the partition's
+// owner let it go or a new one serves it (cluster.Announcer): the owner
+// cached is forgotten (NOT_OWNER names the new one at once), requests to
+// the old one in flight end, and a pause ends so that the member looks
+// at the lease now.
+func (m *member) announced() {
+	m.cache.forget()
+	m.moves.moved()
+	poke(m.look)
+}
+
 func (m *member) endpoint(addr string) cluster.Endpoint {
 	return cluster.Endpoint{Client: m.peer, URL: addr, Secret: m.mc.Secret, P: m.p}
 }
@@ -572,7 +587,18 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 			if cur, held, err := m.localState(); err != nil {
 				return err
 			} else if held && !cur.Stale && !cur.Demoted && !cur.Learner {
-				st, err := m.endpoint(addr).ContinueAsStandby(ctx, m.mc.ID, cur)
+				bctx, cancel := m.moves.bound(ctx)
+				st, err := m.endpoint(addr).ContinueAsStandby(bctx, m.mc.ID, cur)
+				moved := ownerMovedErr(ctx, bctx)
+				cancel()
+				if moved != nil {
+					m.log.Info("the partition's new owner was announced while the old one was asked to continue from this member's history; looking again", "owner", holder)
+					m.pause(ctx)
+					if !stillOwner() {
+						return m.run(ctx)
+					}
+					continue
+				}
 				if err == nil {
 					m.joinedOwn.Add(1)
 					m.log.Info("following the partition's new owner from this member's own history (no snapshot)", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
@@ -602,9 +628,16 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 		if err := os.MkdirAll(filepath.Dir(m.storeDir()), 0o700); err != nil {
 			return fmt.Errorf("node: %w", err)
 		}
-		st, err := m.endpoint(addr).FetchSnapshot(ctx, tmp)
+		bctx, cancel := m.moves.bound(ctx)
+		st, err := m.endpoint(addr).FetchSnapshot(bctx, tmp)
+		moved := ownerMovedErr(ctx, bctx)
+		cancel()
 		if err != nil {
-			m.log.Warn("fetching the owner's snapshot failed; retrying", "owner", holder, "err", err)
+			if moved != nil {
+				m.log.Info("the partition's new owner was announced while its snapshot was fetched from the old one; looking again", "owner", holder)
+			} else {
+				m.log.Warn("fetching the owner's snapshot failed; retrying", "owner", holder, "err", err)
+			}
 			m.pause(ctx)
 			if !stillOwner() {
 				return m.run(ctx)

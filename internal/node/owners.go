@@ -24,19 +24,58 @@ type coordOwners struct {
 
 	mu    sync.Mutex
 	cache map[uint32]ownerAnswer // guarded by mu
-	// moved: per partition, a context cancelled at the next announcement
-	// that the partition has a new owner (Moved); guarded by mu.
-	moved map[uint32]movedSignal
+	// moved: per partition, the requests to its owner in flight, ended
+	// at the announcement that it has a new owner (Moved); guarded by mu.
+	moved map[uint32]*ownerMoves
 }
 
-type movedSignal struct {
-	ctx    context.Context
+// ownerMoves ends requests to a partition's owner, made under bound,
+// when moved is called: the coordinator announced that the partition has
+// a new owner, and the old one may be frozen (paused, its machine hung,
+// the network to it dropping packets) rather than dead, holding each
+// request until its own timeout, or until TCP gives up (minutes). The
+// zero value is ready.
+type ownerMoves struct {
+	mu     sync.Mutex
+	ctx    context.Context // cancelled by the next moved; nil before the first bound
 	cancel context.CancelFunc
 }
 
-// errOwnerMoved is the cause of a context Bound ended: the partition's
-// new owner was announced while a request to the old one was in flight.
+// errOwnerMoved is the cause of a context ownerMoves ended.
 var errOwnerMoved = errors.New("node: the partition has a new owner")
+
+// bound returns ctx, ended also by the next moved (cause errOwnerMoved).
+func (s *ownerMoves) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	s.mu.Lock()
+	if s.ctx == nil {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
+	moved := s.ctx
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(moved, func() { cancel(errOwnerMoved) })
+	return ctx, func() { stop(); cancel(nil) }
+}
+
+// moved ends the requests made under bound so far.
+func (s *ownerMoves) moved() {
+	s.mu.Lock()
+	cancel := s.cancel
+	s.ctx, s.cancel = nil, nil
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// ownerMovedErr returns errOwnerMoved if ctx, made by ownerMoves.bound,
+// ended for that reason while parent had not.
+func ownerMovedErr(parent, ctx context.Context) error {
+	if cause := context.Cause(ctx); parent.Err() == nil && errors.Is(cause, errOwnerMoved) {
+		return cause
+	}
+	return nil
+}
 
 type ownerAnswer struct {
 	url string
@@ -44,7 +83,7 @@ type ownerAnswer struct {
 }
 
 func newCoordOwners(c cluster.Coord, ttl time.Duration) *coordOwners {
-	return &coordOwners{c: c, ttl: ttl, now: time.Now, cache: map[uint32]ownerAnswer{}, moved: map[uint32]movedSignal{}}
+	return &coordOwners{c: c, ttl: ttl, now: time.Now, cache: map[uint32]ownerAnswer{}, moved: map[uint32]*ownerMoves{}}
 }
 
 // errNoOwner: no node holds the partition's lease now.
@@ -88,17 +127,14 @@ func (o *coordOwners) Forget(p uint32) {
 
 // Moved is Forget, told by the coordinator's announcement that partition
 // p has a new owner: it also ends the requests to p's owner in flight
-// under Bound, which the old owner, if it is frozen (paused, its machine
-// hung, the network to it dropping packets) rather than dead, would
-// otherwise hold until their own timeouts.
+// under Bound (ownerMoves).
 func (o *coordOwners) Moved(p uint32) {
 	o.mu.Lock()
 	delete(o.cache, p)
-	s, ok := o.moved[p]
-	delete(o.moved, p)
+	s := o.moved[p]
 	o.mu.Unlock()
-	if ok {
-		s.cancel()
+	if s != nil {
+		s.moved()
 	}
 }
 
@@ -106,13 +142,11 @@ func (o *coordOwners) Moved(p uint32) {
 // as its cause), for a request to partition p's owner.
 func (o *coordOwners) Bound(ctx context.Context, p uint32) (context.Context, context.CancelFunc) {
 	o.mu.Lock()
-	s, ok := o.moved[p]
-	if !ok {
-		s.ctx, s.cancel = context.WithCancel(context.Background())
+	s := o.moved[p]
+	if s == nil {
+		s = &ownerMoves{}
 		o.moved[p] = s
 	}
 	o.mu.Unlock()
-	ctx, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(s.ctx, func() { cancel(errOwnerMoved) })
-	return ctx, func() { stop(); cancel(nil) }
+	return s.bound(ctx)
 }

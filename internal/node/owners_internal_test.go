@@ -146,3 +146,45 @@ func TestDirObserverLeavesAFrozenOwner(t *testing.T) {
 		t.Fatal("the request to the frozen owner outlived its wait and changesSlack")
 	}
 }
+
+// ownerMoves ends every request made under bound at the next moved, with
+// errOwnerMoved as the cause, and only those: one made after it runs on;
+// a request's own cancel ends only it; and the parent's end is not taken
+// for a move.
+func TestOwnerMovesEndsTheRequestsInFlight(t *testing.T) {
+	var m ownerMoves
+	parent, stop := context.WithCancel(context.Background())
+	defer stop()
+	r1, c1 := m.bound(parent)
+	r2, c2 := m.bound(parent)
+	r3, c3 := m.bound(parent)
+	c3()
+	if r1.Err() != nil || r2.Err() != nil || r3.Err() == nil {
+		t.Fatalf("before moved: %v %v %v", r1.Err(), r2.Err(), r3.Err())
+	}
+	if ownerMovedErr(parent, r3) != nil {
+		t.Fatal("a request's own cancel taken for a move")
+	}
+	m.moved()
+	for i, r := range []context.Context{r1, r2} {
+		select { // (AfterFunc ends them on a goroutine of its own)
+		case <-r.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("request %d not ended by moved", i+1)
+		}
+		if ownerMovedErr(parent, r) == nil {
+			t.Fatalf("request %d after moved: %v (cause %v)", i+1, r.Err(), context.Cause(r))
+		}
+	}
+	c1()
+	c2()
+	r4, c4 := m.bound(parent)
+	defer c4()
+	if r4.Err() != nil {
+		t.Fatalf("a request made after moved: %v", r4.Err())
+	}
+	stop()
+	if r4.Err() == nil || ownerMovedErr(parent, r4) != nil {
+		t.Fatalf("the parent's end: %v, taken for a move: %v", r4.Err(), ownerMovedErr(parent, r4))
+	}
+}

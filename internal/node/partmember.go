@@ -167,8 +167,7 @@ func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwne
 			set.pump.Wake(uint32(p))
 		}
 		if int(p) < len(ms) {
-			ms[p].cache.forget() // NOT_OWNER names the new owner at once
-			poke(ms[p].look)
+			ms[p].announced()
 		}
 	}); err != nil {
 		log.Warn("listening for partitions' new owners failed; relays to a moved partition wait out their backoff", "err", err)
