@@ -181,6 +181,15 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// DialTimeout bounds one connection attempt and handshake; zero means 5s.
 	DialTimeout time.Duration
+	// PongTimeout is how long, after each PING it sends, the client waits
+	// for the server to send anything (its PONG, or any byte of any
+	// frame) before it takes the server for gone and connects again (to
+	// another node of a cluster, if this one does not answer); zero means
+	// a third of the server's ping interval (10 s at dingd's default). A
+	// server that froze (paused, its machine hung, the network to it
+	// dropping packets) sends no reset; without this the client would
+	// notice only after three silent ping intervals (90 s).
+	PongTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -904,10 +913,20 @@ func (c *Client) session(l *link) error {
 	if ping <= 0 {
 		ping = 30 * time.Second
 	}
+	pongWait := c.cfg.PongTimeout
+	if pongWait <= 0 {
+		pongWait = ping / 3
+	}
+	heard := &heardConn{Conn: nc}
+	heard.last.Store(time.Now().UnixNano())
 	readErr := make(chan error, 1)
-	go func() { readErr <- c.readLoop(nc, maxInbound, 3*ping) }()
+	go func() { readErr <- c.readLoop(heard, maxInbound, 3*ping) }()
 	t := time.NewTicker(ping)
 	defer t.Stop()
+	pong := time.NewTimer(pongWait)
+	pong.Stop()
+	defer pong.Stop()
+	var pinged int64 // unix ns of the PING the pong timer waits on
 	var err error
 loop:
 	for {
@@ -919,7 +938,17 @@ loop:
 			err = <-readErr
 			break loop
 		case <-t.C:
-			c.write(wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: uint64(time.Now().UnixNano())}))
+			pinged = time.Now().UnixNano()
+			c.write(wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: uint64(pinged)}))
+			pong.Reset(pongWait)
+		case <-pong.C:
+			if heard.last.Load() >= pinged {
+				continue // the server spoke since the PING
+			}
+			c.mu.Lock()
+			c.ncReason = fmt.Errorf("client: server silent for %v after a PING (PongTimeout): taken for gone", pongWait)
+			c.mu.Unlock()
+			nc.Close()
 		}
 	}
 	c.mu.Lock()
@@ -942,8 +971,25 @@ loop:
 	return err
 }
 
+// heardConn is a connection that notes when it last read anything: the
+// pong timer's evidence that the server is alive (a frame still arriving
+// counts, however large and slow).
+type heardConn struct {
+	net.Conn
+	last atomic.Int64 // unix ns of the last read that returned bytes
+}
+
+func (h *heardConn) Read(p []byte) (int, error) {
+	n, err := h.Conn.Read(p)
+	if n > 0 {
+		h.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
 // readLoop reads frames until the connection fails. A server that sends
-// nothing, not even the PONGs to our PINGs, for silence is taken for dead.
+// nothing, not even the PONGs to our PINGs, for silence is taken for dead
+// (and sooner, by the pong timer, which closes the connection).
 func (c *Client) readLoop(nc net.Conn, max int, silence time.Duration) error {
 	// Buffered: a catch-up arrives as many frames per TCP read, and two
 	// reads (header, payload) per frame straight from the socket would be

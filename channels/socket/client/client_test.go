@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -421,4 +422,69 @@ func TestOversizedRequestsFailAtOnceAndKeepTheConnection(t *testing.T) {
 	if after := ana.Stats(); after.Connects != before.Connects {
 		t.Fatalf("the client reconnected (%d → %d connections): an oversized request cost the connection", before.Connects, after.Connects)
 	}
+}
+
+// TestFrozenServerIsLeftAfterAPing plays a server that completes the
+// handshake and then freezes: it keeps the connection open and says
+// nothing, as a paused process or a network dropping packets would. The
+// client takes it for gone PongTimeout after its first PING, not after
+// three silent ping intervals (here 3 s each), and says why.
+func TestFrozenServerIsLeftAfterAPing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, nc)
+			mu.Unlock()
+			var hdr [wire.HeaderLen]byte
+			if _, err := io.ReadFull(nc, hdr[:]); err != nil {
+				continue
+			}
+			n, _, _ := wire.ParseHeader(hdr[:], 1<<20)
+			io.ReadFull(nc, make([]byte, n-1))
+			nc.Write(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: 3000}))
+			go io.Copy(io.Discard, nc) // frozen: reads PINGs, answers nothing
+		}
+	}()
+	downs := make(chan error, 4)
+	c, err := client.Dial(context.Background(), client.Config{Addr: ln.Addr().String(), Token: "t", Device: "d", MinBackoff: time.Millisecond,
+		PongTimeout: 100 * time.Millisecond,
+		OnSession: func(e client.SessionEvent) {
+			if e.Kind == client.SessionDown {
+				select {
+				case downs <- e.Err:
+				default:
+				}
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case err := <-downs:
+		if err == nil || !strings.Contains(err.Error(), "after a PING") {
+			t.Fatalf("the session ended with %v, want the PING left unanswered", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the client never left the frozen server")
+	}
+	nodetest.WaitFor(t, "a reconnect", 10*time.Second, func() bool { return c.Stats().Connects >= 2 })
 }
