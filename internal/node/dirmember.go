@@ -645,7 +645,9 @@ func (d *dirProxy) wrap(api http.Handler) http.Handler {
 				writeErr(w, http.StatusServiceUnavailable, "the node owning the directory did not answer; retry", "UNAVAILABLE")
 			},
 		}
-		proxy.ServeHTTP(w, r)
+		ctx, cancel := d.owners.Bound(r.Context(), uint32(d.p)) // a frozen owner's is abandoned once another serves
+		defer cancel()
+		proxy.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

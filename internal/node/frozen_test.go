@@ -2,9 +2,7 @@ package node_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -86,9 +84,9 @@ func (f *freezer) track(c net.Conn) {
 	f.mu.Unlock()
 }
 
-// pipe copies from src to dst until either ends or the proxy freezes;
-// what it reads once frozen it counts and drops, and it then reads on
-// (keeping the connection open) until the proxy closes.
+// pipe copies from src to dst until either ends; once the proxy is
+// frozen it counts and drops what it reads, and passes nothing on, not
+// even src's close (the proxy's own close ends dst).
 func (f *freezer) pipe(dst, src net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
@@ -101,8 +99,8 @@ func (f *freezer) pipe(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
-			if !f.isFrozen() || errors.Is(err, net.ErrClosed) || err == io.EOF {
-				dst.Close()
+			if !f.isFrozen() {
+				dst.Close() // passed on; once frozen, not even a close gets through
 			}
 			return
 		}
@@ -121,11 +119,12 @@ func (f *freezer) close() {
 // A relay in flight to a node that froze (its process paused, its
 // machine hung) is abandoned when the destination partition's new owner
 // is announced, and sent again to it; it does not wait for the request
-// to time out. Node b is reached by node a only through a proxy, which
-// freezes while a's relay to b's partition is in flight; b then hands the
-// partition over to a (the test talks to b directly). The relay's
-// timeout is an hour: the message arrives only if a abandons the
-// request to the frozen b.
+// to time out; so is an admin request a sent on to b. Node b is reached
+// by node a only through a proxy, which freezes while a's relay to b's
+// partition is in flight; b then hands the partition over to a (the test
+// talks to b directly). The relay's timeout is an hour and the admin
+// request has none: the message arrives, and the request is answered
+// (503: retry), only if a abandons its requests to the frozen b.
 func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
 	coord := cluster.NewMemCoord(time.Now)
 	ctx := context.Background()
@@ -208,9 +207,32 @@ func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
 	}
 	// Through the proxy, while it forwards.
 	delivered(send("before"), 20*time.Second, "the relay from a to b works")
+	// A message homed in the moving partition, for an admin request about
+	// it through a (sent on to its owner, ownerProxy).
+	homed, err := rc.Send(ctx, []string{from}, []byte("from the moving partition"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	proxy.Freeze()
 	frozenID := send("while b is frozen") // acknowledged: a's partition and its standby
 	nodetest.WaitFor(t, "a's relay request to reach the frozen proxy", 20*time.Second, func() bool { return proxy.held.Load() > 0 })
+	// The admin request goes to b (frozen) too, and waits there.
+	sentOn := metricSum(t, a.n, "ding_cluster_api_sent_on_total", "")
+	answered := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/v1/messages/%s/receipts", a.http, homed.ID), nil)
+		req.Header.Set("Authorization", "Bearer "+a.n.AdminToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- -1
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	nodetest.WaitFor(t, "the admin request to be sent on to b", 20*time.Second, func() bool {
+		return metricSum(t, a.n, "ding_cluster_api_sent_on_total", "") > sentOn
+	})
 	// b hands the partition over to a, its standby (asked directly).
 	req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", b.http, moving), nil)
 	req.Header.Set("Authorization", "Bearer "+b.n.AdminToken())
@@ -224,6 +246,25 @@ func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
 	}
 	nodetest.WaitFor(t, "a to serve partition "+strconv.Itoa(moving), 20*time.Second, func() bool { return a.n.Engines()[moving] != nil })
 	delivered(frozenID, 20*time.Second, "the relay request in flight to the frozen b was not abandoned (its timeout is an hour)")
+	// The admin request to the frozen b is abandoned too, with an answer
+	// to retry; asked again, a answers it itself.
+	select {
+	case code := <-answered:
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("the admin request sent on to the frozen b: %d, want 503 (retry)", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the admin request sent on to the frozen b still waits 20s after the hand-over")
+	}
+	req, _ = http.NewRequest("GET", fmt.Sprintf("http://%s/v1/messages/%s/receipts", a.http, homed.ID), nil)
+	req.Header.Set("Authorization", "Bearer "+a.n.AdminToken())
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the admin request asked again: %d, want 200 from a", resp.StatusCode)
+	}
 	after := send("after the hand-over")
 	delivered(after, 20*time.Second, "a relays to itself now")
 	mu.Lock()

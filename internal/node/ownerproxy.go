@@ -40,6 +40,10 @@ type ownerProxy struct {
 	// owner returns the HTTP address of partition p's owner, "" when none
 	// other than this node serves it now.
 	owner func(ctx context.Context, p int) string
+	// bound (nil: none) ends a request sent on to partition p's owner
+	// when the partition's new owner is announced (ownerMoves): the old
+	// one may be frozen, and would hold it until the client gave up.
+	bound func(ctx context.Context, p int) (context.Context, context.CancelFunc)
 	peer  *http.Client
 	fwd   *forwarder         // the client's address and certificate, signed
 	sent  prometheus.Counter // the requests sent on
@@ -93,6 +97,11 @@ func (o *ownerProxy) wrap(api http.Handler) http.Handler {
 			ErrorHandler: func(http.ResponseWriter, *http.Request, error) {
 				dw.release() // the owner did not answer: this node's UNAVAILABLE
 			},
+		}
+		if o.bound != nil {
+			ctx, cancel := o.bound(r.Context(), dw.partition)
+			defer cancel()
+			r = r.WithContext(ctx)
 		}
 		proxy.ServeHTTP(w, r)
 	})
