@@ -61,6 +61,14 @@ export interface ConnectOptions {
   redirectURL?: (addr: string) => string | undefined;
   /** Bounds one attempt, open and handshake; default 5000 ms. */
   connectTimeoutMs?: number;
+  /**
+   * How long after each PING the client waits for the server to send
+   * anything before it takes the server for gone and reconnects; default a
+   * third of the server's ping interval (10 s). A node that froze (paused,
+   * hung, a network dropping packets) sends no close: without this the
+   * client would notice only after three silent ping intervals (90 s).
+   */
+  pongTimeoutMs?: number;
   /** Listeners subscribed before the first byte is read (the same as on() right after connect resolves). */
   on?: { [K in keyof Events]?: (ev: Events[K]) => void };
 }
@@ -217,6 +225,7 @@ export class DingClient {
   private stored: bigint | undefined;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private pongTimer: ReturnType<typeof setTimeout> | undefined;
   private lastHeard = 0;
   private url: string;
   private idPrefix = randomHex(12); // 96 bits, as §6 asks
@@ -700,7 +709,9 @@ export class DingClient {
 
   private startPing(ws: WebSocketLike, interval: number): void {
     clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
     this.lastHeard = Date.now();
+    const pongWait = this.opts.pongTimeoutMs ?? interval / 3;
     this.pingTimer = setInterval(() => {
       if (this.ws !== ws) return;
       // Silence for three intervals, not even a PONG: the server is gone.
@@ -708,13 +719,20 @@ export class DingClient {
         ws.close(4000, "server silent");
         return;
       }
-      this.write(encodeFrame(pb.FrameType.PING, pb.PingSchema, { nonce: BigInt(Date.now()) }));
+      const pinged = Date.now();
+      this.write(encodeFrame(pb.FrameType.PING, pb.PingSchema, { nonce: BigInt(pinged) }));
+      // Nothing at all since the PING, not even its PONG: a frozen node.
+      clearTimeout(this.pongTimer);
+      this.pongTimer = setTimeout(() => {
+        if (this.ws === ws && this.lastHeard < pinged) ws.close(4000, "server silent after a PING");
+      }, pongWait);
     }, interval);
   }
 
   /** A session ended (or an attempt failed): fail its requests, then reconnect or stop. */
   private lost(err: Error | undefined): void {
     clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
     this.pingTimer = undefined;
     const hadSession = this.session !== undefined;
     this.session = undefined;
@@ -756,6 +774,7 @@ export class DingClient {
     this.closedPromise = new Promise((r) => (this.resolveClosed = r));
     clearTimeout(this.retryTimer);
     clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
     const closed = new ClosedError(err ?? undefined);
     const subs = [...this.submits.values()];
     this.submits.clear();

@@ -254,3 +254,16 @@ test("a stored cursor of another user is not used: the client reconnects without
   assert.deepEqual(await store.get("web"), { user: "kim", seq: 3n });
   await c.close();
 });
+
+test("a server that answers nothing after a PING (frozen) is left within pongTimeoutMs, not three ping intervals", async () => {
+  const pc = connect({ ...opts, pongTimeoutMs: 20 });
+  const { s } = await accept({ pingIntervalMs: 3000 }); // three silent intervals: 9 s
+  const c = await pc;
+  const down = collect<{ error?: Error }>((fn) => c.on("disconnect", fn), 1);
+  assert.equal((await s.read()).type, pb.FrameType.PING); // read, never answered
+  const [ev] = await down;
+  assert.match(String(ev.error?.message), /server silent after a PING/);
+  const again = await FakeWS.next(); // it connects again
+  assert.ok(again);
+  await c.close();
+});
