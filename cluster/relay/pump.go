@@ -316,7 +316,8 @@ func (l *link) send(ctx context.Context, b engine.RelayBatch) (uint64, error) {
 	l.inFlightMu.Lock()
 	l.inFlight = nil
 	l.inFlightMu.Unlock()
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), ErrAbandoned) {
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.Canceled) && errors.Is(context.Cause(sctx), ErrAbandoned) {
+		// (An answer that came before the abandon keeps its own error.)
 		err = fmt.Errorf("%w (%v)", ErrAbandoned, err)
 	}
 	return through, err

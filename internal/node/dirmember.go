@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -210,18 +211,27 @@ func (o *dirObserver) attach(id string, db *pebblestore.DB) error {
 // machine hung, the network to it dropping packets) would otherwise hold
 // it until TCP gave up, minutes, while the directory moved on elsewhere.
 func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluster.Changes, error) {
+	since := o.owners.Since(uint32(o.p))
 	base, err := o.owners.Owner(ctx, uint32(o.p)) // errNoOwner while none holds it
 	if err != nil {
 		return 0, cluster.Changes{}, err
 	}
-	rctx, cancel := o.owners.Bound(ctx, uint32(o.p))
+	rctx, cancel := boundTo(ctx, since)
 	defer cancel()
-	rctx, cancelWait := context.WithTimeout(rctx, wait+changesSlack)
-	defer cancelWait()
+	// The wait bounds the answer's start, not its whole: once its first
+	// byte is here, a large answer takes what it takes.
+	rctx, cancelWait := context.WithCancelCause(rctx)
+	defer cancelWait(nil)
+	firstByte := time.AfterFunc(wait+changesSlack, func() { cancelWait(errNoAnswer) })
+	defer firstByte.Stop()
+	rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{GotFirstResponseByte: func() { firstByte.Stop() }})
 	ch, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchChanges(rctx, o.obs.State().Seq, wait)
 	if err != nil {
 		if moved := ownerMovedErr(ctx, rctx); moved != nil {
 			return 0, cluster.Changes{}, moved
+		}
+		if errors.Is(context.Cause(rctx), errNoAnswer) {
+			err = fmt.Errorf("%w (%v)", errNoAnswer, err)
 		}
 		if !errors.Is(err, cluster.ErrChangesTrimmed) {
 			o.owners.Forget(uint32(o.p)) // perhaps not the owner any more
@@ -236,9 +246,13 @@ func (o *dirObserver) step(ctx context.Context, wait time.Duration) (int, cluste
 }
 
 // changesSlack is how long past its wait an observer's request for the
-// owner's changes may take (the answer's own time: a large one, read
-// from the owner's store and sent) before it is given up and asked again.
+// owner's changes may go without the answer's first byte before it is
+// given up and asked again.
 var changesSlack = 5 * time.Second
+
+// errNoAnswer: the owner did not begin to answer within the wait and
+// changesSlack.
+var errNoAnswer = errors.New("node: the directory's owner did not begin to answer")
 
 // next returns a channel closed when the copy next moves (publish).
 func (o *dirObserver) next() <-chan struct{} {
@@ -391,13 +405,14 @@ func (o *dirObserver) reinstall(ctx context.Context) error {
 	if o.n == nil || o.db == nil {
 		return errors.New("node: the directory's copy is not attached")
 	}
+	since := o.owners.Since(uint32(o.p))
 	base, err := o.owners.Owner(ctx, uint32(o.p))
 	if err != nil {
 		return err
 	}
 	tmp := filepath.Join(o.n.cfg.DataDir, "dir-snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	defer os.RemoveAll(tmp)
-	bctx, cancel := o.owners.Bound(ctx, uint32(o.p)) // a frozen owner's is abandoned once another serves
+	bctx, cancel := boundTo(ctx, since) // a frozen owner's is abandoned once another serves
 	snap, err := cluster.Endpoint{Client: o.peer, URL: base, Secret: o.secret, P: o.p}.FetchSnapshot(bctx, tmp)
 	cancel()
 	if err != nil {
@@ -613,6 +628,7 @@ func (d *dirProxy) wrap(api http.Handler) http.Handler {
 			writeErr(w, http.StatusServiceUnavailable, "the directory's partition moved while this change was on its way; retry", "UNAVAILABLE")
 			return
 		}
+		since := d.owners.Since(uint32(d.p)) // before the owner is looked up
 		base, err := d.owners.Owner(r.Context(), uint32(d.p))
 		var target *url.URL
 		if err == nil {
@@ -645,7 +661,7 @@ func (d *dirProxy) wrap(api http.Handler) http.Handler {
 				writeErr(w, http.StatusServiceUnavailable, "the node owning the directory did not answer; retry", "UNAVAILABLE")
 			},
 		}
-		ctx, cancel := d.owners.Bound(r.Context(), uint32(d.p)) // a frozen owner's is abandoned once another serves
+		ctx, cancel := boundTo(r.Context(), since) // a frozen owner's is abandoned once another serves
 		defer cancel()
 		proxy.ServeHTTP(w, r.WithContext(ctx))
 	})

@@ -566,9 +566,17 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 	m.state.Store(stateJoining)
 	// Until the snapshot is installed, this member's store is unchanged:
 	// its fence (recover.go) stays what run read.
+	// since is what the next announcement of a move cancels, taken before
+	// each look at the lease: the requests to holder below end at a move
+	// announced since it was looked at (holder may be frozen, not dead).
+	var since context.Context
 	stillOwner := func() bool {
+		since = m.moves.current()
 		h, _, err := m.c.Lease(ctx, m.p)
 		return err != nil || h == holder
+	}
+	if !stillOwner() {
+		return m.run(ctx) // it moved since run looked
 	}
 	for ctx.Err() == nil && !m.drained.Load() {
 		addr, err := m.c.Addr(ctx, holder)
@@ -587,11 +595,11 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 			if cur, held, err := m.localState(); err != nil {
 				return err
 			} else if held && !cur.Stale && !cur.Demoted && !cur.Learner {
-				bctx, cancel := m.moves.bound(ctx)
+				bctx, cancel := boundTo(ctx, since)
 				st, err := m.endpoint(addr).ContinueAsStandby(bctx, m.mc.ID, cur)
 				moved := ownerMovedErr(ctx, bctx)
 				cancel()
-				if moved != nil {
+				if err != nil && moved != nil { // (an answer that came wins)
 					m.log.Info("the partition's new owner was announced while the old one was asked to continue from this member's history; looking again", "owner", holder)
 					m.pause(ctx)
 					if !stillOwner() {
@@ -628,7 +636,7 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 		if err := os.MkdirAll(filepath.Dir(m.storeDir()), 0o700); err != nil {
 			return fmt.Errorf("node: %w", err)
 		}
-		bctx, cancel := m.moves.bound(ctx)
+		bctx, cancel := boundTo(ctx, since)
 		st, err := m.endpoint(addr).FetchSnapshot(bctx, tmp)
 		moved := ownerMovedErr(ctx, bctx)
 		cancel()
@@ -670,7 +678,15 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 			m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
 		}
 		return m.follow(ctx, st, true, func() error {
-			return m.endpoint(addr).RequestStandbyPlace(ctx, m.mc.ID, replacing, st)
+			bctx, cancel := boundTo(ctx, since)
+			defer cancel()
+			err := m.endpoint(addr).RequestStandbyPlace(bctx, m.mc.ID, replacing, st)
+			if moved := ownerMovedErr(ctx, bctx); err != nil && moved != nil {
+				// Asked of an owner since replaced: the place is not
+				// this snapshot's to take (as when refused).
+				return fmt.Errorf("%w: %w", cluster.ErrStandbyRefused, moved)
+			}
+			return err
 		})
 	}
 	if m.drained.Load() {

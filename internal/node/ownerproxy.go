@@ -40,10 +40,11 @@ type ownerProxy struct {
 	// owner returns the HTTP address of partition p's owner, "" when none
 	// other than this node serves it now.
 	owner func(ctx context.Context, p int) string
-	// bound (nil: none) ends a request sent on to partition p's owner
-	// when the partition's new owner is announced (ownerMoves): the old
-	// one may be frozen, and would hold it until the client gave up.
-	bound func(ctx context.Context, p int) (context.Context, context.CancelFunc)
+	// since (nil: none) returns what the announcement of partition p's
+	// next move cancels (ownerMoves.current): a request sent on to its
+	// owner ends then, as the old owner may be frozen and would hold it
+	// until the client gave up.
+	since func(p int) context.Context
 	peer  *http.Client
 	fwd   *forwarder         // the client's address and certificate, signed
 	sent  prometheus.Counter // the requests sent on
@@ -76,6 +77,10 @@ func (o *ownerProxy) wrap(api http.Handler) http.Handler {
 		if dw.partition < 0 {
 			return // answered here
 		}
+		var since context.Context
+		if o.since != nil {
+			since = o.since(dw.partition) // before the owner is looked up
+		}
 		base := o.owner(r.Context(), dw.partition)
 		target, err := url.Parse(base)
 		if base == "" || err != nil {
@@ -98,8 +103,8 @@ func (o *ownerProxy) wrap(api http.Handler) http.Handler {
 				dw.release() // the owner did not answer: this node's UNAVAILABLE
 			},
 		}
-		if o.bound != nil {
-			ctx, cancel := o.bound(r.Context(), dw.partition)
+		if since != nil {
+			ctx, cancel := boundTo(r.Context(), since)
 			defer cancel()
 			r = r.WithContext(ctx)
 		}

@@ -29,35 +29,49 @@ type coordOwners struct {
 	moved map[uint32]*ownerMoves
 }
 
-// ownerMoves ends requests to a partition's owner, made under bound,
-// when moved is called: the coordinator announced that the partition has
+// ownerMoves ends requests to a partition's owner, bound (boundTo) to
+// what current returned before the owner was looked up, when moved is
+// called: the coordinator announced that the partition has
 // a new owner, and the old one may be frozen (paused, its machine hung,
 // the network to it dropping packets) rather than dead, holding each
 // request until its own timeout, or until TCP gives up (minutes). The
 // zero value is ready.
 type ownerMoves struct {
 	mu     sync.Mutex
-	ctx    context.Context // cancelled by the next moved; nil before the first bound
+	ctx    context.Context // cancelled by the next moved; nil before the first current
 	cancel context.CancelFunc
 }
 
 // errOwnerMoved is the cause of a context ownerMoves ended.
 var errOwnerMoved = errors.New("node: the partition has a new owner")
 
-// bound returns ctx, ended also by the next moved (cause errOwnerMoved).
-func (s *ownerMoves) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+// current returns the move the requests made now wait on: a context
+// that the next moved cancels. A caller that takes it before it looks up
+// the owner, and binds its request to it (boundTo), learns of a move
+// announced in between too.
+func (s *ownerMoves) current() context.Context {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ctx == nil {
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 	}
-	moved := s.ctx
-	s.mu.Unlock()
+	return s.ctx
+}
+
+// boundTo returns ctx, ended also by the move since waits on (an
+// ownerMoves.current result), with errOwnerMoved as the cause: at once
+// if that move happened already.
+func boundTo(ctx, since context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(moved, func() { cancel(errOwnerMoved) })
+	if since.Err() != nil {
+		cancel(errOwnerMoved)
+		return ctx, func() {}
+	}
+	stop := context.AfterFunc(since, func() { cancel(errOwnerMoved) })
 	return ctx, func() { stop(); cancel(nil) }
 }
 
-// moved ends the requests made under bound so far.
+// moved ends the requests bound to what current returned so far.
 func (s *ownerMoves) moved() {
 	s.mu.Lock()
 	cancel := s.cancel
@@ -97,6 +111,7 @@ func (o *coordOwners) Owner(ctx context.Context, p uint32) (string, error) {
 	if ok && o.now().Sub(a.at) < o.ttl {
 		return a.url, nil
 	}
+	since := o.Since(p)
 	holder, _, err := o.c.Lease(ctx, cluster.Partition(p))
 	if err != nil {
 		return "", err
@@ -112,7 +127,11 @@ func (o *coordOwners) Owner(ctx context.Context, p uint32) (string, error) {
 		return "", fmt.Errorf("node: partition %d's owner %s has published no address", p, holder)
 	}
 	o.mu.Lock()
-	o.cache[p] = ownerAnswer{url: url, at: o.now()}
+	if since.Err() == nil {
+		// Kept only if no move was announced while it was looked up: the
+		// answer may be the old owner's, which Moved just forgot.
+		o.cache[p] = ownerAnswer{url: url, at: o.now()}
+	}
 	o.mu.Unlock()
 	return url, nil
 }
@@ -127,7 +146,7 @@ func (o *coordOwners) Forget(p uint32) {
 
 // Moved is Forget, told by the coordinator's announcement that partition
 // p has a new owner: it also ends the requests to p's owner in flight
-// under Bound (ownerMoves).
+// that are bound to Since(p) (ownerMoves).
 func (o *coordOwners) Moved(p uint32) {
 	o.mu.Lock()
 	delete(o.cache, p)
@@ -138,9 +157,10 @@ func (o *coordOwners) Moved(p uint32) {
 	}
 }
 
-// Bound returns ctx, ended also by the next Moved(p) (with errOwnerMoved
-// as its cause), for a request to partition p's owner.
-func (o *coordOwners) Bound(ctx context.Context, p uint32) (context.Context, context.CancelFunc) {
+// Since returns what the next Moved(p) cancels: taken before the owner is
+// looked up, a request bound to it (boundTo) also ends for a move
+// announced during the lookup.
+func (o *coordOwners) Since(p uint32) context.Context {
 	o.mu.Lock()
 	s := o.moved[p]
 	if s == nil {
@@ -148,5 +168,5 @@ func (o *coordOwners) Bound(ctx context.Context, p uint32) (context.Context, con
 		o.moved[p] = s
 	}
 	o.mu.Unlock()
-	return s.bound(ctx)
+	return s.current()
 }

@@ -139,25 +139,27 @@ func TestDirObserverLeavesAFrozenOwner(t *testing.T) {
 	done = step(0)
 	select {
 	case err := <-done:
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("without an announcement: %v, want a deadline", err)
+		if !errors.Is(err, errNoAnswer) {
+			t.Fatalf("without an announcement: %v, want errNoAnswer", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the request to the frozen owner outlived its wait and changesSlack")
 	}
 }
 
-// ownerMoves ends every request made under bound at the next moved, with
-// errOwnerMoved as the cause, and only those: one made after it runs on;
-// a request's own cancel ends only it; and the parent's end is not taken
-// for a move.
+// ownerMoves ends every request bound to what current returned at the
+// next moved, with errOwnerMoved as the cause, and only those: one bound
+// to a current taken after it runs on, one bound to a current taken
+// before it ends at once; a request's own cancel ends only it; and the
+// parent's end is not taken for a move.
 func TestOwnerMovesEndsTheRequestsInFlight(t *testing.T) {
 	var m ownerMoves
 	parent, stop := context.WithCancel(context.Background())
 	defer stop()
-	r1, c1 := m.bound(parent)
-	r2, c2 := m.bound(parent)
-	r3, c3 := m.bound(parent)
+	before := m.current()
+	r1, c1 := boundTo(parent, m.current())
+	r2, c2 := boundTo(parent, m.current())
+	r3, c3 := boundTo(parent, m.current())
 	c3()
 	if r1.Err() != nil || r2.Err() != nil || r3.Err() == nil {
 		t.Fatalf("before moved: %v %v %v", r1.Err(), r2.Err(), r3.Err())
@@ -178,7 +180,13 @@ func TestOwnerMovesEndsTheRequestsInFlight(t *testing.T) {
 	}
 	c1()
 	c2()
-	r4, c4 := m.bound(parent)
+	// Bound after the move to a current taken before it: ended at once.
+	late, cl := boundTo(parent, before)
+	defer cl()
+	if ownerMovedErr(parent, late) == nil {
+		t.Fatalf("a request bound to a move already announced: %v", late.Err())
+	}
+	r4, c4 := boundTo(parent, m.current())
 	defer c4()
 	if r4.Err() != nil {
 		t.Fatalf("a request made after moved: %v", r4.Err())
@@ -186,5 +194,65 @@ func TestOwnerMovesEndsTheRequestsInFlight(t *testing.T) {
 	stop()
 	if r4.Err() == nil || ownerMovedErr(parent, r4) != nil {
 		t.Fatalf("the parent's end: %v, taken for a move: %v", r4.Err(), ownerMovedErr(parent, r4))
+	}
+}
+
+// heldCoord holds each Lease lookup until the test releases it.
+type heldCoord struct {
+	cluster.Coord
+	entered, release chan struct{}
+}
+
+func (h *heldCoord) Lease(ctx context.Context, p cluster.Partition) (string, uint64, error) {
+	h.entered <- struct{}{}
+	<-h.release
+	return h.Coord.Lease(ctx, p)
+}
+
+// An owner looked up while its partition's move is announced is
+// answered, but not kept: the next ask looks again (the answer may be
+// the old owner's, which Moved just forgot).
+func TestCoordOwnersKeepNoAnswerAMoveOvertook(t *testing.T) {
+	ctx := context.Background()
+	mc := cluster.NewMemCoord(time.Now)
+	if _, ok, err := mc.TakeLease(ctx, 3, "b", 0, time.Hour); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if err := mc.SetAddr(ctx, "b", "http://10.0.0.2:7080", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	h := &heldCoord{Coord: mc, entered: make(chan struct{}), release: make(chan struct{})}
+	o := newCoordOwners(h, time.Hour)
+	got := make(chan string, 1)
+	go func() {
+		url, _ := o.Owner(ctx, 3)
+		got <- url
+	}()
+	<-h.entered
+	o.Moved(3) // announced while the lookup runs
+	h.release <- struct{}{}
+	if url := <-got; url != "http://10.0.0.2:7080" {
+		t.Fatalf("the lookup answered %q", url)
+	}
+	go func() {
+		url, _ := o.Owner(ctx, 3)
+		got <- url
+	}()
+	select {
+	case <-h.entered: // looked up again: nothing was kept
+		h.release <- struct{}{}
+		<-got
+	case url := <-got:
+		t.Fatalf("answered %q from the cache, kept although a move overtook its lookup", url)
+	}
+	// A lookup no move overtook is kept.
+	go func() {
+		url, _ := o.Owner(ctx, 3)
+		got <- url
+	}()
+	select {
+	case <-h.entered:
+		t.Fatal("looked up again: the answer before was not kept")
+	case <-got:
 	}
 }

@@ -234,11 +234,11 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		}
 		_, _, addr := ms[i].owner(ctx)
 		return addr
-	}, bound: func(ctx context.Context, i int) (context.Context, context.CancelFunc) {
+	}, since: func(i int) context.Context {
 		if i < 0 || i >= len(ms) {
-			return context.WithCancel(ctx)
+			return context.Background() // (no owner: nothing is sent on)
 		}
-		return ms[i].moves.bound(ctx)
+		return ms[i].moves.current()
 	}, sent: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ding_cluster_api_sent_on_total",
 		Help: "Admin API requests about a partition this node does not serve, sent on to the node that does.",
