@@ -334,6 +334,36 @@ func nodeFiles(dataDir string) []string {
 
 // endpoint is this member's partition's cluster routes on the node at
 // addr (its advertised HTTP URL).
+// toHolder bounds a request to holder, the partition's owner when the
+// lease was last looked at: it ends (errOwnerMoved) at a move announced
+// since then (since: ownerMoves.current, taken before that look), or,
+// should the announcement be lost (they are hints), when a look at the
+// lease, every quarter of a lease while it runs, finds another holder or
+// none. A frozen owner would otherwise hold it until TCP gave up.
+func (m *member) toHolder(ctx, since context.Context, holder string) (context.Context, context.CancelFunc) {
+	bctx, unbind := boundTo(ctx, since)
+	wctx, cancel := context.WithCancelCause(bctx)
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(max(m.mc.LeaseTTL/4, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-wctx.Done():
+				return
+			case <-t.C:
+				if h, _, err := m.c.Lease(wctx, m.p); err == nil && h != holder {
+					cancel(errOwnerMoved)
+					return
+				}
+			}
+		}
+	}()
+	return wctx, func() { close(done); cancel(nil); unbind() }
+}
+
 // announced acts on the coordinator's announcement that the partition's
 // owner let it go or a new one serves it (cluster.Announcer): the owner
 // cached is forgotten (NOT_OWNER names the new one at once), requests to
@@ -595,7 +625,7 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 			if cur, held, err := m.localState(); err != nil {
 				return err
 			} else if held && !cur.Stale && !cur.Demoted && !cur.Learner {
-				bctx, cancel := boundTo(ctx, since)
+				bctx, cancel := m.toHolder(ctx, since, holder)
 				st, err := m.endpoint(addr).ContinueAsStandby(bctx, m.mc.ID, cur)
 				moved := ownerMovedErr(ctx, bctx)
 				cancel()
@@ -636,7 +666,7 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 		if err := os.MkdirAll(filepath.Dir(m.storeDir()), 0o700); err != nil {
 			return fmt.Errorf("node: %w", err)
 		}
-		bctx, cancel := boundTo(ctx, since)
+		bctx, cancel := m.toHolder(ctx, since, holder)
 		st, err := m.endpoint(addr).FetchSnapshot(bctx, tmp)
 		moved := ownerMovedErr(ctx, bctx)
 		cancel()
@@ -678,7 +708,7 @@ func (m *member) join(ctx context.Context, holder, replacing string) error {
 			m.log.Info("joined as standby from the owner's snapshot", "owner", holder, "seq", st.Seq, "epoch", st.FenceEpoch)
 		}
 		return m.follow(ctx, st, true, func() error {
-			bctx, cancel := boundTo(ctx, since)
+			bctx, cancel := m.toHolder(ctx, since, holder)
 			defer cancel()
 			err := m.endpoint(addr).RequestStandbyPlace(bctx, m.mc.ID, replacing, st)
 			if moved := ownerMovedErr(ctx, bctx); err != nil && moved != nil {

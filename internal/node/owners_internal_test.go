@@ -256,3 +256,38 @@ func TestCoordOwnersKeepNoAnswerAMoveOvertook(t *testing.T) {
 	case <-got:
 	}
 }
+
+// A member's request to the owner it looked up ends when the lease
+// moves, even when no announcement says so (they are hints, and may be
+// lost): toHolder looks at the lease while it runs.
+func TestMemberRequestEndsWhenTheLeaseMovesUnannounced(t *testing.T) {
+	ctx := context.Background()
+	c := cluster.NewMemCoord(time.Now)
+	eb, ok, err := c.TakeLease(ctx, 0, "b", 0, time.Hour)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	m := &member{c: c, p: 0, mc: MemberConfig{LeaseTTL: 100 * time.Millisecond}}
+	rctx, cancel := m.toHolder(ctx, m.moves.current(), "b")
+	defer cancel()
+	// b still holds it: the request runs on across several looks.
+	select {
+	case <-rctx.Done():
+		t.Fatalf("ended while b holds the lease: %v", context.Cause(rctx))
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := c.ReleaseLease(ctx, 0, "b", eb); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := c.TakeLease(ctx, 0, "c", 0, time.Hour); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	select {
+	case <-rctx.Done():
+		if ownerMovedErr(ctx, rctx) == nil {
+			t.Fatalf("ended with %v, want errOwnerMoved", context.Cause(rctx))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request to b still runs 10s after the lease moved to c")
+	}
+}
