@@ -24,6 +24,12 @@ type ClusterConfig struct {
 	Warmup, Run    time.Duration
 	// Failovers is how many times the serving member is killed.
 	Failovers int
+	// Pauses, with Partitions, is how many times the node serving u0 is
+	// paused (SIGSTOP) instead, and woken (SIGCONT) once u0's client has
+	// an acknowledgement again; PongTimeout is that client's (zero: the
+	// client library's default, a third of the ping interval).
+	Pauses      int
+	PongTimeout time.Duration
 	// OwnerOnly also runs the load against three members with
 	// --ack-replicas 0 (owner-only durability), on a redis-server of
 	// their own: the replication's cost in the same run.
@@ -451,12 +457,17 @@ func (cl *dingCluster) failover() (time.Duration, error) {
 // kill, and returns the time from the kill to the first acknowledgement
 // after it.
 func (cl *dingCluster) probeKill(token string, kill func() (time.Time, error)) (time.Duration, error) {
+	return cl.probe(token, 0, kill)
+}
+
+// probe is probeKill with the client's PongTimeout (zero: its default).
+func (cl *dingCluster) probe(token string, pong time.Duration, kill func() (time.Time, error)) (time.Duration, error) {
 	var addrs []string
 	for _, s := range cl.members {
 		addrs = append(addrs, s.Sock)
 	}
 	c, err := client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: token, Device: "failover",
-		DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
+		DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond, PongTimeout: pong})
 	if err != nil {
 		return 0, err
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dingmq/ding/channels/socket/client"
@@ -150,6 +151,18 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			return Table{}, fmt.Errorf("after failover %d: %w", i+1, err)
 		}
 	}
+	var pauses Latencies
+	for i := range cfg.Pauses {
+		fmt.Fprintf(os.Stderr, "cluster: pause %d of %d\n", i+1, cfg.Pauses)
+		d, err := cl.pausePartition(cfg.Partitions, cfg.PongTimeout)
+		if err != nil {
+			return Table{}, fmt.Errorf("pause %d: %w", i+1, err)
+		}
+		pauses = append(pauses, d)
+		if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
+			return Table{}, fmt.Errorf("after pause %d: %w", i+1, err)
+		}
+	}
 	sr, cr := rate(single.w.acked.Load(), cfg.Run), rate(run.w.acked.Load(), cfg.Run)
 	acked := max(cr*cfg.Run.Seconds(), 1)
 	rows := []Row{
@@ -174,12 +187,20 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if len(failovers) > 0 {
 		rows = append(rows, failoverRow("failover: SIGKILL of the node serving u0 → u0's first ack", failovers))
 	}
+	if len(pauses) > 0 {
+		pong := "the client's default PongTimeout (a third of the ping interval)"
+		if cfg.PongTimeout > 0 {
+			pong = "PongTimeout " + cfg.PongTimeout.String()
+		}
+		rows = append(rows, failoverRow("pause: SIGSTOP of the node serving u0 → u0's first ack ("+pong+")", pauses))
+	}
 	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
 	return Table{
 		Scenario: "cluster --partitions " + strconv.Itoa(cfg.Partitions),
 		Setup: fmt.Sprintf("Three dingd nodes of %d partitions each (a member per partition, plus the directory's; roles evened out by the nodes; default lease 3s) on one redis-server, on this machine's 2 cores with the load generator, against one dingd on its own in the same run. "+
 			"%d connections through the Go client library dialling node a and redirected to their users' owners, each a user submitting %d-byte messages to the next user (online), one at a time (closed loop); %v warm-up, %v measured. "+
 			"Failover: u0's client, given every node's address, sends one message at a time; the node serving u0 is killed with SIGKILL; the time is to the client's first acknowledgement afterwards (the lease running out, the standby's takeover, a new standby joining: no acknowledgement without one, the client moving); the killed node is restarted and the roles even out before the next kill. "+
+			"Pause (--pauses): the same, but the node is paused with SIGSTOP, and woken with SIGCONT once u0 has an acknowledgement again; u0's client, connected to it, gets no reset, and leaves it when a PING goes unanswered for its PongTimeout, or after three silent ping intervals. "+
 			"Hand-over: a user of one partition sends to a user of a partition another node owns, one message at a time, from 1 s before POST /v1/cluster/handover to the latter's owner until 6 s after; the figure is the longest submit→delivered of those messages, per hand-over (both clients given every node's address). "+
 			"Announcement (after the closed loop, on one dingd and on the cluster alike): %d more users created through the entry node's admin API (node a, which sends them on to the directory's owner), %d of them online with one raw device each, dialled at the entry node (a device whose user another node serves is redirected, NOT_OWNER, and dials the owner), then u0 announces 256 bytes to \"all\" through the entry node; times from the request, and from its 201, to each online device's DELIVER.",
 			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run, cfg.AnnUsers, cfg.AnnConns),
@@ -429,6 +450,32 @@ func (cl *dingCluster) handoverProbe(parts, users int) (time.Duration, int, erro
 		worst = max(worst, d.Sub(at))
 	}
 	return worst, len(submitted), nil
+}
+
+// pausePartition pauses (SIGSTOP) the node serving u0 while u0's client
+// sends, and returns the time from the pause to its first
+// acknowledgement; the node is woken (SIGCONT) afterwards, and, deposed,
+// follows its partitions again. The client, connected to the paused node,
+// gets no reset: it leaves it when a PING goes unanswered for pong (zero:
+// the client's default), or after three silent ping intervals.
+func (cl *dingCluster) pausePartition(parts int, pong time.Duration) (time.Duration, error) {
+	p := partitionOf("u0", parts)
+	var victim *Server
+	for id, ps := range cl.owners() {
+		if slices.Contains(ps, p) {
+			victim = cl.members[int(id[0]-'a')]
+		}
+	}
+	if victim == nil {
+		return 0, fmt.Errorf("no node owns u0's partition %d", p)
+	}
+	took, err := cl.probe(victim.Token("u0", "failover"), pong, func() (time.Time, error) {
+		return time.Now(), victim.cmd.Process.Signal(syscall.SIGSTOP)
+	})
+	if cerr := victim.cmd.Process.Signal(syscall.SIGCONT); cerr != nil && err == nil {
+		err = fmt.Errorf("waking the paused node: %w", cerr)
+	}
+	return took, err
 }
 
 func (cl *dingCluster) failoverPartition(parts int) (time.Duration, error) {

@@ -100,6 +100,8 @@ func run(args []string) error {
 	live := fs.Int("live", 50_000, "secret: live messages held at a restart")
 	restarts := fs.Int("restarts", 3, "secret: restarts of each server")
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
+	pauses := fs.Int("pauses", 0, "cluster --partitions: times the node serving u0 is paused (SIGSTOP) while u0 sends, then woken")
+	pongTimeout := fs.Duration("pong-timeout", 0, "cluster --pauses: the probing client's PongTimeout (0: the client's default; 3 ping intervals or more: as clients before PongTimeout)")
 	annUsers := fs.Int("ann-users", 100_000, "cluster --partitions: after the closed loop, create this many more users and announce to all, on one dingd and on the cluster (0: no announcement)")
 	annConns := fs.Int("ann-conns", 18_000, "cluster --partitions: of the announcement's users, how many are online (one raw device each)")
 	handovers := fs.Int("handovers", 3, "cluster --partitions: times a partition is handed over while a user of another sends into it")
@@ -181,7 +183,7 @@ func run(args []string) error {
 	cluster := func() (bench.Table, error) {
 		return wholeRuns(*bin, *against, func(b string) (bench.Table, error) {
 			return bench.Cluster(bench.ClusterConfig{Bin: b, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
-				Warmup: *warm, Run: *runFor, Failovers: *failovers, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts, Handovers: *handovers,
+				Warmup: *warm, Run: *runFor, Failovers: *failovers, Pauses: *pauses, PongTimeout: *pongTimeout, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts, Handovers: *handovers,
 				AnnUsers: *annUsers, AnnConns: *annConns})
 		})
 	}
