@@ -159,7 +159,9 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			return Table{}, fmt.Errorf("pause %d: %w", i+1, err)
 		}
 		pauses = append(pauses, d)
-		if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
+		// The woken node follows again, and balance hands partitions back
+		// to it: the next pause starts once the roles are quiet again.
+		if err := cl.waitSettled(10*time.Second, 180*time.Second); err != nil {
 			return Table{}, fmt.Errorf("after pause %d: %w", i+1, err)
 		}
 	}

@@ -185,10 +185,15 @@ type Config struct {
 	// for the server to send anything (its PONG, or any byte of any
 	// frame) before it takes the server for gone and connects again (to
 	// another node of a cluster, if this one does not answer); zero means
-	// a third of the server's ping interval (10 s at dingd's default). A
-	// server that froze (paused, its machine hung, the network to it
-	// dropping packets) sends no reset; without this the client would
-	// notice only after three silent ping intervals (90 s).
+	// a third of the server's ping interval (10 s at dingd's default). It
+	// pings every ping interval, and also when a request it sent (a
+	// SUBMIT, or one awaiting an answer) is followed by nothing at all
+	// from the server for a quarter of PongTimeout. A server that froze
+	// (paused, its machine hung, the network to it dropping packets)
+	// sends no reset: a client with something to send leaves it within
+	// 1.25 PongTimeout (12.5 s by default), an idle one within a ping
+	// interval and a PongTimeout (40 s); without this it would notice
+	// only after three silent ping intervals (90 s).
 	PongTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
@@ -417,7 +422,13 @@ type Client struct {
 	handed  []uint64 // guarded by hmu
 	nHanded uint64   // guarded by hmu
 
-	quit     chan struct{}
+	quit chan struct{}
+	// asked (capacity 1) tells the session that a request went out (a
+	// SUBMIT, or one awaiting an answer): if the server then says nothing
+	// for a quarter of PongTimeout, the session pings at once rather than
+	// at the next ping interval, so that a server that froze is found out
+	// soon after the client needs it.
+	asked    chan struct{}
 	quitOnce sync.Once
 	runDone  chan struct{} // runLoop has returned
 	pumpDone chan struct{} // pump has returned and closed Entries
@@ -509,6 +520,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		requests: map[uint64]chan reqDone{},
 		handed:   make([]uint64, cfg.Buffer+1),
 		quit:     make(chan struct{}),
+		asked:    make(chan struct{}, 1),
 		runDone:  make(chan struct{}),
 		pumpDone: make(chan struct{}),
 		done:     make(chan struct{}),
@@ -927,6 +939,10 @@ func (c *Client) session(l *link) error {
 	pong.Stop()
 	defer pong.Stop()
 	var pinged int64 // unix ns of the PING the pong timer waits on
+	probe := time.NewTimer(pongWait)
+	probe.Stop()
+	defer probe.Stop()
+	var askedAt int64 // unix ns of the request the probe timer looks after (0: none)
 	var err error
 loop:
 	for {
@@ -941,6 +957,25 @@ loop:
 			pinged = time.Now().UnixNano()
 			c.write(wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: uint64(pinged)}))
 			pong.Reset(pongWait)
+		case <-c.asked:
+			// A request went out: unless a look is due already, or a PING
+			// is unanswered, look a quarter of PongTimeout from now.
+			if askedAt == 0 && pinged <= heard.last.Load() {
+				askedAt = time.Now().UnixNano()
+				probe.Reset(pongWait / 4)
+			}
+		case <-probe.C:
+			// Nothing heard since the request went out (a live server
+			// answers it, or anything else, well within that): ping now
+			// rather than at the next ping interval. A busy session hears
+			// the server all the time, and pings no more than before.
+			quiet := heard.last.Load() < askedAt
+			askedAt = 0
+			if quiet && pinged <= heard.last.Load() {
+				pinged = time.Now().UnixNano()
+				c.write(wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: uint64(pinged)}))
+				pong.Reset(pongWait)
+			}
 		case <-pong.C:
 			if heard.last.Load() >= pinged {
 				continue // the server spoke since the PING
@@ -1206,6 +1241,14 @@ func (c *Client) write(frame []byte) {
 	c.writeTo(nc, frame)
 }
 
+// ask tells the session a request went out (see asked).
+func (c *Client) ask() {
+	select {
+	case c.asked <- struct{}{}:
+	default:
+	}
+}
+
 func (c *Client) writeTo(nc net.Conn, frame []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -1295,6 +1338,7 @@ func (c *Client) Send(ctx context.Context, to []string, body []byte, opts ...Sen
 	c.mu.Unlock()
 	if nc != nil {
 		c.writeTo(nc, p.frame)
+		c.ask()
 	}
 	select {
 	case d := <-p.done:
@@ -1366,6 +1410,7 @@ func (c *Client) request(ctx context.Context, build func(ref uint64) []byte) (pr
 	c.requests[ref] = ch
 	c.mu.Unlock()
 	c.write(frame)
+	c.ask()
 	select {
 	case d := <-ch:
 		return d.msg, d.err

@@ -424,26 +424,26 @@ func TestOversizedRequestsFailAtOnceAndKeepTheConnection(t *testing.T) {
 	}
 }
 
-// TestFrozenServerIsLeftAfterAPing plays a server that completes the
-// handshake and then freezes: it keeps the connection open and says
-// nothing, as a paused process or a network dropping packets would. The
-// client takes it for gone PongTimeout after its first PING, not after
-// three silent ping intervals (here 3 s each), and says why.
-func TestFrozenServerIsLeftAfterAPing(t *testing.T) {
+// frozenServer plays a server that completes the handshake (WELCOME
+// with ping interval pingMs) and then freezes: it keeps each connection
+// open and reads on, but says nothing, as a paused process or a network
+// dropping packets would. It returns its address.
+func frozenServer(t *testing.T, pingMs uint32) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	var mu sync.Mutex
 	var conns []net.Conn
-	defer func() {
+	t.Cleanup(func() {
+		ln.Close()
 		mu.Lock()
 		for _, c := range conns {
 			c.Close()
 		}
 		mu.Unlock()
-	}()
+	})
 	go func() {
 		for {
 			nc, err := ln.Accept()
@@ -459,13 +459,21 @@ func TestFrozenServerIsLeftAfterAPing(t *testing.T) {
 			}
 			n, _, _ := wire.ParseHeader(hdr[:], 1<<20)
 			io.ReadFull(nc, make([]byte, n-1))
-			nc.Write(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: 3000}))
-			go io.Copy(io.Discard, nc) // frozen: reads PINGs, answers nothing
+			nc.Write(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: pingMs}))
+			go io.Copy(io.Discard, nc) // frozen: reads, answers nothing
 		}
 	}()
+	return ln.Addr().String()
+}
+
+// leftFrozen dials a frozen server with PongTimeout pong, calls act
+// with the client, and waits for the session to end because a PING went
+// unanswered, within within.
+func leftFrozen(t *testing.T, pingMs uint32, pong, within time.Duration, act func(*client.Client)) {
+	t.Helper()
 	downs := make(chan error, 4)
-	c, err := client.Dial(context.Background(), client.Config{Addr: ln.Addr().String(), Token: "t", Device: "d", MinBackoff: time.Millisecond,
-		PongTimeout: 100 * time.Millisecond,
+	c, err := client.Dial(context.Background(), client.Config{Addr: frozenServer(t, pingMs), Token: "t", Device: "d", MinBackoff: time.Millisecond,
+		PongTimeout: pong,
 		OnSession: func(e client.SessionEvent) {
 			if e.Kind == client.SessionDown {
 				select {
@@ -478,13 +486,34 @@ func TestFrozenServerIsLeftAfterAPing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	act(c)
 	select {
 	case err := <-downs:
 		if err == nil || !strings.Contains(err.Error(), "after a PING") {
 			t.Fatalf("the session ended with %v, want the PING left unanswered", err)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the client never left the frozen server")
+	case <-time.After(within):
+		t.Fatalf("the client did not leave the frozen server within %v", within)
 	}
 	nodetest.WaitFor(t, "a reconnect", 10*time.Second, func() bool { return c.Stats().Connects >= 2 })
+}
+
+// TestFrozenServerIsLeftAfterAPing: an idle client takes a frozen server
+// for gone PongTimeout after its first PING (a ping interval of 3 s
+// here), not after three silent ping intervals (9 s), and says why.
+func TestFrozenServerIsLeftAfterAPing(t *testing.T) {
+	leftFrozen(t, 3000, 100*time.Millisecond, 30*time.Second, func(*client.Client) {})
+}
+
+// TestFrozenServerIsLeftWhenARequestGoesUnanswered: a client that sends
+// to a frozen server pings at once, and leaves it PongTimeout later,
+// though its next ping interval is a minute away.
+func TestFrozenServerIsLeftWhenARequestGoesUnanswered(t *testing.T) {
+	leftFrozen(t, 60_000, 200*time.Millisecond, 20*time.Second, func(c *client.Client) {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, _ = c.Send(ctx, []string{"bo"}, []byte("to a frozen server"))
+		}()
+	})
 }
