@@ -942,7 +942,8 @@ func (c *Client) session(l *link) error {
 	probe := time.NewTimer(pongWait)
 	probe.Stop()
 	defer probe.Stop()
-	var askedAt int64 // unix ns of the request the probe timer looks after (0: none)
+	var lastAsked int64 // unix ns of the last request that went out (asked)
+	probing := false    // the probe timer is armed
 	var err error
 loop:
 	for {
@@ -958,20 +959,29 @@ loop:
 			c.write(wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: uint64(pinged)}))
 			pong.Reset(pongWait)
 		case <-c.asked:
-			// A request went out: unless a look is due already, or a PING
-			// is unanswered, look a quarter of PongTimeout from now.
-			if askedAt == 0 && pinged <= heard.last.Load() {
-				askedAt = time.Now().UnixNano()
+			// A request went out: look, a quarter of PongTimeout after
+			// the last one, whether the server said anything since.
+			lastAsked = time.Now().UnixNano()
+			if !probing {
+				probing = true
 				probe.Reset(pongWait / 4)
 			}
 		case <-probe.C:
-			// Nothing heard since the request went out (a live server
-			// answers it, or anything else, well within that): ping now
+			probing = false
+			last := heard.last.Load()
+			if last >= lastAsked {
+				continue // heard since the last request went out
+			}
+			if due := time.Duration(lastAsked-time.Now().UnixNano()) + pongWait/4; due > 0 {
+				probing = true // requests went out since: look again then
+				probe.Reset(due)
+				continue
+			}
+			// Nothing at all since the last request (a live server
+			// answers it, or something else, well within that): ping now
 			// rather than at the next ping interval. A busy session hears
 			// the server all the time, and pings no more than before.
-			quiet := heard.last.Load() < askedAt
-			askedAt = 0
-			if quiet && pinged <= heard.last.Load() {
+			if pinged <= last {
 				pinged = time.Now().UnixNano()
 				c.write(wire.Encode(pb.FrameType_PING, &pb.Ping{Nonce: uint64(pinged)}))
 				pong.Reset(pongWait)

@@ -428,7 +428,7 @@ func TestOversizedRequestsFailAtOnceAndKeepTheConnection(t *testing.T) {
 // with ping interval pingMs) and then freezes: it keeps each connection
 // open and reads on, but says nothing, as a paused process or a network
 // dropping packets would. It returns its address.
-func frozenServer(t *testing.T, pingMs uint32) string {
+func frozenServer(t *testing.T, pingMs uint32, answerFirst bool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -460,19 +460,32 @@ func frozenServer(t *testing.T, pingMs uint32) string {
 			n, _, _ := wire.ParseHeader(hdr[:], 1<<20)
 			io.ReadFull(nc, make([]byte, n-1))
 			nc.Write(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: pingMs}))
+			if answerFirst { // the first SUBMIT is acknowledged, then it freezes
+				if _, err := io.ReadFull(nc, hdr[:]); err != nil {
+					continue
+				}
+				n, ft, _ := wire.ParseHeader(hdr[:], 1<<20)
+				payload := make([]byte, n-1)
+				io.ReadFull(nc, payload)
+				if msg, err := wire.Decode(ft, payload); err == nil {
+					if sub, ok := msg.(*pb.Submit); ok {
+						nc.Write(wire.Encode(pb.FrameType_SUBMIT_ACK, &pb.SubmitAck{Ref: sub.Ref, Id: "01KBMA4Q7ZQ0000000000A1B2C"}))
+					}
+				}
+			}
 			go io.Copy(io.Discard, nc) // frozen: reads, answers nothing
 		}
 	}()
 	return ln.Addr().String()
 }
 
-// leftFrozen dials a frozen server with PongTimeout pong, calls act
-// with the client, and waits for the session to end because a PING went
-// unanswered, within within.
-func leftFrozen(t *testing.T, pingMs uint32, pong, within time.Duration, act func(*client.Client)) {
+// leftFrozen dials a frozen server (frozenServer) with PongTimeout pong,
+// calls act with the client, and waits for the session to end because a
+// PING went unanswered, within within.
+func leftFrozen(t *testing.T, pingMs uint32, answerFirst bool, pong, within time.Duration, act func(*client.Client)) {
 	t.Helper()
 	downs := make(chan error, 4)
-	c, err := client.Dial(context.Background(), client.Config{Addr: frozenServer(t, pingMs), Token: "t", Device: "d", MinBackoff: time.Millisecond,
+	c, err := client.Dial(context.Background(), client.Config{Addr: frozenServer(t, pingMs, answerFirst), Token: "t", Device: "d", MinBackoff: time.Millisecond,
 		PongTimeout: pong,
 		OnSession: func(e client.SessionEvent) {
 			if e.Kind == client.SessionDown {
@@ -502,18 +515,31 @@ func leftFrozen(t *testing.T, pingMs uint32, pong, within time.Duration, act fun
 // for gone PongTimeout after its first PING (a ping interval of 3 s
 // here), not after three silent ping intervals (9 s), and says why.
 func TestFrozenServerIsLeftAfterAPing(t *testing.T) {
-	leftFrozen(t, 3000, 100*time.Millisecond, 30*time.Second, func(*client.Client) {})
+	leftFrozen(t, 3000, false, 100*time.Millisecond, 30*time.Second, func(*client.Client) {})
 }
 
 // TestFrozenServerIsLeftWhenARequestGoesUnanswered: a client that sends
-// to a frozen server pings at once, and leaves it PongTimeout later,
-// though its next ping interval is a minute away.
+// to a frozen server pings once a quarter of PongTimeout passes without
+// a word, and leaves it PongTimeout later, though its next ping interval
+// is a minute away; also when the server answered the send before (the
+// look after it finds that answer, and looks again for the next send).
 func TestFrozenServerIsLeftWhenARequestGoesUnanswered(t *testing.T) {
-	leftFrozen(t, 60_000, 200*time.Millisecond, 20*time.Second, func(c *client.Client) {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			_, _ = c.Send(ctx, []string{"bo"}, []byte("to a frozen server"))
-		}()
-	})
+	for _, answerFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("answered-first=%v", answerFirst), func(t *testing.T) {
+			leftFrozen(t, 60_000, answerFirst, 400*time.Millisecond, 20*time.Second, func(c *client.Client) {
+				send := func() error {
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					defer cancel()
+					_, err := c.Send(ctx, []string{"bo"}, []byte("to a frozen server"))
+					return err
+				}
+				if answerFirst {
+					if err := send(); err != nil {
+						t.Fatalf("the send the server answered: %v", err)
+					}
+				}
+				go send()
+			})
+		})
+	}
 }
