@@ -457,11 +457,12 @@ func (cl *dingCluster) failover() (time.Duration, error) {
 // kill, and returns the time from the kill to the first acknowledgement
 // after it.
 func (cl *dingCluster) probeKill(token string, kill func() (time.Time, error)) (time.Duration, error) {
-	return cl.probe(token, 0, kill)
+	return cl.probe(token, 0, 60*time.Second, kill)
 }
 
-// probe is probeKill with the client's PongTimeout (zero: its default).
-func (cl *dingCluster) probe(token string, pong time.Duration, kill func() (time.Time, error)) (time.Duration, error) {
+// probe is probeKill with the client's PongTimeout (zero: its default),
+// giving up limit after the kill.
+func (cl *dingCluster) probe(token string, pong, limit time.Duration, kill func() (time.Time, error)) (time.Duration, error) {
 	var addrs []string
 	for _, s := range cl.members {
 		addrs = append(addrs, s.Sock)
@@ -486,12 +487,12 @@ func (cl *dingCluster) probe(token string, pong time.Duration, kill func() (time
 		return 0, err
 	}
 	for {
-		at, err := send(60 * time.Second)
+		at, err := send(limit)
 		if err == nil {
 			return at.Sub(killed), nil
 		}
-		if time.Since(killed) > 60*time.Second {
-			return 0, fmt.Errorf("no acknowledgement within 60s of the kill: %w", err)
+		if time.Since(killed) > limit {
+			return 0, fmt.Errorf("no acknowledgement within %v of the kill: %w", limit, err)
 		}
 	}
 }

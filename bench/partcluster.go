@@ -471,7 +471,9 @@ func (cl *dingCluster) pausePartition(parts int, pong time.Duration) (time.Durat
 	if victim == nil {
 		return 0, fmt.Errorf("no node owns u0's partition %d", p)
 	}
-	took, err := cl.probe(victim.Token("u0", "failover"), pong, func() (time.Time, error) {
+	// (Three silent ping intervals, 90 s by default, bound a client
+	// that does not ping on a request: the limit is above it.)
+	took, err := cl.probe(victim.Token("u0", "failover"), pong, 150*time.Second, func() (time.Time, error) {
 		return time.Now(), victim.cmd.Process.Signal(syscall.SIGSTOP)
 	})
 	if cerr := victim.cmd.Process.Signal(syscall.SIGCONT); cerr != nil && err == nil {
