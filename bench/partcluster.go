@@ -330,9 +330,6 @@ func (cl *dingCluster) waitOwners(ok func(owns map[string]int) bool, d time.Dura
 	}
 }
 
-// failoverPartition kills the node serving u0 while u0's client sends,
-// and returns the time from the kill to its first acknowledgement; the
-// killed node is restarted.
 // handoverProbe measures what a hand-over costs a conversation into the
 // partition that moves: a user of another partition, served by another
 // node, sends to a user of the moving partition one message at a time
@@ -461,15 +458,9 @@ func (cl *dingCluster) handoverProbe(parts, users int) (time.Duration, int, erro
 // gets no reset: it leaves it when a PING goes unanswered for pong (zero:
 // the client's default), or after three silent ping intervals.
 func (cl *dingCluster) pausePartition(parts int, pong time.Duration) (time.Duration, error) {
-	p := partitionOf("u0", parts)
-	var victim *Server
-	for id, ps := range cl.owners() {
-		if slices.Contains(ps, p) {
-			victim = cl.members[int(id[0]-'a')]
-		}
-	}
-	if victim == nil {
-		return 0, fmt.Errorf("no node owns u0's partition %d", p)
+	victim, err := cl.servingU0(parts)
+	if err != nil {
+		return 0, err
 	}
 	// (Three silent ping intervals, 90 s by default, bound a client
 	// that does not ping on a request: the limit is above it.)
@@ -482,16 +473,24 @@ func (cl *dingCluster) pausePartition(parts int, pong time.Duration) (time.Durat
 	return took, err
 }
 
-func (cl *dingCluster) failoverPartition(parts int) (time.Duration, error) {
+// servingU0 returns the node that owns u0's partition now.
+func (cl *dingCluster) servingU0(parts int) (*Server, error) {
 	p := partitionOf("u0", parts)
-	var victim *Server
 	for id, ps := range cl.owners() {
 		if slices.Contains(ps, p) {
-			victim = cl.members[int(id[0]-'a')]
+			return cl.members[int(id[0]-'a')], nil
 		}
 	}
-	if victim == nil {
-		return 0, fmt.Errorf("no node owns u0's partition %d", p)
+	return nil, fmt.Errorf("no node owns u0's partition %d", p)
+}
+
+// failoverPartition kills the node serving u0 while u0's client sends,
+// and returns the time from the kill to its first acknowledgement; the
+// killed node is restarted.
+func (cl *dingCluster) failoverPartition(parts int) (time.Duration, error) {
+	victim, err := cl.servingU0(parts)
+	if err != nil {
+		return 0, err
 	}
 	took, err := cl.probeKill(victim.Token("u0", "failover"), func() (time.Time, error) { return victim.Kill(os.Kill) })
 	if err != nil {

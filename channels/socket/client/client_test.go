@@ -345,40 +345,7 @@ func TestSendsStayWithinTheServersInflightLimit(t *testing.T) {
 // and then says nothing, not even PONG: the client must give up on it and
 // reconnect.
 func TestSilentServerIsReplaced(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var mu sync.Mutex
-	var conns []net.Conn
-	defer func() {
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	}()
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, nc)
-			mu.Unlock()
-			var hdr [wire.HeaderLen]byte
-			if _, err := io.ReadFull(nc, hdr[:]); err != nil {
-				continue
-			}
-			n, _, _ := wire.ParseHeader(hdr[:], 1<<20)
-			io.ReadFull(nc, make([]byte, n-1))
-			nc.Write(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: 20}))
-			go io.Copy(io.Discard, nc) // swallow PINGs, answer nothing
-		}
-	}()
-	c, err := client.Dial(context.Background(), client.Config{Addr: ln.Addr().String(), Token: "t", Device: "d", MinBackoff: time.Millisecond})
+	c, err := client.Dial(context.Background(), client.Config{Addr: frozenServer(t, 20, false), Token: "t", Device: "d", MinBackoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
