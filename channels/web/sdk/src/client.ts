@@ -64,9 +64,12 @@ export interface ConnectOptions {
   /**
    * How long after each PING the client waits for the server to send
    * anything before it takes the server for gone and reconnects; default a
-   * third of the server's ping interval (10 s). A node that froze (paused,
-   * hung, a network dropping packets) sends no close: without this the
-   * client would notice only after three silent ping intervals (90 s).
+   * third of the server's ping interval (10 s). It pings every interval,
+   * and also when a request it sent meets a quarter of this in silence. A
+   * node that froze (paused, hung, a network dropping packets) sends no
+   * close: a client with something to send leaves it within 1.25 of this
+   * (12.5 s), an idle one within an interval more; without it, after
+   * three silent ping intervals (90 s).
    */
   pongTimeoutMs?: number;
   /** Listeners subscribed before the first byte is read (the same as on() right after connect resolves). */
@@ -226,6 +229,13 @@ export class DingClient {
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
+  private probeTimer: ReturnType<typeof setTimeout> | undefined;
+  private pongWait = 10000;
+  /** Messages heard from the server; counted, not timed (a clock's ms can hold a request and its answer). */
+  private heard = 0;
+  private pingHeard = -1; // heard when the last PING went out (-1: none)
+  private askedHeard = 0; // heard when the last request went out
+  private lastAsked = 0;
   private lastHeard = 0;
   private url: string;
   private idPrefix = randomHex(12); // 96 bits, as §6 asks
@@ -419,6 +429,7 @@ export class DingClient {
     return new Promise<ServerFrame>((resolve, reject) => {
       this.requests.set(ref, { resolve, reject });
       this.write(build(ref));
+      this.asked();
     });
   }
 
@@ -439,6 +450,7 @@ export class DingClient {
       p.sent = true;
       inflight++;
       this.write(p.frame);
+      this.asked();
     }
   }
 
@@ -478,6 +490,7 @@ export class DingClient {
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
       this.lastHeard = Date.now();
+      this.heard++;
       let frames: ServerFrame[];
       try {
         frames = decodeFrames(toBytes(ev.data));
@@ -710,8 +723,12 @@ export class DingClient {
   private startPing(ws: WebSocketLike, interval: number): void {
     clearInterval(this.pingTimer);
     clearTimeout(this.pongTimer);
+    clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+    this.pingHeard = -1;
+    this.lastAsked = 0;
     this.lastHeard = Date.now();
-    const pongWait = this.opts.pongTimeoutMs ?? interval / 3;
+    this.pongWait = this.opts.pongTimeoutMs ?? interval / 3;
     this.pingTimer = setInterval(() => {
       if (this.ws !== ws) return;
       // Silence for three intervals, not even a PONG: the server is gone.
@@ -719,20 +736,50 @@ export class DingClient {
         ws.close(4000, "server silent");
         return;
       }
-      const pinged = Date.now();
-      this.write(encodeFrame(pb.FrameType.PING, pb.PingSchema, { nonce: BigInt(pinged) }));
-      // Nothing at all since the PING, not even its PONG: a frozen node.
-      clearTimeout(this.pongTimer);
-      this.pongTimer = setTimeout(() => {
-        if (this.ws === ws && this.lastHeard < pinged) ws.close(4000, "server silent after a PING");
-      }, pongWait);
+      this.ping(ws);
     }, interval);
+  }
+
+  /** Sends a PING; nothing at all from the server within pongWait, not even its PONG: a frozen node. */
+  private ping(ws: WebSocketLike): void {
+    const heard = this.heard;
+    this.pingHeard = heard;
+    this.write(encodeFrame(pb.FrameType.PING, pb.PingSchema, { nonce: BigInt(Date.now()) }));
+    clearTimeout(this.pongTimer);
+    this.pongTimer = setTimeout(() => {
+      if (this.ws === ws && this.heard === heard) ws.close(4000, "server silent after a PING");
+    }, this.pongWait);
+  }
+
+  /**
+   * A request went out (a SUBMIT, or one awaiting an answer): a quarter
+   * of pongWait after the last one, if the server said nothing since,
+   * ping at once rather than at the next interval, as the Go client does.
+   */
+  private asked(): void {
+    const ws = this.ws;
+    if (!ws || !this.session) return;
+    this.lastAsked = Date.now();
+    this.askedHeard = this.heard;
+    if (this.probeTimer !== undefined) return;
+    const look = (wait: number) => {
+      this.probeTimer = setTimeout(() => {
+        this.probeTimer = undefined;
+        if (this.ws !== ws || this.heard > this.askedHeard) return; // heard since the last request
+        const due = this.lastAsked + this.pongWait / 4 - Date.now();
+        if (due > 0) return look(due); // requests went out since
+        if (this.pingHeard !== this.heard) this.ping(ws); // (else a PING is unanswered: its timer runs)
+      }, wait);
+    };
+    look(this.pongWait / 4);
   }
 
   /** A session ended (or an attempt failed): fail its requests, then reconnect or stop. */
   private lost(err: Error | undefined): void {
     clearInterval(this.pingTimer);
     clearTimeout(this.pongTimer);
+    clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
     this.pingTimer = undefined;
     const hadSession = this.session !== undefined;
     this.session = undefined;
@@ -775,6 +822,7 @@ export class DingClient {
     clearTimeout(this.retryTimer);
     clearInterval(this.pingTimer);
     clearTimeout(this.pongTimer);
+    clearTimeout(this.probeTimer);
     const closed = new ClosedError(err ?? undefined);
     const subs = [...this.submits.values()];
     this.submits.clear();

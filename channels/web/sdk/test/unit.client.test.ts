@@ -267,3 +267,22 @@ test("a server that answers nothing after a PING (frozen) is left within pongTim
   assert.ok(again);
   await c.close();
 });
+
+test("a send met by silence pings at once, not at the next interval, and a frozen server is left pongTimeoutMs later", async () => {
+  const pc = connect({ ...opts, pongTimeoutMs: 40 });
+  const { s } = await accept({ pingIntervalMs: 600000 }); // the next interval's PING: ten minutes away
+  const c = await pc;
+  // The first send is answered; then the server freezes.
+  const first = c.send(["lee"], "answered");
+  const sub = (await s.expect(pb.FrameType.SUBMIT)).msg as pb.Submit;
+  s.push(pb.FrameType.SUBMIT_ACK, pb.SubmitAckSchema, { ref: sub.ref, id: "01ID", createdMs: 5n });
+  await first;
+  const down = collect<{ error?: Error }>((fn) => c.on("disconnect", fn), 1);
+  void c.send(["lee"], "met by silence").catch(() => {});
+  assert.equal((await s.read()).type, pb.FrameType.SUBMIT);
+  assert.equal((await s.read()).type, pb.FrameType.PING); // a quarter of pongTimeoutMs later, never answered
+  const [ev] = await down;
+  assert.match(String(ev.error?.message), /server silent after a PING/);
+  assert.ok(await FakeWS.next()); // it connects again
+  await c.close();
+});
