@@ -529,14 +529,28 @@ func dirBootstrap(ctx context.Context, mc MemberConfig, peer *http.Client, owner
 			}
 			return nil
 		case errors.Is(err, cluster.ErrChangesTrimmed) || errors.Is(err, cluster.ErrSnapshotUnconfirmed):
-			// Start over from the owner's snapshot.
-			base, oerr := owners.Owner(ctx, uint32(p))
+			// Start over from the owner's snapshot: until the node runs,
+			// no announcement ends a fetch from an owner that froze, so
+			// the lease is looked at while it runs (watchLease).
+			holder, _, oerr := mc.Coord.Lease(ctx, p)
+			base := ""
+			if oerr == nil && holder == "" {
+				oerr = fmt.Errorf("%w: partition %d (a takeover in progress)", errNoOwner, p)
+			}
+			if oerr == nil {
+				base, oerr = mc.Coord.Addr(ctx, holder)
+			}
+			if oerr == nil && base == "" {
+				oerr = fmt.Errorf("node: partition %d's owner %s has published no address", p, holder)
+			}
 			if oerr != nil {
 				err = oerr
 				break
 			}
 			tmp := filepath.Join(mc.Node.DataDir, "dir-snapshot-"+strconv.FormatInt(time.Now().UnixNano(), 36))
-			snap, serr := cluster.Endpoint{Client: peer, URL: base, Secret: mc.Secret, P: p}.FetchSnapshot(ctx, tmp)
+			fctx, unwatch := watchLease(ctx, mc.Coord, p, holder, mc.LeaseTTL/4)
+			snap, serr := cluster.Endpoint{Client: peer, URL: base, Secret: mc.Secret, P: p}.FetchSnapshot(fctx, tmp)
+			unwatch()
 			if serr != nil {
 				err = serr
 				break

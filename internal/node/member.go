@@ -339,13 +339,22 @@ func nodeFiles(dataDir string) []string {
 // since then (since: ownerMoves.current, taken before that look), or,
 // should the announcement be lost (they are hints), when a look at the
 // lease, every quarter of a lease while it runs, finds another holder or
-// none. A frozen owner would otherwise hold it until TCP gave up.
+// none (watchLease). A frozen owner would otherwise hold it until TCP
+// gave up.
 func (m *member) toHolder(ctx, since context.Context, holder string) (context.Context, context.CancelFunc) {
 	bctx, unbind := boundTo(ctx, since)
-	wctx, cancel := context.WithCancelCause(bctx)
+	wctx, unwatch := watchLease(bctx, m.c, m.p, holder, m.mc.LeaseTTL/4)
+	return wctx, func() { unwatch(); unbind() }
+}
+
+// watchLease returns ctx, ended (errOwnerMoved) when a look at partition
+// p's lease, every every while it runs, finds a holder other than
+// holder, or none.
+func watchLease(ctx context.Context, c cluster.Coord, p cluster.Partition, holder string, every time.Duration) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
 	go func() {
-		t := time.NewTicker(max(m.mc.LeaseTTL/4, 10*time.Millisecond))
+		t := time.NewTicker(max(every, 10*time.Millisecond))
 		defer t.Stop()
 		for {
 			select {
@@ -354,14 +363,14 @@ func (m *member) toHolder(ctx, since context.Context, holder string) (context.Co
 			case <-wctx.Done():
 				return
 			case <-t.C:
-				if h, _, err := m.c.Lease(wctx, m.p); err == nil && h != holder {
+				if h, _, err := c.Lease(wctx, p); err == nil && h != holder {
 					cancel(errOwnerMoved)
 					return
 				}
 			}
 		}
 	}()
-	return wctx, func() { close(done); cancel(nil); unbind() }
+	return wctx, func() { close(done); cancel(nil) }
 }
 
 // announced acts on the coordinator's announcement that the partition's
