@@ -180,18 +180,12 @@ func BenchmarkAckRelayMany(b *testing.B) {
 // 1's, the others 0's) on Pebble in a temp dir; maxRecipients 0 is the
 // engine's default.
 func openPlaced(b *testing.B, p uint32, maxRecipients int) *engine.Engine {
-	place := func(u string) uint32 {
-		if strings.HasPrefix(u, "b") {
-			return 1
-		}
-		return 0
-	}
 	db, err := pebblestore.Open(b.TempDir(), pebblestore.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { db.Close() })
-	e, err := engine.Open(engine.Config{Store: db, Partition: p, Placement: place, MaxRecipients: maxRecipients})
+	e, err := engine.Open(engine.Config{Store: db, Partition: p, Placement: placeByPrefix, MaxRecipients: maxRecipients})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -218,45 +212,20 @@ func BenchmarkRelayWrites(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
-			place := func(u string) uint32 {
-				if strings.HasPrefix(u, "b") {
-					return 1
-				}
-				return 0
-			}
 			var stores []*countingDeletes
-			open := func(p uint32) *engine.Engine {
+			var nodes []*relayNode
+			parts := 1
+			if cross {
+				parts = 2
+			}
+			for p := range parts {
 				cs := &countingDeletes{Store: memstore.New()}
 				stores = append(stores, cs)
-				e, err := engine.Open(engine.Config{Store: cs, Partition: p, Placement: place})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { e.Close() })
-				return e
+				nodes = append(nodes, openRelayNode(b, cs, uint32(p), func(c *engine.Config) { c.Placement = placeByPrefix }))
 			}
-			a, dst, to := open(0), (*engine.Engine)(nil), "a"
-			dst = a
+			a, dst, to := nodes[0].e, nodes[len(nodes)-1].e, "a"
 			if cross {
-				dst, to = open(1), "b"
-			}
-			pump := func(from, into *engine.Engine, p uint32) {
-				for {
-					bt, err := from.Outbox(p, 0, 1024)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if len(bt.Records) == 0 {
-						return
-					}
-					through, err := into.ApplyRelay(ctx, bt)
-					if err == nil {
-						err = from.AckRelay(ctx, p, through)
-					}
-					if err != nil {
-						b.Fatal(err)
-					}
-				}
+				to = "b"
 			}
 			const round = 64
 			body := make([]byte, 256)
@@ -274,9 +243,7 @@ func BenchmarkRelayWrites(b *testing.B) {
 					})
 				}
 				wg.Wait()
-				if cross {
-					pump(a, dst, 1)
-				}
+				pump(b, nodes...) // (nothing to move within one partition)
 				for i := range round {
 					wg.Go(func() {
 						user := fmt.Sprintf("%s%d", to, 1000+i)
@@ -290,9 +257,7 @@ func BenchmarkRelayWrites(b *testing.B) {
 					})
 				}
 				wg.Wait()
-				if cross {
-					pump(dst, a, 0)
-				}
+				pump(b, nodes...)
 			}
 			b.StopTimer()
 			var keys, bytes int64
@@ -304,4 +269,12 @@ func BenchmarkRelayWrites(b *testing.B) {
 			b.ReportMetric(float64(bytes)/n, "bytes/msg")
 		})
 	}
+}
+
+// placeByPrefix puts users "b…" in partition 1, the others in 0.
+func placeByPrefix(u string) uint32 {
+	if strings.HasPrefix(u, "b") {
+		return 1
+	}
+	return 0
 }

@@ -301,7 +301,7 @@ type link struct {
 	// (Wake abandons it); guarded by inFlightMu, as Wake runs on another
 	// goroutine.
 	inFlightMu sync.Mutex
-	inFlight   context.CancelFunc
+	inFlight   context.CancelCauseFunc
 }
 
 // send is l.dest.ApplyRelay(ctx, b), abandoned (ErrAbandoned) if Wake
@@ -310,7 +310,7 @@ func (l *link) send(ctx context.Context, b engine.RelayBatch) (uint64, error) {
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	l.inFlightMu.Lock()
-	l.inFlight = func() { cancel(ErrAbandoned) }
+	l.inFlight = cancel
 	l.inFlightMu.Unlock()
 	through, err := l.dest.ApplyRelay(sctx, b)
 	l.inFlightMu.Lock()
@@ -328,7 +328,7 @@ func (l *link) abandon() {
 	l.inFlightMu.Lock()
 	defer l.inFlightMu.Unlock()
 	if l.inFlight != nil {
-		l.inFlight()
+		l.inFlight(ErrAbandoned)
 	}
 }
 

@@ -139,6 +139,23 @@ func startPump(t testing.TB, cfg relay.Config) *relay.Pump {
 	return p
 }
 
+// submitSeveral submits n messages from a0 to users to on e, their
+// bodies "0", "1", …, and returns what each recipient is to get.
+func submitSeveral(t *testing.T, e *engine.Engine, n int, to ...string) sent {
+	t.Helper()
+	want := sent{}
+	for i := range n {
+		id, err := submit(e, "a0", fmt.Sprint(i), to...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range to {
+			want[u] = append(want[u], id)
+		}
+	}
+	return want
+}
+
 func submit(e *engine.Engine, from, body string, to ...string) (engine.ID, error) {
 	r, err := e.Submit(context.Background(), engine.Submission{From: from, To: to, Kind: engine.KindText, Body: []byte(body)})
 	return r.ID, err
@@ -357,6 +374,9 @@ type flaky struct {
 	starts []uint64
 	// calls, if set, receives the first seq of each batch as it arrives.
 	calls chan uint64
+	// hang: a failing call never answers, but returns when its context
+	// ends (a frozen node: paused, or behind a network dropping packets).
+	hang bool
 }
 
 func (f *flaky) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
@@ -371,6 +391,10 @@ func (f *flaky) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, er
 	f.mu.Unlock()
 	if f.calls != nil && len(b.Records) > 0 {
 		f.calls <- b.Records[0].Seq
+	}
+	if fail && f.hang {
+		<-ctx.Done()
+		return 0, ctx.Err()
 	}
 	if fail {
 		return 0, f.err
@@ -408,15 +432,7 @@ func waitParked(t testing.TB, clk *fakeclock.Clock) {
 func TestPumpRetriesAFailingDestination(t *testing.T) {
 	const failures = 4
 	nodes := openNodes(t, 3, false)
-	want := sent{}
-	for i := range 5 {
-		id, err := submit(nodes[0].e, "a0", fmt.Sprint(i), "b0", "c0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		want["b0"] = append(want["b0"], id)
-		want["c0"] = append(want["c0"], id)
-	}
+	want := submitSeveral(t, nodes[0].e, 5, "b0", "c0")
 	down := fmt.Errorf("destination down: %w", engine.NewError(engine.CodeUnavailable, "test: unavailable"))
 	f := &flaky{Dest: nodes[1].e, n: failures, err: down}
 	clk := fakeclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
@@ -457,15 +473,7 @@ func TestPumpRetriesAFailingDestination(t *testing.T) {
 func TestPumpWakeEndsTheBackoff(t *testing.T) {
 	const failures = 3
 	nodes := openNodes(t, 3, false)
-	want := sent{}
-	for i := range 4 {
-		id, err := submit(nodes[0].e, "a0", fmt.Sprint(i), "b0", "c0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		want["b0"] = append(want["b0"], id)
-		want["c0"] = append(want["c0"], id)
-	}
+	want := submitSeveral(t, nodes[0].e, 4, "b0", "c0")
 	moving := fmt.Errorf("%w: test: partition 1 is moving", engine.ErrWrongPartition)
 	f := &flaky{Dest: nodes[1].e, n: failures, err: moving, calls: make(chan uint64, failures+2)}
 	clk := fakeclock.New(time.Date(2026, 12, 5, 2, 0, 0, 0, time.UTC))
@@ -507,14 +515,7 @@ func TestPumpWakeEndsTheBackoff(t *testing.T) {
 // moves).
 func TestPumpResendsAfterAGap(t *testing.T) {
 	nodes := openNodes(t, 2, false)
-	want := sent{}
-	for i := range 3 {
-		id, err := submit(nodes[0].e, "a0", fmt.Sprint(i), "b0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		want["b0"] = append(want["b0"], id)
-	}
+	want := submitSeveral(t, nodes[0].e, 3, "b0")
 	// One batch of one record goes through; the second is refused as
 	// if the destination had lost its place.
 	f := &gapOnce{flaky: flaky{Dest: nodes[1].e}, at: 2}
@@ -853,29 +854,6 @@ func TestPumpAttachAndDetach(t *testing.T) {
 	check(t, nodes)
 }
 
-// frozen is a Dest whose first batch never comes back (its node is
-// paused, or the network to it drops every packet): the call returns only
-// when its context ends. Later batches go to Dest.
-type frozen struct {
-	relay.Dest
-	mu     sync.Mutex
-	starts []uint64
-	calls  chan uint64 // the first seq of each batch, as it arrives
-}
-
-func (f *frozen) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, error) {
-	f.mu.Lock()
-	f.starts = append(f.starts, b.Records[0].Seq)
-	first := len(f.starts) == 1
-	f.mu.Unlock()
-	f.calls <- b.Records[0].Seq
-	if first {
-		<-ctx.Done()
-		return 0, ctx.Err()
-	}
-	return f.Dest.ApplyRelay(ctx, b)
-}
-
 // TestPumpWakeAbandonsTheBatchInFlight: a batch in flight to a frozen
 // destination is abandoned when Wake says the partition has a new owner,
 // and sent again at once, from the same record (the fake clock never
@@ -883,15 +861,8 @@ func (f *frozen) ApplyRelay(ctx context.Context, b engine.RelayBatch) (uint64, e
 // the frozen node for ever); nothing is lost or delivered twice.
 func TestPumpWakeAbandonsTheBatchInFlight(t *testing.T) {
 	nodes := openNodes(t, 2, false)
-	want := sent{}
-	for i := range 3 {
-		id, err := submit(nodes[0].e, "a0", fmt.Sprint(i), "b0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		want["b0"] = append(want["b0"], id)
-	}
-	f := &frozen{Dest: nodes[1].e, calls: make(chan uint64, 4)}
+	want := submitSeveral(t, nodes[0].e, 3, "b0")
+	f := &flaky{Dest: nodes[1].e, n: 1, hang: true, calls: make(chan uint64, 4)} // the first batch: frozen
 	clk := fakeclock.New(time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC))
 	reg := prometheus.NewRegistry()
 	cfg := config(nodes, reg, map[uint32]relay.Dest{1: f})

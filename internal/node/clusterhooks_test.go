@@ -242,15 +242,8 @@ func TestClusterWebhooksFollowThePartitions(t *testing.T) {
 		if owner == b.id {
 			from, other = b, a
 		}
-		req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", from.http, p), nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("hand-over of partition %d: %s", p, resp.Status)
+		if code, apiErr := clusterCall(t, "POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", from.http, p), tok); code != http.StatusAccepted {
+			t.Fatalf("hand-over of partition %d: %d %v", p, code, apiErr)
 		}
 		nodetest.WaitFor(t, fmt.Sprintf("%s to own partition %d", other.id, p), 20*time.Second, func() bool {
 			h, _, _ := coord.Lease(ctx, cluster.Partition(p))

@@ -532,17 +532,7 @@ func dirBootstrap(ctx context.Context, mc MemberConfig, peer *http.Client, owner
 			// Start over from the owner's snapshot: until the node runs,
 			// no announcement ends a fetch from an owner that froze, so
 			// the lease is looked at while it runs (watchLease).
-			holder, _, oerr := mc.Coord.Lease(ctx, p)
-			base := ""
-			if oerr == nil && holder == "" {
-				oerr = fmt.Errorf("%w: partition %d (a takeover in progress)", errNoOwner, p)
-			}
-			if oerr == nil {
-				base, oerr = mc.Coord.Addr(ctx, holder)
-			}
-			if oerr == nil && base == "" {
-				oerr = fmt.Errorf("node: partition %d's owner %s has published no address", p, holder)
-			}
+			holder, base, oerr := owners.lookup(ctx, uint32(p))
 			if oerr != nil {
 				err = oerr
 				break

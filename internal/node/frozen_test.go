@@ -3,8 +3,10 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -162,40 +164,11 @@ func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
 	}
 	sender := dial(from, a.n.SocketAddr())
 	rc := dial(to, a.n.SocketAddr()+","+b.n.SocketAddr())
-	var mu sync.Mutex
-	got := map[string]int{}
-	changed := make(chan struct{}, 1)
-	go func() {
-		for e := range rc.Entries() {
-			rc.Ack(e.Seq)
-			if e.Message == nil {
-				continue
-			}
-			mu.Lock()
-			got[e.Message.ID]++
-			mu.Unlock()
-			select {
-			case changed <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	got := receive(rc)
 	delivered := func(id string, within time.Duration, why string) {
 		t.Helper()
-		deadline := time.After(within)
-		for {
-			mu.Lock()
-			n := got[id]
-			mu.Unlock()
-			if n > 0 {
-				return
-			}
-			select {
-			case <-changed:
-			case <-deadline:
-				t.Fatalf("message %s not delivered within %v: %s", id, within, why)
-			}
-		}
+		got.wait(t, within, func(count map[string]int, _ []string) bool { return count[id] > 0 },
+			func() string { return fmt.Sprintf("message %s not delivered within %v: %s", id, within, why) })
 	}
 	send := func(body string) string {
 		t.Helper()
@@ -234,15 +207,8 @@ func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
 		return metricSum(t, a.n, "ding_cluster_api_sent_on_total", "") > sentOn
 	})
 	// b hands the partition over to a, its standby (asked directly).
-	req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", b.http, moving), nil)
-	req.Header.Set("Authorization", "Bearer "+b.n.AdminToken())
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("hand-over of partition %d: %s", moving, resp.Status)
+	if code, apiErr := clusterCall(t, "POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", b.http, moving), b.n.AdminToken()); code != http.StatusAccepted {
+		t.Fatalf("hand-over of partition %d: %d %v", moving, code, apiErr)
 	}
 	nodetest.WaitFor(t, "a to serve partition "+strconv.Itoa(moving), 20*time.Second, func() bool { return a.n.Engines()[moving] != nil })
 	delivered(frozenID, 20*time.Second, "the relay request in flight to the frozen b was not abandoned (its timeout is an hour)")
@@ -256,25 +222,76 @@ func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the admin request sent on to the frozen b still waits 20s after the hand-over")
 	}
-	req, _ = http.NewRequest("GET", fmt.Sprintf("http://%s/v1/messages/%s/receipts", a.http, homed.ID), nil)
-	req.Header.Set("Authorization", "Bearer "+a.n.AdminToken())
-	if resp, err = http.DefaultClient.Do(req); err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("the admin request asked again: %d, want 200 from a", resp.StatusCode)
+	if code, apiErr := clusterCall(t, "GET", fmt.Sprintf("http://%s/v1/messages/%s/receipts", a.http, homed.ID), a.n.AdminToken()); code != http.StatusOK {
+		t.Fatalf("the admin request asked again: %d %v, want 200 from a", code, apiErr)
 	}
 	after := send("after the hand-over")
 	delivered(after, 20*time.Second, "a relays to itself now")
-	mu.Lock()
-	defer mu.Unlock()
-	for id, n := range got {
+	count, _ := got.snapshot()
+	for id, n := range count {
 		if n != 1 {
 			t.Fatalf("message %s delivered %d times", id, n)
 		}
 	}
 	if n := metricSum(t, a.n, "ding_relay_apply_errors_total", fmt.Sprintf(`reason="abandoned",to="%d"`, moving)); n < 1 {
 		t.Fatalf("%v relay batches to partition %d counted abandoned, want at least 1", n, moving)
+	}
+}
+
+// received keeps what a client receives (acknowledging each entry): how
+// many times each message came, and in which order.
+type received struct {
+	mu      sync.Mutex
+	count   map[string]int
+	order   []string
+	changed chan struct{} // (capacity 1) a message came
+}
+
+// receive starts keeping what c receives.
+func receive(c *client.Client) *received {
+	r := &received{count: map[string]int{}, changed: make(chan struct{}, 1)}
+	go func() {
+		for e := range c.Entries() {
+			c.Ack(e.Seq)
+			if e.Message == nil {
+				continue
+			}
+			r.mu.Lock()
+			r.count[e.Message.ID]++
+			r.order = append(r.order, e.Message.ID)
+			r.mu.Unlock()
+			select {
+			case r.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return r
+}
+
+// snapshot returns copies of what came so far.
+func (r *received) snapshot() (map[string]int, []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.count), slices.Clone(r.order)
+}
+
+// wait waits, for up to within, until ok holds of what came (looked at
+// as each message comes); it fails t with why() otherwise.
+func (r *received) wait(t *testing.T, within time.Duration, ok func(count map[string]int, order []string) bool, why func() string) {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		r.mu.Lock()
+		done := ok(r.count, r.order)
+		r.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-r.changed:
+		case <-deadline:
+			t.Fatal(why())
+		}
 	}
 }

@@ -153,10 +153,11 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		return runPartitioned(ctx, mc, peer)
 	}
 	m := &member{mc: mc, c: mc.Coord, log: mc.Node.Logger.With("member", mc.ID), peers: loadPeers(mc.Node.DataDir), peer: peer,
-		fwd: newForwarder(mc.Secret, mc.Node.Logger.With("member", mc.ID)), host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
+		fwd: newForwarder(mc.Secret, mc.Node.Logger.With("member", mc.ID)), host: wholeNode{}, handover: make(chan struct{}, 1), look: make(chan struct{}, 1),
+		moves: &ownerMoves{}}
 	m.state.Store(stateSpare)
 	if a, ok := mc.Coord.(cluster.Announcer); ok {
-		if err := a.Listen(ctx, func(cluster.Partition) { m.announced() }); err != nil {
+		if err := a.Listen(ctx, func(cluster.Partition) { m.moves.moved(); m.announced() }); err != nil {
 			m.log.Warn("listening for the partition's hand-overs failed; a standby sees one a quarter of a lease later", "err", err)
 		}
 	}
@@ -227,9 +228,10 @@ type member struct {
 	// quarter of a TTL later.
 	look chan struct{}
 	// moves ends this member's requests to the owner in flight (its
-	// snapshot, continuing from its own history) when the partition's new
-	// owner is announced: the old one may be frozen, not dead.
-	moves ownerMoves
+	// history, a snapshot, the standby's place) when the partition's new
+	// owner is announced: the old one may be frozen, not dead. A node of
+	// partitions shares its coordOwners' (movesOf), which Moved ends.
+	moves *ownerMoves
 	// claimUntil (unix ns) asks this member, until then, to take the
 	// standby's place of a node holding more roles, or drained
 	// (partmember.go's balance): it follows the owner's snapshot as a
@@ -332,8 +334,6 @@ func nodeFiles(dataDir string) []string {
 	return []string{filepath.Join(dataDir, auth.SecretFile), filepath.Join(dataDir, AdminTokenFile), filepath.Join(dataDir, email.KeyFile)}
 }
 
-// endpoint is this member's partition's cluster routes on the node at
-// addr (its advertised HTTP URL).
 // toHolder bounds a request to holder, the partition's owner when the
 // lease was last looked at: it ends (errOwnerMoved) at a move announced
 // since then (since: ownerMoves.current, taken before that look), or,
@@ -374,16 +374,17 @@ func watchLease(ctx context.Context, c cluster.Coord, p cluster.Partition, holde
 }
 
 // announced acts on the coordinator's announcement that the partition's
-// owner let it go or a new one serves it (cluster.Announcer): the owner
-// cached is forgotten (NOT_OWNER names the new one at once), requests to
-// the old one in flight end, and a pause ends so that the member looks
-// at the lease now.
+// owner let it go or a new one serves it (cluster.Announcer), once its
+// moves are ended (the requests to the old owner): the owner cached is
+// forgotten (NOT_OWNER names the new one at once), and a pause ends so
+// that the member looks at the lease now.
 func (m *member) announced() {
 	m.cache.forget()
-	m.moves.moved()
 	poke(m.look)
 }
 
+// endpoint is this member's partition's cluster routes on the node at
+// addr (its advertised HTTP URL).
 func (m *member) endpoint(addr string) cluster.Endpoint {
 	return cluster.Endpoint{Client: m.peer, URL: addr, Secret: m.mc.Secret, P: m.p}
 }

@@ -82,8 +82,8 @@ func (s *ownerMoves) moved() {
 	}
 }
 
-// ownerMovedErr returns errOwnerMoved if ctx, made by ownerMoves.bound,
-// ended for that reason while parent had not.
+// ownerMovedErr returns errOwnerMoved if ctx, made by boundTo from
+// parent, ended for that reason while parent had not.
 func ownerMovedErr(parent, ctx context.Context) error {
 	if cause := context.Cause(ctx); parent.Err() == nil && errors.Is(cause, errOwnerMoved) {
 		return cause
@@ -112,19 +112,9 @@ func (o *coordOwners) Owner(ctx context.Context, p uint32) (string, error) {
 		return a.url, nil
 	}
 	since := o.Since(p)
-	holder, _, err := o.c.Lease(ctx, cluster.Partition(p))
+	_, url, err := o.lookup(ctx, p)
 	if err != nil {
 		return "", err
-	}
-	if holder == "" {
-		return "", fmt.Errorf("%w: partition %d (a takeover in progress)", errNoOwner, p)
-	}
-	url, err := o.c.Addr(ctx, holder)
-	if err != nil {
-		return "", err
-	}
-	if url == "" {
-		return "", fmt.Errorf("node: partition %d's owner %s has published no address", p, holder)
 	}
 	o.mu.Lock()
 	if since.Err() == nil {
@@ -134,6 +124,25 @@ func (o *coordOwners) Owner(ctx context.Context, p uint32) (string, error) {
 	}
 	o.mu.Unlock()
 	return url, nil
+}
+
+// lookup asks the coordinator, past the cache, which node holds
+// partition p's lease and the HTTP address it publishes.
+func (o *coordOwners) lookup(ctx context.Context, p uint32) (holder, url string, err error) {
+	holder, _, err = o.c.Lease(ctx, cluster.Partition(p))
+	if err != nil {
+		return "", "", err
+	}
+	if holder == "" {
+		return "", "", fmt.Errorf("%w: partition %d (a takeover in progress)", errNoOwner, p)
+	}
+	if url, err = o.c.Addr(ctx, holder); err != nil {
+		return "", "", err
+	}
+	if url == "" {
+		return "", "", fmt.Errorf("node: partition %d's owner %s has published no address", p, holder)
+	}
+	return holder, url, nil
 }
 
 // Forget drops what is known of partition p's owner (it answered that
@@ -148,25 +157,24 @@ func (o *coordOwners) Forget(p uint32) {
 // p has a new owner: it also ends the requests to p's owner in flight
 // that are bound to Since(p) (ownerMoves).
 func (o *coordOwners) Moved(p uint32) {
-	o.mu.Lock()
-	delete(o.cache, p)
-	s := o.moved[p]
-	o.mu.Unlock()
-	if s != nil {
-		s.moved()
-	}
+	o.Forget(p)
+	o.movesOf(p).moved()
 }
 
 // Since returns what the next Moved(p) cancels: taken before the owner is
 // looked up, a request bound to it (boundTo) also ends for a move
 // announced during the lookup.
-func (o *coordOwners) Since(p uint32) context.Context {
+func (o *coordOwners) Since(p uint32) context.Context { return o.movesOf(p).current() }
+
+// movesOf returns partition p's ownerMoves, which Moved(p) ends: the one
+// the node's member for p binds its own requests to as well.
+func (o *coordOwners) movesOf(p uint32) *ownerMoves {
 	o.mu.Lock()
+	defer o.mu.Unlock()
 	s := o.moved[p]
 	if s == nil {
 		s = &ownerMoves{}
 		o.moved[p] = s
 	}
-	o.mu.Unlock()
-	return s.current()
+	return s
 }

@@ -109,7 +109,10 @@ func TestDirObserverLeavesAFrozenOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	step := func(wait time.Duration) <-chan error {
+	// step runs one step of the observer against the frozen owner, and
+	// ends it with the step's error, which must be want, within 10 s.
+	step := func(wait time.Duration, end func(), want error, why string) {
+		t.Helper()
 		done := make(chan error, 1)
 		go func() {
 			_, _, err := o.step(ctx, wait)
@@ -120,31 +123,22 @@ func TestDirObserverLeavesAFrozenOwner(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("the observer's request did not reach the owner")
 		}
-		return done
+		end()
+		select {
+		case err := <-done:
+			if !errors.Is(err, want) {
+				t.Fatalf("%s: %v, want %v", why, err, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the request to the frozen owner still runs after 10s", why)
+		}
 	}
 	// A wait of an hour: only the announcement ends it.
-	done := step(time.Hour)
-	owners.Moved(p)
-	select {
-	case err := <-done:
-		if !errors.Is(err, errOwnerMoved) {
-			t.Fatalf("after the announcement: %v, want errOwnerMoved", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the request to the frozen owner was still in flight after its partition's new owner was announced")
-	}
+	step(time.Hour, func() { owners.Moved(p) }, errOwnerMoved, "after the announcement")
 	// No announcement: given up changesSlack after its wait.
 	defer func(s time.Duration) { changesSlack = s }(changesSlack)
 	changesSlack = 50 * time.Millisecond
-	done = step(0)
-	select {
-	case err := <-done:
-		if !errors.Is(err, errNoAnswer) {
-			t.Fatalf("without an announcement: %v, want errNoAnswer", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the request to the frozen owner outlived its wait and changesSlack")
-	}
+	step(0, func() {}, errNoAnswer, "without an announcement, past its wait and changesSlack")
 }
 
 // ownerMoves ends every request bound to what current returned at the
@@ -267,7 +261,7 @@ func TestMemberRequestEndsWhenTheLeaseMovesUnannounced(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	m := &member{c: c, p: 0, mc: MemberConfig{LeaseTTL: 100 * time.Millisecond}}
+	m := &member{c: c, p: 0, mc: MemberConfig{LeaseTTL: 100 * time.Millisecond}, moves: &ownerMoves{}}
 	rctx, cancel := m.toHolder(ctx, m.moves.current(), "b")
 	defer cancel()
 	// b still holds it: the request runs on across several looks.

@@ -162,7 +162,7 @@ func listenAnnouncements(ctx context.Context, c cluster.Coord, owners *coordOwne
 		return
 	}
 	if err := a.Listen(ctx, func(p cluster.Partition) {
-		owners.Moved(uint32(p))
+		owners.Moved(uint32(p)) // its members' requests to the old owner too (movesOf)
 		if set.pump != nil {
 			set.pump.Wake(uint32(p))
 		}
@@ -204,7 +204,8 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 	ms := make([]*member, p+1)
 	for i := range ms {
 		m := &member{mc: mc, c: mc.Coord, log: log.With("partition", i), peers: known, peer: peer, fwd: fwd,
-			p: cluster.Partition(i), perPartition: true, host: host, handover: make(chan struct{}, 1), look: make(chan struct{}, 1)}
+			p: cluster.Partition(i), perPartition: true, host: host, handover: make(chan struct{}, 1), look: make(chan struct{}, 1),
+			moves: owners.movesOf(uint32(i))}
 		m.state.Store(stateSpare)
 		ms[i] = m
 	}
@@ -234,12 +235,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		}
 		_, _, addr := ms[i].owner(ctx)
 		return addr
-	}, since: func(i int) context.Context {
-		if i < 0 || i >= len(ms) {
-			return context.Background() // (no owner: nothing is sent on)
-		}
-		return ms[i].moves.current()
-	}, sent: prometheus.NewCounter(prometheus.CounterOpts{
+	}, since: func(i int) context.Context { return owners.Since(uint32(i)) }, sent: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ding_cluster_api_sent_on_total",
 		Help: "Admin API requests about a partition this node does not serve, sent on to the node that does.",
 	})}

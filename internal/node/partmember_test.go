@@ -990,26 +990,7 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 		return c
 	}
 	ana, rc := dial("ana"), dial(to)
-	var mu sync.Mutex
-	got := map[string]int{}
-	var order []string
-	changed := make(chan struct{}, 1)
-	go func() {
-		for e := range rc.Entries() {
-			rc.Ack(e.Seq)
-			if e.Message == nil {
-				continue
-			}
-			mu.Lock()
-			got[e.Message.ID]++
-			order = append(order, e.Message.ID)
-			mu.Unlock()
-			select {
-			case changed <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	got := receive(rc)
 	var sent []string
 	send := func() {
 		t.Helper()
@@ -1023,15 +1004,8 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 		send()
 	}
 	hold.Store(int64(moving) + 1)
-	req, _ := http.NewRequest("POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", h.http, moving), nil)
-	req.Header.Set("Authorization", "Bearer "+h.n.AdminToken())
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("hand-over of partition %d: %s", moving, resp.Status)
+	if code, apiErr := clusterCall(t, "POST", fmt.Sprintf("http://%s/v1/cluster/handover?p=%d", h.http, moving), h.n.AdminToken()); code != http.StatusAccepted {
+		t.Fatalf("hand-over of partition %d: %d %v", moving, code, apiErr)
 	}
 	// The other node holds the lease and is attaching the partition (held
 	// back): what ana sends now is acknowledged in her partition, and its
@@ -1061,25 +1035,14 @@ func TestClusterRelayToAMovedPartitionGoesAtOnce(t *testing.T) {
 	for range 3 {
 		send()
 	}
-	deadline := time.After(30 * time.Second)
-	for {
-		mu.Lock()
-		n := len(got)
-		mu.Unlock()
-		if n == len(sent) {
-			break
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("%d of %d messages delivered 30s after the hand-over (relays refused: %v): the relay waits for its hour's backoff", n, len(sent), refused())
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
+	got.wait(t, 30*time.Second, func(count map[string]int, _ []string) bool { return len(count) == len(sent) }, func() string {
+		count, _ := got.snapshot()
+		return fmt.Sprintf("%d of %d messages delivered 30s after the hand-over (relays refused: %v): the relay waits for its hour's backoff", len(count), len(sent), refused())
+	})
+	count, order := got.snapshot()
 	for _, id := range sent {
-		if got[id] != 1 {
-			t.Fatalf("message %s delivered %d times", id, got[id])
+		if count[id] != 1 {
+			t.Fatalf("message %s delivered %d times", id, count[id])
 		}
 	}
 	if !slices.Equal(order, sent) {
