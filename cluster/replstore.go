@@ -598,12 +598,19 @@ func (r *ReplicatedStore) addStandby(ctx context.Context, c Coord, node string) 
 // the partition over). It returns the state node then follows from:
 // this owner's fence, at st's Seq. The node records it before it
 // follows; its acks count only once it has (they name this owner's
-// epoch). Refused (ErrStandbyRefused) otherwise: node then joins from a
-// snapshot.
+// epoch). Asked again by node while it is the standby and has acked
+// nothing (its first answer lost), it answers the same. Refused
+// (ErrStandbyRefused) otherwise: node then joins from a snapshot.
 func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, node string, st StandbyState) (StandbyState, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if cur, next := r.owner.Standby(); cur != "" || next != "" {
+		if cur == node && next == "" && r.owner.Continues(st) {
+			// node asks again (the answer to its first ask was lost): it
+			// is the standby already, and has acked nothing (or
+			// Continues would not hold), so the first answer stands.
+			return StandbyState{FenceEpoch: r.owner.epoch, FenceOwner: r.owner.node, Seq: st.Seq}, nil
+		}
 		return StandbyState{}, fmt.Errorf("%w: partition %d has a standby (%q)", ErrStandbyRefused, r.owner.p, cur)
 	}
 	if !r.owner.Continues(st) {

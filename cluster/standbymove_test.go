@@ -140,8 +140,8 @@ func TestStandbyPlaceMovesThroughTheHistory(t *testing.T) {
 // how far its history runs (written in each batch it applied), which is
 // exactly what the new owner took over with (Owner.Continues). Asked
 // over HTTP (ContinueAsStandby), on a real redis-server. A history that
-// is not that one (another Seq), or an owner that has a standby, is
-// refused. Then the new owner dies and the owner before takes the
+// is not that one (another Seq), or an owner that has another standby,
+// is refused; the same node asking again is answered the same. Then the new owner dies and the owner before takes the
 // partition back with every message either acknowledged.
 func TestOwnerBeforeContinuesAsStandby(t *testing.T) {
 	ctx := context.Background()
@@ -213,6 +213,11 @@ func TestOwnerBeforeContinuesAsStandby(t *testing.T) {
 	}
 	if st.FenceEpoch != ownerB.Epoch() || st.FenceOwner != "b" || st.Seq != own.Seq {
 		t.Fatalf("continue from %+v", st)
+	}
+	// Its answer lost, a asks again: the same answer, not a refusal
+	// that would send it to a snapshot while the coordinator names it.
+	if again, err := ep.ContinueAsStandby(ctx, "a", own); err != nil || again != st {
+		t.Fatalf("a asking again: %+v, %v; want %+v", again, err, st)
 	}
 	if _, err := ep.ContinueAsStandby(ctx, "x", own); !errors.Is(err, cluster.ErrStandbyRefused) {
 		t.Fatalf("a second node continuing: %v, want refused (b has a standby)", err)
