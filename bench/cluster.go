@@ -50,6 +50,11 @@ type ClusterConfig struct {
 	// (clusterann.go): AnnUsers more users, AnnConns of them online. Zero
 	// AnnUsers: none.
 	AnnUsers, AnnConns int
+	// Sweep, with Partitions, is more connection counts at which the
+	// closed loop runs again, on one dingd and on the cluster alike,
+	// after the main one (sweep.go): each system's peak beside the
+	// other's.
+	Sweep []int
 }
 
 // Cluster compares three dingd members on one redis-server (cluster mode:
@@ -64,22 +69,29 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 	icfg := IngestConfig{Bin: cfg.Bin, Tmp: cfg.Tmp, Conns: cfg.Conns, Payload: cfg.Payload, Warmup: cfg.Warmup, Run: cfg.Run}
 
 	fmt.Fprintf(os.Stderr, "cluster: one dingd, closed loop, %d connections\n", cfg.Conns)
-	srv, err := StartServer(cfg.Bin, cfg.Tmp, cfg.Conns)
+	if len(cfg.Sweep) > 0 && cfg.Partitions < 2 {
+		return Table{}, errors.New("cluster: --sweep is for --partitions")
+	}
+	srv, err := StartServer(cfg.Bin, cfg.Tmp, sweepUsers(cfg.Conns, cfg.Sweep))
 	if err != nil {
 		return Table{}, err
 	}
 	singleCPU := cpuWindow(cfg.Warmup, cfg.Run, map[string]int{"dingd": srv.cmd.Process.Pid})
 	single, err := runIngestOn(icfg, srv, 0)
+	var oneSweep []sweepPoint
+	if err == nil {
+		oneSweep, err = sweepOn("one dingd", icfg, srv, cfg.Sweep, map[string]int{"dingd": srv.cmd.Process.Pid})
+	}
 	var oneAnn annFigures
 	if err == nil && cfg.Partitions > 1 && cfg.AnnUsers > 0 {
-		oneAnn, err = announceToAll(srv, []*Server{srv}, nil, cfg.AnnUsers, cfg.AnnConns, cfg.Conns)
+		oneAnn, err = announceToAll(srv, []*Server{srv}, nil, cfg.AnnUsers, cfg.AnnConns, sweepUsers(cfg.Conns, cfg.Sweep))
 	}
 	srv.Stop()
 	if err != nil {
 		return Table{}, err
 	}
 	if cfg.Partitions > 1 {
-		return clusterPartitions(cfg, icfg, single, singleCPU, oneAnn)
+		return clusterPartitions(cfg, icfg, single, singleCPU, oneAnn, oneSweep)
 	}
 
 	rs, err := startRedis(cfg.Tmp)

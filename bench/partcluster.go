@@ -25,7 +25,7 @@ import (
 // relay over HTTP). Failover: the node serving u0 is killed with SIGKILL
 // while u0's client (given every node's address) sends one message at a
 // time; the time is to its first acknowledgement after the kill.
-func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, singleCPU func() string, oneAnn annFigures) (Table, error) {
+func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, singleCPU func() string, oneAnn annFigures, oneSweep []sweepPoint) (Table, error) {
 	rs, err := startRedis(cfg.Tmp)
 	if err != nil {
 		return Table{}, err
@@ -71,13 +71,14 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if err := cl.waitSettled(10*time.Second, 180*time.Second); err != nil {
 		return Table{}, err
 	}
-	if err := a.AddUsers("u", 0, cfg.Conns); err != nil { // proxied to the directory's owner
+	users := sweepUsers(cfg.Conns, cfg.Sweep)
+	if err := a.AddUsers("u", 0, users); err != nil { // proxied to the directory's owner
 		return Table{}, err
 	}
 	// a answered once its copy of the directory held them; the others'
 	// copies follow within milliseconds, and a client redirected there
 	// before must not find its user missing.
-	if err := waitUser(cl.members, fmt.Sprintf("u%d", cfg.Conns-1), 30*time.Second); err != nil {
+	if err := waitUser(cl.members, fmt.Sprintf("u%d", users-1), 30*time.Second); err != nil {
 		return Table{}, err
 	}
 	pids := map[string]int{"redis-server": rs.cmd.Process.Pid}
@@ -112,6 +113,14 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if after.calls == 0 {
 		return Table{}, errors.New("cluster: the load ended before its window")
 	}
+	nodes := map[string]int{}
+	for i, m := range cl.members {
+		nodes[[]string{"a", "b", "c"}[i]] = m.cmd.Process.Pid
+	}
+	clSweep, err := sweepOn("three nodes", icfg, a, cfg.Sweep, nodes)
+	if err != nil {
+		return Table{}, err
+	}
 	cross := 0
 	for i := range cfg.Conns {
 		if partitionOf(fmt.Sprintf("u%d", i), cfg.Partitions) != partitionOf(fmt.Sprintf("u%d", (i+1)%cfg.Conns), cfg.Partitions) {
@@ -120,7 +129,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	}
 	var clAnn annFigures
 	if cfg.AnnUsers > 0 {
-		if clAnn, err = announceToAll(a, cl.members, profs, cfg.AnnUsers, cfg.AnnConns, cfg.Conns); err != nil {
+		if clAnn, err = announceToAll(a, cl.members, profs, cfg.AnnUsers, cfg.AnnConns, users); err != nil {
 			return Table{}, err
 		}
 	}
@@ -175,6 +184,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		{"Redis bytes in+out per acknowledged message", fmt.Sprintf("%.0f", float64(after.bytes-before.bytes)/acked), "", "", ""},
 		{"messages to another partition", fmt.Sprintf("%d of %d senders (%.0f%%)", cross, cfg.Conns, 100*float64(cross)/float64(max(cfg.Conns, 1))), "", "", ""},
 	}
+	rows = append(rows, sweepRows(clSweep, oneSweep, cfg.Conns, cr, sr)...)
 	rows = append(rows, annRows(clAnn, oneAnn)...)
 	if len(handovers) > 0 {
 		sorted := slices.Clone(handovers)

@@ -43,6 +43,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dingmq/ding/bench"
@@ -102,6 +104,7 @@ func run(args []string) error {
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
 	pauses := fs.Int("pauses", 0, "cluster --partitions: times the node serving u0 is paused (SIGSTOP) while u0 sends, then woken")
 	pongTimeout := fs.Duration("pong-timeout", 0, "cluster --pauses: the probing client's PongTimeout (0: the client's default; 3 ping intervals or more: as clients before PongTimeout)")
+	sweep := fs.String("sweep", "", "cluster --partitions: after the main closed loop, run it again at each of these connection counts (comma-separated, e.g. 400,800), on one dingd and on the cluster alike: each one's peak beside the other's")
 	annUsers := fs.Int("ann-users", 100_000, "cluster --partitions: after the closed loop, create this many more users and announce to all, on one dingd and on the cluster (0: no announcement)")
 	annConns := fs.Int("ann-conns", 18_000, "cluster --partitions: of the announcement's users, how many are online (one raw device each)")
 	handovers := fs.Int("handovers", 3, "cluster --partitions: times a partition is handed over while a user of another sends into it")
@@ -180,11 +183,22 @@ func run(args []string) error {
 				Chats: *chats, PerChat: *perChat, Live: *live, Restarts: *restarts, Pprof: *serverPprof, Profile: profile})
 		})
 	}
+	var sweepCounts []int
+	for f := range strings.SplitSeq(*sweep, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return fmt.Errorf("dingbench: --sweep %q: want connection counts, comma-separated", *sweep)
+		}
+		sweepCounts = append(sweepCounts, n)
+	}
 	cluster := func() (bench.Table, error) {
 		return wholeRuns(*bin, *against, func(b string) (bench.Table, error) {
 			return bench.Cluster(bench.ClusterConfig{Bin: b, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
 				Warmup: *warm, Run: *runFor, Failovers: *failovers, Pauses: *pauses, PongTimeout: *pongTimeout, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts, Handovers: *handovers,
-				AnnUsers: *annUsers, AnnConns: *annConns})
+				AnnUsers: *annUsers, AnnConns: *annConns, Sweep: sweepCounts})
 		})
 	}
 	pushScenario := func() (bench.Table, error) {
