@@ -295,3 +295,88 @@ func (r *received) wait(t *testing.T, within time.Duration, ok func(count map[st
 		}
 	}
 }
+
+// A member that does not serve sends the admin API on to the owner (its
+// stand-in, standin.go); a request in flight to an owner that froze is
+// abandoned when the partition's new owner is announced, and answered
+// 503 (retry), rather than held until the client gives up. Three members
+// of one partition: a owns it, and the others reach its HTTP port only
+// through a proxy that freezes; b is its standby; c, a spare, is asked.
+// a then hands the partition over to b (asked directly).
+func TestStandInLeavesAFrozenOwner(t *testing.T) {
+	coord := cluster.NewMemCoord(time.Now)
+	_, runMember, stopMembers := memberRunner(t, false)
+	defer stopMembers()
+	var proxy *freezer
+	httpOf := map[string]string{}
+	member := func(id string, started chan<- *node.Node) {
+		addr := nodetest.FreeAddr(t)
+		httpOf[id] = addr
+		advertise := "http://" + addr
+		if id == "a" {
+			proxy = newFreezer(t, addr)
+			advertise = "http://" + proxy.addr()
+		}
+		runMember(node.MemberConfig{
+			Node:  node.Config{DataDir: t.TempDir(), SocketAddr: nodetest.FreeAddr(t), HTTPAddr: addr, Logger: testLog(t)},
+			Coord: coord, ID: id, Advertise: advertise, Secret: "s", LeaseTTL: time.Second,
+			Started: func(n *node.Node) {
+				if started != nil {
+					started <- n
+				}
+			},
+		})
+	}
+	startedA := make(chan *node.Node, 1)
+	member("a", startedA)
+	a := <-startedA
+	member("b", nil)
+	nodetest.WaitFor(t, "b to be the standby", 20*time.Second, func() bool {
+		sb, _ := coord.Standby(context.Background(), 0)
+		return sb == "b"
+	})
+	member("c", nil)
+	nodetest.AddUsers(t, a, "ana")
+	users := fmt.Sprintf("http://%s/v1/users/ana", httpOf["c"])
+	// Sent on by c to a, through the proxy while it forwards.
+	nodetest.WaitFor(t, "c to send a request on to a", 20*time.Second, func() bool {
+		req, _ := http.NewRequest("GET", users, nil)
+		req.Header.Set("Authorization", "Bearer "+a.AdminToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	proxy.Freeze()
+	answered := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", users, nil)
+		req.Header.Set("Authorization", "Bearer "+a.AdminToken())
+		resp, err := http.DefaultClient.Do(req) // no timeout of its own
+		if err != nil {
+			answered <- -1
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	nodetest.WaitFor(t, "c's request to reach the frozen proxy", 20*time.Second, func() bool { return proxy.held.Load() > 0 })
+	if code, apiErr := clusterCall(t, "POST", "http://"+a.HTTPAddr()+"/v1/cluster/handover", a.AdminToken()); code != http.StatusAccepted {
+		t.Fatalf("hand-over: %d %v", code, apiErr)
+	}
+	select {
+	case code := <-answered:
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("the request c sent on to the frozen a: %d, want 503 (retry)", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the request c sent on to the frozen a still waits 20s after the hand-over")
+	}
+	// Asked again, c sends it on to b, the new owner.
+	nodetest.WaitFor(t, "c to send the request on to b", 20*time.Second, func() bool {
+		code, _ := clusterCall(t, "GET", users, a.AdminToken())
+		return code == http.StatusOK
+	})
+}

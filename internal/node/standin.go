@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -44,7 +45,9 @@ import (
 //     every other request to the owner's HTTP listener: the admin API and
 //     dingctl, and Twilio's webhooks, which may hit any member and must
 //     reach the owner (signatures are checked there, against the public
-//     URL all members share).
+//     URL all members share). A request in flight ends, answered 503
+//     (retry), at the announcement that the partition has a new owner
+//     (ownerMoves): the one it went to may be frozen.
 //
 // Both close the moment the member starts serving, before the node binds
 // the same ports.
@@ -326,11 +329,22 @@ func (m *member) standInHandler() http.Handler {
 			m.fwd.assert(pr.Out, pr.In) // the client's address and certificate, for the owner's checks
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(context.Cause(r.Context()), errOwnerMoved) {
+				// The owner it went to may be frozen: the new one answers.
+				m.log.Info("a request sent on to the owner was abandoned: the partition has a new owner", "path", r.URL.Path)
+				w.Header().Set("Retry-After", "1")
+				writeErr(w, http.StatusServiceUnavailable, "the partition moved to another member while the request was sent on; retry", "UNAVAILABLE")
+				return
+			}
 			m.log.Warn("proxying to the owner failed", "path", r.URL.Path, "err", err)
 			writeErr(w, http.StatusBadGateway, "the owner did not answer; retry", "UNAVAILABLE")
 		},
 	}
 	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Ended by the announcement of a new owner (ownerMoves): the one
+		// it went to may be frozen, and would hold it until the client
+		// gives up.
+		since := m.moves.current() // before the owner is looked up
 		_, _, target := m.owner(r.Context())
 		u, err := url.Parse(target)
 		if target == "" || err != nil || u.Host == "" {
@@ -338,7 +352,9 @@ func (m *member) standInHandler() http.Handler {
 			writeErr(w, http.StatusServiceUnavailable, "no member serves the partition right now (a takeover in progress); retry", "UNAVAILABLE")
 			return
 		}
-		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ownerURLKey{}, u)))
+		ctx, cancel := boundTo(r.Context(), since)
+		defer cancel()
+		proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ownerURLKey{}, u)))
 	}))
 	return m.fwd.accept(mux, func() *x509.CertPool { return m.standCerts.clientPool() })
 }
