@@ -55,6 +55,10 @@ type ClusterConfig struct {
 	// after the main one (sweep.go): each system's peak beside the
 	// other's.
 	Sweep []int
+	// Rolling, with Partitions, is how many rounds of rolling restarts
+	// (each node drained, stopped and started again in turn) run under a
+	// sender per partition (rolling.go).
+	Rolling int
 }
 
 // Cluster compares three dingd members on one redis-server (cluster mode:

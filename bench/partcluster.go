@@ -174,6 +174,15 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			return Table{}, fmt.Errorf("after pause %d: %w", i+1, err)
 		}
 	}
+	var rolling []rollingFigures
+	for i := range cfg.Rolling {
+		fmt.Fprintf(os.Stderr, "cluster: rolling restart %d of %d\n", i+1, cfg.Rolling)
+		f, err := cl.rollingRestart(cfg.Partitions, users)
+		if err != nil {
+			return Table{}, fmt.Errorf("rolling restart %d: %w", i+1, err)
+		}
+		rolling = append(rolling, f)
+	}
 	sr, cr := rate(single.w.acked.Load(), cfg.Run), rate(run.w.acked.Load(), cfg.Run)
 	acked := max(cr*cfg.Run.Seconds(), 1)
 	rows := []Row{
@@ -206,6 +215,9 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		}
 		rows = append(rows, failoverRow("pause: SIGSTOP of the node serving u0 → u0's first ack ("+pong+")", pauses))
 	}
+	if len(rolling) > 0 {
+		rows = append(rows, rollingRow(rolling))
+	}
 	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
 	return Table{
 		Scenario: "cluster --partitions " + strconv.Itoa(cfg.Partitions),
@@ -213,6 +225,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			"%d connections through the Go client library dialling node a and redirected to their users' owners, each a user submitting %d-byte messages to the next user (online), one at a time (closed loop); %v warm-up, %v measured. "+
 			"Failover: u0's client, given every node's address, sends one message at a time; the node serving u0 is killed with SIGKILL; the time is to the client's first acknowledgement afterwards (the lease running out, the standby's takeover, a new standby joining: no acknowledgement without one, the client moving); the killed node is restarted and the roles even out before the next kill. "+
 			"Pause (--pauses): the same, but the node is paused with SIGSTOP, and woken with SIGCONT once u0 has an acknowledgement again; u0's client, connected to it, gets no reset, and leaves it when a PING goes unanswered for its PongTimeout, or after three silent ping intervals. "+
+			"Rolling restart (--rolling): each node in turn is drained (POST /v1/cluster/drain), stopped with SIGTERM once it holds no role, and started again, the next once the roles are even and quiet for 5 s; meanwhile a user of each partition sends to a user of the next, one message at a time (clients given every node's address, a send unanswered for 20 s sent again with its client id); lost: acknowledged and not delivered 30 s after the round. "+
 			"Hand-over: a user of one partition sends to a user of a partition another node owns, one message at a time, from 1 s before POST /v1/cluster/handover to the latter's owner until 6 s after; the figure is the longest submit→delivered of those messages, per hand-over (both clients given every node's address). "+
 			"Announcement (after the closed loop, on one dingd and on the cluster alike): %d more users created through the entry node's admin API (node a, which sends them on to the directory's owner), %d of them online with one raw device each, dialled at the entry node (a device whose user another node serves is redirected, NOT_OWNER, and dials the owner), then u0 announces 256 bytes to \"all\" through the entry node; times from the request, and from its 201, to each online device's DELIVER.",
 			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run, cfg.AnnUsers, cfg.AnnConns),

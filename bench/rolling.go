@@ -1,0 +1,271 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dingmq/ding/channels/socket/client"
+)
+
+// A rolling restart (ClusterConfig.Rolling): what an operator does to
+// upgrade a cluster, one node after another. Each node is drained
+// (POST /v1/cluster/drain, dingctl cluster drain: its partitions go to
+// their standbys, its standby places to the others), stopped once it
+// holds no role (SIGTERM), started again on its data directory, and the
+// next one waits until the roles are even and quiet again. Meanwhile a
+// sender in each partition sends to a user of the next partition, one
+// message at a time, its client given every node's address; each
+// receiver's device acknowledges what it gets. The figures: how long the
+// round took, the longest submit→ack a sender saw, and the messages
+// acknowledged and not delivered (lost: must be 0) or delivered twice.
+
+// rollingFigures is one round of restarts.
+type rollingFigures struct {
+	took    time.Duration
+	acks    Latencies       // every send's submit→ack
+	sent    int             // messages acknowledged
+	lost    int             // acknowledged, not delivered 30 s after the round
+	twice   int             // delivered more than once
+	unsure  int             // sends whose answer did not come in time, sent again with their client id
+	perNode []time.Duration // each node's drain, stop, start and settling
+}
+
+// rollingRestart runs one round over the cluster's three nodes, with
+// users u0…u(users-1) spread over parts partitions.
+func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) {
+	var f rollingFigures
+	// Two users in each partition: a sender, and the receiver the sender
+	// of the partition before sends to.
+	byPart := make([][]string, parts)
+	for i := range users {
+		u := fmt.Sprintf("u%d", i)
+		p := partitionOf(u, parts)
+		if len(byPart[p]) < 2 {
+			byPart[p] = append(byPart[p], u)
+		}
+	}
+	for p, us := range byPart {
+		if len(us) < 2 {
+			return f, fmt.Errorf("rolling restart: fewer than two of %d users in partition %d", users, p)
+		}
+	}
+	var addrs []string
+	for _, s := range cl.members {
+		addrs = append(addrs, s.Sock)
+	}
+	entry := cl.members[0]
+	dial := func(user, device string) (*client.Client, error) {
+		return client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: entry.Token(user, device), Device: device,
+			DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
+	}
+	var mu sync.Mutex
+	delivered := map[string]int{} // message id → times
+	acked := map[string]bool{}
+	got := make(chan struct{}, 1)
+	var clients []*client.Client
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for p := range parts {
+		rc, err := dial(byPart[p][1], "rolling")
+		if err != nil {
+			return f, err
+		}
+		clients = append(clients, rc)
+		go func() {
+			for e := range rc.Entries() {
+				rc.Ack(e.Seq)
+				if e.Message == nil || !strings.HasPrefix(string(e.Message.Body), "rolling ") {
+					continue // the load's, before this probe
+				}
+				mu.Lock()
+				delivered[e.Message.ID]++
+				mu.Unlock()
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, parts)
+	for p := range parts {
+		sc, err := dial(byPart[p][0], "rolling")
+		if err != nil {
+			close(stop)
+			return f, err
+		}
+		clients = append(clients, sc)
+		to := byPart[(p+1)%parts][1]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := []byte(fmt.Sprintf("rolling %d %d", p, n))
+				at := time.Now()
+				var opts []client.SendOption
+				for {
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					res, err := sc.Send(ctx, []string{to}, body, opts...)
+					cancel()
+					var ue *client.UnsureError
+					switch {
+					case err == nil:
+						mu.Lock()
+						acked[res.ID] = true
+						f.acks = append(f.acks, time.Since(at))
+						mu.Unlock()
+					case errors.As(err, &ue) && time.Since(at) < 2*time.Minute:
+						mu.Lock()
+						f.unsure++
+						mu.Unlock()
+						opts = []client.SendOption{client.WithClientID(ue.ClientMsgID)} // stored at most once
+						continue
+					default:
+						errs <- fmt.Errorf("sender %d, message %d: %w", p, n, err)
+						return
+					}
+					break
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	restart := func(s *Server) error {
+		id := string(rune('a' + slices.Index(cl.members, s)))
+		began := time.Now()
+		fmt.Fprintf(os.Stderr, "cluster: rolling restart: draining %s\n", id)
+		if err := s.call("POST", "/v1/cluster/drain", nil, nil); err != nil {
+			return fmt.Errorf("drain %s: %w", id, err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for !cl.holdsNoRole(id) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s still holds a role 2 minutes after its drain: %s", id, render(cl.statuses()))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if _, err := s.Kill(syscall.SIGTERM); err != nil {
+			return fmt.Errorf("stop %s: %w", id, err)
+		}
+		if _, err := s.launch(); err != nil {
+			return fmt.Errorf("start %s again: %w", id, err)
+		}
+		if err := cl.waitSettled(5*time.Second, 3*time.Minute); err != nil {
+			return fmt.Errorf("after restarting %s: %w", id, err)
+		}
+		f.perNode = append(f.perNode, time.Since(began))
+		return nil
+	}
+	var rerr error
+	for _, s := range cl.members {
+		if rerr = restart(s); rerr != nil {
+			break
+		}
+		select {
+		case err := <-errs:
+			rerr = err
+		default:
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	f.took = time.Since(start)
+	close(stop)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		rerr = errors.Join(rerr, err)
+	default:
+	}
+	if rerr != nil {
+		return f, rerr
+	}
+	missing := func() (lost, twice int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for id := range acked {
+			if delivered[id] == 0 {
+				lost++
+			}
+		}
+		for _, n := range delivered {
+			if n > 1 {
+				twice++
+			}
+		}
+		return lost, twice
+	}
+	deadline := time.After(30 * time.Second)
+wait:
+	for {
+		if lost, _ := missing(); lost == 0 {
+			break
+		}
+		select {
+		case <-got:
+		case <-deadline:
+			break wait
+		}
+	}
+	f.lost, f.twice = missing()
+	f.sent = len(acked)
+	return f, nil
+}
+
+// holdsNoRole reports whether node id answers and owns or follows no
+// partition.
+func (cl *dingCluster) holdsNoRole(id string) bool {
+	for _, st := range cl.statuses() {
+		if st.Member != id {
+			continue
+		}
+		for _, p := range st.Partitions {
+			if p.Role == "owner" || p.Role == "standby" {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// rollingRow renders the rounds of rolling restarts.
+func rollingRow(rounds []rollingFigures) Row {
+	var each []string
+	for _, f := range rounds {
+		var per []string
+		for _, d := range f.perNode {
+			per = append(per, fmt.Sprintf("%.1f", d.Seconds()))
+		}
+		each = append(each, fmt.Sprintf("%.1f s (%s s per node); %d messages acknowledged, %d lost, %d delivered twice, %d sends answered late and sent again; submit→ack p50 %s, p99 %s, max %s",
+			f.took.Seconds(), strings.Join(per, ", "), f.sent, f.lost, f.twice, f.unsure, f.acks.ms(0.5), f.acks.ms(0.99), f.acks.ms(1)))
+	}
+	return Row{"rolling restart of the three nodes (drain, SIGTERM, start), a sender per partition", strings.Join(each, "; "), "", "", "0 lost" + met(allZeroLost(rounds))}
+}
+
+func allZeroLost(rounds []rollingFigures) bool {
+	for _, f := range rounds {
+		if f.lost > 0 {
+			return false
+		}
+	}
+	return true
+}
