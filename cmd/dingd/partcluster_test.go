@@ -121,6 +121,39 @@ func TestClusterPartitionsJoinAndDrainUnderLoad(t *testing.T) {
 	})
 }
 
+// A rolling restart under load, as an operator upgrades a cluster: each
+// of the three nodes in turn is drained (POST /v1/cluster/drain), stopped
+// with SIGTERM once it holds no role, started again on its data
+// directory, and given roles again (balance) before the next one, while
+// every partition's sender sends. Every acknowledged message is in its
+// recipient's stream once, and acknowledgements go on at every step.
+func TestClusterPartitionsRollingRestartUnderLoad(t *testing.T) {
+	partitionsUnderLoad(t, "redis://"+redistest.Start(t).Addr, "1s", []string{"a", "b", "c"}, func(lc *loadCluster) {
+		for _, id := range []string{"a", "b", "c"} {
+			pr := lc.procs[id]
+			if code := pr.admin(t, "POST", "/v1/cluster/drain", nil, nil); code != http.StatusAccepted {
+				t.Fatalf("drain of %s: %d, want 202", id, code)
+			}
+			lc.waitRoles(id+" to hold no role, every partition owned and followed by the others", func(o, s [4]string) bool {
+				return lc.healthy(o, s) && !slices.Contains(o[:], id) && !slices.Contains(s[:], id)
+			})
+			lc.moreAcks(id+" drained", 50)
+			if err := pr.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if err := pr.wait(t, 30*time.Second); err != nil {
+				t.Fatalf("%s's stop after its drain: %v\n%s", id, err, pr.stderr)
+			}
+			lc.moreAcks(id+" stopped", 50)
+			lc.restart(id)
+			lc.waitRoles(id+" to own a partition again, every partition with a standby elsewhere", func(o, s [4]string) bool {
+				return lc.healthy(o, s) && slices.Contains(o[:], id)
+			})
+			lc.moreAcks(id+" back", 50)
+		}
+	})
+}
+
 // Three nodes of partitions on a real Redis Cluster (3 masters, 3
 // replicas), under load: the master holding partition 0's slot is killed
 // with SIGKILL. Redis Cluster promotes its replica; the nodes recover by
@@ -147,7 +180,10 @@ type loadCluster struct {
 	procs map[string]*proc
 	// start runs another node and waits until it is ready.
 	start func(id string) *proc
-	roles func() (owner, standby [4]string)
+	// restart runs node id again, on its data directory and addresses,
+	// once it has exited, and waits until it is ready.
+	restart func(id string)
+	roles   func() (owner, standby [4]string)
 	// waitRoles polls the coordinator until ok holds, for up to 90s.
 	waitRoles func(what string, ok func(owner, standby [4]string) bool)
 	count     func() int // acknowledgements so far
@@ -261,6 +297,10 @@ func partitionsUnderLoad(t *testing.T, redisURL, lease string, nodes []string, d
 			procs[id] = pr
 			pr.waitReady(t, 30*time.Second)
 			return pr
+		},
+		restart: func(id string) {
+			c.launch(procs[id], id)
+			procs[id].waitReady(t, 30*time.Second)
 		},
 		count: func() int {
 			mu.Lock()
