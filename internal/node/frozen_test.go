@@ -302,8 +302,32 @@ func (r *received) wait(t *testing.T, within time.Duration, ok func(count map[st
 // 503 (retry), rather than held until the client gives up. Three members
 // of one partition: a owns it, and the others reach its HTTP port only
 // through a proxy that freezes; b is its standby; c, a spare, is asked.
-// a then hands the partition over to b (asked directly).
+// Then the partition moves to b: a hands it over (asked directly), or
+// its lease lapses (released in the coordinator behind its back, as a
+// frozen owner's runs out) and b takes it over, which only b can
+// announce.
 func TestStandInLeavesAFrozenOwner(t *testing.T) {
+	t.Run("hand-over", func(t *testing.T) {
+		standInLeavesAFrozenOwner(t, func(coord *cluster.MemCoord, a *node.Node) {
+			if code, apiErr := clusterCall(t, "POST", "http://"+a.HTTPAddr()+"/v1/cluster/handover", a.AdminToken()); code != http.StatusAccepted {
+				t.Fatalf("hand-over: %d %v", code, apiErr)
+			}
+		})
+	})
+	t.Run("lease lapsed", func(t *testing.T) {
+		standInLeavesAFrozenOwner(t, func(coord *cluster.MemCoord, a *node.Node) {
+			holder, epoch, err := coord.Lease(context.Background(), 0)
+			if err != nil || holder != "a" {
+				t.Fatalf("the lease: %q %v, want a's", holder, err)
+			}
+			if err := coord.ReleaseLease(context.Background(), 0, "a", epoch); err != nil {
+				t.Fatal(err)
+			}
+		})
+	})
+}
+
+func standInLeavesAFrozenOwner(t *testing.T, move func(coord *cluster.MemCoord, a *node.Node)) {
 	coord := cluster.NewMemCoord(time.Now)
 	_, runMember, stopMembers := memberRunner(t, false)
 	defer stopMembers()
@@ -363,16 +387,18 @@ func TestStandInLeavesAFrozenOwner(t *testing.T) {
 		answered <- resp.StatusCode
 	}()
 	nodetest.WaitFor(t, "c's request to reach the frozen proxy", 20*time.Second, func() bool { return proxy.held.Load() > 0 })
-	if code, apiErr := clusterCall(t, "POST", "http://"+a.HTTPAddr()+"/v1/cluster/handover", a.AdminToken()); code != http.StatusAccepted {
-		t.Fatalf("hand-over: %d %v", code, apiErr)
-	}
+	move(coord, a)
+	nodetest.WaitFor(t, "b to own the partition", 20*time.Second, func() bool {
+		holder, _, _ := coord.Lease(context.Background(), 0)
+		return holder == "b"
+	})
 	select {
 	case code := <-answered:
 		if code != http.StatusServiceUnavailable {
 			t.Fatalf("the request c sent on to the frozen a: %d, want 503 (retry)", code)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("the request c sent on to the frozen a still waits 20s after the hand-over")
+		t.Fatal("the request c sent on to the frozen a still waits 20s after b owns the partition")
 	}
 	// Asked again, c sends it on to b, the new owner.
 	nodetest.WaitFor(t, "c to send the request on to b", 20*time.Second, func() bool {

@@ -157,7 +157,9 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		moves: &ownerMoves{}}
 	m.state.Store(stateSpare)
 	if a, ok := mc.Coord.(cluster.Announcer); ok {
-		if err := a.Listen(ctx, func(cluster.Partition) { m.moves.moved(); m.announced() }); err != nil {
+		// The cached owner forgotten first: a request that starts in
+		// between then looks the new owner up, or is ended.
+		if err := a.Listen(ctx, func(cluster.Partition) { m.announced(); m.moves.moved() }); err != nil {
 			m.log.Warn("listening for the partition's hand-overs failed; a standby sees one a quarter of a lease later", "err", err)
 		}
 	}
@@ -952,6 +954,10 @@ func (m *member) serve(ctx context.Context, owner *cluster.Owner) error {
 		_ = m.c.ReleaseLease(context.Background(), p, m.mc.ID, owner.Epoch())
 		return err
 	}
+	// Served here now: the other nodes end what they have in flight to
+	// the owner before (it may be frozen, its lease lapsed unannounced)
+	// and look again.
+	announce(m, m.c)
 	rs := sv.rs
 	m.serving.Store(rs)
 	defer m.serving.CompareAndSwap(rs, nil)

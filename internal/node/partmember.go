@@ -126,7 +126,6 @@ func (h *partHost) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (
 		return nil, err
 	}
 	h.routes.Set(m.p, cluster.SnapshotHandler(rs, m.c, m.mc.Secret, m.mc.Node.DataDir, m.sharedFiles()...))
-	announce(m, m.c)
 	m.log.Info("serving the partition", "epoch", owner.Epoch(), "attach", time.Since(began).Round(time.Millisecond))
 	return &served{rs: rs, shutdown: func(ctx context.Context) error {
 		h.routes.Delete(m.p)
