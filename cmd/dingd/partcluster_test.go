@@ -130,6 +130,9 @@ func TestClusterPartitionsJoinAndDrainUnderLoad(t *testing.T) {
 func TestClusterPartitionsRollingRestartUnderLoad(t *testing.T) {
 	partitionsUnderLoad(t, "redis://"+redistest.Start(t).Addr, "1s", []string{"a", "b", "c"}, func(lc *loadCluster) {
 		for _, id := range []string{"a", "b", "c"} {
+			// Once the roles are quiet, as an operator waits for them
+			// (balance may still be moving one after the last restart).
+			rolesQuiet(t, func() [2][4]string { o, s := lc.roles(); return [2][4]string{o, s} })
 			pr := lc.procs[id]
 			if code := pr.admin(t, "POST", "/v1/cluster/drain", nil, nil); code != http.StatusAccepted {
 				t.Fatalf("drain of %s: %d, want 202", id, code)
