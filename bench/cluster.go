@@ -59,6 +59,9 @@ type ClusterConfig struct {
 	// (each node drained, stopped and started again in turn) run under a
 	// sender per partition (rolling.go).
 	Rolling int
+	// UpgradeTo, with Rolling, is another dingd binary each node is
+	// started again from (a rolling upgrade from Bin to it).
+	UpgradeTo string
 }
 
 // Cluster compares three dingd members on one redis-server (cluster mode:
@@ -73,8 +76,11 @@ func Cluster(cfg ClusterConfig) (Table, error) {
 	icfg := IngestConfig{Bin: cfg.Bin, Tmp: cfg.Tmp, Conns: cfg.Conns, Payload: cfg.Payload, Warmup: cfg.Warmup, Run: cfg.Run}
 
 	fmt.Fprintf(os.Stderr, "cluster: one dingd, closed loop, %d connections\n", cfg.Conns)
-	if len(cfg.Sweep) > 0 && cfg.Partitions < 2 {
-		return Table{}, errors.New("cluster: --sweep is for --partitions")
+	if (len(cfg.Sweep) > 0 || cfg.Rolling > 0 || cfg.UpgradeTo != "") && cfg.Partitions < 2 {
+		return Table{}, errors.New("cluster: --sweep, --rolling and --upgrade-to are for --partitions")
+	}
+	if cfg.UpgradeTo != "" && cfg.Rolling == 0 {
+		return Table{}, errors.New("cluster: --upgrade-to needs --rolling")
 	}
 	srv, err := StartServer(cfg.Bin, cfg.Tmp, sweepUsers(cfg.Conns, cfg.Sweep))
 	if err != nil {
@@ -200,8 +206,13 @@ func cpuWindow(warmup, run time.Duration, pids map[string]int) func() string {
 	}
 	var from, to map[string]float64
 	done := make(chan struct{})
-	time.AfterFunc(warmup, func() { from = read() })
-	time.AfterFunc(warmup+run, func() { to = read(); close(done) })
+	go func() { // one goroutine, so that done orders both reads before the render
+		time.Sleep(warmup)
+		from = read()
+		time.Sleep(run)
+		to = read()
+		close(done)
+	}()
 	return func() string {
 		select {
 		case <-done:

@@ -177,7 +177,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	var rolling []rollingFigures
 	for i := range cfg.Rolling {
 		fmt.Fprintf(os.Stderr, "cluster: rolling restart %d of %d\n", i+1, cfg.Rolling)
-		f, err := cl.rollingRestart(cfg.Partitions, users)
+		f, err := cl.rollingRestart(cfg.Partitions, users, cfg.UpgradeTo)
 		if err != nil {
 			return Table{}, fmt.Errorf("rolling restart %d: %w", i+1, err)
 		}
@@ -216,7 +216,11 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		rows = append(rows, failoverRow("pause: SIGSTOP of the node serving u0 → u0's first ack ("+pong+")", pauses))
 	}
 	if len(rolling) > 0 {
-		rows = append(rows, rollingRow(rolling))
+		row := rollingRow(rolling)
+		if cfg.UpgradeTo != "" {
+			row.Metric = "rolling upgrade to " + cfg.UpgradeTo + " (drain, SIGTERM, start on the new build), a sender per partition"
+		}
+		rows = append(rows, row)
 	}
 	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
 	return Table{

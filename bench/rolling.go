@@ -25,6 +25,9 @@ import (
 // receiver's device acknowledges what it gets. The figures: how long the
 // round took, the longest submit→ack a sender saw, and the messages
 // acknowledged and not delivered (lost: must be 0) or delivered twice.
+// With ClusterConfig.UpgradeTo each node comes back on another build: a
+// rolling upgrade, the old and the new build running side by side until
+// the last node is restarted.
 
 // rollingFigures is one round of restarts.
 type rollingFigures struct {
@@ -34,12 +37,15 @@ type rollingFigures struct {
 	lost    int             // acknowledged, not delivered 30 s after the round
 	twice   int             // delivered more than once
 	unsure  int             // sends whose answer did not come in time, sent again with their client id
+	retried map[string]int  // sends the server answered with an error to retry, by code, sent again
 	perNode []time.Duration // each node's drain, stop, start and settling
 }
 
 // rollingRestart runs one round over the cluster's three nodes, with
-// users u0…u(users-1) spread over parts partitions.
-func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) {
+// users u0…u(users-1) spread over parts partitions; each node is started
+// again from the binary upgradeTo when it is set (an upgrade between two
+// builds), else from its own.
+func (cl *dingCluster) rollingRestart(parts, users int, upgradeTo string) (rollingFigures, error) {
 	var f rollingFigures
 	// Two users in each partition: a sender, and the receiver the sender
 	// of the partition before sends to.
@@ -66,7 +72,11 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 			DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
 	}
 	var mu sync.Mutex
-	delivered := map[string]int{} // message id → times
+	// What the receivers got: each message id's stream seqs (a reconnect
+	// may deliver an entry again under its seq: not a duplicate), and
+	// each body's ids (one body stored under two ids would be).
+	seqs := map[string]map[uint64]bool{}
+	ids := map[string]map[string]bool{}
 	acked := map[string]bool{}
 	got := make(chan struct{}, 1)
 	var clients []*client.Client
@@ -88,7 +98,15 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 					continue // the load's, before this probe
 				}
 				mu.Lock()
-				delivered[e.Message.ID]++
+				if seqs[e.Message.ID] == nil {
+					seqs[e.Message.ID] = map[uint64]bool{}
+				}
+				seqs[e.Message.ID][e.Seq] = true
+				body := string(e.Message.Body)
+				if ids[body] == nil {
+					ids[body] = map[string]bool{}
+				}
+				ids[body][e.Message.ID] = true
 				mu.Unlock()
 				select {
 				case got <- struct{}{}:
@@ -97,34 +115,41 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 			}
 		}()
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	errs := make(chan error, parts)
+	senders := make([]*client.Client, parts)
 	for p := range parts {
 		sc, err := dial(byPart[p][0], "rolling")
 		if err != nil {
-			close(stop)
 			return f, err
 		}
 		clients = append(clients, sc)
+		senders[p] = sc
+	}
+	stopCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	start := time.Now()
+	f.retried = map[string]int{}
+	var wg sync.WaitGroup
+	errs := make(chan error, parts)
+	for p, sc := range senders {
 		to := byPart[(p+1)%parts][1]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for n := 0; stopCtx.Err() == nil; n++ {
 				body := []byte(fmt.Sprintf("rolling %d %d", p, n))
 				at := time.Now()
-				var opts []client.SendOption
+				// Its own client id, so that a send sent again is stored
+				// at most once.
+				id := client.WithClientID(fmt.Sprintf("rolling-%d-%d-%d", start.UnixNano(), p, n))
 				for {
-					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-					res, err := sc.Send(ctx, []string{to}, body, opts...)
+					ctx, cancel := context.WithTimeout(stopCtx, 20*time.Second)
+					res, err := sc.Send(ctx, []string{to}, body, id)
 					cancel()
+					if stopCtx.Err() != nil && err != nil {
+						return // the round ended (or failed): this one is not counted either way
+					}
 					var ue *client.UnsureError
+					var se *client.Error
 					switch {
 					case err == nil:
 						mu.Lock()
@@ -135,7 +160,15 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 						mu.Lock()
 						f.unsure++
 						mu.Unlock()
-						opts = []client.SendOption{client.WithClientID(ue.ClientMsgID)} // stored at most once
+						continue
+					case errors.As(err, &se) && se.Retry && time.Since(at) < 2*time.Minute:
+						// The server says to send it again: counted, and
+						// sent again after its RetryAfter or a moment (a
+						// client's backoff, not a wait for an event).
+						mu.Lock()
+						f.retried[se.Code.String()]++
+						mu.Unlock()
+						time.Sleep(max(se.RetryAfter, 50*time.Millisecond))
 						continue
 					default:
 						errs <- fmt.Errorf("sender %d, message %d: %w", p, n, err)
@@ -146,7 +179,6 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 			}
 		}()
 	}
-	start := time.Now()
 	restart := func(s *Server) error {
 		id := string(rune('a' + slices.Index(cl.members, s)))
 		began := time.Now()
@@ -163,6 +195,12 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 		}
 		if _, err := s.Kill(syscall.SIGTERM); err != nil {
 			return fmt.Errorf("stop %s: %w", id, err)
+		}
+		if !s.cmd.ProcessState.Success() {
+			return fmt.Errorf("%s's stop after its drain: %v", id, s.cmd.ProcessState)
+		}
+		if upgradeTo != "" {
+			s.bin = upgradeTo
 		}
 		if _, err := s.launch(); err != nil {
 			return fmt.Errorf("start %s again: %w", id, err)
@@ -188,7 +226,7 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 		}
 	}
 	f.took = time.Since(start)
-	close(stop)
+	stop()
 	wg.Wait()
 	select {
 	case err := <-errs:
@@ -202,25 +240,37 @@ func (cl *dingCluster) rollingRestart(parts, users int) (rollingFigures, error) 
 		mu.Lock()
 		defer mu.Unlock()
 		for id := range acked {
-			if delivered[id] == 0 {
+			if len(seqs[id]) == 0 {
 				lost++
 			}
 		}
-		for _, n := range delivered {
-			if n > 1 {
+		for _, ss := range seqs {
+			if len(ss) > 1 { // one message in the stream twice
 				twice++
+			}
+		}
+		for _, is := range ids {
+			if len(is) > 1 { // one body stored twice
+				twice += len(is) - 1
 			}
 		}
 		return lost, twice
 	}
+	// Until every acknowledged message came (30 s at most), then for as
+	// long as more keep coming, 2 s at a time: a copy delivered late is
+	// counted too.
 	deadline := time.After(30 * time.Second)
 wait:
 	for {
-		if lost, _ := missing(); lost == 0 {
-			break
+		lost, _ := missing()
+		quiet := time.After(2 * time.Second)
+		if lost > 0 {
+			quiet = nil
 		}
 		select {
 		case <-got:
+		case <-quiet:
+			break wait
 		case <-deadline:
 			break wait
 		}
@@ -255,8 +305,17 @@ func rollingRow(rounds []rollingFigures) Row {
 		for _, d := range f.perNode {
 			per = append(per, fmt.Sprintf("%.1f", d.Seconds()))
 		}
-		each = append(each, fmt.Sprintf("%.1f s (%s s per node); %d messages acknowledged, %d lost, %d delivered twice, %d sends answered late and sent again; submit→ack p50 %s, p99 %s, max %s",
-			f.took.Seconds(), strings.Join(per, ", "), f.sent, f.lost, f.twice, f.unsure, f.acks.ms(0.5), f.acks.ms(0.99), f.acks.ms(1)))
+		retried := "none"
+		if len(f.retried) > 0 {
+			var rs []string
+			for code, n := range f.retried {
+				rs = append(rs, fmt.Sprintf("%d %s", n, code))
+			}
+			slices.Sort(rs)
+			retried = strings.Join(rs, ", ")
+		}
+		each = append(each, fmt.Sprintf("%.1f s (%s s per node); %d messages acknowledged, %d lost, %d delivered twice, %d sends answered late and sent again, answered retry: %s; submit→ack p50 %s, p99 %s, max %s",
+			f.took.Seconds(), strings.Join(per, ", "), f.sent, f.lost, f.twice, f.unsure, retried, f.acks.ms(0.5), f.acks.ms(0.99), f.acks.ms(1)))
 	}
 	return Row{"rolling restart of the three nodes (drain, SIGTERM, start), a sender per partition", strings.Join(each, "; "), "", "", "0 lost" + met(allZeroLost(rounds))}
 }

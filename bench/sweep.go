@@ -66,8 +66,13 @@ func cpuSum(warmup, run time.Duration, pids map[string]int) func() (float64, boo
 	}
 	var from, to float64
 	done := make(chan struct{})
-	time.AfterFunc(warmup, func() { from = read() })
-	time.AfterFunc(warmup+run, func() { to = read(); close(done) })
+	go func() { // one goroutine, so that done orders both reads before the sum
+		time.Sleep(warmup)
+		from = read()
+		time.Sleep(run)
+		to = read()
+		close(done)
+	}()
 	return func() (float64, bool) {
 		select {
 		case <-done:

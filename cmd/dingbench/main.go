@@ -104,6 +104,7 @@ func run(args []string) error {
 	failovers := fs.Int("failovers", 5, "cluster: times the serving member is killed")
 	pauses := fs.Int("pauses", 0, "cluster --partitions: times the node serving u0 is paused (SIGSTOP) while u0 sends, then woken")
 	rolling := fs.Int("rolling", 0, "cluster --partitions: rounds of rolling restarts (each node drained, stopped with SIGTERM and started again in turn) under a sender per partition: lost messages, the longest submit→ack")
+	upgradeTo := fs.String("upgrade-to", "", "cluster --rolling: start each node again from this dingd binary instead (a rolling upgrade from --dingd to it; with --rolling 1, the later rounds restart the new build)")
 	pongTimeout := fs.Duration("pong-timeout", 0, "cluster --pauses: the probing client's PongTimeout (0: the client's default; 3 ping intervals or more: as clients before PongTimeout)")
 	sweep := fs.String("sweep", "", "cluster --partitions: after the main closed loop, run it again at each of these connection counts (comma-separated, e.g. 400,800), on one dingd and on the cluster alike: each one's peak beside the other's")
 	annUsers := fs.Int("ann-users", 100_000, "cluster --partitions: after the closed loop, create this many more users and announce to all, on one dingd and on the cluster (0: no announcement)")
@@ -198,7 +199,7 @@ func run(args []string) error {
 	cluster := func() (bench.Table, error) {
 		return wholeRuns(*bin, *against, func(b string) (bench.Table, error) {
 			return bench.Cluster(bench.ClusterConfig{Bin: b, Tmp: *tmp, Conns: pick(*conns, 200), Payload: *payload,
-				Warmup: *warm, Run: *runFor, Failovers: *failovers, Pauses: *pauses, Rolling: *rolling, PongTimeout: *pongTimeout, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts, Handovers: *handovers,
+				Warmup: *warm, Run: *runFor, Failovers: *failovers, Pauses: *pauses, Rolling: *rolling, UpgradeTo: *upgradeTo, PongTimeout: *pongTimeout, OwnerOnly: *ownerOnly, Profiling: profiling, Partitions: *clusterParts, Handovers: *handovers,
 				AnnUsers: *annUsers, AnnConns: *annConns, Sweep: sweepCounts})
 		})
 	}
