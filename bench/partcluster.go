@@ -179,6 +179,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		fmt.Fprintf(os.Stderr, "cluster: rolling restart %d of %d\n", i+1, cfg.Rolling)
 		f, err := cl.rollingRestart(cfg.Partitions, users, cfg.UpgradeTo)
 		if err != nil {
+			cl.logTails(40) // what the nodes said (their logs go with their data directories)
 			return Table{}, fmt.Errorf("rolling restart %d: %w", i+1, err)
 		}
 		rolling = append(rolling, f)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -327,4 +328,18 @@ func allZeroLost(rounds []rollingFigures) bool {
 		}
 	}
 	return true
+}
+
+// logTails prints the last n lines of each node's log (dingd's stderr,
+// at --log-level warn) to stderr: a failed round's evidence, which
+// would otherwise go with the nodes' data directories.
+func (cl *dingCluster) logTails(n int) {
+	for i, s := range cl.members {
+		b, err := os.ReadFile(filepath.Join(s.Data, "dingd.log"))
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		fmt.Fprintf(os.Stderr, "cluster: node %c's log, last %d lines:\n%s\n", 'a'+i, min(n, len(lines)), strings.Join(lines[max(0, len(lines)-n):], "\n"))
+	}
 }
