@@ -157,8 +157,6 @@ func RunMember(ctx context.Context, mc MemberConfig) error {
 		moves: &ownerMoves{}}
 	m.state.Store(stateSpare)
 	if a, ok := mc.Coord.(cluster.Announcer); ok {
-		// The cached owner forgotten first: a request that starts in
-		// between then looks the new owner up, or is ended.
 		if err := a.Listen(ctx, func(cluster.Partition) { m.announced(); m.moves.moved() }); err != nil {
 			m.log.Warn("listening for the partition's hand-overs failed; a standby sees one a quarter of a lease later", "err", err)
 		}
@@ -354,14 +352,11 @@ func (m *member) toHolder(ctx, since context.Context, holder string) (context.Co
 // holder, or none.
 func watchLease(ctx context.Context, c cluster.Coord, p cluster.Partition, holder string, every time.Duration) (context.Context, context.CancelFunc) {
 	wctx, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	go func() {
+	go func() { // until wctx ends: the caller's cancel ends it too
 		t := time.NewTicker(max(every, 10*time.Millisecond))
 		defer t.Stop()
 		for {
 			select {
-			case <-done:
-				return
 			case <-wctx.Done():
 				return
 			case <-t.C:
@@ -372,12 +367,13 @@ func watchLease(ctx context.Context, c cluster.Coord, p cluster.Partition, holde
 			}
 		}
 	}()
-	return wctx, func() { close(done); cancel(nil) }
+	return wctx, func() { cancel(nil) }
 }
 
 // announced acts on the coordinator's announcement that the partition's
-// owner let it go or a new one serves it (cluster.Announcer), once its
-// moves are ended (the requests to the old owner): the owner cached is
+// owner let it go or a new one serves it (cluster.Announcer), before its
+// moves are ended (the requests to the old owner), so that a request
+// starting in between looks the new owner up: the owner cached is
 // forgotten (NOT_OWNER names the new one at once), and a pause ends so
 // that the member looks at the lease now.
 func (m *member) announced() {
