@@ -197,26 +197,10 @@ func clusterIngest(cfg ClusterConfig, icfg IngestConfig, memberArgs []string) (*
 // generator) at the edges of the window that starts warmup from now and
 // lasts run; the function it returns renders them once the window ended.
 func cpuWindow(warmup, run time.Duration, pids map[string]int) func() string {
-	read := func() map[string]float64 {
-		m := map[string]float64{"load generator": selfCPUSeconds()}
-		for name, pid := range pids {
-			m[name], _ = cpuSeconds(pid)
-		}
-		return m
-	}
-	var from, to map[string]float64
-	done := make(chan struct{})
-	go func() { // one goroutine, so that done orders both reads before the render
-		time.Sleep(warmup)
-		from = read()
-		time.Sleep(run)
-		to = read()
-		close(done)
-	}()
+	window := cpuAtEdges(warmup, run, pids)
 	return func() string {
-		select {
-		case <-done:
-		default:
+		from, to, ok := window()
+		if !ok {
 			return "not measured"
 		}
 		var parts []string
@@ -225,6 +209,40 @@ func cpuWindow(warmup, run time.Duration, pids map[string]int) func() string {
 		}
 		slices.Sort(parts)
 		return strings.Join(parts, ", ") + fmt.Sprintf(" (of %.0f core-seconds)", 2*run.Seconds())
+	}
+}
+
+// loadGenerator names this process among cpuAtEdges' readings.
+const loadGenerator = "load generator"
+
+// cpuAtEdges reads the CPU seconds of each process of pids, and of this
+// load generator, at the edges of the window that starts warmup from now
+// and lasts run; the function it returns gives both readings, ok once
+// the window ended.
+func cpuAtEdges(warmup, run time.Duration, pids map[string]int) func() (from, to map[string]float64, ok bool) {
+	read := func() map[string]float64 {
+		m := map[string]float64{loadGenerator: selfCPUSeconds()}
+		for name, pid := range pids {
+			m[name], _ = cpuSeconds(pid)
+		}
+		return m
+	}
+	var from, to map[string]float64
+	done := make(chan struct{})
+	go func() { // one goroutine, so that done orders both reads before their use
+		time.Sleep(warmup)
+		from = read()
+		time.Sleep(run)
+		to = read()
+		close(done)
+	}()
+	return func() (map[string]float64, map[string]float64, bool) {
+		select {
+		case <-done:
+			return from, to, true
+		default:
+			return nil, nil, false
+		}
 	}
 }
 
@@ -490,11 +508,7 @@ func (cl *dingCluster) probeKill(token string, kill func() (time.Time, error)) (
 // probe is probeKill with the client's PongTimeout (zero: its default),
 // giving up limit after the kill.
 func (cl *dingCluster) probe(token string, pong, limit time.Duration, kill func() (time.Time, error)) (time.Duration, error) {
-	var addrs []string
-	for _, s := range cl.members {
-		addrs = append(addrs, s.Sock)
-	}
-	c, err := client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: token, Device: "failover",
+	c, err := client.Dial(context.Background(), client.Config{Addr: cl.socks(), Token: token, Device: "failover",
 		DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond, PongTimeout: pong})
 	if err != nil {
 		return 0, err
@@ -522,6 +536,25 @@ func (cl *dingCluster) probe(token string, pong, limit time.Duration, kill func(
 			return 0, fmt.Errorf("no acknowledgement within %v of the kill: %w", limit, err)
 		}
 	}
+}
+
+// socks is every member's socket address, comma-separated: a client
+// given it finds the member serving its user (NOT_OWNER redirects it).
+func (cl *dingCluster) socks() string {
+	var addrs []string
+	for _, s := range cl.members {
+		addrs = append(addrs, s.Sock)
+	}
+	return strings.Join(addrs, ",")
+}
+
+// pids is the members' processes by name (a, b, c).
+func (cl *dingCluster) pids() map[string]int {
+	m := map[string]int{}
+	for i, s := range cl.members {
+		m[string(rune('a'+i))] = s.cmd.Process.Pid
+	}
+	return m
 }
 
 func (cl *dingCluster) stop() {

@@ -81,10 +81,8 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if err := waitUser(cl.members, fmt.Sprintf("u%d", users-1), 30*time.Second); err != nil {
 		return Table{}, err
 	}
-	pids := map[string]int{"redis-server": rs.cmd.Process.Pid}
-	for i, m := range cl.members {
-		pids[[]string{"a", "b", "c"}[i]] = m.cmd.Process.Pid
-	}
+	pids := cl.pids()
+	pids["redis-server"] = rs.cmd.Process.Pid
 	cpu := cpuWindow(cfg.Warmup, cfg.Run, pids)
 	var before, after redisStats
 	beforeAt := time.AfterFunc(cfg.Warmup, func() { before = rs.stats() })
@@ -113,11 +111,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	if after.calls == 0 {
 		return Table{}, errors.New("cluster: the load ended before its window")
 	}
-	nodes := map[string]int{}
-	for i, m := range cl.members {
-		nodes[[]string{"a", "b", "c"}[i]] = m.cmd.Process.Pid
-	}
-	clSweep, err := sweepOn("three nodes", icfg, a, cfg.Sweep, nodes)
+	clSweep, err := sweepOn("three nodes", icfg, a, cfg.Sweep, cl.pids())
 	if err != nil {
 		return Table{}, err
 	}
@@ -230,7 +224,7 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			"%d connections through the Go client library dialling node a and redirected to their users' owners, each a user submitting %d-byte messages to the next user (online), one at a time (closed loop); %v warm-up, %v measured. "+
 			"Failover: u0's client, given every node's address, sends one message at a time; the node serving u0 is killed with SIGKILL; the time is to the client's first acknowledgement afterwards (the lease running out, the standby's takeover, a new standby joining: no acknowledgement without one, the client moving); the killed node is restarted and the roles even out before the next kill. "+
 			"Pause (--pauses): the same, but the node is paused with SIGSTOP, and woken with SIGCONT once u0 has an acknowledgement again; u0's client, connected to it, gets no reset, and leaves it when a PING goes unanswered for its PongTimeout, or after three silent ping intervals. "+
-			"Rolling restart (--rolling): each node in turn is drained (POST /v1/cluster/drain), stopped with SIGTERM once it holds no role, and started again, the next once the roles are even and quiet for 5 s; meanwhile a user of each partition sends to a user of the next, one message at a time (clients given every node's address, a send unanswered for 20 s sent again with its client id); lost: acknowledged and not delivered 30 s after the round. "+
+			"Rolling restart (--rolling): each node in turn is drained (POST /v1/cluster/drain), stopped with SIGTERM once it holds no role, and started again, the next once the roles are even and quiet for 5 s; meanwhile a user of each partition sends to a user of the next, one message at a time (clients given every node's address; a send unanswered for 20 s, or answered with an error to retry, sent again with its client id); lost: acknowledged and not delivered 30 s after the round. "+
 			"Hand-over: a user of one partition sends to a user of a partition another node owns, one message at a time, from 1 s before POST /v1/cluster/handover to the latter's owner until 6 s after; the figure is the longest submit→delivered of those messages, per hand-over (both clients given every node's address). "+
 			"Announcement (after the closed loop, on one dingd and on the cluster alike): %d more users created through the entry node's admin API (node a, which sends them on to the directory's owner), %d of them online with one raw device each, dialled at the entry node (a device whose user another node serves is redirected, NOT_OWNER, and dials the owner), then u0 announces 256 bytes to \"all\" through the entry node; times from the request, and from its 201, to each online device's DELIVER.",
 			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run, cfg.AnnUsers, cfg.AnnConns),
@@ -390,12 +384,8 @@ func (cl *dingCluster) handoverProbe(parts, users int) (time.Duration, int, erro
 	}
 	moving := partitionOf(fmt.Sprintf("u%d", to), parts)
 	owner := cl.members[int(ownerOf(moving)[0]-'a')]
-	var addrs []string
-	for _, s := range cl.members {
-		addrs = append(addrs, s.Sock)
-	}
 	dial := func(user string) (*client.Client, error) {
-		return client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: owner.Token(user, "handover"), Device: "handover",
+		return client.Dial(context.Background(), client.Config{Addr: cl.socks(), Token: owner.Token(user, "handover"), Device: "handover",
 			DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
 	}
 	rc, err := dial(fmt.Sprintf("u%d", to))

@@ -63,13 +63,9 @@ func (cl *dingCluster) rollingRestart(parts, users int, upgradeTo string) (rolli
 			return f, fmt.Errorf("rolling restart: fewer than two of %d users in partition %d", users, p)
 		}
 	}
-	var addrs []string
-	for _, s := range cl.members {
-		addrs = append(addrs, s.Sock)
-	}
 	entry := cl.members[0]
 	dial := func(user, device string) (*client.Client, error) {
-		return client.Dial(context.Background(), client.Config{Addr: strings.Join(addrs, ","), Token: entry.Token(user, device), Device: device,
+		return client.Dial(context.Background(), client.Config{Addr: cl.socks(), Token: entry.Token(user, device), Device: device,
 			DialTimeout: time.Second, MaxBackoff: 100 * time.Millisecond})
 	}
 	var mu sync.Mutex
@@ -214,13 +210,11 @@ func (cl *dingCluster) rollingRestart(parts, users int, upgradeTo string) (rolli
 	}
 	var rerr error
 	for _, s := range cl.members {
-		if rerr = restart(s); rerr != nil {
-			break
-		}
-		select {
-		case err := <-errs:
-			rerr = err
-		default:
+		if rerr = restart(s); rerr == nil {
+			select {
+			case rerr = <-errs: // a sender failed meanwhile
+			default:
+			}
 		}
 		if rerr != nil {
 			break

@@ -53,33 +53,21 @@ func sweepOn(what string, icfg IngestConfig, srv *Server, counts []int, pids map
 	return pts, nil
 }
 
-// cpuSum is cpuWindow's sum: the CPU seconds of pids over the window
-// that starts warmup from now and lasts run, false until it ended.
+// cpuSum is the CPU seconds of pids (not this load generator) over the
+// window that starts warmup from now and lasts run, false until it
+// ended (cpuAtEdges).
 func cpuSum(warmup, run time.Duration, pids map[string]int) func() (float64, bool) {
-	read := func() float64 {
-		s := 0.0
-		for _, pid := range pids {
-			c, _ := cpuSeconds(pid)
-			s += c
-		}
-		return s
-	}
-	var from, to float64
-	done := make(chan struct{})
-	go func() { // one goroutine, so that done orders both reads before the sum
-		time.Sleep(warmup)
-		from = read()
-		time.Sleep(run)
-		to = read()
-		close(done)
-	}()
+	window := cpuAtEdges(warmup, run, pids)
 	return func() (float64, bool) {
-		select {
-		case <-done:
-			return to - from, true
-		default:
+		from, to, ok := window()
+		if !ok {
 			return 0, false
 		}
+		s := 0.0
+		for name := range pids {
+			s += to[name] - from[name]
+		}
+		return s, true
 	}
 }
 
