@@ -193,15 +193,7 @@ func TestClusterRelayLeavesAFrozenOwner(t *testing.T) {
 	sentOn := metricSum(t, a.n, "ding_cluster_api_sent_on_total", "")
 	answered := make(chan int, 1)
 	go func() {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/v1/messages/%s/receipts", a.http, homed.ID), nil)
-		req.Header.Set("Authorization", "Bearer "+a.n.AdminToken())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			answered <- -1
-			return
-		}
-		resp.Body.Close()
-		answered <- resp.StatusCode
+		answered <- getStatus(fmt.Sprintf("http://%s/v1/messages/%s/receipts", a.http, homed.ID), a.n.AdminToken())
 	}()
 	nodetest.WaitFor(t, "the admin request to be sent on to b", 20*time.Second, func() bool {
 		return metricSum(t, a.n, "ding_cluster_api_sent_on_total", "") > sentOn
@@ -364,28 +356,11 @@ func standInLeavesAFrozenOwner(t *testing.T, move func(coord *cluster.MemCoord, 
 	users := fmt.Sprintf("http://%s/v1/users/ana", httpOf["c"])
 	// Sent on by c to a, through the proxy while it forwards.
 	nodetest.WaitFor(t, "c to send a request on to a", 20*time.Second, func() bool {
-		req, _ := http.NewRequest("GET", users, nil)
-		req.Header.Set("Authorization", "Bearer "+a.AdminToken())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		return getStatus(users, a.AdminToken()) == http.StatusOK
 	})
 	proxy.Freeze()
 	answered := make(chan int, 1)
-	go func() {
-		req, _ := http.NewRequest("GET", users, nil)
-		req.Header.Set("Authorization", "Bearer "+a.AdminToken())
-		resp, err := http.DefaultClient.Do(req) // no timeout of its own
-		if err != nil {
-			answered <- -1
-			return
-		}
-		resp.Body.Close()
-		answered <- resp.StatusCode
-	}()
+	go func() { answered <- getStatus(users, a.AdminToken()) }()
 	nodetest.WaitFor(t, "c's request to reach the frozen proxy", 20*time.Second, func() bool { return proxy.held.Load() > 0 })
 	move(coord, a)
 	nodetest.WaitFor(t, "b to own the partition", 20*time.Second, func() bool {
@@ -402,7 +377,20 @@ func standInLeavesAFrozenOwner(t *testing.T, move func(coord *cluster.MemCoord, 
 	}
 	// Asked again, c sends it on to b, the new owner.
 	nodetest.WaitFor(t, "c to send the request on to b", 20*time.Second, func() bool {
-		code, _ := clusterCall(t, "GET", users, a.AdminToken())
-		return code == http.StatusOK
+		return getStatus(users, a.AdminToken()) == http.StatusOK
 	})
+}
+
+// getStatus sends GET url with an admin token and returns the answer's
+// status, or -1 when none came; it has no timeout of its own (a request
+// to a frozen node waits until something ends it).
+func getStatus(url, token string) int {
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

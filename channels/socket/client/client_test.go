@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/dingmq/ding/channels/socket"
 	"github.com/dingmq/ding/channels/socket/client"
@@ -420,21 +421,12 @@ func frozenServer(t *testing.T, pingMs uint32, answerFirst bool) string {
 			mu.Lock()
 			conns = append(conns, nc)
 			mu.Unlock()
-			var hdr [wire.HeaderLen]byte
-			if _, err := io.ReadFull(nc, hdr[:]); err != nil {
+			if _, err := readTestFrame(nc); err != nil { // HELLO
 				continue
 			}
-			n, _, _ := wire.ParseHeader(hdr[:], 1<<20)
-			io.ReadFull(nc, make([]byte, n-1))
 			nc.Write(wire.Encode(pb.FrameType_WELCOME, &pb.Welcome{MaxFrame: 1 << 16, PingIntervalMs: pingMs}))
 			if answerFirst { // the first SUBMIT is acknowledged, then it freezes
-				if _, err := io.ReadFull(nc, hdr[:]); err != nil {
-					continue
-				}
-				n, ft, _ := wire.ParseHeader(hdr[:], 1<<20)
-				payload := make([]byte, n-1)
-				io.ReadFull(nc, payload)
-				if msg, err := wire.Decode(ft, payload); err == nil {
+				if msg, err := readTestFrame(nc); err == nil {
 					if sub, ok := msg.(*pb.Submit); ok {
 						nc.Write(wire.Encode(pb.FrameType_SUBMIT_ACK, &pb.SubmitAck{Ref: sub.Ref, Id: "01KBMA4Q7ZQ0000000000A1B2C"}))
 					}
@@ -444,6 +436,24 @@ func frozenServer(t *testing.T, pingMs uint32, answerFirst bool) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// readTestFrame reads and decodes one frame from a client, as a fake
+// server does.
+func readTestFrame(r io.Reader) (proto.Message, error) {
+	var hdr [wire.HeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n, ft, err := wire.ParseHeader(hdr[:], 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	payload := make([]byte, n-1)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return nil, err
+	}
+	return wire.Decode(ft, payload)
 }
 
 // leftFrozen dials a frozen server (frozenServer) with PongTimeout pong,
