@@ -720,11 +720,17 @@ export class DingClient {
     }
   }
 
-  private startPing(ws: WebSocketLike, interval: number): void {
+  /** Stops the session's pings and the timers that wait on them. */
+  private stopPinging(): void {
     clearInterval(this.pingTimer);
+    this.pingTimer = undefined;
     clearTimeout(this.pongTimer);
     clearTimeout(this.probeTimer);
     this.probeTimer = undefined;
+  }
+
+  private startPing(ws: WebSocketLike, interval: number): void {
+    this.stopPinging();
     this.pingHeard = -1;
     this.lastAsked = 0;
     this.lastHeard = Date.now();
@@ -776,11 +782,7 @@ export class DingClient {
 
   /** A session ended (or an attempt failed): fail its requests, then reconnect or stop. */
   private lost(err: Error | undefined): void {
-    clearInterval(this.pingTimer);
-    clearTimeout(this.pongTimer);
-    clearTimeout(this.probeTimer);
-    this.probeTimer = undefined;
-    this.pingTimer = undefined;
+    this.stopPinging();
     const hadSession = this.session !== undefined;
     this.session = undefined;
     for (const p of this.submits.values()) p.sent = false;
@@ -820,9 +822,7 @@ export class DingClient {
     this.stopped = err;
     this.closedPromise = new Promise((r) => (this.resolveClosed = r));
     clearTimeout(this.retryTimer);
-    clearInterval(this.pingTimer);
-    clearTimeout(this.pongTimer);
-    clearTimeout(this.probeTimer);
+    this.stopPinging();
     const closed = new ClosedError(err ?? undefined);
     const subs = [...this.submits.values()];
     this.submits.clear();
