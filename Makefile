@@ -48,7 +48,7 @@ vet:
 # The whole suite with the race detector: most packages are concurrent.
 # The timeout is per package: cmd/dingd, the longest (real dingd processes,
 # clusters among them), takes 370-390 s on 2 cores; 10 minutes leaves it
-# room on a slower machine, while the suite's wall time stays about 9.
+# room on a slower machine, while the suite's wall time stays about 8-9.
 unit:
 	$(GO) test -race -count=1 -timeout 10m ./...
 
