@@ -361,7 +361,9 @@ func TestDingEscalatesOnTheFakeClock(t *testing.T) {
 		t.Fatalf("bo's receipt = %+v", r)
 	}
 	// The sender's stream carries the ledger as events, ending with the
-	// confirmation and a receipt event.
+	// confirmation and a receipt event. ProviderDigits returns with its op
+	// answered, before its batch reaches the sink: the barrier waits for it.
+	env.barrier(t)
 	ana := env.sink.entries("ana")
 	var kinds []engine.LedgerKind
 	var confirmedReceipt bool
@@ -671,6 +673,7 @@ func TestQuotasAndQuietHoursRefuse(t *testing.T) {
 		if rs := ds.Recipients[index(ds, "bo")]; rs.Status != engine.StatusRefused || !slices.Contains(events(rs), engine.LedgerQuotaRefused) {
 			t.Fatalf("bo = %+v", rs)
 		}
+		env.barrier(t)
 		if got := env.sink.entries("bo"); len(got) != 1 {
 			t.Fatalf("bo's stream has %d entries; the refused DING must not reach it", len(got))
 		}
