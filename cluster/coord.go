@@ -169,7 +169,31 @@ type Member struct {
 	// member per partition (Role then lists which it owns and follows);
 	// 0 for a cluster of one partition.
 	Partitions int `json:"partitions,omitempty"`
+	// Protocol is the replication protocol the member's build speaks
+	// (Protocol); 0, from a build that did not say, is 1.
+	Protocol int `json:"protocol,omitempty"`
 }
+
+// The replication protocol's versions: what a build writes on the
+// stream and the hand-over entries it understands. Builds of one
+// cluster may differ during a rolling upgrade; a member publishes the
+// version it speaks (Member.Protocol), and an owner uses a behaviour
+// another node must understand only when that node says it speaks a
+// version that has it (the doc's "Compatibility between builds").
+const (
+	// ProtocolOneStep: a standby place moves in one step; the hand-over
+	// entry demotes every node but the new standby (builds before
+	// 2026-12-06, which publish no version).
+	ProtocolOneStep = 1
+	// ProtocolTwoHalves: a standby place moves in two halves
+	// (Entry.Replacing, Entry.Demote; Owner.ReplaceStandby).
+	ProtocolTwoHalves = 2
+	// Protocol is the version this build speaks.
+	Protocol = ProtocolTwoHalves
+)
+
+// Speaks returns the protocol m speaks: 1 for a member that did not say.
+func (m Member) Speaks() int { return max(m.Protocol, ProtocolOneStep) }
 
 // ErrFenced is returned to an owner once a newer epoch exists: it must
 // not acknowledge anything more for the partition and must step down.

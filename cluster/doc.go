@@ -182,6 +182,54 @@
 // lagging follower goes Stale too, closed the other schedules that used
 // to end the same way, about one in 100,000.)
 //
+// # Compatibility between builds
+//
+// A rolling upgrade runs two builds in one cluster for a while: what one
+// writes, the other reads. Three things travel between members:
+//
+//   - the store's batches (Entry.Data), shipped as they are: a standby
+//     applies them without reading them, but serves them once it takes
+//     over, so every build must read the records of the build before
+//     (package engine's records carry a version byte, and a decoder
+//     refuses one it does not know with engine.ErrCorrupt);
+//   - the relay's batches between partitions (engine/relaywire.go, led
+//     by their own version; a destination refuses one it cannot read,
+//     bad_relay, and the records stay in the origin's outbox until one
+//     reads them);
+//   - the protocol's own fields: the stream entries' (Entry), the acks,
+//     the coordinator's keys, and the HTTP calls between members.
+//
+// The last is versioned as a whole (Protocol): each member publishes the
+// version its build speaks (Member.Protocol, in its status), and an
+// owner uses a behaviour another node must understand only when that
+// node says it speaks a version that has it. A field an older build
+// does not know is not refused but ignored (a stream entry's fields are
+// named, and a member's status is JSON), which is why the writer, not
+// the reader, must look. Versions so far:
+//
+//   - 1 (ProtocolOneStep; builds before 2026-12-06, which publish
+//     none): a standby place moves in one step, and the hand-over entry
+//     demotes every node but the new standby.
+//   - 2 (ProtocolTwoHalves): it moves in two halves (Entry.Replacing,
+//     Entry.Demote). Replacing a standby that speaks 1, an owner moves
+//     it in one step (Owner.ReplaceStandbyOneStep, chosen in
+//     SnapshotHandler from the registry): in two, that node, demoted by
+//     the hand-over entry as its build reads it, stops following and
+//     never acks the entry that ends the second half, and writes waited
+//     until the owner dropped it as stalled (two lease TTLs: the 6.4 s
+//     wait `dingbench cluster --upgrade-to` met from a build of
+//     2026-12-05).
+//
+// The rule for a change to any of the three: a build reads what the
+// build before it writes, and writes something new only to nodes that
+// say they read it. A new protocol behaviour is used only with a node
+// that speaks it, as above. No record or relay version has changed
+// since cluster mode was built (2026-12-03); the first that does bumps
+// Protocol, and is written only once every member's status says it
+// speaks that version (a check to add with it).
+// A change that cannot follow the rule is an upgrade that stops the
+// whole cluster, and must say so where it is released.
+//
 // # Tested
 //
 // TestSimulation runs thousands of seeded schedules of three nodes, one

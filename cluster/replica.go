@@ -29,6 +29,8 @@ type Owner struct {
 	// ack of it names handTo in the Coord (the move's first half).
 	handTo string
 	handAt uint64
+	// oneStep: the move has no second half (ReplaceStandbyOneStep).
+	oneStep bool
 	// The move's second half: the standby replaced, still counted beside
 	// the new one until it applies an entry demoting it (the first
 	// shipped after the first half, at leaveAt; 0 until then).
@@ -103,7 +105,7 @@ func (o *Owner) SetStandby(node string) { o.standby = node }
 // until a new standby (SetStandby, from a snapshot) holds it. The caller
 // then stops the Coord naming it, so that it can no longer take over.
 func (o *Owner) DropStandby() {
-	o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt = "", "", 0, "", 0
+	o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt, o.oneStep = "", "", 0, "", 0, false
 }
 
 // LetLeavingGo, in a move's second half (Leaving), stops counting the
@@ -155,7 +157,32 @@ func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error)
 		return 0, fmt.Errorf("cluster: partition %d: no standby to replace, or a hand-over in progress", o.p)
 	}
 	seq, err := o.ship(ctx, Entry{Standby: node, Replacing: o.standby})
-	o.handTo, o.handAt = node, seq
+	o.handTo, o.handAt, o.oneStep = node, seq, false
+	return seq, err
+}
+
+// ReplaceStandbyOneStep is ReplaceStandby for a standby that speaks a
+// protocol older than ProtocolTwoHalves (a build from before it, during
+// a rolling upgrade): such a node ignores Entry.Replacing and
+// Entry.Demote, demotes itself on applying the hand-over entry, and
+// stops following, so it would never ack the entry that ends a second
+// half (the move then waited for the owner to drop it as stalled, two
+// lease TTLs). The entry carries no Replacing, so that every node
+// applying it but node is demoted at once, as every build reads it, and
+// the move ends with its first half: node is named in the Coord once
+// both have acked the entry, and its acks alone count from then. What
+// it gives up is what the second half was for: an owner that dies
+// between the entry and the naming leaves a named standby that refuses
+// to take over (demoted) until it is dropped.
+func (o *Owner) ReplaceStandbyOneStep(ctx context.Context, node string) (uint64, error) {
+	if o.fenced {
+		return 0, ErrFenced
+	}
+	if o.standby == "" || o.handTo != "" || o.leaving != "" {
+		return 0, fmt.Errorf("cluster: partition %d: no standby to replace, or a hand-over in progress", o.p)
+	}
+	seq, err := o.ship(ctx, Entry{Standby: node})
+	o.handTo, o.handAt, o.oneStep = node, seq, true
 	return seq, err
 }
 
@@ -265,7 +292,11 @@ func (o *Owner) Observe(ctx context.Context, acks map[string]Ack) (uint64, error
 		if err := o.c.SetStandby(ctx, o.p, o.handTo); err != nil {
 			return o.acked, err
 		}
-		o.standby, o.leaving, o.leaveAt, o.handTo, o.handAt = o.handTo, o.standby, 0, "", 0
+		if o.oneStep {
+			o.standby, o.handTo, o.handAt, o.oneStep = o.handTo, "", 0, false
+		} else {
+			o.standby, o.leaving, o.leaveAt, o.handTo, o.handAt = o.handTo, o.standby, 0, "", 0
+		}
 	}
 	seq, ok := holds(o.standby)
 	if !ok {

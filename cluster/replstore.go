@@ -638,13 +638,17 @@ func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, nod
 // a join from a snapshot (AddStandbyAt), the partition is never left
 // without a standby holding its history while the new one catches up.
 //
+// replacingSpeaks is the protocol the standby replaced speaks (Member.
+// Protocol): one older than ProtocolTwoHalves gets a move of one half
+// (Owner.ReplaceStandbyOneStep), which is all it understands.
+//
 // Refused (ErrStandbyRefused) when replacing is not the standby, snap is
 // not this owner's history, or another move is in progress; asking again
 // for the move in progress to node waits for it again. A ctx that ends
 // first leaves the move in progress (a standby that stops acking is
 // dropped as always, which ends it).
-func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, replacing string, snap StandbyState) error {
-	seq, err := r.startReplace(ctx, node, replacing, snap)
+func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, replacing string, replacingSpeaks int, snap StandbyState) error {
+	seq, err := r.startReplace(ctx, node, replacing, replacingSpeaks, snap)
 	if err != nil {
 		return err
 	}
@@ -700,7 +704,7 @@ func (r *ReplicatedStore) shipOwn(ship func() (uint64, error)) (uint64, error) {
 	return seq, nil
 }
 
-func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing string, snap StandbyState) (uint64, error) {
+func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing string, replacingSpeaks int, snap StandbyState) (uint64, error) {
 	// applyMu: the entry takes the next Seq between two shipped batches,
 	// as a batch would (Snapshot and shipBatch hold it too).
 	r.applyMu.Lock()
@@ -725,6 +729,9 @@ func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing stri
 	}
 	if leaving, _ := o.Leaving(); leaving != "" {
 		return 0, fmt.Errorf("%w: partition %d's standby role is still leaving %q", ErrStandbyRefused, o.p, leaving)
+	}
+	if replacingSpeaks < ProtocolTwoHalves {
+		return r.shipOwn(func() (uint64, error) { return o.ReplaceStandbyOneStep(ctx, node) })
 	}
 	return r.shipOwn(func() (uint64, error) { return o.ReplaceStandby(ctx, node) })
 }
@@ -757,13 +764,13 @@ func (r *ReplicatedStore) dropStandby(ctx context.Context, c Coord, only string)
 		return nil
 	}
 	o := r.owner
-	handTo, handAt, leaving, leaveAt := o.handTo, o.handAt, o.leaving, o.leaveAt
+	handTo, handAt, leaving, leaveAt, oneStep := o.handTo, o.handAt, o.leaving, o.leaveAt, o.oneStep
 	o.DropStandby()
 	if err := c.SetStandby(ctx, o.p, ""); err != nil {
 		// Undone, so that the caller's retry drops it again: an owner that
 		// counted nobody while the coordinator still named the standby
 		// would wait forever (no spare may join a named standby's place).
-		o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt = cur, handTo, handAt, leaving, leaveAt
+		o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt, o.oneStep = cur, handTo, handAt, leaving, leaveAt, oneStep
 		return err
 	}
 	return nil

@@ -65,14 +65,14 @@ func TestSimulation(t *testing.T) {
 		t.Logf("fewer than 1,000 schedules: not checking that every situation was met")
 		return
 	}
-	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 || stats.observed == 0 || stats.observerResets == 0 || stats.learners == 0 || stats.moves == 0 || stats.demotions == 0 || stats.continued == 0 || stats.handovers == 0 {
+	if stats.takeovers == 0 || stats.fencedOwners == 0 || stats.rollbacks == 0 || stats.acked == 0 || stats.refusedTakeovers == 0 || stats.trimmed == 0 || stats.drops == 0 || stats.recoveries == 0 || stats.observed == 0 || stats.observerResets == 0 || stats.learners == 0 || stats.moves == 0 || stats.demotions == 0 || stats.continued == 0 || stats.handovers == 0 || stats.oneStepMoves == 0 {
 		t.Fatalf("the schedules never reached some situation: %+v", stats)
 	}
 }
 
 type simStats struct {
 	acked, takeovers, refusedTakeovers, fencedOwners, rollbacks, standbyChanges, staleSnapshots, wipes, trimmed, drops, recoveries int
-	observed, observerResets, learners, moves, demotions, continued, handovers, namedFollows                                       int
+	observed, observerResets, learners, moves, demotions, continued, handovers, namedFollows, oneStepMoves                         int
 }
 
 type simNode struct {
@@ -824,8 +824,20 @@ func (s *sim) learn(o, c *simNode) error {
 // shipHandOver writes o's hand-over entry naming c into o's history (the
 // stream gets it from ReplaceStandby); ok is false when o was fenced
 // (it steps down) or on err.
+//
+// One move in three is of one step (ReplaceStandbyOneStep, as for a
+// standby of an older build), chosen by the entry's Seq rather than by
+// the schedule's randomness, which would renumber every schedule.
 func (s *sim) shipHandOver(ctx context.Context, o, c *simNode) (seq uint64, ok bool, err error) {
-	seq, err = o.owner.ReplaceStandby(ctx, c.id)
+	if (o.st.Seq+1)%3 == 0 {
+		seq, err = o.owner.ReplaceStandbyOneStep(ctx, c.id)
+		if err == nil {
+			s.stats.oneStepMoves++
+			s.log("%s's move to %s is of one step", o.id, c.id)
+		}
+	} else {
+		seq, err = o.owner.ReplaceStandby(ctx, c.id)
+	}
 	if err == ErrFenced {
 		s.log("%s is fenced; steps down", o.id)
 		o.owner = nil

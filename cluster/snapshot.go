@@ -103,7 +103,7 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 			// waits again).
 			ctx, cancel := context.WithTimeout(r.Context(), replaceWait)
 			defer cancel()
-			switch err := rs.ReplaceStandbyAt(ctx, c, node, replacing, snap); {
+			switch err := rs.ReplaceStandbyAt(ctx, c, node, replacing, speaks(ctx, c, replacing), snap); {
 			case err == nil:
 				w.WriteHeader(http.StatusNoContent)
 			case errors.Is(err, ErrStandbyRefused), errors.Is(err, ErrFenced):
@@ -132,6 +132,21 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	return mux
+}
+
+// speaks returns the protocol node says it speaks (Member.Speaks), read
+// from c's registry; Protocol when it cannot be read or node publishes
+// no status (a node that stopped: whatever the move, it waits until the
+// node is dropped as stalled).
+func speaks(ctx context.Context, c Coord, node string) int {
+	if reg, ok := c.(Registry); ok {
+		if ms, err := reg.Members(ctx); err == nil {
+			if m, ok := ms[node]; ok {
+				return m.Speaks()
+			}
+		}
+	}
+	return Protocol
 }
 
 func writeTar(w io.Writer, dir string, files []string) error {

@@ -246,3 +246,136 @@ func TestOwnerBeforeContinuesAsStandby(t *testing.T) {
 	defer engA2.Close()
 	verify(t, engA2, acked)
 }
+
+// A standby place moves in one step when the standby it replaces runs a
+// build from before the two halves (its status names no protocol). Such
+// a node, applying the hand-over entry, demotes itself and stops
+// following (it reads neither Entry.Replacing nor Entry.Demote), so the
+// entry that ends a second half would never be acked by it: in a rolling
+// upgrade each such move held every write until the owner dropped it as
+// stalled. The hand-over entry then names no standby replaced, the move
+// ends once c is named, and writes go on on c's acks alone. A standby
+// that says it speaks this build's protocol still gets both halves.
+func TestStandbyPlaceMovesInOneStepForAnOlderBuild(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		protocol int // what b publishes
+	}{
+		{"an older build", 0},
+		{"this build", cluster.Protocol},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			rdb := redis.NewClient(&redis.Options{Addr: redistest.Start(t).Addr})
+			defer rdb.Close()
+			c := cluster.NewRedisCoord(rdb)
+			const p, ttl, secret = cluster.Partition(0), time.Second, "s3cret"
+			old := tc.protocol < cluster.ProtocolTwoHalves
+			if err := c.SetMember(ctx, "b", cluster.Member{Role: "standby", Protocol: tc.protocol}, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+
+			stA, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rsA, _, stopRenew := leasedOwner(t, c, p, "a", "", stA, ttl)
+			engA := openEngine(t, rsA)
+			srv := httptest.NewServer(cluster.SnapshotHandler(rsA, c, secret, t.TempDir()))
+			defer srv.Close()
+			ep := cluster.Endpoint{Client: srv.Client(), URL: srv.URL, Secret: secret, P: p}
+			join := func(node string) (*cluster.Follower, *pebblestore.DB, cluster.StandbyState) {
+				dir := filepath.Join(t.TempDir(), node)
+				st, err := ep.FetchSnapshot(ctx, dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				db, err := pebblestore.Open(filepath.Join(dir, "store"), pebblestore.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { db.Close() })
+				f, err := cluster.NewFollowerFromSnapshot(c, p, node, db, st)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return f, db, st
+			}
+
+			// b follows one entry at a time; as an older build, it stops at
+			// the first hand-over that names another node (it would be
+			// demoted by it, whatever else the entry says).
+			fB, _, stB := join("b")
+			bCtx, bStop := context.WithCancel(ctx)
+			bDone := make(chan struct{})
+			go func() {
+				defer close(bDone)
+				for bCtx.Err() == nil {
+					n, err := fB.Standby().Step(bCtx, 1)
+					if st := fB.Standby().State(); old && (st.Demoted || st.Leaving) {
+						return
+					}
+					if n == 0 || err != nil {
+						select {
+						case <-bCtx.Done():
+						case <-time.After(5 * time.Millisecond):
+						}
+					}
+				}
+			}()
+			defer func() { bStop(); <-bDone }()
+			if err := ep.RequestStandby(ctx, "b", stB); err != nil {
+				t.Fatal(err)
+			}
+			acked := submitN(t, engA, "before", 20)
+
+			fC, dbC, stC := join("c")
+			stopC := run(t, fC, 20*time.Millisecond)
+			if err := ep.RequestStandbyPlace(ctx, "c", "b", stC); err != nil {
+				t.Fatalf("moving b's place to c: %v", err)
+			}
+			if st := rsA.Status(); st.Standby != "c" || st.HandingTo != "" || st.Leaving != "" {
+				t.Fatalf("owner's status %+v, want standby c, the move ended", st)
+			}
+			// Writes go on: on c's acks alone when b is of an older build
+			// (it follows no more).
+			acked = append(acked, submitN(t, engA, "after", 20)...)
+			if old {
+				select {
+				case <-bDone:
+				default:
+					t.Fatal("b, of an older build, is still following")
+				}
+			}
+			if st := fB.Standby().State(); !st.Demoted {
+				t.Fatalf("b's state %+v after the move, want demoted", st)
+			}
+
+			// The hand-over entry names b as the standby replaced only when
+			// b reads it.
+			es, _, err := c.Entries(ctx, p, "", 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var handOvers []cluster.Entry
+			for _, e := range es {
+				if e.Standby != "" {
+					handOvers = append(handOvers, e)
+				}
+			}
+			if want := map[bool]string{true: "", false: "b"}[old]; len(handOvers) != 1 || handOvers[0].Standby != "c" || handOvers[0].Replacing != want {
+				t.Fatalf("hand-over entries %+v, want one naming c, replacing %q", handOvers, want)
+			}
+
+			// The owner dies; c takes over with everything acknowledged.
+			stopRenew()
+			takeOver(t, fC, ttl)
+			stopC()
+			_ = engA.Close()
+			_ = rsA.Close()
+			engC := openEngine(t, dbC)
+			defer engC.Close()
+			verify(t, engC, acked)
+		})
+	}
+}
