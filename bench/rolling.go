@@ -272,6 +272,11 @@ wait:
 	}
 	f.lost, f.twice = missing()
 	f.sent = len(acked)
+	if len(f.retried) > 0 {
+		// What the nodes logged of the requests they answered with a
+		// server error (session: "request failed", with its cause).
+		cl.logLines(10, func(line string) bool { return strings.Contains(line, "request failed") })
+	}
 	return f, nil
 }
 
@@ -327,13 +332,22 @@ func allZeroLost(rounds []rollingFigures) bool {
 // logTails prints the last n lines of each node's log (dingd's stderr,
 // at --log-level warn) to stderr: a failed round's evidence, which
 // would otherwise go with the nodes' data directories.
-func (cl *dingCluster) logTails(n int) {
+func (cl *dingCluster) logTails(n int) { cl.logLines(n, nil) }
+
+// logLines prints, to stderr, the last n lines of each node's log that
+// keep says to (every line for nil).
+func (cl *dingCluster) logLines(n int, keep func(string) bool) {
 	for i, s := range cl.members {
 		b, err := os.ReadFile(filepath.Join(s.Data, "dingd.log"))
 		if err != nil {
 			continue
 		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		fmt.Fprintf(os.Stderr, "cluster: node %c's log, last %d lines:\n%s\n", 'a'+i, min(n, len(lines)), strings.Join(lines[max(0, len(lines)-n):], "\n"))
+		var lines []string
+		for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+			if keep == nil || keep(l) {
+				lines = append(lines, l)
+			}
+		}
+		fmt.Fprintf(os.Stderr, "cluster: node %c's log, last %d lines of %d:\n%s\n", 'a'+i, min(n, len(lines)), len(lines), strings.Join(lines[max(0, len(lines)-n):], "\n"))
 	}
 }

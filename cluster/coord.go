@@ -183,7 +183,8 @@ type Member struct {
 const (
 	// ProtocolOneStep: a standby place moves in one step; the hand-over
 	// entry demotes every node but the new standby (builds before
-	// 2026-12-06, which publish no version).
+	// 9aa8e02; builds before a4b0dfb publish no version and are taken
+	// for it).
 	ProtocolOneStep = 1
 	// ProtocolTwoHalves: a standby place moves in two halves
 	// (Entry.Replacing, Entry.Demote; Owner.ReplaceStandby).

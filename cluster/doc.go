@@ -207,9 +207,12 @@
 // named, and a member's status is JSON), which is why the writer, not
 // the reader, must look. Versions so far:
 //
-//   - 1 (ProtocolOneStep; builds before 2026-12-06, which publish
-//     none): a standby place moves in one step, and the hand-over entry
-//     demotes every node but the new standby.
+//   - 1 (ProtocolOneStep; builds before 9aa8e02, 2026-12-06): a
+//     standby place moves in one step, and the hand-over entry demotes
+//     every node but the new standby. Builds before a4b0dfb publish no
+//     version and are taken for 1, including those from 9aa8e02 on,
+//     which speak 2: they get moves of one step, which every build
+//     reads.
 //   - 2 (ProtocolTwoHalves): it moves in two halves (Entry.Replacing,
 //     Entry.Demote). Replacing a standby that speaks 1, an owner moves
 //     it in one step (Owner.ReplaceStandbyOneStep, chosen in

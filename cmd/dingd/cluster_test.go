@@ -509,16 +509,23 @@ func TestClusterDrainUnderLoad(t *testing.T) {
 	more("acks through c with d as its standby")
 	stop()
 	<-done
-	// The owner's status lists every member and what it does.
-	want := map[string]string{"a": "drained", "b": "drained", "c": "owner", "d": "standby"}
+	// The owner's status lists every member, what it does, and the
+	// replication protocol its build speaks.
+	want := map[string]string{}
+	for id, role := range map[string]string{"a": "drained", "b": "drained", "c": "owner", "d": "standby"} {
+		want[id] = fmt.Sprintf("%s, protocol %d", role, cluster.Protocol)
+	}
 	nodetest.WaitFor(t, "every member's status", 10*time.Second, func() bool {
 		var st struct {
-			Members []struct{ ID, Role, HTTP string }
+			Members []struct {
+				ID, Role, HTTP string
+				Protocol       int
+			}
 		}
 		(&proc{data: b.data, http: cm.http}).admin(t, "GET", "/v1/cluster", nil, &st)
 		got := map[string]string{}
 		for _, m := range st.Members {
-			got[m.ID] = m.Role
+			got[m.ID] = fmt.Sprintf("%s, protocol %d", m.Role, m.Protocol)
 		}
 		return maps.Equal(got, want)
 	})
