@@ -172,6 +172,10 @@ type Member struct {
 	// Protocol is the replication protocol the member's build speaks
 	// (Protocol); 0, from a build that did not say, is 1.
 	Protocol int `json:"protocol,omitempty"`
+	// Build names the member's build (its VCS revision; package
+	// internal/buildinfo), for operators: during a rolling upgrade, which
+	// members run which build. Nothing in the protocol reads it.
+	Build string `json:"build,omitempty"`
 }
 
 // The replication protocol's versions: what a build writes on the

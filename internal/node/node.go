@@ -414,7 +414,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		cfg.Logger.Warn("restored the store from a backup: secret messages burn at this start (their keys are not in backups); client tokens signed before need the old jwt.secret, or new tokens",
 			"from", cfg.RestoreFrom, "keys", st.Keys, "bytes", st.Bytes)
 	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge())
 	if err := registerDiskMetrics(reg, cfg.DataDir); err != nil {
 		return nil, err
 	}

@@ -123,7 +123,7 @@ func (m *member) ownerAddrs(ctx context.Context) ownerCache {
 // standInMetrics registers a member's metrics while it does not serve.
 func (m *member) standInMetrics() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge())
 	standby := func(f func(cluster.StandbyState) float64) func() float64 {
 		return func() float64 {
 			if fl := m.follower.Load(); fl != nil {
