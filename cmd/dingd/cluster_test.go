@@ -509,23 +509,26 @@ func TestClusterDrainUnderLoad(t *testing.T) {
 	more("acks through c with d as its standby")
 	stop()
 	<-done
-	// The owner's status lists every member, what it does, and the
-	// replication protocol its build speaks.
+	// The owner's status lists every member, what it does, its build
+	// and the replication protocol the build speaks.
 	want := map[string]string{}
 	for id, role := range map[string]string{"a": "drained", "b": "drained", "c": "owner", "d": "standby"} {
-		want[id] = fmt.Sprintf("%s, protocol %d", role, cluster.Protocol)
+		want[id] = fmt.Sprintf("%s, protocol %d, build named", role, cluster.Protocol)
 	}
 	nodetest.WaitFor(t, "every member's status", 10*time.Second, func() bool {
 		var st struct {
 			Members []struct {
-				ID, Role, HTTP string
-				Protocol       int
+				ID, Role, HTTP, Build string
+				Protocol              int
 			}
 		}
 		(&proc{data: b.data, http: cm.http}).admin(t, "GET", "/v1/cluster", nil, &st)
 		got := map[string]string{}
 		for _, m := range st.Members {
-			got[m.ID] = fmt.Sprintf("%s, protocol %d", m.Role, m.Protocol)
+			got[m.ID] = fmt.Sprintf("%s, protocol %d, build named", m.Role, m.Protocol)
+			if m.Build == "" {
+				got[m.ID] = fmt.Sprintf("%s, protocol %d, no build", m.Role, m.Protocol)
+			}
 		}
 		return maps.Equal(got, want)
 	})
