@@ -150,15 +150,7 @@ func (o *Owner) Leaving() (node string, at uint64) { return o.leaving, o.leaveAt
 //
 // Every other node applying the hand-over is demoted by it.
 func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error) {
-	if o.fenced {
-		return 0, ErrFenced
-	}
-	if o.standby == "" || o.handTo != "" || o.leaving != "" {
-		return 0, fmt.Errorf("cluster: partition %d: no standby to replace, or a hand-over in progress", o.p)
-	}
-	seq, err := o.ship(ctx, Entry{Standby: node, Replacing: o.standby})
-	o.handTo, o.handAt, o.oneStep = node, seq, false
-	return seq, err
+	return o.replaceStandby(ctx, node, false)
 }
 
 // ReplaceStandbyOneStep is ReplaceStandby for a standby that speaks a
@@ -170,19 +162,32 @@ func (o *Owner) ReplaceStandby(ctx context.Context, node string) (uint64, error)
 // lease TTLs). The entry carries no Replacing, so that every node
 // applying it but node is demoted at once, as every build reads it, and
 // the move ends with its first half: node is named in the Coord once
-// both have acked the entry, and its acks alone count from then. What
-// it gives up is what the second half was for: an owner that dies
-// between the entry and the naming leaves a named standby that refuses
-// to take over (demoted) until it is dropped.
+// both have acked the entry, and its acks alone count from then.
+//
+// What it gives up is what the second half was for, and what that
+// older build never had: an owner that dies after the old standby
+// applied the entry and before it names node leaves the Coord naming a
+// standby that refuses to take over (demoted), and nobody else may;
+// nothing clears that on its own. ReplicatedStore.ReplaceStandbyAt
+// narrows that window to the acks of one entry by shipping it only once
+// node has caught up.
 func (o *Owner) ReplaceStandbyOneStep(ctx context.Context, node string) (uint64, error) {
+	return o.replaceStandby(ctx, node, true)
+}
+
+func (o *Owner) replaceStandby(ctx context.Context, node string, oneStep bool) (uint64, error) {
 	if o.fenced {
 		return 0, ErrFenced
 	}
 	if o.standby == "" || o.handTo != "" || o.leaving != "" {
 		return 0, fmt.Errorf("cluster: partition %d: no standby to replace, or a hand-over in progress", o.p)
 	}
-	seq, err := o.ship(ctx, Entry{Standby: node})
-	o.handTo, o.handAt, o.oneStep = node, seq, true
+	e := Entry{Standby: node, Replacing: o.standby}
+	if oneStep {
+		e.Replacing = ""
+	}
+	seq, err := o.ship(ctx, e)
+	o.handTo, o.handAt, o.oneStep = node, seq, oneStep
 	return seq, err
 }
 

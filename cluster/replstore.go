@@ -648,6 +648,15 @@ func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, nod
 // first leaves the move in progress (a standby that stops acking is
 // dropped as always, which ends it).
 func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, replacing string, replacingSpeaks int, snap StandbyState) error {
+	if replacingSpeaks < ProtocolTwoHalves {
+		// One step: the old standby demotes itself on the entry, and the
+		// partition has no taker until node is named, so the entry goes
+		// only once node holds what was shipped when this began: then
+		// both ack it within a stream read or two.
+		if err := r.awaitCaughtUp(ctx, c, node); err != nil {
+			return err
+		}
+	}
 	seq, err := r.startReplace(ctx, node, replacing, replacingSpeaks, snap)
 	if err != nil {
 		return err
@@ -661,6 +670,28 @@ func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, r
 		return err
 	}
 	return r.await(ctx, seq)
+}
+
+// awaitCaughtUp waits until node's ack (a learner's, which counts for
+// nothing) at this owner's epoch covers every batch shipped when it
+// began, or ctx ends.
+func (r *ReplicatedStore) awaitCaughtUp(ctx context.Context, c Coord, node string) error {
+	r.mu.Lock()
+	o := r.owner
+	target, epoch, me := o.next-1, o.epoch, o.node
+	r.mu.Unlock()
+	for {
+		if acks, err := c.Acks(ctx, o.p); err == nil {
+			if a, ok := acks[node]; ok && a.Epoch == epoch && a.Owner == me && a.Seq >= target {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: %s has not caught up with batch %d yet: %w", node, target, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // shipDemotion ships, once a move to node is in its second half, the

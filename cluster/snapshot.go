@@ -103,7 +103,12 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 			// waits again).
 			ctx, cancel := context.WithTimeout(r.Context(), replaceWait)
 			defer cancel()
-			switch err := rs.ReplaceStandbyAt(ctx, c, node, replacing, speaks(ctx, c, replacing), snap); {
+			speaks, err := speaks(ctx, c, replacing)
+			if err != nil {
+				http.Error(w, "cluster: the hand-over of the standby role waits for the registry: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			switch err := rs.ReplaceStandbyAt(ctx, c, node, replacing, speaks, snap); {
 			case err == nil:
 				w.WriteHeader(http.StatusNoContent)
 			case errors.Is(err, ErrStandbyRefused), errors.Is(err, ErrFenced):
@@ -135,18 +140,25 @@ func SnapshotHandler(rs *ReplicatedStore, c Coord, secret, tmpDir string, files 
 }
 
 // speaks returns the protocol node says it speaks (Member.Speaks), read
-// from c's registry; Protocol when it cannot be read or node publishes
-// no status (a node that stopped: whatever the move, it waits until the
-// node is dropped as stalled).
-func speaks(ctx context.Context, c Coord, node string) int {
-	if reg, ok := c.(Registry); ok {
-		if ms, err := reg.Members(ctx); err == nil {
-			if m, ok := ms[node]; ok {
-				return m.Speaks()
-			}
-		}
+// from c's registry; Protocol when node publishes no status now (most
+// likely a node that stopped: whatever the move, it waits until that
+// one is dropped as stalled; a build from before members published a
+// status, 2026-12-04, gets two halves too, and the stall) or c keeps no
+// registry. A registry that cannot be read is an error: the caller
+// answers 503 and the learner asks again.
+func speaks(ctx context.Context, c Coord, node string) (int, error) {
+	reg, ok := c.(Registry)
+	if !ok {
+		return Protocol, nil
 	}
-	return Protocol
+	ms, err := reg.Members(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if m, ok := ms[node]; ok {
+		return m.Speaks(), nil
+	}
+	return Protocol, nil
 }
 
 func writeTar(w io.Writer, dir string, files []string) error {

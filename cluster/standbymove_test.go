@@ -343,8 +343,8 @@ func TestStandbyPlaceMovesInOneStepForAnOlderBuild(t *testing.T) {
 			if old {
 				select {
 				case <-bDone:
-				default:
-					t.Fatal("b, of an older build, is still following")
+				case <-time.After(10 * time.Second):
+					t.Fatal("b, of an older build, still follows 10 s after the move")
 				}
 			}
 			if st := fB.Standby().State(); !st.Demoted {

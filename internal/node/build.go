@@ -2,6 +2,7 @@ package node
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/internal/buildinfo"
@@ -28,4 +29,12 @@ func buildInfoGauge() prometheus.Gauge {
 	})
 	g.Set(1)
 	return g
+}
+
+// memberStatus is what a member says of itself in the registry: its
+// addresses, its node's partitions (0 for one), its role, and this
+// build and the protocol it speaks.
+func memberStatus(http, socket string, partitions int, role string) cluster.Member {
+	return cluster.Member{HTTP: http, Socket: socket, At: time.Now().UTC(), Partitions: partitions, Role: role,
+		Protocol: cluster.Protocol, Build: thisBuild.Build()}
 }

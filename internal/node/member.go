@@ -1116,7 +1116,7 @@ func (m *member) publish(ctx context.Context, reg cluster.Registry) {
 
 // self is this member's status now.
 func (m *member) self() cluster.Member {
-	me := cluster.Member{HTTP: m.mc.Advertise, Socket: m.mc.AdvertiseSocket, At: time.Now().UTC(), Protocol: cluster.Protocol, Build: thisBuild.Build()}
+	me := memberStatus(m.mc.Advertise, m.mc.AdvertiseSocket, 0, "")
 	if rs := m.serving.Load(); rs != nil {
 		st := rs.Status()
 		me.Role, me.Epoch, me.Seq = "owner", st.Epoch, st.Shipped

@@ -431,7 +431,7 @@ func publishPartitioned(ctx context.Context, reg cluster.Registry, mc MemberConf
 		if ms[0].drained.Load() {
 			role = string(stateDrained) + ": " + role
 		}
-		me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: mc.Node.Partitions, Role: role, Protocol: cluster.Protocol, Build: thisBuild.Build()}
+		me := memberStatus(mc.Advertise, mc.AdvertiseSocket, mc.Node.Partitions, role)
 		if err := reg.SetMember(ctx, mc.ID, me, 3*mc.LeaseTTL); err != nil && ctx.Err() == nil {
 			mc.Node.Logger.Debug("publishing this node's status failed", "err", err)
 		}
@@ -640,7 +640,7 @@ func filesFrom(ctx context.Context, mc MemberConfig, reg cluster.Registry, start
 	if reg == nil {
 		return "", false
 	}
-	me := cluster.Member{HTTP: mc.Advertise, Socket: mc.AdvertiseSocket, At: time.Now().UTC(), Partitions: mc.Node.Partitions, Role: roleStarting, Protocol: cluster.Protocol, Build: thisBuild.Build()}
+	me := memberStatus(mc.Advertise, mc.AdvertiseSocket, mc.Node.Partitions, roleStarting)
 	_ = reg.SetMember(ctx, mc.ID, me, 3*mc.LeaseTTL)
 	all, err := reg.Members(ctx)
 	if err != nil {
