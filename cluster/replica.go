@@ -25,17 +25,8 @@ type Owner struct {
 	unacked []Entry // shipped, not yet acked, in Seq order (resent by Resend)
 	fenced  bool
 
-	// A hand-over in progress: the entry at handAt names handTo; handTo's
-	// ack of it names handTo in the Coord (the move's first half).
-	handTo string
-	handAt uint64
-	// oneStep: the move has no second half (ReplaceStandbyOneStep).
-	oneStep bool
-	// The move's second half: the standby replaced, still counted beside
-	// the new one until it applies an entry demoting it (the first
-	// shipped after the first half, at leaveAt; 0 until then).
-	leaving string
-	leaveAt uint64
+	// A standby place moving (ReplaceStandby); zero when none is.
+	standbyMove
 
 	// took is the history this owner's continues from a takeover: the
 	// standby's fence and Seq just before it (zero for a founding or a
@@ -50,6 +41,22 @@ type Owner struct {
 	confirmed uint64
 	recent    recentRing
 	ackWake   chan struct{}
+}
+
+// standbyMove is an Owner's standby place in motion, kept apart so that
+// dropping or restoring a move is one assignment.
+type standbyMove struct {
+	// A hand-over in progress: the entry at handAt names handTo; handTo's
+	// ack of it names handTo in the Coord (the move's first half).
+	handTo string
+	handAt uint64
+	// oneStep: the move has no second half (ReplaceStandbyOneStep).
+	oneStep bool
+	// The move's second half: the standby replaced, still counted beside
+	// the new one until it applies an entry demoting it (the first
+	// shipped after the first half, at leaveAt; 0 until then).
+	leaving string
+	leaveAt uint64
 }
 
 // NewOwner starts shipping for node, owner of p at epoch, whose history
@@ -105,7 +112,7 @@ func (o *Owner) SetStandby(node string) { o.standby = node }
 // until a new standby (SetStandby, from a snapshot) holds it. The caller
 // then stops the Coord naming it, so that it can no longer take over.
 func (o *Owner) DropStandby() {
-	o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt, o.oneStep = "", "", 0, "", 0, false
+	o.standby, o.standbyMove = "", standbyMove{}
 }
 
 // LetLeavingGo, in a move's second half (Leaving), stops counting the

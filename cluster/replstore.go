@@ -648,7 +648,8 @@ func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, nod
 // first leaves the move in progress (a standby that stops acking is
 // dropped as always, which ends it).
 func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, replacing string, replacingSpeaks int, snap StandbyState) error {
-	if replacingSpeaks < ProtocolTwoHalves {
+	oneStep := replacingSpeaks < ProtocolTwoHalves
+	if oneStep {
 		// One step: the old standby demotes itself on the entry, and the
 		// partition has no taker until node is named, so the entry goes
 		// only once node holds what was shipped when this began: then
@@ -657,7 +658,7 @@ func (r *ReplicatedStore) ReplaceStandbyAt(ctx context.Context, c Coord, node, r
 			return err
 		}
 	}
-	seq, err := r.startReplace(ctx, node, replacing, replacingSpeaks, snap)
+	seq, err := r.startReplace(ctx, node, replacing, oneStep, snap)
 	if err != nil {
 		return err
 	}
@@ -735,7 +736,7 @@ func (r *ReplicatedStore) shipOwn(ship func() (uint64, error)) (uint64, error) {
 	return seq, nil
 }
 
-func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing string, replacingSpeaks int, snap StandbyState) (uint64, error) {
+func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing string, oneStep bool, snap StandbyState) (uint64, error) {
 	// applyMu: the entry takes the next Seq between two shipped batches,
 	// as a batch would (Snapshot and shipBatch hold it too).
 	r.applyMu.Lock()
@@ -761,10 +762,7 @@ func (r *ReplicatedStore) startReplace(ctx context.Context, node, replacing stri
 	if leaving, _ := o.Leaving(); leaving != "" {
 		return 0, fmt.Errorf("%w: partition %d's standby role is still leaving %q", ErrStandbyRefused, o.p, leaving)
 	}
-	if replacingSpeaks < ProtocolTwoHalves {
-		return r.shipOwn(func() (uint64, error) { return o.ReplaceStandbyOneStep(ctx, node) })
-	}
-	return r.shipOwn(func() (uint64, error) { return o.ReplaceStandby(ctx, node) })
+	return r.shipOwn(func() (uint64, error) { return o.replaceStandby(ctx, node, oneStep) })
 }
 
 // DropStandby stops waiting for a standby that stopped acking: its acks
@@ -795,13 +793,13 @@ func (r *ReplicatedStore) dropStandby(ctx context.Context, c Coord, only string)
 		return nil
 	}
 	o := r.owner
-	handTo, handAt, leaving, leaveAt, oneStep := o.handTo, o.handAt, o.leaving, o.leaveAt, o.oneStep
+	move := o.standbyMove
 	o.DropStandby()
 	if err := c.SetStandby(ctx, o.p, ""); err != nil {
 		// Undone, so that the caller's retry drops it again: an owner that
 		// counted nobody while the coordinator still named the standby
 		// would wait forever (no spare may join a named standby's place).
-		o.standby, o.handTo, o.handAt, o.leaving, o.leaveAt, o.oneStep = cur, handTo, handAt, leaving, leaveAt, oneStep
+		o.standby, o.standbyMove = cur, move
 		return err
 	}
 	return nil

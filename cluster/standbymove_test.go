@@ -42,20 +42,7 @@ func TestStandbyPlaceMovesThroughTheHistory(t *testing.T) {
 
 	// join fetches a snapshot into a new store and follows it.
 	join := func(node string) (*cluster.Follower, func(), *pebblestore.DB, cluster.StandbyState) {
-		dir := filepath.Join(t.TempDir(), node)
-		st, err := ep.FetchSnapshot(ctx, dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		db, err := pebblestore.Open(filepath.Join(dir, "store"), pebblestore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		f, err := cluster.NewFollowerFromSnapshot(c, p, node, db, st)
-		if err != nil {
-			t.Fatal(err)
-		}
+		f, db, st := joinSnapshot(t, ep, c, node)
 		return f, run(t, f, 20*time.Millisecond), db, st
 	}
 	fB, _, _, stB := join("b")
@@ -284,28 +271,11 @@ func TestStandbyPlaceMovesInOneStepForAnOlderBuild(t *testing.T) {
 			srv := httptest.NewServer(cluster.SnapshotHandler(rsA, c, secret, t.TempDir()))
 			defer srv.Close()
 			ep := cluster.Endpoint{Client: srv.Client(), URL: srv.URL, Secret: secret, P: p}
-			join := func(node string) (*cluster.Follower, *pebblestore.DB, cluster.StandbyState) {
-				dir := filepath.Join(t.TempDir(), node)
-				st, err := ep.FetchSnapshot(ctx, dir)
-				if err != nil {
-					t.Fatal(err)
-				}
-				db, err := pebblestore.Open(filepath.Join(dir, "store"), pebblestore.Options{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { db.Close() })
-				f, err := cluster.NewFollowerFromSnapshot(c, p, node, db, st)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return f, db, st
-			}
 
 			// b follows one entry at a time; as an older build, it stops at
 			// the first hand-over that names another node (it would be
 			// demoted by it, whatever else the entry says).
-			fB, _, stB := join("b")
+			fB, _, stB := joinSnapshot(t, ep, c, "b")
 			bCtx, bStop := context.WithCancel(ctx)
 			bDone := make(chan struct{})
 			go func() {
@@ -329,7 +299,7 @@ func TestStandbyPlaceMovesInOneStepForAnOlderBuild(t *testing.T) {
 			}
 			acked := submitN(t, engA, "before", 20)
 
-			fC, dbC, stC := join("c")
+			fC, dbC, stC := joinSnapshot(t, ep, c, "c")
 			stopC := run(t, fC, 20*time.Millisecond)
 			if err := ep.RequestStandbyPlace(ctx, "c", "b", stC); err != nil {
 				t.Fatalf("moving b's place to c: %v", err)
@@ -378,4 +348,26 @@ func TestStandbyPlaceMovesInOneStepForAnOlderBuild(t *testing.T) {
 			verify(t, engC, acked)
 		})
 	}
+}
+
+// joinSnapshot fetches node's snapshot of ep's partition into a new
+// store (closed at the test's end) and returns a Follower of it, not
+// running yet, with the state it starts from.
+func joinSnapshot(t *testing.T, ep cluster.Endpoint, c cluster.Coord, node string) (*cluster.Follower, *pebblestore.DB, cluster.StandbyState) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), node)
+	st, err := ep.FetchSnapshot(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := pebblestore.Open(filepath.Join(dir, "store"), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	f, err := cluster.NewFollowerFromSnapshot(c, ep.P, node, db, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, db, st
 }
