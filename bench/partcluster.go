@@ -26,64 +26,30 @@ import (
 // while u0's client (given every node's address) sends one message at a
 // time; the time is to its first acknowledgement after the kill.
 func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, singleCPU func() string, oneAnn annFigures, oneSweep []sweepPoint) (Table, error) {
-	rs, err := startRedis(cfg.Tmp)
-	if err != nil {
-		return Table{}, err
-	}
-	defer rs.stop()
-	args := []string{"--partitions", strconv.Itoa(cfg.Partitions)}
-	fmt.Fprintf(os.Stderr, "cluster: three nodes of %d partitions on redis-server %s\n", cfg.Partitions, rs.addr)
-	cl := &dingCluster{killed: -1}
-	defer cl.stop()
 	profs := make([]Profiling, 3)
 	for i, id := range []string{"a", "b", "c"} {
-		s, err := newServer(cfg.Bin, cfg.Tmp)
-		if err != nil {
-			return Table{}, err
-		}
+		var err error
 		if profs[i], err = cfg.Profiling.node(i, id); err != nil {
 			return Table{}, err
 		}
-		s.args = append([]string{"--cluster", "redis://" + rs.addr, "--node-id", id, "--advertise", "http://" + s.HTTP}, append(args, profs[i].dingdArgs()...)...)
-		s.env = append(s.env, "DING_CLUSTER_SECRET=dingbench")
-		cl.members = append(cl.members, s)
-	}
-	a := cl.members[0]
-	if err := a.start(); err != nil {
-		return Table{}, err
-	}
-	if err := cl.waitOwners(func(owns map[string]int) bool { return owns["a"] == cfg.Partitions+1 }, 60*time.Second); err != nil {
-		return Table{}, fmt.Errorf("a founding: %w", err)
-	}
-	for _, s := range cl.members[1:] {
-		s.admin, s.keys = a.admin, a.keys // taken from a when they start
-		if err := s.start(); err != nil {
-			return Table{}, err
-		}
-	}
-	balanced := func(owns map[string]int) bool { return owns["a"] > 0 && owns["b"] > 0 && owns["c"] > 0 }
-	if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
-		return Table{}, fmt.Errorf("evening the roles out: %w", err)
-	}
-	// Measured once the roles settled: a partition handed over has no
-	// standby, and waits, until its old owner joins again from a
-	// snapshot.
-	if err := cl.waitSettled(10*time.Second, 180*time.Second); err != nil {
-		return Table{}, err
 	}
 	users := sweepUsers(cfg.Conns, cfg.Sweep)
-	if err := a.AddUsers("u", 0, users); err != nil { // proxied to the directory's owner
+	cl, rs, err := startPartitioned(cfg, users, nil, profs)
+	if cl != nil {
+		defer cl.stop()
+	}
+	if rs != nil {
+		defer rs.stop()
+	}
+	if err != nil {
 		return Table{}, err
 	}
-	// a answered once its copy of the directory held them; the others'
-	// copies follow within milliseconds, and a client redirected there
-	// before must not find its user missing.
-	if err := waitUser(cl.members, fmt.Sprintf("u%d", users-1), 30*time.Second); err != nil {
-		return Table{}, err
-	}
+	a := cl.members[0]
+	balanced := func(owns map[string]int) bool { return owns["a"] > 0 && owns["b"] > 0 && owns["c"] > 0 }
 	pids := cl.pids()
 	pids["redis-server"] = rs.cmd.Process.Pid
 	cpu := cpuWindow(cfg.Warmup, cfg.Run, pids)
+	nodesCPU := cpuSum(cfg.Warmup, cfg.Run, cl.pids())
 	var before, after redisStats
 	beforeAt := time.AfterFunc(cfg.Warmup, func() { before = rs.stats() })
 	afterAt := time.AfterFunc(cfg.Warmup+cfg.Run, func() { after = rs.stats() })
@@ -178,6 +144,14 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		}
 		rolling = append(rolling, f)
 	}
+	var ownerOnly []sweepPoint
+	if cfg.OwnerOnly {
+		cl.stop() // its CPU and sockets are not the next run's
+		rs.stop()
+		if ownerOnly, err = partitionedOwnerOnly(cfg, icfg, users); err != nil {
+			return Table{}, fmt.Errorf("ack-replicas 0: %w", err)
+		}
+	}
 	sr, cr := rate(single.w.acked.Load(), cfg.Run), rate(run.w.acked.Load(), cfg.Run)
 	acked := max(cr*cfg.Run.Seconds(), 1)
 	rows := []Row{
@@ -190,6 +164,14 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 	}
 	rows = append(rows, sweepRows(clSweep, oneSweep, cfg.Conns, cr, sr)...)
 	rows = append(rows, annRows(clAnn, oneAnn)...)
+	if ownerOnly != nil {
+		main := sweepPoint{conns: cfg.Conns, rate: cr, ack: run.ack}
+		if s, ok := nodesCPU(); ok && cr > 0 {
+			main.cpuPerAck = s / (cr * cfg.Run.Seconds()) * 1e6
+		}
+		one := []sweepPoint{{conns: cfg.Conns, rate: sr}}
+		rows = append(rows, ownerOnlyRows(append([]sweepPoint{main}, clSweep...), ownerOnly, append(one, oneSweep...))...)
+	}
 	if len(handovers) > 0 {
 		sorted := slices.Clone(handovers)
 		slices.Sort(sorted)
@@ -218,6 +200,10 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 		rows = append(rows, row)
 	}
 	rows = append(rows, Row{"CPU seconds over the measured window", cpu(), singleCPU(), "", ""})
+	notes := append(runNotes("One dingd", single), runNotes("Node a (its own partitions only)", run)...)
+	if ownerOnly != nil {
+		notes = append(notes, "--ack-replicas 1 against 0 rows: after everything above, the three nodes stopped, three fresh nodes of the same partitions started with --ack-replicas 0 (an owner acknowledges after its own fsync, without waiting for its standby) on a redis-server of their own ran the same closed loops; the difference at p50 is what waiting for the standby adds (the standbys still follow and apply, so their CPU is in both).")
+	}
 	return Table{
 		Scenario: "cluster --partitions " + strconv.Itoa(cfg.Partitions),
 		Setup: fmt.Sprintf("Three dingd nodes of %d partitions each (a member per partition, plus the directory's; roles evened out by the nodes; default lease 3s) on one redis-server, on this machine's 2 cores with the load generator, against one dingd on its own in the same run. "+
@@ -229,8 +215,114 @@ func clusterPartitions(cfg ClusterConfig, icfg IngestConfig, single *ingestRun, 
 			"Announcement (after the closed loop, on one dingd and on the cluster alike): %d more users created through the entry node's admin API (node a, which sends them on to the directory's owner), %d of them online with one raw device each, dialled at the entry node (a device whose user another node serves is redirected, NOT_OWNER, and dials the owner), then u0 announces 256 bytes to \"all\" through the entry node; times from the request, and from its 201, to each online device's DELIVER.",
 			cfg.Partitions, cfg.Conns, cfg.Payload, cfg.Warmup, cfg.Run, cfg.AnnUsers, cfg.AnnConns),
 		Rows:  rows,
-		Notes: append(runNotes("One dingd", single), runNotes("Node a (its own partitions only)", run)...),
+		Notes: notes,
 	}, nil
+}
+
+// startPartitioned starts three nodes of cfg.Partitions partitions each,
+// with memberArgs and profs' flags (nil: none), on a redis-server of
+// their own: a founds the cluster, b and c join, and it returns once
+// every node owns a partition, no role changed for 10 s, and users users
+// (u0, u1, ...) are on every node's copy of the directory. It returns
+// what it started, for the caller to stop, also with an error.
+func startPartitioned(cfg ClusterConfig, users int, memberArgs []string, profs []Profiling) (*dingCluster, *redisServer, error) {
+	rs, err := startRedis(cfg.Tmp)
+	if err != nil {
+		return nil, nil, err
+	}
+	args := append([]string{"--partitions", strconv.Itoa(cfg.Partitions)}, memberArgs...)
+	fmt.Fprintf(os.Stderr, "cluster: three nodes of %d partitions %v on redis-server %s\n", cfg.Partitions, memberArgs, rs.addr)
+	cl := &dingCluster{killed: -1}
+	for i, id := range []string{"a", "b", "c"} {
+		s, err := newServer(cfg.Bin, cfg.Tmp)
+		if err != nil {
+			return cl, rs, err
+		}
+		s.args = append([]string{"--cluster", "redis://" + rs.addr, "--node-id", id, "--advertise", "http://" + s.HTTP}, args...)
+		if profs != nil {
+			s.args = append(s.args, profs[i].dingdArgs()...)
+		}
+		s.env = append(s.env, "DING_CLUSTER_SECRET=dingbench")
+		cl.members = append(cl.members, s)
+	}
+	a := cl.members[0]
+	if err := a.start(); err != nil {
+		return cl, rs, err
+	}
+	if err := cl.waitOwners(func(owns map[string]int) bool { return owns["a"] == cfg.Partitions+1 }, 60*time.Second); err != nil {
+		return cl, rs, fmt.Errorf("a founding: %w", err)
+	}
+	for _, s := range cl.members[1:] {
+		s.admin, s.keys = a.admin, a.keys // taken from a when they start
+		if err := s.start(); err != nil {
+			return cl, rs, err
+		}
+	}
+	balanced := func(owns map[string]int) bool { return owns["a"] > 0 && owns["b"] > 0 && owns["c"] > 0 }
+	if err := cl.waitOwners(balanced, 120*time.Second); err != nil {
+		return cl, rs, fmt.Errorf("evening the roles out: %w", err)
+	}
+	// Measured once the roles settled: a partition handed over has no
+	// standby, and waits, until its old owner joins again from a
+	// snapshot.
+	if err := cl.waitSettled(10*time.Second, 180*time.Second); err != nil {
+		return cl, rs, err
+	}
+	if err := a.AddUsers("u", 0, users); err != nil { // proxied to the directory's owner
+		return cl, rs, err
+	}
+	// a answered once its copy of the directory held them; the others'
+	// copies follow within milliseconds, and a client redirected there
+	// before must not find its user missing.
+	if err := waitUser(cl.members, fmt.Sprintf("u%d", users-1), 30*time.Second); err != nil {
+		return cl, rs, err
+	}
+	return cl, rs, nil
+}
+
+// partitionedOwnerOnly starts three nodes of cfg.Partitions partitions
+// with --ack-replicas 0 (an owner acknowledges once its own fsync is
+// done, without waiting for its standby) and runs the closed loop on them
+// at cfg.Conns connections, then at each of cfg.Sweep: what waiting for
+// the standbys costs, beside the default's figures of the same run.
+func partitionedOwnerOnly(cfg ClusterConfig, icfg IngestConfig, users int) ([]sweepPoint, error) {
+	cl, rs, err := startPartitioned(cfg, users, []string{"--ack-replicas", "0"}, nil)
+	if cl != nil {
+		defer cl.stop()
+	}
+	if rs != nil {
+		defer rs.stop()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return sweepOn("three nodes with --ack-replicas 0", icfg, cl.members[0], append([]int{cfg.Conns}, cfg.Sweep...), cl.pids())
+}
+
+// ownerOnlyRows renders the default cluster's closed loops (withStandby:
+// the main one, then the sweep's) beside the same loops on nodes with
+// --ack-replicas 0, each with what waiting for the standby adds to p50
+// (the goal: at most 2 ms), and the owner-only cluster's rate
+// against one dingd's at the same count (single, in the same order).
+func ownerOnlyRows(withStandby, ownerOnly, single []sweepPoint) []Row {
+	var rows []Row
+	cell := func(p sweepPoint) string {
+		return fmt.Sprintf("%.0f msgs/s, p50 / p99 %s / %s, %.0f µs", p.rate, p.ack.ms(0.5), p.ack.ms(0.99), p.cpuPerAck)
+	}
+	for i, p := range withStandby {
+		if i >= len(ownerOnly) {
+			break
+		}
+		o := ownerOnly[i]
+		add := p.ack.Quantile(0.5) - o.ack.Quantile(0.5)
+		goal := fmt.Sprintf("the standby adds %+.2f ms to p50 (goal ≤ 2 ms%s)", float64(add)/1e6, met(add <= 2*time.Millisecond))
+		if i < len(single) {
+			goal += fmt.Sprintf("; --ack-replicas 0 is %s one dingd at %d connections", ratio(o.rate, single[i].rate), p.conns)
+		}
+		rows = append(rows, Row{fmt.Sprintf("--ack-replicas 1 against 0, %d connections: acknowledged msgs/s, submit→ack p50 / p99, dingd CPU per ack", p.conns),
+			cell(p), cell(o) + " (--ack-replicas 0)", ratio(p.rate, o.rate), goal})
+	}
+	return rows
 }
 
 // partitionOf is dingd's placement of user among p partitions.

@@ -113,7 +113,7 @@ func run(args []string) error {
 	overTLS := fs.Bool("tls", false, "idle and ingest: also measure connections over TLS (dingd --tls-listen), beside plain ones in the same run")
 	overWS := fs.Bool("ws", false, "idle and ingest: also measure connections through the WebSocket gateway (dingd --ws), beside plain ones in the same run")
 	clusterParts := fs.Int("partitions", 0, "cluster: three nodes of this many partitions each (a member per partition), not one partition")
-	ownerOnly := fs.Bool("ack-replicas-0", false, "cluster: also run the load against members with --ack-replicas 0 (the cost of waiting for the standby, in the same run)")
+	ownerOnly := fs.Bool("ack-replicas-0", false, "cluster: also run the load against members with --ack-replicas 0 (the cost of waiting for the standby, in the same run; with --partitions, three fresh nodes at the main count and at each --sweep count, after the rest)")
 	switch scenario {
 	case "-h", "-help", "--help", "help":
 		fs.SetOutput(os.Stdout)
