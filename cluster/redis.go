@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -14,7 +13,7 @@ import (
 )
 
 // RedisCoord is the Coord on Redis: one Redis, Sentinel or Redis Cluster
-// (go-redis UniversalClient). A partition's keys share one hash tag, so
+// (go-redis UniversalClient; DialRedis and RedisConfig). A partition's keys share one hash tag, so
 // they live in one Redis Cluster slot and its scripts touch one node:
 //
 //	{ding:p:N}:lease    hash holder, epoch; expires with the lease (PEXPIRE)
@@ -47,21 +46,16 @@ type RedisCoord struct {
 // Redis's memory.
 const DefaultStreamKeep = 1024
 
-// DialRedis returns a RedisCoord on the Redis at addrs, written
-// redis://HOST:PORT[,HOST:PORT...] (one address: one Redis; several: a
-// Redis Cluster's seeds), and a function that closes its client.
-func DialRedis(addrs string) (*RedisCoord, func() error, error) {
-	rest, ok := strings.CutPrefix(addrs, "redis://")
-	if !ok || rest == "" {
-		return nil, nil, fmt.Errorf("cluster: Redis address %q: want redis://HOST:PORT[,HOST:PORT...]", addrs)
+// DialRedis returns a RedisCoord on the Redis rc names (one Redis,
+// Sentinel or a Redis Cluster: RedisConfig) and a function that closes
+// its client. It only parses: the first command finds whether Redis
+// answers and accepts the credentials.
+func DialRedis(rc RedisConfig) (*RedisCoord, func() error, error) {
+	o, err := RedisOptions(rc)
+	if err != nil {
+		return nil, nil, err
 	}
-	list := strings.Split(strings.TrimSuffix(rest, "/"), ",")
-	for _, a := range list {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, nil, fmt.Errorf("cluster: Redis address %q: %w", a, err)
-		}
-	}
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: list})
+	rdb := redis.NewUniversalClient(o)
 	return NewRedisCoord(rdb), rdb.Close, nil
 }
 

@@ -34,7 +34,7 @@ type pair struct {
 }
 
 func newPair(t *testing.T, redisURL, lease string) *pair {
-	coord, closeRedis, err := cluster.DialRedis(redisURL)
+	coord, closeRedis, err := cluster.DialRedis(cluster.RedisConfig{URL: redisURL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/dingmq/ding/channels/email"
 	"github.com/dingmq/ding/channels/push"
 	"github.com/dingmq/ding/channels/twilio"
+	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
 	"github.com/dingmq/ding/internal/node"
 	"github.com/dingmq/ding/internal/ratelimit"
@@ -60,6 +61,9 @@ type config struct {
 	LeaseTTL                                  time.Duration
 	AckReplicas                               int
 	ClusterCA                                 string
+	// Redis holds what reaches Redis besides its URL (Cluster): a
+	// password kept out of the URL, TLS files (cluster.RedisConfig).
+	RedisPassword, RedisCA, RedisCert, RedisKey string
 	// AdvertiseSocket is this member's socket listener as clients reach
 	// it; empty: Advertise's host and Listen's port.
 	AdvertiseSocket string
@@ -140,6 +144,9 @@ type setting struct {
 	def    string // default, written as on the command line
 	help   string
 	secret bool // redacted by --print-config, never echoed in errors
+	// redact, if set, is what --print-config and the logs show of a
+	// value that holds a secret in part (a URL's password).
+	redact func(string) string
 	// zero, if set, is what the zero value (0, 0s, "") means when that
 	// is no value of the setting's own ("no bound", "DATA/backups"):
 	// printed by --print-config beside it, so the effect shows.
@@ -411,9 +418,22 @@ var settings = []setting{
 		help:  "outbound webhooks: the most delivery attempts per second to one subscription (one is in flight at a time anyway); 0: no bound",
 		zero:  "no bound",
 		field: func(c *config) any { return &c.Webhooks.Rate }},
-	{name: "cluster", env: "DING_CLUSTER", def: "",
-		help:  "cluster mode (a hot-standby pair, in progress): Redis as redis://HOST:PORT[,HOST:PORT...]; empty: one node, no Redis",
+	{name: "cluster", env: "DING_CLUSTER", def: "", redact: cluster.RedactURL,
+		help:  "cluster mode: Redis as redis[s]://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...][/DB][?master_name=NAME|cluster=true] (one address: one Redis; several or cluster=true: a Redis Cluster; master_name: Redis Sentinel, the addresses the sentinels'); empty: one node, no Redis",
 		field: func(c *config) any { return &c.Cluster }},
+	{name: "redis-password", env: "DING_REDIS_PASSWORD", def: "", secret: true,
+		help:  "cluster mode: Redis's password (ACL or requirepass), in place of the --cluster URL's; prefer the environment",
+		field: func(c *config) any { return &c.RedisPassword }},
+	{name: "redis-ca", env: "DING_REDIS_CA", def: "",
+		help:  "cluster mode, rediss://: PEM file of the CA that signed Redis's certificates, trusted besides the system's roots",
+		zero:  "the system's roots only",
+		field: func(c *config) any { return &c.RedisCA }},
+	{name: "redis-cert", env: "DING_REDIS_CERT", def: "",
+		help:  "cluster mode, rediss://: PEM certificate this member presents to Redis (with --redis-key; Redis asks for one unless tls-auth-clients is no)",
+		field: func(c *config) any { return &c.RedisCert }},
+	{name: "redis-key", env: "DING_REDIS_KEY", def: "",
+		help:  "cluster mode, rediss://: the PEM private key of --redis-cert",
+		field: func(c *config) any { return &c.RedisKey }},
 	{name: "node-id", env: "DING_NODE_ID", def: "",
 		help:  "cluster mode: this member's id, unique in the cluster",
 		field: func(c *config) any { return &c.NodeID }},
@@ -696,6 +716,11 @@ func (c *config) invalid(name, value, want string) error {
 	return errors.New(msg)
 }
 
+// redis is how this member reaches Redis (cluster mode).
+func (c *config) redis() cluster.RedisConfig {
+	return cluster.RedisConfig{URL: c.Cluster, Password: c.RedisPassword, CA: c.RedisCA, Cert: c.RedisCert, Key: c.RedisKey}
+}
+
 // validate checks what the types alone do not.
 func (c *config) validate() error {
 	var lv slog.Level
@@ -728,6 +753,9 @@ func (c *config) validate() error {
 		}
 		if c.LeaseTTL < 100*time.Millisecond {
 			return c.invalid("lease-ttl", c.LeaseTTL.String(), "want at least 100ms")
+		}
+		if err := c.redis().Check(); err != nil {
+			return fmt.Errorf("cluster (from %s): %w", c.from["cluster"], err)
 		}
 		if c.AckReplicas != 0 && c.AckReplicas != 1 {
 			return c.invalid("ack-replicas", strconv.Itoa(c.AckReplicas), "want 1 (owner and standby) or 0 (owner only); a partition has one standby")

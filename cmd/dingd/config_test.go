@@ -610,3 +610,47 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("--version: %q %v", out.String(), err)
 	}
 }
+
+// Cluster mode's Redis settings: --print-config shows the --cluster URL
+// with its password replaced and --redis-password redacted, and a URL
+// dingd cannot use is refused at start with what is wrong, never its
+// password.
+func TestRedisSettings(t *testing.T) {
+	env := fakeEnv(map[string]string{"DING_CLUSTER_SECRET": "s", "DING_REDIS_PASSWORD": "env-s3cret"})
+	c, err := load([]string{"--cluster", "rediss://ding:url-s3cret@10.0.0.1:6380,10.0.0.2:6380?master_name=ding&sentinel_password=sent-s3cret",
+		"--node-id", "a", "--advertise", "http://10.0.0.3:7080", "--redis-ca", "/etc/ding/redis-ca.pem"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := c.redis(); rc.Password != "env-s3cret" || rc.CA != "/etc/ding/redis-ca.pem" {
+		t.Fatalf("the Redis settings reach cluster.RedisConfig as %+v", rc)
+	}
+	var out bytes.Buffer
+	if err := printConfig(&out, c); err != nil {
+		t.Fatal(err)
+	}
+	printed := out.String()
+	for _, secret := range []string{"url-s3cret", "env-s3cret", "sent-s3cret"} {
+		if strings.Contains(printed, secret) {
+			t.Errorf("--print-config shows %q:\n%s", secret, printed)
+		}
+	}
+	for _, want := range []string{`cluster = "rediss://ding:xxxxx@10.0.0.1:6380,10.0.0.2:6380?master_name=ding&sentinel_password=xxxxx"`, `redis-password = "<redacted>"`, `redis-ca = "/etc/ding/redis-ca.pem"`} {
+		if !strings.Contains(printed, want) {
+			t.Errorf("--print-config lacks %s:\n%s", want, printed)
+		}
+	}
+	for _, tc := range []struct{ url, want string }{
+		{"redis://u:url-s3cret@10.0.0.1", `address "10.0.0.1": want HOST:PORT`},
+		{"redis://u:url-s3cret@10.0.0.1:6379?master=ding", `unknown parameter "master"`},
+		{"10.0.0.1:6379", "want redis[s]://"},
+	} {
+		_, err := load([]string{"--cluster", tc.url, "--node-id", "a", "--advertise", "http://10.0.0.3:7080"}, env)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("--cluster %s: %v; want an error saying %q, without the password", tc.url, err, tc.want)
+		}
+	}
+	if _, err := load([]string{"--cluster", "redis://10.0.0.1:6379", "--node-id", "a", "--advertise", "http://10.0.0.3:7080", "--redis-cert", "/c.pem", "--redis-key", "/k.pem"}, env); err == nil || !strings.Contains(err.Error(), "not rediss://") {
+		t.Errorf("a client certificate for redis://: %v, want it refused", err)
+	}
+}

@@ -163,6 +163,9 @@ func tomlValue(s *setting, c *config) string {
 		if s.secret && *p != "" {
 			return tomlString(redacted)
 		}
+		if s.redact != nil && *p != "" {
+			return tomlString(s.redact(*p))
+		}
 		return tomlString(*p)
 	case *time.Duration:
 		return tomlString(p.String())

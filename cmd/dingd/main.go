@@ -79,7 +79,7 @@ import (
 // clean stop) or until it is deposed (exit status 1: run it again and it
 // rejoins as the standby).
 func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
-	coord, closeRedis, err := cluster.DialRedis(c.Cluster)
+	coord, closeRedis, err := cluster.DialRedis(c.redis())
 	if err != nil {
 		return err
 	}
@@ -103,7 +103,7 @@ func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
 			}
 		}
 	}()
-	log.Info("cluster mode", "member", c.NodeID, "redis", c.Cluster, "advertise", c.Advertise)
+	log.Info("cluster mode", "member", c.NodeID, "redis", cluster.RedactURL(c.Cluster), "advertise", c.Advertise)
 	return node.RunMember(ctx, node.MemberConfig{
 		Node: ncfg, Coord: coord, ID: c.NodeID, Advertise: c.Advertise, AdvertiseSocket: c.AdvertiseSocket, AdvertiseTLSSocket: c.AdvertiseTLSSocket,
 		Secret: c.ClusterSecret, LeaseTTL: c.LeaseTTL, OwnerOnly: c.AckReplicas == 0, PeerCA: c.ClusterCA,

@@ -401,7 +401,7 @@ func streamBodies(t *testing.T, n *node.Node, user string) []string {
 // on both nodes send two SMS in all, and the others are refused for the
 // budget, where each node counting its own would have sent up to 2 each.
 func TestClusterPartitionsShareTheSMSBudgetInRedis(t *testing.T) {
-	coord, closeRedis, err := cluster.DialRedis("redis://" + redistest.Start(t).Addr)
+	coord, closeRedis, err := cluster.DialRedis(cluster.RedisConfig{URL: "redis://" + redistest.Start(t).Addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -672,7 +672,7 @@ func TestClusterDirectoryAcrossNodes(t *testing.T) {
 	// On a real redis-server: its blocking stream reads (a MemCoord's
 	// standby polls every quarter lease) make the offboarding's latency
 	// measured here the one a cluster has.
-	coord, closeRedis, err := cluster.DialRedis("redis://" + redistest.Start(t).Addr)
+	coord, closeRedis, err := cluster.DialRedis(cluster.RedisConfig{URL: "redis://" + redistest.Start(t).Addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -778,7 +778,7 @@ func TestClusterDirectoryAcrossNodes(t *testing.T) {
 // serves gets its SMS's delivery status (posted to a) in its ledger on
 // b, and the recipient's SMS reply (posted to a) confirms it.
 func TestClusterTwilioCallbacksReachTheDingsNode(t *testing.T) {
-	coord, closeRedis, err := cluster.DialRedis("redis://" + redistest.Start(t).Addr)
+	coord, closeRedis, err := cluster.DialRedis(cluster.RedisConfig{URL: "redis://" + redistest.Start(t).Addr})
 	if err != nil {
 		t.Fatal(err)
 	}

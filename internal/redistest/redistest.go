@@ -42,33 +42,49 @@ func Binary(t testing.TB) string {
 // and stops it when the test ends.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	port := freePort(t)
+	return start(t, port, ping, append([]string{"--port", strconv.Itoa(port)}, args...)...)
+}
+
+// start runs a redis-server with no persistence, listening as args say,
+// its address 127.0.0.1:port, and waits until ready(address) succeeds.
+func start(t testing.TB, port int, ready func(addr string) error, args ...string) *Server {
+	t.Helper()
 	bin := Binary(t)
 	dir := t.TempDir()
-	port := freePort(t)
-	all := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+	all := append([]string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}, args...)
 	cmd := exec.Command(bin, all...)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
 	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	t.Cleanup(s.Kill)
+	waitReady(t, s, dir, ready)
+	return s
+}
+
+// waitReady polls ready(s.Addr) for up to 10 s, failing t with the log
+// in dir if it never succeeds.
+func waitReady(t testing.TB, s *Server, dir string, ready func(addr string) error) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := ping(s.Addr)
+		err := ready(s.Addr)
 		if err == nil {
-			return s
+			return
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-			t.Fatalf("redis-server on %s did not answer PING within 10s: %v\n%s", s.Addr, err, log)
+			t.Fatalf("redis-server on %s not ready within 10s: %v\n%s", s.Addr, err, log)
 		}
 		time.Sleep(20 * time.Millisecond) // polling a starting process: nothing to wait on
 	}
 }
 
-// ping sends one PING in RESP and expects +PONG (this package links no
-// Redis client: go-redis belongs to package cluster).
+// ping sends one PING in RESP and expects +PONG, or -NOAUTH from a
+// server with a password (this package links no Redis client: go-redis
+// belongs to package cluster).
 func ping(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
@@ -83,7 +99,8 @@ func ping(addr string) error {
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" {
+	// A server that asks for a password answers, and is ready.
+	if line != "+PONG\r\n" && !strings.HasPrefix(line, "-NOAUTH") {
 		return fmt.Errorf("PING answered %q", line)
 	}
 	return nil

@@ -1,0 +1,223 @@
+package cluster
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisConfig is how a member reaches Redis: the URL (dingd --cluster),
+// and what does not belong in a URL.
+//
+// The URL is
+//
+//	redis[s]://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...][/DB][?PARAMS]
+//
+// and picks one of go-redis's three clients (UniversalClient):
+//
+//   - one address: one Redis (its replicas, if any, are not used);
+//   - several addresses, or one with cluster=true (a configuration
+//     endpoint): a Redis Cluster's seeds;
+//   - master_name=NAME: Redis Sentinel; the addresses are the sentinels',
+//     which name the master to use and, after a failover, the new one.
+//
+// rediss:// speaks TLS to every server (the sentinels too), checking
+// each certificate against the address dialled and the system's roots
+// plus CA. USER and PASSWORD (percent-encoded, as in any URL) are those
+// of Redis's ACL (USER empty or absent: requirepass's "default" user);
+// Password, if set, is used in their place, so that the password need
+// not be in the URL (nor in ps). A Sentinel's own credentials, when it
+// has them, are sentinel_username and sentinel_password. PARAMS are only
+// those named here: anything else is refused, so that a misspelt one is
+// not ignored.
+type RedisConfig struct {
+	URL string
+	// Password, if not empty, replaces the URL's password.
+	Password string
+	// CA is a PEM file of the CAs that signed Redis's certificates,
+	// trusted besides the system's roots (rediss:// only).
+	CA string
+	// Cert and Key are a PEM certificate and key this member presents to
+	// Redis (rediss:// only; Redis asks for one unless its
+	// tls-auth-clients is no).
+	Cert, Key string
+}
+
+// RedisACL is the least a member's Redis user needs, as the rules of an
+// ACL user (after "user NAME on >PASSWORD"): every key and channel under
+// ding: and {ding:, every command but those of the @dangerous category
+// (KEYS, FLUSHALL, CONFIG, INFO and the like).
+const RedisACL = "resetchannels ~ding:* ~{ding:* &ding:* &{ding:* +@all -@dangerous"
+
+// RedactURL returns u with its passwords (the userinfo's and a
+// sentinel_password parameter) replaced, for logs and errors; a URL it
+// cannot split is redacted whole.
+func RedactURL(u string) string {
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return "<redacted>"
+	}
+	hostPart, tail := rest, ""
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		hostPart, tail = rest[:i], rest[i:]
+	}
+	if i := strings.LastIndex(hostPart, "@"); i >= 0 {
+		user, _, hasPass := strings.Cut(hostPart[:i], ":")
+		if hasPass {
+			hostPart = user + ":xxxxx" + hostPart[i:]
+		}
+	}
+	if path, query, ok := strings.Cut(tail, "?"); ok {
+		q, err := url.ParseQuery(query)
+		if err != nil {
+			return scheme + "://" + hostPart + path + "?<redacted>"
+		}
+		if q.Has("sentinel_password") {
+			q.Set("sentinel_password", "xxxxx")
+		}
+		tail = path + "?" + q.Encode()
+	}
+	return scheme + "://" + hostPart + tail
+}
+
+// redisParams are the URL parameters RedisOptions reads.
+var redisParams = map[string]bool{"master_name": true, "sentinel_username": true, "sentinel_password": true, "cluster": true}
+
+// RedisOptions parses rc into go-redis's options, reading its TLS files.
+// Its errors never echo a password.
+func RedisOptions(rc RedisConfig) (*redis.UniversalOptions, error) {
+	return redisOptions(rc, true)
+}
+
+// Check finds what RedisOptions would refuse in rc, but for TLS files it
+// cannot read (dingd's configuration checks it at start, and
+// --print-config prints a configuration for another machine).
+func (rc RedisConfig) Check() error {
+	_, err := redisOptions(rc, false)
+	return err
+}
+
+func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("cluster: Redis URL %s: %s", RedactURL(rc.URL), fmt.Sprintf(format, a...))
+	}
+	const want = "want redis[s]://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...][/DB][?master_name=NAME|cluster=true]"
+	scheme, rest, ok := strings.Cut(rc.URL, "://")
+	if !ok || (scheme != "redis" && scheme != "rediss") {
+		return nil, bad("%s", want)
+	}
+	o := &redis.UniversalOptions{}
+	hostPart, tail := rest, ""
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		hostPart, tail = rest[:i], rest[i:]
+	}
+	if i := strings.LastIndex(hostPart, "@"); i >= 0 {
+		user, pass, _ := strings.Cut(hostPart[:i], ":")
+		var err1, err2 error
+		o.Username, err1 = url.PathUnescape(user)
+		o.Password, err2 = url.PathUnescape(pass)
+		if err1 != nil || err2 != nil {
+			return nil, bad("the user or password is not percent-encoded")
+		}
+		hostPart = hostPart[i+1:]
+	}
+	if rc.Password != "" {
+		o.Password = rc.Password
+	}
+	if hostPart == "" {
+		return nil, bad("no address: %s", want)
+	}
+	for _, a := range strings.Split(hostPart, ",") {
+		if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {
+			return nil, bad("address %q: want HOST:PORT", a)
+		}
+		o.Addrs = append(o.Addrs, a)
+	}
+	path, query, _ := strings.Cut(tail, "?")
+	if path = strings.TrimPrefix(path, "/"); path != "" {
+		db, err := strconv.Atoi(path)
+		if err != nil || db < 0 {
+			return nil, bad("database %q: want a number", path)
+		}
+		o.DB = db
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, bad("its parameters do not parse")
+	}
+	for k, v := range q {
+		if !redisParams[k] {
+			return nil, bad("unknown parameter %q (known: master_name, sentinel_username, sentinel_password, cluster)", k)
+		}
+		if len(v) != 1 {
+			return nil, bad("parameter %q given %d times", k, len(v))
+		}
+	}
+	o.MasterName = q.Get("master_name")
+	o.SentinelUsername, o.SentinelPassword = q.Get("sentinel_username"), q.Get("sentinel_password")
+	if o.MasterName == "" && (o.SentinelUsername != "" || o.SentinelPassword != "") {
+		return nil, bad("sentinel_username and sentinel_password need master_name (Redis Sentinel)")
+	}
+	if c := q.Get("cluster"); c != "" {
+		if o.IsClusterMode, err = strconv.ParseBool(c); err != nil {
+			return nil, bad("cluster=%q: want true or false", c)
+		}
+		if o.IsClusterMode && o.MasterName != "" {
+			return nil, bad("cluster=true and master_name: a Redis Cluster or Sentinel, not both")
+		}
+	}
+	if o.DB != 0 && o.MasterName == "" && (len(o.Addrs) > 1 || o.IsClusterMode) {
+		return nil, bad("a Redis Cluster has database 0 only")
+	}
+	if scheme == "rediss" {
+		if (rc.Cert == "") != (rc.Key == "") {
+			return nil, errors.New("cluster: TLS to Redis: a client certificate needs both its certificate and its key")
+		}
+		if !readFiles {
+			return o, nil
+		}
+		if o.TLSConfig, err = redisTLS(rc); err != nil {
+			return nil, fmt.Errorf("cluster: TLS to Redis: %w", err)
+		}
+	} else if rc.CA != "" || rc.Cert != "" || rc.Key != "" {
+		return nil, bad("a CA or client certificate is given, but the URL is redis://, not rediss:// (TLS)")
+	}
+	return o, nil
+}
+
+// redisTLS is the TLS configuration rediss:// dials with. ServerName is
+// left empty: each connection checks the certificate against the host
+// it dials (every node of a Redis Cluster, every sentinel and master).
+func redisTLS(rc RedisConfig) (*tls.Config, error) {
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if rc.CA != "" {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		pem, err := os.ReadFile(rc.CA)
+		if err != nil {
+			return nil, err
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", rc.CA)
+		}
+		t.RootCAs = pool
+	}
+	if rc.Cert != "" {
+		kp, err := tls.LoadX509KeyPair(rc.Cert, rc.Key)
+		if err != nil {
+			return nil, err
+		}
+		t.Certificates = []tls.Certificate{kp}
+	}
+	return t, nil
+}

@@ -1,0 +1,182 @@
+package cluster
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dingmq/ding/internal/redistest"
+)
+
+// RedisOptions picks the client the URL names, takes credentials from
+// it or from RedisConfig.Password, and refuses what it cannot use with
+// an error that names the problem and never the password.
+func TestRedisOptions(t *testing.T) {
+	const pw = "p@ss:w/rd"
+	for _, tc := range []struct {
+		url, password string
+		// what the options must hold
+		addrs              string
+		user, pass, master string
+		db                 int
+		cluster            bool
+	}{
+		{url: "redis://127.0.0.1:6379", addrs: "127.0.0.1:6379"},
+		{url: "redis://ding:p%40ss%3Aw%2Frd@10.0.0.1:6379/2", addrs: "10.0.0.1:6379", user: "ding", pass: pw, db: 2},
+		{url: "redis://:old@h:1", password: pw, addrs: "h:1", pass: pw},
+		{url: "redis://a:1,b:2,c:3", addrs: "a:1,b:2,c:3"},
+		{url: "redis://cfg.example:6379?cluster=true", addrs: "cfg.example:6379", cluster: true},
+		{url: "redis://:x@s1:26379,s2:26379/1?master_name=ding&sentinel_password=y", addrs: "s1:26379,s2:26379", pass: "x", master: "ding", db: 1},
+	} {
+		o, err := RedisOptions(RedisConfig{URL: tc.url, Password: tc.password})
+		if err != nil {
+			t.Errorf("%s: %v", tc.url, err)
+			continue
+		}
+		if got := strings.Join(o.Addrs, ","); got != tc.addrs || o.Username != tc.user || o.Password != tc.pass ||
+			o.MasterName != tc.master || o.DB != tc.db || o.IsClusterMode != tc.cluster || o.TLSConfig != nil {
+			t.Errorf("%s: addrs %s user %q password %q master %q db %d cluster %v tls %v", tc.url, got, o.Username, o.Password, o.MasterName, o.DB, o.IsClusterMode, o.TLSConfig != nil)
+		}
+	}
+	if o, err := RedisOptions(RedisConfig{URL: "rediss://h:1"}); err != nil || o.TLSConfig == nil || o.TLSConfig.ServerName != "" {
+		t.Errorf("rediss:// = %+v, %v; want TLS, each connection checking the host it dials", o, err)
+	}
+	for _, tc := range []struct {
+		rc   RedisConfig
+		want string
+	}{
+		{RedisConfig{URL: "127.0.0.1:6379"}, "want redis[s]://"},
+		{RedisConfig{URL: "http://h:1"}, "want redis[s]://"},
+		{RedisConfig{URL: "redis://"}, "no address"},
+		{RedisConfig{URL: "redis://u:secretpw@h"}, `address "h": want HOST:PORT`},
+		{RedisConfig{URL: "redis://u:secretpw@h:1/x"}, `database "x"`},
+		{RedisConfig{URL: "redis://u:secretpw@h:1?mastername=d"}, `unknown parameter "mastername"`},
+		{RedisConfig{URL: "redis://u:secretpw@h:1?master_name=a&master_name=b"}, "given 2 times"},
+		{RedisConfig{URL: "redis://h:1?sentinel_password=secretpw"}, "need master_name"},
+		{RedisConfig{URL: "redis://u:secretpw@a:1,b:2/3"}, "database 0 only"},
+		{RedisConfig{URL: "redis://h:1?cluster=yes"}, "want true or false"},
+		{RedisConfig{URL: "redis://h:1?cluster=true&master_name=d"}, "not both"},
+		{RedisConfig{URL: "redis://u:secretpw@h:1", CA: "/ca.pem"}, "not rediss://"},
+		{RedisConfig{URL: "rediss://u:secretpw@h:1", CA: "/nonexistent/ca.pem"}, "no such file"},
+		{RedisConfig{URL: "rediss://u:secretpw@h:1", Cert: "/c.pem"}, "both its certificate and its key"},
+		{RedisConfig{URL: "redis://u:bad%zzpw@h:1"}, "not percent-encoded"},
+	} {
+		_, err := RedisOptions(tc.rc)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", tc.rc.URL, err, tc.want)
+		} else if strings.Contains(err.Error(), "secretpw") || strings.Contains(err.Error(), "zzpw") {
+			t.Errorf("%s: the error shows the password: %v", tc.rc.URL, err)
+		}
+	}
+	for in, want := range map[string]string{
+		"redis://h:1":                  "redis://h:1",
+		"rediss://ding:secretpw@h:1/2": "rediss://ding:xxxxx@h:1/2",
+		"redis://:secretpw@s:1?master_name=m&sentinel_password=secretpw": "redis://:xxxxx@s:1?master_name=m&sentinel_password=xxxxx",
+		"redis://user@h:1":   "redis://user@h:1",
+		"no scheme secretpw": "<redacted>",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The coordinator on a redis-server that speaks TLS only and admits one
+// ACL user with only RedisACL's rights (the default user off): the
+// whole Coord contract through
+// DialRedis with rediss://, the user and password in the URL, the CA and
+// a client certificate. Each missing or wrong part is refused by Redis or
+// by the TLS handshake, with an error that does not show the password.
+func TestCoordOverTLSWithAnACLUser(t *testing.T) {
+	f := redistest.NewTLSFiles(t)
+	acl := append([]string{"--user", "ding", "on", ">s3cret-pw"}, strings.Fields(RedisACL)...)
+	srv := redistest.StartTLS(t, f, append(acl, "--user", "default", "off")...)
+	dial := func(rc RedisConfig) *RedisCoord {
+		t.Helper()
+		c, closeRedis, err := DialRedis(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = closeRedis() })
+		return c
+	}
+	good := RedisConfig{URL: "rediss://ding:s3cret-pw@" + srv.Addr, CA: f.CA, Cert: f.ClientCert, Key: f.ClientKey}
+	c := dial(good)
+	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
+	t.Run("lease", func(t *testing.T) { testLease(t, env) })
+	t.Run("stream", func(t *testing.T) { testStream(t, env) })
+	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
+	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
+	t.Run("ack notices", func(t *testing.T) { testAckNotices(t, env) })
+	t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, env) })
+	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
+
+	refused := func(what string, rc RedisConfig, want string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _, err := dial(rc).Lease(ctx, 1)
+		switch {
+		case err == nil:
+			t.Errorf("%s: Redis answered", what)
+		case !strings.Contains(err.Error(), want):
+			t.Errorf("%s: %v, want an error saying %q", what, err, want)
+		case strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "not-it"):
+			t.Errorf("%s: the error shows a password: %v", what, err)
+		}
+	}
+	wrongPW := good
+	wrongPW.URL = "rediss://ding:not-it@" + srv.Addr
+	refused("a wrong password", wrongPW, "WRONGPASS")
+	noUser := good
+	noUser.URL = "rediss://" + srv.Addr
+	refused("no user (the default user is off)", noUser, "NOAUTH")
+	viaEnv := good
+	viaEnv.URL, viaEnv.Password = "rediss://ding:not-it@"+srv.Addr, "s3cret-pw"
+	if _, _, err := dial(viaEnv).Lease(context.Background(), 1); err != nil {
+		t.Errorf("the password given apart (RedisConfig.Password, --redis-password) in place of the URL's: %v", err)
+	}
+	noCA := good
+	noCA.CA = ""
+	refused("no CA (the server's certificate unknown)", noCA, "certificate signed by unknown authority")
+	noCert := good
+	noCert.Cert, noCert.Key = "", ""
+	refused("no client certificate", noCert, "certificate")
+	plain := RedisConfig{URL: "redis://ding:s3cret-pw@" + srv.Addr}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := dial(plain).Lease(ctx, 1); err == nil {
+		t.Error("redis:// (no TLS) to a TLS port: Redis answered")
+	}
+}
+
+// The coordinator through Redis Sentinel (three sentinels, a master and a
+// replica that ask for a password): the whole Coord contract through
+// DialRedis with master_name, then the master is killed with SIGKILL;
+// the sentinels promote the replica, and the coordinator works again by
+// itself, on the new master.
+func TestCoordOnSentinel(t *testing.T) {
+	sen := redistest.StartSentinel(t, "ding", "s3cret-pw", 1, 3, time.Second)
+	c, closeRedis, err := DialRedis(RedisConfig{URL: "redis://:s3cret-pw@" + sen.SentinelAddrs() + "?master_name=ding"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
+	t.Run("lease", func(t *testing.T) { testLease(t, env) })
+	t.Run("stream", func(t *testing.T) { testStream(t, env) })
+	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
+	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
+	t.Run("ack notices", func(t *testing.T) { testAckNotices(t, env) })
+	t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, env) })
+	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
+	if t.Failed() {
+		return
+	}
+	old := sen.Master.Addr
+	recoversFromMasterKill(t, c, 42, sen.Master.Kill, func() { t.Logf("the sentinels name %s as the master", sen.MasterAddr(t)) })
+	if now := sen.MasterAddr(t); now == old {
+		t.Fatalf("the sentinels still name %s, the killed master", old)
+	}
+}
