@@ -545,16 +545,20 @@ func waitLapseOf(t *testing.T, c Coord, p Partition) {
 	}
 }
 
-// The coordinator on a real Redis Cluster (3 masters, 3 replicas): the
-// same contract (each partition's keys share a hash tag, so its scripts
+// The coordinator on a real Redis Cluster (3 masters, 3 replicas),
+// logged in as an ACL user with RedisACL's rights: the same contract (each partition's keys share a hash tag, so its scripts
 // run on one node), then a master is killed with SIGKILL: Redis Cluster
 // promotes its replica, and the coordinator works again by itself, on
 // the same partition, without restarting anything.
 func TestCoordOnRedisCluster(t *testing.T) {
-	rc := redistest.StartCluster(t, 3, 1, time.Second)
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: rc.Addrs()})
-	defer rdb.Close()
-	c := NewRedisCoord(rdb)
+	acl := append([]string{"--user", "dingd", "on", ">dingd-pw"}, strings.Fields(RedisACL)...)
+	rc := redistest.StartCluster(t, 3, 1, time.Second, acl...)
+	c, closeRedis, err := DialRedis(RedisConfig{URL: "redis://dingd:dingd-pw@" + strings.Join(rc.Addrs(), ",")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	rdb := c.rdb
 	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
 	t.Run("lease", func(t *testing.T) { testLease(t, env) })
 	t.Run("stream", func(t *testing.T) { testStream(t, env) })

@@ -51,28 +51,37 @@ type RedisConfig struct {
 	Cert, Key string
 }
 
-// RedisACL is the least a member's Redis user needs, as the rules of an
-// ACL user (after "user NAME on >PASSWORD"): every key and channel under
-// ding: and {ding:, every command but those of the @dangerous category
-// (KEYS, FLUSHALL, CONFIG, INFO and the like).
-const RedisACL = "resetchannels ~ding:* ~{ding:* &ding:* &{ding:* +@all -@dangerous"
+// RedisACL is what a member's Redis user needs, as the rules of an ACL
+// user (after "user NAME on >PASSWORD"), tested enough on one Redis and
+// through Sentinel: the keys and channels under ding: and {ding:, and
+// every command but the @dangerous ones (KEYS, FLUSHALL, CONFIG, INFO
+// and the like), scripting's own (SCRIPT, FUNCTION: only EVAL and
+// EVALSHA run the members' scripts), SCAN and RANDOMKEY (which would
+// list keys outside the patterns). Not the least possible: it allows
+// every other command on those keys.
+const RedisACL = "resetchannels ~ding:* ~{ding:* &ding:* &{ding:* +@all -@dangerous -@scripting +eval +evalsha -scan -randomkey"
 
-// RedactURL returns u with its passwords (the userinfo's and a
-// sentinel_password parameter) replaced, for logs and errors; a URL it
-// cannot split is redacted whole.
+// RedactedPassword stands for a password in RedactURL's output.
+const RedactedPassword = "xxxxx"
+
+// RedactURL returns u with its password and every parameter's value but
+// master_name's, sentinel_username's and cluster's replaced, for logs
+// and errors. It fails closed: a URL it cannot split for certain (an
+// '@' after the addresses, as a password holding an unencoded '/' or
+// '?' leaves) is redacted after its scheme whole, and a query that does
+// not parse or names a parameter RedisOptions does not know, whole.
 func RedactURL(u string) string {
 	scheme, rest, ok := strings.Cut(u, "://")
 	if !ok {
 		return "<redacted>"
 	}
-	hostPart, tail := rest, ""
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		hostPart, tail = rest[:i], rest[i:]
+	hostPart, tail, ok := splitRedisURL(rest)
+	if !ok {
+		return scheme + "://<redacted>"
 	}
 	if i := strings.LastIndex(hostPart, "@"); i >= 0 {
-		user, _, hasPass := strings.Cut(hostPart[:i], ":")
-		if hasPass {
-			hostPart = user + ":xxxxx" + hostPart[i:]
+		if user, _, hasPass := strings.Cut(hostPart[:i], ":"); hasPass {
+			hostPart = user + ":" + RedactedPassword + hostPart[i:]
 		}
 	}
 	if path, query, ok := strings.Cut(tail, "?"); ok {
@@ -80,13 +89,33 @@ func RedactURL(u string) string {
 		if err != nil {
 			return scheme + "://" + hostPart + path + "?<redacted>"
 		}
-		if q.Has("sentinel_password") {
-			q.Set("sentinel_password", "xxxxx")
+		for k := range q {
+			if !redisParams[k] { // a name may be a password's piece after an '&'
+				return scheme + "://" + hostPart + path + "?<redacted>"
+			}
+			if !shownParams[k] {
+				q[k] = []string{RedactedPassword}
+			}
 		}
 		tail = path + "?" + q.Encode()
 	}
 	return scheme + "://" + hostPart + tail
 }
+
+// splitRedisURL cuts what follows redis[s]:// into its userinfo and
+// addresses, and the database and query after them; false if an '@'
+// follows the cut, so that part of the userinfo would be taken for
+// a database or parameters.
+func splitRedisURL(rest string) (hostPart, tail string, ok bool) {
+	hostPart = rest
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		hostPart, tail = rest[:i], rest[i:]
+	}
+	return hostPart, tail, !strings.Contains(tail, "@")
+}
+
+// shownParams are the parameters whose values RedactURL keeps.
+var shownParams = map[string]bool{"master_name": true, "sentinel_username": true, "cluster": true}
 
 // redisParams are the URL parameters RedisOptions reads.
 var redisParams = map[string]bool{"master_name": true, "sentinel_username": true, "sentinel_password": true, "cluster": true}
@@ -115,9 +144,9 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 		return nil, bad("%s", want)
 	}
 	o := &redis.UniversalOptions{}
-	hostPart, tail := rest, ""
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		hostPart, tail = rest[:i], rest[i:]
+	hostPart, tail, ok := splitRedisURL(rest)
+	if !ok {
+		return nil, bad("an '@' follows the addresses: percent-encode '/', '?', '#' and '@' in the user and password")
 	}
 	if i := strings.LastIndex(hostPart, "@"); i >= 0 {
 		user, pass, _ := strings.Cut(hostPart[:i], ":")
@@ -136,7 +165,8 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 		return nil, bad("no address: %s", want)
 	}
 	for _, a := range strings.Split(hostPart, ",") {
-		if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {
+		h, p, err := net.SplitHostPort(a)
+		if port, perr := strconv.ParseUint(p, 10, 16); err != nil || h == "" || perr != nil || port == 0 {
 			return nil, bad("address %q: want HOST:PORT", a)
 		}
 		o.Addrs = append(o.Addrs, a)
@@ -155,27 +185,36 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 	}
 	for k, v := range q {
 		if !redisParams[k] {
-			return nil, bad("unknown parameter %q (known: master_name, sentinel_username, sentinel_password, cluster)", k)
+			// Not named: a password's '&' unencoded makes a parameter of
+			// its rest.
+			return nil, bad("an unknown parameter (known: master_name, sentinel_username, sentinel_password, cluster)")
 		}
 		if len(v) != 1 {
 			return nil, bad("parameter %q given %d times", k, len(v))
 		}
+	}
+	if q.Has("master_name") && q.Get("master_name") == "" {
+		return nil, bad("master_name is empty")
 	}
 	o.MasterName = q.Get("master_name")
 	o.SentinelUsername, o.SentinelPassword = q.Get("sentinel_username"), q.Get("sentinel_password")
 	if o.MasterName == "" && (o.SentinelUsername != "" || o.SentinelPassword != "") {
 		return nil, bad("sentinel_username and sentinel_password need master_name (Redis Sentinel)")
 	}
-	if c := q.Get("cluster"); c != "" {
-		if o.IsClusterMode, err = strconv.ParseBool(c); err != nil {
-			return nil, bad("cluster=%q: want true or false", c)
+	if q.Has("cluster") {
+		if q.Get("cluster") != "true" {
+			return nil, bad("cluster=%q: want true (several addresses are a Redis Cluster's anyway)", q.Get("cluster"))
 		}
-		if o.IsClusterMode && o.MasterName != "" {
+		if o.MasterName != "" {
 			return nil, bad("cluster=true and master_name: a Redis Cluster or Sentinel, not both")
 		}
+		o.IsClusterMode = true
 	}
 	if o.DB != 0 && o.MasterName == "" && (len(o.Addrs) > 1 || o.IsClusterMode) {
 		return nil, bad("a Redis Cluster has database 0 only")
+	}
+	if o.Password == RedactedPassword || o.SentinelPassword == RedactedPassword {
+		return nil, bad("the password is %s, which stands for one in logs and --print-config: give the real one", RedactedPassword)
 	}
 	if scheme == "rediss" {
 		if (rc.Cert == "") != (rc.Key == "") {

@@ -1,8 +1,13 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +32,8 @@ func TestRedisOptions(t *testing.T) {
 		{url: "redis://:old@h:1", password: pw, addrs: "h:1", pass: pw},
 		{url: "redis://a:1,b:2,c:3", addrs: "a:1,b:2,c:3"},
 		{url: "redis://cfg.example:6379?cluster=true", addrs: "cfg.example:6379", cluster: true},
-		{url: "redis://:x@s1:26379,s2:26379/1?master_name=ding&sentinel_password=y", addrs: "s1:26379,s2:26379", pass: "x", master: "ding", db: 1},
+		{url: "redis://:x@s1:26379,s2:26379/1?master_name=ding&sentinel_username=su&sentinel_password=sp", addrs: "s1:26379,s2:26379", pass: "x", master: "ding", db: 1},
+		{url: "redis://u:a#b,c@[::1]:6379", addrs: "[::1]:6379", user: "u", pass: "a#b,c"},
 	} {
 		o, err := RedisOptions(RedisConfig{URL: tc.url, Password: tc.password})
 		if err != nil {
@@ -38,6 +44,9 @@ func TestRedisOptions(t *testing.T) {
 			o.MasterName != tc.master || o.DB != tc.db || o.IsClusterMode != tc.cluster || o.TLSConfig != nil {
 			t.Errorf("%s: addrs %s user %q password %q master %q db %d cluster %v tls %v", tc.url, got, o.Username, o.Password, o.MasterName, o.DB, o.IsClusterMode, o.TLSConfig != nil)
 		}
+	}
+	if o, err := RedisOptions(RedisConfig{URL: "redis://s:1?master_name=m&sentinel_username=su&sentinel_password=sp"}); err != nil || o.SentinelUsername != "su" || o.SentinelPassword != "sp" || o.Password != "" {
+		t.Errorf("the sentinels' own credentials: %+v, %v", o, err)
 	}
 	if o, err := RedisOptions(RedisConfig{URL: "rediss://h:1"}); err != nil || o.TLSConfig == nil || o.TLSConfig.ServerName != "" {
 		t.Errorf("rediss:// = %+v, %v; want TLS, each connection checking the host it dials", o, err)
@@ -51,11 +60,20 @@ func TestRedisOptions(t *testing.T) {
 		{RedisConfig{URL: "redis://"}, "no address"},
 		{RedisConfig{URL: "redis://u:secretpw@h"}, `address "h": want HOST:PORT`},
 		{RedisConfig{URL: "redis://u:secretpw@h:1/x"}, `database "x"`},
-		{RedisConfig{URL: "redis://u:secretpw@h:1?mastername=d"}, `unknown parameter "mastername"`},
+		{RedisConfig{URL: "redis://u:secretpw@h:1?mastername=d"}, "an unknown parameter"},
+		{RedisConfig{URL: "redis://h:1?master_name=m&sentinel_pasword=secretpw"}, "an unknown parameter"},
+		{RedisConfig{URL: "redis://h:1?master_name=m&sentinel_password=secret&zzpw"}, "an unknown parameter"},
+		{RedisConfig{URL: "redis://u:ab/secretpw+d=@h:1"}, "percent-encode"},
+		{RedisConfig{URL: "redis://u:ab?secretpw@h:1"}, "percent-encode"},
+		{RedisConfig{URL: "redis://u:ab:secretpw/x@h:1"}, "percent-encode"},
+		{RedisConfig{URL: "redis://u:secretpw@h:abc"}, `address "h:abc"`},
+		{RedisConfig{URL: "redis://u:secretpw@h:1?master_name="}, "master_name is empty"},
+		{RedisConfig{URL: "redis://u:xxxxx@h:1"}, "give the real one"},
 		{RedisConfig{URL: "redis://u:secretpw@h:1?master_name=a&master_name=b"}, "given 2 times"},
 		{RedisConfig{URL: "redis://h:1?sentinel_password=secretpw"}, "need master_name"},
 		{RedisConfig{URL: "redis://u:secretpw@a:1,b:2/3"}, "database 0 only"},
-		{RedisConfig{URL: "redis://h:1?cluster=yes"}, "want true or false"},
+		{RedisConfig{URL: "redis://h:1?cluster=yes"}, "want true"},
+		{RedisConfig{URL: "redis://a:1,b:2?cluster=false"}, "want true"},
 		{RedisConfig{URL: "redis://h:1?cluster=true&master_name=d"}, "not both"},
 		{RedisConfig{URL: "redis://u:secretpw@h:1", CA: "/ca.pem"}, "not rediss://"},
 		{RedisConfig{URL: "rediss://u:secretpw@h:1", CA: "/nonexistent/ca.pem"}, "no such file"},
@@ -73,8 +91,13 @@ func TestRedisOptions(t *testing.T) {
 		"redis://h:1":                  "redis://h:1",
 		"rediss://ding:secretpw@h:1/2": "rediss://ding:xxxxx@h:1/2",
 		"redis://:secretpw@s:1?master_name=m&sentinel_password=secretpw": "redis://:xxxxx@s:1?master_name=m&sentinel_password=xxxxx",
-		"redis://user@h:1":   "redis://user@h:1",
-		"no scheme secretpw": "<redacted>",
+		"redis://user@h:1":                                       "redis://user@h:1",
+		"redis://u:ab/secretpw@h:1":                              "redis://<redacted>",
+		"redis://u:ab?secretpw@h:1":                              "redis://<redacted>",
+		"redis://h:1?master_name=m&sentinel_password=a&secretpw": "redis://h:1?<redacted>",
+		"redis://h:1?master_name=m&sentinel_pasword=secretpw":    "redis://h:1?<redacted>",
+		"redis://h:1?sentinel_username=su&master_name=m":         "redis://h:1?master_name=m&sentinel_username=su",
+		"no scheme secretpw":                                     "<redacted>",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
@@ -179,4 +202,44 @@ func TestCoordOnSentinel(t *testing.T) {
 	if now := sen.MasterAddr(t); now == old {
 		t.Fatalf("the sentinels still name %s, the killed master", old)
 	}
+}
+
+// What go-redis logs (here: a pool that cannot dial) reaches the logger
+// LogRedisTo was given, as one of its records, not go-redis's own line.
+func TestLogRedisTo(t *testing.T) {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	LogRedisTo(slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil)))
+	t.Cleanup(func() { LogRedisTo(slog.Default()) })
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	c, closeRedis, err := DialRedis(RedisConfig{URL: "redis://u:s3cret-pw@" + closed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	if _, _, err := c.Lease(context.Background(), 1); err == nil {
+		t.Fatal("a closed port answered")
+	}
+	mu.Lock()
+	got := buf.String()
+	mu.Unlock()
+	if !strings.Contains(got, "level=WARN") || !strings.Contains(got, "component=redis") || !strings.Contains(got, "failed to dial") || strings.Contains(got, "s3cret") {
+		t.Fatalf("go-redis's log as the member's logger got it: %q", got)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -716,6 +716,17 @@ func (c *config) invalid(name, value, want string) error {
 	return errors.New(msg)
 }
 
+// holdsSecret reports whether s's value in c is, or holds, a secret (a
+// --cluster URL with a password).
+func (s *setting) holdsSecret(c *config) bool {
+	v := s.format(c)
+	if s.redact != nil {
+		r := s.redact(v)
+		return strings.Contains(r, cluster.RedactedPassword) || strings.Contains(r, "<redacted>")
+	}
+	return s.secret && v != ""
+}
+
 // redis is how this member reaches Redis (cluster mode).
 func (c *config) redis() cluster.RedisConfig {
 	return cluster.RedisConfig{URL: c.Cluster, Password: c.RedisPassword, CA: c.RedisCA, Cert: c.RedisCert, Key: c.RedisKey}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
 )
 
@@ -190,7 +191,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--smtp-addr", "127.0.0.1:25", "--smtp-tls", "none", "--smtp-username", "ding", "--smtp-password-file", "/etc/ding/smtp.password",
 		"--email-from", "Ding <ding@example.com>", "--email-link-ttl", "24h", "--burn-after", "45s", "--secret-unread-ttl", "2h",
 		"--webhook-horizon", "2d", "--webhook-timeout", "5s", "--webhook-max-backoff", "30s", "--webhook-rate", "50",
-		"--cluster", "redis://127.0.0.1:5", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
+		"--cluster", "rediss://dingd@127.0.0.1:5?master_name=m", "--redis-ca", "/etc/ding/redis-ca.pem", "--redis-cert", "/etc/ding/redis-c.pem", "--redis-key", "/etc/ding/redis-k.pem", "--node-id", "n1", "--advertise", "http://127.0.0.1:2", "--lease-ttl", "5s",
 		"--advertise-socket", "127.0.0.1:9", "--ack-replicas", "0", "--cluster-ca", "/etc/ding/ca.pem", "--advertise-tls-socket", "127.0.0.1:10",
 		"--retention-max-age", "90d", "--retention-max-entries", "5000", "--dedupe-window", "0s", "--stats-retention", "30d", "--retention-interval", "1m",
 		"--rate-user-submits", "0", "--rate-user-submits-burst", "0", "--rate-user-dings", "3", "--rate-admin-requests", "7",
@@ -201,8 +202,8 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		"--push-fcm-endpoint", "https://127.0.0.1:13", "--push-fcm-token-url", "https://127.0.0.1:13/token",
 		"--push-preview", "--push-coalesce", "30s", "--push-rate", "500", "--push-ca-file", "/etc/ding/push-ca.pem", "--push-grace", "3s",
 	}
-	const tok, csecret = "tok\"en", "cl\\uster"
-	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret}))
+	const tok, csecret, rpw = "tok\"en", "cl\\uster", "re\"dis"
+	c, err := load(args, fakeEnv(map[string]string{"TWILIO_AUTH_TOKEN": tok, "DING_CLUSTER_SECRET": csecret, "DING_REDIS_PASSWORD": rpw}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +219,9 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 	if err := printConfig(&out, c); err != nil {
 		t.Fatal(err)
 	}
+	// The secrets in the settings' order.
 	printed := strings.Replace(out.String(), `"<redacted>"`, tomlString(tok), 1)
+	printed = strings.Replace(printed, `"<redacted>"`, tomlString(rpw), 1)
 	printed = strings.Replace(printed, `"<redacted>"`, tomlString(csecret), 1)
 	c2, err := load([]string{"--config", tempFile(t, "printed.toml", printed)}, fakeEnv(nil))
 	if err != nil {
@@ -642,7 +645,8 @@ func TestRedisSettings(t *testing.T) {
 	}
 	for _, tc := range []struct{ url, want string }{
 		{"redis://u:url-s3cret@10.0.0.1", `address "10.0.0.1": want HOST:PORT`},
-		{"redis://u:url-s3cret@10.0.0.1:6379?master=ding", `unknown parameter "master"`},
+		{"redis://u:url-s3cret@10.0.0.1:6379?master=ding", "an unknown parameter (known: master_name"},
+		{"redis://u:url/s3cret@10.0.0.1:6379", "percent-encode"},
 		{"10.0.0.1:6379", "want redis[s]://"},
 	} {
 		_, err := load([]string{"--cluster", tc.url, "--node-id", "a", "--advertise", "http://10.0.0.3:7080"}, env)
@@ -652,5 +656,22 @@ func TestRedisSettings(t *testing.T) {
 	}
 	if _, err := load([]string{"--cluster", "redis://10.0.0.1:6379", "--node-id", "a", "--advertise", "http://10.0.0.3:7080", "--redis-cert", "/c.pem", "--redis-key", "/k.pem"}, env); err == nil || !strings.Contains(err.Error(), "not rediss://") {
 		t.Errorf("a client certificate for redis://: %v, want it refused", err)
+	}
+	// A config file others may read is warned of when its URL holds a
+	// password, not otherwise.
+	for url, warned := range map[string]bool{"redis://dingd:url-s3cret@10.0.0.1:6379": true, "redis://dingd@10.0.0.1:6379": false} {
+		file := filepath.Join(t.TempDir(), "ding.toml")
+		body := fmt.Sprintf("cluster = %q\nnode-id = \"a\"\nadvertise = \"http://10.0.0.3:7080\"\n", url)
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := load([]string{"--config", file}, env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Contains(strings.Join(c.warnings, "\n"), "holds cluster and others may read it")
+		if got != warned || strings.Contains(strings.Join(c.warnings, "\n"), "s3cret") {
+			t.Errorf("a world-readable file with cluster = %s: warnings %q, want one: %v", cluster.RedactURL(url), c.warnings, warned)
+		}
 	}
 }

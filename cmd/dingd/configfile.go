@@ -85,7 +85,7 @@ func loadFile(c *config, path string) error {
 			reflect.ValueOf(p).Elem().Set(f.Elem())
 		}
 		c.from[s.name] = fromFile
-		if s.secret && s.format(c) != "" {
+		if s.holdsSecret(c) {
 			if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 				c.warnings = append(c.warnings, fmt.Sprintf(
 					"config file %s holds %s and others may read it (mode %v): chmod 600 it, or use the environment (%s)",

@@ -79,6 +79,7 @@ import (
 // clean stop) or until it is deposed (exit status 1: run it again and it
 // rejoins as the standby).
 func runMember(c *config, ncfg node.Config, log *slog.Logger) error {
+	cluster.LogRedisTo(log)
 	coord, closeRedis, err := cluster.DialRedis(c.redis())
 	if err != nil {
 		return err

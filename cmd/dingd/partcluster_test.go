@@ -199,11 +199,23 @@ func TestClusterPartitionsSurviveASentinelFailover(t *testing.T) {
 		}
 		t.Logf("acknowledgements resumed %v after SIGKILL of the Redis master (Sentinel)", time.Since(killed).Round(time.Millisecond))
 		// Each node logs the URL it reached Redis at (at info), with the
-		// password replaced.
+		// password replaced; and what go-redis said of the failover is
+		// in the node's own log records (cluster.LogRedisTo).
+		heard := false
 		for id, pr := range lc.procs {
-			if log := pr.stderr.String(); strings.Contains(log, "dingd-pw") || !strings.Contains(log, "redis://dingd:xxxxx@") {
+			log := pr.stderr.String()
+			heard = heard || strings.Contains(log, "component=redis")
+			if strings.Contains(log, "dingd-pw") || !strings.Contains(log, "redis://dingd:xxxxx@") {
 				t.Errorf("node %s logged Redis's password, or no redacted URL:\n%s", id, log)
 			}
+			for _, line := range strings.Split(log, "\n") {
+				if strings.HasPrefix(line, "redis: ") {
+					t.Errorf("node %s let go-redis log in its own format: %q", id, line)
+				}
+			}
+		}
+		if !heard {
+			t.Error("no node logged what go-redis said of the failover (component=redis)")
 		}
 	})
 }

@@ -127,22 +127,23 @@ func (s *Server) Kill() { _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() }
 // StartCluster runs masters masters with replicas replicas each as one
 // Redis Cluster (redis-cli --cluster create) and waits until every node
 // reports cluster_state:ok. A replica is promoted about nodeTimeout after
-// its master dies.
-func StartCluster(t testing.TB, masters, replicas int, nodeTimeout time.Duration) *Cluster {
+// its master dies. Each node gets args too (an ACL user, say; the
+// default user stays open, for redis-cli).
+func StartCluster(t testing.TB, masters, replicas int, nodeTimeout time.Duration, args ...string) *Cluster {
 	t.Helper()
 	cli := cliBinary(t)
 	c := &Cluster{}
 	var addrs []string
 	for range masters * (1 + replicas) {
-		s := Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+		s := Start(t, append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
-			"--repl-diskless-sync-delay", "0") // replicas in sync at once, not after 5s
+			"--repl-diskless-sync-delay", "0"}, args...)...) // replicas in sync at once, not after 5s
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr)
 	}
-	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
-	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+	create := append([]string{"--cluster", "create"}, addrs...)
+	create = append(create, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	if out, err := exec.Command(cli, create...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	// Ready when every node says the cluster is ok and every replica is
