@@ -32,6 +32,8 @@ type RedisCoord struct {
 	rdb redis.UniversalClient
 	// acks: AckNotifier's one subscription for every partition watched.
 	acks ackHub
+	// metrics: its commands and connection pool (Collector).
+	metrics *redisMetrics
 	// StreamKeep bounds each partition's stream: Append trims it to
 	// about its last StreamKeep entries (Redis's approximate trimming, so
 	// up to a stream node more). Zero means DefaultStreamKeep.
@@ -60,7 +62,10 @@ func DialRedis(rc RedisConfig) (*RedisCoord, func() error, error) {
 }
 
 // NewRedisCoord uses rdb (its lifetime stays the caller's).
-func NewRedisCoord(rdb redis.UniversalClient) *RedisCoord { return &RedisCoord{rdb: rdb} }
+// Its commands are counted from then on (Collector).
+func NewRedisCoord(rdb redis.UniversalClient) *RedisCoord {
+	return &RedisCoord{rdb: rdb, metrics: newRedisMetrics(rdb)}
+}
 
 func key(p Partition, what string) string { return fmt.Sprintf("{ding:p:%d}:%s", p, what) }
 

@@ -65,6 +65,26 @@ func (m *member) replicate(db *pebblestore.DB, reg prometheus.Registerer, owner 
 	return rs, nil
 }
 
+// coordCollector returns the coordinator's own metrics (Redis's commands
+// and connections: cluster.RedisCoord.Collector), or nil.
+func coordCollector(c cluster.Coord) prometheus.Collector {
+	if mc, ok := c.(interface{ Collector() prometheus.Collector }); ok {
+		return mc.Collector()
+	}
+	return nil
+}
+
+// registerCoordMetrics registers the coordinator's own metrics with reg,
+// a registry of the whole process (the serving node's, or the stand-in's:
+// not one labelled by partition). A node of partitions has them through
+// membersCollector.
+func (m *member) registerCoordMetrics(reg prometheus.Registerer) error {
+	if c := coordCollector(m.c); c != nil {
+		return reg.Register(c)
+	}
+	return nil
+}
+
 // wholeNode is the host of a cluster of one partition.
 type wholeNode struct{}
 
@@ -87,6 +107,9 @@ func (wholeNode) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (*s
 	cfg.Replicate = func(db *pebblestore.DB, reg prometheus.Registerer) (store.Store, error) {
 		var err error
 		if rs, err = m.replicate(db, reg, owner, leaseFrom); err != nil {
+			return nil, err
+		}
+		if err := m.registerCoordMetrics(reg); err != nil { // the node's own registry
 			return nil, err
 		}
 		h := cluster.SnapshotHandler(rs, m.c, m.mc.Secret, cfg.DataDir, m.sharedFiles()...)

@@ -462,8 +462,9 @@ type catEntry struct {
 	// clusterOnly: listed under a "Cluster mode only" heading, served by
 	// a cluster member, not by a single node: by the member that owns its
 	// partition, or, notServing (the heading says "not serving"), by the
-	// others.
-	clusterOnly, notServing bool
+	// others; everyMember (the heading says "serving or not"), by every
+	// member.
+	clusterOnly, notServing, everyMember bool
 	// partitionsOnly: listed under a "Partitions only" heading, served
 	// by a node of several partitions only (TestPartitionsMetrics).
 	partitionsOnly bool
@@ -491,11 +492,12 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		return nil, err
 	}
 	var out []catEntry
-	clusterOnly, notServing, partitionsOnly, clusterParts := false, false, false, false
+	clusterOnly, notServing, everyMember, partitionsOnly, clusterParts := false, false, false, false, false
 	for i, line := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(line, "## ") {
 			clusterOnly = strings.Contains(line, "Cluster mode only")
 			notServing = clusterOnly && strings.Contains(line, "not serving")
+			everyMember = clusterOnly && strings.Contains(line, "serving or not")
 			partitionsOnly = strings.Contains(line, "Partitions only")
 			clusterParts = strings.Contains(line, "Cluster of partitions only")
 		}
@@ -507,7 +509,7 @@ func parseCatalogue(path string) ([]catEntry, error) {
 		if m == nil {
 			continue
 		}
-		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly, notServing: notServing, partitionsOnly: partitionsOnly, clusterPartitionsOnly: clusterParts}
+		e := catEntry{name: m[1], typ: strings.TrimSpace(cells[2]), labels: map[string][]string{}, line: i + 1, clusterOnly: clusterOnly, notServing: notServing, everyMember: everyMember, partitionsOnly: partitionsOnly, clusterPartitionsOnly: clusterParts}
 		if ls := strings.TrimSpace(cells[3]); ls != "" && ls != "—" {
 			for _, clause := range strings.Split(ls, ";") {
 				clause = strings.TrimSpace(clause)

@@ -260,7 +260,7 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		WrapEngine: func(local httpapi.Engine) httpapi.Engine {
 			return &orgEngine{Engine: local, set: local.(*router).set, peers: otherNodes, client: peer, secret: mc.Secret}
 		}}
-	cfg.peers.Metrics = membersCollector{ms: ms, dir: p, sentOn: sentOn.sent}
+	cfg.peers.Metrics = membersCollector{ms: ms, dir: p, sentOn: sentOn.sent, coord: coordCollector(mc.Coord)}
 	if b, ok := mc.Coord.(cluster.Budgeter); ok {
 		cfg.peers.Budget = b.Budget() // the org's budget, for every node (stage 6)
 	}

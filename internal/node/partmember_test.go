@@ -457,6 +457,18 @@ func TestClusterPartitionsShareTheSMSBudgetInRedis(t *testing.T) {
 	if n := fake.Count("sms"); n != 2 {
 		t.Fatalf("%d SMS sent with a budget of 2", n)
 	}
+	// Each node serves its Redis client's metrics once, not per
+	// partition: no partition label.
+	for _, pn := range []partNode{a, b} {
+		fams, err := parseExposition(get(t, "http://"+pn.http+"/metrics", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, ok := fams["ding_redis_commands_total"]
+		if _, labelled := f.labels["partition"]; !ok || labelled || !slices.Contains(sortedKeys(f.labels["result"]), "ok") {
+			t.Errorf("%s's ding_redis_commands_total: %+v", pn.id, f)
+		}
+	}
 }
 
 // standbyGaps records, from a MemCoord's every change of roles, the

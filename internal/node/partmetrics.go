@@ -20,6 +20,9 @@ type membersCollector struct {
 	// sentOn counts the admin API requests sent on to another node
 	// (ownerProxy).
 	sentOn prometheus.Counter
+	// coord, if not nil, is the coordinator's own (Redis's commands and
+	// connections), the node's as a whole.
+	coord prometheus.Collector
 }
 
 var (
@@ -44,11 +47,17 @@ func (c membersCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- membersFenceDesc
 	ch <- membersJoinsDesc
 	c.sentOn.Describe(ch)
+	if c.coord != nil {
+		c.coord.Describe(ch)
+	}
 }
 
 // Collect implements prometheus.Collector.
 func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
 	c.sentOn.Collect(ch)
+	if c.coord != nil {
+		c.coord.Collect(ch)
+	}
 	for i, m := range c.ms {
 		label := strconv.Itoa(i)
 		if i == c.dir {

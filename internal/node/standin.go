@@ -124,6 +124,9 @@ func (m *member) ownerAddrs(ctx context.Context) ownerCache {
 func (m *member) standInMetrics() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge())
+	if err := m.registerCoordMetrics(reg); err != nil {
+		m.log.Warn("the coordinator's metrics are missing", "err", err)
+	}
 	standby := func(f func(cluster.StandbyState) float64) func() float64 {
 		return func() float64 {
 			if fl := m.follower.Load(); fl != nil {

@@ -1,0 +1,137 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// redisMetrics is what a member asks of Redis, for Prometheus: every
+// command by name and result, the time of each round trip that does not
+// wait on purpose (a blocking XREAD does), and the client's connection
+// pool. A go-redis hook counts the commands; the pool's figures are read
+// at each scrape.
+type redisMetrics struct {
+	commands *prometheus.CounterVec
+	rtt      *prometheus.HistogramVec
+	pool     []prometheus.Collector
+}
+
+func newRedisMetrics(rdb redis.UniversalClient) *redisMetrics {
+	m := &redisMetrics{
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ding_redis_commands_total",
+			Help: "Commands this member sent Redis (those of a pipeline or transaction each), by command and result: ok (an answer, nil included), error (Redis answered an error: NOSCRIPT once per script after Redis starts is expected), failed (no answer: Redis unreachable, a timeout, a connection lost), canceled (the member stopped waiting: a blocking read ended by a role change).",
+		}, []string{"command", "result"}),
+		rtt: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ding_redis_round_trip_seconds",
+			Help:    "Time from sending a command (or a pipeline or transaction, as command=\"pipeline\") to its answer, for those that do not wait on purpose (a blocking XREAD is left out): network, Redis's queue and the member's own scheduling.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"command"}),
+	}
+	stats := func(f func(*redis.PoolStats) float64) func() float64 {
+		return func() float64 { return f(rdb.PoolStats()) }
+	}
+	m.pool = []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ding_redis_pool_connections", Help: "Connections the Redis client holds open (every node of a Redis Cluster together), pub/sub's apart.",
+			ConstLabels: prometheus.Labels{"state": "total"},
+		}, stats(func(s *redis.PoolStats) float64 { return float64(s.TotalConns) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ding_redis_pool_connections", Help: "Connections the Redis client holds open (every node of a Redis Cluster together), pub/sub's apart.",
+			ConstLabels: prometheus.Labels{"state": "idle"},
+		}, stats(func(s *redis.PoolStats) float64 { return float64(s.IdleConns) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ding_redis_pool_timeouts_total", Help: "Commands that waited for a free connection to Redis in vain (the pool full for its whole timeout): they failed without being sent.",
+		}, stats(func(s *redis.PoolStats) float64 { return float64(s.Timeouts) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ding_redis_pool_wait_seconds_total", Help: "Time commands spent waiting for a free connection to Redis, all together.",
+		}, stats(func(s *redis.PoolStats) float64 { return float64(s.WaitDurationNs) / 1e9 })),
+	}
+	rdb.AddHook(redisHook{m})
+	return m
+}
+
+// Describe and Collect make redisMetrics one prometheus.Collector.
+func (m *redisMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.commands.Describe(ch)
+	m.rtt.Describe(ch)
+	for _, c := range m.pool {
+		c.Describe(ch)
+	}
+}
+
+func (m *redisMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.commands.Collect(ch)
+	m.rtt.Collect(ch)
+	for _, c := range m.pool {
+		c.Collect(ch)
+	}
+}
+
+// count records cmd's result.
+func (m *redisMetrics) count(cmd redis.Cmder) {
+	result := "ok"
+	var rerr redis.Error
+	switch err := cmd.Err(); {
+	case err == nil || errors.Is(err, redis.Nil):
+	case errors.Is(err, context.Canceled):
+		result = "canceled"
+	case errors.As(err, &rerr):
+		result = "error"
+	default:
+		result = "failed"
+	}
+	m.commands.WithLabelValues(cmd.Name(), result).Inc()
+}
+
+// blocking reports whether cmd waits on purpose (XREAD ... BLOCK).
+func blocking(cmd redis.Cmder) bool {
+	if cmd.Name() != "xread" {
+		return false
+	}
+	for _, a := range cmd.Args() {
+		if s, ok := a.(string); ok && strings.EqualFold(s, "block") {
+			return true
+		}
+	}
+	return false
+}
+
+type redisHook struct{ m *redisMetrics }
+
+func (h redisHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h redisHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmd)
+		if !blocking(cmd) && (cmd.Err() == nil || errors.Is(cmd.Err(), redis.Nil)) {
+			h.m.rtt.WithLabelValues(cmd.Name()).Observe(time.Since(start).Seconds())
+		}
+		h.m.count(cmd)
+		return err
+	}
+}
+
+func (h redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmds)
+		if err == nil {
+			h.m.rtt.WithLabelValues("pipeline").Observe(time.Since(start).Seconds())
+		}
+		for _, c := range cmds {
+			h.m.count(c)
+		}
+		return err
+	}
+}
+
+// Collector returns the coordinator's metrics (its Redis commands and
+// connection pool), for the member to register with its own.
+func (r *RedisCoord) Collector() prometheus.Collector { return r.metrics }
