@@ -174,18 +174,36 @@ func TestCoordOverTLSWithAnACLUser(t *testing.T) {
 	}
 }
 
-// The coordinator through Redis Sentinel (three sentinels, a master and a
-// replica that ask for a password): the whole Coord contract through
-// DialRedis with master_name, then the master is killed with SIGKILL;
-// the sentinels promote the replica, and the coordinator works again by
-// itself, on the new master.
-func TestCoordOnSentinel(t *testing.T) {
-	sen := redistest.StartSentinel(t, "ding", "s3cret-pw", 1, 3, time.Second)
-	c, closeRedis, err := DialRedis(RedisConfig{URL: "redis://:s3cret-pw@" + sen.SentinelAddrs() + "?master_name=ding"})
+// The coordinator through Redis Sentinel, all of it over TLS (three
+// sentinels with a password of their own, a master and a replica with
+// another, replication and the sentinels' links over TLS too): the
+// whole Coord contract through DialRedis with rediss://, master_name and
+// sentinel_password, then the master is killed with SIGKILL; the
+// sentinels promote the replica, and the coordinator works again by
+// itself, on the new master. Without the sentinels' password, the
+// sentinels refuse to name the master.
+func TestCoordOnSentinelOverTLS(t *testing.T) {
+	f := redistest.NewTLSFiles(t)
+	sen := redistest.StartSentinel(t, redistest.SentinelConfig{Name: "ding", Password: "s3cret-pw", SentinelPassword: "sent-pw",
+		Replicas: 1, Sentinels: 3, DownAfter: time.Second, TLS: &f})
+	rc := RedisConfig{URL: "rediss://:s3cret-pw@" + sen.SentinelAddrs() + "?master_name=ding&sentinel_password=sent-pw", CA: f.CA, Cert: f.ClientCert, Key: f.ClientKey}
+	c, closeRedis, err := DialRedis(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer closeRedis()
+	noSentinelPW := rc
+	noSentinelPW.URL = "rediss://:s3cret-pw@" + sen.SentinelAddrs() + "?master_name=ding"
+	if d, closeD, err := DialRedis(noSentinelPW); err != nil {
+		t.Fatal(err)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, _, err := d.Lease(ctx, 1); err == nil {
+			t.Error("the sentinels named the master to a client without their password")
+		}
+		cancel()
+		closeD()
+	}
 	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
 	t.Run("lease", func(t *testing.T) { testLease(t, env) })
 	t.Run("stream", func(t *testing.T) { testStream(t, env) })

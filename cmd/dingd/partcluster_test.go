@@ -187,7 +187,7 @@ func TestClusterPartitionsSurviveARedisMasterKill(t *testing.T) {
 // acknowledged message.
 func TestClusterPartitionsSurviveASentinelFailover(t *testing.T) {
 	acl := append([]string{"--user", "dingd", "on", ">dingd-pw"}, strings.Fields(cluster.RedisACL)...)
-	sen := redistest.StartSentinel(t, "ding", "s3cret-pw", 1, 3, time.Second, acl...)
+	sen := redistest.StartSentinel(t, redistest.SentinelConfig{Name: "ding", Password: "s3cret-pw", Replicas: 1, Sentinels: 3, DownAfter: time.Second, ServerArgs: acl})
 	partitionsUnderLoad(t, "redis://dingd:dingd-pw@"+sen.SentinelAddrs()+"?master_name=ding", "2s", []string{"a", "b", "c"}, func(lc *loadCluster) {
 		old := sen.Master.Addr
 		sen.Master.Kill()

@@ -46,12 +46,12 @@ func NewTLSFiles(t testing.TB) TLSFiles {
 	}
 	f := TLSFiles{CA: filepath.Join(dir, "ca.pem")}
 	writePEM(t, f.CA, "CERTIFICATE", caDER)
-	leaf := func(serial int64, name string, usage x509.ExtKeyUsage) (string, string) {
+	leaf := func(serial int64, name string, usage ...x509.ExtKeyUsage) (string, string) {
 		k := newKey(t)
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
 			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
@@ -67,7 +67,9 @@ func NewTLSFiles(t testing.TB) TLSFiles {
 		writePEM(t, key, "EC PRIVATE KEY", kder)
 		return cert, key
 	}
-	f.Cert, f.Key = leaf(2, "server", x509.ExtKeyUsageServerAuth)
+	// The server's certificate is a client's too: a replica presents it
+	// to its master, a sentinel to the servers.
+	f.Cert, f.Key = leaf(2, "server", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
 	f.ClientCert, f.ClientKey = leaf(3, "client", x509.ExtKeyUsageClientAuth)
 	return f
 }
@@ -96,13 +98,17 @@ func StartTLS(t testing.TB, f TLSFiles, args ...string) *Server {
 		"--tls-cert-file", f.Cert, "--tls-key-file", f.Key, "--tls-ca-cert-file", f.CA}, args...)
 	// Ready once it accepts: PING needs TLS, which this package does
 	// not speak to it (the tests' clients do).
-	return start(t, port, func(addr string) error {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err
-	}, all...)
+	return start(t, port, dialable, all...)
+}
+
+// dialable is a readiness check for a server PING cannot reach (TLS):
+// it accepts a connection.
+func dialable(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err
 }
 
 // Sentinel is a Redis Sentinel deployment: a master, its replicas, and
@@ -112,27 +118,58 @@ type Sentinel struct {
 	Replicas  []*Server
 	Sentinels []*Server
 	Name      string
+	cli       func(addr string, args ...string) string // redis-cli to a sentinel
 }
 
-// StartSentinel runs a master and replicas replicas (password pw, for
-// clients and for replication) and sentinels sentinels (no password of
-// their own) watching them as name, with a quorum of a majority of the
-// sentinels. A master is deemed down downAfter after it stops answering,
-// and a replica promoted in its place. It returns once every replica is
-// in sync and every sentinel knows the master and its replicas. The
-// master and replicas get serverArgs too (an ACL user, say).
-func StartSentinel(t testing.TB, name, pw string, replicas, sentinels int, downAfter time.Duration, serverArgs ...string) *Sentinel {
+// SentinelConfig is a Sentinel deployment for StartSentinel.
+type SentinelConfig struct {
+	// Name is the master's name the sentinels watch it under.
+	Name string
+	// Password is the master's and replicas' (requirepass, and
+	// masterauth for replication); SentinelPassword, if not empty, the
+	// sentinels' own (their requirepass).
+	Password, SentinelPassword string
+	// Replicas and Sentinels are how many of each; the quorum is a
+	// majority of the sentinels.
+	Replicas, Sentinels int
+	// DownAfter is how long after a master stops answering it is deemed
+	// down and a replica promoted in its place.
+	DownAfter time.Duration
+	// TLS, if set, makes every server and sentinel speak TLS only
+	// (replication and the sentinels' own links too), asking clients
+	// for a certificate TLS.CA signed.
+	TLS *TLSFiles
+	// ServerArgs are more arguments for the master and replicas (an ACL
+	// user, say).
+	ServerArgs []string
+}
+
+// StartSentinel runs cfg's deployment. It returns once every replica is
+// in sync and every sentinel knows the master, its replicas and the other
+// sentinels.
+func StartSentinel(t testing.TB, cfg SentinelConfig) *Sentinel {
 	t.Helper()
-	auth := append([]string{"--requirepass", pw, "--masterauth", pw, "--repl-diskless-sync-delay", "0"}, serverArgs...)
-	s := &Sentinel{Name: name, Master: Start(t, auth...)}
+	pw := cfg.Password
+	auth := append([]string{"--requirepass", pw, "--masterauth", pw, "--repl-diskless-sync-delay", "0"}, cfg.ServerArgs...)
+	start := func(args ...string) *Server {
+		if cfg.TLS != nil {
+			return StartTLS(t, *cfg.TLS, append(args, "--tls-replication", "yes")...)
+		}
+		return Start(t, args...)
+	}
+	var cliTLS []string
+	if f := cfg.TLS; f != nil {
+		cliTLS = []string{"--tls", "--cacert", f.CA, "--cert", f.ClientCert, "--key", f.ClientKey}
+	}
+	s := &Sentinel{Name: cfg.Name, Master: start(auth...)}
 	mhost, mport, _ := net.SplitHostPort(s.Master.Addr)
-	for range replicas {
-		s.Replicas = append(s.Replicas, Start(t, append([]string{"--replicaof", mhost, mport}, auth...)...))
+	for range cfg.Replicas {
+		s.Replicas = append(s.Replicas, start(append([]string{"--replicaof", mhost, mport}, auth...)...))
 	}
 	cli := cliBinary(t)
 	deadline := time.Now().Add(30 * time.Second)
 	for _, r := range s.Replicas {
-		for !strings.Contains(redisCLI(cli, r.Addr, pw, "info", "replication"), "master_link_status:up") {
+		for !strings.Contains(redisCLI(cli, r.Addr, pw, cliTLS, "info", "replication"), "master_link_status:up") {
 			if time.Now().After(deadline) {
 				t.Fatalf("replica %s not in sync with %s within 30s", r.Addr, s.Master.Addr)
 			}
@@ -140,15 +177,27 @@ func StartSentinel(t testing.TB, name, pw string, replicas, sentinels int, downA
 		}
 	}
 	bin := Binary(t)
-	for range sentinels {
+	name := cfg.Name
+	for range cfg.Sentinels {
 		dir := t.TempDir()
 		port := freePort(t)
 		conf := filepath.Join(dir, "sentinel.conf") // Sentinel rewrites it: its own file
-		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
+		listen := fmt.Sprintf("port %d\n", port)
+		if f := cfg.TLS; f != nil {
+			listen = fmt.Sprintf("port 0\ntls-port %d\ntls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\ntls-replication yes\n", port, f.Cert, f.Key, f.CA)
+		}
+		if cfg.SentinelPassword != "" {
+			listen += "requirepass " + cfg.SentinelPassword + "\n"
+		}
+		body := fmt.Sprintf("%sbind 127.0.0.1\ndir %s\nlogfile %s\n"+
 			"sentinel monitor %s %s %s %d\nsentinel auth-pass %s %s\n"+
 			"sentinel down-after-milliseconds %s %d\nsentinel failover-timeout %s 10000\nsentinel parallel-syncs %s 1\n",
-			port, dir, filepath.Join(dir, "redis.log"), name, mhost, mport, sentinels/2+1, name, pw,
-			name, downAfter.Milliseconds(), name, name)
+			listen, dir, filepath.Join(dir, "redis.log"), name, mhost, mport, cfg.Sentinels/2+1, name, pw,
+			name, cfg.DownAfter.Milliseconds(), name, name)
+		if cfg.SentinelPassword != "" {
+			// The sentinels reach one another with it (Redis 6.2+).
+			body += "sentinel sentinel-pass " + cfg.SentinelPassword + "\n"
+		}
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -158,16 +207,23 @@ func StartSentinel(t testing.TB, name, pw string, replicas, sentinels int, downA
 		}
 		sv := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd}
 		t.Cleanup(sv.Kill)
-		waitReady(t, sv, dir, ping)
+		ready := ping
+		if cfg.TLS != nil {
+			ready = dialable
+		}
+		waitReady(t, sv, dir, ready)
 		s.Sentinels = append(s.Sentinels, sv)
+	}
+	s.cli = func(addr string, args ...string) string {
+		return redisCLI(cli, addr, cfg.SentinelPassword, cliTLS, args...)
 	}
 	// Every sentinel must know the replicas (from the master's INFO) and
 	// the other sentinels (hello messages) before a failover can elect
 	// one and promote one.
 	for _, sv := range s.Sentinels {
 		for {
-			out := redisCLI(cli, sv.Addr, "", "sentinel", "master", name)
-			if sentinelField(out, "num-slaves") >= replicas && sentinelField(out, "num-other-sentinels") >= sentinels-1 {
+			out := s.cli(sv.Addr, "sentinel", "master", name)
+			if sentinelField(out, "num-slaves") >= cfg.Replicas && sentinelField(out, "num-other-sentinels") >= cfg.Sentinels-1 {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -192,9 +248,8 @@ func (s *Sentinel) SentinelAddrs() string {
 // master now.
 func (s *Sentinel) MasterAddr(t testing.TB) string {
 	t.Helper()
-	cli := cliBinary(t)
 	for _, sv := range s.Sentinels {
-		out := strings.Fields(redisCLI(cli, sv.Addr, "", "sentinel", "get-master-addr-by-name", s.Name))
+		out := strings.Fields(s.cli(sv.Addr, "sentinel", "get-master-addr-by-name", s.Name))
 		if len(out) == 2 {
 			return net.JoinHostPort(out[0], out[1])
 		}
@@ -204,10 +259,10 @@ func (s *Sentinel) MasterAddr(t testing.TB) string {
 }
 
 // redisCLI runs one command through redis-cli (authenticated with pw if
-// not empty) and returns its output, empty on error.
-func redisCLI(cli, addr, pw string, args ...string) string {
+// not empty, with tls's flags) and returns its output, empty on error.
+func redisCLI(cli, addr, pw string, tls []string, args ...string) string {
 	host, port, _ := net.SplitHostPort(addr)
-	pre := []string{"-h", host, "-p", port}
+	pre := append([]string{"-h", host, "-p", port}, tls...)
 	if pw != "" {
 		pre = append(pre, "--no-auth-warning", "-a", pw)
 	}
