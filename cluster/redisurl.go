@@ -52,8 +52,8 @@ type RedisConfig struct {
 }
 
 // RedisACL is what a member's Redis user needs, as the rules of an ACL
-// user (after "user NAME on >PASSWORD"), tested enough on one Redis and
-// through Sentinel: the keys and channels under ding: and {ding:, and
+// user (after "user NAME on >PASSWORD"), tested enough on one Redis,
+// through Sentinel and on a Redis Cluster: the keys and channels under ding: and {ding:, and
 // every command but the @dangerous ones (KEYS, FLUSHALL, CONFIG, INFO
 // and the like), scripting's own (SCRIPT, FUNCTION: only EVAL and
 // EVALSHA run the members' scripts), SCAN and RANDOMKEY (which would
