@@ -62,6 +62,22 @@ func TestCoordContract(t *testing.T) {
 	}
 }
 
+// sharedRedisContract checks on c, one Redis of the test's own, the part
+// of the Coord contract that holds on any Redis (single, Sentinel, Redis
+// Cluster), the keys of one partition at a time: not the stream bound or
+// the member registry, which TestCoordContract checks on one redis-server.
+func sharedRedisContract(t *testing.T, c *RedisCoord) {
+	t.Helper()
+	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
+	t.Run("lease", func(t *testing.T) { testLease(t, env) })
+	t.Run("stream", func(t *testing.T) { testStream(t, env) })
+	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
+	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
+	t.Run("ack notices", func(t *testing.T) { testAckNotices(t, env) })
+	t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, env) })
+	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
+}
+
 // waitLapse waits until Redis has expired a lease of ttl: it polls the
 // lease itself, the thing under test, with a deadline.
 func waitLapse(t *testing.T, c Coord, ttl time.Duration) {
@@ -559,14 +575,7 @@ func TestCoordOnRedisCluster(t *testing.T) {
 	}
 	defer closeRedis()
 	rdb := c.rdb
-	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
-	t.Run("lease", func(t *testing.T) { testLease(t, env) })
-	t.Run("stream", func(t *testing.T) { testStream(t, env) })
-	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
-	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
-	t.Run("ack notices", func(t *testing.T) { testAckNotices(t, env) })
-	t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, env) })
-	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
+	sharedRedisContract(t, c)
 	if t.Failed() {
 		return
 	}

@@ -126,14 +126,7 @@ func TestCoordOverTLSWithAnACLUser(t *testing.T) {
 	}
 	good := RedisConfig{URL: "rediss://ding:s3cret-pw@" + srv.Addr, CA: f.CA, Cert: f.ClientCert, Key: f.ClientKey}
 	c := dial(good)
-	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
-	t.Run("lease", func(t *testing.T) { testLease(t, env) })
-	t.Run("stream", func(t *testing.T) { testStream(t, env) })
-	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
-	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
-	t.Run("ack notices", func(t *testing.T) { testAckNotices(t, env) })
-	t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, env) })
-	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
+	sharedRedisContract(t, c)
 
 	refused := func(what string, rc RedisConfig, want string) {
 		t.Helper()
@@ -204,14 +197,7 @@ func TestCoordOnSentinelOverTLS(t *testing.T) {
 		cancel()
 		closeD()
 	}
-	env := coordEnv{c, func(n int) { c.StreamKeep = n }, func(d time.Duration) { waitLapse(t, c, d) }}
-	t.Run("lease", func(t *testing.T) { testLease(t, env) })
-	t.Run("stream", func(t *testing.T) { testStream(t, env) })
-	t.Run("acks and standby", func(t *testing.T) { testAcks(t, env) })
-	t.Run("announce", func(t *testing.T) { testAnnounce(t, env) })
-	t.Run("ack notices", func(t *testing.T) { testAckNotices(t, env) })
-	t.Run("waiting reads", func(t *testing.T) { testReadEntries(t, env) })
-	t.Run("partition count", func(t *testing.T) { testPartitionCount(t, env) })
+	sharedRedisContract(t, c)
 	if t.Failed() {
 		return
 	}
