@@ -247,3 +247,21 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// The coordinator on a Redis Cluster that speaks TLS only (clients, the
+// cluster bus and replication), logged in as an ACL user of RedisACL's
+// rights: the Redis part of the Coord contract through DialRedis with
+// rediss:// and every node's address, each node's certificate checked
+// against the address dialled (the nodes announce theirs: CLUSTER
+// SLOTS).
+func TestCoordOnRedisClusterOverTLS(t *testing.T) {
+	f := redistest.NewTLSFiles(t)
+	acl := append([]string{"--user", "dingd", "on", ">dingd-pw"}, strings.Fields(RedisACL)...)
+	rc := redistest.StartClusterTLS(t, f, 3, 1, time.Second, acl...)
+	c, closeRedis, err := DialRedis(RedisConfig{URL: "rediss://dingd:dingd-pw@" + strings.Join(rc.Addrs(), ","), CA: f.CA, Cert: f.ClientCert, Key: f.ClientKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	sharedRedisContract(t, c)
+}

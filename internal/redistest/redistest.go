@@ -119,6 +119,7 @@ func freePort(t testing.TB) int {
 // Cluster is a Redis Cluster of real redis-server processes.
 type Cluster struct {
 	Nodes []*Server // masters first, as redis-cli --cluster create was given them
+	tls   []string  // redis-cli's flags to reach the nodes (TLS)
 }
 
 // Kill stops one node with SIGKILL, as a crash would.
@@ -131,18 +132,39 @@ func (s *Server) Kill() { _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() }
 // default user stays open, for redis-cli).
 func StartCluster(t testing.TB, masters, replicas int, nodeTimeout time.Duration, args ...string) *Cluster {
 	t.Helper()
+	return startCluster(t, nil, masters, replicas, nodeTimeout, args...)
+}
+
+// StartClusterTLS is StartCluster with every node speaking TLS only, the
+// cluster bus and replication too, with f's certificates.
+func StartClusterTLS(t testing.TB, f TLSFiles, masters, replicas int, nodeTimeout time.Duration, args ...string) *Cluster {
+	t.Helper()
+	return startCluster(t, &f, masters, replicas, nodeTimeout, args...)
+}
+
+func startCluster(t testing.TB, f *TLSFiles, masters, replicas int, nodeTimeout time.Duration, args ...string) *Cluster {
+	t.Helper()
 	cli := cliBinary(t)
 	c := &Cluster{}
+	if f != nil {
+		c.tls = []string{"--tls", "--cacert", f.CA, "--cert", f.ClientCert, "--key", f.ClientKey}
+	}
 	var addrs []string
 	for range masters * (1 + replicas) {
-		s := Start(t, append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+		all := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
-			"--repl-diskless-sync-delay", "0"}, args...)...) // replicas in sync at once, not after 5s
+			"--repl-diskless-sync-delay", "0"}, args...) // replicas in sync at once, not after 5s
+		var s *Server
+		if f != nil {
+			s = StartTLS(t, *f, append(all, "--tls-cluster", "yes", "--tls-replication", "yes")...)
+		} else {
+			s = Start(t, all...)
+		}
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr)
 	}
-	create := append([]string{"--cluster", "create"}, addrs...)
-	create = append(create, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	create := append(append([]string{}, c.tls...), "--cluster", "create")
+	create = append(append(create, addrs...), "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	if out, err := exec.Command(cli, create...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
@@ -164,13 +186,12 @@ func StartCluster(t testing.TB, masters, replicas int, nodeTimeout time.Duration
 // ready reports whether s says the cluster is ok and, if s is a replica,
 // that its link to its master is up.
 func (c *Cluster) ready(cli string, s *Server) bool {
-	host, port, _ := net.SplitHostPort(s.Addr)
-	out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").Output()
-	if err != nil || !strings.Contains(string(out), "cluster_state:ok") {
+	out := redisCLI(cli, s.Addr, "", c.tls, "cluster", "info")
+	if !strings.Contains(out, "cluster_state:ok") {
 		return false
 	}
-	out, err = exec.Command(cli, "-h", host, "-p", port, "info", "replication").Output()
-	return err == nil && (strings.Contains(string(out), "role:master") || strings.Contains(string(out), "master_link_status:up"))
+	out = redisCLI(cli, s.Addr, "", c.tls, "info", "replication")
+	return strings.Contains(out, "role:master") || strings.Contains(out, "master_link_status:up")
 }
 
 // Addrs returns every node's address.
@@ -195,21 +216,14 @@ func cliBinary(t testing.TB) string {
 func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
 	t.Helper()
 	cli := cliBinary(t)
-	host, port, _ := net.SplitHostPort(c.Nodes[0].Addr)
-	out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "keyslot", key).Output()
-	if err != nil {
-		t.Fatalf("cluster keyslot: %v", err)
-	}
-	slot, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	out := redisCLI(cli, c.Nodes[0].Addr, "", c.tls, "cluster", "keyslot", key)
+	slot, err := strconv.Atoi(strings.TrimSpace(out))
 	if err != nil {
 		t.Fatalf("cluster keyslot answered %q", out)
 	}
-	out, err = exec.Command(cli, "-h", host, "-p", port, "cluster", "nodes").Output()
-	if err != nil {
-		t.Fatalf("cluster nodes: %v", err)
-	}
+	out = redisCLI(cli, c.Nodes[0].Addr, "", c.tls, "cluster", "nodes")
 	// Lines: id ip:port@cport flags master ping pong epoch link slot-ranges...
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 9 || !strings.Contains(f[2], "master") {
 			continue
