@@ -25,7 +25,7 @@ func newRedisMetrics(rdb redis.UniversalClient) *redisMetrics {
 	m := &redisMetrics{
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ding_redis_commands_total",
-			Help: "Commands this member sent Redis (those of a pipeline or transaction each), by command and result: ok (an answer, nil included), error (Redis answered an error: NOSCRIPT once per script after Redis starts is expected), failed (no answer: Redis unreachable, a timeout, a connection lost), canceled (the member stopped waiting: a blocking read ended by a role change).",
+			Help: "Commands this member sent Redis (those of a pipeline or transaction each; not those go-redis sends as a connection opens), by command and result: ok (an answer, nil included), unavailable (Redis answered that it cannot serve: a refused login, a read-only replica, loading, cluster down, too many clients), error (another error answer: NOSCRIPT once per script after Redis starts is expected, NOPERM is a right the ACL user lacks), failed (no answer: Redis unreachable, a timeout, a connection lost), canceled (the member's context ended first).",
 		}, []string{"command", "result"}),
 		rtt: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ding_redis_round_trip_seconds",
@@ -73,20 +73,35 @@ func (m *redisMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// count records cmd's result.
-func (m *redisMetrics) count(cmd redis.Cmder) {
-	result := "ok"
+// setup are the commands go-redis sends itself as a connection opens;
+// they are not counted (a command that cannot be sent because its
+// connection could not log in is counted with their error).
+var setup = map[string]bool{"hello": true, "auth": true, "client": true, "select": true, "readonly": true}
+
+// result classifies a command's error.
+func result(err error) string {
 	var rerr redis.Error
-	switch err := cmd.Err(); {
+	switch {
 	case err == nil || errors.Is(err, redis.Nil):
+		return "ok"
 	case errors.Is(err, context.Canceled):
-		result = "canceled"
+		return "canceled"
+	case redis.IsAuthError(err) || redis.IsReadOnlyError(err) || redis.IsLoadingError(err) ||
+		redis.IsClusterDownError(err) || redis.IsMasterDownError(err) || redis.IsMaxClientsError(err):
+		return "unavailable"
 	case errors.As(err, &rerr):
-		result = "error"
+		return "error"
 	default:
-		result = "failed"
+		return "failed"
 	}
-	m.commands.WithLabelValues(cmd.Name(), result).Inc()
+}
+
+// count records a command named name that ended with err.
+func (m *redisMetrics) count(name string, err error) {
+	if setup[name] {
+		return
+	}
+	m.commands.WithLabelValues(name, result(err)).Inc()
 }
 
 // blocking reports whether cmd waits on purpose (XREAD ... BLOCK).
@@ -109,11 +124,13 @@ func (h redisHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h redisHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		start := time.Now()
+		// The error next returns: go-redis sets cmd's own only after the
+		// hooks have returned.
 		err := next(ctx, cmd)
-		if !blocking(cmd) && (cmd.Err() == nil || errors.Is(cmd.Err(), redis.Nil)) {
+		if result(err) == "ok" && !blocking(cmd) && !setup[cmd.Name()] {
 			h.m.rtt.WithLabelValues(cmd.Name()).Observe(time.Since(start).Seconds())
 		}
-		h.m.count(cmd)
+		h.m.count(cmd.Name(), err)
 		return err
 	}
 }
@@ -122,11 +139,17 @@ func (h redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		start := time.Now()
 		err := next(ctx, cmds)
-		if err == nil {
+		if result(err) == "ok" {
 			h.m.rtt.WithLabelValues("pipeline").Observe(time.Since(start).Seconds())
 		}
 		for _, c := range cmds {
-			h.m.count(c)
+			// A pipeline's commands carry their own errors by now; one the
+			// pipeline could not send carries the pipeline's.
+			cerr := c.Err()
+			if cerr == nil && err != nil && result(err) != "ok" {
+				cerr = err
+			}
+			h.m.count(c.Name(), cerr)
 		}
 		return err
 	}

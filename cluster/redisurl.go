@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // RedisConfig is how a member reaches Redis: the URL (dingd --cluster),
@@ -85,19 +86,21 @@ func RedactURL(u string) string {
 		}
 	}
 	if path, query, ok := strings.Cut(tail, "?"); ok {
-		q, err := url.ParseQuery(query)
+		ps, err := parseParams(query)
 		if err != nil {
 			return scheme + "://" + hostPart + path + "?<redacted>"
 		}
-		for k := range q {
-			if !redisParams[k] { // a name may be a password's piece after an '&'
+		var out []string
+		for _, p := range ps {
+			if !redisParams[p.key] { // a name may be a password's piece after an '&'
 				return scheme + "://" + hostPart + path + "?<redacted>"
 			}
-			if !shownParams[k] {
-				q[k] = []string{RedactedPassword}
+			if !shownParams[p.key] {
+				p.raw = RedactedPassword
 			}
+			out = append(out, p.key+"="+p.raw)
 		}
-		tail = path + "?" + q.Encode()
+		tail = path + "?" + strings.Join(out, "&")
 	}
 	return scheme + "://" + hostPart + tail
 }
@@ -112,6 +115,33 @@ func splitRedisURL(rest string) (hostPart, tail string, ok bool) {
 		hostPart, tail = rest[:i], rest[i:]
 	}
 	return hostPart, tail, !strings.Contains(tail, "@")
+}
+
+// param is one of a URL's parameters: its name, its value as written,
+// and decoded.
+type param struct{ key, raw, value string }
+
+// parseParams splits a URL's query into its parameters, in order. Unlike
+// url.ParseQuery it leaves '+' as it is (a password's '+' is no space);
+// '%' escapes decode.
+func parseParams(query string) ([]param, error) {
+	var ps []param
+	if query == "" {
+		return nil, nil
+	}
+	for _, kv := range strings.Split(query, "&") {
+		k, raw, _ := strings.Cut(kv, "=")
+		key, err := url.PathUnescape(k)
+		if err != nil {
+			return nil, err
+		}
+		value, err := url.PathUnescape(raw)
+		if err != nil {
+			return nil, err
+		}
+		ps = append(ps, param{key, raw, value})
+	}
+	return ps, nil
 }
 
 // shownParams are the parameters whose values RedactURL keeps.
@@ -179,19 +209,21 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 		}
 		o.DB = db
 	}
-	q, err := url.ParseQuery(query)
+	ps, err := parseParams(query)
 	if err != nil {
-		return nil, bad("its parameters do not parse")
+		return nil, bad("its parameters do not parse: percent-encode '%%', '&' and '=' in a value")
 	}
-	for k, v := range q {
-		if !redisParams[k] {
+	q := url.Values{}
+	for _, p := range ps {
+		if !redisParams[p.key] {
 			// Not named: a password's '&' unencoded makes a parameter of
 			// its rest.
 			return nil, bad("an unknown parameter (known: master_name, sentinel_username, sentinel_password, cluster)")
 		}
-		if len(v) != 1 {
-			return nil, bad("parameter %q given %d times", k, len(v))
+		if q.Has(p.key) {
+			return nil, bad("parameter %q given twice", p.key)
 		}
+		q.Set(p.key, p.value)
 	}
 	if q.Has("master_name") && q.Get("master_name") == "" {
 		return nil, bad("master_name is empty")
@@ -213,6 +245,11 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 	if o.DB != 0 && o.MasterName == "" && (len(o.Addrs) > 1 || o.IsClusterMode) {
 		return nil, bad("a Redis Cluster has database 0 only")
 	}
+	// go-redis's own commands on each new connection that Ding does not
+	// need: CLIENT SETINFO (an error on Redis before 7.2) and CLIENT
+	// MAINT_NOTIFICATIONS.
+	o.DisableIdentity = true
+	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	if o.Password == RedactedPassword || o.SentinelPassword == RedactedPassword {
 		return nil, bad("the password is %s, which stands for one in logs and --print-config: give the real one", RedactedPassword)
 	}

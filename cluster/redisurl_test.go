@@ -45,7 +45,7 @@ func TestRedisOptions(t *testing.T) {
 			t.Errorf("%s: addrs %s user %q password %q master %q db %d cluster %v tls %v", tc.url, got, o.Username, o.Password, o.MasterName, o.DB, o.IsClusterMode, o.TLSConfig != nil)
 		}
 	}
-	if o, err := RedisOptions(RedisConfig{URL: "redis://s:1?master_name=m&sentinel_username=su&sentinel_password=sp"}); err != nil || o.SentinelUsername != "su" || o.SentinelPassword != "sp" || o.Password != "" {
+	if o, err := RedisOptions(RedisConfig{URL: "redis://s:1?master_name=m&sentinel_username=su&sentinel_password=s+p%2Fq"}); err != nil || o.SentinelUsername != "su" || o.SentinelPassword != "s+p/q" || o.Password != "" {
 		t.Errorf("the sentinels' own credentials: %+v, %v", o, err)
 	}
 	if o, err := RedisOptions(RedisConfig{URL: "rediss://h:1"}); err != nil || o.TLSConfig == nil || o.TLSConfig.ServerName != "" {
@@ -69,7 +69,8 @@ func TestRedisOptions(t *testing.T) {
 		{RedisConfig{URL: "redis://u:secretpw@h:abc"}, `address "h:abc"`},
 		{RedisConfig{URL: "redis://u:secretpw@h:1?master_name="}, "master_name is empty"},
 		{RedisConfig{URL: "redis://u:xxxxx@h:1"}, "give the real one"},
-		{RedisConfig{URL: "redis://u:secretpw@h:1?master_name=a&master_name=b"}, "given 2 times"},
+		{RedisConfig{URL: "redis://u:secretpw@h:1?master_name=a&master_name=b"}, "given twice"},
+		{RedisConfig{URL: "redis://h:1?master_name=m&sentinel_password=50%zzpw"}, "do not parse"},
 		{RedisConfig{URL: "redis://h:1?sentinel_password=secretpw"}, "need master_name"},
 		{RedisConfig{URL: "redis://u:secretpw@a:1,b:2/3"}, "database 0 only"},
 		{RedisConfig{URL: "redis://h:1?cluster=yes"}, "want true"},
@@ -96,7 +97,7 @@ func TestRedisOptions(t *testing.T) {
 		"redis://u:ab?secretpw@h:1":                              "redis://<redacted>",
 		"redis://h:1?master_name=m&sentinel_password=a&secretpw": "redis://h:1?<redacted>",
 		"redis://h:1?master_name=m&sentinel_pasword=secretpw":    "redis://h:1?<redacted>",
-		"redis://h:1?sentinel_username=su&master_name=m":         "redis://h:1?master_name=m&sentinel_username=su",
+		"redis://h:1?sentinel_username=su&master_name=m":         "redis://h:1?sentinel_username=su&master_name=m",
 		"no scheme secretpw":                                     "<redacted>",
 	} {
 		if got := RedactURL(in); got != want {
@@ -191,8 +192,8 @@ func TestCoordOnSentinelOverTLS(t *testing.T) {
 		t.Fatal(err)
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if _, _, err := d.Lease(ctx, 1); err == nil {
-			t.Error("the sentinels named the master to a client without their password")
+		if _, _, err := d.Lease(ctx, 1); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+			t.Errorf("a client without the sentinels' password: %v, want their NOAUTH", err)
 		}
 		cancel()
 		closeD()

@@ -110,7 +110,7 @@ func (wholeNode) start(m *member, owner *cluster.Owner, leaseFrom time.Time) (*s
 			return nil, err
 		}
 		if err := m.registerCoordMetrics(reg); err != nil { // the node's own registry
-			return nil, err
+			m.log.Warn("the coordinator's metrics are missing", "err", err) // not a reason not to serve
 		}
 		h := cluster.SnapshotHandler(rs, m.c, m.mc.Secret, cfg.DataDir, m.sharedFiles()...)
 		snap.Store(&h)
