@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -217,7 +218,44 @@ func TestClusterPartitionsSurviveASentinelFailover(t *testing.T) {
 		if !heard {
 			t.Error("no node logged what go-redis said of the failover (component=redis)")
 		}
+		// And their metrics counted the commands the dead master did not
+		// answer (what DingRedisUnreachable watches, were it to last).
+		missed := 0.0
+		for _, pr := range lc.procs {
+			missed += redisCommandsNotAnswered(t, pr)
+		}
+		if missed == 0 {
+			t.Error("no node counted a failed or unavailable Redis command across the master's death")
+		}
 	})
+}
+
+// redisCommandsNotAnswered sums ding_redis_commands_total{result="failed"
+// or "unavailable"} on p's /metrics.
+func redisCommandsNotAnswered(t *testing.T, p *proc) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + p.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "ding_redis_commands_total{") || !(strings.Contains(line, `result="failed"`) || strings.Contains(line, `result="unavailable"`)) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
 }
 
 // loadCluster is a cluster under load, as partitionsUnderLoad hands it to
