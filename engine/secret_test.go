@@ -144,6 +144,14 @@ func (env *secretEnv) settle(t testing.TB) {
 	if err := env.e.Settle(ctx); err != nil {
 		t.Fatalf("settle: %v", err)
 	}
+	// Settle returns once the timers' op is answered, when its batch is
+	// durable: a burn's message leaves the cache only after that
+	// (finishBurns, before the batch is published), so a read right
+	// after could still find it. An op answered in a later batch means
+	// the earlier one is published.
+	if err := env.e.Barrier(ctx); err != nil {
+		t.Fatalf("barrier: %v", err)
+	}
 }
 
 func (env *secretEnv) chat(t testing.TB, level engine.Level, burn time.Duration) engine.Chat {
