@@ -3,7 +3,10 @@ package cluster
 import (
 	"context"
 	"net"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
@@ -91,5 +94,51 @@ func TestRedisMetricsCountResults(t *testing.T) {
 	_ = down.rdb.Get(ctx, "ding:absent").Err()
 	if got := count(down, "get", "failed"); got != 1 {
 		t.Errorf("an unreachable Redis: get failed %v, want 1", got)
+	}
+}
+
+// A node follows up to every partition but one (64 and the directory's)
+// with a blocking read each, which holds a connection for up to a poll.
+// Those reads must not take every connection the member's other
+// commands need: a lease renewal waiting for a free one past its TTL
+// would depose a healthy owner. Here as many reads as a node of the
+// most partitions holds wait on empty streams for 3 s while a lease is
+// read and taken with 1 s to do it.
+func TestBlockingReadsLeaveConnectionsForLeases(t *testing.T) {
+	ctx := context.Background()
+	c, closeRedis, err := DialRedis(RedisConfig{URL: "redis://" + redistest.Start(t).Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	const readers = 65
+	rctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop() // first: the reads return at once
+	for p := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _ = c.ReadEntries(rctx, Partition(p), "$", 1, 3*time.Second)
+		}()
+	}
+	// Every read is waiting in Redis (CLIENT LIST: blocked XREADs).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		list, err := c.rdb.ClientList(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(list, "cmd=xread") >= readers {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d reads waiting in Redis after 10s", strings.Count(list, "cmd=xread"), readers)
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, ok, err := c.TakeLease(lctx, 99, "a", 0, 3*time.Second); err != nil || !ok {
+		t.Fatalf("a lease taken while %d reads wait: %v %v", readers, ok, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -61,6 +62,11 @@ type RedisConfig struct {
 // list keys outside the patterns). Not the least possible: it allows
 // every other command on those keys.
 const RedisACL = "resetchannels ~ding:* ~{ding:* &ding:* &{ding:* +@all -@dangerous -@scripting +eval +evalsha -scan -randomkey"
+
+// blockingReads is the room RedisOptions adds to the connection pool for
+// blocking reads: one per partition a node may follow (64, and the
+// directory's), and a margin.
+const blockingReads = 72
 
 // RedactedPassword stands for a password in RedactURL's output.
 const RedactedPassword = "xxxxx"
@@ -245,6 +251,13 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 	if o.DB != 0 && o.MasterName == "" && (len(o.Addrs) > 1 || o.IsClusterMode) {
 		return nil, bad("a Redis Cluster has database 0 only")
 	}
+	// A standby's read of its partition's stream blocks (ReadEntries),
+	// holding a connection for up to a poll, and a node follows up to
+	// every partition but those it owns: go-redis's pool (10 per
+	// GOMAXPROCS) would be all theirs with a few cores and many
+	// partitions, and a lease renewal would wait past its TTL for a
+	// connection (TestBlockingReadsLeaveConnectionsForLeases).
+	o.PoolSize = 10*runtime.GOMAXPROCS(0) + blockingReads
 	// go-redis's own commands on each new connection that Ding does not
 	// need: CLIENT SETINFO (an error on Redis before 7.2) and CLIENT
 	// MAINT_NOTIFICATIONS.
