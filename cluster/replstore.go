@@ -604,12 +604,14 @@ func (r *ReplicatedStore) addStandby(ctx context.Context, c Coord, node string) 
 func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, node string, st StandbyState) (StandbyState, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// What node follows from: this owner's fence, at its own Seq.
+	continued := StandbyState{FenceEpoch: r.owner.epoch, FenceOwner: r.owner.node, Seq: st.Seq}
 	if cur, next := r.owner.Standby(); cur != "" || next != "" {
 		if cur == node && next == "" && r.owner.Continues(st) {
 			// node asks again (the answer to its first ask was lost): it
 			// is the standby already, and has acked nothing (or
 			// Continues would not hold), so the first answer stands.
-			return StandbyState{FenceEpoch: r.owner.epoch, FenceOwner: r.owner.node, Seq: st.Seq}, nil
+			return continued, nil
 		}
 		return StandbyState{}, fmt.Errorf("%w: partition %d has a standby (%q)", ErrStandbyRefused, r.owner.p, cur)
 	}
@@ -620,7 +622,7 @@ func (r *ReplicatedStore) AddStandbyContinuing(ctx context.Context, c Coord, nod
 	if err := r.addStandby(ctx, c, node); err != nil {
 		return StandbyState{}, err
 	}
-	return StandbyState{FenceEpoch: r.owner.epoch, FenceOwner: r.owner.node, Seq: st.Seq}, nil
+	return continued, nil
 }
 
 // ReplaceStandbyAt moves the standby role from replacing, the current
