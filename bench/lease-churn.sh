@@ -3,7 +3,7 @@
 # SECONDS, then what each says of its Redis pool and how many leases it
 # lost (bench/RESULTS.md, "Leases lost to a starved Redis pool").
 # Loopback only; leaves its files in OUTDIR.
-# usage: churn.sh DINGD SECONDS OUTDIR
+# usage: bench/lease-churn.sh DINGD SECONDS OUTDIR
 BIN=$1; SECS=$2; OUT=$3
 rm -rf $OUT; mkdir -p $OUT
 PORT=$((20000 + RANDOM % 10000))
