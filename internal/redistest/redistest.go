@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dingmq/ding/internal/testport"
 )
 
 // Server is one running redis-server.
@@ -108,12 +110,7 @@ func ping(addr string) error {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return testport.Port(t) // below the ephemeral range: see testport
 }
 
 // Cluster is a Redis Cluster of real redis-server processes.

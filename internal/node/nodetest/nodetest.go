@@ -7,7 +7,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/dingmq/ding/channels/socket/client"
 	"github.com/dingmq/ding/fanout"
 	"github.com/dingmq/ding/internal/node"
+	"github.com/dingmq/ding/internal/testport"
 )
 
 // Start starts a node in dir (a new temp dir when empty) and stops it at
@@ -99,15 +99,11 @@ var GoleakOptions = []goleak.Option{
 }
 
 // FreeAddr returns a loopback address nothing listens on now, so that a
-// node can be started (and restarted) on a known address.
+// node can be started (and restarted) on a known address; from below the
+// ephemeral range, which outbound connections take from (testport).
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return testport.Addr(tb)
 }
 
 // Dial connects the Go client as user's device (resuming after cursor when
