@@ -459,16 +459,25 @@ func writeFile(t testing.TB, path, body string) {
 	}
 }
 
-// pendingSteps reads ding_escalation_pending_steps from /metrics.
-func (p *proc) pendingSteps(t *testing.T) int {
+// metrics returns what dingd's /metrics serves.
+func (p *proc) metrics(t *testing.T) string {
 	t.Helper()
 	resp, err := http.Get("http://" + p.http + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// pendingSteps reads ding_escalation_pending_steps from /metrics.
+func (p *proc) pendingSteps(t *testing.T) int {
+	t.Helper()
+	for _, line := range strings.Split(p.metrics(t), "\n") {
 		if v, ok := strings.CutPrefix(line, "ding_escalation_pending_steps "); ok {
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -629,16 +638,7 @@ func TestConnectionFloodLeavesRealClientsServed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("under the flood, with per-source bounds: %v", err)
 	}
-	scrape := func() string {
-		resp, err := http.Get("http://" + p.http + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
-	m := scrape()
+	m := p.metrics(t)
 	for _, re := range []string{`ding_http_connections_refused_total\{reason="per_source"\} [1-9]`, `ding_socket_preauth_refused_total [1-9]`} {
 		if !regexp.MustCompile(re).MatchString(m) {
 			t.Errorf("/metrics does not show the refusals: no %s", re)

@@ -234,17 +234,8 @@ func TestClusterPartitionsSurviveASentinelFailover(t *testing.T) {
 // or "unavailable"} on p's /metrics.
 func redisCommandsNotAnswered(t *testing.T, p *proc) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + p.http + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
 	sum := 0.0
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(p.metrics(t), "\n") {
 		if !strings.HasPrefix(line, "ding_redis_commands_total{") || !(strings.Contains(line, `result="failed"`) || strings.Contains(line, `result="unavailable"`)) {
 			continue
 		}
