@@ -306,9 +306,6 @@ func partitionedOwnerOnly(cfg ClusterConfig, icfg IngestConfig, users int) ([]sw
 // against one dingd's at the same count (single, in the same order).
 func ownerOnlyRows(withStandby, ownerOnly, single []sweepPoint) []Row {
 	var rows []Row
-	cell := func(p sweepPoint) string {
-		return fmt.Sprintf("%.0f msgs/s, p50 / p99 %s / %s, %.0f µs", p.rate, p.ack.ms(0.5), p.ack.ms(0.99), p.cpuPerAck)
-	}
 	for i, p := range withStandby {
 		if i >= len(ownerOnly) {
 			break
@@ -320,7 +317,7 @@ func ownerOnlyRows(withStandby, ownerOnly, single []sweepPoint) []Row {
 			goal += fmt.Sprintf("; --ack-replicas 0 is %s one dingd at %d connections", ratio(o.rate, single[i].rate), p.conns)
 		}
 		rows = append(rows, Row{fmt.Sprintf("--ack-replicas 1 against 0, %d connections: acknowledged msgs/s, submit→ack p50 / p99, dingd CPU per ack", p.conns),
-			cell(p), cell(o) + " (--ack-replicas 0)", ratio(p.rate, o.rate), goal})
+			p.cell(), o.cell() + " (--ack-replicas 0)", ratio(p.rate, o.rate), goal})
 	}
 	return rows
 }

@@ -29,6 +29,12 @@ type sweepPoint struct {
 	cpuPerAck float64 // µs of the server processes' CPU per acknowledged message over the window
 }
 
+// cell renders p as a table cell: rate, submit→ack p50 / p99, CPU per
+// acknowledged message.
+func (p sweepPoint) cell() string {
+	return fmt.Sprintf("%.0f msgs/s, p50 / p99 %s / %s, %.0f µs", p.rate, p.ack.ms(0.5), p.ack.ms(0.99), p.cpuPerAck)
+}
+
 // sweepOn runs a closed loop of icfg's on srv at each of counts (its
 // users u0… must exist up to the largest), the CPU of pids read at the
 // window's edges.
@@ -79,15 +85,12 @@ func sweepRows(cl, one []sweepPoint, mainConns int, mainC, mainS float64) []Row 
 		return nil
 	}
 	var rows []Row
-	cell := func(p sweepPoint) string {
-		return fmt.Sprintf("%.0f msgs/s, p50 / p99 %s / %s, %.0f µs", p.rate, p.ack.ms(0.5), p.ack.ms(0.99), p.cpuPerAck)
-	}
 	peakC := sweepPoint{conns: mainConns, rate: mainC}
 	peakS := sweepPoint{conns: mainConns, rate: mainS}
 	for i, p := range cl {
 		s := one[i]
 		rows = append(rows, Row{fmt.Sprintf("sweep, %d connections: acknowledged msgs/s, submit→ack p50 / p99, dingd CPU per ack", p.conns),
-			cell(p), cell(s) + " (one dingd)", ratio(p.rate, s.rate), ""})
+			p.cell(), s.cell() + " (one dingd)", ratio(p.rate, s.rate), ""})
 		if p.rate > peakC.rate {
 			peakC = p
 		}

@@ -18,8 +18,18 @@ import (
 type redisMetrics struct {
 	commands *prometheus.CounterVec
 	rtt      *prometheus.HistogramVec
-	pool     []prometheus.Collector
+	// pool reads the client's pool figures, once per scrape.
+	pool func() *redis.PoolStats
 }
+
+var (
+	poolConnsDesc = prometheus.NewDesc("ding_redis_pool_connections",
+		"Connections the Redis client holds open (every node of a Redis Cluster together), pub/sub's apart.", []string{"state"}, nil)
+	poolTimeoutsDesc = prometheus.NewDesc("ding_redis_pool_timeouts_total",
+		"Commands that waited for a free connection to Redis in vain (the pool full for its whole timeout): they failed without being sent.", nil, nil)
+	poolWaitDesc = prometheus.NewDesc("ding_redis_pool_wait_seconds_total",
+		"Time commands spent waiting for a free connection to Redis, all together.", nil, nil)
+)
 
 func newRedisMetrics(rdb redis.UniversalClient) *redisMetrics {
 	m := &redisMetrics{
@@ -32,25 +42,7 @@ func newRedisMetrics(rdb redis.UniversalClient) *redisMetrics {
 			Help:    "Time from sending a command (or a pipeline or transaction, as command=\"pipeline\") to its answer, for those that do not wait on purpose (a blocking XREAD is left out): network, Redis's queue and the member's own scheduling.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}, []string{"command"}),
-	}
-	stats := func(f func(*redis.PoolStats) float64) func() float64 {
-		return func() float64 { return f(rdb.PoolStats()) }
-	}
-	m.pool = []prometheus.Collector{
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "ding_redis_pool_connections", Help: "Connections the Redis client holds open (every node of a Redis Cluster together), pub/sub's apart.",
-			ConstLabels: prometheus.Labels{"state": "total"},
-		}, stats(func(s *redis.PoolStats) float64 { return float64(s.TotalConns) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "ding_redis_pool_connections", Help: "Connections the Redis client holds open (every node of a Redis Cluster together), pub/sub's apart.",
-			ConstLabels: prometheus.Labels{"state": "idle"},
-		}, stats(func(s *redis.PoolStats) float64 { return float64(s.IdleConns) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "ding_redis_pool_timeouts_total", Help: "Commands that waited for a free connection to Redis in vain (the pool full for its whole timeout): they failed without being sent.",
-		}, stats(func(s *redis.PoolStats) float64 { return float64(s.Timeouts) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "ding_redis_pool_wait_seconds_total", Help: "Time commands spent waiting for a free connection to Redis, all together.",
-		}, stats(func(s *redis.PoolStats) float64 { return float64(s.WaitDurationNs) / 1e9 })),
+		pool: rdb.PoolStats,
 	}
 	rdb.AddHook(redisHook{m})
 	return m
@@ -60,17 +52,19 @@ func newRedisMetrics(rdb redis.UniversalClient) *redisMetrics {
 func (m *redisMetrics) Describe(ch chan<- *prometheus.Desc) {
 	m.commands.Describe(ch)
 	m.rtt.Describe(ch)
-	for _, c := range m.pool {
-		c.Describe(ch)
-	}
+	ch <- poolConnsDesc
+	ch <- poolTimeoutsDesc
+	ch <- poolWaitDesc
 }
 
 func (m *redisMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.commands.Collect(ch)
 	m.rtt.Collect(ch)
-	for _, c := range m.pool {
-		c.Collect(ch)
-	}
+	s := m.pool() // every node's pool, for a Redis Cluster: read once
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(s.TotalConns), "total")
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(s.IdleConns), "idle")
+	ch <- prometheus.MustNewConstMetric(poolTimeoutsDesc, prometheus.CounterValue, float64(s.Timeouts))
+	ch <- prometheus.MustNewConstMetric(poolWaitDesc, prometheus.CounterValue, float64(s.WaitDurationNs)/1e9)
 }
 
 // setup are the commands go-redis sends itself as a connection opens;
@@ -96,12 +90,17 @@ func result(err error) string {
 	}
 }
 
-// count records a command named name that ended with err.
-func (m *redisMetrics) count(name string, err error) {
+// count records a command named name that ended with err, and, if
+// started is not zero, its round trip.
+func (m *redisMetrics) count(name string, err error, started time.Time) {
 	if setup[name] {
 		return
 	}
-	m.commands.WithLabelValues(name, result(err)).Inc()
+	r := result(err)
+	if r == "ok" && !started.IsZero() {
+		m.rtt.WithLabelValues(name).Observe(time.Since(started).Seconds())
+	}
+	m.commands.WithLabelValues(name, r).Inc()
 }
 
 // blocking reports whether cmd waits on purpose (XREAD ... BLOCK).
@@ -127,10 +126,10 @@ func (h redisHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		// The error next returns: go-redis sets cmd's own only after the
 		// hooks have returned.
 		err := next(ctx, cmd)
-		if result(err) == "ok" && !blocking(cmd) && !setup[cmd.Name()] {
-			h.m.rtt.WithLabelValues(cmd.Name()).Observe(time.Since(start).Seconds())
+		if blocking(cmd) {
+			start = time.Time{} // its wait is on purpose: no round trip
 		}
-		h.m.count(cmd.Name(), err)
+		h.m.count(cmd.Name(), err, start)
 		return err
 	}
 }
@@ -149,7 +148,7 @@ func (h redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 			if cerr == nil && err != nil && result(err) != "ok" {
 				cerr = err
 			}
-			h.m.count(c.Name(), cerr)
+			h.m.count(c.Name(), cerr, time.Time{})
 		}
 		return err
 	}

@@ -82,14 +82,17 @@ func RedactURL(u string) string {
 	if !ok {
 		return "<redacted>"
 	}
-	hostPart, tail, ok := splitRedisURL(rest)
+	userinfo, hosts, tail, ok := splitRedisURL(rest)
 	if !ok {
 		return scheme + "://<redacted>"
 	}
-	if i := strings.LastIndex(hostPart, "@"); i >= 0 {
-		if user, _, hasPass := strings.Cut(hostPart[:i], ":"); hasPass {
-			hostPart = user + ":" + RedactedPassword + hostPart[i:]
+	hostPart := hosts
+	if strings.Contains(rest, "@") { // in the userinfo: not in tail (ok)
+		user, _, hasPass := strings.Cut(userinfo, ":")
+		if hasPass {
+			user += ":" + RedactedPassword
 		}
+		hostPart = user + "@" + hosts
 	}
 	if path, query, ok := strings.Cut(tail, "?"); ok {
 		ps, err := parseParams(query)
@@ -98,10 +101,11 @@ func RedactURL(u string) string {
 		}
 		var out []string
 		for _, p := range ps {
-			if !redisParams[p.key] { // a name may be a password's piece after an '&'
+			shown, known := redisParams[p.key]
+			if !known { // a name may be a password's piece after an '&'
 				return scheme + "://" + hostPart + path + "?<redacted>"
 			}
-			if !shownParams[p.key] {
+			if !shown {
 				p.raw = RedactedPassword
 			}
 			out = append(out, p.key+"="+p.raw)
@@ -111,16 +115,19 @@ func RedactURL(u string) string {
 	return scheme + "://" + hostPart + tail
 }
 
-// splitRedisURL cuts what follows redis[s]:// into its userinfo and
-// addresses, and the database and query after them; false if an '@'
-// follows the cut, so that part of the userinfo would be taken for
-// a database or parameters.
-func splitRedisURL(rest string) (hostPart, tail string, ok bool) {
-	hostPart = rest
+// splitRedisURL cuts what follows redis[s]:// into its userinfo (as
+// written, empty without an '@'), its addresses, and the database and
+// query after them; false if an '@' follows the addresses, so that part
+// of the userinfo would be taken for a database or parameters.
+func splitRedisURL(rest string) (userinfo, hosts, tail string, ok bool) {
+	hosts = rest
 	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		hostPart, tail = rest[:i], rest[i:]
+		hosts, tail = rest[:i], rest[i:]
 	}
-	return hostPart, tail, !strings.Contains(tail, "@")
+	if i := strings.LastIndex(hosts, "@"); i >= 0 {
+		userinfo, hosts = hosts[:i], hosts[i+1:]
+	}
+	return userinfo, hosts, tail, !strings.Contains(tail, "@")
 }
 
 // param is one of a URL's parameters: its name, its value as written,
@@ -150,11 +157,9 @@ func parseParams(query string) ([]param, error) {
 	return ps, nil
 }
 
-// shownParams are the parameters whose values RedactURL keeps.
-var shownParams = map[string]bool{"master_name": true, "sentinel_username": true, "cluster": true}
-
-// redisParams are the URL parameters RedisOptions reads.
-var redisParams = map[string]bool{"master_name": true, "sentinel_username": true, "sentinel_password": true, "cluster": true}
+// redisParams are the URL parameters RedisOptions reads, each true if
+// RedactURL shows its value.
+var redisParams = map[string]bool{"master_name": true, "sentinel_username": true, "sentinel_password": false, "cluster": true}
 
 // RedisOptions parses rc into go-redis's options, reading its TLS files.
 // Its errors never echo a password.
@@ -180,19 +185,18 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 		return nil, bad("%s", want)
 	}
 	o := &redis.UniversalOptions{}
-	hostPart, tail, ok := splitRedisURL(rest)
+	userinfo, hostPart, tail, ok := splitRedisURL(rest)
 	if !ok {
 		return nil, bad("an '@' follows the addresses: percent-encode '/', '?', '#' and '@' in the user and password")
 	}
-	if i := strings.LastIndex(hostPart, "@"); i >= 0 {
-		user, pass, _ := strings.Cut(hostPart[:i], ":")
+	if userinfo != "" {
+		user, pass, _ := strings.Cut(userinfo, ":")
 		var err1, err2 error
 		o.Username, err1 = url.PathUnescape(user)
 		o.Password, err2 = url.PathUnescape(pass)
 		if err1 != nil || err2 != nil {
 			return nil, bad("the user or password is not percent-encoded")
 		}
-		hostPart = hostPart[i+1:]
 	}
 	if rc.Password != "" {
 		o.Password = rc.Password
@@ -221,7 +225,7 @@ func redisOptions(rc RedisConfig, readFiles bool) (*redis.UniversalOptions, erro
 	}
 	q := url.Values{}
 	for _, p := range ps {
-		if !redisParams[p.key] {
+		if _, known := redisParams[p.key]; !known {
 			// Not named: a password's '&' unencoded makes a parameter of
 			// its rest.
 			return nil, bad("an unknown parameter (known: master_name, sentinel_username, sentinel_password, cluster)")

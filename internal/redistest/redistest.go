@@ -144,7 +144,7 @@ func startCluster(t testing.TB, f *TLSFiles, masters, replicas int, nodeTimeout 
 	cli := cliBinary(t)
 	c := &Cluster{}
 	if f != nil {
-		c.tls = []string{"--tls", "--cacert", f.CA, "--cert", f.ClientCert, "--key", f.ClientKey}
+		c.tls = f.cliFlags()
 	}
 	var addrs []string
 	for range masters * (1 + replicas) {

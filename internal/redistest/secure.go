@@ -25,6 +25,11 @@ type TLSFiles struct {
 	CA, Cert, Key, ClientCert, ClientKey string
 }
 
+// cliFlags are redis-cli's flags to reach a server of f's over TLS.
+func (f TLSFiles) cliFlags() []string {
+	return []string{"--tls", "--cacert", f.CA, "--cert", f.ClientCert, "--key", f.ClientKey}
+}
+
 // NewTLSFiles writes a fresh CA and two certificates it signed into a
 // temporary directory.
 func NewTLSFiles(t testing.TB) TLSFiles {
@@ -151,20 +156,20 @@ func StartSentinel(t testing.TB, cfg SentinelConfig) *Sentinel {
 	t.Helper()
 	pw := cfg.Password
 	auth := append([]string{"--requirepass", pw, "--masterauth", pw, "--repl-diskless-sync-delay", "0"}, cfg.ServerArgs...)
-	start := func(args ...string) *Server {
+	server := func(args ...string) *Server {
 		if cfg.TLS != nil {
 			return StartTLS(t, *cfg.TLS, append(args, "--tls-replication", "yes")...)
 		}
 		return Start(t, args...)
 	}
 	var cliTLS []string
-	if f := cfg.TLS; f != nil {
-		cliTLS = []string{"--tls", "--cacert", f.CA, "--cert", f.ClientCert, "--key", f.ClientKey}
+	if cfg.TLS != nil {
+		cliTLS = cfg.TLS.cliFlags()
 	}
-	s := &Sentinel{Name: cfg.Name, Master: start(auth...)}
+	s := &Sentinel{Name: cfg.Name, Master: server(auth...)}
 	mhost, mport, _ := net.SplitHostPort(s.Master.Addr)
 	for range cfg.Replicas {
-		s.Replicas = append(s.Replicas, start(append([]string{"--replicaof", mhost, mport}, auth...)...))
+		s.Replicas = append(s.Replicas, server(append([]string{"--replicaof", mhost, mport}, auth...)...))
 	}
 	cli := cliBinary(t)
 	deadline := time.Now().Add(30 * time.Second)
