@@ -148,7 +148,10 @@ func startCluster(t testing.TB, f *TLSFiles, masters, replicas int, nodeTimeout 
 	}
 	var addrs []string
 	for range masters * (1 + replicas) {
+		// The bus port is one of testport's too: by default it is the
+		// client port + 10000, which may fall in the ephemeral range.
 		all := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", strconv.Itoa(testport.Port(t)),
 			"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
 			"--repl-diskless-sync-delay", "0"}, args...) // replicas in sync at once, not after 5s
 		var s *Server
