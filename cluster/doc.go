@@ -168,21 +168,44 @@
 // lost it (trimmed or dropped by a failover), and a new standby starts
 // from a snapshot. So trimming costs at most a resend, never a batch.
 //
-// A known gap, found by the simulation (go test ./cluster -run
-// TestSimulation -sim.schedules 1000000 finds it three times, at seeds
-// 320677, 399882 and 753769; replay with -sim.seed N -v): a standby takes
-// over and is paused at once, and the coordinator rolls back to a state
-// from before the takeover, so the deposed owner holds the lease again at
-// the older epoch. It drops its standby (the paused new owner), makes
-// another node its standby from a snapshot, and acknowledges batches the
-// new owner's history lacks. Only the paused node saw the newer epoch
-// (in two of the seeds the third node's disk was lost too), so no one is
-// left to refuse the older one; whether anything acknowledged is then
-// lost depends on which history later wins, and the simulation counts it
-// as lost. Refusing it needs epochs and standby names agreed by a
-// majority of nodes rather than granted by the coordinator. It takes a
-// coordinator rolled back past a takeover and a pause at the worst
-// moments at once; the 3,000 schedules of make test do not meet it.
+// A new owner's epoch counts in a recovery only once something was
+// acknowledged at it (OwnerLog). A takeover or a recovery records, on the
+// new owner's disk with its fence, that nothing is acknowledged at its
+// epoch yet, and the fence it held before; the owner erases the record,
+// durably, before it counts its standby's first ack at the epoch (or,
+// with --ack-replicas 0, before its first batch). A member still so
+// recorded reports it (Fence.Unreplicated), and RecoveryChoice counts it
+// by the history it took over with, which held every batch acknowledged
+// then (rule 3), not by its epoch. This closes a gap the simulation
+// found (go test ./cluster -run TestSimulation -sim.schedules 1000000
+// found it three times, at seeds 320677, 399882 and 753769): a standby
+// takes over and is paused at once, and the coordinator rolls back to a
+// state from before the takeover, so the deposed owner holds the lease
+// again at the older epoch, makes another node its standby from a
+// snapshot, and acknowledges batches the paused node's history lacks.
+// Only the paused node saw the newer epoch (in two of the seeds the
+// third node's disk was lost too), so no one refuses the older one, and
+// a recovery that took the newest epoch's owner would have chosen the
+// paused node and lost them. With the record, the paused node, which
+// acknowledged nothing at its epoch, counts as holding the older epoch's
+// history as it took it, and the recovery chooses the deposed owner or
+// its standby, which hold everything acknowledged. The simulation now
+// checks this after every step: were the coordinator to lose the
+// partition's state then, the member RecoveryChoice names holds every
+// acknowledged batch (without the record it fails on those seeds).
+//
+// A standby that joined the paused owner from its snapshot before the
+// rollback (it then refuses the deposed owner's entries, so with three
+// nodes the deposed owner finds no standby and acknowledges nothing; with
+// four or more it may) counts the same way, by the paused owner's record.
+// What remains of the gap: the paused owner's disk lost as well, taking
+// the record with it, after its standby joined; then that standby's
+// newer fence wins, as before. Refusing every such case needs epochs and
+// standby names agreed by a majority of nodes rather than granted by the
+// coordinator. A member of a build before the record reports no such
+// thing, and its epochs count as they always did; members of two builds
+// may then disagree on the choice, and the lease, taken by one of them
+// only, decides.
 // (Fencing a newer owner's entry before looking at its Seq, so that a
 // lagging follower goes Stale too, closed the other schedules that used
 // to end the same way, about one in 100,000.)
@@ -261,8 +284,11 @@
 // owner holds
 // every acknowledged batch, that one Seq is never acknowledged with two
 // batches, that at most one node acknowledges at any epoch and that no
-// node's fence moves back; at the end, that some node holds every
-// acknowledged batch. A failing seed prints its last steps and replays
+// node's fence moves back, that nothing is acknowledged at an epoch its
+// owner's disk still records as unreplicated, and that the member a
+// recovery would choose, were the coordinator to lose the partition's
+// state then, holds every acknowledged batch; at the end, that some node
+// holds every acknowledged batch. A failing seed prints its last steps and replays
 // with -sim.seed. TestCoordContract holds MemCoord and RedisCoord to the
 // same contract on a real redis-server, and TestProtocolOnRedis runs the
 // protocol there: a takeover after the lease lapses, and a deposed owner

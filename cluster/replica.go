@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -32,6 +33,13 @@ type Owner struct {
 	// standby's fence and Seq just before it (zero for a founding or a
 	// recovery). See Continues.
 	took StandbyState
+
+	// unreplicated: this owner's node recorded its epoch as one nothing
+	// has been acknowledged at yet (OwnerLog), and clearUnreplicated
+	// (set with it) erases that record durably, before the first
+	// standby's ack at the epoch is counted (RecoveryChoice).
+	unreplicated      bool
+	clearUnreplicated func() error
 
 	// The entries observers may read (observe.go): the latest shipped,
 	// up to a bound in bytes (KeepRecent; none by default), through confirmed,
@@ -297,7 +305,9 @@ func (o *Owner) Observe(ctx context.Context, acks map[string]Ack) (uint64, error
 		a, aok := holds(o.standby)
 		if n, ok := holds(o.handTo); !ok || n < o.handAt || !aok || a < o.handAt {
 			if aok {
-				o.ackThrough(min(a, o.handAt-1))
+				if err := o.ackThrough(min(a, o.handAt-1)); err != nil {
+					return o.acked, err
+				}
 			}
 			return o.acked, nil
 		}
@@ -324,15 +334,19 @@ func (o *Owner) Observe(ctx context.Context, acks map[string]Ack) (uint64, error
 			seq = min(seq, old) // 0 when it has acked nothing at this epoch
 		}
 	}
-	o.ackThrough(seq)
-	return o.acked, nil
+	err := o.ackThrough(seq)
+	return o.acked, err
 }
 
 // ackThrough counts the batches through seq acked (no more than that
-// when already counted).
-func (o *Owner) ackThrough(seq uint64) {
+// when already counted). The first it counts at an epoch recorded as
+// unreplicated erases the record first: failing that, it counts nothing.
+func (o *Owner) ackThrough(seq uint64) error {
 	if seq <= o.acked {
-		return
+		return nil
+	}
+	if err := o.MarkReplicated(); err != nil {
+		return err
 	}
 	if seq > o.confirmed {
 		o.confirmed = seq
@@ -347,6 +361,23 @@ func (o *Owner) ackThrough(seq uint64) {
 		i++
 	}
 	o.unacked = append(o.unacked[:0], o.unacked[i:]...)
+	return nil
+}
+
+// MarkReplicated erases this owner's record that nothing has been
+// acknowledged at its epoch (OwnerLog), if it has one, durably: before
+// the first batch is acknowledged at the epoch. Owner-only durability
+// (--ack-replicas 0), which acknowledges without the standby, calls it
+// before the first batch.
+func (o *Owner) MarkReplicated() error {
+	if !o.unreplicated {
+		return nil
+	}
+	if err := o.clearUnreplicated(); err != nil {
+		return fmt.Errorf("cluster: recording that partition %d's epoch %d is replicated: %w", o.p, o.epoch, err)
+	}
+	o.unreplicated = false
+	return nil
 }
 
 // Acked returns the highest Seq the standby holds, as of the last Poll.
@@ -412,6 +443,31 @@ type Log interface {
 	// SaveState records st durably, and every Apply before it: the
 	// standby acks only after it.
 	SaveState(st StandbyState) error
+}
+
+// OwnerLog is a Log that also keeps, beside a new owner's fence, the
+// record that nothing has been acknowledged at its epoch yet: the fence
+// the node held before it took over (or recovered). The owner erases the
+// record before it counts the first standby's ack at its epoch
+// (Owner.MarkReplicated). RecoveryChoice reads a member whose fence is
+// its own epoch, still so recorded, as holding the history it took over
+// with, not the epoch: it wrote at that epoch, but nothing it wrote there
+// was acknowledged. That is what lets an owner deposed by a coordinator
+// that rolled back past the takeover (it holds the lease again at its
+// older epoch, and acknowledges more) win a recovery over a new owner
+// that took over and stopped before anything reached its standby (the
+// package doc, after "Why nothing acknowledged is lost"). A Log that is
+// not an OwnerLog records
+// no such thing, and its owners' epochs count as replicated from the
+// start, as before.
+type OwnerLog interface {
+	Log
+	// SaveOwnerState records st, the new owner's state, as SaveState
+	// does, together with the record that nothing is acknowledged at
+	// st.FenceEpoch yet, and took, the state it held before.
+	SaveOwnerState(st, took StandbyState) error
+	// ClearUnreplicated erases that record, durably, if it is epoch's.
+	ClearUnreplicated(epoch uint64) error
 }
 
 // ErrStaleSnapshot refuses a snapshot whose fence is older than the
@@ -614,7 +670,7 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 	}
 	took := StandbyState{FenceEpoch: s.st.FenceEpoch, FenceOwner: s.st.FenceOwner, Seq: s.st.Seq}
 	s.st.FenceEpoch, s.st.FenceOwner = epoch, s.node
-	o, err := s.becomeOwner(ctx, epoch)
+	o, err := s.becomeOwner(ctx, epoch, took)
 	if o != nil {
 		o.took = took
 	}
@@ -622,10 +678,16 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 }
 
 // becomeOwner finishes a takeover or a recovery at epoch, s.st being the
-// new owner's state: recorded, the standby's name cleared, the fence
-// published (an older owner that polls learns it is deposed).
-func (s *Standby) becomeOwner(ctx context.Context, epoch uint64) (*Owner, error) {
-	if err := s.log.SaveState(s.st); err != nil {
+// new owner's state and prev the one it held before: recorded (with
+// prev, as unreplicated, by an OwnerLog), the standby's name cleared,
+// the fence published (an older owner that polls learns it is deposed).
+func (s *Standby) becomeOwner(ctx context.Context, epoch uint64, prev StandbyState) (*Owner, error) {
+	ol, records := s.log.(OwnerLog)
+	if records {
+		if err := ol.SaveOwnerState(s.st, prev); err != nil {
+			return nil, err
+		}
+	} else if err := s.log.SaveState(s.st); err != nil {
 		return nil, err
 	}
 	if err := s.c.SetStandby(ctx, s.p, ""); err != nil {
@@ -635,6 +697,12 @@ func (s *Standby) becomeOwner(ctx context.Context, epoch uint64) (*Owner, error)
 		return nil, err
 	}
 	o := NewOwner(s.c, s.p, s.node, epoch, s.st.Seq, "")
+	if records {
+		// The log may be closed by the time the owner counts its first
+		// ack (dingd reopens the store to serve it): the ReplicatedStore
+		// serving it erases the record in its own store instead.
+		o.unreplicated, o.clearUnreplicated = true, func() error { return ol.ClearUnreplicated(epoch) }
+	}
 	// What it applied as the standby is the start of the new owner's
 	// history: observers behind the takeover read it from memory, once
 	// the new owner's standby holds it (confirmed).
@@ -660,6 +728,15 @@ type Fence struct {
 	Serving bool `json:"serving,omitempty"`
 	// Drained: it holds no role and takes none (dingctl cluster drain).
 	Drained bool `json:"drained,omitempty"`
+	// Unreplicated: Epoch is the member's own, taken over (or recovered)
+	// but nothing acknowledged at it yet (OwnerLog): what it holds that
+	// was acknowledged is the history it took over with, fenced at
+	// TookEpoch by TookOwner and running through TookSeq. A build before
+	// this field reports none, and its epochs count as replicated.
+	Unreplicated bool   `json:"unreplicated,omitempty"`
+	TookEpoch    uint64 `json:"took_epoch,omitempty"`
+	TookOwner    string `json:"took_owner,omitempty"`
+	TookSeq      uint64 `json:"took_seq,omitempty"`
 	// Peers are the members it knows of, by id, with their HTTP address.
 	Peers map[string]string `json:"peers,omitempty"`
 }
@@ -685,7 +762,37 @@ var ErrNoRecovery = errors.New("cluster: no member may recover the partition")
 // is Stale and not counted), so the one with the longest among them holds
 // them all: it is chosen (ties: the smallest id). Older epochs' batches
 // are in E's history (rule 3).
+//
+// An epoch whose owner reports it Unreplicated does not count: nothing
+// was acknowledged at it, and the coordinator may have rolled back past
+// its takeover, so that its predecessor acknowledged more at the older
+// epoch since (OwnerLog). Every member fenced at it, the owner and any
+// standby that joined it, counts as holding the history the owner took
+// over with (its Took fence), as far as its own runs. A member Stale at
+// it still counts as having seen it: its history is of some older owner
+// (TestSimulation's seed 399882 recovered from a node without the
+// acknowledged batches when it did not). The epoch still bounds the one
+// the recovery takes (the caller's floor).
 func RecoveryChoice(fences []Fence) (string, error) {
+	type fenceOf struct {
+		epoch uint64
+		owner string
+	}
+	took := map[fenceOf]Fence{}
+	for _, f := range fences {
+		if f.Held && f.Unreplicated && f.Owner == f.Member && f.TookEpoch > 0 {
+			took[fenceOf{f.Epoch, f.Owner}] = f
+		}
+	}
+	if len(took) > 0 {
+		fences = slices.Clone(fences)
+		for i := range fences {
+			f := &fences[i]
+			if t, ok := took[fenceOf{f.Epoch, f.Owner}]; ok && f.Held && !f.Stale {
+				f.Epoch, f.Owner, f.Seq = t.TookEpoch, t.TookOwner, min(f.Seq, t.TookSeq)
+			}
+		}
+	}
 	var top, seen uint64
 	for _, f := range fences {
 		if f.Serving {
@@ -757,6 +864,7 @@ func (s *Standby) Recover(ctx context.Context, ttl time.Duration, floor, next ui
 	if next <= s.st.Seq {
 		next = s.st.Seq + 1
 	}
+	prev := StandbyState{FenceEpoch: s.st.FenceEpoch, FenceOwner: s.st.FenceOwner, Seq: s.st.Seq}
 	s.st = StandbyState{FenceEpoch: epoch, FenceOwner: s.node, Seq: next - 1}
-	return s.becomeOwner(ctx, epoch)
+	return s.becomeOwner(ctx, epoch, prev)
 }

@@ -88,12 +88,21 @@ type ReplicatedStore struct {
 // an operator chooses for latency. A background poll reads the standby's
 // acks (to trim what waits for a resend, to notice a newer owner, and to
 // tell a stalled standby) every PollEvery×20. Call it before the first
-// batch; until is the lease's first deadline.
-func (r *ReplicatedStore) SetOwnerOnly(until time.Time) {
+// batch; until is the lease's first deadline. An owner that records its
+// epoch as unreplicated (OwnerLog) erases the record first: it will
+// acknowledge without its standby.
+func (r *ReplicatedStore) SetOwnerOnly(until time.Time) error {
+	r.mu.Lock()
+	err := r.owner.MarkReplicated()
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	r.ownerOnly = true
 	r.SetLeaseUntil(until)
 	r.pollDone = make(chan struct{})
 	go r.pollAcks()
+	return nil
 }
 
 // SetLeaseUntil records that the owner's lease holds until t (the time
@@ -196,6 +205,12 @@ func NewReplicatedStore(st store.Store, owner *Owner) (*ReplicatedStore, error) 
 	sh, ok := st.(store.Shippable)
 	if !ok {
 		return nil, fmt.Errorf("cluster: a %T cannot ship its batches", st)
+	}
+	if owner.unreplicated {
+		// The record is in this store (the node's partition store,
+		// which the Follower that took over wrote it to and may have
+		// closed since): erased here, outside the batches shipped.
+		owner.clearUnreplicated = func() error { return clearUnreplicated(st, owner.p, owner.epoch) }
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &ReplicatedStore{Store: st, ship: sh, owner: owner, ctx: ctx, cancel: cancel,
@@ -874,6 +889,74 @@ type Follower struct {
 	// carry (keys.go); Keys is synced before the store at each SaveState.
 	Keys  KeyStore
 	Codec *KeyCodec
+
+	// unrepl is the store's record that nothing is acknowledged at an
+	// epoch this node took the partition over at (OwnerLog), if any:
+	// read when the follower opens, kept as it writes it (guarded by umu).
+	umu    sync.Mutex
+	unrepl unreplicated
+}
+
+// unreplicated is an OwnerLog's record: nothing acknowledged at epoch,
+// taken over from took (zero epoch: no record).
+type unreplicated struct {
+	epoch uint64
+	took  StandbyState
+}
+
+// UnreplicatedKey is where a partition's store keeps the record that
+// nothing is acknowledged at its owner's epoch yet (OwnerLog). It is
+// written and erased outside the batches the owner ships.
+func UnreplicatedKey(p Partition) []byte {
+	return fmt.Appendf(nil, "\xffcluster/unreplicated/%d", p)
+}
+
+// encodeUnreplicated: version 1, the epoch, then the state taken over
+// from (encodeState).
+func encodeUnreplicated(u unreplicated) []byte {
+	b := binary.AppendUvarint([]byte{1}, u.epoch)
+	return append(b, encodeState(u.took)...)
+}
+
+func decodeUnreplicated(b []byte) (unreplicated, error) {
+	var u unreplicated
+	if len(b) == 0 || b[0] != 1 {
+		return u, errBadState
+	}
+	epoch, n := binary.Uvarint(b[1:])
+	if n <= 0 {
+		return u, errBadState
+	}
+	took, err := decodeState(b[1+n:])
+	if err != nil {
+		return u, err
+	}
+	return unreplicated{epoch: epoch, took: took}, nil
+}
+
+// readUnreplicated reads p's record from st (zero if it has none).
+func readUnreplicated(st store.Store, p Partition) (unreplicated, error) {
+	v, err := st.Get(UnreplicatedKey(p))
+	if errors.Is(err, store.ErrNotFound) {
+		return unreplicated{}, nil
+	}
+	if err != nil {
+		return unreplicated{}, err
+	}
+	return decodeUnreplicated(v)
+}
+
+// clearUnreplicated erases p's record from st, durably, if it is
+// epoch's.
+func clearUnreplicated(st store.Store, p Partition, epoch uint64) error {
+	u, err := readUnreplicated(st, p)
+	if err != nil || u.epoch != epoch {
+		return err
+	}
+	b := st.NewBatch()
+	defer b.Close()
+	b.Delete(UnreplicatedKey(p))
+	return b.Commit(true)
 }
 
 // StateKey is where a Follower keeps partition p's standby state; the
@@ -899,9 +982,32 @@ func NewFollower(c Coord, p Partition, node string, st store.Store, init Standby
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, err
 	}
-	f := &Follower{st: st, ship: sh, p: p}
+	u, err := readUnreplicated(st, p)
+	if err != nil {
+		return nil, err
+	}
+	f := &Follower{st: st, ship: sh, p: p, unrepl: u}
 	f.sb = NewStandby(c, p, node, f, state)
 	return f, nil
+}
+
+// Fence is what this follower's store says of the partition
+// (RecoveryChoice): its fence and history, and whether the epoch is its
+// own one nothing was acknowledged at (OwnerLog).
+func (f *Follower) Fence(member string) Fence {
+	st := f.sb.State()
+	fe := Fence{Member: member}
+	if st.FenceEpoch == 0 {
+		return fe
+	}
+	fe.Held, fe.Epoch, fe.Owner, fe.Seq, fe.Demoted, fe.Stale = true, st.FenceEpoch, st.FenceOwner, st.Seq, st.Demoted, st.Stale
+	f.umu.Lock()
+	u := f.unrepl
+	f.umu.Unlock()
+	if u.epoch != 0 && u.epoch == st.FenceEpoch && st.FenceOwner == member {
+		fe.Unreplicated, fe.TookEpoch, fe.TookOwner, fe.TookSeq = true, u.took.FenceEpoch, u.took.FenceOwner, u.took.Seq
+	}
+	return fe
 }
 
 // NewFollowerFromSnapshot is NewFollower for a store just installed from
@@ -917,6 +1023,7 @@ func NewFollowerFromSnapshot(c Coord, p Partition, node string, st store.Store, 
 	snap.Cursor, snap.Demoted, snap.Leaving = "", false, false // its stream position is its own to find
 	b := st.NewBatch()
 	b.Set(StateKey(p), encodeState(snap))
+	b.Delete(UnreplicatedKey(p)) // the owner's own, copied with its store
 	err := b.Commit(true)
 	b.Close()
 	if err != nil {
@@ -991,6 +1098,41 @@ func (f *Follower) SaveState(st StandbyState) error {
 	defer b.Close()
 	b.Set(StateKey(f.p), encodeState(st))
 	return b.Commit(true)
+}
+
+// SaveOwnerState implements OwnerLog: the new owner's state and the
+// record, in one synced batch.
+func (f *Follower) SaveOwnerState(st, took StandbyState) error {
+	if f.Keys != nil {
+		if err := f.Keys.Sync(); err != nil {
+			return err
+		}
+	}
+	u := unreplicated{epoch: st.FenceEpoch, took: StandbyState{FenceEpoch: took.FenceEpoch, FenceOwner: took.FenceOwner, Seq: took.Seq}}
+	b := f.st.NewBatch()
+	defer b.Close()
+	b.Set(StateKey(f.p), encodeState(st))
+	b.Set(UnreplicatedKey(f.p), encodeUnreplicated(u))
+	if err := b.Commit(true); err != nil {
+		return err
+	}
+	f.umu.Lock()
+	f.unrepl = u
+	f.umu.Unlock()
+	return nil
+}
+
+// ClearUnreplicated implements OwnerLog.
+func (f *Follower) ClearUnreplicated(epoch uint64) error {
+	if err := clearUnreplicated(f.st, f.p, epoch); err != nil {
+		return err
+	}
+	f.umu.Lock()
+	if f.unrepl.epoch == epoch {
+		f.unrepl = unreplicated{}
+	}
+	f.umu.Unlock()
+	return nil
 }
 
 // encodeState: version 1, fence epoch, seq, flags (1 demoted, 2 stale,

@@ -81,7 +81,8 @@ type simNode struct {
 	log      []Entry
 	st       StandbyState
 	hasState bool
-	maxFence uint64 // the newest fence it held (the check's memory)
+	unrepl   unreplicated // OwnerLog's record (simLog)
+	maxFence uint64       // the newest fence it held (the check's memory)
 	// Volatile.
 	up, paused bool
 	owner      *Owner
@@ -103,6 +104,35 @@ func (l simLog) Apply(e Entry, _ StandbyState) error {
 }
 
 func (l simLog) SaveState(st StandbyState) error { l.n.st, l.n.hasState = st, true; return nil }
+
+// SaveOwnerState and ClearUnreplicated make simLog an OwnerLog, as
+// dingd's Follower is.
+func (l simLog) SaveOwnerState(st, took StandbyState) error {
+	l.n.st, l.n.hasState = st, true
+	l.n.unrepl = unreplicated{epoch: st.FenceEpoch, took: took}
+	return nil
+}
+
+func (l simLog) ClearUnreplicated(epoch uint64) error {
+	if l.n.unrepl.epoch == epoch {
+		l.n.unrepl = unreplicated{}
+	}
+	return nil
+}
+
+// fence is what n would report of its copy to a recovery (a member's
+// GET /cluster/fence, from its durable state).
+func (n *simNode) fence() Fence {
+	f := Fence{Member: n.id, Held: n.hasState && n.st.FenceEpoch > 0}
+	if !f.Held {
+		return f
+	}
+	f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = n.st.FenceEpoch, n.st.FenceOwner, uint64(len(n.log)), n.st.Demoted, n.st.Stale
+	if u := n.unrepl; u.epoch != 0 && u.epoch == n.st.FenceEpoch && n.st.FenceOwner == n.id {
+		f.Unreplicated, f.TookEpoch, f.TookOwner, f.TookSeq = true, u.took.FenceEpoch, u.took.FenceOwner, u.took.Seq
+	}
+	return f
+}
 
 type sim struct {
 	rng   *rand.Rand
@@ -234,6 +264,9 @@ func simulateStats(seed uint64, steps int, verbose bool, stats *simStats) (err e
 			}
 		}
 		if err := s.checkOwner(); err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
+		if err := s.checkRecoverable(); err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
 		for _, n := range s.nodes {
@@ -422,7 +455,7 @@ func (s *sim) step(ctx context.Context, step int) error {
 					s.wiped = true
 					s.stats.wipes++
 					s.log("%s loses its disk", n.id)
-					n.log, n.st, n.hasState = nil, StandbyState{}, false
+					n.log, n.st, n.hasState, n.unrepl = nil, StandbyState{}, false, unreplicated{}
 					break
 				}
 			}
@@ -510,6 +543,9 @@ func (s *sim) acknowledge(o *simNode, seq uint64) error {
 	if who, ok := s.ackedBy[ep]; ok && who != o.id {
 		return fmt.Errorf("%s and %s both acknowledged at epoch %d", who, o.id, ep)
 	}
+	if o.unrepl.epoch == ep {
+		return fmt.Errorf("%s acknowledged seq %d at epoch %d, which its disk still records as unreplicated", o.id, seq, ep)
+	}
 	s.ackedBy[ep] = o.id
 	s.maxAckEp = max(s.maxAckEp, ep)
 	if seq > uint64(len(o.log)) {
@@ -540,6 +576,17 @@ func (s *sim) checkOwner() error {
 				// checked.
 				continue
 			}
+			if n.unrepl.epoch == s.maxOwnerEp {
+				// Nothing acknowledged at its epoch (acknowledge checks
+				// it never is while so recorded), and a recovery counts
+				// it by the history it took over with, which held every
+				// batch acknowledged then (takeover checks it). An owner
+				// deposed by a coordinator rolled back past this takeover
+				// may acknowledge more at the older epoch meanwhile:
+				// checkRecoverable checks that a recovery would choose a
+				// node holding it.
+				continue
+			}
 			if err := s.holdsAll(n, "the owner at the newest epoch"); err != nil {
 				return err
 			}
@@ -547,6 +594,29 @@ func (s *sim) checkOwner() error {
 		}
 	}
 	return nil // it stepped down or crashed: no owner until a takeover
+}
+
+// checkRecoverable checks that, were the coordinator to lose the
+// partition's state now and every node with a disk answer (a recovery
+// waits for all of them; an owner steps down once its lease is gone and
+// reports from its disk), the member RecoveryChoice names holds every
+// acknowledged batch. When it names none there is no recovery (an
+// operator's case), not a loss.
+func (s *sim) checkRecoverable() error {
+	fences := make([]Fence, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		fences = append(fences, n.fence())
+	}
+	id, err := RecoveryChoice(fences)
+	if err != nil {
+		return nil
+	}
+	for _, n := range s.nodes {
+		if n.id == id {
+			return s.holdsAll(n, "the member a recovery would choose now")
+		}
+	}
+	return fmt.Errorf("RecoveryChoice named %q, not a member", id)
 }
 
 // holdsAll checks that n's history holds every acknowledged batch.
@@ -645,9 +715,9 @@ func (s *sim) recover(ctx context.Context) error {
 		if !n.up || n.paused {
 			return nil // it might hold the newest history: wait for it
 		}
-		f := Fence{Member: n.id, Held: n.hasState && n.st.FenceEpoch > 0, Serving: n.owner != nil}
+		f := n.fence()
+		f.Serving = n.owner != nil
 		if f.Held {
-			f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = n.st.FenceEpoch, n.st.FenceOwner, uint64(len(n.log)), n.st.Demoted, n.st.Stale
 			floor = max(floor, f.Epoch)
 		}
 		fences = append(fences, f)

@@ -47,8 +47,10 @@ func TestStandbyFromASnapshotStartsAtTheSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rsB.SetOwnerOnly(time.Now().Add(time.Hour)) // acknowledged alone while no standby
-	for i := range 200 {                        // far more batches than the stream keeps
+	if err := rsB.SetOwnerOnly(time.Now().Add(time.Hour)); err != nil { // acknowledged alone while no standby
+		t.Fatal(err)
+	}
+	for i := range 200 { // far more batches than the stream keeps
 		b := rsB.NewBatch()
 		b.Set(fmt.Appendf(nil, "k%04d", i), []byte("v"))
 		if err := b.Commit(true); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
@@ -815,6 +816,109 @@ func TestClusterRecoversWhenRedisLosesItsState(t *testing.T) {
 	requireStream(t, procs[sb], acked)
 	t.Logf("%d acknowledged; %s recovered the partition %v after Redis lost its state and acks resumed by %v (lease 1s); all on %s, its standby, after its kill -9",
 		len(acked), owner, recovered.Round(time.Millisecond), resumed.Round(time.Millisecond), sb)
+}
+
+// A new owner that acknowledged nothing at its epoch counts, in a
+// recovery, by the history it took over with (cluster.OwnerLog). a owns,
+// b is its only other member; a is killed, and b takes over with nobody
+// left to be its standby, so nothing is acknowledged at its epoch. Redis
+// loses its state: b, no longer serving, reports from its disk that its
+// epoch is unreplicated, taken over from a's (GET /cluster/fence); a
+// comes back with its disk and the recovery names a, the owner of the
+// newest epoch anything was acknowledged at, not b, whose epoch is
+// newer. (Both hold every acknowledged message here; a coordinator that
+// rolls back past a takeover is where it matters: cluster's package doc
+// and TestSimulation.) Every acknowledged message is on a, and after a
+// kill -9 of a, on b, which followed it.
+func TestClusterRecoveryCountsAnUnreplicatedOwnerByItsTakeover(t *testing.T) {
+	rs := redistest.Start(t)
+	c := newPair(t, "redis://"+rs.Addr, "1s")
+	a, b := c.start()
+	procs := map[string]*proc{"a": a, "b": b}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for id, p := range procs {
+				t.Logf("--- %s's log:\n%s", id, p.stderr.String())
+			}
+		}
+	})
+	for id, p := range procs {
+		nodetest.WaitFor(t, id+"'s record of the members", 10*time.Second, func() bool {
+			raw, err := os.ReadFile(filepath.Join(p.data, "cluster-peers.json"))
+			return err == nil && strings.Contains(string(raw), `"a"`) && strings.Contains(string(raw), `"b"`)
+		})
+	}
+	acked := ackedThrough(t, a, 2, 100, func() {
+		if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-a.exited
+	})
+	nodetest.WaitFor(t, "b's takeover", 20*time.Second, func() bool {
+		holder, _, err := c.coord.Lease(context.Background(), 0)
+		return err == nil && holder == "b"
+	})
+	rs.FlushAll(t)
+	var f cluster.Fence
+	nodetest.WaitFor(t, "b's fence from its disk", 20*time.Second, func() bool {
+		var err error
+		f, err = askFence(b)
+		return err == nil && f.Held && !f.Serving
+	})
+	if !f.Unreplicated || f.Owner != "b" || f.TookOwner != "a" || f.TookEpoch == 0 || f.Epoch <= f.TookEpoch {
+		t.Fatalf("b's fence after a takeover nothing was acknowledged at: %+v", f)
+	}
+	a2 := &proc{data: a.data, sock: a.sock, http: a.http, stderr: &syncBuffer{}}
+	procs["a"] = a2
+	c.launch(a2, "a")
+	var owner string
+	nodetest.WaitFor(t, "the recovery", 60*time.Second, func() bool {
+		for id, p := range procs {
+			if strings.Contains(p.stderr.String(), "recovered the partition after the coordinator lost its state") {
+				owner = id
+				return true
+			}
+		}
+		return false
+	})
+	if owner != "a" {
+		t.Fatalf("%s recovered the partition; want a (b acknowledged nothing at its epoch %d)", owner, f.Epoch)
+	}
+	if holder, epoch, err := c.coord.Lease(context.Background(), 0); err != nil || holder != "a" || epoch <= f.Epoch {
+		t.Fatalf("lease after the recovery: %q at %d (%v); want a above b's epoch %d", holder, epoch, err, f.Epoch)
+	}
+	a2.waitReady(t, 20*time.Second)
+	requireStream(t, a2, acked)
+	c.waitStandby("b")
+	more := ackedThrough(t, a2, 2, 50, func() {})
+	maps.Copy(acked, more)
+	if err := a2.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a2.exited
+	b.waitReady(t, 20*time.Second)
+	requireStream(t, b, acked)
+	t.Logf("%d acknowledged; b reported epoch %d unreplicated (taken over from %d), a recovered, then b served them all", len(acked), f.Epoch, f.TookEpoch)
+}
+
+// askFence reads p's GET /cluster/fence, as another member does.
+func askFence(p *proc) (cluster.Fence, error) {
+	req, err := http.NewRequest("GET", "http://"+p.http+"/cluster/fence", nil)
+	if err != nil {
+		return cluster.Fence{}, err
+	}
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return cluster.Fence{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return cluster.Fence{}, fmt.Errorf("%s", resp.Status)
+	}
+	var f cluster.Fence
+	err = json.NewDecoder(resp.Body).Decode(&f)
+	return f, err
 }
 
 // The standby loses its disk and comes back while the coordinator still

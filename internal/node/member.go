@@ -548,7 +548,7 @@ func (m *member) localState() (cluster.StandbyState, bool, error) {
 		return cluster.StandbyState{}, false, err
 	}
 	st := f.Standby().State()
-	m.lastLocal.Store(&localCopy{st: st, held: st.FenceEpoch > 0})
+	m.lastLocal.Store(&localCopy{fence: f.Fence(m.mc.ID)})
 	m.fenceFresh.Store(true)
 	return st, st.FenceEpoch > 0, nil
 }

@@ -149,25 +149,23 @@ func (m *member) fence() (f cluster.Fence, ok bool) {
 		f.Held, f.Serving, f.Epoch, f.Owner, f.Seq = true, true, st.Epoch, m.mc.ID, st.Shipped
 		return f, true
 	}
-	var st cluster.StandbyState
-	held := false
+	var own cluster.Fence
 	if fl := m.follower.Load(); fl != nil {
-		st, held = fl.Standby().State(), true
+		own = fl.Fence(m.mc.ID)
 	} else if c := m.lastLocal.Load(); c != nil && m.fenceFresh.Load() {
-		st, held = c.st, c.held
+		own = c.fence
 	} else {
 		return f, false
 	}
-	if held && st.FenceEpoch > 0 {
-		f.Held, f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = true, st.FenceEpoch, st.FenceOwner, st.Seq, st.Demoted, st.Stale
-	}
+	f.Held, f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = own.Held, own.Epoch, own.Owner, own.Seq, own.Demoted, own.Stale
+	f.Unreplicated, f.TookEpoch, f.TookOwner, f.TookSeq = own.Unreplicated, own.TookEpoch, own.TookOwner, own.TookSeq
 	return f, true
 }
 
-// localCopy is this member's state as last read from its store.
+// localCopy is this member's copy as last read from its store: what
+// its fence says (cluster.Follower.Fence).
 type localCopy struct {
-	st   cluster.StandbyState
-	held bool
+	fence cluster.Fence
 }
 
 // fenceHandler serves GET /cluster/fence to members holding the cluster
@@ -227,6 +225,12 @@ var errWaitRecovery = errors.New("node: recovery waits")
 // partition and serves it. It returns errWaitRecovery when it must wait.
 func (m *member) recoverPartition(ctx context.Context, cur cluster.StandbyState) error {
 	self, _ := m.fence() // its fields below are from cur, read just now
+	if !self.Held || self.Epoch != cur.FenceEpoch || self.Owner != cur.FenceOwner {
+		// Its record of an unreplicated epoch (if any) is of another
+		// read: reported without it, as replicated (what a build before
+		// the record reports).
+		self.Unreplicated, self.TookEpoch, self.TookOwner, self.TookSeq = false, 0, "", 0
+	}
 	self.Held, self.Epoch, self.Owner, self.Seq, self.Demoted, self.Stale = true, cur.FenceEpoch, cur.FenceOwner, cur.Seq, cur.Demoted, cur.Stale
 	fences, missing := m.askFences(ctx, self)
 	if len(missing) > 0 {
