@@ -14,7 +14,7 @@ import (
 
 // The deterministic simulation of the ownership and replication protocol
 // (FoundationDB's and TigerBeetle's simulators are the model): three
-// nodes, one partition, a MemCoord on a fake clock, and one seeded random
+// nodes (-sim.nodes N for more), one partition, a MemCoord on a fake clock, and one seeded random
 // schedule of writes, standby reads, acks, lease renewals and expiries,
 // takeovers, standby changes, crashes (a disk lost at most once), pauses,
 // entries the stream loses (and a stream trimmed to its last 2 to 31
@@ -38,6 +38,7 @@ var (
 	simSeed      = flag.Uint64("sim.seed", 0, "replay one simulation seed")
 	simSchedules = flag.Int("sim.schedules", 3000, "simulation schedules to run")
 	simFrom      = flag.Uint64("sim.from", 1, "the first seed of the schedules run")
+	simNodes     = flag.Int("sim.nodes", 3, "nodes in each schedule (3 or more)")
 )
 
 func TestSimulation(t *testing.T) {
@@ -231,7 +232,7 @@ func simulateStats(seed uint64, steps int, verbose bool, stats *simStats) (err e
 	// standby needs is what the owner has not seen acked, which it
 	// resends.
 	s.c.StreamKeep = 2 + s.rng.IntN(30)
-	for i := range 3 {
+	for i := range max(3, *simNodes) {
 		s.nodes = append(s.nodes, &simNode{id: fmt.Sprintf("n%d", i), up: true})
 	}
 	defer func() {

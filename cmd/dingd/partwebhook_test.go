@@ -92,7 +92,7 @@ func TestClusterPartitionsWebhookEventsSurviveKill9(t *testing.T) {
 				return
 			}
 			if code != http.StatusServiceUnavailable || time.Now().After(deadline) {
-				t.Fatalf("add %s through %s: %d", u, via, code)
+				t.Fatalf("add %s through %s: %d; logs:\n%s", u, via, code, logsOf(procs))
 			}
 		}
 	}

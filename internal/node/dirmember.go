@@ -665,7 +665,11 @@ func (d *dirProxy) wrap(api http.Handler) http.Handler {
 				writeErr(w, http.StatusServiceUnavailable, "the node owning the directory did not answer; retry", "UNAVAILABLE")
 			},
 		}
-		ctx, cancel := boundTo(r.Context(), since) // a frozen owner's is abandoned once another serves
+		// A frozen owner's is abandoned once another serves.
+		ctx, cancel := boundToOwner(r.Context(), since, func() context.Context { return d.owners.Since(uint32(d.p)) }, func(ctx context.Context) bool {
+			_, now, err := d.owners.lookup(ctx, uint32(d.p))
+			return err == nil && now == base
+		})
 		defer cancel()
 		proxy.ServeHTTP(w, r.WithContext(ctx))
 	})

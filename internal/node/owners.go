@@ -71,6 +71,54 @@ func boundTo(ctx, since context.Context) (context.Context, context.CancelFunc) {
 	return ctx, func() { stop(); cancel(nil) }
 }
 
+// boundToOwner is boundTo for a request sent to a partition's owner: a
+// move announced while it is in flight ends it only if, asked again past
+// every cache (still), the owner is no longer the node it was sent to;
+// else it waits for the next move (next returns what that one cancels).
+// The move announced may be that very node's: it took the partition over
+// and announced it after the request was sent to it as the owner. Ended,
+// such a request was answered 503 (retry) for a change the owner made
+// all the same, and a retried POST met 409 (seen in make test:
+// TestClusterPartitionsWebhookEventsSurviveKill9).
+func boundToOwner(ctx, since context.Context, next func() context.Context, still func(context.Context) bool) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	var (
+		mu   sync.Mutex
+		stop func() bool
+		done bool
+	)
+	var arm func(since context.Context)
+	arm = func(since context.Context) {
+		s := context.AfterFunc(since, func() {
+			lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
+			ok := still(lctx)
+			lcancel()
+			if ok && ctx.Err() == nil {
+				arm(next())
+				return
+			}
+			cancel(errOwnerMoved)
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			s()
+			return
+		}
+		stop = s
+	}
+	arm(since)
+	return ctx, func() {
+		mu.Lock()
+		done = true
+		if stop != nil {
+			stop()
+		}
+		mu.Unlock()
+		cancel(nil)
+	}
+}
+
 // moved ends the requests bound to what current returned so far.
 func (s *ownerMoves) moved() {
 	s.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,6 +189,62 @@ func TestOwnerMovesEndsTheRequestsInFlight(t *testing.T) {
 	stop()
 	if r4.Err() == nil || ownerMovedErr(parent, r4) != nil {
 		t.Fatalf("the parent's end: %v, taken for a move: %v", r4.Err(), ownerMovedErr(parent, r4))
+	}
+}
+
+// boundToOwner ends a request at a move only once the owner, asked
+// again, is no longer the node it went to: a move announced by that node
+// itself (its takeover, announced after the request reached it) leaves
+// the request running, bound to the next move, which ends it when
+// another node owns the partition. Its own cancel ends it, and no move
+// after that asks the owner again.
+func TestBoundToOwnerEndsOnlyWhenTheOwnerChanged(t *testing.T) {
+	var m ownerMoves
+	parent, stop := context.WithCancel(context.Background())
+	defer stop()
+	var owner atomic.Value
+	owner.Store("c")
+	asked, armed := make(chan bool, 4), make(chan bool, 4)
+	still := func(context.Context) bool { ok := owner.Load() == "c"; asked <- ok; return ok }
+	next := func() context.Context { ctx := m.current(); armed <- true; return ctx }
+	wait := func(what string, ch chan bool) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s within 10s", what)
+		}
+	}
+	r, cancel := boundToOwner(parent, m.current(), next, still)
+	m.moved() // c announces its own takeover
+	wait("look at the owner", asked)
+	wait("wait for the next move", armed)
+	if r.Err() != nil {
+		t.Fatalf("ended by its own owner's announcement: %v", context.Cause(r))
+	}
+	owner.Store("d")
+	m.moved() // d took over: c may be frozen
+	wait("look at the owner", asked)
+	select {
+	case <-r.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ended once another node owned the partition")
+	}
+	if ownerMovedErr(parent, r) == nil {
+		t.Fatalf("ended, but not for the move: %v", context.Cause(r))
+	}
+	cancel()
+
+	r2, cancel2 := boundToOwner(parent, m.current(), next, still)
+	cancel2()
+	m.moved()
+	if r2.Err() == nil || ownerMovedErr(parent, r2) != nil {
+		t.Fatalf("its own cancel: %v, taken for a move: %v", r2.Err(), ownerMovedErr(parent, r2))
+	}
+	select {
+	case <-asked:
+		t.Fatal("a move after its cancel asked the owner again")
+	default:
 	}
 }
 

@@ -234,7 +234,12 @@ func runPartitioned(ctx context.Context, mc MemberConfig, peer *http.Client) err
 		}
 		_, _, addr := ms[i].owner(ctx)
 		return addr
-	}, since: func(i int) context.Context { return owners.Since(uint32(i)) }, sent: prometheus.NewCounter(prometheus.CounterOpts{
+	}, since: func(i int) context.Context { return owners.Since(uint32(i)) }, ownerNow: func(ctx context.Context, i int) string {
+		if i < 0 || i >= len(ms) {
+			return ""
+		}
+		return ms[i].ownerNow(ctx)
+	}, sent: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ding_cluster_api_sent_on_total",
 		Help: "Admin API requests about a partition this node does not serve, sent on to the node that does.",
 	})}

@@ -93,6 +93,18 @@ func (m *member) ownerTLSSocket(ctx context.Context) string {
 	return m.ownerAddrs(ctx).tlsSock
 }
 
+// ownerNow is the serving member's published HTTP address, asked of the
+// coordinator past the cache ("" when none serves, this member does, or
+// the coordinator does not answer).
+func (m *member) ownerNow(ctx context.Context) string {
+	holder, _, err := m.c.Lease(ctx, m.p)
+	if err != nil || holder == "" || holder == m.mc.ID {
+		return ""
+	}
+	addr, _ := m.c.Addr(ctx, holder)
+	return addr
+}
+
 // forget drops the cached answer: the partition changed hands.
 func (c *ownerCache) forget() {
 	c.mu.Lock()
@@ -355,7 +367,7 @@ func (m *member) standInHandler() http.Handler {
 			writeErr(w, http.StatusServiceUnavailable, "no member serves the partition right now (a takeover in progress); retry", "UNAVAILABLE")
 			return
 		}
-		ctx, cancel := boundTo(r.Context(), since)
+		ctx, cancel := boundToOwner(r.Context(), since, m.moves.current, func(ctx context.Context) bool { return m.ownerNow(ctx) == target })
 		defer cancel()
 		proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ownerURLKey{}, u)))
 	}))
