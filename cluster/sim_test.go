@@ -39,6 +39,7 @@ var (
 	simSchedules = flag.Int("sim.schedules", 3000, "simulation schedules to run")
 	simFrom      = flag.Uint64("sim.from", 1, "the first seed of the schedules run")
 	simNodes     = flag.Int("sim.nodes", 3, "nodes in each schedule (3 or more)")
+	simAll       = flag.Bool("sim.all", false, "run every schedule, then report each failing seed's first line and how many failed (to size a gap), rather than stop at the first")
 )
 
 func TestSimulation(t *testing.T) {
@@ -53,10 +54,18 @@ func TestSimulation(t *testing.T) {
 		n /= 10
 	}
 	stats := simStats{}
+	var failed []string
 	for seed := *simFrom; seed < *simFrom+uint64(n); seed++ {
 		if err := simulateStats(seed, 400, false, &stats); err != nil {
-			t.Fatalf("seed %d: %v\nreplay: go test ./cluster -run TestSimulation -sim.seed %d -v", seed, err, seed)
+			if !*simAll {
+				t.Fatalf("seed %d: %v\nreplay: go test ./cluster -run TestSimulation -sim.seed %d -v", seed, err, seed)
+			}
+			first, _, _ := strings.Cut(err.Error(), "\n")
+			failed = append(failed, fmt.Sprintf("seed %d: %s", seed, first))
 		}
+	}
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d schedules failed (replay one with -sim.seed N -v):\n%s", len(failed), n, strings.Join(failed, "\n"))
 	}
 	// The schedules must reach the situations the argument is about, or
 	// the test proves nothing (a quick run of fewer than 1,000 schedules
