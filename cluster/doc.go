@@ -172,51 +172,56 @@
 // acknowledged at it (OwnerLog). A takeover or a recovery records, on the
 // new owner's disk with its fence, that nothing is acknowledged at its
 // epoch yet, and the fence it held before; the owner erases the record,
-// durably, before it counts its standby's first ack at the epoch (or,
-// with --ack-replicas 0, before its first batch). A member still so
-// recorded reports it (Fence.Unreplicated), and RecoveryChoice counts it
-// by the history it took over with, which held every batch acknowledged
-// then (rule 3), not by its epoch. This closes a gap the simulation
-// found (go test ./cluster -run TestSimulation -sim.schedules 1000000
-// found it three times, at seeds 320677, 399882 and 753769): a standby
-// takes over and is paused at once, and the coordinator rolls back to a
-// state from before the takeover, so the deposed owner holds the lease
-// again at the older epoch, makes another node its standby from a
-// snapshot, and acknowledges batches the paused node's history lacks.
-// Only the paused node saw the newer epoch (in two of the seeds the
-// third node's disk was lost too), so no one refuses the older one, and
-// a recovery that took the newest epoch's owner would have chosen the
-// paused node and lost them. With the record, the paused node, which
-// acknowledged nothing at its epoch, counts as holding the older epoch's
-// history as it took it, and the recovery chooses the deposed owner or
+// durably, before it counts its standby's first ack at the epoch (with
+// --ack-replicas 0, before the first batch it acknowledges alone). A
+// member still so recorded reports it (Fence.Unreplicated), and
+// RecoveryChoice counts it, and any standby that joined it, by the
+// history it took over with, which held every batch acknowledged then
+// (rule 3), not by its epoch. This closes a gap the simulation found
+// (go test ./cluster -run TestSimulation -sim.schedules 1000000 found it
+// three times, at seeds 320677, 399882 and 753769): a standby takes over
+// and is paused at once, and the coordinator rolls back to a state from
+// before the takeover, so the deposed owner holds the lease again at the
+// older epoch, makes another node its standby from a snapshot, and
+// acknowledges batches the paused node's history lacks. Only the paused
+// node saw the newer epoch (in two of the seeds the third node's disk
+// was lost too), so no one refuses the older one, and a recovery that
+// took the newest epoch's owner would have chosen the paused node and
+// lost them. With the record, the recovery chooses the deposed owner or
 // its standby, which hold everything acknowledged. The simulation now
 // checks this after every step: were the coordinator to lose the
 // partition's state then, the member RecoveryChoice names holds every
 // acknowledged batch (without the record it fails on those seeds).
 //
-// A standby that joined the paused owner from its snapshot before the
-// rollback (it then refuses the deposed owner's entries, so with three
-// nodes the deposed owner finds no standby and acknowledges nothing; with
-// four or more it may) counts the same way, by the paused owner's record.
-// What remains of the gap: the paused owner's disk lost as well, taking
-// the record with it, after its standby joined; then that standby's
-// newer fence wins, as before. Refusing every such case needs epochs and
-// standby names agreed by a majority of nodes rather than granted by the
-// coordinator. A member of a build before the record reports no such
-// thing, and its epochs count as they always did; members of two builds
-// may then disagree on the choice, and the lease, taken by one of them
-// only, decides.
+// Not closed, and what the record costs:
 //
-// With more nodes the simulation meets the same class of gap another
-// way (-sim.nodes 4 and 5: one schedule in 100,000 each, seeds 52915 and
+//   - the paused owner's disk lost as well, taking the record with it,
+//     after a standby joined it: that standby's newer fence wins, as
+//     before; so does a chain of such takeovers longer than the records
+//     left on disk;
+//   - with four or more nodes, the paused owner may wake after the
+//     rollback and count an ack of the standby that joined it before its
+//     renewal fails, while the deposed owner acknowledges too: batches
+//     acknowledged on both branches cannot all be kept;
+//   - a member that went Stale on the paused owner's entries still
+//     counts as having seen its epoch (its fence does not name the
+//     older history it holds), so a recovery waits for an operator
+//     (dingctl cluster forget) where before it chose the new owner,
+//     rightly when the coordinator had not rolled back;
+//   - with a member of a build before the record, every member chooses
+//     by the rule before it (Fence.KeepsUnreplicated), as before.
+//
+// Refusing every such case needs epochs and standby names agreed by a
+// majority of nodes rather than granted by the coordinator. With more
+// nodes the simulation meets the same class of gap another way
+// (-sim.nodes 4 and 5: one schedule in 100,000 each, seeds 52915 and
 // 79596, with or without the record): a new owner acknowledges at its
 // epoch with its standby, the coordinator rolls back past its takeover
 // (in 79596, repeatedly, as far as its first state), and, with the nodes
 // that saw the epoch crashed or their disks lost, a node that never saw
 // it is granted the same epoch and takes over without the batches only
-// they hold. It too needs epochs agreed by a majority to refuse. Three
-// nodes (make test's 3,000 schedules; 1,500,000 run for this) do not
-// meet it.
+// they hold. Three nodes (make test's 3,000 schedules; 1,500,000 run for
+// this) do not meet it.
 // (Fencing a newer owner's entry before looking at its Seq, so that a
 // lagging follower goes Stale too, closed the other schedules that used
 // to end the same way, about one in 100,000.)

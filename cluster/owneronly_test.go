@@ -64,9 +64,7 @@ func TestOwnerOnlyAcknowledgesWithoutTheStandby(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rs.SetOwnerOnly(time.Now().Add(ttl)); err != nil {
-		t.Fatal(err)
-	}
+	rs.SetOwnerOnly(time.Now().Add(ttl))
 	e := openEngine(t, rs)
 	defer func() { _ = e.Close(); _ = rs.Close() }()
 	acked := submitN(t, e, "owner-only", 200)
@@ -137,9 +135,7 @@ func TestOwnerOnlyResendShipsTheBatchesAsCommitted(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs.ResendAfter = 20 * time.Millisecond
-	if err := rs.SetOwnerOnly(time.Now().Add(ttl)); err != nil {
-		t.Fatal(err)
-	}
+	rs.SetOwnerOnly(time.Now().Add(ttl))
 	c.DropAppends = 1 << 30 // the stream loses every first shipment
 	e := openEngine(t, rs)
 	acked := submitN(t, e, "owner-only", 200)

@@ -468,6 +468,9 @@ type OwnerLog interface {
 	SaveOwnerState(st, took StandbyState) error
 	// ClearUnreplicated erases that record, durably, if it is epoch's.
 	ClearUnreplicated(epoch uint64) error
+	// Unreplicated returns the record: the epoch (0 for none) and the
+	// state taken over from.
+	Unreplicated() (epoch uint64, took StandbyState)
 }
 
 // ErrStaleSnapshot refuses a snapshot whose fence is older than the
@@ -684,6 +687,12 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 func (s *Standby) becomeOwner(ctx context.Context, epoch uint64, prev StandbyState) (*Owner, error) {
 	ol, records := s.log.(OwnerLog)
 	if records {
+		if e, took := ol.Unreplicated(); e != 0 && e == prev.FenceEpoch && prev.FenceOwner == s.node {
+			// Taken over again from its own epoch, at which nothing was
+			// acknowledged either: what it holds that was acknowledged is
+			// still what it took over with then.
+			prev = StandbyState{FenceEpoch: took.FenceEpoch, FenceOwner: took.FenceOwner, Seq: min(took.Seq, prev.Seq)}
+		}
 		if err := ol.SaveOwnerState(s.st, prev); err != nil {
 			return nil, err
 		}
@@ -737,6 +746,12 @@ type Fence struct {
 	TookEpoch    uint64 `json:"took_epoch,omitempty"`
 	TookOwner    string `json:"took_owner,omitempty"`
 	TookSeq      uint64 `json:"took_seq,omitempty"`
+	// KeepsUnreplicated: the member's build keeps that record, so that a
+	// fence without Unreplicated says something was acknowledged at its
+	// epoch. While one member holding a history does not say so (a build
+	// from before), every member chooses by the rule before the record,
+	// so that members of both builds make the same choice.
+	KeepsUnreplicated bool `json:"keeps_unreplicated,omitempty"`
 	// Peers are the members it knows of, by id, with their HTTP address.
 	Peers map[string]string `json:"peers,omitempty"`
 }
@@ -768,19 +783,37 @@ var ErrNoRecovery = errors.New("cluster: no member may recover the partition")
 // its takeover, so that its predecessor acknowledged more at the older
 // epoch since (OwnerLog). Every member fenced at it, the owner and any
 // standby that joined it, counts as holding the history the owner took
-// over with (its Took fence), as far as its own runs. A member Stale at
-// it still counts as having seen it: its history is of some older owner
-// (TestSimulation's seed 399882 recovered from a node without the
-// acknowledged batches when it did not). The epoch still bounds the one
-// the recovery takes (the caller's floor).
+// over with (its Took fence; followed through any number of such epochs),
+// as far as its own runs. Not when the owner it took over from answers
+// at that epoch with a shorter history: it lost batches it had shipped
+// before its fsync, and the new owner, whose engine took them for
+// durable (a client's retry answered as a duplicate, relay records sent
+// on), is the one holding them. A member Stale at such an epoch still
+// counts as having seen it: its history is of some older owner, which
+// its fence does not name (TestSimulation's seed 399882 recovered from a
+// node without the acknowledged batches when it did not). The epoch
+// still bounds the one the recovery takes (the caller's floor). While a
+// member holding a history does not say it KeepsUnreplicated (a build
+// from before), none of this applies: the choice is the same for every
+// member.
 func RecoveryChoice(fences []Fence) (string, error) {
 	type fenceOf struct {
 		epoch uint64
 		owner string
 	}
 	took := map[fenceOf]Fence{}
+	keeps := true
 	for _, f := range fences {
-		if f.Held && f.Unreplicated && f.Owner == f.Member && f.TookEpoch > 0 {
+		keeps = keeps && (!f.Held || f.KeepsUnreplicated)
+	}
+	for _, f := range fences {
+		if !keeps || !f.Held || !f.Unreplicated || f.Owner != f.Member || f.TookEpoch == 0 || f.TookEpoch >= f.Epoch {
+			continue
+		}
+		lost := slices.ContainsFunc(fences, func(g Fence) bool {
+			return g.Held && g.Member == f.TookOwner && g.Owner == f.TookOwner && g.Epoch == f.TookEpoch && g.Seq < f.TookSeq
+		})
+		if !lost {
 			took[fenceOf{f.Epoch, f.Owner}] = f
 		}
 	}
@@ -788,7 +821,11 @@ func RecoveryChoice(fences []Fence) (string, error) {
 		fences = slices.Clone(fences)
 		for i := range fences {
 			f := &fences[i]
-			if t, ok := took[fenceOf{f.Epoch, f.Owner}]; ok && f.Held && !f.Stale {
+			if !f.Held || f.Stale {
+				continue
+			}
+			// Took epochs only go down: this ends.
+			for t, ok := took[fenceOf{f.Epoch, f.Owner}]; ok; t, ok = took[fenceOf{f.Epoch, f.Owner}] {
 				f.Epoch, f.Owner, f.Seq = t.TookEpoch, t.TookOwner, min(f.Seq, t.TookSeq)
 			}
 		}

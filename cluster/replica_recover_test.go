@@ -14,7 +14,7 @@ import (
 // acknowledged at (Unreplicated) counts by the history it took over with.
 func TestRecoveryChoice(t *testing.T) {
 	h := func(m string, epoch uint64, owner string, seq uint64) cluster.Fence {
-		return cluster.Fence{Member: m, Held: true, Epoch: epoch, Owner: owner, Seq: seq}
+		return cluster.Fence{Member: m, Held: true, Epoch: epoch, Owner: owner, Seq: seq, KeepsUnreplicated: true}
 	}
 	for _, c := range []struct {
 		name   string
@@ -25,8 +25,20 @@ func TestRecoveryChoice(t *testing.T) {
 		{"its standby, the owner's disk lost", []cluster.Fence{{Member: "a"}, h("b", 5, "a", 900), h("c", 5, "a", 300)}, "b"},
 		{"not an older epoch's longer history", []cluster.Fence{h("a", 3, "a", 5000), h("b", 5, "b", 7), h("c", 4, "c", 4000)}, "b"},
 		{"ties: the smallest id", []cluster.Fence{h("c", 5, "x", 9), h("b", 5, "x", 9)}, "b"},
-		// A fence of a build before Unreplicated counts its epoch.
-		{"an old build's new owner", []cluster.Fence{h("a", 1, "a", 10), h("b", 2, "b", 2), h("c", 1, "a", 10)}, "b"},
+		// A new owner once acknowledged at (its record erased) counts by
+		// its epoch.
+		{"a new owner acknowledged at", []cluster.Fence{h("a", 1, "a", 10), h("b", 2, "b", 2), h("c", 1, "a", 10)}, "b"},
+		// With a member of a build before the record, every member
+		// chooses by the rule before it: the newest epoch's owner.
+		{"a member of an older build", []cluster.Fence{h("a", 1, "a", 10), unrepl(h("b", 2, "b", 2), 1, "a", 0), old(h("c", 1, "a", 10))}, "b"},
+		// a shipped 11 and lost it before its fsync; b took over with it
+		// and its engine took it for durable: not a, which lacks it.
+		{"not a deposed owner that lost what it shipped", []cluster.Fence{h("a", 1, "a", 10), unrepl(h("b", 2, "b", 11), 1, "a", 11), h("c", 1, "a", 9)}, "b"},
+		// b took over at 2 and c at 3 from it, nothing acknowledged at
+		// either; a, the owner at 1 again, acknowledged through 20 with
+		// d: a, or d, by the chain of records.
+		{"two new owners in a row", []cluster.Fence{h("a", 1, "a", 20), unrepl(h("b", 2, "b", 10), 1, "a", 10), unrepl(h("c", 3, "c", 10), 2, "b", 10), h("d", 1, "a", 20)}, "a"},
+		{"two new owners in a row, a's disk lost", []cluster.Fence{{Member: "a"}, unrepl(h("b", 2, "b", 10), 1, "a", 10), unrepl(h("c", 3, "c", 10), 2, "b", 10), h("d", 1, "a", 20)}, "d"},
 		// b took over at 2 and stopped before anything reached a
 		// standby; the coordinator rolled back past its takeover and a,
 		// the owner at 1 again, acknowledged through 10 with c: not b.
@@ -62,7 +74,7 @@ func TestRecoveryChoice(t *testing.T) {
 		// the same though b reports nothing acknowledged at 2: a stale
 		// node's history is of an older owner, which it does not name
 		// (a itself, stale at 2, may be the one holding a's history)
-		{{Member: "a", Held: true, Epoch: 2, Owner: "b", Seq: 10, Stale: true}, unrepl(h("b", 2, "b", 2), 1, "a", 0), {Member: "c"}},
+		{{Member: "a", Held: true, Epoch: 2, Owner: "b", Seq: 10, Stale: true, KeepsUnreplicated: true}, unrepl(h("b", 2, "b", 2), 1, "a", 0), {Member: "c"}},
 	} {
 		if got, err := cluster.RecoveryChoice(fs); !errors.Is(err, cluster.ErrNoRecovery) {
 			t.Errorf("%+v: %q %v, want ErrNoRecovery", fs, got, err)
@@ -74,5 +86,12 @@ func TestRecoveryChoice(t *testing.T) {
 // at, taken over from epoch/owner through seq.
 func unrepl(f cluster.Fence, epoch uint64, owner string, seq uint64) cluster.Fence {
 	f.Unreplicated, f.TookEpoch, f.TookOwner, f.TookSeq = true, epoch, owner, seq
+	return f
+}
+
+// old is f as a member of a build before the unreplicated record reports
+// it.
+func old(f cluster.Fence) cluster.Fence {
+	f.KeepsUnreplicated = false
 	return f
 }

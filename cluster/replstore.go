@@ -88,21 +88,14 @@ type ReplicatedStore struct {
 // an operator chooses for latency. A background poll reads the standby's
 // acks (to trim what waits for a resend, to notice a newer owner, and to
 // tell a stalled standby) every PollEvery×20. Call it before the first
-// batch; until is the lease's first deadline. An owner that records its
-// epoch as unreplicated (OwnerLog) erases the record first: it will
-// acknowledge without its standby.
-func (r *ReplicatedStore) SetOwnerOnly(until time.Time) error {
-	r.mu.Lock()
-	err := r.owner.MarkReplicated()
-	r.mu.Unlock()
-	if err != nil {
-		return err
-	}
+// batch; until is the lease's first deadline. (An owner that records
+// its epoch as unreplicated, OwnerLog, erases the record before the
+// first batch it acknowledges without its standby.)
+func (r *ReplicatedStore) SetOwnerOnly(until time.Time) {
 	r.ownerOnly = true
 	r.SetLeaseUntil(until)
 	r.pollDone = make(chan struct{})
 	go r.pollAcks()
-	return nil
 }
 
 // SetLeaseUntil records that the owner's lease holds until t (the time
@@ -405,13 +398,20 @@ func (b *ReplicatedStore) ownerOnlyCheck() error {
 	for {
 		b.mu.Lock()
 		fenced := b.owner.fenced
+		held := time.Now().UnixNano() < b.leaseUntil.Load()
+		var err error
+		if !fenced && held {
+			// Acknowledged without the standby: the owner's record that
+			// nothing is acknowledged at its epoch goes first (once).
+			err = b.owner.MarkReplicated()
+		}
 		b.mu.Unlock()
 		switch {
 		case fenced:
 			return ErrFenced
 		case b.ctx.Err() != nil:
 			return store.ErrClosed
-		case time.Now().UnixNano() < b.leaseUntil.Load():
+		case held && err == nil:
 			return nil
 		}
 		select {
@@ -996,7 +996,7 @@ func NewFollower(c Coord, p Partition, node string, st store.Store, init Standby
 // own one nothing was acknowledged at (OwnerLog).
 func (f *Follower) Fence(member string) Fence {
 	st := f.sb.State()
-	fe := Fence{Member: member}
+	fe := Fence{Member: member, KeepsUnreplicated: true}
 	if st.FenceEpoch == 0 {
 		return fe
 	}
@@ -1120,6 +1120,13 @@ func (f *Follower) SaveOwnerState(st, took StandbyState) error {
 	f.unrepl = u
 	f.umu.Unlock()
 	return nil
+}
+
+// Unreplicated implements OwnerLog.
+func (f *Follower) Unreplicated() (uint64, StandbyState) {
+	f.umu.Lock()
+	defer f.umu.Unlock()
+	return f.unrepl.epoch, f.unrepl.took
 }
 
 // ClearUnreplicated implements OwnerLog.

@@ -123,6 +123,8 @@ func (l simLog) SaveOwnerState(st, took StandbyState) error {
 	return nil
 }
 
+func (l simLog) Unreplicated() (uint64, StandbyState) { return l.n.unrepl.epoch, l.n.unrepl.took }
+
 func (l simLog) ClearUnreplicated(epoch uint64) error {
 	if l.n.unrepl.epoch == epoch {
 		l.n.unrepl = unreplicated{}
@@ -133,7 +135,7 @@ func (l simLog) ClearUnreplicated(epoch uint64) error {
 // fence is what n would report of its copy to a recovery (a member's
 // GET /cluster/fence, from its durable state).
 func (n *simNode) fence() Fence {
-	f := Fence{Member: n.id, Held: n.hasState && n.st.FenceEpoch > 0}
+	f := Fence{Member: n.id, Held: n.hasState && n.st.FenceEpoch > 0, KeepsUnreplicated: true}
 	if !f.Held {
 		return f
 	}
@@ -590,7 +592,8 @@ func (s *sim) checkOwner() error {
 				// Nothing acknowledged at its epoch (acknowledge checks
 				// it never is while so recorded), and a recovery counts
 				// it by the history it took over with, which held every
-				// batch acknowledged then (takeover checks it). An owner
+				// batch acknowledged then (the takeover, or the recovery,
+				// that made it owner checks it). An owner
 				// deposed by a coordinator rolled back past this takeover
 				// may acknowledge more at the older epoch meanwhile:
 				// checkRecoverable checks that a recovery would choose a

@@ -60,10 +60,7 @@ func (m *member) replicate(db *pebblestore.DB, reg prometheus.Registerer, owner 
 		// The lease was taken just before serve began: half a TTL from
 		// then is a safe first deadline (a slow start makes batches wait
 		// for the first renewal, which moves it).
-		if err := rs.SetOwnerOnly(leaseFrom.Add(m.mc.LeaseTTL / 2)); err != nil {
-			rs.Stop()
-			return nil, err
-		}
+		rs.SetOwnerOnly(leaseFrom.Add(m.mc.LeaseTTL / 2))
 	}
 	return rs, nil
 }

@@ -139,7 +139,7 @@ func (p *peers) snapshot() map[string]peer {
 // fence is what this member reports of itself (GET /cluster/fence); ok is
 // false while it does not know (fenceFresh).
 func (m *member) fence() (f cluster.Fence, ok bool) {
-	f = cluster.Fence{Member: m.mc.ID, Drained: m.drained.Load(), Peers: map[string]string{}}
+	f = cluster.Fence{Member: m.mc.ID, Drained: m.drained.Load(), KeepsUnreplicated: true, Peers: map[string]string{}}
 	for id, p := range m.peers.snapshot() {
 		f.Peers[id] = p.HTTP
 	}
@@ -231,6 +231,7 @@ func (m *member) recoverPartition(ctx context.Context, cur cluster.StandbyState)
 		// the record reports).
 		self.Unreplicated, self.TookEpoch, self.TookOwner, self.TookSeq = false, 0, "", 0
 	}
+	self.KeepsUnreplicated = true
 	self.Held, self.Epoch, self.Owner, self.Seq, self.Demoted, self.Stale = true, cur.FenceEpoch, cur.FenceOwner, cur.Seq, cur.Demoted, cur.Stale
 	fences, missing := m.askFences(ctx, self)
 	if len(missing) > 0 {
