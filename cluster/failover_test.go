@@ -7,7 +7,6 @@ import (
 
 	"github.com/dingmq/ding/cluster"
 	"github.com/dingmq/ding/engine"
-	"github.com/dingmq/ding/engine/store/pebblestore"
 	"github.com/dingmq/ding/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -30,14 +29,7 @@ func TestEngineFailoverLosesNothingAcknowledged(t *testing.T) {
 	defer rdb.Close()
 	c := cluster.NewRedisCoord(rdb)
 	const p, ttl = cluster.Partition(0), time.Second
-	open := func() *pebblestore.DB {
-		st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	stA, stB := open(), open()
+	stA, stB := openPebble(t, t.TempDir()), openPebble(t, t.TempDir())
 	defer stB.Close()
 	rs, epoch, stopRenew := leasedOwner(t, c, p, "a", "b", stA, ttl)
 	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})

@@ -29,16 +29,9 @@ func TestTwoFailoversWithANewStandbyBetween(t *testing.T) {
 	defer rdb.Close()
 	c := cluster.NewRedisCoord(rdb)
 	const p, ttl = cluster.Partition(0), time.Second
-	open := func(dir string) *pebblestore.DB {
-		st, err := pebblestore.Open(dir, pebblestore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
 
 	// a owns, b follows.
-	stA, stB := open(t.TempDir()), open(t.TempDir())
+	stA, stB := openPebble(t, t.TempDir()), openPebble(t, t.TempDir())
 	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
 	if err != nil || !ok {
 		t.Fatal(ok, err)
@@ -87,7 +80,7 @@ func TestTwoFailoversWithANewStandbyBetween(t *testing.T) {
 		t.Fatalf("b acknowledged a submit with no standby (err %v)", err)
 	default:
 	}
-	stC := open(dirC)
+	stC := openPebble(t, dirC)
 	defer stC.Close()
 	fC, stopC := follow(t, c, p, "c", stC, stateC)
 	if err := rsB.AddStandby(ctx, c, "c"); err != nil {
@@ -149,6 +142,17 @@ func run(t *testing.T, f *cluster.Follower, poll time.Duration) (stop func()) {
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// openPebble opens a Pebble store in dir (a node's disk), failing t if it
+// cannot.
+func openPebble(t *testing.T, dir string) *pebblestore.DB {
+	t.Helper()
+	st, err := pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // leasedOwner takes p's lease for node, names standby (if any) and

@@ -21,13 +21,6 @@ func TestOwnerOnlyAcknowledgesWithoutTheStandby(t *testing.T) {
 	ctx := context.Background()
 	c := cluster.NewMemCoord(time.Now)
 	const p, ttl = cluster.Partition(0), time.Minute
-	open := func() *pebblestore.DB {
-		st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
 	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
 	if err != nil || !ok {
 		t.Fatal(ok, err)
@@ -42,7 +35,7 @@ func TestOwnerOnlyAcknowledgesWithoutTheStandby(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	strict, err := cluster.NewReplicatedStore(open(), cluster.NewOwner(c, 1, "a", e1, 0, "b"))
+	strict, err := cluster.NewReplicatedStore(openPebble(t, t.TempDir()), cluster.NewOwner(c, 1, "a", e1, 0, "b"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +51,7 @@ func TestOwnerOnlyAcknowledgesWithoutTheStandby(t *testing.T) {
 	_ = strict.Close()
 
 	// ack-replicas 0, b still not running: acknowledged.
-	stA, stB := open(), open()
+	stA, stB := openPebble(t, t.TempDir()), openPebble(t, t.TempDir())
 	defer stB.Close()
 	rs, err := cluster.NewReplicatedStore(stA, cluster.NewOwner(c, p, "a", epoch, 0, "b"))
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/dingmq/ding/cluster"
-	"github.com/dingmq/ding/engine/store/pebblestore"
 )
 
 // TestStandbyFromASnapshotStartsAtTheSnapshot: a new standby seeded from
@@ -21,13 +20,6 @@ func TestStandbyFromASnapshotStartsAtTheSnapshot(t *testing.T) {
 	c := cluster.NewMemCoord(time.Now)
 	c.StreamKeep = 64
 	const p, ttl = cluster.Partition(0), 200 * time.Millisecond
-	open := func(dir string) *pebblestore.DB {
-		st, err := pebblestore.Open(dir, pebblestore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
 	// a founds; b follows it; a dies at once; b takes over.
 	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
 	if err != nil || !ok {
@@ -36,7 +28,7 @@ func TestStandbyFromASnapshotStartsAtTheSnapshot(t *testing.T) {
 	if err := c.SetStandby(ctx, p, "b"); err != nil {
 		t.Fatal(err)
 	}
-	stB := open(t.TempDir())
+	stB := openPebble(t, t.TempDir())
 	defer stB.Close()
 	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
 	ownerB := takeOver(t, fB, ttl)
@@ -61,7 +53,7 @@ func TestStandbyFromASnapshotStartsAtTheSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stC := open(dirC)
+	stC := openPebble(t, dirC)
 	defer stC.Close()
 	fC, err := cluster.NewFollowerFromSnapshot(c, p, "c", stC, stateC)
 	if err != nil {

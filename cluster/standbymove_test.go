@@ -136,15 +136,8 @@ func TestOwnerBeforeContinuesAsStandby(t *testing.T) {
 	defer rdb.Close()
 	c := cluster.NewRedisCoord(rdb)
 	const p, ttl, secret = cluster.Partition(0), time.Second, "s3cret"
-	open := func(dir string) *pebblestore.DB {
-		st, err := pebblestore.Open(dir, pebblestore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
 	dirA := t.TempDir()
-	stA, stB := open(dirA), open(t.TempDir())
+	stA, stB := openPebble(t, dirA), openPebble(t, t.TempDir())
 	defer stB.Close()
 	rsA, epoch, stopRenewA := leasedOwner(t, c, p, "a", "b", stA, ttl)
 	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
@@ -175,7 +168,7 @@ func TestOwnerBeforeContinuesAsStandby(t *testing.T) {
 	ep := cluster.Endpoint{Client: srv.Client(), URL: srv.URL, Secret: secret, P: p}
 
 	// a's own store says where its history ends.
-	stA = open(dirA)
+	stA = openPebble(t, dirA)
 	defer stA.Close()
 	fA0, err := cluster.NewFollower(c, p, "a", stA, cluster.StandbyState{})
 	if err != nil {

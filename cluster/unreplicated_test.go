@@ -134,15 +134,6 @@ func TestOwnerOnlyErasesTheUnreplicatedRecordBeforeItsFirstAck(t *testing.T) {
 	}
 }
 
-func openPebble(t *testing.T, dir string) *pebblestore.DB {
-	t.Helper()
-	st, err := pebblestore.Open(dir, pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
 // fenceOf is what node's store says of p (a member's report to a
 // recovery), read as a member that does not follow reads it.
 func fenceOf(t *testing.T, c cluster.Coord, p cluster.Partition, node string, st *pebblestore.DB) cluster.Fence {

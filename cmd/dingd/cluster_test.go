@@ -752,6 +752,44 @@ func TestClusterStandbyJoinsLongAfterATakeover(t *testing.T) {
 	t.Logf("%d acknowledged; a joined more than %d batches after c did and holds them all", len(acked), sinceTakeover)
 }
 
+// waitPeersRecorded waits until each of procs has recorded every member
+// in ids in its data dir (cluster-peers.json: it reads the registry every
+// third of a lease), which a recovery asks when Redis has lost it.
+func waitPeersRecorded(t *testing.T, procs map[string]*proc, ids ...string) {
+	t.Helper()
+	for id, p := range procs {
+		nodetest.WaitFor(t, id+"'s record of the members", 10*time.Second, func() bool {
+			raw, err := os.ReadFile(filepath.Join(p.data, "cluster-peers.json"))
+			if err != nil {
+				return false
+			}
+			for _, m := range ids {
+				if !strings.Contains(string(raw), `"`+m+`"`) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}
+
+// recoveredBy waits until one of procs logs that it recovered the
+// partition after Redis lost its state, and returns its id.
+func recoveredBy(t *testing.T, procs map[string]*proc, within time.Duration) string {
+	t.Helper()
+	var owner string
+	nodetest.WaitFor(t, "the recovery", within, func() bool {
+		for id, p := range procs {
+			if strings.Contains(p.stderr.String(), "recovered the partition after the coordinator lost its state") {
+				owner = id
+				return true
+			}
+		}
+		return false
+	})
+	return owner
+}
+
 // Redis loses everything (FLUSHALL: the lease, the epochs, the standby's
 // name, the members' registry) under load: the members recover by
 // themselves. The owner's renewal fails and it stands by; the members
@@ -776,26 +814,10 @@ func TestClusterRecoversWhenRedisLosesItsState(t *testing.T) {
 	})
 	s := startSenders(t, a, 4)
 	nodetest.WaitFor(t, "acks before the flush", 20*time.Second, func() bool { return s.count() >= 200 })
-	// Every member must have recorded the others (it reads the registry
-	// every third of a lease).
-	for id, p := range procs {
-		nodetest.WaitFor(t, id+"'s record of the members", 10*time.Second, func() bool {
-			raw, err := os.ReadFile(filepath.Join(p.data, "cluster-peers.json"))
-			return err == nil && strings.Contains(string(raw), `"a"`) && strings.Contains(string(raw), `"b"`) && strings.Contains(string(raw), `"c"`)
-		})
-	}
+	waitPeersRecorded(t, procs, "a", "b", "c")
 	rs.FlushAll(t)
 	flushed := time.Now()
-	var owner string
-	nodetest.WaitFor(t, "the recovery", 60*time.Second, func() bool {
-		for id, p := range procs {
-			if strings.Contains(p.stderr.String(), "recovered the partition after the coordinator lost its state") {
-				owner = id
-				return true
-			}
-		}
-		return false
-	})
+	owner := recoveredBy(t, procs, 60*time.Second)
 	recovered := time.Since(flushed)
 	if owner == "c" {
 		t.Fatal("c, which holds no history, recovered the partition")
@@ -842,12 +864,7 @@ func TestClusterRecoveryCountsAnUnreplicatedOwnerByItsTakeover(t *testing.T) {
 			}
 		}
 	})
-	for id, p := range procs {
-		nodetest.WaitFor(t, id+"'s record of the members", 10*time.Second, func() bool {
-			raw, err := os.ReadFile(filepath.Join(p.data, "cluster-peers.json"))
-			return err == nil && strings.Contains(string(raw), `"a"`) && strings.Contains(string(raw), `"b"`)
-		})
-	}
+	waitPeersRecorded(t, procs, "a", "b")
 	acked := ackedThrough(t, a, 2, 100, func() {
 		if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -871,17 +888,7 @@ func TestClusterRecoveryCountsAnUnreplicatedOwnerByItsTakeover(t *testing.T) {
 	a2 := &proc{data: a.data, sock: a.sock, http: a.http, stderr: &syncBuffer{}}
 	procs["a"] = a2
 	c.launch(a2, "a")
-	var owner string
-	nodetest.WaitFor(t, "the recovery", 60*time.Second, func() bool {
-		for id, p := range procs {
-			if strings.Contains(p.stderr.String(), "recovered the partition after the coordinator lost its state") {
-				owner = id
-				return true
-			}
-		}
-		return false
-	})
-	if owner != "a" {
+	if owner := recoveredBy(t, procs, 60*time.Second); owner != "a" {
 		t.Fatalf("%s recovered the partition; want a (b acknowledged nothing at its epoch %d)", owner, f.Epoch)
 	}
 	if holder, epoch, err := c.coord.Lease(context.Background(), 0); err != nil || holder != "a" || epoch <= f.Epoch {
@@ -973,12 +980,7 @@ func TestClusterForgetLetsARecoveryProceed(t *testing.T) {
 	c := newPair(t, "redis://"+rs.Addr, "1s")
 	a, b := c.start()
 	ghost := c.member("c")
-	for _, p := range []*proc{a, b} {
-		nodetest.WaitFor(t, "the record of c", 10*time.Second, func() bool {
-			raw, err := os.ReadFile(filepath.Join(p.data, "cluster-peers.json"))
-			return err == nil && strings.Contains(string(raw), `"c"`)
-		})
-	}
+	waitPeersRecorded(t, map[string]*proc{"a": a, "b": b}, "c")
 	if err := ghost.cmd.Process.Signal(syscall.SIGKILL); err != nil { // gone for good
 		t.Fatal(err)
 	}
@@ -998,9 +1000,7 @@ func TestClusterForgetLetsARecoveryProceed(t *testing.T) {
 			t.Fatalf("forget on %s: %d %v", p.http, code, res)
 		}
 	}
-	nodetest.WaitFor(t, "the recovery", 30*time.Second, func() bool {
-		return strings.Contains(a.stderr.String()+b.stderr.String(), "recovered the partition after the coordinator lost its state")
-	})
+	recoveredBy(t, map[string]*proc{"a": a, "b": b}, 30*time.Second)
 	at := s.count()
 	nodetest.WaitFor(t, "acks after the recovery", 30*time.Second, func() bool { return s.count() >= at+50 })
 	acked := s.stop()

@@ -54,6 +54,7 @@ func (m *member) replicate(db *pebblestore.DB, reg prometheus.Registerer, owner 
 		return nil, err
 	}
 	if err := rs.Register(reg); err != nil {
+		rs.Stop() // its ack watch ends with it; the store is the caller's
 		return nil, err
 	}
 	if m.mc.OwnerOnly {
