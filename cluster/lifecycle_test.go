@@ -155,6 +155,26 @@ func openPebble(t *testing.T, dir string) *pebblestore.DB {
 	return st
 }
 
+// bTakesOver founds p on c with a as its owner and b as its standby; b
+// follows into a new Pebble store and, a never writing or renewing,
+// takes over: b's store (the caller's to close) and its Owner.
+func bTakesOver(t *testing.T, c cluster.Coord, p cluster.Partition, ttl time.Duration) (*pebblestore.DB, *cluster.Owner) {
+	t.Helper()
+	ctx := context.Background()
+	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if err := c.SetStandby(ctx, p, "b"); err != nil {
+		t.Fatal(err)
+	}
+	stB := openPebble(t, t.TempDir())
+	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
+	ownerB := takeOver(t, fB, ttl)
+	stopB()
+	return stB, ownerB
+}
+
 // leasedOwner takes p's lease for node, names standby (if any) and
 // returns node's ReplicatedStore over st, its epoch and the renewal's
 // stop (the owner's death).

@@ -21,18 +21,8 @@ func TestStandbyFromASnapshotStartsAtTheSnapshot(t *testing.T) {
 	c.StreamKeep = 64
 	const p, ttl = cluster.Partition(0), 200 * time.Millisecond
 	// a founds; b follows it; a dies at once; b takes over.
-	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	if err := c.SetStandby(ctx, p, "b"); err != nil {
-		t.Fatal(err)
-	}
-	stB := openPebble(t, t.TempDir())
+	stB, ownerB := bTakesOver(t, c, p, ttl)
 	defer stB.Close()
-	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
-	ownerB := takeOver(t, fB, ttl)
-	stopB()
 	stopRenew := renew(t, c, p, "b", ownerB.Epoch(), ttl)
 	defer stopRenew()
 	rsB, err := cluster.NewReplicatedStore(stB, ownerB)

@@ -101,21 +101,10 @@ func TestANewOwnersEpochIsUnreplicatedUntilItsStandbyAcks(t *testing.T) {
 // acknowledges, not before (a deposed owner that serves again after a
 // coordinator's rollback still counts by it until then).
 func TestOwnerOnlyErasesTheUnreplicatedRecordBeforeItsFirstAck(t *testing.T) {
-	ctx := context.Background()
 	c := cluster.NewMemCoord(time.Now)
 	const p, ttl = cluster.Partition(3), 200 * time.Millisecond
-	epoch, ok, err := c.TakeLease(ctx, p, "a", 0, ttl)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	if err := c.SetStandby(ctx, p, "b"); err != nil {
-		t.Fatal(err)
-	}
-	stB := openPebble(t, t.TempDir())
+	stB, ownerB := bTakesOver(t, c, p, ttl)
 	defer stB.Close()
-	fB, stopB := follow(t, c, p, "b", stB, cluster.StandbyState{FenceEpoch: epoch, FenceOwner: "a"})
-	ownerB := takeOver(t, fB, ttl)
-	stopB()
 	if got := fenceOf(t, c, p, "b", stB); !got.Unreplicated {
 		t.Fatalf("b's fence after its takeover: %+v", got)
 	}
