@@ -138,14 +138,15 @@ func (h redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		start := time.Now()
 		err := next(ctx, cmds)
-		if result(err) == "ok" {
+		ok := result(err) == "ok"
+		if ok {
 			h.m.rtt.WithLabelValues("pipeline").Observe(time.Since(start).Seconds())
 		}
 		for _, c := range cmds {
 			// A pipeline's commands carry their own errors by now; one the
 			// pipeline could not send carries the pipeline's.
 			cerr := c.Err()
-			if cerr == nil && err != nil && result(err) != "ok" {
+			if cerr == nil && !ok {
 				cerr = err
 			}
 			h.m.count(c.Name(), cerr, time.Time{})

@@ -366,9 +366,9 @@ func (o *Owner) ackThrough(seq uint64) error {
 
 // MarkReplicated erases this owner's record that nothing has been
 // acknowledged at its epoch (OwnerLog), if it has one, durably: before
-// the first batch is acknowledged at the epoch. Owner-only durability
-// (--ack-replicas 0), which acknowledges without the standby, calls it
-// before the first batch.
+// the first batch is acknowledged at the epoch. ackThrough calls it
+// before it counts a standby's first ack; owner-only durability
+// (--ack-replicas 0) before the first batch it acknowledges alone.
 func (o *Owner) MarkReplicated() error {
 	if !o.unreplicated {
 		return nil
@@ -431,6 +431,13 @@ type StandbyState struct {
 	Stale bool
 }
 
+// history is st's fence and how far its history runs, without its flags
+// and stream cursor: the history a node holds, as a new owner records
+// the one it took over with.
+func (st StandbyState) history() StandbyState {
+	return StandbyState{FenceEpoch: st.FenceEpoch, FenceOwner: st.FenceOwner, Seq: st.Seq}
+}
+
 // Log is the partition's history on one node (Pebble in dingd, a slice in
 // the simulation). Its methods run inside Standby.Step and TakeOver, with
 // the Standby locked: they must not call the Standby.
@@ -457,9 +464,8 @@ type Log interface {
 // older epoch, and acknowledges more) win a recovery over a new owner
 // that took over and stopped before anything reached its standby (the
 // package doc, after "Why nothing acknowledged is lost"). A Log that is
-// not an OwnerLog records
-// no such thing, and its owners' epochs count as replicated from the
-// start, as before.
+// not an OwnerLog records no such thing, and its owners' epochs count as
+// replicated from the start, as before.
 type OwnerLog interface {
 	Log
 	// SaveOwnerState records st, the new owner's state, as SaveState
@@ -671,7 +677,7 @@ func (s *Standby) TakeOver(ctx context.Context, ttl time.Duration) (*Owner, erro
 		// refuse it rather than share an epoch with an older owner.
 		return nil, fmt.Errorf("cluster: lease epoch %d not above the fence %d", epoch, s.st.FenceEpoch)
 	}
-	took := StandbyState{FenceEpoch: s.st.FenceEpoch, FenceOwner: s.st.FenceOwner, Seq: s.st.Seq}
+	took := s.st.history()
 	s.st.FenceEpoch, s.st.FenceOwner = epoch, s.node
 	o, err := s.becomeOwner(ctx, epoch, took)
 	if o != nil {
@@ -691,7 +697,9 @@ func (s *Standby) becomeOwner(ctx context.Context, epoch uint64, prev StandbySta
 			// Taken over again from its own epoch, at which nothing was
 			// acknowledged either: what it holds that was acknowledged is
 			// still what it took over with then.
-			prev = StandbyState{FenceEpoch: took.FenceEpoch, FenceOwner: took.FenceOwner, Seq: min(took.Seq, prev.Seq)}
+			seq := min(took.Seq, prev.Seq)
+			prev = took
+			prev.Seq = seq
 		}
 		if err := ol.SaveOwnerState(s.st, prev); err != nil {
 			return nil, err
@@ -802,10 +810,7 @@ func RecoveryChoice(fences []Fence) (string, error) {
 		owner string
 	}
 	took := map[fenceOf]Fence{}
-	keeps := true
-	for _, f := range fences {
-		keeps = keeps && (!f.Held || f.KeepsUnreplicated)
-	}
+	keeps := !slices.ContainsFunc(fences, func(f Fence) bool { return f.Held && !f.KeepsUnreplicated })
 	for _, f := range fences {
 		if !keeps || !f.Held || !f.Unreplicated || f.Owner != f.Member || f.TookEpoch == 0 || f.TookEpoch >= f.Epoch {
 			continue
@@ -901,7 +906,7 @@ func (s *Standby) Recover(ctx context.Context, ttl time.Duration, floor, next ui
 	if next <= s.st.Seq {
 		next = s.st.Seq + 1
 	}
-	prev := StandbyState{FenceEpoch: s.st.FenceEpoch, FenceOwner: s.st.FenceOwner, Seq: s.st.Seq}
+	prev := s.st.history()
 	s.st = StandbyState{FenceEpoch: epoch, FenceOwner: s.node, Seq: next - 1}
 	return s.becomeOwner(ctx, epoch, prev)
 }

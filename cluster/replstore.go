@@ -995,15 +995,21 @@ func NewFollower(c Coord, p Partition, node string, st store.Store, init Standby
 // (RecoveryChoice): its fence and history, and whether the epoch is its
 // own one nothing was acknowledged at (OwnerLog).
 func (f *Follower) Fence(member string) Fence {
-	st := f.sb.State()
+	f.umu.Lock()
+	u := f.unrepl
+	f.umu.Unlock()
+	return fenceOf(member, f.sb.State(), u)
+}
+
+// fenceOf is member's Fence from its state st, holding a history
+// through st.Seq, and its OwnerLog record u: the record counts only for
+// the member's own epoch, the one its fence names.
+func fenceOf(member string, st StandbyState, u unreplicated) Fence {
 	fe := Fence{Member: member, KeepsUnreplicated: true}
 	if st.FenceEpoch == 0 {
 		return fe
 	}
 	fe.Held, fe.Epoch, fe.Owner, fe.Seq, fe.Demoted, fe.Stale = true, st.FenceEpoch, st.FenceOwner, st.Seq, st.Demoted, st.Stale
-	f.umu.Lock()
-	u := f.unrepl
-	f.umu.Unlock()
 	if u.epoch != 0 && u.epoch == st.FenceEpoch && st.FenceOwner == member {
 		fe.Unreplicated, fe.TookEpoch, fe.TookOwner, fe.TookSeq = true, u.took.FenceEpoch, u.took.FenceOwner, u.took.Seq
 	}
@@ -1088,7 +1094,11 @@ func (f *Follower) Apply(e Entry, st StandbyState) error {
 }
 
 // SaveState implements Log.
-func (f *Follower) SaveState(st StandbyState) error {
+func (f *Follower) SaveState(st StandbyState) error { return f.saveState(st, nil) }
+
+// saveState records st, and with it what also sets (nil: nothing),
+// durably, once the keyring (if any) is.
+func (f *Follower) saveState(st StandbyState, also func(store.Batch)) error {
 	if f.Keys != nil {
 		if err := f.Keys.Sync(); err != nil {
 			return err
@@ -1097,23 +1107,17 @@ func (f *Follower) SaveState(st StandbyState) error {
 	b := f.st.NewBatch()
 	defer b.Close()
 	b.Set(StateKey(f.p), encodeState(st))
+	if also != nil {
+		also(b)
+	}
 	return b.Commit(true)
 }
 
 // SaveOwnerState implements OwnerLog: the new owner's state and the
 // record, in one synced batch.
 func (f *Follower) SaveOwnerState(st, took StandbyState) error {
-	if f.Keys != nil {
-		if err := f.Keys.Sync(); err != nil {
-			return err
-		}
-	}
-	u := unreplicated{epoch: st.FenceEpoch, took: StandbyState{FenceEpoch: took.FenceEpoch, FenceOwner: took.FenceOwner, Seq: took.Seq}}
-	b := f.st.NewBatch()
-	defer b.Close()
-	b.Set(StateKey(f.p), encodeState(st))
-	b.Set(UnreplicatedKey(f.p), encodeUnreplicated(u))
-	if err := b.Commit(true); err != nil {
+	u := unreplicated{epoch: st.FenceEpoch, took: took.history()}
+	if err := f.saveState(st, func(b store.Batch) { b.Set(UnreplicatedKey(f.p), encodeUnreplicated(u)) }); err != nil {
 		return err
 	}
 	f.umu.Lock()

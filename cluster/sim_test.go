@@ -133,17 +133,15 @@ func (l simLog) ClearUnreplicated(epoch uint64) error {
 }
 
 // fence is what n would report of its copy to a recovery (a member's
-// GET /cluster/fence, from its durable state).
+// GET /cluster/fence, from its durable state: its history runs through
+// its log).
 func (n *simNode) fence() Fence {
-	f := Fence{Member: n.id, Held: n.hasState && n.st.FenceEpoch > 0, KeepsUnreplicated: true}
-	if !f.Held {
-		return f
+	if !n.hasState {
+		return Fence{Member: n.id, KeepsUnreplicated: true}
 	}
-	f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = n.st.FenceEpoch, n.st.FenceOwner, uint64(len(n.log)), n.st.Demoted, n.st.Stale
-	if u := n.unrepl; u.epoch != 0 && u.epoch == n.st.FenceEpoch && n.st.FenceOwner == n.id {
-		f.Unreplicated, f.TookEpoch, f.TookOwner, f.TookSeq = true, u.took.FenceEpoch, u.took.FenceOwner, u.took.Seq
-	}
-	return f
+	st := n.st
+	st.Seq = uint64(len(n.log))
+	return fenceOf(n.id, st, n.unrepl)
 }
 
 type sim struct {

@@ -425,13 +425,13 @@ func (m *member) run(ctx context.Context) error {
 		}
 		switch {
 		case holder == "" && epoch == 0 && sb == "":
-			st, held, err := m.localState()
+			_, held, err := m.localState()
 			if err != nil {
 				return err
 			}
 			if held {
 				// The coordinator lost the partition's state (recover.go).
-				if err := m.recoverPartition(ctx, st); !errors.Is(err, errWaitRecovery) {
+				if err := m.recoverPartition(ctx); !errors.Is(err, errWaitRecovery) {
 					return err
 				}
 				m.pause(ctx)
@@ -490,10 +490,10 @@ func (m *member) run(ctx context.Context) error {
 				// the protocol's rule (the standby died or was dropped, or
 				// the coordinator lost its state). Members recover it
 				// together (recover.go).
-				if st, held, err := m.localState(); err != nil {
+				if _, held, err := m.localState(); err != nil {
 					return err
 				} else if held {
-					if err := m.recoverPartition(ctx, st); !errors.Is(err, errWaitRecovery) {
+					if err := m.recoverPartition(ctx); !errors.Is(err, errWaitRecovery) {
 						return err
 					}
 				}

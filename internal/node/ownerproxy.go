@@ -45,9 +45,9 @@ type ownerProxy struct {
 	// owner ends then, as the old owner may be frozen and would hold it
 	// until the client gave up.
 	since func(p int) context.Context
-	// ownerNow (nil: none) is owner asked past every cache: a move
-	// announced for the node a request went to ends the request only if
-	// that node is no longer the owner (boundToOwner).
+	// ownerNow is owner asked past every cache: a move announced for the
+	// node a request went to ends the request only if that node is no
+	// longer the owner (boundToOwner). Set with since.
 	ownerNow func(ctx context.Context, p int) string
 	peer     *http.Client
 	fwd      *forwarder         // the client's address and certificate, signed
@@ -109,13 +109,7 @@ func (o *ownerProxy) wrap(api http.Handler) http.Handler {
 		}
 		if since != nil {
 			p := dw.partition
-			var ctx context.Context
-			var cancel context.CancelFunc
-			if o.ownerNow != nil {
-				ctx, cancel = boundToOwner(r.Context(), since, func() context.Context { return o.since(p) }, func(ctx context.Context) bool { return o.ownerNow(ctx, p) == base })
-			} else {
-				ctx, cancel = boundTo(r.Context(), since)
-			}
+			ctx, cancel := boundToOwner(r.Context(), since, func() context.Context { return o.since(p) }, func(ctx context.Context) bool { return o.ownerNow(ctx, p) == base })
 			defer cancel()
 			r = r.WithContext(ctx)
 		}

@@ -138,28 +138,30 @@ func (p *peers) snapshot() map[string]peer {
 
 // fence is what this member reports of itself (GET /cluster/fence); ok is
 // false while it does not know (fenceFresh).
-func (m *member) fence() (f cluster.Fence, ok bool) {
-	f = cluster.Fence{Member: m.mc.ID, Drained: m.drained.Load(), KeepsUnreplicated: true, Peers: map[string]string{}}
-	for id, p := range m.peers.snapshot() {
-		f.Peers[id] = p.HTTP
-	}
-	f.Peers[m.mc.ID] = m.mc.Advertise
+func (m *member) fence() (cluster.Fence, bool) {
 	if rs := m.serving.Load(); rs != nil {
 		st := rs.Status()
-		f.Held, f.Serving, f.Epoch, f.Owner, f.Seq = true, true, st.Epoch, m.mc.ID, st.Shipped
-		return f, true
+		return m.report(cluster.Fence{Held: true, Serving: true, Epoch: st.Epoch, Owner: m.mc.ID, Seq: st.Shipped}), true
 	}
-	var own cluster.Fence
 	if fl := m.follower.Load(); fl != nil {
-		own = fl.Fence(m.mc.ID)
-	} else if c := m.lastLocal.Load(); c != nil && m.fenceFresh.Load() {
-		own = c.fence
-	} else {
-		return f, false
+		return m.report(fl.Fence(m.mc.ID)), true
 	}
-	f.Held, f.Epoch, f.Owner, f.Seq, f.Demoted, f.Stale = own.Held, own.Epoch, own.Owner, own.Seq, own.Demoted, own.Stale
-	f.Unreplicated, f.TookEpoch, f.TookOwner, f.TookSeq = own.Unreplicated, own.TookEpoch, own.TookOwner, own.TookSeq
-	return f, true
+	if c := m.lastLocal.Load(); c != nil && m.fenceFresh.Load() {
+		return m.report(c.fence), true
+	}
+	return m.report(cluster.Fence{}), false
+}
+
+// report is own, this member's copy, as the member reports it: with its
+// id, whether it is drained, and the members it knows of.
+func (m *member) report(own cluster.Fence) cluster.Fence {
+	own.Member, own.Drained, own.KeepsUnreplicated = m.mc.ID, m.drained.Load(), true
+	own.Peers = map[string]string{}
+	for id, p := range m.peers.snapshot() {
+		own.Peers[id] = p.HTTP
+	}
+	own.Peers[m.mc.ID] = m.mc.Advertise
+	return own
 }
 
 // localCopy is this member's copy as last read from its store: what
@@ -220,19 +222,12 @@ func (m *member) askFence(ctx context.Context, addr string) (cluster.Fence, erro
 var errWaitRecovery = errors.New("node: recovery waits")
 
 // recoverPartition runs when the coordinator names no owner and no
-// standby and this member holds a history (cur): it gathers every
-// member's fence and, if RecoveryChoice names this member, recovers the
-// partition and serves it. It returns errWaitRecovery when it must wait.
-func (m *member) recoverPartition(ctx context.Context, cur cluster.StandbyState) error {
-	self, _ := m.fence() // its fields below are from cur, read just now
-	if !self.Held || self.Epoch != cur.FenceEpoch || self.Owner != cur.FenceOwner {
-		// Its record of an unreplicated epoch (if any) is of another
-		// read: reported without it, as replicated (what a build before
-		// the record reports).
-		self.Unreplicated, self.TookEpoch, self.TookOwner, self.TookSeq = false, 0, "", 0
-	}
-	self.KeepsUnreplicated = true
-	self.Held, self.Epoch, self.Owner, self.Seq, self.Demoted, self.Stale = true, cur.FenceEpoch, cur.FenceOwner, cur.Seq, cur.Demoted, cur.Stale
+// standby and this member holds a history, as localState has just read
+// it (lastLocal): it gathers every member's fence and, if RecoveryChoice
+// names this member, recovers the partition and serves it. It returns
+// errWaitRecovery when it must wait.
+func (m *member) recoverPartition(ctx context.Context) error {
+	self := m.report(m.lastLocal.Load().fence)
 	fences, missing := m.askFences(ctx, self)
 	if len(missing) > 0 {
 		m.logOnce("recovery", "the coordinator has lost the partition's state; recovering it waits until every member answers", "waiting_for", strings.Join(missing, ", "))

@@ -75,11 +75,14 @@ var memberStates = []memberState{stateSpare, stateJoining, stateStandby, stateDr
 // key ("" when none serves or it is unknown), cached for a moment: a
 // stand-in asked by many clients at once asks the coordinator once.
 type ownerCache struct {
-	mu       sync.Mutex
-	at       time.Time
-	id, sock string
-	http     string
-	tlsSock  string
+	mu sync.Mutex
+	at time.Time
+	ownerAt
+}
+
+// ownerAt is the serving member and its published addresses.
+type ownerAt struct {
+	id, sock, http, tlsSock string
 }
 
 func (m *member) owner(ctx context.Context) (id, sock, httpURL string) {
@@ -96,13 +99,23 @@ func (m *member) ownerTLSSocket(ctx context.Context) string {
 // ownerNow is the serving member's published HTTP address, asked of the
 // coordinator past the cache ("" when none serves, this member does, or
 // the coordinator does not answer).
-func (m *member) ownerNow(ctx context.Context) string {
+func (m *member) ownerNow(ctx context.Context) string { return m.lookupOwner(ctx, false).http }
+
+// lookupOwner asks the coordinator which member serves the partition
+// (zero when none, this member, or no answer) and its published HTTP
+// address, and with sockets also its socket addresses.
+func (m *member) lookupOwner(ctx context.Context, sockets bool) ownerAt {
 	holder, _, err := m.c.Lease(ctx, m.p)
 	if err != nil || holder == "" || holder == m.mc.ID {
-		return ""
+		return ownerAt{}
 	}
-	addr, _ := m.c.Addr(ctx, holder)
-	return addr
+	o := ownerAt{id: holder}
+	o.http, _ = m.c.Addr(ctx, holder)
+	if sockets {
+		o.sock, _ = m.c.Addr(ctx, socketAddrKey(holder))
+		o.tlsSock, _ = m.c.Addr(ctx, tlsSocketAddrKey(holder))
+	}
+	return o
 }
 
 // forget drops the cached answer: the partition changed hands.
@@ -113,23 +126,15 @@ func (c *ownerCache) forget() {
 }
 
 // ownerAddrs is the cached lookup behind owner.
-func (m *member) ownerAddrs(ctx context.Context) ownerCache {
+func (m *member) ownerAddrs(ctx context.Context) ownerAt {
 	c := &m.cache
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if time.Since(c.at) < 250*time.Millisecond {
-		return ownerCache{id: c.id, sock: c.sock, http: c.http, tlsSock: c.tlsSock}
+		return c.ownerAt
 	}
-	c.at, c.id, c.sock, c.http, c.tlsSock = time.Now(), "", "", "", ""
-	holder, _, err := m.c.Lease(ctx, m.p)
-	if err != nil || holder == "" || holder == m.mc.ID {
-		return ownerCache{}
-	}
-	c.id = holder
-	c.sock, _ = m.c.Addr(ctx, socketAddrKey(holder))
-	c.http, _ = m.c.Addr(ctx, holder)
-	c.tlsSock, _ = m.c.Addr(ctx, tlsSocketAddrKey(holder))
-	return ownerCache{id: c.id, sock: c.sock, http: c.http, tlsSock: c.tlsSock}
+	c.at, c.ownerAt = time.Now(), m.lookupOwner(ctx, true)
+	return c.ownerAt
 }
 
 // standInMetrics registers a member's metrics while it does not serve.
